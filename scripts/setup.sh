@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Prepares this checkout to run kitnet: Debian packages (only when missing), npm packages (only when the
+# lock file changed), the BPF object and native addon, and the TypeScript build. Idempotent and quick
+# on a ready machine. Run as root on Debian 12.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+apt_packages=(clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool iproute2 iputils-ping make g++ python3 pkg-config)
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# BPF pins live on bpffs; containers and minimal hosts often lack the mount.
+if [ "$(id -u)" = 0 ] && ! mountpoint -q /sys/fs/bpf; then
+  log "mounting bpffs on /sys/fs/bpf"
+  mount -t bpf bpf /sys/fs/bpf
+fi
+
+stamp=node_modules/.kitnet-lock-sha
+want=$(sha256sum package-lock.json | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  log "npm ci"
+  npm ci --no-audit --no-fund --loglevel=error
+  echo "$want" > "$stamp"
+fi
+
+if [ -f bpf/build.sh ]; then
+  bash bpf/build.sh
+fi
+
+log "compiling TypeScript"
+npx tsc -p tsconfig.json
+log "ready"
