@@ -1,0 +1,38 @@
+/**
+ * The catalogue of kitnet's error codes. Every error the agent reports to a client carries one of
+ * these codes; the API maps it to the HTTP status here. docs/errors.md documents each code and a test
+ * keeps the two in step (the fastify lib/errors.js habit).
+ */
+export const ErrorCatalogue = {
+  AGENT_ERR_API_VALIDATION: { status: 400, summary: 'The request body, path or query failed validation.' },
+  AGENT_ERR_API_NOT_FOUND: { status: 404, summary: 'No such API route.' },
+  AGENT_ERR_WORKLOAD_EXISTS: { status: 409, summary: 'A workload with this namespace and name is already registered.' },
+  AGENT_ERR_WORKLOAD_NOT_FOUND: { status: 404, summary: 'No workload with this namespace and name is registered.' },
+  AGENT_ERR_WORKLOAD_NETNS: { status: 422, summary: 'The given network namespace path does not exist or is not a network namespace.' },
+  AGENT_ERR_WORKLOAD_INTERFACE: { status: 409, summary: 'The interface name is taken inside the workload namespace.' },
+  AGENT_ERR_IPAM_BAD_ADDRESS: { status: 400, summary: 'An address is not a valid IP address of the expected family.' },
+  AGENT_ERR_IPAM_OUT_OF_POOL: { status: 422, summary: 'A requested address lies outside the configured pool.' },
+  AGENT_ERR_IPAM_ADDRESS_TAKEN: { status: 409, summary: 'A requested address is already assigned to another workload.' },
+  AGENT_ERR_IPAM_POOL_EXHAUSTED: { status: 409, summary: 'The address pool has no free address left.' },
+  AGENT_ERR_IDENTITY_EXHAUSTED: { status: 409, summary: 'No free numeric identity is left.' },
+  AGENT_ERR_DATAPATH_UNSUPPORTED: { status: 422, summary: 'The requested datapath mode needs a kernel feature this host lacks.' },
+  AGENT_ERR_KERNEL: { status: 500, summary: 'The kernel rejected an operation; the message names the device, operation, errno and a hint.' },
+  AGENT_ERR_INTERNAL: { status: 500, summary: 'An unexpected internal error; see the agent log.' },
+} as const satisfies Record<string, { status: number; summary: string }>;
+
+export type ErrorCode = keyof typeof ErrorCatalogue;
+
+export class KitnetError extends Error {
+  override name = 'KitnetError';
+  readonly code: ErrorCode;
+  readonly statusCode: number;
+  /** The request field the error is about, e.g. `ipv4` or `netns`. */
+  readonly field: string | undefined;
+
+  constructor(code: ErrorCode, message: string, opts: { field?: string; cause?: unknown } = {}) {
+    super(message, { cause: opts.cause });
+    this.code = code;
+    this.statusCode = ErrorCatalogue[code].status;
+    this.field = opts.field;
+  }
+}
