@@ -1,0 +1,115 @@
+import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+import { cidrParse } from './ipam.js';
+
+const cidr = (family: 4 | 6) =>
+  z.string().refine(
+    (v) => {
+      try {
+        return cidrParse(v).family === family;
+      } catch {
+        return false;
+      }
+    },
+    { message: `must be an IPv${family} CIDR such as ${family === 4 ? '10.200.0.0/16' : 'fd00:200::/64'}` },
+  );
+
+export const DatapathModeSchema = z.enum(['auto', 'veth', 'netkit']);
+
+export const ConfigSchema = z
+  .object({
+    /** Name this host reports in flows (Hubble's node_name). */
+    nodeName: z.string().min(1).default(hostname()),
+    logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+    stateDir: z.string().min(1).default('/var/lib/kitnet'),
+    bpfPinRoot: z.string().min(1).default('/sys/fs/bpf/kitnet'),
+    api: z
+      .object({
+        socket: z.string().min(1).default('/run/kitnet/kitnet.sock'),
+        /** Octal file mode of the socket; root and the socket's group may use it. */
+        socketMode: z.number().int().min(0).max(0o777).default(0o660),
+        tcp: z
+          .object({ host: z.string().default('127.0.0.1'), port: z.number().int().min(1).max(65535) })
+          .strict()
+          .optional(),
+      })
+      .strict()
+      .default({ socket: '/run/kitnet/kitnet.sock', socketMode: 0o660 }),
+    ipam: z
+      .object({ ipv4Pool: cidr(4).default('10.200.0.0/16'), ipv6Pool: cidr(6).default('fd00:200::/64') })
+      .strict()
+      .default({ ipv4Pool: '10.200.0.0/16', ipv6Pool: 'fd00:200::/64' }),
+    datapath: z
+      .object({
+        mode: DatapathModeSchema.default('auto'),
+        /** Interface name of the workload side inside its namespace. */
+        workloadIfname: z.string().min(1).max(15).default('eth0'),
+        mtu: z.number().int().min(1280).max(65535).optional(),
+      })
+      .strict()
+      .default({ mode: 'auto', workloadIfname: 'eth0' }),
+    flows: z
+      .object({ ringCapacity: z.number().int().min(1).max(1_000_000).default(4095) })
+      .strict()
+      .default({ ringCapacity: 4095 }),
+  })
+  .strict();
+
+export type Config = z.infer<typeof ConfigSchema>;
+export type ConfigInput = z.input<typeof ConfigSchema>;
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+/** Formats zod issues as `key.path: message`, one per line, so the operator sees which key is wrong. */
+export function zodIssuesFormat(error: z.ZodError, prefix = ''): string {
+  return error.issues
+    .map((i) => `${[prefix, ...i.path.map(String)].filter(Boolean).join('.') || '(root)'}: ${i.message}`)
+    .join('; ');
+}
+
+export function configParse(input: unknown, source = 'config'): Config {
+  const result = ConfigSchema.safeParse(input ?? {});
+  if (!result.success) throw new ConfigError(`${source}: ${zodIssuesFormat(result.error)}`);
+  return result.data;
+}
+
+/** Loads the YAML config file; a missing file at the default path means defaults. */
+export function configLoad(path: string | undefined, overrides: ConfigInput = {}): Config {
+  let fromFile: Record<string, unknown> = {};
+  if (path) {
+    let text: string;
+    try {
+      text = readFileSync(path, 'utf8');
+    } catch (err) {
+      throw new ConfigError(`cannot read config file ${path}: ${(err as Error).message}`);
+    }
+    let doc: unknown;
+    try {
+      doc = parseYaml(text);
+    } catch (err) {
+      throw new ConfigError(`${path}: invalid YAML: ${(err as Error).message}`);
+    }
+    if (doc !== null && doc !== undefined && (typeof doc !== 'object' || Array.isArray(doc))) {
+      throw new ConfigError(`${path}: the top level must be a mapping of keys`);
+    }
+    fromFile = (doc ?? {}) as Record<string, unknown>;
+  }
+  return configParse(deepMerge(fromFile, overrides as Record<string, unknown>), path ?? 'config');
+}
+
+function deepMerge(a: Record<string, unknown>, b: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...a };
+  for (const [k, v] of Object.entries(b)) {
+    if (v === undefined) continue;
+    const prev = out[k];
+    out[k] =
+      v && typeof v === 'object' && !Array.isArray(v) && prev && typeof prev === 'object' && !Array.isArray(prev)
+        ? deepMerge(prev as Record<string, unknown>, v as Record<string, unknown>)
+        : v;
+  }
+  return out;
+}

@@ -1,0 +1,227 @@
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import Database from 'better-sqlite3';
+import type { DeviceMode } from '../../netkit/index.js';
+import type { IdentityRecord, WorkloadRecord, WorkloadSpec, WorkloadState } from './types.js';
+
+const SCHEMA_VERSION = 1;
+
+const MIGRATIONS: Record<number, string> = {
+  1: `
+    CREATE TABLE identities (
+      id          INTEGER PRIMARY KEY,
+      labels_key  TEXT NOT NULL UNIQUE,
+      labels      TEXT NOT NULL,
+      created_at  TEXT NOT NULL
+    );
+    CREATE TABLE workloads (
+      namespace    TEXT NOT NULL,
+      name         TEXT NOT NULL,
+      spec         TEXT NOT NULL,
+      mode         TEXT NOT NULL,
+      endpoint_id  INTEGER NOT NULL UNIQUE,
+      identity     INTEGER NOT NULL REFERENCES identities(id),
+      ipv4         TEXT NOT NULL UNIQUE,
+      ipv6         TEXT NOT NULL UNIQUE,
+      host_ifname  TEXT NOT NULL UNIQUE,
+      state        TEXT NOT NULL,
+      observed     TEXT,
+      error        TEXT,
+      created_at   TEXT NOT NULL,
+      updated_at   TEXT NOT NULL,
+      PRIMARY KEY (namespace, name)
+    );
+  `,
+};
+
+interface WorkloadRow {
+  namespace: string;
+  name: string;
+  spec: string;
+  mode: string;
+  endpoint_id: number;
+  identity: number;
+  ipv4: string;
+  ipv6: string;
+  host_ifname: string;
+  state: string;
+  observed: string | null;
+  error: string | null;
+  created_at: string;
+  updated_at: string;
+}
+
+function rowToRecord(r: WorkloadRow): WorkloadRecord {
+  return {
+    spec: JSON.parse(r.spec) as WorkloadSpec,
+    mode: r.mode as DeviceMode,
+    endpointId: r.endpoint_id,
+    identity: r.identity,
+    ipv4: r.ipv4,
+    ipv6: r.ipv6,
+    hostIfname: r.host_ifname,
+    state: r.state as WorkloadState,
+    observed: r.observed ? (JSON.parse(r.observed) as WorkloadRecord['observed']) : null,
+    error: r.error,
+    createdAt: r.created_at,
+    updatedAt: r.updated_at,
+  };
+}
+
+export interface NewWorkload {
+  spec: WorkloadSpec;
+  mode: DeviceMode;
+  endpointId: number;
+  identity: number;
+  ipv4: string;
+  ipv6: string;
+  hostIfname: string;
+}
+
+/**
+ * The embedded single-host store. All writes are synchronous SQLite transactions in WAL mode with
+ * synchronous=FULL, so a change the API acknowledged survives a crash or power loss.
+ */
+export class SqliteStore {
+  readonly db: Database.Database;
+
+  constructor(path: string) {
+    if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true, mode: 0o750 });
+    this.db = new Database(path);
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('synchronous = FULL');
+    this.db.pragma('foreign_keys = ON');
+    this.migrate();
+  }
+
+  private migrate(): void {
+    const current = this.db.pragma('user_version', { simple: true }) as number;
+    if (current > SCHEMA_VERSION) {
+      throw new Error(`store schema version ${current} is newer than this kitnet (${SCHEMA_VERSION}); upgrade kitnet`);
+    }
+    for (let v = current + 1; v <= SCHEMA_VERSION; v++) {
+      this.db.transaction(() => {
+        this.db.exec(MIGRATIONS[v]!);
+        this.db.pragma(`user_version = ${v}`);
+      })();
+    }
+  }
+
+  /** Runs fn in one transaction (nested calls join the outer one). */
+  transaction<T>(fn: () => T): T {
+    return this.db.transaction(fn)();
+  }
+
+  close(): void {
+    this.db.close();
+  }
+
+  // --- workloads -----------------------------------------------------------------------------
+
+  workloadGet(namespace: string, name: string): WorkloadRecord | undefined {
+    const row = this.db.prepare('SELECT * FROM workloads WHERE namespace = ? AND name = ?').get(namespace, name) as
+      | WorkloadRow
+      | undefined;
+    return row && rowToRecord(row);
+  }
+
+  workloadList(namespace?: string): WorkloadRecord[] {
+    const rows = (
+      namespace === undefined
+        ? this.db.prepare('SELECT * FROM workloads ORDER BY namespace, name').all()
+        : this.db.prepare('SELECT * FROM workloads WHERE namespace = ? ORDER BY name').all(namespace)
+    ) as WorkloadRow[];
+    return rows.map(rowToRecord);
+  }
+
+  workloadInsert(w: NewWorkload): WorkloadRecord {
+    const now = new Date().toISOString();
+    this.db
+      .prepare(
+        `INSERT INTO workloads (namespace, name, spec, mode, endpoint_id, identity, ipv4, ipv6, host_ifname, state,
+           observed, error, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', NULL, NULL, ?, ?)`,
+      )
+      .run(w.spec.namespace, w.spec.name, JSON.stringify(w.spec), w.mode, w.endpointId, w.identity, w.ipv4, w.ipv6, w.hostIfname, now, now);
+    return this.workloadGet(w.spec.namespace, w.spec.name)!;
+  }
+
+  workloadStateSet(
+    namespace: string,
+    name: string,
+    state: WorkloadState,
+    observed: WorkloadRecord['observed'],
+    error: string | null = null,
+  ): void {
+    this.db
+      .prepare('UPDATE workloads SET state = ?, observed = ?, error = ?, updated_at = ? WHERE namespace = ? AND name = ?')
+      .run(state, observed ? JSON.stringify(observed) : null, error, new Date().toISOString(), namespace, name);
+  }
+
+  workloadDelete(namespace: string, name: string): boolean {
+    return this.db.prepare('DELETE FROM workloads WHERE namespace = ? AND name = ?').run(namespace, name).changes > 0;
+  }
+
+  usedAddresses(): { ipv4: Set<string>; ipv6: Set<string> } {
+    const rows = this.db.prepare('SELECT ipv4, ipv6 FROM workloads').all() as Array<{ ipv4: string; ipv6: string }>;
+    return { ipv4: new Set(rows.map((r) => r.ipv4)), ipv6: new Set(rows.map((r) => r.ipv6)) };
+  }
+
+  usedEndpointIds(): number[] {
+    return (this.db.prepare('SELECT endpoint_id FROM workloads ORDER BY endpoint_id').all() as Array<{ endpoint_id: number }>).map(
+      (r) => r.endpoint_id,
+    );
+  }
+
+  // --- identities ----------------------------------------------------------------------------
+
+  identityByKey(labelsKey: string): IdentityRecord | undefined {
+    return this.identitySelect('WHERE i.labels_key = ?', labelsKey)[0];
+  }
+
+  identityGet(id: number): IdentityRecord | undefined {
+    return this.identitySelect('WHERE i.id = ?', id)[0];
+  }
+
+  identityList(): IdentityRecord[] {
+    return this.identitySelect('');
+  }
+
+  private identitySelect(where: string, ...params: unknown[]): IdentityRecord[] {
+    const rows = this.db
+      .prepare(
+        `SELECT i.id, i.labels_key, i.labels, i.created_at,
+                (SELECT COUNT(*) FROM workloads w WHERE w.identity = i.id) AS refs
+         FROM identities i ${where} ORDER BY i.id`,
+      )
+      .all(...params) as Array<{ id: number; labels_key: string; labels: string; created_at: string; refs: number }>;
+    return rows.map((r) => ({
+      id: r.id,
+      labelsKey: r.labels_key,
+      labels: JSON.parse(r.labels) as string[],
+      references: r.refs,
+      createdAt: r.created_at,
+    }));
+  }
+
+  usedIdentityIds(): number[] {
+    return (this.db.prepare('SELECT id FROM identities ORDER BY id').all() as Array<{ id: number }>).map((r) => r.id);
+  }
+
+  identityInsert(id: number, labelsKey: string, labels: string[]): void {
+    this.db
+      .prepare('INSERT INTO identities (id, labels_key, labels, created_at) VALUES (?, ?, ?, ?)')
+      .run(id, labelsKey, JSON.stringify(labels), new Date().toISOString());
+  }
+
+  /** Deletes identities no workload references any more; returns the ids released. */
+  identitiesReleaseUnused(): number[] {
+    const ids = (
+      this.db
+        .prepare('SELECT id FROM identities WHERE id NOT IN (SELECT DISTINCT identity FROM workloads)')
+        .all() as Array<{ id: number }>
+    ).map((r) => r.id);
+    if (ids.length) this.db.prepare(`DELETE FROM identities WHERE id IN (${ids.map(() => '?').join(',')})`).run(...ids);
+    return ids;
+  }
+}

@@ -1,0 +1,40 @@
+import type { DeviceMode } from '../../netkit/index.js';
+
+/** What was asked for: written before the kernel is touched. */
+export interface WorkloadSpec {
+  name: string;
+  namespace: string;
+  kind: 'netns';
+  labels: Record<string, string>;
+  netns: string;
+  /** Requested mode: `auto` resolves at registration and the resolved mode is stored in `mode`. */
+  requestedMode: 'auto' | 'veth' | 'netkit';
+  interface: string;
+}
+
+export type WorkloadState = 'pending' | 'ready' | 'error';
+
+/** One row: desired state plus what the agent allocated for it. */
+export interface WorkloadRecord {
+  spec: WorkloadSpec;
+  mode: DeviceMode;
+  endpointId: number;
+  identity: number;
+  ipv4: string;
+  ipv6: string;
+  hostIfname: string;
+  state: WorkloadState;
+  /** Last observed kernel facts (ifindex, MACs), refreshed by the reconciler. */
+  observed: { hostIfindex: number; hostMac: string; peerIfindex: number; peerMac: string } | null;
+  error: string | null;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface IdentityRecord {
+  id: number;
+  labels: string[];
+  labelsKey: string;
+  references: number;
+  createdAt: string;
+}

@@ -1,0 +1,68 @@
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { IdentityAllocator, lowestFree } from '../../agent/identity/allocator.js';
+import { identityLabels, labelFormat, labelSetKey } from '../../agent/identity/labels.js';
+import { IDENTITY_MIN } from '../../agent/identity/reserved.js';
+import { SqliteStore } from '../../agent/store/sqlite-store.js';
+
+describe('identity labels', () => {
+  test('add namespace labels and default the k8s source', () => {
+    const labels = identityLabels({ app: 'web', 'vm:role': 'db' }, 'prod').map(labelFormat);
+    assert.deepEqual(labels, [
+      'k8s:app=web',
+      'k8s:io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name=prod',
+      'k8s:io.kubernetes.pod.namespace=prod',
+      'vm:role=db',
+    ]);
+  });
+  test('the key does not depend on label order', () => {
+    const a = labelSetKey(identityLabels({ a: '1', b: '2' }, 'x'));
+    const b = labelSetKey(identityLabels({ b: '2', a: '1' }, 'x'));
+    assert.equal(a, b);
+    assert.notEqual(a, labelSetKey(identityLabels({ a: '1', b: '2' }, 'y')));
+  });
+});
+
+describe('lowestFree', () => {
+  test('finds gaps', () => {
+    assert.equal(lowestFree([], 256, 300), 256);
+    assert.equal(lowestFree([256, 257, 259], 256, 300), 258);
+    assert.equal(lowestFree([1, 2, 256], 256, 300), 257);
+    assert.equal(lowestFree([256, 257], 256, 257), undefined);
+  });
+});
+
+describe('IdentityAllocator with the SQLite store', () => {
+  function insertWorkload(store: SqliteStore, name: string, identity: number, n: number) {
+    store.workloadInsert({
+      spec: { name, namespace: 'default', kind: 'netns', labels: {}, netns: '/x', requestedMode: 'auto', interface: 'eth0' },
+      mode: 'veth',
+      endpointId: n,
+      identity,
+      ipv4: `10.0.0.${n}`,
+      ipv6: `fd00::${n}`,
+      hostIfname: `kn${n}`,
+    });
+  }
+
+  test('same labels share a number; new sets get the next; release when unused; stable across reopen', () => {
+    const store = new SqliteStore(':memory:');
+    const alloc = new IdentityAllocator(store);
+    const web = alloc.acquire({ app: 'web' }, 'default');
+    assert.equal(web, IDENTITY_MIN);
+    assert.equal(alloc.acquire({ app: 'web' }, 'default'), web);
+    const db = alloc.acquire({ app: 'db' }, 'default');
+    assert.equal(db, IDENTITY_MIN + 1);
+    insertWorkload(store, 'w1', web, 1);
+    insertWorkload(store, 'w2', web, 2);
+    // db has no workload: released; web is still referenced twice.
+    assert.deepEqual(store.identitiesReleaseUnused(), [db]);
+    assert.equal(store.identityGet(web)?.references, 2);
+    store.workloadDelete('default', 'w1');
+    assert.deepEqual(store.identitiesReleaseUnused(), []);
+    store.workloadDelete('default', 'w2');
+    assert.deepEqual(store.identitiesReleaseUnused(), [web]);
+    assert.equal(store.identityList().length, 0);
+    store.close();
+  });
+});
