@@ -1,0 +1,157 @@
+import type { Logger } from 'pino';
+import type { AgentApi, FlowRecord } from '../api/agent-api.js';
+import type { Identity } from '../api/schemas/identity.js';
+import type { Status } from '../api/schemas/status.js';
+import type { Workload, WorkloadCreate } from '../api/schemas/workload.js';
+import { GATEWAY_V4, GATEWAY_V6 } from '../netkit/index.js';
+import type { Config } from './config.js';
+import { EndpointDirectory } from './flows/directory.js';
+import { FlowPipeline } from './flows/pipeline.js';
+import type { HostFacts } from './host-facts.js';
+import { ReservedIdentity } from './identity/reserved.js';
+import type { KernelOps } from './kernel-ops.js';
+import { Reconciler } from './reconciler.js';
+import type { SqliteStore } from './store/sqlite-store.js';
+import type { WorkloadRecord } from './store/types.js';
+import { WorkloadService } from './workloads.js';
+
+export const KITNET_VERSION = '0.1.0';
+
+/** The agent's parts wired together, and the view of them the API gets. */
+export class Agent implements AgentApi {
+  readonly workloads: WorkloadService;
+  readonly reconciler: Reconciler;
+  readonly directory: EndpointDirectory;
+  readonly flows: FlowPipeline;
+  private readonly startedAt = Date.now();
+
+  constructor(
+    readonly config: Config,
+    readonly store: SqliteStore,
+    readonly kernel: KernelOps,
+    readonly hostFacts: HostFacts,
+    readonly log: Logger,
+  ) {
+    this.reconciler = new Reconciler(store, config, kernel, log.child({ component: 'reconciler' }));
+    this.workloads = new WorkloadService(store, config, kernel, this.reconciler, log.child({ component: 'workloads' }));
+    this.directory = new EndpointDirectory(store);
+    this.flows = new FlowPipeline(this.directory, config.nodeName, config.flows.ringCapacity, log.child({ component: 'flows' }));
+  }
+
+  /** Restores the datapath from the store, then starts reading flows. */
+  async start(): Promise<void> {
+    const result = await this.workloads.exclusive(() => this.reconciler.syncAll());
+    this.directory.refresh();
+    this.log.info(result, 'state restored from store');
+    this.flows.start(this.kernel.datapath);
+  }
+
+  stop(): void {
+    this.flows.stop();
+  }
+
+  private view(rec: WorkloadRecord): Workload {
+    const identity = this.store.identityGet(rec.identity);
+    return {
+      name: rec.spec.name,
+      namespace: rec.spec.namespace,
+      kind: rec.spec.kind,
+      labels: rec.spec.labels,
+      netns: rec.spec.netns,
+      mode: rec.mode,
+      requestedMode: rec.spec.requestedMode,
+      state: rec.state,
+      error: rec.error,
+      endpointId: rec.endpointId,
+      identity: rec.identity,
+      identityLabels: identity?.labels ?? [],
+      ipv4: rec.ipv4,
+      ipv6: rec.ipv6,
+      interfaces: {
+        host: { name: rec.hostIfname, ifindex: rec.observed?.hostIfindex ?? null, mac: rec.observed?.hostMac ?? null },
+        workload: { name: rec.spec.interface, ifindex: rec.observed?.peerIfindex ?? null, mac: rec.observed?.peerMac ?? null },
+      },
+      gateway: { ipv4: GATEWAY_V4, ipv6: GATEWAY_V6 },
+      createdAt: rec.createdAt,
+      updatedAt: rec.updatedAt,
+    };
+  }
+
+  async workloadRegister(input: WorkloadCreate): Promise<Workload> {
+    try {
+      return this.view(await this.workloads.register(input));
+    } finally {
+      this.directory.refresh();
+    }
+  }
+
+  workloadList(namespace?: string): Workload[] {
+    return this.workloads.list(namespace).map((r) => this.view(r));
+  }
+
+  workloadGet(namespace: string, name: string): Workload {
+    return this.view(this.workloads.get(namespace, name));
+  }
+
+  async workloadRemove(namespace: string, name: string): Promise<Workload> {
+    try {
+      const view = this.view(this.workloads.get(namespace, name));
+      await this.workloads.remove(namespace, name);
+      return view;
+    } finally {
+      this.directory.refresh();
+    }
+  }
+
+  identityList(): Identity[] {
+    const reserved: Identity[] = Object.entries(ReservedIdentity)
+      .filter(([, id]) => id !== 0)
+      .map(([name, id]) => ({ id, labels: [`reserved:${name}`], references: 0, reserved: true, createdAt: null }));
+    const allocated = this.store.identityList().map((i) => ({
+      id: i.id,
+      labels: i.labels,
+      references: i.references,
+      reserved: false,
+      createdAt: i.createdAt,
+    }));
+    return [...reserved, ...allocated];
+  }
+
+  async status(): Promise<Status> {
+    const f = await this.kernel.features();
+    const records = this.store.workloadList();
+    const countBy = (key: (r: WorkloadRecord) => string) =>
+      records.reduce<Record<string, number>>((acc, r) => ((acc[key(r)] = (acc[key(r)] ?? 0) + 1), acc), {});
+    const autoMode = f.netkit ? 'netkit' : f.tcx ? 'veth' : 'unsupported';
+    const reason = f.netkit
+      ? 'the kernel can create netkit devices'
+      : `netkit unavailable (${f.netkitDetail}); veth with ${f.tcx ? 'tcx' : 'no tcx'}`;
+    return {
+      version: KITNET_VERSION,
+      nodeName: this.config.nodeName,
+      uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
+      host: this.hostFacts,
+      kernel: { release: f.kernelRelease, netkit: f.netkit, netkitDetail: f.netkitDetail, tcx: f.tcx, tcClsact: f.tcClsact },
+      datapath: { configuredMode: this.config.datapath.mode, autoMode, reason, pinRoot: this.config.bpfPinRoot },
+      ipam: { ipv4Pool: this.config.ipam.ipv4Pool, ipv6Pool: this.config.ipam.ipv6Pool },
+      counts: {
+        workloads: records.length,
+        workloadsByMode: countBy((r) => r.mode),
+        workloadsByState: countBy((r) => r.state),
+        identities: this.store.identityList().length,
+        flowsInRing: this.flows.ring.length,
+        flowsProcessed: this.flows.processed,
+        lostEvents: Number(this.flows.lostEvents()),
+      },
+    };
+  }
+
+  flowsLast(n?: number): FlowRecord[] {
+    return this.flows.ring.last(n);
+  }
+
+  flowsFollow(onFlow: (f: FlowRecord) => void): () => void {
+    this.flows.on('flow', onFlow);
+    return () => this.flows.off('flow', onFlow);
+  }
+}

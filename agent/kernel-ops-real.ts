@@ -1,0 +1,18 @@
+import type { Datapath } from '../bpf/index.js';
+import * as netkit from '../netkit/index.js';
+import type { KernelOps } from './kernel-ops.js';
+
+export function kernelOpsReal(datapath: Datapath): KernelOps {
+  return {
+    datapath,
+    features: () => netkit.featuresProbe(),
+    netnsValidate: (path) => netkit.netnsPathValidate(path),
+    deviceCreate: (spec) => netkit.endpointDeviceCreate(spec),
+    deviceDelete: (name) => netkit.endpointDeviceDelete(name),
+    deviceObserve: (spec) => netkit.endpointDeviceObserve(spec),
+    linksList: () => netkit.kitnetLinksList(),
+    devicePolicyOpen: async (device) => {
+      if (device.mode !== 'veth') await netkit.netkitPeerPolicySet(device.hostIfname, 'forward');
+    },
+  };
+}

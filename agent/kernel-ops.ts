@@ -1,0 +1,18 @@
+import type { Datapath } from '../bpf/index.js';
+import type { EndpointDevice, EndpointDeviceSpec, KernelFeatures, KitnetLink } from '../netkit/index.js';
+
+/**
+ * Everything the agent asks of the kernel, in one narrow interface: the agent's logic can be unit
+ * tested against a fake, and the root integration tests run it against the real netkit/ and bpf/.
+ */
+export interface KernelOps {
+  features(): Promise<KernelFeatures>;
+  netnsValidate(path: string): Promise<void>;
+  deviceCreate(spec: EndpointDeviceSpec): Promise<EndpointDevice>;
+  deviceDelete(hostIfname: string): Promise<boolean>;
+  deviceObserve(spec: EndpointDeviceSpec): Promise<EndpointDevice | undefined>;
+  linksList(): Promise<KitnetLink[]>;
+  /** Lets traffic through a netkit peer once its programs are attached (no-op for veth). */
+  devicePolicyOpen(device: EndpointDevice): Promise<void>;
+  readonly datapath: Datapath;
+}

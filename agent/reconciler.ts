@@ -1,0 +1,117 @@
+import type { Logger } from 'pino';
+import type { AttachKind } from '../bpf/index.js';
+import type { Config } from './config.js';
+import type { KernelOps } from './kernel-ops.js';
+import type { SqliteStore } from './store/sqlite-store.js';
+import type { WorkloadRecord } from './store/types.js';
+import { deviceSpecFor } from './workloads.js';
+
+export type Observed = NonNullable<WorkloadRecord['observed']>;
+
+function attachKindFor(rec: WorkloadRecord): AttachKind {
+  return rec.mode === 'veth' ? 'tcx' : 'netkit';
+}
+
+/**
+ * Converges the kernel to the store. Every step is idempotent: an existing correct device is kept,
+ * pinned links are adopted, map entries are overwritten with the same values. So the same code path
+ * serves first registration, agent restart and repair after a crash.
+ */
+export class Reconciler {
+  constructor(
+    private readonly store: SqliteStore,
+    private readonly config: Config,
+    private readonly kernel: KernelOps,
+    private readonly log: Logger,
+  ) {}
+
+  async workloadConverge(rec: WorkloadRecord): Promise<Observed> {
+    const spec = deviceSpecFor(rec, this.config);
+    let device = await this.kernel.deviceObserve(spec);
+    if (!device) {
+      // A host link without its namespace side, or nothing at all: start clean.
+      await this.kernel.deviceDelete(rec.hostIfname);
+      device = await this.kernel.deviceCreate(spec);
+    }
+    const dp = this.kernel.datapath;
+    dp.endpointUpsert(device.hostIfindex, {
+      endpointId: rec.endpointId,
+      identity: rec.identity,
+      ipv4: rec.ipv4,
+      ipv6: rec.ipv6,
+      mac: device.peerMac,
+      flags: 0,
+    });
+    dp.ipcacheUpsert(`${rec.ipv4}/32`, { identity: rec.identity, hostId: 0 });
+    dp.ipcacheUpsert(`${rec.ipv6}/128`, { identity: rec.identity, hostId: 0 });
+    await dp.attach({ ifname: device.hostIfname, ifindex: device.hostIfindex, kind: attachKindFor(rec) });
+    await this.kernel.devicePolicyOpen(device);
+    return { hostIfindex: device.hostIfindex, hostMac: device.hostMac, peerIfindex: device.peerIfindex, peerMac: device.peerMac };
+  }
+
+  /** Removes everything a workload has in the kernel; tolerant of parts already gone. */
+  async workloadTeardown(rec: WorkloadRecord): Promise<void> {
+    const dp = this.kernel.datapath;
+    await dp.detach(rec.hostIfname);
+    for (const [ifindex, info] of dp.endpointList()) {
+      if (info.endpointId === rec.endpointId || ifindex === rec.observed?.hostIfindex) dp.endpointDelete(ifindex);
+    }
+    dp.ipcacheDelete(`${rec.ipv4}/32`);
+    dp.ipcacheDelete(`${rec.ipv6}/128`);
+    await this.kernel.deviceDelete(rec.hostIfname);
+  }
+
+  /**
+   * Startup: bring every stored workload back to its desired state (adopting what is pinned), then
+   * remove what the store does not know: links, pinned links, endpoint and ipcache entries left by a
+   * crash between kernel work and the store write.
+   */
+  async syncAll(): Promise<{ converged: number; failed: number; orphans: number }> {
+    const records = this.store.workloadList();
+    let converged = 0;
+    let failed = 0;
+    const liveIfindexes = new Set<number>();
+    for (const rec of records) {
+      const log = this.log.child({ workload: `${rec.spec.namespace}/${rec.spec.name}`, device: rec.hostIfname, identity: rec.identity });
+      try {
+        const observed = await this.workloadConverge(rec);
+        liveIfindexes.add(observed.hostIfindex);
+        this.store.workloadStateSet(rec.spec.namespace, rec.spec.name, 'ready', observed);
+        converged++;
+      } catch (err) {
+        failed++;
+        log.error({ err }, 'workload could not be restored; it stays registered in state "error"');
+        this.store.workloadStateSet(rec.spec.namespace, rec.spec.name, 'error', rec.observed, (err as Error).message);
+      }
+    }
+
+    let orphans = 0;
+    const known = new Set(records.map((r) => r.hostIfname));
+    const dp = this.kernel.datapath;
+    for (const link of await this.kernel.linksList()) {
+      if (known.has(link.ifname)) continue;
+      this.log.warn({ device: link.ifname, alias: link.alias }, 'removing orphaned kitnet link');
+      await this.kernel.deviceDelete(link.ifname);
+      orphans++;
+    }
+    for (const ifname of await dp.attachedList()) {
+      if (known.has(ifname)) continue;
+      this.log.warn({ device: ifname }, 'removing orphaned pinned links');
+      await dp.detach(ifname);
+      orphans++;
+    }
+    const failedIfindexes = new Set(records.filter((r) => r.observed).map((r) => r.observed!.hostIfindex));
+    for (const [ifindex] of dp.endpointList()) {
+      if (liveIfindexes.has(ifindex) || failedIfindexes.has(ifindex)) continue;
+      dp.endpointDelete(ifindex);
+      orphans++;
+    }
+    const knownCidrs = new Set(records.flatMap((r) => [`${r.ipv4}/32`, `${r.ipv6}/128`]));
+    for (const [cidr, entry] of dp.ipcacheList()) {
+      if (entry.hostId !== 0 || knownCidrs.has(cidr)) continue;
+      dp.ipcacheDelete(cidr);
+      orphans++;
+    }
+    return { converged, failed, orphans };
+  }
+}

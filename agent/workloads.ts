@@ -1,0 +1,211 @@
+import { createHash } from 'node:crypto';
+import type { Logger } from 'pino';
+import { KernelError, UnsupportedFeatureError } from '../common/kernel-error.js';
+import { KitnetError } from '../common/errors.js';
+import type { DeviceMode, EndpointDeviceSpec } from '../netkit/index.js';
+import type { Config } from './config.js';
+import { IdentityAllocator, IdentityExhaustedError, lowestFree } from './identity/allocator.js';
+import { IpamError, Pool } from './ipam.js';
+import type { KernelOps } from './kernel-ops.js';
+import type { Reconciler } from './reconciler.js';
+import type { SqliteStore } from './store/sqlite-store.js';
+import type { WorkloadRecord, WorkloadSpec } from './store/types.js';
+import { Mutex } from './mutex.js';
+
+export interface WorkloadCreateInput {
+  name: string;
+  namespace: string;
+  kind: 'netns';
+  labels: Record<string, string>;
+  netns: string;
+  ipv4?: string | undefined;
+  ipv6?: string | undefined;
+  mode: 'auto' | 'veth' | 'netkit';
+  interface?: string | undefined;
+}
+
+const ENDPOINT_ID_MAX = 65535;
+
+/** Host-side interface name: stable for a workload, at most 15 bytes, recognisable as kitnet's. */
+export function hostIfnameFor(namespace: string, name: string): string {
+  return `kn${createHash('sha256').update(`${namespace}/${name}`).digest('hex').slice(0, 11)}`;
+}
+
+export function deviceSpecFor(rec: WorkloadRecord, config: Config): EndpointDeviceSpec {
+  return {
+    hostIfname: rec.hostIfname,
+    alias: `kitnet:${rec.spec.namespace}/${rec.spec.name}`,
+    netnsPath: rec.spec.netns,
+    peerIfname: rec.spec.interface,
+    mode: rec.mode,
+    ipv4: rec.ipv4,
+    ipv6: rec.ipv6,
+    ...(config.datapath.mtu ? { mtu: config.datapath.mtu } : {}),
+  };
+}
+
+/** Maps errors from lower layers to catalogue errors a client can act on. */
+export function errorToKitnet(err: unknown, context: string): KitnetError {
+  if (err instanceof KitnetError) return err;
+  if (err instanceof IpamError) {
+    const code = {
+      BAD_ADDRESS: 'AGENT_ERR_IPAM_BAD_ADDRESS',
+      OUT_OF_POOL: 'AGENT_ERR_IPAM_OUT_OF_POOL',
+      ADDRESS_TAKEN: 'AGENT_ERR_IPAM_ADDRESS_TAKEN',
+      POOL_EXHAUSTED: 'AGENT_ERR_IPAM_POOL_EXHAUSTED',
+    } as const;
+    return new KitnetError(code[err.code], err.message, { cause: err });
+  }
+  if (err instanceof IdentityExhaustedError) return new KitnetError('AGENT_ERR_IDENTITY_EXHAUSTED', err.message, { cause: err });
+  if (err instanceof UnsupportedFeatureError) {
+    return new KitnetError('AGENT_ERR_DATAPATH_UNSUPPORTED', `${context}: ${err.message}`, { field: 'mode', cause: err });
+  }
+  if (err instanceof KernelError) return new KitnetError('AGENT_ERR_KERNEL', `${context}: ${err.message}`, { cause: err });
+  return new KitnetError('AGENT_ERR_INTERNAL', `${context}: ${(err as Error)?.message ?? String(err)}`, { cause: err });
+}
+
+/**
+ * Registration and removal of workloads. Desired state goes to the store first (state `pending`),
+ * then the reconciler wires the kernel; a failure rolls both back so bad input or a kernel refusal
+ * leaves nothing behind. Mutations are serialised: the kernel work of one workload never interleaves
+ * with another's, and allocation sees a consistent store.
+ */
+export class WorkloadService {
+  private readonly mutex = new Mutex();
+  private readonly identities: IdentityAllocator;
+  private readonly pool4: Pool;
+  private readonly pool6: Pool;
+
+  constructor(
+    private readonly store: SqliteStore,
+    private readonly config: Config,
+    private readonly kernel: KernelOps,
+    private readonly reconciler: Reconciler,
+    private readonly log: Logger,
+  ) {
+    this.identities = new IdentityAllocator(store);
+    this.pool4 = new Pool(config.ipam.ipv4Pool);
+    this.pool6 = new Pool(config.ipam.ipv6Pool);
+  }
+
+  list(namespace?: string): WorkloadRecord[] {
+    return this.store.workloadList(namespace);
+  }
+
+  get(namespace: string, name: string): WorkloadRecord {
+    const rec = this.store.workloadGet(namespace, name);
+    if (!rec) throw new KitnetError('AGENT_ERR_WORKLOAD_NOT_FOUND', `workload ${namespace}/${name} is not registered`);
+    return rec;
+  }
+
+  async modeResolve(requested: WorkloadCreateInput['mode']): Promise<DeviceMode> {
+    const f = await this.kernel.features();
+    if (requested === 'netkit' || (requested === 'auto' && f.netkit)) {
+      if (!f.netkit) {
+        throw new KitnetError(
+          'AGENT_ERR_DATAPATH_UNSUPPORTED',
+          `mode "netkit" needs Linux >= 6.7 with CONFIG_NETKIT; this kernel (${f.kernelRelease}) has none (${f.netkitDetail}). Use mode "veth" or "auto".`,
+          { field: 'mode' },
+        );
+      }
+      return 'netkit';
+    }
+    if (!f.tcx) {
+      throw new KitnetError(
+        'AGENT_ERR_DATAPATH_UNSUPPORTED',
+        `mode "veth" needs tcx (Linux >= 6.6) to attach programs; this kernel is ${f.kernelRelease}`,
+        { field: 'mode' },
+      );
+    }
+    return 'veth';
+  }
+
+  register(input: WorkloadCreateInput): Promise<WorkloadRecord> {
+    return this.mutex.run(() => this.registerLocked(input));
+  }
+
+  private async registerLocked(input: WorkloadCreateInput): Promise<WorkloadRecord> {
+    const started = performance.now();
+    const ref = `${input.namespace}/${input.name}`;
+    if (this.store.workloadGet(input.namespace, input.name)) {
+      throw new KitnetError('AGENT_ERR_WORKLOAD_EXISTS', `workload ${ref} is already registered`, { field: 'name' });
+    }
+    try {
+      await this.kernel.netnsValidate(input.netns);
+    } catch (err) {
+      throw new KitnetError('AGENT_ERR_WORKLOAD_NETNS', `netns: ${(err as Error).message}`, { field: 'netns', cause: err });
+    }
+    const mode = await this.modeResolve(input.mode);
+
+    const spec: WorkloadSpec = {
+      name: input.name,
+      namespace: input.namespace,
+      kind: input.kind,
+      labels: input.labels,
+      netns: input.netns,
+      requestedMode: input.mode,
+      interface: input.interface ?? this.config.datapath.workloadIfname,
+    };
+    let rec: WorkloadRecord;
+    try {
+      rec = this.store.transaction(() => {
+        const used = this.store.usedAddresses();
+        const ipv4 = input.ipv4 ? this.pool4.check(input.ipv4, used.ipv4, 'ipv4') : this.pool4.allocate(used.ipv4, 'ipv4');
+        const ipv6 = input.ipv6 ? this.pool6.check(input.ipv6, used.ipv6, 'ipv6') : this.pool6.allocate(used.ipv6, 'ipv6');
+        const identity = this.identities.acquire(input.labels, input.namespace);
+        const endpointId = lowestFree(this.store.usedEndpointIds(), 1, ENDPOINT_ID_MAX);
+        if (endpointId === undefined) throw new KitnetError('AGENT_ERR_INTERNAL', 'no free endpoint id left');
+        return this.store.workloadInsert({
+          spec,
+          mode,
+          endpointId,
+          identity,
+          ipv4,
+          ipv6,
+          hostIfname: hostIfnameFor(input.namespace, input.name),
+        });
+      });
+    } catch (err) {
+      throw errorToKitnet(err, `workload ${ref}`);
+    }
+
+    const log = this.log.child({ workload: ref, device: rec.hostIfname, identity: rec.identity });
+    try {
+      const observed = await this.reconciler.workloadConverge(rec);
+      this.store.workloadStateSet(input.namespace, input.name, 'ready', observed);
+    } catch (err) {
+      log.warn({ err }, 'registration failed; rolling back');
+      await this.reconciler.workloadTeardown(rec).catch((e: unknown) => log.error({ err: e }, 'rollback teardown failed'));
+      this.store.transaction(() => {
+        this.store.workloadDelete(input.namespace, input.name);
+        this.store.identitiesReleaseUnused();
+      });
+      throw errorToKitnet(err, `registering workload ${ref}`);
+    }
+    const done = this.store.workloadGet(input.namespace, input.name)!;
+    log.info(
+      { mode: done.mode, ipv4: done.ipv4, ipv6: done.ipv6, ifindex: done.observed?.hostIfindex, ms: +(performance.now() - started).toFixed(1) },
+      'workload registered',
+    );
+    return done;
+  }
+
+  remove(namespace: string, name: string): Promise<WorkloadRecord> {
+    return this.mutex.run(async () => {
+      const rec = this.get(namespace, name);
+      const log = this.log.child({ workload: `${namespace}/${name}`, device: rec.hostIfname, identity: rec.identity });
+      await this.reconciler.workloadTeardown(rec);
+      const released = this.store.transaction(() => {
+        this.store.workloadDelete(namespace, name);
+        return this.store.identitiesReleaseUnused();
+      });
+      log.info({ releasedIdentities: released }, 'workload removed');
+      return rec;
+    });
+  }
+
+  /** Runs fn while no registration or removal is in progress (startup sync, shutdown). */
+  exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    return this.mutex.run(fn);
+  }
+}

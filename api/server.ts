@@ -1,0 +1,43 @@
+import swagger from '@fastify/swagger';
+import Fastify, { type FastifyInstance } from 'fastify';
+import { jsonSchemaTransform, serializerCompiler, validatorCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod';
+import type { Logger } from 'pino';
+import type { AgentApi } from './agent-api.js';
+import { errorHandler } from './errors.js';
+import { flowRoutes } from './routes/flows.js';
+import { systemRoutes } from './routes/system.js';
+import { workloadRoutes } from './routes/workloads.js';
+
+export interface ServerOptions {
+  agent: AgentApi;
+  logger: Logger | false;
+  version: string;
+}
+
+/** Builds the REST API (not listening yet): routes, zod validation, OpenAPI at /docs/json. */
+export async function serverBuild(opts: ServerOptions): Promise<FastifyInstance> {
+  // Typed loosely at the boundary: callers only listen, inject and close.
+  const app = Fastify({
+    loggerInstance: opts.logger || undefined,
+    logger: opts.logger ? undefined : false,
+    bodyLimit: 1 << 20,
+    disableRequestLogging: true,
+  }).withTypeProvider<ZodTypeProvider>();
+  app.setValidatorCompiler(validatorCompiler);
+  app.setSerializerCompiler(serializerCompiler);
+  app.setErrorHandler(errorHandler);
+  app.setNotFoundHandler((req, reply) => {
+    void reply.code(404).send({ statusCode: 404, code: 'AGENT_ERR_API_NOT_FOUND', error: 'Not Found', message: `no route ${req.method} ${req.url}` });
+  });
+
+  await app.register(swagger, {
+    openapi: { info: { title: 'kitnet agent API', version: opts.version, description: 'Register workloads, read identities, status and flows.' } },
+    transform: jsonSchemaTransform,
+  });
+  await app.register(systemRoutes, { agent: opts.agent });
+  await app.register(workloadRoutes, { agent: opts.agent });
+  await app.register(flowRoutes, { agent: opts.agent });
+  app.get('/docs/json', { schema: { hide: true } }, async () => app.swagger());
+  await app.ready();
+  return app as unknown as FastifyInstance;
+}

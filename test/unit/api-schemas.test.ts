@@ -1,0 +1,109 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import type { FastifyInstance } from 'fastify';
+import { KitnetError } from '../../common/errors.js';
+import type { AgentApi } from '../../api/agent-api.js';
+import type { WorkloadCreate } from '../../api/schemas/workload.js';
+import { serverBuild } from '../../api/server.js';
+
+/** Records what reached the agent: a rejected request must never get there. */
+function agentStub() {
+  const calls: WorkloadCreate[] = [];
+  const agent: AgentApi = {
+    workloadRegister: async (input) => {
+      calls.push(input);
+      throw new KitnetError('AGENT_ERR_WORKLOAD_EXISTS', 'stub');
+    },
+    workloadList: () => [],
+    workloadGet: (ns, name) => {
+      throw new KitnetError('AGENT_ERR_WORKLOAD_NOT_FOUND', `workload ${ns}/${name} is not registered`);
+    },
+    workloadRemove: async () => {
+      throw new KitnetError('AGENT_ERR_WORKLOAD_NOT_FOUND', 'stub');
+    },
+    identityList: () => [],
+    status: async () => {
+      throw new Error('unused');
+    },
+    flowsLast: () => [],
+    flowsFollow: () => () => undefined,
+  };
+  return { agent, calls };
+}
+
+describe('API request validation', () => {
+  let app: FastifyInstance;
+  const stub = agentStub();
+  before(async () => {
+    app = await serverBuild({ agent: stub.agent, logger: false, version: 'test' });
+  });
+  after(() => app.close());
+
+  const valid = { name: 'web', namespace: 'default', labels: { app: 'web' }, kind: 'netns', netns: '/var/run/netns/web' };
+  const cases: Array<[string, Record<string, unknown>, RegExp]> = [
+    ['missing name', { ...valid, name: undefined }, /name/],
+    ['upper-case name', { ...valid, name: 'Web' }, /name.*DNS-1123/],
+    ['name too long', { ...valid, name: 'a'.repeat(64) }, /name.*63/],
+    ['bad namespace', { ...valid, namespace: 'a_b' }, /namespace/],
+    ['relative netns path', { ...valid, netns: 'netns/web' }, /netns.*absolute/],
+    ['missing netns', { ...valid, netns: undefined }, /netns/],
+    ['bad ipv4', { ...valid, ipv4: '10.200.0.300' }, /ipv4/],
+    ['ipv4 with prefix', { ...valid, ipv4: '10.200.0.3/16' }, /ipv4/],
+    ['ipv6 given as v4', { ...valid, ipv6: '10.200.0.3' }, /ipv6/],
+    ['unknown mode', { ...valid, mode: 'macvlan' }, /mode/],
+    ['unknown kind', { ...valid, kind: 'pod' }, /kind/],
+    ['bad label key', { ...valid, labels: { 'bad key': 'x' } }, /label key/],
+    ['bad label value', { ...valid, labels: { app: 'a b' } }, /label value/],
+    ['interface name too long', { ...valid, interface: 'a'.repeat(16) }, /interface/],
+    ['unknown field', { ...valid, colour: 'blue' }, /colour|unrecognized/i],
+  ];
+  for (const [what, body, re] of cases) {
+    test(`rejects ${what} with 400 naming the field`, async () => {
+      const res = await app.inject({ method: 'POST', url: '/v1/workloads', payload: body });
+      assert.equal(res.statusCode, 400, res.body);
+      const err = res.json() as { code: string; message: string };
+      assert.equal(err.code, 'AGENT_ERR_API_VALIDATION');
+      assert.match(err.message, re);
+    });
+  }
+  test('rejected requests never reach the agent', () => assert.equal(stub.calls.length, 0));
+
+  test('a valid body reaches the agent with defaults applied', async () => {
+    const res = await app.inject({ method: 'POST', url: '/v1/workloads', payload: { name: 'web', netns: '/var/run/netns/web' } });
+    assert.equal(res.statusCode, 409);
+    assert.deepEqual(stub.calls.at(-1), { name: 'web', namespace: 'default', labels: {}, kind: 'netns', netns: '/var/run/netns/web', mode: 'auto' });
+  });
+
+  test('invalid JSON is a 400', async () => {
+    const res = await app.inject({ method: 'POST', url: '/v1/workloads', payload: '{"name":', headers: { 'content-type': 'application/json' } });
+    assert.equal(res.statusCode, 400);
+  });
+
+  test('agent errors keep their code and status', async () => {
+    const res = await app.inject({ method: 'GET', url: '/v1/workloads/prod/db' });
+    assert.equal(res.statusCode, 404);
+    assert.equal(res.json().code, 'AGENT_ERR_WORKLOAD_NOT_FOUND');
+  });
+
+  test('unknown routes are 404 with a code', async () => {
+    const res = await app.inject({ method: 'GET', url: '/v2/nothing' });
+    assert.equal(res.statusCode, 404);
+    assert.equal(res.json().code, 'AGENT_ERR_API_NOT_FOUND');
+  });
+
+  test('flows last must be a positive integer', async () => {
+    assert.equal((await app.inject({ method: 'GET', url: '/v1/flows?last=0' })).statusCode, 400);
+    assert.equal((await app.inject({ method: 'GET', url: '/v1/flows?last=abc' })).statusCode, 400);
+    assert.equal((await app.inject({ method: 'GET', url: '/v1/flows?last=5' })).statusCode, 200);
+  });
+
+  test('OpenAPI document is served at /docs/json', async () => {
+    const res = await app.inject({ method: 'GET', url: '/docs/json' });
+    assert.equal(res.statusCode, 200);
+    const doc = res.json() as { openapi: string; paths: Record<string, unknown> };
+    assert.match(doc.openapi, /^3\./);
+    for (const p of ['/v1/workloads', '/v1/workloads/{namespace}/{name}', '/v1/identities', '/v1/status', '/v1/flows', '/healthz']) {
+      assert.ok(doc.paths[p], `missing ${p}`);
+    }
+  });
+});
