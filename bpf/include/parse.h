@@ -1,0 +1,185 @@
+/* Packet parsing: Ethernet (optional), IPv4 / IPv6 with extension headers, then the L4 fields that
+ * flows and conntrack need. Headers are copied with bpf_skb_load_bytes, which works whether or not they
+ * sit in the linear part of the skb (no bpf_skb_pull_data, no re-validation of data/data_end). */
+#pragma once
+
+#include "common.h"
+
+#define IPPROTO_ICMPV6_ 58
+#define NEXTHDR_HOP 0
+#define NEXTHDR_ROUTING 43
+#define NEXTHDR_FRAGMENT 44
+#define NEXTHDR_AUTH 51
+#define NEXTHDR_NONE 59
+#define NEXTHDR_DEST 60
+/* A packet with more extension headers than this is dropped (DROP_INVALID_IPV6_EXTENSION_HEADER);
+ * keeps the loop bounded for the verifier. Linux itself rarely sees more than two. */
+#define IPV6_MAX_EXT_HEADERS 6
+
+#define ICMP_ECHOREPLY_ 0
+#define ICMP_ECHO_ 8
+#define ICMPV6_ECHO_REQUEST_ 128
+#define ICMPV6_ECHO_REPLY_ 129
+/* Router/neighbour discovery: 133 RS, 134 RA, 135 NS, 136 NA, 137 redirect. */
+#define ICMPV6_ND_FIRST 133
+#define ICMPV6_ND_LAST 137
+
+enum parse_result {
+	PARSE_OK = 0,
+	PARSE_NOT_IP,    /* ARP or another L2 protocol: pass untouched */
+	PARSE_TRUNCATED, /* an IP or L4 header is cut short */
+	PARSE_BAD_EXTHDR,
+};
+
+/* Parsed view of one packet. Internal to the datapath (not shared with userspace). */
+struct pkt {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u8 smac[6];
+	__u8 family;   /* FAMILY_* */
+	__u8 protocol; /* L4 protocol after extension headers */
+	__u16 sport;   /* host byte order */
+	__u16 dport;
+	__u16 icmp_id; /* ICMP echo identifier, host order */
+	__u8 icmp_type;
+	__u8 icmp_code;
+	__u8 tcp_flags;
+	__u8 has_l4;   /* 0 for non-first fragments and protocols we do not parse */
+	__u8 is_frag;  /* any fragment (first or later) */
+};
+
+static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, struct pkt *p)
+{
+	__u8 b[14];
+
+	switch (p->protocol) {
+	case IPPROTO_TCP:
+		/* ports (4) .. flags at byte 13 */
+		if (bpf_skb_load_bytes(skb, off, b, 14) < 0)
+			return PARSE_TRUNCATED;
+		p->sport = (b[0] << 8) | b[1];
+		p->dport = (b[2] << 8) | b[3];
+		p->tcp_flags = b[13];
+		break;
+	case IPPROTO_UDP:
+	case IPPROTO_SCTP:
+		/* both start with 16-bit source and destination ports */
+		if (bpf_skb_load_bytes(skb, off, b, 4) < 0)
+			return PARSE_TRUNCATED;
+		p->sport = (b[0] << 8) | b[1];
+		p->dport = (b[2] << 8) | b[3];
+		break;
+	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6_:
+		/* type, code, checksum, then identifier for echo messages */
+		if (bpf_skb_load_bytes(skb, off, b, 6) < 0)
+			return PARSE_TRUNCATED;
+		p->icmp_type = b[0];
+		p->icmp_code = b[1];
+		p->icmp_id = (b[4] << 8) | b[5];
+		break;
+	default:
+		return PARSE_OK; /* tracked by addresses and protocol only */
+	}
+	p->has_l4 = 1;
+	return PARSE_OK;
+}
+
+static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 off, struct pkt *p)
+{
+	struct iphdr ip;
+	__u16 frag;
+
+	if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0)
+		return PARSE_TRUNCATED;
+	if (ip.version != 4 || ip.ihl < 5)
+		return PARSE_TRUNCATED;
+	p->family = FAMILY_IPV4;
+	p->protocol = ip.protocol;
+	__builtin_memcpy(p->saddr, &ip.saddr, 4);
+	__builtin_memcpy(p->daddr, &ip.daddr, 4);
+	frag = bpf_ntohs(ip.frag_off);
+	if (frag & 0x3fff) /* MF set or offset != 0 */
+		p->is_frag = 1;
+	if (frag & 0x1fff)
+		return PARSE_OK; /* later fragment: no L4 header */
+	return parse_l4(skb, off + ip.ihl * 4, p);
+}
+
+static __always_inline int parse_ipv6(struct __sk_buff *skb, __u32 off, struct pkt *p)
+{
+	struct ipv6hdr ip6;
+	__u8 nexthdr;
+	__u8 ext[4];
+	int i;
+
+	if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)) < 0)
+		return PARSE_TRUNCATED;
+	if (ip6.version != 6)
+		return PARSE_TRUNCATED;
+	p->family = FAMILY_IPV6;
+	__builtin_memcpy(p->saddr, &ip6.saddr, 16);
+	__builtin_memcpy(p->daddr, &ip6.daddr, 16);
+	nexthdr = ip6.nexthdr;
+	off += sizeof(ip6);
+
+	for (i = 0; i < IPV6_MAX_EXT_HEADERS; i++) {
+		switch (nexthdr) {
+		case NEXTHDR_HOP:
+		case NEXTHDR_ROUTING:
+		case NEXTHDR_DEST:
+			/* next header, length in 8-octet units not counting the first 8 */
+			if (bpf_skb_load_bytes(skb, off, ext, 2) < 0)
+				return PARSE_TRUNCATED;
+			nexthdr = ext[0];
+			off += ((__u32)ext[1] + 1) * 8;
+			break;
+		case NEXTHDR_AUTH:
+			/* AH: length in 4-octet units minus 2 */
+			if (bpf_skb_load_bytes(skb, off, ext, 2) < 0)
+				return PARSE_TRUNCATED;
+			nexthdr = ext[0];
+			off += ((__u32)ext[1] + 2) * 4;
+			break;
+		case NEXTHDR_FRAGMENT:
+			/* next header, reserved, 13-bit offset + flags */
+			if (bpf_skb_load_bytes(skb, off, ext, 4) < 0)
+				return PARSE_TRUNCATED;
+			nexthdr = ext[0];
+			p->is_frag = 1;
+			off += 8;
+			if (((ext[2] << 8) | ext[3]) & 0xfff8) {
+				p->protocol = nexthdr;
+				return PARSE_OK; /* later fragment: no L4 header */
+			}
+			break;
+		default:
+			/* upper-layer protocol (or ESP / no next header: nothing more to parse) */
+			p->protocol = nexthdr;
+			if (nexthdr == NEXTHDR_NONE)
+				return PARSE_OK;
+			return parse_l4(skb, off, p);
+		}
+	}
+	return PARSE_BAD_EXTHDR;
+}
+
+/* l3_off: 0 on L3 devices (EP_F_NO_L2), else ETH_HLEN. */
+static __always_inline int parse_packet(struct __sk_buff *skb, __u32 l3_off, struct pkt *p)
+{
+	__u16 proto = bpf_ntohs(skb->protocol);
+
+	if (l3_off) {
+		struct ethhdr eth;
+
+		if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0)
+			return PARSE_NOT_IP;
+		__builtin_memcpy(p->smac, eth.h_source, 6);
+		proto = bpf_ntohs(eth.h_proto);
+	}
+	if (proto == ETH_P_IP)
+		return parse_ipv4(skb, l3_off, p);
+	if (proto == ETH_P_IPV6)
+		return parse_ipv6(skb, l3_off, p);
+	return PARSE_NOT_IP;
+}

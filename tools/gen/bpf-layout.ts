@@ -1,0 +1,490 @@
+// Generator: the ONE description of everything the BPF C code and the TypeScript loader must agree on —
+// map structs, map sizes, directions, verdicts, drop reasons, metric slots and the few kernel UAPI
+// constants the Debian 12 headers are too old to carry. It emits:
+//   bpf/include/shared.gen.h  C structs with explicit padding, _Static_assert on every size and offset,
+//                             #defines for all constants
+//   bpf/layout.gen.ts         the same structs as offset tables, plus the constants and drop-reason table
+// Usage: node dist/tools/gen/bpf-layout.js [--check]   (bpf/build.sh runs it when this file changed)
+// Tests: test/unit/bpf-layout.test.ts re-runs it in memory (freshness) and compares it with the BTF of the
+// compiled object (Cilium's alignchecker idea), and checks the UAPI numbers against /sys/kernel/btf/vmlinux.
+import { readFileSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export type ScalarType = 'u8' | 'u16' | 'u32' | 'u64';
+export interface FieldSpec {
+  name: string;
+  type: ScalarType;
+  /** Array length for `u8 addr[16]`-style members; absent for scalars. */
+  count?: number;
+  doc?: string;
+}
+export interface StructSpec {
+  name: string;
+  doc: string;
+  fields: FieldSpec[];
+}
+
+const SIZE: Record<ScalarType, number> = { u8: 1, u16: 2, u32: 4, u64: 8 };
+
+// ---------------------------------------------------------------------------------------------------
+// The description. Padding is explicit (pad* members) so keys hash identically whatever the compiler
+// does, and so BPF code can zero a struct field by field without leaving holes (the verifier rejects
+// map updates from stack slots it considers uninitialised).
+// ---------------------------------------------------------------------------------------------------
+
+export const STRUCTS: StructSpec[] = [
+  {
+    name: 'endpoint_info',
+    doc: 'Value of the `endpoints` map (key: __u32 ifindex of the host-side device).',
+    fields: [
+      { name: 'endpoint_id', type: 'u32' },
+      { name: 'identity', type: 'u32', doc: 'security identity of the workload' },
+      { name: 'ipv4', type: 'u8', count: 4, doc: 'network byte order; 0.0.0.0 = none' },
+      { name: 'ipv6', type: 'u8', count: 16, doc: 'network byte order; :: = none' },
+      { name: 'mac', type: 'u8', count: 6, doc: 'workload (peer) MAC' },
+      { name: 'pad0', type: 'u8', count: 2 },
+      { name: 'flags', type: 'u32', doc: 'EP_F_* bits' },
+    ],
+  },
+  {
+    name: 'ipcache_key',
+    doc: 'Key of the `ipcache` LPM trie. prefixlen counts bits after itself: 32 (family+pad) + IP prefix.',
+    fields: [
+      { name: 'prefixlen', type: 'u32' },
+      { name: 'family', type: 'u8', doc: 'FAMILY_IPV4 / FAMILY_IPV6' },
+      { name: 'pad0', type: 'u8', count: 3 },
+      { name: 'addr', type: 'u8', count: 16, doc: 'IPv4 uses the first 4 bytes' },
+    ],
+  },
+  {
+    name: 'ipcache_value',
+    doc: 'Value of the `ipcache` LPM trie.',
+    fields: [
+      { name: 'identity', type: 'u32' },
+      { name: 'host_id', type: 'u32', doc: '0 = local host, otherwise the remote host carrying the address' },
+    ],
+  },
+  {
+    name: 'ct_key',
+    doc: 'Key of the `conntrack` LRU hash: the 5-tuple as seen by the packet that created the entry, plus the direction it was seen in.',
+    fields: [
+      { name: 'saddr', type: 'u8', count: 16 },
+      { name: 'daddr', type: 'u8', count: 16 },
+      { name: 'sport', type: 'u16', doc: 'host byte order; ICMP echo: identifier (request) / 0 (reply)' },
+      { name: 'dport', type: 'u16', doc: 'host byte order; ICMP echo: 0 (request) / identifier (reply)' },
+      { name: 'protocol', type: 'u8' },
+      { name: 'family', type: 'u8' },
+      { name: 'direction', type: 'u8', doc: 'DIR_* of the packet that created the entry' },
+      { name: 'pad0', type: 'u8' },
+    ],
+  },
+  {
+    name: 'ct_entry',
+    doc: 'Value of the `conntrack` LRU hash. Updated without atomics: counters are statistics, races are benign.',
+    fields: [
+      { name: 'last_seen_ns', type: 'u64', doc: 'bpf_ktime_get_ns() of the last packet' },
+      { name: 'last_report_ns', type: 'u64', doc: 'when an event was last emitted for this entry' },
+      { name: 'packets', type: 'u64' },
+      { name: 'bytes', type: 'u64' },
+      { name: 'tx_flags_seen', type: 'u8', doc: 'TCP flags seen in the original direction' },
+      { name: 'rx_flags_seen', type: 'u8', doc: 'TCP flags seen in the reply direction' },
+      { name: 'flags', type: 'u16', doc: 'CT_F_* bits' },
+      { name: 'src_identity', type: 'u32', doc: 'reserved for policy: remote identity at creation' },
+    ],
+  },
+  {
+    name: 'flow_event',
+    doc: 'One record in the `events` ring buffer. Ports in host byte order, addresses in network byte order.',
+    fields: [
+      { name: 'time_ns', type: 'u64', doc: 'bpf_ktime_get_ns() (CLOCK_MONOTONIC); userspace adds the wall-clock offset' },
+      { name: 'ifindex', type: 'u32' },
+      { name: 'endpoint_id', type: 'u32' },
+      { name: 'src_identity', type: 'u32' },
+      { name: 'dst_identity', type: 'u32' },
+      { name: 'length', type: 'u32', doc: 'skb->len' },
+      { name: 'saddr', type: 'u8', count: 16 },
+      { name: 'daddr', type: 'u8', count: 16 },
+      { name: 'sport', type: 'u16' },
+      { name: 'dport', type: 'u16' },
+      { name: 'drop_reason', type: 'u16', doc: 'Hubble DropReason, 0 when forwarded' },
+      { name: 'direction', type: 'u8', doc: 'DIR_INGRESS (to the workload) / DIR_EGRESS (from it)' },
+      { name: 'family', type: 'u8' },
+      { name: 'protocol', type: 'u8' },
+      { name: 'icmp_type', type: 'u8' },
+      { name: 'icmp_code', type: 'u8' },
+      { name: 'tcp_flags', type: 'u8' },
+      { name: 'verdict', type: 'u8', doc: 'VERDICT_*' },
+      { name: 'is_reply', type: 'u8' },
+      { name: 'reason', type: 'u8', doc: 'REPORT_* — why this packet was reported (aggregation)' },
+      { name: 'pad0', type: 'u8', count: 5 },
+    ],
+  },
+  {
+    name: 'metrics_value',
+    doc: 'Value of the per-CPU `metrics` array; userspace sums the CPUs.',
+    fields: [
+      { name: 'packets', type: 'u64' },
+      { name: 'bytes', type: 'u64' },
+    ],
+  },
+  {
+    name: 'dp_config',
+    doc: 'Value of the `config` array (single entry, key 0). Until CFG_F_SET is set the datapath uses defaults.',
+    fields: [
+      { name: 'monitor_aggregation', type: 'u32', doc: 'MONITOR_AGG_NONE (every packet) / MONITOR_AGG_DEFAULT' },
+      { name: 'report_interval_s', type: 'u32', doc: 'aggregated mode: re-report a flow at most this often; 0 = only on changes' },
+      { name: 'flags', type: 'u32', doc: 'CFG_F_* bits' },
+      { name: 'pad0', type: 'u32' },
+    ],
+  },
+];
+
+export interface ConstGroup {
+  doc: string;
+  /** C #define prefix, e.g. DIR_ -> DIR_INGRESS. */
+  prefix: string;
+  values: Array<[name: string, value: number, doc?: string]>;
+}
+
+/**
+ * Constants. The UAPI group mirrors linux/bpf.h of kernels newer than Debian 12's headers; its numbers are
+ * ABI and test/unit/bpf-layout.test.ts checks them against the running kernel's BTF.
+ */
+export const CONSTANTS: ConstGroup[] = [
+  {
+    doc: 'Kernel UAPI (linux/bpf.h, >= 6.7) not present in the build host headers.',
+    prefix: '',
+    values: [
+      ['BPF_TCX_INGRESS', 46],
+      ['BPF_TCX_EGRESS', 47],
+      ['BPF_NETKIT_PRIMARY', 54, 'primary xmit: traffic towards the workload'],
+      ['BPF_NETKIT_PEER', 55, 'peer xmit: traffic from the workload'],
+      ['BPF_LINK_TYPE_TCX', 11],
+      ['BPF_LINK_TYPE_NETKIT', 13],
+      ['TCX_NEXT', -1, 'continue with the next program (or the device default)'],
+      ['TCX_PASS', 0],
+      ['TCX_DROP', 2],
+    ],
+  },
+  {
+    doc: 'Hubble TrafficDirection: INGRESS = towards the workload, EGRESS = from it.',
+    prefix: 'DIR_',
+    values: [
+      ['UNKNOWN', 0],
+      ['INGRESS', 1],
+      ['EGRESS', 2],
+    ],
+  },
+  {
+    doc: 'Hubble Verdict.',
+    prefix: 'VERDICT_',
+    values: [
+      ['UNKNOWN', 0],
+      ['FORWARDED', 1],
+      ['DROPPED', 2],
+    ],
+  },
+  {
+    doc: 'Address family as stored in keys and events (not AF_*: 4 and 6 read better in dumps).',
+    prefix: 'FAMILY_',
+    values: [
+      ['IPV4', 4],
+      ['IPV6', 6],
+    ],
+  },
+  {
+    doc: 'Reserved identities (Cilium numbering). Unknown remote addresses are WORLD_IPV4 / WORLD_IPV6.',
+    prefix: 'IDENTITY_',
+    values: [
+      ['UNKNOWN', 0],
+      ['HOST', 1],
+      ['WORLD', 2],
+      ['UNMANAGED', 3],
+      ['HEALTH', 4],
+      ['INIT', 5],
+      ['REMOTE_NODE', 6],
+      ['KUBE_APISERVER', 7],
+      ['INGRESS', 8],
+      ['WORLD_IPV4', 9],
+      ['WORLD_IPV6', 10],
+    ],
+  },
+  {
+    doc: 'endpoint_info.flags.',
+    prefix: 'EP_F_',
+    values: [
+      ['ENFORCE_SRC_IP', 1 << 0, 'drop packets from the workload whose source IP is not its own (INVALID_SOURCE_IP)'],
+      ['ENFORCE_SRC_MAC', 1 << 1, 'drop frames from the workload whose source MAC is not its own (INVALID_SOURCE_MAC)'],
+      ['NO_L2', 1 << 2, 'device carries no Ethernet header: packets start at the IP header (L3 devices)'],
+    ],
+  },
+  {
+    doc: 'ct_entry.flags.',
+    prefix: 'CT_F_',
+    values: [
+      ['TX_CLOSING', 1 << 0, 'FIN seen in the original direction'],
+      ['RX_CLOSING', 1 << 1, 'FIN seen in the reply direction'],
+      ['RESET', 1 << 2, 'RST seen'],
+      ['SEEN_REPLY', 1 << 3, 'at least one reply packet'],
+    ],
+  },
+  {
+    doc: 'flow_event.reason: why a packet was reported.',
+    prefix: 'REPORT_',
+    values: [
+      ['EVERY', 0, 'monitor_aggregation = none, or traffic that is not tracked'],
+      ['NEW', 1, 'first packet of a connection'],
+      ['FLAGS', 2, 'new TCP flags in this direction'],
+      ['CLOSE', 3, 'FIN or RST'],
+      ['INTERVAL', 4, 'periodic report of an established flow'],
+      ['DROP', 5],
+      ['FIRST_REPLY', 6, 'first packet in the reply direction'],
+    ],
+  },
+  {
+    doc: 'dp_config.monitor_aggregation.',
+    prefix: 'MONITOR_AGG_',
+    values: [
+      ['NONE', 0, 'report every packet'],
+      ['DEFAULT', 1, 'report new connections, TCP flag changes, closes and drops'],
+    ],
+  },
+  {
+    doc: 'dp_config.flags.',
+    prefix: 'CFG_F_',
+    values: [['SET', 1 << 0, 'the agent wrote this entry; an all-zero (never written) entry means defaults']],
+  },
+  {
+    doc: 'Slots of the per-CPU `metrics` array. Traffic slot = (direction-1)*2 + (verdict-1).',
+    prefix: 'METRIC_',
+    values: [
+      ['INGRESS_FORWARDED', 0],
+      ['INGRESS_DROPPED', 1],
+      ['EGRESS_FORWARDED', 2],
+      ['EGRESS_DROPPED', 3],
+      ['EVENTS_SENT', 4, 'packets = events written to the ring buffer'],
+      ['EVENTS_LOST', 5, 'packets = ring buffer reservations that failed (lost events)'],
+      ['NO_ENDPOINT', 6, 'packets on an attached device without an endpoints entry (passed)'],
+      ['CT_NEW', 7, 'conntrack entries created'],
+      ['CT_FULL', 8, 'conntrack inserts that failed'],
+      ['NON_IP', 9, 'ARP and other non-IP frames (passed, not reported)'],
+    ],
+  },
+  {
+    doc: 'Map sizes (max_entries). Changing one makes libbpf refuse to reuse the pinned map: unpin first.',
+    prefix: '',
+    values: [
+      ['ENDPOINTS_MAP_MAX', 4096],
+      ['IPCACHE_MAP_MAX', 65536],
+      ['CONNTRACK_MAP_MAX', 262144],
+      ['EVENTS_RINGBUF_BYTES', 8 * 1024 * 1024],
+      ['METRICS_MAP_MAX', 16],
+      ['CONFIG_MAP_MAX', 1],
+    ],
+  },
+  {
+    doc: 'Conntrack lifetimes (seconds) after the last packet; an expired entry counts as a new connection.',
+    prefix: 'CT_LIFETIME_',
+    values: [
+      ['TCP', 21600],
+      ['TCP_CLOSED', 10],
+      ['NONTCP', 60],
+    ],
+  },
+];
+
+/**
+ * Hubble DropReason numbers (cilium api/v1/flow/flow.proto; descriptions from pkg/monitor/api/drop.go).
+ * The numbers are ABI shared with Hubble consumers: never renumber, only add. Only the reasons kitnet can
+ * produce are listed.
+ */
+export const DROP_REASONS: Array<[name: string, value: number, desc: string]> = [
+  ['INVALID_SOURCE_MAC', 130, 'Invalid source mac'],
+  ['INVALID_DESTINATION_MAC', 131, 'Invalid destination mac'],
+  ['INVALID_SOURCE_IP', 132, 'Invalid source ip'],
+  ['POLICY_DENIED', 133, 'Policy denied'],
+  ['INVALID_PACKET_DROPPED', 134, 'Invalid packet'],
+  ['CT_TRUNCATED_OR_INVALID_HEADER', 135, 'CT: Truncated or invalid header'],
+  ['CT_UNKNOWN_L4_PROTOCOL', 137, 'CT: Unknown L4 protocol'],
+  ['UNSUPPORTED_L3_PROTOCOL', 139, 'Unsupported L3 protocol'],
+  ['UNKNOWN_L4_PROTOCOL', 142, 'Unknown L4 protocol'],
+  ['UNKNOWN_ICMPV4_TYPE', 144, 'Unknown ICMPv4 type'],
+  ['UNKNOWN_ICMPV6_TYPE', 146, 'Unknown ICMPv6 type'],
+  ['CT_MAP_INSERTION_FAILED', 155, 'CT: Map insertion failed'],
+  ['INVALID_IPV6_EXTENSION_HEADER', 156, 'Invalid IPv6 extension header'],
+  ['IP_FRAGMENTATION_NOT_SUPPORTED', 157, 'Fragmentation not supported'],
+  ['NO_CONFIGURATION_AVAILABLE_TO_PERFORM_POLICY_DECISION', 165, 'No configuration available to perform policy decision'],
+  ['UNSUPPORTED_L2_PROTOCOL', 166, 'Unsupported L2 protocol'],
+  ['INVALID_IDENTITY', 171, 'Invalid identity'],
+  ['UNKNOWN_SENDER', 172, 'Unknown sender'],
+  ['FORBIDDEN_ICMPV6_MESSAGE', 176, 'Forbidden ICMPv6 message'],
+  ['POLICY_DENY', 181, 'Policy denial'],
+  ['AUTH_REQUIRED', 189, 'Authentication required'],
+  ['DROP_RATE_LIMITED', 198, 'Rate limited'],
+  ['DROP_EP_NOT_READY', 203, 'Endpoint policy program not available'],
+];
+
+// ---------------------------------------------------------------------------------------------------
+// Layout computation (C natural alignment, which is what clang does for BPF).
+// ---------------------------------------------------------------------------------------------------
+
+export interface FieldLayout extends FieldSpec {
+  offset: number;
+  size: number;
+}
+export interface StructLayout {
+  name: string;
+  size: number;
+  align: number;
+  fields: FieldLayout[];
+}
+
+export function structLayout(s: StructSpec): StructLayout {
+  let off = 0;
+  let align = 1;
+  const fields: FieldLayout[] = [];
+  for (const f of s.fields) {
+    const a = SIZE[f.type];
+    if (off % a !== 0) throw new Error(`${s.name}.${f.name}: offset ${off} not aligned to ${a}; add explicit padding`);
+    const size = a * (f.count ?? 1);
+    fields.push({ ...f, offset: off, size });
+    off += size;
+    align = Math.max(align, a);
+  }
+  if (off % align !== 0) throw new Error(`${s.name}: size ${off} leaves tail padding; add explicit padding`);
+  return { name: s.name, size: off, align, fields };
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Emitters.
+// ---------------------------------------------------------------------------------------------------
+
+const HEADER_NOTE = 'Generated by tools/gen/bpf-layout.ts — do not edit. Regenerate: bash bpf/build.sh';
+
+/** C macro of a drop reason: flow.proto's DROP_RATE_LIMITED stays DROP_RATE_LIMITED, POLICY_DENY becomes DROP_POLICY_DENY. */
+export function dropMacro(name: string): string {
+  return name.startsWith('DROP_') ? name : `DROP_${name}`;
+}
+
+function constName(g: ConstGroup, name: string): string {
+  return g.prefix + name;
+}
+
+export function emitC(): string {
+  const out: string[] = [];
+  out.push(`/* ${HEADER_NOTE} */`, '#pragma once', '', '#include <linux/types.h>', '');
+  for (const g of CONSTANTS) {
+    out.push(`/* ${g.doc} */`);
+    for (const [n, v, doc] of g.values) out.push(`#define ${constName(g, n)} ${v < 0 ? `(${v})` : v}${doc ? ` /* ${doc} */` : ''}`);
+    out.push('');
+  }
+  out.push('/* Hubble DropReason (flow.proto). ABI: never renumber. */');
+  for (const [n, v, d] of DROP_REASONS) out.push(`#define ${dropMacro(n)} ${v} /* ${d} */`);
+  out.push('');
+  for (const s of STRUCTS) {
+    const l = structLayout(s);
+    out.push(`/* ${s.doc} */`, `struct ${s.name} {`);
+    for (const f of l.fields) {
+      const decl = `__${f.type} ${f.name}${f.count ? `[${f.count}]` : ''};`;
+      out.push(`\t${decl.padEnd(28)}/* @${f.offset}${f.doc ? ` ${f.doc}` : ''} */`);
+    }
+    out.push('};');
+    out.push(`_Static_assert(sizeof(struct ${s.name}) == ${l.size}, "struct ${s.name} size");`);
+    for (const f of l.fields) {
+      out.push(`_Static_assert(__builtin_offsetof(struct ${s.name}, ${f.name}) == ${f.offset}, "${s.name}.${f.name} offset");`);
+    }
+    out.push('');
+  }
+  return out.join('\n');
+}
+
+export function emitTs(): string {
+  const out: string[] = [];
+  out.push(`// ${HEADER_NOTE}`, '// Offsets and sizes of the structs shared with bpf/include/shared.gen.h, and the shared constants.', '');
+  out.push("export type ScalarType = 'u8' | 'u16' | 'u32' | 'u64';");
+  out.push('export interface FieldLayout {\n  readonly offset: number;\n  readonly size: number;\n  readonly type: ScalarType;\n  /** Array length (u8 arrays); 0 for scalars. */\n  readonly count: number;\n}');
+  out.push('export interface StructLayout {\n  readonly name: string;\n  readonly size: number;\n  readonly fields: Readonly<Record<string, FieldLayout>>;\n}', '');
+  for (const s of STRUCTS) {
+    const l = structLayout(s);
+    out.push(`/** struct ${s.name}: ${s.doc} */`);
+    out.push(`export const ${s.name.toUpperCase()} = {`, `  name: '${s.name}',`, `  size: ${l.size},`, '  fields: {');
+    for (const f of l.fields) {
+      out.push(`    ${f.name}: { offset: ${f.offset}, size: ${f.size}, type: '${f.type}', count: ${f.count ?? 0} },`);
+    }
+    out.push('  },', '} as const satisfies StructLayout;', '');
+  }
+  out.push('export const STRUCTS: readonly StructLayout[] = [' + STRUCTS.map((s) => s.name.toUpperCase()).join(', ') + '];', '');
+  for (const g of CONSTANTS) {
+    out.push(`/** ${g.doc} */`);
+    for (const [n, v, doc] of g.values) {
+      if (doc) out.push(`/** ${doc} */`);
+      out.push(`export const ${constName(g, n)} = ${v};`);
+    }
+    out.push('');
+  }
+  out.push('/** Hubble DropReason numbers (flow.proto). */');
+  out.push('export const DROP_REASON = {');
+  for (const [n, v] of DROP_REASONS) out.push(`  ${n}: ${v},`);
+  out.push('} as const;', '');
+  out.push('/** DropReason number -> [flow.proto name, description]. */');
+  out.push('export const DROP_REASON_DESC: ReadonlyMap<number, readonly [string, string]> = new Map([');
+  for (const [n, v, d] of DROP_REASONS) out.push(`  [${v}, ['${n}', '${d.replace(/'/g, "\\'")}']],`);
+  out.push(']);', '');
+  return out.join('\n');
+}
+
+export interface GeneratedFile {
+  path: string;
+  content: string;
+}
+
+/** Repo-relative outputs, computed in memory. */
+export function generate(): GeneratedFile[] {
+  return [
+    { path: 'bpf/include/shared.gen.h', content: emitC() },
+    { path: 'bpf/layout.gen.ts', content: emitTs() },
+  ];
+}
+
+function repoRoot(): string {
+  // Runs from the checkout (build.sh) or from its compiled location; find the checkout by its package.json.
+  for (const start of [process.cwd(), dirname(fileURLToPath(import.meta.url))]) {
+    let dir = start;
+    for (let i = 0; i < 8; i++) {
+      try {
+        const pkg = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as { name?: string };
+        if (pkg.name === 'kitnet') return dir;
+      } catch {
+        /* keep walking up */
+      }
+      dir = dirname(dir);
+    }
+  }
+  throw new Error('cannot find the kitnet checkout (package.json) above ' + fileURLToPath(import.meta.url));
+}
+
+function main(argv: string[]): number {
+  const root = repoRoot();
+  const check = argv.includes('--check');
+  let stale = 0;
+  for (const f of generate()) {
+    const p = join(root, f.path);
+    let old = '';
+    try {
+      old = readFileSync(p, 'utf8');
+    } catch {
+      /* missing: write it */
+    }
+    if (old === f.content) continue;
+    stale++;
+    if (check) console.error(`${f.path} is stale`);
+    else {
+      writeFileSync(p, f.content);
+      console.error(`wrote ${f.path}`);
+    }
+  }
+  return check && stale ? 1 : 0;
+}
+
+if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) process.exit(main(process.argv.slice(2)));
