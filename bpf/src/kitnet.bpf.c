@@ -1,0 +1,169 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* kitnet datapath: one object, configured only through maps (no per-endpoint compile).
+ *
+ * Per packet: endpoint lookup by ifindex -> parse -> anti-spoofing (from the workload) -> ipcache ->
+ * conntrack -> [policy: later] -> event (aggregated) -> metrics -> verdict.
+ *
+ * Return codes are tcx/netkit codes: TCX_NEXT for devices that are not (yet) endpoints, so other
+ * programs and the device default decide; TCX_PASS for forwarded packets; TCX_DROP for drops. */
+#include "common.h"
+#include "maps.h"
+#include "metrics.h"
+#include "parse.h"
+#include "ipcache.h"
+#include "conntrack.h"
+#include "events.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+static __always_inline struct dp_config *config_get(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&config, &zero);
+}
+
+static __always_inline int is_zero(const __u8 *a, int n)
+{
+	__u8 acc = 0;
+	int i;
+
+	for (i = 0; i < n; i++)
+		acc |= a[i];
+	return acc == 0;
+}
+
+static __always_inline int bytes_eq(const __u8 *a, const __u8 *b, int n)
+{
+	__u8 acc = 0;
+	int i;
+
+	for (i = 0; i < n; i++)
+		acc |= a[i] ^ b[i];
+	return acc == 0;
+}
+
+/* Source checks for packets leaving the workload; returns a drop reason or 0. IPv6 link-local and the
+ * unspecified address (DAD) are always allowed: neighbour discovery needs them. */
+static __always_inline __u16 check_source(const struct endpoint_info *ep, const struct pkt *p, int has_l2)
+{
+	if ((ep->flags & EP_F_ENFORCE_SRC_MAC) && has_l2 && !is_zero(ep->mac, 6) && !bytes_eq(p->smac, ep->mac, 6))
+		return DROP_INVALID_SOURCE_MAC;
+	if (!(ep->flags & EP_F_ENFORCE_SRC_IP))
+		return 0;
+	if (p->family == FAMILY_IPV4)
+		return bytes_eq(p->saddr, ep->ipv4, 4) ? 0 : DROP_INVALID_SOURCE_IP;
+	if (p->saddr[0] == 0xfe && (p->saddr[1] & 0xc0) == 0x80)
+		return 0;
+	if (is_zero(p->saddr, 16))
+		return 0;
+	return bytes_eq(p->saddr, ep->ipv6, 16) ? 0 : DROP_INVALID_SOURCE_IP;
+}
+
+static __always_inline int finish(struct flow_ctx *c, int report, __u64 now)
+{
+	metric_add(metric_slot(c->direction, c->verdict), c->len);
+	if (report)
+		event_emit(c, now);
+	return c->verdict == VERDICT_DROPPED ? TCX_DROP : TCX_PASS;
+}
+
+static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
+{
+	__u32 ifindex = skb->ifindex;
+	struct endpoint_info *ep;
+	struct dp_config *cfg;
+	struct flow_ctx c;
+	struct ct_result ct;
+	struct pkt p;
+	__u64 now, interval_ns = 0;
+	int aggregate = 1, has_l2, rc;
+
+	ep = bpf_map_lookup_elem(&endpoints, &ifindex);
+	if (!ep) {
+		metric_add(METRIC_NO_ENDPOINT, skb->len);
+		return TCX_NEXT;
+	}
+	has_l2 = !(ep->flags & EP_F_NO_L2);
+
+	__builtin_memset(&p, 0, sizeof(p));
+	__builtin_memset(&c, 0, sizeof(c));
+	c.p = &p;
+	c.ifindex = ifindex;
+	c.endpoint_id = ep->endpoint_id;
+	c.direction = dir;
+	c.len = skb->len;
+	c.verdict = VERDICT_FORWARDED;
+	now = bpf_ktime_get_ns();
+
+	rc = parse_packet(skb, has_l2 ? ETH_HLEN : 0, &p);
+	if (rc == PARSE_NOT_IP) {
+		/* ARP and other L2 protocols pass; the kernel's own checks apply */
+		metric_add(METRIC_NON_IP, skb->len);
+		return TCX_PASS;
+	}
+
+	/* identities: the workload on one side, the ipcache (or world) on the other */
+	if (dir == DIR_EGRESS) {
+		c.src_identity = ep->identity;
+		c.dst_identity = p.family ? ipcache_identity(p.daddr, p.family) : 0;
+	} else {
+		c.src_identity = p.family ? ipcache_identity(p.saddr, p.family) : 0;
+		c.dst_identity = ep->identity;
+	}
+
+	if (rc != PARSE_OK) {
+		c.verdict = VERDICT_DROPPED;
+		c.drop_reason = rc == PARSE_BAD_EXTHDR ? DROP_INVALID_IPV6_EXTENSION_HEADER : DROP_INVALID_PACKET_DROPPED;
+		c.reason = REPORT_DROP;
+		return finish(&c, 1, now);
+	}
+
+	if (dir == DIR_EGRESS) {
+		__u16 reason = check_source(ep, &p, has_l2);
+
+		if (reason) {
+			c.verdict = VERDICT_DROPPED;
+			c.drop_reason = reason;
+			c.reason = REPORT_DROP;
+			return finish(&c, 1, now);
+		}
+	}
+
+	cfg = config_get();
+	if (cfg && (cfg->flags & CFG_F_SET)) {
+		aggregate = cfg->monitor_aggregation != MONITOR_AGG_NONE;
+		interval_ns = (__u64)cfg->report_interval_s * NSEC_PER_SEC;
+	}
+
+	ct.is_reply = 0;
+	ct.report = CT_NO_REPORT;
+	if (ct_process(&p, dir, c.len, now, interval_ns, &ct)) {
+		c.is_reply = ct.is_reply;
+	} else if (p.protocol == IPPROTO_ICMPV6_ && p.has_l4 && p.icmp_type >= ICMPV6_ND_FIRST &&
+		   p.icmp_type <= ICMPV6_ND_LAST) {
+		ct.report = CT_NO_REPORT; /* neighbour discovery is periodic noise */
+	} else if (p.has_l4) {
+		ct.report = REPORT_EVERY; /* untracked but rare (ICMP errors): always worth an event */
+	}
+
+	/* Policy (later): look up (endpoint, remote identity, direction, protocol, port) unless this is a
+	 * reply of an allowed connection; on deny set VERDICT_DROPPED + DROP_POLICY_DENIED/DENY and report. */
+
+	c.reason = ct.report == CT_NO_REPORT ? REPORT_EVERY : ct.report;
+	return finish(&c, !aggregate || ct.report != CT_NO_REPORT, now);
+}
+
+/* tcx ingress on the host-side veth, or netkit BPF_NETKIT_PEER: packets leaving the workload. */
+SEC("tc")
+int from_workload(struct __sk_buff *skb)
+{
+	return handle(skb, DIR_EGRESS);
+}
+
+/* tcx egress on the host-side veth, or netkit BPF_NETKIT_PRIMARY: packets towards the workload. */
+SEC("tc")
+int to_workload(struct __sk_buff *skb)
+{
+	return handle(skb, DIR_INGRESS);
+}
