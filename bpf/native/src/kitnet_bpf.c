@@ -1,0 +1,749 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * kitnet_bpf: a thin N-API binding over libbpf. It exposes what libbpf does and nothing more; policy
+ * (what to pin where, how to adopt links) lives in the TypeScript files of bpf/.
+ *
+ * Errors: every failure throws an Error with `errno` (number), `code` (errno name), `op` (the libbpf /
+ * syscall operation) and `libbpfLog` (libbpf's warnings during the call, e.g. the verifier log), which
+ * bpf/native.ts turns into a KernelError with a hint.
+ *
+ * Ring buffers are read on the libuv loop: the ring buffer's epoll fd is watched with a uv_poll_t, each
+ * wakeup drains everything with ring_buffer__consume into one staging buffer, and JS gets ONE Buffer
+ * per wakeup. Records in that Buffer are framed as [u32 length][u32 0][payload, padded to 8 bytes].
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <node_api.h>
+#include <uv.h>
+
+/* ---------------------------------------------------------------------------------------------- */
+/* libbpf log capture: keep the tail of what libbpf printed during the current call.               */
+
+#define LOG_CAP (64 * 1024)
+static char log_buf[LOG_CAP];
+static size_t log_len;
+
+static int log_print(enum libbpf_print_level level, const char *fmt, va_list args)
+{
+	if (level == LIBBPF_DEBUG)
+		return 0;
+	if (log_len >= LOG_CAP - 1) {
+		/* keep the tail: the verifier's conclusion is at the end */
+		memmove(log_buf, log_buf + LOG_CAP / 2, LOG_CAP / 2);
+		log_len = LOG_CAP / 2;
+	}
+	int n = vsnprintf(log_buf + log_len, LOG_CAP - log_len, fmt, args);
+	if (n > 0)
+		log_len += (size_t)n < LOG_CAP - log_len ? (size_t)n : LOG_CAP - 1 - log_len;
+	return 0;
+}
+
+static void log_reset(void)
+{
+	log_len = 0;
+	log_buf[0] = 0;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* N-API helpers.                                                                                   */
+
+#define NAPI_CALL(env, call)                                                                   \
+	do {                                                                                   \
+		if ((call) != napi_ok) {                                                       \
+			const napi_extended_error_info *ei = NULL;                             \
+			napi_get_last_error_info((env), &ei);                                  \
+			bool pending = false;                                                  \
+			napi_is_exception_pending((env), &pending);                            \
+			if (!pending)                                                          \
+				napi_throw_error((env), NULL,                                  \
+						 ei && ei->error_message ? ei->error_message : \
+									   "N-API call failed"); \
+			return NULL;                                                           \
+		}                                                                              \
+	} while (0)
+
+/* Throw Error{message, errno, code, op, libbpfLog}; err is a positive errno. Returns NULL. */
+static napi_value throw_errno(napi_env env, const char *op, int err)
+{
+	char msg[256];
+	const char *name;
+	napi_value error, message, v;
+
+	if (err < 0)
+		err = -err;
+	name = strerrorname_np(err);
+	snprintf(msg, sizeof(msg), "%s: %s (%s)", op, name ? name : "E?", strerror(err));
+	napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &message);
+	napi_create_error(env, NULL, message, &error);
+	napi_create_int32(env, err, &v);
+	napi_set_named_property(env, error, "errno", v);
+	napi_create_string_utf8(env, name ? name : "", NAPI_AUTO_LENGTH, &v);
+	napi_set_named_property(env, error, "code", v);
+	napi_create_string_utf8(env, op, NAPI_AUTO_LENGTH, &v);
+	napi_set_named_property(env, error, "op", v);
+	napi_create_string_utf8(env, log_buf, log_len, &v);
+	napi_set_named_property(env, error, "libbpfLog", v);
+	napi_throw(env, error);
+	return NULL;
+}
+
+static napi_value throw_type(napi_env env, const char *msg)
+{
+	napi_throw_type_error(env, NULL, msg);
+	return NULL;
+}
+
+static bool get_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv)
+{
+	size_t argc = want;
+	if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < want) {
+		napi_throw_type_error(env, NULL, "missing arguments");
+		return false;
+	}
+	return true;
+}
+
+static bool get_i32(napi_env env, napi_value v, int32_t *out)
+{
+	if (napi_get_value_int32(env, v, out) != napi_ok) {
+		napi_throw_type_error(env, NULL, "expected a number");
+		return false;
+	}
+	return true;
+}
+
+static bool get_u32(napi_env env, napi_value v, uint32_t *out)
+{
+	if (napi_get_value_uint32(env, v, out) != napi_ok) {
+		napi_throw_type_error(env, NULL, "expected a number");
+		return false;
+	}
+	return true;
+}
+
+/* Caller-provided buffer; NULL/undefined allowed when nullable. */
+static bool get_buf(napi_env env, napi_value v, void **data, size_t *len, bool nullable)
+{
+	napi_valuetype t;
+	bool is_buf = false;
+
+	napi_typeof(env, v, &t);
+	if (nullable && (t == napi_null || t == napi_undefined)) {
+		*data = NULL;
+		*len = 0;
+		return true;
+	}
+	napi_is_buffer(env, v, &is_buf);
+	if (!is_buf || napi_get_buffer_info(env, v, data, len) != napi_ok) {
+		napi_throw_type_error(env, NULL, "expected a Buffer");
+		return false;
+	}
+	return true;
+}
+
+static bool get_str(napi_env env, napi_value v, char *out, size_t cap)
+{
+	size_t n;
+	if (napi_get_value_string_utf8(env, v, out, cap, &n) != napi_ok) {
+		napi_throw_type_error(env, NULL, "expected a string");
+		return false;
+	}
+	if (n >= cap - 1) {
+		napi_throw_range_error(env, NULL, "string too long");
+		return false;
+	}
+	return true;
+}
+
+static napi_value make_i32(napi_env env, int32_t x)
+{
+	napi_value v;
+	napi_create_int32(env, x, &v);
+	return v;
+}
+
+static napi_value make_u32(napi_env env, uint32_t x)
+{
+	napi_value v;
+	napi_create_uint32(env, x, &v);
+	return v;
+}
+
+static napi_value make_bool(napi_env env, bool x)
+{
+	napi_value v;
+	napi_get_boolean(env, x, &v);
+	return v;
+}
+
+static void set_u32(napi_env env, napi_value obj, const char *name, uint32_t x)
+{
+	napi_set_named_property(env, obj, name, make_u32(env, x));
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Objects: open + load with pin_root_path, then hand out program and map fds.                      */
+
+struct obj_handle {
+	struct bpf_object *obj;
+};
+
+static void obj_finalize(napi_env env, void *data, void *hint)
+{
+	struct obj_handle *h = data;
+	if (h->obj)
+		bpf_object__close(h->obj);
+	free(h);
+}
+
+/* objectOpen(path, pinRoot) -> { handle, progs: {name: fd}, maps: {name: fd} } */
+static napi_value object_open(napi_env env, napi_callback_info info)
+{
+	napi_value argv[2], result, progs, maps, handle;
+	char path[4096], pin_root[4096];
+	struct bpf_program *prog;
+	struct bpf_map *map;
+	struct obj_handle *h;
+	int err;
+
+	if (!get_args(env, info, 2, argv) || !get_str(env, argv[0], path, sizeof(path)) ||
+	    !get_str(env, argv[1], pin_root, sizeof(pin_root)))
+		return NULL;
+
+	log_reset();
+	LIBBPF_OPTS(bpf_object_open_opts, opts, .pin_root_path = pin_root);
+	struct bpf_object *obj = bpf_object__open_file(path, &opts);
+	if (!obj)
+		return throw_errno(env, "BPF_OBJECT_OPEN", errno);
+	err = bpf_object__load(obj);
+	if (err) {
+		bpf_object__close(obj);
+		return throw_errno(env, "BPF_PROG_LOAD", -err);
+	}
+
+	h = calloc(1, sizeof(*h));
+	if (!h) {
+		bpf_object__close(obj);
+		return throw_errno(env, "BPF_OBJECT_OPEN", ENOMEM);
+	}
+	h->obj = obj;
+	NAPI_CALL(env, napi_create_external(env, h, obj_finalize, NULL, &handle));
+	NAPI_CALL(env, napi_create_object(env, &result));
+	NAPI_CALL(env, napi_create_object(env, &progs));
+	NAPI_CALL(env, napi_create_object(env, &maps));
+	bpf_object__for_each_program(prog, obj)
+		napi_set_named_property(env, progs, bpf_program__name(prog), make_i32(env, bpf_program__fd(prog)));
+	bpf_object__for_each_map(map, obj)
+		napi_set_named_property(env, maps, bpf_map__name(map), make_i32(env, bpf_map__fd(map)));
+	napi_set_named_property(env, result, "handle", handle);
+	napi_set_named_property(env, result, "progs", progs);
+	napi_set_named_property(env, result, "maps", maps);
+	return result;
+}
+
+/* objectClose(handle): closes every program and map fd of the object (pins stay). */
+static napi_value object_close(napi_env env, napi_callback_info info)
+{
+	napi_value argv[1];
+	struct obj_handle *h;
+
+	if (!get_args(env, info, 1, argv))
+		return NULL;
+	if (napi_get_value_external(env, argv[0], (void **)&h) != napi_ok)
+		return throw_type(env, "expected an object handle");
+	if (h->obj) {
+		bpf_object__close(h->obj);
+		h->obj = NULL;
+	}
+	return NULL;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* fds, pins, links.                                                                                */
+
+static napi_value obj_pin(napi_env env, napi_callback_info info)
+{
+	napi_value argv[2];
+	int32_t fd;
+	char path[4096];
+
+	if (!get_args(env, info, 2, argv) || !get_i32(env, argv[0], &fd) || !get_str(env, argv[1], path, sizeof(path)))
+		return NULL;
+	log_reset();
+	if (bpf_obj_pin(fd, path))
+		return throw_errno(env, "BPF_OBJ_PIN", errno);
+	return NULL;
+}
+
+static napi_value obj_get(napi_env env, napi_callback_info info)
+{
+	napi_value argv[1];
+	char path[4096];
+
+	if (!get_args(env, info, 1, argv) || !get_str(env, argv[0], path, sizeof(path)))
+		return NULL;
+	log_reset();
+	int fd = bpf_obj_get(path);
+	if (fd < 0)
+		return throw_errno(env, "BPF_OBJ_GET", errno);
+	return make_i32(env, fd);
+}
+
+static napi_value fd_close(napi_env env, napi_callback_info info)
+{
+	napi_value argv[1];
+	int32_t fd;
+
+	if (!get_args(env, info, 1, argv) || !get_i32(env, argv[0], &fd))
+		return NULL;
+	if (fd >= 0)
+		close(fd);
+	return NULL;
+}
+
+/* linkCreate(progFd, ifindex, attachType) -> link fd. libbpf 1.1 passes unknown attach types (tcx 46/47,
+ * netkit 54/55) through to BPF_LINK_CREATE with target_fd = ifindex; relative_fd/expected_revision 0
+ * means "append, any revision". */
+static napi_value link_create(napi_env env, napi_callback_info info)
+{
+	napi_value argv[3];
+	int32_t prog_fd, ifindex, attach_type;
+
+	if (!get_args(env, info, 3, argv) || !get_i32(env, argv[0], &prog_fd) || !get_i32(env, argv[1], &ifindex) ||
+	    !get_i32(env, argv[2], &attach_type))
+		return NULL;
+	log_reset();
+	int fd = bpf_link_create(prog_fd, ifindex, (enum bpf_attach_type)attach_type, NULL);
+	if (fd < 0)
+		return throw_errno(env, "BPF_LINK_CREATE", -fd);
+	return make_i32(env, fd);
+}
+
+/* linkUpdate(linkFd, newProgFd): atomically replace the program behind a link. */
+static napi_value link_update(napi_env env, napi_callback_info info)
+{
+	napi_value argv[2];
+	int32_t link_fd, prog_fd;
+
+	if (!get_args(env, info, 2, argv) || !get_i32(env, argv[0], &link_fd) || !get_i32(env, argv[1], &prog_fd))
+		return NULL;
+	log_reset();
+	int err = bpf_link_update(link_fd, prog_fd, NULL);
+	if (err < 0)
+		return throw_errno(env, "BPF_LINK_UPDATE", -err);
+	return NULL;
+}
+
+/* Raw bpf_link_info as the kernel writes it; the system headers predate tcx/netkit, whose union member
+ * is {__u32 ifindex; __u32 attach_type;} at offset 16 (after type, id, prog_id and alignment). */
+struct link_info_raw {
+	uint32_t type;
+	uint32_t id;
+	uint32_t prog_id;
+	uint32_t pad;
+	uint32_t u32s[60];
+};
+
+/* linkInfo(fd) -> {type, id, progId, ifindex, attachType} (ifindex/attachType meaningful for tcx/netkit) */
+static napi_value link_info(napi_env env, napi_callback_info info)
+{
+	napi_value argv[1], obj;
+	int32_t fd;
+	struct link_info_raw li;
+	uint32_t len = sizeof(li);
+
+	if (!get_args(env, info, 1, argv) || !get_i32(env, argv[0], &fd))
+		return NULL;
+	memset(&li, 0, sizeof(li));
+	if (bpf_obj_get_info_by_fd(fd, &li, &len))
+		return throw_errno(env, "BPF_OBJ_GET_INFO_BY_FD", errno);
+	NAPI_CALL(env, napi_create_object(env, &obj));
+	set_u32(env, obj, "type", li.type);
+	set_u32(env, obj, "id", li.id);
+	set_u32(env, obj, "progId", li.prog_id);
+	set_u32(env, obj, "ifindex", li.u32s[0]);
+	set_u32(env, obj, "attachType", li.u32s[1]);
+	return obj;
+}
+
+/* progInfo(fd) -> {id, type, name} */
+static napi_value prog_info(napi_env env, napi_callback_info info)
+{
+	napi_value argv[1], obj, v;
+	int32_t fd;
+	struct bpf_prog_info pi;
+	uint32_t len = sizeof(pi);
+
+	if (!get_args(env, info, 1, argv) || !get_i32(env, argv[0], &fd))
+		return NULL;
+	memset(&pi, 0, sizeof(pi));
+	if (bpf_obj_get_info_by_fd(fd, &pi, &len))
+		return throw_errno(env, "BPF_OBJ_GET_INFO_BY_FD", errno);
+	NAPI_CALL(env, napi_create_object(env, &obj));
+	set_u32(env, obj, "id", pi.id);
+	set_u32(env, obj, "type", pi.type);
+	napi_create_string_utf8(env, pi.name, strnlen(pi.name, sizeof(pi.name)), &v);
+	napi_set_named_property(env, obj, "name", v);
+	return obj;
+}
+
+/* mapInfo(fd) -> {id, type, keySize, valueSize, maxEntries, flags, name} */
+static napi_value map_info(napi_env env, napi_callback_info info)
+{
+	napi_value argv[1], obj, v;
+	int32_t fd;
+	struct bpf_map_info mi;
+	uint32_t len = sizeof(mi);
+
+	if (!get_args(env, info, 1, argv) || !get_i32(env, argv[0], &fd))
+		return NULL;
+	memset(&mi, 0, sizeof(mi));
+	if (bpf_obj_get_info_by_fd(fd, &mi, &len))
+		return throw_errno(env, "BPF_OBJ_GET_INFO_BY_FD", errno);
+	NAPI_CALL(env, napi_create_object(env, &obj));
+	set_u32(env, obj, "id", mi.id);
+	set_u32(env, obj, "type", mi.type);
+	set_u32(env, obj, "keySize", mi.key_size);
+	set_u32(env, obj, "valueSize", mi.value_size);
+	set_u32(env, obj, "maxEntries", mi.max_entries);
+	set_u32(env, obj, "flags", mi.map_flags);
+	napi_create_string_utf8(env, mi.name, strnlen(mi.name, sizeof(mi.name)), &v);
+	napi_set_named_property(env, obj, "name", v);
+	return obj;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Map element access. Buffer sizes are checked by the TypeScript wrapper (bpf/maps/map.ts), which  */
+/* knows key/value sizes from mapInfo; the kernel reads exactly key_size / value_size bytes.         */
+
+/* mapUpdate(fd, key, value, flags) */
+static napi_value map_update(napi_env env, napi_callback_info info)
+{
+	napi_value argv[4];
+	int32_t fd;
+	uint32_t flags;
+	void *key, *value;
+	size_t klen, vlen;
+
+	if (!get_args(env, info, 4, argv) || !get_i32(env, argv[0], &fd) || !get_buf(env, argv[1], &key, &klen, false) ||
+	    !get_buf(env, argv[2], &value, &vlen, false) || !get_u32(env, argv[3], &flags))
+		return NULL;
+	if (bpf_map_update_elem(fd, key, value, flags))
+		return throw_errno(env, "BPF_MAP_UPDATE_ELEM", errno);
+	return NULL;
+}
+
+/* mapLookup(fd, key, valueOut) -> found */
+static napi_value map_lookup(napi_env env, napi_callback_info info)
+{
+	napi_value argv[3];
+	int32_t fd;
+	void *key, *value;
+	size_t klen, vlen;
+
+	if (!get_args(env, info, 3, argv) || !get_i32(env, argv[0], &fd) || !get_buf(env, argv[1], &key, &klen, false) ||
+	    !get_buf(env, argv[2], &value, &vlen, false))
+		return NULL;
+	if (bpf_map_lookup_elem(fd, key, value)) {
+		if (errno == ENOENT)
+			return make_bool(env, false);
+		return throw_errno(env, "BPF_MAP_LOOKUP_ELEM", errno);
+	}
+	return make_bool(env, true);
+}
+
+/* mapDelete(fd, key) -> existed */
+static napi_value map_delete(napi_env env, napi_callback_info info)
+{
+	napi_value argv[2];
+	int32_t fd;
+	void *key;
+	size_t klen;
+
+	if (!get_args(env, info, 2, argv) || !get_i32(env, argv[0], &fd) || !get_buf(env, argv[1], &key, &klen, false))
+		return NULL;
+	if (bpf_map_delete_elem(fd, key)) {
+		if (errno == ENOENT)
+			return make_bool(env, false);
+		return throw_errno(env, "BPF_MAP_DELETE_ELEM", errno);
+	}
+	return make_bool(env, true);
+}
+
+/* mapNextKey(fd, key | null, nextOut) -> found (false at the end) */
+static napi_value map_next_key(napi_env env, napi_callback_info info)
+{
+	napi_value argv[3];
+	int32_t fd;
+	void *key, *next;
+	size_t klen, nlen;
+
+	if (!get_args(env, info, 3, argv) || !get_i32(env, argv[0], &fd) || !get_buf(env, argv[1], &key, &klen, true) ||
+	    !get_buf(env, argv[2], &next, &nlen, false))
+		return NULL;
+	if (bpf_map_get_next_key(fd, key, next)) {
+		if (errno == ENOENT)
+			return make_bool(env, false);
+		return throw_errno(env, "BPF_MAP_GET_NEXT_KEY", errno);
+	}
+	return make_bool(env, true);
+}
+
+static napi_value num_possible_cpus(napi_env env, napi_callback_info info)
+{
+	int n = libbpf_num_possible_cpus();
+	if (n < 0)
+		return throw_errno(env, "NUM_POSSIBLE_CPUS", -n);
+	return make_i32(env, n);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* BPF_PROG_TEST_RUN                                                                                */
+
+/* progTestRun(progFd, data, ctx | null, repeat) -> {retval, duration, data} */
+static napi_value prog_test_run(napi_env env, napi_callback_info info)
+{
+	napi_value argv[4], obj, out;
+	int32_t fd;
+	uint32_t repeat;
+	void *data, *ctx, *out_data;
+	size_t dlen, clen;
+
+	if (!get_args(env, info, 4, argv) || !get_i32(env, argv[0], &fd) || !get_buf(env, argv[1], &data, &dlen, false) ||
+	    !get_buf(env, argv[2], &ctx, &clen, true) || !get_u32(env, argv[3], &repeat))
+		return NULL;
+	/* room for programs that grow the packet (encapsulation, later) */
+	size_t out_cap = dlen + 256;
+	NAPI_CALL(env, napi_create_buffer(env, out_cap, &out_data, &out));
+	LIBBPF_OPTS(bpf_test_run_opts, opts, .data_in = data, .data_size_in = (uint32_t)dlen, .data_out = out_data,
+		    .data_size_out = (uint32_t)out_cap, .ctx_in = ctx, .ctx_size_in = (uint32_t)clen, .repeat = (int)repeat);
+	log_reset();
+	int err = bpf_prog_test_run_opts(fd, &opts);
+	if (err < 0)
+		return throw_errno(env, "BPF_PROG_TEST_RUN", -err);
+	NAPI_CALL(env, napi_create_object(env, &obj));
+	napi_set_named_property(env, obj, "retval", make_i32(env, (int32_t)opts.retval));
+	set_u32(env, obj, "duration", opts.duration);
+	napi_value slice;
+	NAPI_CALL(env, napi_create_buffer_copy(env, opts.data_size_out, out_data, NULL, &slice));
+	napi_set_named_property(env, obj, "data", slice);
+	return obj;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Ring buffer reader on the libuv loop.                                                            */
+
+struct rb_reader {
+	napi_env env;
+	napi_ref callback;
+	napi_async_context async_ctx;
+	struct ring_buffer *rb;
+	uv_poll_t poll;
+	char *buf;
+	size_t len, cap;
+	bool oom;
+	bool closed;
+};
+
+static int rb_sample(void *ctx, void *data, size_t size)
+{
+	struct rb_reader *r = ctx;
+	size_t need = 8 + ((size + 7) & ~(size_t)7);
+
+	if (r->len + need > r->cap) {
+		size_t cap = r->cap ? r->cap : 64 * 1024;
+		while (cap < r->len + need)
+			cap *= 2;
+		char *nb = realloc(r->buf, cap);
+		if (!nb) {
+			r->oom = true;
+			return -ENOMEM; /* stop consuming; the rest stays in the ring for the next wakeup */
+		}
+		r->buf = nb;
+		r->cap = cap;
+	}
+	uint32_t hdr[2] = { (uint32_t)size, 0 };
+	memcpy(r->buf + r->len, hdr, 8);
+	memcpy(r->buf + r->len + 8, data, size);
+	memset(r->buf + r->len + 8 + size, 0, need - 8 - size);
+	r->len += need;
+	return 0;
+}
+
+static void rb_deliver(struct rb_reader *r)
+{
+	napi_env env = r->env;
+	napi_handle_scope scope;
+	napi_value buf, cb, recv, result;
+
+	if (napi_open_handle_scope(env, &scope) != napi_ok)
+		return;
+	if (napi_create_buffer_copy(env, r->len, r->buf, NULL, &buf) == napi_ok &&
+	    napi_get_reference_value(env, r->callback, &cb) == napi_ok && cb && napi_get_undefined(env, &recv) == napi_ok) {
+		napi_status st = napi_make_callback(env, r->async_ctx, recv, cb, 1, &buf, &result);
+		if (st == napi_pending_exception) {
+			napi_value exc;
+			/* an exception in the JS handler is the application's bug: surface it as uncaught */
+			napi_get_and_clear_last_exception(env, &exc);
+			napi_fatal_exception(env, exc);
+		}
+	}
+	napi_close_handle_scope(env, scope);
+}
+
+static void rb_on_poll(uv_poll_t *handle, int status, int events)
+{
+	struct rb_reader *r = handle->data;
+
+	if (r->closed)
+		return;
+	r->len = 0;
+	r->oom = false;
+	ring_buffer__consume(r->rb);
+	/* shrink a staging buffer blown up by one burst */
+	if (r->len)
+		rb_deliver(r);
+	if (r->cap > 4 * 1024 * 1024 && r->len < r->cap / 8) {
+		free(r->buf);
+		r->buf = NULL;
+		r->cap = 0;
+	}
+}
+
+static void rb_on_close(uv_handle_t *handle)
+{
+	struct rb_reader *r = handle->data;
+
+	/* only now is the epoll fd no longer watched by libuv, so it may be closed */
+	ring_buffer__free(r->rb);
+	napi_delete_reference(r->env, r->callback);
+	napi_async_destroy(r->env, r->async_ctx);
+	free(r->buf);
+	free(r);
+}
+
+static void rb_close(struct rb_reader *r)
+{
+	if (r->closed)
+		return;
+	r->closed = true;
+	uv_poll_stop(&r->poll);
+	uv_close((uv_handle_t *)&r->poll, rb_on_close);
+}
+
+/* ringbufOpen(mapFd, callback(batch: Buffer)) -> handle */
+static napi_value ringbuf_open(napi_env env, napi_callback_info info)
+{
+	napi_value argv[2], handle, name;
+	int32_t map_fd;
+	uv_loop_t *loop;
+	struct rb_reader *r;
+	int err;
+
+	if (!get_args(env, info, 2, argv) || !get_i32(env, argv[0], &map_fd))
+		return NULL;
+	r = calloc(1, sizeof(*r));
+	if (!r)
+		return throw_errno(env, "RINGBUF_OPEN", ENOMEM);
+	r->env = env;
+	log_reset();
+	r->rb = ring_buffer__new(map_fd, rb_sample, r, NULL);
+	if (!r->rb) {
+		err = errno;
+		free(r);
+		return throw_errno(env, "RINGBUF_OPEN", err);
+	}
+	NAPI_CALL(env, napi_get_uv_event_loop(env, &loop));
+	err = uv_poll_init(loop, &r->poll, ring_buffer__epoll_fd(r->rb));
+	if (err) {
+		ring_buffer__free(r->rb);
+		free(r);
+		return throw_errno(env, "UV_POLL_INIT", -err);
+	}
+	r->poll.data = r;
+	napi_create_reference(env, argv[1], 1, &r->callback);
+	napi_create_string_utf8(env, "kitnet:ringbuf", NAPI_AUTO_LENGTH, &name);
+	napi_async_init(env, NULL, name, &r->async_ctx);
+	err = uv_poll_start(&r->poll, UV_READABLE, rb_on_poll);
+	if (err) {
+		rb_close(r);
+		return throw_errno(env, "UV_POLL_START", -err);
+	}
+	/* No finalizer frees the reader: it lives until ringbufClose (a reader that is never closed keeps
+	 * the loop alive, like any open socket). */
+	NAPI_CALL(env, napi_create_external(env, r, NULL, NULL, &handle));
+	return handle;
+}
+
+static napi_value ringbuf_close(napi_env env, napi_callback_info info)
+{
+	napi_value argv[1];
+	struct rb_reader *r;
+
+	if (!get_args(env, info, 1, argv))
+		return NULL;
+	if (napi_get_value_external(env, argv[0], (void **)&r) != napi_ok)
+		return throw_type(env, "expected a ring buffer handle");
+	rb_close(r);
+	return NULL;
+}
+
+/* ringbufRef(handle, ref): whether the open reader keeps the event loop alive. */
+static napi_value ringbuf_ref(napi_env env, napi_callback_info info)
+{
+	napi_value argv[2];
+	struct rb_reader *r;
+	bool ref;
+
+	if (!get_args(env, info, 2, argv))
+		return NULL;
+	if (napi_get_value_external(env, argv[0], (void **)&r) != napi_ok || napi_get_value_bool(env, argv[1], &ref) != napi_ok)
+		return throw_type(env, "expected (handle, boolean)");
+	if (!r->closed) {
+		if (ref)
+			uv_ref((uv_handle_t *)&r->poll);
+		else
+			uv_unref((uv_handle_t *)&r->poll);
+	}
+	return NULL;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+
+static napi_value init(napi_env env, napi_value exports)
+{
+	static const struct {
+		const char *name;
+		napi_callback fn;
+	} fns[] = {
+		{ "objectOpen", object_open },	 { "objectClose", object_close },
+		{ "objPin", obj_pin },		 { "objGet", obj_get },
+		{ "fdClose", fd_close },	 { "linkCreate", link_create },
+		{ "linkUpdate", link_update },	 { "linkInfo", link_info },
+		{ "progInfo", prog_info },	 { "mapInfo", map_info },
+		{ "mapUpdate", map_update },	 { "mapLookup", map_lookup },
+		{ "mapDelete", map_delete },	 { "mapNextKey", map_next_key },
+		{ "numPossibleCpus", num_possible_cpus }, { "progTestRun", prog_test_run },
+		{ "ringbufOpen", ringbuf_open }, { "ringbufClose", ringbuf_close },
+		{ "ringbufRef", ringbuf_ref },
+	};
+
+	libbpf_set_print(log_print);
+	for (size_t i = 0; i < sizeof(fns) / sizeof(fns[0]); i++) {
+		napi_value f;
+		NAPI_CALL(env, napi_create_function(env, fns[i].name, NAPI_AUTO_LENGTH, fns[i].fn, NULL, &f));
+		NAPI_CALL(env, napi_set_named_property(env, exports, fns[i].name, f));
+	}
+	return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)
