@@ -6,7 +6,9 @@ export function kernelOpsReal(datapath: Datapath): KernelOps {
   return {
     datapath,
     features: () => netkit.featuresProbe(),
-    netnsValidate: (path) => netkit.netnsPathValidate(path),
+    netnsValidate: async (path) => {
+      await netkit.netnsPathValidate(path);
+    },
     deviceCreate: (spec) => netkit.endpointDeviceCreate(spec),
     deviceDelete: (name) => netkit.endpointDeviceDelete(name),
     deviceObserve: (spec) => netkit.endpointDeviceObserve(spec),

@@ -61,6 +61,16 @@ program
     process.once('SIGTERM', onSignal);
   });
 
+program
+  .command('demo')
+  .description('run the agent with two demo workloads, traffic between them and live flows (as root)')
+  .option('--duration <seconds>', 'stop by itself after this many seconds', positiveInt)
+  .action(async (o: { duration?: number }) => {
+    const { demoRun } = await import('../../agent/demo.js');
+    await demoRun({ durationSeconds: o.duration ?? 0 });
+    process.exit(0);
+  });
+
 const workload = program.command('workload').alias('workloads').description('register, list and remove workloads');
 
 workload
