@@ -6,7 +6,7 @@ import { after, before, describe, test } from 'node:test';
 import Database from 'better-sqlite3';
 import { datapathUnpinAll } from '../../bpf/index.js';
 import { daemonRun } from '../../agent/daemon.js';
-import { ApiClient, ApiError } from '../../api/cli/client.js';
+import { ApiClient, type ApiError } from '../../api/cli/client.js';
 import type { Identity } from '../../api/schemas/identity.js';
 import type { Status } from '../../api/schemas/status.js';
 import type { Workload } from '../../api/schemas/workload.js';
@@ -94,6 +94,7 @@ describe('agent end to end (root)', { timeout: 240_000 }, () => {
   });
 
   test('flows of both directions appear with identities and names', async () => {
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any -- free-form Hubble JSON, asserted field by field
     type Line = { flow: Record<string, any>; node_name: string; time: string };
     const flows = await waitFor('ICMP flows in both directions', async () => {
       const text = await new Promise<string>((resolve, reject) => {
