@@ -1,0 +1,120 @@
+// Network namespaces: named ones under /var/run/netns (made like `ip netns add`), and checking that
+// a path handed to kitnet really is a network namespace before any device is moved into it.
+import { execFile } from 'node:child_process';
+import { constants as fsConstants } from 'node:fs';
+import { open, readFile, readlink, realpath, stat, statfs } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
+import { promisify } from 'node:util';
+import { EndpointSpecError } from './errors.js';
+
+const execFileP = promisify(execFile);
+
+export const NETNS_RUN_DIR = '/var/run/netns';
+/** statfs f_type of nsfs (linux/magic.h NSFS_MAGIC). */
+const NSFS_MAGIC = 0x6e736673;
+
+export function netnsNameValidate(name: string): string {
+  if (!/^[A-Za-z0-9_.-]{1,64}$/.test(name) || name === '.' || name === '..') {
+    throw new EndpointSpecError('netns', `invalid netns name "${name}" (letters, digits, "_", "-", "." only, at most 64)`);
+  }
+  return name;
+}
+
+export function netnsPathOf(name: string): string {
+  return `${NETNS_RUN_DIR}/${netnsNameValidate(name)}`;
+}
+
+async function ipNetns(args: string[]): Promise<void> {
+  try {
+    await execFileP('ip', ['netns', ...args], { timeout: 10_000 });
+  } catch (err) {
+    const e = err as { stderr?: string; message?: string };
+    throw new Error(`ip netns ${args.join(' ')} failed: ${(e.stderr ?? e.message ?? '').trim()}`, { cause: err });
+  }
+}
+
+/** Creates a named namespace (bind-mounted at /var/run/netns/NAME) and returns its path. */
+export async function netnsCreate(name: string): Promise<string> {
+  const path = netnsPathOf(name);
+  await ipNetns(['add', name]);
+  return path;
+}
+
+/** Deletes a named namespace; false if it did not exist. Devices inside go with it. */
+export async function netnsDelete(name: string): Promise<boolean> {
+  const path = netnsPathOf(name);
+  try {
+    await stat(path);
+  } catch {
+    return false;
+  }
+  await ipNetns(['delete', name]);
+  return true;
+}
+
+/**
+ * The namespace type and inode behind an nsfs file: /proc/PID/ns/* are magic links that read as
+ * "net:[inode]"; a bind mount (ip netns add) shows the same text as its root in /proc/self/mountinfo.
+ */
+async function nsfsIdentity(path: string): Promise<{ type: string; inode: number } | undefined> {
+  const parse = (text: string): { type: string; inode: number } | undefined => {
+    const m = /^(\w+):\[(\d+)\]$/.exec(text);
+    return m ? { type: m[1]!, inode: Number(m[2]) } : undefined;
+  };
+  try {
+    const direct = parse(await readlink(path));
+    if (direct) return direct;
+  } catch {
+    // not a magic link: a bind mount, looked up below
+  }
+  const real = await realpath(path);
+  const unescape = (s: string): string => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+  const lines = (await readFile('/proc/self/mountinfo', 'utf8')).split('\n');
+  // the last mount on a path is the visible one
+  for (const line of lines.reverse()) {
+    const f = line.split(' ');
+    if (f.length > 4 && unescape(f[4]!) === real) return parse(f[3]!);
+  }
+  return undefined;
+}
+
+/**
+ * Throws an {@link EndpointSpecError} unless `path` is a network namespace: it must exist, live on
+ * nsfs (a bind mount or /proc/PID/ns/net) and be of type net. Returns the namespace inode (same
+ * inode = same namespace).
+ */
+export async function netnsPathValidate(path: string): Promise<number> {
+  if (typeof path !== 'string' || !path.startsWith('/')) {
+    throw new EndpointSpecError('netnsPath', `netns path "${path}" must be an absolute path`);
+  }
+  let st;
+  try {
+    st = await stat(path);
+  } catch (err) {
+    const code = (err as { code?: string }).code;
+    const why = code === 'ENOENT' ? 'does not exist' : code === 'EACCES' || code === 'EPERM' ? 'is not accessible (run as root)' : `cannot be read (${code})`;
+    throw new EndpointSpecError('netnsPath', `netns path ${path} ${why}`, err);
+  }
+  const fs = await statfs(path);
+  if (fs.type !== NSFS_MAGIC) {
+    throw new EndpointSpecError('netnsPath',
+      `netns path ${path} is not a namespace file (not on nsfs${st.isFile() && st.size === 0 ? '; a /var/run/netns entry whose namespace is gone?' : ''})`);
+  }
+  const id = await nsfsIdentity(path);
+  if (id && id.type !== 'net') {
+    throw new EndpointSpecError('netnsPath', `netns path ${path} is a ${id.type} namespace, not a network namespace`);
+  }
+  return id?.inode ?? st.ino;
+}
+
+/** An open fd of the namespace for IFLA_NET_NS_FD; close it after the request. */
+export async function netnsFdOpen(path: string): Promise<FileHandle> {
+  await netnsPathValidate(path);
+  return open(path, fsConstants.O_RDONLY);
+}
+
+/** Inode of kitnet's own network namespace. */
+export async function netnsSelfInode(): Promise<number> {
+  const target = await readlink('/proc/self/ns/net');
+  return Number(/\[(\d+)\]/.exec(target)?.[1] ?? 0);
+}

@@ -1,0 +1,212 @@
+// rtnetlink sockets: one in kitnet's own namespace (shared, lazily opened) and one per foreign
+// namespace, reached through a small helper process started with `nsenter --net=PATH` (Node cannot
+// setns() itself; a netlink socket belongs to the namespace it was opened in). Both speak raw
+// netlink messages; encoding, decoding and errno mapping stay here in the agent process.
+import { spawn } from 'node:child_process';
+import type { ChildProcessWithoutNullStreams } from 'node:child_process';
+import { writeFile } from 'node:fs/promises';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import netlinkPkg from 'netlink';
+import type { DeviceRef } from '../common/kernel-error.js';
+import { KernelError, errnoNumber } from '../common/kernel-error.js';
+import { kernelErrorFromReply, netlinkErrorParse } from './errors.js';
+import { NLM_F_DUMP, NLMSG_ERROR, RTM_NAMES } from './uapi.js';
+
+const { createNetlink, Protocol } = netlinkPkg;
+
+export const REQUEST_TIMEOUT_MS = 5000;
+
+export interface NlMessage {
+  type: number;
+  flags: number;
+  data: Buffer;
+}
+
+/** Sends one request and returns every reply message (errors included) for its sequence number. */
+export interface NlTransport {
+  exchange(type: number, flags: number, payload: Buffer): Promise<NlMessage[]>;
+  /** Writes a sysctl (path relative to /proc/sys) in the transport's namespace. */
+  sysctlWrite(path: string, value: string): Promise<void>;
+  close(): void;
+}
+
+function sysctlPathCheck(path: string): string {
+  if (!/^net\/[A-Za-z0-9_.\-/]+$/.test(path) || path.includes('..')) {
+    throw new Error(`refusing to write sysctl outside /proc/sys/net: ${path}`);
+  }
+  return `/proc/sys/${path}`;
+}
+
+function transportError(op: string, err: unknown, device?: DeviceRef): KernelError {
+  const e = err as { errno?: number; code?: string; message?: string };
+  let errno = typeof e?.code === 'string' ? errnoNumber(e.code) : undefined;
+  if (errno === undefined && typeof e?.errno === 'number') errno = Math.abs(e.errno);
+  if (errno === undefined && /timeout/i.test(e?.message ?? '')) errno = errnoNumber('ETIMEDOUT');
+  return new KernelError({ op, errno: errno ?? errnoNumber('EIO') ?? 5, device, hint: e?.message, cause: err });
+}
+
+/** A netlink socket in the calling process's network namespace. */
+class LocalTransport implements NlTransport {
+  private readonly sock = createNetlink(Protocol.ROUTE);
+
+  async exchange(type: number, flags: number, payload: Buffer): Promise<NlMessage[]> {
+    const [msgs] = await this.sock.request(type, payload, { flags, checkError: false, timeout: REQUEST_TIMEOUT_MS });
+    return msgs.map((m) => ({ type: m.type, flags: m.flags, data: m.data }));
+  }
+
+  async sysctlWrite(path: string, value: string): Promise<void> {
+    await writeFile(sysctlPathCheck(path), value);
+  }
+
+  close(): void {
+    this.sock.close();
+  }
+}
+
+interface Pending {
+  resolve: (v: unknown) => void;
+  reject: (e: Error) => void;
+}
+
+const WORKER_PATH = fileURLToPath(new URL('./netns-worker.js', import.meta.url));
+
+/** A netlink socket inside another network namespace, held by a helper process. */
+class NetnsTransport implements NlTransport {
+  private readonly child: ChildProcessWithoutNullStreams;
+  private readonly pending = new Map<number, Pending>();
+  private nextId = 1;
+  private stderr = '';
+  private exited: Error | undefined;
+  readonly ready: Promise<void>;
+
+  constructor(readonly netnsPath: string) {
+    this.child = spawn('nsenter', [`--net=${netnsPath}`, '--', process.execPath, WORKER_PATH], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    this.child.stderr.on('data', (d: Buffer) => { this.stderr = (this.stderr + d.toString()).slice(-2000); });
+    let readyResolve!: () => void;
+    let readyReject!: (e: Error) => void;
+    this.ready = new Promise((res, rej) => { readyResolve = res; readyReject = rej; });
+    this.ready.catch(() => undefined);
+    const lines = createInterface({ input: this.child.stdout });
+    lines.on('line', (line) => {
+      let msg: { id?: number; ready?: boolean; ok?: unknown; error?: { message: string; code?: string; errno?: number } };
+      try { msg = JSON.parse(line); } catch { return; }
+      if (msg.ready) { readyResolve(); return; }
+      const p = msg.id !== undefined ? this.pending.get(msg.id) : undefined;
+      if (!p || msg.id === undefined) return;
+      this.pending.delete(msg.id);
+      if (msg.error) p.reject(Object.assign(new Error(msg.error.message), { code: msg.error.code, errno: msg.error.errno }));
+      else p.resolve(msg.ok);
+    });
+    const fail = (why: string): void => {
+      this.exited = new Error(`netns helper for ${netnsPath} ${why}${this.stderr ? `: ${this.stderr.trim()}` : ''}`);
+      readyReject(this.exited);
+      for (const p of this.pending.values()) p.reject(this.exited);
+      this.pending.clear();
+    };
+    this.child.on('error', (e) => fail(`could not start (${e.message})`));
+    this.child.on('exit', (code, signal) => fail(`exited (${signal ?? `code ${code}`})`));
+  }
+
+  private call(req: Record<string, unknown>): Promise<unknown> {
+    if (this.exited) return Promise.reject(this.exited);
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      this.child.stdin.write(`${JSON.stringify({ id, ...req })}\n`);
+    });
+  }
+
+  async exchange(type: number, flags: number, payload: Buffer): Promise<NlMessage[]> {
+    const out = (await this.call({ kind: 'nl', type, flags, data: payload.toString('base64') })) as
+      { type: number; flags: number; data: string }[];
+    return out.map((m) => ({ type: m.type, flags: m.flags, data: Buffer.from(m.data, 'base64') }));
+  }
+
+  async sysctlWrite(path: string, value: string): Promise<void> {
+    sysctlPathCheck(path);
+    await this.call({ kind: 'sysctl', path, value });
+  }
+
+  close(): void {
+    if (!this.exited) this.child.stdin.end();
+  }
+}
+
+/**
+ * rtnetlink requests with kernel errors mapped to {@link KernelError}. `netns` labels errors with
+ * the namespace the socket lives in.
+ */
+export class Rtnl {
+  constructor(private readonly transport: NlTransport, readonly netns?: string) {}
+
+  private deviceRef(device?: DeviceRef): DeviceRef | undefined {
+    if (!this.netns) return device;
+    return { ...(device ?? {}), netns: device?.netns ?? this.netns };
+  }
+
+  /** A doit request (NLM_F_REQUEST|NLM_F_ACK added). Returns the non-error replies. */
+  async request(type: number, flags: number, payload: Buffer, device?: DeviceRef, op = RTM_NAMES[type] ?? `RTM_${type}`): Promise<NlMessage[]> {
+    let msgs: NlMessage[];
+    try {
+      msgs = await this.transport.exchange(type, flags, payload);
+    } catch (err) {
+      throw transportError(op, err, this.deviceRef(device));
+    }
+    const out: NlMessage[] = [];
+    for (const m of msgs) {
+      if (m.type === NLMSG_ERROR) {
+        const reply = netlinkErrorParse(m.data, m.flags);
+        if (reply.errno !== 0) throw kernelErrorFromReply(op, reply, this.deviceRef(device));
+        continue;
+      }
+      out.push(m);
+    }
+    return out;
+  }
+
+  /** A dump request: every object of the kind, filtered by the header where the kernel supports it. */
+  dump(type: number, payload: Buffer, device?: DeviceRef): Promise<NlMessage[]> {
+    return this.request(type, NLM_F_DUMP, payload, device);
+  }
+
+  sysctlWrite(path: string, value: string): Promise<void> {
+    return this.transport.sysctlWrite(path, value);
+  }
+
+  close(): void {
+    this.transport.close();
+  }
+}
+
+let hostRtnl: Rtnl | undefined;
+
+/** The shared socket in kitnet's own (host) namespace. Never close it. */
+export function rtnlHost(): Rtnl {
+  hostRtnl ??= new Rtnl(new LocalTransport());
+  return hostRtnl;
+}
+
+/** A socket in the namespace at `netnsPath`; close it when done. Validate the path first. */
+export async function rtnlNetnsOpen(netnsPath: string): Promise<Rtnl> {
+  const t = new NetnsTransport(netnsPath);
+  try {
+    await t.ready;
+  } catch (err) {
+    t.close();
+    throw err;
+  }
+  return new Rtnl(t, netnsPath);
+}
+
+/** Runs `fn` with a socket in `netnsPath`, closing it afterwards. */
+export async function withNetns<T>(netnsPath: string, fn: (nl: Rtnl) => Promise<T>): Promise<T> {
+  const nl = await rtnlNetnsOpen(netnsPath);
+  try {
+    return await fn(nl);
+  } finally {
+    nl.close();
+  }
+}

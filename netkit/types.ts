@@ -1,0 +1,72 @@
+// The types agent/ codes against (re-exported by index.ts).
+export type DeviceMode = 'netkit' | 'netkit-l2' | 'veth';
+
+/** Gateway addresses the workload routes through; the host side of each pair answers for them. */
+export const GATEWAY_V4 = '169.254.1.1';
+export const GATEWAY_V6 = 'fe80::1';
+
+/** Every link kitnet creates carries an IFLA_IFALIAS starting with this. */
+export const KITNET_ALIAS_PREFIX = 'kitnet:';
+
+export interface KernelFeatures {
+  kernelRelease: string;
+  /** Real create-and-delete probe of a netkit pair. */
+  netkit: boolean;
+  netkitDetail: string;
+  tcx: boolean;
+  /** How tcx was decided (BPF_TCX_INGRESS in the kernel's BTF, or the kernel version). */
+  tcxDetail: string;
+  tcClsact: boolean;
+  tcClsactDetail: string;
+}
+
+export interface EndpointDeviceSpec {
+  /** Host-side interface name, at most 15 bytes. */
+  hostIfname: string;
+  /** IFLA_IFALIAS of the host side, e.g. `kitnet:default/web`; identifies kitnet's links. */
+  alias: string;
+  /** Path of an existing network namespace (`/var/run/netns/X`, `/proc/PID/ns/net`). */
+  netnsPath: string;
+  /** Name of the peer inside the namespace (default `eth0`). */
+  peerIfname: string;
+  mode: DeviceMode;
+  ipv4: string;
+  ipv6: string;
+  mtu?: number;
+  /** netkit-l2 (and optionally veth): fixed MAC of the host side; default derived from hostIfname. */
+  hostMac?: string;
+  /** netkit-l2 (and optionally veth): fixed MAC of the peer; default derived from hostIfname. */
+  peerMac?: string;
+  /** netkit: peer policy at creation; default 'drop' (blackhole until programs are attached). */
+  peerPolicy?: 'forward' | 'drop';
+  /** netkit: only sent when set (IFLA_NETKIT_SCRUB / PEER_SCRUB need a newer kernel). */
+  scrub?: 'none' | 'default';
+  peerScrub?: 'none' | 'default';
+  /** netkit: only sent when set (IFLA_NETKIT_HEADROOM / TAILROOM need a newer kernel). */
+  headroom?: number;
+  tailroom?: number;
+}
+
+export interface EndpointDevice {
+  mode: DeviceMode;
+  hostIfname: string;
+  hostIfindex: number;
+  hostMac: string;
+  peerIfname: string;
+  peerIfindex: number;
+  peerMac: string;
+  netnsPath: string;
+  /** netkit only: the peer's current default policy. */
+  peerPolicy?: 'forward' | 'drop';
+  /**
+   * From endpointDeviceObserve: what differs from the spec (empty = present and correct). Each entry
+   * is one human-readable finding, e.g. `route default via 169.254.1.1 missing in netns`.
+   */
+  problems?: string[];
+}
+
+export interface KitnetLink {
+  ifname: string;
+  ifindex: number;
+  alias: string;
+}
