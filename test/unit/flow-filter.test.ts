@@ -1,0 +1,96 @@
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import type { FlowEvent } from '../../bpf/index.js';
+import { EndpointDirectory } from '../../agent/flows/directory.js';
+import { flowEnrich } from '../../agent/flows/enrich.js';
+import { FilterError, filterCompile, filtersCompile, labelSelectorParse, type FlowFilter } from '../../agent/flows/filter.js';
+import type { HubbleFlowRecord } from '../../agent/flows/hubble.js';
+import { IdentityAllocator } from '../../agent/identity/allocator.js';
+import { SqliteStore } from '../../agent/store/sqlite-store.js';
+
+function fixture() {
+  const store = new SqliteStore(':memory:');
+  const ids = new IdentityAllocator(store);
+  const add = (name: string, ns: string, labels: Record<string, string>, n: number) => {
+    const identity = ids.acquire(labels, ns);
+    store.workloadInsert({
+      spec: { name, namespace: ns, kind: 'netns', labels, netns: '/x', requestedMode: 'auto', interface: 'eth0' },
+      mode: 'veth', endpointId: n, identity, ipv4: `10.200.0.${n}`, ipv6: `fd00:200::${n}`, hostIfname: `kn${n}`,
+    });
+    return identity;
+  };
+  const webId = add('web', 'shop', { app: 'web', tier: 'front' }, 2);
+  const dbId = add('db', 'shop', { app: 'db' }, 3);
+  const dir = new EndpointDirectory(store);
+  const base: FlowEvent = {
+    timeNs: 1_700_000_000_000_000_000n, ifindex: 10, endpointId: 2, direction: 'EGRESS', family: 4, protocol: 6,
+    srcAddr: '10.200.0.2', dstAddr: '10.200.0.3', srcPort: 40000, dstPort: 5432, icmpType: 0, icmpCode: 0, tcpFlags: 0x02,
+    srcIdentity: webId, dstIdentity: dbId, verdict: 'FORWARDED', dropReason: 0, isReply: false, length: 60,
+  };
+  const mk = (over: Partial<FlowEvent>) => flowEnrich({ ...base, ...over }, dir, 'node-1');
+  const flows: Record<string, HubbleFlowRecord> = {
+    webToDbSyn: mk({}),
+    dbToWebSynAck: mk({ endpointId: 2, direction: 'INGRESS', srcAddr: '10.200.0.3', dstAddr: '10.200.0.2', srcPort: 5432, dstPort: 40000, tcpFlags: 0x12, srcIdentity: dbId, dstIdentity: webId, isReply: true }),
+    webToWorldDrop: mk({ dstAddr: '1.1.1.1', dstIdentity: 2, protocol: 17, dstPort: 53, tcpFlags: 0, verdict: 'DROPPED', dropReason: 133 }),
+    webPing6: mk({ family: 6, srcAddr: 'fd00:200::2', dstAddr: 'fd00:200::3', protocol: 58, srcPort: 0, dstPort: 0, icmpType: 128, tcpFlags: 0 }),
+  };
+  return { flows, webId, dbId, store };
+}
+
+const names = (pred: (r: HubbleFlowRecord) => boolean, flows: Record<string, HubbleFlowRecord>) =>
+  Object.entries(flows).filter(([, f]) => pred(f)).map(([k]) => k).sort();
+
+describe('flow filters', () => {
+  const { flows, webId, dbId } = fixture();
+  const only = (f: FlowFilter) => names(filterCompile(f), flows);
+
+  test('each field selects what it should', () => {
+    assert.deepEqual(only({ source_ip: ['10.200.0.2'] }), ['webToDbSyn', 'webToWorldDrop']);
+    assert.deepEqual(only({ destination_ip: ['1.0.0.0/8'] }), ['webToWorldDrop']);
+    assert.deepEqual(only({ source_ip: ['fd00:200::/64'] }), ['webPing6']);
+    assert.deepEqual(only({ source_pod: ['shop/'] }), ['dbToWebSynAck', 'webPing6', 'webToDbSyn', 'webToWorldDrop']);
+    assert.deepEqual(only({ destination_pod: ['shop/we'] }), ['dbToWebSynAck']);
+    assert.deepEqual(only({ source_workload: ['db'] }), ['dbToWebSynAck']);
+    assert.deepEqual(only({ destination_workload: ['db'] }), ['webPing6', 'webToDbSyn']);
+    assert.deepEqual(only({ source_label: ['app=web'] }), ['webPing6', 'webToDbSyn', 'webToWorldDrop']);
+    assert.deepEqual(only({ source_label: ['k8s:app in (db, cache)'] }), ['dbToWebSynAck']);
+    assert.deepEqual(only({ source_label: ['app,!tier'] }), ['dbToWebSynAck']);
+    assert.deepEqual(only({ destination_label: ['reserved:world'] }), ['webToWorldDrop']);
+    assert.deepEqual(only({ source_identity: [dbId] }), ['dbToWebSynAck']);
+    assert.deepEqual(only({ destination_identity: [webId] }), ['dbToWebSynAck']);
+    assert.deepEqual(only({ destination_port: ['5432'] }), ['webToDbSyn']);
+    assert.deepEqual(only({ source_port: ['5432'] }), ['dbToWebSynAck']);
+    assert.deepEqual(only({ protocol: ['udp'] }), ['webToWorldDrop']);
+    assert.deepEqual(only({ protocol: ['icmp'] }), ['webPing6']);
+    assert.deepEqual(only({ protocol: ['ICMPv6'] }), ['webPing6']);
+    assert.deepEqual(only({ verdict: ['DROPPED'] }), ['webToWorldDrop']);
+    assert.deepEqual(only({ drop_reason_desc: ['POLICY_DENIED'] }), ['webToWorldDrop']);
+    assert.deepEqual(only({ traffic_direction: ['ingress'] }), ['dbToWebSynAck']);
+    assert.deepEqual(only({ ip_version: ['IPv6'] }), ['webPing6']);
+    assert.deepEqual(only({ tcp_flags: ['SYN'] }), ['dbToWebSynAck', 'webToDbSyn']);
+    assert.deepEqual(only({ tcp_flags: ['SYN,ACK'] }), ['dbToWebSynAck']);
+    assert.deepEqual(only({ reply: [true] }), ['dbToWebSynAck']);
+    assert.deepEqual(only({ node_name: ['node-2'] }), []);
+  });
+
+  test('fields within a filter AND, values within a field OR', () => {
+    assert.deepEqual(only({ source_workload: ['web'], protocol: ['tcp'] }), ['webToDbSyn']);
+    assert.deepEqual(only({ protocol: ['tcp', 'udp'] }), ['dbToWebSynAck', 'webToDbSyn', 'webToWorldDrop']);
+  });
+
+  test('several filters OR; a blacklist subtracts', () => {
+    const p = filtersCompile([{ verdict: ['DROPPED'] }, { reply: [true] }]);
+    assert.deepEqual(names(p, flows), ['dbToWebSynAck', 'webToWorldDrop']);
+    const q = filtersCompile([], [{ protocol: ['tcp'] }]);
+    assert.deepEqual(names(q, flows), ['webPing6', 'webToWorldDrop']);
+    const r = filtersCompile([{ source_workload: ['web'] }], [{ verdict: ['DROPPED'] }]);
+    assert.deepEqual(names(r, flows), ['webPing6', 'webToDbSyn']);
+  });
+
+  test('bad values are rejected with a clear message', () => {
+    assert.throws(() => filterCompile({ source_ip: ['10.0.0.300'] }), FilterError);
+    assert.throws(() => filterCompile({ destination_port: ['http'] }), /not a port/);
+    assert.throws(() => filterCompile({ tcp_flags: ['SYNN'] }), /unknown TCP flag/);
+    assert.throws(() => labelSelectorParse('app in (a'), /cannot parse/);
+  });
+});
