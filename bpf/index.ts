@@ -1,85 +1,230 @@
-// CONTRACT STUB — the bpf/ helper replaces the implementations; the exported names and types are
-// what agent/ codes against. Keep them (extend freely).
+// The datapath's public surface for agent/: load the object (maps pinned and reused), attach endpoints
+// with pinned links, write endpoint/ipcache state, read flow events. Everything kernel-facing throws
+// KernelError (common/kernel-error.ts) with a hint.
+import { existsSync, rmSync } from 'node:fs';
+import type { AttachKind, Datapath, EndpointInfo, FlowEvent, FlowReader, IpcacheEntry } from './types.js';
+import { PIN_ROOT_DEFAULT } from './types.js';
+import { kcall } from './errors.js';
+import { flowDecodeBatch, monotonicToWallOffsetNs } from './flow-decode.js';
+import type { AttachResult } from './links.js';
+import { linkAttach, linkDetach, linkList, linkPinnedInfo } from './links.js';
+import type { LoadedObject, ProgName } from './loader.js';
+import { objectLoad, pinRootCheck } from './loader.js';
+import type { DatapathConfig } from './maps/config.js';
+import { ConfigMap } from './maps/config.js';
+import type { ConntrackEntry } from './maps/conntrack.js';
+import { ConntrackMap } from './maps/conntrack.js';
+import { EndpointsMap } from './maps/endpoints.js';
+import { IpcacheMap } from './maps/ipcache.js';
+import type { Counter, MetricName } from './maps/metrics.js';
+import { METRIC_SLOTS, MetricsMap } from './maps/metrics.js';
+import type { LinkInfo, NativeHandle, TestRunResult } from './native.js';
+import { native } from './native.js';
 
-export const PIN_ROOT_DEFAULT = '/sys/fs/bpf/kitnet';
+export * from './types.js';
+export type { AttachResult } from './links.js';
+export type { DatapathConfig } from './maps/config.js';
+export type { ConntrackEntry } from './maps/conntrack.js';
+export type { Counter, MetricName } from './maps/metrics.js';
+export type { LinkInfo, TestRunResult } from './native.js';
+export type { ProgName } from './loader.js';
+export { KernelError, UnsupportedFeatureError } from '../common/kernel-error.js';
+export { VerifierError } from './errors.js';
+export { DROP_REASON, DROP_REASON_DESC } from './layout.gen.js';
 
-/** How programs attach to an endpoint's host-side device. */
-export type AttachKind = 'tcx' | 'netkit';
-
-export interface EndpointInfo {
-  endpointId: number;
-  identity: number;
-  ipv4: string;
-  ipv6: string;
-  /** MAC of the workload side (peer), `aa:bb:...`. */
-  mac: string;
-  flags: number;
+/** The contract plus what operators, tests and benchmarks need beyond it. */
+export interface KitnetDatapath extends Datapath {
+  /** Like attach(), reporting per program whether a pinned link was adopted. */
+  attachDetailed(ep: { ifname: string; ifindex: number; kind: AttachKind }): Promise<AttachResult[]>;
+  /** Kernel view of a device's pinned links (link id, program id, ifindex; 0 = device gone). */
+  linkInfo(ifname: string): Partial<Record<ProgName, LinkInfo>>;
+  /** Ids of the programs loaded by this instance. */
+  progIds(): Readonly<Record<ProgName, number>>;
+  configGet(): DatapathConfig;
+  configSet(cfg: Partial<DatapathConfig>): DatapathConfig;
+  metricsRead(): Record<MetricName, Counter>;
+  conntrackList(): ConntrackEntry[];
+  conntrackFlush(): number;
+  /**
+   * BPF_PROG_TEST_RUN: run a program on a crafted frame (Ethernet first). `ifindex` selects the device the
+   * skb appears on (and so the `endpoints` entry); default 1 (lo).
+   */
+  testRun(prog: ProgName, frame: Buffer, opts?: { ifindex?: number; repeat?: number }): TestRunResult;
 }
 
-export interface IpcacheEntry {
-  identity: number;
-  /** Non-zero when the address lives on another host (scale-out); 0 = local. */
-  hostId: number;
+/** offsetof(struct __sk_buff, ifindex) — UAPI, stable since 4.x. */
+const SKB_IFINDEX_OFFSET = 40;
+const SKB_CTX_SIZE = 192;
+
+class DatapathImpl implements KitnetDatapath {
+  private readonly endpoints: EndpointsMap;
+  private readonly ipcache: IpcacheMap;
+  private readonly conntrack: ConntrackMap;
+  private readonly metrics: MetricsMap;
+  private readonly config: ConfigMap;
+  private readonly readers = new Set<FlowReader>();
+  private closed = false;
+
+  constructor(private readonly obj: LoadedObject) {
+    this.endpoints = new EndpointsMap(obj.maps.endpoints);
+    this.ipcache = new IpcacheMap(obj.maps.ipcache);
+    this.conntrack = new ConntrackMap(obj.maps.conntrack);
+    this.metrics = new MetricsMap(obj.maps.metrics);
+    this.config = new ConfigMap(obj.maps.config);
+    // First load on this pin root: write the defaults so the datapath and `configGet` agree. A previous
+    // agent's settings (pinned) are kept.
+    if (!this.config.isSet()) this.config.set({});
+  }
+
+  get pinRoot(): string {
+    return this.obj.pinRoot;
+  }
+
+  private live(): void {
+    if (this.closed) throw new Error('datapath is closed');
+  }
+
+  async attach(ep: { ifname: string; ifindex: number; kind: AttachKind }): Promise<void> {
+    await this.attachDetailed(ep);
+  }
+
+  async attachDetailed(ep: { ifname: string; ifindex: number; kind: AttachKind }): Promise<AttachResult[]> {
+    this.live();
+    return linkAttach(this.obj.pinRoot, ep, this.obj.progFds, this.obj.progIds);
+  }
+
+  async detach(ifname: string): Promise<void> {
+    linkDetach(this.obj.pinRoot, ifname);
+  }
+
+  async attachedList(): Promise<string[]> {
+    return linkList(this.obj.pinRoot);
+  }
+
+  linkInfo(ifname: string): Partial<Record<ProgName, LinkInfo>> {
+    return linkPinnedInfo(this.obj.pinRoot, ifname);
+  }
+
+  progIds(): Readonly<Record<ProgName, number>> {
+    return this.obj.progIds;
+  }
+
+  endpointUpsert(ifindex: number, info: EndpointInfo): void {
+    this.live();
+    this.endpoints.upsert(ifindex, info);
+  }
+
+  endpointDelete(ifindex: number): void {
+    this.live();
+    this.endpoints.delete(ifindex);
+  }
+
+  endpointList(): Array<[number, EndpointInfo]> {
+    this.live();
+    return this.endpoints.list();
+  }
+
+  ipcacheUpsert(cidr: string, entry: IpcacheEntry): void {
+    this.live();
+    this.ipcache.upsert(cidr, entry);
+  }
+
+  ipcacheDelete(cidr: string): void {
+    this.live();
+    this.ipcache.delete(cidr);
+  }
+
+  ipcacheList(): Array<[string, IpcacheEntry]> {
+    this.live();
+    return this.ipcache.list();
+  }
+
+  configGet(): DatapathConfig {
+    this.live();
+    return this.config.get();
+  }
+
+  configSet(cfg: Partial<DatapathConfig>): DatapathConfig {
+    this.live();
+    return this.config.set(cfg);
+  }
+
+  metricsRead(): Record<MetricName, Counter> {
+    this.live();
+    return this.metrics.readAll();
+  }
+
+  conntrackList(): ConntrackEntry[] {
+    this.live();
+    return this.conntrack.list();
+  }
+
+  conntrackFlush(): number {
+    this.live();
+    return this.conntrack.flush();
+  }
+
+  /**
+   * One reader per ring buffer: its consumer position is shared, so two readers would split the events.
+   * The agent's flow pipeline fans out to its own subscribers.
+   */
+  flowsRead(onEvents: (events: FlowEvent[]) => void): FlowReader {
+    this.live();
+    const wallOffset = monotonicToWallOffsetNs();
+    const metrics = this.metrics;
+    const handle: NativeHandle = kcall(() =>
+      native().ringbufOpen(this.obj.maps.events.fd, (batch) => {
+        const events = flowDecodeBatch(batch, wallOffset);
+        if (events.length) onEvents(events);
+      }),
+    );
+    let open = true;
+    const reader: FlowReader = {
+      lostEvents: () => metrics.read(METRIC_SLOTS.EVENTS_LOST).packets,
+      close: () => {
+        if (!open) return;
+        open = false;
+        this.readers.delete(reader);
+        native().ringbufClose(handle);
+      },
+    };
+    this.readers.add(reader);
+    return reader;
+  }
+
+  testRun(prog: ProgName, frame: Buffer, opts: { ifindex?: number; repeat?: number } = {}): TestRunResult {
+    this.live();
+    const ctx = Buffer.alloc(SKB_CTX_SIZE);
+    ctx.writeUInt32LE(opts.ifindex ?? 1, SKB_IFINDEX_OFFSET);
+    return kcall(() => native().progTestRun(this.obj.progFds[prog], frame, ctx, opts.repeat ?? 1));
+  }
+
+  close(): void {
+    if (this.closed) return;
+    for (const r of [...this.readers]) r.close();
+    this.closed = true;
+    this.obj.close();
+  }
 }
 
-export type Verdict = 'FORWARDED' | 'DROPPED';
-/** Hubble's sense: INGRESS = towards the endpoint (workload), EGRESS = from it. */
-export type TrafficDirection = 'INGRESS' | 'EGRESS';
-
-export interface FlowEvent {
-  /** Wall-clock time in nanoseconds since the epoch. */
-  timeNs: bigint;
-  ifindex: number;
-  endpointId: number;
-  direction: TrafficDirection;
-  family: 4 | 6;
-  /** IP protocol number (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6, 132 SCTP). */
-  protocol: number;
-  srcAddr: string;
-  dstAddr: string;
-  srcPort: number;
-  dstPort: number;
-  /** ICMP type/code when protocol is ICMP/ICMPv6. */
-  icmpType: number;
-  icmpCode: number;
-  /** TCP flag bits as on the wire (FIN=1, SYN=2, RST=4, PSH=8, ACK=16, URG=32, ECE=64, CWR=128). */
-  tcpFlags: number;
-  srcIdentity: number;
-  dstIdentity: number;
-  verdict: Verdict;
-  /** Hubble drop reason number, 0 when forwarded. */
-  dropReason: number;
-  isReply: boolean;
-  length: number;
+/**
+ * Load the datapath object. Maps are created under `<pinRoot>/maps` on first load and reused afterwards,
+ * so endpoint, ipcache and conntrack state survive agent restarts; already pinned links are adopted by
+ * attach(). Throws KernelError (VerifierError for a rejected program) with a hint.
+ */
+export async function datapathLoad(opts: { pinRoot?: string; objectPath?: string } = {}): Promise<KitnetDatapath> {
+  const obj = objectLoad(opts.pinRoot ?? PIN_ROOT_DEFAULT, opts.objectPath);
+  try {
+    return new DatapathImpl(obj);
+  } catch (err) {
+    obj.close();
+    throw err;
+  }
 }
 
-export interface FlowReader {
-  /** Events the kernel could not write because the ring buffer was full. */
-  lostEvents(): bigint;
-  close(): void;
+/** Remove every pin under pinRoot (programs detach when their links go). Idempotent. */
+export async function datapathUnpinAll(pinRoot: string = PIN_ROOT_DEFAULT): Promise<void> {
+  if (!existsSync(pinRoot)) return;
+  pinRootCheck(pinRoot);
+  rmSync(pinRoot, { recursive: true, force: true });
 }
-
-export interface Datapath {
-  readonly pinRoot: string;
-  /** Attach (or adopt and update) the endpoint programs on a host-side device; links are pinned. */
-  attach(ep: { ifname: string; ifindex: number; kind: AttachKind }): Promise<void>;
-  /** Detach and unpin the endpoint's links. Idempotent. */
-  detach(ifname: string): Promise<void>;
-  /** ifnames that have pinned links. */
-  attachedList(): Promise<string[]>;
-  endpointUpsert(ifindex: number, info: EndpointInfo): void;
-  endpointDelete(ifindex: number): void;
-  endpointList(): Array<[number, EndpointInfo]>;
-  /** cidr: `10.200.0.5/32`, `fd00:200::5/128`, or a wider prefix. */
-  ipcacheUpsert(cidr: string, entry: IpcacheEntry): void;
-  ipcacheDelete(cidr: string): void;
-  ipcacheList(): Array<[string, IpcacheEntry]>;
-  /** Read flow events from the ring buffer on the event loop (epoll fd watched by libuv). */
-  flowsRead(onEvents: (events: FlowEvent[]) => void): FlowReader;
-  /** Close fds; pins stay so the datapath keeps working while the agent is down. */
-  close(): void;
-}
-
-export declare function datapathLoad(opts?: { pinRoot?: string; objectPath?: string }): Promise<Datapath>;
-/** Remove every pin under pinRoot (programs detach when their links go). */
-export declare function datapathUnpinAll(pinRoot?: string): Promise<void>;

@@ -588,7 +588,9 @@ static void rb_deliver(struct rb_reader *r)
 	if (napi_open_handle_scope(env, &scope) != napi_ok)
 		return;
 	if (napi_create_buffer_copy(env, r->len, r->buf, NULL, &buf) == napi_ok &&
-	    napi_get_reference_value(env, r->callback, &cb) == napi_ok && cb && napi_get_undefined(env, &recv) == napi_ok) {
+	    napi_get_reference_value(env, r->callback, &cb) == napi_ok && cb &&
+	    /* napi_make_callback needs an object receiver (undefined throws) */
+	    napi_get_global(env, &recv) == napi_ok) {
 		napi_status st = napi_make_callback(env, r->async_ctx, recv, cb, 1, &buf, &result);
 		if (st == napi_pending_exception) {
 			napi_value exc;

@@ -1,0 +1,93 @@
+// Loads the datapath object with libbpf: maps declared LIBBPF_PIN_BY_NAME are created under
+// <pinRoot>/maps on first load and reused afterwards (state survives agent restarts and upgrades);
+// programs are pinned under <pinRoot>/progs for inspection with bpftool.
+import { existsSync, mkdirSync, statfsSync, unlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { KernelError } from '../common/kernel-error.js';
+import { kcall } from './errors.js';
+import { BpfMap } from './maps/map.js';
+import type { NativeHandle } from './native.js';
+import { native } from './native.js';
+
+export const PROG_NAMES = ['from_workload', 'to_workload'] as const;
+export type ProgName = (typeof PROG_NAMES)[number];
+export const MAP_NAMES = ['endpoints', 'ipcache', 'conntrack', 'events', 'metrics', 'config'] as const;
+export type MapName = (typeof MAP_NAMES)[number];
+
+/** Where bash bpf/build.sh writes the object; KITNET_BPF_OBJECT overrides (packaging). */
+export const OBJECT_PATH_DEFAULT =
+  process.env.KITNET_BPF_OBJECT ?? fileURLToPath(new URL('../../bpf/build/kitnet.bpf.o', import.meta.url));
+
+const BPF_FS_MAGIC = 0xcafe4a11;
+
+export interface LoadedObject {
+  readonly pinRoot: string;
+  readonly progFds: Readonly<Record<ProgName, number>>;
+  readonly progIds: Readonly<Record<ProgName, number>>;
+  readonly maps: Readonly<Record<MapName, BpfMap>>;
+  close(): void;
+}
+
+export function pinPaths(pinRoot: string): { maps: string; progs: string; links: string } {
+  return { maps: join(pinRoot, 'maps'), progs: join(pinRoot, 'progs'), links: join(pinRoot, 'links') };
+}
+
+/** pinRoot must live on bpffs, or pinning fails later with a confusing errno. */
+export function pinRootCheck(pinRoot: string): void {
+  let dir = pinRoot;
+  while (!existsSync(dir)) dir = join(dir, '..');
+  const fsType = statfsSync(dir).type;
+  if (fsType !== BPF_FS_MAGIC) {
+    throw new KernelError({
+      op: 'BPF_OBJ_PIN',
+      errno: 22,
+      hint: `${pinRoot} is not on bpffs (${dir} has fs type 0x${fsType.toString(16)}): mount -t bpf bpf /sys/fs/bpf`,
+    });
+  }
+}
+
+export function objectLoad(pinRoot: string, objectPath = OBJECT_PATH_DEFAULT): LoadedObject {
+  pinRootCheck(pinRoot);
+  const paths = pinPaths(pinRoot);
+  for (const d of [paths.maps, paths.progs, paths.links]) mkdirSync(d, { recursive: true });
+
+  const n = native();
+  const obj = kcall(() => n.objectOpen(objectPath, paths.maps), undefined, { path: objectPath });
+  const handle: NativeHandle = obj.handle;
+  try {
+    const progFds = {} as Record<ProgName, number>;
+    const progIds = {} as Record<ProgName, number>;
+    for (const p of PROG_NAMES) {
+      const fd = obj.progs[p];
+      if (fd === undefined) throw new Error(`BPF object ${objectPath} has no program ${p}`);
+      progFds[p] = fd;
+      progIds[p] = kcall(() => n.progInfo(fd)).id;
+      // Re-pin so bpftool shows the running version; the old program stays alive while links use it.
+      const pin = join(paths.progs, p);
+      if (existsSync(pin)) unlinkSync(pin);
+      kcall(() => n.objPin(fd, pin), undefined, { path: pin });
+    }
+    const maps = {} as Record<MapName, BpfMap>;
+    for (const m of MAP_NAMES) {
+      const fd = obj.maps[m];
+      if (fd === undefined) throw new Error(`BPF object ${objectPath} has no map ${m}`);
+      maps[m] = new BpfMap(m, fd);
+    }
+    let closed = false;
+    return {
+      pinRoot,
+      progFds,
+      progIds,
+      maps,
+      close() {
+        if (closed) return;
+        closed = true;
+        n.objectClose(handle);
+      },
+    };
+  } catch (err) {
+    n.objectClose(handle);
+    throw err;
+  }
+}

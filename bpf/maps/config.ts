@@ -1,0 +1,42 @@
+// `config` array, key 0: runtime knobs read by the datapath on every packet.
+import { structDecode, structEncode } from '../layout.js';
+import { CFG_F_SET, DP_CONFIG, MONITOR_AGG_DEFAULT } from '../layout.gen.js';
+import type { BpfMap } from './map.js';
+
+export interface DatapathConfig {
+  /** 0 = report every packet, 1 = aggregated (new connections, TCP flag changes, closes, drops). */
+  monitorAggregation: number;
+  /** Aggregated mode: also report an established flow at most this often (seconds); 0 = never. */
+  reportIntervalS: number;
+}
+
+export const CONFIG_DEFAULT: DatapathConfig = { monitorAggregation: MONITOR_AGG_DEFAULT, reportIntervalS: 0 };
+
+const KEY0 = Buffer.alloc(4);
+
+export class ConfigMap {
+  constructor(readonly map: BpfMap) {}
+
+  /** The effective configuration (defaults until the agent writes one). */
+  get(): DatapathConfig {
+    const v = this.map.lookup(KEY0);
+    const d = v && structDecode(DP_CONFIG, v);
+    if (!d || !((d.flags as number) & CFG_F_SET)) return { ...CONFIG_DEFAULT };
+    return { monitorAggregation: d.monitor_aggregation as number, reportIntervalS: d.report_interval_s as number };
+  }
+
+  /** True when the agent (or a previous agent run) wrote the entry. */
+  isSet(): boolean {
+    const v = this.map.lookup(KEY0);
+    return !!v && ((structDecode(DP_CONFIG, v).flags as number) & CFG_F_SET) !== 0;
+  }
+
+  set(cfg: Partial<DatapathConfig>): DatapathConfig {
+    const next = { ...this.get(), ...cfg };
+    this.map.update(
+      KEY0,
+      structEncode(DP_CONFIG, { monitor_aggregation: next.monitorAggregation, report_interval_s: next.reportIntervalS, flags: CFG_F_SET }),
+    );
+    return next;
+  }
+}

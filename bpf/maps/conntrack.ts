@@ -1,0 +1,58 @@
+// `conntrack` LRU hash: read for debugging and tests; the datapath owns its content.
+import { ipv4Format, ipv6Format } from '../addr.js';
+import { structDecode } from '../layout.js';
+import { CT_ENTRY, CT_KEY, DIR_INGRESS } from '../layout.gen.js';
+import type { BpfMap } from './map.js';
+
+export interface ConntrackEntry {
+  family: 4 | 6;
+  protocol: number;
+  srcAddr: string;
+  dstAddr: string;
+  srcPort: number;
+  dstPort: number;
+  /** Direction of the packet that created the entry. */
+  direction: 'INGRESS' | 'EGRESS';
+  packets: bigint;
+  bytes: bigint;
+  lastSeenNs: bigint;
+  flags: number;
+  txFlagsSeen: number;
+  rxFlagsSeen: number;
+}
+
+export class ConntrackMap {
+  constructor(readonly map: BpfMap) {}
+
+  list(): ConntrackEntry[] {
+    const out: ConntrackEntry[] = [];
+    for (const [k, v] of this.map.entries()) {
+      const key = structDecode(CT_KEY, k);
+      const e = structDecode(CT_ENTRY, v);
+      const fmt = key.family === 4 ? ipv4Format : ipv6Format;
+      out.push({
+        family: key.family as 4 | 6,
+        protocol: key.protocol as number,
+        srcAddr: fmt(key.saddr as Uint8Array),
+        dstAddr: fmt(key.daddr as Uint8Array),
+        srcPort: key.sport as number,
+        dstPort: key.dport as number,
+        direction: key.direction === DIR_INGRESS ? 'INGRESS' : 'EGRESS',
+        packets: e.packets as bigint,
+        bytes: e.bytes as bigint,
+        lastSeenNs: e.last_seen_ns as bigint,
+        flags: e.flags as number,
+        txFlagsSeen: e.tx_flags_seen as number,
+        rxFlagsSeen: e.rx_flags_seen as number,
+      });
+    }
+    return out;
+  }
+
+  /** Remove every entry (tests, `kitnet ct flush`). Returns how many were removed. */
+  flush(): number {
+    let n = 0;
+    for (const k of [...this.map.keys()]) if (this.map.delete(k)) n++;
+    return n;
+  }
+}

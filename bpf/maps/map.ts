@@ -1,0 +1,71 @@
+// A typed-size view of one BPF map fd: checks Buffer sizes before they reach the kernel (which reads
+// exactly key_size / value_size bytes), handles per-CPU value arrays, and iterates keys.
+import { kcall } from '../errors.js';
+import { native } from '../native.js';
+
+const PERCPU_TYPES = new Set([5 /* PERCPU_HASH */, 6 /* PERCPU_ARRAY */, 10 /* LRU_PERCPU_HASH */]);
+
+export const BPF_ANY = 0;
+export const BPF_NOEXIST = 1;
+export const BPF_EXIST = 2;
+
+export class BpfMap {
+  readonly keySize: number;
+  readonly valueSize: number;
+  /** Bytes of one lookup result: valueSize, or round_up(valueSize, 8) * possible CPUs for per-CPU maps. */
+  readonly valueBufSize: number;
+  readonly perCpu: boolean;
+  readonly ncpus: number;
+
+  constructor(
+    readonly name: string,
+    readonly fd: number,
+  ) {
+    const info = kcall(() => native().mapInfo(fd));
+    this.keySize = info.keySize;
+    this.valueSize = info.valueSize;
+    this.perCpu = PERCPU_TYPES.has(info.type);
+    this.ncpus = this.perCpu ? native().numPossibleCpus() : 1;
+    this.valueBufSize = this.perCpu ? (Math.ceil(info.valueSize / 8) * 8) * this.ncpus : info.valueSize;
+  }
+
+  private checkKey(key: Buffer): void {
+    if (key.length !== this.keySize) throw new RangeError(`map ${this.name}: key is ${key.length} bytes, want ${this.keySize}`);
+  }
+
+  update(key: Buffer, value: Buffer, flags = BPF_ANY): void {
+    this.checkKey(key);
+    if (value.length !== this.valueBufSize) throw new RangeError(`map ${this.name}: value is ${value.length} bytes, want ${this.valueBufSize}`);
+    kcall(() => native().mapUpdate(this.fd, key, value, flags));
+  }
+
+  lookup(key: Buffer): Buffer | undefined {
+    this.checkKey(key);
+    const out = Buffer.alloc(this.valueBufSize);
+    return kcall(() => native().mapLookup(this.fd, key, out)) ? out : undefined;
+  }
+
+  /** True when the key existed. */
+  delete(key: Buffer): boolean {
+    this.checkKey(key);
+    return kcall(() => native().mapDelete(this.fd, key));
+  }
+
+  *keys(): Generator<Buffer> {
+    let prev: Buffer | null = null;
+    for (;;) {
+      const next = Buffer.alloc(this.keySize);
+      if (!kcall(() => native().mapNextKey(this.fd, prev, next))) return;
+      yield next;
+      prev = next;
+    }
+  }
+
+  /** Entries present at iteration time; keys deleted concurrently are skipped. */
+  *entries(): Generator<[Buffer, Buffer]> {
+    for (const k of this.keys()) {
+      const v = this.lookup(k);
+      if (v) yield [k, v];
+    }
+  }
+}

@@ -1,0 +1,76 @@
+// Loads the libbpf addon (bpf/native) and types its surface. Raw errors from it carry errno/code/op/
+// libbpfLog; bpf/errors.ts turns them into KernelError. Nothing outside bpf/ should import this file.
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+
+export interface LinkInfo {
+  type: number;
+  id: number;
+  progId: number;
+  /** tcx / netkit links: the device's ifindex, 0 once the device is gone. */
+  ifindex: number;
+  attachType: number;
+}
+export interface ProgInfo {
+  id: number;
+  type: number;
+  name: string;
+}
+export interface MapInfo {
+  id: number;
+  type: number;
+  keySize: number;
+  valueSize: number;
+  maxEntries: number;
+  flags: number;
+  name: string;
+}
+export interface TestRunResult {
+  retval: number;
+  /** Average run time in ns per repetition. */
+  duration: number;
+  data: Buffer;
+}
+declare const handleBrand: unique symbol;
+export type NativeHandle = { readonly [handleBrand]: true };
+
+export interface NativeBpf {
+  objectOpen(path: string, pinRoot: string): { handle: NativeHandle; progs: Record<string, number>; maps: Record<string, number> };
+  objectClose(handle: NativeHandle): void;
+  objPin(fd: number, path: string): void;
+  objGet(path: string): number;
+  fdClose(fd: number): void;
+  linkCreate(progFd: number, ifindex: number, attachType: number): number;
+  linkUpdate(linkFd: number, progFd: number): void;
+  linkInfo(fd: number): LinkInfo;
+  progInfo(fd: number): ProgInfo;
+  mapInfo(fd: number): MapInfo;
+  mapUpdate(fd: number, key: Buffer, value: Buffer, flags: number): void;
+  mapLookup(fd: number, key: Buffer, valueOut: Buffer): boolean;
+  mapDelete(fd: number, key: Buffer): boolean;
+  mapNextKey(fd: number, key: Buffer | null, nextOut: Buffer): boolean;
+  numPossibleCpus(): number;
+  progTestRun(progFd: number, data: Buffer, ctx: Buffer | null, repeat: number): TestRunResult;
+  /** The callback gets one Buffer per wakeup: records framed as [u32 len][u32 0][payload padded to 8]. */
+  ringbufOpen(mapFd: number, onBatch: (batch: Buffer) => void): NativeHandle;
+  ringbufClose(handle: NativeHandle): void;
+  ringbufRef(handle: NativeHandle, ref: boolean): void;
+}
+
+/** Where bash bpf/build.sh puts the addon; KITNET_BPF_ADDON overrides (packaging). */
+export const ADDON_PATH =
+  process.env.KITNET_BPF_ADDON ?? fileURLToPath(new URL('../../bpf/native/build/Release/kitnet_bpf.node', import.meta.url));
+
+let cached: NativeBpf | undefined;
+
+export function native(): NativeBpf {
+  if (cached) return cached;
+  try {
+    cached = createRequire(import.meta.url)(ADDON_PATH) as NativeBpf;
+  } catch (err) {
+    throw new Error(`cannot load the kitnet BPF addon at ${ADDON_PATH}: run \`bash bpf/build.sh\` (needs libbpf-dev, node-gyp)`, {
+      cause: err,
+    });
+  }
+  return cached;
+}

@@ -1,0 +1,85 @@
+// The datapath contract types shared with agent/ (re-exported by bpf/index.ts).
+
+export const PIN_ROOT_DEFAULT = '/sys/fs/bpf/kitnet';
+
+/** How programs attach to an endpoint's host-side device. */
+export type AttachKind = 'tcx' | 'netkit';
+
+export interface EndpointInfo {
+  endpointId: number;
+  identity: number;
+  ipv4: string;
+  ipv6: string;
+  /** MAC of the workload side (peer), `aa:bb:...`. */
+  mac: string;
+  flags: number;
+}
+
+export interface IpcacheEntry {
+  identity: number;
+  /** Non-zero when the address lives on another host (scale-out); 0 = local. */
+  hostId: number;
+}
+
+export type Verdict = 'FORWARDED' | 'DROPPED';
+/** Hubble's sense: INGRESS = towards the endpoint (workload), EGRESS = from it. */
+export type TrafficDirection = 'INGRESS' | 'EGRESS';
+
+export interface FlowEvent {
+  /** Wall-clock time in nanoseconds since the epoch. */
+  timeNs: bigint;
+  ifindex: number;
+  endpointId: number;
+  direction: TrafficDirection;
+  family: 4 | 6;
+  /** IP protocol number (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6, 132 SCTP). */
+  protocol: number;
+  srcAddr: string;
+  dstAddr: string;
+  srcPort: number;
+  dstPort: number;
+  /** ICMP type/code when protocol is ICMP/ICMPv6. */
+  icmpType: number;
+  icmpCode: number;
+  /** TCP flag bits as on the wire (FIN=1, SYN=2, RST=4, PSH=8, ACK=16, URG=32, ECE=64, CWR=128). */
+  tcpFlags: number;
+  srcIdentity: number;
+  dstIdentity: number;
+  verdict: Verdict;
+  /** Hubble drop reason number, 0 when forwarded. */
+  dropReason: number;
+  isReply: boolean;
+  length: number;
+  /** Why the datapath reported this packet (aggregation); absent in events not made by the datapath. */
+  reportReason?: ReportReason;
+}
+
+/** flow_event.reason: EVERY = no aggregation or untracked traffic; see tools/gen/bpf-layout.ts. */
+export type ReportReason = 'EVERY' | 'NEW' | 'FLAGS' | 'CLOSE' | 'INTERVAL' | 'DROP' | 'FIRST_REPLY';
+
+export interface FlowReader {
+  /** Events the kernel could not write because the ring buffer was full. */
+  lostEvents(): bigint;
+  close(): void;
+}
+
+export interface Datapath {
+  readonly pinRoot: string;
+  /** Attach (or adopt and update) the endpoint programs on a host-side device; links are pinned. */
+  attach(ep: { ifname: string; ifindex: number; kind: AttachKind }): Promise<void>;
+  /** Detach and unpin the endpoint's links. Idempotent. */
+  detach(ifname: string): Promise<void>;
+  /** ifnames that have pinned links. */
+  attachedList(): Promise<string[]>;
+  endpointUpsert(ifindex: number, info: EndpointInfo): void;
+  endpointDelete(ifindex: number): void;
+  endpointList(): Array<[number, EndpointInfo]>;
+  /** cidr: `10.200.0.5/32`, `fd00:200::5/128`, or a wider prefix. */
+  ipcacheUpsert(cidr: string, entry: IpcacheEntry): void;
+  ipcacheDelete(cidr: string): void;
+  ipcacheList(): Array<[string, IpcacheEntry]>;
+  /** Read flow events from the ring buffer on the event loop (epoll fd watched by libuv). */
+  flowsRead(onEvents: (events: FlowEvent[]) => void): FlowReader;
+  /** Close fds; pins stay so the datapath keeps working while the agent is down. */
+  close(): void;
+}
