@@ -1,0 +1,249 @@
+// endpointDevice* against the real kernel: veth endpoints in fresh namespaces, checked with
+// iproute2, traffic between them, observe/repair, delete, and the failure paths (nothing half-made
+// may remain). Needs root.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { KernelError } from '../../common/kernel-error.js';
+import type { EndpointDeviceSpec } from '../../netkit/index.js';
+import {
+  EndpointSpecError, GATEWAY_V4, GATEWAY_V6, endpointDeviceCreate, endpointDeviceDelete, endpointDeviceObserve,
+  endpointDeviceRepair, hostForwardingEnsure, kitnetLinksList, netnsCreate, netnsDelete, netnsPathValidate,
+} from '../../netkit/index.js';
+import {
+  ipj, isRoot, linkDelQuiet, linkExists, linkNames, netnsDelQuiet, ok, pingEventually, rand, sh,
+} from './netkit-helpers.js';
+
+const skip = !isRoot && 'needs root';
+
+interface Fixture {
+  id: string;
+  ns: string[];
+  links: string[];
+}
+
+/** Registers cleanup first, then makes `count` namespaces. */
+async function fixture(t: { after: (fn: () => Promise<void>) => void }, count: number): Promise<Fixture> {
+  const id = rand();
+  const f: Fixture = { id, ns: [], links: [] };
+  t.after(async () => {
+    for (const l of f.links) await linkDelQuiet(l);
+    for (const n of f.ns) await netnsDelQuiet(n);
+  });
+  for (let i = 0; i < count; i++) {
+    const name = `kitnet-t${id}${String.fromCharCode(97 + i)}`;
+    f.ns.push(name);
+    await netnsCreate(name);
+  }
+  return f;
+}
+
+function spec(f: Fixture, i: number, patch: Partial<EndpointDeviceSpec> = {}): EndpointDeviceSpec {
+  const host = `knt${f.id}${String.fromCharCode(97 + i)}`;
+  if (!f.links.includes(patch.hostIfname ?? host)) f.links.push(patch.hostIfname ?? host);
+  const octet = (parseInt(f.id.slice(0, 2), 16) % 200) + 20;
+  return {
+    hostIfname: host, alias: `kitnet:test/${f.id}-${i}`, netnsPath: `/var/run/netns/${f.ns[i] ?? f.ns[0]}`,
+    peerIfname: 'eth0', mode: 'veth', ipv4: `10.${octet}.${i}.${i + 10}`, ipv6: `fd00:${f.id.slice(0, 4)}:${f.id.slice(4)}::${i + 10}`, ...patch,
+  };
+}
+
+type Addr = { family: string; local: string; prefixlen: number; nodad?: boolean };
+type Route = { dst: string; gateway?: string; dev: string; scope?: string };
+
+test('two veth endpoints: state as specified, traffic both ways (v4, v6), clean delete', { skip, timeout: 60_000 }, async (t) => {
+  const f = await fixture(t, 2);
+  await hostForwardingEnsure();
+  assert.equal((await sh('cat', ['/proc/sys/net/ipv4/ip_forward'])).trim(), '1');
+  assert.equal((await sh('cat', ['/proc/sys/net/ipv6/conf/all/forwarding'])).trim(), '1');
+
+  const sa = spec(f, 0, { mtu: 1400 });
+  const sb = spec(f, 1);
+  const a = await endpointDeviceCreate(sa);
+  const b = await endpointDeviceCreate(sb);
+  assert.equal(a.mode, 'veth');
+  assert.equal(a.hostIfname, sa.hostIfname);
+  assert.equal(a.peerIfname, 'eth0');
+
+  for (const [s, d, ns] of [[sa, a, f.ns[0]!], [sb, b, f.ns[1]!]] as const) {
+    // host side
+    const [hl] = await ipj<{ ifname: string; ifindex: number; address: string; ifalias: string; flags: string[]; mtu: number; linkinfo: { info_kind: string } }[]>(['-d', 'link', 'show', 'dev', s.hostIfname]);
+    assert.ok(hl);
+    assert.equal(hl.linkinfo.info_kind, 'veth');
+    assert.equal(hl.ifalias, s.alias);
+    assert.equal(hl.ifindex, d.hostIfindex);
+    assert.equal(hl.address, d.hostMac);
+    assert.ok(hl.flags.includes('UP'));
+    assert.equal(hl.mtu, s.mtu ?? 1500);
+    assert.equal((await sh('cat', [`/proc/sys/net/ipv4/conf/${s.hostIfname}/rp_filter`])).trim(), '0');
+    const r4 = await ipj<Route[]>(['route', 'show', `${s.ipv4}/32`]);
+    assert.deepEqual(r4.map((r) => [r.dst, r.dev, r.scope]), [[s.ipv4, s.hostIfname, 'link']]);
+    const r6 = await ipj<Route[]>(['-6', 'route', 'show', `${s.ipv6}/128`]);
+    assert.deepEqual(r6.map((r) => [r.dst, r.dev]), [[s.ipv6, s.hostIfname]]);
+
+    // inside the namespace
+    const links = await ipj<{ ifname: string; address: string; flags: string[]; mtu: number; operstate: string }[]>(['link', 'show'], ns);
+    assert.deepEqual(links.map((l) => l.ifname).sort(), ['eth0', 'lo']);
+    for (const l of links) assert.ok(l.flags.includes('UP'), `${l.ifname} up`);
+    const eth0 = links.find((l) => l.ifname === 'eth0')!;
+    assert.equal(eth0.address, d.peerMac);
+    assert.equal(eth0.mtu, s.mtu ?? 1500);
+    const addrs = (await ipj<{ addr_info: Addr[] }[]>(['addr', 'show', 'dev', 'eth0'], ns))[0]!.addr_info;
+    assert.ok(addrs.some((x) => x.family === 'inet' && x.local === s.ipv4 && x.prefixlen === 32), JSON.stringify(addrs));
+    const v6 = addrs.find((x) => x.family === 'inet6' && x.local === s.ipv6);
+    assert.ok(v6 && v6.prefixlen === 128 && v6.nodad === true, JSON.stringify(addrs));
+    const routes = await ipj<Route[]>(['route', 'show'], ns);
+    assert.ok(routes.some((r) => r.dst === GATEWAY_V4 && r.dev === 'eth0' && r.scope === 'link'), JSON.stringify(routes));
+    assert.ok(routes.some((r) => r.dst === 'default' && r.gateway === GATEWAY_V4 && r.dev === 'eth0'), JSON.stringify(routes));
+    const routes6 = await ipj<Route[]>(['-6', 'route', 'show', 'default'], ns);
+    assert.ok(routes6.some((r) => r.gateway === GATEWAY_V6 && r.dev === 'eth0'), JSON.stringify(routes6));
+    const neigh = await ipj<{ dst: string; lladdr: string; state: string[] }[]>(['neigh', 'show', 'dev', 'eth0', 'nud', 'permanent'], ns);
+    for (const gw of [GATEWAY_V4, GATEWAY_V6]) {
+      const n = neigh.find((x) => x.dst === gw);
+      assert.ok(n && n.lladdr === d.hostMac && n.state.includes('PERMANENT'), `${gw}: ${JSON.stringify(neigh)}`);
+    }
+  }
+
+  assert.ok(await pingEventually(f.ns[0]!, sb.ipv4), 'A -> B IPv4');
+  assert.ok(await pingEventually(f.ns[1]!, sa.ipv4), 'B -> A IPv4');
+  assert.ok(await pingEventually(f.ns[0]!, sb.ipv6), 'A -> B IPv6');
+  assert.ok(await pingEventually(f.ns[1]!, sa.ipv6), 'B -> A IPv6');
+
+  const listed = await kitnetLinksList();
+  for (const s of [sa, sb]) assert.ok(listed.some((l) => l.ifname === s.hostIfname && l.alias === s.alias));
+
+  assert.equal(await endpointDeviceDelete(sa.hostIfname), true);
+  assert.equal(await endpointDeviceDelete(sb.hostIfname), true);
+  assert.equal(await endpointDeviceDelete(sa.hostIfname), false, 'delete is idempotent');
+  for (const s of [sa, sb]) {
+    assert.equal(await linkExists(s.hostIfname), false);
+    assert.deepEqual(await ipj(['route', 'show', `${s.ipv4}/32`]), []);
+    assert.deepEqual(await ipj(['-6', 'route', 'show', `${s.ipv6}/128`]), []);
+  }
+  for (const ns of f.ns) assert.deepEqual(await linkNames(ns), ['lo']);
+  const after = await kitnetLinksList();
+  assert.ok(!after.some((l) => l.ifname === sa.hostIfname || l.ifname === sb.hostIfname));
+});
+
+test('observe tells present-and-correct from broken; repair converges', { skip, timeout: 60_000 }, async (t) => {
+  const f = await fixture(t, 1);
+  const s = spec(f, 0);
+  assert.equal(await endpointDeviceObserve(s), undefined, 'missing host link -> undefined');
+  const made = await endpointDeviceCreate(s);
+  const seen = await endpointDeviceObserve(s);
+  assert.deepEqual(seen?.problems, []);
+  assert.equal(seen?.peerIfindex, made.peerIfindex);
+  assert.equal(seen?.peerMac, made.peerMac);
+
+  await sh('ip', ['-n', f.ns[0]!, 'route', 'del', 'default']);
+  await sh('ip', ['-n', f.ns[0]!, 'neigh', 'del', GATEWAY_V4, 'dev', 'eth0']);
+  await sh('ip', ['route', 'del', `${s.ipv4}/32`]);
+  const broken = await endpointDeviceObserve(s);
+  assert.ok(broken);
+  assert.ok(broken.problems!.some((p) => p.includes(`default via ${GATEWAY_V4}`)), broken.problems!.join('; '));
+  assert.ok(broken.problems!.some((p) => p.includes(`neighbour ${GATEWAY_V4}`)), broken.problems!.join('; '));
+  assert.ok(broken.problems!.some((p) => p.includes(`host route ${s.ipv4}/32`)), broken.problems!.join('; '));
+
+  const repaired = await endpointDeviceRepair(s);
+  assert.equal(repaired.hostIfindex, made.hostIfindex, 'repaired in place, not re-created');
+  assert.deepEqual((await endpointDeviceObserve(s))?.problems, []);
+
+  // the peer gone (namespace emptied) -> repair re-creates the pair
+  await sh('ip', ['-n', f.ns[0]!, 'link', 'del', 'eth0']);
+  assert.equal(await linkExists(s.hostIfname), false, 'deleting the peer takes the host side too');
+  const recreated = await endpointDeviceRepair(s);
+  assert.deepEqual((await endpointDeviceObserve(s))?.problems, []);
+  assert.equal(recreated.hostIfname, s.hostIfname);
+
+  // wrong spec vs kernel: alias differs
+  const other = await endpointDeviceObserve({ ...s, alias: 'kitnet:test/other' });
+  assert.ok(other?.problems?.some((p) => p.includes('alias')));
+  assert.equal(await endpointDeviceDelete(s.hostIfname), true);
+});
+
+test('netns path missing or not a network namespace: clear error, nothing made', { skip, timeout: 30_000 }, async (t) => {
+  const f = await fixture(t, 0);
+  const missing = spec({ ...f, ns: ['kitnet-tdoesnotexist'] }, 0);
+  f.links.push(missing.hostIfname);
+  await assert.rejects(endpointDeviceCreate(missing), (e: unknown) =>
+    e instanceof EndpointSpecError && e.field === 'netnsPath' && /does not exist/.test(e.message));
+  assert.equal(await linkExists(missing.hostIfname), false);
+
+  await assert.rejects(endpointDeviceCreate({ ...missing, netnsPath: '/etc/hostname' }), /not a namespace file/);
+  await assert.rejects(netnsPathValidate('/proc/self/ns/mnt'), /mnt namespace, not a network namespace/);
+  await assert.rejects(netnsPathValidate('relative/path'), /absolute/);
+  assert.ok((await netnsPathValidate('/proc/self/ns/net')) > 0);
+  assert.equal(await linkExists(missing.hostIfname), false);
+});
+
+test('netns helpers create, validate and delete named namespaces', { skip, timeout: 30_000 }, async (t) => {
+  const name = `kitnet-t${rand()}n`;
+  t.after(() => netnsDelQuiet(name));
+  const path = await netnsCreate(name);
+  assert.equal(path, `/var/run/netns/${name}`);
+  const inode = await netnsPathValidate(path);
+  const viaIp = (await sh('ip', ['netns', 'exec', name, 'readlink', '/proc/self/ns/net'])).trim();
+  assert.equal(viaIp, `net:[${inode}]`);
+  assert.equal(await netnsDelete(name), true);
+  assert.equal(await netnsDelete(name), false);
+  await assert.rejects(netnsPathValidate(path), /does not exist/);
+  await assert.rejects(netnsCreate('bad/name'), /invalid netns name/);
+});
+
+test('host name taken (EEXIST): the existing link is untouched, nothing else made', { skip, timeout: 30_000 }, async (t) => {
+  const f = await fixture(t, 1);
+  const s = spec(f, 0);
+  await sh('ip', ['link', 'add', s.hostIfname, 'type', 'veth', 'peer', 'name', `${s.hostIfname}p`]);
+  const before = await ipj<{ ifindex: number }[]>(['link', 'show', 'dev', s.hostIfname]);
+  await assert.rejects(endpointDeviceCreate(s), (e: unknown) => {
+    assert.ok(e instanceof KernelError, String(e));
+    assert.equal(e.errnoName, 'EEXIST');
+    assert.equal(e.op, 'RTM_NEWLINK');
+    assert.match(e.message, new RegExp(`^RTM_NEWLINK ${s.hostIfname}: EEXIST.*— hint: a link named ${s.hostIfname} already exists`));
+    return true;
+  });
+  const after = await ipj<{ ifindex: number }[]>(['link', 'show', 'dev', s.hostIfname]);
+  assert.equal(after[0]?.ifindex, before[0]?.ifindex, 'not deleted by the rollback');
+  assert.deepEqual(await linkNames(f.ns[0]), ['lo']);
+});
+
+test('peer name taken in the netns (EEXIST): message names the netns, nothing made', { skip, timeout: 30_000 }, async (t) => {
+  const f = await fixture(t, 1);
+  const s = spec(f, 0);
+  await sh('ip', ['-n', f.ns[0]!, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'eth0p']);
+  await assert.rejects(endpointDeviceCreate(s), (e: unknown) =>
+    e instanceof KernelError && e.errnoName === 'EEXIST' && e.device?.netns === s.netnsPath && /eth0 already exists in/.test(e.message));
+  assert.equal(await linkExists(s.hostIfname), false);
+  assert.deepEqual((await linkNames(f.ns[0])).sort(), ['eth0', 'eth0p', 'lo']);
+});
+
+test('failure after the pair exists rolls everything back (address already routed elsewhere)', { skip, timeout: 30_000 }, async (t) => {
+  const f = await fixture(t, 2);
+  const sa = spec(f, 0);
+  const sb = spec(f, 1, { ipv4: sa.ipv4 });
+  await endpointDeviceCreate(sa);
+  await assert.rejects(endpointDeviceCreate(sb), (e: unknown) =>
+    e instanceof KernelError && e.op === 'RTM_NEWROUTE' && e.errnoName === 'EEXIST' && /another workload/.test(e.message));
+  assert.equal(await linkExists(sb.hostIfname), false, 'host side removed');
+  assert.deepEqual(await linkNames(f.ns[1]), ['lo'], 'peer removed with it');
+  const r = await ipj<Route[]>(['route', 'show', `${sa.ipv4}/32`]);
+  assert.deepEqual(r.map((x) => x.dev), [sa.hostIfname], 'the first endpoint keeps its route');
+  assert.deepEqual((await endpointDeviceObserve(sa))?.problems, []);
+});
+
+test('names too long or invalid are rejected before the kernel', { skip, timeout: 30_000 }, async (t) => {
+  const f = await fixture(t, 1);
+  const s = spec(f, 0);
+  await assert.rejects(endpointDeviceCreate({ ...s, hostIfname: 'kitnet-much-too-long' }), /at most 15/);
+  await assert.rejects(endpointDeviceCreate({ ...s, peerIfname: 'eth 0' }), /invalid/);
+  await assert.rejects(endpointDeviceDelete('kitnet-much-too-long'), /at most 15/);
+  assert.equal(await linkExists(s.hostIfname), false);
+  assert.deepEqual(await linkNames(f.ns[0]), ['lo']);
+});
+
+test('delete refuses devices that are not kitnet pairs', { skip, timeout: 30_000 }, async (t) => {
+  const name = `knt${rand()}x`;
+  t.after(() => linkDelQuiet(name));
+  await sh('ip', ['link', 'add', name, 'type', 'bridge']);
+  await assert.rejects(endpointDeviceDelete(name), /not a kitnet pair/);
+  assert.ok(await ok('ip', ['link', 'show', 'dev', name]));
+});

@@ -1,0 +1,102 @@
+// featuresProbe and netkit pairs against the real kernel. On a kernel without netkit (this host),
+// netkit modes must fail with UnsupportedFeatureError and leave nothing behind; on a kernel with
+// netkit (the lab VM), the same test file checks the pairs for real. Needs root.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { UnsupportedFeatureError } from '../../common/kernel-error.js';
+import type { EndpointDeviceSpec } from '../../netkit/index.js';
+import {
+  GATEWAY_V4, endpointDeviceCreate, endpointDeviceDelete, endpointDeviceObserve, featuresProbe, macDerive,
+  netkitPeerPolicySet, netnsCreate,
+} from '../../netkit/index.js';
+import { ipj, isRoot, linkDelQuiet, linkExists, linkNames, netnsDelQuiet, pingEventually, rand } from './netkit-helpers.js';
+
+const skip = !isRoot && 'needs root';
+
+test('featuresProbe: real probes, cached, no probe devices left', { skip, timeout: 30_000 }, async () => {
+  const f = await featuresProbe({ refresh: true });
+  assert.equal(typeof f.kernelRelease, 'string');
+  assert.ok(f.netkitDetail.length > 0 && f.tcxDetail.length > 0 && f.tcClsactDetail.length > 0);
+  assert.equal(f.tcClsact, true, f.tcClsactDetail);
+  if (!f.netkit) assert.match(f.netkitDetail, /EOPNOTSUPP|netkit/);
+  assert.strictEqual(await featuresProbe(), f, 'cached');
+  const names = await ipj<{ ifname: string; ifalias?: string }[]>(['link', 'show']);
+  assert.deepEqual(names.filter((l) => l.ifname.startsWith('knprobe') || l.ifalias === 'kitnet-probe'), []);
+});
+
+interface Ctx { id: string; ns: string; links: string[] }
+
+async function setup(t: { after: (fn: () => Promise<void>) => void }, nsCount = 1): Promise<Ctx[]> {
+  const id = rand();
+  const out: Ctx[] = [];
+  t.after(async () => {
+    for (const c of out) {
+      for (const l of c.links) await linkDelQuiet(l);
+      await netnsDelQuiet(c.ns);
+    }
+  });
+  for (let i = 0; i < nsCount; i++) {
+    const c: Ctx = { id, ns: `kitnet-t${id}${i}`, links: [`knt${id}k${i}`] };
+    out.push(c);
+    await netnsCreate(c.ns);
+  }
+  return out;
+}
+
+const specFor = (c: Ctx, i: number, mode: EndpointDeviceSpec['mode']): EndpointDeviceSpec => ({
+  hostIfname: c.links[0]!, alias: `kitnet:test/${c.id}-nk${i}`, netnsPath: `/var/run/netns/${c.ns}`, peerIfname: 'eth0',
+  mode, ipv4: `10.${(parseInt(c.id.slice(0, 2), 16) % 200) + 20}.9.${i + 10}`, ipv6: `fd00:${c.id.slice(0, 4)}:${c.id.slice(4)}:9::${i + 10}`,
+});
+
+test('netkit modes: UnsupportedFeatureError without netkit, nothing left behind', { skip, timeout: 60_000 }, async (t) => {
+  const f = await featuresProbe();
+  if (f.netkit) {
+    t.skip('this kernel has netkit; covered by the next test');
+    return;
+  }
+  const [c] = await setup(t);
+  for (const mode of ['netkit', 'netkit-l2'] as const) {
+    const s = specFor(c!, 0, mode);
+    await assert.rejects(endpointDeviceCreate(s), (e: unknown) =>
+      e instanceof UnsupportedFeatureError && e.feature === 'netkit' && /Linux >= 6.7 with CONFIG_NETKIT/.test(e.message));
+    assert.equal(await linkExists(s.hostIfname), false);
+    assert.deepEqual(await linkNames(c!.ns), ['lo']);
+  }
+});
+
+test('netkit L3 and L2 pairs: kind, mode, fixed MACs, peer blackholed until forward', { skip, timeout: 60_000 }, async (t) => {
+  const f = await featuresProbe();
+  if (!f.netkit) {
+    t.skip(`no netkit here (${f.netkitDetail})`);
+    return;
+  }
+  const [c0, c1] = await setup(t, 2);
+  const l3 = specFor(c0!, 0, 'netkit');
+  const l2 = specFor(c1!, 1, 'netkit-l2');
+  const a = await endpointDeviceCreate(l3);
+  const b = await endpointDeviceCreate(l2);
+  assert.equal(a.peerPolicy, 'drop');
+  const [hl3] = await ipj<{ linkinfo: { info_kind: string; info_data?: Record<string, unknown> } }[]>(['-d', 'link', 'show', 'dev', l3.hostIfname]);
+  assert.equal(hl3?.linkinfo.info_kind, 'netkit');
+  assert.equal(b.hostMac, macDerive(`${l2.hostIfname}/host`));
+  assert.equal(b.peerMac, macDerive(`${l2.hostIfname}/peer`));
+  assert.deepEqual((await endpointDeviceObserve(l3))?.problems, []);
+  assert.deepEqual((await endpointDeviceObserve(l2))?.problems, []);
+  // L3: no neighbour entries; L2: permanent gateway entries
+  const n3 = await ipj<{ dst: string }[]>(['neigh', 'show', 'dev', 'eth0', 'nud', 'permanent'], c0!.ns);
+  assert.deepEqual(n3, []);
+  const n2 = await ipj<{ dst: string }[]>(['neigh', 'show', 'dev', 'eth0', 'nud', 'permanent'], c1!.ns);
+  assert.ok(n2.some((n) => n.dst === GATEWAY_V4));
+
+  assert.equal(await pingEventually(c0!.ns, l2.ipv4, 1), false, 'blackholed before programs');
+  await netkitPeerPolicySet(l3.hostIfname, 'forward');
+  await netkitPeerPolicySet(l2.hostIfname, 'forward');
+  assert.ok(await pingEventually(c0!.ns, l2.ipv4), 'L3 -> L2 IPv4');
+  assert.ok(await pingEventually(c1!.ns, l3.ipv6), 'L2 -> L3 IPv6');
+  assert.equal((await endpointDeviceObserve(l3))?.peerPolicy, 'forward');
+
+  assert.equal(await endpointDeviceDelete(l3.hostIfname), true);
+  assert.equal(await endpointDeviceDelete(l2.hostIfname), true);
+  assert.deepEqual(await linkNames(c0!.ns), ['lo']);
+  assert.deepEqual(await linkNames(c1!.ns), ['lo']);
+});
