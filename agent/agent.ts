@@ -1,5 +1,8 @@
 import type { Logger } from 'pino';
-import type { AgentApi, FlowRecord } from '../api/agent-api.js';
+import type { AgentApi, FlowRecord, FlowSelection } from '../api/agent-api.js';
+import { KitnetError } from '../common/errors.js';
+import { FilterError, filtersCompile } from './flows/filter.js';
+import type { HubbleFlowRecord } from './flows/hubble.js';
 import type { Identity } from '../api/schemas/identity.js';
 import type { Status } from '../api/schemas/status.js';
 import type { Workload, WorkloadCreate } from '../api/schemas/workload.js';
@@ -146,12 +149,42 @@ export class Agent implements AgentApi {
     };
   }
 
-  flowsLast(n?: number): FlowRecord[] {
-    return this.flows.ring.last(n);
+  private selectionCompile(sel: FlowSelection): (r: HubbleFlowRecord) => boolean {
+    try {
+      const filter = filtersCompile(sel.whitelist, sel.blacklist);
+      const since = sel.since ? Date.parse(sel.since) : undefined;
+      const until = sel.until ? Date.parse(sel.until) : undefined;
+      if (since === undefined && until === undefined) return filter;
+      return (r) => {
+        const t = Date.parse(r.time);
+        return (since === undefined || t >= since) && (until === undefined || t <= until) && filter(r);
+      };
+    } catch (err) {
+      if (err instanceof FilterError) throw new KitnetError('AGENT_ERR_API_VALIDATION', `flow filter: ${err.message}`, { cause: err });
+      throw err;
+    }
   }
 
-  flowsFollow(onFlow: (f: FlowRecord) => void): () => void {
+  flowsSelect(sel: FlowSelection): FlowRecord[] {
+    const pred = this.selectionCompile(sel);
+    const matching = this.flows.ring.last().filter(pred);
+    return sel.last !== undefined ? matching.slice(-sel.last) : matching;
+  }
+
+  flowsFollow(sel: FlowSelection, onRecord: (r: FlowRecord) => void): () => void {
+    const pred = this.selectionCompile(sel);
+    const onFlow = (r: HubbleFlowRecord) => {
+      if (pred(r)) onRecord(r);
+    };
     this.flows.on('flow', onFlow);
-    return () => this.flows.off('flow', onFlow);
+    this.flows.on('lost', onRecord);
+    return () => {
+      this.flows.off('flow', onFlow);
+      this.flows.off('lost', onRecord);
+    };
+  }
+
+  flowsLost(count: number): FlowRecord {
+    return this.flows.lostRecord('OBSERVER_EVENTS_QUEUE', count);
   }
 }

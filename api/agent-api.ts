@@ -1,9 +1,18 @@
+import type { FlowFilter } from './schemas/flows.js';
 import type { Identity } from './schemas/identity.js';
 import type { Status } from './schemas/status.js';
 import type { Workload, WorkloadCreate } from './schemas/workload.js';
 
-/** A flow line as `hubble observe -o json` prints it. */
-export type FlowRecord = { flow: unknown; node_name: string; time: string };
+/** A line as `hubble observe -o json` prints it: a flow or a lost_events record. */
+export type FlowRecord = { flow: unknown; node_name: string; time: string } | { lost_events: unknown; node_name: string; time: string };
+
+export interface FlowSelection {
+  whitelist?: FlowFilter[];
+  blacklist?: FlowFilter[];
+  last?: number;
+  since?: string;
+  until?: string;
+}
 
 /** What the HTTP layer needs from the agent. The API never touches the kernel itself. */
 export interface AgentApi {
@@ -13,7 +22,10 @@ export interface AgentApi {
   workloadRemove(namespace: string, name: string): Promise<Workload>;
   identityList(): Identity[];
   status(): Promise<Status>;
-  flowsLast(n?: number): FlowRecord[];
-  /** Subscribes to new flows; returns the unsubscribe function. */
-  flowsFollow(onFlow: (f: FlowRecord) => void): () => void;
+  /** Flows from the ring matching the selection, oldest first. Throws a 400 KitnetError for a bad filter. */
+  flowsSelect(sel: FlowSelection): FlowRecord[];
+  /** Subscribes to new matching flows and lost_events records; returns the unsubscribe function. */
+  flowsFollow(sel: FlowSelection, onRecord: (r: FlowRecord) => void): () => void;
+  /** Accounts flows a slow follower missed; returns the lost_events record to send it. */
+  flowsLost(count: number): FlowRecord;
 }

@@ -71,3 +71,15 @@ export function tcpFlagsObject(bits: number): Record<string, boolean> {
   });
   return out;
 }
+
+/** Hubble's LostEventSource: where events were lost. */
+export type LostEventSource = 'PERF_EVENT_RING_BUFFER' | 'OBSERVER_EVENTS_QUEUE' | 'HUBBLE_RING_BUFFER';
+
+/** A `lost_events` line of `hubble observe -o json`. */
+export interface HubbleLostEventsRecord {
+  lost_events: { source: LostEventSource; num_events_lost: number; cpu: null };
+  node_name: string;
+  time: string;
+}
+
+export type HubbleRecord = HubbleFlowRecord | HubbleLostEventsRecord;

@@ -62,3 +62,25 @@ export function flowCompact(line: FlowLine, colour: boolean): string {
   const obs = OBS[f.trace_observation_point ?? ''] ?? f.traffic_direction.toLowerCase();
   return `${stamp(f.time)}: ${left} ${arrow} ${right} ${obs} ${verdict} (${detail})`;
 }
+
+const TABLE_COLUMNS = ['TIMESTAMP', 'SOURCE', 'DESTINATION', 'TYPE', 'VERDICT', 'SUMMARY'];
+const TABLE_WIDTHS = [22, 38, 38, 14, 10];
+
+export function flowTableHeader(): string {
+  return TABLE_COLUMNS.map((c, i) => (i < TABLE_WIDTHS.length ? c.padEnd(TABLE_WIDTHS[i]!) : c)).join(' ');
+}
+
+/** A fixed-width row, so a followed stream lines up without knowing later rows. */
+export function flowTableRow(line: FlowLine): string {
+  const f = line.flow;
+  const ports = f.l4.TCP ?? f.l4.UDP ?? f.l4.SCTP;
+  const cells = [
+    stamp(f.time),
+    endpointText(f.source, f.IP.source, ports?.source_port),
+    endpointText(f.destination, f.IP.destination, ports?.destination_port),
+    OBS[f.trace_observation_point ?? ''] ?? f.traffic_direction.toLowerCase(),
+    f.verdict,
+    f.verdict === 'DROPPED' ? (f.drop_reason_desc ?? '') : f.Summary,
+  ];
+  return cells.map((c, i) => (i < TABLE_WIDTHS.length ? c.padEnd(TABLE_WIDTHS[i]!) : c)).join(' ');
+}

@@ -3,7 +3,8 @@ import type { Identity } from '../schemas/identity.js';
 import type { Status } from '../schemas/status.js';
 import type { Workload } from '../schemas/workload.js';
 import { ApiClient, ApiError, DEFAULT_SOCKET } from './client.js';
-import { flowCompact, table } from './format.js';
+import { flowCompact, flowTableHeader, flowTableRow, table } from './format.js';
+import { observeFilters, type ObserveOptions } from './observe-filters.js';
 
 const program = new Command('kitnet')
   .description('kitnet: bring VMs and external workloads into an eBPF-native cluster network')
@@ -152,20 +153,58 @@ program
     for (const [k, v] of rows) console.log(`${`${k}:`.padEnd(w + 2)}${v}`);
   });
 
-program
+const collect = (v: string, prev: string[] = []) => [...prev, v];
+
+const observe = program
   .command('observe')
-  .description('show flows (Hubble format)')
-  .option('--last <n>', 'newest N flows', positiveInt)
+  .description('show flows in Hubble format, with Hubble-style filters')
+  .option('--last <n>', 'newest N flows (default 20 without --follow)', positiveInt)
   .option('-f, --follow', 'keep printing new flows')
-  .addOption(new Option('-o, --output <format>', 'output format').choices(['compact', 'json']).default('compact'))
-  .action(async (o: { last?: number; follow?: boolean; output: string }) => {
+  .option('--since <time>', 'only flows at or after this RFC 3339 time')
+  .option('--until <time>', 'only flows at or before this RFC 3339 time')
+  .addOption(new Option('-o, --output <format>', 'output format').choices(['compact', 'json', 'table']).default('compact'));
+for (const [flag, desc] of [
+  ['ip', 'IP or CIDR, either side'], ['from-ip', 'source IP or CIDR'], ['to-ip', 'destination IP or CIDR'],
+  ['workload', 'workload name, either side'], ['from-workload', 'source workload name'], ['to-workload', 'destination workload name'],
+  ['pod', 'NS/NAME-prefix, either side'], ['from-pod', 'source NS/NAME-prefix'], ['to-pod', 'destination NS/NAME-prefix'],
+  ['namespace', 'namespace, either side'], ['from-namespace', 'source namespace'], ['to-namespace', 'destination namespace'],
+  ['label', 'label selector, either side'], ['from-label', 'source label selector'], ['to-label', 'destination label selector'],
+  ['identity', 'identity, either side'], ['from-identity', 'source identity'], ['to-identity', 'destination identity'],
+  ['port', 'L4 port, either side'], ['from-port', 'source port'], ['to-port', 'destination port'],
+  ['verdict', 'FORWARDED or DROPPED'], ['drop-reason', 'drop reason name, e.g. POLICY_DENIED'],
+  ['protocol', 'tcp, udp, sctp, icmp, icmpv4, icmpv6'], ['traffic-direction', 'ingress or egress'],
+  ['tcp-flags', 'flags that must all be set, e.g. SYN or SYN,ACK'], ['node', 'node name'],
+] as const) {
+  observe.option(`--${flag} <value>`, `${desc} (repeatable)`, collect);
+}
+observe
+  .option('-4, --ipv4', 'IPv4 flows only')
+  .option('-6, --ipv6', 'IPv6 flows only')
+  .option('--not <json>', 'blacklist: a JSON flow filter to hide (repeatable)', collect)
+  .action(async (o: ObserveOptions & { not?: string[] }) => {
     const params = new URLSearchParams();
     if (o.last) params.set('last', String(o.last));
     else if (!o.follow) params.set('last', '20');
     if (o.follow) params.set('follow', 'true');
+    if (o.since) params.set('since', o.since);
+    if (o.until) params.set('until', o.until);
+    const whitelist = observeFilters(o);
+    if (whitelist.length) params.set('whitelist', JSON.stringify(whitelist));
+    if (o.not?.length) params.set('blacklist', `[${o.not.join(',')}]`);
     const colour = process.stdout.isTTY === true && !process.env.NO_COLOR;
+    let headerShown = false;
     await client().stream(`/v1/flows?${params}`, (l) => {
-      console.log(o.output === 'json' ? l : flowCompact(JSON.parse(l), colour));
+      const rec = JSON.parse(l) as { flow?: unknown; lost_events?: { source: string; num_events_lost: number } };
+      if (o.output === 'json') return console.log(l);
+      if (rec.lost_events) {
+        return console.log(`EVENTS LOST: ${rec.lost_events.source} ${rec.lost_events.num_events_lost}`);
+      }
+      if (o.output === 'table') {
+        if (!headerShown) console.log(flowTableHeader());
+        headerShown = true;
+        return console.log(flowTableRow(rec as Parameters<typeof flowTableRow>[0]));
+      }
+      console.log(flowCompact(rec as Parameters<typeof flowCompact>[0], colour));
     });
   });
 

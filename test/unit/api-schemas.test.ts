@@ -25,8 +25,9 @@ function agentStub() {
     status: async () => {
       throw new Error('unused');
     },
-    flowsLast: () => [],
+    flowsSelect: () => [],
     flowsFollow: () => () => undefined,
+    flowsLost: (n) => ({ lost_events: { num_events_lost: n }, node_name: 'x', time: '' }),
   };
   return { agent, calls };
 }
