@@ -1,0 +1,122 @@
+// Helpers for the bpf root tests: crafted frames for BPF_PROG_TEST_RUN, shell commands, event collection.
+import { execFileSync } from 'node:child_process';
+import type { FlowEvent, KitnetDatapath } from '../../bpf/index.js';
+import { ipv4Parse, ipv6Parse, macParse } from '../../bpf/addr.js';
+
+export function sh(cmd: string, args: string[]): string {
+  try {
+    return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 20_000 });
+  } catch (err) {
+    const e = err as { stderr?: string; message: string };
+    throw new Error(`${cmd} ${args.join(' ')}: ${e.stderr?.trim() || e.message}`);
+  }
+}
+
+export function shOk(cmd: string, args: string[]): boolean {
+  try {
+    execFileSync(cmd, args, { stdio: 'ignore', timeout: 20_000 });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export const ETH_P_IP = 0x0800;
+export const ETH_P_IPV6 = 0x86dd;
+export const ETH_P_ARP = 0x0806;
+
+export function eth(type: number, payload: Buffer, src = '02:00:00:00:00:02', dst = '02:00:00:00:00:01'): Buffer {
+  const h = Buffer.alloc(14);
+  h.set(macParse(dst), 0);
+  h.set(macParse(src), 6);
+  h.writeUInt16BE(type, 12);
+  return Buffer.concat([h, payload]);
+}
+
+export function ipv4(src: string, dst: string, protocol: number, payload: Buffer, opts: { fragOff?: number; mf?: boolean } = {}): Buffer {
+  const h = Buffer.alloc(20);
+  h[0] = 0x45;
+  h.writeUInt16BE(20 + payload.length, 2);
+  h.writeUInt16BE(((opts.mf ? 1 : 0) << 13) | ((opts.fragOff ?? 0) >> 3), 6);
+  h[8] = 64;
+  h[9] = protocol;
+  h.set(ipv4Parse(src), 12);
+  h.set(ipv4Parse(dst), 16);
+  return Buffer.concat([h, payload]);
+}
+
+/** IPv6 with optional extension headers, each [type, body] where body pads to a multiple of 8. */
+export function ipv6(src: string, dst: string, protocol: number, payload: Buffer, ext: Array<[number, Buffer]> = []): Buffer {
+  const chain: Buffer[] = [];
+  const types = [...ext.map(([t]) => t), protocol];
+  ext.forEach(([, body], i) => {
+    const len = Math.ceil((body.length + 2) / 8) * 8;
+    const b = Buffer.alloc(len);
+    b[0] = types[i + 1]!;
+    b[1] = len / 8 - 1;
+    body.copy(b, 2);
+    chain.push(b);
+  });
+  const rest = Buffer.concat([...chain, payload]);
+  const h = Buffer.alloc(40);
+  h[0] = 0x60;
+  h.writeUInt16BE(rest.length, 4);
+  h[6] = types[0]!;
+  h[7] = 64;
+  h.set(ipv6Parse(src), 8);
+  h.set(ipv6Parse(dst), 24);
+  return Buffer.concat([h, rest]);
+}
+
+export function tcp(sport: number, dport: number, flags: number): Buffer {
+  const b = Buffer.alloc(20);
+  b.writeUInt16BE(sport, 0);
+  b.writeUInt16BE(dport, 2);
+  b[12] = 5 << 4;
+  b[13] = flags;
+  return b;
+}
+
+export function udp(sport: number, dport: number, data = Buffer.alloc(8)): Buffer {
+  const b = Buffer.alloc(8);
+  b.writeUInt16BE(sport, 0);
+  b.writeUInt16BE(dport, 2);
+  b.writeUInt16BE(8 + data.length, 4);
+  return Buffer.concat([b, data]);
+}
+
+export function icmp(type: number, code: number, id = 0, seq = 0): Buffer {
+  const b = Buffer.alloc(16);
+  b[0] = type;
+  b[1] = code;
+  b.writeUInt16BE(id, 4);
+  b.writeUInt16BE(seq, 6);
+  return b;
+}
+
+export const TCP = { FIN: 1, SYN: 2, RST: 4, PSH: 8, ACK: 16 } as const;
+
+/** Collects flow events from a datapath until `until` holds or the timeout passes. */
+export class EventSink {
+  readonly events: FlowEvent[] = [];
+  private readonly reader;
+  constructor(dp: KitnetDatapath) {
+    this.reader = dp.flowsRead((evs) => this.events.push(...evs));
+  }
+  async waitFor(pred: (evs: FlowEvent[]) => boolean, timeoutMs = 3000): Promise<FlowEvent[]> {
+    const end = Date.now() + timeoutMs;
+    while (!pred(this.events) && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+    return this.events;
+  }
+  /** Let in-flight events arrive, then return and clear what was collected. */
+  async drain(ms = 150): Promise<FlowEvent[]> {
+    await new Promise((r) => setTimeout(r, ms));
+    return this.events.splice(0);
+  }
+  lostEvents(): bigint {
+    return this.reader.lostEvents();
+  }
+  close(): void {
+    this.reader.close();
+  }
+}
