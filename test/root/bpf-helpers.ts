@@ -106,7 +106,7 @@ export class EventSink {
   async waitFor(pred: (evs: FlowEvent[]) => boolean, timeoutMs = 3000): Promise<FlowEvent[]> {
     const end = Date.now() + timeoutMs;
     while (!pred(this.events) && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
-    return this.events;
+    return [...this.events];
   }
   /** Let in-flight events arrive, then return and clear what was collected. */
   async drain(ms = 150): Promise<FlowEvent[]> {
