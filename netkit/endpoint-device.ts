@@ -200,13 +200,13 @@ export async function endpointDeviceCreate(specIn: EndpointDeviceSpec): Promise<
   const spec = endpointSpecValidate(specIn);
   const host = rtnlHost();
   await hostForwardingEnsure();
-  const nsFd = await netnsFdOpen(spec.netnsPath);
+  const { fh: nsFile, inode } = await netnsFdOpen(spec.netnsPath);
   try {
-    await host.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, createMessage(spec, nsFd.fd), { name: spec.hostIfname });
+    await host.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, createMessage(spec, nsFile.fd), { name: spec.hostIfname });
   } catch (err) {
     throw await pairCreateError(err, spec, host);
   } finally {
-    await nsFd.close();
+    await nsFile.close();
   }
   let made: LinkInfo | undefined;
   try {
@@ -214,7 +214,7 @@ export async function endpointDeviceCreate(specIn: EndpointDeviceSpec): Promise<
     if (!made) throw new Error(`${spec.hostIfname} vanished right after it was created`);
     await hostConfigure(host, spec, made, false);
     const hostLink = (await linkGet(host, spec.hostIfname)) ?? made;
-    const peer = await withNetns(spec.netnsPath, (nl) => peerConfigure(nl, spec, hostLink.mac));
+    const peer = await withNetns(spec.netnsPath, (nl) => peerConfigure(nl, spec, hostLink.mac), inode);
     return deviceOf(spec, hostLink, peer);
   } catch (err) {
     await endpointRollback(host, spec.hostIfname, made?.ifindex);
@@ -276,8 +276,9 @@ export async function endpointDeviceObserve(specIn: EndpointDeviceSpec): Promise
   if (!hasRoute(hostRoutes, AF_INET6, `${ipCanonical(spec.ipv6)}/128`, hostLink.ifindex)) problems.push(`host route ${spec.ipv6}/128 dev ${spec.hostIfname} missing`);
 
   const device: EndpointDevice = { ...deviceOf(spec, hostLink, { ...hostLink, ifname: spec.peerIfname, ifindex: 0, mac: '' }), problems };
+  let inode: number;
   try {
-    await netnsPathValidate(spec.netnsPath);
+    inode = await netnsPathValidate(spec.netnsPath);
   } catch (err) {
     problems.push((err as Error).message);
     return device;
@@ -315,7 +316,7 @@ export async function endpointDeviceObserve(specIn: EndpointDeviceSpec): Promise
         if (!n || !(n.state & NUD_PERMANENT) || n.lladdr !== hostLink.mac) problems.push(`permanent neighbour ${gw} -> ${hostLink.mac} missing in netns`);
       }
     }
-  });
+  }, inode);
   return device;
 }
 
@@ -343,8 +344,9 @@ export async function endpointDeviceRepair(specIn: EndpointDeviceSpec): Promise<
   const host = rtnlHost();
   const hostLink = await linkGet(host, spec.hostIfname);
   if (!hostLink) return endpointDeviceCreate(spec);
+  const inode = await netnsPathValidate(spec.netnsPath);
   await hostConfigure(host, spec, hostLink, true);
-  const peer = await withNetns(spec.netnsPath, (nl) => peerConfigure(nl, spec, hostLink.mac));
+  const peer = await withNetns(spec.netnsPath, (nl) => peerConfigure(nl, spec, hostLink.mac), inode);
   return deviceOf(spec, (await linkGet(host, spec.hostIfname)) ?? hostLink, peer);
 }
 

@@ -1,6 +1,7 @@
 // Helper process started by socket.ts as `nsenter --net=PATH -- node netns-worker.js`: it opens a
 // netlink socket in that namespace and relays raw messages as JSON lines on stdin/stdout.
 // It knows nothing about message contents. Exits when stdin closes.
+import { readlinkSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import netlinkPkg from 'netlink';
@@ -63,4 +64,4 @@ lines.on('close', () => {
   closing = true;
   exitIfIdle();
 });
-reply({ ready: true });
+reply({ ready: true, inode: Number(/\[(\d+)\]/.exec(readlinkSync('/proc/self/ns/net'))?.[1] ?? 0) });

@@ -107,10 +107,10 @@ export async function netnsPathValidate(path: string): Promise<number> {
   return id?.inode ?? st.ino;
 }
 
-/** An open fd of the namespace for IFLA_NET_NS_FD; close it after the request. */
-export async function netnsFdOpen(path: string): Promise<FileHandle> {
-  await netnsPathValidate(path);
-  return open(path, fsConstants.O_RDONLY);
+/** An open fd of the namespace for IFLA_NET_NS_FD (close it after the request) and its inode. */
+export async function netnsFdOpen(path: string): Promise<{ fh: FileHandle; inode: number }> {
+  const inode = await netnsPathValidate(path);
+  return { fh: await open(path, fsConstants.O_RDONLY), inode };
 }
 
 /** Inode of kitnet's own network namespace. */

@@ -78,6 +78,8 @@ class NetnsTransport implements NlTransport {
   private nextId = 1;
   private stderr = '';
   private exited: Error | undefined;
+  /** Inode of the namespace the helper actually runs in (from its ready line). */
+  inode = 0;
   readonly ready: Promise<void>;
 
   constructor(readonly netnsPath: string) {
@@ -91,9 +93,9 @@ class NetnsTransport implements NlTransport {
     this.ready.catch(() => undefined);
     const lines = createInterface({ input: this.child.stdout });
     lines.on('line', (line) => {
-      let msg: { id?: number; ready?: boolean; ok?: unknown; error?: { message: string; code?: string; errno?: number } };
+      let msg: { id?: number; ready?: boolean; inode?: number; ok?: unknown; error?: { message: string; code?: string; errno?: number } };
       try { msg = JSON.parse(line); } catch { return; }
-      if (msg.ready) { readyResolve(); return; }
+      if (msg.ready) { this.inode = msg.inode ?? 0; readyResolve(); return; }
       const p = msg.id !== undefined ? this.pending.get(msg.id) : undefined;
       if (!p || msg.id === undefined) return;
       this.pending.delete(msg.id);
@@ -128,6 +130,16 @@ class NetnsTransport implements NlTransport {
   async sysctlWrite(path: string, value: string): Promise<void> {
     sysctlPathCheck(path);
     await this.call({ kind: 'sysctl', path, value });
+  }
+
+  get dead(): boolean {
+    return this.exited !== undefined;
+  }
+
+  /** Whether the helper may keep kitnet's event loop alive (only while someone uses it). */
+  setRef(ref: boolean): void {
+    const streams = [this.child.stdin, this.child.stdout, this.child.stderr] as unknown as { ref(): void; unref(): void }[];
+    if (ref) { this.child.ref(); streams.forEach((x) => x.ref()); } else { this.child.unref(); streams.forEach((x) => x.unref()); }
   }
 
   close(): void {
@@ -189,24 +201,84 @@ export function rtnlHost(): Rtnl {
   return hostRtnl;
 }
 
-/** A socket in the namespace at `netnsPath`; close it when done. Validate the path first. */
-export async function rtnlNetnsOpen(netnsPath: string): Promise<Rtnl> {
-  const t = new NetnsTransport(netnsPath);
-  try {
-    await t.ready;
-  } catch (err) {
-    t.close();
-    throw err;
-  }
-  return new Rtnl(t, netnsPath);
+/**
+ * Helpers are kept for a short idle time so that create + observe of one endpoint start one process,
+ * not several; never longer, because a helper pins its namespace (and the workload's devices in it)
+ * after the namespace's owner deletes it.
+ */
+export const NETNS_HELPER_IDLE_MS = 500;
+
+interface PoolEntry {
+  transport: Promise<NetnsTransport>;
+  users: number;
+  timer?: NodeJS.Timeout;
+}
+const pool = new Map<string, PoolEntry>();
+
+function poolDrop(path: string, e: PoolEntry): void {
+  if (pool.get(path) === e) pool.delete(path);
+  if (e.timer) clearTimeout(e.timer);
+  e.transport.then((t) => t.close(), () => undefined);
 }
 
-/** Runs `fn` with a socket in `netnsPath`, closing it afterwards. */
-export async function withNetns<T>(netnsPath: string, fn: (nl: Rtnl) => Promise<T>): Promise<T> {
-  const nl = await rtnlNetnsOpen(netnsPath);
+async function poolAcquire(netnsPath: string, inode: number): Promise<{ e: PoolEntry; t: NetnsTransport }> {
+  let e = pool.get(netnsPath);
+  if (e) {
+    const t = await e.transport.catch(() => undefined);
+    // the path may now name another namespace (deleted and re-created): never reuse across that
+    if (!t || t.dead || (inode && t.inode && t.inode !== inode)) {
+      if (e.users === 0) poolDrop(netnsPath, e);
+      else pool.delete(netnsPath);
+      e = undefined;
+    }
+  }
+  if (!e) {
+    const t = new NetnsTransport(netnsPath);
+    const entry: PoolEntry = { transport: t.ready.then(() => t), users: 0 };
+    entry.transport.catch(() => { if (pool.get(netnsPath) === entry) pool.delete(netnsPath); t.close(); });
+    pool.set(netnsPath, entry);
+    e = entry;
+  }
+  e.users++;
+  if (e.timer) { clearTimeout(e.timer); delete e.timer; }
+  try {
+    const t = await e.transport;
+    t.setRef(true);
+    return { e, t };
+  } catch (err) {
+    e.users--;
+    throw err;
+  }
+}
+
+function poolRelease(netnsPath: string, e: PoolEntry, t: NetnsTransport): void {
+  e.users--;
+  if (e.users > 0) return;
+  if (pool.get(netnsPath) !== e || t.dead) { t.close(); return; }
+  t.setRef(false);
+  e.timer = setTimeout(() => poolDrop(netnsPath, e), NETNS_HELPER_IDLE_MS);
+  e.timer.unref();
+}
+
+/** Closes every idle namespace helper now (tests, shutdown). */
+export function netnsHelpersClose(): void {
+  for (const [path, e] of pool) if (e.users === 0) poolDrop(path, e);
+}
+
+/**
+ * Runs `fn` with a socket inside the namespace at `netnsPath` (validated by the caller; `inode` from
+ * netnsPathValidate guards against a path that was re-bound to another namespace).
+ */
+export async function withNetns<T>(netnsPath: string, fn: (nl: Rtnl) => Promise<T>, inode = 0): Promise<T> {
+  const { e, t } = await poolAcquire(netnsPath, inode);
+  const nl = new Rtnl({
+    exchange: (type, flags, payload) => t.exchange(type, flags, payload),
+    sysctlWrite: (path, value) => t.sysctlWrite(path, value),
+    close: () => undefined,
+  }, netnsPath);
   try {
     return await fn(nl);
   } finally {
-    nl.close();
+    poolRelease(netnsPath, e, t);
   }
 }
