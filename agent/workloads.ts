@@ -60,7 +60,13 @@ export function errorToKitnet(err: unknown, context: string): KitnetError {
   if (err instanceof UnsupportedFeatureError) {
     return new KitnetError('AGENT_ERR_DATAPATH_UNSUPPORTED', `${context}: ${err.message}`, { field: 'mode', cause: err });
   }
-  if (err instanceof KernelError) return new KitnetError('AGENT_ERR_KERNEL', `${context}: ${err.message}`, { cause: err });
+  if (err instanceof KernelError) {
+    // The one kernel refusal caused by the request itself: the interface name is taken in the namespace.
+    if (err.errnoName === 'EEXIST' && err.device?.netns) {
+      return new KitnetError('AGENT_ERR_WORKLOAD_INTERFACE', `${context}: ${err.message}`, { field: 'interface', cause: err });
+    }
+    return new KitnetError('AGENT_ERR_KERNEL', `${context}: ${err.message}`, { cause: err });
+  }
   return new KitnetError('AGENT_ERR_INTERNAL', `${context}: ${(err as Error)?.message ?? String(err)}`, { cause: err });
 }
 
