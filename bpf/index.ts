@@ -222,9 +222,10 @@ export async function datapathLoad(opts: { pinRoot?: string; objectPath?: string
   }
 }
 
-/** Remove every pin under pinRoot (programs detach when their links go). Idempotent. */
+/** Detach every pinned link and remove every pin under pinRoot (maps go with their last user). Idempotent. */
 export async function datapathUnpinAll(pinRoot: string = PIN_ROOT_DEFAULT): Promise<void> {
   if (!existsSync(pinRoot)) return;
   pinRootCheck(pinRoot);
+  for (const ifname of linkList(pinRoot)) linkDetach(pinRoot, ifname);
   rmSync(pinRoot, { recursive: true, force: true });
 }

@@ -89,10 +89,27 @@ export function linkAttach(
   return results;
 }
 
-/** Unpin the endpoint's links; the kernel detaches when the last reference goes. Idempotent, and fine
- * when the device is already gone. */
+/**
+ * Detach the endpoint's programs now (BPF_LINK_DETACH: the kernel would otherwise detach only when the
+ * deferred release of the last reference runs) and remove the pins. Idempotent; a link whose device is
+ * already gone is just unpinned.
+ */
 export function linkDetach(pinRoot: string, ifname: string): void {
   ifnameCheck(ifname);
+  const n = native();
+  for (const prog of PROG_NAMES) {
+    const path = linkPinPath(pinRoot, ifname, prog);
+    if (!existsSync(path)) continue;
+    let fd = -1;
+    try {
+      fd = n.objGet(path);
+      n.linkDetach(fd);
+    } catch {
+      // already detached (device gone): removing the pin below is all that is left to do
+    } finally {
+      if (fd >= 0) n.fdClose(fd);
+    }
+  }
   rmSync(join(pinPaths(pinRoot).links, ifname), { recursive: true, force: true });
 }
 

@@ -42,6 +42,7 @@ export interface NativeBpf {
   fdClose(fd: number): void;
   linkCreate(progFd: number, ifindex: number, attachType: number): number;
   linkUpdate(linkFd: number, progFd: number): void;
+  linkDetach(linkFd: number): void;
   linkInfo(fd: number): LinkInfo;
   progInfo(fd: number): ProgInfo;
   mapInfo(fd: number): MapInfo;

@@ -343,6 +343,22 @@ static napi_value link_update(napi_env env, napi_callback_info info)
 	return NULL;
 }
 
+/* linkDetach(linkFd): detach now (BPF_LINK_DETACH) instead of whenever the last reference goes — the
+ * final put of a link is deferred to a workqueue, so "unpin" alone detaches a little later. */
+static napi_value link_detach(napi_env env, napi_callback_info info)
+{
+	napi_value argv[1];
+	int32_t link_fd;
+
+	if (!get_args(env, info, 1, argv) || !get_i32(env, argv[0], &link_fd))
+		return NULL;
+	log_reset();
+	int err = bpf_link_detach(link_fd);
+	if (err < 0)
+		return throw_errno(env, "BPF_LINK_DETACH", -err);
+	return NULL;
+}
+
 /* Raw bpf_link_info as the kernel writes it; the system headers predate tcx/netkit, whose union member
  * is {__u32 ifindex; __u32 attach_type;} at offset 16 (after type, id, prog_id and alignment). */
 struct link_info_raw {
@@ -731,6 +747,7 @@ static napi_value init(napi_env env, napi_value exports)
 		{ "objPin", obj_pin },		 { "objGet", obj_get },
 		{ "fdClose", fd_close },	 { "linkCreate", link_create },
 		{ "linkUpdate", link_update },	 { "linkInfo", link_info },
+		{ "linkDetach", link_detach },
 		{ "progInfo", prog_info },	 { "mapInfo", map_info },
 		{ "mapUpdate", map_update },	 { "mapLookup", map_lookup },
 		{ "mapDelete", map_delete },	 { "mapNextKey", map_next_key },
