@@ -48,7 +48,14 @@ async function withProbePair<T>(nl: Rtnl, name: string, payload: Buffer, fn: (if
   }
 }
 
-export async function netkitProbe(nl: Rtnl = rtnlHost()): Promise<{ ok: boolean; detail: string }> {
+export interface ProbeResult {
+  ok: boolean;
+  detail: string;
+  /** Set when the probe could not run at all (e.g. EPERM), as opposed to the feature missing. */
+  error?: unknown;
+}
+
+export async function netkitProbe(nl: Rtnl = rtnlHost()): Promise<ProbeResult> {
   const name = probeName();
   try {
     await withProbePair(nl, name, netkitCreateMessage({
@@ -59,11 +66,11 @@ export async function netkitProbe(nl: Rtnl = rtnlHost()): Promise<{ ok: boolean;
     if (errnoIs(err, 'EOPNOTSUPP')) {
       return { ok: false, detail: `creating a netkit pair failed with EOPNOTSUPP: this kernel has no netkit driver (needs ${NETKIT_REQUIREMENT})` };
     }
-    return { ok: false, detail: `netkit probe failed: ${describe(err)}` };
+    return { ok: false, detail: `netkit probe failed: ${describe(err)}`, error: err };
   }
 }
 
-export async function clsactProbe(nl: Rtnl = rtnlHost()): Promise<{ ok: boolean; detail: string }> {
+export async function clsactProbe(nl: Rtnl = rtnlHost()): Promise<ProbeResult> {
   const name = probeName();
   try {
     await withProbePair(nl, name, vethCreateMessage({ ifname: name, peer: { ifname: `${name}p` } }), async (ifindex) => {
@@ -73,7 +80,7 @@ export async function clsactProbe(nl: Rtnl = rtnlHost()): Promise<{ ok: boolean;
     });
     return { ok: true, detail: 'added a clsact qdisc to a probe veth (removed with it)' };
   } catch (err) {
-    return { ok: false, detail: `clsact probe failed: ${describe(err)}` };
+    return { ok: false, detail: `clsact probe failed: ${describe(err)}`, error: err };
   }
 }
 
@@ -110,6 +117,8 @@ async function probeAll(): Promise<KernelFeatures> {
   }
   const netkit = await netkitProbe(nl);
   const clsact = await clsactProbe(nl);
+  // Without privileges nothing was probed: say so instead of caching "unsupported".
+  for (const r of [netkit, clsact]) if (errnoIs(r.error, 'EPERM', 'EACCES')) throw r.error;
   const tcx = await tcxProbe();
   return {
     kernelRelease: release(),

@@ -15,9 +15,9 @@ export interface KernelFeatures {
   netkitDetail: string;
   tcx: boolean;
   /** How tcx was decided (BPF_TCX_INGRESS in the kernel's BTF, or the kernel version). */
-  tcxDetail: string;
+  tcxDetail?: string;
   tcClsact: boolean;
-  tcClsactDetail: string;
+  tcClsactDetail?: string;
 }
 
 export interface EndpointDeviceSpec {

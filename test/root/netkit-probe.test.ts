@@ -16,7 +16,7 @@ const skip = !isRoot && 'needs root';
 test('featuresProbe: real probes, cached, no probe devices left', { skip, timeout: 30_000 }, async () => {
   const f = await featuresProbe({ refresh: true });
   assert.equal(typeof f.kernelRelease, 'string');
-  assert.ok(f.netkitDetail.length > 0 && f.tcxDetail.length > 0 && f.tcClsactDetail.length > 0);
+  assert.ok(f.netkitDetail.length > 0 && (f.tcxDetail ?? '').length > 0 && (f.tcClsactDetail ?? '').length > 0);
   assert.equal(f.tcClsact, true, f.tcClsactDetail);
   if (!f.netkit) assert.match(f.netkitDetail, /EOPNOTSUPP|netkit/);
   assert.strictEqual(await featuresProbe(), f, 'cached');
