@@ -42,10 +42,10 @@ fi
 addon=bpf/native/build/Release/kitnet_bpf.node
 if newer "$addon" bpf/native/src bpf/native/binding.gyp; then
   log "building native addon"
-  nodedir=$(npm config get nodedir 2>/dev/null || true)
   args=(rebuild -C bpf/native --loglevel=warn)
-  if [ -n "$nodedir" ] && [ "$nodedir" != undefined ] && [ -f "$nodedir/include/node/node_api.h" ]; then
-    args+=(--nodedir="$nodedir")
-  fi
+  # Prefer installed headers (npm's nodedir, then the distro's) so node-gyp never needs to download them.
+  for d in "$(npm config get nodedir 2>/dev/null || true)" /usr /usr/local; do
+    if [ -n "$d" ] && [ -f "$d/include/node/node_api.h" ]; then args+=(--nodedir="$d"); break; fi
+  done
   node node_modules/node-gyp/bin/node-gyp.js "${args[@]}" >&2
 fi
