@@ -1,0 +1,98 @@
+/**
+ * CIDR peers as local CIDR identities.
+ *
+ * Every prefix a policy names (main CIDRs and their `except` prefixes alike) gets its own CIDR identity
+ * (LOCAL_IDENTITY_FLAG | n) and an ipcache entry prefix -> identity. The ipcache LPM lookup of an address
+ * then yields the identity of the LONGEST named prefix containing it (unless a more specific workload or
+ * node entry exists, which wins: CIDR rules do not select cluster endpoints, as upstream). A rule
+ * `C except E1..En` selects exactly the CIDR identities of prefixes P with P ⊆ C and P ⊄ Ei for all i:
+ * for an address a with longest named prefix P, a ∈ C ⟺ P ⊆ C and a ∈ Ei ⟺ P ⊆ Ei, because all named
+ * prefixes containing a are nested. Addresses outside every named prefix resolve to world-ipv4/-ipv6,
+ * which stand for 0.0.0.0/0 and ::/0 (so /0 CIDRs need no entry of their own and select them).
+ * IPv4 and IPv6 prefixes never overlap (the ipcache key carries the family).
+ */
+import { cidrParse } from '../ipam.js';
+import type { Cidr } from '../ipam.js';
+import { LOCAL_IDENTITY_FLAG, ReservedIdentity } from '../identity/reserved.js';
+import type { CidrIdentity, ParsedPolicy } from './types.js';
+
+export function cidrContainsCidr(outer: Cidr, inner: Cidr): boolean {
+  if (outer.family !== inner.family || inner.prefixLength < outer.prefixLength) return false;
+  const bits = BigInt((outer.family === 4 ? 32 : 128) - outer.prefixLength);
+  return inner.network >> bits === outer.network >> bits;
+}
+
+function cidrCompare(a: Cidr, b: Cidr): number {
+  if (a.family !== b.family) return a.family - b.family;
+  if (a.network !== b.network) return a.network < b.network ? -1 : 1;
+  return a.prefixLength - b.prefixLength;
+}
+
+/** All prefixes the policies name, canonical, without /0 (those are the world identities). */
+export function policyCidrs(policies: readonly ParsedPolicy[]): Cidr[] {
+  const byText = new Map<string, Cidr>();
+  for (const p of policies) {
+    for (const r of p.rules) {
+      for (const s of r.sections) {
+        if (s.peers === 'all') continue;
+        for (const peer of s.peers) {
+          if (peer.kind !== 'cidr') continue;
+          for (const text of [peer.cidr, ...peer.except]) {
+            const c = cidrParse(text);
+            if (c.prefixLength > 0) byText.set(c.text, c);
+          }
+        }
+      }
+    }
+  }
+  return [...byText.values()].sort(cidrCompare);
+}
+
+/**
+ * Allocates CIDR identities deterministically: prefixes keep the number they had in `previous`; new
+ * prefixes, in sorted order (IPv4 first, then by address and length), take the lowest free numbers.
+ */
+export function cidrIdentitiesAllocate(cidrs: readonly Cidr[], previous?: ReadonlyMap<string, number>): CidrIdentity[] {
+  const used = new Set<number>();
+  const out: CidrIdentity[] = [];
+  const pending: Cidr[] = [];
+  for (const c of cidrs) {
+    const prev = previous?.get(c.text);
+    if (prev !== undefined && (prev & LOCAL_IDENTITY_FLAG) !== 0 && !used.has(prev)) {
+      used.add(prev);
+      out.push({ identity: prev, cidr: c.text, labels: cidrIdentityLabels(c) });
+    } else {
+      pending.push(c);
+    }
+  }
+  let n = 1;
+  for (const c of pending) {
+    while (used.has(LOCAL_IDENTITY_FLAG | n)) n++;
+    const id = LOCAL_IDENTITY_FLAG | n;
+    used.add(id);
+    out.push({ identity: id, cidr: c.text, labels: cidrIdentityLabels(c) });
+  }
+  return out.sort((a, b) => cidrCompare(cidrParse(a.cidr), cidrParse(b.cidr)));
+}
+
+export function cidrIdentityLabels(c: Cidr): string[] {
+  return [`cidr:${c.text}`, 'reserved:world', c.family === 4 ? 'reserved:world-ipv4' : 'reserved:world-ipv6'];
+}
+
+/**
+ * The identities a CIDR peer (`cidr` minus `except`) selects among the CIDR identities, plus the world
+ * identities when the peer covers a whole family.
+ */
+export function cidrPeerIdentities(cidr: string, except: readonly string[], cidrIds: readonly CidrIdentity[]): number[] {
+  const c = cidrParse(cidr);
+  const ex = except.map((e) => cidrParse(e));
+  const out: number[] = [];
+  for (const ci of cidrIds) {
+    const p = cidrParse(ci.cidr);
+    if (cidrContainsCidr(c, p) && !ex.some((e) => cidrContainsCidr(e, p))) out.push(ci.identity);
+  }
+  if (c.prefixLength === 0 && !ex.some((e) => e.prefixLength === 0)) {
+    out.push(ReservedIdentity.world, c.family === 4 ? ReservedIdentity['world-ipv4'] : ReservedIdentity['world-ipv6']);
+  }
+  return out;
+}

@@ -1,0 +1,306 @@
+/**
+ * The policy compiler: parsed policies + known identities + local endpoints -> per-endpoint policy map
+ * entries (see map-key.ts for the layout and the datapath's lookup) and the CIDR identities they need.
+ *
+ * Semantics (upstream Cilium / Kubernetes):
+ * - A rule selects an endpoint by its identity's labels. An endpoint is enforced (default-deny) in a
+ *   direction when a selecting rule has a section in that direction with default-deny enabled
+ *   (CNP: `enableDefaultDeny`, default on; NP: per policyTypes). Otherwise that direction gets an
+ *   allow-all entry (identity 0, any protocol), which explicit deny entries still override.
+ * - Allows are additive; denies win over allows.
+ * - With allowLocalhost (default, as upstream in Kubernetes mode), the host may reach its endpoints.
+ *
+ * Datapath contract: for a packet, look up (endpoint, direction, remote identity, protocol, port) and
+ * (endpoint, direction, 0, protocol, port) in the LPM map; deny if either result is a deny entry, else
+ * allow if either result exists, else drop (default deny). The compiler resolves overlaps so that this
+ * two-lookup rule gives the upstream answer: within one (direction, identity) group it keeps a deny
+ * entry only if no shorter deny covers it and an allow entry only if no shorter entry covers it at all
+ * (an allow under a deny would hide the deny from the longest-prefix match; an allow under an allow is
+ * redundant). Identity-specific entries covered by an identity-0 entry of the same verdict are dropped.
+ */
+import { reservedIdentityLabels, ReservedIdentity } from '../identity/reserved.js';
+import { cidrIdentitiesAllocate, cidrPeerIdentities, policyCidrs } from './cidr.js';
+import { CLUSTER_RESERVED, isLabelDerived } from './entities.js';
+import { ANY_L4_PROTOCOLS, portRangePrefixes, protocolNumber } from './ports.js';
+import { identityLabelParse, selectorMatches } from './selector.js';
+import type { ParsedLabel } from './selector.js';
+import { PROTO_ANY_L4 } from './types.js';
+import type {
+  CidrIdentity,
+  CompiledPolicy,
+  CompileInput,
+  Direction,
+  EndpointPolicy,
+  EntityName,
+  LocalEndpoint,
+  NamedPort,
+  Peer,
+  PolicyEntry,
+  PortMatch,
+  RuleSection,
+} from './types.js';
+
+export const IMPLICIT_RULES = {
+  'not-enforced': (d: Direction) => `(no policy enforces ${d} on this endpoint: allow all)`,
+  'allow-localhost': () => '(allow-localhost: the host may always reach local endpoints)',
+} as const;
+
+/** All identities with parsed labels, and lookups over them. */
+class Universe {
+  readonly labels = new Map<number, ParsedLabel[]>();
+  readonly raw = new Map<number, string[]>();
+  constructor(
+    identities: ReadonlyMap<number, readonly string[]>,
+    readonly cidrIds: readonly CidrIdentity[],
+  ) {
+    for (const id of Object.values(ReservedIdentity)) {
+      if (id !== 0) this.add(id, reservedIdentityLabels(id));
+    }
+    for (const [id, l] of identities) if (id !== 0) this.add(id, [...l]);
+    for (const c of cidrIds) this.add(c.identity, c.labels);
+  }
+  private add(id: number, l: string[]): void {
+    this.raw.set(id, l);
+    this.labels.set(id, l.map(identityLabelParse));
+  }
+
+  entity(e: EntityName): number[] | 'all' {
+    const R = ReservedIdentity;
+    switch (e) {
+      case 'all':
+        return 'all';
+      case 'none':
+        return [];
+      case 'world':
+        return [R.world, R['world-ipv4'], R['world-ipv6'], ...this.cidrIds.map((c) => c.identity)];
+      case 'world-ipv4':
+      case 'world-ipv6': {
+        const v6 = e === 'world-ipv6';
+        return [R[e], ...this.cidrIds.filter((c) => c.cidr.includes(':') === v6).map((c) => c.identity)];
+      }
+      case 'cluster':
+        return [...CLUSTER_RESERVED, ...[...this.labels.keys()].filter(isLabelDerived)];
+      default:
+        return [R[e]];
+    }
+  }
+
+  peer(p: Peer): number[] | 'all' {
+    switch (p.kind) {
+      case 'entity':
+        return this.entity(p.entity);
+      case 'cidr':
+        return cidrPeerIdentities(p.cidr, p.except, this.cidrIds);
+      case 'selector': {
+        if (p.selector.requirements.length === 0) return 'all';
+        const out: number[] = [];
+        for (const [id, l] of this.labels) if (selectorMatches(p.selector, l)) out.push(id);
+        return out;
+      }
+    }
+  }
+
+  /** Identity 0 ('all') or the sorted, de-duplicated identities the section's peers select. */
+  peers(s: RuleSection): number[] | 'all' {
+    if (s.peers === 'all') return 'all';
+    const ids = new Set<number>();
+    for (const p of s.peers) {
+      const r = this.peer(p);
+      if (r === 'all') return 'all';
+      r.forEach((i) => ids.add(i));
+    }
+    return [...ids].sort((a, b) => a - b);
+  }
+}
+
+interface L4Key {
+  protocol: number;
+  port: number;
+  portPrefixLen: number;
+}
+
+function portsOfMatch(m: PortMatch & { port: number }): L4Key[] {
+  const protos = m.protocol === PROTO_ANY_L4 ? [...ANY_L4_PROTOCOLS] : [m.protocol];
+  let prefixes: Array<{ port: number; prefixLen: number }>;
+  if (m.endPort !== undefined) prefixes = portRangePrefixes(m.port, m.endPort);
+  else if (m.port === 0) prefixes = [{ port: 0, prefixLen: 0 }];
+  else prefixes = [{ port: m.port, prefixLen: 16 }];
+  return protos.flatMap((protocol) => prefixes.map((p) => ({ protocol, port: p.port, portPrefixLen: p.prefixLen })));
+}
+
+function namedPortKeys(m: PortMatch & { port: string }, named: readonly NamedPort[]): L4Key[] {
+  const out: L4Key[] = [];
+  for (const np of named) {
+    if (np.name !== m.port) continue;
+    let proto: number;
+    try {
+      proto = protocolNumber(np.protocol);
+    } catch {
+      continue;
+    }
+    const ok = m.protocol === PROTO_ANY_L4 ? (ANY_L4_PROTOCOLS as readonly number[]).includes(proto) : m.protocol === proto;
+    if (ok) out.push({ protocol: proto, port: np.port, portPrefixLen: 16 });
+  }
+  return out;
+}
+
+interface Acc {
+  allow: Set<string>;
+  deny: Set<string>;
+}
+
+/** Raw (unresolved) entries of one endpoint: direction -> identity -> l4 key -> rule refs. */
+class RawEntries {
+  readonly m = new Map<Direction, Map<number, Map<string, Acc>>>();
+  add(direction: Direction, identity: number, k: L4Key, deny: boolean, ref: string): void {
+    let byId = this.m.get(direction);
+    if (!byId) this.m.set(direction, (byId = new Map()));
+    let byKey = byId.get(identity);
+    if (!byKey) byId.set(identity, (byKey = new Map()));
+    const key = `${k.protocol}/${k.port}/${k.portPrefixLen}`;
+    let acc = byKey.get(key);
+    if (!acc) byKey.set(key, (acc = { allow: new Set(), deny: new Set() }));
+    (deny ? acc.deny : acc.allow).add(ref);
+  }
+}
+
+/** The 24-bit (protocol, port) space position of an entry: value and prefix length. */
+function bits(e: { protocol: number; port: number; portPrefixLen: number }): { v: number; len: number } {
+  return { v: (e.protocol << 16) | e.port, len: e.protocol === 0 ? 0 : 8 + e.portPrefixLen };
+}
+
+/** Whether a covers b (a is b or a shorter prefix containing b). */
+function covers(a: PolicyEntry, b: PolicyEntry): boolean {
+  const A = bits(a);
+  const B = bits(b);
+  if (A.len > B.len) return false;
+  if (A.len === 0) return true;
+  const shift = 24 - A.len;
+  return A.v >>> shift === B.v >>> shift;
+}
+
+function entryCompare(a: PolicyEntry, b: PolicyEntry): number {
+  return (
+    (a.direction === b.direction ? 0 : a.direction === 'ingress' ? -1 : 1) ||
+    a.identity - b.identity ||
+    a.protocol - b.protocol ||
+    a.port - b.port ||
+    a.portPrefixLen - b.portPrefixLen
+  );
+}
+
+/** Resolves one (direction, identity) group so that longest-prefix match gives deny-wins semantics. */
+function groupResolve(direction: Direction, identity: number, byKey: Map<string, Acc>, implicit: Map<string, PolicyEntry['implicit']>): PolicyEntry[] {
+  const entries: PolicyEntry[] = [];
+  for (const [key, acc] of byKey) {
+    const [protocol, port, portPrefixLen] = key.split('/').map(Number) as [number, number, number];
+    const deny = acc.deny.size > 0;
+    const e: PolicyEntry = { direction, identity, protocol, port, portPrefixLen, deny, rules: [...(deny ? acc.deny : acc.allow)].sort() };
+    const imp = implicit.get(`${direction}/${identity}/${key}`);
+    if (imp && !deny) e.implicit = imp;
+    entries.push(e);
+  }
+  entries.sort((a, b) => bits(a).len - bits(b).len || entryCompare(a, b));
+  const kept: PolicyEntry[] = [];
+  for (const e of entries) {
+    const ancestors = kept.filter((k) => k !== e && covers(k, e));
+    if (e.deny ? ancestors.some((a) => a.deny) : ancestors.length > 0) continue;
+    kept.push(e);
+  }
+  return kept;
+}
+
+function endpointCompile(
+  ep: LocalEndpoint,
+  sections: Array<{ s: RuleSection }>,
+  enforced: Record<Direction, boolean>,
+  u: Universe,
+  remoteNamed: (identity: number) => readonly NamedPort[],
+  remoteNamedIds: () => number[],
+  allowLocalhost: boolean,
+): EndpointPolicy {
+  const raw = new RawEntries();
+  const implicit = new Map<string, PolicyEntry['implicit']>();
+  for (const { s } of sections) {
+    const ids = u.peers(s);
+    if (ids !== 'all' && ids.length === 0) continue;
+    if (s.ports === 'all') {
+      for (const id of ids === 'all' ? [0] : ids) raw.add(s.direction, id, { protocol: 0, port: 0, portPrefixLen: 0 }, s.deny, s.ref);
+      continue;
+    }
+    for (const m of s.ports) {
+      if (typeof m.port === 'number') {
+        const keys = portsOfMatch(m as PortMatch & { port: number });
+        for (const id of ids === 'all' ? [0] : ids) for (const k of keys) raw.add(s.direction, id, k, s.deny, s.ref);
+      } else if (s.direction === 'ingress') {
+        // Named port at ingress: the port of this (destination) endpoint.
+        const keys = namedPortKeys(m as PortMatch & { port: string }, ep.namedPorts ?? []);
+        for (const id of ids === 'all' ? [0] : ids) for (const k of keys) raw.add(s.direction, id, k, s.deny, s.ref);
+      } else {
+        // Named port at egress: the port each destination identity declares under that name.
+        for (const id of ids === 'all' ? remoteNamedIds() : ids) {
+          for (const k of namedPortKeys(m as PortMatch & { port: string }, remoteNamed(id))) raw.add(s.direction, id, k, s.deny, s.ref);
+        }
+      }
+    }
+  }
+  for (const d of ['ingress', 'egress'] as const) {
+    if (!enforced[d]) {
+      raw.add(d, 0, { protocol: 0, port: 0, portPrefixLen: 0 }, false, IMPLICIT_RULES['not-enforced'](d));
+      implicit.set(`${d}/0/0/0/0`, 'not-enforced');
+    }
+  }
+  if (allowLocalhost && enforced.ingress) {
+    raw.add('ingress', ReservedIdentity.host, { protocol: 0, port: 0, portPrefixLen: 0 }, false, IMPLICIT_RULES['allow-localhost']());
+    implicit.set(`ingress/${ReservedIdentity.host}/0/0/0`, 'allow-localhost');
+  }
+
+  const entries: PolicyEntry[] = [];
+  for (const [direction, byId] of raw.m) {
+    const wild = byId.get(0) ? groupResolve(direction, 0, byId.get(0)!, implicit) : [];
+    entries.push(...wild);
+    for (const [identity, byKey] of byId) {
+      if (identity === 0) continue;
+      for (const e of groupResolve(direction, identity, byKey, implicit)) {
+        // Covered by a wildcard-identity entry with the same verdict: the second lookup decides anyway.
+        if (wild.some((w) => w.deny === e.deny && covers(w, e))) continue;
+        entries.push(e);
+      }
+    }
+  }
+  entries.sort(entryCompare);
+  return { endpointId: ep.endpointId, identity: ep.identity, ingressEnforced: enforced.ingress, egressEnforced: enforced.egress, entries };
+}
+
+export function policyCompile(input: CompileInput): CompiledPolicy {
+  const cidrIds = cidrIdentitiesAllocate(policyCidrs(input.policies), input.options?.previousCidrIdentities);
+  const u = new Universe(input.identities, cidrIds);
+  const rn = input.remoteNamedPorts;
+  const remoteNamed = (id: number): readonly NamedPort[] => (!rn ? [] : typeof rn === 'function' ? rn(id) : (rn.get(id) ?? []));
+  let namedIds: number[] | undefined;
+  const remoteNamedIds = () =>
+    (namedIds ??= (!rn ? [] : typeof rn === 'function' ? [...u.labels.keys()] : [...rn.keys()]).filter((id) => remoteNamed(id).length > 0).sort((a, b) => a - b));
+  const allowLocalhost = input.options?.allowLocalhost ?? true;
+  const rules = input.policies.flatMap((p) => p.rules);
+
+  const endpoints = input.endpoints.map((ep) => {
+    const labels = u.labels.get(ep.identity) ?? [];
+    const enforced: Record<Direction, boolean> = { ingress: false, egress: false };
+    const sections: Array<{ s: RuleSection }> = [];
+    for (const r of rules) {
+      if (!selectorMatches(r.subject, labels)) continue;
+      for (const s of r.sections) {
+        sections.push({ s });
+        if (r.defaultDeny[s.direction]) enforced[s.direction] = true;
+      }
+    }
+    return endpointCompile(ep, sections, enforced, u, remoteNamed, remoteNamedIds, allowLocalhost);
+  });
+
+  return {
+    endpoints,
+    cidrIdentities: cidrIds,
+    ipcache: cidrIds.map((c) => ({ cidr: c.cidr, identity: c.identity })),
+    identities: new Map(u.raw),
+  };
+}

@@ -1,0 +1,27 @@
+/** kitnet policy: parse, compile to datapath map entries, and trace verdicts offline. */
+export { policiesParse, policiesFromObjects, PolicyValidationError, issueFormat } from './parse.js';
+export type { PolicyIssue } from './parse.js';
+export { policyCompile, IMPLICIT_RULES } from './compile.js';
+export { policyTrace, policyDecide, ipcacheLookup } from './trace.js';
+export type { TracePeer, TraceQuery, TraceOptions, TraceResult, TraceSide, SideReason } from './trace.js';
+export {
+  policyKeyEncode,
+  policyKeyDecode,
+  policyLookupKeyEncode,
+  policyKeyPrefixLen,
+  policyValueEncode,
+  policyValueDecode,
+  policyEntriesEncode,
+  LpmTable,
+  POLICY_KEY_SIZE,
+  POLICY_VALUE_SIZE,
+  POLICY_KEY_STATIC_PREFIX,
+  POLICY_KEY_FULL_PREFIX,
+  POLICY_F_DENY,
+  DIRECTION_CODE,
+} from './map-key.js';
+export type { PolicyKey } from './map-key.js';
+export { selectorMatchesStrings, selectorFormat } from './selector.js';
+export { portRangePrefixes, protocolNumber, protocolName, icmpTypeNumber } from './ports.js';
+export { Proto, PROTO_ANY_L4, POLICY_KINDS } from './types.js';
+export type * from './types.js';

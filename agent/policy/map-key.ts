@@ -1,0 +1,162 @@
+/**
+ * The `policy` map: one BPF_MAP_TYPE_LPM_TRIE (BPF_F_NO_PREALLOC) shared by all endpoints.
+ *
+ *   struct policy_key {            // 16 bytes; key_size = 16
+ *       __u32 prefixlen;           // @0  LPM prefix length in bits over the bytes from @4 on
+ *       __u32 endpoint_id;         // @4  host byte order; always fully matched
+ *       __u32 identity;            // @8  remote identity, host byte order; 0 = any identity; fully matched
+ *       __u8  direction;           // @12 DIR_INGRESS 1 (to the workload) / DIR_EGRESS 2 (from it); fully matched
+ *       __u8  protocol;            // @13 IPPROTO_* (6 TCP, 17 UDP, 132 SCTP, 1 ICMP, 58 ICMPv6)
+ *       __be16 port;               // @14 NETWORK byte order (so prefix bits are the port's high bits):
+ *                                  //     destination port for TCP/UDP/SCTP; for ICMP and ICMPv6 the
+ *                                  //     ICMP TYPE (0-255) goes here (bpf_htons(type)); other protocols 0
+ *   };
+ *   prefixlen = 72                       entry for any protocol, any port (protocol = port = 0)
+ *             = 80                       entry for one protocol, any port (port = 0)
+ *             = 80 + portPrefixLen       entry for one protocol and a port prefix (1..16; 16 = one port)
+ *   A packet's lookup key always has prefixlen = 96 with the exact protocol and port.
+ *
+ *   struct policy_value {          // 8 bytes; value_size = 8
+ *       __u8  flags;               // @0 POLICY_F_DENY 0x1
+ *       __u8  pad[3];              // @1 zero
+ *       __u32 cookie;              // @4 opaque to the datapath, echoed into flow events (0 = none)
+ *   };
+ *
+ * Datapath (per packet, both families, after conntrack; replies of allowed connections skip it):
+ *   remote = ipcache identity of the peer (destination at egress, source at ingress)
+ *   a = lookup({96, ep, remote, dir, proto, htons(port_or_icmp_type)})
+ *   b = lookup({96, ep, 0,      dir, proto, htons(port_or_icmp_type)})
+ *   if ((a && a->flags & POLICY_F_DENY) || (b && b->flags & POLICY_F_DENY)) drop DROP_POLICY_DENY (181)
+ *   else if (a || b) pass
+ *   else drop DROP_POLICY_DENIED (133)      // default deny; no entry at all for the endpoint = drop too
+ * Two lookups per direction, independent of the number of rules and identities. Directions an endpoint
+ * is not enforced in carry an allow-all entry (identity 0, prefixlen 72), so the datapath needs no
+ * enforcement flag. ICMPv6 neighbour discovery (types 133-137) must bypass policy, as upstream.
+ */
+import { endianness } from 'node:os';
+import type { Direction, PolicyEntry } from './types.js';
+
+export const POLICY_KEY_SIZE = 16;
+export const POLICY_VALUE_SIZE = 8;
+/** Bits of the key that are always matched: endpoint_id + identity + direction. */
+export const POLICY_KEY_STATIC_PREFIX = 72;
+export const POLICY_KEY_FULL_PREFIX = 96;
+export const POLICY_F_DENY = 0x1;
+export const DIRECTION_CODE: Record<Direction, number> = { ingress: 1, egress: 2 };
+
+const LE = endianness() === 'LE';
+
+function u32(buf: Buffer, off: number, v: number): void {
+  if (LE) buf.writeUInt32LE(v >>> 0, off);
+  else buf.writeUInt32BE(v >>> 0, off);
+}
+
+export interface PolicyKey {
+  endpointId: number;
+  identity: number;
+  direction: Direction;
+  /** 0 = any protocol (then port/portPrefixLen must be 0). */
+  protocol: number;
+  port: number;
+  portPrefixLen: number;
+}
+
+export function policyKeyPrefixLen(k: Pick<PolicyKey, 'protocol' | 'portPrefixLen'>): number {
+  return k.protocol === 0 ? POLICY_KEY_STATIC_PREFIX : POLICY_KEY_STATIC_PREFIX + 8 + k.portPrefixLen;
+}
+
+/** Encodes a map key. Bits beyond the prefix are zeroed, as the kernel expects for inserted keys. */
+export function policyKeyEncode(k: PolicyKey): Buffer {
+  if (k.protocol === 0 && (k.port !== 0 || k.portPrefixLen !== 0)) throw new Error('a port needs a protocol');
+  if (k.portPrefixLen < 0 || k.portPrefixLen > 16) throw new Error(`bad port prefix length ${k.portPrefixLen}`);
+  const buf = Buffer.alloc(POLICY_KEY_SIZE);
+  u32(buf, 0, policyKeyPrefixLen(k));
+  u32(buf, 4, k.endpointId);
+  u32(buf, 8, k.identity);
+  buf.writeUInt8(DIRECTION_CODE[k.direction], 12);
+  buf.writeUInt8(k.protocol, 13);
+  const mask = k.portPrefixLen === 0 ? 0 : (0xffff << (16 - k.portPrefixLen)) & 0xffff;
+  buf.writeUInt16BE(k.port & mask, 14);
+  return buf;
+}
+
+/** The key a packet is looked up with (prefixlen 96). */
+export function policyLookupKeyEncode(endpointId: number, identity: number, direction: Direction, protocol: number, port: number): Buffer {
+  return policyKeyEncode({ endpointId, identity, direction, protocol, port, portPrefixLen: 16 });
+}
+
+export function policyKeyDecode(buf: Buffer): PolicyKey & { prefixLen: number } {
+  const r32 = (o: number) => (LE ? buf.readUInt32LE(o) : buf.readUInt32BE(o));
+  const prefixLen = r32(0);
+  const dir = buf.readUInt8(12);
+  return {
+    prefixLen,
+    endpointId: r32(4),
+    identity: r32(8),
+    direction: dir === 1 ? 'ingress' : 'egress',
+    protocol: buf.readUInt8(13),
+    port: buf.readUInt16BE(14),
+    portPrefixLen: Math.max(0, prefixLen - POLICY_KEY_STATIC_PREFIX - 8),
+  };
+}
+
+export function policyValueEncode(v: { deny: boolean; cookie?: number }): Buffer {
+  const buf = Buffer.alloc(POLICY_VALUE_SIZE);
+  buf.writeUInt8(v.deny ? POLICY_F_DENY : 0, 0);
+  u32(buf, 4, v.cookie ?? 0);
+  return buf;
+}
+
+export function policyValueDecode(buf: Buffer): { deny: boolean; cookie: number } {
+  return { deny: (buf.readUInt8(0) & POLICY_F_DENY) !== 0, cookie: LE ? buf.readUInt32LE(4) : buf.readUInt32BE(4) };
+}
+
+/** Key and value buffers for an endpoint's compiled entries, ready for the map. */
+export function policyEntriesEncode(endpointId: number, entries: readonly PolicyEntry[]): Array<{ key: Buffer; value: Buffer; entry: PolicyEntry }> {
+  return entries.map((entry) => ({
+    key: policyKeyEncode({ endpointId, ...entry }),
+    value: policyValueEncode({ deny: entry.deny }),
+    entry,
+  }));
+}
+
+/**
+ * A longest-prefix-match table over encoded keys with the kernel's LPM trie semantics: a stored key
+ * with prefix p matches a lookup key when the first p bits of their data (from byte 4) are equal; the
+ * longest such p wins. Used by the tracer so that it decides exactly as the map would.
+ */
+export class LpmTable<V> {
+  private readonly byPrefix = new Map<number, Map<string, V>>();
+  private prefixes: number[] = [];
+
+  private static masked(data: Buffer, prefixLen: number): string {
+    const out = Buffer.from(data);
+    for (let bit = prefixLen; bit < out.length * 8; bit++) out[bit >> 3]! &= ~(0x80 >> (bit & 7));
+    return out.toString('hex');
+  }
+
+  private static prefixOf(key: Buffer): number {
+    return LE ? key.readUInt32LE(0) : key.readUInt32BE(0);
+  }
+
+  insert(key: Buffer, value: V): void {
+    const p = LpmTable.prefixOf(key);
+    let m = this.byPrefix.get(p);
+    if (!m) {
+      this.byPrefix.set(p, (m = new Map()));
+      this.prefixes = [...this.byPrefix.keys()].sort((a, b) => b - a);
+    }
+    m.set(LpmTable.masked(key.subarray(4), p), value);
+  }
+
+  lookup(key: Buffer): V | undefined {
+    const max = LpmTable.prefixOf(key);
+    const data = key.subarray(4);
+    for (const p of this.prefixes) {
+      if (p > max) continue;
+      const v = this.byPrefix.get(p)!.get(LpmTable.masked(data, p));
+      if (v !== undefined) return v;
+    }
+    return undefined;
+  }
+}

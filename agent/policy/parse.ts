@@ -1,0 +1,404 @@
+/**
+ * Parsing and validation of policy documents, and normalisation into PolicyRule objects.
+ *
+ * Accepts YAML (one or more `---` documents) or JSON (an object, an array, or a `kind: List` with
+ * `items`), in any mix. Every document is validated; any error rejects the whole batch, and each error
+ * names the document (1-based position in the batch, kind, namespace/name) and the field path.
+ */
+import YAML from 'yaml';
+import type { z } from 'zod';
+import { KitnetError } from '../../common/errors.js';
+import { NAMESPACE_LABELS_PREFIX } from '../identity/labels.js';
+import { icmpTypeNumber } from './ports.js';
+import { CiliumClusterwideNetworkPolicySchema, CiliumNetworkPolicySchema } from './schema/cilium.js';
+import type { CiliumPortProtocol, CiliumRule } from './schema/cilium.js';
+import type { LabelSelector } from './schema/common.js';
+import { NetworkPolicySchema } from './schema/networkpolicy.js';
+import type { NetworkPolicyDoc, NetworkPolicyPeer, NetworkPolicyPort } from './schema/networkpolicy.js';
+import {
+  ciliumPeerSelector,
+  ciliumSubjectSelector,
+  namespaceExists,
+  namespaceIs,
+  selectorAnd,
+  selectorFromLabelSelector,
+} from './selector.js';
+import type { LabelSelectorInput } from './selector.js';
+import { Proto, PROTO_ANY_L4 } from './types.js';
+import type { Direction, EntityName, ParsedPolicy, Peer, PolicyKind, PolicyRule, PortMatch, RuleSection, Selector } from './types.js';
+
+export interface PolicyIssue {
+  /** 1-based position of the document in the batch (after expanding arrays and Lists). */
+  document: number;
+  /** `CiliumNetworkPolicy prod/allow-web`, or `?` parts when the document does not say. */
+  ref: string;
+  /** Field path such as `spec.ingress[0].toPorts[0].ports[0].port`; empty for the document itself. */
+  path: string;
+  message: string;
+}
+
+/**
+ * Thrown for an invalid batch. Code AGENT_ERR_API_VALIDATION (400) until the catalogue has a
+ * dedicated AGENT_ERR_POLICY_INVALID. `issues` lists every problem found.
+ */
+export class PolicyValidationError extends KitnetError {
+  override name = 'PolicyValidationError';
+  readonly issues: PolicyIssue[];
+  constructor(issues: PolicyIssue[]) {
+    const lines = issues.map(issueFormat);
+    const shown = lines.slice(0, 20).join('\n') + (lines.length > 20 ? `\n... and ${lines.length - 20} more` : '');
+    super('AGENT_ERR_API_VALIDATION', shown, { field: issues[0]?.path });
+    this.issues = issues;
+  }
+}
+
+export function issueFormat(i: PolicyIssue): string {
+  return `document ${i.document} (${i.ref})${i.path ? `: ${i.path}` : ''}: ${i.message}`;
+}
+
+export function pathFormat(path: ReadonlyArray<PropertyKey>): string {
+  let out = '';
+  for (const p of path) {
+    if (typeof p === 'number') out += `[${p}]`;
+    else out += out ? `.${String(p)}` : String(p);
+  }
+  return out;
+}
+
+const KINDS: Record<string, { apiVersion: string; namespaced: boolean }> = {
+  NetworkPolicy: { apiVersion: 'networking.k8s.io/v1', namespaced: true },
+  CiliumNetworkPolicy: { apiVersion: 'cilium.io/v2', namespaced: true },
+  CiliumClusterwideNetworkPolicy: { apiVersion: 'cilium.io/v2', namespaced: false },
+};
+
+/** Splits text into raw documents. Syntax errors become issues of document 0 positions. */
+function documentsSplit(text: string, contentType?: string): unknown[] {
+  const trimmed = text.trim();
+  const json = contentType ? /json/i.test(contentType) : trimmed.startsWith('{') || trimmed.startsWith('[');
+  let roots: unknown[];
+  if (json) {
+    try {
+      roots = [JSON.parse(trimmed)];
+    } catch (e) {
+      throw new PolicyValidationError([{ document: 1, ref: 'JSON', path: '', message: `not valid JSON: ${(e as Error).message}` }]);
+    }
+  } else {
+    const docs = YAML.parseAllDocuments(text);
+    const list = Array.isArray(docs) ? docs : [docs];
+    roots = [];
+    const issues: PolicyIssue[] = [];
+    list.forEach((d, i) => {
+      if (d.errors.length > 0) {
+        issues.push({ document: i + 1, ref: 'YAML', path: '', message: `not valid YAML: ${d.errors[0]!.message}` });
+        return;
+      }
+      const v: unknown = d.toJS();
+      if (v !== null && v !== undefined) roots.push(v);
+    });
+    if (issues.length) throw new PolicyValidationError(issues);
+  }
+  const out: unknown[] = [];
+  const expand = (v: unknown) => {
+    if (Array.isArray(v)) v.forEach(expand);
+    else if (isObject(v) && typeof v.kind === 'string' && v.kind.endsWith('List') && Array.isArray(v.items)) v.items.forEach(expand);
+    else out.push(v);
+  };
+  roots.forEach(expand);
+  return out;
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function docRef(v: unknown): string {
+  if (!isObject(v)) return '?';
+  const kind = typeof v.kind === 'string' ? v.kind : '?';
+  const md = isObject(v.metadata) ? v.metadata : {};
+  const name = typeof md.name === 'string' ? md.name : '?';
+  const info = KINDS[kind];
+  if (info && !info.namespaced) return `${kind} ${name}`;
+  const ns = typeof md.namespace === 'string' ? md.namespace : 'default';
+  return `${kind} ${ns}/${name}`;
+}
+
+function zodIssues(document: number, ref: string, error: z.ZodError): PolicyIssue[] {
+  return error.issues.flatMap((i) =>
+    i.code === 'unrecognized_keys'
+      ? i.keys.map((k) => ({ document, ref, path: pathFormat([...i.path, k]), message: 'unknown field' }))
+      : [{ document, ref, path: pathFormat(i.path), message: i.message }],
+  );
+}
+
+/**
+ * Parses and validates a batch. Throws PolicyValidationError listing every problem; on success every
+ * document is returned normalised, in order.
+ */
+export function policiesParse(text: string, contentType?: string): ParsedPolicy[] {
+  const raw = documentsSplit(text, contentType);
+  return policiesFromObjects(raw);
+}
+
+/** As policiesParse, for documents that are already objects (e.g. a JSON request body). */
+export function policiesFromObjects(raw: readonly unknown[]): ParsedPolicy[] {
+  const issues: PolicyIssue[] = [];
+  const out: ParsedPolicy[] = [];
+  const seen = new Map<string, number>();
+  raw.forEach((v, idx) => {
+    const n = idx + 1;
+    const ref = docRef(v);
+    if (!isObject(v)) {
+      issues.push({ document: n, ref, path: '', message: 'must be an object with apiVersion, kind, metadata and spec' });
+      return;
+    }
+    const kind = v.kind;
+    const info = typeof kind === 'string' ? KINDS[kind] : undefined;
+    if (!info) {
+      issues.push({
+        document: n,
+        ref,
+        path: 'kind',
+        message: `unsupported kind ${JSON.stringify(kind)}; expected NetworkPolicy (networking.k8s.io/v1), CiliumNetworkPolicy or CiliumClusterwideNetworkPolicy (cilium.io/v2)`,
+      });
+      return;
+    }
+    if (v.apiVersion !== info.apiVersion) {
+      issues.push({
+        document: n,
+        ref,
+        path: 'apiVersion',
+        message: `unsupported apiVersion ${JSON.stringify(v.apiVersion)} for ${kind as string}; expected ${info.apiVersion}`,
+      });
+      return;
+    }
+    const before = issues.length;
+    let parsed: ParsedPolicy | undefined;
+    try {
+      parsed = documentParse(v, kind as PolicyKind, ref, n, issues);
+    } catch (e) {
+      issues.push({ document: n, ref, path: '', message: (e as Error).message });
+    }
+    if (issues.length > before || !parsed) return;
+    const key = `${parsed.kind}/${parsed.namespace}/${parsed.name}`;
+    const dup = seen.get(key);
+    if (dup !== undefined) {
+      issues.push({ document: n, ref, path: 'metadata.name', message: `duplicates document ${dup} in this batch` });
+      return;
+    }
+    seen.set(key, n);
+    out.push(parsed);
+  });
+  if (issues.length) throw new PolicyValidationError(issues);
+  return out;
+}
+
+function documentParse(v: Record<string, unknown>, kind: PolicyKind, ref: string, n: number, issues: PolicyIssue[]): ParsedPolicy | undefined {
+  if (kind === 'NetworkPolicy') {
+    const r = NetworkPolicySchema.safeParse(v);
+    if (!r.success) {
+      issues.push(...zodIssues(n, ref, r.error));
+      return undefined;
+    }
+    const namespace = r.data.metadata.namespace ?? 'default';
+    const ref2 = `${kind} ${namespace}/${r.data.metadata.name}`;
+    return {
+      kind,
+      apiVersion: r.data.apiVersion,
+      namespace,
+      name: r.data.metadata.name,
+      ref: ref2,
+      rules: [networkPolicyRule(r.data, namespace, ref2)],
+      document: withNamespace(v, namespace),
+    };
+  }
+  const schema = kind === 'CiliumNetworkPolicy' ? CiliumNetworkPolicySchema : CiliumClusterwideNetworkPolicySchema;
+  const r = schema.safeParse(v);
+  if (!r.success) {
+    issues.push(...zodIssues(n, ref, r.error));
+    return undefined;
+  }
+  const namespace = kind === 'CiliumNetworkPolicy' ? (r.data.metadata.namespace ?? 'default') : '';
+  if (kind === 'CiliumClusterwideNetworkPolicy' && r.data.metadata.namespace) {
+    issues.push({ document: n, ref, path: 'metadata.namespace', message: 'must not be set on a cluster-wide policy' });
+    return undefined;
+  }
+  const ref2 = namespace ? `${kind} ${namespace}/${r.data.metadata.name}` : `${kind} ${r.data.metadata.name}`;
+  const rules: PolicyRule[] = [];
+  if (r.data.spec) rules.push(ciliumRule(r.data.spec, namespace, ref2, ''));
+  (r.data.specs ?? []).forEach((s, i) => rules.push(ciliumRule(s, namespace, ref2, `specs[${i}].`)));
+  return {
+    kind,
+    apiVersion: r.data.apiVersion,
+    namespace,
+    name: r.data.metadata.name,
+    ref: ref2,
+    rules,
+    document: kind === 'CiliumNetworkPolicy' ? withNamespace(v, namespace) : v,
+  };
+}
+
+function withNamespace(v: Record<string, unknown>, namespace: string): Record<string, unknown> {
+  const md = isObject(v.metadata) ? v.metadata : {};
+  return { ...v, metadata: { ...md, namespace } };
+}
+
+// ---------------------------------------------------------------- Kubernetes NetworkPolicy
+
+const k8sSelector = (s: LabelSelector | null | undefined): Selector => selectorFromLabelSelector(selIn(s), 'k8s');
+
+function selIn(s: LabelSelector | null | undefined): LabelSelectorInput | undefined {
+  if (!s) return undefined;
+  return { matchLabels: s.matchLabels ?? undefined, matchExpressions: s.matchExpressions ?? undefined };
+}
+
+/** Cilium's translation of a NetworkPolicyPeer with selectors (pkg/k8s/network_policy.go). */
+function npPeer(peer: NetworkPolicyPeer, namespace: string): Peer {
+  if (peer.ipBlock) return { kind: 'cidr', cidr: peer.ipBlock.cidr, except: [...(peer.ipBlock.except ?? [])] };
+  let sel: Selector;
+  if (peer.namespaceSelector) {
+    sel = selectorFromLabelSelector(selIn(peer.namespaceSelector), 'k8s', (k) => `${NAMESPACE_LABELS_PREFIX}${k}`);
+    // An empty namespaceSelector selects every namespace: the endpoint must have one.
+    if (sel.requirements.length === 0) sel = namespaceExists();
+  } else {
+    sel = namespaceIs(namespace);
+  }
+  if (peer.podSelector) sel = selectorAnd(sel, k8sSelector(peer.podSelector));
+  return { kind: 'selector', selector: sel };
+}
+
+function npPorts(ports: NetworkPolicyPort[] | null | undefined): PortMatch[] | 'all' {
+  if (!ports || ports.length === 0) return 'all';
+  return ports.map((p) => {
+    const protocol = p.protocol === 'UDP' ? Proto.UDP : p.protocol === 'SCTP' ? Proto.SCTP : Proto.TCP;
+    const m: PortMatch = { protocol, port: p.port ?? 0 };
+    if (p.endPort != null) m.endPort = p.endPort;
+    return m;
+  });
+}
+
+function networkPolicyRule(doc: NetworkPolicyDoc, namespace: string, ref: string): PolicyRule {
+  const spec = doc.spec;
+  const types = spec.policyTypes ?? (spec.egress && spec.egress.length > 0 ? ['Ingress', 'Egress'] : ['Ingress']);
+  const sections: RuleSection[] = [];
+  const dirs: Array<[Direction, 'Ingress' | 'Egress']> = [
+    ['ingress', 'Ingress'],
+    ['egress', 'Egress'],
+  ];
+  for (const [direction, type] of dirs) {
+    if (!types.includes(type)) continue;
+    const rules = direction === 'ingress' ? (spec.ingress ?? []) : (spec.egress ?? []);
+    rules.forEach((rule, i) => {
+      const peersIn = direction === 'ingress' ? (rule as { from?: NetworkPolicyPeer[] | null }).from : (rule as { to?: NetworkPolicyPeer[] | null }).to;
+      // Empty or missing from/to: all sources/destinations (identity 0).
+      const peers = !peersIn || peersIn.length === 0 ? 'all' : peersIn.map((p) => npPeer(p, namespace));
+      sections.push({ ref: `${ref} ${direction}[${i}]`, direction, deny: false, peers, ports: npPorts(rule.ports) });
+    });
+    if (rules.length === 0) {
+      // Isolated with nothing allowed: an empty section keeps the default-deny.
+      sections.push({ ref: `${ref} (policyTypes ${type}, no ${direction} rules)`, direction, deny: false, peers: [], ports: [] });
+    }
+  }
+  return {
+    ref,
+    subject: selectorAnd(k8sSelector(spec.podSelector), namespaceIs(namespace)),
+    sections,
+    defaultDeny: { ingress: true, egress: true },
+  };
+}
+
+// ---------------------------------------------------------------- Cilium
+
+interface CiliumSectionIn {
+  fromEndpoints?: LabelSelector[] | null;
+  toEndpoints?: LabelSelector[] | null;
+  fromCIDR?: string[] | null;
+  toCIDR?: string[] | null;
+  fromCIDRSet?: Array<{ cidr?: string | undefined; except?: string[] | null | undefined }> | null;
+  toCIDRSet?: Array<{ cidr?: string | undefined; except?: string[] | null | undefined }> | null;
+  fromEntities?: EntityName[] | null;
+  toEntities?: EntityName[] | null;
+  toPorts?: Array<{ ports?: CiliumPortProtocol[] | null | undefined }> | null;
+  icmps?: Array<{ fields: Array<{ family?: 'IPv4' | 'IPv6' | undefined; type: number | string }> }> | null;
+}
+
+function ciliumPeers(s: CiliumSectionIn, direction: Direction, namespace: string): Peer[] | 'all' {
+  const endpoints = direction === 'ingress' ? s.fromEndpoints : s.toEndpoints;
+  const cidrs = direction === 'ingress' ? s.fromCIDR : s.toCIDR;
+  const cidrSets = direction === 'ingress' ? s.fromCIDRSet : s.toCIDRSet;
+  const entities = direction === 'ingress' ? s.fromEntities : s.toEntities;
+  const peers: Peer[] = [];
+  for (const e of endpoints ?? []) {
+    peers.push({ kind: 'selector', selector: ciliumPeerSelector(selectorFromLabelSelector(selIn(e), 'any'), namespace) });
+  }
+  for (const c of cidrs ?? []) peers.push({ kind: 'cidr', cidr: c, except: [] });
+  for (const c of cidrSets ?? []) peers.push({ kind: 'cidr', cidr: c.cidr!, except: [...(c.except ?? [])] });
+  for (const e of entities ?? []) peers.push({ kind: 'entity', entity: e });
+  const anyL3 = [endpoints, cidrs, cidrSets, entities].some((l) => l != null && l.length > 0);
+  // No L3 selector: an L4-only rule applies to all peers (upstream wildcards L3 when ports are given;
+  // with neither, the section selects nothing but still makes the endpoint default-deny).
+  return anyL3 ? peers : 'all';
+}
+
+function ciliumPorts(s: CiliumSectionIn): PortMatch[] | 'all' {
+  const out: PortMatch[] = [];
+  const toPorts = s.toPorts ?? [];
+  const icmps = s.icmps ?? [];
+  for (const pr of toPorts) {
+    const ports = pr.ports ?? [];
+    // A port rule without ports: every port of TCP, UDP and SCTP.
+    if (ports.length === 0) out.push({ protocol: PROTO_ANY_L4, port: 0 });
+    for (const p of ports) {
+      const proto = p.protocol ?? 'ANY';
+      const protocol = proto === 'ANY' ? PROTO_ANY_L4 : proto === 'ICMPV6' ? Proto.ICMPV6 : Proto[proto];
+      const m: PortMatch = { protocol, port: p.port ?? 0 };
+      if (p.endPort !== undefined) m.endPort = p.endPort;
+      out.push(m);
+    }
+  }
+  for (const r of icmps) {
+    for (const f of r.fields) {
+      const family = f.family ?? 'IPv4';
+      out.push({ protocol: family === 'IPv6' ? Proto.ICMPV6 : Proto.ICMP, port: icmpTypeNumber(f.type, family)! });
+    }
+  }
+  if (toPorts.length === 0 && icmps.length === 0) return 'all';
+  return out;
+}
+
+function ciliumRule(spec: CiliumRule, namespace: string, policyRef: string, prefix: string): PolicyRule {
+  const ref = `${policyRef}${prefix ? ` ${prefix.slice(0, -1)}` : ''}`;
+  const sections: RuleSection[] = [];
+  const lists: Array<[keyof CiliumRule & string, Direction, boolean]> = [
+    ['ingress', 'ingress', false],
+    ['ingressDeny', 'ingress', true],
+    ['egress', 'egress', false],
+    ['egressDeny', 'egress', true],
+  ];
+  for (const [field, direction, deny] of lists) {
+    const list = (spec[field] ?? []) as CiliumSectionIn[];
+    list.forEach((s, i) => {
+      const peers = ciliumPeers(s, direction, namespace);
+      const ports = ciliumPorts(s);
+      const empty = peers === 'all' && ports === 'all';
+      sections.push({
+        ref: `${policyRef} ${prefix}${field}[${i}]`,
+        direction,
+        deny,
+        // `ingress: [{}]` selects nothing (upstream ignores the empty rule) but still isolates.
+        peers: empty ? [] : peers,
+        ports: empty ? [] : ports,
+      });
+    });
+  }
+  const has = (d: Direction) => sections.some((s) => s.direction === d);
+  return {
+    ref,
+    subject: ciliumSubjectSelector(selectorFromLabelSelector(selIn(spec.endpointSelector), 'any'), namespace),
+    sections,
+    defaultDeny: {
+      ingress: spec.enableDefaultDeny?.ingress ?? has('ingress'),
+      egress: spec.enableDefaultDeny?.egress ?? has('egress'),
+    },
+  };
+}
+
