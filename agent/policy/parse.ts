@@ -358,7 +358,9 @@ function ciliumPorts(s: CiliumSectionIn): PortMatch[] | 'all' {
   for (const r of icmps) {
     for (const f of r.fields) {
       const family = f.family ?? 'IPv4';
-      out.push({ protocol: family === 'IPv6' ? Proto.ICMPV6 : Proto.ICMP, port: icmpTypeNumber(f.type, family)! });
+      // The ICMP type sits in the port slot; an exact one-value range (type 0 is EchoReply, not "all").
+      const type = icmpTypeNumber(f.type, family)!;
+      out.push({ protocol: family === 'IPv6' ? Proto.ICMPV6 : Proto.ICMP, port: type, endPort: type });
     }
   }
   if (toPorts.length === 0 && icmps.length === 0) return 'all';
