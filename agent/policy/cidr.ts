@@ -16,6 +16,16 @@ import type { Cidr } from '../ipam.js';
 import { LOCAL_IDENTITY_FLAG, ReservedIdentity } from '../identity/reserved.js';
 import type { CidrIdentity, ParsedPolicy } from './types.js';
 
+const parsed = new Map<string, Cidr>();
+function cidrParsed(text: string): Cidr {
+  let c = parsed.get(text);
+  if (!c) {
+    if (parsed.size > 100_000) parsed.clear();
+    parsed.set(text, (c = cidrParse(text)));
+  }
+  return c;
+}
+
 export function cidrContainsCidr(outer: Cidr, inner: Cidr): boolean {
   if (outer.family !== inner.family || inner.prefixLength < outer.prefixLength) return false;
   const bits = BigInt((outer.family === 4 ? 32 : 128) - outer.prefixLength);
@@ -88,7 +98,7 @@ export function cidrPeerIdentities(cidr: string, except: readonly string[], cidr
   const ex = except.map((e) => cidrParse(e));
   const out: number[] = [];
   for (const ci of cidrIds) {
-    const p = cidrParse(ci.cidr);
+    const p = cidrParsed(ci.cidr);
     if (cidrContainsCidr(c, p) && !ex.some((e) => cidrContainsCidr(e, p))) out.push(ci.identity);
   }
   if (c.prefixLength === 0 && !ex.some((e) => e.prefixLength === 0)) {

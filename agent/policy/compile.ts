@@ -100,8 +100,16 @@ class Universe {
     }
   }
 
+  private readonly peerCache = new Map<RuleSection, number[] | 'all'>();
+
   /** Identity 0 ('all') or the sorted, de-duplicated identities the section's peers select. */
   peers(s: RuleSection): number[] | 'all' {
+    let r = this.peerCache.get(s);
+    if (!r) this.peerCache.set(s, (r = this.peersResolve(s)));
+    return r;
+  }
+
+  private peersResolve(s: RuleSection): number[] | 'all' {
     if (s.peers === 'all') return 'all';
     const ids = new Set<number>();
     for (const p of s.peers) {
@@ -145,6 +153,7 @@ function namedPortKeys(m: PortMatch & { port: string }, named: readonly NamedPor
 }
 
 interface Acc {
+  k: L4Key;
   allow: Set<string>;
   deny: Set<string>;
 }
@@ -159,7 +168,7 @@ class RawEntries {
     if (!byKey) byId.set(identity, (byKey = new Map()));
     const key = `${k.protocol}/${k.port}/${k.portPrefixLen}`;
     let acc = byKey.get(key);
-    if (!acc) byKey.set(key, (acc = { allow: new Set(), deny: new Set() }));
+    if (!acc) byKey.set(key, (acc = { k, allow: new Set(), deny: new Set() }));
     (deny ? acc.deny : acc.allow).add(ref);
   }
 }
@@ -191,23 +200,35 @@ function entryCompare(a: PolicyEntry, b: PolicyEntry): number {
 
 /** Resolves one (direction, identity) group so that longest-prefix match gives deny-wins semantics. */
 function groupResolve(direction: Direction, identity: number, byKey: Map<string, Acc>, implicit: Map<string, PolicyEntry['implicit']>): PolicyEntry[] {
-  const entries: PolicyEntry[] = [];
+  const entries: Array<{ e: PolicyEntry; len: number; v: number }> = [];
   for (const [key, acc] of byKey) {
-    const [protocol, port, portPrefixLen] = key.split('/').map(Number) as [number, number, number];
+    const { protocol, port, portPrefixLen } = acc.k;
     const deny = acc.deny.size > 0;
-    const e: PolicyEntry = { direction, identity, protocol, port, portPrefixLen, deny, rules: [...(deny ? acc.deny : acc.allow)].sort() };
-    const imp = implicit.get(`${direction}/${identity}/${key}`);
+    const refs = deny ? acc.deny : acc.allow;
+    const rules = refs.size === 1 ? [...refs] : [...refs].sort();
+    const e: PolicyEntry = { direction, identity, protocol, port, portPrefixLen, deny, rules };
+    const imp = implicit.size ? implicit.get(`${direction}/${identity}/${key}`) : undefined;
     if (imp && !deny) e.implicit = imp;
-    entries.push(e);
+    const b = bits(e);
+    entries.push({ e, len: b.len, v: b.v });
   }
-  entries.sort((a, b) => bits(a).len - bits(b).len || entryCompare(a, b));
-  const kept: PolicyEntry[] = [];
-  for (const e of entries) {
-    const ancestors = kept.filter((k) => k !== e && covers(k, e));
-    if (e.deny ? ancestors.some((a) => a.deny) : ancestors.length > 0) continue;
-    kept.push(e);
+  if (entries.length === 1) return [entries[0]!.e];
+  entries.sort((a, b) => a.len - b.len || a.v - b.v);
+  const kept: typeof entries = [];
+  for (const x of entries) {
+    let drop = false;
+    for (const k of kept) {
+      if (k.len > x.len) continue;
+      const covered = k.len === 0 || k.v >>> (24 - k.len) === x.v >>> (24 - k.len);
+      // a deny is redundant under a deny; an allow is redundant (or would hide a deny) under anything
+      if (covered && (!x.e.deny || k.e.deny)) {
+        drop = true;
+        break;
+      }
+    }
+    if (!drop) kept.push(x);
   }
-  return kept;
+  return kept.map((x) => x.e);
 }
 
 function endpointCompile(
@@ -283,7 +304,12 @@ export function policyCompile(input: CompileInput): CompiledPolicy {
   const allowLocalhost = input.options?.allowLocalhost ?? true;
   const rules = input.policies.flatMap((p) => p.rules);
 
+  // Endpoints with the same identity and named ports get the same entries.
+  const memo = new Map<string, EndpointPolicy>();
   const endpoints = input.endpoints.map((ep) => {
+    const memoKey = `${ep.identity}|${JSON.stringify(ep.namedPorts ?? [])}`;
+    const same = memo.get(memoKey);
+    if (same) return { ...same, endpointId: ep.endpointId, entries: same.entries.map((e) => ({ ...e, rules: [...e.rules] })) };
     const labels = u.labels.get(ep.identity) ?? [];
     const enforced: Record<Direction, boolean> = { ingress: false, egress: false };
     const sections: Array<{ s: RuleSection }> = [];
@@ -294,7 +320,9 @@ export function policyCompile(input: CompileInput): CompiledPolicy {
         if (r.defaultDeny[s.direction]) enforced[s.direction] = true;
       }
     }
-    return endpointCompile(ep, sections, enforced, u, remoteNamed, remoteNamedIds, allowLocalhost);
+    const out = endpointCompile(ep, sections, enforced, u, remoteNamed, remoteNamedIds, allowLocalhost);
+    memo.set(memoKey, out);
+    return out;
   });
 
   return {
