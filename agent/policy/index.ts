@@ -25,3 +25,5 @@ export { selectorMatchesStrings, selectorFormat } from './selector.js';
 export { portRangePrefixes, protocolNumber, protocolName, icmpTypeNumber } from './ports.js';
 export { Proto, PROTO_ANY_L4, POLICY_KINDS } from './types.js';
 export type * from './types.js';
+export { policyEntryFormat, endpointPolicyFormat, policyTraceFormat, identityFormat, portFormat, policyEntriesDiff } from './format.js';
+export type { IdentityNames } from './format.js';

@@ -74,18 +74,24 @@ const KINDS: Record<string, { apiVersion: string; namespaced: boolean }> = {
 /** Splits text into raw documents. Syntax errors become issues of document 0 positions. */
 function documentsSplit(text: string, contentType?: string): unknown[] {
   const trimmed = text.trim();
-  const json = contentType ? /json/i.test(contentType) : trimmed.startsWith('{') || trimmed.startsWith('[');
-  let roots: unknown[];
-  if (json) {
+  const explicitJson = contentType !== undefined && /json/i.test(contentType);
+  const looksJson = explicitJson || (!contentType && (trimmed.startsWith('{') || trimmed.startsWith('[')));
+  let roots: unknown[] | undefined;
+  if (looksJson) {
     try {
       roots = [JSON.parse(trimmed)];
     } catch (e) {
-      throw new PolicyValidationError([{ document: 1, ref: 'JSON', path: '', message: `not valid JSON: ${(e as Error).message}` }]);
+      // `[` / `{` may also start YAML flow style; only an explicit JSON content type insists.
+      if (explicitJson) {
+        throw new PolicyValidationError([{ document: 1, ref: 'JSON', path: '', message: `not valid JSON: ${(e as Error).message}` }]);
+      }
     }
-  } else {
+  }
+  if (!roots) {
     const docs = YAML.parseAllDocuments(text);
     const list = Array.isArray(docs) ? docs : [docs];
-    roots = [];
+    const yamlRoots: unknown[] = [];
+    roots = yamlRoots;
     const issues: PolicyIssue[] = [];
     list.forEach((d, i) => {
       if (d.errors.length > 0) {
@@ -93,7 +99,7 @@ function documentsSplit(text: string, contentType?: string): unknown[] {
         return;
       }
       const v: unknown = d.toJS();
-      if (v !== null && v !== undefined) roots.push(v);
+      if (v !== null && v !== undefined) yamlRoots.push(v);
     });
     if (issues.length) throw new PolicyValidationError(issues);
   }

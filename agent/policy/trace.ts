@@ -114,7 +114,8 @@ export function policyDecide(state: CompiledPolicy, ep: EndpointPolicy, directio
   const allow = a ?? b;
   if (allow) {
     const rules = [...new Set([...(a?.rules ?? []), ...(b?.rules ?? [])])];
-    const reason: SideReason = allow.implicit === 'not-enforced' && (!a || !b || a.implicit === b.implicit) ? 'not-enforced' : 'allowed';
+    // When the direction is not enforced, the wildcard lookup always lands on the allow-all entry.
+    const reason: SideReason = b?.implicit === 'not-enforced' ? 'not-enforced' : 'allowed';
     return { ...base, verdict: 'ALLOWED', reason, entry: allow, rules };
   }
   return { ...base, verdict: 'DENIED', reason: 'default-deny', dropReason: 133, rules: [] };

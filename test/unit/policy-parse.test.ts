@@ -120,7 +120,9 @@ spec:
   });
   test('syntax errors', () => {
     assert.match(parseError('a: [1, 2\n').message, /document 1 \(YAML\): not valid YAML/);
-    assert.match(parseError('{"a": ').message, /not valid JSON/);
+    assert.match(parseError('{"a": ', 'application/json').message, /not valid JSON/);
+    assert.match(parseError('{"a": ').message, /not valid YAML/);
+    assert.equal(policiesParse('[{apiVersion: cilium.io/v2, kind: CiliumNetworkPolicy, metadata: {name: a}, spec: {endpointSelector: {}}}]').length, 1, 'YAML flow style');
     assert.match(parseError('- 1\n- 2\n').message, /document 1 \(\?\): must be an object/);
   });
   test('missing and invalid required fields', () => {

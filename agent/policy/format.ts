@@ -1,0 +1,78 @@
+/** Human-readable forms of compiled entries and traces (for `kitnet workload policy` and `policy trace`). */
+import { ReservedIdentity } from '../identity/reserved.js';
+import { policyKeyEncode } from './map-key.js';
+import { protocolName } from './ports.js';
+import type { TraceResult, TraceSide } from './trace.js';
+import type { EndpointPolicy, PolicyEntry } from './types.js';
+
+export type IdentityNames = ReadonlyMap<number, readonly string[]>;
+
+export function identityFormat(id: number, identities?: IdentityNames): string {
+  if (id === 0) return 'any';
+  const labels = identities?.get(id);
+  if (!labels || labels.length === 0) return String(id);
+  const shown = id <= ReservedIdentity['world-ipv6'] ? labels : labels.filter((l) => !l.startsWith('k8s:io.cilium.k8s.namespace.labels.'));
+  return `${id} (${shown.join(',')})`;
+}
+
+export function portFormat(e: Pick<PolicyEntry, 'protocol' | 'port' | 'portPrefixLen'>): string {
+  if (e.protocol === 0) return 'any';
+  const proto = protocolName(e.protocol);
+  const icmp = e.protocol === 1 || e.protocol === 58;
+  if (e.portPrefixLen === 0) return `${proto}/*`;
+  if (e.portPrefixLen === 16) return icmp ? `${proto} type ${e.port}` : `${proto}/${e.port}`;
+  const hi = e.port + 2 ** (16 - e.portPrefixLen) - 1;
+  return `${proto}/${e.port}-${hi}`;
+}
+
+/** One line per entry: `ingress  allow  from 301 (k8s:app=client,...)  TCP/80  <- rule refs`. */
+export function policyEntryFormat(e: PolicyEntry, identities?: IdentityNames): string {
+  const peer = `${e.direction === 'ingress' ? 'from' : 'to'} ${identityFormat(e.identity, identities)}`;
+  return `${e.direction.padEnd(7)} ${e.deny ? 'DENY ' : 'allow'} ${peer}  ${portFormat(e)}  <- ${e.rules.join('; ')}`;
+}
+
+export function endpointPolicyFormat(p: EndpointPolicy, identities?: IdentityNames): string {
+  const head = `endpoint ${p.endpointId} identity ${identityFormat(p.identity, identities)}: ingress ${p.ingressEnforced ? 'enforced' : 'not enforced'}, egress ${p.egressEnforced ? 'enforced' : 'not enforced'}, ${p.entries.length} entries`;
+  return [head, ...p.entries.map((e) => `  ${policyEntryFormat(e, identities)}`)].join('\n');
+}
+
+function sideFormat(s: TraceSide): string {
+  const what = {
+    allowed: 'allowed',
+    'not-enforced': 'allowed (no policy enforces this direction)',
+    'explicit-deny': 'DENIED by a deny rule (POLICY_DENY 181)',
+    'default-deny': 'DENIED by default deny: no rule allows it (POLICY_DENIED 133)',
+  }[s.reason];
+  const rules = s.rules.length ? `\n    ${s.rules.join('\n    ')}` : '';
+  return `  ${s.direction} at endpoint ${s.endpointId}: ${what}${rules}`;
+}
+
+export function policyTraceFormat(r: TraceResult, identities?: IdentityNames): string {
+  const lines = [
+    `verdict: ${r.verdict}`,
+    `  source identity ${identityFormat(r.srcIdentity, identities)}`,
+    `  destination identity ${identityFormat(r.dstIdentity, identities)}`,
+  ];
+  if (r.egress) lines.push(sideFormat(r.egress));
+  if (r.ingress) lines.push(sideFormat(r.ingress));
+  if (!r.egress && !r.ingress) lines.push('  neither side is a local endpoint: no policy applies here');
+  return lines.join('\n');
+}
+
+/**
+ * The map operations that turn `before` into `after` for one endpoint, keyed by encoded key. Apply the
+ * upserts first, then the deletes: entries that stay are never touched, so unrelated traffic and
+ * connections are not disturbed.
+ */
+export function policyEntriesDiff(
+  endpointId: number,
+  before: readonly PolicyEntry[],
+  after: readonly PolicyEntry[],
+): { upserts: PolicyEntry[]; deletes: PolicyEntry[] } {
+  const key = (e: PolicyEntry) => policyKeyEncode({ endpointId, ...e }).toString('hex');
+  const old = new Map(before.map((e) => [key(e), e]));
+  const now = new Map(after.map((e) => [key(e), e]));
+  const upserts = [...now].filter(([k, e]) => old.get(k)?.deny !== e.deny).map(([, e]) => e);
+  const deletes = [...old].filter(([k]) => !now.has(k)).map(([, e]) => e);
+  return { upserts, deletes };
+}
