@@ -59,20 +59,34 @@ export function policyTraceFormat(r: TraceResult, identities?: IdentityNames): s
   return lines.join('\n');
 }
 
+export interface PolicyMapOp {
+  op: 'upsert' | 'delete';
+  entry: PolicyEntry;
+}
+
 /**
- * The map operations that turn `before` into `after` for one endpoint, keyed by encoded key. Apply the
- * upserts first, then the deletes: entries that stay are never touched, so unrelated traffic and
- * connections are not disturbed.
+ * The map operations that turn `before` into `after` for one endpoint (entries compared by their
+ * encoded key and verdict; unchanged entries are never touched, so unrelated traffic is undisturbed).
+ * `ops` is the safe order: upsert denies, delete stale allows, upsert allows, delete stale denies.
+ * While it runs, the map never allows a packet that neither the old nor the new state allows (first
+ * only what the old state allows, then only what the new one does); new connections may briefly be
+ * dropped instead (fail closed). Established connections pass through conntrack regardless.
  */
 export function policyEntriesDiff(
   endpointId: number,
   before: readonly PolicyEntry[],
   after: readonly PolicyEntry[],
-): { upserts: PolicyEntry[]; deletes: PolicyEntry[] } {
+): { upserts: PolicyEntry[]; deletes: PolicyEntry[]; ops: PolicyMapOp[] } {
   const key = (e: PolicyEntry) => policyKeyEncode({ endpointId, ...e }).toString('hex');
   const old = new Map(before.map((e) => [key(e), e]));
   const now = new Map(after.map((e) => [key(e), e]));
   const upserts = [...now].filter(([k, e]) => old.get(k)?.deny !== e.deny).map(([, e]) => e);
   const deletes = [...old].filter(([k]) => !now.has(k)).map(([, e]) => e);
-  return { upserts, deletes };
+  const ops: PolicyMapOp[] = [
+    ...upserts.filter((e) => e.deny).map((entry) => ({ op: 'upsert' as const, entry })),
+    ...deletes.filter((e) => !e.deny).map((entry) => ({ op: 'delete' as const, entry })),
+    ...upserts.filter((e) => !e.deny).map((entry) => ({ op: 'upsert' as const, entry })),
+    ...deletes.filter((e) => e.deny).map((entry) => ({ op: 'delete' as const, entry })),
+  ];
+  return { upserts, deletes, ops };
 }

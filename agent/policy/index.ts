@@ -26,4 +26,4 @@ export { portRangePrefixes, protocolNumber, protocolName, icmpTypeNumber } from 
 export { Proto, PROTO_ANY_L4, POLICY_KINDS } from './types.js';
 export type * from './types.js';
 export { policyEntryFormat, endpointPolicyFormat, policyTraceFormat, identityFormat, portFormat, policyEntriesDiff } from './format.js';
-export type { IdentityNames } from './format.js';
+export type { IdentityNames, PolicyMapOp } from './format.js';

@@ -37,5 +37,37 @@ spec:
     const d = policyEntriesDiff(1, [e(1, 80), e(2, 80), e(3, 80)], [e(1, 80), e(2, 80, true), e(4, 80)]);
     assert.deepEqual(d.upserts.map((x) => [x.identity, x.deny]), [[2, true], [4, false]]);
     assert.deepEqual(d.deletes.map((x) => x.identity), [3]);
+    assert.deepEqual(d.ops.map((o) => `${o.op} ${o.entry.identity}`), ['upsert 2', 'delete 3', 'upsert 4']);
+  });
+  test('applying the ops in order never allows what neither state allows', () => {
+    // Random old/new policies over one identity pair; check every intermediate map state.
+    const policy = (deny: boolean[], allowPorts: number[]) =>
+      policiesParse(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p, namespace: prod}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+${allowPorts.length ? `  ingress: [{fromEndpoints: [{matchLabels: {app: client}}], toPorts: [{ports: [${allowPorts.map((p) => `{port: "${p}", protocol: TCP}`).join(', ')}]}]}]\n` : ''}${deny.some(Boolean) ? `  ingressDeny: [{toPorts: [{ports: [${deny.map((d, i) => (d ? `{port: "${i * 4}", endPort: ${i * 4 + 3}, protocol: TCP}` : '')).filter(Boolean).join(', ')}]}]}]\n` : ''}  egress: [{}]
+`);
+    let seed = 3;
+    const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) >> 8) % n;
+    for (let round = 0; round < 40; round++) {
+      const mk = () => policyCompile({ policies: policy([rnd(2) === 0, rnd(3) === 0, rnd(4) === 0], [...new Set([rnd(12), rnd(12), rnd(12)])]), identities: ids, endpoints: [{ endpointId: 1, identity: 300 }], options: { allowLocalhost: rnd(2) === 0 } });
+      const a = mk();
+      const b = mk();
+      const allowed = (entries: PolicyEntry[], port: number) =>
+        policyTrace({ ...a, endpoints: [{ ...a.endpoints[0]!, entries }] }, { from: { identity: 301 }, to: { endpointId: 1 }, protocol: 'TCP', port }).verdict === 'ALLOWED';
+      const { ops } = policyEntriesDiff(1, a.endpoints[0]!.entries, b.endpoints[0]!.entries);
+      let state = [...a.endpoints[0]!.entries];
+      const same = (x: PolicyEntry, y: PolicyEntry) => x.direction === y.direction && x.identity === y.identity && x.protocol === y.protocol && x.port === y.port && x.portPrefixLen === y.portPrefixLen;
+      for (const o of ops) {
+        state = state.filter((e) => !same(e, o.entry));
+        if (o.op === 'upsert') state.push(o.entry);
+        for (let port = 0; port < 16; port++) {
+          if (allowed(state, port)) assert.ok(allowed(a.endpoints[0]!.entries, port) || allowed(b.endpoints[0]!.entries, port), `round ${round} port ${port}`);
+        }
+      }
+      for (let port = 0; port < 16; port++) assert.equal(allowed(state, port), allowed(b.endpoints[0]!.entries, port));
+    }
   });
 });
