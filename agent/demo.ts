@@ -33,12 +33,14 @@ export async function demoRun(opts: DemoOptions): Promise<void> {
   let timer: NodeJS.Timeout | undefined;
   let agent: Awaited<ReturnType<typeof daemonRun>> | undefined;
   const api = new ApiClient({ socket });
+  const followAbort = new AbortController();
 
   let cleaning: Promise<void> | undefined;
   const cleanup = () =>
     (cleaning ??= (async () => {
       say('cleaning up');
       if (timer) clearInterval(timer);
+      followAbort.abort();
       for (const c of children) c.kill('SIGTERM');
       if (agent) {
         for (const w of await api.call<Workload[]>('GET', '/v1/workloads').catch(() => [])) {
@@ -52,6 +54,8 @@ export async function demoRun(opts: DemoOptions): Promise<void> {
       say('done: workloads, namespaces, devices and pins removed');
     })());
 
+  // A closed stdout (e.g. piped into `head`) must not kill the demo before it cleans up.
+  process.stdout.on('error', () => undefined);
   const stop = new Promise<void>((resolve) => {
     process.once('SIGINT', () => resolve());
     process.once('SIGTERM', () => resolve());
@@ -65,7 +69,7 @@ export async function demoRun(opts: DemoOptions): Promise<void> {
       await netnsCreate(n);
     }
     agent = await daemonRun({
-      overrides: { stateDir: join(dir, 'state'), bpfPinRoot: pinRoot, api: { socket }, logLevel: 'info', nodeName: 'kitnet-demo' },
+      overrides: { stateDir: join(dir, 'state'), bpfPinRoot: pinRoot, api: { socket }, logLevel: 'warn', nodeName: 'kitnet-demo' },
     });
     const [fe, be] = [
       await api.call<Workload>('POST', '/v1/workloads', { name: 'frontend', namespace: 'shop', labels: { app: 'frontend', tier: 'web' }, netns: `/var/run/netns/${namespaces[0]}` }),
@@ -83,7 +87,7 @@ export async function demoRun(opts: DemoOptions): Promise<void> {
     say('traffic: ping and HTTP from frontend to backend every second; flows follow (Ctrl-C to stop)');
     const colour = process.stdout.isTTY === true && !process.env.NO_COLOR;
     void api
-      .stream('/v1/flows?follow=true', (l) => process.stdout.write(`${flowCompact(JSON.parse(l), colour)}\n`))
+      .stream('/v1/flows?follow=true', (l) => process.stdout.write(`${flowCompact(JSON.parse(l), colour)}\n`), followAbort.signal)
       .catch(() => undefined);
     let round = 0;
     const traffic = async () => {

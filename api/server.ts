@@ -21,6 +21,8 @@ export async function serverBuild(opts: ServerOptions): Promise<FastifyInstance>
     loggerInstance: opts.logger || undefined,
     logger: opts.logger ? undefined : false,
     bodyLimit: 1 << 20,
+    // Follow streams never end by themselves; closing the server must not wait for them.
+    forceCloseConnections: true,
   }).withTypeProvider<ZodTypeProvider>();
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);

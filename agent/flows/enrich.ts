@@ -6,6 +6,7 @@ import { dropReasonDesc, MessageType, tcpFlagsObject, type HubbleFlow, type Hubb
 const ICMP4_TYPES: Record<number, string> = { 0: 'EchoReply', 3: 'DestinationUnreachable', 8: 'EchoRequest', 11: 'TimeExceeded' };
 const ICMP6_TYPES: Record<number, string> = {
   1: 'DestinationUnreachable', 2: 'PacketTooBig', 3: 'TimeExceeded', 128: 'EchoRequest', 129: 'EchoReply',
+  130: 'MulticastListenerQuery', 131: 'MulticastListenerReport', 132: 'MulticastListenerDone',
   133: 'RouterSolicitation', 134: 'RouterAdvertisement', 135: 'NeighborSolicitation', 136: 'NeighborAdvertisement',
 };
 

@@ -69,9 +69,9 @@ export class ApiClient {
   }
 
   /** Fetches NDJSON; with follow, calls onLine for each line until the agent closes the stream. */
-  stream(path: string, onLine: (line: string) => void): Promise<void> {
+  stream(path: string, onLine: (line: string) => void, signal?: AbortSignal): Promise<void> {
     return new Promise((resolve, reject) => {
-      const req = request({ socketPath: this.socket, method: 'GET', path }, (res) => {
+      const req = request({ socketPath: this.socket, method: 'GET', path, ...(signal ? { signal } : {}) }, (res) => {
         if ((res.statusCode ?? 0) >= 400) {
           let text = '';
           res.on('data', (c: Buffer) => (text += c.toString()));
@@ -90,9 +90,9 @@ export class ApiClient {
           }
         });
         res.on('end', () => resolve());
-        res.on('error', reject);
+        res.on('error', (err) => (signal?.aborted ? resolve() : reject(err)));
       });
-      req.on('error', reject);
+      req.on('error', (err) => (signal?.aborted ? resolve() : reject(err)));
       req.end();
     });
   }
