@@ -2,7 +2,7 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['dist/**', 'node_modules/**', 'bpf/native/build/**', 'api/ui/vendor/**'] },
+  { ignores: ['dist/**', 'node_modules/**', 'bpf/build/**', 'bpf/native/build/**', 'api/ui/vendor/**'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

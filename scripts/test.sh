@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 suite=${1:-all}
+echo "[test] lint" >&2
+npx eslint .
 files=()
 case "$suite" in
   unit) files+=($(find dist/test/unit -name '*.test.js' | sort)) ;;
