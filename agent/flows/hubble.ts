@@ -1,3 +1,5 @@
+import { DROP_REASON_DESC } from '../../bpf/layout.gen.js';
+
 /**
  * The subset of Hubble's flow.proto that kitnet fills, in the JSON shape `hubble observe -o json`
  * prints (proto field names, enums as strings).
@@ -42,24 +44,9 @@ export interface HubbleFlowRecord {
 /** Cilium's monitor message types (pkg/monitor/api): the `event_type.type` of a flow. */
 export const MessageType = { drop: 1, trace: 4 } as const;
 
-/** Hubble's DropReason names for the numbers the datapath reports. */
-export const DropReasonName: Record<number, string> = {
-  130: 'INVALID_SOURCE_MAC',
-  131: 'INVALID_DESTINATION_MAC',
-  132: 'INVALID_SOURCE_IP',
-  133: 'POLICY_DENIED',
-  134: 'INVALID_PACKET_DROPPED',
-  135: 'CT_TRUNCATED_OR_INVALID_HEADER',
-  137: 'UNSUPPORTED_L3_PROTOCOL',
-  140: 'UNKNOWN_L4_PROTOCOL',
-  151: 'STALE_OR_UNROUTABLE_IP',
-  153: 'UNKNOWN_CONNECTION_TRACKING_STATE',
-  165: 'UNKNOWN_SENDER',
-  181: 'POLICY_DENY',
-};
-
+/** Hubble's DropReason name for a number the datapath reports (one list, generated with the C side). */
 export function dropReasonDesc(reason: number): string {
-  return DropReasonName[reason] ?? 'DROP_REASON_UNKNOWN';
+  return DROP_REASON_DESC.get(reason)?.[0] ?? 'DROP_REASON_UNKNOWN';
 }
 
 export const TCP_FLAG_NAMES = ['FIN', 'SYN', 'RST', 'PSH', 'ACK', 'URG', 'ECE', 'CWR'] as const;

@@ -1,16 +1,21 @@
-/** Cilium's reserved identities (pkg/identity/numericidentity.go); the numbers are ABI. */
+import * as L from '../../bpf/layout.gen.js';
+
+/**
+ * Cilium's reserved identities (pkg/identity/numericidentity.go), by their label names. The numbers
+ * are ABI and come from the one generated list the datapath is compiled against.
+ */
 export const ReservedIdentity = {
-  unknown: 0,
-  host: 1,
-  world: 2,
-  unmanaged: 3,
-  health: 4,
-  init: 5,
-  'remote-node': 6,
-  'kube-apiserver': 7,
-  ingress: 8,
-  'world-ipv4': 9,
-  'world-ipv6': 10,
+  unknown: L.IDENTITY_UNKNOWN,
+  host: L.IDENTITY_HOST,
+  world: L.IDENTITY_WORLD,
+  unmanaged: L.IDENTITY_UNMANAGED,
+  health: L.IDENTITY_HEALTH,
+  init: L.IDENTITY_INIT,
+  'remote-node': L.IDENTITY_REMOTE_NODE,
+  'kube-apiserver': L.IDENTITY_KUBE_APISERVER,
+  ingress: L.IDENTITY_INGRESS,
+  'world-ipv4': L.IDENTITY_WORLD_IPV4,
+  'world-ipv6': L.IDENTITY_WORLD_IPV6,
 } as const;
 
 export type ReservedIdentityName = keyof typeof ReservedIdentity;

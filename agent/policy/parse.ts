@@ -38,8 +38,8 @@ export interface PolicyIssue {
 }
 
 /**
- * Thrown for an invalid batch. Code AGENT_ERR_API_VALIDATION (400) until the catalogue has a
- * dedicated AGENT_ERR_POLICY_INVALID. `issues` lists every problem found.
+ * Thrown for an invalid batch, with code AGENT_ERR_POLICY_INVALID (400).
+ * `issues` lists every problem found.
  */
 export class PolicyValidationError extends KitnetError {
   override name = 'PolicyValidationError';
@@ -47,7 +47,7 @@ export class PolicyValidationError extends KitnetError {
   constructor(issues: PolicyIssue[]) {
     const lines = issues.map(issueFormat);
     const shown = lines.slice(0, 20).join('\n') + (lines.length > 20 ? `\n... and ${lines.length - 20} more` : '');
-    super('AGENT_ERR_API_VALIDATION', shown, { field: issues[0]?.path });
+    super('AGENT_ERR_POLICY_INVALID', shown, { field: issues[0]?.path });
     this.issues = issues;
   }
 }

@@ -4,7 +4,7 @@ import Database from 'better-sqlite3';
 import type { DeviceMode } from '../../netkit/index.js';
 import type { IdentityRecord, WorkloadRecord, WorkloadSpec, WorkloadState } from './types.js';
 
-const SCHEMA_VERSION = 1;
+const SCHEMA_VERSION = 2;
 
 const MIGRATIONS: Record<number, string> = {
   1: `
@@ -30,6 +30,27 @@ const MIGRATIONS: Record<number, string> = {
       created_at   TEXT NOT NULL,
       updated_at   TEXT NOT NULL,
       PRIMARY KEY (namespace, name)
+    );
+  `,
+  2: `
+    CREATE TABLE namespaces (
+      name        TEXT PRIMARY KEY,
+      labels      TEXT NOT NULL,
+      created_at  TEXT NOT NULL,
+      updated_at  TEXT NOT NULL
+    );
+    CREATE TABLE policies (
+      kind        TEXT NOT NULL,
+      namespace   TEXT NOT NULL,
+      name        TEXT NOT NULL,
+      document    TEXT NOT NULL,
+      created_at  TEXT NOT NULL,
+      updated_at  TEXT NOT NULL,
+      PRIMARY KEY (kind, namespace, name)
+    );
+    CREATE TABLE cidr_identities (
+      cidr        TEXT PRIMARY KEY,
+      identity    INTEGER NOT NULL UNIQUE
     );
   `,
 };
@@ -66,6 +87,38 @@ function rowToRecord(r: WorkloadRow): WorkloadRecord {
     createdAt: r.created_at,
     updatedAt: r.updated_at,
   };
+}
+
+interface NamespaceRow {
+  name: string;
+  labels: string;
+  created_at: string;
+  updated_at: string;
+}
+
+interface PolicyRow {
+  kind: string;
+  namespace: string;
+  name: string;
+  document: string;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface NamespaceRecord {
+  name: string;
+  labels: Record<string, string>;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface PolicyRecord {
+  kind: string;
+  namespace: string;
+  name: string;
+  document: Record<string, unknown>;
+  createdAt: string;
+  updatedAt: string;
 }
 
 export interface NewWorkload {
@@ -171,6 +224,82 @@ export class SqliteStore {
     return (this.db.prepare('SELECT endpoint_id FROM workloads ORDER BY endpoint_id').all() as Array<{ endpoint_id: number }>).map(
       (r) => r.endpoint_id,
     );
+  }
+
+  workloadUpdate(namespace: string, name: string, spec: WorkloadSpec, identity: number): void {
+    this.db
+      .prepare('UPDATE workloads SET spec = ?, identity = ?, updated_at = ? WHERE namespace = ? AND name = ?')
+      .run(JSON.stringify(spec), identity, new Date().toISOString(), namespace, name);
+  }
+
+  // --- namespaces ----------------------------------------------------------------------------
+
+  namespaceGet(name: string): NamespaceRecord | undefined {
+    const r = this.db.prepare('SELECT * FROM namespaces WHERE name = ?').get(name) as NamespaceRow | undefined;
+    return r && { name: r.name, labels: JSON.parse(r.labels) as Record<string, string>, createdAt: r.created_at, updatedAt: r.updated_at };
+  }
+
+  namespaceList(): NamespaceRecord[] {
+    return (this.db.prepare('SELECT * FROM namespaces ORDER BY name').all() as NamespaceRow[]).map((r) => ({
+      name: r.name,
+      labels: JSON.parse(r.labels) as Record<string, string>,
+      createdAt: r.created_at,
+      updatedAt: r.updated_at,
+    }));
+  }
+
+  namespacePut(name: string, labels: Record<string, string>): void {
+    const now = new Date().toISOString();
+    this.db
+      .prepare(
+        `INSERT INTO namespaces (name, labels, created_at, updated_at) VALUES (?, ?, ?, ?)
+         ON CONFLICT(name) DO UPDATE SET labels = excluded.labels, updated_at = excluded.updated_at`,
+      )
+      .run(name, JSON.stringify(labels), now, now);
+  }
+
+  // --- policies ------------------------------------------------------------------------------
+
+  policyList(): PolicyRecord[] {
+    return (this.db.prepare('SELECT * FROM policies ORDER BY kind, namespace, name').all() as PolicyRow[]).map((r) => ({
+      kind: r.kind,
+      namespace: r.namespace,
+      name: r.name,
+      document: JSON.parse(r.document) as Record<string, unknown>,
+      createdAt: r.created_at,
+      updatedAt: r.updated_at,
+    }));
+  }
+
+  /** Inserts or replaces; returns whether the policy was new. */
+  policyPut(kind: string, namespace: string, name: string, document: Record<string, unknown>): boolean {
+    const now = new Date().toISOString();
+    const existed = this.db.prepare('SELECT 1 FROM policies WHERE kind = ? AND namespace = ? AND name = ?').get(kind, namespace, name);
+    this.db
+      .prepare(
+        `INSERT INTO policies (kind, namespace, name, document, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)
+         ON CONFLICT(kind, namespace, name) DO UPDATE SET document = excluded.document, updated_at = excluded.updated_at`,
+      )
+      .run(kind, namespace, name, JSON.stringify(document), now, now);
+    return !existed;
+  }
+
+  policyDelete(kind: string, namespace: string, name: string): boolean {
+    return this.db.prepare('DELETE FROM policies WHERE kind = ? AND namespace = ? AND name = ?').run(kind, namespace, name).changes > 0;
+  }
+
+  cidrIdentities(): Map<string, number> {
+    const rows = this.db.prepare('SELECT cidr, identity FROM cidr_identities').all() as Array<{ cidr: string; identity: number }>;
+    return new Map(rows.map((r) => [r.cidr, r.identity]));
+  }
+
+  /** Replaces the set of CIDR identities in use (they are node-local and derived from policies). */
+  cidrIdentitiesSet(entries: ReadonlyArray<{ cidr: string; identity: number }>): void {
+    this.transaction(() => {
+      this.db.prepare('DELETE FROM cidr_identities').run();
+      const ins = this.db.prepare('INSERT INTO cidr_identities (cidr, identity) VALUES (?, ?)');
+      for (const e of entries) ins.run(e.cidr, e.identity);
+    });
   }
 
   // --- identities ----------------------------------------------------------------------------

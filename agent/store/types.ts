@@ -10,6 +10,8 @@ export interface WorkloadSpec {
   /** Requested mode: `auto` resolves at registration and the resolved mode is stored in `mode`. */
   requestedMode: 'auto' | 'veth' | 'netkit';
   interface: string;
+  /** Named ports the workload serves, for policies that name ports. */
+  ports?: Array<{ name: string; port: number; protocol: 'TCP' | 'UDP' | 'SCTP' }>;
 }
 
 export type WorkloadState = 'pending' | 'ready' | 'error';

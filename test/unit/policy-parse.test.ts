@@ -81,7 +81,7 @@ spec:
       e.message,
       'document 2 (CiliumNetworkPolicy prod/allow-web): spec.ingress[0].toPorts[0].ports[0].port: must be a port number 1-65535 or a port name',
     );
-    assert.equal(e.code, 'AGENT_ERR_API_VALIDATION');
+    assert.equal(e.code, 'AGENT_ERR_POLICY_INVALID');
     assert.equal(e.statusCode, 400);
     assert.equal(e.issues[0]!.path, 'spec.ingress[0].toPorts[0].ports[0].port');
   });
