@@ -17,6 +17,7 @@ import { Reconciler } from './reconciler.js';
 import type { SqliteStore } from './store/sqlite-store.js';
 import type { WorkloadRecord } from './store/types.js';
 import { WorkloadService } from './workloads.js';
+import { AgentMetrics } from './metrics.js';
 
 export const KITNET_VERSION = '0.1.0';
 
@@ -26,6 +27,8 @@ export class Agent implements AgentApi {
   readonly reconciler: Reconciler;
   readonly directory: EndpointDirectory;
   readonly flows: FlowPipeline;
+  /** Prometheus metrics (GET /metrics); the policy engine reports map sizes with metrics.policyMapEntriesSet. */
+  readonly metrics: AgentMetrics;
   private readonly startedAt = Date.now();
 
   constructor(
@@ -39,6 +42,7 @@ export class Agent implements AgentApi {
     this.workloads = new WorkloadService(store, config, kernel, this.reconciler, log.child({ component: 'workloads' }));
     this.directory = new EndpointDirectory(store);
     this.flows = new FlowPipeline(this.directory, config.nodeName, config.flows.ringCapacity, log.child({ component: 'flows' }));
+    this.metrics = new AgentMetrics({ flows: this.flows, datapath: kernel.datapath, workloads: () => store.workloadList(), identities: () => store.identityList().length });
   }
 
   /** Restores the datapath from the store, then starts reading flows. */
@@ -51,6 +55,7 @@ export class Agent implements AgentApi {
 
   stop(): void {
     this.flows.stop();
+    this.metrics.close();
   }
 
   private view(rec: WorkloadRecord): Workload {
