@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# Runs a command as root inside a throwaway QEMU (TCG) VM booted with a netkit-capable kernel.
+#
+# usage: test/lab/run.sh KERNEL [options] -- CMD [ARGS...]
+#   KERNEL   6.12 (bookworm-backports) | unstable (Debian unstable's newest kernel)
+#   CMD      run in the checkout directory (the caller's directory when inside the checkout); a single
+#            argument containing whitespace is run with `bash -c`, so shell operators can be quoted:
+#              test/lab/run.sh 6.12 -- 'ip link add nk0 type netkit peer name nk1 && ip -d link show nk0'
+# options (or environment):
+#   --timeout S   KITNET_LAB_TIMEOUT   seconds before a hung VM is killed (default 600)
+#   --mem MIB     KITNET_LAB_MEM       guest memory (default 2048)
+#   --cpus N      KITNET_LAB_CPUS      vCPUs (default 2)
+#   --verbose     KITNET_LAB_VERBOSE=1 kernel messages on the console and the QEMU command line
+#
+# The guest sees the host's / read-only (9p, tmpfs overlay on top, so writes outside the work tree are
+# thrown away), the checkout read-write at the same path, the guest kernel's modules at /lib/modules,
+# iproute2/bpftool from bookworm-backports first on PATH. CI, NO_COLOR, FORCE_COLOR, TERM and KITNET_*
+# variables pass through; inside, KITNET_LAB=<KERNEL>, KITNET_LAB_KERNEL=<uname -r>, and
+# KITNET_EXPECT_NETKIT=1 when the kernel's config has CONFIG_NETKIT=y.
+# Exit status: CMD's; 124 when the VM timed out; 125 when the VM died without reporting one.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
+
+[ $# -ge 1 ] || usage
+kernel=$1; shift
+case "$kernel" in 6.12|unstable) ;; -h|--help) usage ;; *) lab_die "unknown kernel '$kernel' (6.12 | unstable)" ;; esac
+timeout_s=${KITNET_LAB_TIMEOUT:-600}
+mem=${KITNET_LAB_MEM:-2048}
+cpus=${KITNET_LAB_CPUS:-2}
+verbose=${KITNET_LAB_VERBOSE:-0}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --) shift; break ;;
+    --timeout) timeout_s=$2; shift 2 ;;
+    --mem) mem=$2; shift 2 ;;
+    --cpus) cpus=$2; shift 2 ;;
+    --verbose) verbose=1; shift ;;
+    *) usage ;;
+  esac
+done
+[ $# -ge 1 ] || usage
+
+bash "$LAB_DIR/fetch.sh" "$kernel"
+kdir=$(sed -n "s/^KERNEL_DIR_${kernel//./_}=//p" "$LAB_CACHE/resolved.env" | tail -1)
+tools=$(sed -n 's/^TOOLS_DIR=//p' "$LAB_CACHE/resolved.env" | tail -1)
+kver=$(cat "$kdir/kver")
+modules=$(realpath "$kdir/modules")
+modroot=$(dirname "$(dirname "$modules")")
+
+# --- initramfs: busybox, the init script, the few modules needed to reach the 9p root ----------
+initramfs() {
+  local want=(9pnet_virtio 9p overlay virtio_pci virtio_rng)
+  local key
+  key=$( { cat "$LAB_DIR/guest-init.sh"; dpkg-query -W -f='${Version}' busybox-static; echo "$kver ${want[*]}"; } |
+    sha256sum | cut -c1-12)
+  local out=$LAB_CACHE/initramfs/$kver-$key.cpio.gz
+  if [ -f "$out" ]; then echo "$out"; return; fi
+  lab_log "building initramfs for $kver"
+  local tmp; tmp=$(mktemp -d "$LAB_CACHE/.initramfs.XXXXXX")
+  mkdir -p "$tmp/bin" "$tmp/modules" "$tmp/proc" "$tmp/sys" "$tmp/dev"
+  cp /bin/busybox "$tmp/bin/busybox"
+  install -m 0755 "$LAB_DIR/guest-init.sh" "$tmp/init"
+  local line path name
+  : > "$tmp/modules/order"
+  while read -r line; do
+    case "$line" in
+      insmod\ *)
+        path=$(echo "$line" | awk '{print $2}')
+        name=$(basename "$path"); name=${name%.xz}; name=${name%.zst}; name=${name%.gz}
+        grep -qx "$name" "$tmp/modules/order" && continue
+        case "$path" in
+          *.xz) xz -dc "$path" > "$tmp/modules/$name" ;;
+          *.zst) zstd -qdc "$path" > "$tmp/modules/$name" ;;
+          *.gz) gzip -dc "$path" > "$tmp/modules/$name" ;;
+          *) cp "$path" "$tmp/modules/$name" ;;
+        esac
+        echo "$name" >> "$tmp/modules/order" ;;
+    esac
+  done < <(modprobe -d "$modroot" -S "$kver" --show-depends -a "${want[@]}")
+  mkdir -p "$(dirname "$out")"
+  (cd "$tmp" && find . -print0 | cpio --null -o -H newc --quiet | gzip -1) > "$out.tmp"
+  mv "$out.tmp" "$out"
+  rm -rf "$tmp"
+  echo "$out"
+}
+initrd=$(initramfs)
+
+# --- the run directory, shared with the guest as "labrun" ---------------------------------------
+mkdir -p "$LAB_CACHE/runs"
+run=$(mktemp -d "$LAB_CACHE/runs/$kernel.XXXXXX")
+qpid=
+cleanup() {
+  [ -n "$qpid" ] && kill "$qpid" 2>/dev/null
+  [ "${KITNET_LAB_KEEP_RUN:-0}" = 1 ] || rm -rf "$run"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+workdir=$REPO_DIR
+case "$PWD/" in "$REPO_DIR"/*) workdir=$PWD ;; esac
+q() { printf '%q' "$1"; }
+{
+  echo "LAB_WORKTREE=$(q "$REPO_DIR")"
+  echo "LAB_MODULES=$(q "$modules")"
+} > "$run/config"
+{
+  path="$tools/usr/sbin:$tools/usr/bin:$tools/sbin:$tools/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+  echo "export PATH=$(q "$path") HOME=/root USER=root LOGNAME=root SHELL=/bin/bash LANG=C.UTF-8"
+  echo "export KITNET_LAB=$(q "$kernel") KITNET_LAB_KERNEL=$(q "$kver")"
+  grep -q '^CONFIG_NETKIT=y' "$kdir/config" 2>/dev/null && echo "export KITNET_EXPECT_NETKIT=1"
+  # colours only when the caller's output is a terminal (the guest's is always the serial line)
+  [ -t 1 ] || [ -n "${FORCE_COLOR:-}" ] || echo "export NO_COLOR=1"
+  while IFS= read -r var; do
+    echo "export $var=$(q "${!var}")"
+  done < <(compgen -e | grep -E '^(CI|NO_COLOR|FORCE_COLOR|TERM|KITNET_[A-Z0-9_]+)$' | grep -vE '^KITNET_LAB_(TIMEOUT|MEM|CPUS|VERBOSE|CACHE|MIRROR|KEEP_RUN|MAX_AGE_DAYS)$')
+} > "$run/env"
+{
+  echo "cd $(q "$workdir") || exit 125"
+  if [ $# -eq 1 ] && [[ "$1" =~ [[:space:]] ]]; then
+    echo "exec bash -c $(q "$1")"
+  else
+    printf 'exec'; printf ' %q' "$@"; echo
+  fi
+} > "$run/cmd"
+
+# --- boot -----------------------------------------------------------------------------------------
+# The command's output goes to the serial line (our stdout); kernel messages go to a virtio console
+# logged to a file, shown on failure (with --verbose they share the serial line instead).
+append="panic=-1 oops=panic rdinit=/init"
+if [ "$verbose" = 1 ]; then append+=" console=ttyS0 loglevel=7"; else append+=" console=hvc0 loglevel=4"; fi
+p9() { # ID PATH TAG [readonly]
+  echo "-fsdev local,id=$1,path=$2,security_model=none,multidevs=remap${4:+,readonly=on}"
+  echo "-device virtio-9p-pci,fsdev=$1,mount_tag=$3"
+}
+qemu=(qemu-system-x86_64 -accel tcg,thread=multi -cpu max -M q35 -m "$mem" -smp "$cpus"
+  -nodefaults -no-user-config -display none -no-reboot
+  -chardev stdio,id=con,signal=on -serial chardev:con
+  -kernel "$kdir/vmlinuz" -initrd "$initrd" -append "$append"
+  -device virtio-serial-pci -chardev file,id=klog,path="$run/console.log" -device virtconsole,chardev=klog
+  -device virtio-rng-pci
+  $(p9 fsroot / hostroot ro) $(p9 fswork "$REPO_DIR" work) $(p9 fsrun "$run" labrun))
+[ "$verbose" = 1 ] && lab_log "${qemu[*]}"
+lab_log "booting $kernel ($kver), $cpus vCPUs, $mem MiB, timeout ${timeout_s}s: $*"
+start=$(date +%s.%N)
+set +e
+timeout -k 10 "$timeout_s" "${qemu[@]}" < /dev/null &
+qpid=$!
+wait "$qpid"
+qrc=$?
+qpid=
+set -e
+secs=$(echo "$(date +%s.%N) - $start" | bc)
+boot=$(cat "$run/boot-seconds" 2>/dev/null || echo '?')
+klog=$LAB_CACHE/last-console-$kernel.txt
+cp "$run/console.log" "$klog" 2>/dev/null || : > "$klog"
+if [ "$qrc" = 124 ] || [ "$qrc" = 137 ]; then
+  lab_log "TIMEOUT: the $kernel VM was still running after ${timeout_s}s and was killed (KITNET_LAB_TIMEOUT / --timeout)"
+  exit 124
+fi
+if [ ! -s "$run/exit-code" ]; then
+  tail -n 40 "$klog" | sed 's/^/[lab]   | /' >&2
+  lab_log "the $kernel VM stopped (qemu status $qrc) without reporting an exit code: kernel panic or init failure? (kernel log above, all of it in $klog)"
+  exit 125
+fi
+rc=$(cat "$run/exit-code")
+printf '[lab] %s: exit %s after %.1fs (guest userspace up at %ss; kernel log in %s)\n' "$kernel" "$rc" "$secs" "$boot" "$klog" >&2
+exit "$rc"
