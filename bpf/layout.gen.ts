@@ -113,6 +113,31 @@ export const FLOW_EVENT = {
   },
 } as const satisfies StructLayout;
 
+/** struct policy_key: Key of the `policy` LPM trie. prefixlen counts bits after itself: 72 (endpoint_id + identity + direction) are always matched, then protocol (8) and a destination port prefix (0..16). */
+export const POLICY_KEY = {
+  name: 'policy_key',
+  size: 16,
+  fields: {
+    prefixlen: { offset: 0, size: 4, type: 'u32', count: 0 },
+    endpoint_id: { offset: 4, size: 4, type: 'u32', count: 0 },
+    identity: { offset: 8, size: 4, type: 'u32', count: 0 },
+    direction: { offset: 12, size: 1, type: 'u8', count: 0 },
+    protocol: { offset: 13, size: 1, type: 'u8', count: 0 },
+    port: { offset: 14, size: 2, type: 'u16', count: 0 },
+  },
+} as const satisfies StructLayout;
+
+/** struct policy_value: Value of the `policy` LPM trie. */
+export const POLICY_VALUE = {
+  name: 'policy_value',
+  size: 8,
+  fields: {
+    flags: { offset: 0, size: 1, type: 'u8', count: 0 },
+    pad0: { offset: 1, size: 3, type: 'u8', count: 3 },
+    cookie: { offset: 4, size: 4, type: 'u32', count: 0 },
+  },
+} as const satisfies StructLayout;
+
 /** struct metrics_value: Value of the per-CPU `metrics` array; userspace sums the CPUs. */
 export const METRICS_VALUE = {
   name: 'metrics_value',
@@ -135,7 +160,7 @@ export const DP_CONFIG = {
   },
 } as const satisfies StructLayout;
 
-export const STRUCTS: readonly StructLayout[] = [ENDPOINT_INFO, IPCACHE_KEY, IPCACHE_VALUE, CT_KEY, CT_ENTRY, FLOW_EVENT, METRICS_VALUE, DP_CONFIG];
+export const STRUCTS: readonly StructLayout[] = [ENDPOINT_INFO, IPCACHE_KEY, IPCACHE_VALUE, CT_KEY, CT_ENTRY, FLOW_EVENT, POLICY_KEY, POLICY_VALUE, METRICS_VALUE, DP_CONFIG];
 
 /** Kernel UAPI (linux/bpf.h, >= 6.7) not present in the build host headers. */
 export const BPF_TCX_INGRESS = 46;
@@ -185,6 +210,18 @@ export const EP_F_ENFORCE_SRC_IP = 1;
 export const EP_F_ENFORCE_SRC_MAC = 2;
 /** device carries no Ethernet header: packets start at the IP header (L3 devices) */
 export const EP_F_NO_L2 = 4;
+
+/** policy_value.flags. */
+/** deny entry: wins over any allow (DROP_POLICY_DENY) */
+export const POLICY_F_DENY = 1;
+
+/** policy_key.prefixlen: bits matched after the prefixlen member. */
+/** endpoint_id + identity + direction: any protocol, any port */
+export const POLICY_PREFIX_ANY_PROTO = 72;
+/** one protocol, any port; 80 + n = port prefix of n bits */
+export const POLICY_PREFIX_PROTO = 80;
+/** exact protocol and port: every lookup key */
+export const POLICY_PREFIX_FULL = 96;
 
 /** ct_entry.flags. */
 /** FIN seen in the original direction */
@@ -238,11 +275,19 @@ export const METRIC_CT_NEW = 7;
 export const METRIC_CT_FULL = 8;
 /** ARP and other non-IP frames (passed, not reported) */
 export const METRIC_NON_IP = 9;
+/** new connections dropped for want of an allow entry (DROP_POLICY_DENIED) */
+export const METRIC_POLICY_DENIED = 10;
+/** new connections dropped by a deny entry (DROP_POLICY_DENY) */
+export const METRIC_POLICY_DENY = 11;
+/** ARP / neighbour discovery and related ICMP errors that skipped the policy lookup */
+export const METRIC_POLICY_BYPASS = 12;
 
 /** Map sizes (max_entries). Changing one makes libbpf refuse to reuse the pinned map: unpin first. */
 export const ENDPOINTS_MAP_MAX = 4096;
 export const IPCACHE_MAP_MAX = 65536;
 export const CONNTRACK_MAP_MAX = 262144;
+/** entries over all endpoints; BPF_F_NO_PREALLOC: memory follows use */
+export const POLICY_MAP_MAX = 1048576;
 export const EVENTS_RINGBUF_BYTES = 8388608;
 export const METRICS_MAP_MAX = 16;
 export const CONFIG_MAP_MAX = 1;

@@ -1,5 +1,8 @@
 /**
  * The `policy` map: one BPF_MAP_TYPE_LPM_TRIE (BPF_F_NO_PREALLOC) shared by all endpoints.
+ * The layout below is defined ONCE in tools/gen/bpf-layout.ts (struct policy_key / policy_value and the
+ * POLICY_* constants); this file encodes through the generated bpf/layout.gen.ts, and
+ * test/unit/bpf-policy-layout.test.ts proves the encoders agree with it and with the BPF object's BTF.
  *
  *   struct policy_key {            // 16 bytes; key_size = 16
  *       __u32 prefixlen;           // @0  LPM prefix length in bits over the bytes from @4 on
@@ -34,15 +37,30 @@
  * enforcement flag. ICMPv6 neighbour discovery (types 133-137) must bypass policy, as upstream.
  */
 import { endianness } from 'node:os';
+import {
+  DIR_EGRESS,
+  DIR_INGRESS,
+  POLICY_F_DENY as GEN_POLICY_F_DENY,
+  POLICY_KEY,
+  POLICY_PREFIX_ANY_PROTO,
+  POLICY_PREFIX_FULL,
+  POLICY_PREFIX_PROTO,
+  POLICY_VALUE,
+} from '../../bpf/layout.gen.js';
 import type { Direction, PolicyEntry } from './types.js';
 
-export const POLICY_KEY_SIZE = 16;
-export const POLICY_VALUE_SIZE = 8;
+export const POLICY_KEY_SIZE: number = POLICY_KEY.size;
+export const POLICY_VALUE_SIZE: number = POLICY_VALUE.size;
 /** Bits of the key that are always matched: endpoint_id + identity + direction. */
-export const POLICY_KEY_STATIC_PREFIX = 72;
-export const POLICY_KEY_FULL_PREFIX = 96;
-export const POLICY_F_DENY = 0x1;
-export const DIRECTION_CODE: Record<Direction, number> = { ingress: 1, egress: 2 };
+export const POLICY_KEY_STATIC_PREFIX: number = POLICY_PREFIX_ANY_PROTO;
+export const POLICY_KEY_FULL_PREFIX: number = POLICY_PREFIX_FULL;
+export const POLICY_F_DENY: number = GEN_POLICY_F_DENY;
+export const DIRECTION_CODE: Record<Direction, number> = { ingress: DIR_INGRESS, egress: DIR_EGRESS };
+
+const K = POLICY_KEY.fields;
+const V = POLICY_VALUE.fields;
+/** LPM data (what prefixlen counts over) starts right after the prefixlen member. */
+const LPM_DATA_OFFSET = K.prefixlen.offset + K.prefixlen.size;
 
 const LE = endianness() === 'LE';
 
@@ -62,7 +80,7 @@ export interface PolicyKey {
 }
 
 export function policyKeyPrefixLen(k: Pick<PolicyKey, 'protocol' | 'portPrefixLen'>): number {
-  return k.protocol === 0 ? POLICY_KEY_STATIC_PREFIX : POLICY_KEY_STATIC_PREFIX + 8 + k.portPrefixLen;
+  return k.protocol === 0 ? POLICY_KEY_STATIC_PREFIX : POLICY_PREFIX_PROTO + k.portPrefixLen;
 }
 
 /** Encodes a map key. Bits beyond the prefix are zeroed, as the kernel expects for inserted keys. */
@@ -70,13 +88,13 @@ export function policyKeyEncode(k: PolicyKey): Buffer {
   if (k.protocol === 0 && (k.port !== 0 || k.portPrefixLen !== 0)) throw new Error('a port needs a protocol');
   if (k.portPrefixLen < 0 || k.portPrefixLen > 16) throw new Error(`bad port prefix length ${k.portPrefixLen}`);
   const buf = Buffer.alloc(POLICY_KEY_SIZE);
-  u32(buf, 0, policyKeyPrefixLen(k));
-  u32(buf, 4, k.endpointId);
-  u32(buf, 8, k.identity);
-  buf.writeUInt8(DIRECTION_CODE[k.direction], 12);
-  buf.writeUInt8(k.protocol, 13);
+  u32(buf, K.prefixlen.offset, policyKeyPrefixLen(k));
+  u32(buf, K.endpoint_id.offset, k.endpointId);
+  u32(buf, K.identity.offset, k.identity);
+  buf.writeUInt8(DIRECTION_CODE[k.direction], K.direction.offset);
+  buf.writeUInt8(k.protocol, K.protocol.offset);
   const mask = k.portPrefixLen === 0 ? 0 : (0xffff << (16 - k.portPrefixLen)) & 0xffff;
-  buf.writeUInt16BE(k.port & mask, 14);
+  buf.writeUInt16BE(k.port & mask, K.port.offset); // network byte order
   return buf;
 }
 
@@ -87,28 +105,29 @@ export function policyLookupKeyEncode(endpointId: number, identity: number, dire
 
 export function policyKeyDecode(buf: Buffer): PolicyKey & { prefixLen: number } {
   const r32 = (o: number) => (LE ? buf.readUInt32LE(o) : buf.readUInt32BE(o));
-  const prefixLen = r32(0);
-  const dir = buf.readUInt8(12);
+  const prefixLen = r32(K.prefixlen.offset);
+  const dir = buf.readUInt8(K.direction.offset);
   return {
     prefixLen,
-    endpointId: r32(4),
-    identity: r32(8),
-    direction: dir === 1 ? 'ingress' : 'egress',
-    protocol: buf.readUInt8(13),
-    port: buf.readUInt16BE(14),
-    portPrefixLen: Math.max(0, prefixLen - POLICY_KEY_STATIC_PREFIX - 8),
+    endpointId: r32(K.endpoint_id.offset),
+    identity: r32(K.identity.offset),
+    direction: dir === DIR_INGRESS ? 'ingress' : 'egress',
+    protocol: buf.readUInt8(K.protocol.offset),
+    port: buf.readUInt16BE(K.port.offset),
+    portPrefixLen: Math.max(0, prefixLen - POLICY_PREFIX_PROTO),
   };
 }
 
 export function policyValueEncode(v: { deny: boolean; cookie?: number }): Buffer {
   const buf = Buffer.alloc(POLICY_VALUE_SIZE);
-  buf.writeUInt8(v.deny ? POLICY_F_DENY : 0, 0);
-  u32(buf, 4, v.cookie ?? 0);
+  buf.writeUInt8(v.deny ? POLICY_F_DENY : 0, V.flags.offset);
+  u32(buf, V.cookie.offset, v.cookie ?? 0);
   return buf;
 }
 
 export function policyValueDecode(buf: Buffer): { deny: boolean; cookie: number } {
-  return { deny: (buf.readUInt8(0) & POLICY_F_DENY) !== 0, cookie: LE ? buf.readUInt32LE(4) : buf.readUInt32BE(4) };
+  const c = V.cookie.offset;
+  return { deny: (buf.readUInt8(V.flags.offset) & POLICY_F_DENY) !== 0, cookie: LE ? buf.readUInt32LE(c) : buf.readUInt32BE(c) };
 }
 
 /** Key and value buffers for an endpoint's compiled entries, ready for the map. */
@@ -136,7 +155,7 @@ export class LpmTable<V> {
   }
 
   private static prefixOf(key: Buffer): number {
-    return LE ? key.readUInt32LE(0) : key.readUInt32BE(0);
+    return LE ? key.readUInt32LE(K.prefixlen.offset) : key.readUInt32BE(K.prefixlen.offset);
   }
 
   insert(key: Buffer, value: V): void {
@@ -146,12 +165,12 @@ export class LpmTable<V> {
       this.byPrefix.set(p, (m = new Map()));
       this.prefixes = [...this.byPrefix.keys()].sort((a, b) => b - a);
     }
-    m.set(LpmTable.masked(key.subarray(4), p), value);
+    m.set(LpmTable.masked(key.subarray(LPM_DATA_OFFSET), p), value);
   }
 
   lookup(key: Buffer): V | undefined {
     const max = LpmTable.prefixOf(key);
-    const data = key.subarray(4);
+    const data = key.subarray(LPM_DATA_OFFSET);
     for (const p of this.prefixes) {
       if (p > max) continue;
       const v = this.byPrefix.get(p)!.get(LpmTable.masked(data, p));

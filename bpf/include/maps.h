@@ -24,6 +24,17 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ipcache SEC(".maps");
 
+/* Policy: (endpoint, remote identity, direction, protocol, port prefix) -> allow / deny. Written by the
+ * agent from the policy compiler's entries; see policy.h for the lookup. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, POLICY_MAP_MAX);
+	__type(key, struct policy_key);
+	__type(value, struct policy_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* required for LPM tries */
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} policy SEC(".maps");
+
 /* Connection tracking for v4 and v6; LRU so a full table evicts the coldest flows instead of failing. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

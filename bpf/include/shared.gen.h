@@ -46,6 +46,14 @@
 #define EP_F_ENFORCE_SRC_MAC 2 /* drop frames from the workload whose source MAC is not its own (INVALID_SOURCE_MAC) */
 #define EP_F_NO_L2 4 /* device carries no Ethernet header: packets start at the IP header (L3 devices) */
 
+/* policy_value.flags. */
+#define POLICY_F_DENY 1 /* deny entry: wins over any allow (DROP_POLICY_DENY) */
+
+/* policy_key.prefixlen: bits matched after the prefixlen member. */
+#define POLICY_PREFIX_ANY_PROTO 72 /* endpoint_id + identity + direction: any protocol, any port */
+#define POLICY_PREFIX_PROTO 80 /* one protocol, any port; 80 + n = port prefix of n bits */
+#define POLICY_PREFIX_FULL 96 /* exact protocol and port: every lookup key */
+
 /* ct_entry.flags. */
 #define CT_F_TX_CLOSING 1 /* FIN seen in the original direction */
 #define CT_F_RX_CLOSING 2 /* FIN seen in the reply direction */
@@ -79,11 +87,15 @@
 #define METRIC_CT_NEW 7 /* conntrack entries created */
 #define METRIC_CT_FULL 8 /* conntrack inserts that failed */
 #define METRIC_NON_IP 9 /* ARP and other non-IP frames (passed, not reported) */
+#define METRIC_POLICY_DENIED 10 /* new connections dropped for want of an allow entry (DROP_POLICY_DENIED) */
+#define METRIC_POLICY_DENY 11 /* new connections dropped by a deny entry (DROP_POLICY_DENY) */
+#define METRIC_POLICY_BYPASS 12 /* ARP / neighbour discovery and related ICMP errors that skipped the policy lookup */
 
 /* Map sizes (max_entries). Changing one makes libbpf refuse to reuse the pinned map: unpin first. */
 #define ENDPOINTS_MAP_MAX 4096
 #define IPCACHE_MAP_MAX 65536
 #define CONNTRACK_MAP_MAX 262144
+#define POLICY_MAP_MAX 1048576 /* entries over all endpoints; BPF_F_NO_PREALLOC: memory follows use */
 #define EVENTS_RINGBUF_BYTES 8388608
 #define METRICS_MAP_MAX 16
 #define CONFIG_MAP_MAX 1
@@ -247,6 +259,34 @@ _Static_assert(__builtin_offsetof(struct flow_event, verdict) == 72, "flow_event
 _Static_assert(__builtin_offsetof(struct flow_event, is_reply) == 73, "flow_event.is_reply offset");
 _Static_assert(__builtin_offsetof(struct flow_event, reason) == 74, "flow_event.reason offset");
 _Static_assert(__builtin_offsetof(struct flow_event, pad0) == 75, "flow_event.pad0 offset");
+
+/* Key of the `policy` LPM trie. prefixlen counts bits after itself: 72 (endpoint_id + identity + direction) are always matched, then protocol (8) and a destination port prefix (0..16). */
+struct policy_key {
+	__u32 prefixlen;            /* @0 POLICY_PREFIX_ANY_PROTO (72) / POLICY_PREFIX_PROTO (80) / 80 + port prefix bits; lookups: POLICY_PREFIX_FULL (96) */
+	__u32 endpoint_id;          /* @4 host byte order */
+	__u32 identity;             /* @8 remote identity, host byte order; 0 = any identity */
+	__u8 direction;             /* @12 DIR_INGRESS (to the workload) / DIR_EGRESS (from it) */
+	__u8 protocol;              /* @13 IPPROTO_*; 0 (with prefixlen 72) = any protocol */
+	__u16 port;                 /* @14 NETWORK byte order (prefix bits are the high bits): destination port; ICMP/ICMPv6: the type */
+};
+_Static_assert(sizeof(struct policy_key) == 16, "struct policy_key size");
+_Static_assert(__builtin_offsetof(struct policy_key, prefixlen) == 0, "policy_key.prefixlen offset");
+_Static_assert(__builtin_offsetof(struct policy_key, endpoint_id) == 4, "policy_key.endpoint_id offset");
+_Static_assert(__builtin_offsetof(struct policy_key, identity) == 8, "policy_key.identity offset");
+_Static_assert(__builtin_offsetof(struct policy_key, direction) == 12, "policy_key.direction offset");
+_Static_assert(__builtin_offsetof(struct policy_key, protocol) == 13, "policy_key.protocol offset");
+_Static_assert(__builtin_offsetof(struct policy_key, port) == 14, "policy_key.port offset");
+
+/* Value of the `policy` LPM trie. */
+struct policy_value {
+	__u8 flags;                 /* @0 POLICY_F_* bits */
+	__u8 pad0[3];               /* @1 */
+	__u32 cookie;               /* @4 opaque to the datapath (0 = none) */
+};
+_Static_assert(sizeof(struct policy_value) == 8, "struct policy_value size");
+_Static_assert(__builtin_offsetof(struct policy_value, flags) == 0, "policy_value.flags offset");
+_Static_assert(__builtin_offsetof(struct policy_value, pad0) == 1, "policy_value.pad0 offset");
+_Static_assert(__builtin_offsetof(struct policy_value, cookie) == 4, "policy_value.cookie offset");
 
 /* Value of the per-CPU `metrics` array; userspace sums the CPUs. */
 struct metrics_value {

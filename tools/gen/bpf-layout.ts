@@ -121,6 +121,27 @@ export const STRUCTS: StructSpec[] = [
     ],
   },
   {
+    name: 'policy_key',
+    doc: 'Key of the `policy` LPM trie. prefixlen counts bits after itself: 72 (endpoint_id + identity + direction) are always matched, then protocol (8) and a destination port prefix (0..16).',
+    fields: [
+      { name: 'prefixlen', type: 'u32', doc: 'POLICY_PREFIX_ANY_PROTO (72) / POLICY_PREFIX_PROTO (80) / 80 + port prefix bits; lookups: POLICY_PREFIX_FULL (96)' },
+      { name: 'endpoint_id', type: 'u32', doc: 'host byte order' },
+      { name: 'identity', type: 'u32', doc: 'remote identity, host byte order; 0 = any identity' },
+      { name: 'direction', type: 'u8', doc: 'DIR_INGRESS (to the workload) / DIR_EGRESS (from it)' },
+      { name: 'protocol', type: 'u8', doc: 'IPPROTO_*; 0 (with prefixlen 72) = any protocol' },
+      { name: 'port', type: 'u16', doc: 'NETWORK byte order (prefix bits are the high bits): destination port; ICMP/ICMPv6: the type' },
+    ],
+  },
+  {
+    name: 'policy_value',
+    doc: 'Value of the `policy` LPM trie.',
+    fields: [
+      { name: 'flags', type: 'u8', doc: 'POLICY_F_* bits' },
+      { name: 'pad0', type: 'u8', count: 3 },
+      { name: 'cookie', type: 'u32', doc: 'opaque to the datapath (0 = none)' },
+    ],
+  },
+  {
     name: 'metrics_value',
     doc: 'Value of the per-CPU `metrics` array; userspace sums the CPUs.',
     fields: [
@@ -220,6 +241,20 @@ export const CONSTANTS: ConstGroup[] = [
     ],
   },
   {
+    doc: 'policy_value.flags.',
+    prefix: 'POLICY_F_',
+    values: [['DENY', 1 << 0, 'deny entry: wins over any allow (DROP_POLICY_DENY)']],
+  },
+  {
+    doc: 'policy_key.prefixlen: bits matched after the prefixlen member.',
+    prefix: 'POLICY_PREFIX_',
+    values: [
+      ['ANY_PROTO', 72, 'endpoint_id + identity + direction: any protocol, any port'],
+      ['PROTO', 80, 'one protocol, any port; 80 + n = port prefix of n bits'],
+      ['FULL', 96, 'exact protocol and port: every lookup key'],
+    ],
+  },
+  {
     doc: 'ct_entry.flags.',
     prefix: 'CT_F_',
     values: [
@@ -269,6 +304,9 @@ export const CONSTANTS: ConstGroup[] = [
       ['CT_NEW', 7, 'conntrack entries created'],
       ['CT_FULL', 8, 'conntrack inserts that failed'],
       ['NON_IP', 9, 'ARP and other non-IP frames (passed, not reported)'],
+      ['POLICY_DENIED', 10, 'new connections dropped for want of an allow entry (DROP_POLICY_DENIED)'],
+      ['POLICY_DENY', 11, 'new connections dropped by a deny entry (DROP_POLICY_DENY)'],
+      ['POLICY_BYPASS', 12, 'ARP / neighbour discovery and related ICMP errors that skipped the policy lookup'],
     ],
   },
   {
@@ -278,6 +316,7 @@ export const CONSTANTS: ConstGroup[] = [
       ['ENDPOINTS_MAP_MAX', 4096],
       ['IPCACHE_MAP_MAX', 65536],
       ['CONNTRACK_MAP_MAX', 262144],
+      ['POLICY_MAP_MAX', 1 << 20, 'entries over all endpoints; BPF_F_NO_PREALLOC: memory follows use'],
       ['EVENTS_RINGBUF_BYTES', 8 * 1024 * 1024],
       ['METRICS_MAP_MAX', 16],
       ['CONFIG_MAP_MAX', 1],
