@@ -2,7 +2,18 @@
 // with pinned links, write endpoint/ipcache state, read flow events. Everything kernel-facing throws
 // KernelError (common/kernel-error.ts) with a hint.
 import { existsSync, rmSync } from 'node:fs';
-import type { AttachKind, Datapath, EndpointInfo, FlowEvent, FlowReader, IpcacheEntry } from './types.js';
+import type {
+  AttachKind,
+  Datapath,
+  EndpointInfo,
+  FlowEvent,
+  FlowReader,
+  IpcacheEntry,
+  PolicyApplyResult,
+  PolicyEntryOp,
+  PolicyMapEntry,
+  PolicyMapWrite,
+} from './types.js';
 import { PIN_ROOT_DEFAULT } from './types.js';
 import { kcall } from './errors.js';
 import { flowDecodeBatch, monotonicToWallOffsetNs } from './flow-decode.js';
@@ -18,6 +29,7 @@ import { EndpointsMap } from './maps/endpoints.js';
 import { IpcacheMap } from './maps/ipcache.js';
 import type { Counter, MetricName } from './maps/metrics.js';
 import { METRIC_SLOTS, MetricsMap } from './maps/metrics.js';
+import { PolicyMap, policyEntryOpsPack, policyWritesPack } from './maps/policy.js';
 import type { LinkInfo, NativeHandle, TestRunResult } from './native.js';
 import { native } from './native.js';
 
@@ -31,6 +43,19 @@ export type { ProgName } from './loader.js';
 export { KernelError, UnsupportedFeatureError } from '../common/kernel-error.js';
 export { VerifierError } from './errors.js';
 export { DROP_REASON, DROP_REASON_DESC } from './layout.gen.js';
+/** endpoint_info.flags for endpointUpsert: anti-spoofing (source IP / MAC must be the workload's), L3 device. */
+export { EP_F_ENFORCE_SRC_IP, EP_F_ENFORCE_SRC_MAC, EP_F_NO_L2 } from './layout.gen.js';
+/** Policy map layout constants (struct policy_key / policy_value, prefix lengths, capacity). */
+export {
+  POLICY_F_DENY,
+  POLICY_KEY,
+  POLICY_VALUE,
+  POLICY_MAP_MAX,
+  POLICY_PREFIX_ANY_PROTO,
+  POLICY_PREFIX_PROTO,
+  POLICY_PREFIX_FULL,
+} from './layout.gen.js';
+export { PolicyApplyError, policyEntryDecode } from './maps/policy.js';
 
 /** The contract plus what operators, tests and benchmarks need beyond it. */
 export interface KitnetDatapath extends Datapath {
@@ -59,6 +84,7 @@ const SKB_CTX_SIZE = 192;
 class DatapathImpl implements KitnetDatapath {
   private readonly endpoints: EndpointsMap;
   private readonly ipcache: IpcacheMap;
+  private readonly policy: PolicyMap;
   private readonly conntrack: ConntrackMap;
   private readonly metrics: MetricsMap;
   private readonly config: ConfigMap;
@@ -68,6 +94,7 @@ class DatapathImpl implements KitnetDatapath {
   constructor(private readonly obj: LoadedObject) {
     this.endpoints = new EndpointsMap(obj.maps.endpoints);
     this.ipcache = new IpcacheMap(obj.maps.ipcache);
+    this.policy = new PolicyMap(obj.maps.policy);
     this.conntrack = new ConntrackMap(obj.maps.conntrack);
     this.metrics = new MetricsMap(obj.maps.metrics);
     this.config = new ConfigMap(obj.maps.config);
@@ -137,6 +164,24 @@ class DatapathImpl implements KitnetDatapath {
   ipcacheList(): Array<[string, IpcacheEntry]> {
     this.live();
     return this.ipcache.list();
+  }
+
+  policyApply(ops: readonly PolicyMapWrite[]): PolicyApplyResult;
+  policyApply(endpointId: number, ops: readonly PolicyEntryOp[]): PolicyApplyResult;
+  policyApply(a: number | readonly PolicyMapWrite[], b?: readonly PolicyEntryOp[]): PolicyApplyResult {
+    this.live();
+    if (typeof a === 'number') return this.policy.apply(policyEntryOpsPack(a, b ?? []));
+    return this.policy.apply(policyWritesPack(a));
+  }
+
+  policyList(endpointId?: number): PolicyMapEntry[] {
+    this.live();
+    return this.policy.list(endpointId);
+  }
+
+  policyClear(endpointId?: number): number {
+    this.live();
+    return this.policy.clear(endpointId);
   }
 
   configGet(): DatapathConfig {

@@ -50,6 +50,18 @@ export interface NativeBpf {
   mapLookup(fd: number, key: Buffer, valueOut: Buffer): boolean;
   mapDelete(fd: number, key: Buffer): boolean;
   mapNextKey(fd: number, key: Buffer | null, nextOut: Buffer): boolean;
+  /** Ordered writes in one call: ops[i] 1 = update(keys[i], values[i]), 2 = delete(keys[i]); packed buffers. */
+  mapBatchApply(
+    fd: number,
+    ops: Buffer,
+    keys: Buffer,
+    values: Buffer,
+    keySize: number,
+    valueSize: number,
+    flags: number,
+  ): { upserted: number; deleted: number; missing: number };
+  /** Every entry in one call, keys and values packed back to back. */
+  mapDump(fd: number, keySize: number, valueSize: number, maxEntries: number): { count: number; keys: Buffer; values: Buffer };
   numPossibleCpus(): number;
   progTestRun(progFd: number, data: Buffer, ctx: Buffer | null, repeat: number): TestRunResult;
   /** The callback gets one Buffer per wakeup: records framed as [u32 len][u32 0][payload padded to 8]. */

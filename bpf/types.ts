@@ -57,6 +57,59 @@ export interface FlowEvent {
 /** flow_event.reason: EVERY = no aggregation or untracked traffic; see tools/gen/bpf-layout.ts. */
 export type ReportReason = 'EVERY' | 'NEW' | 'FLAGS' | 'CLOSE' | 'INTERVAL' | 'DROP' | 'FIRST_REPLY';
 
+/** Policy direction in the agent's words: ingress = towards the workload, egress = from it. */
+export type PolicyDirection = 'ingress' | 'egress';
+
+/**
+ * One raw write to the `policy` LPM trie: `key` is a 16-byte struct policy_key and `value` an 8-byte
+ * struct policy_value (bpf/layout.gen.ts POLICY_KEY / POLICY_VALUE), e.g. from agent/policy's
+ * policyKeyEncode / policyValueEncode. `value` is required for upserts and ignored for deletes.
+ */
+export interface PolicyMapWrite {
+  op: 'upsert' | 'delete';
+  key: Buffer;
+  value?: Buffer;
+}
+
+/** A compiled entry: the fields of agent/policy's PolicyEntry the map needs (extra fields are ignored). */
+export interface PolicyEntryFields {
+  direction: PolicyDirection;
+  /** Remote identity; 0 = any identity. */
+  identity: number;
+  /** 0 = any protocol (then port and portPrefixLen are 0). */
+  protocol: number;
+  /** Destination port, or the ICMP type for protocols 1 and 58. */
+  port: number;
+  /** 0..16 leading bits of `port` that must match; 0 = any port. */
+  portPrefixLen: number;
+  deny: boolean;
+  /** Opaque to the datapath; 0 when absent. */
+  cookie?: number;
+}
+
+/** A change to one compiled entry: the shape of agent/policy's PolicyMapOp. */
+export interface PolicyEntryOp {
+  op: 'upsert' | 'delete';
+  entry: PolicyEntryFields;
+}
+
+export interface PolicyApplyResult {
+  upserted: number;
+  deleted: number;
+  /** Deletes of keys that were not in the map (not an error). */
+  missing: number;
+}
+
+/** An entry of the `policy` map, raw and decoded. */
+export interface PolicyMapEntry extends PolicyEntryFields {
+  key: Buffer;
+  value: Buffer;
+  endpointId: number;
+  /** The key's LPM prefix length (72 any protocol, 80 protocol, 80 + portPrefixLen). */
+  prefixLen: number;
+  cookie: number;
+}
+
 export interface FlowReader {
   /** Events the kernel could not write because the ring buffer was full. */
   lostEvents(): bigint;
@@ -78,6 +131,19 @@ export interface Datapath {
   ipcacheUpsert(cidr: string, entry: IpcacheEntry): void;
   ipcacheDelete(cidr: string): void;
   ipcacheList(): Array<[string, IpcacheEntry]>;
+  /**
+   * Write policy entries in order, in one native call (the order matters: agent/policy's
+   * policyEntriesDiff orders its ops so that the map never over-allows mid-change). Either raw
+   * key/value buffers, or an endpoint id and compiled entry ops (PolicyMapOp). Sizes and fields are
+   * checked before anything is written; if the kernel refuses a write (map full), the earlier writes
+   * stay applied and a PolicyApplyError tells which one failed.
+   */
+  policyApply(ops: readonly PolicyMapWrite[]): PolicyApplyResult;
+  policyApply(endpointId: number, ops: readonly PolicyEntryOp[]): PolicyApplyResult;
+  /** Entries of the `policy` map (of one endpoint when given), sorted by endpoint, direction, identity, protocol, port. */
+  policyList(endpointId?: number): PolicyMapEntry[];
+  /** Delete every entry (of one endpoint when given): that endpoint then drops every new connection. Returns how many. */
+  policyClear(endpointId?: number): number;
   /** Read flow events from the ring buffer on the event loop (epoll fd watched by libuv). */
   flowsRead(onEvents: (events: FlowEvent[]) => void): FlowReader;
   /** Close fds; pins stay so the datapath keeps working while the agent is down. */

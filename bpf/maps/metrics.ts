@@ -12,7 +12,10 @@ export type MetricName =
   | 'NO_ENDPOINT'
   | 'CT_NEW'
   | 'CT_FULL'
-  | 'NON_IP';
+  | 'NON_IP'
+  | 'POLICY_DENIED'
+  | 'POLICY_DENY'
+  | 'POLICY_BYPASS';
 
 export const METRIC_SLOTS: Readonly<Record<MetricName, number>> = {
   INGRESS_FORWARDED: L.METRIC_INGRESS_FORWARDED,
@@ -25,6 +28,9 @@ export const METRIC_SLOTS: Readonly<Record<MetricName, number>> = {
   CT_NEW: L.METRIC_CT_NEW,
   CT_FULL: L.METRIC_CT_FULL,
   NON_IP: L.METRIC_NON_IP,
+  POLICY_DENIED: L.METRIC_POLICY_DENIED,
+  POLICY_DENY: L.METRIC_POLICY_DENY,
+  POLICY_BYPASS: L.METRIC_POLICY_BYPASS,
 };
 
 export interface Counter {

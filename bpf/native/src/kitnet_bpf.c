@@ -514,6 +514,141 @@ static napi_value map_next_key(napi_env env, napi_callback_info info)
 	return make_bool(env, true);
 }
 
+/* mapBatchApply(fd, ops, keys, values, keySize, valueSize, flags) -> {upserted, deleted, missing}
+ * One call for many writes, in order: ops[i] is 1 (update keys[i] with values[i], flags) or 2 (delete
+ * keys[i]; a missing key counts in `missing`). Keys and values are packed back to back (values has a
+ * slot for every op; delete slots are ignored). Works for every map type, LPM tries included (which have
+ * no kernel batch ops). On failure, ops before the failing one stay applied and the error carries
+ * `index`. */
+static napi_value map_batch_apply(napi_env env, napi_callback_info info)
+{
+	napi_value argv[7], obj;
+	int32_t fd;
+	uint32_t ksz, vsz, flags, upserted = 0, deleted = 0, missing = 0;
+	void *ops_v, *keys_v, *values_v;
+	size_t nops, klen, vlen;
+
+	if (!get_args(env, info, 7, argv) || !get_i32(env, argv[0], &fd) || !get_buf(env, argv[1], &ops_v, &nops, false) ||
+	    !get_buf(env, argv[2], &keys_v, &klen, false) || !get_buf(env, argv[3], &values_v, &vlen, false) ||
+	    !get_u32(env, argv[4], &ksz) || !get_u32(env, argv[5], &vsz) || !get_u32(env, argv[6], &flags))
+		return NULL;
+	if (!ksz || !vsz || klen != nops * ksz || vlen != nops * vsz)
+		return throw_type(env, "mapBatchApply: keys/values do not match ops x key/value size");
+	const uint8_t *ops = ops_v;
+	const char *keys = keys_v, *values = values_v;
+	log_reset();
+	for (size_t i = 0; i < nops; i++) {
+		const char *key = keys + i * ksz;
+		int err = 0;
+		const char *op = "BPF_MAP_UPDATE_ELEM";
+
+		if (ops[i] == 1) {
+			if (bpf_map_update_elem(fd, key, values + i * vsz, flags))
+				err = errno;
+			else
+				upserted++;
+		} else if (ops[i] == 2) {
+			op = "BPF_MAP_DELETE_ELEM";
+			if (bpf_map_delete_elem(fd, key)) {
+				if (errno == ENOENT)
+					missing++;
+				else
+					err = errno;
+			} else {
+				deleted++;
+			}
+		} else {
+			return throw_type(env, "mapBatchApply: op must be 1 (update) or 2 (delete)");
+		}
+		if (err) {
+			throw_errno(env, op, err);
+			napi_value exc;
+			napi_get_and_clear_last_exception(env, &exc);
+			napi_set_named_property(env, exc, "index", make_u32(env, (uint32_t)i));
+			napi_throw(env, exc);
+			return NULL;
+		}
+	}
+	NAPI_CALL(env, napi_create_object(env, &obj));
+	set_u32(env, obj, "upserted", upserted);
+	set_u32(env, obj, "deleted", deleted);
+	set_u32(env, obj, "missing", missing);
+	return obj;
+}
+
+/* mapDump(fd, keySize, valueSize, maxEntries) -> {count, keys, values}: every entry, packed back to back,
+ * in one call (get_next_key + lookup in a loop). Keys deleted while dumping are skipped. valueSize is
+ * the lookup size (per-CPU maps: rounded size x CPUs). */
+static napi_value map_dump(napi_env env, napi_callback_info info)
+{
+	napi_value argv[4], obj, kb, vb;
+	int32_t fd;
+	uint32_t ksz, vsz, max;
+	size_t cap = 1024, n = 0;
+	char *keys = NULL, *values = NULL, *prev = NULL;
+
+	if (!get_args(env, info, 4, argv) || !get_i32(env, argv[0], &fd) || !get_u32(env, argv[1], &ksz) ||
+	    !get_u32(env, argv[2], &vsz) || !get_u32(env, argv[3], &max))
+		return NULL;
+	if (!ksz || !vsz)
+		return throw_type(env, "mapDump: zero key or value size");
+	log_reset();
+	keys = malloc(cap * ksz);
+	values = malloc(cap * vsz);
+	if (!keys || !values)
+		goto oom;
+	/* bounded: a map being rewritten concurrently could otherwise restart the walk forever */
+	for (size_t steps = 0; steps < (size_t)max * 2 + 16; steps++) {
+		if (n == cap) {
+			char *nk = realloc(keys, cap * 2 * ksz), *nv;
+			if (!nk)
+				goto oom;
+			keys = nk;
+			nv = realloc(values, cap * 2 * vsz);
+			if (!nv)
+				goto oom;
+			values = nv;
+			cap *= 2;
+		}
+		char *next = keys + n * ksz;
+		if (bpf_map_get_next_key(fd, prev, next)) {
+			if (errno == ENOENT)
+				break;
+			int err = errno;
+			free(keys);
+			free(values);
+			return throw_errno(env, "BPF_MAP_GET_NEXT_KEY", err);
+		}
+		prev = next;
+		if (bpf_map_lookup_elem(fd, next, values + n * vsz)) {
+			/* gone meanwhile: not counted; the slot stays the cursor (the kernel reads the key
+			 * before it writes the next one, so the same buffer may serve as both) */
+			if (errno == ENOENT)
+				continue;
+			int err = errno;
+			free(keys);
+			free(values);
+			return throw_errno(env, "BPF_MAP_LOOKUP_ELEM", err);
+		}
+		n++;
+		if (n >= max)
+			break;
+	}
+	NAPI_CALL(env, napi_create_object(env, &obj));
+	NAPI_CALL(env, napi_create_buffer_copy(env, n * ksz, keys, NULL, &kb));
+	NAPI_CALL(env, napi_create_buffer_copy(env, n * vsz, values, NULL, &vb));
+	free(keys);
+	free(values);
+	set_u32(env, obj, "count", (uint32_t)n);
+	napi_set_named_property(env, obj, "keys", kb);
+	napi_set_named_property(env, obj, "values", vb);
+	return obj;
+oom:
+	free(keys);
+	free(values);
+	return throw_errno(env, "MAP_DUMP", ENOMEM);
+}
+
 static napi_value num_possible_cpus(napi_env env, napi_callback_info info)
 {
 	int n = libbpf_num_possible_cpus();
@@ -751,6 +886,7 @@ static napi_value init(napi_env env, napi_value exports)
 		{ "progInfo", prog_info },	 { "mapInfo", map_info },
 		{ "mapUpdate", map_update },	 { "mapLookup", map_lookup },
 		{ "mapDelete", map_delete },	 { "mapNextKey", map_next_key },
+		{ "mapBatchApply", map_batch_apply }, { "mapDump", map_dump },
 		{ "numPossibleCpus", num_possible_cpus }, { "progTestRun", prog_test_run },
 		{ "ringbufOpen", ringbuf_open }, { "ringbufClose", ringbuf_close },
 		{ "ringbufRef", ringbuf_ref },
