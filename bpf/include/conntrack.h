@@ -19,6 +19,7 @@
 #define CT_NO_REPORT 0xff
 
 struct ct_result {
+	struct ct_key key; /* CT_NEW: the entry to create */
 	__u8 is_reply;
 	__u8 report; /* REPORT_* or CT_NO_REPORT */
 };
@@ -82,30 +83,36 @@ static __always_inline __u16 ct_close_flags(__u8 tcp_flags, int reply)
 	return f;
 }
 
-/* Returns 0 when the packet is not trackable (res untouched). */
+enum ct_state {
+	CT_UNTRACKED = 0, /* not a connection (ICMP errors, ND, later fragments): res->key unset */
+	CT_ESTABLISHED,   /* matched a live entry in either direction: res filled, entry updated */
+	CT_NEW,           /* trackable, no live entry: res->key holds the key to create once policy allows */
+};
+
+/* Looks the packet up in both directions. Nothing is created here: the caller decides (policy) and then
+ * calls ct_create, so denied packets never leave an entry that would let their replies through. */
 static __always_inline int ct_process(const struct pkt *p, __u8 dir, __u32 len, __u64 now,
 				      __u64 report_interval_ns, struct ct_result *res)
 {
-	struct ct_key key;
+	struct ct_key *key = &res->key;
 	struct ct_entry *e;
-	struct ct_entry fresh;
 	__u16 sport, dport;
 	int reply = 0;
 	__u8 *seen;
 
 	if (!ct_tuple_ports(p, &sport, &dport))
-		return 0;
+		return CT_UNTRACKED;
 
-	__builtin_memset(&key, 0, sizeof(key));
-	__builtin_memcpy(key.saddr, p->saddr, 16);
-	__builtin_memcpy(key.daddr, p->daddr, 16);
-	key.sport = sport;
-	key.dport = dport;
-	key.protocol = p->protocol;
-	key.family = p->family;
-	key.direction = dir;
+	__builtin_memset(key, 0, sizeof(*key));
+	__builtin_memcpy(key->saddr, p->saddr, 16);
+	__builtin_memcpy(key->daddr, p->daddr, 16);
+	key->sport = sport;
+	key->dport = dport;
+	key->protocol = p->protocol;
+	key->family = p->family;
+	key->direction = dir;
 
-	e = bpf_map_lookup_elem(&conntrack, &key);
+	e = bpf_map_lookup_elem(&conntrack, key);
 	if (!e || ct_expired(e, p->protocol, now)) {
 		/* not ours in this direction: maybe a reply to a connection seen the other way */
 		struct ct_key rkey;
@@ -130,22 +137,8 @@ static __always_inline int ct_process(const struct pkt *p, __u8 dir, __u32 len, 
 	    (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN && ct_closed(e))
 		e = NULL;
 
-	if (!e) {
-		__builtin_memset(&fresh, 0, sizeof(fresh));
-		fresh.last_seen_ns = now;
-		fresh.last_report_ns = now;
-		fresh.packets = 1;
-		fresh.bytes = len;
-		fresh.tx_flags_seen = p->tcp_flags;
-		fresh.flags = ct_close_flags(p->tcp_flags, 0);
-		if (bpf_map_update_elem(&conntrack, &key, &fresh, BPF_ANY) < 0)
-			metric_add(METRIC_CT_FULL, 0);
-		else
-			metric_add(METRIC_CT_NEW, 0);
-		res->is_reply = 0;
-		res->report = REPORT_NEW;
-		return 1;
-	}
+	if (!e)
+		return CT_NEW;
 
 	res->is_reply = reply;
 	res->report = CT_NO_REPORT;
@@ -171,5 +164,129 @@ static __always_inline int ct_process(const struct pkt *p, __u8 dir, __u32 len, 
 		res->report = REPORT_INTERVAL;
 	if (res->report != CT_NO_REPORT)
 		e->last_report_ns = now;
-	return 1;
+	return CT_ESTABLISHED;
+}
+
+/* Creates the entry for a CT_NEW packet (res->key from ct_process). A replaced entry (expired, or a
+ * closed TCP connection reused by a new SYN) starts from scratch. */
+static __always_inline void ct_create(struct ct_result *res, const struct pkt *p, __u32 len, __u64 now)
+{
+	struct ct_entry fresh;
+
+	__builtin_memset(&fresh, 0, sizeof(fresh));
+	fresh.last_seen_ns = now;
+	fresh.last_report_ns = now;
+	fresh.packets = 1;
+	fresh.bytes = len;
+	fresh.tx_flags_seen = p->tcp_flags;
+	fresh.flags = ct_close_flags(p->tcp_flags, 0);
+	if (bpf_map_update_elem(&conntrack, &res->key, &fresh, BPF_ANY) < 0)
+		metric_add(METRIC_CT_FULL, 0);
+	else
+		metric_add(METRIC_CT_NEW, 0);
+	res->is_reply = 0;
+	res->report = REPORT_NEW;
+}
+
+static __always_inline int icmp_is_error(const struct pkt *p)
+{
+	if (!p->has_l4)
+		return 0;
+	if (p->protocol == IPPROTO_ICMP)
+		return p->icmp_type == ICMP_DEST_UNREACH_ || p->icmp_type == ICMP_TIME_EXCEEDED_ ||
+		       p->icmp_type == ICMP_PARAMETERPROB_;
+	if (p->protocol == IPPROTO_ICMPV6_)
+		return p->icmp_type >= 1 && p->icmp_type <= ICMPV6_ERROR_LAST;
+	return 0;
+}
+
+/* An ICMP error quotes the packet that caused it (after its 8-byte header). The error belongs to a
+ * tracked connection when the quoted packet does: quoted in the connection's original direction, the
+ * error travels the reply way (e.g. port unreachable, time exceeded on the way out, packet too big);
+ * quoted in the reply direction, it travels the original way. Only live entries count, and nothing is
+ * updated. Returns 0 (unrelated: policy decides), 1 (related, reply direction), 2 (related, original
+ * direction). The quoted IPv6 packet must carry its L4 header right after the fixed header.
+ * `key` is scratch space (the caller's, to keep the stack small). */
+static __always_inline int ct_icmp_related(struct __sk_buff *skb, const struct pkt *p, __u8 dir, __u64 now,
+					   struct ct_key *key)
+{
+	__u32 off = (__u32)p->l4_off + 8, saddr_off, alen;
+	struct ct_entry *e;
+	__u8 h[12];
+	__u16 port;
+
+	__builtin_memset(key, 0, sizeof(*key));
+	if (p->family == FAMILY_IPV4) {
+		/* version/ihl @0, frag_off @6, protocol @9, saddr @12, daddr @16 */
+		if (bpf_skb_load_bytes(skb, off, h, sizeof(h)) < 0 || (h[0] >> 4) != 4 || (h[0] & 0xf) < 5)
+			return 0;
+		if (((h[6] << 8) | h[7]) & 0x1fff)
+			return 0;
+		key->protocol = h[9];
+		saddr_off = off + 12;
+		alen = 4;
+		off += (h[0] & 0xf) * 4;
+	} else {
+		/* version @0, next header @6, saddr @8, daddr @24 */
+		if (bpf_skb_load_bytes(skb, off, h, 8) < 0 || (h[0] >> 4) != 6)
+			return 0;
+		key->protocol = h[6];
+		saddr_off = off + 8;
+		alen = 16;
+		off += 40;
+	}
+	key->family = p->family;
+	if (bpf_skb_load_bytes(skb, off, h, 8) < 0)
+		return 0;
+	switch (key->protocol) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP:
+	case IPPROTO_SCTP:
+		key->sport = (h[0] << 8) | h[1];
+		key->dport = (h[2] << 8) | h[3];
+		break;
+	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6_:
+		if (h[0] == ICMP_ECHO_ || h[0] == ICMPV6_ECHO_REQUEST_)
+			key->sport = (h[4] << 8) | h[5];
+		else if (h[0] == ICMP_ECHOREPLY_ || h[0] == ICMPV6_ECHO_REPLY_)
+			key->dport = (h[4] << 8) | h[5];
+		else
+			return 0;
+		break;
+	default:
+		return 0;
+	}
+
+	/* quoted packet in the original direction: it travelled opposite to this error */
+	if (alen == 4) {
+		if (bpf_skb_load_bytes(skb, saddr_off, key->saddr, 4) < 0 ||
+		    bpf_skb_load_bytes(skb, saddr_off + 4, key->daddr, 4) < 0)
+			return 0;
+	} else if (bpf_skb_load_bytes(skb, saddr_off, key->saddr, 16) < 0 ||
+		   bpf_skb_load_bytes(skb, saddr_off + 16, key->daddr, 16) < 0) {
+		return 0;
+	}
+	key->direction = dir == DIR_INGRESS ? DIR_EGRESS : DIR_INGRESS;
+	e = bpf_map_lookup_elem(&conntrack, key);
+	if (e && !ct_expired(e, key->protocol, now))
+		return 1;
+
+	/* quoted packet was a reply: reversed, it is the entry's key, seen in this error's direction */
+	if (alen == 4) {
+		if (bpf_skb_load_bytes(skb, saddr_off, key->daddr, 4) < 0 ||
+		    bpf_skb_load_bytes(skb, saddr_off + 4, key->saddr, 4) < 0)
+			return 0;
+	} else if (bpf_skb_load_bytes(skb, saddr_off, key->daddr, 16) < 0 ||
+		   bpf_skb_load_bytes(skb, saddr_off + 16, key->saddr, 16) < 0) {
+		return 0;
+	}
+	port = key->sport;
+	key->sport = key->dport;
+	key->dport = port;
+	key->direction = dir;
+	e = bpf_map_lookup_elem(&conntrack, key);
+	if (e && !ct_expired(e, key->protocol, now))
+		return 2;
+	return 0;
 }

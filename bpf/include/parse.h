@@ -20,6 +20,11 @@
 #define ICMP_ECHO_ 8
 #define ICMPV6_ECHO_REQUEST_ 128
 #define ICMPV6_ECHO_REPLY_ 129
+#define ICMP_DEST_UNREACH_ 3
+#define ICMP_TIME_EXCEEDED_ 11
+#define ICMP_PARAMETERPROB_ 12
+/* ICMPv6 errors: 1 destination unreachable, 2 packet too big, 3 time exceeded, 4 parameter problem. */
+#define ICMPV6_ERROR_LAST 4
 /* Router/neighbour discovery: 133 RS, 134 RA, 135 NS, 136 NA, 137 redirect. */
 #define ICMPV6_ND_FIRST 133
 #define ICMPV6_ND_LAST 137
@@ -46,6 +51,7 @@ struct pkt {
 	__u8 tcp_flags;
 	__u8 has_l4;   /* 0 for non-first fragments and protocols we do not parse */
 	__u8 is_frag;  /* any fragment (first or later) */
+	__u16 l4_off;  /* offset of the L4 header in the skb when has_l4 (ICMP errors: the quoted packet follows at +8) */
 };
 
 static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, struct pkt *p)
@@ -82,6 +88,7 @@ static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, struct pkt
 		return PARSE_OK; /* tracked by addresses and protocol only */
 	}
 	p->has_l4 = 1;
+	p->l4_off = off;
 	return PARSE_OK;
 }
 

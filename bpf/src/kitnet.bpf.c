@@ -2,7 +2,8 @@
 /* kitnet datapath: one object, configured only through maps (no per-endpoint compile).
  *
  * Per packet: endpoint lookup by ifindex -> parse -> anti-spoofing (from the workload) -> ipcache ->
- * conntrack -> [policy: later] -> event (aggregated) -> metrics -> verdict.
+ * conntrack (replies and established flows pass) -> policy (new connections, untracked packets; allowed
+ * connections are then tracked) -> event (aggregated; drops always reported) -> metrics -> verdict.
  *
  * Return codes are tcx/netkit codes: TCX_NEXT for devices that are not (yet) endpoints, so other
  * programs and the device default decide; TCX_PASS for forwarded packets; TCX_DROP for drops. */
@@ -12,6 +13,7 @@
 #include "parse.h"
 #include "ipcache.h"
 #include "conntrack.h"
+#include "policy.h"
 #include "events.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -77,7 +79,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	struct ct_result ct;
 	struct pkt p;
 	__u64 now, interval_ns = 0;
-	int aggregate = 1, has_l2, rc;
+	int aggregate = 1, has_l2, rc, ct_state, related;
+	__u16 reason;
 
 	ep = bpf_map_lookup_elem(&endpoints, &ifindex);
 	if (!ep) {
@@ -120,8 +123,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	}
 
 	if (dir == DIR_EGRESS) {
-		__u16 reason = check_source(ep, &p, has_l2);
-
+		reason = check_source(ep, &p, has_l2);
 		if (reason) {
 			c.verdict = VERDICT_DROPPED;
 			c.drop_reason = reason;
@@ -138,18 +140,41 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 
 	ct.is_reply = 0;
 	ct.report = CT_NO_REPORT;
-	if (ct_process(&p, dir, c.len, now, interval_ns, &ct)) {
+	ct_state = ct_process(&p, dir, c.len, now, interval_ns, &ct);
+	if (ct_state == CT_ESTABLISHED) {
 		c.is_reply = ct.is_reply;
-	} else if (p.protocol == IPPROTO_ICMPV6_ && p.has_l4 && p.icmp_type >= ICMPV6_ND_FIRST &&
-		   p.icmp_type <= ICMPV6_ND_LAST) {
-		ct.report = CT_NO_REPORT; /* neighbour discovery is periodic noise */
-	} else if (p.has_l4) {
-		ct.report = REPORT_EVERY; /* untracked but rare (ICMP errors): always worth an event */
+		goto out;
 	}
 
-	/* Policy (later): look up (endpoint, remote identity, direction, protocol, port) unless this is a
-	 * reply of an allowed connection; on deny set VERDICT_DROPPED + DROP_POLICY_DENIED/DENY and report. */
+	/* Not part of a known connection: policy decides, except for neighbour discovery and ICMP errors
+	 * about a tracked connection. */
+	if (policy_bypass(&p)) {
+		metric_add(METRIC_POLICY_BYPASS, 0);
+		goto out; /* neighbour discovery is periodic noise: not reported when aggregating */
+	}
+	if (ct_state == CT_UNTRACKED && icmp_is_error(&p)) {
+		related = ct_icmp_related(skb, &p, dir, now, &ct.key);
+		if (related) {
+			metric_add(METRIC_POLICY_BYPASS, 0);
+			c.is_reply = related == 1;
+			ct.report = REPORT_EVERY; /* rare, and worth seeing */
+			goto out;
+		}
+	}
+	reason = policy_check(ep->endpoint_id, dir == DIR_EGRESS ? c.dst_identity : c.src_identity, dir, &p);
+	if (reason) {
+		metric_add(reason == DROP_POLICY_DENY ? METRIC_POLICY_DENY : METRIC_POLICY_DENIED, c.len);
+		c.verdict = VERDICT_DROPPED;
+		c.drop_reason = reason;
+		c.reason = REPORT_DROP;
+		return finish(&c, 1, now);
+	}
+	if (ct_state == CT_NEW)
+		ct_create(&ct, &p, c.len, now);
+	else if (p.has_l4)
+		ct.report = REPORT_EVERY; /* untracked but rare (ICMP errors, other ICMP): always worth an event */
 
+out:
 	c.reason = ct.report == CT_NO_REPORT ? REPORT_EVERY : ct.report;
 	return finish(&c, !aggregate || ct.report != CT_NO_REPORT, now);
 }

@@ -8,7 +8,7 @@ import { after, before, describe, test } from 'node:test';
 import type { FlowEvent, KitnetDatapath } from '../../bpf/index.js';
 import { datapathLoad, datapathUnpinAll } from '../../bpf/index.js';
 import { EP_F_ENFORCE_SRC_IP, EP_F_ENFORCE_SRC_MAC, IDENTITY_HOST } from '../../bpf/layout.gen.js';
-import { EventSink, sh, shOk } from './bpf-helpers.js';
+import { EventSink, policyAllowAll, sh, shOk } from './bpf-helpers.js';
 
 const tag = String(process.pid % 100000);
 const NS = `kitnet-t-${tag}`;
@@ -72,6 +72,7 @@ describe('datapath on a veth pair (tcx, real traffic)', { timeout: 120_000 }, ()
     dp = await datapathLoad({ pinRoot });
     sink = new EventSink(dp);
     dp.endpointUpsert(ifindex, endpointInfo());
+    policyAllowAll(dp, endpointInfo().endpointId);
     dp.ipcacheUpsert(`${HOST4}/32`, { identity: IDENTITY_HOST, hostId: 0 });
     dp.ipcacheUpsert(`${HOST6}/128`, { identity: IDENTITY_HOST, hostId: 0 });
     const res = await dp.attachDetailed({ ifname: HOST, ifindex, kind: 'tcx' });

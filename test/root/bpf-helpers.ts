@@ -94,6 +94,15 @@ export function icmp(type: number, code: number, id = 0, seq = 0): Buffer {
   return b;
 }
 
+/** Entries that allow everything in both directions: what the agent writes for a non-enforced endpoint. */
+export function policyAllowAll(dp: KitnetDatapath, endpointId: number): void {
+  const any = { identity: 0, protocol: 0, port: 0, portPrefixLen: 0, deny: false };
+  dp.policyApply(endpointId, [
+    { op: 'upsert', entry: { ...any, direction: 'ingress' } },
+    { op: 'upsert', entry: { ...any, direction: 'egress' } },
+  ]);
+}
+
 export const TCP = { FIN: 1, SYN: 2, RST: 4, PSH: 8, ACK: 16 } as const;
 
 /** Collects flow events from a datapath until `until` holds or the timeout passes. */

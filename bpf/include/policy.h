@@ -1,0 +1,58 @@
+/* Policy verdict for a packet that conntrack does not already let through (a new connection, or traffic
+ * that is not tracked). The agent's compiler writes per-endpoint entries into the `policy` LPM trie;
+ * the datapath does exactly two lookups, whatever the number of rules and identities:
+ *   a = (endpoint, remote identity, direction, protocol, port)   b = the same with identity 0 (any)
+ *   either is a deny entry -> DROP_POLICY_DENY; either exists -> allow; neither -> DROP_POLICY_DENIED.
+ * A direction the endpoint is not enforced in carries an allow-all entry (identity 0, prefix 72); an
+ * endpoint without any entry drops everything. */
+#pragma once
+
+#include "maps.h"
+#include "parse.h"
+
+/* ICMPv6 router/neighbour discovery: never subject to policy (upstream does the same). */
+static __always_inline int policy_bypass(const struct pkt *p)
+{
+	return p->protocol == IPPROTO_ICMPV6_ && p->has_l4 && p->icmp_type >= ICMPV6_ND_FIRST &&
+	       p->icmp_type <= ICMPV6_ND_LAST;
+}
+
+/* Returns 0 (allowed) or the drop reason. */
+static __always_inline __u16 policy_check(__u32 endpoint_id, __u32 remote_identity, __u8 dir, const struct pkt *p)
+{
+	struct policy_value *a, *b;
+	struct policy_key k;
+	__u16 port = 0;
+
+	__builtin_memset(&k, 0, sizeof(k));
+	k.prefixlen = POLICY_PREFIX_FULL;
+	k.endpoint_id = endpoint_id;
+	k.identity = remote_identity;
+	k.direction = dir;
+	k.protocol = p->protocol;
+	switch (p->protocol) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP:
+	case IPPROTO_SCTP:
+		port = p->dport;
+		break;
+	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6_:
+		port = p->icmp_type;
+		break;
+	}
+	/* No L4 header (a later fragment; a protocol without ports): only entries that allow every port of
+	 * the protocol (or any protocol) can match. */
+	if (!p->has_l4)
+		k.prefixlen = POLICY_PREFIX_PROTO;
+	k.port = bpf_htons(port);
+
+	a = bpf_map_lookup_elem(&policy, &k);
+	k.identity = 0;
+	b = bpf_map_lookup_elem(&policy, &k);
+	if ((a && (a->flags & POLICY_F_DENY)) || (b && (b->flags & POLICY_F_DENY)))
+		return DROP_POLICY_DENY;
+	if (a || b)
+		return 0;
+	return DROP_POLICY_DENIED;
+}
