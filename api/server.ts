@@ -6,6 +6,7 @@ import type { AgentApi } from './agent-api.js';
 import { errorHandler } from './errors.js';
 import { flowRoutes } from './routes/flows.js';
 import { metricsRoutes } from './routes/metrics.js';
+import { uiRoutes } from './routes/ui.js';
 import { systemRoutes } from './routes/system.js';
 import { workloadRoutes } from './routes/workloads.js';
 
@@ -40,6 +41,7 @@ export async function serverBuild(opts: ServerOptions): Promise<FastifyInstance>
   await app.register(workloadRoutes, { agent: opts.agent });
   await app.register(flowRoutes, { agent: opts.agent });
   await app.register(metricsRoutes, { agent: opts.agent });
+  await app.register(uiRoutes);
   app.get('/docs/json', { schema: { hide: true } }, async () => app.swagger());
   await app.ready();
   return app as unknown as FastifyInstance;

@@ -585,7 +585,9 @@ static napi_value map_dump(napi_env env, napi_callback_info info)
 	int32_t fd;
 	uint32_t ksz, vsz, max;
 	size_t cap = 1024, n = 0;
-	char *keys = NULL, *values = NULL, *prev = NULL;
+	char *keys = NULL, *values = NULL, *cursor = NULL;
+	const char *op = "MAP_DUMP";
+	int err = ENOMEM;
 
 	if (!get_args(env, info, 4, argv) || !get_i32(env, argv[0], &fd) || !get_u32(env, argv[1], &ksz) ||
 	    !get_u32(env, argv[2], &vsz) || !get_u32(env, argv[3], &max))
@@ -595,58 +597,56 @@ static napi_value map_dump(napi_env env, napi_callback_info info)
 	log_reset();
 	keys = malloc(cap * ksz);
 	values = malloc(cap * vsz);
-	if (!keys || !values)
-		goto oom;
-	/* bounded: a map being rewritten concurrently could otherwise restart the walk forever */
-	for (size_t steps = 0; steps < (size_t)max * 2 + 16; steps++) {
+	cursor = malloc(ksz);
+	if (!keys || !values || !cursor)
+		goto fail;
+	/* bounded: a map rewritten concurrently could otherwise restart the walk forever */
+	for (size_t steps = 0; steps < (size_t)max * 2 + 16 && n < max; steps++) {
 		if (n == cap) {
 			char *nk = realloc(keys, cap * 2 * ksz), *nv;
 			if (!nk)
-				goto oom;
+				goto fail;
 			keys = nk;
 			nv = realloc(values, cap * 2 * vsz);
 			if (!nv)
-				goto oom;
+				goto fail;
 			values = nv;
 			cap *= 2;
 		}
-		char *next = keys + n * ksz;
-		if (bpf_map_get_next_key(fd, prev, next)) {
+		/* the kernel reads the previous key before writing the next, so one buffer serves as both */
+		if (bpf_map_get_next_key(fd, steps ? cursor : NULL, cursor)) {
 			if (errno == ENOENT)
 				break;
-			int err = errno;
-			free(keys);
-			free(values);
-			return throw_errno(env, "BPF_MAP_GET_NEXT_KEY", err);
+			err = errno;
+			op = "BPF_MAP_GET_NEXT_KEY";
+			goto fail;
 		}
-		prev = next;
-		if (bpf_map_lookup_elem(fd, next, values + n * vsz)) {
-			/* gone meanwhile: not counted; the slot stays the cursor (the kernel reads the key
-			 * before it writes the next one, so the same buffer may serve as both) */
+		if (bpf_map_lookup_elem(fd, cursor, values + n * vsz)) {
 			if (errno == ENOENT)
-				continue;
-			int err = errno;
-			free(keys);
-			free(values);
-			return throw_errno(env, "BPF_MAP_LOOKUP_ELEM", err);
+				continue; /* deleted meanwhile: skip it */
+			err = errno;
+			op = "BPF_MAP_LOOKUP_ELEM";
+			goto fail;
 		}
+		memcpy(keys + n * ksz, cursor, ksz);
 		n++;
-		if (n >= max)
-			break;
 	}
-	NAPI_CALL(env, napi_create_object(env, &obj));
-	NAPI_CALL(env, napi_create_buffer_copy(env, n * ksz, keys, NULL, &kb));
-	NAPI_CALL(env, napi_create_buffer_copy(env, n * vsz, values, NULL, &vb));
+	free(cursor);
+	cursor = NULL;
+	if (napi_create_object(env, &obj) != napi_ok || napi_create_buffer_copy(env, n * ksz, keys, NULL, &kb) != napi_ok ||
+	    napi_create_buffer_copy(env, n * vsz, values, NULL, &vb) != napi_ok)
+		goto fail;
 	free(keys);
 	free(values);
 	set_u32(env, obj, "count", (uint32_t)n);
 	napi_set_named_property(env, obj, "keys", kb);
 	napi_set_named_property(env, obj, "values", vb);
 	return obj;
-oom:
+fail:
 	free(keys);
 	free(values);
-	return throw_errno(env, "MAP_DUMP", ENOMEM);
+	free(cursor);
+	return throw_errno(env, op, err);
 }
 
 static napi_value num_possible_cpus(napi_env env, napi_callback_info info)
