@@ -31,11 +31,16 @@ export class IdentityAllocator {
     const key = labelSetKey(labels);
     const existing = this.store.identityByKey(key);
     if (existing) return existing.id;
-    const id = lowestFree(this.store.usedIdentityIds(), IDENTITY_MIN, IDENTITY_MAX);
+    // Hand out numbers round-robin from a persisted cursor: a number released a moment ago is not
+    // reused at once, so flows, conntrack and other hosts' caches never confuse two label sets.
+    const used = this.store.usedIdentityIds();
+    const cursor = Number(this.store.metaGet('identity_cursor') ?? IDENTITY_MIN);
+    const id = lowestFree(used, Math.max(cursor, IDENTITY_MIN), IDENTITY_MAX) ?? lowestFree(used, IDENTITY_MIN, IDENTITY_MAX);
     if (id === undefined) {
       throw new IdentityExhaustedError(`no free identity left in ${IDENTITY_MIN}-${IDENTITY_MAX}`);
     }
     this.store.identityInsert(id, key, labels.map(labelFormat));
+    this.store.metaSet('identity_cursor', String(id + 1));
     return id;
   }
 }

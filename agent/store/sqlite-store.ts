@@ -48,6 +48,10 @@ const MIGRATIONS: Record<number, string> = {
       updated_at  TEXT NOT NULL,
       PRIMARY KEY (kind, namespace, name)
     );
+    CREATE TABLE meta (
+      key         TEXT PRIMARY KEY,
+      value       TEXT NOT NULL
+    );
     CREATE TABLE cidr_identities (
       cidr        TEXT PRIMARY KEY,
       identity    INTEGER NOT NULL UNIQUE
@@ -286,6 +290,14 @@ export class SqliteStore {
 
   policyDelete(kind: string, namespace: string, name: string): boolean {
     return this.db.prepare('DELETE FROM policies WHERE kind = ? AND namespace = ? AND name = ?').run(kind, namespace, name).changes > 0;
+  }
+
+  metaGet(key: string): string | undefined {
+    return (this.db.prepare('SELECT value FROM meta WHERE key = ?').get(key) as { value: string } | undefined)?.value;
+  }
+
+  metaSet(key: string, value: string): void {
+    this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value').run(key, value);
   }
 
   cidrIdentities(): Map<string, number> {

@@ -63,6 +63,8 @@ describe('IdentityAllocator with the SQLite store', () => {
     store.workloadDelete('default', 'w2');
     assert.deepEqual(store.identitiesReleaseUnused(), [web]);
     assert.equal(store.identityList().length, 0);
+    // Released numbers are not handed out again at once: allocation moves on round-robin.
+    assert.equal(alloc.acquire({ app: 'web' }, 'default'), IDENTITY_MIN + 2);
     store.close();
   });
 });
