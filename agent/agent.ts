@@ -4,6 +4,7 @@ import { KitnetError } from '../common/errors.js';
 import { FilterError, filtersCompile } from './flows/filter.js';
 import type { HubbleFlowRecord } from './flows/hubble.js';
 import type { Identity } from '../api/schemas/identity.js';
+import type { Namespace, PolicyApplyResult, PolicySummary, TraceRequest, TraceResponse, WorkloadPolicy } from '../api/schemas/policy.js';
 import type { Status } from '../api/schemas/status.js';
 import type { Workload, WorkloadCreate } from '../api/schemas/workload.js';
 import { GATEWAY_V4, GATEWAY_V6 } from '../netkit/index.js';
@@ -18,6 +19,9 @@ import type { SqliteStore } from './store/sqlite-store.js';
 import type { WorkloadRecord } from './store/types.js';
 import { WorkloadService } from './workloads.js';
 import { AgentMetrics } from './metrics.js';
+import { Mutex } from './mutex.js';
+import { PolicyEngine } from './policy-engine.js';
+import { PolicyService } from './policy-service.js';
 
 export const KITNET_VERSION = '0.1.0';
 
@@ -29,6 +33,10 @@ export class Agent implements AgentApi {
   readonly flows: FlowPipeline;
   /** Prometheus metrics (GET /metrics); the policy engine reports map sizes with metrics.policyMapEntriesSet. */
   readonly metrics: AgentMetrics;
+  readonly policyEngine: PolicyEngine;
+  readonly policies: PolicyService;
+  /** One lock for every change of desired state: workloads, labels, namespaces, policies. */
+  private readonly mutex = new Mutex();
   private readonly startedAt = Date.now();
 
   constructor(
@@ -38,8 +46,10 @@ export class Agent implements AgentApi {
     readonly hostFacts: HostFacts,
     readonly log: Logger,
   ) {
-    this.reconciler = new Reconciler(store, config, kernel, log.child({ component: 'reconciler' }));
-    this.workloads = new WorkloadService(store, config, kernel, this.reconciler, log.child({ component: 'workloads' }));
+    this.policyEngine = new PolicyEngine(store, kernel, log.child({ component: 'policy' }));
+    this.reconciler = new Reconciler(store, config, kernel, log.child({ component: 'reconciler' }), this.policyEngine);
+    this.workloads = new WorkloadService(store, config, kernel, this.reconciler, log.child({ component: 'workloads' }), this.mutex, this.policyEngine);
+    this.policies = new PolicyService(store, this.policyEngine, this.workloads, this.mutex, log.child({ component: 'policy' }));
     this.directory = new EndpointDirectory(store);
     this.flows = new FlowPipeline(this.directory, config.nodeName, config.flows.ringCapacity, log.child({ component: 'flows' }));
     this.metrics = new AgentMetrics({ flows: this.flows, datapath: kernel.datapath, workloads: () => store.workloadList(), identities: () => store.identityList().length });
@@ -66,6 +76,7 @@ export class Agent implements AgentApi {
       kind: rec.spec.kind,
       labels: rec.spec.labels,
       netns: rec.spec.netns,
+      ports: rec.spec.ports ?? [],
       mode: rec.mode,
       requestedMode: rec.spec.requestedMode,
       state: rec.state,
@@ -109,6 +120,56 @@ export class Agent implements AgentApi {
     } finally {
       this.directory.refresh();
     }
+  }
+
+  async workloadLabelsSet(namespace: string, name: string, labels: Record<string, string>): Promise<Workload> {
+    try {
+      return this.view(await this.workloads.labelsSet(namespace, name, labels));
+    } finally {
+      this.directory.refresh();
+    }
+  }
+
+  workloadPolicy(namespace: string, name: string): WorkloadPolicy {
+    const rec = this.workloads.get(namespace, name);
+    const { policy, text } = this.policyEngine.endpointPolicy(rec.endpointId);
+    return {
+      endpointId: rec.endpointId,
+      identity: rec.identity,
+      ingressEnforced: policy?.ingressEnforced ?? false,
+      egressEnforced: policy?.egressEnforced ?? false,
+      entries: (policy?.entries ?? []).map((e) => ({ ...e })),
+      text,
+    };
+  }
+
+  namespaceList(): Namespace[] {
+    return this.policies.namespaceList();
+  }
+
+  async namespacePut(name: string, labels: Record<string, string>): Promise<Namespace> {
+    try {
+      return await this.policies.namespacePut(name, labels);
+    } finally {
+      this.directory.refresh();
+    }
+  }
+
+  policyList(): PolicySummary[] {
+    return this.policies.policyList();
+  }
+
+  policiesApply(body: unknown, contentType?: string): Promise<PolicyApplyResult> {
+    return this.policies.apply(body, contentType);
+  }
+
+  policyDelete(kind: string, namespace: string, name: string): Promise<PolicySummary> {
+    return this.policies.delete(kind, namespace, name);
+  }
+
+  policyTrace(req: TraceRequest): TraceResponse {
+    const { result, text } = this.policies.trace(req.from, req.to, req.protocol, req.port);
+    return { verdict: result.verdict, text, result: result as unknown as Record<string, unknown> };
   }
 
   identityList(): Identity[] {

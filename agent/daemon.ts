@@ -44,7 +44,7 @@ function kitnetGid(): number | undefined {
   }
 }
 
-export async function daemonRun(opts: DaemonOptions = {}): Promise<{ stop: () => Promise<void>; config: Config }> {
+export async function daemonRun(opts: DaemonOptions = {}): Promise<{ stop: () => Promise<void>; config: Config; agent: Agent }> {
   const configPath = opts.configPath ?? (existsSync(DEFAULT_CONFIG_PATH) ? DEFAULT_CONFIG_PATH : undefined);
   const config = configLoad(configPath, opts.overrides);
   const log: Logger = pino({ level: config.logLevel, base: { node: config.nodeName } });
@@ -85,5 +85,5 @@ export async function daemonRun(opts: DaemonOptions = {}): Promise<{ stop: () =>
       datapath.close();
       store.close();
     })());
-  return { stop, config };
+  return { stop, config, agent };
 }

@@ -1,8 +1,8 @@
-import type { Datapath } from '../bpf/index.js';
+import type { KitnetDatapath } from '../bpf/index.js';
 import * as netkit from '../netkit/index.js';
 import type { KernelOps } from './kernel-ops.js';
 
-export function kernelOpsReal(datapath: Datapath): KernelOps {
+export function kernelOpsReal(datapath: KitnetDatapath): KernelOps {
   return {
     datapath,
     features: () => netkit.featuresProbe(),

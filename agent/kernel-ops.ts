@@ -1,4 +1,4 @@
-import type { Datapath } from '../bpf/index.js';
+import type { KitnetDatapath } from '../bpf/index.js';
 import type { EndpointDevice, EndpointDeviceSpec, KernelFeatures, KitnetLink } from '../netkit/index.js';
 
 /**
@@ -14,5 +14,5 @@ export interface KernelOps {
   linksList(): Promise<KitnetLink[]>;
   /** Lets traffic through a netkit peer once its programs are attached (no-op for veth). */
   devicePolicyOpen(device: EndpointDevice): Promise<void>;
-  readonly datapath: Datapath;
+  readonly datapath: KitnetDatapath;
 }

@@ -5,6 +5,8 @@ import type { KernelOps } from './kernel-ops.js';
 import type { SqliteStore } from './store/sqlite-store.js';
 import type { WorkloadRecord } from './store/types.js';
 import { deviceSpecFor } from './workloads.js';
+import type { PolicyEngine } from './policy-engine.js';
+import { EP_F_ENFORCE_SRC_IP, EP_F_ENFORCE_SRC_MAC } from '../bpf/layout.gen.js';
 
 export type Observed = NonNullable<WorkloadRecord['observed']>;
 
@@ -23,9 +25,28 @@ export class Reconciler {
     private readonly config: Config,
     private readonly kernel: KernelOps,
     private readonly log: Logger,
+    private readonly policy: PolicyEngine,
   ) {}
 
-  async workloadConverge(rec: WorkloadRecord): Promise<Observed> {
+  /** Endpoint and ipcache entries of a workload whose device exists (identity or address changes). */
+  endpointMapsWrite(rec: WorkloadRecord, device?: { hostIfindex: number; peerMac: string }): void {
+    const ifindex = device?.hostIfindex ?? rec.observed?.hostIfindex;
+    const mac = device?.peerMac ?? rec.observed?.peerMac;
+    const dp = this.kernel.datapath;
+    if (ifindex !== undefined && mac !== undefined) {
+      // Anti-spoofing: a workload may only send from its own addresses (and MAC, where frames carry one).
+      const flags = EP_F_ENFORCE_SRC_IP | (rec.mode === 'netkit' ? 0 : EP_F_ENFORCE_SRC_MAC);
+      dp.endpointUpsert(ifindex, { endpointId: rec.endpointId, identity: rec.identity, ipv4: rec.ipv4, ipv6: rec.ipv6, mac, flags });
+    }
+    dp.ipcacheUpsert(`${rec.ipv4}/32`, { identity: rec.identity, hostId: 0 });
+    dp.ipcacheUpsert(`${rec.ipv6}/128`, { identity: rec.identity, hostId: 0 });
+  }
+
+  /**
+   * Device, maps, policy, programs, in that order: the programs only see traffic once the endpoint and
+   * its policy entries are in place (an endpoint without entries would drop everything).
+   */
+  async workloadConverge(rec: WorkloadRecord, opts: { policy?: boolean } = {}): Promise<Observed> {
     const spec = deviceSpecFor(rec, this.config);
     let device = await this.kernel.deviceObserve(spec);
     if (!device) {
@@ -34,16 +55,8 @@ export class Reconciler {
       device = await this.kernel.deviceCreate(spec);
     }
     const dp = this.kernel.datapath;
-    dp.endpointUpsert(device.hostIfindex, {
-      endpointId: rec.endpointId,
-      identity: rec.identity,
-      ipv4: rec.ipv4,
-      ipv6: rec.ipv6,
-      mac: device.peerMac,
-      flags: 0,
-    });
-    dp.ipcacheUpsert(`${rec.ipv4}/32`, { identity: rec.identity, hostId: 0 });
-    dp.ipcacheUpsert(`${rec.ipv6}/128`, { identity: rec.identity, hostId: 0 });
+    this.endpointMapsWrite(rec, device);
+    if (opts.policy !== false) this.policy.apply();
     await dp.attach({ ifname: device.hostIfname, ifindex: device.hostIfindex, kind: attachKindFor(rec) });
     await this.kernel.devicePolicyOpen(device);
     return { hostIfindex: device.hostIfindex, hostMac: device.hostMac, peerIfindex: device.peerIfindex, peerMac: device.peerMac };
@@ -68,13 +81,16 @@ export class Reconciler {
    */
   async syncAll(): Promise<{ converged: number; failed: number; orphans: number }> {
     const records = this.store.workloadList();
+    // Policy for every stored endpoint first (one compile), so each converge below can attach at once.
+    this.policy.load();
+    this.policy.apply();
     let converged = 0;
     let failed = 0;
     const liveIfindexes = new Set<number>();
     for (const rec of records) {
       const log = this.log.child({ workload: `${rec.spec.namespace}/${rec.spec.name}`, device: rec.hostIfname, identity: rec.identity });
       try {
-        const observed = await this.workloadConverge(rec);
+        const observed = await this.workloadConverge(rec, { policy: false });
         liveIfindexes.add(observed.hostIfindex);
         this.store.workloadStateSet(rec.spec.namespace, rec.spec.name, 'ready', observed);
         converged++;
@@ -106,12 +122,8 @@ export class Reconciler {
       dp.endpointDelete(ifindex);
       orphans++;
     }
-    const knownCidrs = new Set(records.flatMap((r) => [`${r.ipv4}/32`, `${r.ipv6}/128`]));
-    for (const [cidr, entry] of dp.ipcacheList()) {
-      if (entry.hostId !== 0 || knownCidrs.has(cidr)) continue;
-      dp.ipcacheDelete(cidr);
-      orphans++;
-    }
+    // Ipcache: workload, host and policy CIDR entries are desired; the rest is swept.
+    this.policy.ipcacheSync();
     return { converged, failed, orphans };
   }
 }

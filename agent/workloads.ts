@@ -10,7 +10,8 @@ import type { KernelOps } from './kernel-ops.js';
 import type { Reconciler } from './reconciler.js';
 import type { SqliteStore } from './store/sqlite-store.js';
 import type { WorkloadRecord, WorkloadSpec } from './store/types.js';
-import { Mutex } from './mutex.js';
+import type { Mutex } from './mutex.js';
+import type { PolicyEngine } from './policy-engine.js';
 
 export interface WorkloadCreateInput {
   name: string;
@@ -22,6 +23,7 @@ export interface WorkloadCreateInput {
   ipv6?: string | undefined;
   mode: 'auto' | 'veth' | 'netkit';
   interface?: string | undefined;
+  ports?: Array<{ name: string; port: number; protocol: 'TCP' | 'UDP' | 'SCTP' }> | undefined;
 }
 
 const ENDPOINT_ID_MAX = 65535;
@@ -77,7 +79,6 @@ export function errorToKitnet(err: unknown, context: string): KitnetError {
  * with another's, and allocation sees a consistent store.
  */
 export class WorkloadService {
-  private readonly mutex = new Mutex();
   private readonly identities: IdentityAllocator;
   private readonly pool4: Pool;
   private readonly pool6: Pool;
@@ -88,6 +89,9 @@ export class WorkloadService {
     private readonly kernel: KernelOps,
     private readonly reconciler: Reconciler,
     private readonly log: Logger,
+    /** Shared with every other service that changes desired state, so changes never interleave. */
+    private readonly mutex: Mutex,
+    private readonly policy: PolicyEngine,
   ) {
     this.identities = new IdentityAllocator(store);
     this.pool4 = new Pool(config.ipam.ipv4Pool);
@@ -151,6 +155,7 @@ export class WorkloadService {
       netns: input.netns,
       requestedMode: input.mode,
       interface: input.interface ?? this.config.datapath.workloadIfname,
+      ...(input.ports?.length ? { ports: input.ports } : {}),
     };
     let rec: WorkloadRecord;
     try {
@@ -158,7 +163,7 @@ export class WorkloadService {
         const used = this.store.usedAddresses();
         const ipv4 = input.ipv4 ? this.pool4.check(input.ipv4, used.ipv4, 'ipv4') : this.pool4.allocate(used.ipv4, 'ipv4');
         const ipv6 = input.ipv6 ? this.pool6.check(input.ipv6, used.ipv6, 'ipv6') : this.pool6.allocate(used.ipv6, 'ipv6');
-        const identity = this.identities.acquire(input.labels, input.namespace);
+        const identity = this.identities.acquire(input.labels, input.namespace, this.store.namespaceGet(input.namespace)?.labels);
         const endpointId = lowestFree(this.store.usedEndpointIds(), 1, ENDPOINT_ID_MAX);
         if (endpointId === undefined) throw new KitnetError('AGENT_ERR_INTERNAL', 'no free endpoint id left');
         return this.store.workloadInsert({
@@ -186,6 +191,12 @@ export class WorkloadService {
         this.store.workloadDelete(input.namespace, input.name);
         this.store.identitiesReleaseUnused();
       });
+      // The policy map may already hold entries for the half-made endpoint and for peers of its identity.
+      try {
+        this.policy.apply();
+      } catch (e) {
+        log.error({ err: e }, 'policy re-apply after rollback failed');
+      }
       throw errorToKitnet(err, `registering workload ${ref}`);
     }
     const done = this.store.workloadGet(input.namespace, input.name)!;
@@ -205,9 +216,42 @@ export class WorkloadService {
         this.store.workloadDelete(namespace, name);
         return this.store.identitiesReleaseUnused();
       });
+      this.policy.apply();
       log.info({ releasedIdentities: released }, 'workload removed');
       return rec;
     });
+  }
+
+  /** Replaces a workload's labels: new identity, updated maps, policy recompiled for everyone. */
+  labelsSet(namespace: string, name: string, labels: Record<string, string>): Promise<WorkloadRecord> {
+    return this.mutex.run(async () => {
+      const rec = this.get(namespace, name);
+      const updated = this.identitiesRederive([{ ...rec, spec: { ...rec.spec, labels } }]);
+      this.policy.apply();
+      return updated[0]!;
+    });
+  }
+
+  /**
+   * Recomputes the identities of the given workloads (after a label or namespace-label change),
+   * writes the new numbers to the endpoint map and ipcache, and releases identities left unused.
+   * Runs under the caller's lock; the caller re-applies policy afterwards. Established connections
+   * that remain allowed keep flowing: conntrack entries are not touched.
+   */
+  identitiesRederive(records: WorkloadRecord[]): WorkloadRecord[] {
+    const changed = this.store.transaction(() => {
+      const out: WorkloadRecord[] = [];
+      for (const rec of records) {
+        const nsLabels = this.store.namespaceGet(rec.spec.namespace)?.labels;
+        const identity = this.identities.acquire(rec.spec.labels, rec.spec.namespace, nsLabels);
+        this.store.workloadUpdate(rec.spec.namespace, rec.spec.name, rec.spec, identity);
+        out.push(this.store.workloadGet(rec.spec.namespace, rec.spec.name)!);
+      }
+      this.store.identitiesReleaseUnused();
+      return out;
+    });
+    for (const rec of changed) this.reconciler.endpointMapsWrite(rec);
+    return changed;
   }
 
   /** Runs fn while no registration or removal is in progress (startup sync, shutdown). */

@@ -1,5 +1,6 @@
 import type { FlowFilter } from './schemas/flows.js';
 import type { Identity } from './schemas/identity.js';
+import type { Namespace, PolicyApplyResult, PolicySummary, TraceRequest, TraceResponse, WorkloadPolicy } from './schemas/policy.js';
 import type { Status } from './schemas/status.js';
 import type { Workload, WorkloadCreate } from './schemas/workload.js';
 
@@ -20,7 +21,18 @@ export interface AgentApi {
   workloadList(namespace?: string): Workload[];
   workloadGet(namespace: string, name: string): Workload;
   workloadRemove(namespace: string, name: string): Promise<Workload>;
+  /** Replaces a workload's labels (and so its identity). */
+  workloadLabelsSet(namespace: string, name: string, labels: Record<string, string>): Promise<Workload>;
+  /** The endpoint's effective policy map entries. */
+  workloadPolicy(namespace: string, name: string): WorkloadPolicy;
   identityList(): Identity[];
+  namespaceList(): Namespace[];
+  namespacePut(name: string, labels: Record<string, string>): Promise<Namespace>;
+  policyList(): PolicySummary[];
+  /** Body: YAML/JSON text, or an already parsed JSON value. */
+  policiesApply(body: unknown, contentType?: string): Promise<PolicyApplyResult>;
+  policyDelete(kind: string, namespace: string, name: string): Promise<PolicySummary>;
+  policyTrace(req: TraceRequest): TraceResponse;
   status(): Promise<Status>;
   /** Flows from the ring matching the selection, oldest first. Throws a 400 KitnetError for a bad filter. */
   flowsSelect(sel: FlowSelection): FlowRecord[];

@@ -7,6 +7,7 @@ import { errorHandler } from './errors.js';
 import { flowRoutes } from './routes/flows.js';
 import { metricsRoutes } from './routes/metrics.js';
 import { uiRoutes } from './routes/ui.js';
+import { policyRoutes } from './routes/policies.js';
 import { systemRoutes } from './routes/system.js';
 import { workloadRoutes } from './routes/workloads.js';
 
@@ -42,6 +43,7 @@ export async function serverBuild(opts: ServerOptions): Promise<FastifyInstance>
   await app.register(flowRoutes, { agent: opts.agent });
   await app.register(metricsRoutes, { agent: opts.agent });
   await app.register(uiRoutes);
+  await app.register(policyRoutes, { agent: opts.agent });
   app.get('/docs/json', { schema: { hide: true } }, async () => app.swagger());
   await app.ready();
   return app as unknown as FastifyInstance;

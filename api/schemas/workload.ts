@@ -23,8 +23,28 @@ export const WorkloadCreate = z
       .regex(/^[A-Za-z0-9_.-]+$/, 'interface name may contain letters, digits, "_", "." and "-"')
       .optional()
       .describe('Interface name inside the namespace (default from config, usually eth0)'),
+    ports: z
+      .array(
+        z
+          .object({
+            name: z.string().min(1).max(15).regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, 'port names are IANA service names: lower-case letters, digits and "-"'),
+            port: z.number().int().min(1).max(65535),
+            protocol: z.enum(['TCP', 'UDP', 'SCTP']).default('TCP'),
+          })
+          .strict(),
+      )
+      .max(64)
+      .optional()
+      .describe('Named ports the workload serves (for policies that name ports)'),
   })
-  .strict();
+  .strict()
+  .superRefine((w, ctx) => {
+    const seen = new Set<string>();
+    w.ports?.forEach((p, i) => {
+      if (seen.has(p.name)) ctx.addIssue({ code: 'custom', message: `port name "${p.name}" is used twice`, path: ['ports', i, 'name'] });
+      seen.add(p.name);
+    });
+  });
 
 export type WorkloadCreate = z.infer<typeof WorkloadCreate>;
 
@@ -34,6 +54,7 @@ export const Workload = z.object({
   kind: z.string(),
   labels: z.record(z.string(), z.string()),
   netns: z.string(),
+  ports: z.array(z.object({ name: z.string(), port: z.number(), protocol: z.string() })),
   mode: z.string().describe('Device mode in use'),
   requestedMode: z.string(),
   state: z.enum(['pending', 'ready', 'error']),
@@ -56,3 +77,5 @@ export type Workload = z.infer<typeof Workload>;
 
 export const WorkloadRef = z.object({ namespace: Dns1123Label, name: Dns1123Label });
 export const WorkloadListQuery = z.object({ namespace: Dns1123Label.optional() }).strict();
+
+export const WorkloadPatch = z.object({ labels: Labels.describe('The new, complete label set') }).strict();

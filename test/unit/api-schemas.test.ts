@@ -9,6 +9,7 @@ import { serverBuild } from '../../api/server.js';
 /** Records what reached the agent: a rejected request must never get there. */
 function agentStub() {
   const calls: WorkloadCreate[] = [];
+  const applied: unknown[] = [];
   const agent: AgentApi = {
     workloadRegister: async (input) => {
       calls.push(input);
@@ -28,8 +29,25 @@ function agentStub() {
     flowsSelect: () => [],
     flowsFollow: () => () => undefined,
     flowsLost: (n) => ({ lost_events: { num_events_lost: n }, node_name: 'x', time: '' }),
+    workloadLabelsSet: async () => {
+      throw new KitnetError('AGENT_ERR_WORKLOAD_NOT_FOUND', 'stub');
+    },
+    workloadPolicy: () => {
+      throw new KitnetError('AGENT_ERR_WORKLOAD_NOT_FOUND', 'stub');
+    },
+    namespaceList: () => [],
+    namespacePut: async (name, labels) => ({ name, labels, createdAt: '', updatedAt: '' }),
+    policyList: () => [],
+    policiesApply: async (body) => {
+      applied.push(body);
+      throw new KitnetError('AGENT_ERR_POLICY_INVALID', 'stub');
+    },
+    policyDelete: async () => {
+      throw new KitnetError('AGENT_ERR_POLICY_NOT_FOUND', 'stub');
+    },
+    policyTrace: () => ({ verdict: 'ALLOWED', text: '', result: {} }),
   };
-  return { agent, calls };
+  return { agent, calls, applied };
 }
 
 describe('API request validation', () => {
@@ -96,6 +114,24 @@ describe('API request validation', () => {
     assert.equal((await app.inject({ method: 'GET', url: '/v1/flows?last=0' })).statusCode, 400);
     assert.equal((await app.inject({ method: 'GET', url: '/v1/flows?last=abc' })).statusCode, 400);
     assert.equal((await app.inject({ method: 'GET', url: '/v1/flows?last=5' })).statusCode, 200);
+  });
+
+  test('policy bodies reach the agent as YAML text or parsed JSON', async () => {
+    const yaml = 'kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\n';
+    await app.inject({ method: 'PUT', url: '/v1/policies', payload: yaml, headers: { 'content-type': 'application/yaml' } });
+    await app.inject({ method: 'PUT', url: '/v1/policies', payload: { kind: 'NetworkPolicy' } });
+    assert.deepEqual(stub.applied, [yaml, { kind: 'NetworkPolicy' }]);
+  });
+
+  test('workload ports and trace requests are validated', async () => {
+    const dupPorts = { ...valid, ports: [{ name: 'http', port: 80 }, { name: 'http', port: 81 }] };
+    const r1 = await app.inject({ method: 'POST', url: '/v1/workloads', payload: dupPorts });
+    assert.equal(r1.statusCode, 400);
+    assert.match(r1.json().message, /ports.*used twice/);
+    const r2 = await app.inject({ method: 'POST', url: '/v1/policy/trace', payload: { from: { workload: 'a' }, to: { ip: '10.0.0.999' }, port: 80 } });
+    assert.equal(r2.statusCode, 400);
+    const r3 = await app.inject({ method: 'POST', url: '/v1/policy/trace', payload: { from: { workload: 'a' }, to: { ip: '10.0.0.9' }, port: 80 } });
+    assert.equal(r3.statusCode, 200);
   });
 
   test('OpenAPI document is served at /docs/json', async () => {

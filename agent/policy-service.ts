@@ -1,0 +1,137 @@
+import type { Logger } from 'pino';
+import { KitnetError } from '../common/errors.js';
+import { identityLabels, labelFormat, labelSetKey } from './identity/labels.js';
+import type { Mutex } from './mutex.js';
+import type { PolicyApplyStats, PolicyEngine } from './policy-engine.js';
+import { policiesFromObjects, policiesParse, policyTraceFormat, type ParsedPolicy, type TracePeer, type TraceResult } from './policy/index.js';
+import type { NamespaceRecord, PolicyRecord, SqliteStore } from './store/sqlite-store.js';
+import type { WorkloadService } from './workloads.js';
+
+/** How a trace names a peer: a workload, a label set (of an existing identity), an address or an identity. */
+export type TracePeerSpec =
+  | { workload: string }
+  | { labels: Record<string, string>; namespace?: string | undefined }
+  | { ip: string }
+  | { identity: number };
+
+export interface PolicyApplyResult {
+  applied: Array<{ kind: string; namespace: string; name: string; action: 'created' | 'updated' }>;
+  stats: PolicyApplyStats;
+}
+
+/** Kind names as they appear in the DELETE path (`/v1/policies/:kind/:ns/:name`), case-insensitive. */
+const KIND_ALIASES: Record<string, string> = {
+  networkpolicy: 'NetworkPolicy',
+  netpol: 'NetworkPolicy',
+  ciliumnetworkpolicy: 'CiliumNetworkPolicy',
+  cnp: 'CiliumNetworkPolicy',
+  ciliumclusterwidenetworkpolicy: 'CiliumClusterwideNetworkPolicy',
+  ccnp: 'CiliumClusterwideNetworkPolicy',
+};
+
+export function policyKindResolve(kind: string): string {
+  const k = KIND_ALIASES[kind.toLowerCase()];
+  if (!k) throw new KitnetError('AGENT_ERR_API_VALIDATION', `kind: "${kind}" is not one of NetworkPolicy, CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy`, { field: 'kind' });
+  return k;
+}
+
+/**
+ * Policies and namespaces: validated as a whole batch, stored, then compiled and written to the
+ * datapath under the same lock as workload changes.
+ */
+export class PolicyService {
+  constructor(
+    private readonly store: SqliteStore,
+    private readonly engine: PolicyEngine,
+    private readonly workloads: WorkloadService,
+    private readonly mutex: Mutex,
+    private readonly log: Logger,
+  ) {}
+
+  namespaceList(): NamespaceRecord[] {
+    return this.store.namespaceList();
+  }
+
+  /** Sets a namespace's labels; its workloads get re-derived identities and policy is recompiled. */
+  namespacePut(name: string, labels: Record<string, string>): Promise<NamespaceRecord> {
+    return this.mutex.run(async () => {
+      this.store.namespacePut(name, labels);
+      const members = this.store.workloadList(name);
+      this.workloads.identitiesRederive(members);
+      const stats = this.engine.apply();
+      this.log.info({ namespace: name, labels, workloads: members.length, ...stats }, 'namespace labels set');
+      return this.store.namespaceGet(name)!;
+    });
+  }
+
+  policyList(): PolicyRecord[] {
+    return this.store.policyList();
+  }
+
+  /** Validates every document first: one invalid document rejects the batch and changes nothing. */
+  apply(body: unknown, contentType?: string): Promise<PolicyApplyResult> {
+    const parsed: ParsedPolicy[] =
+      typeof body === 'string'
+        ? policiesParse(body, contentType)
+        : policiesFromObjects(Array.isArray(body) ? body : [body]);
+    if (parsed.length === 0) throw new KitnetError('AGENT_ERR_POLICY_INVALID', 'the request holds no policy document');
+    return this.mutex.run(async () => {
+      const key = (p: { kind: string; namespace: string; name: string }) => `${p.kind}/${p.namespace}/${p.name}`;
+      const byKey = new Map(this.engine.parsed.map((p) => [key(p), p]));
+      for (const p of parsed) byKey.set(key(p), p);
+      const next = [...byKey.values()];
+      // Compile before storing: a batch the compiler refuses must not reach the store either.
+      this.engine.compile(next);
+      const applied = this.store.transaction(() =>
+        parsed.map((p) => ({
+          kind: p.kind,
+          namespace: p.namespace,
+          name: p.name,
+          action: this.store.policyPut(p.kind, p.namespace, p.name, p.document) ? ('created' as const) : ('updated' as const),
+        })),
+      );
+      this.engine.policiesSet(next);
+      const stats = this.engine.apply();
+      this.log.info({ policies: applied.map((a) => `${a.kind} ${a.namespace}/${a.name} ${a.action}`), ...stats }, 'policies applied');
+      return { applied, stats };
+    });
+  }
+
+  delete(kindRaw: string, namespace: string, name: string): Promise<PolicyRecord> {
+    const kind = policyKindResolve(kindRaw);
+    const ns = kind === 'CiliumClusterwideNetworkPolicy' ? '' : namespace;
+    return this.mutex.run(async () => {
+      const existing = this.store.policyList().find((p) => p.kind === kind && p.namespace === ns && p.name === name);
+      if (!existing) throw new KitnetError('AGENT_ERR_POLICY_NOT_FOUND', `${kind} ${ns ? `${ns}/` : ''}${name} does not exist`);
+      this.store.policyDelete(kind, ns, name);
+      this.engine.policiesSet(this.engine.parsed.filter((p) => !(p.kind === kind && p.namespace === ns && p.name === name)));
+      const stats = this.engine.apply();
+      this.log.info({ policy: `${kind} ${ns}/${name}`, ...stats }, 'policy deleted');
+      return existing;
+    });
+  }
+
+  private peerResolve(spec: TracePeerSpec, field: string): TracePeer {
+    if ('ip' in spec) return { ip: spec.ip };
+    if ('identity' in spec) return { identity: spec.identity };
+    if ('workload' in spec) {
+      const [ns, name] = spec.workload.includes('/') ? spec.workload.split('/', 2) : ['default', spec.workload];
+      const w = this.store.workloadGet(ns!, name!);
+      if (!w) throw new KitnetError('AGENT_ERR_TRACE_PEER', `${field}: workload ${ns}/${name} is not registered`, { field });
+      return { endpointId: w.endpointId };
+    }
+    const ns = spec.namespace ?? 'default';
+    const key = labelSetKey(identityLabels(spec.labels, ns, this.store.namespaceGet(ns)?.labels));
+    const id = this.store.identityByKey(key);
+    if (!id) {
+      const shown = identityLabels(spec.labels, ns).map(labelFormat).join(' ');
+      throw new KitnetError('AGENT_ERR_TRACE_PEER', `${field}: no identity has exactly the labels ${shown}; register a workload with them or trace by workload`, { field });
+    }
+    return { identity: id.id };
+  }
+
+  trace(from: TracePeerSpec, to: TracePeerSpec, protocol: string, port: number): { result: TraceResult; text: string } {
+    const { result, identities } = this.engine.trace(this.peerResolve(from, 'from'), this.peerResolve(to, 'to'), protocol, port);
+    return { result, text: policyTraceFormat(result, identities) };
+  }
+}
