@@ -25,15 +25,15 @@ export class ApiClient {
     this.socket = opts.socket ?? process.env.KITNET_SOCKET ?? DEFAULT_SOCKET;
   }
 
-  private raw(method: string, path: string, body?: unknown): Promise<{ status: number; text: string }> {
+  private raw(method: string, path: string, body?: unknown, contentType = 'application/json'): Promise<{ status: number; text: string }> {
     return new Promise((resolve, reject) => {
-      const payload = body === undefined ? undefined : JSON.stringify(body);
+      const payload = body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body);
       const req = request(
         {
           socketPath: this.socket,
           method,
           path,
-          headers: payload ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {},
+          headers: payload !== undefined ? { 'content-type': contentType, 'content-length': Buffer.byteLength(payload) } : {},
         },
         (res) => {
           const chunks: Buffer[] = [];
@@ -54,8 +54,9 @@ export class ApiClient {
     });
   }
 
-  async call<T>(method: string, path: string, body?: unknown): Promise<T> {
-    const { status, text } = await this.raw(method, path, body);
+  /** Sends a JSON body (or, with a content type, a text body as is) and parses the JSON answer. */
+  async call<T>(method: string, path: string, body?: unknown, contentType?: string): Promise<T> {
+    const { status, text } = await this.raw(method, path, body, contentType);
     if (status >= 400) {
       let parsed: { code?: string; message?: string } = {};
       try {

@@ -1,5 +1,7 @@
+import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import type { Identity } from '../schemas/identity.js';
+import type { Namespace, PolicyApplyResult, PolicySummary, TraceResponse, WorkloadPolicy } from '../schemas/policy.js';
 import type { Status } from '../schemas/status.js';
 import type { Workload } from '../schemas/workload.js';
 import { ApiClient, ApiError, DEFAULT_SOCKET } from './client.js';
@@ -19,6 +21,29 @@ function labelsParse(value: string, previous: Record<string, string> = {}): Reco
   const eq = value.indexOf('=');
   if (eq <= 0) throw new InvalidArgumentError(`label "${value}" must look like key=value`);
   return { ...previous, [value.slice(0, eq)]: value.slice(eq + 1) };
+}
+
+function portsParse(value: string, previous: unknown[] = []): unknown[] {
+  const m = value.match(/^([a-z0-9-]+):(\d+)(?:\/(tcp|udp|sctp))?$/i);
+  if (!m) throw new InvalidArgumentError(`port "${value}" must look like NAME:PORT or NAME:PORT/PROTO (e.g. http:80/TCP)`);
+  return [...previous, { name: m[1], port: Number(m[2]), protocol: (m[3] ?? 'TCP').toUpperCase() }];
+}
+
+/** `NS/NAME` -> workload; `IP` -> address; `k=v,k2=v2` (optionally `NS:k=v`) -> label set. */
+function tracePeerParse(value: string): Record<string, unknown> {
+  if (/^[0-9.]+$/.test(value) || value.includes(':') && !value.includes('=')) return { ip: value };
+  if (value.includes('=')) {
+    const nsSplit = value.match(/^([a-z0-9-]+):(.*)$/);
+    const [ns, rest] = nsSplit && !nsSplit[2]!.startsWith('/') ? [nsSplit[1], nsSplit[2]!] : [undefined, value];
+    const labels: Record<string, string> = {};
+    for (const part of rest.split(',')) {
+      const eq = part.indexOf('=');
+      if (eq <= 0) throw new InvalidArgumentError(`"${part}" must look like key=value`);
+      labels[part.slice(0, eq)] = part.slice(eq + 1);
+    }
+    return { labels, ...(ns ? { namespace: ns } : {}) };
+  }
+  return { workload: value };
 }
 
 function refParse(ref: string): { namespace: string; name: string } {
@@ -83,10 +108,11 @@ workload
   .option('--ipv4 <addr>', 'IPv4 address (default: allocated)')
   .option('--ipv6 <addr>', 'IPv6 address (default: allocated)')
   .option('--interface <name>', 'interface name inside the namespace')
+  .option('-p, --port <name:port[/proto]>', 'named port, e.g. http:80/TCP (repeatable)', portsParse, [])
   .addOption(new Option('--mode <mode>', 'device mode').choices(['auto', 'veth', 'netkit']).default('auto'))
   .addOption(outputOption())
-  .action(async (name: string, o: { netns: string; namespace: string; label: Record<string, string>; ipv4?: string; ipv6?: string; interface?: string; mode: string; output: string }) => {
-    const body = { name, namespace: o.namespace, labels: o.label, kind: 'netns', netns: o.netns, mode: o.mode, ipv4: o.ipv4, ipv6: o.ipv6, interface: o.interface };
+  .action(async (name: string, o: { netns: string; namespace: string; label: Record<string, string>; ipv4?: string; ipv6?: string; interface?: string; mode: string; output: string; port: unknown[] }) => {
+    const body = { name, namespace: o.namespace, labels: o.label, kind: 'netns', netns: o.netns, mode: o.mode, ipv4: o.ipv4, ipv6: o.ipv6, interface: o.interface, ...(o.port.length ? { ports: o.port } : {}) };
     const w = await client().call<Workload>('POST', '/v1/workloads', body);
     if (o.output === 'json') return printJson(w);
     console.log(`workload ${w.namespace}/${w.name} registered: identity ${w.identity}, ${w.ipv4} ${w.ipv6}, ${w.mode} ${w.interfaces.host.name} <-> ${w.interfaces.workload.name}`);
@@ -117,6 +143,96 @@ workload
       await client().call('DELETE', `/v1/workloads/${encodeURIComponent(namespace)}/${encodeURIComponent(name)}`);
       console.log(`workload ${namespace}/${name} removed`);
     }
+  });
+
+workload
+  .command('label <ref> [labels...]')
+  .description('replace the labels of a workload (key=value ...); its identity follows')
+  .addOption(outputOption())
+  .action(async (ref: string, labels: string[], o: { output: string }) => {
+    const { namespace, name } = refParse(ref);
+    const body = { labels: labels.reduce<Record<string, string>>((acc, l) => labelsParse(l, acc), {}) };
+    const w = await client().call<Workload>('PATCH', `/v1/workloads/${encodeURIComponent(namespace)}/${encodeURIComponent(name)}`, body);
+    if (o.output === 'json') return printJson(w);
+    console.log(`workload ${w.namespace}/${w.name}: identity ${w.identity} (${w.identityLabels.join(' ')})`);
+  });
+
+workload
+  .command('policy <ref>')
+  .description("the workload's effective policy map entries")
+  .addOption(outputOption())
+  .action(async (ref: string, o: { output: string }) => {
+    const { namespace, name } = refParse(ref);
+    const p = await client().call<WorkloadPolicy>('GET', `/v1/workloads/${encodeURIComponent(namespace)}/${encodeURIComponent(name)}/policy`);
+    if (o.output === 'json') return printJson(p);
+    console.log(p.text || `endpoint ${p.endpointId}: no policy entries`);
+  });
+
+const namespace = program.command('namespace').alias('namespaces').description('namespaces and their labels');
+namespace
+  .command('set <name>')
+  .description("set a namespace's labels (kubernetes.io/metadata.name is always implied)")
+  .option('-l, --label <key=value>', 'label (repeatable)', labelsParse, {})
+  .action(async (name: string, o: { label: Record<string, string> }) => {
+    const ns = await client().call<Namespace>('PUT', `/v1/namespaces/${encodeURIComponent(name)}`, { labels: o.label });
+    console.log(`namespace ${ns.name}: ${Object.entries(ns.labels).map(([k, v]) => `${k}=${v}`).join(',') || '(no labels)'}`);
+  });
+namespace
+  .command('ls')
+  .addOption(outputOption())
+  .action(async (o: { output: string }) => {
+    const list = await client().call<Namespace[]>('GET', '/v1/namespaces');
+    if (o.output === 'json') return printJson(list);
+    console.log(table(['NAME', 'LABELS'], list.map((n) => [n.name, Object.entries(n.labels).map(([k, v]) => `${k}=${v}`).join(',')])));
+  });
+
+const policy = program.command('policy').alias('policies').description('NetworkPolicy / CiliumNetworkPolicy');
+policy
+  .command('apply')
+  .description('apply policy documents (YAML or JSON, several per file)')
+  .requiredOption('-f, --file <path>', 'file to read, or - for standard input')
+  .action(async (o: { file: string }) => {
+    let text: string;
+    try {
+      text = readFileSync(o.file === '-' ? 0 : o.file, 'utf8');
+    } catch (err) {
+      throw new Error(`cannot read ${o.file}: ${(err as Error).message}`);
+    }
+    const r = await client().call<PolicyApplyResult>('PUT', '/v1/policies', text, 'application/yaml');
+    for (const a of r.applied) console.log(`${a.kind.toLowerCase()}/${a.namespace ? `${a.namespace}/` : ''}${a.name} ${a.action}`);
+    console.log(`(${r.stats.endpoints} endpoints, ${r.stats.entries} map entries, ${r.stats.upserts} written, ${r.stats.deletes} removed, ${r.stats.ms} ms)`);
+  });
+policy
+  .command('ls')
+  .addOption(outputOption())
+  .action(async (o: { output: string }) => {
+    const list = await client().call<PolicySummary[]>('GET', '/v1/policies');
+    if (o.output === 'json') return printJson(list);
+    console.log(table(['KIND', 'NAMESPACE', 'NAME', 'UPDATED'], list.map((p) => [p.kind, p.namespace || '-', p.name, p.updatedAt])));
+  });
+policy
+  .command('rm <kind> <ref>')
+  .description('delete a policy: KIND (netpol|cnp|ccnp or the full kind) and NS/NAME (or NAME for ccnp)')
+  .action(async (kind: string, ref: string) => {
+    const [ns, name] = ref.includes('/') ? ref.split('/', 2) : ['-', ref];
+    await client().call('DELETE', `/v1/policies/${encodeURIComponent(kind)}/${encodeURIComponent(ns!)}/${encodeURIComponent(name!)}`);
+    console.log(`${kind} ${ref} deleted`);
+  });
+policy
+  .command('trace')
+  .description('verdict for a connection, from the compiled state the datapath enforces')
+  .requiredOption('--from <peer>', 'NS/NAME, label set (NS:k=v,k2=v2) or IP')
+  .requiredOption('--to <peer>', 'NS/NAME, label set or IP')
+  .requiredOption('--port <port/proto>', 'e.g. 80/TCP, 53/UDP, 8/ICMP (ICMP type)')
+  .addOption(outputOption())
+  .action(async (o: { from: string; to: string; port: string; output: string }) => {
+    const m = o.port.match(/^(\d+)(?:\/([a-z0-9]+))?$/i);
+    if (!m) throw new InvalidArgumentError(`--port "${o.port}" must look like 80/TCP`);
+    const body = { from: tracePeerParse(o.from), to: tracePeerParse(o.to), port: Number(m[1]), protocol: (m[2] ?? 'TCP').toUpperCase() };
+    const r = await client().call<TraceResponse>('POST', '/v1/policy/trace', body);
+    if (o.output === 'json') return printJson(r);
+    console.log(r.text);
+    process.exitCode = r.verdict === 'ALLOWED' ? 0 : 2;
   });
 
 program
