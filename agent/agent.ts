@@ -22,6 +22,7 @@ import { AgentMetrics } from './metrics.js';
 import { Mutex } from './mutex.js';
 import { PolicyEngine } from './policy-engine.js';
 import { PolicyService } from './policy-service.js';
+import { WorkloadWatch } from './workload-watch.js';
 
 export const KITNET_VERSION = '0.1.0';
 
@@ -35,6 +36,7 @@ export class Agent implements AgentApi {
   readonly metrics: AgentMetrics;
   readonly policyEngine: PolicyEngine;
   readonly policies: PolicyService;
+  private readonly watch: WorkloadWatch;
   /** One lock for every change of desired state: workloads, labels, namespaces, policies. */
   private readonly mutex = new Mutex();
   private readonly startedAt = Date.now();
@@ -49,6 +51,7 @@ export class Agent implements AgentApi {
     this.policyEngine = new PolicyEngine(store, kernel, log.child({ component: 'policy' }));
     this.reconciler = new Reconciler(store, config, kernel, log.child({ component: 'reconciler' }), this.policyEngine);
     this.workloads = new WorkloadService(store, config, kernel, this.reconciler, log.child({ component: 'workloads' }), this.mutex, this.policyEngine);
+    this.watch = new WorkloadWatch(store, kernel, this.workloads, log.child({ component: 'watch' }), () => this.directory.refresh());
     this.policies = new PolicyService(store, this.policyEngine, this.workloads, this.mutex, log.child({ component: 'policy' }));
     this.directory = new EndpointDirectory(store);
     this.flows = new FlowPipeline(this.directory, config.nodeName, config.flows.ringCapacity, log.child({ component: 'flows' }));
@@ -61,9 +64,11 @@ export class Agent implements AgentApi {
     this.directory.refresh();
     this.log.info(result, 'state restored from store');
     this.flows.start(this.kernel.datapath);
+    this.watch.start();
   }
 
   stop(): void {
+    this.watch.stop();
     this.flows.stop();
     this.metrics.close();
   }

@@ -13,6 +13,7 @@ export function kernelOpsReal(datapath: KitnetDatapath): KernelOps {
     deviceDelete: (name) => netkit.endpointDeviceDelete(name),
     deviceObserve: (spec) => netkit.endpointDeviceObserve(spec),
     linksList: () => netkit.kitnetLinksList(),
+    linkRemovalsWatch: (onGone) => netkit.linkRemovalsWatch(onGone),
     devicePolicyOpen: async (device) => {
       if (device.mode !== 'veth') await netkit.netkitPeerPolicySet(device.hostIfname, 'forward');
     },

@@ -1,5 +1,5 @@
 import type { KitnetDatapath } from '../bpf/index.js';
-import type { EndpointDevice, EndpointDeviceSpec, KernelFeatures, KitnetLink } from '../netkit/index.js';
+import type { EndpointDevice, EndpointDeviceSpec, KernelFeatures, KitnetLink, LinkGone, LinkMonitor } from '../netkit/index.js';
 
 /**
  * Everything the agent asks of the kernel, in one narrow interface: the agent's logic can be unit
@@ -14,5 +14,7 @@ export interface KernelOps {
   linksList(): Promise<KitnetLink[]>;
   /** Lets traffic through a netkit peer once its programs are attached (no-op for veth). */
   devicePolicyOpen(device: EndpointDevice): Promise<void>;
+  /** Reports links removed from the host namespace (a workload's namespace or process went away). */
+  linkRemovalsWatch(onGone: (link: LinkGone) => void): LinkMonitor;
   readonly datapath: KitnetDatapath;
 }

@@ -55,6 +55,9 @@ export class Reconciler {
       device = await this.kernel.deviceCreate(spec);
     }
     const dp = this.kernel.datapath;
+    // A recreated device has a new ifindex: the entry under the old one would only leak.
+    const oldIfindex = rec.observed?.hostIfindex;
+    if (oldIfindex !== undefined && oldIfindex !== device.hostIfindex) dp.endpointDelete(oldIfindex);
     this.endpointMapsWrite(rec, device);
     if (opts.policy !== false) this.policy.apply();
     await dp.attach({ ifname: device.hostIfname, ifindex: device.hostIfindex, kind: attachKindFor(rec) });

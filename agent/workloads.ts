@@ -222,6 +222,21 @@ export class WorkloadService {
     });
   }
 
+  /** Converges one workload again (its device was removed from outside); no-op if it is gone. */
+  repair(namespace: string, name: string): Promise<void> {
+    return this.mutex.run(async () => {
+      const rec = this.store.workloadGet(namespace, name);
+      if (!rec) return;
+      try {
+        const observed = await this.reconciler.workloadConverge(rec, { policy: false });
+        this.store.workloadStateSet(namespace, name, 'ready', observed);
+      } catch (err) {
+        this.store.workloadStateSet(namespace, name, 'error', rec.observed, (err as Error).message);
+        throw err;
+      }
+    });
+  }
+
   /** Replaces a workload's labels: new identity, updated maps, policy recompiled for everyone. */
   labelsSet(namespace: string, name: string, labels: Record<string, string>): Promise<WorkloadRecord> {
     return this.mutex.run(async () => {

@@ -14,3 +14,5 @@ export type { NetkitPolicy } from './netkit.js';
 export { hostForwardingEnsure } from './sysctl.js';
 export { netnsCreate, netnsDelete, netnsPathOf, netnsPathValidate, NETNS_RUN_DIR } from './netns.js';
 export { EndpointSpecError } from './errors.js';
+export { linkRemovalsWatch } from './monitor.js';
+export type { LinkGone, LinkMonitor } from './monitor.js';
