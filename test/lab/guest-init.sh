@@ -73,6 +73,12 @@ stage2() {
   # the guest kernel's modules (depmod'ed by fetch.sh), for the kernel's own modprobe calls too
   $bb mkdir -p /lib/modules
   $bb mount --bind "$LAB_MODULES" /lib/modules || fail "binding $LAB_MODULES on /lib/modules failed"
+  # iproute2/bpftool from backports over the host's (in the tmpfs upper layer: fast to exec, and found
+  # by absolute paths such as /usr/sbin/bpftool too)
+  for d in bin sbin usr/bin usr/sbin usr/lib usr/share/iproute2; do
+    [ -d "$LAB_TOOLS/$d" ] || continue
+    $bb mkdir -p "/$d" && $bb cp -af "$LAB_TOOLS/$d/." "/$d/" || fail "installing $LAB_TOOLS/$d failed"
+  done
   $bb hostname "kitnet-lab"
   $bb ip link set lo up
   [ -x /sbin/modprobe ] && echo /sbin/modprobe > /proc/sys/kernel/modprobe

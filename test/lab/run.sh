@@ -104,9 +104,11 @@ q() { printf '%q' "$1"; }
 {
   echo "LAB_WORKTREE=$(q "$REPO_DIR")"
   echo "LAB_MODULES=$(q "$modules")"
+  echo "LAB_TOOLS=$(q "$tools")"
+  echo "LAB_WORK_CACHE=$(q "${KITNET_LAB_WORK_CACHE:-mmap}")"
 } > "$run/config"
 {
-  path="$tools/usr/sbin:$tools/usr/bin:$tools/sbin:$tools/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+  path="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
   echo "export PATH=$(q "$path") HOME=/root USER=root LOGNAME=root SHELL=/bin/bash LANG=C.UTF-8"
   echo "export KITNET_LAB=$(q "$kernel") KITNET_LAB_KERNEL=$(q "$kver")"
   grep -q '^CONFIG_NETKIT=y' "$kdir/config" 2>/dev/null && echo "export KITNET_EXPECT_NETKIT=1"
@@ -128,13 +130,13 @@ q() { printf '%q' "$1"; }
 # --- boot -----------------------------------------------------------------------------------------
 # The command's output goes to the serial line (our stdout); kernel messages go to a virtio console
 # logged to a file, shown on failure (with --verbose they share the serial line instead).
-append="panic=-1 oops=panic rdinit=/init"
+append="panic=-1 oops=panic rdinit=/init ${KITNET_LAB_APPEND:-}"
 if [ "$verbose" = 1 ]; then append+=" console=ttyS0 loglevel=7"; else append+=" console=hvc0 loglevel=4"; fi
 p9() { # ID PATH TAG [readonly]
   echo "-fsdev local,id=$1,path=$2,security_model=none,multidevs=remap${4:+,readonly=on}"
   echo "-device virtio-9p-pci,fsdev=$1,mount_tag=$3"
 }
-qemu=(qemu-system-x86_64 -accel tcg,thread=multi -cpu max -M q35 -m "$mem" -smp "$cpus"
+qemu=(qemu-system-x86_64 -accel tcg,thread=multi -cpu "${KITNET_LAB_QEMU_CPU:-max}" -M q35 -m "$mem" -smp "$cpus"
   -nodefaults -no-user-config -display none -no-reboot
   -chardev stdio,id=con,signal=on -serial chardev:con
   -kernel "$kdir/vmlinuz" -initrd "$initrd" -append "$append"
