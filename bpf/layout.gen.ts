@@ -113,6 +113,33 @@ export const FLOW_EVENT = {
   },
 } as const satisfies StructLayout;
 
+/** struct frag_key: Key of the `fragments` LRU hash: one fragmented IP datagram (RFC 791 / RFC 8200 identification). */
+export const FRAG_KEY = {
+  name: 'frag_key',
+  size: 40,
+  fields: {
+    saddr: { offset: 0, size: 16, type: 'u8', count: 16 },
+    daddr: { offset: 16, size: 16, type: 'u8', count: 16 },
+    id: { offset: 32, size: 4, type: 'u32', count: 0 },
+    protocol: { offset: 36, size: 1, type: 'u8', count: 0 },
+    family: { offset: 37, size: 1, type: 'u8', count: 0 },
+    pad0: { offset: 38, size: 2, type: 'u8', count: 2 },
+  },
+} as const satisfies StructLayout;
+
+/** struct frag_value: Value of the `fragments` LRU hash: the L4 fields of the first fragment, lent to the later ones (conntrack and policy need ports). */
+export const FRAG_VALUE = {
+  name: 'frag_value',
+  size: 8,
+  fields: {
+    sport: { offset: 0, size: 2, type: 'u16', count: 0 },
+    dport: { offset: 2, size: 2, type: 'u16', count: 0 },
+    icmp_id: { offset: 4, size: 2, type: 'u16', count: 0 },
+    icmp_type: { offset: 6, size: 1, type: 'u8', count: 0 },
+    pad0: { offset: 7, size: 1, type: 'u8', count: 0 },
+  },
+} as const satisfies StructLayout;
+
 /** struct policy_key: Key of the `policy` LPM trie. prefixlen counts bits after itself: 72 (endpoint_id + identity + direction) are always matched, then protocol (8) and a destination port prefix (0..16). */
 export const POLICY_KEY = {
   name: 'policy_key',
@@ -160,7 +187,7 @@ export const DP_CONFIG = {
   },
 } as const satisfies StructLayout;
 
-export const STRUCTS: readonly StructLayout[] = [ENDPOINT_INFO, IPCACHE_KEY, IPCACHE_VALUE, CT_KEY, CT_ENTRY, FLOW_EVENT, POLICY_KEY, POLICY_VALUE, METRICS_VALUE, DP_CONFIG];
+export const STRUCTS: readonly StructLayout[] = [ENDPOINT_INFO, IPCACHE_KEY, IPCACHE_VALUE, CT_KEY, CT_ENTRY, FLOW_EVENT, FRAG_KEY, FRAG_VALUE, POLICY_KEY, POLICY_VALUE, METRICS_VALUE, DP_CONFIG];
 
 /** Kernel UAPI (linux/bpf.h, >= 6.7) not present in the build host headers. */
 export const BPF_TCX_INGRESS = 46;
@@ -281,6 +308,8 @@ export const METRIC_POLICY_DENIED = 10;
 export const METRIC_POLICY_DENY = 11;
 /** ARP / neighbour discovery and related ICMP errors that skipped the policy lookup */
 export const METRIC_POLICY_BYPASS = 12;
+/** later fragments whose first fragment was not seen (policy sees no ports) */
+export const METRIC_FRAG_UNKNOWN = 13;
 
 /** Map sizes (max_entries). Changing one makes libbpf refuse to reuse the pinned map: unpin first. */
 export const ENDPOINTS_MAP_MAX = 4096;
@@ -288,6 +317,8 @@ export const IPCACHE_MAP_MAX = 65536;
 export const CONNTRACK_MAP_MAX = 262144;
 /** entries over all endpoints; BPF_F_NO_PREALLOC: memory follows use */
 export const POLICY_MAP_MAX = 1048576;
+/** datagrams in flight whose later fragments still come */
+export const FRAGMENTS_MAP_MAX = 8192;
 export const EVENTS_RINGBUF_BYTES = 8388608;
 export const METRICS_MAP_MAX = 16;
 export const CONFIG_MAP_MAX = 1;

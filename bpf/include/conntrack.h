@@ -190,7 +190,7 @@ static __always_inline void ct_create(struct ct_result *res, const struct pkt *p
 
 static __always_inline int icmp_is_error(const struct pkt *p)
 {
-	if (!p->has_l4)
+	if (!p->has_l4 || p->l4_from_frag)
 		return 0;
 	if (p->protocol == IPPROTO_ICMP)
 		return p->icmp_type == ICMP_DEST_UNREACH_ || p->icmp_type == ICMP_TIME_EXCEEDED_ ||

@@ -44,6 +44,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } conntrack SEC(".maps");
 
+/* First fragment's ports per fragmented datagram, so later fragments follow their connection. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, FRAGMENTS_MAP_MAX);
+	__type(key, struct frag_key);
+	__type(value, struct frag_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fragments SEC(".maps");
+
 /* Flow events (struct flow_event) for the agent's reader. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

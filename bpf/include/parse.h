@@ -51,6 +51,8 @@ struct pkt {
 	__u8 tcp_flags;
 	__u8 has_l4;   /* 0 for non-first fragments and protocols we do not parse */
 	__u8 is_frag;  /* any fragment (first or later) */
+	__u8 l4_from_frag; /* a later fragment: L4 fields borrowed from its first fragment (none at l4_off) */
+	__u32 frag_id; /* fragments: IPv4 identification / IPv6 fragment header identification */
 	__u16 l4_off;  /* offset of the L4 header in the skb when has_l4 (ICMP errors: the quoted packet follows at +8) */
 };
 
@@ -106,8 +108,10 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 off, struct p
 	__builtin_memcpy(p->saddr, &ip.saddr, 4);
 	__builtin_memcpy(p->daddr, &ip.daddr, 4);
 	frag = bpf_ntohs(ip.frag_off);
-	if (frag & 0x3fff) /* MF set or offset != 0 */
+	if (frag & 0x3fff) { /* MF set or offset != 0 */
 		p->is_frag = 1;
+		p->frag_id = bpf_ntohs(ip.id);
+	}
 	if (frag & 0x1fff)
 		return PARSE_OK; /* later fragment: no L4 header */
 	return parse_l4(skb, off + ip.ihl * 4, p);
@@ -117,7 +121,7 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, __u32 off, struct p
 {
 	struct ipv6hdr ip6;
 	__u8 nexthdr;
-	__u8 ext[4];
+	__u8 ext[8];
 	int i;
 
 	if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)) < 0)
@@ -149,11 +153,12 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, __u32 off, struct p
 			off += ((__u32)ext[1] + 2) * 4;
 			break;
 		case NEXTHDR_FRAGMENT:
-			/* next header, reserved, 13-bit offset + flags */
-			if (bpf_skb_load_bytes(skb, off, ext, 4) < 0)
+			/* next header, reserved, 13-bit offset + flags, 32-bit identification */
+			if (bpf_skb_load_bytes(skb, off, ext, 8) < 0)
 				return PARSE_TRUNCATED;
 			nexthdr = ext[0];
 			p->is_frag = 1;
+			p->frag_id = ((__u32)ext[4] << 24) | ((__u32)ext[5] << 16) | ((__u32)ext[6] << 8) | ext[7];
 			off += 8;
 			if (((ext[2] << 8) | ext[3]) & 0xfff8) {
 				p->protocol = nexthdr;

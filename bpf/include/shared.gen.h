@@ -90,12 +90,14 @@
 #define METRIC_POLICY_DENIED 10 /* new connections dropped for want of an allow entry (DROP_POLICY_DENIED) */
 #define METRIC_POLICY_DENY 11 /* new connections dropped by a deny entry (DROP_POLICY_DENY) */
 #define METRIC_POLICY_BYPASS 12 /* ARP / neighbour discovery and related ICMP errors that skipped the policy lookup */
+#define METRIC_FRAG_UNKNOWN 13 /* later fragments whose first fragment was not seen (policy sees no ports) */
 
 /* Map sizes (max_entries). Changing one makes libbpf refuse to reuse the pinned map: unpin first. */
 #define ENDPOINTS_MAP_MAX 4096
 #define IPCACHE_MAP_MAX 65536
 #define CONNTRACK_MAP_MAX 262144
 #define POLICY_MAP_MAX 1048576 /* entries over all endpoints; BPF_F_NO_PREALLOC: memory follows use */
+#define FRAGMENTS_MAP_MAX 8192 /* datagrams in flight whose later fragments still come */
 #define EVENTS_RINGBUF_BYTES 8388608
 #define METRICS_MAP_MAX 16
 #define CONFIG_MAP_MAX 1
@@ -259,6 +261,38 @@ _Static_assert(__builtin_offsetof(struct flow_event, verdict) == 72, "flow_event
 _Static_assert(__builtin_offsetof(struct flow_event, is_reply) == 73, "flow_event.is_reply offset");
 _Static_assert(__builtin_offsetof(struct flow_event, reason) == 74, "flow_event.reason offset");
 _Static_assert(__builtin_offsetof(struct flow_event, pad0) == 75, "flow_event.pad0 offset");
+
+/* Key of the `fragments` LRU hash: one fragmented IP datagram (RFC 791 / RFC 8200 identification). */
+struct frag_key {
+	__u8 saddr[16];             /* @0 */
+	__u8 daddr[16];             /* @16 */
+	__u32 id;                   /* @32 IPv4: 16-bit identification; IPv6: fragment header identification (host order) */
+	__u8 protocol;              /* @36 */
+	__u8 family;                /* @37 */
+	__u8 pad0[2];               /* @38 */
+};
+_Static_assert(sizeof(struct frag_key) == 40, "struct frag_key size");
+_Static_assert(__builtin_offsetof(struct frag_key, saddr) == 0, "frag_key.saddr offset");
+_Static_assert(__builtin_offsetof(struct frag_key, daddr) == 16, "frag_key.daddr offset");
+_Static_assert(__builtin_offsetof(struct frag_key, id) == 32, "frag_key.id offset");
+_Static_assert(__builtin_offsetof(struct frag_key, protocol) == 36, "frag_key.protocol offset");
+_Static_assert(__builtin_offsetof(struct frag_key, family) == 37, "frag_key.family offset");
+_Static_assert(__builtin_offsetof(struct frag_key, pad0) == 38, "frag_key.pad0 offset");
+
+/* Value of the `fragments` LRU hash: the L4 fields of the first fragment, lent to the later ones (conntrack and policy need ports). */
+struct frag_value {
+	__u16 sport;                /* @0 host byte order */
+	__u16 dport;                /* @2 host byte order */
+	__u16 icmp_id;              /* @4 */
+	__u8 icmp_type;             /* @6 */
+	__u8 pad0;                  /* @7 */
+};
+_Static_assert(sizeof(struct frag_value) == 8, "struct frag_value size");
+_Static_assert(__builtin_offsetof(struct frag_value, sport) == 0, "frag_value.sport offset");
+_Static_assert(__builtin_offsetof(struct frag_value, dport) == 2, "frag_value.dport offset");
+_Static_assert(__builtin_offsetof(struct frag_value, icmp_id) == 4, "frag_value.icmp_id offset");
+_Static_assert(__builtin_offsetof(struct frag_value, icmp_type) == 6, "frag_value.icmp_type offset");
+_Static_assert(__builtin_offsetof(struct frag_value, pad0) == 7, "frag_value.pad0 offset");
 
 /* Key of the `policy` LPM trie. prefixlen counts bits after itself: 72 (endpoint_id + identity + direction) are always matched, then protocol (8) and a destination port prefix (0..16). */
 struct policy_key {

@@ -15,7 +15,8 @@ export type MetricName =
   | 'NON_IP'
   | 'POLICY_DENIED'
   | 'POLICY_DENY'
-  | 'POLICY_BYPASS';
+  | 'POLICY_BYPASS'
+  | 'FRAG_UNKNOWN';
 
 export const METRIC_SLOTS: Readonly<Record<MetricName, number>> = {
   INGRESS_FORWARDED: L.METRIC_INGRESS_FORWARDED,
@@ -31,6 +32,7 @@ export const METRIC_SLOTS: Readonly<Record<MetricName, number>> = {
   POLICY_DENIED: L.METRIC_POLICY_DENIED,
   POLICY_DENY: L.METRIC_POLICY_DENY,
   POLICY_BYPASS: L.METRIC_POLICY_BYPASS,
+  FRAG_UNKNOWN: L.METRIC_FRAG_UNKNOWN,
 };
 
 export interface Counter {

@@ -12,6 +12,7 @@
 #include "metrics.h"
 #include "parse.h"
 #include "ipcache.h"
+#include "fragments.h"
 #include "conntrack.h"
 #include "policy.h"
 #include "events.h"
@@ -131,6 +132,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			return finish(&c, 1, now);
 		}
 	}
+
+	if (p.is_frag)
+		frag_track(&p);
 
 	cfg = config_get();
 	if (cfg && (cfg->flags & CFG_F_SET)) {

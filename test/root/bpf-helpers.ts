@@ -33,10 +33,11 @@ export function eth(type: number, payload: Buffer, src = '02:00:00:00:00:02', ds
   return Buffer.concat([h, payload]);
 }
 
-export function ipv4(src: string, dst: string, protocol: number, payload: Buffer, opts: { fragOff?: number; mf?: boolean } = {}): Buffer {
+export function ipv4(src: string, dst: string, protocol: number, payload: Buffer, opts: { fragOff?: number; mf?: boolean; id?: number } = {}): Buffer {
   const h = Buffer.alloc(20);
   h[0] = 0x45;
   h.writeUInt16BE(20 + payload.length, 2);
+  h.writeUInt16BE(opts.id ?? 0, 4);
   h.writeUInt16BE(((opts.mf ? 1 : 0) << 13) | ((opts.fragOff ?? 0) >> 3), 6);
   h[8] = 64;
   h[9] = protocol;
@@ -103,14 +104,28 @@ export function policyAllowAll(dp: KitnetDatapath, endpointId: number): void {
   ]);
 }
 
+/** IPv6 fragment header body for ipv6(..., [[44, fragHdr(...)]]): offset in bytes (multiple of 8), M flag, id. */
+export function fragHdr(offset: number, more: boolean, id: number): Buffer {
+  const b = Buffer.alloc(6);
+  b.writeUInt16BE((offset & 0xfff8) | (more ? 1 : 0), 0);
+  b.writeUInt32BE(id, 2);
+  return b;
+}
+
 export const TCP = { FIN: 1, SYN: 2, RST: 4, PSH: 8, ACK: 16 } as const;
 
 /** Collects flow events from a datapath until `until` holds or the timeout passes. */
 export class EventSink {
   readonly events: FlowEvent[] = [];
   private readonly reader;
-  constructor(dp: KitnetDatapath) {
-    this.reader = dp.flowsRead((evs) => this.events.push(...evs));
+  private received = 0n;
+  private readonly sentBase: bigint;
+  constructor(private readonly dp: KitnetDatapath) {
+    this.sentBase = dp.metricsRead().EVENTS_SENT.packets;
+    this.reader = dp.flowsRead((evs) => {
+      this.received += BigInt(evs.length);
+      this.events.push(...evs);
+    });
   }
   async waitFor(pred: (evs: FlowEvent[]) => boolean, timeoutMs = 3000): Promise<FlowEvent[]> {
     const end = Date.now() + timeoutMs;
@@ -120,6 +135,17 @@ export class EventSink {
   /** Let in-flight events arrive, then return and clear what was collected. */
   async drain(ms = 150): Promise<FlowEvent[]> {
     await new Promise((r) => setTimeout(r, ms));
+    return this.events.splice(0);
+  }
+  /**
+   * Return and clear what was collected once every event the kernel has written (EVENTS_SENT, this pin
+   * root's counter) has arrived: exact for BPF_PROG_TEST_RUN, whose events are written before it
+   * returns, however slow the machine (a TCG VM takes far longer than a fixed delay).
+   */
+  async settle(timeoutMs = 5000): Promise<FlowEvent[]> {
+    const end = Date.now() + timeoutMs;
+    const sent = this.dp.metricsRead().EVENTS_SENT.packets - this.sentBase;
+    while (this.received < sent && Date.now() < end) await new Promise((r) => setTimeout(r, 2));
     return this.events.splice(0);
   }
   lostEvents(): bigint {

@@ -12,7 +12,7 @@ import { policiesParse, policyCompile, policyDecide, policyEntriesEncode } from 
 import type { FlowEvent, KitnetDatapath, PolicyEntryFields } from '../../bpf/index.js';
 import { DROP_REASON, datapathLoad, datapathUnpinAll } from '../../bpf/index.js';
 import { TCX_DROP, TCX_PASS } from '../../bpf/layout.gen.js';
-import { ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EventSink, TCP, eth, icmp, ipv4, ipv6, tcp, udp } from './bpf-helpers.js';
+import { ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EventSink, TCP, eth, fragHdr, icmp, ipv4, ipv6, tcp, udp } from './bpf-helpers.js';
 
 const LO = 1;
 const EP = { endpointId: 21, identity: 300, ipv4: '10.252.0.2', ipv6: 'fd00:252::2', mac: '02:00:00:00:00:02', flags: 0 };
@@ -66,7 +66,7 @@ describe('policy enforcement (BPF_PROG_TEST_RUN)', { timeout: 120_000 }, () => {
 
   async function run(prog: Prog, frame: Buffer): Promise<{ retval: number; events: FlowEvent[] }> {
     const { retval } = dp.testRun(prog, frame, { ifindex: LO });
-    return { retval, events: await sink.drain(40) };
+    return { retval, events: await sink.settle() };
   }
 
   /** Runs and returns 'PASS' or the drop reason; a drop must come with exactly one DROPPED event. */
@@ -257,6 +257,36 @@ describe('policy enforcement (BPF_PROG_TEST_RUN)', { timeout: 120_000 }, () => {
     r = await run('from_workload', v4(EP.ipv4, REMOTE4, 1, err4(3, 3, in4)));
     assert.deepEqual([r.retval, r.events.map((e) => e.isReply)], [TCX_PASS, [true]]);
     assert.ok(dp.metricsRead().POLICY_BYPASS.packets >= 5n);
+  });
+
+  test('fragments: later fragments follow their first fragment (conntrack and policy see its ports)', async () => {
+    setPolicy([{ direction: 'egress', identity: CLIENT, protocol: 17, port: 53, portPrefixLen: 16 }]);
+    const body = Buffer.alloc(64);
+    // IPv4: a fragmented query out, a fragmented answer back
+    const q1 = eth(ETH_P_IP, ipv4(EP.ipv4, REMOTE4, 17, udp(43000, 53, Buffer.alloc(40)), { mf: true, id: 0x1234 }));
+    const q2 = eth(ETH_P_IP, ipv4(EP.ipv4, REMOTE4, 17, body, { fragOff: 48, id: 0x1234 }));
+    assert.equal(await verdict('from_workload', q1), 'PASS');
+    let r = await run('from_workload', q2);
+    assert.equal(r.retval, TCX_PASS, 'later fragment of an allowed query');
+    const a1 = eth(ETH_P_IP, ipv4(REMOTE4, EP.ipv4, 17, udp(53, 43000, Buffer.alloc(40)), { mf: true, id: 0x99 }));
+    const a2 = eth(ETH_P_IP, ipv4(REMOTE4, EP.ipv4, 17, body, { fragOff: 48, id: 0x99 }));
+    assert.equal(await verdict('to_workload', a1), 'PASS', 'first fragment of the answer: a reply');
+    r = await run('to_workload', a2);
+    assert.equal(r.retval, TCX_PASS, 'later fragment of the answer');
+    // a later fragment of a datagram never seen: no ports, and no UDP-wide entry -> denied
+    assert.equal(await verdict('to_workload', eth(ETH_P_IP, ipv4(REMOTE4, EP.ipv4, 17, body, { fragOff: 48, id: 0x77 }))), DENIED);
+    // the first fragment of a denied datagram is dropped, and so are its later fragments
+    assert.equal(await verdict('from_workload', eth(ETH_P_IP, ipv4(EP.ipv4, REMOTE4, 17, udp(43001, 54, Buffer.alloc(40)), { mf: true, id: 0x55 }))), DENIED);
+    assert.equal(await verdict('from_workload', eth(ETH_P_IP, ipv4(EP.ipv4, REMOTE4, 17, body, { fragOff: 48, id: 0x55 }))), DENIED);
+
+    // IPv6 fragment headers
+    const f6 = (src: string, dst: string, l4: Buffer, off: number, more: boolean, id: number) => eth(ETH_P_IPV6, ipv6(src, dst, 17, l4, [[44, fragHdr(off, more, id)]]));
+    assert.equal(await verdict('from_workload', f6(EP.ipv6, REMOTE6, udp(43002, 53, Buffer.alloc(40)), 0, true, 0xabcdef01)), 'PASS');
+    assert.equal((await run('from_workload', f6(EP.ipv6, REMOTE6, body, 48, false, 0xabcdef01))).retval, TCX_PASS);
+    assert.equal(await verdict('to_workload', f6(REMOTE6, EP.ipv6, udp(53, 43002, Buffer.alloc(40)), 0, true, 7)), 'PASS');
+    assert.equal((await run('to_workload', f6(REMOTE6, EP.ipv6, body, 48, false, 7))).retval, TCX_PASS);
+    assert.equal(await verdict('to_workload', f6(REMOTE6, EP.ipv6, body, 48, false, 8)), DENIED);
+    assert.ok(dp.metricsRead().FRAG_UNKNOWN.packets >= 2n);
   });
 
   test('neighbour discovery and ARP bypass policy (no entries at all)', async () => {

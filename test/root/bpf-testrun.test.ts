@@ -36,7 +36,7 @@ describe('datapath on crafted packets (BPF_PROG_TEST_RUN)', { timeout: 60_000 },
 
   async function run(prog: 'from_workload' | 'to_workload', frame: Buffer): Promise<{ retval: number; events: FlowEvent[] }> {
     const { retval } = dp.testRun(prog, frame, { ifindex: LO });
-    return { retval, events: await sink.drain(60) };
+    return { retval, events: await sink.settle() };
   }
 
   test('IPv4 TCP handshake: new, reply, flag changes; established packets aggregated', async () => {

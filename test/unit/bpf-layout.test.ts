@@ -91,7 +91,7 @@ test('struct layouts match the BTF clang produces (alignchecker)', (t) => {
   const obj = join(dir, 'kitnet.bpf.o');
   execFileSync('clang', [...cflags, '-c', join(ROOT, 'bpf/src/kitnet.bpf.c'), '-o', obj]);
   const inObject = btfStructs(obj);
-  for (const name of ['endpoint_info', 'ipcache_key', 'ipcache_value', 'policy_key', 'policy_value', 'ct_key', 'ct_entry', 'metrics_value', 'dp_config']) {
+  for (const name of ['endpoint_info', 'ipcache_key', 'ipcache_value', 'policy_key', 'policy_value', 'frag_key', 'frag_value', 'ct_key', 'ct_entry', 'metrics_value', 'dp_config']) {
     const got = inObject.get(name);
     assert.ok(got, `struct ${name} missing from the object's BTF`);
     assertLayout(got, name);

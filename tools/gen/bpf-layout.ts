@@ -121,6 +121,29 @@ export const STRUCTS: StructSpec[] = [
     ],
   },
   {
+    name: 'frag_key',
+    doc: 'Key of the `fragments` LRU hash: one fragmented IP datagram (RFC 791 / RFC 8200 identification).',
+    fields: [
+      { name: 'saddr', type: 'u8', count: 16 },
+      { name: 'daddr', type: 'u8', count: 16 },
+      { name: 'id', type: 'u32', doc: 'IPv4: 16-bit identification; IPv6: fragment header identification (host order)' },
+      { name: 'protocol', type: 'u8' },
+      { name: 'family', type: 'u8' },
+      { name: 'pad0', type: 'u8', count: 2 },
+    ],
+  },
+  {
+    name: 'frag_value',
+    doc: 'Value of the `fragments` LRU hash: the L4 fields of the first fragment, lent to the later ones (conntrack and policy need ports).',
+    fields: [
+      { name: 'sport', type: 'u16', doc: 'host byte order' },
+      { name: 'dport', type: 'u16', doc: 'host byte order' },
+      { name: 'icmp_id', type: 'u16' },
+      { name: 'icmp_type', type: 'u8' },
+      { name: 'pad0', type: 'u8' },
+    ],
+  },
+  {
     name: 'policy_key',
     doc: 'Key of the `policy` LPM trie. prefixlen counts bits after itself: 72 (endpoint_id + identity + direction) are always matched, then protocol (8) and a destination port prefix (0..16).',
     fields: [
@@ -307,6 +330,7 @@ export const CONSTANTS: ConstGroup[] = [
       ['POLICY_DENIED', 10, 'new connections dropped for want of an allow entry (DROP_POLICY_DENIED)'],
       ['POLICY_DENY', 11, 'new connections dropped by a deny entry (DROP_POLICY_DENY)'],
       ['POLICY_BYPASS', 12, 'ARP / neighbour discovery and related ICMP errors that skipped the policy lookup'],
+      ['FRAG_UNKNOWN', 13, 'later fragments whose first fragment was not seen (policy sees no ports)'],
     ],
   },
   {
@@ -317,6 +341,7 @@ export const CONSTANTS: ConstGroup[] = [
       ['IPCACHE_MAP_MAX', 65536],
       ['CONNTRACK_MAP_MAX', 262144],
       ['POLICY_MAP_MAX', 1 << 20, 'entries over all endpoints; BPF_F_NO_PREALLOC: memory follows use'],
+      ['FRAGMENTS_MAP_MAX', 8192, 'datagrams in flight whose later fragments still come'],
       ['EVENTS_RINGBUF_BYTES', 8 * 1024 * 1024],
       ['METRICS_MAP_MAX', 16],
       ['CONFIG_MAP_MAX', 1],
