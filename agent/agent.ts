@@ -55,7 +55,13 @@ export class Agent implements AgentApi {
     this.policies = new PolicyService(store, this.policyEngine, this.workloads, this.mutex, log.child({ component: 'policy' }));
     this.directory = new EndpointDirectory(store);
     this.flows = new FlowPipeline(this.directory, config.nodeName, config.flows.ringCapacity, log.child({ component: 'flows' }));
-    this.metrics = new AgentMetrics({ flows: this.flows, datapath: kernel.datapath, workloads: () => store.workloadList(), identities: () => store.identityList().length });
+    this.metrics = new AgentMetrics({
+      flows: this.flows,
+      datapath: kernel.datapath,
+      workloads: () => store.workloadList(),
+      identities: () => store.identityList().length,
+      policyEntries: () => this.policyEngine.entryCount(),
+    });
   }
 
   /** Restores the datapath from the store, then starts reading flows. */

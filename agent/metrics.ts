@@ -27,6 +27,8 @@ export interface MetricsSources {
   };
   workloads?: () => ReadonlyArray<{ mode: string; state: string; spec: { kind: string } }>;
   identities?: () => number;
+  /** Entries in the BPF policy map (PolicyEngine.entryCount); without it, policyMapEntriesSet feeds the gauge. */
+  policyEntries?: () => number;
   /** The datapath; the optional parts exist on the real one (KitnetDatapath) but not on every fake. */
   datapath?: {
     metricsRead?: () => Record<MetricName, DatapathCounter>;
@@ -136,7 +138,7 @@ export class AgentMetrics {
   private readonly drops: Counter<'reason' | 'protocol'>;
   private readonly tcpFlags: Counter<'flag' | 'family'>;
   private readonly portDistribution: Counter<'protocol' | 'port'>;
-  private readonly policyEntries: Gauge<'endpoint'>;
+  private readonly policyEntries: Gauge;
   private readonly onFlow = (r: HubbleFlowRecord) => this.flowObserve(r);
   /** Datapath counters read once per scrape, shared by the collectors of that scrape. */
   private datapathCache: { at: number; value: Record<MetricName, DatapathCounter> | undefined } = { at: 0, value: undefined };
@@ -197,9 +199,11 @@ export class AgentMetrics {
     });
     this.policyEntries = new Gauge({
       name: 'kitnet_policy_map_entries',
-      help: 'Entries in the BPF policy maps, by endpoint (set by the policy engine)',
-      labelNames: ['endpoint'] as const,
+      help: 'Entries in the BPF policy map, all endpoints together',
       registers,
+      collect() {
+        if (src.policyEntries) this.set(src.policyEntries());
+      },
     });
     registrationDuration.reset();
     this.registry.registerMetric(registrationDuration);
@@ -282,6 +286,12 @@ export class AgentMetrics {
     mirroredCounter(this.registry, 'kitnet_datapath_no_endpoint_packets_total', 'Packets on a kitnet device with no endpoint entry (passed unobserved)', [], () => dpCounter('NO_ENDPOINT'));
     mirroredCounter(this.registry, 'kitnet_datapath_non_ip_packets_total', 'Non-IP packets (ARP, ...) passed by the endpoint programs', [], () => dpCounter('NON_IP'));
     mirroredCounter(this.registry, 'kitnet_conntrack_created_total', 'Connection tracking entries created', [], () => dpCounter('CT_NEW'));
+    mirroredCounter(this.registry, 'kitnet_datapath_policy_drops_total', 'New connections dropped by policy: no allow entry (denied) or a deny entry (deny)', ['reason'] as const, () => {
+      const m = datapathRead();
+      if (!m) return undefined;
+      const read = (name: string) => Number((m as Partial<Record<string, DatapathCounter>>)[name]?.packets ?? 0n);
+      return [[{ reason: 'POLICY_DENIED' }, read('POLICY_DENIED')], [{ reason: 'POLICY_DENY' }, read('POLICY_DENY')]];
+    });
     mirroredCounter(this.registry, 'kitnet_conntrack_full_total', 'Connection tracking entries that could not be created (table full)', [], () => dpCounter('CT_FULL'));
 
     src.flows?.on('flow', this.onFlow);
@@ -335,14 +345,9 @@ export class AgentMetrics {
     else if (f.l4.ICMPv6) this.portDistribution.inc({ protocol: 'ICMPv6', port: '0' });
   }
 
-  /** Sets the number of policy map entries; per endpoint when `endpoint` is given, else the total. */
-  policyMapEntriesSet(entries: number, endpoint?: string | number): void {
-    this.policyEntries.set({ endpoint: endpoint === undefined ? '' : String(endpoint) }, entries);
-  }
-
-  /** Forgets an endpoint's policy map entries (the endpoint was removed). */
-  policyMapEntriesDelete(endpoint: string | number): void {
-    this.policyEntries.remove({ endpoint: String(endpoint) });
+  /** Sets the number of policy map entries (when no `policyEntries` source reads it on scrape). */
+  policyMapEntriesSet(entries: number): void {
+    this.policyEntries.set(entries);
   }
 
   /** See workloadRegistrationObserve. */

@@ -55,7 +55,7 @@ function flow(s: FlowSpec = {}): HubbleFlowRecord {
 
 const zero = (): Counter => ({ packets: 0n, bytes: 0n });
 function counters(over: Partial<Record<MetricName, Counter>>): Record<MetricName, Counter> {
-  const names: MetricName[] = ['INGRESS_FORWARDED', 'INGRESS_DROPPED', 'EGRESS_FORWARDED', 'EGRESS_DROPPED', 'EVENTS_SENT', 'EVENTS_LOST', 'NO_ENDPOINT', 'CT_NEW', 'CT_FULL', 'NON_IP'];
+  const names: MetricName[] = ['INGRESS_FORWARDED', 'INGRESS_DROPPED', 'EGRESS_FORWARDED', 'EGRESS_DROPPED', 'EVENTS_SENT', 'EVENTS_LOST', 'NO_ENDPOINT', 'CT_NEW', 'CT_FULL', 'NON_IP', 'POLICY_DENIED', 'POLICY_DENY', 'POLICY_BYPASS'];
   return Object.fromEntries(names.map((n) => [n, over[n] ?? zero()])) as Record<MetricName, Counter>;
 }
 
@@ -151,8 +151,7 @@ describe('agent metrics', () => {
       { mode: 'netkit', state: 'error', spec: { kind: 'vm' } },
     ];
     const m = new AgentMetrics({ workloads: () => list, identities: () => 2 });
-    m.policyMapEntriesSet(5, 12);
-    m.policyMapEntriesSet(3, 13);
+    m.policyMapEntriesSet(8);
     workloadRegistrationObserve(0.02, 'success', 'veth');
     m.registrationObserve(0.3, 'failure', 'veth');
     let s = promParse(await m.text());
@@ -166,7 +165,7 @@ describe('agent metrics', () => {
     assert.equal(promValue(s, 'kitnet_workload_registration_duration_seconds_bucket', { outcome: 'failure', le: '0.5' }), 1);
     // Removed workloads disappear from the gauge rather than staying at their last value.
     list = [list[0]!];
-    m.policyMapEntriesDelete(13);
+    m.policyMapEntriesSet(5);
     s = promParse(await m.text());
     assert.equal(promValue(s, 'kitnet_workloads'), 1);
     assert.equal(promHas(s, 'kitnet_workloads', { mode: 'netkit' }), false);
@@ -190,6 +189,7 @@ describe('agent metrics', () => {
           EVENTS_SENT: { packets: 7n, bytes: 0n },
           EVENTS_LOST: { packets: 1n, bytes: 0n },
           CT_NEW: { packets: 4n, bytes: 0n },
+          POLICY_DENIED: { packets: 3n, bytes: 180n },
         });
       },
       endpointList: live([1, 2]),
@@ -205,6 +205,8 @@ describe('agent metrics', () => {
     assert.equal(promValue(s, 'kitnet_ringbuf_events_total'), 7);
     assert.equal(promValue(s, 'kitnet_ringbuf_lost_events_total'), 1);
     assert.equal(promValue(s, 'kitnet_conntrack_created_total'), 4);
+    assert.equal(promValue(s, 'kitnet_datapath_policy_drops_total', { reason: 'POLICY_DENIED' }), 3);
+    assert.equal(promValue(s, 'kitnet_datapath_policy_drops_total', { reason: 'POLICY_DENY' }), 0);
     assert.equal(promValue(s, 'kitnet_bpf_map_entries', { map: 'endpoints' }), 2);
     assert.equal(promValue(s, 'kitnet_bpf_map_entries', { map: 'ipcache' }), 4);
     assert.equal(promValue(s, 'kitnet_bpf_map_entries', { map: 'conntrack' }), 3);
@@ -228,6 +230,14 @@ describe('agent metrics', () => {
     assert.match(text, /^# TYPE kitnet_workloads gauge$/m);
     assert.match(text, /^# TYPE kitnet_workload_registration_duration_seconds histogram$/m);
     assert.match(m.contentType, /^text\/plain; version=0\.0\.4/);
+  });
+
+  test('policy map entries can be read from the policy engine on scrape', async () => {
+    let n = 3;
+    const m = new AgentMetrics({ policyEntries: () => n });
+    assert.equal(promValue(await m.text(), 'kitnet_policy_map_entries'), 3);
+    n = 11;
+    assert.equal(promValue(await m.text(), 'kitnet_policy_map_entries'), 11);
   });
 
   test('close() unsubscribes from the pipeline', () => {
