@@ -4,7 +4,7 @@ import type { Config } from './config.js';
 import type { KernelOps } from './kernel-ops.js';
 import type { SqliteStore } from './store/sqlite-store.js';
 import type { WorkloadRecord } from './store/types.js';
-import { deviceSpecFor } from './workloads.js';
+import { deviceSpecFor, linkGroupFor } from './workloads.js';
 import type { PolicyEngine } from './policy-engine.js';
 import { EP_F_ENFORCE_SRC_IP, EP_F_ENFORCE_SRC_MAC } from '../bpf/layout.gen.js';
 
@@ -107,8 +107,10 @@ export class Reconciler {
     let orphans = 0;
     const known = new Set(records.map((r) => r.hostIfname));
     const dp = this.kernel.datapath;
+    const group = linkGroupFor(this.config);
     for (const link of await this.kernel.linksList()) {
-      if (known.has(link.ifname)) continue;
+      // Only this instance's devices: other agents (a demo, a test) keep theirs.
+      if (known.has(link.ifname) || link.group !== group) continue;
       this.log.warn({ device: link.ifname, alias: link.alias }, 'removing orphaned kitnet link');
       await this.kernel.deviceDelete(link.ifname);
       orphans++;

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { KernelError, UnsupportedFeatureError } from '../common/kernel-error.js';
 import { KitnetError } from '../common/errors.js';
@@ -33,8 +34,18 @@ export function hostIfnameFor(namespace: string, name: string): string {
   return `kn${createHash('sha256').update(`${namespace}/${name}`).digest('hex').slice(0, 11)}`;
 }
 
+/**
+ * The link group (IFLA_GROUP) that marks this agent instance's devices: derived from its state
+ * directory, so a demo or test agent never sweeps the devices of the host's real agent.
+ */
+export function linkGroupFor(config: Config): number {
+  const h = createHash('sha256').update(resolve(config.stateDir)).digest().readUInt32BE(0);
+  return (h % 0x7ffffffe) + 1;
+}
+
 export function deviceSpecFor(rec: WorkloadRecord, config: Config): EndpointDeviceSpec {
   return {
+    group: linkGroupFor(config),
     hostIfname: rec.hostIfname,
     alias: `kitnet:${rec.spec.namespace}/${rec.spec.name}`,
     netnsPath: rec.spec.netns,

@@ -168,7 +168,12 @@ async function peerConfigure(nl: Rtnl, spec: EndpointDeviceSpec, hostMac: string
 async function hostConfigure(host: Rtnl, spec: EndpointDeviceSpec, link: LinkInfo, replaceRoutes: boolean): Promise<void> {
   const dev = { name: spec.hostIfname, ifindex: link.ifindex };
   await hostSideSysctlsApply(host, spec.hostIfname);
-  await linkSet(host, dev, { alias: spec.alias, up: true, mtu: spec.mtu !== undefined && link.mtu !== spec.mtu ? spec.mtu : undefined });
+  await linkSet(host, dev, {
+    alias: spec.alias,
+    up: true,
+    mtu: spec.mtu !== undefined && link.mtu !== spec.mtu ? spec.mtu : undefined,
+    group: spec.group !== undefined && link.group !== spec.group ? spec.group : undefined,
+  });
   await routeAdd(host, { dst: `${spec.ipv4}/32`, oif: link.ifindex, scope: 'link' }, { replace: replaceRoutes, ifname: spec.hostIfname });
   await routeAdd(host, { dst: `${spec.ipv6}/128`, oif: link.ifindex, scope: 'link' }, { replace: replaceRoutes, ifname: spec.hostIfname });
 }
@@ -268,6 +273,7 @@ export async function endpointDeviceObserve(specIn: EndpointDeviceSpec): Promise
     if (st.mode && st.mode !== wantMode) problems.push(`netkit mode is ${st.mode}, want ${wantMode}`);
   }
   if (hostLink.alias !== spec.alias) problems.push(`host alias is "${hostLink.alias}", want "${spec.alias}"`);
+  if (spec.group !== undefined && hostLink.group !== spec.group) problems.push(`host link group is ${hostLink.group}, want ${spec.group}`);
   if (!hostLink.up) problems.push(`host link ${spec.hostIfname} is down`);
   if (spec.mtu !== undefined && hostLink.mtu !== spec.mtu) problems.push(`host mtu ${hostLink.mtu}, want ${spec.mtu}`);
   if (spec.mode === 'netkit-l2' && spec.hostMac && hostLink.mac !== spec.hostMac) problems.push(`host mac ${hostLink.mac}, want ${spec.hostMac}`);
@@ -355,6 +361,6 @@ export async function kitnetLinksList(): Promise<KitnetLink[]> {
   const links = await linkList(rtnlHost());
   return links
     .filter((l) => l.alias.startsWith(KITNET_ALIAS_PREFIX))
-    .map((l) => ({ ifname: l.ifname, ifindex: l.ifindex, alias: l.alias }));
+    .map((l) => ({ ifname: l.ifname, ifindex: l.ifindex, alias: l.alias, group: l.group }));
 }
 

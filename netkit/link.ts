@@ -7,7 +7,7 @@ import {
   attr, attrsDecode, ifinfomsg, ifinfomsgDecode, macString, message, messageAttrs, readS32, readStr, readU32, str, u32,
 } from './attrs.js';
 import type { Rtnl } from './socket.js';
-import {
+import { IFLA_GROUP,
   IFF_UP, IFINFOMSG_LEN, IFLA_ADDRESS, IFLA_IFALIAS, IFLA_IFNAME, IFLA_INFO_DATA, IFLA_INFO_KIND, IFLA_LINK,
   IFLA_LINK_NETNSID, IFLA_LINKINFO, IFLA_MTU, IFLA_OPERSTATE, NLM_F_ACK, RTM_DELLINK, RTM_GETLINK, RTM_NEWLINK,
 } from './uapi.js';
@@ -29,6 +29,8 @@ export interface LinkInfo {
   /** IFLA_LINK_NETNSID: the peer lives in another namespace. */
   linkNetnsid?: number;
   operstate?: number;
+  /** IFLA_GROUP. */
+  group: number;
 }
 
 export function linkDecode(payload: Buffer): LinkInfo {
@@ -54,6 +56,7 @@ export function linkDecode(payload: Buffer): LinkInfo {
     alias: alias ? readStr(alias) : '',
     kind: kind ? readStr(kind) : '',
     infoData: data ? attrsDecode(data) : new Map(),
+    group: a.get(IFLA_GROUP) ? readU32(a.get(IFLA_GROUP)!) : 0,
   };
   if (link) info.link = readU32(link);
   if (nsid) info.linkNetnsid = readS32(nsid);
@@ -104,6 +107,7 @@ export interface LinkChange {
   up?: boolean;
   alias?: string;
   mtu?: number;
+  group?: number;
   /** Extra attributes, e.g. an IFLA_LINKINFO with changed netkit policies. */
   extra?: Attr[];
 }
@@ -113,6 +117,7 @@ export async function linkSet(nl: Rtnl, dev: DeviceRef & { ifindex: number }, ch
   const attrs: Attr[] = [];
   if (change.alias !== undefined) attrs.push(attr(IFLA_IFALIAS, str(change.alias)));
   if (change.mtu !== undefined) attrs.push(attr(IFLA_MTU, u32(change.mtu)));
+  if (change.group !== undefined) attrs.push(attr(IFLA_GROUP, u32(change.group)));
   if (change.extra) attrs.push(...change.extra);
   const hdr = ifinfomsg({
     index: dev.ifindex,

@@ -33,6 +33,11 @@ export interface EndpointDeviceSpec {
   ipv4: string;
   ipv6: string;
   mtu?: number;
+  /**
+   * IFLA_GROUP of the host side: marks which agent instance owns the link, so one agent's orphan
+   * sweep never touches another's devices (`ip link show group N`). 0 = the default group.
+   */
+  group?: number;
   /** netkit-l2 (and optionally veth): fixed MAC of the host side; default derived from hostIfname. */
   hostMac?: string;
   /** netkit-l2 (and optionally veth): fixed MAC of the peer; default derived from hostIfname. */
@@ -69,4 +74,6 @@ export interface KitnetLink {
   ifname: string;
   ifindex: number;
   alias: string;
+  /** IFLA_GROUP: the agent instance that owns the link (see EndpointDeviceSpec.group). */
+  group: number;
 }
