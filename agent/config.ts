@@ -30,13 +30,39 @@ export const ConfigSchema = z
         socket: z.string().min(1).default('/run/kitnet/kitnet.sock'),
         /** Octal file mode of the socket; root and the socket's group may use it. */
         socketMode: z.number().int().min(0).max(0o777).default(0o660),
+        /** Optional TCP listener: always TLS, always bearer tokens (see README, Security model). */
         tcp: z
-          .object({ host: z.string().default('127.0.0.1'), port: z.number().int().min(1).max(65535) })
+          .object({
+            host: z.string().default('127.0.0.1'),
+            port: z.number().int().min(1).max(65535),
+            tls: z
+              .object({ cert: z.string().min(1, 'must be the path of a PEM certificate'), key: z.string().min(1, 'must be the path of a PEM private key') })
+              .strict()
+              .optional(),
+            /** YAML list of {name, secretSha256 | secret, scopes, namespaces}. */
+            tokensFile: z.string().min(1).optional(),
+          })
           .strict()
+          .superRefine((t, ctx) => {
+            if (!t.tls) ctx.addIssue({ code: 'custom', path: ['tls'], message: 'required: the TCP listener only serves TLS; set api.tcp.tls.cert and api.tcp.tls.key (PEM files)' });
+            if (!t.tokensFile) ctx.addIssue({ code: 'custom', path: ['tokensFile'], message: 'required: the TCP listener needs bearer tokens; set api.tcp.tokensFile (see `kitnet token create`)' });
+          })
           .optional(),
+        /** Requests per window per client: per token (or address) on TCP, one bucket for the unix socket. */
+        rateLimit: z
+          .object({
+            enabled: z.boolean().default(true),
+            windowMs: z.number().int().min(100).max(3_600_000).default(60_000),
+            tcpMax: z.number().int().min(1).default(1200),
+            socketMax: z.number().int().min(1).default(60_000),
+          })
+          .strict()
+          .prefault({}),
+        /** Audit lines (`audit: true`) go to the log at info level; with `file`, also appended there (mode 0600). */
+        audit: z.object({ file: z.string().min(1).optional() }).strict().prefault({}),
       })
       .strict()
-      .default({ socket: '/run/kitnet/kitnet.sock', socketMode: 0o660 }),
+      .prefault({}),
     ipam: z
       .object({ ipv4Pool: cidr(4).default('10.200.0.0/16'), ipv6Pool: cidr(6).default('fd00:200::/64') })
       .strict()

@@ -5,8 +5,9 @@ import { pino, type Logger } from 'pino';
 import { datapathLoad } from '../bpf/index.js';
 import { hostForwardingEnsure } from '../netkit/index.js';
 import { serverBuild } from '../api/server.js';
+import { LOG_REDACT, tokensLoad, type AuditSink, type TokenSet } from '../api/security.js';
 import { Agent, KITNET_VERSION } from './agent.js';
-import { configLoad, type Config, type ConfigInput } from './config.js';
+import { ConfigError, configLoad, type Config, type ConfigInput } from './config.js';
 import { hostFactsGather } from './host-facts.js';
 import { kernelOpsReal } from './kernel-ops-real.js';
 import { SqliteStore } from './store/sqlite-store.js';
@@ -44,10 +45,44 @@ function kitnetGid(): number | undefined {
   }
 }
 
+/** TLS files and tokens of the TCP listener, read before anything starts; errors name the key. */
+function tcpSecurityLoad(config: Config): { https: { cert: Buffer; key: Buffer }; tokens: TokenSet } | undefined {
+  const tcp = config.api.tcp;
+  if (!tcp) return undefined;
+  if (!tcp.tls || !tcp.tokensFile) throw new ConfigError('api.tcp: needs tls (cert, key) and tokensFile');
+  const read = (key: string, path: string) => {
+    try {
+      return readFileSync(path);
+    } catch (err) {
+      throw new ConfigError(`${key}: cannot read ${path}: ${(err as Error).message}`);
+    }
+  };
+  return {
+    https: { cert: read('api.tcp.tls.cert', tcp.tls.cert), key: read('api.tcp.tls.key', tcp.tls.key) },
+    tokens: tokensLoad(tcp.tokensFile),
+  };
+}
+
+/** Audit lines: to the log (info) and, when configured, appended to their own file (0600). */
+function auditSink(config: Config, log: Logger): AuditSink {
+  const toLog = log.child({ component: 'audit' });
+  const file = config.api.audit.file;
+  if (!file) return toLog;
+  mkdirSync(dirname(file), { recursive: true, mode: 0o750 });
+  const toFile = pino({ level: 'info', base: { node: config.nodeName }, redact: LOG_REDACT }, pino.destination({ dest: file, append: true, mode: 0o600 }));
+  return {
+    info: (obj, msg) => {
+      toLog.info(obj, msg);
+      toFile.info(obj, msg);
+    },
+  };
+}
+
 export async function daemonRun(opts: DaemonOptions = {}): Promise<{ stop: () => Promise<void>; config: Config; agent: Agent }> {
   const configPath = opts.configPath ?? (existsSync(DEFAULT_CONFIG_PATH) ? DEFAULT_CONFIG_PATH : undefined);
   const config = configLoad(configPath, opts.overrides);
-  const log: Logger = pino({ level: config.logLevel, base: { node: config.nodeName } });
+  const log: Logger = pino({ level: config.logLevel, base: { node: config.nodeName }, redact: LOG_REDACT });
+  const tcpSecurity = tcpSecurityLoad(config);
   if (process.getuid?.() !== 0) {
     throw new Error('kitnet agent must run as root (it needs CAP_NET_ADMIN, CAP_BPF and CAP_SYS_ADMIN for namespaces)');
   }
@@ -63,14 +98,31 @@ export async function daemonRun(opts: DaemonOptions = {}): Promise<{ stop: () =>
   const agent = new Agent(config, store, kernel, hostFacts, log);
   await agent.start();
 
-  const app = await serverBuild({ agent, logger: log.child({ component: 'api' }), version: KITNET_VERSION });
+  const audit = auditSink(config, log);
+  const limits = (max: number) => (config.api.rateLimit.enabled ? { max, windowMs: config.api.rateLimit.windowMs } : false);
+  const app = await serverBuild({
+    agent,
+    logger: log.child({ component: 'api' }),
+    version: KITNET_VERSION,
+    security: { rateLimit: limits(config.api.rateLimit.socketMax), audit },
+  });
   await socketPrepare(config.api.socket);
   await app.listen({ path: config.api.socket });
   chmodSync(config.api.socket, config.api.socketMode);
   const gid = kitnetGid();
   if (gid !== undefined) chownSync(config.api.socket, 0, gid);
   // fastify listens once per instance, so TCP gets its own instance with the same routes.
-  const tcpApp = config.api.tcp ? await serverBuild({ agent, logger: log.child({ component: 'api-tcp' }), version: KITNET_VERSION }) : undefined;
+  // It serves TLS only and wants a bearer token with the right scope on every request.
+  if (tcpSecurity?.tokens.plaintext.length) log.warn({ tokens: tcpSecurity.tokens.plaintext }, 'tokens file holds plaintext secrets; store secretSha256 instead (kitnet token hash)');
+  const tcpApp = tcpSecurity
+    ? await serverBuild({
+        agent,
+        logger: log.child({ component: 'api-tcp' }),
+        version: KITNET_VERSION,
+        https: tcpSecurity.https,
+        security: { tokens: tcpSecurity.tokens, rateLimit: limits(config.api.rateLimit.tcpMax), audit },
+      })
+    : undefined;
   if (tcpApp && config.api.tcp) await tcpApp.listen({ host: config.api.tcp.host, port: config.api.tcp.port });
   log.info({ socket: config.api.socket, tcp: config.api.tcp ?? null }, 'API listening');
   opts.onReady?.({ socket: config.api.socket });

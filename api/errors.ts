@@ -1,14 +1,32 @@
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
 import { hasZodFastifySchemaValidationErrors } from 'fastify-type-provider-zod';
-import { ErrorCatalogue, KitnetError } from '../common/errors.js';
+import { ErrorCatalogue, KitnetError, type ErrorCode } from '../common/errors.js';
 
 function reasonPhrase(status: number): string {
   return (
-    { 400: 'Bad Request', 404: 'Not Found', 409: 'Conflict', 413: 'Payload Too Large', 415: 'Unsupported Media Type', 422: 'Unprocessable Entity', 500: 'Internal Server Error' }[
+    {
+      400: 'Bad Request',
+      401: 'Unauthorized',
+      403: 'Forbidden',
+      404: 'Not Found',
+      405: 'Method Not Allowed',
+      409: 'Conflict',
+      413: 'Payload Too Large',
+      415: 'Unsupported Media Type',
+      422: 'Unprocessable Entity',
+      429: 'Too Many Requests',
+      500: 'Internal Server Error',
+    }[
       status
     ] ?? 'Error'
   );
 }
+
+/** Fastify's own client errors (body parser, content type) by status; others count as validation. */
+const FASTIFY_STATUS_CODES: Partial<Record<number, ErrorCode>> = {
+  413: 'AGENT_ERR_API_BODY_TOO_LARGE',
+  415: 'AGENT_ERR_API_UNSUPPORTED_MEDIA_TYPE',
+};
 
 /** One error shape for every failure: {statusCode, code, error, message, field?}. */
 export function errorHandler(err: FastifyError | KitnetError | Error, req: FastifyRequest, reply: FastifyReply): void {
@@ -44,7 +62,7 @@ export function errorHandler(err: FastifyError | KitnetError | Error, req: Fasti
   if (status >= 500) req.log.error({ err }, 'unhandled error');
   void reply.code(status).send({
     statusCode: status,
-    code: status >= 500 ? 'AGENT_ERR_INTERNAL' : 'AGENT_ERR_API_VALIDATION',
+    code: status >= 500 ? 'AGENT_ERR_INTERNAL' : (FASTIFY_STATUS_CODES[status] ?? 'AGENT_ERR_API_VALIDATION'),
     error: reasonPhrase(status),
     message: status >= 500 ? ErrorCatalogue.AGENT_ERR_INTERNAL.summary : fe.message,
   });

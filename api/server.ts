@@ -8,6 +8,7 @@ import { flowRoutes } from './routes/flows.js';
 import { metricsRoutes } from './routes/metrics.js';
 import { uiRoutes } from './routes/ui.js';
 import { policyRoutes } from './routes/policies.js';
+import { API_BODY_LIMIT, securityRegister, type SecurityOptions } from './security.js';
 import { systemRoutes } from './routes/system.js';
 import { workloadRoutes } from './routes/workloads.js';
 
@@ -15,6 +16,10 @@ export interface ServerOptions {
   agent: AgentApi;
   logger: Logger | false;
   version: string;
+  /** TLS for a TCP listener (PEM); the unix socket has none. */
+  https?: { cert: Buffer; key: Buffer } | undefined;
+  /** Tokens, rate limit and audit (api/security.ts); absent: a trusted listener without limits or audit. */
+  security?: SecurityOptions | undefined;
 }
 
 /** Builds the REST API (not listening yet): routes, zod validation, OpenAPI at /docs/json. */
@@ -23,7 +28,8 @@ export async function serverBuild(opts: ServerOptions): Promise<FastifyInstance>
   const app = Fastify({
     loggerInstance: opts.logger || undefined,
     logger: opts.logger ? undefined : false,
-    bodyLimit: 1 << 20,
+    bodyLimit: API_BODY_LIMIT,
+    ...(opts.https ? { https: opts.https } : {}),
     // Follow streams never end by themselves; closing the server must not wait for them.
     forceCloseConnections: true,
   }).withTypeProvider<ZodTypeProvider>();
@@ -38,6 +44,8 @@ export async function serverBuild(opts: ServerOptions): Promise<FastifyInstance>
     openapi: { info: { title: 'kitnet agent API', version: opts.version, description: 'Register workloads, read identities, status and flows.' } },
     transform: jsonSchemaTransform,
   });
+  // Before the routes: its hooks must cover every route and the 404 handler.
+  if (opts.security) await securityRegister(app as unknown as FastifyInstance, opts.security);
   await app.register(systemRoutes, { agent: opts.agent });
   await app.register(workloadRoutes, { agent: opts.agent });
   await app.register(flowRoutes, { agent: opts.agent });

@@ -6,6 +6,11 @@
 export const ErrorCatalogue = {
   AGENT_ERR_API_VALIDATION: { status: 400, summary: 'The request body, path or query failed validation.' },
   AGENT_ERR_API_NOT_FOUND: { status: 404, summary: 'No such API route.' },
+  AGENT_ERR_API_UNAUTHORIZED: { status: 401, summary: 'The TCP API needs a valid bearer token (Authorization: Bearer TOKEN); it was missing or unknown.' },
+  AGENT_ERR_API_FORBIDDEN: { status: 403, summary: 'The token lacks the scope (read, register, admin) or the namespace this request needs.' },
+  AGENT_ERR_API_BODY_TOO_LARGE: { status: 413, summary: 'The request body exceeds the limit (1 MiB; 4 MiB for policy documents).' },
+  AGENT_ERR_API_UNSUPPORTED_MEDIA_TYPE: { status: 415, summary: 'The request body has a content type this route does not accept (JSON; YAML or text for policies).' },
+  AGENT_ERR_API_RATE_LIMITED: { status: 429, summary: 'Too many requests from this client (token, address or the unix socket); retry after the time in Retry-After.' },
   AGENT_ERR_WORKLOAD_EXISTS: { status: 409, summary: 'A workload with this namespace and name is already registered.' },
   AGENT_ERR_WORKLOAD_NOT_FOUND: { status: 404, summary: 'No workload with this namespace and name is registered.' },
   AGENT_ERR_WORKLOAD_NETNS: { status: 422, summary: 'The given network namespace path does not exist or is not a network namespace.' },

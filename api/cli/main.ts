@@ -324,6 +324,31 @@ observe
     });
   });
 
+const token = program.command('token').alias('tokens').description('bearer tokens of the TCP API (api.tcp.tokensFile)');
+token
+  .command('create <name>')
+  .description('make a random token: prints the secret once (stderr) and the tokens-file entry with its hash (stdout)')
+  .option('--scopes <list>', 'comma-separated: read, register, admin', 'read')
+  .option('--namespaces <list>', 'comma-separated namespaces a register token may change ("*" for all)')
+  .action(async (name: string, o: { scopes: string; namespaces?: string }) => {
+    const { tokenGenerate, tokenHash } = await import('../security.js');
+    const secret = tokenGenerate();
+    const list = (v: string) => `[${v.split(',').map((x) => JSON.stringify(x.trim())).join(', ')}]`;
+    console.error(`secret (shown once; give it to the client as "Authorization: Bearer ..."): ${secret}`);
+    console.log(`- name: ${JSON.stringify(name)}\n  secretSha256: ${tokenHash(secret)}\n  scopes: ${list(o.scopes)}${o.namespaces ? `\n  namespaces: ${list(o.namespaces)}` : ''}`);
+  });
+token
+  .command('hash')
+  .description('print the secretSha256 of a token secret read from stdin (kept off the command line and shell history)')
+  .action(async () => {
+    const { tokenHash } = await import('../security.js');
+    const chunks: Buffer[] = [];
+    for await (const c of process.stdin) chunks.push(c as Buffer);
+    const secret = Buffer.concat(chunks).toString('utf8').replace(/\r?\n$/, '');
+    if (!secret) throw new InvalidArgumentError('no secret on stdin');
+    console.log(tokenHash(secret));
+  });
+
 program.parseAsync(process.argv).catch((err: unknown) => {
   if (err instanceof ApiError) console.error(`error: ${err.message} [${err.code}, HTTP ${err.statusCode}]`);
   else console.error(`error: ${(err as Error).message ?? String(err)}`);

@@ -2,6 +2,7 @@ import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import type { AgentApi } from '../agent-api.js';
 import { ErrorBody } from '../schemas/common.js';
+import { POLICY_BODY_LIMIT } from '../security.js';
 import { Namespace, NamespacePut, NamespaceRef, PolicyApplyResult, PolicyRef, PolicySummary, TraceRequest, TraceResponse, WorkloadPolicy } from '../schemas/policy.js';
 import { Workload, WorkloadPatch, WorkloadRef } from '../schemas/workload.js';
 
@@ -9,7 +10,7 @@ const TEXT_TYPES = ['application/yaml', 'application/x-yaml', 'text/yaml', 'text
 
 export const policyRoutes: FastifyPluginAsyncZod<{ agent: AgentApi }> = async (app, { agent }) => {
   // Policy documents arrive as YAML (often several in one body); keep them as text for the parser.
-  app.addContentTypeParser(TEXT_TYPES, { parseAs: 'string', bodyLimit: 4 << 20 }, (_req, body, done) => done(null, body));
+  app.addContentTypeParser(TEXT_TYPES, { parseAs: 'string', bodyLimit: POLICY_BODY_LIMIT }, (_req, body, done) => done(null, body));
 
   app.get('/v1/namespaces', { schema: { summary: 'Namespaces with labels', response: { 200: z.array(Namespace) } } }, async () =>
     agent.namespaceList(),
@@ -24,6 +25,8 @@ export const policyRoutes: FastifyPluginAsyncZod<{ agent: AgentApi }> = async (a
   app.put(
     '/v1/policies',
     {
+      // YAML or JSON alike: up to 4 MiB of policy documents (other routes: 1 MiB).
+      bodyLimit: POLICY_BODY_LIMIT,
       schema: {
         summary: 'Apply NetworkPolicy / CiliumNetworkPolicy / CiliumClusterwideNetworkPolicy documents (YAML or JSON)',
         response: { 200: PolicyApplyResult, '4xx': ErrorBody },
