@@ -1,4 +1,5 @@
 import { existsSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { FastifyPluginAsync, FastifyReply } from 'fastify';
@@ -31,6 +32,13 @@ function cytoscapePath(): string {
   return existsSync(min) ? min : main;
 }
 
+/** The fcose layout and its two helpers: UMD builds, loaded by classic script tags (globals). */
+const LAYOUT_SCRIPTS: Record<string, string> = {
+  'vendor/layout-base.js': 'layout-base/layout-base.js',
+  'vendor/cose-base.js': 'cose-base/cose-base.js',
+  'vendor/cytoscape-fcose.js': 'cytoscape-fcose/cytoscape-fcose.js',
+};
+
 interface Asset {
   body: Buffer;
   type: string;
@@ -45,10 +53,12 @@ const PAGE_FILES = ['index.html', 'app.js', 'graph.js', 'style.css', 'favicon.sv
 
 export const uiRoutes: FastifyPluginAsync = async (app) => {
   const dir = uiDirFind();
-  // Loaded once: a handful of small files plus the library (~0.4 MB), never a path from the request.
+  // Loaded once: a handful of small files plus the library (~0.6 MB), never a path from the request.
   const assets = new Map<string, Asset>();
   for (const f of PAGE_FILES) if (existsSync(join(dir, f))) assets.set(f, assetLoad(join(dir, f)));
   assets.set('vendor/cytoscape.mjs', assetLoad(cytoscapePath()));
+  const require = createRequire(import.meta.url);
+  for (const [name, module] of Object.entries(LAYOUT_SCRIPTS)) assets.set(name, assetLoad(require.resolve(module)));
 
   const send = (name: string) => async (_req: unknown, reply: FastifyReply) => {
     const a = assets.get(name);

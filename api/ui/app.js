@@ -3,6 +3,11 @@
 // lists its recent flows with GET /v1/flows and Hubble filters.
 /* global window, document, fetch, TextDecoder, URLSearchParams, setTimeout, clearTimeout, setInterval, requestAnimationFrame, console */
 import cytoscape from '/ui/vendor/cytoscape.mjs';
+
+// fcose (loaded by classic script tags before this module) lays out compound (namespace) nodes well;
+// without it the built-in cose layout is used.
+const FCOSE = typeof window.cytoscapeFcose === 'function';
+if (FCOSE) cytoscape.use(window.cytoscapeFcose);
 import { edgeLabel, flowMatches, ServiceMap } from '/ui/graph.js';
 
 const FLOW_LIST_MAX = 200;
@@ -84,7 +89,7 @@ const cy = cytoscape({
     { selector: 'edge[dropped > 0]', style: { 'line-color': '#dc2626', 'target-arrow-color': '#dc2626', 'line-style': 'dashed', color: '#b91c1c' } },
     { selector: 'edge[dropped > 0][forwarded > 0]', style: { 'line-style': 'solid', 'line-color': '#f97316', 'target-arrow-color': '#f97316' } },
     { selector: 'node:selected', style: { 'border-color': '#f59e0b', 'border-width': 4 } },
-    { selector: 'edge:selected', style: { width: 4.5, 'line-color': '#f59e0b', 'target-arrow-color': '#f59e0b' } },
+    { selector: 'edge:selected', style: { width: 4, 'underlay-color': '#fbbf24', 'underlay-opacity': 0.45, 'underlay-padding': 5 } },
     { selector: '.flash', style: { 'underlay-color': '#fde047', 'underlay-opacity': 0.6, 'underlay-padding': 4 } },
   ],
 });
@@ -110,20 +115,26 @@ function nodeData(n) {
 }
 
 function layoutRun() {
-  const l = cy.layout({
-    name: 'cose',
-    animate: cy.elements().length < ELEM_LIMIT_FOR_ANIMATION && layoutDone,
-    animationDuration: 400,
-    nodeDimensionsIncludeLabels: true,
-    padding: 50,
-    idealEdgeLength: () => 160,
-    nodeRepulsion: () => 12000,
-    nestingFactor: 0.9,
-    gravity: 0.6,
-    componentSpacing: 120,
-    randomize: !layoutDone,
-    fit: true,
-  });
+  const animate = cy.elements().length < ELEM_LIMIT_FOR_ANIMATION && layoutDone;
+  const common = { animate, animationDuration: 400, nodeDimensionsIncludeLabels: true, padding: 50, fit: true };
+  const l = cy.layout(
+    FCOSE
+      ? {
+          ...common,
+          name: 'fcose',
+          quality: 'proof',
+          randomize: !layoutDone,
+          idealEdgeLength: () => 170,
+          nodeRepulsion: () => 9000,
+          nestingFactor: 0.2,
+          gravity: 0.3,
+          gravityCompound: 1.2,
+          tilingPaddingVertical: 30,
+          tilingPaddingHorizontal: 30,
+          packComponents: true,
+        }
+      : { ...common, name: 'cose', randomize: !layoutDone, idealEdgeLength: () => 160, nodeRepulsion: () => 12000, componentSpacing: 120 },
+  );
   l.one('layoutstop', () => {
     layoutDone = true;
     cy.fit(undefined, 50);
@@ -196,17 +207,18 @@ function endpointText(ep) {
   return reserved ?? cidr ?? `identity ${ep.identity}`;
 }
 
+/** [protocol and ports, detail] of a flow for the table. */
 function l4Text(f) {
   const l4 = f.l4 ?? {};
   for (const p of ['TCP', 'UDP', 'SCTP']) {
     if (l4[p]) {
-      const flags = p === 'TCP' ? Object.keys(l4[p].flags ?? {}).join(',') : '';
-      return `${p} ${l4[p].source_port} → ${l4[p].destination_port}${flags ? ` [${flags}]` : ''}`;
+      const flags = p === 'TCP' ? Object.keys(l4[p].flags ?? {}).join(' ') : '';
+      return [`${p} ${l4[p].source_port}→${l4[p].destination_port}`, flags];
     }
   }
-  if (l4.ICMPv4) return `ICMPv4 type ${l4.ICMPv4.type}`;
-  if (l4.ICMPv6) return `ICMPv6 type ${l4.ICMPv6.type}`;
-  return 'IP';
+  if (l4.ICMPv4) return ['ICMPv4', f.Summary?.replace(/^ICMPv4 /, '') ?? `type ${l4.ICMPv4.type}`];
+  if (l4.ICMPv6) return ['ICMPv6', f.Summary?.replace(/^ICMPv6 /, '') ?? `type ${l4.ICMPv6.type}`];
+  return ['IP', ''];
 }
 
 function cell(text, cls) {
@@ -231,7 +243,14 @@ function flowRow(rec) {
   dir.className = 'dir';
   dir.textContent = `${f.traffic_direction === 'EGRESS' ? 'egress' : 'ingress'}${f.is_reply ? ' reply' : ''}`;
   dst.append(dir);
-  tr.append(src, dst, cell(l4Text(f)));
+  const [l4, detail] = l4Text(f);
+  const l4Cell = cell(l4, 'l4');
+  if (detail) {
+    const small = document.createElement('small');
+    small.textContent = detail;
+    l4Cell.append(small);
+  }
+  tr.append(src, dst, l4Cell);
   const v = cell(f.verdict, `v ${f.verdict}`);
   if (f.verdict === 'DROPPED') {
     const r = document.createElement('span');
@@ -256,9 +275,10 @@ function flowPrepend(rec) {
 async function selectionLoad() {
   if (!selection) return;
   const sel = selection;
-  const filters = sel.kind === 'node' ? model.nodeFilters(sel.id) : model.edgeFilters(sel.id);
+  let filters = sel.kind === 'node' ? model.nodeFilters(sel.id) : model.edgeFilters(sel.id);
+  // Fields within one filter AND (a shorthand parameter would be one more filter, ORed).
+  if ($('only-dropped').checked) filters = filters.map((f) => ({ ...f, verdict: ['DROPPED'] }));
   const q = new URLSearchParams({ last: String(FLOW_LIST_MAX), whitelist: JSON.stringify(filters) });
-  if ($('only-dropped').checked) q.set('verdict', 'DROPPED');
   $('sel-filter').textContent = `GET /v1/flows?${decodeURIComponent(q.toString())}`;
   const tbody = $('flows').querySelector('tbody');
   try {
@@ -308,7 +328,7 @@ function selectionShow(kind, id) {
     tag(e.port === null ? e.protocol : `${e.protocol}/${e.port}`);
     tag(`${e.forwarded} forwarded`);
     if (e.dropped) {
-      tag(`${e.dropped} dropped`, 'vm');
+      tag(`${e.dropped} dropped`, 'drop');
       meta.append(document.createElement('br'), document.createTextNode(Object.entries(e.dropReasons).map(([r, c]) => `${r} ×${c}`).join(', ')));
     }
   }

@@ -44,6 +44,15 @@ export function flowService(flow) {
 
 export const isLocal = (ep) => Boolean(ep.pod_name);
 
+/** ICMPv6 neighbour discovery and multicast listener messages: link housekeeping, not services. */
+const ICMP6_HOUSEKEEPING = new Set([130, 131, 132, 133, 134, 135, 136, 137, 143]);
+
+/** Flows the map leaves off (they stay in the flow lists). */
+export function mapIgnores(flow) {
+  const icmp6 = flow.l4?.ICMPv6;
+  return Boolean(icmp6 && ICMP6_HOUSEKEEPING.has(icmp6.type));
+}
+
 /**
  * A packet between two local workloads is observed twice (EGRESS at the sender, INGRESS at the
  * receiver). Count it once, with its final verdict: at the receiver when the receiver is local, else
@@ -126,7 +135,7 @@ export class ServiceMap {
       return { lost: true };
     }
     const flow = rec.flow;
-    if (!flow || !flow.source || !flow.destination) return undefined;
+    if (!flow || !flow.source || !flow.destination || mapIgnores(flow)) return undefined;
     const newNodes = [];
     const t = Date.parse(flow.time ?? rec.time) || Date.now();
     let src = endpointNode(flow.source);
