@@ -51,14 +51,30 @@ function assetLoad(path: string): Asset {
 
 const PAGE_FILES = ['index.html', 'app.js', 'graph.js', 'style.css', 'favicon.svg'];
 
-export const uiRoutes: FastifyPluginAsync = async (app) => {
+/** Loaded once: a handful of small files plus the libraries (~0.6 MB), never a path from the request. */
+function assetsLoad(): Map<string, Asset> {
   const dir = uiDirFind();
-  // Loaded once: a handful of small files plus the library (~0.6 MB), never a path from the request.
   const assets = new Map<string, Asset>();
   for (const f of PAGE_FILES) if (existsSync(join(dir, f))) assets.set(f, assetLoad(join(dir, f)));
   assets.set('vendor/cytoscape.mjs', assetLoad(cytoscapePath()));
   const require = createRequire(import.meta.url);
   for (const [name, module] of Object.entries(LAYOUT_SCRIPTS)) assets.set(name, assetLoad(require.resolve(module)));
+  return assets;
+}
+
+export const uiRoutes: FastifyPluginAsync = async (app) => {
+  let assets: Map<string, Asset>;
+  try {
+    assets = assetsLoad();
+  } catch (err) {
+    // A missing page must not keep the agent from starting: /ui says what is wrong instead.
+    const message = `service map page unavailable: ${(err as Error).message}`;
+    app.log.warn(message);
+    app.get('/ui', { schema: { hide: true } }, async (_req, reply) =>
+      reply.code(404).send({ statusCode: 404, code: 'AGENT_ERR_API_NOT_FOUND', error: 'Not Found', message }),
+    );
+    return;
+  }
 
   const send = (name: string) => async (_req: unknown, reply: FastifyReply) => {
     const a = assets.get(name);
