@@ -24,6 +24,9 @@ for a in "$@"; do
 done
 ((${#kernels[@]})) || kernels=("${LAB_KERNELS[@]}")
 mkdir -p "$LAB_CACHE"
+# one fetch at a time per cache (parallel lab runs share it)
+exec 9> "$LAB_CACHE/.fetch.lock"
+flock 9
 
 # --- host tools --------------------------------------------------------------------------------
 host_packages=(qemu-system-x86 busybox-static kmod cpio)
