@@ -104,7 +104,33 @@ export function configParse(input: unknown, source = 'config'): Config {
 }
 
 /** Loads the YAML config file; a missing file at the default path means defaults. */
-export function configLoad(path: string | undefined, overrides: ConfigInput = {}): Config {
+/** Environment variables that override config keys (file < environment < command-line flags). */
+export const CONFIG_ENV: ReadonlyArray<{ env: string; path: string[]; number?: boolean }> = [
+  { env: 'KITNET_NODE_NAME', path: ['nodeName'] },
+  { env: 'KITNET_LOG_LEVEL', path: ['logLevel'] },
+  { env: 'KITNET_STATE_DIR', path: ['stateDir'] },
+  { env: 'KITNET_BPF_PIN_ROOT', path: ['bpfPinRoot'] },
+  { env: 'KITNET_API_SOCKET', path: ['api', 'socket'] },
+  { env: 'KITNET_IPV4_POOL', path: ['ipam', 'ipv4Pool'] },
+  { env: 'KITNET_IPV6_POOL', path: ['ipam', 'ipv6Pool'] },
+  { env: 'KITNET_DATAPATH_MODE', path: ['datapath', 'mode'] },
+  { env: 'KITNET_FLOW_RING_CAPACITY', path: ['flows', 'ringCapacity'], number: true },
+];
+
+export function configFromEnv(env: NodeJS.ProcessEnv = process.env): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const { env: name, path, number } of CONFIG_ENV) {
+    const raw = env[name];
+    if (raw === undefined || raw === '') continue;
+    let node = out;
+    for (const key of path.slice(0, -1)) node = (node[key] ??= {}) as Record<string, unknown>;
+    // A non-numeric value stays a string, so validation reports it against the key.
+    node[path.at(-1)!] = number && /^\d+$/.test(raw) ? Number(raw) : raw;
+  }
+  return out;
+}
+
+export function configLoad(path: string | undefined, overrides: ConfigInput = {}, env: NodeJS.ProcessEnv = process.env): Config {
   let fromFile: Record<string, unknown> = {};
   if (path) {
     let text: string;
@@ -124,7 +150,8 @@ export function configLoad(path: string | undefined, overrides: ConfigInput = {}
     }
     fromFile = (doc ?? {}) as Record<string, unknown>;
   }
-  return configParse(deepMerge(fromFile, overrides as Record<string, unknown>), path ?? 'config');
+  const merged = deepMerge(deepMerge(fromFile, configFromEnv(env)), overrides as Record<string, unknown>);
+  return configParse(merged, path ?? 'config');
 }
 
 function deepMerge(a: Record<string, unknown>, b: Record<string, unknown>): Record<string, unknown> {

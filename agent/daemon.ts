@@ -11,6 +11,7 @@ import { ConfigError, configLoad, type Config, type ConfigInput } from './config
 import { hostFactsGather } from './host-facts.js';
 import { kernelOpsReal } from './kernel-ops-real.js';
 import { SqliteStore } from './store/sqlite-store.js';
+import { SystemdNotifier } from './systemd.js';
 
 export const DEFAULT_CONFIG_PATH = '/etc/kitnet/config.yaml';
 
@@ -78,7 +79,20 @@ function auditSink(config: Config, log: Logger): AuditSink {
   };
 }
 
-export async function daemonRun(opts: DaemonOptions = {}): Promise<{ stop: () => Promise<void>; config: Config; agent: Agent }> {
+export interface Daemon {
+  stop: () => Promise<void>;
+  /** Re-reads the config file (SIGHUP): applies what can change live, warns about the rest. */
+  reload: () => void;
+  config: Config;
+  agent: Agent;
+}
+
+/** Keys whose change needs a restart (listeners, state, pools, datapath): everything but logLevel. */
+function restartNeeded(before: Config, after: Config): string[] {
+  return (Object.keys(after) as Array<keyof Config>).filter((k) => k !== 'logLevel' && JSON.stringify(before[k]) !== JSON.stringify(after[k]));
+}
+
+export async function daemonRun(opts: DaemonOptions = {}): Promise<Daemon> {
   const configPath = opts.configPath ?? (existsSync(DEFAULT_CONFIG_PATH) ? DEFAULT_CONFIG_PATH : undefined);
   const config = configLoad(configPath, opts.overrides);
   const log: Logger = pino({ level: config.logLevel, base: { node: config.nodeName }, redact: LOG_REDACT });
@@ -125,17 +139,41 @@ export async function daemonRun(opts: DaemonOptions = {}): Promise<{ stop: () =>
     : undefined;
   if (tcpApp && config.api.tcp) await tcpApp.listen({ host: config.api.tcp.host, port: config.api.tcp.port });
   log.info({ socket: config.api.socket, tcp: config.api.tcp ?? null }, 'API listening');
+  const systemd = new SystemdNotifier(log);
+  const statusText = () => `serving ${store.workloadList().length} workloads on ${config.api.socket}`;
+  systemd.ready(statusText());
+  const statusTimer = systemd.enabled ? setInterval(() => systemd.status(statusText()), 10_000).unref() : undefined;
   opts.onReady?.({ socket: config.api.socket });
+
+  const reload = () => {
+    systemd.reloading();
+    try {
+      const next = configLoad(configPath, opts.overrides);
+      if (next.logLevel !== log.level) {
+        log.level = next.logLevel;
+        log.info({ logLevel: next.logLevel }, 'log level changed');
+      }
+      const pending = restartNeeded(config, next);
+      if (pending.length) log.warn({ keys: pending }, 'config changed in keys that take effect only after a restart');
+      log.info({ config: configPath ?? '(defaults)' }, 'config reloaded');
+    } catch (err) {
+      log.error({ err }, 'config reload failed; keeping the running config');
+    }
+    systemd.ready(statusText());
+  };
 
   let stopping: Promise<void> | undefined;
   const stop = () =>
     (stopping ??= (async () => {
       log.info('kitnet agent stopping; the datapath stays pinned and keeps forwarding');
+      systemd.stopping();
+      if (statusTimer) clearInterval(statusTimer);
       await Promise.all([app.close(), tcpApp?.close()]);
       await agent.workloads.exclusive(async () => undefined);
       agent.stop();
       datapath.close();
       store.close();
+      systemd.close();
     })());
-  return { stop, config, agent };
+  return { stop, reload, config, agent };
 }

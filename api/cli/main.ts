@@ -73,7 +73,8 @@ program
       ...(opts.pinRoot ? { bpfPinRoot: opts.pinRoot } : {}),
       ...(opts.socketPath ? { api: { socket: opts.socketPath } } : {}),
     };
-    const { stop } = await daemonRun({ configPath: opts.config, overrides });
+    const { stop, reload } = await daemonRun({ configPath: opts.config, overrides });
+    process.on('SIGHUP', reload);
     const onSignal = () => {
       stop().then(
         () => process.exit(0),
@@ -347,6 +348,26 @@ token
     const secret = Buffer.concat(chunks).toString('utf8').replace(/\r?\n$/, '');
     if (!secret) throw new InvalidArgumentError('no secret on stdin');
     console.log(tokenHash(secret));
+  });
+
+program
+  .command('install')
+  .description('install kitnet as a systemd service: unit, default config, kitnet group; enable and start it')
+  .option('--root <dir>', 'write into this scratch root instead of / (nothing is enabled)')
+  .option('--no-enable', 'write the files only')
+  .action(async (o: { root?: string; enable: boolean }) => {
+    const { install } = await import('../../agent/install.js');
+    install({ root: o.root ?? '', enable: o.enable, log: (l) => console.log(l) });
+  });
+
+const config = program.command('config').description('agent configuration');
+config
+  .command('check <file>')
+  .description('validate a config file (YAML); names every bad key')
+  .action(async (file: string) => {
+    const { configLoad } = await import('../../agent/config.js');
+    const c = configLoad(file);
+    console.log(`${file}: OK (node ${c.nodeName}, socket ${c.api.socket}, pools ${c.ipam.ipv4Pool} ${c.ipam.ipv6Pool}, mode ${c.datapath.mode})`);
   });
 
 program.parseAsync(process.argv).catch((err: unknown) => {
