@@ -88,7 +88,13 @@ function documentsSplit(text: string, contentType?: string): unknown[] {
     }
   }
   if (!roots) {
-    const docs = YAML.parseAllDocuments(text);
+    let docs: ReturnType<typeof YAML.parseAllDocuments>;
+    try {
+      docs = YAML.parseAllDocuments(text);
+    } catch (e) {
+      // Nesting too deep for the parser's recursion.
+      throw new PolicyValidationError([{ document: 1, ref: 'YAML', path: '', message: `not valid YAML: ${(e as Error).message}` }]);
+    }
     const list = Array.isArray(docs) ? docs : [docs];
     const yamlRoots: unknown[] = [];
     roots = yamlRoots;
@@ -98,18 +104,27 @@ function documentsSplit(text: string, contentType?: string): unknown[] {
         issues.push({ document: i + 1, ref: 'YAML', path: '', message: `not valid YAML: ${d.errors[0]!.message}` });
         return;
       }
-      const v: unknown = d.toJS();
+      let v: unknown;
+      try {
+        // Alias bombs ("Excessive alias count") and too deep nesting fail here.
+        v = d.toJS();
+      } catch (e) {
+        issues.push({ document: i + 1, ref: 'YAML', path: '', message: `not valid YAML: ${(e as Error).message}` });
+        return;
+      }
       if (v !== null && v !== undefined) yamlRoots.push(v);
     });
     if (issues.length) throw new PolicyValidationError(issues);
   }
   const out: unknown[] = [];
-  const expand = (v: unknown) => {
-    if (Array.isArray(v)) v.forEach(expand);
-    else if (isObject(v) && typeof v.kind === 'string' && v.kind.endsWith('List') && Array.isArray(v.items)) v.items.forEach(expand);
+  // Lists of lists are fine; a thousand levels of them are an attack on the stack.
+  const expand = (v: unknown, depth: number) => {
+    if (depth > 16) throw new PolicyValidationError([{ document: 1, ref: 'document', path: '', message: 'lists nested more than 16 levels deep' }]);
+    if (Array.isArray(v)) v.forEach((x) => expand(x, depth + 1));
+    else if (isObject(v) && typeof v.kind === 'string' && v.kind.endsWith('List') && Array.isArray(v.items)) v.items.forEach((x) => expand(x, depth + 1));
     else out.push(v);
   };
-  roots.forEach(expand);
+  roots.forEach((r) => expand(r, 0));
   return out;
 }
 
