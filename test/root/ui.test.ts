@@ -86,10 +86,10 @@ describe('service map page (root, headless Chromium)', { timeout: 240_000 }, () 
   before(async () => {
     assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: the page test needs Debian's chromium package (apt-get install chromium)`);
     for (const n of nsNames) await netnsAdd(n);
-    t = await testAgentStart(id, { nodeName: 'ui-node', ipam: { ipv4Pool: '10.204.0.0/24', ipv6Pool: 'fd00:204::/64' } });
-    fe = await register('frontend', 'shop', { app: 'frontend' }, 0);
-    be = await register('backend', 'shop', { app: 'backend' }, 1);
-    db = await register('database', 'data', { app: 'db' }, 2);
+    t = await testAgentStart(id, { nodeName: 'ui-node', ipam: { ipv4Pool: '10.232.0.0/24', ipv6Pool: 'fd00:232::/64' } });
+    fe = await register('frontend', 'webshop', { app: 'frontend' }, 0);
+    be = await register('backend', 'webshop', { app: 'backend' }, 1);
+    db = await register('database', 'storage', { app: 'db' }, 2);
     // Servers: backend on 8080, database on 5432.
     for (const [i, port] of [[1, 8080], [2, 5432]] as const) {
       children.push(
@@ -133,11 +133,11 @@ describe('service map page (root, headless Chromium)', { timeout: 240_000 }, () 
     await page.waitForFunction(() => (globalThis as unknown as { kitnetMap: { cy: { nodes(s: string): { length: number } } } }).kitnetMap.cy.nodes('[type = "workload"]').length === 3, undefined, { timeout: 10_000 });
     const v = await view();
     const node = (nid: string) => v.nodes.find((n) => n.id === nid);
-    assert.equal(node('wl:shop/frontend')?.parent, 'ns:shop');
-    assert.equal(node('wl:shop/backend')?.parent, 'ns:shop');
-    assert.equal(node('wl:data/database')?.parent, 'ns:data');
-    assert.equal(node('ns:shop')?.type, 'namespace');
-    assert.equal(node('ns:data')?.type, 'namespace');
+    assert.equal(node('wl:webshop/frontend')?.parent, 'ns:webshop');
+    assert.equal(node('wl:webshop/backend')?.parent, 'ns:webshop');
+    assert.equal(node('wl:storage/database')?.parent, 'ns:storage');
+    assert.equal(node('ns:webshop')?.type, 'namespace');
+    assert.equal(node('ns:storage')?.type, 'namespace');
     assert.deepEqual(errors, []);
     assert.equal(await page.evaluate(() => typeof (globalThis as unknown as { cytoscapeFcose?: unknown }).cytoscapeFcose), 'function', 'fcose layout loaded');
     assert.match((await page.textContent('#node-name')) ?? '', /ui-node/);
@@ -157,7 +157,7 @@ describe('service map page (root, headless Chromium)', { timeout: 240_000 }, () 
       () => {
         // eslint-disable-next-line @typescript-eslint/no-explicit-any
         const cy = (globalThis as any).kitnetMap.cy as any;
-        return ['wl:shop/frontend->wl:shop/backend|TCP/8080', 'wl:shop/backend->wl:data/database|TCP/5432', 'wl:shop/frontend->host|ICMPv4/', 'wl:shop/frontend->world|ICMPv4/'].every(
+        return ['wl:webshop/frontend->wl:webshop/backend|TCP/8080', 'wl:webshop/backend->wl:storage/database|TCP/5432', 'wl:webshop/frontend->host|ICMPv4/', 'wl:webshop/frontend->world|ICMPv4/'].every(
           (eid) => cy.getElementById(eid).nonempty(),
         );
       },
@@ -166,12 +166,12 @@ describe('service map page (root, headless Chromium)', { timeout: 240_000 }, () 
     );
     const v = await view();
     const edge = (eid: string) => v.edges.find((e) => e.id === eid)!;
-    const web = edge('wl:shop/frontend->wl:shop/backend|TCP/8080');
+    const web = edge('wl:webshop/frontend->wl:webshop/backend|TCP/8080');
     // Three connections; each packet counted once although both ends observe it.
     assert.ok(web.forwarded >= 3, `forwarded ${web.forwarded}`);
     assert.equal(web.dropped, 0);
     assert.match(web.label, /^TCP\/8080 {2}✓\d+$/);
-    assert.match(edge('wl:shop/frontend->wl:shop/backend|ICMPv4/').label, /^ICMPv4 {2}✓[2-4]$/, 'the echo request and reply, at most both pings');
+    assert.match(edge('wl:webshop/frontend->wl:webshop/backend|ICMPv4/').label, /^ICMPv4 {2}✓[2-4]$/, 'the echo request and reply, at most both pings');
     assert.equal(v.nodes.find((n) => n.id === 'world')?.type, 'world');
     assert.equal(v.nodes.find((n) => n.id === 'host')?.type, 'host');
   });
@@ -181,11 +181,11 @@ describe('service map page (root, headless Chromium)', { timeout: 240_000 }, () 
     await apiCall(t.url, 'PUT', '/v1/policies', {
       apiVersion: 'networking.k8s.io/v1',
       kind: 'NetworkPolicy',
-      metadata: { name: 'db-deny-all', namespace: 'data' },
+      metadata: { name: 'db-deny-all', namespace: 'storage' },
       spec: { podSelector: { matchLabels: { app: 'db' } }, policyTypes: ['Ingress'] },
     });
     for (let i = 0; i < 2; i++) await tcpTry(1, db.ipv4, 5432);
-    const dbEdge = 'wl:shop/backend->wl:data/database|TCP/5432';
+    const dbEdge = 'wl:webshop/backend->wl:storage/database|TCP/5432';
     await waitFor('the dropped edge', async () => ((await view()).edges.find((e) => e.id === dbEdge)?.dropped ?? 0) > 0, 10_000);
     const e = (await view()).edges.find((x) => x.id === dbEdge)!;
     assert.match(e.label, /✗\d+$/, e.label);
@@ -196,11 +196,11 @@ describe('service map page (root, headless Chromium)', { timeout: 240_000 }, () 
     await clickElement(dbEdge);
     await page.waitForSelector('[data-testid="flows"] tbody tr[data-verdict="DROPPED"]', { timeout: 5000 });
     const rows = await flowRows();
-    assert.ok(rows.every((r) => /data\/database|shop\/backend/.test(r.text)), 'only this edge');
+    assert.ok(rows.every((r) => /storage\/database|webshop\/backend/.test(r.text)), 'only this edge');
     const dropped = rows.filter((r) => r.verdict === 'DROPPED');
     assert.ok(dropped.length >= 2, `dropped rows: ${dropped.length}`);
     assert.ok(dropped.every((r) => /POLICY_DENIED/.test(r.text)), dropped.map((r) => r.text).join('\n'));
-    assert.match((await page.textContent('#sel-title')) ?? '', /shop\/backend → data\/database/);
+    assert.match((await page.textContent('#sel-title')) ?? '', /webshop\/backend → storage\/database/);
     assert.match((await page.textContent('#sel-filter')) ?? '', /destination_port/);
     // A new drop while the edge is selected is added to the list live.
     const before = dropped.length;
@@ -209,16 +209,16 @@ describe('service map page (root, headless Chromium)', { timeout: 240_000 }, () 
   });
 
   test('clicking a workload lists its flows; the screenshot is kept', async () => {
-    await clickElement('wl:shop/frontend');
+    await clickElement('wl:webshop/frontend');
     await page.waitForFunction(() => (globalThis as unknown as { kitnetMap: { panelLoads: number } }).kitnetMap.panelLoads >= 2, undefined, { timeout: 5000 });
     await page.waitForSelector('[data-testid="flows"] tbody tr[data-verdict="FORWARDED"]', { timeout: 5000 });
     assert.equal(await page.textContent('#sel-title'), `${fe.namespace}/${fe.name}`);
     const rows = await flowRows();
     assert.ok(rows.length > 0);
-    assert.ok(rows.every((r) => /shop\/frontend/.test(r.text)), 'only flows of the frontend');
+    assert.ok(rows.every((r) => /webshop\/frontend/.test(r.text)), 'only flows of the frontend');
     assert.match((await page.textContent('#sel-filter')) ?? '', /source_workload/);
     // Show the dropped edge selected in the kept screenshot.
-    await clickElement('wl:shop/backend->wl:data/database|TCP/5432');
+    await clickElement('wl:webshop/backend->wl:storage/database|TCP/5432');
     await page.waitForSelector('[data-testid="flows"] tbody tr[data-verdict="DROPPED"]', { timeout: 5000 });
     mkdirSync(ARTIFACTS, { recursive: true });
     await page.screenshot({ path: join(ARTIFACTS, 'ui-service-map.png') });
