@@ -13,6 +13,7 @@ import type { SqliteStore } from './store/sqlite-store.js';
 import type { WorkloadRecord, WorkloadSpec } from './store/types.js';
 import type { Mutex } from './mutex.js';
 import type { PolicyEngine } from './policy-engine.js';
+import { workloadRegistrationObserve } from './metrics.js';
 
 export interface WorkloadCreateInput {
   name: string;
@@ -208,6 +209,7 @@ export class WorkloadService {
       } catch (e) {
         log.error({ err: e }, 'policy re-apply after rollback failed');
       }
+      workloadRegistrationObserve((performance.now() - started) / 1000, 'failure', mode);
       throw errorToKitnet(err, `registering workload ${ref}`);
     }
     const done = this.store.workloadGet(input.namespace, input.name)!;
@@ -215,6 +217,7 @@ export class WorkloadService {
       { mode: done.mode, ipv4: done.ipv4, ipv6: done.ipv6, ifindex: done.observed?.hostIfindex, ms: +(performance.now() - started).toFixed(1) },
       'workload registered',
     );
+    workloadRegistrationObserve((performance.now() - started) / 1000, 'success', done.mode);
     return done;
   }
 

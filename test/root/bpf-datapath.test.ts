@@ -9,6 +9,7 @@ import type { FlowEvent, KitnetDatapath } from '../../bpf/index.js';
 import { datapathLoad, datapathUnpinAll } from '../../bpf/index.js';
 import { EP_F_ENFORCE_SRC_IP, EP_F_ENFORCE_SRC_MAC, IDENTITY_HOST } from '../../bpf/layout.gen.js';
 import { EventSink, policyAllowAll, sh, shOk } from './bpf-helpers.js';
+import { timeLimit } from '../helpers/timeouts.js';
 
 const tag = String(process.pid % 100000);
 const NS = `kitnet-t-${tag}`;
@@ -31,7 +32,7 @@ function ping(addr: string, count = 1): boolean {
 
 const echo = (evs: FlowEvent[], type: number) => evs.filter((e) => (e.protocol === 1 || e.protocol === 58) && e.icmpType === type);
 
-describe('datapath on a veth pair (tcx, real traffic)', { timeout: 120_000 }, () => {
+describe('datapath on a veth pair (tcx, real traffic)', { timeout: timeLimit(120_000) }, () => {
   const pinRoot = `/sys/fs/bpf/kitnet-test-${process.pid}`;
   let dp: KitnetDatapath | undefined;
   let sink: EventSink | undefined;

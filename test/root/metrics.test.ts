@@ -96,7 +96,7 @@ describe('metrics and follow streams (root)', { timeout: 240_000 }, () => {
     assert.equal(promValue(s, 'kitnet_flow_ring_capacity'), 4095);
   });
 
-  test('registration duration histogram counts the registrations', { todo: 'needs workloadRegistrationObserve in WorkloadService.register' }, async () => {
+  test('registration duration histogram counts the registrations', async () => {
     const s = await scrape();
     assert.equal(promValue(s, 'kitnet_workload_registration_duration_seconds_count', { outcome: 'success' }), 2);
   });

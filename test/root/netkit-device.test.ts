@@ -12,6 +12,7 @@ import {
 import {
   ipj, isRoot, linkDelQuiet, linkExists, linkNames, netnsDelQuiet, ok, pingEventually, rand, sh,
 } from './netkit-helpers.js';
+import { timeLimit } from '../helpers/timeouts.js';
 
 const skip = !isRoot && 'needs root';
 
@@ -50,7 +51,7 @@ function spec(f: Fixture, i: number, patch: Partial<EndpointDeviceSpec> = {}): E
 type Addr = { family: string; local: string; prefixlen: number; nodad?: boolean };
 type Route = { dst: string; gateway?: string; dev: string; scope?: string };
 
-test('two veth endpoints: state as specified, traffic both ways (v4, v6), clean delete', { skip, timeout: 60_000 }, async (t) => {
+test('two veth endpoints: state as specified, traffic both ways (v4, v6), clean delete', { skip, timeout: timeLimit(60_000) }, async (t) => {
   const f = await fixture(t, 2);
   await hostForwardingEnsure();
   assert.equal((await sh('cat', ['/proc/sys/net/ipv4/ip_forward'])).trim(), '1');
@@ -124,7 +125,7 @@ test('two veth endpoints: state as specified, traffic both ways (v4, v6), clean 
   assert.ok(!after.some((l) => l.ifname === sa.hostIfname || l.ifname === sb.hostIfname));
 });
 
-test('observe tells present-and-correct from broken; repair converges', { skip, timeout: 60_000 }, async (t) => {
+test('observe tells present-and-correct from broken; repair converges', { skip, timeout: timeLimit(60_000) }, async (t) => {
   const f = await fixture(t, 1);
   const s = spec(f, 0);
   assert.equal(await endpointDeviceObserve(s), undefined, 'missing host link -> undefined');
@@ -160,7 +161,7 @@ test('observe tells present-and-correct from broken; repair converges', { skip, 
   assert.equal(await endpointDeviceDelete(s.hostIfname), true);
 });
 
-test('netns path missing or not a network namespace: clear error, nothing made', { skip, timeout: 30_000 }, async (t) => {
+test('netns path missing or not a network namespace: clear error, nothing made', { skip, timeout: timeLimit(30_000) }, async (t) => {
   const f = await fixture(t, 0);
   const missing = spec({ ...f, ns: ['kitnet-tdoesnotexist'] }, 0);
   f.links.push(missing.hostIfname);
@@ -175,7 +176,7 @@ test('netns path missing or not a network namespace: clear error, nothing made',
   assert.equal(await linkExists(missing.hostIfname), false);
 });
 
-test('netns helpers create, validate and delete named namespaces', { skip, timeout: 30_000 }, async (t) => {
+test('netns helpers create, validate and delete named namespaces', { skip, timeout: timeLimit(30_000) }, async (t) => {
   const name = `kitnet-t${rand()}n`;
   t.after(() => netnsDelQuiet(name));
   const path = await netnsCreate(name);
@@ -189,7 +190,7 @@ test('netns helpers create, validate and delete named namespaces', { skip, timeo
   await assert.rejects(netnsCreate('bad/name'), /invalid netns name/);
 });
 
-test('host name taken (EEXIST): the existing link is untouched, nothing else made', { skip, timeout: 30_000 }, async (t) => {
+test('host name taken (EEXIST): the existing link is untouched, nothing else made', { skip, timeout: timeLimit(30_000) }, async (t) => {
   const f = await fixture(t, 1);
   const s = spec(f, 0);
   await sh('ip', ['link', 'add', s.hostIfname, 'type', 'veth', 'peer', 'name', `${s.hostIfname}p`]);
@@ -206,7 +207,7 @@ test('host name taken (EEXIST): the existing link is untouched, nothing else mad
   assert.deepEqual(await linkNames(f.ns[0]), ['lo']);
 });
 
-test('peer name taken in the netns (EEXIST): message names the netns, nothing made', { skip, timeout: 30_000 }, async (t) => {
+test('peer name taken in the netns (EEXIST): message names the netns, nothing made', { skip, timeout: timeLimit(30_000) }, async (t) => {
   const f = await fixture(t, 1);
   const s = spec(f, 0);
   await sh('ip', ['-n', f.ns[0]!, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'eth0p']);
@@ -216,7 +217,7 @@ test('peer name taken in the netns (EEXIST): message names the netns, nothing ma
   assert.deepEqual((await linkNames(f.ns[0])).sort(), ['eth0', 'eth0p', 'lo']);
 });
 
-test('failure after the pair exists rolls everything back (address already routed elsewhere)', { skip, timeout: 30_000 }, async (t) => {
+test('failure after the pair exists rolls everything back (address already routed elsewhere)', { skip, timeout: timeLimit(30_000) }, async (t) => {
   const f = await fixture(t, 2);
   const sa = spec(f, 0);
   const sb = spec(f, 1, { ipv4: sa.ipv4 });
@@ -230,7 +231,7 @@ test('failure after the pair exists rolls everything back (address already route
   assert.deepEqual((await endpointDeviceObserve(sa))?.problems, []);
 });
 
-test('names too long or invalid are rejected before the kernel', { skip, timeout: 30_000 }, async (t) => {
+test('names too long or invalid are rejected before the kernel', { skip, timeout: timeLimit(30_000) }, async (t) => {
   const f = await fixture(t, 1);
   const s = spec(f, 0);
   await assert.rejects(endpointDeviceCreate({ ...s, hostIfname: 'kitnet-much-too-long' }), /at most 15/);
@@ -240,7 +241,7 @@ test('names too long or invalid are rejected before the kernel', { skip, timeout
   assert.deepEqual(await linkNames(f.ns[0]), ['lo']);
 });
 
-test('delete refuses devices that are not kitnet pairs', { skip, timeout: 30_000 }, async (t) => {
+test('delete refuses devices that are not kitnet pairs', { skip, timeout: timeLimit(30_000) }, async (t) => {
   const name = `knt${rand()}x`;
   t.after(() => linkDelQuiet(name));
   await sh('ip', ['link', 'add', name, 'type', 'bridge']);

@@ -10,10 +10,11 @@ import {
   netkitPeerPolicySet, netnsCreate,
 } from '../../netkit/index.js';
 import { ipj, isRoot, linkDelQuiet, linkExists, linkNames, netnsDelQuiet, pingEventually, rand } from './netkit-helpers.js';
+import { timeLimit } from '../helpers/timeouts.js';
 
 const skip = !isRoot && 'needs root';
 
-test('featuresProbe: real probes, cached, no probe devices left', { skip, timeout: 30_000 }, async () => {
+test('featuresProbe: real probes, cached, no probe devices left', { skip, timeout: timeLimit(30_000) }, async () => {
   const f = await featuresProbe({ refresh: true });
   assert.equal(typeof f.kernelRelease, 'string');
   assert.ok(f.netkitDetail.length > 0 && (f.tcxDetail ?? '').length > 0 && (f.tcClsactDetail ?? '').length > 0);
@@ -48,7 +49,7 @@ const specFor = (c: Ctx, i: number, mode: EndpointDeviceSpec['mode']): EndpointD
   mode, ipv4: `10.${(parseInt(c.id.slice(0, 2), 16) % 200) + 20}.9.${i + 10}`, ipv6: `fd00:${c.id.slice(0, 4)}:${c.id.slice(4)}:9::${i + 10}`,
 });
 
-test('netkit modes: UnsupportedFeatureError without netkit, nothing left behind', { skip, timeout: 60_000 }, async (t) => {
+test('netkit modes: UnsupportedFeatureError without netkit, nothing left behind', { skip, timeout: timeLimit(60_000) }, async (t) => {
   const f = await featuresProbe();
   if (f.netkit) {
     t.skip('this kernel has netkit; covered by the next test');
@@ -64,7 +65,7 @@ test('netkit modes: UnsupportedFeatureError without netkit, nothing left behind'
   }
 });
 
-test('netkit L3 and L2 pairs: kind, mode, fixed MACs, peer blackholed until forward', { skip, timeout: 60_000 }, async (t) => {
+test('netkit L3 and L2 pairs: kind, mode, fixed MACs, peer blackholed until forward', { skip, timeout: timeLimit(60_000) }, async (t) => {
   const f = await featuresProbe();
   if (!f.netkit) {
     // The lab VM (test/lab/) sets KITNET_EXPECT_NETKIT=1 when its kernel has CONFIG_NETKIT=y: there a
