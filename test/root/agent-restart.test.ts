@@ -1,16 +1,11 @@
 import assert from 'node:assert/strict';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { after, before, describe, test } from 'node:test';
-import { datapathUnpinAll } from '../../bpf/index.js';
-import { daemonRun } from '../../agent/daemon.js';
-import { ApiClient } from '../../api/cli/client.js';
 import type { Workload } from '../../api/schemas/workload.js';
+import { AgentFixture } from '../helpers/fixture.js';
 import { Prober } from '../helpers/prober-client.js';
-import { netnsAdd, netnsDel, run, status, uniq, waitFor } from '../helpers/sys.js';
+import { status, waitFor } from '../helpers/sys.js';
 
 const execFileP = promisify(execFile);
 
@@ -19,41 +14,24 @@ const execFileP = promisify(execFile);
  * enforcing while no agent runs, and the new agent adopts them instead of recreating anything.
  */
 describe('agent restart under traffic (root)', { timeout: 180_000 }, () => {
-  const id = uniq();
-  const dir = mkdtempSync(join(tmpdir(), 'kitnet-rst-'));
-  const pinRoot = `/sys/fs/bpf/kitnet-rst-${id}`;
-  const socket = join(dir, 'kitnet.sock');
-  const nsA = `kitnet-rs-a-${id}`;
-  const nsB = `kitnet-rs-b-${id}`;
-  const nsC = `kitnet-rs-c-${id}`;
-  const api = new ApiClient({ socket });
+  const fx = new AgentFixture({ tag: 'rst', ipv4Pool: '10.207.0.0/16', ipv6Pool: 'fd00:207::/64', namespaces: ['rst'] });
+  const api = fx.api;
   const children: ChildProcess[] = [];
   const probers: Prober[] = [];
-  const overrides = {
-    stateDir: join(dir, 'state'),
-    bpfPinRoot: pinRoot,
-    logLevel: 'error' as const,
-    api: { socket },
-    ipam: { ipv4Pool: '10.207.0.0/16', ipv6Pool: 'fd00:207::/64' },
-    datapath: { mode: 'veth' as const },
-  };
-  let agent: Awaited<ReturnType<typeof daemonRun>> | undefined;
-
-  before(async () => {
-    for (const n of [nsA, nsB, nsC]) await netnsAdd(n);
-    agent = await daemonRun({ overrides });
-  });
+  let nsA: string;
+  let nsB: string;
+  let nsC: string;
 
   after(async () => {
     for (const c of children) c.kill('SIGKILL');
     for (const p of probers) p.close();
-    await agent?.stop().catch(() => undefined);
-    for (const l of JSON.parse(await run('ip', ['-j', 'link', 'show'])) as Array<{ ifname: string; ifalias?: string }>) {
-      if (l.ifalias?.startsWith('kitnet:rst/')) await run('ip', ['link', 'del', l.ifname]).catch(() => undefined);
-    }
-    for (const n of [nsA, nsB, nsC]) await netnsDel(n);
-    await datapathUnpinAll(pinRoot).catch(() => undefined);
-    rmSync(dir, { recursive: true, force: true });
+    await fx.cleanup();
+  });
+  before(async () => {
+    nsA = await fx.netns('a');
+    nsB = await fx.netns('b');
+    nsC = await fx.netns('c');
+    await fx.start();
   });
 
   test('a continuous ping and a TCP stream lose nothing across a restart; policy stays enforced', async () => {
@@ -91,14 +69,13 @@ spec:
     const pings = execFileP('ip', ['netns', 'exec', nsA, 'ping', '-c', '200', '-i', '0.025', '-W', '1', b.ipv4], { timeout: 30_000 });
     const pings6 = execFileP('ip', ['netns', 'exec', nsA, 'ping', '-6', '-c', '200', '-i', '0.025', '-W', '1', b.ipv6], { timeout: 30_000 });
     await new Promise((r) => setTimeout(r, 500));
-    const progIdsBefore = agent!.agent.kernel.datapath.linkInfo(a.interfaces.host.name);
-    await agent!.stop();
-    agent = undefined;
+    const progIdsBefore = fx.agent.kernel.datapath.linkInfo(a.interfaces.host.name);
+    await fx.stop();
     assert.equal(await cReachesB(), false, 'policy still enforced while no agent runs');
     const duringDown = echoes;
     await waitFor('the stream to keep flowing with no agent', async () => echoes > duringDown + 10);
-    agent = await daemonRun({ overrides });
-    const linksAfter = agent.agent.kernel.datapath.linkInfo(a.interfaces.host.name);
+    await fx.start();
+    const linksAfter = fx.agent.kernel.datapath.linkInfo(a.interfaces.host.name);
     for (const [prog, info] of Object.entries(progIdsBefore)) {
       assert.equal(linksAfter[prog as keyof typeof linksAfter]?.id, info?.id, `${prog}: pinned link adopted, not recreated`);
     }

@@ -1,16 +1,11 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { datapathUnpinAll } from '../../bpf/index.js';
-import { daemonRun } from '../../agent/daemon.js';
-import { ApiClient } from '../../api/cli/client.js';
 import type { TraceResponse } from '../../api/schemas/policy.js';
 import type { Workload } from '../../api/schemas/workload.js';
 import { Prober } from '../helpers/prober-client.js';
-import { netnsAdd, netnsDel, ping, run, status, uniq, waitFor } from '../helpers/sys.js';
+import { AgentFixture } from '../helpers/fixture.js';
+import { ping, run, status, waitFor } from '../helpers/sys.js';
 
 type FlowLine = { flow?: { verdict: string; drop_reason?: number; drop_reason_desc?: string; IP: { source: string; destination: string } } };
 
@@ -20,16 +15,12 @@ type FlowLine = { flow?: { verdict: string; drop_reason?: number; drop_reason_de
  * drops visible as flows with Hubble's reasons.
  */
 describe('policy in the datapath (root)', { timeout: 300_000 }, () => {
-  const id = uniq();
-  const dir = mkdtempSync(join(tmpdir(), 'kitnet-pol-'));
-  const pinRoot = `/sys/fs/bpf/kitnet-pol-${id}`;
-  const socket = join(dir, 'kitnet.sock');
-  const nsA = `kitnet-pd-a-${id}`;
-  const nsB = `kitnet-pd-b-${id}`;
-  const api = new ApiClient({ socket });
+  const fx = new AgentFixture({ tag: 'pol', ipv4Pool: '10.203.0.0/16', ipv6Pool: 'fd00:203::/64', namespaces: ['pd'] });
+  const api = fx.api;
   const children: ChildProcess[] = [];
   const probers: Prober[] = [];
-  let agent: Awaited<ReturnType<typeof daemonRun>> | undefined;
+  let nsA: string;
+  let nsB: string;
   let a: Workload;
   let b: Workload;
 
@@ -39,34 +30,17 @@ describe('policy in the datapath (root)', { timeout: 300_000 }, () => {
     return text.split('\n').filter(Boolean).map((l) => JSON.parse(l) as FlowLine);
   };
 
-  before(async () => {
-    await netnsAdd(nsA);
-    await netnsAdd(nsB);
-    agent = await daemonRun({
-      overrides: {
-        stateDir: join(dir, 'state'),
-        bpfPinRoot: pinRoot,
-        logLevel: 'error',
-        api: { socket },
-        ipam: { ipv4Pool: '10.203.0.0/16', ipv6Pool: 'fd00:203::/64' },
-        datapath: { mode: 'veth' },
-      },
-    });
-    a = await api.call<Workload>('POST', '/v1/workloads', { name: 'a', namespace: 'pd', labels: { app: 'client' }, netns: `/var/run/netns/${nsA}` });
-    b = await api.call<Workload>('POST', '/v1/workloads', { name: 'b', namespace: 'pd', labels: { app: 'server' }, netns: `/var/run/netns/${nsB}` });
-  });
-
   after(async () => {
     for (const c of children) c.kill('SIGKILL');
     for (const p of probers) p.close();
-    await agent?.stop().catch(() => undefined);
-    for (const l of JSON.parse(await run('ip', ['-j', 'link', 'show'])) as Array<{ ifname: string; ifalias?: string }>) {
-      if (l.ifalias?.startsWith('kitnet:pd/')) await run('ip', ['link', 'del', l.ifname]).catch(() => undefined);
-    }
-    await netnsDel(nsA);
-    await netnsDel(nsB);
-    await datapathUnpinAll(pinRoot).catch(() => undefined);
-    rmSync(dir, { recursive: true, force: true });
+    await fx.cleanup();
+  });
+  before(async () => {
+    nsA = await fx.netns('a');
+    nsB = await fx.netns('b');
+    await fx.start();
+    a = await api.call<Workload>('POST', '/v1/workloads', { name: 'a', namespace: 'pd', labels: { app: 'client' }, netns: `/var/run/netns/${nsA}` });
+    b = await api.call<Workload>('POST', '/v1/workloads', { name: 'b', namespace: 'pd', labels: { app: 'server' }, netns: `/var/run/netns/${nsB}` });
   });
 
   test('a spoofed IPv4 source is dropped as INVALID_SOURCE_IP and shows up as a flow', async () => {
