@@ -26,6 +26,26 @@ import { WorkloadWatch } from './workload-watch.js';
 
 export const KITNET_VERSION = '0.1.0';
 
+/** kind vm: what the hypervisor and the guest need, ready to paste. */
+function vmView(rec: WorkloadRecord, vm: NonNullable<WorkloadRecord['spec']['vm']>): NonNullable<Workload['vm']> {
+  const qemuNetdev = `-netdev tap,id=net0,ifname=${vm.tap},script=no,downscript=no -device virtio-net-pci,netdev=net0,mac=${vm.mac}`;
+  const enter = vm.netnsOwnedName !== undefined ? `ip netns exec ${vm.netnsOwnedName}` : `nsenter --net=${rec.spec.netns}`;
+  return {
+    netnsPath: rec.spec.netns,
+    netnsCreated: vm.netnsOwnedName !== undefined,
+    tap: vm.tap,
+    bridge: vm.bridge,
+    mac: vm.mac,
+    gatewayMac: rec.observed?.hostMac ?? null,
+    gateway: { ipv4: GATEWAY_V4, ipv6: GATEWAY_V6 },
+    addresses: { ipv4: `${rec.ipv4}/32`, ipv6: `${rec.ipv6}/128` },
+    qemuNetdev,
+    runHint: `${enter} qemu-system-x86_64 -m 512 ${qemuNetdev} ... ; in the guest: address ${rec.ipv4}/32 and ${rec.ipv6}/128, ` +
+      `routes ${GATEWAY_V4} dev eth0 scope link, default via ${GATEWAY_V4} and via ${GATEWAY_V6}` +
+      (rec.observed?.hostMac ? `, neighbours ${GATEWAY_V4} and ${GATEWAY_V6} lladdr ${rec.observed.hostMac}` : ''),
+  };
+}
+
 /** The agent's parts wired together, and the view of them the API gets. */
 export class Agent implements AgentApi {
   readonly workloads: WorkloadService;
@@ -102,6 +122,8 @@ export class Agent implements AgentApi {
         workload: { name: rec.spec.interface, ifindex: rec.observed?.peerIfindex ?? null, mac: rec.observed?.peerMac ?? null },
       },
       gateway: { ipv4: GATEWAY_V4, ipv6: GATEWAY_V6 },
+      ...(rec.spec.vm ? { vm: vmView(rec, rec.spec.vm) } : {}),
+      ...(rec.spec.tap ? { tap: { device: rec.spec.tap.device, mac: rec.spec.tap.mac } } : {}),
       createdAt: rec.createdAt,
       updatedAt: rec.updatedAt,
     };

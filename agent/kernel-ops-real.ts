@@ -14,6 +14,13 @@ export function kernelOpsReal(datapath: KitnetDatapath): KernelOps {
     deviceObserve: (spec) => netkit.endpointDeviceObserve(spec),
     linksList: () => netkit.kitnetLinksList(),
     linkRemovalsWatch: (onGone) => netkit.linkRemovalsWatch(onGone),
+    vmNetnsEnsure: (spec) => netkit.vmNetnsEnsure(spec),
+    vmPlumbingCreate: (spec) => netkit.vmPlumbingCreate(spec),
+    vmPlumbingObserve: (spec) => netkit.vmPlumbingObserve(spec),
+    vmPlumbingDelete: (spec) => netkit.vmPlumbingDelete(spec),
+    tapAdopt: (spec) => netkit.tapAdopt(spec),
+    tapObserve: (spec) => netkit.tapObserve(spec),
+    tapRelease: (spec) => netkit.tapRelease(spec),
     devicePolicyOpen: async (device) => {
       if (device.mode !== 'veth') await netkit.netkitPeerPolicySet(device.hostIfname, 'forward');
     },

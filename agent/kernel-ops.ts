@@ -1,5 +1,7 @@
 import type { KitnetDatapath } from '../bpf/index.js';
-import type { EndpointDevice, EndpointDeviceSpec, KernelFeatures, KitnetLink, LinkGone, LinkMonitor } from '../netkit/index.js';
+import type {
+  EndpointDevice, EndpointDeviceSpec, KernelFeatures, KitnetLink, LinkGone, LinkMonitor, TapAdoptSpec, TapAdopted, VmPlumbing, VmPlumbingSpec,
+} from '../netkit/index.js';
 
 /**
  * Everything the agent asks of the kernel, in one narrow interface: the agent's logic can be unit
@@ -16,5 +18,16 @@ export interface KernelOps {
   devicePolicyOpen(device: EndpointDevice): Promise<void>;
   /** Reports links removed from the host namespace (a workload's namespace or process went away). */
   linkRemovalsWatch(onGone: (link: LinkGone) => void): LinkMonitor;
+  /** kind vm: the VM's namespace (an owned one is created when missing). */
+  vmNetnsEnsure(spec: VmPlumbingSpec): Promise<{ created: boolean }>;
+  /** kind vm: tap + bridge in the VM's namespace, peer and tap enslaved (idempotent). */
+  vmPlumbingCreate(spec: VmPlumbingSpec): Promise<VmPlumbing>;
+  vmPlumbingObserve(spec: VmPlumbingSpec): Promise<VmPlumbing | undefined>;
+  /** kind vm: removes tap and bridge, and the namespace when kitnet made it. */
+  vmPlumbingDelete(spec: VmPlumbingSpec): Promise<void>;
+  /** kind tap: host routes through an existing tap (the device itself is left alone). */
+  tapAdopt(spec: TapAdoptSpec): Promise<TapAdopted>;
+  tapObserve(spec: TapAdoptSpec): Promise<TapAdopted | undefined>;
+  tapRelease(spec: TapAdoptSpec): Promise<void>;
   readonly datapath: KitnetDatapath;
 }

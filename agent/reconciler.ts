@@ -4,14 +4,19 @@ import type { Config } from './config.js';
 import type { KernelOps } from './kernel-ops.js';
 import type { SqliteStore } from './store/sqlite-store.js';
 import type { WorkloadRecord } from './store/types.js';
-import { deviceSpecFor, linkGroupFor } from './workloads.js';
+import { deviceSpecFor, linkGroupFor, tapSpecFor, vmSpecFor } from './workloads.js';
 import type { PolicyEngine } from './policy-engine.js';
 import { EP_F_ENFORCE_SRC_IP, EP_F_ENFORCE_SRC_MAC } from '../bpf/layout.gen.js';
 
 export type Observed = NonNullable<WorkloadRecord['observed']>;
 
 function attachKindFor(rec: WorkloadRecord): AttachKind {
-  return rec.mode === 'veth' ? 'tcx' : 'netkit';
+  return rec.mode === 'veth' || rec.mode === 'tap' ? 'tcx' : 'netkit';
+}
+
+/** The MAC the workload sends from: the guest NIC's for kinds vm and tap, else the peer's. */
+function workloadMacFor(rec: WorkloadRecord): string | undefined {
+  return rec.spec.vm?.mac ?? rec.spec.tap?.mac;
 }
 
 /**
@@ -31,7 +36,7 @@ export class Reconciler {
   /** Endpoint and ipcache entries of a workload whose device exists (identity or address changes). */
   endpointMapsWrite(rec: WorkloadRecord, device?: { hostIfindex: number; peerMac: string }): void {
     const ifindex = device?.hostIfindex ?? rec.observed?.hostIfindex;
-    const mac = device?.peerMac ?? rec.observed?.peerMac;
+    const mac = workloadMacFor(rec) ?? device?.peerMac ?? rec.observed?.peerMac;
     const dp = this.kernel.datapath;
     if (ifindex !== undefined && mac !== undefined) {
       // Anti-spoofing: a workload may only send from its own addresses (and MAC, where frames carry one).
@@ -47,12 +52,20 @@ export class Reconciler {
    * its policy entries are in place (an endpoint without entries would drop everything).
    */
   async workloadConverge(rec: WorkloadRecord, opts: { policy?: boolean } = {}): Promise<Observed> {
+    if (rec.spec.kind === 'tap') return this.tapConverge(rec, opts);
     const spec = deviceSpecFor(rec, this.config);
+    // kind vm: the VM's namespace first (kitnet may have to make it), the pair's peer goes in there
+    if (rec.spec.kind === 'vm') await this.kernel.vmNetnsEnsure(vmSpecFor(rec, this.config));
     let device = await this.kernel.deviceObserve(spec);
     if (!device) {
       // A host link without its namespace side, or nothing at all: start clean.
       await this.kernel.deviceDelete(rec.hostIfname);
       device = await this.kernel.deviceCreate(spec);
+    }
+    if (rec.spec.kind === 'vm') {
+      const vmSpec = vmSpecFor(rec, this.config);
+      const plumbing = await this.kernel.vmPlumbingObserve(vmSpec);
+      if (!plumbing || plumbing.problems.length > 0) await this.kernel.vmPlumbingCreate(vmSpec);
     }
     const dp = this.kernel.datapath;
     // A recreated device has a new ifindex: the entry under the old one would only leak.
@@ -65,6 +78,25 @@ export class Reconciler {
     return { hostIfindex: device.hostIfindex, hostMac: device.hostMac, peerIfindex: device.peerIfindex, peerMac: device.peerMac };
   }
 
+  /**
+   * kind tap: the device is the hypervisor's; kitnet only routes to the guest through it, writes the
+   * maps and attaches its programs with tcx.
+   */
+  private async tapConverge(rec: WorkloadRecord, opts: { policy?: boolean }): Promise<Observed> {
+    const spec = tapSpecFor(rec);
+    let tap = await this.kernel.tapObserve(spec);
+    if (!tap) throw new Error(`device ${spec.device} does not exist in the host namespace (VM stopped?)`);
+    if (tap.problems.length > 0) tap = await this.kernel.tapAdopt(spec);
+    const dp = this.kernel.datapath;
+    const oldIfindex = rec.observed?.hostIfindex;
+    if (oldIfindex !== undefined && oldIfindex !== tap.ifindex) dp.endpointDelete(oldIfindex);
+    const observed: Observed = { hostIfindex: tap.ifindex, hostMac: tap.mac, peerIfindex: 0, peerMac: rec.spec.tap!.mac };
+    this.endpointMapsWrite(rec, { hostIfindex: tap.ifindex, peerMac: rec.spec.tap!.mac });
+    if (opts.policy !== false) this.policy.apply();
+    await dp.attach({ ifname: spec.device, ifindex: tap.ifindex, kind: 'tcx' });
+    return observed;
+  }
+
   /** Removes everything a workload has in the kernel; tolerant of parts already gone. */
   async workloadTeardown(rec: WorkloadRecord): Promise<void> {
     const dp = this.kernel.datapath;
@@ -74,7 +106,12 @@ export class Reconciler {
     }
     dp.ipcacheDelete(`${rec.ipv4}/32`);
     dp.ipcacheDelete(`${rec.ipv6}/128`);
+    if (rec.spec.kind === 'tap') {
+      await this.kernel.tapRelease(tapSpecFor(rec)); // the device stays: it is the hypervisor's
+      return;
+    }
     await this.kernel.deviceDelete(rec.hostIfname);
+    if (rec.spec.kind === 'vm') await this.kernel.vmPlumbingDelete(vmSpecFor(rec, this.config));
   }
 
   /**

@@ -49,6 +49,12 @@ export class WorkloadWatch {
     const ref = `${rec.spec.namespace}/${rec.spec.name}`;
     const log = this.log.child({ workload: ref, device: ifname, identity: rec.identity });
     try {
+      if (rec.spec.kind === 'tap') {
+        // an adopted tap is the hypervisor's: gone means the VM is gone (kitnet never re-creates it)
+        log.warn("the workload's tap device is gone; removing the workload");
+        await this.workloads.remove(rec.spec.namespace, rec.spec.name);
+        return;
+      }
       let namespaceAlive = true;
       try {
         await this.kernel.netnsValidate(rec.spec.netns);

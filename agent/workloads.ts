@@ -3,14 +3,15 @@ import { resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { KernelError, UnsupportedFeatureError } from '../common/kernel-error.js';
 import { KitnetError } from '../common/errors.js';
-import type { DeviceMode, EndpointDeviceSpec } from '../netkit/index.js';
+import type { DeviceMode, EndpointDeviceSpec, TapAdoptSpec, VmPlumbingSpec } from '../netkit/index.js';
+import { macDerive, netnsPathOf, vmNetnsNameFor } from '../netkit/index.js';
 import type { Config } from './config.js';
 import { IdentityAllocator, IdentityExhaustedError, lowestFree } from './identity/allocator.js';
 import { IpamError, Pool } from './ipam.js';
 import type { KernelOps } from './kernel-ops.js';
 import type { Reconciler } from './reconciler.js';
 import type { SqliteStore } from './store/sqlite-store.js';
-import type { WorkloadRecord, WorkloadSpec } from './store/types.js';
+import type { WorkloadMode, WorkloadRecord, WorkloadSpec } from './store/types.js';
 import type { Mutex } from './mutex.js';
 import type { PolicyEngine } from './policy-engine.js';
 import { workloadRegistrationObserve } from './metrics.js';
@@ -18,9 +19,11 @@ import { workloadRegistrationObserve } from './metrics.js';
 export interface WorkloadCreateInput {
   name: string;
   namespace: string;
-  kind: 'netns';
+  kind: 'netns' | 'vm' | 'tap';
   labels: Record<string, string>;
-  netns: string;
+  netns?: string | undefined;
+  device?: string | undefined;
+  mac?: string | undefined;
   ipv4?: string | undefined;
   ipv6?: string | undefined;
   mode: 'auto' | 'veth' | 'netkit';
@@ -45,6 +48,7 @@ export function linkGroupFor(config: Config): number {
 }
 
 export function deviceSpecFor(rec: WorkloadRecord, config: Config): EndpointDeviceSpec {
+  if (rec.mode === 'tap') throw new Error(`workload ${rec.spec.namespace}/${rec.spec.name} adopts a tap and has no pair`);
   return {
     group: linkGroupFor(config),
     hostIfname: rec.hostIfname,
@@ -55,7 +59,35 @@ export function deviceSpecFor(rec: WorkloadRecord, config: Config): EndpointDevi
     ipv4: rec.ipv4,
     ipv6: rec.ipv6,
     ...(config.datapath.mtu ? { mtu: config.datapath.mtu } : {}),
+    // kind vm: the peer is a bridge port; the host side gets a fixed MAC (the guest's gateway
+    // neighbour entry stays valid when the pair is re-created)
+    ...(rec.spec.kind === 'vm' ? { peerL3: false, hostMac: macDerive(`${rec.hostIfname}/host`) } : {}),
   };
+}
+
+/** Default names inside a VM's namespace. */
+export const VM_TAP = 'tap0';
+export const VM_BRIDGE = 'br0';
+export const VM_UPLINK = 'uplink0';
+
+/** kind vm: the plumbing inside the VM's namespace. */
+export function vmSpecFor(rec: WorkloadRecord, config: Config): VmPlumbingSpec {
+  const vm = rec.spec.vm;
+  if (rec.spec.kind !== 'vm' || !vm) throw new Error(`workload ${rec.spec.namespace}/${rec.spec.name} is not a vm`);
+  return {
+    netnsPath: rec.spec.netns,
+    ...(vm.netnsOwnedName !== undefined ? { netnsOwnedName: vm.netnsOwnedName } : {}),
+    peerIfname: rec.spec.interface,
+    tap: vm.tap,
+    bridge: vm.bridge,
+    ...(config.datapath.mtu ? { mtu: config.datapath.mtu } : {}),
+  };
+}
+
+/** kind tap: the adopted device. */
+export function tapSpecFor(rec: WorkloadRecord): TapAdoptSpec {
+  if (rec.spec.kind !== 'tap' || !rec.spec.tap) throw new Error(`workload ${rec.spec.namespace}/${rec.spec.name} is not a tap`);
+  return { device: rec.spec.tap.device, ipv4: rec.ipv4, ipv6: rec.ipv6 };
 }
 
 /** Maps errors from lower layers to catalogue errors a client can act on. */
@@ -120,7 +152,14 @@ export class WorkloadService {
     return rec;
   }
 
-  async modeResolve(requested: WorkloadCreateInput['mode']): Promise<DeviceMode> {
+  async modeResolve(requested: WorkloadCreateInput['mode'], kind: WorkloadCreateInput['kind'] = 'netns'): Promise<WorkloadMode> {
+    if (kind === 'tap') return 'tap';
+    const mode = await this.pairModeResolve(requested);
+    // a VM needs Ethernet frames on its link: netkit in L2 mode
+    return kind === 'vm' && mode === 'netkit' ? 'netkit-l2' : mode;
+  }
+
+  private async pairModeResolve(requested: WorkloadCreateInput['mode']): Promise<DeviceMode> {
     const f = await this.kernel.features();
     if (requested === 'netkit' || (requested === 'auto' && f.netkit)) {
       if (!f.netkit) {
@@ -152,22 +191,20 @@ export class WorkloadService {
     if (this.store.workloadGet(input.namespace, input.name)) {
       throw new KitnetError('AGENT_ERR_WORKLOAD_EXISTS', `workload ${ref} is already registered`, { field: 'name' });
     }
-    try {
-      await this.kernel.netnsValidate(input.netns);
-    } catch (err) {
-      throw new KitnetError('AGENT_ERR_WORKLOAD_NETNS', `netns: ${(err as Error).message}`, { field: 'netns', cause: err });
-    }
-    const mode = await this.modeResolve(input.mode);
+    const kindSpec = await this.kindSpecResolve(input);
+    const mode = await this.modeResolve(input.mode, input.kind);
 
     const spec: WorkloadSpec = {
       name: input.name,
       namespace: input.namespace,
       kind: input.kind,
       labels: input.labels,
-      netns: input.netns,
+      netns: kindSpec.netns,
       requestedMode: input.mode,
-      interface: input.interface ?? this.config.datapath.workloadIfname,
+      interface: input.interface ?? (input.kind === 'vm' ? VM_UPLINK : input.kind === 'tap' ? input.device! : this.config.datapath.workloadIfname),
       ...(input.ports?.length ? { ports: input.ports } : {}),
+      ...(kindSpec.vm ? { vm: kindSpec.vm } : {}),
+      ...(kindSpec.tap ? { tap: kindSpec.tap } : {}),
     };
     let rec: WorkloadRecord;
     try {
@@ -185,7 +222,7 @@ export class WorkloadService {
           identity,
           ipv4,
           ipv6,
-          hostIfname: hostIfnameFor(input.namespace, input.name),
+          hostIfname: input.kind === 'tap' ? input.device! : hostIfnameFor(input.namespace, input.name),
         });
       });
     } catch (err) {
@@ -219,6 +256,51 @@ export class WorkloadService {
     );
     workloadRegistrationObserve((performance.now() - started) / 1000, 'success', done.mode);
     return done;
+  }
+
+  /** The kind-specific part of the spec: namespace path (validated or chosen), vm plumbing, tap device. */
+  private async kindSpecResolve(input: WorkloadCreateInput): Promise<Pick<WorkloadSpec, 'netns' | 'vm' | 'tap'>> {
+    const netnsCheck = async (path: string) => {
+      try {
+        await this.kernel.netnsValidate(path);
+      } catch (err) {
+        throw new KitnetError('AGENT_ERR_WORKLOAD_NETNS', `netns: ${(err as Error).message}`, { field: 'netns', cause: err });
+      }
+    };
+    if (input.kind === 'tap') {
+      const device = input.device!;
+      const user = this.store.workloadList().find((w) => w.hostIfname === device);
+      if (user) {
+        throw new KitnetError('AGENT_ERR_WORKLOAD_DEVICE', `device ${device} is already used by workload ${user.spec.namespace}/${user.spec.name}`, { field: 'device' });
+      }
+      try {
+        await this.kernel.tapObserve({ device, ipv4: '0.0.0.0', ipv6: '::' }).then((t) => {
+          if (!t) throw new Error(`device ${device} does not exist in the host namespace`);
+          if (t.problems.some((p) => p.includes('not a tap'))) throw new Error(`device ${device} is not a tap/vnet device`);
+        });
+      } catch (err) {
+        throw new KitnetError('AGENT_ERR_WORKLOAD_DEVICE', (err as Error).message, { field: 'device', cause: err });
+      }
+      return { netns: '', tap: { device, mac: input.mac!.toLowerCase() } };
+    }
+    if (input.kind === 'vm') {
+      const hostIfname = hostIfnameFor(input.namespace, input.name);
+      const vm = { tap: VM_TAP, bridge: VM_BRIDGE, mac: input.mac?.toLowerCase() ?? macDerive(`${hostIfname}/guest`) };
+      if (input.netns !== undefined) {
+        await netnsCheck(input.netns);
+        return { netns: input.netns, vm };
+      }
+      const owned = vmNetnsNameFor(input.namespace, input.name);
+      const path = netnsPathOf(owned);
+      if (await this.kernel.netnsValidate(path).then(() => true, () => false)) {
+        throw new KitnetError('AGENT_ERR_WORKLOAD_NETNS',
+          `netns: ${path} already exists but kitnet did not make it for this workload; pass it as "netns" to adopt it, or delete it (ip netns del ${owned})`,
+          { field: 'netns' });
+      }
+      return { netns: path, vm: { netnsOwnedName: owned, ...vm } };
+    }
+    await netnsCheck(input.netns!);
+    return { netns: input.netns! };
   }
 
   remove(namespace: string, name: string): Promise<WorkloadRecord> {

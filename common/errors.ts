@@ -15,6 +15,7 @@ export const ErrorCatalogue = {
   AGENT_ERR_WORKLOAD_NOT_FOUND: { status: 404, summary: 'No workload with this namespace and name is registered.' },
   AGENT_ERR_WORKLOAD_NETNS: { status: 422, summary: 'The given network namespace path does not exist or is not a network namespace.' },
   AGENT_ERR_WORKLOAD_INTERFACE: { status: 409, summary: 'The interface name is taken inside the workload namespace.' },
+  AGENT_ERR_WORKLOAD_DEVICE: { status: 422, summary: 'The device to adopt (kind tap) does not exist in the host namespace, is not a tap, or is used by another workload.' },
   AGENT_ERR_IPAM_BAD_ADDRESS: { status: 400, summary: 'An address is not a valid IP address of the expected family.' },
   AGENT_ERR_IPAM_OUT_OF_POOL: { status: 422, summary: 'A requested address lies outside the configured pool.' },
   AGENT_ERR_IPAM_ADDRESS_TAKEN: { status: 409, summary: 'A requested address is already assigned to another workload.' },

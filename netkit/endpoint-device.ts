@@ -15,7 +15,7 @@ import type { RouteInfo } from './route.js';
 import { routeAdd, routeList } from './route.js';
 import type { Rtnl } from './socket.js';
 import { rtnlHost, withNetns } from './socket.js';
-import { hostForwardingEnsure, hostSideSysctlsApply } from './sysctl.js';
+import { hostForwardingEnsure, hostSideSysctlsApply, sysctlIfname } from './sysctl.js';
 import type { DeviceMode, EndpointDevice, EndpointDeviceSpec, KitnetLink } from './types.js';
 import { GATEWAY_V4, GATEWAY_V6, KITNET_ALIAS_PREFIX } from './types.js';
 import { AF_INET, AF_INET6, NLM_F_CREATE, NLM_F_EXCL, NUD_PERMANENT, RT_SCOPE_LINK, RTM_NEWLINK } from './uapi.js';
@@ -149,9 +149,18 @@ async function peerConfigure(nl: Rtnl, spec: EndpointDeviceSpec, hostMac: string
     });
   }
   const dev = { name: spec.peerIfname, ifindex: peer.ifindex };
+  if (spec.peerL3 === false) {
+    // a bridge port (kind: vm): no link-local address, DAD or router solicitations of its own
+    try {
+      await nl.sysctlWrite(`net/ipv6/conf/${sysctlIfname(spec.peerIfname)}/disable_ipv6`, '1');
+    } catch (err) {
+      if ((err as { code?: string }).code !== 'ENOENT') throw err;
+    }
+  }
   if (!peer.up || (spec.mtu !== undefined && peer.mtu !== spec.mtu)) {
     await linkSet(nl, dev, { up: true, mtu: spec.mtu });
   }
+  if (spec.peerL3 === false) return (await linkGet(nl, spec.peerIfname)) ?? peer;
   await addressAdd(nl, peer.ifindex, spec.ipv4, 32, { replace: true, ifname: spec.peerIfname });
   await addressAdd(nl, peer.ifindex, spec.ipv6, 128, { replace: true, ifname: spec.peerIfname });
   await routeAdd(nl, { dst: `${GATEWAY_V4}/32`, oif: peer.ifindex, scope: 'link' }, { replace: true, ifname: spec.peerIfname });
@@ -306,6 +315,7 @@ export async function endpointDeviceObserve(specIn: EndpointDeviceSpec): Promise
     const lo = await linkGet(nl, 'lo');
     if (lo && !lo.up) problems.push('lo is down in the namespace');
     if (spec.mode === 'netkit-l2' && spec.peerMac && peer.mac !== spec.peerMac) problems.push(`peer mac ${peer.mac}, want ${spec.peerMac}`);
+    if (spec.peerL3 === false) return; // a bridge port: no addresses, routes or neighbours to check
     const addrs = await addressList(nl, peer.ifindex);
     if (!addrs.some((a) => a.family === AF_INET && a.address === spec.ipv4 && a.prefixlen === 32)) problems.push(`address ${spec.ipv4}/32 missing on ${spec.peerIfname}`);
     if (!addrs.some((a) => a.family === AF_INET6 && a.address === ipCanonical(spec.ipv6) && a.prefixlen === 128)) problems.push(`address ${spec.ipv6}/128 missing on ${spec.peerIfname}`);

@@ -16,3 +16,7 @@ export { netnsCreate, netnsDelete, netnsPathOf, netnsPathValidate, NETNS_RUN_DIR
 export { EndpointSpecError } from './errors.js';
 export { linkRemovalsWatch } from './monitor.js';
 export type { LinkGone, LinkMonitor } from './monitor.js';
+export {
+  tapAdopt, tapObserve, tapRelease, vmNetnsEnsure, vmNetnsNameFor, vmPlumbingCreate, vmPlumbingDelete, vmPlumbingObserve,
+} from './vm-plumbing.js';
+export type { TapAdoptSpec, TapAdopted, VmPlumbing, VmPlumbingSpec } from './vm-plumbing.js';

@@ -34,6 +34,11 @@ export interface EndpointDeviceSpec {
   ipv6: string;
   mtu?: number;
   /**
+   * false: the peer is a bridge port (kind: vm), configured only to be up, with no addresses, routes,
+   * neighbours or IPv6 of its own: the guest behind it owns the addresses. Default true.
+   */
+  peerL3?: boolean;
+  /**
    * IFLA_GROUP of the host side: marks which agent instance owns the link, so one agent's orphan
    * sweep never touches another's devices (`ip link show group N`). 0 = the default group.
    */

@@ -1,8 +1,7 @@
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
-import type { DeviceMode } from '../../netkit/index.js';
-import type { IdentityRecord, WorkloadRecord, WorkloadSpec, WorkloadState } from './types.js';
+import type { IdentityRecord, WorkloadMode, WorkloadRecord, WorkloadSpec, WorkloadState } from './types.js';
 
 const SCHEMA_VERSION = 2;
 
@@ -79,7 +78,7 @@ interface WorkloadRow {
 function rowToRecord(r: WorkloadRow): WorkloadRecord {
   return {
     spec: JSON.parse(r.spec) as WorkloadSpec,
-    mode: r.mode as DeviceMode,
+    mode: r.mode as WorkloadMode,
     endpointId: r.endpoint_id,
     identity: r.identity,
     ipv4: r.ipv4,
@@ -127,7 +126,7 @@ export interface PolicyRecord {
 
 export interface NewWorkload {
   spec: WorkloadSpec;
-  mode: DeviceMode;
+  mode: WorkloadMode;
   endpointId: number;
   identity: number;
   ipv4: string;

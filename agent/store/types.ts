@@ -4,22 +4,37 @@ import type { DeviceMode } from '../../netkit/index.js';
 export interface WorkloadSpec {
   name: string;
   namespace: string;
-  kind: 'netns';
+  kind: 'netns' | 'vm' | 'tap';
   labels: Record<string, string>;
+  /** netns, vm: the namespace path (vm: the VM's namespace); tap: '' (the host namespace). */
   netns: string;
   /** Requested mode: `auto` resolves at registration and the resolved mode is stored in `mode`. */
   requestedMode: 'auto' | 'veth' | 'netkit';
   interface: string;
   /** Named ports the workload serves, for policies that name ports. */
   ports?: Array<{ name: string; port: number; protocol: 'TCP' | 'UDP' | 'SCTP' }>;
+  /** kind vm: the plumbing inside the VM's namespace. */
+  vm?: {
+    /** The /var/run/netns name when kitnet made the namespace (deleted with the workload); absent = adopted. */
+    netnsOwnedName?: string;
+    tap: string;
+    bridge: string;
+    /** The guest NIC's MAC. */
+    mac: string;
+  };
+  /** kind tap: the adopted host device and the guest's MAC. */
+  tap?: { device: string; mac: string };
 }
+
+/** What a workload's row says about its device: a pair mode, or an adopted tap. */
+export type WorkloadMode = DeviceMode | 'tap';
 
 export type WorkloadState = 'pending' | 'ready' | 'error';
 
 /** One row: desired state plus what the agent allocated for it. */
 export interface WorkloadRecord {
   spec: WorkloadSpec;
-  mode: DeviceMode;
+  mode: WorkloadMode;
   endpointId: number;
   identity: number;
   ipv4: string;
