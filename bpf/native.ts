@@ -68,6 +68,8 @@ export interface NativeBpf {
   ringbufOpen(mapFd: number, onBatch: (batch: Buffer) => void): NativeHandle;
   ringbufClose(handle: NativeHandle): void;
   ringbufRef(handle: NativeHandle, ref: boolean): void;
+  /** setns(2) for the calling (main) thread; nstype e.g. CLONE_NEWNET = 0x40000000. */
+  setns(fd: number, nstype: number): void;
 }
 
 /** Where bash bpf/build.sh puts the addon; KITNET_BPF_ADDON overrides (packaging). */

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <bpf/bpf.h>
@@ -870,6 +871,21 @@ static napi_value ringbuf_ref(napi_env env, napi_callback_info info)
 	return NULL;
 }
 
+/* setns(fd, nstype): moves the CALLING thread (the JS main thread) into the namespace behind fd. Generic;
+ * used by netkit/socket.ts to open a netlink socket inside a workload's network namespace and switch
+ * back at once (a socket stays in the namespace it was created in). */
+static napi_value ns_set(napi_env env, napi_callback_info info)
+{
+	napi_value argv[2];
+	int32_t fd, nstype;
+
+	if (!get_args(env, info, 2, argv) || !get_i32(env, argv[0], &fd) || !get_i32(env, argv[1], &nstype))
+		return NULL;
+	if (setns(fd, nstype) < 0)
+		return throw_errno(env, "setns", errno);
+	return NULL;
+}
+
 /* ---------------------------------------------------------------------------------------------- */
 
 static napi_value init(napi_env env, napi_value exports)
@@ -889,7 +905,7 @@ static napi_value init(napi_env env, napi_value exports)
 		{ "mapBatchApply", map_batch_apply }, { "mapDump", map_dump },
 		{ "numPossibleCpus", num_possible_cpus }, { "progTestRun", prog_test_run },
 		{ "ringbufOpen", ringbuf_open }, { "ringbufClose", ringbuf_close },
-		{ "ringbufRef", ringbuf_ref },
+		{ "ringbufRef", ringbuf_ref },	 { "setns", ns_set },
 	};
 
 	libbpf_set_print(log_print);
