@@ -28,6 +28,7 @@ const O_TCPF = F.tcp_flags.offset;
 const O_VERDICT = F.verdict.offset;
 const O_REPLY = F.is_reply.offset;
 const O_REASON = F.reason.offset;
+const O_ETHERTYPE = F.ethertype.offset;
 
 /** Index = REPORT_* value (generated order). */
 const REASONS: readonly ReportReason[] = ['EVERY', 'NEW', 'FLAGS', 'CLOSE', 'INTERVAL', 'DROP', 'FIRST_REPLY'];
@@ -74,6 +75,7 @@ export function flowDecodeOne(b: Buffer, o: number, wallOffsetNs: bigint): FlowE
     isReply: b[o + O_REPLY] !== 0,
     length: u32(b, o + O_LEN),
     reportReason: REASONS[b[o + O_REASON]!] ?? 'EVERY',
+    etherType: u16(b, o + O_ETHERTYPE),
   };
 }
 
@@ -121,6 +123,7 @@ export function flowEventEncode(ev: FlowEvent, wallOffsetNs: bigint): Buffer {
     verdict: ev.verdict === 'DROPPED' ? VERDICT_DROPPED : VERDICT_FORWARDED,
     is_reply: ev.isReply ? 1 : 0,
     reason: Math.max(0, REASONS.indexOf(ev.reportReason ?? 'EVERY')),
+    ethertype: ev.etherType ?? 0,
   });
 }
 

@@ -45,6 +45,8 @@ export { VerifierError } from './errors.js';
 export { DROP_REASON, DROP_REASON_DESC } from './layout.gen.js';
 /** endpoint_info.flags for endpointUpsert: anti-spoofing (source IP / MAC must be the workload's), L3 device. */
 export { EP_F_ENFORCE_SRC_IP, EP_F_ENFORCE_SRC_MAC, EP_F_NO_L2 } from './layout.gen.js';
+/** Gateways of every workload (169.254.1.1, fe80::1): the datapath answers ARP / NS for them (EndpointInfo.hostMac). */
+export { GATEWAY_IPV4, GATEWAY_IPV6 } from './layout.gen.js';
 /** Policy map layout constants (struct policy_key / policy_value, prefix lengths, capacity). */
 export {
   POLICY_F_DENY,

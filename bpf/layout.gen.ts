@@ -18,7 +18,7 @@ export interface StructLayout {
 /** struct endpoint_info: Value of the `endpoints` map (key: __u32 ifindex of the host-side device). */
 export const ENDPOINT_INFO = {
   name: 'endpoint_info',
-  size: 40,
+  size: 48,
   fields: {
     endpoint_id: { offset: 0, size: 4, type: 'u32', count: 0 },
     identity: { offset: 4, size: 4, type: 'u32', count: 0 },
@@ -27,6 +27,8 @@ export const ENDPOINT_INFO = {
     mac: { offset: 28, size: 6, type: 'u8', count: 6 },
     pad0: { offset: 34, size: 2, type: 'u8', count: 2 },
     flags: { offset: 36, size: 4, type: 'u32', count: 0 },
+    host_mac: { offset: 40, size: 6, type: 'u8', count: 6 },
+    pad1: { offset: 46, size: 2, type: 'u8', count: 2 },
   },
 } as const satisfies StructLayout;
 
@@ -109,7 +111,9 @@ export const FLOW_EVENT = {
     verdict: { offset: 72, size: 1, type: 'u8', count: 0 },
     is_reply: { offset: 73, size: 1, type: 'u8', count: 0 },
     reason: { offset: 74, size: 1, type: 'u8', count: 0 },
-    pad0: { offset: 75, size: 5, type: 'u8', count: 5 },
+    pad0: { offset: 75, size: 1, type: 'u8', count: 0 },
+    ethertype: { offset: 76, size: 2, type: 'u16', count: 0 },
+    pad1: { offset: 78, size: 2, type: 'u8', count: 2 },
   },
 } as const satisfies StructLayout;
 
@@ -202,6 +206,8 @@ export const BPF_LINK_TYPE_NETKIT = 13;
 export const TCX_NEXT = -1;
 export const TCX_PASS = 0;
 export const TCX_DROP = 2;
+/** TC_ACT_REDIRECT: bpf_redirect() decided where the packet goes */
+export const TCX_REDIRECT = 7;
 
 /** Hubble TrafficDirection: INGRESS = towards the workload, EGRESS = from it. */
 export const DIR_UNKNOWN = 0;
@@ -310,6 +316,8 @@ export const METRIC_POLICY_DENY = 11;
 export const METRIC_POLICY_BYPASS = 12;
 /** later fragments whose first fragment was not seen (policy sees no ports) */
 export const METRIC_FRAG_UNKNOWN = 13;
+/** ARP replies / neighbour advertisements the gateway responder sent to workloads */
+export const METRIC_NEIGH_REPLIES = 14;
 
 /** Map sizes (max_entries). Changing one makes libbpf refuse to reuse the pinned map: unpin first. */
 export const ENDPOINTS_MAP_MAX = 4096;
@@ -328,6 +336,11 @@ export const CT_LIFETIME_TCP = 21600;
 export const CT_LIFETIME_TCP_CLOSED = 10;
 export const CT_LIFETIME_NONTCP = 60;
 
+/** IPv4 default gateway of every workload; the datapath answers ARP for it (endpoint_info.host_mac) */
+export const GATEWAY_IPV4 = '169.254.1.1';
+/** IPv6 default gateway of every workload; the datapath answers neighbour solicitations for it */
+export const GATEWAY_IPV6 = 'fe80::1';
+
 /** Hubble DropReason numbers (flow.proto). */
 export const DROP_REASON = {
   INVALID_SOURCE_MAC: 130,
@@ -338,6 +351,7 @@ export const DROP_REASON = {
   CT_TRUNCATED_OR_INVALID_HEADER: 135,
   CT_UNKNOWN_L4_PROTOCOL: 137,
   UNSUPPORTED_L3_PROTOCOL: 139,
+  ERROR_WRITING_TO_PACKET: 141,
   UNKNOWN_L4_PROTOCOL: 142,
   UNKNOWN_ICMPV4_TYPE: 144,
   UNKNOWN_ICMPV6_TYPE: 146,
@@ -365,6 +379,7 @@ export const DROP_REASON_DESC: ReadonlyMap<number, readonly [string, string]> = 
   [135, ['CT_TRUNCATED_OR_INVALID_HEADER', 'CT: Truncated or invalid header']],
   [137, ['CT_UNKNOWN_L4_PROTOCOL', 'CT: Unknown L4 protocol']],
   [139, ['UNSUPPORTED_L3_PROTOCOL', 'Unsupported L3 protocol']],
+  [141, ['ERROR_WRITING_TO_PACKET', 'Error writing to packet']],
   [142, ['UNKNOWN_L4_PROTOCOL', 'Unknown L4 protocol']],
   [144, ['UNKNOWN_ICMPV4_TYPE', 'Unknown ICMPv4 type']],
   [146, ['UNKNOWN_ICMPV6_TYPE', 'Unknown ICMPv6 type']],

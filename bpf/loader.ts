@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { KernelError } from '../common/kernel-error.js';
 import { kcall } from './errors.js';
+import { ENDPOINT_INFO } from './layout.gen.js';
 import { BpfMap } from './maps/map.js';
 import type { NativeHandle } from './native.js';
 import { native } from './native.js';
@@ -47,10 +48,43 @@ export function pinRootCheck(pinRoot: string): void {
   }
 }
 
+/**
+ * A pinned `endpoints` map whose value size differs from this build's struct endpoint_info (an upgrade
+ * that added fields, e.g. host_mac) cannot be reused by libbpf. Its entries are read, the pin removed (the
+ * running programs keep the old map until their links are updated), and migrate() writes them into the
+ * new map: the struct only grows at its end, so the common prefix is kept and new fields start zeroed.
+ */
+function endpointsUpgradePrepare(mapsDir: string): { migrate(map: BpfMap): number } | undefined {
+  const pin = join(mapsDir, 'endpoints');
+  if (!existsSync(pin)) return undefined;
+  const n = native();
+  const fd = kcall(() => n.objGet(pin), undefined, { path: pin });
+  let entries: Array<[Buffer, Buffer]>;
+  try {
+    const old = new BpfMap('endpoints', fd);
+    if (old.valueSize === ENDPOINT_INFO.size) return undefined;
+    entries = [...old.entries()];
+  } finally {
+    n.fdClose(fd);
+  }
+  unlinkSync(pin);
+  return {
+    migrate(map: BpfMap): number {
+      for (const [k, v] of entries) {
+        const value = Buffer.alloc(map.valueSize);
+        v.copy(value, 0, 0, Math.min(v.length, value.length));
+        map.update(k, value);
+      }
+      return entries.length;
+    },
+  };
+}
+
 export function objectLoad(pinRoot: string, objectPath = OBJECT_PATH_DEFAULT): LoadedObject {
   pinRootCheck(pinRoot);
   const paths = pinPaths(pinRoot);
   for (const d of [paths.maps, paths.progs, paths.links]) mkdirSync(d, { recursive: true });
+  const upgrade = endpointsUpgradePrepare(paths.maps);
 
   const n = native();
   const obj = kcall(() => n.objectOpen(objectPath, paths.maps), undefined, { path: objectPath });
@@ -74,6 +108,7 @@ export function objectLoad(pinRoot: string, objectPath = OBJECT_PATH_DEFAULT): L
       if (fd === undefined) throw new Error(`BPF object ${objectPath} has no map ${m}`);
       maps[m] = new BpfMap(m, fd);
     }
+    upgrade?.migrate(maps.endpoints);
     let closed = false;
     return {
       pinRoot,

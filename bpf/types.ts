@@ -13,6 +13,12 @@ export interface EndpointInfo {
   /** MAC of the workload side (peer), `aa:bb:...`. */
   mac: string;
   flags: number;
+  /**
+   * MAC of the host-side device (veth host end / netkit primary), `aa:bb:...`. The datapath answers the
+   * workload's ARP requests for GATEWAY_IPV4 and neighbour solicitations for GATEWAY_IPV6 with it; absent
+   * or empty: no responder (the workload needs static neighbour entries for its gateways).
+   */
+  hostMac?: string;
 }
 
 export interface IpcacheEntry {
@@ -50,6 +56,11 @@ export interface FlowEvent {
   dropReason: number;
   isReply: boolean;
   length: number;
+  /**
+   * EtherType of the frame (0x0800 IPv4, 0x86dd IPv6, 0x0806 ARP). ARP drops are family 4 with the sender
+   * IP as srcAddr and the target IP as dstAddr, protocol 0. Absent in events not made by the datapath.
+   */
+  etherType?: number;
   /** Why the datapath reported this packet (aggregation); absent in events not made by the datapath. */
   reportReason?: ReportReason;
 }

@@ -21,3 +21,23 @@
 #endif
 
 #define NSEC_PER_SEC 1000000000ULL
+
+static __always_inline int is_zero(const __u8 *a, int n)
+{
+	__u8 acc = 0;
+	int i;
+
+	for (i = 0; i < n; i++)
+		acc |= a[i];
+	return acc == 0;
+}
+
+static __always_inline int bytes_eq(const __u8 *a, const __u8 *b, int n)
+{
+	__u8 acc = 0;
+	int i;
+
+	for (i = 0; i < n; i++)
+		acc |= a[i] ^ b[i];
+	return acc == 0;
+}

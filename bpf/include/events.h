@@ -52,6 +52,7 @@ static __always_inline void event_emit(const struct flow_ctx *c, __u64 now)
 	e->verdict = c->verdict;
 	e->is_reply = c->is_reply;
 	e->reason = c->reason;
+	e->ethertype = p->eth_proto;
 	bpf_ringbuf_submit(e, 0);
 	metric_add(METRIC_EVENTS_SENT, 0);
 }

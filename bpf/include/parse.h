@@ -31,7 +31,7 @@
 
 enum parse_result {
 	PARSE_OK = 0,
-	PARSE_NOT_IP,    /* ARP or another L2 protocol: pass untouched */
+	PARSE_NOT_IP,    /* ARP or another L2 protocol (p->eth_proto, p->smac are set) */
 	PARSE_TRUNCATED, /* an IP or L4 header is cut short */
 	PARSE_BAD_EXTHDR,
 };
@@ -54,6 +54,7 @@ struct pkt {
 	__u8 l4_from_frag; /* a later fragment: L4 fields borrowed from its first fragment (none at l4_off) */
 	__u32 frag_id; /* fragments: IPv4 identification / IPv6 fragment header identification */
 	__u16 l4_off;  /* offset of the L4 header in the skb when has_l4 (ICMP errors: the quoted packet follows at +8) */
+	__u16 eth_proto; /* EtherType (host order): the Ethernet header's, or skb->protocol on L3 devices */
 };
 
 static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, struct pkt *p)
@@ -189,6 +190,7 @@ static __always_inline int parse_packet(struct __sk_buff *skb, __u32 l3_off, str
 		__builtin_memcpy(p->smac, eth.h_source, 6);
 		proto = bpf_ntohs(eth.h_proto);
 	}
+	p->eth_proto = proto;
 	if (proto == ETH_P_IP)
 		return parse_ipv4(skb, l3_off, p);
 	if (proto == ETH_P_IPV6)

@@ -13,6 +13,7 @@
 #define TCX_NEXT (-1) /* continue with the next program (or the device default) */
 #define TCX_PASS 0
 #define TCX_DROP 2
+#define TCX_REDIRECT 7 /* TC_ACT_REDIRECT: bpf_redirect() decided where the packet goes */
 
 /* Hubble TrafficDirection: INGRESS = towards the workload, EGRESS = from it. */
 #define DIR_UNKNOWN 0
@@ -91,6 +92,7 @@
 #define METRIC_POLICY_DENY 11 /* new connections dropped by a deny entry (DROP_POLICY_DENY) */
 #define METRIC_POLICY_BYPASS 12 /* ARP / neighbour discovery and related ICMP errors that skipped the policy lookup */
 #define METRIC_FRAG_UNKNOWN 13 /* later fragments whose first fragment was not seen (policy sees no ports) */
+#define METRIC_NEIGH_REPLIES 14 /* ARP replies / neighbour advertisements the gateway responder sent to workloads */
 
 /* Map sizes (max_entries). Changing one makes libbpf refuse to reuse the pinned map: unpin first. */
 #define ENDPOINTS_MAP_MAX 4096
@@ -107,6 +109,17 @@
 #define CT_LIFETIME_TCP_CLOSED 10
 #define CT_LIFETIME_NONTCP 60
 
+/* Shared addresses (network byte order initialisers). */
+/* 169.254.1.1: IPv4 default gateway of every workload; the datapath answers ARP for it (endpoint_info.host_mac) */
+#define GATEWAY_IPV4_INIT { 169, 254, 1, 1 }
+#define GATEWAY_IPV4_U32 0xa9fe0101
+/* fe80::1: IPv6 default gateway of every workload; the datapath answers neighbour solicitations for it */
+#define GATEWAY_IPV6_INIT { 254, 128, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1 }
+#define GATEWAY_IPV6_U32_0 0xfe800000
+#define GATEWAY_IPV6_U32_1 0x00000000
+#define GATEWAY_IPV6_U32_2 0x00000000
+#define GATEWAY_IPV6_U32_3 0x00000001
+
 /* Hubble DropReason (flow.proto). ABI: never renumber. */
 #define DROP_INVALID_SOURCE_MAC 130 /* Invalid source mac */
 #define DROP_INVALID_DESTINATION_MAC 131 /* Invalid destination mac */
@@ -116,6 +129,7 @@
 #define DROP_CT_TRUNCATED_OR_INVALID_HEADER 135 /* CT: Truncated or invalid header */
 #define DROP_CT_UNKNOWN_L4_PROTOCOL 137 /* CT: Unknown L4 protocol */
 #define DROP_UNSUPPORTED_L3_PROTOCOL 139 /* Unsupported L3 protocol */
+#define DROP_ERROR_WRITING_TO_PACKET 141 /* Error writing to packet */
 #define DROP_UNKNOWN_L4_PROTOCOL 142 /* Unknown L4 protocol */
 #define DROP_UNKNOWN_ICMPV4_TYPE 144 /* Unknown ICMPv4 type */
 #define DROP_UNKNOWN_ICMPV6_TYPE 146 /* Unknown ICMPv6 type */
@@ -141,8 +155,10 @@ struct endpoint_info {
 	__u8 mac[6];                /* @28 workload (peer) MAC */
 	__u8 pad0[2];               /* @34 */
 	__u32 flags;                /* @36 EP_F_* bits */
+	__u8 host_mac[6];           /* @40 host-side device MAC: the gateway answers ARP / neighbour solicitations with it; 00:00:00:00:00:00 = no responder */
+	__u8 pad1[2];               /* @46 */
 };
-_Static_assert(sizeof(struct endpoint_info) == 40, "struct endpoint_info size");
+_Static_assert(sizeof(struct endpoint_info) == 48, "struct endpoint_info size");
 _Static_assert(__builtin_offsetof(struct endpoint_info, endpoint_id) == 0, "endpoint_info.endpoint_id offset");
 _Static_assert(__builtin_offsetof(struct endpoint_info, identity) == 4, "endpoint_info.identity offset");
 _Static_assert(__builtin_offsetof(struct endpoint_info, ipv4) == 8, "endpoint_info.ipv4 offset");
@@ -150,6 +166,8 @@ _Static_assert(__builtin_offsetof(struct endpoint_info, ipv6) == 12, "endpoint_i
 _Static_assert(__builtin_offsetof(struct endpoint_info, mac) == 28, "endpoint_info.mac offset");
 _Static_assert(__builtin_offsetof(struct endpoint_info, pad0) == 34, "endpoint_info.pad0 offset");
 _Static_assert(__builtin_offsetof(struct endpoint_info, flags) == 36, "endpoint_info.flags offset");
+_Static_assert(__builtin_offsetof(struct endpoint_info, host_mac) == 40, "endpoint_info.host_mac offset");
+_Static_assert(__builtin_offsetof(struct endpoint_info, pad1) == 46, "endpoint_info.pad1 offset");
 
 /* Key of the `ipcache` LPM trie. prefixlen counts bits after itself: 32 (family+pad) + IP prefix. */
 struct ipcache_key {
@@ -237,7 +255,9 @@ struct flow_event {
 	__u8 verdict;               /* @72 VERDICT_* */
 	__u8 is_reply;              /* @73 */
 	__u8 reason;                /* @74 REPORT_* — why this packet was reported (aggregation) */
-	__u8 pad0[5];               /* @75 */
+	__u8 pad0;                  /* @75 */
+	__u16 ethertype;            /* @76 host byte order: 0x0800 / 0x86dd, or 0x0806 for ARP (family 4, saddr = sender IP, daddr = target IP, protocol 0) */
+	__u8 pad1[2];               /* @78 */
 };
 _Static_assert(sizeof(struct flow_event) == 80, "struct flow_event size");
 _Static_assert(__builtin_offsetof(struct flow_event, time_ns) == 0, "flow_event.time_ns offset");
@@ -261,6 +281,8 @@ _Static_assert(__builtin_offsetof(struct flow_event, verdict) == 72, "flow_event
 _Static_assert(__builtin_offsetof(struct flow_event, is_reply) == 73, "flow_event.is_reply offset");
 _Static_assert(__builtin_offsetof(struct flow_event, reason) == 74, "flow_event.reason offset");
 _Static_assert(__builtin_offsetof(struct flow_event, pad0) == 75, "flow_event.pad0 offset");
+_Static_assert(__builtin_offsetof(struct flow_event, ethertype) == 76, "flow_event.ethertype offset");
+_Static_assert(__builtin_offsetof(struct flow_event, pad1) == 78, "flow_event.pad1 offset");
 
 /* Key of the `fragments` LRU hash: one fragmented IP datagram (RFC 791 / RFC 8200 identification). */
 struct frag_key {

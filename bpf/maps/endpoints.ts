@@ -19,6 +19,7 @@ export function endpointInfoEncode(info: EndpointInfo): Buffer {
     ipv6: info.ipv6 ? ipv6Parse(info.ipv6) : new Uint8Array(16),
     mac: info.mac ? macParse(info.mac) : new Uint8Array(6),
     flags: info.flags,
+    host_mac: info.hostMac ? macParse(info.hostMac) : new Uint8Array(6),
   });
 }
 
@@ -27,7 +28,8 @@ export function endpointInfoDecode(buf: Buffer): EndpointInfo {
   const ipv4 = v.ipv4 as Uint8Array;
   const ipv6 = v.ipv6 as Uint8Array;
   const mac = v.mac as Uint8Array;
-  return {
+  const hostMac = v.host_mac as Uint8Array;
+  const info: EndpointInfo = {
     endpointId: v.endpoint_id as number,
     identity: v.identity as number,
     ipv4: ipv4.some((b) => b) ? ipv4Format(ipv4) : '',
@@ -35,6 +37,9 @@ export function endpointInfoDecode(buf: Buffer): EndpointInfo {
     mac: mac.some((b) => b) ? macFormat(mac) : '',
     flags: v.flags as number,
   };
+  // only when set, so entries written without one read back as they were written
+  if (hostMac.some((b) => b)) info.hostMac = macFormat(hostMac);
+  return info;
 }
 
 export class EndpointsMap {

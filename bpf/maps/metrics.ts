@@ -16,7 +16,8 @@ export type MetricName =
   | 'POLICY_DENIED'
   | 'POLICY_DENY'
   | 'POLICY_BYPASS'
-  | 'FRAG_UNKNOWN';
+  | 'FRAG_UNKNOWN'
+  | 'NEIGH_REPLIES';
 
 export const METRIC_SLOTS: Readonly<Record<MetricName, number>> = {
   INGRESS_FORWARDED: L.METRIC_INGRESS_FORWARDED,
@@ -33,6 +34,7 @@ export const METRIC_SLOTS: Readonly<Record<MetricName, number>> = {
   POLICY_DENY: L.METRIC_POLICY_DENY,
   POLICY_BYPASS: L.METRIC_POLICY_BYPASS,
   FRAG_UNKNOWN: L.METRIC_FRAG_UNKNOWN,
+  NEIGH_REPLIES: L.METRIC_NEIGH_REPLIES,
 };
 
 export interface Counter {

@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* kitnet datapath: one object, configured only through maps (no per-endpoint compile).
  *
- * Per packet: endpoint lookup by ifindex -> parse -> anti-spoofing (from the workload) -> ipcache ->
+ * Per packet: endpoint lookup by ifindex -> parse -> anti-spoofing (from the workload; ARP and neighbour
+ * discovery too, and the gateway's ARP / NS responder: neigh.h) -> ipcache ->
  * conntrack (replies and established flows pass) -> policy (new connections, untracked packets; allowed
  * connections are then tracked) -> event (aggregated; drops always reported) -> metrics -> verdict.
  *
  * Return codes are tcx/netkit codes: TCX_NEXT for devices that are not (yet) endpoints, so other
- * programs and the device default decide; TCX_PASS for forwarded packets; TCX_DROP for drops. */
+ * programs and the device default decide; TCX_PASS for forwarded packets; TCX_DROP for drops;
+ * TCX_REDIRECT (bpf_redirect) for the responder's ARP replies and neighbour advertisements. */
 #include "common.h"
 #include "maps.h"
 #include "metrics.h"
@@ -16,6 +18,7 @@
 #include "conntrack.h"
 #include "policy.h"
 #include "events.h"
+#include "neigh.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -24,26 +27,6 @@ static __always_inline struct dp_config *config_get(void)
 	__u32 zero = 0;
 
 	return bpf_map_lookup_elem(&config, &zero);
-}
-
-static __always_inline int is_zero(const __u8 *a, int n)
-{
-	__u8 acc = 0;
-	int i;
-
-	for (i = 0; i < n; i++)
-		acc |= a[i];
-	return acc == 0;
-}
-
-static __always_inline int bytes_eq(const __u8 *a, const __u8 *b, int n)
-{
-	__u8 acc = 0;
-	int i;
-
-	for (i = 0; i < n; i++)
-		acc |= a[i] ^ b[i];
-	return acc == 0;
 }
 
 /* Source checks for packets leaving the workload; returns a drop reason or 0. IPv6 link-local and the
@@ -69,6 +52,14 @@ static __always_inline int finish(struct flow_ctx *c, int report, __u64 now)
 	if (report)
 		event_emit(c, now);
 	return c->verdict == VERDICT_DROPPED ? TCX_DROP : TCX_PASS;
+}
+
+/* The ARP / neighbour discovery responder wrote a reply over the request: send it back to the workload
+ * through the egress of the host-side device (see neigh.h for veth and netkit). */
+static __always_inline int neigh_answer(struct __sk_buff *skb)
+{
+	metric_add(METRIC_NEIGH_REPLIES, skb->len);
+	return bpf_redirect(skb->ifindex, 0);
 }
 
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
@@ -102,9 +93,21 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 
 	rc = parse_packet(skb, has_l2 ? ETH_HLEN : 0, &p);
 	if (rc == PARSE_NOT_IP) {
-		/* ARP and other L2 protocols pass; the kernel's own checks apply */
-		metric_add(METRIC_NON_IP, skb->len);
-		return TCX_PASS;
+		/* ARP from the workload: anti-spoofing and the gateway responder (neigh.h). Otherwise ARP and
+		 * other L2 protocols pass; the kernel's own checks apply. */
+		reason = dir == DIR_EGRESS && has_l2 ? l2_from_workload(skb, ep, &p) : 0;
+		if (reason == NEIGH_ANSWERED)
+			return neigh_answer(skb);
+		if (!reason) {
+			metric_add(METRIC_NON_IP, skb->len);
+			return TCX_PASS;
+		}
+		c.src_identity = ep->identity;
+		c.dst_identity = p.family ? ipcache_identity(p.daddr, p.family) : 0;
+		c.verdict = VERDICT_DROPPED;
+		c.drop_reason = reason;
+		c.reason = REPORT_DROP;
+		return finish(&c, 1, now);
 	}
 
 	/* identities: the workload on one side, the ipcache (or world) on the other */
@@ -125,6 +128,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 
 	if (dir == DIR_EGRESS) {
 		reason = check_source(ep, &p, has_l2);
+		if (!reason && has_l2 && nd_is_ns_or_na(&p)) {
+			reason = nd_from_workload(skb, ep, &p);
+			if (reason == NEIGH_ANSWERED)
+				return neigh_answer(skb);
+		}
 		if (reason) {
 			c.verdict = VERDICT_DROPPED;
 			c.drop_reason = reason;

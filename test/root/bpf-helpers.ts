@@ -47,7 +47,7 @@ export function ipv4(src: string, dst: string, protocol: number, payload: Buffer
 }
 
 /** IPv6 with optional extension headers, each [type, body] where body pads to a multiple of 8. */
-export function ipv6(src: string, dst: string, protocol: number, payload: Buffer, ext: Array<[number, Buffer]> = []): Buffer {
+export function ipv6(src: string, dst: string, protocol: number, payload: Buffer, ext: Array<[number, Buffer]> = [], hopLimit = 64): Buffer {
   const chain: Buffer[] = [];
   const types = [...ext.map(([t]) => t), protocol];
   ext.forEach(([, body], i) => {
@@ -63,7 +63,7 @@ export function ipv6(src: string, dst: string, protocol: number, payload: Buffer
   h[0] = 0x60;
   h.writeUInt16BE(rest.length, 4);
   h[6] = types[0]!;
-  h[7] = 64;
+  h[7] = hopLimit;
   h.set(ipv6Parse(src), 8);
   h.set(ipv6Parse(dst), 24);
   return Buffer.concat([h, rest]);
@@ -93,6 +93,63 @@ export function icmp(type: number, code: number, id = 0, seq = 0): Buffer {
   b.writeUInt16BE(id, 4);
   b.writeUInt16BE(seq, 6);
   return b;
+}
+
+/** ARP for Ethernet/IPv4 (28 bytes): op 1 request, 2 reply. */
+export function arp(op: number, sha: string, spa: string, tha: string, tpa: string): Buffer {
+  const b = Buffer.alloc(28);
+  b.writeUInt16BE(1, 0);
+  b.writeUInt16BE(ETH_P_IP, 2);
+  b[4] = 6;
+  b[5] = 4;
+  b.writeUInt16BE(op, 6);
+  b.set(macParse(sha), 8);
+  b.set(ipv4Parse(spa), 14);
+  b.set(macParse(tha), 18);
+  b.set(ipv4Parse(tpa), 24);
+  return b;
+}
+
+/** One's complement sum of 16-bit big-endian words, folded (not complemented). */
+export function onesSum(...parts: Buffer[]): number {
+  const b = Buffer.concat(parts);
+  let sum = 0;
+  for (let i = 0; i < b.length; i += 2) sum += (b[i]! << 8) | (b[i + 1] ?? 0);
+  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+  return sum;
+}
+
+/** ICMPv6 pseudo-header (RFC 8200 8.1) for a message of `len` bytes. */
+export function icmp6Pseudo(src: string, dst: string, len: number): Buffer {
+  const b = Buffer.alloc(40);
+  b.set(ipv6Parse(src), 0);
+  b.set(ipv6Parse(dst), 16);
+  b.writeUInt32BE(len, 32);
+  b[39] = 58;
+  return b;
+}
+
+/**
+ * Neighbour solicitation (135) / advertisement (136) with a correct checksum. `opts` are [type, body]
+ * pairs (body padded to 8-byte units with its 2-byte header), e.g. [[1, mac]] for a source link-layer
+ * address option; `flags` is the NA's first flag byte (R 0x80, S 0x40, O 0x20).
+ */
+export function ndMsg(src: string, dst: string, type: 135 | 136, target: string, opts: Array<[number, Buffer]> = [], flags = 0): Buffer {
+  const head = Buffer.alloc(24);
+  head[0] = type;
+  head[4] = flags;
+  head.set(ipv6Parse(target), 8);
+  const o = opts.map(([t, body]) => {
+    const len = Math.ceil((body.length + 2) / 8) * 8;
+    const b = Buffer.alloc(len);
+    b[0] = t;
+    b[1] = len / 8;
+    body.copy(b, 2);
+    return b;
+  });
+  const msg = Buffer.concat([head, ...o]);
+  msg.writeUInt16BE(~onesSum(icmp6Pseudo(src, dst, msg.length), msg) & 0xffff, 2);
+  return msg;
 }
 
 /** Entries that allow everything in both directions: what the agent writes for a non-enforced endpoint. */

@@ -30,15 +30,18 @@ const base: FlowEvent = {
   isReply: false,
   length: 1514,
   reportReason: 'NEW',
+  etherType: 0x0800,
 };
 
 test('flow events round-trip through encode -> frame -> decode', () => {
   const offset = 123_456_789_000n;
   const events: FlowEvent[] = [
     base,
-    { ...base, direction: 'INGRESS', family: 6, protocol: 58, srcAddr: 'fd00:200::5', dstAddr: 'fe80::1', srcPort: 0, dstPort: 0, icmpType: 128, tcpFlags: 0, isReply: true, reportReason: 'FIRST_REPLY' },
+    { ...base, direction: 'INGRESS', family: 6, etherType: 0x86dd, protocol: 58, srcAddr: 'fd00:200::5', dstAddr: 'fe80::1', srcPort: 0, dstPort: 0, icmpType: 128, tcpFlags: 0, isReply: true, reportReason: 'FIRST_REPLY' },
     { ...base, verdict: 'DROPPED', dropReason: 133, reportReason: 'DROP', srcIdentity: 0xffffffff, length: 0x80000001 },
-    { ...base, family: 6, srcAddr: '2001:db8::1:0:0:1', dstAddr: '::', protocol: 17 },
+    { ...base, family: 6, etherType: 0x86dd, srcAddr: '2001:db8::1:0:0:1', dstAddr: '::', protocol: 17 },
+    // an ARP drop: sender -> target protocol address, no L4
+    { ...base, etherType: 0x0806, protocol: 0, srcPort: 0, dstPort: 0, tcpFlags: 0, srcAddr: '10.200.0.66', dstAddr: '169.254.1.1', verdict: 'DROPPED', dropReason: 132, reportReason: 'DROP' },
   ];
   const batch = flowBatchFrame(events.map((e) => flowEventEncode(e, offset)));
   assert.equal(batch.length, events.length * (8 + FLOW_EVENT.size));
@@ -74,6 +77,10 @@ test('map encoders round-trip', () => {
   const ep = { endpointId: 9, identity: 300, ipv4: '10.0.0.9', ipv6: 'fd00::9', mac: '02:00:00:00:00:09', flags: 3 };
   assert.deepEqual(endpointInfoDecode(endpointInfoEncode(ep)), ep);
   assert.deepEqual(endpointInfoDecode(endpointInfoEncode({ ...ep, ipv6: '', mac: '' })), { ...ep, ipv6: '', mac: '' });
+  const withHost = { ...ep, hostMac: '02:00:00:00:00:01' };
+  assert.deepEqual(endpointInfoDecode(endpointInfoEncode(withHost)), withHost);
+  assert.deepEqual(endpointInfoEncode(withHost).subarray(40, 46), Buffer.from([2, 0, 0, 0, 0, 1]), 'host_mac @40');
+  assert.deepEqual(endpointInfoDecode(endpointInfoEncode({ ...ep, hostMac: '' })), ep, 'empty hostMac: no responder, not read back');
   for (const c of ['10.0.0.0/8', '0.0.0.0/0', 'fd00:200::/64', 'fd00::5/128']) assert.equal(ipcacheKeyDecode(ipcacheKeyEncode(c)), c);
   // prefixlen covers the family byte + padding
   assert.equal(ipcacheKeyEncode('10.0.0.0/8').readUInt32LE(0), 40);

@@ -7,8 +7,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { test } from 'node:test';
-import { CONSTANTS, DROP_REASONS, STRUCTS, generate, structLayout } from '../../tools/gen/bpf-layout.js';
+import { ADDRESSES, CONSTANTS, DROP_REASONS, STRUCTS, addressBytes, generate, structLayout } from '../../tools/gen/bpf-layout.js';
 import * as L from '../../bpf/layout.gen.js';
+import { ipv4Parse, ipv6Parse } from '../../bpf/addr.js';
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 
@@ -36,6 +37,26 @@ test('generated TS layout equals the description', () => {
     assert.equal(ts.size, want.size);
     for (const f of want.fields) assert.equal(ts.fields[f.name]?.offset, f.offset, `${s.name}.${f.name}`);
   }
+});
+
+test('shared gateway addresses: TS text, C initialisers and words agree with bpf/addr.ts', () => {
+  assert.equal(L.GATEWAY_IPV4, '169.254.1.1');
+  assert.equal(L.GATEWAY_IPV6, 'fe80::1');
+  const h = generate().find((f) => f.path.endsWith('shared.gen.h'))!.content;
+  for (const [name, text] of ADDRESSES) {
+    const want = [...(text.includes(':') ? ipv6Parse(text) : ipv4Parse(text))];
+    assert.deepEqual(addressBytes(text), want, name);
+    assert.ok(h.includes(`#define ${name}_INIT { ${want.join(', ')} }`), `${name}_INIT`);
+    for (let i = 0; i < want.length; i += 4) {
+      const w = Buffer.from(want.slice(i, i + 4)).readUInt32BE(0);
+      const macro = `${name}_U32${want.length > 4 ? `_${i / 4}` : ''}`;
+      assert.ok(h.includes(`#define ${macro} 0x${w.toString(16).padStart(8, '0')}`), macro);
+    }
+  }
+  assert.deepEqual(addressBytes('2001:db8::8:0:1'), [...ipv6Parse('2001:db8::8:0:1')]);
+  assert.deepEqual(addressBytes('::'), new Array(16).fill(0));
+  assert.throws(() => addressBytes('1.2.3'));
+  assert.throws(() => addressBytes('1::2::3'));
 });
 
 test('drop reasons are unique and in Hubble range', () => {

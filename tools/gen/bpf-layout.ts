@@ -45,6 +45,13 @@ export const STRUCTS: StructSpec[] = [
       { name: 'mac', type: 'u8', count: 6, doc: 'workload (peer) MAC' },
       { name: 'pad0', type: 'u8', count: 2 },
       { name: 'flags', type: 'u32', doc: 'EP_F_* bits' },
+      {
+        name: 'host_mac',
+        type: 'u8',
+        count: 6,
+        doc: 'host-side device MAC: the gateway answers ARP / neighbour solicitations with it; 00:00:00:00:00:00 = no responder',
+      },
+      { name: 'pad1', type: 'u8', count: 2 },
     ],
   },
   {
@@ -117,7 +124,13 @@ export const STRUCTS: StructSpec[] = [
       { name: 'verdict', type: 'u8', doc: 'VERDICT_*' },
       { name: 'is_reply', type: 'u8' },
       { name: 'reason', type: 'u8', doc: 'REPORT_* — why this packet was reported (aggregation)' },
-      { name: 'pad0', type: 'u8', count: 5 },
+      { name: 'pad0', type: 'u8' },
+      {
+        name: 'ethertype',
+        type: 'u16',
+        doc: 'host byte order: 0x0800 / 0x86dd, or 0x0806 for ARP (family 4, saddr = sender IP, daddr = target IP, protocol 0)',
+      },
+      { name: 'pad1', type: 'u8', count: 2 },
     ],
   },
   {
@@ -209,6 +222,7 @@ export const CONSTANTS: ConstGroup[] = [
       ['TCX_NEXT', -1, 'continue with the next program (or the device default)'],
       ['TCX_PASS', 0],
       ['TCX_DROP', 2],
+      ['TCX_REDIRECT', 7, 'TC_ACT_REDIRECT: bpf_redirect() decided where the packet goes'],
     ],
   },
   {
@@ -331,6 +345,7 @@ export const CONSTANTS: ConstGroup[] = [
       ['POLICY_DENY', 11, 'new connections dropped by a deny entry (DROP_POLICY_DENY)'],
       ['POLICY_BYPASS', 12, 'ARP / neighbour discovery and related ICMP errors that skipped the policy lookup'],
       ['FRAG_UNKNOWN', 13, 'later fragments whose first fragment was not seen (policy sees no ports)'],
+      ['NEIGH_REPLIES', 14, 'ARP replies / neighbour advertisements the gateway responder sent to workloads'],
     ],
   },
   {
@@ -359,6 +374,33 @@ export const CONSTANTS: ConstGroup[] = [
 ];
 
 /**
+ * Addresses shared by the datapath and the TypeScript side. C gets byte initialisers
+ * (`#define GATEWAY_IPV4_INIT { 169, 254, 1, 1 }`) and TS the text (`export const GATEWAY_IPV4 = '169.254.1.1'`).
+ */
+export const ADDRESSES: Array<[name: string, text: string, doc: string]> = [
+  ['GATEWAY_IPV4', '169.254.1.1', 'IPv4 default gateway of every workload; the datapath answers ARP for it (endpoint_info.host_mac)'],
+  ['GATEWAY_IPV6', 'fe80::1', 'IPv6 default gateway of every workload; the datapath answers neighbour solicitations for it'],
+];
+
+/** Bytes of a textual IPv4 or IPv6 address (the generator compiles alone, so no import from bpf/addr.ts). */
+export function addressBytes(text: string): number[] {
+  if (!text.includes(':')) {
+    const parts = text.split('.').map(Number);
+    if (parts.length !== 4 || parts.some((n) => !Number.isInteger(n) || n < 0 || n > 255)) throw new Error(`bad IPv4 address ${text}`);
+    return parts;
+  }
+  const halves = text.split('::');
+  if (halves.length > 2) throw new Error(`bad IPv6 address ${text}`);
+  const words = (h: string | undefined) => (h ? h.split(':').map((w) => parseInt(w, 16)) : []);
+  const head = words(halves[0]);
+  const tail = words(halves[1]);
+  const fill = halves.length === 2 ? 8 - head.length - tail.length : 0;
+  const all = [...head, ...Array<number>(fill).fill(0), ...tail];
+  if (all.length !== 8 || all.some((w) => !Number.isInteger(w) || w < 0 || w > 0xffff)) throw new Error(`bad IPv6 address ${text}`);
+  return all.flatMap((w) => [w >> 8, w & 0xff]);
+}
+
+/**
  * Hubble DropReason numbers (cilium api/v1/flow/flow.proto; descriptions from pkg/monitor/api/drop.go).
  * The numbers are ABI shared with Hubble consumers: never renumber, only add. Only the reasons kitnet can
  * produce are listed.
@@ -372,6 +414,7 @@ export const DROP_REASONS: Array<[name: string, value: number, desc: string]> = 
   ['CT_TRUNCATED_OR_INVALID_HEADER', 135, 'CT: Truncated or invalid header'],
   ['CT_UNKNOWN_L4_PROTOCOL', 137, 'CT: Unknown L4 protocol'],
   ['UNSUPPORTED_L3_PROTOCOL', 139, 'Unsupported L3 protocol'],
+  ['ERROR_WRITING_TO_PACKET', 141, 'Error writing to packet'],
   ['UNKNOWN_L4_PROTOCOL', 142, 'Unknown L4 protocol'],
   ['UNKNOWN_ICMPV4_TYPE', 144, 'Unknown ICMPv4 type'],
   ['UNKNOWN_ICMPV6_TYPE', 146, 'Unknown ICMPv6 type'],
@@ -443,6 +486,17 @@ export function emitC(): string {
     for (const [n, v, doc] of g.values) out.push(`#define ${constName(g, n)} ${v < 0 ? `(${v})` : v}${doc ? ` /* ${doc} */` : ''}`);
     out.push('');
   }
+  out.push('/* Shared addresses (network byte order initialisers). */');
+  for (const [n, text, doc] of ADDRESSES) {
+    const b = addressBytes(text);
+    out.push(`/* ${text}: ${doc} */`, `#define ${n}_INIT { ${b.join(', ')} }`);
+    // the address as 32-bit words in host order (compare with bpf_ntohl() of a loaded word)
+    for (let i = 0; i < b.length; i += 4) {
+      const w = ((b[i]! << 24) | (b[i + 1]! << 16) | (b[i + 2]! << 8) | b[i + 3]!) >>> 0;
+      out.push(`#define ${n}_U32${b.length > 4 ? `_${i / 4}` : ''} 0x${w.toString(16).padStart(8, '0')}`);
+    }
+  }
+  out.push('');
   out.push('/* Hubble DropReason (flow.proto). ABI: never renumber. */');
   for (const [n, v, d] of DROP_REASONS) out.push(`#define ${dropMacro(n)} ${v} /* ${d} */`);
   out.push('');
@@ -487,6 +541,8 @@ export function emitTs(): string {
     }
     out.push('');
   }
+  for (const [n, text, doc] of ADDRESSES) out.push(`/** ${doc} */`, `export const ${n} = '${text}';`);
+  out.push('');
   out.push('/** Hubble DropReason numbers (flow.proto). */');
   out.push('export const DROP_REASON = {');
   for (const [n, v] of DROP_REASONS) out.push(`  ${n}: ${v},`);
