@@ -1,0 +1,220 @@
+// Per-packet cost of the datapath through BPF_PROG_TEST_RUN (the kernel times the program runs itself,
+// ns per repetition): from_workload (egress policy) and to_workload (ingress policy), IPv4 and IPv6,
+// for a TCP SYN of a new connection (conntrack miss -> ipcache -> policy -> event), an established TCP
+// ACK (conntrack hit, aggregated: no event) and UDP of a known flow; with N policy entries per
+// direction and N ipcache entries. Beside it, the floor: an empty tc program on the same frames.
+//
+// A SYN repeated would hit conntrack after the first run, so new connections are measured as one
+// BPF_PROG_TEST_RUN per packet with a fresh source port each (repeat=1), against the floor at repeat=1
+// (same timer overhead); the other cases use repeat=R. The skb appears on lo (ifindex 1), which gets
+// an endpoint entry in this benchmark's own maps (own pin root) only.
+//
+//   node dist/bench/datapath.bench.js [N[,N...]=10,1000,10000,100000] [--repeat=R] [--conns=K]
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { FlowReader, KitnetDatapath, PolicyEntryOp } from '../bpf/index.js';
+import { datapathLoad, datapathUnpinAll } from '../bpf/index.js';
+import { EP_F_ENFORCE_SRC_IP, EP_F_ENFORCE_SRC_MAC, IPCACHE_MAP_MAX, TCX_PASS } from '../bpf/layout.gen.js';
+import { native } from '../bpf/native.js';
+import { ETH_P_IP, ETH_P_IPV6, TCP, eth, ipv4, ipv6, tcp, udp } from '../test/root/bpf-helpers.js';
+import { MACHINE_LINE, REPO_ROOT, RUN_ID, argsParse, benchMain, median, onCleanup, resultWrite, table } from './lib.js';
+
+const LO = 1;
+const EP = { endpointId: 77, identity: 4242, ipv4: '10.77.0.2', ipv6: 'fd00:77::2', mac: '02:00:00:00:00:02', flags: EP_F_ENFORCE_SRC_IP | EP_F_ENFORCE_SRC_MAC };
+const REMOTE = { ipv4: '10.78.0.9', ipv6: 'fd00:78::9', identity: 5555 };
+const SKB_IFINDEX_OFFSET = 40;
+const SKB_CTX_SIZE = 192;
+
+type Prog = 'from_workload' | 'to_workload';
+type Family = 'ipv4' | 'ipv6';
+type Case = 'tcp-syn-new' | 'tcp-established' | 'udp';
+
+interface Row {
+  n: number;
+  ipcacheEntries: number;
+  prog: Prog;
+  family: Family;
+  case: Case;
+  ns: number;
+  floorNs: number;
+}
+
+/**
+ * A frame seen by `prog`: from_workload gets packets EP -> REMOTE, to_workload REMOTE -> EP. The
+ * connection's client is the sender of the SYN; the service port (443 TCP, 53 UDP) is `dport` there.
+ */
+function frame(prog: Prog, family: Family, proto: 'tcp' | 'udp', flags: number, sport: number, dport: number): Buffer {
+  const out = prog === 'from_workload';
+  const payload = proto === 'tcp' ? tcp(sport, dport, flags) : udp(sport, dport, Buffer.alloc(32));
+  const [src, dst] = out ? [EP[family], REMOTE[family]] : [REMOTE[family], EP[family]];
+  const p = proto === 'tcp' ? 6 : 17;
+  // Ethernet: from the workload its own MAC (anti-spoofing checks it); towards it the host side's.
+  const [smac, dmac] = out ? [EP.mac, '02:00:00:00:00:01'] : ['02:00:00:00:00:01', EP.mac];
+  return family === 'ipv4' ? eth(ETH_P_IP, ipv4(src, dst, p, payload), smac, dmac) : eth(ETH_P_IPV6, ipv6(src, dst, p, payload), smac, dmac);
+}
+
+/** Compiles the empty program and loads it (no maps); returns its fd. */
+function floorLoad(): { fd: number; close: () => void } {
+  const dir = mkdtempSync(join(tmpdir(), 'kitnet-bench-floor-'));
+  const obj = join(dir, 'floor.bpf.o');
+  const multiarch = (() => {
+    try {
+      return execFileSync('gcc', ['-print-multiarch'], { encoding: 'utf8' }).trim();
+    } catch {
+      return 'x86_64-linux-gnu';
+    }
+  })();
+  execFileSync('clang', ['-O2', '-target', 'bpf', `-I/usr/include/${multiarch}`, '-c', join(REPO_ROOT, 'bench', 'floor.bpf.c'), '-o', obj]);
+  const n = native();
+  const loaded = n.objectOpen(obj, dir);
+  const fd = loaded.progs.floor_next;
+  if (fd === undefined) throw new Error('floor program missing');
+  return { fd, close: () => { n.objectClose(loaded.handle); rmSync(dir, { recursive: true, force: true }); } };
+}
+
+function ctxFor(ifindex: number): Buffer {
+  const ctx = Buffer.alloc(SKB_CTX_SIZE);
+  ctx.writeUInt32LE(ifindex, SKB_IFINDEX_OFFSET);
+  return ctx;
+}
+
+/** Fills the policy map with `n` entries per direction (remote identities 100000..), plus the ones that matter. */
+function policyFill(dp: KitnetDatapath, n: number): void {
+  dp.policyClear(EP.endpointId);
+  const batch: PolicyEntryOp[] = [];
+  const flush = () => {
+    if (batch.length) dp.policyApply(EP.endpointId, batch.splice(0));
+  };
+  for (const direction of ['ingress', 'egress'] as const) {
+    for (let i = 0; i < n - 2; i++) {
+      batch.push({ op: 'upsert', entry: { direction, identity: 100_000 + i, protocol: 6, port: 80 + (i % 8), portPrefixLen: 16, deny: false } });
+      if (batch.length >= 20_000) flush();
+    }
+    // The entries the traffic needs: TCP 443 and UDP 53 to/from the remote identity.
+    batch.push({ op: 'upsert', entry: { direction, identity: REMOTE.identity, protocol: 6, port: 443, portPrefixLen: 16, deny: false } });
+    batch.push({ op: 'upsert', entry: { direction, identity: REMOTE.identity, protocol: 17, port: 53, portPrefixLen: 16, deny: false } });
+  }
+  flush();
+}
+
+/** `n` ipcache entries besides the remote's: /32s in 10.128.0.0/9 and /128s in fd00:80::/32, half each. */
+function ipcacheFill(dp: KitnetDatapath, n: number, had: number): number {
+  const cap = IPCACHE_MAP_MAX - 64;
+  const want = Math.min(n, cap);
+  for (let i = had; i < want; i++) {
+    const k = i >> 1;
+    if (i % 2 === 0) dp.ipcacheUpsert(`10.${128 + ((k >> 16) & 127)}.${(k >> 8) & 255}.${k & 255}/32`, { identity: 100_000 + (i % 60_000), hostId: 0 });
+    else dp.ipcacheUpsert(`fd00:80:${(k >> 16).toString(16)}:${(k & 0xffff).toString(16)}::1/128`, { identity: 100_000 + (i % 60_000), hostId: 0 });
+  }
+  return Math.max(had, want);
+}
+
+async function main(): Promise<void> {
+  const args = argsParse();
+  const sizes = args.sizes.length ? args.sizes : [10, 1000, 10_000, 100_000];
+  const repeat = Number(args.opts.repeat ?? (args.quick ? 200_000 : 1_000_000));
+  const conns = Number(args.opts.conns ?? (args.quick ? 3000 : 20_000));
+  const pinRoot = `/sys/fs/bpf/kitnet-bench-dp-${RUN_ID}`;
+  console.log(`datapath per-packet cost: N=${sizes.join(',')}, repeat=${repeat}, new connections=${conns}; ${MACHINE_LINE()}`);
+
+  onCleanup('pins', () => datapathUnpinAll(pinRoot));
+  const dp = await datapathLoad({ pinRoot });
+  onCleanup('datapath', () => dp.close());
+  const floor = floorLoad();
+  onCleanup('floor program', () => floor.close());
+  // Drain flow events as the agent would, so new connections do not run into a full ring buffer.
+  let events = 0;
+  const reader: FlowReader = dp.flowsRead((evs) => (events += evs.length));
+  onCleanup('flow reader', () => reader.close());
+  const lostBefore = reader.lostEvents();
+
+  dp.endpointUpsert(LO, EP);
+  dp.ipcacheUpsert(`${REMOTE.ipv4}/32`, { identity: REMOTE.identity, hostId: 0 });
+  dp.ipcacheUpsert(`${REMOTE.ipv6}/128`, { identity: REMOTE.identity, hostId: 0 });
+  const ctx = ctxFor(LO);
+  const n = native();
+
+  const check = (prog: Prog, f: Buffer, what: string) => {
+    const r = dp.testRun(prog, f, { ifindex: LO });
+    if (r.retval !== TCX_PASS && r.retval !== -1) throw new Error(`${what}: ${prog} returned ${r.retval}, expected pass (policy or frame wrong)`);
+  };
+
+  /** ns per packet: median of 3 runs of `repeat`. */
+  const timeRepeat = (prog: Prog | 'floor', f: Buffer, reps: number) =>
+    median([0, 1, 2].map(() => (prog === 'floor' ? n.progTestRun(floor.fd, f, ctx, reps) : dp.testRun(prog, f, { ifindex: LO, repeat: reps })).duration));
+
+  /** ns per new connection: one run per SYN, fresh source port each; the floor the same way. */
+  let portBase = 1024;
+  const timeNewConns = async (prog: Prog, family: Family): Promise<{ ns: number; floorNs: number }> => {
+    dp.conntrackFlush();
+    let sum = 0;
+    let floorSum = 0;
+    for (let i = 0; i < conns; i++) {
+      const port = 1024 + ((portBase + i) % 60_000);
+      const f = frame(prog, family, 'tcp', TCP.SYN, port, 443);
+      sum += dp.testRun(prog, f, { ifindex: LO }).duration;
+      floorSum += n.progTestRun(floor.fd, f, ctx, 1).duration;
+      if (i % 1000 === 999) await new Promise((r) => setImmediate(r)); // let the reader drain
+    }
+    portBase += conns;
+    return { ns: sum / conns, floorNs: floorSum / conns };
+  };
+
+  const rows: Row[] = [];
+  let ipcacheHad = 0;
+  for (const size of sizes) {
+    policyFill(dp, size);
+    ipcacheHad = ipcacheFill(dp, size, ipcacheHad);
+    for (const family of ['ipv4', 'ipv6'] as const) {
+      for (const prog of ['from_workload', 'to_workload'] as const) {
+        // sanity: the SYN passes policy
+        dp.conntrackFlush();
+        check(prog, frame(prog, family, 'tcp', TCP.SYN, 999, 443), `${family} SYN`);
+        const nc = await timeNewConns(prog, family);
+        rows.push({ n: size, ipcacheEntries: ipcacheHad, prog, family, case: 'tcp-syn-new', ...nc });
+
+        // established: handshake through both programs, then the same ACK repeated (conntrack hit)
+        dp.conntrackFlush();
+        const lp = 40_000;
+        const other: Prog = prog === 'from_workload' ? 'to_workload' : 'from_workload';
+        check(prog, frame(prog, family, 'tcp', TCP.SYN, lp, 443), 'SYN');
+        check(other, frame(other, family, 'tcp', TCP.SYN | TCP.ACK, 443, lp), 'SYN|ACK');
+        const ack = frame(prog, family, 'tcp', TCP.ACK, lp, 443);
+        check(prog, ack, 'ACK');
+        rows.push({ n: size, ipcacheEntries: ipcacheHad, prog, family, case: 'tcp-established', ns: timeRepeat(prog, ack, repeat), floorNs: timeRepeat('floor', ack, repeat) });
+
+        const u = frame(prog, family, 'udp', 0, 5353, 53);
+        check(prog, u, 'UDP');
+        rows.push({ n: size, ipcacheEntries: ipcacheHad, prog, family, case: 'udp', ns: timeRepeat(prog, u, repeat), floorNs: timeRepeat('floor', u, repeat) });
+      }
+    }
+    process.stdout.write(`  N=${size} done\n`);
+  }
+  await new Promise((r) => setTimeout(r, 200));
+  const lost = reader.lostEvents() - lostBefore;
+
+  // Table: one row per (prog, family, case), one column per N, then floor and flatness.
+  const keys = [...new Set(rows.map((r) => `${r.prog}|${r.family}|${r.case}`))];
+  const flat = (k: string) => {
+    const rs = rows.filter((r) => `${r.prog}|${r.family}|${r.case}` === k);
+    const first = rs[0]!.ns;
+    return Math.max(...rs.map((r) => r.ns)) / first - 1;
+  };
+  table(
+    `Datapath ns/packet (BPF_PROG_TEST_RUN; policy entries per direction = N, ipcache = min(N, ${IPCACHE_MAP_MAX - 64})) — ${MACHINE_LINE()}`,
+    ['program', 'family', 'case', ...sizes.map((s) => `N=${s}`), 'floor', 'max/N0', 'target'],
+    keys.map((k) => {
+      const [prog, family, c] = k.split('|') as [Prog, Family, Case];
+      const rs = rows.filter((r) => `${r.prog}|${r.family}|${r.case}` === k);
+      const worst = Math.max(...rs.map((r) => r.ns));
+      return [prog, family, c, ...rs.map((r) => r.ns.toFixed(0)), median(rs.map((r) => r.floorNs)).toFixed(0),
+        `${(100 * flat(k)).toFixed(0)}%`, worst <= 150 && flat(k) <= 0.1 ? 'met' : worst <= 150 ? 'not flat' : 'MISSED'];
+    }),
+  );
+  console.log(`flow events read: ${events}, lost: ${lost}`);
+  resultWrite('datapath', { sizes, repeat, conns, rows, events, lostEvents: Number(lost), targets: { nsPerPacket: 150, flatWithin: 0.1 } });
+}
+
+await benchMain(main);
