@@ -1,46 +1,36 @@
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import Database from 'better-sqlite3';
-import { datapathUnpinAll } from '../../bpf/index.js';
-import { daemonRun } from '../../agent/daemon.js';
-import { ApiClient, type ApiError } from '../../api/cli/client.js';
+import type { ApiError } from '../../api/cli/client.js';
 import type { Identity } from '../../api/schemas/identity.js';
 import type { Status } from '../../api/schemas/status.js';
 import type { Workload } from '../../api/schemas/workload.js';
-import { links, netnsAdd, netnsDel, ping, routes, run, uniq, waitFor } from '../helpers/sys.js';
+import { AgentFixture } from '../helpers/fixture.js';
+import { links, ping, routes, run, waitFor } from '../helpers/sys.js';
 
 /**
  * The walking skeleton end to end, as root with real kernel objects: an agent with its own state dir,
  * socket, pin root and address pools; workloads in real namespaces; traffic; flows; restart; removal.
  */
 describe('agent end to end (root)', { timeout: 240_000 }, () => {
-  const id = uniq();
-  const dir = mkdtempSync(join(tmpdir(), 'kitnet-e2e-'));
-  const pinRoot = `/sys/fs/bpf/kitnet-e2e-${id}`;
-  const socket = join(dir, 'kitnet.sock');
-  const nsNames = ['a', 'b', 'c', 'd', 'e', 'f'].map((n) => `kitnet-e2e-${n}-${id}`);
-  const ns = (i: number) => `/var/run/netns/${nsNames[i]}`;
-  const overrides = {
-    stateDir: join(dir, 'state'),
-    bpfPinRoot: pinRoot,
-    logLevel: 'error' as const,
-    nodeName: 'e2e-node',
-    api: { socket },
+  const fx = new AgentFixture({
+    tag: 'e2e',
     // A /29 leaves five usable IPv4 addresses: small enough to exhaust in the test.
-    ipam: { ipv4Pool: '10.201.0.0/29', ipv6Pool: 'fd00:201::/64' },
-    datapath: { mode: 'veth' as const },
-  };
-  const api = new ApiClient({ socket });
-  let agent: Awaited<ReturnType<typeof daemonRun>> | undefined;
+    ipv4Pool: '10.201.0.0/29',
+    ipv6Pool: 'fd00:201::/64',
+    namespaces: ['e2e'],
+    overrides: { nodeName: 'e2e-node' },
+  });
+  const api = fx.api;
+  const nsNames: string[] = [];
+  const ns = (i: number) => `/var/run/netns/${nsNames[i]}`;
   let a: Workload;
   let b: Workload;
 
-  // Only this test's links: other suites may run kitnet devices of their own.
-  const kitnetLinks = async () => (await links()).filter((l) => l.ifalias?.startsWith('kitnet:e2e/'));
-  const pinnedLinks = () => (existsSync(join(pinRoot, 'links')) ? readdirSync(join(pinRoot, 'links')) : []);
+  const kitnetLinks = () => fx.ownLinks();
+  const pinnedLinks = () => (existsSync(join(fx.pinRoot, 'links')) ? readdirSync(join(fx.pinRoot, 'links')) : []);
   const register = (body: Record<string, unknown>) => api.call<Workload>('POST', '/v1/workloads', body);
   const expectApiError = async (p: Promise<unknown>, status: number, code: string) => {
     await assert.rejects(p, (e: ApiError) => {
@@ -50,19 +40,10 @@ describe('agent end to end (root)', { timeout: 240_000 }, () => {
     });
   };
 
+  after(() => fx.cleanup());
   before(async () => {
-    for (const n of nsNames) await netnsAdd(n);
-    agent = await daemonRun({ overrides });
-  });
-
-  after(async () => {
-    await agent?.stop().catch(() => undefined);
-    for (const l of await kitnetLinks()) {
-      await run('ip', ['link', 'del', l.ifname]).catch(() => undefined);
-    }
-    for (const n of nsNames) await netnsDel(n);
-    await datapathUnpinAll(pinRoot).catch(() => undefined);
-    rmSync(dir, { recursive: true, force: true });
+    for (const n of ['a', 'b', 'c', 'd', 'e', 'f']) nsNames.push(await fx.netns(n));
+    await fx.start();
   });
 
   test('registers two workloads with dual-stack addresses and identities', async () => {
@@ -179,11 +160,10 @@ describe('agent end to end (root)', { timeout: 240_000 }, () => {
   test('an agent restart keeps workloads, identities and connectivity', async () => {
     const identitiesBefore = await api.call<Identity[]>('GET', '/v1/identities');
     const pinsBefore = pinnedLinks().sort();
-    await agent!.stop();
-    agent = undefined;
+    await fx.stop();
     // The datapath is pinned: traffic keeps flowing while no agent runs.
     assert.ok(await ping(nsNames[0]!, b.ipv4), 'IPv4 while the agent is down');
-    agent = await daemonRun({ overrides });
+    await fx.start();
     const list = await api.call<Workload[]>('GET', '/v1/workloads');
     assert.deepEqual(list.map((w) => [w.name, w.identity, w.ipv4, w.ipv6, w.state]).sort(), [
       ['e2e-a', a.identity, a.ipv4, a.ipv6, 'ready'],
@@ -209,9 +189,8 @@ describe('agent end to end (root)', { timeout: 240_000 }, () => {
     }
     assert.deepEqual(await api.call<Workload[]>('GET', '/v1/workloads'), []);
     assert.deepEqual((await api.call<Identity[]>('GET', '/v1/identities')).filter((i) => !i.reserved), []);
-    await agent!.stop();
-    agent = undefined;
-    const db = new Database(join(overrides.stateDir, 'kitnet.db'), { readonly: true });
+    await fx.stop();
+    const db = new Database(join(fx.dir, 'state', 'kitnet.db'), { readonly: true });
     try {
       assert.equal((db.prepare('SELECT COUNT(*) AS n FROM workloads').get() as { n: number }).n, 0);
       assert.equal((db.prepare('SELECT COUNT(*) AS n FROM identities').get() as { n: number }).n, 0);
