@@ -63,7 +63,7 @@ describe('agent crash consistency (root)', { timeout: 600_000 }, () => {
           } catch {
             return false;
           }
-        }, 30_000);
+        }, 90_000);
       } catch (err) {
         throw new Error(`${(err as Error).message}; agent log:\n${readFileSync(join(dir, 'agent.log'), 'utf8').slice(-3000)}`);
       }
@@ -86,7 +86,7 @@ describe('agent crash consistency (root)', { timeout: 600_000 }, () => {
       [
         `stateDir: ${stateDir}`,
         `bpfPinRoot: ${pinRoot}`,
-        'logLevel: warn',
+        'logLevel: info',
         'nodeName: crash',
         `api: { socket: ${socket} }`,
         "ipam: { ipv4Pool: '10.206.0.0/16', ipv6Pool: 'fd00:206::/64' }",
