@@ -34,14 +34,25 @@ export class Reconciler {
   ) {}
 
   /** Endpoint and ipcache entries of a workload whose device exists (identity or address changes). */
-  endpointMapsWrite(rec: WorkloadRecord, device?: { hostIfindex: number; peerMac: string }): void {
+  endpointMapsWrite(rec: WorkloadRecord, device?: { hostIfindex: number; peerMac: string; hostMac?: string }): void {
     const ifindex = device?.hostIfindex ?? rec.observed?.hostIfindex;
     const mac = workloadMacFor(rec) ?? device?.peerMac ?? rec.observed?.peerMac;
+    // The datapath answers the workload's ARP / neighbour solicitations for the gateways with the
+    // host side's MAC, so guests that resolve their gateway (VMs, flushed caches) keep working.
+    const hostMac = rec.mode === 'netkit' ? undefined : (device?.hostMac ?? rec.observed?.hostMac);
     const dp = this.kernel.datapath;
     if (ifindex !== undefined && mac !== undefined) {
       // Anti-spoofing: a workload may only send from its own addresses (and MAC, where frames carry one).
       const flags = EP_F_ENFORCE_SRC_IP | (rec.mode === 'netkit' ? 0 : EP_F_ENFORCE_SRC_MAC);
-      dp.endpointUpsert(ifindex, { endpointId: rec.endpointId, identity: rec.identity, ipv4: rec.ipv4, ipv6: rec.ipv6, mac, flags });
+      dp.endpointUpsert(ifindex, {
+        endpointId: rec.endpointId,
+        identity: rec.identity,
+        ipv4: rec.ipv4,
+        ipv6: rec.ipv6,
+        mac,
+        flags,
+        ...(hostMac ? { hostMac } : {}),
+      });
     }
     dp.ipcacheUpsert(`${rec.ipv4}/32`, { identity: rec.identity, hostId: 0 });
     dp.ipcacheUpsert(`${rec.ipv6}/128`, { identity: rec.identity, hostId: 0 });
@@ -91,7 +102,7 @@ export class Reconciler {
     const oldIfindex = rec.observed?.hostIfindex;
     if (oldIfindex !== undefined && oldIfindex !== tap.ifindex) dp.endpointDelete(oldIfindex);
     const observed: Observed = { hostIfindex: tap.ifindex, hostMac: tap.mac, peerIfindex: 0, peerMac: rec.spec.tap!.mac };
-    this.endpointMapsWrite(rec, { hostIfindex: tap.ifindex, peerMac: rec.spec.tap!.mac });
+    this.endpointMapsWrite(rec, { hostIfindex: tap.ifindex, peerMac: rec.spec.tap!.mac, hostMac: tap.mac });
     if (opts.policy !== false) this.policy.apply();
     await dp.attach({ ifname: spec.device, ifindex: tap.ifindex, kind: 'tcx' });
     return observed;
