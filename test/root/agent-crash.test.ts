@@ -52,6 +52,7 @@ describe('agent crash consistency (root)', { timeout: 600_000 }, () => {
   const known = new Map<string, Record<string, string> | undefined>();
 
   const agentStart = async (waitReady = true) => {
+    await agentKill('SIGKILL');
     const log = openSync(join(dir, 'agent.log'), 'a');
     agent = spawn(process.execPath, [bin, 'agent', '-c', config], { stdio: ['ignore', log, log] });
     if (waitReady) {
@@ -65,6 +66,8 @@ describe('agent crash consistency (root)', { timeout: 600_000 }, () => {
           }
         }, 90_000);
       } catch (err) {
+        // Never leave a half-started agent behind: it would outlive the test and hold the runner.
+        await agentKill('SIGKILL');
         throw new Error(`${(err as Error).message}; agent log:\n${readFileSync(join(dir, 'agent.log'), 'utf8').slice(-3000)}`);
       }
     }
