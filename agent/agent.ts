@@ -20,6 +20,7 @@ import type { WorkloadRecord } from './store/types.js';
 import { WorkloadService } from './workloads.js';
 import { AgentMetrics } from './metrics.js';
 import { Mutex } from './mutex.js';
+import { MONITOR_AGG_DEFAULT, MONITOR_AGG_NONE } from '../bpf/layout.gen.js';
 import { PolicyEngine } from './policy-engine.js';
 import { PolicyService } from './policy-service.js';
 import { WorkloadWatch } from './workload-watch.js';
@@ -85,7 +86,16 @@ export class Agent implements AgentApi {
   }
 
   /** Restores the datapath from the store, then starts reading flows. */
+  /** Writes the flow reporting settings into the datapath's config map (takes effect at once). */
+  flowReportingApply(flows: Config['flows']): void {
+    this.kernel.datapath.configSet({
+      monitorAggregation: flows.aggregation === 'every-packet' ? MONITOR_AGG_NONE : MONITOR_AGG_DEFAULT,
+      reportIntervalS: flows.reportIntervalSeconds,
+    });
+  }
+
   async start(): Promise<void> {
+    this.flowReportingApply(this.config.flows);
     const result = await this.workloads.exclusive(() => this.reconciler.syncAll());
     this.directory.refresh();
     this.log.info(result, 'state restored from store');

@@ -77,9 +77,18 @@ export const ConfigSchema = z
       .strict()
       .default({ mode: 'auto', workloadIfname: 'eth0' }),
     flows: z
-      .object({ ringCapacity: z.number().int().min(1).max(1_000_000).default(4095) })
+      .object({
+        ringCapacity: z.number().int().min(1).max(1_000_000).default(4095),
+        /**
+         * What the datapath reports: `connection` (new connections, TCP flag changes, closes and every
+         * drop — established traffic does not flood the ring) or `every-packet` (for debugging).
+         */
+        aggregation: z.enum(['connection', 'every-packet']).default('connection'),
+        /** Also report established connections every N seconds (0 = never). */
+        reportIntervalSeconds: z.number().int().min(0).max(3600).default(0),
+      })
       .strict()
-      .default({ ringCapacity: 4095 }),
+      .prefault({}),
   })
   .strict();
 

@@ -153,7 +153,11 @@ export async function daemonRun(opts: DaemonOptions = {}): Promise<Daemon> {
         log.level = next.logLevel;
         log.info({ logLevel: next.logLevel }, 'log level changed');
       }
-      const pending = restartNeeded(config, next);
+      if (JSON.stringify(next.flows) !== JSON.stringify(config.flows)) {
+        agent.flowReportingApply(next.flows);
+        log.info({ aggregation: next.flows.aggregation, reportIntervalSeconds: next.flows.reportIntervalSeconds }, 'flow reporting changed');
+      }
+      const pending = restartNeeded(config, next).filter((k) => k !== 'flows' || next.flows.ringCapacity !== config.flows.ringCapacity);
       if (pending.length) log.warn({ keys: pending }, 'config changed in keys that take effect only after a restart');
       log.info({ config: configPath ?? '(defaults)' }, 'config reloaded');
     } catch (err) {

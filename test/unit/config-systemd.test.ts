@@ -90,3 +90,18 @@ describe('sd_notify', () => {
     n.close();
   });
 });
+
+describe('flow reporting config', () => {
+  test('defaults to connection aggregation and rejects unknown levels naming the key', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'kitnet-cfg-'));
+    try {
+      const f = join(dir, 'c.yaml');
+      writeFileSync(f, 'flows: { ringCapacity: 10 }\n');
+      assert.equal(configLoad(f, {}, {}).flows.aggregation, 'connection');
+      writeFileSync(f, 'flows: { aggregation: sometimes }\n');
+      assert.throws(() => configLoad(f, {}, {}), (e: ConfigError) => /flows\.aggregation/.test(e.message));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
