@@ -86,6 +86,14 @@ export const ConfigSchema = z
         aggregation: z.enum(['connection', 'every-packet']).default('connection'),
         /** Also report established connections every N seconds (0 = never). */
         reportIntervalSeconds: z.number().int().min(0).max(3600).default(0),
+        /** Size of the kernel's flow event ring buffer (power of two, >= 4096); default 8 MiB. */
+        kernelRingBytes: z
+          .number()
+          .int()
+          .min(4096)
+          .max(1 << 30)
+          .refine((b) => (b & (b - 1)) === 0, 'must be a power of two')
+          .optional(),
       })
       .strict()
       .prefault({}),

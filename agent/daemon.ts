@@ -104,7 +104,10 @@ export async function daemonRun(opts: DaemonOptions = {}): Promise<Daemon> {
 
   const store = new SqliteStore(join(config.stateDir, 'kitnet.db'));
   await hostForwardingEnsure();
-  const datapath = await datapathLoad({ pinRoot: config.bpfPinRoot });
+  const datapath = await datapathLoad({
+    pinRoot: config.bpfPinRoot,
+    ...(config.flows.kernelRingBytes ? { eventsRingBytes: config.flows.kernelRingBytes } : {}),
+  });
   const kernel = kernelOpsReal(datapath);
   const [features, hostFacts] = await Promise.all([kernel.features(), hostFactsGather()]);
   log.info({ kernel: features.kernelRelease, netkit: features.netkit, tcx: features.tcx, mode: config.datapath.mode }, 'kernel features probed');

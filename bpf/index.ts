@@ -2,6 +2,7 @@
 // with pinned links, write endpoint/ipcache state, read flow events. Everything kernel-facing throws
 // KernelError (common/kernel-error.ts) with a hint.
 import { existsSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
 import type {
   AttachKind,
   Datapath,
@@ -20,7 +21,7 @@ import { flowDecodeBatch, monotonicToWallOffsetNs } from './flow-decode.js';
 import type { AttachResult } from './links.js';
 import { linkAttach, linkDetach, linkList, linkPinnedInfo } from './links.js';
 import type { LoadedObject, ProgName } from './loader.js';
-import { objectLoad, pinRootCheck } from './loader.js';
+import { objectLoad, pinPaths, pinRootCheck } from './loader.js';
 import type { DatapathConfig } from './maps/config.js';
 import { ConfigMap } from './maps/config.js';
 import type { ConntrackEntry } from './maps/conntrack.js';
@@ -259,8 +260,25 @@ class DatapathImpl implements KitnetDatapath {
  * so endpoint, ipcache and conntrack state survive agent restarts; already pinned links are adopted by
  * attach(). Throws KernelError (VerifierError for a rejected program) with a hint.
  */
-export async function datapathLoad(opts: { pinRoot?: string; objectPath?: string } = {}): Promise<KitnetDatapath> {
-  const obj = objectLoad(opts.pinRoot ?? PIN_ROOT_DEFAULT, opts.objectPath);
+export async function datapathLoad(
+  opts: {
+    pinRoot?: string;
+    objectPath?: string;
+    /** Size of the flow event ring buffer (a power of two, at least a page); default EVENTS_RINGBUF_BYTES. */
+    eventsRingBytes?: number;
+  } = {},
+): Promise<KitnetDatapath> {
+  const pinRoot = opts.pinRoot ?? PIN_ROOT_DEFAULT;
+  const sizes: Record<string, number> = {};
+  if (opts.eventsRingBytes !== undefined) {
+    const b = opts.eventsRingBytes;
+    if (b < 4096 || (b & (b - 1)) !== 0) throw new RangeError(`eventsRingBytes ${b} must be a power of two of at least 4096`);
+    sizes.events = b;
+    // The ring only carries events to a reader; a pinned ring of another size is dropped rather
+    // than refused (events written while no agent reads are lost either way).
+    rmSync(join(pinPaths(pinRoot).maps, 'events'), { force: true });
+  }
+  const obj = objectLoad(pinRoot, opts.objectPath, sizes);
   try {
     return new DatapathImpl(obj);
   } catch (err) {

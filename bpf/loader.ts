@@ -80,14 +80,14 @@ function endpointsUpgradePrepare(mapsDir: string): { migrate(map: BpfMap): numbe
   };
 }
 
-export function objectLoad(pinRoot: string, objectPath = OBJECT_PATH_DEFAULT): LoadedObject {
+export function objectLoad(pinRoot: string, objectPath = OBJECT_PATH_DEFAULT, mapSizes: Record<string, number> = {}): LoadedObject {
   pinRootCheck(pinRoot);
   const paths = pinPaths(pinRoot);
   for (const d of [paths.maps, paths.progs, paths.links]) mkdirSync(d, { recursive: true });
   const upgrade = endpointsUpgradePrepare(paths.maps);
 
   const n = native();
-  const obj = kcall(() => n.objectOpen(objectPath, paths.maps), undefined, { path: objectPath });
+  const obj = kcall(() => n.objectOpen(objectPath, paths.maps, mapSizes), undefined, { path: objectPath });
   const handle: NativeHandle = obj.handle;
   try {
     const progFds = {} as Record<ProgName, number>;

@@ -35,7 +35,8 @@ declare const handleBrand: unique symbol;
 export type NativeHandle = { readonly [handleBrand]: true };
 
 export interface NativeBpf {
-  objectOpen(path: string, pinRoot: string): { handle: NativeHandle; progs: Record<string, number>; maps: Record<string, number> };
+  /** `sizes` overrides max_entries of named maps before the load (e.g. a smaller `events` ring). */
+  objectOpen(path: string, pinRoot: string, sizes?: Record<string, number>): { handle: NativeHandle; progs: Record<string, number>; maps: Record<string, number> };
   objectClose(handle: NativeHandle): void;
   objPin(fd: number, path: string): void;
   objGet(path: string): number;

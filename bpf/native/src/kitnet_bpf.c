@@ -206,18 +206,54 @@ static void obj_finalize(napi_env env, void *data, void *hint)
 	free(h);
 }
 
-/* objectOpen(path, pinRoot) -> { handle, progs: {name: fd}, maps: {name: fd} } */
+/* Applies {mapName: maxEntries} between open and load (e.g. a smaller ring buffer). */
+static bool map_sizes_apply(napi_env env, struct bpf_object *obj, napi_value sizes)
+{
+	napi_valuetype t;
+	napi_value names, key, val;
+	uint32_t n, i, entries;
+	char name[256];
+	struct bpf_map *map;
+	int err;
+
+	if (napi_typeof(env, sizes, &t) != napi_ok || t != napi_object)
+		return true;
+	if (napi_get_property_names(env, sizes, &names) != napi_ok || napi_get_array_length(env, names, &n) != napi_ok)
+		return false;
+	for (i = 0; i < n; i++) {
+		if (napi_get_element(env, names, i, &key) != napi_ok || !get_str(env, key, name, sizeof(name)) ||
+		    napi_get_property(env, sizes, key, &val) != napi_ok || napi_get_value_uint32(env, val, &entries) != napi_ok)
+			return false;
+		map = bpf_object__find_map_by_name(obj, name);
+		if (!map) {
+			throw_errno(env, "BPF_MAP_RESIZE", ENOENT);
+			return false;
+		}
+		err = bpf_map__set_max_entries(map, entries);
+		if (err) {
+			throw_errno(env, "BPF_MAP_RESIZE", -err);
+			return false;
+		}
+	}
+	return true;
+}
+
+/* objectOpen(path, pinRoot, sizes?) -> { handle, progs: {name: fd}, maps: {name: fd} } */
 static napi_value object_open(napi_env env, napi_callback_info info)
 {
-	napi_value argv[2], result, progs, maps, handle;
+	napi_value argv[3], result, progs, maps, handle;
 	char path[4096], pin_root[4096];
 	struct bpf_program *prog;
 	struct bpf_map *map;
 	struct obj_handle *h;
+	size_t argc = 3;
 	int err;
 
-	if (!get_args(env, info, 2, argv) || !get_str(env, argv[0], path, sizeof(path)) ||
-	    !get_str(env, argv[1], pin_root, sizeof(pin_root)))
+	if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2) {
+		napi_throw_type_error(env, NULL, "missing arguments");
+		return NULL;
+	}
+	if (!get_str(env, argv[0], path, sizeof(path)) || !get_str(env, argv[1], pin_root, sizeof(pin_root)))
 		return NULL;
 
 	log_reset();
@@ -225,6 +261,10 @@ static napi_value object_open(napi_env env, napi_callback_info info)
 	struct bpf_object *obj = bpf_object__open_file(path, &opts);
 	if (!obj)
 		return throw_errno(env, "BPF_OBJECT_OPEN", errno);
+	if (argc >= 3 && !map_sizes_apply(env, obj, argv[2])) {
+		bpf_object__close(obj);
+		return NULL;
+	}
 	err = bpf_object__load(obj);
 	if (err) {
 		bpf_object__close(obj);
