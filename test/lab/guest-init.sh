@@ -64,7 +64,12 @@ stage2() {
   $bb mkdir -p /dev/pts /dev/shm
   $bb mount -t devpts -o gid=5,mode=620,ptmxmode=000 devpts /dev/pts
   $bb mount -t tmpfs -o nosuid,nodev tmpfs /dev/shm
-  $bb mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
+  # A fresh /tmp, unless the work tree lives under /tmp (a CI clone often does): a tmpfs there would
+  # hide it. The overlay root's /tmp is writable (tmpfs upper layer) either way.
+  case "$LAB_WORKTREE" in
+    /tmp | /tmp/*) ;;
+    *) $bb mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp ;;
+  esac
   $bb mount -t bpf -o mode=0700 bpf /sys/fs/bpf
   $bb mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
   $bb mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
