@@ -57,6 +57,8 @@ export class PolicyEngine {
   private applied: CompiledPolicy | undefined;
   /** Entries in the kernel map, per endpoint, as last written (or read back at start). */
   private inMap = new Map<number, PolicyEntry[]>();
+  /** The CIDR ipcache entries last written (undefined until the first apply syncs everything). */
+  private cidrKeyApplied: string | undefined;
 
   constructor(
     private readonly store: SqliteStore,
@@ -66,6 +68,7 @@ export class PolicyEngine {
 
   /** Loads stored policies (validated when they were applied) and what the kernel map holds. */
   load(): void {
+    this.cidrKeyApplied = undefined;
     this.policies = policiesFromObjects(this.store.policyList().map((p) => p.document));
     this.inMap = new Map();
     for (const { key, value } of this.kernel.datapath.policyList()) {
@@ -150,7 +153,13 @@ export class PolicyEngine {
       if (!desired.has(endpointId)) push(endpointId, policyEntriesDiff(endpointId, before, []).ops);
     }
     // CIDR identities first, so a new allow never refers to an address that still maps to world.
-    this.ipcacheSync(compiled);
+    // The full sweep (host addresses, a dump of the map) runs only when the CIDR set changed: a
+    // workload's own entries are written by the reconciler, and the sweep is O(map) per call.
+    const cidrKey = compiled.ipcache.map((c) => `${c.cidr}=${c.identity}`).sort().join(',');
+    if (cidrKey !== this.cidrKeyApplied) {
+      this.ipcacheSync(compiled);
+      this.cidrKeyApplied = cidrKey;
+    }
     dp.policyApply(ops);
     this.inMap = new Map([...desired].map(([id, ep]) => [id, ep.entries]));
     this.applied = compiled;
