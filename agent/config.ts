@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
+import { yamlNestingProblem } from '../common/yaml-guard.js';
 import { cidrParse } from './ipam.js';
 
 const cidr = (family: 4 | 6) =>
@@ -156,6 +157,8 @@ export function configLoad(path: string | undefined, overrides: ConfigInput = {}
     } catch (err) {
       throw new ConfigError(`cannot read config file ${path}: ${(err as Error).message}`);
     }
+    const nesting = yamlNestingProblem(text);
+    if (nesting) throw new ConfigError(`${path}: ${nesting}`);
     let doc: unknown;
     try {
       doc = parseYaml(text);

@@ -6,6 +6,7 @@ import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { ConfigError, zodIssuesFormat } from '../agent/config.js';
 import { KitnetError } from '../common/errors.js';
+import { yamlNestingProblem } from '../common/yaml-guard.js';
 
 /**
  * The API's security layer. The unix socket is trusted: its file mode and group are the
@@ -167,6 +168,8 @@ export function tokensLoad(path: string, key = 'api.tcp.tokensFile'): TokenSet {
   } catch (err) {
     throw new ConfigError(`${key}: cannot read ${path}: ${(err as Error).message}`);
   }
+  const nesting = yamlNestingProblem(text);
+  if (nesting) throw new ConfigError(`${key}: ${path}: ${nesting}`);
   let doc: unknown;
   try {
     doc = parseYaml(text);

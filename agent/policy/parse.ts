@@ -5,6 +5,7 @@
  * `items`), in any mix. Every document is validated; any error rejects the whole batch, and each error
  * names the document (1-based position in the batch, kind, namespace/name) and the field path.
  */
+import { yamlNestingProblem } from '../../common/yaml-guard.js';
 import YAML from 'yaml';
 import type { z } from 'zod';
 import { KitnetError } from '../../common/errors.js';
@@ -88,6 +89,8 @@ function documentsSplit(text: string, contentType?: string): unknown[] {
     }
   }
   if (!roots) {
+    const nesting = yamlNestingProblem(text);
+    if (nesting) throw new PolicyValidationError([{ document: 1, ref: 'YAML', path: '', message: nesting }]);
     let docs: ReturnType<typeof YAML.parseAllDocuments>;
     try {
       docs = YAML.parseAllDocuments(text);
