@@ -175,6 +175,8 @@ describe('datapath on a veth pair (tcx, real traffic)', { timeout: timeLimit(120
     await dp.detach(HOST); // idempotent
     assert.deepEqual(await dp.attachedList(), []);
     assert.deepEqual(dp.linkInfo(HOST), {});
+    // Events the programs wrote before the detach may still be on their way: collect them first.
+    await sink.settle();
     const before = dp.metricsRead();
     assert.ok(ping(EP4, 2));
     assert.equal((await sink.drain(200)).length, 0);
