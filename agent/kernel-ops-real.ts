@@ -9,9 +9,8 @@ export function kernelOpsReal(datapath: KitnetDatapath): KernelOps {
     netnsValidate: async (path) => {
       await netkit.netnsPathValidate(path);
     },
-    deviceCreate: (spec) => netkit.endpointDeviceCreate(spec),
     deviceDelete: (name) => netkit.endpointDeviceDelete(name),
-    deviceObserve: (spec) => netkit.endpointDeviceObserve(spec),
+    deviceRepair: (spec) => netkit.endpointDeviceRepair(spec),
     linksList: () => netkit.kitnetLinksList(),
     linkRemovalsWatch: (onGone) => netkit.linkRemovalsWatch(onGone),
     vmNetnsEnsure: (spec) => netkit.vmNetnsEnsure(spec),

@@ -10,9 +10,9 @@ import type {
 export interface KernelOps {
   features(): Promise<KernelFeatures>;
   netnsValidate(path: string): Promise<void>;
-  deviceCreate(spec: EndpointDeviceSpec): Promise<EndpointDevice>;
   deviceDelete(hostIfname: string): Promise<boolean>;
-  deviceObserve(spec: EndpointDeviceSpec): Promise<EndpointDevice | undefined>;
+  /** Adopts the endpoint as it is, fixing what differs from the spec; creates it when the pair is missing. */
+  deviceRepair(spec: EndpointDeviceSpec): Promise<EndpointDevice>;
   linksList(): Promise<KitnetLink[]>;
   /** Lets traffic through a netkit peer once its programs are attached (no-op for veth). */
   devicePolicyOpen(device: EndpointDevice): Promise<void>;

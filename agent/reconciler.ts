@@ -67,12 +67,9 @@ export class Reconciler {
     const spec = deviceSpecFor(rec, this.config);
     // kind vm: the VM's namespace first (kitnet may have to make it), the pair's peer goes in there
     if (rec.spec.kind === 'vm') await this.kernel.vmNetnsEnsure(vmSpecFor(rec, this.config));
-    let device = await this.kernel.deviceObserve(spec);
-    if (!device) {
-      // A host link without its namespace side, or nothing at all: start clean.
-      await this.kernel.deviceDelete(rec.hostIfname);
-      device = await this.kernel.deviceCreate(spec);
-    }
+    // Adopt what exists and fix what differs: a crash between creating the pair and configuring it
+    // leaves a device without addresses or routes, which must not count as converged.
+    const device = await this.kernel.deviceRepair(spec);
     if (rec.spec.kind === 'vm') {
       const vmSpec = vmSpecFor(rec, this.config);
       const plumbing = await this.kernel.vmPlumbingObserve(vmSpec);

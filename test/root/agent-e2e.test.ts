@@ -157,19 +157,25 @@ describe('agent end to end (root)', { timeout: 240_000 }, () => {
     assert.ok(s.counts.flowsProcessed > 0);
   });
 
-  test('an agent restart keeps workloads, identities and connectivity', async () => {
+  test('an agent restart keeps workloads, identities and connectivity, and repairs a damaged device', async () => {
     const identitiesBefore = await api.call<Identity[]>('GET', '/v1/identities');
     const pinsBefore = pinnedLinks().sort();
     await fx.stop();
     // The datapath is pinned: traffic keeps flowing while no agent runs.
     assert.ok(await ping(nsNames[0]!, b.ipv4), 'IPv4 while the agent is down');
+    // What a crash between creating b's pair and configuring it leaves: the device without addresses.
+    const peerB = b.interfaces.workload.name;
+    await run('ip', ['-n', nsNames[1]!, 'addr', 'flush', 'dev', peerB]);
     await fx.start();
+    const addrsB = await run('ip', ['-n', nsNames[1]!, '-j', 'addr', 'show', 'dev', peerB]);
+    const restored = (JSON.parse(addrsB) as Array<{ addr_info: Array<{ local: string }> }>)[0]!.addr_info.map((x) => x.local);
+    assert.ok(restored.includes(b.ipv4) && restored.includes(b.ipv6), `b's addresses restored: ${restored.join(' ')}`);
     const list = await api.call<Workload[]>('GET', '/v1/workloads');
     assert.deepEqual(list.map((w) => [w.name, w.identity, w.ipv4, w.ipv6, w.state]).sort(), [
       ['e2e-a', a.identity, a.ipv4, a.ipv6, 'ready'],
       ['e2e-b', b.identity, b.ipv4, b.ipv6, 'ready'],
     ]);
-    assert.equal(list.find((w) => w.name === 'e2e-a')?.interfaces.host.ifindex, a.interfaces.host.ifindex, 'device adopted, not recreated');
+    for (const w of [a, b]) assert.equal(list.find((x) => x.name === w.name)?.interfaces.host.ifindex, w.interfaces.host.ifindex, `${w.name}: device adopted, not recreated`);
     assert.deepEqual(await api.call<Identity[]>('GET', '/v1/identities'), identitiesBefore);
     assert.deepEqual(pinnedLinks().sort(), pinsBefore);
     assert.ok(await ping(nsNames[0]!, b.ipv4), 'IPv4 after restart');
