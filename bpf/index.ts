@@ -18,7 +18,7 @@ import type {
 import { PIN_ROOT_DEFAULT } from './types.js';
 import { kcall } from './errors.js';
 import { flowDecodeBatch, monotonicToWallOffsetNs } from './flow-decode.js';
-import type { AttachResult } from './links.js';
+import type { AttachResult, LinkRole } from './links.js';
 import { linkAttach, linkDetach, linkList, linkPinnedInfo } from './links.js';
 import type { LoadedObject, ProgName } from './loader.js';
 import { objectLoad, pinPaths, pinRootCheck } from './loader.js';
@@ -35,7 +35,8 @@ import type { LinkInfo, NativeHandle, TestRunResult } from './native.js';
 import { native } from './native.js';
 
 export * from './types.js';
-export type { AttachResult } from './links.js';
+export type { AttachResult, LinkRole } from './links.js';
+export { progForRole } from './links.js';
 export type { DatapathConfig } from './maps/config.js';
 export type { ConntrackEntry } from './maps/conntrack.js';
 export type { Counter, MetricName } from './maps/metrics.js';
@@ -64,8 +65,10 @@ export { PolicyApplyError, policyEntryDecode } from './maps/policy.js';
 export interface KitnetDatapath extends Datapath {
   /** Like attach(), reporting per program whether a pinned link was adopted. */
   attachDetailed(ep: { ifname: string; ifindex: number; kind: AttachKind }): Promise<AttachResult[]>;
-  /** Kernel view of a device's pinned links (link id, program id, ifindex; 0 = device gone). */
-  linkInfo(ifname: string): Partial<Record<ProgName, LinkInfo>>;
+  /** Kernel view of a device's pinned links by role (link id, program id, ifindex; 0 = device gone). */
+  linkInfo(ifname: string): Partial<Record<LinkRole, LinkInfo>>;
+  /** The address index the netkit primary-side program finds endpoints with: [address, host ifindex]. */
+  endpointAddrList(): Array<[string, number]>;
   /** Ids of the programs loaded by this instance. */
   progIds(): Readonly<Record<ProgName, number>>;
   configGet(): DatapathConfig;
@@ -95,7 +98,7 @@ class DatapathImpl implements KitnetDatapath {
   private closed = false;
 
   constructor(private readonly obj: LoadedObject) {
-    this.endpoints = new EndpointsMap(obj.maps.endpoints);
+    this.endpoints = new EndpointsMap(obj.maps.endpoints, obj.maps.endpoint_addrs);
     this.ipcache = new IpcacheMap(obj.maps.ipcache);
     this.policy = new PolicyMap(obj.maps.policy);
     this.conntrack = new ConntrackMap(obj.maps.conntrack);
@@ -131,7 +134,7 @@ class DatapathImpl implements KitnetDatapath {
     return linkList(this.obj.pinRoot);
   }
 
-  linkInfo(ifname: string): Partial<Record<ProgName, LinkInfo>> {
+  linkInfo(ifname: string): Partial<Record<LinkRole, LinkInfo>> {
     return linkPinnedInfo(this.obj.pinRoot, ifname);
   }
 
@@ -152,6 +155,11 @@ class DatapathImpl implements KitnetDatapath {
   endpointList(): Array<[number, EndpointInfo]> {
     this.live();
     return this.endpoints.list();
+  }
+
+  endpointAddrList(): Array<[string, number]> {
+    this.live();
+    return this.endpoints.addrList();
   }
 
   ipcacheUpsert(cidr: string, entry: IpcacheEntry): void {

@@ -32,6 +32,17 @@ export const ENDPOINT_INFO = {
   },
 } as const satisfies StructLayout;
 
+/** struct endpoint_addr_key: Key of the `endpoint_addrs` hash (value: __u32 ifindex of the host-side device): finds the endpoint of a packet by its destination where skb->ifindex is not the host side (netkit primary). */
+export const ENDPOINT_ADDR_KEY = {
+  name: 'endpoint_addr_key',
+  size: 20,
+  fields: {
+    family: { offset: 0, size: 1, type: 'u8', count: 0 },
+    pad0: { offset: 1, size: 3, type: 'u8', count: 3 },
+    addr: { offset: 4, size: 16, type: 'u8', count: 16 },
+  },
+} as const satisfies StructLayout;
+
 /** struct ipcache_key: Key of the `ipcache` LPM trie. prefixlen counts bits after itself: 32 (family+pad) + IP prefix. */
 export const IPCACHE_KEY = {
   name: 'ipcache_key',
@@ -191,7 +202,7 @@ export const DP_CONFIG = {
   },
 } as const satisfies StructLayout;
 
-export const STRUCTS: readonly StructLayout[] = [ENDPOINT_INFO, IPCACHE_KEY, IPCACHE_VALUE, CT_KEY, CT_ENTRY, FLOW_EVENT, FRAG_KEY, FRAG_VALUE, POLICY_KEY, POLICY_VALUE, METRICS_VALUE, DP_CONFIG];
+export const STRUCTS: readonly StructLayout[] = [ENDPOINT_INFO, ENDPOINT_ADDR_KEY, IPCACHE_KEY, IPCACHE_VALUE, CT_KEY, CT_ENTRY, FLOW_EVENT, FRAG_KEY, FRAG_VALUE, POLICY_KEY, POLICY_VALUE, METRICS_VALUE, DP_CONFIG];
 
 /** Kernel UAPI (linux/bpf.h, >= 6.7) not present in the build host headers. */
 export const BPF_TCX_INGRESS = 46;
@@ -321,6 +332,8 @@ export const METRIC_NEIGH_REPLIES = 14;
 
 /** Map sizes (max_entries). Changing one makes libbpf refuse to reuse the pinned map: unpin first. */
 export const ENDPOINTS_MAP_MAX = 4096;
+/** an IPv4 and an IPv6 address per endpoint */
+export const ENDPOINT_ADDRS_MAP_MAX = 8192;
 export const IPCACHE_MAP_MAX = 65536;
 export const CONNTRACK_MAP_MAX = 262144;
 /** entries over all endpoints; BPF_F_NO_PREALLOC: memory follows use */

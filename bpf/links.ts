@@ -9,24 +9,34 @@ import { BPF_LINK_TYPE_NETKIT, BPF_LINK_TYPE_TCX, BPF_NETKIT_PEER, BPF_NETKIT_PR
 import type { LinkInfo } from './native.js';
 import { native } from './native.js';
 import type { ProgName } from './loader.js';
-import { PROG_NAMES, pinPaths } from './loader.js';
+import { pinPaths } from './loader.js';
+
+/** What an endpoint's two links do; also the names of their pins. */
+export const LINK_ROLES = ['from_workload', 'to_workload'] as const;
+export type LinkRole = (typeof LINK_ROLES)[number];
 
 /**
  * from_workload sees packets the workload sends: tcx ingress of the host-side veth, or the netkit peer's
- * xmit. to_workload sees packets towards the workload: tcx egress, or the netkit primary's xmit. Both
- * netkit types attach on the primary (host-side) ifindex.
+ * xmit. to_workload sees packets towards the workload: tcx egress, or the netkit primary's xmit, where
+ * skb->dev is already the peer, so it takes the program that finds its endpoint by destination address.
+ * Both netkit types attach on the primary (host-side) ifindex.
  */
-export function attachTypeFor(kind: AttachKind, prog: ProgName): number {
-  if (kind === 'tcx') return prog === 'from_workload' ? BPF_TCX_INGRESS : BPF_TCX_EGRESS;
-  return prog === 'from_workload' ? BPF_NETKIT_PEER : BPF_NETKIT_PRIMARY;
+export function progForRole(kind: AttachKind, role: LinkRole): ProgName {
+  if (role === 'from_workload') return 'from_workload';
+  return kind === 'tcx' ? 'to_workload' : 'to_workload_netkit';
+}
+
+export function attachTypeFor(kind: AttachKind, role: LinkRole): number {
+  if (kind === 'tcx') return role === 'from_workload' ? BPF_TCX_INGRESS : BPF_TCX_EGRESS;
+  return role === 'from_workload' ? BPF_NETKIT_PEER : BPF_NETKIT_PRIMARY;
 }
 
 function linkTypeFor(kind: AttachKind): number {
   return kind === 'tcx' ? BPF_LINK_TYPE_TCX : BPF_LINK_TYPE_NETKIT;
 }
 
-export function linkPinPath(pinRoot: string, ifname: string, prog: ProgName): string {
-  return join(pinPaths(pinRoot).links, ifname, prog);
+export function linkPinPath(pinRoot: string, ifname: string, role: LinkRole): string {
+  return join(pinPaths(pinRoot).links, ifname, role);
 }
 
 function ifnameCheck(ifname: string): void {
@@ -35,6 +45,7 @@ function ifnameCheck(ifname: string): void {
 }
 
 export interface AttachResult {
+  role: LinkRole;
   prog: ProgName;
   linkId: number;
   /** true when an existing pinned link was reused (its program swapped in place). */
@@ -54,16 +65,17 @@ export function linkAttach(
   const results: AttachResult[] = [];
   const created: string[] = [];
   try {
-    for (const prog of PROG_NAMES) {
-      const path = linkPinPath(pinRoot, ep.ifname, prog);
-      const attachType = attachTypeFor(ep.kind, prog);
+    for (const role of LINK_ROLES) {
+      const prog = progForRole(ep.kind, role);
+      const path = linkPinPath(pinRoot, ep.ifname, role);
+      const attachType = attachTypeFor(ep.kind, role);
       if (existsSync(path)) {
         const fd = kcall(() => n.objGet(path), device, { path });
         try {
           const info = kcall(() => n.linkInfo(fd), device);
           if (info.ifindex === ep.ifindex && info.attachType === attachType && info.type === linkTypeFor(ep.kind)) {
             if (info.progId !== progIds[prog]) kcall(() => n.linkUpdate(fd, progFds[prog]), device);
-            results.push({ prog, linkId: info.id, adopted: true });
+            results.push({ role, prog, linkId: info.id, adopted: true });
             continue;
           }
           // A link for a device that is gone (ifindex 0) or was recreated, or another attach kind: stale.
@@ -76,7 +88,7 @@ export function linkAttach(
       try {
         kcall(() => n.objPin(fd, path), device, { path });
         created.push(path);
-        results.push({ prog, linkId: kcall(() => n.linkInfo(fd)).id, adopted: false });
+        results.push({ role, prog, linkId: kcall(() => n.linkInfo(fd)).id, adopted: false });
       } finally {
         n.fdClose(fd); // the pin holds the link now
       }
@@ -97,8 +109,8 @@ export function linkAttach(
 export function linkDetach(pinRoot: string, ifname: string): void {
   ifnameCheck(ifname);
   const n = native();
-  for (const prog of PROG_NAMES) {
-    const path = linkPinPath(pinRoot, ifname, prog);
+  for (const role of LINK_ROLES) {
+    const path = linkPinPath(pinRoot, ifname, role);
     if (!existsSync(path)) continue;
     let fd = -1;
     try {
@@ -124,16 +136,16 @@ export function linkList(pinRoot: string): string[] {
 }
 
 /** Kernel view of the pinned links of one device (ids, program ids, ifindex; ifindex 0 = device gone). */
-export function linkPinnedInfo(pinRoot: string, ifname: string): Partial<Record<ProgName, LinkInfo>> {
+export function linkPinnedInfo(pinRoot: string, ifname: string): Partial<Record<LinkRole, LinkInfo>> {
   ifnameCheck(ifname);
   const n = native();
-  const out: Partial<Record<ProgName, LinkInfo>> = {};
-  for (const prog of PROG_NAMES) {
-    const path = linkPinPath(pinRoot, ifname, prog);
+  const out: Partial<Record<LinkRole, LinkInfo>> = {};
+  for (const role of LINK_ROLES) {
+    const path = linkPinPath(pinRoot, ifname, role);
     if (!existsSync(path)) continue;
     const fd = kcall(() => n.objGet(path), { name: ifname }, { path });
     try {
-      out[prog] = kcall(() => n.linkInfo(fd), { name: ifname });
+      out[role] = kcall(() => n.linkInfo(fd), { name: ifname });
     } finally {
       n.fdClose(fd);
     }

@@ -11,9 +11,9 @@ import { BpfMap } from './maps/map.js';
 import type { NativeHandle } from './native.js';
 import { native } from './native.js';
 
-export const PROG_NAMES = ['from_workload', 'to_workload'] as const;
+export const PROG_NAMES = ['from_workload', 'to_workload', 'to_workload_netkit'] as const;
 export type ProgName = (typeof PROG_NAMES)[number];
-export const MAP_NAMES = ['endpoints', 'ipcache', 'policy', 'conntrack', 'events', 'metrics', 'config'] as const;
+export const MAP_NAMES = ['endpoints', 'endpoint_addrs', 'ipcache', 'policy', 'conntrack', 'events', 'metrics', 'config'] as const;
 export type MapName = (typeof MAP_NAMES)[number];
 
 /** Where bash bpf/build.sh writes the object; KITNET_BPF_OBJECT overrides (packaging). */

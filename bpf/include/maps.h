@@ -14,6 +14,17 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } endpoints SEC(".maps");
 
+/* Workload address -> ifindex of its host-side device, for the one place where skb->ifindex is not the
+ * host side: netkit runs the primary's program with skb->dev already switched to the peer (whose ifindex
+ * is only meaningful inside the workload's namespace). Written by the agent with every endpoints entry. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, ENDPOINT_ADDRS_MAP_MAX);
+	__type(key, struct endpoint_addr_key);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} endpoint_addrs SEC(".maps");
+
 /* Remote address (longest prefix) -> identity and host. Written by the agent. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);

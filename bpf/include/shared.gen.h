@@ -96,6 +96,7 @@
 
 /* Map sizes (max_entries). Changing one makes libbpf refuse to reuse the pinned map: unpin first. */
 #define ENDPOINTS_MAP_MAX 4096
+#define ENDPOINT_ADDRS_MAP_MAX 8192 /* an IPv4 and an IPv6 address per endpoint */
 #define IPCACHE_MAP_MAX 65536
 #define CONNTRACK_MAP_MAX 262144
 #define POLICY_MAP_MAX 1048576 /* entries over all endpoints; BPF_F_NO_PREALLOC: memory follows use */
@@ -168,6 +169,17 @@ _Static_assert(__builtin_offsetof(struct endpoint_info, pad0) == 34, "endpoint_i
 _Static_assert(__builtin_offsetof(struct endpoint_info, flags) == 36, "endpoint_info.flags offset");
 _Static_assert(__builtin_offsetof(struct endpoint_info, host_mac) == 40, "endpoint_info.host_mac offset");
 _Static_assert(__builtin_offsetof(struct endpoint_info, pad1) == 46, "endpoint_info.pad1 offset");
+
+/* Key of the `endpoint_addrs` hash (value: __u32 ifindex of the host-side device): finds the endpoint of a packet by its destination where skb->ifindex is not the host side (netkit primary). */
+struct endpoint_addr_key {
+	__u8 family;                /* @0 FAMILY_IPV4 / FAMILY_IPV6 */
+	__u8 pad0[3];               /* @1 */
+	__u8 addr[16];              /* @4 IPv4 uses the first 4 bytes, the rest zero */
+};
+_Static_assert(sizeof(struct endpoint_addr_key) == 20, "struct endpoint_addr_key size");
+_Static_assert(__builtin_offsetof(struct endpoint_addr_key, family) == 0, "endpoint_addr_key.family offset");
+_Static_assert(__builtin_offsetof(struct endpoint_addr_key, pad0) == 1, "endpoint_addr_key.pad0 offset");
+_Static_assert(__builtin_offsetof(struct endpoint_addr_key, addr) == 4, "endpoint_addr_key.addr offset");
 
 /* Key of the `ipcache` LPM trie. prefixlen counts bits after itself: 32 (family+pad) + IP prefix. */
 struct ipcache_key {

@@ -62,7 +62,30 @@ static __always_inline int neigh_answer(struct __sk_buff *skb)
 	return bpf_redirect(skb->ifindex, 0);
 }
 
-static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
+/* ifindex of the host-side device of the local workload that owns addr, or 0. */
+static __always_inline __u32 endpoint_ifindex_by_addr(const __u8 *addr, __u8 family)
+{
+	struct endpoint_addr_key k;
+	__u32 *ifindex;
+
+	__builtin_memset(&k, 0, sizeof(k));
+	k.family = family;
+	if (family == FAMILY_IPV4)
+		__builtin_memcpy(k.addr, addr, 4);
+	else
+		__builtin_memcpy(k.addr, addr, 16);
+	ifindex = bpf_map_lookup_elem(&endpoint_addrs, &k);
+	return ifindex ? *ifindex : 0;
+}
+
+/* How a program finds its endpoint: by the device the skb is on (tcx on the host-side veth, netkit
+ * peer), or by the packet's destination (netkit primary: skb->dev is the peer there, see maps.h). */
+enum ep_lookup {
+	EP_BY_IFINDEX,
+	EP_BY_DADDR,
+};
+
+static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_lookup lookup)
 {
 	__u32 ifindex = skb->ifindex;
 	struct endpoint_info *ep;
@@ -74,6 +97,18 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	int aggregate = 1, has_l2, rc, ct_state, related;
 	__u16 reason;
 
+	__builtin_memset(&p, 0, sizeof(p));
+	if (lookup == EP_BY_DADDR) {
+		/* netkit hands its programs an Ethernet frame in both modes (netkit_xmit pulls ETH_HLEN;
+		 * L3 mode just carries zero MACs). Frames that are not IP (ARP to an L2 guest) have no
+		 * endpoint to charge and go on unjudged, as on the tcx path. */
+		rc = parse_packet(skb, ETH_HLEN, &p);
+		if (rc == PARSE_NOT_IP) {
+			metric_add(METRIC_NON_IP, skb->len);
+			return TCX_NEXT;
+		}
+		ifindex = p.family ? endpoint_ifindex_by_addr(p.daddr, p.family) : 0;
+	}
 	ep = bpf_map_lookup_elem(&endpoints, &ifindex);
 	if (!ep) {
 		metric_add(METRIC_NO_ENDPOINT, skb->len);
@@ -81,7 +116,6 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	}
 	has_l2 = !(ep->flags & EP_F_NO_L2);
 
-	__builtin_memset(&p, 0, sizeof(p));
 	__builtin_memset(&c, 0, sizeof(c));
 	c.p = &p;
 	c.ifindex = ifindex;
@@ -91,7 +125,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	c.verdict = VERDICT_FORWARDED;
 	now = bpf_ktime_get_ns();
 
-	rc = parse_packet(skb, has_l2 ? ETH_HLEN : 0, &p);
+	if (lookup == EP_BY_IFINDEX)
+		rc = parse_packet(skb, has_l2 ? ETH_HLEN : 0, &p);
 	if (rc == PARSE_NOT_IP) {
 		/* ARP from the workload: anti-spoofing and the gateway responder (neigh.h). Otherwise ARP and
 		 * other L2 protocols pass; the kernel's own checks apply. */
@@ -191,16 +226,24 @@ out:
 	return finish(&c, !aggregate || ct.report != CT_NO_REPORT, now);
 }
 
-/* tcx ingress on the host-side veth, or netkit BPF_NETKIT_PEER: packets leaving the workload. */
+/* tcx ingress on the host-side veth, or netkit BPF_NETKIT_PEER (skb->dev is the primary there): packets
+ * leaving the workload. */
 SEC("tc")
 int from_workload(struct __sk_buff *skb)
 {
-	return handle(skb, DIR_EGRESS);
+	return handle(skb, DIR_EGRESS, EP_BY_IFINDEX);
 }
 
-/* tcx egress on the host-side veth, or netkit BPF_NETKIT_PRIMARY: packets towards the workload. */
+/* tcx egress on the host-side veth: packets towards the workload. */
 SEC("tc")
 int to_workload(struct __sk_buff *skb)
 {
-	return handle(skb, DIR_INGRESS);
+	return handle(skb, DIR_INGRESS, EP_BY_IFINDEX);
+}
+
+/* netkit BPF_NETKIT_PRIMARY: packets towards the workload, found by destination address. */
+SEC("tc")
+int to_workload_netkit(struct __sk_buff *skb)
+{
+	return handle(skb, DIR_INGRESS, EP_BY_DADDR);
 }

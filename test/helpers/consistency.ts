@@ -54,6 +54,7 @@ export async function storeKernelDiff(opts: {
   try {
     const endpoints = new Map(dp.endpointList());
     const ipcache = new Map(dp.ipcacheList());
+    const endpointAddrs = new Map(dp.endpointAddrList());
     const policyEndpoints = new Set(dp.policyList().map((e) => policyKeyDecode(e.key).endpointId));
     const expectedIfindexes = new Set<number>();
     for (const r of rows) {
@@ -76,6 +77,9 @@ export async function storeKernelDiff(opts: {
       if (!pinnedDirs.includes(r.host_ifname)) problems.push(`${ref}: pinned links missing`);
       const ep = endpoints.get(link.ifindex);
       if (!ep || ep.endpointId !== r.endpoint_id || ep.identity !== r.identity) problems.push(`${ref}: endpoint map entry wrong: ${JSON.stringify(ep)}`);
+      for (const ip of [r.ipv4, r.ipv6]) {
+        if (endpointAddrs.get(ip) !== link.ifindex) problems.push(`${ref}: endpoint_addrs ${ip} -> ${endpointAddrs.get(ip)}, want ${link.ifindex}`);
+      }
       if (ipcache.get(`${r.ipv4}/32`)?.identity !== r.identity) problems.push(`${ref}: ipcache ${r.ipv4} wrong`);
       if (ipcache.get(`${r.ipv6}/128`)?.identity !== r.identity) problems.push(`${ref}: ipcache ${r.ipv6} wrong`);
       if (!policyEndpoints.has(r.endpoint_id)) problems.push(`${ref}: no policy entries for endpoint ${r.endpoint_id}`);
@@ -89,6 +93,9 @@ export async function storeKernelDiff(opts: {
     const ips = new Set(rows.flatMap((r) => [`${r.ipv4}/32`, `${r.ipv6}/128`]));
     for (const cidr of ipcache.keys()) {
       if ((cidr.startsWith(opts.poolPrefix4) || cidr.startsWith(opts.poolPrefix6)) && !ips.has(cidr)) problems.push(`leaked ipcache entry ${cidr}`);
+    }
+    for (const ip of endpointAddrs.keys()) {
+      if ((ip.startsWith(opts.poolPrefix4) || ip.startsWith(opts.poolPrefix6)) && !rows.some((r) => r.ipv4 === ip || r.ipv6 === ip)) problems.push(`leaked endpoint_addrs entry ${ip}`);
     }
     const ids = new Set(rows.map((r) => r.endpoint_id));
     for (const id of policyEndpoints) if (!ids.has(id)) problems.push(`leaked policy entries for endpoint ${id}`);

@@ -3,10 +3,12 @@
 // drops. Real kernel, temporary pin root; the skb appears on `lo` (ifindex 1), which gets an endpoint
 // entry in this test's own maps only.
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
-import type { FlowEvent, KitnetDatapath } from '../../bpf/index.js';
+import type { FlowEvent, KitnetDatapath, ProgName } from '../../bpf/index.js';
 import { datapathLoad, datapathUnpinAll, DROP_REASON } from '../../bpf/index.js';
 import { EP_F_ENFORCE_SRC_IP, EP_F_ENFORCE_SRC_MAC, TCX_DROP, TCX_NEXT, TCX_PASS } from '../../bpf/layout.gen.js';
+import { run as run_ } from '../helpers/sys.js';
 import { ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EventSink, TCP, eth, icmp, ipv4, ipv6, policyAllowAll, tcp, udp } from './bpf-helpers.js';
 
 const LO = 1;
@@ -34,8 +36,8 @@ describe('datapath on crafted packets (BPF_PROG_TEST_RUN)', { timeout: 60_000 },
     await datapathUnpinAll(pinRoot);
   });
 
-  async function run(prog: 'from_workload' | 'to_workload', frame: Buffer): Promise<{ retval: number; events: FlowEvent[] }> {
-    const { retval } = dp.testRun(prog, frame, { ifindex: LO });
+  async function run(prog: ProgName, frame: Buffer, ifindex = LO): Promise<{ retval: number; events: FlowEvent[] }> {
+    const { retval } = dp.testRun(prog, frame, { ifindex });
     return { retval, events: await sink.settle() };
   }
 
@@ -152,6 +154,43 @@ describe('datapath on crafted packets (BPF_PROG_TEST_RUN)', { timeout: 60_000 },
     } finally {
       dp.endpointUpsert(LO, EP);
     }
+  });
+
+  test('netkit primary side: the endpoint is found by destination address, whatever skb->ifindex says', async (t) => {
+    // netkit runs this program with skb->dev already the peer, an ifindex from the workload's namespace
+    // that means nothing (or another device) in the endpoints map. A spare device stands in for it.
+    const dummy = `kt-nkp-${process.pid.toString(36)}`;
+    await run_('ip', ['link', 'add', dummy, 'type', 'veth', 'peer', 'name', `${dummy}p`]);
+    t.after(() => run_('ip', ['link', 'del', dummy]).catch(() => undefined));
+    const PEER_IFINDEX = Number(readFileSync(`/sys/class/net/${dummy}/ifindex`, 'utf8'));
+    assert.deepEqual(dp.endpointAddrList(), [[EP.ipv4, LO], [EP.ipv6, LO]].sort((a, b) => String(a[0]).localeCompare(String(b[0]))));
+    for (const [family, frame] of [
+      ['IPv4', eth(ETH_P_IP, ipv4(REMOTE4, EP.ipv4, 17, udp(5353, 7001)))],
+      ['IPv6', eth(ETH_P_IPV6, ipv6(REMOTE6, EP.ipv6, 17, udp(5353, 7001)))],
+    ] as const) {
+      const r = await run('to_workload_netkit', frame, PEER_IFINDEX);
+      assert.equal(r.retval, TCX_PASS, family);
+      assert.deepEqual(
+        r.events.map((e) => [e.direction, e.endpointId, e.ifindex, e.dstIdentity]),
+        [['INGRESS', EP.endpointId, LO, EP.identity]],
+        `${family}: event charged to the endpoint and its host-side ifindex`,
+      );
+    }
+    // tcx's program on the same skb finds nothing: the bug this program exists for
+    const r = await run('to_workload', eth(ETH_P_IP, ipv4(REMOTE4, EP.ipv4, 17, udp(5353, 7002))), PEER_IFINDEX);
+    assert.equal(r.retval, TCX_NEXT);
+    // not a local workload's address, and non-IP frames: no endpoint, passed on unjudged
+    assert.equal((await run('to_workload_netkit', eth(ETH_P_IP, ipv4(REMOTE4, '10.250.0.77', 17, udp(1, 2))), PEER_IFINDEX)).retval, TCX_NEXT);
+    assert.equal((await run('to_workload_netkit', eth(ETH_P_ARP, Buffer.alloc(28)), PEER_IFINDEX)).retval, TCX_NEXT);
+    // the index follows the endpoint: gone with it, back with it
+    dp.endpointDelete(LO);
+    try {
+      assert.deepEqual(dp.endpointAddrList(), []);
+      assert.equal((await run('to_workload_netkit', eth(ETH_P_IP, ipv4(REMOTE4, EP.ipv4, 17, udp(5353, 7003))), PEER_IFINDEX)).retval, TCX_NEXT);
+    } finally {
+      dp.endpointUpsert(LO, EP);
+    }
+    assert.equal(dp.endpointAddrList().length, 2);
   });
 
   test('drops: truncated header, spoofed source IP / MAC (when enforced)', async () => {

@@ -55,6 +55,15 @@ export const STRUCTS: StructSpec[] = [
     ],
   },
   {
+    name: 'endpoint_addr_key',
+    doc: 'Key of the `endpoint_addrs` hash (value: __u32 ifindex of the host-side device): finds the endpoint of a packet by its destination where skb->ifindex is not the host side (netkit primary).',
+    fields: [
+      { name: 'family', type: 'u8', doc: 'FAMILY_IPV4 / FAMILY_IPV6' },
+      { name: 'pad0', type: 'u8', count: 3 },
+      { name: 'addr', type: 'u8', count: 16, doc: 'IPv4 uses the first 4 bytes, the rest zero' },
+    ],
+  },
+  {
     name: 'ipcache_key',
     doc: 'Key of the `ipcache` LPM trie. prefixlen counts bits after itself: 32 (family+pad) + IP prefix.',
     fields: [
@@ -353,6 +362,7 @@ export const CONSTANTS: ConstGroup[] = [
     prefix: '',
     values: [
       ['ENDPOINTS_MAP_MAX', 4096],
+      ['ENDPOINT_ADDRS_MAP_MAX', 8192, 'an IPv4 and an IPv6 address per endpoint'],
       ['IPCACHE_MAP_MAX', 65536],
       ['CONNTRACK_MAP_MAX', 262144],
       ['POLICY_MAP_MAX', 1 << 20, 'entries over all endpoints; BPF_F_NO_PREALLOC: memory follows use'],
