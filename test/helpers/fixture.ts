@@ -5,6 +5,7 @@ import { datapathUnpinAll } from '../../bpf/index.js';
 import type { ConfigInput } from '../../agent/config.js';
 import { daemonRun, type Daemon } from '../../agent/daemon.js';
 import { ApiClient } from '../../api/cli/client.js';
+import { testMode } from './mode.js';
 import { links, netnsAdd, netnsDel, run, uniq } from './sys.js';
 
 export interface AgentFixtureOptions {
@@ -44,7 +45,7 @@ export class AgentFixture {
       nodeName: opts.tag,
       api: { socket: this.socket },
       ipam: { ipv4Pool: opts.ipv4Pool, ipv6Pool: opts.ipv6Pool },
-      datapath: { mode: 'veth' },
+      datapath: { mode: testMode },
       ...opts.overrides,
     };
   }
