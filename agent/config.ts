@@ -1,8 +1,7 @@
-import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
-import { yamlNestingProblem } from '../common/yaml-guard.js';
+import { yamlFileRead, yamlNestingProblem } from '../common/yaml-guard.js';
 import { cidrParse } from './ipam.js';
 
 const cidr = (family: 4 | 6) =>
@@ -153,7 +152,7 @@ export function configLoad(path: string | undefined, overrides: ConfigInput = {}
   if (path) {
     let text: string;
     try {
-      text = readFileSync(path, 'utf8');
+      text = yamlFileRead(path);
     } catch (err) {
       throw new ConfigError(`cannot read config file ${path}: ${(err as Error).message}`);
     }

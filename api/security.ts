@@ -1,12 +1,11 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import rateLimit from '@fastify/rate-limit';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { ConfigError, zodIssuesFormat } from '../agent/config.js';
 import { KitnetError } from '../common/errors.js';
-import { yamlNestingProblem } from '../common/yaml-guard.js';
+import { yamlFileRead, yamlNestingProblem } from '../common/yaml-guard.js';
 
 /**
  * The API's security layer. The unix socket is trusted: its file mode and group are the
@@ -164,7 +163,7 @@ export class TokenSet {
 export function tokensLoad(path: string, key = 'api.tcp.tokensFile'): TokenSet {
   let text: string;
   try {
-    text = readFileSync(path, 'utf8');
+    text = yamlFileRead(path);
   } catch (err) {
     throw new ConfigError(`${key}: cannot read ${path}: ${(err as Error).message}`);
   }

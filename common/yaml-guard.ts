@@ -1,3 +1,42 @@
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+
+/** Config and tokens files hold a few KiB; 1 MiB leaves room for thousands of tokens. */
+export const YAML_FILE_MAX_BYTES = 1 << 20;
+
+/**
+ * Reads a YAML (or JSON) file that an operator wrote (config, tokens), refusing one larger than
+ * maxBytes before any of it is parsed. The size bound is what keeps the parser's memory bounded: the
+ * `yaml` package builds a double-quoted scalar one character at a time (`res += ch`), which V8 keeps
+ * as a rope of about 32 bytes per character, so a 140 MB file of quoted strings (a fuzzed tokens file)
+ * needed more than 4 GB of heap and killed the process. Regular files are checked by size first;
+ * pipes and FIFOs are read up to maxBytes + 1. Throws an Error saying why (unreadable, too large).
+ */
+export function yamlFileRead(path: string, maxBytes = YAML_FILE_MAX_BYTES): string {
+  const fd = openSync(path, 'r');
+  try {
+    const st = fstatSync(fd);
+    if (st.isFile() && st.size > maxBytes) throw new Error(tooLarge(st.size, maxBytes));
+    const chunks: Buffer[] = [];
+    let total = 0;
+    const buf = Buffer.allocUnsafe(64 * 1024);
+    for (;;) {
+      const n = readSync(fd, buf, 0, buf.length, null);
+      if (n === 0) break;
+      total += n;
+      if (total > maxBytes) throw new Error(tooLarge(st.isFile() ? st.size : total, maxBytes, !st.isFile()));
+      chunks.push(Buffer.from(buf.subarray(0, n)));
+    }
+    return Buffer.concat(chunks).toString('utf8');
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function tooLarge(size: number, max: number, atLeast = false): string {
+  const limit = max % (1 << 20) === 0 ? `${max / (1 << 20)} MiB` : `${max} bytes`;
+  return `too large (${atLeast ? 'more than ' : ''}${size} bytes; the limit is ${limit})`;
+}
+
 /**
  * A cheap look at YAML text before the parser sees it. The parser's memory grows faster than the
  * text for deeply nested documents (hundreds of indentation levels or brackets), enough to exhaust

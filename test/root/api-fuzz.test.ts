@@ -464,6 +464,17 @@ describe('API fuzz (root)', { timeout: 240_000 }, () => {
     assert.ok(n >= 300, `only ${n} requests in ${SECONDS} s`);
   });
 
+  test('config and tokens files beyond 1 MiB are refused before the YAML parser sees them', () => {
+    // Seed 1681281736 once wrote a 140 MB tokens file of long double-quoted strings (case 619 of the
+    // loop below); the yaml package keeps such strings as ropes of ~32 bytes per character, and the
+    // parse ran out of heap (4 GB) before any validation.
+    const file = join(dir, 'big.yaml');
+    writeFileSync(file, JSON.stringify([{ name: 'root', secret: 'x'.repeat(32), scopes: Array.from({ length: 32 }, () => `admin${'x'.repeat(70_000)}`) }]));
+    const tooLarge = /too large \(\d+ bytes; the limit is 1 MiB\)/;
+    assert.throws(() => tokensLoad(file), (e: Error) => e instanceof ConfigError && e.message.startsWith(`api.tcp.tokensFile: cannot read ${file}: `) && tooLarge.test(e.message));
+    assert.throws(() => configLoad(file), (e: Error) => e instanceof ConfigError && e.message.startsWith(`cannot read config file ${file}: `) && tooLarge.test(e.message));
+  });
+
   test(`malformed config and tokens files raise ConfigError only (seed ${SEED})`, () => {
     const r = prng(SEED ^ 0x5eed);
     const base = {
