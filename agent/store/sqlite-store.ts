@@ -3,7 +3,7 @@ import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import type { IdentityRecord, WorkloadMode, WorkloadRecord, WorkloadSpec, WorkloadState } from './types.js';
 
-const SCHEMA_VERSION = 2;
+const SCHEMA_VERSION = 3;
 
 const MIGRATIONS: Record<number, string> = {
   1: `
@@ -55,6 +55,10 @@ const MIGRATIONS: Record<number, string> = {
       cidr        TEXT PRIMARY KEY,
       identity    INTEGER NOT NULL UNIQUE
     );
+  `,
+  // Reference counts and the release of unused identities look workloads up by identity.
+  3: `
+    CREATE INDEX workloads_identity ON workloads(identity);
   `,
 };
 
@@ -140,6 +144,8 @@ export interface NewWorkload {
  */
 export class SqliteStore {
   readonly db: Database.Database;
+  /** Prepared statements by SQL text: preparing costs more than running most of these queries. */
+  private readonly statements = new Map<string, Database.Statement>();
 
   constructor(path: string) {
     if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true, mode: 0o750 });
@@ -163,6 +169,12 @@ export class SqliteStore {
     }
   }
 
+  private stmt(sql: string): Database.Statement {
+    let st = this.statements.get(sql);
+    if (!st) this.statements.set(sql, (st = this.db.prepare(sql)));
+    return st;
+  }
+
   /** Runs fn in one transaction (nested calls join the outer one). */
   transaction<T>(fn: () => T): T {
     return this.db.transaction(fn)();
@@ -175,7 +187,7 @@ export class SqliteStore {
   // --- workloads -----------------------------------------------------------------------------
 
   workloadGet(namespace: string, name: string): WorkloadRecord | undefined {
-    const row = this.db.prepare('SELECT * FROM workloads WHERE namespace = ? AND name = ?').get(namespace, name) as
+    const row = this.stmt('SELECT * FROM workloads WHERE namespace = ? AND name = ?').get(namespace, name) as
       | WorkloadRow
       | undefined;
     return row && rowToRecord(row);
@@ -184,21 +196,19 @@ export class SqliteStore {
   workloadList(namespace?: string): WorkloadRecord[] {
     const rows = (
       namespace === undefined
-        ? this.db.prepare('SELECT * FROM workloads ORDER BY namespace, name').all()
-        : this.db.prepare('SELECT * FROM workloads WHERE namespace = ? ORDER BY name').all(namespace)
+        ? this.stmt('SELECT * FROM workloads ORDER BY namespace, name').all()
+        : this.stmt('SELECT * FROM workloads WHERE namespace = ? ORDER BY name').all(namespace)
     ) as WorkloadRow[];
     return rows.map(rowToRecord);
   }
 
   workloadInsert(w: NewWorkload): WorkloadRecord {
     const now = new Date().toISOString();
-    this.db
-      .prepare(
-        `INSERT INTO workloads (namespace, name, spec, mode, endpoint_id, identity, ipv4, ipv6, host_ifname, state,
-           observed, error, created_at, updated_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', NULL, NULL, ?, ?)`,
-      )
-      .run(w.spec.namespace, w.spec.name, JSON.stringify(w.spec), w.mode, w.endpointId, w.identity, w.ipv4, w.ipv6, w.hostIfname, now, now);
+    this.stmt(
+      `INSERT INTO workloads (namespace, name, spec, mode, endpoint_id, identity, ipv4, ipv6, host_ifname, state,
+         observed, error, created_at, updated_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', NULL, NULL, ?, ?)`,
+    ).run(w.spec.namespace, w.spec.name, JSON.stringify(w.spec), w.mode, w.endpointId, w.identity, w.ipv4, w.ipv6, w.hostIfname, now, now);
     return this.workloadGet(w.spec.namespace, w.spec.name)!;
   }
 
@@ -209,41 +219,39 @@ export class SqliteStore {
     observed: WorkloadRecord['observed'],
     error: string | null = null,
   ): void {
-    this.db
-      .prepare('UPDATE workloads SET state = ?, observed = ?, error = ?, updated_at = ? WHERE namespace = ? AND name = ?')
+    this.stmt('UPDATE workloads SET state = ?, observed = ?, error = ?, updated_at = ? WHERE namespace = ? AND name = ?')
       .run(state, observed ? JSON.stringify(observed) : null, error, new Date().toISOString(), namespace, name);
   }
 
   workloadDelete(namespace: string, name: string): boolean {
-    return this.db.prepare('DELETE FROM workloads WHERE namespace = ? AND name = ?').run(namespace, name).changes > 0;
+    return this.stmt('DELETE FROM workloads WHERE namespace = ? AND name = ?').run(namespace, name).changes > 0;
   }
 
   usedAddresses(): { ipv4: Set<string>; ipv6: Set<string> } {
-    const rows = this.db.prepare('SELECT ipv4, ipv6 FROM workloads').all() as Array<{ ipv4: string; ipv6: string }>;
+    const rows = this.stmt('SELECT ipv4, ipv6 FROM workloads').all() as Array<{ ipv4: string; ipv6: string }>;
     return { ipv4: new Set(rows.map((r) => r.ipv4)), ipv6: new Set(rows.map((r) => r.ipv6)) };
   }
 
   usedEndpointIds(): number[] {
-    return (this.db.prepare('SELECT endpoint_id FROM workloads ORDER BY endpoint_id').all() as Array<{ endpoint_id: number }>).map(
+    return (this.stmt('SELECT endpoint_id FROM workloads ORDER BY endpoint_id').all() as Array<{ endpoint_id: number }>).map(
       (r) => r.endpoint_id,
     );
   }
 
   workloadUpdate(namespace: string, name: string, spec: WorkloadSpec, identity: number): void {
-    this.db
-      .prepare('UPDATE workloads SET spec = ?, identity = ?, updated_at = ? WHERE namespace = ? AND name = ?')
+    this.stmt('UPDATE workloads SET spec = ?, identity = ?, updated_at = ? WHERE namespace = ? AND name = ?')
       .run(JSON.stringify(spec), identity, new Date().toISOString(), namespace, name);
   }
 
   // --- namespaces ----------------------------------------------------------------------------
 
   namespaceGet(name: string): NamespaceRecord | undefined {
-    const r = this.db.prepare('SELECT * FROM namespaces WHERE name = ?').get(name) as NamespaceRow | undefined;
+    const r = this.stmt('SELECT * FROM namespaces WHERE name = ?').get(name) as NamespaceRow | undefined;
     return r && { name: r.name, labels: JSON.parse(r.labels) as Record<string, string>, createdAt: r.created_at, updatedAt: r.updated_at };
   }
 
   namespaceList(): NamespaceRecord[] {
-    return (this.db.prepare('SELECT * FROM namespaces ORDER BY name').all() as NamespaceRow[]).map((r) => ({
+    return (this.stmt('SELECT * FROM namespaces ORDER BY name').all() as NamespaceRow[]).map((r) => ({
       name: r.name,
       labels: JSON.parse(r.labels) as Record<string, string>,
       createdAt: r.created_at,
@@ -253,18 +261,16 @@ export class SqliteStore {
 
   namespacePut(name: string, labels: Record<string, string>): void {
     const now = new Date().toISOString();
-    this.db
-      .prepare(
-        `INSERT INTO namespaces (name, labels, created_at, updated_at) VALUES (?, ?, ?, ?)
-         ON CONFLICT(name) DO UPDATE SET labels = excluded.labels, updated_at = excluded.updated_at`,
-      )
-      .run(name, JSON.stringify(labels), now, now);
+    this.stmt(
+      `INSERT INTO namespaces (name, labels, created_at, updated_at) VALUES (?, ?, ?, ?)
+       ON CONFLICT(name) DO UPDATE SET labels = excluded.labels, updated_at = excluded.updated_at`,
+    ).run(name, JSON.stringify(labels), now, now);
   }
 
   // --- policies ------------------------------------------------------------------------------
 
   policyList(): PolicyRecord[] {
-    return (this.db.prepare('SELECT * FROM policies ORDER BY kind, namespace, name').all() as PolicyRow[]).map((r) => ({
+    return (this.stmt('SELECT * FROM policies ORDER BY kind, namespace, name').all() as PolicyRow[]).map((r) => ({
       kind: r.kind,
       namespace: r.namespace,
       name: r.name,
@@ -277,38 +283,36 @@ export class SqliteStore {
   /** Inserts or replaces; returns whether the policy was new. */
   policyPut(kind: string, namespace: string, name: string, document: Record<string, unknown>): boolean {
     const now = new Date().toISOString();
-    const existed = this.db.prepare('SELECT 1 FROM policies WHERE kind = ? AND namespace = ? AND name = ?').get(kind, namespace, name);
-    this.db
-      .prepare(
-        `INSERT INTO policies (kind, namespace, name, document, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)
-         ON CONFLICT(kind, namespace, name) DO UPDATE SET document = excluded.document, updated_at = excluded.updated_at`,
-      )
-      .run(kind, namespace, name, JSON.stringify(document), now, now);
+    const existed = this.stmt('SELECT 1 FROM policies WHERE kind = ? AND namespace = ? AND name = ?').get(kind, namespace, name);
+    this.stmt(
+      `INSERT INTO policies (kind, namespace, name, document, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)
+       ON CONFLICT(kind, namespace, name) DO UPDATE SET document = excluded.document, updated_at = excluded.updated_at`,
+    ).run(kind, namespace, name, JSON.stringify(document), now, now);
     return !existed;
   }
 
   policyDelete(kind: string, namespace: string, name: string): boolean {
-    return this.db.prepare('DELETE FROM policies WHERE kind = ? AND namespace = ? AND name = ?').run(kind, namespace, name).changes > 0;
+    return this.stmt('DELETE FROM policies WHERE kind = ? AND namespace = ? AND name = ?').run(kind, namespace, name).changes > 0;
   }
 
   metaGet(key: string): string | undefined {
-    return (this.db.prepare('SELECT value FROM meta WHERE key = ?').get(key) as { value: string } | undefined)?.value;
+    return (this.stmt('SELECT value FROM meta WHERE key = ?').get(key) as { value: string } | undefined)?.value;
   }
 
   metaSet(key: string, value: string): void {
-    this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value').run(key, value);
+    this.stmt('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value').run(key, value);
   }
 
   cidrIdentities(): Map<string, number> {
-    const rows = this.db.prepare('SELECT cidr, identity FROM cidr_identities').all() as Array<{ cidr: string; identity: number }>;
+    const rows = this.stmt('SELECT cidr, identity FROM cidr_identities').all() as Array<{ cidr: string; identity: number }>;
     return new Map(rows.map((r) => [r.cidr, r.identity]));
   }
 
   /** Replaces the set of CIDR identities in use (they are node-local and derived from policies). */
   cidrIdentitiesSet(entries: ReadonlyArray<{ cidr: string; identity: number }>): void {
     this.transaction(() => {
-      this.db.prepare('DELETE FROM cidr_identities').run();
-      const ins = this.db.prepare('INSERT INTO cidr_identities (cidr, identity) VALUES (?, ?)');
+      this.stmt('DELETE FROM cidr_identities').run();
+      const ins = this.stmt('INSERT INTO cidr_identities (cidr, identity) VALUES (?, ?)');
       for (const e of entries) ins.run(e.cidr, e.identity);
     });
   }
@@ -327,14 +331,24 @@ export class SqliteStore {
     return this.identitySelect('');
   }
 
+  /** The labels of one identity, without the reference count (undefined if it does not exist). */
+  identityLabels(id: number): string[] | undefined {
+    const r = this.stmt('SELECT labels FROM identities WHERE id = ?').get(id) as { labels: string } | undefined;
+    return r && (JSON.parse(r.labels) as string[]);
+  }
+
+  /** Every identity's labels, without reference counts. */
+  identityLabelsAll(): Map<number, string[]> {
+    const rows = this.stmt('SELECT id, labels FROM identities ORDER BY id').all() as Array<{ id: number; labels: string }>;
+    return new Map(rows.map((r) => [r.id, JSON.parse(r.labels) as string[]]));
+  }
+
   private identitySelect(where: string, ...params: unknown[]): IdentityRecord[] {
-    const rows = this.db
-      .prepare(
-        `SELECT i.id, i.labels_key, i.labels, i.created_at,
-                (SELECT COUNT(*) FROM workloads w WHERE w.identity = i.id) AS refs
-         FROM identities i ${where} ORDER BY i.id`,
-      )
-      .all(...params) as Array<{ id: number; labels_key: string; labels: string; created_at: string; refs: number }>;
+    const rows = this.stmt(
+      `SELECT i.id, i.labels_key, i.labels, i.created_at,
+              (SELECT COUNT(*) FROM workloads w WHERE w.identity = i.id) AS refs
+       FROM identities i ${where} ORDER BY i.id`,
+    ).all(...params) as Array<{ id: number; labels_key: string; labels: string; created_at: string; refs: number }>;
     return rows.map((r) => ({
       id: r.id,
       labelsKey: r.labels_key,
@@ -345,23 +359,22 @@ export class SqliteStore {
   }
 
   usedIdentityIds(): number[] {
-    return (this.db.prepare('SELECT id FROM identities ORDER BY id').all() as Array<{ id: number }>).map((r) => r.id);
+    return (this.stmt('SELECT id FROM identities ORDER BY id').all() as Array<{ id: number }>).map((r) => r.id);
   }
 
   identityInsert(id: number, labelsKey: string, labels: string[]): void {
-    this.db
-      .prepare('INSERT INTO identities (id, labels_key, labels, created_at) VALUES (?, ?, ?, ?)')
+    this.stmt('INSERT INTO identities (id, labels_key, labels, created_at) VALUES (?, ?, ?, ?)')
       .run(id, labelsKey, JSON.stringify(labels), new Date().toISOString());
   }
 
   /** Deletes identities no workload references any more; returns the ids released. */
   identitiesReleaseUnused(): number[] {
     const ids = (
-      this.db
-        .prepare('SELECT id FROM identities WHERE id NOT IN (SELECT DISTINCT identity FROM workloads)')
+      this.stmt('SELECT id FROM identities WHERE id NOT IN (SELECT DISTINCT identity FROM workloads)')
         .all() as Array<{ id: number }>
     ).map((r) => r.id);
-    if (ids.length) this.db.prepare(`DELETE FROM identities WHERE id IN (${ids.map(() => '?').join(',')})`).run(...ids);
+    const del = this.stmt('DELETE FROM identities WHERE id = ?');
+    for (const id of ids) del.run(id);
     return ids;
   }
 }
