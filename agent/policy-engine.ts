@@ -6,23 +6,22 @@ import type { KernelOps } from './kernel-ops.js';
 import {
   endpointPolicyFormat,
   policiesFromObjects,
-  policyCompile,
   policyEntriesDiff,
   policyKeyDecode,
-  policyKeyEncode,
   policyTrace,
   policyValueDecode,
-  policyValueEncode,
   type CompiledPolicy,
   type EndpointPolicy,
-  type NamedPort,
+  type LocalEndpoint,
   type ParsedPolicy,
   type PolicyEntry,
   type PolicyMapOp,
   type TracePeer,
   type TraceResult,
 } from './policy/index.js';
+import { PolicyState, type EndpointPolicyChange } from './policy/incremental.js';
 import type { SqliteStore } from './store/sqlite-store.js';
+import type { WorkloadRecord } from './store/types.js';
 
 export interface PolicyApplyStats {
   endpoints: number;
@@ -45,20 +44,45 @@ function hostAddresses(): string[] {
   return out;
 }
 
+/** The map operations turning `before` into `after`, computed once per distinct pair of (shared) arrays. */
+class DiffMemo {
+  private readonly m = new Map<readonly PolicyEntry[], Map<readonly PolicyEntry[], PolicyMapOp[]>>();
+  ops(before: readonly PolicyEntry[], after: readonly PolicyEntry[]): PolicyMapOp[] {
+    if (before === after) return [];
+    let byAfter = this.m.get(before);
+    if (!byAfter) this.m.set(before, (byAfter = new Map()));
+    let ops = byAfter.get(after);
+    if (!ops) byAfter.set(after, (ops = policyEntriesDiff(0, before, after).ops));
+    return ops;
+  }
+}
+
+/** What a workload contributes to the policy state. */
+function localEndpoint(w: WorkloadRecord): LocalEndpoint {
+  return { endpointId: w.endpointId, identity: w.identity, namedPorts: w.spec.ports ?? [] };
+}
+
 /**
- * Ties the policy compiler to the store and the datapath: every change of policies, namespaces or
- * workloads recompiles the whole desired state and writes only the difference into the policy map,
- * in an order that never allows more than either the old or the new state (see policyEntriesDiff).
- * The last applied state is kept for `policy trace` and `workload policy`, so both read exactly what
- * the datapath enforces.
+ * Ties the policy compiler to the store and the datapath. A change of policies (or a start) builds
+ * the whole desired state; a workload that comes, goes or changes identity updates it incrementally
+ * (agent/policy/incremental.ts: only its own class and the classes whose rules select an identity
+ * that appeared or went away). Either way only the difference is written into the policy map, per
+ * endpoint in an order that never allows more than either the old or the new state (see
+ * policyEntriesDiff). The current state serves `policy trace` and `workload policy`, so both read
+ * exactly what the datapath enforces.
  */
 export class PolicyEngine {
   private policies: ParsedPolicy[] = [];
-  private applied: CompiledPolicy | undefined;
+  private state: PolicyState | undefined;
+  /** A state compiled by compile() for exactly these policies, for the apply() that usually follows. */
+  private prepared: { policies: readonly ParsedPolicy[]; state: PolicyState } | undefined;
   /** Entries in the kernel map, per endpoint, as last written (or read back at start). */
-  private inMap = new Map<number, PolicyEntry[]>();
+  private inMap = new Map<number, readonly PolicyEntry[]>();
+  private inMapEntries = 0;
   /** The CIDR ipcache entries last written (undefined until the first apply syncs everything). */
   private cidrKeyApplied: string | undefined;
+  /** The CIDR identities last stored. */
+  private cidrStored: string | undefined;
 
   constructor(
     private readonly store: SqliteStore,
@@ -69,8 +93,11 @@ export class PolicyEngine {
   /** Loads stored policies (validated when they were applied) and what the kernel map holds. */
   load(): void {
     this.cidrKeyApplied = undefined;
+    this.cidrStored = undefined;
+    this.state = undefined;
+    this.prepared = undefined;
     this.policies = policiesFromObjects(this.store.policyList().map((p) => p.document));
-    this.inMap = new Map();
+    const inMap = new Map<number, PolicyEntry[]>();
     for (const { key, value } of this.kernel.datapath.policyList()) {
       const k = policyKeyDecode(key);
       const portPrefixLen = k.protocol === 0 ? 0 : Math.max(0, k.prefixLen - 80);
@@ -83,10 +110,12 @@ export class PolicyEngine {
         deny: policyValueDecode(value).deny,
         rules: [],
       };
-      const list = this.inMap.get(k.endpointId) ?? [];
+      const list = inMap.get(k.endpointId) ?? [];
       list.push(entry);
-      this.inMap.set(k.endpointId, list);
+      inMap.set(k.endpointId, list);
     }
+    this.inMap = inMap;
+    this.inMapEntries = [...inMap.values()].reduce((n, l) => n + l.length, 0);
   }
 
   get parsed(): readonly ParsedPolicy[] {
@@ -101,78 +130,137 @@ export class PolicyEngine {
   identities(): Map<number, string[]> {
     const ids = new Map<number, string[]>();
     for (const id of Object.values(ReservedIdentity)) if (id !== 0) ids.set(id, reservedIdentityLabels(id));
-    for (const i of this.store.identityList()) ids.set(i.id, i.labels);
+    for (const [id, labels] of this.store.identityLabelsAll()) ids.set(id, labels);
     return ids;
   }
 
-  /** Compiles the desired state from the store without touching the kernel. */
-  compile(policies: readonly ParsedPolicy[] = this.policies): CompiledPolicy {
-    const workloads = this.store.workloadList();
-    const namedPortsByIdentity = new Map<number, NamedPort[]>();
-    for (const w of workloads) {
-      const list = namedPortsByIdentity.get(w.identity) ?? [];
-      list.push(...(w.spec.ports ?? []));
-      namedPortsByIdentity.set(w.identity, list);
-    }
-    return policyCompile({
+  private stateBuild(policies: readonly ParsedPolicy[]): PolicyState {
+    return new PolicyState({
       policies,
       identities: this.identities(),
-      endpoints: workloads.map((w) => ({ endpointId: w.endpointId, identity: w.identity, namedPorts: w.spec.ports ?? [] })),
-      remoteNamedPorts: namedPortsByIdentity,
+      endpoints: this.store.workloadList().map(localEndpoint),
       options: { previousCidrIdentities: this.store.cidrIdentities() },
     });
   }
 
-  /** Compiles and writes the difference to the kernel. Endpoints no longer present lose their entries. */
+  /** Compiles the desired state from the store without touching the kernel (throws what the compiler refuses). */
+  compile(policies: readonly ParsedPolicy[] = this.policies): CompiledPolicy {
+    const state = this.stateBuild(policies);
+    this.prepared = { policies, state };
+    return state.compiled();
+  }
+
+  /** Compiles the whole desired state and writes the difference to the kernel. Endpoints no longer present lose their entries. */
   apply(): PolicyApplyStats {
     const started = performance.now();
-    const compiled = this.compile();
-    const dp = this.kernel.datapath;
-    let upserts = 0;
-    let deletes = 0;
-    let entries = 0;
-    const ops: Array<{ op: 'upsert' | 'delete'; key: Buffer; value?: Buffer }> = [];
-    const push = (endpointId: number, list: PolicyMapOp[]) => {
-      for (const o of list) {
-        const key = policyKeyEncode({ endpointId, ...o.entry });
-        if (o.op === 'upsert') {
-          ops.push({ op: 'upsert', key, value: policyValueEncode({ deny: o.entry.deny }) });
-          upserts++;
-        } else {
-          ops.push({ op: 'delete', key });
-          deletes++;
-        }
-      }
-    };
-    const desired = new Map<number, EndpointPolicy>(compiled.endpoints.map((e) => [e.endpointId, e]));
-    for (const [endpointId, ep] of desired) {
-      entries += ep.entries.length;
-      push(endpointId, policyEntriesDiff(endpointId, this.inMap.get(endpointId) ?? [], ep.entries).ops);
-    }
-    for (const [endpointId, before] of this.inMap) {
-      if (!desired.has(endpointId)) push(endpointId, policyEntriesDiff(endpointId, before, []).ops);
-    }
+    const state = this.prepared?.policies === this.policies ? this.prepared.state : this.stateBuild(this.policies);
+    this.prepared = undefined;
+    const changes: EndpointPolicyChange[] = [];
+    for (const id of state.endpointIds()) changes.push({ endpointId: id, before: undefined, after: state.endpoint(id) });
+    for (const id of this.inMap.keys()) if (!state.endpoint(id)) changes.push({ endpointId: id, before: undefined, after: undefined });
     // CIDR identities first, so a new allow never refers to an address that still maps to world.
     // The full sweep (host addresses, a dump of the map) runs only when the CIDR set changed: a
     // workload's own entries are written by the reconciler, and the sweep is O(map) per call.
-    const cidrKey = compiled.ipcache.map((c) => `${c.cidr}=${c.identity}`).sort().join(',');
+    const cidrKey = state.cidrIdentities.map((c) => `${c.cidr}=${c.identity}`).sort().join(',');
     if (cidrKey !== this.cidrKeyApplied) {
-      this.ipcacheSync(compiled);
+      this.ipcacheSync(state.compiled());
       this.cidrKeyApplied = cidrKey;
     }
-    dp.policyApply(ops);
-    this.inMap = new Map([...desired].map(([id, ep]) => [id, ep.entries]));
-    this.applied = compiled;
-    this.store.cidrIdentitiesSet(compiled.cidrIdentities.map((c) => ({ cidr: c.cidr, identity: c.identity })));
+    this.state = undefined; // until written: a failed write leaves no state to build on (the next change rebuilds)
+    const { upserts, deletes } = this.write(changes);
+    this.state = state;
+    if (cidrKey !== this.cidrStored) {
+      this.store.cidrIdentitiesSet(state.cidrIdentities.map((c) => ({ cidr: c.cidr, identity: c.identity })));
+      this.cidrStored = cidrKey;
+    }
+    return this.statsLog('policy applied', started, upserts, deletes);
+  }
+
+  /**
+   * The incremental path for workload changes: `upsert` were added or changed identity or named ports
+   * (already in the store), `remove` were deleted from the store. Identities that the store no longer
+   * has leave the state; new ones join it. Falls back to a full apply before the first one.
+   */
+  endpointsUpdate(change: { upsert?: readonly WorkloadRecord[]; remove?: readonly WorkloadRecord[] }): PolicyApplyStats {
+    const state = this.state;
+    if (!state) return this.apply();
+    try {
+      return this.update(state, change);
+    } catch (err) {
+      // Never keep a state that may be half updated: the next change rebuilds it from the store.
+      this.state = undefined;
+      throw err;
+    }
+  }
+
+  private update(state: PolicyState, change: { upsert?: readonly WorkloadRecord[]; remove?: readonly WorkloadRecord[] }): PolicyApplyStats {
+    const started = performance.now();
+    this.prepared = undefined;
+    const gone = new Set<number>();
+    for (const rec of change.remove ?? []) {
+      const old = state.identityOf(rec.endpointId);
+      if (old !== undefined) gone.add(old);
+      state.endpointRemove(rec.endpointId);
+    }
+    for (const rec of change.upsert ?? []) {
+      const old = state.identityOf(rec.endpointId);
+      if (old !== undefined && old !== rec.identity) gone.add(old);
+      if (!state.hasIdentity(rec.identity)) {
+        const labels = this.store.identityLabels(rec.identity);
+        if (labels) state.identitySet(rec.identity, labels);
+      }
+      state.endpointSet(localEndpoint(rec));
+    }
+    for (const id of gone) if (state.hasIdentity(id) && !this.store.identityLabels(id)) state.identitySet(id, undefined);
+    const { upserts, deletes } = this.write(state.flush());
+    return this.statsLog('policy updated', started, upserts, deletes);
+  }
+
+  /** Writes each changed endpoint's difference; `inMap` follows what reached the kernel. */
+  private write(changes: readonly EndpointPolicyChange[]): { upserts: number; deletes: number } {
+    const dp = this.kernel.datapath;
+    const memo = new DiffMemo();
+    let upserts = 0;
+    let deletes = 0;
+    for (const { endpointId, after } of changes) {
+      const before = this.inMap.get(endpointId) ?? [];
+      const next = after?.entries ?? [];
+      const ops = memo.ops(before, next);
+      if (ops.length > 0) {
+        try {
+          dp.policyApply(endpointId, ops);
+        } catch (err) {
+          // Part of the ops may have been written: read back what the kernel holds for this endpoint.
+          this.inMapSet(endpointId, dp.policyList(endpointId).map((e) => ({ ...e, rules: [] })));
+          throw err;
+        }
+        for (const o of ops) if (o.op === 'upsert') upserts++; else deletes++;
+      }
+      this.inMapSet(endpointId, next.length > 0 ? next : undefined);
+    }
+    return { upserts, deletes };
+  }
+
+  private inMapSet(endpointId: number, entries: readonly PolicyEntry[] | undefined): void {
+    this.inMapEntries -= this.inMap.get(endpointId)?.length ?? 0;
+    if (entries) {
+      this.inMap.set(endpointId, entries);
+      this.inMapEntries += entries.length;
+    } else {
+      this.inMap.delete(endpointId);
+    }
+  }
+
+  private statsLog(msg: string, started: number, upserts: number, deletes: number): PolicyApplyStats {
     const stats = {
-      endpoints: desired.size,
-      entries,
+      endpoints: this.state?.size ?? this.inMap.size,
+      entries: this.inMapEntries,
       upserts,
       deletes,
-      cidrIdentities: compiled.cidrIdentities.length,
+      cidrIdentities: this.state?.cidrIdentities.length ?? 0,
       ms: +(performance.now() - started).toFixed(1),
     };
-    this.log.debug(stats, 'policy applied');
+    this.log.debug(stats, msg);
     return stats;
   }
 
@@ -180,7 +268,7 @@ export class PolicyEngine {
    * Desired ipcache: workload addresses (their identities), host addresses (reserved host) and the
    * CIDR identities of the policies. Anything else local is removed; remote-host entries are kept.
    */
-  ipcacheSync(compiled: CompiledPolicy | undefined = this.applied): void {
+  ipcacheSync(compiled: CompiledPolicy | undefined = this.state?.compiled()): void {
     const dp = this.kernel.datapath;
     const desired = new Map<string, number>();
     for (const cidr of hostAddresses()) desired.set(cidr, ReservedIdentity.host);
@@ -199,18 +287,18 @@ export class PolicyEngine {
     }
   }
 
-  private state(): CompiledPolicy {
-    return (this.applied ??= this.compile());
+  private current(): PolicyState {
+    return (this.state ??= this.stateBuild(this.policies));
   }
 
   endpointPolicy(endpointId: number): { policy: EndpointPolicy | undefined; text: string } {
-    const state = this.state();
-    const policy = state.endpoints.find((e) => e.endpointId === endpointId);
-    return { policy, text: policy ? endpointPolicyFormat(policy, state.identities) : '' };
+    const state = this.current();
+    const policy = state.endpoint(endpointId);
+    return { policy, text: policy ? endpointPolicyFormat(policy, state.compiled().identities) : '' };
   }
 
   trace(from: TracePeer, to: TracePeer, protocol: string | number, port: number): { result: TraceResult; identities: Map<number, string[]> } {
-    const state = this.state();
+    const state = this.current().compiled();
     const workloads = this.store.workloadList();
     const byIp = new Map<string, { identity: number; endpointId: number }>();
     for (const w of workloads) {
@@ -230,8 +318,6 @@ export class PolicyEngine {
 
   /** Policy map entries currently written for all endpoints (for metrics). */
   entryCount(): number {
-    let n = 0;
-    for (const list of this.inMap.values()) n += list.length;
-    return n;
+    return this.inMapEntries;
   }
 }

@@ -52,13 +52,13 @@ export class PolicyService {
     return this.store.namespaceList();
   }
 
-  /** Sets a namespace's labels; its workloads get re-derived identities and policy is recompiled. */
+  /** Sets a namespace's labels; its workloads get re-derived identities and policy follows them. */
   namespacePut(name: string, labels: Record<string, string>): Promise<NamespaceRecord> {
     return this.mutex.run(async () => {
       this.store.namespacePut(name, labels);
       const members = this.store.workloadList(name);
-      this.workloads.identitiesRederive(members);
-      const stats = this.engine.apply();
+      const changed = this.workloads.identitiesRederive(members);
+      const stats = this.engine.endpointsUpdate({ upsert: changed });
       this.log.info({ namespace: name, labels, workloads: members.length, ...stats }, 'namespace labels set');
       return this.store.namespaceGet(name)!;
     });

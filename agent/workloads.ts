@@ -231,7 +231,11 @@ export class WorkloadService {
 
     const log = this.log.child({ workload: ref, device: rec.hostIfname, identity: rec.identity });
     try {
-      const observed = await this.reconciler.workloadConverge(rec);
+      // Policy first (entries are keyed by endpoint id, so they can precede the device): the programs
+      // attached by the converge must find the endpoint's entries. Incremental: the endpoint's own
+      // entries, and those of endpoints whose rules select its identity if that identity is new.
+      this.policy.endpointsUpdate({ upsert: [rec] });
+      const observed = await this.reconciler.workloadConverge(rec, { policy: false });
       this.store.workloadStateSet(input.namespace, input.name, 'ready', observed);
     } catch (err) {
       log.warn({ err }, 'registration failed; rolling back');
@@ -242,9 +246,9 @@ export class WorkloadService {
       });
       // The policy map may already hold entries for the half-made endpoint and for peers of its identity.
       try {
-        this.policy.apply();
+        this.policy.endpointsUpdate({ remove: [rec] });
       } catch (e) {
-        log.error({ err: e }, 'policy re-apply after rollback failed');
+        log.error({ err: e }, 'policy update after rollback failed');
       }
       workloadRegistrationObserve((performance.now() - started) / 1000, 'failure', mode);
       throw errorToKitnet(err, `registering workload ${ref}`);
@@ -312,7 +316,7 @@ export class WorkloadService {
         this.store.workloadDelete(namespace, name);
         return this.store.identitiesReleaseUnused();
       });
-      this.policy.apply();
+      this.policy.endpointsUpdate({ remove: [rec] });
       log.info({ releasedIdentities: released }, 'workload removed');
       return rec;
     });
@@ -333,12 +337,12 @@ export class WorkloadService {
     });
   }
 
-  /** Replaces a workload's labels: new identity, updated maps, policy recompiled for everyone. */
+  /** Replaces a workload's labels: new identity, updated maps, policy updated for whom it concerns. */
   labelsSet(namespace: string, name: string, labels: Record<string, string>): Promise<WorkloadRecord> {
     return this.mutex.run(async () => {
       const rec = this.get(namespace, name);
       const updated = this.identitiesRederive([{ ...rec, spec: { ...rec.spec, labels } }]);
-      this.policy.apply();
+      this.policy.endpointsUpdate({ upsert: updated });
       return updated[0]!;
     });
   }
@@ -346,7 +350,7 @@ export class WorkloadService {
   /**
    * Recomputes the identities of the given workloads (after a label or namespace-label change),
    * writes the new numbers to the endpoint map and ipcache, and releases identities left unused.
-   * Runs under the caller's lock; the caller re-applies policy afterwards. Established connections
+   * Runs under the caller's lock; the caller updates policy afterwards. Established connections
    * that remain allowed keep flowing: conntrack entries are not touched.
    */
   identitiesRederive(records: WorkloadRecord[]): WorkloadRecord[] {

@@ -36,6 +36,7 @@ import type {
   NamedPort,
   Peer,
   PolicyEntry,
+  PolicyRule,
   PortMatch,
   RuleSection,
 } from './types.js';
@@ -45,8 +46,11 @@ export const IMPLICIT_RULES = {
   'allow-localhost': () => '(allow-localhost: the host may always reach local endpoints)',
 } as const;
 
-/** All identities with parsed labels, and lookups over them. */
-class Universe {
+/**
+ * All identities with parsed labels, and lookups over them. Mutable for the incremental compiler
+ * (incremental.ts): identities come and go, and cached peer resolutions are patched in place.
+ */
+export class Universe {
   readonly labels = new Map<number, ParsedLabel[]>();
   readonly raw = new Map<number, string[]>();
   constructor(
@@ -59,9 +63,13 @@ class Universe {
     for (const [id, l] of identities) if (id !== 0) this.add(id, [...l]);
     for (const c of cidrIds) this.add(c.identity, c.labels);
   }
-  private add(id: number, l: string[]): void {
-    this.raw.set(id, l);
+  add(id: number, l: readonly string[]): void {
+    this.raw.set(id, [...l]);
     this.labels.set(id, l.map(identityLabelParse));
+  }
+  remove(id: number): void {
+    this.raw.delete(id);
+    this.labels.delete(id);
   }
 
   entity(e: EntityName): number[] | 'all' {
@@ -100,7 +108,8 @@ class Universe {
     }
   }
 
-  private readonly peerCache = new Map<RuleSection, number[] | 'all'>();
+  /** Resolved peers per section; incremental.ts patches entries when identities come and go. */
+  readonly peerCache = new Map<RuleSection, number[] | 'all'>();
 
   /** Identity 0 ('all') or the sorted, de-duplicated identities the section's peers select. */
   peers(s: RuleSection): number[] | 'all' {
@@ -119,6 +128,25 @@ class Universe {
     }
     return [...ids].sort((a, b) => a - b);
   }
+}
+
+/**
+ * Whether a section whose peers are not 'all' selects a label-derived identity with these labels.
+ * For such identities only selector peers and the `cluster` entity can select them (entities name
+ * reserved identities, CIDR peers CIDR identities), so the answer depends on the identity alone.
+ */
+export function sectionSelectsLabelIdentity(s: RuleSection, id: number, labels: readonly ParsedLabel[]): boolean {
+  if (s.peers === 'all') return true;
+  for (const p of s.peers) {
+    if (p.kind === 'selector' && (p.selector.requirements.length === 0 || selectorMatches(p.selector, labels))) return true;
+    if (p.kind === 'entity' && (p.entity === 'all' || (p.entity === 'cluster' && isLabelDerived(id)))) return true;
+  }
+  return false;
+}
+
+/** Whether a section has an egress named port (its entries depend on the peers' named ports). */
+export function sectionHasEgressNamedPort(s: RuleSection): boolean {
+  return s.direction === 'egress' && s.ports !== 'all' && s.ports.some((m) => typeof m.port === 'string');
 }
 
 interface L4Key {
@@ -293,6 +321,34 @@ function endpointCompile(
   return { endpointId: ep.endpointId, identity: ep.identity, ingressEnforced: enforced.ingress, egressEnforced: enforced.egress, entries };
 }
 
+/** The compile context shared by every endpoint of one compile (or of one incremental state). */
+export interface ClassContext {
+  u: Universe;
+  rules: readonly PolicyRule[];
+  remoteNamed: (identity: number) => readonly NamedPort[];
+  remoteNamedIds: () => number[];
+  allowLocalhost: boolean;
+}
+
+/**
+ * Entries of an endpoint with this identity and these named ports (all endpoints that share both get
+ * the same entries), and the rule sections that select it.
+ */
+export function classCompile(ctx: ClassContext, ep: LocalEndpoint): { policy: EndpointPolicy; sections: RuleSection[] } {
+  const labels = ctx.u.labels.get(ep.identity) ?? [];
+  const enforced: Record<Direction, boolean> = { ingress: false, egress: false };
+  const sections: Array<{ s: RuleSection }> = [];
+  for (const r of ctx.rules) {
+    if (!selectorMatches(r.subject, labels)) continue;
+    for (const s of r.sections) {
+      sections.push({ s });
+      if (r.defaultDeny[s.direction]) enforced[s.direction] = true;
+    }
+  }
+  const policy = endpointCompile(ep, sections, enforced, ctx.u, ctx.remoteNamed, ctx.remoteNamedIds, ctx.allowLocalhost);
+  return { policy, sections: sections.map((x) => x.s) };
+}
+
 export function policyCompile(input: CompileInput): CompiledPolicy {
   const cidrIds = cidrIdentitiesAllocate(policyCidrs(input.policies), input.options?.previousCidrIdentities);
   const u = new Universe(input.identities, cidrIds);
@@ -301,26 +357,21 @@ export function policyCompile(input: CompileInput): CompiledPolicy {
   let namedIds: number[] | undefined;
   const remoteNamedIds = () =>
     (namedIds ??= (!rn ? [] : typeof rn === 'function' ? [...u.labels.keys()] : [...rn.keys()]).filter((id) => remoteNamed(id).length > 0).sort((a, b) => a - b));
-  const allowLocalhost = input.options?.allowLocalhost ?? true;
-  const rules = input.policies.flatMap((p) => p.rules);
+  const ctx: ClassContext = {
+    u,
+    rules: input.policies.flatMap((p) => p.rules),
+    remoteNamed,
+    remoteNamedIds,
+    allowLocalhost: input.options?.allowLocalhost ?? true,
+  };
 
   // Endpoints with the same identity and named ports get the same entries.
   const memo = new Map<string, EndpointPolicy>();
   const endpoints = input.endpoints.map((ep) => {
-    const memoKey = `${ep.identity}|${JSON.stringify(ep.namedPorts ?? [])}`;
+    const memoKey = endpointClassKey(ep);
     const same = memo.get(memoKey);
     if (same) return { ...same, endpointId: ep.endpointId, entries: same.entries.map((e) => ({ ...e, rules: [...e.rules] })) };
-    const labels = u.labels.get(ep.identity) ?? [];
-    const enforced: Record<Direction, boolean> = { ingress: false, egress: false };
-    const sections: Array<{ s: RuleSection }> = [];
-    for (const r of rules) {
-      if (!selectorMatches(r.subject, labels)) continue;
-      for (const s of r.sections) {
-        sections.push({ s });
-        if (r.defaultDeny[s.direction]) enforced[s.direction] = true;
-      }
-    }
-    const out = endpointCompile(ep, sections, enforced, u, remoteNamed, remoteNamedIds, allowLocalhost);
+    const out = classCompile(ctx, ep).policy;
     memo.set(memoKey, out);
     return out;
   });
@@ -331,4 +382,9 @@ export function policyCompile(input: CompileInput): CompiledPolicy {
     ipcache: cidrIds.map((c) => ({ cidr: c.cidr, identity: c.identity })),
     identities: new Map(u.raw),
   };
+}
+
+/** Endpoints with equal keys get equal entries: same identity, same named ports. */
+export function endpointClassKey(ep: LocalEndpoint): string {
+  return `${ep.identity}|${JSON.stringify(ep.namedPorts ?? [])}`;
 }

@@ -1,0 +1,290 @@
+/**
+ * The incremental policy compiler: the same result as policyCompile (compile.ts) for the current
+ * policies, identities and endpoints, kept up to date as endpoints and identities come and go,
+ * recompiling only what a change can affect.
+ *
+ * Endpoints with the same identity and named ports share one compiled "class" (their entries are
+ * equal). What a class's entries depend on, and so what makes it recompile:
+ * - its identity's labels (which rules select it): the class is new, or its identity appeared;
+ * - the identities its sections' peers select: an identity appeared or went away that one of its
+ *   sections selects (a label selector matching the identity's labels, or the `cluster` entity);
+ *   peers 'all' (identity 0) do not depend on the identity set;
+ * - the named ports of remote identities, for egress rules that name a port: a peer identity's
+ *   named ports changed (or any identity's, for a section whose peers are 'all').
+ * CIDR identities depend only on the policies: a policy change builds a new state.
+ *
+ * So a registration whose identity already exists compiles at most its own class (usually nothing:
+ * an endpoint of an existing class reuses its entries); a new identity additionally recompiles the
+ * classes whose sections select it. Entries arrays are shared between the endpoints of a class and
+ * must be treated as immutable.
+ */
+import { classCompile, endpointClassKey, sectionHasEgressNamedPort, sectionSelectsLabelIdentity, Universe, type ClassContext } from './compile.js';
+import { cidrIdentitiesAllocate, policyCidrs } from './cidr.js';
+import { isLabelDerived } from './entities.js';
+import { identityLabelParse } from './selector.js';
+import type { CidrIdentity, CompiledPolicy, CompileOptions, EndpointPolicy, LocalEndpoint, NamedPort, ParsedPolicy, PolicyEntry, RuleSection } from './types.js';
+
+interface PolicyClass {
+  key: string;
+  identity: number;
+  namedPorts: NamedPort[];
+  members: Set<number>;
+  /** Compiled entries (endpointId of the template is meaningless); undefined until first compiled. */
+  policy: EndpointPolicy | undefined;
+  /** The rule sections that select the class (from the last compile). */
+  sections: RuleSection[];
+}
+
+/** One endpoint whose entries changed: before (undefined = new endpoint) and after (undefined = removed). */
+export interface EndpointPolicyChange {
+  endpointId: number;
+  before: EndpointPolicy | undefined;
+  after: EndpointPolicy | undefined;
+}
+
+export interface PolicyStateInput {
+  policies: readonly ParsedPolicy[];
+  /** Known identities (label-derived and remote; reserved ones are always known) -> labels. */
+  identities: ReadonlyMap<number, readonly string[]>;
+  endpoints: readonly LocalEndpoint[];
+  options?: CompileOptions;
+}
+
+function entriesEqual(a: readonly PolicyEntry[], b: readonly PolicyEntry[]): boolean {
+  if (a === b) return true;
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) {
+    const x = a[i]!;
+    const y = b[i]!;
+    if (
+      x.direction !== y.direction || x.identity !== y.identity || x.protocol !== y.protocol || x.port !== y.port ||
+      x.portPrefixLen !== y.portPrefixLen || x.deny !== y.deny || x.implicit !== y.implicit || x.rules.length !== y.rules.length
+    ) return false;
+    for (let j = 0; j < x.rules.length; j++) if (x.rules[j] !== y.rules[j]) return false;
+  }
+  return true;
+}
+
+function policyEqual(a: EndpointPolicy, b: EndpointPolicy): boolean {
+  return a.ingressEnforced === b.ingressEnforced && a.egressEnforced === b.egressEnforced && entriesEqual(a.entries, b.entries);
+}
+
+export class PolicyState {
+  readonly cidrIdentities: CidrIdentity[];
+  private readonly u: Universe;
+  private readonly ctx: ClassContext;
+  private readonly classes = new Map<string, PolicyClass>();
+  private readonly byEndpoint = new Map<number, { ep: LocalEndpoint; cls: PolicyClass }>();
+  /** Each endpoint's entries as of the last flush. */
+  private readonly current = new Map<number, EndpointPolicy>();
+  /** Classes that use a section (to find what a changed section affects). */
+  private readonly sectionUsers = new Map<RuleSection, Set<PolicyClass>>();
+  private readonly egressNamedSections: RuleSection[];
+  /** Named ports per identity and endpoint: the remote named ports of egress rules. */
+  private readonly namedByIdentity = new Map<number, Map<number, readonly NamedPort[]>>();
+  private readonly namedFlat = new Map<number, NamedPort[]>();
+  private namedIds: number[] | undefined;
+  // Pending changes, resolved by flush().
+  private readonly dirty = new Set<PolicyClass>();
+  private readonly moved = new Set<number>();
+  private readonly namedChanged = new Set<number>();
+  private snapshot: CompiledPolicy | undefined;
+
+  constructor(input: PolicyStateInput) {
+    this.cidrIdentities = cidrIdentitiesAllocate(policyCidrs(input.policies), input.options?.previousCidrIdentities);
+    this.u = new Universe(input.identities, this.cidrIdentities);
+    const rules = input.policies.flatMap((p) => p.rules);
+    this.ctx = {
+      u: this.u,
+      rules,
+      remoteNamed: (id) => this.remoteNamed(id),
+      remoteNamedIds: () => (this.namedIds ??= [...this.namedFlat.keys()].filter((id) => this.namedFlat.get(id)!.length > 0).sort((a, b) => a - b)),
+      allowLocalhost: input.options?.allowLocalhost ?? true,
+    };
+    this.egressNamedSections = rules.flatMap((r) => r.sections).filter(sectionHasEgressNamedPort);
+    for (const ep of input.endpoints) this.endpointSet(ep);
+    this.flush();
+  }
+
+  private remoteNamed(id: number): readonly NamedPort[] {
+    return this.namedFlat.get(id) ?? [];
+  }
+
+  hasIdentity(id: number): boolean {
+    return this.u.labels.has(id);
+  }
+
+  identityOf(endpointId: number): number | undefined {
+    return this.byEndpoint.get(endpointId)?.ep.identity;
+  }
+
+  /** Adds an identity, or removes it (labels undefined). Replacing labels of a known id is remove + add. */
+  identitySet(id: number, labels: readonly string[] | undefined): void {
+    const had = this.u.raw.get(id);
+    if (had === undefined && labels === undefined) return;
+    if (had !== undefined && labels !== undefined && had.length === labels.length && had.every((l, i) => l === labels[i])) return;
+    if (had !== undefined) this.identityChange(id, had, false);
+    if (labels !== undefined) this.identityChange(id, labels, true);
+  }
+
+  private identityChange(id: number, labels: readonly string[], add: boolean): void {
+    this.snapshot = undefined;
+    if (add) this.u.add(id, labels);
+    else this.u.remove(id);
+    for (const cls of this.classes.values()) if (cls.identity === id) this.dirty.add(cls);
+    if (!isLabelDerived(id)) {
+      // Reserved and CIDR identities are selected by entities and CIDR peers too: resolve everything again.
+      this.u.peerCache.clear();
+      for (const cls of this.classes.values()) this.dirty.add(cls);
+      return;
+    }
+    const parsed = labels.map(identityLabelParse);
+    for (const [s, cached] of this.u.peerCache) {
+      if (cached === 'all' || !sectionSelectsLabelIdentity(s, id, parsed)) continue;
+      const next = add ? [...new Set([...cached, id])].sort((a, b) => a - b) : cached.filter((x) => x !== id);
+      this.u.peerCache.set(s, next);
+      for (const cls of this.sectionUsers.get(s) ?? []) this.dirty.add(cls);
+    }
+  }
+
+  /** Adds an endpoint or changes its identity / named ports. */
+  endpointSet(ep: LocalEndpoint): void {
+    const key = endpointClassKey(ep);
+    const prev = this.byEndpoint.get(ep.endpointId);
+    if (prev && prev.cls.key === key) return;
+    if (prev) this.endpointRemove(ep.endpointId);
+    this.snapshot = undefined;
+    const namedPorts = [...(ep.namedPorts ?? [])];
+    let cls = this.classes.get(key);
+    if (!cls) {
+      cls = { key, identity: ep.identity, namedPorts, members: new Set(), policy: undefined, sections: [] };
+      this.classes.set(key, cls);
+      this.dirty.add(cls);
+    }
+    cls.members.add(ep.endpointId);
+    this.byEndpoint.set(ep.endpointId, { ep: { endpointId: ep.endpointId, identity: ep.identity, namedPorts }, cls });
+    this.moved.add(ep.endpointId);
+    this.namedSet(ep.identity, ep.endpointId, namedPorts);
+  }
+
+  endpointRemove(endpointId: number): void {
+    const prev = this.byEndpoint.get(endpointId);
+    if (!prev) return;
+    this.snapshot = undefined;
+    this.byEndpoint.delete(endpointId);
+    this.moved.add(endpointId);
+    prev.cls.members.delete(endpointId);
+    if (prev.cls.members.size === 0) this.classDrop(prev.cls);
+    this.namedSet(prev.ep.identity, endpointId, undefined);
+  }
+
+  private classDrop(cls: PolicyClass): void {
+    this.classes.delete(cls.key);
+    this.dirty.delete(cls);
+    for (const s of cls.sections) this.sectionUsers.get(s)?.delete(cls);
+  }
+
+  /** Every endpoint's entry in the remote named-port table, even without ports (as the full compile builds it). */
+  private namedSet(identity: number, endpointId: number, ports: readonly NamedPort[] | undefined): void {
+    let m = this.namedByIdentity.get(identity);
+    const before = this.namedFlat.get(identity);
+    if (ports === undefined) {
+      if (!m?.delete(endpointId)) return;
+      if (m.size === 0) this.namedByIdentity.delete(identity);
+    } else {
+      if (!m) this.namedByIdentity.set(identity, (m = new Map()));
+      m.set(endpointId, ports);
+    }
+    const flat = m && m.size > 0 ? [...m.values()].flat() : undefined;
+    if (flat) this.namedFlat.set(identity, flat);
+    else this.namedFlat.delete(identity);
+    const beforeLen = before?.length ?? 0;
+    if (beforeLen !== (flat?.length ?? 0) || (beforeLen > 0 && JSON.stringify(before) !== JSON.stringify(flat))) {
+      this.namedChanged.add(identity);
+      this.namedIds = undefined;
+    }
+  }
+
+  /**
+   * Recompiles what the changes since the last flush affect; returns the endpoints whose entries (or
+   * enforcement) changed, were added or were removed.
+   */
+  flush(): EndpointPolicyChange[] {
+    if (this.namedChanged.size > 0) {
+      for (const s of this.egressNamedSections) {
+        const peers = this.u.peers(s);
+        if (peers !== 'all' && !peers.some((id) => this.namedChanged.has(id))) continue;
+        for (const cls of this.sectionUsers.get(s) ?? []) this.dirty.add(cls);
+      }
+      this.namedChanged.clear();
+    }
+    const changedClasses = new Set<PolicyClass>();
+    for (const cls of this.dirty) {
+      const first = cls.members.values().next();
+      if (first.done) continue;
+      const { policy, sections } = classCompile(this.ctx, { endpointId: first.value, identity: cls.identity, namedPorts: cls.namedPorts });
+      for (const s of cls.sections) this.sectionUsers.get(s)?.delete(cls);
+      for (const s of sections) {
+        let users = this.sectionUsers.get(s);
+        if (!users) this.sectionUsers.set(s, (users = new Set()));
+        users.add(cls);
+      }
+      cls.sections = sections;
+      if (cls.policy && policyEqual(cls.policy, policy)) continue;
+      cls.policy = policy;
+      changedClasses.add(cls);
+    }
+    this.dirty.clear();
+
+    const out: EndpointPolicyChange[] = [];
+    const emit = (endpointId: number) => {
+      const before = this.current.get(endpointId);
+      const cls = this.byEndpoint.get(endpointId)?.cls;
+      let after: EndpointPolicy | undefined;
+      if (cls?.policy) {
+        after = before && before.entries === cls.policy.entries && before.ingressEnforced === cls.policy.ingressEnforced && before.egressEnforced === cls.policy.egressEnforced
+          ? before
+          : { ...cls.policy, endpointId };
+      }
+      if (after === before) return;
+      if (after) this.current.set(endpointId, after);
+      else this.current.delete(endpointId);
+      out.push({ endpointId, before, after });
+    };
+    const seen = new Set<number>();
+    for (const id of this.moved) {
+      seen.add(id);
+      emit(id);
+    }
+    this.moved.clear();
+    for (const cls of changedClasses) {
+      for (const id of cls.members) if (!seen.has(id)) emit(id);
+    }
+    if (out.length) this.snapshot = undefined;
+    return out;
+  }
+
+  /** The entries of one endpoint as of the last flush. */
+  endpoint(endpointId: number): EndpointPolicy | undefined {
+    return this.current.get(endpointId);
+  }
+
+  /** Endpoints in the state. */
+  get size(): number {
+    return this.current.size;
+  }
+
+  endpointIds(): IterableIterator<number> {
+    return this.current.keys();
+  }
+
+  /** The state as policyCompile returns it (endpoints in ascending id order; entries shared, read-only). */
+  compiled(): CompiledPolicy {
+    return (this.snapshot ??= {
+      endpoints: [...this.current.values()].sort((a, b) => a.endpointId - b.endpointId),
+      cidrIdentities: this.cidrIdentities,
+      ipcache: this.cidrIdentities.map((c) => ({ cidr: c.cidr, identity: c.identity })),
+      identities: new Map(this.u.raw),
+    });
+  }
+}
