@@ -37,13 +37,18 @@ function udpProbe(p: ProbeReq, timeoutMs: number): Promise<boolean> {
     const s = createSocket(p.addr.includes(':') ? 'udp6' : 'udp4');
     const done = (ok: boolean) => {
       clearTimeout(t);
+      clearInterval(resend);
       s.close();
       resolve(ok);
     };
     const t = setTimeout(() => done(false), timeoutMs);
     s.once('message', () => done(true));
     s.once('error', () => done(false));
-    s.send('probe', p.port, p.addr);
+    // A datagram lost on a busy machine (or in the emulated lab VM) would read as a denial; like TCP's SYN
+    // retransmits, resend within the timeout. A denied flow stays denied however often it is tried.
+    const send = () => s.send('probe', p.port, p.addr);
+    const resend = setInterval(send, Math.max(150, Math.floor(timeoutMs / 4)));
+    send();
   });
 }
 

@@ -9,6 +9,10 @@ import {
   GATEWAY_V4, endpointDeviceCreate, endpointDeviceDelete, endpointDeviceObserve, featuresProbe, macDerive,
   netkitPeerPolicySet, netnsCreate,
 } from '../../netkit/index.js';
+import type { FlowEvent } from '../../bpf/index.js';
+import { datapathLoad, datapathUnpinAll, DROP_REASON } from '../../bpf/index.js';
+import { EP_F_ENFORCE_SRC_IP, EP_F_ENFORCE_SRC_MAC } from '../../bpf/layout.gen.js';
+import { EventSink, policyAllowAll } from './bpf-helpers.js';
 import { ipj, isRoot, linkDelQuiet, linkExists, linkNames, netnsDelQuiet, pingEventually, rand } from './netkit-helpers.js';
 import { timeLimit } from '../helpers/timeouts.js';
 
@@ -103,4 +107,83 @@ test('netkit L3 and L2 pairs: kind, mode, fixed MACs, peer blackholed until forw
   assert.equal(await endpointDeviceDelete(l2.hostIfname), true);
   assert.deepEqual(await linkNames(c0!.ns), ['lo']);
   assert.deepEqual(await linkNames(c1!.ns), ['lo']);
+});
+
+test('netkit L3 and L2 with the datapath: both programs find their endpoint, enforce and report; L2 gateway responder', { skip, timeout: timeLimit(120_000) }, async (t) => {
+  const f = await featuresProbe();
+  if (!f.netkit) {
+    if (process.env.KITNET_EXPECT_NETKIT === '1') assert.fail(`KITNET_EXPECT_NETKIT=1 but no netkit here (${f.netkitDetail})`);
+    t.skip(`no netkit here (${f.netkitDetail})`);
+    return;
+  }
+  const [c0, c1] = await setup(t, 2);
+  const pinRoot = `/sys/fs/bpf/kitnet-nkdp-${c0!.id}`;
+  const dp = await datapathLoad({ pinRoot });
+  const sink = new EventSink(dp);
+  t.after(async () => {
+    sink.close();
+    dp.close();
+    await datapathUnpinAll(pinRoot);
+  });
+  const l3 = specFor(c0!, 0, 'netkit');
+  const l2 = specFor(c1!, 1, 'netkit-l2');
+  const a = await endpointDeviceCreate(l3);
+  const b = await endpointDeviceCreate(l2);
+  const A = { endpointId: 301, identity: 5301 };
+  const B = { endpointId: 302, identity: 5302 };
+  dp.endpointUpsert(a.hostIfindex, { ...A, ipv4: l3.ipv4, ipv6: l3.ipv6, mac: a.peerMac, flags: EP_F_ENFORCE_SRC_IP });
+  dp.endpointUpsert(b.hostIfindex, { ...B, ipv4: l2.ipv4, ipv6: l2.ipv6, mac: b.peerMac, hostMac: b.hostMac, flags: EP_F_ENFORCE_SRC_IP | EP_F_ENFORCE_SRC_MAC });
+  for (const [spec, id] of [[l3, A.identity], [l2, B.identity]] as const) {
+    dp.ipcacheUpsert(`${spec.ipv4}/32`, { identity: id, hostId: 0 });
+    dp.ipcacheUpsert(`${spec.ipv6}/128`, { identity: id, hostId: 0 });
+  }
+  policyAllowAll(dp, A.endpointId);
+  policyAllowAll(dp, B.endpointId);
+  for (const d of [a, b]) {
+    const res = await dp.attachDetailed({ ifname: d.hostIfname, ifindex: d.hostIfindex, kind: 'netkit' });
+    assert.deepEqual(res.map((r) => [r.role, r.prog]), [['from_workload', 'from_workload'], ['to_workload', 'to_workload_netkit']]);
+    await netkitPeerPolicySet(d.hostIfname, 'forward');
+  }
+
+  // Each echo is seen twice: leaving one workload (its from_workload) and entering the other (the
+  // primary-side program, which must charge the receiving endpoint, not whatever skb->ifindex is).
+  const echoes = (evs: FlowEvent[], type: number) =>
+    evs.filter((e) => (e.protocol === 1 || e.protocol === 58) && e.icmpType === type).map((e) => [e.direction, e.endpointId, e.ifindex, e.srcIdentity, e.dstIdentity]);
+  assert.ok(await pingEventually(c0!.ns, l2.ipv4), 'L3 -> L2 IPv4 through both programs');
+  let evs = await sink.waitFor((e) => echoes(e, 0).length >= 2);
+  assert.deepEqual(echoes(evs, 8).slice(0, 2).sort(), [
+    ['EGRESS', A.endpointId, a.hostIfindex, A.identity, B.identity],
+    ['INGRESS', B.endpointId, b.hostIfindex, A.identity, B.identity],
+  ]);
+  assert.deepEqual(echoes(evs, 0).slice(0, 2).sort(), [
+    ['EGRESS', B.endpointId, b.hostIfindex, B.identity, A.identity],
+    ['INGRESS', A.endpointId, a.hostIfindex, B.identity, A.identity],
+  ]);
+  await sink.drain();
+  assert.ok(await pingEventually(c1!.ns, l3.ipv6), 'L2 -> L3 IPv6');
+  evs = await sink.waitFor((e) => echoes(e, 129).length >= 2);
+  assert.deepEqual(echoes(evs, 128).slice(0, 2).sort(), [
+    ['EGRESS', B.endpointId, b.hostIfindex, B.identity, A.identity],
+    ['INGRESS', A.endpointId, a.hostIfindex, B.identity, A.identity],
+  ]);
+
+  // L2: with its gateway neighbour entry gone, the guest side resolves 169.254.1.1 through the responder.
+  const repliesBefore = dp.metricsRead().NEIGH_REPLIES.packets;
+  await ipj(['neigh', 'del', GATEWAY_V4, 'dev', 'eth0'], c1!.ns).catch(() => undefined);
+  assert.ok(await pingEventually(c1!.ns, l3.ipv4), 'L2 -> L3 IPv4 after ARP through the responder');
+  assert.ok(dp.metricsRead().NEIGH_REPLIES.packets > repliesBefore, 'the responder answered');
+
+  // Enforcement on the primary side: B allows nothing in, so A's new connections die there, reported.
+  await sink.drain();
+  dp.policyClear(B.endpointId);
+  dp.policyApply(B.endpointId, [{ op: 'upsert', entry: { identity: 0, protocol: 0, port: 0, portPrefixLen: 0, deny: false, direction: 'egress' } }]);
+  dp.conntrackFlush();
+  assert.equal(await pingEventually(c0!.ns, l2.ipv4, 1), false, 'denied towards B');
+  evs = await sink.waitFor((e) => e.some((x) => x.verdict === 'DROPPED'));
+  const drop = evs.find((x) => x.verdict === 'DROPPED');
+  assert.deepEqual(
+    drop && [drop.direction, drop.endpointId, drop.ifindex, drop.dropReason],
+    ['INGRESS', B.endpointId, b.hostIfindex, DROP_REASON.POLICY_DENIED],
+  );
+  assert.equal(sink.lostEvents(), 0n);
 });

@@ -6,6 +6,7 @@ import { CASES, NAMESPACES, PORTS, PROTOCOLS, WORKLOADS, WORLD, WORLD_ADDRESSES,
 import { Prober, type ProbeSpec } from '../helpers/prober-client.js';
 import { AgentFixture } from '../helpers/fixture.js';
 import { run } from '../helpers/sys.js';
+import { timeLimit } from '../helpers/timeouts.js';
 
 /**
  * Network-policy conformance with real traffic, in the spirit of the upstream Kubernetes e2e suite:
@@ -96,13 +97,13 @@ describe('policy conformance with real traffic (root)', { timeout: 600_000 }, ()
           peers.map(async (from) => {
             const probes = probesFrom(from);
             const specs: ProbeSpec[] = probes.map((p) => ({ addr: addresses.get(p.to)![family], port: p.port, protocol: p.protocol }));
-            const seen = await probers.get(from)!.probe(specs, 600);
+            const seen = await probers.get(from)!.probe(specs, timeLimit(600));
             // A denied probe always waits out its timeout, so the first pass is short. An allowed
             // connection on a busy machine can take longer: probes that should have passed but did
             // not get one slower second look (a real denial fails it again).
             const again = probes.map((_, i) => i).filter((i) => !seen[i] && c.expected(probes[i]!));
             if (again.length) {
-              const second = await probers.get(from)!.probe(again.map((i) => specs[i]!), 3000);
+              const second = await probers.get(from)!.probe(again.map((i) => specs[i]!), timeLimit(3000));
               again.forEach((i, k) => (seen[i] = second[k]!));
             }
             return probes.map((p, i) => ({ p, seen: seen[i]! }));
