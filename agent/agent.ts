@@ -139,12 +139,16 @@ export class Agent implements AgentApi {
     };
   }
 
+  /** The directory follows single workload changes in place; anything unexpected rebuilds it. */
+  private directorySet(rec: WorkloadRecord): WorkloadRecord {
+    const labels = this.store.identityLabels(rec.identity);
+    if (labels) this.directory.workloadSet(rec, labels);
+    else this.directory.refresh();
+    return rec;
+  }
+
   async workloadRegister(input: WorkloadCreate): Promise<Workload> {
-    try {
-      return this.view(await this.workloads.register(input));
-    } finally {
-      this.directory.refresh();
-    }
+    return this.view(this.directorySet(await this.workloads.register(input)));
   }
 
   workloadList(namespace?: string): Workload[] {
@@ -156,20 +160,22 @@ export class Agent implements AgentApi {
   }
 
   async workloadRemove(namespace: string, name: string): Promise<Workload> {
+    const view = this.view(this.workloads.get(namespace, name));
     try {
-      const view = this.view(this.workloads.get(namespace, name));
-      await this.workloads.remove(namespace, name);
-      return view;
-    } finally {
+      this.directory.workloadRemove(await this.workloads.remove(namespace, name));
+    } catch (err) {
       this.directory.refresh();
+      throw err;
     }
+    return view;
   }
 
   async workloadLabelsSet(namespace: string, name: string, labels: Record<string, string>): Promise<Workload> {
     try {
-      return this.view(await this.workloads.labelsSet(namespace, name, labels));
-    } finally {
+      return this.view(this.directorySet(await this.workloads.labelsSet(namespace, name, labels)));
+    } catch (err) {
       this.directory.refresh();
+      throw err;
     }
   }
 

@@ -1,41 +1,96 @@
 import { reservedIdentityLabels } from '../identity/reserved.js';
 import type { SqliteStore } from '../store/sqlite-store.js';
+import type { WorkloadRecord } from '../store/types.js';
 import type { HubbleEndpoint } from './hubble.js';
 
+function endpointOf(w: WorkloadRecord, labels: string[]): HubbleEndpoint {
+  return {
+    ID: w.endpointId,
+    identity: w.identity,
+    namespace: w.spec.namespace,
+    labels,
+    pod_name: w.spec.name,
+    workloads: [{ name: w.spec.name, kind: w.spec.kind === 'netns' ? 'ExternalWorkload' : 'VirtualMachine' }],
+  };
+}
+
 /**
- * What the flow pipeline knows about endpoints and identities, as plain maps rebuilt from the store
- * whenever workloads or identities change — so enriching a flow is a few hash lookups, never a query.
+ * What the flow pipeline knows about endpoints and identities, as plain maps — so enriching a flow is
+ * a few hash lookups, never a query. Rebuilt from the store at start and after bulk changes
+ * (namespace labels, workloads the watch removed); single workload changes update it in place.
+ * Endpoint objects are shared by every flow that names them and must not be mutated: a change makes
+ * a new object, so flows keep what was true when they were seen.
  */
 export class EndpointDirectory {
   private byEndpointId = new Map<number, HubbleEndpoint>();
   private byAddress = new Map<string, HubbleEndpoint>();
   private identityLabels = new Map<number, string[]>();
+  /** Local workloads per identity: labels of identities no workload has any more are dropped. */
+  private identityRefs = new Map<number, number>();
+  /** Each local endpoint's addresses (its keys in byAddress). */
+  private addresses = new Map<number, [string, string]>();
+  /** Peers that are not local workloads, per identity (one shared object each). */
+  private remote = new Map<number, HubbleEndpoint>();
 
   constructor(private readonly store: SqliteStore) {
     this.refresh();
   }
 
   refresh(): void {
-    const identityLabels = new Map<number, string[]>();
-    for (const i of this.store.identityList()) identityLabels.set(i.id, i.labels);
+    const identityLabels = this.store.identityLabelsAll();
     const byEndpointId = new Map<number, HubbleEndpoint>();
     const byAddress = new Map<string, HubbleEndpoint>();
+    const identityRefs = new Map<number, number>();
+    const addresses = new Map<number, [string, string]>();
     for (const w of this.store.workloadList()) {
-      const ep: HubbleEndpoint = {
-        ID: w.endpointId,
-        identity: w.identity,
-        namespace: w.spec.namespace,
-        labels: identityLabels.get(w.identity) ?? [],
-        pod_name: w.spec.name,
-        workloads: [{ name: w.spec.name, kind: w.spec.kind === 'netns' ? 'ExternalWorkload' : 'VirtualMachine' }],
-      };
+      const ep = endpointOf(w, identityLabels.get(w.identity) ?? []);
       byEndpointId.set(w.endpointId, ep);
       byAddress.set(w.ipv4, ep);
       byAddress.set(w.ipv6, ep);
+      addresses.set(w.endpointId, [w.ipv4, w.ipv6]);
+      identityRefs.set(w.identity, (identityRefs.get(w.identity) ?? 0) + 1);
     }
+    this.addresses = addresses;
     this.identityLabels = identityLabels;
+    this.identityRefs = identityRefs;
     this.byEndpointId = byEndpointId;
     this.byAddress = byAddress;
+    this.remote = new Map();
+  }
+
+  /** A workload was registered or changed (labels, identity): `labels` are its identity's. */
+  workloadSet(w: WorkloadRecord, labels: string[]): void {
+    const old = this.byEndpointId.get(w.endpointId);
+    if (old) this.forget(w.endpointId, old);
+    const ep = endpointOf(w, labels);
+    this.byEndpointId.set(w.endpointId, ep);
+    this.byAddress.set(w.ipv4, ep);
+    this.byAddress.set(w.ipv6, ep);
+    this.addresses.set(w.endpointId, [w.ipv4, w.ipv6]);
+    this.identityLabels.set(w.identity, labels);
+    this.identityRefs.set(w.identity, (this.identityRefs.get(w.identity) ?? 0) + 1);
+    this.remote.delete(w.identity);
+  }
+
+  /** A workload was removed. */
+  workloadRemove(w: WorkloadRecord): void {
+    const old = this.byEndpointId.get(w.endpointId);
+    if (!old) return;
+    this.forget(w.endpointId, old);
+    this.byEndpointId.delete(w.endpointId);
+  }
+
+  private forget(endpointId: number, ep: HubbleEndpoint): void {
+    for (const addr of this.addresses.get(endpointId) ?? []) if (this.byAddress.get(addr) === ep) this.byAddress.delete(addr);
+    this.addresses.delete(endpointId);
+    const refs = (this.identityRefs.get(ep.identity) ?? 1) - 1;
+    if (refs > 0) {
+      this.identityRefs.set(ep.identity, refs);
+    } else {
+      this.identityRefs.delete(ep.identity);
+      this.identityLabels.delete(ep.identity);
+      this.remote.delete(ep.identity);
+    }
   }
 
   endpointById(id: number): HubbleEndpoint | undefined {
@@ -46,6 +101,12 @@ export class EndpointDirectory {
   endpointForPeer(address: string, identity: number): HubbleEndpoint {
     const local = this.byAddress.get(address);
     if (local) return local;
-    return { identity, labels: this.identityLabels.get(identity) ?? reservedIdentityLabels(identity) };
+    let ep = this.remote.get(identity);
+    if (!ep) {
+      ep = { identity, labels: this.identityLabels.get(identity) ?? reservedIdentityLabels(identity) };
+      if (this.remote.size > 65_536) this.remote.clear();
+      this.remote.set(identity, ep);
+    }
+    return ep;
   }
 }

@@ -1,0 +1,59 @@
+// The flow directory follows single workload changes in place (register, relabel, remove); after
+// any sequence of them it must answer exactly as one rebuilt from the store.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { EndpointDirectory } from '../../agent/flows/directory.js';
+import { IdentityAllocator } from '../../agent/identity/allocator.js';
+import { SqliteStore } from '../../agent/store/sqlite-store.js';
+import type { WorkloadRecord } from '../../agent/store/types.js';
+
+test('incremental directory updates answer as a rebuild from the store', () => {
+  let seed = 11;
+  const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) >> 4) % n;
+  const store = new SqliteStore(':memory:');
+  const ids = new IdentityAllocator(store);
+  const dir = new EndpointDirectory(store);
+  const labelsOf = () => ({ app: ['a', 'b', 'c', 'd', 'e'][rnd(5)]!, ...(rnd(2) ? { tier: 'x' } : {}) });
+  const set = (w: WorkloadRecord) => dir.workloadSet(w, store.identityLabels(w.identity)!);
+  let n = 0;
+  for (let step = 0; step < 300; step++) {
+    const all = store.workloadList();
+    const op = all.length === 0 ? 0 : rnd(3);
+    if (op === 0) {
+      const i = ++n;
+      const labels = labelsOf();
+      const w = store.transaction(() =>
+        store.workloadInsert({
+          spec: { name: `w${i}`, namespace: 'ns', kind: rnd(2) ? 'netns' : 'vm', labels, netns: '/x', requestedMode: 'auto', interface: 'eth0' },
+          mode: 'veth', endpointId: i, identity: ids.acquire(labels, 'ns'), ipv4: `10.0.${i >> 8}.${i & 255}`, ipv6: `fd00::${i}`, hostIfname: `kn${i}`,
+        }),
+      );
+      set(w);
+    } else if (op === 1) {
+      const w = all[rnd(all.length)]!;
+      const labels = labelsOf();
+      const updated = store.transaction(() => {
+        store.workloadUpdate(w.spec.namespace, w.spec.name, { ...w.spec, labels }, ids.acquire(labels, 'ns'));
+        store.identitiesReleaseUnused();
+        return store.workloadGet(w.spec.namespace, w.spec.name)!;
+      });
+      set(updated);
+    } else {
+      const w = all[rnd(all.length)]!;
+      store.transaction(() => {
+        store.workloadDelete(w.spec.namespace, w.spec.name);
+        store.identitiesReleaseUnused();
+      });
+      dir.workloadRemove(w);
+    }
+    const fresh = new EndpointDirectory(store);
+    for (let i = 1; i <= n; i++) assert.deepEqual(dir.endpointById(i), fresh.endpointById(i), `step ${step}: endpoint ${i}`);
+    for (const w of store.workloadList()) {
+      for (const addr of [w.ipv4, w.ipv6]) assert.deepEqual(dir.endpointForPeer(addr, 0), fresh.endpointForPeer(addr, 0), `step ${step}: ${addr}`);
+    }
+    for (const id of [2, ...Array.from({ length: 120 }, (_, k) => 256 + k)]) {
+      assert.deepEqual(dir.endpointForPeer('192.0.2.1', id), fresh.endpointForPeer('192.0.2.1', id), `step ${step}: remote identity ${id}`);
+    }
+    assert.deepEqual(dir.endpointForPeer('fd00::9999', 2), { identity: 2, labels: ['reserved:world'] });
+  }
+});
