@@ -44,6 +44,8 @@ function hostAddresses(): string[] {
   return out;
 }
 
+const NO_ENTRIES: readonly PolicyEntry[] = [];
+
 /** The map operations turning `before` into `after`, computed once per distinct pair of (shared) arrays. */
 class DiffMemo {
   private readonly m = new Map<readonly PolicyEntry[], Map<readonly PolicyEntry[], PolicyMapOp[]>>();
@@ -223,8 +225,8 @@ export class PolicyEngine {
     let upserts = 0;
     let deletes = 0;
     for (const { endpointId, after } of changes) {
-      const before = this.inMap.get(endpointId) ?? [];
-      const next = after?.entries ?? [];
+      const before = this.inMap.get(endpointId) ?? NO_ENTRIES;
+      const next = after?.entries ?? NO_ENTRIES;
       const ops = memo.ops(before, next);
       if (ops.length > 0) {
         try {

@@ -59,6 +59,18 @@ export function policyTraceFormat(r: TraceResult, identities?: IdentityNames): s
   return lines.join('\n');
 }
 
+/**
+ * The identity of an entry's map key within one endpoint, as text: equal exactly when the encoded
+ * keys are (the port is masked to its prefix; no protocol means prefix 72 whatever the port fields).
+ * Invalid entries throw as policyKeyEncode does.
+ */
+export function policyEntryKey(endpointId: number, e: Pick<PolicyEntry, 'direction' | 'identity' | 'protocol' | 'port' | 'portPrefixLen'>): string {
+  if (e.protocol === 0 && (e.port !== 0 || e.portPrefixLen !== 0)) policyKeyEncode({ endpointId, ...e }); // throws the encoder's error
+  if (!(e.portPrefixLen >= 0 && e.portPrefixLen <= 16)) policyKeyEncode({ endpointId, ...e });
+  const mask = e.portPrefixLen === 0 ? 0 : (0xffff << (16 - e.portPrefixLen)) & 0xffff;
+  return `${e.direction === 'ingress' ? 'i' : 'e'}${e.identity}/${e.protocol}/${e.port & mask}/${e.portPrefixLen}`;
+}
+
 export interface PolicyMapOp {
   op: 'upsert' | 'delete';
   entry: PolicyEntry;
@@ -77,16 +89,18 @@ export function policyEntriesDiff(
   before: readonly PolicyEntry[],
   after: readonly PolicyEntry[],
 ): { upserts: PolicyEntry[]; deletes: PolicyEntry[]; ops: PolicyMapOp[] } {
-  const key = (e: PolicyEntry) => policyKeyEncode({ endpointId, ...e }).toString('hex');
-  const old = new Map(before.map((e) => [key(e), e]));
-  const now = new Map(after.map((e) => [key(e), e]));
-  const upserts = [...now].filter(([k, e]) => old.get(k)?.deny !== e.deny).map(([, e]) => e);
-  const deletes = [...old].filter(([k]) => !now.has(k)).map(([, e]) => e);
-  const ops: PolicyMapOp[] = [
-    ...upserts.filter((e) => e.deny).map((entry) => ({ op: 'upsert' as const, entry })),
-    ...deletes.filter((e) => !e.deny).map((entry) => ({ op: 'delete' as const, entry })),
-    ...upserts.filter((e) => !e.deny).map((entry) => ({ op: 'upsert' as const, entry })),
-    ...deletes.filter((e) => e.deny).map((entry) => ({ op: 'delete' as const, entry })),
-  ];
+  const old = new Map<string, PolicyEntry>();
+  for (const e of before) old.set(policyEntryKey(endpointId, e), e);
+  const now = new Map<string, PolicyEntry>();
+  for (const e of after) now.set(policyEntryKey(endpointId, e), e);
+  const upserts: PolicyEntry[] = [];
+  const deletes: PolicyEntry[] = [];
+  for (const [k, e] of now) if (old.get(k)?.deny !== e.deny) upserts.push(e);
+  for (const [k, e] of old) if (!now.has(k)) deletes.push(e);
+  const ops: PolicyMapOp[] = [];
+  for (const entry of upserts) if (entry.deny) ops.push({ op: 'upsert', entry });
+  for (const entry of deletes) if (!entry.deny) ops.push({ op: 'delete', entry });
+  for (const entry of upserts) if (!entry.deny) ops.push({ op: 'upsert', entry });
+  for (const entry of deletes) if (entry.deny) ops.push({ op: 'delete', entry });
   return { upserts, deletes, ops };
 }

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { endpointPolicyFormat, policiesParse, policyCompile, policyEntriesDiff, policyTrace, policyTraceFormat, portFormat } from '../../agent/policy/index.js';
+import { endpointPolicyFormat, policiesParse, policyCompile, policyEntriesDiff, policyEntryKey, policyKeyEncode, policyTrace, policyTraceFormat, portFormat } from '../../agent/policy/index.js';
 import type { PolicyEntry } from '../../agent/policy/index.js';
 
 const ids = new Map<number, string[]>([
@@ -69,5 +69,23 @@ ${allowPorts.length ? `  ingress: [{fromEndpoints: [{matchLabels: {app: client}}
       }
       for (let port = 0; port < 16; port++) assert.equal(allowed(state, port), allowed(b.endpoints[0]!.entries, port));
     }
+  });
+  test('entry keys are equal exactly when the encoded map keys are', () => {
+    let seed = 9;
+    const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) >> 4) % n;
+    const entry = (): PolicyEntry => {
+      const protocol = [0, 6, 17, 1][rnd(4)]!;
+      const portPrefixLen = protocol === 0 ? 0 : [0, 8, 12, 15, 16][rnd(5)]!;
+      return { direction: rnd(2) ? 'ingress' : 'egress', identity: [0, 1, 300][rnd(3)]!, protocol, port: protocol === 0 ? 0 : [0, 80, 81, 0x1234, 0x12ff][rnd(5)]!, portPrefixLen, deny: false, rules: [] };
+    };
+    const entries = Array.from({ length: 300 }, entry);
+    for (const a of entries.slice(0, 60)) {
+      for (const b of entries) {
+        const sameKey = policyKeyEncode({ endpointId: 1, ...a }).equals(policyKeyEncode({ endpointId: 1, ...b }));
+        assert.equal(policyEntryKey(1, a) === policyEntryKey(1, b), sameKey, `${JSON.stringify(a)} vs ${JSON.stringify(b)}`);
+      }
+    }
+    assert.throws(() => policyEntryKey(1, { direction: 'ingress', identity: 0, protocol: 0, port: 80, portPrefixLen: 16 }), /needs a protocol/);
+    assert.throws(() => policyEntryKey(1, { direction: 'ingress', identity: 0, protocol: 6, port: 80, portPrefixLen: 17 }), /prefix length/);
   });
 });
