@@ -10,12 +10,13 @@ import type { Workload } from '../../api/schemas/workload.js';
 import { AgentFixture } from '../helpers/fixture.js';
 import { kernelHasNetkit, testMode } from '../helpers/mode.js';
 import { links, ping, routes, run, waitFor } from '../helpers/sys.js';
+import { timeLimit } from '../helpers/timeouts.js';
 
 /**
  * The walking skeleton end to end, as root with real kernel objects: an agent with its own state dir,
  * socket, pin root and address pools; workloads in real namespaces; traffic; flows; restart; removal.
  */
-describe('agent end to end (root)', { timeout: 240_000 }, () => {
+describe('agent end to end (root)', { timeout: timeLimit(240_000) }, () => {
   const fx = new AgentFixture({
     tag: 'e2e',
     // A /29 leaves five usable IPv4 addresses: small enough to exhaust in the test.

@@ -15,7 +15,7 @@ import { timeLimit } from '../helpers/timeouts.js';
  * and IPv6, and the observed matrix must equal the expected one. `policy trace` must agree with the
  * datapath on every probe.
  */
-describe('policy conformance with real traffic (root)', { timeout: 600_000 }, () => {
+describe('policy conformance with real traffic (root)', { timeout: timeLimit(600_000) }, () => {
   const fx = new AgentFixture({
     tag: 'conf',
     ipv4Pool: '10.202.0.0/16',
