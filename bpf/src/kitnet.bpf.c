@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* kitnet datapath: one object, configured only through maps (no per-endpoint compile).
  *
- * Per packet: endpoint lookup by ifindex -> parse -> anti-spoofing (from the workload; ARP and neighbour
- * discovery too, and the gateway's ARP / NS responder: neigh.h) -> ipcache ->
- * conntrack (replies and established flows pass) -> policy (new connections, untracked packets; allowed
- * connections are then tracked) -> event (aggregated; drops always reported) -> metrics -> verdict.
+ * Per packet: endpoint lookup (by ifindex, or by destination on the netkit primary) -> parse ->
+ * anti-spoofing (from the workload; ARP and neighbour discovery too, and the gateway's ARP / NS
+ * responder: neigh.h) -> conntrack (replies and established flows pass) -> ipcache identity and policy
+ * (new connections, untracked packets; allowed connections are then tracked) -> event (aggregated;
+ * drops always reported; the ipcache is only consulted for packets that need an identity) -> metrics
+ * -> verdict.
  *
  * Return codes are tcx/netkit codes: TCX_NEXT for devices that are not (yet) endpoints, so other
  * programs and the device default decide; TCX_PASS for forwarded packets; TCX_DROP for drops;
@@ -62,6 +64,20 @@ static __always_inline int neigh_answer(struct __sk_buff *skb)
 	return bpf_redirect(skb->ifindex, 0);
 }
 
+/* Identities of both ends: the workload's own, and the remote's from the ipcache (or world). Only
+ * resolved when needed (policy, an event): established packets that are not reported skip the LPM
+ * lookup, the biggest part of their cost. */
+static __always_inline void identities_resolve(struct flow_ctx *c, const struct endpoint_info *ep, const struct pkt *p, __u8 dir)
+{
+	if (dir == DIR_EGRESS) {
+		c->src_identity = ep->identity;
+		c->dst_identity = p->family ? ipcache_identity(p->daddr, p->family) : 0;
+	} else {
+		c->src_identity = p->family ? ipcache_identity(p->saddr, p->family) : 0;
+		c->dst_identity = ep->identity;
+	}
+}
+
 /* ifindex of the host-side device of the local workload that owns addr, or 0. */
 static __always_inline __u32 endpoint_ifindex_by_addr(const __u8 *addr, __u8 family)
 {
@@ -94,7 +110,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 	struct ct_result ct;
 	struct pkt p;
 	__u64 now, interval_ns = 0;
-	int aggregate = 1, has_l2, rc, ct_state, related;
+	int aggregate = 1, has_l2, rc, ct_state, related, report, resolved = 0;
 	__u16 reason;
 
 	__builtin_memset(&p, 0, sizeof(p));
@@ -145,16 +161,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 		return finish(&c, 1, now);
 	}
 
-	/* identities: the workload on one side, the ipcache (or world) on the other */
-	if (dir == DIR_EGRESS) {
-		c.src_identity = ep->identity;
-		c.dst_identity = p.family ? ipcache_identity(p.daddr, p.family) : 0;
-	} else {
-		c.src_identity = p.family ? ipcache_identity(p.saddr, p.family) : 0;
-		c.dst_identity = ep->identity;
-	}
-
 	if (rc != PARSE_OK) {
+		identities_resolve(&c, ep, &p, dir);
 		c.verdict = VERDICT_DROPPED;
 		c.drop_reason = rc == PARSE_BAD_EXTHDR ? DROP_INVALID_IPV6_EXTENSION_HEADER : DROP_INVALID_PACKET_DROPPED;
 		c.reason = REPORT_DROP;
@@ -169,6 +177,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 				return neigh_answer(skb);
 		}
 		if (reason) {
+			identities_resolve(&c, ep, &p, dir);
 			c.verdict = VERDICT_DROPPED;
 			c.drop_reason = reason;
 			c.reason = REPORT_DROP;
@@ -208,6 +217,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 			goto out;
 		}
 	}
+	identities_resolve(&c, ep, &p, dir);
+	resolved = 1;
 	reason = policy_check(ep->endpoint_id, dir == DIR_EGRESS ? c.dst_identity : c.src_identity, dir, &p);
 	if (reason) {
 		metric_add(reason == DROP_POLICY_DENY ? METRIC_POLICY_DENY : METRIC_POLICY_DENIED, c.len);
@@ -222,8 +233,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 		ct.report = REPORT_EVERY; /* untracked but rare (ICMP errors, other ICMP): always worth an event */
 
 out:
+	report = !aggregate || ct.report != CT_NO_REPORT;
+	if (report && !resolved)
+		identities_resolve(&c, ep, &p, dir);
 	c.reason = ct.report == CT_NO_REPORT ? REPORT_EVERY : ct.report;
-	return finish(&c, !aggregate || ct.report != CT_NO_REPORT, now);
+	return finish(&c, report, now);
 }
 
 /* tcx ingress on the host-side veth, or netkit BPF_NETKIT_PEER (skb->dev is the primary there): packets
