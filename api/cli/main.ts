@@ -102,21 +102,33 @@ const workload = program.command('workload').alias('workloads').description('reg
 
 workload
   .command('add <name>')
-  .description('register a workload living in a network namespace')
-  .requiredOption('--netns <path>', 'network namespace path (/var/run/netns/NAME or /proc/PID/ns/net)')
+  .description('register a workload: a process in a network namespace (netns), a VM kitnet wires up (vm), or an existing tap (tap)')
+  .addOption(new Option('-k, --kind <kind>', 'workload kind').choices(['netns', 'vm', 'tap']).default('netns'))
+  .option('--netns <path>', 'network namespace path (/var/run/netns/NAME or /proc/PID/ns/net); required for netns, optional for vm (adopt it)')
+  .option('--device <name>', 'tap only: the existing tap/vnet device in the host namespace')
+  .option('--mac <mac>', "the guest NIC's MAC: tap (required) and vm (default: a fixed locally administered one)")
   .option('-n, --namespace <ns>', 'namespace', 'default')
   .option('-l, --label <key=value>', 'label (repeatable)', labelsParse, {})
   .option('--ipv4 <addr>', 'IPv4 address (default: allocated)')
   .option('--ipv6 <addr>', 'IPv6 address (default: allocated)')
   .option('--interface <name>', 'interface name inside the namespace')
   .option('-p, --port <name:port[/proto]>', 'named port, e.g. http:80/TCP (repeatable)', portsParse, [])
-  .addOption(new Option('--mode <mode>', 'device mode').choices(['auto', 'veth', 'netkit']).default('auto'))
+  .addOption(new Option('--mode <mode>', 'device mode (netns, vm)').choices(['auto', 'veth', 'netkit']).default('auto'))
   .addOption(outputOption())
-  .action(async (name: string, o: { netns: string; namespace: string; label: Record<string, string>; ipv4?: string; ipv6?: string; interface?: string; mode: string; output: string; port: unknown[] }) => {
-    const body = { name, namespace: o.namespace, labels: o.label, kind: 'netns', netns: o.netns, mode: o.mode, ipv4: o.ipv4, ipv6: o.ipv6, interface: o.interface, ...(o.port.length ? { ports: o.port } : {}) };
+  .action(async (name: string, o: { kind: string; netns?: string; device?: string; mac?: string; namespace: string; label: Record<string, string>; ipv4?: string; ipv6?: string; interface?: string; mode: string; output: string; port: unknown[] }) => {
+    // Only what was given: the API (zod) names the field when a combination does not fit the kind.
+    const body = {
+      name, namespace: o.namespace, labels: o.label, kind: o.kind, netns: o.netns, device: o.device, mac: o.mac,
+      mode: o.kind === 'tap' && o.mode === 'auto' ? undefined : o.mode,
+      ipv4: o.ipv4, ipv6: o.ipv6, interface: o.interface, ...(o.port.length ? { ports: o.port } : {}),
+    };
     const w = await client().call<Workload>('POST', '/v1/workloads', body);
     if (o.output === 'json') return printJson(w);
     console.log(`workload ${w.namespace}/${w.name} registered: identity ${w.identity}, ${w.ipv4} ${w.ipv6}, ${w.mode} ${w.interfaces.host.name} <-> ${w.interfaces.workload.name}`);
+    if (w.vm) {
+      console.log(`  guest: ${w.vm.addresses.ipv4} ${w.vm.addresses.ipv6}, MAC ${w.vm.mac}, gateways 169.254.1.1 / fe80::1 at ${w.vm.gatewayMac}`);
+      console.log(`  start the VM: ${w.vm.runHint}`);
+    }
   });
 
 workload
