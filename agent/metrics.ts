@@ -1,7 +1,7 @@
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { Counter as DatapathCounter, MetricName } from '../bpf/index.js';
+import type { Counter as DatapathCounter, FlowEvent, MetricName } from '../bpf/index.js';
 import { CONNTRACK_MAP_MAX, ENDPOINTS_MAP_MAX, IPCACHE_MAP_MAX } from '../bpf/layout.gen.js';
-import type { HubbleFlowRecord, LostEventSource } from './flows/hubble.js';
+import { dropReasonDesc, type HubbleFlowRecord, type LostEventSource } from './flows/hubble.js';
 
 /**
  * Prometheus metrics of the agent, served at `GET /metrics`.
@@ -21,6 +21,11 @@ export interface MetricsSources {
   flows?: {
     on(event: 'flow', fn: (r: HubbleFlowRecord) => void): unknown;
     off(event: 'flow', fn: (r: HubbleFlowRecord) => void): unknown;
+    /**
+     * Batches of decoded events (the real pipeline): counted per batch from the events' fields, so no
+     * flow object is made for the metrics. Without it, every 'flow' is counted as it is emitted.
+     */
+    batchObserve?(fn: (events: readonly FlowEvent[]) => void): () => void;
     listenerCount(event: 'flow' | 'lost'): number;
     readonly lost: Readonly<Record<LostEventSource, number>>;
     readonly ring: { readonly length: number; readonly capacity: number };
@@ -131,6 +136,105 @@ function mirroredCounter<L extends string>(
   });
 }
 
+/** Index of a flow's protocol for the batch counters, and Hubble's name for it (flowProtocol). */
+const PROTO_NAMES = ['TCP', 'UDP', 'SCTP', 'ICMPv4', 'ICMPv6', 'Unknown flow'] as const;
+function protoIndex(protocol: number): number {
+  switch (protocol) {
+    case 6:
+      return 0;
+    case 17:
+      return 1;
+    case 132:
+      return 2;
+    case 1:
+      return 3;
+    case 58:
+      return 4;
+    default:
+      return 5;
+  }
+}
+const TCP_FLAG_LABELS = ['FIN', 'SYN', 'SYN-ACK', 'RST'] as const;
+
+/**
+ * Hubble's flow metrics counted from decoded events, exactly as AgentMetrics.flowObserve counts the
+ * Hubble flows made from them: per event a few integer operations into small tables keyed by label
+ * combination, added to prom-client once per batch (one `inc` per distinct label set).
+ */
+class FlowBatchCounter {
+  /** (protocol, verdict, direction) -> count: hubble_flows_processed_total. */
+  private readonly processed = new Float64Array(PROTO_NAMES.length * 4);
+  /** (flag, family) -> count: hubble_tcp_flags_total. */
+  private readonly flags = new Float64Array(TCP_FLAG_LABELS.length * 2);
+  /** protocol * 65536 + drop reason -> count: hubble_drop_total. */
+  private readonly drops = new Map<number, number>();
+  /** protocol * 65536 + destination port -> count: hubble_port_distribution_total. */
+  private readonly ports = new Map<number, number>();
+
+  constructor(
+    private readonly flowsProcessed: Counter<'protocol' | 'type' | 'subtype' | 'verdict'>,
+    private readonly dropsTotal: Counter<'reason' | 'protocol'>,
+    private readonly tcpFlags: Counter<'flag' | 'family'>,
+    private readonly portDistribution: Counter<'protocol' | 'port'>,
+  ) {}
+
+  count(events: readonly FlowEvent[]): void {
+    const processed = this.processed;
+    for (const ev of events) {
+      const p = protoIndex(ev.protocol);
+      if (ev.verdict === 'DROPPED') {
+        processed[p * 4 + 2]!++;
+        const k = p * 65536 + ev.dropReason;
+        this.drops.set(k, (this.drops.get(k) ?? 0) + 1);
+        continue;
+      }
+      processed[p * 4 + (ev.direction === 'EGRESS' ? 1 : 0)]!++;
+      if (p === 0) {
+        const f = ev.tcpFlags;
+        const fam = ev.family === 4 ? 0 : 1;
+        if (f & 0x01) this.flags[0 * 2 + fam]!++;
+        if (f & 0x02) this.flags[(f & 0x10 ? 2 : 1) * 2 + fam]!++;
+        if (f & 0x04) this.flags[3 * 2 + fam]!++;
+      }
+      if (ev.isReply || p === 5) continue;
+      const k = p * 65536 + (p <= 2 ? ev.dstPort : 0);
+      this.ports.set(k, (this.ports.get(k) ?? 0) + 1);
+    }
+    this.flush();
+  }
+
+  private flush(): void {
+    const processed = this.processed;
+    for (let i = 0; i < processed.length; i++) {
+      const n = processed[i]!;
+      if (n === 0) continue;
+      processed[i] = 0;
+      const dropped = (i & 2) !== 0;
+      this.flowsProcessed.inc(
+        {
+          protocol: PROTO_NAMES[i >> 2]!,
+          type: dropped ? 'Drop' : 'Trace',
+          subtype: dropped ? '' : i & 1 ? 'from-endpoint' : 'to-endpoint',
+          verdict: dropped ? 'DROPPED' : 'FORWARDED',
+        },
+        n,
+      );
+    }
+    for (let i = 0; i < this.flags.length; i++) {
+      const n = this.flags[i]!;
+      if (n === 0) continue;
+      this.flags[i] = 0;
+      this.tcpFlags.inc({ flag: TCP_FLAG_LABELS[i >> 1]!, family: i & 1 ? 'IPv6' : 'IPv4' }, n);
+    }
+    for (const [k, n] of this.drops) {
+      this.dropsTotal.inc({ reason: dropReasonDesc(k % 65536), protocol: PROTO_NAMES[Math.floor(k / 65536)]! }, n);
+    }
+    this.drops.clear();
+    for (const [k, n] of this.ports) this.portDistribution.inc({ protocol: PROTO_NAMES[Math.floor(k / 65536)]!, port: String(k % 65536) }, n);
+    this.ports.clear();
+  }
+}
+
 /** The agent's Prometheus registry. */
 export class AgentMetrics {
   readonly registry = new Registry();
@@ -140,6 +244,8 @@ export class AgentMetrics {
   private readonly portDistribution: Counter<'protocol' | 'port'>;
   private readonly policyEntries: Gauge;
   private readonly onFlow = (r: HubbleFlowRecord) => this.flowObserve(r);
+  private readonly batchCounter: FlowBatchCounter;
+  private unobserve: (() => void) | undefined;
   /** Datapath counters read once per scrape, shared by the collectors of that scrape. */
   private datapathCache: { at: number; value: Record<MetricName, DatapathCounter> | undefined } = { at: 0, value: undefined };
 
@@ -294,7 +400,14 @@ export class AgentMetrics {
     });
     mirroredCounter(this.registry, 'kitnet_conntrack_full_total', 'Connection tracking entries that could not be created (table full)', [], () => dpCounter('CT_FULL'));
 
-    src.flows?.on('flow', this.onFlow);
+    this.batchCounter = new FlowBatchCounter(this.flowsProcessed, this.drops, this.tcpFlags, this.portDistribution);
+    if (src.flows?.batchObserve) this.unobserve = src.flows.batchObserve((events) => this.flowsCount(events));
+    else src.flows?.on('flow', this.onFlow);
+  }
+
+  /** Counts a batch of decoded events as flowObserve counts the flows made from them. */
+  flowsCount(events: readonly FlowEvent[]): void {
+    this.batchCounter.count(events);
   }
 
   private datapathRead(): Record<MetricName, DatapathCounter> | undefined {
@@ -366,6 +479,8 @@ export class AgentMetrics {
 
   /** Stops counting flows (the agent is stopping). */
   close(): void {
-    this.src.flows?.off('flow', this.onFlow);
+    if (this.unobserve) this.unobserve();
+    else this.src.flows?.off('flow', this.onFlow);
+    this.unobserve = undefined;
   }
 }

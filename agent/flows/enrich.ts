@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { FlowEvent } from '../../bpf/index.js';
 import type { EndpointDirectory } from './directory.js';
-import { dropReasonDesc, MessageType, tcpFlagsObject, type HubbleFlow, type HubbleFlowRecord } from './hubble.js';
+import { dropReasonDesc, MessageType, tcpFlagsObject, type HubbleEndpoint, type HubbleFlow, type HubbleFlowRecord } from './hubble.js';
 
 const ICMP4_TYPES: Record<number, string> = { 0: 'EchoReply', 3: 'DestinationUnreachable', 8: 'EchoRequest', 11: 'TimeExceeded' };
 const ICMP6_TYPES: Record<number, string> = {
@@ -10,10 +10,19 @@ const ICMP6_TYPES: Record<number, string> = {
   133: 'RouterSolicitation', 134: 'RouterAdvertisement', 135: 'NeighborSolicitation', 136: 'NeighborAdvertisement',
 };
 
-function nsToIso(ns: bigint): string {
-  const ms = Number(ns / 1_000_000n);
-  const frac = String(ns % 1_000_000_000n).padStart(9, '0');
-  return new Date(ms).toISOString().replace(/\.\d{3}Z$/, `.${frac}Z`);
+/** The last whole second formatted (events come in time order, so most share it). */
+let isoSecond = -1;
+let isoPrefix = '';
+
+/** RFC 3339 with nanoseconds, as Hubble prints flow times: `2026-11-26T12:00:00.123456789Z`. */
+export function nsToIso(ns: bigint): string {
+  const sec = Number(ns / 1_000_000_000n);
+  const frac = Number(ns % 1_000_000_000n);
+  if (sec !== isoSecond) {
+    isoSecond = sec;
+    isoPrefix = new Date(sec * 1000).toISOString().slice(0, 19); // YYYY-MM-DDTHH:MM:SS
+  }
+  return `${isoPrefix}.${String(frac).padStart(9, '0')}Z`;
 }
 
 function l4Of(ev: FlowEvent): { l4: Record<string, unknown>; summary: string } {
@@ -38,17 +47,10 @@ function l4Of(ev: FlowEvent): { l4: Record<string, unknown>; summary: string } {
   }
 }
 
-/** Turns a datapath event into a Hubble flow record, naming both ends from the directory. */
-export function flowEnrich(ev: FlowEvent, dir: EndpointDirectory, nodeName: string): HubbleFlowRecord {
-  const self = dir.endpointById(ev.endpointId);
-  // EGRESS: the workload sends (it is the source); INGRESS: it receives.
+/** Hubble's flow object for an event whose ends are already named. */
+export function hubbleFlowBuild(ev: FlowEvent, source: HubbleEndpoint, destination: HubbleEndpoint, nodeName: string, time: string): HubbleFlow {
   const egress = ev.direction === 'EGRESS';
-  const selfIdentity = egress ? ev.srcIdentity : ev.dstIdentity;
-  const selfEp = self ?? dir.endpointForPeer(egress ? ev.srcAddr : ev.dstAddr, selfIdentity);
-  const source = egress ? selfEp : dir.endpointForPeer(ev.srcAddr, ev.srcIdentity);
-  const destination = egress ? dir.endpointForPeer(ev.dstAddr, ev.dstIdentity) : selfEp;
   const { l4, summary } = l4Of(ev);
-  const time = nsToIso(ev.timeNs);
   const dropped = ev.verdict === 'DROPPED';
   const flow: HubbleFlow = {
     time,
@@ -71,5 +73,48 @@ export function flowEnrich(ev: FlowEvent, dir: EndpointDirectory, nodeName: stri
     flow.drop_reason = ev.dropReason;
     flow.drop_reason_desc = dropReasonDesc(ev.dropReason);
   }
-  return { flow, node_name: nodeName, time };
+  return flow;
+}
+
+/**
+ * A flow as the pipeline keeps it: the decoded event and both ends as the directory named them when
+ * the event arrived (shared endpoint objects, so this costs two pointers). The Hubble JSON object,
+ * its time string and uuid are made the first time someone reads `flow` or `time` (a follower, a
+ * filter, `GET /v1/flows`) and kept from then on, so a flow nobody looks at costs no formatting.
+ * JSON.stringify gives Hubble's line (`toJSON`).
+ */
+export class LazyFlowRecord implements HubbleFlowRecord {
+  #flow: HubbleFlow | undefined;
+  #time: string | undefined;
+
+  constructor(
+    readonly event: FlowEvent,
+    readonly sourceEndpoint: HubbleEndpoint,
+    readonly destinationEndpoint: HubbleEndpoint,
+    readonly node_name: string,
+  ) {}
+
+  get time(): string {
+    return (this.#time ??= nsToIso(this.event.timeNs));
+  }
+
+  get flow(): HubbleFlow {
+    return (this.#flow ??= hubbleFlowBuild(this.event, this.sourceEndpoint, this.destinationEndpoint, this.node_name, this.time));
+  }
+
+  toJSON(): { flow: HubbleFlow; node_name: string; time: string } {
+    return { flow: this.flow, node_name: this.node_name, time: this.time };
+  }
+}
+
+/** Turns a datapath event into a Hubble flow record, naming both ends from the directory. */
+export function flowEnrich(ev: FlowEvent, dir: EndpointDirectory, nodeName: string): LazyFlowRecord {
+  const self = dir.endpointById(ev.endpointId);
+  // EGRESS: the workload sends (it is the source); INGRESS: it receives.
+  if (ev.direction === 'EGRESS') {
+    const source = self ?? dir.endpointForPeer(ev.srcAddr, ev.srcIdentity);
+    return new LazyFlowRecord(ev, source, dir.endpointForPeer(ev.dstAddr, ev.dstIdentity), nodeName);
+  }
+  const destination = self ?? dir.endpointForPeer(ev.dstAddr, ev.dstIdentity);
+  return new LazyFlowRecord(ev, dir.endpointForPeer(ev.srcAddr, ev.srcIdentity), destination, nodeName);
 }

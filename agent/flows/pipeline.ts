@@ -1,20 +1,30 @@
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
-import type { Datapath, FlowReader } from '../../bpf/index.js';
+import type { Datapath, FlowEvent, FlowReader } from '../../bpf/index.js';
 import type { EndpointDirectory } from './directory.js';
 import { flowEnrich } from './enrich.js';
 import type { HubbleFlowRecord, HubbleLostEventsRecord, LostEventSource } from './hubble.js';
 import { Ring } from './ring.js';
 
+/** Sees every batch of decoded events (the metrics count them per batch, not per flow). */
+export type FlowBatchObserver = (events: readonly FlowEvent[]) => void;
+
 /**
  * Ring buffer -> enrichment -> in-memory ring of recent flows, plus an emitter for live followers.
  * Runs on the event loop: the datapath's reader wakes it when the kernel has written events.
+ *
+ * The hot path is kept cheap: enrichment is two directory lookups into shared endpoint objects and
+ * one small record per event (LazyFlowRecord: Hubble's JSON, time string and uuid are made only when
+ * a follower, a filter or a reader needs them); 'flow' is emitted only while someone follows;
+ * counters are taken per batch by observers.
  */
 export class FlowPipeline extends EventEmitter<{ flow: [HubbleFlowRecord]; lost: [HubbleLostEventsRecord] }> {
   readonly ring: Ring<HubbleFlowRecord>;
   private reader: FlowReader | undefined;
   private lostTimer: NodeJS.Timeout | undefined;
   private kernelLostSeen = 0n;
+  private lostCheckedAt = 0;
+  private readonly batchObservers = new Set<FlowBatchObserver>();
   processed = 0;
   /** Events lost, by where: the kernel ring buffer, or a follower's queue in the agent. */
   readonly lost: Record<LostEventSource, number> = { PERF_EVENT_RING_BUFFER: 0, OBSERVER_EVENTS_QUEUE: 0, HUBBLE_RING_BUFFER: 0 };
@@ -31,19 +41,42 @@ export class FlowPipeline extends EventEmitter<{ flow: [HubbleFlowRecord]; lost:
   }
 
   start(datapath: Datapath): void {
-    this.reader = datapath.flowsRead((events) => {
-      for (const ev of events) {
-        const rec = flowEnrich(ev, this.directory, this.nodeName);
-        this.ring.push(rec);
-        this.processed++;
-        if (this.listenerCount('flow')) this.emit('flow', rec);
-      }
-      this.kernelLostCheck();
-    });
+    this.reader = datapath.flowsRead((events) => this.batch(events));
     // Losses in the kernel come with no event of their own; look once a second.
     this.lostTimer = setInterval(() => this.kernelLostCheck(), 1000);
     this.lostTimer.unref();
     this.log.debug('flow pipeline reading the datapath ring buffer');
+  }
+
+  /** One wakeup's events (public for tests and benchmarks that feed events without a kernel). */
+  batch(events: readonly FlowEvent[]): void {
+    const dir = this.directory;
+    const node = this.nodeName;
+    const ring = this.ring;
+    if (this.listenerCount('flow') === 0) {
+      for (const ev of events) ring.push(flowEnrich(ev, dir, node));
+    } else {
+      for (const ev of events) {
+        const rec = flowEnrich(ev, dir, node);
+        ring.push(rec);
+        this.emit('flow', rec);
+      }
+    }
+    this.processed += events.length;
+    for (const observe of this.batchObservers) observe(events);
+    // Losses are counted by the kernel in a per-CPU map: read it at most every 100 ms from here
+    // (the timer covers quiet periods).
+    const now = performance.now();
+    if (now - this.lostCheckedAt >= 100) {
+      this.lostCheckedAt = now;
+      this.kernelLostCheck();
+    }
+  }
+
+  /** Adds an observer of every batch of events; returns the function that removes it. */
+  batchObserve(fn: FlowBatchObserver): () => void {
+    this.batchObservers.add(fn);
+    return () => this.batchObservers.delete(fn);
   }
 
   private kernelLostCheck(): void {
