@@ -4,11 +4,12 @@
 # KITNET_EXPECT_NETKIT=1 so that a netkit test that would skip fails instead. TAP goes to
 # test/artifacts/lab-KERNEL.tap. Needs a built checkout (scripts/setup.sh) and root.
 # usage: test/lab/suite.sh [KERNEL...]            (default: 6.12 unstable, one after the other)
-#   KITNET_LAB_TESTS   space-separated test files (default: netkit-device, netkit-probe, bpf-datapath,
-#                      agent-e2e, policy-conformance)
-#   Inside, the agent-level tests run with KITNET_TEST_MODE=netkit (workloads on netkit L3 pairs) and
-#   KITNET_CONFORMANCE_CASES picks the conformance cases (default: one case with allow and deny rules;
-#   every case is ~1-2 min under emulation).
+#   KITNET_LAB_TESTS         test files for every kernel (default: netkit-device, netkit-probe, bpf-datapath)
+#   KITNET_LAB_AGENT_TESTS   agent-level test files (default: agent-e2e, policy-conformance), run with
+#                            workloads on netkit (KITNET_TEST_MODE=netkit) ...
+#   KITNET_LAB_AGENT_KERNELS ... on these kernels only (default: 6.12): they take minutes under emulation
+#   KITNET_CONFORMANCE_CASES conformance cases by name (default: one case with allow and deny rules;
+#                            every case is ~1-2 min in the VM)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_DIR"
@@ -28,16 +29,20 @@ fi
 
 kernels=("$@")
 ((${#kernels[@]})) || kernels=("${LAB_KERNELS[@]}")
-export KITNET_LAB_TESTS=${KITNET_LAB_TESTS:-dist/test/root/netkit-device.test.js dist/test/root/netkit-probe.test.js dist/test/root/bpf-datapath.test.js dist/test/root/agent-e2e.test.js dist/test/root/policy-conformance.test.js}
+base_tests=${KITNET_LAB_TESTS:-dist/test/root/netkit-device.test.js dist/test/root/netkit-probe.test.js dist/test/root/bpf-datapath.test.js}
+agent_tests=${KITNET_LAB_AGENT_TESTS-dist/test/root/agent-e2e.test.js dist/test/root/policy-conformance.test.js}
+agent_kernels=" ${KITNET_LAB_AGENT_KERNELS:-6.12} "
 export KITNET_TEST_MODE=${KITNET_TEST_MODE:-netkit}
 export KITNET_CONFORMANCE_CASES=${KITNET_CONFORMANCE_CASES:-ingressDeny wins over allow}
 # The agent-level tests make the in-VM run several minutes long on a loaded 2-core machine.
 export KITNET_LAB_TIMEOUT=${KITNET_LAB_TIMEOUT:-1500}
-for f in $KITNET_LAB_TESTS; do [ -f "$f" ] || lab_die "$f missing: build first (bash scripts/setup.sh)"; done
+for f in $base_tests $agent_tests; do [ -f "$f" ] || lab_die "$f missing: build first (bash scripts/setup.sh)"; done
 bash "$LAB_DIR/fetch.sh" "${kernels[@]}"
 failed=()
 summary=()
 for k in "${kernels[@]}"; do
+  export KITNET_LAB_TESTS=$base_tests
+  [[ $agent_kernels == *" $k "* ]] && KITNET_LAB_TESTS="$base_tests $agent_tests"
   lab_log "=== $k: $KITNET_LAB_TESTS"
   t0=$(date +%s)
   rc=0
