@@ -11,6 +11,7 @@ import { SqliteStore } from '../../agent/store/sqlite-store.js';
 import { serverBuild } from '../../api/server.js';
 import { datapathLoad, datapathUnpinAll, type KitnetDatapath } from '../../bpf/index.js';
 import { hostForwardingEnsure } from '../../netkit/index.js';
+import { testMode } from './mode.js';
 
 export interface TestAgent {
   agent: Agent;
@@ -36,7 +37,7 @@ export async function testAgentStart(id: string, overrides: ConfigInput = {}): P
     bpfPinRoot: pinRoot,
     logLevel: 'error',
     api: { socket: join(dir, 'kitnet.sock') },
-    datapath: { mode: 'veth' },
+    datapath: { mode: testMode },
     ...overrides,
   });
   const log = pino({ level: config.logLevel });

@@ -3,6 +3,7 @@ import { existsSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import type { Workload } from '../../api/schemas/workload.js';
 import { apiCall, testAgentStart, type TestAgent } from '../helpers/agent.js';
+import { testMode } from '../helpers/mode.js';
 import { netnsAdd, netnsDel, routes, run, status, uniq, waitFor } from '../helpers/sys.js';
 
 interface DLink { ifname: string; ifindex: number; address?: string; master?: string; operstate?: string; flags?: string[]; linkinfo?: { info_kind?: string } }
@@ -44,7 +45,7 @@ describe('kind vm / kind tap plumbing (root)', { timeout: 120_000 }, () => {
     const w = await call<Workload>('POST', '/v1/workloads', { kind: 'vm', name, namespace: 'vmt', labels: { app: 'vm' } });
     assert.equal(w.state, 'ready');
     assert.equal(w.kind, 'vm');
-    assert.equal(w.mode, 'veth');
+    assert.equal(w.mode, testMode === 'netkit' ? 'netkit-l2' : 'veth');
     const vm = w.vm!;
     assert.ok(vm, 'vm object in the response');
     assert.equal(vm.netnsPath, `/var/run/netns/${nsName(name)}`);
@@ -61,13 +62,13 @@ describe('kind vm / kind tap plumbing (root)', { timeout: 120_000 }, () => {
     const by = (n: string) => inside.find((l) => l.ifname === n);
     assert.equal(by('br0')?.linkinfo?.info_kind, 'bridge');
     assert.equal(by('tap0')?.linkinfo?.info_kind, 'tun');
-    assert.equal(by('uplink0')?.linkinfo?.info_kind, 'veth');
+    assert.equal(by('uplink0')?.linkinfo?.info_kind, testMode);
     assert.equal(by('tap0')?.master, 'br0');
     assert.equal(by('uplink0')?.master, 'br0');
     assert.ok(by('br0')?.flags?.includes('UP') && by('uplink0')?.flags?.includes('UP') && by('tap0')?.flags?.includes('UP'));
     for (const dev of ['uplink0', 'br0', 'tap0']) assert.deepEqual(await addrsOf(nsName(name), dev), [], `${dev} carries no addresses`);
     const hostLink = (await dlinks()).find((l) => l.ifname === w.interfaces.host.name);
-    assert.equal(hostLink?.linkinfo?.info_kind, 'veth');
+    assert.equal(hostLink?.linkinfo?.info_kind, testMode);
     assert.ok((await routes(4)).some((r) => r.dst === w.ipv4 && r.dev === w.interfaces.host.name), 'host /32 route');
     assert.ok((await routes(6)).some((r) => r.dst === w.ipv6 && r.dev === w.interfaces.host.name), 'host /128 route');
     const ep = new Map(t.datapath.endpointList()).get(w.interfaces.host.ifindex!);
