@@ -208,6 +208,11 @@ export class WorkloadService {
     };
     let rec: WorkloadRecord;
     try {
+      // kind netns: not durable on its own (no fsync); the client has not been answered yet, and the
+      // commit of state "ready" below syncs the log with this row in it. A power loss in between loses
+      // the row but not the store's consistency, and the next start removes everything the kernel got
+      // for it as orphans (the pair with its routes, pinned links, map entries). Kinds vm and tap also
+      // make things the orphan sweep does not know (a VM namespace, routes via an adopted tap).
       rec = this.store.transaction(() => {
         const used = this.store.usedAddresses();
         const ipv4 = input.ipv4 ? this.pool4.check(input.ipv4, used.ipv4, 'ipv4') : this.pool4.allocate(used.ipv4, 'ipv4');
@@ -224,7 +229,7 @@ export class WorkloadService {
           ipv6,
           hostIfname: input.kind === 'tap' ? input.device! : hostIfnameFor(input.namespace, input.name),
         });
-      });
+      }, { durable: input.kind !== 'netns' });
     } catch (err) {
       throw errorToKitnet(err, `workload ${ref}`);
     }

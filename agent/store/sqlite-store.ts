@@ -139,8 +139,9 @@ export interface NewWorkload {
 }
 
 /**
- * The embedded single-host store. All writes are synchronous SQLite transactions in WAL mode with
- * synchronous=FULL, so a change the API acknowledged survives a crash or power loss.
+ * The embedded single-host store. Writes are synchronous SQLite transactions in WAL mode with
+ * synchronous=FULL, so a change the API acknowledged survives a crash or power loss (see
+ * `transaction` for the one relaxed kind of write).
  */
 export class SqliteStore {
   readonly db: Database.Database;
@@ -175,9 +176,20 @@ export class SqliteStore {
     return st;
   }
 
-  /** Runs fn in one transaction (nested calls join the outer one). */
-  transaction<T>(fn: () => T): T {
-    return this.db.transaction(fn)();
+  /**
+   * Runs fn in one transaction (nested calls join the outer one). `durable: false` commits without
+   * waiting for the disk (WAL, synchronous=NORMAL): the commit survives a crash of the process but a
+   * power loss may take it back. For writes nobody has been told about yet, which a later durable
+   * commit makes durable too (it syncs the whole write-ahead log, earlier commits included).
+   */
+  transaction<T>(fn: () => T, opts: { durable?: boolean } = {}): T {
+    if (opts.durable !== false || this.db.inTransaction) return this.db.transaction(fn)();
+    this.db.pragma('synchronous = NORMAL');
+    try {
+      return this.db.transaction(fn)();
+    } finally {
+      this.db.pragma('synchronous = FULL');
+    }
   }
 
   close(): void {
