@@ -105,6 +105,13 @@ export type ConfigInput = z.input<typeof ConfigSchema>;
 
 export class ConfigError extends Error {
   override name = 'ConfigError';
+  /** The bad keys as dotted paths (`flows.aggregation`), when validation named them. */
+  readonly keys: string[];
+
+  constructor(message: string, keys: string[] = []) {
+    super(message);
+    this.keys = keys;
+  }
 }
 
 /** Formats zod issues as `key.path: message`, one per line, so the operator sees which key is wrong. */
@@ -116,7 +123,10 @@ export function zodIssuesFormat(error: z.ZodError, prefix = ''): string {
 
 export function configParse(input: unknown, source = 'config'): Config {
   const result = ConfigSchema.safeParse(input ?? {});
-  if (!result.success) throw new ConfigError(`${source}: ${zodIssuesFormat(result.error)}`);
+  if (!result.success) {
+    const keys = result.error.issues.map((i) => i.path.map(String).join('.') || '(root)');
+    throw new ConfigError(`${source}: ${zodIssuesFormat(result.error)}`, [...new Set(keys)]);
+  }
   return result.data;
 }
 

@@ -5,7 +5,9 @@ import { pino, type Logger } from 'pino';
 import { datapathLoad } from '../bpf/index.js';
 import { hostForwardingEnsure } from '../netkit/index.js';
 import { serverBuild } from '../api/server.js';
+import type { ConfigChange, ConfigReloadResult } from '../api/schemas/config.js';
 import { LOG_REDACT, tokensLoad, type AuditSink, type TokenSet } from '../api/security.js';
+import { KitnetError } from '../common/errors.js';
 import { Agent, KITNET_VERSION } from './agent.js';
 import { ConfigError, configLoad, type Config, type ConfigInput } from './config.js';
 import { hostFactsGather } from './host-facts.js';
@@ -81,15 +83,36 @@ function auditSink(config: Config, log: Logger): AuditSink {
 
 export interface Daemon {
   stop: () => Promise<void>;
-  /** Re-reads the config file (SIGHUP): applies what can change live, warns about the rest. */
+  /** Re-reads the config file (SIGHUP): applies what can change live, warns about the rest; never throws. */
   reload: () => void;
+  /**
+   * The same, for POST /v1/config/reload: returns what changed; an invalid file throws a KitnetError
+   * (AGENT_ERR_CONFIG_INVALID, naming the bad keys) and leaves the running config as it was.
+   */
+  configReload: () => ConfigReloadResult;
   config: Config;
   agent: Agent;
 }
 
-/** Keys whose change needs a restart (listeners, state, pools, datapath): everything but logLevel. */
-function restartNeeded(before: Config, after: Config): string[] {
-  return (Object.keys(after) as Array<keyof Config>).filter((k) => k !== 'logLevel' && JSON.stringify(before[k]) !== JSON.stringify(after[k]));
+/** Keys that take effect on reload; a change to any other key waits for a restart. */
+const LIVE_KEYS = new Set(['logLevel', 'flows.aggregation', 'flows.reportIntervalSeconds']);
+
+/** Leaf values by dotted path (`flows.aggregation`); arrays are values. */
+function configLeaves(v: unknown, prefix = '', out = new Map<string, unknown>()): Map<string, unknown> {
+  if (v !== null && typeof v === 'object' && !Array.isArray(v)) {
+    for (const [k, x] of Object.entries(v)) configLeaves(x, prefix ? `${prefix}.${k}` : k, out);
+  } else if (prefix) out.set(prefix, v);
+  return out;
+}
+
+/** The keys whose values differ between the running config and a newly loaded one, sorted. */
+export function configDiff(running: Config, next: Config): ConfigChange[] {
+  const a = configLeaves(running);
+  const b = configLeaves(next);
+  return [...new Set([...a.keys(), ...b.keys()])]
+    .sort()
+    .filter((k) => JSON.stringify(a.get(k)) !== JSON.stringify(b.get(k)))
+    .map((key) => ({ key, from: a.get(key) ?? null, to: b.get(key) ?? null, applied: LIVE_KEYS.has(key) }));
 }
 
 export async function daemonRun(opts: DaemonOptions = {}): Promise<Daemon> {
@@ -116,12 +139,61 @@ export async function daemonRun(opts: DaemonOptions = {}): Promise<Daemon> {
   await agent.start();
 
   const audit = auditSink(config, log);
+  const systemd = new SystemdNotifier(log);
+  const statusText = () => `serving ${store.workloadList().length} workloads on ${config.api.socket}`;
+
+  // What is in effect: the start config, with the live keys of every successful reload.
+  let running: Config = config;
+  const configReload = (): ConfigReloadResult => {
+    systemd.reloading();
+    try {
+      let next: Config;
+      try {
+        next = configLoad(configPath, opts.overrides);
+      } catch (err) {
+        if (!(err instanceof ConfigError)) {
+          log.error({ err }, 'config reload failed; keeping the running config');
+          throw err;
+        }
+        // An operator's mistake, not a bug: the message names the file and the keys; no stack.
+        log.error({ config: configPath ?? '(defaults)', keys: err.keys, error: err.message }, 'config reload failed; keeping the running config');
+        throw new KitnetError('AGENT_ERR_CONFIG_INVALID', `${err.message} (the running config is unchanged)`, { ...(err.keys[0] ? { field: err.keys[0] } : {}), cause: err });
+      }
+      const changed = configDiff(running, next);
+      const live = new Set(changed.filter((c) => c.applied).map((c) => c.key));
+      if (live.has('logLevel')) {
+        log.level = next.logLevel;
+        log.info({ logLevel: next.logLevel }, 'log level changed');
+      }
+      const flows = { ...running.flows, aggregation: next.flows.aggregation, reportIntervalSeconds: next.flows.reportIntervalSeconds };
+      if (live.has('flows.aggregation') || live.has('flows.reportIntervalSeconds')) {
+        agent.flowReportingApply(flows);
+        log.info({ aggregation: flows.aggregation, reportIntervalSeconds: flows.reportIntervalSeconds }, 'flow reporting changed');
+      }
+      running = { ...running, logLevel: next.logLevel, flows };
+      const restartNeeded = changed.filter((c) => !c.applied).map((c) => c.key);
+      if (restartNeeded.length) log.warn({ keys: restartNeeded }, 'config changed in keys that take effect only after a restart');
+      log.info({ config: configPath ?? '(defaults)', changed: changed.map((c) => c.key) }, 'config reloaded');
+      return { file: configPath ?? null, changed, applied: [...live], restartNeeded };
+    } finally {
+      systemd.ready(statusText());
+    }
+  };
+  const reload = () => {
+    try {
+      configReload();
+    } catch {
+      // logged above; SIGHUP has nobody to answer
+    }
+  };
+
   const limits = (max: number) => (config.api.rateLimit.enabled ? { max, windowMs: config.api.rateLimit.windowMs } : false);
   const app = await serverBuild({
     agent,
     logger: log.child({ component: 'api' }),
     version: KITNET_VERSION,
     security: { rateLimit: limits(config.api.rateLimit.socketMax), audit },
+    configReload,
   });
   await socketPrepare(config.api.socket);
   await app.listen({ path: config.api.socket });
@@ -138,36 +210,14 @@ export async function daemonRun(opts: DaemonOptions = {}): Promise<Daemon> {
         version: KITNET_VERSION,
         https: tcpSecurity.https,
         security: { tokens: tcpSecurity.tokens, rateLimit: limits(config.api.rateLimit.tcpMax), audit },
+        configReload,
       })
     : undefined;
   if (tcpApp && config.api.tcp) await tcpApp.listen({ host: config.api.tcp.host, port: config.api.tcp.port });
   log.info({ socket: config.api.socket, tcp: config.api.tcp ?? null }, 'API listening');
-  const systemd = new SystemdNotifier(log);
-  const statusText = () => `serving ${store.workloadList().length} workloads on ${config.api.socket}`;
   systemd.ready(statusText());
   const statusTimer = systemd.enabled ? setInterval(() => systemd.status(statusText()), 10_000).unref() : undefined;
   opts.onReady?.({ socket: config.api.socket });
-
-  const reload = () => {
-    systemd.reloading();
-    try {
-      const next = configLoad(configPath, opts.overrides);
-      if (next.logLevel !== log.level) {
-        log.level = next.logLevel;
-        log.info({ logLevel: next.logLevel }, 'log level changed');
-      }
-      if (JSON.stringify(next.flows) !== JSON.stringify(config.flows)) {
-        agent.flowReportingApply(next.flows);
-        log.info({ aggregation: next.flows.aggregation, reportIntervalSeconds: next.flows.reportIntervalSeconds }, 'flow reporting changed');
-      }
-      const pending = restartNeeded(config, next).filter((k) => k !== 'flows' || next.flows.ringCapacity !== config.flows.ringCapacity);
-      if (pending.length) log.warn({ keys: pending }, 'config changed in keys that take effect only after a restart');
-      log.info({ config: configPath ?? '(defaults)' }, 'config reloaded');
-    } catch (err) {
-      log.error({ err }, 'config reload failed; keeping the running config');
-    }
-    systemd.ready(statusText());
-  };
 
   let stopping: Promise<void> | undefined;
   const stop = () =>
@@ -182,5 +232,5 @@ export async function daemonRun(opts: DaemonOptions = {}): Promise<Daemon> {
       store.close();
       systemd.close();
     })());
-  return { stop, reload, config, agent };
+  return { stop, reload, configReload, config, agent };
 }

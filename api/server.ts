@@ -3,7 +3,9 @@ import Fastify, { type FastifyInstance } from 'fastify';
 import { jsonSchemaTransform, serializerCompiler, validatorCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod';
 import type { Logger } from 'pino';
 import type { AgentApi } from './agent-api.js';
+import type { ConfigReloadResult } from './schemas/config.js';
 import { errorHandler } from './errors.js';
+import { configRoutes } from './routes/config.js';
 import { flowRoutes } from './routes/flows.js';
 import { metricsRoutes } from './routes/metrics.js';
 import { uiRoutes } from './routes/ui.js';
@@ -20,6 +22,8 @@ export interface ServerOptions {
   https?: { cert: Buffer; key: Buffer } | undefined;
   /** Tokens, rate limit and audit (api/security.ts); absent: a trusted listener without limits or audit. */
   security?: SecurityOptions | undefined;
+  /** Re-reads the config file (POST /v1/config/reload); absent: no such route (no daemon behind). */
+  configReload?: (() => ConfigReloadResult) | undefined;
 }
 
 /** Builds the REST API (not listening yet): routes, zod validation, OpenAPI at /docs/json. */
@@ -52,6 +56,7 @@ export async function serverBuild(opts: ServerOptions): Promise<FastifyInstance>
   await app.register(metricsRoutes, { agent: opts.agent });
   await app.register(uiRoutes);
   await app.register(policyRoutes, { agent: opts.agent });
+  if (opts.configReload) await app.register(configRoutes, { reload: opts.configReload });
   app.get('/docs/json', { schema: { hide: true } }, async () => app.swagger());
   await app.ready();
   return app as unknown as FastifyInstance;

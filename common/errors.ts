@@ -24,6 +24,7 @@ export const ErrorCatalogue = {
   AGENT_ERR_POLICY_INVALID: { status: 400, summary: 'A policy document is invalid; the message names the document and the field path. Nothing was applied.' },
   AGENT_ERR_POLICY_NOT_FOUND: { status: 404, summary: 'No policy with this kind, namespace and name exists.' },
   AGENT_ERR_TRACE_PEER: { status: 422, summary: 'A policy trace peer does not resolve to a workload, a known identity or an address.' },
+  AGENT_ERR_CONFIG_INVALID: { status: 422, summary: 'The config file failed to load on reload; the message names the file and every bad key (field: the first). The running config is unchanged.' },
   AGENT_ERR_DATAPATH_UNSUPPORTED: { status: 422, summary: 'The requested datapath mode needs a kernel feature this host lacks.' },
   AGENT_ERR_KERNEL: { status: 500, summary: 'The kernel rejected an operation; the message names the device, operation, errno and a hint.' },
   AGENT_ERR_INTERNAL: { status: 500, summary: 'An unexpected internal error; see the agent log.' },

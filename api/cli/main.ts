@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
+import type { ConfigReloadResult } from '../schemas/config.js';
 import type { Identity } from '../schemas/identity.js';
 import type { Namespace, PolicyApplyResult, PolicySummary, TraceResponse, WorkloadPolicy } from '../schemas/policy.js';
 import type { Status } from '../schemas/status.js';
@@ -380,6 +381,20 @@ config
     const { configLoad } = await import('../../agent/config.js');
     const c = configLoad(file);
     console.log(`${file}: OK (node ${c.nodeName}, socket ${c.api.socket}, pools ${c.ipam.ipv4Pool} ${c.ipam.ipv6Pool}, mode ${c.datapath.mode})`);
+  });
+
+config
+  .command('reload')
+  .description("make the running agent re-read its config file (like SIGHUP); prints what changed and what needs a restart")
+  .addOption(outputOption())
+  .action(async (o: { output: string }) => {
+    const r = await client().call<ConfigReloadResult>('POST', '/v1/config/reload');
+    if (o.output === 'json') return printJson(r);
+    const file = r.file ?? '(no file: defaults, environment and flags)';
+    if (!r.changed.length) return console.log(`config reloaded from ${file}: nothing changed`);
+    console.log(`config reloaded from ${file}:`);
+    const show = (v: unknown) => (v === null ? '(unset)' : JSON.stringify(v));
+    for (const c of r.changed) console.log(`  ${c.key}: ${show(c.from)} -> ${show(c.to)}${c.applied ? '  (applied)' : '  (takes effect after a restart: systemctl restart kitnet)'}`);
   });
 
 program.parseAsync(process.argv).catch((err: unknown) => {

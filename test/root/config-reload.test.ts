@@ -1,0 +1,144 @@
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { rmSync, writeFileSync } from 'node:fs';
+import { request } from 'node:http';
+import { dirname, join, resolve } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { daemonRun } from '../../agent/daemon.js';
+import { ApiError } from '../../api/cli/client.js';
+import type { ConfigReloadResult } from '../../api/schemas/config.js';
+import { routeAccess } from '../../api/security.js';
+import { MONITOR_AGG_DEFAULT, MONITOR_AGG_NONE } from '../../bpf/layout.gen.js';
+import { AgentFixture } from '../helpers/fixture.js';
+import { links } from '../helpers/sys.js';
+
+const execFileP = promisify(execFile);
+const KITNET = resolve(dirname(fileURLToPath(import.meta.url)), '../../../bin/kitnet.js');
+
+/**
+ * POST /v1/config/reload and `kitnet config reload` against a real agent: live keys change at once
+ * (the flow aggregation level in the datapath's config map), the others are named as needing a
+ * restart, and an invalid file is a 422 naming the bad key while the running config stays.
+ */
+describe('config reload by API call (root)', { timeout: 120_000 }, () => {
+  const fx = new AgentFixture({ tag: 'reload', ipv4Pool: '10.209.0.0/16', ipv6Pool: 'fd00:209::/64', namespaces: ['reload'] });
+  const file = join(fx.dir, 'config.yaml');
+  const api = fx.api;
+  const datapathConfig = () => fx.agent.kernel.datapath.configGet();
+  /** `kitnet config reload` as an operator runs it: exit status and output. */
+  const cli = async (...args: string[]) => {
+    try {
+      const { stdout, stderr } = await execFileP(process.execPath, [KITNET, '-s', fx.socket, 'config', 'reload', ...args], { timeout: 60_000 });
+      return { code: 0, out: stdout + stderr };
+    } catch (err) {
+      const e = err as { code?: number; stdout?: string; stderr?: string };
+      return { code: e.code ?? -1, out: (e.stdout ?? '') + (e.stderr ?? '') };
+    }
+  };
+
+  after(() => fx.cleanup());
+  before(async () => {
+    writeFileSync(file, 'logLevel: silent\nflows: { aggregation: connection }\n');
+    // The fixture's overrides, except the log level: that one comes from the file here.
+    const overrides = { ...fx.overrides };
+    delete overrides.logLevel;
+    fx.daemon = await daemonRun({ configPath: file, overrides });
+  });
+
+  test('an admin route on the TCP listener', () => {
+    assert.deepEqual(routeAccess('POST', '/v1/config/reload'), { scope: 'admin' });
+  });
+
+  test('nothing changed: 200 with an empty list', async () => {
+    const r = await api.call<ConfigReloadResult>('POST', '/v1/config/reload');
+    assert.deepEqual(r, { file, changed: [], applied: [], restartNeeded: [] });
+  });
+
+  test('live keys apply at once (datapath config map), restart-only keys are named', async () => {
+    assert.equal(datapathConfig().monitorAggregation, MONITOR_AGG_DEFAULT);
+    writeFileSync(file, 'logLevel: fatal\nflows: { aggregation: every-packet, reportIntervalSeconds: 7, ringCapacity: 100 }\ndatapath: { workloadIfname: net0 }\n');
+    const r = await api.call<ConfigReloadResult>('POST', '/v1/config/reload');
+    assert.deepEqual(
+      r.changed.map((c) => [c.key, c.from, c.to, c.applied]),
+      [
+        ['datapath.workloadIfname', 'eth0', 'net0', false],
+        ['flows.aggregation', 'connection', 'every-packet', true],
+        ['flows.reportIntervalSeconds', 0, 7, true],
+        ['flows.ringCapacity', 4095, 100, false],
+        ['logLevel', 'silent', 'fatal', true],
+      ],
+    );
+    assert.deepEqual(r.applied.sort(), ['flows.aggregation', 'flows.reportIntervalSeconds', 'logLevel']);
+    assert.deepEqual(r.restartNeeded, ['datapath.workloadIfname', 'flows.ringCapacity']);
+    // In the kernel: the datapath's config map says every packet, every 7 s.
+    assert.deepEqual(datapathConfig(), { monitorAggregation: MONITOR_AGG_NONE, reportIntervalS: 7 });
+    // The interface name did not change under the running agent: a new workload's is still eth0.
+    const ns = await fx.netns('w');
+    await api.call('POST', '/v1/workloads', { name: 'w', namespace: 'reload', labels: { app: 'w' }, netns: `/var/run/netns/${ns}` });
+    const inside = (await links(ns)).map((l) => l.ifname);
+    assert.ok(inside.includes('eth0') && !inside.includes('net0'), `links in the workload namespace: ${inside.join(', ')}`);
+    await api.call('DELETE', '/v1/workloads/reload/w');
+    // The same file again: the applied keys are running now; the restart-only ones are still pending.
+    const again = await api.call<ConfigReloadResult>('POST', '/v1/config/reload');
+    assert.deepEqual(again.changed.map((c) => c.key), ['datapath.workloadIfname', 'flows.ringCapacity']);
+  });
+
+  test('an invalid file: 422 AGENT_ERR_CONFIG_INVALID naming the key; the running config stays', async () => {
+    writeFileSync(file, 'logLevel: debug\nflows: { aggregation: sometimes }\n');
+    const err = await api.call('POST', '/v1/config/reload').then(
+      () => assert.fail('an invalid config was accepted'),
+      (e: unknown) => e,
+    );
+    assert.ok(err instanceof ApiError, String(err));
+    assert.equal(err.statusCode, 422);
+    assert.equal(err.code, 'AGENT_ERR_CONFIG_INVALID');
+    assert.match(err.message, new RegExp(`^${file}: flows\\.aggregation: .*\\(the running config is unchanged\\)$`));
+    const raw = await fetchRaw();
+    assert.equal(raw.field, 'flows.aggregation');
+    // Nothing of the bad file was applied, not even its valid logLevel line.
+    assert.deepEqual(datapathConfig(), { monitorAggregation: MONITOR_AGG_NONE, reportIntervalS: 7 });
+    writeFileSync(file, 'logLevel: fatal\nflows: { aggregation: every-packet, reportIntervalSeconds: 7 }\n');
+    const r = await api.call<ConfigReloadResult>('POST', '/v1/config/reload');
+    assert.deepEqual(r.changed, [], 'the running config is what it was before the bad file');
+    // A file that is not even YAML, and one that is gone.
+    writeFileSync(file, 'flows: [\n');
+    await assert.rejects(api.call('POST', '/v1/config/reload'), (e: ApiError) => e.statusCode === 422 && e.message.startsWith(`${file}: invalid YAML`));
+    rmSync(file);
+    await assert.rejects(api.call('POST', '/v1/config/reload'), (e: ApiError) => e.statusCode === 422 && e.message.startsWith(`cannot read config file ${file}: ENOENT`));
+    assert.deepEqual(datapathConfig(), { monitorAggregation: MONITOR_AGG_NONE, reportIntervalS: 7 });
+  });
+
+  test('kitnet config reload prints the changes; an invalid file exits 1 naming the key', async () => {
+    writeFileSync(file, 'logLevel: fatal\nflows: { aggregation: connection, reportIntervalSeconds: 7 }\ndatapath: { mtu: 1400 }\n');
+    const ok = await cli();
+    assert.equal(ok.code, 0, ok.out);
+    assert.equal(
+      ok.out,
+      `config reloaded from ${file}:\n` +
+        '  datapath.mtu: (unset) -> 1400  (takes effect after a restart: systemctl restart kitnet)\n' +
+        '  flows.aggregation: "every-packet" -> "connection"  (applied)\n',
+    );
+    assert.equal(datapathConfig().monitorAggregation, MONITOR_AGG_DEFAULT);
+    const json = JSON.parse((await cli('-o', 'json')).out) as ConfigReloadResult;
+    assert.deepEqual(json.changed.map((c) => c.key), ['datapath.mtu']);
+    writeFileSync(file, 'logLevel: loud\n');
+    const bad = await cli();
+    assert.equal(bad.code, 1);
+    assert.match(bad.out, new RegExp(`^error: ${file}: logLevel: .* \\(the running config is unchanged\\) \\[AGENT_ERR_CONFIG_INVALID, HTTP 422\\]\\n$`));
+  });
+
+  /** The error body as sent (the client keeps only code and message). */
+  async function fetchRaw(): Promise<{ field?: string; code?: string }> {
+    return new Promise((done, fail) => {
+      const req = request({ socketPath: fx.socket, method: 'POST', path: '/v1/config/reload' }, (res) => {
+        let text = '';
+        res.on('data', (c: Buffer) => (text += c.toString()));
+        res.on('end', () => done(JSON.parse(text) as { field?: string }));
+      });
+      req.on('error', fail);
+      req.end();
+    });
+  }
+});
