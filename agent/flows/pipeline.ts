@@ -54,7 +54,11 @@ export class FlowPipeline extends EventEmitter<{ flow: [HubbleFlowRecord]; lost:
     const node = this.nodeName;
     const ring = this.ring;
     if (this.listenerCount('flow') === 0) {
-      for (const ev of events) ring.push(flowEnrich(ev, dir, node));
+      // Nobody follows: only the newest `capacity` events of the batch will stay in the ring, so only
+      // those are enriched (a busy wakeup brings tens of thousands).
+      const first = Math.max(0, events.length - ring.capacity);
+      if (first > 0) ring.skip(first);
+      for (let i = first; i < events.length; i++) ring.push(flowEnrich(events[i]!, dir, node));
     } else {
       for (const ev of events) {
         const rec = flowEnrich(ev, dir, node);

@@ -18,6 +18,17 @@ export class Ring<T> {
     this.written++;
   }
 
+  /**
+   * Counts n items as written without keeping them, as if they had been pushed and overwritten: for
+   * a caller about to push at least `capacity` more (their slots are cleared meanwhile).
+   */
+  skip(n: number): void {
+    for (let i = 0; i < Math.min(n, this.capacity); i++) this.items[(this.next + i) % this.capacity] = undefined;
+    this.next = (this.next + n) % this.capacity;
+    this.size = Math.min(this.capacity, this.size + n);
+    this.written += n;
+  }
+
   get length(): number {
     return this.size;
   }

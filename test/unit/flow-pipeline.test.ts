@@ -8,6 +8,7 @@ import { EndpointDirectory } from '../../agent/flows/directory.js';
 import { flowEnrich, hubbleFlowBuild, LazyFlowRecord, nsToIso } from '../../agent/flows/enrich.js';
 import type { HubbleFlowRecord } from '../../agent/flows/hubble.js';
 import { FlowPipeline } from '../../agent/flows/pipeline.js';
+import { Ring } from '../../agent/flows/ring.js';
 import { IdentityAllocator } from '../../agent/identity/allocator.js';
 import { AgentMetrics } from '../../agent/metrics.js';
 import { SqliteStore } from '../../agent/store/sqlite-store.js';
@@ -93,6 +94,20 @@ describe('flow pipeline hot path', () => {
     assert.equal(seen.length, 5);
     assert.deepEqual(batches, [10, 5]);
     assert.equal(seen[4], p.ring.last(8)[0], 'followers get the record the ring keeps');
+  });
+
+  test('a batch larger than the ring leaves the ring as pushing every event would', () => {
+    const { dir } = fixture();
+    const events = randomEvents(260, 3);
+    const big = new FlowPipeline(dir, 'n', 100, pino({ level: 'silent' }));
+    big.batch(events.slice(0, 30));
+    big.batch(events.slice(30));
+    const ref = new Ring<HubbleFlowRecord>(100);
+    for (const ev of events) ref.push(flowEnrich(ev, dir, 'n'));
+    assert.equal(big.ring.written, ref.written);
+    assert.equal(big.ring.length, ref.length);
+    assert.deepEqual(big.ring.last().map((r) => JSON.stringify({ ...r.flow, uuid: '' })), ref.last().map((r) => JSON.stringify({ ...r.flow, uuid: '' })));
+    assert.deepEqual(big.ring.last(7).map((r) => r.time), ref.last(7).map((r) => r.time));
   });
 
   test('batched metrics count exactly what per-flow counting of the same flows gives', async () => {
