@@ -5,12 +5,12 @@
 //
 // Each cycle writes K events while the main thread is busy (the reader cannot run), then times how
 // long the agent's FlowPipeline (ring buffer -> decode -> enrich with names/labels -> flow ring) takes
-// to process them: that is the consumer's rate on one core. The same cycles run three times: with the
-// pipeline as it is (records kept lazily, metrics counted per batch), with an idle follower attached
-// (so every event is enriched, not only the newest ring-full of a big wakeup), and as a baseline with
-// the old per-event work added back (every event built into Hubble's JSON object with time string and uuid,
-// and counted in prom-client one flow at a time, as before the lazy pipeline). A last phase overfills
-// the ring buffer without reading and checks that every event is either processed or counted as lost.
+// to process them: that is the consumer's rate on one core. Three variants take turns, cycle by
+// cycle: the pipeline as it is (records kept lazily, metrics counted per batch); the same with an idle
+// follower attached (so every event is enriched, not only the newest ring-full of a big wakeup); and
+// as a baseline, the old per-event work added back (every event built into Hubble's JSON object with
+// time string and uuid, and counted in prom-client one flow at a time). A last phase overfills the
+// ring buffer without reading and checks that every event is either processed or counted as lost.
 //
 //   node dist/bench/flows.bench.js [K events per cycle=40000] [--cycles=C] [--profile]
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -75,44 +75,48 @@ async function main(): Promise<void> {
     void rec.flow;
     metrics.flowObserve(rec);
   };
+  // A follower that takes every record but reads nothing: every event is enriched (without one, a
+  // wakeup with more events than the flow ring holds enriches only the newest ring-full).
+  const idle = () => undefined;
+  const variants = [
+    { label: 'lazy pipeline', profile: 'flows-consume', listener: undefined },
+    { label: 'lazy pipeline, idle follower', profile: 'flows-consume-followed', listener: idle },
+    { label: 'eager per-event baseline', profile: 'flows-consume-eager', listener: eager },
+  ] as const;
   /** Events per second of wall time, and per second of this process's CPU time (user + system). */
-  const timedCycles = async (label: string, profileName: string): Promise<{ rates: number[]; cpuRates: number[] }> => {
-    // Warm-up (JIT, maps), then timed cycles.
-    dp.conntrackFlush();
-    generate(2000);
-    await sleep(200);
-    const rates: number[] = [];
-    const cpuRates: number[] = [];
-    for (let c = 0; c < cycles; c++) {
+  const measured = variants.map(() => ({ rates: [] as number[], cpuRates: [] as number[] }));
+  // Warm-up (JIT, maps), then the timed cycles, the variants taking turns so that the shared
+  // machine's load swings hit them alike.
+  dp.conntrackFlush();
+  generate(2000);
+  await sleep(200);
+  const lost0 = lostKernel();
+  for (let c = 0; c < cycles; c++) {
+    for (const [i, v] of variants.entries()) {
+      if (v.listener) flows.on('flow', v.listener);
       dp.conntrackFlush();
       const before = flows.processed;
       generate(perCycle);
       const target = before + perCycle;
       const cpu = process.cpuUsage();
       const t = performance.now();
-      await profiled(args.opts.profile !== undefined && c === cycles - 1, profileName, async () => {
+      await profiled(args.opts.profile !== undefined && c === cycles - 1, v.profile, async () => {
         while (flows.processed < target && performance.now() - t < 10_000) await new Promise((r) => setImmediate(r));
       });
       const ms = performance.now() - t;
       const used = process.cpuUsage(cpu);
       const got = flows.processed - before;
-      rates.push(got / (ms / 1000));
-      cpuRates.push(got / ((used.user + used.system) / 1e6));
+      measured[i]!.rates.push(got / (ms / 1000));
+      measured[i]!.cpuRates.push(got / ((used.user + used.system) / 1e6));
+      if (v.listener) flows.off('flow', v.listener);
     }
-    console.log(`  ${label}: median ${(stats(rates).p50 / 1000).toFixed(0)}k events/s, ${(stats(cpuRates).p50 / 1000).toFixed(0)}k per CPU-second`);
-    return { rates, cpuRates };
-  };
-  const lost0 = lostKernel();
-  const { rates, cpuRates } = await timedCycles('lazy pipeline', 'flows-consume');
-  // A follower that takes every record but reads nothing: every event is enriched (without one, a
-  // wakeup with more events than the flow ring holds enriches only the newest ring-full).
-  const idle = () => undefined;
-  flows.on('flow', idle);
-  const { rates: ratesFollowed, cpuRates: cpuRatesFollowed } = await timedCycles('lazy pipeline, idle follower', 'flows-consume-followed');
-  flows.off('flow', idle);
-  flows.on('flow', eager);
-  const { rates: ratesEager, cpuRates: cpuRatesEager } = await timedCycles('eager per-event baseline', 'flows-consume-eager');
-  flows.off('flow', eager);
+  }
+  for (const [i, v] of variants.entries()) {
+    console.log(`  ${v.label}: median ${(stats(measured[i]!.rates).p50 / 1000).toFixed(0)}k events/s, ${(stats(measured[i]!.cpuRates).p50 / 1000).toFixed(0)}k per CPU-second`);
+  }
+  const [{ rates, cpuRates }, { rates: ratesFollowed, cpuRates: cpuRatesFollowed }, { rates: ratesEager, cpuRates: cpuRatesEager }] = measured as [
+    (typeof measured)[number], (typeof measured)[number], (typeof measured)[number],
+  ];
   const lostDuring = Number(lostKernel() - lost0);
 
   // Overload: more than the ring buffer holds, not read meanwhile: every event the program tried to
