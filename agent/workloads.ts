@@ -104,7 +104,8 @@ export function errorToKitnet(err: unknown, context: string): KitnetError {
   }
   if (err instanceof IdentityExhaustedError) return new KitnetError('AGENT_ERR_IDENTITY_EXHAUSTED', err.message, { cause: err });
   if (err instanceof UnsupportedFeatureError) {
-    return new KitnetError('AGENT_ERR_DATAPATH_UNSUPPORTED', `${context}: ${err.message}`, { field: 'mode', cause: err });
+    // netkit is asked for with `mode`; everything else the kernel may lack (tun for VMs) comes with `kind`
+    return new KitnetError('AGENT_ERR_DATAPATH_UNSUPPORTED', `${context}: ${err.message}`, { field: err.feature === 'netkit' ? 'mode' : 'kind', cause: err });
   }
   if (err instanceof KernelError) {
     // The one kernel refusal caused by the request itself: the interface name is taken in the namespace.

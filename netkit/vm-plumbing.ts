@@ -9,9 +9,10 @@
 // The bridge is created with rtnetlink; the tap needs /dev/net/tun ioctls (TUNSETIFF + TUNSETPERSIST)
 // that Node cannot issue, so it is made with iproute2 entered into the namespace (nsenter --net).
 import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { promisify } from 'node:util';
-import { isErrno } from '../common/kernel-error.js';
+import { isErrno, UnsupportedFeatureError } from '../common/kernel-error.js';
 import { attr, ifinfomsg, ipBytes, ipString, message, messageAttrs, nest, readU32, str, u32, u8 } from './attrs.js';
 import { EndpointSpecError, ifnameValidate } from './errors.js';
 import type { LinkInfo } from './link.js';
@@ -145,6 +146,7 @@ async function tapEnsure(nl: Rtnl, spec: VmPlumbingSpec): Promise<LinkInfo> {
     throw new EndpointSpecError('tap', `${spec.tap} in ${spec.netnsPath} is a ${tap.kind || 'plain'} device, not a tap`);
   }
   if (!tap) {
+    await tunDeviceEnsure();
     try {
       await execFileP('nsenter', [`--net=${spec.netnsPath}`, 'ip', 'tuntap', 'add', 'dev', spec.tap, 'mode', 'tap'], { timeout: 10_000 });
     } catch (err) {
@@ -156,6 +158,21 @@ async function tapEnsure(nl: Rtnl, spec: VmPlumbingSpec): Promise<LinkInfo> {
   }
   await noIpv6(nl, spec.tap);
   return tap;
+}
+
+const TUN_DEVICE = '/dev/net/tun';
+
+/**
+ * `ip tuntap add` opens /dev/net/tun. Without udev's static nodes (minimal hosts, containers, the lab
+ * VM) the node only appears once the tun module is loaded, and opening a missing node gives a bare
+ * ENOENT: load the module once, or say what is missing.
+ */
+async function tunDeviceEnsure(): Promise<void> {
+  if (existsSync(TUN_DEVICE)) return;
+  await execFileP('modprobe', ['tun'], { timeout: 10_000 }).catch(() => undefined);
+  if (!existsSync(TUN_DEVICE)) {
+    throw new UnsupportedFeatureError('tap devices', `the tun driver: ${TUN_DEVICE} is missing and \`modprobe tun\` did not provide it (CONFIG_TUN)`);
+  }
 }
 
 async function portEnsure(nl: Rtnl, port: LinkInfo, bridge: LinkInfo, mtu: number | undefined): Promise<void> {

@@ -30,6 +30,7 @@ describe('kind vm / kind tap plumbing (root)', { timeout: 120_000 }, () => {
   const nsName = (w: string) => `kitnet-vm-vmt-${w}`;
 
   before(async () => {
+    await status('modprobe', ['tun']); // the test makes taps of its own; hosts without udev lack /dev/net/tun
     t = await testAgentStart(`vmt-${id}`, { ipam: { ipv4Pool: '10.213.0.0/24', ipv6Pool: 'fd00:213::/64' } });
   });
 
