@@ -247,7 +247,10 @@ export class AgentMetrics {
   private readonly batchCounter: FlowBatchCounter;
   private unobserve: (() => void) | undefined;
   /** Datapath counters read once per scrape, shared by the collectors of that scrape. */
-  private datapathCache: { at: number; value: Record<MetricName, DatapathCounter> | undefined } = { at: 0, value: undefined };
+  private datapathCache: { at: number; scrape: number; value: Record<MetricName, DatapathCounter> | undefined } = { at: 0, scrape: 0, value: undefined };
+  private scrapes = 0;
+  /** The text() call whose collectors are running (0: none; the registry read directly). */
+  private scrape = 0;
 
   constructor(private readonly src: MetricsSources = {}) {
     const registers = [this.registry];
@@ -413,16 +416,18 @@ export class AgentMetrics {
   private datapathRead(): Record<MetricName, DatapathCounter> | undefined {
     const read = this.src.datapath?.metricsRead;
     if (!read) return undefined;
-    // The collectors of one scrape run back to back: read the per-CPU map once for all of them.
+    // The collectors of one scrape run back to back: read the per-CPU map once for all of them (per
+    // text() call; a direct read of the registry reuses a read less than 100 ms old).
     const now = Date.now();
-    if (now - this.datapathCache.at > 100) {
+    const fresh = this.scrape !== 0 ? this.datapathCache.scrape === this.scrape : now - this.datapathCache.at <= 100;
+    if (!fresh) {
       let value: Record<MetricName, DatapathCounter> | undefined;
       try {
         value = read.call(this.src.datapath);
       } catch {
         value = undefined;
       }
-      this.datapathCache = { at: now, value };
+      this.datapathCache = { at: now, scrape: this.scrape, value };
     }
     return this.datapathCache.value;
   }
@@ -473,8 +478,14 @@ export class AgentMetrics {
   }
 
   /** The text exposition format. */
-  text(): Promise<string> {
-    return this.registry.metrics();
+  async text(): Promise<string> {
+    const id = ++this.scrapes;
+    this.scrape = id;
+    try {
+      return await this.registry.metrics();
+    } finally {
+      if (this.scrape === id) this.scrape = 0;
+    }
   }
 
   /** Stops counting flows (the agent is stopping). */
