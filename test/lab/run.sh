@@ -11,6 +11,9 @@
 #   --mem MIB     KITNET_LAB_MEM       guest memory (default 2048)
 #   --cpus N      KITNET_LAB_CPUS      vCPUs (default 2)
 #   --verbose     KITNET_LAB_VERBOSE=1 kernel messages on the console and the QEMU command line
+#   --init I      KITNET_LAB_INIT      busybox (default: a shell script as PID 1 runs CMD) or systemd
+#                                      (the host's systemd as PID 1 runs CMD as kitnet-lab.service;
+#                                      KITNET_EXPECT_SYSTEMD=1 inside)
 #
 # The guest sees the host's / read-only (9p, tmpfs overlay on top, so writes outside the work tree are
 # thrown away), the checkout read-write at the same path, the guest kernel's modules at /lib/modules,
@@ -30,6 +33,7 @@ timeout_s=${KITNET_LAB_TIMEOUT:-600}
 mem=${KITNET_LAB_MEM:-2048}
 cpus=${KITNET_LAB_CPUS:-2}
 verbose=${KITNET_LAB_VERBOSE:-0}
+init=${KITNET_LAB_INIT:-busybox}
 while [ $# -gt 0 ]; do
   case "$1" in
     --) shift; break ;;
@@ -37,10 +41,16 @@ while [ $# -gt 0 ]; do
     --mem) mem=$2; shift 2 ;;
     --cpus) cpus=$2; shift 2 ;;
     --verbose) verbose=1; shift ;;
+    --init) init=$2; shift 2 ;;
     *) usage ;;
   esac
 done
 [ $# -ge 1 ] || usage
+case "$init" in
+  busybox) ;;
+  systemd) [ -x /lib/systemd/systemd ] || lab_die "--init systemd needs systemd on this host (/lib/systemd/systemd; apt-get install systemd)" ;;
+  *) lab_die "unknown init '$init' (busybox | systemd)" ;;
+esac
 
 bash "$LAB_DIR/fetch.sh" "$kernel"
 kdir=$(sed -n "s/^KERNEL_DIR_${kernel//./_}=//p" "$LAB_CACHE/resolved.env" | tail -1)
@@ -98,6 +108,13 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# The trees the tests load code from (node_modules, dist) get read-only shares of their own, cached
+# aggressively (cache=loose) and mounted over the work tree's copies: node stats and opens thousands
+# of files to import the agent, and through the work tree's coherent cache mode each is a 9p round
+# trip (importing the agent took ~120 s under TCG; ~40 s this way). Rebuild before a run, not during.
+code_dirs=()
+for d in node_modules dist; do [ -d "$REPO_DIR/$d" ] && code_dirs+=("$d"); done
+
 workdir=$REPO_DIR
 case "$PWD/" in "$REPO_DIR"/*) workdir=$PWD ;; esac
 q() { printf '%q' "$1"; }
@@ -106,17 +123,22 @@ q() { printf '%q' "$1"; }
   echo "LAB_MODULES=$(q "$modules")"
   echo "LAB_TOOLS=$(q "$tools")"
   echo "LAB_WORK_CACHE=$(q "${KITNET_LAB_WORK_CACHE:-mmap}")"
+  echo "LAB_INIT=$(q "$init")"
+  echo "LAB_CODE_DIRS=$(q "${code_dirs[*]}")"
 } > "$run/config"
 {
   path="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
   echo "export PATH=$(q "$path") HOME=/root USER=root LOGNAME=root SHELL=/bin/bash LANG=C.UTF-8"
-  echo "export KITNET_LAB=$(q "$kernel") KITNET_LAB_KERNEL=$(q "$kver")"
+  # the serial line is a terminal, but nobody reads a pager there
+  echo "export SYSTEMD_PAGER=cat PAGER=cat"
+  echo "export KITNET_LAB=$(q "$kernel") KITNET_LAB_KERNEL=$(q "$kver") KITNET_LAB_INIT=$(q "$init")"
+  [ "$init" = systemd ] && echo "export KITNET_EXPECT_SYSTEMD=1"
   grep -q '^CONFIG_NETKIT=y' "$kdir/config" 2>/dev/null && echo "export KITNET_EXPECT_NETKIT=1"
   # colours only when the caller's output is a terminal (the guest's is always the serial line)
   [ -t 1 ] || [ -n "${FORCE_COLOR:-}" ] || echo "export NO_COLOR=1"
   while IFS= read -r var; do
     echo "export $var=$(q "${!var}")"
-  done < <(compgen -e | grep -E '^(CI|NO_COLOR|FORCE_COLOR|TERM|KITNET_[A-Z0-9_]+)$' | grep -vE '^KITNET_LAB_(TIMEOUT|MEM|CPUS|VERBOSE|CACHE|MIRROR|KEEP_RUN|MAX_AGE_DAYS)$')
+  done < <(compgen -e | grep -E '^(CI|NO_COLOR|FORCE_COLOR|TERM|KITNET_[A-Z0-9_]+)$' | grep -vE '^KITNET_LAB_(TIMEOUT|MEM|CPUS|VERBOSE|CACHE|MIRROR|KEEP_RUN|MAX_AGE_DAYS|INIT)$')
 } > "$run/env"
 {
   echo "cd $(q "$workdir") || exit 125"
@@ -143,8 +165,9 @@ qemu=(qemu-system-x86_64 -accel tcg,thread=multi -cpu "${KITNET_LAB_QEMU_CPU:-ma
   -device virtio-serial-pci -chardev file,id=klog,path="$run/console.log" -device virtconsole,chardev=klog
   -device virtio-rng-pci
   $(p9 fsroot / hostroot ro) $(p9 fswork "$REPO_DIR" work) $(p9 fsrun "$run" labrun))
+for i in "${!code_dirs[@]}"; do qemu+=($(p9 "fscode$i" "$REPO_DIR/${code_dirs[$i]}" "code$i" ro)); done
 [ "$verbose" = 1 ] && lab_log "${qemu[*]}"
-lab_log "booting $kernel ($kver), $cpus vCPUs, $mem MiB, timeout ${timeout_s}s: $*"
+lab_log "booting $kernel ($kver, init $init), $cpus vCPUs, $mem MiB, timeout ${timeout_s}s: $*"
 start=$(date +%s.%N)
 set +e
 timeout -k 10 "$timeout_s" "${qemu[@]}" < /dev/null &
