@@ -9,6 +9,9 @@ export interface InstallOptions {
   /** Enable and start the unit with systemctl (only when PID 1 is systemd and root is ''). */
   enable: boolean;
   log: (line: string) => void;
+  /** The checkout the unit runs and the node binary; default: this checkout and this node (tests set them). */
+  checkout?: string;
+  node?: string;
 }
 
 const checkout = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -45,6 +48,30 @@ function groupExists(root: string, name: string): boolean {
   }
 }
 
+const under = (path: string, dirs: string[]) => dirs.find((d) => path === d || path.startsWith(`${d}/`));
+
+/**
+ * The unit for a checkout and a node binary. The sandbox must still let the service read both:
+ * ProtectHome=yes makes /home, /root and /run/user inaccessible (a checkout in root's home is common),
+ * so it becomes read-only there; PrivateTmp=yes gives the service its own /tmp and /var/tmp, so a
+ * checkout there (a CI clone) is bound into it read-only. Each change is logged.
+ */
+export function unitRender(template: string, checkout: string, node: string, log: (line: string) => void): string {
+  let unit = template.replaceAll('@KITNET_ROOT@', checkout).replaceAll('@NODE@', node);
+  const paths = [checkout, node];
+  const home = paths.filter((p) => under(p, ['/home', '/root', '/run/user']));
+  if (home.length) {
+    unit = unit.replace(/^ProtectHome=yes$/m, 'ProtectHome=read-only');
+    log(`${home.join(' and ')} under a home directory: ProtectHome=read-only instead of yes, so that the service can read it`);
+  }
+  const tmp = paths.filter((p) => under(p, ['/tmp', '/var/tmp']));
+  if (tmp.length) {
+    unit = unit.replace(/^PrivateTmp=yes$/m, `PrivateTmp=yes\n# ${tmp.join(' and ')} under /tmp: visible in the private /tmp, read-only\nBindReadOnlyPaths=${tmp.join(' ')}`);
+    log(`${tmp.join(' and ')} under /tmp, which the service sees privately (PrivateTmp=yes): bound in read-only; a permanent place such as /opt/kitnet is better`);
+  }
+  return unit;
+}
+
 /**
  * Installs kitnet as a systemd service: the unit (pointing at this checkout), a default config when
  * none exists, and the `kitnet` group whose members may use the API socket; then enables and starts it.
@@ -52,9 +79,8 @@ function groupExists(root: string, name: string): boolean {
  */
 export function install(opts: InstallOptions): void {
   const at = (p: string) => join(opts.root || '/', p);
-  const unit = readFileSync(join(checkout, 'packaging/kitnet.service'), 'utf8')
-    .replaceAll('@KITNET_ROOT@', checkout)
-    .replaceAll('@NODE@', process.execPath);
+  const from = opts.checkout ?? checkout;
+  const unit = unitRender(readFileSync(join(checkout, 'packaging/kitnet.service'), 'utf8'), from, opts.node ?? process.execPath, opts.log);
   mkdirSync(at('etc/systemd/system'), { recursive: true });
   writeFileSync(at('etc/systemd/system/kitnet.service'), unit);
   opts.log(`wrote ${at('etc/systemd/system/kitnet.service')}`);
