@@ -10,6 +10,9 @@
 #   KITNET_LAB_AGENT_KERNELS ... on these kernels only (default: 6.12): they take minutes under emulation
 #   KITNET_CONFORMANCE_CASES conformance cases by name (default: one case with allow and deny rules;
 #                            every case is ~1-2 min in the VM)
+#   KITNET_LAB_SYSTEMD_TESTS test files for one more 6.12 VM booted with systemd as init (default: the
+#                            kitnet.service test, with KITNET_EXPECT_SYSTEMD=1; empty: none); TAP to
+#                            test/artifacts/lab-6.12-systemd.tap
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_DIR"
@@ -27,6 +30,15 @@ if [ "${1:-}" = --in-vm ]; then
     --test-reporter=tap --test-reporter-destination="test/artifacts/lab-$KITNET_LAB.tap" $KITNET_LAB_TESTS
 fi
 
+if [ "${1:-}" = --in-vm-systemd ]; then
+  # inside the VM booted with systemd (run.sh --init systemd): the unit tests against PID 1
+  [ "$(cat /proc/1/comm)" = systemd ] || { echo "[lab] PID 1 is $(cat /proc/1/comm), not systemd" >&2; exit 1; }
+  mkdir -p test/artifacts
+  # shellcheck disable=SC2086
+  exec node --test --test-concurrency=1 --test-reporter=spec --test-reporter-destination=stdout \
+    --test-reporter=tap --test-reporter-destination="test/artifacts/lab-$KITNET_LAB-systemd.tap" $KITNET_LAB_SYSTEMD_TESTS
+fi
+
 kernels=("$@")
 ((${#kernels[@]})) || kernels=("${LAB_KERNELS[@]}")
 base_tests=${KITNET_LAB_TESTS:-dist/test/root/netkit-device.test.js dist/test/root/netkit-probe.test.js dist/test/root/bpf-datapath.test.js}
@@ -36,7 +48,8 @@ export KITNET_TEST_MODE=${KITNET_TEST_MODE:-netkit}
 export KITNET_CONFORMANCE_CASES=${KITNET_CONFORMANCE_CASES:-ingressDeny wins over allow}
 # The agent-level tests make the in-VM run several minutes long on a loaded 2-core machine.
 export KITNET_LAB_TIMEOUT=${KITNET_LAB_TIMEOUT:-1500}
-for f in $base_tests $agent_tests; do [ -f "$f" ] || lab_die "$f missing: build first (bash scripts/setup.sh)"; done
+systemd_tests=${KITNET_LAB_SYSTEMD_TESTS-dist/test/root/systemd-service.test.js}
+for f in $base_tests $agent_tests $systemd_tests; do [ -f "$f" ] || lab_die "$f missing: build first (bash scripts/setup.sh)"; done
 bash "$LAB_DIR/fetch.sh" "${kernels[@]}"
 failed=()
 summary=()
@@ -50,6 +63,16 @@ for k in "${kernels[@]}"; do
   summary+=("$k: exit $rc in $(($(date +%s) - t0))s")
   ((rc == 0)) || failed+=("$k")
 done
+# packaging/kitnet.service under a real systemd: one more VM, on 6.12 only, with systemd as PID 1.
+if [ -n "$systemd_tests" ] && [[ " ${kernels[*]} " == *" 6.12 "* ]]; then
+  export KITNET_LAB_SYSTEMD_TESTS=$systemd_tests
+  lab_log "=== 6.12, systemd as init: $systemd_tests"
+  t0=$(date +%s)
+  rc=0
+  bash "$LAB_DIR/run.sh" 6.12 --init systemd -- bash test/lab/suite.sh --in-vm-systemd || rc=$?
+  summary+=("6.12 (systemd): exit $rc in $(($(date +%s) - t0))s")
+  ((rc == 0)) || failed+=("6.12-systemd")
+fi
 for s in "${summary[@]}"; do lab_log "$s"; done
 if ((${#failed[@]})); then lab_log "FAILED on: ${failed[*]}"; exit 1; fi
 lab_log "all lab kernels passed"
