@@ -2,7 +2,7 @@
 // a path handed to kitnet really is a network namespace before any device is moved into it.
 import { execFile } from 'node:child_process';
 import { constants as fsConstants } from 'node:fs';
-import { open, readFile, readlink, realpath, stat, statfs } from 'node:fs/promises';
+import { open, readlink, stat, statfs } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { EndpointSpecError } from './errors.js';
@@ -54,7 +54,8 @@ export async function netnsDelete(name: string): Promise<boolean> {
 
 /**
  * The namespace type and inode behind an nsfs file: /proc/PID/ns/* are magic links that read as
- * "net:[inode]"; a bind mount (ip netns add) shows the same text as its root in /proc/self/mountinfo.
+ * "net:[inode]"; a bind mount (ip netns add) is not a link, but a descriptor opened on it is, under
+ * /proc/self/fd. (Scanning /proc/self/mountinfo instead cost a line per namespace on every call.)
  */
 async function nsfsIdentity(path: string): Promise<{ type: string; inode: number } | undefined> {
   const parse = (text: string): { type: string; inode: number } | undefined => {
@@ -65,17 +66,17 @@ async function nsfsIdentity(path: string): Promise<{ type: string; inode: number
     const direct = parse(await readlink(path));
     if (direct) return direct;
   } catch {
-    // not a magic link: a bind mount, looked up below
+    // not a magic link: a bind mount, resolved through a descriptor below
   }
-  const real = await realpath(path);
-  const unescape = (s: string): string => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-  const lines = (await readFile('/proc/self/mountinfo', 'utf8')).split('\n');
-  // the last mount on a path is the visible one
-  for (const line of lines.reverse()) {
-    const f = line.split(' ');
-    if (f.length > 4 && unescape(f[4]!) === real) return parse(f[3]!);
+  let fh: FileHandle | undefined;
+  try {
+    fh = await open(path, fsConstants.O_RDONLY);
+    return parse(await readlink(`/proc/self/fd/${fh.fd}`));
+  } catch {
+    return undefined;
+  } finally {
+    await fh?.close();
   }
-  return undefined;
 }
 
 /**

@@ -14,6 +14,9 @@ import {
 } from './netkit-helpers.js';
 import { timeLimit } from '../helpers/timeouts.js';
 
+/** A random hex group as the kernel prints it (no leading zeros), so addresses compare as text. */
+const hex = (group: string): string => parseInt(group, 16).toString(16);
+
 const skip = !isRoot && 'needs root';
 
 interface Fixture {
@@ -44,7 +47,7 @@ function spec(f: Fixture, i: number, patch: Partial<EndpointDeviceSpec> = {}): E
   const octet = (parseInt(f.id.slice(0, 2), 16) % 200) + 20;
   return {
     hostIfname: host, alias: `kitnet:test/${f.id}-${i}`, netnsPath: `/var/run/netns/${f.ns[i] ?? f.ns[0]}`,
-    peerIfname: 'eth0', mode: 'veth', ipv4: `10.${octet}.${i}.${i + 10}`, ipv6: `fd00:${f.id.slice(0, 4)}:${f.id.slice(4)}::${i + 10}`, ...patch,
+    peerIfname: 'eth0', mode: 'veth', ipv4: `10.${octet}.${i}.${i + 10}`, ipv6: `fd00:${hex(f.id.slice(0, 4))}:${hex(f.id.slice(4))}::${i + 10}`, ...patch,
   };
 }
 

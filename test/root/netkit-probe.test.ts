@@ -16,6 +16,9 @@ import { EventSink, policyAllowAll } from './bpf-helpers.js';
 import { ipj, isRoot, linkDelQuiet, linkExists, linkNames, netnsDelQuiet, pingEventually, rand } from './netkit-helpers.js';
 import { timeLimit } from '../helpers/timeouts.js';
 
+/** A random hex group as the kernel prints it (no leading zeros), so addresses compare as text. */
+const hex = (group: string): string => parseInt(group, 16).toString(16);
+
 const skip = !isRoot && 'needs root';
 
 test('featuresProbe: real probes, cached, no probe devices left', { skip, timeout: timeLimit(30_000) }, async () => {
@@ -50,7 +53,7 @@ async function setup(t: { after: (fn: () => Promise<void>) => void }, nsCount = 
 
 const specFor = (c: Ctx, i: number, mode: EndpointDeviceSpec['mode']): EndpointDeviceSpec => ({
   hostIfname: c.links[0]!, alias: `kitnet:test/${c.id}-nk${i}`, netnsPath: `/var/run/netns/${c.ns}`, peerIfname: 'eth0',
-  mode, ipv4: `10.${(parseInt(c.id.slice(0, 2), 16) % 200) + 20}.9.${i + 10}`, ipv6: `fd00:${c.id.slice(0, 4)}:${c.id.slice(4)}:9::${i + 10}`,
+  mode, ipv4: `10.${(parseInt(c.id.slice(0, 2), 16) % 200) + 20}.9.${i + 10}`, ipv6: `fd00:${hex(c.id.slice(0, 4))}:${hex(c.id.slice(4))}:9::${i + 10}`,
 });
 
 test('netkit modes: UnsupportedFeatureError without netkit, nothing left behind', { skip, timeout: timeLimit(60_000) }, async (t) => {
