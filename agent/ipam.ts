@@ -107,15 +107,32 @@ export class Pool {
   }
 
   /**
+   * Value of an in-use address text if it lies in this pool's range. Memoised: registration calls
+   * allocate() with every address in use, and parsing them all each time grew with the workload count.
+   */
+  private valueOf(text: string): bigint | undefined {
+    let v = this.values.get(text);
+    if (v === undefined && !this.values.has(text)) {
+      const a = addressParse(text);
+      v = a.family === this.family && a.value >= this.first && a.value <= this.last ? a.value : undefined;
+      this.values.set(text, v);
+    }
+    return v;
+  }
+
+  private readonly values = new Map<string, bigint | undefined>();
+
+  /**
    * Lowest free address. `inUse` holds canonical texts. Runs in O(used) by scanning the sorted used
    * values for the first gap, so it stays fast for large pools that are mostly empty.
    */
   allocate(inUse: ReadonlySet<string>, field: string): string {
-    const used = [...inUse]
-      .map((t) => addressParse(t))
-      .filter((a) => a.family === this.family && a.value >= this.first && a.value <= this.last)
-      .map((a) => a.value)
-      .sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+    const used: bigint[] = [];
+    for (const t of inUse) {
+      const v = this.valueOf(t);
+      if (v !== undefined) used.push(v);
+    }
+    used.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
     let candidate = this.first;
     for (const v of used) {
       if (v > candidate) break;
