@@ -75,7 +75,10 @@ describe('sd_notify', () => {
       assert.match(got[0]!, /^READY=1\nSTATUS=serving 0 workloads\nMAINPID=\d+$/);
       assert.ok(got.includes('STATUS=busy'));
       assert.ok(got.filter((m) => m === 'WATCHDOG=1').length >= 2, `watchdog pings: ${JSON.stringify(got)}`);
-      assert.equal(got.at(-1), 'STOPPING=1');
+      // The watchdog keeps pinging until close() (a stop can take a while): on a loaded machine a ping
+      // may land after STOPPING, so only the order of the state messages is checked.
+      assert.ok(got.indexOf('STOPPING=1') > got.indexOf('STATUS=busy'), `STOPPING after the status: ${JSON.stringify(got)}`);
+      assert.deepEqual(got.filter((m) => m !== 'WATCHDOG=1').slice(1), ['STATUS=busy', 'STOPPING=1']);
     } finally {
       n.close();
       server.close();
