@@ -148,8 +148,13 @@ export async function daemonRun(opts: DaemonOptions = {}): Promise<Daemon> {
     systemd.reloading();
     try {
       let next: Config;
+      // The tokens file is read again on every reload (rotating a token needs no restart); from the
+      // running path: moving it to another file is a key change that waits for a restart.
+      const tokensFile = tcpSecurity ? running.api.tcp?.tokensFile : undefined;
+      let nextTokens: TokenSet | undefined;
       try {
         next = configLoad(configPath, opts.overrides);
+        if (tokensFile) nextTokens = tokensLoad(tokensFile);
       } catch (err) {
         if (!(err instanceof ConfigError)) {
           log.error({ err }, 'config reload failed; keeping the running config');
@@ -171,10 +176,15 @@ export async function daemonRun(opts: DaemonOptions = {}): Promise<Daemon> {
         log.info({ aggregation: flows.aggregation, reportIntervalSeconds: flows.reportIntervalSeconds }, 'flow reporting changed');
       }
       running = { ...running, logLevel: next.logLevel, flows };
+      if (tcpSecurity && tokensFile && nextTokens) {
+        tcpSecurity.tokens.replaceWith(nextTokens);
+        log.info({ tokensFile, count: nextTokens.size }, 'tokens reloaded');
+        if (nextTokens.plaintext.length) log.warn({ tokens: nextTokens.plaintext }, 'tokens file holds plaintext secrets; store secretSha256 instead (kitnet token hash)');
+      }
       const restartNeeded = changed.filter((c) => !c.applied).map((c) => c.key);
       if (restartNeeded.length) log.warn({ keys: restartNeeded }, 'config changed in keys that take effect only after a restart');
       log.info({ config: configPath ?? '(defaults)', changed: changed.map((c) => c.key) }, 'config reloaded');
-      return { file: configPath ?? null, changed, applied: [...live], restartNeeded };
+      return { file: configPath ?? null, changed, applied: [...live], restartNeeded, tokens: tokensFile && nextTokens ? { file: tokensFile, count: nextTokens.size } : null };
     } finally {
       systemd.ready(statusText());
     }

@@ -115,9 +115,9 @@ interface StoredToken {
 
 /** The tokens of the TCP listener; authenticates `Authorization: Bearer ...` headers. */
 export class TokenSet {
-  private readonly tokens: StoredToken[];
+  private tokens: StoredToken[];
   /** Names of tokens given with a plaintext `secret` (the daemon warns about them). */
-  readonly plaintext: string[];
+  plaintext: string[];
 
   /** `compare` is for tests (they count comparisons); it must be constant-time. */
   constructor(
@@ -138,6 +138,15 @@ export class TokenSet {
 
   get size(): number {
     return this.tokens.length;
+  }
+
+  /**
+   * Takes the tokens of `next` (a reload of the tokens file): requests authenticate against the new
+   * set from now on, the listener and its rate-limit state stay as they are.
+   */
+  replaceWith(next: TokenSet): void {
+    this.tokens = next.tokens;
+    this.plaintext = next.plaintext;
   }
 
   /**

@@ -391,10 +391,11 @@ config
     const r = await client().call<ConfigReloadResult>('POST', '/v1/config/reload');
     if (o.output === 'json') return printJson(r);
     const file = r.file ?? '(no file: defaults, environment and flags)';
-    if (!r.changed.length) return console.log(`config reloaded from ${file}: nothing changed`);
-    console.log(`config reloaded from ${file}:`);
+    if (!r.changed.length) console.log(`config reloaded from ${file}: nothing changed`);
+    else console.log(`config reloaded from ${file}:`);
     const show = (v: unknown) => (v === null ? '(unset)' : JSON.stringify(v));
     for (const c of r.changed) console.log(`  ${c.key}: ${show(c.from)} -> ${show(c.to)}${c.applied ? '  (applied)' : '  (takes effect after a restart: systemctl restart kitnet)'}`);
+    if (r.tokens) console.log(`tokens reloaded from ${r.tokens.file}: ${r.tokens.count} token(s)`);
   });
 
 program.parseAsync(process.argv).catch((err: unknown) => {

@@ -14,5 +14,9 @@ export const ConfigReloadResult = z.object({
   changed: z.array(ConfigChange),
   applied: z.array(z.string()).describe('keys now in effect'),
   restartNeeded: z.array(z.string()).describe('keys that take effect only after a restart'),
+  tokens: z
+    .object({ file: z.string(), count: z.number().int() })
+    .nullable()
+    .describe('the TCP listener\'s tokens file, read again on every reload (null: no TCP listener)'),
 });
 export type ConfigReloadResult = z.infer<typeof ConfigReloadResult>;

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { rmSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
+import { request as httpsRequest } from 'node:https';
 import { dirname, join, resolve } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -9,7 +10,7 @@ import { promisify } from 'node:util';
 import { daemonRun } from '../../agent/daemon.js';
 import { ApiError } from '../../api/cli/client.js';
 import type { ConfigReloadResult } from '../../api/schemas/config.js';
-import { routeAccess } from '../../api/security.js';
+import { routeAccess, tokenHash, tokenGenerate } from '../../api/security.js';
 import { MONITOR_AGG_DEFAULT, MONITOR_AGG_NONE } from '../../bpf/layout.gen.js';
 import { AgentFixture } from '../helpers/fixture.js';
 import { links } from '../helpers/sys.js';
@@ -53,7 +54,7 @@ describe('config reload by API call (root)', { timeout: 120_000 }, () => {
 
   test('nothing changed: 200 with an empty list', async () => {
     const r = await api.call<ConfigReloadResult>('POST', '/v1/config/reload');
-    assert.deepEqual(r, { file, changed: [], applied: [], restartNeeded: [] });
+    assert.deepEqual(r, { file, changed: [], applied: [], restartNeeded: [], tokens: null });
   });
 
   test('live keys apply at once (datapath config map), restart-only keys are named', async () => {
@@ -141,4 +142,57 @@ describe('config reload by API call (root)', { timeout: 120_000 }, () => {
       req.end();
     });
   }
+});
+
+/**
+ * The TCP listener's tokens file is read again on every reload: a rotated token works at once, the
+ * old one is refused, and a broken tokens file is a 422 that keeps the running tokens.
+ */
+describe('config reload re-reads the tokens file (root, TLS listener)', { timeout: 120_000 }, () => {
+  const fx = new AgentFixture({ tag: 'tokens', ipv4Pool: '10.216.0.0/16', ipv6Pool: 'fd00:216::/64', namespaces: ['tokens'] });
+  const file = join(fx.dir, 'config.yaml');
+  const tokensFile = join(fx.dir, 'tokens.yaml');
+  const cert = join(fx.dir, 'cert.pem');
+  const key = join(fx.dir, 'key.pem');
+  const port = 20_000 + Math.floor(Math.random() * 20_000);
+  const [oldSecret, newSecret] = [tokenGenerate(), tokenGenerate()];
+  const tokensWrite = (...entries: Array<[string, string]>) =>
+    writeFileSync(tokensFile, entries.map(([name, secret]) => `- {name: ${name}, secretSha256: ${tokenHash(secret)}, scopes: [read]}\n`).join(''), { mode: 0o600 });
+  /** GET /v1/workloads over TLS with a bearer token: the HTTP status. */
+  const get = (secret: string) =>
+    new Promise<number>((done, fail) => {
+      httpsRequest({ host: '127.0.0.1', port, path: '/v1/workloads', headers: { authorization: `Bearer ${secret}` }, ca: readFileSync(cert) }, (res) => {
+        res.resume();
+        done(res.statusCode ?? 0);
+      }).on('error', fail).end();
+    });
+
+  after(() => fx.cleanup());
+  before(async () => {
+    await execFileP('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1']);
+    tokensWrite(['ops', oldSecret]);
+    writeFileSync(file, `logLevel: silent\napi: { tcp: { host: 127.0.0.1, port: ${port}, tls: { cert: ${cert}, key: ${key} }, tokensFile: ${tokensFile} } }\n`);
+    const overrides = { ...fx.overrides };
+    delete overrides.logLevel;
+    overrides.api = { ...overrides.api };
+    fx.daemon = await daemonRun({ configPath: file, overrides });
+  });
+
+  test('a rotated token works after the reload, the old one no longer does', async () => {
+    assert.equal(await get(oldSecret), 200);
+    assert.equal(await get(newSecret), 401);
+    tokensWrite(['ops-2', newSecret]);
+    assert.equal(await get(newSecret), 401, 'nothing changes before the reload');
+    const r = await fx.api.call<ConfigReloadResult>('POST', '/v1/config/reload');
+    assert.deepEqual(r.tokens, { file: tokensFile, count: 1 });
+    assert.deepEqual(r.changed, []);
+    assert.equal(await get(newSecret), 200);
+    assert.equal(await get(oldSecret), 401);
+  });
+
+  test('a broken tokens file: 422 naming api.tcp.tokensFile, the running tokens stay', async () => {
+    writeFileSync(tokensFile, '- {name: x, scopes: [read]}\n');
+    await assert.rejects(fx.api.call('POST', '/v1/config/reload'), (e: ApiError) => e.statusCode === 422 && e.code === 'AGENT_ERR_CONFIG_INVALID' && /^api\.tcp\.tokensFile: /.test(e.message));
+    assert.equal(await get(newSecret), 200, 'the tokens of the last good file still work');
+  });
 });
