@@ -94,9 +94,10 @@ export class Agent implements AgentApi {
     });
   }
 
-  async start(): Promise<void> {
+  /** Restores the stored workloads (`onProgress` after each), then starts flows and the watch. */
+  async start(onProgress?: (done: number, total: number) => void): Promise<void> {
     this.flowReportingApply(this.config.flows);
-    const result = await this.workloads.exclusive(() => this.reconciler.syncAll());
+    const result = await this.workloads.exclusive(() => this.reconciler.syncAll(onProgress));
     this.directory.refresh();
     this.log.info(result, 'state restored from store');
     this.flows.start(this.kernel.datapath);

@@ -115,6 +115,24 @@ export function configDiff(running: Config, next: Config): ConfigChange[] {
     .map((key) => ({ key, from: a.get(key) ?? null, to: b.get(key) ?? null, applied: LIVE_KEYS.has(key) }));
 }
 
+/** How far a start without progress may run past the last report before systemd gives up on it. */
+const RESTORE_STALL_USEC = 60_000_000;
+
+/**
+ * Progress of the startup restore, at most once a second: to systemd (STATUS, and
+ * EXTEND_TIMEOUT_USEC so a long restore of many workloads outlives TimeoutStartSec=) and to the log.
+ */
+function restoreProgress(systemd: SystemdNotifier, log: Logger): (done: number, total: number) => void {
+  let last = 0;
+  return (done, total) => {
+    const now = Date.now();
+    if (done < total && now - last < 1000) return;
+    last = now;
+    systemd.startProgress(`restoring workloads: ${done}/${total}`, RESTORE_STALL_USEC);
+    if (done < total) log.info({ done, total }, 'restoring workloads');
+  };
+}
+
 export async function daemonRun(opts: DaemonOptions = {}): Promise<Daemon> {
   const configPath = opts.configPath ?? (existsSync(DEFAULT_CONFIG_PATH) ? DEFAULT_CONFIG_PATH : undefined);
   const config = configLoad(configPath, opts.overrides);
@@ -136,10 +154,10 @@ export async function daemonRun(opts: DaemonOptions = {}): Promise<Daemon> {
   log.info({ kernel: features.kernelRelease, netkit: features.netkit, tcx: features.tcx, mode: config.datapath.mode }, 'kernel features probed');
 
   const agent = new Agent(config, store, kernel, hostFacts, log);
-  await agent.start();
+  const systemd = new SystemdNotifier(log);
+  await agent.start(restoreProgress(systemd, log));
 
   const audit = auditSink(config, log);
-  const systemd = new SystemdNotifier(log);
   const statusText = () => `serving ${store.workloadList().length} workloads on ${config.api.socket}`;
 
   // What is in effect: the start config, with the live keys of every successful reload.

@@ -127,7 +127,7 @@ export class Reconciler {
    * remove what the store does not know: links, pinned links, endpoint and ipcache entries left by a
    * crash between kernel work and the store write.
    */
-  async syncAll(): Promise<{ converged: number; failed: number; orphans: number }> {
+  async syncAll(onProgress?: (done: number, total: number) => void): Promise<{ converged: number; failed: number; orphans: number }> {
     const records = this.store.workloadList();
     // Policy for every stored endpoint first (one compile), so each converge below can attach at once.
     this.policy.load();
@@ -147,6 +147,7 @@ export class Reconciler {
         log.error({ err }, 'workload could not be restored; it stays registered in state "error"');
         this.store.workloadStateSet(rec.spec.namespace, rec.spec.name, 'error', rec.observed, (err as Error).message);
       }
+      onProgress?.(converged + failed, records.length);
     }
 
     let orphans = 0;

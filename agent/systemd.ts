@@ -59,6 +59,15 @@ export class SystemdNotifier {
     this.notify({ STATUS: text });
   }
 
+  /**
+   * Long work before READY (restoring many workloads): moves the start job's deadline to `usec` from
+   * now (EXTEND_TIMEOUT_USEC, systemd >= 236) and says why, so progress keeps TimeoutStartSec= from
+   * killing a start that is merely long, while a start that stops making progress still times out.
+   */
+  startProgress(text: string, usec: number): void {
+    this.notify({ STATUS: text, EXTEND_TIMEOUT_USEC: Math.floor(usec) });
+  }
+
   reloading(): void {
     // MONOTONIC_USEC lets systemd (>= 253) match the reload; older versions ignore it.
     this.notify({ RELOADING: 1, MONOTONIC_USEC: Math.floor(Number(process.hrtime.bigint() / 1000n)) });

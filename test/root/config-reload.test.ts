@@ -3,6 +3,7 @@ import { execFile } from 'node:child_process';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { request as httpsRequest } from 'node:https';
+import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -13,7 +14,7 @@ import type { ConfigReloadResult } from '../../api/schemas/config.js';
 import { routeAccess, tokenHash, tokenGenerate } from '../../api/security.js';
 import { MONITOR_AGG_DEFAULT, MONITOR_AGG_NONE } from '../../bpf/layout.gen.js';
 import { AgentFixture } from '../helpers/fixture.js';
-import { links } from '../helpers/sys.js';
+import { links, waitFor } from '../helpers/sys.js';
 
 const execFileP = promisify(execFile);
 const KITNET = resolve(dirname(fileURLToPath(import.meta.url)), '../../../bin/kitnet.js');
@@ -194,5 +195,51 @@ describe('config reload re-reads the tokens file (root, TLS listener)', { timeou
     writeFileSync(tokensFile, '- {name: x, scopes: [read]}\n');
     await assert.rejects(fx.api.call('POST', '/v1/config/reload'), (e: ApiError) => e.statusCode === 422 && e.code === 'AGENT_ERR_CONFIG_INVALID' && /^api\.tcp\.tokensFile: /.test(e.message));
     assert.equal(await get(newSecret), 200, 'the tokens of the last good file still work');
+  });
+});
+
+/**
+ * A start that restores workloads reports its progress to systemd: STATUS with the count and
+ * EXTEND_TIMEOUT_USEC, so TimeoutStartSec= does not end a long restore that is moving, all before READY.
+ */
+describe('restore progress to systemd (root, $NOTIFY_SOCKET)', { timeout: 120_000 }, () => {
+  const fx = new AgentFixture({ tag: 'notify', ipv4Pool: '10.217.0.0/16', ipv6Pool: 'fd00:217::/64', namespaces: ['notify'] });
+  const notifySocket = join(fx.dir, 'notify.sock');
+  const got: string[] = [];
+  let server: { bind(p: string): void; close(): void } | undefined;
+  const saved = { NOTIFY_SOCKET: process.env.NOTIFY_SOCKET, WATCHDOG_USEC: process.env.WATCHDOG_USEC };
+
+  after(async () => {
+    for (const [k, v] of Object.entries(saved)) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+    server?.close();
+    await fx.cleanup();
+  });
+
+  test('STATUS restoring N/N with EXTEND_TIMEOUT_USEC, then READY', async () => {
+    await fx.start();
+    for (const n of ['a', 'b', 'c']) {
+      const ns = await fx.netns(n);
+      await fx.api.call('POST', '/v1/workloads', { name: n, namespace: 'notify', labels: { app: n }, netns: `/var/run/netns/${ns}` });
+    }
+    await fx.stop();
+    const unixDgram = createRequire(import.meta.url)('unix-dgram') as {
+      createSocket(t: 'unix_dgram', cb: (msg: Buffer) => void): { bind(p: string): void; close(): void };
+    };
+    server = unixDgram.createSocket('unix_dgram', (msg) => got.push(msg.toString()));
+    server.bind(notifySocket);
+    process.env.NOTIFY_SOCKET = notifySocket;
+    delete process.env.WATCHDOG_USEC;
+    await fx.start();
+    await waitFor('READY=1', async () => got.some((m) => m.startsWith('READY=1')));
+    const ready = got.findIndex((m) => m.startsWith('READY=1'));
+    const progress = got.slice(0, ready);
+    assert.ok(progress.length >= 1, `progress before READY: ${JSON.stringify(got)}`);
+    assert.equal(progress.at(-1), 'STATUS=restoring workloads: 3/3\nEXTEND_TIMEOUT_USEC=60000000');
+    assert.ok(progress.every((m) => /^STATUS=restoring workloads: [1-3]\/3\nEXTEND_TIMEOUT_USEC=60000000$/.test(m)), JSON.stringify(progress));
+    assert.match(got[ready]!, /^READY=1\nSTATUS=serving 3 workloads on /);
+    assert.deepEqual((await fx.api.call<Array<{ state: string }>>('GET', '/v1/workloads')).map((w) => w.state), ['ready', 'ready', 'ready']);
   });
 });
