@@ -8,8 +8,7 @@
 // mapping stay here in the agent process.
 import { spawn } from 'node:child_process';
 import type { ChildProcessWithoutNullStreams } from 'node:child_process';
-import { closeSync, fstatSync, openSync, writeSync } from 'node:fs';
-import { writeFile } from 'node:fs/promises';
+import { closeSync, fstatSync, openSync, writeFileSync, writeSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import netlinkPkg from 'netlink';
@@ -62,7 +61,8 @@ class LocalTransport implements NlTransport {
   }
 
   async sysctlWrite(path: string, value: string): Promise<void> {
-    await writeFile(sysctlPathCheck(path), value);
+    // synchronous: a /proc/sys write is microseconds, a thread-pool round trip per call is not
+    writeFileSync(sysctlPathCheck(path), value);
   }
 
   close(): void {
