@@ -1,6 +1,6 @@
 /* Packet parsing: Ethernet (optional), IPv4 / IPv6 with extension headers, then the L4 fields that
- * flows and conntrack need. Headers are copied with bpf_skb_load_bytes, which works whether or not they
- * sit in the linear part of the skb (no bpf_skb_pull_data, no re-validation of data/data_end). */
+ * flows and conntrack need. Headers are copied onto the stack by pkt_load: directly from the linear part
+ * of the skb when it holds them, else with bpf_skb_load_bytes (paged data); no bpf_skb_pull_data. */
 #pragma once
 
 #include "common.h"
@@ -57,6 +57,25 @@ struct pkt {
 	__u16 eth_proto; /* EtherType (host order): the Ethernet header's, or skb->protocol on L3 devices */
 };
 
+/* Copies len bytes at off into to: straight from the linear part of the skb when it holds them (the
+ * usual case: no helper call), else through bpf_skb_load_bytes (headers in paged data). Returns 0 or
+ * a negative error, like bpf_skb_load_bytes. */
+static __always_inline int pkt_load(struct __sk_buff *skb, __u32 off, void *to, __u32 len)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	void *at;
+
+	if (off <= 0xffff) { /* bounds the offset for the verifier */
+		at = data + off;
+		if (at + len <= data_end) {
+			__builtin_memcpy(to, at, len);
+			return 0;
+		}
+	}
+	return bpf_skb_load_bytes(skb, off, to, len);
+}
+
 static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, struct pkt *p)
 {
 	__u8 b[14];
@@ -64,7 +83,7 @@ static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, struct pkt
 	switch (p->protocol) {
 	case IPPROTO_TCP:
 		/* ports (4) .. flags at byte 13 */
-		if (bpf_skb_load_bytes(skb, off, b, 14) < 0)
+		if (pkt_load(skb, off, b, 14) < 0)
 			return PARSE_TRUNCATED;
 		p->sport = (b[0] << 8) | b[1];
 		p->dport = (b[2] << 8) | b[3];
@@ -73,7 +92,7 @@ static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, struct pkt
 	case IPPROTO_UDP:
 	case IPPROTO_SCTP:
 		/* both start with 16-bit source and destination ports */
-		if (bpf_skb_load_bytes(skb, off, b, 4) < 0)
+		if (pkt_load(skb, off, b, 4) < 0)
 			return PARSE_TRUNCATED;
 		p->sport = (b[0] << 8) | b[1];
 		p->dport = (b[2] << 8) | b[3];
@@ -81,7 +100,7 @@ static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, struct pkt
 	case IPPROTO_ICMP:
 	case IPPROTO_ICMPV6_:
 		/* type, code, checksum, then identifier for echo messages */
-		if (bpf_skb_load_bytes(skb, off, b, 6) < 0)
+		if (pkt_load(skb, off, b, 6) < 0)
 			return PARSE_TRUNCATED;
 		p->icmp_type = b[0];
 		p->icmp_code = b[1];
@@ -100,7 +119,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 off, struct p
 	struct iphdr ip;
 	__u16 frag;
 
-	if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0)
+	if (pkt_load(skb, off, &ip, sizeof(ip)) < 0)
 		return PARSE_TRUNCATED;
 	if (ip.version != 4 || ip.ihl < 5)
 		return PARSE_TRUNCATED;
@@ -125,7 +144,7 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, __u32 off, struct p
 	__u8 ext[8];
 	int i;
 
-	if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)) < 0)
+	if (pkt_load(skb, off, &ip6, sizeof(ip6)) < 0)
 		return PARSE_TRUNCATED;
 	if (ip6.version != 6)
 		return PARSE_TRUNCATED;
@@ -141,21 +160,21 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, __u32 off, struct p
 		case NEXTHDR_ROUTING:
 		case NEXTHDR_DEST:
 			/* next header, length in 8-octet units not counting the first 8 */
-			if (bpf_skb_load_bytes(skb, off, ext, 2) < 0)
+			if (pkt_load(skb, off, ext, 2) < 0)
 				return PARSE_TRUNCATED;
 			nexthdr = ext[0];
 			off += ((__u32)ext[1] + 1) * 8;
 			break;
 		case NEXTHDR_AUTH:
 			/* AH: length in 4-octet units minus 2 */
-			if (bpf_skb_load_bytes(skb, off, ext, 2) < 0)
+			if (pkt_load(skb, off, ext, 2) < 0)
 				return PARSE_TRUNCATED;
 			nexthdr = ext[0];
 			off += ((__u32)ext[1] + 2) * 4;
 			break;
 		case NEXTHDR_FRAGMENT:
 			/* next header, reserved, 13-bit offset + flags, 32-bit identification */
-			if (bpf_skb_load_bytes(skb, off, ext, 8) < 0)
+			if (pkt_load(skb, off, ext, 8) < 0)
 				return PARSE_TRUNCATED;
 			nexthdr = ext[0];
 			p->is_frag = 1;
@@ -185,7 +204,7 @@ static __always_inline int parse_packet(struct __sk_buff *skb, __u32 l3_off, str
 	if (l3_off) {
 		struct ethhdr eth;
 
-		if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0)
+		if (pkt_load(skb, 0, &eth, sizeof(eth)) < 0)
 			return PARSE_NOT_IP;
 		__builtin_memcpy(p->smac, eth.h_source, 6);
 		proto = bpf_ntohs(eth.h_proto);
