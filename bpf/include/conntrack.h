@@ -69,7 +69,8 @@ static __always_inline int ct_expired(const struct ct_entry *e, __u8 protocol, _
 
 	if (protocol == IPPROTO_TCP)
 		life = ct_closed(e) ? CT_LIFETIME_TCP_CLOSED : CT_LIFETIME_TCP;
-	return now - e->last_seen_ns > life * NSEC_PER_SEC;
+	/* signed: another CPU may have stored a later time than this packet's clock read */
+	return (__s64)(now - e->last_seen_ns) > (__s64)(life * NSEC_PER_SEC);
 }
 
 static __always_inline __u16 ct_close_flags(__u8 tcp_flags, int reply)
@@ -160,7 +161,8 @@ static __always_inline int ct_process(const struct pkt *p, __u8 dir, __u32 len, 
 		}
 		*seen |= p->tcp_flags;
 	}
-	if (res->report == CT_NO_REPORT && report_interval_ns && now - e->last_report_ns >= report_interval_ns)
+	if (res->report == CT_NO_REPORT && report_interval_ns &&
+	    (__s64)(now - e->last_report_ns) >= (__s64)report_interval_ns)
 		res->report = REPORT_INTERVAL;
 	if (res->report != CT_NO_REPORT)
 		e->last_report_ns = now;

@@ -21,7 +21,7 @@ struct flow_ctx {
 	__u8 reason;
 };
 
-static __always_inline void event_emit(const struct flow_ctx *c, __u64 now)
+static __always_inline void event_emit(const struct flow_ctx *c)
 {
 	struct flow_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	const struct pkt *p = c->p;
@@ -32,7 +32,7 @@ static __always_inline void event_emit(const struct flow_ctx *c, __u64 now)
 	}
 	/* ring buffer memory is not zeroed: clear the padding too */
 	__builtin_memset(e, 0, sizeof(*e));
-	e->time_ns = now;
+	e->time_ns = bpf_ktime_get_ns();
 	e->ifindex = c->ifindex;
 	e->endpoint_id = c->endpoint_id;
 	e->src_identity = c->src_identity;

@@ -226,8 +226,8 @@ _Static_assert(__builtin_offsetof(struct ct_key, pad0) == 39, "ct_key.pad0 offse
 
 /* Value of the `conntrack` LRU hash. Updated without atomics: counters are statistics, races are benign. */
 struct ct_entry {
-	__u64 last_seen_ns;         /* @0 bpf_ktime_get_ns() of the last packet */
-	__u64 last_report_ns;       /* @8 when an event was last emitted for this entry */
+	__u64 last_seen_ns;         /* @0 bpf_ktime_get_coarse_ns() of the last packet (CLOCK_MONOTONIC, tick resolution) */
+	__u64 last_report_ns;       /* @8 when an event was last emitted for this entry (same clock) */
 	__u64 packets;              /* @16 */
 	__u64 bytes;                /* @24 */
 	__u8 tx_flags_seen;         /* @32 TCP flags seen in the original direction */

@@ -48,11 +48,11 @@ static __always_inline __u16 check_source(const struct endpoint_info *ep, const 
 	return bytes_eq(p->saddr, ep->ipv6, 16) ? 0 : DROP_INVALID_SOURCE_IP;
 }
 
-static __always_inline int finish(struct flow_ctx *c, int report, __u64 now)
+static __always_inline int finish(struct flow_ctx *c, int report)
 {
 	metric_add(metric_slot(c->direction, c->verdict), c->len);
 	if (report)
-		event_emit(c, now);
+		event_emit(c);
 	return c->verdict == VERDICT_DROPPED ? TCX_DROP : TCX_PASS;
 }
 
@@ -139,7 +139,6 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 	c.direction = dir;
 	c.len = skb->len;
 	c.verdict = VERDICT_FORWARDED;
-	now = bpf_ktime_get_ns();
 
 	if (lookup == EP_BY_IFINDEX)
 		rc = parse_packet(skb, has_l2 ? ETH_HLEN : 0, &p);
@@ -158,7 +157,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 		c.verdict = VERDICT_DROPPED;
 		c.drop_reason = reason;
 		c.reason = REPORT_DROP;
-		return finish(&c, 1, now);
+		return finish(&c, 1);
 	}
 
 	if (rc != PARSE_OK) {
@@ -166,7 +165,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 		c.verdict = VERDICT_DROPPED;
 		c.drop_reason = rc == PARSE_BAD_EXTHDR ? DROP_INVALID_IPV6_EXTENSION_HEADER : DROP_INVALID_PACKET_DROPPED;
 		c.reason = REPORT_DROP;
-		return finish(&c, 1, now);
+		return finish(&c, 1);
 	}
 
 	if (dir == DIR_EGRESS) {
@@ -181,7 +180,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 			c.verdict = VERDICT_DROPPED;
 			c.drop_reason = reason;
 			c.reason = REPORT_DROP;
-			return finish(&c, 1, now);
+			return finish(&c, 1);
 		}
 	}
 
@@ -194,6 +193,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 		interval_ns = (__u64)cfg->report_interval_s * NSEC_PER_SEC;
 	}
 
+	/* Conntrack ages entries in seconds: the coarse clock (CLOCK_MONOTONIC at tick resolution, no
+	 * clocksource read) is precise enough and cheaper. Events take the fine clock (event_emit). */
+	now = bpf_ktime_get_coarse_ns();
 	ct.is_reply = 0;
 	ct.report = CT_NO_REPORT;
 	ct_state = ct_process(&p, dir, c.len, now, interval_ns, &ct);
@@ -225,7 +227,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 		c.verdict = VERDICT_DROPPED;
 		c.drop_reason = reason;
 		c.reason = REPORT_DROP;
-		return finish(&c, 1, now);
+		return finish(&c, 1);
 	}
 	if (ct_state == CT_NEW)
 		ct_create(&ct, &p, c.len, now);
@@ -237,7 +239,7 @@ out:
 	if (report && !resolved)
 		identities_resolve(&c, ep, &p, dir);
 	c.reason = ct.report == CT_NO_REPORT ? REPORT_EVERY : ct.report;
-	return finish(&c, report, now);
+	return finish(&c, report);
 }
 
 /* tcx ingress on the host-side veth, or netkit BPF_NETKIT_PEER (skb->dev is the primary there): packets

@@ -99,8 +99,8 @@ export const STRUCTS: StructSpec[] = [
     name: 'ct_entry',
     doc: 'Value of the `conntrack` LRU hash. Updated without atomics: counters are statistics, races are benign.',
     fields: [
-      { name: 'last_seen_ns', type: 'u64', doc: 'bpf_ktime_get_ns() of the last packet' },
-      { name: 'last_report_ns', type: 'u64', doc: 'when an event was last emitted for this entry' },
+      { name: 'last_seen_ns', type: 'u64', doc: 'bpf_ktime_get_coarse_ns() of the last packet (CLOCK_MONOTONIC, tick resolution)' },
+      { name: 'last_report_ns', type: 'u64', doc: 'when an event was last emitted for this entry (same clock)' },
       { name: 'packets', type: 'u64' },
       { name: 'bytes', type: 'u64' },
       { name: 'tx_flags_seen', type: 'u8', doc: 'TCP flags seen in the original direction' },
