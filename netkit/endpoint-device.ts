@@ -1,24 +1,27 @@
 // A workload's device pair, all-or-nothing: create (veth / netkit L3 / netkit L2) with the peer
 // born inside the workload's namespace, configure both sides, observe, repair, delete.
 import { createHash } from 'node:crypto';
+import { closeSync, fstatSync, openSync, statSync } from 'node:fs';
 import { KernelError, UnsupportedFeatureError } from '../common/kernel-error.js';
 import { addressAdd, addressList } from './address.js';
 import { ipBytes, ipString, macBytes } from './attrs.js';
 import { EndpointSpecError, aliasValidate, errnoIs, ifnameValidate } from './errors.js';
 import type { LinkInfo } from './link.js';
-import { linkDelete, linkGet, linkList, linkSet } from './link.js';
+import { linkDecode, linkDelete, linkGet, linkList, linkSet } from './link.js';
 import { neighList, neighPermanentSet } from './neigh.js';
 import { NETKIT_REQUIREMENT, netkitCreateMessage, netkitStateDecode } from './netkit.js';
-import { netnsFdOpen, netnsPathValidate } from './netns.js';
+import { netnsPathValidate } from './netns.js';
 import { netkitProbe } from './probe.js';
 import type { RouteInfo } from './route.js';
 import { routeAdd, routeList } from './route.js';
 import type { Rtnl } from './socket.js';
-import { rtnlHost, withNetns } from './socket.js';
+import { requestsPipelined, rtnlHost, withNetns } from './socket.js';
 import { hostForwardingEnsure, hostSideSysctlsApply, sysctlIfname } from './sysctl.js';
 import type { DeviceMode, EndpointDevice, EndpointDeviceSpec, KitnetLink } from './types.js';
 import { GATEWAY_V4, GATEWAY_V6, KITNET_ALIAS_PREFIX } from './types.js';
-import { AF_INET, AF_INET6, NLM_F_CREATE, NLM_F_EXCL, NUD_PERMANENT, RT_SCOPE_LINK, RTM_NEWLINK } from './uapi.js';
+import {
+  AF_INET, AF_INET6, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NUD_PERMANENT, RT_SCOPE_LINK, RTM_NEWLINK,
+} from './uapi.js';
 import { vethCreateMessage } from './veth.js';
 
 const MODES: readonly DeviceMode[] = ['netkit', 'netkit-l2', 'veth'];
@@ -137,11 +140,14 @@ async function pairCreateError(err: unknown, spec: EndpointDeviceSpec, host: Rtn
   return err;
 }
 
-/** Everything inside the workload's namespace: lo and peer up, addresses, routes, gateway neighbours. */
+/**
+ * Everything inside the workload's namespace: lo and peer up, addresses, routes, gateway neighbours.
+ * Two round trips: lo and the peer are read together, then every change is sent pipelined, in the
+ * order they depend on each other (peer up before its addresses and routes, the on-link route to the
+ * gateway before the default routes through it).
+ */
 async function peerConfigure(nl: Rtnl, spec: EndpointDeviceSpec, hostMac: string): Promise<LinkInfo> {
-  const lo = await linkGet(nl, 'lo');
-  if (lo && !lo.up) await linkSet(nl, { name: 'lo', ifindex: lo.ifindex }, { up: true });
-  const peer = await linkGet(nl, spec.peerIfname);
+  const [lo, peer] = await Promise.all([linkGet(nl, 'lo'), linkGet(nl, spec.peerIfname)]);
   if (!peer) {
     throw new KernelError({
       op: 'RTM_GETLINK', errno: 19, device: { name: spec.peerIfname, netns: spec.netnsPath },
@@ -157,34 +163,47 @@ async function peerConfigure(nl: Rtnl, spec: EndpointDeviceSpec, hostMac: string
       if ((err as { code?: string }).code !== 'ENOENT') throw err;
     }
   }
-  if (!peer.up || (spec.mtu !== undefined && peer.mtu !== spec.mtu)) {
-    await linkSet(nl, dev, { up: true, mtu: spec.mtu });
+  const ifname = spec.peerIfname;
+  const steps: (() => Promise<unknown>)[] = [];
+  if (lo && !lo.up) steps.push(() => linkSet(nl, { name: 'lo', ifindex: lo.ifindex }, { up: true }));
+  if (!peer.up || (spec.mtu !== undefined && peer.mtu !== spec.mtu)) steps.push(() => linkSet(nl, dev, { up: true, mtu: spec.mtu }));
+  if (spec.peerL3 !== false) {
+    steps.push(
+      () => addressAdd(nl, peer.ifindex, spec.ipv4, 32, { replace: true, ifname }),
+      () => addressAdd(nl, peer.ifindex, spec.ipv6, 128, { replace: true, ifname }),
+      () => routeAdd(nl, { dst: `${GATEWAY_V4}/32`, oif: peer.ifindex, scope: 'link' }, { replace: true, ifname }),
+      () => routeAdd(nl, { dst: 'default', family: 'inet', gateway: GATEWAY_V4, oif: peer.ifindex }, { replace: true, ifname }),
+      () => routeAdd(nl, { dst: 'default', family: 'inet6', gateway: GATEWAY_V6, oif: peer.ifindex }, { replace: true, ifname }),
+    );
+    if (spec.mode !== 'netkit') {
+      steps.push(
+        () => neighPermanentSet(nl, peer.ifindex, GATEWAY_V4, hostMac, ifname),
+        () => neighPermanentSet(nl, peer.ifindex, GATEWAY_V6, hostMac, ifname),
+      );
+    }
   }
-  if (spec.peerL3 === false) return (await linkGet(nl, spec.peerIfname)) ?? peer;
-  await addressAdd(nl, peer.ifindex, spec.ipv4, 32, { replace: true, ifname: spec.peerIfname });
-  await addressAdd(nl, peer.ifindex, spec.ipv6, 128, { replace: true, ifname: spec.peerIfname });
-  await routeAdd(nl, { dst: `${GATEWAY_V4}/32`, oif: peer.ifindex, scope: 'link' }, { replace: true, ifname: spec.peerIfname });
-  await routeAdd(nl, { dst: 'default', family: 'inet', gateway: GATEWAY_V4, oif: peer.ifindex }, { replace: true, ifname: spec.peerIfname });
-  await routeAdd(nl, { dst: 'default', family: 'inet6', gateway: GATEWAY_V6, oif: peer.ifindex }, { replace: true, ifname: spec.peerIfname });
-  if (spec.mode !== 'netkit') {
-    await neighPermanentSet(nl, peer.ifindex, GATEWAY_V4, hostMac, spec.peerIfname);
-    await neighPermanentSet(nl, peer.ifindex, GATEWAY_V6, hostMac, spec.peerIfname);
-  }
-  return (await linkGet(nl, spec.peerIfname)) ?? peer;
+  await requestsPipelined(steps);
+  // what callers use of it (name, ifindex, MAC) does not change by being configured
+  return peer;
 }
 
-/** The host side: sysctls, alias, up, and the /32 and /128 routes to the workload. */
+/**
+ * The host side: sysctls (before it goes up), then alias, up, and the /32 and /128 routes to the
+ * workload in one pipelined round trip (the routes need the device up: sent after it, handled after it).
+ */
 async function hostConfigure(host: Rtnl, spec: EndpointDeviceSpec, link: LinkInfo, replaceRoutes: boolean): Promise<void> {
   const dev = { name: spec.hostIfname, ifindex: link.ifindex };
   await hostSideSysctlsApply(host, spec.hostIfname);
-  await linkSet(host, dev, {
-    alias: spec.alias,
-    up: true,
-    mtu: spec.mtu !== undefined && link.mtu !== spec.mtu ? spec.mtu : undefined,
-    group: spec.group !== undefined && link.group !== spec.group ? spec.group : undefined,
-  });
-  await routeAdd(host, { dst: `${spec.ipv4}/32`, oif: link.ifindex, scope: 'link' }, { replace: replaceRoutes, ifname: spec.hostIfname });
-  await routeAdd(host, { dst: `${spec.ipv6}/128`, oif: link.ifindex, scope: 'link' }, { replace: replaceRoutes, ifname: spec.hostIfname });
+  await requestsPipelined([
+    () => linkSet(host, dev, {
+      alias: spec.alias,
+      up: true,
+      mtu: spec.mtu !== undefined && link.mtu !== spec.mtu ? spec.mtu : undefined,
+      group: spec.group !== undefined && link.group !== spec.group ? spec.group : undefined,
+    }),
+    () => routeAdd(host, { dst: `${spec.ipv4}/32`, oif: link.ifindex, scope: 'link' }, { replace: replaceRoutes, ifname: spec.hostIfname }),
+    () => routeAdd(host, { dst: `${spec.ipv6}/128`, oif: link.ifindex, scope: 'link' }, { replace: replaceRoutes, ifname: spec.hostIfname }),
+  ]);
 }
 
 function deviceOf(spec: EndpointDeviceSpec, host: LinkInfo, peer: LinkInfo): EndpointDevice {
@@ -206,6 +225,27 @@ function deviceOf(spec: EndpointDeviceSpec, host: LinkInfo, peer: LinkInfo): End
 }
 
 /**
+ * An open fd of the namespace at `path` for IFLA_NET_NS_FD (close it after the request), and its inode.
+ * The kernel itself refuses an fd that is not a network namespace; the checks of netnsPathValidate,
+ * with their precise errors, run when opening fails here or the kernel refuses (see the caller), not
+ * on every creation: a registration has just validated the path, and they cost ~8 thread-pool round
+ * trips. Only regular files are opened here (nsfs files are), never a FIFO or a device.
+ */
+async function netnsOpen(path: string): Promise<{ fd: number; inode: number; validated: boolean }> {
+  let fd: number | undefined;
+  try {
+    if (path.startsWith('/') && statSync(path).isFile()) {
+      fd = openSync(path, 'r');
+      return { fd, inode: fstatSync(fd).ino, validated: false };
+    }
+  } catch {
+    if (fd !== undefined) closeSync(fd);
+  }
+  const inode = await netnsPathValidate(path); // throws the precise EndpointSpecError
+  return { fd: openSync(path, 'r'), inode, validated: true };
+}
+
+/**
  * Creates the pair and configures both sides. All or nothing: on any failure everything made here is
  * removed (deleting the host side takes the peer, its addresses and both sides' routes with it).
  * Errors: EndpointSpecError (bad spec, missing netns), KernelError, UnsupportedFeatureError (netkit).
@@ -214,21 +254,28 @@ export async function endpointDeviceCreate(specIn: EndpointDeviceSpec): Promise<
   const spec = endpointSpecValidate(specIn);
   const host = rtnlHost();
   await hostForwardingEnsure();
-  const { fh: nsFile, inode } = await netnsFdOpen(spec.netnsPath);
-  try {
-    await host.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, createMessage(spec, nsFile.fd), { name: spec.hostIfname });
-  } catch (err) {
-    throw await pairCreateError(err, spec, host);
-  } finally {
-    await nsFile.close();
-  }
+  const ns = await netnsOpen(spec.netnsPath);
   let made: LinkInfo | undefined;
   try {
-    made = await linkGet(host, spec.hostIfname);
+    // NLM_F_ECHO: the kernel answers with the new host side (Linux >= 6.3), saving a read
+    const replies = await host.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO, createMessage(spec, ns.fd), { name: spec.hostIfname });
+    const echo = replies.find((m) => m.type === RTM_NEWLINK);
+    const echoed = echo ? linkDecode(echo.data) : undefined;
+    if (echoed?.ifname === spec.hostIfname) made = echoed;
+  } catch (err) {
+    // the same EndpointSpecError as before the kernel was asked, when the path is no network namespace
+    if (!ns.validated) await netnsPathValidate(spec.netnsPath);
+    throw await pairCreateError(err, spec, host);
+  } finally {
+    closeSync(ns.fd);
+  }
+  try {
+    made ??= await linkGet(host, spec.hostIfname);
     if (!made) throw new Error(`${spec.hostIfname} vanished right after it was created`);
-    await hostConfigure(host, spec, made, false);
-    const hostLink = (await linkGet(host, spec.hostIfname)) ?? made;
-    const peer = await withNetns(spec.netnsPath, (nl) => peerConfigure(nl, spec, hostLink.mac), inode);
+    // kind, MAC and netkit state are as created; configuring changes none of what deviceOf reads
+    const hostLink = made;
+    await hostConfigure(host, spec, hostLink, false);
+    const peer = await withNetns(spec.netnsPath, (nl) => peerConfigure(nl, spec, hostLink.mac), ns.inode);
     return deviceOf(spec, hostLink, peer);
   } catch (err) {
     await endpointRollback(host, spec.hostIfname, made?.ifindex);

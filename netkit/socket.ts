@@ -249,6 +249,11 @@ class NetnsTransport implements PooledTransport {
 /**
  * rtnetlink requests with kernel errors mapped to {@link KernelError}. `netns` labels errors with
  * the namespace the socket lives in.
+ *
+ * request() hands its message to the transport before its first await (the netlink socket sends it
+ * at once or queues it behind earlier ones; the nsenter helper gets it as the next line), so requests
+ * started one after another without awaiting reach the kernel in that order, and the kernel handles
+ * each completely as it is sent: see {@link requestsPipelined}.
  */
 export class Rtnl {
   constructor(private readonly transport: NlTransport, readonly netns?: string) {}
@@ -290,6 +295,20 @@ export class Rtnl {
   close(): void {
     this.transport.close();
   }
+}
+
+/**
+ * Starts every call at once and waits for all of them: one round trip for a sequence of requests
+ * on one socket instead of one each. The calls must each issue a single request synchronously
+ * (the netkit/ helpers such as linkSet, addressAdd, routeAdd do); the kernel runs them in the order
+ * given, so a request may depend on the ones before it (a route through a device set up before).
+ * Unlike awaiting them one by one, the requests after a failed one still run: use it where any
+ * failure means the whole object is rolled back. Throws the first failure in order.
+ */
+export async function requestsPipelined(calls: ReadonlyArray<() => Promise<unknown>>): Promise<void> {
+  const settled = await Promise.allSettled(calls.map((call) => call()));
+  const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+  if (failed) throw failed.reason;
 }
 
 let hostRtnl: Rtnl | undefined;
