@@ -71,6 +71,23 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } events SEC(".maps");
 
+/* When the reader of `events` is woken (events.h): a timer and the time it is due. BPF-internal (the
+ * agent never reads it); pinned because a timer needs a map that user space holds, also while the agent
+ * is down and its pinned links keep the programs running. */
+struct events_wakeup {
+	struct bpf_timer timer;
+	__u64 due_ns;       /* bpf_ktime_get_ns() the pending wakeup is due at; 0 = none pending */
+	__u64 cons_pos;     /* reader's position at the last timer wakeup: unchanged = reader away */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct events_wakeup);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} events_wakeup SEC(".maps");
+
 /* Per-CPU counters, indexed by METRIC_*. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
