@@ -12,6 +12,7 @@ export {
 export { netkitPeerPolicySet, NETKIT_REQUIREMENT } from './netkit.js';
 export type { NetkitPolicy } from './netkit.js';
 export { hostForwardingEnsure } from './sysctl.js';
+export { RCU_EXPEDITED_PATH, rcuExpeditedGet, rcuExpeditedSet } from './rcu.js';
 export { netnsCreate, netnsDelete, netnsPathOf, netnsPathValidate, NETNS_RUN_DIR } from './netns.js';
 export { EndpointSpecError } from './errors.js';
 export { linkRemovalsWatch } from './monitor.js';
