@@ -8,13 +8,17 @@
 // Baselines in the same run, after the N: a few more registrations with the old policy path (a full
 // recompile of every endpoint's entries and a directory rebuild per registration, what the agent did
 // before the incremental engine), and through the old per-namespace `nsenter` helper process
-// (KITNET_NETNS_TRANSPORT=helper). Each registration is also split into phases: the kernel calls
+// (KITNET_NETNS_TRANSPORT=helper). On request (--expedite-rcu=N, default 0: it changes a HOST-WIDE
+// kernel setting for the few seconds it runs) N more with /sys/kernel/rcu_expedited=1, which turns the
+// RCU grace period each tcx link creation waits for into an expedited one; the old value is put back
+// after them, on failure and on Ctrl-C. Each registration is also split into phases: the kernel calls
 // (namespace check, device pair with addresses and routes, tcx/netkit attach of both programs) and
 // the agent's own steps (IPAM, SQLite transactions, policy and flow directory updates) are timed
 // where the agent makes them; "agent (rest)" is what remains (HTTP client and server, validation,
 // identity, endpoint and ipcache map writes, logging).
 //
-//   node dist/bench/controlplane.bench.js [N=1000] [--helper=N2 (default 20, 0 = skip)] [--full-recompile=N3 (default 20, 0 = skip)] [--profile]
+//   node dist/bench/controlplane.bench.js [N=1000] [--helper=N2 (default 20, 0 = skip)] [--full-recompile=N3 (default 20, 0 = skip)]
+//     [--expedite-rcu=N4 (default 0)] [--profile]
 import { mkdtempSync, rmSync } from 'node:fs';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
@@ -24,12 +28,13 @@ import { daemonRun } from '../agent/daemon.js';
 import { ApiClient } from '../api/cli/client.js';
 import type { Workload } from '../api/schemas/workload.js';
 import { datapathUnpinAll } from '../bpf/index.js';
+import { rcuExpeditedGet, rcuExpeditedSet } from '../netkit/rcu.js';
 import { netnsHelpersClose } from '../netkit/socket.js';
 import {
   MACHINE_LINE, RUN_ID, argsParse, benchMain, fmt, netnsAddMany, netnsDelMany, onCleanup, profiled, resultWrite, sh, stats, table, type Stats,
 } from './lib.js';
 
-type Variant = 'setns' | 'helper' | 'full-recompile';
+type Variant = 'setns' | 'helper' | 'full-recompile' | 'expedite-rcu';
 
 interface Phase {
   transport: Variant;
@@ -47,6 +52,7 @@ const VARIANT_NAME: Record<Variant, string> = {
   setns: 'in-process setns (new)',
   helper: 'nsenter helper (old transport)',
   'full-recompile': 'full policy recompile per registration (old policy path)',
+  'expedite-rcu': 'as new, /sys/kernel/rcu_expedited=1 (host-wide opt-in)',
 };
 
 setFlagsFromString('--expose-gc');
@@ -57,12 +63,16 @@ async function main(): Promise<void> {
   const n = args.sizes[0] ?? 1000;
   const nHelper = Number(args.opts.helper ?? 20);
   const nFull = Number(args.opts['full-recompile'] ?? 20);
+  const nRcu = Number(args.opts['expedite-rcu'] ?? 0);
   const dir = mkdtempSync(join(tmpdir(), 'kitnet-bench-cp-'));
   const pinRoot = `/sys/fs/bpf/kitnet-bench-cp-${RUN_ID}`;
   const socket = join(dir, 'kitnet.sock');
   const ns = 'benchcp';
-  const names = Array.from({ length: n + nFull + nHelper }, (_, i) => `kb-cp-${RUN_ID}-${i}`);
-  console.log(`control plane: ${n} workloads (setns) + ${nFull} (full recompile baseline) + ${nHelper} (nsenter helper baseline); ${MACHINE_LINE()}`);
+  const names = Array.from({ length: n + nFull + nHelper + nRcu }, (_, i) => `kb-cp-${RUN_ID}-${i}`);
+  // A host that already runs with expedited grace periods measures tcx attach at a fraction of the default.
+  const rcuExpedited = rcuExpeditedGet();
+  console.log(`control plane: ${n} workloads (setns) + ${nFull} (full recompile baseline) + ${nHelper} (nsenter helper baseline)` +
+    `${nRcu ? ` + ${nRcu} (rcu_expedited=1)` : ''}; rcu_expedited=${rcuExpedited ? 1 : 0}; ${MACHINE_LINE()}`);
 
   onCleanup('state dir', () => rmSync(dir, { recursive: true, force: true }));
   onCleanup('pins', () => datapathUnpinAll(pinRoot));
@@ -141,6 +151,20 @@ async function main(): Promise<void> {
   const directorySet = directory.workloadSet.bind(directory);
 
   async function registerRange(from: number, to: number, transport: Variant): Promise<Phase> {
+    if (transport !== 'expedite-rcu') return registerRangeIn(from, to, transport);
+    const before = rcuExpeditedSet(true);
+    let restored = false;
+    // once: a later change by someone else is theirs to keep
+    const restore = () => { if (!restored) { restored = true; rcuExpeditedSet(before); } };
+    onCleanup('rcu_expedited', restore);
+    try {
+      return await registerRangeIn(from, to, transport);
+    } finally {
+      restore();
+    }
+  }
+
+  async function registerRangeIn(from: number, to: number, transport: Variant): Promise<Phase> {
     if (transport === 'helper') process.env.KITNET_NETNS_TRANSPORT = 'helper';
     else delete process.env.KITNET_NETNS_TRANSPORT;
     // The old policy path: every registration recompiled and diffed every endpoint, and rebuilt the
@@ -196,6 +220,7 @@ async function main(): Promise<void> {
   if (nFull > 0) phases.push(await registerRange(n, n + nFull, 'full-recompile'));
   if (nHelper > 0) phases.push(await registerRange(n + nFull, n + nFull + nHelper, 'helper'));
   delete process.env.KITNET_NETNS_TRANSPORT;
+  if (nRcu > 0) phases.push(await registerRange(n + nFull + nHelper, n + nFull + nHelper + nRcu, 'expedite-rcu'));
 
   // One policy selecting all workloads (ingress from role=client on 80/TCP, and 443 from anywhere in
   // the namespace): time until the PUT returns and every endpoint has entries in the map.
@@ -268,6 +293,7 @@ async function main(): Promise<void> {
   const main = phases[0]!;
   resultWrite('controlplane', {
     n,
+    rcuExpedited,
     phases,
     rssMB: {
       beforeAgent: rssBefore / 2 ** 20, agentIdle: rssAgentIdle / 2 ** 20, afterBeforeGc: rssBeforeGc / 2 ** 20, after: rssAfter / 2 ** 20,
