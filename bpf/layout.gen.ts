@@ -65,18 +65,18 @@ export const IPCACHE_VALUE = {
   },
 } as const satisfies StructLayout;
 
-/** struct ct_key: Key of the `conntrack` LRU hash: the 5-tuple as seen by the packet that created the entry, plus the direction it was seen in. */
+/** struct ct_key: Key of the `conntrack` LRU hash: one connection as seen from one endpoint, the same for both directions (local = the endpoint's side: source of packets from the workload, destination of packets towards it), so a packet needs one lookup whichever way it goes. */
 export const CT_KEY = {
   name: 'ct_key',
   size: 40,
   fields: {
-    saddr: { offset: 0, size: 16, type: 'u8', count: 16 },
-    daddr: { offset: 16, size: 16, type: 'u8', count: 16 },
-    sport: { offset: 32, size: 2, type: 'u16', count: 0 },
-    dport: { offset: 34, size: 2, type: 'u16', count: 0 },
+    laddr: { offset: 0, size: 16, type: 'u8', count: 16 },
+    raddr: { offset: 16, size: 16, type: 'u8', count: 16 },
+    lport: { offset: 32, size: 2, type: 'u16', count: 0 },
+    rport: { offset: 34, size: 2, type: 'u16', count: 0 },
     protocol: { offset: 36, size: 1, type: 'u8', count: 0 },
     family: { offset: 37, size: 1, type: 'u8', count: 0 },
-    direction: { offset: 38, size: 1, type: 'u8', count: 0 },
+    v1_direction: { offset: 38, size: 1, type: 'u8', count: 0 },
     pad0: { offset: 39, size: 1, type: 'u8', count: 0 },
   },
 } as const satisfies StructLayout;
@@ -93,7 +93,8 @@ export const CT_ENTRY = {
     tx_flags_seen: { offset: 32, size: 1, type: 'u8', count: 0 },
     rx_flags_seen: { offset: 33, size: 1, type: 'u8', count: 0 },
     flags: { offset: 34, size: 2, type: 'u16', count: 0 },
-    src_identity: { offset: 36, size: 4, type: 'u32', count: 0 },
+    direction: { offset: 36, size: 1, type: 'u8', count: 0 },
+    pad0: { offset: 37, size: 3, type: 'u8', count: 3 },
   },
 } as const satisfies StructLayout;
 

@@ -1,7 +1,8 @@
-/* Connection tracking. One LRU table for both families and both directions; the key carries the
- * direction the creating packet travelled, so a connection between two local endpoints gets one entry
- * per endpoint (each side makes its own policy decision later). A packet either matches its own tuple
- * (original direction) or the reversed tuple with the opposite direction (reply).
+/* Connection tracking. One LRU table for both families and both directions. A key is one connection as
+ * seen from one endpoint (ct_key: local = the endpoint's side), the same for the packets of both
+ * directions, so every packet costs one lookup; the entry remembers the direction of the packet that
+ * created it, and a packet going the other way is a reply. A connection between two local endpoints
+ * gets one entry per endpoint (each side makes its own policy decision).
  *
  * The table also drives event aggregation: ct_process says whether this packet is worth an event
  * (new connection, first reply, new TCP flags in this direction, FIN/RST, periodic interval). */
@@ -90,8 +91,54 @@ enum ct_state {
 	CT_NEW,           /* trackable, no live entry: res->key holds the key to create once policy allows */
 };
 
-/* Looks the packet up in both directions. Nothing is created here: the caller decides (policy) and then
- * calls ct_create, so denied packets never leave an entry that would let their replies through. */
+/* The key of the packet's connection as its endpoint sees it: local = source of a packet from the
+ * workload (DIR_EGRESS), destination of a packet towards it. */
+static __always_inline void ct_key_fill(struct ct_key *key, const __u8 *saddr, const __u8 *daddr, __u16 sport,
+					__u16 dport, __u8 protocol, __u8 family, __u8 dir)
+{
+	__builtin_memset(key, 0, sizeof(*key));
+	if (dir == DIR_EGRESS) {
+		__builtin_memcpy(key->laddr, saddr, 16);
+		__builtin_memcpy(key->raddr, daddr, 16);
+		key->lport = sport;
+		key->rport = dport;
+	} else {
+		__builtin_memcpy(key->laddr, daddr, 16);
+		__builtin_memcpy(key->raddr, saddr, 16);
+		key->lport = dport;
+		key->rport = sport;
+	}
+	key->protocol = protocol;
+	key->family = family;
+}
+
+/* An entry of the previous layout (keyed by the creating packet's tuple and direction) that this packet
+ * answers: keeps the replies of connections tracked before an upgrade flowing. Only asked when the
+ * current layout has no entry and the packet is not a bare SYN (a SYN opens a connection; it is not a
+ * reply), so new TCP connections do not pay for it. Remove once no datapath of that layout is deployed. */
+static __always_inline struct ct_entry *ct_v1_reply_lookup(const struct pkt *p, __u8 dir, __u16 sport, __u16 dport)
+{
+	struct ct_key k;
+
+	__builtin_memset(&k, 0, sizeof(k));
+	__builtin_memcpy(k.laddr, p->daddr, 16);
+	__builtin_memcpy(k.raddr, p->saddr, 16);
+	k.lport = dport;
+	k.rport = sport;
+	k.protocol = p->protocol;
+	k.family = p->family;
+	k.v1_direction = dir == DIR_INGRESS ? DIR_EGRESS : DIR_INGRESS;
+	return bpf_map_lookup_elem(&conntrack, &k);
+}
+
+static __always_inline int tcp_bare_syn(const struct pkt *p)
+{
+	return p->protocol == IPPROTO_TCP && (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
+}
+
+/* Looks the packet's connection up (one lookup, both directions). Nothing is created here: the caller
+ * decides (policy) and then calls ct_create, so denied packets never leave an entry that would let their
+ * replies through. */
 static __always_inline int ct_process(const struct pkt *p, __u8 dir, __u32 len, __u64 now,
 				      __u64 report_interval_ns, struct ct_result *res)
 {
@@ -104,42 +151,21 @@ static __always_inline int ct_process(const struct pkt *p, __u8 dir, __u32 len, 
 	if (!ct_tuple_ports(p, &sport, &dport))
 		return CT_UNTRACKED;
 
-	__builtin_memset(key, 0, sizeof(*key));
-	__builtin_memcpy(key->saddr, p->saddr, 16);
-	__builtin_memcpy(key->daddr, p->daddr, 16);
-	key->sport = sport;
-	key->dport = dport;
-	key->protocol = p->protocol;
-	key->family = p->family;
-	key->direction = dir;
-
+	ct_key_fill(key, p->saddr, p->daddr, sport, dport, p->protocol, p->family, dir);
 	e = bpf_map_lookup_elem(&conntrack, key);
-	if (!e || ct_expired(e, p->protocol, now)) {
-		/* not ours in this direction: maybe a reply to a connection seen the other way */
-		struct ct_key rkey;
-
-		__builtin_memset(&rkey, 0, sizeof(rkey));
-		__builtin_memcpy(rkey.saddr, p->daddr, 16);
-		__builtin_memcpy(rkey.daddr, p->saddr, 16);
-		rkey.sport = dport;
-		rkey.dport = sport;
-		rkey.protocol = p->protocol;
-		rkey.family = p->family;
-		rkey.direction = dir == DIR_INGRESS ? DIR_EGRESS : DIR_INGRESS;
-		e = bpf_map_lookup_elem(&conntrack, &rkey);
-		if (e && !ct_expired(e, p->protocol, now))
-			reply = 1;
-		else
-			e = NULL;
-	}
-
-	/* A bare SYN on a closed connection starts a new one (port reuse). */
-	if (e && !reply && p->protocol == IPPROTO_TCP &&
-	    (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN && ct_closed(e))
-		e = NULL;
-
-	if (!e)
+	if (e && !ct_expired(e, p->protocol, now)) {
+		reply = e->direction != dir;
+		/* A bare SYN on a closed connection starts a new one (port reuse). */
+		if (!reply && tcp_bare_syn(p) && ct_closed(e))
+			return CT_NEW;
+	} else if (!tcp_bare_syn(p)) {
+		e = ct_v1_reply_lookup(p, dir, sport, dport);
+		if (!e || ct_expired(e, p->protocol, now))
+			return CT_NEW;
+		reply = 1;
+	} else {
 		return CT_NEW;
+	}
 
 	res->is_reply = reply;
 	res->report = CT_NO_REPORT;
@@ -169,9 +195,9 @@ static __always_inline int ct_process(const struct pkt *p, __u8 dir, __u32 len, 
 	return CT_ESTABLISHED;
 }
 
-/* Creates the entry for a CT_NEW packet (res->key from ct_process). A replaced entry (expired, or a
- * closed TCP connection reused by a new SYN) starts from scratch. */
-static __always_inline void ct_create(struct ct_result *res, const struct pkt *p, __u32 len, __u64 now)
+/* Creates the entry for a CT_NEW packet (res->key from ct_process) travelling in dir. A replaced entry
+ * (expired, or a closed TCP connection reused by a new SYN) starts from scratch. */
+static __always_inline void ct_create(struct ct_result *res, const struct pkt *p, __u8 dir, __u32 len, __u64 now)
 {
 	struct ct_entry fresh;
 
@@ -182,6 +208,7 @@ static __always_inline void ct_create(struct ct_result *res, const struct pkt *p
 	fresh.bytes = len;
 	fresh.tx_flags_seen = p->tcp_flags;
 	fresh.flags = ct_close_flags(p->tcp_flags, 0);
+	fresh.direction = dir;
 	if (bpf_map_update_elem(&conntrack, &res->key, &fresh, BPF_ANY) < 0)
 		metric_add(METRIC_CT_FULL, 0);
 	else
@@ -213,18 +240,18 @@ static __always_inline int ct_icmp_related(struct __sk_buff *skb, const struct p
 					   struct ct_key *key)
 {
 	__u32 off = (__u32)p->l4_off + 8, saddr_off, alen;
+	__u8 h[12], addrs[32], protocol, qdir;
+	__u16 sport = 0, dport = 0;
 	struct ct_entry *e;
-	__u8 h[12];
-	__u16 port;
 
-	__builtin_memset(key, 0, sizeof(*key));
+	__builtin_memset(addrs, 0, sizeof(addrs));
 	if (p->family == FAMILY_IPV4) {
 		/* version/ihl @0, frag_off @6, protocol @9, saddr @12, daddr @16 */
 		if (bpf_skb_load_bytes(skb, off, h, sizeof(h)) < 0 || (h[0] >> 4) != 4 || (h[0] & 0xf) < 5)
 			return 0;
 		if (((h[6] << 8) | h[7]) & 0x1fff)
 			return 0;
-		key->protocol = h[9];
+		protocol = h[9];
 		saddr_off = off + 12;
 		alen = 4;
 		off += (h[0] & 0xf) * 4;
@@ -232,63 +259,44 @@ static __always_inline int ct_icmp_related(struct __sk_buff *skb, const struct p
 		/* version @0, next header @6, saddr @8, daddr @24 */
 		if (bpf_skb_load_bytes(skb, off, h, 8) < 0 || (h[0] >> 4) != 6)
 			return 0;
-		key->protocol = h[6];
+		protocol = h[6];
 		saddr_off = off + 8;
 		alen = 16;
 		off += 40;
 	}
-	key->family = p->family;
 	if (bpf_skb_load_bytes(skb, off, h, 8) < 0)
 		return 0;
-	switch (key->protocol) {
+	switch (protocol) {
 	case IPPROTO_TCP:
 	case IPPROTO_UDP:
 	case IPPROTO_SCTP:
-		key->sport = (h[0] << 8) | h[1];
-		key->dport = (h[2] << 8) | h[3];
+		sport = (h[0] << 8) | h[1];
+		dport = (h[2] << 8) | h[3];
 		break;
 	case IPPROTO_ICMP:
 	case IPPROTO_ICMPV6_:
 		if (h[0] == ICMP_ECHO_ || h[0] == ICMPV6_ECHO_REQUEST_)
-			key->sport = (h[4] << 8) | h[5];
+			sport = (h[4] << 8) | h[5];
 		else if (h[0] == ICMP_ECHOREPLY_ || h[0] == ICMPV6_ECHO_REPLY_)
-			key->dport = (h[4] << 8) | h[5];
+			dport = (h[4] << 8) | h[5];
 		else
 			return 0;
 		break;
 	default:
 		return 0;
 	}
-
-	/* quoted packet in the original direction: it travelled opposite to this error */
 	if (alen == 4) {
-		if (bpf_skb_load_bytes(skb, saddr_off, key->saddr, 4) < 0 ||
-		    bpf_skb_load_bytes(skb, saddr_off + 4, key->daddr, 4) < 0)
+		if (bpf_skb_load_bytes(skb, saddr_off, addrs, 4) < 0 || bpf_skb_load_bytes(skb, saddr_off + 4, addrs + 16, 4) < 0)
 			return 0;
-	} else if (bpf_skb_load_bytes(skb, saddr_off, key->saddr, 16) < 0 ||
-		   bpf_skb_load_bytes(skb, saddr_off + 16, key->daddr, 16) < 0) {
+	} else if (bpf_skb_load_bytes(skb, saddr_off, addrs, 32) < 0) {
 		return 0;
 	}
-	key->direction = dir == DIR_INGRESS ? DIR_EGRESS : DIR_INGRESS;
-	e = bpf_map_lookup_elem(&conntrack, key);
-	if (e && !ct_expired(e, key->protocol, now))
-		return 1;
 
-	/* quoted packet was a reply: reversed, it is the entry's key, seen in this error's direction */
-	if (alen == 4) {
-		if (bpf_skb_load_bytes(skb, saddr_off, key->daddr, 4) < 0 ||
-		    bpf_skb_load_bytes(skb, saddr_off + 4, key->saddr, 4) < 0)
-			return 0;
-	} else if (bpf_skb_load_bytes(skb, saddr_off, key->daddr, 16) < 0 ||
-		   bpf_skb_load_bytes(skb, saddr_off + 16, key->saddr, 16) < 0) {
-		return 0;
-	}
-	port = key->sport;
-	key->sport = key->dport;
-	key->dport = port;
-	key->direction = dir;
+	/* the quoted packet travelled opposite to this error, at the same endpoint */
+	qdir = dir == DIR_INGRESS ? DIR_EGRESS : DIR_INGRESS;
+	ct_key_fill(key, addrs, addrs + 16, sport, dport, protocol, p->family, qdir);
 	e = bpf_map_lookup_elem(&conntrack, key);
-	if (e && !ct_expired(e, key->protocol, now))
-		return 2;
-	return 0;
+	if (!e || ct_expired(e, protocol, now))
+		return 0;
+	return e->direction == qdir ? 1 : 2;
 }

@@ -203,25 +203,25 @@ _Static_assert(sizeof(struct ipcache_value) == 8, "struct ipcache_value size");
 _Static_assert(__builtin_offsetof(struct ipcache_value, identity) == 0, "ipcache_value.identity offset");
 _Static_assert(__builtin_offsetof(struct ipcache_value, host_id) == 4, "ipcache_value.host_id offset");
 
-/* Key of the `conntrack` LRU hash: the 5-tuple as seen by the packet that created the entry, plus the direction it was seen in. */
+/* Key of the `conntrack` LRU hash: one connection as seen from one endpoint, the same for both directions (local = the endpoint's side: source of packets from the workload, destination of packets towards it), so a packet needs one lookup whichever way it goes. */
 struct ct_key {
-	__u8 saddr[16];             /* @0 */
-	__u8 daddr[16];             /* @16 */
-	__u16 sport;                /* @32 host byte order; ICMP echo: identifier (request) / 0 (reply) */
-	__u16 dport;                /* @34 host byte order; ICMP echo: 0 (request) / identifier (reply) */
+	__u8 laddr[16];             /* @0 local (endpoint side) address */
+	__u8 raddr[16];             /* @16 remote address */
+	__u16 lport;                /* @32 host byte order; ICMP echo: identifier on the requester's side, 0 on the other */
+	__u16 rport;                /* @34 host byte order */
 	__u8 protocol;              /* @36 */
 	__u8 family;                /* @37 */
-	__u8 direction;             /* @38 DIR_* of the packet that created the entry */
+	__u8 v1_direction;          /* @38 0. Keys of the previous layout (saddr, daddr, sport, dport of the creating packet) had its DIR_* here; such entries, left by an older datapath, are only looked up for replies and age out */
 	__u8 pad0;                  /* @39 */
 };
 _Static_assert(sizeof(struct ct_key) == 40, "struct ct_key size");
-_Static_assert(__builtin_offsetof(struct ct_key, saddr) == 0, "ct_key.saddr offset");
-_Static_assert(__builtin_offsetof(struct ct_key, daddr) == 16, "ct_key.daddr offset");
-_Static_assert(__builtin_offsetof(struct ct_key, sport) == 32, "ct_key.sport offset");
-_Static_assert(__builtin_offsetof(struct ct_key, dport) == 34, "ct_key.dport offset");
+_Static_assert(__builtin_offsetof(struct ct_key, laddr) == 0, "ct_key.laddr offset");
+_Static_assert(__builtin_offsetof(struct ct_key, raddr) == 16, "ct_key.raddr offset");
+_Static_assert(__builtin_offsetof(struct ct_key, lport) == 32, "ct_key.lport offset");
+_Static_assert(__builtin_offsetof(struct ct_key, rport) == 34, "ct_key.rport offset");
 _Static_assert(__builtin_offsetof(struct ct_key, protocol) == 36, "ct_key.protocol offset");
 _Static_assert(__builtin_offsetof(struct ct_key, family) == 37, "ct_key.family offset");
-_Static_assert(__builtin_offsetof(struct ct_key, direction) == 38, "ct_key.direction offset");
+_Static_assert(__builtin_offsetof(struct ct_key, v1_direction) == 38, "ct_key.v1_direction offset");
 _Static_assert(__builtin_offsetof(struct ct_key, pad0) == 39, "ct_key.pad0 offset");
 
 /* Value of the `conntrack` LRU hash. Updated without atomics: counters are statistics, races are benign. */
@@ -233,7 +233,8 @@ struct ct_entry {
 	__u8 tx_flags_seen;         /* @32 TCP flags seen in the original direction */
 	__u8 rx_flags_seen;         /* @33 TCP flags seen in the reply direction */
 	__u16 flags;                /* @34 CT_F_* bits */
-	__u32 src_identity;         /* @36 reserved for policy: remote identity at creation */
+	__u8 direction;             /* @36 DIR_* of the packet that created the entry (its original direction); 0 in entries of the previous layout */
+	__u8 pad0[3];               /* @37 */
 };
 _Static_assert(sizeof(struct ct_entry) == 40, "struct ct_entry size");
 _Static_assert(__builtin_offsetof(struct ct_entry, last_seen_ns) == 0, "ct_entry.last_seen_ns offset");
@@ -243,7 +244,8 @@ _Static_assert(__builtin_offsetof(struct ct_entry, bytes) == 24, "ct_entry.bytes
 _Static_assert(__builtin_offsetof(struct ct_entry, tx_flags_seen) == 32, "ct_entry.tx_flags_seen offset");
 _Static_assert(__builtin_offsetof(struct ct_entry, rx_flags_seen) == 33, "ct_entry.rx_flags_seen offset");
 _Static_assert(__builtin_offsetof(struct ct_entry, flags) == 34, "ct_entry.flags offset");
-_Static_assert(__builtin_offsetof(struct ct_entry, src_identity) == 36, "ct_entry.src_identity offset");
+_Static_assert(__builtin_offsetof(struct ct_entry, direction) == 36, "ct_entry.direction offset");
+_Static_assert(__builtin_offsetof(struct ct_entry, pad0) == 37, "ct_entry.pad0 offset");
 
 /* One record in the `events` ring buffer. Ports in host byte order, addresses in network byte order. */
 struct flow_event {

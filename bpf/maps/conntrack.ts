@@ -4,6 +4,7 @@ import { structDecode } from '../layout.js';
 import { CT_ENTRY, CT_KEY, DIR_INGRESS } from '../layout.gen.js';
 import type { BpfMap } from './map.js';
 
+/** A connection as the packet that created it saw it (addresses and ports in its order). */
 export interface ConntrackEntry {
   family: 4 | 6;
   protocol: number;
@@ -30,14 +31,22 @@ export class ConntrackMap {
       const key = structDecode(CT_KEY, k);
       const e = structDecode(CT_ENTRY, v);
       const fmt = key.family === 4 ? ipv4Format : ipv6Format;
+      const local = { addr: fmt(key.laddr as Uint8Array), port: key.lport as number };
+      const remote = { addr: fmt(key.raddr as Uint8Array), port: key.rport as number };
+      // The key is the connection seen from its endpoint; the creating packet went local -> remote when
+      // it left the workload. Entries of the previous layout keep the creating packet's tuple in the key
+      // and its direction in v1_direction.
+      const v1 = (key.v1_direction as number) !== 0;
+      const direction = v1 ? (key.v1_direction as number) : (e.direction as number);
+      const [src, dst] = v1 || direction !== DIR_INGRESS ? [local, remote] : [remote, local];
       out.push({
         family: key.family as 4 | 6,
         protocol: key.protocol as number,
-        srcAddr: fmt(key.saddr as Uint8Array),
-        dstAddr: fmt(key.daddr as Uint8Array),
-        srcPort: key.sport as number,
-        dstPort: key.dport as number,
-        direction: key.direction === DIR_INGRESS ? 'INGRESS' : 'EGRESS',
+        srcAddr: src.addr,
+        dstAddr: dst.addr,
+        srcPort: src.port,
+        dstPort: dst.port,
+        direction: direction === DIR_INGRESS ? 'INGRESS' : 'EGRESS',
         packets: e.packets as bigint,
         bytes: e.bytes as bigint,
         lastSeenNs: e.last_seen_ns as bigint,

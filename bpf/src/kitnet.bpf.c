@@ -230,7 +230,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 		return finish(&c, 1);
 	}
 	if (ct_state == CT_NEW)
-		ct_create(&ct, &p, c.len, now);
+		ct_create(&ct, &p, dir, c.len, now);
 	else if (p.has_l4)
 		ct.report = REPORT_EVERY; /* untracked but rare (ICMP errors, other ICMP): always worth an event */
 

@@ -11,7 +11,11 @@ import { reservedIdentityLabels } from '../../agent/identity/reserved.js';
 import { policiesParse, policyCompile, policyDecide, policyEntriesEncode } from '../../agent/policy/index.js';
 import type { FlowEvent, KitnetDatapath, PolicyEntryFields } from '../../bpf/index.js';
 import { DROP_REASON, datapathLoad, datapathUnpinAll } from '../../bpf/index.js';
-import { TCX_DROP, TCX_PASS } from '../../bpf/layout.gen.js';
+import { ipv4Parse, ipv6Parse } from '../../bpf/addr.js';
+import { structEncode } from '../../bpf/layout.js';
+import { CT_ENTRY, CT_KEY, DIR_EGRESS, TCX_DROP, TCX_PASS } from '../../bpf/layout.gen.js';
+import { BpfMap } from '../../bpf/maps/map.js';
+import { native } from '../../bpf/native.js';
 import { ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EventSink, TCP, eth, fragHdr, icmp, ipv4, ipv6, tcp, udp } from './bpf-helpers.js';
 
 const LO = 1;
@@ -228,6 +232,33 @@ describe('policy enforcement (BPF_PROG_TEST_RUN)', { timeout: 120_000 }, () => {
     const ct = dp.conntrackList();
     assert.equal(ct.length, 6, 'one entry per allowed connection, none for denied ones');
     assert.ok(ct.every((e) => e.direction === 'EGRESS'));
+  });
+
+  test('conntrack entries of the previous key layout (direction-keyed) keep their replies flowing', async () => {
+    // What a datapath before the direction-normalised key left in the pinned map: the creating packet's
+    // tuple and its direction in the key (v1_direction), nothing in the entry's direction.
+    setPolicy([{ direction: 'egress', identity: CLIENT, protocol: 6, port: 443, portPrefixLen: 16 }]);
+    const fd = native().objGet(`${pinRoot}/maps/conntrack`);
+    try {
+      const map = new BpfMap('conntrack', fd);
+      const v1 = (src: Uint8Array, dst: Uint8Array, sport: number, dport: number, family: number) =>
+        structEncode(CT_KEY, { laddr: src, raddr: dst, lport: sport, rport: dport, protocol: 6, family, v1_direction: DIR_EGRESS });
+      const now = process.hrtime.bigint(); // CLOCK_MONOTONIC, the datapath's clock
+      const entry = structEncode(CT_ENTRY, { last_seen_ns: now, last_report_ns: now, packets: 3n, bytes: 180n, tx_flags_seen: TCP.SYN | TCP.ACK, rx_flags_seen: TCP.SYN | TCP.ACK, flags: 8 });
+      map.update(v1(ipv4Parse(EP.ipv4), ipv4Parse(REMOTE4), 43000, 443, 4), entry);
+      map.update(v1(ipv6Parse(EP.ipv6), ipv6Parse(REMOTE6), 43000, 443, 6), entry);
+    } finally {
+      native().fdClose(fd);
+    }
+    assert.equal(await verdict('to_workload', v4(REMOTE4, EP.ipv4, 6, tcp(443, 43000, TCP.ACK))), 'PASS', 'v4 reply');
+    assert.equal(await verdict('to_workload', v6(REMOTE6, EP.ipv6, 6, tcp(443, 43000, TCP.ACK))), 'PASS', 'v6 reply');
+    // a bare SYN is never a reply (and does not look at the old layout): policy decides
+    assert.equal(await verdict('to_workload', v4(REMOTE4, EP.ipv4, 6, tcp(443, 43000, TCP.SYN))), DENIED);
+    const listed = dp.conntrackList().filter((e) => e.srcPort === 43000);
+    assert.deepEqual(listed.map((e) => [e.direction, e.srcAddr, e.dstAddr, e.dstPort]).sort(), [
+      ['EGRESS', EP.ipv4, REMOTE4, 443],
+      ['EGRESS', EP.ipv6, REMOTE6, 443],
+    ]);
   });
 
   test('ICMP errors about a tracked connection pass; unrelated errors go through policy', async () => {
