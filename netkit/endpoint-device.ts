@@ -193,7 +193,7 @@ async function peerConfigure(nl: Rtnl, spec: EndpointDeviceSpec, hostMac: string
  */
 async function hostConfigure(host: Rtnl, spec: EndpointDeviceSpec, link: LinkInfo, replaceRoutes: boolean): Promise<void> {
   const dev = { name: spec.hostIfname, ifindex: link.ifindex };
-  await hostSideSysctlsApply(host, spec.hostIfname);
+  hostSideSysctlsApply(spec.hostIfname);
   await requestsPipelined([
     () => linkSet(host, dev, {
       alias: spec.alias,

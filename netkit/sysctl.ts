@@ -4,7 +4,6 @@
 // kernel, while the promise API costs one thread-pool round trip per open/read/write/close (about
 // 0.3 ms each on a busy 2-core host, ~20 of them per endpoint).
 import { readFileSync, writeFileSync } from 'node:fs';
-import type { Rtnl } from './socket.js';
 
 /** sysctl path segment of an interface name ("." in names becomes "/" in /proc/sys paths). */
 export function sysctlIfname(ifname: string): string {
@@ -39,15 +38,18 @@ export async function hostForwardingEnsure(): Promise<ForwardingChange> {
 /**
  * Settings of the host end of a pair, before it goes up: no reverse-path filter (the effective value
  * is max(all, dev), and strict mode passes anyway because the /32 route points back at the device),
- * no DAD on its link-local address, and forwarding on.
+ * no DAD on its link-local address, and forwarding on. Each is read first and written only when it
+ * differs: a new device inherits forwarding=1 from conf/default once forwarding is on, and a write
+ * of net.ipv6.conf.<dev>.forwarding takes RTNL (rtnl_trylock, the syscall restarting until it gets
+ * it) even when the value does not change.
  */
-export async function hostSideSysctlsApply(nl: Rtnl, ifname: string): Promise<void> {
+export function hostSideSysctlsApply(ifname: string): void {
   const dev = sysctlIfname(ifname);
-  await nl.sysctlWrite(`net/ipv4/conf/${dev}/rp_filter`, '0');
-  await nl.sysctlWrite(`net/ipv4/conf/${dev}/forwarding`, '1');
+  sysctlEnsure(`net/ipv4/conf/${dev}/rp_filter`, '0');
+  sysctlEnsure(`net/ipv4/conf/${dev}/forwarding`, '1');
   try {
-    await nl.sysctlWrite(`net/ipv6/conf/${dev}/accept_dad`, '0');
-    await nl.sysctlWrite(`net/ipv6/conf/${dev}/forwarding`, '1');
+    sysctlEnsure(`net/ipv6/conf/${dev}/accept_dad`, '0');
+    sysctlEnsure(`net/ipv6/conf/${dev}/forwarding`, '1');
   } catch (err) {
     // IPv6 disabled on the host (no conf/<dev>) is not kitnet's to fix here; addresses will fail later.
     if ((err as { code?: string }).code !== 'ENOENT') throw err;

@@ -287,7 +287,7 @@ async function tapHostLink(host: Rtnl, device: string): Promise<LinkInfo> {
 export async function tapAdopt(spec: TapAdoptSpec): Promise<TapAdopted> {
   const host = rtnlHost();
   const link = await tapHostLink(host, spec.device);
-  await hostSideSysctlsApply(host, spec.device);
+  hostSideSysctlsApply(spec.device);
   await routeAdd(host, { dst: `${spec.ipv4}/32`, oif: link.ifindex, scope: 'link' }, { replace: true, ifname: spec.device });
   await routeAdd(host, { dst: `${spec.ipv6}/128`, oif: link.ifindex, scope: 'link' }, { replace: true, ifname: spec.device });
   return { ifindex: link.ifindex, mac: link.mac, problems: [] };

@@ -5,7 +5,7 @@
 // Needs root.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -90,6 +90,12 @@ test('/proc/PID/ns/net works like a bind mount; the host side as echoed is what 
   assert.equal(dev.peerIfindex, peer?.ifindex);
   assert.equal(dev.peerMac, peer?.address);
   assert.deepEqual((await endpointDeviceObserve(s))?.problems, []);
+  // host-side settings, read before written (only what differs is written)
+  const sysctl = (path: string): string => readFileSync(`/proc/sys/net/${path}`, 'utf8').trim();
+  assert.deepEqual(
+    ['ipv4/conf/%/rp_filter', 'ipv4/conf/%/forwarding', 'ipv6/conf/%/accept_dad', 'ipv6/conf/%/forwarding'].map((p) => sysctl(p.replace('%', f.host))),
+    ['0', '1', '0', '1'],
+  );
   // the gateway neighbours point at the host side's MAC as the creation reported it
   const neigh = await ipj<{ dst: string; lladdr: string; state: string[] }[]>(['neigh', 'show', 'dev', 'eth0'], f.ns);
   assert.deepEqual(neigh.map((n) => [n.dst, n.lladdr]).sort(), [['169.254.1.1', host?.address], ['fe80::1', host?.address]].sort());
