@@ -6,7 +6,10 @@
 //
 // A SYN repeated would hit conntrack after the first run, so new connections are measured as one
 // BPF_PROG_TEST_RUN per packet with a fresh source port each (repeat=1), against the floor at repeat=1
-// (same timer overhead); the other cases use repeat=R. The skb appears on lo (ifindex 1), which gets
+// (same timer overhead), once with the flow reader draining every 1000 SYNs and once ("drained", at
+// most 2000 SYNs) after every SYN, as a quick agent with sparse new connections: there every event
+// finds the reader caught up, which is where waking it per event would cost. The other cases use
+// repeat=R; "reply" is the established connection's packet the other way, through the other program. The skb appears on lo (ifindex 1), which gets
 // an endpoint entry in this benchmark's own maps (own pin root) only.
 //
 //   node dist/bench/datapath.bench.js [N[,N...]=10,1000,10000,100000] [--repeat=R] [--conns=K]
@@ -29,7 +32,7 @@ const SKB_CTX_SIZE = 192;
 
 type Prog = 'from_workload' | 'to_workload';
 type Family = 'ipv4' | 'ipv6';
-type Case = 'tcp-syn-new' | 'tcp-established' | 'udp';
+type Case = 'tcp-syn-new' | 'tcp-syn-new-drained' | 'tcp-established' | 'tcp-reply' | 'udp';
 
 interface Row {
   n: number;
@@ -147,19 +150,22 @@ async function main(): Promise<void> {
 
   /** ns per new connection: one run per SYN, fresh source port each; the floor the same way. */
   let portBase = 1024;
-  const timeNewConns = async (prog: Prog, family: Family): Promise<{ ns: number; floorNs: number }> => {
+  // drainEach: the reader gets to run after every SYN (as a quick agent would with sparse new
+  // connections), so each event finds it caught up: this is where a wakeup per event would show.
+  const timeNewConns = async (prog: Prog, family: Family, drainEach = false): Promise<{ ns: number; floorNs: number }> => {
     dp.conntrackFlush();
     let sum = 0;
     let floorSum = 0;
-    for (let i = 0; i < conns; i++) {
+    const count = drainEach ? Math.min(conns, 2000) : conns;
+    for (let i = 0; i < count; i++) {
       const port = 1024 + ((portBase + i) % 60_000);
       const f = frame(prog, family, 'tcp', TCP.SYN, port, 443);
       sum += dp.testRun(prog, f, { ifindex: LO }).duration;
       floorSum += n.progTestRun(floor.fd, f, ctx, 1).duration;
-      if (i % 1000 === 999) await new Promise((r) => setImmediate(r)); // let the reader drain
+      if (drainEach || i % 1000 === 999) await new Promise((r) => setImmediate(r)); // let the reader drain
     }
-    portBase += conns;
-    return { ns: sum / conns, floorNs: floorSum / conns };
+    portBase += count;
+    return { ns: sum / count, floorNs: floorSum / count };
   };
 
   const rows: Row[] = [];
@@ -174,6 +180,8 @@ async function main(): Promise<void> {
         check(prog, frame(prog, family, 'tcp', TCP.SYN, 999, 443), `${family} SYN`);
         const nc = await timeNewConns(prog, family);
         rows.push({ n: size, ipcacheEntries: ipcacheHad, prog, family, case: 'tcp-syn-new', ...nc });
+        const ncd = await timeNewConns(prog, family, true);
+        rows.push({ n: size, ipcacheEntries: ipcacheHad, prog, family, case: 'tcp-syn-new-drained', ...ncd });
 
         // established: handshake through both programs, then the same ACK repeated (conntrack hit)
         dp.conntrackFlush();
@@ -184,6 +192,10 @@ async function main(): Promise<void> {
         const ack = frame(prog, family, 'tcp', TCP.ACK, lp, 443);
         check(prog, ack, 'ACK');
         rows.push({ n: size, ipcacheEntries: ipcacheHad, prog, family, case: 'tcp-established', ns: timeRepeat(prog, ack, repeat), floorNs: timeRepeat('floor', ack, repeat) });
+        // the same connection's packets the other way, through the other program (conntrack: reply)
+        const back = frame(other, family, 'tcp', TCP.ACK, 443, lp);
+        check(other, back, 'reply ACK');
+        rows.push({ n: size, ipcacheEntries: ipcacheHad, prog: other, family, case: 'tcp-reply', ns: timeRepeat(other, back, repeat), floorNs: timeRepeat('floor', back, repeat) });
 
         const u = frame(prog, family, 'udp', 0, 5353, 53);
         check(prog, u, 'UDP');
