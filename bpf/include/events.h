@@ -10,11 +10,14 @@
  * the reader has caught up, i.e. for nearly every event when events are rare and the agent is quick. So
  * events are submitted without a wakeup, and a timer wakes the reader EVENTS_WAKEUP_DELAY_NS after the
  * first event it has not seen: at most one wakeup per delay, and every event reaches the reader within
- * about that delay. A ring at least half full wakes the reader at once, so bursts are not lost to a
- * sleeping reader. If the timer cannot be armed, the submit wakes as before. */
+ * about that delay. A ring at least half full wakes the reader at once (at most every 100 us), so bursts
+ * are not lost to a sleeping reader. If the timer cannot be armed, the submit wakes as before. */
 #define EVENTS_WAKEUP_DELAY_NS 1000000ULL
 /* The reader did not move since the last timer wakeup (agent down or stuck): look again this much later. */
 #define EVENTS_WAKEUP_IDLE_NS 10000000ULL
+/* Ring half full: wake at once, but not more often than this (a reader that lags behind is awake
+ * anyway; a wakeup per event would make every packet pay for the slow reader). */
+#define EVENTS_WAKEUP_FULL_GAP_NS 100000ULL
 /* A wakeup due this long ago that never ran (timer lost): arm again. */
 #define EVENTS_WAKEUP_STALE_NS 50000000ULL
 
@@ -52,19 +55,24 @@ static int events_wakeup_fire(void *map, __u32 *key, struct events_wakeup *w)
 	return 0;
 }
 
-/* Flags for the submit of a record already reserved (so the timer callback sees it): no wakeup when a
- * timer wakeup is pending or could be armed; otherwise (ring half full, no timer) a wakeup as before. */
+/* Flags for the submit of a record already reserved (so the timer callback sees it): a forced wakeup when
+ * the ring is half full (at most every EVENTS_WAKEUP_FULL_GAP_NS); no wakeup when a timer wakeup is
+ * pending or could be armed; otherwise (no timer) the default wakeup, as before. */
 static __always_inline __u64 events_wakeup_flags(__u64 now)
 {
 	struct events_wakeup *w;
 	__u32 zero = 0;
 	__u64 due;
 
-	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= bpf_ringbuf_query(&events, BPF_RB_RING_SIZE) / 2)
-		return BPF_RB_FORCE_WAKEUP;
 	w = bpf_map_lookup_elem(&events_wakeup, &zero);
 	if (!w)
 		return 0;
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= bpf_ringbuf_query(&events, BPF_RB_RING_SIZE) / 2 &&
+	    (__s64)(now - w->forced_ns) >= (__s64)EVENTS_WAKEUP_FULL_GAP_NS) {
+		w->forced_ns = now;
+		return BPF_RB_FORCE_WAKEUP;
+	}
+	/* otherwise the timer: a recent forced wakeup may have come before this record */
 	due = w->due_ns;
 	if (due && (__s64)(now - due) < (__s64)EVENTS_WAKEUP_STALE_NS)
 		return BPF_RB_NO_WAKEUP;

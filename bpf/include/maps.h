@@ -78,6 +78,7 @@ struct events_wakeup {
 	struct bpf_timer timer;
 	__u64 due_ns;       /* bpf_ktime_get_ns() the pending wakeup is due at; 0 = none pending */
 	__u64 cons_pos;     /* reader's position at the last timer wakeup: unchanged = reader away */
+	__u64 forced_ns;    /* last wakeup forced because the ring was half full */
 };
 
 struct {
