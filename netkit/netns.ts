@@ -24,19 +24,65 @@ export function netnsPathOf(name: string): string {
   return `${NETNS_RUN_DIR}/${netnsNameValidate(name)}`;
 }
 
+/**
+ * How to reach the host's mount namespace: empty when kitnet already is in it, else an nsenter prefix.
+ *
+ * A systemd service with ProtectSystem=, PrivateTmp= and the like runs in a mount namespace of its
+ * own. A namespace bind-mounted there (`ip netns add`) is invisible on the host, where the operator
+ * and the hypervisor (`ip netns exec NAME qemu ...`) look for it, and goes away with the agent's
+ * process. So kitnet makes and removes its namespace mounts in PID 1's mount namespace; they
+ * propagate from there into the service's (the host's /run is a shared mount), at the same path.
+ * Entering needs CAP_SYS_ADMIN and CAP_SYS_CHROOT; reading /proc/1/ns/mnt needs CAP_SYS_PTRACE.
+ */
+let hostMountNs: Promise<string[]> | undefined;
+export function hostMountNsPrefix(): Promise<string[]> {
+  return (hostMountNs ??= (async () => {
+    const self = await readlink('/proc/self/ns/mnt');
+    let init: string;
+    try {
+      init = await readlink('/proc/1/ns/mnt');
+    } catch {
+      // PID 1 is not ours to inspect (a container whose init belongs to another user namespace):
+      // whatever mount namespace we are in is the only one we can use.
+      return [];
+    }
+    return init === self ? [] : ['nsenter', '--target', '1', '--mount', '--'];
+  })());
+}
+
 async function ipNetns(args: string[]): Promise<void> {
+  const prefix = await hostMountNsPrefix();
+  const [cmd, ...argv] = [...prefix, 'ip', 'netns', ...args];
   try {
-    await execFileP('ip', ['netns', ...args], { timeout: 10_000 });
+    await execFileP(cmd!, argv, { timeout: 10_000 });
   } catch (err) {
     const e = err as { stderr?: string; message?: string };
-    throw new Error(`ip netns ${args.join(' ')} failed: ${(e.stderr ?? e.message ?? '').trim()}`, { cause: err });
+    const why = (e.stderr ?? e.message ?? '').trim();
+    const hint = prefix.length && /nsenter: .*(Operation not permitted|Permission denied)/.test(why)
+      ? ' (kitnet runs in a mount namespace of its own and makes namespaces in PID 1\'s: it needs CAP_SYS_ADMIN and CAP_SYS_CHROOT; see packaging/kitnet.service)'
+      : '';
+    throw new Error(`${prefix.length ? 'in the host mount namespace: ' : ''}ip netns ${args.join(' ')} failed: ${why}${hint}`, { cause: err });
   }
 }
 
-/** Creates a named namespace (bind-mounted at /var/run/netns/NAME) and returns its path. */
+/**
+ * Creates a named namespace (bind-mounted at /var/run/netns/NAME, in the host's mount namespace) and
+ * returns its path.
+ */
 export async function netnsCreate(name: string): Promise<string> {
   const path = netnsPathOf(name);
   await ipNetns(['add', name]);
+  if ((await hostMountNsPrefix()).length) {
+    // Made in PID 1's mount namespace: it must have reached ours too, or no device can go in.
+    try {
+      await netnsPathValidate(path);
+    } catch (err) {
+      await ipNetns(['delete', name]).catch(() => undefined);
+      throw new EndpointSpecError('netns',
+        `namespace ${name} was made in the host's mount namespace but does not show in kitnet's (${(err as Error).message}); ` +
+        `is ${NETNS_RUN_DIR} (or /run) a shared mount on the host? (findmnt -o TARGET,PROPAGATION /run)`, err);
+    }
+  }
   return path;
 }
 

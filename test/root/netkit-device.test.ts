@@ -193,6 +193,45 @@ test('netns helpers create, validate and delete named namespaces', { skip, timeo
   await assert.rejects(netnsCreate('bad/name'), /invalid netns name/);
 });
 
+/**
+ * Runs `script` as PID 1 of a new PID and mount namespace (the "host" there: everything it mounts dies
+ * with it, nothing reaches this machine's /run/netns). `$KITNET` in the script starts a node process in
+ * a mount namespace of its own, as systemd's sandbox gives the service, and runs `fn` of netkit/netns.ts.
+ */
+async function asSandboxedService(script: string): Promise<string> {
+  const netnsModule = new URL('../../netkit/netns.js', import.meta.url).href;
+  const call = `const m = await import(${JSON.stringify(netnsModule)}); ` +
+    'try { console.log(JSON.stringify({ prefix: await m.hostMountNsPrefix(), result: await m[process.argv[1]](process.argv[2]) })); } ' +
+    'catch (e) { console.log(JSON.stringify({ error: e.message })); }';
+  const sandboxed = `unshare --mount --propagation slave -- ${JSON.stringify(process.execPath)} --input-type=module -e '${call}'`;
+  return sh('unshare', ['--pid', '--fork', '--mount', '--mount-proc', '--', 'sh', '-euc', script.replaceAll('$KITNET', sandboxed)]);
+}
+
+test('a service in a mount namespace of its own makes namespaces in the host\'s (PID 1), where they outlive it', { skip, timeout: timeLimit(30_000) }, async () => {
+  const name = `kitnet-t${rand()}m`;
+  const out = await asSandboxedService(`
+    mount -t tmpfs kitnet-test /run/netns && mount --make-shared /run/netns
+    $KITNET netnsCreate ${name}
+    echo "host sees: $(ip netns exec ${name} readlink /proc/self/ns/net)"
+    $KITNET netnsDelete ${name}
+    test -e /run/netns/${name} && echo "host still has it" || echo "host: gone"
+    mount --make-private /run/netns
+    $KITNET netnsCreate ${name}
+    test -e /run/netns/${name} && echo "host still has it" || echo "host: gone"
+  `);
+  const lines = out.trim().split('\n');
+  const created = JSON.parse(lines[0]!) as { prefix: string[]; result: string };
+  assert.deepEqual(created.prefix, ['nsenter', '--target', '1', '--mount', '--'], 'the service saw it is not in PID 1\'s mount namespace');
+  assert.equal(created.result, `/var/run/netns/${name}`);
+  assert.match(lines[1]!, /^host sees: net:\[\d+\]$/, 'the namespace is on the host after the service process exited');
+  assert.deepEqual(JSON.parse(lines[2]!), { prefix: created.prefix, result: true });
+  assert.equal(lines[3], 'host: gone');
+  // No propagation from the host into the service: a clear error, and no namespace left behind.
+  const failed = JSON.parse(lines[4]!) as { error?: string };
+  assert.match(failed.error ?? '', new RegExp(`namespace ${name} was made in the host's mount namespace but does not show in kitnet's .*shared mount`));
+  assert.equal(lines[5], 'host: gone');
+});
+
 test('host name taken (EEXIST): the existing link is untouched, nothing else made', { skip, timeout: timeLimit(30_000) }, async (t) => {
   const f = await fixture(t, 1);
   const s = spec(f, 0);
