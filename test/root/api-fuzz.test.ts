@@ -258,7 +258,22 @@ describe('API fuzz (root)', { timeout: 240_000 }, () => {
       .map((l) => `${l.ifname} ${l.ifalias}`);
   const pinnedLinks = () => (existsSync(join(pinRoot, 'links')) ? readdirSync(join(pinRoot, 'links')).sort().join(',') : '');
 
+  /**
+   * What an earlier fuzz run left when its process died before `after` (a crash is what this test
+   * hunts): its links still hold routes for this pool's addresses, and the new agent's first
+   * registration would fail on them. Fuzz runs do not overlap (one test file at a time).
+   */
+  const earlierRunsSweep = async () => {
+    for (const l of await links()) {
+      if (l.ifalias?.startsWith('kitnet:fuzz-')) await run('ip', ['link', 'del', l.ifname]).catch(() => undefined);
+    }
+    const named = existsSync('/var/run/netns') ? readdirSync('/var/run/netns') : [];
+    for (const n of named.filter((x) => x.startsWith('kitnet-fuzz-'))) await netnsDel(n);
+    for (const p of readdirSync('/sys/fs/bpf').filter((x) => x.startsWith('kitnet-fuzz-'))) await datapathUnpinAll(join('/sys/fs/bpf', p)).catch(() => undefined);
+  };
+
   before(async () => {
+    await earlierRunsSweep();
     await netnsAdd(netnsName);
     kitnetLinksBefore = new Set(await kitnetLinks());
     daemon = await daemonRun({
