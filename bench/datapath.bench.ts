@@ -13,6 +13,8 @@
 // an endpoint entry in this benchmark's own maps (own pin root) only.
 //
 //   node dist/bench/datapath.bench.js [N[,N...]=10,1000,10000,100000] [--repeat=R] [--conns=K]
+//   node dist/bench/datapath.bench.js [N=10] --ab=A.bpf.o,B.bpf.o [--rounds=9] [--repeat=20000] [--conns=500]
+//     (two objects side by side, taking turns case by case: an A/B in one sitting)
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -114,8 +116,73 @@ function ipcacheFill(dp: KitnetDatapath, n: number, had: number): number {
   return Math.max(had, want);
 }
 
+/**
+ * --ab=OBJ_A,OBJ_B: the two objects loaded side by side (own pin roots) and taking turns case by case,
+ * `rounds` times, so load swings of a shared machine hit both alike. Per round: the minimum of 3 runs of
+ * `repeat` (established, reply, UDP) and the mean over `conns` SYNs with the reader draining after each.
+ * Prints the median over rounds and, in brackets, the minimum.
+ */
+async function abMain(objects: string[], n: number, repeat: number, conns: number, rounds: number): Promise<void> {
+  console.log(`datapath A/B: ${objects.join(' vs ')}, N=${n}, ${rounds} rounds, repeat=${repeat}, SYNs=${conns}; ${MACHINE_LINE()}`);
+  const sides: Array<{ dp: KitnetDatapath; res: Map<string, number[]> }> = [];
+  for (const [i, objectPath] of objects.entries()) {
+    const pinRoot = `/sys/fs/bpf/kitnet-bench-dp-${RUN_ID}-${i}`;
+    onCleanup(`pins ${i}`, () => datapathUnpinAll(pinRoot));
+    const dp = await datapathLoad({ pinRoot, objectPath });
+    onCleanup(`datapath ${i}`, () => dp.close());
+    const reader = dp.flowsRead(() => undefined);
+    onCleanup(`flow reader ${i}`, () => reader.close());
+    dp.endpointUpsert(LO, EP);
+    dp.ipcacheUpsert(`${REMOTE.ipv4}/32`, { identity: REMOTE.identity, hostId: 0 });
+    dp.ipcacheUpsert(`${REMOTE.ipv6}/128`, { identity: REMOTE.identity, hostId: 0 });
+    policyFill(dp, n);
+    ipcacheFill(dp, n, 0);
+    sides.push({ dp, res: new Map() });
+  }
+  let port = 1024;
+  for (let r = 0; r < rounds; r++) {
+    for (const family of ['ipv4', 'ipv6'] as const) {
+      for (const prog of ['from_workload', 'to_workload'] as const) {
+        const other: Prog = prog === 'from_workload' ? 'to_workload' : 'from_workload';
+        for (const side of r % 2 ? [...sides].reverse() : sides) {
+          const { dp } = side;
+          const put = (k: string, v: number) => side.res.set(k, [...(side.res.get(k) ?? []), v]);
+          const best = (p: Prog, f: Buffer) => Math.min(...[0, 1, 2].map(() => dp.testRun(p, f, { ifindex: LO, repeat }).duration));
+          dp.conntrackFlush();
+          dp.testRun(prog, frame(prog, family, 'tcp', TCP.SYN, 40_000, 443), { ifindex: LO });
+          dp.testRun(other, frame(other, family, 'tcp', TCP.SYN | TCP.ACK, 443, 40_000), { ifindex: LO });
+          put(`${prog} ${family} tcp-established`, best(prog, frame(prog, family, 'tcp', TCP.ACK, 40_000, 443)));
+          put(`${other} ${family} tcp-reply`, best(other, frame(other, family, 'tcp', TCP.ACK, 443, 40_000)));
+          const u = frame(prog, family, 'udp', 0, 5353, 53);
+          dp.testRun(prog, u, { ifindex: LO });
+          put(`${prog} ${family} udp`, best(prog, u));
+          let sum = 0;
+          for (let i = 0; i < conns; i++) {
+            sum += dp.testRun(prog, frame(prog, family, 'tcp', TCP.SYN, 1024 + (port++ % 60_000), 443), { ifindex: LO }).duration;
+            await new Promise((res) => setImmediate(res));
+          }
+          put(`${prog} ${family} tcp-syn-new-drained`, sum / conns);
+        }
+      }
+    }
+  }
+  const cell = (v: number[]) => `${median(v).toFixed(0)} (${Math.min(...v).toFixed(0)})`;
+  table(
+    `Datapath A/B, ns/packet, median over ${rounds} rounds (minimum) — ${MACHINE_LINE()}`,
+    ['program family case', ...objects],
+    [...sides[0]!.res.keys()].map((k) => [k, ...sides.map((s) => cell(s.res.get(k)!))]),
+  );
+  resultWrite('datapath-ab', { objects, n, repeat, conns, rounds, results: sides.map((s) => Object.fromEntries(s.res)) });
+}
+
 async function main(): Promise<void> {
   const args = argsParse();
+  if (args.opts.ab) {
+    const objects = args.opts.ab.split(',');
+    if (objects.length < 2) throw new Error('--ab needs two objects: --ab=A.o,B.o');
+    await abMain(objects, args.sizes[0] ?? 10, Number(args.opts.repeat ?? 20_000), Number(args.opts.conns ?? 500), Number(args.opts.rounds ?? 9));
+    return;
+  }
   const sizes = args.sizes.length ? args.sizes : [10, 1000, 10_000, 100_000];
   const repeat = Number(args.opts.repeat ?? (args.quick ? 200_000 : 1_000_000));
   const conns = Number(args.opts.conns ?? (args.quick ? 3000 : 20_000));
