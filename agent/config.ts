@@ -73,9 +73,15 @@ export const ConfigSchema = z
         /** Interface name of the workload side inside its namespace. */
         workloadIfname: z.string().min(1).max(15).default('eth0'),
         mtu: z.number().int().min(1280).max(65535).optional(),
+        /**
+         * Set /sys/kernel/rcu_expedited=1 (HOST-WIDE) so attaching a workload's programs does not wait
+         * for two RCU grace periods (~27 ms of a registration). Costs every RCU user on the host IPIs
+         * to all CPUs; off unless the operator opts in. Takes effect on reload.
+         */
+        expediteRcu: z.boolean().default(false),
       })
       .strict()
-      .default({ mode: 'auto', workloadIfname: 'eth0' }),
+      .default({ mode: 'auto', workloadIfname: 'eth0', expediteRcu: false }),
     flows: z
       .object({
         ringCapacity: z.number().int().min(1).max(1_000_000).default(4095),

@@ -10,6 +10,7 @@ import { LOG_REDACT, tokensLoad, type AuditSink, type TokenSet } from '../api/se
 import { KitnetError } from '../common/errors.js';
 import { Agent, KITNET_VERSION } from './agent.js';
 import { ConfigError, configLoad, type Config, type ConfigInput } from './config.js';
+import { ExpediteRcu } from './expedite-rcu.js';
 import { hostFactsGather } from './host-facts.js';
 import { kernelOpsReal } from './kernel-ops-real.js';
 import { SqliteStore } from './store/sqlite-store.js';
@@ -95,7 +96,7 @@ export interface Daemon {
 }
 
 /** Keys that take effect on reload; a change to any other key waits for a restart. */
-const LIVE_KEYS = new Set(['logLevel', 'flows.aggregation', 'flows.reportIntervalSeconds']);
+const LIVE_KEYS = new Set(['logLevel', 'flows.aggregation', 'flows.reportIntervalSeconds', 'datapath.expediteRcu']);
 
 /** Leaf values by dotted path (`flows.aggregation`); arrays are values. */
 function configLeaves(v: unknown, prefix = '', out = new Map<string, unknown>()): Map<string, unknown> {
@@ -145,6 +146,9 @@ export async function daemonRun(opts: DaemonOptions = {}): Promise<Daemon> {
 
   const store = new SqliteStore(join(config.stateDir, 'kitnet.db'));
   await hostForwardingEnsure();
+  // Before the restore below: it attaches every stored workload's programs again.
+  const expediteRcu = new ExpediteRcu(log);
+  expediteRcu.apply(config.datapath.expediteRcu);
   const datapath = await datapathLoad({
     pinRoot: config.bpfPinRoot,
     ...(config.flows.kernelRingBytes ? { eventsRingBytes: config.flows.kernelRingBytes } : {}),
@@ -193,7 +197,8 @@ export async function daemonRun(opts: DaemonOptions = {}): Promise<Daemon> {
         agent.flowReportingApply(flows);
         log.info({ aggregation: flows.aggregation, reportIntervalSeconds: flows.reportIntervalSeconds }, 'flow reporting changed');
       }
-      running = { ...running, logLevel: next.logLevel, flows };
+      if (live.has('datapath.expediteRcu')) expediteRcu.apply(next.datapath.expediteRcu);
+      running = { ...running, logLevel: next.logLevel, flows, datapath: { ...running.datapath, expediteRcu: next.datapath.expediteRcu } };
       if (tcpSecurity && tokensFile && nextTokens) {
         tcpSecurity.tokens.replaceWith(nextTokens);
         log.info({ tokensFile, count: nextTokens.size }, 'tokens reloaded');

@@ -13,6 +13,7 @@ import { ApiError } from '../../api/cli/client.js';
 import type { ConfigReloadResult } from '../../api/schemas/config.js';
 import { routeAccess, tokenHash, tokenGenerate } from '../../api/security.js';
 import { MONITOR_AGG_DEFAULT, MONITOR_AGG_NONE } from '../../bpf/layout.gen.js';
+import { rcuExpeditedGet, rcuExpeditedSet } from '../../netkit/index.js';
 import { AgentFixture } from '../helpers/fixture.js';
 import { links, waitFor } from '../helpers/sys.js';
 
@@ -129,6 +130,23 @@ describe('config reload by API call (root)', { timeout: 120_000 }, () => {
     const bad = await cli();
     assert.equal(bad.code, 1);
     assert.match(bad.out, new RegExp(`^error: ${file}: logLevel: .* \\(the running config is unchanged\\) \\[AGENT_ERR_CONFIG_INVALID, HTTP 422\\]\\n$`));
+  });
+
+  test('datapath.expediteRcu turns /sys/kernel/rcu_expedited on at reload and puts the old value back when removed', async (t) => {
+    const original = rcuExpeditedGet();
+    t.after(() => rcuExpeditedSet(original));
+    // From the default (off): only a value kitnet changed is put back.
+    rcuExpeditedSet(false);
+    writeFileSync(file, 'logLevel: fatal\nflows: { aggregation: connection, reportIntervalSeconds: 7 }\ndatapath: { expediteRcu: true }\n');
+    const on = await api.call<ConfigReloadResult>('POST', '/v1/config/reload');
+    assert.ok(on.applied.includes('datapath.expediteRcu'), JSON.stringify(on));
+    assert.equal(rcuExpeditedGet(), true);
+    writeFileSync(file, 'logLevel: fatal\nflows: { aggregation: connection, reportIntervalSeconds: 7 }\n');
+    const off = await api.call<ConfigReloadResult>('POST', '/v1/config/reload');
+    assert.deepEqual(off.changed.map((c) => [c.key, c.to, c.applied]), [['datapath.expediteRcu', false, true]]);
+    assert.equal(rcuExpeditedGet(), false);
+    writeFileSync(file, 'datapath: { expediteRcu: sometimes }\n');
+    await assert.rejects(api.call('POST', '/v1/config/reload'), (e: ApiError) => e.statusCode === 422 && /datapath\.expediteRcu/.test(e.message));
   });
 
   /** The error body as sent (the client keeps only code and message). */
