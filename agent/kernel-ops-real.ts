@@ -12,7 +12,7 @@ export function kernelOpsReal(datapath: KitnetDatapath): KernelOps {
     deviceDelete: (name) => netkit.endpointDeviceDelete(name),
     deviceRepair: (spec) => netkit.endpointDeviceRepair(spec),
     linksList: () => netkit.kitnetLinksList(),
-    linkRemovalsWatch: (onGone) => netkit.linkRemovalsWatch(onGone),
+    linkRemovalsWatch: (onGone, onResync) => netkit.linkRemovalsWatch(onGone, onResync),
     vmNetnsEnsure: (spec) => netkit.vmNetnsEnsure(spec),
     vmPlumbingCreate: (spec) => netkit.vmPlumbingCreate(spec),
     vmPlumbingObserve: (spec) => netkit.vmPlumbingObserve(spec),

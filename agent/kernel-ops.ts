@@ -16,8 +16,11 @@ export interface KernelOps {
   linksList(): Promise<KitnetLink[]>;
   /** Lets traffic through a netkit peer once its programs are attached (no-op for veth). */
   devicePolicyOpen(device: EndpointDevice): Promise<void>;
-  /** Reports links removed from the host namespace (a workload's namespace or process went away). */
-  linkRemovalsWatch(onGone: (link: LinkGone) => void): LinkMonitor;
+  /**
+   * Reports links removed from the host namespace (a workload's namespace or process went away); when
+   * the kernel dropped events, every link present instead (`onResync`).
+   */
+  linkRemovalsWatch(onGone: (link: LinkGone) => void, onResync: (present: ReadonlySet<string>) => void): LinkMonitor;
   /** kind vm: the VM's namespace (an owned one is created when missing). */
   vmNetnsEnsure(spec: VmPlumbingSpec): Promise<{ created: boolean }>;
   /** kind vm: tap + bridge in the VM's namespace, peer and tap enslaved (idempotent). */

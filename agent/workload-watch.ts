@@ -27,14 +27,24 @@ export class WorkloadWatch {
   ) {}
 
   start(): void {
-    this.monitor = this.kernel.linkRemovalsWatch(({ ifname }) => {
-      if (this.pending.has(ifname)) return;
-      const t = setTimeout(() => {
-        this.pending.delete(ifname);
-        void this.check(ifname);
-      }, SETTLE_MS);
-      this.pending.set(ifname, t);
-    });
+    this.monitor = this.kernel.linkRemovalsWatch(
+      ({ ifname }) => this.schedule(ifname),
+      (present) => {
+        // Events were lost: every workload whose device is not there now gets the same check.
+        const missing = this.store.workloadList().filter((w) => w.state === 'ready' && !present.has(w.hostIfname)).map((w) => w.hostIfname);
+        this.log.warn({ missing: missing.length }, 'link events were lost (netlink buffer overflow); compared all workload devices with the kernel');
+        for (const ifname of missing) this.schedule(ifname);
+      },
+    );
+  }
+
+  private schedule(ifname: string): void {
+    if (this.pending.has(ifname)) return;
+    const t = setTimeout(() => {
+      this.pending.delete(ifname);
+      void this.check(ifname);
+    }, SETTLE_MS);
+    this.pending.set(ifname, t);
   }
 
   stop(): void {

@@ -71,6 +71,12 @@ export interface NativeBpf {
   ringbufRef(handle: NativeHandle, ref: boolean): void;
   /** setns(2) for the calling (main) thread; nstype e.g. CLONE_NEWNET = 0x40000000. */
   setns(fd: number, nstype: number): void;
+  /**
+   * A netlink multicast listener on the event loop (unreferenced): each datagram to `onData`, null
+   * when the kernel dropped events (ENOBUFS). rcvbufBytes uses SO_RCVBUFFORCE where permitted.
+   */
+  netlinkMonitorOpen(protocol: number, groups: number, rcvbufBytes: number, onData: (datagram: Buffer | null) => void): NativeHandle;
+  netlinkMonitorClose(handle: NativeHandle): void;
 }
 
 /** Where bash bpf/build.sh puts the addon; KITNET_BPF_ADDON overrides (packaging). */

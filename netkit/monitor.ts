@@ -1,13 +1,14 @@
 // Link removal events from the kernel (RTNLGRP_LINK), so the agent learns at once when a workload's
 // device vanishes (its namespace was destroyed, its process exited, someone ran `ip link del`)
 // instead of polling for it.
-import netlinkPkg from 'netlink';
+import { native } from '../bpf/native.js';
 import { ifinfomsgDecode, messageAttrs, readStr } from './attrs.js';
+import { linkList } from './link.js';
+import { rtnlHost } from './socket.js';
 import { IFLA_IFNAME, RTM_DELLINK } from './uapi.js';
 
-const { createNetlink, Protocol } = netlinkPkg;
-
-const RTNLGRP_LINK = 1;
+/** Group bit for bind(): RTMGRP_LINK = 1 << (RTNLGRP_LINK - 1). */
+const RTMGRP_LINK = 1;
 const IFINFOMSG_LEN = 16;
 
 export interface LinkGone {
@@ -19,19 +20,65 @@ export interface LinkMonitor {
   close(): void;
 }
 
-/** Calls `onGone` for every link removed from the agent's own network namespace. */
-export function linkRemovalsWatch(onGone: (link: LinkGone) => void): LinkMonitor {
-  const sock = createNetlink(Protocol.ROUTE);
-  // The monitor alone must not keep the process alive.
-  sock.ref(false);
-  sock.addMembership(RTNLGRP_LINK);
-  sock.on('message', (msgs) => {
-    for (const m of msgs) {
+/** Receive buffer of the monitor socket: room for a burst of link events while the loop is busy. */
+const MONITOR_RCVBUF_BYTES = 4 << 20;
+const NETLINK_ROUTE = 0;
+const NLMSG_HDRLEN = 16;
+
+/** The messages of one netlink datagram: type and payload of each (nlmsghdr chain, 4-byte aligned). */
+function datagramMessages(d: Buffer): Array<{ type: number; data: Buffer }> {
+  const out: Array<{ type: number; data: Buffer }> = [];
+  for (let off = 0; off + NLMSG_HDRLEN <= d.length; ) {
+    const len = d.readUInt32LE(off);
+    if (len < NLMSG_HDRLEN || off + len > d.length) break;
+    out.push({ type: d.readUInt16LE(off + 4), data: d.subarray(off + NLMSG_HDRLEN, off + len) });
+    off += (len + 3) & ~3;
+  }
+  return out;
+}
+
+/**
+ * Calls `onGone` for every link removed from the agent's own network namespace.
+ *
+ * When the kernel drops events because the socket's buffer overflowed (ENOBUFS: many links came and
+ * went while the event loop was busy), removals may have been missed: the monitor then lists every
+ * link present and hands the names to `onResync`, so the caller can compare with what it expects.
+ * The socket is the native addon's: the `netlink` package's aborts the process on that error.
+ */
+export function linkRemovalsWatch(onGone: (link: LinkGone) => void, onResync: (present: ReadonlySet<string>) => void): LinkMonitor {
+  let resyncing = false;
+  let closed = false;
+  const resync = async () => {
+    if (resyncing) return;
+    resyncing = true;
+    try {
+      // Events that arrive while listing are handled as usual; the list covers the gap before it.
+      const present = new Set((await linkList(rtnlHost())).map((l) => l.ifname));
+      if (!closed) onResync(present);
+    } catch {
+      // the host socket failed too: the next overflow (or the reconciler at the next start) catches up
+    } finally {
+      resyncing = false;
+    }
+  };
+  const handle = native().netlinkMonitorOpen(NETLINK_ROUTE, RTMGRP_LINK, MONITOR_RCVBUF_BYTES, (datagram) => {
+    if (closed) return;
+    if (datagram === null) {
+      void resync();
+      return;
+    }
+    for (const m of datagramMessages(datagram)) {
       if (m.type !== RTM_DELLINK || m.data.length < IFINFOMSG_LEN) continue;
       const info = ifinfomsgDecode(m.data);
       const name = messageAttrs(m.data, IFINFOMSG_LEN).get(IFLA_IFNAME);
       if (name) onGone({ ifname: readStr(name), ifindex: info.index });
     }
   });
-  return { close: () => sock.close() };
+  return {
+    close: () => {
+      if (closed) return;
+      closed = true;
+      native().netlinkMonitorClose(handle);
+    },
+  };
 }
