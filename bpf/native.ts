@@ -71,6 +71,8 @@ export interface NativeBpf {
   ringbufRef(handle: NativeHandle, ref: boolean): void;
   /** setns(2) for the calling (main) thread; nstype e.g. CLONE_NEWNET = 0x40000000. */
   setns(fd: number, nstype: number): void;
+  /** ioctl(NS_GET_NSTYPE): the CLONE_NEW* type of the namespace behind an nsfs fd. */
+  nsType(fd: number): number;
   /**
    * A netlink multicast listener on the event loop (unreferenced): each datagram to `onData`, null
    * when the kernel dropped events (ENOBUFS). rcvbufBytes uses SO_RCVBUFFORCE where permitted.

@@ -2,6 +2,9 @@
 // iproute2, traffic between them, observe/repair, delete, and the failure paths (nothing half-made
 // may remain). Needs root.
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { test } from 'node:test';
 import { KernelError } from '../../common/kernel-error.js';
 import type { EndpointDeviceSpec } from '../../netkit/index.js';
@@ -177,6 +180,28 @@ test('netns path missing or not a network namespace: clear error, nothing made',
   await assert.rejects(netnsPathValidate('relative/path'), /absolute/);
   assert.ok((await netnsPathValidate('/proc/self/ns/net')) > 0);
   assert.equal(await linkExists(missing.hostIfname), false);
+});
+
+test('netns paths: a bind-mounted namespace of another type and a FIFO are refused by what they are', { skip, timeout: timeLimit(30_000) }, async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'kitnet-nstype-'));
+  const uts = join(dir, 'uts');
+  t.after(async () => {
+    await sh('umount', [uts]).catch(() => undefined);
+    rmSync(dir, { recursive: true, force: true });
+  });
+  // Like `ip netns add`, but of a UTS namespace: a bind mount is no magic link, only the kernel knows its type.
+  writeFileSync(uts, '');
+  await sh('mount', ['--bind', '/proc/self/ns/uts', uts]);
+  await assert.rejects(netnsPathValidate(uts), (e: unknown) => e instanceof EndpointSpecError && e.field === 'netnsPath' && /is a uts namespace, not a network namespace/.test(e.message));
+  // A FIFO is never opened (an open would block until a writer comes).
+  const fifo = join(dir, 'fifo');
+  await sh('mkfifo', [fifo]);
+  await assert.rejects(netnsPathValidate(fifo), /is not a namespace file/);
+  // A named network namespace: its inode, the one `ip netns exec` sees.
+  const name = `kitnet-t${rand()}t`;
+  t.after(() => netnsDelQuiet(name));
+  const inode = await netnsPathValidate(await netnsCreate(name));
+  assert.equal((await sh('ip', ['netns', 'exec', name, 'readlink', '/proc/self/ns/net'])).trim(), `net:[${inode}]`);
 });
 
 test('netns helpers create, validate and delete named namespaces', { skip, timeout: timeLimit(30_000) }, async (t) => {

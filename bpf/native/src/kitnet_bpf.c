@@ -19,7 +19,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sched.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <linux/nsfs.h>
 #include <linux/netlink.h>
 #include <unistd.h>
 
@@ -928,6 +930,22 @@ static napi_value ns_set(napi_env env, napi_callback_info info)
 	return NULL;
 }
 
+/* nsType(fd): the CLONE_NEW* type of the namespace behind an nsfs fd (NS_GET_NSTYPE, Linux 4.11).
+ * A bind-mounted namespace (ip netns add) is not a magic link, so only this ioctl tells its type. */
+static napi_value ns_type(napi_env env, napi_callback_info info)
+{
+	napi_value argv[1];
+	int32_t fd;
+	int type;
+
+	if (!get_args(env, info, 1, argv) || !get_i32(env, argv[0], &fd))
+		return NULL;
+	type = ioctl(fd, NS_GET_NSTYPE);
+	if (type < 0)
+		return throw_errno(env, "NS_GET_NSTYPE", errno);
+	return make_i32(env, type);
+}
+
 /* ---------------------------------------------------------------------------------------------- */
 /* A netlink multicast listener (rtnetlink groups) on the event loop. Generic like setns; used by
  * netkit/monitor.ts. It exists because the `netlink` package aborts the process when its socket
@@ -1089,6 +1107,7 @@ static napi_value init(napi_env env, napi_value exports)
 		{ "numPossibleCpus", num_possible_cpus }, { "progTestRun", prog_test_run },
 		{ "ringbufOpen", ringbuf_open }, { "ringbufClose", ringbuf_close },
 		{ "ringbufRef", ringbuf_ref },	 { "setns", ns_set },
+		{ "nsType", ns_type },
 		{ "netlinkMonitorOpen", netlink_monitor_open }, { "netlinkMonitorClose", netlink_monitor_close },
 	};
 
