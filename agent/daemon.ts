@@ -23,6 +23,8 @@ export interface DaemonOptions {
   overrides?: ConfigInput;
   /** Called once the API listens (the demo and tests wait for it). */
   onReady?: (info: { socket: string }) => void;
+  /** The BPF object to load (default: this build's, or $KITNET_BPF_OBJECT); the upgrade test starts an older one. */
+  bpfObject?: string;
 }
 
 /** A unix socket file left by a crashed agent is removed; one that still answers means another agent runs. */
@@ -151,6 +153,7 @@ export async function daemonRun(opts: DaemonOptions = {}): Promise<Daemon> {
   expediteRcu.apply(config.datapath.expediteRcu);
   const datapath = await datapathLoad({
     pinRoot: config.bpfPinRoot,
+    ...(opts.bpfObject ? { objectPath: opts.bpfObject } : {}),
     ...(config.flows.kernelRingBytes ? { eventsRingBytes: config.flows.kernelRingBytes } : {}),
   });
   const kernel = kernelOpsReal(datapath);

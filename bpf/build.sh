@@ -26,15 +26,11 @@ if newer bpf/include/shared.gen.h "$gen_src" || newer bpf/layout.gen.ts "$gen_sr
   touch bpf/include/shared.gen.h bpf/layout.gen.ts
 fi
 
-# 2. BPF object. clang-14 with -target bpf does not search the multiarch include dir by itself.
+# 2. BPF object (flags in bpf/compile.sh).
 obj=bpf/build/kitnet.bpf.o
-multiarch=$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
-if newer "$obj" bpf/src bpf/include bpf/build.sh; then
+if newer "$obj" bpf/src bpf/include bpf/build.sh bpf/compile.sh; then
   log "compiling $obj"
-  clang -O2 -g -target bpf -mcpu=v3 -Wall -Werror -Wno-unused-function \
-    -I/usr/include/"$multiarch" -Ibpf/include \
-    -c bpf/src/kitnet.bpf.c -o "$obj.tmp"
-  mv "$obj.tmp" "$obj"
+  bash bpf/compile.sh . "$obj"
 fi
 
 # 3. Native addon (N-API, plain C, linked against the system libbpf). Node headers come from nodedir

@@ -58,8 +58,8 @@ export class AgentFixture {
     return ns;
   }
 
-  async start(): Promise<Daemon> {
-    this.daemon = await daemonRun({ overrides: this.overrides });
+  async start(opts: { bpfObject?: string } = {}): Promise<Daemon> {
+    this.daemon = await daemonRun({ overrides: this.overrides, ...opts });
     return this.daemon;
   }
 
