@@ -2,8 +2,7 @@
 // a path handed to kitnet really is a network namespace before any device is moved into it.
 import { execFile } from 'node:child_process';
 import { closeSync, constants as fsConstants, fstatSync, openSync, statSync, statfsSync } from 'node:fs';
-import { open, readlink, stat } from 'node:fs/promises';
-import type { FileHandle } from 'node:fs/promises';
+import { readlink, stat } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { CLONE_NEWNET, NS_TYPE_NAMES, nsType } from '../bpf/ns.js';
 import { EndpointSpecError } from './errors.js';
@@ -146,16 +145,4 @@ export async function netnsPathValidate(path: string): Promise<number> {
   } finally {
     closeSync(fd);
   }
-}
-
-/** An open fd of the namespace for IFLA_NET_NS_FD (close it after the request) and its inode. */
-export async function netnsFdOpen(path: string): Promise<{ fh: FileHandle; inode: number }> {
-  const inode = await netnsPathValidate(path);
-  return { fh: await open(path, fsConstants.O_RDONLY), inode };
-}
-
-/** Inode of kitnet's own network namespace. */
-export async function netnsSelfInode(): Promise<number> {
-  const target = await readlink('/proc/self/ns/net');
-  return Number(/\[(\d+)\]/.exec(target)?.[1] ?? 0);
 }
