@@ -89,17 +89,48 @@ export function cidrIdentityLabels(c: Cidr): string[] {
   return [`cidr:${c.text}`, 'reserved:world', c.family === 4 ? 'reserved:world-ipv4' : 'reserved:world-ipv6'];
 }
 
+interface IndexedCidr {
+  cidr: Cidr;
+  identity: number;
+}
+
+/** The CIDR identities parsed and in address order, once per identity list (compile() makes a new one). */
+const indexes = new WeakMap<readonly CidrIdentity[], IndexedCidr[]>();
+function cidrIndex(cidrIds: readonly CidrIdentity[]): IndexedCidr[] {
+  let index = indexes.get(cidrIds);
+  if (!index) {
+    index = cidrIds.map((ci) => ({ cidr: cidrParsed(ci.cidr), identity: ci.identity })).sort((a, b) => cidrCompare(a.cidr, b.cidr));
+    indexes.set(cidrIds, index);
+  }
+  return index;
+}
+
 /**
  * The identities a CIDR peer (`cidr` minus `except`) selects among the CIDR identities, plus the world
  * identities when the peer covers a whole family.
+ *
+ * In address order the prefixes inside C are one run: those whose network lies in C's address range
+ * (and are not shorter than C). A binary search finds the run's start, so a policy with N CIDR peers
+ * over N CIDR identities costs N log N, not N^2 (30,000 fromCIDR peers took minutes before).
  */
 export function cidrPeerIdentities(cidr: string, except: readonly string[], cidrIds: readonly CidrIdentity[]): number[] {
   const c = cidrParse(cidr);
   const ex = except.map((e) => cidrParse(e));
+  const index = cidrIndex(cidrIds);
   const out: number[] = [];
-  for (const ci of cidrIds) {
-    const p = cidrParsed(ci.cidr);
-    if (cidrContainsCidr(c, p) && !ex.some((e) => cidrContainsCidr(e, p))) out.push(ci.identity);
+  const end = c.network + (1n << BigInt((c.family === 4 ? 32 : 128) - c.prefixLength));
+  let lo = 0;
+  let hi = index.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    const m = index[mid]!.cidr;
+    if (m.family < c.family || (m.family === c.family && m.network < c.network)) lo = mid + 1;
+    else hi = mid;
+  }
+  for (let i = lo; i < index.length; i++) {
+    const p = index[i]!.cidr;
+    if (p.family !== c.family || p.network >= end) break;
+    if (p.prefixLength >= c.prefixLength && !ex.some((e) => cidrContainsCidr(e, p))) out.push(index[i]!.identity);
   }
   if (c.prefixLength === 0 && !ex.some((e) => e.prefixLength === 0)) {
     out.push(ReservedIdentity.world, c.family === 4 ? ReservedIdentity['world-ipv4'] : ReservedIdentity['world-ipv6']);
