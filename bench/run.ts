@@ -13,6 +13,7 @@ const benches: { name: string; quick: string[] }[] = [
   { name: 'datapath', quick: ['10,1000,10000,100000'] },
   { name: 'flows', quick: ['40000'] },
   { name: 'controlplane', quick: ['1000', '--helper=10'] },
+  { name: 'agent-rss', quick: ['1000'] },
   { name: 'netpath', quick: ['10,1000,10000'] },
 ];
 const only = process.argv.slice(2).filter((a) => !a.startsWith('--'));
