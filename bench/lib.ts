@@ -1,14 +1,11 @@
 // Shared helpers for the benchmarks: arguments, timing statistics, the human table, the JSON result
 // file, machine facts, commands, network namespaces made in bulk, and cleanup that runs on failure and
 // on Ctrl-C. Benchmarks print figures; they never assert on timings.
-import { execFile, spawn } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
-
-const execFileP = promisify(execFile);
+import { commandRun, commandStatus, type CommandOptions } from '../common/command.js';
 
 /** The repository root (dist/bench/lib.js -> ../..). */
 export const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -124,43 +121,11 @@ export function resultWrite(name: string, data: unknown): string {
 }
 
 /** Runs a command; resolves with stdout, rejects with stderr in the message. */
-export async function sh(cmd: string, args: string[], opts: { timeoutMs?: number; input?: string } = {}): Promise<string> {
-  if (opts.input !== undefined) {
-    return new Promise((resolve, reject) => {
-      const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
-      let out = '';
-      let err = '';
-      const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 120_000);
-      child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-      child.stderr.on('data', (d: Buffer) => (err += d.toString()));
-      child.on('error', reject);
-      child.on('close', (code) => {
-        clearTimeout(timer);
-        if (code === 0) resolve(out);
-        else reject(new Error(`${cmd} ${args.join(' ')}: exit ${code}: ${err.trim().slice(0, 2000)}`));
-      });
-      child.stdin.end(opts.input);
-    });
-  }
-  try {
-    const { stdout } = await execFileP(cmd, args, { timeout: opts.timeoutMs ?? 60_000, maxBuffer: 64 << 20 });
-    return stdout;
-  } catch (err) {
-    const e = err as { stderr?: string; message: string };
-    throw new Error(`${cmd} ${args.join(' ')}: ${e.stderr?.trim() || e.message}`);
-  }
-}
+export const sh = (cmd: string, args: string[], opts: CommandOptions = {}): Promise<string> =>
+  commandRun(cmd, args, { timeoutMs: 120_000, ...opts });
 
 /** Like sh, but never throws; returns the exit status. */
-export async function shStatus(cmd: string, args: string[], timeoutMs = 60_000): Promise<number> {
-  try {
-    await execFileP(cmd, args, { timeout: timeoutMs });
-    return 0;
-  } catch (err) {
-    const code = (err as { code?: number | string }).code;
-    return typeof code === 'number' ? code : 1;
-  }
-}
+export const shStatus = commandStatus;
 
 /** Creates named namespaces in bulk (one `ip -batch`); lo stays down (kitnet sets it up on register). */
 export async function netnsAddMany(names: string[]): Promise<void> {

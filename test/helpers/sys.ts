@@ -1,29 +1,11 @@
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
-
-const execFileP = promisify(execFile);
+import { commandRun, commandStatus, type CommandOptions } from '../../common/command.js';
 
 /** Runs a command; resolves with stdout, rejects with stderr in the message. */
-export async function run(cmd: string, args: string[], opts: { timeoutMs?: number } = {}): Promise<string> {
-  try {
-    const { stdout } = await execFileP(cmd, args, { timeout: opts.timeoutMs ?? 20_000, maxBuffer: 16 << 20 });
-    return stdout;
-  } catch (err) {
-    const e = err as { stderr?: string; message: string };
-    throw new Error(`${cmd} ${args.join(' ')}: ${e.stderr?.trim() || e.message}`);
-  }
-}
+export const run = (cmd: string, args: string[], opts: CommandOptions = {}): Promise<string> =>
+  commandRun(cmd, args, { timeoutMs: 20_000, ...opts });
 
 /** Exit status of a command, without throwing. */
-export async function status(cmd: string, args: string[], timeoutMs = 20_000): Promise<number> {
-  try {
-    await execFileP(cmd, args, { timeout: timeoutMs });
-    return 0;
-  } catch (err) {
-    const code = (err as { code?: number | string }).code;
-    return typeof code === 'number' ? code : 1;
-  }
-}
+export const status = (cmd: string, args: string[], timeoutMs = 20_000): Promise<number> => commandStatus(cmd, args, timeoutMs);
 
 export const uniq = () => `${process.pid.toString(36)}${Math.floor(Math.random() * 36 ** 3).toString(36)}`;
 
