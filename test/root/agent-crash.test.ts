@@ -10,18 +10,7 @@ import { ApiClient, ApiError } from '../../api/cli/client.js';
 import type { Workload } from '../../api/schemas/workload.js';
 import { storeKernelDiff } from '../helpers/consistency.js';
 import { links, netnsAdd, netnsDel, run, uniq, waitFor } from '../helpers/sys.js';
-
-/** Deterministic PRNG (mulberry32) so a failing round can be replayed from the printed seed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { mulberry32 as prng } from '../helpers/random.js';
 
 type Op =
   | { kind: 'add'; name: string; labels: Record<string, string> }

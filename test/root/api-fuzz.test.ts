@@ -10,6 +10,7 @@ import { daemonRun } from '../../agent/daemon.js';
 import { tokensLoad } from '../../api/security.js';
 import { datapathUnpinAll } from '../../bpf/index.js';
 import { links, netnsAdd, netnsDel, run, uniq } from '../helpers/sys.js';
+import { mulberry32 } from '../helpers/random.js';
 
 /**
  * API fuzzing as root against a real agent on its unix socket: thousands of random and mutated
@@ -27,16 +28,9 @@ const SECONDS = Number(process.env.KITNET_FUZZ_SECONDS ?? 40);
 const MAX_REQUESTS = Number(process.env.KITNET_FUZZ_REQUESTS ?? 6000);
 console.log(`# api-fuzz seed ${SEED} (rerun with KITNET_FUZZ_SEED=${SEED})`);
 
-/** mulberry32: small, fast, good enough to fuzz, and reproducible. */
+/** The fuzz test's random choices, all from one seeded generator. */
 function prng(seed: number) {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const next = mulberry32(seed);
   const int = (n: number) => Math.floor(next() * n);
   const pick = <T>(xs: readonly T[]): T => xs[int(xs.length)]!;
   const chance = (p: number) => next() < p;

@@ -2,18 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { cidrParse } from '../../agent/ipam.js';
 import { cidrContainsCidr, cidrIdentitiesAllocate, cidrPeerIdentities } from '../../agent/policy/cidr.js';
-
-/** A small deterministic PRNG (mulberry32), so a failure names its seed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { mulberry32 as prng } from '../helpers/random.js';
 
 /** Prefixes clustered in a few small ranges, so containment and excepts happen often. */
 function randomPrefix(r: () => number): string {
