@@ -119,7 +119,8 @@ function ipcacheFill(dp: KitnetDatapath, n: number, had: number): number {
 /**
  * --ab=OBJ_A,OBJ_B: the two objects loaded side by side (own pin roots) and taking turns case by case,
  * `rounds` times, so load swings of a shared machine hit both alike. Per round: the minimum of 3 runs of
- * `repeat` (established, reply, UDP) and the mean over `conns` SYNs with the reader draining after each.
+ * `repeat` (established, reply, UDP), the mean over `conns` SYNs back to back, and the mean over `conns`
+ * SYNs with the reader draining after each.
  * Prints the median over rounds and, in brackets, the minimum.
  */
 async function abMain(objects: string[], n: number, repeat: number, conns: number, rounds: number): Promise<void> {
@@ -156,7 +157,13 @@ async function abMain(objects: string[], n: number, repeat: number, conns: numbe
           const u = frame(prog, family, 'udp', 0, 5353, 53);
           dp.testRun(prog, u, { ifindex: LO });
           put(`${prog} ${family} udp`, best(prog, u));
+          // new connections back to back (the reader drains once, after them), then one at a time with
+          // the reader draining after each
           let sum = 0;
+          for (let i = 0; i < conns; i++) sum += dp.testRun(prog, frame(prog, family, 'tcp', TCP.SYN, 1024 + (port++ % 60_000), 443), { ifindex: LO }).duration;
+          put(`${prog} ${family} tcp-syn-new`, sum / conns);
+          await new Promise((res) => setImmediate(res));
+          sum = 0;
           for (let i = 0; i < conns; i++) {
             sum += dp.testRun(prog, frame(prog, family, 'tcp', TCP.SYN, 1024 + (port++ % 60_000), 443), { ifindex: LO }).duration;
             await new Promise((res) => setImmediate(res));
