@@ -77,6 +77,14 @@ export interface KitnetDatapath extends Datapath {
   conntrackList(): ConntrackEntry[];
   conntrackFlush(): number;
   /**
+   * The exact-match hashes in front of the ipcache and policy tries (bpf/maps/exact.ts) compared with
+   * the tries' full-length entries: one line per difference, empty when they agree; undefined when the
+   * loaded object has no such hashes (an earlier release).
+   */
+  exactCheck(): string[] | undefined;
+  /** What exactSync at load found to repair (counts of hash entries added / removed); undefined if not run. */
+  readonly exactRepaired: { ipcache: { added: number; removed: number }; policy: { added: number; removed: number } } | undefined;
+  /**
    * BPF_PROG_TEST_RUN: run a program on a crafted frame (Ethernet first). `ifindex` selects the device the
    * skb appears on (and so the `endpoints` entry); default 1 (lo).
    */
@@ -96,11 +104,21 @@ class DatapathImpl implements KitnetDatapath {
   private readonly config: ConfigMap;
   private readonly readers = new Set<FlowReader>();
   private closed = false;
+  exactRepaired: KitnetDatapath['exactRepaired'];
 
-  constructor(private readonly obj: LoadedObject) {
+  constructor(
+    private readonly obj: LoadedObject,
+    exactSync = true,
+  ) {
     this.endpoints = new EndpointsMap(obj.maps.endpoints, obj.maps.endpoint_addrs);
-    this.ipcache = new IpcacheMap(obj.maps.ipcache);
-    this.policy = new PolicyMap(obj.maps.policy);
+    this.ipcache = new IpcacheMap(obj.maps.ipcache, obj.maps.ipcache_exact);
+    this.policy = new PolicyMap(obj.maps.policy, obj.maps.policy_exact);
+    // The exact-match hashes are filled from the pinned tries before any program of this object is
+    // attached: after an upgrade that created them they are empty (the datapath falls back to the
+    // tries meanwhile, so nothing is lost, only slower), and after a downgrade and back they may be
+    // stale, which would not be safe. The tries are complete and the agent's state; the hashes follow.
+    if (exactSync && this.ipcache.exact && this.policy.exact)
+      this.exactRepaired = { ipcache: this.ipcache.exact.sync(), policy: this.policy.exact.sync() };
     this.conntrack = new ConntrackMap(obj.maps.conntrack);
     this.metrics = new MetricsMap(obj.maps.metrics);
     this.config = new ConfigMap(obj.maps.config);
@@ -220,6 +238,21 @@ class DatapathImpl implements KitnetDatapath {
     return this.conntrack.flush();
   }
 
+  exactCheck(): string[] | undefined {
+    this.live();
+    const ip = this.ipcache.exactDiff();
+    const pol = this.policy.exactDiff();
+    if (!ip || !pol) return undefined;
+    const pe = (e: PolicyMapEntry) =>
+      `endpoint ${e.endpointId} ${e.direction} identity ${e.identity} protocol ${e.protocol} port ${e.port}${e.deny ? ' deny' : ''}`;
+    return [
+      ...ip.missing.map((c) => `ipcache_exact lacks ${c} (or holds another value)`),
+      ...ip.extra.map((c) => `ipcache_exact holds ${c}, the ipcache trie does not`),
+      ...pol.missing.map((e) => `policy_exact lacks ${pe(e)} (or holds another value)`),
+      ...pol.extra.map((e) => `policy_exact holds ${pe(e)}, the policy trie does not`),
+    ];
+  }
+
   /**
    * One reader per ring buffer: its consumer position is shared, so two readers would split the events.
    * The agent's flow pipeline fans out to its own subscribers.
@@ -274,6 +307,11 @@ export async function datapathLoad(
     objectPath?: string;
     /** Size of the flow event ring buffer (a power of two, at least a page); default EVENTS_RINGBUF_BYTES. */
     eventsRingBytes?: number;
+    /**
+     * Fill the exact-match hashes from the tries at load (default true). Off only for readers that
+     * must see the maps as they were left (test/helpers/consistency.ts checks them with exactCheck).
+     */
+    exactSync?: boolean;
   } = {},
 ): Promise<KitnetDatapath> {
   const pinRoot = opts.pinRoot ?? PIN_ROOT_DEFAULT;
@@ -288,7 +326,7 @@ export async function datapathLoad(
   }
   const obj = objectLoad(pinRoot, opts.objectPath, sizes);
   try {
-    return new DatapathImpl(obj);
+    return new DatapathImpl(obj, opts.exactSync ?? true);
   } catch (err) {
     obj.close();
     throw err;

@@ -43,7 +43,7 @@ export const ENDPOINT_ADDR_KEY = {
   },
 } as const satisfies StructLayout;
 
-/** struct ipcache_key: Key of the `ipcache` LPM trie. prefixlen counts bits after itself: 32 (family+pad) + IP prefix. */
+/** struct ipcache_key: Key of the `ipcache` LPM trie. prefixlen counts bits after itself: 32 (family+pad) + IP prefix. Also the key of the `ipcache_exact` hash, which holds the host entries (IPCACHE_PREFIX_V4_HOST / IPCACHE_PREFIX_V6_HOST) of the trie byte for byte. */
 export const IPCACHE_KEY = {
   name: 'ipcache_key',
   size: 24,
@@ -55,7 +55,7 @@ export const IPCACHE_KEY = {
   },
 } as const satisfies StructLayout;
 
-/** struct ipcache_value: Value of the `ipcache` LPM trie. */
+/** struct ipcache_value: Value of the `ipcache` LPM trie and the `ipcache_exact` hash. */
 export const IPCACHE_VALUE = {
   name: 'ipcache_value',
   size: 8,
@@ -156,7 +156,7 @@ export const FRAG_VALUE = {
   },
 } as const satisfies StructLayout;
 
-/** struct policy_key: Key of the `policy` LPM trie. prefixlen counts bits after itself: 72 (endpoint_id + identity + direction) are always matched, then protocol (8) and a destination port prefix (0..16). */
+/** struct policy_key: Key of the `policy` LPM trie. prefixlen counts bits after itself: 72 (endpoint_id + identity + direction) are always matched, then protocol (8) and a destination port prefix (0..16). Also the key of the `policy_exact` hash, which holds the trie's POLICY_PREFIX_FULL entries byte for byte. */
 export const POLICY_KEY = {
   name: 'policy_key',
   size: 16,
@@ -170,7 +170,7 @@ export const POLICY_KEY = {
   },
 } as const satisfies StructLayout;
 
-/** struct policy_value: Value of the `policy` LPM trie. */
+/** struct policy_value: Value of the `policy` LPM trie and the `policy_exact` hash. */
 export const POLICY_VALUE = {
   name: 'policy_value',
   size: 8,
@@ -265,8 +265,16 @@ export const POLICY_F_DENY = 1;
 export const POLICY_PREFIX_ANY_PROTO = 72;
 /** one protocol, any port; 80 + n = port prefix of n bits */
 export const POLICY_PREFIX_PROTO = 80;
-/** exact protocol and port: every lookup key */
+/** exact protocol and port: every lookup key; such entries are also in `policy_exact` */
 export const POLICY_PREFIX_FULL = 96;
+
+/** ipcache_key.prefixlen: 32 bits of family + padding, then the address prefix. */
+/** family + padding: always matched, so IPv4 and IPv6 prefixes never match each other */
+export const IPCACHE_PREFIX_FAMILY = 32;
+/** an IPv4 /32: every lookup key of an IPv4 address; such entries are also in `ipcache_exact` */
+export const IPCACHE_PREFIX_V4_HOST = 64;
+/** an IPv6 /128: every lookup key of an IPv6 address; such entries are also in `ipcache_exact` */
+export const IPCACHE_PREFIX_V6_HOST = 160;
 
 /** ct_entry.flags. */
 /** FIN seen in the original direction */
@@ -336,9 +344,13 @@ export const ENDPOINTS_MAP_MAX = 4096;
 /** an IPv4 and an IPv6 address per endpoint */
 export const ENDPOINT_ADDRS_MAP_MAX = 8192;
 export const IPCACHE_MAP_MAX = 65536;
+/** the host entries of `ipcache` (a subset of it: never fuller than the trie) */
+export const IPCACHE_EXACT_MAP_MAX = 65536;
 export const CONNTRACK_MAP_MAX = 262144;
 /** entries over all endpoints; BPF_F_NO_PREALLOC: memory follows use */
 export const POLICY_MAP_MAX = 1048576;
+/** the POLICY_PREFIX_FULL entries of `policy` (a subset of it: never fuller than the trie) */
+export const POLICY_EXACT_MAP_MAX = 1048576;
 /** datagrams in flight whose later fragments still come */
 export const FRAGMENTS_MAP_MAX = 8192;
 export const EVENTS_RINGBUF_BYTES = 8388608;

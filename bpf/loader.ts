@@ -15,6 +15,12 @@ export const PROG_NAMES = ['from_workload', 'to_workload', 'to_workload_netkit']
 export type ProgName = (typeof PROG_NAMES)[number];
 export const MAP_NAMES = ['endpoints', 'endpoint_addrs', 'ipcache', 'policy', 'conntrack', 'events', 'metrics', 'config'] as const;
 export type MapName = (typeof MAP_NAMES)[number];
+/**
+ * Maps that objects of earlier releases lack (the exact-match hashes in front of the ipcache and policy
+ * tries, maps.h). Handed out when the object has them; the map writers fall back to the trie alone.
+ */
+export const OPTIONAL_MAP_NAMES = ['ipcache_exact', 'policy_exact'] as const;
+export type OptionalMapName = (typeof OPTIONAL_MAP_NAMES)[number];
 
 /** Where bash bpf/build.sh writes the object; KITNET_BPF_OBJECT overrides (packaging). */
 export const OBJECT_PATH_DEFAULT =
@@ -26,7 +32,7 @@ export interface LoadedObject {
   readonly pinRoot: string;
   readonly progFds: Readonly<Record<ProgName, number>>;
   readonly progIds: Readonly<Record<ProgName, number>>;
-  readonly maps: Readonly<Record<MapName, BpfMap>>;
+  readonly maps: Readonly<Record<MapName, BpfMap>> & Readonly<Partial<Record<OptionalMapName, BpfMap>>>;
   close(): void;
 }
 
@@ -102,11 +108,15 @@ export function objectLoad(pinRoot: string, objectPath = OBJECT_PATH_DEFAULT, ma
       if (existsSync(pin)) unlinkSync(pin);
       kcall(() => n.objPin(fd, pin), undefined, { path: pin });
     }
-    const maps = {} as Record<MapName, BpfMap>;
+    const maps = {} as Record<MapName, BpfMap> & Partial<Record<OptionalMapName, BpfMap>>;
     for (const m of MAP_NAMES) {
       const fd = obj.maps[m];
       if (fd === undefined) throw new Error(`BPF object ${objectPath} has no map ${m}`);
       maps[m] = new BpfMap(m, fd);
+    }
+    for (const m of OPTIONAL_MAP_NAMES) {
+      const fd = obj.maps[m];
+      if (fd !== undefined) maps[m] = new BpfMap(m, fd);
     }
     upgrade?.migrate(maps.endpoints);
     let closed = false;

@@ -5,17 +5,27 @@
 
 #include "maps.h"
 
+/* Host entries come from the `ipcache_exact` hash (the common case: workload and node addresses), other
+ * prefixes (CIDRs) from the LPM trie, which also answers when the hash does not know the address. A hash
+ * hit equals the trie's answer (maps.h), so this is the trie's longest match either way. */
 static __always_inline __u32 ipcache_identity(const __u8 *addr, __u8 family)
 {
 	struct ipcache_key k;
 	struct ipcache_value *v;
 
+	/* zeroed: the hash compares every byte of the key (the trie only the prefix) */
 	__builtin_memset(&k, 0, sizeof(k));
-	/* the key's prefix also covers family + padding (32 bits) */
-	k.prefixlen = 32 + (family == FAMILY_IPV4 ? 32 : 128);
 	k.family = family;
-	__builtin_memcpy(k.addr, addr, 16);
-	v = bpf_map_lookup_elem(&ipcache, &k);
+	if (family == FAMILY_IPV4) {
+		k.prefixlen = IPCACHE_PREFIX_V4_HOST;
+		__builtin_memcpy(k.addr, addr, 4);
+	} else {
+		k.prefixlen = IPCACHE_PREFIX_V6_HOST;
+		__builtin_memcpy(k.addr, addr, 16);
+	}
+	v = bpf_map_lookup_elem(&ipcache_exact, &k);
+	if (!v)
+		v = bpf_map_lookup_elem(&ipcache, &k);
 	if (v)
 		return v->identity;
 	return family == FAMILY_IPV4 ? IDENTITY_WORLD_IPV4 : IDENTITY_WORLD_IPV6;

@@ -35,6 +35,22 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ipcache SEC(".maps");
 
+/* The host entries of `ipcache` (IPv4 /32, IPv6 /128), the same keys and values byte for byte, in a hash:
+ * one hashed bucket instead of a walk down the trie, whose depth grows with its size. Looked up first;
+ * the trie only on a miss. A hit is exactly what the trie would return (nothing is longer than a host
+ * prefix), so the result is the same whichever map answers. The agent keeps this a subset of the trie
+ * (bpf/maps/ipcache.ts): the trie stays complete, so programs of an older object, which only know the
+ * trie, and a hash that is still empty (just created by an upgrade, until the loader fills it from the
+ * trie) give the right answer too. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, IPCACHE_EXACT_MAP_MAX);
+	__type(key, struct ipcache_key);
+	__type(value, struct ipcache_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* memory follows use, like the trie's */
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ipcache_exact SEC(".maps");
+
 /* Policy: (endpoint, remote identity, direction, protocol, port prefix) -> allow / deny. Written by the
  * agent from the policy compiler's entries; see policy.h for the lookup. */
 struct {
@@ -45,6 +61,18 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC); /* required for LPM tries */
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } policy SEC(".maps");
+
+/* The POLICY_PREFIX_FULL entries of `policy` (exact protocol and port), keys and values byte for byte,
+ * in a hash in front of the trie, as `ipcache_exact` is for the ipcache (same rules: a hit is the trie's
+ * longest match, the trie is complete, see policy.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, POLICY_EXACT_MAP_MAX);
+	__type(key, struct policy_key);
+	__type(value, struct policy_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} policy_exact SEC(".maps");
 
 /* Connection tracking for v4 and v6; LRU so a full table evicts the coldest flows instead of failing. */
 struct {

@@ -4,7 +4,12 @@
  *   a = (endpoint, remote identity, direction, protocol, port)   b = the same with identity 0 (any)
  *   either is a deny entry -> DROP_POLICY_DENY; either exists -> allow; neither -> DROP_POLICY_DENIED.
  * A direction the endpoint is not enforced in carries an allow-all entry (identity 0, prefix 72); an
- * endpoint without any entry drops everything. */
+ * endpoint without any entry drops everything.
+ * Each of a and b is asked of the `policy_exact` hash first (the trie's POLICY_PREFIX_FULL entries, see
+ * maps.h) and of the trie only on a miss. A hit is the entry the trie's longest match would return (no
+ * prefix is longer than the full key), so a and b, and with them deny precedence, are what the trie
+ * alone gives: an exact deny found in the hash for a still beats an allow found in the trie for b, and
+ * the other way round. */
 #pragma once
 
 #include "maps.h"
@@ -15,6 +20,18 @@ static __always_inline int policy_bypass(const struct pkt *p)
 {
 	return p->protocol == IPPROTO_ICMPV6_ && p->has_l4 && p->icmp_type >= ICMPV6_ND_FIRST &&
 	       p->icmp_type <= ICMPV6_ND_LAST;
+}
+
+/* The trie's longest match for k: from the hash when k is a full key there, else from the trie. */
+static __always_inline struct policy_value *policy_lookup(const struct policy_key *k)
+{
+	struct policy_value *v = NULL;
+
+	if (k->prefixlen == POLICY_PREFIX_FULL)
+		v = bpf_map_lookup_elem(&policy_exact, k);
+	if (!v)
+		v = bpf_map_lookup_elem(&policy, k);
+	return v;
 }
 
 /* Returns 0 (allowed) or the drop reason. */
@@ -47,9 +64,9 @@ static __always_inline __u16 policy_check(__u32 endpoint_id, __u32 remote_identi
 		k.prefixlen = POLICY_PREFIX_PROTO;
 	k.port = bpf_htons(port);
 
-	a = bpf_map_lookup_elem(&policy, &k);
+	a = policy_lookup(&k);
 	k.identity = 0;
-	b = bpf_map_lookup_elem(&policy, &k);
+	b = policy_lookup(&k);
 	if ((a && (a->flags & POLICY_F_DENY)) || (b && (b->flags & POLICY_F_DENY)))
 		return DROP_POLICY_DENY;
 	if (a || b)

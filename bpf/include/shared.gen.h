@@ -53,7 +53,12 @@
 /* policy_key.prefixlen: bits matched after the prefixlen member. */
 #define POLICY_PREFIX_ANY_PROTO 72 /* endpoint_id + identity + direction: any protocol, any port */
 #define POLICY_PREFIX_PROTO 80 /* one protocol, any port; 80 + n = port prefix of n bits */
-#define POLICY_PREFIX_FULL 96 /* exact protocol and port: every lookup key */
+#define POLICY_PREFIX_FULL 96 /* exact protocol and port: every lookup key; such entries are also in `policy_exact` */
+
+/* ipcache_key.prefixlen: 32 bits of family + padding, then the address prefix. */
+#define IPCACHE_PREFIX_FAMILY 32 /* family + padding: always matched, so IPv4 and IPv6 prefixes never match each other */
+#define IPCACHE_PREFIX_V4_HOST 64 /* an IPv4 /32: every lookup key of an IPv4 address; such entries are also in `ipcache_exact` */
+#define IPCACHE_PREFIX_V6_HOST 160 /* an IPv6 /128: every lookup key of an IPv6 address; such entries are also in `ipcache_exact` */
 
 /* ct_entry.flags. */
 #define CT_F_TX_CLOSING 1 /* FIN seen in the original direction */
@@ -98,8 +103,10 @@
 #define ENDPOINTS_MAP_MAX 4096
 #define ENDPOINT_ADDRS_MAP_MAX 8192 /* an IPv4 and an IPv6 address per endpoint */
 #define IPCACHE_MAP_MAX 65536
+#define IPCACHE_EXACT_MAP_MAX 65536 /* the host entries of `ipcache` (a subset of it: never fuller than the trie) */
 #define CONNTRACK_MAP_MAX 262144
 #define POLICY_MAP_MAX 1048576 /* entries over all endpoints; BPF_F_NO_PREALLOC: memory follows use */
+#define POLICY_EXACT_MAP_MAX 1048576 /* the POLICY_PREFIX_FULL entries of `policy` (a subset of it: never fuller than the trie) */
 #define FRAGMENTS_MAP_MAX 8192 /* datagrams in flight whose later fragments still come */
 #define EVENTS_RINGBUF_BYTES 8388608
 #define METRICS_MAP_MAX 16
@@ -181,7 +188,7 @@ _Static_assert(__builtin_offsetof(struct endpoint_addr_key, family) == 0, "endpo
 _Static_assert(__builtin_offsetof(struct endpoint_addr_key, pad0) == 1, "endpoint_addr_key.pad0 offset");
 _Static_assert(__builtin_offsetof(struct endpoint_addr_key, addr) == 4, "endpoint_addr_key.addr offset");
 
-/* Key of the `ipcache` LPM trie. prefixlen counts bits after itself: 32 (family+pad) + IP prefix. */
+/* Key of the `ipcache` LPM trie. prefixlen counts bits after itself: 32 (family+pad) + IP prefix. Also the key of the `ipcache_exact` hash, which holds the host entries (IPCACHE_PREFIX_V4_HOST / IPCACHE_PREFIX_V6_HOST) of the trie byte for byte. */
 struct ipcache_key {
 	__u32 prefixlen;            /* @0 */
 	__u8 family;                /* @4 FAMILY_IPV4 / FAMILY_IPV6 */
@@ -194,7 +201,7 @@ _Static_assert(__builtin_offsetof(struct ipcache_key, family) == 4, "ipcache_key
 _Static_assert(__builtin_offsetof(struct ipcache_key, pad0) == 5, "ipcache_key.pad0 offset");
 _Static_assert(__builtin_offsetof(struct ipcache_key, addr) == 8, "ipcache_key.addr offset");
 
-/* Value of the `ipcache` LPM trie. */
+/* Value of the `ipcache` LPM trie and the `ipcache_exact` hash. */
 struct ipcache_value {
 	__u32 identity;             /* @0 */
 	__u32 host_id;              /* @4 0 = local host, otherwise the remote host carrying the address */
@@ -330,7 +337,7 @@ _Static_assert(__builtin_offsetof(struct frag_value, icmp_id) == 4, "frag_value.
 _Static_assert(__builtin_offsetof(struct frag_value, icmp_type) == 6, "frag_value.icmp_type offset");
 _Static_assert(__builtin_offsetof(struct frag_value, pad0) == 7, "frag_value.pad0 offset");
 
-/* Key of the `policy` LPM trie. prefixlen counts bits after itself: 72 (endpoint_id + identity + direction) are always matched, then protocol (8) and a destination port prefix (0..16). */
+/* Key of the `policy` LPM trie. prefixlen counts bits after itself: 72 (endpoint_id + identity + direction) are always matched, then protocol (8) and a destination port prefix (0..16). Also the key of the `policy_exact` hash, which holds the trie's POLICY_PREFIX_FULL entries byte for byte. */
 struct policy_key {
 	__u32 prefixlen;            /* @0 POLICY_PREFIX_ANY_PROTO (72) / POLICY_PREFIX_PROTO (80) / 80 + port prefix bits; lookups: POLICY_PREFIX_FULL (96) */
 	__u32 endpoint_id;          /* @4 host byte order */
@@ -347,7 +354,7 @@ _Static_assert(__builtin_offsetof(struct policy_key, direction) == 12, "policy_k
 _Static_assert(__builtin_offsetof(struct policy_key, protocol) == 13, "policy_key.protocol offset");
 _Static_assert(__builtin_offsetof(struct policy_key, port) == 14, "policy_key.port offset");
 
-/* Value of the `policy` LPM trie. */
+/* Value of the `policy` LPM trie and the `policy_exact` hash. */
 struct policy_value {
 	__u8 flags;                 /* @0 POLICY_F_* bits */
 	__u8 pad0[3];               /* @1 */

@@ -1,38 +1,83 @@
 // `ipcache` LPM trie: remote prefix -> {identity, host}. The key's prefixlen also covers the family byte
-// and padding (32 bits), so IPv4 and IPv6 prefixes never match each other.
+// and padding (IPCACHE_PREFIX_FAMILY bits), so IPv4 and IPv6 prefixes never match each other.
+// Host entries (/32, /128) are written to the `ipcache_exact` hash as well, which the datapath asks
+// first (bpf/include/maps.h); the trie keeps every entry. Write order and repair: ./exact.ts.
 import type { IpcacheEntry } from '../types.js';
 import { cidrFormat, cidrParse } from '../addr.js';
 import { structDecode, structEncode } from '../layout.js';
-import { IPCACHE_KEY, IPCACHE_VALUE } from '../layout.gen.js';
+import {
+  FAMILY_IPV4,
+  FAMILY_IPV6,
+  IPCACHE_KEY,
+  IPCACHE_MAP_MAX,
+  IPCACHE_PREFIX_FAMILY,
+  IPCACHE_PREFIX_V4_HOST,
+  IPCACHE_PREFIX_V6_HOST,
+  IPCACHE_VALUE,
+} from '../layout.gen.js';
+import { ExactMirror } from './exact.js';
+import type { ExactDiff } from './exact.js';
 import type { BpfMap } from './map.js';
-
-const KEY_PREFIX_BITS = 32;
 
 export function ipcacheKeyEncode(cidr: string): Buffer {
   const c = cidrParse(cidr);
-  return structEncode(IPCACHE_KEY, { prefixlen: KEY_PREFIX_BITS + c.prefixLen, family: c.family, addr: c.addr });
+  return structEncode(IPCACHE_KEY, { prefixlen: IPCACHE_PREFIX_FAMILY + c.prefixLen, family: c.family, addr: c.addr });
 }
 
 export function ipcacheKeyDecode(buf: Buffer): string {
   const k = structDecode(IPCACHE_KEY, buf);
-  return cidrFormat({ family: k.family as 4 | 6, addr: k.addr as Uint8Array, prefixLen: (k.prefixlen as number) - KEY_PREFIX_BITS });
+  return cidrFormat({ family: k.family as 4 | 6, addr: k.addr as Uint8Array, prefixLen: (k.prefixlen as number) - IPCACHE_PREFIX_FAMILY });
+}
+
+/** A host entry (/32, /128): the ones that also go into `ipcache_exact`. */
+export function ipcacheKeyIsHost(key: Buffer): boolean {
+  const plen = key.readUInt32LE(IPCACHE_KEY.fields.prefixlen.offset);
+  const family = key.readUInt8(IPCACHE_KEY.fields.family.offset);
+  return (family === FAMILY_IPV4 && plen === IPCACHE_PREFIX_V4_HOST) || (family === FAMILY_IPV6 && plen === IPCACHE_PREFIX_V6_HOST);
 }
 
 export class IpcacheMap {
-  constructor(readonly map: BpfMap) {}
+  /** Absent with objects of releases before the hash (the trie alone then). */
+  readonly exact?: ExactMirror;
+
+  constructor(
+    readonly map: BpfMap,
+    exact?: BpfMap,
+  ) {
+    if (exact) this.exact = new ExactMirror(map, exact, IPCACHE_MAP_MAX, ipcacheKeyIsHost);
+  }
 
   upsert(cidr: string, entry: IpcacheEntry): void {
-    this.map.update(ipcacheKeyEncode(cidr), structEncode(IPCACHE_VALUE, { identity: entry.identity, host_id: entry.hostId }));
+    const key = ipcacheKeyEncode(cidr);
+    const value = structEncode(IPCACHE_VALUE, { identity: entry.identity, host_id: entry.hostId });
+    this.map.update(key, value);
+    if (!this.exact || !ipcacheKeyIsHost(key)) return;
+    try {
+      this.exact.hash.update(key, value);
+    } catch (err) {
+      this.exact.forget([key]); // a stale value would shadow the trie's new one
+      throw err;
+    }
   }
 
   delete(cidr: string): boolean {
-    return this.map.delete(ipcacheKeyEncode(cidr));
+    const key = ipcacheKeyEncode(cidr);
+    if (this.exact && ipcacheKeyIsHost(key)) this.exact.hash.delete(key);
+    return this.map.delete(key);
   }
 
+  /** Every entry (the trie holds them all). */
   list(): Array<[string, IpcacheEntry]> {
     return [...this.map.entries()].map(([k, v]) => {
       const d = structDecode(IPCACHE_VALUE, v);
       return [ipcacheKeyDecode(k), { identity: d.identity as number, hostId: d.host_id as number }] as [string, IpcacheEntry];
     });
+  }
+
+  /** Where `ipcache_exact` differs from the trie's host entries, as CIDRs; undefined without the hash. */
+  exactDiff(): { missing: string[]; extra: string[] } | undefined {
+    if (!this.exact) return undefined;
+    const d: ExactDiff = this.exact.diff();
+    return { missing: d.missing.map(([k]) => ipcacheKeyDecode(k)), extra: d.extra.map((k) => ipcacheKeyDecode(k)) };
   }
 }

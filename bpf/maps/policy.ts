@@ -4,6 +4,9 @@
 // port in network byte order so that a port prefix is a prefix of the key's bits.
 // Writes go to the kernel in one native call per batch (keys and values packed back to back): the agent
 // may write ~100k entries when many endpoints change at once.
+// Entries of full length (POLICY_PREFIX_FULL: exact protocol and port) go to the `policy_exact` hash as
+// well, which the datapath asks first (bpf/include/policy.h); the trie keeps every entry. Write order
+// and repair: ./exact.ts.
 import { KernelError } from '../../common/kernel-error.js';
 import { bpfError } from '../errors.js';
 import {
@@ -13,11 +16,13 @@ import {
   POLICY_KEY,
   POLICY_MAP_MAX,
   POLICY_PREFIX_ANY_PROTO,
+  POLICY_PREFIX_FULL,
   POLICY_PREFIX_PROTO,
   POLICY_VALUE,
 } from '../layout.gen.js';
 import { native } from '../native.js';
 import type { PolicyApplyResult, PolicyDirection, PolicyEntryFields, PolicyEntryOp, PolicyMapEntry, PolicyMapWrite } from '../types.js';
+import { ExactMirror, batchApply } from './exact.js';
 import { BPF_ANY } from './map.js';
 import type { BpfMap } from './map.js';
 
@@ -28,6 +33,11 @@ export const POLICY_VALUE_SIZE = POLICY_VALUE.size;
 
 const OP_UPDATE = 1;
 const OP_DELETE = 2;
+
+/** A key of full length: the entry also goes into `policy_exact`. */
+export function policyKeyIsFull(key: Buffer, off = 0): boolean {
+  return key.readUInt32LE(off + K.prefixlen.offset) === POLICY_PREFIX_FULL;
+}
 
 /** A write the kernel refused; writes before `index` are applied, the rest are not. */
 export class PolicyApplyError extends KernelError {
@@ -94,6 +104,10 @@ export function policyEntryDecode(key: Buffer, value: Buffer): PolicyMapEntry {
   };
 }
 
+function packedArgs(p: Packed): [Buffer, Buffer, Buffer] {
+  return [p.ops, p.keys, p.values];
+}
+
 interface Packed {
   ops: Buffer;
   keys: Buffer;
@@ -136,22 +150,115 @@ export function policyEntryOpsPack(endpointId: number, ops: readonly PolicyEntry
   return p;
 }
 
+/** The ops at `idx` of a packed batch, packed again. */
+function packedPick(p: Packed, idx: readonly number[]): Packed {
+  const out: Packed = { ops: Buffer.alloc(idx.length), keys: Buffer.alloc(idx.length * POLICY_KEY_SIZE), values: Buffer.alloc(idx.length * POLICY_VALUE_SIZE) };
+  idx.forEach((i, j) => {
+    out.ops[j] = p.ops[i]!;
+    p.keys.copy(out.keys, j * POLICY_KEY_SIZE, i * POLICY_KEY_SIZE, (i + 1) * POLICY_KEY_SIZE);
+    p.values.copy(out.values, j * POLICY_VALUE_SIZE, i * POLICY_VALUE_SIZE, (i + 1) * POLICY_VALUE_SIZE);
+  });
+  return out;
+}
+
+function packedKeys(p: Packed): Buffer[] {
+  const out: Buffer[] = [];
+  for (let i = 0; i < p.ops.length; i++) out.push(p.keys.subarray(i * POLICY_KEY_SIZE, (i + 1) * POLICY_KEY_SIZE));
+  return out;
+}
+
 export class PolicyMap {
-  constructor(readonly map: BpfMap) {
+  /** Absent with objects of releases before the hash (the trie alone then). */
+  readonly exact?: ExactMirror;
+
+  constructor(
+    readonly map: BpfMap,
+    exact?: BpfMap,
+  ) {
     if (map.keySize !== POLICY_KEY_SIZE || map.valueSize !== POLICY_VALUE_SIZE)
       throw new Error(`policy map has key/value ${map.keySize}/${map.valueSize} bytes, want ${POLICY_KEY_SIZE}/${POLICY_VALUE_SIZE}`);
+    if (exact) this.exact = new ExactMirror(map, exact, POLICY_MAP_MAX, (k) => policyKeyIsFull(k));
   }
 
+  private trieApply(p: Packed): PolicyApplyResult {
+    try {
+      return batchApply(this.map, p.ops, p.keys, p.values, BPF_ANY);
+    } catch (err) {
+      const index = (err as { index?: number }).index;
+      if (err instanceof KernelError && typeof index === 'number') throw new PolicyApplyError(index, p.ops.length, err);
+      throw err;
+    }
+  }
+
+  /**
+   * Ops in order. With the hash (./exact.ts: it never holds what the trie does not): (1) the full-length
+   * keys this batch deletes leave the hash, (2) every op goes to the trie, (3) the full-length ops the
+   * trie took are replayed on the hash in order — upserts, and the deletes of keys this batch upserted
+   * before (the others already left in 1). A failed trie write stops at its index, as without the hash;
+   * the hash gets what the trie took.
+   */
   apply(p: Packed): PolicyApplyResult {
     if (p.ops.length === 0) return { upserted: 0, deleted: 0, missing: 0 };
+    const exact = this.exact;
+    if (!exact) return this.trieApply(p);
+    const n = p.ops.length;
+    const fullDeletes: number[] = [];
+    for (let i = 0; i < n; i++) if (p.ops[i] === OP_DELETE && policyKeyIsFull(p.keys, i * POLICY_KEY_SIZE)) fullDeletes.push(i);
+    if (fullDeletes.length) batchApply(exact.hash, ...packedArgs(packedPick(p, fullDeletes)));
+
+    let result: PolicyApplyResult | undefined;
+    let failure: unknown;
+    let applied = n;
     try {
-      return native().mapBatchApply(this.map.fd, p.ops, p.keys, p.values, POLICY_KEY_SIZE, POLICY_VALUE_SIZE, BPF_ANY);
+      result = this.trieApply(p);
     } catch (err) {
-      const k = bpfError(err);
-      const index = (err as { index?: number }).index;
-      if (k instanceof KernelError && typeof index === 'number') throw new PolicyApplyError(index, p.ops.length, k);
-      throw k;
+      failure = err;
+      applied = err instanceof PolicyApplyError ? err.index : -1;
     }
+    if (applied < 0) {
+      // not known how far the trie got: rebuild the hash from it
+      try {
+        exact.sync();
+      } catch {
+        /* the next load's sync repairs it */
+      }
+      throw failure;
+    }
+    const replay: number[] = [];
+    const upserted = new Set<string>();
+    for (let i = 0; i < applied; i++) {
+      const off = i * POLICY_KEY_SIZE;
+      if (!policyKeyIsFull(p.keys, off)) continue;
+      const id = p.keys.toString('latin1', off, off + POLICY_KEY_SIZE);
+      if (p.ops[i] === OP_UPDATE) {
+        upserted.add(id);
+        replay.push(i);
+      } else if (upserted.has(id)) {
+        upserted.delete(id);
+        replay.push(i);
+      }
+    }
+    if (replay.length) {
+      const r = packedPick(p, replay);
+      try {
+        batchApply(exact.hash, ...packedArgs(r), BPF_ANY);
+      } catch (err) {
+        exact.forget(packedKeys(r)); // stale values would shadow the trie's new ones
+        if (failure === undefined) throw err;
+      }
+    }
+    if (failure !== undefined) throw failure;
+    return result!;
+  }
+
+  /** Where `policy_exact` differs from the trie's full-length entries; undefined without the hash. */
+  exactDiff(): { missing: PolicyMapEntry[]; extra: PolicyMapEntry[] } | undefined {
+    if (!this.exact) return undefined;
+    const d = this.exact.diff();
+    return {
+      missing: d.missing.map(([k, v]) => policyEntryDecode(k, v)),
+      extra: d.extra.map((k) => policyEntryDecode(k, Buffer.alloc(POLICY_VALUE_SIZE))),
+    };
   }
 
   list(endpointId?: number): PolicyMapEntry[] {

@@ -50,8 +50,11 @@ export async function storeKernelDiff(opts: {
   const r6 = await routes(6);
   const pinnedDirs = existsSync(join(opts.pinRoot, 'links')) ? readdirSync(join(opts.pinRoot, 'links')) : [];
 
-  const dp = await datapathLoad({ pinRoot: opts.pinRoot });
+  // exactSync off: the exact-match hashes are checked as the agent left them, not repaired first
+  const dp = await datapathLoad({ pinRoot: opts.pinRoot, exactSync: false });
   try {
+    // the hashes in front of the ipcache and policy tries hold exactly the tries' full-length entries
+    problems.push(...(dp.exactCheck() ?? []));
     const endpoints = new Map(dp.endpointList());
     const ipcache = new Map(dp.ipcacheList());
     const endpointAddrs = new Map(dp.endpointAddrList());

@@ -65,7 +65,7 @@ export const STRUCTS: StructSpec[] = [
   },
   {
     name: 'ipcache_key',
-    doc: 'Key of the `ipcache` LPM trie. prefixlen counts bits after itself: 32 (family+pad) + IP prefix.',
+    doc: 'Key of the `ipcache` LPM trie. prefixlen counts bits after itself: 32 (family+pad) + IP prefix. Also the key of the `ipcache_exact` hash, which holds the host entries (IPCACHE_PREFIX_V4_HOST / IPCACHE_PREFIX_V6_HOST) of the trie byte for byte.',
     fields: [
       { name: 'prefixlen', type: 'u32' },
       { name: 'family', type: 'u8', doc: 'FAMILY_IPV4 / FAMILY_IPV6' },
@@ -75,7 +75,7 @@ export const STRUCTS: StructSpec[] = [
   },
   {
     name: 'ipcache_value',
-    doc: 'Value of the `ipcache` LPM trie.',
+    doc: 'Value of the `ipcache` LPM trie and the `ipcache_exact` hash.',
     fields: [
       { name: 'identity', type: 'u32' },
       { name: 'host_id', type: 'u32', doc: '0 = local host, otherwise the remote host carrying the address' },
@@ -168,7 +168,7 @@ export const STRUCTS: StructSpec[] = [
   },
   {
     name: 'policy_key',
-    doc: 'Key of the `policy` LPM trie. prefixlen counts bits after itself: 72 (endpoint_id + identity + direction) are always matched, then protocol (8) and a destination port prefix (0..16).',
+    doc: 'Key of the `policy` LPM trie. prefixlen counts bits after itself: 72 (endpoint_id + identity + direction) are always matched, then protocol (8) and a destination port prefix (0..16). Also the key of the `policy_exact` hash, which holds the trie\'s POLICY_PREFIX_FULL entries byte for byte.',
     fields: [
       { name: 'prefixlen', type: 'u32', doc: 'POLICY_PREFIX_ANY_PROTO (72) / POLICY_PREFIX_PROTO (80) / 80 + port prefix bits; lookups: POLICY_PREFIX_FULL (96)' },
       { name: 'endpoint_id', type: 'u32', doc: 'host byte order' },
@@ -180,7 +180,7 @@ export const STRUCTS: StructSpec[] = [
   },
   {
     name: 'policy_value',
-    doc: 'Value of the `policy` LPM trie.',
+    doc: 'Value of the `policy` LPM trie and the `policy_exact` hash.',
     fields: [
       { name: 'flags', type: 'u8', doc: 'POLICY_F_* bits' },
       { name: 'pad0', type: 'u8', count: 3 },
@@ -298,7 +298,16 @@ export const CONSTANTS: ConstGroup[] = [
     values: [
       ['ANY_PROTO', 72, 'endpoint_id + identity + direction: any protocol, any port'],
       ['PROTO', 80, 'one protocol, any port; 80 + n = port prefix of n bits'],
-      ['FULL', 96, 'exact protocol and port: every lookup key'],
+      ['FULL', 96, 'exact protocol and port: every lookup key; such entries are also in `policy_exact`'],
+    ],
+  },
+  {
+    doc: 'ipcache_key.prefixlen: 32 bits of family + padding, then the address prefix.',
+    prefix: 'IPCACHE_PREFIX_',
+    values: [
+      ['FAMILY', 32, 'family + padding: always matched, so IPv4 and IPv6 prefixes never match each other'],
+      ['V4_HOST', 64, 'an IPv4 /32: every lookup key of an IPv4 address; such entries are also in `ipcache_exact`'],
+      ['V6_HOST', 160, 'an IPv6 /128: every lookup key of an IPv6 address; such entries are also in `ipcache_exact`'],
     ],
   },
   {
@@ -365,8 +374,10 @@ export const CONSTANTS: ConstGroup[] = [
       ['ENDPOINTS_MAP_MAX', 4096],
       ['ENDPOINT_ADDRS_MAP_MAX', 8192, 'an IPv4 and an IPv6 address per endpoint'],
       ['IPCACHE_MAP_MAX', 65536],
+      ['IPCACHE_EXACT_MAP_MAX', 65536, 'the host entries of `ipcache` (a subset of it: never fuller than the trie)'],
       ['CONNTRACK_MAP_MAX', 262144],
       ['POLICY_MAP_MAX', 1 << 20, 'entries over all endpoints; BPF_F_NO_PREALLOC: memory follows use'],
+      ['POLICY_EXACT_MAP_MAX', 1 << 20, 'the POLICY_PREFIX_FULL entries of `policy` (a subset of it: never fuller than the trie)'],
       ['FRAGMENTS_MAP_MAX', 8192, 'datagrams in flight whose later fragments still come'],
       ['EVENTS_RINGBUF_BYTES', 8 * 1024 * 1024],
       ['METRICS_MAP_MAX', 16],
