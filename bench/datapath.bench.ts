@@ -13,8 +13,9 @@
 // an endpoint entry in this benchmark's own maps (own pin root) only.
 //
 //   node dist/bench/datapath.bench.js [N[,N...]=10,1000,10000,100000] [--repeat=R] [--conns=K]
-//   node dist/bench/datapath.bench.js [N=10] --ab=A.bpf.o,B.bpf.o [--rounds=9] [--repeat=20000] [--conns=500]
-//     (two objects side by side, taking turns case by case: an A/B in one sitting)
+//   node dist/bench/datapath.bench.js [N[,N...]=10] --ab=A.bpf.o,B.bpf.o[,...] [--rounds=9] [--repeat=20000] [--conns=500]
+//     (objects side by side, taking turns case by case: an A/B in one sitting; with several N, every
+//     object at every N, each with its own maps, so flatness is read inside one sitting too)
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -123,10 +124,11 @@ function ipcacheFill(dp: KitnetDatapath, n: number, had: number): number {
  * SYNs with the reader draining after each.
  * Prints the median over rounds and, in brackets, the minimum.
  */
-async function abMain(objects: string[], n: number, repeat: number, conns: number, rounds: number): Promise<void> {
-  console.log(`datapath A/B: ${objects.join(' vs ')}, N=${n}, ${rounds} rounds, repeat=${repeat}, SYNs=${conns}; ${MACHINE_LINE()}`);
-  const sides: Array<{ dp: KitnetDatapath; res: Map<string, number[]> }> = [];
-  for (const [i, objectPath] of objects.entries()) {
+async function abMain(objects: string[], sizes: number[], repeat: number, conns: number, rounds: number): Promise<void> {
+  console.log(`datapath A/B: ${objects.join(' vs ')}, N=${sizes.join(',')}, ${rounds} rounds, repeat=${repeat}, SYNs=${conns}; ${MACHINE_LINE()}`);
+  const sides: Array<{ dp: KitnetDatapath; label: string; res: Map<string, number[]> }> = [];
+  const runs = objects.flatMap((objectPath) => sizes.map((n) => ({ objectPath, n })));
+  for (const [i, { objectPath, n }] of runs.entries()) {
     const pinRoot = `/sys/fs/bpf/kitnet-bench-dp-${RUN_ID}-${i}`;
     onCleanup(`pins ${i}`, () => datapathUnpinAll(pinRoot));
     const dp = await datapathLoad({ pinRoot, objectPath });
@@ -138,7 +140,7 @@ async function abMain(objects: string[], n: number, repeat: number, conns: numbe
     dp.ipcacheUpsert(`${REMOTE.ipv6}/128`, { identity: REMOTE.identity, hostId: 0 });
     policyFill(dp, n);
     ipcacheFill(dp, n, 0);
-    sides.push({ dp, res: new Map() });
+    sides.push({ dp, label: sizes.length > 1 ? `${objectPath} N=${n}` : objectPath, res: new Map() });
   }
   let port = 1024;
   for (let r = 0; r < rounds; r++) {
@@ -176,10 +178,10 @@ async function abMain(objects: string[], n: number, repeat: number, conns: numbe
   const cell = (v: number[]) => `${median(v).toFixed(0)} (${Math.min(...v).toFixed(0)})`;
   table(
     `Datapath A/B, ns/packet, median over ${rounds} rounds (minimum) — ${MACHINE_LINE()}`,
-    ['program family case', ...objects],
+    ['program family case', ...sides.map((s) => s.label)],
     [...sides[0]!.res.keys()].map((k) => [k, ...sides.map((s) => cell(s.res.get(k)!))]),
   );
-  resultWrite('datapath-ab', { objects, n, repeat, conns, rounds, results: sides.map((s) => Object.fromEntries(s.res)) });
+  resultWrite('datapath-ab', { objects, sizes, repeat, conns, rounds, results: sides.map((s) => ({ side: s.label, ...Object.fromEntries(s.res) })) });
 }
 
 async function main(): Promise<void> {
@@ -187,7 +189,7 @@ async function main(): Promise<void> {
   if (args.opts.ab) {
     const objects = args.opts.ab.split(',');
     if (objects.length < 2) throw new Error('--ab needs two objects: --ab=A.o,B.o');
-    await abMain(objects, args.sizes[0] ?? 10, Number(args.opts.repeat ?? 20_000), Number(args.opts.conns ?? 500), Number(args.opts.rounds ?? 9));
+    await abMain(objects, args.sizes.length ? args.sizes : [10], Number(args.opts.repeat ?? 20_000), Number(args.opts.conns ?? 500), Number(args.opts.rounds ?? 9));
     return;
   }
   const sizes = args.sizes.length ? args.sizes : [10, 1000, 10_000, 100_000];

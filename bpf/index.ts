@@ -82,8 +82,12 @@ export interface KitnetDatapath extends Datapath {
    * loaded object has no such hashes (an earlier release).
    */
   exactCheck(): string[] | undefined;
-  /** What exactSync at load found to repair (counts of hash entries added / removed); undefined if not run. */
-  readonly exactRepaired: { ipcache: { added: number; removed: number }; policy: { added: number; removed: number } } | undefined;
+  /** What exactSync at load found to repair (hash entries added / removed); undefined if not run. */
+  readonly exactRepaired:
+    | { ipcache: { added: number; removed: number }; policy: { added: number; removed: number }; policyWild: { added: number; removed: number } }
+    | undefined;
+  /** Whether the datapath trusts `policy_exact` / `policy_wild` to be complete (set once they are filled at load). */
+  exactComplete(): boolean;
   /**
    * BPF_PROG_TEST_RUN: run a program on a crafted frame (Ethernet first). `ifindex` selects the device the
    * skb appears on (and so the `endpoints` entry); default 1 (lo).
@@ -112,19 +116,23 @@ class DatapathImpl implements KitnetDatapath {
   ) {
     this.endpoints = new EndpointsMap(obj.maps.endpoints, obj.maps.endpoint_addrs);
     this.ipcache = new IpcacheMap(obj.maps.ipcache, obj.maps.ipcache_exact);
-    this.policy = new PolicyMap(obj.maps.policy, obj.maps.policy_exact);
-    // The exact-match hashes are filled from the pinned tries before any program of this object is
-    // attached: after an upgrade that created them they are empty (the datapath falls back to the
-    // tries meanwhile, so nothing is lost, only slower), and after a downgrade and back they may be
-    // stale, which would not be safe. The tries are complete and the agent's state; the hashes follow.
-    if (exactSync && this.ipcache.exact && this.policy.exact)
-      this.exactRepaired = { ipcache: this.ipcache.exact.sync(), policy: this.policy.exact.sync() };
+    this.policy = new PolicyMap(obj.maps.policy, obj.maps.policy_exact, obj.maps.policy_wild);
     this.conntrack = new ConntrackMap(obj.maps.conntrack);
     this.metrics = new MetricsMap(obj.maps.metrics);
     this.config = new ConfigMap(obj.maps.config);
     // First load on this pin root: write the defaults so the datapath and `configGet` agree. A previous
     // agent's settings (pinned) are kept.
     if (!this.config.isSet()) this.config.set({});
+    if (exactSync && this.ipcache.exact && this.policy.exact) {
+      // The exact-match maps are filled from the pinned tries before any program of this object is
+      // attached: after an upgrade that created them they are empty, after a downgrade and back they
+      // may be stale. The tries are complete and the agent's state; the hashes follow. While this runs,
+      // programs already attached (a restart) ask the trie on every miss (CFG_F_EXACT_COMPLETE clear).
+      this.config.exactCompleteSet(false);
+      const policy = this.policy.sync()!;
+      this.exactRepaired = { ipcache: this.ipcache.exact.sync(), policy: policy.exact, policyWild: policy.wild };
+      if (this.policy.wild) this.config.exactCompleteSet(true);
+    }
   }
 
   get pinRoot(): string {
@@ -238,6 +246,11 @@ class DatapathImpl implements KitnetDatapath {
     return this.conntrack.flush();
   }
 
+  exactComplete(): boolean {
+    this.live();
+    return this.config.exactComplete();
+  }
+
   exactCheck(): string[] | undefined {
     this.live();
     const ip = this.ipcache.exactDiff();
@@ -246,6 +259,7 @@ class DatapathImpl implements KitnetDatapath {
     const pe = (e: PolicyMapEntry) =>
       `endpoint ${e.endpointId} ${e.direction} identity ${e.identity} protocol ${e.protocol} port ${e.port}${e.deny ? ' deny' : ''}`;
     return [
+      ...pol.wild.map((w) => `policy_wild counts ${w.have} shorter entries for endpoint ${w.entry.endpointId} ${w.entry.direction} identity ${w.entry.identity}, the trie has ${w.want}`),
       ...ip.missing.map((c) => `ipcache_exact lacks ${c} (or holds another value)`),
       ...ip.extra.map((c) => `ipcache_exact holds ${c}, the ipcache trie does not`),
       ...pol.missing.map((e) => `policy_exact lacks ${pe(e)} (or holds another value)`),

@@ -310,6 +310,8 @@ export const MONITOR_AGG_DEFAULT = 1;
 /** dp_config.flags. */
 /** the agent wrote this entry; an all-zero (never written) entry means defaults */
 export const CFG_F_SET = 1;
+/** the loader filled `policy_exact` and `policy_wild` from the policy trie: a full-length policy lookup that misses the hash asks the trie only where `policy_wild` has its (endpoint, identity, direction); clear = always asks the trie on a miss */
+export const CFG_F_EXACT_COMPLETE = 2;
 
 /** Slots of the per-CPU `metrics` array. Traffic slot = (direction-1)*2 + (verdict-1). */
 export const METRIC_INGRESS_FORWARDED = 0;
@@ -351,6 +353,8 @@ export const CONNTRACK_MAP_MAX = 262144;
 export const POLICY_MAP_MAX = 1048576;
 /** the POLICY_PREFIX_FULL entries of `policy` (a subset of it: never fuller than the trie) */
 export const POLICY_EXACT_MAP_MAX = 1048576;
+/** (endpoint, identity, direction) with entries shorter than POLICY_PREFIX_FULL in `policy`: never more than the trie has entries */
+export const POLICY_WILD_MAP_MAX = 1048576;
 /** datagrams in flight whose later fragments still come */
 export const FRAGMENTS_MAP_MAX = 8192;
 export const EVENTS_RINGBUF_BYTES = 8388608;

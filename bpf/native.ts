@@ -51,7 +51,11 @@ export interface NativeBpf {
   mapLookup(fd: number, key: Buffer, valueOut: Buffer): boolean;
   mapDelete(fd: number, key: Buffer): boolean;
   mapNextKey(fd: number, key: Buffer | null, nextOut: Buffer): boolean;
-  /** Ordered writes in one call: ops[i] 1 = update(keys[i], values[i]), 2 = delete(keys[i]); packed buffers. */
+  /**
+   * Ordered writes in one call: ops[i] 1 = update(keys[i], values[i]), 2 = delete(keys[i]); packed buffers.
+   * `results` (one byte per op), if given: 1 where an applied op created (update) or removed (delete) its
+   * key, 0 where it replaced a value or found nothing to delete.
+   */
   mapBatchApply(
     fd: number,
     ops: Buffer,
@@ -60,6 +64,7 @@ export interface NativeBpf {
     keySize: number,
     valueSize: number,
     flags: number,
+    results?: Buffer,
   ): { upserted: number; deleted: number; missing: number };
   /** Every entry in one call, keys and values packed back to back. */
   mapDump(fd: number, keySize: number, valueSize: number, maxEntries: number): { count: number; keys: Buffer; values: Buffer };

@@ -74,6 +74,22 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } policy_exact SEC(".maps");
 
+/* Which (endpoint, identity, direction) have policy entries shorter than POLICY_PREFIX_FULL (any
+ * protocol, a port range): key = struct policy_key with prefixlen POLICY_PREFIX_ANY_PROTO, protocol and
+ * port 0; value = how many such entries the trie holds for it. A full-length lookup that misses
+ * `policy_exact` can only match one of those in the trie: where this map has no entry the trie walk
+ * (deep in a big trie, and the usual case for the identity-0 lookup) is skipped. Only trusted once the
+ * loader has filled it (CFG_F_EXACT_COMPLETE, see policy.h); the writers count up before writing the
+ * trie and down after (bpf/maps/policy.ts), so it never misses a triple the trie has. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, POLICY_WILD_MAP_MAX);
+	__type(key, struct policy_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} policy_wild SEC(".maps");
+
 /* Connection tracking for v4 and v6; LRU so a full table evicts the coldest flows instead of failing. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

@@ -9,7 +9,10 @@
  * maps.h) and of the trie only on a miss. A hit is the entry the trie's longest match would return (no
  * prefix is longer than the full key), so a and b, and with them deny precedence, are what the trie
  * alone gives: an exact deny found in the hash for a still beats an allow found in the trie for b, and
- * the other way round. */
+ * the other way round. On a hash miss the trie can only hold a shorter entry of the same (endpoint,
+ * identity, direction); once the loader has filled the hashes (CFG_F_EXACT_COMPLETE) the trie is only
+ * walked where `policy_wild` says such entries exist, so the identity-0 lookup, which usually matches
+ * nothing, costs a hash miss instead of a walk down a trie that grows with the policy. */
 #pragma once
 
 #include "maps.h"
@@ -22,20 +25,31 @@ static __always_inline int policy_bypass(const struct pkt *p)
 	       p->icmp_type <= ICMPV6_ND_LAST;
 }
 
-/* The trie's longest match for k: from the hash when k is a full key there, else from the trie. */
-static __always_inline struct policy_value *policy_lookup(const struct policy_key *k)
+/* The trie's longest match for k: from the hash when k is a full key there; else, unless `policy_wild`
+ * (trusted when `complete`) says the trie has nothing shorter for k's triple, from the trie. */
+static __always_inline struct policy_value *policy_lookup(const struct policy_key *k, int complete)
 {
-	struct policy_value *v = NULL;
+	struct policy_value *v;
+	struct policy_key w;
 
-	if (k->prefixlen == POLICY_PREFIX_FULL)
-		v = bpf_map_lookup_elem(&policy_exact, k);
-	if (!v)
-		v = bpf_map_lookup_elem(&policy, k);
-	return v;
+	if (k->prefixlen != POLICY_PREFIX_FULL)
+		return bpf_map_lookup_elem(&policy, k);
+	v = bpf_map_lookup_elem(&policy_exact, k);
+	if (v)
+		return v;
+	if (complete) {
+		w = *k;
+		w.prefixlen = POLICY_PREFIX_ANY_PROTO;
+		w.protocol = 0;
+		w.port = 0;
+		if (!bpf_map_lookup_elem(&policy_wild, &w))
+			return NULL;
+	}
+	return bpf_map_lookup_elem(&policy, k);
 }
 
 /* Returns 0 (allowed) or the drop reason. */
-static __always_inline __u16 policy_check(__u32 endpoint_id, __u32 remote_identity, __u8 dir, const struct pkt *p)
+static __always_inline __u16 policy_check(__u32 endpoint_id, __u32 remote_identity, __u8 dir, const struct pkt *p, int complete)
 {
 	struct policy_value *a, *b;
 	struct policy_key k;
@@ -64,9 +78,9 @@ static __always_inline __u16 policy_check(__u32 endpoint_id, __u32 remote_identi
 		k.prefixlen = POLICY_PREFIX_PROTO;
 	k.port = bpf_htons(port);
 
-	a = policy_lookup(&k);
+	a = policy_lookup(&k, complete);
 	k.identity = 0;
-	b = policy_lookup(&k);
+	b = policy_lookup(&k, complete);
 	if ((a && (a->flags & POLICY_F_DENY)) || (b && (b->flags & POLICY_F_DENY)))
 		return DROP_POLICY_DENY;
 	if (a || b)

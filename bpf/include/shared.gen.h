@@ -81,6 +81,7 @@
 
 /* dp_config.flags. */
 #define CFG_F_SET 1 /* the agent wrote this entry; an all-zero (never written) entry means defaults */
+#define CFG_F_EXACT_COMPLETE 2 /* the loader filled `policy_exact` and `policy_wild` from the policy trie: a full-length policy lookup that misses the hash asks the trie only where `policy_wild` has its (endpoint, identity, direction); clear = always asks the trie on a miss */
 
 /* Slots of the per-CPU `metrics` array. Traffic slot = (direction-1)*2 + (verdict-1). */
 #define METRIC_INGRESS_FORWARDED 0
@@ -107,6 +108,7 @@
 #define CONNTRACK_MAP_MAX 262144
 #define POLICY_MAP_MAX 1048576 /* entries over all endpoints; BPF_F_NO_PREALLOC: memory follows use */
 #define POLICY_EXACT_MAP_MAX 1048576 /* the POLICY_PREFIX_FULL entries of `policy` (a subset of it: never fuller than the trie) */
+#define POLICY_WILD_MAP_MAX 1048576 /* (endpoint, identity, direction) with entries shorter than POLICY_PREFIX_FULL in `policy`: never more than the trie has entries */
 #define FRAGMENTS_MAP_MAX 8192 /* datagrams in flight whose later fragments still come */
 #define EVENTS_RINGBUF_BYTES 8388608
 #define METRICS_MAP_MAX 16

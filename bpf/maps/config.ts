@@ -1,6 +1,6 @@
 // `config` array, key 0: runtime knobs read by the datapath on every packet.
 import { structDecode, structEncode } from '../layout.js';
-import { CFG_F_SET, DP_CONFIG, MONITOR_AGG_DEFAULT } from '../layout.gen.js';
+import { CFG_F_EXACT_COMPLETE, CFG_F_SET, DP_CONFIG, MONITOR_AGG_DEFAULT } from '../layout.gen.js';
 import type { BpfMap } from './map.js';
 
 export interface DatapathConfig {
@@ -31,12 +31,32 @@ export class ConfigMap {
     return !!v && ((structDecode(DP_CONFIG, v).flags as number) & CFG_F_SET) !== 0;
   }
 
+  private flags(): number {
+    const v = this.map.lookup(KEY0);
+    return v ? (structDecode(DP_CONFIG, v).flags as number) : 0;
+  }
+
   set(cfg: Partial<DatapathConfig>): DatapathConfig {
     const next = { ...this.get(), ...cfg };
+    // CFG_F_EXACT_COMPLETE belongs to the loader (exactCompleteSet): kept as it is
+    const flags = CFG_F_SET | (this.flags() & CFG_F_EXACT_COMPLETE);
     this.map.update(
       KEY0,
-      structEncode(DP_CONFIG, { monitor_aggregation: next.monitorAggregation, report_interval_s: next.reportIntervalS, flags: CFG_F_SET }),
+      structEncode(DP_CONFIG, { monitor_aggregation: next.monitorAggregation, report_interval_s: next.reportIntervalS, flags }),
     );
     return next;
+  }
+
+  /** Whether the datapath may trust `policy_exact` / `policy_wild` to be complete (bpf/include/policy.h). */
+  exactComplete(): boolean {
+    return (this.flags() & CFG_F_EXACT_COMPLETE) !== 0;
+  }
+
+  /** Set by the loader once it has filled the exact-match maps from the tries; cleared while it does. */
+  exactCompleteSet(on: boolean): void {
+    const v = this.map.lookup(KEY0) ?? Buffer.alloc(DP_CONFIG.size);
+    const d = structDecode(DP_CONFIG, v);
+    const flags = ((d.flags as number) & ~CFG_F_EXACT_COMPLETE) | (on ? CFG_F_EXACT_COMPLETE : 0);
+    this.map.update(KEY0, structEncode(DP_CONFIG, { ...d, flags }));
   }
 }

@@ -22,7 +22,8 @@ export interface ExactDiff {
   extra: Buffer[];
 }
 
-function dump(map: BpfMap, max: number): Array<[Buffer, Buffer]> {
+/** Every entry of a map, in one native call. */
+export function dump(map: BpfMap, max: number): Array<[Buffer, Buffer]> {
   let d: { count: number; keys: Buffer; values: Buffer };
   try {
     d = native().mapDump(map.fd, map.keySize, map.valueSize, max);
@@ -37,10 +38,18 @@ function dump(map: BpfMap, max: number): Array<[Buffer, Buffer]> {
 }
 
 /** Applies packed ops to one map (one native call); rethrows as KernelError with `index`. */
-export function batchApply(map: BpfMap, ops: Buffer, keys: Buffer, values: Buffer, flags = 0): { upserted: number; deleted: number; missing: number } {
+export function batchApply(
+  map: BpfMap,
+  ops: Buffer,
+  keys: Buffer,
+  values: Buffer,
+  flags = 0,
+  /** One byte per op: 1 where the op created / removed its key (see native.ts). */
+  results?: Buffer,
+): { upserted: number; deleted: number; missing: number } {
   if (ops.length === 0) return { upserted: 0, deleted: 0, missing: 0 };
   try {
-    return native().mapBatchApply(map.fd, ops, keys, values, map.keySize, map.valueSize, flags);
+    return native().mapBatchApply(map.fd, ops, keys, values, map.keySize, map.valueSize, flags, results);
   } catch (err) {
     const k = bpfError(err) as Error & { index?: number };
     const index = (err as { index?: number }).index;
@@ -62,10 +71,10 @@ export class ExactMirror {
       throw new Error(`${hash.name}: key/value ${hash.keySize}/${hash.valueSize} bytes, ${trie.name} has ${trie.keySize}/${trie.valueSize}`);
   }
 
-  /** Compares the hash with the trie's full-length entries (both dumped now). */
-  diff(): ExactDiff {
+  /** Compares the hash with the trie's full-length entries (the trie dumped now unless given). */
+  diff(trie: Array<[Buffer, Buffer]> = dump(this.trie, this.max)): ExactDiff {
     const want = new Map<string, [Buffer, Buffer]>();
-    for (const [k, v] of dump(this.trie, this.max)) if (this.isFull(k)) want.set(k.toString('latin1'), [k, v]);
+    for (const [k, v] of trie) if (this.isFull(k)) want.set(k.toString('latin1'), [k, v]);
     const missing: Array<[Buffer, Buffer]> = [];
     const extra: Buffer[] = [];
     const seen = new Set<string>();
@@ -83,8 +92,8 @@ export class ExactMirror {
   }
 
   /** Makes the hash equal to the trie's full-length entries: removes what the trie lacks, then adds. */
-  sync(): { added: number; removed: number } {
-    const { missing, extra } = this.diff();
+  sync(trie?: Array<[Buffer, Buffer]>): { added: number; removed: number } {
+    const { missing, extra } = this.diff(trie);
     const ks = this.hash.keySize;
     const vs = this.hash.valueSize;
     if (extra.length) batchApply(this.hash, Buffer.alloc(extra.length, OP_DELETE), Buffer.concat(extra), Buffer.alloc(extra.length * vs));

@@ -6,7 +6,9 @@
 // may write ~100k entries when many endpoints change at once.
 // Entries of full length (POLICY_PREFIX_FULL: exact protocol and port) go to the `policy_exact` hash as
 // well, which the datapath asks first (bpf/include/policy.h); the trie keeps every entry. Write order
-// and repair: ./exact.ts.
+// and repair: ./exact.ts. The `policy_wild` hash counts, per (endpoint, identity, direction), the trie's
+// entries shorter than that: where it has none, the datapath skips the trie after a hash miss. Counts go
+// up before the trie write and down after it, so it never misses a triple the trie has.
 import { KernelError } from '../../common/kernel-error.js';
 import { bpfError } from '../errors.js';
 import {
@@ -22,7 +24,7 @@ import {
 } from '../layout.gen.js';
 import { native } from '../native.js';
 import type { PolicyApplyResult, PolicyDirection, PolicyEntryFields, PolicyEntryOp, PolicyMapEntry, PolicyMapWrite } from '../types.js';
-import { ExactMirror, batchApply } from './exact.js';
+import { ExactMirror, batchApply, dump } from './exact.js';
 import { BPF_ANY } from './map.js';
 import type { BpfMap } from './map.js';
 
@@ -37,6 +39,27 @@ const OP_DELETE = 2;
 /** A key of full length: the entry also goes into `policy_exact`. */
 export function policyKeyIsFull(key: Buffer, off = 0): boolean {
   return key.readUInt32LE(off + K.prefixlen.offset) === POLICY_PREFIX_FULL;
+}
+
+/** The `policy_wild` key of a policy key: its (endpoint, identity, direction), prefix ANY_PROTO. */
+export function policyWildKey(key: Buffer, off = 0): Buffer {
+  const w = Buffer.alloc(POLICY_KEY_SIZE);
+  key.copy(w, 0, off, off + POLICY_KEY_SIZE);
+  w.writeUInt32LE(POLICY_PREFIX_ANY_PROTO, K.prefixlen.offset);
+  w.writeUInt8(0, K.protocol.offset);
+  w.writeUInt16BE(0, K.port.offset);
+  return w;
+}
+
+/** Count changes per `policy_wild` key, by the key's latin1 string. */
+type WildDelta = Map<string, { key: Buffer; d: number }>;
+
+function wildBump(m: WildDelta, keys: Buffer, off: number, d: number): void {
+  const w = policyWildKey(keys, off);
+  const id = w.toString('latin1');
+  const e = m.get(id);
+  if (e) e.d += d;
+  else m.set(id, { key: w, d });
 }
 
 /** A write the kernel refused; writes before `index` are applied, the rest are not. */
@@ -170,19 +193,78 @@ function packedKeys(p: Packed): Buffer[] {
 export class PolicyMap {
   /** Absent with objects of releases before the hash (the trie alone then). */
   readonly exact?: ExactMirror;
+  /** `policy_wild`; absent with objects before it (and used only with `exact`). */
+  readonly wild?: BpfMap;
 
   constructor(
     readonly map: BpfMap,
     exact?: BpfMap,
+    wild?: BpfMap,
   ) {
     if (map.keySize !== POLICY_KEY_SIZE || map.valueSize !== POLICY_VALUE_SIZE)
       throw new Error(`policy map has key/value ${map.keySize}/${map.valueSize} bytes, want ${POLICY_KEY_SIZE}/${POLICY_VALUE_SIZE}`);
     if (exact) this.exact = new ExactMirror(map, exact, POLICY_MAP_MAX, (k) => policyKeyIsFull(k));
+    if (exact && wild) {
+      if (wild.keySize !== POLICY_KEY_SIZE || wild.valueSize !== 4) throw new Error(`policy_wild has key/value ${wild.keySize}/${wild.valueSize} bytes, want ${POLICY_KEY_SIZE}/4`);
+      this.wild = wild;
+    }
   }
 
-  private trieApply(p: Packed): PolicyApplyResult {
+  /** Adds the deltas to the `policy_wild` counts; a count that reaches 0 leaves the map. */
+  private wildAdd(deltas: WildDelta): void {
+    const wild = this.wild!;
+    const v = Buffer.alloc(4);
+    for (const { key, d } of deltas.values()) {
+      if (d === 0) continue;
+      const next = (wild.lookup(key)?.readUInt32LE(0) ?? 0) + d;
+      if (next > 0) {
+        v.writeUInt32LE(next, 0);
+        wild.update(key, v);
+      } else wild.delete(key);
+    }
+  }
+
+  /**
+   * Fills the hashes from the trie (one dump for both): `policy_exact` equal to the trie's full-length
+   * entries, `policy_wild` to its counts of shorter ones. Returns what it changed.
+   */
+  sync(): { exact: { added: number; removed: number }; wild: { added: number; removed: number } } | undefined {
+    if (!this.exact) return undefined;
+    const trie = dump(this.map, POLICY_MAP_MAX);
+    const exact = this.exact.sync(trie);
+    if (!this.wild) return { exact, wild: { added: 0, removed: 0 } };
+    const { missing, extra } = this.wildDiff(trie);
+    const deltas: WildDelta = new Map();
+    for (const [k, want, have] of missing) deltas.set(k.toString('latin1'), { key: k, d: want - have });
+    for (const [k, have] of extra) deltas.set(k.toString('latin1'), { key: k, d: -have });
+    this.wildAdd(deltas);
+    return { exact, wild: { added: missing.length, removed: extra.length } };
+  }
+
+  /** `policy_wild` against the trie: [key, count wanted, count held] where they differ; [key, count] held but not wanted. */
+  private wildDiff(trie: Array<[Buffer, Buffer]>): { missing: Array<[Buffer, number, number]>; extra: Array<[Buffer, number]> } {
+    const want: WildDelta = new Map();
+    for (const [k] of trie) if (!policyKeyIsFull(k)) wildBump(want, k, 0, 1);
+    const missing: Array<[Buffer, number, number]> = [];
+    const extra: Array<[Buffer, number]> = [];
+    const seen = new Set<string>();
+    for (const [k, v] of dump(this.wild!, POLICY_MAP_MAX)) {
+      const id = k.toString('latin1');
+      const have = v.readUInt32LE(0);
+      const w = want.get(id);
+      if (!w) extra.push([k, have]);
+      else {
+        seen.add(id);
+        if (w.d !== have) missing.push([w.key, w.d, have]);
+      }
+    }
+    for (const [id, w] of want) if (!seen.has(id)) missing.push([w.key, w.d, 0]);
+    return { missing, extra };
+  }
+
+  private trieApply(p: Packed, results?: Buffer): PolicyApplyResult {
     try {
-      return batchApply(this.map, p.ops, p.keys, p.values, BPF_ANY);
+      return batchApply(this.map, p.ops, p.keys, p.values, BPF_ANY, results);
     } catch (err) {
       const index = (err as { index?: number }).index;
       if (err instanceof KernelError && typeof index === 'number') throw new PolicyApplyError(index, p.ops.length, err);
@@ -195,7 +277,8 @@ export class PolicyMap {
    * keys this batch deletes leave the hash, (2) every op goes to the trie, (3) the full-length ops the
    * trie took are replayed on the hash in order — upserts, and the deletes of keys this batch upserted
    * before (the others already left in 1). A failed trie write stops at its index, as without the hash;
-   * the hash gets what the trie took.
+   * the hash gets what the trie took. `policy_wild`: the shorter upserts' triples count up before (2),
+   * and what did not add an entry (a replacement, an op past a failure) or removed one counts down after.
    */
   apply(p: Packed): PolicyApplyResult {
     if (p.ops.length === 0) return { upserted: 0, deleted: 0, missing: 0 };
@@ -203,26 +286,47 @@ export class PolicyMap {
     if (!exact) return this.trieApply(p);
     const n = p.ops.length;
     const fullDeletes: number[] = [];
-    for (let i = 0; i < n; i++) if (p.ops[i] === OP_DELETE && policyKeyIsFull(p.keys, i * POLICY_KEY_SIZE)) fullDeletes.push(i);
+    const wildUp: WildDelta = new Map();
+    for (let i = 0; i < n; i++) {
+      const off = i * POLICY_KEY_SIZE;
+      if (policyKeyIsFull(p.keys, off)) {
+        if (p.ops[i] === OP_DELETE) fullDeletes.push(i);
+      } else if (this.wild && p.ops[i] === OP_UPDATE) wildBump(wildUp, p.keys, off, 1);
+    }
     if (fullDeletes.length) batchApply(exact.hash, ...packedArgs(packedPick(p, fullDeletes)));
+    if (wildUp.size) this.wildAdd(wildUp);
 
     let result: PolicyApplyResult | undefined;
     let failure: unknown;
     let applied = n;
+    const results = this.wild ? Buffer.alloc(n) : undefined;
     try {
-      result = this.trieApply(p);
+      result = this.trieApply(p, results);
     } catch (err) {
       failure = err;
       applied = err instanceof PolicyApplyError ? err.index : -1;
     }
     if (applied < 0) {
-      // not known how far the trie got: rebuild the hash from it
+      // not known how far the trie got: rebuild the hashes from it
       try {
-        exact.sync();
+        this.sync();
       } catch {
         /* the next load's sync repairs it */
       }
       throw failure;
+    }
+    if (this.wild) {
+      const down: WildDelta = new Map();
+      for (let i = 0; i < n; i++) {
+        const off = i * POLICY_KEY_SIZE;
+        if (policyKeyIsFull(p.keys, off)) continue;
+        if (p.ops[i] === OP_UPDATE ? i >= applied || results![i] === 0 : i < applied && results![i] === 1) wildBump(down, p.keys, off, -1);
+      }
+      try {
+        this.wildAdd(down);
+      } catch {
+        /* counts left too high: only slower (a trie walk), never wrong; the next load's sync fixes them */
+      }
     }
     const replay: number[] = [];
     const upserted = new Set<string>();
@@ -251,13 +355,25 @@ export class PolicyMap {
     return result!;
   }
 
-  /** Where `policy_exact` differs from the trie's full-length entries; undefined without the hash. */
-  exactDiff(): { missing: PolicyMapEntry[]; extra: PolicyMapEntry[] } | undefined {
+  /**
+   * Where `policy_exact` differs from the trie's full-length entries, and `policy_wild` from the trie's
+   * counts of shorter entries per (endpoint, identity, direction); undefined without the hash.
+   */
+  exactDiff(): { missing: PolicyMapEntry[]; extra: PolicyMapEntry[]; wild: Array<{ entry: PolicyMapEntry; want: number; have: number }> } | undefined {
     if (!this.exact) return undefined;
-    const d = this.exact.diff();
+    const trie = dump(this.map, POLICY_MAP_MAX);
+    const d = this.exact.diff(trie);
+    const none = Buffer.alloc(POLICY_VALUE_SIZE);
+    const wild: Array<{ entry: PolicyMapEntry; want: number; have: number }> = [];
+    if (this.wild) {
+      const w = this.wildDiff(trie);
+      for (const [k, want, have] of w.missing) wild.push({ entry: policyEntryDecode(k, none), want, have });
+      for (const [k, have] of w.extra) wild.push({ entry: policyEntryDecode(k, none), want: 0, have });
+    }
     return {
       missing: d.missing.map(([k, v]) => policyEntryDecode(k, v)),
-      extra: d.extra.map((k) => policyEntryDecode(k, Buffer.alloc(POLICY_VALUE_SIZE))),
+      extra: d.extra.map((k) => policyEntryDecode(k, none)),
+      wild,
     };
   }
 

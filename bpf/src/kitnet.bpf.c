@@ -110,7 +110,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 	struct ct_result ct;
 	struct pkt p;
 	__u64 now, interval_ns = 0;
-	int aggregate = 1, has_l2, rc, ct_state, related, report, resolved = 0;
+	int aggregate = 1, has_l2, rc, ct_state, related, report, resolved = 0, exact_complete = 0;
 	__u16 reason;
 
 	__builtin_memset(&p, 0, sizeof(p));
@@ -192,6 +192,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 		aggregate = cfg->monitor_aggregation != MONITOR_AGG_NONE;
 		interval_ns = (__u64)cfg->report_interval_s * NSEC_PER_SEC;
 	}
+	if (cfg)
+		exact_complete = (cfg->flags & CFG_F_EXACT_COMPLETE) != 0;
 
 	/* Conntrack ages entries in seconds: the coarse clock (CLOCK_MONOTONIC at tick resolution, no
 	 * clocksource read) is precise enough and cheaper. Events take the fine clock (event_emit). */
@@ -221,7 +223,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 	}
 	identities_resolve(&c, ep, &p, dir);
 	resolved = 1;
-	reason = policy_check(ep->endpoint_id, dir == DIR_EGRESS ? c.dst_identity : c.src_identity, dir, &p);
+	reason = policy_check(ep->endpoint_id, dir == DIR_EGRESS ? c.dst_identity : c.src_identity, dir, &p, exact_complete);
 	if (reason) {
 		metric_add(reason == DROP_POLICY_DENY ? METRIC_POLICY_DENY : METRIC_POLICY_DENIED, c.len);
 		c.verdict = VERDICT_DROPPED;

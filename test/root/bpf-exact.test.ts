@@ -2,8 +2,9 @@
 // bpf/maps/exact.ts), on crafted packets (BPF_PROG_TEST_RUN), IPv4 and IPv6: an entry answered by the
 // hash and the same entry answered by the trie alone give the same identity and verdict; CIDRs stay in
 // the trie; an exact deny beats an allow found by the other lookup (the identity-specific and the
-// identity-0 one), whichever map answers each; every write keeps the hash equal to the trie's full-length
-// entries; a load fills an empty hash (upgrade) and repairs a stale one from the trie.
+// identity-0 one), whichever map answers each, also where `policy_wild` lets a hash miss skip the trie;
+// every write keeps the hash equal to the trie's full-length entries and `policy_wild` equal to its
+// counts of shorter ones; a load fills empty maps (upgrade) and repairs stale ones from the trie.
 // Real kernel, temporary pin root; the skb appears on `lo` (ifindex 1) with this test's own maps.
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
@@ -12,9 +13,10 @@ import type { KitnetDatapath, PolicyEntryFields } from '../../bpf/index.js';
 import { DROP_REASON, datapathLoad, datapathUnpinAll } from '../../bpf/index.js';
 import { structEncode } from '../../bpf/layout.js';
 import { POLICY_VALUE, TCX_DROP, TCX_PASS } from '../../bpf/layout.gen.js';
-import { ipcacheKeyEncode } from '../../bpf/maps/ipcache.js';
+import { ConfigMap } from '../../bpf/maps/config.js';
+import { IpcacheMap, ipcacheKeyEncode } from '../../bpf/maps/ipcache.js';
 import { BpfMap } from '../../bpf/maps/map.js';
-import { policyKeyWrite } from '../../bpf/maps/policy.js';
+import { PolicyMap, policyKeyWrite, policyWildKey } from '../../bpf/maps/policy.js';
 import { native } from '../../bpf/native.js';
 import { ETH_P_IP, ETH_P_IPV6, EventSink, TCP, eth, ipv4, ipv6, tcp } from './bpf-helpers.js';
 
@@ -40,6 +42,10 @@ describe('exact-match hashes in front of the LPM tries (BPF_PROG_TEST_RUN)', { t
   const fds: number[] = [];
   let ipHash: BpfMap;
   let polHash: BpfMap;
+  let polWild: BpfMap;
+  let config: ConfigMap;
+  let ipMaps: IpcacheMap;
+  let polMaps: PolicyMap;
 
   /** The pinned map itself, bypassing the writers (to empty or spoil the hash on purpose). */
   function pinned(name: string): BpfMap {
@@ -55,6 +61,11 @@ describe('exact-match hashes in front of the LPM tries (BPF_PROG_TEST_RUN)', { t
     dp.endpointUpsert(LO, EP);
     ipHash = pinned('ipcache_exact');
     polHash = pinned('policy_exact');
+    polWild = pinned('policy_wild');
+    config = new ConfigMap(pinned('config'));
+    ipMaps = new IpcacheMap(pinned('ipcache'), ipHash);
+    polMaps = new PolicyMap(pinned('policy'), polHash, polWild);
+    assert.equal(dp.exactComplete(), true, 'the load filled the maps and said so');
   });
   after(async () => {
     sink?.close();
@@ -66,8 +77,9 @@ describe('exact-match hashes in front of the LPM tries (BPF_PROG_TEST_RUN)', { t
     dp.policyClear();
     for (const [cidr] of dp.ipcacheList()) dp.ipcacheDelete(cidr);
     dp.conntrackFlush();
+    exactRestore();
     assert.deepEqual(dp.exactCheck(), []);
-    assert.equal([...ipHash.keys()].length + [...polHash.keys()].length, 0, 'hashes empty with empty tries');
+    assert.equal([...ipHash.keys()].length + [...polHash.keys()].length + [...polWild.keys()].length, 0, 'hashes empty with empty tries');
   });
 
   function setPolicy(entries: Entry[]): void {
@@ -93,9 +105,20 @@ describe('exact-match hashes in front of the LPM tries (BPF_PROG_TEST_RUN)', { t
     return k;
   }
 
-  /** Empties both hashes behind the writers' backs: every lookup is the trie's alone. */
+  /**
+   * The state right after an upgrade created the maps: all empty, not yet trusted (CFG_F_EXACT_COMPLETE
+   * clear), so every lookup is the trie's alone.
+   */
   function hashesEmpty(): void {
-    for (const m of [ipHash, polHash]) for (const k of [...m.keys()]) m.delete(k);
+    config.exactCompleteSet(false);
+    for (const m of [ipHash, polHash, polWild]) for (const k of [...m.keys()]) m.delete(k);
+  }
+
+  /** What the loader does: fill the maps from the tries, then trust them. */
+  function exactRestore(): void {
+    ipMaps.exact!.sync();
+    polMaps.sync();
+    config.exactCompleteSet(true);
   }
 
   for (const family of [4, 6] as const) {
@@ -109,6 +132,7 @@ describe('exact-match hashes in front of the LPM tries (BPF_PROG_TEST_RUN)', { t
       assert.equal(ipHash.lookup(ipcacheKeyEncode(a.net)), undefined, 'CIDR not in the hash');
       assert.ok(polHash.lookup(policyHashKey({ identity: CLIENT, protocol: 6, port: 443, portPrefixLen: 16 })), 'full-length policy entry in the hash');
 
+      assert.equal([...polWild.keys()].length, 0, 'no shorter policy entries, nothing in policy_wild');
       const viaHash = await syn(family, a.host);
       assert.deepEqual(viaHash, { verdict: 'PASS', identity: CLIENT });
       // the CIDR's other addresses: trie only, policy denies NET
@@ -118,6 +142,9 @@ describe('exact-match hashes in front of the LPM tries (BPF_PROG_TEST_RUN)', { t
       assert.equal(dp.exactCheck()!.length, 2, 'the check sees the emptied hashes');
       assert.deepEqual(await syn(family, a.host), viaHash, 'the trie alone: same identity, same verdict');
       assert.deepEqual(await syn(family, a.inNet), { verdict: DROP_REASON.POLICY_DENIED, identity: NET });
+      exactRestore();
+      assert.deepEqual(dp.exactCheck(), []);
+      assert.deepEqual(await syn(family, a.host), viaHash, 'filled again: same identity, same verdict');
 
       // a deleted host entry leaves both maps: the CIDR answers
       dp.ipcacheDelete(`${a.host}/${a.hostPrefix}`);
@@ -155,14 +182,24 @@ describe('exact-match hashes in front of the LPM tries (BPF_PROG_TEST_RUN)', { t
       for (const c of cases) {
         setPolicy(c.entries);
         assert.deepEqual(dp.exactCheck(), [], c.what);
+        // the shorter entry's triple is in policy_wild, so the hash miss of its lookup still asks the trie
+        const shorter = c.entries.filter((e) => e.portPrefixLen < 16).map((e) => policyWildKey(policyHashKey(e)));
+        assert.deepEqual([...polWild.keys()].map((k) => k.toString('hex')).sort(), shorter.map((k) => k.toString('hex')).sort(), c.what);
         assert.deepEqual(await syn(family, a.host), { verdict: DROP_REASON.POLICY_DENY, identity: CLIENT }, `${c.what}: hash in front`);
         hashesEmpty();
         assert.deepEqual(await syn(family, a.host), { verdict: DROP_REASON.POLICY_DENY, identity: CLIENT }, `${c.what}: trie alone`);
-        dp.ipcacheUpsert(`${a.host}/${a.hostPrefix}`, { identity: CLIENT, hostId: 0 });
+        exactRestore();
       }
-      // and without the denies the same lookups allow
-      setPolicy([{ identity: 0, protocol: 6, port: 443, portPrefixLen: 16 }]);
-      assert.deepEqual(await syn(family, a.host), { verdict: 'PASS', identity: CLIENT });
+      // and without the denies the same lookups allow: through the hash, or through policy_wild and the trie
+      for (const allow of [
+        { identity: 0, protocol: 6, port: 443, portPrefixLen: 16 },
+        { identity: CLIENT, protocol: 6, port: 0, portPrefixLen: 6 },
+        { identity: 0, protocol: 6, port: 0, portPrefixLen: 0 },
+        { identity: CLIENT, protocol: 0, port: 0, portPrefixLen: 0 },
+      ]) {
+        setPolicy([allow]);
+        assert.deepEqual(await syn(family, a.host), { verdict: 'PASS', identity: CLIENT }, JSON.stringify(allow));
+      }
     });
   }
 
@@ -181,6 +218,14 @@ describe('exact-match hashes in front of the LPM tries (BPF_PROG_TEST_RUN)', { t
     const v = polHash.lookup(policyHashKey(e443))!;
     assert.equal(v.readUInt8(POLICY_VALUE.fields.flags.offset), 1, 'the deny value, as in the trie');
     assert.equal(dp.policyList(EP.endpointId).length, 2, 'the trie keeps every entry');
+    // policy_wild counts the shorter entries per (endpoint, identity, direction)
+    const wildKey = policyWildKey(policyHashKey(range));
+    assert.equal(polWild.lookup(wildKey)?.readUInt32LE(0), 1);
+    dp.policyApply(EP.endpointId, [up(range), up({ ...range, port: 256 }), up({ ...e80, protocol: 0, port: 0, portPrefixLen: 0 })]);
+    assert.equal(polWild.lookup(wildKey)?.readUInt32LE(0), 3, 'a replaced entry counts once');
+    dp.policyApply(EP.endpointId, [del(range), del(range)]);
+    assert.equal(polWild.lookup(wildKey)?.readUInt32LE(0), 2, 'a missing delete does not count');
+    assert.deepEqual(dp.exactCheck(), []);
 
     dp.ipcacheUpsert('10.248.3.3/32', { identity: CLIENT, hostId: 0 });
     dp.ipcacheUpsert('10.248.3.3/32', { identity: NET, hostId: 0 });
@@ -192,7 +237,7 @@ describe('exact-match hashes in front of the LPM tries (BPF_PROG_TEST_RUN)', { t
 
     dp.policyClear(EP.endpointId);
     assert.deepEqual(dp.exactCheck(), []);
-    assert.equal([...polHash.keys()].length, 0);
+    assert.equal([...polHash.keys()].length + [...polWild.keys()].length, 0);
   });
 
   test('a load fills an empty hash from the trie and repairs a stale one (upgrade, downgrade and back)', async () => {
@@ -207,19 +252,23 @@ describe('exact-match hashes in front of the LPM tries (BPF_PROG_TEST_RUN)', { t
     // a stale entry the trie does not have, and a full-length key whose value differs from the trie's
     polHash.update(policyHashKey({ identity: 999, protocol: 6, port: 22, portPrefixLen: 16 }), structEncode(POLICY_VALUE, { flags: 0 }));
     polHash.update(policyHashKey({ identity: NET, protocol: 6, port: 443, portPrefixLen: 16 }), structEncode(POLICY_VALUE, { flags: 1 }));
-    assert.equal(dp.exactCheck()!.length, 4);
+    // a stale policy_wild count (the trie's identity-0 any-protocol entry is missing from it after hashesEmpty)
+    polWild.update(policyWildKey(policyHashKey({ identity: 999, protocol: 6, port: 22, portPrefixLen: 16 })), Buffer.from([1, 0, 0, 0]));
+    assert.equal(dp.exactCheck()!.length, 6);
 
     const unsynced = await datapathLoad({ pinRoot, exactSync: false });
     try {
       assert.equal(unsynced.exactRepaired, undefined);
-      assert.equal(unsynced.exactCheck()!.length, 4, 'exactSync: false leaves the maps as they are');
+      assert.equal(unsynced.exactCheck()!.length, 6, 'exactSync: false leaves the maps as they are');
+      assert.equal(unsynced.exactComplete(), false, 'and does not trust them');
     } finally {
       unsynced.close();
     }
     const again = await datapathLoad({ pinRoot });
     try {
-      assert.deepEqual(again.exactRepaired, { ipcache: { added: 1, removed: 0 }, policy: { added: 2, removed: 1 } });
+      assert.deepEqual(again.exactRepaired, { ipcache: { added: 1, removed: 0 }, policy: { added: 2, removed: 1 }, policyWild: { added: 1, removed: 1 } });
       assert.deepEqual(again.exactCheck(), []);
+      assert.equal(again.exactComplete(), true);
     } finally {
       again.close();
     }

@@ -344,7 +344,14 @@ export const CONSTANTS: ConstGroup[] = [
   {
     doc: 'dp_config.flags.',
     prefix: 'CFG_F_',
-    values: [['SET', 1 << 0, 'the agent wrote this entry; an all-zero (never written) entry means defaults']],
+    values: [
+      ['SET', 1 << 0, 'the agent wrote this entry; an all-zero (never written) entry means defaults'],
+      [
+        'EXACT_COMPLETE',
+        1 << 1,
+        'the loader filled `policy_exact` and `policy_wild` from the policy trie: a full-length policy lookup that misses the hash asks the trie only where `policy_wild` has its (endpoint, identity, direction); clear = always asks the trie on a miss',
+      ],
+    ],
   },
   {
     doc: 'Slots of the per-CPU `metrics` array. Traffic slot = (direction-1)*2 + (verdict-1).',
@@ -378,6 +385,7 @@ export const CONSTANTS: ConstGroup[] = [
       ['CONNTRACK_MAP_MAX', 262144],
       ['POLICY_MAP_MAX', 1 << 20, 'entries over all endpoints; BPF_F_NO_PREALLOC: memory follows use'],
       ['POLICY_EXACT_MAP_MAX', 1 << 20, 'the POLICY_PREFIX_FULL entries of `policy` (a subset of it: never fuller than the trie)'],
+      ['POLICY_WILD_MAP_MAX', 1 << 20, '(endpoint, identity, direction) with entries shorter than POLICY_PREFIX_FULL in `policy`: never more than the trie has entries'],
       ['FRAGMENTS_MAP_MAX', 8192, 'datagrams in flight whose later fragments still come'],
       ['EVENTS_RINGBUF_BYTES', 8 * 1024 * 1024],
       ['METRICS_MAP_MAX', 16],

@@ -559,27 +559,43 @@ static napi_value map_next_key(napi_env env, napi_callback_info info)
 	return make_bool(env, true);
 }
 
-/* mapBatchApply(fd, ops, keys, values, keySize, valueSize, flags) -> {upserted, deleted, missing}
+/* mapBatchApply(fd, ops, keys, values, keySize, valueSize, flags, results?) -> {upserted, deleted, missing}
  * One call for many writes, in order: ops[i] is 1 (update keys[i] with values[i], flags) or 2 (delete
  * keys[i]; a missing key counts in `missing`). Keys and values are packed back to back (values has a
  * slot for every op; delete slots are ignored). Works for every map type, LPM tries included (which have
  * no kernel batch ops). On failure, ops before the failing one stay applied and the error carries
- * `index`. */
+ * `index`. With `results` (a buffer of one byte per op) each applied op reports whether it changed the
+ * set of keys: 1 = an update created its key (flags BPF_ANY: tried with BPF_NOEXIST first, then as a
+ * replacement) or a delete removed one, 0 = an update replaced a value or a delete found nothing. */
 static napi_value map_batch_apply(napi_env env, napi_callback_info info)
 {
-	napi_value argv[7], obj;
+	napi_value argv[8], obj;
 	int32_t fd;
 	uint32_t ksz, vsz, flags, upserted = 0, deleted = 0, missing = 0;
-	void *ops_v, *keys_v, *values_v;
-	size_t nops, klen, vlen;
+	void *ops_v, *keys_v, *values_v, *results_v = NULL;
+	size_t nops, klen, vlen, rlen = 0;
+	size_t argc = 8;
+	napi_valuetype rtype = napi_undefined;
 
-	if (!get_args(env, info, 7, argv) || !get_i32(env, argv[0], &fd) || !get_buf(env, argv[1], &ops_v, &nops, false) ||
+	NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+	if (argc < 7)
+		return throw_type(env, "mapBatchApply: expected at least 7 arguments");
+	if (!get_i32(env, argv[0], &fd) || !get_buf(env, argv[1], &ops_v, &nops, false) ||
 	    !get_buf(env, argv[2], &keys_v, &klen, false) || !get_buf(env, argv[3], &values_v, &vlen, false) ||
 	    !get_u32(env, argv[4], &ksz) || !get_u32(env, argv[5], &vsz) || !get_u32(env, argv[6], &flags))
 		return NULL;
+	if (argc >= 8)
+		NAPI_CALL(env, napi_typeof(env, argv[7], &rtype));
+	if (rtype != napi_undefined && rtype != napi_null) {
+		if (!get_buf(env, argv[7], &results_v, &rlen, false))
+			return NULL;
+		if (rlen != nops)
+			return throw_type(env, "mapBatchApply: results must have one byte per op");
+	}
 	if (!ksz || !vsz || klen != nops * ksz || vlen != nops * vsz)
 		return throw_type(env, "mapBatchApply: keys/values do not match ops x key/value size");
 	const uint8_t *ops = ops_v;
+	uint8_t *results = results_v;
 	const char *keys = keys_v, *values = values_v;
 	log_reset();
 	for (size_t i = 0; i < nops; i++) {
@@ -588,19 +604,37 @@ static napi_value map_batch_apply(napi_env env, napi_callback_info info)
 		const char *op = "BPF_MAP_UPDATE_ELEM";
 
 		if (ops[i] == 1) {
-			if (bpf_map_update_elem(fd, key, values + i * vsz, flags))
+			uint8_t created = 0;
+
+			if (results && flags == BPF_ANY) {
+				if (bpf_map_update_elem(fd, key, values + i * vsz, BPF_NOEXIST) == 0)
+					created = 1;
+				else if (errno != EEXIST)
+					err = errno;
+				else if (bpf_map_update_elem(fd, key, values + i * vsz, BPF_ANY))
+					err = errno;
+			} else if (bpf_map_update_elem(fd, key, values + i * vsz, flags)) {
 				err = errno;
-			else
+			}
+			if (!err) {
 				upserted++;
+				if (results)
+					results[i] = created;
+			}
 		} else if (ops[i] == 2) {
 			op = "BPF_MAP_DELETE_ELEM";
 			if (bpf_map_delete_elem(fd, key)) {
-				if (errno == ENOENT)
+				if (errno == ENOENT) {
 					missing++;
-				else
+					if (results)
+						results[i] = 0;
+				} else {
 					err = errno;
+				}
 			} else {
 				deleted++;
+				if (results)
+					results[i] = 1;
 			}
 		} else {
 			return throw_type(env, "mapBatchApply: op must be 1 (update) or 2 (delete)");
