@@ -133,6 +133,20 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } events_wakeup SEC(".maps");
 
+/* The coarse clock as last read on this CPU, and the jiffies it was read at (clock.h). BPF-internal and
+ * not pinned: a cache, fresh with every object (the programs hold it as long as they run). */
+struct clock_cache {
+	__u64 jiffies;
+	__u64 coarse_ns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct clock_cache);
+} clock_cache SEC(".maps");
+
 /* Per-CPU counters, indexed by METRIC_*. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

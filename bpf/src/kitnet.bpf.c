@@ -16,6 +16,7 @@
 #include "metrics.h"
 #include "parse.h"
 #include "ipcache.h"
+#include "clock.h"
 #include "fragments.h"
 #include "conntrack.h"
 #include "policy.h"
@@ -196,8 +197,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 		exact_complete = (cfg->flags & CFG_F_EXACT_COMPLETE) != 0;
 
 	/* Conntrack ages entries in seconds: the coarse clock (CLOCK_MONOTONIC at tick resolution, no
-	 * clocksource read) is precise enough and cheaper. Events take the fine clock (event_emit). */
-	now = bpf_ktime_get_coarse_ns();
+	 * clocksource read) is precise enough and cheaper, and read once per tick (clock.h). Events take the
+	 * fine clock (event_emit). */
+	now = clock_coarse_ns();
 	ct.is_reply = 0;
 	ct.report = CT_NO_REPORT;
 	ct_state = ct_process(&p, dir, c.len, now, interval_ns, &ct);
