@@ -33,7 +33,8 @@ static __always_inline struct dp_config *config_get(void)
 }
 
 /* Source checks for packets leaving the workload; returns a drop reason or 0. IPv6 link-local and the
- * unspecified address (DAD) are always allowed: neighbour discovery needs them. */
+ * unspecified address (DAD) are always allowed: neighbour discovery needs them. The workload's own
+ * address, the common case, is checked first. */
 static __always_inline __u16 check_source(const struct endpoint_info *ep, const struct pkt *p, int has_l2)
 {
 	if ((ep->flags & EP_F_ENFORCE_SRC_MAC) && has_l2 && !is_zero(ep->mac, 6) && !bytes_eq(p->smac, ep->mac, 6))
@@ -42,11 +43,11 @@ static __always_inline __u16 check_source(const struct endpoint_info *ep, const 
 		return 0;
 	if (p->family == FAMILY_IPV4)
 		return bytes_eq(p->saddr, ep->ipv4, 4) ? 0 : DROP_INVALID_SOURCE_IP;
+	if (bytes_eq(p->saddr, ep->ipv6, 16))
+		return 0;
 	if (p->saddr[0] == 0xfe && (p->saddr[1] & 0xc0) == 0x80)
 		return 0;
-	if (is_zero(p->saddr, 16))
-		return 0;
-	return bytes_eq(p->saddr, ep->ipv6, 16) ? 0 : DROP_INVALID_SOURCE_IP;
+	return is_zero(p->saddr, 16) ? 0 : DROP_INVALID_SOURCE_IP;
 }
 
 static __always_inline int finish(struct flow_ctx *c, int report)
