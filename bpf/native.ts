@@ -66,6 +66,11 @@ export interface NativeBpf {
     flags: number,
     results?: Buffer,
   ): { upserted: number; deleted: number; missing: number };
+  /**
+   * Every key updated in one BPF_MAP_UPDATE_BATCH syscall (hash maps; LPM tries have no batch ops).
+   * Returns the count; an error carries `index`, the number of keys updated before it.
+   */
+  mapUpdateBatch(fd: number, keys: Buffer, values: Buffer, keySize: number, valueSize: number, flags: number): number;
   /** Every entry in one call, keys and values packed back to back. */
   mapDump(fd: number, keySize: number, valueSize: number, maxEntries: number): { count: number; keys: Buffer; values: Buffer };
   numPossibleCpus(): number;

@@ -58,6 +58,19 @@ export function batchApply(
   }
 }
 
+/** Updates (or adds) every key of a hash map in one BPF_MAP_UPDATE_BATCH syscall; errors carry `index`. */
+export function hashUpdateBatch(map: BpfMap, keys: Buffer, values: Buffer, flags = 0): number {
+  if (keys.length === 0) return 0;
+  try {
+    return native().mapUpdateBatch(map.fd, keys, values, map.keySize, map.valueSize, flags);
+  } catch (err) {
+    const k = bpfError(err) as Error & { index?: number };
+    const index = (err as { index?: number }).index;
+    if (typeof index === 'number') k.index = index;
+    throw k;
+  }
+}
+
 /** A trie and the hash of its full-length entries. */
 export class ExactMirror {
   constructor(
@@ -104,7 +117,7 @@ export class ExactMirror {
         k.copy(keys, i * ks);
         v.copy(values, i * vs);
       });
-      batchApply(this.hash, Buffer.alloc(missing.length, OP_UPDATE), keys, values);
+      hashUpdateBatch(this.hash, keys, values);
     }
     return { added: missing.length, removed: extra.length };
   }

@@ -24,7 +24,7 @@ import {
 } from '../layout.gen.js';
 import { native } from '../native.js';
 import type { PolicyApplyResult, PolicyDirection, PolicyEntryFields, PolicyEntryOp, PolicyMapEntry, PolicyMapWrite } from '../types.js';
-import { ExactMirror, batchApply, dump } from './exact.js';
+import { ExactMirror, batchApply, dump, hashUpdateBatch } from './exact.js';
 import { BPF_ANY } from './map.js';
 import type { BpfMap } from './map.js';
 
@@ -329,23 +329,32 @@ export class PolicyMap {
       }
     }
     const replay: number[] = [];
-    const upserted = new Set<string>();
-    for (let i = 0; i < applied; i++) {
-      const off = i * POLICY_KEY_SIZE;
-      if (!policyKeyIsFull(p.keys, off)) continue;
-      const id = p.keys.toString('latin1', off, off + POLICY_KEY_SIZE);
-      if (p.ops[i] === OP_UPDATE) {
-        upserted.add(id);
-        replay.push(i);
-      } else if (upserted.has(id)) {
-        upserted.delete(id);
-        replay.push(i);
+    let replayDeletes = false;
+    if (fullDeletes.length === 0) {
+      // the usual batch: no full-length deletes, so the replay is the full-length upserts
+      for (let i = 0; i < applied; i++) if (policyKeyIsFull(p.keys, i * POLICY_KEY_SIZE)) replay.push(i);
+    } else {
+      const upserted = new Set<string>();
+      for (let i = 0; i < applied; i++) {
+        const off = i * POLICY_KEY_SIZE;
+        if (!policyKeyIsFull(p.keys, off)) continue;
+        const id = p.keys.toString('latin1', off, off + POLICY_KEY_SIZE);
+        if (p.ops[i] === OP_UPDATE) {
+          upserted.add(id);
+          replay.push(i);
+        } else if (upserted.has(id)) {
+          upserted.delete(id);
+          replay.push(i);
+          replayDeletes = true;
+        }
       }
     }
     if (replay.length) {
       const r = packedPick(p, replay);
       try {
-        batchApply(exact.hash, ...packedArgs(r), BPF_ANY);
+        // upserts only: one BPF_MAP_UPDATE_BATCH syscall; with deletes in between, op by op in order
+        if (replayDeletes) batchApply(exact.hash, ...packedArgs(r), BPF_ANY);
+        else hashUpdateBatch(exact.hash, r.keys, r.values, BPF_ANY);
       } catch (err) {
         exact.forget(packedKeys(r)); // stale values would shadow the trie's new ones
         if (failure === undefined) throw err;

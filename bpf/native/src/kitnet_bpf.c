@@ -655,6 +655,37 @@ static napi_value map_batch_apply(napi_env env, napi_callback_info info)
 	return obj;
 }
 
+/* mapUpdateBatch(fd, keys, values, keySize, valueSize, flags) -> count: every key updated in one
+ * BPF_MAP_UPDATE_BATCH syscall (hash maps; not LPM tries, which have no batch ops). On failure, the
+ * keys before `index` are updated and the error carries it. */
+static napi_value map_update_batch(napi_env env, napi_callback_info info)
+{
+	napi_value argv[6], exc;
+	int32_t fd;
+	uint32_t ksz, vsz, flags;
+	void *keys, *values;
+	size_t klen, vlen;
+
+	if (!get_args(env, info, 6, argv) || !get_i32(env, argv[0], &fd) || !get_buf(env, argv[1], &keys, &klen, false) ||
+	    !get_buf(env, argv[2], &values, &vlen, false) || !get_u32(env, argv[3], &ksz) || !get_u32(env, argv[4], &vsz) ||
+	    !get_u32(env, argv[5], &flags))
+		return NULL;
+	if (!ksz || !vsz || klen % ksz || vlen != klen / ksz * vsz)
+		return throw_type(env, "mapUpdateBatch: keys/values do not match key/value size");
+	__u32 count = (__u32)(klen / ksz);
+	LIBBPF_OPTS(bpf_map_batch_opts, opts, .elem_flags = flags);
+	log_reset();
+	if (count && bpf_map_update_batch(fd, keys, values, &count, &opts)) {
+		int err = errno;
+		throw_errno(env, "BPF_MAP_UPDATE_BATCH", err);
+		napi_get_and_clear_last_exception(env, &exc);
+		napi_set_named_property(env, exc, "index", make_u32(env, count));
+		napi_throw(env, exc);
+		return NULL;
+	}
+	return make_u32(env, count);
+}
+
 /* mapDump(fd, keySize, valueSize, maxEntries) -> {count, keys, values}: every entry, packed back to back,
  * in one call (get_next_key + lookup in a loop). Keys deleted while dumping are skipped. valueSize is
  * the lookup size (per-CPU maps: rounded size x CPUs). */
@@ -1138,6 +1169,7 @@ static napi_value init(napi_env env, napi_value exports)
 		{ "mapUpdate", map_update },	 { "mapLookup", map_lookup },
 		{ "mapDelete", map_delete },	 { "mapNextKey", map_next_key },
 		{ "mapBatchApply", map_batch_apply }, { "mapDump", map_dump },
+		{ "mapUpdateBatch", map_update_batch },
 		{ "numPossibleCpus", num_possible_cpus }, { "progTestRun", prog_test_run },
 		{ "ringbufOpen", ringbuf_open }, { "ringbufClose", ringbuf_close },
 		{ "ringbufRef", ringbuf_ref },	 { "setns", ns_set },
