@@ -22,11 +22,16 @@ export interface ExactDiff {
   extra: Buffer[];
 }
 
-/** Every entry of a map, in one native call. */
+const BPF_MAP_TYPE_HASH = 1;
+
+/** Every entry of a map, in one native call (hash maps in BPF_MAP_LOOKUP_BATCH syscalls). */
 export function dump(map: BpfMap, max: number): Array<[Buffer, Buffer]> {
   let d: { count: number; keys: Buffer; values: Buffer };
   try {
-    d = native().mapDump(map.fd, map.keySize, map.valueSize, max);
+    d =
+      map.type === BPF_MAP_TYPE_HASH
+        ? native().mapDumpBatch(map.fd, map.keySize, map.valueSize, max)
+        : native().mapDump(map.fd, map.keySize, map.valueSize, max);
   } catch (err) {
     throw bpfError(err);
   }

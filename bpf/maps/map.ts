@@ -16,6 +16,8 @@ export class BpfMap {
   readonly valueBufSize: number;
   readonly perCpu: boolean;
   readonly ncpus: number;
+  /** BPF_MAP_TYPE_* */
+  readonly type: number;
 
   constructor(
     readonly name: string,
@@ -24,6 +26,7 @@ export class BpfMap {
     const info = kcall(() => native().mapInfo(fd));
     this.keySize = info.keySize;
     this.valueSize = info.valueSize;
+    this.type = info.type;
     this.perCpu = PERCPU_TYPES.has(info.type);
     this.ncpus = this.perCpu ? native().numPossibleCpus() : 1;
     this.valueBufSize = this.perCpu ? (Math.ceil(info.valueSize / 8) * 8) * this.ncpus : info.valueSize;

@@ -759,6 +759,76 @@ fail:
 	return throw_errno(env, op, err);
 }
 
+/* mapDumpBatch(fd, keySize, valueSize, maxEntries) -> {count, keys, values}: like mapDump, in
+ * BPF_MAP_LOOKUP_BATCH syscalls of up to 4096 entries (hash maps; LPM tries have no batch ops). */
+static napi_value map_dump_batch(napi_env env, napi_callback_info info)
+{
+	napi_value argv[4], obj, kb, vb;
+	int32_t fd;
+	uint32_t ksz, vsz, max;
+	size_t cap = 4096, n = 0;
+	char *keys = NULL, *values = NULL;
+	__u64 in_batch = 0, out_batch = 0;
+	const char *op = "BPF_MAP_LOOKUP_BATCH";
+	int err = ENOMEM, first = 1;
+
+	if (!get_args(env, info, 4, argv) || !get_i32(env, argv[0], &fd) || !get_u32(env, argv[1], &ksz) ||
+	    !get_u32(env, argv[2], &vsz) || !get_u32(env, argv[3], &max))
+		return NULL;
+	if (!ksz || !vsz)
+		return throw_type(env, "mapDumpBatch: zero key or value size");
+	log_reset();
+	keys = malloc(cap * ksz);
+	values = malloc(cap * vsz);
+	if (!keys || !values)
+		goto fail;
+	for (;;) {
+		__u32 count = 4096;
+		LIBBPF_OPTS(bpf_map_batch_opts, opts);
+
+		if (n + count > cap) {
+			char *nk = realloc(keys, cap * 2 * ksz), *nv;
+			if (!nk)
+				goto fail;
+			keys = nk;
+			nv = realloc(values, cap * 2 * vsz);
+			if (!nv)
+				goto fail;
+			values = nv;
+			cap *= 2;
+		}
+		/* hash maps: the batch tokens are bucket numbers (u32); 8 bytes leave room */
+		int rc = bpf_map_lookup_batch(fd, first ? NULL : &in_batch, &out_batch, keys + n * ksz, values + n * vsz, &count, &opts);
+		int e = rc ? errno : 0;
+		first = 0;
+		n += count;
+		if (e == ENOENT)
+			break; /* the last batch (count may be > 0) */
+		if (e) {
+			err = e;
+			goto fail;
+		}
+		if (n >= max)
+			break;
+		in_batch = out_batch;
+	}
+	if (n > max)
+		n = max;
+	if (napi_create_object(env, &obj) != napi_ok || napi_create_buffer_copy(env, n * ksz, keys, NULL, &kb) != napi_ok ||
+	    napi_create_buffer_copy(env, n * vsz, values, NULL, &vb) != napi_ok)
+		goto fail;
+	free(keys);
+	free(values);
+	set_u32(env, obj, "count", (uint32_t)n);
+	napi_set_named_property(env, obj, "keys", kb);
+	napi_set_named_property(env, obj, "values", vb);
+	return obj;
+fail:
+	free(keys);
+	free(values);
+	return throw_errno(env, op, err);
+}
+
 static napi_value num_possible_cpus(napi_env env, napi_callback_info info)
 {
 	int n = libbpf_num_possible_cpus();
@@ -1169,7 +1239,7 @@ static napi_value init(napi_env env, napi_value exports)
 		{ "mapUpdate", map_update },	 { "mapLookup", map_lookup },
 		{ "mapDelete", map_delete },	 { "mapNextKey", map_next_key },
 		{ "mapBatchApply", map_batch_apply }, { "mapDump", map_dump },
-		{ "mapUpdateBatch", map_update_batch },
+		{ "mapUpdateBatch", map_update_batch }, { "mapDumpBatch", map_dump_batch },
 		{ "numPossibleCpus", num_possible_cpus }, { "progTestRun", prog_test_run },
 		{ "ringbufOpen", ringbuf_open }, { "ringbufClose", ringbuf_close },
 		{ "ringbufRef", ringbuf_ref },	 { "setns", ns_set },
