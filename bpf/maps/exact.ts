@@ -24,22 +24,34 @@ export interface ExactDiff {
 
 const BPF_MAP_TYPE_HASH = 1;
 
+/** A map's entries as read in one native call: keys and values packed back to back. */
+export interface Dump {
+  count: number;
+  keys: Buffer;
+  values: Buffer;
+  keySize: number;
+  valueSize: number;
+}
+
 /** Every entry of a map, in one native call (hash maps in BPF_MAP_LOOKUP_BATCH syscalls). */
-export function dump(map: BpfMap, max: number): Array<[Buffer, Buffer]> {
-  let d: { count: number; keys: Buffer; values: Buffer };
+export function dump(map: BpfMap, max: number): Dump {
   try {
-    d =
+    const d =
       map.type === BPF_MAP_TYPE_HASH
         ? native().mapDumpBatch(map.fd, map.keySize, map.valueSize, max)
         : native().mapDump(map.fd, map.keySize, map.valueSize, max);
+    return { ...d, keySize: map.keySize, valueSize: map.valueSize };
   } catch (err) {
     throw bpfError(err);
   }
-  const out: Array<[Buffer, Buffer]> = [];
-  for (let i = 0; i < d.count; i++) {
-    out.push([d.keys.subarray(i * map.keySize, (i + 1) * map.keySize), d.values.subarray(i * map.valueSize, (i + 1) * map.valueSize)]);
-  }
-  return out;
+}
+
+export function dumpKey(d: Dump, i: number): Buffer {
+  return d.keys.subarray(i * d.keySize, (i + 1) * d.keySize);
+}
+
+export function dumpValue(d: Dump, i: number): Buffer {
+  return d.values.subarray(i * d.valueSize, (i + 1) * d.valueSize);
 }
 
 /** Applies packed ops to one map (one native call); rethrows as KernelError with `index`. */
@@ -82,35 +94,37 @@ export class ExactMirror {
     readonly trie: BpfMap,
     readonly hash: BpfMap,
     private readonly max: number,
-    /** Whether a trie key is of full prefix length (belongs in the hash too). */
-    readonly isFull: (key: Buffer) => boolean,
+    /** Whether the trie key at `off` in `keys` is of full prefix length (belongs in the hash too). */
+    readonly isFull: (keys: Buffer, off: number) => boolean,
   ) {
     if (trie.keySize !== hash.keySize || trie.valueSize !== hash.valueSize)
       throw new Error(`${hash.name}: key/value ${hash.keySize}/${hash.valueSize} bytes, ${trie.name} has ${trie.keySize}/${trie.valueSize}`);
   }
 
   /** Compares the hash with the trie's full-length entries (the trie dumped now unless given). */
-  diff(trie: Array<[Buffer, Buffer]> = dump(this.trie, this.max)): ExactDiff {
-    const want = new Map<string, [Buffer, Buffer]>();
-    for (const [k, v] of trie) if (this.isFull(k)) want.set(k.toString('latin1'), [k, v]);
+  diff(trie: Dump = dump(this.trie, this.max)): ExactDiff {
+    const ks = trie.keySize;
+    const vs = trie.valueSize;
+    const want = new Map<string, number>(); // key bytes -> index in the trie dump
+    for (let i = 0; i < trie.count; i++) if (this.isFull(trie.keys, i * ks)) want.set(trie.keys.toString('latin1', i * ks, (i + 1) * ks), i);
     const missing: Array<[Buffer, Buffer]> = [];
     const extra: Buffer[] = [];
-    const seen = new Set<string>();
-    for (const [k, v] of dump(this.hash, this.max)) {
-      const id = k.toString('latin1');
-      const w = want.get(id);
-      if (!w) extra.push(k);
+    const h = dump(this.hash, this.max);
+    for (let j = 0; j < h.count; j++) {
+      const id = h.keys.toString('latin1', j * ks, (j + 1) * ks);
+      const i = want.get(id);
+      if (i === undefined) extra.push(dumpKey(h, j));
       else {
-        seen.add(id);
-        if (!w[1].equals(v)) missing.push(w);
+        want.delete(id);
+        if (trie.values.compare(h.values, j * vs, (j + 1) * vs, i * vs, (i + 1) * vs) !== 0) missing.push([dumpKey(trie, i), dumpValue(trie, i)]);
       }
     }
-    for (const [id, w] of want) if (!seen.has(id)) missing.push(w);
+    for (const i of want.values()) missing.push([dumpKey(trie, i), dumpValue(trie, i)]);
     return { missing, extra };
   }
 
   /** Makes the hash equal to the trie's full-length entries: removes what the trie lacks, then adds. */
-  sync(trie?: Array<[Buffer, Buffer]>): { added: number; removed: number } {
+  sync(trie?: Dump): { added: number; removed: number } {
     const { missing, extra } = this.diff(trie);
     const ks = this.hash.keySize;
     const vs = this.hash.valueSize;

@@ -30,9 +30,9 @@ export function ipcacheKeyDecode(buf: Buffer): string {
 }
 
 /** A host entry (/32, /128): the ones that also go into `ipcache_exact`. */
-export function ipcacheKeyIsHost(key: Buffer): boolean {
-  const plen = key.readUInt32LE(IPCACHE_KEY.fields.prefixlen.offset);
-  const family = key.readUInt8(IPCACHE_KEY.fields.family.offset);
+export function ipcacheKeyIsHost(key: Buffer, off = 0): boolean {
+  const plen = key.readUInt32LE(off + IPCACHE_KEY.fields.prefixlen.offset);
+  const family = key.readUInt8(off + IPCACHE_KEY.fields.family.offset);
   return (family === FAMILY_IPV4 && plen === IPCACHE_PREFIX_V4_HOST) || (family === FAMILY_IPV6 && plen === IPCACHE_PREFIX_V6_HOST);
 }
 

@@ -24,7 +24,8 @@ import {
 } from '../layout.gen.js';
 import { native } from '../native.js';
 import type { PolicyApplyResult, PolicyDirection, PolicyEntryFields, PolicyEntryOp, PolicyMapEntry, PolicyMapWrite } from '../types.js';
-import { ExactMirror, batchApply, dump, hashUpdateBatch } from './exact.js';
+import { ExactMirror, batchApply, dump, dumpKey, hashUpdateBatch } from './exact.js';
+import type { Dump } from './exact.js';
 import { BPF_ANY } from './map.js';
 import type { BpfMap } from './map.js';
 
@@ -50,6 +51,10 @@ export function policyWildKey(key: Buffer, off = 0): Buffer {
   w.writeUInt16BE(0, K.port.offset);
   return w;
 }
+
+/** A `policy_wild` key as a latin1 string: these around the bytes of endpoint, identity and direction. */
+const WILD_ID_HEAD = policyWildKey(Buffer.alloc(POLICY_KEY_SIZE)).toString('latin1', 0, K.endpoint_id.offset);
+const WILD_ID_TAIL = '\0'.repeat(POLICY_KEY_SIZE - K.protocol.offset);
 
 /** Count changes per `policy_wild` key, by the key's latin1 string. */
 type WildDelta = Map<string, { key: Buffer; d: number }>;
@@ -203,7 +208,7 @@ export class PolicyMap {
   ) {
     if (map.keySize !== POLICY_KEY_SIZE || map.valueSize !== POLICY_VALUE_SIZE)
       throw new Error(`policy map has key/value ${map.keySize}/${map.valueSize} bytes, want ${POLICY_KEY_SIZE}/${POLICY_VALUE_SIZE}`);
-    if (exact) this.exact = new ExactMirror(map, exact, POLICY_MAP_MAX, (k) => policyKeyIsFull(k));
+    if (exact) this.exact = new ExactMirror(map, exact, POLICY_MAP_MAX, policyKeyIsFull);
     if (exact && wild) {
       if (wild.keySize !== POLICY_KEY_SIZE || wild.valueSize !== 4) throw new Error(`policy_wild has key/value ${wild.keySize}/${wild.valueSize} bytes, want ${POLICY_KEY_SIZE}/4`);
       this.wild = wild;
@@ -242,23 +247,33 @@ export class PolicyMap {
   }
 
   /** `policy_wild` against the trie: [key, count wanted, count held] where they differ; [key, count] held but not wanted. */
-  private wildDiff(trie: Array<[Buffer, Buffer]>): { missing: Array<[Buffer, number, number]>; extra: Array<[Buffer, number]> } {
-    const want: WildDelta = new Map();
-    for (const [k] of trie) if (!policyKeyIsFull(k)) wildBump(want, k, 0, 1);
+  private wildDiff(trie: Dump): { missing: Array<[Buffer, number, number]>; extra: Array<[Buffer, number]> } {
+    // the wild key of a trie key, as a string: its triple between the fixed prefix length and zeros
+    const head = K.endpoint_id.offset;
+    const tail = K.protocol.offset;
+    const want = new Map<string, { off: number; n: number }>();
+    for (let i = 0; i < trie.count; i++) {
+      const off = i * POLICY_KEY_SIZE;
+      if (policyKeyIsFull(trie.keys, off)) continue;
+      const id = WILD_ID_HEAD + trie.keys.toString('latin1', off + head, off + tail) + WILD_ID_TAIL;
+      const w = want.get(id);
+      if (w) w.n++;
+      else want.set(id, { off, n: 1 });
+    }
     const missing: Array<[Buffer, number, number]> = [];
     const extra: Array<[Buffer, number]> = [];
-    const seen = new Set<string>();
-    for (const [k, v] of dump(this.wild!, POLICY_MAP_MAX)) {
-      const id = k.toString('latin1');
-      const have = v.readUInt32LE(0);
+    const held = dump(this.wild!, POLICY_MAP_MAX);
+    for (let j = 0; j < held.count; j++) {
+      const id = held.keys.toString('latin1', j * POLICY_KEY_SIZE, (j + 1) * POLICY_KEY_SIZE);
+      const have = held.values.readUInt32LE(j * 4);
       const w = want.get(id);
-      if (!w) extra.push([k, have]);
+      if (!w) extra.push([dumpKey(held, j), have]);
       else {
-        seen.add(id);
-        if (w.d !== have) missing.push([w.key, w.d, have]);
+        want.delete(id);
+        if (w.n !== have) missing.push([policyWildKey(trie.keys, w.off), w.n, have]);
       }
     }
-    for (const [id, w] of want) if (!seen.has(id)) missing.push([w.key, w.d, 0]);
+    for (const w of want.values()) missing.push([policyWildKey(trie.keys, w.off), w.n, 0]);
     return { missing, extra };
   }
 
