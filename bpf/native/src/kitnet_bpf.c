@@ -686,12 +686,27 @@ static napi_value map_update_batch(napi_env env, napi_callback_info info)
 	return make_u32(env, count);
 }
 
+/* {count, keys, values} of a map dump: n keys of ksz bytes and n values of vsz bytes, copied into
+ * Buffers; NULL if N-API could not make them. */
+static napi_value dump_result(napi_env env, size_t n, uint32_t ksz, uint32_t vsz, const char *keys, const char *values)
+{
+	napi_value obj, kb, vb;
+
+	if (napi_create_object(env, &obj) != napi_ok || napi_create_buffer_copy(env, n * ksz, keys, NULL, &kb) != napi_ok ||
+	    napi_create_buffer_copy(env, n * vsz, values, NULL, &vb) != napi_ok)
+		return NULL;
+	set_u32(env, obj, "count", (uint32_t)n);
+	napi_set_named_property(env, obj, "keys", kb);
+	napi_set_named_property(env, obj, "values", vb);
+	return obj;
+}
+
 /* mapDump(fd, keySize, valueSize, maxEntries) -> {count, keys, values}: every entry, packed back to back,
  * in one call (get_next_key + lookup in a loop). Keys deleted while dumping are skipped. valueSize is
  * the lookup size (per-CPU maps: rounded size x CPUs). */
 static napi_value map_dump(napi_env env, napi_callback_info info)
 {
-	napi_value argv[4], obj, kb, vb;
+	napi_value argv[4], obj;
 	int32_t fd;
 	uint32_t ksz, vsz, max;
 	size_t cap = 1024, n = 0;
@@ -743,14 +758,11 @@ static napi_value map_dump(napi_env env, napi_callback_info info)
 	}
 	free(cursor);
 	cursor = NULL;
-	if (napi_create_object(env, &obj) != napi_ok || napi_create_buffer_copy(env, n * ksz, keys, NULL, &kb) != napi_ok ||
-	    napi_create_buffer_copy(env, n * vsz, values, NULL, &vb) != napi_ok)
+	obj = dump_result(env, n, ksz, vsz, keys, values);
+	if (!obj)
 		goto fail;
 	free(keys);
 	free(values);
-	set_u32(env, obj, "count", (uint32_t)n);
-	napi_set_named_property(env, obj, "keys", kb);
-	napi_set_named_property(env, obj, "values", vb);
 	return obj;
 fail:
 	free(keys);
@@ -763,7 +775,7 @@ fail:
  * BPF_MAP_LOOKUP_BATCH syscalls of up to 4096 entries (hash maps; LPM tries have no batch ops). */
 static napi_value map_dump_batch(napi_env env, napi_callback_info info)
 {
-	napi_value argv[4], obj, kb, vb;
+	napi_value argv[4], obj;
 	int32_t fd;
 	uint32_t ksz, vsz, max;
 	size_t cap = 4096, n = 0;
@@ -814,14 +826,11 @@ static napi_value map_dump_batch(napi_env env, napi_callback_info info)
 	}
 	if (n > max)
 		n = max;
-	if (napi_create_object(env, &obj) != napi_ok || napi_create_buffer_copy(env, n * ksz, keys, NULL, &kb) != napi_ok ||
-	    napi_create_buffer_copy(env, n * vsz, values, NULL, &vb) != napi_ok)
+	obj = dump_result(env, n, ksz, vsz, keys, values);
+	if (!obj)
 		goto fail;
 	free(keys);
 	free(values);
-	set_u32(env, obj, "count", (uint32_t)n);
-	napi_set_named_property(env, obj, "keys", kb);
-	napi_set_named_property(env, obj, "values", vb);
 	return obj;
 fail:
 	free(keys);
