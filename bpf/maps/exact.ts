@@ -68,10 +68,7 @@ export function batchApply(
   try {
     return native().mapBatchApply(map.fd, ops, keys, values, map.keySize, map.valueSize, flags, results);
   } catch (err) {
-    const k = bpfError(err) as Error & { index?: number };
-    const index = (err as { index?: number }).index;
-    if (typeof index === 'number') k.index = index;
-    throw k;
+    throw batchError(err);
   }
 }
 
@@ -81,11 +78,16 @@ export function hashUpdateBatch(map: BpfMap, keys: Buffer, values: Buffer, flags
   try {
     return native().mapUpdateBatch(map.fd, keys, values, map.keySize, map.valueSize, flags);
   } catch (err) {
-    const k = bpfError(err) as Error & { index?: number };
-    const index = (err as { index?: number }).index;
-    if (typeof index === 'number') k.index = index;
-    throw k;
+    throw batchError(err);
   }
+}
+
+/** A native batch call's error as a KernelError, keeping the index of the op the kernel refused. */
+function batchError(err: unknown): Error & { index?: number } {
+  const k = bpfError(err) as Error & { index?: number };
+  const index = (err as { index?: number }).index;
+  if (typeof index === 'number') k.index = index;
+  return k;
 }
 
 /** A trie and the hash of its full-length entries. */
