@@ -133,6 +133,21 @@ class DatapathImpl implements KitnetDatapath {
       this.exactRepaired = { ipcache: this.ipcache.exact.sync(), policy: policy.exact, policyWild: policy.wild };
       if (this.policy.wild) this.config.exactCompleteSet(true);
     }
+    // Connections tracked before this load (by this object's predecessor, perhaps of a layout without a
+    // revision: 0 there) are checked by policy again on their next packet in the original direction.
+    this.config.policyRevisionBump();
+  }
+
+  /**
+   * Runs a write that can change a verdict, then bumps the policy revision, also when the write failed
+   * half-way: established connections are checked again (bpf/include/conntrack.h).
+   */
+  private verdictWrite<T>(write: () => T): T {
+    try {
+      return write();
+    } finally {
+      this.config.policyRevisionBump();
+    }
   }
 
   get pinRoot(): string {
@@ -170,12 +185,12 @@ class DatapathImpl implements KitnetDatapath {
 
   endpointUpsert(ifindex: number, info: EndpointInfo): void {
     this.live();
-    this.endpoints.upsert(ifindex, info);
+    this.verdictWrite(() => this.endpoints.upsert(ifindex, info));
   }
 
   endpointDelete(ifindex: number): void {
     this.live();
-    this.endpoints.delete(ifindex);
+    this.verdictWrite(() => this.endpoints.delete(ifindex));
   }
 
   endpointList(): Array<[number, EndpointInfo]> {
@@ -190,12 +205,12 @@ class DatapathImpl implements KitnetDatapath {
 
   ipcacheUpsert(cidr: string, entry: IpcacheEntry): void {
     this.live();
-    this.ipcache.upsert(cidr, entry);
+    this.verdictWrite(() => this.ipcache.upsert(cidr, entry));
   }
 
   ipcacheDelete(cidr: string): void {
     this.live();
-    this.ipcache.delete(cidr);
+    this.verdictWrite(() => this.ipcache.delete(cidr));
   }
 
   ipcacheList(): Array<[string, IpcacheEntry]> {
@@ -207,8 +222,8 @@ class DatapathImpl implements KitnetDatapath {
   policyApply(endpointId: number, ops: readonly PolicyEntryOp[]): PolicyApplyResult;
   policyApply(a: number | readonly PolicyMapWrite[], b?: readonly PolicyEntryOp[]): PolicyApplyResult {
     this.live();
-    if (typeof a === 'number') return this.policy.apply(policyEntryOpsPack(a, b ?? []));
-    return this.policy.apply(policyWritesPack(a));
+    if (typeof a === 'number') return this.verdictWrite(() => this.policy.apply(policyEntryOpsPack(a, b ?? [])));
+    return this.verdictWrite(() => this.policy.apply(policyWritesPack(a)));
   }
 
   policyList(endpointId?: number): PolicyMapEntry[] {
@@ -218,7 +233,7 @@ class DatapathImpl implements KitnetDatapath {
 
   policyClear(endpointId?: number): number {
     this.live();
-    return this.policy.clear(endpointId);
+    return this.verdictWrite(() => this.policy.clear(endpointId));
   }
 
   configGet(): DatapathConfig {

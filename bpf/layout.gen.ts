@@ -88,7 +88,8 @@ export const CT_ENTRY = {
   fields: {
     last_seen_ns: { offset: 0, size: 8, type: 'u64', count: 0 },
     last_report_ns: { offset: 8, size: 8, type: 'u64', count: 0 },
-    packets: { offset: 16, size: 8, type: 'u64', count: 0 },
+    packets: { offset: 16, size: 4, type: 'u32', count: 0 },
+    policy_revision: { offset: 20, size: 4, type: 'u32', count: 0 },
     bytes: { offset: 24, size: 8, type: 'u64', count: 0 },
     tx_flags_seen: { offset: 32, size: 1, type: 'u8', count: 0 },
     rx_flags_seen: { offset: 33, size: 1, type: 'u8', count: 0 },
@@ -199,7 +200,7 @@ export const DP_CONFIG = {
     monitor_aggregation: { offset: 0, size: 4, type: 'u32', count: 0 },
     report_interval_s: { offset: 4, size: 4, type: 'u32', count: 0 },
     flags: { offset: 8, size: 4, type: 'u32', count: 0 },
-    pad0: { offset: 12, size: 4, type: 'u32', count: 0 },
+    policy_revision: { offset: 12, size: 4, type: 'u32', count: 0 },
   },
 } as const satisfies StructLayout;
 
@@ -330,9 +331,9 @@ export const METRIC_CT_NEW = 7;
 export const METRIC_CT_FULL = 8;
 /** ARP and other non-IP frames (passed, not reported) */
 export const METRIC_NON_IP = 9;
-/** new connections dropped for want of an allow entry (DROP_POLICY_DENIED) */
+/** packets dropped for want of an allow entry (DROP_POLICY_DENIED): new connections, and tracked ones checked again */
 export const METRIC_POLICY_DENIED = 10;
-/** new connections dropped by a deny entry (DROP_POLICY_DENY) */
+/** packets dropped by a deny entry (DROP_POLICY_DENY): new connections, and tracked ones checked again */
 export const METRIC_POLICY_DENY = 11;
 /** ARP / neighbour discovery and related ICMP errors that skipped the policy lookup */
 export const METRIC_POLICY_BYPASS = 12;
@@ -362,8 +363,13 @@ export const METRICS_MAP_MAX = 16;
 export const CONFIG_MAP_MAX = 1;
 
 /** Conntrack lifetimes (seconds) after the last packet; an expired entry counts as a new connection. */
+/** TCP connection that saw a reply (Cilium: CT_CONNECTION_LIFETIME_TCP) */
 export const CT_LIFETIME_TCP = 21600;
+/** TCP connection without a reply yet (Cilium: CT_SYN_TIMEOUT) */
+export const CT_LIFETIME_TCP_SYN = 60;
+/** after RST, or FIN both ways (Cilium: CT_CLOSE_TIMEOUT) */
 export const CT_LIFETIME_TCP_CLOSED = 10;
+/** other protocols, with or without a reply (Cilium: CT_CONNECTION_LIFETIME_NONTCP) */
 export const CT_LIFETIME_NONTCP = 60;
 
 /** IPv4 default gateway of every workload; the datapath answers ARP for it (endpoint_info.host_mac) */

@@ -4,6 +4,17 @@
  * created it, and a packet going the other way is a reply. A connection between two local endpoints
  * gets one entry per endpoint (each side makes its own policy decision).
  *
+ * What skips policy (Cilium's rules, plus a policy revision so that policy changes reach established
+ * connections without a policy lookup per packet):
+ *   - replies (packets against the entry's original direction) and ICMP errors about a tracked
+ *     connection: always;
+ *   - packets in the original direction: only when the entry saw a reply and was allowed at the current
+ *     policy revision (dp_config.policy_revision, bumped by the agent after every policy, ipcache or
+ *     endpoint write). Otherwise they are checked again (CT_RECHECK); a bare TCP SYN never rides an entry
+ *     without a reply (nor a closed one): it is a new connection (CT_NEW).
+ * A packet in the original direction that policy denies removes the entry, so the connection's replies
+ * stop passing too. Entries without a reply live CT_LIFETIME_TCP_SYN / CT_LIFETIME_NONTCP seconds.
+ *
  * The table also drives event aggregation: ct_process says whether this packet is worth an event
  * (new connection, first reply, new TCP flags in this direction, FIN/RST, periodic interval). */
 #pragma once
@@ -20,9 +31,11 @@
 #define CT_NO_REPORT 0xff
 
 struct ct_result {
-	struct ct_key key; /* CT_NEW: the entry to create */
+	struct ct_key key;       /* CT_NEW: the entry to create; CT_RECHECK: the entry's key */
+	struct ct_entry *entry;  /* CT_RECHECK: the entry, untouched until policy allows (ct_confirm) */
 	__u8 is_reply;
 	__u8 report; /* REPORT_* or CT_NO_REPORT */
+	__u8 found;  /* CT_NEW, CT_RECHECK: an entry exists under key (a policy drop removes it: ct_forget) */
 };
 
 /* Whether the packet can be tracked, and its ports for the key (ICMP echo uses the identifier on the
@@ -69,7 +82,9 @@ static __always_inline int ct_expired(const struct ct_entry *e, __u8 protocol, _
 	__u64 life = CT_LIFETIME_NONTCP;
 
 	if (protocol == IPPROTO_TCP)
-		life = ct_closed(e) ? CT_LIFETIME_TCP_CLOSED : CT_LIFETIME_TCP;
+		life = ct_closed(e)			 ? CT_LIFETIME_TCP_CLOSED :
+		       (e->flags & CT_F_SEEN_REPLY) ? CT_LIFETIME_TCP :
+						    CT_LIFETIME_TCP_SYN;
 	/* signed: another CPU may have stored a later time than this packet's clock read */
 	return (__s64)(now - e->last_seen_ns) > (__s64)(life * NSEC_PER_SEC);
 }
@@ -87,8 +102,9 @@ static __always_inline __u16 ct_close_flags(__u8 tcp_flags, int reply)
 
 enum ct_state {
 	CT_UNTRACKED = 0, /* not a connection (ICMP errors, ND, later fragments): res->key unset */
-	CT_ESTABLISHED,   /* matched a live entry in either direction: res filled, entry updated */
-	CT_NEW,           /* trackable, no live entry: res->key holds the key to create once policy allows */
+	CT_ESTABLISHED,   /* a reply, or the original direction of an entry allowed at this revision: res filled, entry updated */
+	CT_NEW,           /* trackable, no live entry (or a bare SYN that may not ride it): res->key holds the key to create once policy allows */
+	CT_RECHECK,       /* original direction of a live entry without a reply or allowed at another revision: policy decides, then ct_confirm or ct_forget */
 };
 
 /* The key of the packet's connection as its endpoint sees it: local = source of a packet from the
@@ -136,36 +152,11 @@ static __always_inline int tcp_bare_syn(const struct pkt *p)
 	return p->protocol == IPPROTO_TCP && (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
 }
 
-/* Looks the packet's connection up (one lookup, both directions). Nothing is created here: the caller
- * decides (policy) and then calls ct_create, so denied packets never leave an entry that would let their
- * replies through. */
-static __always_inline int ct_process(const struct pkt *p, __u8 dir, __u32 len, __u64 now,
-				      __u64 report_interval_ns, struct ct_result *res)
+/* Counts a packet of a tracked connection into its entry and says whether it is worth an event. */
+static __always_inline void ct_account(struct ct_entry *e, const struct pkt *p, int reply, __u32 len, __u64 now,
+				       __u64 report_interval_ns, struct ct_result *res)
 {
-	struct ct_key *key = &res->key;
-	struct ct_entry *e;
-	__u16 sport, dport;
-	int reply = 0;
 	__u8 *seen;
-
-	if (!ct_tuple_ports(p, &sport, &dport))
-		return CT_UNTRACKED;
-
-	ct_key_fill(key, p->saddr, p->daddr, sport, dport, p->protocol, p->family, dir);
-	e = bpf_map_lookup_elem(&conntrack, key);
-	if (e && !ct_expired(e, p->protocol, now)) {
-		reply = e->direction != dir;
-		/* A bare SYN on a closed connection starts a new one (port reuse). */
-		if (!reply && tcp_bare_syn(p) && ct_closed(e))
-			return CT_NEW;
-	} else if (!tcp_bare_syn(p)) {
-		e = ct_v1_reply_lookup(p, dir, sport, dport);
-		if (!e || ct_expired(e, p->protocol, now))
-			return CT_NEW;
-		reply = 1;
-	} else {
-		return CT_NEW;
-	}
 
 	res->is_reply = reply;
 	res->report = CT_NO_REPORT;
@@ -192,12 +183,78 @@ static __always_inline int ct_process(const struct pkt *p, __u8 dir, __u32 len, 
 		res->report = REPORT_INTERVAL;
 	if (res->report != CT_NO_REPORT)
 		e->last_report_ns = now;
+}
+
+/* Looks the packet's connection up (one lookup, both directions). Nothing is created here, and an entry
+ * is only updated when the packet skips policy (CT_ESTABLISHED): the caller decides (policy) and then
+ * calls ct_create, ct_confirm or ct_forget, so denied packets never leave or refresh an entry that would
+ * let their replies through. `revision` is the current dp_config.policy_revision. */
+static __always_inline int ct_process(const struct pkt *p, __u8 dir, __u32 len, __u64 now,
+				      __u64 report_interval_ns, __u32 revision, struct ct_result *res)
+{
+	struct ct_key *key = &res->key;
+	struct ct_entry *e;
+	__u16 sport, dport;
+	int reply = 0;
+
+	res->found = 0;
+	if (!ct_tuple_ports(p, &sport, &dport))
+		return CT_UNTRACKED;
+
+	ct_key_fill(key, p->saddr, p->daddr, sport, dport, p->protocol, p->family, dir);
+	e = bpf_map_lookup_elem(&conntrack, key);
+	res->found = e != NULL;
+	if (e && !ct_expired(e, p->protocol, now)) {
+		reply = e->direction != dir;
+		if (!reply) {
+			/* A bare SYN starts a new connection unless the entry saw a reply and is open: on a
+			 * closed connection it is port reuse, on an unanswered one a retry, or a new attempt
+			 * that must not inherit the earlier attempt's verdict. */
+			if (tcp_bare_syn(p) && (ct_closed(e) || !(e->flags & CT_F_SEEN_REPLY)))
+				return CT_NEW;
+			if (!(e->flags & CT_F_SEEN_REPLY) || e->policy_revision != revision) {
+				res->entry = e;
+				res->is_reply = 0;
+				return CT_RECHECK;
+			}
+		}
+	} else if (!tcp_bare_syn(p)) {
+		e = ct_v1_reply_lookup(p, dir, sport, dport);
+		if (!e || ct_expired(e, p->protocol, now))
+			return CT_NEW;
+		reply = 1;
+	} else {
+		return CT_NEW;
+	}
+
+	ct_account(e, p, reply, len, now, report_interval_ns, res);
 	return CT_ESTABLISHED;
 }
 
+/* A CT_RECHECK packet that policy allowed: the entry is now allowed at `revision`. */
+static __always_inline void ct_confirm(struct ct_result *res, const struct pkt *p, __u32 len, __u64 now,
+				       __u64 report_interval_ns, __u32 revision)
+{
+	struct ct_entry *e = res->entry;
+
+	if (!e)
+		return;
+	e->policy_revision = revision;
+	ct_account(e, p, 0, len, now, report_interval_ns, res);
+}
+
+/* Policy denied a packet in the original direction of res->key's connection: the entry goes, so the
+ * connection's replies no longer pass either. */
+static __always_inline void ct_forget(struct ct_result *res)
+{
+	if (res->found)
+		bpf_map_delete_elem(&conntrack, &res->key);
+}
+
 /* Creates the entry for a CT_NEW packet (res->key from ct_process) travelling in dir. A replaced entry
- * (expired, or a closed TCP connection reused by a new SYN) starts from scratch. */
-static __always_inline void ct_create(struct ct_result *res, const struct pkt *p, __u8 dir, __u32 len, __u64 now)
+ * (expired, or a closed or unanswered TCP connection a new SYN reuses) starts from scratch. */
+static __always_inline void ct_create(struct ct_result *res, const struct pkt *p, __u8 dir, __u32 len, __u64 now,
+				      __u32 revision)
 {
 	struct ct_entry fresh;
 
@@ -209,6 +266,7 @@ static __always_inline void ct_create(struct ct_result *res, const struct pkt *p
 	fresh.tx_flags_seen = p->tcp_flags;
 	fresh.flags = ct_close_flags(p->tcp_flags, 0);
 	fresh.direction = dir;
+	fresh.policy_revision = revision;
 	if (bpf_map_update_elem(&conntrack, &res->key, &fresh, BPF_ANY) < 0)
 		metric_add(METRIC_CT_FULL, 0);
 	else

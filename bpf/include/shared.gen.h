@@ -94,8 +94,8 @@
 #define METRIC_CT_NEW 7 /* conntrack entries created */
 #define METRIC_CT_FULL 8 /* conntrack inserts that failed */
 #define METRIC_NON_IP 9 /* ARP and other non-IP frames (passed, not reported) */
-#define METRIC_POLICY_DENIED 10 /* new connections dropped for want of an allow entry (DROP_POLICY_DENIED) */
-#define METRIC_POLICY_DENY 11 /* new connections dropped by a deny entry (DROP_POLICY_DENY) */
+#define METRIC_POLICY_DENIED 10 /* packets dropped for want of an allow entry (DROP_POLICY_DENIED): new connections, and tracked ones checked again */
+#define METRIC_POLICY_DENY 11 /* packets dropped by a deny entry (DROP_POLICY_DENY): new connections, and tracked ones checked again */
 #define METRIC_POLICY_BYPASS 12 /* ARP / neighbour discovery and related ICMP errors that skipped the policy lookup */
 #define METRIC_FRAG_UNKNOWN 13 /* later fragments whose first fragment was not seen (policy sees no ports) */
 #define METRIC_NEIGH_REPLIES 14 /* ARP replies / neighbour advertisements the gateway responder sent to workloads */
@@ -115,9 +115,10 @@
 #define CONFIG_MAP_MAX 1
 
 /* Conntrack lifetimes (seconds) after the last packet; an expired entry counts as a new connection. */
-#define CT_LIFETIME_TCP 21600
-#define CT_LIFETIME_TCP_CLOSED 10
-#define CT_LIFETIME_NONTCP 60
+#define CT_LIFETIME_TCP 21600 /* TCP connection that saw a reply (Cilium: CT_CONNECTION_LIFETIME_TCP) */
+#define CT_LIFETIME_TCP_SYN 60 /* TCP connection without a reply yet (Cilium: CT_SYN_TIMEOUT) */
+#define CT_LIFETIME_TCP_CLOSED 10 /* after RST, or FIN both ways (Cilium: CT_CLOSE_TIMEOUT) */
+#define CT_LIFETIME_NONTCP 60 /* other protocols, with or without a reply (Cilium: CT_CONNECTION_LIFETIME_NONTCP) */
 
 /* Shared addresses (network byte order initialisers). */
 /* 169.254.1.1: IPv4 default gateway of every workload; the datapath answers ARP for it (endpoint_info.host_mac) */
@@ -237,7 +238,8 @@ _Static_assert(__builtin_offsetof(struct ct_key, pad0) == 39, "ct_key.pad0 offse
 struct ct_entry {
 	__u64 last_seen_ns;         /* @0 bpf_ktime_get_coarse_ns() of the last packet (CLOCK_MONOTONIC, tick resolution) */
 	__u64 last_report_ns;       /* @8 when an event was last emitted for this entry (same clock) */
-	__u64 packets;              /* @16 */
+	__u32 packets;              /* @16 statistics, wraps; the low half of the u64 counter of earlier layouts (old entries read on, see policy_revision) */
+	__u32 policy_revision;      /* @20 dp_config.policy_revision the connection was last allowed at: packets in the original direction are checked by policy again when it differs. The high half of the u64 packet counter of earlier layouts: 0 there, so entries left by an older datapath are checked again once (the agent never publishes revision 0 after loading) */
 	__u64 bytes;                /* @24 */
 	__u8 tx_flags_seen;         /* @32 TCP flags seen in the original direction */
 	__u8 rx_flags_seen;         /* @33 TCP flags seen in the reply direction */
@@ -249,6 +251,7 @@ _Static_assert(sizeof(struct ct_entry) == 40, "struct ct_entry size");
 _Static_assert(__builtin_offsetof(struct ct_entry, last_seen_ns) == 0, "ct_entry.last_seen_ns offset");
 _Static_assert(__builtin_offsetof(struct ct_entry, last_report_ns) == 8, "ct_entry.last_report_ns offset");
 _Static_assert(__builtin_offsetof(struct ct_entry, packets) == 16, "ct_entry.packets offset");
+_Static_assert(__builtin_offsetof(struct ct_entry, policy_revision) == 20, "ct_entry.policy_revision offset");
 _Static_assert(__builtin_offsetof(struct ct_entry, bytes) == 24, "ct_entry.bytes offset");
 _Static_assert(__builtin_offsetof(struct ct_entry, tx_flags_seen) == 32, "ct_entry.tx_flags_seen offset");
 _Static_assert(__builtin_offsetof(struct ct_entry, rx_flags_seen) == 33, "ct_entry.rx_flags_seen offset");
@@ -381,10 +384,10 @@ struct dp_config {
 	__u32 monitor_aggregation;  /* @0 MONITOR_AGG_NONE (every packet) / MONITOR_AGG_DEFAULT */
 	__u32 report_interval_s;    /* @4 aggregated mode: re-report a flow at most this often; 0 = only on changes */
 	__u32 flags;                /* @8 CFG_F_* bits */
-	__u32 pad0;                 /* @12 */
+	__u32 policy_revision;      /* @12 bumped by the agent after every write to the policy maps, the ipcache or the endpoints (never 0 once an agent loaded the object): a conntrack entry allowed at another revision is checked by policy again (conntrack.h) */
 };
 _Static_assert(sizeof(struct dp_config) == 16, "struct dp_config size");
 _Static_assert(__builtin_offsetof(struct dp_config, monitor_aggregation) == 0, "dp_config.monitor_aggregation offset");
 _Static_assert(__builtin_offsetof(struct dp_config, report_interval_s) == 4, "dp_config.report_interval_s offset");
 _Static_assert(__builtin_offsetof(struct dp_config, flags) == 8, "dp_config.flags offset");
-_Static_assert(__builtin_offsetof(struct dp_config, pad0) == 12, "dp_config.pad0 offset");
+_Static_assert(__builtin_offsetof(struct dp_config, policy_revision) == 12, "dp_config.policy_revision offset");

@@ -42,8 +42,32 @@ export class ConfigMap {
     const flags = CFG_F_SET | (this.flags() & CFG_F_EXACT_COMPLETE);
     this.map.update(
       KEY0,
-      structEncode(DP_CONFIG, { monitor_aggregation: next.monitorAggregation, report_interval_s: next.reportIntervalS, flags }),
+      structEncode(DP_CONFIG, {
+        monitor_aggregation: next.monitorAggregation,
+        report_interval_s: next.reportIntervalS,
+        flags,
+        policy_revision: this.policyRevision(),
+      }),
     );
+    return next;
+  }
+
+  /** The revision the datapath checks conntrack entries against (bpf/include/conntrack.h). */
+  policyRevision(): number {
+    const v = this.map.lookup(KEY0);
+    return v ? (structDecode(DP_CONFIG, v).policy_revision as number) : 0;
+  }
+
+  /**
+   * Called after every write that can change a verdict (policy entries, ipcache, endpoints): established
+   * connections are checked by policy again on their next packet in the original direction. Never 0, the
+   * revision of entries left by a datapath older than the revision (see ct_entry.policy_revision).
+   */
+  policyRevisionBump(): number {
+    const v = this.map.lookup(KEY0) ?? Buffer.alloc(DP_CONFIG.size);
+    const d = structDecode(DP_CONFIG, v);
+    const next = ((d.policy_revision as number) + 1) >>> 0 || 1;
+    this.map.update(KEY0, structEncode(DP_CONFIG, { ...d, policy_revision: next }));
     return next;
   }
 

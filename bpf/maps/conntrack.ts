@@ -14,8 +14,11 @@ export interface ConntrackEntry {
   dstPort: number;
   /** Direction of the packet that created the entry. */
   direction: 'INGRESS' | 'EGRESS';
+  /** Packets counted by the datapath (a u32 that wraps: statistics). */
   packets: bigint;
   bytes: bigint;
+  /** The policy revision (dp_config.policy_revision) the connection was last allowed at. */
+  policyRevision: number;
   lastSeenNs: bigint;
   flags: number;
   txFlagsSeen: number;
@@ -47,8 +50,9 @@ export class ConntrackMap {
         srcPort: src.port,
         dstPort: dst.port,
         direction: direction === DIR_INGRESS ? 'INGRESS' : 'EGRESS',
-        packets: e.packets as bigint,
+        packets: BigInt(e.packets as number),
         bytes: e.bytes as bigint,
+        policyRevision: e.policy_revision as number,
         lastSeenNs: e.last_seen_ns as bigint,
         flags: e.flags as number,
         txFlagsSeen: e.tx_flags_seen as number,

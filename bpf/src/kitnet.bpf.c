@@ -3,8 +3,10 @@
  *
  * Per packet: endpoint lookup (by ifindex, or by destination on the netkit primary) -> parse ->
  * anti-spoofing (from the workload; ARP and neighbour discovery too, and the gateway's ARP / NS
- * responder: neigh.h) -> conntrack (replies and established flows pass) -> ipcache identity and policy
- * (new connections, untracked packets; allowed connections are then tracked) -> event (aggregated;
+ * responder: neigh.h) -> conntrack (replies pass; the original direction of a connection that saw a
+ * reply passes while the policy revision it was allowed at is current: conntrack.h) -> ipcache identity
+ * and policy (new connections, connections checked again, untracked packets; allowed connections are
+ * then tracked, denied ones forgotten) -> event (aggregated;
  * drops always reported; the ipcache is only consulted for packets that need an identity) -> metrics
  * -> verdict.
  *
@@ -112,6 +114,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 	struct ct_result ct;
 	struct pkt p;
 	__u64 now, interval_ns = 0;
+	__u32 revision = 0;
 	int aggregate = 1, has_l2, rc, ct_state, related, report, resolved = 0, exact_complete = 0;
 	__u16 reason;
 
@@ -194,23 +197,26 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 		aggregate = cfg->monitor_aggregation != MONITOR_AGG_NONE;
 		interval_ns = (__u64)cfg->report_interval_s * NSEC_PER_SEC;
 	}
-	if (cfg)
+	if (cfg) {
 		exact_complete = (cfg->flags & CFG_F_EXACT_COMPLETE) != 0;
+		revision = cfg->policy_revision;
+	}
 
 	/* Conntrack ages entries in seconds: the coarse clock (CLOCK_MONOTONIC at tick resolution, no
 	 * clocksource read) is precise enough and cheaper, and read once per tick (clock.h). Events take the
 	 * fine clock (event_emit). */
 	now = clock_coarse_ns();
 	ct.is_reply = 0;
+	ct.entry = NULL;
 	ct.report = CT_NO_REPORT;
-	ct_state = ct_process(&p, dir, c.len, now, interval_ns, &ct);
+	ct_state = ct_process(&p, dir, c.len, now, interval_ns, revision, &ct);
 	if (ct_state == CT_ESTABLISHED) {
 		c.is_reply = ct.is_reply;
 		goto out;
 	}
 
-	/* Not part of a known connection: policy decides, except for neighbour discovery and ICMP errors
-	 * about a tracked connection. */
+	/* A new connection, one checked again (CT_RECHECK) or not a connection: policy decides, except for
+	 * neighbour discovery and ICMP errors about a tracked connection. */
 	if (policy_bypass(&p)) {
 		metric_add(METRIC_POLICY_BYPASS, 0);
 		goto out; /* neighbour discovery is periodic noise: not reported when aggregating */
@@ -228,6 +234,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 	resolved = 1;
 	reason = policy_check(ep->endpoint_id, dir == DIR_EGRESS ? c.dst_identity : c.src_identity, dir, &p, exact_complete);
 	if (reason) {
+		ct_forget(&ct);
 		metric_add(reason == DROP_POLICY_DENY ? METRIC_POLICY_DENY : METRIC_POLICY_DENIED, c.len);
 		c.verdict = VERDICT_DROPPED;
 		c.drop_reason = reason;
@@ -235,7 +242,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 		return finish(&c, 1);
 	}
 	if (ct_state == CT_NEW)
-		ct_create(&ct, &p, dir, c.len, now);
+		ct_create(&ct, &p, dir, c.len, now, revision);
+	else if (ct_state == CT_RECHECK)
+		ct_confirm(&ct, &p, c.len, now, interval_ns, revision);
 	else if (p.has_l4)
 		ct.report = REPORT_EVERY; /* untracked but rare (ICMP errors, other ICMP): always worth an event */
 

@@ -101,7 +101,16 @@ export const STRUCTS: StructSpec[] = [
     fields: [
       { name: 'last_seen_ns', type: 'u64', doc: 'bpf_ktime_get_coarse_ns() of the last packet (CLOCK_MONOTONIC, tick resolution)' },
       { name: 'last_report_ns', type: 'u64', doc: 'when an event was last emitted for this entry (same clock)' },
-      { name: 'packets', type: 'u64' },
+      {
+        name: 'packets',
+        type: 'u32',
+        doc: 'statistics, wraps; the low half of the u64 counter of earlier layouts (old entries read on, see policy_revision)',
+      },
+      {
+        name: 'policy_revision',
+        type: 'u32',
+        doc: 'dp_config.policy_revision the connection was last allowed at: packets in the original direction are checked by policy again when it differs. The high half of the u64 packet counter of earlier layouts: 0 there, so entries left by an older datapath are checked again once (the agent never publishes revision 0 after loading)',
+      },
       { name: 'bytes', type: 'u64' },
       { name: 'tx_flags_seen', type: 'u8', doc: 'TCP flags seen in the original direction' },
       { name: 'rx_flags_seen', type: 'u8', doc: 'TCP flags seen in the reply direction' },
@@ -202,7 +211,11 @@ export const STRUCTS: StructSpec[] = [
       { name: 'monitor_aggregation', type: 'u32', doc: 'MONITOR_AGG_NONE (every packet) / MONITOR_AGG_DEFAULT' },
       { name: 'report_interval_s', type: 'u32', doc: 'aggregated mode: re-report a flow at most this often; 0 = only on changes' },
       { name: 'flags', type: 'u32', doc: 'CFG_F_* bits' },
-      { name: 'pad0', type: 'u32' },
+      {
+        name: 'policy_revision',
+        type: 'u32',
+        doc: 'bumped by the agent after every write to the policy maps, the ipcache or the endpoints (never 0 once an agent loaded the object): a conntrack entry allowed at another revision is checked by policy again (conntrack.h)',
+      },
     ],
   },
 ];
@@ -367,8 +380,8 @@ export const CONSTANTS: ConstGroup[] = [
       ['CT_NEW', 7, 'conntrack entries created'],
       ['CT_FULL', 8, 'conntrack inserts that failed'],
       ['NON_IP', 9, 'ARP and other non-IP frames (passed, not reported)'],
-      ['POLICY_DENIED', 10, 'new connections dropped for want of an allow entry (DROP_POLICY_DENIED)'],
-      ['POLICY_DENY', 11, 'new connections dropped by a deny entry (DROP_POLICY_DENY)'],
+      ['POLICY_DENIED', 10, 'packets dropped for want of an allow entry (DROP_POLICY_DENIED): new connections, and tracked ones checked again'],
+      ['POLICY_DENY', 11, 'packets dropped by a deny entry (DROP_POLICY_DENY): new connections, and tracked ones checked again'],
       ['POLICY_BYPASS', 12, 'ARP / neighbour discovery and related ICMP errors that skipped the policy lookup'],
       ['FRAG_UNKNOWN', 13, 'later fragments whose first fragment was not seen (policy sees no ports)'],
       ['NEIGH_REPLIES', 14, 'ARP replies / neighbour advertisements the gateway responder sent to workloads'],
@@ -396,9 +409,10 @@ export const CONSTANTS: ConstGroup[] = [
     doc: 'Conntrack lifetimes (seconds) after the last packet; an expired entry counts as a new connection.',
     prefix: 'CT_LIFETIME_',
     values: [
-      ['TCP', 21600],
-      ['TCP_CLOSED', 10],
-      ['NONTCP', 60],
+      ['TCP', 21600, 'TCP connection that saw a reply (Cilium: CT_CONNECTION_LIFETIME_TCP)'],
+      ['TCP_SYN', 60, 'TCP connection without a reply yet (Cilium: CT_SYN_TIMEOUT)'],
+      ['TCP_CLOSED', 10, 'after RST, or FIN both ways (Cilium: CT_CLOSE_TIMEOUT)'],
+      ['NONTCP', 60, 'other protocols, with or without a reply (Cilium: CT_CONNECTION_LIFETIME_NONTCP)'],
     ],
   },
 ];
