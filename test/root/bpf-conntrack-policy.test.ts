@@ -1,0 +1,245 @@
+// Conntrack and policy on crafted packets (BPF_PROG_TEST_RUN), IPv4 and IPv6, TCP and UDP: which
+// tracked packets skip policy and which do not (bpf/include/conntrack.h). Replies pass; packets in the
+// original direction pass on their entry only after it saw a reply and while the policy revision it was
+// allowed at is current; a bare SYN never rides an unanswered entry; a policy drop forgets the entry;
+// unanswered entries live 60 s. The attacks of issue #12 item 2: a new connection reusing the 4-tuple of
+// an unanswered attempt after the source's egress policy changed to deny, and an established connection
+// after a policy (or the remote's identity) changed to deny it.
+// Real kernel, temporary pin root; the skb appears on `lo` (ifindex 1) with this test's own maps.
+import assert from 'node:assert/strict';
+import { after, before, beforeEach, describe, test } from 'node:test';
+import type { FlowEvent, KitnetDatapath, PolicyEntryFields } from '../../bpf/index.js';
+import { DROP_REASON, datapathLoad, datapathUnpinAll } from '../../bpf/index.js';
+import { ipv4Parse, ipv6Parse } from '../../bpf/addr.js';
+import { structDecode, structEncode } from '../../bpf/layout.js';
+import { CT_ENTRY, CT_F_SEEN_REPLY, CT_KEY, DIR_EGRESS, DP_CONFIG, TCX_DROP, TCX_PASS } from '../../bpf/layout.gen.js';
+import { BpfMap } from '../../bpf/maps/map.js';
+import { native } from '../../bpf/native.js';
+import { ETH_P_IP, ETH_P_IPV6, EventSink, TCP, eth, ipv4, ipv6, tcp, udp } from './bpf-helpers.js';
+
+const LO = 1;
+const EP = { endpointId: 23, identity: 310, ipv4: '10.254.0.2', ipv6: 'fd00:254::2', mac: '02:00:00:00:00:02', flags: 0 };
+const PEER = 311; // identity of the remote addresses
+const OTHER = 312;
+const REMOTE = { 4: '10.254.1.9', 6: 'fd00:254:1::9' } as const;
+
+type Prog = 'from_workload' | 'to_workload';
+type Family = 4 | 6;
+type Entry = Omit<PolicyEntryFields, 'deny'> & { deny?: boolean };
+const DENIED = DROP_REASON.POLICY_DENIED;
+const DENY = DROP_REASON.POLICY_DENY;
+
+describe('conntrack and policy (BPF_PROG_TEST_RUN)', { timeout: 120_000 }, () => {
+  const pinRoot = `/sys/fs/bpf/kitnet-test-ctpol-${process.pid}`;
+  let dp: KitnetDatapath;
+  let sink: EventSink;
+
+  before(async () => {
+    await datapathUnpinAll(pinRoot);
+    dp = await datapathLoad({ pinRoot });
+    sink = new EventSink(dp);
+    dp.endpointUpsert(LO, EP);
+  });
+  after(async () => {
+    sink?.close();
+    dp?.close();
+    await datapathUnpinAll(pinRoot);
+  });
+  beforeEach(() => {
+    dp.policyClear();
+    dp.conntrackFlush();
+    for (const f of [4, 6] as const) dp.ipcacheUpsert(`${REMOTE[f]}/${f === 4 ? 32 : 128}`, { identity: PEER, hostId: 0 });
+  });
+
+  /** The endpoint's whole policy; an empty direction is default-deny there (no entry). */
+  function setPolicy(entries: Entry[]): void {
+    dp.policyClear(EP.endpointId);
+    dp.policyApply(
+      EP.endpointId,
+      entries.map((e) => ({ op: 'upsert' as const, entry: { deny: false, ...e } })),
+    );
+  }
+  const allow = (direction: 'egress' | 'ingress', protocol: number, port: number, identity = PEER): Entry => ({ direction, identity, protocol, port, portPrefixLen: 16 });
+
+  /** Runs and returns 'PASS' or the drop reason; a drop must come with exactly one DROPPED event. */
+  async function verdict(prog: Prog, frame: Buffer): Promise<'PASS' | number> {
+    const { retval } = dp.testRun(prog, frame, { ifindex: LO });
+    const events: FlowEvent[] = await sink.settle();
+    if (retval === TCX_PASS) {
+      assert.ok(events.every((e) => e.verdict === 'FORWARDED'), 'forwarded packets have no drop events');
+      return 'PASS';
+    }
+    assert.equal(retval, TCX_DROP);
+    assert.equal(events.length, 1, 'one drop event');
+    assert.equal(events[0]!.verdict, 'DROPPED');
+    assert.equal(events[0]!.reportReason, 'DROP');
+    return events[0]!.dropReason;
+  }
+
+  const local = (f: Family) => (f === 4 ? EP.ipv4 : EP.ipv6);
+  function pkt(f: Family, src: string, dst: string, l4: Buffer, proto: number): Buffer {
+    return f === 4 ? eth(ETH_P_IP, ipv4(src, dst, proto, l4)) : eth(ETH_P_IPV6, ipv6(src, dst, proto, l4));
+  }
+  /** A packet of the connection workload:lport <-> remote:rport, `out` = from the workload. */
+  const tcpOut = (f: Family, lport: number, rport: number, flags: number) => pkt(f, local(f), REMOTE[f], tcp(lport, rport, flags), 6);
+  const tcpIn = (f: Family, lport: number, rport: number, flags: number) => pkt(f, REMOTE[f], local(f), tcp(rport, lport, flags), 6);
+  const udpOut = (f: Family, lport: number, rport: number) => pkt(f, local(f), REMOTE[f], udp(lport, rport), 17);
+  const udpIn = (f: Family, lport: number, rport: number) => pkt(f, REMOTE[f], local(f), udp(rport, lport), 17);
+
+  function ctFind(f: Family, lport: number) {
+    return dp.conntrackList().find((e) => e.family === f && (e.srcPort === lport || e.dstPort === lport));
+  }
+
+  /** The conntrack map itself, for entries aged or written the way an older datapath left them. */
+  function withCtMap<T>(fn: (map: BpfMap) => T): T {
+    const fd = native().objGet(`${pinRoot}/maps/conntrack`);
+    try {
+      return fn(new BpfMap('conntrack', fd));
+    } finally {
+      native().fdClose(fd);
+    }
+  }
+  function ctKey(f: Family, lport: number, rport: number, protocol: number): Buffer {
+    const parse = f === 4 ? ipv4Parse : ipv6Parse;
+    return structEncode(CT_KEY, { laddr: parse(local(f)), raddr: parse(REMOTE[f]), lport, rport, protocol, family: f });
+  }
+  /** Marks an entry as allowed at `revision`, as if it had been checked at it. */
+  function ctRevisionSet(f: Family, lport: number, rport: number, protocol: number, revision: number): void {
+    withCtMap((map) => {
+      const key = ctKey(f, lport, rport, protocol);
+      const v = map.lookup(key);
+      assert.ok(v, 'entry to patch');
+      v.writeUInt32LE(revision, CT_ENTRY.fields.policy_revision!.offset);
+      map.update(key, v);
+    });
+  }
+  function policyRevision(): number {
+    const fd = native().objGet(`${pinRoot}/maps/config`);
+    try {
+      return structDecode(DP_CONFIG, new BpfMap('config', fd).lookup(Buffer.alloc(4))!).policy_revision as number;
+    } finally {
+      native().fdClose(fd);
+    }
+  }
+
+  for (const f of [4, 6] as const) {
+    test(`IPv${f} TCP 4-tuple reuse: a SYN that egress allowed and the destination dropped does not let a new SYN past an egress deny`, async () => {
+      setPolicy([allow('egress', 6, 443)]);
+      assert.equal(await verdict('from_workload', tcpOut(f, 41000, 443, TCP.SYN)), 'PASS', 'first attempt, allowed');
+      // the destination dropped it: no reply ever comes. The egress policy now denies the destination.
+      setPolicy([allow('egress', 6, 80)]);
+      assert.equal(await verdict('from_workload', tcpOut(f, 41000, 443, TCP.SYN)), DENIED, 'same 4-tuple, new SYN');
+      assert.equal(ctFind(f, 41000), undefined, 'the denied SYN removed the unanswered entry');
+      // and no forged "reply" from the destination rides what is left
+      assert.equal(await verdict('to_workload', tcpIn(f, 41000, 443, TCP.SYN | TCP.ACK)), DENIED, 'SYN|ACK after the deny');
+    });
+
+    test(`IPv${f} TCP: a bare SYN never rides an unanswered entry, even at the same policy revision`, async () => {
+      setPolicy([allow('egress', 6, 443)]);
+      assert.equal(await verdict('from_workload', tcpOut(f, 41001, 443, TCP.SYN)), 'PASS');
+      // the retry is a new connection decided by policy (reported as NEW), not an established packet
+      const { retval } = dp.testRun('from_workload', tcpOut(f, 41001, 443, TCP.SYN), { ifindex: LO });
+      assert.equal(retval, TCX_PASS);
+      assert.deepEqual((await sink.settle()).map((e) => e.reportReason), ['NEW']);
+      // a deny entry, and the entry marked as allowed at the new revision: the SYN still asks policy
+      setPolicy([allow('egress', 6, 443), { ...allow('egress', 6, 443), deny: true }]);
+      ctRevisionSet(f, 41001, 443, 6, policyRevision());
+      assert.equal(await verdict('from_workload', tcpOut(f, 41001, 443, TCP.SYN)), DENY);
+    });
+
+    test(`IPv${f} UDP 4-tuple reuse: packets of an unanswered flow are checked by policy every time`, async () => {
+      setPolicy([allow('egress', 17, 53)]);
+      assert.equal(await verdict('from_workload', udpOut(f, 41002, 53)), 'PASS');
+      assert.equal(await verdict('from_workload', udpOut(f, 41002, 53)), 'PASS', 'still allowed');
+      setPolicy([allow('egress', 17, 5353)]);
+      ctRevisionSet(f, 41002, 53, 17, policyRevision()); // not the revision: the missing reply is what counts
+      assert.equal(await verdict('from_workload', udpOut(f, 41002, 53)), DENIED, 'same 4-tuple after the deny');
+      assert.equal(ctFind(f, 41002), undefined, 'entry forgotten');
+      assert.equal(await verdict('to_workload', udpIn(f, 41002, 53)), DENIED, 'no reply rides it afterwards');
+    });
+
+    test(`IPv${f} TCP established, then a policy denies it: the original direction is dropped (133), replies stop`, async () => {
+      setPolicy([allow('egress', 6, 443)]);
+      assert.equal(await verdict('from_workload', tcpOut(f, 41003, 443, TCP.SYN)), 'PASS');
+      assert.equal(await verdict('to_workload', tcpIn(f, 41003, 443, TCP.SYN | TCP.ACK)), 'PASS', 'reply');
+      assert.equal(await verdict('from_workload', tcpOut(f, 41003, 443, TCP.ACK)), 'PASS');
+      assert.equal(await verdict('from_workload', tcpOut(f, 41003, 443, TCP.ACK | 0x08)), 'PASS');
+      const before = ctFind(f, 41003)!;
+      assert.equal(before.flags & CT_F_SEEN_REPLY, CT_F_SEEN_REPLY);
+      assert.equal(before.policyRevision, policyRevision(), 'allowed at the current revision');
+
+      // a change that still allows it: re-validated, keeps flowing, entry now at the new revision
+      setPolicy([allow('egress', 6, 443), allow('egress', 6, 8443)]);
+      const rev = policyRevision();
+      assert.notEqual(rev, before.policyRevision);
+      assert.equal(await verdict('from_workload', tcpOut(f, 41003, 443, TCP.ACK)), 'PASS', 'still allowed');
+      assert.equal(ctFind(f, 41003)!.policyRevision, rev);
+
+      setPolicy([allow('egress', 6, 8443)]);
+      assert.equal(await verdict('from_workload', tcpOut(f, 41003, 443, TCP.ACK)), DENIED, 'established, now denied');
+      assert.equal(ctFind(f, 41003), undefined, 'entry forgotten');
+      assert.equal(await verdict('to_workload', tcpIn(f, 41003, 443, TCP.ACK)), DENIED, 'replies no longer pass');
+      // a deny entry gives its own reason
+      setPolicy([allow('egress', 6, 443)]);
+      assert.equal(await verdict('from_workload', tcpOut(f, 41004, 443, TCP.SYN)), 'PASS');
+      assert.equal(await verdict('to_workload', tcpIn(f, 41004, 443, TCP.SYN | TCP.ACK)), 'PASS');
+      setPolicy([allow('egress', 6, 443), { ...allow('egress', 6, 443), deny: true }]);
+      assert.equal(await verdict('from_workload', tcpOut(f, 41004, 443, TCP.ACK)), DENY);
+    });
+
+    test(`IPv${f} UDP answered, then a policy denies it; ingress-initiated TCP, then the ingress policy denies it`, async () => {
+      setPolicy([allow('egress', 17, 53), allow('ingress', 6, 22)]);
+      assert.equal(await verdict('from_workload', udpOut(f, 41005, 53)), 'PASS');
+      assert.equal(await verdict('to_workload', udpIn(f, 41005, 53)), 'PASS', 'reply');
+      assert.equal(await verdict('from_workload', udpOut(f, 41005, 53)), 'PASS', 'answered flow');
+      // the remote connects to the workload's port 22; the workload answers
+      assert.equal(await verdict('to_workload', tcpIn(f, 22, 50000, TCP.SYN)), 'PASS');
+      assert.equal(await verdict('from_workload', tcpOut(f, 22, 50000, TCP.SYN | TCP.ACK)), 'PASS', 'reply');
+      assert.equal(await verdict('to_workload', tcpIn(f, 22, 50000, TCP.ACK)), 'PASS');
+
+      setPolicy([allow('ingress', 6, 23)]);
+      assert.equal(await verdict('from_workload', udpOut(f, 41005, 53)), DENIED, 'UDP, original direction');
+      assert.equal(await verdict('to_workload', tcpIn(f, 22, 50000, TCP.ACK)), DENIED, 'TCP from the remote, original direction');
+      assert.equal(await verdict('from_workload', tcpOut(f, 22, 50000, TCP.ACK)), DENIED, 'the workload\'s replies follow egress policy again');
+    });
+
+    test(`IPv${f} established, then the remote's identity changes (ipcache): checked again and dropped`, async () => {
+      setPolicy([allow('egress', 6, 443)]);
+      assert.equal(await verdict('from_workload', tcpOut(f, 41006, 443, TCP.SYN)), 'PASS');
+      assert.equal(await verdict('to_workload', tcpIn(f, 41006, 443, TCP.SYN | TCP.ACK)), 'PASS');
+      assert.equal(await verdict('from_workload', tcpOut(f, 41006, 443, TCP.ACK)), 'PASS');
+      dp.ipcacheUpsert(`${REMOTE[f]}/${f === 4 ? 32 : 128}`, { identity: OTHER, hostId: 0 });
+      assert.equal(await verdict('from_workload', tcpOut(f, 41006, 443, TCP.ACK)), DENIED);
+    });
+
+    test(`IPv${f} lifetimes: an unanswered TCP entry lasts 60 s, an answered one longer; entries of an older datapath (revision 0) are checked again`, async () => {
+      setPolicy([allow('egress', 6, 443)]);
+      const aged = (lport: number, ageS: number, flags: number, revision: number) => {
+        const now = process.hrtime.bigint(); // CLOCK_MONOTONIC, the datapath's clock
+        const seen = now - BigInt(ageS) * 1_000_000_000n;
+        withCtMap((map) =>
+          map.update(
+            ctKey(f, lport, 443, 6),
+            structEncode(CT_ENTRY, { last_seen_ns: seen, last_report_ns: seen, packets: 1, policy_revision: revision, bytes: 60n, tx_flags_seen: TCP.SYN, rx_flags_seen: flags ? TCP.SYN | TCP.ACK : 0, flags, direction: DIR_EGRESS }),
+          ),
+        );
+      };
+      const rev = policyRevision();
+      aged(41007, 50, 0, rev); // unanswered, 50 s: live (a reply passes)
+      aged(41008, 70, 0, rev); // unanswered, 70 s: gone
+      aged(41009, 70, CT_F_SEEN_REPLY, rev); // answered, 70 s: live (6 h; the machine may not be up that long)
+      assert.equal(await verdict('to_workload', tcpIn(f, 41007, 443, TCP.SYN | TCP.ACK)), 'PASS', '50 s, unanswered');
+      assert.equal(await verdict('to_workload', tcpIn(f, 41008, 443, TCP.SYN | TCP.ACK)), DENIED, '70 s, unanswered: expired');
+      assert.equal(await verdict('to_workload', tcpIn(f, 41009, 443, TCP.ACK)), 'PASS', '70 s, answered');
+
+      // an answered entry left by a datapath without a revision (0 there): checked once, then at the current one
+      aged(41010, 1, CT_F_SEEN_REPLY, 0);
+      assert.ok(rev !== 0, 'the agent never publishes revision 0');
+      assert.equal(await verdict('from_workload', tcpOut(f, 41010, 443, TCP.ACK)), 'PASS');
+      assert.equal(ctFind(f, 41010)!.policyRevision, rev);
+      aged(41011, 1, CT_F_SEEN_REPLY, 0);
+      setPolicy([allow('egress', 6, 80)]);
+      assert.equal(await verdict('from_workload', tcpOut(f, 41011, 443, TCP.ACK)), DENIED);
+    });
+  }
+});
