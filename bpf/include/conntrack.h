@@ -12,8 +12,11 @@
  *     policy revision (dp_config.policy_revision, bumped by the agent after every policy, ipcache or
  *     endpoint write). Otherwise they are checked again (CT_RECHECK); a bare TCP SYN never rides an entry
  *     without a reply (nor a closed one): it is a new connection (CT_NEW).
- * A packet in the original direction that policy denies removes the entry, so the connection's replies
- * stop passing too. Entries without a reply live CT_LIFETIME_TCP_SYN / CT_LIFETIME_NONTCP seconds.
+ * A packet that policy denies leaves the entry as it was (not refreshed): the connection's packets in
+ * the original direction keep being checked (and dropped while denied), its replies keep passing, as
+ * in Cilium. Removing the entry instead would let the remote's next packet create an entry in the
+ * other direction, under which the workload's packets would be replies. Entries without a reply live
+ * CT_LIFETIME_TCP_SYN / CT_LIFETIME_NONTCP seconds after their last allowed packet.
  *
  * The table also drives event aggregation: ct_process says whether this packet is worth an event
  * (new connection, first reply, new TCP flags in this direction, FIN/RST, periodic interval). */
@@ -35,7 +38,6 @@ struct ct_result {
 	struct ct_entry *entry;  /* CT_RECHECK: the entry, untouched until policy allows (ct_confirm) */
 	__u8 is_reply;
 	__u8 report; /* REPORT_* or CT_NO_REPORT */
-	__u8 found;  /* CT_NEW, CT_RECHECK: an entry exists under key (a policy drop removes it: ct_forget) */
 };
 
 /* Whether the packet can be tracked, and its ports for the key (ICMP echo uses the identifier on the
@@ -104,7 +106,7 @@ enum ct_state {
 	CT_UNTRACKED = 0, /* not a connection (ICMP errors, ND, later fragments): res->key unset */
 	CT_ESTABLISHED,   /* a reply, or the original direction of an entry allowed at this revision: res filled, entry updated */
 	CT_NEW,           /* trackable, no live entry (or a bare SYN that may not ride it): res->key holds the key to create once policy allows */
-	CT_RECHECK,       /* original direction of a live entry without a reply or allowed at another revision: policy decides, then ct_confirm or ct_forget */
+	CT_RECHECK,       /* original direction of a live entry without a reply or allowed at another revision: policy decides, then ct_confirm */
 };
 
 /* The key of the packet's connection as its endpoint sees it: local = source of a packet from the
@@ -187,8 +189,8 @@ static __always_inline void ct_account(struct ct_entry *e, const struct pkt *p, 
 
 /* Looks the packet's connection up (one lookup, both directions). Nothing is created here, and an entry
  * is only updated when the packet skips policy (CT_ESTABLISHED): the caller decides (policy) and then
- * calls ct_create, ct_confirm or ct_forget, so denied packets never leave or refresh an entry that would
- * let their replies through. `revision` is the current dp_config.policy_revision. */
+ * calls ct_create or ct_confirm, so denied packets never leave or refresh an entry that would let their
+ * replies through. `revision` is the current dp_config.policy_revision. */
 static __always_inline int ct_process(const struct pkt *p, __u8 dir, __u32 len, __u64 now,
 				      __u64 report_interval_ns, __u32 revision, struct ct_result *res)
 {
@@ -197,13 +199,11 @@ static __always_inline int ct_process(const struct pkt *p, __u8 dir, __u32 len, 
 	__u16 sport, dport;
 	int reply = 0;
 
-	res->found = 0;
 	if (!ct_tuple_ports(p, &sport, &dport))
 		return CT_UNTRACKED;
 
 	ct_key_fill(key, p->saddr, p->daddr, sport, dport, p->protocol, p->family, dir);
 	e = bpf_map_lookup_elem(&conntrack, key);
-	res->found = e != NULL;
 	if (e && !ct_expired(e, p->protocol, now)) {
 		reply = e->direction != dir;
 		if (!reply) {
@@ -241,14 +241,6 @@ static __always_inline void ct_confirm(struct ct_result *res, const struct pkt *
 		return;
 	e->policy_revision = revision;
 	ct_account(e, p, 0, len, now, report_interval_ns, res);
-}
-
-/* Policy denied a packet in the original direction of res->key's connection: the entry goes, so the
- * connection's replies no longer pass either. */
-static __always_inline void ct_forget(struct ct_result *res)
-{
-	if (res->found)
-		bpf_map_delete_elem(&conntrack, &res->key);
 }
 
 /* Creates the entry for a CT_NEW packet (res->key from ct_process) travelling in dir. A replaced entry

@@ -6,7 +6,7 @@
  * responder: neigh.h) -> conntrack (replies pass; the original direction of a connection that saw a
  * reply passes while the policy revision it was allowed at is current: conntrack.h) -> ipcache identity
  * and policy (new connections, connections checked again, untracked packets; allowed connections are
- * then tracked, denied ones forgotten) -> event (aggregated;
+ * then tracked) -> event (aggregated;
  * drops always reported; the ipcache is only consulted for packets that need an identity) -> metrics
  * -> verdict.
  *
@@ -234,7 +234,6 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 	resolved = 1;
 	reason = policy_check(ep->endpoint_id, dir == DIR_EGRESS ? c.dst_identity : c.src_identity, dir, &p, exact_complete);
 	if (reason) {
-		ct_forget(&ct);
 		metric_add(reason == DROP_POLICY_DENY ? METRIC_POLICY_DENY : METRIC_POLICY_DENIED, c.len);
 		c.verdict = VERDICT_DROPPED;
 		c.drop_reason = reason;
