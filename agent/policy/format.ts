@@ -56,8 +56,17 @@ export function policyTraceFormat(r: TraceResult, identities?: IdentityNames): s
   if (r.egress) lines.push(sideFormat(r.egress));
   if (r.ingress) lines.push(sideFormat(r.ingress));
   if (!r.egress && !r.ingress) lines.push('  neither side is a local endpoint: no policy applies here');
+  else lines.push(CONNTRACK_NOTE[r.verdict]);
   return lines.join('\n');
 }
+
+/** What the verdict means for connections that already exist (bpf/include/conntrack.h). */
+const CONNTRACK_NOTE: Record<TraceResult['verdict'], string> = {
+  ALLOWED:
+    'conntrack: the verdict holds for new and established connections alike: packets source -> destination are checked until the connection sees a reply, and again after any policy or identity change; replies (and ICMP errors about the connection) pass without policy',
+  DENIED:
+    'conntrack: the verdict holds for new and established connections alike: an established connection source -> destination is checked again after the policy or identity change that denies it and its packets this way are dropped from the next one on; its replies still pass',
+};
 
 /**
  * The identity of an entry's map key within one endpoint, as text: equal exactly when the encoded
@@ -82,7 +91,9 @@ export interface PolicyMapOp {
  * `ops` is the safe order: upsert denies, delete stale allows, upsert allows, delete stale denies.
  * While it runs, the map never allows a packet that neither the old nor the new state allows (first
  * only what the old state allows, then only what the new one does); new connections may briefly be
- * dropped instead (fail closed). Established connections pass through conntrack regardless.
+ * dropped instead (fail closed). Established connections are checked again once the write is done (the
+ * datapath's policy revision, bpf/include/conntrack.h); one that a check catches in the middle of it
+ * loses that packet at worst: a drop leaves its conntrack entry as it was.
  */
 export function policyEntriesDiff(
   endpointId: number,

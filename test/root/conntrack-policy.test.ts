@@ -10,6 +10,7 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
+import type { TraceResponse } from '../../api/schemas/policy.js';
 import type { Workload } from '../../api/schemas/workload.js';
 import { AgentFixture } from '../helpers/fixture.js';
 import { status, waitFor } from '../helpers/sys.js';
@@ -199,6 +200,9 @@ spec:
         // the connection keeps sending (TCP: retransmissions); every packet is dropped
         await waitFor('more drops of the same connection', async () => (await egressDrops(c.proto, dst, sport, port)) > 1, 10_000);
         assert.ok(echoes <= atDrop + 1, `echoes stopped (${atDrop} at the first drop, ${echoes} now)`);
+        const trace = await api.call<TraceResponse>('POST', '/v1/policy/trace', { from: { workload: 'ctp/a' }, to: { workload: 'ctp/b' }, protocol: c.proto.toUpperCase(), port });
+        assert.equal(trace.verdict, 'DENIED');
+        assert.match(trace.text, /conntrack: .*established connection/, 'trace states what happens to established connections');
       } finally {
         client.kill('SIGKILL');
       }

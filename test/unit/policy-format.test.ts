@@ -31,6 +31,7 @@ spec:
     const t = policyTraceFormat(policyTrace(s, { from: { identity: 301 }, to: { endpointId: 1 }, protocol: 'UDP', port: 80 }), s.identities);
     assert.match(t, /verdict: DENIED/);
     assert.match(t, /ingress at endpoint 1: DENIED by default deny/);
+    assert.match(t, /conntrack: .*established connection .* checked again after the policy or identity change that denies it/);
   });
   test('diff touches only changed entries', () => {
     const e = (identity: number, port: number, deny = false): PolicyEntry => ({ direction: 'ingress', identity, protocol: 6, port, portPrefixLen: 16, deny, rules: ['r'] });
