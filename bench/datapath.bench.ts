@@ -1,7 +1,8 @@
 // Per-packet cost of the datapath through BPF_PROG_TEST_RUN (the kernel times the program runs itself,
 // ns per repetition): from_workload (egress policy) and to_workload (ingress policy), IPv4 and IPv6,
 // for a TCP SYN of a new connection (conntrack miss -> ipcache -> policy -> event), an established TCP
-// ACK (conntrack hit, aggregated: no event) and UDP of a known flow; with N policy entries per
+// ACK (conntrack hit, aggregated: no event), UDP of a known flow that never saw a reply (policy checked
+// on every packet until one comes, conntrack.h) and UDP of an answered flow; with N policy entries per
 // direction and N ipcache entries. Beside it, the floor: an empty tc program on the same frames.
 //
 // A SYN repeated would hit conntrack after the first run, so new connections are measured as one
@@ -35,7 +36,7 @@ const SKB_CTX_SIZE = 192;
 
 type Prog = 'from_workload' | 'to_workload';
 type Family = 'ipv4' | 'ipv6';
-type Case = 'tcp-syn-new' | 'tcp-syn-new-drained' | 'tcp-established' | 'tcp-reply' | 'udp';
+type Case = 'tcp-syn-new' | 'tcp-syn-new-drained' | 'tcp-established' | 'tcp-reply' | 'udp' | 'udp-answered';
 
 interface Row {
   n: number;
@@ -159,6 +160,10 @@ async function abMain(objects: string[], sizes: number[], repeat: number, conns:
           const u = frame(prog, family, 'udp', 0, 5353, 53);
           dp.testRun(prog, u, { ifindex: LO });
           put(`${prog} ${family} udp`, best(prog, u));
+          const ua = frame(prog, family, 'udp', 0, 5354, 53);
+          dp.testRun(prog, ua, { ifindex: LO });
+          dp.testRun(other, frame(other, family, 'udp', 0, 53, 5354), { ifindex: LO });
+          put(`${prog} ${family} udp-answered`, best(prog, ua));
           // new connections back to back (the reader drains once, after them), then one at a time with
           // the reader draining after each
           let sum = 0;
@@ -276,6 +281,10 @@ async function main(): Promise<void> {
         const u = frame(prog, family, 'udp', 0, 5353, 53);
         check(prog, u, 'UDP');
         rows.push({ n: size, ipcacheEntries: ipcacheHad, prog, family, case: 'udp', ns: timeRepeat(prog, u, repeat), floorNs: timeRepeat('floor', u, repeat) });
+        const ua = frame(prog, family, 'udp', 0, 5354, 53);
+        check(prog, ua, 'UDP (answered)');
+        check(other, frame(other, family, 'udp', 0, 53, 5354), 'UDP reply');
+        rows.push({ n: size, ipcacheEntries: ipcacheHad, prog, family, case: 'udp-answered', ns: timeRepeat(prog, ua, repeat), floorNs: timeRepeat('floor', ua, repeat) });
       }
     }
     process.stdout.write(`  N=${size} done\n`);
