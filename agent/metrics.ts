@@ -445,7 +445,7 @@ export class AgentMetrics {
       this.drops.inc({ reason: f.drop_reason_desc ?? 'DROP_REASON_UNKNOWN', protocol });
       return;
     }
-    if (f.verdict !== 'FORWARDED') return;
+    if (f.verdict !== 'FORWARDED' || !f.l4 || !f.IP) return;
 
     const tcp = f.l4.TCP as { destination_port?: number; flags?: Record<string, boolean> } | undefined;
     if (tcp?.flags) {

@@ -134,7 +134,7 @@ describe('ARP / neighbour discovery on crafted frames (BPF_PROG_TEST_RUN)', { ti
     for (const [src, flags] of [['02:00:00:00:00:66', EP.flags], [EP.mac, EP.flags], [EP.mac, 0]] as const) {
       const r = await run(eth(0x88cc, Buffer.alloc(32), src, '01:80:c2:00:00:0e'), { flags });
       assert.equal(r.retval, TCX_DROP);
-      assert.deepEqual(r.events.map((e) => [e.dropReason, e.etherType]), [[DROP_REASON.UNSUPPORTED_L3_PROTOCOL, 0x88cc]]);
+      assert.deepEqual(r.events.map((e) => [e.dropReason, e.etherType, e.family, e.srcAddr]), [[DROP_REASON.UNSUPPORTED_L3_PROTOCOL, 0x88cc, 0, '']]);
     }
   });
 
