@@ -393,7 +393,7 @@ export class AgentMetrics {
     mirroredCounter(this.registry, 'kitnet_ringbuf_events_total', 'Flow events the datapath wrote to the BPF ring buffer', [], () => dpCounter('EVENTS_SENT'));
     mirroredCounter(this.registry, 'kitnet_ringbuf_lost_events_total', 'Flow events lost because the BPF ring buffer was full', [], () => dpCounter('EVENTS_LOST'));
     mirroredCounter(this.registry, 'kitnet_datapath_no_endpoint_packets_total', 'Packets on a kitnet device with no endpoint entry (passed unobserved)', [], () => dpCounter('NO_ENDPOINT'));
-    mirroredCounter(this.registry, 'kitnet_datapath_non_ip_packets_total', 'Non-IP packets (ARP, ...) passed by the endpoint programs', [], () => dpCounter('NON_IP'));
+    mirroredCounter(this.registry, 'kitnet_datapath_non_ip_packets_total', 'ARP frames passed by the endpoint programs (other frames that are not IP are dropped)', [], () => dpCounter('NON_IP'));
     mirroredCounter(this.registry, 'kitnet_conntrack_created_total', 'Connection tracking entries created', [], () => dpCounter('CT_NEW'));
     mirroredCounter(this.registry, 'kitnet_datapath_policy_drops_total', 'New connections dropped by policy: no allow entry (denied) or a deny entry (deny)', ['reason'] as const, () => {
       const m = datapathRead();
@@ -445,7 +445,7 @@ export class AgentMetrics {
       this.drops.inc({ reason: f.drop_reason_desc ?? 'DROP_REASON_UNKNOWN', protocol });
       return;
     }
-    if (f.verdict !== 'FORWARDED') return;
+    if (f.verdict !== 'FORWARDED' || !f.l4 || !f.IP) return;
 
     const tcp = f.l4.TCP as { destination_port?: number; flags?: Record<string, boolean> } | undefined;
     if (tcp?.flags) {

@@ -4,7 +4,7 @@
 import type { FlowEvent, ReportReason } from './types.js';
 import { ipv4Format, ipv4Parse, ipv6Format, ipv6Parse } from './addr.js';
 import { structEncode } from './layout.js';
-import { DIR_EGRESS, DIR_INGRESS, FAMILY_IPV4, FLOW_EVENT, VERDICT_DROPPED, VERDICT_FORWARDED } from './layout.gen.js';
+import { DIR_EGRESS, DIR_INGRESS, FAMILY_IPV4, FAMILY_IPV6, FLOW_EVENT, VERDICT_DROPPED, VERDICT_FORWARDED } from './layout.gen.js';
 
 const F = FLOW_EVENT.fields;
 const SIZE = FLOW_EVENT.size;
@@ -52,17 +52,19 @@ function u32(b: Buffer, o: number): number {
 
 /** Decode one struct flow_event at `o`. */
 export function flowDecodeOne(b: Buffer, o: number, wallOffsetNs: bigint): FlowEvent {
-  const v4 = b[o + O_FAMILY] === FAMILY_IPV4;
+  const fam = b[o + O_FAMILY];
+  const v4 = fam === FAMILY_IPV4;
+  const ip = v4 || fam === FAMILY_IPV6;
   const dir = b[o + O_DIR];
   return {
     timeNs: b.readBigUInt64LE(o + O_TIME) + wallOffsetNs,
     ifindex: u32(b, o + O_IFINDEX),
     endpointId: u32(b, o + O_EPID),
     direction: dir === DIR_INGRESS ? 'INGRESS' : 'EGRESS',
-    family: v4 ? 4 : 6,
+    family: v4 ? 4 : ip ? 6 : 0,
     protocol: b[o + O_PROTO]!,
-    srcAddr: v4 ? ipv4Format(b, o + O_SADDR) : ipv6Format(b, o + O_SADDR),
-    dstAddr: v4 ? ipv4Format(b, o + O_DADDR) : ipv6Format(b, o + O_DADDR),
+    srcAddr: v4 ? ipv4Format(b, o + O_SADDR) : ip ? ipv6Format(b, o + O_SADDR) : '',
+    dstAddr: v4 ? ipv4Format(b, o + O_DADDR) : ip ? ipv6Format(b, o + O_DADDR) : '',
     srcPort: u16(b, o + O_SPORT),
     dstPort: u16(b, o + O_DPORT),
     icmpType: b[o + O_ICMPT]!,
@@ -94,9 +96,9 @@ export function flowDecodeBatch(batch: Buffer, wallOffsetNs: bigint, out: FlowEv
 
 // ---- encoders (tests, benchmarks): the inverse, through the generic layout encoder ----
 
-function addrBytes(family: 4 | 6, s: string): Uint8Array {
+function addrBytes(family: 0 | 4 | 6, s: string): Uint8Array {
   const out = new Uint8Array(16);
-  out.set(family === 4 ? ipv4Parse(s) : ipv6Parse(s));
+  if (family) out.set(family === 4 ? ipv4Parse(s) : ipv6Parse(s));
   return out;
 }
 

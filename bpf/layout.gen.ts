@@ -329,7 +329,7 @@ export const METRIC_NO_ENDPOINT = 6;
 export const METRIC_CT_NEW = 7;
 /** conntrack inserts that failed */
 export const METRIC_CT_FULL = 8;
-/** ARP and other non-IP frames (passed, not reported) */
+/** ARP frames passed (not reported); other frames that are not IP are dropped (UNSUPPORTED_L3_PROTOCOL) */
 export const METRIC_NON_IP = 9;
 /** packets dropped for want of an allow entry (DROP_POLICY_DENIED): new connections, and tracked ones checked again */
 export const METRIC_POLICY_DENIED = 10;

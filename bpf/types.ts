@@ -37,7 +37,8 @@ export interface FlowEvent {
   ifindex: number;
   endpointId: number;
   direction: TrafficDirection;
-  family: 4 | 6;
+  /** 0: not an IP packet (a frame of another EtherType, dropped): srcAddr and dstAddr are ''. */
+  family: 0 | 4 | 6;
   /** IP protocol number (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6, 132 SCTP). */
   protocol: number;
   srcAddr: string;

@@ -25,7 +25,30 @@ export function nsToIso(ns: bigint): string {
   return `${isoPrefix}.${String(frac).padStart(9, '0')}Z`;
 }
 
-function l4Of(ev: FlowEvent): { l4: Record<string, unknown>; summary: string } {
+const ETH_P_ARP = 0x0806;
+/** EtherTypes a dropped frame that is not IP may show (the outermost one of a tagged frame). */
+const ETHER_TYPES: Record<number, string> = { 0x8100: '802.1Q', 0x88a8: '802.1ad', 0x88cc: 'LLDP', 0x8847: 'MPLS', 0x8863: 'PPPoE', 0x888e: 'EAPOL' };
+
+function etherTypeName(type: number | undefined): string {
+  const hex = `0x${(type ?? 0).toString(16).padStart(4, '0')}`;
+  if (type !== undefined && type < 0x0600) return `802.3 length ${type}`;
+  return ETHER_TYPES[type ?? -1] ? `${ETHER_TYPES[type!]} (${hex})` : `EtherType ${hex}`;
+}
+
+/**
+ * Hubble's `l4` (absent when there is no L4 header Hubble decodes) and Summary. ARP: "ARP" and no l4,
+ * as Hubble shows layer-2 flows; frames that are not IP (family 0): their EtherType; an IP packet
+ * inside VLAN tags: the tags' EtherType before the protocol.
+ */
+function l4Of(ev: FlowEvent): { l4?: Record<string, unknown>; summary: string } {
+  if (ev.etherType === ETH_P_ARP) return { summary: 'ARP' };
+  if (ev.family === 0) return { summary: etherTypeName(ev.etherType) };
+  const inner = l4OfIp(ev);
+  const tagged = ev.etherType === 0x8100 || ev.etherType === 0x88a8;
+  return tagged ? { ...inner, summary: `${etherTypeName(ev.etherType)} ${inner.summary}` } : inner;
+}
+
+function l4OfIp(ev: FlowEvent): { l4?: Record<string, unknown>; summary: string } {
   switch (ev.protocol) {
     case 6: {
       const flags = tcpFlagsObject(ev.tcpFlags);
@@ -43,7 +66,7 @@ function l4Of(ev: FlowEvent): { l4: Record<string, unknown>; summary: string } {
     case 58:
       return { l4: { ICMPv6: { type: ev.icmpType, code: ev.icmpCode } }, summary: `ICMPv6 ${ICMP6_TYPES[ev.icmpType] ?? ev.icmpType}` };
     default:
-      return { l4: {}, summary: `IP protocol ${ev.protocol}` };
+      return { summary: `IP protocol ${ev.protocol}` };
   }
 }
 
@@ -56,7 +79,8 @@ export function hubbleFlowBuild(ev: FlowEvent, source: HubbleEndpoint, destinati
     time,
     uuid: randomUUID(),
     verdict: ev.verdict,
-    IP: { source: ev.srcAddr, destination: ev.dstAddr, ipVersion: ev.family === 4 ? 'IPv4' : 'IPv6' },
+    // undefined (left out of the JSON) for frames that are not IP / without an L4 header, as Hubble
+    IP: ev.family ? { source: ev.srcAddr, destination: ev.dstAddr, ipVersion: ev.family === 4 ? 'IPv4' : 'IPv6' } : undefined,
     l4,
     source,
     destination,

@@ -163,12 +163,12 @@ function podPred(values: string[], pick: (r: HubbleFlowRecord) => HubbleEndpoint
 }
 
 function portOf(r: HubbleFlowRecord, side: 'source_port' | 'destination_port'): number | undefined {
-  const l4 = r.flow.l4 as Record<string, Record<string, number> | undefined>;
-  return (l4.TCP ?? l4.UDP ?? l4.SCTP)?.[side];
+  const l4 = r.flow.l4 as Record<string, Record<string, number> | undefined> | undefined;
+  return (l4?.TCP ?? l4?.UDP ?? l4?.SCTP)?.[side];
 }
 
 function protocolOf(r: HubbleFlowRecord): string[] {
-  const k = Object.keys(r.flow.l4)[0]?.toLowerCase();
+  const k = Object.keys(r.flow.l4 ?? {})[0]?.toLowerCase();
   if (!k) return [];
   return k.startsWith('icmp') ? [k, 'icmp'] : [k];
 }
@@ -185,7 +185,7 @@ function tcpFlagsPred(values: string[]): Pred {
       }),
   );
   return (r) => {
-    const flags = (r.flow.l4 as { TCP?: { flags?: Record<string, boolean> } }).TCP?.flags;
+    const flags = (r.flow.l4 as { TCP?: { flags?: Record<string, boolean> } } | undefined)?.TCP?.flags;
     if (!flags) return false;
     return sets.some((set) => set.every((f) => flags[f]));
   };
@@ -197,9 +197,9 @@ function fieldPred(field: keyof FlowFilter, values: unknown[]): Pred {
   const strs = values as string[];
   switch (field) {
     case 'source_ip':
-      return ipPred(strs, (r) => r.flow.IP.source);
+      return ipPred(strs, (r) => r.flow.IP?.source ?? '');
     case 'destination_ip':
-      return ipPred(strs, (r) => r.flow.IP.destination);
+      return ipPred(strs, (r) => r.flow.IP?.destination ?? '');
     case 'source_pod':
       return podPred(strs, (r) => r.flow.source);
     case 'destination_pod':
@@ -247,7 +247,7 @@ function fieldPred(field: keyof FlowFilter, values: unknown[]): Pred {
     }
     case 'ip_version': {
       const vs = strs.map((v) => v.toLowerCase().replace(/^(\d)$/, 'ipv$1'));
-      return (r) => vs.includes(r.flow.IP.ipVersion.toLowerCase());
+      return (r) => vs.includes(r.flow.IP?.ipVersion.toLowerCase() ?? '');
     }
     case 'tcp_flags':
       return tcpFlagsPred(strs);

@@ -20,8 +20,10 @@ export interface HubbleFlow {
   drop_reason?: number;
   drop_reason_desc?: string;
   ethernet?: { source: string; destination: string };
-  IP: { source: string; destination: string; ipVersion: 'IPv4' | 'IPv6' };
-  l4: Record<string, unknown>;
+  /** Absent for frames that are not IP. */
+  IP?: { source: string; destination: string; ipVersion: 'IPv4' | 'IPv6' };
+  /** Absent when there is no L4 header (ARP, other IP protocols), as in Hubble. */
+  l4?: Record<string, unknown>;
   source: HubbleEndpoint;
   destination: HubbleEndpoint;
   Type: 'L3_L4';

@@ -17,8 +17,8 @@ interface FlowLine {
     time: string;
     verdict: string;
     drop_reason_desc?: string;
-    IP: { source: string; destination: string };
-    l4: { TCP?: { source_port: number; destination_port: number }; UDP?: { source_port: number; destination_port: number }; SCTP?: { source_port: number; destination_port: number } };
+    IP?: { source: string; destination: string };
+    l4?: { TCP?: { source_port: number; destination_port: number }; UDP?: { source_port: number; destination_port: number }; SCTP?: { source_port: number; destination_port: number } };
     source: FlowEndpoint;
     destination: FlowEndpoint;
     traffic_direction: string;
@@ -51,9 +51,9 @@ const OBS: Record<string, string> = { TO_ENDPOINT: 'to-endpoint', FROM_ENDPOINT:
 /** One line in the manner of `hubble observe` compact output. */
 export function flowCompact(line: FlowLine, colour: boolean): string {
   const f = line.flow;
-  const ports = f.l4.TCP ?? f.l4.UDP ?? f.l4.SCTP;
-  const src = endpointText(f.source, f.IP.source, ports?.source_port);
-  const dst = endpointText(f.destination, f.IP.destination, ports?.destination_port);
+  const ports = f.l4?.TCP ?? f.l4?.UDP ?? f.l4?.SCTP;
+  const src = endpointText(f.source, f.IP?.source ?? '', ports?.source_port);
+  const dst = endpointText(f.destination, f.IP?.destination ?? '', ports?.destination_port);
   const arrow = f.is_reply ? '<-' : '->';
   const [left, right] = f.is_reply ? [dst, src] : [src, dst];
   let verdict = f.verdict;
@@ -73,11 +73,11 @@ export function flowTableHeader(): string {
 /** A fixed-width row, so a followed stream lines up without knowing later rows. */
 export function flowTableRow(line: FlowLine): string {
   const f = line.flow;
-  const ports = f.l4.TCP ?? f.l4.UDP ?? f.l4.SCTP;
+  const ports = f.l4?.TCP ?? f.l4?.UDP ?? f.l4?.SCTP;
   const cells = [
     stamp(f.time),
-    endpointText(f.source, f.IP.source, ports?.source_port),
-    endpointText(f.destination, f.IP.destination, ports?.destination_port),
+    endpointText(f.source, f.IP?.source ?? '', ports?.source_port),
+    endpointText(f.destination, f.IP?.destination ?? '', ports?.destination_port),
     OBS[f.trace_observation_point ?? ''] ?? f.traffic_direction.toLowerCase(),
     f.verdict,
     f.verdict === 'DROPPED' ? (f.drop_reason_desc ?? '') : f.Summary,

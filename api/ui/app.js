@@ -218,7 +218,8 @@ function l4Text(f) {
   }
   if (l4.ICMPv4) return ['ICMPv4', f.Summary?.replace(/^ICMPv4 /, '') ?? `type ${l4.ICMPv4.type}`];
   if (l4.ICMPv6) return ['ICMPv6', f.Summary?.replace(/^ICMPv6 /, '') ?? `type ${l4.ICMPv6.type}`];
-  return ['IP', ''];
+  // ARP and frames that are not IP: their summary (ARP, the EtherType)
+  return f.Summary === 'ARP' || !f.IP ? [f.Summary ?? '', ''] : ['IP', ''];
 }
 
 function cell(text, cls) {

@@ -19,6 +19,8 @@
  *    the reply to the peer's receive path. The peer's ifindex belongs to the workload's namespace and
  *    is no redirect target; BPF_F_INGRESS on the primary would deliver the reply to the host instead.
  *  - netkit L3 (EP_F_NO_L2): no Ethernet header and a NOARP device: there is nothing to answer.
+ *
+ * Everything else that is not IP is dropped in both directions (l2_judge).
  */
 #pragma once
 
@@ -164,12 +166,21 @@ static __attribute__((noinline)) __u16 arp_from_workload(struct __sk_buff *skb, 
 	return NEIGH_ANSWERED;
 }
 
-/* Non-IP frames from the workload: 0 (pass), a drop reason, or NEIGH_ANSWERED. */
-static __always_inline __u16 l2_from_workload(struct __sk_buff *skb, const struct endpoint_info *ep, struct pkt *p)
+/* Frames that are not plain IPv4 / IPv6, in either direction: 0 (pass), a drop reason, or NEIGH_ANSWERED.
+ * A workload exchanges IPv4, IPv6 and, on devices with an Ethernet header, ARP (checked and answered
+ * above when it comes from the workload) and nothing else: any other EtherType (Cilium's DROP_UNKNOWN_L3;
+ * 802.3 length frames: DROP_UNSUPPORTED_L2) and any VLAN-tagged frame is dropped, because neither policy
+ * nor the source checks could judge what the stack would make of it (it strips VID 0 tags and delivers
+ * what is inside). */
+static __always_inline __u16 l2_judge(struct __sk_buff *skb, const struct endpoint_info *ep, struct pkt *p, __u8 dir, int has_l2)
 {
-	if (p->eth_proto == ETH_P_ARP)
-		return arp_from_workload(skb, ep, p);
-	return mac_spoofed(ep, p->smac) ? DROP_INVALID_SOURCE_MAC : 0;
+	if (p->vlan_tagged)
+		return DROP_UNSUPPORTED_L3_PROTOCOL;
+	if (has_l2 && p->eth_proto == ETH_P_ARP)
+		return dir == DIR_EGRESS ? arp_from_workload(skb, ep, p) : 0;
+	if (has_l2 && p->eth_proto < ETH_P_802_3_MIN_)
+		return DROP_UNSUPPORTED_L2_PROTOCOL;
+	return DROP_UNSUPPORTED_L3_PROTOCOL;
 }
 
 static __always_inline int nd_is_ns_or_na(const struct pkt *p)

@@ -1,5 +1,5 @@
-/* Packet parsing: Ethernet (optional), IPv4 / IPv6 with extension headers, then the L4 fields that
- * flows and conntrack need. Headers are copied onto the stack by pkt_load: directly from the linear part
+/* Packet parsing: Ethernet (optional), VLAN tags, IPv4 / IPv6 with extension headers, then the L4 fields
+ * that flows and conntrack need. Headers are copied onto the stack by pkt_load: directly from the linear part
  * of the skb when it holds them, else with bpf_skb_load_bytes (paged data); no bpf_skb_pull_data. */
 #pragma once
 
@@ -29,9 +29,16 @@
 #define ICMPV6_ND_FIRST 133
 #define ICMPV6_ND_LAST 137
 
+#define ETH_P_8021Q_ 0x8100
+#define ETH_P_8021AD_ 0x88a8
+#define ETH_P_802_3_MIN_ 0x0600 /* smaller "EtherTypes" are 802.3 lengths (LLC frames) */
+#define VLAN_HLEN_ 4
+/* VLAN tags looked through to name the packet inside (a frame with more is reported without addresses) */
+#define VLAN_MAX_TAGS 2
+
 enum parse_result {
 	PARSE_OK = 0,
-	PARSE_NOT_IP,    /* ARP or another L2 protocol (p->eth_proto, p->smac are set) */
+	PARSE_NOT_IP,    /* ARP or another L2 protocol (p->eth_proto, p->smac, p->vlan_tagged are set) */
 	PARSE_TRUNCATED, /* an IP or L4 header is cut short */
 	PARSE_BAD_EXTHDR,
 };
@@ -54,7 +61,10 @@ struct pkt {
 	__u8 l4_from_frag; /* a later fragment: L4 fields borrowed from its first fragment (none at l4_off) */
 	__u32 frag_id; /* fragments: IPv4 identification / IPv6 fragment header identification */
 	__u16 l4_off;  /* offset of the L4 header in the skb when has_l4 (ICMP errors: the quoted packet follows at +8) */
-	__u16 eth_proto; /* EtherType (host order): the Ethernet header's, or skb->protocol on L3 devices */
+	__u16 eth_proto; /* EtherType (host order): the Ethernet header's, or skb->protocol on L3 devices; the
+			  * outermost one of a tagged frame (skb->vlan_proto when the kernel took the tag off) */
+	__u8 vlan_tagged; /* a VLAN tag in the frame or in skb metadata: addresses are those of the packet inside */
+	__u8 pad0[3];
 };
 
 /* Copies len bytes at off into to: straight from the linear part of the skb when it holds them (the
@@ -196,11 +206,24 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, __u32 off, struct p
 	return PARSE_BAD_EXTHDR;
 }
 
-/* l3_off: 0 on L3 devices (EP_F_NO_L2), else ETH_HLEN. */
+static __always_inline int eth_type_vlan_(__u16 proto)
+{
+	return proto == ETH_P_8021Q_ || proto == ETH_P_8021AD_;
+}
+
+/* l3_off: 0 on L3 devices (EP_F_NO_L2), else ETH_HLEN.
+ *
+ * VLAN: the receive path moves the outer tag of a frame into skb metadata before tcx runs
+ * (skb->vlan_present, vlan_proto) and, after tcx, strips a VID 0 tag and the tag inside it, so the
+ * stack reads the packet within. Any tag marks the packet vlan_tagged (handle() drops those); tags in
+ * the frame are looked through so that the flow names the addresses the packet claims. */
 static __always_inline int parse_packet(struct __sk_buff *skb, __u32 l3_off, struct pkt *p)
 {
 	__u16 proto = bpf_ntohs(skb->protocol);
+	__be16 inner;
+	int i;
 
+	p->vlan_tagged = skb->vlan_present != 0;
 	if (l3_off) {
 		struct ethhdr eth;
 
@@ -209,7 +232,17 @@ static __always_inline int parse_packet(struct __sk_buff *skb, __u32 l3_off, str
 		__builtin_memcpy(p->smac, eth.h_source, 6);
 		proto = bpf_ntohs(eth.h_proto);
 	}
-	p->eth_proto = proto;
+	p->eth_proto = p->vlan_tagged ? bpf_ntohs(skb->vlan_proto) : proto;
+	if (l3_off && unlikely(eth_type_vlan_(proto))) {
+		p->vlan_tagged = 1;
+		for (i = 0; i < VLAN_MAX_TAGS && eth_type_vlan_(proto); i++) {
+			/* TPID, TCI, then the EtherType of what follows */
+			if (pkt_load(skb, l3_off + 2, &inner, 2) < 0)
+				return PARSE_NOT_IP;
+			proto = bpf_ntohs(inner);
+			l3_off += VLAN_HLEN_;
+		}
+	}
 	if (proto == ETH_P_IP)
 		return parse_ipv4(skb, l3_off, p);
 	if (proto == ETH_P_IPV6)

@@ -93,7 +93,7 @@
 #define METRIC_NO_ENDPOINT 6 /* packets on an attached device without an endpoints entry (passed) */
 #define METRIC_CT_NEW 7 /* conntrack entries created */
 #define METRIC_CT_FULL 8 /* conntrack inserts that failed */
-#define METRIC_NON_IP 9 /* ARP and other non-IP frames (passed, not reported) */
+#define METRIC_NON_IP 9 /* ARP frames passed (not reported); other frames that are not IP are dropped (UNSUPPORTED_L3_PROTOCOL) */
 #define METRIC_POLICY_DENIED 10 /* packets dropped for want of an allow entry (DROP_POLICY_DENIED): new connections, and tracked ones checked again */
 #define METRIC_POLICY_DENY 11 /* packets dropped by a deny entry (DROP_POLICY_DENY): new connections, and tracked ones checked again */
 #define METRIC_POLICY_BYPASS 12 /* ARP / neighbour discovery and related ICMP errors that skipped the policy lookup */

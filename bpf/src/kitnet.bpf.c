@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* kitnet datapath: one object, configured only through maps (no per-endpoint compile).
  *
- * Per packet: endpoint lookup (by ifindex, or by destination on the netkit primary) -> parse ->
+ * Per packet: endpoint lookup (by ifindex, or by destination on the netkit primary) -> parse (only
+ * IPv4, IPv6 and ARP pass; other EtherTypes and VLAN-tagged frames are dropped: neigh.h) ->
  * anti-spoofing (from the workload; ARP and neighbour discovery too, and the gateway's ARP / NS
  * responder: neigh.h) -> conntrack (replies pass; the original direction of a connection that saw a
  * reply passes while the policy revision it was allowed at is current: conntrack.h) -> ipcache identity
@@ -121,12 +122,18 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 	__builtin_memset(&p, 0, sizeof(p));
 	if (lookup == EP_BY_DADDR) {
 		/* netkit hands its programs an Ethernet frame in both modes (netkit_xmit pulls ETH_HLEN;
-		 * L3 mode just carries zero MACs). Frames that are not IP (ARP to an L2 guest) have no
-		 * endpoint to charge and go on unjudged, as on the tcx path. */
+		 * L3 mode just carries zero MACs). Frames that are not IP have no address to find their
+		 * endpoint by: ARP (the host resolving an L2 guest) goes on unjudged; anything else can only
+		 * come from the host itself and is dropped as l2_judge would, counted but without a flow
+		 * (no endpoint to charge). Tagged IP finds its endpoint and is judged below. */
 		rc = parse_packet(skb, ETH_HLEN, &p);
 		if (rc == PARSE_NOT_IP) {
-			metric_add(METRIC_NON_IP, skb->len);
-			return TCX_NEXT;
+			if (p.eth_proto == ETH_P_ARP && !p.vlan_tagged) {
+				metric_add(METRIC_NON_IP, skb->len);
+				return TCX_NEXT;
+			}
+			metric_add(metric_slot(dir, VERDICT_DROPPED), skb->len);
+			return TCX_DROP;
 		}
 		ifindex = p.family ? endpoint_ifindex_by_addr(p.daddr, p.family) : 0;
 	}
@@ -147,18 +154,17 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 
 	if (lookup == EP_BY_IFINDEX)
 		rc = parse_packet(skb, has_l2 ? ETH_HLEN : 0, &p);
-	if (rc == PARSE_NOT_IP) {
-		/* ARP from the workload: anti-spoofing and the gateway responder (neigh.h). Otherwise ARP and
-		 * other L2 protocols pass; the kernel's own checks apply. */
-		reason = dir == DIR_EGRESS && has_l2 ? l2_from_workload(skb, ep, &p) : 0;
+	if (rc == PARSE_NOT_IP || unlikely(p.vlan_tagged)) {
+		/* Only ARP passes (from the workload: anti-spoofing and the gateway responder); other
+		 * EtherTypes and tagged frames are dropped, in both directions (neigh.h, l2_judge). */
+		reason = l2_judge(skb, ep, &p, dir, has_l2);
 		if (reason == NEIGH_ANSWERED)
 			return neigh_answer(skb);
 		if (!reason) {
 			metric_add(METRIC_NON_IP, skb->len);
 			return TCX_PASS;
 		}
-		c.src_identity = ep->identity;
-		c.dst_identity = p.family ? ipcache_identity(p.daddr, p.family) : 0;
+		identities_resolve(&c, ep, &p, dir);
 		c.verdict = VERDICT_DROPPED;
 		c.drop_reason = reason;
 		c.reason = REPORT_DROP;

@@ -42,6 +42,8 @@ test('flow events round-trip through encode -> frame -> decode', () => {
     { ...base, family: 6, etherType: 0x86dd, srcAddr: '2001:db8::1:0:0:1', dstAddr: '::', protocol: 17 },
     // an ARP drop: sender -> target protocol address, no L4
     { ...base, etherType: 0x0806, protocol: 0, srcPort: 0, dstPort: 0, tcpFlags: 0, srcAddr: '10.200.0.66', dstAddr: '169.254.1.1', verdict: 'DROPPED', dropReason: 132, reportReason: 'DROP' },
+    // a frame that is not IP: no addresses
+    { ...base, family: 0, etherType: 0x88cc, protocol: 0, srcPort: 0, dstPort: 0, tcpFlags: 0, srcAddr: '', dstAddr: '', verdict: 'DROPPED', dropReason: 139, reportReason: 'DROP' },
   ];
   const batch = flowBatchFrame(events.map((e) => flowEventEncode(e, offset)));
   assert.equal(batch.length, events.length * (8 + FLOW_EVENT.size));

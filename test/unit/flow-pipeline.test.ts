@@ -6,12 +6,14 @@ import pino from 'pino';
 import type { FlowEvent } from '../../bpf/index.js';
 import { EndpointDirectory } from '../../agent/flows/directory.js';
 import { flowEnrich, hubbleFlowBuild, LazyFlowRecord, nsToIso } from '../../agent/flows/enrich.js';
+import { filtersCompile } from '../../agent/flows/filter.js';
 import type { HubbleFlowRecord } from '../../agent/flows/hubble.js';
 import { FlowPipeline } from '../../agent/flows/pipeline.js';
 import { Ring } from '../../agent/flows/ring.js';
 import { IdentityAllocator } from '../../agent/identity/allocator.js';
 import { AgentMetrics } from '../../agent/metrics.js';
 import { SqliteStore } from '../../agent/store/sqlite-store.js';
+import { flowCompact, flowTableRow } from '../../api/cli/format.js';
 import { promParse } from '../helpers/prom.js';
 
 function fixture() {
@@ -124,5 +126,57 @@ describe('flow pipeline hot path', () => {
     assert.ok(want.length > 30, 'the events exercise many label sets');
     assert.deepEqual(hubbleLines(batchedText), want);
     assert.equal(pipeline.listenerCount('flow'), 0, 'metrics do not make the pipeline build flows');
+  });
+});
+
+describe('flows of frames that are not plain IP', () => {
+  const base: FlowEvent = {
+    timeNs: 1_700_000_000_000_000_000n, ifindex: 10, endpointId: 2, direction: 'EGRESS', family: 4, protocol: 0,
+    srcAddr: '10.200.0.66', dstAddr: '169.254.1.1', srcPort: 0, dstPort: 0, icmpType: 0, icmpCode: 0, tcpFlags: 0,
+    srcIdentity: 256, dstIdentity: 0, verdict: 'DROPPED', dropReason: 132, isReply: false, length: 42, etherType: 0x0806, reportReason: 'DROP',
+  };
+  const arpDrop = base;
+  const lldpDrop: FlowEvent = { ...base, family: 0, srcAddr: '', dstAddr: '', dropReason: 139, etherType: 0x88cc };
+  const taggedDrop: FlowEvent = { ...base, protocol: 17, srcAddr: '10.200.0.3', dstAddr: '10.200.0.1', srcPort: 40000, dstPort: 53, dropReason: 139, etherType: 0x88a8 };
+  const json = (ev: FlowEvent) => JSON.parse(JSON.stringify(flowEnrich(ev, fixture().dir, 'n'))) as { flow: Record<string, unknown> };
+
+  test('an ARP drop says ARP: no l4, the sender and target protocol addresses as IP', () => {
+    const f = json(arpDrop).flow;
+    assert.equal(f.Summary, 'ARP');
+    assert.equal('l4' in f, false);
+    assert.deepEqual(f.IP, { source: '10.200.0.66', destination: '169.254.1.1', ipVersion: 'IPv4' });
+    assert.deepEqual([f.verdict, f.drop_reason_desc], ['DROPPED', 'INVALID_SOURCE_IP']);
+  });
+
+  test('a frame that is not IP has no IP and no l4 and is summarised by its EtherType', () => {
+    const f = json(lldpDrop).flow;
+    assert.deepEqual(['IP' in f, 'l4' in f, f.Summary, f.drop_reason_desc], [false, false, 'LLDP (0x88cc)', 'UNSUPPORTED_L3_PROTOCOL']);
+    assert.equal(json({ ...lldpDrop, etherType: 0x88b5 }).flow.Summary, 'EtherType 0x88b5');
+    assert.equal(json({ ...lldpDrop, etherType: 38, dropReason: 166 }).flow.Summary, '802.3 length 38');
+  });
+
+  test('an IP packet inside VLAN tags keeps its addresses and L4, the summary names the tag', () => {
+    const f = json(taggedDrop).flow;
+    assert.deepEqual([f.Summary, f.IP, f.l4], ['802.1ad (0x88a8) UDP', { source: '10.200.0.3', destination: '10.200.0.1', ipVersion: 'IPv4' }, { UDP: { source_port: 40000, destination_port: 53 } }]);
+  });
+
+  test('filters, metrics and the CLI formats take such flows', async () => {
+    const { dir } = fixture();
+    const recs = [arpDrop, lldpDrop, taggedDrop].map((ev) => flowEnrich(ev, dir, 'n'));
+    const pick = (filter: Parameters<typeof filtersCompile>[0]) => recs.filter(filtersCompile(filter)).map((r) => r.flow.Summary);
+    assert.deepEqual(pick([{ source_ip: ['10.200.0.0/24'] }]), ['ARP', '802.1ad (0x88a8) UDP']);
+    assert.deepEqual(pick([{ protocol: ['udp'] }]), ['802.1ad (0x88a8) UDP']);
+    assert.deepEqual(pick([{ ip_version: ['ipv4'] }]), ['ARP', '802.1ad (0x88a8) UDP']);
+    assert.deepEqual(pick([{ source_port: ['40000'] }, { tcp_flags: ['SYN'] }]), ['802.1ad (0x88a8) UDP']);
+    const metrics = new AgentMetrics();
+    for (const r of recs) metrics.flowObserve(r);
+    const drops = promParse(await metrics.text()).filter((m) => m.name === 'hubble_drop_total').map((m) => [m.labels.reason, m.labels.protocol, m.value]);
+    metrics.close();
+    assert.deepEqual(drops.sort(), [['INVALID_SOURCE_IP', 'Unknown flow', 1], ['UNSUPPORTED_L3_PROTOCOL', 'UDP', 1], ['UNSUPPORTED_L3_PROTOCOL', 'Unknown flow', 1]]);
+    for (const r of recs) {
+      const line = JSON.parse(JSON.stringify(r)) as Parameters<typeof flowCompact>[0];
+      assert.match(flowCompact(line, false), /DROPPED \((INVALID_SOURCE_IP|UNSUPPORTED_L3_PROTOCOL)\)$/);
+      assert.match(flowTableRow(line), /DROPPED/);
+    }
   });
 });

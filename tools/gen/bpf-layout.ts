@@ -379,7 +379,7 @@ export const CONSTANTS: ConstGroup[] = [
       ['NO_ENDPOINT', 6, 'packets on an attached device without an endpoints entry (passed)'],
       ['CT_NEW', 7, 'conntrack entries created'],
       ['CT_FULL', 8, 'conntrack inserts that failed'],
-      ['NON_IP', 9, 'ARP and other non-IP frames (passed, not reported)'],
+      ['NON_IP', 9, 'ARP frames passed (not reported); other frames that are not IP are dropped (UNSUPPORTED_L3_PROTOCOL)'],
       ['POLICY_DENIED', 10, 'packets dropped for want of an allow entry (DROP_POLICY_DENIED): new connections, and tracked ones checked again'],
       ['POLICY_DENY', 11, 'packets dropped by a deny entry (DROP_POLICY_DENY): new connections, and tracked ones checked again'],
       ['POLICY_BYPASS', 12, 'ARP / neighbour discovery and related ICMP errors that skipped the policy lookup'],
@@ -447,7 +447,8 @@ export function addressBytes(text: string): number[] {
 /**
  * Hubble DropReason numbers (cilium api/v1/flow/flow.proto; descriptions from pkg/monitor/api/drop.go).
  * The numbers are ABI shared with Hubble consumers: never renumber, only add. Only the reasons kitnet can
- * produce are listed.
+ * produce are listed. Cilium's C names differ: UNSUPPORTED_L3_PROTOCOL is its DROP_UNKNOWN_L3 (EtherTypes
+ * other than IPv4, IPv6 and ARP, VLAN-tagged frames), UNSUPPORTED_L2_PROTOCOL its DROP_UNSUPPORTED_L2.
  */
 export const DROP_REASONS: Array<[name: string, value: number, desc: string]> = [
   ['INVALID_SOURCE_MAC', 130, 'Invalid source mac'],
