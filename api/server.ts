@@ -1,5 +1,5 @@
 import swagger from '@fastify/swagger';
-import Fastify, { type FastifyInstance } from 'fastify';
+import Fastify, { type FastifyInstance, type FastifyServerFactory } from 'fastify';
 import { jsonSchemaTransform, serializerCompiler, validatorCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod';
 import type { Logger } from 'pino';
 import type { AgentApi } from './agent-api.js';
@@ -22,6 +22,8 @@ export interface ServerOptions {
   https?: { cert: Buffer; key: Buffer } | undefined;
   /** Tokens, rate limit and audit (api/security.ts); absent: a trusted listener without limits or audit. */
   security?: SecurityOptions | undefined;
+  /** A server bound beforehand (api/listener.ts): the API is built on it; `https` then belongs to it. */
+  serverFactory?: FastifyServerFactory | undefined;
   /** Re-reads the config file (POST /v1/config/reload); absent: no such route (no daemon behind). */
   configReload?: (() => ConfigReloadResult) | undefined;
 }
@@ -33,7 +35,7 @@ export async function serverBuild(opts: ServerOptions): Promise<FastifyInstance>
     loggerInstance: opts.logger || undefined,
     logger: opts.logger ? undefined : false,
     bodyLimit: API_BODY_LIMIT,
-    ...(opts.https ? { https: opts.https } : {}),
+    ...(opts.serverFactory ? { serverFactory: opts.serverFactory } : opts.https ? { https: opts.https } : {}),
     // Follow streams never end by themselves; closing the server must not wait for them.
     forceCloseConnections: true,
   }).withTypeProvider<ZodTypeProvider>();
