@@ -10,7 +10,7 @@ import { flowRoutes } from './routes/flows.js';
 import { metricsRoutes } from './routes/metrics.js';
 import { uiRoutes } from './routes/ui.js';
 import { policyRoutes } from './routes/policies.js';
-import { API_BODY_LIMIT, securityRegister, type SecurityOptions } from './security.js';
+import { API_BODY_LIMIT, requestLogSerializer, securityRegister, type SecurityOptions } from './security.js';
 import { systemRoutes } from './routes/system.js';
 import { workloadRoutes } from './routes/workloads.js';
 
@@ -32,7 +32,8 @@ export interface ServerOptions {
 export async function serverBuild(opts: ServerOptions): Promise<FastifyInstance> {
   // Typed loosely at the boundary: callers only listen, inject and close.
   const app = Fastify({
-    loggerInstance: opts.logger || undefined,
+    // Request log lines with credentials in the query string redacted (fastify's own serializer logs the URL as is).
+    loggerInstance: opts.logger ? opts.logger.child({}, { serializers: { req: requestLogSerializer } }) : undefined,
     logger: opts.logger ? undefined : false,
     bodyLimit: API_BODY_LIMIT,
     ...(opts.serverFactory ? { serverFactory: opts.serverFactory } : opts.https ? { https: opts.https } : {}),
@@ -42,6 +43,14 @@ export async function serverBuild(opts: ServerOptions): Promise<FastifyInstance>
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);
   app.setErrorHandler(errorHandler);
+  // Several HTTP clients send `content-type: application/json` on every request, a DELETE without a
+  // body included: an empty JSON body is no body (a route that needs one says so in its validation).
+  const jsonParse = app.getDefaultJsonParser('error', 'error');
+  app.removeContentTypeParser('application/json');
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (req, body, done) => {
+    if (body.length === 0) return done(null, undefined);
+    jsonParse(req, body as string, done);
+  });
   app.setNotFoundHandler((req, reply) => {
     void reply.code(404).send({ statusCode: 404, code: 'AGENT_ERR_API_NOT_FOUND', error: 'Not Found', message: `no route ${req.method} ${req.url}` });
   });
