@@ -13,6 +13,7 @@ import { Agent, KITNET_VERSION } from './agent.js';
 import { ConfigError, configLoad, type Config, type ConfigInput } from './config.js';
 import { configPrepare, configWarnings, type TcpPrepared } from './config-preflight.js';
 import { instanceLockTake, type InstanceLock } from './instance-lock.js';
+import { workloadsOutsidePools } from './pool-check.js';
 import { ExpediteRcu } from './expedite-rcu.js';
 import { hostFactsGather } from './host-facts.js';
 import { kernelOpsReal } from './kernel-ops-real.js';
@@ -269,6 +270,12 @@ async function daemonStart(s: {
         throw new KitnetError('AGENT_ERR_CONFIG_INVALID', `${err.message} (the running config is unchanged)`, { ...(err.keys[0] ? { field: err.keys[0] } : {}), cause: err });
       }
       const changed = configDiff(running, next);
+      // A pool change waits for a restart; say now which workloads it would leave outside.
+      if (changed.some((c) => c.key.startsWith('ipam.'))) {
+        for (const m of workloadsOutsidePools(store.workloadList(), next.ipam)) {
+          log.warn(m, `after a restart, workload ${m.workload} keeps ${m.address}, outside the pool ${m.pool} in the file (${m.key})`);
+        }
+      }
       const live = new Set(changed.filter((c) => c.applied).map((c) => c.key));
       if (live.has('logLevel')) {
         log.level = next.logLevel;

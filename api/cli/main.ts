@@ -279,6 +279,7 @@ program
       ['Identities', String(s.counts.identities)],
       ['Flows', `${s.counts.flowsInRing} in ring, ${s.counts.flowsProcessed} processed, ${s.counts.lostEvents} lost`],
     ];
+    for (const warning of s.warnings) rows.push(['Warning', `${warning.key}: ${warning.message}`]);
     const w = Math.max(...rows.map(([k]) => k.length));
     for (const [k, v] of rows) console.log(`${`${k}:`.padEnd(w + 2)}${v}`);
   });
