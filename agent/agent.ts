@@ -23,6 +23,7 @@ import { Mutex } from './mutex.js';
 import { MONITOR_AGG_DEFAULT, MONITOR_AGG_NONE } from '../bpf/layout.gen.js';
 import { PolicyEngine } from './policy-engine.js';
 import { PolicyService } from './policy-service.js';
+import { workloadsOutsidePools } from './pool-check.js';
 import { WorkloadWatch } from './workload-watch.js';
 
 export const KITNET_VERSION = '0.1.0';
@@ -100,6 +101,9 @@ export class Agent implements AgentApi {
     const result = await this.workloads.exclusive(() => this.reconciler.syncAll(onProgress));
     this.directory.refresh();
     this.log.info(result, 'state restored from store');
+    for (const m of workloadsOutsidePools(this.store.workloadList(), this.config.ipam)) {
+      this.log.warn(m, `workload ${m.workload} keeps ${m.address}, outside the configured pool ${m.pool} (${m.key} changed)`);
+    }
     this.flows.start(this.kernel.datapath);
     this.watch.start();
   }
@@ -253,6 +257,11 @@ export class Agent implements AgentApi {
       kernel: { release: f.kernelRelease, netkit: f.netkit, netkitDetail: f.netkitDetail, tcx: f.tcx, tcClsact: f.tcClsact },
       datapath: { configuredMode: this.config.datapath.mode, autoMode, reason, pinRoot: this.config.bpfPinRoot },
       ipam: { ipv4Pool: this.config.ipam.ipv4Pool, ipv6Pool: this.config.ipam.ipv6Pool },
+      warnings: workloadsOutsidePools(records, this.config.ipam).map((m) => ({
+        key: m.key,
+        workload: m.workload,
+        message: `workload ${m.workload} has ${m.address}, outside the configured pool ${m.pool}`,
+      })),
       counts: {
         workloads: records.length,
         workloadsByMode: countBy((r) => r.mode),

@@ -4,17 +4,32 @@ import { z } from 'zod';
 import { yamlFileRead, yamlNestingProblem } from '../common/yaml-guard.js';
 import { cidrParse } from './ipam.js';
 
+/**
+ * The smallest pool the agent takes: room for at least 4 workloads once the addresses it never hands
+ * out are set aside (the network address, network+1 kept for a gateway, and the IPv4 broadcast): an
+ * IPv4 /29 (5 usable) or an IPv6 /125 (6 usable). A smaller pool is a typo more often than a plan.
+ */
+export const POOL_MIN_ADDRESSES = 4;
+export const POOL_MAX_PREFIX = { 4: 29, 6: 125 } as const;
+
 const cidr = (family: 4 | 6) =>
-  z.string().refine(
-    (v) => {
-      try {
-        return cidrParse(v).family === family;
-      } catch {
-        return false;
-      }
-    },
-    { message: `must be an IPv${family} CIDR such as ${family === 4 ? '10.200.0.0/16' : 'fd00:200::/64'}` },
-  );
+  z.string().superRefine((v, ctx) => {
+    let prefixLength: number;
+    try {
+      const c = cidrParse(v);
+      if (c.family !== family) throw new Error('family');
+      prefixLength = c.prefixLength;
+    } catch {
+      ctx.addIssue({ code: 'custom', message: `must be an IPv${family} CIDR such as ${family === 4 ? '10.200.0.0/16' : 'fd00:200::/64'}` });
+      return;
+    }
+    if (prefixLength > POOL_MAX_PREFIX[family]) {
+      ctx.addIssue({
+        code: 'custom',
+        message: `${v} is too small: a pool must leave at least ${POOL_MIN_ADDRESSES} addresses to hand out (IPv${family} /${POOL_MAX_PREFIX[family]} or larger)`,
+      });
+    }
+  });
 
 export const DatapathModeSchema = z.enum(['auto', 'veth', 'netkit']);
 

@@ -4,12 +4,16 @@ import { dirname, join } from 'node:path';
 import { pino, type Logger } from 'pino';
 import { datapathLoad } from '../bpf/index.js';
 import { hostForwardingEnsure } from '../netkit/index.js';
+import { listenerBind, type BoundListener } from '../api/listener.js';
 import { serverBuild } from '../api/server.js';
 import type { ConfigChange, ConfigReloadResult } from '../api/schemas/config.js';
 import { LOG_REDACT, tokensLoad, type AuditSink, type TokenSet } from '../api/security.js';
 import { KitnetError } from '../common/errors.js';
 import { Agent, KITNET_VERSION } from './agent.js';
 import { ConfigError, configLoad, type Config, type ConfigInput } from './config.js';
+import { configPrepare, configWarnings, type TcpPrepared } from './config-preflight.js';
+import { instanceLockTake, type InstanceLock } from './instance-lock.js';
+import { workloadsOutsidePools } from './pool-check.js';
 import { ExpediteRcu } from './expedite-rcu.js';
 import { hostFactsGather } from './host-facts.js';
 import { kernelOpsReal } from './kernel-ops-real.js';
@@ -27,17 +31,51 @@ export interface DaemonOptions {
   bpfObject?: string;
 }
 
-/** A unix socket file left by a crashed agent is removed; one that still answers means another agent runs. */
+/** A unix socket file left by a crashed agent is removed; one that still answers belongs to someone else. */
 async function socketPrepare(path: string): Promise<void> {
-  mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
+  try {
+    mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
+  } catch (err) {
+    throw new ConfigError(`api.socket: cannot create the directory of ${path}: ${(err as Error).message}`, ['api.socket']);
+  }
   if (!existsSync(path)) return;
   const alive = await new Promise<boolean>((resolve) => {
     const s = connect(path);
     s.once('connect', () => (s.destroy(), resolve(true)));
     s.once('error', () => resolve(false));
   });
-  if (alive) throw new Error(`another kitnet agent is already listening on ${path}`);
+  if (alive) throw new ConfigError(`api.socket: another process is already listening on ${path}`, ['api.socket']);
   unlinkSync(path);
+}
+
+/** A listen error as an operator message naming the config key. */
+function listenErrorExplain(err: unknown, where: string, keys: { address: string; port?: string }): ConfigError {
+  const code = (err as NodeJS.ErrnoException).code ?? '';
+  const why = (err as Error).message;
+  if (code === 'EADDRINUSE') {
+    return keys.port
+      ? new ConfigError(`${keys.port}: ${where} is already in use (EADDRINUSE): another process listens there; stop it or pick another port`, [keys.port])
+      : new ConfigError(`${keys.address}: ${where} is in use (EADDRINUSE)`, [keys.address]);
+  }
+  if (code === 'EACCES' && keys.port) return new ConfigError(`${keys.port}: ${where}: permission denied (EACCES)`, [keys.port]);
+  if (code === 'EADDRNOTAVAIL') return new ConfigError(`${keys.address}: ${where} is not an address of this host (EADDRNOTAVAIL)`, [keys.address]);
+  return new ConfigError(`${keys.address}: cannot listen on ${where}: ${why}`, [keys.address]);
+}
+
+/** The API's unix socket, bound (answering 503 until the API serves), with its mode and group. */
+async function unixListen(config: Config): Promise<BoundListener> {
+  const path = config.api.socket;
+  await socketPrepare(path);
+  let listener: BoundListener;
+  try {
+    listener = await listenerBind({ path });
+  } catch (err) {
+    throw listenErrorExplain(err, path, { address: 'api.socket' });
+  }
+  chmodSync(path, config.api.socketMode);
+  const gid = kitnetGid();
+  if (gid !== undefined) chownSync(path, 0, gid);
+  return listener;
 }
 
 function kitnetGid(): number | undefined {
@@ -51,31 +89,18 @@ function kitnetGid(): number | undefined {
   }
 }
 
-/** TLS files and tokens of the TCP listener, read before anything starts; errors name the key. */
-function tcpSecurityLoad(config: Config): { https: { cert: Buffer; key: Buffer }; tokens: TokenSet } | undefined {
-  const tcp = config.api.tcp;
-  if (!tcp) return undefined;
-  if (!tcp.tls || !tcp.tokensFile) throw new ConfigError('api.tcp: needs tls (cert, key) and tokensFile');
-  const read = (key: string, path: string) => {
-    try {
-      return readFileSync(path);
-    } catch (err) {
-      throw new ConfigError(`${key}: cannot read ${path}: ${(err as Error).message}`);
-    }
-  };
-  return {
-    https: { cert: read('api.tcp.tls.cert', tcp.tls.cert), key: read('api.tcp.tls.key', tcp.tls.key) },
-    tokens: tokensLoad(tcp.tokensFile),
-  };
-}
-
 /** Audit lines: to the log (info) and, when configured, appended to their own file (0600). */
 function auditSink(config: Config, log: Logger): AuditSink {
   const toLog = log.child({ component: 'audit' });
   const file = config.api.audit.file;
   if (!file) return toLog;
-  mkdirSync(dirname(file), { recursive: true, mode: 0o750 });
-  const toFile = pino({ level: 'info', base: { node: config.nodeName }, redact: LOG_REDACT }, pino.destination({ dest: file, append: true, mode: 0o600 }));
+  let toFile: Logger;
+  try {
+    mkdirSync(dirname(file), { recursive: true, mode: 0o750 });
+    toFile = pino({ level: 'info', base: { node: config.nodeName }, redact: LOG_REDACT }, pino.destination({ dest: file, append: true, mode: 0o600, sync: true }));
+  } catch (err) {
+    throw new ConfigError(`api.audit.file: cannot open ${file}: ${(err as Error).message}`, ['api.audit.file']);
+  }
   return {
     info: (obj, msg) => {
       toLog.info(obj, msg);
@@ -136,17 +161,71 @@ function restoreProgress(systemd: SystemdNotifier, log: Logger): (done: number, 
   };
 }
 
+/**
+ * Starts the agent in this order: validate the config and everything it names, take the lock of the
+ * state dir and pin root, bind the listeners, and only then touch the kernel (store, datapath, restore).
+ * A refusal in the first three steps leaves nothing behind, so `Restart=on-failure` cannot repeat a
+ * half-start; a failure later undoes what this start opened (the pins stay, as on any stop).
+ */
 export async function daemonRun(opts: DaemonOptions = {}): Promise<Daemon> {
   const configPath = opts.configPath ?? (existsSync(DEFAULT_CONFIG_PATH) ? DEFAULT_CONFIG_PATH : undefined);
   const config = configLoad(configPath, opts.overrides);
   const log: Logger = pino({ level: config.logLevel, base: { node: config.nodeName }, redact: LOG_REDACT });
-  const tcpSecurity = tcpSecurityLoad(config);
+  log.info({ version: KITNET_VERSION, config: configPath ?? '(defaults)' }, 'kitnet agent starting');
+  const prepared = await configPrepare(config);
+  for (const w of configWarnings(config)) log.warn({ key: w.key }, `config: ${w.message}`);
   if (process.getuid?.() !== 0) {
     throw new Error('kitnet agent must run as root (it needs CAP_NET_ADMIN, CAP_BPF and CAP_SYS_ADMIN for namespaces)');
   }
-  log.info({ version: KITNET_VERSION, config: configPath ?? '(defaults)' }, 'kitnet agent starting');
 
+  const undo: Array<() => unknown> = [];
+  try {
+    const lock = instanceLockTake(config.stateDir, config.bpfPinRoot);
+    undo.push(() => lock.release());
+    const unixListener = await unixListen(config);
+    undo.push(() => unixListener.close());
+    let tcpListener: BoundListener | undefined;
+    if (config.api.tcp && prepared.tcp) {
+      const { host, port } = config.api.tcp;
+      try {
+        tcpListener = await listenerBind({ host, port }, prepared.tcp.https);
+      } catch (err) {
+        throw listenErrorExplain(err, `${host}:${port}`, { address: 'api.tcp.host', port: 'api.tcp.port' });
+      }
+      const bound = tcpListener;
+      undo.push(() => bound.close());
+    }
+    const audit = auditSink(config, log);
+    return await daemonStart({ opts, configPath, config, log, tcpSecurity: prepared.tcp, lock, unixListener, tcpListener, audit, undo });
+  } catch (err) {
+    for (const u of undo.reverse()) {
+      try {
+        await u();
+      } catch {
+        // best effort: the first error is the one to report
+      }
+    }
+    throw err;
+  }
+}
+
+/** The kernel part of a start, once the config is valid, the lock held and the listeners bound. */
+async function daemonStart(s: {
+  opts: DaemonOptions;
+  configPath: string | undefined;
+  config: Config;
+  log: Logger;
+  tcpSecurity: TcpPrepared | undefined;
+  lock: InstanceLock;
+  unixListener: BoundListener;
+  tcpListener: BoundListener | undefined;
+  audit: AuditSink;
+  /** What to close when this start fails; the lock and the listeners are in it already. */
+  undo: Array<() => unknown>;
+}): Promise<Daemon> {
+  const { opts, configPath, config, log, tcpSecurity, lock, unixListener, tcpListener, audit, undo } = s;
   const store = new SqliteStore(join(config.stateDir, 'kitnet.db'));
+  undo.push(() => store.close());
   await hostForwardingEnsure();
   // Before the restore below: it attaches every stored workload's programs again.
   const expediteRcu = new ExpediteRcu(log);
@@ -156,15 +235,16 @@ export async function daemonRun(opts: DaemonOptions = {}): Promise<Daemon> {
     ...(opts.bpfObject ? { objectPath: opts.bpfObject } : {}),
     ...(config.flows.kernelRingBytes ? { eventsRingBytes: config.flows.kernelRingBytes } : {}),
   });
+  undo.push(() => datapath.close());
   const kernel = kernelOpsReal(datapath);
   const [features, hostFacts] = await Promise.all([kernel.features(), hostFactsGather()]);
   log.info({ kernel: features.kernelRelease, netkit: features.netkit, tcx: features.tcx, mode: config.datapath.mode }, 'kernel features probed');
 
   const agent = new Agent(config, store, kernel, hostFacts, log);
   const systemd = new SystemdNotifier(log);
+  undo.push(() => (agent.stop(), systemd.close()));
   await agent.start(restoreProgress(systemd, log));
 
-  const audit = auditSink(config, log);
   const statusText = () => `serving ${store.workloadList().length} workloads on ${config.api.socket}`;
 
   // What is in effect: the start config, with the live keys of every successful reload.
@@ -190,6 +270,12 @@ export async function daemonRun(opts: DaemonOptions = {}): Promise<Daemon> {
         throw new KitnetError('AGENT_ERR_CONFIG_INVALID', `${err.message} (the running config is unchanged)`, { ...(err.keys[0] ? { field: err.keys[0] } : {}), cause: err });
       }
       const changed = configDiff(running, next);
+      // A pool change waits for a restart; say now which workloads it would leave outside.
+      if (changed.some((c) => c.key.startsWith('ipam.'))) {
+        for (const m of workloadsOutsidePools(store.workloadList(), next.ipam)) {
+          log.warn(m, `after a restart, workload ${m.workload} keeps ${m.address}, outside the pool ${m.pool} in the file (${m.key})`);
+        }
+      }
       const live = new Set(changed.filter((c) => c.applied).map((c) => c.key));
       if (live.has('logLevel')) {
         log.level = next.logLevel;
@@ -224,32 +310,32 @@ export async function daemonRun(opts: DaemonOptions = {}): Promise<Daemon> {
   };
 
   const limits = (max: number) => (config.api.rateLimit.enabled ? { max, windowMs: config.api.rateLimit.windowMs } : false);
+  // The API is built on the listeners bound at the start; until `serve` they answered 503.
   const app = await serverBuild({
     agent,
     logger: log.child({ component: 'api' }),
     version: KITNET_VERSION,
     security: { rateLimit: limits(config.api.rateLimit.socketMax), audit },
     configReload,
+    serverFactory: unixListener.factory,
   });
-  await socketPrepare(config.api.socket);
-  await app.listen({ path: config.api.socket });
-  chmodSync(config.api.socket, config.api.socketMode);
-  const gid = kitnetGid();
-  if (gid !== undefined) chownSync(config.api.socket, 0, gid);
-  // fastify listens once per instance, so TCP gets its own instance with the same routes.
+  undo.push(() => app.close());
+  // fastify serves one server per instance, so TCP gets its own instance with the same routes.
   // It serves TLS only and wants a bearer token with the right scope on every request.
   if (tcpSecurity?.tokens.plaintext.length) log.warn({ tokens: tcpSecurity.tokens.plaintext }, 'tokens file holds plaintext secrets; store secretSha256 instead (kitnet token hash)');
-  const tcpApp = tcpSecurity
-    ? await serverBuild({
-        agent,
-        logger: log.child({ component: 'api-tcp' }),
-        version: KITNET_VERSION,
-        https: tcpSecurity.https,
-        security: { tokens: tcpSecurity.tokens, rateLimit: limits(config.api.rateLimit.tcpMax), audit },
-        configReload,
-      })
-    : undefined;
-  if (tcpApp && config.api.tcp) await tcpApp.listen({ host: config.api.tcp.host, port: config.api.tcp.port });
+  const tcpApp =
+    tcpSecurity && tcpListener
+      ? await serverBuild({
+          agent,
+          logger: log.child({ component: 'api-tcp' }),
+          version: KITNET_VERSION,
+          security: { tokens: tcpSecurity.tokens, rateLimit: limits(config.api.rateLimit.tcpMax), audit },
+          configReload,
+          serverFactory: tcpListener.factory,
+        })
+      : undefined;
+  unixListener.serve();
+  tcpListener?.serve();
   log.info({ socket: config.api.socket, tcp: config.api.tcp ?? null }, 'API listening');
   systemd.ready(statusText());
   const statusTimer = systemd.enabled ? setInterval(() => systemd.status(statusText()), 10_000).unref() : undefined;
@@ -261,12 +347,15 @@ export async function daemonRun(opts: DaemonOptions = {}): Promise<Daemon> {
       log.info('kitnet agent stopping; the datapath stays pinned and keeps forwarding');
       systemd.stopping();
       if (statusTimer) clearInterval(statusTimer);
+      await Promise.all([unixListener.close(), tcpListener?.close()]);
       await Promise.all([app.close(), tcpApp?.close()]);
       await agent.workloads.exclusive(async () => undefined);
       agent.stop();
       datapath.close();
       store.close();
       systemd.close();
+      // Last: the next agent may start as soon as the lock is free.
+      lock.release();
     })());
   return { stop, reload, configReload, config, agent };
 }

@@ -44,6 +44,46 @@ export const LOG_REDACT = {
   censor: '[redacted]',
 };
 
+/** Query parameters whose values are credentials (`?token=`, `?access_token=`, `?api_key=`, ...). */
+const SECRET_PARAM = /token|secret|passw|auth|key|sig|session|cookie|credential/i;
+
+/**
+ * A request URL for a log line: credentials in the query string become `[redacted]`. The API takes
+ * tokens only from the Authorization header, but a client that puts one in the URL must not see it
+ * land in the journal.
+ */
+export function urlRedact(url: string): string {
+  const q = url.indexOf('?');
+  if (q < 0) return url;
+  const query = url
+    .slice(q + 1)
+    .split('&')
+    .map((pair) => {
+      const eq = pair.indexOf('=');
+      const name = eq < 0 ? pair : pair.slice(0, eq);
+      let decoded = name;
+      try {
+        decoded = decodeURIComponent(name.replace(/\+/g, ' '));
+      } catch {
+        // a malformed escape: judge the raw name
+      }
+      return eq >= 0 && SECRET_PARAM.test(decoded) ? `${name}=[redacted]` : pair;
+    })
+    .join('&');
+  return `${url.slice(0, q)}?${query}`;
+}
+
+/** fastify's request serializer for log lines, with the URL's credentials redacted. */
+export function requestLogSerializer(req: FastifyRequest): Record<string, unknown> {
+  return {
+    method: req.method,
+    url: urlRedact(req.url),
+    host: req.host,
+    remoteAddress: req.ip,
+    remotePort: req.socket?.remotePort,
+  };
+}
+
 const TOKEN_PREFIX = 'kn_';
 
 /** A new random token secret (256 bits); only its hash goes into the tokens file. */
@@ -214,6 +254,9 @@ export function routeAccess(method: string, url: string | undefined): Access {
 
 const isChange = (method: string, url: string | undefined) => !['GET', 'HEAD', 'OPTIONS'].includes(method) && routeAccess(method, url).scope !== 'read';
 
+/** The least /healthz answers per window and client, whatever the configured limit. */
+export const HEALTHZ_MIN_MAX = 600;
+
 export interface RateLimitSettings {
   /** Requests per window per client. */
   max: number;
@@ -265,6 +308,7 @@ function auditRef(req: FastifyRequest): string | undefined {
 export async function securityRegister(app: FastifyInstance, opts: SecurityOptions): Promise<void> {
   const { tokens, audit } = opts;
   let limiter: ((req: FastifyRequest, reply: FastifyReply) => Promise<void>) | undefined;
+  let healthzLimiter: typeof limiter;
   if (opts.rateLimit) {
     await app.register(rateLimit, {
       global: false,
@@ -277,16 +321,25 @@ export async function securityRegister(app: FastifyInstance, opts: SecurityOptio
         new KitnetError('AGENT_ERR_API_RATE_LIMITED', `rate limit of ${ctx.max} requests exceeded; retry in ${ctx.after}`),
     });
     limiter = app.rateLimit() as unknown as typeof limiter;
+    // /healthz has buckets of its own, per client like the others: a client guessing tokens (or
+    // flooding anything else) must not make liveness fail with 429. Generous, it is cheap to answer.
+    healthzLimiter = app.rateLimit({
+      max: Math.max(HEALTHZ_MIN_MAX, opts.rateLimit.max),
+      keyGenerator: (req: FastifyRequest) => `healthz:${tokens ? req.ip : UNIX_PRINCIPAL.who}`,
+    }) as unknown as typeof limiter;
   }
 
   app.addHook('onRequest', async (req, reply) => {
+    const access = routeAccess(req.method, req.routeOptions.url);
+    if (access.scope === 'public') {
+      if (healthzLimiter) await healthzLimiter(req, reply);
+      return;
+    }
     // Authenticate first (without failing yet) so the limiter counts per token; then limit, so
     // guessing tokens is rate limited too; then fail.
     const outcome = tokens ? tokens.authenticate(req.headers.authorization) : UNIX_PRINCIPAL;
     if (typeof outcome !== 'string') principals.set(req.raw, outcome);
     if (limiter) await limiter(req, reply);
-    const access = routeAccess(req.method, req.routeOptions.url);
-    if (access.scope === 'public') return;
     if (outcome === 'missing') throw denied(reply, 401, 'this API needs a bearer token (Authorization: Bearer TOKEN)');
     if (outcome === 'invalid') throw denied(reply, 401, 'the bearer token is not valid');
     if (outcome.scopes.has('admin')) return;
@@ -322,7 +375,7 @@ export async function securityRegister(app: FastifyInstance, opts: SecurityOptio
         who: principalOf(req)?.who ?? (tokens ? `unauthenticated:${req.ip}` : UNIX_PRINCIPAL.who),
         method: req.method,
         // The route pattern; a path that matched no route is clipped (it is the client's input).
-        route: route ?? req.url.slice(0, 200),
+        route: route ?? urlRedact(req.url).slice(0, 200),
         ...(ref ? { ref } : {}),
         status: reply.statusCode,
         reqId: req.id,

@@ -42,6 +42,8 @@ export type { ConntrackEntry } from './maps/conntrack.js';
 export type { Counter, MetricName } from './maps/metrics.js';
 export type { LinkInfo, TestRunResult } from './native.js';
 export type { ProgName } from './loader.js';
+/** Whether a pin root lies on bpffs (statfs only): the agent checks it with its config, before the lock. */
+export { pinRootCheck } from './loader.js';
 export { KernelError, UnsupportedFeatureError } from '../common/kernel-error.js';
 export { VerifierError } from './errors.js';
 export { DROP_REASON, DROP_REASON_DESC } from './layout.gen.js';

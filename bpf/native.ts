@@ -85,6 +85,8 @@ export interface NativeBpf {
   setns(fd: number, nstype: number): void;
   /** ioctl(NS_GET_NSTYPE): the CLONE_NEW* type of the namespace behind an nsfs fd. */
   nsType(fd: number): number;
+  /** flock(fd, LOCK_EX | LOCK_NB): true when taken, false when another open file holds it. */
+  flockExclusive(fd: number): boolean;
   /**
    * A netlink multicast listener on the event loop (unreferenced): each datagram to `onData`, null
    * when the kernel dropped events (ENOBUFS). rcvbufBytes uses SO_RCVBUFFORCE where permitted.

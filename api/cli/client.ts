@@ -2,6 +2,14 @@ import { request } from 'node:http';
 
 export const DEFAULT_SOCKET = '/run/kitnet/kitnet.sock';
 
+/**
+ * The socket the CLI talks to when not told: KITNET_SOCKET, else KITNET_API_SOCKET (the variable the
+ * agent reads its api.socket from, so one exported variable serves both), else the default.
+ */
+export function socketDefault(env: NodeJS.ProcessEnv = process.env): string {
+  return env.KITNET_SOCKET || env.KITNET_API_SOCKET || DEFAULT_SOCKET;
+}
+
 export class ApiError extends Error {
   override name = 'ApiError';
   constructor(
@@ -22,7 +30,7 @@ export class ApiClient {
   readonly socket: string;
 
   constructor(opts: ClientOptions = {}) {
-    this.socket = opts.socket ?? process.env.KITNET_SOCKET ?? DEFAULT_SOCKET;
+    this.socket = opts.socket ?? socketDefault();
   }
 
   private raw(method: string, path: string, body?: unknown, contentType = 'application/json'): Promise<{ status: number; text: string }> {

@@ -5,13 +5,13 @@ import type { Identity } from '../schemas/identity.js';
 import type { Namespace, PolicyApplyResult, PolicySummary, TraceResponse, WorkloadPolicy } from '../schemas/policy.js';
 import type { Status } from '../schemas/status.js';
 import type { Workload } from '../schemas/workload.js';
-import { ApiClient, ApiError, DEFAULT_SOCKET } from './client.js';
+import { ApiClient, ApiError, socketDefault } from './client.js';
 import { flowCompact, flowTableHeader, flowTableRow, table } from './format.js';
 import { observeFilters, type ObserveOptions } from './observe-filters.js';
 
 const program = new Command('kitnet')
   .description('kitnet: bring VMs and external workloads into an eBPF-native cluster network')
-  .option('-s, --socket <path>', 'agent API socket (env KITNET_SOCKET)', process.env.KITNET_SOCKET ?? DEFAULT_SOCKET)
+  .option('-s, --socket <path>', 'agent API socket (env KITNET_SOCKET, else KITNET_API_SOCKET as the agent reads it)', socketDefault())
   .showHelpAfterError();
 
 const outputOption = () => new Option('-o, --output <format>', 'output format').choices(['table', 'json']).default('table');
@@ -279,6 +279,7 @@ program
       ['Identities', String(s.counts.identities)],
       ['Flows', `${s.counts.flowsInRing} in ring, ${s.counts.flowsProcessed} processed, ${s.counts.lostEvents} lost`],
     ];
+    for (const warning of s.warnings) rows.push(['Warning', `${warning.key}: ${warning.message}`]);
     const w = Math.max(...rows.map(([k]) => k.length));
     for (const [k, v] of rows) console.log(`${`${k}:`.padEnd(w + 2)}${v}`);
   });
@@ -376,11 +377,31 @@ program
 const config = program.command('config').description('agent configuration');
 config
   .command('check <file>')
-  .description('validate a config file (YAML); names every bad key')
+  .description(
+    'validate a config file as the agent would: every key, the TLS files (parsed, key matching the certificate), ' +
+      'the tokens file, the TCP host (resolved), the socket, state and pin paths; warns about risky settings. ' +
+      'Checks the file alone, and with KITNET_* variables set also the file merged with them, labelled as such',
+  )
   .action(async (file: string) => {
-    const { configLoad } = await import('../../agent/config.js');
-    const c = configLoad(file);
-    console.log(`${file}: OK (node ${c.nodeName}, socket ${c.api.socket}, pools ${c.ipam.ipv4Pool} ${c.ipam.ipv6Pool}, mode ${c.datapath.mode})`);
+    const { CONFIG_ENV, ConfigError, configLoad } = await import('../../agent/config.js');
+    const { configPrepare, configWarnings } = await import('../../agent/config-preflight.js');
+    const check = async (env: NodeJS.ProcessEnv, label: string) => {
+      let c;
+      try {
+        c = configLoad(file, {}, env);
+        await configPrepare(c);
+      } catch (err) {
+        if (!(err instanceof ConfigError)) throw err;
+        const message = err.message.startsWith(`${file}: `) ? err.message : `${file}: ${err.message}`;
+        throw new Error(`${label}${message}`, { cause: err });
+      }
+      for (const w of configWarnings(c)) console.error(`warning: ${label}${file}: ${w.key}: ${w.message}`);
+      console.log(`${label}${file}: OK (node ${c.nodeName}, socket ${c.api.socket}, pools ${c.ipam.ipv4Pool} ${c.ipam.ipv6Pool}, mode ${c.datapath.mode})`);
+    };
+    // The file itself: what the agent reads under systemd, whatever this shell's environment holds.
+    await check({}, '');
+    const envSet = CONFIG_ENV.filter((e) => process.env[e.env] !== undefined && process.env[e.env] !== '').map((e) => e.env);
+    if (envSet.length) await check(process.env, `with the environment (${envSet.join(', ')}): `);
   });
 
 config

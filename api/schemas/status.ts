@@ -28,6 +28,8 @@ export const Status = z.object({
     pinRoot: z.string(),
   }),
   ipam: z.object({ ipv4Pool: z.string(), ipv6Pool: z.string() }),
+  /** What an operator should look at, e.g. workloads left outside a pool that changed. */
+  warnings: z.array(z.object({ key: z.string(), workload: z.string().optional(), message: z.string() })),
   counts: z.object({
     workloads: z.number(),
     workloadsByMode: z.record(z.string(), z.number()),

@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { datapathUnpinAll } from '../../bpf/index.js';
 import type { ConfigInput } from '../../agent/config.js';
+import { pinRootLockPath } from '../../agent/instance-lock.js';
 import { daemonRun, type Daemon } from '../../agent/daemon.js';
 import { ApiClient } from '../../api/cli/client.js';
 import { testMode } from './mode.js';
@@ -84,6 +85,7 @@ export class AgentFixture {
     for (const l of await this.ownLinks()) await run('ip', ['link', 'del', l.ifname]).catch(() => undefined);
     for (const ns of this.netnsNames) await netnsDel(ns);
     await datapathUnpinAll(this.pinRoot).catch(() => undefined);
+    rmSync(pinRootLockPath(this.pinRoot), { force: true });
     rmSync(this.dir, { recursive: true, force: true });
   }
 }

@@ -13,7 +13,7 @@ import { pino, type Logger } from 'pino';
 import { ConfigError, configParse } from '../../agent/config.js';
 import { daemonRun } from '../../agent/daemon.js';
 import type { AgentApi } from '../../api/agent-api.js';
-import { LOG_REDACT, routeAccess, TokenSet, tokenGenerate, tokenHash, tokensLoad, type SecurityOptions } from '../../api/security.js';
+import { HEALTHZ_MIN_MAX, LOG_REDACT, routeAccess, TokenSet, tokenGenerate, tokenHash, tokensLoad, urlRedact, type SecurityOptions } from '../../api/security.js';
 import { serverBuild } from '../../api/server.js';
 import { KitnetError } from '../../common/errors.js';
 
@@ -346,6 +346,24 @@ describe('rate limits', () => {
     }
   });
 
+  test('/healthz has buckets of its own: exhausting the unauthenticated one leaves liveness answering', async () => {
+    const { app } = await build({ tokens: TOKENS, rateLimit: { max: 3, windowMs: 60_000 } });
+    try {
+      const guesses = [];
+      for (let i = 0; i < 5; i++) guesses.push((await app.inject({ method: 'GET', url: '/v1/workloads', headers: bearer(`guess-${i}`) })).statusCode);
+      assert.deepEqual(guesses, [401, 401, 401, 429, 429], 'the address is out of budget');
+      const health = [];
+      for (let i = 0; i < 5; i++) health.push((await app.inject({ method: 'GET', url: '/healthz', headers: bearer(`guess-${i}`) })).statusCode);
+      assert.deepEqual(health, [200, 200, 200, 200, 200]);
+      // Its own budget is bounded too (generous: at least HEALTHZ_MIN_MAX a window).
+      let n = 5;
+      while ((await app.inject({ method: 'GET', url: '/healthz' })).statusCode === 200) n++;
+      assert.equal(n, HEALTHZ_MIN_MAX);
+    } finally {
+      await app.close();
+    }
+  });
+
   test('config: generous defaults, configurable, validated with the key', () => {
     const c = configParse({});
     assert.deepEqual(c.api.rateLimit, { enabled: true, windowMs: 60_000, tcpMax: 1200, socketMax: 60_000 });
@@ -409,6 +427,58 @@ describe('audit and redaction', () => {
       assert.ok(text.includes('"audit":true'));
       for (const s of [SECRETS.admin, SECRETS.reader, 'guessed-secret-value']) assert.ok(!text.includes(s), `secret ${s.slice(0, 6)} logged`);
       assert.ok(text.includes('[redacted]'));
+    } finally {
+      await app.close();
+    }
+  });
+});
+
+describe('tokens in the query string', () => {
+  test('are redacted from logged URLs, whatever the parameter is called', () => {
+    assert.equal(urlRedact('/v1/workloads'), '/v1/workloads');
+    assert.equal(urlRedact('/v1/flows?last=5&verdict=DROPPED'), '/v1/flows?last=5&verdict=DROPPED');
+    assert.equal(urlRedact('/v1/workloads?token=abc&namespace=x'), '/v1/workloads?token=[redacted]&namespace=x');
+    assert.equal(urlRedact('/x?access_token=a&api_key=b&Authorization=c&client_secret=d&a%5Ftoken=e'), '/x?access_token=[redacted]&api_key=[redacted]&Authorization=[redacted]&client_secret=[redacted]&a%5Ftoken=[redacted]');
+  });
+
+  test('never authenticate, and never reach the log, even at trace level', async () => {
+    const mem = memoryLog();
+    const log = pino({ level: 'trace', redact: LOG_REDACT }, mem.stream) as unknown as Logger;
+    const audit: Array<Record<string, unknown>> = [];
+    const { app, calls } = await build({ tokens: TOKENS, audit: { info: (o) => audit.push(o) } }, log);
+    try {
+      for (const p of ['token', 'access_token']) {
+        const res = await app.inject({ method: 'GET', url: `/v1/workloads?${p}=${SECRETS.admin}` });
+        assert.equal(res.statusCode, 401, `?${p}= is no credential`);
+      }
+      await app.inject({ method: 'DELETE', url: `/v1/nowhere?token=${SECRETS.admin}` });
+      assert.deepEqual(calls, []);
+      const text = mem.lines.join('\n') + JSON.stringify(audit);
+      assert.ok(text.includes('token=[redacted]'), 'the request lines are there, redacted');
+      assert.ok(!text.includes(SECRETS.admin), 'the secret was logged');
+    } finally {
+      await app.close();
+    }
+  });
+});
+
+describe('an empty JSON body', () => {
+  test('a DELETE with content-type application/json and no body is served (real server); a route that needs a body says so', async () => {
+    const { app, calls } = await build({});
+    await app.listen({ host: '127.0.0.1', port: 0 });
+    try {
+      const { port } = app.server.address() as AddressInfo;
+      const send = (method: string, path: string) => fetch(`http://127.0.0.1:${port}${path}`, { method, headers: { 'content-type': 'application/json' } });
+      const del = await send('DELETE', '/v1/workloads/shop/web');
+      assert.equal(del.status, 200, await del.clone().text());
+      assert.deepEqual(calls, ['remove shop/web']);
+      const post = await send('POST', '/v1/workloads');
+      assert.equal(post.status, 400);
+      assert.equal(((await post.json()) as { code: string }).code, 'AGENT_ERR_API_VALIDATION');
+      const bad = await fetch(`http://127.0.0.1:${port}/v1/workloads`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"name":' });
+      assert.equal(bad.status, 400, 'broken JSON stays a 400');
+      const poisoned = await fetch(`http://127.0.0.1:${port}/v1/workloads`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"__proto__":{"x":1}}' });
+      assert.equal(poisoned.status, 400, 'prototype poisoning is still refused');
     } finally {
       await app.close();
     }

@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { cidrParse, IpamError, Pool } from '../../agent/ipam.js';
+import { workloadsOutsidePools } from '../../agent/pool-check.js';
+import type { WorkloadRecord } from '../../agent/store/types.js';
 
 describe('cidrParse', () => {
   test('canonicalises v4 and v6 networks', () => {
@@ -58,5 +60,17 @@ describe('Pool', () => {
     assert.equal(used.size, 600);
     assert.ok(used.has('10.200.2.89'));
     assert.ok(!used.has('10.200.2.90'));
+  });
+});
+
+describe('workloadsOutsidePools', () => {
+  const rec = (name: string, ipv4: string, ipv6: string) => ({ spec: { name, namespace: 'ns' }, ipv4, ipv6 }) as unknown as WorkloadRecord;
+  test('names each workload address outside its pool, with the pool and its key', () => {
+    const records = [rec('in', '10.1.0.5', 'fd00:1::5'), rec('out4', '10.2.0.5', 'fd00:1::6'), rec('out6', '10.1.0.6', 'fd00:9::6')];
+    assert.deepEqual(workloadsOutsidePools(records, { ipv4Pool: '10.1.0.0/24', ipv6Pool: 'fd00:1::/64' }), [
+      { workload: 'ns/out4', address: '10.2.0.5', pool: '10.1.0.0/24', key: 'ipam.ipv4Pool' },
+      { workload: 'ns/out6', address: 'fd00:9::6', pool: 'fd00:1::/64', key: 'ipam.ipv6Pool' },
+    ]);
+    assert.deepEqual(workloadsOutsidePools(records, { ipv4Pool: '10.0.0.0/8', ipv6Pool: 'fd00::/16' }), []);
   });
 });

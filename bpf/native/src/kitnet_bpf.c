@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sched.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <linux/nsfs.h>
@@ -1090,6 +1091,27 @@ static napi_value ns_type(napi_env env, napi_callback_info info)
 	return make_i32(env, type);
 }
 
+/* flockExclusive(fd): flock(fd, LOCK_EX | LOCK_NB). true: this open file now holds the lock; false: another
+ * open file (another agent) holds it. Generic like setns; agent/instance-lock.ts keeps one agent per state
+ * dir and pin root with it. The kernel drops the lock when the holder's file is closed or it dies, so a
+ * crashed agent never leaves a stale lock behind (Node's fs has no flock). */
+static napi_value flock_exclusive(napi_env env, napi_callback_info info)
+{
+	napi_value argv[1], result;
+	int32_t fd;
+
+	if (!get_args(env, info, 1, argv) || !get_i32(env, argv[0], &fd))
+		return NULL;
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		if (errno != EWOULDBLOCK)
+			return throw_errno(env, "flock", errno);
+		napi_get_boolean(env, false, &result);
+		return result;
+	}
+	napi_get_boolean(env, true, &result);
+	return result;
+}
+
 /* ---------------------------------------------------------------------------------------------- */
 /* A netlink multicast listener (rtnetlink groups) on the event loop. Generic like setns; used by
  * netkit/monitor.ts. It exists because the `netlink` package aborts the process when its socket
@@ -1253,6 +1275,7 @@ static napi_value init(napi_env env, napi_value exports)
 		{ "ringbufOpen", ringbuf_open }, { "ringbufClose", ringbuf_close },
 		{ "ringbufRef", ringbuf_ref },	 { "setns", ns_set },
 		{ "nsType", ns_type },
+		{ "flockExclusive", flock_exclusive },
 		{ "netlinkMonitorOpen", netlink_monitor_open }, { "netlinkMonitorClose", netlink_monitor_close },
 	};
 

@@ -1,0 +1,76 @@
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, test } from 'node:test';
+import { promisify } from 'node:util';
+import { configParse } from '../../agent/config.js';
+import { configWarnings } from '../../agent/config-preflight.js';
+import { DEFAULT_SOCKET, socketDefault } from '../../api/cli/client.js';
+import { KITNET_BIN } from '../helpers/agent-process.js';
+
+const execFileP = promisify(execFile);
+
+/** `kitnet config check FILE` as an operator runs it, with this environment. */
+async function configCheck(file: string, env: NodeJS.ProcessEnv): Promise<{ code: number; out: string; err: string }> {
+  return execFileP(process.execPath, [KITNET_BIN, 'config', 'check', file], { env, timeout: 60_000 }).then(
+    (r) => ({ code: 0, out: r.stdout, err: r.stderr }),
+    (e: { code?: number; stdout?: string; stderr?: string }) => ({ code: e.code ?? -1, out: e.stdout ?? '', err: e.stderr ?? '' }),
+  );
+}
+
+describe('config check', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'kitnet-configcheck-'));
+  after(() => rmSync(dir, { recursive: true, force: true }));
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('KITNET_')));
+
+  test('pools must leave 4 addresses to hand out: /29 and /125 are the smallest', () => {
+    assert.doesNotThrow(() => configParse({ ipam: { ipv4Pool: '10.9.0.0/29', ipv6Pool: 'fd00:9::/125' } }));
+    assert.throws(() => configParse({ ipam: { ipv4Pool: '10.9.0.0/30' } }), /ipam\.ipv4Pool: 10\.9\.0\.0\/30 is too small/);
+    assert.throws(() => configParse({ ipam: { ipv6Pool: 'fd00:9::/126' } }), /ipam\.ipv6Pool: fd00:9::\/126 is too small/);
+    assert.throws(() => configParse({ ipam: { ipv4Pool: 'fd00:9::/64' } }), /ipam\.ipv4Pool: must be an IPv4 CIDR/);
+  });
+
+  test('warns on a socket wider than 0660, pools with host bits set and pools holding a host address', () => {
+    const quiet = configParse({ ipam: { ipv4Pool: '10.9.0.0/24', ipv6Pool: 'fd00:9::/64' } });
+    assert.deepEqual(configWarnings(quiet, [{ ifname: 'eth0', address: '192.0.2.1' }, { ifname: 'lo', address: '::1' }]), []);
+    const loud = configParse({ api: { socketMode: 0o666 }, ipam: { ipv4Pool: '10.9.0.7/24', ipv6Pool: 'fd00:9::/64' } });
+    const w = configWarnings(loud, [{ ifname: 'eth1', address: '10.9.0.1' }, { ifname: 'eth2', address: 'fd00:9::5' }]);
+    assert.deepEqual(
+      w.map((x) => x.key),
+      ['api.socketMode', 'ipam.ipv4Pool', 'ipam.ipv4Pool', 'ipam.ipv6Pool'],
+    );
+    assert.match(w[0]!.message, /0o666 is wider than 0o660/);
+    assert.match(w[1]!.message, /10\.9\.0\.7\/24 has host bits set: the pool is 10\.9\.0\.0\/24/);
+    assert.match(w[2]!.message, /contains 10\.9\.0\.1, an address of this host \(eth1\)/);
+    assert.match(w[3]!.message, /contains fd00:9::5, an address of this host \(eth2\)/);
+  });
+
+  test('checks the file itself; with KITNET_* set, also the merged result, labelled', async () => {
+    const file = join(dir, 'ok.yaml');
+    writeFileSync(file, `stateDir: ${join(dir, 'state')}\napi: { socket: ${join(dir, 's.sock')}, socketMode: 0o666 }\nipam: { ipv4Pool: 10.9.0.0/24 }\n`);
+    const plain = await configCheck(file, env);
+    assert.equal(plain.code, 0, plain.err);
+    assert.match(plain.out, /ok\.yaml: OK/);
+    assert.match(plain.err, /warning: .*ok\.yaml: api\.socketMode: 0o666 is wider than 0o660/);
+    // The environment overrides the pool with a bad one: the file is fine, the merge is not, and the message says which.
+    const merged = await configCheck(file, { ...env, KITNET_IPV4_POOL: '10.9.0.0/31' });
+    assert.notEqual(merged.code, 0);
+    assert.match(merged.out, /^.*ok\.yaml: OK/m);
+    assert.match(merged.err, /with the environment \(KITNET_IPV4_POOL\): .*ok\.yaml: ipam\.ipv4Pool: 10\.9\.0\.0\/31 is too small/);
+  });
+
+  test('the CLI finds the agent by KITNET_SOCKET, else KITNET_API_SOCKET (the agent\'s variable), else the default', () => {
+    assert.equal(socketDefault({}), DEFAULT_SOCKET);
+    assert.equal(socketDefault({ KITNET_API_SOCKET: '/run/a.sock' }), '/run/a.sock');
+    assert.equal(socketDefault({ KITNET_SOCKET: '/run/s.sock', KITNET_API_SOCKET: '/run/a.sock' }), '/run/s.sock');
+    assert.equal(socketDefault({ KITNET_SOCKET: '', KITNET_API_SOCKET: '/run/a.sock' }), '/run/a.sock');
+  });
+
+  test('kitnet status reaches the agent through KITNET_API_SOCKET', async () => {
+    const socket = join(dir, 'nobody.sock');
+    const r = await execFileP(process.execPath, [KITNET_BIN, 'status'], { env: { ...env, KITNET_API_SOCKET: socket }, timeout: 60_000 }).catch((e: { stderr: string }) => e);
+    assert.match((r as { stderr: string }).stderr, new RegExp(`cannot reach the kitnet agent at ${socket.replace(/[.]/g, '\\.')}`));
+  });
+});
