@@ -148,8 +148,8 @@ export class Agent implements AgentApi {
     return rec;
   }
 
-  async workloadRegister(input: WorkloadCreate): Promise<Workload> {
-    return this.view(this.directorySet(await this.workloads.register(input)));
+  async workloadRegister(input: WorkloadCreate, caller: { admin: boolean } = { admin: true }): Promise<Workload> {
+    return this.view(this.directorySet(await this.workloads.register(input, caller)));
   }
 
   workloadList(namespace?: string): Workload[] {
