@@ -97,7 +97,11 @@ export class Agent implements AgentApi {
   /** Restores the stored workloads (`onProgress` after each), then starts flows and the watch. */
   async start(onProgress?: (done: number, total: number) => void): Promise<void> {
     this.flowReportingApply(this.config.flows);
-    const result = await this.workloads.exclusive(() => this.reconciler.syncAll(onProgress));
+    const result = await this.workloads.exclusive(async () => {
+      const synced = await this.reconciler.syncAll(onProgress);
+      this.workloads.forgedLabelsScrub();
+      return synced;
+    });
     this.directory.refresh();
     this.log.info(result, 'state restored from store');
     this.flows.start(this.kernel.datapath);

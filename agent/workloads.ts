@@ -8,6 +8,7 @@ import type { NetnsId } from '../netkit/index.js';
 import { macDerive, netnsIdEqual, netnsPathOf, vmNetnsNameFor } from '../netkit/index.js';
 import type { Config } from './config.js';
 import { IdentityAllocator, IdentityExhaustedError, lowestFree } from './identity/allocator.js';
+import { workloadLabelKeyForbidden } from './identity/labels.js';
 import { IpamError, Pool } from './ipam.js';
 import type { KernelOps } from './kernel-ops.js';
 import type { Reconciler } from './reconciler.js';
@@ -467,6 +468,23 @@ export class WorkloadService {
     });
     for (const rec of changed) this.reconciler.endpointMapsWrite(rec);
     return changed;
+  }
+
+  /**
+   * Workloads stored before the labels kitnet derives were refused may still carry them, and their
+   * stored identity with them (a forged namespace label). Re-derives their identities, which ignore
+   * those labels, and updates policy. Runs at start, under the caller's lock, after the restore.
+   */
+  forgedLabelsScrub(): WorkloadRecord[] {
+    const forged = this.store.workloadList().filter((r) => Object.keys(r.spec.labels).some((k) => workloadLabelKeyForbidden(k) !== undefined));
+    if (forged.length === 0) return [];
+    for (const r of forged) {
+      this.log.warn({ workload: `${r.spec.namespace}/${r.spec.name}`, labels: Object.keys(r.spec.labels).filter((k) => workloadLabelKeyForbidden(k)) },
+        'workload carries labels kitnet derives itself (stored before they were refused); its identity no longer includes them');
+    }
+    const updated = this.identitiesRederive(forged);
+    this.policy.endpointsUpdate({ upsert: updated });
+    return updated;
   }
 
   /** Runs fn while no registration or removal is in progress (startup sync, shutdown). */

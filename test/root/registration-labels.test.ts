@@ -1,4 +1,6 @@
 import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
 import { after, before, describe, test } from 'node:test';
 import type { ApiError } from '../../api/cli/client.js';
 import type { Workload } from '../../api/schemas/workload.js';
@@ -77,5 +79,31 @@ describe('forged identity labels (root)', { timeout: 180_000 }, () => {
     const now = await api.call<Workload>('GET', '/v1/workloads/lbl-dev/honest');
     assert.equal(now.identity, honest.identity);
     assert.equal(await status('ip', ['netns', 'exec', ns.honest!, 'ping', '-c', '1', '-W', '1', db.ipv4]), 1, 'dev still cannot reach db');
+  });
+
+  test('a row stored with a forged label before the check loses the forged identity at the next start', async () => {
+    const w = await api.call<Workload>('POST', '/v1/workloads', { name: 'old-forger', namespace: 'lbl-dev', labels: { app: 'client' }, netns: `/var/run/netns/${ns.forger}` });
+    assert.equal(w.identity, honest.identity);
+    await fx.stop();
+    // What an agent before the check stored for labels {app: client, io.cilium.k8s.namespace.labels.team: prod}
+    const forgedLabels = [
+      'k8s:app=client', 'k8s:io.cilium.k8s.namespace.labels.env=dev', 'k8s:io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name=lbl-dev',
+      'k8s:io.cilium.k8s.namespace.labels.team=prod', 'k8s:io.kubernetes.pod.namespace=lbl-dev',
+    ].sort();
+    const store = new Database(join(fx.dir, 'state', 'kitnet.db'));
+    try {
+      store.prepare('INSERT INTO identities (id, labels_key, labels, created_at) VALUES (?, ?, ?, ?)').run(60_000, forgedLabels.join(';'), JSON.stringify(forgedLabels), new Date().toISOString());
+      const row = store.prepare("SELECT spec FROM workloads WHERE namespace = 'lbl-dev' AND name = 'old-forger'").get() as { spec: string };
+      const spec = JSON.parse(row.spec) as { labels: Record<string, string> };
+      spec.labels['io.cilium.k8s.namespace.labels.team'] = 'prod';
+      store.prepare("UPDATE workloads SET spec = ?, identity = 60000 WHERE namespace = 'lbl-dev' AND name = 'old-forger'").run(JSON.stringify(spec));
+    } finally {
+      store.close();
+    }
+    await fx.start();
+    const after = await api.call<Workload>('GET', '/v1/workloads/lbl-dev/old-forger');
+    assert.ok(!after.identityLabels.some((l) => l.includes('team=prod')), `identity ${after.identity}: ${after.identityLabels.join(' ')}`);
+    assert.equal(after.identity, honest.identity);
+    assert.equal(await pingsAnswered(ns.forger!, db.ipv4), 0, 'the old forger no longer reaches db');
   });
 });
