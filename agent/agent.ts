@@ -98,7 +98,11 @@ export class Agent implements AgentApi {
   /** Restores the stored workloads (`onProgress` after each), then starts flows and the watch. */
   async start(onProgress?: (done: number, total: number) => void): Promise<void> {
     this.flowReportingApply(this.config.flows);
-    const result = await this.workloads.exclusive(() => this.reconciler.syncAll(onProgress));
+    const result = await this.workloads.exclusive(async () => {
+      const synced = await this.reconciler.syncAll(onProgress);
+      this.workloads.forgedLabelsScrub();
+      return synced;
+    });
     this.directory.refresh();
     this.log.info(result, 'state restored from store');
     for (const m of workloadsOutsidePools(this.store.workloadList(), this.config.ipam)) {
@@ -152,8 +156,8 @@ export class Agent implements AgentApi {
     return rec;
   }
 
-  async workloadRegister(input: WorkloadCreate): Promise<Workload> {
-    return this.view(this.directorySet(await this.workloads.register(input)));
+  async workloadRegister(input: WorkloadCreate, caller: { admin: boolean } = { admin: true }): Promise<Workload> {
+    return this.view(this.directorySet(await this.workloads.register(input, caller)));
   }
 
   workloadList(namespace?: string): Workload[] {

@@ -9,6 +9,9 @@ export function kernelOpsReal(datapath: KitnetDatapath): KernelOps {
     netnsValidate: async (path) => {
       await netkit.netnsPathValidate(path);
     },
+    netnsSurvey: (path) => netkit.netnsSurvey(path),
+    netnsId: (path) => netkit.netnsPathId(path).catch(() => undefined),
+    netnsReserved: () => netkit.netnsReservedIds(),
     deviceDelete: (name) => netkit.endpointDeviceDelete(name),
     deviceRepair: (spec) => netkit.endpointDeviceRepair(spec),
     linksList: () => netkit.kitnetLinksList(),

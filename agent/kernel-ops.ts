@@ -1,6 +1,7 @@
 import type { KitnetDatapath } from '../bpf/index.js';
 import type {
-  EndpointDevice, EndpointDeviceSpec, KernelFeatures, KitnetLink, LinkGone, LinkMonitor, TapAdoptSpec, TapAdopted, VmPlumbing, VmPlumbingSpec,
+  EndpointDevice, EndpointDeviceSpec, KernelFeatures, KitnetLink, LinkGone, LinkMonitor, NetnsId, NetnsSurvey, TapAdoptSpec, TapAdopted,
+  VmPlumbing, VmPlumbingSpec,
 } from '../netkit/index.js';
 
 /**
@@ -10,6 +11,12 @@ import type {
 export interface KernelOps {
   features(): Promise<KernelFeatures>;
   netnsValidate(path: string): Promise<void>;
+  /** Which namespace the path is, its interfaces and default routes (throws as netnsValidate). */
+  netnsSurvey(path: string): Promise<NetnsSurvey>;
+  /** Which namespace the path is now; undefined when it is none (gone, not nsfs). */
+  netnsId(path: string): Promise<NetnsId | undefined>;
+  /** The agent's own network namespace and PID 1's (undefined when unreadable): never a workload's. */
+  netnsReserved(): { agent: NetnsId; init: NetnsId | undefined };
   deviceDelete(hostIfname: string): Promise<boolean>;
   /** Adopts the endpoint as it is, fixing what differs from the spec; creates it when the pair is missing. */
   deviceRepair(spec: EndpointDeviceSpec): Promise<EndpointDevice>;

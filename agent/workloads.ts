@@ -4,9 +4,11 @@ import type { Logger } from 'pino';
 import { KernelError, UnsupportedFeatureError } from '../common/kernel-error.js';
 import { KitnetError } from '../common/errors.js';
 import type { DeviceMode, EndpointDeviceSpec, TapAdoptSpec, VmPlumbingSpec } from '../netkit/index.js';
-import { macDerive, netnsPathOf, vmNetnsNameFor } from '../netkit/index.js';
+import type { NetnsId } from '../netkit/index.js';
+import { macDerive, netnsIdEqual, netnsPathOf, vmNetnsNameFor } from '../netkit/index.js';
 import type { Config } from './config.js';
 import { IdentityAllocator, IdentityExhaustedError, lowestFree } from './identity/allocator.js';
+import { workloadLabelKeyForbidden } from './identity/labels.js';
 import { IpamError, Pool } from './ipam.js';
 import type { KernelOps } from './kernel-ops.js';
 import type { Reconciler } from './reconciler.js';
@@ -29,6 +31,12 @@ export interface WorkloadCreateInput {
   mode: 'auto' | 'veth' | 'netkit';
   interface?: string | undefined;
   ports?: Array<{ name: string; port: number; protocol: 'TCP' | 'UDP' | 'SCTP' }> | undefined;
+}
+
+/** Who asks for a registration, as far as the agent's checks care. */
+export interface RegisterCaller {
+  /** An admin may put a workload in a namespace that holds interfaces kitnet did not make. */
+  admin: boolean;
 }
 
 const ENDPOINT_ID_MAX = 65535;
@@ -90,6 +98,22 @@ export function tapSpecFor(rec: WorkloadRecord): TapAdoptSpec {
   return { device: rec.spec.tap.device, ipv4: rec.ipv4, ipv6: rec.ipv6 };
 }
 
+const netnsKey = (id: NetnsId): string => `${id.dev}:${id.ino}`;
+
+/** Workload refs by namespace id and by path, and each ref's keys (so removal costs no scan). */
+interface NetnsUsers {
+  byId: Map<string, string>;
+  byPath: Map<string, string>;
+  byRef: Map<string, { id: string | undefined; path: string }>;
+}
+
+function netnsUsersSet(users: NetnsUsers, ref: string, path: string, id: NetnsId | undefined): void {
+  const key = id ? netnsKey(id) : undefined;
+  if (key !== undefined) users.byId.set(key, ref);
+  users.byPath.set(path, ref);
+  users.byRef.set(ref, { id: key, path });
+}
+
 /** Maps errors from lower layers to catalogue errors a client can act on. */
 export function errorToKitnet(err: unknown, context: string): KitnetError {
   if (err instanceof KitnetError) return err;
@@ -108,7 +132,11 @@ export function errorToKitnet(err: unknown, context: string): KitnetError {
     return new KitnetError('AGENT_ERR_DATAPATH_UNSUPPORTED', `${context}: ${err.message}`, { field: err.feature === 'netkit' ? 'mode' : 'kind', cause: err });
   }
   if (err instanceof KernelError) {
-    // The one kernel refusal caused by the request itself: the interface name is taken in the namespace.
+    // Kernel refusals caused by the request itself: a route kitnet needs is taken in the namespace
+    // (its own default route), or the interface name is.
+    if (err.errnoName === 'EEXIST' && err.device?.netns && err.op === 'RTM_NEWROUTE') {
+      return new KitnetError('AGENT_ERR_WORKLOAD_NETNS_ROUTES', `${context}: ${err.message}`, { field: 'netns', cause: err });
+    }
     if (err.errnoName === 'EEXIST' && err.device?.netns) {
       return new KitnetError('AGENT_ERR_WORKLOAD_INTERFACE', `${context}: ${err.message}`, { field: 'interface', cause: err });
     }
@@ -127,6 +155,12 @@ export class WorkloadService {
   private readonly identities: IdentityAllocator;
   private readonly pool4: Pool;
   private readonly pool6: Pool;
+  /**
+   * Which workload uses which network namespace, by nsfs id and by path: built from the store on
+   * first use, then kept up to date by register and remove (one stat per registration, not one per
+   * workload).
+   */
+  private netnsUsers: NetnsUsers | undefined;
 
   constructor(
     private readonly store: SqliteStore,
@@ -182,17 +216,18 @@ export class WorkloadService {
     return 'veth';
   }
 
-  register(input: WorkloadCreateInput): Promise<WorkloadRecord> {
-    return this.mutex.run(() => this.registerLocked(input));
+  /** `caller` defaults to admin: the API passes who asks; the agent's own callers are trusted. */
+  register(input: WorkloadCreateInput, caller: RegisterCaller = { admin: true }): Promise<WorkloadRecord> {
+    return this.mutex.run(() => this.registerLocked(input, caller));
   }
 
-  private async registerLocked(input: WorkloadCreateInput): Promise<WorkloadRecord> {
+  private async registerLocked(input: WorkloadCreateInput, caller: RegisterCaller): Promise<WorkloadRecord> {
     const started = performance.now();
     const ref = `${input.namespace}/${input.name}`;
     if (this.store.workloadGet(input.namespace, input.name)) {
       throw new KitnetError('AGENT_ERR_WORKLOAD_EXISTS', `workload ${ref} is already registered`, { field: 'name' });
     }
-    const kindSpec = await this.kindSpecResolve(input);
+    const kindSpec = await this.kindSpecResolve(input, caller);
     const mode = await this.modeResolve(input.mode, input.kind);
 
     const spec: WorkloadSpec = {
@@ -260,6 +295,9 @@ export class WorkloadService {
       throw errorToKitnet(err, `registering workload ${ref}`);
     }
     const done = this.store.workloadGet(input.namespace, input.name)!;
+    if (input.kind !== 'tap' && this.netnsUsers) {
+      netnsUsersSet(this.netnsUsers, ref, done.spec.netns, kindSpec.netnsId ?? (await this.kernel.netnsId(done.spec.netns)));
+    }
     log.info(
       { mode: done.mode, ipv4: done.ipv4, ipv6: done.ipv6, ifindex: done.observed?.hostIfindex, ms: +(performance.now() - started).toFixed(1) },
       'workload registered',
@@ -268,28 +306,26 @@ export class WorkloadService {
     return done;
   }
 
-  /** The kind-specific part of the spec: namespace path (validated or chosen), vm plumbing, tap device. */
-  private async kindSpecResolve(input: WorkloadCreateInput): Promise<Pick<WorkloadSpec, 'netns' | 'vm' | 'tap'>> {
-    const netnsCheck = async (path: string) => {
-      try {
-        await this.kernel.netnsValidate(path);
-      } catch (err) {
-        throw new KitnetError('AGENT_ERR_WORKLOAD_NETNS', `netns: ${(err as Error).message}`, { field: 'netns', cause: err });
-      }
-    };
+  /**
+   * The kind-specific part of the spec: namespace path (validated and admitted, or chosen), vm
+   * plumbing, tap device; `netnsId` of an existing namespace the workload goes into.
+   */
+  private async kindSpecResolve(input: WorkloadCreateInput, caller: RegisterCaller): Promise<Pick<WorkloadSpec, 'netns' | 'vm' | 'tap'> & { netnsId?: NetnsId }> {
     if (input.kind === 'tap') {
       const device = input.device!;
-      const user = this.store.workloadList().find((w) => w.hostIfname === device);
-      if (user) {
-        throw new KitnetError('AGENT_ERR_WORKLOAD_DEVICE', `device ${device} is already used by workload ${user.spec.namespace}/${user.spec.name}`, { field: 'device' });
-      }
+      let tap;
       try {
-        await this.kernel.tapObserve({ device, ipv4: '0.0.0.0', ipv6: '::' }).then((t) => {
-          if (!t) throw new Error(`device ${device} does not exist in the host namespace`);
-          if (t.problems.some((p) => p.includes('not a tap'))) throw new Error(`device ${device} is not a tap/vnet device`);
-        });
+        tap = await this.kernel.tapObserve({ device, ipv4: '0.0.0.0', ipv6: '::' });
+        if (!tap) throw new Error(`device ${device} does not exist in the host namespace`);
+        if (tap.problems.some((p) => p.includes('not a tap'))) throw new Error(`device ${device} is not a tap/vnet device`);
       } catch (err) {
-        throw new KitnetError('AGENT_ERR_WORKLOAD_DEVICE', (err as Error).message, { field: 'device', cause: err });
+        throw new KitnetError('AGENT_ERR_WORKLOAD_DEVICE', (err as Error).message, { field: 'device' });
+      }
+      // by name and by ifindex: the device may have been renamed since it was adopted
+      const ifindex = tap.ifindex;
+      const user = this.store.workloadList().find((w) => w.hostIfname === device || (w.spec.kind === 'tap' && w.observed?.hostIfindex === ifindex));
+      if (user) {
+        throw new KitnetError('AGENT_ERR_WORKLOAD_DEVICE_IN_USE', `device ${device} is already used by workload ${user.spec.namespace}/${user.spec.name}`, { field: 'device' });
       }
       return { netns: '', tap: { device, mac: input.mac!.toLowerCase() } };
     }
@@ -297,8 +333,9 @@ export class WorkloadService {
       const hostIfname = hostIfnameFor(input.namespace, input.name);
       const vm = { tap: VM_TAP, bridge: VM_BRIDGE, mac: input.mac?.toLowerCase() ?? macDerive(`${hostIfname}/guest`) };
       if (input.netns !== undefined) {
-        await netnsCheck(input.netns);
-        return { netns: input.netns, vm };
+        // the VM's peer is a bridge port: kitnet sets no routes in an adopted VM namespace
+        const netnsId = await this.netnsAdmit(input.netns, caller, { routes: false });
+        return { netns: input.netns, vm, netnsId };
       }
       const owned = vmNetnsNameFor(input.namespace, input.name);
       const path = netnsPathOf(owned);
@@ -309,8 +346,65 @@ export class WorkloadService {
       }
       return { netns: path, vm: { netnsOwnedName: owned, ...vm } };
     }
-    await netnsCheck(input.netns!);
-    return { netns: input.netns! };
+    const netnsId = await this.netnsAdmit(input.netns!, caller, { routes: true });
+    return { netns: input.netns!, netnsId };
+  }
+
+  /**
+   * May a workload go into the namespace at `path`? Never the agent's own or PID 1's (compared by
+   * nsfs device and inode, whatever the path says), never one another workload uses; one that holds
+   * interfaces kitnet did not make only for an admin; and, where kitnet sets default routes, none
+   * may be there already (kitnet never replaces a route it did not make). Returns the namespace id.
+   */
+  private async netnsAdmit(path: string, caller: RegisterCaller, opts: { routes: boolean }): Promise<NetnsId> {
+    const reserved = this.kernel.netnsReserved();
+    let survey;
+    try {
+      survey = await this.kernel.netnsSurvey(path);
+    } catch (err) {
+      throw new KitnetError('AGENT_ERR_WORKLOAD_NETNS', `netns: ${(err as Error).message}`, { field: 'netns', cause: err });
+    }
+    if (netnsIdEqual(survey.id, reserved.agent) || netnsIdEqual(survey.id, reserved.init)) {
+      const whose = netnsIdEqual(survey.id, reserved.init) ? "PID 1's network namespace (the host's)" : "the agent's own network namespace";
+      throw new KitnetError('AGENT_ERR_WORKLOAD_NETNS_HOST',
+        `netns: ${path} is ${whose}; kitnet never puts a workload there (its routes and devices are the host's)`, { field: 'netns' });
+    }
+    const users = await this.netnsUsersGet();
+    const user = users.byId.get(netnsKey(survey.id)) ?? users.byPath.get(path);
+    if (user) {
+      throw new KitnetError('AGENT_ERR_WORKLOAD_NETNS_IN_USE', `netns: ${path} is already used by workload ${user}; a namespace holds one workload`, { field: 'netns' });
+    }
+    const foreign = survey.links.filter((l) => l.ifname !== 'lo');
+    if (foreign.length > 0 && !caller.admin) {
+      const names = foreign.slice(0, 8).map((l) => `${l.ifname}${l.kind ? ` (${l.kind})` : ''}`).join(', ');
+      throw new KitnetError('AGENT_ERR_WORKLOAD_NETNS_FOREIGN',
+        `netns: ${path} holds interfaces kitnet did not make (${names}${foreign.length > 8 ? ', ...' : ''}); only an admin may register a workload in it`,
+        { field: 'netns' });
+    }
+    if (opts.routes && survey.defaultRoutes.length > 0) {
+      throw new KitnetError('AGENT_ERR_WORKLOAD_NETNS_ROUTES',
+        `netns: ${path} already has a default route (${survey.defaultRoutes.join('; ')}) that kitnet did not make; kitnet never replaces routes: remove it or use a namespace of its own`,
+        { field: 'netns' });
+    }
+    return survey.id;
+  }
+
+  private async netnsUsersGet(): Promise<NetnsUsers> {
+    if (this.netnsUsers) return this.netnsUsers;
+    const users: NetnsUsers = { byId: new Map(), byPath: new Map(), byRef: new Map() };
+    for (const w of this.store.workloadList()) {
+      if (w.spec.kind === 'tap' || !w.spec.netns) continue;
+      netnsUsersSet(users, `${w.spec.namespace}/${w.spec.name}`, w.spec.netns, await this.kernel.netnsId(w.spec.netns));
+    }
+    return (this.netnsUsers = users);
+  }
+
+  private netnsUsersRemove(ref: string): void {
+    const keys = this.netnsUsers?.byRef.get(ref);
+    if (!this.netnsUsers || !keys) return;
+    if (keys.id !== undefined && this.netnsUsers.byId.get(keys.id) === ref) this.netnsUsers.byId.delete(keys.id);
+    if (this.netnsUsers.byPath.get(keys.path) === ref) this.netnsUsers.byPath.delete(keys.path);
+    this.netnsUsers.byRef.delete(ref);
   }
 
   remove(namespace: string, name: string): Promise<WorkloadRecord> {
@@ -323,6 +417,7 @@ export class WorkloadService {
         return this.store.identitiesReleaseUnused();
       });
       this.policy.endpointsUpdate({ remove: [rec] });
+      this.netnsUsersRemove(`${namespace}/${name}`);
       log.info({ releasedIdentities: released }, 'workload removed');
       return rec;
     });
@@ -373,6 +468,23 @@ export class WorkloadService {
     });
     for (const rec of changed) this.reconciler.endpointMapsWrite(rec);
     return changed;
+  }
+
+  /**
+   * Workloads stored before the labels kitnet derives were refused may still carry them, and their
+   * stored identity with them (a forged namespace label). Re-derives their identities, which ignore
+   * those labels, and updates policy. Runs at start, under the caller's lock, after the restore.
+   */
+  forgedLabelsScrub(): WorkloadRecord[] {
+    const forged = this.store.workloadList().filter((r) => Object.keys(r.spec.labels).some((k) => workloadLabelKeyForbidden(k) !== undefined));
+    if (forged.length === 0) return [];
+    for (const r of forged) {
+      this.log.warn({ workload: `${r.spec.namespace}/${r.spec.name}`, labels: Object.keys(r.spec.labels).filter((k) => workloadLabelKeyForbidden(k)) },
+        'workload carries labels kitnet derives itself (stored before they were refused); its identity no longer includes them');
+    }
+    const updated = this.identitiesRederive(forged);
+    this.policy.endpointsUpdate({ upsert: updated });
+    return updated;
   }
 
   /** Runs fn while no registration or removal is in progress (startup sync, shutdown). */

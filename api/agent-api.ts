@@ -17,7 +17,8 @@ export interface FlowSelection {
 
 /** What the HTTP layer needs from the agent. The API never touches the kernel itself. */
 export interface AgentApi {
-  workloadRegister(input: WorkloadCreate): Promise<Workload>;
+  /** `caller.admin`: the unix socket or an admin token (may use a namespace with foreign interfaces). */
+  workloadRegister(input: WorkloadCreate, caller?: { admin: boolean }): Promise<Workload>;
   workloadList(namespace?: string): Workload[];
   workloadGet(namespace: string, name: string): Workload;
   workloadRemove(namespace: string, name: string): Promise<Workload>;

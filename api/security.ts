@@ -11,7 +11,8 @@ import { yamlFileRead, yamlNestingProblem } from '../common/yaml-guard.js';
  * The API's security layer. The unix socket is trusted: its file mode and group are the
  * authentication. The TCP listener (TLS only) needs a bearer token with scopes:
  *   read     GET anything (workloads, identities, status, flows, policies, namespaces, metrics), policy trace
- *   register add, remove and relabel workloads, only in the token's namespaces
+ *   register add, remove and relabel workloads, only in the token's namespaces (and, when the
+ *            token lists them, only into netns paths / tap devices matching its patterns)
  *   admin    everything, including policies and namespaces
  * Tokens are kept as SHA-256 hashes and compared in constant time. Every request is rate limited
  * per client (token name, else address; one bucket for the socket) and every change is audited.
@@ -96,6 +97,30 @@ export function tokenHash(secret: string): string {
   return createHash('sha256').update(secret, 'utf8').digest('hex');
 }
 
+/**
+ * Token patterns (`netns`, `taps`): shell-like globs matched against the whole string as written.
+ * `*` is any run of characters except "/", `?` one character except "/", everything else is literal
+ * (no classes, braces or escapes). So `/var/run/netns/tenant-a-*` matches `/var/run/netns/tenant-a-1`
+ * but not `/var/run/netns/tenant-a-1/x` or `/run/netns/tenant-a-1` (no symlinks are resolved).
+ */
+export function globToRegExp(glob: string): RegExp {
+  const body = glob.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '[^/]*').replace(/\?/g, '[^/]');
+  return new RegExp(`^${body}$`);
+}
+
+const plainPath = (p: string) => p.split('/').slice(1).every((seg) => seg !== '' && seg !== '.' && seg !== '..');
+
+const NetnsPattern = z
+  .string()
+  .max(4096)
+  .regex(/^\//, 'must be an absolute path pattern such as /var/run/netns/tenant-a-*')
+  .refine(plainPath, 'must be a plain path (no "//", "." or ".." segments, no trailing "/")');
+const TapPattern = z
+  .string()
+  .min(1)
+  .max(64)
+  .regex(/^[A-Za-z0-9_.*?-]+$/, 'must be an interface name pattern: letters, digits, "_", ".", "-" and the wildcards "*" and "?"');
+
 const TokenEntry = z
   .object({
     name: z
@@ -110,6 +135,10 @@ const TokenEntry = z
     namespaces: z
       .array(z.string().regex(/^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$/, 'must be a namespace name or "*"'))
       .optional(),
+    /** register: the netns paths (kind netns, kind vm adopting one) this token may use; absent = any. */
+    netns: z.array(NetnsPattern).max(256).optional(),
+    /** register: the tap devices (kind tap) this token may adopt; absent = none. */
+    taps: z.array(TapPattern).max(256).optional(),
   })
   .strict()
   .superRefine((t, ctx) => {
@@ -144,7 +173,13 @@ export interface Principal {
   scopes: ReadonlySet<Scope>;
   /** Namespaces a register-scoped token may change; `*` for all. */
   namespaces: ReadonlySet<string>;
+  /** Patterns a netns path must match (kind netns, vm adopting one); undefined = any path. */
+  netns?: ReadonlyArray<{ glob: string; re: RegExp }> | undefined;
+  /** Patterns a tap device must match (kind tap); undefined = no tap may be adopted. */
+  taps?: ReadonlyArray<{ glob: string; re: RegExp }> | undefined;
 }
+
+const patternsCompile = (globs: string[] | undefined) => globs?.map((glob) => ({ glob, re: globToRegExp(glob) }));
 
 const UNIX_PRINCIPAL: Principal = { who: 'unix-socket', scopes: new Set(SCOPES), namespaces: new Set(['*']) };
 
@@ -172,6 +207,8 @@ export class TokenSet {
         who: `token:${t.name}`,
         scopes: new Set(t.scopes),
         namespaces: new Set(t.namespaces ?? (t.scopes.includes('admin') ? ['*'] : [])),
+        netns: patternsCompile(t.netns),
+        taps: patternsCompile(t.taps),
       },
     }));
   }
@@ -250,6 +287,24 @@ export function routeAccess(method: string, url: string | undefined): Access {
   if (method === 'POST' && url === '/v1/workloads') return { scope: 'register', namespace: bodyNamespace };
   if ((method === 'DELETE' || method === 'PATCH') && url === '/v1/workloads/:namespace/:name') return { scope: 'register', namespace: paramNamespace };
   return { scope: 'admin' };
+}
+
+/**
+ * Why a (non-admin) token may not register into this namespace path or adopt this tap, if it may not.
+ * kind vm without `netns` gets a namespace kitnet makes: no pattern applies.
+ */
+export function registerTargetProblem(who: Principal, body: { kind?: string; netns?: string; device?: string }): string | undefined {
+  const name = who.who.replace(/^token:/, '');
+  if (body.kind === 'tap') {
+    const device = body.device ?? '';
+    if (!who.taps?.length) return `token "${name}" may not adopt tap devices (it lists no taps patterns)`;
+    if (!who.taps.some((p) => p.re.test(device))) return `token "${name}" may not adopt device "${device}": it matches none of ${who.taps.map((p) => p.glob).join(', ')}`;
+    return undefined;
+  }
+  if (body.netns === undefined || !who.netns) return undefined;
+  const path = body.netns;
+  if (!who.netns.some((p) => p.re.test(path))) return `token "${name}" may not use netns ${path}: it matches none of ${who.netns.map((p) => p.glob).join(', ')}`;
+  return undefined;
 }
 
 const isChange = (method: string, url: string | undefined) => !['GET', 'HEAD', 'OPTIONS'].includes(method) && routeAccess(method, url).scope !== 'read';
@@ -353,9 +408,13 @@ export async function securityRegister(app: FastifyInstance, opts: SecurityOptio
   app.addHook('preHandler', async (req, reply) => {
     const access = routeAccess(req.method, req.routeOptions.url);
     const who = principalOf(req);
-    if (access.scope !== 'register' || !who || who.scopes.has('admin') || who.namespaces.has('*')) return;
+    if (access.scope !== 'register' || !who || who.scopes.has('admin')) return;
     const ns = access.namespace(req) ?? 'default';
-    if (!who.namespaces.has(ns)) throw denied(reply, 403, `token "${who.who.slice(6)}" may not change workloads in namespace "${ns}"`);
+    if (!who.namespaces.has('*') && !who.namespaces.has(ns)) throw denied(reply, 403, `token "${who.who.slice(6)}" may not change workloads in namespace "${ns}"`);
+    if (req.method === 'POST') {
+      const problem = registerTargetProblem(who, req.body as { kind?: string; netns?: string; device?: string });
+      if (problem) throw denied(reply, 403, problem);
+    }
   });
 
   if (!audit) return;

@@ -12,7 +12,7 @@ import { neighList, neighPermanentSet } from './neigh.js';
 import { NETKIT_REQUIREMENT, netkitCreateMessage, netkitStateDecode } from './netkit.js';
 import { netnsPathValidate } from './netns.js';
 import { netkitProbe } from './probe.js';
-import type { RouteInfo } from './route.js';
+import type { RouteInfo, RouteSpec } from './route.js';
 import { routeAdd, routeList } from './route.js';
 import type { Rtnl } from './socket.js';
 import { requestsPipelined, rtnlHost, withNetns } from './socket.js';
@@ -140,13 +140,23 @@ async function pairCreateError(err: unknown, spec: EndpointDeviceSpec, host: Rtn
   return err;
 }
 
+/** EEXIST for one of kitnet's routes in the workload's namespace: a route kitnet did not make is there. */
+function routeTakenError(err: unknown, spec: EndpointDeviceSpec, route: string): unknown {
+  if (!(err instanceof KernelError) || !errnoIs(err, 'EEXIST')) return err;
+  return new KernelError({
+    op: 'RTM_NEWROUTE', errno: err.errno, device: { name: spec.peerIfname, netns: spec.netnsPath }, extack: err.extack, cause: err,
+    hint: `${spec.netnsPath} already has a route for ${route} that kitnet did not make, and kitnet never replaces routes; ` +
+      'remove it (ip route del ... inside the namespace) or register the workload in a namespace of its own',
+  });
+}
+
 /**
  * Everything inside the workload's namespace: lo and peer up, addresses, routes, gateway neighbours.
  * Two round trips: lo and the peer are read together, then every change is sent pipelined, in the
  * order they depend on each other (peer up before its addresses and routes, the on-link route to the
  * gateway before the default routes through it).
  */
-async function peerConfigure(nl: Rtnl, spec: EndpointDeviceSpec, hostMac: string): Promise<LinkInfo> {
+async function peerConfigure(nl: Rtnl, spec: EndpointDeviceSpec, hostMac: string, repair: boolean): Promise<LinkInfo> {
   const [lo, peer] = await Promise.all([linkGet(nl, 'lo'), linkGet(nl, spec.peerIfname)]);
   if (!peer) {
     throw new KernelError({
@@ -171,10 +181,22 @@ async function peerConfigure(nl: Rtnl, spec: EndpointDeviceSpec, hostMac: string
     steps.push(
       () => addressAdd(nl, peer.ifindex, spec.ipv4, 32, { replace: true, ifname }),
       () => addressAdd(nl, peer.ifindex, spec.ipv6, 128, { replace: true, ifname }),
-      () => routeAdd(nl, { dst: `${GATEWAY_V4}/32`, oif: peer.ifindex, scope: 'link' }, { replace: true, ifname }),
-      () => routeAdd(nl, { dst: 'default', family: 'inet', gateway: GATEWAY_V4, oif: peer.ifindex }, { replace: true, ifname }),
-      () => routeAdd(nl, { dst: 'default', family: 'inet6', gateway: GATEWAY_V6, oif: peer.ifindex }, { replace: true, ifname }),
     );
+    // Routes are created exclusively (NLM_F_EXCL), never replaced: a route kitnet did not make (the
+    // namespace's own default route) makes the registration fail instead of being taken over, and
+    // deleting the pair then removes only kitnet's routes. A repair adds only the missing ones.
+    const have = repair ? await routeList(nl) : [];
+    const routes: Array<[RouteSpec, number, string]> = [
+      [{ dst: `${GATEWAY_V4}/32`, oif: peer.ifindex, scope: 'link' }, AF_INET, `${GATEWAY_V4} scope link`],
+      [{ dst: 'default', family: 'inet', gateway: GATEWAY_V4, oif: peer.ifindex }, AF_INET, `default via ${GATEWAY_V4}`],
+      [{ dst: 'default', family: 'inet6', gateway: GATEWAY_V6, oif: peer.ifindex }, AF_INET6, `default via ${GATEWAY_V6}`],
+    ];
+    for (const [route, family, text] of routes) {
+      if (repair && hasRoute(have, family, route.dst, peer.ifindex, route.gateway)) continue;
+      steps.push(() => routeAdd(nl, route, { ifname }).catch((err: unknown) => {
+        throw routeTakenError(err, spec, text);
+      }));
+    }
     if (spec.mode !== 'netkit') {
       steps.push(
         () => neighPermanentSet(nl, peer.ifindex, GATEWAY_V4, hostMac, ifname),
@@ -275,7 +297,7 @@ export async function endpointDeviceCreate(specIn: EndpointDeviceSpec): Promise<
     // kind, MAC and netkit state are as created; configuring changes none of what deviceOf reads
     const hostLink = made;
     await hostConfigure(host, spec, hostLink, false);
-    const peer = await withNetns(spec.netnsPath, (nl) => peerConfigure(nl, spec, hostLink.mac), ns.inode);
+    const peer = await withNetns(spec.netnsPath, (nl) => peerConfigure(nl, spec, hostLink.mac, false), ns.inode);
     return deviceOf(spec, hostLink, peer);
   } catch (err) {
     await endpointRollback(host, spec.hostIfname, made?.ifindex);
@@ -409,7 +431,7 @@ export async function endpointDeviceRepair(specIn: EndpointDeviceSpec): Promise<
   if (!hostLink) return endpointDeviceCreate(spec);
   const inode = await netnsPathValidate(spec.netnsPath);
   await hostConfigure(host, spec, hostLink, true);
-  const peer = await withNetns(spec.netnsPath, (nl) => peerConfigure(nl, spec, hostLink.mac), inode);
+  const peer = await withNetns(spec.netnsPath, (nl) => peerConfigure(nl, spec, hostLink.mac, true), inode);
   return deviceOf(spec, (await linkGet(host, spec.hostIfname)) ?? hostLink, peer);
 }
 

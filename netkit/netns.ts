@@ -109,6 +109,38 @@ export async function netnsDelete(name: string): Promise<boolean> {
  * bind mount (`ip netns add`) is not a magic link, so its name does not tell.
  */
 export async function netnsPathValidate(path: string): Promise<number> {
+  return (await netnsPathId(path)).ino;
+}
+
+/** Which namespace a file is: nsfs device and inode. Equal ids = the same namespace, whatever the path. */
+export interface NetnsId {
+  dev: number;
+  ino: number;
+}
+
+export const netnsIdEqual = (a: NetnsId | undefined, b: NetnsId | undefined): boolean => !!a && !!b && a.dev === b.dev && a.ino === b.ino;
+
+/**
+ * The namespaces no workload may be put in: the agent's own and PID 1's (the host's). `init` is
+ * undefined when PID 1's namespace cannot be read (a container whose init is not ours to inspect);
+ * a path to it cannot be opened then either.
+ */
+export function netnsReservedIds(): { agent: NetnsId; init: NetnsId | undefined } {
+  const id = (p: string): NetnsId | undefined => {
+    try {
+      const st = statSync(p);
+      return { dev: st.dev, ino: st.ino };
+    } catch {
+      return undefined;
+    }
+  };
+  const agent = id('/proc/self/ns/net');
+  if (!agent) throw new Error('cannot read /proc/self/ns/net (is /proc mounted?)');
+  return { agent, init: id('/proc/1/ns/net') };
+}
+
+/** As {@link netnsPathValidate}, returning the namespace's device and inode. */
+export async function netnsPathId(path: string): Promise<NetnsId> {
   if (typeof path !== 'string' || !path.startsWith('/')) {
     throw new EndpointSpecError('netnsPath', `netns path "${path}" must be an absolute path`);
   }
@@ -141,7 +173,8 @@ export async function netnsPathValidate(path: string): Promise<number> {
       throw new EndpointSpecError('netnsPath', `netns path ${path} is a ${NS_TYPE_NAMES[type] ?? `0x${type.toString(16)}`} namespace, not a network namespace`);
     }
     // fstat of the open fd: the namespace's own inode, also through /proc/PID/ns/net's magic link
-    return fstatSync(fd).ino;
+    const own = fstatSync(fd);
+    return { dev: own.dev, ino: own.ino };
   } finally {
     closeSync(fd);
   }

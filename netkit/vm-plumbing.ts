@@ -281,15 +281,22 @@ async function tapHostLink(host: Rtnl, device: string): Promise<LinkInfo> {
 
 /**
  * Adopts an existing tap: forwarding sysctls on it and host routes /32 and /128 to the guest through
- * it (replacing any other route for those prefixes). The device itself is never created or changed
+ * it. Routes are added exclusively and only when missing: a route for the guest's address through
+ * another device is not kitnet's to take over (EEXIST). The device itself is never created or changed
  * otherwise (its state belongs to the hypervisor).
  */
 export async function tapAdopt(spec: TapAdoptSpec): Promise<TapAdopted> {
   const host = rtnlHost();
   const link = await tapHostLink(host, spec.device);
   hostSideSysctlsApply(spec.device);
-  await routeAdd(host, { dst: `${spec.ipv4}/32`, oif: link.ifindex, scope: 'link' }, { replace: true, ifname: spec.device });
-  await routeAdd(host, { dst: `${spec.ipv6}/128`, oif: link.ifindex, scope: 'link' }, { replace: true, ifname: spec.device });
+  const routes = await routeList(host);
+  const v4 = `${spec.ipv4}/32`;
+  if (!hasRoute(routes, AF_INET, v4, link.ifindex)) {
+    await routeAdd(host, { dst: v4, oif: link.ifindex, scope: 'link' }, { ifname: spec.device });
+  }
+  if (!routes.some((r) => r.family === AF_INET6 && r.dstLen === 128 && r.oif === link.ifindex && sameIp6(r.dst, spec.ipv6))) {
+    await routeAdd(host, { dst: `${spec.ipv6}/128`, oif: link.ifindex, scope: 'link' }, { ifname: spec.device });
+  }
   return { ifindex: link.ifindex, mac: link.mac, problems: [] };
 }
 

@@ -15,6 +15,32 @@ export const NAMESPACE_NAME_LABEL = 'kubernetes.io/metadata.name';
 
 const KNOWN_SOURCES = new Set(['k8s', 'reserved', 'cidr', 'fqdn', 'unspec', 'any', 'container', 'vm', 'kitnet']);
 
+/** Sources only kitnet gives out (reserved identities, CIDR and FQDN selections): never a workload's. */
+const DERIVED_SOURCES = new Set(['reserved', 'cidr', 'fqdn']);
+/** Label keys (under any source) kitnet derives from the namespace or Cilium reserves for policy metadata. */
+const DERIVED_KEY_PREFIXES = [NAMESPACE_LABELS_PREFIX, 'io.cilium.k8s.policy.'];
+
+/**
+ * Why a workload may not carry this label key, if it may not: the keys kitnet derives itself
+ * (`io.kubernetes.pod.namespace`, `io.cilium.k8s.namespace.labels.*`, `io.cilium.k8s.policy.*`) and the
+ * sources it alone gives out (`reserved:`, `cidr:`, `fqdn:`), with or without a source prefix. A
+ * workload labelled `io.cilium.k8s.namespace.labels.team=prod` would otherwise satisfy another
+ * namespace's namespaceSelector. Cilium does the same for pods (its pod label sanitising overwrites
+ * these keys). Namespace labels are not checked here: there they are plain keys.
+ */
+export function workloadLabelKeyForbidden(raw: string): string | undefined {
+  const colon = raw.indexOf(':');
+  const source = colon > 0 ? raw.slice(0, colon) : undefined;
+  if (source !== undefined && DERIVED_SOURCES.has(source)) {
+    return `label "${raw}": the ${source}: source is kitnet's own (reserved identities, CIDR and FQDN selections); a workload cannot carry it`;
+  }
+  const { key } = labelKeyParse(raw);
+  if (key === NAMESPACE_LABEL) return `label "${raw}": kitnet derives ${NAMESPACE_LABEL} from the workload's namespace; a workload label cannot set it`;
+  const prefix = DERIVED_KEY_PREFIXES.find((p) => key.startsWith(p) || key === p.slice(0, -1));
+  if (prefix) return `label "${raw}": keys under ${prefix}* are kitnet's (namespace labels, policy metadata); a workload label cannot set them`;
+  return undefined;
+}
+
 /** `k8s:app` -> {source:k8s, key:app}; `app` -> default source; unknown prefixes stay part of the key. */
 export function labelKeyParse(raw: string): { source: string; key: string } {
   const colon = raw.indexOf(':');
@@ -45,7 +71,10 @@ export function identityLabels(
 ): Label[] {
   const out = new Map<string, Label>();
   const add = (l: Label) => out.set(`${l.source}:${l.key}`, l);
-  for (const [raw, value] of Object.entries(workloadLabels)) add({ ...labelKeyParse(raw), value });
+  // Forbidden keys are refused at the API; a row stored before that check must not forge either.
+  for (const [raw, value] of Object.entries(workloadLabels)) {
+    if (workloadLabelKeyForbidden(raw) === undefined) add({ ...labelKeyParse(raw), value });
+  }
   add({ source: 'k8s', key: NAMESPACE_LABEL, value: namespace });
   const nsLabels = { ...namespaceLabels, [NAMESPACE_NAME_LABEL]: namespace };
   for (const [key, value] of Object.entries(nsLabels)) {

@@ -345,12 +345,16 @@ token
   .description('make a random token: prints the secret once (stderr) and the tokens-file entry with its hash (stdout)')
   .option('--scopes <list>', 'comma-separated: read, register, admin', 'read')
   .option('--namespaces <list>', 'comma-separated namespaces a register token may change ("*" for all)')
-  .action(async (name: string, o: { scopes: string; namespaces?: string }) => {
+  .option('--netns <patterns>', 'comma-separated netns path patterns a register token may use, e.g. "/var/run/netns/tenant-a-*" (default: any)')
+  .option('--taps <patterns>', 'comma-separated tap device patterns a register token may adopt, e.g. "vnet*" (default: none)')
+  .action(async (name: string, o: { scopes: string; namespaces?: string; netns?: string; taps?: string }) => {
     const { tokenGenerate, tokenHash } = await import('../security.js');
     const secret = tokenGenerate();
     const list = (v: string) => `[${v.split(',').map((x) => JSON.stringify(x.trim())).join(', ')}]`;
     console.error(`secret (shown once; give it to the client as "Authorization: Bearer ..."): ${secret}`);
-    console.log(`- name: ${JSON.stringify(name)}\n  secretSha256: ${tokenHash(secret)}\n  scopes: ${list(o.scopes)}${o.namespaces ? `\n  namespaces: ${list(o.namespaces)}` : ''}`);
+    const optional = (key: string, v: string | undefined) => (v ? `\n  ${key}: ${list(v)}` : '');
+    console.log(`- name: ${JSON.stringify(name)}\n  secretSha256: ${tokenHash(secret)}\n  scopes: ${list(o.scopes)}` +
+      `${optional('namespaces', o.namespaces)}${optional('netns', o.netns)}${optional('taps', o.taps)}`);
   });
 token
   .command('hash')

@@ -2,6 +2,7 @@ import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import type { AgentApi } from '../agent-api.js';
 import { ErrorBody } from '../schemas/common.js';
+import { principalOf } from '../security.js';
 import { Workload, WorkloadCreate, WorkloadListQuery, WorkloadRef } from '../schemas/workload.js';
 
 export const workloadRoutes: FastifyPluginAsyncZod<{ agent: AgentApi }> = async (app, { agent }) => {
@@ -14,7 +15,11 @@ export const workloadRoutes: FastifyPluginAsyncZod<{ agent: AgentApi }> = async 
         response: { 201: Workload, '4xx': ErrorBody, '5xx': ErrorBody },
       },
     },
-    async (req, reply) => reply.code(201).send(await agent.workloadRegister(req.body)),
+    async (req, reply) => {
+      // Without a principal the listener is trusted (the unix socket without the security layer).
+      const who = principalOf(req);
+      return reply.code(201).send(await agent.workloadRegister(req.body, { admin: !who || who.scopes.has('admin') }));
+    },
   );
 
   app.get(

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { workloadLabelKeyForbidden } from '../../agent/identity/labels.js';
 
 /** DNS-1123 label, as Kubernetes requires for namespace and pod names. */
 export const Dns1123Label = z
@@ -36,6 +37,25 @@ export const Labels = z.record(z.string(), LabelValue).superRefine((labels, ctx)
     if (problem) ctx.addIssue({ code: 'custom', message: problem, path: [key] });
   }
 });
+
+/** A workload's labels: also none of the keys and sources kitnet derives itself (a forged identity). */
+export const WorkloadLabels = Labels.superRefine((labels, ctx) => {
+  for (const key of Object.keys(labels)) {
+    const problem = workloadLabelKeyForbidden(key);
+    if (problem) ctx.addIssue({ code: 'custom', message: problem, path: [key] });
+  }
+});
+
+/**
+ * An interface name the kernel accepts (dev_valid_name): 1-15 bytes, no "/", ":" or whitespace, not
+ * "." or "..". The character class is narrower still, so names stay easy to type and to quote.
+ */
+export const Ifname = z
+  .string()
+  .min(1)
+  .max(15, 'interface names are at most 15 bytes')
+  .regex(/^[A-Za-z0-9_.-]+$/, 'interface name may contain letters, digits, "_", "." and "-"')
+  .refine((n) => n !== '.' && n !== '..', 'interface name cannot be "." or ".." (the kernel refuses them)');
 
 export const ErrorBody = z.object({
   statusCode: z.number(),

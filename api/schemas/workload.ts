@@ -1,11 +1,11 @@
 import { z } from 'zod';
-import { Dns1123Label, Labels } from './common.js';
+import { Dns1123Label, Ifname, WorkloadLabels } from './common.js';
 
 export const WorkloadCreate = z
   .object({
     name: Dns1123Label.describe('Workload name, unique within its namespace'),
     namespace: Dns1123Label.default('default').describe('Kubernetes-style namespace'),
-    labels: Labels.default({}).describe('Labels; keys may carry a source prefix such as `k8s:`'),
+    labels: WorkloadLabels.default({}).describe('Labels; keys may carry a source prefix such as `k8s:`; the keys kitnet derives (io.kubernetes.pod.namespace, io.cilium.k8s.namespace.labels.*, io.cilium.k8s.policy.*) and the reserved:, cidr: and fqdn: sources are refused'),
     kind: z
       .enum(['netns', 'vm', 'tap'])
       .default('netns')
@@ -15,13 +15,11 @@ export const WorkloadCreate = z
       .min(1)
       .max(4096)
       .regex(/^\//, 'must be an absolute path such as /var/run/netns/NAME or /proc/PID/ns/net')
+      // Token netns patterns match the path as written: one spelling per path, no ".." to climb out.
+      .refine((p) => p.split('/').slice(1).every((seg) => seg !== '' && seg !== '.' && seg !== '..'), 'must be a plain absolute path (no "//", "." or ".." segments, no trailing "/")')
       .optional()
       .describe('Path of the workload network namespace (required for `netns`; for `vm` an existing namespace to adopt instead of one kitnet makes)'),
-    device: z
-      .string()
-      .min(1)
-      .max(15, 'interface names are at most 15 bytes')
-      .regex(/^[A-Za-z0-9_.-]+$/, 'interface name may contain letters, digits, "_", "." and "-"')
+    device: Ifname
       .optional()
       .describe('`tap` only: the existing tap/vnet device in the host namespace to adopt (e.g. vnet3)'),
     mac: z
@@ -33,11 +31,7 @@ export const WorkloadCreate = z
     ipv4: z.ipv4({ message: 'must be an IPv4 address without prefix' }).optional().describe('Requested IPv4 address (else allocated)'),
     ipv6: z.ipv6({ message: 'must be an IPv6 address without prefix' }).optional().describe('Requested IPv6 address (else allocated)'),
     mode: z.enum(['auto', 'veth', 'netkit']).default('auto').describe('Device mode; `auto` picks netkit when the kernel has it'),
-    interface: z
-      .string()
-      .min(1)
-      .max(15, 'interface names are at most 15 bytes')
-      .regex(/^[A-Za-z0-9_.-]+$/, 'interface name may contain letters, digits, "_", "." and "-"')
+    interface: Ifname
       .optional()
       .describe('Interface name inside the namespace (default from config, usually eth0)'),
     ports: z
@@ -126,4 +120,4 @@ export type Workload = z.infer<typeof Workload>;
 export const WorkloadRef = z.object({ namespace: Dns1123Label, name: Dns1123Label });
 export const WorkloadListQuery = z.object({ namespace: Dns1123Label.optional() }).strict();
 
-export const WorkloadPatch = z.object({ labels: Labels.describe('The new, complete label set') }).strict();
+export const WorkloadPatch = z.object({ labels: WorkloadLabels.describe('The new, complete label set') }).strict();

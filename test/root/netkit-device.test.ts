@@ -284,6 +284,29 @@ test('peer name taken in the netns (EEXIST): message names the netns, nothing ma
   assert.deepEqual((await linkNames(f.ns[0])).sort(), ['eth0', 'eth0p', 'lo']);
 });
 
+for (const family of ['-4', '-6'] as const) {
+  test(`a default route kitnet did not make (${family}) is never replaced: EEXIST naming the namespace, nothing made`, { skip, timeout: timeLimit(30_000) }, async (t) => {
+    const f = await fixture(t, 1);
+    const s = spec(f, 0);
+    const ns = f.ns[0]!;
+    await sh('ip', ['-n', ns, 'link', 'add', 'x0', 'type', 'veth', 'peer', 'name', 'x1']);
+    for (const dev of ['x0', 'x1']) await sh('ip', ['-n', ns, 'link', 'set', dev, 'up']);
+    if (family === '-4') {
+      await sh('ip', ['-n', ns, 'addr', 'add', '192.0.2.10/24', 'dev', 'x0']);
+      await sh('ip', ['-n', ns, 'route', 'add', 'default', 'via', '192.0.2.1']);
+    } else {
+      await sh('ip', ['-n', ns, '-6', 'route', 'add', 'default', 'via', 'fe80::99', 'dev', 'x0']);
+    }
+    const before = await ipj<Route[]>([family, 'route', 'show', 'default'], ns);
+    await assert.rejects(endpointDeviceCreate(s), (e: unknown) =>
+      e instanceof KernelError && e.op === 'RTM_NEWROUTE' && e.errnoName === 'EEXIST' && e.device?.netns === s.netnsPath &&
+      /already has a route for default via .* kitnet never replaces routes/.test(e.message));
+    assert.equal(await linkExists(s.hostIfname), false, 'host side removed');
+    assert.deepEqual((await linkNames(ns)).sort(), ['lo', 'x0', 'x1'], 'peer removed with it');
+    assert.deepEqual(await ipj<Route[]>([family, 'route', 'show', 'default'], ns), before, 'the namespace keeps its default route');
+  });
+}
+
 test('failure after the pair exists rolls everything back (address already routed elsewhere)', { skip, timeout: timeLimit(30_000) }, async (t) => {
   const f = await fixture(t, 2);
   const sa = spec(f, 0);

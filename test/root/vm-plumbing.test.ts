@@ -147,7 +147,7 @@ describe('kind vm / kind tap plumbing (root)', { timeout: 120_000 }, () => {
     assert.equal(new Map(t.datapath.endpointList()).get(tapIfindex)?.mac, '52:54:00:00:00:07');
     assert.ok((await routes(4)).some((r) => r.dst === w.ipv4 && r.dev === tapDev), 'host /32 route via the tap');
     assert.ok((await routes(6)).some((r) => r.dst === w.ipv6 && r.dev === tapDev), 'host /128 route via the tap');
-    await assert.rejects(call('POST', '/v1/workloads', { kind: 'tap', name: 'tap2', namespace: 'vmt', device: tapDev, mac: '52:54:00:00:00:08' }), /422.*already used/);
+    await assert.rejects(call('POST', '/v1/workloads', { kind: 'tap', name: 'tap2', namespace: 'vmt', device: tapDev, mac: '52:54:00:00:00:08' }), /409.*AGENT_ERR_WORKLOAD_DEVICE_IN_USE.*already used/);
 
     await call('DELETE', '/v1/workloads/vmt/tap1');
     assert.ok((await dlinks()).some((l) => l.ifname === tapDev && l.ifindex === tapIfindex), 'the tap stays');

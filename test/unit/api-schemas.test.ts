@@ -75,6 +75,28 @@ describe('API request validation', () => {
     ['bad label value', { ...valid, labels: { app: 'a b' } }, /label value/],
     ['interface name too long', { ...valid, interface: 'a'.repeat(16) }, /interface/],
     ['unknown field', { ...valid, colour: 'blue' }, /colour|unrecognized/i],
+    // names the kernel refuses (dev_valid_name) are a 400, not a 500 from RTM_NEWLINK
+    ['interface "."', { ...valid, interface: '.' }, /interface.*"\." or "\.\."/],
+    ['interface ".."', { ...valid, interface: '..' }, /interface.*"\." or "\.\."/],
+    ['interface with "/"', { ...valid, interface: 'a/b' }, /interface/],
+    ['interface with a space', { ...valid, interface: 'a b' }, /interface/],
+    ['empty interface', { ...valid, interface: '' }, /interface/],
+    ['tap device ".."', { ...valid, kind: 'tap', netns: undefined, mac: '52:54:00:00:00:01', device: '..' }, /device.*"\." or "\.\."/],
+    ['netns path climbing out with ".."', { ...valid, netns: '/var/run/netns/../../../proc/1/ns/net' }, /netns.*plain absolute path/],
+    ['netns path with "//"', { ...valid, netns: '/var/run/netns//web' }, /netns.*plain absolute path/],
+    ['netns path with a trailing "/"', { ...valid, netns: '/var/run/netns/web/' }, /netns.*plain absolute path/],
+    // labels kitnet derives itself: a workload carrying them would forge another namespace's identity
+    ['a namespace label as a workload label', { ...valid, labels: { 'io.cilium.k8s.namespace.labels.team': 'prod' } }, /labels.*io\.cilium\.k8s\.namespace\.labels\.team.*kitnet's/],
+    ['a namespace label with the k8s: source', { ...valid, labels: { 'k8s:io.cilium.k8s.namespace.labels.team': 'prod' } }, /k8s:io\.cilium\.k8s\.namespace\.labels\.team/],
+    ['the namespace name label', { ...valid, labels: { 'io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name': 'prod' } }, /kubernetes\.io\/metadata\.name/],
+    ['the pod namespace label', { ...valid, labels: { 'io.kubernetes.pod.namespace': 'prod' } }, /io\.kubernetes\.pod\.namespace.*derives/],
+    ['the pod namespace label with the k8s: source', { ...valid, labels: { 'k8s:io.kubernetes.pod.namespace': 'prod' } }, /k8s:io\.kubernetes\.pod\.namespace/],
+    ['a policy metadata label', { ...valid, labels: { 'io.cilium.k8s.policy.serviceaccount': 'admin' } }, /io\.cilium\.k8s\.policy\.serviceaccount/],
+    ['a policy metadata label with the container: source', { ...valid, labels: { 'container:io.cilium.k8s.policy.cluster': 'c1' } }, /container:io\.cilium\.k8s\.policy\.cluster/],
+    ['a reserved: label', { ...valid, labels: { 'reserved:host': '' } }, /reserved:host.*reserved: source/],
+    ['a reserved: label with a value', { ...valid, labels: { 'reserved:world': 'x' } }, /reserved:world/],
+    ['a cidr: label', { ...valid, labels: { 'cidr:10.0.0.0/8': '' } }, /cidr:10\.0\.0\.0\/8/],
+    ['an fqdn: label', { ...valid, labels: { 'fqdn:example.com': '' } }, /fqdn:example\.com/],
   ];
   for (const [what, body, re] of cases) {
     test(`rejects ${what} with 400 naming the field`, async () => {
@@ -86,6 +108,23 @@ describe('API request validation', () => {
     });
   }
   test('rejected requests never reach the agent', () => assert.equal(stub.calls.length, 0));
+
+  test('labels kitnet does not derive itself stay allowed, with or without a source', async () => {
+    const labels = { app: 'web', 'k8s:tier': 'front', 'container:io.cilium.k8s.other': 'x', 'team.example.com/io.kubernetes.pod.namespace': 'y', 'io.cilium.k8s.policyx': 'z' };
+    const res = await app.inject({ method: 'POST', url: '/v1/workloads', payload: { ...valid, name: 'fine', labels } });
+    assert.equal(res.statusCode, 409, res.body); // the stub's answer: validation passed
+    assert.deepEqual(stub.calls.pop()?.labels, labels);
+  });
+
+  test('relabelling refuses the derived labels too (PATCH), namespace labels may use any key', async () => {
+    const r1 = await app.inject({ method: 'PATCH', url: '/v1/workloads/default/web', payload: { labels: { 'io.cilium.k8s.namespace.labels.team': 'prod' } } });
+    assert.equal(r1.statusCode, 400, r1.body);
+    assert.match(r1.json().message, /io\.cilium\.k8s\.namespace\.labels\.team/);
+    const r2 = await app.inject({ method: 'PATCH', url: '/v1/workloads/default/web', payload: { labels: { 'reserved:host': '' } } });
+    assert.equal(r2.statusCode, 400, r2.body);
+    const r3 = await app.inject({ method: 'PUT', url: '/v1/namespaces/prod', payload: { labels: { team: 'prod' } } });
+    assert.equal(r3.statusCode, 200, r3.body);
+  });
 
   test('a valid body reaches the agent with defaults applied', async () => {
     const res = await app.inject({ method: 'POST', url: '/v1/workloads', payload: { name: 'web', netns: '/var/run/netns/web' } });

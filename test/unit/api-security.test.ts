@@ -13,7 +13,7 @@ import { pino, type Logger } from 'pino';
 import { ConfigError, configParse } from '../../agent/config.js';
 import { daemonRun } from '../../agent/daemon.js';
 import type { AgentApi } from '../../api/agent-api.js';
-import { HEALTHZ_MIN_MAX, LOG_REDACT, routeAccess, TokenSet, tokenGenerate, tokenHash, tokensLoad, urlRedact, type SecurityOptions } from '../../api/security.js';
+import { globToRegExp, HEALTHZ_MIN_MAX, LOG_REDACT, routeAccess, TokenSet, tokenGenerate, tokenHash, tokensLoad, urlRedact, type SecurityOptions } from '../../api/security.js';
 import { serverBuild } from '../../api/server.js';
 import { KitnetError } from '../../common/errors.js';
 
@@ -84,12 +84,13 @@ function memoryLog() {
   return { lines, stream };
 }
 
-const SECRETS = { reader: tokenGenerate(), shop: tokenGenerate(), admin: tokenGenerate(), plain: 'plaintext-secret-0123456789' };
+const SECRETS = { reader: tokenGenerate(), shop: tokenGenerate(), admin: tokenGenerate(), plain: 'plaintext-secret-0123456789', tenant: tokenGenerate() };
 const TOKENS = new TokenSet([
   { name: 'reader', secretSha256: tokenHash(SECRETS.reader), scopes: ['read'] },
   { name: 'shop-ci', secretSha256: tokenHash(SECRETS.shop), scopes: ['register'], namespaces: ['shop', 'shop-b'] },
   { name: 'root', secretSha256: tokenHash(SECRETS.admin).toUpperCase(), scopes: ['admin'] },
   { name: 'plain', secret: SECRETS.plain, scopes: ['read', 'register'], namespaces: ['*'] },
+  { name: 'tenant-a', secretSha256: tokenHash(SECRETS.tenant), scopes: ['register'], namespaces: ['*'], netns: ['/var/run/netns/tenant-a-*', '/var/run/netns/a?'], taps: ['vnet-a*'] },
 ]);
 const bearer = (s: string) => ({ authorization: `Bearer ${s}` });
 const wl = (namespace: string, name = 'w1') => ({ name, namespace, netns: '/var/run/netns/x' });
@@ -258,6 +259,49 @@ describe('TCP API authorization (fastify inject)', () => {
     assert.deepEqual(calls, ['register shop/w1', 'register shop-b/w1', 'label shop/w1', 'remove shop/w1']);
     // "*" means every namespace.
     assert.equal((await call('POST', '/v1/workloads', bearer(SECRETS.plain), wl('anything'))).statusCode, 201);
+  });
+
+  test('register: netns paths and tap devices only as the token patterns allow', async () => {
+    calls.length = 0;
+    const reg = (secret: string, body: Record<string, unknown>) => call('POST', '/v1/workloads', bearer(secret), { name: 'w1', namespace: 'shop', ...body });
+    const tap = (device: string) => ({ kind: 'tap', device, mac: '52:54:00:00:00:01' });
+    for (const body of [{ netns: '/var/run/netns/tenant-a-1' }, { netns: '/var/run/netns/tenant-a-' }, { netns: '/var/run/netns/a1' }, tap('vnet-a7'), { kind: 'vm' }]) {
+      assert.equal((await reg(SECRETS.tenant, body)).statusCode, 201, JSON.stringify(body));
+    }
+    for (const [body, why] of [
+      [{ netns: '/var/run/netns/tenant-b-1' }, /may not use netns \/var\/run\/netns\/tenant-b-1: it matches none of \/var\/run\/netns\/tenant-a-\*, \/var\/run\/netns\/a\?/],
+      [{ netns: '/run/netns/tenant-a-1' }, /matches none/], // no symlink resolution: the path as written
+      [{ netns: '/var/run/netns/a12' }, /matches none/],
+      [{ netns: '/proc/1/ns/net' }, /matches none/],
+      [{ kind: 'vm', netns: '/var/run/netns/victim' }, /matches none/],
+      [tap('vnet-b1'), /may not adopt device "vnet-b1": it matches none of vnet-a\*/],
+      [tap('vnet-a1'), /may not adopt tap devices \(it lists no taps patterns\)/],
+    ] as const) {
+      const secret = (body as { device?: string }).device === 'vnet-a1' ? SECRETS.shop : SECRETS.tenant;
+      const res = await reg(secret, body);
+      assert.equal(res.statusCode, 403, `${JSON.stringify(body)}: ${res.body}`);
+      assert.equal(res.json().code, 'AGENT_ERR_API_FORBIDDEN');
+      assert.match(res.json().message, why);
+    }
+    // "*" never crosses a "/": a pattern cannot be escaped into another directory
+    assert.equal((await reg(SECRETS.tenant, { netns: '/var/run/netns/tenant-a-x/../../../../proc/1/ns/net' })).statusCode, 400);
+    assert.equal(calls.length, 5);
+  });
+
+  test('glob patterns: * and ? never match "/", everything else is literal', () => {
+    assert.ok(globToRegExp('/var/run/netns/t-*').test('/var/run/netns/t-1'));
+    assert.ok(!globToRegExp('/var/run/netns/t-*').test('/var/run/netns/t-1/x'));
+    assert.ok(!globToRegExp('/var/run/netns/t.*').test('/var/run/netns/tx1'), '"." is literal');
+    assert.ok(globToRegExp('vnet?').test('vnet7') && !globToRegExp('vnet?').test('vnet77'));
+    assert.ok(!globToRegExp('a+b').test('aab') && globToRegExp('a+b').test('a+b'));
+  });
+
+  test('tokens files: netns and taps patterns are validated', () => {
+    const base = { name: 't', secretSha256: 'a'.repeat(64), scopes: ['register'], namespaces: ['x'] };
+    assert.throws(() => new TokenSet([{ ...base, netns: ['relative/*'] }] as never), /absolute path pattern/);
+    assert.throws(() => new TokenSet([{ ...base, netns: ['/var/run/netns/../*'] }] as never), /plain path/);
+    assert.throws(() => new TokenSet([{ ...base, taps: ['vnet/*'] }] as never), /interface name pattern/);
+    assert.equal(new TokenSet([{ ...base, netns: ['/var/run/netns/a-*'], taps: ['vnet*'] }] as never).size, 1);
   });
 
   test('admin: everything', async () => {

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { IdentityAllocator, lowestFree } from '../../agent/identity/allocator.js';
-import { identityLabels, labelFormat, labelSetKey } from '../../agent/identity/labels.js';
+import { identityLabels, labelFormat, labelSetKey, workloadLabelKeyForbidden } from '../../agent/identity/labels.js';
 import { IDENTITY_MIN } from '../../agent/identity/reserved.js';
 import { SqliteStore } from '../../agent/store/sqlite-store.js';
 
@@ -20,6 +20,36 @@ describe('identity labels', () => {
     const b = labelSetKey(identityLabels({ b: '2', a: '1' }, 'x'));
     assert.equal(a, b);
     assert.notEqual(a, labelSetKey(identityLabels({ a: '1', b: '2' }, 'y')));
+  });
+});
+
+describe('workload label keys kitnet derives itself', () => {
+  const forbidden = [
+    'io.kubernetes.pod.namespace', 'k8s:io.kubernetes.pod.namespace', 'container:io.kubernetes.pod.namespace',
+    'io.cilium.k8s.namespace.labels.team', 'k8s:io.cilium.k8s.namespace.labels.team', 'io.cilium.k8s.namespace.labels',
+    'io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name',
+    'io.cilium.k8s.policy.serviceaccount', 'unspec:io.cilium.k8s.policy.cluster', 'io.cilium.k8s.policy',
+    'reserved:host', 'reserved:world', 'reserved:anything', 'cidr:10.0.0.0/8', 'fqdn:example.com',
+  ];
+  const allowed = [
+    'app', 'k8s:app', 'vm:role', 'container:tier', 'kubernetes.io/metadata.name', 'io.kubernetes.pod.name',
+    'io.cilium.k8s.policyx', 'io.cilium.k8s.namespace.labelsx', 'example.com/io.kubernetes.pod.namespace', 'reservedx:host',
+  ];
+  for (const key of forbidden) {
+    test(`refuses ${key}, naming it`, () => {
+      const why = workloadLabelKeyForbidden(key);
+      assert.ok(why?.includes(`"${key}"`), String(why));
+    });
+  }
+  for (const key of allowed) test(`allows ${key}`, () => assert.equal(workloadLabelKeyForbidden(key), undefined));
+
+  test('a stored row with a forged label (registered before the check) does not forge its identity', () => {
+    const labels = identityLabels({ app: 'x', 'io.cilium.k8s.namespace.labels.team': 'prod', 'reserved:host': '' }, 'dev').map(labelFormat);
+    assert.deepEqual(labels, [
+      'k8s:app=x',
+      'k8s:io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name=dev',
+      'k8s:io.kubernetes.pod.namespace=dev',
+    ]);
   });
 });
 
