@@ -61,7 +61,7 @@ class DiffMemo {
 
 /** What a workload contributes to the policy state. */
 function localEndpoint(w: WorkloadRecord): LocalEndpoint {
-  return { endpointId: w.endpointId, identity: w.identity, namedPorts: w.spec.ports ?? [] };
+  return { endpointId: w.endpointId, identity: w.identity, namedPorts: w.spec.ports ?? [], addresses: [w.ipv4, w.ipv6] };
 }
 
 /**

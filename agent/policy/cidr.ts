@@ -17,13 +17,24 @@ import { LOCAL_IDENTITY_FLAG, ReservedIdentity } from '../identity/reserved.js';
 import type { CidrIdentity, ParsedPolicy } from './types.js';
 
 const parsed = new Map<string, Cidr>();
-function cidrParsed(text: string): Cidr {
+/** cidrParse with a cache (policies name the same prefixes over and over). */
+export function cidrParsed(text: string): Cidr {
   let c = parsed.get(text);
   if (!c) {
     if (parsed.size > 100_000) parsed.clear();
     parsed.set(text, (c = cidrParse(text)));
   }
   return c;
+}
+
+/** A bare address as its host prefix (/32, /128). */
+export function hostPrefix(ip: string): Cidr {
+  return cidrParsed(`${ip}/${ip.includes(':') ? 128 : 32}`);
+}
+
+/** Whether a CIDR peer (`cidr` minus `except`) covers an address given as its host prefix. */
+export function blockCovers(peer: { cidr: string; except: readonly string[] }, addr: Cidr): boolean {
+  return cidrContainsCidr(cidrParsed(peer.cidr), addr) && !peer.except.some((e) => cidrContainsCidr(cidrParsed(e), addr));
 }
 
 export function cidrContainsCidr(outer: Cidr, inner: Cidr): boolean {

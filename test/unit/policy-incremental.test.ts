@@ -61,7 +61,15 @@ spec:
   - from: [{namespaceSelector: {matchLabels: {team: blue}}}, {podSelector: {}}]
     ports: [{port: 443}]
   egress:
-  - to: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}}]
+  - to: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}}, {ipBlock: {cidr: "fd00::/64"}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: np-blocks, namespace: ns1}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress:
+  - from: [{ipBlock: {cidr: 10.0.0.0/15, except: [10.0.0.0/24]}}, {ipBlock: {cidr: "fd00::/15", except: ["fd01::/16"]}}]
 ---
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -109,6 +117,14 @@ interface Model {
   labels: Record<string, string>;
   namespace: string;
   ports: NamedPort[];
+  /** IPv4 and IPv6, some inside the NetworkPolicy ipBlocks above (so selections flip as workloads come and go). */
+  addresses?: string[];
+}
+
+let addressSerial = 0;
+function randomAddresses(rnd: (n: number) => number): string[] {
+  const n = ++addressSerial;
+  return [`${['10.0.0', '10.1.0'][rnd(2)]!}.${n % 250}`, `${['fd00::', 'fd01::'][rnd(2)]!}${n.toString(16)}`];
 }
 
 function randomWorkload(rnd: (n: number) => number): Model {
@@ -118,7 +134,7 @@ function randomWorkload(rnd: (n: number) => number): Model {
   const tier = ['x', 'y', ''][rnd(3)]!;
   if (tier) labels.tier = tier;
   const ports = PORTS.filter(() => rnd(4) === 0);
-  return { labels, namespace: Object.keys(NAMESPACES)[rnd(3)]!, ports };
+  return { labels, namespace: Object.keys(NAMESPACES)[rnd(3)]!, ports, addresses: randomAddresses(rnd) };
 }
 
 function randomPolicies(rnd: (n: number) => number): ParsedPolicy[] {
@@ -178,12 +194,12 @@ describe('incremental policy compiler (PolicyState) equals a full recompile', ()
       const eps = new Map<number, Model & { identity: number }>();
       let nextEp = 1;
       // Sometimes start from endpoints that exist before the state is built (agent start).
-      const initial: Array<{ endpointId: number; identity: number; namedPorts: NamedPort[] }> = [];
+      const initial: Array<{ endpointId: number; identity: number; namedPorts: NamedPort[]; addresses?: string[] }> = [];
       for (let i = rnd(4); i > 0; i--) {
         const m = randomWorkload(rnd);
         const { id } = ids.acquire(m);
         eps.set(nextEp, { ...m, identity: id });
-        initial.push({ endpointId: nextEp++, identity: id, namedPorts: m.ports });
+        initial.push({ endpointId: nextEp++, identity: id, namedPorts: m.ports, addresses: m.addresses });
       }
       const state = new PolicyState({ policies, identities: ids.all(), endpoints: initial, options });
       let previous: CompiledPolicy | undefined;
@@ -194,7 +210,7 @@ describe('incremental policy compiler (PolicyState) equals a full recompile', ()
         return policyCompile({
           policies,
           identities: ids.all(),
-          endpoints: [...eps].map(([endpointId, e]) => ({ endpointId, identity: e.identity, namedPorts: e.ports })),
+          endpoints: [...eps].map(([endpointId, e]) => ({ endpointId, identity: e.identity, namedPorts: e.ports, addresses: e.addresses })),
           remoteNamedPorts: named,
           options,
         });
@@ -226,18 +242,19 @@ describe('incremental policy compiler (PolicyState) equals a full recompile', ()
           const { id, labels } = ids.acquire(m);
           if (!state.hasIdentity(id)) state.identitySet(id, labels);
           eps.set(nextEp, { ...m, identity: id });
-          state.endpointSet({ endpointId: nextEp++, identity: id, namedPorts: m.ports });
+          state.endpointSet({ endpointId: nextEp++, identity: id, namedPorts: m.ports, addresses: m.addresses });
         } else {
           const keys = [...eps.keys()];
           const epId = keys[rnd(keys.length)]!;
           const old = eps.get(epId)!;
           if (op < 6) {
             // relabel (or move namespace / change named ports): new identity, the old may go
-            const m = rnd(3) === 0 ? { ...randomWorkload(rnd), ports: old.ports } : randomWorkload(rnd);
+            // (or keep the label set and move to other addresses: the same identity, other ipBlock selections)
+            const m = rnd(3) === 0 ? { ...randomWorkload(rnd), ports: old.ports } : rnd(4) === 0 ? { ...old, addresses: randomAddresses(rnd) } : randomWorkload(rnd);
             const { id, labels } = ids.acquire(m);
             if (!state.hasIdentity(id)) state.identitySet(id, labels);
             eps.set(epId, { ...m, identity: id });
-            state.endpointSet({ endpointId: epId, identity: id, namedPorts: m.ports });
+            state.endpointSet({ endpointId: epId, identity: id, namedPorts: m.ports, addresses: m.addresses });
             if (ids.release(old.identity)) state.identitySet(old.identity, undefined);
           } else {
             eps.delete(epId);
@@ -361,7 +378,7 @@ describe('PolicyEngine: incremental updates write what a full apply writes', () 
         return store.transaction(() =>
           store.workloadInsert({
             spec: { name, namespace: m.namespace, kind: 'netns', labels: m.labels, netns: '/x', requestedMode: 'auto', interface: 'eth0', ...(m.ports.length ? { ports: m.ports as WorkloadRecord['spec']['ports'] } : {}) },
-            mode: 'veth', endpointId: n, identity: allocator.acquire(m.labels, m.namespace, NAMESPACES[m.namespace]), ipv4: `10.0.0.${n}`, ipv6: `fd00::${n}`, hostIfname: `kn${n}`,
+            mode: 'veth', endpointId: n, identity: allocator.acquire(m.labels, m.namespace, NAMESPACES[m.namespace]), ipv4: m.addresses?.[0] ?? `10.9.0.${n}`, ipv6: m.addresses?.[1] ?? `fd09::${n}`, hostIfname: `kn${n}`,
           }),
         );
       };
@@ -372,7 +389,7 @@ describe('PolicyEngine: incremental updates write what a full apply writes', () 
         return policyCompile({
           policies: engine.parsed,
           identities: engine.identities(),
-          endpoints: ws.map((w) => ({ endpointId: w.endpointId, identity: w.identity, namedPorts: w.spec.ports ?? [] })),
+          endpoints: ws.map((w) => ({ endpointId: w.endpointId, identity: w.identity, namedPorts: w.spec.ports ?? [], addresses: [w.ipv4, w.ipv6] })),
           remoteNamedPorts: named,
           options: { previousCidrIdentities: store.cidrIdentities() },
         });
@@ -414,4 +431,61 @@ describe('PolicyEngine: incremental updates write what a full apply writes', () 
       }
     });
   }
+});
+
+describe('NetworkPolicy ipBlock selections follow workload addresses', () => {
+  const BLOCKS = `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: blocks, namespace: ns1}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress:
+  - from: [{ipBlock: {cidr: 10.1.0.0/16, except: [10.1.9.0/24]}}, {ipBlock: {cidr: "fd01::/64"}}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: cidrs, namespace: ns1}
+spec:
+  endpointSelector: {matchLabels: {app: db}}
+  ingress:
+  - fromCIDR: [10.2.0.0/16]
+`;
+  const labelsOf = (app: string) => identityLabels({ app }, 'ns2', NAMESPACES.ns2).map(labelFormat);
+  const DB = 300;
+  const C = 301;
+  const D = 302;
+  const identities = () => new Map<number, string[]>([[DB, identityLabels({ app: 'db' }, 'ns1', NAMESPACES.ns1).map(labelFormat)], [C, labelsOf('c')]]);
+  const covered = (n: number) => [`10.1.0.${n}`, `fd01::${n}`];
+
+  test('a shared identity is deselected when an uncovered workload joins it, selected again when it leaves; relabels and new addresses move the selection', () => {
+    const state = new PolicyState({
+      policies: policiesParse(BLOCKS),
+      identities: identities(),
+      endpoints: [
+        { endpointId: 1, identity: DB, addresses: ['10.9.0.1', 'fd09::1'] },
+        { endpointId: 2, identity: C, addresses: covered(2) },
+      ],
+    });
+    const selected = () => state.endpoint(1)!.entries.filter((e) => e.direction === 'ingress' && (e.identity === C || e.identity === D)).map((e) => e.identity);
+    const touches = (changes: ReturnType<PolicyState['flush']>) => changes.some((c) => c.endpointId === 1);
+    assert.deepEqual(selected(), [C]);
+
+    state.endpointSet({ endpointId: 3, identity: C, addresses: ['10.1.9.3', 'fd01::3'] }); // in the except
+    assert.ok(touches(state.flush()));
+    assert.deepEqual(selected(), [], 'an entry for C would admit 10.1.9.3, which the except leaves out');
+
+    state.endpointRemove(3);
+    assert.ok(touches(state.flush()));
+    assert.deepEqual(selected(), [C]);
+
+    state.identitySet(D, labelsOf('d'));
+    state.endpointSet({ endpointId: 2, identity: D, addresses: covered(2) });
+    state.identitySet(C, undefined);
+    assert.ok(touches(state.flush()));
+    assert.deepEqual(selected(), [D], 'the relabelled workload takes the selection to its new identity');
+
+    state.endpointSet({ endpointId: 2, identity: D, addresses: ['10.2.0.2', 'fd01::2'] }); // same identity, moved outside
+    assert.ok(touches(state.flush()));
+    assert.deepEqual(selected(), [], 'the CiliumNetworkPolicy fromCIDR 10.2.0.0/16 does not select a workload');
+  });
 });
