@@ -55,7 +55,8 @@ export function policyTraceFormat(r: TraceResult, identities?: IdentityNames): s
   ];
   if (r.egress) lines.push(sideFormat(r.egress));
   if (r.ingress) lines.push(sideFormat(r.ingress));
-  if (!r.egress && !r.ingress) lines.push('  neither side is a local endpoint: no policy applies here');
+  if (!r.egress && !r.ingress && !r.loopback) lines.push('  neither side is a local endpoint: no policy applies here');
+  for (const n of r.notes ?? []) lines.push(`  note: ${n}`);
   return lines.join('\n');
 }
 

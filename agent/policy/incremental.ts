@@ -22,10 +22,10 @@
  * must be treated as immutable.
  */
 import { classCompile, endpointClassKey, sectionBlocks, sectionHasEgressNamedPort, sectionSelectsLabelIdentity, Universe, type ClassContext } from './compile.js';
-import { cidrIdentitiesAllocate, policyCidrs } from './cidr.js';
+import { blockCovers, cidrContainsCidr, cidrIdentitiesAllocate, cidrParsed, hostPrefix, policyCidrs } from './cidr.js';
 import { isLabelDerived } from './entities.js';
 import { identityLabelParse } from './selector.js';
-import type { CidrIdentity, CompiledPolicy, CompileOptions, EndpointPolicy, LocalEndpoint, NamedPort, ParsedPolicy, PolicyEntry, RuleSection } from './types.js';
+import type { CidrIdentity, CompiledPolicy, CompileOptions, Direction, EndpointPolicy, LocalEndpoint, NamedPort, ParsedPolicy, PolicyEntry, RuleSection } from './types.js';
 
 interface PolicyClass {
   key: string;
@@ -296,6 +296,39 @@ export class PolicyState {
     }
     if (out.length) this.snapshot = undefined;
     return out;
+  }
+
+  /**
+   * For `policy trace`: what the CIDR rules that select an endpoint (in one direction) make of a remote
+   * workload's addresses: which rule selects it, or why a rule covering the address does not.
+   */
+  cidrNotes(endpointId: number, direction: Direction, remote: { identity: number; name: string; ips: readonly string[] }): string[] {
+    const cls = this.byEndpoint.get(endpointId)?.cls;
+    const notes = new Set<string>();
+    for (const s of cls?.sections ?? []) {
+      if (s.direction !== direction || s.peers === 'all') continue;
+      for (const p of s.peers) {
+        if (p.kind !== 'cidr') continue;
+        for (const ip of remote.ips) {
+          const a = hostPrefix(ip);
+          if (!cidrContainsCidr(cidrParsed(p.cidr), a)) continue;
+          const what = `${ip} is workload ${remote.name}`;
+          if (!p.selectsWorkloads) {
+            notes.add(`${what}; CIDR rules of a ${s.ref.split(' ')[0]} do not select workloads (${s.ref}: ${p.cidr})`);
+          } else if (!blockCovers(p, a)) {
+            notes.add(`${what}, in the except list of ${s.ref} (ipBlock ${p.cidr} except ${p.except.join(', ')})`);
+          } else {
+            const left = this.u.blockUncovered(s, remote.identity) ?? [];
+            notes.add(
+              left.length === 0
+                ? `${what}; ${s.ref} selects it by ipBlock ${p.cidr}`
+                : `${what}; ${s.ref} (ipBlock ${p.cidr}) covers it but not ${left.join(', ')} of identity ${remote.identity}: an ipBlock selects a workload only when the rule's ipBlocks cover every address of every workload with that identity (the policy map is keyed by identity)`,
+            );
+          }
+        }
+      }
+    }
+    return [...notes];
   }
 
   /** The entries of one endpoint as of the last flush. */

@@ -488,4 +488,44 @@ spec:
     assert.ok(touches(state.flush()));
     assert.deepEqual(selected(), [], 'the CiliumNetworkPolicy fromCIDR 10.2.0.0/16 does not select a workload');
   });
+
+  test('policy trace names the rule that selected a workload address, and why one did not', () => {
+    const store = new SqliteStore(':memory:');
+    for (const [ns, labels] of Object.entries(NAMESPACES)) store.namespacePut(ns, labels);
+    const allocator = new IdentityAllocator(store);
+    const engine = new PolicyEngine(store, fakeKernel().kernel, pino({ level: 'silent' }));
+    for (const p of policiesParse(BLOCKS)) store.policyPut(p.kind, p.namespace, p.name, p.document);
+    const add = (n: number, name: string, namespace: string, app: string, ipv4: string, ipv6: string) =>
+      store.transaction(() =>
+        store.workloadInsert({
+          spec: { name, namespace, kind: 'netns', labels: { app }, netns: '/x', requestedMode: 'auto', interface: 'eth0' },
+          mode: 'veth', endpointId: n, identity: allocator.acquire({ app }, namespace, NAMESPACES[namespace]), ipv4, ipv6, hostIfname: `kn${n}`,
+        }),
+      );
+    add(1, 'db', 'ns1', 'db', '10.9.0.1', 'fd09::1');
+    add(2, 'b', 'ns2', 'b', '10.1.0.2', 'fd01::2');
+    add(3, 'c', 'ns2', 'c', '10.2.0.3', 'fd01::3');
+    add(4, 'v4only', 'ns3', 'v4only', '10.1.0.4', 'fd04::4');
+    engine.load();
+    engine.apply();
+    const trace = (from: { ip: string } | { endpointId: number }, to: { ip: string } | { endpointId: number }) => engine.trace(from, to, 'TCP', 80).result;
+
+    const b = trace({ ip: '10.1.0.2' }, { endpointId: 1 });
+    assert.equal(b.verdict, 'ALLOWED');
+    assert.deepEqual(b.notes, ['10.1.0.2 is workload ns2/b; NetworkPolicy ns1/blocks ingress[0] selects it by ipBlock 10.1.0.0/16']);
+
+    const c = trace({ ip: '10.2.0.3' }, { endpointId: 1 });
+    assert.equal(c.verdict, 'DENIED');
+    assert.deepEqual(c.notes, ['10.2.0.3 is workload ns2/c; CIDR rules of a CiliumNetworkPolicy do not select workloads (CiliumNetworkPolicy ns1/cidrs ingress[0]: 10.2.0.0/16)']);
+
+    const v4 = trace({ endpointId: 4 }, { endpointId: 1 });
+    assert.equal(v4.verdict, 'DENIED');
+    assert.match(v4.notes!.join('\n'), /10\.1\.0\.4 is workload ns3\/v4only; NetworkPolicy ns1\/blocks ingress\[0\] \(ipBlock 10\.1\.0\.0\/16\) covers it but not fd04::4 of identity \d+/);
+
+    const self = trace({ endpointId: 2 }, { ip: '10.1.0.2' });
+    assert.equal(self.verdict, 'ALLOWED');
+    assert.equal(self.loopback, true);
+    assert.equal(self.egress, undefined);
+    assert.match(self.notes!.join('\n'), /same workload ns2\/b: .* never reaches the datapath/);
+  });
 });
