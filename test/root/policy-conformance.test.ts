@@ -62,6 +62,9 @@ describe('policy conformance with real traffic (root)', { timeout: timeLimit(600
         labels: w.labels,
         netns: `/var/run/netns/${netnsOf.get(w.name)}`,
         ports: w.ports,
+        // Fixed addresses: the ipBlock and CIDR cases name them.
+        ipv4: w.ipv4,
+        ipv6: w.ipv6,
       });
       addresses.set(w.name, { ipv4: rec.ipv4, ipv6: rec.ipv6 });
     }
