@@ -20,7 +20,7 @@
  */
 import { reservedIdentityLabels, ReservedIdentity } from '../identity/reserved.js';
 import type { Cidr } from '../ipam.js';
-import { blockCovers, cidrIdentitiesAllocate, cidrPeerIdentities, hostPrefix, policyCidrs } from './cidr.js';
+import { CidrPeerIndex, cidrIdentitiesAllocate, cidrPeerIdentities, hostPrefix, policyCidrs } from './cidr.js';
 import { CLUSTER_RESERVED, isLabelDerived } from './entities.js';
 import { ANY_L4_PROTOCOLS, portRangePrefixes, protocolNumber } from './ports.js';
 import { identityLabelParse, selectorMatches } from './selector.js';
@@ -99,13 +99,17 @@ export class Universe {
    * (NetworkPolicy ipBlock) leave out; undefined when the section has no such peer or the identity no
    * workload address.
    */
-  blockUncovered(s: RuleSection, id: number): string[] | undefined {
-    const blocks = sectionBlocks(s);
+  blockUncovered(s: RuleSection, id: number, firstOnly = false): string[] | undefined {
     const byEp = this.addresses.get(id);
-    if (blocks.length === 0 || !byEp || !isLabelDerived(id) || !this.labels.has(id)) return undefined;
+    if (sectionBlocks(s).length === 0 || !byEp || !isLabelDerived(id) || !this.labels.has(id)) return undefined;
+    const index = sectionBlockIndex(s);
     const out: string[] = [];
     for (const addrs of byEp.values()) {
-      for (const a of addrs) if (!blocks.some((b) => blockCovers(b, a))) out.push(a.text.slice(0, a.text.indexOf('/')));
+      for (const a of addrs) {
+        if (index.covers(a)) continue;
+        out.push(a.text.slice(0, a.text.indexOf('/')));
+        if (firstOnly) return out;
+      }
     }
     return out;
   }
@@ -119,7 +123,7 @@ export class Universe {
    * not selected (fail closed; `policy trace` names the addresses left out).
    */
   blockSelects(s: RuleSection, id: number): boolean {
-    return this.blockUncovered(s, id)?.length === 0;
+    return this.blockUncovered(s, id, true)?.length === 0;
   }
 
   entity(e: EntityName): number[] | 'all' {
@@ -179,6 +183,13 @@ export class Universe {
     if (sectionBlocks(s).length > 0) for (const id of this.addresses.keys()) if (this.blockSelects(s, id)) ids.add(id);
     return [...ids].sort((a, b) => a - b);
   }
+}
+
+const blockIndexes = new WeakMap<RuleSection, CidrPeerIndex>();
+function sectionBlockIndex(s: RuleSection): CidrPeerIndex {
+  let ix = blockIndexes.get(s);
+  if (!ix) blockIndexes.set(s, (ix = new CidrPeerIndex(sectionBlocks(s))));
+  return ix;
 }
 
 const blocksOf = new WeakMap<RuleSection, CidrPeer[]>();
