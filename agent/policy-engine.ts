@@ -18,6 +18,7 @@ import {
   type PolicyMapOp,
   type TracePeer,
   type TraceResult,
+  type TraceSide,
 } from './policy/index.js';
 import { PolicyState, type EndpointPolicyChange } from './policy/incremental.js';
 import type { SqliteStore } from './store/sqlite-store.js';
@@ -61,7 +62,7 @@ class DiffMemo {
 
 /** What a workload contributes to the policy state. */
 function localEndpoint(w: WorkloadRecord): LocalEndpoint {
-  return { endpointId: w.endpointId, identity: w.identity, namedPorts: w.spec.ports ?? [] };
+  return { endpointId: w.endpointId, identity: w.identity, namedPorts: w.spec.ports ?? [], addresses: [w.ipv4, w.ipv6] };
 }
 
 /**
@@ -308,14 +309,54 @@ export class PolicyEngine {
       byIp.set(w.ipv6, { identity: w.identity, endpointId: w.endpointId });
     }
     const hostIps = new Set(hostAddresses().map((c) => c.split('/')[0]!));
+    let result: TraceResult;
     try {
-      const result = policyTrace(state, { from, to, protocol, port }, {
+      result = policyTrace(state, { from, to, protocol, port }, {
         resolveIp: (ip) => byIp.get(ip) ?? (hostIps.has(ip) ? { identity: ReservedIdentity.host } : undefined),
       });
-      return { result, identities: state.identities };
     } catch (err) {
       throw new KitnetError('AGENT_ERR_TRACE_PEER', (err as Error).message, { cause: err });
     }
+    const byEp = new Map(workloads.map((w) => [w.endpointId, w]));
+    // The workload a trace peer is, and the addresses the trace stands for.
+    const workloadOf = (p: TracePeer): { w: WorkloadRecord; ips: string[] } | undefined => {
+      if ('endpointId' in p) {
+        const w = byEp.get(p.endpointId);
+        return w && { w, ips: [w.ipv4, w.ipv6] };
+      }
+      if ('ip' in p) {
+        const hit = byIp.get(p.ip);
+        const w = hit && byEp.get(hit.endpointId);
+        return w && { w, ips: [p.ip] };
+      }
+      return undefined;
+    };
+    const src = workloadOf(from);
+    const dst = workloadOf(to);
+    if (src && dst && src.w.endpointId === dst.w.endpointId) {
+      const name = `${src.w.spec.namespace}/${src.w.spec.name}`;
+      return {
+        result: {
+          verdict: 'ALLOWED',
+          srcIdentity: result.srcIdentity,
+          dstIdentity: result.dstIdentity,
+          loopback: true,
+          notes: [`source and destination are the same workload ${name}: traffic to its own address stays on its loopback inside its namespace and never reaches the datapath, so no policy applies`],
+        },
+        identities: state.identities,
+      };
+    }
+    const notes: string[] = [];
+    const policyState = this.current();
+    const remote = (side: TraceSide, peer: { w: WorkloadRecord; ips: string[] } | undefined) => {
+      if (!peer) return;
+      const r = { identity: peer.w.identity, name: `${peer.w.spec.namespace}/${peer.w.spec.name}`, ips: peer.ips };
+      notes.push(...policyState.cidrNotes(side.endpointId, side.direction, r));
+    };
+    if (result.egress) remote(result.egress, dst);
+    if (result.ingress) remote(result.ingress, src);
+    if (notes.length) result.notes = notes;
+    return { result, identities: state.identities };
   }
 
   /** Policy map entries currently written for all endpoints (for metrics). */

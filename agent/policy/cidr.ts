@@ -17,13 +17,59 @@ import { LOCAL_IDENTITY_FLAG, ReservedIdentity } from '../identity/reserved.js';
 import type { CidrIdentity, ParsedPolicy } from './types.js';
 
 const parsed = new Map<string, Cidr>();
-function cidrParsed(text: string): Cidr {
+/** cidrParse with a cache (policies name the same prefixes over and over). */
+export function cidrParsed(text: string): Cidr {
   let c = parsed.get(text);
   if (!c) {
     if (parsed.size > 100_000) parsed.clear();
     parsed.set(text, (c = cidrParse(text)));
   }
   return c;
+}
+
+/** A bare address as its host prefix (/32, /128). */
+export function hostPrefix(ip: string): Cidr {
+  return cidrParsed(`${ip}/${ip.includes(':') ? 128 : 32}`);
+}
+
+/** Whether a CIDR peer (`cidr` minus `except`) covers an address given as its host prefix. */
+export function blockCovers(peer: { cidr: string; except: readonly string[] }, addr: Cidr): boolean {
+  return cidrContainsCidr(cidrParsed(peer.cidr), addr) && !peer.except.some((e) => cidrContainsCidr(cidrParsed(e), addr));
+}
+
+/**
+ * CIDR peers indexed by prefix, to test many addresses against many peers: an address is covered when
+ * one of its own prefixes, at a length some peer has, is a peer's CIDR and none of that peer's
+ * excepts contains it. Cost per address: one map lookup per distinct prefix length, not per peer.
+ */
+export class CidrPeerIndex {
+  private readonly byPrefix = new Map<string, Array<{ except: readonly string[] }>>();
+  private readonly lengths: Record<4 | 6, number[]> = { 4: [], 6: [] };
+  constructor(peers: ReadonlyArray<{ cidr: string; except: readonly string[] }>) {
+    const lens = { 4: new Set<number>(), 6: new Set<number>() };
+    for (const p of peers) {
+      const c = cidrParsed(p.cidr);
+      const key = prefixKey(c.family, c.network, c.prefixLength);
+      const list = this.byPrefix.get(key);
+      if (list) list.push(p);
+      else this.byPrefix.set(key, [p]);
+      lens[c.family].add(c.prefixLength);
+    }
+    this.lengths = { 4: [...lens[4]], 6: [...lens[6]] };
+  }
+
+  covers(addr: Cidr): boolean {
+    for (const len of this.lengths[addr.family]) {
+      const peers = this.byPrefix.get(prefixKey(addr.family, addr.network, len));
+      if (peers?.some((p) => !p.except.some((e) => cidrContainsCidr(cidrParsed(e), addr)))) return true;
+    }
+    return false;
+  }
+}
+
+function prefixKey(family: 4 | 6, network: bigint, len: number): string {
+  const shift = BigInt((family === 4 ? 32 : 128) - len);
+  return `${family}|${(network >> shift) << shift}|${len}`;
 }
 
 export function cidrContainsCidr(outer: Cidr, inner: Cidr): boolean {

@@ -19,7 +19,8 @@
  * redundant). Identity-specific entries covered by an identity-0 entry of the same verdict are dropped.
  */
 import { reservedIdentityLabels, ReservedIdentity } from '../identity/reserved.js';
-import { cidrIdentitiesAllocate, cidrPeerIdentities, policyCidrs } from './cidr.js';
+import type { Cidr } from '../ipam.js';
+import { CidrPeerIndex, cidrIdentitiesAllocate, cidrPeerIdentities, hostPrefix, policyCidrs } from './cidr.js';
 import { CLUSTER_RESERVED, isLabelDerived } from './entities.js';
 import { ANY_L4_PROTOCOLS, portRangePrefixes, protocolNumber } from './ports.js';
 import { identityLabelParse, selectorMatches } from './selector.js';
@@ -27,6 +28,7 @@ import type { ParsedLabel } from './selector.js';
 import { PROTO_ANY_L4 } from './types.js';
 import type {
   CidrIdentity,
+  CidrPeer,
   CompiledPolicy,
   CompileInput,
   Direction,
@@ -70,6 +72,58 @@ export class Universe {
   remove(id: number): void {
     this.raw.delete(id);
     this.labels.delete(id);
+  }
+
+  /** Workload addresses per identity and endpoint: what NetworkPolicy ipBlock peers select. */
+  readonly addresses = new Map<number, Map<number, Cidr[]>>();
+
+  /** Sets (undefined: removes) one endpoint's addresses; true when its identity's address set changed. */
+  addressesSet(identity: number, endpointId: number, addrs: readonly string[] | undefined): boolean {
+    let byEp = this.addresses.get(identity);
+    const before = byEp?.get(endpointId);
+    if (!addrs || addrs.length === 0) {
+      if (!before) return false;
+      byEp!.delete(endpointId);
+      if (byEp!.size === 0) this.addresses.delete(identity);
+      return true;
+    }
+    const next = addrs.map(hostPrefix);
+    if (before && before.length === next.length && before.every((c, i) => c.text === next[i]!.text)) return false;
+    if (!byEp) this.addresses.set(identity, (byEp = new Map()));
+    byEp.set(endpointId, next);
+    return true;
+  }
+
+  /**
+   * The addresses of workloads with this identity that the section's workload-selecting CIDR peers
+   * (NetworkPolicy ipBlock) leave out; undefined when the section has no such peer or the identity no
+   * workload address.
+   */
+  blockUncovered(s: RuleSection, id: number, firstOnly = false): string[] | undefined {
+    const byEp = this.addresses.get(id);
+    if (sectionBlocks(s).length === 0 || !byEp || !isLabelDerived(id) || !this.labels.has(id)) return undefined;
+    const index = sectionBlockIndex(s);
+    const out: string[] = [];
+    for (const addrs of byEp.values()) {
+      for (const a of addrs) {
+        if (index.covers(a)) continue;
+        out.push(a.text.slice(0, a.text.indexOf('/')));
+        if (firstOnly) return out;
+      }
+    }
+    return out;
+  }
+
+  /**
+   * Whether the section's ipBlock peers select a workload identity. Kubernetes selects by address, but
+   * the policy map is keyed by identity: an entry for the identity admits every address of every
+   * workload that has it (both families; workloads with equal labels share one identity). So the
+   * identity is selected only when the section's ipBlocks cover ALL those addresses, net of `except`:
+   * then every packet the entry admits has an address Kubernetes admits. A partly covered identity is
+   * not selected (fail closed; `policy trace` names the addresses left out).
+   */
+  blockSelects(s: RuleSection, id: number): boolean {
+    return this.blockUncovered(s, id, true)?.length === 0;
   }
 
   entity(e: EntityName): number[] | 'all' {
@@ -126,14 +180,31 @@ export class Universe {
       if (r === 'all') return 'all';
       r.forEach((i) => ids.add(i));
     }
+    if (sectionBlocks(s).length > 0) for (const id of this.addresses.keys()) if (this.blockSelects(s, id)) ids.add(id);
     return [...ids].sort((a, b) => a - b);
   }
 }
 
+const blockIndexes = new WeakMap<RuleSection, CidrPeerIndex>();
+function sectionBlockIndex(s: RuleSection): CidrPeerIndex {
+  let ix = blockIndexes.get(s);
+  if (!ix) blockIndexes.set(s, (ix = new CidrPeerIndex(sectionBlocks(s))));
+  return ix;
+}
+
+const blocksOf = new WeakMap<RuleSection, CidrPeer[]>();
+/** The section's CIDR peers that select workload addresses too (NetworkPolicy ipBlock). */
+export function sectionBlocks(s: RuleSection): CidrPeer[] {
+  let b = blocksOf.get(s);
+  if (!b) blocksOf.set(s, (b = s.peers === 'all' ? [] : s.peers.filter((p): p is CidrPeer => p.kind === 'cidr' && p.selectsWorkloads === true)));
+  return b;
+}
+
 /**
  * Whether a section whose peers are not 'all' selects a label-derived identity with these labels.
- * For such identities only selector peers and the `cluster` entity can select them (entities name
- * reserved identities, CIDR peers CIDR identities), so the answer depends on the identity alone.
+ * By label, only selector peers and the `cluster` entity can select them (entities name reserved
+ * identities, CIDR peers CIDR identities); NetworkPolicy ipBlocks select them by their workloads'
+ * addresses (Universe.blockSelects), which this does not look at.
  */
 export function sectionSelectsLabelIdentity(s: RuleSection, id: number, labels: readonly ParsedLabel[]): boolean {
   if (s.peers === 'all') return true;
@@ -352,6 +423,7 @@ export function classCompile(ctx: ClassContext, ep: LocalEndpoint): { policy: En
 export function policyCompile(input: CompileInput): CompiledPolicy {
   const cidrIds = cidrIdentitiesAllocate(policyCidrs(input.policies), input.options?.previousCidrIdentities);
   const u = new Universe(input.identities, cidrIds);
+  for (const ep of input.endpoints) u.addressesSet(ep.identity, ep.endpointId, ep.addresses);
   const rn = input.remoteNamedPorts;
   const remoteNamed = (id: number): readonly NamedPort[] => (!rn ? [] : typeof rn === 'function' ? rn(id) : (rn.get(id) ?? []));
   let namedIds: number[] | undefined;

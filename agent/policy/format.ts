@@ -55,8 +55,9 @@ export function policyTraceFormat(r: TraceResult, identities?: IdentityNames): s
   ];
   if (r.egress) lines.push(sideFormat(r.egress));
   if (r.ingress) lines.push(sideFormat(r.ingress));
-  if (!r.egress && !r.ingress) lines.push('  neither side is a local endpoint: no policy applies here');
-  else lines.push(CONNTRACK_NOTE[r.verdict]);
+  if (!r.egress && !r.ingress && !r.loopback) lines.push('  neither side is a local endpoint: no policy applies here');
+  else if (!r.loopback) lines.push(CONNTRACK_NOTE[r.verdict]);
+  for (const n of r.notes ?? []) lines.push(`  note: ${n}`);
   return lines.join('\n');
 }
 

@@ -10,7 +10,10 @@
  *   sections selects (a label selector matching the identity's labels, or the `cluster` entity);
  *   peers 'all' (identity 0) do not depend on the identity set;
  * - the named ports of remote identities, for egress rules that name a port: a peer identity's
- *   named ports changed (or any identity's, for a section whose peers are 'all').
+ *   named ports changed (or any identity's, for a section whose peers are 'all');
+ * - the workload addresses of remote identities, for NetworkPolicy ipBlock peers (an identity is
+ *   selected when its workloads' addresses are all covered, Universe.blockSelects): an endpoint came,
+ *   went, changed identity or addresses, and the selection of its (old or new) identity flipped.
  * CIDR identities depend only on the policies: a policy change builds a new state.
  *
  * So a registration whose identity already exists compiles at most its own class (usually nothing:
@@ -18,11 +21,11 @@
  * classes whose sections select it. Entries arrays are shared between the endpoints of a class and
  * must be treated as immutable.
  */
-import { classCompile, endpointClassKey, sectionHasEgressNamedPort, sectionSelectsLabelIdentity, Universe, type ClassContext } from './compile.js';
-import { cidrIdentitiesAllocate, policyCidrs } from './cidr.js';
+import { classCompile, endpointClassKey, sectionBlocks, sectionHasEgressNamedPort, sectionSelectsLabelIdentity, Universe, type ClassContext } from './compile.js';
+import { blockCovers, cidrContainsCidr, cidrIdentitiesAllocate, cidrParsed, hostPrefix, policyCidrs } from './cidr.js';
 import { isLabelDerived } from './entities.js';
 import { identityLabelParse } from './selector.js';
-import type { CidrIdentity, CompiledPolicy, CompileOptions, EndpointPolicy, LocalEndpoint, NamedPort, ParsedPolicy, PolicyEntry, RuleSection } from './types.js';
+import type { CidrIdentity, CompiledPolicy, CompileOptions, Direction, EndpointPolicy, LocalEndpoint, NamedPort, ParsedPolicy, PolicyEntry, RuleSection } from './types.js';
 
 interface PolicyClass {
   key: string;
@@ -140,10 +143,33 @@ export class PolicyState {
     }
     const parsed = labels.map(identityLabelParse);
     for (const [s, cached] of this.u.peerCache) {
-      if (cached === 'all' || !sectionSelectsLabelIdentity(s, id, parsed)) continue;
+      if (cached === 'all') continue;
+      if (!sectionSelectsLabelIdentity(s, id, parsed)) {
+        // Not by label; an ipBlock may select it by its workloads' addresses.
+        if (sectionBlocks(s).length > 0) this.blockSelectionUpdate(s, cached, id);
+        continue;
+      }
       const next = add ? [...new Set([...cached, id])].sort((a, b) => a - b) : cached.filter((x) => x !== id);
       this.u.peerCache.set(s, next);
       for (const cls of this.sectionUsers.get(s) ?? []) this.dirty.add(cls);
+    }
+  }
+
+  /** Brings a section's cached peers in line with whether its ipBlocks select the identity now. */
+  private blockSelectionUpdate(s: RuleSection, cached: number[], id: number): void {
+    const want = this.u.blockSelects(s, id);
+    if (want === cached.includes(id)) return;
+    this.u.peerCache.set(s, want ? [...cached, id].sort((a, b) => a - b) : cached.filter((x) => x !== id));
+    for (const cls of this.sectionUsers.get(s) ?? []) this.dirty.add(cls);
+  }
+
+  /** An identity's workload addresses changed: re-decide the ipBlock sections (label selection is unaffected). */
+  private addressesChanged(id: number): void {
+    this.snapshot = undefined;
+    for (const [s, cached] of this.u.peerCache) {
+      if (cached === 'all' || sectionBlocks(s).length === 0) continue;
+      if (sectionSelectsLabelIdentity(s, id, this.u.labels.get(id) ?? [])) continue;
+      this.blockSelectionUpdate(s, cached, id);
     }
   }
 
@@ -151,7 +177,13 @@ export class PolicyState {
   endpointSet(ep: LocalEndpoint): void {
     const key = endpointClassKey(ep);
     const prev = this.byEndpoint.get(ep.endpointId);
-    if (prev && prev.cls.key === key) return;
+    const addresses = [...(ep.addresses ?? [])];
+    if (prev && prev.cls.key === key) {
+      // Same entries for the endpoint itself; its addresses may still decide what ipBlocks select.
+      prev.ep = { ...prev.ep, addresses };
+      if (this.u.addressesSet(ep.identity, ep.endpointId, addresses)) this.addressesChanged(ep.identity);
+      return;
+    }
     if (prev) this.endpointRemove(ep.endpointId);
     this.snapshot = undefined;
     const namedPorts = [...(ep.namedPorts ?? [])];
@@ -162,9 +194,10 @@ export class PolicyState {
       this.dirty.add(cls);
     }
     cls.members.add(ep.endpointId);
-    this.byEndpoint.set(ep.endpointId, { ep: { endpointId: ep.endpointId, identity: ep.identity, namedPorts }, cls });
+    this.byEndpoint.set(ep.endpointId, { ep: { endpointId: ep.endpointId, identity: ep.identity, namedPorts, addresses }, cls });
     this.moved.add(ep.endpointId);
     this.namedSet(ep.identity, ep.endpointId, namedPorts);
+    if (this.u.addressesSet(ep.identity, ep.endpointId, addresses)) this.addressesChanged(ep.identity);
   }
 
   endpointRemove(endpointId: number): void {
@@ -176,6 +209,7 @@ export class PolicyState {
     prev.cls.members.delete(endpointId);
     if (prev.cls.members.size === 0) this.classDrop(prev.cls);
     this.namedSet(prev.ep.identity, endpointId, undefined);
+    if (this.u.addressesSet(prev.ep.identity, endpointId, undefined)) this.addressesChanged(prev.ep.identity);
   }
 
   private classDrop(cls: PolicyClass): void {
@@ -262,6 +296,39 @@ export class PolicyState {
     }
     if (out.length) this.snapshot = undefined;
     return out;
+  }
+
+  /**
+   * For `policy trace`: what the CIDR rules that select an endpoint (in one direction) make of a remote
+   * workload's addresses: which rule selects it, or why a rule covering the address does not.
+   */
+  cidrNotes(endpointId: number, direction: Direction, remote: { identity: number; name: string; ips: readonly string[] }): string[] {
+    const cls = this.byEndpoint.get(endpointId)?.cls;
+    const notes = new Set<string>();
+    for (const s of cls?.sections ?? []) {
+      if (s.direction !== direction || s.peers === 'all') continue;
+      for (const p of s.peers) {
+        if (p.kind !== 'cidr') continue;
+        for (const ip of remote.ips) {
+          const a = hostPrefix(ip);
+          if (!cidrContainsCidr(cidrParsed(p.cidr), a)) continue;
+          const what = `${ip} is workload ${remote.name}`;
+          if (!p.selectsWorkloads) {
+            notes.add(`${what}; CIDR rules of a ${s.ref.split(' ')[0]} do not select workloads (${s.ref}: ${p.cidr})`);
+          } else if (!blockCovers(p, a)) {
+            notes.add(`${what}, in the except list of ${s.ref} (ipBlock ${p.cidr} except ${p.except.join(', ')})`);
+          } else {
+            const left = this.u.blockUncovered(s, remote.identity) ?? [];
+            notes.add(
+              left.length === 0
+                ? `${what}; ${s.ref} selects it by ipBlock ${p.cidr}`
+                : `${what}; ${s.ref} (ipBlock ${p.cidr}) covers it but not ${left.join(', ')} of identity ${remote.identity}: an ipBlock selects a workload only when the rule's ipBlocks cover every address of every workload with that identity (the policy map is keyed by identity)`,
+            );
+          }
+        }
+      }
+    }
+    return [...notes];
   }
 
   /** The entries of one endpoint as of the last flush. */

@@ -277,7 +277,8 @@ function selIn(s: LabelSelector | null | undefined): LabelSelectorInput | undefi
 
 /** Cilium's translation of a NetworkPolicyPeer with selectors (pkg/k8s/network_policy.go). */
 function npPeer(peer: NetworkPolicyPeer, namespace: string): Peer {
-  if (peer.ipBlock) return { kind: 'cidr', cidr: peer.ipBlock.cidr, except: [...(peer.ipBlock.except ?? [])] };
+  // Kubernetes selects by address: an ipBlock covers workloads too (unlike Cilium's own CIDR rules).
+  if (peer.ipBlock) return { kind: 'cidr', cidr: peer.ipBlock.cidr, except: [...(peer.ipBlock.except ?? [])], selectsWorkloads: true };
   let sel: Selector;
   if (peer.namespaceSelector) {
     sel = selectorFromLabelSelector(selIn(peer.namespaceSelector), 'k8s', (k) => `${NAMESPACE_LABELS_PREFIX}${k}`);

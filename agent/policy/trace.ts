@@ -51,6 +51,10 @@ export interface TraceResult {
   dstIdentity: number;
   egress?: TraceSide;
   ingress?: TraceSide;
+  /** Source and destination are one workload: the traffic stays on its loopback, no policy applies. */
+  loopback?: boolean;
+  /** Explanations: which CIDR rule selected a workload address, or why one covering it did not. */
+  notes?: string[];
 }
 
 interface Resolved {

@@ -55,7 +55,20 @@ export type EntityName =
 export type Peer =
   | { kind: 'selector'; selector: Selector }
   | { kind: 'entity'; entity: EntityName }
-  | { kind: 'cidr'; cidr: string; except: string[] };
+  | CidrPeer;
+
+/**
+ * A CIDR peer (`cidr` minus `except`). It always selects the CIDR identities of addresses outside the
+ * cluster. With `selectsWorkloads` (Kubernetes NetworkPolicy `ipBlock`) it also selects workloads whose
+ * addresses it covers, at identity granularity (compile.ts, Universe.blockSelects); without it
+ * (CiliumNetworkPolicy CIDR rules, cilium#9209) workload addresses are never selected by it.
+ */
+export interface CidrPeer {
+  kind: 'cidr';
+  cidr: string;
+  except: string[];
+  selectsWorkloads?: boolean;
+}
 
 /**
  * An L4 match: `protocol` is a protocol number or PROTO_ANY_L4 (TCP+UDP+SCTP).
@@ -116,6 +129,8 @@ export interface LocalEndpoint {
   endpointId: number;
   identity: number;
   namedPorts?: NamedPort[];
+  /** The workload's own addresses (bare IPv4/IPv6), for ipBlock peers that select workloads. */
+  addresses?: readonly string[];
 }
 
 /** One map entry, see map-key.ts for the key layout the datapath uses. */

@@ -2,12 +2,22 @@
  * A probe agent that runs inside one network namespace (`ip netns exec NS node prober.js`): it serves
  * TCP and UDP on the given ports (dual-stack) and, on request, probes many peers at once. It reads one
  * JSON request per line on stdin and answers one JSON line per request on stdout:
- *   {"id":1,"timeoutMs":400,"probes":[{"addr":"10.0.0.2","port":80,"protocol":"TCP"},...]}
- *   -> {"id":1,"results":[true,false,...]}
- * A TCP probe succeeds when the handshake completes; a UDP probe when the peer's echo comes back.
+ *   {"id":1,"timeoutMs":400,"attempts":3,"probes":[{"addr":"10.0.0.2","port":80,"protocol":"TCP"},...]}
+ *   -> {"id":1,"results":[true,false,...],"tries":[1,3,...]}
+ * A TCP probe succeeds when the handshake completes; a UDP probe when the peer's echo of this probe's
+ * nonce comes back from the probed address and port.
+ *
+ * On a loaded machine a timeout alone does not mean "denied": the peer's echo server (a process like
+ * this one) may not have been scheduled, or this process may wake up late. So a failed attempt is
+ * retried with a fresh socket and a doubled timeout, up to `attempts` times; a probe stops at its
+ * first success, and a denied probe costs timeoutMs * (2^attempts - 1). Within an attempt UDP resends
+ * with backoff (a lost datagram reads as a denial otherwise), sparingly, so that starved echo servers
+ * are not flooded. When a timer fires, the verdict waits one turn of the event loop (setImmediate runs
+ * after the I/O poll), so an answer that already arrived while this process was not running counts.
  */
+import { randomBytes } from 'node:crypto';
 import { createSocket } from 'node:dgram';
-import { createServer, connect } from 'node:net';
+import { createServer, connect, isIPv6 } from 'node:net';
 import { createInterface } from 'node:readline';
 
 interface ProbeReq {
@@ -18,38 +28,76 @@ interface ProbeReq {
 
 const ports = (process.argv[2] ?? '80,81').split(',').map(Number);
 
+/** Calls `fail` when the time is up, after I/O that is already pending has had its turn. */
+function deadline(ms: number, fail: () => void): () => void {
+  let immediate: NodeJS.Immediate | undefined;
+  const t = setTimeout(() => (immediate = setImmediate(fail)), ms);
+  return () => {
+    clearTimeout(t);
+    if (immediate) clearImmediate(immediate);
+  };
+}
+
 function tcpProbe(p: ProbeReq, timeoutMs: number): Promise<boolean> {
   return new Promise((resolve) => {
     const s = connect({ host: p.addr, port: p.port });
     const done = (ok: boolean) => {
-      clearTimeout(t);
+      cancel();
       s.destroy();
       resolve(ok);
     };
-    const t = setTimeout(() => done(false), timeoutMs);
+    const cancel = deadline(timeoutMs, () => done(false));
     s.once('connect', () => done(true));
     s.once('error', () => done(false));
   });
 }
 
+/** The address as the kernel reports it in rinfo (IPv6 compressed the same way). */
+function sameAddress(a: string, b: string): boolean {
+  return a === b || (isIPv6(a) && isIPv6(b) && new URL(`http://[${a}]`).hostname === new URL(`http://[${b}]`).hostname);
+}
+
 function udpProbe(p: ProbeReq, timeoutMs: number): Promise<boolean> {
   return new Promise((resolve) => {
-    const s = createSocket(p.addr.includes(':') ? 'udp6' : 'udp4');
+    const s = createSocket(isIPv6(p.addr) ? 'udp6' : 'udp4');
+    // A nonce per attempt: an echo that belonged to an earlier socket on the same ephemeral port
+    // (or to another peer) must not count as this probe's answer.
+    const nonce = randomBytes(8).toString('hex');
+    let resend: NodeJS.Timeout | undefined;
+    let settled = false;
     const done = (ok: boolean) => {
-      clearTimeout(t);
-      clearInterval(resend);
+      if (settled) return;
+      settled = true;
+      cancel();
+      clearTimeout(resend);
       s.close();
       resolve(ok);
     };
-    const t = setTimeout(() => done(false), timeoutMs);
-    s.once('message', () => done(true));
+    const cancel = deadline(timeoutMs, () => done(false));
+    s.on('message', (msg, rinfo) => {
+      if (msg.toString() === nonce && rinfo.port === p.port && sameAddress(rinfo.address, p.addr)) done(true);
+    });
     s.once('error', () => done(false));
-    // A datagram lost on a busy machine (or in the emulated lab VM) would read as a denial; like TCP's SYN
-    // retransmits, resend within the timeout. A denied flow stays denied however often it is tried.
-    const send = () => s.send('probe', p.port, p.addr);
-    const resend = setInterval(send, Math.max(150, Math.floor(timeoutMs / 4)));
+    // Resend with backoff within the attempt, like TCP's SYN retransmits: a denied flow stays denied
+    // however often it is tried, and a lost datagram does not decide the verdict.
+    let gap = Math.max(50, Math.floor(timeoutMs / 8));
+    const send = () => {
+      if (settled) return;
+      s.send(nonce, p.port, p.addr, () => undefined);
+      resend = setTimeout(send, gap);
+      gap *= 2;
+    };
     send();
   });
+}
+
+async function probeRetrying(p: ProbeReq, timeoutMs: number, attempts: number): Promise<{ ok: boolean; tries: number }> {
+  let timeout = timeoutMs;
+  for (let tries = 1; ; tries++) {
+    const ok = await (p.protocol === 'TCP' ? tcpProbe(p, timeout) : udpProbe(p, timeout));
+    if (ok || tries >= attempts) return { ok, tries };
+    timeout *= 2;
+  }
 }
 
 async function main(): Promise<void> {
@@ -61,7 +109,7 @@ async function main(): Promise<void> {
     });
     await new Promise<void>((resolve, reject) => {
       const u = createSocket({ type: 'udp6', ipv6Only: false });
-      u.on('message', (msg, rinfo) => u.send(msg, rinfo.port, rinfo.address));
+      u.on('message', (msg, rinfo) => u.send(msg, rinfo.port, rinfo.address, () => undefined));
       u.once('error', reject);
       u.bind(port, '::', () => resolve());
     });
@@ -69,9 +117,10 @@ async function main(): Promise<void> {
   process.stdout.write(`${JSON.stringify({ ready: true })}\n`);
   const rl = createInterface({ input: process.stdin });
   rl.on('line', (line) => {
-    const req = JSON.parse(line) as { id: number; timeoutMs: number; probes: ProbeReq[] };
-    void Promise.all(req.probes.map((p) => (p.protocol === 'TCP' ? tcpProbe(p, req.timeoutMs) : udpProbe(p, req.timeoutMs)))).then(
-      (results) => process.stdout.write(`${JSON.stringify({ id: req.id, results })}\n`),
+    const req = JSON.parse(line) as { id: number; timeoutMs: number; attempts?: number; probes: ProbeReq[] };
+    const attempts = Math.max(1, req.attempts ?? 1);
+    void Promise.all(req.probes.map((p) => probeRetrying(p, req.timeoutMs, attempts))).then((out) =>
+      process.stdout.write(`${JSON.stringify({ id: req.id, results: out.map((o) => o.ok), tries: out.map((o) => o.tries) })}\n`),
     );
   });
   rl.on('close', () => process.exit(0));

@@ -355,3 +355,50 @@ describe('NetworkPolicy specifics', () => {
     assert.deepEqual(ep(s, WEB).entries.filter((e) => e.direction === 'egress'), []);
   });
 });
+
+describe('NetworkPolicy ipBlock and workload addresses', () => {
+  // 300 prod/web (WEB), 301 prod/client (CLIENT), 302 dev/client: the subject is WEB, the peers 301 and 302.
+  const np = (from: string) =>
+    `apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: blocks, namespace: prod}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress:\n  - from: ${from}\n`;
+  const at = (addresses: Record<number, string[]>) => ({
+    endpoints: [
+      { endpointId: WEB, identity: 300, addresses: ['10.9.0.1', 'fd09::1'] },
+      ...Object.entries(addresses).map(([id, a], i) => ({ endpointId: 10 + i, identity: Number(id), addresses: a })),
+    ],
+  });
+  const ingressIds = (s: CompiledPolicy) => ep(s, WEB).entries.filter((e) => e.direction === 'ingress' && e.identity < LOCAL_IDENTITY_FLAG).map((e) => e.identity);
+  const BOTH = '[{ipBlock: {cidr: 10.1.0.0/16, except: [10.1.9.0/24]}}, {ipBlock: {cidr: "fd01::/64", except: ["fd01::9:0/112"]}}]';
+
+  test('an ipBlock pair covering both addresses of a workload selects its identity; except and the other family leave it out', () => {
+    const s = compile(np(BOTH), at({ 301: ['10.1.0.5', 'fd01::5'], 302: ['10.1.9.5', 'fd01::6'] }));
+    assert.deepEqual(ingressIds(s), [1, 301], '301 covered in both families; 302 is in the IPv4 except (host 1 is allow-localhost)');
+    // only the IPv4 address covered: selecting the identity would also admit its IPv6 traffic, which
+    // Kubernetes does not: not selected (fail closed)
+    const v4 = compile(np('[{ipBlock: {cidr: 10.1.0.0/16}}]'), at({ 301: ['10.1.0.5', 'fd01::5'] }));
+    assert.deepEqual(ingressIds(v4), [1]);
+    // CIDR identities for the outside world stay as they were
+    assert.equal(verdict(s, { from: { ip: '10.1.200.1' }, to: { endpointId: WEB } }), 'ALLOWED');
+    assert.equal(verdict(s, { from: { ip: '10.1.9.1' }, to: { endpointId: WEB } }), 'DENIED');
+  });
+
+  test('two workloads share an identity: selected only when the blocks cover both', () => {
+    const one = compile(np(BOTH), { endpoints: [...at({ 301: ['10.1.0.5', 'fd01::5'] }).endpoints, { endpointId: 20, identity: 301, addresses: ['10.2.0.5', 'fd01::7'] }] });
+    assert.deepEqual(ingressIds(one), [1], 'the second client (10.2.0.5) is outside: an entry for 301 would admit it');
+    const both = compile(np(BOTH), { endpoints: [...at({ 301: ['10.1.0.5', 'fd01::5'] }).endpoints, { endpointId: 20, identity: 301, addresses: ['10.1.0.6', 'fd01::7'] }] });
+    assert.deepEqual(ingressIds(both), [1, 301]);
+  });
+
+  test('egress ipBlocks select destination workloads the same way', () => {
+    const y = `apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: out, namespace: prod}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  policyTypes: [Egress]\n  egress:\n  - to: ${BOTH}\n`;
+    const s = compile(y, at({ 301: ['10.1.0.5', 'fd01::5'], 302: ['10.3.0.1', 'fd01::8'] }));
+    assert.equal(verdict(s, { from: { endpointId: WEB }, to: { endpointId: 10 } }), 'ALLOWED');
+    assert.equal(verdict(s, { from: { endpointId: WEB }, to: { endpointId: 11 } }), 'DENIED');
+  });
+
+  test('the same CIDRs in a CiliumNetworkPolicy do not select workloads (cilium#9209)', () => {
+    const y = cnp('endpointSelector: {matchLabels: {app: web}}\ningress: [{fromCIDRSet: [{cidr: 10.1.0.0/16}, {cidr: "fd01::/64"}]}]');
+    const s = compile(y, at({ 301: ['10.1.0.5', 'fd01::5'] }));
+    assert.deepEqual(ingressIds(s), [1]);
+    assert.equal(verdict(s, { from: { endpointId: 10 }, to: { endpointId: WEB } }), 'DENIED');
+  });
+});

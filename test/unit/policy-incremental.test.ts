@@ -61,7 +61,15 @@ spec:
   - from: [{namespaceSelector: {matchLabels: {team: blue}}}, {podSelector: {}}]
     ports: [{port: 443}]
   egress:
-  - to: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}}]
+  - to: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}}, {ipBlock: {cidr: "fd00::/64"}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: np-blocks, namespace: ns1}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress:
+  - from: [{ipBlock: {cidr: 10.0.0.0/15, except: [10.0.0.0/24]}}, {ipBlock: {cidr: "fd00::/15", except: ["fd01::/16"]}}]
 ---
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -109,6 +117,14 @@ interface Model {
   labels: Record<string, string>;
   namespace: string;
   ports: NamedPort[];
+  /** IPv4 and IPv6, some inside the NetworkPolicy ipBlocks above (so selections flip as workloads come and go). */
+  addresses?: string[];
+}
+
+let addressSerial = 0;
+function randomAddresses(rnd: (n: number) => number): string[] {
+  const n = ++addressSerial;
+  return [`${['10.0.0', '10.1.0'][rnd(2)]!}.${n % 250}`, `${['fd00::', 'fd01::'][rnd(2)]!}${n.toString(16)}`];
 }
 
 function randomWorkload(rnd: (n: number) => number): Model {
@@ -118,7 +134,7 @@ function randomWorkload(rnd: (n: number) => number): Model {
   const tier = ['x', 'y', ''][rnd(3)]!;
   if (tier) labels.tier = tier;
   const ports = PORTS.filter(() => rnd(4) === 0);
-  return { labels, namespace: Object.keys(NAMESPACES)[rnd(3)]!, ports };
+  return { labels, namespace: Object.keys(NAMESPACES)[rnd(3)]!, ports, addresses: randomAddresses(rnd) };
 }
 
 function randomPolicies(rnd: (n: number) => number): ParsedPolicy[] {
@@ -178,12 +194,12 @@ describe('incremental policy compiler (PolicyState) equals a full recompile', ()
       const eps = new Map<number, Model & { identity: number }>();
       let nextEp = 1;
       // Sometimes start from endpoints that exist before the state is built (agent start).
-      const initial: Array<{ endpointId: number; identity: number; namedPorts: NamedPort[] }> = [];
+      const initial: Array<{ endpointId: number; identity: number; namedPorts: NamedPort[]; addresses?: string[] }> = [];
       for (let i = rnd(4); i > 0; i--) {
         const m = randomWorkload(rnd);
         const { id } = ids.acquire(m);
         eps.set(nextEp, { ...m, identity: id });
-        initial.push({ endpointId: nextEp++, identity: id, namedPorts: m.ports });
+        initial.push({ endpointId: nextEp++, identity: id, namedPorts: m.ports, addresses: m.addresses });
       }
       const state = new PolicyState({ policies, identities: ids.all(), endpoints: initial, options });
       let previous: CompiledPolicy | undefined;
@@ -194,7 +210,7 @@ describe('incremental policy compiler (PolicyState) equals a full recompile', ()
         return policyCompile({
           policies,
           identities: ids.all(),
-          endpoints: [...eps].map(([endpointId, e]) => ({ endpointId, identity: e.identity, namedPorts: e.ports })),
+          endpoints: [...eps].map(([endpointId, e]) => ({ endpointId, identity: e.identity, namedPorts: e.ports, addresses: e.addresses })),
           remoteNamedPorts: named,
           options,
         });
@@ -226,18 +242,19 @@ describe('incremental policy compiler (PolicyState) equals a full recompile', ()
           const { id, labels } = ids.acquire(m);
           if (!state.hasIdentity(id)) state.identitySet(id, labels);
           eps.set(nextEp, { ...m, identity: id });
-          state.endpointSet({ endpointId: nextEp++, identity: id, namedPorts: m.ports });
+          state.endpointSet({ endpointId: nextEp++, identity: id, namedPorts: m.ports, addresses: m.addresses });
         } else {
           const keys = [...eps.keys()];
           const epId = keys[rnd(keys.length)]!;
           const old = eps.get(epId)!;
           if (op < 6) {
             // relabel (or move namespace / change named ports): new identity, the old may go
-            const m = rnd(3) === 0 ? { ...randomWorkload(rnd), ports: old.ports } : randomWorkload(rnd);
+            // (or keep the label set and move to other addresses: the same identity, other ipBlock selections)
+            const m = rnd(3) === 0 ? { ...randomWorkload(rnd), ports: old.ports } : rnd(4) === 0 ? { ...old, addresses: randomAddresses(rnd) } : randomWorkload(rnd);
             const { id, labels } = ids.acquire(m);
             if (!state.hasIdentity(id)) state.identitySet(id, labels);
             eps.set(epId, { ...m, identity: id });
-            state.endpointSet({ endpointId: epId, identity: id, namedPorts: m.ports });
+            state.endpointSet({ endpointId: epId, identity: id, namedPorts: m.ports, addresses: m.addresses });
             if (ids.release(old.identity)) state.identitySet(old.identity, undefined);
           } else {
             eps.delete(epId);
@@ -361,7 +378,7 @@ describe('PolicyEngine: incremental updates write what a full apply writes', () 
         return store.transaction(() =>
           store.workloadInsert({
             spec: { name, namespace: m.namespace, kind: 'netns', labels: m.labels, netns: '/x', requestedMode: 'auto', interface: 'eth0', ...(m.ports.length ? { ports: m.ports as WorkloadRecord['spec']['ports'] } : {}) },
-            mode: 'veth', endpointId: n, identity: allocator.acquire(m.labels, m.namespace, NAMESPACES[m.namespace]), ipv4: `10.0.0.${n}`, ipv6: `fd00::${n}`, hostIfname: `kn${n}`,
+            mode: 'veth', endpointId: n, identity: allocator.acquire(m.labels, m.namespace, NAMESPACES[m.namespace]), ipv4: m.addresses?.[0] ?? `10.9.0.${n}`, ipv6: m.addresses?.[1] ?? `fd09::${n}`, hostIfname: `kn${n}`,
           }),
         );
       };
@@ -372,7 +389,7 @@ describe('PolicyEngine: incremental updates write what a full apply writes', () 
         return policyCompile({
           policies: engine.parsed,
           identities: engine.identities(),
-          endpoints: ws.map((w) => ({ endpointId: w.endpointId, identity: w.identity, namedPorts: w.spec.ports ?? [] })),
+          endpoints: ws.map((w) => ({ endpointId: w.endpointId, identity: w.identity, namedPorts: w.spec.ports ?? [], addresses: [w.ipv4, w.ipv6] })),
           remoteNamedPorts: named,
           options: { previousCidrIdentities: store.cidrIdentities() },
         });
@@ -414,4 +431,101 @@ describe('PolicyEngine: incremental updates write what a full apply writes', () 
       }
     });
   }
+});
+
+describe('NetworkPolicy ipBlock selections follow workload addresses', () => {
+  const BLOCKS = `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: blocks, namespace: ns1}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress:
+  - from: [{ipBlock: {cidr: 10.1.0.0/16, except: [10.1.9.0/24]}}, {ipBlock: {cidr: "fd01::/64"}}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: cidrs, namespace: ns1}
+spec:
+  endpointSelector: {matchLabels: {app: db}}
+  ingress:
+  - fromCIDR: [10.2.0.0/16]
+`;
+  const labelsOf = (app: string) => identityLabels({ app }, 'ns2', NAMESPACES.ns2).map(labelFormat);
+  const DB = 300;
+  const C = 301;
+  const D = 302;
+  const identities = () => new Map<number, string[]>([[DB, identityLabels({ app: 'db' }, 'ns1', NAMESPACES.ns1).map(labelFormat)], [C, labelsOf('c')]]);
+  const covered = (n: number) => [`10.1.0.${n}`, `fd01::${n}`];
+
+  test('a shared identity is deselected when an uncovered workload joins it, selected again when it leaves; relabels and new addresses move the selection', () => {
+    const state = new PolicyState({
+      policies: policiesParse(BLOCKS),
+      identities: identities(),
+      endpoints: [
+        { endpointId: 1, identity: DB, addresses: ['10.9.0.1', 'fd09::1'] },
+        { endpointId: 2, identity: C, addresses: covered(2) },
+      ],
+    });
+    const selected = () => state.endpoint(1)!.entries.filter((e) => e.direction === 'ingress' && (e.identity === C || e.identity === D)).map((e) => e.identity);
+    const touches = (changes: ReturnType<PolicyState['flush']>) => changes.some((c) => c.endpointId === 1);
+    assert.deepEqual(selected(), [C]);
+
+    state.endpointSet({ endpointId: 3, identity: C, addresses: ['10.1.9.3', 'fd01::3'] }); // in the except
+    assert.ok(touches(state.flush()));
+    assert.deepEqual(selected(), [], 'an entry for C would admit 10.1.9.3, which the except leaves out');
+
+    state.endpointRemove(3);
+    assert.ok(touches(state.flush()));
+    assert.deepEqual(selected(), [C]);
+
+    state.identitySet(D, labelsOf('d'));
+    state.endpointSet({ endpointId: 2, identity: D, addresses: covered(2) });
+    state.identitySet(C, undefined);
+    assert.ok(touches(state.flush()));
+    assert.deepEqual(selected(), [D], 'the relabelled workload takes the selection to its new identity');
+
+    state.endpointSet({ endpointId: 2, identity: D, addresses: ['10.2.0.2', 'fd01::2'] }); // same identity, moved outside
+    assert.ok(touches(state.flush()));
+    assert.deepEqual(selected(), [], 'the CiliumNetworkPolicy fromCIDR 10.2.0.0/16 does not select a workload');
+  });
+
+  test('policy trace names the rule that selected a workload address, and why one did not', () => {
+    const store = new SqliteStore(':memory:');
+    for (const [ns, labels] of Object.entries(NAMESPACES)) store.namespacePut(ns, labels);
+    const allocator = new IdentityAllocator(store);
+    const engine = new PolicyEngine(store, fakeKernel().kernel, pino({ level: 'silent' }));
+    for (const p of policiesParse(BLOCKS)) store.policyPut(p.kind, p.namespace, p.name, p.document);
+    const add = (n: number, name: string, namespace: string, app: string, ipv4: string, ipv6: string) =>
+      store.transaction(() =>
+        store.workloadInsert({
+          spec: { name, namespace, kind: 'netns', labels: { app }, netns: '/x', requestedMode: 'auto', interface: 'eth0' },
+          mode: 'veth', endpointId: n, identity: allocator.acquire({ app }, namespace, NAMESPACES[namespace]), ipv4, ipv6, hostIfname: `kn${n}`,
+        }),
+      );
+    add(1, 'db', 'ns1', 'db', '10.9.0.1', 'fd09::1');
+    add(2, 'b', 'ns2', 'b', '10.1.0.2', 'fd01::2');
+    add(3, 'c', 'ns2', 'c', '10.2.0.3', 'fd01::3');
+    add(4, 'v4only', 'ns3', 'v4only', '10.1.0.4', 'fd04::4');
+    engine.load();
+    engine.apply();
+    const trace = (from: { ip: string } | { endpointId: number }, to: { ip: string } | { endpointId: number }) => engine.trace(from, to, 'TCP', 80).result;
+
+    const b = trace({ ip: '10.1.0.2' }, { endpointId: 1 });
+    assert.equal(b.verdict, 'ALLOWED');
+    assert.deepEqual(b.notes, ['10.1.0.2 is workload ns2/b; NetworkPolicy ns1/blocks ingress[0] selects it by ipBlock 10.1.0.0/16']);
+
+    const c = trace({ ip: '10.2.0.3' }, { endpointId: 1 });
+    assert.equal(c.verdict, 'DENIED');
+    assert.deepEqual(c.notes, ['10.2.0.3 is workload ns2/c; CIDR rules of a CiliumNetworkPolicy do not select workloads (CiliumNetworkPolicy ns1/cidrs ingress[0]: 10.2.0.0/16)']);
+
+    const v4 = trace({ endpointId: 4 }, { endpointId: 1 });
+    assert.equal(v4.verdict, 'DENIED');
+    assert.match(v4.notes!.join('\n'), /10\.1\.0\.4 is workload ns3\/v4only; NetworkPolicy ns1\/blocks ingress\[0\] \(ipBlock 10\.1\.0\.0\/16\) covers it but not fd04::4 of identity \d+/);
+
+    const self = trace({ endpointId: 2 }, { ip: '10.1.0.2' });
+    assert.equal(self.verdict, 'ALLOWED');
+    assert.equal(self.loopback, true);
+    assert.equal(self.egress, undefined);
+    assert.match(self.notes!.join('\n'), /same workload ns2\/b: .* never reaches the datapath/);
+  });
 });
