@@ -3,6 +3,7 @@ import { KitnetError } from '../common/errors.js';
 import { identityLabels, labelFormat, labelSetKey } from './identity/labels.js';
 import type { Mutex } from './mutex.js';
 import type { PolicyApplyStats, PolicyEngine } from './policy-engine.js';
+import { PolicyCapacityError } from './policy/budget.js';
 import { policiesFromObjects, policiesParse, policyTraceFormat, type ParsedPolicy, type TracePeer, type TraceResult } from './policy/index.js';
 import type { NamespaceRecord, PolicyRecord, SqliteStore } from './store/sqlite-store.js';
 import type { WorkloadService } from './workloads.js';
@@ -80,18 +81,39 @@ export class PolicyService {
       const byKey = new Map(this.engine.parsed.map((p) => [key(p), p]));
       for (const p of parsed) byKey.set(key(p), p);
       const next = [...byKey.values()];
-      // Compile before storing: a batch the compiler refuses must not reach the store either.
-      this.engine.compile(next);
-      const applied = this.store.transaction(() =>
-        parsed.map((p) => ({
+      // Compile before storing: a batch the compiler refuses (or that would not fit the maps) must not
+      // reach the store or the kernel either.
+      try {
+        this.engine.compile(next);
+      } catch (err) {
+        if (err instanceof PolicyCapacityError) {
+          throw new PolicyCapacityError(`${parsed.map((p) => p.ref).join(', ')}: ${err.message}; nothing was applied`);
+        }
+        throw err;
+      }
+      const previous = [...this.engine.parsed];
+      // Store and kernel change together: a kernel write that fails rolls the store back (the
+      // transaction) and the kernel back to the previous policies.
+      const { applied, stats } = this.store.transaction(() => {
+        const applied = parsed.map((p) => ({
           kind: p.kind,
           namespace: p.namespace,
           name: p.name,
           action: this.store.policyPut(p.kind, p.namespace, p.name, p.document) ? ('created' as const) : ('updated' as const),
-        })),
-      );
-      this.engine.policiesSet(next);
-      const stats = this.engine.apply();
+        }));
+        this.engine.policiesSet(next);
+        try {
+          return { applied, stats: this.engine.apply() };
+        } catch (err) {
+          this.engine.policiesSet(previous);
+          try {
+            this.engine.apply();
+          } catch (again) {
+            this.log.error({ err: again }, 'restoring the previous policies in the datapath failed; the next change or restart converges it');
+          }
+          throw err;
+        }
+      });
       this.log.info({ policies: applied.map((a) => `${a.kind} ${a.namespace}/${a.name} ${a.action}`), ...stats }, 'policies applied');
       return { applied, stats };
     });
