@@ -4,7 +4,8 @@ import { identityLabels, labelFormat, labelSetKey } from './identity/labels.js';
 import type { Mutex } from './mutex.js';
 import type { PolicyApplyStats, PolicyEngine } from './policy-engine.js';
 import { PolicyCapacityError } from './policy/budget.js';
-import { policiesFromObjects, policiesParse, policyTraceFormat, type ParsedPolicy, type TracePeer, type TraceResult } from './policy/index.js';
+import { policiesParseOffThread } from './policy/parse-offthread.js';
+import { policyTraceFormat, type ParsedPolicy, type TracePeer, type TraceResult } from './policy/index.js';
 import type { NamespaceRecord, PolicyRecord, SqliteStore } from './store/sqlite-store.js';
 import type { WorkloadService } from './workloads.js';
 
@@ -70,11 +71,9 @@ export class PolicyService {
   }
 
   /** Validates every document first: one invalid document rejects the batch and changes nothing. */
-  apply(body: unknown, contentType?: string): Promise<PolicyApplyResult> {
-    const parsed: ParsedPolicy[] =
-      typeof body === 'string'
-        ? policiesParse(body, contentType)
-        : policiesFromObjects(Array.isArray(body) ? body : [body]);
+  async apply(body: unknown, contentType?: string): Promise<PolicyApplyResult> {
+    // Off the event loop and bounded (agent/policy/limits.ts): a 4 MiB body takes seconds to parse.
+    const parsed: ParsedPolicy[] = await policiesParseOffThread(body, contentType);
     if (parsed.length === 0) throw new KitnetError('AGENT_ERR_POLICY_INVALID', 'the request holds no policy document');
     return this.mutex.run(async () => {
       const key = (p: { kind: string; namespace: string; name: string }) => `${p.kind}/${p.namespace}/${p.name}`;
