@@ -12,7 +12,7 @@ export const POLICY_LIMITS = {
    * YAML/JSON nodes in one request (every mapping, sequence and scalar). For YAML the text is first
    * estimated cheaply (a node per line plus one per flow `[`, `{` and `,`), then the parsed value counted.
    */
-  nodes: 500_000,
+  nodes: 250_000,
   /** Validation stops after this many problems (the answer says that more may follow). */
   issues: 10,
   /** Heap of the parser worker, MiB: a body beyond it fails the request, not the agent. */
