@@ -13,6 +13,8 @@ export const POLICY_LIMITS = {
    * estimated cheaply (a node per line plus one per flow `[`, `{` and `,`), then the parsed value counted.
    */
   nodes: 250_000,
+  /** Nesting of a JSON body (a policy nests about a dozen levels; YAML has its own guard, yamlNestingProblem). */
+  depth: 64,
   /** Validation stops after this many problems (the answer says that more may follow). */
   issues: 10,
   /** Heap of the parser worker, MiB: a body beyond it fails the request, not the agent. */

@@ -89,7 +89,12 @@ class ParserThread {
       w.on('error', onError);
       w.on('exit', onExit);
       w.ref();
-      w.postMessage(job);
+      try {
+        w.postMessage(job);
+      } catch (err) {
+        // A value the structured clone refuses (it recurses on nesting): refused like any invalid body.
+        done(() => reject(new PolicyValidationError([{ document: 1, ref: 'request', path: '', message: `cannot be read: ${(err as Error).message}` }])));
+      }
     }).finally(() => this.worker?.unref());
   }
 }

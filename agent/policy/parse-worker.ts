@@ -17,5 +17,9 @@ parentPort!.on('message', (job: ParseJob) => {
     else if (err instanceof KitnetError) reply = { id: job.id, error: { code: err.code, message: err.message } };
     else reply = { id: job.id, error: { code: 'AGENT_ERR_INTERNAL', message: (err as Error).message } };
   }
-  parentPort!.postMessage(reply);
+  try {
+    parentPort!.postMessage(reply);
+  } catch (err) {
+    parentPort!.postMessage({ id: job.id, error: { code: 'AGENT_ERR_INTERNAL', message: `the parse result could not be sent: ${(err as Error).message}` } });
+  }
 });

@@ -70,28 +70,35 @@ function shapeCheck(documents: number, nodes: number, estimated: boolean): void 
 
 /**
  * Nodes (objects, arrays, scalars) in a parsed value, counted without recursion and stopping once
- * past `max` (the count returned is then max + 1).
+ * past `max` (the count returned is then max + 1); and how deep they nest.
  */
-export function valueNodeCount(root: unknown, max: number = POLICY_LIMITS.nodes): number {
-  let n = 0;
-  const stack: unknown[] = [root];
+export function valueShape(root: unknown, max: number = POLICY_LIMITS.nodes): { nodes: number; depth: number } {
+  let nodes = 0;
+  let depth = 0;
+  const stack: Array<[unknown, number]> = [[root, 1]];
   while (stack.length > 0) {
-    const v = stack.pop();
-    if (++n > max) return n;
-    if (Array.isArray(v)) for (const x of v) stack.push(x);
-    else if (typeof v === 'object' && v !== null) for (const k in v) stack.push((v as Record<string, unknown>)[k]);
+    const [v, d] = stack.pop()!;
+    if (d > depth) depth = d;
+    if (++nodes > max) break;
+    if (Array.isArray(v)) for (const x of v) stack.push([x, d + 1]);
+    else if (typeof v === 'object' && v !== null) for (const k in v) stack.push([(v as Record<string, unknown>)[k], d + 1]);
   }
-  return n;
+  return { nodes, depth };
 }
 
 /**
  * Refuses documents that are already values (a JSON request body) beyond POLICY_LIMITS: the node
- * count stops at the limit, so this costs at most the limit's worth of steps.
+ * count stops at the limit, so this costs at most the limit's worth of steps. Deep nesting is refused
+ * too (policies nest about a dozen levels): copying such a value to the parser thread recurses.
  */
 export function policyObjectsBound(raw: readonly unknown[]): void {
   let documents = 0;
   for (const v of raw) documents += isObject(v) && typeof v.kind === 'string' && v.kind.endsWith('List') && Array.isArray(v.items) ? v.items.length : 1;
-  shapeCheck(documents, valueNodeCount(raw), false);
+  const shape = valueShape(raw);
+  if (shape.depth > POLICY_LIMITS.depth) {
+    throw new PolicyValidationError([{ document: 1, ref: 'JSON', path: '', message: `nested too deeply (more than ${POLICY_LIMITS.depth} levels)` }]);
+  }
+  shapeCheck(documents, shape.nodes, false);
 }
 
 export function issueFormat(i: PolicyIssue): string {
@@ -171,7 +178,7 @@ function documentsSplit(text: string, contentType?: string): unknown[] {
     else out.push(v);
   };
   // The estimate bounded the YAML parser's work; the parsed value is counted exactly.
-  shapeCheck(0, valueNodeCount(roots), false);
+  shapeCheck(0, valueShape(roots).nodes, false);
   roots.forEach((r) => expand(r, 0));
   shapeCheck(out.length, 0, false);
   return out;
