@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
 import { KitnetError } from '../common/errors.js';
+import { KernelError } from '../common/kernel-error.js';
 import { identityLabels, labelFormat, labelSetKey } from './identity/labels.js';
 import type { Mutex } from './mutex.js';
 import type { PolicyApplyStats, PolicyEngine } from './policy-engine.js';
@@ -105,12 +106,16 @@ export class PolicyService {
           return { applied, stats: this.engine.apply() };
         } catch (err) {
           this.engine.policiesSet(previous);
+          let restored = true;
           try {
             this.engine.apply();
           } catch (again) {
+            restored = false;
             this.log.error({ err: again }, 'restoring the previous policies in the datapath failed; the next change or restart converges it');
           }
-          throw err;
+          if (!(err instanceof KernelError)) throw err;
+          const state = restored ? 'the store and the maps keep the previous policies' : 'the store keeps the previous policies; the maps converge on the next change';
+          throw new KitnetError('AGENT_ERR_KERNEL', `writing ${parsed.map((p) => p.ref).join(', ')} to the datapath: ${err.message}; ${state}`, { cause: err });
         }
       });
       this.log.info({ policies: applied.map((a) => `${a.kind} ${a.namespace}/${a.name} ${a.action}`), ...stats }, 'policies applied');
