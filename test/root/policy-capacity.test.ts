@@ -126,4 +126,33 @@ describe('policy map capacity (root)', { timeout: 300_000 }, () => {
     }
     assert.ok(real.policy! > 60, 'the policy wrote entries');
   });
+
+  test('a kernel write that fails anyway (map filled behind the agent) leaves store and maps as they were', async () => {
+    const FOREIGN = 4000;
+    const ours = () => {
+      const { policy, ipcache } = mapsNow();
+      return { policy: policy.filter((e) => (JSON.parse(e) as { endpointId: number }).endpointId !== FOREIGN), ipcache };
+    };
+    const before = ours();
+    const policiesBefore = await apiCall<unknown[]>(t.url, 'GET', '/v1/policies');
+    // Leave 5 free entries: the compile (which counts against the whole map) accepts, the kernel refuses.
+    const free = t.datapath.mapCapacity().policy - t.datapath.policyList().length - 5;
+    try {
+      for (let done = 0, id = 0; done < free; id++) {
+        const n = Math.min(65536, free - done);
+        t.datapath.policyApply(FOREIGN, Array.from({ length: n }, (_, port) => ({ op: 'upsert' as const, entry: { direction: 'ingress' as const, identity: 100_000 + id, protocol: 6, port, portPrefixLen: 16, deny: false } })));
+        done += n;
+      }
+      const res = await put(cnp('overflow', cidrs(20, 70), 3));
+      assert.equal(res.status, 500, JSON.stringify(res.body));
+      assert.deepEqual(await apiCall<unknown[]>(t.url, 'GET', '/v1/policies'), policiesBefore, 'the store rolled back');
+      assert.deepEqual(ours(), before, 'the maps went back to the previous policies');
+      assert.equal(res.body.code, 'AGENT_ERR_KERNEL');
+      assert.match(res.body.message!, /CiliumNetworkPolicy capacity\/overflow.*ENOSPC.*full.*keep the previous policies/);
+    } finally {
+      t.datapath.policyClear(FOREIGN);
+    }
+    // With room again the same policy applies.
+    assert.equal((await put(cnp('overflow', cidrs(20, 70), 3))).status, 200);
+  });
 });
