@@ -149,6 +149,15 @@ describe('policy map capacity (root)', { timeout: 300_000 }, () => {
       assert.deepEqual(ours(), before, 'the maps went back to the previous policies');
       assert.equal(res.body.code, 'AGENT_ERR_KERNEL');
       assert.match(res.body.message!, /CiliumNetworkPolicy capacity\/overflow.*ENOSPC.*full.*keep the previous policies/);
+      // The map exactly full: deleting a policy still converges (what it frees is freed first).
+      const room = t.datapath.mapCapacity().policy - t.datapath.policyList().length;
+      t.datapath.policyApply(FOREIGN, Array.from({ length: room }, (_, port) => ({ op: 'upsert' as const, entry: { direction: 'egress' as const, identity: 100_000, protocol: 17, port, portPrefixLen: 16, deny: false } })));
+      assert.equal(t.datapath.policyList().length, t.datapath.mapCapacity().policy, 'the map is full');
+      await apiCall(t.url, 'DELETE', `/v1/policies/CiliumNetworkPolicy/${NS}/fill`);
+      const a = await apiCall<Workload>(t.url, 'GET', `/v1/workloads/${NS}/cap-a`);
+      const inMap = t.datapath.policyList(a.endpointId).length;
+      assert.equal(inMap, (await apiCall<{ entries: unknown[] }>(t.url, 'GET', `/v1/workloads/${NS}/cap-a/policy`)).entries.length);
+      assert.ok(inMap <= 3, `a keeps ${inMap} entries once no policy selects it`);
     } finally {
       t.datapath.policyClear(FOREIGN);
     }
