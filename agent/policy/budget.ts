@@ -6,8 +6,9 @@
  *
  * The compiler calls it at three points (kept apart from the compile logic):
  * - `cidrIdentities(n)`: the CIDR identities the policies need, each an ipcache entry;
- * - `sectionPairs(n, ref)`: the (identity x port key) pairs one rule section adds to one endpoint
- *   class, before they are made (overlapping pairs still count: this bounds the compile's work);
+ * - `sectionPairs(n, ref)`: the (identity x port key) pairs the rule sections selecting one endpoint
+ *   class add up to, section by section, before they are made (overlapping pairs still count: this
+ *   bounds the compile's work);
  * - `classEntries(n, ref)`: the resolved entries of one class times its endpoints, summed over classes.
  */
 import { KitnetError } from '../../common/errors.js';
@@ -45,7 +46,7 @@ export class CompileMeter {
   sectionPairs(n: number, ref: string): void {
     if (n > this.budget.policyEntries) {
       throw new PolicyCapacityError(
-        `${ref} expands to ${n} policy map entries for one endpoint (peers x ports), more than the policy map holds (limit: policy max_entries ${this.budget.policyEntries})`,
+        `the rules selecting one endpoint expand to ${n} policy map entries (peers x ports) by ${ref}, more than the policy map holds (limit: policy max_entries ${this.budget.policyEntries})`,
       );
     }
   }
