@@ -83,6 +83,7 @@ export class Agent implements AgentApi {
       workloads: () => store.workloadList(),
       identities: () => store.identityList().length,
       policyEntries: () => this.policyEngine.entryCount(),
+      mapFill: () => kernel.datapath.mapFill({ policy: this.policyEngine.entryCount() }),
     });
   }
 
@@ -275,6 +276,7 @@ export class Agent implements AgentApi {
         flowsProcessed: this.flows.processed,
         lostEvents: Number(this.flows.lostEvents()),
       },
+      maps: this.kernel.datapath.mapFill({ policy: this.policyEngine.entryCount() }),
     };
   }
 

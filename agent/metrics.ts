@@ -34,18 +34,21 @@ export interface MetricsSources {
   identities?: () => number;
   /** Entries in the BPF policy map (PolicyEngine.entryCount); without it, policyMapEntriesSet feeds the gauge. */
   policyEntries?: () => number;
+  /** Entries and max_entries of every map that fills with state (KitnetDatapath.mapFill); without it, list lengths. */
+  mapFill?: () => Array<{ map: BpfMapName; entries: number; capacity: number }>;
   /** The datapath; the optional parts exist on the real one (KitnetDatapath) but not on every fake. */
   datapath?: {
     metricsRead?: () => Record<MetricName, DatapathCounter>;
     endpointList?: () => unknown[];
     ipcacheList?: () => unknown[];
     conntrackList?: () => unknown[];
+    mapCapacity?: () => Partial<Record<BpfMapName, number>>;
   };
   /** max_entries of the BPF maps, for fill levels; by default those of bpf/layout.gen.ts when a datapath is given. */
   mapCapacity?: Partial<Record<BpfMapName, number>>;
 }
 
-export type BpfMapName = 'endpoints' | 'ipcache' | 'conntrack';
+export type BpfMapName = 'endpoints' | 'ipcache' | 'ipcache_exact' | 'policy' | 'policy_exact' | 'policy_wild' | 'conntrack';
 
 /** Hubble's `v1.FlowProtocol`: the L4 (or ICMP) protocol name of a flow. */
 export function flowProtocol(rec: HubbleFlowRecord): string {
@@ -353,18 +356,20 @@ export class AgentMetrics {
         const dp = src.datapath;
         if (!dp) return;
         this.reset();
-        const lists: Array<[BpfMapName, (() => unknown[]) | undefined]> = [
-          ['endpoints', dp.endpointList?.bind(dp)],
-          ['ipcache', dp.ipcacheList?.bind(dp)],
-          ['conntrack', dp.conntrackList?.bind(dp)],
-        ];
-        for (const [map, list] of lists) {
-          if (!list) continue;
-          try {
-            this.set({ map }, list().length);
-          } catch {
-            // A closed datapath (agent stopping) has no maps to count.
+        try {
+          if (src.mapFill) {
+            // The real datapath: every map that fills with state, counted in the kernel.
+            for (const { map, entries } of src.mapFill()) this.set({ map }, entries);
+            return;
           }
+          const lists: Array<[BpfMapName, (() => unknown[]) | undefined]> = [
+            ['endpoints', dp.endpointList?.bind(dp)],
+            ['ipcache', dp.ipcacheList?.bind(dp)],
+            ['conntrack', dp.conntrackList?.bind(dp)],
+          ];
+          for (const [map, list] of lists) if (list) this.set({ map }, list().length);
+        } catch {
+          // A closed datapath (agent stopping) has no maps to count.
         }
       },
     });
@@ -374,7 +379,13 @@ export class AgentMetrics {
       labelNames: ['map'] as const,
       registers,
       collect() {
-        const capacity = src.mapCapacity ?? (src.datapath ? { endpoints: ENDPOINTS_MAP_MAX, ipcache: IPCACHE_MAP_MAX, conntrack: CONNTRACK_MAP_MAX } : {});
+        let capacity = src.mapCapacity;
+        try {
+          capacity ??= src.datapath?.mapCapacity?.();
+        } catch {
+          // closed datapath: the generated sizes below
+        }
+        capacity ??= src.datapath ? { endpoints: ENDPOINTS_MAP_MAX, ipcache: IPCACHE_MAP_MAX, conntrack: CONNTRACK_MAP_MAX } : {};
         for (const [map, n] of Object.entries(capacity)) if (n !== undefined) this.set({ map }, n);
       },
     });

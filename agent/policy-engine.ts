@@ -20,6 +20,7 @@ import {
   type TraceResult,
   type TraceSide,
 } from './policy/index.js';
+import { CompileMeter, type CompileBudget } from './policy/budget.js';
 import { PolicyState, type EndpointPolicyChange } from './policy/incremental.js';
 import type { SqliteStore } from './store/sqlite-store.js';
 import type { WorkloadRecord } from './store/types.js';
@@ -137,18 +138,34 @@ export class PolicyEngine {
     return ids;
   }
 
-  private stateBuild(policies: readonly ParsedPolicy[]): PolicyState {
+  private stateBuild(policies: readonly ParsedPolicy[], meter?: CompileMeter): PolicyState {
     return new PolicyState({
       policies,
       identities: this.identities(),
       endpoints: this.store.workloadList().map(localEndpoint),
       options: { previousCidrIdentities: this.store.cidrIdentities() },
+      meter,
     });
   }
 
-  /** Compiles the desired state from the store without touching the kernel (throws what the compiler refuses). */
+  /**
+   * The room a compile may use (max_entries from the loaded maps): the whole policy map, and the
+   * ipcache less the entries of workloads, host addresses and remote nodes.
+   */
+  budget(): CompileBudget {
+    const dp = this.kernel.datapath;
+    const capacity = dp.mapCapacity();
+    let taken = hostAddresses().length + 2 * this.store.workloadList().length;
+    for (const [, e] of dp.ipcacheList()) if (e.hostId !== 0) taken++;
+    return { policyEntries: capacity.policy, cidrIdentities: Math.max(0, capacity.ipcache - taken), ipcacheCapacity: capacity.ipcache };
+  }
+
+  /**
+   * Compiles the desired state from the store without touching the kernel (throws what the compiler
+   * refuses, and PolicyCapacityError as soon as the result would not fit the maps).
+   */
   compile(policies: readonly ParsedPolicy[] = this.policies): CompiledPolicy {
-    const state = this.stateBuild(policies);
+    const state = this.stateBuild(policies, new CompileMeter(this.budget()));
     this.prepared = { policies, state };
     return state.compiled();
   }
@@ -225,7 +242,11 @@ export class PolicyEngine {
     const memo = new DiffMemo();
     let upserts = 0;
     let deletes = 0;
-    for (const { endpointId, after } of changes) {
+    // Endpoints that lose entries first: near a full map, what they free makes room for those that grow
+    // (and a change that only shrinks, such as a policy delete, never needs room at all).
+    const growth = (c: EndpointPolicyChange) => (c.after?.entries.length ?? 0) - (this.inMap.get(c.endpointId)?.length ?? 0);
+    const ordered = changes.some((c) => growth(c) > 0) ? [...changes].sort((a, b) => growth(a) - growth(b)) : changes;
+    for (const { endpointId, after } of ordered) {
       const before = this.inMap.get(endpointId) ?? NO_ENTRIES;
       const next = after?.entries ?? NO_ENTRIES;
       const ops = memo.ops(before, next);
@@ -281,13 +302,17 @@ export class PolicyEngine {
       desired.set(`${w.ipv6}/128`, w.identity);
     }
     const present = new Map(dp.ipcacheList());
+    const stale = [...present].filter(([cidr, entry]) => entry.hostId === 0 && !desired.has(cidr)).map(([cidr]) => cidr);
+    const added = [...desired.keys()].filter((cidr) => !present.has(cidr)).length;
+    // Normally new entries first (an address never falls back to a wider prefix mid-change); when the
+    // map cannot hold old and new at once, the stale ones go first to make the room.
+    const roomy = present.size + added <= dp.mapCapacity().ipcache;
+    if (!roomy) for (const cidr of stale) dp.ipcacheDelete(cidr);
     for (const [cidr, identity] of desired) {
       const cur = present.get(cidr);
       if (!cur || cur.identity !== identity || cur.hostId !== 0) dp.ipcacheUpsert(cidr, { identity, hostId: 0 });
     }
-    for (const [cidr, entry] of present) {
-      if (entry.hostId === 0 && !desired.has(cidr)) dp.ipcacheDelete(cidr);
-    }
+    if (roomy) for (const cidr of stale) dp.ipcacheDelete(cidr);
   }
 
   private current(): PolicyState {

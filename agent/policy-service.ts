@@ -1,9 +1,12 @@
 import type { Logger } from 'pino';
 import { KitnetError } from '../common/errors.js';
+import { KernelError } from '../common/kernel-error.js';
 import { identityLabels, labelFormat, labelSetKey } from './identity/labels.js';
 import type { Mutex } from './mutex.js';
 import type { PolicyApplyStats, PolicyEngine } from './policy-engine.js';
-import { policiesFromObjects, policiesParse, policyTraceFormat, type ParsedPolicy, type TracePeer, type TraceResult } from './policy/index.js';
+import { PolicyCapacityError } from './policy/budget.js';
+import { policiesParseOffThread } from './policy/parse-offthread.js';
+import { policyTraceFormat, type ParsedPolicy, type TracePeer, type TraceResult } from './policy/index.js';
 import type { NamespaceRecord, PolicyRecord, SqliteStore } from './store/sqlite-store.js';
 import type { WorkloadService } from './workloads.js';
 
@@ -69,29 +72,52 @@ export class PolicyService {
   }
 
   /** Validates every document first: one invalid document rejects the batch and changes nothing. */
-  apply(body: unknown, contentType?: string): Promise<PolicyApplyResult> {
-    const parsed: ParsedPolicy[] =
-      typeof body === 'string'
-        ? policiesParse(body, contentType)
-        : policiesFromObjects(Array.isArray(body) ? body : [body]);
+  async apply(body: unknown, contentType?: string): Promise<PolicyApplyResult> {
+    // Off the event loop and bounded (agent/policy/limits.ts): a 4 MiB body takes seconds to parse.
+    const parsed: ParsedPolicy[] = await policiesParseOffThread(body, contentType);
     if (parsed.length === 0) throw new KitnetError('AGENT_ERR_POLICY_INVALID', 'the request holds no policy document');
     return this.mutex.run(async () => {
       const key = (p: { kind: string; namespace: string; name: string }) => `${p.kind}/${p.namespace}/${p.name}`;
       const byKey = new Map(this.engine.parsed.map((p) => [key(p), p]));
       for (const p of parsed) byKey.set(key(p), p);
       const next = [...byKey.values()];
-      // Compile before storing: a batch the compiler refuses must not reach the store either.
-      this.engine.compile(next);
-      const applied = this.store.transaction(() =>
-        parsed.map((p) => ({
+      // Compile before storing: a batch the compiler refuses (or that would not fit the maps) must not
+      // reach the store or the kernel either.
+      try {
+        this.engine.compile(next);
+      } catch (err) {
+        if (err instanceof PolicyCapacityError) {
+          throw new PolicyCapacityError(`${parsed.map((p) => p.ref).join(', ')}: ${err.message}; nothing was applied`);
+        }
+        throw err;
+      }
+      const previous = [...this.engine.parsed];
+      // Store and kernel change together: a kernel write that fails rolls the store back (the
+      // transaction) and the kernel back to the previous policies.
+      const { applied, stats } = this.store.transaction(() => {
+        const applied = parsed.map((p) => ({
           kind: p.kind,
           namespace: p.namespace,
           name: p.name,
           action: this.store.policyPut(p.kind, p.namespace, p.name, p.document) ? ('created' as const) : ('updated' as const),
-        })),
-      );
-      this.engine.policiesSet(next);
-      const stats = this.engine.apply();
+        }));
+        this.engine.policiesSet(next);
+        try {
+          return { applied, stats: this.engine.apply() };
+        } catch (err) {
+          this.engine.policiesSet(previous);
+          let restored = true;
+          try {
+            this.engine.apply();
+          } catch (again) {
+            restored = false;
+            this.log.error({ err: again }, 'restoring the previous policies in the datapath failed; the next change or restart converges it');
+          }
+          if (!(err instanceof KernelError)) throw err;
+          const state = restored ? 'the store and the maps keep the previous policies' : 'the store keeps the previous policies; the maps converge on the next change';
+          throw new KitnetError('AGENT_ERR_KERNEL', `writing ${parsed.map((p) => p.ref).join(', ')} to the datapath: ${err.message}; ${state}`, { cause: err });
+        }
+      });
       this.log.info({ policies: applied.map((a) => `${a.kind} ${a.namespace}/${a.name} ${a.action}`), ...stats }, 'policies applied');
       return { applied, stats };
     });

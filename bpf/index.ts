@@ -27,6 +27,8 @@ import { ConfigMap } from './maps/config.js';
 import type { ConntrackEntry } from './maps/conntrack.js';
 import { ConntrackMap } from './maps/conntrack.js';
 import { EndpointsMap } from './maps/endpoints.js';
+import { dump as exactDump } from './maps/exact.js';
+import type { BpfMap } from './maps/map.js';
 import { IpcacheMap } from './maps/ipcache.js';
 import type { Counter, MetricName } from './maps/metrics.js';
 import { METRIC_SLOTS, MetricsMap } from './maps/metrics.js';
@@ -63,6 +65,22 @@ export {
 } from './layout.gen.js';
 export { PolicyApplyError, policyEntryDecode } from './maps/policy.js';
 
+/** The maps whose fill `kitnet status` and /metrics report. */
+export const FILL_MAP_NAMES = ['endpoints', 'ipcache', 'ipcache_exact', 'policy', 'policy_exact', 'policy_wild', 'conntrack'] as const;
+export type FillMapName = (typeof FILL_MAP_NAMES)[number];
+
+const BPF_MAP_TYPE_LRU_HASH = 9;
+
+/** Entries in a map: hashes (LRU too) in batch syscalls, other maps key by key. */
+function mapCount(m: BpfMap): number {
+  try {
+    if (m.type === BPF_MAP_TYPE_LRU_HASH) return native().mapDumpBatch(m.fd, m.keySize, m.valueSize, m.maxEntries).count;
+  } catch {
+    // a kernel without batch ops for LRU hashes: the plain dump below
+  }
+  return exactDump(m, m.maxEntries).count;
+}
+
 /** The contract plus what operators, tests and benchmarks need beyond it. */
 export interface KitnetDatapath extends Datapath {
   /** Like attach(), reporting per program whether a pinned link was adopted. */
@@ -90,6 +108,14 @@ export interface KitnetDatapath extends Datapath {
     | undefined;
   /** Whether the datapath trusts `policy_exact` / `policy_wild` to be complete (set once they are filled at load). */
   exactComplete(): boolean;
+  /** max_entries of each map that fills with state (from the kernel's map info). */
+  mapCapacity(): Record<FillMapName, number>;
+  /**
+   * Entries in each such map and its max_entries. Hashes are counted in BPF_MAP_LOOKUP_BATCH dumps;
+   * a trie has no batch ops (the policy trie takes ~3 µs an entry), so a caller that keeps count of
+   * one passes it in `known`.
+   */
+  mapFill(known?: Partial<Record<FillMapName, number>>): Array<{ map: FillMapName; entries: number; capacity: number }>;
   /**
    * BPF_PROG_TEST_RUN: run a program on a crafted frame (Ethernet first). `ifindex` selects the device the
    * skb appears on (and so the `endpoints` entry); default 1 (lo).
@@ -261,6 +287,24 @@ class DatapathImpl implements KitnetDatapath {
   conntrackFlush(): number {
     this.live();
     return this.conntrack.flush();
+  }
+
+  private fillMaps(): Array<[FillMapName, BpfMap]> {
+    this.live();
+    const out: Array<[FillMapName, BpfMap]> = [];
+    for (const name of FILL_MAP_NAMES) {
+      const m = this.obj.maps[name];
+      if (m) out.push([name, m]);
+    }
+    return out;
+  }
+
+  mapCapacity(): Record<FillMapName, number> {
+    return Object.fromEntries(this.fillMaps().map(([name, m]) => [name, m.maxEntries])) as Record<FillMapName, number>;
+  }
+
+  mapFill(known: Partial<Record<FillMapName, number>> = {}): Array<{ map: FillMapName; entries: number; capacity: number }> {
+    return this.fillMaps().map(([map, m]) => ({ map, entries: known[map] ?? mapCount(m), capacity: m.maxEntries }));
   }
 
   exactComplete(): boolean {

@@ -27,6 +27,8 @@ export const ErrorCatalogue = {
   AGENT_ERR_IPAM_POOL_EXHAUSTED: { status: 409, summary: 'The address pool has no free address left.' },
   AGENT_ERR_IDENTITY_EXHAUSTED: { status: 409, summary: 'No free numeric identity is left.' },
   AGENT_ERR_POLICY_INVALID: { status: 400, summary: 'A policy document is invalid; the message names the document and the field path. Nothing was applied.' },
+  AGENT_ERR_POLICY_TOO_LARGE: { status: 413, summary: 'A policy request holds more documents or YAML/JSON nodes than the agent parses in one request; the message names the limit. Nothing was applied.' },
+  AGENT_ERR_POLICY_CAPACITY: { status: 422, summary: 'The policies would compile to more entries than a BPF map holds (policy map entries, or CIDR identities in the ipcache); the message names the limit and the policies. Nothing was applied.' },
   AGENT_ERR_POLICY_NOT_FOUND: { status: 404, summary: 'No policy with this kind, namespace and name exists.' },
   AGENT_ERR_TRACE_PEER: { status: 422, summary: 'A policy trace peer does not resolve to a workload, a known identity or an address.' },
   AGENT_ERR_CONFIG_INVALID: { status: 422, summary: 'The config file failed to load on reload; the message names the file and every bad key (field: the first). The running config is unchanged.' },

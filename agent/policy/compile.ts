@@ -20,6 +20,7 @@
  */
 import { reservedIdentityLabels, ReservedIdentity } from '../identity/reserved.js';
 import type { Cidr } from '../ipam.js';
+import type { CompileMeter } from './budget.js';
 import { CidrPeerIndex, cidrIdentitiesAllocate, cidrPeerIdentities, hostPrefix, policyCidrs } from './cidr.js';
 import { CLUSTER_RESERVED, isLabelDerived } from './entities.js';
 import { ANY_L4_PROTOCOLS, portRangePrefixes, protocolNumber } from './ports.js';
@@ -399,6 +400,8 @@ export interface ClassContext {
   remoteNamed: (identity: number) => readonly NamedPort[];
   remoteNamedIds: () => number[];
   allowLocalhost: boolean;
+  /** Counts what the compile would write and refuses beyond the maps' room (budget.ts); absent: unbounded. */
+  meter?: CompileMeter | undefined;
 }
 
 /**
@@ -416,8 +419,26 @@ export function classCompile(ctx: ClassContext, ep: LocalEndpoint): { policy: En
       if (r.defaultDeny[s.direction]) enforced[s.direction] = true;
     }
   }
+  if (ctx.meter) {
+    let pairs = 0;
+    for (const { s } of sections) ctx.meter.sectionPairs((pairs += sectionPairCount(ctx, s, ep)), s.ref);
+  }
   const policy = endpointCompile(ep, sections, enforced, ctx.u, ctx.remoteNamed, ctx.remoteNamedIds, ctx.allowLocalhost);
   return { policy, sections: sections.map((x) => x.s) };
+}
+
+/** The (identity x port key) pairs a section adds to one endpoint before overlaps merge: what compiling it costs. */
+function sectionPairCount(ctx: ClassContext, s: RuleSection, ep: LocalEndpoint): number {
+  const ids = ctx.u.peers(s);
+  const idCount = ids === 'all' ? 1 : ids.length;
+  if (s.ports === 'all') return idCount;
+  let n = 0;
+  for (const m of s.ports) {
+    if (typeof m.port === 'number') n += idCount * portsOfMatch(m as PortMatch & { port: number }).length;
+    else if (s.direction === 'ingress') n += idCount * namedPortKeys(m as PortMatch & { port: string }, ep.namedPorts ?? []).length;
+    else n += ids === 'all' ? ctx.remoteNamedIds().length : idCount;
+  }
+  return n;
 }
 
 export function policyCompile(input: CompileInput): CompiledPolicy {

@@ -21,6 +21,7 @@
  * classes whose sections select it. Entries arrays are shared between the endpoints of a class and
  * must be treated as immutable.
  */
+import type { CompileMeter } from './budget.js';
 import { classCompile, endpointClassKey, sectionBlocks, sectionHasEgressNamedPort, sectionSelectsLabelIdentity, Universe, type ClassContext } from './compile.js';
 import { blockCovers, cidrContainsCidr, cidrIdentitiesAllocate, cidrParsed, hostPrefix, policyCidrs } from './cidr.js';
 import { isLabelDerived } from './entities.js';
@@ -51,6 +52,8 @@ export interface PolicyStateInput {
   identities: ReadonlyMap<number, readonly string[]>;
   endpoints: readonly LocalEndpoint[];
   options?: CompileOptions;
+  /** Bounds the initial compile by the maps' room (budget.ts); later incremental changes are not metered. */
+  meter?: CompileMeter | undefined;
 }
 
 function entriesEqual(a: readonly PolicyEntry[], b: readonly PolicyEntry[]): boolean {
@@ -94,7 +97,9 @@ export class PolicyState {
   private snapshot: CompiledPolicy | undefined;
 
   constructor(input: PolicyStateInput) {
-    this.cidrIdentities = cidrIdentitiesAllocate(policyCidrs(input.policies), input.options?.previousCidrIdentities);
+    const cidrs = policyCidrs(input.policies);
+    input.meter?.cidrIdentities(cidrs.length);
+    this.cidrIdentities = cidrIdentitiesAllocate(cidrs, input.options?.previousCidrIdentities);
     this.u = new Universe(input.identities, this.cidrIdentities);
     const rules = input.policies.flatMap((p) => p.rules);
     this.ctx = {
@@ -103,10 +108,12 @@ export class PolicyState {
       remoteNamed: (id) => this.remoteNamed(id),
       remoteNamedIds: () => (this.namedIds ??= [...this.namedFlat.keys()].filter((id) => this.namedFlat.get(id)!.length > 0).sort((a, b) => a - b)),
       allowLocalhost: input.options?.allowLocalhost ?? true,
+      meter: input.meter,
     };
     this.egressNamedSections = rules.flatMap((r) => r.sections).filter(sectionHasEgressNamedPort);
     for (const ep of input.endpoints) this.endpointSet(ep);
     this.flush();
+    this.ctx.meter = undefined;
   }
 
   private remoteNamed(id: number): readonly NamedPort[] {
@@ -264,6 +271,7 @@ export class PolicyState {
         users.add(cls);
       }
       cls.sections = sections;
+      this.ctx.meter?.classEntries(policy.entries.length * cls.members.size, sections[0]?.ref ?? `endpoints of identity ${cls.identity}`);
       if (cls.policy && policyEqual(cls.policy, policy)) continue;
       cls.policy = policy;
       changedClasses.add(cls);

@@ -5,11 +5,12 @@
  * `items`), in any mix. Every document is validated; any error rejects the whole batch, and each error
  * names the document (1-based position in the batch, kind, namespace/name) and the field path.
  */
-import { yamlNestingProblem } from '../../common/yaml-guard.js';
+import { yamlNestingProblem, yamlShapeEstimate } from '../../common/yaml-guard.js';
 import YAML from 'yaml';
 import type { z } from 'zod';
 import { KitnetError } from '../../common/errors.js';
 import { NAMESPACE_LABELS_PREFIX } from '../identity/labels.js';
+import { POLICY_LIMITS } from './limits.js';
 import { icmpTypeNumber } from './ports.js';
 import { CiliumClusterwideNetworkPolicySchema, CiliumNetworkPolicySchema } from './schema/cilium.js';
 import type { CiliumPortProtocol, CiliumRule } from './schema/cilium.js';
@@ -46,11 +47,58 @@ export class PolicyValidationError extends KitnetError {
   override name = 'PolicyValidationError';
   readonly issues: PolicyIssue[];
   constructor(issues: PolicyIssue[]) {
-    const lines = issues.map(issueFormat);
-    const shown = lines.slice(0, 20).join('\n') + (lines.length > 20 ? `\n... and ${lines.length - 20} more` : '');
+    const lines = issues.slice(0, POLICY_LIMITS.issues).map(issueFormat);
+    const shown = lines.join('\n') + (issues.length >= POLICY_LIMITS.issues ? `\n(validation stopped after ${POLICY_LIMITS.issues} problems; more may follow)` : '');
     super('AGENT_ERR_POLICY_INVALID', shown, { field: issues[0]?.path });
     this.issues = issues;
   }
+}
+
+/** A request beyond POLICY_LIMITS (AGENT_ERR_POLICY_TOO_LARGE, 413), refused before its documents are built. */
+export class PolicyTooLargeError extends KitnetError {
+  override name = 'PolicyTooLargeError';
+  constructor(what: string, limit: string) {
+    super('AGENT_ERR_POLICY_TOO_LARGE', `the request holds ${what}; the limit is ${limit} per request (split it into several requests); nothing was applied`);
+  }
+}
+
+function shapeCheck(documents: number, nodes: number, estimated: boolean): void {
+  const about = estimated ? 'about ' : '';
+  if (documents > POLICY_LIMITS.documents) throw new PolicyTooLargeError(`${about}${documents} policy documents`, `${POLICY_LIMITS.documents} documents`);
+  if (nodes > POLICY_LIMITS.nodes) throw new PolicyTooLargeError(`${estimated ? 'about ' : 'more than '}${nodes} YAML/JSON nodes`, `${POLICY_LIMITS.nodes} nodes`);
+}
+
+/**
+ * Nodes (objects, arrays, scalars) in a parsed value, counted without recursion and stopping once
+ * past `max` (the count returned is then max + 1); and how deep they nest.
+ */
+export function valueShape(root: unknown, max: number = POLICY_LIMITS.nodes): { nodes: number; depth: number } {
+  let nodes = 0;
+  let depth = 0;
+  const stack: Array<[unknown, number]> = [[root, 1]];
+  while (stack.length > 0) {
+    const [v, d] = stack.pop()!;
+    if (d > depth) depth = d;
+    if (++nodes > max) break;
+    if (Array.isArray(v)) for (const x of v) stack.push([x, d + 1]);
+    else if (typeof v === 'object' && v !== null) for (const k in v) stack.push([(v as Record<string, unknown>)[k], d + 1]);
+  }
+  return { nodes, depth };
+}
+
+/**
+ * Refuses documents that are already values (a JSON request body) beyond POLICY_LIMITS: the node
+ * count stops at the limit, so this costs at most the limit's worth of steps. Deep nesting is refused
+ * too (policies nest about a dozen levels): copying such a value to the parser thread recurses.
+ */
+export function policyObjectsBound(raw: readonly unknown[]): void {
+  let documents = 0;
+  for (const v of raw) documents += isObject(v) && typeof v.kind === 'string' && v.kind.endsWith('List') && Array.isArray(v.items) ? v.items.length : 1;
+  const shape = valueShape(raw);
+  if (shape.depth > POLICY_LIMITS.depth) {
+    throw new PolicyValidationError([{ document: 1, ref: 'JSON', path: '', message: `nested too deeply (more than ${POLICY_LIMITS.depth} levels)` }]);
+  }
+  shapeCheck(documents, shape.nodes, false);
 }
 
 export function issueFormat(i: PolicyIssue): string {
@@ -91,6 +139,8 @@ function documentsSplit(text: string, contentType?: string): unknown[] {
   if (!roots) {
     const nesting = yamlNestingProblem(text);
     if (nesting) throw new PolicyValidationError([{ document: 1, ref: 'YAML', path: '', message: nesting }]);
+    const shape = yamlShapeEstimate(text);
+    shapeCheck(shape.documents, shape.nodes, true);
     let docs: ReturnType<typeof YAML.parseAllDocuments>;
     try {
       docs = YAML.parseAllDocuments(text);
@@ -127,7 +177,10 @@ function documentsSplit(text: string, contentType?: string): unknown[] {
     else if (isObject(v) && typeof v.kind === 'string' && v.kind.endsWith('List') && Array.isArray(v.items)) v.items.forEach((x) => expand(x, depth + 1));
     else out.push(v);
   };
+  // The estimate bounded the YAML parser's work; the parsed value is counted exactly.
+  shapeCheck(0, valueShape(roots).nodes, false);
   roots.forEach((r) => expand(r, 0));
+  shapeCheck(out.length, 0, false);
   return out;
 }
 
@@ -147,7 +200,7 @@ function docRef(v: unknown): string {
 }
 
 function zodIssues(document: number, ref: string, error: z.ZodError): PolicyIssue[] {
-  return error.issues.flatMap((i) =>
+  return error.issues.slice(0, POLICY_LIMITS.issues).flatMap((i) =>
     i.code === 'unrecognized_keys'
       ? i.keys.map((k) => ({ document, ref, path: pathFormat([...i.path, k]), message: 'unknown field' }))
       : [{ document, ref, path: pathFormat(i.path), message: i.message }],
@@ -168,12 +221,13 @@ export function policiesFromObjects(raw: readonly unknown[]): ParsedPolicy[] {
   const issues: PolicyIssue[] = [];
   const out: ParsedPolicy[] = [];
   const seen = new Map<string, number>();
-  raw.forEach((v, idx) => {
+  for (let idx = 0; idx < raw.length && issues.length < POLICY_LIMITS.issues; idx++) {
+    const v = raw[idx];
     const n = idx + 1;
     const ref = docRef(v);
     if (!isObject(v)) {
       issues.push({ document: n, ref, path: '', message: 'must be an object with apiVersion, kind, metadata and spec' });
-      return;
+      continue;
     }
     const kind = v.kind;
     const info = typeof kind === 'string' ? KINDS[kind] : undefined;
@@ -184,7 +238,7 @@ export function policiesFromObjects(raw: readonly unknown[]): ParsedPolicy[] {
         path: 'kind',
         message: `unsupported kind ${JSON.stringify(kind)}; expected NetworkPolicy (networking.k8s.io/v1), CiliumNetworkPolicy or CiliumClusterwideNetworkPolicy (cilium.io/v2)`,
       });
-      return;
+      continue;
     }
     if (v.apiVersion !== info.apiVersion) {
       issues.push({
@@ -193,7 +247,7 @@ export function policiesFromObjects(raw: readonly unknown[]): ParsedPolicy[] {
         path: 'apiVersion',
         message: `unsupported apiVersion ${JSON.stringify(v.apiVersion)} for ${kind as string}; expected ${info.apiVersion}`,
       });
-      return;
+      continue;
     }
     const before = issues.length;
     let parsed: ParsedPolicy | undefined;
@@ -202,16 +256,16 @@ export function policiesFromObjects(raw: readonly unknown[]): ParsedPolicy[] {
     } catch (e) {
       issues.push({ document: n, ref, path: '', message: (e as Error).message });
     }
-    if (issues.length > before || !parsed) return;
+    if (issues.length > before || !parsed) continue;
     const key = `${parsed.kind}/${parsed.namespace}/${parsed.name}`;
     const dup = seen.get(key);
     if (dup !== undefined) {
       issues.push({ document: n, ref, path: 'metadata.name', message: `duplicates document ${dup} in this batch` });
-      return;
+      continue;
     }
     seen.set(key, n);
     out.push(parsed);
-  });
+  }
   if (issues.length) throw new PolicyValidationError(issues);
   return out;
 }

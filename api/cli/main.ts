@@ -278,6 +278,7 @@ program
       ['Workloads', `${s.counts.workloads} ${JSON.stringify(s.counts.workloadsByMode)} ${JSON.stringify(s.counts.workloadsByState)}`],
       ['Identities', String(s.counts.identities)],
       ['Flows', `${s.counts.flowsInRing} in ring, ${s.counts.flowsProcessed} processed, ${s.counts.lostEvents} lost`],
+      ['BPF maps', s.maps.map((m) => `${m.map} ${m.entries}/${m.capacity} (${((100 * m.entries) / m.capacity).toFixed(1)}%)`).join(', ')],
     ];
     for (const warning of s.warnings) rows.push(['Warning', `${warning.key}: ${warning.message}`]);
     const w = Math.max(...rows.map(([k]) => k.length));

@@ -39,5 +39,7 @@ export const Status = z.object({
     flowsProcessed: z.number(),
     lostEvents: z.number(),
   }),
+  /** Fill of the BPF maps that grow with state: entries now and max_entries. */
+  maps: z.array(z.object({ map: z.string(), entries: z.number(), capacity: z.number() })),
 });
 export type Status = z.infer<typeof Status>;

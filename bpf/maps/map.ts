@@ -18,6 +18,8 @@ export class BpfMap {
   readonly ncpus: number;
   /** BPF_MAP_TYPE_* */
   readonly type: number;
+  /** max_entries as the kernel created the map (bpf/include/maps.h, sizes from tools/gen/bpf-layout.ts). */
+  readonly maxEntries: number;
 
   constructor(
     readonly name: string,
@@ -27,6 +29,7 @@ export class BpfMap {
     this.keySize = info.keySize;
     this.valueSize = info.valueSize;
     this.type = info.type;
+    this.maxEntries = info.maxEntries;
     this.perCpu = PERCPU_TYPES.has(info.type);
     this.ncpus = this.perCpu ? native().numPossibleCpus() : 1;
     this.valueBufSize = this.perCpu ? (Math.ceil(info.valueSize / 8) * 8) * this.ncpus : info.valueSize;

@@ -346,6 +346,7 @@ function fakeKernel(): { kernel: KernelOps; map: Map<string, boolean> } {
     ipcacheList: () => [...ipcache],
     ipcacheUpsert: (cidr: string, e: { identity: number; hostId: number }) => ipcache.set(cidr, e),
     ipcacheDelete: (cidr: string) => ipcache.delete(cidr),
+    mapCapacity: () => ({ ipcache: 65536, policy: 1 << 20 }),
   };
   return { kernel: { datapath } as unknown as KernelOps, map };
 }

@@ -1,6 +1,9 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { policiesParse, PolicyValidationError } from '../../agent/policy/index.js';
+import { policiesFromObjects, policiesParse, PolicyValidationError } from '../../agent/policy/index.js';
+import { POLICY_LIMITS } from '../../agent/policy/limits.js';
+import { policyObjectsBound } from '../../agent/policy/parse.js';
+import { yamlShapeEstimate } from '../../common/yaml-guard.js';
 import type { ParsedPolicy } from '../../agent/policy/index.js';
 
 const np = (name: string, ns?: string) => `
@@ -197,5 +200,33 @@ describe('policiesParse: normalisation', () => {
       { kind: 'cidr', cidr: '192.0.2.1/32', except: [] },
       { kind: 'cidr', cidr: '2001:db8::1/128', except: [] },
     ]);
+  });
+});
+
+describe('request limits (agent/policy/limits.ts)', () => {
+  const code = (f: () => unknown) => {
+    try {
+      f();
+    } catch (e) {
+      return `${(e as { code?: string }).code} ${(e as Error).message}`;
+    }
+    return 'accepted';
+  };
+  test('YAML beyond the document or node estimate is refused before parsing, naming the limit', () => {
+    assert.match(code(() => policiesParse('a: 1\n---\n'.repeat(POLICY_LIMITS.documents + 1))), new RegExp(`AGENT_ERR_POLICY_TOO_LARGE .*limit is ${POLICY_LIMITS.documents} documents`));
+    assert.match(code(() => policiesParse(`[${'1,'.repeat(POLICY_LIMITS.nodes)}1]`, 'application/yaml')), new RegExp(`AGENT_ERR_POLICY_TOO_LARGE .*limit is ${POLICY_LIMITS.nodes} nodes`));
+  });
+  test('the estimate counts documents, lines and flow items', () => {
+    assert.deepEqual(yamlShapeEstimate('a: 1\n---\nb: [1, 2]\n\n--- \nc: {d: 1}\n...'), { documents: 3, nodes: 6 + 3 });
+  });
+  test('JSON values: documents, nodes and nesting are bounded; validation stops after the first problems', () => {
+    assert.match(code(() => policyObjectsBound(Array.from({ length: POLICY_LIMITS.documents + 1 }, () => ({})))), /AGENT_ERR_POLICY_TOO_LARGE .*documents/);
+    assert.match(code(() => policyObjectsBound([{ kind: 'List', items: Array.from({ length: POLICY_LIMITS.documents + 1 }, () => ({})) }])), /AGENT_ERR_POLICY_TOO_LARGE .*documents/);
+    assert.match(code(() => policyObjectsBound([{ a: Array.from({ length: POLICY_LIMITS.nodes }, () => 1) }])), /AGENT_ERR_POLICY_TOO_LARGE .*nodes/);
+    let deep: unknown = {};
+    for (let i = 0; i < 20_000; i++) deep = { a: deep };
+    assert.match(code(() => policyObjectsBound([deep])), /AGENT_ERR_POLICY_INVALID .*nested too deeply/);
+    const err = code(() => policiesFromObjects(Array.from({ length: 100 }, () => ({ kind: 'x' }))));
+    assert.equal(err.split('\n').filter((l) => l.includes('document ')).length, POLICY_LIMITS.issues);
   });
 });
