@@ -7,17 +7,17 @@
 // after a policy (or the remote's identity) changed to deny it.
 // Real kernel, temporary pin root; the skb appears on `lo` (ifindex 1) with this test's own maps.
 import assert from 'node:assert/strict';
-import { after, before, beforeEach, describe, test } from 'node:test';
+import { beforeEach, describe, test } from 'node:test';
 import type { FlowEvent, KitnetDatapath, PolicyEntryFields } from '../../bpf/index.js';
-import { DROP_REASON, datapathLoad, datapathUnpinAll } from '../../bpf/index.js';
+import { DROP_REASON } from '../../bpf/index.js';
 import { ipv4Parse, ipv6Parse } from '../../bpf/addr.js';
 import { structDecode, structEncode } from '../../bpf/layout.js';
 import { CT_ENTRY, CT_F_SEEN_REPLY, CT_KEY, DIR_EGRESS, DP_CONFIG, TCX_DROP, TCX_PASS } from '../../bpf/layout.gen.js';
 import { BpfMap } from '../../bpf/maps/map.js';
 import { native } from '../../bpf/native.js';
-import { ETH_P_IP, ETH_P_IPV6, EventSink, TCP, eth, ipv4, ipv6, tcp, udp } from './bpf-helpers.js';
+import type { EventSink } from './bpf-helpers.js';
+import { ETH_P_IP, ETH_P_IPV6, TCP, eth, ipv4, ipv6, tcp, udp, LO, testRunDatapathUse } from './bpf-helpers.js';
 
-const LO = 1;
 const EP = { endpointId: 23, identity: 310, ipv4: '10.254.0.2', ipv6: 'fd00:254::2', mac: '02:00:00:00:00:02', flags: 0 };
 const PEER = 311; // identity of the remote addresses
 const OTHER = 312;
@@ -30,20 +30,11 @@ const DENIED = DROP_REASON.POLICY_DENIED;
 const DENY = DROP_REASON.POLICY_DENY;
 
 describe('conntrack and policy (BPF_PROG_TEST_RUN)', { timeout: 120_000 }, () => {
-  const pinRoot = `/sys/fs/bpf/kitnet-test-ctpol-${process.pid}`;
   let dp: KitnetDatapath;
   let sink: EventSink;
-
-  before(async () => {
-    await datapathUnpinAll(pinRoot);
-    dp = await datapathLoad({ pinRoot });
-    sink = new EventSink(dp);
-    dp.endpointUpsert(LO, EP);
-  });
-  after(async () => {
-    sink?.close();
-    dp?.close();
-    await datapathUnpinAll(pinRoot);
+  const pinRoot = testRunDatapathUse('ctpol', EP, (d, s) => {
+    dp = d;
+    sink = s;
   });
   beforeEach(() => {
     dp.policyClear();

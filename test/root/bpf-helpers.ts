@@ -1,6 +1,7 @@
 // Helpers for the bpf root tests: crafted frames for BPF_PROG_TEST_RUN, shell commands, event collection.
 import { execFileSync } from 'node:child_process';
-import type { FlowEvent, KitnetDatapath } from '../../bpf/index.js';
+import { after, before } from 'node:test';
+import { datapathLoad, datapathUnpinAll, type EndpointInfo, type FlowEvent, type KitnetDatapath } from '../../bpf/index.js';
 import { ipv4Parse, ipv6Parse, macParse } from '../../bpf/addr.js';
 
 export function sh(cmd: string, args: string[]): string {
@@ -211,4 +212,32 @@ export class EventSink {
   close(): void {
     this.reader.close();
   }
+}
+
+/** The ifindex BPF_PROG_TEST_RUN tests charge their packets to: the loopback's, always present. */
+export const LO = 1;
+
+/**
+ * One datapath for a describe block of BPF_PROG_TEST_RUN tests: loaded on its own pin root
+ * (/sys/fs/bpf/kitnet-test-TAG-PID), with an event sink and `endpoint` on LO; `ready` gets both (then
+ * adds what the block needs: policy, ipcache). Closed and unpinned after the block, however it ended.
+ * Returns the pin root.
+ */
+export function testRunDatapathUse(tag: string, endpoint: EndpointInfo, ready: (dp: KitnetDatapath, sink: EventSink) => void): string {
+  const pinRoot = `/sys/fs/bpf/kitnet-test-${tag}-${process.pid}`;
+  let dp: KitnetDatapath | undefined;
+  let sink: EventSink | undefined;
+  before(async () => {
+    await datapathUnpinAll(pinRoot);
+    dp = await datapathLoad({ pinRoot });
+    sink = new EventSink(dp);
+    dp.endpointUpsert(LO, endpoint);
+    ready(dp, sink);
+  });
+  after(async () => {
+    sink?.close();
+    dp?.close();
+    await datapathUnpinAll(pinRoot);
+  });
+  return pinRoot;
 }

@@ -19,9 +19,9 @@ import {
   TCX_PASS,
   TCX_REDIRECT,
 } from '../../bpf/layout.gen.js';
-import { ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EventSink, arp, eth, icmp6Pseudo, ipv6, ndMsg, onesSum, policyAllowAll, sh, shOk } from './bpf-helpers.js';
+import type { EventSink } from './bpf-helpers.js';
+import { ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, arp, eth, icmp6Pseudo, ipv6, ndMsg, onesSum, policyAllowAll, sh, shOk, LO, testRunDatapathUse } from './bpf-helpers.js';
 
-const LO = 1;
 const HOST_MAC = '02:00:00:00:00:01';
 const EP = {
   endpointId: 12,
@@ -39,21 +39,12 @@ const SNM_GW6 = 'ff02::1:ff00:1'; // solicited-node multicast of fe80::1
 const mac = (s: string) => Buffer.from(macParse(s));
 
 describe('ARP / neighbour discovery on crafted frames (BPF_PROG_TEST_RUN)', { timeout: 60_000 }, () => {
-  const pinRoot = `/sys/fs/bpf/kitnet-test-neigh-${process.pid}`;
   let dp: KitnetDatapath;
   let sink: EventSink;
-
-  before(async () => {
-    await datapathUnpinAll(pinRoot);
-    dp = await datapathLoad({ pinRoot });
-    sink = new EventSink(dp);
-    dp.endpointUpsert(LO, EP);
+  testRunDatapathUse('neigh', EP, (d, s) => {
+    dp = d;
+    sink = s;
     policyAllowAll(dp, EP.endpointId);
-  });
-  after(async () => {
-    sink?.close();
-    dp?.close();
-    await datapathUnpinAll(pinRoot);
   });
 
   async function run(frame: Buffer, ep: Partial<typeof EP> = {}): Promise<{ retval: number; data: Buffer; events: FlowEvent[] }> {

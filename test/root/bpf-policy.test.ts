@@ -5,20 +5,20 @@
 // One test writes the entries of the real policy compiler and checks the datapath against its oracle.
 // Real kernel, temporary pin root; the skb appears on `lo` (ifindex 1) with this test's own maps.
 import assert from 'node:assert/strict';
-import { after, before, beforeEach, describe, test } from 'node:test';
+import { beforeEach, describe, test } from 'node:test';
 import { identityLabels, labelFormat } from '../../agent/identity/labels.js';
 import { reservedIdentityLabels } from '../../agent/identity/reserved.js';
 import { policiesParse, policyCompile, policyDecide, policyEntriesEncode } from '../../agent/policy/index.js';
 import type { FlowEvent, KitnetDatapath, PolicyEntryFields } from '../../bpf/index.js';
-import { DROP_REASON, datapathLoad, datapathUnpinAll } from '../../bpf/index.js';
+import { DROP_REASON } from '../../bpf/index.js';
 import { ipv4Parse, ipv6Parse } from '../../bpf/addr.js';
 import { structEncode } from '../../bpf/layout.js';
 import { CT_ENTRY, CT_KEY, DIR_EGRESS, TCX_DROP, TCX_PASS } from '../../bpf/layout.gen.js';
 import { BpfMap } from '../../bpf/maps/map.js';
 import { native } from '../../bpf/native.js';
-import { ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EventSink, TCP, eth, fragHdr, icmp, ipv4, ipv6, tcp, udp } from './bpf-helpers.js';
+import type { EventSink } from './bpf-helpers.js';
+import { ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, TCP, eth, fragHdr, icmp, ipv4, ipv6, tcp, udp, LO, testRunDatapathUse } from './bpf-helpers.js';
 
-const LO = 1;
 const EP = { endpointId: 21, identity: 300, ipv4: '10.252.0.2', ipv6: 'fd00:252::2', mac: '02:00:00:00:00:02', flags: 0 };
 const CLIENT = 301; // identity of REMOTE4 / REMOTE6
 const OTHER = 302; // identity of OTHER4 / OTHER6
@@ -36,24 +36,15 @@ const ANY_PROTO = { protocol: 0, port: 0, portPrefixLen: 0 };
 const sctp = (sport: number, dport: number) => udp(sport, dport); // same first 4 bytes: ports
 
 describe('policy enforcement (BPF_PROG_TEST_RUN)', { timeout: 120_000 }, () => {
-  const pinRoot = `/sys/fs/bpf/kitnet-test-policy-${process.pid}`;
   let dp: KitnetDatapath;
   let sink: EventSink;
-
-  before(async () => {
-    await datapathUnpinAll(pinRoot);
-    dp = await datapathLoad({ pinRoot });
-    sink = new EventSink(dp);
-    dp.endpointUpsert(LO, EP);
+  const pinRoot = testRunDatapathUse('policy', EP, (d, s) => {
+    dp = d;
+    sink = s;
     dp.ipcacheUpsert(`${REMOTE4}/32`, { identity: CLIENT, hostId: 0 });
     dp.ipcacheUpsert(`${REMOTE6}/128`, { identity: CLIENT, hostId: 0 });
     dp.ipcacheUpsert(`${OTHER4}/32`, { identity: OTHER, hostId: 0 });
     dp.ipcacheUpsert(`${OTHER6}/128`, { identity: OTHER, hostId: 0 });
-  });
-  after(async () => {
-    sink?.close();
-    dp?.close();
-    await datapathUnpinAll(pinRoot);
   });
   beforeEach(() => {
     dp.policyClear();

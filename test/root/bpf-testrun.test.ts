@@ -4,36 +4,27 @@
 // entry in this test's own maps only.
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import type { FlowEvent, KitnetDatapath, ProgName } from '../../bpf/index.js';
-import { datapathLoad, datapathUnpinAll, DROP_REASON } from '../../bpf/index.js';
+import { DROP_REASON } from '../../bpf/index.js';
 import { EP_F_ENFORCE_SRC_IP, EP_F_ENFORCE_SRC_MAC, TCX_DROP, TCX_NEXT, TCX_PASS } from '../../bpf/layout.gen.js';
 import { run as run_ } from '../helpers/sys.js';
-import { ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EventSink, TCP, eth, icmp, ipv4, ipv6, policyAllowAll, tcp, udp } from './bpf-helpers.js';
+import type { EventSink } from './bpf-helpers.js';
+import { ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, TCP, eth, icmp, ipv4, ipv6, policyAllowAll, tcp, udp, LO, testRunDatapathUse } from './bpf-helpers.js';
 
-const LO = 1;
 const EP = { endpointId: 11, identity: 4100, ipv4: '10.250.0.2', ipv6: 'fd00:250::2', mac: '02:00:00:00:00:02', flags: 0 };
 const REMOTE4 = '10.251.0.9';
 const REMOTE6 = 'fd00:251::9';
 
 describe('datapath on crafted packets (BPF_PROG_TEST_RUN)', { timeout: 60_000 }, () => {
-  const pinRoot = `/sys/fs/bpf/kitnet-test-run-${process.pid}`;
   let dp: KitnetDatapath;
   let sink: EventSink;
-
-  before(async () => {
-    await datapathUnpinAll(pinRoot);
-    dp = await datapathLoad({ pinRoot });
-    sink = new EventSink(dp);
-    dp.endpointUpsert(LO, EP);
+  testRunDatapathUse('run', EP, (d, s) => {
+    dp = d;
+    sink = s;
     policyAllowAll(dp, EP.endpointId); // policy itself: bpf-policy.test.ts
     dp.ipcacheUpsert('10.251.0.0/16', { identity: 5000, hostId: 0 });
     dp.ipcacheUpsert(`${REMOTE6}/128`, { identity: 5001, hostId: 2 });
-  });
-  after(async () => {
-    sink?.close();
-    dp?.close();
-    await datapathUnpinAll(pinRoot);
   });
 
   async function run(prog: ProgName, frame: Buffer, ifindex = LO): Promise<{ retval: number; events: FlowEvent[] }> {
