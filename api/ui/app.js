@@ -433,7 +433,7 @@ async function follow() {
   }
 }
 
-window.kitnetMap = { cy, model, live: false, records: 0, layouts: 0, panelLoads: 0, workloadLoads: 0, select: selectionShow };
+window.kitnetMap = { cy, model, live: false, records: 0, layouts: 0, panelLoads: 0, workloadLoads: 0, select: selectionShow, selected: () => selection?.id };
 void statusLoad();
 void workloadsLoad();
 setInterval(() => void workloadsLoad(), 3000);

@@ -68,17 +68,30 @@ describe('service map page (root, headless Chromium)', { timeout: 240_000 }, () 
         })),
       };
     });
-  /** Clicks an element where cytoscape draws it (a real mouse click through the canvas). */
+  /**
+   * Clicks an element where cytoscape draws it (a real mouse click through the canvas), until the page has
+   * it selected: an animated layout may still move it between reading its position and the click, which
+   * a loaded machine makes likely, so a click that missed is made again at the new position.
+   */
   const clickElement = async (elementId: string) => {
-    const pos = await page.evaluate((eid) => {
-      // eslint-disable-next-line @typescript-eslint/no-explicit-any
-      const cy = (globalThis as any).kitnetMap.cy as any;
-      const el = cy.getElementById(eid);
-      const p = el.isNode() ? el.renderedPosition() : el.renderedMidpoint();
-      const box = cy.container().getBoundingClientRect();
-      return { x: box.left + p.x, y: box.top + p.y };
-    }, elementId);
-    await page.mouse.click(pos.x, pos.y);
+    const deadline = Date.now() + 15_000;
+    for (;;) {
+      const pos = await page.evaluate((eid) => {
+        // eslint-disable-next-line @typescript-eslint/no-explicit-any
+        const cy = (globalThis as any).kitnetMap.cy as any;
+        const el = cy.getElementById(eid);
+        const p = el.isNode() ? el.renderedPosition() : el.renderedMidpoint();
+        const box = cy.container().getBoundingClientRect();
+        return { x: box.left + p.x, y: box.top + p.y };
+      }, elementId);
+      await page.mouse.click(pos.x, pos.y);
+      const selected = await page
+        .waitForFunction((eid) => (globalThis as unknown as { kitnetMap: { selected(): string | undefined } }).kitnetMap.selected() === eid, elementId, { timeout: 1000 })
+        .then(() => true)
+        .catch(() => false);
+      if (selected) return;
+      if (Date.now() > deadline) assert.fail(`clicking ${elementId} did not select it within 15 s`);
+    }
   };
   const flowRows = () =>
     page.$$eval('[data-testid="flows"] tbody tr', (rows) => rows.map((r) => ({ verdict: r.getAttribute('data-verdict') ?? '', text: r.textContent ?? '' })));
@@ -192,7 +205,6 @@ describe('service map page (root, headless Chromium)', { timeout: 240_000 }, () 
     assert.ok(['rgb(220,38,38)', 'rgb(249,115,22)'].includes(e.lineColor.replace(/\s/g, '')), `drawn red/orange: ${e.lineColor}`);
     assert.ok(Number((await page.textContent('#stat-dropped')) ?? 0) > 0);
 
-    await page.waitForTimeout(700); // the layout settles after new elements
     await clickElement(dbEdge);
     await page.waitForSelector('[data-testid="flows"] tbody tr[data-verdict="DROPPED"]', { timeout: 5000 });
     const rows = await flowRows();
