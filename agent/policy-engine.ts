@@ -160,6 +160,7 @@ export class PolicyEngine {
       },
       false,
     );
+    yield; // the CIDR identities of a policy naming tens of thousands of prefixes take a while
     yield* state.initialSteps();
     return state;
   }
@@ -220,7 +221,7 @@ export class PolicyEngine {
     // workload's own entries are written by the reconciler, and the sweep is O(map) per call.
     const cidrKey = state.cidrIdentities.map((c) => `${c.cidr}=${c.identity}`).sort().join(',');
     if (cidrKey !== this.cidrKeyApplied) {
-      this.ipcacheSync(state.compiled());
+      yield* this.ipcacheSyncSteps(state.compiled());
       this.cidrKeyApplied = cidrKey;
     }
     let written: { upserts: number; deletes: number };
@@ -350,6 +351,10 @@ export class PolicyEngine {
    * CIDR identities of the policies. Anything else local is removed; remote-host entries are kept.
    */
   ipcacheSync(compiled: CompiledPolicy | undefined = this.state?.compiled()): void {
+    stepsRun(this.ipcacheSyncSteps(compiled));
+  }
+
+  private *ipcacheSyncSteps(compiled: CompiledPolicy | undefined): Steps<void> {
     const dp = this.kernel.datapath;
     const desired = new Map<string, number>();
     for (const cidr of hostAddresses()) desired.set(cidr, ReservedIdentity.host);
@@ -364,12 +369,24 @@ export class PolicyEngine {
     // Normally new entries first (an address never falls back to a wider prefix mid-change); when the
     // map cannot hold old and new at once, the stale ones go first to make the room.
     const roomy = present.size + added <= dp.mapCapacity().ipcache;
-    if (!roomy) for (const cidr of stale) dp.ipcacheDelete(cidr);
+    let work = 0;
+    if (!roomy) {
+      for (const cidr of stale) {
+        dp.ipcacheDelete(cidr);
+        if (++work % STEP === 0) yield;
+      }
+    }
     for (const [cidr, identity] of desired) {
       const cur = present.get(cidr);
       if (!cur || cur.identity !== identity || cur.hostId !== 0) dp.ipcacheUpsert(cidr, { identity, hostId: 0 });
+      if (++work % STEP === 0) yield;
     }
-    if (roomy) for (const cidr of stale) dp.ipcacheDelete(cidr);
+    if (roomy) {
+      for (const cidr of stale) {
+        dp.ipcacheDelete(cidr);
+        if (++work % STEP === 0) yield;
+      }
+    }
   }
 
   private current(): PolicyState {
