@@ -101,7 +101,7 @@ export class Agent implements AgentApi {
     this.flowReportingApply(this.config.flows);
     const result = await this.workloads.exclusive(async () => {
       const synced = await this.reconciler.syncAll(onProgress);
-      this.workloads.forgedLabelsScrub();
+      await this.workloads.forgedLabelsScrub();
       return synced;
     });
     this.directory.refresh();

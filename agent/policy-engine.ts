@@ -6,7 +6,7 @@ import type { KernelOps } from './kernel-ops.js';
 import {
   endpointPolicyFormat,
   policiesFromObjects,
-  policyEntriesDiff,
+  policyEntriesDiffSteps,
   policyKeyDecode,
   policyTrace,
   policyValueDecode,
@@ -22,6 +22,7 @@ import {
 } from './policy/index.js';
 import { CompileMeter, type CompileBudget } from './policy/budget.js';
 import { PolicyState, type EndpointPolicyChange } from './policy/incremental.js';
+import { STEP, stepsRun, stepsRunSliced, type Steps } from './policy/slices.js';
 import type { SqliteStore } from './store/sqlite-store.js';
 import type { WorkloadRecord } from './store/types.js';
 
@@ -51,14 +52,20 @@ const NO_ENTRIES: readonly PolicyEntry[] = [];
 /** The map operations turning `before` into `after`, computed once per distinct pair of (shared) arrays. */
 class DiffMemo {
   private readonly m = new Map<readonly PolicyEntry[], Map<readonly PolicyEntry[], PolicyMapOp[]>>();
-  ops(before: readonly PolicyEntry[], after: readonly PolicyEntry[]): PolicyMapOp[] {
+  *ops(before: readonly PolicyEntry[], after: readonly PolicyEntry[]): Steps<PolicyMapOp[]> {
     if (before === after) return [];
     let byAfter = this.m.get(before);
     if (!byAfter) this.m.set(before, (byAfter = new Map()));
     let ops = byAfter.get(after);
-    if (!ops) byAfter.set(after, (ops = policyEntriesDiff(0, before, after).ops));
+    if (!ops) byAfter.set(after, (ops = (yield* policyEntriesDiffSteps(0, before, after)).ops));
     return ops;
   }
+}
+
+/** Workloads that came or changed (already in the store) and that went (already removed from it). */
+export interface EndpointsChange {
+  upsert?: readonly WorkloadRecord[];
+  remove?: readonly WorkloadRecord[];
 }
 
 /** What a workload contributes to the policy state. */
@@ -139,13 +146,23 @@ export class PolicyEngine {
   }
 
   private stateBuild(policies: readonly ParsedPolicy[], meter?: CompileMeter): PolicyState {
-    return new PolicyState({
-      policies,
-      identities: this.identities(),
-      endpoints: this.store.workloadList().map(localEndpoint),
-      options: { previousCidrIdentities: this.store.cidrIdentities() },
-      meter,
-    });
+    return stepsRun(this.stateBuildSteps(policies, meter));
+  }
+
+  private *stateBuildSteps(policies: readonly ParsedPolicy[], meter?: CompileMeter): Steps<PolicyState> {
+    const state = new PolicyState(
+      {
+        policies,
+        identities: this.identities(),
+        endpoints: this.store.workloadList().map(localEndpoint),
+        options: { previousCidrIdentities: this.store.cidrIdentities() },
+        meter,
+      },
+      false,
+    );
+    yield; // the CIDR identities of a policy naming tens of thousands of prefixes take a while
+    yield* state.initialSteps();
+    return state;
   }
 
   /**
@@ -170,10 +187,31 @@ export class PolicyEngine {
     return state.compiled();
   }
 
+  /**
+   * compile, returning to the event loop between slices (agent/policy/slices.ts). The caller holds the
+   * agent's mutex throughout: the store and the state it compiles from must not change meanwhile.
+   */
+  async compileSliced(policies: readonly ParsedPolicy[] = this.policies): Promise<void> {
+    const state = await stepsRunSliced(this.stateBuildSteps(policies, new CompileMeter(this.budget())));
+    this.prepared = { policies, state };
+  }
+
   /** Compiles the whole desired state and writes the difference to the kernel. Endpoints no longer present lose their entries. */
   apply(): PolicyApplyStats {
+    return stepsRun(this.applySteps());
+  }
+
+  /**
+   * apply in slices (agent/policy/slices.ts), under the agent's mutex. Until it returns, `policy trace`
+   * and `workload policy` read the previous state.
+   */
+  applySliced(): Promise<PolicyApplyStats> {
+    return stepsRunSliced(this.applySteps());
+  }
+
+  private *applySteps(): Steps<PolicyApplyStats> {
     const started = performance.now();
-    const state = this.prepared?.policies === this.policies ? this.prepared.state : this.stateBuild(this.policies);
+    const state = this.prepared?.policies === this.policies ? this.prepared.state : yield* this.stateBuildSteps(this.policies);
     this.prepared = undefined;
     const changes: EndpointPolicyChange[] = [];
     for (const id of state.endpointIds()) changes.push({ endpointId: id, before: undefined, after: state.endpoint(id) });
@@ -183,11 +221,17 @@ export class PolicyEngine {
     // workload's own entries are written by the reconciler, and the sweep is O(map) per call.
     const cidrKey = state.cidrIdentities.map((c) => `${c.cidr}=${c.identity}`).sort().join(',');
     if (cidrKey !== this.cidrKeyApplied) {
-      this.ipcacheSync(state.compiled());
+      yield* this.ipcacheSyncSteps(state.compiled());
       this.cidrKeyApplied = cidrKey;
     }
-    this.state = undefined; // until written: a failed write leaves no state to build on (the next change rebuilds)
-    const { upserts, deletes } = this.write(changes);
+    let written: { upserts: number; deletes: number };
+    try {
+      written = yield* this.writeSteps(changes);
+    } catch (err) {
+      this.state = undefined; // a failed write leaves no state to build on (the next change rebuilds)
+      throw err;
+    }
+    const { upserts, deletes } = written;
     this.state = state;
     if (cidrKey !== this.cidrStored) {
       this.store.cidrIdentitiesSet(state.cidrIdentities.map((c) => ({ cidr: c.cidr, identity: c.identity })));
@@ -201,11 +245,20 @@ export class PolicyEngine {
    * (already in the store), `remove` were deleted from the store. Identities that the store no longer
    * has leave the state; new ones join it. Falls back to a full apply before the first one.
    */
-  endpointsUpdate(change: { upsert?: readonly WorkloadRecord[]; remove?: readonly WorkloadRecord[] }): PolicyApplyStats {
+  endpointsUpdate(change: EndpointsChange): PolicyApplyStats {
+    return stepsRun(this.endpointsUpdateSteps(change));
+  }
+
+  /** endpointsUpdate in slices (agent/policy/slices.ts), under the agent's mutex. */
+  endpointsUpdateSliced(change: EndpointsChange): Promise<PolicyApplyStats> {
+    return stepsRunSliced(this.endpointsUpdateSteps(change));
+  }
+
+  private *endpointsUpdateSteps(change: EndpointsChange): Steps<PolicyApplyStats> {
     const state = this.state;
-    if (!state) return this.apply();
+    if (!state) return yield* this.applySteps();
     try {
-      return this.update(state, change);
+      return yield* this.updateSteps(state, change);
     } catch (err) {
       // Never keep a state that may be half updated: the next change rebuilds it from the store.
       this.state = undefined;
@@ -213,7 +266,7 @@ export class PolicyEngine {
     }
   }
 
-  private update(state: PolicyState, change: { upsert?: readonly WorkloadRecord[]; remove?: readonly WorkloadRecord[] }): PolicyApplyStats {
+  private *updateSteps(state: PolicyState, change: EndpointsChange): Steps<PolicyApplyStats> {
     const started = performance.now();
     this.prepared = undefined;
     const gone = new Set<number>();
@@ -232,12 +285,16 @@ export class PolicyEngine {
       state.endpointSet(localEndpoint(rec));
     }
     for (const id of gone) if (state.hasIdentity(id) && !this.store.identityLabels(id)) state.identitySet(id, undefined);
-    const { upserts, deletes } = this.write(state.flush());
+    const { upserts, deletes } = yield* this.writeSteps(yield* state.flushSteps());
     return this.statsLog('policy updated', started, upserts, deletes);
   }
 
-  /** Writes each changed endpoint's difference; `inMap` follows what reached the kernel. */
-  private write(changes: readonly EndpointPolicyChange[]): { upserts: number; deletes: number } {
+  /**
+   * Writes each changed endpoint's difference; `inMap` follows what reached the kernel. Large
+   * differences go in batches of STEP ops with a yield point between them: the ops are in the safe
+   * order (policyEntriesDiff), and every prefix of it is safe, so the datapath may run in between.
+   */
+  private *writeSteps(changes: readonly EndpointPolicyChange[]): Steps<{ upserts: number; deletes: number }> {
     const dp = this.kernel.datapath;
     const memo = new DiffMemo();
     let upserts = 0;
@@ -249,17 +306,18 @@ export class PolicyEngine {
     for (const { endpointId, after } of ordered) {
       const before = this.inMap.get(endpointId) ?? NO_ENTRIES;
       const next = after?.entries ?? NO_ENTRIES;
-      const ops = memo.ops(before, next);
-      if (ops.length > 0) {
+      const ops = yield* memo.ops(before, next);
+      for (let i = 0; i < ops.length; i += STEP) {
+        if (i > 0) yield;
         try {
-          dp.policyApply(endpointId, ops);
+          dp.policyApply(endpointId, ops.length <= STEP ? ops : ops.slice(i, i + STEP));
         } catch (err) {
           // Part of the ops may have been written: read back what the kernel holds for this endpoint.
           this.inMapSet(endpointId, dp.policyList(endpointId).map((e) => ({ ...e, rules: [] })));
           throw err;
         }
-        for (const o of ops) if (o.op === 'upsert') upserts++; else deletes++;
       }
+      for (const o of ops) if (o.op === 'upsert') upserts++; else deletes++;
       this.inMapSet(endpointId, next.length > 0 ? next : undefined);
     }
     return { upserts, deletes };
@@ -293,6 +351,10 @@ export class PolicyEngine {
    * CIDR identities of the policies. Anything else local is removed; remote-host entries are kept.
    */
   ipcacheSync(compiled: CompiledPolicy | undefined = this.state?.compiled()): void {
+    stepsRun(this.ipcacheSyncSteps(compiled));
+  }
+
+  private *ipcacheSyncSteps(compiled: CompiledPolicy | undefined): Steps<void> {
     const dp = this.kernel.datapath;
     const desired = new Map<string, number>();
     for (const cidr of hostAddresses()) desired.set(cidr, ReservedIdentity.host);
@@ -307,12 +369,24 @@ export class PolicyEngine {
     // Normally new entries first (an address never falls back to a wider prefix mid-change); when the
     // map cannot hold old and new at once, the stale ones go first to make the room.
     const roomy = present.size + added <= dp.mapCapacity().ipcache;
-    if (!roomy) for (const cidr of stale) dp.ipcacheDelete(cidr);
+    let work = 0;
+    if (!roomy) {
+      for (const cidr of stale) {
+        dp.ipcacheDelete(cidr);
+        if (++work % STEP === 0) yield;
+      }
+    }
     for (const [cidr, identity] of desired) {
       const cur = present.get(cidr);
       if (!cur || cur.identity !== identity || cur.hostId !== 0) dp.ipcacheUpsert(cidr, { identity, hostId: 0 });
+      if (++work % STEP === 0) yield;
     }
-    if (roomy) for (const cidr of stale) dp.ipcacheDelete(cidr);
+    if (roomy) {
+      for (const cidr of stale) {
+        dp.ipcacheDelete(cidr);
+        if (++work % STEP === 0) yield;
+      }
+    }
   }
 
   private current(): PolicyState {

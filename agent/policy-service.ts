@@ -61,7 +61,7 @@ export class PolicyService {
       this.store.namespacePut(name, labels);
       const members = this.store.workloadList(name);
       const changed = this.workloads.identitiesRederive(members);
-      const stats = this.engine.endpointsUpdate({ upsert: changed });
+      const stats = await this.engine.endpointsUpdateSliced({ upsert: changed });
       this.log.info({ namespace: name, labels, workloads: members.length, ...stats }, 'namespace labels set');
       return this.store.namespaceGet(name)!;
     });
@@ -84,7 +84,7 @@ export class PolicyService {
       // Compile before storing: a batch the compiler refuses (or that would not fit the maps) must not
       // reach the store or the kernel either.
       try {
-        this.engine.compile(next);
+        await this.engine.compileSliced(next);
       } catch (err) {
         if (err instanceof PolicyCapacityError) {
           throw new PolicyCapacityError(`${parsed.map((p) => p.ref).join(', ')}: ${err.message}; nothing was applied`);
@@ -92,32 +92,34 @@ export class PolicyService {
         throw err;
       }
       const previous = [...this.engine.parsed];
-      // Store and kernel change together: a kernel write that fails rolls the store back (the
-      // transaction) and the kernel back to the previous policies.
-      const { applied, stats } = this.store.transaction(() => {
-        const applied = parsed.map((p) => ({
-          kind: p.kind,
-          namespace: p.namespace,
-          name: p.name,
-          action: this.store.policyPut(p.kind, p.namespace, p.name, p.document) ? ('created' as const) : ('updated' as const),
-        }));
-        this.engine.policiesSet(next);
-        try {
-          return { applied, stats: this.engine.apply() };
-        } catch (err) {
-          this.engine.policiesSet(previous);
-          let restored = true;
-          try {
-            this.engine.apply();
-          } catch (again) {
-            restored = false;
-            this.log.error({ err: again }, 'restoring the previous policies in the datapath failed; the next change or restart converges it');
-          }
-          if (!(err instanceof KernelError)) throw err;
-          const state = restored ? 'the store and the maps keep the previous policies' : 'the store keeps the previous policies; the maps converge on the next change';
-          throw new KitnetError('AGENT_ERR_KERNEL', `writing ${parsed.map((p) => p.ref).join(', ')} to the datapath: ${err.message}; ${state}`, { cause: err });
-        }
-      });
+      // Store and kernel change together or not at all. The kernel write runs in slices (it may take
+      // seconds) and a store transaction cannot span them, so the kernel goes first and the store
+      // follows in one synchronous transaction; either failing puts the kernel back to the previous
+      // policies. The mutex keeps every other change out until then.
+      this.engine.policiesSet(next);
+      let stats: PolicyApplyStats;
+      try {
+        stats = await this.engine.applySliced();
+      } catch (err) {
+        const restored = await this.datapathRestore(previous);
+        if (!(err instanceof KernelError)) throw err;
+        const state = restored ? 'the store and the maps keep the previous policies' : 'the store keeps the previous policies; the maps converge on the next change';
+        throw new KitnetError('AGENT_ERR_KERNEL', `writing ${parsed.map((p) => p.ref).join(', ')} to the datapath: ${err.message}; ${state}`, { cause: err });
+      }
+      let applied: PolicyApplyResult['applied'];
+      try {
+        applied = this.store.transaction(() =>
+          parsed.map((p) => ({
+            kind: p.kind,
+            namespace: p.namespace,
+            name: p.name,
+            action: this.store.policyPut(p.kind, p.namespace, p.name, p.document) ? ('created' as const) : ('updated' as const),
+          })),
+        );
+      } catch (err) {
+        await this.datapathRestore(previous);
+        throw err;
+      }
       this.log.info({ policies: applied.map((a) => `${a.kind} ${a.namespace}/${a.name} ${a.action}`), ...stats }, 'policies applied');
       return { applied, stats };
     });
@@ -131,10 +133,22 @@ export class PolicyService {
       if (!existing) throw new KitnetError('AGENT_ERR_POLICY_NOT_FOUND', `${kind} ${ns ? `${ns}/` : ''}${name} does not exist`);
       this.store.policyDelete(kind, ns, name);
       this.engine.policiesSet(this.engine.parsed.filter((p) => !(p.kind === kind && p.namespace === ns && p.name === name)));
-      const stats = this.engine.apply();
+      const stats = await this.engine.applySliced();
       this.log.info({ policy: `${kind} ${ns}/${name}`, ...stats }, 'policy deleted');
       return existing;
     });
+  }
+
+  /** Writes the previous policies back into the datapath after a failed apply; false if that failed too. */
+  private async datapathRestore(previous: ParsedPolicy[]): Promise<boolean> {
+    this.engine.policiesSet(previous);
+    try {
+      await this.engine.applySliced();
+      return true;
+    } catch (again) {
+      this.log.error({ err: again }, 'restoring the previous policies in the datapath failed; the next change or restart converges it');
+      return false;
+    }
   }
 
   private peerResolve(spec: TracePeerSpec, field: string): TracePeer {

@@ -131,7 +131,7 @@ export class Reconciler {
     const records = this.store.workloadList();
     // Policy for every stored endpoint first (one compile), so each converge below can attach at once.
     this.policy.load();
-    this.policy.apply();
+    await this.policy.applySliced();
     let converged = 0;
     let failed = 0;
     const liveIfindexes = new Set<number>();

@@ -275,7 +275,7 @@ export class WorkloadService {
       // Policy first (entries are keyed by endpoint id, so they can precede the device): the programs
       // attached by the converge must find the endpoint's entries. Incremental: the endpoint's own
       // entries, and those of endpoints whose rules select its identity if that identity is new.
-      this.policy.endpointsUpdate({ upsert: [rec] });
+      await this.policy.endpointsUpdateSliced({ upsert: [rec] });
       const observed = await this.reconciler.workloadConverge(rec, { policy: false });
       this.store.workloadStateSet(input.namespace, input.name, 'ready', observed);
     } catch (err) {
@@ -287,7 +287,7 @@ export class WorkloadService {
       });
       // The policy map may already hold entries for the half-made endpoint and for peers of its identity.
       try {
-        this.policy.endpointsUpdate({ remove: [rec] });
+        await this.policy.endpointsUpdateSliced({ remove: [rec] });
       } catch (e) {
         log.error({ err: e }, 'policy update after rollback failed');
       }
@@ -416,7 +416,7 @@ export class WorkloadService {
         this.store.workloadDelete(namespace, name);
         return this.store.identitiesReleaseUnused();
       });
-      this.policy.endpointsUpdate({ remove: [rec] });
+      await this.policy.endpointsUpdateSliced({ remove: [rec] });
       this.netnsUsersRemove(`${namespace}/${name}`);
       log.info({ releasedIdentities: released }, 'workload removed');
       return rec;
@@ -443,7 +443,7 @@ export class WorkloadService {
     return this.mutex.run(async () => {
       const rec = this.get(namespace, name);
       const updated = this.identitiesRederive([{ ...rec, spec: { ...rec.spec, labels } }]);
-      this.policy.endpointsUpdate({ upsert: updated });
+      await this.policy.endpointsUpdateSliced({ upsert: updated });
       return updated[0]!;
     });
   }
@@ -475,7 +475,7 @@ export class WorkloadService {
    * stored identity with them (a forged namespace label). Re-derives their identities, which ignore
    * those labels, and updates policy. Runs at start, under the caller's lock, after the restore.
    */
-  forgedLabelsScrub(): WorkloadRecord[] {
+  async forgedLabelsScrub(): Promise<WorkloadRecord[]> {
     const forged = this.store.workloadList().filter((r) => Object.keys(r.spec.labels).some((k) => workloadLabelKeyForbidden(k) !== undefined));
     if (forged.length === 0) return [];
     for (const r of forged) {
@@ -483,7 +483,7 @@ export class WorkloadService {
         'workload carries labels kitnet derives itself (stored before they were refused); its identity no longer includes them');
     }
     const updated = this.identitiesRederive(forged);
-    this.policy.endpointsUpdate({ upsert: updated });
+    await this.policy.endpointsUpdateSliced({ upsert: updated });
     return updated;
   }
 

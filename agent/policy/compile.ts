@@ -25,6 +25,7 @@ import { CidrPeerIndex, cidrIdentitiesAllocate, cidrPeerIdentities, hostPrefix, 
 import { CLUSTER_RESERVED, isLabelDerived } from './entities.js';
 import { ANY_L4_PROTOCOLS, portRangePrefixes, protocolNumber } from './ports.js';
 import { identityLabelParse, selectorMatches } from './selector.js';
+import { STEP, stepsRun, type Steps } from './slices.js';
 import type { ParsedLabel } from './selector.js';
 import { PROTO_ANY_L4 } from './types.js';
 import type {
@@ -261,7 +262,14 @@ interface Acc {
 /** Raw (unresolved) entries of one endpoint: direction -> identity -> l4 key -> rule refs. */
 class RawEntries {
   readonly m = new Map<Direction, Map<number, Map<string, Acc>>>();
+  /** Adds made so far: the compile yields every STEP of them. */
+  count = 0;
+  /** Whether a yield point was reached (call after an add). */
+  due(): boolean {
+    return this.count % STEP === 0;
+  }
   add(direction: Direction, identity: number, k: L4Key, deny: boolean, ref: string): void {
+    this.count++;
     let byId = this.m.get(direction);
     if (!byId) this.m.set(direction, (byId = new Map()));
     let byKey = byId.get(identity);
@@ -331,7 +339,7 @@ function groupResolve(direction: Direction, identity: number, byKey: Map<string,
   return kept.map((x) => x.e);
 }
 
-function endpointCompile(
+function* endpointCompileSteps(
   ep: LocalEndpoint,
   sections: Array<{ s: RuleSection }>,
   enforced: Record<Direction, boolean>,
@@ -339,28 +347,44 @@ function endpointCompile(
   remoteNamed: (identity: number) => readonly NamedPort[],
   remoteNamedIds: () => number[],
   allowLocalhost: boolean,
-): EndpointPolicy {
+): Steps<EndpointPolicy> {
   const raw = new RawEntries();
   const implicit = new Map<string, PolicyEntry['implicit']>();
   for (const { s } of sections) {
     const ids = u.peers(s);
     if (ids !== 'all' && ids.length === 0) continue;
     if (s.ports === 'all') {
-      for (const id of ids === 'all' ? [0] : ids) raw.add(s.direction, id, { protocol: 0, port: 0, portPrefixLen: 0 }, s.deny, s.ref);
+      for (const id of ids === 'all' ? [0] : ids) {
+        raw.add(s.direction, id, { protocol: 0, port: 0, portPrefixLen: 0 }, s.deny, s.ref);
+        if (raw.due()) yield;
+      }
       continue;
     }
     for (const m of s.ports) {
       if (typeof m.port === 'number') {
         const keys = portsOfMatch(m as PortMatch & { port: number });
-        for (const id of ids === 'all' ? [0] : ids) for (const k of keys) raw.add(s.direction, id, k, s.deny, s.ref);
+        for (const id of ids === 'all' ? [0] : ids) {
+          for (const k of keys) {
+            raw.add(s.direction, id, k, s.deny, s.ref);
+            if (raw.due()) yield;
+          }
+        }
       } else if (s.direction === 'ingress') {
         // Named port at ingress: the port of this (destination) endpoint.
         const keys = namedPortKeys(m as PortMatch & { port: string }, ep.namedPorts ?? []);
-        for (const id of ids === 'all' ? [0] : ids) for (const k of keys) raw.add(s.direction, id, k, s.deny, s.ref);
+        for (const id of ids === 'all' ? [0] : ids) {
+          for (const k of keys) {
+            raw.add(s.direction, id, k, s.deny, s.ref);
+            if (raw.due()) yield;
+          }
+        }
       } else {
         // Named port at egress: the port each destination identity declares under that name.
         for (const id of ids === 'all' ? remoteNamedIds() : ids) {
-          for (const k of namedPortKeys(m as PortMatch & { port: string }, remoteNamed(id))) raw.add(s.direction, id, k, s.deny, s.ref);
+          for (const k of namedPortKeys(m as PortMatch & { port: string }, remoteNamed(id))) {
+            raw.add(s.direction, id, k, s.deny, s.ref);
+            if (raw.due()) yield;
+          }
         }
       }
     }
@@ -377,11 +401,14 @@ function endpointCompile(
   }
 
   const entries: PolicyEntry[] = [];
+  let resolved = 0;
   for (const [direction, byId] of raw.m) {
     const wild = byId.get(0) ? groupResolve(direction, 0, byId.get(0)!, implicit) : [];
     entries.push(...wild);
     for (const [identity, byKey] of byId) {
       if (identity === 0) continue;
+      // a yield point every STEP raw entries resolved (a group is resolved at once)
+      if (Math.floor(resolved / STEP) !== Math.floor((resolved += byKey.size) / STEP)) yield;
       for (const e of groupResolve(direction, identity, byKey, implicit)) {
         // Covered by a wildcard-identity entry with the same verdict: the second lookup decides anyway.
         if (wild.some((w) => w.deny === e.deny && covers(w, e))) continue;
@@ -389,6 +416,7 @@ function endpointCompile(
       }
     }
   }
+  yield;
   entries.sort(entryCompare);
   return { endpointId: ep.endpointId, identity: ep.identity, ingressEnforced: enforced.ingress, egressEnforced: enforced.egress, entries };
 }
@@ -409,6 +437,11 @@ export interface ClassContext {
  * the same entries), and the rule sections that select it.
  */
 export function classCompile(ctx: ClassContext, ep: LocalEndpoint): { policy: EndpointPolicy; sections: RuleSection[] } {
+  return stepsRun(classCompileSteps(ctx, ep));
+}
+
+/** classCompile in steps (./slices.ts). */
+export function* classCompileSteps(ctx: ClassContext, ep: LocalEndpoint): Steps<{ policy: EndpointPolicy; sections: RuleSection[] }> {
   const labels = ctx.u.labels.get(ep.identity) ?? [];
   const enforced: Record<Direction, boolean> = { ingress: false, egress: false };
   const sections: Array<{ s: RuleSection }> = [];
@@ -423,7 +456,7 @@ export function classCompile(ctx: ClassContext, ep: LocalEndpoint): { policy: En
     let pairs = 0;
     for (const { s } of sections) ctx.meter.sectionPairs((pairs += sectionPairCount(ctx, s, ep)), s.ref);
   }
-  const policy = endpointCompile(ep, sections, enforced, ctx.u, ctx.remoteNamed, ctx.remoteNamedIds, ctx.allowLocalhost);
+  const policy = yield* endpointCompileSteps(ep, sections, enforced, ctx.u, ctx.remoteNamed, ctx.remoteNamedIds, ctx.allowLocalhost);
   return { policy, sections: sections.map((x) => x.s) };
 }
 

@@ -2,6 +2,7 @@
 import { ReservedIdentity } from '../identity/reserved.js';
 import { policyKeyEncode } from './map-key.js';
 import { protocolName } from './ports.js';
+import { STEP, stepsRun, type Steps } from './slices.js';
 import type { TraceResult, TraceSide } from './trace.js';
 import type { EndpointPolicy, PolicyEntry } from './types.js';
 
@@ -101,14 +102,36 @@ export function policyEntriesDiff(
   before: readonly PolicyEntry[],
   after: readonly PolicyEntry[],
 ): { upserts: PolicyEntry[]; deletes: PolicyEntry[]; ops: PolicyMapOp[] } {
+  return stepsRun(policyEntriesDiffSteps(endpointId, before, after));
+}
+
+/** policyEntriesDiff in steps (./slices.ts). */
+export function* policyEntriesDiffSteps(
+  endpointId: number,
+  before: readonly PolicyEntry[],
+  after: readonly PolicyEntry[],
+): Steps<{ upserts: PolicyEntry[]; deletes: PolicyEntry[]; ops: PolicyMapOp[] }> {
+  let work = 0;
   const old = new Map<string, PolicyEntry>();
-  for (const e of before) old.set(policyEntryKey(endpointId, e), e);
+  for (const e of before) {
+    old.set(policyEntryKey(endpointId, e), e);
+    if (++work % STEP === 0) yield;
+  }
   const now = new Map<string, PolicyEntry>();
-  for (const e of after) now.set(policyEntryKey(endpointId, e), e);
+  for (const e of after) {
+    now.set(policyEntryKey(endpointId, e), e);
+    if (++work % STEP === 0) yield;
+  }
   const upserts: PolicyEntry[] = [];
   const deletes: PolicyEntry[] = [];
-  for (const [k, e] of now) if (old.get(k)?.deny !== e.deny) upserts.push(e);
-  for (const [k, e] of old) if (!now.has(k)) deletes.push(e);
+  for (const [k, e] of now) {
+    if (old.get(k)?.deny !== e.deny) upserts.push(e);
+    if (++work % STEP === 0) yield;
+  }
+  for (const [k, e] of old) {
+    if (!now.has(k)) deletes.push(e);
+    if (++work % STEP === 0) yield;
+  }
   const ops: PolicyMapOp[] = [];
   for (const entry of upserts) if (entry.deny) ops.push({ op: 'upsert', entry });
   for (const entry of deletes) if (!entry.deny) ops.push({ op: 'delete', entry });

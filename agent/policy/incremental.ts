@@ -22,10 +22,11 @@
  * must be treated as immutable.
  */
 import type { CompileMeter } from './budget.js';
-import { classCompile, endpointClassKey, sectionBlocks, sectionHasEgressNamedPort, sectionSelectsLabelIdentity, Universe, type ClassContext } from './compile.js';
+import { classCompileSteps, endpointClassKey, sectionBlocks, sectionHasEgressNamedPort, sectionSelectsLabelIdentity, Universe, type ClassContext } from './compile.js';
 import { blockCovers, cidrContainsCidr, cidrIdentitiesAllocate, cidrParsed, hostPrefix, policyCidrs } from './cidr.js';
 import { isLabelDerived } from './entities.js';
 import { identityLabelParse } from './selector.js';
+import { STEP, stepsRun, type Steps } from './slices.js';
 import type { CidrIdentity, CompiledPolicy, CompileOptions, Direction, EndpointPolicy, LocalEndpoint, NamedPort, ParsedPolicy, PolicyEntry, RuleSection } from './types.js';
 
 interface PolicyClass {
@@ -96,7 +97,11 @@ export class PolicyState {
   private readonly namedChanged = new Set<number>();
   private snapshot: CompiledPolicy | undefined;
 
-  constructor(input: PolicyStateInput) {
+  /**
+   * `compileNow` false: the endpoints are added but not compiled; the caller runs `initialSteps()` to
+   * the end before using the state (PolicyEngine does, in slices).
+   */
+  constructor(input: PolicyStateInput, compileNow = true) {
     const cidrs = policyCidrs(input.policies);
     input.meter?.cidrIdentities(cidrs.length);
     this.cidrIdentities = cidrIdentitiesAllocate(cidrs, input.options?.previousCidrIdentities);
@@ -112,7 +117,12 @@ export class PolicyState {
     };
     this.egressNamedSections = rules.flatMap((r) => r.sections).filter(sectionHasEgressNamedPort);
     for (const ep of input.endpoints) this.endpointSet(ep);
-    this.flush();
+    if (compileNow) stepsRun(this.initialSteps());
+  }
+
+  /** The first compile of every endpoint, metered (then the meter is dropped). */
+  *initialSteps(): Steps<void> {
+    yield* this.flushSteps();
     this.ctx.meter = undefined;
   }
 
@@ -251,6 +261,14 @@ export class PolicyState {
    * enforcement) changed, were added or were removed.
    */
   flush(): EndpointPolicyChange[] {
+    return stepsRun(this.flushSteps());
+  }
+
+  /**
+   * flush in steps (./slices.ts). Recompiling yields; the endpoints' entries as `endpoint()` and
+   * `compiled()` read them change at the end, at once.
+   */
+  *flushSteps(): Steps<EndpointPolicyChange[]> {
     if (this.namedChanged.size > 0) {
       for (const s of this.egressNamedSections) {
         const peers = this.u.peers(s);
@@ -260,10 +278,16 @@ export class PolicyState {
       this.namedChanged.clear();
     }
     const changedClasses = new Set<PolicyClass>();
+    let work = 0;
     for (const cls of this.dirty) {
       const first = cls.members.values().next();
       if (first.done) continue;
-      const { policy, sections } = classCompile(this.ctx, { endpointId: first.value, identity: cls.identity, namedPorts: cls.namedPorts });
+      // many small classes: a yield point every STEP entries compiled (a large class yields inside)
+      if (work >= STEP) {
+        work = 0;
+        yield;
+      }
+      const { policy, sections } = yield* classCompileSteps(this.ctx, { endpointId: first.value, identity: cls.identity, namedPorts: cls.namedPorts });
       for (const s of cls.sections) this.sectionUsers.get(s)?.delete(cls);
       for (const s of sections) {
         let users = this.sectionUsers.get(s);
@@ -271,6 +295,7 @@ export class PolicyState {
         users.add(cls);
       }
       cls.sections = sections;
+      work += policy.entries.length + sections.length;
       this.ctx.meter?.classEntries(policy.entries.length * cls.members.size, sections[0]?.ref ?? `endpoints of identity ${cls.identity}`);
       if (cls.policy && policyEqual(cls.policy, policy)) continue;
       cls.policy = policy;

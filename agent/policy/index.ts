@@ -25,5 +25,5 @@ export { selectorMatchesStrings, selectorFormat } from './selector.js';
 export { portRangePrefixes, protocolNumber, protocolName, icmpTypeNumber } from './ports.js';
 export { Proto, PROTO_ANY_L4, POLICY_KINDS } from './types.js';
 export type * from './types.js';
-export { policyEntryFormat, endpointPolicyFormat, policyTraceFormat, identityFormat, portFormat, policyEntriesDiff, policyEntryKey } from './format.js';
+export { policyEntryFormat, endpointPolicyFormat, policyTraceFormat, identityFormat, portFormat, policyEntriesDiff, policyEntriesDiffSteps, policyEntryKey } from './format.js';
 export type { IdentityNames, PolicyMapOp } from './format.js';
