@@ -11,6 +11,7 @@ import type { Workload } from '../../api/schemas/workload.js';
 import { storeKernelDiff } from '../helpers/consistency.js';
 import { links, netnsAdd, netnsDel, run, uniq, waitFor } from '../helpers/sys.js';
 import { mulberry32 as prng } from '../helpers/random.js';
+import { earlierRunsSweep } from '../helpers/sweep.js';
 
 type Op =
   | { kind: 'add'; name: string; labels: Record<string, string> }
@@ -72,6 +73,8 @@ describe('agent crash consistency (root)', { timeout: 600_000 }, () => {
   };
 
   before(async () => {
+    // A runner timeout or a killed run skips the after hook: its workloads would stand in this run's way.
+    await earlierRunsSweep({ aliasPrefix: 'kitnet:crash/', netnsPrefix: 'kitnet-cr-', pinPrefix: 'kitnet-crash-' });
     console.log(`crash test seed ${seed} (KITNET_CRASH_SEED to replay), ${rounds} rounds`);
     writeFileSync(
       config,

@@ -11,6 +11,7 @@ import { tokensLoad } from '../../api/security.js';
 import { datapathUnpinAll } from '../../bpf/index.js';
 import { links, netnsAdd, netnsDel, run, uniq } from '../helpers/sys.js';
 import { mulberry32 } from '../helpers/random.js';
+import { earlierRunsSweep } from '../helpers/sweep.js';
 
 /**
  * API fuzzing as root against a real agent on its unix socket: thousands of random and mutated
@@ -252,22 +253,9 @@ describe('API fuzz (root)', { timeout: 240_000 }, () => {
       .map((l) => `${l.ifname} ${l.ifalias}`);
   const pinnedLinks = () => (existsSync(join(pinRoot, 'links')) ? readdirSync(join(pinRoot, 'links')).sort().join(',') : '');
 
-  /**
-   * What an earlier fuzz run left when its process died before `after` (a crash is what this test
-   * hunts): its links still hold routes for this pool's addresses, and the new agent's first
-   * registration would fail on them. Fuzz runs do not overlap (one test file at a time).
-   */
-  const earlierRunsSweep = async () => {
-    for (const l of await links()) {
-      if (l.ifalias?.startsWith('kitnet:fuzz-')) await run('ip', ['link', 'del', l.ifname]).catch(() => undefined);
-    }
-    const named = existsSync('/var/run/netns') ? readdirSync('/var/run/netns') : [];
-    for (const n of named.filter((x) => x.startsWith('kitnet-fuzz-'))) await netnsDel(n);
-    for (const p of readdirSync('/sys/fs/bpf').filter((x) => x.startsWith('kitnet-fuzz-'))) await datapathUnpinAll(join('/sys/fs/bpf', p)).catch(() => undefined);
-  };
-
   before(async () => {
-    await earlierRunsSweep();
+    // A crash is what this test hunts: an earlier run may have died before its after hook.
+    await earlierRunsSweep({ aliasPrefix: 'kitnet:fuzz-', netnsPrefix: 'kitnet-fuzz-', pinPrefix: 'kitnet-fuzz-' });
     await netnsAdd(netnsName);
     kitnetLinksBefore = new Set(await kitnetLinks());
     daemon = await daemonRun({
