@@ -15,7 +15,7 @@ import type { HostFacts } from './host-facts.js';
 import { ReservedIdentity } from './identity/reserved.js';
 import type { KernelOps } from './kernel-ops.js';
 import { Reconciler } from './reconciler.js';
-import type { SqliteStore } from './store/sqlite-store.js';
+import type { Store } from './store/store.js';
 import type { WorkloadRecord } from './store/types.js';
 import { WorkloadService } from './workloads.js';
 import { AgentMetrics } from './metrics.js';
@@ -65,7 +65,7 @@ export class Agent implements AgentApi {
 
   constructor(
     readonly config: Config,
-    readonly store: SqliteStore,
+    readonly store: Store,
     readonly kernel: KernelOps,
     readonly hostFacts: HostFacts,
     readonly log: Logger,

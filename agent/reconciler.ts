@@ -2,7 +2,7 @@ import type { Logger } from 'pino';
 import type { AttachKind } from '../bpf/index.js';
 import type { Config } from './config.js';
 import type { KernelOps } from './kernel-ops.js';
-import type { SqliteStore } from './store/sqlite-store.js';
+import type { Store } from './store/store.js';
 import type { WorkloadRecord } from './store/types.js';
 import { deviceSpecFor, linkGroupFor, tapSpecFor, vmSpecFor } from './workloads.js';
 import type { PolicyEngine } from './policy-engine.js';
@@ -26,7 +26,7 @@ function workloadMacFor(rec: WorkloadRecord): string | undefined {
  */
 export class Reconciler {
   constructor(
-    private readonly store: SqliteStore,
+    private readonly store: Store,
     private readonly config: Config,
     private readonly kernel: KernelOps,
     private readonly log: Logger,
@@ -140,12 +140,12 @@ export class Reconciler {
       try {
         const observed = await this.workloadConverge(rec, { policy: false });
         liveIfindexes.add(observed.hostIfindex);
-        this.store.workloadStateSet(rec.spec.namespace, rec.spec.name, 'ready', observed);
+        this.store.workloadStatusSet(rec.spec.namespace, rec.spec.name, { state: 'ready', observed, error: null });
         converged++;
       } catch (err) {
         failed++;
         log.error({ err }, 'workload could not be restored; it stays registered in state "error"');
-        this.store.workloadStateSet(rec.spec.namespace, rec.spec.name, 'error', rec.observed, (err as Error).message);
+        this.store.workloadStatusSet(rec.spec.namespace, rec.spec.name, { state: 'error', observed: rec.observed, error: (err as Error).message });
       }
       onProgress?.(converged + failed, records.length);
     }

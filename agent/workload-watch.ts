@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import type { KernelOps } from './kernel-ops.js';
 import type { LinkMonitor } from '../netkit/index.js';
-import type { SqliteStore } from './store/sqlite-store.js';
+import type { Store } from './store/store.js';
 import type { WorkloadService } from './workloads.js';
 
 /** Events for one device within this window are handled once. */
@@ -19,7 +19,7 @@ export class WorkloadWatch {
   private readonly pending = new Map<string, NodeJS.Timeout>();
 
   constructor(
-    private readonly store: SqliteStore,
+    private readonly store: Store,
     private readonly kernel: KernelOps,
     private readonly workloads: WorkloadService,
     private readonly log: Logger,

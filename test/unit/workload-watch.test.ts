@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { pino } from 'pino';
 import type { KernelOps } from '../../agent/kernel-ops.js';
-import type { SqliteStore } from '../../agent/store/sqlite-store.js';
+import type { Store } from '../../agent/store/index.js';
 import { WorkloadWatch } from '../../agent/workload-watch.js';
 import type { WorkloadService } from '../../agent/workloads.js';
 import type { LinkGone } from '../../netkit/index.js';
@@ -36,7 +36,7 @@ test('a resync after lost link events checks exactly the ready workloads whose d
     remove: async (ns: string, name: string) => void removed.push(`${ns}/${name}`),
     repair: async (ns: string, name: string) => void repaired.push(`${ns}/${name}`),
   } as unknown as WorkloadService;
-  const store = { workloadList: () => records } as unknown as SqliteStore;
+  const store = { workloadList: () => records } as unknown as Store;
   let changes = 0;
   const watch = new WorkloadWatch(store, kernel, workloads, pino({ level: 'silent' }), () => changes++);
   watch.start();
