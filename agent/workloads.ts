@@ -11,7 +11,8 @@ import { IdentityAllocator, IdentityExhaustedError, lowestFree } from './identit
 import { workloadLabelKeyForbidden } from './identity/labels.js';
 import { IpamError, Pool } from './ipam.js';
 import type { KernelOps } from './kernel-ops.js';
-import type { Reconciler } from './reconciler.js';
+import { WorkloadGoneError, type Reconciler } from './reconciler.js';
+import type { WorkloadController } from './reconcile/controller.js';
 import type { Store } from './store/store.js';
 import type { WorkloadMode, WorkloadRecord, WorkloadSpec } from './store/types.js';
 import type { Mutex } from './mutex.js';
@@ -126,6 +127,7 @@ export function errorToKitnet(err: unknown, context: string): KitnetError {
     } as const;
     return new KitnetError(code[err.code], err.message, { cause: err });
   }
+  if (err instanceof WorkloadGoneError) return new KitnetError('AGENT_ERR_WORKLOAD_NETNS', `${context}: ${err.message}`, { field: 'netns', cause: err });
   if (err instanceof IdentityExhaustedError) return new KitnetError('AGENT_ERR_IDENTITY_EXHAUSTED', err.message, { cause: err });
   if (err instanceof UnsupportedFeatureError) {
     // netkit is asked for with `mode`; everything else the kernel may lack (tun for VMs) comes with `kind`
@@ -147,8 +149,9 @@ export function errorToKitnet(err: unknown, context: string): KitnetError {
 
 /**
  * Registration and removal of workloads. Desired state goes to the store first (state `pending`),
- * then the reconciler wires the kernel; a failure rolls both back so bad input or a kernel refusal
- * leaves nothing behind. Mutations are serialised: the kernel work of one workload never interleaves
+ * then the first reconcile runs at once and its result is the answer; a failure of that attempt
+ * rolls both back so bad input or a kernel refusal leaves nothing behind. Later failures stay with
+ * the reconcile loop, which retries. Mutations are serialised: the kernel work of one workload never interleaves
  * with another's, and allocation sees a consistent store.
  */
 export class WorkloadService {
@@ -171,6 +174,7 @@ export class WorkloadService {
     /** Shared with every other service that changes desired state, so changes never interleave. */
     private readonly mutex: Mutex,
     private readonly policy: PolicyEngine,
+    private readonly controller: WorkloadController,
   ) {
     this.identities = new IdentityAllocator();
     this.pool4 = new Pool(config.ipam.ipv4Pool);
@@ -276,8 +280,8 @@ export class WorkloadService {
       // attached by the converge must find the endpoint's entries. Incremental: the endpoint's own
       // entries, and those of endpoints whose rules select its identity if that identity is new.
       await this.policy.endpointsUpdateSliced({ upsert: [rec] });
-      const observed = await this.reconciler.workloadConverge(rec, { policy: false });
-      this.store.workloadStatusSet(input.namespace, input.name, { state: 'ready', observed, error: null });
+      // the first attempt of the reconcile loop, answered here: it writes state "ready"
+      await this.controller.reconcileLocked(rec, { registering: true });
     } catch (err) {
       log.warn({ err }, 'registration failed; rolling back');
       await this.reconciler.workloadTeardown(rec).catch((e: unknown) => log.error({ err: e }, 'rollback teardown failed'));
@@ -408,34 +412,27 @@ export class WorkloadService {
   }
 
   remove(namespace: string, name: string): Promise<WorkloadRecord> {
-    return this.mutex.run(async () => {
-      const rec = this.get(namespace, name);
-      const log = this.log.child({ workload: `${namespace}/${name}`, device: rec.hostIfname, identity: rec.identity });
-      await this.reconciler.workloadTeardown(rec);
-      const released = await this.store.transaction((tx) => {
-        tx.workloadDelete(namespace, name);
-        return tx.identitiesReleaseUnused();
-      });
-      await this.policy.endpointsUpdateSliced({ remove: [rec] });
-      this.netnsUsersRemove(`${namespace}/${name}`);
-      log.info({ releasedIdentities: released }, 'workload removed');
-      return rec;
-    });
+    return this.mutex.run(() => this.removeLocked(namespace, name));
   }
 
-  /** Converges one workload again (its device was removed from outside); no-op if it is gone. */
-  repair(namespace: string, name: string): Promise<void> {
-    return this.mutex.run(async () => {
-      const rec = this.store.workloadGet(namespace, name);
-      if (!rec) return;
-      try {
-        const observed = await this.reconciler.workloadConverge(rec, { policy: false });
-        this.store.workloadStatusSet(namespace, name, { state: 'ready', observed, error: null });
-      } catch (err) {
-        this.store.workloadStatusSet(namespace, name, { state: 'error', observed: rec.observed, error: (err as Error).message });
-        throw err;
-      }
+  /** remove, with the lock already held (the reconcile loop removes workloads whose namespace is gone). */
+  async removeLocked(namespace: string, name: string): Promise<WorkloadRecord> {
+    const rec = this.get(namespace, name);
+    const log = this.log.child({ workload: `${namespace}/${name}`, device: rec.hostIfname, identity: rec.identity });
+    await this.reconciler.workloadTeardown(rec);
+    const released = await this.store.transaction((tx) => {
+      tx.workloadDelete(namespace, name);
+      return tx.identitiesReleaseUnused();
     });
+    await this.policy.endpointsUpdateSliced({ remove: [rec] });
+    this.netnsUsersRemove(`${namespace}/${name}`);
+    log.info({ releasedIdentities: released }, 'workload removed');
+    return rec;
+  }
+
+  /** Reconciles one workload now (its device was damaged from outside); no-op if it is gone. */
+  repair(namespace: string, name: string): Promise<void> {
+    return this.controller.reconcileNow(namespace, name);
   }
 
   /** Replaces a workload's labels: new identity, updated maps, policy updated for whom it concerns. */
