@@ -101,7 +101,7 @@ export const ConfigSchema = z
     reconcile: z
       .object({
         /** Every workload is checked against the kernel this often (drift nobody announced). */
-        resyncSeconds: z.number().int().min(1).max(86_400).default(120),
+        resyncSeconds: z.number().int().min(1).max(86_400).default(300),
         /** A failed workload is tried again after 1 s, doubling per failure up to this. */
         retryMaxSeconds: z.number().int().min(1).max(3600).default(60),
       })
