@@ -15,7 +15,7 @@ import type { HostFacts } from './host-facts.js';
 import { ReservedIdentity } from './identity/reserved.js';
 import type { KernelOps } from './kernel-ops.js';
 import { Reconciler } from './reconciler.js';
-import type { SqliteStore } from './store/sqlite-store.js';
+import type { Store } from './store/store.js';
 import type { WorkloadRecord } from './store/types.js';
 import { WorkloadService } from './workloads.js';
 import { AgentMetrics } from './metrics.js';
@@ -25,6 +25,7 @@ import { PolicyEngine } from './policy-engine.js';
 import { PolicyService } from './policy-service.js';
 import { workloadsOutsidePools } from './pool-check.js';
 import { WorkloadWatch } from './workload-watch.js';
+import { WorkloadController } from './reconcile/controller.js';
 
 export const KITNET_VERSION = '0.1.0';
 
@@ -52,6 +53,8 @@ function vmView(rec: WorkloadRecord, vm: NonNullable<WorkloadRecord['spec']['vm'
 export class Agent implements AgentApi {
   readonly workloads: WorkloadService;
   readonly reconciler: Reconciler;
+  /** The reconcile loop: work queue, retries with backoff, periodic resync. */
+  readonly controller: WorkloadController;
   readonly directory: EndpointDirectory;
   readonly flows: FlowPipeline;
   /** Prometheus metrics (GET /metrics); the policy engine reports map sizes with metrics.policyMapEntriesSet. */
@@ -65,15 +68,24 @@ export class Agent implements AgentApi {
 
   constructor(
     readonly config: Config,
-    readonly store: SqliteStore,
+    readonly store: Store,
     readonly kernel: KernelOps,
     readonly hostFacts: HostFacts,
     readonly log: Logger,
   ) {
     this.policyEngine = new PolicyEngine(store, kernel, log.child({ component: 'policy' }));
     this.reconciler = new Reconciler(store, config, kernel, log.child({ component: 'reconciler' }), this.policyEngine);
-    this.workloads = new WorkloadService(store, config, kernel, this.reconciler, log.child({ component: 'workloads' }), this.mutex, this.policyEngine);
-    this.watch = new WorkloadWatch(store, kernel, this.workloads, log.child({ component: 'watch' }), () => this.directory.refresh());
+    this.controller = new WorkloadController(
+      store,
+      this.reconciler,
+      this.mutex,
+      async (namespace, name) => void (await this.workloads.removeLocked(namespace, name)),
+      log.child({ component: 'reconcile' }),
+      { resyncMs: config.reconcile.resyncSeconds * 1000, backoff: { baseMs: 1000, maxMs: config.reconcile.retryMaxSeconds * 1000 } },
+      () => this.directory.refresh(),
+    );
+    this.workloads = new WorkloadService(store, config, kernel, this.reconciler, log.child({ component: 'workloads' }), this.mutex, this.policyEngine, this.controller);
+    this.watch = new WorkloadWatch(store, kernel, this.controller, log.child({ component: 'watch' }));
     this.policies = new PolicyService(store, this.policyEngine, this.workloads, this.mutex, log.child({ component: 'policy' }));
     this.directory = new EndpointDirectory(store);
     this.flows = new FlowPipeline(this.directory, config.nodeName, config.flows.ringCapacity, log.child({ component: 'flows' }));
@@ -82,6 +94,7 @@ export class Agent implements AgentApi {
       datapath: kernel.datapath,
       workloads: () => store.workloadList(),
       identities: () => store.identityList().length,
+      reconcileQueueDepth: () => this.controller.depth,
       policyEntries: () => this.policyEngine.entryCount(),
       mapFill: () => kernel.datapath.mapFill({ policy: this.policyEngine.entryCount() }),
     });
@@ -100,7 +113,7 @@ export class Agent implements AgentApi {
   async start(onProgress?: (done: number, total: number) => void): Promise<void> {
     this.flowReportingApply(this.config.flows);
     const result = await this.workloads.exclusive(async () => {
-      const synced = await this.reconciler.syncAll(onProgress);
+      const synced = await this.reconciler.syncAll(onProgress, (rec) => this.controller.reconcileLocked(rec, { makeOwnedNetns: true }));
       await this.workloads.forgedLabelsScrub();
       return synced;
     });
@@ -111,10 +124,12 @@ export class Agent implements AgentApi {
     }
     this.flows.start(this.kernel.datapath);
     this.watch.start();
+    this.controller.start();
   }
 
   stop(): void {
     this.watch.stop();
+    void this.controller.stop();
     this.flows.stop();
     this.metrics.close();
   }
@@ -132,6 +147,7 @@ export class Agent implements AgentApi {
       requestedMode: rec.spec.requestedMode,
       state: rec.state,
       error: rec.error,
+      ...this.controller.statusOf(rec.spec.namespace, rec.spec.name),
       endpointId: rec.endpointId,
       identity: rec.identity,
       identityLabels: identity?.labels ?? [],

@@ -97,6 +97,16 @@ export const ConfigSchema = z
       })
       .strict()
       .default({ mode: 'auto', workloadIfname: 'eth0', expediteRcu: false }),
+    /** The workload reconcile loop (agent/reconcile/). */
+    reconcile: z
+      .object({
+        /** Every workload is checked against the kernel this often (drift nobody announced). */
+        resyncSeconds: z.number().int().min(1).max(86_400).default(300),
+        /** A failed workload is tried again after 1 s, doubling per failure up to this. */
+        retryMaxSeconds: z.number().int().min(1).max(3600).default(60),
+      })
+      .strict()
+      .prefault({}),
     flows: z
       .object({
         ringCapacity: z.number().int().min(1).max(1_000_000).default(4095),

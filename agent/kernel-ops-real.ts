@@ -13,6 +13,7 @@ export function kernelOpsReal(datapath: KitnetDatapath): KernelOps {
     netnsId: (path) => netkit.netnsPathId(path).catch(() => undefined),
     netnsReserved: () => netkit.netnsReservedIds(),
     deviceDelete: (name) => netkit.endpointDeviceDelete(name),
+    deviceObserve: (spec) => netkit.endpointDeviceObserve(spec),
     deviceRepair: (spec) => netkit.endpointDeviceRepair(spec),
     linksList: () => netkit.kitnetLinksList(),
     linkRemovalsWatch: (onGone, onResync) => netkit.linkRemovalsWatch(onGone, onResync),

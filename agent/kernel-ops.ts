@@ -18,6 +18,8 @@ export interface KernelOps {
   /** The agent's own network namespace and PID 1's (undefined when unreadable): never a workload's. */
   netnsReserved(): { agent: NetnsId; init: NetnsId | undefined };
   deviceDelete(hostIfname: string): Promise<boolean>;
+  /** The endpoint as the kernel has it, with what differs from the spec; undefined when its host side is missing. */
+  deviceObserve(spec: EndpointDeviceSpec): Promise<EndpointDevice | undefined>;
   /** Adopts the endpoint as it is, fixing what differs from the spec; creates it when the pair is missing. */
   deviceRepair(spec: EndpointDeviceSpec): Promise<EndpointDevice>;
   linksList(): Promise<KitnetLink[]>;

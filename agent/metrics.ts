@@ -32,6 +32,8 @@ export interface MetricsSources {
   };
   workloads?: () => ReadonlyArray<{ mode: string; state: string; spec: { kind: string } }>;
   identities?: () => number;
+  /** Workloads waiting in the reconcile queue (WorkloadController.depth). */
+  reconcileQueueDepth?: () => number;
   /** Entries in the BPF policy map (PolicyEngine.entryCount); without it, policyMapEntriesSet feeds the gauge. */
   policyEntries?: () => number;
   /** Entries and max_entries of every map that fills with state (KitnetDatapath.mapFill); without it, list lengths. */
@@ -115,6 +117,27 @@ const registrationDuration = new Histogram({
 /** Records one registration; `seconds` from request to ready (or to the rolled-back failure). */
 export function workloadRegistrationObserve(seconds: number, outcome: 'success' | 'failure' = 'success', mode = ''): void {
   registrationDuration.observe({ outcome, mode }, seconds);
+}
+
+export type ReconcileResult = 'unchanged' | 'changed' | 'removed' | 'error';
+
+/** The reconcile loop's counters, per process like registrationDuration. */
+const reconcileTotal = new Counter({
+  name: 'kitnet_reconcile_total',
+  help: 'Workload reconciles by result: unchanged (kernel already as desired), changed, removed (namespace or tap gone), error',
+  labelNames: ['result'] as const,
+  registers: [],
+});
+const reconcileRetries = new Counter({
+  name: 'kitnet_reconcile_retries_total',
+  help: 'Failed workload reconciles scheduled again after their backoff',
+  registers: [],
+});
+
+/** Counts one reconcile; `retried`: a failure scheduled for retry. */
+export function reconcileObserve(result: ReconcileResult, retried: boolean): void {
+  reconcileTotal.inc({ result });
+  if (retried) reconcileRetries.inc();
 }
 
 /** A counter whose value lives elsewhere: reset and set from `read` on every scrape. */
@@ -319,6 +342,18 @@ export class AgentMetrics {
     });
     registrationDuration.reset();
     this.registry.registerMetric(registrationDuration);
+    for (const m of [reconcileTotal, reconcileRetries]) {
+      m.reset();
+      this.registry.registerMetric(m);
+    }
+    new Gauge({
+      name: 'kitnet_reconcile_queue_depth',
+      help: 'Workloads waiting in the reconcile queue (not counting those waiting for a retry backoff)',
+      registers,
+      collect() {
+        if (src.reconcileQueueDepth) this.set(src.reconcileQueueDepth());
+      },
+    });
     new Gauge({
       name: 'kitnet_flow_ring_flows',
       help: 'Flows held in the in-memory ring of recent flows',

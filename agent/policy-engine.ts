@@ -23,7 +23,7 @@ import {
 import { CompileMeter, type CompileBudget } from './policy/budget.js';
 import { PolicyState, type EndpointPolicyChange } from './policy/incremental.js';
 import { STEP, stepsRun, stepsRunSliced, type Steps } from './policy/slices.js';
-import type { SqliteStore } from './store/sqlite-store.js';
+import type { Store } from './store/store.js';
 import type { WorkloadRecord } from './store/types.js';
 
 export interface PolicyApplyStats {
@@ -96,7 +96,7 @@ export class PolicyEngine {
   private cidrStored: string | undefined;
 
   constructor(
-    private readonly store: SqliteStore,
+    private readonly store: Store,
     private readonly kernel: KernelOps,
     private readonly log: Logger,
   ) {}

@@ -7,7 +7,8 @@ import type { PolicyApplyStats, PolicyEngine } from './policy-engine.js';
 import { PolicyCapacityError } from './policy/budget.js';
 import { policiesParseOffThread } from './policy/parse-offthread.js';
 import { policyTraceFormat, type ParsedPolicy, type TracePeer, type TraceResult } from './policy/index.js';
-import type { NamespaceRecord, PolicyRecord, SqliteStore } from './store/sqlite-store.js';
+import type { Store } from './store/store.js';
+import type { NamespaceRecord, PolicyRecord } from './store/types.js';
 import type { WorkloadService } from './workloads.js';
 
 /** How a trace names a peer: a workload, a label set (of an existing identity), an address or an identity. */
@@ -44,7 +45,7 @@ export function policyKindResolve(kind: string): string {
  */
 export class PolicyService {
   constructor(
-    private readonly store: SqliteStore,
+    private readonly store: Store,
     private readonly engine: PolicyEngine,
     private readonly workloads: WorkloadService,
     private readonly mutex: Mutex,
@@ -58,9 +59,9 @@ export class PolicyService {
   /** Sets a namespace's labels; its workloads get re-derived identities and policy follows them. */
   namespacePut(name: string, labels: Record<string, string>): Promise<NamespaceRecord> {
     return this.mutex.run(async () => {
-      this.store.namespacePut(name, labels);
+      await this.store.transaction((tx) => tx.namespacePut(name, labels));
       const members = this.store.workloadList(name);
-      const changed = this.workloads.identitiesRederive(members);
+      const changed = await this.workloads.identitiesRederive(members);
       const stats = await this.engine.endpointsUpdateSliced({ upsert: changed });
       this.log.info({ namespace: name, labels, workloads: members.length, ...stats }, 'namespace labels set');
       return this.store.namespaceGet(name)!;
@@ -94,7 +95,7 @@ export class PolicyService {
       const previous = [...this.engine.parsed];
       // Store and kernel change together or not at all. The kernel write runs in slices (it may take
       // seconds) and a store transaction cannot span them, so the kernel goes first and the store
-      // follows in one synchronous transaction; either failing puts the kernel back to the previous
+      // follows in one transaction; either failing puts the kernel back to the previous
       // policies. The mutex keeps every other change out until then.
       this.engine.policiesSet(next);
       let stats: PolicyApplyStats;
@@ -108,12 +109,12 @@ export class PolicyService {
       }
       let applied: PolicyApplyResult['applied'];
       try {
-        applied = this.store.transaction(() =>
+        applied = await this.store.transaction((tx) =>
           parsed.map((p) => ({
             kind: p.kind,
             namespace: p.namespace,
             name: p.name,
-            action: this.store.policyPut(p.kind, p.namespace, p.name, p.document) ? ('created' as const) : ('updated' as const),
+            action: tx.policyPut(p.kind, p.namespace, p.name, p.document) ? ('created' as const) : ('updated' as const),
           })),
         );
       } catch (err) {
@@ -131,7 +132,7 @@ export class PolicyService {
     return this.mutex.run(async () => {
       const existing = this.store.policyList().find((p) => p.kind === kind && p.namespace === ns && p.name === name);
       if (!existing) throw new KitnetError('AGENT_ERR_POLICY_NOT_FOUND', `${kind} ${ns ? `${ns}/` : ''}${name} does not exist`);
-      this.store.policyDelete(kind, ns, name);
+      await this.store.transaction((tx) => tx.policyDelete(kind, ns, name));
       this.engine.policiesSet(this.engine.parsed.filter((p) => !(p.kind === kind && p.namespace === ns && p.name === name)));
       const stats = await this.engine.applySliced();
       this.log.info({ policy: `${kind} ${ns}/${name}`, ...stats }, 'policy deleted');

@@ -1,12 +1,13 @@
 import type { Logger } from 'pino';
-import type { AttachKind } from '../bpf/index.js';
+import { LINK_ROLES, progForRole, type AttachKind } from '../bpf/index.js';
+import type { DeviceMode, EndpointDevice } from '../netkit/index.js';
 import type { Config } from './config.js';
 import type { KernelOps } from './kernel-ops.js';
-import type { SqliteStore } from './store/sqlite-store.js';
+import type { Store } from './store/store.js';
 import type { WorkloadRecord } from './store/types.js';
 import { deviceSpecFor, linkGroupFor, tapSpecFor, vmSpecFor } from './workloads.js';
 import type { PolicyEngine } from './policy-engine.js';
-import { EP_F_ENFORCE_SRC_IP, EP_F_ENFORCE_SRC_MAC } from '../bpf/layout.gen.js';
+import { endpointInfoFor, reconcilePlan, type ObservedDevice, type ObservedWorkload, type ReconcileAction } from './reconcile/plan.js';
 
 export type Observed = NonNullable<WorkloadRecord['observed']>;
 
@@ -14,19 +15,20 @@ function attachKindFor(rec: WorkloadRecord): AttachKind {
   return rec.mode === 'veth' || rec.mode === 'tap' ? 'tcx' : 'netkit';
 }
 
-/** The MAC the workload sends from: the guest NIC's for kinds vm and tap, else the peer's. */
-function workloadMacFor(rec: WorkloadRecord): string | undefined {
-  return rec.spec.vm?.mac ?? rec.spec.tap?.mac;
+/** A plan asked for the workload's removal where the caller cannot remove it (registration, a direct converge). */
+export class WorkloadGoneError extends Error {
+  override name = 'WorkloadGoneError';
 }
 
 /**
- * Converges the kernel to the store. Every step is idempotent: an existing correct device is kept,
- * pinned links are adopted, map entries are overwritten with the same values. So the same code path
- * serves first registration, agent restart and repair after a crash.
+ * Observes and changes the kernel for workloads: `workloadObserve` reads what is there,
+ * `reconcilePlan` (agent/reconcile/plan.ts) says what to do, `actionsApply` does it. Every step is
+ * idempotent, so the same path serves first registration, agent restart, repair after a crash and
+ * the reconcile loop's retries and resyncs.
  */
 export class Reconciler {
   constructor(
-    private readonly store: SqliteStore,
+    private readonly store: Store,
     private readonly config: Config,
     private readonly kernel: KernelOps,
     private readonly log: Logger,
@@ -36,73 +38,110 @@ export class Reconciler {
   /** Endpoint and ipcache entries of a workload whose device exists (identity or address changes). */
   endpointMapsWrite(rec: WorkloadRecord, device?: { hostIfindex: number; peerMac: string; hostMac?: string }): void {
     const ifindex = device?.hostIfindex ?? rec.observed?.hostIfindex;
-    const mac = workloadMacFor(rec) ?? device?.peerMac ?? rec.observed?.peerMac;
-    // The datapath answers the workload's ARP / neighbour solicitations for the gateways with the
-    // host side's MAC, so guests that resolve their gateway (VMs, flushed caches) keep working.
-    const hostMac = rec.mode === 'netkit' ? undefined : (device?.hostMac ?? rec.observed?.hostMac);
+    const peerMac = device?.peerMac ?? rec.observed?.peerMac;
+    const hostMac = device?.hostMac ?? rec.observed?.hostMac ?? '';
     const dp = this.kernel.datapath;
-    if (ifindex !== undefined && mac !== undefined) {
-      // Anti-spoofing: a workload may only send from its own addresses (and MAC, where frames carry one).
-      const flags = EP_F_ENFORCE_SRC_IP | (rec.mode === 'netkit' ? 0 : EP_F_ENFORCE_SRC_MAC);
-      dp.endpointUpsert(ifindex, {
-        endpointId: rec.endpointId,
-        identity: rec.identity,
-        ipv4: rec.ipv4,
-        ipv6: rec.ipv6,
-        mac,
-        flags,
-        ...(hostMac ? { hostMac } : {}),
-      });
+    if (ifindex !== undefined && (peerMac !== undefined || rec.spec.vm || rec.spec.tap)) {
+      dp.endpointUpsert(ifindex, endpointInfoFor(rec, { peerMac: peerMac ?? '', hostMac }));
     }
     dp.ipcacheUpsert(`${rec.ipv4}/32`, { identity: rec.identity, hostId: 0 });
     dp.ipcacheUpsert(`${rec.ipv6}/128`, { identity: rec.identity, hostId: 0 });
   }
 
-  /**
-   * Device, maps, policy, programs, in that order: the programs only see traffic once the endpoint and
-   * its policy entries are in place (an endpoint without entries would drop everything).
-   */
-  async workloadConverge(rec: WorkloadRecord, opts: { policy?: boolean } = {}): Promise<Observed> {
-    if (rec.spec.kind === 'tap') return this.tapConverge(rec, opts);
-    const spec = deviceSpecFor(rec, this.config);
-    // kind vm: the VM's namespace first (kitnet may have to make it), the pair's peer goes in there
-    if (rec.spec.kind === 'vm') await this.kernel.vmNetnsEnsure(vmSpecFor(rec, this.config));
-    // Adopt what exists and fix what differs: a crash between creating the pair and configuring it
-    // leaves a device without addresses or routes, which must not count as converged.
-    const device = await this.kernel.deviceRepair(spec);
-    if (rec.spec.kind === 'vm') {
-      const vmSpec = vmSpecFor(rec, this.config);
-      const plumbing = await this.kernel.vmPlumbingObserve(vmSpec);
-      if (!plumbing || plumbing.problems.length > 0) await this.kernel.vmPlumbingCreate(vmSpec);
-    }
+  /** What the kernel has for the workload: namespace, device, plumbing, endpoint entry, programs. */
+  async workloadObserve(rec: WorkloadRecord): Promise<ObservedWorkload> {
     const dp = this.kernel.datapath;
-    // A recreated device has a new ifindex: the entry under the old one would only leak.
-    const oldIfindex = rec.observed?.hostIfindex;
-    if (oldIfindex !== undefined && oldIfindex !== device.hostIfindex) dp.endpointDelete(oldIfindex);
-    this.endpointMapsWrite(rec, device);
-    if (opts.policy !== false) this.policy.apply();
-    await dp.attach({ ifname: device.hostIfname, ifindex: device.hostIfindex, kind: attachKindFor(rec) });
-    await this.kernel.devicePolicyOpen(device);
-    return { hostIfindex: device.hostIfindex, hostMac: device.hostMac, peerIfindex: device.peerIfindex, peerMac: device.peerMac };
+    let netns = true;
+    let device: ObservedDevice | undefined;
+    let vmPlumbing: ObservedWorkload['vmPlumbing'];
+    if (rec.spec.kind === 'tap') {
+      const tap = await this.kernel.tapObserve(tapSpecFor(rec));
+      if (tap) device = { hostIfindex: tap.ifindex, hostMac: tap.mac, peerMac: rec.spec.tap!.mac, peerIfindex: 0, problems: tap.problems, peerBlocked: false };
+    } else {
+      netns = await this.kernel.netnsValidate(rec.spec.netns).then(() => true, () => false);
+      const d = await this.kernel.deviceObserve(deviceSpecFor(rec, this.config));
+      if (d) {
+        device = {
+          hostIfindex: d.hostIfindex, hostMac: d.hostMac, peerMac: d.peerMac, peerIfindex: d.peerIfindex, problems: d.problems ?? [],
+          peerBlocked: d.peerPolicy === 'drop',
+        };
+      }
+      if (rec.spec.kind === 'vm' && netns) {
+        const p = await this.kernel.vmPlumbingObserve(vmSpecFor(rec, this.config));
+        vmPlumbing = p && { problems: p.problems };
+      }
+    }
+    const kind = attachKindFor(rec);
+    const links = dp.linkInfo(rec.hostIfname);
+    const progs = dp.progIds();
+    const attached = device !== undefined && LINK_ROLES.every((role) => {
+      const l = links[role];
+      return l !== undefined && l.ifindex === device.hostIfindex && l.progId === progs[progForRole(kind, role)];
+    });
+    return { netns, device, ...(rec.spec.kind === 'vm' ? { vmPlumbing } : {}), endpoint: device && dp.endpointGet(device.hostIfindex), attached };
   }
 
   /**
-   * kind tap: the device is the hypervisor's; kitnet only routes to the guest through it, writes the
-   * maps and attaches its programs with tcx.
+   * Runs a plan's actions in order; returns the device facts the status keeps. A `workloadRemove`
+   * action is the caller's (it needs the store and the agent's lock): here it is an error.
    */
-  private async tapConverge(rec: WorkloadRecord, opts: { policy?: boolean }): Promise<Observed> {
-    const spec = tapSpecFor(rec);
-    let tap = await this.kernel.tapObserve(spec);
-    if (!tap) throw new Error(`device ${spec.device} does not exist in the host namespace (VM stopped?)`);
-    if (tap.problems.length > 0) tap = await this.kernel.tapAdopt(spec);
+  async actionsApply(rec: WorkloadRecord, observed: ObservedWorkload, actions: readonly ReconcileAction[]): Promise<Observed> {
     const dp = this.kernel.datapath;
-    const oldIfindex = rec.observed?.hostIfindex;
-    if (oldIfindex !== undefined && oldIfindex !== tap.ifindex) dp.endpointDelete(oldIfindex);
-    const observed: Observed = { hostIfindex: tap.ifindex, hostMac: tap.mac, peerIfindex: 0, peerMac: rec.spec.tap!.mac };
-    this.endpointMapsWrite(rec, { hostIfindex: tap.ifindex, peerMac: rec.spec.tap!.mac, hostMac: tap.mac });
-    if (opts.policy !== false) this.policy.apply();
-    await dp.attach({ ifname: spec.device, ifindex: tap.ifindex, kind: 'tcx' });
-    return observed;
+    let device = observed.device;
+    /** The pair as netkit/ knows it, for opening its peer. */
+    let endpointDevice: EndpointDevice | undefined;
+    for (const a of actions) {
+      switch (a.op) {
+        case 'workloadRemove':
+          throw new WorkloadGoneError(`workload ${rec.spec.namespace}/${rec.spec.name}: ${a.reason}`);
+        case 'vmNetnsEnsure':
+          await this.kernel.vmNetnsEnsure(vmSpecFor(rec, this.config));
+          break;
+        case 'deviceRepair': {
+          // Adopt what exists and fix what differs: a crash between creating the pair and configuring
+          // it leaves a device without addresses or routes, which must not count as converged.
+          const d = await this.kernel.deviceRepair(deviceSpecFor(rec, this.config));
+          endpointDevice = d;
+          device = { hostIfindex: d.hostIfindex, hostMac: d.hostMac, peerMac: d.peerMac, peerIfindex: d.peerIfindex, problems: [], peerBlocked: d.peerPolicy === 'drop' };
+          break;
+        }
+        case 'vmPlumbingCreate':
+          await this.kernel.vmPlumbingCreate(vmSpecFor(rec, this.config));
+          break;
+        case 'tapAdopt': {
+          const t = await this.kernel.tapAdopt(tapSpecFor(rec));
+          device = { hostIfindex: t.ifindex, hostMac: t.mac, peerMac: rec.spec.tap!.mac, peerIfindex: 0, problems: [], peerBlocked: false };
+          break;
+        }
+        case 'endpointMapsWrite': {
+          const d = deviceOrThrow(rec, device);
+          // A recreated device has a new ifindex: the entry under the old one would only leak.
+          const oldIfindex = rec.observed?.hostIfindex;
+          if (oldIfindex !== undefined && oldIfindex !== d.hostIfindex) dp.endpointDelete(oldIfindex);
+          this.endpointMapsWrite(rec, d);
+          break;
+        }
+        case 'attach':
+          await dp.attach({ ifname: rec.hostIfname, ifindex: deviceOrThrow(rec, device).hostIfindex, kind: attachKindFor(rec) });
+          break;
+        case 'peerOpen': {
+          const d = deviceOrThrow(rec, device);
+          await this.kernel.devicePolicyOpen(endpointDevice ?? {
+            mode: rec.mode as DeviceMode, hostIfname: rec.hostIfname, hostIfindex: d.hostIfindex, hostMac: d.hostMac,
+            peerIfname: rec.spec.interface, peerIfindex: d.peerIfindex, peerMac: d.peerMac, netnsPath: rec.spec.netns,
+          });
+          break;
+        }
+      }
+    }
+    const d = deviceOrThrow(rec, device);
+    return { hostIfindex: d.hostIfindex, hostMac: d.hostMac, peerIfindex: d.peerIfindex, peerMac: d.peerMac };
+  }
+
+  /** Observe, plan, apply: one reconcile of a workload that must stay (a plan to remove it throws). */
+  async workloadConverge(rec: WorkloadRecord, opts: { makeOwnedNetns?: boolean } = {}): Promise<Observed> {
+    const observed = await this.workloadObserve(rec);
+    return this.actionsApply(rec, observed, reconcilePlan(rec, observed, opts));
   }
 
   /** Removes everything a workload has in the kernel; tolerant of parts already gone. */
@@ -127,7 +166,14 @@ export class Reconciler {
    * remove what the store does not know: links, pinned links, endpoint and ipcache entries left by a
    * crash between kernel work and the store write.
    */
-  async syncAll(onProgress?: (done: number, total: number) => void): Promise<{ converged: number; failed: number; orphans: number }> {
+  async syncAll(
+    onProgress?: (done: number, total: number) => void,
+    /**
+     * Restores one workload and writes its status (the reconcile loop's attempt, which also schedules
+     * retries); undefined when the workload was removed. Default: converge and write the status.
+     */
+    restore?: (rec: WorkloadRecord) => Promise<Observed | undefined>,
+  ): Promise<{ converged: number; failed: number; orphans: number }> {
     const records = this.store.workloadList();
     // Policy for every stored endpoint first (one compile), so each converge below can attach at once.
     this.policy.load();
@@ -138,14 +184,19 @@ export class Reconciler {
     for (const rec of records) {
       const log = this.log.child({ workload: `${rec.spec.namespace}/${rec.spec.name}`, device: rec.hostIfname, identity: rec.identity });
       try {
-        const observed = await this.workloadConverge(rec, { policy: false });
-        liveIfindexes.add(observed.hostIfindex);
-        this.store.workloadStateSet(rec.spec.namespace, rec.spec.name, 'ready', observed);
+        let observed: Observed | undefined;
+        if (restore) {
+          observed = await restore(rec);
+        } else {
+          observed = await this.workloadConverge(rec, { makeOwnedNetns: true });
+          this.store.workloadStatusSet(rec.spec.namespace, rec.spec.name, { state: 'ready', observed, error: null });
+        }
+        if (observed) liveIfindexes.add(observed.hostIfindex);
         converged++;
       } catch (err) {
         failed++;
-        log.error({ err }, 'workload could not be restored; it stays registered in state "error"');
-        this.store.workloadStateSet(rec.spec.namespace, rec.spec.name, 'error', rec.observed, (err as Error).message);
+        log.error({ err }, 'workload could not be restored; it stays registered in state "error" and is tried again');
+        if (!restore) this.store.workloadStatusSet(rec.spec.namespace, rec.spec.name, { state: 'error', observed: rec.observed, error: (err as Error).message });
       }
       onProgress?.(converged + failed, records.length);
     }
@@ -177,4 +228,9 @@ export class Reconciler {
     this.policy.ipcacheSync();
     return { converged, failed, orphans };
   }
+}
+
+function deviceOrThrow(rec: WorkloadRecord, device: ObservedDevice | undefined): ObservedDevice {
+  if (!device) throw new Error(`workload ${rec.spec.namespace}/${rec.spec.name}: device ${rec.hostIfname} does not exist`);
+  return device;
 }

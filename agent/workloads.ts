@@ -11,8 +11,9 @@ import { IdentityAllocator, IdentityExhaustedError, lowestFree } from './identit
 import { workloadLabelKeyForbidden } from './identity/labels.js';
 import { IpamError, Pool } from './ipam.js';
 import type { KernelOps } from './kernel-ops.js';
-import type { Reconciler } from './reconciler.js';
-import type { SqliteStore } from './store/sqlite-store.js';
+import { WorkloadGoneError, type Reconciler } from './reconciler.js';
+import type { WorkloadController } from './reconcile/controller.js';
+import type { Store } from './store/store.js';
 import type { WorkloadMode, WorkloadRecord, WorkloadSpec } from './store/types.js';
 import type { Mutex } from './mutex.js';
 import type { PolicyEngine } from './policy-engine.js';
@@ -126,6 +127,7 @@ export function errorToKitnet(err: unknown, context: string): KitnetError {
     } as const;
     return new KitnetError(code[err.code], err.message, { cause: err });
   }
+  if (err instanceof WorkloadGoneError) return new KitnetError('AGENT_ERR_WORKLOAD_NETNS', `${context}: ${err.message}`, { field: 'netns', cause: err });
   if (err instanceof IdentityExhaustedError) return new KitnetError('AGENT_ERR_IDENTITY_EXHAUSTED', err.message, { cause: err });
   if (err instanceof UnsupportedFeatureError) {
     // netkit is asked for with `mode`; everything else the kernel may lack (tun for VMs) comes with `kind`
@@ -147,8 +149,9 @@ export function errorToKitnet(err: unknown, context: string): KitnetError {
 
 /**
  * Registration and removal of workloads. Desired state goes to the store first (state `pending`),
- * then the reconciler wires the kernel; a failure rolls both back so bad input or a kernel refusal
- * leaves nothing behind. Mutations are serialised: the kernel work of one workload never interleaves
+ * then the first reconcile runs at once and its result is the answer; a failure of that attempt
+ * rolls both back so bad input or a kernel refusal leaves nothing behind. Later failures stay with
+ * the reconcile loop, which retries. Mutations are serialised: the kernel work of one workload never interleaves
  * with another's, and allocation sees a consistent store.
  */
 export class WorkloadService {
@@ -163,7 +166,7 @@ export class WorkloadService {
   private netnsUsers: NetnsUsers | undefined;
 
   constructor(
-    private readonly store: SqliteStore,
+    private readonly store: Store,
     private readonly config: Config,
     private readonly kernel: KernelOps,
     private readonly reconciler: Reconciler,
@@ -171,8 +174,9 @@ export class WorkloadService {
     /** Shared with every other service that changes desired state, so changes never interleave. */
     private readonly mutex: Mutex,
     private readonly policy: PolicyEngine,
+    private readonly controller: WorkloadController,
   ) {
-    this.identities = new IdentityAllocator(store);
+    this.identities = new IdentityAllocator();
     this.pool4 = new Pool(config.ipam.ipv4Pool);
     this.pool6 = new Pool(config.ipam.ipv6Pool);
   }
@@ -249,14 +253,14 @@ export class WorkloadService {
       // the row but not the store's consistency, and the next start removes everything the kernel got
       // for it as orphans (the pair with its routes, pinned links, map entries). Kinds vm and tap also
       // make things the orphan sweep does not know (a VM namespace, routes via an adopted tap).
-      rec = this.store.transaction(() => {
-        const used = this.store.usedAddresses();
+      rec = await this.store.transaction((tx) => {
+        const used = tx.usedAddresses();
         const ipv4 = input.ipv4 ? this.pool4.check(input.ipv4, used.ipv4, 'ipv4') : this.pool4.allocate(used.ipv4, 'ipv4');
         const ipv6 = input.ipv6 ? this.pool6.check(input.ipv6, used.ipv6, 'ipv6') : this.pool6.allocate(used.ipv6, 'ipv6');
-        const identity = this.identities.acquire(input.labels, input.namespace, this.store.namespaceGet(input.namespace)?.labels);
-        const endpointId = lowestFree(this.store.usedEndpointIds(), 1, ENDPOINT_ID_MAX);
+        const identity = this.identities.acquire(tx, input.labels, input.namespace, tx.namespaceGet(input.namespace)?.labels);
+        const endpointId = lowestFree(tx.usedEndpointIds(), 1, ENDPOINT_ID_MAX);
         if (endpointId === undefined) throw new KitnetError('AGENT_ERR_INTERNAL', 'no free endpoint id left');
-        return this.store.workloadInsert({
+        return tx.workloadInsert({
           spec,
           mode,
           endpointId,
@@ -276,14 +280,14 @@ export class WorkloadService {
       // attached by the converge must find the endpoint's entries. Incremental: the endpoint's own
       // entries, and those of endpoints whose rules select its identity if that identity is new.
       await this.policy.endpointsUpdateSliced({ upsert: [rec] });
-      const observed = await this.reconciler.workloadConverge(rec, { policy: false });
-      this.store.workloadStateSet(input.namespace, input.name, 'ready', observed);
+      // the first attempt of the reconcile loop, answered here: it writes state "ready"
+      await this.controller.reconcileLocked(rec, { registering: true });
     } catch (err) {
       log.warn({ err }, 'registration failed; rolling back');
       await this.reconciler.workloadTeardown(rec).catch((e: unknown) => log.error({ err: e }, 'rollback teardown failed'));
-      this.store.transaction(() => {
-        this.store.workloadDelete(input.namespace, input.name);
-        this.store.identitiesReleaseUnused();
+      await this.store.transaction((tx) => {
+        tx.workloadDelete(input.namespace, input.name);
+        tx.identitiesReleaseUnused();
       });
       // The policy map may already hold entries for the half-made endpoint and for peers of its identity.
       try {
@@ -408,41 +412,34 @@ export class WorkloadService {
   }
 
   remove(namespace: string, name: string): Promise<WorkloadRecord> {
-    return this.mutex.run(async () => {
-      const rec = this.get(namespace, name);
-      const log = this.log.child({ workload: `${namespace}/${name}`, device: rec.hostIfname, identity: rec.identity });
-      await this.reconciler.workloadTeardown(rec);
-      const released = this.store.transaction(() => {
-        this.store.workloadDelete(namespace, name);
-        return this.store.identitiesReleaseUnused();
-      });
-      await this.policy.endpointsUpdateSliced({ remove: [rec] });
-      this.netnsUsersRemove(`${namespace}/${name}`);
-      log.info({ releasedIdentities: released }, 'workload removed');
-      return rec;
-    });
+    return this.mutex.run(() => this.removeLocked(namespace, name));
   }
 
-  /** Converges one workload again (its device was removed from outside); no-op if it is gone. */
-  repair(namespace: string, name: string): Promise<void> {
-    return this.mutex.run(async () => {
-      const rec = this.store.workloadGet(namespace, name);
-      if (!rec) return;
-      try {
-        const observed = await this.reconciler.workloadConverge(rec, { policy: false });
-        this.store.workloadStateSet(namespace, name, 'ready', observed);
-      } catch (err) {
-        this.store.workloadStateSet(namespace, name, 'error', rec.observed, (err as Error).message);
-        throw err;
-      }
+  /** remove, with the lock already held (the reconcile loop removes workloads whose namespace is gone). */
+  async removeLocked(namespace: string, name: string): Promise<WorkloadRecord> {
+    const rec = this.get(namespace, name);
+    const log = this.log.child({ workload: `${namespace}/${name}`, device: rec.hostIfname, identity: rec.identity });
+    await this.reconciler.workloadTeardown(rec);
+    const released = await this.store.transaction((tx) => {
+      tx.workloadDelete(namespace, name);
+      return tx.identitiesReleaseUnused();
     });
+    await this.policy.endpointsUpdateSliced({ remove: [rec] });
+    this.netnsUsersRemove(`${namespace}/${name}`);
+    log.info({ releasedIdentities: released }, 'workload removed');
+    return rec;
+  }
+
+  /** Reconciles one workload now (its device was damaged from outside); no-op if it is gone. */
+  repair(namespace: string, name: string): Promise<void> {
+    return this.controller.reconcileNow(namespace, name);
   }
 
   /** Replaces a workload's labels: new identity, updated maps, policy updated for whom it concerns. */
   labelsSet(namespace: string, name: string, labels: Record<string, string>): Promise<WorkloadRecord> {
     return this.mutex.run(async () => {
       const rec = this.get(namespace, name);
-      const updated = this.identitiesRederive([{ ...rec, spec: { ...rec.spec, labels } }]);
+      const updated = await this.identitiesRederive([{ ...rec, spec: { ...rec.spec, labels } }]);
       await this.policy.endpointsUpdateSliced({ upsert: updated });
       return updated[0]!;
     });
@@ -454,16 +451,16 @@ export class WorkloadService {
    * Runs under the caller's lock; the caller updates policy afterwards. Established connections
    * that remain allowed keep flowing: conntrack entries are not touched.
    */
-  identitiesRederive(records: WorkloadRecord[]): WorkloadRecord[] {
-    const changed = this.store.transaction(() => {
+  async identitiesRederive(records: WorkloadRecord[]): Promise<WorkloadRecord[]> {
+    const changed = await this.store.transaction((tx) => {
       const out: WorkloadRecord[] = [];
       for (const rec of records) {
-        const nsLabels = this.store.namespaceGet(rec.spec.namespace)?.labels;
-        const identity = this.identities.acquire(rec.spec.labels, rec.spec.namespace, nsLabels);
-        this.store.workloadUpdate(rec.spec.namespace, rec.spec.name, rec.spec, identity);
-        out.push(this.store.workloadGet(rec.spec.namespace, rec.spec.name)!);
+        const nsLabels = tx.namespaceGet(rec.spec.namespace)?.labels;
+        const identity = this.identities.acquire(tx, rec.spec.labels, rec.spec.namespace, nsLabels);
+        tx.workloadUpdate(rec.spec.namespace, rec.spec.name, rec.spec, identity);
+        out.push(tx.workloadGet(rec.spec.namespace, rec.spec.name)!);
       }
-      this.store.identitiesReleaseUnused();
+      tx.identitiesReleaseUnused();
       return out;
     });
     for (const rec of changed) this.reconciler.endpointMapsWrite(rec);
@@ -482,7 +479,7 @@ export class WorkloadService {
       this.log.warn({ workload: `${r.spec.namespace}/${r.spec.name}`, labels: Object.keys(r.spec.labels).filter((k) => workloadLabelKeyForbidden(k)) },
         'workload carries labels kitnet derives itself (stored before they were refused); its identity no longer includes them');
     }
-    const updated = this.identitiesRederive(forged);
+    const updated = await this.identitiesRederive(forged);
     await this.policy.endpointsUpdateSliced({ upsert: updated });
     return updated;
   }

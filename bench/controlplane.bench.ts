@@ -135,7 +135,7 @@ async function main(): Promise<void> {
   };
   const store = agent.agent.store;
   wrapSync(store, 'transaction', 'store (SQLite, fsync)');
-  wrapSync(store, 'workloadStateSet', 'store (SQLite, fsync)');
+  wrapSync(store, 'workloadStatusSet', 'store (SQLite, fsync)');
   const pools = agent.agent.workloads as unknown as Record<'pool4' | 'pool6', { allocate: (...a: unknown[]) => string }>;
   wrapSync(pools.pool4, 'allocate', 'IPAM');
   wrapSync(pools.pool6, 'allocate', 'IPAM');

@@ -14,6 +14,7 @@ const benches: { name: string; quick: string[] }[] = [
   { name: 'flows', quick: ['40000'] },
   { name: 'controlplane', quick: ['1000', '--helper=10'] },
   { name: 'agent-rss', quick: ['1000'] },
+  { name: 'reconcile-resync', quick: ['300'] },
   { name: 'netpath', quick: ['10,1000,10000,30000'] },
 ];
 const only = process.argv.slice(2).filter((a) => !a.startsWith('--'));

@@ -38,7 +38,7 @@ import { native } from './native.js';
 
 export * from './types.js';
 export type { AttachResult, LinkRole } from './links.js';
-export { progForRole } from './links.js';
+export { LINK_ROLES, progForRole } from './links.js';
 export type { DatapathConfig } from './maps/config.js';
 export type { ConntrackEntry } from './maps/conntrack.js';
 export type { Counter, MetricName } from './maps/metrics.js';
@@ -89,6 +89,8 @@ export interface KitnetDatapath extends Datapath {
   linkInfo(ifname: string): Partial<Record<LinkRole, LinkInfo>>;
   /** The address index the netkit primary-side program finds endpoints with: [address, host ifindex]. */
   endpointAddrList(): Array<[string, number]>;
+  /** The `endpoints` entry under one ifindex (one lookup, where endpointList dumps the map). */
+  endpointGet(ifindex: number): EndpointInfo | undefined;
   /** Ids of the programs loaded by this instance. */
   progIds(): Readonly<Record<ProgName, number>>;
   configGet(): DatapathConfig;
@@ -224,6 +226,11 @@ class DatapathImpl implements KitnetDatapath {
   endpointList(): Array<[number, EndpointInfo]> {
     this.live();
     return this.endpoints.list();
+  }
+
+  endpointGet(ifindex: number): EndpointInfo | undefined {
+    this.live();
+    return this.endpoints.get(ifindex);
   }
 
   endpointAddrList(): Array<[string, number]> {

@@ -1,5 +1,5 @@
 import { reservedIdentityLabels } from '../identity/reserved.js';
-import type { SqliteStore } from '../store/sqlite-store.js';
+import type { Store } from '../store/store.js';
 import type { WorkloadRecord } from '../store/types.js';
 import type { HubbleEndpoint } from './hubble.js';
 
@@ -32,7 +32,7 @@ export class EndpointDirectory {
   /** Peers that are not local workloads, per identity (one shared object each). */
   private remote = new Map<number, HubbleEndpoint>();
 
-  constructor(private readonly store: SqliteStore) {
+  constructor(private readonly store: Store) {
     this.refresh();
   }
 

@@ -1,4 +1,4 @@
-import type { SqliteStore } from '../store/sqlite-store.js';
+import type { StoreTx } from '../store/store.js';
 import { identityLabels, labelFormat, labelSetKey } from './labels.js';
 import { IDENTITY_MAX, IDENTITY_MIN } from './reserved.js';
 
@@ -18,29 +18,27 @@ export function lowestFree(used: readonly number[], min: number, max: number): n
 }
 
 /**
- * Maps label sets to numeric identities. Must be called inside the store transaction that also
- * writes the referencing workload, so allocation and reference are atomic; identities whose last
- * reference goes are released by `SqliteStore.identitiesReleaseUnused` in the deleting transaction.
+ * Maps label sets to numeric identities. Runs inside the store transaction (`tx`) that also writes
+ * the referencing workload, so allocation and reference are atomic; identities whose last reference
+ * goes are released by `identitiesReleaseUnused` in the deleting transaction.
  */
 export class IdentityAllocator {
-  constructor(private readonly store: SqliteStore) {}
-
   /** Returns the identity for these labels, allocating one if the set is new. */
-  acquire(workloadLabels: Record<string, string>, namespace: string, namespaceLabels?: Record<string, string>): number {
+  acquire(tx: StoreTx, workloadLabels: Record<string, string>, namespace: string, namespaceLabels?: Record<string, string>): number {
     const labels = identityLabels(workloadLabels, namespace, namespaceLabels);
     const key = labelSetKey(labels);
-    const existing = this.store.identityByKey(key);
+    const existing = tx.identityByKey(key);
     if (existing) return existing.id;
     // Hand out numbers round-robin from a persisted cursor: a number released a moment ago is not
     // reused at once, so flows, conntrack and other hosts' caches never confuse two label sets.
-    const used = this.store.usedIdentityIds();
-    const cursor = Number(this.store.metaGet('identity_cursor') ?? IDENTITY_MIN);
+    const used = tx.usedIdentityIds();
+    const cursor = Number(tx.metaGet('identity_cursor') ?? IDENTITY_MIN);
     const id = lowestFree(used, Math.max(cursor, IDENTITY_MIN), IDENTITY_MAX) ?? lowestFree(used, IDENTITY_MIN, IDENTITY_MAX);
     if (id === undefined) {
       throw new IdentityExhaustedError(`no free identity left in ${IDENTITY_MIN}-${IDENTITY_MAX}`);
     }
-    this.store.identityInsert(id, key, labels.map(labelFormat));
-    this.store.metaSet('identity_cursor', String(id + 1));
+    tx.identityInsert(id, key, labels.map(labelFormat));
+    tx.metaSet('identity_cursor', String(id + 1));
     return id;
   }
 }

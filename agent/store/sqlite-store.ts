@@ -1,7 +1,10 @@
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
-import type { IdentityRecord, WorkloadMode, WorkloadRecord, WorkloadSpec, WorkloadState } from './types.js';
+import type { Store, StoreChange, StoreTx, TransactionOptions, WorkloadStatus } from './store.js';
+import type {
+  IdentityRecord, NamespaceRecord, NewWorkload, PolicyRecord, WorkloadMode, WorkloadRecord, WorkloadSpec, WorkloadState,
+} from './types.js';
 
 const SCHEMA_VERSION = 3;
 
@@ -112,41 +115,19 @@ interface PolicyRow {
   updated_at: string;
 }
 
-export interface NamespaceRecord {
-  name: string;
-  labels: Record<string, string>;
-  createdAt: string;
-  updatedAt: string;
-}
-
-export interface PolicyRecord {
-  kind: string;
-  namespace: string;
-  name: string;
-  document: Record<string, unknown>;
-  createdAt: string;
-  updatedAt: string;
-}
-
-export interface NewWorkload {
-  spec: WorkloadSpec;
-  mode: WorkloadMode;
-  endpointId: number;
-  identity: number;
-  ipv4: string;
-  ipv6: string;
-  hostIfname: string;
-}
-
 /**
- * The embedded single-host store. Writes are synchronous SQLite transactions in WAL mode with
- * synchronous=FULL, so a change the API acknowledged survives a crash or power loss (see
- * `transaction` for the one relaxed kind of write).
+ * The embedded single-host store (the `Store` interface, `store.ts`). Writes are synchronous SQLite
+ * transactions in WAL mode with synchronous=FULL, so a change the API acknowledged survives a crash or
+ * power loss (see `transaction` for the one relaxed kind of write). A transaction runs to its commit
+ * before `transaction` returns: the promise only carries the result.
  */
-export class SqliteStore {
+export class SqliteStore implements Store, StoreTx {
   readonly db: Database.Database;
   /** Prepared statements by SQL text: preparing costs more than running most of these queries. */
   private readonly statements = new Map<string, Database.Statement>();
+  private readonly listeners = new Set<(change: StoreChange) => void>();
+  /** Changes of the open transaction, announced once it commits. */
+  private pending: StoreChange[] = [];
 
   constructor(path: string) {
     if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true, mode: 0o750 });
@@ -176,20 +157,58 @@ export class SqliteStore {
     return st;
   }
 
+  transaction<T>(fn: (tx: StoreTx) => T, opts: TransactionOptions = {}): Promise<T> {
+    try {
+      return Promise.resolve(this.transactionSync(() => fn(this), opts));
+    } catch (err) {
+      return Promise.reject(err as Error);
+    }
+  }
+
   /**
    * Runs fn in one transaction (nested calls join the outer one). `durable: false` commits without
    * waiting for the disk (WAL, synchronous=NORMAL): the commit survives a crash of the process but a
    * power loss may take it back. For writes nobody has been told about yet, which a later durable
    * commit makes durable too (it syncs the whole write-ahead log, earlier commits included).
    */
-  transaction<T>(fn: () => T, opts: { durable?: boolean } = {}): T {
-    if (opts.durable !== false || this.db.inTransaction) return this.db.transaction(fn)();
-    this.db.pragma('synchronous = NORMAL');
+  transactionSync<T>(fn: () => T, opts: TransactionOptions = {}): T {
+    if (this.db.inTransaction) return this.db.transaction(fn)();
+    let result: T;
     try {
-      return this.db.transaction(fn)();
-    } finally {
-      this.db.pragma('synchronous = FULL');
+      if (opts.durable !== false) {
+        result = this.db.transaction(fn)();
+      } else {
+        this.db.pragma('synchronous = NORMAL');
+        try {
+          result = this.db.transaction(fn)();
+        } finally {
+          this.db.pragma('synchronous = FULL');
+        }
+      }
+    } catch (err) {
+      this.pending = [];
+      throw err;
     }
+    const committed = this.pending;
+    this.pending = [];
+    for (const change of committed) this.announce(change);
+    return result;
+  }
+
+  subscribe(listener: (change: StoreChange) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  /** Listeners run synchronously after the commit and must not throw. */
+  private announce(change: StoreChange): void {
+    for (const l of this.listeners) l(change);
+  }
+
+  /** A write inside a transaction is announced at its commit; outside one, at once. */
+  private changed(change: StoreChange): void {
+    if (this.db.inTransaction) this.pending.push(change);
+    else this.announce(change);
   }
 
   close(): void {
@@ -221,22 +240,20 @@ export class SqliteStore {
          observed, error, created_at, updated_at)
        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', NULL, NULL, ?, ?)`,
     ).run(w.spec.namespace, w.spec.name, JSON.stringify(w.spec), w.mode, w.endpointId, w.identity, w.ipv4, w.ipv6, w.hostIfname, now, now);
+    this.changed({ kind: 'workload', namespace: w.spec.namespace, name: w.spec.name, what: 'spec' });
     return this.workloadGet(w.spec.namespace, w.spec.name)!;
   }
 
-  workloadStateSet(
-    namespace: string,
-    name: string,
-    state: WorkloadState,
-    observed: WorkloadRecord['observed'],
-    error: string | null = null,
-  ): void {
-    this.stmt('UPDATE workloads SET state = ?, observed = ?, error = ?, updated_at = ? WHERE namespace = ? AND name = ?')
-      .run(state, observed ? JSON.stringify(observed) : null, error, new Date().toISOString(), namespace, name);
+  workloadStatusSet(namespace: string, name: string, status: WorkloadStatus): void {
+    const { changes } = this.stmt('UPDATE workloads SET state = ?, observed = ?, error = ?, updated_at = ? WHERE namespace = ? AND name = ?')
+      .run(status.state, status.observed ? JSON.stringify(status.observed) : null, status.error, new Date().toISOString(), namespace, name);
+    if (changes > 0) this.changed({ kind: 'workload', namespace, name, what: 'status' });
   }
 
   workloadDelete(namespace: string, name: string): boolean {
-    return this.stmt('DELETE FROM workloads WHERE namespace = ? AND name = ?').run(namespace, name).changes > 0;
+    const gone = this.stmt('DELETE FROM workloads WHERE namespace = ? AND name = ?').run(namespace, name).changes > 0;
+    if (gone) this.changed({ kind: 'workload', namespace, name, what: 'deleted' });
+    return gone;
   }
 
   usedAddresses(): { ipv4: Set<string>; ipv6: Set<string> } {
@@ -253,6 +270,7 @@ export class SqliteStore {
   workloadUpdate(namespace: string, name: string, spec: WorkloadSpec, identity: number): void {
     this.stmt('UPDATE workloads SET spec = ?, identity = ?, updated_at = ? WHERE namespace = ? AND name = ?')
       .run(JSON.stringify(spec), identity, new Date().toISOString(), namespace, name);
+    this.changed({ kind: 'workload', namespace, name, what: 'spec' });
   }
 
   // --- namespaces ----------------------------------------------------------------------------
@@ -277,6 +295,7 @@ export class SqliteStore {
       `INSERT INTO namespaces (name, labels, created_at, updated_at) VALUES (?, ?, ?, ?)
        ON CONFLICT(name) DO UPDATE SET labels = excluded.labels, updated_at = excluded.updated_at`,
     ).run(name, JSON.stringify(labels), now, now);
+    this.changed({ kind: 'namespace', name });
   }
 
   // --- policies ------------------------------------------------------------------------------
@@ -300,11 +319,14 @@ export class SqliteStore {
       `INSERT INTO policies (kind, namespace, name, document, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)
        ON CONFLICT(kind, namespace, name) DO UPDATE SET document = excluded.document, updated_at = excluded.updated_at`,
     ).run(kind, namespace, name, JSON.stringify(document), now, now);
+    this.changed({ kind: 'policy', policyKind: kind, namespace, name, deleted: false });
     return !existed;
   }
 
   policyDelete(kind: string, namespace: string, name: string): boolean {
-    return this.stmt('DELETE FROM policies WHERE kind = ? AND namespace = ? AND name = ?').run(kind, namespace, name).changes > 0;
+    const gone = this.stmt('DELETE FROM policies WHERE kind = ? AND namespace = ? AND name = ?').run(kind, namespace, name).changes > 0;
+    if (gone) this.changed({ kind: 'policy', policyKind: kind, namespace, name, deleted: true });
+    return gone;
   }
 
   metaGet(key: string): string | undefined {
@@ -322,7 +344,7 @@ export class SqliteStore {
 
   /** Replaces the set of CIDR identities in use (they are node-local and derived from policies). */
   cidrIdentitiesSet(entries: ReadonlyArray<{ cidr: string; identity: number }>): void {
-    this.transaction(() => {
+    this.transactionSync(() => {
       this.stmt('DELETE FROM cidr_identities').run();
       const ins = this.stmt('INSERT INTO cidr_identities (cidr, identity) VALUES (?, ?)');
       for (const e of entries) ins.run(e.cidr, e.identity);
@@ -377,6 +399,7 @@ export class SqliteStore {
   identityInsert(id: number, labelsKey: string, labels: string[]): void {
     this.stmt('INSERT INTO identities (id, labels_key, labels, created_at) VALUES (?, ?, ?, ?)')
       .run(id, labelsKey, JSON.stringify(labels), new Date().toISOString());
+    this.changed({ kind: 'identity', id, deleted: false });
   }
 
   /** Deletes identities no workload references any more; returns the ids released. */
@@ -386,7 +409,10 @@ export class SqliteStore {
         .all() as Array<{ id: number }>
     ).map((r) => r.id);
     const del = this.stmt('DELETE FROM identities WHERE id = ?');
-    for (const id of ids) del.run(id);
+    for (const id of ids) {
+      del.run(id);
+      this.changed({ kind: 'identity', id, deleted: true });
+    }
     return ids;
   }
 }

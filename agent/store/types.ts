@@ -55,3 +55,30 @@ export interface IdentityRecord {
   references: number;
   createdAt: string;
 }
+
+export interface NamespaceRecord {
+  name: string;
+  labels: Record<string, string>;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface PolicyRecord {
+  kind: string;
+  namespace: string;
+  name: string;
+  document: Record<string, unknown>;
+  createdAt: string;
+  updatedAt: string;
+}
+
+/** A workload as registration writes it: spec plus what was allocated for it (state starts `pending`). */
+export interface NewWorkload {
+  spec: WorkloadSpec;
+  mode: WorkloadMode;
+  endpointId: number;
+  identity: number;
+  ipv4: string;
+  ipv6: string;
+  hostIfname: string;
+}

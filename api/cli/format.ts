@@ -84,3 +84,12 @@ export function flowTableRow(line: FlowLine): string {
   ];
   return cells.map((c, i) => (i < TABLE_WIDTHS.length ? c.padEnd(TABLE_WIDTHS[i]!) : c)).join(' ');
 }
+
+/** A workload's STATE cell: its state, and for a failed one how many retries and when the next is due. */
+export function workloadStateText(w: { state: string; retries?: number; nextRetryAt?: string | null }, now = Date.now()): string {
+  if (w.state !== 'error' && !w.retries) return w.state;
+  const parts: string[] = [];
+  if (w.retries) parts.push(`${w.retries} ${w.retries === 1 ? 'retry' : 'retries'}`);
+  if (w.nextRetryAt) parts.push(`next in ${Math.max(0, Math.ceil((Date.parse(w.nextRetryAt) - now) / 1000))}s`);
+  return parts.length ? `${w.state} (${parts.join(', ')})` : w.state;
+}

@@ -6,7 +6,7 @@ import type { Namespace, PolicyApplyResult, PolicySummary, TraceResponse, Worklo
 import type { Status } from '../schemas/status.js';
 import type { Workload } from '../schemas/workload.js';
 import { ApiClient, ApiError, socketDefault } from './client.js';
-import { flowCompact, flowTableHeader, flowTableRow, table } from './format.js';
+import { flowCompact, flowTableHeader, flowTableRow, table, workloadStateText } from './format.js';
 import { observeFilters, type ObserveOptions } from './observe-filters.js';
 
 const program = new Command('kitnet')
@@ -143,9 +143,10 @@ workload
     console.log(
       table(
         ['NAMESPACE', 'NAME', 'STATE', 'MODE', 'IDENTITY', 'IPV4', 'IPV6', 'DEVICE', 'LABELS'],
-        list.map((w) => [w.namespace, w.name, w.state, w.mode, w.identity, w.ipv4, w.ipv6, w.interfaces.host.name, Object.entries(w.labels).map(([k, v]) => `${k}=${v}`).join(',')]),
+        list.map((w) => [w.namespace, w.name, workloadStateText(w), w.mode, w.identity, w.ipv4, w.ipv6, w.interfaces.host.name, Object.entries(w.labels).map(([k, v]) => `${k}=${v}`).join(',')]),
       ),
     );
+    for (const w of list) if (w.state === 'error' && w.error) console.log(`${w.namespace}/${w.name}: ${w.error}`);
   });
 
 workload

@@ -7,7 +7,7 @@ import { Agent, KITNET_VERSION } from '../../agent/agent.js';
 import { configLoad, type ConfigInput } from '../../agent/config.js';
 import { hostFactsGather } from '../../agent/host-facts.js';
 import { kernelOpsReal } from '../../agent/kernel-ops-real.js';
-import { SqliteStore } from '../../agent/store/sqlite-store.js';
+import { sqliteStoreOpen } from '../../agent/store/index.js';
 import { serverBuild } from '../../api/server.js';
 import { datapathLoad, datapathUnpinAll, type KitnetDatapath } from '../../bpf/index.js';
 import { hostForwardingEnsure } from '../../netkit/index.js';
@@ -41,7 +41,7 @@ export async function testAgentStart(id: string, overrides: ConfigInput = {}): P
     ...overrides,
   });
   const log = pino({ level: config.logLevel });
-  const store = new SqliteStore(join(config.stateDir, 'kitnet.db'));
+  const store = sqliteStoreOpen(join(config.stateDir, 'kitnet.db'));
   await hostForwardingEnsure();
   const datapath = await datapathLoad({ pinRoot });
   const agent = new Agent(config, store, kernelOpsReal(datapath), await hostFactsGather(), log);

@@ -31,6 +31,8 @@ function agentStub() {
     requestedMode: 'auto',
     state: 'ready' as const,
     error: null,
+    retries: 0,
+    nextRetryAt: null,
     endpointId: 1,
     interfaces: { host: { name: 'kn0', ifindex: null, mac: null }, workload: { name: 'eth0', ifindex: null, mac: null } },
     gateway: { ipv4: '169.254.1.1', ipv6: 'fe80::1' },

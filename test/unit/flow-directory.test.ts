@@ -4,14 +4,14 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { EndpointDirectory } from '../../agent/flows/directory.js';
 import { IdentityAllocator } from '../../agent/identity/allocator.js';
-import { SqliteStore } from '../../agent/store/sqlite-store.js';
+import { sqliteStoreOpen } from '../../agent/store/index.js';
 import type { WorkloadRecord } from '../../agent/store/types.js';
 
-test('incremental directory updates answer as a rebuild from the store', () => {
+test('incremental directory updates answer as a rebuild from the store', async () => {
   let seed = 11;
   const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) >> 4) % n;
-  const store = new SqliteStore(':memory:');
-  const ids = new IdentityAllocator(store);
+  const store = sqliteStoreOpen(':memory:');
+  const ids = new IdentityAllocator();
   const dir = new EndpointDirectory(store);
   const labelsOf = () => ({ app: ['a', 'b', 'c', 'd', 'e'][rnd(5)]!, ...(rnd(2) ? { tier: 'x' } : {}) });
   const set = (w: WorkloadRecord) => dir.workloadSet(w, store.identityLabels(w.identity)!);
@@ -22,27 +22,27 @@ test('incremental directory updates answer as a rebuild from the store', () => {
     if (op === 0) {
       const i = ++n;
       const labels = labelsOf();
-      const w = store.transaction(() =>
-        store.workloadInsert({
+      const w = await store.transaction((tx) =>
+        tx.workloadInsert({
           spec: { name: `w${i}`, namespace: 'ns', kind: rnd(2) ? 'netns' : 'vm', labels, netns: '/x', requestedMode: 'auto', interface: 'eth0' },
-          mode: 'veth', endpointId: i, identity: ids.acquire(labels, 'ns'), ipv4: `10.0.${i >> 8}.${i & 255}`, ipv6: `fd00::${i}`, hostIfname: `kn${i}`,
+          mode: 'veth', endpointId: i, identity: ids.acquire(tx, labels, 'ns'), ipv4: `10.0.${i >> 8}.${i & 255}`, ipv6: `fd00::${i}`, hostIfname: `kn${i}`,
         }),
       );
       set(w);
     } else if (op === 1) {
       const w = all[rnd(all.length)]!;
       const labels = labelsOf();
-      const updated = store.transaction(() => {
-        store.workloadUpdate(w.spec.namespace, w.spec.name, { ...w.spec, labels }, ids.acquire(labels, 'ns'));
-        store.identitiesReleaseUnused();
-        return store.workloadGet(w.spec.namespace, w.spec.name)!;
+      const updated = await store.transaction((tx) => {
+        tx.workloadUpdate(w.spec.namespace, w.spec.name, { ...w.spec, labels }, ids.acquire(tx, labels, 'ns'));
+        tx.identitiesReleaseUnused();
+        return tx.workloadGet(w.spec.namespace, w.spec.name)!;
       });
       set(updated);
     } else {
       const w = all[rnd(all.length)]!;
-      store.transaction(() => {
-        store.workloadDelete(w.spec.namespace, w.spec.name);
-        store.identitiesReleaseUnused();
+      await store.transaction((tx) => {
+        tx.workloadDelete(w.spec.namespace, w.spec.name);
+        tx.identitiesReleaseUnused();
       });
       dir.workloadRemove(w);
     }

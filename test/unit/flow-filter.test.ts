@@ -6,21 +6,22 @@ import { flowEnrich } from '../../agent/flows/enrich.js';
 import { FilterError, filterCompile, filtersCompile, labelSelectorParse, type FlowFilter } from '../../agent/flows/filter.js';
 import type { HubbleFlowRecord } from '../../agent/flows/hubble.js';
 import { IdentityAllocator } from '../../agent/identity/allocator.js';
-import { SqliteStore } from '../../agent/store/sqlite-store.js';
+import { sqliteStoreOpen } from '../../agent/store/index.js';
 
-function fixture() {
-  const store = new SqliteStore(':memory:');
-  const ids = new IdentityAllocator(store);
-  const add = (name: string, ns: string, labels: Record<string, string>, n: number) => {
-    const identity = ids.acquire(labels, ns);
-    store.workloadInsert({
-      spec: { name, namespace: ns, kind: 'netns', labels, netns: '/x', requestedMode: 'auto', interface: 'eth0' },
-      mode: 'veth', endpointId: n, identity, ipv4: `10.200.0.${n}`, ipv6: `fd00:200::${n}`, hostIfname: `kn${n}`,
+async function fixture() {
+  const store = sqliteStoreOpen(':memory:');
+  const ids = new IdentityAllocator();
+  const add = (name: string, ns: string, labels: Record<string, string>, n: number) =>
+    store.transaction((tx) => {
+      const identity = ids.acquire(tx, labels, ns);
+      tx.workloadInsert({
+        spec: { name, namespace: ns, kind: 'netns', labels, netns: '/x', requestedMode: 'auto', interface: 'eth0' },
+        mode: 'veth', endpointId: n, identity, ipv4: `10.200.0.${n}`, ipv6: `fd00:200::${n}`, hostIfname: `kn${n}`,
+      });
+      return identity;
     });
-    return identity;
-  };
-  const webId = add('web', 'shop', { app: 'web', tier: 'front' }, 2);
-  const dbId = add('db', 'shop', { app: 'db' }, 3);
+  const webId = await add('web', 'shop', { app: 'web', tier: 'front' }, 2);
+  const dbId = await add('db', 'shop', { app: 'db' }, 3);
   const dir = new EndpointDirectory(store);
   const base: FlowEvent = {
     timeNs: 1_700_000_000_000_000_000n, ifindex: 10, endpointId: 2, direction: 'EGRESS', family: 4, protocol: 6,
@@ -40,8 +41,8 @@ function fixture() {
 const names = (pred: (r: HubbleFlowRecord) => boolean, flows: Record<string, HubbleFlowRecord>) =>
   Object.entries(flows).filter(([, f]) => pred(f)).map(([k]) => k).sort();
 
-describe('flow filters', () => {
-  const { flows, webId, dbId } = fixture();
+describe('flow filters', async () => {
+  const { flows, webId, dbId } = await fixture();
   const only = (f: FlowFilter) => names(filterCompile(f), flows);
 
   test('each field selects what it should', () => {

@@ -12,18 +12,18 @@ import { FlowPipeline } from '../../agent/flows/pipeline.js';
 import { Ring } from '../../agent/flows/ring.js';
 import { IdentityAllocator } from '../../agent/identity/allocator.js';
 import { AgentMetrics } from '../../agent/metrics.js';
-import { SqliteStore } from '../../agent/store/sqlite-store.js';
+import { sqliteStoreOpen } from '../../agent/store/index.js';
 import { flowCompact, flowTableRow } from '../../api/cli/format.js';
 import { promParse } from '../helpers/prom.js';
 
-function fixture() {
-  const store = new SqliteStore(':memory:');
-  const ids = new IdentityAllocator(store);
+async function fixture() {
+  const store = sqliteStoreOpen(':memory:');
+  const ids = new IdentityAllocator();
   for (const [n, labels] of [[2, { app: 'web' }], [3, { app: 'db' }]] as const) {
-    store.workloadInsert({
+    await store.transaction((tx) => tx.workloadInsert({
       spec: { name: `w${n}`, namespace: 'shop', kind: 'netns', labels, netns: '/x', requestedMode: 'auto', interface: 'eth0' },
-      mode: 'veth', endpointId: n, identity: ids.acquire(labels, 'shop'), ipv4: `10.200.0.${n}`, ipv6: `fd00:200::${n}`, hostIfname: `kn${n}`,
-    });
+      mode: 'veth', endpointId: n, identity: ids.acquire(tx, labels, 'shop'), ipv4: `10.200.0.${n}`, ipv6: `fd00:200::${n}`, hostIfname: `kn${n}`,
+    }));
   }
   return { store, dir: new EndpointDirectory(store) };
 }
@@ -56,8 +56,8 @@ const hubbleLines = (text: string) =>
     .sort();
 
 describe('flow pipeline hot path', () => {
-  test('a lazy record serialises as Hubble\'s line and reads the same every time', () => {
-    const { dir } = fixture();
+  test('a lazy record serialises as Hubble\'s line and reads the same every time', async () => {
+    const { dir } = await fixture();
     const [ev] = randomEvents(1);
     const rec = flowEnrich(ev!, dir, 'node-1');
     assert.ok(rec instanceof LazyFlowRecord);
@@ -78,8 +78,8 @@ describe('flow pipeline hot path', () => {
     }
   });
 
-  test('the ring keeps every flow; followers get them only while they listen; batch observers see every batch', () => {
-    const { dir } = fixture();
+  test('the ring keeps every flow; followers get them only while they listen; batch observers see every batch', async () => {
+    const { dir } = await fixture();
     const p = new FlowPipeline(dir, 'n', 100, pino({ level: 'silent' }));
     const batches: number[] = [];
     const stop = p.batchObserve((evs) => batches.push(evs.length));
@@ -98,8 +98,8 @@ describe('flow pipeline hot path', () => {
     assert.equal(seen[4], p.ring.last(8)[0], 'followers get the record the ring keeps');
   });
 
-  test('a batch larger than the ring leaves the ring as pushing every event would', () => {
-    const { dir } = fixture();
+  test('a batch larger than the ring leaves the ring as pushing every event would', async () => {
+    const { dir } = await fixture();
     const events = randomEvents(260, 3);
     const big = new FlowPipeline(dir, 'n', 100, pino({ level: 'silent' }));
     big.batch(events.slice(0, 30));
@@ -113,7 +113,7 @@ describe('flow pipeline hot path', () => {
   });
 
   test('batched metrics count exactly what per-flow counting of the same flows gives', async () => {
-    const { dir } = fixture();
+    const { dir } = await fixture();
     const events = randomEvents(3000);
     const pipeline = new FlowPipeline(dir, 'n', 4095, pino({ level: 'silent' }));
     const batched = new AgentMetrics({ flows: pipeline });
@@ -138,30 +138,30 @@ describe('flows of frames that are not plain IP', () => {
   const arpDrop = base;
   const lldpDrop: FlowEvent = { ...base, family: 0, srcAddr: '', dstAddr: '', dropReason: 139, etherType: 0x88cc };
   const taggedDrop: FlowEvent = { ...base, protocol: 17, srcAddr: '10.200.0.3', dstAddr: '10.200.0.1', srcPort: 40000, dstPort: 53, dropReason: 139, etherType: 0x88a8 };
-  const json = (ev: FlowEvent) => JSON.parse(JSON.stringify(flowEnrich(ev, fixture().dir, 'n'))) as { flow: Record<string, unknown> };
+  const json = async (ev: FlowEvent) => JSON.parse(JSON.stringify(flowEnrich(ev, (await fixture()).dir, 'n'))) as { flow: Record<string, unknown> };
 
-  test('an ARP drop says ARP: no l4, the sender and target protocol addresses as IP', () => {
-    const f = json(arpDrop).flow;
+  test('an ARP drop says ARP: no l4, the sender and target protocol addresses as IP', async () => {
+    const f = (await json(arpDrop)).flow;
     assert.equal(f.Summary, 'ARP');
     assert.equal('l4' in f, false);
     assert.deepEqual(f.IP, { source: '10.200.0.66', destination: '169.254.1.1', ipVersion: 'IPv4' });
     assert.deepEqual([f.verdict, f.drop_reason_desc], ['DROPPED', 'INVALID_SOURCE_IP']);
   });
 
-  test('a frame that is not IP has no IP and no l4 and is summarised by its EtherType', () => {
-    const f = json(lldpDrop).flow;
+  test('a frame that is not IP has no IP and no l4 and is summarised by its EtherType', async () => {
+    const f = (await json(lldpDrop)).flow;
     assert.deepEqual(['IP' in f, 'l4' in f, f.Summary, f.drop_reason_desc], [false, false, 'LLDP (0x88cc)', 'UNSUPPORTED_L3_PROTOCOL']);
-    assert.equal(json({ ...lldpDrop, etherType: 0x88b5 }).flow.Summary, 'EtherType 0x88b5');
-    assert.equal(json({ ...lldpDrop, etherType: 38, dropReason: 166 }).flow.Summary, '802.3 length 38');
+    assert.equal((await json({ ...lldpDrop, etherType: 0x88b5 })).flow.Summary, 'EtherType 0x88b5');
+    assert.equal((await json({ ...lldpDrop, etherType: 38, dropReason: 166 })).flow.Summary, '802.3 length 38');
   });
 
-  test('an IP packet inside VLAN tags keeps its addresses and L4, the summary names the tag', () => {
-    const f = json(taggedDrop).flow;
+  test('an IP packet inside VLAN tags keeps its addresses and L4, the summary names the tag', async () => {
+    const f = (await json(taggedDrop)).flow;
     assert.deepEqual([f.Summary, f.IP, f.l4], ['802.1ad (0x88a8) UDP', { source: '10.200.0.3', destination: '10.200.0.1', ipVersion: 'IPv4' }, { UDP: { source_port: 40000, destination_port: 53 } }]);
   });
 
   test('filters, metrics and the CLI formats take such flows', async () => {
-    const { dir } = fixture();
+    const { dir } = await fixture();
     const recs = [arpDrop, lldpDrop, taggedDrop].map((ev) => flowEnrich(ev, dir, 'n'));
     const pick = (filter: Parameters<typeof filtersCompile>[0]) => recs.filter(filtersCompile(filter)).map((r) => r.flow.Summary);
     assert.deepEqual(pick([{ source_ip: ['10.200.0.0/24'] }]), ['ARP', '802.1ad (0x88a8) UDP']);

@@ -3,7 +3,7 @@ import { describe, test } from 'node:test';
 import { IdentityAllocator, lowestFree } from '../../agent/identity/allocator.js';
 import { identityLabels, labelFormat, labelSetKey, workloadLabelKeyForbidden } from '../../agent/identity/labels.js';
 import { IDENTITY_MIN } from '../../agent/identity/reserved.js';
-import { SqliteStore } from '../../agent/store/sqlite-store.js';
+import { sqliteStoreOpen, type StoreTx } from '../../agent/store/index.js';
 
 describe('identity labels', () => {
   test('add namespace labels and default the k8s source', () => {
@@ -63,8 +63,8 @@ describe('lowestFree', () => {
 });
 
 describe('IdentityAllocator with the SQLite store', () => {
-  function insertWorkload(store: SqliteStore, name: string, identity: number, n: number) {
-    store.workloadInsert({
+  function insertWorkload(tx: StoreTx, name: string, identity: number, n: number) {
+    tx.workloadInsert({
       spec: { name, namespace: 'default', kind: 'netns', labels: {}, netns: '/x', requestedMode: 'auto', interface: 'eth0' },
       mode: 'veth',
       endpointId: n,
@@ -75,26 +75,29 @@ describe('IdentityAllocator with the SQLite store', () => {
     });
   }
 
-  test('same labels share a number; new sets get the next; release when unused; stable across reopen', () => {
-    const store = new SqliteStore(':memory:');
-    const alloc = new IdentityAllocator(store);
-    const web = alloc.acquire({ app: 'web' }, 'default');
+  test('same labels share a number; new sets get the next; release when unused; stable across reopen', async () => {
+    const store = sqliteStoreOpen(':memory:');
+    const alloc = new IdentityAllocator();
+    const acquire = (labels: Record<string, string>) => store.transaction((tx) => alloc.acquire(tx, labels, 'default'));
+    const web = await acquire({ app: 'web' });
     assert.equal(web, IDENTITY_MIN);
-    assert.equal(alloc.acquire({ app: 'web' }, 'default'), web);
-    const db = alloc.acquire({ app: 'db' }, 'default');
+    assert.equal(await acquire({ app: 'web' }), web);
+    const db = await acquire({ app: 'db' });
     assert.equal(db, IDENTITY_MIN + 1);
-    insertWorkload(store, 'w1', web, 1);
-    insertWorkload(store, 'w2', web, 2);
+    await store.transaction((tx) => {
+      insertWorkload(tx, 'w1', web, 1);
+      insertWorkload(tx, 'w2', web, 2);
+    });
     // db has no workload: released; web is still referenced twice.
-    assert.deepEqual(store.identitiesReleaseUnused(), [db]);
+    assert.deepEqual(await store.transaction((tx) => tx.identitiesReleaseUnused()), [db]);
     assert.equal(store.identityGet(web)?.references, 2);
-    store.workloadDelete('default', 'w1');
-    assert.deepEqual(store.identitiesReleaseUnused(), []);
-    store.workloadDelete('default', 'w2');
-    assert.deepEqual(store.identitiesReleaseUnused(), [web]);
+    await store.transaction((tx) => tx.workloadDelete('default', 'w1'));
+    assert.deepEqual(await store.transaction((tx) => tx.identitiesReleaseUnused()), []);
+    await store.transaction((tx) => tx.workloadDelete('default', 'w2'));
+    assert.deepEqual(await store.transaction((tx) => tx.identitiesReleaseUnused()), [web]);
     assert.equal(store.identityList().length, 0);
     // Released numbers are not handed out again at once: allocation moves on round-robin.
-    assert.equal(alloc.acquire({ app: 'web' }, 'default'), IDENTITY_MIN + 2);
+    assert.equal(await acquire({ app: 'web' }), IDENTITY_MIN + 2);
     store.close();
   });
 });

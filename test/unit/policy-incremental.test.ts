@@ -14,7 +14,7 @@ import { PolicyEngine } from '../../agent/policy-engine.js';
 import { PolicyState } from '../../agent/policy/incremental.js';
 import { policiesParse, policyCompile, policyKeyEncode } from '../../agent/policy/index.js';
 import type { CompiledPolicy, EndpointPolicy, NamedPort, ParsedPolicy, PolicyEntry } from '../../agent/policy/index.js';
-import { SqliteStore } from '../../agent/store/sqlite-store.js';
+import { sqliteStoreOpen } from '../../agent/store/index.js';
 import type { WorkloadRecord } from '../../agent/store/types.js';
 
 const DOCS = `apiVersion: cilium.io/v2
@@ -359,27 +359,27 @@ function mapOf(compiled: CompiledPolicy): Map<string, boolean> {
 
 describe('PolicyEngine: incremental updates write what a full apply writes', () => {
   for (let seed = 1; seed <= Math.max(4, SEEDS / 3); seed++) {
-    test(`engine over an in-memory store, seed ${seed}`, () => {
+    test(`engine over an in-memory store, seed ${seed}`, async () => {
       const rnd = rng(1000 + seed);
-      const store = new SqliteStore(':memory:');
-      for (const [ns, labels] of Object.entries(NAMESPACES)) store.namespacePut(ns, labels);
-      const allocator = new IdentityAllocator(store);
+      const store = sqliteStoreOpen(':memory:');
+      for (const [ns, labels] of Object.entries(NAMESPACES)) await store.transaction((tx) => tx.namespacePut(ns, labels));
+      const allocator = new IdentityAllocator();
       const { kernel, map } = fakeKernel();
       const engine = new PolicyEngine(store, kernel, pino({ level: 'silent' }));
       const docs = DOCS.filter(() => rnd(5) < 3);
       for (const d of docs) {
         const p = policiesParse(d)[0]!;
-        store.policyPut(p.kind, p.namespace, p.name, p.document);
+        await store.transaction((tx) => tx.policyPut(p.kind, p.namespace, p.name, p.document));
       }
       engine.load();
       engine.apply();
       let n = 0;
-      const register = (m: Model): WorkloadRecord => {
+      const register = (m: Model): Promise<WorkloadRecord> => {
         const name = `w${++n}`;
-        return store.transaction(() =>
-          store.workloadInsert({
+        return store.transaction((tx) =>
+          tx.workloadInsert({
             spec: { name, namespace: m.namespace, kind: 'netns', labels: m.labels, netns: '/x', requestedMode: 'auto', interface: 'eth0', ...(m.ports.length ? { ports: m.ports as WorkloadRecord['spec']['ports'] } : {}) },
-            mode: 'veth', endpointId: n, identity: allocator.acquire(m.labels, m.namespace, NAMESPACES[m.namespace]), ipv4: m.addresses?.[0] ?? `10.9.0.${n}`, ipv6: m.addresses?.[1] ?? `fd09::${n}`, hostIfname: `kn${n}`,
+            mode: 'veth', endpointId: n, identity: allocator.acquire(tx, m.labels, m.namespace, NAMESPACES[m.namespace]), ipv4: m.addresses?.[0] ?? `10.9.0.${n}`, ipv6: m.addresses?.[1] ?? `fd09::${n}`, hostIfname: `kn${n}`,
           }),
         );
       };
@@ -399,21 +399,21 @@ describe('PolicyEngine: incremental updates write what a full apply writes', () 
         const all = store.workloadList();
         const op = all.length === 0 ? 0 : rnd(10);
         if (op < 5) {
-          engine.endpointsUpdate({ upsert: [register(randomWorkload(rnd))] });
+          engine.endpointsUpdate({ upsert: [await register(randomWorkload(rnd))] });
         } else if (op < 7) {
           const w = all[rnd(all.length)]!;
           const m = randomWorkload(rnd);
-          const updated = store.transaction(() => {
-            store.workloadUpdate(w.spec.namespace, w.spec.name, { ...w.spec, labels: m.labels }, allocator.acquire(m.labels, w.spec.namespace, NAMESPACES[w.spec.namespace]));
-            store.identitiesReleaseUnused();
-            return store.workloadGet(w.spec.namespace, w.spec.name)!;
+          const updated = await store.transaction((tx) => {
+            tx.workloadUpdate(w.spec.namespace, w.spec.name, { ...w.spec, labels: m.labels }, allocator.acquire(tx, m.labels, w.spec.namespace, NAMESPACES[w.spec.namespace]));
+            tx.identitiesReleaseUnused();
+            return tx.workloadGet(w.spec.namespace, w.spec.name)!;
           });
           engine.endpointsUpdate({ upsert: [updated] });
         } else if (op < 9) {
           const w = all[rnd(all.length)]!;
-          store.transaction(() => {
-            store.workloadDelete(w.spec.namespace, w.spec.name);
-            store.identitiesReleaseUnused();
+          await store.transaction((tx) => {
+            tx.workloadDelete(w.spec.namespace, w.spec.name);
+            tx.identitiesReleaseUnused();
           });
           engine.endpointsUpdate({ remove: [w] });
         } else {
@@ -490,23 +490,23 @@ spec:
     assert.deepEqual(selected(), [], 'the CiliumNetworkPolicy fromCIDR 10.2.0.0/16 does not select a workload');
   });
 
-  test('policy trace names the rule that selected a workload address, and why one did not', () => {
-    const store = new SqliteStore(':memory:');
-    for (const [ns, labels] of Object.entries(NAMESPACES)) store.namespacePut(ns, labels);
-    const allocator = new IdentityAllocator(store);
+  test('policy trace names the rule that selected a workload address, and why one did not', async () => {
+    const store = sqliteStoreOpen(':memory:');
+    for (const [ns, labels] of Object.entries(NAMESPACES)) await store.transaction((tx) => tx.namespacePut(ns, labels));
+    const allocator = new IdentityAllocator();
     const engine = new PolicyEngine(store, fakeKernel().kernel, pino({ level: 'silent' }));
-    for (const p of policiesParse(BLOCKS)) store.policyPut(p.kind, p.namespace, p.name, p.document);
+    for (const p of policiesParse(BLOCKS)) await store.transaction((tx) => tx.policyPut(p.kind, p.namespace, p.name, p.document));
     const add = (n: number, name: string, namespace: string, app: string, ipv4: string, ipv6: string) =>
-      store.transaction(() =>
-        store.workloadInsert({
+      store.transaction((tx) =>
+        tx.workloadInsert({
           spec: { name, namespace, kind: 'netns', labels: { app }, netns: '/x', requestedMode: 'auto', interface: 'eth0' },
-          mode: 'veth', endpointId: n, identity: allocator.acquire({ app }, namespace, NAMESPACES[namespace]), ipv4, ipv6, hostIfname: `kn${n}`,
+          mode: 'veth', endpointId: n, identity: allocator.acquire(tx, { app }, namespace, NAMESPACES[namespace]), ipv4, ipv6, hostIfname: `kn${n}`,
         }),
       );
-    add(1, 'db', 'ns1', 'db', '10.9.0.1', 'fd09::1');
-    add(2, 'b', 'ns2', 'b', '10.1.0.2', 'fd01::2');
-    add(3, 'c', 'ns2', 'c', '10.2.0.3', 'fd01::3');
-    add(4, 'v4only', 'ns3', 'v4only', '10.1.0.4', 'fd04::4');
+    await add(1, 'db', 'ns1', 'db', '10.9.0.1', 'fd09::1');
+    await add(2, 'b', 'ns2', 'b', '10.1.0.2', 'fd01::2');
+    await add(3, 'c', 'ns2', 'c', '10.2.0.3', 'fd01::3');
+    await add(4, 'v4only', 'ns3', 'v4only', '10.1.0.4', 'fd04::4');
     engine.load();
     engine.apply();
     const trace = (from: { ip: string } | { endpointId: number }, to: { ip: string } | { endpointId: number }) => engine.trace(from, to, 'TCP', 80).result;

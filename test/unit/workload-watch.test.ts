@@ -2,17 +2,17 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { pino } from 'pino';
 import type { KernelOps } from '../../agent/kernel-ops.js';
-import type { SqliteStore } from '../../agent/store/sqlite-store.js';
+import type { Store } from '../../agent/store/index.js';
 import { WorkloadWatch } from '../../agent/workload-watch.js';
-import type { WorkloadService } from '../../agent/workloads.js';
 import type { LinkGone } from '../../netkit/index.js';
 
 /**
- * When the kernel dropped link events (the monitor's buffer overflowed), the watch compares every
- * ready workload's device with the links present and handles the missing ones as if their removal
- * had been reported. The monitor's overflow itself is provoked for real in test/root/netkit-monitor.
+ * The watch only enqueues: a removed link of a workload puts that workload in the reconcile queue
+ * (what happens then is the plan's, test/unit/reconcile-plan.test.ts). When the kernel dropped link
+ * events (the monitor's buffer overflowed), every ready workload whose device is missing is enqueued.
+ * The monitor's overflow itself is provoked for real in test/root/netkit-monitor.
  */
-test('a resync after lost link events checks exactly the ready workloads whose device is gone', async () => {
+test('link removals and a resync after lost events enqueue exactly the workloads concerned', () => {
   const records = [
     { spec: { namespace: 'n', name: 'alive', kind: 'netns', netns: '/run/netns/alive' }, hostIfname: 'kn-alive', state: 'ready', identity: 1 },
     { spec: { namespace: 'n', name: 'gone', kind: 'netns', netns: '/run/netns/gone' }, hostIfname: 'kn-gone', state: 'ready', identity: 1 },
@@ -20,33 +20,27 @@ test('a resync after lost link events checks exactly the ready workloads whose d
     { spec: { namespace: 'n', name: 'registering', kind: 'netns', netns: '/run/netns/registering' }, hostIfname: 'kn-reg', state: 'pending', identity: 1 },
   ];
   let resync: ((present: ReadonlySet<string>) => void) | undefined;
+  let gone: ((l: LinkGone) => void) | undefined;
   const kernel = {
-    linkRemovalsWatch: (_onGone: (l: LinkGone) => void, onResync: (present: ReadonlySet<string>) => void) => {
+    linkRemovalsWatch: (onGone: (l: LinkGone) => void, onResync: (present: ReadonlySet<string>) => void) => {
+      gone = onGone;
       resync = onResync;
       return { close: () => undefined };
     },
-    // the namespace of "gone" went away; the one of "relinked" is there (its link was deleted by hand)
-    netnsValidate: async (path: string) => {
-      if (path.endsWith('/gone')) throw new Error('does not exist');
-    },
   } as unknown as KernelOps;
-  const removed: string[] = [];
-  const repaired: string[] = [];
-  const workloads = {
-    remove: async (ns: string, name: string) => void removed.push(`${ns}/${name}`),
-    repair: async (ns: string, name: string) => void repaired.push(`${ns}/${name}`),
-  } as unknown as WorkloadService;
-  const store = { workloadList: () => records } as unknown as SqliteStore;
-  let changes = 0;
-  const watch = new WorkloadWatch(store, kernel, workloads, pino({ level: 'silent' }), () => changes++);
+  const enqueued: string[] = [];
+  const controller = { enqueueAfter: (ns: string, name: string) => void enqueued.push(`${ns}/${name}`) };
+  const store = { workloadList: () => records } as unknown as Store;
+  const watch = new WorkloadWatch(store, kernel, controller, pino({ level: 'silent' }));
   watch.start();
   try {
-    assert.ok(resync, 'the watch asked for resyncs');
+    assert.ok(resync && gone, 'the watch asked for link removals and resyncs');
     resync(new Set(['lo', 'kn-alive']));
-    await new Promise((r) => setTimeout(r, 400));
-    assert.deepEqual(removed, ['n/gone'], 'namespace gone: the workload is removed');
-    assert.deepEqual(repaired, ['n/relinked'], 'namespace there: the device is made again');
-    assert.equal(changes, 2);
+    assert.deepEqual(enqueued, ['n/gone', 'n/relinked'], 'ready workloads whose device is missing; not one still registering');
+    enqueued.length = 0;
+    gone({ ifname: 'kn-alive' } as LinkGone);
+    gone({ ifname: 'eth7' } as LinkGone);
+    assert.deepEqual(enqueued, ['n/alive'], "a workload's link; not a foreign one");
   } finally {
     watch.stop();
   }
