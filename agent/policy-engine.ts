@@ -21,6 +21,7 @@ import {
   type TraceSide,
 } from './policy/index.js';
 import { CompileMeter, type CompileBudget } from './policy/budget.js';
+import { IPBLOCK_VIEW_PREFIX } from './policy/cidr.js';
 import { PolicyState, type EndpointPolicyChange } from './policy/incremental.js';
 import { STEP, stepsRun, stepsRunSliced, type Steps } from './policy/slices.js';
 import type { SqliteStore } from './store/sqlite-store.js';
@@ -219,7 +220,7 @@ export class PolicyEngine {
     // CIDR identities first, so a new allow never refers to an address that still maps to world.
     // The full sweep (host addresses, a dump of the map) runs only when the CIDR set changed: a
     // workload's own entries are written by the reconciler, and the sweep is O(map) per call.
-    const cidrKey = state.cidrIdentities.map((c) => `${c.cidr}=${c.identity}`).sort().join(',');
+    const cidrKey = [...state.cidrIdentities, ...state.ipBlocks].map((c) => `${c.cidr}=${c.identity}`).sort().join(',');
     if (cidrKey !== this.cidrKeyApplied) {
       yield* this.ipcacheSyncSteps(state.compiled());
       this.cidrKeyApplied = cidrKey;
@@ -347,8 +348,8 @@ export class PolicyEngine {
   }
 
   /**
-   * Desired ipcache: workload addresses (their identities), host addresses (reserved host) and the
-   * CIDR identities of the policies. Anything else local is removed; remote-host entries are kept.
+   * Desired ipcache: workload addresses (their identities), host addresses (reserved host), the
+   * CIDR identities of the policies and the ipBlock view (cidr.ts, ipBlockView). Anything else local is removed; remote-host entries are kept.
    */
   ipcacheSync(compiled: CompiledPolicy | undefined = this.state?.compiled()): void {
     stepsRun(this.ipcacheSyncSteps(compiled));
@@ -359,6 +360,7 @@ export class PolicyEngine {
     const desired = new Map<string, number>();
     for (const cidr of hostAddresses()) desired.set(cidr, ReservedIdentity.host);
     for (const c of compiled?.ipcache ?? []) desired.set(c.cidr, c.identity);
+    for (const c of compiled?.ipBlocks ?? []) desired.set(`${IPBLOCK_VIEW_PREFIX}${c.cidr}`, c.identity);
     for (const w of this.store.workloadList()) {
       desired.set(`${w.ipv4}/32`, w.identity);
       desired.set(`${w.ipv6}/128`, w.identity);
