@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { resolve } from 'node:path';
 import type { Logger } from 'pino';
-import { KernelError, UnsupportedFeatureError } from '../common/kernel-error.js';
+import { KernelError, UnsupportedFeatureError, isMapFull } from '../common/kernel-error.js';
 import { KitnetError } from '../common/errors.js';
 import type { DeviceMode, EndpointDeviceSpec, TapAdoptSpec, VmPlumbingSpec } from '../netkit/index.js';
 import type { NetnsId } from '../netkit/index.js';
@@ -140,6 +140,7 @@ export function errorToKitnet(err: unknown, context: string): KitnetError {
     if (err.errnoName === 'EEXIST' && err.device?.netns) {
       return new KitnetError('AGENT_ERR_WORKLOAD_INTERFACE', `${context}: ${err.message}`, { field: 'interface', cause: err });
     }
+    if (isMapFull(err)) return new KitnetError('AGENT_ERR_MAP_FULL', `${context}: ${err.message}; the registration was rolled back`, { cause: err });
     return new KitnetError('AGENT_ERR_KERNEL', `${context}: ${err.message}`, { cause: err });
   }
   return new KitnetError('AGENT_ERR_INTERNAL', `${context}: ${(err as Error)?.message ?? String(err)}`, { cause: err });
@@ -442,8 +443,20 @@ export class WorkloadService {
   labelsSet(namespace: string, name: string, labels: Record<string, string>): Promise<WorkloadRecord> {
     return this.mutex.run(async () => {
       const rec = this.get(namespace, name);
-      const updated = this.identitiesRederive([{ ...rec, spec: { ...rec.spec, labels } }]);
-      await this.policy.endpointsUpdateSliced({ upsert: updated });
+      // The old identity is kept until policy took the new one, so a refusal can go back to it.
+      const updated = this.identitiesRederive([{ ...rec, spec: { ...rec.spec, labels } }], false);
+      try {
+        await this.policy.endpointsUpdateSliced({ upsert: updated });
+      } catch (err) {
+        // Refused (the policy map has no room for the new identity's entries) or failed: back to the
+        // old labels and identity, in the store, the endpoint maps and policy.
+        const restored = this.identitiesRederive([rec]);
+        await this.policy.endpointsUpdateSliced({ upsert: restored }).catch((e: unknown) =>
+          this.log.error({ err: e, workload: `${namespace}/${name}` }, 'policy update after a refused relabel failed'));
+        throw errorToKitnet(err, `relabelling workload ${namespace}/${name}`);
+      }
+      const released = this.store.transaction(() => this.store.identitiesReleaseUnused());
+      if (released.length) await this.policy.endpointsUpdateSliced({ released });
       return updated[0]!;
     });
   }
@@ -451,10 +464,11 @@ export class WorkloadService {
   /**
    * Recomputes the identities of the given workloads (after a label or namespace-label change),
    * writes the new numbers to the endpoint map and ipcache, and releases identities left unused.
-   * Runs under the caller's lock; the caller updates policy afterwards. Established connections
+   * Runs under the caller's lock; the caller updates policy afterwards (and, with `releaseUnused`
+   * false, releases the identities left unused once it has). Established connections
    * that remain allowed keep flowing: conntrack entries are not touched.
    */
-  identitiesRederive(records: WorkloadRecord[]): WorkloadRecord[] {
+  identitiesRederive(records: WorkloadRecord[], releaseUnused = true): WorkloadRecord[] {
     const changed = this.store.transaction(() => {
       const out: WorkloadRecord[] = [];
       for (const rec of records) {
@@ -463,7 +477,7 @@ export class WorkloadService {
         this.store.workloadUpdate(rec.spec.namespace, rec.spec.name, rec.spec, identity);
         out.push(this.store.workloadGet(rec.spec.namespace, rec.spec.name)!);
       }
-      this.store.identitiesReleaseUnused();
+      if (releaseUnused) this.store.identitiesReleaseUnused();
       return out;
     });
     for (const rec of changed) this.reconciler.endpointMapsWrite(rec);
