@@ -1,6 +1,7 @@
 /* Policy verdict for a packet that conntrack does not already let through (a new connection, or traffic
  * that is not tracked). The agent's compiler writes per-endpoint entries into the `policy` LPM trie;
- * the datapath does exactly two lookups, whatever the number of rules and identities:
+ * the datapath does two lookups, whatever the number of rules and identities (and a third on the
+ * default-deny path for a workload remote: policy_check_ipblock, below):
  *   a = (endpoint, remote identity, direction, protocol, port)   b = the same with identity 0 (any)
  *   either is a deny entry -> DROP_POLICY_DENY; either exists -> allow; neither -> DROP_POLICY_DENIED.
  * A direction the endpoint is not enforced in carries an allow-all entry (identity 0, prefix 72); an
