@@ -20,7 +20,8 @@ import {
   type TraceResult,
   type TraceSide,
 } from './policy/index.js';
-import { CompileMeter, type CompileBudget } from './policy/budget.js';
+import { CompileMeter, PolicyCapacityError, type CompileBudget } from './policy/budget.js';
+import { IPBLOCK_VIEW_PREFIX } from './policy/cidr.js';
 import { PolicyState, type EndpointPolicyChange } from './policy/incremental.js';
 import { STEP, stepsRun, stepsRunSliced, type Steps } from './policy/slices.js';
 import type { Store } from './store/store.js';
@@ -66,6 +67,8 @@ class DiffMemo {
 export interface EndpointsChange {
   upsert?: readonly WorkloadRecord[];
   remove?: readonly WorkloadRecord[];
+  /** Identities the store released after an earlier change (kept until then for a rollback). */
+  released?: readonly number[];
 }
 
 /** What a workload contributes to the policy state. */
@@ -219,7 +222,7 @@ export class PolicyEngine {
     // CIDR identities first, so a new allow never refers to an address that still maps to world.
     // The full sweep (host addresses, a dump of the map) runs only when the CIDR set changed: a
     // workload's own entries are written by the reconciler, and the sweep is O(map) per call.
-    const cidrKey = state.cidrIdentities.map((c) => `${c.cidr}=${c.identity}`).sort().join(',');
+    const cidrKey = [...state.cidrIdentities, ...state.ipBlocks].map((c) => `${c.cidr}=${c.identity}`).sort().join(',');
     if (cidrKey !== this.cidrKeyApplied) {
       yield* this.ipcacheSyncSteps(state.compiled());
       this.cidrKeyApplied = cidrKey;
@@ -269,7 +272,7 @@ export class PolicyEngine {
   private *updateSteps(state: PolicyState, change: EndpointsChange): Steps<PolicyApplyStats> {
     const started = performance.now();
     this.prepared = undefined;
-    const gone = new Set<number>();
+    const gone = new Set<number>(change.released);
     for (const rec of change.remove ?? []) {
       const old = state.identityOf(rec.endpointId);
       if (old !== undefined) gone.add(old);
@@ -285,8 +288,33 @@ export class PolicyEngine {
       state.endpointSet(localEndpoint(rec));
     }
     for (const id of gone) if (state.hasIdentity(id) && !this.store.identityLabels(id)) state.identitySet(id, undefined);
-    const { upserts, deletes } = yield* this.writeSteps(yield* state.flushSteps());
+    const changes = yield* state.flushSteps();
+    this.roomCheck(changes, change);
+    const { upserts, deletes } = yield* this.writeSteps(changes);
     return this.statsLog('policy updated', started, upserts, deletes);
+  }
+
+  /**
+   * Refuses (AGENT_ERR_POLICY_CAPACITY) an incremental change whose entries would not fit the policy
+   * map, before anything is written: the entries the changed endpoints hold after it, less those they
+   * hold now, on top of what the map holds (the agent's own count: it writes every entry).
+   */
+  private roomCheck(changes: readonly EndpointPolicyChange[], change: EndpointsChange): void {
+    let growth = 0;
+    let largest: EndpointPolicyChange | undefined;
+    for (const c of changes) {
+      const n = c.after?.entries.length ?? 0;
+      growth += n - (this.inMap.get(c.endpointId)?.length ?? 0);
+      if (n > (largest?.after?.entries.length ?? 0)) largest = c;
+    }
+    const capacity = this.kernel.datapath.mapCapacity().policy;
+    if (growth <= 0 || this.inMapEntries + growth <= capacity) return;
+    const names = [...(change.upsert ?? [])].map((w) => `${w.spec.namespace}/${w.spec.name}`);
+    const who = names.length === 1 ? `workload ${names[0]}` : `workloads ${names.join(', ')}`;
+    const rules = largest?.after?.entries.flatMap((e) => e.rules).filter((r, i, a) => a.indexOf(r) === i).slice(0, 3) ?? [];
+    throw new PolicyCapacityError(
+      `${who} would add ${growth} policy map entries (${changes.length} endpoint(s) change; endpoint ${largest?.endpointId} alone holds ${largest?.after?.entries.length}${rules.length ? `, from ${rules.join('; ')}` : ''}), but the policy map holds ${this.inMapEntries} of ${capacity} (limit: policy max_entries ${capacity}); nothing was changed. Remove workloads or policies that select them, narrow their peers x ports, or raise POLICY_MAP_MAX in tools/gen/bpf-layout.ts`,
+    );
   }
 
   /**
@@ -347,8 +375,8 @@ export class PolicyEngine {
   }
 
   /**
-   * Desired ipcache: workload addresses (their identities), host addresses (reserved host) and the
-   * CIDR identities of the policies. Anything else local is removed; remote-host entries are kept.
+   * Desired ipcache: workload addresses (their identities), host addresses (reserved host), the
+   * CIDR identities of the policies and the ipBlock view (cidr.ts, ipBlockView). Anything else local is removed; remote-host entries are kept.
    */
   ipcacheSync(compiled: CompiledPolicy | undefined = this.state?.compiled()): void {
     stepsRun(this.ipcacheSyncSteps(compiled));
@@ -359,6 +387,7 @@ export class PolicyEngine {
     const desired = new Map<string, number>();
     for (const cidr of hostAddresses()) desired.set(cidr, ReservedIdentity.host);
     for (const c of compiled?.ipcache ?? []) desired.set(c.cidr, c.identity);
+    for (const c of compiled?.ipBlocks ?? []) desired.set(`${IPBLOCK_VIEW_PREFIX}${c.cidr}`, c.identity);
     for (const w of this.store.workloadList()) {
       desired.set(`${w.ipv4}/32`, w.identity);
       desired.set(`${w.ipv6}/128`, w.identity);

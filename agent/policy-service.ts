@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import { KitnetError } from '../common/errors.js';
-import { KernelError } from '../common/kernel-error.js';
+import { KernelError, isMapFull } from '../common/kernel-error.js';
 import { identityLabels, labelFormat, labelSetKey } from './identity/labels.js';
 import type { Mutex } from './mutex.js';
 import type { PolicyApplyStats, PolicyEngine } from './policy-engine.js';
@@ -105,7 +105,7 @@ export class PolicyService {
         const restored = await this.datapathRestore(previous);
         if (!(err instanceof KernelError)) throw err;
         const state = restored ? 'the store and the maps keep the previous policies' : 'the store keeps the previous policies; the maps converge on the next change';
-        throw new KitnetError('AGENT_ERR_KERNEL', `writing ${parsed.map((p) => p.ref).join(', ')} to the datapath: ${err.message}; ${state}`, { cause: err });
+        throw new KitnetError(isMapFull(err) ? 'AGENT_ERR_MAP_FULL' : 'AGENT_ERR_KERNEL', `writing ${parsed.map((p) => p.ref).join(', ')} to the datapath: ${err.message}; ${state}`, { cause: err });
       }
       let applied: PolicyApplyResult['applied'];
       try {

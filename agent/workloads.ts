@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { resolve } from 'node:path';
 import type { Logger } from 'pino';
-import { KernelError, UnsupportedFeatureError } from '../common/kernel-error.js';
+import { KernelError, UnsupportedFeatureError, isMapFull } from '../common/kernel-error.js';
 import { KitnetError } from '../common/errors.js';
 import type { DeviceMode, EndpointDeviceSpec, TapAdoptSpec, VmPlumbingSpec } from '../netkit/index.js';
 import type { NetnsId } from '../netkit/index.js';
@@ -142,6 +142,7 @@ export function errorToKitnet(err: unknown, context: string): KitnetError {
     if (err.errnoName === 'EEXIST' && err.device?.netns) {
       return new KitnetError('AGENT_ERR_WORKLOAD_INTERFACE', `${context}: ${err.message}`, { field: 'interface', cause: err });
     }
+    if (isMapFull(err)) return new KitnetError('AGENT_ERR_MAP_FULL', `${context}: ${err.message}; the registration was rolled back`, { cause: err });
     return new KitnetError('AGENT_ERR_KERNEL', `${context}: ${err.message}`, { cause: err });
   }
   return new KitnetError('AGENT_ERR_INTERNAL', `${context}: ${(err as Error)?.message ?? String(err)}`, { cause: err });
@@ -439,8 +440,20 @@ export class WorkloadService {
   labelsSet(namespace: string, name: string, labels: Record<string, string>): Promise<WorkloadRecord> {
     return this.mutex.run(async () => {
       const rec = this.get(namespace, name);
-      const updated = await this.identitiesRederive([{ ...rec, spec: { ...rec.spec, labels } }]);
-      await this.policy.endpointsUpdateSliced({ upsert: updated });
+      // The old identity is kept until policy took the new one, so a refusal can go back to it.
+      const updated = await this.identitiesRederive([{ ...rec, spec: { ...rec.spec, labels } }], false);
+      try {
+        await this.policy.endpointsUpdateSliced({ upsert: updated });
+      } catch (err) {
+        // Refused (the policy map has no room for the new identity's entries) or failed: back to the
+        // old labels and identity, in the store, the endpoint maps and policy.
+        const restored = await this.identitiesRederive([rec]);
+        await this.policy.endpointsUpdateSliced({ upsert: restored }).catch((e: unknown) =>
+          this.log.error({ err: e, workload: `${namespace}/${name}` }, 'policy update after a refused relabel failed'));
+        throw errorToKitnet(err, `relabelling workload ${namespace}/${name}`);
+      }
+      const released = await this.store.transaction((tx) => tx.identitiesReleaseUnused());
+      if (released.length) await this.policy.endpointsUpdateSliced({ released });
       return updated[0]!;
     });
   }
@@ -448,10 +461,11 @@ export class WorkloadService {
   /**
    * Recomputes the identities of the given workloads (after a label or namespace-label change),
    * writes the new numbers to the endpoint map and ipcache, and releases identities left unused.
-   * Runs under the caller's lock; the caller updates policy afterwards. Established connections
+   * Runs under the caller's lock; the caller updates policy afterwards (and, with `releaseUnused`
+   * false, releases the identities left unused once it has). Established connections
    * that remain allowed keep flowing: conntrack entries are not touched.
    */
-  async identitiesRederive(records: WorkloadRecord[]): Promise<WorkloadRecord[]> {
+  async identitiesRederive(records: WorkloadRecord[], releaseUnused = true): Promise<WorkloadRecord[]> {
     const changed = await this.store.transaction((tx) => {
       const out: WorkloadRecord[] = [];
       for (const rec of records) {
@@ -460,7 +474,7 @@ export class WorkloadService {
         tx.workloadUpdate(rec.spec.namespace, rec.spec.name, rec.spec, identity);
         out.push(tx.workloadGet(rec.spec.namespace, rec.spec.name)!);
       }
-      tx.identitiesReleaseUnused();
+      if (releaseUnused) tx.identitiesReleaseUnused();
       return out;
     });
     for (const rec of changed) this.reconciler.endpointMapsWrite(rec);

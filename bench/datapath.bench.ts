@@ -23,7 +23,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { FlowReader, KitnetDatapath, PolicyEntryOp } from '../bpf/index.js';
 import { datapathLoad, datapathUnpinAll } from '../bpf/index.js';
-import { EP_F_ENFORCE_SRC_IP, EP_F_ENFORCE_SRC_MAC, IPCACHE_MAP_MAX, TCX_PASS } from '../bpf/layout.gen.js';
+import { EP_F_ENFORCE_SRC_IP, EP_F_ENFORCE_SRC_MAC, IDENTITY_RANGE_IPBLOCK_FLAG, IDENTITY_RANGE_LOCAL_FLAG as LOCAL_IDENTITY_FLAG, IPCACHE_MAP_MAX, TCX_PASS } from '../bpf/layout.gen.js';
 import { native } from '../bpf/native.js';
 import { ETH_P_IP, ETH_P_IPV6, TCP, eth, ipv4, ipv6, tcp, udp } from '../test/root/bpf-helpers.js';
 import { MACHINE_LINE, REPO_ROOT, RUN_ID, argsParse, benchMain, median, onCleanup, resultWrite, table } from './lib.js';
@@ -36,7 +36,7 @@ const SKB_CTX_SIZE = 192;
 
 type Prog = 'from_workload' | 'to_workload';
 type Family = 'ipv4' | 'ipv6';
-type Case = 'tcp-syn-new' | 'tcp-syn-new-drained' | 'tcp-established' | 'tcp-reply' | 'udp' | 'udp-answered';
+type Case = 'tcp-syn-new' | 'tcp-syn-new-drained' | 'tcp-established' | 'tcp-reply' | 'udp' | 'udp-answered' | 'tcp-syn-denied';
 
 interface Row {
   n: number;
@@ -119,6 +119,18 @@ function ipcacheFill(dp: KitnetDatapath, n: number, had: number): number {
 }
 
 /**
+ * The ipBlock view (bpf/include/policy.h, policy_check_ipblock): NetworkPolicy ipBlock prefixes covering
+ * the remote in both families, with an entry for their identity on port 443 only. Objects without the
+ * view never look there (the keys carry a family no address lookup uses).
+ */
+function ipBlockViewFill(dp: KitnetDatapath): void {
+  const flagged = (LOCAL_IDENTITY_FLAG | 1 | IDENTITY_RANGE_IPBLOCK_FLAG) >>> 0;
+  dp.ipcacheUpsert('ipblock:10.78.0.0/16', { identity: flagged, hostId: 0 });
+  dp.ipcacheUpsert('ipblock:fd00:78::/64', { identity: flagged, hostId: 0 });
+  dp.policyApply(EP.endpointId, (['ingress', 'egress'] as const).map((direction) => ({ op: 'upsert', entry: { direction, identity: flagged, protocol: 6, port: 443, portPrefixLen: 16, deny: false } })));
+}
+
+/**
  * --ab=OBJ_A,OBJ_B: the two objects loaded side by side (own pin roots) and taking turns case by case,
  * `rounds` times, so load swings of a shared machine hit both alike. Per round: the minimum of 3 runs of
  * `repeat` (established, reply, UDP), the mean over `conns` SYNs back to back, and the mean over `conns`
@@ -141,6 +153,7 @@ async function abMain(objects: string[], sizes: number[], repeat: number, conns:
     dp.ipcacheUpsert(`${REMOTE.ipv6}/128`, { identity: REMOTE.identity, hostId: 0 });
     policyFill(dp, n);
     ipcacheFill(dp, n, 0);
+    ipBlockViewFill(dp);
     sides.push({ dp, label: sizes.length > 1 ? `${objectPath} N=${n}` : objectPath, res: new Map() });
   }
   let port = 1024;
@@ -176,6 +189,16 @@ async function abMain(objects: string[], sizes: number[], repeat: number, conns:
             await new Promise((res) => setImmediate(res));
           }
           put(`${prog} ${family} tcp-syn-new-drained`, sum / conns);
+          // A SYN that policy denies (port 444): the default-deny path, where a workload remote is also
+          // looked up in the ipBlock view (a prefix covers it, no entry for port 444: the worst case).
+          // Drops are always reported: runs of 1000, the reader draining in between.
+          const denied = frame(prog, family, 'tcp', TCP.SYN, 40_001, 444);
+          let bestDenied = Infinity;
+          for (let i = 0; i < 3; i++) {
+            bestDenied = Math.min(bestDenied, dp.testRun(prog, denied, { ifindex: LO, repeat: 1000 }).duration);
+            await new Promise((res) => setImmediate(res));
+          }
+          put(`${prog} ${family} tcp-syn-denied`, bestDenied);
         }
       }
     }

@@ -38,7 +38,21 @@ function logTail(log: string, lines: number): string {
     .join(' | ');
 }
 
-function hintFor(op: string, code: string, log: string, ctx: { path?: string; attach?: 'tcx' | 'netkit' }): string | undefined {
+/** The map a write went to, for the hint of a full map. */
+export interface MapRef {
+  name: string;
+  maxEntries: number;
+}
+
+/** What an operator can do about a full map, naming it and the constant that sizes it. */
+function mapFullHint(map: MapRef | undefined): string {
+  if (!map) return 'the map is full (max_entries in tools/gen/bpf-layout.ts)';
+  return `the \`${map.name}\` map is full (max_entries ${map.maxEntries}): free entries (fewer policies x peers x ports, workloads or CIDRs) or raise ${map.name.toUpperCase()}_MAP_MAX in tools/gen/bpf-layout.ts (then remove the pinned map, <pinRoot>/maps/${map.name}, before the agent starts)`;
+}
+
+type ErrorCtx = { path?: string; attach?: 'tcx' | 'netkit'; map?: MapRef };
+
+function hintFor(op: string, code: string, log: string, ctx: ErrorCtx): string | undefined {
   if (code === 'EPERM' || (code === 'EACCES' && op !== 'BPF_PROG_LOAD')) return PERM_HINT;
   switch (op) {
     case 'BPF_OBJECT_OPEN':
@@ -63,7 +77,8 @@ function hintFor(op: string, code: string, log: string, ctx: { path?: string; at
       if (code === 'ENOLINK') return 'the link was detached (device gone): unpin it and attach again';
       return undefined;
     case 'BPF_MAP_UPDATE_ELEM':
-      if (code === 'E2BIG' || code === 'ENOSPC') return 'the map is full (max_entries in tools/gen/bpf-layout.ts)';
+    case 'BPF_MAP_UPDATE_BATCH':
+      if (code === 'E2BIG' || code === 'ENOSPC') return mapFullHint(ctx.map);
       return undefined;
     default:
       return undefined;
@@ -71,7 +86,7 @@ function hintFor(op: string, code: string, log: string, ctx: { path?: string; at
 }
 
 /** Wrap any error thrown by the addon; errors without errno (programming errors) pass through. */
-export function bpfError(err: unknown, device?: DeviceRef, ctx: { path?: string; attach?: 'tcx' | 'netkit' } = {}): Error {
+export function bpfError(err: unknown, device?: DeviceRef, ctx: ErrorCtx = {}): Error {
   const raw = err as RawNativeError;
   if (!(err instanceof Error) || typeof raw.errno !== 'number' || !raw.op) return err as Error;
   const op = raw.op;
@@ -93,7 +108,7 @@ export function bpfError(err: unknown, device?: DeviceRef, ctx: { path?: string;
 }
 
 /** Run an addon call, converting its errors. */
-export function kcall<T>(fn: () => T, device?: DeviceRef, ctx?: { path?: string; attach?: 'tcx' | 'netkit' }): T {
+export function kcall<T>(fn: () => T, device?: DeviceRef, ctx?: ErrorCtx): T {
   try {
     return fn();
   } catch (err) {

@@ -394,10 +394,16 @@ export async function datapathLoad(
      * must see the maps as they were left (test/helpers/consistency.ts checks them with exactCheck).
      */
     exactSync?: boolean;
+    /**
+     * max_entries of maps that fill with state, instead of the generated sizes (capacity tests: a small
+     * policy map fills with a few workloads). Only for a fresh pin root: libbpf refuses a pinned map of
+     * another size.
+     */
+    mapSizes?: Partial<Record<FillMapName, number>>;
   } = {},
 ): Promise<KitnetDatapath> {
   const pinRoot = opts.pinRoot ?? PIN_ROOT_DEFAULT;
-  const sizes: Record<string, number> = {};
+  const sizes: Record<string, number> = { ...opts.mapSizes };
   if (opts.eventsRingBytes !== undefined) {
     const b = opts.eventsRingBytes;
     if (b < 4096 || (b & (b - 1)) !== 0) throw new RangeError(`eventsRingBytes ${b} must be a power of two of at least 4096`);

@@ -28,7 +28,7 @@ export const ErrorCatalogue = {
   AGENT_ERR_IDENTITY_EXHAUSTED: { status: 409, summary: 'No free numeric identity is left.' },
   AGENT_ERR_POLICY_INVALID: { status: 400, summary: 'A policy document is invalid; the message names the document and the field path. Nothing was applied.' },
   AGENT_ERR_POLICY_TOO_LARGE: { status: 413, summary: 'A policy request holds more documents or YAML/JSON nodes than the agent parses in one request; the message names the limit. Nothing was applied.' },
-  AGENT_ERR_POLICY_CAPACITY: { status: 422, summary: 'The policies would compile to more entries than a BPF map holds (policy map entries, or CIDR identities in the ipcache); the message names the limit and the policies. Nothing was applied.' },
+  AGENT_ERR_POLICY_CAPACITY: { status: 422, summary: 'The policies would compile to more entries than a BPF map holds (policy map entries, or CIDR identities in the ipcache), or a workload registration or relabel would add more policy entries than the policy map has left; the message names the map, the limit and the policies or workload. Nothing was applied.' },
   AGENT_ERR_POLICY_NOT_FOUND: { status: 404, summary: 'No policy with this kind, namespace and name exists.' },
   AGENT_ERR_TRACE_PEER: { status: 422, summary: 'A policy trace peer does not resolve to a workload, a known identity or an address.' },
   AGENT_ERR_CONFIG_INVALID: { status: 422, summary: 'The config file failed to load on reload; the message names the file and every bad key (field: the first). The running config is unchanged.' },
@@ -36,6 +36,7 @@ export const ErrorCatalogue = {
   AGENT_ERR_AGENT_LOCK: { status: 500, summary: 'At start: the lock file of the state dir or pin root cannot be created or locked (the message names the key and the path).' },
   AGENT_ERR_API_STARTING: { status: 503, summary: 'The agent is bound but still restoring its workloads; retry after the seconds in Retry-After.' },
   AGENT_ERR_DATAPATH_UNSUPPORTED: { status: 422, summary: 'The requested datapath mode needs a kernel feature this host lacks.' },
+  AGENT_ERR_MAP_FULL: { status: 507, summary: 'The kernel refused a map write because the map is full (ENOSPC / E2BIG) although the agent counted room (entries it did not write); the message names the map, its max_entries and what to do. The change was rolled back.' },
   AGENT_ERR_KERNEL: { status: 500, summary: 'The kernel rejected an operation; the message names the device, operation, errno and a hint.' },
   AGENT_ERR_INTERNAL: { status: 500, summary: 'An unexpected internal error; see the agent log.' },
 } as const satisfies Record<string, { status: number; summary: string }>;

@@ -85,3 +85,8 @@ export class UnsupportedFeatureError extends Error {
     this.requirement = requirement;
   }
 }
+
+/** A map write the kernel refused for want of room (ENOSPC from tries and hashes, E2BIG from arrays and batch ops). */
+export function isMapFull(err: unknown): boolean {
+  return err instanceof KernelError && err.op.startsWith('BPF_MAP_UPDATE') && (err.errnoName === 'ENOSPC' || err.errnoName === 'E2BIG');
+}

@@ -5,7 +5,8 @@
  * as soon as a count passes the room the maps have, before anything is built in full or written.
  *
  * The compiler calls it at three points (kept apart from the compile logic):
- * - `cidrIdentities(n)`: the CIDR identities the policies need, each an ipcache entry;
+ * - `cidrIdentities(n)`: the CIDR identities the policies need, each an ipcache entry (and, once known,
+ *   with the prefixes of the ipBlock view, cidr.ts ipBlockView);
  * - `sectionPairs(n, ref)`: the (identity x port key) pairs the rule sections selecting one endpoint
  *   class add up to, section by section, before they are made (overlapping pairs still count: this
  *   bounds the compile's work);
@@ -38,7 +39,7 @@ export class CompileMeter {
     const b = this.budget;
     if (n > b.cidrIdentities) {
       throw new PolicyCapacityError(
-        `the policies need ${n} CIDR identities, more than the ${b.cidrIdentities} entries left in the ipcache map (limit: ipcache max_entries ${b.ipcacheCapacity}, less the workload, host and remote entries)`,
+        `the policies need ${n} CIDR identities (and ipBlock prefixes), more than the ${b.cidrIdentities} entries left in the ipcache map (limit: ipcache max_entries ${b.ipcacheCapacity}, less the workload, host and remote entries)`,
       );
     }
   }

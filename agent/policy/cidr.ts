@@ -14,7 +14,8 @@
 import { cidrParse } from '../ipam.js';
 import type { Cidr } from '../ipam.js';
 import { LOCAL_IDENTITY_FLAG, ReservedIdentity } from '../identity/reserved.js';
-import type { CidrIdentity, ParsedPolicy } from './types.js';
+import { IDENTITY_RANGE_IPBLOCK_FLAG } from '../../bpf/layout.gen.js';
+import type { CidrIdentity, IpcacheEntry, ParsedPolicy } from './types.js';
 
 const parsed = new Map<string, Cidr>();
 /** cidrParse with a cache (policies name the same prefixes over and over). */
@@ -182,4 +183,46 @@ export function cidrPeerIdentities(cidr: string, except: readonly string[], cidr
     out.push(ReservedIdentity.world, c.family === 4 ? ReservedIdentity['world-ipv4'] : ReservedIdentity['world-ipv6']);
   }
   return out;
+}
+
+/** How the ipcache keys of the ipBlock view are written (bpf/maps/ipcache.ts): `ipblock:` + the prefix. */
+export const IPBLOCK_VIEW_PREFIX = 'ipblock:';
+
+/**
+ * The ipBlock view of the ipcache: every prefix a Kubernetes NetworkPolicy ipBlock names (main and
+ * `except`, /0 included) -> its identity flagged IDENTITY_RANGE_IPBLOCK_FLAG (a /0 flags world-ipv4 /
+ * world-ipv6). The datapath asks it for a workload address when the identity-keyed lookups found no
+ * entry (bpf/include/policy.h), and the ipBlock peers select those flagged identities (Universe.peer):
+ * per address and per family, by the same nesting argument as the CIDR identities above, within the
+ * ipBlock prefixes alone. CiliumNetworkPolicy CIDR rules add nothing here (they never select workloads).
+ */
+export function ipBlockView(policies: readonly ParsedPolicy[], cidrIds: readonly CidrIdentity[]): IpcacheEntry[] {
+  const byCidr = new Map(cidrIds.map((c) => [c.cidr, c.identity]));
+  const out = new Map<string, number>();
+  for (const p of policies) {
+    for (const r of p.rules) {
+      for (const s of r.sections) {
+        if (s.peers === 'all') continue;
+        for (const peer of s.peers) {
+          if (peer.kind !== 'cidr' || !peer.selectsWorkloads) continue;
+          for (const text of [peer.cidr, ...peer.except]) {
+            const c = cidrParsed(text);
+            const base = c.prefixLength === 0 ? (c.family === 4 ? ReservedIdentity['world-ipv4'] : ReservedIdentity['world-ipv6']) : byCidr.get(c.text);
+            if (base !== undefined) out.set(c.text, ipBlockIdentity(base));
+          }
+        }
+      }
+    }
+  }
+  return [...out].sort((a, b) => cidrCompare(cidrParsed(a[0]), cidrParsed(b[0]))).map(([cidr, identity]) => ({ cidr, identity }));
+}
+
+/** The ipBlock-view identity of a CIDR (or world-ipv4/-ipv6) identity. */
+export function ipBlockIdentity(base: number): number {
+  return (base | IDENTITY_RANGE_IPBLOCK_FLAG) >>> 0;
+}
+
+/** Whether an identity is one of the ipBlock view (flagged). */
+export function isIpBlockIdentity(id: number): boolean {
+  return (id & IDENTITY_RANGE_IPBLOCK_FLAG) !== 0;
 }

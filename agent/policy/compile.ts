@@ -21,7 +21,8 @@
 import { reservedIdentityLabels, ReservedIdentity } from '../identity/reserved.js';
 import type { Cidr } from '../ipam.js';
 import type { CompileMeter } from './budget.js';
-import { CidrPeerIndex, cidrIdentitiesAllocate, cidrPeerIdentities, hostPrefix, policyCidrs } from './cidr.js';
+import { IDENTITY_RANGE_IPBLOCK_FLAG } from '../../bpf/layout.gen.js';
+import { CidrPeerIndex, IPBLOCK_VIEW_PREFIX, cidrIdentitiesAllocate, cidrPeerIdentities, hostPrefix, ipBlockView, policyCidrs } from './cidr.js';
 import { CLUSTER_RESERVED, isLabelDerived } from './entities.js';
 import { ANY_L4_PROTOCOLS, portRangePrefixes, protocolNumber } from './ports.js';
 import { identityLabelParse, selectorMatches } from './selector.js';
@@ -36,6 +37,7 @@ import type {
   Direction,
   EndpointPolicy,
   EntityName,
+  IpcacheEntry,
   LocalEndpoint,
   NamedPort,
   Peer,
@@ -57,15 +59,23 @@ export const IMPLICIT_RULES = {
 export class Universe {
   readonly labels = new Map<number, ParsedLabel[]>();
   readonly raw = new Map<number, string[]>();
+  /** The identities of the ipBlock view (cidr.ts, ipBlockView), by the identity they flag. */
+  private readonly ipBlockIds = new Map<number, number>();
   constructor(
     identities: ReadonlyMap<number, readonly string[]>,
     readonly cidrIds: readonly CidrIdentity[],
+    readonly ipBlocks: readonly IpcacheEntry[] = [],
   ) {
     for (const id of Object.values(ReservedIdentity)) {
       if (id !== 0) this.add(id, reservedIdentityLabels(id));
     }
     for (const [id, l] of identities) if (id !== 0) this.add(id, [...l]);
     for (const c of cidrIds) this.add(c.identity, c.labels);
+    for (const b of ipBlocks) {
+      this.ipBlockIds.set(b.identity & ~IDENTITY_RANGE_IPBLOCK_FLAG, b.identity);
+      // named in traces and `workload policy`, but never selected by labels (not in `labels`)
+      this.raw.set(b.identity, [`${IPBLOCK_VIEW_PREFIX}${b.cidr}`]);
+    }
   }
   add(id: number, l: readonly string[]): void {
     this.raw.set(id, [...l]);
@@ -153,8 +163,17 @@ export class Universe {
     switch (p.kind) {
       case 'entity':
         return this.entity(p.entity);
-      case 'cidr':
-        return cidrPeerIdentities(p.cidr, p.except, this.cidrIds);
+      case 'cidr': {
+        const ids = cidrPeerIdentities(p.cidr, p.except, this.cidrIds);
+        if (!p.selectsWorkloads) return ids;
+        // NetworkPolicy ipBlock: also the workload addresses it covers, per address (the ipBlock view)
+        const flagged: number[] = [];
+        for (const id of ids) {
+          const f = this.ipBlockIds.get(id);
+          if (f !== undefined) flagged.push(f);
+        }
+        return flagged.length ? [...ids, ...flagged] : ids;
+      }
       case 'selector': {
         if (p.selector.requirements.length === 0) return 'all';
         const out: number[] = [];
@@ -476,7 +495,8 @@ function sectionPairCount(ctx: ClassContext, s: RuleSection, ep: LocalEndpoint):
 
 export function policyCompile(input: CompileInput): CompiledPolicy {
   const cidrIds = cidrIdentitiesAllocate(policyCidrs(input.policies), input.options?.previousCidrIdentities);
-  const u = new Universe(input.identities, cidrIds);
+  const ipBlocks = ipBlockView(input.policies, cidrIds);
+  const u = new Universe(input.identities, cidrIds, ipBlocks);
   for (const ep of input.endpoints) u.addressesSet(ep.identity, ep.endpointId, ep.addresses);
   const rn = input.remoteNamedPorts;
   const remoteNamed = (id: number): readonly NamedPort[] => (!rn ? [] : typeof rn === 'function' ? rn(id) : (rn.get(id) ?? []));
@@ -506,6 +526,7 @@ export function policyCompile(input: CompileInput): CompiledPolicy {
     endpoints,
     cidrIdentities: cidrIds,
     ipcache: cidrIds.map((c) => ({ cidr: c.cidr, identity: c.identity })),
+    ipBlocks,
     identities: new Map(u.raw),
   };
 }

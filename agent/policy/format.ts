@@ -45,7 +45,11 @@ function sideFormat(s: TraceSide): string {
     'default-deny': 'DENIED by default deny: no rule allows it (POLICY_DENIED 133)',
   }[s.reason];
   const rules = s.rules.length ? `\n    ${s.rules.join('\n    ')}` : '';
-  return `  ${s.direction} at endpoint ${s.endpointId}: ${what}${rules}`;
+  const b = s.ipBlock;
+  const byAddress = b
+    ? `\n    by address: no entry for the workload's identity, so ${b.address} was judged as NetworkPolicy ipBlocks see it, inside ${b.cidr}${b.entry ? '' : ', which no ipBlock of the rules here selects (an except, or not covered)'}`
+    : '';
+  return `  ${s.direction} at endpoint ${s.endpointId}: ${what}${byAddress}${rules}`;
 }
 
 export function policyTraceFormat(r: TraceResult, identities?: IdentityNames): string {

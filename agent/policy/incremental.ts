@@ -23,11 +23,11 @@
  */
 import type { CompileMeter } from './budget.js';
 import { classCompileSteps, endpointClassKey, sectionBlocks, sectionHasEgressNamedPort, sectionSelectsLabelIdentity, Universe, type ClassContext } from './compile.js';
-import { blockCovers, cidrContainsCidr, cidrIdentitiesAllocate, cidrParsed, hostPrefix, policyCidrs } from './cidr.js';
+import { blockCovers, cidrContainsCidr, cidrIdentitiesAllocate, cidrParsed, hostPrefix, ipBlockView, policyCidrs } from './cidr.js';
 import { isLabelDerived } from './entities.js';
 import { identityLabelParse } from './selector.js';
 import { STEP, stepsRun, type Steps } from './slices.js';
-import type { CidrIdentity, CompiledPolicy, CompileOptions, Direction, EndpointPolicy, LocalEndpoint, NamedPort, ParsedPolicy, PolicyEntry, RuleSection } from './types.js';
+import type { CidrIdentity, CompiledPolicy, CompileOptions, Direction, EndpointPolicy, IpcacheEntry, LocalEndpoint, NamedPort, ParsedPolicy, PolicyEntry, RuleSection } from './types.js';
 
 interface PolicyClass {
   key: string;
@@ -78,6 +78,8 @@ function policyEqual(a: EndpointPolicy, b: EndpointPolicy): boolean {
 
 export class PolicyState {
   readonly cidrIdentities: CidrIdentity[];
+  /** The ipBlock view of the ipcache (cidr.ts, ipBlockView): depends only on the policies. */
+  readonly ipBlocks: IpcacheEntry[];
   private readonly u: Universe;
   private readonly ctx: ClassContext;
   private readonly classes = new Map<string, PolicyClass>();
@@ -105,7 +107,9 @@ export class PolicyState {
     const cidrs = policyCidrs(input.policies);
     input.meter?.cidrIdentities(cidrs.length);
     this.cidrIdentities = cidrIdentitiesAllocate(cidrs, input.options?.previousCidrIdentities);
-    this.u = new Universe(input.identities, this.cidrIdentities);
+    this.ipBlocks = ipBlockView(input.policies, this.cidrIdentities);
+    input.meter?.cidrIdentities(cidrs.length + this.ipBlocks.length);
+    this.u = new Universe(input.identities, this.cidrIdentities, this.ipBlocks);
     const rules = input.policies.flatMap((p) => p.rules);
     this.ctx = {
       u: this.u,
@@ -355,7 +359,7 @@ export class PolicyState {
             notes.add(
               left.length === 0
                 ? `${what}; ${s.ref} selects it by ipBlock ${p.cidr}`
-                : `${what}; ${s.ref} (ipBlock ${p.cidr}) covers it but not ${left.join(', ')} of identity ${remote.identity}: an ipBlock selects a workload only when the rule's ipBlocks cover every address of every workload with that identity (the policy map is keyed by identity)`,
+                : `${what}; ${s.ref} selects this address by ipBlock ${p.cidr}, per address: not ${left.join(', ')} (of workloads with identity ${remote.identity}), which its ipBlocks do not cover`,
             );
           }
         }
@@ -384,6 +388,7 @@ export class PolicyState {
       endpoints: [...this.current.values()].sort((a, b) => a.endpointId - b.endpointId),
       cidrIdentities: this.cidrIdentities,
       ipcache: this.cidrIdentities.map((c) => ({ cidr: c.cidr, identity: c.identity })),
+      ipBlocks: this.ipBlocks,
       identities: new Map(this.u.raw),
     });
   }

@@ -31,6 +31,9 @@
  *   b = lookup({96, ep, 0,      dir, proto, htons(port_or_icmp_type)})
  *   if ((a && a->flags & POLICY_F_DENY) || (b && b->flags & POLICY_F_DENY)) drop DROP_POLICY_DENY (181)
  *   else if (a || b) pass
+ *   else if remote is a workload (label-derived) and the ipBlock view of the ipcache has an identity v
+ *        for the remote address (cidr.ts, ipBlockView): c = lookup({96, ep, v, dir, proto, port});
+ *        c allows -> pass, c denies -> DROP_POLICY_DENY (181)
  *   else drop DROP_POLICY_DENIED (133)      // default deny; no entry at all for the endpoint = drop too
  * Two lookups per direction, independent of the number of rules and identities. Directions an endpoint
  * is not enforced in carry an allow-all entry (identity 0, prefixlen 72), so the datapath needs no

@@ -6,6 +6,7 @@
  */
 import { addressParse, cidrParse } from '../ipam.js';
 import { ReservedIdentity } from '../identity/reserved.js';
+import { IDENTITY_RANGE_LABEL_FIRST, IDENTITY_RANGE_LOCAL_FLAG } from '../../bpf/layout.gen.js';
 import { LpmTable, policyEntriesEncode, policyLookupKeyEncode } from './map-key.js';
 import { protocolNumber } from './ports.js';
 import type { CompiledPolicy, Direction, EndpointPolicy, IpcacheEntry, PolicyEntry } from './types.js';
@@ -43,6 +44,12 @@ export interface TraceSide {
   rules: string[];
   /** Results of the two map lookups: (remote identity) and (identity 0). */
   lookups: { identity: PolicyEntry | undefined; any: PolicyEntry | undefined };
+  /**
+   * When both missed and the remote is a workload address: the third lookup, with the identity the
+   * address has in the ipBlock view (the NetworkPolicy ipBlock prefix covering it), as the datapath
+   * does it (bpf/include/policy.h, policy_check_ipblock).
+   */
+  ipBlock?: { address: string; cidr: string; identity: number; entry: PolicyEntry | undefined };
 }
 
 export interface TraceResult {
@@ -78,6 +85,13 @@ function tableFor(state: CompiledPolicy, ep: EndpointPolicy): LpmTable<PolicyEnt
 
 /** Longest-prefix ipcache lookup as the datapath does it (unknown -> world-ipv4 / world-ipv6). */
 export function ipcacheLookup(entries: readonly IpcacheEntry[], ip: string): number {
+  const id = ipcacheLookupOrUndefined(entries, ip);
+  if (id !== undefined) return id;
+  return ip.includes(':') ? ReservedIdentity['world-ipv6'] : ReservedIdentity['world-ipv4'];
+}
+
+/** Longest-prefix lookup over entries; undefined when none covers the address. */
+function ipcacheLookupOrUndefined(entries: readonly IpcacheEntry[], ip: string): number | undefined {
   const a = addressParse(ip);
   const bits = a.family === 4 ? 32 : 128;
   let best: { len: number; identity: number } | undefined;
@@ -88,8 +102,7 @@ export function ipcacheLookup(entries: readonly IpcacheEntry[], ip: string): num
     if (a.value >> shift !== c.network >> shift) continue;
     if (!best || c.prefixLength > best.len) best = { len: c.prefixLength, identity: e.identity };
   }
-  if (best) return best.identity;
-  return a.family === 4 ? ReservedIdentity['world-ipv4'] : ReservedIdentity['world-ipv6'];
+  return best?.identity;
 }
 
 function resolve(state: CompiledPolicy, p: TracePeer, opts: TraceOptions): Resolved {
@@ -125,6 +138,29 @@ export function policyDecide(state: CompiledPolicy, ep: EndpointPolicy, directio
   return { ...base, verdict: 'DENIED', reason: 'default-deny', dropReason: 133, rules: [] };
 }
 
+/** A workload (label-derived) identity, local or remote: what the datapath asks the ipBlock view for. */
+function isWorkloadIdentity(id: number): boolean {
+  return id >= IDENTITY_RANGE_LABEL_FIRST && id < IDENTITY_RANGE_LOCAL_FLAG;
+}
+
+/**
+ * The datapath's third lookup (policy_check_ipblock): after a default deny against a workload address,
+ * the identity the address has in the ipBlock view decides, if an entry for it exists.
+ */
+export function ipBlockDecide(state: CompiledPolicy, side: TraceSide, address: string, protocol: number, port: number): TraceSide {
+  if (side.reason !== 'default-deny' || !isWorkloadIdentity(side.remoteIdentity) || state.ipBlocks.length === 0) return side;
+  const identity = ipcacheLookupOrUndefined(state.ipBlocks, address);
+  if (identity === undefined) return side;
+  const ep = state.endpoints.find((e) => e.endpointId === side.endpointId)!;
+  const entry = tableFor(state, ep).lookup(policyLookupKeyEncode(ep.endpointId, identity, side.direction, protocol, port));
+  const cidr = state.ipBlocks.find((b) => b.identity === identity)!.cidr;
+  const ipBlock = { address, cidr, identity, entry };
+  if (!entry) return { ...side, ipBlock };
+  if (entry.deny) return { ...side, ipBlock, reason: 'explicit-deny', dropReason: 181, entry, rules: entry.rules };
+  const { dropReason: _unused, ...allowed } = side;
+  return { ...allowed, ipBlock, verdict: 'ALLOWED', reason: 'allowed', entry, rules: entry.rules };
+}
+
 export function policyTrace(state: CompiledPolicy, query: TraceQuery, opts: TraceOptions = {}): TraceResult {
   const protocol = protocolNumber(query.protocol);
   const src = resolve(state, query.from, opts);
@@ -132,6 +168,9 @@ export function policyTrace(state: CompiledPolicy, query: TraceQuery, opts: Trac
   const out: TraceResult = { verdict: 'ALLOWED', srcIdentity: src.identity, dstIdentity: dst.identity };
   if (src.endpoint) out.egress = policyDecide(state, src.endpoint, 'egress', dst.identity, protocol, query.port);
   if (dst.endpoint) out.ingress = policyDecide(state, dst.endpoint, 'ingress', src.identity, protocol, query.port);
+  // A remote given by address is judged per address, as packets are (ipBlock view).
+  if (out.egress && 'ip' in query.to) out.egress = ipBlockDecide(state, out.egress, query.to.ip, protocol, query.port);
+  if (out.ingress && 'ip' in query.from) out.ingress = ipBlockDecide(state, out.ingress, query.from.ip, protocol, query.port);
   if (out.egress?.verdict === 'DENIED' || out.ingress?.verdict === 'DENIED') out.verdict = 'DENIED';
   return out;
 }

@@ -59,8 +59,9 @@ export type Peer =
 
 /**
  * A CIDR peer (`cidr` minus `except`). It always selects the CIDR identities of addresses outside the
- * cluster. With `selectsWorkloads` (Kubernetes NetworkPolicy `ipBlock`) it also selects workloads whose
- * addresses it covers, at identity granularity (compile.ts, Universe.blockSelects); without it
+ * cluster. With `selectsWorkloads` (Kubernetes NetworkPolicy `ipBlock`) it also selects the workload
+ * addresses it covers, per address through the ipBlock view (cidr.ts, ipBlockView), and whole workload
+ * identities whose addresses it all covers (compile.ts, Universe.blockSelects); without it
  * (CiliumNetworkPolicy CIDR rules, cilium#9209) workload addresses are never selected by it.
  */
 export interface CidrPeer {
@@ -197,6 +198,8 @@ export interface CompiledPolicy {
   cidrIdentities: CidrIdentity[];
   /** Ipcache prefixes for the CIDR identities (add to the workload and node entries). */
   ipcache: IpcacheEntry[];
+  /** The ipBlock view of the ipcache (cidr.ts, ipBlockView): NetworkPolicy ipBlock prefixes -> flagged identities. */
+  ipBlocks: IpcacheEntry[];
   /** All identities the compiler considered (input plus CIDR identities), for naming in traces. */
   identities: Map<number, string[]>;
 }

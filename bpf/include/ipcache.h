@@ -30,3 +30,24 @@ static __always_inline __u32 ipcache_identity(const __u8 *addr, __u8 family)
 		return v->identity;
 	return family == FAMILY_IPV4 ? IDENTITY_WORLD_IPV4 : IDENTITY_WORLD_IPV6;
 }
+
+/* The identity a workload address has in the ipBlock view (IPCACHE_FAMILY_IPBLOCK, shared.gen.h): that
+ * of the longest Kubernetes NetworkPolicy ipBlock prefix (or except) covering it, 0 when none does.
+ * Only the trie holds that view (no host entries in `ipcache_exact`). */
+static __always_inline __u32 ipblock_identity(const __u8 *addr, __u8 family)
+{
+	struct ipcache_key k;
+	struct ipcache_value *v;
+
+	__builtin_memset(&k, 0, sizeof(k));
+	k.family = family | IPCACHE_FAMILY_IPBLOCK;
+	if (family == FAMILY_IPV4) {
+		k.prefixlen = IPCACHE_PREFIX_V4_HOST;
+		__builtin_memcpy(k.addr, addr, 4);
+	} else {
+		k.prefixlen = IPCACHE_PREFIX_V6_HOST;
+		__builtin_memcpy(k.addr, addr, 16);
+	}
+	v = bpf_map_lookup_elem(&ipcache, &k);
+	return v ? v->identity : 0;
+}

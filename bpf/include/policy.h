@@ -1,6 +1,7 @@
 /* Policy verdict for a packet that conntrack does not already let through (a new connection, or traffic
  * that is not tracked). The agent's compiler writes per-endpoint entries into the `policy` LPM trie;
- * the datapath does exactly two lookups, whatever the number of rules and identities:
+ * the datapath does two lookups, whatever the number of rules and identities (and a third on the
+ * default-deny path for a workload remote: policy_check_ipblock, below):
  *   a = (endpoint, remote identity, direction, protocol, port)   b = the same with identity 0 (any)
  *   either is a deny entry -> DROP_POLICY_DENY; either exists -> allow; neither -> DROP_POLICY_DENIED.
  * A direction the endpoint is not enforced in carries an allow-all entry (identity 0, prefix 72); an
@@ -17,6 +18,7 @@
 
 #include "maps.h"
 #include "parse.h"
+#include "ipcache.h"
 
 /* ICMPv6 router/neighbour discovery: never subject to policy (upstream does the same). */
 static __always_inline int policy_bypass(const struct pkt *p)
@@ -48,19 +50,17 @@ static __always_inline struct policy_value *policy_lookup(const struct policy_ke
 	return bpf_map_lookup_elem(&policy, k);
 }
 
-/* Returns 0 (allowed) or the drop reason. */
-static __always_inline __u16 policy_check(__u32 endpoint_id, __u32 remote_identity, __u8 dir, const struct pkt *p, int complete)
+/* The full-length lookup key of a packet. */
+static __always_inline void policy_key_init(struct policy_key *k, __u32 endpoint_id, __u32 remote_identity, __u8 dir, const struct pkt *p)
 {
-	struct policy_value *a, *b;
-	struct policy_key k;
 	__u16 port = 0;
 
-	__builtin_memset(&k, 0, sizeof(k));
-	k.prefixlen = POLICY_PREFIX_FULL;
-	k.endpoint_id = endpoint_id;
-	k.identity = remote_identity;
-	k.direction = dir;
-	k.protocol = p->protocol;
+	__builtin_memset(k, 0, sizeof(*k));
+	k->prefixlen = POLICY_PREFIX_FULL;
+	k->endpoint_id = endpoint_id;
+	k->identity = remote_identity;
+	k->direction = dir;
+	k->protocol = p->protocol;
 	switch (p->protocol) {
 	case IPPROTO_TCP:
 	case IPPROTO_UDP:
@@ -75,9 +75,17 @@ static __always_inline __u16 policy_check(__u32 endpoint_id, __u32 remote_identi
 	/* No L4 header (a later fragment; a protocol without ports): only entries that allow every port of
 	 * the protocol (or any protocol) can match. */
 	if (!p->has_l4)
-		k.prefixlen = POLICY_PREFIX_PROTO;
-	k.port = bpf_htons(port);
+		k->prefixlen = POLICY_PREFIX_PROTO;
+	k->port = bpf_htons(port);
+}
 
+/* Returns 0 (allowed) or the drop reason. */
+static __always_inline __u16 policy_check(__u32 endpoint_id, __u32 remote_identity, __u8 dir, const struct pkt *p, int complete)
+{
+	struct policy_value *a, *b;
+	struct policy_key k;
+
+	policy_key_init(&k, endpoint_id, remote_identity, dir, p);
 	a = policy_lookup(&k, complete);
 	k.identity = 0;
 	b = policy_lookup(&k, complete);
@@ -86,4 +94,34 @@ static __always_inline __u16 policy_check(__u32 endpoint_id, __u32 remote_identi
 	if (a || b)
 		return 0;
 	return DROP_POLICY_DENIED;
+}
+
+/* A Kubernetes NetworkPolicy ipBlock selects workload addresses, per address (a dual-stack workload's
+ * IPv4 address may be covered and its IPv6 address not), while the entries above are keyed by identity,
+ * which stands for every address of every workload with the same labels. So when a packet whose remote
+ * is a workload (a label-derived identity) found no entry at all (DROP_POLICY_DENIED), the remote
+ * address is asked once more, as the ipBlock view of the ipcache sees it (ipblock_identity: the identity
+ * of its longest covering ipBlock prefix); the compiler writes entries for those identities only for
+ * NetworkPolicy ipBlocks, never for CiliumNetworkPolicy CIDR rules (which do not select workloads).
+ * A deny entry for the workload identity or for identity 0 was already found above and wins; only the
+ * identity lookup is repeated (identity 0 missed already). Established connections never get here, and
+ * allowed packets never pay for it: only the default-deny path does, one trie lookup more (plus a hash
+ * lookup when an ipBlock covers the address). Returns 0 or the drop reason. */
+static __always_inline __u16 policy_check_ipblock(__u32 endpoint_id, __u32 remote_identity, const __u8 *remote_addr,
+						   __u8 dir, const struct pkt *p, int complete)
+{
+	struct policy_value *a;
+	struct policy_key k;
+	__u32 block;
+
+	if (remote_identity < IDENTITY_RANGE_LABEL_FIRST || remote_identity >= IDENTITY_RANGE_LOCAL_FLAG)
+		return DROP_POLICY_DENIED;
+	block = ipblock_identity(remote_addr, p->family);
+	if (!block)
+		return DROP_POLICY_DENIED;
+	policy_key_init(&k, endpoint_id, block, dir, p);
+	a = policy_lookup(&k, complete);
+	if (!a)
+		return DROP_POLICY_DENIED;
+	return (a->flags & POLICY_F_DENY) ? DROP_POLICY_DENY : 0;
 }

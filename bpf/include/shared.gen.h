@@ -55,6 +55,14 @@
 #define POLICY_PREFIX_PROTO 80 /* one protocol, any port; 80 + n = port prefix of n bits */
 #define POLICY_PREFIX_FULL 96 /* exact protocol and port: every lookup key; such entries are also in `policy_exact` */
 
+/* Identity ranges the datapath tells apart: label-derived identities (workloads, local and remote) lie in [IDENTITY_RANGE_LABEL_FIRST, IDENTITY_RANGE_LOCAL_FLAG); CIDR identities carry IDENTITY_RANGE_LOCAL_FLAG. */
+#define IDENTITY_RANGE_LABEL_FIRST 256 /* the first label-derived identity (below: reserved) */
+#define IDENTITY_RANGE_LOCAL_FLAG 16777216 /* node-local (CIDR) identities */
+#define IDENTITY_RANGE_IPBLOCK_FLAG 33554432 /* with a CIDR identity (or world-ipv4/-ipv6 for a /0): a workload address as a Kubernetes NetworkPolicy ipBlock sees it (IPCACHE_FAMILY_IPBLOCK); never an ipcache answer */
+
+/* ipcache_key.family of the ipBlock view: the prefixes of Kubernetes NetworkPolicy ipBlocks (and their excepts, /0 included) with family | IPCACHE_FAMILY_IPBLOCK, so the ipcache lookups of addresses (family 4 / 6) never match them. A workload address looked up there yields the identity (IDENTITY_RANGE_IPBLOCK_FLAG) its longest covering ipBlock prefix has: the per-address match of an ipBlock on a workload (policy.h). */
+#define IPCACHE_FAMILY_IPBLOCK 128 /* flag on FAMILY_IPV4 / FAMILY_IPV6 */
+
 /* ipcache_key.prefixlen: 32 bits of family + padding, then the address prefix. */
 #define IPCACHE_PREFIX_FAMILY 32 /* family + padding: always matched, so IPv4 and IPv6 prefixes never match each other */
 #define IPCACHE_PREFIX_V4_HOST 64 /* an IPv4 /32: every lookup key of an IPv4 address; such entries are also in `ipcache_exact` */

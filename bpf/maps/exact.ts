@@ -68,7 +68,7 @@ export function batchApply(
   try {
     return native().mapBatchApply(map.fd, ops, keys, values, map.keySize, map.valueSize, flags, results);
   } catch (err) {
-    throw batchError(err);
+    throw batchError(err, map);
   }
 }
 
@@ -78,13 +78,13 @@ export function hashUpdateBatch(map: BpfMap, keys: Buffer, values: Buffer, flags
   try {
     return native().mapUpdateBatch(map.fd, keys, values, map.keySize, map.valueSize, flags);
   } catch (err) {
-    throw batchError(err);
+    throw batchError(err, map);
   }
 }
 
 /** A native batch call's error as a KernelError, keeping the index of the op the kernel refused. */
-function batchError(err: unknown): Error & { index?: number } {
-  const k = bpfError(err) as Error & { index?: number };
+function batchError(err: unknown, map: BpfMap): Error & { index?: number } {
+  const k = bpfError(err, undefined, { map }) as Error & { index?: number };
   const index = (err as { index?: number }).index;
   if (typeof index === 'number') k.index = index;
   return k;

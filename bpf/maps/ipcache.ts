@@ -1,5 +1,6 @@
 // `ipcache` LPM trie: remote prefix -> {identity, host}. The key's prefixlen also covers the family byte
-// and padding (IPCACHE_PREFIX_FAMILY bits), so IPv4 and IPv6 prefixes never match each other.
+// and padding (IPCACHE_PREFIX_FAMILY bits), so IPv4 and IPv6 prefixes never match each other, nor the
+// ipBlock view's (`ipblock:PREFIX`, family | IPCACHE_FAMILY_IPBLOCK) any address lookup.
 // Host entries (/32, /128) are written to the `ipcache_exact` hash as well, which the datapath asks
 // first (bpf/include/maps.h); the trie keeps every entry. Write order and repair: ./exact.ts.
 import type { IpcacheEntry } from '../types.js';
@@ -8,6 +9,7 @@ import { structDecode, structEncode } from '../layout.js';
 import {
   FAMILY_IPV4,
   FAMILY_IPV6,
+  IPCACHE_FAMILY_IPBLOCK,
   IPCACHE_KEY,
   IPCACHE_MAP_MAX,
   IPCACHE_PREFIX_FAMILY,
@@ -19,14 +21,20 @@ import { ExactMirror } from './exact.js';
 import type { ExactDiff } from './exact.js';
 import type { BpfMap } from './map.js';
 
+/** Keys of the ipBlock view (IPCACHE_FAMILY_IPBLOCK, shared.gen.h) are written `ipblock:PREFIX`. */
+const IPBLOCK_VIEW = 'ipblock:';
+
 export function ipcacheKeyEncode(cidr: string): Buffer {
-  const c = cidrParse(cidr);
-  return structEncode(IPCACHE_KEY, { prefixlen: IPCACHE_PREFIX_FAMILY + c.prefixLen, family: c.family, addr: c.addr });
+  const view = cidr.startsWith(IPBLOCK_VIEW);
+  const c = cidrParse(view ? cidr.slice(IPBLOCK_VIEW.length) : cidr);
+  return structEncode(IPCACHE_KEY, { prefixlen: IPCACHE_PREFIX_FAMILY + c.prefixLen, family: view ? c.family | IPCACHE_FAMILY_IPBLOCK : c.family, addr: c.addr });
 }
 
 export function ipcacheKeyDecode(buf: Buffer): string {
   const k = structDecode(IPCACHE_KEY, buf);
-  return cidrFormat({ family: k.family as 4 | 6, addr: k.addr as Uint8Array, prefixLen: (k.prefixlen as number) - IPCACHE_PREFIX_FAMILY });
+  const family = k.family as number;
+  const text = cidrFormat({ family: (family & ~IPCACHE_FAMILY_IPBLOCK) as 4 | 6, addr: k.addr as Uint8Array, prefixLen: (k.prefixlen as number) - IPCACHE_PREFIX_FAMILY });
+  return family & IPCACHE_FAMILY_IPBLOCK ? IPBLOCK_VIEW + text : text;
 }
 
 /** A host entry (/32, /128): the ones that also go into `ipcache_exact`. */

@@ -42,7 +42,7 @@ export class BpfMap {
   update(key: Buffer, value: Buffer, flags = BPF_ANY): void {
     this.checkKey(key);
     if (value.length !== this.valueBufSize) throw new RangeError(`map ${this.name}: value is ${value.length} bytes, want ${this.valueBufSize}`);
-    kcall(() => native().mapUpdate(this.fd, key, value, flags));
+    kcall(() => native().mapUpdate(this.fd, key, value, flags), undefined, { map: this });
   }
 
   lookup(key: Buffer): Buffer | undefined {

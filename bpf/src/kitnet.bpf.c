@@ -239,6 +239,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 	identities_resolve(&c, ep, &p, dir);
 	resolved = 1;
 	reason = policy_check(ep->endpoint_id, dir == DIR_EGRESS ? c.dst_identity : c.src_identity, dir, &p, exact_complete);
+	if (reason == DROP_POLICY_DENIED)
+		reason = policy_check_ipblock(ep->endpoint_id, dir == DIR_EGRESS ? c.dst_identity : c.src_identity,
+					      dir == DIR_EGRESS ? p.daddr : p.saddr, dir, &p, exact_complete);
 	if (reason) {
 		metric_add(reason == DROP_POLICY_DENY ? METRIC_POLICY_DENY : METRIC_POLICY_DENIED, c.len);
 		c.verdict = VERDICT_DROPPED;

@@ -9,7 +9,7 @@ import { hostFactsGather } from '../../agent/host-facts.js';
 import { kernelOpsReal } from '../../agent/kernel-ops-real.js';
 import { sqliteStoreOpen } from '../../agent/store/index.js';
 import { serverBuild } from '../../api/server.js';
-import { datapathLoad, datapathUnpinAll, type KitnetDatapath } from '../../bpf/index.js';
+import { datapathLoad, datapathUnpinAll, type FillMapName, type KitnetDatapath } from '../../bpf/index.js';
 import { hostForwardingEnsure } from '../../netkit/index.js';
 import { testMode } from './mode.js';
 
@@ -27,9 +27,10 @@ export interface TestAgent {
 /**
  * An agent as daemonRun starts it (store, datapath, Agent, API), on a temp state dir, its own pin root
  * and an ephemeral TCP port, with the Agent object in hand so tests can look inside (flow pipeline
- * listeners, datapath config). `stop` also removes the pins and the state.
+ * listeners, datapath config). `stop` also removes the pins and the state. `mapSizes` shrinks maps
+ * (capacity tests).
  */
-export async function testAgentStart(id: string, overrides: ConfigInput = {}): Promise<TestAgent> {
+export async function testAgentStart(id: string, overrides: ConfigInput = {}, opts: { mapSizes?: Partial<Record<FillMapName, number>> } = {}): Promise<TestAgent> {
   const dir = mkdtempSync(join(tmpdir(), 'kitnet-test-'));
   const pinRoot = `/sys/fs/bpf/kitnet-test-${id}`;
   const config = configLoad(undefined, {
@@ -43,7 +44,7 @@ export async function testAgentStart(id: string, overrides: ConfigInput = {}): P
   const log = pino({ level: config.logLevel });
   const store = sqliteStoreOpen(join(config.stateDir, 'kitnet.db'));
   await hostForwardingEnsure();
-  const datapath = await datapathLoad({ pinRoot });
+  const datapath = await datapathLoad({ pinRoot, ...(opts.mapSizes ? { mapSizes: opts.mapSizes } : {}) });
   const agent = new Agent(config, store, kernelOpsReal(datapath), await hostFactsGather(), log);
   await agent.start();
   const app = await serverBuild({ agent, logger: false, version: KITNET_VERSION });

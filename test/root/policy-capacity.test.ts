@@ -144,11 +144,11 @@ describe('policy map capacity (root)', { timeout: 300_000 }, () => {
         done += n;
       }
       const res = await put(cnp('overflow', cidrs(20, 70), 3));
-      assert.equal(res.status, 500, JSON.stringify(res.body));
+      assert.equal(res.status, 507, JSON.stringify(res.body));
       assert.deepEqual(await apiCall<unknown[]>(t.url, 'GET', '/v1/policies'), policiesBefore, 'the store rolled back');
       assert.deepEqual(ours(), before, 'the maps went back to the previous policies');
-      assert.equal(res.body.code, 'AGENT_ERR_KERNEL');
-      assert.match(res.body.message!, /CiliumNetworkPolicy capacity\/overflow.*ENOSPC.*full.*keep the previous policies/);
+      assert.equal(res.body.code, 'AGENT_ERR_MAP_FULL');
+      assert.match(res.body.message!, /CiliumNetworkPolicy capacity\/overflow.*ENOSPC.*the `policy` map is full \(max_entries \d+\).*POLICY_MAP_MAX.*keep the previous policies/);
       // The map exactly full: deleting a policy still converges (what it frees is freed first).
       const room = t.datapath.mapCapacity().policy - t.datapath.policyList().length;
       t.datapath.policyApply(FOREIGN, Array.from({ length: room }, (_, port) => ({ op: 'upsert' as const, entry: { direction: 'egress' as const, identity: 100_000, protocol: 17, port, portPrefixLen: 16, deny: false } })));

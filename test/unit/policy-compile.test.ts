@@ -400,5 +400,30 @@ describe('NetworkPolicy ipBlock and workload addresses', () => {
     const s = compile(y, at({ 301: ['10.1.0.5', 'fd01::5'] }));
     assert.deepEqual(ingressIds(s), [1]);
     assert.equal(verdict(s, { from: { endpointId: 10 }, to: { endpointId: WEB } }), 'DENIED');
+    assert.deepEqual(s.ipBlocks, [], 'no ipBlock view: by address too, nothing selects the workload');
+    assert.equal(verdict(s, { from: { ip: '10.1.0.5' }, to: { endpointId: WEB } }), 'ALLOWED', 'as an address outside the cluster it is selected');
+  });
+
+  test('per address: a v4-only ipBlock selects the IPv4 address of a dual-stack workload, not its IPv6 one; except carves out', () => {
+    const s = compile(np('[{ipBlock: {cidr: 10.0.0.0/8, except: [10.1.9.0/24]}}]'), at({ 301: ['10.1.0.5', 'fd01::5'], 302: ['10.1.9.5', 'fd01::6'] }));
+    assert.deepEqual(ingressIds(s), [1], 'no identity is covered in both families');
+    assert.deepEqual(s.ipBlocks.map((b) => b.cidr), ['10.0.0.0/8', '10.1.9.0/24']);
+    const [whole] = s.ipBlocks;
+    const viewIds = ep(s, WEB).entries.filter((e) => e.direction === 'ingress' && e.identity >= 2 ** 25).map((e) => e.identity);
+    assert.deepEqual(viewIds, [whole!.identity], 'the ipBlock view identity of 10.0.0.0/8 is selected, the except is not');
+    assert.deepEqual(s.identities.get(whole!.identity), ['ipblock:10.0.0.0/8']);
+    // remotes given by address as the ipcache holds them: workload identities
+    const resolveIp = (ip: string) => ({ '10.1.0.5': { identity: 301 }, 'fd01::5': { identity: 301 }, '10.1.9.5': { identity: 302 } })[ip];
+    const v = (ip: string) => policyTrace(s, { from: { ip }, to: { endpointId: WEB }, protocol: 'TCP', port: 80 }, { resolveIp });
+    assert.equal(v('10.1.0.5').verdict, 'ALLOWED');
+    assert.equal(v('10.1.0.5').ingress?.ipBlock?.cidr, '10.0.0.0/8');
+    assert.equal(v('fd01::5').verdict, 'DENIED');
+    assert.equal(v('10.1.9.5').verdict, 'DENIED');
+    assert.equal(v('10.1.9.5').ingress?.ipBlock?.cidr, '10.1.9.0/24');
+    // a /0 ipBlock (the usual "anywhere") has a view entry per family of its own
+    const any = compile(np('[{ipBlock: {cidr: 0.0.0.0/0, except: [10.1.9.0/24]}}]'), at({ 301: ['10.1.0.5', 'fd01::5'] }));
+    assert.deepEqual(any.ipBlocks.map((b) => b.cidr), ['0.0.0.0/0', '10.1.9.0/24']);
+    assert.equal(policyTrace(any, { from: { ip: '10.1.0.5' }, to: { endpointId: WEB }, protocol: 'TCP', port: 80 }, { resolveIp }).verdict, 'ALLOWED');
+    assert.equal(policyTrace(any, { from: { ip: 'fd01::5' }, to: { endpointId: WEB }, protocol: 'TCP', port: 80 }, { resolveIp }).verdict, 'DENIED');
   });
 });

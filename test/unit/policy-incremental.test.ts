@@ -507,6 +507,7 @@ spec:
     await add(2, 'b', 'ns2', 'b', '10.1.0.2', 'fd01::2');
     await add(3, 'c', 'ns2', 'c', '10.2.0.3', 'fd01::3');
     await add(4, 'v4only', 'ns3', 'v4only', '10.1.0.4', 'fd04::4');
+    await add(5, 'ex', 'ns3', 'ex', '10.1.9.5', 'fd01::5');
     engine.load();
     engine.apply();
     const trace = (from: { ip: string } | { endpointId: number }, to: { ip: string } | { endpointId: number }) => engine.trace(from, to, 'TCP', 80).result;
@@ -521,7 +522,20 @@ spec:
 
     const v4 = trace({ endpointId: 4 }, { endpointId: 1 });
     assert.equal(v4.verdict, 'DENIED');
-    assert.match(v4.notes!.join('\n'), /10\.1\.0\.4 is workload ns3\/v4only; NetworkPolicy ns1\/blocks ingress\[0\] \(ipBlock 10\.1\.0\.0\/16\) covers it but not fd04::4 of identity \d+/);
+    assert.match(v4.notes!.join('\n'), /10\.1\.0\.4 is workload ns3\/v4only; NetworkPolicy ns1\/blocks ingress\[0\] selects this address by ipBlock 10\.1\.0\.0\/16, per address: not fd04::4 \(of workloads with identity \d+\)/);
+    // by address, as the datapath judges packets: the IPv4 address is covered, the IPv6 one is not
+    const v4Addr = trace({ ip: '10.1.0.4' }, { endpointId: 1 });
+    assert.equal(v4Addr.verdict, 'ALLOWED');
+    assert.equal(v4Addr.ingress?.ipBlock?.cidr, '10.1.0.0/16');
+    assert.deepEqual(v4Addr.ingress?.rules, ['NetworkPolicy ns1/blocks ingress[0]']);
+    const v6Addr = trace({ ip: 'fd04::4' }, { endpointId: 1 });
+    assert.equal(v6Addr.verdict, 'DENIED');
+    assert.equal(v6Addr.ingress?.ipBlock, undefined, 'no ipBlock prefix covers fd04::4');
+    const excepted = trace({ ip: '10.1.9.5' }, { endpointId: 1 });
+    assert.equal(excepted.verdict, 'DENIED');
+    assert.equal(excepted.ingress?.ipBlock?.cidr, '10.1.9.0/24', 'the except is the longest ipBlock prefix covering it');
+    assert.equal(excepted.ingress?.ipBlock?.entry, undefined);
+    assert.equal(trace({ ip: 'fd01::5' }, { endpointId: 1 }).verdict, 'ALLOWED', 'its IPv6 address is covered by fd01::/64');
 
     const self = trace({ endpointId: 2 }, { ip: '10.1.0.2' });
     assert.equal(self.verdict, 'ALLOWED');

@@ -315,6 +315,20 @@ export const CONSTANTS: ConstGroup[] = [
     ],
   },
   {
+    doc: 'Identity ranges the datapath tells apart: label-derived identities (workloads, local and remote) lie in [IDENTITY_RANGE_LABEL_FIRST, IDENTITY_RANGE_LOCAL_FLAG); CIDR identities carry IDENTITY_RANGE_LOCAL_FLAG.',
+    prefix: 'IDENTITY_RANGE_',
+    values: [
+      ['LABEL_FIRST', 256, 'the first label-derived identity (below: reserved)'],
+      ['LOCAL_FLAG', 1 << 24, 'node-local (CIDR) identities'],
+      ['IPBLOCK_FLAG', 1 << 25, 'with a CIDR identity (or world-ipv4/-ipv6 for a /0): a workload address as a Kubernetes NetworkPolicy ipBlock sees it (IPCACHE_FAMILY_IPBLOCK); never an ipcache answer'],
+    ],
+  },
+  {
+    doc: 'ipcache_key.family of the ipBlock view: the prefixes of Kubernetes NetworkPolicy ipBlocks (and their excepts, /0 included) with family | IPCACHE_FAMILY_IPBLOCK, so the ipcache lookups of addresses (family 4 / 6) never match them. A workload address looked up there yields the identity (IDENTITY_RANGE_IPBLOCK_FLAG) its longest covering ipBlock prefix has: the per-address match of an ipBlock on a workload (policy.h).',
+    prefix: 'IPCACHE_FAMILY_',
+    values: [['IPBLOCK', 0x80, 'flag on FAMILY_IPV4 / FAMILY_IPV6']],
+  },
+  {
     doc: 'ipcache_key.prefixlen: 32 bits of family + padding, then the address prefix.',
     prefix: 'IPCACHE_PREFIX_',
     values: [
