@@ -21,8 +21,8 @@ import { WorkloadService } from './workloads.js';
 import { AgentMetrics } from './metrics.js';
 import { Mutex } from './mutex.js';
 import { MONITOR_AGG_DEFAULT, MONITOR_AGG_NONE } from '../bpf/layout.gen.js';
-import { PolicyEngine } from './policy-engine.js';
-import { PolicyService } from './policy-service.js';
+import { PolicyEngine } from './policy/engine.js';
+import { PolicyService } from './policy/service.js';
 import { workloadsOutsidePools } from './pool-check.js';
 import { WorkloadWatch } from './workload-watch.js';
 

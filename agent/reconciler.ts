@@ -5,7 +5,7 @@ import type { KernelOps } from './kernel-ops.js';
 import type { SqliteStore } from './store/sqlite-store.js';
 import type { WorkloadRecord } from './store/types.js';
 import { deviceSpecFor, linkGroupFor, tapSpecFor, vmSpecFor } from './workloads.js';
-import type { PolicyEngine } from './policy-engine.js';
+import type { PolicyEngine } from './policy/engine.js';
 import { EP_F_ENFORCE_SRC_IP, EP_F_ENFORCE_SRC_MAC } from '../bpf/layout.gen.js';
 
 export type Observed = NonNullable<WorkloadRecord['observed']>;

@@ -15,7 +15,7 @@ import type { Reconciler } from './reconciler.js';
 import type { SqliteStore } from './store/sqlite-store.js';
 import type { WorkloadMode, WorkloadRecord, WorkloadSpec } from './store/types.js';
 import type { Mutex } from './mutex.js';
-import type { PolicyEngine } from './policy-engine.js';
+import type { PolicyEngine } from './policy/engine.js';
 import { workloadRegistrationObserve } from './metrics.js';
 
 export interface WorkloadCreateInput {

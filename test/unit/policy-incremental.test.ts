@@ -10,7 +10,7 @@ import { IdentityAllocator } from '../../agent/identity/allocator.js';
 import { identityLabels, labelFormat, labelSetKey } from '../../agent/identity/labels.js';
 import { reservedIdentityLabels } from '../../agent/identity/reserved.js';
 import type { KernelOps } from '../../agent/kernel-ops.js';
-import { PolicyEngine } from '../../agent/policy-engine.js';
+import { PolicyEngine } from '../../agent/policy/engine.js';
 import { PolicyState } from '../../agent/policy/incremental.js';
 import { policiesParse, policyCompile, policyKeyEncode } from '../../agent/policy/index.js';
 import type { CompiledPolicy, EndpointPolicy, NamedPort, ParsedPolicy, PolicyEntry } from '../../agent/policy/index.js';
