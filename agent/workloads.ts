@@ -8,7 +8,7 @@ import type { NetnsId } from '../netkit/index.js';
 import { macDerive, netnsIdEqual, netnsPathOf, vmNetnsNameFor } from '../netkit/index.js';
 import type { Config } from './config.js';
 import { IdentityAllocator, IdentityExhaustedError, lowestFree } from './identity/allocator.js';
-import { workloadLabelKeyForbidden } from './identity/labels.js';
+import { workloadLabelKeyForbidden } from '../common/labels.js';
 import { IpamError, Pool } from './ipam.js';
 import type { KernelOps } from './kernel-ops.js';
 import type { Reconciler } from './reconciler.js';

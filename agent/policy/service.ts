@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import { KitnetError } from '../../common/errors.js';
 import { KernelError } from '../../common/kernel-error.js';
-import { identityLabels, labelFormat, labelSetKey } from '../identity/labels.js';
+import { identityLabels, labelFormat, labelSetKey } from '../../common/labels.js';
 import type { Mutex } from '../mutex.js';
 import type { PolicyApplyStats, PolicyEngine } from './engine.js';
 import { PolicyCapacityError } from './budget.js';

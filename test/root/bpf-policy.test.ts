@@ -6,7 +6,7 @@
 // Real kernel, temporary pin root; the skb appears on `lo` (ifindex 1) with this test's own maps.
 import assert from 'node:assert/strict';
 import { beforeEach, describe, test } from 'node:test';
-import { identityLabels, labelFormat } from '../../agent/identity/labels.js';
+import { identityLabels, labelFormat } from '../../common/labels.js';
 import { reservedIdentityLabels } from '../../agent/identity/reserved.js';
 import { policiesParse, policyCompile, policyDecide, policyEntriesEncode } from '../../agent/policy/index.js';
 import type { FlowEvent, KitnetDatapath, PolicyEntryFields } from '../../bpf/index.js';

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import pino from 'pino';
 import { IdentityAllocator } from '../../agent/identity/allocator.js';
-import { identityLabels, labelFormat, labelSetKey } from '../../agent/identity/labels.js';
+import { identityLabels, labelFormat, labelSetKey } from '../../common/labels.js';
 import { reservedIdentityLabels } from '../../agent/identity/reserved.js';
 import type { KernelOps } from '../../agent/kernel-ops.js';
 import { PolicyEngine } from '../../agent/policy/engine.js';
