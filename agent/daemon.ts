@@ -6,7 +6,7 @@ import { datapathLoad } from '../bpf/index.js';
 import { hostForwardingEnsure } from '../netkit/index.js';
 import { listenerBind, type BoundListener } from '../api/listener.js';
 import { serverBuild } from '../api/server.js';
-import type { ConfigChange, ConfigReloadResult } from '../api/schemas/config.js';
+import type { ConfigChange, ConfigReloadResult } from '../common/schemas/config.js';
 import { LOG_REDACT, tokensLoad, type AuditSink, type TokenSet } from '../api/security.js';
 import { KitnetError } from '../common/errors.js';
 import { Agent, KITNET_VERSION } from './agent.js';

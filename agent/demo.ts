@@ -7,7 +7,7 @@ import { datapathUnpinAll } from '../bpf/index.js';
 import { netnsCreate, netnsDelete } from '../netkit/index.js';
 import { ApiClient } from '../api/cli/client.js';
 import { flowCompact } from '../api/cli/format.js';
-import type { Workload } from '../api/schemas/workload.js';
+import type { Workload } from '../common/schemas/workload.js';
 import { daemonRun } from './daemon.js';
 
 const execFileP = promisify(execFile);

@@ -1,8 +1,8 @@
-import type { FlowFilter } from './schemas/flows.js';
-import type { Identity } from './schemas/identity.js';
-import type { Namespace, PolicyApplyResult, PolicySummary, TraceRequest, TraceResponse, WorkloadPolicy } from './schemas/policy.js';
-import type { Status } from './schemas/status.js';
-import type { Workload, WorkloadCreate } from './schemas/workload.js';
+import type { FlowFilter } from '../common/schemas/flows.js';
+import type { Identity } from '../common/schemas/identity.js';
+import type { Namespace, PolicyApplyResult, PolicySummary, TraceRequest, TraceResponse, WorkloadPolicy } from '../common/schemas/policy.js';
+import type { Status } from '../common/schemas/status.js';
+import type { Workload, WorkloadCreate } from '../common/schemas/workload.js';
 
 /** A line as `hubble observe -o json` prints it: a flow or a lost_events record. */
 export type FlowRecord = { flow: unknown; node_name: string; time: string } | { lost_events: unknown; node_name: string; time: string };

@@ -26,7 +26,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { daemonRun } from '../agent/daemon.js';
 import { ApiClient } from '../api/cli/client.js';
-import type { Workload } from '../api/schemas/workload.js';
+import type { Workload } from '../common/schemas/workload.js';
 import { datapathUnpinAll } from '../bpf/index.js';
 import { rcuExpeditedGet, rcuExpeditedSet } from '../netkit/rcu.js';
 import { netnsHelpersClose } from '../netkit/socket.js';

@@ -1,10 +1,10 @@
 import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import type { ConfigReloadResult } from '../schemas/config.js';
-import type { Identity } from '../schemas/identity.js';
-import type { Namespace, PolicyApplyResult, PolicySummary, TraceResponse, WorkloadPolicy } from '../schemas/policy.js';
-import type { Status } from '../schemas/status.js';
-import type { Workload } from '../schemas/workload.js';
+import type { ConfigReloadResult } from '../../common/schemas/config.js';
+import type { Identity } from '../../common/schemas/identity.js';
+import type { Namespace, PolicyApplyResult, PolicySummary, TraceResponse, WorkloadPolicy } from '../../common/schemas/policy.js';
+import type { Status } from '../../common/schemas/status.js';
+import type { Workload } from '../../common/schemas/workload.js';
 import { ApiClient, ApiError, socketDefault } from './client.js';
 import { flowCompact, flowTableHeader, flowTableRow, table } from './format.js';
 import { observeFilters, type ObserveOptions } from './observe-filters.js';

@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { after, before, describe, test } from 'node:test';
 import { datapathUnpinAll } from '../../bpf/index.js';
 import { ApiClient, ApiError } from '../../api/cli/client.js';
-import type { Workload } from '../../api/schemas/workload.js';
+import type { Workload } from '../../common/schemas/workload.js';
 import { storeKernelDiff } from '../helpers/consistency.js';
 import { links, netnsAdd, netnsDel, run, uniq, waitFor } from '../helpers/sys.js';
 import { mulberry32 as prng } from '../helpers/random.js';

@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { daemonRun } from '../../agent/daemon.js';
 import { ApiError } from '../../api/cli/client.js';
-import type { ConfigReloadResult } from '../../api/schemas/config.js';
+import type { ConfigReloadResult } from '../../common/schemas/config.js';
 import { routeAccess, tokenHash, tokenGenerate } from '../../api/security.js';
 import { MONITOR_AGG_DEFAULT, MONITOR_AGG_NONE } from '../../bpf/layout.gen.js';
 import { rcuExpeditedGet, rcuExpeditedSet } from '../../netkit/index.js';

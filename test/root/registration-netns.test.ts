@@ -8,7 +8,7 @@ import { promisify } from 'node:util';
 import { after, before, describe, test } from 'node:test';
 import { daemonRun } from '../../agent/daemon.js';
 import { ApiClient, type ApiError } from '../../api/cli/client.js';
-import type { Workload } from '../../api/schemas/workload.js';
+import type { Workload } from '../../common/schemas/workload.js';
 import { tokenGenerate, tokenHash } from '../../api/security.js';
 import { datapathUnpinAll } from '../../bpf/index.js';
 import { AgentFixture } from '../helpers/fixture.js';

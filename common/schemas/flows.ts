@@ -1,5 +1,4 @@
 import { z } from 'zod';
-import type { FlowFilter as AgentFlowFilter } from '../../agent/flows/filter.js';
 
 const strings = z.array(z.string().min(1).max(256)).max(64);
 
@@ -20,8 +19,6 @@ export const FlowFilter = z
   .partial()
   .strict();
 export type FlowFilter = z.infer<typeof FlowFilter>;
-// The agent's filter type and this schema must describe the same thing.
-export const _flowFilterAgrees: AgentFlowFilter = {} as FlowFilter;
 
 /** A repeated query parameter arrives as an array, a single one as a string; commas also separate. */
 const listParam = z
