@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import type { AgentApi, FlowRecord, FlowSelection } from '../api/agent-api.js';
+import type { FlowRecord, FlowSelection } from '../common/schemas/flows.js';
 import { KitnetError } from '../common/errors.js';
 import { FilterError, filtersCompile } from './flows/filter.js';
 import type { HubbleFlowRecord } from './flows/hubble.js';
@@ -49,7 +49,7 @@ function vmView(rec: WorkloadRecord, vm: NonNullable<WorkloadRecord['spec']['vm'
 }
 
 /** The agent's parts wired together, and the view of them the API gets. */
-export class Agent implements AgentApi {
+export class Agent {
   readonly workloads: WorkloadService;
   readonly reconciler: Reconciler;
   readonly directory: EndpointDirectory;

@@ -16,8 +16,8 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { daemonRun } from '../agent/daemon.js';
-import { ApiClient } from '../api/cli/client.js';
+import { daemonRun } from '../main/daemon.js';
+import { ApiClient } from '../common/api-client.js';
 import type { HubbleFlowRecord } from '../agent/flows/hubble.js';
 import type { Workload } from '../common/schemas/workload.js';
 import { datapathUnpinAll } from '../bpf/index.js';

@@ -77,3 +77,14 @@ export const FlowsQuery = z
 export type FlowsQuery = z.infer<typeof FlowsQuery>;
 
 export const FLOW_SHORTHAND_FIELDS = Object.keys(FlowFilter.shape) as Array<keyof FlowFilter>;
+
+/** A line as `hubble observe -o json` prints it: a flow or a lost_events record. */
+export type FlowRecord = { flow: unknown; node_name: string; time: string } | { lost_events: unknown; node_name: string; time: string };
+
+export interface FlowSelection {
+  whitelist?: FlowFilter[];
+  blacklist?: FlowFilter[];
+  last?: number;
+  since?: string;
+  until?: string;
+}

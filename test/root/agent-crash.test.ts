@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, describe, test } from 'node:test';
 import { datapathUnpinAll } from '../../bpf/index.js';
-import { ApiClient, ApiError } from '../../api/cli/client.js';
+import { ApiClient, ApiError } from '../../common/api-client.js';
 import type { Workload } from '../../common/schemas/workload.js';
 import { storeKernelDiff } from '../helpers/consistency.js';
 import { links, netnsAdd, netnsDel, run, uniq, waitFor } from '../helpers/sys.js';

@@ -3,7 +3,7 @@ import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import Database from 'better-sqlite3';
-import type { ApiError } from '../../api/cli/client.js';
+import type { ApiError } from '../../common/api-client.js';
 import type { Identity } from '../../common/schemas/identity.js';
 import type { Status } from '../../common/schemas/status.js';
 import type { Workload } from '../../common/schemas/workload.js';

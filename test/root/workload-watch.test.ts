@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import type { ApiError } from '../../api/cli/client.js';
+import type { ApiError } from '../../common/api-client.js';
 import type { Identity } from '../../common/schemas/identity.js';
 import type { Workload } from '../../common/schemas/workload.js';
 import { AgentFixture } from '../helpers/fixture.js';

@@ -5,8 +5,8 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { datapathUnpinAll } from '../bpf/index.js';
 import { netnsCreate, netnsDelete } from '../netkit/index.js';
-import { ApiClient } from '../api/cli/client.js';
-import { flowCompact } from '../api/cli/format.js';
+import { ApiClient } from '../common/api-client.js';
+import { flowCompact } from '../common/format.js';
 import type { Workload } from '../common/schemas/workload.js';
 import { daemonRun } from './daemon.js';
 

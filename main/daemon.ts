@@ -9,16 +9,16 @@ import { serverBuild } from '../api/server.js';
 import type { ConfigChange, ConfigReloadResult } from '../common/schemas/config.js';
 import { LOG_REDACT, tokensLoad, type AuditSink, type TokenSet } from '../api/security.js';
 import { KitnetError } from '../common/errors.js';
-import { Agent, KITNET_VERSION } from './agent.js';
-import { ConfigError, configLoad, type Config, type ConfigInput } from './config.js';
-import { configPrepare, configWarnings, type TcpPrepared } from './config-preflight.js';
-import { instanceLockTake, type InstanceLock } from './instance-lock.js';
-import { workloadsOutsidePools } from './pool-check.js';
-import { ExpediteRcu } from './expedite-rcu.js';
-import { hostFactsGather } from './host-facts.js';
-import { kernelOpsReal } from './kernel-ops-real.js';
-import { SqliteStore } from './store/sqlite-store.js';
-import { SystemdNotifier } from './systemd.js';
+import { Agent, KITNET_VERSION } from '../agent/agent.js';
+import { ConfigError, configLoad, type Config, type ConfigInput } from '../agent/config.js';
+import { configPrepare, configWarnings, type TcpPrepared } from '../agent/config-preflight.js';
+import { instanceLockTake, type InstanceLock } from '../agent/instance-lock.js';
+import { workloadsOutsidePools } from '../agent/pool-check.js';
+import { ExpediteRcu } from '../agent/expedite-rcu.js';
+import { hostFactsGather } from '../agent/host-facts.js';
+import { kernelOpsReal } from '../agent/kernel-ops-real.js';
+import { SqliteStore } from '../agent/store/sqlite-store.js';
+import { SystemdNotifier } from '../agent/systemd.js';
 
 export const DEFAULT_CONFIG_PATH = '/etc/kitnet/config.yaml';
 
