@@ -5,7 +5,7 @@
  *
  * Errors: every failure throws an Error with `errno` (number), `code` (errno name), `op` (the libbpf /
  * syscall operation) and `libbpfLog` (libbpf's warnings during the call, e.g. the verifier log), which
- * bpf/native.ts turns into a KernelError with a hint.
+ * bpf/errors.ts turns into a KernelError with a hint (loaded by common/native.ts).
  *
  * Ring buffers are read on the libuv loop: the ring buffer's epoll fd is watched with a uv_poll_t, each
  * wakeup drains everything with ring_buffer__consume into one staging buffer, and JS gets ONE Buffer
