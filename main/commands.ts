@@ -47,7 +47,7 @@ program
 
 program
   .command('demo')
-  .description('run the agent with two demo workloads, traffic between them and live flows (as root)')
+  .description('run the agent with demo workloads (two netns, a VM), traffic, a policy that denies part of it, live flows (as root)')
   .option('--duration <seconds>', 'stop by itself after this many seconds', positiveInt)
   .action(async (o: { duration?: number }) => {
     await demoRun({ durationSeconds: o.duration ?? 0 });

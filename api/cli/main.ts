@@ -14,7 +14,7 @@ const program = new Command('kitnet')
   .option('-s, --socket <path>', 'agent API socket (env KITNET_SOCKET, else KITNET_API_SOCKET as the agent reads it)', socketDefault())
   .showHelpAfterError()
   // Run by bin/kitnet.js from the composition root (main/commands.ts), not by this client.
-  .addHelpText('after', '\nDaemon commands (as root):\n  agent [options]            run the kitnet agent in the foreground\n  demo [--duration SECONDS]  run the agent with two demo workloads, traffic and live flows');
+  .addHelpText('after', '\nDaemon commands (as root):\n  agent [options]            run the kitnet agent in the foreground\n  demo [--duration SECONDS]  run the agent with demo workloads (netns and a VM), traffic, a policy and live flows');
 
 const outputOption = () => new Option('-o, --output <format>', 'output format').choices(['table', 'json']).default('table');
 const client = () => new ApiClient({ socket: program.opts<{ socket: string }>().socket });
