@@ -9,7 +9,10 @@ import { demoRun } from './demo.js';
  * loads the daemon. In-process (not spawned by the CLI) because systemd's `NotifyAccess=main` takes
  * READY and the watchdog only from the process it started.
  */
-const program = new Command('kitnet').showHelpAfterError();
+const program = new Command('kitnet')
+  // The CLI's global option, accepted (and unused) as it always was: the agent's socket is api.socket.
+  .option('-s, --socket <path>', "the CLI's agent socket (unused here: the agent listens on api.socket)")
+  .showHelpAfterError();
 
 function positiveInt(value: string): number {
   const n = Number(value);
