@@ -71,7 +71,7 @@ function traceOf(f: FlowJson['flow']): { from: { workload: string }; to: { workl
  * The service map for a browser: a local HTTP listener on 127.0.0.1 that passes GET and HEAD to the
  * agent's unix socket and refuses the rest (the socket is admin; this port is for looking only).
  */
-async function serviceMapListen(socket: string): Promise<{ server: Server; url: string }> {
+async function serviceMapListen(socket: string, port: number): Promise<{ server: Server; url: string }> {
   const server = createServer((req, res) => {
     if (req.method !== 'GET' && req.method !== 'HEAD') {
       res.writeHead(405, { allow: 'GET, HEAD' }).end('the demo forwards only GET and HEAD\n');
@@ -91,10 +91,9 @@ async function serviceMapListen(socket: string): Promise<{ server: Server; url: 
       server.listen(port, '127.0.0.1', () => (server.off('error', reject), resolve()));
     });
   // 8080 as in the README; any free port when that one is taken.
-  await listen(Number(process.env.KITNET_DEMO_UI_PORT ?? 8080)).catch(() => listen(0));
+  await listen(port).catch(() => listen(0));
   const address = server.address();
-  const port = typeof address === 'object' && address ? address.port : 0;
-  return { server, url: `http://127.0.0.1:${port}/ui` };
+  return { server, url: `http://127.0.0.1:${typeof address === 'object' && address ? address.port : 0}/ui` };
 }
 
 /**
@@ -106,6 +105,9 @@ async function serviceMapListen(socket: string): Promise<{ server: Server; url: 
  * through the REST API. Ctrl-C (or the duration) removes everything it made.
  */
 export async function demoRun(opts: DemoOptions): Promise<void> {
+  // Checked before anything is made.
+  const uiPort = process.env.KITNET_DEMO_UI_PORT ?? '8080';
+  if (!/^\d{1,5}$/.test(uiPort) || Number(uiPort) > 65535) throw new Error(`KITNET_DEMO_UI_PORT: "${uiPort}" is not a port number (0-65535; 0 for any free port)`);
   const dir = mkdtempSync(join(tmpdir(), 'kitnet-demo-'));
   const pinRoot = '/sys/fs/bpf/kitnet-demo';
   const socket = join(dir, 'kitnet.sock');
@@ -173,7 +175,7 @@ export async function demoRun(opts: DemoOptions): Promise<void> {
       "require('http').createServer((q,r)=>r.end('hello from backend\\n')).listen(8080,'::')"], { stdio: 'ignore' });
     children.push(server);
 
-    const map = await serviceMapListen(socket);
+    const map = await serviceMapListen(socket, Number(uiPort));
     ui = map.server;
     say(`service map: ${map.url} (read-only, this host only)`);
 

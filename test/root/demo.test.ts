@@ -30,6 +30,23 @@ after(async () => {
   await run('rm', ['-rf', PIN_ROOT]).catch(() => undefined);
 });
 
+test('a bad KITNET_DEMO_UI_PORT is refused by name before the demo makes anything', async () => {
+  for (const bad of ['abc', '70000', '-1', '80 81']) {
+    const r = await new Promise<{ code: number | null; out: string }>((resolve) => {
+      const c = spawn(process.execPath, [KITNET_BIN, 'demo', '--duration', '1'], { env: { ...process.env, KITNET_DEMO_UI_PORT: bad }, stdio: ['ignore', 'pipe', 'pipe'] });
+      let o = '';
+      c.stdout.on('data', (d: Buffer) => (o += d.toString()));
+      c.stderr.on('data', (d: Buffer) => (o += d.toString()));
+      c.on('exit', (code) => resolve({ code, out: o }));
+    });
+    assert.equal(r.code, 1, r.out);
+    assert.match(r.out, /KITNET_DEMO_UI_PORT: ".*" is not a port number/);
+    assert.doesNotMatch(r.out, /starting the kitnet agent/);
+  }
+  const left = (await run('ip', ['netns', 'ls'])).split('\n').filter((l) => NAMESPACES.some((n) => l.startsWith(`${n} `) || l === n));
+  assert.deepEqual(left, []);
+});
+
 test('kitnet demo: a VM, a policy applied while traffic runs, denied flows, a trace, the service map; Ctrl-C cleans up', { timeout: 240_000 }, async () => {
   child = spawn(process.execPath, [KITNET_BIN, 'demo', '--duration', '200'], {
     env: { ...process.env, NO_COLOR: '1', KITNET_DEMO_UI_PORT: '0' },
