@@ -1,12 +1,12 @@
 import type { Logger } from 'pino';
-import type { AgentApi, FlowRecord, FlowSelection } from '../api/agent-api.js';
+import type { FlowRecord, FlowSelection } from '../common/schemas/flows.js';
 import { KitnetError } from '../common/errors.js';
 import { FilterError, filtersCompile } from './flows/filter.js';
 import type { HubbleFlowRecord } from './flows/hubble.js';
-import type { Identity } from '../api/schemas/identity.js';
-import type { Namespace, PolicyApplyResult, PolicySummary, TraceRequest, TraceResponse, WorkloadPolicy } from '../api/schemas/policy.js';
-import type { Status } from '../api/schemas/status.js';
-import type { Workload, WorkloadCreate } from '../api/schemas/workload.js';
+import type { Identity } from '../common/schemas/identity.js';
+import type { Namespace, PolicyApplyResult, PolicySummary, TraceRequest, TraceResponse, WorkloadPolicy } from '../common/schemas/policy.js';
+import type { Status } from '../common/schemas/status.js';
+import type { Workload, WorkloadCreate } from '../common/schemas/workload.js';
 import { GATEWAY_V4, GATEWAY_V6 } from '../netkit/index.js';
 import type { Config } from './config.js';
 import { EndpointDirectory } from './flows/directory.js';
@@ -21,8 +21,8 @@ import { WorkloadService } from './workloads.js';
 import { AgentMetrics } from './metrics.js';
 import { Mutex } from './mutex.js';
 import { MONITOR_AGG_DEFAULT, MONITOR_AGG_NONE } from '../bpf/layout.gen.js';
-import { PolicyEngine } from './policy-engine.js';
-import { PolicyService } from './policy-service.js';
+import { PolicyEngine } from './policy/engine.js';
+import { PolicyService } from './policy/service.js';
 import { workloadsOutsidePools } from './pool-check.js';
 import { WorkloadWatch } from './workload-watch.js';
 import { WorkloadController } from './reconcile/controller.js';
@@ -50,7 +50,7 @@ function vmView(rec: WorkloadRecord, vm: NonNullable<WorkloadRecord['spec']['vm'
 }
 
 /** The agent's parts wired together, and the view of them the API gets. */
-export class Agent implements AgentApi {
+export class Agent {
   readonly workloads: WorkloadService;
   readonly reconciler: Reconciler;
   /** The reconcile loop: work queue, retries with backoff, periodic resync. */

@@ -3,7 +3,7 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { networkInterfaces } from 'node:os';
 import { dirname, resolve } from 'node:path';
 import { createSecureContext } from 'node:tls';
-import { tokensLoad, type TokenSet } from '../api/security.js';
+import { tokensLoad, type TokenSet } from '../common/tokens.js';
 import { pinRootCheck } from '../bpf/index.js';
 import { ConfigError, type Config } from './config.js';
 import { addressParse, cidrContains, cidrParse } from './ipam.js';

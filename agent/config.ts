@@ -134,23 +134,8 @@ export const ConfigSchema = z
 export type Config = z.infer<typeof ConfigSchema>;
 export type ConfigInput = z.input<typeof ConfigSchema>;
 
-export class ConfigError extends Error {
-  override name = 'ConfigError';
-  /** The bad keys as dotted paths (`flows.aggregation`), when validation named them. */
-  readonly keys: string[];
-
-  constructor(message: string, keys: string[] = []) {
-    super(message);
-    this.keys = keys;
-  }
-}
-
-/** Formats zod issues as `key.path: message`, one per line, so the operator sees which key is wrong. */
-export function zodIssuesFormat(error: z.ZodError, prefix = ''): string {
-  return error.issues
-    .map((i) => `${[prefix, ...i.path.map(String)].filter(Boolean).join('.') || '(root)'}: ${i.message}`)
-    .join('; ');
-}
+export { ConfigError, zodIssuesFormat } from '../common/config-error.js';
+import { ConfigError, zodIssuesFormat } from '../common/config-error.js';
 
 export function configParse(input: unknown, source = 'config'): Config {
   const result = ConfigSchema.safeParse(input ?? {});

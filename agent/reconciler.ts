@@ -6,7 +6,7 @@ import type { KernelOps } from './kernel-ops.js';
 import type { Store } from './store/store.js';
 import type { WorkloadRecord } from './store/types.js';
 import { deviceSpecFor, linkGroupFor, tapSpecFor, vmSpecFor } from './workloads.js';
-import type { PolicyEngine } from './policy-engine.js';
+import type { PolicyEngine } from './policy/engine.js';
 import { endpointInfoFor, reconcilePlan, type ObservedDevice, type ObservedWorkload, type ReconcileAction } from './reconcile/plan.js';
 
 export type Observed = NonNullable<WorkloadRecord['observed']>;

@@ -8,7 +8,7 @@ import type { NetnsId } from '../netkit/index.js';
 import { macDerive, netnsIdEqual, netnsPathOf, vmNetnsNameFor } from '../netkit/index.js';
 import type { Config } from './config.js';
 import { IdentityAllocator, IdentityExhaustedError, lowestFree } from './identity/allocator.js';
-import { workloadLabelKeyForbidden } from './identity/labels.js';
+import { workloadLabelKeyForbidden } from '../common/labels.js';
 import { IpamError, Pool } from './ipam.js';
 import type { KernelOps } from './kernel-ops.js';
 import { WorkloadGoneError, type Reconciler } from './reconciler.js';
@@ -16,7 +16,7 @@ import type { WorkloadController } from './reconcile/controller.js';
 import type { Store } from './store/store.js';
 import type { WorkloadMode, WorkloadRecord, WorkloadSpec } from './store/types.js';
 import type { Mutex } from './mutex.js';
-import type { PolicyEngine } from './policy-engine.js';
+import type { PolicyEngine } from './policy/engine.js';
 import { workloadRegistrationObserve } from './metrics.js';
 
 export interface WorkloadCreateInput {

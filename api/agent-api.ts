@@ -1,21 +1,17 @@
-import type { FlowFilter } from './schemas/flows.js';
-import type { Identity } from './schemas/identity.js';
-import type { Namespace, PolicyApplyResult, PolicySummary, TraceRequest, TraceResponse, WorkloadPolicy } from './schemas/policy.js';
-import type { Status } from './schemas/status.js';
-import type { Workload, WorkloadCreate } from './schemas/workload.js';
+import type { FlowRecord, FlowSelection } from '../common/schemas/flows.js';
+import type { Identity } from '../common/schemas/identity.js';
+import type { Namespace, PolicyApplyResult, PolicySummary, TraceRequest, TraceResponse, WorkloadPolicy } from '../common/schemas/policy.js';
+import type { Status } from '../common/schemas/status.js';
+import type { Workload, WorkloadCreate } from '../common/schemas/workload.js';
 
-/** A line as `hubble observe -o json` prints it: a flow or a lost_events record. */
-export type FlowRecord = { flow: unknown; node_name: string; time: string } | { lost_events: unknown; node_name: string; time: string };
+// The flow types are part of the API's contract, shared with the agent (common/schemas/flows.ts).
+export type { FlowRecord, FlowSelection } from '../common/schemas/flows.js';
 
-export interface FlowSelection {
-  whitelist?: FlowFilter[];
-  blacklist?: FlowFilter[];
-  last?: number;
-  since?: string;
-  until?: string;
-}
-
-/** What the HTTP layer needs from the agent. The API never touches the kernel itself. */
+/**
+ * What the HTTP layer needs from the agent. The API never touches the kernel itself. The agent does
+ * not import this (it sits below the API): the composition root (main/daemon.ts) hands the agent to
+ * the server, which checks that it fits.
+ */
 export interface AgentApi {
   /** `caller.admin`: the unix socket or an admin token (may use a namespace with foreign interfaces). */
   workloadRegister(input: WorkloadCreate, caller?: { admin: boolean }): Promise<Workload>;

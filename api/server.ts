@@ -3,7 +3,7 @@ import Fastify, { type FastifyInstance, type FastifyServerFactory } from 'fastif
 import { jsonSchemaTransform, serializerCompiler, validatorCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod';
 import type { Logger } from 'pino';
 import type { AgentApi } from './agent-api.js';
-import type { ConfigReloadResult } from './schemas/config.js';
+import type { ConfigReloadResult } from '../common/schemas/config.js';
 import { errorHandler } from './errors.js';
 import { configRoutes } from './routes/config.js';
 import { flowRoutes } from './routes/flows.js';

@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ApiClient } from '../api/cli/client.js';
+import { ApiClient } from '../common/api-client.js';
 import { datapathUnpinAll } from '../bpf/index.js';
 import {
   argsParse, benchMain, MACHINE_LINE, netnsAddMany, netnsDelMany, onCleanup, REPO_ROOT, resultWrite, RUN_ID, sh, sleep, table,

@@ -24,7 +24,7 @@ import { join } from 'node:path';
 import type { FlowReader, KitnetDatapath, PolicyEntryOp } from '../bpf/index.js';
 import { datapathLoad, datapathUnpinAll } from '../bpf/index.js';
 import { EP_F_ENFORCE_SRC_IP, EP_F_ENFORCE_SRC_MAC, IDENTITY_RANGE_IPBLOCK_FLAG, IDENTITY_RANGE_LOCAL_FLAG as LOCAL_IDENTITY_FLAG, IPCACHE_MAP_MAX, TCX_PASS } from '../bpf/layout.gen.js';
-import { native } from '../bpf/native.js';
+import { native } from '../common/native.js';
 import { ETH_P_IP, ETH_P_IPV6, TCP, eth, ipv4, ipv6, tcp, udp } from '../test/root/bpf-helpers.js';
 import { MACHINE_LINE, REPO_ROOT, RUN_ID, argsParse, benchMain, median, onCleanup, resultWrite, table } from './lib.js';
 

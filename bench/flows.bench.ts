@@ -16,10 +16,10 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { daemonRun } from '../agent/daemon.js';
-import { ApiClient } from '../api/cli/client.js';
+import { daemonRun } from '../main/daemon.js';
+import { ApiClient } from '../common/api-client.js';
 import type { HubbleFlowRecord } from '../agent/flows/hubble.js';
-import type { Workload } from '../api/schemas/workload.js';
+import type { Workload } from '../common/schemas/workload.js';
 import { datapathUnpinAll } from '../bpf/index.js';
 import { ETH_P_IP, TCP, eth, ipv4, tcp } from '../test/root/bpf-helpers.js';
 import { MACHINE_LINE, RUN_ID, argsParse, benchMain, fmt, netnsAddMany, netnsDelMany, onCleanup, profiled, resultWrite, sleep, stats, table } from './lib.js';

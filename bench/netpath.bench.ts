@@ -17,9 +17,9 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { daemonRun } from '../agent/daemon.js';
-import { ApiClient } from '../api/cli/client.js';
-import type { Workload } from '../api/schemas/workload.js';
+import { daemonRun } from '../main/daemon.js';
+import { ApiClient } from '../common/api-client.js';
+import type { Workload } from '../common/schemas/workload.js';
 import { datapathUnpinAll } from '../bpf/index.js';
 import {
   MACHINE_LINE, REPO_ROOT, RUN_ID, aptEnsure, argsParse, benchMain, netnsAddMany, netnsDelMany, onCleanup, resultWrite, sh, sleep, table,

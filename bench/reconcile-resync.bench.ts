@@ -7,9 +7,9 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { daemonRun } from '../agent/daemon.js';
-import { ApiClient } from '../api/cli/client.js';
-import type { Workload } from '../api/schemas/workload.js';
+import { daemonRun } from '../main/daemon.js';
+import { ApiClient } from '../common/api-client.js';
+import type { Workload } from '../common/schemas/workload.js';
 import { datapathUnpinAll } from '../bpf/index.js';
 import { MACHINE_LINE, RUN_ID, argsParse, benchMain, fmt, netnsAddMany, netnsDelMany, onCleanup, resultWrite, sh, table } from './lib.js';
 

@@ -33,8 +33,8 @@ import { IpcacheMap } from './maps/ipcache.js';
 import type { Counter, MetricName } from './maps/metrics.js';
 import { METRIC_SLOTS, MetricsMap } from './maps/metrics.js';
 import { PolicyMap, policyEntryOpsPack, policyWritesPack } from './maps/policy.js';
-import type { LinkInfo, NativeHandle, TestRunResult } from './native.js';
-import { native } from './native.js';
+import type { LinkInfo, NativeHandle, TestRunResult } from '../common/native.js';
+import { native } from '../common/native.js';
 
 export * from './types.js';
 export type { AttachResult, LinkRole } from './links.js';
@@ -42,7 +42,7 @@ export { LINK_ROLES, progForRole } from './links.js';
 export type { DatapathConfig } from './maps/config.js';
 export type { ConntrackEntry } from './maps/conntrack.js';
 export type { Counter, MetricName } from './maps/metrics.js';
-export type { LinkInfo, TestRunResult } from './native.js';
+export type { LinkInfo, TestRunResult } from '../common/native.js';
 export type { ProgName } from './loader.js';
 /** Whether a pin root lies on bpffs (statfs only): the agent checks it with its config, before the lock. */
 export { pinRootCheck } from './loader.js';

@@ -6,8 +6,8 @@ import { join } from 'node:path';
 import type { AttachKind } from './types.js';
 import { kcall } from './errors.js';
 import { BPF_LINK_TYPE_NETKIT, BPF_LINK_TYPE_TCX, BPF_NETKIT_PEER, BPF_NETKIT_PRIMARY, BPF_TCX_EGRESS, BPF_TCX_INGRESS } from './layout.gen.js';
-import type { LinkInfo } from './native.js';
-import { native } from './native.js';
+import type { LinkInfo } from '../common/native.js';
+import { native } from '../common/native.js';
 import type { ProgName } from './loader.js';
 import { pinPaths } from './loader.js';
 

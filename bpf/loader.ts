@@ -8,8 +8,8 @@ import { KernelError } from '../common/kernel-error.js';
 import { kcall } from './errors.js';
 import { ENDPOINT_INFO } from './layout.gen.js';
 import { BpfMap } from './maps/map.js';
-import type { NativeHandle } from './native.js';
-import { native } from './native.js';
+import type { NativeHandle } from '../common/native.js';
+import { native } from '../common/native.js';
 
 export const PROG_NAMES = ['from_workload', 'to_workload', 'to_workload_netkit'] as const;
 export type ProgName = (typeof PROG_NAMES)[number];

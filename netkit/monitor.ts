@@ -1,7 +1,7 @@
 // Link removal events from the kernel (RTNLGRP_LINK), so the agent learns at once when a workload's
 // device vanishes (its namespace was destroyed, its process exited, someone ran `ip link del`)
 // instead of polling for it.
-import { native } from '../bpf/native.js';
+import { native } from '../common/native.js';
 import { ifinfomsgDecode, messageAttrs, readStr } from './attrs.js';
 import { linkList } from './link.js';
 import { rtnlHost } from './socket.js';

@@ -4,7 +4,7 @@ import { execFile } from 'node:child_process';
 import { closeSync, constants as fsConstants, fstatSync, openSync, statSync, statfsSync } from 'node:fs';
 import { readlink, stat } from 'node:fs/promises';
 import { promisify } from 'node:util';
-import { CLONE_NEWNET, NS_TYPE_NAMES, nsType } from '../bpf/ns.js';
+import { CLONE_NEWNET, NS_TYPE_NAMES, nsType } from '../common/ns.js';
 import { EndpointSpecError } from './errors.js';
 
 const execFileP = promisify(execFile);

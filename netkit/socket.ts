@@ -1,7 +1,7 @@
 // rtnetlink sockets: one in kitnet's own namespace (shared, lazily opened) and one per foreign
 // namespace. A netlink socket belongs to the namespace it was opened in, so a foreign namespace's
 // socket is opened in-process: the main thread enters the namespace with setns(2) (native addon, see
-// bpf/ns.ts) just for the synchronous socket()/bind() calls and switches straight back; no other JS
+// common/ns.ts) just for the synchronous socket()/bind() calls and switches straight back; no other JS
 // runs in between. That costs ~0.1 ms instead of the ~250 ms of the fallback, a helper process started
 // with `nsenter --net=PATH` (netns-worker.ts), used only when the addon cannot be loaded or
 // KITNET_NETNS_TRANSPORT=helper is set. Both speak raw netlink messages; encoding, decoding and errno
@@ -12,7 +12,7 @@ import { closeSync, fstatSync, openSync, writeFileSync, writeSync } from 'node:f
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import netlinkPkg from 'netlink';
-import { CLONE_NEWNET, setns, setnsAvailable } from '../bpf/ns.js';
+import { CLONE_NEWNET, setns, setnsAvailable } from '../common/ns.js';
 import type { DeviceRef } from '../common/kernel-error.js';
 import { KernelError, errnoNumber } from '../common/kernel-error.js';
 import { kernelErrorFromReply, netlinkErrorParse } from './errors.js';

@@ -1,9 +1,13 @@
 // The types agent/ codes against (re-exported by index.ts).
 export type DeviceMode = 'netkit' | 'netkit-l2' | 'veth';
 
-/** Gateway addresses the workload routes through; the host side of each pair answers for them. */
-// One definition, shared with the datapath's ARP / neighbour responder (tools/gen/bpf-layout.ts).
-export { GATEWAY_IPV4 as GATEWAY_V4, GATEWAY_IPV6 as GATEWAY_V6 } from '../bpf/layout.gen.js';
+/**
+ * Gateway addresses the workload routes through; the host side of each pair answers for them. The
+ * datapath's ARP / neighbour responder has its own copy (tools/gen/bpf-layout.ts, GATEWAY_IPV4/6):
+ * netkit/ does not import bpf/, and test/unit/layering.test.ts checks that the two agree.
+ */
+export const GATEWAY_V4 = '169.254.1.1';
+export const GATEWAY_V6 = 'fe80::1';
 
 /** Every link kitnet creates carries an IFLA_IFALIAS starting with this. */
 export const KITNET_ALIAS_PREFIX = 'kitnet:';

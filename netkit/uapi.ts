@@ -1,5 +1,6 @@
 // Kernel UAPI constants used by netkit/ (linux/netlink.h, rtnetlink.h, if_link.h, if_addr.h,
-// neighbour.h, pkt_sched.h). Kernel names are kept so they can be grepped in the kernel tree.
+// neighbour.h, pkt_sched.h). Kernel names are kept so they can be grepped in the kernel tree. Each value
+// is checked against the kernel's own (netkit/uapi.facts.json, test/unit/netkit-uapi.test.ts).
 
 // netlink message types and flags
 export const NLMSG_ERROR = 2;

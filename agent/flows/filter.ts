@@ -1,6 +1,7 @@
 import { addressParse, cidrContains, cidrParse, type Cidr } from '../ipam.js';
 import type { HubbleEndpoint, HubbleFlowRecord } from './hubble.js';
 import { TCP_FLAG_NAMES } from './hubble.js';
+import type { FlowFilter as FlowFilterSchema } from '../../common/schemas/flows.js';
 
 /**
  * Hubble's FlowFilter (observer.proto), the fields kitnet supports. Within one filter every given
@@ -33,6 +34,9 @@ export interface FlowFilter {
   reply?: boolean[];
   node_name?: string[];
 }
+
+// The API's schema and this type must describe the same thing.
+export const _flowFilterAgrees: FlowFilter = {} as FlowFilterSchema;
 
 export const FLOW_FILTER_FIELDS = [
   'source_ip', 'destination_ip', 'source_pod', 'destination_pod', 'source_workload', 'destination_workload',

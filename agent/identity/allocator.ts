@@ -1,5 +1,5 @@
 import type { StoreTx } from '../store/store.js';
-import { identityLabels, labelFormat, labelSetKey } from './labels.js';
+import { identityLabels, labelFormat, labelSetKey } from '../../common/labels.js';
 import { IDENTITY_MAX, IDENTITY_MIN } from './reserved.js';
 
 export class IdentityExhaustedError extends Error {

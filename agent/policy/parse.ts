@@ -9,7 +9,7 @@ import { yamlNestingProblem, yamlShapeEstimate } from '../../common/yaml-guard.j
 import YAML from 'yaml';
 import type { z } from 'zod';
 import { KitnetError } from '../../common/errors.js';
-import { NAMESPACE_LABELS_PREFIX } from '../identity/labels.js';
+import { NAMESPACE_LABELS_PREFIX } from '../../common/labels.js';
 import { POLICY_LIMITS } from './limits.js';
 import { icmpTypeNumber } from './ports.js';
 import { CiliumClusterwideNetworkPolicySchema, CiliumNetworkPolicySchema } from './schema/cilium.js';

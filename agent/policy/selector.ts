@@ -3,7 +3,7 @@
  * a selector key `k8s:app` matches only labels of source `k8s`, `any:app` or a bare `app` (in Cilium
  * policies) matches `app` from every source. Kubernetes NetworkPolicy selectors are all `k8s:`.
  */
-import { NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX } from '../identity/labels.js';
+import { NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX } from '../../common/labels.js';
 import type { Selector, SelectorOperator, SelectorRequirement } from './types.js';
 
 export interface ParsedLabel {

@@ -1,18 +1,20 @@
 import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import type { ConfigReloadResult } from '../schemas/config.js';
-import type { Identity } from '../schemas/identity.js';
-import type { Namespace, PolicyApplyResult, PolicySummary, TraceResponse, WorkloadPolicy } from '../schemas/policy.js';
-import type { Status } from '../schemas/status.js';
-import type { Workload } from '../schemas/workload.js';
-import { ApiClient, ApiError, socketDefault } from './client.js';
-import { flowCompact, flowTableHeader, flowTableRow, table, workloadStateText } from './format.js';
+import type { ConfigReloadResult } from '../../common/schemas/config.js';
+import type { Identity } from '../../common/schemas/identity.js';
+import type { Namespace, PolicyApplyResult, PolicySummary, TraceResponse, WorkloadPolicy } from '../../common/schemas/policy.js';
+import type { Status } from '../../common/schemas/status.js';
+import type { Workload } from '../../common/schemas/workload.js';
+import { ApiClient, ApiError, socketDefault } from '../../common/api-client.js';
+import { flowCompact, flowTableHeader, flowTableRow, table, workloadStateText } from '../../common/format.js';
 import { observeFilters, type ObserveOptions } from './observe-filters.js';
 
 const program = new Command('kitnet')
   .description('kitnet: bring VMs and external workloads into an eBPF-native cluster network')
   .option('-s, --socket <path>', 'agent API socket (env KITNET_SOCKET, else KITNET_API_SOCKET as the agent reads it)', socketDefault())
-  .showHelpAfterError();
+  .showHelpAfterError()
+  // Run by bin/kitnet.js from the composition root (main/commands.ts), not by this client.
+  .addHelpText('after', '\nDaemon commands (as root):\n  agent [options]            run the kitnet agent in the foreground\n  demo [--duration SECONDS]  run the agent with demo workloads (netns and a VM), traffic, a policy and live flows');
 
 const outputOption = () => new Option('-o, --output <format>', 'output format').choices(['table', 'json']).default('table');
 const client = () => new ApiClient({ socket: program.opts<{ socket: string }>().socket });
@@ -59,45 +61,6 @@ function positiveInt(value: string): number {
   if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`"${value}" must be a positive integer`);
   return n;
 }
-
-program
-  .command('agent')
-  .description('run the kitnet agent in the foreground (as root)')
-  .option('-c, --config <file>', 'YAML config file (default /etc/kitnet/config.yaml when present)')
-  .option('--socket-path <path>', 'override api.socket')
-  .option('--state-dir <dir>', 'override stateDir')
-  .option('--pin-root <dir>', 'override bpfPinRoot')
-  .action(async (opts: { config?: string; socketPath?: string; stateDir?: string; pinRoot?: string }) => {
-    const { daemonRun } = await import('../../agent/daemon.js');
-    const overrides = {
-      ...(opts.stateDir ? { stateDir: opts.stateDir } : {}),
-      ...(opts.pinRoot ? { bpfPinRoot: opts.pinRoot } : {}),
-      ...(opts.socketPath ? { api: { socket: opts.socketPath } } : {}),
-    };
-    const { stop, reload } = await daemonRun({ configPath: opts.config, overrides });
-    process.on('SIGHUP', reload);
-    const onSignal = () => {
-      stop().then(
-        () => process.exit(0),
-        (err: unknown) => {
-          console.error(err);
-          process.exit(1);
-        },
-      );
-    };
-    process.once('SIGINT', onSignal);
-    process.once('SIGTERM', onSignal);
-  });
-
-program
-  .command('demo')
-  .description('run the agent with two demo workloads, traffic between them and live flows (as root)')
-  .option('--duration <seconds>', 'stop by itself after this many seconds', positiveInt)
-  .action(async (o: { duration?: number }) => {
-    const { demoRun } = await import('../../agent/demo.js');
-    await demoRun({ durationSeconds: o.duration ?? 0 });
-    process.exit(0);
-  });
 
 const workload = program.command('workload').alias('workloads').description('register, list and remove workloads');
 

@@ -1,5 +1,5 @@
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
-import { ConfigReloadResult } from '../schemas/config.js';
+import { ConfigReloadResult } from '../../common/schemas/config.js';
 
 /**
  * POST /v1/config/reload: the agent re-reads its config file, as on SIGHUP, and answers with what

@@ -1,6 +1,6 @@
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import type { AgentApi, FlowRecord, FlowSelection } from '../agent-api.js';
-import { FLOW_SHORTHAND_FIELDS, FlowsQuery, type FlowFilter } from '../schemas/flows.js';
+import { FLOW_SHORTHAND_FIELDS, FlowsQuery, type FlowFilter } from '../../common/schemas/flows.js';
 
 const line = (f: FlowRecord) => `${JSON.stringify(f)}\n`;
 /** A follower further behind than this loses flows (counted and reported) instead of growing memory. */

@@ -1,10 +1,10 @@
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import type { AgentApi } from '../agent-api.js';
-import { ErrorBody } from '../schemas/common.js';
+import { ErrorBody } from '../../common/schemas/common.js';
 import { POLICY_BODY_LIMIT } from '../security.js';
-import { Namespace, NamespacePut, NamespaceRef, PolicyApplyResult, PolicyRef, PolicySummary, TraceRequest, TraceResponse, WorkloadPolicy } from '../schemas/policy.js';
-import { Workload, WorkloadPatch, WorkloadRef } from '../schemas/workload.js';
+import { Namespace, NamespacePut, NamespaceRef, PolicyApplyResult, PolicyRef, PolicySummary, TraceRequest, TraceResponse, WorkloadPolicy } from '../../common/schemas/policy.js';
+import { Workload, WorkloadPatch, WorkloadRef } from '../../common/schemas/workload.js';
 
 const TEXT_TYPES = ['application/yaml', 'application/x-yaml', 'text/yaml', 'text/x-yaml', 'text/plain'];
 

@@ -1,8 +1,8 @@
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import type { AgentApi } from '../agent-api.js';
-import { Identity } from '../schemas/identity.js';
-import { Status } from '../schemas/status.js';
+import { Identity } from '../../common/schemas/identity.js';
+import { Status } from '../../common/schemas/status.js';
 
 export const systemRoutes: FastifyPluginAsyncZod<{ agent: AgentApi }> = async (app, { agent }) => {
   app.get('/healthz', { schema: { summary: 'Liveness', response: { 200: z.object({ ok: z.literal(true) }) } } }, async () => ({ ok: true as const }));

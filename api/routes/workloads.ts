@@ -1,9 +1,9 @@
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import type { AgentApi } from '../agent-api.js';
-import { ErrorBody } from '../schemas/common.js';
+import { ErrorBody } from '../../common/schemas/common.js';
 import { principalOf } from '../security.js';
-import { Workload, WorkloadCreate, WorkloadListQuery, WorkloadRef } from '../schemas/workload.js';
+import { Workload, WorkloadCreate, WorkloadListQuery, WorkloadRef } from '../../common/schemas/workload.js';
 
 export const workloadRoutes: FastifyPluginAsyncZod<{ agent: AgentApi }> = async (app, { agent }) => {
   app.post(

@@ -8,7 +8,7 @@
 // had just before: the datapath sees the write not yet done, never a state the agent did not write.
 // exactSync() repairs the hash from the trie; the loader runs it before any program is attached.
 import { bpfError } from '../errors.js';
-import { native } from '../native.js';
+import { native } from '../../common/native.js';
 import type { BpfMap } from './map.js';
 
 export const OP_UPDATE = 1;

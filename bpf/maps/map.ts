@@ -1,7 +1,7 @@
 // A typed-size view of one BPF map fd: checks Buffer sizes before they reach the kernel (which reads
 // exactly key_size / value_size bytes), handles per-CPU value arrays, and iterates keys.
 import { kcall } from '../errors.js';
-import { native } from '../native.js';
+import { native } from '../../common/native.js';
 
 const PERCPU_TYPES = new Set([5 /* PERCPU_HASH */, 6 /* PERCPU_ARRAY */, 10 /* LRU_PERCPU_HASH */]);
 

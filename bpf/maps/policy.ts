@@ -22,7 +22,7 @@ import {
   POLICY_PREFIX_PROTO,
   POLICY_VALUE,
 } from '../layout.gen.js';
-import { native } from '../native.js';
+import { native } from '../../common/native.js';
 import type { PolicyApplyResult, PolicyDirection, PolicyEntryFields, PolicyEntryOp, PolicyMapEntry, PolicyMapWrite } from '../types.js';
 import { ExactMirror, batchApply, dump, dumpKey, hashUpdateBatch } from './exact.js';
 import type { Dump } from './exact.js';

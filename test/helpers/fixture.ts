@@ -4,8 +4,8 @@ import { join } from 'node:path';
 import { datapathUnpinAll } from '../../bpf/index.js';
 import type { ConfigInput } from '../../agent/config.js';
 import { pinRootLockPath } from '../../agent/instance-lock.js';
-import { daemonRun, type Daemon } from '../../agent/daemon.js';
-import { ApiClient } from '../../api/cli/client.js';
+import { daemonRun, type Daemon } from '../../main/daemon.js';
+import { ApiClient } from '../../common/api-client.js';
 import { testMode } from './mode.js';
 import { links, netnsAdd, netnsDel, run, uniq } from './sys.js';
 

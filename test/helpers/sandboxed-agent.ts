@@ -3,7 +3,7 @@
 // JSON file named in argv, says "ready" on stdout once the API listens, and stops on SIGTERM.
 import { readFileSync } from 'node:fs';
 import type { ConfigInput } from '../../agent/config.js';
-import { daemonRun } from '../../agent/daemon.js';
+import { daemonRun } from '../../main/daemon.js';
 
 const overrides = JSON.parse(readFileSync(process.argv[2]!, 'utf8')) as ConfigInput;
 const daemon = await daemonRun({ overrides });

@@ -6,7 +6,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { after, before, describe, test } from 'node:test';
-import type { Workload } from '../../api/schemas/workload.js';
+import type { Workload } from '../../common/schemas/workload.js';
 import { AgentFixture } from '../helpers/fixture.js';
 import { Prober } from '../helpers/prober-client.js';
 import { status, waitFor } from '../helpers/sys.js';

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { stringify as yamlStringify } from 'yaml';
 import { ConfigError, configLoad } from '../../agent/config.js';
-import { daemonRun } from '../../agent/daemon.js';
+import { daemonRun } from '../../main/daemon.js';
 import { tokensLoad } from '../../api/security.js';
 import { datapathUnpinAll } from '../../bpf/index.js';
 import { links, netnsAdd, netnsDel, run, uniq } from '../helpers/sys.js';

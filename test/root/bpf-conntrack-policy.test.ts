@@ -14,7 +14,7 @@ import { ipv4Parse, ipv6Parse } from '../../bpf/addr.js';
 import { structDecode, structEncode } from '../../bpf/layout.js';
 import { CT_ENTRY, CT_F_SEEN_REPLY, CT_KEY, DIR_EGRESS, DP_CONFIG, TCX_DROP, TCX_PASS } from '../../bpf/layout.gen.js';
 import { BpfMap } from '../../bpf/maps/map.js';
-import { native } from '../../bpf/native.js';
+import { native } from '../../common/native.js';
 import type { EventSink } from './bpf-helpers.js';
 import { ETH_P_IP, ETH_P_IPV6, TCP, eth, ipv4, ipv6, tcp, udp, LO, testRunDatapathUse } from './bpf-helpers.js';
 

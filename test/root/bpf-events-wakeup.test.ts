@@ -1,7 +1,8 @@
 // Flow events are submitted without waking the reader; a BPF timer wakes it about a millisecond after
-// the first event it has not seen (bpf/include/events.h). These tests check the bound: an event written
-// while the reader sleeps arrives on its own, and events written while the reader is busy all arrive
-// once it looks again. Real kernel, temporary pin root; the skb appears on `lo` (ifindex 1).
+// the first event it has not seen (bpf/include/events.h). These tests check that the wakeup happens: an
+// event written while the reader sleeps arrives on its own (no later event or poll needed), and events
+// written while the reader is busy all arrive once it looks again. How long it takes is measured by
+// bench/flow-latency.bench.ts, not asserted here. Real kernel, temporary pin root; the skb appears on `lo` (ifindex 1).
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import type { FlowEvent, FlowReader, KitnetDatapath } from '../../bpf/index.js';
@@ -42,27 +43,22 @@ describe('flow event wakeups (BPF_PROG_TEST_RUN)', { timeout: 60_000 }, () => {
     return p;
   }
 
-  async function arrival(srcPort: number, timeoutMs: number): Promise<number | undefined> {
+  /** Whether the event arrives by the deadline (far beyond the ~1 ms wakeup: a lost wakeup never comes). */
+  async function arrival(srcPort: number, timeoutMs: number): Promise<boolean> {
     const t0 = performance.now();
     while (performance.now() - t0 < timeoutMs) {
-      if (got.some((e) => e.srcPort === srcPort)) return performance.now() - t0;
+      if (got.some((e) => e.srcPort === srcPort)) return true;
       await sleep(1);
     }
-    return undefined;
+    return false;
   }
 
-  test('an event written while the reader sleeps reaches it on its own, promptly', async () => {
-    const latencies: number[] = [];
+  test('an event written while the reader sleeps reaches it on its own', async () => {
     for (let i = 0; i < 20; i++) {
       await sleep(i % 2 ? 30 : 3); // the reader idle for longer and shorter than the wakeup delay
       const p = syn();
-      const ms = await arrival(p, 2000);
-      assert.ok(ms !== undefined, `event ${i} never reached the reader`);
-      latencies.push(ms);
+      assert.ok(await arrival(p, 2000), `event ${i} never reached the reader`);
     }
-    latencies.sort((a, b) => a - b);
-    // ~1 ms timer plus scheduling; generous for a loaded machine or a TCG lab VM
-    assert.ok(latencies[10]! < 200, `median latency ${latencies[10]} ms`);
   });
 
   test('events written while the reader is busy all arrive once it looks again', async () => {
@@ -77,6 +73,6 @@ describe('flow event wakeups (BPF_PROG_TEST_RUN)', { timeout: 60_000 }, () => {
     assert.equal(reader.lostEvents() - lostBefore, 0n);
     // and the next lone event after the burst still gets its own wakeup
     const p = syn();
-    assert.ok((await arrival(p, 2000)) !== undefined, 'the event after the burst arrived');
+    assert.ok(await arrival(p, 2000), 'the event after the burst arrived');
   });
 });

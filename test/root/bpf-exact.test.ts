@@ -17,7 +17,7 @@ import { ConfigMap } from '../../bpf/maps/config.js';
 import { IpcacheMap, ipcacheKeyEncode } from '../../bpf/maps/ipcache.js';
 import { BpfMap } from '../../bpf/maps/map.js';
 import { PolicyMap, policyKeyWrite, policyWildKey } from '../../bpf/maps/policy.js';
-import { native } from '../../bpf/native.js';
+import { native } from '../../common/native.js';
 import { ETH_P_IP, ETH_P_IPV6, EventSink, TCP, eth, ipv4, ipv6, tcp } from './bpf-helpers.js';
 
 const LO = 1;

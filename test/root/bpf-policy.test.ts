@@ -6,7 +6,7 @@
 // Real kernel, temporary pin root; the skb appears on `lo` (ifindex 1) with this test's own maps.
 import assert from 'node:assert/strict';
 import { beforeEach, describe, test } from 'node:test';
-import { identityLabels, labelFormat } from '../../agent/identity/labels.js';
+import { identityLabels, labelFormat } from '../../common/labels.js';
 import { reservedIdentityLabels } from '../../agent/identity/reserved.js';
 import { policiesParse, policyCompile, policyDecide, policyEntriesEncode } from '../../agent/policy/index.js';
 import type { FlowEvent, KitnetDatapath, PolicyEntryFields } from '../../bpf/index.js';
@@ -15,7 +15,7 @@ import { ipv4Parse, ipv6Parse } from '../../bpf/addr.js';
 import { structEncode } from '../../bpf/layout.js';
 import { CT_ENTRY, CT_KEY, DIR_EGRESS, TCX_DROP, TCX_PASS } from '../../bpf/layout.gen.js';
 import { BpfMap } from '../../bpf/maps/map.js';
-import { native } from '../../bpf/native.js';
+import { native } from '../../common/native.js';
 import type { EventSink } from './bpf-helpers.js';
 import { ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, TCP, eth, fragHdr, icmp, ipv4, ipv6, tcp, udp, LO, testRunDatapathUse } from './bpf-helpers.js';
 

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import type { Status } from '../../api/schemas/status.js';
-import type { Workload } from '../../api/schemas/workload.js';
+import type { Status } from '../../common/schemas/status.js';
+import type { Workload } from '../../common/schemas/workload.js';
 import { AgentFixture } from '../helpers/fixture.js';
 import { run, waitFor } from '../helpers/sys.js';
 

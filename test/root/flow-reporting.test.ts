@@ -3,7 +3,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { MONITOR_AGG_DEFAULT, MONITOR_AGG_NONE } from '../../bpf/layout.gen.js';
-import { daemonRun } from '../../agent/daemon.js';
+import { daemonRun } from '../../main/daemon.js';
 import { AgentFixture } from '../helpers/fixture.js';
 import { waitFor } from '../helpers/sys.js';
 

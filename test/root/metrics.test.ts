@@ -5,7 +5,7 @@ import { connect } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import type { Workload } from '../../api/schemas/workload.js';
+import type { Workload } from '../../common/schemas/workload.js';
 import { apiCall, testAgentStart, type TestAgent } from '../helpers/agent.js';
 import { promParse, promValue, type PromSample } from '../helpers/prom.js';
 import { netnsAdd, netnsDel, ping, run, uniq, waitFor } from '../helpers/sys.js';
@@ -247,18 +247,16 @@ describe('metrics and follow streams (root)', { timeout: 240_000 }, () => {
     const growth = heap() - heapAfterFirst;
     assert.ok(growth < 16 << 20, `heap grew ${(growth / 1048576).toFixed(1)} MB over two rounds of ${STREAMS} streams`);
 
-    // The agent still answers, and a new follower gets new flows within a second.
+    // The agent still answers, and a new follower gets new flows (how soon: bench/flow-latency.bench.ts).
     const status = await apiCall<{ counts: { workloads: number } }>(t.url, 'GET', '/v1/status');
     assert.equal(status.counts.workloads, 2);
     const ac = new AbortController();
     const res = await fetch(`${t.url}/v1/flows?follow=true&protocol=icmp`, { signal: ac.signal });
     const reader = res.body!.getReader();
     const first = reader.read();
-    const started = Date.now();
     void ping(nsNames[0]!, b.ipv4, 1);
     const { value } = await first;
     assert.ok(value && value.length > 0);
-    assert.ok(Date.now() - started < 1000, `first flow after ${Date.now() - started} ms`);
     ac.abort();
   });
 });

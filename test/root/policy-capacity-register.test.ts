@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import type { Identity } from '../../api/schemas/identity.js';
-import type { Workload } from '../../api/schemas/workload.js';
+import type { Identity } from '../../common/schemas/identity.js';
+import type { Workload } from '../../common/schemas/workload.js';
 import { hostIfnameFor } from '../../agent/workloads.js';
 import { apiCall, testAgentStart, type TestAgent } from '../helpers/agent.js';
 import { links, netnsAdd, netnsDel, uniq } from '../helpers/sys.js';

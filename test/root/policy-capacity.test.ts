@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import type { Status } from '../../api/schemas/status.js';
-import type { Workload } from '../../api/schemas/workload.js';
+import type { Status } from '../../common/schemas/status.js';
+import type { Workload } from '../../common/schemas/workload.js';
 import { apiCall, testAgentStart, type TestAgent } from '../helpers/agent.js';
 import { promParse, promValue } from '../helpers/prom.js';
 import { netnsAdd, netnsDel, uniq } from '../helpers/sys.js';

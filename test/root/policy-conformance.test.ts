@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import type { PolicySummary, TraceResponse } from '../../api/schemas/policy.js';
-import type { Workload } from '../../api/schemas/workload.js';
+import type { PolicySummary, TraceResponse } from '../../common/schemas/policy.js';
+import type { Workload } from '../../common/schemas/workload.js';
 import { CASES, NAMESPACES, PORTS, PROTOCOLS, WORKLOADS, WORLD, WORLD_ADDRESSES, type Probe } from '../fixtures/policy/conformance-cases.js';
 import { Prober, type ProbeSpec } from '../helpers/prober-client.js';
 import { AgentFixture } from '../helpers/fixture.js';

@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
-import type { TraceResponse } from '../../api/schemas/policy.js';
-import type { Workload } from '../../api/schemas/workload.js';
+import type { TraceResponse } from '../../common/schemas/policy.js';
+import type { Workload } from '../../common/schemas/workload.js';
 import { Prober } from '../helpers/prober-client.js';
 import { AgentFixture } from '../helpers/fixture.js';
 import { ping, run, status, waitFor } from '../helpers/sys.js';

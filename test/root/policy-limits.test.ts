@@ -3,7 +3,7 @@ import { after, before, describe, test } from 'node:test';
 import { Worker } from 'node:worker_threads';
 import { POLICY_LIMITS } from '../../agent/policy/limits.js';
 import { POLICY_BODY_LIMIT } from '../../api/security.js';
-import type { Workload } from '../../api/schemas/workload.js';
+import type { Workload } from '../../common/schemas/workload.js';
 import { apiCall, testAgentStart, type TestAgent } from '../helpers/agent.js';
 import { netnsAdd, netnsDel, uniq } from '../helpers/sys.js';
 

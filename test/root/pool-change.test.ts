@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { after, describe, test } from 'node:test';
 import { promisify } from 'node:util';
-import type { Status } from '../../api/schemas/status.js';
+import type { Status } from '../../common/schemas/status.js';
 import { KITNET_BIN } from '../helpers/agent-process.js';
 import { AgentFixture } from '../helpers/fixture.js';
 

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import type { Workload } from '../../api/schemas/workload.js';
+import type { Workload } from '../../common/schemas/workload.js';
 import { AgentFixture } from '../helpers/fixture.js';
 import { promValue } from '../helpers/prom.js';
 import { ping, routes, run, waitFor } from '../helpers/sys.js';

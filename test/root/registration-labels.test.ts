@@ -2,8 +2,8 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { after, before, describe, test } from 'node:test';
-import type { ApiError } from '../../api/cli/client.js';
-import type { Workload } from '../../api/schemas/workload.js';
+import type { ApiError } from '../../common/api-client.js';
+import type { Workload } from '../../common/schemas/workload.js';
 import { AgentFixture } from '../helpers/fixture.js';
 import { run, status } from '../helpers/sys.js';
 

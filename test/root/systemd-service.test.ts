@@ -6,7 +6,7 @@ import { dirname, join, resolve } from 'node:path';
 import { after, describe, test, type TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { DEFAULT_CONFIG, unitRender } from '../../agent/install.js';
-import { ApiClient } from '../../api/cli/client.js';
+import { ApiClient } from '../../common/api-client.js';
 import { run, status } from '../helpers/sys.js';
 import { timeLimit } from '../helpers/timeouts.js';
 

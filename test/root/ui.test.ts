@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, describe, test } from 'node:test';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
-import type { Workload } from '../../api/schemas/workload.js';
+import type { Workload } from '../../common/schemas/workload.js';
 import { apiCall, testAgentStart, type TestAgent } from '../helpers/agent.js';
 import { netnsAdd, netnsDel, ping, run, uniq, waitFor } from '../helpers/sys.js';
 

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
-import type { Workload } from '../../api/schemas/workload.js';
+import type { Workload } from '../../common/schemas/workload.js';
 import { apiCall, testAgentStart, type TestAgent } from '../helpers/agent.js';
 import { testMode } from '../helpers/mode.js';
 import { netnsAdd, netnsDel, routes, run, status, uniq, waitFor } from '../helpers/sys.js';

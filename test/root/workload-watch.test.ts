@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import type { ApiError } from '../../api/cli/client.js';
-import type { Identity } from '../../api/schemas/identity.js';
-import type { Workload } from '../../api/schemas/workload.js';
+import type { ApiError } from '../../common/api-client.js';
+import type { Identity } from '../../common/schemas/identity.js';
+import type { Workload } from '../../common/schemas/workload.js';
 import { AgentFixture } from '../helpers/fixture.js';
 import { netnsAdd, netnsDel, ping, run, waitFor } from '../helpers/sys.js';
 

@@ -3,7 +3,7 @@ import { after, before, describe, test } from 'node:test';
 import type { FastifyInstance } from 'fastify';
 import { KitnetError } from '../../common/errors.js';
 import type { AgentApi } from '../../api/agent-api.js';
-import type { WorkloadCreate } from '../../api/schemas/workload.js';
+import type { WorkloadCreate } from '../../common/schemas/workload.js';
 import { serverBuild } from '../../api/server.js';
 
 /** Records what reached the agent: a rejected request must never get there. */

@@ -11,7 +11,7 @@ import { after, before, describe, test } from 'node:test';
 import type { FastifyInstance } from 'fastify';
 import { pino, type Logger } from 'pino';
 import { ConfigError, configParse } from '../../agent/config.js';
-import { daemonRun } from '../../agent/daemon.js';
+import { daemonRun } from '../../main/daemon.js';
 import type { AgentApi } from '../../api/agent-api.js';
 import { globToRegExp, HEALTHZ_MIN_MAX, LOG_REDACT, routeAccess, TokenSet, tokenGenerate, tokenHash, tokensLoad, urlRedact, type SecurityOptions } from '../../api/security.js';
 import { serverBuild } from '../../api/server.js';

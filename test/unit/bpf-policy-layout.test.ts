@@ -4,7 +4,7 @@
 // the entries the real compiler emits. The BTF side (clang's layout) is covered by bpf-layout.test.ts.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { identityLabels, labelFormat } from '../../agent/identity/labels.js';
+import { identityLabels, labelFormat } from '../../common/labels.js';
 import { reservedIdentityLabels } from '../../agent/identity/reserved.js';
 import {
   DIRECTION_CODE,

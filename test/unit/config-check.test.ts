@@ -7,7 +7,7 @@ import { after, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import { configParse } from '../../agent/config.js';
 import { configWarnings } from '../../agent/config-preflight.js';
-import { DEFAULT_SOCKET, socketDefault } from '../../api/cli/client.js';
+import { DEFAULT_SOCKET, socketDefault } from '../../common/api-client.js';
 import { KITNET_BIN } from '../helpers/agent-process.js';
 
 const execFileP = promisify(execFile);

@@ -13,7 +13,7 @@ import { Ring } from '../../agent/flows/ring.js';
 import { IdentityAllocator } from '../../agent/identity/allocator.js';
 import { AgentMetrics } from '../../agent/metrics.js';
 import { sqliteStoreOpen } from '../../agent/store/index.js';
-import { flowCompact, flowTableRow } from '../../api/cli/format.js';
+import { flowCompact, flowTableRow } from '../../common/format.js';
 import { promParse } from '../helpers/prom.js';
 
 async function fixture() {

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { IdentityAllocator, lowestFree } from '../../agent/identity/allocator.js';
-import { identityLabels, labelFormat, labelSetKey, workloadLabelKeyForbidden } from '../../agent/identity/labels.js';
+import { identityLabels, labelFormat, labelSetKey, workloadLabelKeyForbidden } from '../../common/labels.js';
 import { IDENTITY_MIN } from '../../agent/identity/reserved.js';
 import { sqliteStoreOpen, type StoreTx } from '../../agent/store/index.js';
 

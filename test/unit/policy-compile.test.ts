@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { identityLabels, labelFormat } from '../../agent/identity/labels.js';
+import { identityLabels, labelFormat } from '../../common/labels.js';
 import { LOCAL_IDENTITY_FLAG, reservedIdentityLabels } from '../../agent/identity/reserved.js';
 import { addressParse, cidrParse } from '../../agent/ipam.js';
 import { policiesParse, policyCompile, policyTrace } from '../../agent/policy/index.js';

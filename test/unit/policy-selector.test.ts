@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { identityLabels, labelFormat } from '../../agent/identity/labels.js';
+import { identityLabels, labelFormat } from '../../common/labels.js';
 import { policiesParse } from '../../agent/policy/index.js';
 import {
   ciliumPeerSelector,

@@ -4,7 +4,7 @@ import { describe, test } from 'node:test';
 import { endpointInfoFor, reconcilePlan, type ObservedDevice, type ObservedWorkload } from '../../agent/reconcile/plan.js';
 import { WorkQueue, backoffDelay } from '../../agent/reconcile/queue.js';
 import type { WorkloadRecord } from '../../agent/store/types.js';
-import { workloadStateText } from '../../api/cli/format.js';
+import { workloadStateText } from '../../common/format.js';
 
 const netns: WorkloadRecord = {
   spec: { name: 'web', namespace: 'shop', kind: 'netns', labels: { app: 'web' }, netns: '/var/run/netns/web', requestedMode: 'auto', interface: 'eth0' },

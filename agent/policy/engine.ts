@@ -1,8 +1,8 @@
 import { networkInterfaces } from 'node:os';
 import type { Logger } from 'pino';
-import { KitnetError } from '../common/errors.js';
-import { ReservedIdentity, reservedIdentityLabels } from './identity/reserved.js';
-import type { KernelOps } from './kernel-ops.js';
+import { KitnetError } from '../../common/errors.js';
+import { ReservedIdentity, reservedIdentityLabels } from '../identity/reserved.js';
+import type { KernelOps } from '../kernel-ops.js';
 import {
   endpointPolicyFormat,
   policiesFromObjects,
@@ -19,13 +19,13 @@ import {
   type TracePeer,
   type TraceResult,
   type TraceSide,
-} from './policy/index.js';
-import { CompileMeter, PolicyCapacityError, type CompileBudget } from './policy/budget.js';
-import { IPBLOCK_VIEW_PREFIX } from './policy/cidr.js';
-import { PolicyState, type EndpointPolicyChange } from './policy/incremental.js';
-import { STEP, stepsRun, stepsRunSliced, type Steps } from './policy/slices.js';
-import type { Store } from './store/store.js';
-import type { WorkloadRecord } from './store/types.js';
+} from './index.js';
+import { CompileMeter, PolicyCapacityError, type CompileBudget } from './budget.js';
+import { IPBLOCK_VIEW_PREFIX } from './cidr.js';
+import { PolicyState, type EndpointPolicyChange } from './incremental.js';
+import { STEP, stepsRun, stepsRunSliced, type Steps } from './slices.js';
+import type { Store } from '../store/store.js';
+import type { WorkloadRecord } from '../store/types.js';
 
 export interface PolicyApplyStats {
   endpoints: number;

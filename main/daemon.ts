@@ -6,19 +6,20 @@ import { datapathLoad } from '../bpf/index.js';
 import { hostForwardingEnsure } from '../netkit/index.js';
 import { listenerBind, type BoundListener } from '../api/listener.js';
 import { serverBuild } from '../api/server.js';
-import type { ConfigChange, ConfigReloadResult } from '../api/schemas/config.js';
-import { LOG_REDACT, tokensLoad, type AuditSink, type TokenSet } from '../api/security.js';
+import type { ConfigChange, ConfigReloadResult } from '../common/schemas/config.js';
+import { LOG_REDACT, type AuditSink } from '../api/security.js';
+import { tokensLoad, type TokenSet } from '../common/tokens.js';
 import { KitnetError } from '../common/errors.js';
-import { Agent, KITNET_VERSION } from './agent.js';
-import { ConfigError, configLoad, type Config, type ConfigInput } from './config.js';
-import { configPrepare, configWarnings, type TcpPrepared } from './config-preflight.js';
-import { instanceLockTake, type InstanceLock } from './instance-lock.js';
-import { workloadsOutsidePools } from './pool-check.js';
-import { ExpediteRcu } from './expedite-rcu.js';
-import { hostFactsGather } from './host-facts.js';
-import { kernelOpsReal } from './kernel-ops-real.js';
-import { SqliteStore } from './store/sqlite-store.js';
-import { SystemdNotifier } from './systemd.js';
+import { Agent, KITNET_VERSION } from '../agent/agent.js';
+import { ConfigError, configLoad, type Config, type ConfigInput } from '../agent/config.js';
+import { configPrepare, configWarnings, type TcpPrepared } from '../agent/config-preflight.js';
+import { instanceLockTake, type InstanceLock } from '../agent/instance-lock.js';
+import { workloadsOutsidePools } from '../agent/pool-check.js';
+import { ExpediteRcu } from '../agent/expedite-rcu.js';
+import { hostFactsGather } from '../agent/host-facts.js';
+import { kernelOpsReal } from '../agent/kernel-ops-real.js';
+import { sqliteStoreOpen } from '../agent/store/index.js';
+import { SystemdNotifier } from '../agent/systemd.js';
 
 export const DEFAULT_CONFIG_PATH = '/etc/kitnet/config.yaml';
 
@@ -224,7 +225,7 @@ async function daemonStart(s: {
   undo: Array<() => unknown>;
 }): Promise<Daemon> {
   const { opts, configPath, config, log, tcpSecurity, lock, unixListener, tcpListener, audit, undo } = s;
-  const store = new SqliteStore(join(config.stateDir, 'kitnet.db'));
+  const store = sqliteStoreOpen(join(config.stateDir, 'kitnet.db'));
   undo.push(() => store.close());
   await hostForwardingEnsure();
   // Before the restore below: it attaches every stored workload's programs again.

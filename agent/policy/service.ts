@@ -1,15 +1,15 @@
 import type { Logger } from 'pino';
-import { KitnetError } from '../common/errors.js';
-import { KernelError, isMapFull } from '../common/kernel-error.js';
-import { identityLabels, labelFormat, labelSetKey } from './identity/labels.js';
-import type { Mutex } from './mutex.js';
-import type { PolicyApplyStats, PolicyEngine } from './policy-engine.js';
-import { PolicyCapacityError } from './policy/budget.js';
-import { policiesParseOffThread } from './policy/parse-offthread.js';
-import { policyTraceFormat, type ParsedPolicy, type TracePeer, type TraceResult } from './policy/index.js';
-import type { Store } from './store/store.js';
-import type { NamespaceRecord, PolicyRecord } from './store/types.js';
-import type { WorkloadService } from './workloads.js';
+import { KitnetError } from '../../common/errors.js';
+import { KernelError, isMapFull } from '../../common/kernel-error.js';
+import { identityLabels, labelFormat, labelSetKey } from '../../common/labels.js';
+import type { Mutex } from '../mutex.js';
+import type { PolicyApplyStats, PolicyEngine } from './engine.js';
+import { PolicyCapacityError } from './budget.js';
+import { policiesParseOffThread } from './parse-offthread.js';
+import { policyTraceFormat, type ParsedPolicy, type TracePeer, type TraceResult } from './index.js';
+import type { Store } from '../store/store.js';
+import type { NamespaceRecord, PolicyRecord } from '../store/types.js';
+import type { WorkloadService } from '../workloads.js';
 
 /** How a trace names a peer: a workload, a label set (of an existing identity), an address or an identity. */
 export type TracePeerSpec =

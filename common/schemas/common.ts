@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { workloadLabelKeyForbidden } from '../../agent/identity/labels.js';
+import { workloadLabelKeyForbidden } from '../labels.js';
 
 /** DNS-1123 label, as Kubernetes requires for namespace and pod names. */
 export const Dns1123Label = z

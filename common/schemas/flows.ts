@@ -1,5 +1,4 @@
 import { z } from 'zod';
-import type { FlowFilter as AgentFlowFilter } from '../../agent/flows/filter.js';
 
 const strings = z.array(z.string().min(1).max(256)).max(64);
 
@@ -20,8 +19,6 @@ export const FlowFilter = z
   .partial()
   .strict();
 export type FlowFilter = z.infer<typeof FlowFilter>;
-// The agent's filter type and this schema must describe the same thing.
-export const _flowFilterAgrees: AgentFlowFilter = {} as FlowFilter;
 
 /** A repeated query parameter arrives as an array, a single one as a string; commas also separate. */
 const listParam = z
@@ -80,3 +77,14 @@ export const FlowsQuery = z
 export type FlowsQuery = z.infer<typeof FlowsQuery>;
 
 export const FLOW_SHORTHAND_FIELDS = Object.keys(FlowFilter.shape) as Array<keyof FlowFilter>;
+
+/** A line as `hubble observe -o json` prints it: a flow or a lost_events record. */
+export type FlowRecord = { flow: unknown; node_name: string; time: string } | { lost_events: unknown; node_name: string; time: string };
+
+export interface FlowSelection {
+  whitelist?: FlowFilter[];
+  blacklist?: FlowFilter[];
+  last?: number;
+  since?: string;
+  until?: string;
+}

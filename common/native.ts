@@ -1,5 +1,7 @@
-// Loads the libbpf addon (bpf/native) and types its surface. Raw errors from it carry errno/code/op/
-// libbpfLog; bpf/errors.ts turns them into KernelError. Nothing outside bpf/ should import this file.
+// Loads the native addon (built from bpf/native: libbpf, setns, the netlink link monitor) and types its
+// surface. Below bpf/ and netkit/, which both use it: bpf/ for objects, maps, links and ring buffers,
+// netkit/ for setns (common/ns.ts) and its link monitor. Raw errors carry errno/code/op/libbpfLog;
+// bpf/errors.ts turns them into KernelError.
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 
