@@ -118,6 +118,15 @@ export const ConfigSchema = z
       })
       .strict()
       .prefault({}),
+    /** Hubble's gRPC API (the `hubble` CLI, hubble-relay): see README, "Using Hubble tools". */
+    hubble: z
+      .object({
+        enabled: z.boolean().default(true),
+        /** Default: hubble.sock beside api.socket (/run/kitnet/hubble.sock). Same permissions as api.socket. */
+        socket: z.string().min(1).optional(),
+      })
+      .strict()
+      .prefault({}),
   })
   .strict();
 
@@ -159,6 +168,7 @@ export const CONFIG_ENV: ReadonlyArray<{ env: string; path: string[]; number?: b
   { env: 'KITNET_STATE_DIR', path: ['stateDir'] },
   { env: 'KITNET_BPF_PIN_ROOT', path: ['bpfPinRoot'] },
   { env: 'KITNET_API_SOCKET', path: ['api', 'socket'] },
+  { env: 'KITNET_HUBBLE_SOCKET', path: ['hubble', 'socket'] },
   { env: 'KITNET_IPV4_POOL', path: ['ipam', 'ipv4Pool'] },
   { env: 'KITNET_IPV6_POOL', path: ['ipam', 'ipv6Pool'] },
   { env: 'KITNET_DATAPATH_MODE', path: ['datapath', 'mode'] },

@@ -1,0 +1,33 @@
+import { Metadata, status, type ServiceError } from '@grpc/grpc-js';
+import type { HubbleBackend } from './backend.js';
+
+/** What every Hubble service shares: the backend once the agent serves, and facts about the listener. */
+export interface HubbleContext {
+  /** undefined while the agent is still starting (restoring workloads). */
+  backend(): HubbleBackend | undefined;
+  startingError(): ServiceError;
+  uptimeNs(): number;
+  /** Where clients reach this node (host:port of the TCP listener, else unix://socket). */
+  address: string;
+  tls: { enabled: boolean; serverName: string };
+  /** Stops of the open follow streams (closing the server ends them). */
+  followers: Set<() => void>;
+}
+
+export function grpcError(code: status, details: string): ServiceError {
+  return Object.assign(new Error(details), { code, details, metadata: new Metadata() });
+}
+
+export function hubbleContext(address: string, tls: { enabled: boolean; serverName: string }): HubbleContext & { serve(b: HubbleBackend): void } {
+  let backend: HubbleBackend | undefined;
+  const started = process.hrtime.bigint();
+  return {
+    backend: () => backend,
+    serve: (b) => (backend = b),
+    startingError: () => grpcError(status.UNAVAILABLE, 'AGENT_ERR_API_STARTING: the kitnet agent is starting (restoring its workloads); retry shortly'),
+    uptimeNs: () => Number(process.hrtime.bigint() - started),
+    address,
+    tls,
+    followers: new Set(),
+  };
+}
