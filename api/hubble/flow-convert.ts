@@ -1,4 +1,5 @@
 import type { HubbleFlow, HubbleFlowRecord, HubbleLostEventsRecord } from '../../agent/flows/hubble.js';
+import type { FlowExtras } from './backend.js';
 
 /** google.protobuf.Timestamp as proto-loader takes it. */
 export interface Timestamp {
@@ -44,7 +45,7 @@ function recordTime(r: HubbleFlowRecord): Timestamp {
  * field names; what differs on the wire: time is a Timestamp, is_reply a BoolValue, drop_reason_desc an
  * enum (sent as the number, which is the DropReason value).
  */
-export function flowMessage(f: HubbleFlow, time: Timestamp): Record<string, unknown> {
+export function flowMessage(f: HubbleFlow, time: Timestamp, extras?: FlowExtras): Record<string, unknown> {
   const msg: Record<string, unknown> = {
     time,
     uuid: f.uuid,
@@ -67,14 +68,17 @@ export function flowMessage(f: HubbleFlow, time: Timestamp): Record<string, unkn
     msg.drop_reason = f.drop_reason ?? 0;
     msg.drop_reason_desc = f.drop_reason ?? 0;
   }
-  const policies = f as unknown as Record<string, unknown>;
-  for (const k of ['ingress_allowed_by', 'egress_allowed_by', 'ingress_denied_by', 'egress_denied_by']) if (policies[k]) msg[k] = policies[k];
+  if (extras) {
+    const { interfaceName, ...policies } = extras;
+    Object.assign(msg, policies);
+    if (interfaceName && f.interface) msg.interface = { ...f.interface, name: interfaceName };
+  }
   return msg;
 }
 
-export function flowResponse(r: HubbleFlowRecord): GetFlowsResponseMessage {
+export function flowResponse(r: HubbleFlowRecord, extras?: FlowExtras): GetFlowsResponseMessage {
   const time = recordTime(r);
-  return { flow: flowMessage(r.flow, time), node_name: r.node_name, time };
+  return { flow: flowMessage(r.flow, time, extras), node_name: r.node_name, time };
 }
 
 export function lostResponse(r: HubbleLostEventsRecord): GetFlowsResponseMessage {

@@ -62,7 +62,7 @@ function getFlows(ctx: HubbleContext, call: ServerWritableStream<GetFlowsRequest
   }
   const recent = recentSelect(backend, req, sel.pred, sel.since);
   if (!req.follow) {
-    for (const r of recent) call.write(flowResponse(r));
+    for (const r of recent) call.write(flowResponse(r, backend.extras?.(r)));
     call.end();
     return;
   }
@@ -82,7 +82,7 @@ function getFlows(ctx: HubbleContext, call: ServerWritableStream<GetFlowsRequest
     call.write(msg());
   };
   const onFlow = (r: HubbleFlowRecord) => {
-    if (sel.pred(r)) send(() => flowResponse(r));
+    if (sel.pred(r)) send(() => flowResponse(r, backend.extras?.(r)));
   };
   const onLost = (r: HubbleLostEventsRecord) => send(() => lostResponse(r));
   backend.flows.on('flow', onFlow);
@@ -100,7 +100,7 @@ function getFlows(ctx: HubbleContext, call: ServerWritableStream<GetFlowsRequest
   call.on('cancelled', stop);
   call.on('close', stop);
   call.on('error', stop);
-  for (const r of recent) send(() => flowResponse(r));
+  for (const r of recent) send(() => flowResponse(r, backend.extras?.(r)));
   if (sel.until !== undefined) {
     // Following up to a time: the stream ends then (a timer: no flow may come to end it).
     const end = () => {

@@ -5,6 +5,7 @@ import { DROP_REASON_DESC } from '../../bpf/layout.gen.js';
 import { LazyFlowRecord } from '../../agent/flows/enrich.js';
 import { FilterError } from '../../agent/flows/filter.js';
 import type { HubbleEndpoint } from '../../agent/flows/hubble.js';
+import { policyAttribution, policyFromRuleRef, type PolicyTrace } from '../../api/hubble/attribution.js';
 import { protoFilterCompile, protoFiltersCompile } from '../../api/hubble/filter.js';
 import { flowResponse, lostResponse, timestampFromIso } from '../../api/hubble/flow-convert.js';
 import { hubbleProtoLoad } from '../../api/hubble/proto.js';
@@ -145,5 +146,41 @@ describe('Hubble FlowFilter evaluation', () => {
       [[{ tcp_flags: [{ SYN: true }], source_port: [1] }], [], /source_port: values must be strings/],
     ];
     for (const [w, b, re] of bad) assert.throws(() => protoFiltersCompile(w, b), (e: Error) => e instanceof FilterError && re.test(e.message), String(re));
+  });
+});
+
+describe('Hubble policy attribution', () => {
+  test('rule references become flow.Policy messages', () => {
+    assert.deepEqual(policyFromRuleRef('CiliumNetworkPolicy shop/be-from-fe ingress[0]'), {
+      name: 'be-from-fe', namespace: 'shop', kind: 'CiliumNetworkPolicy',
+      labels: ['k8s:io.cilium.k8s.policy.derived-from=CiliumNetworkPolicy', 'k8s:io.cilium.k8s.policy.name=be-from-fe', 'k8s:io.cilium.k8s.policy.namespace=shop'],
+    });
+    assert.equal(policyFromRuleRef('CiliumClusterwideNetworkPolicy all-dns specs[1].egress[0]')?.namespace, '');
+    assert.equal(policyFromRuleRef('something else'), undefined);
+  });
+
+  test("the endpoint's side decides; replies and default-deny drops carry none; answers are cached", () => {
+    const calls: unknown[] = [];
+    const trace: PolicyTrace = (from, to, protocol, port) => {
+      calls.push([from, to, protocol, port]);
+      const side = (reason: 'allowed' | 'explicit-deny') => ({
+        endpointId: 2, direction: 'ingress' as const, remoteIdentity: 1001, verdict: reason === 'allowed' ? ('ALLOWED' as const) : ('DENIED' as const), reason,
+        rules: ['CiliumNetworkPolicy shop/a ingress[0]', 'CiliumNetworkPolicy shop/a ingress[1]', 'NetworkPolicy shop/b ingress[0]'],
+        lookups: { identity: undefined, any: undefined },
+      });
+      return { verdict: 'ALLOWED', srcIdentity: 1001, dstIdentity: 1002, ingress: side(port === 82 ? 'explicit-deny' : 'allowed'), egress: side('allowed') };
+    };
+    const attr = policyAttribution(trace);
+    const names = (ps: Array<{ name: string }> | undefined) => ps?.map((p) => p.name);
+    const ingress = attr(rec({ direction: 'INGRESS', isReply: false }));
+    assert.deepEqual(names(ingress?.ingress_allowed_by), ['a', 'b']);
+    assert.deepEqual(calls[0], [{ identity: 1001 }, { endpointId: 2 }, 6, 5432]);
+    attr(rec({ direction: 'INGRESS', isReply: false }));
+    assert.equal(calls.length, 1, 'the second flow of the same kind is answered from the cache');
+    assert.deepEqual(names(attr(rec({ isReply: false }))?.egress_allowed_by), ['a', 'b']);
+    assert.deepEqual(calls[1], [{ endpointId: 2 }, { identity: 1002 }, 6, 5432]);
+    assert.deepEqual(names(attr(rec({ direction: 'INGRESS', isReply: false, verdict: 'DROPPED', dropReason: 181, dstPort: 82 }))?.ingress_denied_by), ['a', 'b']);
+    assert.equal(attr(rec({ isReply: true })), undefined);
+    assert.equal(attr(rec({ isReply: false, verdict: 'DROPPED', dropReason: 133 })), undefined);
   });
 });
