@@ -124,8 +124,28 @@ export const ConfigSchema = z
         enabled: z.boolean().default(true),
         /** Default: hubble.sock beside api.socket (/run/kitnet/hubble.sock). Same permissions as api.socket. */
         socket: z.string().min(1).optional(),
+        /** Optional TCP listener `host:port` (`:4244` every address; port default 4244); TLS only. */
+        listen: z
+          .string()
+          .regex(/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]*)(:\d{1,5})?$/, 'must be host:port, [IPv6]:port or :port, such as 0.0.0.0:4244')
+          .refine((v) => !/:\d+$/.test(v) || (Number(v.slice(v.lastIndexOf(':') + 1)) >= 1 && Number(v.slice(v.lastIndexOf(':') + 1)) <= 65535), 'the port must be 1-65535')
+          .optional(),
+        tls: z
+          .object({
+            cert: z.string().min(1, 'must be the path of a PEM certificate'),
+            key: z.string().min(1, 'must be the path of a PEM private key'),
+            /** PEM CA bundle: when set, clients must present a certificate it signed (mTLS). */
+            clientCa: z.string().min(1, 'must be the path of a PEM CA bundle').optional(),
+            /** The name hubble-relay verifies the certificate against (Peer.Notify); default nodeName. */
+            serverName: z.string().min(1).max(253).optional(),
+          })
+          .strict()
+          .optional(),
       })
       .strict()
+      .superRefine((h, ctx) => {
+        if (h.listen !== undefined && !h.tls) ctx.addIssue({ code: 'custom', path: ['tls'], message: 'required: the Hubble TCP listener only serves TLS; set hubble.tls.cert and hubble.tls.key (PEM files)' });
+      })
       .prefault({}),
   })
   .strict();

@@ -8,7 +8,7 @@ export interface HubbleContext {
   startingError(): ServiceError;
   uptimeNs(): number;
   /** Where clients reach this node (host:port of the TCP listener, else unix://socket). */
-  address: string;
+  address(): string;
   tls: { enabled: boolean; serverName: string };
   /** Stops of the open follow streams (closing the server ends them). */
   followers: Set<() => void>;
@@ -18,7 +18,7 @@ export function grpcError(code: status, details: string): ServiceError {
   return Object.assign(new Error(details), { code, details, metadata: new Metadata() });
 }
 
-export function hubbleContext(address: string, tls: { enabled: boolean; serverName: string }): HubbleContext & { serve(b: HubbleBackend): void } {
+export function hubbleContext(address: () => string, tls: { enabled: boolean; serverName: string }): HubbleContext & { serve(b: HubbleBackend): void } {
   let backend: HubbleBackend | undefined;
   const started = process.hrtime.bigint();
   return {

@@ -146,7 +146,7 @@ function getNodes(ctx: HubbleContext, _call: ServerUnaryCall<unknown, unknown>, 
       {
         name: backend.nodeName,
         version: backend.version,
-        address: ctx.address,
+        address: ctx.address(),
         state: 'NODE_CONNECTED',
         tls: { enabled: ctx.tls.enabled, server_name: ctx.tls.serverName },
         uptime_ns: ctx.uptimeNs(),

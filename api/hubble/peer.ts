@@ -12,7 +12,7 @@ export function peerService(ctx: HubbleContext): UntypedServiceImplementation {
       if (!backend) return void call.emit('error', ctx.startingError());
       call.write({
         name: backend.nodeName,
-        address: ctx.address,
+        address: ctx.address(),
         type: 'PEER_ADDED',
         ...(ctx.tls.enabled ? { tls: { server_name: ctx.tls.serverName } } : {}),
       });

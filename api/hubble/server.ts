@@ -1,12 +1,13 @@
 import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, unlinkSync } from 'node:fs';
-import { connect } from 'node:net';
+import { connect, isIPv6 } from 'node:net';
+import { networkInterfaces } from 'node:os';
 import { dirname } from 'node:path';
 import { Server, ServerCredentials } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import type { Agent } from '../../agent/agent.js';
 import { ConfigError, type Config } from '../../agent/config.js';
 import { hubbleBackendOf, type HubbleBackend } from './backend.js';
-import { hubbleSocketPath } from './config-check.js';
+import { hubbleListenParse, hubbleSocketPath, hubbleTlsRead } from './config-check.js';
 import { hubbleContext } from './context.js';
 import { healthService } from './health.js';
 import { observerService } from './observer.js';
@@ -17,6 +18,8 @@ import { hubbleServices } from './proto.js';
 export interface HubbleServer {
   /** The unix socket path, when serving on one. */
   readonly socket: string | undefined;
+  /** The TCP port bound (hubble.listen), if any. */
+  readonly port: number | undefined;
   serve(backend: HubbleBackend): void;
   /** Serves `daemon.agent`; its stop closes this server first (follow streams end). */
   attach<D extends { agent: Agent; config: Config; stop: () => Promise<void> }>(daemon: D): D;
@@ -76,8 +79,47 @@ async function unixBind(server: Server, path: string, mode: number): Promise<voi
   if (gid !== undefined) chownSync(path, 0, gid);
 }
 
+/** A TCP listen error as an operator message naming hubble.listen. */
+function tcpBindError(err: unknown, where: string): ConfigError {
+  const text = (err as Error).message;
+  const why = /EADDRINUSE/.test(text)
+    ? 'the port is in use (EADDRINUSE): another process listens there; stop it or pick another port'
+    : /EADDRNOTAVAIL/.test(text)
+      ? 'not an address of this host (EADDRNOTAVAIL)'
+      : /EACCES/.test(text)
+        ? 'permission denied (EACCES)'
+        : text;
+  return new ConfigError(`hubble.listen: cannot listen on ${where}: ${why}`, ['hubble.listen']);
+}
+
+/** The TLS listener; with hubble.tls.clientCa, clients must present a certificate the CA signed (mTLS). */
+async function tcpBind(server: Server, config: Config): Promise<{ host: string; port: number }> {
+  const { host, port } = hubbleListenParse(config.hubble.listen!);
+  const problems: Array<[string, string]> = [];
+  const files = hubbleTlsRead(config.hubble.tls!, problems);
+  if (!files) throw new ConfigError(problems.map(([k, m]) => `${k}: ${m}`).join('; '), problems.map(([k]) => k));
+  const creds = ServerCredentials.createSsl(files.clientCa ?? null, [{ cert_chain: files.cert, private_key: files.key }], !!files.clientCa);
+  const where = `${isIPv6(host) ? `[${host}]` : host}:${port}`;
+  try {
+    return { host, port: await bind(server, where, creds) };
+  } catch (err) {
+    throw tcpBindError(err, where);
+  }
+}
+
+/** Where relays reach this node: the listen address, or this host's first external address when it listens on all. */
+function advertisedAddress(host: string, port: number): string {
+  let h = host;
+  if (h === '0.0.0.0' || h === '::') {
+    const all = Object.values(networkInterfaces()).flatMap((l) => l ?? []);
+    h = all.find((a) => !a.internal && a.family === 'IPv4')?.address ?? all.find((a) => !a.internal)?.address ?? '127.0.0.1';
+  }
+  return `${isIPv6(h) ? `[${h}]` : h}:${port}`;
+}
+
 const disabled: HubbleServer = {
   socket: undefined,
+  port: undefined,
   serve: () => undefined,
   attach: (d) => d,
   close: async () => undefined,
@@ -87,16 +129,28 @@ const disabled: HubbleServer = {
 export async function hubbleListen(config: Config, log: Logger): Promise<HubbleServer> {
   if (!config.hubble.enabled) return disabled;
   const socket = hubbleSocketPath(config);
-  const ctx = hubbleContext(`unix://${socket}`, { enabled: false, serverName: config.nodeName });
+  const tls = { enabled: config.hubble.listen !== undefined, serverName: config.hubble.tls?.serverName ?? config.nodeName };
+  let address = `unix://${socket}`;
+  const ctx = hubbleContext(() => address, tls);
   const services = hubbleServices();
   const server = new Server({ 'grpc.max_receive_message_length': 1 << 20 });
   server.addService(services.observer, observerService(ctx));
   server.addService(services.peer, peerService(ctx));
   server.addService(services.health, healthService(ctx));
+  let tcp: { host: string; port: number } | undefined;
   try {
     await unixBind(server, socket, config.api.socketMode);
+    if (config.hubble.listen !== undefined) {
+      tcp = await tcpBind(server, config);
+      address = advertisedAddress(tcp.host, tcp.port);
+    }
   } catch (err) {
     server.forceShutdown();
+    try {
+      unlinkSync(socket);
+    } catch {
+      // not made
+    }
     throw err;
   }
   let closing: Promise<void> | undefined;
@@ -112,9 +166,10 @@ export async function hubbleListen(config: Config, log: Logger): Promise<HubbleS
     })());
   const hubble: HubbleServer = {
     socket,
+    port: tcp?.port,
     serve: (backend) => {
       ctx.serve(backend);
-      log.info({ socket }, 'Hubble API listening');
+      log.info({ socket, tcp: tcp ? `${tcp.host}:${tcp.port}` : null, mtls: !!config.hubble.tls?.clientCa }, 'Hubble API listening');
     },
     attach: (daemon) => {
       hubble.serve(hubbleBackendOf(daemon.agent, daemon.config.nodeName));

@@ -1,13 +1,17 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { statSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { Workload } from '../../api/schemas/workload.js';
+import { credentials } from '@grpc/grpc-js';
+import { readFileSync } from 'node:fs';
 import { hubbleClient, type HubbleClient } from '../../api/hubble/client.js';
 import { AgentFixture } from '../helpers/fixture.js';
 import { hubbleCliOrSkip, hubbleRun } from '../helpers/hubble-cli.js';
 import { Prober } from '../helpers/prober-client.js';
+import { testCaMake, type TestCa } from '../helpers/test-ca.js';
 import { run, waitFor } from '../helpers/sys.js';
 
 type Rec = { flow?: Record<string, unknown> & { uuid: string }; lost_events?: unknown; node_name: string; time: string };
@@ -51,7 +55,16 @@ describe('Hubble gRPC API (root)', { timeout: 240_000 }, () => {
   let clientProber: Prober;
   let grpc: HubbleClient;
   let target: string;
+  let tcp: string;
+  let ca: TestCa;
   const cli = hubbleCliOrSkip();
+  const freePort = () =>
+    new Promise<number>((resolve) => {
+      const s = createServer().listen(0, '127.0.0.1', () => {
+        const { port } = s.address() as { port: number };
+        s.close(() => resolve(port));
+      });
+    });
 
   const rest = async (query: string): Promise<Rec[]> => {
     const lines: string[] = [];
@@ -82,6 +95,10 @@ describe('Hubble gRPC API (root)', { timeout: 240_000 }, () => {
   before(async () => {
     const nsClient = await fx.netns('client');
     const nsServer = await fx.netns('server');
+    // The TCP listener with TLS and client certificates (mTLS) from a CA made here.
+    ca = testCaMake(fx.dir, 'kitnet.test');
+    tcp = `127.0.0.1:${await freePort()}`;
+    Object.assign(fx.overrides, { hubble: { listen: tcp, tls: { cert: ca.serverCert, key: ca.serverKey, clientCa: ca.ca, serverName: 'kitnet.test' } } });
     await fx.start();
     target = `unix://${join(fx.dir, 'hubble.sock')}`;
     grpc = hubbleClient(target);
@@ -207,6 +224,23 @@ spec:
       assert.ok(defaultDeny && !defaultDeny.flow!.ingress_denied_by);
     });
 
+    test('TLS with a client certificate on hubble.listen; without one, or with a stranger CA\'s, refused', async () => {
+      if (!('path' in cli)) return;
+      const tls = ['--server', tcp, '--tls', '--tls-ca-cert-files', ca.ca, '--tls-server-name', 'kitnet.test'];
+      const ok = await hubbleRun(cli.path, ['status', ...tls, '--tls-client-cert-file', ca.clientCert, '--tls-client-key-file', ca.clientKey]);
+      assert.equal(ok.code, 0, ok.stderr);
+      assert.match(ok.stdout, /Healthcheck \(via 127\.0\.0\.1:\d+\): Ok/);
+      const flows = await hubbleRun(cli.path, ['observe', '--last', '3', '-o', 'json', ...tls, '--tls-client-cert-file', ca.clientCert, '--tls-client-key-file', ca.clientKey]);
+      assert.equal(flows.code, 0, flows.stderr);
+      assert.equal(flows.stdout.trim().split('\n').length, 3);
+      const noCert = await hubbleRun(cli.path, ['status', ...tls, '--timeout', '3s']);
+      assert.notEqual(noCert.code, 0, 'a client without a certificate is refused');
+      const stranger = await hubbleRun(cli.path, ['status', ...tls, '--tls-client-cert-file', ca.strangerCert, '--tls-client-key-file', ca.strangerKey, '--timeout', '3s']);
+      assert.notEqual(stranger.code, 0, 'a certificate from another CA is refused');
+      const plain = await hubbleRun(cli.path, ['status', '--server', tcp, '--timeout', '3s']);
+      assert.notEqual(plain.code, 0, 'plaintext is refused');
+    });
+
     test('hubble list nodes and namespaces', async () => {
       const nodes = await hubble(['list', 'nodes']);
       assert.match(nodes, /^hubble\s+Connected\s/m);
@@ -274,6 +308,28 @@ spec:
       // The agent still serves.
       assert.deepEqual(await grpc.call('health', 'Check', { service: '' }), { status: 'SERVING' });
       await assert.rejects(grpc.call('health', 'Check', { service: 'x' }), /NOT_FOUND|unknown service/);
+    });
+
+    test('TLS: a client with the CA and a certificate is served; without a certificate refused; Peer names the TCP address', async () => {
+      const peer = await new Promise<Record<string, unknown>>((resolve, reject) => {
+        const s = grpc.stream('peer', 'Notify');
+        s.once('data', (m: Record<string, unknown>) => (s.cancel(), resolve(m)));
+        s.once('error', reject);
+      });
+      assert.equal(peer.address, tcp);
+      assert.deepEqual(peer.tls, { server_name: 'kitnet.test' });
+      const opts = { 'grpc.ssl_target_name_override': 'kitnet.test' };
+      const mtls = hubbleClient(tcp, credentials.createSsl(readFileSync(ca.ca), readFileSync(ca.clientKey), readFileSync(ca.clientCert)), opts);
+      const anon = hubbleClient(tcp, credentials.createSsl(readFileSync(ca.ca)), opts);
+      try {
+        assert.deepEqual(await mtls.call('health', 'Check', { service: 'hubble.server.Observer' }), { status: 'SERVING' });
+        const nodes = (await mtls.call('observer', 'GetNodes')).nodes as Array<{ address: string; tls: { enabled: boolean; server_name: string } }>;
+        assert.deepEqual(nodes[0]!.tls, { enabled: true, server_name: 'kitnet.test' });
+        await assert.rejects(anon.call('health', 'Check', { service: '' }), /UNAVAILABLE|handshake|certificate|Connection/i);
+      } finally {
+        mtls.close();
+        anon.close();
+      }
     });
 
     test('a follower gets new flows; stopping the agent ends the stream', async () => {
