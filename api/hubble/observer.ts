@@ -4,6 +4,7 @@ import type { HubbleFlowRecord, HubbleLostEventsRecord } from '../../agent/flows
 import type { HubbleBackend } from './backend.js';
 import { protoFiltersCompile } from './filter.js';
 import { flowResponse, lostResponse, timestampToMs, type GetFlowsResponseMessage } from './flow-convert.js';
+import { serverStreamBatchWrites } from './batch-writes.js';
 import { grpcError, type HubbleContext } from './context.js';
 
 /** A follower further behind than this many messages loses flows (counted, then a lost_events message). */
@@ -60,6 +61,7 @@ function getFlows(ctx: HubbleContext, call: ServerWritableStream<GetFlowsRequest
     if (err instanceof FilterError) return void call.emit('error', grpcError(status.INVALID_ARGUMENT, `flow filter: ${err.message}`));
     throw err;
   }
+  serverStreamBatchWrites(call as ServerWritableStream<unknown, unknown>);
   const recent = recentSelect(backend, req, sel.pred, sel.since);
   if (!req.follow) {
     for (const r of recent) call.write(flowResponse(r, backend.extras?.(r)));
