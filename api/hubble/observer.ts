@@ -71,18 +71,22 @@ function getFlows(ctx: HubbleContext, call: ServerWritableStream<GetFlowsRequest
 
   let missed = 0;
   let ended = false;
+  const lostFlush = () => {
+    if (missed === 0 || ended) return;
+    call.write(lostResponse(backend.flows.lostRecord('OBSERVER_EVENTS_QUEUE', missed)));
+    missed = 0;
+  };
   const send = (msg: () => GetFlowsResponseMessage) => {
     if (ended) return;
     if (call.writableLength > FOLLOW_QUEUE_LIMIT) {
       missed++;
       return;
     }
-    if (missed > 0) {
-      call.write(lostResponse(backend.flows.lostRecord('OBSERVER_EVENTS_QUEUE', missed)));
-      missed = 0;
-    }
+    lostFlush();
     call.write(msg());
   };
+  // A follower that caught up hears of what it missed even if no flow comes after.
+  call.on('drain', lostFlush);
   const onFlow = (r: HubbleFlowRecord) => {
     if (sel.pred(r)) send(() => flowResponse(r, backend.extras?.(r)));
   };
