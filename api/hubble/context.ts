@@ -12,6 +12,8 @@ export interface HubbleContext {
   tls: { enabled: boolean; serverName: string };
   /** Stops of the open follow streams (closing the server ends them). */
   followers: Set<() => void>;
+  /** Called once when the agent starts serving (health Watch streams tell their clients). */
+  servingWaiters: Set<() => void>;
 }
 
 export function grpcError(code: status, details: string): ServiceError {
@@ -23,11 +25,16 @@ export function hubbleContext(address: () => string, tls: { enabled: boolean; se
   const started = process.hrtime.bigint();
   return {
     backend: () => backend,
-    serve: (b) => (backend = b),
+    serve(b) {
+      backend = b;
+      for (const w of [...this.servingWaiters]) w();
+      this.servingWaiters.clear();
+    },
     startingError: () => grpcError(status.UNAVAILABLE, 'AGENT_ERR_API_STARTING: the kitnet agent is starting (restoring its workloads); retry shortly'),
     uptimeNs: () => Number(process.hrtime.bigint() - started),
     address,
     tls,
     followers: new Set(),
+    servingWaiters: new Set(),
   };
 }

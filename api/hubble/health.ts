@@ -6,7 +6,7 @@ export const OBSERVER_HEALTH_NAME = 'hubble.server.Observer';
 
 const KNOWN = new Set(['', OBSERVER_HEALTH_NAME]);
 
-/** grpc.health.v1.Health: SERVING once the agent serves, NOT_SERVING while it starts. */
+/** grpc.health.v1.Health: SERVING once the agent serves, NOT_SERVING while it starts (Watch tells the change). */
 export function healthService(ctx: HubbleContext): UntypedServiceImplementation {
   const current = () => (ctx.backend() ? 'SERVING' : 'NOT_SERVING');
   return {
@@ -18,8 +18,11 @@ export function healthService(ctx: HubbleContext): UntypedServiceImplementation 
     Watch: (call: ServerWritableStream<{ service?: string }, unknown>) => {
       const service = call.request.service ?? '';
       call.write({ status: KNOWN.has(service) ? current() : 'SERVICE_UNKNOWN' });
+      const serving = () => call.write({ status: 'SERVING' });
+      if (KNOWN.has(service) && !ctx.backend()) ctx.servingWaiters.add(serving);
       const stop = () => {
         ctx.followers.delete(stop);
+        ctx.servingWaiters.delete(serving);
       };
       ctx.followers.add(stop);
       call.on('cancelled', stop);

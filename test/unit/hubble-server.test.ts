@@ -62,9 +62,17 @@ describe('Hubble gRPC server (in process, unix socket)', () => {
   test('while the agent starts: health NOT_SERVING, calls UNAVAILABLE naming AGENT_ERR_API_STARTING', async () => {
     assert.deepEqual(await client.call('health', 'Check', { service: 'hubble.server.Observer' }), { status: 'NOT_SERVING' });
     await assert.rejects(client.call('observer', 'ServerStatus'), /UNAVAILABLE.*AGENT_ERR_API_STARTING/);
+    const watched: unknown[] = [];
+    const watch = client.stream('health', 'Watch', { service: 'hubble.server.Observer' });
+    watch.on('data', (m) => watched.push(m));
+    watch.on('error', () => undefined); // CANCELLED at the end
+    await waitFor('the first Watch answer', async () => watched.length === 1);
     const backend: HubbleBackend = { nodeName: 'unit-node', version: '0.0.0', flows: flows as unknown as HubbleBackend['flows'], namespaces: () => ['shop'] };
     server.serve(backend);
     assert.deepEqual(await client.call('health', 'Check', { service: 'hubble.server.Observer' }), { status: 'SERVING' });
+    await waitFor('Watch to tell SERVING', async () => watched.length === 2);
+    assert.deepEqual(watched, [{ status: 'NOT_SERVING' }, { status: 'SERVING' }]);
+    watch.cancel();
   });
 
   test('since/until bound the flows (none in the first second of the epoch)', async () => {
