@@ -16,6 +16,19 @@ export interface HubbleContext {
   servingWaiters: Set<() => void>;
 }
 
+/**
+ * Streams that stay open (follow, Peer.Notify, health Watch) at once, over all clients: each holds
+ * listeners and up to FOLLOW_QUEUE_LIMIT queued messages, so a client opening thousands cannot
+ * exhaust the agent's memory.
+ */
+export const OPEN_STREAMS_MAX = 64;
+
+/** RESOURCE_EXHAUSTED when OPEN_STREAMS_MAX streams are open; undefined when one more may open. */
+export function streamRefusal(ctx: HubbleContext): ServiceError | undefined {
+  if (ctx.followers.size < OPEN_STREAMS_MAX) return undefined;
+  return grpcError(status.RESOURCE_EXHAUSTED, `too many open streams (${OPEN_STREAMS_MAX} follow, Notify and Watch streams at once); close one and retry`);
+}
+
 export function grpcError(code: status, details: string): ServiceError {
   return Object.assign(new Error(details), { code, details, metadata: new Metadata() });
 }

@@ -1,5 +1,5 @@
 import { status, type sendUnaryData, type ServerUnaryCall, type ServerWritableStream, type UntypedServiceImplementation } from '@grpc/grpc-js';
-import { grpcError, type HubbleContext } from './context.js';
+import { grpcError, streamRefusal, type HubbleContext } from './context.js';
 
 /** The service name `hubble status` asks the health service about (Cilium's ObserverServiceName). */
 export const OBSERVER_HEALTH_NAME = 'hubble.server.Observer';
@@ -17,6 +17,8 @@ export function healthService(ctx: HubbleContext): UntypedServiceImplementation 
     },
     Watch: (call: ServerWritableStream<{ service?: string }, unknown>) => {
       const service = call.request.service ?? '';
+      const refused = streamRefusal(ctx);
+      if (refused) return void call.emit('error', refused);
       call.write({ status: KNOWN.has(service) ? current() : 'SERVICE_UNKNOWN' });
       const serving = () => call.write({ status: 'SERVING' });
       if (KNOWN.has(service) && !ctx.backend()) ctx.servingWaiters.add(serving);

@@ -5,10 +5,10 @@ import type { HubbleBackend } from './backend.js';
 import { protoFiltersCompile } from './filter.js';
 import { flowResponse, lostResponse, timestampToMs, type GetFlowsResponseMessage } from './flow-convert.js';
 import { serverStreamBatchWrites } from './batch-writes.js';
-import { grpcError, type HubbleContext } from './context.js';
+import { grpcError, streamRefusal, type HubbleContext } from './context.js';
 
 /** A follower further behind than this many messages loses flows (counted, then a lost_events message). */
-export const FOLLOW_QUEUE_LIMIT = 16_384;
+export const FOLLOW_QUEUE_LIMIT = 4096;
 
 interface GetFlowsRequest {
   number?: number;
@@ -62,6 +62,8 @@ function getFlows(ctx: HubbleContext, call: ServerWritableStream<GetFlowsRequest
     throw err;
   }
   serverStreamBatchWrites(call as ServerWritableStream<unknown, unknown>);
+  const refused = req.follow ? streamRefusal(ctx) : undefined;
+  if (refused) return void call.emit('error', refused);
   const recent = recentSelect(backend, req, sel.pred, sel.since);
   if (!req.follow) {
     for (const r of recent) call.write(flowResponse(r, backend.extras?.(r)));

@@ -1,5 +1,5 @@
 import type { ServerWritableStream, UntypedServiceImplementation } from '@grpc/grpc-js';
-import type { HubbleContext } from './context.js';
+import { streamRefusal, type HubbleContext } from './context.js';
 
 /**
  * peer.Peer/Notify: hubble-relay asks each server it knows for the nodes to connect to. A kitnet host
@@ -10,6 +10,8 @@ export function peerService(ctx: HubbleContext): UntypedServiceImplementation {
     Notify: (call: ServerWritableStream<unknown, unknown>) => {
       const backend = ctx.backend();
       if (!backend) return void call.emit('error', ctx.startingError());
+      const refused = streamRefusal(ctx);
+      if (refused) return void call.emit('error', refused);
       call.write({
         name: backend.nodeName,
         address: ctx.address(),

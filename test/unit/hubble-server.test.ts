@@ -12,6 +12,7 @@ import type { HubbleEndpoint, HubbleFlowRecord, LostEventSource } from '../../ag
 import { Ring } from '../../agent/flows/ring.js';
 import type { HubbleBackend } from '../../api/hubble/backend.js';
 import { hubbleClient, type HubbleClient } from '../../api/hubble/client.js';
+import { OPEN_STREAMS_MAX } from '../../api/hubble/context.js';
 import { FOLLOW_QUEUE_LIMIT } from '../../api/hubble/observer.js';
 import { hubbleListen, type HubbleServer } from '../../api/hubble/server.js';
 import { waitFor } from '../helpers/sys.js';
@@ -120,6 +121,35 @@ describe('Hubble gRPC server (in process, unix socket)', () => {
     await new Promise<void>((resolve, reject) => (s.on('end', resolve), s.on('error', reject)));
     assert.ok(Date.now() >= until - 5);
     await waitFor('the follower gone', async () => flows.listenerCount('flow') === 0);
+  });
+
+  test('a client cannot hold more than OPEN_STREAMS_MAX streams open; closing one makes room', async () => {
+    const open = Array.from({ length: OPEN_STREAMS_MAX }, () => {
+      const s = client.stream('observer', 'GetFlows', { follow: true });
+      s.on('data', () => undefined);
+      s.on('error', () => undefined); // CANCELLED at the end
+      return s;
+    });
+    await waitFor('every follower', async () => flows.listenerCount('flow') === OPEN_STREAMS_MAX);
+    const refused = (method: 'GetFlows' | 'Notify' | 'Watch') =>
+      new Promise<Error>((resolve) => {
+        const service = method === 'GetFlows' ? 'observer' : method === 'Notify' ? 'peer' : 'health';
+        const s = client.stream(service, method, method === 'GetFlows' ? { follow: true } : {});
+        s.on('data', () => undefined);
+        s.on('error', resolve);
+      });
+    for (const m of ['GetFlows', 'Notify', 'Watch'] as const) assert.match((await refused(m)).message, /RESOURCE_EXHAUSTED.*too many open streams/);
+    // A request without follow is not held open: still served.
+    const s = client.stream('observer', 'GetFlows', { number: 1 });
+    await new Promise<void>((resolve, reject) => (s.on('data', () => undefined), s.on('end', resolve), s.on('error', reject)));
+    open.pop()!.cancel();
+    await waitFor('room for one more', async () => flows.listenerCount('flow') === OPEN_STREAMS_MAX - 1);
+    const again = client.stream('observer', 'GetFlows', { follow: true });
+    again.on('data', () => undefined);
+    again.on('error', () => undefined);
+    await waitFor('the new follower', async () => flows.listenerCount('flow') === OPEN_STREAMS_MAX);
+    for (const o of [...open, again]) o.cancel();
+    await waitFor('every follower gone', async () => flows.listenerCount('flow') === 0);
   });
 
   test('closing the server ends follow streams and removes the socket', async () => {
