@@ -3,6 +3,7 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { networkInterfaces } from 'node:os';
 import { dirname, resolve } from 'node:path';
 import { createSecureContext } from 'node:tls';
+import { hubbleConfigProblems } from './hubble-config.js';
 import { tokensLoad, type TokenSet } from '../common/tokens.js';
 import { pinRootCheck } from '../bpf/index.js';
 import { ConfigError, type Config } from './config.js';
@@ -124,6 +125,7 @@ export async function configPrepare(config: Config): Promise<ConfigPrepared> {
   creatableCheck('api.socket', config.api.socket, 'file', problems);
   creatableCheck('stateDir', config.stateDir, 'dir', problems);
   if (config.api.audit.file) creatableCheck('api.audit.file', config.api.audit.file, 'file', problems);
+  problems.push(...hubbleConfigProblems(config));
   try {
     pinRootCheck(config.bpfPinRoot);
   } catch (err) {

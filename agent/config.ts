@@ -128,6 +128,35 @@ export const ConfigSchema = z
       })
       .strict()
       .prefault({}),
+    /** Hubble's gRPC API (the `hubble` CLI, hubble-relay): see README, "Using Hubble tools". */
+    hubble: z
+      .object({
+        enabled: z.boolean().default(true),
+        /** Default: hubble.sock beside api.socket (/run/kitnet/hubble.sock). Same permissions as api.socket. */
+        socket: z.string().min(1).optional(),
+        /** Optional TCP listener `host:port` (`:4244` every address; port default 4244); TLS only. */
+        listen: z
+          .string()
+          .regex(/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]*)(:\d{1,5})?$/, 'must be host:port, [IPv6]:port or :port, such as 0.0.0.0:4244')
+          .refine((v) => !/:\d+$/.test(v) || (Number(v.slice(v.lastIndexOf(':') + 1)) >= 1 && Number(v.slice(v.lastIndexOf(':') + 1)) <= 65535), 'the port must be 1-65535')
+          .optional(),
+        tls: z
+          .object({
+            cert: z.string().min(1, 'must be the path of a PEM certificate'),
+            key: z.string().min(1, 'must be the path of a PEM private key'),
+            /** PEM CA bundle: when set, clients must present a certificate it signed (mTLS). */
+            clientCa: z.string().min(1, 'must be the path of a PEM CA bundle').optional(),
+            /** The name hubble-relay verifies the certificate against (Peer.Notify); default nodeName. */
+            serverName: z.string().min(1).max(253).optional(),
+          })
+          .strict()
+          .optional(),
+      })
+      .strict()
+      .superRefine((h, ctx) => {
+        if (h.listen !== undefined && !h.tls) ctx.addIssue({ code: 'custom', path: ['tls'], message: 'required: the Hubble TCP listener only serves TLS; set hubble.tls.cert and hubble.tls.key (PEM files)' });
+      })
+      .prefault({}),
   })
   .strict();
 
@@ -154,6 +183,7 @@ export const CONFIG_ENV: ReadonlyArray<{ env: string; path: string[]; number?: b
   { env: 'KITNET_STATE_DIR', path: ['stateDir'] },
   { env: 'KITNET_BPF_PIN_ROOT', path: ['bpfPinRoot'] },
   { env: 'KITNET_API_SOCKET', path: ['api', 'socket'] },
+  { env: 'KITNET_HUBBLE_SOCKET', path: ['hubble', 'socket'] },
   { env: 'KITNET_IPV4_POOL', path: ['ipam', 'ipv4Pool'] },
   { env: 'KITNET_IPV6_POOL', path: ['ipam', 'ipv6Pool'] },
   { env: 'KITNET_DATAPATH_MODE', path: ['datapath', 'mode'] },

@@ -6,6 +6,7 @@ import { datapathLoad } from '../bpf/index.js';
 import { hostForwardingEnsure } from '../netkit/index.js';
 import { listenerBind, type BoundListener } from '../api/listener.js';
 import { serverBuild } from '../api/server.js';
+import { hubbleListen } from '../api/hubble/server.js';
 import type { ConfigChange, ConfigReloadResult } from '../common/schemas/config.js';
 import { LOG_REDACT, type AuditSink } from '../api/security.js';
 import { tokensLoad, type TokenSet } from '../common/tokens.js';
@@ -196,8 +197,10 @@ export async function daemonRun(opts: DaemonOptions = {}): Promise<Daemon> {
       const bound = tcpListener;
       undo.push(() => bound.close());
     }
+    const hubble = await hubbleListen(config, log);
+    undo.push(() => hubble.close());
     const audit = auditSink(config, log);
-    return await daemonStart({ opts, configPath, config, log, tcpSecurity: prepared.tcp, lock, unixListener, tcpListener, audit, undo });
+    return hubble.attach(await daemonStart({ opts, configPath, config, log, tcpSecurity: prepared.tcp, lock, unixListener, tcpListener, audit, undo }));
   } catch (err) {
     for (const u of undo.reverse()) {
       try {

@@ -1,0 +1,48 @@
+import type { Agent } from '../../agent/agent.js';
+import { KITNET_VERSION } from '../../agent/agent.js';
+import type { HubbleFlowRecord } from '../../agent/flows/hubble.js';
+import type { FlowPipeline } from '../../agent/flows/pipeline.js';
+import { policyAttribution, type PolicyFields } from './attribution.js';
+
+/** Flow fields the gRPC API adds to the pipeline's flow: the deciding policy, the interface's name. */
+export type FlowExtras = PolicyFields & { interfaceName?: string };
+
+/** What the Hubble services read from the running agent: the same flow pipeline as GET /v1/flows. */
+export interface HubbleBackend {
+  nodeName: string;
+  version: string;
+  flows: Pick<FlowPipeline, 'ring' | 'on' | 'off' | 'lostRecord'>;
+  /** Namespaces with workloads or namespace objects, sorted. */
+  namespaces(): string[];
+  extras?(r: HubbleFlowRecord): FlowExtras | undefined;
+}
+
+/** Host-side interface names by ifindex, from the workloads; looked up again (at most once a second) for an unknown index. */
+function interfaceNames(agent: Agent): (index: number) => string | undefined {
+  let names = new Map<number, string>();
+  let refreshedAt = -Infinity;
+  return (index) => {
+    const known = names.get(index);
+    if (known !== undefined || performance.now() - refreshedAt < 1000) return known;
+    refreshedAt = performance.now();
+    names = new Map(agent.workloadList().flatMap((w) => (w.interfaces.host.ifindex ? [[w.interfaces.host.ifindex, w.interfaces.host.name] as const] : [])));
+    return names.get(index);
+  };
+}
+
+export function hubbleBackendOf(agent: Agent, nodeName: string): HubbleBackend {
+  const policies = policyAttribution((from, to, protocol, port) => agent.policyEngine.trace(from, to, protocol, port).result);
+  const ifname = interfaceNames(agent);
+  return {
+    nodeName,
+    version: KITNET_VERSION,
+    flows: agent.flows,
+    namespaces: () => [...new Set([...agent.workloadList().map((w) => w.namespace), ...agent.namespaceList().map((n) => n.name)])].sort(),
+    extras: (r) => {
+      const p = policies(r);
+      const index = r.flow.interface?.index;
+      const interfaceName = index ? ifname(index) : undefined;
+      return p || interfaceName ? { ...p, ...(interfaceName ? { interfaceName } : {}) } : undefined;
+    },
+  };
+}

@@ -1,0 +1,53 @@
+import { Metadata, status, type ServiceError } from '@grpc/grpc-js';
+import type { HubbleBackend } from './backend.js';
+
+/** What every Hubble service shares: the backend once the agent serves, and facts about the listener. */
+export interface HubbleContext {
+  /** undefined while the agent is still starting (restoring workloads). */
+  backend(): HubbleBackend | undefined;
+  startingError(): ServiceError;
+  uptimeNs(): number;
+  /** Where clients reach this node (host:port of the TCP listener, else unix://socket). */
+  address(): string;
+  tls: { enabled: boolean; serverName: string };
+  /** Stops of the open follow streams (closing the server ends them). */
+  followers: Set<() => void>;
+  /** Called once when the agent starts serving (health Watch streams tell their clients). */
+  servingWaiters: Set<() => void>;
+}
+
+/**
+ * Streams that stay open (follow, Peer.Notify, health Watch) at once, over all clients: each holds
+ * listeners and up to FOLLOW_QUEUE_LIMIT queued messages, so a client opening thousands cannot
+ * exhaust the agent's memory.
+ */
+export const OPEN_STREAMS_MAX = 64;
+
+/** RESOURCE_EXHAUSTED when OPEN_STREAMS_MAX streams are open; undefined when one more may open. */
+export function streamRefusal(ctx: HubbleContext): ServiceError | undefined {
+  if (ctx.followers.size < OPEN_STREAMS_MAX) return undefined;
+  return grpcError(status.RESOURCE_EXHAUSTED, `too many open streams (${OPEN_STREAMS_MAX} follow, Notify and Watch streams at once); close one and retry`);
+}
+
+export function grpcError(code: status, details: string): ServiceError {
+  return Object.assign(new Error(details), { code, details, metadata: new Metadata() });
+}
+
+export function hubbleContext(address: () => string, tls: { enabled: boolean; serverName: string }): HubbleContext & { serve(b: HubbleBackend): void } {
+  let backend: HubbleBackend | undefined;
+  const started = process.hrtime.bigint();
+  return {
+    backend: () => backend,
+    serve(b) {
+      backend = b;
+      for (const w of [...this.servingWaiters]) w();
+      this.servingWaiters.clear();
+    },
+    startingError: () => grpcError(status.UNAVAILABLE, 'AGENT_ERR_API_STARTING: the kitnet agent is starting (restoring its workloads); retry shortly'),
+    uptimeNs: () => Number(process.hrtime.bigint() - started),
+    address,
+    tls,
+    followers: new Set(),
+    servingWaiters: new Set(),
+  };
+}

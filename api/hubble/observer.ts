@@ -1,0 +1,183 @@
+import { status, type sendUnaryData, type ServerUnaryCall, type ServerWritableStream, type UntypedServiceImplementation } from '@grpc/grpc-js';
+import { FilterError } from '../../agent/flows/filter.js';
+import type { HubbleFlowRecord, HubbleLostEventsRecord } from '../../agent/flows/hubble.js';
+import type { HubbleBackend } from './backend.js';
+import { protoFiltersCompile } from './filter.js';
+import { flowResponse, lostResponse, timestampToMs, type GetFlowsResponseMessage } from './flow-convert.js';
+import { serverStreamBatchWrites } from './batch-writes.js';
+import { grpcError, streamRefusal, type HubbleContext } from './context.js';
+
+/** A follower further behind than this many messages loses flows (counted, then a lost_events message). */
+export const FOLLOW_QUEUE_LIMIT = 4096;
+
+interface GetFlowsRequest {
+  number?: number;
+  first?: boolean;
+  follow?: boolean;
+  whitelist?: unknown;
+  blacklist?: unknown;
+  since?: { seconds?: number; nanos?: number } | null;
+  until?: { seconds?: number; nanos?: number } | null;
+}
+
+type Pred = (r: HubbleFlowRecord) => boolean;
+
+/** The time bounds and the filters of a request as one predicate; throws FilterError. */
+function requestPredicate(req: GetFlowsRequest): { pred: Pred; since?: number; until?: number } {
+  const filter = protoFiltersCompile(req.whitelist, req.blacklist);
+  const since = timestampToMs(req.since);
+  const until = timestampToMs(req.until);
+  if (since === undefined && until === undefined) return { pred: filter };
+  // The same comparison as GET /v1/flows (milliseconds of the flow's time).
+  const pred: Pred = (r) => {
+    const t = Date.parse(r.time);
+    return (since === undefined || t >= since) && (until === undefined || t <= until) && filter(r);
+  };
+  return { pred, ...(since !== undefined ? { since } : {}), ...(until !== undefined ? { until } : {}) };
+}
+
+/**
+ * What the ring gives before following: `number` newest (or oldest with `first`) matching flows; with
+ * no number, every matching flow, except when following without `since` (from now on, as Hubble).
+ */
+function recentSelect(backend: HubbleBackend, req: GetFlowsRequest, pred: Pred, since: number | undefined): HubbleFlowRecord[] {
+  const ring = backend.flows.ring;
+  const number = Math.min(Math.max(0, Number(req.number ?? 0) || 0), ring.capacity);
+  if (req.follow && number === 0 && since === undefined) return [];
+  const matching = ring.last().filter(pred);
+  if (number === 0) return matching;
+  return req.first ? matching.slice(0, number) : matching.slice(-number);
+}
+
+function getFlows(ctx: HubbleContext, call: ServerWritableStream<GetFlowsRequest, GetFlowsResponseMessage>): void {
+  const backend = ctx.backend();
+  if (!backend) return void call.emit('error', ctx.startingError());
+  const req = call.request;
+  let sel: ReturnType<typeof requestPredicate>;
+  try {
+    if (req.first && req.follow) throw new FilterError('first: cannot be combined with follow');
+    sel = requestPredicate(req);
+  } catch (err) {
+    if (err instanceof FilterError) return void call.emit('error', grpcError(status.INVALID_ARGUMENT, `flow filter: ${err.message}`));
+    throw err;
+  }
+  serverStreamBatchWrites(call as ServerWritableStream<unknown, unknown>);
+  const refused = req.follow ? streamRefusal(ctx) : undefined;
+  if (refused) return void call.emit('error', refused);
+  const recent = recentSelect(backend, req, sel.pred, sel.since);
+  if (!req.follow) {
+    for (const r of recent) call.write(flowResponse(r, backend.extras?.(r)));
+    call.end();
+    return;
+  }
+
+  let missed = 0;
+  let ended = false;
+  const lostFlush = () => {
+    if (missed === 0 || ended) return;
+    call.write(lostResponse(backend.flows.lostRecord('OBSERVER_EVENTS_QUEUE', missed)));
+    missed = 0;
+  };
+  const send = (msg: () => GetFlowsResponseMessage) => {
+    if (ended) return;
+    if (call.writableLength > FOLLOW_QUEUE_LIMIT) {
+      missed++;
+      return;
+    }
+    lostFlush();
+    call.write(msg());
+  };
+  // A follower that caught up hears of what it missed even if no flow comes after.
+  call.on('drain', lostFlush);
+  const onFlow = (r: HubbleFlowRecord) => {
+    if (sel.pred(r)) send(() => flowResponse(r, backend.extras?.(r)));
+  };
+  const onLost = (r: HubbleLostEventsRecord) => send(() => lostResponse(r));
+  backend.flows.on('flow', onFlow);
+  backend.flows.on('lost', onLost);
+  let untilTimer: NodeJS.Timeout | undefined;
+  const stop = () => {
+    if (ended) return;
+    ended = true;
+    if (untilTimer) clearTimeout(untilTimer);
+    backend.flows.off('flow', onFlow);
+    backend.flows.off('lost', onLost);
+    ctx.followers.delete(stop);
+  };
+  ctx.followers.add(stop);
+  call.on('cancelled', stop);
+  call.on('close', stop);
+  call.on('error', stop);
+  for (const r of recent) send(() => flowResponse(r, backend.extras?.(r)));
+  if (sel.until !== undefined) {
+    // Following up to a time: the stream ends then (a timer: no flow may come to end it).
+    const end = () => {
+      stop();
+      call.end();
+    };
+    const wait = sel.until - Date.now();
+    if (wait <= 0) end();
+    else untilTimer = setTimeout(end, Math.min(wait, 2 ** 31 - 1));
+  }
+}
+
+function serverStatus(ctx: HubbleContext, _call: ServerUnaryCall<unknown, unknown>, cb: sendUnaryData<unknown>): void {
+  const backend = ctx.backend();
+  if (!backend) return cb(ctx.startingError());
+  const ring = backend.flows.ring;
+  cb(null, {
+    num_flows: ring.length,
+    max_flows: ring.capacity,
+    seen_flows: ring.written,
+    uptime_ns: ctx.uptimeNs(),
+    num_connected_nodes: { value: 1 },
+    num_unavailable_nodes: { value: 0 },
+    version: backend.version,
+    flows_rate: flowsRate(ring.last()),
+  });
+}
+
+/** Flows per second over the last minute, from the ring (as Hubble's flows_rate). */
+function flowsRate(records: HubbleFlowRecord[]): number {
+  const from = Date.now() - 60_000;
+  let n = 0;
+  for (let i = records.length - 1; i >= 0 && Date.parse(records[i]!.time) >= from; i--) n++;
+  return n / 60;
+}
+
+function getNodes(ctx: HubbleContext, _call: ServerUnaryCall<unknown, unknown>, cb: sendUnaryData<unknown>): void {
+  const backend = ctx.backend();
+  if (!backend) return cb(ctx.startingError());
+  const ring = backend.flows.ring;
+  cb(null, {
+    nodes: [
+      {
+        name: backend.nodeName,
+        version: backend.version,
+        address: ctx.address(),
+        state: 'NODE_CONNECTED',
+        tls: { enabled: ctx.tls.enabled, server_name: ctx.tls.serverName },
+        uptime_ns: ctx.uptimeNs(),
+        num_flows: ring.length,
+        max_flows: ring.capacity,
+        seen_flows: ring.written,
+      },
+    ],
+  });
+}
+
+function getNamespaces(ctx: HubbleContext, _call: ServerUnaryCall<unknown, unknown>, cb: sendUnaryData<unknown>): void {
+  const backend = ctx.backend();
+  if (!backend) return cb(ctx.startingError());
+  cb(null, { namespaces: backend.namespaces().map((namespace) => ({ cluster: '', namespace })) });
+}
+
+/** observer.Observer: GetFlows, ServerStatus, GetNodes, GetNamespaces. */
+export function observerService(ctx: HubbleContext): UntypedServiceImplementation {
+  return {
+    GetFlows: (call: ServerWritableStream<GetFlowsRequest, GetFlowsResponseMessage>) => getFlows(ctx, call),
+    ServerStatus: (call: ServerUnaryCall<unknown, unknown>, cb: sendUnaryData<unknown>) => serverStatus(ctx, call, cb),
+    GetNodes: (call: ServerUnaryCall<unknown, unknown>, cb: sendUnaryData<unknown>) => getNodes(ctx, call, cb),
+    GetNamespaces: (call: ServerUnaryCall<unknown, unknown>, cb: sendUnaryData<unknown>) => getNamespaces(ctx, call, cb),
+  };
+}
