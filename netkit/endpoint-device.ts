@@ -13,7 +13,7 @@ import { NETKIT_REQUIREMENT, netkitCreateMessage, netkitStateDecode } from './ne
 import { netnsPathValidate } from './netns.js';
 import { netkitProbe } from './probe.js';
 import type { RouteInfo, RouteSpec } from './route.js';
-import { routeAdd, routeList } from './route.js';
+import { hostRoutesPresent, routeAdd, routeList } from './route.js';
 import type { Rtnl } from './socket.js';
 import { requestsPipelined, rtnlHost, withNetns } from './socket.js';
 import { hostForwardingEnsure, hostSideSysctlsApply, sysctlIfname } from './sysctl.js';
@@ -355,9 +355,10 @@ export async function endpointDeviceObserve(specIn: EndpointDeviceSpec): Promise
   if (!hostLink.up) problems.push(`host link ${spec.hostIfname} is down`);
   if (spec.mtu !== undefined && hostLink.mtu !== spec.mtu) problems.push(`host mtu ${hostLink.mtu}, want ${spec.mtu}`);
   if (spec.mode === 'netkit-l2' && spec.hostMac && hostLink.mac !== spec.hostMac) problems.push(`host mac ${hostLink.mac}, want ${spec.hostMac}`);
-  const hostRoutes = await routeList(host);
-  if (!hasRoute(hostRoutes, AF_INET, `${spec.ipv4}/32`, hostLink.ifindex)) problems.push(`host route ${spec.ipv4}/32 dev ${spec.hostIfname} missing`);
-  if (!hasRoute(hostRoutes, AF_INET6, `${ipCanonical(spec.ipv6)}/128`, hostLink.ifindex)) problems.push(`host route ${spec.ipv6}/128 dev ${spec.hostIfname} missing`);
+  // one lookup per address, not a dump of every workload's routes: observing is O(1) in workloads
+  const [v4Route, v6Route] = await hostRoutesPresent(host, [spec.ipv4, spec.ipv6], hostLink.ifindex, { name: spec.hostIfname });
+  if (!v4Route) problems.push(`host route ${spec.ipv4}/32 dev ${spec.hostIfname} missing`);
+  if (!v6Route) problems.push(`host route ${spec.ipv6}/128 dev ${spec.hostIfname} missing`);
 
   const device: EndpointDevice = { ...deviceOf(spec, hostLink, { ...hostLink, ifname: spec.peerIfname, ifindex: 0, mac: '' }), problems };
   let inode: number;
