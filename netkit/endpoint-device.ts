@@ -369,7 +369,8 @@ export async function endpointDeviceObserve(specIn: EndpointDeviceSpec): Promise
     return device;
   }
   await withNetns(spec.netnsPath, async (nl) => {
-    const peer = await linkGet(nl, spec.peerIfname);
+    // reads sent together, answered in one wake-up: the namespace's own objects, a handful each
+    const [peer, lo] = await Promise.all([linkGet(nl, spec.peerIfname), linkGet(nl, 'lo')]);
     if (!peer) {
       problems.push(`peer ${spec.peerIfname} missing in ${spec.netnsPath}`);
       return;
@@ -382,21 +383,20 @@ export async function endpointDeviceObserve(specIn: EndpointDeviceSpec): Promise
       problems.push(`${spec.peerIfname} in ${spec.netnsPath} is not the peer of ${spec.hostIfname}`);
     }
     if (!peer.up) problems.push(`peer ${spec.peerIfname} is down`);
-    const lo = await linkGet(nl, 'lo');
     if (lo && !lo.up) problems.push('lo is down in the namespace');
     if (spec.mode === 'netkit-l2' && spec.peerMac && peer.mac !== spec.peerMac) problems.push(`peer mac ${peer.mac}, want ${spec.peerMac}`);
     if (spec.peerL3 === false) return; // a bridge port: no addresses, routes or neighbours to check
-    const addrs = await addressList(nl, peer.ifindex);
+    const [addrs, routes, neigh] = await Promise.all([
+      addressList(nl, peer.ifindex), routeList(nl), spec.mode !== 'netkit' ? neighList(nl, peer.ifindex) : [],
+    ]);
     if (!addrs.some((a) => a.family === AF_INET && a.address === spec.ipv4 && a.prefixlen === 32)) problems.push(`address ${spec.ipv4}/32 missing on ${spec.peerIfname}`);
     if (!addrs.some((a) => a.family === AF_INET6 && a.address === ipCanonical(spec.ipv6) && a.prefixlen === 128)) problems.push(`address ${spec.ipv6}/128 missing on ${spec.peerIfname}`);
-    const routes = await routeList(nl);
     if (!hasRoute(routes, AF_INET, `${GATEWAY_V4}/32`, peer.ifindex) || !routes.some((r) => r.dst === `${GATEWAY_V4}/32` && r.scope === RT_SCOPE_LINK)) {
       problems.push(`route ${GATEWAY_V4} dev ${spec.peerIfname} scope link missing in netns`);
     }
     if (!hasRoute(routes, AF_INET, 'default', peer.ifindex, GATEWAY_V4)) problems.push(`route default via ${GATEWAY_V4} missing in netns`);
     if (!hasRoute(routes, AF_INET6, 'default', peer.ifindex, GATEWAY_V6)) problems.push(`route default via ${GATEWAY_V6} (v6) missing in netns`);
     if (spec.mode !== 'netkit') {
-      const neigh = await neighList(nl, peer.ifindex);
       for (const gw of [GATEWAY_V4, GATEWAY_V6]) {
         const n = neigh.find((x) => x.dst === gw);
         if (!n || !(n.state & NUD_PERMANENT) || n.lladdr !== hostLink.mac) problems.push(`permanent neighbour ${gw} -> ${hostLink.mac} missing in netns`);
