@@ -369,7 +369,7 @@ export async function endpointDeviceObserve(specIn: EndpointDeviceSpec): Promise
     return device;
   }
   await withNetns(spec.netnsPath, async (nl) => {
-    // reads sent together, answered in one wake-up: the namespace's own objects, a handful each
+    // the two link reads sent together (requests, not dumps), answered in one wake-up
     const [peer, lo] = await Promise.all([linkGet(nl, spec.peerIfname), linkGet(nl, 'lo')]);
     if (!peer) {
       problems.push(`peer ${spec.peerIfname} missing in ${spec.netnsPath}`);
@@ -386,9 +386,10 @@ export async function endpointDeviceObserve(specIn: EndpointDeviceSpec): Promise
     if (lo && !lo.up) problems.push('lo is down in the namespace');
     if (spec.mode === 'netkit-l2' && spec.peerMac && peer.mac !== spec.peerMac) problems.push(`peer mac ${peer.mac}, want ${spec.peerMac}`);
     if (spec.peerL3 === false) return; // a bridge port: no addresses, routes or neighbours to check
-    const [addrs, routes, neigh] = await Promise.all([
-      addressList(nl, peer.ifindex), routeList(nl), spec.mode !== 'netkit' ? neighList(nl, peer.ifindex) : [],
-    ]);
+    // dumps one after the other: a netlink socket runs one dump at a time
+    const addrs = await addressList(nl, peer.ifindex);
+    const routes = await routeList(nl);
+    const neigh = spec.mode !== 'netkit' ? await neighList(nl, peer.ifindex) : [];
     if (!addrs.some((a) => a.family === AF_INET && a.address === spec.ipv4 && a.prefixlen === 32)) problems.push(`address ${spec.ipv4}/32 missing on ${spec.peerIfname}`);
     if (!addrs.some((a) => a.family === AF_INET6 && a.address === ipCanonical(spec.ipv6) && a.prefixlen === 128)) problems.push(`address ${spec.ipv6}/128 missing on ${spec.peerIfname}`);
     if (!hasRoute(routes, AF_INET, `${GATEWAY_V4}/32`, peer.ifindex) || !routes.some((r) => r.dst === `${GATEWAY_V4}/32` && r.scope === RT_SCOPE_LINK)) {
