@@ -1,8 +1,9 @@
 // What the reconcile loop's periodic resync costs: N workloads, each in its own namespace, then
 // rounds of a full resync (every workload observed against the kernel and planned; nothing to do)
 // and one round after a host route of every tenth workload was deleted (observe, plan and repair).
-// Per workload: the observe of a pair enters its namespace and dumps the host's routes (O(N)), so
-// a round grows as N^2; the figure says what `reconcile.resyncSeconds` buys at which N.
+// Per workload: the observe of a pair enters its namespace and looks its two host routes up (one
+// FIB lookup each; until 2026-12-04 a dump of every workload's routes, so a round grew as N^2); the
+// figure says what `reconcile.resyncSeconds` costs at which N.
 //   node dist/bench/reconcile-resync.bench.js [N=300] [--rounds=R (default 3)]
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';

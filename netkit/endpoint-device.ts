@@ -13,7 +13,7 @@ import { NETKIT_REQUIREMENT, netkitCreateMessage, netkitStateDecode } from './ne
 import { netnsPathValidate } from './netns.js';
 import { netkitProbe } from './probe.js';
 import type { RouteInfo, RouteSpec } from './route.js';
-import { routeAdd, routeList } from './route.js';
+import { hostRoutesPresent, routeAdd, routeList } from './route.js';
 import type { Rtnl } from './socket.js';
 import { requestsPipelined, rtnlHost, withNetns } from './socket.js';
 import { hostForwardingEnsure, hostSideSysctlsApply, sysctlIfname } from './sysctl.js';
@@ -355,9 +355,10 @@ export async function endpointDeviceObserve(specIn: EndpointDeviceSpec): Promise
   if (!hostLink.up) problems.push(`host link ${spec.hostIfname} is down`);
   if (spec.mtu !== undefined && hostLink.mtu !== spec.mtu) problems.push(`host mtu ${hostLink.mtu}, want ${spec.mtu}`);
   if (spec.mode === 'netkit-l2' && spec.hostMac && hostLink.mac !== spec.hostMac) problems.push(`host mac ${hostLink.mac}, want ${spec.hostMac}`);
-  const hostRoutes = await routeList(host);
-  if (!hasRoute(hostRoutes, AF_INET, `${spec.ipv4}/32`, hostLink.ifindex)) problems.push(`host route ${spec.ipv4}/32 dev ${spec.hostIfname} missing`);
-  if (!hasRoute(hostRoutes, AF_INET6, `${ipCanonical(spec.ipv6)}/128`, hostLink.ifindex)) problems.push(`host route ${spec.ipv6}/128 dev ${spec.hostIfname} missing`);
+  // one lookup per address, not a dump of every workload's routes: observing is O(1) in workloads
+  const [v4Route, v6Route] = await hostRoutesPresent(host, [spec.ipv4, spec.ipv6], hostLink.ifindex, { name: spec.hostIfname });
+  if (!v4Route) problems.push(`host route ${spec.ipv4}/32 dev ${spec.hostIfname} missing`);
+  if (!v6Route) problems.push(`host route ${spec.ipv6}/128 dev ${spec.hostIfname} missing`);
 
   const device: EndpointDevice = { ...deviceOf(spec, hostLink, { ...hostLink, ifname: spec.peerIfname, ifindex: 0, mac: '' }), problems };
   let inode: number;
@@ -368,7 +369,8 @@ export async function endpointDeviceObserve(specIn: EndpointDeviceSpec): Promise
     return device;
   }
   await withNetns(spec.netnsPath, async (nl) => {
-    const peer = await linkGet(nl, spec.peerIfname);
+    // the two link reads sent together (requests, not dumps), answered in one wake-up
+    const [peer, lo] = await Promise.all([linkGet(nl, spec.peerIfname), linkGet(nl, 'lo')]);
     if (!peer) {
       problems.push(`peer ${spec.peerIfname} missing in ${spec.netnsPath}`);
       return;
@@ -381,21 +383,21 @@ export async function endpointDeviceObserve(specIn: EndpointDeviceSpec): Promise
       problems.push(`${spec.peerIfname} in ${spec.netnsPath} is not the peer of ${spec.hostIfname}`);
     }
     if (!peer.up) problems.push(`peer ${spec.peerIfname} is down`);
-    const lo = await linkGet(nl, 'lo');
     if (lo && !lo.up) problems.push('lo is down in the namespace');
     if (spec.mode === 'netkit-l2' && spec.peerMac && peer.mac !== spec.peerMac) problems.push(`peer mac ${peer.mac}, want ${spec.peerMac}`);
     if (spec.peerL3 === false) return; // a bridge port: no addresses, routes or neighbours to check
+    // dumps one after the other: a netlink socket runs one dump at a time
     const addrs = await addressList(nl, peer.ifindex);
+    const routes = await routeList(nl);
+    const neigh = spec.mode !== 'netkit' ? await neighList(nl, peer.ifindex) : [];
     if (!addrs.some((a) => a.family === AF_INET && a.address === spec.ipv4 && a.prefixlen === 32)) problems.push(`address ${spec.ipv4}/32 missing on ${spec.peerIfname}`);
     if (!addrs.some((a) => a.family === AF_INET6 && a.address === ipCanonical(spec.ipv6) && a.prefixlen === 128)) problems.push(`address ${spec.ipv6}/128 missing on ${spec.peerIfname}`);
-    const routes = await routeList(nl);
     if (!hasRoute(routes, AF_INET, `${GATEWAY_V4}/32`, peer.ifindex) || !routes.some((r) => r.dst === `${GATEWAY_V4}/32` && r.scope === RT_SCOPE_LINK)) {
       problems.push(`route ${GATEWAY_V4} dev ${spec.peerIfname} scope link missing in netns`);
     }
     if (!hasRoute(routes, AF_INET, 'default', peer.ifindex, GATEWAY_V4)) problems.push(`route default via ${GATEWAY_V4} missing in netns`);
     if (!hasRoute(routes, AF_INET6, 'default', peer.ifindex, GATEWAY_V6)) problems.push(`route default via ${GATEWAY_V6} (v6) missing in netns`);
     if (spec.mode !== 'netkit') {
-      const neigh = await neighList(nl, peer.ifindex);
       for (const gw of [GATEWAY_V4, GATEWAY_V6]) {
         const n = neigh.find((x) => x.dst === gw);
         if (!n || !(n.state & NUD_PERMANENT) || n.lladdr !== hostLink.mac) problems.push(`permanent neighbour ${gw} -> ${hostLink.mac} missing in netns`);

@@ -1,10 +1,11 @@
 // Routes (RTM_*ROUTE) in the main table.
 import type { Attr } from './attrs.js';
+import { isErrno } from '../common/kernel-error.js';
 import { attr, ipBytes, ipString, message, messageAttrs, readU32, rtmsg, rtmsgDecode, u32 } from './attrs.js';
 import type { Rtnl } from './socket.js';
 import {
   AF_INET, AF_INET6, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, RT_SCOPE_LINK, RT_SCOPE_UNIVERSE, RT_TABLE_MAIN,
-  RTA_DST, RTA_GATEWAY, RTA_OIF, RTA_TABLE, RTM_GETROUTE, RTM_NEWROUTE, RTMSG_LEN, RTN_UNICAST, RTPROT_STATIC,
+  RTA_DST, RTA_GATEWAY, RTA_OIF, RTA_TABLE, RTM_F_FIB_MATCH, RTM_F_LOOKUP_TABLE, RTM_GETROUTE, RTM_NEWROUTE, RTMSG_LEN, RTN_UNICAST, RTPROT_STATIC,
 } from './uapi.js';
 
 export interface RouteSpec {
@@ -64,6 +65,70 @@ export async function routeAdd(nl: Rtnl, r: RouteSpec, opts: { replace?: boolean
   await nl.request(RTM_NEWROUTE, flags, routeMessage(r), { name: opts.ifname ?? `route ${r.dst}`, ifindex: r.oif });
 }
 
+function routeDecode(data: Buffer): RouteInfo {
+  const h = rtmsgDecode(data);
+  const a = messageAttrs(data, RTMSG_LEN);
+  const tableAttr = a.get(RTA_TABLE);
+  const dst = a.get(RTA_DST);
+  const gw = a.get(RTA_GATEWAY);
+  const oif = a.get(RTA_OIF);
+  const info: RouteInfo = {
+    family: h.family, dst: dst ? `${ipString(dst)}/${h.dstLen}` : 'default', dstLen: h.dstLen,
+    scope: h.scope, protocol: h.protocol, table: tableAttr ? readU32(tableAttr) : h.table, type: h.type,
+  };
+  if (gw) info.gateway = ipString(gw);
+  if (oif) info.oif = readU32(oif);
+  return info;
+}
+
+/**
+ * The route the kernel picks for host address `ip` among those through device `oif`: one
+ * RTM_GETROUTE with RTM_F_FIB_MATCH, which answers with the FIB entry itself, so the cost does not
+ * depend on how many routes the host has (a dump of them all is O(routes) to decode). RTA_OIF makes
+ * the lookup consider only nexthops through that device (fib_table_lookup skips the others; IPv6
+ * looks up with RT6_LOOKUP_F_IFACE), so a route for the same prefix through another device neither
+ * hides ours nor is answered as ours. The lookup follows the policy rules: the answer may come from
+ * another table than main, which IPv4 reports only with RTM_F_LOOKUP_TABLE (it says main otherwise). undefined when nothing routes the address through the device
+ * (ENETUNREACH, EHOSTUNREACH; a device that is down or gone).
+ */
+export async function hostRouteLookup(nl: Rtnl, ip: string, oif: number, device?: { name?: string }): Promise<RouteInfo | undefined> {
+  const bytes = ipBytes(ip);
+  if (!bytes) throw new Error(`invalid address "${ip}"`);
+  const hdr = rtmsg({
+    family: bytes.length === 4 ? AF_INET : AF_INET6, dstLen: bytes.length * 8, table: 0, protocol: 0, scope: 0, type: 0, flags: RTM_F_FIB_MATCH | RTM_F_LOOKUP_TABLE,
+  });
+  try {
+    const msgs = await nl.request(RTM_GETROUTE, 0, message(hdr, [attr(RTA_DST, bytes), attr(RTA_OIF, u32(oif))]), { ...device, ifindex: oif });
+    const m = msgs.find((x) => x.type === RTM_NEWROUTE);
+    return m ? routeDecode(m.data) : undefined;
+  } catch (err) {
+    if (isErrno(err, 'ENETUNREACH') || isErrno(err, 'EHOSTUNREACH') || isErrno(err, 'ENODEV')) return undefined;
+    throw err;
+  }
+}
+
+/**
+ * For each host address, whether the main table has a route for exactly it (/32, /128) through
+ * device `oif`: what a dump of the main table would say, at the cost of one lookup per address when
+ * the routes are there (the steady state, observed by every resync). A lookup proves presence only
+ * when it answers that very route from main; otherwise (missing, or a policy rule sent the lookup to
+ * another table first) one dump of the main table decides, so the answer is the dump's in every case.
+ */
+export async function hostRoutesPresent(nl: Rtnl, ips: readonly string[], oif: number, device?: { name?: string }): Promise<boolean[]> {
+  const wanted = ips.map((ip) => {
+    const bytes = ipBytes(ip);
+    if (!bytes) throw new Error(`invalid address "${ip}"`);
+    return { family: bytes.length === 4 ? AF_INET : AF_INET6, dst: `${ipString(bytes)}/${bytes.length * 8}` };
+  });
+  const isOurs = (r: RouteInfo, w: { family: number; dst: string }): boolean =>
+    r.table === RT_TABLE_MAIN && r.family === w.family && r.dst === w.dst && r.oif === oif;
+  const found = await Promise.all(ips.map((ip) => hostRouteLookup(nl, ip, oif, device)));
+  const present = found.map((r, i) => r !== undefined && isOurs(r, wanted[i]!));
+  if (present.every(Boolean)) return present;
+  const routes = await routeList(nl);
+  return wanted.map((w, i) => present[i]! || routes.some((r) => isOurs(r, w)));
+}
+
 /** Routes of the main table (optionally of one family). */
 export async function routeList(nl: Rtnl, family = 0): Promise<RouteInfo[]> {
   const msgs = await nl.dump(RTM_GETROUTE, message(rtmsg({
@@ -72,21 +137,8 @@ export async function routeList(nl: Rtnl, family = 0): Promise<RouteInfo[]> {
   const out: RouteInfo[] = [];
   for (const m of msgs) {
     if (m.type !== RTM_NEWROUTE) continue;
-    const h = rtmsgDecode(m.data);
-    const a = messageAttrs(m.data, RTMSG_LEN);
-    const tableAttr = a.get(RTA_TABLE);
-    const table = tableAttr ? readU32(tableAttr) : h.table;
-    if (table !== RT_TABLE_MAIN) continue;
-    const dst = a.get(RTA_DST);
-    const gw = a.get(RTA_GATEWAY);
-    const oif = a.get(RTA_OIF);
-    const info: RouteInfo = {
-      family: h.family, dst: dst ? `${ipString(dst)}/${h.dstLen}` : 'default', dstLen: h.dstLen,
-      scope: h.scope, protocol: h.protocol, table, type: h.type,
-    };
-    if (gw) info.gateway = ipString(gw);
-    if (oif) info.oif = readU32(oif);
-    out.push(info);
+    const info = routeDecode(m.data);
+    if (info.table === RT_TABLE_MAIN) out.push(info);
   }
   return out;
 }

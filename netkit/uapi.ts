@@ -110,6 +110,10 @@ export const RTA_DST = 1;
 export const RTA_OIF = 4;
 export const RTA_GATEWAY = 5;
 export const RTA_TABLE = 15;
+/** rtm_flags of an RTM_GETROUTE request: answer with the FIB entry that matched, not a cloned dst. */
+export const RTM_F_FIB_MATCH = 0x2000;
+/** rtm_flags: report the table the lookup found it in (IPv4 says "main" otherwise, whatever it was). */
+export const RTM_F_LOOKUP_TABLE = 0x1000;
 
 // struct ndmsg: family u8, pad u8, pad u16, ifindex s32, state u16, flags u8, type u8
 export const NDMSG_LEN = 12;

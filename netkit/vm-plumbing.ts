@@ -13,18 +13,17 @@ import { existsSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { promisify } from 'node:util';
 import { isErrno, UnsupportedFeatureError } from '../common/kernel-error.js';
-import { attr, ifinfomsg, ipBytes, ipString, message, messageAttrs, nest, readU32, str, u32, u8 } from './attrs.js';
+import { attr, ifinfomsg, message, messageAttrs, nest, readU32, str, u32, u8 } from './attrs.js';
 import { EndpointSpecError, ifnameValidate } from './errors.js';
 import type { LinkInfo } from './link.js';
 import { linkDelete, linkGet, linkSet } from './link.js';
 import { netnsCreate, netnsDelete, netnsNameValidate, netnsPathOf, netnsPathValidate } from './netns.js';
-import type { RouteInfo } from './route.js';
-import { routeAdd, routeList, routeMessage } from './route.js';
+import { hostRoutesPresent, routeAdd, routeMessage } from './route.js';
 import type { Rtnl } from './socket.js';
 import { rtnlHost, withNetns } from './socket.js';
 import { hostSideSysctlsApply, sysctlIfname } from './sysctl.js';
 import {
-  AF_INET, AF_INET6, IFINFOMSG_LEN, IFLA_INFO_DATA, IFLA_INFO_KIND, IFLA_LINKINFO, IFLA_MTU, IFLA_IFNAME, NLM_F_ACK,
+  IFINFOMSG_LEN, IFLA_INFO_DATA, IFLA_INFO_KIND, IFLA_LINKINFO, IFLA_MTU, IFLA_IFNAME, NLM_F_ACK,
   NLM_F_CREATE, NLM_F_EXCL, RTM_DELROUTE, RTM_GETLINK, RTM_NEWLINK,
 } from './uapi.js';
 
@@ -266,8 +265,9 @@ export interface TapAdopted {
   problems: string[];
 }
 
-const hasRoute = (routes: RouteInfo[], family: number, dst: string, oif: number): boolean =>
-  routes.some((r) => r.family === family && r.dst === dst && r.oif === oif);
+/** The guest's /32 and /128 through the tap: two lookups, not a dump of every route on the host. */
+const hostRoutesThrough = (host: Rtnl, spec: TapAdoptSpec, ifindex: number): Promise<boolean[]> =>
+  hostRoutesPresent(host, [spec.ipv4, spec.ipv6], ifindex, { name: spec.device });
 
 async function tapHostLink(host: Rtnl, device: string): Promise<LinkInfo> {
   ifnameValidate('device', device);
@@ -289,14 +289,9 @@ export async function tapAdopt(spec: TapAdoptSpec): Promise<TapAdopted> {
   const host = rtnlHost();
   const link = await tapHostLink(host, spec.device);
   hostSideSysctlsApply(spec.device);
-  const routes = await routeList(host);
-  const v4 = `${spec.ipv4}/32`;
-  if (!hasRoute(routes, AF_INET, v4, link.ifindex)) {
-    await routeAdd(host, { dst: v4, oif: link.ifindex, scope: 'link' }, { ifname: spec.device });
-  }
-  if (!routes.some((r) => r.family === AF_INET6 && r.dstLen === 128 && r.oif === link.ifindex && sameIp6(r.dst, spec.ipv6))) {
-    await routeAdd(host, { dst: `${spec.ipv6}/128`, oif: link.ifindex, scope: 'link' }, { ifname: spec.device });
-  }
+  const [v4Route, v6Route] = await hostRoutesThrough(host, spec, link.ifindex);
+  if (!v4Route) await routeAdd(host, { dst: `${spec.ipv4}/32`, oif: link.ifindex, scope: 'link' }, { ifname: spec.device });
+  if (!v6Route) await routeAdd(host, { dst: `${spec.ipv6}/128`, oif: link.ifindex, scope: 'link' }, { ifname: spec.device });
   return { ifindex: link.ifindex, mac: link.mac, problems: [] };
 }
 
@@ -308,17 +303,10 @@ export async function tapObserve(spec: TapAdoptSpec): Promise<TapAdopted | undef
   if (!link) return undefined;
   const problems: string[] = [];
   if (link.kind !== 'tun') problems.push(`${spec.device} is a ${link.kind || 'plain'} device, not a tap`);
-  const routes = await routeList(host);
-  if (!hasRoute(routes, AF_INET, `${spec.ipv4}/32`, link.ifindex)) problems.push(`host route ${spec.ipv4}/32 dev ${spec.device} missing`);
-  const v6 = routes.filter((r) => r.family === AF_INET6 && r.dstLen === 128 && r.oif === link.ifindex);
-  if (!v6.some((r) => sameIp6(r.dst, spec.ipv6))) problems.push(`host route ${spec.ipv6}/128 dev ${spec.device} missing`);
+  const [v4Route, v6Route] = await hostRoutesThrough(host, spec, link.ifindex);
+  if (!v4Route) problems.push(`host route ${spec.ipv4}/32 dev ${spec.device} missing`);
+  if (!v6Route) problems.push(`host route ${spec.ipv6}/128 dev ${spec.device} missing`);
   return { ifindex: link.ifindex, mac: link.mac, problems };
-}
-
-function sameIp6(dst: string, ip: string): boolean {
-  const a = ipBytes(dst.split('/')[0] ?? '');
-  const b = ipBytes(ip);
-  return !!a && !!b && ipString(a) === ipString(b);
 }
 
 /** Removes the routes tapAdopt added (only those through this device); the device stays. */

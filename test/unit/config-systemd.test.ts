@@ -22,7 +22,7 @@ describe('config', () => {
       assert.equal(c.flows.ringCapacity, 100);
       assert.throws(() => configLoad(f, {}, { KITNET_FLOW_RING_CAPACITY: 'lots' }), (e: ConfigError) => /flows\.ringCapacity/.test(e.message));
       assert.throws(() => configLoad(f, {}, { KITNET_DATAPATH_MODE: 'macvlan' }), (e: ConfigError) => /datapath\.mode/.test(e.message));
-      assert.deepEqual(c.reconcile, { resyncSeconds: 300, retryMaxSeconds: 60 });
+      assert.deepEqual(c.reconcile, { resyncSeconds: 60, retryMaxSeconds: 60 });
       for (const [bad, key] of [
         ['reconcile: { resyncSeconds: 0 }', 'reconcile.resyncSeconds'],
         ['reconcile: { resyncSeconds: 1.5 }', 'reconcile.resyncSeconds'],
