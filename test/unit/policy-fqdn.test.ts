@@ -3,6 +3,7 @@ import { describe, test } from 'node:test';
 import { LOCAL_IDENTITY_FLAG, reservedIdentityLabels } from '../../agent/identity/reserved.js';
 import { fqdnMatcher, fqdnNormalize, fqdnSelectorLabel, fqdnSelectorProblem, patternRegexSource } from '../../agent/policy/fqdn.js';
 import { policiesParse, policyCompile, PolicyValidationError } from '../../agent/policy/index.js';
+import { policiesParseOffThread } from '../../agent/policy/parse-offthread.js';
 import { identityLabels, labelFormat } from '../../common/labels.js';
 
 const pattern = (p: string) => fqdnMatcher({ matchPattern: p });
@@ -107,6 +108,11 @@ describe('toFQDNs and rules.dns in policy parsing', () => {
     assert.match(msg, /spec\.egress\[1\]\.toPorts\[0\]\.rules\.dns: rules\.dns is valid but not supported yet/);
     // The default (what policy apply and the store use) is the refusing one.
     assert.throws(() => policiesParse(cnp(FQDN_RULES)), /not supported yet/);
+  });
+  test('the agent\'s apply path (the parser thread) refuses them, YAML and JSON alike', async () => {
+    await assert.rejects(policiesParseOffThread(cnp(FQDN_RULES), 'application/yaml'), (e: unknown) => e instanceof PolicyValidationError && /toFQDNs is valid but not supported yet/.test(e.message));
+    const json = { apiVersion: 'cilium.io/v2', kind: 'CiliumClusterwideNetworkPolicy', metadata: { name: 'c' }, spec: { endpointSelector: {}, egress: [{ toFQDNs: [{ matchPattern: '**.test' }] }] } };
+    await assert.rejects(policiesParseOffThread(json), (e: unknown) => e instanceof PolicyValidationError && /spec\.egress\[0\]\.toFQDNs: toFQDNs is valid but not supported yet/.test(e.message));
   });
   test('invalid selectors are reported as such, gate or not', () => {
     for (const gate of [false, true]) {
