@@ -8,6 +8,14 @@
  * Not wired yet: the datapath does not steer workload DNS here, so the agent does not start it and
  * policy apply still refuses toFQDNs / rules.dns (agent/policy/parse.ts, DNS_POLICY_NOT_ENFORCED).
  *
+ * Steering chosen for the next step: the datapath rewrites the destination of every port-53 UDP/TCP
+ * packet of a workload with DNS rules (whatever resolver it addresses, so none is bypassed) to this
+ * proxy's host-local address and port, keeping the original destination in a map keyed by the
+ * workload's address, port and protocol, and rewrites the source of the replies back (checksums
+ * fixed with the L3/L4 csum helpers). `upstream` then reads that map. Rejected: bpf_redirect to a
+ * socket (no such path from tc), TPROXY / bpf_sk_assign (needs IP_TRANSPARENT sockets and replies
+ * sent from a foreign source address, which node's sockets cannot do without a native addon).
+ *
  * Each forwarded query uses its own upstream socket (a fresh random source port, and a reply must
  * carry the query's id and question), so a spoofed or late reply for another query is never taken.
  * An answer that cannot be parsed, or whose learning failed, is never released: SERVFAIL instead.
