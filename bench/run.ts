@@ -13,6 +13,7 @@ const benches: { name: string; quick: string[] }[] = [
   { name: 'datapath', quick: ['10,1000,10000,100000'] },
   { name: 'flows', quick: ['40000'] },
   { name: 'flow-latency', quick: ['40'] },
+  { name: 'dns-proxy', quick: ['1000'] },
   { name: 'controlplane', quick: ['1000', '--helper=10'] },
   { name: 'agent-rss', quick: ['1000'] },
   { name: 'reconcile-resync', quick: ['300'] },
