@@ -55,6 +55,8 @@ export interface DnsProxyOptions {
   upstreamTimeoutMs?: number;
   /** Queries in flight at once; beyond it new ones are dropped and counted (default 1024). */
   maxInFlight?: number;
+  /** Open TCP connections at once; beyond it new ones are closed at once (default 256). */
+  maxTcpConnections?: number;
   log: Logger;
 }
 
@@ -104,6 +106,8 @@ export class DnsProxy {
     this.udp = udp;
     const port = (udp.address() as AddressInfo).port;
     const tcp = net.createServer((s) => this.tcpConnection(s));
+    // Each connection may idle TCP_IDLE_MS: a cap keeps a workload from holding sockets without end.
+    tcp.maxConnections = this.opts.maxTcpConnections ?? 256;
     try {
       await new Promise<void>((resolve, reject) => {
         tcp.once('error', reject);

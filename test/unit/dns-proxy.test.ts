@@ -273,6 +273,64 @@ for (const family of ['127.0.0.1', '::1']) {
   });
 }
 
+test('DNS proxy: floods are bounded (queries in flight, TCP connections) and it keeps answering', async () => {
+  const upstream = new TestDnsServer('127.0.0.1');
+  await upstream.start();
+  const proxy = new DnsProxy({
+    listen: { address: '127.0.0.1', port: 0 },
+    upstream: () => ({ address: '127.0.0.1', port: upstream.port }),
+    verdict: () => ({ allowed: true }),
+    learn: async () => {},
+    maxInFlight: 4,
+    maxTcpConnections: 2,
+    log: pino({ level: 'silent' }),
+  });
+  const at = await proxy.start();
+  const held: net.Socket[] = [];
+  const c = new UdpClient(at);
+  try {
+    // 50 pipelined queries in one TCP write: beyond 4 in flight the connection is dropped.
+    await new Promise<void>((resolve) => {
+      const frames = Array.from({ length: 50 }, (_, i) => {
+        const q = dnsQueryBuild(i, 'api.test', DnsType.A);
+        const f = Buffer.alloc(2);
+        f.writeUInt16BE(q.length);
+        return Buffer.concat([f, q]);
+      });
+      const s = net.connect({ host: at.address, port: at.port }, () => s.write(Buffer.concat(frames)));
+      s.on('close', () => resolve());
+      s.on('error', () => resolve());
+      s.resume();
+    });
+    assert.ok(proxy.stats.dropped >= 1);
+    // Two idle connections held open: a third is closed by the proxy without an answer.
+    for (let i = 0; i < 2; i++) {
+      held.push(await new Promise<net.Socket>((resolve) => {
+        const s = net.connect({ host: at.address, port: at.port }, () => resolve(s));
+      }));
+    }
+    const third = await new Promise<string>((resolve) => {
+      const s = net.connect({ host: at.address, port: at.port });
+      s.on('close', () => resolve('closed'));
+      s.on('error', () => resolve('closed'));
+      // Deadline for the failure case only (a proxy without the cap keeps it open).
+      setTimeout(() => {
+        resolve('still open');
+        s.destroy();
+      }, 10_000).unref();
+    });
+    assert.equal(third, 'closed');
+    // UDP still answers.
+    c.send(dnsQueryBuild(99, 'api.test', DnsType.A));
+    assert.equal(dnsParse(await c.next()).id, 99);
+  } finally {
+    for (const s of held) s.destroy();
+    c.close();
+    await proxy.stop();
+    await upstream.stop();
+  }
+});
+
 test('DNS proxy: an upstream that does not answer gives SERVFAIL', async () => {
   const silent = dgram.createSocket('udp4');
   await new Promise<void>((r) => silent.bind(0, '127.0.0.1', r));
