@@ -120,6 +120,10 @@ describe('toFQDNs and rules.dns in policy parsing', () => {
       assert.match(issues(cnp('[{toFQDNs: [{matchPattern: "a/b"}]}]'), !gate), /toFQDNs\[0\]\.matchPattern: .*characters/);
       assert.match(issues(cnp('[{toFQDNs: [{matchName: a, matchPattern: b}]}]'), !gate), /toFQDNs\[0\]: only one of/);
       assert.match(issues(cnp('[{toFQDNs: [{matchRegex: a}]}]'), !gate), /toFQDNs\[0\]\.matchRegex: unknown field/);
+      assert.match(issues(cnp('[{toFQDNs: [{matchName: 5}]}]'), !gate), /toFQDNs\[0\]\.matchName: must be a string/);
+      assert.match(issues(cnp('[{toFQDNs: [null]}]'), !gate), /toFQDNs\[0\]: /);
+      assert.match(issues(cnp('[{toPorts: [{ports: [{port: "53"}], rules: {dns: [{matchPattern: [a]}]}}]}]'), !gate), /rules\.dns\[0\]\.matchPattern: must be a string/);
+      assert.match(issues(cnp('[{toPorts: [{ports: [{port: "53"}], rules: "x"}]}]'), !gate), /toPorts\[0\]\.rules: /);
     }
   });
   test("Cilium's combination rules", () => {
