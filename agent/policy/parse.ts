@@ -10,10 +10,12 @@ import YAML from 'yaml';
 import type { z } from 'zod';
 import { KitnetError } from '../../common/errors.js';
 import { NAMESPACE_LABELS_PREFIX } from '../../common/labels.js';
+import { fqdnSelectorKey } from './fqdn.js';
+import type { FqdnSelector } from './fqdn.js';
 import { POLICY_LIMITS } from './limits.js';
 import { icmpTypeNumber } from './ports.js';
 import { CiliumClusterwideNetworkPolicySchema, CiliumNetworkPolicySchema } from './schema/cilium.js';
-import type { CiliumPortProtocol, CiliumRule } from './schema/cilium.js';
+import type { CiliumFQDNSelector, CiliumPortProtocol, CiliumRule } from './schema/cilium.js';
 import type { LabelSelector } from './schema/common.js';
 import { NetworkPolicySchema } from './schema/networkpolicy.js';
 import type { NetworkPolicyDoc, NetworkPolicyPeer, NetworkPolicyPort } from './schema/networkpolicy.js';
@@ -211,13 +213,26 @@ function zodIssues(document: number, ref: string, error: z.ZodError): PolicyIssu
  * Parses and validates a batch. Throws PolicyValidationError listing every problem; on success every
  * document is returned normalised, in order.
  */
-export function policiesParse(text: string, contentType?: string): ParsedPolicy[] {
+export function policiesParse(text: string, contentType?: string, options: ParseOptions = {}): ParsedPolicy[] {
   const raw = documentsSplit(text, contentType);
-  return policiesFromObjects(raw);
+  return policiesFromObjects(raw, options);
 }
 
+export interface ParseOptions {
+  /**
+   * Accept `toFQDNs` and `rules.dns`. Off everywhere the agent parses (policy apply, the store):
+   * until the DNS proxy and the datapath steering are wired, accepting them would enforce something
+   * else than Cilium does (issue #17). Tests of the parser turn it on.
+   */
+  dnsPolicy?: boolean;
+}
+
+/** Why DNS-aware policy is refused while its enforcement is unfinished. */
+export const DNS_POLICY_NOT_ENFORCED =
+  'is valid but not supported yet: kitnet does not yet steer DNS traffic through its DNS proxy, so it cannot enforce toFQDNs or DNS rules as Cilium does (issue #17); the policy was not applied';
+
 /** As policiesParse, for documents that are already objects (e.g. a JSON request body). */
-export function policiesFromObjects(raw: readonly unknown[]): ParsedPolicy[] {
+export function policiesFromObjects(raw: readonly unknown[], options: ParseOptions = {}): ParsedPolicy[] {
   const issues: PolicyIssue[] = [];
   const out: ParsedPolicy[] = [];
   const seen = new Map<string, number>();
@@ -252,7 +267,7 @@ export function policiesFromObjects(raw: readonly unknown[]): ParsedPolicy[] {
     const before = issues.length;
     let parsed: ParsedPolicy | undefined;
     try {
-      parsed = documentParse(v, kind as PolicyKind, ref, n, issues);
+      parsed = documentParse(v, kind as PolicyKind, ref, n, issues, options);
     } catch (e) {
       issues.push({ document: n, ref, path: '', message: (e as Error).message });
     }
@@ -270,7 +285,7 @@ export function policiesFromObjects(raw: readonly unknown[]): ParsedPolicy[] {
   return out;
 }
 
-function documentParse(v: Record<string, unknown>, kind: PolicyKind, ref: string, n: number, issues: PolicyIssue[]): ParsedPolicy | undefined {
+function documentParse(v: Record<string, unknown>, kind: PolicyKind, ref: string, n: number, issues: PolicyIssue[], options: ParseOptions): ParsedPolicy | undefined {
   if (kind === 'NetworkPolicy') {
     const r = NetworkPolicySchema.safeParse(v);
     if (!r.success) {
@@ -301,6 +316,12 @@ function documentParse(v: Record<string, unknown>, kind: PolicyKind, ref: string
     return undefined;
   }
   const ref2 = namespace ? `${kind} ${namespace}/${r.data.metadata.name}` : `${kind} ${r.data.metadata.name}`;
+  if (!options.dnsPolicy) {
+    const before = issues.length;
+    if (r.data.spec) dnsPolicyRefuse(r.data.spec, 'spec', n, ref2, issues);
+    (r.data.specs ?? []).forEach((s, i) => dnsPolicyRefuse(s, `specs[${i}]`, n, ref2, issues));
+    if (issues.length > before) return undefined;
+  }
   const rules: PolicyRule[] = [];
   if (r.data.spec) rules.push(ciliumRule(r.data.spec, namespace, ref2, ''));
   (r.data.specs ?? []).forEach((s, i) => rules.push(ciliumRule(s, namespace, ref2, `specs[${i}].`)));
@@ -313,6 +334,18 @@ function documentParse(v: Record<string, unknown>, kind: PolicyKind, ref: string
     rules,
     document: kind === 'CiliumNetworkPolicy' ? withNamespace(v, namespace) : v,
   };
+}
+
+/** The gate of ParseOptions.dnsPolicy: one issue per toFQDNs / rules.dns a validated rule holds. */
+function dnsPolicyRefuse(spec: CiliumRule, at: string, n: number, ref: string, issues: PolicyIssue[]): void {
+  (spec.egress ?? []).forEach((e, i) => {
+    if ((e.toFQDNs?.length ?? 0) > 0) issues.push({ document: n, ref, path: `${at}.egress[${i}].toFQDNs`, message: `toFQDNs ${DNS_POLICY_NOT_ENFORCED}` });
+    (e.toPorts ?? []).forEach((pr, j) => {
+      if ((pr.rules?.dns?.length ?? 0) > 0) {
+        issues.push({ document: n, ref, path: `${at}.egress[${i}].toPorts[${j}].rules.dns`, message: `rules.dns ${DNS_POLICY_NOT_ENFORCED}` });
+      }
+    });
+  });
 }
 
 function withNamespace(v: Record<string, unknown>, namespace: string): Record<string, unknown> {
@@ -396,7 +429,8 @@ interface CiliumSectionIn {
   toCIDRSet?: Array<{ cidr?: string | undefined; except?: string[] | null | undefined }> | null;
   fromEntities?: EntityName[] | null;
   toEntities?: EntityName[] | null;
-  toPorts?: Array<{ ports?: CiliumPortProtocol[] | null | undefined }> | null;
+  toFQDNs?: CiliumFQDNSelector[] | null;
+  toPorts?: Array<{ ports?: CiliumPortProtocol[] | null | undefined; rules?: { dns?: CiliumFQDNSelector[] | null | undefined } | null | undefined }> | null;
   icmps?: Array<{ fields: Array<{ family?: 'IPv4' | 'IPv6' | undefined; type: number | string }> }> | null;
 }
 
@@ -412,10 +446,22 @@ function ciliumPeers(s: CiliumSectionIn, direction: Direction, namespace: string
   for (const c of cidrs ?? []) peers.push({ kind: 'cidr', cidr: c, except: [] });
   for (const c of cidrSets ?? []) peers.push({ kind: 'cidr', cidr: c.cidr!, except: [...(c.except ?? [])] });
   for (const e of entities ?? []) peers.push({ kind: 'entity', entity: e });
-  const anyL3 = [endpoints, cidrs, cidrSets, entities].some((l) => l != null && l.length > 0);
+  const fqdns = direction === 'egress' ? s.toFQDNs : undefined;
+  // A toFQDNs selector selects the node-local identities whose `fqdn:` label it names: those the DNS
+  // proxy gives the addresses it learned for matching names. None learned: it selects nothing.
+  for (const f of fqdns ?? []) peers.push({ kind: 'selector', selector: fqdnPeerSelector(f) });
+  const anyL3 = [endpoints, cidrs, cidrSets, entities, fqdns].some((l) => l != null && l.length > 0);
   // No L3 selector: an L4-only rule applies to all peers (upstream wildcards L3 when ports are given;
   // with neither, the section selects nothing but still makes the endpoint default-deny).
   return anyL3 ? peers : 'all';
+}
+
+function fqdnSelectorOf(f: CiliumFQDNSelector): FqdnSelector {
+  return f.matchName ? { matchName: f.matchName } : { matchPattern: f.matchPattern! };
+}
+
+function fqdnPeerSelector(f: CiliumFQDNSelector): Selector {
+  return { requirements: [{ source: 'fqdn', key: fqdnSelectorKey(fqdnSelectorOf(f)), operator: 'Exists', values: [] }] };
 }
 
 function ciliumPorts(s: CiliumSectionIn): PortMatch[] | 'all' {
@@ -431,6 +477,8 @@ function ciliumPorts(s: CiliumSectionIn): PortMatch[] | 'all' {
       const protocol = proto === 'ANY' ? PROTO_ANY_L4 : proto === 'ICMPV6' ? Proto.ICMPV6 : Proto[proto];
       const m: PortMatch = { protocol, port: p.port ?? 0 };
       if (p.endPort !== undefined) m.endPort = p.endPort;
+      const dns = pr.rules?.dns ?? [];
+      if (dns.length > 0) m.dns = dns.map(fqdnSelectorOf);
       out.push(m);
     }
   }

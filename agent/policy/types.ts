@@ -7,6 +7,8 @@
  * numbers), so the compiler does not need to know which kind a rule came from.
  */
 
+import type { FqdnSelector } from './fqdn.js';
+
 export const POLICY_KINDS = ['NetworkPolicy', 'CiliumNetworkPolicy', 'CiliumClusterwideNetworkPolicy'] as const;
 export type PolicyKind = (typeof POLICY_KINDS)[number];
 
@@ -80,6 +82,11 @@ export interface PortMatch {
   protocol: number;
   port: number | string;
   endPort?: number;
+  /**
+   * Cilium `rules.dns`: the names whose lookups this port (53) allows; the DNS proxy answers others
+   * REFUSED. Only on egress, validated (agent/policy/fqdn.ts).
+   */
+  dns?: FqdnSelector[];
 }
 
 /** One entry of an ingress/egress/ingressDeny/egressDeny list (or one NP ingress/egress rule). */

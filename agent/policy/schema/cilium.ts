@@ -1,6 +1,7 @@
 /** CiliumNetworkPolicy and CiliumClusterwideNetworkPolicy (cilium.io/v2). */
 import { z } from 'zod';
 import { ENTITY_NAMES } from '../entities.js';
+import { fqdnSelectorProblem } from '../fqdn.js';
 import { icmpTypeNumber } from '../ports.js';
 import { CidrSchema, CiliumPortSchema, EndPortSchema, exceptsCheck, LabelSelectorSchema, MetadataSchema, unsupported } from './common.js';
 
@@ -41,18 +42,52 @@ export const PortProtocolSchema = z
     }
   });
 
-export const PortRuleSchema = z.strictObject({
-  ports: z.array(PortProtocolSchema).nullish(),
-  rules: z
-    .any()
-    .refine((r) => r == null || (typeof r === 'object' && Object.keys(r as object).length === 0), {
-      message: 'L7 rules are not supported by kitnet',
-    })
-    .optional(),
-  serverNames: unsupported('serverNames'),
-  terminatingTLS: unsupported('terminatingTLS'),
-  originatingTLS: unsupported('originatingTLS'),
-  listener: unsupported('listener'),
+/** One FQDN selector (`toFQDNs[]`, `rules.dns[]`): exactly one of matchName / matchPattern. */
+export const FQDNSelectorSchema = z
+  .strictObject({
+    matchName: z.string({ error: 'must be a string' }).optional(),
+    matchPattern: z.string({ error: 'must be a string' }).optional(),
+  })
+  .superRefine((s, ctx) => {
+    const problem = fqdnSelectorProblem(s);
+    if (problem) ctx.addIssue({ code: 'custom', path: problem.field ? [problem.field] : [], message: problem.message });
+  });
+
+/** L7 rules: only `dns` (egress, checked in PortRuleSchema's users); HTTP, Kafka and generic L7 are refused. */
+export const L7RulesSchema = z.strictObject({
+  dns: z.array(FQDNSelectorSchema).max(1000).nullish(),
+  http: unsupported('L7 rule type http'),
+  kafka: unsupported('L7 rule type kafka'),
+  l7proto: unsupported('L7 rule type l7proto'),
+  l7: unsupported('L7 rule type l7'),
+});
+
+export const PortRuleSchema = z
+  .strictObject({
+    ports: z.array(PortProtocolSchema).nullish(),
+    rules: L7RulesSchema.nullish(),
+    serverNames: unsupported('serverNames'),
+    terminatingTLS: unsupported('terminatingTLS'),
+    originatingTLS: unsupported('originatingTLS'),
+    listener: unsupported('listener'),
+  })
+  .superRefine((pr, ctx) => {
+    if ((pr.rules?.dns?.length ?? 0) === 0) return;
+    const ports = pr.ports ?? [];
+    // Cilium wants the DNS port spelled out (no port 0, no range); kitnet's proxy listens for port 53 only.
+    if (ports.length === 0) ctx.addIssue({ code: 'custom', path: ['ports'], message: 'port 53 must be specified for DNS rules' });
+    ports.forEach((p, i) => {
+      if (p.port !== 53) ctx.addIssue({ code: 'custom', path: ['ports', i, 'port'], message: 'DNS rules apply to port 53 only' });
+      if (p.endPort !== undefined && p.endPort !== p.port) ctx.addIssue({ code: 'custom', path: ['ports', i, 'endPort'], message: 'DNS rules do not support port ranges' });
+      if (p.protocol !== undefined && p.protocol !== 'UDP' && p.protocol !== 'TCP' && p.protocol !== 'ANY') {
+        ctx.addIssue({ code: 'custom', path: ['ports', i, 'protocol'], message: 'DNS rules apply to UDP, TCP or ANY' });
+      }
+    });
+  });
+
+/** Ingress port rules: Cilium refuses DNS rules there. */
+const IngressPortRuleSchema = PortRuleSchema.superRefine((pr, ctx) => {
+  if ((pr.rules?.dns?.length ?? 0) > 0) ctx.addIssue({ code: 'custom', path: ['rules', 'dns'], message: 'DNS rules are not allowed on ingress' });
 });
 
 export const PortDenyRuleSchema = z.strictObject({ ports: z.array(PortProtocolSchema).nullish() });
@@ -91,9 +126,17 @@ const egressCommon = {
   toNodes: unsupported('toNodes'),
   toGroups: unsupported('toGroups'),
   toServices: unsupported('toServices'),
-  toFQDNs: unsupported('toFQDNs'),
   icmps: z.array(ICMPRuleSchema).nullish(),
 };
+
+const L3_FIELDS = ['toEndpoints', 'toCIDR', 'toCIDRSet', 'toEntities', 'toFQDNs'] as const;
+
+/** Cilium refuses toFQDNs next to another L3 selector in one egress rule ("combining ... is not supported yet"). */
+function fqdnAlone(r: Partial<Record<(typeof L3_FIELDS)[number], unknown[] | null | undefined>>, ctx: z.RefinementCtx): void {
+  if ((r.toFQDNs?.length ?? 0) === 0) return;
+  const other = L3_FIELDS.find((f) => f !== 'toFQDNs' && (r[f]?.length ?? 0) > 0);
+  if (other) ctx.addIssue({ code: 'custom', path: ['toFQDNs'], message: `combining toFQDNs and ${other} in one rule is not supported (as in Cilium); use two rules` });
+}
 
 function icmpPortsExclusive(r: { toPorts?: unknown[] | null; icmps?: unknown[] | null }, ctx: z.RefinementCtx): void {
   if ((r.toPorts?.length ?? 0) > 0 && (r.icmps?.length ?? 0) > 0) {
@@ -102,16 +145,29 @@ function icmpPortsExclusive(r: { toPorts?: unknown[] | null; icmps?: unknown[] |
 }
 
 export const IngressRuleSchema = z
-  .strictObject({ ...ingressCommon, toPorts: z.array(PortRuleSchema).nullish(), authentication: unsupported('authentication') })
+  .strictObject({ ...ingressCommon, toPorts: z.array(IngressPortRuleSchema).nullish(), authentication: unsupported('authentication') })
   .superRefine(icmpPortsExclusive);
 export const IngressDenyRuleSchema = z
   .strictObject({ ...ingressCommon, toPorts: z.array(PortDenyRuleSchema).nullish() })
   .superRefine(icmpPortsExclusive);
 export const EgressRuleSchema = z
-  .strictObject({ ...egressCommon, toPorts: z.array(PortRuleSchema).nullish(), authentication: unsupported('authentication') })
-  .superRefine(icmpPortsExclusive);
+  .strictObject({
+    ...egressCommon,
+    toFQDNs: z.array(FQDNSelectorSchema).max(1000).nullish(),
+    toPorts: z.array(PortRuleSchema).nullish(),
+    authentication: unsupported('authentication'),
+  })
+  .superRefine(icmpPortsExclusive)
+  .superRefine(fqdnAlone);
 export const EgressDenyRuleSchema = z
-  .strictObject({ ...egressCommon, toPorts: z.array(PortDenyRuleSchema).nullish() })
+  .strictObject({
+    ...egressCommon,
+    toFQDNs: z
+      .any()
+      .refine(() => false, { message: 'toFQDNs is not allowed in egressDeny (Cilium has no FQDN deny rules)' })
+      .optional(),
+    toPorts: z.array(PortDenyRuleSchema).nullish(),
+  })
   .superRefine(icmpPortsExclusive);
 
 export const CiliumRuleSchema = z
@@ -159,6 +215,7 @@ export const CiliumClusterwideNetworkPolicySchema = z
 
 export type CiliumRule = z.infer<typeof CiliumRuleSchema>;
 export type CiliumPortProtocol = z.infer<typeof PortProtocolSchema>;
+export type CiliumFQDNSelector = z.infer<typeof FQDNSelectorSchema>;
 export type CiliumCIDRRule = z.infer<typeof CIDRRuleSchema>;
 export type CiliumICMPRule = z.infer<typeof ICMPRuleSchema>;
 export type CiliumPolicyDoc = z.infer<typeof CiliumNetworkPolicySchema>;

@@ -1,0 +1,158 @@
+/**
+ * What the DNS proxy learned (name -> addresses with expiry) and the node-local identities it gives
+ * those addresses (issue #17). Pure state: the engine wiring (ipcache writes, recompiles) comes with
+ * the datapath steering.
+ *
+ * Cilium's model: every toFQDNs selector is a label `fqdn:<selector>`; an address carries the labels of
+ * all selectors matching any name that resolved to it, plus `reserved:world` (and world-ipv4/-ipv6), and
+ * the identity is that label set's, node-local (bit 24). kitnet allocates them in the upper half of the
+ * node-local range (FQDN_IDENTITY_BASE), apart from the CIDR identities counted from its bottom.
+ * TTLs: an address expires at the latest expiry any answer gave it; an expired address stays while a
+ * tracked connection still uses it (Cilium keeps them for conntrack, too); at most
+ * `maxAddressesPerName` per name (Cilium's default 1000), the ones expiring soonest dropped first.
+ */
+import { LOCAL_IDENTITY_FLAG } from '../identity/reserved.js';
+import { fqdnMatcher, fqdnSelectorLabel } from '../policy/fqdn.js';
+import type { FqdnMatcher, FqdnSelector } from '../policy/fqdn.js';
+
+/** FQDN identities: LOCAL_IDENTITY_FLAG | FQDN_IDENTITY_OFFSET | n, n from 1. */
+export const FQDN_IDENTITY_OFFSET = 1 << 23;
+export const FQDN_IDENTITY_BASE = LOCAL_IDENTITY_FLAG | FQDN_IDENTITY_OFFSET;
+const FQDN_IDENTITY_MAX = (1 << 23) - 1;
+
+export interface FqdnCacheOptions {
+  maxAddressesPerName?: number;
+}
+
+/** The cache as JSON, for restoring after an agent restart. */
+export interface FqdnCacheSnapshot {
+  names: Array<{ name: string; addresses: Array<{ address: string; expiresAt: number }> }>;
+}
+
+export class FqdnCache {
+  private readonly byName = new Map<string, Map<string, number>>();
+  private readonly maxPerName: number;
+
+  constructor(opts: FqdnCacheOptions = {}) {
+    this.maxPerName = opts.maxAddressesPerName ?? 1000;
+  }
+
+  /** Records an answer: `addresses` of `name` valid for `ttlSeconds` from `nowMs`. */
+  learn(name: string, addresses: readonly string[], ttlSeconds: number, nowMs: number): void {
+    let m = this.byName.get(name);
+    if (!m) this.byName.set(name, (m = new Map()));
+    const until = nowMs + ttlSeconds * 1000;
+    for (const a of addresses) m.set(a, Math.max(m.get(a) ?? 0, until));
+    if (m.size > this.maxPerName) {
+      const soonest = [...m.entries()].sort((x, y) => x[1] - y[1]).slice(0, m.size - this.maxPerName);
+      for (const [a] of soonest) m.delete(a);
+    }
+  }
+
+  /**
+   * Drops expired addresses that no tracked connection uses; returns whether anything changed (then
+   * the identities and the ipcache need recomputing).
+   */
+  expire(nowMs: number, inUse: (address: string) => boolean): boolean {
+    let changed = false;
+    for (const [name, m] of this.byName) {
+      for (const [a, until] of m) {
+        if (until <= nowMs && !inUse(a)) {
+          m.delete(a);
+          changed = true;
+        }
+      }
+      if (m.size === 0) this.byName.delete(name);
+    }
+    return changed;
+  }
+
+  addresses(name: string): string[] {
+    return [...(this.byName.get(name)?.keys() ?? [])];
+  }
+
+  /** Names that resolved to `address` (for `destination_names` on flows and `policy trace --to-fqdn`). */
+  namesOf(address: string): string[] {
+    const out: string[] = [];
+    for (const [name, m] of this.byName) if (m.has(address)) out.push(name);
+    return out;
+  }
+
+  snapshot(): FqdnCacheSnapshot {
+    return { names: [...this.byName].map(([name, m]) => ({ name, addresses: [...m].map(([address, expiresAt]) => ({ address, expiresAt })) })) };
+  }
+
+  static restore(s: FqdnCacheSnapshot, opts: FqdnCacheOptions = {}): FqdnCache {
+    const c = new FqdnCache(opts);
+    for (const n of s.names) {
+      const m = new Map<string, number>();
+      for (const a of n.addresses) m.set(a.address, a.expiresAt);
+      c.byName.set(n.name, m);
+    }
+    return c;
+  }
+
+  /**
+   * The identity of every learned address that some selector matches: label set -> identity (kept from
+   * `previous` where it exists, else the lowest free number), and address -> identity for the ipcache.
+   * Addresses no selector matches get nothing (they stay world).
+   */
+  identities(selectors: readonly FqdnSelector[], previous?: ReadonlyMap<string, number>): FqdnIdentities {
+    const matchers: Array<{ label: string; match: FqdnMatcher }> = [];
+    const seen = new Set<string>();
+    for (const s of selectors) {
+      const label = fqdnSelectorLabel(s);
+      if (!seen.has(label)) {
+        seen.add(label);
+        matchers.push({ label, match: fqdnMatcher(s) });
+      }
+    }
+    const labelsOf = new Map<string, Set<string>>();
+    for (const [name, m] of this.byName) {
+      const hits = matchers.filter((x) => x.match(name)).map((x) => x.label);
+      if (hits.length === 0) continue;
+      for (const a of m.keys()) {
+        let set = labelsOf.get(a);
+        if (!set) labelsOf.set(a, (set = new Set()));
+        for (const h of hits) set.add(h);
+      }
+    }
+    const keyOf = (a: string, set: Set<string>) => [...set].sort().concat('reserved:world', a.includes(':') ? 'reserved:world-ipv6' : 'reserved:world-ipv4');
+    const byKey = new Map<string, string[]>();
+    const addressKey = new Map<string, string>();
+    for (const [a, set] of labelsOf) {
+      const labels = keyOf(a, set);
+      const key = labels.join(';');
+      byKey.set(key, labels);
+      addressKey.set(a, key);
+    }
+    const used = new Set<number>();
+    const idOf = new Map<string, number>();
+    for (const key of byKey.keys()) {
+      const prev = previous?.get(key);
+      if (prev !== undefined && (prev & FQDN_IDENTITY_BASE) === FQDN_IDENTITY_BASE && !used.has(prev)) {
+        used.add(prev);
+        idOf.set(key, prev);
+      }
+    }
+    let n = 1;
+    for (const key of [...byKey.keys()].sort()) {
+      if (idOf.has(key)) continue;
+      while (used.has(FQDN_IDENTITY_BASE | n)) n++;
+      if (n > FQDN_IDENTITY_MAX) throw new RangeError('out of node-local FQDN identities');
+      used.add(FQDN_IDENTITY_BASE | n);
+      idOf.set(key, FQDN_IDENTITY_BASE | n);
+    }
+    const identities = new Map<number, string[]>();
+    for (const [key, labels] of byKey) identities.set(idOf.get(key)!, labels);
+    const ipcache = [...addressKey].map(([address, key]) => ({ cidr: `${address}/${address.includes(':') ? 128 : 32}`, identity: idOf.get(key)! }));
+    return { identities, ipcache, keys: idOf };
+  }
+}
+
+export interface FqdnIdentities {
+  identities: Map<number, string[]>;
+  ipcache: Array<{ cidr: string; identity: number }>;
+  /** label-set key -> identity: `previous` for the next call, so identities stay stable. */
+  keys: Map<string, number>;
+}

@@ -1,0 +1,317 @@
+/**
+ * The DNS proxy (issue #17): takes the DNS queries of workloads with DNS rules (UDP and TCP, IPv4 and
+ * IPv6), answers REFUSED to names no rule allows, forwards the others to the upstream resolver, learns
+ * name -> addresses from the answer (CNAME chains included) and hands them to `learn`, which writes
+ * them into the maps, and only then releases the answer: a connection opened right after the lookup
+ * finds its address already known.
+ *
+ * Not wired yet: the datapath does not steer workload DNS here, so the agent does not start it and
+ * policy apply still refuses toFQDNs / rules.dns (agent/policy/parse.ts, DNS_POLICY_NOT_ENFORCED).
+ *
+ * Steering chosen for the next step: the datapath rewrites the destination of every port-53 UDP/TCP
+ * packet of a workload with DNS rules (whatever resolver it addresses, so none is bypassed) to this
+ * proxy's host-local address and port, keeping the original destination in a map keyed by the
+ * workload's address, port and protocol, and rewrites the source of the replies back (checksums
+ * fixed with the L3/L4 csum helpers). `upstream` then reads that map. Rejected: bpf_redirect to a
+ * socket (no such path from tc), TPROXY / bpf_sk_assign (needs IP_TRANSPARENT sockets and replies
+ * sent from a foreign source address, which node's sockets cannot do without a native addon).
+ *
+ * Each forwarded query uses its own upstream socket (a fresh random source port, and a reply must
+ * carry the query's id and question), so a spoofed or late reply for another query is never taken.
+ * An answer that cannot be parsed, or whose learning failed, is never released: SERVFAIL instead.
+ */
+import dgram from 'node:dgram';
+import type { AddressInfo } from 'node:net';
+import net from 'node:net';
+import type { Logger } from 'pino';
+import { dnsErrorReply, dnsLearned, dnsParse, DnsParseError, DnsRcode, DNS_HEADER_LENGTH, DNS_MESSAGE_MAX } from './codec.js';
+import type { DnsMessage, LearnedName } from './codec.js';
+
+export interface DnsEndpoint {
+  address: string;
+  port: number;
+}
+
+export type DnsTransport = 'udp' | 'tcp';
+
+export interface DnsVerdict {
+  allowed: boolean;
+  /** The rule that allowed or (with no rule allowing) the policy that denied, for logs and flows. */
+  rule?: string | undefined;
+}
+
+export interface DnsProxyOptions {
+  /** Where to listen (UDP and TCP on the same address and port; port 0 picks one). */
+  listen: DnsEndpoint;
+  /** The resolver to forward a client's query to (its original destination once steering exists). */
+  upstream(client: DnsEndpoint): DnsEndpoint;
+  /** Whether the client may look up `name` (lower case, no trailing dot). */
+  verdict(client: DnsEndpoint, name: string): DnsVerdict;
+  /** Writes what the answer taught into the maps; the answer waits for it. A rejection makes it SERVFAIL. */
+  learn(client: DnsEndpoint, learned: LearnedName[]): Promise<void>;
+  /** Floor on learned TTLs in seconds (Cilium's --tofqdns-min-ttl; default 0). */
+  minTtl?: number;
+  /** How long to wait for the upstream (default 5000 ms). */
+  upstreamTimeoutMs?: number;
+  /** Queries in flight at once; beyond it new ones are dropped and counted (default 1024). */
+  maxInFlight?: number;
+  /** Open TCP connections at once; beyond it new ones are closed at once (default 256). */
+  maxTcpConnections?: number;
+  log: Logger;
+}
+
+export interface DnsProxyStats {
+  allowed: number;
+  refused: number;
+  malformed: number;
+  upstreamFailures: number;
+  dropped: number;
+}
+
+export type DnsQueryEvent = {
+  client: DnsEndpoint;
+  transport: DnsTransport;
+  name: string;
+  qtype: number;
+  rcode: number;
+  verdict: DnsVerdict;
+  learned: LearnedName[];
+};
+
+const TCP_IDLE_MS = 10_000;
+
+export class DnsProxy {
+  private udp?: dgram.Socket;
+  private tcp?: net.Server;
+  private inFlight = 0;
+  private readonly tcpSockets = new Set<net.Socket>();
+  readonly stats: DnsProxyStats = { allowed: 0, refused: 0, malformed: 0, upstreamFailures: 0, dropped: 0 };
+  /** Called once per answered query (for flows and metrics). */
+  onQuery?: (e: DnsQueryEvent) => void;
+
+  constructor(private readonly opts: DnsProxyOptions) {}
+
+  async start(): Promise<DnsEndpoint> {
+    const family = net.isIPv6(this.opts.listen.address) ? 'udp6' : 'udp4';
+    const udp = dgram.createSocket({ type: family, reuseAddr: false });
+    await new Promise<void>((resolve, reject) => {
+      udp.once('error', reject);
+      udp.bind(this.opts.listen.port, this.opts.listen.address, () => {
+        udp.off('error', reject);
+        resolve();
+      });
+    });
+    udp.on('error', (e) => this.opts.log.warn({ err: e }, 'DNS proxy UDP socket error'));
+    udp.on('message', (msg, rinfo) => this.udpQuery(udp, msg, { address: rinfo.address, port: rinfo.port }));
+    this.udp = udp;
+    const port = (udp.address() as AddressInfo).port;
+    const tcp = net.createServer((s) => this.tcpConnection(s));
+    // Each connection may idle TCP_IDLE_MS: a cap keeps a workload from holding sockets without end.
+    tcp.maxConnections = this.opts.maxTcpConnections ?? 256;
+    try {
+      await new Promise<void>((resolve, reject) => {
+        tcp.once('error', reject);
+        tcp.listen({ port, host: this.opts.listen.address, exclusive: true }, () => {
+          tcp.off('error', reject);
+          resolve();
+        });
+      });
+    } catch (e) {
+      udp.close();
+      this.udp = undefined;
+      throw e;
+    }
+    this.tcp = tcp;
+    return { address: this.opts.listen.address, port };
+  }
+
+  async stop(): Promise<void> {
+    for (const s of this.tcpSockets) s.destroy();
+    await Promise.all([
+      new Promise<void>((r) => (this.udp ? this.udp.close(() => r()) : r())),
+      new Promise<void>((r) => (this.tcp ? this.tcp.close(() => r()) : r())),
+    ]);
+    this.udp = undefined;
+    this.tcp = undefined;
+  }
+
+  private udpQuery(sock: dgram.Socket, msg: Buffer, client: DnsEndpoint): void {
+    if (this.inFlight >= (this.opts.maxInFlight ?? 1024)) {
+      this.stats.dropped++;
+      return;
+    }
+    this.inFlight++;
+    this.answer(msg, client, 'udp')
+      .then((reply) => {
+        if (reply) sock.send(reply, client.port, client.address);
+      })
+      .catch((e: unknown) => this.opts.log.warn({ err: e, client }, 'DNS proxy: query failed'))
+      .finally(() => this.inFlight--);
+  }
+
+  private tcpConnection(sock: net.Socket): void {
+    this.tcpSockets.add(sock);
+    sock.setTimeout(TCP_IDLE_MS, () => sock.destroy());
+    sock.on('close', () => this.tcpSockets.delete(sock));
+    sock.on('error', () => sock.destroy());
+    const client = { address: sock.remoteAddress ?? '', port: sock.remotePort ?? 0 };
+    let pending: Buffer = Buffer.alloc(0);
+    // One query at a time per connection (RFC 7766 allows pipelining; order is kept by answering in turn).
+    let chain = Promise.resolve();
+    sock.on('data', (chunk) => {
+      pending = pending.length === 0 ? chunk : Buffer.concat([pending, chunk]);
+      while (pending.length >= 2) {
+        const len = pending.readUInt16BE(0);
+        if (pending.length < 2 + len) break;
+        const msg = pending.subarray(2, 2 + len);
+        pending = pending.subarray(2 + len);
+        if (this.inFlight >= (this.opts.maxInFlight ?? 1024)) {
+          this.stats.dropped++;
+          sock.destroy();
+          return;
+        }
+        this.inFlight++;
+        chain = chain.then(async () => {
+          try {
+            const reply = await this.answer(msg, client, 'tcp');
+            if (!reply) {
+              sock.destroy();
+              return;
+            }
+            const frame = Buffer.alloc(2 + reply.length);
+            frame.writeUInt16BE(reply.length, 0);
+            reply.copy(frame, 2);
+            if (!sock.destroyed) sock.write(frame);
+          } catch (e) {
+            this.opts.log.warn({ err: e, client }, 'DNS proxy: query failed');
+            sock.destroy();
+          } finally {
+            this.inFlight--;
+          }
+        });
+      }
+    });
+  }
+
+  /** The reply to one query, or undefined to say nothing (not even a header to answer to). */
+  private async answer(msg: Buffer, client: DnsEndpoint, transport: DnsTransport): Promise<Buffer | undefined> {
+    if (msg.length < DNS_HEADER_LENGTH) {
+      this.stats.malformed++;
+      return undefined;
+    }
+    let query: DnsMessage;
+    try {
+      query = dnsParse(msg);
+    } catch (e) {
+      if (!(e instanceof DnsParseError)) throw e;
+      this.stats.malformed++;
+      return dnsErrorReply(msg, DnsRcode.FORMERR);
+    }
+    if (query.response) {
+      this.stats.malformed++;
+      return undefined;
+    }
+    if (query.opcode !== 0) return dnsErrorReply(msg, DnsRcode.NOTIMP);
+    const q = query.questions[0];
+    if (query.questions.length !== 1 || !q) {
+      this.stats.malformed++;
+      return dnsErrorReply(msg, DnsRcode.FORMERR);
+    }
+    const verdict = this.opts.verdict(client, q.name);
+    const event = (rcode: number, learned: LearnedName[] = []) =>
+      this.onQuery?.({ client, transport, name: q.name, qtype: q.type, rcode, verdict, learned });
+    if (!verdict.allowed) {
+      this.stats.refused++;
+      this.opts.log.info({ client, name: q.name, qtype: q.type, rule: verdict.rule }, 'DNS query refused by policy');
+      event(DnsRcode.REFUSED);
+      return dnsErrorReply(msg, DnsRcode.REFUSED);
+    }
+    this.stats.allowed++;
+    const upstream = this.opts.upstream(client);
+    let raw: Buffer;
+    let reply: DnsMessage;
+    try {
+      raw = await (transport === 'udp' ? this.forwardUdp(msg, upstream) : this.forwardTcp(msg, upstream));
+      reply = dnsParse(raw);
+      if (!reply.response || reply.id !== query.id || !sameQuestion(reply, query)) throw new DnsParseError('the reply does not answer the query');
+    } catch (e) {
+      this.stats.upstreamFailures++;
+      this.opts.log.warn({ err: e, client, name: q.name, upstream }, 'DNS proxy: upstream failed, answering SERVFAIL');
+      event(DnsRcode.SERVFAIL);
+      return dnsErrorReply(msg, DnsRcode.SERVFAIL);
+    }
+    const minTtl = this.opts.minTtl ?? 0;
+    const learned = dnsLearned(reply).map((l) => ({ ...l, ttl: Math.max(l.ttl, minTtl) }));
+    if (learned.length > 0) {
+      try {
+        await this.opts.learn(client, learned);
+      } catch (e) {
+        // Releasing the answer now would send the workload to addresses the datapath does not allow yet.
+        this.stats.upstreamFailures++;
+        this.opts.log.warn({ err: e, client, name: q.name }, 'DNS proxy: learning the answer failed, answering SERVFAIL');
+        event(DnsRcode.SERVFAIL);
+        return dnsErrorReply(msg, DnsRcode.SERVFAIL);
+      }
+    }
+    event(reply.rcode, learned);
+    return raw;
+  }
+
+  private forwardUdp(msg: Buffer, upstream: DnsEndpoint): Promise<Buffer> {
+    const timeoutMs = this.opts.upstreamTimeoutMs ?? 5000;
+    return new Promise<Buffer>((resolve, reject) => {
+      const sock = dgram.createSocket(net.isIPv6(upstream.address) ? 'udp6' : 'udp4');
+      let settled = false;
+      const done = (err: Error | undefined, reply?: Buffer) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        sock.close();
+        if (err) reject(err);
+        else resolve(reply!);
+      };
+      const timer = setTimeout(() => done(new Error(`no answer from ${upstream.address}:${upstream.port} within ${timeoutMs} ms`)), timeoutMs);
+      sock.on('error', (e) => done(e));
+      // A connected socket only hears from the upstream; the id and question are checked by the caller.
+      sock.on('message', (reply) => done(undefined, reply));
+      sock.connect(upstream.port, upstream.address, () => sock.send(msg));
+    });
+  }
+
+  private forwardTcp(msg: Buffer, upstream: DnsEndpoint): Promise<Buffer> {
+    const timeoutMs = this.opts.upstreamTimeoutMs ?? 5000;
+    return new Promise<Buffer>((resolve, reject) => {
+      const sock = net.connect({ host: upstream.address, port: upstream.port });
+      let buf: Buffer = Buffer.alloc(0);
+      let settled = false;
+      const done = (err: Error | undefined, reply?: Buffer) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        sock.destroy();
+        if (err) reject(err);
+        else resolve(reply!);
+      };
+      const timer = setTimeout(() => done(new Error(`no answer from ${upstream.address}:${upstream.port} within ${timeoutMs} ms`)), timeoutMs);
+      sock.on('error', (e) => done(e));
+      sock.on('connect', () => {
+        const frame = Buffer.alloc(2 + msg.length);
+        frame.writeUInt16BE(msg.length, 0);
+        msg.copy(frame, 2);
+        sock.write(frame);
+      });
+      sock.on('data', (chunk) => {
+        buf = Buffer.concat([buf, chunk]);
+        if (buf.length > 2 + DNS_MESSAGE_MAX) return done(new Error('upstream sent more than one message'));
+        if (buf.length >= 2 && buf.length >= 2 + buf.readUInt16BE(0)) done(undefined, buf.subarray(2, 2 + buf.readUInt16BE(0)));
+      });
+      sock.on('end', () => done(new Error('upstream closed the connection before answering')));
+    });
+  }
+}
+
+function sameQuestion(a: DnsMessage, b: DnsMessage): boolean {
+  const qa = a.questions[0];
+  const qb = b.questions[0];
+  return a.questions.length === 1 && !!qa && !!qb && qa.name === qb.name && qa.type === qb.type && qa.class === qb.class;
+}

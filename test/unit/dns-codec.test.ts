@@ -1,0 +1,138 @@
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { dnsErrorReply, dnsLearned, dnsParse, DnsParseError, dnsQueryBuild, DnsRcode, dnsReplyBuild, DnsType, nameRead } from '../../agent/dns/codec.js';
+
+const header = (qd: number, an = 0, flags = 0x0100) => {
+  const b = Buffer.alloc(12);
+  b.writeUInt16BE(0x1234, 0);
+  b.writeUInt16BE(flags, 2);
+  b.writeUInt16BE(qd, 4);
+  b.writeUInt16BE(an, 6);
+  return b;
+};
+const bad = (buf: Buffer, re: RegExp) => assert.throws(() => dnsParse(buf), (e: unknown) => e instanceof DnsParseError && re.test(e.message));
+
+describe('dns codec: well-formed messages', () => {
+  test('query round trip, names lower-cased', () => {
+    const m = dnsParse(dnsQueryBuild(7, 'API.Test', DnsType.AAAA));
+    assert.equal(m.id, 7);
+    assert.equal(m.response, false);
+    assert.equal(m.recursionDesired, true);
+    assert.deepEqual(m.questions, [{ name: 'api.test', type: DnsType.AAAA, class: 1 }]);
+  });
+  test('reply with a CNAME chain teaches every name of the chain, smallest TTL on the way', () => {
+    const q = dnsQueryBuild(9, 'www.test', DnsType.A);
+    const r = dnsParse(dnsReplyBuild(q, [
+      { name: 'www.test', ttl: 300, cname: 'edge.test' },
+      { name: 'edge.test', ttl: 20, cname: 'host.cdn.test' },
+      { name: 'host.cdn.test', ttl: 60, address: '192.0.2.7' },
+      { name: 'host.cdn.test', ttl: 30, address: '192.0.2.8' },
+      { name: 'unrelated.test', ttl: 999, address: '198.51.100.1' },
+    ]));
+    assert.equal(r.response, true);
+    assert.deepEqual(dnsLearned(r), [
+      { name: 'www.test', addresses: ['192.0.2.7', '192.0.2.8'], ttl: 20 },
+      { name: 'edge.test', addresses: ['192.0.2.7', '192.0.2.8'], ttl: 20 },
+      { name: 'host.cdn.test', addresses: ['192.0.2.7', '192.0.2.8'], ttl: 30 },
+    ]);
+  });
+  test('AAAA in canonical text', () => {
+    const q = dnsQueryBuild(1, 'v6.test', DnsType.AAAA);
+    const r = dnsParse(dnsReplyBuild(q, [{ name: 'v6.test', ttl: 5, address: '2001:db8::1' }, { name: 'v6.test', ttl: 5, address: '2001:db8:0:1:0:0:0:0' }]));
+    assert.deepEqual(dnsLearned(r)[0]!.addresses, ['2001:db8::1', '2001:db8:0:1::']);
+  });
+  test('nothing learned from errors, loops or answers for other names', () => {
+    const q = dnsQueryBuild(1, 'a.test', DnsType.A);
+    assert.deepEqual(dnsLearned(dnsParse(dnsReplyBuild(q, [{ name: 'a.test', ttl: 5, address: '192.0.2.1' }], DnsRcode.NXDOMAIN))), []);
+    assert.deepEqual(dnsLearned(dnsParse(dnsReplyBuild(q, [{ name: 'a.test', ttl: 5, cname: 'b.test' }, { name: 'b.test', ttl: 5, cname: 'a.test' }]))), []);
+    assert.deepEqual(dnsLearned(dnsParse(dnsReplyBuild(q, [{ name: 'evil.test', ttl: 5, address: '192.0.2.1' }]))), []);
+  });
+  test('TTL with the top bit set counts as 0', () => {
+    const q = dnsQueryBuild(1, 'a.test', DnsType.A);
+    const r = dnsReplyBuild(q, [{ name: 'a.test', ttl: 0x80000001, address: '192.0.2.1' }]);
+    assert.equal(dnsParse(r).answers[0]!.ttl, 0);
+  });
+  test('compressed names are followed backwards', () => {
+    // question a.test at 12; answer name = pointer to 12; CNAME target = "x" + pointer to 14 ("test").
+    const q = dnsQueryBuild(1, 'a.test', DnsType.A);
+    const rdata = Buffer.from([1, 0x78, 0xc0, 14]);
+    const rr = Buffer.concat([Buffer.from([0xc0, 12, 0, 5, 0, 1, 0, 0, 0, 9, 0, rdata.length]), rdata]);
+    const msg = Buffer.concat([header(1, 1, 0x8180), q.subarray(12), rr]);
+    assert.deepEqual(dnsParse(msg).answers[0]!.data, { kind: 'cname', target: 'x.test' });
+  });
+  test('REFUSED reply echoes id and question, no records', () => {
+    const q = dnsQueryBuild(0xbeef, 'denied.test', DnsType.A);
+    const r = dnsParse(dnsErrorReply(q, DnsRcode.REFUSED));
+    assert.equal(r.id, 0xbeef);
+    assert.equal(r.response, true);
+    assert.equal(r.rcode, DnsRcode.REFUSED);
+    assert.deepEqual(r.questions, [{ name: 'denied.test', type: DnsType.A, class: 1 }]);
+    assert.deepEqual(r.answers, []);
+  });
+});
+
+describe('dns codec: hostile messages', () => {
+  test('compression loops and forward pointers', () => {
+    // Pointer to itself.
+    bad(Buffer.concat([header(1), Buffer.from([0xc0, 12, 0, 1, 0, 1])]), /does not point backwards/);
+    // Two pointers pointing at each other: the second would go forward again.
+    const loop = Buffer.concat([header(1), Buffer.from([1, 0x61, 0xc0, 16, 0xc0, 12, 0, 1, 0, 1])]);
+    assert.throws(() => nameRead(loop, 12), /does not point backwards/);
+    // Forward pointer.
+    bad(Buffer.concat([header(1), Buffer.from([0xc0, 40, 0, 1, 0, 1])]), /does not point backwards/);
+  });
+  test('truncated anywhere', () => {
+    const full = dnsReplyBuild(dnsQueryBuild(1, 'a.test', DnsType.A), [{ name: 'a.test', ttl: 5, address: '192.0.2.1' }]);
+    for (let n = 0; n < full.length; n++) assert.throws(() => dnsParse(full.subarray(0, n)), DnsParseError, `cut at ${n}`);
+    assert.doesNotThrow(() => dnsParse(full));
+  });
+  test('trailing bytes, counts beyond the data, oversized', () => {
+    const q = dnsQueryBuild(1, 'a.test', DnsType.A);
+    bad(Buffer.concat([q, Buffer.from([0])]), /1 bytes after the last record/);
+    const lying = Buffer.from(q);
+    lying.writeUInt16BE(0xffff, 6);
+    bad(lying, /runs past the end/);
+    bad(Buffer.alloc(70000), /more than 65535/);
+  });
+  test('label and name lengths, label types', () => {
+    bad(Buffer.concat([header(1), Buffer.from([64]), Buffer.alloc(64, 0x61), Buffer.from([0, 0, 1, 0, 1])]), /unsupported label type|longer than 63/);
+    const long = Buffer.concat([header(1), ...Array.from({ length: 5 }, () => Buffer.concat([Buffer.from([60]), Buffer.alloc(60, 0x61)])), Buffer.from([0, 0, 1, 0, 1])]);
+    bad(long, /longer than 255 bytes/);
+    bad(Buffer.concat([header(1), Buffer.from([0x41, 0, 0, 1, 0, 1])]), /unsupported label type 0x40/);
+  });
+  test('a dot or odd byte inside a label cannot pass for a separator', () => {
+    const msg = Buffer.concat([header(1), Buffer.from([8]), Buffer.from('api.test'), Buffer.from([0, 0, 1, 0, 1])]);
+    assert.equal(dnsParse(msg).questions[0]!.name, 'api\\046test');
+    const nul = Buffer.concat([header(1), Buffer.from([3, 0x61, 0, 0x62, 0, 0, 1, 0, 1])]);
+    assert.equal(dnsParse(nul).questions[0]!.name, 'a\\000b');
+  });
+  test('A and AAAA records with the wrong length', () => {
+    const q = dnsQueryBuild(1, 'a.test', DnsType.A);
+    const rr = Buffer.from([0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 9, 0, 5, 1, 2, 3, 4, 5]);
+    bad(Buffer.concat([header(1, 1, 0x8180), q.subarray(12), rr]), /data length 5, expected 4/);
+    const rr6 = Buffer.from([0xc0, 12, 0, 28, 0, 1, 0, 0, 0, 9, 0, 4, 1, 2, 3, 4]);
+    bad(Buffer.concat([header(1, 1, 0x8180), q.subarray(12), rr6]), /data length 4, expected 16/);
+  });
+  test('CNAME target spilling past its record', () => {
+    const q = dnsQueryBuild(1, 'a.test', DnsType.A);
+    // rdlength 2 but the name inside is 3 bytes long.
+    const rr = Buffer.from([0xc0, 12, 0, 5, 0, 1, 0, 0, 0, 9, 0, 2, 1, 0x78, 0]);
+    bad(Buffer.concat([header(1, 1, 0x8180), q.subarray(12), rr]), /runs past the end|does not fill/);
+  });
+  test('random bytes never throw anything but DnsParseError', () => {
+    let seed = 42;
+    const rnd = () => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) >> 8) & 0xff;
+    const base = dnsReplyBuild(dnsQueryBuild(1, 'a.b.test', DnsType.A), [{ name: 'a.b.test', ttl: 5, cname: 'c.test' }, { name: 'c.test', ttl: 5, address: '192.0.2.1' }]);
+    for (let i = 0; i < 5000; i++) {
+      const m = Buffer.from(base);
+      for (let k = 0; k < 1 + (i % 4); k++) m[12 + (rnd() % (m.length - 12))] = rnd();
+      try {
+        dnsLearned(dnsParse(m));
+      } catch (e) {
+        assert.ok(e instanceof DnsParseError, String(e));
+      }
+      // A REFUSED reply can always be made from a message with a whole header.
+      assert.equal(dnsParse(dnsErrorReply(m, DnsRcode.REFUSED)).rcode, DnsRcode.REFUSED);
+    }
+  });
+});

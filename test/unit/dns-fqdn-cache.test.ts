@@ -1,0 +1,69 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { FQDN_IDENTITY_BASE, FqdnCache } from '../../agent/dns/fqdn-cache.js';
+import { LOCAL_IDENTITY_FLAG } from '../../agent/identity/reserved.js';
+import { policiesParse, policyCompile } from '../../agent/policy/index.js';
+import { reservedIdentityLabels } from '../../agent/identity/reserved.js';
+import { identityLabels, labelFormat } from '../../common/labels.js';
+
+test('TTL expiry keeps addresses a tracked connection uses', () => {
+  const c = new FqdnCache();
+  c.learn('api.test', ['192.0.2.1', '192.0.2.2'], 10, 0);
+  c.learn('api.test', ['192.0.2.2'], 100, 5_000);
+  assert.equal(c.expire(9_999, () => false), false);
+  assert.equal(c.expire(10_000, (a) => a === '192.0.2.9'), true);
+  assert.deepEqual(c.addresses('api.test'), ['192.0.2.2'], 'the later answer extended .2');
+  assert.equal(c.expire(200_000, (a) => a === '192.0.2.2'), false, 'in use: kept past expiry');
+  assert.equal(c.expire(200_000, () => false), true);
+  assert.deepEqual(c.addresses('api.test'), []);
+});
+
+test('per-name cap drops the addresses expiring soonest', () => {
+  const c = new FqdnCache({ maxAddressesPerName: 2 });
+  c.learn('a.test', ['192.0.2.1'], 5, 0);
+  c.learn('a.test', ['192.0.2.2'], 50, 0);
+  c.learn('a.test', ['192.0.2.3'], 20, 0);
+  assert.deepEqual(c.addresses('a.test').sort(), ['192.0.2.2', '192.0.2.3']);
+});
+
+test('snapshot and restore keep names, addresses and expiries', () => {
+  const c = new FqdnCache();
+  c.learn('a.test', ['192.0.2.1', '2001:db8::1'], 30, 1_000);
+  const r = FqdnCache.restore(JSON.parse(JSON.stringify(c.snapshot())));
+  assert.deepEqual(r.snapshot(), c.snapshot());
+  assert.deepEqual(r.namesOf('2001:db8::1'), ['a.test']);
+});
+
+test('identities: one per selector set, stable, in the FQDN range; the compiler selects them', () => {
+  const c = new FqdnCache();
+  c.learn('api.test', ['192.0.2.1'], 30, 0);
+  c.learn('www.test', ['192.0.2.2', '2001:db8::2'], 30, 0);
+  c.learn('elsewhere.example', ['198.51.100.1'], 30, 0);
+  const selectors = [{ matchName: 'api.test' }, { matchPattern: '*.test' }];
+  const out = c.identities(selectors);
+  const byAddr = new Map(out.ipcache.map((e) => [e.cidr, e.identity]));
+  assert.equal(byAddr.has('198.51.100.1/32'), false, 'no selector matches: stays world');
+  const api = byAddr.get('192.0.2.1/32')!;
+  const www = byAddr.get('192.0.2.2/32')!;
+  const www6 = byAddr.get('2001:db8::2/128')!;
+  for (const id of [api, www, www6]) assert.equal(id & FQDN_IDENTITY_BASE, FQDN_IDENTITY_BASE);
+  assert.deepEqual(out.identities.get(api), ['fqdn:matchName:api.test.', 'fqdn:matchPattern:*.test.', 'reserved:world', 'reserved:world-ipv4']);
+  assert.deepEqual(out.identities.get(www6), ['fqdn:matchPattern:*.test.', 'reserved:world', 'reserved:world-ipv6']);
+  assert.notEqual(api, www);
+  // Stable: a new name with a new label set does not renumber the others.
+  c.learn('aaa.test', ['192.0.2.3'], 30, 0);
+  const again = c.identities([...selectors, { matchName: 'aaa.test' }], out.keys);
+  const byAddr2 = new Map(again.ipcache.map((e) => [e.cidr, e.identity]));
+  assert.equal(byAddr2.get('192.0.2.1/32'), api);
+  assert.equal(byAddr2.get('192.0.2.2/32'), www);
+
+  // The compiler turns toFQDNs: api.test into exactly api's identity.
+  const ids = new Map<number, string[]>();
+  for (let i = 1; i <= 10; i++) ids.set(i, reservedIdentityLabels(i));
+  ids.set(301, identityLabels({ app: 'client' }, 'prod').map(labelFormat));
+  for (const [id, labels] of out.identities) ids.set(id, labels);
+  const yaml = `apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: f, namespace: prod}\nspec:\n  endpointSelector: {}\n  egress: [{toFQDNs: [{matchName: api.test}]}]\n`;
+  const compiled = policyCompile({ policies: policiesParse(yaml, undefined, { dnsPolicy: true }), identities: ids, endpoints: [{ endpointId: 1, identity: 301 }] });
+  assert.deepEqual(compiled.endpoints[0]!.entries.filter((e) => e.direction === 'egress').map((e) => e.identity), [api]);
+  assert.ok((api & LOCAL_IDENTITY_FLAG) !== 0);
+});

@@ -1,0 +1,356 @@
+// The DNS proxy against a real (tiny, in-test) DNS server over loopback sockets, UDP and TCP, IPv4 and
+// IPv6, with hostile clients and upstreams. No datapath here: steering is not built yet (issue #17).
+import assert from 'node:assert/strict';
+import dgram from 'node:dgram';
+import net from 'node:net';
+import { after, before, describe, test } from 'node:test';
+import { pino } from 'pino';
+import { dnsParse, dnsQueryBuild, DnsRcode, dnsReplyBuild, DnsType } from '../../agent/dns/codec.js';
+import type { AnswerRecordInput, LearnedName } from '../../agent/dns/codec.js';
+import { DnsProxy } from '../../agent/dns/proxy.js';
+import type { DnsEndpoint, DnsProxyOptions } from '../../agent/dns/proxy.js';
+import { fqdnMatcher } from '../../agent/policy/fqdn.js';
+
+const ZONE: Record<string, AnswerRecordInput[]> = {
+  'api.test': [{ name: 'api.test', ttl: 2, address: '192.0.2.10' }],
+  'www.test': [
+    { name: 'www.test', ttl: 300, cname: 'edge.test' },
+    { name: 'edge.test', ttl: 60, address: '192.0.2.20' },
+    { name: 'edge.test', ttl: 60, address: '2001:db8::20' },
+  ],
+  'spoof.test': [{ name: 'spoof.test', ttl: 60, address: '192.0.2.66' }],
+};
+
+/** A tiny authoritative server for ZONE on UDP and TCP; `spoof.test` is answered with a wrong id. */
+class TestDnsServer {
+  readonly heard: string[] = [];
+  private udp!: dgram.Socket;
+  private tcp!: net.Server;
+  port = 0;
+  constructor(readonly address: string) {}
+  private reply(msg: Buffer): Buffer {
+    const q = dnsParse(msg).questions[0]!;
+    this.heard.push(q.name);
+    const reply = dnsReplyBuild(msg, (ZONE[q.name] ?? []).filter((r) => r.cname !== undefined || (q.type === DnsType.AAAA) === r.address!.includes(':')), ZONE[q.name] ? 0 : DnsRcode.NXDOMAIN);
+    if (q.name === 'spoof.test') reply.writeUInt16BE((reply.readUInt16BE(0) + 1) & 0xffff, 0);
+    return reply;
+  }
+  async start(): Promise<void> {
+    this.udp = dgram.createSocket(net.isIPv6(this.address) ? 'udp6' : 'udp4');
+    await new Promise<void>((r) => this.udp.bind(0, this.address, r));
+    this.port = this.udp.address().port;
+    this.udp.on('message', (m, ri) => this.udp.send(this.reply(m), ri.port, ri.address));
+    this.tcp = net.createServer((s) => {
+      let buf = Buffer.alloc(0);
+      s.on('data', (c) => {
+        buf = Buffer.concat([buf, c]);
+        if (buf.length >= 2 && buf.length >= 2 + buf.readUInt16BE(0)) {
+          const r = this.reply(buf.subarray(2, 2 + buf.readUInt16BE(0)));
+          const f = Buffer.alloc(2);
+          f.writeUInt16BE(r.length);
+          s.end(Buffer.concat([f, r]));
+        }
+      });
+      s.on('error', () => s.destroy());
+    });
+    await new Promise<void>((r) => this.tcp.listen(this.port, this.address, r));
+  }
+  async stop(): Promise<void> {
+    await new Promise<void>((r) => this.udp.close(() => r()));
+    await new Promise<void>((r) => this.tcp.close(() => r()));
+  }
+}
+
+/** A client socket that collects replies, read in order with a deadline. */
+class UdpClient {
+  private readonly queue: Buffer[] = [];
+  private waiter?: () => void;
+  readonly sock: dgram.Socket;
+  constructor(private readonly proxy: DnsEndpoint) {
+    this.sock = dgram.createSocket(net.isIPv6(proxy.address) ? 'udp6' : 'udp4');
+    this.sock.on('message', (m) => {
+      this.queue.push(m);
+      this.waiter?.();
+    });
+  }
+  send(msg: Buffer): void {
+    this.sock.send(msg, this.proxy.port, this.proxy.address);
+  }
+  async next(deadlineMs = 10_000): Promise<Buffer> {
+    const end = Date.now() + deadlineMs;
+    while (this.queue.length === 0) {
+      if (Date.now() > end) throw new Error('no reply before the deadline');
+      await new Promise<void>((r) => {
+        this.waiter = r;
+        setTimeout(r, 100);
+      });
+    }
+    return this.queue.shift()!;
+  }
+  close(): void {
+    this.sock.close();
+  }
+}
+
+async function tcpQuery(proxy: DnsEndpoint, msg: Buffer): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect({ host: proxy.address, port: proxy.port });
+    let buf = Buffer.alloc(0);
+    s.on('connect', () => {
+      const f = Buffer.alloc(2);
+      f.writeUInt16BE(msg.length);
+      s.write(Buffer.concat([f, msg]));
+    });
+    s.on('data', (c) => {
+      buf = Buffer.concat([buf, c]);
+      if (buf.length >= 2 && buf.length >= 2 + buf.readUInt16BE(0)) {
+        s.destroy();
+        resolve(buf.subarray(2, 2 + buf.readUInt16BE(0)));
+      }
+    });
+    s.on('error', reject);
+    s.setTimeout(10_000, () => reject(new Error('no TCP reply before the deadline')));
+  });
+}
+
+const allowed = [fqdnMatcher({ matchName: 'api.test' }), fqdnMatcher({ matchPattern: '*.test' })];
+
+for (const family of ['127.0.0.1', '::1']) {
+  describe(`DNS proxy over ${family}`, () => {
+    const upstream = new TestDnsServer(family);
+    let proxy: DnsProxy;
+    let at: DnsEndpoint;
+    const learned: LearnedName[][] = [];
+    let learnGate: Promise<void> = Promise.resolve();
+    let learnFails = false;
+    let learnEntered: (() => void) | undefined;
+    const options = (): DnsProxyOptions => ({
+      listen: { address: family, port: 0 },
+      upstream: () => ({ address: family, port: upstream.port }),
+      verdict: (_c, name) => ({ allowed: allowed.some((m) => m(name)), rule: 'test' }),
+      learn: async (_c, l) => {
+        learnEntered?.();
+        await learnGate;
+        if (learnFails) throw new Error('map write failed');
+        learned.push(l);
+      },
+      minTtl: 10,
+      upstreamTimeoutMs: 2000,
+      log: pino({ level: 'silent' }),
+    });
+    before(async () => {
+      await upstream.start();
+      proxy = new DnsProxy(options());
+      at = await proxy.start();
+    });
+    after(async () => {
+      await proxy.stop();
+      await upstream.stop();
+    });
+
+    test('allowed name over UDP: forwarded, learned (min TTL applied), answered', async () => {
+      const c = new UdpClient(at);
+      try {
+        c.send(dnsQueryBuild(1, 'API.test', DnsType.A));
+        const r = dnsParse(await c.next());
+        assert.equal(r.id, 1);
+        assert.equal(r.rcode, DnsRcode.NOERROR);
+        assert.deepEqual(r.answers.map((a) => a.data), [{ kind: 'address', address: '192.0.2.10' }]);
+        assert.deepEqual(learned.at(-1), [{ name: 'api.test', addresses: ['192.0.2.10'], ttl: 10 }]);
+      } finally {
+        c.close();
+      }
+    });
+
+    test('denied name: REFUSED, the upstream never hears it', async () => {
+      const c = new UdpClient(at);
+      try {
+        c.send(dnsQueryBuild(2, 'other.example', DnsType.A));
+        const r = dnsParse(await c.next());
+        assert.equal(r.rcode, DnsRcode.REFUSED);
+        assert.deepEqual(r.questions.map((q) => q.name), ['other.example']);
+        assert.ok(!upstream.heard.includes('other.example'));
+        assert.ok(proxy.stats.refused >= 1);
+      } finally {
+        c.close();
+      }
+    });
+
+    test('the answer is not released before learning finished', async () => {
+      const c = new UdpClient(at);
+      let release!: () => void;
+      learnGate = new Promise<void>((r) => (release = r));
+      const entered = new Promise<void>((r) => (learnEntered = r));
+      const before = learned.length;
+      try {
+        c.send(dnsQueryBuild(3, 'api.test', DnsType.A));
+        await entered;
+        // Learning has begun and is held. A denied query from the same client is answered at once; had
+        // the first answer been released before learning finished, it would have been sent before this
+        // query was, and arrive first (loopback keeps the order of one socket's sends).
+        c.send(dnsQueryBuild(4, 'denied.example', DnsType.A));
+        const first = dnsParse(await c.next());
+        assert.equal(first.id, 4);
+        assert.equal(learned.length, before);
+        release();
+        const second = dnsParse(await c.next());
+        assert.equal(second.id, 3);
+        assert.equal(learned.length, before + 1);
+      } finally {
+        learnGate = Promise.resolve();
+        learnEntered = undefined;
+        c.close();
+      }
+    });
+
+    test('TCP with a CNAME chain: every name of the chain learned, AAAA too', async () => {
+      const r = dnsParse(await tcpQuery(at, dnsQueryBuild(5, 'www.test', DnsType.AAAA)));
+      assert.equal(r.rcode, DnsRcode.NOERROR);
+      assert.deepEqual(learned.at(-1), [
+        { name: 'www.test', addresses: ['2001:db8::20'], ttl: 60 },
+        { name: 'edge.test', addresses: ['2001:db8::20'], ttl: 60 },
+      ]);
+      const refused = dnsParse(await tcpQuery(at, dnsQueryBuild(6, 'x.example', DnsType.A)));
+      assert.equal(refused.rcode, DnsRcode.REFUSED);
+    });
+
+    test('learning fails: SERVFAIL, the answer is withheld', async () => {
+      learnFails = true;
+      const c = new UdpClient(at);
+      try {
+        c.send(dnsQueryBuild(7, 'api.test', DnsType.A));
+        const r = dnsParse(await c.next());
+        assert.equal(r.rcode, DnsRcode.SERVFAIL);
+        assert.deepEqual(r.answers, []);
+      } finally {
+        learnFails = false;
+        c.close();
+      }
+    });
+
+    test('hostile upstream: a reply with another id is not passed on nor learned', async () => {
+      const c = new UdpClient(at);
+      const before = learned.length;
+      try {
+        c.send(dnsQueryBuild(8, 'spoof.test', DnsType.A));
+        const r = dnsParse(await c.next());
+        assert.equal(r.id, 8);
+        assert.equal(r.rcode, DnsRcode.SERVFAIL);
+        assert.equal(learned.length, before);
+      } finally {
+        c.close();
+      }
+    });
+
+    test('hostile clients: garbage, responses, several questions; the proxy keeps answering', async () => {
+      const c = new UdpClient(at);
+      try {
+        c.send(Buffer.from([1, 2, 3])); // shorter than a header: no answer
+        const twoQ = Buffer.concat([dnsQueryBuild(9, 'api.test', DnsType.A), dnsQueryBuild(0, 'api.test', DnsType.A).subarray(12)]);
+        twoQ.writeUInt16BE(2, 4);
+        c.send(twoQ);
+        assert.equal(dnsParse(await c.next()).rcode, DnsRcode.FORMERR);
+        const loop = Buffer.concat([dnsQueryBuild(10, 'a', DnsType.A).subarray(0, 12), Buffer.from([0xc0, 12, 0, 1, 0, 1])]);
+        c.send(loop);
+        const r = dnsParse(await c.next());
+        assert.equal(r.id, 10);
+        assert.equal(r.rcode, DnsRcode.FORMERR);
+        const response = dnsReplyBuild(dnsQueryBuild(11, 'api.test', DnsType.A), []);
+        c.send(response); // a response is not a query: ignored
+        c.send(dnsQueryBuild(12, 'api.test', DnsType.A));
+        assert.equal(dnsParse(await c.next()).id, 12);
+        // TCP: a frame announcing more than is sent, then close: nothing breaks.
+        await new Promise<void>((resolve) => {
+          const s = net.connect({ host: at.address, port: at.port }, () => s.end(Buffer.from([0xff, 0xff, 1, 2])));
+          s.on('close', () => resolve());
+          s.on('error', () => resolve());
+        });
+        assert.equal(dnsParse(await tcpQuery(at, dnsQueryBuild(13, 'api.test', DnsType.A))).id, 13);
+      } finally {
+        c.close();
+      }
+    });
+  });
+}
+
+test('DNS proxy: floods are bounded (queries in flight, TCP connections) and it keeps answering', async () => {
+  const upstream = new TestDnsServer('127.0.0.1');
+  await upstream.start();
+  const proxy = new DnsProxy({
+    listen: { address: '127.0.0.1', port: 0 },
+    upstream: () => ({ address: '127.0.0.1', port: upstream.port }),
+    verdict: () => ({ allowed: true }),
+    learn: async () => {},
+    maxInFlight: 4,
+    maxTcpConnections: 2,
+    log: pino({ level: 'silent' }),
+  });
+  const at = await proxy.start();
+  const held: net.Socket[] = [];
+  const c = new UdpClient(at);
+  try {
+    // 50 pipelined queries in one TCP write: beyond 4 in flight the connection is dropped.
+    await new Promise<void>((resolve) => {
+      const frames = Array.from({ length: 50 }, (_, i) => {
+        const q = dnsQueryBuild(i, 'api.test', DnsType.A);
+        const f = Buffer.alloc(2);
+        f.writeUInt16BE(q.length);
+        return Buffer.concat([f, q]);
+      });
+      const s = net.connect({ host: at.address, port: at.port }, () => s.write(Buffer.concat(frames)));
+      s.on('close', () => resolve());
+      s.on('error', () => resolve());
+      s.resume();
+    });
+    assert.ok(proxy.stats.dropped >= 1);
+    // Two idle connections held open: a third is closed by the proxy without an answer.
+    for (let i = 0; i < 2; i++) {
+      held.push(await new Promise<net.Socket>((resolve) => {
+        const s = net.connect({ host: at.address, port: at.port }, () => resolve(s));
+      }));
+    }
+    const third = await new Promise<string>((resolve) => {
+      const s = net.connect({ host: at.address, port: at.port });
+      s.on('close', () => resolve('closed'));
+      s.on('error', () => resolve('closed'));
+      // Deadline for the failure case only (a proxy without the cap keeps it open).
+      setTimeout(() => {
+        resolve('still open');
+        s.destroy();
+      }, 10_000).unref();
+    });
+    assert.equal(third, 'closed');
+    // UDP still answers.
+    c.send(dnsQueryBuild(99, 'api.test', DnsType.A));
+    assert.equal(dnsParse(await c.next()).id, 99);
+  } finally {
+    for (const s of held) s.destroy();
+    c.close();
+    await proxy.stop();
+    await upstream.stop();
+  }
+});
+
+test('DNS proxy: an upstream that does not answer gives SERVFAIL', async () => {
+  const silent = dgram.createSocket('udp4');
+  await new Promise<void>((r) => silent.bind(0, '127.0.0.1', r));
+  const proxy = new DnsProxy({
+    listen: { address: '127.0.0.1', port: 0 },
+    upstream: () => ({ address: '127.0.0.1', port: silent.address().port }),
+    verdict: () => ({ allowed: true }),
+    learn: async () => {},
+    upstreamTimeoutMs: 200,
+    log: pino({ level: 'silent' }),
+  });
+  const at = await proxy.start();
+  const c = new UdpClient(at);
+  try {
+    c.send(dnsQueryBuild(1, 'api.test', DnsType.A));
+    assert.equal(dnsParse(await c.next()).rcode, DnsRcode.SERVFAIL);
+    assert.equal(proxy.stats.upstreamFailures, 1);
+  } finally {
+    c.close();
+    await proxy.stop();
+    silent.close();
+  }
+});
