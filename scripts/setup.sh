@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 # qemu-system-x86, busybox-static, kmod, cpio: the lab VM that runs the tests on netkit kernels (test/lab).
+# etcd-server: the real etcd the cluster-mode tests start (test/helpers/etcd.ts).
 apt_packages=(clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool iproute2 iputils-ping make g++ python3 pkg-config
-  qemu-system-x86 busybox-static kmod cpio)
+  qemu-system-x86 busybox-static kmod cpio etcd-server)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
