@@ -8,12 +8,13 @@ import type { NetnsId } from '../netkit/index.js';
 import { macDerive, netnsIdEqual, netnsPathOf, vmNetnsNameFor } from '../netkit/index.js';
 import type { Config } from './config.js';
 import { IdentityAllocator, IdentityExhaustedError, lowestFree } from './identity/allocator.js';
-import { workloadLabelKeyForbidden } from './identity/labels.js';
+import { workloadLabelKeyForbidden, type Label } from './identity/labels.js';
+import type { ClusterIdentities } from './cluster/cluster-identities.js';
 import { IpamError, Pool } from './ipam.js';
 import type { KernelOps } from './kernel-ops.js';
 import { WorkloadGoneError, type Reconciler } from './reconciler.js';
 import type { WorkloadController } from './reconcile/controller.js';
-import type { Store } from './store/store.js';
+import type { Store, StoreTx, TransactionOptions } from './store/store.js';
 import type { WorkloadMode, WorkloadRecord, WorkloadSpec } from './store/types.js';
 import type { Mutex } from './mutex.js';
 import type { PolicyEngine } from './policy-engine.js';
@@ -175,8 +176,10 @@ export class WorkloadService {
     private readonly mutex: Mutex,
     private readonly policy: PolicyEngine,
     private readonly controller: WorkloadController,
+    /** Cluster mode: identity numbers come from etcd (agent/cluster/). */
+    private readonly cluster?: ClusterIdentities,
   ) {
-    this.identities = new IdentityAllocator();
+    this.identities = new IdentityAllocator(cluster && { extraLabels: cluster.extraLabels, numbers: () => cluster.numbers() });
     this.pool4 = new Pool(config.ipam.ipv4Pool);
     this.pool6 = new Pool(config.ipam.ipv6Pool);
   }
@@ -220,6 +223,26 @@ export class WorkloadService {
     return 'veth';
   }
 
+  /**
+   * A store transaction that may create identities for `labelSets`: in cluster mode their numbers are
+   * reserved in etcd first (the transaction itself never waits on the network), and what it did not
+   * use is given back after.
+   */
+  private async identityTransaction<T>(labelSets: Label[][], fn: (tx: StoreTx) => T, opts?: TransactionOptions): Promise<T> {
+    if (!this.cluster) return this.store.transaction(fn, opts);
+    await this.cluster.reserve(this.store, labelSets);
+    try {
+      return await this.store.transaction(fn, opts);
+    } finally {
+      await this.cluster.settle(this.store);
+    }
+  }
+
+  /** Cluster mode: identities the store released give back this host's etcd reference. */
+  private async identitiesReleased(ids: readonly number[]): Promise<void> {
+    await this.cluster?.release(ids);
+  }
+
   /** `caller` defaults to admin: the API passes who asks; the agent's own callers are trusted. */
   register(input: WorkloadCreateInput, caller: RegisterCaller = { admin: true }): Promise<WorkloadRecord> {
     return this.mutex.run(() => this.registerLocked(input, caller));
@@ -253,7 +276,8 @@ export class WorkloadService {
       // the row but not the store's consistency, and the next start removes everything the kernel got
       // for it as orphans (the pair with its routes, pinned links, map entries). Kinds vm and tap also
       // make things the orphan sweep does not know (a VM namespace, routes via an adopted tap).
-      rec = await this.store.transaction((tx) => {
+      const labelSets = [this.identities.labels(input.labels, input.namespace, this.store.namespaceGet(input.namespace)?.labels)];
+      rec = await this.identityTransaction(labelSets, (tx) => {
         const used = tx.usedAddresses();
         const ipv4 = input.ipv4 ? this.pool4.check(input.ipv4, used.ipv4, 'ipv4') : this.pool4.allocate(used.ipv4, 'ipv4');
         const ipv6 = input.ipv6 ? this.pool6.check(input.ipv6, used.ipv6, 'ipv6') : this.pool6.allocate(used.ipv6, 'ipv6');
@@ -285,10 +309,11 @@ export class WorkloadService {
     } catch (err) {
       log.warn({ err }, 'registration failed; rolling back');
       await this.reconciler.workloadTeardown(rec).catch((e: unknown) => log.error({ err: e }, 'rollback teardown failed'));
-      await this.store.transaction((tx) => {
+      const released = await this.store.transaction((tx) => {
         tx.workloadDelete(input.namespace, input.name);
-        tx.identitiesReleaseUnused();
+        return tx.identitiesReleaseUnused();
       });
+      await this.identitiesReleased(released);
       // The policy map may already hold entries for the half-made endpoint and for peers of its identity.
       try {
         await this.policy.endpointsUpdateSliced({ remove: [rec] });
@@ -424,6 +449,7 @@ export class WorkloadService {
       tx.workloadDelete(namespace, name);
       return tx.identitiesReleaseUnused();
     });
+    await this.identitiesReleased(released);
     await this.policy.endpointsUpdateSliced({ remove: [rec] });
     this.netnsUsersRemove(`${namespace}/${name}`);
     log.info({ releasedIdentities: released }, 'workload removed');
@@ -452,7 +478,8 @@ export class WorkloadService {
    * that remain allowed keep flowing: conntrack entries are not touched.
    */
   async identitiesRederive(records: WorkloadRecord[]): Promise<WorkloadRecord[]> {
-    const changed = await this.store.transaction((tx) => {
+    const labelSets = records.map((rec) => this.identities.labels(rec.spec.labels, rec.spec.namespace, this.store.namespaceGet(rec.spec.namespace)?.labels));
+    const { changed, released } = await this.identityTransaction(labelSets, (tx) => {
       const out: WorkloadRecord[] = [];
       for (const rec of records) {
         const nsLabels = tx.namespaceGet(rec.spec.namespace)?.labels;
@@ -460,9 +487,9 @@ export class WorkloadService {
         tx.workloadUpdate(rec.spec.namespace, rec.spec.name, rec.spec, identity);
         out.push(tx.workloadGet(rec.spec.namespace, rec.spec.name)!);
       }
-      tx.identitiesReleaseUnused();
-      return out;
+      return { changed: out, released: tx.identitiesReleaseUnused() };
     });
+    await this.identitiesReleased(released);
     for (const rec of changed) this.reconciler.endpointMapsWrite(rec);
     return changed;
   }
