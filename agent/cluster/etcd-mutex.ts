@@ -1,4 +1,4 @@
-import type { Etcd3, IKeyValue, Lease } from 'etcd3';
+import type { Etcd3, IKeyValue } from 'etcd3';
 
 /**
  * A lock held in etcd, taken exactly as etcd's Go client (clientv3/concurrency.Mutex) takes it, which
@@ -17,14 +17,13 @@ export class EtcdMutex {
   ) {}
 
   /**
-   * Takes the lock on `prefix` (without trailing slash) for the lease `session`. One holder per
+   * Takes the lock on `prefix` (without trailing slash) for the session lease `leaseId`. One holder per
    * session and prefix at a time: callers in one process serialise per prefix themselves (two takers
    * sharing a session share the key). Fails after `timeoutMs` (a crashed holder's key lives as long as
    * its lease).
    */
-  static async lock(client: Etcd3, session: Lease, prefix: string, timeoutMs: number): Promise<EtcdMutex> {
+  static async lock(client: Etcd3, leaseId: string, prefix: string, timeoutMs: number): Promise<EtcdMutex> {
     const pfx = `${prefix}/`;
-    const leaseId = await session.grant();
     const key = `${pfx}${BigInt(leaseId).toString(16)}`;
     const firstCreated = client.getAll().prefix(pfx).sort('Create', 'Ascend').limit(1);
     const res = await client

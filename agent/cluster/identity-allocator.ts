@@ -66,6 +66,29 @@ export class ClusterIdentityAllocator {
     private readonly opts: ClusterIdentityAllocatorOptions,
   ) {
     if (!opts.nodeSuffix || opts.nodeSuffix.includes('/')) throw new ClusterIdentityError(`node suffix "${opts.nodeSuffix}" must be an address without "/"`);
+    session.on('nodeLeaseRenewed', (leaseId) => void this.valueKeysRewrite(leaseId));
+  }
+
+  /**
+   * After the node lease was lost (its value keys with it): writes this node's value keys again under
+   * the new lease, each only while its master key still names the label set (else the number may have
+   * been collected and given to others: the next acquire allocates again).
+   */
+  private async valueKeysRewrite(leaseId: string): Promise<void> {
+    const { client } = this.session;
+    for (const [labelsKey, { id }] of this.local) {
+      const masterKey = `${this.idPrefix}/${id}`;
+      try {
+        const res = await client.if(masterKey, 'Value', '==', labelsKey).then(client.put(this.valueKey(labelsKey)).value(String(id)).lease(leaseId)).commit();
+        if (!res.succeeded) {
+          this.local.delete(labelsKey);
+          this.opts.log.error({ identity: id, labels: labelsKey }, 'identity was collected while this node\'s lease was lost; it is allocated again on next use');
+        }
+      } catch (err) {
+        this.opts.log.warn({ err, identity: id }, 'cannot write an identity value key under the new lease');
+      }
+    }
+    this.opts.log.info({ identities: this.local.size }, 'identity value keys written again under the new node lease');
   }
 
   /** The number for this label key (Cilium's format, see kvstoreLabelsKey), allocating if new; counts a reference. */
@@ -144,14 +167,14 @@ export class ClusterIdentityAllocator {
   /** One attempt under the lock; undefined when a condition failed (someone else got in first). */
   private async allocateOnce(labelsKey: string): Promise<{ id: number; isNew: boolean } | undefined> {
     const { client } = this.session;
-    const mutex = await EtcdMutex.lock(client, this.session.lockLease, posix.join(this.lockPrefix, labelsKey), LOCK_TIMEOUT_MS);
+    const mutex = await EtcdMutex.lock(client, await this.session.lockLeaseId(), posix.join(this.lockPrefix, labelsKey), LOCK_TIMEOUT_MS);
     try {
       const masters = await this.masterKeys();
       const existing = (await this.idFromValueKeys(labelsKey, masters)) ?? this.orphanMaster(labelsKey, masters);
       const id = existing ?? this.freeId(masters);
       if (id === undefined) throw new ClusterIdentityExhaustedError(`no free identity left in ${this.opts.range.min}-${this.opts.range.max}`);
       const masterKey = `${this.idPrefix}/${id}`;
-      const putValue = client.put(this.valueKey(labelsKey)).value(String(id)).lease(this.session.nodeLeaseId);
+      const putValue = client.put(this.valueKey(labelsKey)).value(String(id)).lease(await this.session.nodeLeaseId());
       const txn = client.if(mutex.key, 'Create', '==', mutex.revision);
       const res =
         existing !== undefined

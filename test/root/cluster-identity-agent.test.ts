@@ -17,7 +17,8 @@ describe('cluster mode: workload identities in etcd (root)', { timeout: 180_000 
   let raw: Etcd3 | undefined;
   let fx: AgentFixture | undefined;
   const ns: Record<string, string> = {};
-  const get = (key: string) => raw!.get(key).exec().then((r) => r.kvs[0]);
+  const get = (k: string) => raw!.get(k).exec().then((r) => r.kvs[0]);
+  const key = 'k8s:app=web;k8s:io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name=clu-a;k8s:io.cilium.k8s.policy.cluster=kitroot;k8s:io.kubernetes.pod.namespace=clu-a;';
 
   before(async () => {
     etcd = await etcdStart();
@@ -30,6 +31,12 @@ describe('cluster mode: workload identities in etcd (root)', { timeout: 180_000 
       overrides: { cluster: { name: 'kitroot', id: 9, nodeIP: NODE_IP, etcd: { endpoints: [etcd.endpoint] } } },
     });
     for (const n of ['web1', 'web2', 'db']) ns[n] = await fx.netns(n);
+    // Someone else's malformed keys: the agent must neither crash on them nor take their numbers.
+    await raw.put(`${PREFIX}/id/not-a-number`).value(key);
+    await raw.put(`${PREFIX}/id/${(9 << 16) + 5}`).value(Buffer.from([0xff, 0x00, 0xfe]));
+    await raw.put(`${PREFIX}/value/${key}/evil-text`).value('garbage');
+    await raw.put(`${PREFIX}/value/${key}/evil-bogus`).value(String((9 << 16) + 5));
+    await raw.put(`${PREFIX}/value/${key}/evil-foreign`).value('70000');
     await fx.start();
   });
   after(async () => {
@@ -38,13 +45,13 @@ describe('cluster mode: workload identities in etcd (root)', { timeout: 180_000 
     await etcd?.stop();
   });
 
-  const key = 'k8s:app=web;k8s:io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name=clu-a;k8s:io.cilium.k8s.policy.cluster=kitroot;k8s:io.kubernetes.pod.namespace=clu-a;';
   const register = (name: string, labels: Record<string, string>) =>
     fx!.api.call<Workload>('POST', '/v1/workloads', { name, namespace: 'clu-a', labels, netns: `/var/run/netns/${ns[name]}` });
 
-  test('a registered workload\'s identity is allocated in etcd, in the cluster\'s range, with the cluster label', async () => {
+  test('a registered workload\'s identity is allocated in etcd, in the cluster\'s range, with the cluster label, despite malformed keys', async () => {
     const w = await register('web1', { app: 'web' });
     assert.ok(w.identity >= 9 << 16 && w.identity < 10 << 16, `identity ${w.identity} in cluster 9's range`);
+    assert.notEqual(w.identity, (9 << 16) + 5, 'a value key pointing at a master key of other labels is ignored');
     assert.ok(w.identityLabels.includes('k8s:io.cilium.k8s.policy.cluster=kitroot'), w.identityLabels.join(' '));
     assert.equal((await get(`${PREFIX}/id/${w.identity}`))?.value.toString(), key);
     assert.equal((await get(`${PREFIX}/value/${key}/${NODE_IP}`))?.value.toString(), String(w.identity));

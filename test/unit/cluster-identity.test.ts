@@ -86,7 +86,7 @@ describe('identity allocation against a real etcd, in Cilium\'s layout', () => {
     for (const [h, ip] of [[a, '192.0.2.1'], [b, '192.0.2.2']] as const) {
       const slave = await get(`cilium/state/identities/v1/value/${key}/${ip}`);
       assert.equal(slave?.value.toString(), String(fromA.id));
-      assert.equal(slave?.lease, h.session.nodeLeaseId, 'the value key lives under its node\'s lease');
+      assert.equal(slave?.lease, await h.session.nodeLeaseId(), 'the value key lives under its node\'s lease');
     }
     // Only the three keys: no lock is left behind.
     const all = await raw.getAll().prefix(`${IDENTITIES_PREFIX}/`).keys();
@@ -136,6 +136,22 @@ describe('identity allocation against a real etcd, in Cilium\'s layout', () => {
     // Stop the keepalives without revoking, as a crashed agent would.
     await c.session.close();
     await waitFor('the value key to expire with its lease', async () => (await get(valueKey)) === undefined, timeLimit(30_000));
+  });
+
+  test('a lost node lease is granted again and the node\'s value keys are written again under it', async () => {
+    const d = await host('192.0.2.51', { ttl: 5 });
+    const key = keyOf({ app: 'lost-lease' });
+    const { id } = await d.alloc.acquire(key);
+    const valueKey = `${IDENTITIES_PREFIX}/value/${key}/192.0.2.51`;
+    const oldLease = await d.session.nodeLeaseId();
+    // Someone (or an expiry while the agent was unreachable) ends the lease: its keys go at once.
+    await raw.leaseClient.leaseRevoke({ ID: oldLease });
+    const back = await waitFor('the value key under a new lease', async () => {
+      const kv = await get(valueKey);
+      return kv && kv.lease !== oldLease && kv.lease !== '0' ? kv : undefined;
+    }, timeLimit(30_000));
+    assert.equal(back.value.toString(), String(id));
+    assert.equal(back.lease, await d.session.nodeLeaseId());
   });
 
   test('malformed keys and values written by someone else neither crash nor corrupt allocation', async () => {
