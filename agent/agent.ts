@@ -1,4 +1,4 @@
-import type { ClusterIdentities } from './cluster/cluster-identities.js';
+import type { ClusterServices } from './cluster/index.js';
 import type { Logger } from 'pino';
 import type { AgentApi, FlowRecord, FlowSelection } from '../api/agent-api.js';
 import { KitnetError } from '../common/errors.js';
@@ -73,8 +73,8 @@ export class Agent implements AgentApi {
     readonly kernel: KernelOps,
     readonly hostFacts: HostFacts,
     readonly log: Logger,
-    /** Cluster mode: identities shared through etcd (agent/cluster/). */
-    readonly cluster?: ClusterIdentities,
+    /** Cluster mode: identities and the ipcache shared through etcd (agent/cluster/). */
+    readonly cluster?: ClusterServices,
   ) {
     this.policyEngine = new PolicyEngine(store, kernel, log.child({ component: 'policy' }));
     this.reconciler = new Reconciler(store, config, kernel, log.child({ component: 'reconciler' }), this.policyEngine);
@@ -117,9 +117,10 @@ export class Agent implements AgentApi {
     this.flowReportingApply(this.config.flows);
     const result = await this.workloads.exclusive(async () => {
       // Before anything allocates: this host's references to its cluster identities, under the new lease.
-      await this.cluster?.restore(this.store);
+      await this.cluster?.identities.restore(this.store);
       const synced = await this.reconciler.syncAll(onProgress, (rec) => this.controller.reconcileLocked(rec, { makeOwnedNetns: true }));
       await this.workloads.forgedLabelsScrub();
+      await this.workloads.ipcachePublish(this.store.workloadList());
       return synced;
     });
     this.directory.refresh();

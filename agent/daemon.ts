@@ -244,7 +244,7 @@ async function daemonStart(s: {
   const [features, hostFacts] = await Promise.all([kernel.features(), hostFactsGather()]);
   log.info({ kernel: features.kernelRelease, netkit: features.netkit, tcx: features.tcx, mode: config.datapath.mode }, 'kernel features probed');
 
-  const agent = new Agent(config, store, kernel, hostFacts, log, cluster?.identities);
+  const agent = new Agent(config, store, kernel, hostFacts, log, cluster);
   const systemd = new SystemdNotifier(log);
   undo.push(() => (agent.stop(), systemd.close()));
   await agent.start(restoreProgress(systemd, log));

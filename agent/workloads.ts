@@ -9,7 +9,7 @@ import { macDerive, netnsIdEqual, netnsPathOf, vmNetnsNameFor } from '../netkit/
 import type { Config } from './config.js';
 import { IdentityAllocator, IdentityExhaustedError, lowestFree } from './identity/allocator.js';
 import { workloadLabelKeyForbidden, type Label } from './identity/labels.js';
-import type { ClusterIdentities } from './cluster/cluster-identities.js';
+import type { ClusterServices } from './cluster/index.js';
 import { IpamError, Pool } from './ipam.js';
 import type { KernelOps } from './kernel-ops.js';
 import { WorkloadGoneError, type Reconciler } from './reconciler.js';
@@ -176,10 +176,11 @@ export class WorkloadService {
     private readonly mutex: Mutex,
     private readonly policy: PolicyEngine,
     private readonly controller: WorkloadController,
-    /** Cluster mode: identity numbers come from etcd (agent/cluster/). */
-    private readonly cluster?: ClusterIdentities,
+    /** Cluster mode: identity numbers come from etcd, addresses go to its ipcache (agent/cluster/). */
+    private readonly cluster?: ClusterServices,
   ) {
-    this.identities = new IdentityAllocator(cluster && { extraLabels: cluster.extraLabels, numbers: () => cluster.numbers() });
+    const ids = cluster?.identities;
+    this.identities = new IdentityAllocator(ids && { extraLabels: ids.extraLabels, numbers: () => ids.numbers() });
     this.pool4 = new Pool(config.ipam.ipv4Pool);
     this.pool6 = new Pool(config.ipam.ipv6Pool);
   }
@@ -229,18 +230,33 @@ export class WorkloadService {
    * use is given back after.
    */
   private async identityTransaction<T>(labelSets: Label[][], fn: (tx: StoreTx) => T, opts?: TransactionOptions): Promise<T> {
-    if (!this.cluster) return this.store.transaction(fn, opts);
-    await this.cluster.reserve(this.store, labelSets);
+    const ids = this.cluster?.identities;
+    if (!ids) return this.store.transaction(fn, opts);
+    await ids.reserve(this.store, labelSets);
     try {
       return await this.store.transaction(fn, opts);
     } finally {
-      await this.cluster.settle(this.store);
+      await ids.settle(this.store);
+    }
+  }
+
+  /**
+   * Cluster mode: the workloads' addresses in the cluster ipcache. A failure is logged, not the
+   * caller's: the workload works on this host, and the entries are written again at the next start.
+   */
+  async ipcachePublish(records: readonly WorkloadRecord[], how: 'publish' | 'withdraw' = 'publish'): Promise<void> {
+    const ipcache = this.cluster?.ipcache;
+    if (!ipcache) return;
+    for (const rec of records) {
+      await ipcache[how](rec).catch((err: unknown) =>
+        this.log.warn({ err, workload: `${rec.spec.namespace}/${rec.spec.name}`, identity: rec.identity }, `cannot ${how} the workload's addresses in the cluster ipcache`),
+      );
     }
   }
 
   /** Cluster mode: identities the store released give back this host's etcd reference. */
   private async identitiesReleased(ids: readonly number[]): Promise<void> {
-    await this.cluster?.release(ids);
+    await this.cluster?.identities.release(ids);
   }
 
   /** `caller` defaults to admin: the API passes who asks; the agent's own callers are trusted. */
@@ -332,6 +348,7 @@ export class WorkloadService {
       'workload registered',
     );
     workloadRegistrationObserve((performance.now() - started) / 1000, 'success', done.mode);
+    await this.ipcachePublish([done]);
     return done;
   }
 
@@ -450,6 +467,7 @@ export class WorkloadService {
       return tx.identitiesReleaseUnused();
     });
     await this.identitiesReleased(released);
+    await this.ipcachePublish([rec], 'withdraw');
     await this.policy.endpointsUpdateSliced({ remove: [rec] });
     this.netnsUsersRemove(`${namespace}/${name}`);
     log.info({ releasedIdentities: released }, 'workload removed');
@@ -491,6 +509,7 @@ export class WorkloadService {
     });
     await this.identitiesReleased(released);
     for (const rec of changed) this.reconciler.endpointMapsWrite(rec);
+    await this.ipcachePublish(changed);
     return changed;
   }
 

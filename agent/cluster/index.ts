@@ -8,7 +8,16 @@ import { ClusterIdentityAllocator } from './identity-allocator.js';
 import { clusterIdentityRange } from './identity-range.js';
 import { ClusterSession } from './session.js';
 
+import { IpcachePublisher } from './ipcache-publisher.js';
+
 export { ClusterIdentities } from './cluster-identities.js';
+export { IpcachePublisher } from './ipcache-publisher.js';
+
+/** What the agent's services use in cluster mode. */
+export interface ClusterServices {
+  identities: ClusterIdentities;
+  ipcache: IpcachePublisher;
+}
 
 /** This host's address in the cluster when cluster.nodeIP is not set: its first global IPv4, else IPv6. */
 export function nodeIpDefault(ifaces = networkInterfaces()): string | undefined {
@@ -16,8 +25,7 @@ export function nodeIpDefault(ifaces = networkInterfaces()): string | undefined 
   return all.find((a) => a.family === 'IPv4')?.address ?? all.find((a) => a.family === 'IPv6' && !a.address.toLowerCase().startsWith('fe80:'))?.address;
 }
 
-export interface ClusterMode {
-  identities: ClusterIdentities;
+export interface ClusterMode extends ClusterServices {
   nodeIP: string;
   /** Stops the keepalives; this node's keys expire with its lease (a restart takes them again). */
   close(): Promise<void>;
@@ -38,5 +46,10 @@ export async function clusterOpen(cluster: NonNullable<Config['cluster']>, tls: 
   const range = clusterIdentityRange(cluster.id);
   const allocator = new ClusterIdentityAllocator(session, { range, nodeSuffix: nodeIP, log: log.child({ component: 'cluster-identity' }) });
   log.info({ cluster: cluster.name, clusterId: cluster.id, nodeIP, identityRange: `${range.min}-${range.max}` }, 'cluster mode: identities shared through etcd');
-  return { identities: new ClusterIdentities(allocator, cluster.name, range, log.child({ component: 'cluster-identity' })), nodeIP, close: () => session.close() };
+  return {
+    identities: new ClusterIdentities(allocator, cluster.name, range, log.child({ component: 'cluster-identity' })),
+    ipcache: new IpcachePublisher(session, nodeIP, log.child({ component: 'cluster-ipcache' })),
+    nodeIP,
+    close: () => session.close(),
+  };
 }

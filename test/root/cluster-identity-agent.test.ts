@@ -12,7 +12,7 @@ const NODE_IP = '192.0.2.99';
  * #14: an agent in cluster mode takes its workloads' identity numbers from etcd, in Cilium's layout,
  * with the cluster label; everything else stays in SQLite. A real etcd and a real agent (daemonRun).
  */
-describe('cluster mode: workload identities in etcd (root)', { timeout: 180_000 }, () => {
+describe('cluster mode: workload identities and addresses in etcd (root)', { timeout: 180_000 }, () => {
   let etcd: EtcdServer | undefined;
   let raw: Etcd3 | undefined;
   let fx: AgentFixture | undefined;
@@ -55,6 +55,15 @@ describe('cluster mode: workload identities in etcd (root)', { timeout: 180_000 
     assert.ok(w.identityLabels.includes('k8s:io.cilium.k8s.policy.cluster=kitroot'), w.identityLabels.join(' '));
     assert.equal((await get(`${PREFIX}/id/${w.identity}`))?.value.toString(), key);
     assert.equal((await get(`${PREFIX}/value/${key}/${NODE_IP}`))?.value.toString(), String(w.identity));
+    // Its addresses in the cluster ipcache, as Cilium's IPIdentityPair, under the node's lease.
+    for (const ip of [w.ipv4, w.ipv6]) {
+      const entry = await get(`cilium/state/ip/v1/default/${ip}`);
+      assert.equal(
+        entry?.value.toString(),
+        `{"IP":"${ip}","Mask":null,"HostIP":"${NODE_IP}","ID":${w.identity},"Key":0,"Metadata":"","K8sNamespace":"clu-a","K8sPodName":"web1"}`,
+      );
+      assert.notEqual(entry?.lease, '0');
+    }
   });
 
   test('the same labels share the number; other labels get another; the last removal deletes the value key', async () => {
@@ -66,6 +75,8 @@ describe('cluster mode: workload identities in etcd (root)', { timeout: 180_000 
     const valueKey = `${PREFIX}/value/${key}/${NODE_IP}`;
     await fx!.api.call('DELETE', '/v1/workloads/clu-a/web1');
     assert.ok(await get(valueKey), 'web2 still uses the identity');
+    assert.equal(await get(`cilium/state/ip/v1/default/${w1.ipv4}`), undefined, 'a removed workload\'s address leaves the ipcache');
+    assert.ok(await get(`cilium/state/ip/v1/default/${w2.ipv4}`));
     await fx!.api.call('DELETE', '/v1/workloads/clu-a/web2');
     assert.equal(await get(valueKey), undefined, 'no workload of this node uses it any more');
     assert.ok(await get(`${PREFIX}/id/${w1.identity}`), 'the master key waits for garbage collection');
@@ -75,6 +86,7 @@ describe('cluster mode: workload identities in etcd (root)', { timeout: 180_000 
     const db = await fx!.api.call<Workload>('GET', '/v1/workloads/clu-a/db');
     const dbKey = db.identityLabels.map((l) => `${l};`).join('');
     const before = await get(`${PREFIX}/value/${dbKey}/${NODE_IP}`);
+    const entryBefore = await get(`cilium/state/ip/v1/default/${db.ipv6}`);
     assert.ok(before, `value key of ${dbKey}`);
     await fx!.stop();
     await fx!.start();
@@ -82,5 +94,9 @@ describe('cluster mode: workload identities in etcd (root)', { timeout: 180_000 
     assert.equal(afterRestart?.value.toString(), String(db.identity));
     assert.notEqual(afterRestart?.lease, before.lease, 'the value key moved to the new session\'s lease');
     assert.equal((await fx!.api.call<Workload>('GET', '/v1/workloads/clu-a/db')).identity, db.identity);
+    const entry = await get(`cilium/state/ip/v1/default/${db.ipv6}`);
+    assert.equal(JSON.parse(entry!.value.toString()).ID, db.identity, 'the ipcache entry is there after the restart');
+    assert.equal(entry?.lease, afterRestart?.lease, 'and under the new lease, not the old one that will expire');
+    assert.notEqual(entry?.lease, entryBefore?.lease);
   });
 });
