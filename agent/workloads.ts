@@ -10,6 +10,7 @@ import type { Config } from './config.js';
 import { IdentityAllocator, IdentityExhaustedError, lowestFree } from './identity/allocator.js';
 import { workloadLabelKeyForbidden, type Label } from './identity/labels.js';
 import type { ClusterServices } from './cluster/index.js';
+import { ClusterIdentityError, ClusterIdentityExhaustedError } from './cluster/identity-allocator.js';
 import { IpamError, Pool } from './ipam.js';
 import type { KernelOps } from './kernel-ops.js';
 import { WorkloadGoneError, type Reconciler } from './reconciler.js';
@@ -129,7 +130,8 @@ export function errorToKitnet(err: unknown, context: string): KitnetError {
     return new KitnetError(code[err.code], err.message, { cause: err });
   }
   if (err instanceof WorkloadGoneError) return new KitnetError('AGENT_ERR_WORKLOAD_NETNS', `${context}: ${err.message}`, { field: 'netns', cause: err });
-  if (err instanceof IdentityExhaustedError) return new KitnetError('AGENT_ERR_IDENTITY_EXHAUSTED', err.message, { cause: err });
+  if (err instanceof IdentityExhaustedError || err instanceof ClusterIdentityExhaustedError) return new KitnetError('AGENT_ERR_IDENTITY_EXHAUSTED', err.message, { cause: err });
+  if (err instanceof ClusterIdentityError) return new KitnetError('AGENT_ERR_CLUSTER_UNAVAILABLE', `${context}: ${err.message}`, { cause: err });
   if (err instanceof UnsupportedFeatureError) {
     // netkit is asked for with `mode`; everything else the kernel may lack (tun for VMs) comes with `kind`
     return new KitnetError('AGENT_ERR_DATAPATH_UNSUPPORTED', `${context}: ${err.message}`, { field: err.feature === 'netkit' ? 'mode' : 'kind', cause: err });

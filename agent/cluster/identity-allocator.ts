@@ -1,6 +1,6 @@
 import { randomInt } from 'node:crypto';
 import { posix } from 'node:path';
-import type { IKeyValue } from 'etcd3';
+import { isRecoverableError, type IKeyValue } from 'etcd3';
 import type { Logger } from 'pino';
 import { EtcdMutex } from './etcd-mutex.js';
 import { inRange, type IdentityRange } from './identity-range.js';
@@ -18,6 +18,18 @@ const LOCK_TIMEOUT_MS = 30_000;
 export class ClusterIdentityError extends Error {
   override name = 'ClusterIdentityError';
 }
+
+/** etcd did not answer (unreachable, timed out, no quorum): the caller may retry later. */
+export class ClusterUnavailableError extends ClusterIdentityError {
+  override name = 'ClusterUnavailableError';
+}
+
+/** Errors that say etcd is out of reach, not that the request was wrong (etcd3's own test, plus its circuit breaker). */
+function etcdUnreachable(err: unknown): boolean {
+  return err instanceof Error && (isRecoverableError(err) || err.name === 'BrokenCircuitError' || err.name === 'ClientClosedError');
+}
+/** Attempts in a row that found etcd out of reach before giving up (etcd3 retries each call itself too). */
+const UNREACHABLE_ATTEMPTS = 3;
 
 /** Every number of the cluster's range has a master key: retrying cannot help. */
 export class ClusterIdentityExhaustedError extends ClusterIdentityError {
@@ -148,20 +160,26 @@ export class ClusterIdentityAllocator {
 
   private async allocateWithRetries(labelsKey: string): Promise<{ id: number; isNew: boolean }> {
     let lastError: unknown;
+    let unreachable = 0;
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       try {
         const got = await this.allocateOnce(labelsKey);
         if (got) return got;
         lastError = new ClusterIdentityError('another writer got in first');
+        unreachable = 0;
       } catch (err) {
         if (err instanceof ClusterIdentityExhaustedError) throw err;
         lastError = err;
+        unreachable = etcdUnreachable(err) ? unreachable + 1 : 0;
+        if (unreachable >= UNREACHABLE_ATTEMPTS) {
+          throw new ClusterUnavailableError(`etcd is unreachable (${(err as Error).message}); identity for ${labelsKey} not allocated`, { cause: err });
+        }
       }
       this.opts.log.debug({ labels: labelsKey, attempt, err: lastError }, 'identity allocation attempt failed; retrying');
       const backoff = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** attempt);
       await new Promise((r) => setTimeout(r, backoff / 2 + randomInt(Math.ceil(backoff / 2) + 1)));
     }
-    throw new ClusterIdentityError(`cannot allocate an identity for ${labelsKey} after ${MAX_ATTEMPTS} attempts: ${(lastError as Error)?.message ?? lastError}`);
+    throw new ClusterUnavailableError(`cannot allocate an identity for ${labelsKey} after ${MAX_ATTEMPTS} attempts: ${(lastError as Error)?.message ?? lastError}`, { cause: lastError });
   }
 
   /** One attempt under the lock; undefined when a condition failed (someone else got in first). */

@@ -4,7 +4,10 @@ import { Etcd3 } from 'etcd3';
 import { pino } from 'pino';
 import { clusterIdentityLabels, kvstoreLabelsKey } from '../../agent/cluster/cilium-labels.js';
 import { etcdClientCreate } from '../../agent/cluster/etcd-client.js';
-import { ClusterIdentityAllocator, ClusterIdentityError, ClusterIdentityExhaustedError, IDENTITIES_PREFIX } from '../../agent/cluster/identity-allocator.js';
+import {
+  ClusterIdentityAllocator, ClusterIdentityError, ClusterIdentityExhaustedError, ClusterUnavailableError, IDENTITIES_PREFIX,
+} from '../../agent/cluster/identity-allocator.js';
+import { errorToKitnet } from '../../agent/workloads.js';
 import { clusterIdentityRange, type IdentityRange } from '../../agent/cluster/identity-range.js';
 import { ClusterSession } from '../../agent/cluster/session.js';
 import { etcdStart, type EtcdServer } from '../helpers/etcd.js';
@@ -182,6 +185,29 @@ describe('identity allocation against a real etcd, in Cilium\'s layout', () => {
     // Label keys that are not Cilium's format, or that a path join would rewrite, are refused.
     for (const bad of ['k8s:app=x', 'k8s:app=../../id/5;', 'k8s:a=b//c;']) {
       await assert.rejects(h.alloc.acquire(bad), ClusterIdentityError);
+    }
+  });
+});
+
+describe('etcd out of reach', () => {
+  test('allocation fails with ClusterUnavailableError (503 AGENT_ERR_CLUSTER_UNAVAILABLE), the number held locally stays', async () => {
+    const etcd = await etcdStart();
+    let session: ClusterSession | undefined;
+    try {
+      session = await ClusterSession.open(etcdClientCreate({ endpoints: [etcd.endpoint] }, undefined), log);
+      const alloc = new ClusterIdentityAllocator(session, { range: RANGE, nodeSuffix: '192.0.2.61', log });
+      const held = await alloc.acquire(keyOf({ app: 'before-outage' }));
+      await etcd.stop();
+      const err = await alloc.acquire(keyOf({ app: 'during-outage' })).then(() => undefined, (e: unknown) => e);
+      assert.ok(err instanceof ClusterUnavailableError, String(err));
+      const k = errorToKitnet(err, 'workload ns/x');
+      assert.equal(k.code, 'AGENT_ERR_CLUSTER_UNAVAILABLE');
+      assert.equal(k.statusCode, 503);
+      // A label set this node already holds needs no etcd round trip.
+      assert.deepEqual(await alloc.acquire(keyOf({ app: 'before-outage' })), { id: held.id, isNew: false });
+    } finally {
+      await session?.close().catch(() => undefined);
+      await etcd.stop();
     }
   });
 });
