@@ -234,7 +234,12 @@ export class WorkloadService {
   private async identityTransaction<T>(labelSets: Label[][], fn: (tx: StoreTx) => T, opts?: TransactionOptions): Promise<T> {
     const ids = this.cluster?.identities;
     if (!ids) return this.store.transaction(fn, opts);
-    await ids.reserve(this.store, labelSets);
+    try {
+      await ids.reserve(this.store, labelSets);
+    } catch (err) {
+      // 503 (etcd out of reach) or 409 (range exhausted) for every caller: register, relabel, namespace labels.
+      throw err instanceof ClusterIdentityError ? errorToKitnet(err, 'cluster identity') : err;
+    }
     try {
       return await this.store.transaction(fn, opts);
     } finally {

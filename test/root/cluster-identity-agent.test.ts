@@ -99,4 +99,18 @@ describe('cluster mode: workload identities and addresses in etcd (root)', { tim
     assert.equal(entry?.lease, afterRestart?.lease, 'and under the new lease, not the old one that will expire');
     assert.notEqual(entry?.lease, entryBefore?.lease);
   });
+
+  test('with etcd gone, a new label set is refused with 503 and leaves nothing; known labels and the datapath carry on', async () => {
+    await etcd!.stop();
+    const name = 'web1';
+    const outcome = await register(name, { app: 'brand-new' }).then(
+      (w) => w,
+      (e: { statusCode?: number; code?: string; message: string }) => e,
+    );
+    assert.ok(!('identity' in outcome), 'registration with a new label set succeeded while etcd was down');
+    assert.equal(outcome.statusCode, 503, outcome.message);
+    assert.equal(outcome.code, 'AGENT_ERR_CLUSTER_UNAVAILABLE');
+    await assert.rejects(fx!.api.call('GET', `/v1/workloads/clu-a/${name}`), /404|not registered/);
+    assert.equal((await fx!.api.call<Workload>('GET', '/v1/workloads/clu-a/db')).state, 'ready');
+  });
 });
