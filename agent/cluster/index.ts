@@ -5,6 +5,7 @@ import type { EtcdTlsPrepared } from '../config-preflight.js';
 import { ClusterIdentities } from './cluster-identities.js';
 import { etcdClientCreate } from './etcd-client.js';
 import { ClusterIdentityAllocator } from './identity-allocator.js';
+import { IDENTITY_GC_INTERVAL_MS, IdentityGc } from './identity-gc.js';
 import { clusterIdentityRange } from './identity-range.js';
 import { ClusterSession } from './session.js';
 
@@ -46,10 +47,13 @@ export async function clusterOpen(cluster: NonNullable<Config['cluster']>, tls: 
   const range = clusterIdentityRange(cluster.id);
   const allocator = new ClusterIdentityAllocator(session, { range, nodeSuffix: nodeIP, log: log.child({ component: 'cluster-identity' }) });
   log.info({ cluster: cluster.name, clusterId: cluster.id, nodeIP, identityRange: `${range.min}-${range.max}` }, 'cluster mode: identities shared through etcd');
+  const gcLog = log.child({ component: 'cluster-identity-gc' });
+  const gc = new IdentityGc(session, range, gcLog);
+  const gcTimer = setInterval(() => void gc.round().catch((err: unknown) => gcLog.warn({ err }, 'identity garbage collection round failed; next round retries')), IDENTITY_GC_INTERVAL_MS).unref();
   return {
     identities: new ClusterIdentities(allocator, cluster.name, range, log.child({ component: 'cluster-identity' })),
     ipcache: new IpcachePublisher(session, nodeIP, log.child({ component: 'cluster-ipcache' })),
     nodeIP,
-    close: () => session.close(),
+    close: () => (clearInterval(gcTimer), session.close()),
   };
 }

@@ -8,6 +8,7 @@ import {
   ClusterIdentityAllocator, ClusterIdentityError, ClusterIdentityExhaustedError, ClusterUnavailableError, IDENTITIES_PREFIX,
 } from '../../agent/cluster/identity-allocator.js';
 import { errorToKitnet } from '../../agent/workloads.js';
+import { IdentityGc } from '../../agent/cluster/identity-gc.js';
 import { clusterIdentityRange, type IdentityRange } from '../../agent/cluster/identity-range.js';
 import { ClusterSession } from '../../agent/cluster/session.js';
 import { etcdStart, type EtcdServer } from '../helpers/etcd.js';
@@ -155,6 +156,29 @@ describe('identity allocation against a real etcd, in Cilium\'s layout', () => {
     }, timeLimit(30_000));
     assert.equal(back.value.toString(), String(id));
     assert.equal(back.lease, await d.session.nodeLeaseId());
+  });
+
+  test('garbage collection: unused master keys go on the second round, unless reused or changed meanwhile; other clusters\' stay', async () => {
+    // A range of its own, so the other tests' keys are not this collector's.
+    const min = RANGE.min + 50_000;
+    const range = { min, max: min + 99 };
+    const g = await host('192.0.2.71', { range });
+    const gc = new IdentityGc(g.session, range, log);
+    const [unused, reused, changed, kept] = ['gc-unused', 'gc-reused', 'gc-changed', 'gc-kept'].map((app) => keyOf({ app }));
+    const ids: Record<string, number> = {};
+    for (const k of [unused!, reused!, changed!, kept!]) ids[k] = (await g.alloc.acquire(k)).id;
+    for (const k of [unused!, reused!, changed!]) await g.alloc.release(k);
+    await raw.put(`${IDENTITIES_PREFIX}/id/${min + 200}`).value('k8s:foreign=1;'); // outside the range
+    await raw.put(`${IDENTITIES_PREFIX}/id/0${min}`).value('k8s:odd=1;'); // not a number as Cilium writes it
+    assert.deepEqual(await gc.round(), [], 'the first round only marks');
+    // Between the rounds: one number is taken again, one master key is rewritten.
+    assert.deepEqual(await g.alloc.acquire(reused!), { id: ids[reused!], isNew: false });
+    await raw.put(`${IDENTITIES_PREFIX}/id/${ids[changed!]}`).value(changed!);
+    assert.deepEqual(await gc.round(), [ids[unused!]]);
+    assert.equal(await get(`${IDENTITIES_PREFIX}/id/${ids[unused!]}`), undefined);
+    for (const k of [reused!, changed!, kept!]) assert.ok(await get(`${IDENTITIES_PREFIX}/id/${ids[k]}`), k);
+    assert.ok(await get(`${IDENTITIES_PREFIX}/id/${min + 200}`));
+    assert.deepEqual(await gc.round(), [ids[changed!]], 'the rewritten one goes a round later');
   });
 
   test('malformed keys and values written by someone else neither crash nor corrupt allocation', async () => {
