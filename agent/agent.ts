@@ -1,3 +1,4 @@
+import type { ClusterServices } from './cluster/index.js';
 import type { Logger } from 'pino';
 import type { FlowRecord, FlowSelection } from '../common/schemas/flows.js';
 import { KitnetError } from '../common/errors.js';
@@ -72,6 +73,8 @@ export class Agent {
     readonly kernel: KernelOps,
     readonly hostFacts: HostFacts,
     readonly log: Logger,
+    /** Cluster mode: identities and the ipcache shared through etcd (agent/cluster/). */
+    readonly cluster?: ClusterServices,
   ) {
     this.policyEngine = new PolicyEngine(store, kernel, log.child({ component: 'policy' }));
     this.reconciler = new Reconciler(store, config, kernel, log.child({ component: 'reconciler' }), this.policyEngine);
@@ -84,7 +87,7 @@ export class Agent {
       { resyncMs: config.reconcile.resyncSeconds * 1000, backoff: { baseMs: 1000, maxMs: config.reconcile.retryMaxSeconds * 1000 } },
       () => this.directory.refresh(),
     );
-    this.workloads = new WorkloadService(store, config, kernel, this.reconciler, log.child({ component: 'workloads' }), this.mutex, this.policyEngine, this.controller);
+    this.workloads = new WorkloadService(store, config, kernel, this.reconciler, log.child({ component: 'workloads' }), this.mutex, this.policyEngine, this.controller, cluster);
     this.watch = new WorkloadWatch(store, kernel, this.controller, log.child({ component: 'watch' }));
     this.policies = new PolicyService(store, this.policyEngine, this.workloads, this.mutex, log.child({ component: 'policy' }));
     this.directory = new EndpointDirectory(store);
@@ -113,8 +116,11 @@ export class Agent {
   async start(onProgress?: (done: number, total: number) => void): Promise<void> {
     this.flowReportingApply(this.config.flows);
     const result = await this.workloads.exclusive(async () => {
+      // Before anything allocates: this host's references to its cluster identities, under the new lease.
+      await this.cluster?.identities.restore(this.store);
       const synced = await this.reconciler.syncAll(onProgress, (rec) => this.controller.reconcileLocked(rec, { makeOwnedNetns: true }));
       await this.workloads.forgedLabelsScrub();
+      await this.workloads.ipcachePublish(this.store.workloadList());
       return synced;
     });
     this.directory.refresh();

@@ -22,8 +22,16 @@ export interface TcpPrepared {
   tokens: TokenSet;
 }
 
+/** What the etcd client needs (cluster mode): the PEM files, read and checked. */
+export interface EtcdTlsPrepared {
+  ca: Buffer;
+  cert?: Buffer;
+  key?: Buffer;
+}
+
 export interface ConfigPrepared {
   tcp: TcpPrepared | undefined;
+  etcdTls: EtcdTlsPrepared | undefined;
 }
 
 /** A setting the agent takes but an operator should look at; `key` is the config key. */
@@ -68,31 +76,49 @@ function fileRead(key: string, path: string, problems: Array<[string, string]>):
 const tlsReason = (err: unknown) => String((err as Error).message).replace(/^error:[0-9A-F]+:/, '');
 
 /** The certificate and key parse as PEM and belong together (what https.createServer would refuse). */
-function tlsCheck(tls: { cert: string; key: string }, problems: Array<[string, string]>): { cert: Buffer; key: Buffer } | undefined {
-  const cert = fileRead('api.tcp.tls.cert', tls.cert, problems);
-  const key = fileRead('api.tcp.tls.key', tls.key, problems);
+function tlsCheck(tls: { cert: string; key: string }, problems: Array<[string, string]>, prefix = 'api.tcp.tls'): { cert: Buffer; key: Buffer } | undefined {
+  const cert = fileRead(`${prefix}.cert`, tls.cert, problems);
+  const key = fileRead(`${prefix}.key`, tls.key, problems);
   if (!cert || !key) return undefined;
   let ok = true;
   try {
     createSecureContext({ cert });
   } catch (err) {
-    problems.push(['api.tcp.tls.cert', `${tls.cert} is not a PEM certificate: ${tlsReason(err)}`]);
+    problems.push([`${prefix}.cert`, `${tls.cert} is not a PEM certificate: ${tlsReason(err)}`]);
     ok = false;
   }
   try {
     createSecureContext({ key });
   } catch (err) {
-    problems.push(['api.tcp.tls.key', `${tls.key} is not a PEM private key (or it is encrypted): ${tlsReason(err)}`]);
+    problems.push([`${prefix}.key`, `${tls.key} is not a PEM private key (or it is encrypted): ${tlsReason(err)}`]);
     ok = false;
   }
   if (!ok) return undefined;
   try {
     createSecureContext({ cert, key });
   } catch (err) {
-    problems.push(['api.tcp.tls.key', `${tls.key} does not belong to the certificate ${tls.cert}: ${tlsReason(err)}`]);
+    problems.push([`${prefix}.key`, `${tls.key} does not belong to the certificate ${tls.cert}: ${tlsReason(err)}`]);
     return undefined;
   }
   return { cert, key };
+}
+
+/** cluster.etcd.tls: the CA parses as PEM certificates; a client certificate and key as for the REST listener. */
+function etcdTlsCheck(tls: { ca: string; cert?: string; key?: string }, problems: Array<[string, string]>): EtcdTlsPrepared | undefined {
+  const ca = fileRead('cluster.etcd.tls.ca', tls.ca, problems);
+  let caOk = false;
+  if (ca) {
+    try {
+      createSecureContext({ ca });
+      caOk = ca.includes('-----BEGIN CERTIFICATE-----');
+      if (!caOk) problems.push(['cluster.etcd.tls.ca', `${tls.ca} is not a PEM certificate: no BEGIN CERTIFICATE block`]);
+    } catch (err) {
+      problems.push(['cluster.etcd.tls.ca', `${tls.ca} is not a PEM certificate: ${tlsReason(err)}`]);
+    }
+  }
+  const client = tls.cert && tls.key ? tlsCheck({ cert: tls.cert, key: tls.key }, problems, 'cluster.etcd.tls') : undefined;
+  if (!ca || !caOk || (tls.cert && !client)) return undefined;
+  return { ca, ...client };
 }
 
 /**
@@ -119,6 +145,7 @@ export async function configPrepare(config: Config): Promise<ConfigPrepared> {
     }
     if (https && tokens) tcp = { https, tokens };
   }
+  const etcdTls = config.cluster?.etcd.tls ? etcdTlsCheck(config.cluster.etcd.tls, problems) : undefined;
   if (Buffer.byteLength(resolve(config.api.socket)) > SOCKET_PATH_MAX) {
     problems.push(['api.socket', `${config.api.socket} is longer than the ${SOCKET_PATH_MAX} bytes a unix socket path may have`]);
   }
@@ -134,7 +161,7 @@ export async function configPrepare(config: Config): Promise<ConfigPrepared> {
   if (problems.length) {
     throw new ConfigError(problems.map(([k, m]) => `${k}: ${m}`).join('; '), [...new Set(problems.map(([k]) => k))]);
   }
-  return { tcp };
+  return { tcp, etcdTls };
 }
 
 /** The host's own addresses (every interface), for the pool overlap warning. */

@@ -31,6 +31,61 @@ const cidr = (family: 4 | 6) =>
     }
   });
 
+/** Cilium's rule for a cluster name (it becomes a label value and a kvstore path segment). */
+export const CLUSTER_NAME_RE = /^([a-z0-9][-a-z0-9]*)?[a-z0-9]$/;
+
+const etcdEndpoint = z.string().superRefine((v, ctx) => {
+  let url: URL;
+  try {
+    url = new URL(v);
+  } catch {
+    ctx.addIssue({ code: 'custom', message: `"${v}" is not a URL: give an etcd client URL such as https://10.0.0.5:2379` });
+    return;
+  }
+  if ((url.protocol !== 'http:' && url.protocol !== 'https:') || !url.port || (url.pathname !== '/' && url.pathname !== '') || url.search || url.username) {
+    ctx.addIssue({ code: 'custom', message: `"${v}" must be http(s)://host:port with nothing after the port (an etcd client URL)` });
+  }
+});
+
+const ClusterSchema = z
+  .object({
+    name: z
+      .string()
+      .max(32, 'at most 32 characters (Cilium\'s limit for a cluster name)')
+      .regex(CLUSTER_NAME_RE, 'lower-case letters, digits and "-", starting and ending with a letter or digit (Cilium\'s rule for a cluster name)'),
+    /** Cilium's cluster id: this cluster's identities are id<<16 ... ((id+1)<<16)-1. */
+    id: z.number().int().min(1, 'must be 1-255 (0 is a cluster without ClusterMesh)').max(255, 'must be 1-255'),
+    /** This host's address as other hosts reach it; the node suffix of its kvstore keys. Default: the first global IPv4 (else IPv6) of the host. */
+    nodeIP: z.union([z.ipv4(), z.ipv6()], { error: 'must be an IPv4 or IPv6 address (this host\'s address in the cluster)' }).optional(),
+    etcd: z
+      .object({
+        endpoints: z.array(etcdEndpoint).min(1, 'give at least one etcd client URL'),
+        tls: z
+          .object({
+            ca: z.string().min(1, 'must be the path of the PEM CA certificate that signed etcd\'s server certificate'),
+            cert: z.string().min(1, 'must be the path of a PEM client certificate').optional(),
+            key: z.string().min(1, 'must be the path of a PEM private key').optional(),
+          })
+          .strict()
+          .superRefine((t, ctx) => {
+            if (t.cert && !t.key) ctx.addIssue({ code: 'custom', path: ['key'], message: 'required with cluster.etcd.tls.cert (the client certificate\'s private key)' });
+            if (t.key && !t.cert) ctx.addIssue({ code: 'custom', path: ['cert'], message: 'required with cluster.etcd.tls.key (the client certificate)' });
+          })
+          .optional(),
+      })
+      .strict()
+      .superRefine((e, ctx) => {
+        const https = e.endpoints.filter((u) => u.startsWith('https:')).length;
+        if (e.tls && https !== e.endpoints.length) {
+          ctx.addIssue({ code: 'custom', path: ['endpoints'], message: 'with cluster.etcd.tls set, every endpoint must be https://' });
+        }
+        if (!e.tls && https > 0) {
+          ctx.addIssue({ code: 'custom', path: ['tls'], message: 'required for https:// endpoints: set cluster.etcd.tls.ca (and cert, key for client authentication)' });
+        }
+      }),
+  })
+  .strict();
+
 export const DatapathModeSchema = z.enum(['auto', 'veth', 'netkit']);
 
 export const ConfigSchema = z
@@ -162,6 +217,8 @@ export const ConfigSchema = z
         if (h.listen !== undefined && !h.tls) ctx.addIssue({ code: 'custom', path: ['tls'], message: 'required: the Hubble TCP listener only serves TLS; set hubble.tls.cert and hubble.tls.key (PEM files)' });
       })
       .prefault({}),
+    /** Cluster mode (README, Cluster): identities shared with other hosts through etcd, in Cilium's layout. */
+    cluster: ClusterSchema.optional(),
   })
   .strict();
 

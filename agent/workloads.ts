@@ -8,12 +8,14 @@ import type { NetnsId } from '../netkit/index.js';
 import { macDerive, netnsIdEqual, netnsPathOf, vmNetnsNameFor } from '../netkit/index.js';
 import type { Config } from './config.js';
 import { IdentityAllocator, IdentityExhaustedError, lowestFree } from './identity/allocator.js';
-import { workloadLabelKeyForbidden } from '../common/labels.js';
+import { workloadLabelKeyForbidden, type Label } from '../common/labels.js';
+import type { ClusterServices } from './cluster/index.js';
+import { ClusterIdentityError, ClusterIdentityExhaustedError } from './cluster/identity-allocator.js';
 import { IpamError, Pool } from './ipam.js';
 import type { KernelOps } from './kernel-ops.js';
 import { WorkloadGoneError, type Reconciler } from './reconciler.js';
 import type { WorkloadController } from './reconcile/controller.js';
-import type { Store } from './store/store.js';
+import type { Store, StoreTx, TransactionOptions } from './store/store.js';
 import type { WorkloadMode, WorkloadRecord, WorkloadSpec } from './store/types.js';
 import type { Mutex } from './mutex.js';
 import type { PolicyEngine } from './policy/engine.js';
@@ -128,7 +130,8 @@ export function errorToKitnet(err: unknown, context: string): KitnetError {
     return new KitnetError(code[err.code], err.message, { cause: err });
   }
   if (err instanceof WorkloadGoneError) return new KitnetError('AGENT_ERR_WORKLOAD_NETNS', `${context}: ${err.message}`, { field: 'netns', cause: err });
-  if (err instanceof IdentityExhaustedError) return new KitnetError('AGENT_ERR_IDENTITY_EXHAUSTED', err.message, { cause: err });
+  if (err instanceof IdentityExhaustedError || err instanceof ClusterIdentityExhaustedError) return new KitnetError('AGENT_ERR_IDENTITY_EXHAUSTED', err.message, { cause: err });
+  if (err instanceof ClusterIdentityError) return new KitnetError('AGENT_ERR_CLUSTER_UNAVAILABLE', `${context}: ${err.message}`, { cause: err });
   if (err instanceof UnsupportedFeatureError) {
     // netkit is asked for with `mode`; everything else the kernel may lack (tun for VMs) comes with `kind`
     return new KitnetError('AGENT_ERR_DATAPATH_UNSUPPORTED', `${context}: ${err.message}`, { field: err.feature === 'netkit' ? 'mode' : 'kind', cause: err });
@@ -176,8 +179,11 @@ export class WorkloadService {
     private readonly mutex: Mutex,
     private readonly policy: PolicyEngine,
     private readonly controller: WorkloadController,
+    /** Cluster mode: identity numbers come from etcd, addresses go to its ipcache (agent/cluster/). */
+    private readonly cluster?: ClusterServices,
   ) {
-    this.identities = new IdentityAllocator();
+    const ids = cluster?.identities;
+    this.identities = new IdentityAllocator(ids && { extraLabels: ids.extraLabels, numbers: () => ids.numbers() });
     this.pool4 = new Pool(config.ipam.ipv4Pool);
     this.pool6 = new Pool(config.ipam.ipv6Pool);
   }
@@ -221,6 +227,46 @@ export class WorkloadService {
     return 'veth';
   }
 
+  /**
+   * A store transaction that may create identities for `labelSets`: in cluster mode their numbers are
+   * reserved in etcd first (the transaction itself never waits on the network), and what it did not
+   * use is given back after.
+   */
+  private async identityTransaction<T>(labelSets: Label[][], fn: (tx: StoreTx) => T, opts?: TransactionOptions): Promise<T> {
+    const ids = this.cluster?.identities;
+    if (!ids) return this.store.transaction(fn, opts);
+    try {
+      await ids.reserve(this.store, labelSets);
+    } catch (err) {
+      // 503 (etcd out of reach) or 409 (range exhausted) for every caller: register, relabel, namespace labels.
+      throw err instanceof ClusterIdentityError ? errorToKitnet(err, 'cluster identity') : err;
+    }
+    try {
+      return await this.store.transaction(fn, opts);
+    } finally {
+      await ids.settle(this.store);
+    }
+  }
+
+  /**
+   * Cluster mode: the workloads' addresses in the cluster ipcache. A failure is logged, not the
+   * caller's: the workload works on this host, and the entries are written again at the next start.
+   */
+  async ipcachePublish(records: readonly WorkloadRecord[], how: 'publish' | 'withdraw' = 'publish'): Promise<void> {
+    const ipcache = this.cluster?.ipcache;
+    if (!ipcache) return;
+    for (const rec of records) {
+      await ipcache[how](rec).catch((err: unknown) =>
+        this.log.warn({ err, workload: `${rec.spec.namespace}/${rec.spec.name}`, identity: rec.identity }, `cannot ${how} the workload's addresses in the cluster ipcache`),
+      );
+    }
+  }
+
+  /** Cluster mode: identities the store released give back this host's etcd reference. */
+  private async identitiesReleased(ids: readonly number[]): Promise<void> {
+    await this.cluster?.identities.release(ids);
+  }
+
   /** `caller` defaults to admin: the API passes who asks; the agent's own callers are trusted. */
   register(input: WorkloadCreateInput, caller: RegisterCaller = { admin: true }): Promise<WorkloadRecord> {
     return this.mutex.run(() => this.registerLocked(input, caller));
@@ -254,7 +300,8 @@ export class WorkloadService {
       // the row but not the store's consistency, and the next start removes everything the kernel got
       // for it as orphans (the pair with its routes, pinned links, map entries). Kinds vm and tap also
       // make things the orphan sweep does not know (a VM namespace, routes via an adopted tap).
-      rec = await this.store.transaction((tx) => {
+      const labelSets = [this.identities.labels(input.labels, input.namespace, this.store.namespaceGet(input.namespace)?.labels)];
+      rec = await this.identityTransaction(labelSets, (tx) => {
         const used = tx.usedAddresses();
         const ipv4 = input.ipv4 ? this.pool4.check(input.ipv4, used.ipv4, 'ipv4') : this.pool4.allocate(used.ipv4, 'ipv4');
         const ipv6 = input.ipv6 ? this.pool6.check(input.ipv6, used.ipv6, 'ipv6') : this.pool6.allocate(used.ipv6, 'ipv6');
@@ -286,10 +333,11 @@ export class WorkloadService {
     } catch (err) {
       log.warn({ err }, 'registration failed; rolling back');
       await this.reconciler.workloadTeardown(rec).catch((e: unknown) => log.error({ err: e }, 'rollback teardown failed'));
-      await this.store.transaction((tx) => {
+      const released = await this.store.transaction((tx) => {
         tx.workloadDelete(input.namespace, input.name);
-        tx.identitiesReleaseUnused();
+        return tx.identitiesReleaseUnused();
       });
+      await this.identitiesReleased(released);
       // The policy map may already hold entries for the half-made endpoint and for peers of its identity.
       try {
         await this.policy.endpointsUpdateSliced({ remove: [rec] });
@@ -308,6 +356,7 @@ export class WorkloadService {
       'workload registered',
     );
     workloadRegistrationObserve((performance.now() - started) / 1000, 'success', done.mode);
+    await this.ipcachePublish([done]);
     return done;
   }
 
@@ -425,6 +474,8 @@ export class WorkloadService {
       tx.workloadDelete(namespace, name);
       return tx.identitiesReleaseUnused();
     });
+    await this.identitiesReleased(released);
+    await this.ipcachePublish([rec], 'withdraw');
     await this.policy.endpointsUpdateSliced({ remove: [rec] });
     this.netnsUsersRemove(`${namespace}/${name}`);
     log.info({ releasedIdentities: released }, 'workload removed');
@@ -453,6 +504,7 @@ export class WorkloadService {
         throw errorToKitnet(err, `relabelling workload ${namespace}/${name}`);
       }
       const released = await this.store.transaction((tx) => tx.identitiesReleaseUnused());
+      await this.identitiesReleased(released);
       if (released.length) await this.policy.endpointsUpdateSliced({ released });
       return updated[0]!;
     });
@@ -466,7 +518,8 @@ export class WorkloadService {
    * that remain allowed keep flowing: conntrack entries are not touched.
    */
   async identitiesRederive(records: WorkloadRecord[], releaseUnused = true): Promise<WorkloadRecord[]> {
-    const changed = await this.store.transaction((tx) => {
+    const labelSets = records.map((rec) => this.identities.labels(rec.spec.labels, rec.spec.namespace, this.store.namespaceGet(rec.spec.namespace)?.labels));
+    const { changed, released } = await this.identityTransaction(labelSets, (tx) => {
       const out: WorkloadRecord[] = [];
       for (const rec of records) {
         const nsLabels = tx.namespaceGet(rec.spec.namespace)?.labels;
@@ -474,10 +527,11 @@ export class WorkloadService {
         tx.workloadUpdate(rec.spec.namespace, rec.spec.name, rec.spec, identity);
         out.push(tx.workloadGet(rec.spec.namespace, rec.spec.name)!);
       }
-      if (releaseUnused) tx.identitiesReleaseUnused();
-      return out;
+      return { changed: out, released: releaseUnused ? tx.identitiesReleaseUnused() : [] };
     });
+    await this.identitiesReleased(released);
     for (const rec of changed) this.reconciler.endpointMapsWrite(rec);
+    await this.ipcachePublish(changed);
     return changed;
   }
 

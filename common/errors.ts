@@ -26,6 +26,7 @@ export const ErrorCatalogue = {
   AGENT_ERR_IPAM_ADDRESS_TAKEN: { status: 409, summary: 'A requested address is already assigned to another workload.' },
   AGENT_ERR_IPAM_POOL_EXHAUSTED: { status: 409, summary: 'The address pool has no free address left.' },
   AGENT_ERR_IDENTITY_EXHAUSTED: { status: 409, summary: 'No free numeric identity is left.' },
+  AGENT_ERR_CLUSTER_UNAVAILABLE: { status: 503, summary: "Cluster mode: etcd did not answer (unreachable, timed out, no quorum) or kept refusing the change; nothing was changed. Retry when etcd is back." },
   AGENT_ERR_POLICY_INVALID: { status: 400, summary: 'A policy document is invalid; the message names the document and the field path. Nothing was applied.' },
   AGENT_ERR_POLICY_TOO_LARGE: { status: 413, summary: 'A policy request holds more documents or YAML/JSON nodes than the agent parses in one request; the message names the limit. Nothing was applied.' },
   AGENT_ERR_POLICY_CAPACITY: { status: 422, summary: 'The policies would compile to more entries than a BPF map holds (policy map entries, or CIDR identities in the ipcache), or a workload registration or relabel would add more policy entries than the policy map has left; the message names the map, the limit and the policies or workload. Nothing was applied.' },

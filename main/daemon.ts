@@ -13,6 +13,7 @@ import { tokensLoad, type TokenSet } from '../common/tokens.js';
 import { KitnetError } from '../common/errors.js';
 import { Agent, KITNET_VERSION } from '../agent/agent.js';
 import { ConfigError, configLoad, type Config, type ConfigInput } from '../agent/config.js';
+import { clusterOpen, type ClusterMode } from '../agent/cluster/index.js';
 import { configPrepare, configWarnings, type TcpPrepared } from '../agent/config-preflight.js';
 import { instanceLockTake, type InstanceLock } from '../agent/instance-lock.js';
 import { workloadsOutsidePools } from '../agent/pool-check.js';
@@ -200,7 +201,9 @@ export async function daemonRun(opts: DaemonOptions = {}): Promise<Daemon> {
     const hubble = await hubbleListen(config, log);
     undo.push(() => hubble.close());
     const audit = auditSink(config, log);
-    return hubble.attach(await daemonStart({ opts, configPath, config, log, tcpSecurity: prepared.tcp, lock, unixListener, tcpListener, audit, undo }));
+    const cluster = config.cluster ? await clusterOpen(config.cluster, prepared.etcdTls, log) : undefined;
+    if (cluster) undo.push(() => cluster.close());
+    return hubble.attach(await daemonStart({ opts, configPath, config, log, tcpSecurity: prepared.tcp, lock, unixListener, tcpListener, audit, undo, cluster }));
   } catch (err) {
     for (const u of undo.reverse()) {
       try {
@@ -226,8 +229,9 @@ async function daemonStart(s: {
   audit: AuditSink;
   /** What to close when this start fails; the lock and the listeners are in it already. */
   undo: Array<() => unknown>;
+  cluster: ClusterMode | undefined;
 }): Promise<Daemon> {
-  const { opts, configPath, config, log, tcpSecurity, lock, unixListener, tcpListener, audit, undo } = s;
+  const { opts, configPath, config, log, tcpSecurity, lock, unixListener, tcpListener, audit, undo, cluster } = s;
   const store = sqliteStoreOpen(join(config.stateDir, 'kitnet.db'));
   undo.push(() => store.close());
   await hostForwardingEnsure();
@@ -244,7 +248,7 @@ async function daemonStart(s: {
   const [features, hostFacts] = await Promise.all([kernel.features(), hostFactsGather()]);
   log.info({ kernel: features.kernelRelease, netkit: features.netkit, tcx: features.tcx, mode: config.datapath.mode }, 'kernel features probed');
 
-  const agent = new Agent(config, store, kernel, hostFacts, log);
+  const agent = new Agent(config, store, kernel, hostFacts, log, cluster);
   const systemd = new SystemdNotifier(log);
   undo.push(() => (agent.stop(), systemd.close()));
   await agent.start(restoreProgress(systemd, log));
@@ -355,6 +359,7 @@ async function daemonStart(s: {
       await Promise.all([app.close(), tcpApp?.close()]);
       await agent.workloads.exclusive(async () => undefined);
       agent.stop();
+      await cluster?.close();
       datapath.close();
       store.close();
       systemd.close();

@@ -1,5 +1,5 @@
 import type { StoreTx } from '../store/store.js';
-import { identityLabels, labelFormat, labelSetKey } from '../../common/labels.js';
+import { identityLabels, labelCompare, labelFormat, labelSetKey, type Label } from '../../common/labels.js';
 import { IDENTITY_MAX, IDENTITY_MIN } from './reserved.js';
 
 export class IdentityExhaustedError extends Error {
@@ -23,12 +23,35 @@ export function lowestFree(used: readonly number[], min: number, max: number): n
  * goes are released by `identitiesReleaseUnused` in the deleting transaction.
  */
 export class IdentityAllocator {
+  constructor(
+    /**
+     * Cluster mode: labels every identity gains (the cluster's) and the numbers the cluster gave label
+     * sets new to this host, by labelSetKey (reserved in etcd before the transaction; a transaction
+     * must not wait on the network). Without it, numbers come from this host's range.
+     */
+    private readonly cluster?: { extraLabels: readonly Label[]; numbers: () => ReadonlyMap<string, number> },
+  ) {}
+
+  /** The identity labels of a workload (with the cluster's in cluster mode). */
+  labels(workloadLabels: Record<string, string>, namespace: string, namespaceLabels?: Record<string, string>): Label[] {
+    const own = identityLabels(workloadLabels, namespace, namespaceLabels);
+    if (!this.cluster) return own;
+    const extra = new Set(this.cluster.extraLabels.map((l) => l.key));
+    return [...own.filter((l) => !extra.has(l.key)), ...this.cluster.extraLabels].sort(labelCompare);
+  }
+
   /** Returns the identity for these labels, allocating one if the set is new. */
   acquire(tx: StoreTx, workloadLabels: Record<string, string>, namespace: string, namespaceLabels?: Record<string, string>): number {
-    const labels = identityLabels(workloadLabels, namespace, namespaceLabels);
+    const labels = this.labels(workloadLabels, namespace, namespaceLabels);
     const key = labelSetKey(labels);
     const existing = tx.identityByKey(key);
     if (existing) return existing.id;
+    if (this.cluster) {
+      const id = this.cluster.numbers().get(key);
+      if (id === undefined) throw new Error(`BUG: label set ${key} has no number from the cluster (not reserved before the transaction)`);
+      tx.identityInsert(id, key, labels.map(labelFormat));
+      return id;
+    }
     // Hand out numbers round-robin from a persisted cursor: a number released a moment ago is not
     // reused at once, so flows, conntrack and other hosts' caches never confuse two label sets.
     const used = tx.usedIdentityIds();

@@ -8,7 +8,7 @@
  * - host, remote-node, init, health, unmanaged, kube-apiserver, ingress: that reserved identity
  * - none: nothing
  */
-import { IDENTITY_MAX, IDENTITY_MIN, ReservedIdentity } from '../identity/reserved.js';
+import { IDENTITY_MIN, LOCAL_IDENTITY_FLAG, ReservedIdentity } from '../identity/reserved.js';
 import type { EntityName } from './types.js';
 
 export const ENTITY_NAMES = [
@@ -37,6 +37,7 @@ export const CLUSTER_RESERVED: readonly number[] = [
   ReservedIdentity['kube-apiserver'],
 ];
 
+/** Cilium's global identities: this host's (256-65535) and a cluster's (id<<16 ...), below the node-local bit. */
 export function isLabelDerived(id: number): boolean {
-  return id >= IDENTITY_MIN && id <= IDENTITY_MAX;
+  return id >= IDENTITY_MIN && id < LOCAL_IDENTITY_FLAG;
 }

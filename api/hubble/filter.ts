@@ -8,7 +8,7 @@ type Pred = (r: HubbleFlowRecord) => boolean;
 /** A flow.FlowFilter as proto-loader decodes it (fields absent when empty). */
 export type ProtoFlowFilter = Record<string, unknown>;
 
-/** The same bounds as the REST API's filters (api/schemas/flows.ts). */
+/** The same bounds as the REST API's filters (common/schemas/flows.ts). */
 export const FILTER_LIMITS = { filters: 64, values: 64, valueLength: 256 } as const;
 
 /** Fields that are lists of strings and mean the same in kitnet's filter. */

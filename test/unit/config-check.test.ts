@@ -1,12 +1,13 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import { configParse } from '../../agent/config.js';
-import { configWarnings } from '../../agent/config-preflight.js';
+import { configPrepare, configWarnings } from '../../agent/config-preflight.js';
 import { DEFAULT_SOCKET, socketDefault } from '../../common/api-client.js';
 import { KITNET_BIN } from '../helpers/agent-process.js';
 
@@ -59,6 +60,53 @@ describe('config check', () => {
     assert.notEqual(merged.code, 0);
     assert.match(merged.out, /^.*ok\.yaml: OK/m);
     assert.match(merged.err, /with the environment \(KITNET_IPV4_POOL\): .*ok\.yaml: ipam\.ipv4Pool: 10\.9\.0\.0\/31 is too small/);
+  });
+
+  test('cluster: without it nothing changes; with it every key is checked and named', () => {
+    assert.equal(configParse({}).cluster, undefined);
+    const ok = { name: 'kit-1', id: 7, etcd: { endpoints: ['http://127.0.0.1:2379'] } };
+    assert.deepEqual(configParse({ cluster: ok }).cluster, ok);
+    assert.equal(configParse({ cluster: { ...ok, nodeIP: 'fd00::5' } }).cluster?.nodeIP, 'fd00::5');
+    const bad: Array<[unknown, RegExp]> = [
+      [{ ...ok, name: 'Kit_1' }, /cluster\.name: lower-case letters/],
+      [{ ...ok, name: 'a'.repeat(33) }, /cluster\.name: at most 32 characters/],
+      [{ ...ok, name: 'kit-' }, /cluster\.name: lower-case letters/],
+      [{ ...ok, id: 0 }, /cluster\.id: must be 1-255/],
+      [{ ...ok, id: 256 }, /cluster\.id: must be 1-255/],
+      [{ ...ok, nodeIP: '10.0.0.256' }, /cluster\.nodeIP: must be an IPv4 or IPv6 address/],
+      [{ ...ok, etcd: { endpoints: [] } }, /cluster\.etcd\.endpoints: give at least one etcd client URL/],
+      [{ ...ok, etcd: { endpoints: ['127.0.0.1:2379'] } }, /cluster\.etcd\.endpoints\.0: "127\.0\.0\.1:2379" is not a URL/],
+      [{ ...ok, etcd: { endpoints: ['unix://h:2379'] } }, /cluster\.etcd\.endpoints\.0: .*must be http\(s\):\/\/host:port/],
+      [{ ...ok, etcd: { endpoints: ['http://h:2379/v3?x=1'] } }, /cluster\.etcd\.endpoints\.0: .*nothing after the port/],
+      [{ ...ok, etcd: { endpoints: ['https://h:2379'] } }, /cluster\.etcd\.tls: required for https:\/\/ endpoints/],
+      [{ ...ok, etcd: { endpoints: ['http://h:2379'], tls: { ca: '/ca.pem' } } }, /cluster\.etcd\.endpoints: with cluster\.etcd\.tls set, every endpoint must be https/],
+      [{ ...ok, etcd: { endpoints: ['https://h:2379'], tls: { ca: '/ca.pem', cert: '/c.pem' } } }, /cluster\.etcd\.tls\.key: required with cluster\.etcd\.tls\.cert/],
+      [{ ...ok, etcd: { endpoints: ['https://h:2379'], tls: { ca: '/ca.pem', key: '/k.pem' } } }, /cluster\.etcd\.tls\.cert: required with cluster\.etcd\.tls\.key/],
+      [{ ...ok, extra: 1 }, /cluster: Unrecognized key/],
+      [{ name: 'x', etcd: ok.etcd }, /cluster\.id: /],
+    ];
+    for (const [cluster, re] of bad) assert.throws(() => configParse({ cluster }), re, JSON.stringify(cluster));
+  });
+
+  test('cluster.etcd.tls files are read and checked as the agent would (config check refuses them too)', async () => {
+    const cert = join(dir, 'etcd-client.pem');
+    const key = join(dir, 'etcd-client.key');
+    execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=kitnet'], { stdio: 'ignore' });
+    const garbage = join(dir, 'garbage.pem');
+    writeFileSync(garbage, 'not a certificate\n');
+    const base = { stateDir: join(dir, 'state'), api: { socket: join(dir, 'c.sock') }, bpfPinRoot: '/sys/fs/bpf' };
+    const cluster = (tls: Record<string, string>) => ({ ...base, cluster: { name: 'k', id: 1, etcd: { endpoints: ['https://127.0.0.1:2379'], tls } } });
+    const good = await configPrepare(configParse(cluster({ ca: cert, cert, key })));
+    assert.ok(good.etcdTls?.ca.length && good.etcdTls.cert && good.etcdTls.key);
+    await assert.rejects(configPrepare(configParse(cluster({ ca: garbage }))), /cluster\.etcd\.tls\.ca: .*garbage\.pem is not a PEM certificate/);
+    await assert.rejects(configPrepare(configParse(cluster({ ca: join(dir, 'nope.pem') }))), /cluster\.etcd\.tls\.ca: cannot read .*nope\.pem: ENOENT/);
+    await assert.rejects(configPrepare(configParse(cluster({ ca: cert, cert, key: cert }))), /cluster\.etcd\.tls\.key: .* is not a PEM private key/);
+    await assert.rejects(configPrepare(configParse(cluster({ ca: cert, cert: key, key }))), /cluster\.etcd\.tls\.cert: .* is not a PEM certificate/);
+    const file = join(dir, 'cluster.yaml');
+    writeFileSync(file, `${JSON.stringify(cluster({ ca: garbage }))}\n`);
+    const checked = await configCheck(file, env);
+    assert.notEqual(checked.code, 0);
+    assert.match(checked.err, /cluster\.etcd\.tls\.ca: .*garbage\.pem is not a PEM certificate/);
   });
 
   test('the CLI finds the agent by KITNET_SOCKET, else KITNET_API_SOCKET (the agent\'s variable), else the default', () => {

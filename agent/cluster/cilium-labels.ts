@@ -1,0 +1,26 @@
+import { identityLabels, type Label } from '../../common/labels.js';
+
+/** The label Cilium gives every identity of a cluster (policies select remote workloads by it). */
+export const CLUSTER_LABEL = 'io.cilium.k8s.policy.cluster';
+
+/** A workload's identity labels in cluster mode: the single-host ones plus the cluster label. */
+export function clusterIdentityLabels(
+  clusterName: string,
+  workloadLabels: Record<string, string>,
+  namespace: string,
+  namespaceLabels?: Record<string, string>,
+): Label[] {
+  const labels = identityLabels(workloadLabels, namespace, namespaceLabels).filter((l) => l.key !== CLUSTER_LABEL);
+  return [...labels, { source: 'k8s', key: CLUSTER_LABEL, value: clusterName }];
+}
+
+/**
+ * The label set as Cilium writes it into the kvstore (pkg/labels SortedList / FormatForKVStore):
+ * every label `source:key=value;`, ordered by key, the trailing `;` included. This string is part of
+ * etcd keys that Cilium agents read, so it must match byte for byte. Cilium holds one label per key;
+ * kitnet may hold the same key under two sources, ordered by source then so the text stays canonical.
+ */
+export function kvstoreLabelsKey(labels: readonly Label[]): string {
+  const sorted = [...labels].sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : a.source < b.source ? -1 : a.source > b.source ? 1 : 0));
+  return sorted.map((l) => `${l.source}:${l.key}=${l.value};`).join('');
+}

@@ -1,0 +1,59 @@
+import { networkInterfaces } from 'node:os';
+import type { Logger } from 'pino';
+import type { Config } from '../config.js';
+import type { EtcdTlsPrepared } from '../config-preflight.js';
+import { ClusterIdentities } from './cluster-identities.js';
+import { etcdClientCreate } from './etcd-client.js';
+import { ClusterIdentityAllocator } from './identity-allocator.js';
+import { IDENTITY_GC_INTERVAL_MS, IdentityGc } from './identity-gc.js';
+import { clusterIdentityRange } from './identity-range.js';
+import { ClusterSession } from './session.js';
+
+import { IpcachePublisher } from './ipcache-publisher.js';
+
+export { ClusterIdentities } from './cluster-identities.js';
+export { IpcachePublisher } from './ipcache-publisher.js';
+
+/** What the agent's services use in cluster mode. */
+export interface ClusterServices {
+  identities: ClusterIdentities;
+  ipcache: IpcachePublisher;
+}
+
+/** This host's address in the cluster when cluster.nodeIP is not set: its first global IPv4, else IPv6. */
+export function nodeIpDefault(ifaces = networkInterfaces()): string | undefined {
+  const all = Object.values(ifaces).flatMap((l) => l ?? []).filter((a) => !a.internal);
+  return all.find((a) => a.family === 'IPv4')?.address ?? all.find((a) => a.family === 'IPv6' && !a.address.toLowerCase().startsWith('fe80:'))?.address;
+}
+
+export interface ClusterMode extends ClusterServices {
+  nodeIP: string;
+  /** Stops the keepalives; this node's keys expire with its lease (a restart takes them again). */
+  close(): Promise<void>;
+}
+
+/** Connects to the cluster's etcd and opens this node's session (leases). */
+export async function clusterOpen(cluster: NonNullable<Config['cluster']>, tls: EtcdTlsPrepared | undefined, log: Logger): Promise<ClusterMode> {
+  const nodeIP = cluster.nodeIP ?? nodeIpDefault();
+  if (!nodeIP) throw new Error('cluster.nodeIP: this host has no global address to be known by in the cluster; set cluster.nodeIP');
+  const client = etcdClientCreate(cluster.etcd, tls);
+  let session: ClusterSession;
+  try {
+    session = await ClusterSession.open(client, log.child({ component: 'cluster' }));
+  } catch (err) {
+    client.close();
+    throw new Error(`cluster.etcd: cannot open a session with etcd at ${cluster.etcd.endpoints.join(', ')}: ${(err as Error).message}`, { cause: err });
+  }
+  const range = clusterIdentityRange(cluster.id);
+  const allocator = new ClusterIdentityAllocator(session, { range, nodeSuffix: nodeIP, log: log.child({ component: 'cluster-identity' }) });
+  log.info({ cluster: cluster.name, clusterId: cluster.id, nodeIP, identityRange: `${range.min}-${range.max}` }, 'cluster mode: identities shared through etcd');
+  const gcLog = log.child({ component: 'cluster-identity-gc' });
+  const gc = new IdentityGc(session, range, gcLog);
+  const gcTimer = setInterval(() => void gc.round().catch((err: unknown) => gcLog.warn({ err }, 'identity garbage collection round failed; next round retries')), IDENTITY_GC_INTERVAL_MS).unref();
+  return {
+    identities: new ClusterIdentities(allocator, cluster.name, range, log.child({ component: 'cluster-identity' })),
+    ipcache: new IpcachePublisher(session, nodeIP, log.child({ component: 'cluster-ipcache' })),
+    nodeIP,
+    close: () => (clearInterval(gcTimer), session.close()),
+  };
+}
