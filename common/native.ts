@@ -95,6 +95,14 @@ export interface NativeBpf {
    */
   netlinkMonitorOpen(protocol: number, groups: number, rcvbufBytes: number, onData: (datagram: Buffer | null) => void): NativeHandle;
   netlinkMonitorClose(handle: NativeHandle): void;
+  /**
+   * An AF_PACKET socket on one device (unreferenced), seeing frames before tcx ingress: IPv4 UDP to
+   * `udpDstPort` only (a kernel socket filter), one Ethernet frame per callback. Sends bypass the
+   * qdisc and tcx egress.
+   */
+  packetOpen(ifindex: number, udpDstPort: number, onFrame: (frame: Buffer) => void): NativeHandle;
+  packetSend(handle: NativeHandle, frame: Buffer): void;
+  packetClose(handle: NativeHandle): void;
 }
 
 /** Where bash bpf/build.sh puts the addon; KITNET_BPF_ADDON overrides (packaging). */
