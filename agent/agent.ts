@@ -26,6 +26,7 @@ import { PolicyService } from './policy/service.js';
 import { workloadsOutsidePools } from './pool-check.js';
 import { WorkloadWatch } from './workload-watch.js';
 import { WorkloadController } from './reconcile/controller.js';
+import { Dhcp4Server } from './addressing/dhcp4-server.js';
 
 export const KITNET_VERSION = '0.1.0';
 
@@ -61,6 +62,8 @@ export class Agent {
   readonly metrics: AgentMetrics;
   readonly policyEngine: PolicyEngine;
   readonly policies: PolicyService;
+  /** DHCPv4 for vm and tap guests (agent/addressing/). */
+  readonly dhcp: Dhcp4Server;
   private readonly watch: WorkloadWatch;
   /** One lock for every change of desired state: workloads, labels, namespaces, policies. */
   private readonly mutex = new Mutex();
@@ -79,15 +82,22 @@ export class Agent {
       store,
       this.reconciler,
       this.mutex,
-      async (namespace, name) => void (await this.workloads.removeLocked(namespace, name)),
+      async (namespace, name) => {
+        await this.workloads.removeLocked(namespace, name);
+        this.dhcp.sync();
+      },
       log.child({ component: 'reconcile' }),
       { resyncMs: config.reconcile.resyncSeconds * 1000, backoff: { baseMs: 1000, maxMs: config.reconcile.retryMaxSeconds * 1000 } },
-      () => this.directory.refresh(),
+      () => {
+        this.directory.refresh();
+        this.dhcp.sync();
+      },
     );
     this.workloads = new WorkloadService(store, config, kernel, this.reconciler, log.child({ component: 'workloads' }), this.mutex, this.policyEngine, this.controller);
     this.watch = new WorkloadWatch(store, kernel, this.controller, log.child({ component: 'watch' }));
     this.policies = new PolicyService(store, this.policyEngine, this.workloads, this.mutex, log.child({ component: 'policy' }));
     this.directory = new EndpointDirectory(store);
+    this.dhcp = new Dhcp4Server(store, config, log.child({ component: 'dhcp' }));
     this.flows = new FlowPipeline(this.directory, config.nodeName, config.flows.ringCapacity, log.child({ component: 'flows' }));
     this.metrics = new AgentMetrics({
       flows: this.flows,
@@ -122,12 +132,14 @@ export class Agent {
     for (const m of workloadsOutsidePools(this.store.workloadList(), this.config.ipam)) {
       this.log.warn(m, `workload ${m.workload} keeps ${m.address}, outside the configured pool ${m.pool} (${m.key} changed)`);
     }
+    this.dhcp.sync();
     this.flows.start(this.kernel.datapath);
     this.watch.start();
     this.controller.start();
   }
 
   stop(): void {
+    this.dhcp.close();
     this.watch.stop();
     void this.controller.stop();
     this.flows.stop();
@@ -160,6 +172,7 @@ export class Agent {
       gateway: { ipv4: GATEWAY_V4, ipv6: GATEWAY_V6 },
       ...(rec.spec.vm ? { vm: vmView(rec, rec.spec.vm) } : {}),
       ...(rec.spec.tap ? { tap: { device: rec.spec.tap.device, mac: rec.spec.tap.mac } } : {}),
+      ...(rec.spec.kind !== 'netns' ? { addressing: rec.spec.addressing ?? 'dhcp' } : {}),
       createdAt: rec.createdAt,
       updatedAt: rec.updatedAt,
     };
@@ -174,7 +187,9 @@ export class Agent {
   }
 
   async workloadRegister(input: WorkloadCreate, caller: { admin: boolean } = { admin: true }): Promise<Workload> {
-    return this.view(this.directorySet(await this.workloads.register(input, caller)));
+    const rec = this.directorySet(await this.workloads.register(input, caller));
+    this.dhcp.sync();
+    return this.view(rec);
   }
 
   workloadList(namespace?: string): Workload[] {
@@ -189,6 +204,7 @@ export class Agent {
     const view = this.view(this.workloads.get(namespace, name));
     try {
       this.directory.workloadRemove(await this.workloads.remove(namespace, name));
+      this.dhcp.sync();
     } catch (err) {
       this.directory.refresh();
       throw err;
