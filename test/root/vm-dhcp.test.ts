@@ -197,6 +197,36 @@ describe('DHCPv4 for VM guests (root)', { timeout: 180_000 }, () => {
     assert.equal(status.counts.workloads, 2, 'the agent answers');
   });
 
+  test('kind tap: served on the adopted tap (the VM behind its fd); answers come from the store after the server is rebuilt', async () => {
+    const tap = `kndh${id}`.slice(0, 15);
+    const mac = '52:54:00:21:6d:01';
+    await run('ip', ['tuntap', 'add', 'dev', tap, 'mode', 'tap']);
+    try {
+      await run('ip', ['link', 'set', tap, 'up']);
+      const w = await call<Workload>('POST', '/v1/workloads', { kind: 'tap', name: `tap-${id}`, namespace: 'dhcp', device: tap, mac });
+      assert.equal(w.addressing, 'dhcp');
+      const exchange = async (frame: Buffer) => {
+        const hex = (await run('python3', [PROBE, 'tap-exchange', tap, frame.toString('hex'), '10'])).trim();
+        assert.ok(hex.length > 0, 'a reply on the tap');
+        const f = Buffer.from(hex, 'hex');
+        assert.equal(f.subarray(0, 6).toString('hex'), mac.replace(/:/g, ''), 'to the guest MAC');
+        assert.equal(f.subarray(6, 12).toString('hex'), w.interfaces.host.mac!.replace(/:/g, ''), 'from the tap (the gateway MAC)');
+        const d = f.subarray(42);
+        return { type: d[242], yiaddr: [...d.subarray(16, 20)].join('.') };
+      };
+      assert.deepEqual(await exchange(requestFrame({ srcMac: mac, type: 1, xid: 77 })), { type: 2, yiaddr: w.ipv4 });
+      // the server keeps nothing but sockets: rebuilt from the store (as at an agent start), it ACKs the lease
+      t.agent.dhcp.close();
+      assert.equal(t.agent.dhcp.servedList().size, 0);
+      t.agent.dhcp.sync();
+      const opt50 = Buffer.from([50, 4, ...w.ipv4.split('.').map(Number), 54, 4, 169, 254, 1, 1]);
+      assert.deepEqual(await exchange(requestFrame({ srcMac: mac, type: 3, xid: 78, options: opt50 })), { type: 5, yiaddr: w.ipv4 });
+      await call('DELETE', `/v1/workloads/dhcp/tap-${id}`);
+    } finally {
+      await run('ip', ['link', 'del', tap]).catch(() => undefined);
+    }
+  });
+
   test('addressing static: not served; the server follows workloads as they come and go', async () => {
     const key = `dhcp/${vm.name}`;
     assert.ok(t.agent.dhcp.servedList().has(key));
