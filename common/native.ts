@@ -96,11 +96,12 @@ export interface NativeBpf {
   netlinkMonitorOpen(protocol: number, groups: number, rcvbufBytes: number, onData: (datagram: Buffer | null) => void): NativeHandle;
   netlinkMonitorClose(handle: NativeHandle): void;
   /**
-   * An AF_PACKET socket on one device (unreferenced), seeing frames before tcx ingress: IPv4 UDP to
-   * `udpDstPort` only (a kernel socket filter), one Ethernet frame per callback. Sends bypass the
-   * qdisc and tcx egress.
+   * An AF_PACKET socket (unreferenced) in the calling thread's network namespace: IPv4 UDP frames to
+   * `udpDstPort` only (a kernel socket filter) on `recvIfname`, arriving (seen before tcx ingress) or
+   * `outgoing` (seen before the device's transmit), one Ethernet frame per callback. Sends go out of
+   * `sendIfname`, past the qdisc and tcx egress. Errors carry code PACKET_DEVICE (no such device) etc.
    */
-  packetOpen(ifindex: number, udpDstPort: number, onFrame: (frame: Buffer) => void): NativeHandle;
+  packetOpen(recvIfname: string, sendIfname: string, udpDstPort: number, outgoing: boolean, onFrame: (frame: Buffer) => void): NativeHandle;
   packetSend(handle: NativeHandle, frame: Buffer): void;
   packetClose(handle: NativeHandle): void;
 }

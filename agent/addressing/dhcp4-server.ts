@@ -2,12 +2,18 @@
 // process per VM). Nothing is kept here but the sockets: each answer is derived from the store's row
 // at the time of the request, so a guest renewing across an agent restart gets the same address.
 //
+// Where: a kind tap guest on its tap in the host namespace (frames arriving on it). A kind vm guest
+// inside the VM's namespace: frames leaving the pair's peer toward the host, replies out of the
+// bridge to the tap. That works in veth and netkit mode alike: in netkit mode the datapath runs in
+// the peer's transmit, and would drop a DISCOVER from 0.0.0.0 before the host side saw it.
+//
 // Only the workload's own MAC on the workload's own device is answered; relayed requests (giaddr
 // set), other MACs and malformed frames are ignored and counted (the datapath reports the frame as a
 // flow too: it drops a source of 0.0.0.0 as INVALID_SOURCE_IP, and other MACs as INVALID_SOURCE_MAC).
 import type { Logger } from 'pino';
+import { closeSync, openSync } from 'node:fs';
 import { native, type NativeHandle } from '../../common/native.js';
-import { GATEWAY_V4 } from '../../netkit/index.js';
+import { GATEWAY_V4, inNetnsSync } from '../../netkit/index.js';
 import type { Config } from '../config.js';
 import type { Store } from '../store/store.js';
 import type { WorkloadRecord } from '../store/types.js';
@@ -18,21 +24,48 @@ import {
 
 /** The frame I/O (the native packet socket; replaced only in pure-logic tests). */
 export interface PacketIo {
-  open(ifindex: number, udpDstPort: number, onFrame: (frame: Buffer) => void): NativeHandle;
+  open(where: ServedAt, udpDstPort: number, onFrame: (frame: Buffer) => void): NativeHandle;
   send(handle: NativeHandle, frame: Buffer): void;
   close(handle: NativeHandle): void;
 }
 
+/** Where a guest's frames are read and its replies sent. */
+export interface ServedAt {
+  /** The namespace to open the socket in (absent: the agent's own). */
+  netnsPath?: string;
+  recv: string;
+  send: string;
+  /** Read frames leaving `recv` (vm: the peer toward the host) rather than arriving on it (tap). */
+  outgoing: boolean;
+}
+
 const nativeIo: PacketIo = {
-  open: (ifindex, port, onFrame) => native().packetOpen(ifindex, port, onFrame),
+  open: (w, port, onFrame) => {
+    const opener = () => native().packetOpen(w.recv, w.send, port, w.outgoing, onFrame);
+    if (w.netnsPath === undefined) return opener();
+    const fd = openSync(w.netnsPath, 'r');
+    try {
+      return inNetnsSync(fd, opener);
+    } finally {
+      closeSync(fd);
+    }
+  },
   send: (h, frame) => native().packetSend(h, frame),
   close: (h) => native().packetClose(h),
 };
 
 interface Served {
   key: string;
-  ifindex: number;
+  /** Changes when the devices are made again (ifindexes in it): the socket is then reopened. */
+  ident: string;
   handle: NativeHandle;
+}
+
+interface Guest {
+  at: ServedAt;
+  ident: string;
+  guestMac: string;
+  gatewayMac: string;
 }
 
 export interface Dhcp4Stats {
@@ -44,12 +77,19 @@ export interface Dhcp4Stats {
 }
 
 /** A vm/tap workload whose guest kitnet configures by DHCP, and the device it is served on. */
-export function dhcpServed(rec: WorkloadRecord): { ifindex: number; guestMac: string; gatewayMac: string } | undefined {
+export function dhcpServed(rec: WorkloadRecord): Guest | undefined {
   if (rec.spec.kind === 'netns' || rec.spec.addressing === 'static' || rec.state !== 'ready') return undefined;
-  const guestMac = rec.spec.vm?.mac ?? rec.spec.tap?.mac;
   const o = rec.observed;
-  if (!guestMac || !o || o.hostIfindex <= 0 || !o.hostMac) return undefined;
-  return { ifindex: o.hostIfindex, guestMac, gatewayMac: o.hostMac };
+  if (!o || o.hostIfindex <= 0 || !o.hostMac) return undefined;
+  const ident = `${rec.spec.netns}|${o.hostIfindex}|${o.peerIfindex}`;
+  if (rec.spec.vm) {
+    const at = { netnsPath: rec.spec.netns, recv: rec.spec.interface, send: rec.spec.vm.bridge, outgoing: true };
+    return { at, ident, guestMac: rec.spec.vm.mac, gatewayMac: o.hostMac };
+  }
+  if (rec.spec.tap) {
+    return { at: { recv: rec.hostIfname, send: rec.hostIfname, outgoing: false }, ident, guestMac: rec.spec.tap.mac, gatewayMac: o.hostMac };
+  }
+  return undefined;
 }
 
 export class Dhcp4Server {
@@ -82,30 +122,31 @@ export class Dhcp4Server {
 
   /** Serves exactly the workloads that want DHCP now (after every change of workloads, and at start). */
   sync(): void {
-    const want = new Map<string, number>();
+    const want = new Map<string, Guest>();
     for (const rec of this.store.workloadList()) {
-      const s = dhcpServed(rec);
-      if (s) want.set(`${rec.spec.namespace}/${rec.spec.name}`, s.ifindex);
+      const g = dhcpServed(rec);
+      if (g) want.set(`${rec.spec.namespace}/${rec.spec.name}`, g);
     }
     for (const [key, s] of this.served) {
-      if (want.get(key) !== s.ifindex) this.unserve(s);
+      if (want.get(key)?.ident !== s.ident) this.unserve(s);
     }
-    for (const [key, ifindex] of want) {
+    for (const [key, g] of want) {
       if (this.served.has(key)) continue;
+      const device = `${g.at.recv}${g.at.netnsPath ? ` in ${g.at.netnsPath}` : ''}`;
       try {
-        const handle = this.io.open(ifindex, DHCP_SERVER_PORT, (frame) => this.onFrame(key, ifindex, frame));
-        this.served.set(key, { key, ifindex, handle });
-        this.log.debug({ workload: key, ifindex }, 'DHCP served');
+        const handle = this.io.open(g.at, DHCP_SERVER_PORT, (frame) => this.onFrame(key, g.ident, frame));
+        this.served.set(key, { key, ident: g.ident, handle });
+        this.log.debug({ workload: key, device }, 'DHCP served');
       } catch (err) {
         // the device went away between the store and here: the next sync (the watch removes it) settles it
-        this.log.warn({ workload: key, ifindex, err: (err as Error).message }, `cannot serve DHCP on ifindex ${ifindex}`);
+        this.log.warn({ workload: key, device, err: (err as Error).message }, `cannot serve DHCP on ${device}; the guest gets no address until it is back`);
       }
     }
   }
 
-  /** The workloads served now (namespace/name -> ifindex). */
-  servedList(): Map<string, number> {
-    return new Map([...this.served].map(([k, s]) => [k, s.ifindex]));
+  /** The workloads served now (namespace/name). */
+  servedList(): Set<string> {
+    return new Set(this.served.keys());
   }
 
   close(): void {
@@ -122,13 +163,13 @@ export class Dhcp4Server {
     this.log.debug({ workload: key, reason, ...detail }, 'DHCP request ignored');
   }
 
-  private onFrame(key: string, ifindex: number, frame: Buffer): void {
+  private onFrame(key: string, ident: string, frame: Buffer): void {
     const served = this.served.get(key);
-    if (!served || served.ifindex !== ifindex) return;
+    if (!served || served.ident !== ident) return;
     const [namespace, name] = key.split('/') as [string, string];
     const rec = this.store.workloadGet(namespace, name);
     const s = rec && dhcpServed(rec);
-    if (!rec || !s || s.ifindex !== ifindex) return this.ignore(key, 'not-served');
+    if (!rec || !s || s.ident !== ident) return this.ignore(key, 'not-served');
     const decoded = dhcpFrameDecode(frame);
     if (!decoded.ok) return this.ignore(key, 'malformed', { detail: decoded.reason });
     const req = decoded.request;
@@ -136,13 +177,15 @@ export class Dhcp4Server {
     if (req.giaddr !== '0.0.0.0') return this.ignore(key, 'relayed', { giaddr: req.giaddr });
     if (req.srcMac !== s.guestMac || req.chaddr !== s.guestMac) return this.ignore(key, 'foreign-mac', { mac: req.chaddr, srcMac: req.srcMac });
     try {
-      this.answer(rec, s, req, key);
+      this.answer(rec, s, req, key, served.handle);
     } catch (err) {
-      this.log.warn({ workload: key, ifindex, err: (err as Error).message }, 'DHCP reply not sent');
+      this.log.warn({ workload: key, err: (err as Error).message }, 'DHCP reply not sent');
     }
   }
 
-  private answer(rec: WorkloadRecord, s: { ifindex: number; guestMac: string; gatewayMac: string }, req: DhcpRequest, key: string): void {
+  private answer(rec: WorkloadRecord, s: Guest, req: DhcpRequest, key: string, handle: NativeHandle): void {
+    const send = (dstIp: string, reply: Parameters<typeof dhcpMessageEncode>[0]) =>
+      this.io.send(handle, udpFrameEncode({ srcMac: s.gatewayMac, dstMac: s.guestMac, srcIp: GATEWAY_V4, dstIp, payload: dhcpMessageEncode(reply) }));
     const lease = this.config.addressing.leaseSeconds;
     const leaseOpts = [
       { code: Opt.LEASE_TIME, value: u32(lease) },
@@ -160,7 +203,7 @@ export class Dhcp4Server {
     switch (req.messageType) {
       case T.DISCOVER:
         this.stats.offers++;
-        return this.send(s, '255.255.255.255', { ...base, messageType: T.OFFER, ciaddr: '0.0.0.0', yiaddr: rec.ipv4, options: [...this.options, ...leaseOpts, hostname] });
+        return send('255.255.255.255', { ...base, messageType: T.OFFER, ciaddr: '0.0.0.0', yiaddr: rec.ipv4, options: [...this.options, ...leaseOpts, hostname] });
       case T.REQUEST: {
         // a server id naming another server: the guest took that server's offer
         if (serverId && !serverId.equals(ipv4Bytes(GATEWAY_V4))) return this.ignore(key, 'other-server');
@@ -169,20 +212,20 @@ export class Dhcp4Server {
         if (asked !== rec.ipv4) {
           this.stats.naks++;
           this.log.info({ workload: key, asked, ipv4: rec.ipv4 }, 'DHCP NAK: the guest asked for an address that is not its own');
-          return this.send(s, '255.255.255.255', {
+          return send('255.255.255.255', {
             ...base, flags: 0x8000, messageType: T.NAK, ciaddr: '0.0.0.0', yiaddr: '0.0.0.0',
             options: [{ code: Opt.SERVER_ID, value: ipv4Bytes(GATEWAY_V4) }, { code: Opt.MESSAGE, value: Buffer.from(`address is ${rec.ipv4}`) }],
           });
         }
         this.stats.acks++;
-        return this.send(s, req.ciaddr !== '0.0.0.0' ? req.ciaddr : '255.255.255.255', {
+        return send(req.ciaddr !== '0.0.0.0' ? req.ciaddr : '255.255.255.255', {
           ...base, messageType: T.ACK, ciaddr: req.ciaddr, yiaddr: rec.ipv4, options: [...this.options, ...leaseOpts, hostname],
         });
       }
       case T.INFORM:
         // configuration without a lease (RFC 2131 4.3.5): no yiaddr, no lease times
         this.stats.acks++;
-        return this.send(s, req.ciaddr !== '0.0.0.0' ? req.ciaddr : '255.255.255.255', {
+        return send(req.ciaddr !== '0.0.0.0' ? req.ciaddr : '255.255.255.255', {
           ...base, messageType: T.ACK, ciaddr: req.ciaddr, yiaddr: '0.0.0.0', options: [...this.options, hostname],
         });
       case T.RELEASE:
@@ -197,12 +240,6 @@ export class Dhcp4Server {
     }
   }
 
-  private send(s: { ifindex: number; guestMac: string; gatewayMac: string }, dstIp: string, reply: Parameters<typeof dhcpMessageEncode>[0]): void {
-    const served = [...this.served.values()].find((x) => x.ifindex === s.ifindex);
-    if (!served) return;
-    const payload = dhcpMessageEncode(reply);
-    this.io.send(served.handle, udpFrameEncode({ srcMac: s.gatewayMac, dstMac: s.guestMac, srcIp: GATEWAY_V4, dstIp, payload }));
-  }
 }
 
 function u32(n: number): Buffer {

@@ -8,12 +8,19 @@
  * (IPv4 UDP to one port), so the agent never wakes for the guest's other traffic. Frames are sent
  * with PACKET_QDISC_BYPASS: straight to the device, past tcx egress (the reply comes from the
  * gateway, which the guest's policy does not govern).
+ *
+ * A VM's guest is served inside the VM's namespace (so also in netkit mode, where the datapath runs
+ * in the pair's transmit path): frames are read as they leave the pair's peer toward the host
+ * (outgoing, seen before the peer's transmit runs the datapath) and replies go out of the bridge to
+ * the guest's tap. Devices are named, and resolved in the namespace of the calling thread (the
+ * caller enters the namespace with setns around packetOpen; a socket stays where it was made).
  */
 #include "addon.h"
 #include <arpa/inet.h>
 #include <linux/filter.h>
 #include <linux/if_ether.h>
 #include <linux/if_packet.h>
+#include <net/if.h>
 
 struct pkt_sock {
 	napi_env env;
@@ -21,7 +28,8 @@ struct pkt_sock {
 	napi_async_context async_ctx;
 	uv_poll_t poll;
 	int fd;
-	int ifindex;
+	int send_ifindex;
+	bool outgoing;
 	bool closed;
 };
 
@@ -62,8 +70,9 @@ static void ps_on_poll(uv_poll_t *handle, int status, int events)
 				continue;
 			break; /* EAGAIN: drained */
 		}
-		/* our own sends, and frames larger than any DHCP message we accept, are not for us */
-		if (from.sll_pkttype == PACKET_OUTGOING || (size_t)n > sizeof(buf))
+		/* one direction only (our own sends are outgoing on a host device), and nothing larger than
+		 * any DHCP message accepted */
+		if ((from.sll_pkttype == PACKET_OUTGOING) != s->outgoing || (size_t)n > sizeof(buf))
 			continue;
 		ps_call(s, buf, (size_t)n);
 	}
@@ -79,20 +88,33 @@ static void ps_on_close(uv_handle_t *handle)
 	free(s);
 }
 
-/* packetOpen(ifindex, udpDstPort, callback(Buffer)) -> handle; unreferenced. IPv4 UDP frames only,
- * non-first fragments excluded, to udpDstPort. */
+/* packetOpen(recvIfname, sendIfname, udpDstPort, outgoing, callback(Buffer)) -> handle; unreferenced.
+ * IPv4 UDP frames to udpDstPort only (no non-first fragments), received on recvIfname in one direction
+ * (outgoing = leaving the device, else arriving); sends go out of sendIfname. */
 napi_value packet_open(napi_env env, napi_callback_info info)
 {
-	napi_value argv[3], handle, name;
-	int32_t ifindex, port;
+	napi_value argv[5], handle, name;
+	char recv_name[IF_NAMESIZE + 1], send_name[IF_NAMESIZE + 1]; /* get_str takes cap - 2 characters */
+	int32_t port;
+	bool outgoing;
+	unsigned int ifindex, send_ifindex;
 	uv_loop_t *loop;
 	struct pkt_sock *s;
 	int fd, err, one = 1;
 
-	if (!get_args(env, info, 3, argv) || !get_i32(env, argv[0], &ifindex) || !get_i32(env, argv[1], &port))
+	if (!get_args(env, info, 5, argv) || !get_str(env, argv[0], recv_name, sizeof(recv_name)) ||
+	    !get_str(env, argv[1], send_name, sizeof(send_name)) || !get_i32(env, argv[2], &port))
 		return NULL;
-	if (ifindex <= 0 || port <= 0 || port > 65535)
-		return throw_type(env, "packetOpen: ifindex must be > 0 and port 1-65535");
+	if (napi_get_value_bool(env, argv[3], &outgoing) != napi_ok)
+		return throw_type(env, "packetOpen: outgoing must be a boolean");
+	if (port <= 0 || port > 65535)
+		return throw_type(env, "packetOpen: port must be 1-65535");
+	ifindex = if_nametoindex(recv_name);
+	if (!ifindex)
+		return throw_errno(env, "PACKET_DEVICE", errno);
+	send_ifindex = if_nametoindex(send_name);
+	if (!send_ifindex)
+		return throw_errno(env, "PACKET_DEVICE", errno);
 	struct sock_filter code[] = {
 		BPF_STMT(BPF_LD | BPF_H | BPF_ABS, 12),			    /* ethertype */
 		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, ETH_P_IP, 0, 8),
@@ -112,7 +134,7 @@ napi_value packet_open(napi_env env, napi_callback_info info)
 	fd = socket(AF_PACKET, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return throw_errno(env, "PACKET_SOCKET", errno);
-	struct sockaddr_ll addr = { .sll_family = AF_PACKET, .sll_protocol = htons(ETH_P_ALL), .sll_ifindex = ifindex };
+	struct sockaddr_ll addr = { .sll_family = AF_PACKET, .sll_protocol = htons(ETH_P_ALL), .sll_ifindex = (int)ifindex };
 	if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog)) < 0 ||
 	    setsockopt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof(one)) < 0 ||
 	    bind(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
@@ -127,7 +149,8 @@ napi_value packet_open(napi_env env, napi_callback_info info)
 	}
 	s->env = env;
 	s->fd = fd;
-	s->ifindex = ifindex;
+	s->send_ifindex = (int)send_ifindex;
+	s->outgoing = outgoing;
 	NAPI_CALL(env, napi_get_uv_event_loop(env, &loop));
 	err = uv_poll_init(loop, &s->poll, fd);
 	if (err) {
@@ -136,7 +159,7 @@ napi_value packet_open(napi_env env, napi_callback_info info)
 		return throw_errno(env, "UV_POLL_INIT", -err);
 	}
 	s->poll.data = s;
-	napi_create_reference(env, argv[2], 1, &s->callback);
+	napi_create_reference(env, argv[4], 1, &s->callback);
 	napi_create_string_utf8(env, "kitnet:packet-socket", NAPI_AUTO_LENGTH, &name);
 	napi_async_init(env, NULL, name, &s->async_ctx);
 	err = uv_poll_start(&s->poll, UV_READABLE, ps_on_poll);
@@ -150,7 +173,7 @@ napi_value packet_open(napi_env env, napi_callback_info info)
 	return handle;
 }
 
-/* packetSend(handle, frame): one whole Ethernet frame out of the bound device. */
+/* packetSend(handle, frame): one whole Ethernet frame out of the send device. */
 napi_value packet_send(napi_env env, napi_callback_info info)
 {
 	napi_value argv[2];
@@ -166,7 +189,7 @@ napi_value packet_send(napi_env env, napi_callback_info info)
 		return NULL;
 	if (s->closed)
 		return throw_errno(env, "PACKET_SEND", EBADF);
-	struct sockaddr_ll to = { .sll_family = AF_PACKET, .sll_ifindex = s->ifindex, .sll_halen = ETH_ALEN };
+	struct sockaddr_ll to = { .sll_family = AF_PACKET, .sll_ifindex = s->send_ifindex, .sll_halen = ETH_ALEN };
 	if (len >= ETH_ALEN)
 		memcpy(to.sll_addr, data, ETH_ALEN);
 	if (sendto(s->fd, data, len, MSG_DONTWAIT, (struct sockaddr *)&to, sizeof(to)) < 0)
