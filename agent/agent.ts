@@ -44,9 +44,10 @@ function vmView(rec: WorkloadRecord, vm: NonNullable<WorkloadRecord['spec']['vm'
     gateway: { ipv4: GATEWAY_V4, ipv6: GATEWAY_V6 },
     addresses: { ipv4: `${rec.ipv4}/32`, ipv6: `${rec.ipv6}/128` },
     qemuNetdev,
-    runHint: `${enter} qemu-system-x86_64 -m 512 ${qemuNetdev} ... ; in the guest: address ${rec.ipv4}/32 and ${rec.ipv6}/128, ` +
-      `routes ${GATEWAY_V4} dev eth0 scope link, default via ${GATEWAY_V4} and via ${GATEWAY_V6}` +
-      (rec.observed?.hostMac ? `, neighbours ${GATEWAY_V4} and ${GATEWAY_V6} lladdr ${rec.observed.hostMac}` : ''),
+    runHint: `${enter} qemu-system-x86_64 -m 512 ${qemuNetdev} ... ; in the guest: ` +
+      (rec.spec.addressing === 'static' ? `address ${rec.ipv4}/32, routes ${GATEWAY_V4} dev eth0 scope link, default via ${GATEWAY_V4}, ` : `IPv4 by DHCP; `) +
+      `address ${rec.ipv6}/128, default via ${GATEWAY_V6}` +
+      (rec.observed?.hostMac ? `, neighbours ${rec.spec.addressing === 'static' ? `${GATEWAY_V4} and ` : ''}${GATEWAY_V6} lladdr ${rec.observed.hostMac}` : ''),
   };
 }
 
