@@ -134,6 +134,7 @@ export class Agent {
       this.log.warn(m, `workload ${m.workload} keeps ${m.address}, outside the configured pool ${m.pool} (${m.key} changed)`);
     }
     this.dhcp.sync();
+    this.dhcp.start();
     this.flows.start(this.kernel.datapath);
     this.watch.start();
     this.controller.start();

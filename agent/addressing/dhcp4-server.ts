@@ -1,4 +1,4 @@
-// DHCPv4 for VM guests (kind vm and tap): one packet socket per served device, all in the agent (no
+// DHCPv4 and router advertisements (ra.ts) for VM guests (kind vm and tap): packet sockets per served guest, all in the agent (no
 // process per VM). Nothing is kept here but the sockets: each answer is derived from the store's row
 // at the time of the request, so a guest renewing across an agent restart gets the same address.
 //
@@ -21,6 +21,7 @@ import {
   classlessRoutesEncode, DHCP_MIN_MAX_MESSAGE, DHCP_SERVER_PORT, type DhcpRequest, dhcpFrameDecode, dhcpMessageEncode,
   DhcpMessageType as T, domainListEncode, ipv4Bytes, Opt, udpFrameEncode,
 } from './dhcp4-codec.js';
+import { isRouterSolicitation, RA_REPEAT_MS, routerAdvertFrame } from './ra.js';
 
 /** The frame I/O (the native packet socket; replaced only in pure-logic tests). */
 export interface PacketIo {
@@ -59,6 +60,9 @@ interface Served {
   /** Changes when the devices are made again (ifindexes in it): the socket is then reopened. */
   ident: string;
   handle: NativeHandle;
+  /** Router solicitations in, advertisements out (ra.ts). */
+  raHandle: NativeHandle;
+  guest: Guest;
 }
 
 interface Guest {
@@ -72,6 +76,7 @@ export interface Dhcp4Stats {
   offers: number;
   acks: number;
   naks: number;
+  routerAdverts: number;
   /** Frames answered with nothing, by reason. */
   ignored: Record<string, number>;
 }
@@ -94,7 +99,8 @@ export function dhcpServed(rec: WorkloadRecord): Guest | undefined {
 
 export class Dhcp4Server {
   private readonly served = new Map<string, Served>();
-  readonly stats: Dhcp4Stats = { offers: 0, acks: 0, naks: 0, ignored: {} };
+  readonly stats: Dhcp4Stats = { offers: 0, acks: 0, naks: 0, routerAdverts: 0, ignored: {} };
+  private raTimer: NodeJS.Timeout | undefined;
   private readonly options: Array<{ code: number; value: Buffer; optional?: boolean }>;
 
   constructor(
@@ -135,13 +141,45 @@ export class Dhcp4Server {
       const device = `${g.at.recv}${g.at.netnsPath ? ` in ${g.at.netnsPath}` : ''}`;
       try {
         const handle = this.io.open(g.at, DHCP_SERVER_PORT, (frame) => this.onFrame(key, g.ident, frame));
-        this.served.set(key, { key, ident: g.ident, handle });
-        this.log.debug({ workload: key, device }, 'DHCP served');
+        let raHandle: NativeHandle;
+        try {
+          raHandle = this.io.open(g.at, 0, (frame) => this.onSolicit(key, g.ident, frame));
+        } catch (err) {
+          this.io.close(handle);
+          throw err;
+        }
+        const served = { key, ident: g.ident, handle, raHandle, guest: g };
+        this.served.set(key, served);
+        this.advertise(served);
+        this.log.debug({ workload: key, device }, 'DHCP and router advertisements served');
       } catch (err) {
         // the device went away between the store and here: the next sync (the watch removes it) settles it
         this.log.warn({ workload: key, device, err: (err as Error).message }, `cannot serve DHCP on ${device}; the guest gets no address until it is back`);
       }
     }
+  }
+
+  /** Router advertisements repeated for every served guest (unreferenced timer). */
+  start(): void {
+    this.raTimer ??= setInterval(() => {
+      for (const s of this.served.values()) this.advertise(s);
+    }, RA_REPEAT_MS).unref();
+  }
+
+  private advertise(s: Served): void {
+    try {
+      this.io.send(s.raHandle, routerAdvertFrame({ gatewayMac: s.guest.gatewayMac, guestMac: s.guest.guestMac, mtu: this.config.datapath.mtu ?? 1500, managed: false, other: false }));
+      this.stats.routerAdverts++;
+    } catch (err) {
+      this.log.debug({ workload: s.key, err: (err as Error).message }, 'router advertisement not sent');
+    }
+  }
+
+  private onSolicit(key: string, ident: string, frame: Buffer): void {
+    const served = this.served.get(key);
+    if (!served || served.ident !== ident) return;
+    if (!isRouterSolicitation(frame, served.guest.guestMac)) return this.ignore(key, 'router-solicitation');
+    this.advertise(served);
   }
 
   /** The workloads served now (namespace/name). */
@@ -150,11 +188,14 @@ export class Dhcp4Server {
   }
 
   close(): void {
+    clearInterval(this.raTimer);
+    this.raTimer = undefined;
     for (const s of [...this.served.values()]) this.unserve(s);
   }
 
   private unserve(s: Served): void {
     this.io.close(s.handle);
+    this.io.close(s.raHandle);
     this.served.delete(s.key);
   }
 

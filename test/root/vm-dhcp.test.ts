@@ -197,6 +197,25 @@ describe('DHCPv4 for VM guests (root)', { timeout: 180_000 }, () => {
     assert.equal(status.counts.workloads, 2, 'the agent answers');
   });
 
+  test('router advertisements: the guest\'s solicitation gets a default route via fe80::1; IPv6 traffic flows', async () => {
+    const sysctl = (k: string, v: string) => run('ip', ['netns', 'exec', guestNs, 'sysctl', '-qw', `${k}=${v}`]);
+    const ras = t.agent.dhcp.stats.routerAdverts;
+    await sysctl('net.ipv6.conf.eth0.accept_ra', '2');
+    await sysctl('net.ipv6.conf.eth0.accept_dad', '0');
+    // link down and up: the guest's kernel solicits routers again, as at boot
+    await run('ip', ['-n', guestNs, 'link', 'set', 'eth0', 'down']);
+    await run('ip', ['-n', guestNs, 'link', 'set', 'eth0', 'up']);
+    await run('ip', ['-n', guestNs, '-6', 'addr', 'add', `${vm.ipv6}/128`, 'dev', 'eth0', 'nodad']);
+    const route = await waitFor('a default route from a router advertisement', async () => {
+      const rts = JSON.parse(await run('ip', ['-n', guestNs, '-6', '-j', 'route', 'show', 'default'])) as Array<{ gateway?: string; protocol?: string }>;
+      return rts.find((r) => r.gateway === 'fe80::1');
+    }, 20_000);
+    assert.equal(route.protocol, 'ra');
+    assert.ok(t.agent.dhcp.stats.routerAdverts > ras, 'answered a solicitation');
+    assert.ok(await ping(guestNs, peer.ipv6, 2), `guest -> ${peer.ipv6}`);
+    assert.ok(await ping(peerNs, vm.ipv6, 2), `${peer.ipv6} -> guest`);
+  });
+
   test('kind tap: served on the adopted tap (the VM behind its fd); answers come from the store after the server is rebuilt', async () => {
     const tap = `kndh${id}`.slice(0, 15);
     const mac = '52:54:00:21:6d:01';

@@ -116,3 +116,39 @@ test('the reply frame decodes as IPv4/UDP 67->68 with valid checksums', () => {
   assert.equal(sum(f, 34, 34 + udpLen, sum(f, 26, 34) + 17 + udpLen), 0xffff, 'UDP checksum');
   assert.deepEqual([f.readUInt16BE(34), f.readUInt16BE(36)], [67, 68]);
 });
+
+test('router advertisement: from fe80::1 to ff02::1, hop limit 255, no prefix, valid checksum; solicitations checked', async () => {
+  const { routerAdvertFrame, isRouterSolicitation, RA_ROUTER_LIFETIME_S } = await import('../../agent/addressing/ra.js');
+  const f = routerAdvertFrame({ gatewayMac: '02:00:00:00:00:01', guestMac: MAC, mtu: 1400, managed: true, other: false });
+  assert.equal(f.readUInt16BE(12), 0x86dd);
+  assert.equal(f[21], 255);
+  assert.equal(f.subarray(22, 38).toString('hex'), 'fe800000000000000000000000000001');
+  const icmp = f.subarray(54);
+  assert.equal(icmp[0], 134);
+  assert.equal(icmp[5], 0x80, 'M set, O clear');
+  assert.equal(icmp.readUInt16BE(6), RA_ROUTER_LIFETIME_S);
+  assert.equal(icmp.readUInt32BE(28), 1400, 'MTU option');
+  assert.ok(![...Array(icmp.length >> 3).keys()].some((i) => icmp[16 + i * 8] === 3), 'no prefix information option');
+  let sum = 58 + icmp.length;
+  for (let i = 22; i < 54; i += 2) sum += f.readUInt16BE(i);
+  for (let i = 0; i < icmp.length; i += 2) sum += icmp.readUInt16BE(i);
+  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+  assert.equal(sum, 0xffff, 'ICMPv6 checksum');
+
+  const rs = Buffer.alloc(14 + 40 + 8);
+  Buffer.from(MAC.split(':').map((x) => parseInt(x, 16))).copy(rs, 6);
+  rs.writeUInt16BE(0x86dd, 12);
+  rs.writeUInt16BE(8, 18);
+  rs[20] = 58;
+  rs[21] = 255;
+  rs[54] = 133;
+  assert.equal(isRouterSolicitation(rs, MAC), true);
+  assert.equal(isRouterSolicitation(rs, '52:54:00:00:00:99'), false, 'another MAC');
+  const routed = Buffer.from(rs);
+  routed[21] = 64;
+  assert.equal(isRouterSolicitation(routed, MAC), false, 'hop limit below 255: not from the link');
+  assert.equal(isRouterSolicitation(rs.subarray(0, 60), MAC), false, 'truncated');
+  const lying = Buffer.from(rs);
+  lying.writeUInt16BE(500, 18);
+  assert.equal(isRouterSolicitation(lying, MAC), false, 'payload length past the frame');
+});

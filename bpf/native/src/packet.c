@@ -89,8 +89,9 @@ static void ps_on_close(uv_handle_t *handle)
 }
 
 /* packetOpen(recvIfname, sendIfname, udpDstPort, outgoing, callback(Buffer)) -> handle; unreferenced.
- * IPv4 UDP frames to udpDstPort only (no non-first fragments), received on recvIfname in one direction
- * (outgoing = leaving the device, else arriving); sends go out of sendIfname. */
+ * IPv4 UDP frames to udpDstPort only (no non-first fragments), or with udpDstPort 0 ICMPv6 router
+ * solicitations (no extension headers), received on recvIfname in one direction (outgoing = leaving
+ * the device, else arriving); sends go out of sendIfname. */
 napi_value packet_open(napi_env env, napi_callback_info info)
 {
 	napi_value argv[5], handle, name;
@@ -107,8 +108,8 @@ napi_value packet_open(napi_env env, napi_callback_info info)
 		return NULL;
 	if (napi_get_value_bool(env, argv[3], &outgoing) != napi_ok)
 		return throw_type(env, "packetOpen: outgoing must be a boolean");
-	if (port <= 0 || port > 65535)
-		return throw_type(env, "packetOpen: port must be 1-65535");
+	if (port < 0 || port > 65535)
+		return throw_type(env, "packetOpen: port must be 0-65535");
 	ifindex = if_nametoindex(recv_name);
 	if (!ifindex)
 		return throw_errno(env, "PACKET_DEVICE", errno);
@@ -128,7 +129,18 @@ napi_value packet_open(napi_env env, napi_callback_info info)
 		BPF_STMT(BPF_RET | BPF_K, 0xffff),
 		BPF_STMT(BPF_RET | BPF_K, 0),
 	};
-	struct sock_fprog prog = { .len = sizeof(code) / sizeof(code[0]), .filter = code };
+	struct sock_filter rs[] = {
+		BPF_STMT(BPF_LD | BPF_H | BPF_ABS, 12),			    /* ethertype */
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, ETH_P_IPV6, 0, 5),
+		BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 20),			    /* next header */
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, IPPROTO_ICMPV6, 0, 3),
+		BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 54),			    /* ICMPv6 type */
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 133, 0, 1),		    /* router solicitation */
+		BPF_STMT(BPF_RET | BPF_K, 0xffff),
+		BPF_STMT(BPF_RET | BPF_K, 0),
+	};
+	struct sock_fprog prog = port ? (struct sock_fprog){ .len = sizeof(code) / sizeof(code[0]), .filter = code } :
+					(struct sock_fprog){ .len = sizeof(rs) / sizeof(rs[0]), .filter = rs };
 	/* protocol 0 at socket(): nothing is queued before the filter is in place and the bind names the
 	 * device and protocol */
 	fd = socket(AF_PACKET, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
