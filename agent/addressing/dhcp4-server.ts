@@ -1,5 +1,5 @@
-// DHCPv4 and router advertisements (ra.ts) for VM guests (kind vm and tap): packet sockets per served guest, all in the agent (no
-// process per VM). Nothing is kept here but the sockets: each answer is derived from the store's row
+// DHCPv4 and router advertisements (ra.ts) for VM guests (kind vm and tap): two packet sockets per
+// served guest, all in the agent (no process per VM). Nothing is kept here but the sockets: each answer is derived from the store's row
 // at the time of the request, so a guest renewing across an agent restart gets the same address.
 //
 // Where: a kind tap guest on its tap in the host namespace (frames arriving on it). A kind vm guest
