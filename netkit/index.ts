@@ -3,7 +3,6 @@
 // agent/ codes against; the modules behind it are split by kernel object.
 export type { DeviceMode, EndpointDevice, EndpointDeviceSpec, KernelFeatures, KitnetLink } from './types.js';
 export { GATEWAY_V4, GATEWAY_V6, KITNET_ALIAS_PREFIX } from './types.js';
-export { inNetnsSync } from './socket.js';
 
 export { featuresProbe, PROBE_ALIAS } from './probe.js';
 export {

@@ -85,7 +85,7 @@ let homeNetnsFd: number | undefined;
  * switches back. Failing to switch back would leave every later socket in the wrong namespace, so
  * that aborts the process.
  */
-export function inNetnsSync<T>(nsFd: number, fn: () => T): T {
+function inNetnsSync<T>(nsFd: number, fn: () => T): T {
   homeNetnsFd ??= openSync('/proc/thread-self/ns/net', 'r');
   setns(nsFd, CLONE_NEWNET);
   try {

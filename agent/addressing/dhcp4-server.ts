@@ -2,18 +2,18 @@
 // served guest, all in the agent (no process per VM). Nothing is kept here but the sockets: each answer is derived from the store's row
 // at the time of the request, so a guest renewing across an agent restart gets the same address.
 //
-// Where: a kind tap guest on its tap in the host namespace (frames arriving on it). A kind vm guest
-// inside the VM's namespace: frames leaving the pair's peer toward the host, replies out of the
-// bridge to the tap. That works in veth and netkit mode alike: in netkit mode the datapath runs in
-// the peer's transmit, and would drop a DISCOVER from 0.0.0.0 before the host side saw it.
+// Where: on the host side of the guest's device (the tap, or the host end of a VM's pair), frames
+// arriving on it. Not inside the VM's namespace: a socket there would keep the namespace alive after
+// `ip netns del`, and the watch would never see the VM go. So a netkit-mode VM pair is not served yet:
+// the datapath runs in the peer's transmit and drops a DISCOVER from 0.0.0.0 before the host side
+// sees it (that needs a datapath exception for DHCP from the endpoint's MAC).
 //
 // Only the workload's own MAC on the workload's own device is answered; relayed requests (giaddr
 // set), other MACs and malformed frames are ignored and counted (the datapath reports the frame as a
 // flow too: it drops a source of 0.0.0.0 as INVALID_SOURCE_IP, and other MACs as INVALID_SOURCE_MAC).
 import type { Logger } from 'pino';
-import { closeSync, openSync } from 'node:fs';
 import { native, type NativeHandle } from '../../common/native.js';
-import { GATEWAY_V4, inNetnsSync } from '../../netkit/index.js';
+import { GATEWAY_V4 } from '../../netkit/index.js';
 import type { Config } from '../config.js';
 import type { Store } from '../store/store.js';
 import type { WorkloadRecord } from '../store/types.js';
@@ -32,25 +32,12 @@ export interface PacketIo {
 
 /** Where a guest's frames are read and its replies sent. */
 export interface ServedAt {
-  /** The namespace to open the socket in (absent: the agent's own). */
-  netnsPath?: string;
-  recv: string;
-  send: string;
-  /** Read frames leaving `recv` (vm: the peer toward the host) rather than arriving on it (tap). */
-  outgoing: boolean;
+  /** The host-side device (in the agent's namespace). */
+  device: string;
 }
 
 const nativeIo: PacketIo = {
-  open: (w, port, onFrame) => {
-    const opener = () => native().packetOpen(w.recv, w.send, port, w.outgoing, onFrame);
-    if (w.netnsPath === undefined) return opener();
-    const fd = openSync(w.netnsPath, 'r');
-    try {
-      return inNetnsSync(fd, opener);
-    } finally {
-      closeSync(fd);
-    }
-  },
+  open: (w, port, onFrame) => native().packetOpen(w.device, w.device, port, false, onFrame),
   send: (h, frame) => native().packetSend(h, frame),
   close: (h) => native().packetClose(h),
 };
@@ -86,15 +73,11 @@ export function dhcpServed(rec: WorkloadRecord): Guest | undefined {
   if (rec.spec.kind === 'netns' || rec.spec.addressing === 'static' || rec.state !== 'ready') return undefined;
   const o = rec.observed;
   if (!o || o.hostIfindex <= 0 || !o.hostMac) return undefined;
-  const ident = `${rec.spec.netns}|${o.hostIfindex}|${o.peerIfindex}`;
-  if (rec.spec.vm) {
-    const at = { netnsPath: rec.spec.netns, recv: rec.spec.interface, send: rec.spec.vm.bridge, outgoing: true };
-    return { at, ident, guestMac: rec.spec.vm.mac, gatewayMac: o.hostMac };
-  }
-  if (rec.spec.tap) {
-    return { at: { recv: rec.hostIfname, send: rec.hostIfname, outgoing: false }, ident, guestMac: rec.spec.tap.mac, gatewayMac: o.hostMac };
-  }
-  return undefined;
+  // netkit: see the top of the file
+  if (rec.mode === 'netkit') return undefined;
+  const guestMac = rec.spec.vm?.mac ?? rec.spec.tap?.mac;
+  if (!guestMac) return undefined;
+  return { at: { device: rec.hostIfname }, ident: `${rec.hostIfname}|${o.hostIfindex}`, guestMac, gatewayMac: o.hostMac };
 }
 
 export class Dhcp4Server {
@@ -138,7 +121,7 @@ export class Dhcp4Server {
     }
     for (const [key, g] of want) {
       if (this.served.has(key)) continue;
-      const device = `${g.at.recv}${g.at.netnsPath ? ` in ${g.at.netnsPath}` : ''}`;
+      const device = g.at.device;
       try {
         const handle = this.io.open(g.at, DHCP_SERVER_PORT, (frame) => this.onFrame(key, g.ident, frame));
         let raHandle: NativeHandle;
