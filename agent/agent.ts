@@ -26,7 +26,7 @@ import { PolicyService } from './policy/service.js';
 import { workloadsOutsidePools } from './pool-check.js';
 import { WorkloadWatch } from './workload-watch.js';
 import { WorkloadController } from './reconcile/controller.js';
-import { Dhcp4Server } from './addressing/dhcp4-server.js';
+import { Dhcp4Server, dhcpServedKind } from './addressing/dhcp4-server.js';
 
 export const KITNET_VERSION = '0.1.0';
 
@@ -45,9 +45,9 @@ function vmView(rec: WorkloadRecord, vm: NonNullable<WorkloadRecord['spec']['vm'
     addresses: { ipv4: `${rec.ipv4}/32`, ipv6: `${rec.ipv6}/128` },
     qemuNetdev,
     runHint: `${enter} qemu-system-x86_64 -m 512 ${qemuNetdev} ... ; in the guest: ` +
-      (rec.spec.addressing === 'static' ? `address ${rec.ipv4}/32, routes ${GATEWAY_V4} dev eth0 scope link, default via ${GATEWAY_V4}, ` : `IPv4 by DHCP; `) +
+      (!dhcpServedKind(rec) ? `address ${rec.ipv4}/32, routes ${GATEWAY_V4} dev eth0 scope link, default via ${GATEWAY_V4}, ` : `IPv4 by DHCP; `) +
       `address ${rec.ipv6}/128, default via ${GATEWAY_V6}` +
-      (rec.observed?.hostMac ? `, neighbours ${rec.spec.addressing === 'static' ? `${GATEWAY_V4} and ` : ''}${GATEWAY_V6} lladdr ${rec.observed.hostMac}` : ''),
+      (rec.observed?.hostMac ? `, neighbours ${!dhcpServedKind(rec) ? `${GATEWAY_V4} and ` : ''}${GATEWAY_V6} lladdr ${rec.observed.hostMac}` : ''),
   };
 }
 

@@ -68,13 +68,16 @@ export interface Dhcp4Stats {
   ignored: Record<string, number>;
 }
 
+/** Whether kitnet configures this workload's guest (vm or tap, not static, not a netkit pair). */
+export function dhcpServedKind(rec: WorkloadRecord): boolean {
+  return rec.spec.kind !== 'netns' && rec.spec.addressing !== 'static' && rec.mode !== 'netkit';
+}
+
 /** A vm/tap workload whose guest kitnet configures by DHCP, and the device it is served on. */
 export function dhcpServed(rec: WorkloadRecord): Guest | undefined {
-  if (rec.spec.kind === 'netns' || rec.spec.addressing === 'static' || rec.state !== 'ready') return undefined;
+  if (!dhcpServedKind(rec) || rec.state !== 'ready') return undefined;
   const o = rec.observed;
   if (!o || o.hostIfindex <= 0 || !o.hostMac) return undefined;
-  // netkit: see the top of the file
-  if (rec.mode === 'netkit') return undefined;
   const guestMac = rec.spec.vm?.mac ?? rec.spec.tap?.mac;
   if (!guestMac) return undefined;
   return { at: { device: rec.hostIfname }, ident: `${rec.hostIfname}|${o.hostIfindex}`, guestMac, gatewayMac: o.hostMac };

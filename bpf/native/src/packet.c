@@ -9,11 +9,9 @@
  * with PACKET_QDISC_BYPASS: straight to the device, past tcx egress (the reply comes from the
  * gateway, which the guest's policy does not govern).
  *
- * A VM's guest is served inside the VM's namespace (so also in netkit mode, where the datapath runs
- * in the pair's transmit path): frames are read as they leave the pair's peer toward the host
- * (outgoing, seen before the peer's transmit runs the datapath) and replies go out of the bridge to
- * the guest's tap. Devices are named, and resolved in the namespace of the calling thread (the
- * caller enters the namespace with setns around packetOpen; a socket stays where it was made).
+ * Devices are named and resolved in the calling thread's namespace. `outgoing` reads frames leaving
+ * a device instead (seen before its transmit runs); a socket made inside another namespace would keep
+ * that namespace alive, which is why the agent serves VMs from the host side.
  */
 #include "addon.h"
 #include <arpa/inet.h>
