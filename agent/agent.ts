@@ -27,6 +27,7 @@ import { PolicyService } from './policy/service.js';
 import { workloadsOutsidePools } from './pool-check.js';
 import { WorkloadWatch } from './workload-watch.js';
 import { WorkloadController } from './reconcile/controller.js';
+import { Dhcp4Server, dhcpServedKind } from './addressing/dhcp4-server.js';
 
 export const KITNET_VERSION = '0.1.0';
 
@@ -44,9 +45,10 @@ function vmView(rec: WorkloadRecord, vm: NonNullable<WorkloadRecord['spec']['vm'
     gateway: { ipv4: GATEWAY_V4, ipv6: GATEWAY_V6 },
     addresses: { ipv4: `${rec.ipv4}/32`, ipv6: `${rec.ipv6}/128` },
     qemuNetdev,
-    runHint: `${enter} qemu-system-x86_64 -m 512 ${qemuNetdev} ... ; in the guest: address ${rec.ipv4}/32 and ${rec.ipv6}/128, ` +
-      `routes ${GATEWAY_V4} dev eth0 scope link, default via ${GATEWAY_V4} and via ${GATEWAY_V6}` +
-      (rec.observed?.hostMac ? `, neighbours ${GATEWAY_V4} and ${GATEWAY_V6} lladdr ${rec.observed.hostMac}` : ''),
+    runHint: `${enter} qemu-system-x86_64 -m 512 ${qemuNetdev} ... ; in the guest: ` +
+      (!dhcpServedKind(rec) ? `address ${rec.ipv4}/32, routes ${GATEWAY_V4} dev eth0 scope link, default via ${GATEWAY_V4}, ` : `IPv4 by DHCP; `) +
+      `address ${rec.ipv6}/128, default via ${GATEWAY_V6}` +
+      (rec.observed?.hostMac ? `, neighbours ${!dhcpServedKind(rec) ? `${GATEWAY_V4} and ` : ''}${GATEWAY_V6} lladdr ${rec.observed.hostMac}` : ''),
   };
 }
 
@@ -62,6 +64,8 @@ export class Agent {
   readonly metrics: AgentMetrics;
   readonly policyEngine: PolicyEngine;
   readonly policies: PolicyService;
+  /** DHCPv4 for vm and tap guests (agent/addressing/). */
+  readonly dhcp: Dhcp4Server;
   private readonly watch: WorkloadWatch;
   /** One lock for every change of desired state: workloads, labels, namespaces, policies. */
   private readonly mutex = new Mutex();
@@ -82,15 +86,22 @@ export class Agent {
       store,
       this.reconciler,
       this.mutex,
-      async (namespace, name) => void (await this.workloads.removeLocked(namespace, name)),
+      async (namespace, name) => {
+        await this.workloads.removeLocked(namespace, name);
+        this.dhcp.sync();
+      },
       log.child({ component: 'reconcile' }),
       { resyncMs: config.reconcile.resyncSeconds * 1000, backoff: { baseMs: 1000, maxMs: config.reconcile.retryMaxSeconds * 1000 } },
-      () => this.directory.refresh(),
+      () => {
+        this.directory.refresh();
+        this.dhcp.sync();
+      },
     );
     this.workloads = new WorkloadService(store, config, kernel, this.reconciler, log.child({ component: 'workloads' }), this.mutex, this.policyEngine, this.controller, cluster);
     this.watch = new WorkloadWatch(store, kernel, this.controller, log.child({ component: 'watch' }));
     this.policies = new PolicyService(store, this.policyEngine, this.workloads, this.mutex, log.child({ component: 'policy' }));
     this.directory = new EndpointDirectory(store);
+    this.dhcp = new Dhcp4Server(store, config, log.child({ component: 'dhcp' }));
     this.flows = new FlowPipeline(this.directory, config.nodeName, config.flows.ringCapacity, log.child({ component: 'flows' }));
     this.metrics = new AgentMetrics({
       flows: this.flows,
@@ -128,12 +139,15 @@ export class Agent {
     for (const m of workloadsOutsidePools(this.store.workloadList(), this.config.ipam)) {
       this.log.warn(m, `workload ${m.workload} keeps ${m.address}, outside the configured pool ${m.pool} (${m.key} changed)`);
     }
+    this.dhcp.sync();
+    this.dhcp.start();
     this.flows.start(this.kernel.datapath);
     this.watch.start();
     this.controller.start();
   }
 
   stop(): void {
+    this.dhcp.close();
     this.watch.stop();
     void this.controller.stop();
     this.flows.stop();
@@ -166,6 +180,7 @@ export class Agent {
       gateway: { ipv4: GATEWAY_V4, ipv6: GATEWAY_V6 },
       ...(rec.spec.vm ? { vm: vmView(rec, rec.spec.vm) } : {}),
       ...(rec.spec.tap ? { tap: { device: rec.spec.tap.device, mac: rec.spec.tap.mac } } : {}),
+      ...(rec.spec.kind !== 'netns' ? { addressing: rec.spec.addressing ?? 'dhcp' } : {}),
       createdAt: rec.createdAt,
       updatedAt: rec.updatedAt,
     };
@@ -180,7 +195,9 @@ export class Agent {
   }
 
   async workloadRegister(input: WorkloadCreate, caller: { admin: boolean } = { admin: true }): Promise<Workload> {
-    return this.view(this.directorySet(await this.workloads.register(input, caller)));
+    const rec = this.directorySet(await this.workloads.register(input, caller));
+    this.dhcp.sync();
+    return this.view(rec);
   }
 
   workloadList(namespace?: string): Workload[] {
@@ -195,6 +212,7 @@ export class Agent {
     const view = this.view(this.workloads.get(namespace, name));
     try {
       this.directory.workloadRemove(await this.workloads.remove(namespace, name));
+      this.dhcp.sync();
     } catch (err) {
       this.directory.refresh();
       throw err;

@@ -152,6 +152,22 @@ export const ConfigSchema = z
       })
       .strict()
       .default({ mode: 'auto', workloadIfname: 'eth0', expediteRcu: false }),
+    /** What kitnet tells VM guests (kind vm and tap) by DHCP (agent/addressing/). */
+    addressing: z
+      .object({
+        /** DNS servers handed to guests (option 6). */
+        dnsServers: z.array(z.ipv4({ message: 'must be an IPv4 address' })).max(4).default([]),
+        /** DNS search domains (option 119); the first is also the domain name (option 15). */
+        searchDomains: z
+          .array(z.string().max(253).regex(/^(?=.{1,253}$)([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*\.?$/i, 'must be a DNS name such as example.com'))
+          .max(6)
+          .refine((d) => d.reduce((n, x) => n + x.replace(/\.$/, '').length + 2, 0) <= 160, 'all search domains together must stay within 160 bytes (the reply must fit 576 bytes)')
+          .default([]),
+        /** Lease time; guests renew at half of it while the workload exists. */
+        leaseSeconds: z.number().int().min(60).max(31_536_000).default(86_400),
+      })
+      .strict()
+      .prefault({}),
     /** The workload reconcile loop (agent/reconcile/). */
     reconcile: z
       .object({

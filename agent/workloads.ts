@@ -34,6 +34,8 @@ export interface WorkloadCreateInput {
   mode: 'auto' | 'veth' | 'netkit';
   interface?: string | undefined;
   ports?: Array<{ name: string; port: number; protocol: 'TCP' | 'UDP' | 'SCTP' }> | undefined;
+  /** kinds vm and tap: `static` turns DHCP for the guest off. */
+  addressing?: 'dhcp' | 'static' | undefined;
 }
 
 /** Who asks for a registration, as far as the agent's checks care. */
@@ -292,6 +294,7 @@ export class WorkloadService {
       ...(input.ports?.length ? { ports: input.ports } : {}),
       ...(kindSpec.vm ? { vm: kindSpec.vm } : {}),
       ...(kindSpec.tap ? { tap: kindSpec.tap } : {}),
+      ...(input.addressing === 'static' ? { addressing: 'static' as const } : {}),
     };
     let rec: WorkloadRecord;
     try {

@@ -95,6 +95,15 @@ export interface NativeBpf {
    */
   netlinkMonitorOpen(protocol: number, groups: number, rcvbufBytes: number, onData: (datagram: Buffer | null) => void): NativeHandle;
   netlinkMonitorClose(handle: NativeHandle): void;
+  /**
+   * An AF_PACKET socket (unreferenced) in the calling thread's network namespace: IPv4 UDP frames to
+   * `udpDstPort` only (a kernel socket filter) on `recvIfname`, arriving (seen before tcx ingress) or
+   * `outgoing` (seen before the device's transmit), one Ethernet frame per callback. Sends go out of
+   * `sendIfname`, past the qdisc and tcx egress. `udpDstPort` 0: ICMPv6 router solicitations instead.
+   */
+  packetOpen(recvIfname: string, sendIfname: string, udpDstPort: number, outgoing: boolean, onFrame: (frame: Buffer) => void): NativeHandle;
+  packetSend(handle: NativeHandle, frame: Buffer): void;
+  packetClose(handle: NativeHandle): void;
 }
 
 /** Where bash bpf/build.sh puts the addon; KITNET_BPF_ADDON overrides (packaging). */

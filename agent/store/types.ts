@@ -24,6 +24,8 @@ export interface WorkloadSpec {
   };
   /** kind tap: the adopted host device and the guest's MAC. */
   tap?: { device: string; mac: string };
+  /** kinds vm and tap: `static` = no DHCP for the guest (absent = dhcp). */
+  addressing?: 'static';
 }
 
 /** What a workload's row says about its device: a pair mode, or an adopted tap. */

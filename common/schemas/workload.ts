@@ -34,6 +34,10 @@ export const WorkloadCreate = z
     interface: Ifname
       .optional()
       .describe('Interface name inside the namespace (default from config, usually eth0)'),
+    addressing: z
+      .enum(['dhcp', 'static'])
+      .optional()
+      .describe('`vm` and `tap`: `dhcp` (default) answers the guest\'s DHCP; `static`: the guest is configured by hand'),
     ports: z
       .array(
         z
@@ -61,6 +65,7 @@ export const WorkloadCreate = z
     } else if (w.device !== undefined) {
       ctx.addIssue({ code: 'custom', message: 'device applies to kind tap only', path: ['device'] });
     }
+    if (w.kind === 'netns' && w.addressing !== undefined) ctx.addIssue({ code: 'custom', message: 'addressing applies to kinds vm and tap only', path: ['addressing'] });
     if (w.kind === 'netns' && w.mac !== undefined) ctx.addIssue({ code: 'custom', message: 'mac applies to kinds vm and tap only', path: ['mac'] });
     const seen = new Set<string>();
     w.ports?.forEach((p, i) => {
@@ -113,6 +118,7 @@ export const Workload = z.object({
     .object({ device: z.string(), mac: z.string() })
     .optional()
     .describe('kind tap: the adopted device and the guest MAC'),
+  addressing: z.enum(['dhcp', 'static']).optional().describe('kinds vm and tap: whether kitnet answers the guest\'s DHCP'),
   createdAt: z.string(),
   updatedAt: z.string(),
 });

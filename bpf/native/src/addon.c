@@ -191,6 +191,7 @@ static napi_value init(napi_env env, napi_value exports)
 		{ "nsType", ns_type },
 		{ "flockExclusive", flock_exclusive },
 		{ "netlinkMonitorOpen", netlink_monitor_open }, { "netlinkMonitorClose", netlink_monitor_close },
+		{ "packetOpen", packet_open }, { "packetSend", packet_send }, { "packetClose", packet_close },
 	};
 
 	libbpf_set_print(log_print);

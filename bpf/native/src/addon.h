@@ -92,4 +92,9 @@ napi_value ns_type(napi_env env, napi_callback_info info);
 napi_value netlink_monitor_open(napi_env env, napi_callback_info info);
 napi_value netlink_monitor_close(napi_env env, napi_callback_info info);
 
+/* packet.c */
+napi_value packet_open(napi_env env, napi_callback_info info);
+napi_value packet_send(napi_env env, napi_callback_info info);
+napi_value packet_close(napi_env env, napi_callback_info info);
+
 #endif

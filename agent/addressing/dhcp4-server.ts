@@ -1,0 +1,282 @@
+// DHCPv4 and router advertisements (ra.ts) for VM guests (kind vm and tap): two packet sockets per
+// served guest, all in the agent (no process per VM). Nothing is kept here but the sockets: each answer is derived from the store's row
+// at the time of the request, so a guest renewing across an agent restart gets the same address.
+//
+// Where: on the host side of the guest's device (the tap, or the host end of a VM's pair), frames
+// arriving on it. Not inside the VM's namespace: a socket there would keep the namespace alive after
+// `ip netns del`, and the watch would never see the VM go. So a netkit-mode VM pair is not served yet:
+// the datapath runs in the peer's transmit and drops a DISCOVER from 0.0.0.0 before the host side
+// sees it (that needs a datapath exception for DHCP from the endpoint's MAC).
+//
+// Only the workload's own MAC on the workload's own device is answered; relayed requests (giaddr
+// set), other MACs and malformed frames are ignored and counted (the datapath reports the frame as a
+// flow too: it drops a source of 0.0.0.0 as INVALID_SOURCE_IP, and other MACs as INVALID_SOURCE_MAC).
+import type { Logger } from 'pino';
+import { native, type NativeHandle } from '../../common/native.js';
+import { GATEWAY_V4 } from '../../netkit/index.js';
+import type { Config } from '../config.js';
+import type { Store } from '../store/store.js';
+import type { WorkloadRecord } from '../store/types.js';
+import {
+  classlessRoutesEncode, DHCP_MIN_MAX_MESSAGE, DHCP_SERVER_PORT, type DhcpRequest, dhcpFrameDecode, dhcpMessageEncode,
+  DhcpMessageType as T, domainListEncode, ipv4Bytes, Opt, udpFrameEncode,
+} from './dhcp4-codec.js';
+import { isRouterSolicitation, RA_REPEAT_MS, routerAdvertFrame } from './ra.js';
+
+/** The frame I/O (the native packet socket; replaced only in pure-logic tests). */
+export interface PacketIo {
+  open(where: ServedAt, udpDstPort: number, onFrame: (frame: Buffer) => void): NativeHandle;
+  send(handle: NativeHandle, frame: Buffer): void;
+  close(handle: NativeHandle): void;
+}
+
+/** Where a guest's frames are read and its replies sent. */
+export interface ServedAt {
+  /** The host-side device (in the agent's namespace). */
+  device: string;
+}
+
+const nativeIo: PacketIo = {
+  open: (w, port, onFrame) => native().packetOpen(w.device, w.device, port, false, onFrame),
+  send: (h, frame) => native().packetSend(h, frame),
+  close: (h) => native().packetClose(h),
+};
+
+interface Served {
+  key: string;
+  /** Changes when the devices are made again (ifindexes in it): the socket is then reopened. */
+  ident: string;
+  handle: NativeHandle;
+  /** Router solicitations in, advertisements out (ra.ts). */
+  raHandle: NativeHandle;
+  guest: Guest;
+}
+
+interface Guest {
+  at: ServedAt;
+  ident: string;
+  guestMac: string;
+  gatewayMac: string;
+}
+
+export interface Dhcp4Stats {
+  offers: number;
+  acks: number;
+  naks: number;
+  routerAdverts: number;
+  /** Frames answered with nothing, by reason. */
+  ignored: Record<string, number>;
+}
+
+/** Whether kitnet configures this workload's guest (vm or tap, not static, not a netkit pair). */
+export function dhcpServedKind(rec: WorkloadRecord): boolean {
+  return rec.spec.kind !== 'netns' && rec.spec.addressing !== 'static' && rec.mode !== 'netkit';
+}
+
+/** A vm/tap workload whose guest kitnet configures by DHCP, and the device it is served on. */
+export function dhcpServed(rec: WorkloadRecord): Guest | undefined {
+  if (!dhcpServedKind(rec) || rec.state !== 'ready') return undefined;
+  const o = rec.observed;
+  if (!o || o.hostIfindex <= 0 || !o.hostMac) return undefined;
+  const guestMac = rec.spec.vm?.mac ?? rec.spec.tap?.mac;
+  if (!guestMac) return undefined;
+  return { at: { device: rec.hostIfname }, ident: `${rec.hostIfname}|${o.hostIfindex}`, guestMac, gatewayMac: o.hostMac };
+}
+
+export class Dhcp4Server {
+  private readonly served = new Map<string, Served>();
+  readonly stats: Dhcp4Stats = { offers: 0, acks: 0, naks: 0, routerAdverts: 0, ignored: {} };
+  private raTimer: NodeJS.Timeout | undefined;
+  private readonly options: Array<{ code: number; value: Buffer; optional?: boolean }>;
+
+  constructor(
+    private readonly store: Store,
+    private readonly config: Pick<Config, 'addressing' | 'datapath'>,
+    private readonly log: Logger,
+    private readonly io: PacketIo = nativeIo,
+  ) {
+    const a = config.addressing;
+    // The same for every guest: a /32 behind a link-local gateway needs the host route first (RFC 3442).
+    this.options = [
+      { code: Opt.SERVER_ID, value: ipv4Bytes(GATEWAY_V4) },
+      { code: Opt.SUBNET_MASK, value: ipv4Bytes('255.255.255.255') },
+      { code: Opt.CLASSLESS_ROUTES, value: classlessRoutesEncode([
+        { dst: GATEWAY_V4, prefix: 32, router: '0.0.0.0' },
+        { dst: '0.0.0.0', prefix: 0, router: GATEWAY_V4 },
+      ]) },
+      { code: Opt.ROUTER, value: ipv4Bytes(GATEWAY_V4) },
+      ...(a.dnsServers.length ? [{ code: Opt.DNS, value: Buffer.concat(a.dnsServers.map(ipv4Bytes)) }] : []),
+      ...(a.searchDomains.length ? [{ code: Opt.DOMAIN_SEARCH, value: domainListEncode(a.searchDomains) }] : []),
+      { code: Opt.MTU, value: u16(config.datapath.mtu ?? 1500) },
+    ];
+    if (a.searchDomains.length) this.options.push({ code: Opt.DOMAIN_NAME, value: Buffer.from(a.searchDomains[0]!.replace(/\.$/, '')), optional: true });
+  }
+
+  /** Serves exactly the workloads that want DHCP now (after every change of workloads, and at start). */
+  sync(): void {
+    const want = new Map<string, Guest>();
+    for (const rec of this.store.workloadList()) {
+      const g = dhcpServed(rec);
+      if (g) want.set(`${rec.spec.namespace}/${rec.spec.name}`, g);
+    }
+    for (const [key, s] of this.served) {
+      if (want.get(key)?.ident !== s.ident) this.unserve(s);
+    }
+    for (const [key, g] of want) {
+      if (this.served.has(key)) continue;
+      const device = g.at.device;
+      try {
+        const handle = this.io.open(g.at, DHCP_SERVER_PORT, (frame) => this.onFrame(key, g.ident, frame));
+        let raHandle: NativeHandle;
+        try {
+          raHandle = this.io.open(g.at, 0, (frame) => this.onSolicit(key, g.ident, frame));
+        } catch (err) {
+          this.io.close(handle);
+          throw err;
+        }
+        const served = { key, ident: g.ident, handle, raHandle, guest: g };
+        this.served.set(key, served);
+        this.advertise(served);
+        this.log.debug({ workload: key, device }, 'DHCP and router advertisements served');
+      } catch (err) {
+        // the device went away between the store and here: the next sync (the watch removes it) settles it
+        this.log.warn({ workload: key, device, err: (err as Error).message }, `cannot serve DHCP on ${device}; the guest gets no address until it is back`);
+      }
+    }
+  }
+
+  /** Router advertisements repeated for every served guest (unreferenced timer). */
+  start(): void {
+    this.raTimer ??= setInterval(() => {
+      for (const s of this.served.values()) this.advertise(s);
+    }, RA_REPEAT_MS).unref();
+  }
+
+  private advertise(s: Served): void {
+    try {
+      this.io.send(s.raHandle, routerAdvertFrame({ gatewayMac: s.guest.gatewayMac, guestMac: s.guest.guestMac, mtu: this.config.datapath.mtu ?? 1500, managed: false, other: false }));
+      this.stats.routerAdverts++;
+    } catch (err) {
+      this.log.debug({ workload: s.key, err: (err as Error).message }, 'router advertisement not sent');
+    }
+  }
+
+  private onSolicit(key: string, ident: string, frame: Buffer): void {
+    const served = this.served.get(key);
+    if (!served || served.ident !== ident) return;
+    if (!isRouterSolicitation(frame, served.guest.guestMac)) return this.ignore(key, 'router-solicitation');
+    this.advertise(served);
+  }
+
+  /** The workloads served now (namespace/name). */
+  servedList(): Set<string> {
+    return new Set(this.served.keys());
+  }
+
+  close(): void {
+    clearInterval(this.raTimer);
+    this.raTimer = undefined;
+    for (const s of [...this.served.values()]) this.unserve(s);
+  }
+
+  private unserve(s: Served): void {
+    this.io.close(s.handle);
+    this.io.close(s.raHandle);
+    this.served.delete(s.key);
+  }
+
+  private ignore(key: string, reason: string, detail?: Record<string, unknown>): void {
+    this.stats.ignored[reason] = (this.stats.ignored[reason] ?? 0) + 1;
+    this.log.debug({ workload: key, reason, ...detail }, 'DHCP request ignored');
+  }
+
+  private onFrame(key: string, ident: string, frame: Buffer): void {
+    const served = this.served.get(key);
+    if (!served || served.ident !== ident) return;
+    const [namespace, name] = key.split('/') as [string, string];
+    const rec = this.store.workloadGet(namespace, name);
+    const s = rec && dhcpServed(rec);
+    if (!rec || !s || s.ident !== ident) return this.ignore(key, 'not-served');
+    const decoded = dhcpFrameDecode(frame);
+    if (!decoded.ok) return this.ignore(key, 'malformed', { detail: decoded.reason });
+    const req = decoded.request;
+    if (req.op !== 1) return this.ignore(key, 'not-a-request');
+    if (req.giaddr !== '0.0.0.0') return this.ignore(key, 'relayed', { giaddr: req.giaddr });
+    if (req.srcMac !== s.guestMac || req.chaddr !== s.guestMac) return this.ignore(key, 'foreign-mac', { mac: req.chaddr, srcMac: req.srcMac });
+    try {
+      this.answer(rec, s, req, key, served.handle);
+    } catch (err) {
+      this.log.warn({ workload: key, err: (err as Error).message }, 'DHCP reply not sent');
+    }
+  }
+
+  private answer(rec: WorkloadRecord, s: Guest, req: DhcpRequest, key: string, handle: NativeHandle): void {
+    const send = (dstIp: string, reply: Parameters<typeof dhcpMessageEncode>[0]) =>
+      this.io.send(handle, udpFrameEncode({ srcMac: s.gatewayMac, dstMac: s.guestMac, srcIp: GATEWAY_V4, dstIp, payload: dhcpMessageEncode(reply) }));
+    const lease = this.config.addressing.leaseSeconds;
+    const leaseOpts = [
+      { code: Opt.LEASE_TIME, value: u32(lease) },
+      { code: Opt.RENEWAL_TIME, value: u32(Math.floor(lease / 2)) },
+      { code: Opt.REBINDING_TIME, value: u32(Math.floor((lease * 7) / 8)) },
+    ];
+    const hostname = { code: Opt.HOSTNAME, value: Buffer.from(rec.spec.name, 'ascii') };
+    const maxOpt = req.options.get(Opt.MAX_MESSAGE_SIZE);
+    const maxMessage = Math.max(DHCP_MIN_MAX_MESSAGE, maxOpt?.length === 2 ? Math.min(maxOpt.readUInt16BE(0) - 28, 1472) : 0);
+    const base = { xid: req.xid, flags: req.flags, chaddr: s.guestMac, maxMessage };
+    const serverId = req.options.get(Opt.SERVER_ID);
+    const requested = req.options.get(Opt.REQUESTED_ADDRESS);
+    const requestedIp = requested?.length === 4 ? `${requested[0]}.${requested[1]}.${requested[2]}.${requested[3]}` : undefined;
+
+    switch (req.messageType) {
+      case T.DISCOVER:
+        this.stats.offers++;
+        return send('255.255.255.255', { ...base, messageType: T.OFFER, ciaddr: '0.0.0.0', yiaddr: rec.ipv4, options: [...this.options, ...leaseOpts, hostname] });
+      case T.REQUEST: {
+        // a server id naming another server: the guest took that server's offer
+        if (serverId && !serverId.equals(ipv4Bytes(GATEWAY_V4))) return this.ignore(key, 'other-server');
+        // SELECTING / INIT-REBOOT name the address in option 50; RENEWING / REBINDING in ciaddr
+        const asked = requestedIp ?? req.ciaddr;
+        if (asked !== rec.ipv4) {
+          this.stats.naks++;
+          this.log.info({ workload: key, asked, ipv4: rec.ipv4 }, 'DHCP NAK: the guest asked for an address that is not its own');
+          return send('255.255.255.255', {
+            ...base, flags: 0x8000, messageType: T.NAK, ciaddr: '0.0.0.0', yiaddr: '0.0.0.0',
+            options: [{ code: Opt.SERVER_ID, value: ipv4Bytes(GATEWAY_V4) }, { code: Opt.MESSAGE, value: Buffer.from(`address is ${rec.ipv4}`) }],
+          });
+        }
+        this.stats.acks++;
+        return send(req.ciaddr !== '0.0.0.0' ? req.ciaddr : '255.255.255.255', {
+          ...base, messageType: T.ACK, ciaddr: req.ciaddr, yiaddr: rec.ipv4, options: [...this.options, ...leaseOpts, hostname],
+        });
+      }
+      case T.INFORM:
+        // configuration without a lease (RFC 2131 4.3.5): no yiaddr, no lease times
+        this.stats.acks++;
+        return send(req.ciaddr !== '0.0.0.0' ? req.ciaddr : '255.255.255.255', {
+          ...base, messageType: T.ACK, ciaddr: req.ciaddr, yiaddr: '0.0.0.0', options: [...this.options, hostname],
+        });
+      case T.RELEASE:
+        // the address stays the workload's for as long as it exists: nothing to free
+        this.log.info({ workload: key }, 'DHCP release from the guest (the address stays allocated to the workload)');
+        return;
+      case T.DECLINE:
+        this.log.warn({ workload: key, ipv4: rec.ipv4 }, `the guest declined ${rec.ipv4}: another host on its link uses it`);
+        return;
+      default:
+        return this.ignore(key, 'message-type', { messageType: req.messageType });
+    }
+  }
+
+}
+
+function u32(n: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(n >>> 0);
+  return b;
+}
+
+function u16(n: number): Buffer {
+  const b = Buffer.alloc(2);
+  b.writeUInt16BE(n);
+  return b;
+}

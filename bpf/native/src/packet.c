@@ -1,0 +1,225 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * A packet (AF_PACKET) socket bound to one device, read on the libuv loop: behind agent/addressing/
+ * (DHCP for VM guests). Node's dgram cannot bind to a device, and the guest's first DHCPDISCOVER
+ * (source 0.0.0.0) is dropped by the datapath's anti-spoofing at tcx ingress; a packet socket sees
+ * frames before tcx ingress (taps run first in __netif_receive_skb_core), so the agent serves the
+ * guest without a hole in the datapath. A classic BPF filter keeps only what the caller asks for
+ * (IPv4 UDP to one port), so the agent never wakes for the guest's other traffic. Frames are sent
+ * with PACKET_QDISC_BYPASS: straight to the device, past tcx egress (the reply comes from the
+ * gateway, which the guest's policy does not govern).
+ *
+ * Devices are named and resolved in the calling thread's namespace. `outgoing` reads frames leaving
+ * a device instead (seen before its transmit runs); a socket made inside another namespace would keep
+ * that namespace alive, which is why the agent serves VMs from the host side.
+ */
+#include "addon.h"
+#include <arpa/inet.h>
+#include <linux/filter.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
+#include <net/if.h>
+
+struct pkt_sock {
+	napi_env env;
+	napi_ref callback;
+	napi_async_context async_ctx;
+	uv_poll_t poll;
+	int fd;
+	int send_ifindex;
+	bool outgoing;
+	bool closed;
+};
+
+static void ps_call(struct pkt_sock *s, const char *data, size_t len)
+{
+	napi_env env = s->env;
+	napi_handle_scope scope;
+	napi_value arg, cb, recv, result;
+
+	if (napi_open_handle_scope(env, &scope) != napi_ok)
+		return;
+	if (napi_create_buffer_copy(env, len, data, NULL, &arg) == napi_ok &&
+	    napi_get_reference_value(env, s->callback, &cb) == napi_ok && cb && napi_get_global(env, &recv) == napi_ok) {
+		napi_status st = napi_make_callback(env, s->async_ctx, recv, cb, 1, &arg, &result);
+		if (st == napi_pending_exception) {
+			napi_value exc;
+			napi_get_and_clear_last_exception(env, &exc);
+			napi_fatal_exception(env, exc);
+		}
+	}
+	napi_close_handle_scope(env, scope);
+}
+
+static void ps_on_poll(uv_poll_t *handle, int status, int events)
+{
+	struct pkt_sock *s = handle->data;
+	static char buf[2048];
+
+	(void)status;
+	(void)events;
+	/* Bounded per wakeup, so a flood from one guest cannot starve the loop. */
+	for (int i = 0; i < 32 && !s->closed; i++) {
+		struct sockaddr_ll from;
+		socklen_t fromlen = sizeof(from);
+		ssize_t n = recvfrom(s->fd, buf, sizeof(buf), MSG_DONTWAIT | MSG_TRUNC, (struct sockaddr *)&from, &fromlen);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			break; /* EAGAIN: drained */
+		}
+		/* one direction only (our own sends are outgoing on a host device), and nothing larger than
+		 * any DHCP message accepted */
+		if ((from.sll_pkttype == PACKET_OUTGOING) != s->outgoing || (size_t)n > sizeof(buf))
+			continue;
+		ps_call(s, buf, (size_t)n);
+	}
+}
+
+static void ps_on_close(uv_handle_t *handle)
+{
+	struct pkt_sock *s = handle->data;
+
+	close(s->fd);
+	napi_delete_reference(s->env, s->callback);
+	napi_async_destroy(s->env, s->async_ctx);
+	free(s);
+}
+
+/* packetOpen(recvIfname, sendIfname, udpDstPort, outgoing, callback(Buffer)) -> handle; unreferenced.
+ * IPv4 UDP frames to udpDstPort only (no non-first fragments), or with udpDstPort 0 ICMPv6 router
+ * solicitations (no extension headers), received on recvIfname in one direction (outgoing = leaving
+ * the device, else arriving); sends go out of sendIfname. */
+napi_value packet_open(napi_env env, napi_callback_info info)
+{
+	napi_value argv[5], handle, name;
+	char recv_name[IF_NAMESIZE + 1], send_name[IF_NAMESIZE + 1]; /* get_str takes cap - 2 characters */
+	int32_t port;
+	bool outgoing;
+	unsigned int ifindex, send_ifindex;
+	uv_loop_t *loop;
+	struct pkt_sock *s;
+	int fd, err, one = 1;
+
+	if (!get_args(env, info, 5, argv) || !get_str(env, argv[0], recv_name, sizeof(recv_name)) ||
+	    !get_str(env, argv[1], send_name, sizeof(send_name)) || !get_i32(env, argv[2], &port))
+		return NULL;
+	if (napi_get_value_bool(env, argv[3], &outgoing) != napi_ok)
+		return throw_type(env, "packetOpen: outgoing must be a boolean");
+	if (port < 0 || port > 65535)
+		return throw_type(env, "packetOpen: port must be 0-65535");
+	ifindex = if_nametoindex(recv_name);
+	if (!ifindex)
+		return throw_errno(env, "PACKET_DEVICE", errno);
+	send_ifindex = if_nametoindex(send_name);
+	if (!send_ifindex)
+		return throw_errno(env, "PACKET_DEVICE", errno);
+	struct sock_filter code[] = {
+		BPF_STMT(BPF_LD | BPF_H | BPF_ABS, 12),			    /* ethertype */
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, ETH_P_IP, 0, 8),
+		BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 23),			    /* IP protocol */
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, IPPROTO_UDP, 0, 6),
+		BPF_STMT(BPF_LD | BPF_H | BPF_ABS, 20),			    /* flags + fragment offset */
+		BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, 0x1fff, 4, 0),	    /* a non-first fragment */
+		BPF_STMT(BPF_LDX | BPF_B | BPF_MSH, 14),			    /* X = IP header length */
+		BPF_STMT(BPF_LD | BPF_H | BPF_IND, 16),			    /* UDP destination port */
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)port, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, 0xffff),
+		BPF_STMT(BPF_RET | BPF_K, 0),
+	};
+	struct sock_filter rs[] = {
+		BPF_STMT(BPF_LD | BPF_H | BPF_ABS, 12),			    /* ethertype */
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, ETH_P_IPV6, 0, 5),
+		BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 20),			    /* next header */
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, IPPROTO_ICMPV6, 0, 3),
+		BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 54),			    /* ICMPv6 type */
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 133, 0, 1),		    /* router solicitation */
+		BPF_STMT(BPF_RET | BPF_K, 0xffff),
+		BPF_STMT(BPF_RET | BPF_K, 0),
+	};
+	struct sock_fprog prog = port ? (struct sock_fprog){ .len = sizeof(code) / sizeof(code[0]), .filter = code } :
+					(struct sock_fprog){ .len = sizeof(rs) / sizeof(rs[0]), .filter = rs };
+	/* protocol 0 at socket(): nothing is queued before the filter is in place and the bind names the
+	 * device and protocol */
+	fd = socket(AF_PACKET, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return throw_errno(env, "PACKET_SOCKET", errno);
+	struct sockaddr_ll addr = { .sll_family = AF_PACKET, .sll_protocol = htons(ETH_P_ALL), .sll_ifindex = (int)ifindex };
+	if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog)) < 0 ||
+	    setsockopt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof(one)) < 0 ||
+	    bind(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
+		err = errno;
+		close(fd);
+		return throw_errno(env, "PACKET_BIND", err);
+	}
+	s = calloc(1, sizeof(*s));
+	if (!s) {
+		close(fd);
+		return throw_errno(env, "PACKET_SOCKET", ENOMEM);
+	}
+	s->env = env;
+	s->fd = fd;
+	s->send_ifindex = (int)send_ifindex;
+	s->outgoing = outgoing;
+	NAPI_CALL(env, napi_get_uv_event_loop(env, &loop));
+	err = uv_poll_init(loop, &s->poll, fd);
+	if (err) {
+		close(fd);
+		free(s);
+		return throw_errno(env, "UV_POLL_INIT", -err);
+	}
+	s->poll.data = s;
+	napi_create_reference(env, argv[4], 1, &s->callback);
+	napi_create_string_utf8(env, "kitnet:packet-socket", NAPI_AUTO_LENGTH, &name);
+	napi_async_init(env, NULL, name, &s->async_ctx);
+	err = uv_poll_start(&s->poll, UV_READABLE, ps_on_poll);
+	if (err) {
+		s->closed = true;
+		uv_close((uv_handle_t *)&s->poll, ps_on_close);
+		return throw_errno(env, "UV_POLL_START", -err);
+	}
+	uv_unref((uv_handle_t *)&s->poll);
+	NAPI_CALL(env, napi_create_external(env, s, NULL, NULL, &handle));
+	return handle;
+}
+
+/* packetSend(handle, frame): one whole Ethernet frame out of the send device. */
+napi_value packet_send(napi_env env, napi_callback_info info)
+{
+	napi_value argv[2];
+	struct pkt_sock *s;
+	void *data;
+	size_t len;
+
+	if (!get_args(env, info, 2, argv))
+		return NULL;
+	if (napi_get_value_external(env, argv[0], (void **)&s) != napi_ok)
+		return throw_type(env, "expected a packet socket handle");
+	if (!get_buf(env, argv[1], &data, &len, false))
+		return NULL;
+	if (s->closed)
+		return throw_errno(env, "PACKET_SEND", EBADF);
+	struct sockaddr_ll to = { .sll_family = AF_PACKET, .sll_ifindex = s->send_ifindex, .sll_halen = ETH_ALEN };
+	if (len >= ETH_ALEN)
+		memcpy(to.sll_addr, data, ETH_ALEN);
+	if (sendto(s->fd, data, len, MSG_DONTWAIT, (struct sockaddr *)&to, sizeof(to)) < 0)
+		return throw_errno(env, "PACKET_SEND", errno);
+	return NULL;
+}
+
+napi_value packet_close(napi_env env, napi_callback_info info)
+{
+	napi_value argv[1];
+	struct pkt_sock *s;
+
+	if (!get_args(env, info, 1, argv))
+		return NULL;
+	if (napi_get_value_external(env, argv[0], (void **)&s) != napi_ok)
+		return throw_type(env, "expected a packet socket handle");
+	if (!s->closed) {
+		s->closed = true;
+		uv_poll_stop(&s->poll);
+		uv_close((uv_handle_t *)&s->poll, ps_on_close);
+	}
+	return NULL;
+}
