@@ -506,11 +506,19 @@ export class WorkloadService {
           this.log.error({ err: e, workload: `${namespace}/${name}` }, 'policy update after a refused relabel failed'));
         throw errorToKitnet(err, `relabelling workload ${namespace}/${name}`);
       }
-      const released = await this.store.transaction((tx) => tx.identitiesReleaseUnused());
-      await this.identitiesReleased(released);
-      if (released.length) await this.policy.endpointsUpdateSliced({ released });
+      await this.identitiesReleaseUnused();
       return updated[0]!;
     });
+  }
+
+  /**
+   * Releases the identities no workload uses any more (kept by `identitiesRederive(.., false)` until
+   * policy took the new ones) and drops their policy entries. Runs under the caller's lock.
+   */
+  async identitiesReleaseUnused(): Promise<void> {
+    const released = await this.store.transaction((tx) => tx.identitiesReleaseUnused());
+    await this.identitiesReleased(released);
+    if (released.length) await this.policy.endpointsUpdateSliced({ released });
   }
 
   /**

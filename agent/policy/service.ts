@@ -59,10 +59,23 @@ export class PolicyService {
   /** Sets a namespace's labels; its workloads get re-derived identities and policy follows them. */
   namespacePut(name: string, labels: Record<string, string>): Promise<NamespaceRecord> {
     return this.mutex.run(async () => {
+      const previous = this.store.namespaceGet(name)?.labels ?? {};
       await this.store.transaction((tx) => tx.namespacePut(name, labels));
       const members = this.store.workloadList(name);
-      const changed = await this.workloads.identitiesRederive(members);
-      const stats = await this.engine.endpointsUpdateSliced({ upsert: changed });
+      let stats: PolicyApplyStats;
+      try {
+        // The old identities are kept until policy took the new ones, so a refusal (the policy map has
+        // no room for the new identities' entries) can go back to them: store, maps and policy.
+        const changed = await this.workloads.identitiesRederive(members, false);
+        stats = await this.engine.endpointsUpdateSliced({ upsert: changed });
+      } catch (err) {
+        await this.store.transaction((tx) => tx.namespacePut(name, previous));
+        const restored = await this.workloads.identitiesRederive(members);
+        await this.engine.endpointsUpdateSliced({ upsert: restored }).catch((e: unknown) =>
+          this.log.error({ err: e, namespace: name }, 'policy update after refused namespace labels failed'));
+        throw err;
+      }
+      await this.workloads.identitiesReleaseUnused();
       this.log.info({ namespace: name, labels, workloads: members.length, ...stats }, 'namespace labels set');
       return this.store.namespaceGet(name)!;
     });

@@ -11,7 +11,8 @@ import { links, netnsAdd, netnsDel, uniq } from '../helpers/sys.js';
  * set whose policy entries no longer fit the policy map is refused with 422 naming the map and the
  * limit, before the kernel is touched, and leaves nothing behind (no device, no address lease, no
  * identity reference, no map entry); a relabel into such a label set is refused the same way and the
- * workload keeps its labels. A write the kernel still refuses (a map filled behind the agent) answers
+ * workload keeps its labels, and namespace labels that would give its workloads such identities are
+ * refused and kept as they were. A write the kernel still refuses (a map filled behind the agent) answers
  * AGENT_ERR_MAP_FULL naming the map and what to do. The agent runs with a policy map of 1,000 entries.
  */
 describe('policy map capacity on registration and relabel (root)', { timeout: 300_000 }, () => {
@@ -99,6 +100,34 @@ describe('policy map capacity on registration and relabel (root)', { timeout: 30
     assert.deepEqual(now.labels, { app: 'small' });
     assert.equal(now.identity, small.identity);
     assert.deepEqual(await state(), before, 'store, identities and maps as before');
+  });
+
+  test('namespace labels whose identities do not fit are refused with 422; labels, identities and maps stay as they were', async () => {
+    // Selects every workload of a namespace labelled size=huge: 100 ports from world each.
+    const HUGE = {
+      apiVersion: 'cilium.io/v2',
+      kind: 'CiliumClusterwideNetworkPolicy',
+      metadata: { name: 'huge-namespaces' },
+      spec: {
+        endpointSelector: { matchLabels: { 'io.cilium.k8s.namespace.labels.size': 'huge' } },
+        ingress: [{ fromEntities: ['world'], toPorts: [{ ports: Array.from({ length: 100 }, (_, i) => ({ port: String(3000 + i), protocol: 'TCP' })) }] }],
+      },
+    };
+    await apiCall(t.url, 'PUT', '/v1/policies', HUGE);
+    try {
+      const before = await state();
+      const labelsBefore = (await apiCall<Array<{ name: string; labels: Record<string, string> }>>(t.url, 'GET', '/v1/namespaces')).find((n) => n.name === NS)?.labels ?? {};
+      const res = await fetch(`${t.url}/v1/namespaces/${NS}`, { method: 'PUT', body: JSON.stringify({ labels: { size: 'huge' } }), headers: { 'content-type': 'application/json' } });
+      const body = (await res.json()) as { code?: string; message?: string };
+      assert.equal(res.status, 422, JSON.stringify(body));
+      assert.equal(body.code, 'AGENT_ERR_POLICY_CAPACITY');
+      assert.match(body.message!, new RegExp(`limit: policy max_entries ${CAPACITY}`));
+      const labelsAfter = (await apiCall<Array<{ name: string; labels: Record<string, string> }>>(t.url, 'GET', '/v1/namespaces')).find((n) => n.name === NS)?.labels ?? {};
+      assert.deepEqual(labelsAfter, labelsBefore, 'the namespace keeps its labels');
+      assert.deepEqual(await state(), before, 'workload identities, identity references and maps as before');
+    } finally {
+      await apiCall(t.url, 'DELETE', '/v1/policies/CiliumClusterwideNetworkPolicy/-/huge-namespaces');
+    }
   });
 
   test('a map write the kernel still refuses (filled behind the agent) answers AGENT_ERR_MAP_FULL naming the map; nothing is left', async () => {
