@@ -71,26 +71,52 @@ describe('service map page (root, headless Chromium)', { timeout: 240_000 }, () 
   /**
    * Clicks an element where cytoscape draws it (a real mouse click through the canvas), until the page has
    * it selected: an animated layout may still move it between reading its position and the click, which
-   * a loaded machine makes likely, so a click that missed is made again at the new position.
+   * a loaded machine makes likely, so a click that missed is made again at the new position. An edge is
+   * clicked at its midpoint first, then at other points of its curve (a node or another edge of the
+   * layout may lie on the midpoint); an element outside the visible canvas is brought into view first.
    */
   const clickElement = async (elementId: string) => {
     const deadline = Date.now() + 15_000;
-    for (;;) {
-      const pos = await page.evaluate((eid) => {
-        // eslint-disable-next-line @typescript-eslint/no-explicit-any
-        const cy = (globalThis as any).kitnetMap.cy as any;
-        const el = cy.getElementById(eid);
-        const p = el.isNode() ? el.renderedPosition() : el.renderedMidpoint();
-        const box = cy.container().getBoundingClientRect();
-        return { x: box.left + p.x, y: box.top + p.y };
-      }, elementId);
+    const along = [0.5, 0.3, 0.7, 0.4, 0.6, 0.2, 0.8];
+    const tried: string[] = [];
+    for (let attempt = 0; ; attempt++) {
+      const pos = await page.evaluate(
+        ([eid, t]) => {
+          // eslint-disable-next-line @typescript-eslint/no-explicit-any
+          const cy = (globalThis as any).kitnetMap.cy as any;
+          const el = cy.getElementById(eid);
+          const box = cy.container().getBoundingClientRect();
+          const inView = (p: { x: number; y: number }) => p.x > 5 && p.y > 5 && p.x < box.width - 5 && p.y < box.height - 5;
+          if (el.isNode() ? !inView(el.renderedPosition()) : !inView(el.renderedMidpoint())) cy.fit(undefined, 40);
+          let p: { x: number; y: number };
+          if (el.isNode()) p = el.renderedPosition();
+          else {
+            // a bezier edge is a quadratic curve through its midpoint: control = 2 * mid - (source + target) / 2
+            const s = el.renderedSourceEndpoint();
+            const e = el.renderedTargetEndpoint();
+            const m = el.renderedMidpoint();
+            const c = { x: 2 * m.x - (s.x + e.x) / 2, y: 2 * m.y - (s.y + e.y) / 2 };
+            const u = 1 - (t as number);
+            p = { x: u * u * s.x + 2 * u * (t as number) * c.x + (t as number) * (t as number) * e.x, y: u * u * s.y + 2 * u * (t as number) * c.y + (t as number) * (t as number) * e.y };
+          }
+          return { x: box.left + p.x, y: box.top + p.y };
+        },
+        [elementId, along[attempt % along.length]!] as const,
+      );
+      tried.push(`(${Math.round(pos.x)},${Math.round(pos.y)})`);
       await page.mouse.click(pos.x, pos.y);
       const selected = await page
         .waitForFunction((eid) => (globalThis as unknown as { kitnetMap: { selected(): string | undefined } }).kitnetMap.selected() === eid, elementId, { timeout: 1000 })
         .then(() => true)
         .catch(() => false);
       if (selected) return;
-      if (Date.now() > deadline) assert.fail(`clicking ${elementId} did not select it within 15 s`);
+      if (Date.now() > deadline) {
+        mkdirSync(ARTIFACTS, { recursive: true });
+        const shot = join(ARTIFACTS, `ui-click-missed-${Date.now()}.png`);
+        await page.screenshot({ path: shot }).catch(() => undefined);
+        const now = await page.evaluate(() => (globalThis as unknown as { kitnetMap: { selected(): string | undefined } }).kitnetMap.selected());
+        assert.fail(`clicking ${elementId} did not select it within 15 s (clicked at ${tried.slice(-8).join(' ')}; selected: ${now ?? 'nothing'}; screenshot ${shot})`);
+      }
     }
   };
   const flowRows = () =>
