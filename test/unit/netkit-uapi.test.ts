@@ -50,6 +50,22 @@ test('RTM_NAMES names each message type by its kernel name', () => {
 });
 
 const kernels = labKernelDirs();
+/**
+ * With every kernel the facts were made from in .cache/lab, regenerating gives the committed file.
+ * With only some of them (the lab fetches its kernels later in the test command, and a partly filled
+ * cache is normal), whatever those kernels say must agree with the committed facts: a newer kernel adds
+ * enum values, never changes one.
+ */
 test('netkit/uapi.facts.json is what the lab kernels in .cache/lab give', { skip: kernels.length ? false : 'no lab kernel in .cache/lab (test/lab/fetch.sh)' }, () => {
-  assert.deepEqual(factsGenerate(kernels), facts, 'regenerate: node dist/tools/gen/netkit-uapi.js');
+  const now = factsGenerate(kernels);
+  if (now.kernels.join() === facts.kernels.join()) {
+    assert.deepEqual(now, facts, 'regenerate: node dist/tools/gen/netkit-uapi.js');
+    return;
+  }
+  for (const k of now.kernels) assert.ok(facts.kernels.includes(k), `${k} is in .cache/lab but the facts are from ${facts.kernels.join(', ')}: regenerate with node dist/tools/gen/netkit-uapi.js`);
+  for (const table of ['enums', 'structSizes', 'macros'] as const) {
+    for (const [name, value] of Object.entries(now[table])) {
+      assert.equal(facts[table][name], value, `${table}.${name} is ${value} in ${now.kernels.join(', ')}, ${facts[table][name]} in netkit/uapi.facts.json`);
+    }
+  }
 });
