@@ -11,6 +11,10 @@
 // Only the workload's own MAC on the workload's own device is answered; relayed requests (giaddr
 // set), other MACs and malformed frames are ignored and counted (the datapath reports the frame as a
 // flow too: it drops a source of 0.0.0.0 as INVALID_SOURCE_IP, and other MACs as INVALID_SOURCE_MAC).
+// A guest cannot make the agent work for it without bound: its answers (DHCP replies, router
+// advertisements, and the log lines of NAKs, releases and declines) come out of a token bucket per
+// guest; what it sends beyond that is counted as `rate-limited` and left unanswered. Replies only ever
+// go to the guest's MAC out of its own device, and a unicast ACK only to the guest's own address.
 import type { Logger } from 'pino';
 import { native, type NativeHandle } from '../../common/native.js';
 import { GATEWAY_V4 } from '../../netkit/index.js';
@@ -42,8 +46,16 @@ const nativeIo: PacketIo = {
   close: (h) => native().packetClose(h),
 };
 
+/** Answers per guest: a burst enough for a booting guest (its exchange, solicitations, retries)... */
+export const ANSWER_BURST = 10;
+/** ...then this many a second. */
+export const ANSWER_PER_SECOND = 2;
+
 interface Served {
   key: string;
+  /** The guest's answer budget (ANSWER_BURST, refilled at ANSWER_PER_SECOND) and when it was last refilled. */
+  tokens: number;
+  refilledAt: number;
   /** Changes when the devices are made again (ifindexes in it): the socket is then reopened. */
   ident: string;
   handle: NativeHandle;
@@ -134,7 +146,7 @@ export class Dhcp4Server {
           this.io.close(handle);
           throw err;
         }
-        const served = { key, ident: g.ident, handle, raHandle, guest: g };
+        const served = { key, ident: g.ident, handle, raHandle, guest: g, tokens: ANSWER_BURST, refilledAt: performance.now() };
         this.served.set(key, served);
         this.advertise(served);
         this.log.debug({ workload: key, device }, 'DHCP and router advertisements served');
@@ -165,6 +177,7 @@ export class Dhcp4Server {
     const served = this.served.get(key);
     if (!served || served.ident !== ident) return;
     if (!isRouterSolicitation(frame, served.guest.guestMac)) return this.ignore(key, 'router-solicitation');
+    if (!this.answerAllowed(served)) return this.ignore(key, 'rate-limited');
     this.advertise(served);
   }
 
@@ -185,6 +198,16 @@ export class Dhcp4Server {
     this.served.delete(s.key);
   }
 
+  /** One answer out of the guest's bucket, if there is one left. */
+  private answerAllowed(s: Served): boolean {
+    const now = performance.now();
+    s.tokens = Math.min(ANSWER_BURST, s.tokens + ((now - s.refilledAt) / 1000) * ANSWER_PER_SECOND);
+    s.refilledAt = now;
+    if (s.tokens < 1) return false;
+    s.tokens -= 1;
+    return true;
+  }
+
   private ignore(key: string, reason: string, detail?: Record<string, unknown>): void {
     this.stats.ignored[reason] = (this.stats.ignored[reason] ?? 0) + 1;
     this.log.debug({ workload: key, reason, ...detail }, 'DHCP request ignored');
@@ -203,6 +226,7 @@ export class Dhcp4Server {
     if (req.op !== 1) return this.ignore(key, 'not-a-request');
     if (req.giaddr !== '0.0.0.0') return this.ignore(key, 'relayed', { giaddr: req.giaddr });
     if (req.srcMac !== s.guestMac || req.chaddr !== s.guestMac) return this.ignore(key, 'foreign-mac', { mac: req.chaddr, srcMac: req.srcMac });
+    if (!this.answerAllowed(served)) return this.ignore(key, 'rate-limited');
     try {
       this.answer(rec, s, req, key, served.handle);
     } catch (err) {
@@ -245,14 +269,14 @@ export class Dhcp4Server {
           });
         }
         this.stats.acks++;
-        return send(req.ciaddr !== '0.0.0.0' ? req.ciaddr : '255.255.255.255', {
+        return send(unicastTo(req.ciaddr, rec), {
           ...base, messageType: T.ACK, ciaddr: req.ciaddr, yiaddr: rec.ipv4, options: [...this.options, ...leaseOpts, hostname],
         });
       }
       case T.INFORM:
         // configuration without a lease (RFC 2131 4.3.5): no yiaddr, no lease times
         this.stats.acks++;
-        return send(req.ciaddr !== '0.0.0.0' ? req.ciaddr : '255.255.255.255', {
+        return send(unicastTo(req.ciaddr, rec), {
           ...base, messageType: T.ACK, ciaddr: req.ciaddr, yiaddr: '0.0.0.0', options: [...this.options, hostname],
         });
       case T.RELEASE:
@@ -267,6 +291,11 @@ export class Dhcp4Server {
     }
   }
 
+}
+
+/** An ACK goes to the client's address (RFC 2131 4.1) only when that is the guest's own; else broadcast. */
+function unicastTo(ciaddr: string, rec: WorkloadRecord): string {
+  return ciaddr === rec.ipv4 ? ciaddr : '255.255.255.255';
 }
 
 function u32(n: number): Buffer {

@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, describe, test } from 'node:test';
+import { ANSWER_BURST, ANSWER_PER_SECOND } from '../../agent/addressing/dhcp4-server.js';
 import type { Workload } from '../../common/schemas/workload.js';
 import { apiCall, testAgentStart, type TestAgent } from '../helpers/agent.js';
 import { netnsAdd, netnsDel, ping, run, uniq, waitFor } from '../helpers/sys.js';
@@ -31,12 +32,13 @@ exit 0
 const macBytes = (m: string) => Buffer.from(m.split(':').map((x) => parseInt(x, 16)));
 
 /** A client's DHCP frame (Ethernet/IPv4/UDP 68 -> 67, broadcast), built here independently of the agent's codec. */
-function requestFrame(o: { srcMac: string; chaddr?: string; giaddr?: string; type: number; options?: Buffer; xid?: number }): Buffer {
+function requestFrame(o: { srcMac: string; chaddr?: string; ciaddr?: string; giaddr?: string; type: number; options?: Buffer; xid?: number }): Buffer {
   const bootp = Buffer.alloc(240);
   bootp[0] = 1;
   bootp[1] = 1;
   bootp[2] = 6;
   bootp.writeUInt32BE(o.xid ?? 0x1234abcd, 4);
+  if (o.ciaddr) Buffer.from(o.ciaddr.split('.').map(Number)).copy(bootp, 12);
   if (o.giaddr) Buffer.from(o.giaddr.split('.').map(Number)).copy(bootp, 24);
   macBytes(o.chaddr ?? o.srcMac).copy(bootp, 28);
   bootp.writeUInt32BE(0x63825363, 236);
@@ -53,6 +55,23 @@ function requestFrame(o: { srcMac: string; chaddr?: string; giaddr?: string; typ
   ip.fill(255, 16, 20);
   const eth = Buffer.concat([Buffer.alloc(6, 0xff), macBytes(o.srcMac), Buffer.from([0x08, 0x00])]);
   return lengthsSet(Buffer.concat([eth, ip, udp, dhcp]));
+}
+
+/** A router solicitation from the unspecified address (as a guest sends before it has one), checksum filled in. */
+function routerSolicitation(srcMac: string): Buffer {
+  const ip6 = Buffer.alloc(40);
+  ip6[0] = 0x60;
+  ip6.writeUInt16BE(8, 4);
+  ip6[6] = 58;
+  ip6[7] = 255;
+  Buffer.from('ff020000000000000000000000000002', 'hex').copy(ip6, 24);
+  const icmp = Buffer.from([133, 0, 0, 0, 0, 0, 0, 0]);
+  let sum = 0;
+  for (let i = 8; i < 40; i += 2) sum += ip6.readUInt16BE(i);
+  sum += 8 + 58 + (133 << 8);
+  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+  icmp.writeUInt16BE(~sum & 0xffff, 2);
+  return Buffer.concat([Buffer.from('333300000002', 'hex'), macBytes(srcMac), Buffer.from([0x86, 0xdd]), ip6, icmp]);
 }
 
 /**
@@ -160,6 +179,15 @@ describe('DHCPv4 for VM guests (root)', { timeout: 180_000 }, () => {
     assert.deepEqual([...dhcp.subarray(240, 243)], [53, 1, 6], 'DHCPNAK');
     assert.equal(t.agent.dhcp.stats.naks, naks + 1);
 
+    // the guest's own address in option 50 but another workload's in ciaddr: acknowledged, but not
+    // sent as if to that workload (broadcast, to the guest's MAC, as every reply)
+    const ack = Buffer.from((await run('ip', ['netns', 'exec', guestNs, 'python3', PROBE, 'exchange', 'eth0',
+      requestFrame({ srcMac: vm.vm!.mac, ciaddr: peer.ipv4, type: 3, xid: 0x77, options: request(vm.ipv4) }).toString('hex'), '10'])).trim(), 'hex');
+    assert.ok(ack.length > 0, 'a reply came');
+    assert.deepEqual([...ack.subarray(14 + 20 + 8 + 240, 14 + 20 + 8 + 243)], [53, 1, 5], 'DHCPACK');
+    assert.equal([...ack.subarray(30, 34)].join('.'), '255.255.255.255', 'not addressed to the other workload');
+    assert.equal(ack.subarray(0, 6).toString('hex'), vm.vm!.mac.replace(/:/g, ''));
+
     // busybox udhcpc asking for its own address again (INIT-REBOOT) is acknowledged
     await udhcpc(['-r', vm.ipv4]);
     assert.match(readFileSync(join(dir, 'lease.bound'), 'utf8'), new RegExp(`^ip=${vm.ipv4.replace(/\./g, '\\.')}$`, 'm'));
@@ -196,6 +224,25 @@ describe('DHCPv4 for VM guests (root)', { timeout: 180_000 }, () => {
     assert.ok(t.agent.dhcp.stats.acks > before.acks);
     const status = await call<{ counts: { workloads: number } }>('GET', '/v1/status');
     assert.equal(status.counts.workloads, 2, 'the agent answers');
+  });
+
+  test('a flood of DISCOVERs and router solicitations is answered only within the guest\'s budget; its next lease is not affected', async () => {
+    const { offers, routerAdverts } = t.agent.dhcp.stats;
+    const limited = t.agent.dhcp.stats.ignored['rate-limited'] ?? 0;
+    const n = 100;
+    const flood = Array.from({ length: n }, (_, i) =>
+      (i % 2 ? routerSolicitation(vm.vm!.mac) : requestFrame({ srcMac: vm.vm!.mac, type: 1, xid: 0x5000 + i })).toString('hex'));
+    const t0 = performance.now();
+    await run('ip', ['netns', 'exec', guestNs, 'python3', PROBE, 'send', 'eth0', ...flood]);
+    const answered = () => t.agent.dhcp.stats.offers - offers + t.agent.dhcp.stats.routerAdverts - routerAdverts;
+    const refused = () => (t.agent.dhcp.stats.ignored['rate-limited'] ?? 0) - limited;
+    await waitFor('every DISCOVER of the flood judged', async () => answered() + refused() >= n, 15_000);
+    const seconds = (performance.now() - t0) / 1000;
+    assert.ok(answered() <= ANSWER_BURST + ANSWER_PER_SECOND * seconds + 1, `${answered()} of ${n} answered in ${seconds.toFixed(1)} s`);
+    assert.ok(refused() > 0);
+    // the budget refills: a real client gets its lease
+    await udhcpc();
+    assert.match(readFileSync(join(dir, 'lease.bound'), 'utf8'), new RegExp(`^ip=${vm.ipv4.replace(/\./g, '\\.')}$`, 'm'));
   });
 
   test('router advertisements: the guest\'s solicitation gets a default route via fe80::1; IPv6 traffic flows', async () => {
