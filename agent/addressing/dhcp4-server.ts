@@ -41,11 +41,15 @@ export interface ServedAt {
 }
 
 const nativeIo: PacketIo = {
-  open: (w, port, onFrame) => native().packetOpen(w.device, w.device, port, false, onFrame),
+  open: (w, port, onFrame) => native().packetOpen(w.device, w.device, port, false, READ_BURST, READ_PER_SECOND, onFrame),
   send: (h, frame) => native().packetSend(h, frame),
   close: (h) => native().packetClose(h),
 };
 
+/** Frames per socket handed to the agent at once, then per second: what a flood of any frames (even
+ * ones answered with nothing) can cost it. Above the answer budget, so that is what a guest meets first. */
+export const READ_BURST = 32;
+export const READ_PER_SECOND = 16;
 /** Answers per guest: a burst enough for a booting guest (its exchange, solicitations, retries)... */
 export const ANSWER_BURST = 10;
 /** ...then this many a second. */
@@ -72,6 +76,8 @@ interface Guest {
 }
 
 export interface Dhcp4Stats {
+  /** Frames read from the guests' sockets. */
+  frames: number;
   offers: number;
   acks: number;
   naks: number;
@@ -97,7 +103,7 @@ export function dhcpServed(rec: WorkloadRecord): Guest | undefined {
 
 export class Dhcp4Server {
   private readonly served = new Map<string, Served>();
-  readonly stats: Dhcp4Stats = { offers: 0, acks: 0, naks: 0, routerAdverts: 0, ignored: {} };
+  readonly stats: Dhcp4Stats = { frames: 0, offers: 0, acks: 0, naks: 0, routerAdverts: 0, ignored: {} };
   private raTimer: NodeJS.Timeout | undefined;
   private readonly options: Array<{ code: number; value: Buffer; optional?: boolean }>;
 
@@ -174,6 +180,7 @@ export class Dhcp4Server {
   }
 
   private onSolicit(key: string, ident: string, frame: Buffer): void {
+    this.stats.frames++;
     const served = this.served.get(key);
     if (!served || served.ident !== ident) return;
     if (!isRouterSolicitation(frame, served.guest.guestMac)) return this.ignore(key, 'router-solicitation');
@@ -214,6 +221,7 @@ export class Dhcp4Server {
   }
 
   private onFrame(key: string, ident: string, frame: Buffer): void {
+    this.stats.frames++;
     const served = this.served.get(key);
     if (!served || served.ident !== ident) return;
     const [namespace, name] = key.split('/') as [string, string];

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, describe, test } from 'node:test';
-import { ANSWER_BURST, ANSWER_PER_SECOND } from '../../agent/addressing/dhcp4-server.js';
+import { ANSWER_BURST, ANSWER_PER_SECOND, READ_BURST, READ_PER_SECOND } from '../../agent/addressing/dhcp4-server.js';
 import type { Workload } from '../../common/schemas/workload.js';
 import { apiCall, testAgentStart, type TestAgent } from '../helpers/agent.js';
 import { netnsAdd, netnsDel, ping, run, uniq, waitFor } from '../helpers/sys.js';
@@ -107,9 +107,9 @@ describe('DHCPv4 for VM guests (root)', { timeout: 180_000 }, () => {
   let vm: Workload;
   let peer: Workload;
   const call = <T>(method: string, path: string, body?: unknown) => apiCall<T>(t.url, method, path, body);
-  const udhcpc = (args: string[] = []) =>
-    run('ip', ['netns', 'exec', guestNs, 'env', `DUMP=${join(dir, 'lease')}`, 'busybox', 'udhcpc', '-i', 'eth0', '-f', '-q', '-n', '-t', '5', '-T', '1',
-      '-s', script, '-O', 'staticroutes', '-O', 'search', '-O', 'mtu', '-O', 'hostname', ...args], { timeoutMs: 30_000 });
+  const udhcpc = (args: string[] = [], tries = 5) =>
+    run('ip', ['netns', 'exec', guestNs, 'env', `DUMP=${join(dir, 'lease')}`, 'busybox', 'udhcpc', '-i', 'eth0', '-f', '-q', '-n', '-t', String(tries), '-T', '1',
+      '-s', script, '-O', 'staticroutes', '-O', 'search', '-O', 'mtu', '-O', 'hostname', ...args], { timeoutMs: (tries + 25) * 1000 });
 
   before(async () => {
     writeFileSync(script, SCRIPT, { mode: 0o755 });
@@ -242,6 +242,20 @@ describe('DHCPv4 for VM guests (root)', { timeout: 180_000 }, () => {
     assert.ok(refused() > 0);
     // the budget refills: a real client gets its lease
     await udhcpc();
+    assert.match(readFileSync(join(dir, 'lease.bound'), 'utf8'), new RegExp(`^ip=${vm.ipv4.replace(/\./g, '\\.')}$`, 'm'));
+  });
+
+  test('a flood of frames the agent answers with nothing reaches it only at the socket\'s pace; the guest\'s next lease still comes', async () => {
+    const frames = t.agent.dhcp.stats.frames;
+    const n = 300;
+    const flood = Array.from({ length: n }, (_, i) => requestFrame({ srcMac: '52:54:00:66:66:67', type: 1, xid: 0x6000 + i }).toString('hex'));
+    const t0 = performance.now();
+    await run('ip', ['netns', 'exec', guestNs, 'python3', PROBE, 'send', 'eth0', ...flood]);
+    // the client's DISCOVERs wait behind what the socket queued of the flood
+    await udhcpc([], 60);
+    const seconds = (performance.now() - t0) / 1000;
+    const read = t.agent.dhcp.stats.frames - frames;
+    assert.ok(read <= READ_BURST + READ_PER_SECOND * seconds + 1, `${read} frames read in ${seconds.toFixed(1)} s`);
     assert.match(readFileSync(join(dir, 'lease.bound'), 'utf8'), new RegExp(`^ip=${vm.ipv4.replace(/\./g, '\\.')}$`, 'm'));
   });
 
