@@ -32,7 +32,11 @@ exit 0
 const macBytes = (m: string) => Buffer.from(m.split(':').map((x) => parseInt(x, 16)));
 
 /** A client's DHCP frame (Ethernet/IPv4/UDP 68 -> 67, broadcast), built here independently of the agent's codec. */
-function requestFrame(o: { srcMac: string; chaddr?: string; ciaddr?: string; giaddr?: string; type: number; options?: Buffer; xid?: number }): Buffer {
+function requestFrame(o: {
+  srcMac: string; chaddr?: string; ciaddr?: string; giaddr?: string; type: number; options?: Buffer; xid?: number;
+  /** Unicast (a renewal): IPv4 source and destination, Ethernet destination. */
+  unicast?: { srcIp: string; dstIp: string; dstMac: string };
+}): Buffer {
   const bootp = Buffer.alloc(240);
   bootp[0] = 1;
   bootp[1] = 1;
@@ -53,7 +57,11 @@ function requestFrame(o: { srcMac: string; chaddr?: string; ciaddr?: string; gia
   ip[8] = 64;
   ip[9] = 17;
   ip.fill(255, 16, 20);
-  const eth = Buffer.concat([Buffer.alloc(6, 0xff), macBytes(o.srcMac), Buffer.from([0x08, 0x00])]);
+  if (o.unicast) {
+    Buffer.from(o.unicast.srcIp.split('.').map(Number)).copy(ip, 12);
+    Buffer.from(o.unicast.dstIp.split('.').map(Number)).copy(ip, 16);
+  }
+  const eth = Buffer.concat([o.unicast ? macBytes(o.unicast.dstMac) : Buffer.alloc(6, 0xff), macBytes(o.srcMac), Buffer.from([0x08, 0x00])]);
   return lengthsSet(Buffer.concat([eth, ip, udp, dhcp]));
 }
 
@@ -187,6 +195,12 @@ describe('DHCPv4 for VM guests (root)', { timeout: 180_000 }, () => {
     assert.deepEqual([...ack.subarray(14 + 20 + 8 + 240, 14 + 20 + 8 + 243)], [53, 1, 5], 'DHCPACK');
     assert.equal([...ack.subarray(30, 34)].join('.'), '255.255.255.255', 'not addressed to the other workload');
     assert.equal(ack.subarray(0, 6).toString('hex'), vm.vm!.mac.replace(/:/g, ''));
+    // a renewal (RENEWING: unicast from the guest's address to the server, ciaddr its own) is acknowledged to that address
+    const renewed = Buffer.from((await run('ip', ['netns', 'exec', guestNs, 'python3', PROBE, 'exchange', 'eth0',
+      requestFrame({ srcMac: vm.vm!.mac, ciaddr: vm.ipv4, type: 3, xid: 0x78, unicast: { srcIp: vm.ipv4, dstIp: '169.254.1.1', dstMac: vm.vm!.gatewayMac! } }).toString('hex'), '10'])).trim(), 'hex');
+    assert.ok(renewed.length > 0, 'a reply to the renewal came');
+    assert.deepEqual([...renewed.subarray(14 + 20 + 8 + 240, 14 + 20 + 8 + 243)], [53, 1, 5], 'DHCPACK');
+    assert.equal([...renewed.subarray(30, 34)].join('.'), vm.ipv4, 'to the guest\'s own address');
 
     // busybox udhcpc asking for its own address again (INIT-REBOOT) is acknowledged
     await udhcpc(['-r', vm.ipv4]);
