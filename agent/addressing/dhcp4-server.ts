@@ -4,9 +4,10 @@
 //
 // Where: on the host side of the guest's device (the tap, or the host end of a VM's pair), frames
 // arriving on it. Not inside the VM's namespace: a socket there would keep the namespace alive after
-// `ip netns del`, and the watch would never see the VM go. So a netkit-mode VM pair is not served yet:
-// the datapath runs in the peer's transmit and drops a DISCOVER from 0.0.0.0 before the host side
-// sees it (that needs a datapath exception for DHCP from the endpoint's MAC).
+// `ip netns del`, and the watch would never see the VM go. On a netkit VM pair the datapath runs in
+// the peer's transmit, before the host side: its endpoint carries EP_F_DHCP_TO_HOST, which hands the
+// guest's DHCP broadcasts from 0.0.0.0 on (addressed to the guest's MAC, so the host's IP stack drops
+// them), and replies pass the primary's program (broadcast: no endpoint by destination).
 //
 // Only the workload's own MAC on the workload's own device is answered; relayed requests (giaddr
 // set), other MACs and malformed frames are ignored and counted (the datapath reports the frame as a
@@ -86,9 +87,9 @@ export interface Dhcp4Stats {
   ignored: Record<string, number>;
 }
 
-/** Whether kitnet configures this workload's guest (vm or tap, not static, not a netkit pair). */
-export function dhcpServedKind(rec: WorkloadRecord): boolean {
-  return rec.spec.kind !== 'netns' && rec.spec.addressing !== 'static' && rec.mode !== 'netkit';
+/** Whether kitnet configures this workload's guest (vm or tap, not static). */
+export function dhcpServedKind(rec: Pick<WorkloadRecord, 'spec'>): boolean {
+  return rec.spec.kind !== 'netns' && rec.spec.addressing !== 'static';
 }
 
 /** A vm/tap workload whose guest kitnet configures by DHCP, and the device it is served on. */
