@@ -175,6 +175,19 @@ describe('DHCPv4 for VM guests (root)', { timeout: 180_000 }, () => {
     assert.ok(await ping(guestNs, peer.ipv4, 2), `guest -> ${peer.ipv4}`);
     assert.ok(await ping(peerNs, vm.ipv4, 2), `${peer.ipv4} -> guest`);
     assert.ok(t.agent.dhcp.stats.offers >= 1 && t.agent.dhcp.stats.acks >= 1);
+
+    // the guest's DHCP shows as flows (UDP 68 -> 67): on veth the agent answers before tcx ingress, which
+    // then drops the 0.0.0.0 source; on netkit the datapath hands it to the host side (forwarded)
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any -- free-form Hubble JSON, asserted field by field
+    type Line = { flow: Record<string, any> };
+    const dhcpFlow = await waitFor('a DHCP flow from the guest', async () => {
+      const text = await (await fetch(`${t.url}/v1/flows?last=4095`)).text();
+      return text.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Line)
+        .find((l) => l.flow.l4?.UDP?.source_port === 68 && l.flow.l4?.UDP?.destination_port === 67 && l.flow.source?.pod_name === vm.name);
+    }, 20_000);
+    assert.equal(dhcpFlow.flow.IP.source, '0.0.0.0');
+    assert.equal(dhcpFlow.flow.IP.destination, '255.255.255.255');
+    assert.equal(dhcpFlow.flow.verdict, testMode === 'netkit' ? 'FORWARDED' : 'DROPPED');
   });
 
   test('a request for another address is refused with a NAK; a renewal from the guest\'s address is acknowledged', async () => {
