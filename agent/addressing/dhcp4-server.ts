@@ -11,7 +11,8 @@
 //
 // Only the workload's own MAC on the workload's own device is answered; relayed requests (giaddr
 // set), other MACs and malformed frames are ignored and counted (the datapath reports the frame as a
-// flow too: it drops a source of 0.0.0.0 as INVALID_SOURCE_IP, and other MACs as INVALID_SOURCE_MAC).
+// flow too: on veth it drops a source of 0.0.0.0 as INVALID_SOURCE_IP after the agent saw it, on netkit
+// it forwards the guest's own DHCP broadcasts; other MACs are INVALID_SOURCE_MAC drops on both).
 // A guest cannot make the agent work for it without bound: its answers (DHCP replies, router
 // advertisements, and the log lines of NAKs, releases and declines) come out of a token bucket per
 // guest; what it sends beyond that is counted as `rate-limited` and left unanswered. Replies only ever
