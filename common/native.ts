@@ -100,8 +100,10 @@ export interface NativeBpf {
    * `udpDstPort` only (a kernel socket filter) on `recvIfname`, arriving (seen before tcx ingress) or
    * `outgoing` (seen before the device's transmit), one Ethernet frame per callback. Sends go out of
    * `sendIfname`, past the qdisc and tcx egress. `udpDstPort` 0: ICMPv6 router solicitations instead.
+   * At most `burst` frames at once, then `perSecond`, reach onFrame (the rest wait in the socket's
+   * queue, and the kernel drops what does not fit).
    */
-  packetOpen(recvIfname: string, sendIfname: string, udpDstPort: number, outgoing: boolean, onFrame: (frame: Buffer) => void): NativeHandle;
+  packetOpen(recvIfname: string, sendIfname: string, udpDstPort: number, outgoing: boolean, burst: number, perSecond: number, onFrame: (frame: Buffer) => void): NativeHandle;
   packetSend(handle: NativeHandle, frame: Buffer): void;
   packetClose(handle: NativeHandle): void;
 }

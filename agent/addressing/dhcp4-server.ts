@@ -4,13 +4,19 @@
 //
 // Where: on the host side of the guest's device (the tap, or the host end of a VM's pair), frames
 // arriving on it. Not inside the VM's namespace: a socket there would keep the namespace alive after
-// `ip netns del`, and the watch would never see the VM go. So a netkit-mode VM pair is not served yet:
-// the datapath runs in the peer's transmit and drops a DISCOVER from 0.0.0.0 before the host side
-// sees it (that needs a datapath exception for DHCP from the endpoint's MAC).
+// `ip netns del`, and the watch would never see the VM go. On a netkit VM pair the datapath runs in
+// the peer's transmit, before the host side: its endpoint carries EP_F_DHCP_TO_HOST, which hands the
+// guest's DHCP broadcasts from 0.0.0.0 on (addressed to the guest's MAC, so the host's IP stack drops
+// them), and replies pass the primary's program (broadcast: no endpoint by destination).
 //
 // Only the workload's own MAC on the workload's own device is answered; relayed requests (giaddr
 // set), other MACs and malformed frames are ignored and counted (the datapath reports the frame as a
-// flow too: it drops a source of 0.0.0.0 as INVALID_SOURCE_IP, and other MACs as INVALID_SOURCE_MAC).
+// flow too: on veth it drops a source of 0.0.0.0 as INVALID_SOURCE_IP after the agent saw it, on netkit
+// it forwards the guest's own DHCP broadcasts; other MACs are INVALID_SOURCE_MAC drops on both).
+// A guest cannot make the agent work for it without bound: its answers (DHCP replies, router
+// advertisements, and the log lines of NAKs, releases and declines) come out of a token bucket per
+// guest; what it sends beyond that is counted as `rate-limited` and left unanswered. Replies only ever
+// go to the guest's MAC out of its own device, and a unicast ACK only to the guest's own address.
 import type { Logger } from 'pino';
 import { native, type NativeHandle } from '../../common/native.js';
 import { GATEWAY_V4 } from '../../netkit/index.js';
@@ -37,13 +43,25 @@ export interface ServedAt {
 }
 
 const nativeIo: PacketIo = {
-  open: (w, port, onFrame) => native().packetOpen(w.device, w.device, port, false, onFrame),
+  open: (w, port, onFrame) => native().packetOpen(w.device, w.device, port, false, READ_BURST, READ_PER_SECOND, onFrame),
   send: (h, frame) => native().packetSend(h, frame),
   close: (h) => native().packetClose(h),
 };
 
+/** Frames per socket handed to the agent at once, then per second: what a flood of any frames (even
+ * ones answered with nothing) can cost it. Above the answer budget, so that is what a guest meets first. */
+export const READ_BURST = 32;
+export const READ_PER_SECOND = 16;
+/** Answers per guest: a burst enough for a booting guest (its exchange, solicitations, retries)... */
+export const ANSWER_BURST = 10;
+/** ...then this many a second. */
+export const ANSWER_PER_SECOND = 2;
+
 interface Served {
   key: string;
+  /** The guest's answer budget (ANSWER_BURST, refilled at ANSWER_PER_SECOND) and when it was last refilled. */
+  tokens: number;
+  refilledAt: number;
   /** Changes when the devices are made again (ifindexes in it): the socket is then reopened. */
   ident: string;
   handle: NativeHandle;
@@ -60,6 +78,8 @@ interface Guest {
 }
 
 export interface Dhcp4Stats {
+  /** Frames read from the guests' sockets. */
+  frames: number;
   offers: number;
   acks: number;
   naks: number;
@@ -68,9 +88,9 @@ export interface Dhcp4Stats {
   ignored: Record<string, number>;
 }
 
-/** Whether kitnet configures this workload's guest (vm or tap, not static, not a netkit pair). */
-export function dhcpServedKind(rec: WorkloadRecord): boolean {
-  return rec.spec.kind !== 'netns' && rec.spec.addressing !== 'static' && rec.mode !== 'netkit';
+/** Whether kitnet configures this workload's guest (vm or tap, not static). */
+export function dhcpServedKind(rec: Pick<WorkloadRecord, 'spec'>): boolean {
+  return rec.spec.kind !== 'netns' && rec.spec.addressing !== 'static';
 }
 
 /** A vm/tap workload whose guest kitnet configures by DHCP, and the device it is served on. */
@@ -85,7 +105,7 @@ export function dhcpServed(rec: WorkloadRecord): Guest | undefined {
 
 export class Dhcp4Server {
   private readonly served = new Map<string, Served>();
-  readonly stats: Dhcp4Stats = { offers: 0, acks: 0, naks: 0, routerAdverts: 0, ignored: {} };
+  readonly stats: Dhcp4Stats = { frames: 0, offers: 0, acks: 0, naks: 0, routerAdverts: 0, ignored: {} };
   private raTimer: NodeJS.Timeout | undefined;
   private readonly options: Array<{ code: number; value: Buffer; optional?: boolean }>;
 
@@ -134,7 +154,7 @@ export class Dhcp4Server {
           this.io.close(handle);
           throw err;
         }
-        const served = { key, ident: g.ident, handle, raHandle, guest: g };
+        const served = { key, ident: g.ident, handle, raHandle, guest: g, tokens: ANSWER_BURST, refilledAt: performance.now() };
         this.served.set(key, served);
         this.advertise(served);
         this.log.debug({ workload: key, device }, 'DHCP and router advertisements served');
@@ -162,9 +182,11 @@ export class Dhcp4Server {
   }
 
   private onSolicit(key: string, ident: string, frame: Buffer): void {
+    this.stats.frames++;
     const served = this.served.get(key);
     if (!served || served.ident !== ident) return;
     if (!isRouterSolicitation(frame, served.guest.guestMac)) return this.ignore(key, 'router-solicitation');
+    if (!this.answerAllowed(served)) return this.ignore(key, 'rate-limited');
     this.advertise(served);
   }
 
@@ -185,12 +207,23 @@ export class Dhcp4Server {
     this.served.delete(s.key);
   }
 
+  /** One answer out of the guest's bucket, if there is one left. */
+  private answerAllowed(s: Served): boolean {
+    const now = performance.now();
+    s.tokens = Math.min(ANSWER_BURST, s.tokens + ((now - s.refilledAt) / 1000) * ANSWER_PER_SECOND);
+    s.refilledAt = now;
+    if (s.tokens < 1) return false;
+    s.tokens -= 1;
+    return true;
+  }
+
   private ignore(key: string, reason: string, detail?: Record<string, unknown>): void {
     this.stats.ignored[reason] = (this.stats.ignored[reason] ?? 0) + 1;
     this.log.debug({ workload: key, reason, ...detail }, 'DHCP request ignored');
   }
 
   private onFrame(key: string, ident: string, frame: Buffer): void {
+    this.stats.frames++;
     const served = this.served.get(key);
     if (!served || served.ident !== ident) return;
     const [namespace, name] = key.split('/') as [string, string];
@@ -203,6 +236,7 @@ export class Dhcp4Server {
     if (req.op !== 1) return this.ignore(key, 'not-a-request');
     if (req.giaddr !== '0.0.0.0') return this.ignore(key, 'relayed', { giaddr: req.giaddr });
     if (req.srcMac !== s.guestMac || req.chaddr !== s.guestMac) return this.ignore(key, 'foreign-mac', { mac: req.chaddr, srcMac: req.srcMac });
+    if (!this.answerAllowed(served)) return this.ignore(key, 'rate-limited');
     try {
       this.answer(rec, s, req, key, served.handle);
     } catch (err) {
@@ -245,14 +279,14 @@ export class Dhcp4Server {
           });
         }
         this.stats.acks++;
-        return send(req.ciaddr !== '0.0.0.0' ? req.ciaddr : '255.255.255.255', {
+        return send(unicastTo(req.ciaddr, rec), {
           ...base, messageType: T.ACK, ciaddr: req.ciaddr, yiaddr: rec.ipv4, options: [...this.options, ...leaseOpts, hostname],
         });
       }
       case T.INFORM:
         // configuration without a lease (RFC 2131 4.3.5): no yiaddr, no lease times
         this.stats.acks++;
-        return send(req.ciaddr !== '0.0.0.0' ? req.ciaddr : '255.255.255.255', {
+        return send(unicastTo(req.ciaddr, rec), {
           ...base, messageType: T.ACK, ciaddr: req.ciaddr, yiaddr: '0.0.0.0', options: [...this.options, hostname],
         });
       case T.RELEASE:
@@ -267,6 +301,11 @@ export class Dhcp4Server {
     }
   }
 
+}
+
+/** An ACK goes to the client's address (RFC 2131 4.1) only when that is the guest's own; else broadcast. */
+function unicastTo(ciaddr: string, rec: WorkloadRecord): string {
+  return ciaddr === rec.ipv4 ? ciaddr : '255.255.255.255';
 }
 
 function u32(n: number): Buffer {

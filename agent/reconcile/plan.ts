@@ -2,7 +2,8 @@
 // the kernel has. No I/O here; agent/reconciler.ts observes and applies, agent/reconcile/controller.ts
 // decides when.
 import type { EndpointInfo } from '../../bpf/index.js';
-import { EP_F_ENFORCE_SRC_IP, EP_F_ENFORCE_SRC_MAC } from '../../bpf/layout.gen.js';
+import { EP_F_DHCP_TO_HOST, EP_F_ENFORCE_SRC_IP, EP_F_ENFORCE_SRC_MAC } from '../../bpf/layout.gen.js';
+import { dhcpServedKind } from '../addressing/dhcp4-server.js';
 import type { WorkloadRecord } from '../store/types.js';
 
 /** A workload's device as the kernel has it: the pair's host side (netns, vm) or the adopted tap. */
@@ -66,7 +67,10 @@ export function endpointInfoFor(rec: WorkloadRecord, device: Pick<ObservedDevice
     ipv6: rec.ipv6,
     mac: workloadMacFor(rec) ?? device.peerMac,
     // Anti-spoofing: a workload may only send from its own addresses (and MAC, where frames carry one).
-    flags: EP_F_ENFORCE_SRC_IP | (rec.mode === 'netkit' ? 0 : EP_F_ENFORCE_SRC_MAC),
+    // On a netkit pair the datapath runs before the host side sees a frame: the guest's first DHCP
+    // broadcasts (from 0.0.0.0) are handed to the agent's packet socket there instead of dropped.
+    flags: EP_F_ENFORCE_SRC_IP | (rec.mode === 'netkit' ? 0 : EP_F_ENFORCE_SRC_MAC) |
+      (rec.mode === 'netkit-l2' && dhcpServedKind(rec) ? EP_F_DHCP_TO_HOST : 0),
     ...(hostMac ? { hostMac } : {}),
   };
 }

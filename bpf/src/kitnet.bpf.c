@@ -61,6 +61,40 @@ static __always_inline int finish(struct flow_ctx *c, int report)
 	return c->verdict == VERDICT_DROPPED ? TCX_DROP : TCX_PASS;
 }
 
+/* A guest's DHCPv4 client broadcast before it has an address (DISCOVER, REQUEST while selecting,
+ * INIT-REBOOT): UDP 68 -> 67, 0.0.0.0 -> 255.255.255.255, from the endpoint's MAC to ff:ff:ff:ff:ff:ff,
+ * unfragmented. Only asked about packets the source check already refused. */
+static __always_inline int dhcp_client_broadcast(struct __sk_buff *skb, const struct endpoint_info *ep, const struct pkt *p)
+{
+	__u8 bcast[6] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff };
+	__u8 dmac[6];
+
+	if (p->family != FAMILY_IPV4 || p->protocol != IPPROTO_UDP || !p->has_l4 || p->is_frag || p->sport != 68 ||
+	    p->dport != 67 || !is_zero(p->saddr, 4) || !bytes_eq(p->daddr, bcast, 4) || !bytes_eq(p->smac, ep->mac, 6))
+		return 0;
+	if (bpf_skb_load_bytes(skb, 0, dmac, 6) < 0)
+		return 0;
+	return bytes_eq(dmac, bcast, 6);
+}
+
+/* Hands a DHCP client broadcast to the host side, where the agent's packet socket answers it: addressed
+ * to the guest's own MAC, so the host side takes it as PACKET_OTHERHOST (the packet socket sees it, the
+ * host's IP stack drops it: no DHCP server on the host hears a guest). Reported as a forwarded flow. */
+static __always_inline int dhcp_to_host(struct __sk_buff *skb, struct flow_ctx *c, const struct endpoint_info *ep)
+{
+	__u8 mac[6];
+
+	__builtin_memcpy(mac, ep->mac, 6);
+	if (bpf_skb_store_bytes(skb, 0, mac, 6, 0) < 0) {
+		c->verdict = VERDICT_DROPPED;
+		c->drop_reason = DROP_INVALID_SOURCE_IP;
+		c->reason = REPORT_DROP;
+		return finish(c, 1);
+	}
+	c->reason = REPORT_EVERY;
+	return finish(c, 1);
+}
+
 /* The ARP / neighbour discovery responder wrote a reply over the request: send it back to the workload
  * through the egress of the host-side device (see neigh.h for veth and netkit). */
 static __always_inline int neigh_answer(struct __sk_buff *skb)
@@ -188,6 +222,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 		}
 		if (reason) {
 			identities_resolve(&c, ep, &p, dir);
+			/* off the fast path: only packets the source check refused get here */
+			if (reason == DROP_INVALID_SOURCE_IP && (ep->flags & EP_F_DHCP_TO_HOST) && has_l2 &&
+			    dhcp_client_broadcast(skb, ep, &p))
+				return dhcp_to_host(skb, &c, ep);
 			c.verdict = VERDICT_DROPPED;
 			c.drop_reason = reason;
 			c.reason = REPORT_DROP;

@@ -113,7 +113,9 @@ trap 'exit 130' INT TERM
 # of files to import the agent, and through the work tree's coherent cache mode each is a 9p round
 # trip (importing the agent took ~120 s under TCG; ~40 s this way). Rebuild before a run, not during.
 code_dirs=()
-for d in node_modules dist; do [ -d "$REPO_DIR/$d" ] && code_dirs+=("$d"); done
+# A symlinked tree (a worktree's node_modules pointing at the main checkout's) cannot be mounted over:
+# it resolves through the host root share, which is cached the same way.
+for d in node_modules dist; do [ -d "$REPO_DIR/$d" ] && [ ! -L "$REPO_DIR/$d" ] && code_dirs+=("$d"); done
 
 workdir=$REPO_DIR
 case "$PWD/" in "$REPO_DIR"/*) workdir=$PWD ;; esac

@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { describe, test } from 'node:test';
 import type { FlowEvent, KitnetDatapath, ProgName } from '../../bpf/index.js';
 import { DROP_REASON } from '../../bpf/index.js';
-import { EP_F_ENFORCE_SRC_IP, EP_F_ENFORCE_SRC_MAC, TCX_DROP, TCX_NEXT, TCX_PASS } from '../../bpf/layout.gen.js';
+import { EP_F_DHCP_TO_HOST, EP_F_ENFORCE_SRC_IP, EP_F_ENFORCE_SRC_MAC, TCX_DROP, TCX_NEXT, TCX_PASS } from '../../bpf/layout.gen.js';
 import { run as run_ } from '../helpers/sys.js';
 import type { EventSink } from './bpf-helpers.js';
 import { ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, TCP, eth, icmp, ipv4, ipv6, policyAllowAll, tcp, udp, LO, testRunDatapathUse } from './bpf-helpers.js';
@@ -213,5 +213,50 @@ describe('datapath on crafted packets (BPF_PROG_TEST_RUN)', { timeout: 60_000 },
     assert.ok(m.EGRESS_DROPPED.packets >= 3n);
     assert.ok(m.EVENTS_SENT.packets > 0n);
     assert.equal(sink.lostEvents(), 0n);
+  });
+  test('DHCP_TO_HOST: a guest\'s DHCP client broadcast from 0.0.0.0 passes readdressed to its own MAC, as a forwarded flow; nothing else from 0.0.0.0', async () => {
+    const BCAST = 'ff:ff:ff:ff:ff:ff';
+    const client = (o: { src?: string; dst?: string; sport?: number; dport?: number; smac?: string; dmac?: string; mf?: boolean } = {}) =>
+      eth(ETH_P_IP, ipv4(o.src ?? '0.0.0.0', o.dst ?? '255.255.255.255', 17, udp(o.sport ?? 68, o.dport ?? 67, Buffer.alloc(240)), { mf: o.mf }), o.smac ?? EP.mac, o.dmac ?? BCAST);
+    const verdicts = async (frame: Buffer) => {
+      const { retval, data } = dp.testRun('from_workload', frame, { ifindex: LO });
+      return { retval, dmac: data.subarray(0, 6).toString('hex'), events: (await sink.settle()).map((e) => [e.verdict, e.dropReason, e.srcAddr, e.dstAddr, e.srcPort, e.dstPort]) };
+    };
+    const enforced = EP_F_ENFORCE_SRC_IP | EP_F_ENFORCE_SRC_MAC;
+    dp.endpointUpsert(LO, { ...EP, flags: enforced });
+    try {
+      let r = await verdicts(client());
+      assert.equal(r.retval, TCX_DROP, 'without the flag: dropped as before');
+      assert.equal(r.events[0]![1], DROP_REASON.INVALID_SOURCE_IP);
+
+      dp.endpointUpsert(LO, { ...EP, flags: enforced | EP_F_DHCP_TO_HOST });
+      r = await verdicts(client());
+      assert.equal(r.retval, TCX_PASS);
+      assert.equal(r.dmac, EP.mac.replace(/:/g, ''), 'to the guest\'s own MAC: PACKET_OTHERHOST on the host side');
+      assert.deepEqual(r.events, [['FORWARDED', 0, '0.0.0.0', '255.255.255.255', 68, 67]]);
+
+      // anything else from 0.0.0.0 is still spoofing
+      const refused: Array<[string, Buffer, number]> = [
+        ['another port', client({ dport: 53 }), DROP_REASON.INVALID_SOURCE_IP],
+        ['another source port', client({ sport: 67 }), DROP_REASON.INVALID_SOURCE_IP],
+        ['unicast IP', client({ dst: '169.254.1.1' }), DROP_REASON.INVALID_SOURCE_IP],
+        ['unicast frame', client({ dmac: '02:00:00:00:00:01' }), DROP_REASON.INVALID_SOURCE_IP],
+        ['a fragment', client({ mf: true }), DROP_REASON.INVALID_SOURCE_IP],
+        ['another MAC', client({ smac: '02:00:00:00:00:66' }), DROP_REASON.INVALID_SOURCE_MAC],
+        ['another source address', client({ src: '10.250.0.99' }), DROP_REASON.INVALID_SOURCE_IP],
+      ];
+      for (const [what, frame, reason] of refused) {
+        r = await verdicts(frame);
+        assert.equal(r.retval, TCX_DROP, what);
+        assert.equal(r.events[0]?.[1], reason, what);
+      }
+      // without MAC enforcement the exception still asks for the endpoint's own MAC
+      dp.endpointUpsert(LO, { ...EP, flags: EP_F_ENFORCE_SRC_IP | EP_F_DHCP_TO_HOST });
+      r = await verdicts(client({ smac: '02:00:00:00:00:66' }));
+      assert.equal(r.retval, TCX_DROP);
+      assert.equal(r.events[0]![1], DROP_REASON.INVALID_SOURCE_IP);
+    } finally {
+      dp.endpointUpsert(LO, EP);
+    }
   });
 });

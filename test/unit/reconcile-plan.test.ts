@@ -1,6 +1,7 @@
 // The reconcile loop's pure parts: the plan (desired + observed -> actions) and the work queue.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
+import { EP_F_DHCP_TO_HOST, EP_F_ENFORCE_SRC_IP, EP_F_ENFORCE_SRC_MAC } from '../../bpf/layout.gen.js';
 import { endpointInfoFor, reconcilePlan, type ObservedDevice, type ObservedWorkload } from '../../agent/reconcile/plan.js';
 import { WorkQueue, backoffDelay } from '../../agent/reconcile/queue.js';
 import type { WorkloadRecord } from '../../agent/store/types.js';
@@ -72,6 +73,13 @@ describe('reconcile plan: desired + observed -> actions', () => {
     assert.equal(endpointInfoFor(netns, device).mac, device.peerMac);
     assert.equal(endpointInfoFor(netns, device).hostMac, device.hostMac);
     assert.equal(endpointInfoFor({ ...netns, mode: 'netkit' }, device).hostMac, undefined);
+  });
+
+  test('a netkit VM pair served by DHCP hands its DHCP broadcasts to the host side; static ones and veth do not', () => {
+    assert.equal(endpointInfoFor(vm, device).flags, EP_F_ENFORCE_SRC_IP | EP_F_ENFORCE_SRC_MAC | EP_F_DHCP_TO_HOST);
+    assert.equal(endpointInfoFor({ ...vm, spec: { ...vm.spec, addressing: 'static' } }, device).flags, EP_F_ENFORCE_SRC_IP | EP_F_ENFORCE_SRC_MAC);
+    assert.equal(endpointInfoFor({ ...vm, mode: 'veth' }, device).flags, EP_F_ENFORCE_SRC_IP | EP_F_ENFORCE_SRC_MAC);
+    assert.equal(endpointInfoFor({ ...netns, mode: 'netkit' }, device).flags, EP_F_ENFORCE_SRC_IP);
   });
 });
 

@@ -12,6 +12,11 @@
  * Devices are named and resolved in the calling thread's namespace. `outgoing` reads frames leaving
  * a device instead (seen before its transmit runs); a socket made inside another namespace would keep
  * that namespace alive, which is why the agent serves VMs from the host side.
+ *
+ * A guest decides how many frames reach its socket, so each socket hands the agent at most `burst`
+ * frames at once and `perSecond` after that: beyond it the socket stops being polled until the budget
+ * refills, its queue fills and the kernel drops the rest. A flooding guest costs the agent nothing more
+ * than that (and costs only its own DHCP service).
  */
 #include "addon.h"
 #include <arpa/inet.h>
@@ -25,6 +30,10 @@ struct pkt_sock {
 	napi_ref callback;
 	napi_async_context async_ctx;
 	uv_poll_t poll;
+	uv_timer_t resume; /* restarts the poll once the budget has refilled */
+	int open_handles;  /* poll and timer: freed when both are closed */
+	double tokens, burst, per_second;
+	uint64_t refilled_ms;
 	int fd;
 	int send_ifindex;
 	bool outgoing;
@@ -51,6 +60,33 @@ static void ps_call(struct pkt_sock *s, const char *data, size_t len)
 	napi_close_handle_scope(env, scope);
 }
 
+static void ps_on_poll(uv_poll_t *handle, int status, int events);
+
+static void ps_on_resume(uv_timer_t *timer)
+{
+	struct pkt_sock *s = timer->data;
+
+	if (!s->closed)
+		uv_poll_start(&s->poll, UV_READABLE, ps_on_poll);
+}
+
+/* One frame's worth of budget, or false (and the poll paused until there is one again). */
+static bool ps_take_token(struct pkt_sock *s)
+{
+	uint64_t now = uv_now(s->poll.loop);
+	double t = s->tokens + (double)(now - s->refilled_ms) * s->per_second / 1000.0;
+
+	s->tokens = t > s->burst ? s->burst : t;
+	s->refilled_ms = now;
+	if (s->tokens >= 1) {
+		s->tokens -= 1;
+		return true;
+	}
+	uv_poll_stop(&s->poll);
+	uv_timer_start(&s->resume, ps_on_resume, (uint64_t)((1 - s->tokens) * 1000 / s->per_second) + 1, 0);
+	return false;
+}
+
 static void ps_on_poll(uv_poll_t *handle, int status, int events)
 {
 	struct pkt_sock *s = handle->data;
@@ -59,19 +95,22 @@ static void ps_on_poll(uv_poll_t *handle, int status, int events)
 	(void)status;
 	(void)events;
 	/* Bounded per wakeup, so a flood from one guest cannot starve the loop. */
-	for (int i = 0; i < 32 && !s->closed; i++) {
+	for (int i = 0; i < 32 && !s->closed && ps_take_token(s); i++) {
 		struct sockaddr_ll from;
 		socklen_t fromlen = sizeof(from);
 		ssize_t n = recvfrom(s->fd, buf, sizeof(buf), MSG_DONTWAIT | MSG_TRUNC, (struct sockaddr *)&from, &fromlen);
 		if (n < 0) {
+			s->tokens += 1; /* nothing read: the token is not spent */
 			if (errno == EINTR)
 				continue;
 			break; /* EAGAIN: drained */
 		}
 		/* one direction only (our own sends are outgoing on a host device), and nothing larger than
 		 * any DHCP message accepted */
-		if ((from.sll_pkttype == PACKET_OUTGOING) != s->outgoing || (size_t)n > sizeof(buf))
+		if ((from.sll_pkttype == PACKET_OUTGOING) != s->outgoing || (size_t)n > sizeof(buf)) {
+			s->tokens += 1;
 			continue;
+		}
 		ps_call(s, buf, (size_t)n);
 	}
 }
@@ -80,34 +119,40 @@ static void ps_on_close(uv_handle_t *handle)
 {
 	struct pkt_sock *s = handle->data;
 
+	if (--s->open_handles > 0)
+		return;
 	close(s->fd);
 	napi_delete_reference(s->env, s->callback);
 	napi_async_destroy(s->env, s->async_ctx);
 	free(s);
 }
 
-/* packetOpen(recvIfname, sendIfname, udpDstPort, outgoing, callback(Buffer)) -> handle; unreferenced.
+/* packetOpen(recvIfname, sendIfname, udpDstPort, outgoing, burst, perSecond, callback(Buffer)) -> handle;
+ * unreferenced. At most burst frames at once, then perSecond, reach the callback.
  * IPv4 UDP frames to udpDstPort only (no non-first fragments), or with udpDstPort 0 ICMPv6 router
  * solicitations (no extension headers), received on recvIfname in one direction (outgoing = leaving
  * the device, else arriving); sends go out of sendIfname. */
 napi_value packet_open(napi_env env, napi_callback_info info)
 {
-	napi_value argv[5], handle, name;
+	napi_value argv[7], handle, name;
 	char recv_name[IF_NAMESIZE + 1], send_name[IF_NAMESIZE + 1]; /* get_str takes cap - 2 characters */
-	int32_t port;
+	int32_t port, burst, per_second;
 	bool outgoing;
 	unsigned int ifindex, send_ifindex;
 	uv_loop_t *loop;
 	struct pkt_sock *s;
 	int fd, err, one = 1;
 
-	if (!get_args(env, info, 5, argv) || !get_str(env, argv[0], recv_name, sizeof(recv_name)) ||
-	    !get_str(env, argv[1], send_name, sizeof(send_name)) || !get_i32(env, argv[2], &port))
+	if (!get_args(env, info, 7, argv) || !get_str(env, argv[0], recv_name, sizeof(recv_name)) ||
+	    !get_str(env, argv[1], send_name, sizeof(send_name)) || !get_i32(env, argv[2], &port) ||
+	    !get_i32(env, argv[4], &burst) || !get_i32(env, argv[5], &per_second))
 		return NULL;
 	if (napi_get_value_bool(env, argv[3], &outgoing) != napi_ok)
 		return throw_type(env, "packetOpen: outgoing must be a boolean");
 	if (port < 0 || port > 65535)
 		return throw_type(env, "packetOpen: port must be 0-65535");
+	if (burst < 1 || per_second < 1)
+		return throw_type(env, "packetOpen: burst and perSecond must be at least 1");
 	ifindex = if_nametoindex(recv_name);
 	if (!ifindex)
 		return throw_errno(env, "PACKET_DEVICE", errno);
@@ -169,12 +214,22 @@ napi_value packet_open(napi_env env, napi_callback_info info)
 		return throw_errno(env, "UV_POLL_INIT", -err);
 	}
 	s->poll.data = s;
-	napi_create_reference(env, argv[4], 1, &s->callback);
+	s->open_handles = 1;
+	uv_timer_init(loop, &s->resume); /* cannot fail */
+	s->resume.data = s;
+	s->open_handles++;
+	uv_unref((uv_handle_t *)&s->resume);
+	s->burst = burst;
+	s->per_second = per_second;
+	s->tokens = burst;
+	s->refilled_ms = uv_now(loop);
+	napi_create_reference(env, argv[6], 1, &s->callback);
 	napi_create_string_utf8(env, "kitnet:packet-socket", NAPI_AUTO_LENGTH, &name);
 	napi_async_init(env, NULL, name, &s->async_ctx);
 	err = uv_poll_start(&s->poll, UV_READABLE, ps_on_poll);
 	if (err) {
 		s->closed = true;
+		uv_close((uv_handle_t *)&s->resume, ps_on_close);
 		uv_close((uv_handle_t *)&s->poll, ps_on_close);
 		return throw_errno(env, "UV_POLL_START", -err);
 	}
@@ -219,6 +274,7 @@ napi_value packet_close(napi_env env, napi_callback_info info)
 	if (!s->closed) {
 		s->closed = true;
 		uv_poll_stop(&s->poll);
+		uv_close((uv_handle_t *)&s->resume, ps_on_close);
 		uv_close((uv_handle_t *)&s->poll, ps_on_close);
 	}
 	return NULL;
