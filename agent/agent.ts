@@ -1,4 +1,5 @@
-import type { ClusterServices } from './cluster/index.js';
+import { RemoteIpcache, type ClusterServices, type IpcacheWatcher } from './cluster/index.js';
+import { cidrParse } from './ipam.js';
 import type { Logger } from 'pino';
 import type { FlowRecord, FlowSelection } from '../common/schemas/flows.js';
 import { KitnetError } from '../common/errors.js';
@@ -70,6 +71,8 @@ export class Agent {
   /** One lock for every change of desired state: workloads, labels, namespaces, policies. */
   private readonly mutex = new Mutex();
   private readonly startedAt = Date.now();
+  /** Cluster mode: other nodes' workload addresses and identities (agent/cluster/). */
+  readonly remote?: { ipcache: RemoteIpcache; watcher: IpcacheWatcher };
 
   constructor(
     readonly config: Config,
@@ -98,6 +101,22 @@ export class Agent {
       },
     );
     this.workloads = new WorkloadService(store, config, kernel, this.reconciler, log.child({ component: 'workloads' }), this.mutex, this.policyEngine, this.controller, cluster);
+    if (cluster) {
+      const dp = kernel.datapath;
+      const ipcache = new RemoteIpcache(
+        {
+          exclusive: (fn) => this.workloads.exclusive(fn),
+          localAddresses: () => new Set(store.workloadList().flatMap((w) => [w.ipv4, w.ipv6])),
+          ipcacheUpsert: (cidr, entry) => dp.ipcacheUpsert(cidr, entry),
+          ipcacheDelete: (cidr) => dp.ipcacheDelete(cidr),
+          identityLabels: (id) => cluster.identityLabels(id),
+          remoteIdentitiesUpdate: (changes) => this.policyEngine.remoteIdentitiesUpdate(changes),
+        },
+        log.child({ component: 'cluster-ipcache-watch' }),
+      );
+      this.policyEngine.remoteAddressResolve = (ip) => ipcache.identityOf(ip);
+      this.remote = { ipcache, watcher: cluster.ipcacheWatcher([cidrParse(config.ipam.ipv4Pool), cidrParse(config.ipam.ipv6Pool)]) };
+    }
     this.watch = new WorkloadWatch(store, kernel, this.controller, log.child({ component: 'watch' }));
     this.policies = new PolicyService(store, this.policyEngine, this.workloads, this.mutex, log.child({ component: 'policy' }));
     this.directory = new EndpointDirectory(store);
@@ -141,12 +160,15 @@ export class Agent {
     }
     this.dhcp.sync();
     this.dhcp.start();
+    // Other nodes' workloads: listed once (a failure is retried in the background), then watched.
+    await this.remote?.watcher.start(this.remote.ipcache);
     this.flows.start(this.kernel.datapath);
     this.watch.start();
     this.controller.start();
   }
 
   stop(): void {
+    void this.remote?.watcher.close();
     this.dhcp.close();
     this.watch.stop();
     void this.controller.stop();
