@@ -128,6 +128,7 @@ export class Agent {
       workloads: () => store.workloadList(),
       identities: () => store.identityList().length,
       reconcileQueueDepth: () => this.controller.depth,
+      ...(this.remote ? { clusterIpcache: () => ({ remote: this.remote!.ipcache.size(), ignored: this.remote!.watcher.ignored + this.remote!.ipcache.identitiesIgnored }) } : {}),
       policyEntries: () => this.policyEngine.entryCount(),
       mapFill: () => kernel.datapath.mapFill({ policy: this.policyEngine.entryCount() }),
     });

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
+import { Etcd3 } from 'etcd3';
 import type { TraceResponse, WorkloadPolicy } from '../../common/schemas/policy.js';
 import type { Workload } from '../../common/schemas/workload.js';
 import { etcdStart, type EtcdServer } from '../helpers/etcd.js';
@@ -93,6 +94,21 @@ describe('cluster mode: other nodes\' workloads in the ipcache and in policy (ro
     });
     const rebuilt = await a!.api.call<WorkloadPolicy>('GET', `/v1/workloads/${NS}/wa/policy`);
     assert.ok(rebuilt.entries.some((e) => e.identity === wb.identity), 'B\'s identity survives a full compile');
+
+    // Another writer claims an address of A's pool for B's identity: A ignores it and counts it.
+    const raw = new Etcd3({ hosts: etcd!.endpoint });
+    try {
+      const forged = '10.244.9.9';
+      await raw.put(`cilium/state/ip/v1/default/${forged}`).value(`{"IP":"${forged}","Mask":null,"HostIP":"192.0.2.77","ID":${wb.identity},"Key":0,"Metadata":"","K8sNamespace":"${NS}","K8sPodName":"forged"}`);
+      const ignored = async () => (await a!.agent.metrics.registry.getSingleMetric('kitnet_cluster_ipcache_ignored_total')!.get()).values[0]?.value ?? 0;
+      // B takes it (outside B's pool, a third node's): the watch delivered it; A refuses the same value.
+      await waitFor('the entry in B\'s ipcache', async () => ipcacheOf(b!).has(`${forged}/32`) || undefined, 30_000);
+      await waitFor('the entry counted as ignored on A', async () => (await ignored()) >= 1 || undefined, 30_000);
+      assert.equal(ipcacheOf(a!).has(`${forged}/32`), false);
+      await raw.delete().key(`cilium/state/ip/v1/default/${forged}`).exec();
+    } finally {
+      raw.close();
+    }
 
     // B's workload goes: its entries leave A's ipcache, its identity A's policy.
     await b!.api.call('DELETE', `/v1/workloads/${NS}/wb`);
