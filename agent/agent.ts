@@ -109,6 +109,7 @@ export class Agent {
           localAddresses: () => new Set(store.workloadList().flatMap((w) => [w.ipv4, w.ipv6])),
           ipcacheUpsert: (cidr, entry) => dp.ipcacheUpsert(cidr, entry),
           ipcacheDelete: (cidr) => dp.ipcacheDelete(cidr),
+          ipcacheRemoteList: () => dp.ipcacheList().flatMap(([cidr, e]) => (e.hostId !== 0 && !cidr.startsWith('ipblock:') ? [[cidr, e.identity] as [string, number]] : [])),
           identityLabels: (id) => cluster.identityLabels(id),
           remoteIdentitiesUpdate: (changes) => this.policyEngine.remoteIdentitiesUpdate(changes),
         },
@@ -146,6 +147,10 @@ export class Agent {
   /** Restores the stored workloads (`onProgress` after each), then starts flows and the watch. */
   async start(onProgress?: (done: number, total: number) => void): Promise<void> {
     this.flowReportingApply(this.config.flows);
+    // Other nodes' workloads, before the restore compiles policy: their identities are in its first
+    // compile, so rules selecting them hold across a restart. Listed once (a failure is retried in
+    // the background), then watched; entries left from the previous run that etcd no longer has go.
+    if (this.remote) await this.remote.watcher.start(this.remote.ipcache, this.remote.ipcache.adopt());
     const result = await this.workloads.exclusive(async () => {
       // Before anything allocates: this host's references to its cluster identities, under the new lease.
       await this.cluster?.identities.restore(this.store);
@@ -161,8 +166,6 @@ export class Agent {
     }
     this.dhcp.sync();
     this.dhcp.start();
-    // Other nodes' workloads: listed once (a failure is retried in the background), then watched.
-    await this.remote?.watcher.start(this.remote.ipcache);
     this.flows.start(this.kernel.datapath);
     this.watch.start();
     this.controller.start();

@@ -100,9 +100,14 @@ export class IpcacheWatcher {
     private readonly log: Logger,
   ) {}
 
-  /** Starts following; resolves after the first list reached the sink (or failed: retried in the background). */
-  async start(sink: IpcacheWatchSink): Promise<void> {
+  /**
+   * Starts following; resolves after the first list reached the sink (or failed: retried in the
+   * background). `held`: addresses the sink holds already (adopted from a previous run).
+   */
+  async start(sink: IpcacheWatchSink, held: Iterable<string> = []): Promise<void> {
     this.sink = sink;
+    // What the sink holds from before: the first list hands over these again or removes them.
+    for (const ip of held) this.accepted.set(ip, { ip, identity: 0, hostIP: '', namespace: '', podName: '' });
     await this.run();
   }
 

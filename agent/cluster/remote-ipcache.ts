@@ -10,6 +10,8 @@ export interface RemoteIpcacheTarget {
   localAddresses(): ReadonlySet<string>;
   ipcacheUpsert(cidr: string, entry: { identity: number; hostId: number }): void;
   ipcacheDelete(cidr: string): void;
+  /** Host entries of other nodes in the BPF ipcache (host field not 0), e.g. left by the previous run. */
+  ipcacheRemoteList(): Array<[cidr: string, identity: number]>;
   /** The labels of a cluster identity (`id/<n>`), undefined when etcd has none or they do not parse. */
   identityLabels(id: number): Promise<string[] | undefined>;
   /** Identities joining (labels) or leaving (undefined) the policy universe. */
@@ -50,6 +52,23 @@ export class RemoteIpcache implements IpcacheWatchSink {
     private readonly target: RemoteIpcacheTarget,
     private readonly log: Logger,
   ) {}
+
+  /**
+   * Takes over the remote entries the BPF ipcache holds from before (pinned maps outlive the agent):
+   * returns their addresses, for the first list to remove those no longer in etcd.
+   */
+  adopt(): string[] {
+    const out: string[] = [];
+    for (const [cidr, identity] of this.target.ipcacheRemoteList()) {
+      const slash = cidr.indexOf('/');
+      const ip = cidr.slice(0, slash);
+      if (cidr.slice(slash + 1) !== (ip.includes(':') ? '128' : '32') || this.written.has(ip)) continue;
+      this.written.set(ip, identity);
+      this.refs.set(identity, (this.refs.get(identity) ?? 0) + 1);
+      out.push(ip);
+    }
+    return out;
+  }
 
   /** The identity of a remote address, if this host maps one. */
   identityOf(ip: string): number | undefined {

@@ -121,5 +121,14 @@ describe('cluster mode: other nodes\' workloads in the ipcache and in policy (ro
       return !now.entries.some((e) => e.identity === wb.identity) || undefined;
     }, 30_000);
     assert.equal(ipcacheOf(a!).get(`${wc.ipv4}/32`)?.identity, wc.identity, 'B\'s other workload stays');
+
+    // A restarts while B's other workload goes: the pinned ipcache entry A held for it goes at A's start.
+    await a!.stop();
+    await b!.api.call('DELETE', `/v1/workloads/${NS}/wc`);
+    await a!.start();
+    const m = ipcacheOf(a!);
+    assert.equal(m.has(`${wc.ipv4}/32`), false, 'an entry deleted while A was down is gone after its start');
+    assert.equal(m.has(`${wc.ipv6}/128`), false);
+    assert.deepEqual(m.get(`${wa.ipv4}/32`), { identity: wa.identity, hostId: 0 });
   });
 });

@@ -85,6 +85,7 @@ describe('cluster ipcache watch against a real etcd', () => {
       localAddresses: () => new Set(local),
       ipcacheUpsert: (cidr, e) => void ipcache.set(cidr, e),
       ipcacheDelete: (cidr) => void ipcache.delete(cidr),
+      ipcacheRemoteList: () => [...ipcache].filter(([, e]) => e.hostId !== 0).map(([cidr, e]) => [cidr, e.identity]),
       identityLabels: (id) => remoteIdentityLabels(session, id),
       remoteIdentitiesUpdate: async (changes) => {
         if (failNext) {
@@ -104,7 +105,7 @@ describe('cluster ipcache watch against a real etcd', () => {
     const sink = new RemoteIpcache(t, log);
     const w = new IpcacheWatcher(session, rules, log);
     watchers.push(w);
-    await w.start(sink);
+    await w.start(sink, sink.adopt());
     return { sink, w };
   }
 
@@ -174,6 +175,26 @@ describe('cluster ipcache watch against a real etcd', () => {
     await waitFor('the list\'s difference applied', async () => d.ipcache.has('10.78.0.2/32') && !d.ipcache.has('10.78.0.1/32'));
     await w.settled();
     assert.deepEqual([...d.identities.keys()], [200201]);
+    await w.close();
+  });
+
+  test('at a restart, remote entries the pinned ipcache still holds are taken over: those etcd no longer has go', async () => {
+    const b = '192.0.2.4';
+    await raw.delete().prefix(`${IPCACHE_PREFIX}/`).exec();
+    await raw.put(`${IDENTITIES_PREFIX}/id/200300`).value('k8s:app=e;');
+    await raw.put(key('10.79.0.2')).value(pair('10.79.0.2', b, 200300));
+    const d = target();
+    // Left by the previous run: one entry etcd still has, one deleted while the agent was down; a local one.
+    d.ipcache.set('10.79.0.1/32', { identity: 200300, hostId: remoteHostId(b) });
+    d.ipcache.set('10.79.0.2/32', { identity: 200300, hostId: remoteHostId(b) });
+    d.ipcache.set('10.200.0.9/32', { identity: 200000, hostId: 0 });
+    const { w, sink } = await follow(d.t);
+    assert.deepEqual([...d.ipcache.keys()].sort(), ['10.200.0.9/32', '10.79.0.2/32']);
+    assert.ok(d.identities.has(200300), 'the identity of a taken-over entry joins the policy universe');
+    assert.equal(sink.size(), 1);
+    await raw.delete().key(key('10.79.0.2')).exec();
+    await waitFor('the taken-over entry follows its deletion', async () => !d.ipcache.has('10.79.0.2/32'));
+    await waitFor('and its identity leaves', async () => !d.identities.has(200300));
     await w.close();
   });
 });
