@@ -128,9 +128,7 @@ export class IpcacheWatcher {
   private async run(): Promise<void> {
     if (this.closed) return;
     const generation = ++this.generation;
-    const old = this.watcher;
-    this.watcher = undefined;
-    await old?.cancel().catch(() => undefined);
+    this.cancel();
     try {
       const client = this.session.client;
       const res = await client.getAll().prefix(`${IPCACHE_PREFIX}/`).exec();
@@ -221,8 +219,18 @@ export class IpcacheWatcher {
     this.closed = true;
     this.generation++;
     clearTimeout(this.retry);
-    await this.watcher?.cancel().catch(() => undefined);
+    this.cancel();
     await this.queue;
+  }
+
+  /**
+   * Drops the current watch without waiting: etcd3's cancel waits for etcd's answer, which never comes
+   * while the connection is down; the generation counter already ignores the old watch's events.
+   */
+  private cancel(): void {
+    const old = this.watcher;
+    this.watcher = undefined;
+    void old?.cancel().catch(() => undefined);
   }
 }
 

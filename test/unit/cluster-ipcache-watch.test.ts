@@ -197,4 +197,24 @@ describe('cluster ipcache watch against a real etcd', () => {
     await waitFor('and its identity leaves', async () => !d.identities.has(200300));
     await w.close();
   });
+
+  test('etcd killed and back with history compacted: the watcher lists again and follows what changed', async () => {
+    const b = '192.0.2.5';
+    await raw.delete().prefix(`${IPCACHE_PREFIX}/`).exec();
+    await raw.put(`${IDENTITIES_PREFIX}/id/200400`).value('k8s:app=f;');
+    await raw.put(key('10.80.0.1')).value(pair('10.80.0.1', b, 200400));
+    const d = target();
+    const { w } = await follow(d.t);
+    assert.ok(d.ipcache.has('10.80.0.1/32'));
+    const listsBefore = w.lists;
+    await etcd.restart();
+    // Changes after the restart, and the history with them compacted away.
+    await raw.put(key('10.80.0.2')).value(pair('10.80.0.2', b, 200400));
+    await raw.delete().key(key('10.80.0.1')).exec();
+    const { header } = await raw.kv.range({ key: Buffer.from(key('10.80.0.2')) });
+    await raw.kv.compact({ revision: header.revision, physical: true });
+    await waitFor('what changed while the watch was down', async () => (d.ipcache.has('10.80.0.2/32') && !d.ipcache.has('10.80.0.1/32')) || undefined, 30_000);
+    assert.ok(w.lists > listsBefore, 'listed again after the connection broke');
+    await w.close();
+  });
 });
