@@ -1,4 +1,5 @@
-import type { ClusterServices } from './cluster/index.js';
+import { RemoteIpcache, type ClusterServices, type IpcacheWatcher } from './cluster/index.js';
+import { cidrParse } from './ipam.js';
 import type { Logger } from 'pino';
 import type { FlowRecord, FlowSelection } from '../common/schemas/flows.js';
 import { KitnetError } from '../common/errors.js';
@@ -70,6 +71,8 @@ export class Agent {
   /** One lock for every change of desired state: workloads, labels, namespaces, policies. */
   private readonly mutex = new Mutex();
   private readonly startedAt = Date.now();
+  /** Cluster mode: other nodes' workload addresses and identities (agent/cluster/). */
+  readonly remote?: { ipcache: RemoteIpcache; watcher: IpcacheWatcher };
 
   constructor(
     readonly config: Config,
@@ -98,6 +101,23 @@ export class Agent {
       },
     );
     this.workloads = new WorkloadService(store, config, kernel, this.reconciler, log.child({ component: 'workloads' }), this.mutex, this.policyEngine, this.controller, cluster);
+    if (cluster) {
+      const dp = kernel.datapath;
+      const ipcache = new RemoteIpcache(
+        {
+          exclusive: (fn) => this.workloads.exclusive(fn),
+          localAddresses: () => new Set(store.workloadList().flatMap((w) => [w.ipv4, w.ipv6])),
+          ipcacheUpsert: (cidr, entry) => dp.ipcacheUpsert(cidr, entry),
+          ipcacheDelete: (cidr) => dp.ipcacheDelete(cidr),
+          ipcacheRemoteList: () => dp.ipcacheList().flatMap(([cidr, e]) => (e.hostId !== 0 && !cidr.startsWith('ipblock:') ? [[cidr, e.identity] as [string, number]] : [])),
+          identityLabels: (id) => cluster.identityLabels(id),
+          remoteIdentitiesUpdate: (changes) => this.policyEngine.remoteIdentitiesUpdate(changes),
+        },
+        log.child({ component: 'cluster-ipcache-watch' }),
+      );
+      this.policyEngine.remoteAddressResolve = (ip) => ipcache.identityOf(ip);
+      this.remote = { ipcache, watcher: cluster.ipcacheWatcher([cidrParse(config.ipam.ipv4Pool), cidrParse(config.ipam.ipv6Pool)]) };
+    }
     this.watch = new WorkloadWatch(store, kernel, this.controller, log.child({ component: 'watch' }));
     this.policies = new PolicyService(store, this.policyEngine, this.workloads, this.mutex, log.child({ component: 'policy' }));
     this.directory = new EndpointDirectory(store);
@@ -109,6 +129,7 @@ export class Agent {
       workloads: () => store.workloadList(),
       identities: () => store.identityList().length,
       reconcileQueueDepth: () => this.controller.depth,
+      ...(this.remote ? { clusterIpcache: () => ({ remote: this.remote!.ipcache.size(), ignored: this.remote!.watcher.ignored + this.remote!.ipcache.identitiesIgnored }) } : {}),
       policyEntries: () => this.policyEngine.entryCount(),
       mapFill: () => kernel.datapath.mapFill({ policy: this.policyEngine.entryCount() }),
     });
@@ -126,6 +147,10 @@ export class Agent {
   /** Restores the stored workloads (`onProgress` after each), then starts flows and the watch. */
   async start(onProgress?: (done: number, total: number) => void): Promise<void> {
     this.flowReportingApply(this.config.flows);
+    // Other nodes' workloads, before the restore compiles policy: their identities are in its first
+    // compile, so rules selecting them hold across a restart. Listed once (a failure is retried in
+    // the background), then watched; entries left from the previous run that etcd no longer has go.
+    if (this.remote) await this.remote.watcher.start(this.remote.ipcache, this.remote.ipcache.adopt());
     const result = await this.workloads.exclusive(async () => {
       // Before anything allocates: this host's references to its cluster identities, under the new lease.
       await this.cluster?.identities.restore(this.store);
@@ -147,6 +172,7 @@ export class Agent {
   }
 
   stop(): void {
+    void this.remote?.watcher.close();
     this.dhcp.close();
     this.watch.stop();
     void this.controller.stop();

@@ -32,6 +32,8 @@ export interface MetricsSources {
   };
   workloads?: () => ReadonlyArray<{ mode: string; state: string; spec: { kind: string } }>;
   identities?: () => number;
+  /** Cluster mode: other nodes' addresses in the ipcache, and values or identities ignored (agent/cluster/). */
+  clusterIpcache?: () => { remote: number; ignored: number };
   /** Workloads waiting in the reconcile queue (WorkloadController.depth). */
   reconcileQueueDepth?: () => number;
   /** Entries in the BPF policy map (PolicyEngine.entryCount); without it, policyMapEntriesSet feeds the gauge. */
@@ -338,6 +340,24 @@ export class AgentMetrics {
       registers,
       collect() {
         if (src.policyEntries) this.set(src.policyEntries());
+      },
+    });
+    new Gauge({
+      name: 'kitnet_cluster_ipcache_remote_entries',
+      help: 'Cluster mode: other nodes\' workload addresses in this host\'s ipcache',
+      registers,
+      collect() {
+        if (src.clusterIpcache) this.set(src.clusterIpcache().remote);
+      },
+    });
+    new Counter({
+      name: 'kitnet_cluster_ipcache_ignored_total',
+      help: 'Cluster mode: ipcache values and remote identities ignored (malformed, foreign identity range, an address of this host\'s pools, reserved labels)',
+      registers,
+      collect() {
+        if (!src.clusterIpcache) return;
+        this.reset();
+        this.inc(src.clusterIpcache().ignored);
       },
     });
     registrationDuration.reset();

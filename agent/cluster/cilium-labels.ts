@@ -24,3 +24,22 @@ export function kvstoreLabelsKey(labels: readonly Label[]): string {
   const sorted = [...labels].sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : a.source < b.source ? -1 : a.source > b.source ? 1 : 0));
   return sorted.map((l) => `${l.source}:${l.key}=${l.value};`).join('');
 }
+
+/** One `source:key=value` (the first `:` and `=` split), as the store and the kvstore write labels. */
+export function labelTextParse(text: string): Label | undefined {
+  const colon = text.indexOf(':');
+  const eq = text.indexOf('=', colon + 1);
+  if (colon <= 0 || eq < 0) return undefined;
+  return { source: text.slice(0, colon), key: text.slice(colon + 1, eq), value: text.slice(eq + 1) };
+}
+
+/**
+ * The labels of a kvstore label key (kvstoreLabelsKey's format, as Cilium writes `id/<n>` values), or
+ * undefined when it is not one (no trailing `;`, a label without source or `=`): such a value is data
+ * from another writer, not trusted.
+ */
+export function kvstoreLabelsKeyParse(key: string): Label[] | undefined {
+  if (!key.endsWith(';')) return undefined;
+  const labels = key.slice(0, -1).split(';').map(labelTextParse);
+  return labels.some((l) => l === undefined) ? undefined : (labels as Label[]);
+}

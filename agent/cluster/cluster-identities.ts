@@ -1,17 +1,9 @@
 import type { Logger } from 'pino';
 import { labelSetKey, type Label } from '../../common/labels.js';
 import type { StoreReader } from '../store/store.js';
-import { CLUSTER_LABEL, kvstoreLabelsKey } from './cilium-labels.js';
+import { CLUSTER_LABEL, kvstoreLabelsKey, labelTextParse } from './cilium-labels.js';
 import type { ClusterIdentityAllocator } from './identity-allocator.js';
 import { inRange, type IdentityRange } from './identity-range.js';
-
-/** `source:key=value` as the store keeps identity labels -> Label (the first `:` and `=` split). */
-function labelParse(text: string): Label | undefined {
-  const colon = text.indexOf(':');
-  const eq = text.indexOf('=', colon + 1);
-  if (colon <= 0 || eq < 0) return undefined;
-  return { source: text.slice(0, colon), key: text.slice(colon + 1, eq), value: text.slice(eq + 1) };
-}
 
 /**
  * Cluster mode's identity numbers, between the store and etcd. The store transaction that writes a
@@ -93,7 +85,7 @@ export class ClusterIdentities {
         this.log.warn({ identity: rec.id }, 'identity from before cluster mode keeps its host-local number until its workloads re-register');
         continue;
       }
-      const labels = rec.labels.map(labelParse);
+      const labels = rec.labels.map(labelTextParse);
       if (labels.some((l) => l === undefined)) {
         this.log.error({ identity: rec.id }, 'stored identity labels do not parse; not shared with the cluster');
         continue;

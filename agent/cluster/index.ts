@@ -10,14 +10,22 @@ import { clusterIdentityRange } from './identity-range.js';
 import { ClusterSession } from './session.js';
 
 import { IpcachePublisher } from './ipcache-publisher.js';
+import { IpcacheWatcher, remoteIdentityLabels } from './ipcache-watcher.js';
+import type { Cidr } from '../ipam.js';
 
 export { ClusterIdentities } from './cluster-identities.js';
 export { IpcachePublisher } from './ipcache-publisher.js';
+export { IpcacheWatcher } from './ipcache-watcher.js';
+export { RemoteIpcache } from './remote-ipcache.js';
 
 /** What the agent's services use in cluster mode. */
 export interface ClusterServices {
   identities: ClusterIdentities;
   ipcache: IpcachePublisher;
+  /** A follower of other nodes' ipcache entries, which judges them against this host's pools. */
+  ipcacheWatcher(localPools: readonly Cidr[]): IpcacheWatcher;
+  /** The labels of a cluster identity from its `id/<n>` key. */
+  identityLabels(id: number): Promise<string[] | undefined>;
 }
 
 /** This host's address in the cluster when cluster.nodeIP is not set: its first global IPv4, else IPv6. */
@@ -53,6 +61,8 @@ export async function clusterOpen(cluster: NonNullable<Config['cluster']>, tls: 
   return {
     identities: new ClusterIdentities(allocator, cluster.name, range, log.child({ component: 'cluster-identity' })),
     ipcache: new IpcachePublisher(session, nodeIP, log.child({ component: 'cluster-ipcache' })),
+    ipcacheWatcher: (localPools) => new IpcacheWatcher(session, { nodeIP, range, localPools }, log.child({ component: 'cluster-ipcache-watch' })),
+    identityLabels: (id) => remoteIdentityLabels(session, id),
     nodeIP,
     close: () => (clearInterval(gcTimer), session.close()),
   };

@@ -97,6 +97,10 @@ export class PolicyEngine {
   private cidrKeyApplied: string | undefined;
   /** The CIDR identities last stored. */
   private cidrStored: string | undefined;
+  /** Cluster mode: identities other nodes allocated, referenced by remote ipcache entries (labels as stored). */
+  private readonly remote = new Map<number, readonly string[]>();
+  /** Cluster mode: the identity of another node's workload address (for `policy trace`). */
+  remoteAddressResolve: (ip: string) => number | undefined = () => undefined;
 
   constructor(
     private readonly store: Store,
@@ -144,6 +148,7 @@ export class PolicyEngine {
   identities(): Map<number, string[]> {
     const ids = new Map<number, string[]>();
     for (const id of Object.values(ReservedIdentity)) if (id !== 0) ids.set(id, reservedIdentityLabels(id));
+    for (const [id, labels] of this.remote) ids.set(id, [...labels]);
     for (const [id, labels] of this.store.identityLabelsAll()) ids.set(id, labels);
     return ids;
   }
@@ -287,11 +292,43 @@ export class PolicyEngine {
       }
       state.endpointSet(localEndpoint(rec));
     }
-    for (const id of gone) if (state.hasIdentity(id) && !this.store.identityLabels(id)) state.identitySet(id, undefined);
+    for (const id of gone) if (state.hasIdentity(id) && !this.store.identityLabels(id) && !this.remote.has(id)) state.identitySet(id, undefined);
     const changes = yield* state.flushSteps();
     this.roomCheck(changes, change);
     const { upserts, deletes } = yield* this.writeSteps(changes);
     return this.statsLog('policy updated', started, upserts, deletes);
+  }
+
+  /**
+   * Cluster mode: identities of other nodes' workloads join (labels) or leave (undefined) the policy
+   * universe, and the endpoints whose rules select them get the difference written. Under the
+   * agent's mutex, as every change of desired state. An identity this host's store holds keeps the
+   * store's labels (the same number means the same labels cluster-wide).
+   */
+  remoteIdentitiesUpdate(changes: ReadonlyMap<number, readonly string[] | undefined>): Promise<PolicyApplyStats | undefined> {
+    for (const [id, labels] of changes) {
+      if (labels) this.remote.set(id, labels);
+      else this.remote.delete(id);
+    }
+    const state = this.state;
+    if (!state) return Promise.resolve(undefined); // the next full build takes identities() as they are now
+    return stepsRunSliced(this.remoteUpdateSteps(state, changes)).catch((err: unknown) => {
+      this.state = undefined;
+      throw err;
+    });
+  }
+
+  private *remoteUpdateSteps(state: PolicyState, changes: ReadonlyMap<number, readonly string[] | undefined>): Steps<PolicyApplyStats> {
+    const started = performance.now();
+    this.prepared = undefined;
+    for (const [id, labels] of changes) {
+      if (this.store.identityLabels(id)) continue;
+      state.identitySet(id, labels);
+    }
+    const changed = yield* state.flushSteps();
+    this.roomCheck(changed, {});
+    const { upserts, deletes } = yield* this.writeSteps(changed);
+    return this.statsLog('policy updated for remote identities', started, upserts, deletes);
   }
 
   /**
@@ -440,7 +477,10 @@ export class PolicyEngine {
     let result: TraceResult;
     try {
       result = policyTrace(state, { from, to, protocol, port }, {
-        resolveIp: (ip) => byIp.get(ip) ?? (hostIps.has(ip) ? { identity: ReservedIdentity.host } : undefined),
+        resolveIp: (ip) => {
+          const remote = byIp.has(ip) || hostIps.has(ip) ? undefined : this.remoteAddressResolve(ip);
+          return byIp.get(ip) ?? (hostIps.has(ip) ? { identity: ReservedIdentity.host } : remote !== undefined ? { identity: remote } : undefined);
+        },
       });
     } catch (err) {
       throw new KitnetError('AGENT_ERR_TRACE_PEER', (err as Error).message, { cause: err });

@@ -11,6 +11,8 @@ export interface EtcdServer {
   /** The client URL, http://127.0.0.1:<port>. */
   endpoint: string;
   stop(): Promise<void>;
+  /** Kills etcd (SIGKILL: clients see the connection drop) and starts it again on the same data and ports. */
+  restart(): Promise<void>;
 }
 
 /** A port nobody listens on right now (the kernel's choice); etcd binds it a moment later. */
@@ -41,41 +43,57 @@ export async function etcdStart(): Promise<EtcdServer> {
     const dir = mkdtempSync(join(tmpdir(), 'kitnet-etcd-'));
     const [clientPort, peerPort] = [await freePort(), await freePort()];
     const endpoint = `http://127.0.0.1:${clientPort}`;
-    const peer = `http://127.0.0.1:${peerPort}`;
-    const proc: ChildProcess = spawn(
-      'etcd',
-      [
-        '--name', 'kitnet-test',
-        '--data-dir', join(dir, 'data'),
-        '--listen-client-urls', endpoint,
-        '--advertise-client-urls', endpoint,
-        '--listen-peer-urls', peer,
-        '--initial-advertise-peer-urls', peer,
-        '--initial-cluster', `kitnet-test=${peer}`,
-        '--log-level', 'error',
-      ],
-      { stdio: ['ignore', 'ignore', 'pipe'] },
-    );
-    let stderr = '';
-    proc.stderr!.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
-    let exited = false;
-    const exit = new Promise<void>((resolve) => proc.once('exit', () => ((exited = true), resolve())));
+    let member = etcdSpawn(dir, endpoint, `http://127.0.0.1:${peerPort}`);
     const stop = async () => {
-      if (!exited) {
-        proc.kill('SIGKILL');
-        await exit;
-      }
+      await member.kill();
       rmSync(dir, { recursive: true, force: true });
     };
+    const restart = async () => {
+      await member.kill();
+      member = etcdSpawn(dir, endpoint, `http://127.0.0.1:${peerPort}`);
+      await member.healthy();
+    };
     try {
-      await waitFor('etcd to report healthy', async () => {
-        if (exited) throw new Error(`etcd exited at start: ${stderr.trim()}`);
-        return healthy(endpoint);
-      }, timeLimit(30_000));
-      return { endpoint, stop };
+      await member.healthy();
+      return { endpoint, stop, restart };
     } catch (err) {
       await stop();
-      if (attempt >= 2 || !/address already in use/.test(stderr)) throw err;
+      if (attempt >= 2 || !/address already in use/.test(member.stderr())) throw err;
     }
   }
+}
+
+/** One etcd process on `dir`: wait for its health, or kill it. */
+function etcdSpawn(dir: string, endpoint: string, peer: string): { healthy(): Promise<void>; kill(): Promise<void>; stderr(): string } {
+  const proc: ChildProcess = spawn(
+    'etcd',
+    [
+      '--name', 'kitnet-test',
+      '--data-dir', join(dir, 'data'),
+      '--listen-client-urls', endpoint,
+      '--advertise-client-urls', endpoint,
+      '--listen-peer-urls', peer,
+      '--initial-advertise-peer-urls', peer,
+      '--initial-cluster', `kitnet-test=${peer}`,
+      '--log-level', 'error',
+    ],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  let stderr = '';
+  proc.stderr!.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
+  let exited = false;
+  const exit = new Promise<void>((resolve) => proc.once('exit', () => ((exited = true), resolve())));
+  return {
+    stderr: () => stderr,
+    healthy: () =>
+      waitFor('etcd to report healthy', async () => {
+        if (exited) throw new Error(`etcd exited at start: ${stderr.trim()}`);
+        return healthy(endpoint);
+      }, timeLimit(30_000)).then(() => undefined),
+    kill: async () => {
+      if (exited) return;
+      proc.kill('SIGKILL');
+      await exit;
+    },
+  };
 }
