@@ -30,6 +30,12 @@ fi
 
 stamp=node_modules/.kitnet-lock-sha
 want=$(sha256sum package-lock.json | cut -d' ' -f1)
+if [ -L node_modules ] && { [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; }; then
+  # A git worktree sharing another checkout's packages: npm ci would empty that checkout's tree.
+  echo "[setup] node_modules is a symlink to $(readlink -f node_modules) and does not match this package-lock.json;" >&2
+  echo "[setup] run npm ci in the checkout it points to (or replace the link with a directory)" >&2
+  exit 1
+fi
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   log "npm ci"
   npm ci --no-audit --no-fund --loglevel=error
