@@ -1,5 +1,4 @@
-import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, unlinkSync } from 'node:fs';
-import { connect } from 'node:net';
+import { existsSync, mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { pino, type Logger } from 'pino';
 import { datapathLoad } from '../bpf/index.js';
@@ -7,6 +6,7 @@ import { hostForwardingEnsure } from '../netkit/index.js';
 import { listenerBind, type BoundListener } from '../api/listener.js';
 import { serverBuild } from '../api/server.js';
 import { hubbleListen } from '../api/hubble/server.js';
+import { unixSocketBindPrivate, unixSocketPrepare, unixSocketSecure } from '../api/unix-socket.js';
 import type { ConfigChange, ConfigReloadResult } from '../common/schemas/config.js';
 import { LOG_REDACT, type AuditSink } from '../api/security.js';
 import { tokensLoad, type TokenSet } from '../common/tokens.js';
@@ -34,23 +34,6 @@ export interface DaemonOptions {
   bpfObject?: string;
 }
 
-/** A unix socket file left by a crashed agent is removed; one that still answers belongs to someone else. */
-async function socketPrepare(path: string): Promise<void> {
-  try {
-    mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
-  } catch (err) {
-    throw new ConfigError(`api.socket: cannot create the directory of ${path}: ${(err as Error).message}`, ['api.socket']);
-  }
-  if (!existsSync(path)) return;
-  const alive = await new Promise<boolean>((resolve) => {
-    const s = connect(path);
-    s.once('connect', () => (s.destroy(), resolve(true)));
-    s.once('error', () => resolve(false));
-  });
-  if (alive) throw new ConfigError(`api.socket: another process is already listening on ${path}`, ['api.socket']);
-  unlinkSync(path);
-}
-
 /** A listen error as an operator message naming the config key. */
 function listenErrorExplain(err: unknown, where: string, keys: { address: string; port?: string }): ConfigError {
   const code = (err as NodeJS.ErrnoException).code ?? '';
@@ -68,28 +51,15 @@ function listenErrorExplain(err: unknown, where: string, keys: { address: string
 /** The API's unix socket, bound (answering 503 until the API serves), with its mode and group. */
 async function unixListen(config: Config): Promise<BoundListener> {
   const path = config.api.socket;
-  await socketPrepare(path);
+  await unixSocketPrepare(path, 'api.socket');
   let listener: BoundListener;
   try {
-    listener = await listenerBind({ path });
+    listener = await unixSocketBindPrivate(() => listenerBind({ path }));
   } catch (err) {
     throw listenErrorExplain(err, path, { address: 'api.socket' });
   }
-  chmodSync(path, config.api.socketMode);
-  const gid = kitnetGid();
-  if (gid !== undefined) chownSync(path, 0, gid);
+  unixSocketSecure(path, config.api.socketMode);
   return listener;
-}
-
-function kitnetGid(): number | undefined {
-  try {
-    const line = readFileSync('/etc/group', 'utf8')
-      .split('\n')
-      .find((l) => l.startsWith('kitnet:'));
-    return line ? Number(line.split(':')[2]) : undefined;
-  } catch {
-    return undefined;
-  }
 }
 
 /** Audit lines: to the log (info) and, when configured, appended to their own file (0600). */

@@ -1,8 +1,8 @@
-import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, unlinkSync } from 'node:fs';
-import { connect, isIPv6 } from 'node:net';
+import { unlinkSync } from 'node:fs';
+import { isIPv6 } from 'node:net';
 import { networkInterfaces } from 'node:os';
-import { dirname } from 'node:path';
 import { Server, ServerCredentials } from '@grpc/grpc-js';
+import { unixSocketBindPrivate, unixSocketPrepare, unixSocketSecure } from '../unix-socket.js';
 import type { Logger } from 'pino';
 import type { Agent } from '../../agent/agent.js';
 import { ConfigError, type Config } from '../../agent/config.js';
@@ -27,34 +27,6 @@ export interface HubbleServer {
   close(): Promise<void>;
 }
 
-/** A socket file left by a crashed agent is removed; one that still answers belongs to someone else. */
-async function socketPrepare(path: string): Promise<void> {
-  try {
-    mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
-  } catch (err) {
-    throw new ConfigError(`hubble.socket: cannot create the directory of ${path}: ${(err as Error).message}`, ['hubble.socket']);
-  }
-  if (!existsSync(path)) return;
-  const alive = await new Promise<boolean>((resolve) => {
-    const s = connect(path);
-    s.once('connect', () => (s.destroy(), resolve(true)));
-    s.once('error', () => resolve(false));
-  });
-  if (alive) throw new ConfigError(`hubble.socket: another process is already listening on ${path}`, ['hubble.socket']);
-  unlinkSync(path);
-}
-
-function kitnetGid(): number | undefined {
-  try {
-    const line = readFileSync('/etc/group', 'utf8')
-      .split('\n')
-      .find((l) => l.startsWith('kitnet:'));
-    return line ? Number(line.split(':')[2]) : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
 function bind(server: Server, address: string, creds: ServerCredentials): Promise<number> {
   return new Promise((resolve, reject) => server.bindAsync(address, creds, (err, port) => (err ? reject(err) : resolve(port))));
 }
@@ -65,18 +37,13 @@ function bind(server: Server, address: string, creds: ServerCredentials): Promis
  * moment between bind and chmod.
  */
 async function unixBind(server: Server, path: string, mode: number): Promise<void> {
-  await socketPrepare(path);
-  const umask = process.umask(0o177);
+  await unixSocketPrepare(path, 'hubble.socket');
   try {
-    await bind(server, `unix:${path}`, ServerCredentials.createInsecure());
+    await unixSocketBindPrivate(() => bind(server, `unix:${path}`, ServerCredentials.createInsecure()));
   } catch (err) {
     throw new ConfigError(`hubble.socket: cannot listen on ${path}: ${(err as Error).message}`, ['hubble.socket']);
-  } finally {
-    process.umask(umask);
   }
-  chmodSync(path, mode);
-  const gid = kitnetGid();
-  if (gid !== undefined) chownSync(path, 0, gid);
+  unixSocketSecure(path, mode);
 }
 
 /** A TCP listen error as an operator message naming hubble.listen. */
