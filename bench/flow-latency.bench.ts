@@ -13,16 +13,10 @@
 //
 //   node dist/bench/flow-latency.bench.js [samples=200] [--quick]
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import type { HubbleFlowRecord } from '../agent/flows/hubble.js';
-import { datapathUnpinAll } from '../bpf/index.js';
-import { ApiClient } from '../common/api-client.js';
-import type { Workload } from '../common/schemas/workload.js';
-import { daemonRun } from '../main/daemon.js';
 import { ETH_P_IP, TCP, eth, ipv4, tcp } from '../test/root/bpf-helpers.js';
-import { MACHINE_LINE, RUN_ID, argsParse, benchMain, netnsAddMany, netnsDelMany, onCleanup, resultWrite, sleep, stats, table } from './lib.js';
+import { benchAgentPairStart } from './agent-pair.js';
+import { MACHINE_LINE, argsParse, benchMain, resultWrite, sleep, stats, table } from './lib.js';
 
 /** Resolves with the milliseconds until `arrived()` holds (polled every ms), or NaN after 5 s. */
 async function waitMs(t0: number, arrived: () => boolean): Promise<number> {
@@ -36,31 +30,8 @@ async function waitMs(t0: number, arrived: () => boolean): Promise<number> {
 async function main(): Promise<void> {
   const args = argsParse();
   const samples = args.sizes[0] ?? (args.quick ? 40 : 200);
-  const dir = mkdtempSync(join(tmpdir(), 'kitnet-bench-lat-'));
-  const pinRoot = `/sys/fs/bpf/kitnet-bench-lat-${RUN_ID}`;
-  const socket = join(dir, 'kitnet.sock');
-  const names = [0, 1].map((i) => `kb-lat-${RUN_ID}-${i}`);
   console.log(`flow latency: ${samples} samples each; ${MACHINE_LINE()}`);
-  onCleanup('state dir', () => rmSync(dir, { recursive: true, force: true }));
-  onCleanup('pins', () => datapathUnpinAll(pinRoot));
-  onCleanup('namespaces', () => netnsDelMany(names));
-  await netnsAddMany(names);
-  const agent = await daemonRun({
-    overrides: {
-      stateDir: join(dir, 'state'), bpfPinRoot: pinRoot, logLevel: 'error', nodeName: 'bench', api: { socket },
-      ipam: { ipv4Pool: '10.222.0.0/24', ipv6Pool: 'fd00:222::/64' }, datapath: { mode: 'veth' },
-    },
-  });
-  onCleanup('agent', () => agent.stop());
-  const api = new ApiClient({ socket });
-  const ws: Workload[] = [];
-  for (const [i, n] of names.entries()) {
-    ws.push(await api.call<Workload>('POST', '/v1/workloads', { name: `l${i}`, namespace: 'benchlat', labels: { app: `l${i}` }, netns: `/var/run/netns/${n}` }));
-  }
-  onCleanup('workloads', async () => {
-    for (const w of ws) await api.call('DELETE', `/v1/workloads/benchlat/${w.name}`).catch(() => undefined);
-  });
-  const [a, b] = ws as [Workload, Workload];
+  const { daemon: agent, api, a, b, namespaces: names } = await benchAgentPairStart({ tag: 'lat', ipv4Pool: '10.222.0.0/24', ipv6Pool: 'fd00:222::/64' });
 
   // wakeup: datapath event -> the agent's flow pipeline
   const dp = agent.agent.kernel.datapath;

@@ -13,46 +13,17 @@
 // ring buffer without reading and checks that every event is either processed or counted as lost.
 //
 //   node dist/bench/flows.bench.js [K events per cycle=40000] [--cycles=C] [--profile]
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { daemonRun } from '../main/daemon.js';
-import { ApiClient } from '../common/api-client.js';
 import type { HubbleFlowRecord } from '../agent/flows/hubble.js';
-import type { Workload } from '../common/schemas/workload.js';
-import { datapathUnpinAll } from '../bpf/index.js';
 import { ETH_P_IP, TCP, eth, ipv4, tcp } from '../test/root/bpf-helpers.js';
-import { MACHINE_LINE, RUN_ID, argsParse, benchMain, fmt, netnsAddMany, netnsDelMany, onCleanup, profiled, resultWrite, sleep, stats, table } from './lib.js';
+import { benchAgentPairStart } from './agent-pair.js';
+import { MACHINE_LINE, argsParse, benchMain, fmt, profiled, resultWrite, sleep, stats, table } from './lib.js';
 
 async function main(): Promise<void> {
   const args = argsParse();
   const perCycle = args.sizes[0] ?? 40_000;
   const cycles = Number(args.opts.cycles ?? (args.quick ? 5 : 20));
-  const dir = mkdtempSync(join(tmpdir(), 'kitnet-bench-flows-'));
-  const pinRoot = `/sys/fs/bpf/kitnet-bench-fl-${RUN_ID}`;
-  const socket = join(dir, 'kitnet.sock');
-  const names = [0, 1].map((i) => `kb-fl-${RUN_ID}-${i}`);
   console.log(`flow pipeline: ${cycles} cycles x ${perCycle} events; ${MACHINE_LINE()}`);
-  onCleanup('state dir', () => rmSync(dir, { recursive: true, force: true }));
-  onCleanup('pins', () => datapathUnpinAll(pinRoot));
-  onCleanup('namespaces', () => netnsDelMany(names));
-  await netnsAddMany(names);
-  const agent = await daemonRun({
-    overrides: {
-      stateDir: join(dir, 'state'), bpfPinRoot: pinRoot, logLevel: 'error', nodeName: 'bench', api: { socket },
-      ipam: { ipv4Pool: '10.221.0.0/24', ipv6Pool: 'fd00:221::/64' }, datapath: { mode: 'veth' },
-    },
-  });
-  onCleanup('agent', () => agent.stop());
-  const api = new ApiClient({ socket });
-  const ws: Workload[] = [];
-  for (const [i, n] of names.entries()) {
-    ws.push(await api.call<Workload>('POST', '/v1/workloads', { name: `f${i}`, namespace: 'benchfl', labels: { app: `f${i}` }, netns: `/var/run/netns/${n}` }));
-  }
-  onCleanup('workloads', async () => {
-    for (const w of ws) await api.call('DELETE', `/v1/workloads/benchfl/${w.name}`).catch(() => undefined);
-  });
-  const [a, b] = ws as [Workload, Workload];
+  const { daemon: agent, a, b } = await benchAgentPairStart({ tag: 'fl', ipv4Pool: '10.221.0.0/24', ipv6Pool: 'fd00:221::/64' });
   const dp = agent.agent.kernel.datapath;
   const flows = agent.agent.flows;
   const ifindex = a.interfaces.host.ifindex!;

@@ -11,17 +11,12 @@
 //
 //   node dist/bench/hubble.bench.js [rates=50000,100000,200000,400000] [--seconds=3] [--samples=1000]
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { daemonRun } from '../main/daemon.js';
-import { ApiClient } from '../common/api-client.js';
-import type { Workload } from '../common/schemas/workload.js';
-import { datapathUnpinAll } from '../bpf/index.js';
 import { ETH_P_IP, TCP, eth, ipv4, tcp } from '../test/root/bpf-helpers.js';
-import { MACHINE_LINE, RUN_ID, argsParse, benchMain, fmt, netnsAddMany, netnsDelMany, onCleanup, resultWrite, sleep, stats, table } from './lib.js';
+import { benchAgentPairStart } from './agent-pair.js';
+import { MACHINE_LINE, argsParse, benchMain, fmt, resultWrite, sleep, stats, table } from './lib.js';
 
 interface Report {
   flows: number;
@@ -46,32 +41,8 @@ async function main(): Promise<void> {
   const rates = args.sizes.length ? args.sizes : args.quick ? [50_000, 200_000] : [50_000, 100_000, 200_000, 400_000];
   const seconds = Number(args.opts.seconds ?? (args.quick ? 2 : 3));
   const samples = Number(args.opts.samples ?? (args.quick ? 300 : 1000));
-  const dir = mkdtempSync(join(tmpdir(), 'kitnet-bench-hubble-'));
-  const pinRoot = `/sys/fs/bpf/kitnet-bench-hb-${RUN_ID}`;
-  const socket = join(dir, 'kitnet.sock');
-  const names = [0, 1].map((i) => `kb-hb-${RUN_ID}-${i}`);
   console.log(`Hubble gRPC follow: rates ${rates.join(', ')}/s for ${seconds} s each, ${samples} latency samples; ${MACHINE_LINE()}`);
-  onCleanup('state dir', () => rmSync(dir, { recursive: true, force: true }));
-  onCleanup('pins', () => datapathUnpinAll(pinRoot));
-  onCleanup('namespaces', () => netnsDelMany(names));
-  await netnsAddMany(names);
-  const agent = await daemonRun({
-    overrides: {
-      stateDir: join(dir, 'state'), bpfPinRoot: pinRoot, logLevel: 'error', nodeName: 'bench', api: { socket },
-      ipam: { ipv4Pool: '10.222.0.0/24', ipv6Pool: 'fd00:222::/64' }, datapath: { mode: 'veth' },
-      flows: { kernelRingBytes: 64 << 20 },
-    },
-  });
-  onCleanup('agent', () => agent.stop());
-  const api = new ApiClient({ socket });
-  const ws: Workload[] = [];
-  for (const [i, n] of names.entries()) {
-    ws.push(await api.call<Workload>('POST', '/v1/workloads', { name: `h${i}`, namespace: 'benchhb', labels: { app: `h${i}` }, netns: `/var/run/netns/${n}` }));
-  }
-  onCleanup('workloads', async () => {
-    for (const w of ws) await api.call('DELETE', `/v1/workloads/benchhb/${w.name}`).catch(() => undefined);
-  });
-  const [a, b] = ws as [Workload, Workload];
+  const { dir, daemon: agent, a, b } = await benchAgentPairStart({ tag: 'hb', ipv4Pool: '10.222.0.0/24', ipv6Pool: 'fd00:222::/64', overrides: { flows: { kernelRingBytes: 64 << 20 } } });
   const dp = agent.agent.kernel.datapath;
   const flows = agent.agent.flows;
   const ifindex = a.interfaces.host.ifindex!;
