@@ -1,17 +1,22 @@
 // Real traffic between two network-namespace workloads routed through the host (client C -> host ->
 // server S), in one run:
 //   - bare: a plain veth pair per namespace, no programs, no firewall rules (the floor);
-//   - kitnet: the same namespaces registered with an in-process agent (veth + tcx programs), the server
-//     selected by a CiliumNetworkPolicy with N ingress allow rules: N-1 fromCIDR /32 peers and the
-//     client's endpoint last (N policy entries and N-1 CIDR identities in ipcache);
+//   - kitnet: a second pair of namespaces registered with an in-process agent (veth + tcx programs),
+//     the server selected by a CiliumNetworkPolicy with N ingress allow rules: N-1 fromCIDR /32 peers
+//     and the client's endpoint last (N policy entries and N-1 CIDR identities in ipcache); at the
+//     largest N also with the agent's flow reader stopped (the cost of reporting every connection);
 //   - iptables-nft and iptables-legacy on the plain veths: N allow rules for N peers in a chain of our
 //     own (KNB-<run>) jumped to from FORWARD, the matching rule last, then DROP to the server; with a
 //     conntrack ESTABLISHED,RELATED accept as the first rule (as real firewalls have) and without it.
+//     Rules are loaded only while their variant is measured.
 // Figures: new TCP connections/s (connect, then close with RST; bench/loadgen.c), UDP 1-byte
-// request/response latency, TCP throughput (iperf3). Datapath overhead (issue item 3) is the
-// kitnet N=10 row against bare.
+// request/response latency, TCP throughput (iperf3).
+// Variants are interleaved: each round measures every variant at every N in the same order (bare,
+// kitnet, nft, legacy, ...), so that a change in the machine's load hits all of them; figures are the
+// median (min-max) over rounds, ratios (kitnet/bare: the datapath overhead) are taken within each
+// round and then summarised, and a ratio whose spread covers its target says so.
 //
-//   node dist/bench/netpath.bench.js [N[,N...]=10,1000,10000,30000] [--secs=S] [--only=bare,kitnet,nft,legacy]
+//   node dist/bench/netpath.bench.js [N[,N...]=10,1000,10000,30000] [--rounds=R (5)] [--secs=S (5)] [--only=bare,kitnet,nft,legacy]
 // Needs iptables (nft + legacy) and iperf3 (installed with apt-get when missing).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -22,7 +27,7 @@ import { ApiClient } from '../common/api-client.js';
 import type { Workload } from '../common/schemas/workload.js';
 import { datapathUnpinAll } from '../bpf/index.js';
 import {
-  MACHINE_LINE, REPO_ROOT, RUN_ID, aptEnsure, argsParse, benchMain, netnsAddMany, netnsDelMany, onCleanup, resultWrite, sh, sleep, table,
+  MACHINE_LINE, REPO_ROOT, RUN_ID, aptEnsure, argsParse, benchMain, median, netnsAddMany, netnsDelMany, onCleanup, resultWrite, sh, sleep, table,
 } from './lib.js';
 
 interface Figures {
@@ -33,6 +38,7 @@ interface Figures {
   tcpGbps: number;
 }
 interface Row extends Figures {
+  round: number;
   variant: string;
   n: number;
   ctFirst: boolean | null;
@@ -50,8 +56,10 @@ async function main(): Promise<void> {
   const args = argsParse();
   const sizes = args.sizes.length ? args.sizes : [10, 1000, 10_000, 30_000];
   const secs = Number(args.opts.secs ?? (args.quick ? 2 : 5));
+  const rounds = Number(args.opts.rounds ?? (args.quick ? 3 : 5));
+  if (!Number.isInteger(rounds) || rounds < 1) throw new Error(`--rounds: a whole number >= 1, not ${args.opts.rounds}`);
   const only = new Set((args.opts.only ?? 'bare,kitnet,nft,legacy').split(','));
-  console.log(`network path: N=${sizes.join(',')}, ${secs} s per figure; ${MACHINE_LINE()}`);
+  console.log(`network path: N=${sizes.join(',')}, ${rounds} rounds, ${secs} s per figure; ${MACHINE_LINE()}`);
   await aptEnsure([{ cmd: 'iperf3', pkg: 'iperf3' }, { cmd: 'iptables-legacy', pkg: 'iptables' }]);
 
   const tmp = mkdtempSync(join(tmpdir(), 'kitnet-bench-np-'));
@@ -65,20 +73,22 @@ async function main(): Promise<void> {
   await netnsAddMany([nsC, nsS]);
   for (const ns of [nsC, nsS]) await sh('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
 
-  // Servers in S, started once: they listen on any address and outlive topology changes.
+  // Servers in each server namespace, started once: they listen on any address and outlive rule changes.
   const servers: ChildProcess[] = [];
   onCleanup('servers', () => servers.forEach((p) => p.kill('SIGKILL')));
-  const serve = (cmd: string, argv: string[]) => {
-    const p = spawn('ip', ['netns', 'exec', nsS, cmd, ...argv], { stdio: 'ignore' });
-    servers.push(p);
+  const serve = (ns: string, cmd: string, argv: string[]) => {
+    servers.push(spawn('ip', ['netns', 'exec', ns, cmd, ...argv], { stdio: 'ignore' }));
   };
-  serve(loadgen, ['tcp-server', String(PORT_TCP)]);
-  serve(loadgen, ['udp-server', String(PORT_UDP)]);
-  serve('iperf3', ['-s', '-p', String(PORT_IPERF)]);
-  await sleep(300);
+  const serverCommands: Array<[string, string[]]> = [
+    [loadgen, ['tcp-server', String(PORT_TCP)]],
+    [loadgen, ['udp-server', String(PORT_UDP)]],
+    ['iperf3', ['-s', '-p', String(PORT_IPERF)]],
+  ];
+  for (const [cmd, argv] of serverCommands) serve(nsS, cmd, argv);
+  const kitnetClientNs = () => `kb-np-${RUN_ID}-kc`;
 
-  async function measure(serverIp: string): Promise<Figures> {
-    const inC = (cmd: string, argv: string[]) => sh('ip', ['netns', 'exec', nsC, cmd, ...argv], { timeoutMs: (secs + 30) * 1000 });
+  async function measure(clientNs: string, serverIp: string): Promise<Figures> {
+    const inC = (cmd: string, argv: string[]) => sh('ip', ['netns', 'exec', clientNs, cmd, ...argv], { timeoutMs: (secs + 30) * 1000 });
     const kv = (s: string) => Object.fromEntries(s.trim().split(/\s+/).map((x) => x.split('=') as [string, string]));
     await inC(loadgen, ['tcp-conn', serverIp, String(PORT_TCP), '0.3']); // warm-up: neighbours, caches
     const c = kv(await inC(loadgen, ['tcp-conn', serverIp, String(PORT_TCP), String(secs)]));
@@ -98,67 +108,52 @@ async function main(): Promise<void> {
   const rows: Row[] = [];
   const report = (r: Row) => {
     rows.push(r);
-    console.log(`  ${r.variant.padEnd(16)} N=${String(r.n).padEnd(6)} ct-first=${String(r.ctFirst).padEnd(5)} ${r.connsPerS.toFixed(0)} conn/s (${r.connErrors} err), UDP RR ${r.udpRrMeanUs.toFixed(1)} us (p99 ${r.udpRrP99Us.toFixed(1)}), ${r.tcpGbps.toFixed(2)} Gbit/s`);
+    console.log(`  r${r.round} ${r.variant.padEnd(22)} N=${String(r.n).padEnd(6)} ${r.connsPerS.toFixed(0)} conn/s (${r.connErrors} err), UDP RR ${r.udpRrMeanUs.toFixed(1)} us (p99 ${r.udpRrP99Us.toFixed(1)}), ${r.tcpGbps.toFixed(2)} Gbit/s`);
   };
 
-  // --- plain veth topology (bare and iptables) ---
+  // --- plain veth topology (bare and iptables) in its own pair of namespaces, up for the whole run ---
   const C = { host: `knbc${RUN_ID}`.slice(0, 15), ip: '10.231.0.2', gw: '10.231.0.1' };
   const S = { host: `knbs${RUN_ID}`.slice(0, 15), ip: '10.231.1.2', gw: '10.231.1.1' };
-  const plainUp = async () => {
-    for (const [ns, e] of [[nsC, C], [nsS, S]] as const) {
-      await sh('ip', ['link', 'add', e.host, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
-      await sh('ip', ['addr', 'add', `${e.gw}/24`, 'dev', e.host]);
-      await sh('ip', ['link', 'set', e.host, 'up']);
-      await sh('ip', ['-n', ns, 'addr', 'add', `${e.ip}/24`, 'dev', 'eth0']);
-      await sh('ip', ['-n', ns, 'link', 'set', 'eth0', 'up']);
-      await sh('ip', ['-n', ns, 'route', 'add', 'default', 'via', e.gw]);
-    }
-    await sh('sysctl', ['-qw', 'net.ipv4.ip_forward=1']);
-  };
-  const plainDown = async () => {
+  onCleanup('plain veths', async () => {
     for (const e of [C, S]) await sh('ip', ['link', 'del', e.host]).catch(() => undefined);
-  };
-  onCleanup('plain veths', plainDown);
+  });
+  for (const [ns, e] of [[nsC, C], [nsS, S]] as const) {
+    await sh('ip', ['link', 'add', e.host, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
+    await sh('ip', ['addr', 'add', `${e.gw}/24`, 'dev', e.host]);
+    await sh('ip', ['link', 'set', e.host, 'up']);
+    await sh('ip', ['-n', ns, 'addr', 'add', `${e.ip}/24`, 'dev', 'eth0']);
+    await sh('ip', ['-n', ns, 'link', 'set', 'eth0', 'up']);
+    await sh('ip', ['-n', ns, 'route', 'add', 'default', 'via', e.gw]);
+  }
+  await sh('sysctl', ['-qw', 'net.ipv4.ip_forward=1']);
 
   const backends = [
     { name: 'iptables-nft', cmd: 'iptables-nft', restore: 'iptables-nft-restore', key: 'nft' },
     { name: 'iptables-legacy', cmd: 'iptables-legacy', restore: 'iptables-legacy-restore', key: 'legacy' },
-  ];
+  ].filter((b) => only.has(b.key));
   const rulesRemove = async (cmd: string) => {
     while ((await sh(cmd, ['-D', 'FORWARD', '-j', CHAIN]).then(() => true, () => false)));
     await sh(cmd, ['-F', CHAIN]).catch(() => undefined);
     await sh(cmd, ['-X', CHAIN]).catch(() => undefined);
   };
-  for (const b of backends) if (only.has(b.key)) onCleanup(`${b.name} rules`, () => rulesRemove(b.cmd));
+  for (const b of backends) onCleanup(`${b.name} rules`, () => rulesRemove(b.cmd));
+  /** Rules only while their variant is measured: a loaded conntrack rule would tax the others. */
+  const rulesLoad = async (b: (typeof backends)[number], n: number, ctFirst: boolean) => {
+    const lines = ['*filter', `:${CHAIN} - [0:0]`];
+    if (ctFirst) lines.push(`-A ${CHAIN} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT`);
+    for (let i = 0; i < n - 1; i++) lines.push(`-A ${CHAIN} -s ${peer(i)}/32 -d ${S.ip}/32 -j ACCEPT`);
+    lines.push(`-A ${CHAIN} -s ${C.ip}/32 -d ${S.ip}/32 -j ACCEPT`, `-A ${CHAIN} -d ${S.ip}/32 -j DROP`, `-I FORWARD 1 -j ${CHAIN}`, 'COMMIT', '');
+    await sh(b.restore, ['--noflush'], { input: lines.join('\n'), timeoutMs: 600_000 });
+  };
 
-  if (only.has('bare') || only.has('nft') || only.has('legacy')) {
-    await plainUp();
-    if (only.has('bare')) report({ variant: 'bare veth', n: 0, ctFirst: null, ...(await measure(S.ip)) });
-  }
-
-  // --- iptables on the plain topology ---
-  for (const b of backends) {
-    if (!only.has(b.key)) continue;
-    for (const n of sizes) {
-      for (const ctFirst of [true, false]) {
-        await rulesRemove(b.cmd);
-        const lines = ['*filter', `:${CHAIN} - [0:0]`];
-        if (ctFirst) lines.push(`-A ${CHAIN} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT`);
-        for (let i = 0; i < n - 1; i++) lines.push(`-A ${CHAIN} -s ${peer(i)}/32 -d ${S.ip}/32 -j ACCEPT`);
-        lines.push(`-A ${CHAIN} -s ${C.ip}/32 -d ${S.ip}/32 -j ACCEPT`, `-A ${CHAIN} -d ${S.ip}/32 -j DROP`, `-I FORWARD 1 -j ${CHAIN}`, 'COMMIT', '');
-        const t = performance.now();
-        await sh(b.restore, ['--noflush'], { input: lines.join('\n'), timeoutMs: 600_000 });
-        const loadMs = performance.now() - t;
-        report({ variant: b.name, n, ctFirst, ...(await measure(S.ip)) });
-        console.log(`    (rules loaded in ${loadMs.toFixed(0)} ms)`);
-      }
-    }
-    await rulesRemove(b.cmd);
-  }
-  await plainDown();
-
-  // --- kitnet: the same namespaces as workloads of an in-process agent ---
+  // --- kitnet: a second pair of namespaces, workloads of an in-process agent, up for the whole run ---
+  let kitnet: { setN: (n: number) => Promise<void>; server: Workload; readerStop: () => void; readerStart: () => void } | undefined;
   if (only.has('kitnet')) {
+    const nsKC = `kb-np-${RUN_ID}-kc`;
+    const nsKS = `kb-np-${RUN_ID}-ks`;
+    onCleanup('kitnet namespaces', () => netnsDelMany([nsKC, nsKS]));
+    await netnsAddMany([nsKC, nsKS]);
+    for (const ns of [nsKC, nsKS]) await sh('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
     const dir = mkdtempSync(join(tmpdir(), 'kitnet-bench-np-agent-'));
     const pinRoot = `/sys/fs/bpf/kitnet-bench-np-${RUN_ID}`;
     const socket = join(dir, 'kitnet.sock');
@@ -172,63 +167,148 @@ async function main(): Promise<void> {
     });
     onCleanup('agent', () => agent.stop());
     const api = new ApiClient({ socket });
-    const wc = await api.call<Workload>('POST', '/v1/workloads', { name: 'client', namespace: 'benchnp', labels: { role: 'client' }, netns: `/var/run/netns/${nsC}` });
-    const ws = await api.call<Workload>('POST', '/v1/workloads', { name: 'server', namespace: 'benchnp', labels: { role: 'server' }, netns: `/var/run/netns/${nsS}` });
+    const wc = await api.call<Workload>('POST', '/v1/workloads', { name: 'client', namespace: 'benchnp', labels: { role: 'client' }, netns: `/var/run/netns/${nsKC}` });
+    const ws = await api.call<Workload>('POST', '/v1/workloads', { name: 'server', namespace: 'benchnp', labels: { role: 'server' }, netns: `/var/run/netns/${nsKS}` });
     onCleanup('workloads', async () => {
       for (const w of [wc, ws]) await api.call('DELETE', `/v1/workloads/benchnp/${w.name}`).catch(() => undefined);
     });
+    for (const [cmd, argv] of serverCommands) serve(nsKS, cmd, argv);
+    let applied = -1;
+    kitnet = {
+      server: ws,
+      setN: async (n) => {
+        if (n === applied) return;
+        await api.call('PUT', '/v1/policies', {
+          apiVersion: 'cilium.io/v2',
+          kind: 'CiliumNetworkPolicy',
+          metadata: { name: 'bench-np', namespace: 'benchnp' },
+          spec: {
+            endpointSelector: { matchLabels: { role: 'server' } },
+            ingress: [
+              ...(n > 1 ? [{ fromCIDR: Array.from({ length: n - 1 }, (_, i) => `${peer(i)}/32`) }] : []),
+              { fromEndpoints: [{ matchLabels: { role: 'client' } }] },
+            ],
+          },
+        });
+        applied = n;
+      },
+      // The agent's flow reader stopped: separates the datapath from the cost of reading and enriching
+      // the flow events in the agent (same process, same 2 cores as the load generator).
+      readerStop: () => agent.agent.flows.stop(),
+      readerStart: () => agent.agent.flows.start(agent.agent.kernel.datapath),
+    };
+  }
+  await sleep(300); // servers listening
+
+  // --- rounds: every variant once per round and N, in the same order, so that drift in the machine's
+  //     load hits all of them alike; ratios are taken within a round ---
+  const nMax = sizes[sizes.length - 1]!;
+  for (let round = 1; round <= rounds; round++) {
+    console.log(`round ${round}/${rounds} (load ${MACHINE_LINE().split('load ')[1]})`);
     for (const n of sizes) {
-      const policy = {
-        apiVersion: 'cilium.io/v2',
-        kind: 'CiliumNetworkPolicy',
-        metadata: { name: 'bench-np', namespace: 'benchnp' },
-        spec: {
-          endpointSelector: { matchLabels: { role: 'server' } },
-          ingress: [
-            ...(n > 1 ? [{ fromCIDR: Array.from({ length: n - 1 }, (_, i) => `${peer(i)}/32`) }] : []),
-            { fromEndpoints: [{ matchLabels: { role: 'client' } }] },
-          ],
-        },
-      };
-      const t = performance.now();
-      await api.call('PUT', '/v1/policies', policy);
-      const applyMs = performance.now() - t;
-      const entries = agent.agent.kernel.datapath.policyList(ws.endpointId).length;
-      report({ variant: 'kitnet (tcx)', n, ctFirst: null, ...(await measure(ws.ipv4)) });
-      console.log(`    (policy applied in ${applyMs.toFixed(0)} ms, ${entries} entries for the server)`);
+      if (only.has('bare')) report({ round, variant: 'bare veth', n, ctFirst: null, ...(await measure(nsC, S.ip)) });
+      if (kitnet) {
+        await kitnet.setN(n);
+        report({ round, variant: 'kitnet', n, ctFirst: null, ...(await measure(kitnetClientNs(), kitnet.server.ipv4)) });
+        if (n === nMax) {
+          kitnet.readerStop();
+          try {
+            report({ round, variant: 'kitnet, no flow reader', n, ctFirst: null, ...(await measure(kitnetClientNs(), kitnet.server.ipv4)) });
+          } finally {
+            kitnet.readerStart();
+          }
+        }
+      }
+      for (const ctFirst of [true, false]) {
+        for (const b of backends) {
+          await rulesLoad(b, n, ctFirst);
+          try {
+            report({ round, variant: b.name, n, ctFirst, ...(await measure(nsC, S.ip)) });
+          } finally {
+            await rulesRemove(b.cmd);
+          }
+        }
+      }
     }
-    // The same with the agent's flow reader stopped: separates the datapath from the cost of reading
-    // and enriching the flow events in the agent (same process, same 2 cores as the load generator).
-    agent.agent.flows.stop();
-    report({ variant: 'kitnet, no flow reader', n: sizes[sizes.length - 1]!, ctFirst: null, ...(await measure(ws.ipv4)) });
   }
 
-  // --- tables ---
-  const at = (v: string, n: number, ct: boolean | null) => rows.find((r) => r.variant === v && r.n === n && r.ctFirst === ct);
-  const bare = rows.find((r) => r.variant === 'bare veth');
-  const k0 = at('kitnet (tcx)', sizes[0]!, null);
-  const fmt0 = (x: number | undefined, d = 0) => (x === undefined || Number.isNaN(x) ? '-' : x.toFixed(d));
-  table(`New TCP connections/s (connect + RST), C -> host -> S — ${MACHINE_LINE()}`,
-    ['N', 'kitnet', 'vs own N0', 'nft ct-first', 'nft no-ct', 'legacy ct-first', 'legacy no-ct', 'kitnet/nft(ct)', 'kitnet/legacy(ct)'],
-    sizes.map((n) => {
-      const k = at('kitnet (tcx)', n, null);
-      const nf = at('iptables-nft', n, true);
-      const lg = at('iptables-legacy', n, true);
-      return [String(n), fmt0(k?.connsPerS), k && k0 ? `${((100 * k.connsPerS) / k0.connsPerS).toFixed(0)}%` : '-',
-        fmt0(nf?.connsPerS), fmt0(at('iptables-nft', n, false)?.connsPerS), fmt0(lg?.connsPerS), fmt0(at('iptables-legacy', n, false)?.connsPerS),
-        k && nf ? `${(k.connsPerS / nf.connsPerS).toFixed(1)}x` : '-', k && lg ? `${(k.connsPerS / lg.connsPerS).toFixed(1)}x` : '-'];
+  // --- summaries: median (min-max) over rounds per figure, and per-round ratios ---
+  const series = (variant: string, n: number, ct: boolean | null) => rows.filter((r) => r.variant === variant && r.n === n && r.ctFirst === ct);
+  const summary = (xs: number[]) => spreadOf(xs.filter((x) => Number.isFinite(x)));
+  /** Per-round ratio a/b of one figure. */
+  const ratio = (a: Row[], b: Row[], get: (r: Row) => number) =>
+    summary(a.map((ra) => {
+      const rb = b.find((x) => x.round === ra.round);
+      return rb ? get(ra) / get(rb) : NaN;
     }));
-  table('UDP request/response mean (p99) us, and TCP throughput Gbit/s (iperf3)',
-    ['variant', 'N', 'ct-first', 'conn/s', 'UDP RR us', 'UDP p99 us', 'Gbit/s'],
-    rows.map((r) => [r.variant, String(r.n), r.ctFirst === null ? '' : String(r.ctFirst), fmt0(r.connsPerS), fmt0(r.udpRrMeanUs, 1), fmt0(r.udpRrP99Us, 1), fmt0(r.tcpGbps, 2)]));
-  if (bare && k0) {
-    table('Datapath overhead: kitnet programs vs the bare veth path (target >= 90%)', ['metric', 'bare', 'kitnet', 'ratio'], [
-      ['TCP Gbit/s', fmt0(bare.tcpGbps, 2), fmt0(k0.tcpGbps, 2), `${((100 * k0.tcpGbps) / bare.tcpGbps).toFixed(0)}%`],
-      ['connections/s', fmt0(bare.connsPerS), fmt0(k0.connsPerS), `${((100 * k0.connsPerS) / bare.connsPerS).toFixed(0)}%`],
-      ['UDP RR/s (1/mean)', fmt0(1e6 / bare.udpRrMeanUs), fmt0(1e6 / k0.udpRrMeanUs), `${((100 * bare.udpRrMeanUs) / k0.udpRrMeanUs).toFixed(0)}%`],
-    ]);
+  const conn = (r: Row) => r.connsPerS;
+  const gbps = (r: Row) => r.tcpGbps;
+  const rrRate = (r: Row) => 1e6 / r.udpRrMeanUs;
+  const variants = [
+    ['bare veth', null], ['kitnet', null], ['kitnet, no flow reader', null],
+    ...backends.flatMap((b) => [[b.name, true], [b.name, false]] as const),
+  ] as Array<readonly [string, boolean | null]>;
+  table(`Figures per variant and N: median (min-max) over ${rounds} rounds — ${MACHINE_LINE()}`,
+    ['variant', 'N', 'ct-first', 'conn/s', 'UDP RR mean us', 'TCP Gbit/s'],
+    sizes.flatMap((n) => variants.flatMap(([v, ct]) => {
+      const s = series(v, n, ct);
+      if (!s.length) return [];
+      return [[v, String(n), ct === null ? '' : String(ct), spreadText(summary(s.map(conn))), spreadText(summary(s.map((r) => r.udpRrMeanUs)), 1), spreadText(summary(s.map(gbps)), 2)]];
+    })));
+  const ratioRows: (string | number)[][] = [];
+  const ratios: Record<string, Spread> = {};
+  const ratioAdd = (name: string, n: number, target: number | undefined, s: Spread) => {
+    ratios[`${name} N=${n}`] = s;
+    ratioRows.push([name, String(n), `${pct(s.median)} (${pct(s.min)}-${pct(s.max)})`, target === undefined ? '' : `${pct(target)}`, spreadVerdict(s, target)]);
+  };
+  for (const n of sizes) {
+    const k = series('kitnet', n, null);
+    const bare = series('bare veth', n, null);
+    if (k.length && bare.length) {
+      ratioAdd('kitnet/bare conn/s', n, 0.9, ratio(k, bare, conn));
+      ratioAdd('kitnet/bare TCP Gbit/s', n, 0.95, ratio(k, bare, gbps));
+      ratioAdd('kitnet/bare UDP RR/s', n, 0.95, ratio(k, bare, rrRate));
+    }
+    for (const b of backends) {
+      const ipt = series(b.name, n, true);
+      if (k.length && ipt.length) ratioAdd(`kitnet/${b.name}(ct-first) conn/s`, n, undefined, ratio(k, ipt, conn));
+    }
+    const noReader = series('kitnet, no flow reader', n, null);
+    if (k.length && noReader.length) ratioAdd('kitnet with/without flow reader conn/s', n, 0.95, ratio(k, noReader, conn));
   }
-  resultWrite('netpath', { sizes, secs, rows });
+  table('Ratios, computed per round: median (min-max); target where the issue sets one', ['ratio', 'N', 'median (min-max)', 'target', 'what the spread allows'], ratioRows);
+  resultWrite('netpath', { sizes, secs, rounds, rows, ratios });
+}
+
+interface Spread {
+  median: number;
+  min: number;
+  max: number;
+  n: number;
+}
+
+function spreadOf(xs: number[]): Spread {
+  return { median: median(xs), min: xs.length ? Math.min(...xs) : NaN, max: xs.length ? Math.max(...xs) : NaN, n: xs.length };
+}
+
+function spreadText(s: Spread, digits = 0): string {
+  if (!s.n) return '-';
+  return `${s.median.toFixed(digits)} (${s.min.toFixed(digits)}-${s.max.toFixed(digits)})`;
+}
+
+const pct = (x: number) => (Number.isFinite(x) ? `${(100 * x).toFixed(0)}%` : '-');
+
+/**
+ * What a ratio's spread over the rounds allows one to say against its target (or against 1, "no
+ * difference"): met or missed in every round, or a spread wider than the difference it would claim.
+ */
+function spreadVerdict(s: Spread, target: number | undefined): string {
+  if (!s.n) return '-';
+  if (s.n < 3) return `only ${s.n} round(s): no claim`;
+  const t = target ?? 1;
+  if (s.min >= t) return target === undefined ? 'higher in every round' : 'met in every round';
+  if (s.max < t) return target === undefined ? 'lower in every round' : 'missed in every round';
+  return `spread (${pct(s.max - s.min)}) covers ${pct(t)}: not shown either way (median ${s.median >= t ? 'meets' : 'misses'})`;
 }
 
 await benchMain(main);
