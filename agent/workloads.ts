@@ -18,7 +18,7 @@ import type { Store, StoreTx, TransactionOptions } from './store/store.js';
 import type { WorkloadMode, WorkloadRecord, WorkloadSpec } from './store/types.js';
 import type { Mutex } from './mutex.js';
 import type { PolicyEngine } from './policy/engine.js';
-import { workloadRegistrationObserve } from './metrics.js';
+import { workloadRegistrationObserve } from './metrics/process.js';
 import { WorkloadAdmission, type RegisterCaller, type WorkloadCreateInput } from './workload-admission.js';
 import { errorToKitnet } from './workload-errors.js';
 import { hostIfnameFor, VM_UPLINK } from './workload-specs.js';
