@@ -90,7 +90,7 @@ export class PolicyMapWriter {
     const who = names.length === 1 ? `workload ${names[0]}` : `workloads ${names.join(', ')}`;
     const rules = largest?.after?.entries.flatMap((e) => e.rules).filter((r, i, a) => a.indexOf(r) === i).slice(0, 3) ?? [];
     throw new PolicyCapacityError(
-      `${who} would add ${growth} policy map entries (${changes.length} endpoint(s) change; endpoint ${largest?.endpointId} alone holds ${largest?.after?.entries.length}${rules.length ? `, from ${rules.join('; ')}` : ''}), but the policy map holds ${this.inMapEntries} of ${capacity} (limit: policy max_entries ${capacity}); nothing was changed. Remove workloads or policies that select them, narrow their peers x ports, or raise POLICY_MAP_MAX in tools/gen/bpf-layout.ts`,
+      `${who} would add ${growth} policy map entries (${changes.length} endpoint(s) change; endpoint ${largest?.endpointId} alone holds ${largest?.after?.entries.length}${rules.length ? `, from ${rules.join('; ')}` : ''}), but the policy map holds ${this.inMapEntries} of ${capacity} (limit: policy max_entries ${capacity}); nothing was changed. Remove workloads or policies that select them, narrow their peers x ports, or raise POLICY_MAP_MAX in tools/gen/bpf-layout/constants.ts`,
     );
   }
 
