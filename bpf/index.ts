@@ -32,7 +32,8 @@ import type { BpfMap } from './maps/map.js';
 import { IpcacheMap } from './maps/ipcache.js';
 import type { Counter, MetricName } from './maps/metrics.js';
 import { METRIC_SLOTS, MetricsMap } from './maps/metrics.js';
-import { PolicyMap, policyEntryOpsPack, policyWritesPack } from './maps/policy.js';
+import { PolicyMap } from './maps/policy.js';
+import { policyEntryOpsPack, policyWritesPack } from './maps/policy-pack.js';
 import type { LinkInfo, NativeHandle, TestRunResult } from '../common/native.js';
 import { native } from '../common/native.js';
 
@@ -63,7 +64,8 @@ export {
   POLICY_PREFIX_PROTO,
   POLICY_PREFIX_FULL,
 } from './layout.gen.js';
-export { PolicyApplyError, policyEntryDecode } from './maps/policy.js';
+export { PolicyApplyError } from './maps/policy.js';
+export { policyEntryDecode } from './maps/policy-key.js';
 
 /** The maps whose fill `kitnet status` and /metrics report. */
 export const FILL_MAP_NAMES = ['endpoints', 'ipcache', 'ipcache_exact', 'policy', 'policy_exact', 'policy_wild', 'conntrack'] as const;
