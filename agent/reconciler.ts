@@ -5,7 +5,7 @@ import type { Config } from './config.js';
 import type { KernelOps } from './kernel-ops.js';
 import type { Store } from './store/store.js';
 import type { WorkloadRecord } from './store/types.js';
-import { deviceSpecFor, linkGroupFor, tapSpecFor, vmSpecFor } from './workloads.js';
+import { deviceSpecFor, linkGroupFor, tapSpecFor, vmSpecFor } from './workload-specs.js';
 import type { PolicyEngine } from './policy/engine.js';
 import { endpointInfoFor, reconcilePlan, type ObservedDevice, type ObservedWorkload, type ReconcileAction } from './reconcile/plan.js';
 

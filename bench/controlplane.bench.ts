@@ -29,7 +29,7 @@ import { ApiClient } from '../common/api-client.js';
 import type { Workload } from '../common/schemas/workload.js';
 import { datapathUnpinAll } from '../bpf/index.js';
 import { rcuExpeditedGet, rcuExpeditedSet } from '../netkit/rcu.js';
-import { netnsHelpersClose } from '../netkit/socket.js';
+import { netnsHelpersClose } from '../netkit/netns-pool.js';
 import {
   MACHINE_LINE, RUN_ID, argsParse, benchMain, fmt, netnsAddMany, netnsDelMany, onCleanup, profiled, resultWrite, sh, stats, table, type Stats,
 } from './lib.js';

@@ -16,9 +16,10 @@ newer() {
 
 mkdir -p bpf/build
 
-# 1. Generated layout. The generator is TypeScript; compile just that file (no project build needed yet).
+# 1. Generated layout. The generator is TypeScript; compile just it and its parts in tools/gen/bpf-layout/
+#    (no project build needed yet).
 gen_src=tools/gen/bpf-layout.ts
-if newer bpf/include/shared.gen.h "$gen_src" || newer bpf/layout.gen.ts "$gen_src"; then
+if newer bpf/include/shared.gen.h "$gen_src" tools/gen/bpf-layout || newer bpf/layout.gen.ts "$gen_src" tools/gen/bpf-layout; then
   log "regenerating shared layout"
   npx --no-install tsc --module nodenext --moduleResolution nodenext --target es2022 --types node \
     --skipLibCheck --outDir bpf/build/gen "$gen_src"

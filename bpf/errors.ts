@@ -46,8 +46,8 @@ export interface MapRef {
 
 /** What an operator can do about a full map, naming it and the constant that sizes it. */
 function mapFullHint(map: MapRef | undefined): string {
-  if (!map) return 'the map is full (max_entries in tools/gen/bpf-layout.ts)';
-  return `the \`${map.name}\` map is full (max_entries ${map.maxEntries}): free entries (fewer policies x peers x ports, workloads or CIDRs) or raise ${map.name.toUpperCase()}_MAP_MAX in tools/gen/bpf-layout.ts (then remove the pinned map, <pinRoot>/maps/${map.name}, before the agent starts)`;
+  if (!map) return 'the map is full (max_entries in tools/gen/bpf-layout/constants.ts)';
+  return `the \`${map.name}\` map is full (max_entries ${map.maxEntries}): free entries (fewer policies x peers x ports, workloads or CIDRs) or raise ${map.name.toUpperCase()}_MAP_MAX in tools/gen/bpf-layout/constants.ts (then remove the pinned map, <pinRoot>/maps/${map.name}, before the agent starts)`;
 }
 
 type ErrorCtx = { path?: string; attach?: 'tcx' | 'netkit'; map?: MapRef };

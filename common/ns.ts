@@ -1,4 +1,4 @@
-// setns(2) for the main thread, from the native addon (common/native.ts). Generic (any namespace type); netkit/socket.ts
+// setns(2) for the main thread, from the native addon (common/native.ts). Generic (any namespace type); netkit/netns-transport.ts
 // uses it to open netlink sockets inside workload network namespaces without a helper process.
 import { native } from './native.js';
 

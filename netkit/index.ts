@@ -5,10 +5,9 @@ export type { DeviceMode, EndpointDevice, EndpointDeviceSpec, KernelFeatures, Ki
 export { GATEWAY_V4, GATEWAY_V6, KITNET_ALIAS_PREFIX } from './types.js';
 
 export { featuresProbe, PROBE_ALIAS } from './probe.js';
-export {
-  endpointDeviceCreate, endpointDeviceDelete, endpointDeviceObserve, endpointDeviceRepair, endpointSpecValidate,
-  kitnetLinksList, macDerive,
-} from './endpoint-device.js';
+export { endpointDeviceCreate, endpointDeviceDelete, endpointDeviceRepair, kitnetLinksList } from './endpoint-device.js';
+export { endpointDeviceObserve } from './endpoint-observe.js';
+export { endpointSpecValidate, macDerive } from './endpoint-spec.js';
 export { netkitPeerPolicySet, NETKIT_REQUIREMENT } from './netkit.js';
 export type { NetkitPolicy } from './netkit.js';
 export { hostForwardingEnsure } from './sysctl.js';

@@ -4,7 +4,7 @@ import { linkList } from './link.js';
 import type { NetnsId } from './netns.js';
 import { netnsPathId } from './netns.js';
 import { routeList } from './route.js';
-import { withNetns } from './socket.js';
+import { withNetns } from './netns-pool.js';
 import { AF_INET6 } from './uapi.js';
 
 export interface NetnsSurvey {

@@ -1,4 +1,4 @@
-// Helper process started by socket.ts as `nsenter --net=PATH -- node netns-worker.js`: it opens a
+// Helper process started by netns-transport.ts as `nsenter --net=PATH -- node netns-worker.js`: it opens a
 // netlink socket in that namespace and relays raw messages as JSON lines on stdin/stdout.
 // It knows nothing about message contents. Exits when stdin closes.
 import { readlinkSync } from 'node:fs';

@@ -20,7 +20,8 @@ import { linkDelete, linkGet, linkSet } from './link.js';
 import { netnsCreate, netnsDelete, netnsNameValidate, netnsPathOf, netnsPathValidate } from './netns.js';
 import { hostRoutesPresent, routeAdd, routeMessage } from './route.js';
 import type { Rtnl } from './socket.js';
-import { rtnlHost, withNetns } from './socket.js';
+import { withNetns } from './netns-pool.js';
+import { rtnlHost } from './socket.js';
 import { hostSideSysctlsApply, sysctlIfname } from './sysctl.js';
 import {
   IFINFOMSG_LEN, IFLA_INFO_DATA, IFLA_INFO_KIND, IFLA_LINKINFO, IFLA_MTU, IFLA_IFNAME, NLM_F_ACK,

@@ -22,7 +22,8 @@
  * must be treated as immutable.
  */
 import type { CompileMeter } from './budget.js';
-import { classCompileSteps, endpointClassKey, sectionBlocks, sectionHasEgressNamedPort, sectionSelectsLabelIdentity, Universe, type ClassContext } from './compile.js';
+import { classCompileSteps, endpointClassKey, type ClassContext } from './compile.js';
+import { sectionBlocks, sectionHasEgressNamedPort, sectionSelectsLabelIdentity, Universe } from './universe.js';
 import { blockCovers, cidrContainsCidr, cidrIdentitiesAllocate, cidrParsed, hostPrefix, ipBlockView, policyCidrs } from './cidr.js';
 import { isLabelDerived } from './entities.js';
 import { identityLabelParse } from './selector.js';

@@ -1,6 +1,7 @@
 /** kitnet policy: parse, compile to datapath map entries, and trace verdicts offline. */
-export { policiesParse, policiesFromObjects, PolicyValidationError, issueFormat } from './parse.js';
-export type { PolicyIssue } from './parse.js';
+export { policiesParse, policiesFromObjects } from './parse.js';
+export { PolicyValidationError, issueFormat } from './parse-errors.js';
+export type { PolicyIssue } from './parse-errors.js';
 export { policyCompile, IMPLICIT_RULES } from './compile.js';
 export { policyTrace, policyDecide, ipcacheLookup } from './trace.js';
 export type { TracePeer, TraceQuery, TraceOptions, TraceResult, TraceSide, SideReason } from './trace.js';

@@ -8,7 +8,8 @@
 import { Worker } from 'node:worker_threads';
 import { KitnetError, type ErrorCode } from '../../common/errors.js';
 import { POLICY_LIMITS } from './limits.js';
-import { PolicyTooLargeError, PolicyValidationError, policyObjectsBound, type PolicyIssue } from './parse.js';
+import { policyObjectsBound } from './parse-documents.js';
+import { PolicyTooLargeError, PolicyValidationError, type PolicyIssue } from './parse-errors.js';
 import type { ParsedPolicy } from './types.js';
 
 export interface ParseJob {

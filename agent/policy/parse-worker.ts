@@ -4,7 +4,8 @@
  */
 import { parentPort } from 'node:worker_threads';
 import { KitnetError } from '../../common/errors.js';
-import { PolicyValidationError, policiesFromObjects, policiesParse } from './parse.js';
+import { PolicyValidationError } from './parse-errors.js';
+import { policiesFromObjects, policiesParse } from './parse.js';
 import type { ParseJob, ParseReply } from './parse-offthread.js';
 
 parentPort!.on('message', (job: ParseJob) => {

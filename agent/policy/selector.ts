@@ -4,6 +4,7 @@
  * policies) matches `app` from every source. Kubernetes NetworkPolicy selectors are all `k8s:`.
  */
 import { NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX } from '../../common/labels.js';
+import type { LabelSelector } from './schema/common.js';
 import type { Selector, SelectorOperator, SelectorRequirement } from './types.js';
 
 export interface ParsedLabel {
@@ -28,6 +29,12 @@ export function identityLabelParse(text: string): ParsedLabel {
 export interface LabelSelectorInput {
   matchLabels?: Record<string, string> | undefined;
   matchExpressions?: Array<{ key: string; operator: SelectorOperator; values?: string[] | undefined }> | undefined;
+}
+
+/** A schema-validated LabelSelector (nulls allowed) as selectorFromLabelSelector's input. */
+export function labelSelectorInput(s: LabelSelector | null | undefined): LabelSelectorInput | undefined {
+  if (!s) return undefined;
+  return { matchLabels: s.matchLabels ?? undefined, matchExpressions: s.matchExpressions ?? undefined };
 }
 
 /** Splits a selector key into source and key. `defaultSource` applies when the key has no prefix. */

@@ -3,7 +3,7 @@ import type { Mutex } from '../mutex.js';
 import { WorkloadGoneError, type Observed, type Reconciler } from '../reconciler.js';
 import type { Store, StoreChange } from '../store/store.js';
 import type { WorkloadRecord } from '../store/types.js';
-import { reconcileObserve, type ReconcileResult } from '../metrics.js';
+import { reconcileObserve, type ReconcileResult } from '../metrics/process.js';
 import { reconcilePlan } from './plan.js';
 import { WorkQueue, type Backoff } from './queue.js';
 

@@ -1,119 +1,11 @@
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
+import { identityFromRow, namespaceFromRow, policyFromRow, rowToRecord } from './sqlite-rows.js';
+import type { IdentityRow, NamespaceRow, PolicyRow, WorkloadRow } from './sqlite-rows.js';
+import { schemaMigrate } from './sqlite-schema.js';
 import type { Store, StoreChange, StoreTx, TransactionOptions, WorkloadStatus } from './store.js';
-import type {
-  IdentityRecord, NamespaceRecord, NewWorkload, PolicyRecord, WorkloadMode, WorkloadRecord, WorkloadSpec, WorkloadState,
-} from './types.js';
-
-const SCHEMA_VERSION = 3;
-
-const MIGRATIONS: Record<number, string> = {
-  1: `
-    CREATE TABLE identities (
-      id          INTEGER PRIMARY KEY,
-      labels_key  TEXT NOT NULL UNIQUE,
-      labels      TEXT NOT NULL,
-      created_at  TEXT NOT NULL
-    );
-    CREATE TABLE workloads (
-      namespace    TEXT NOT NULL,
-      name         TEXT NOT NULL,
-      spec         TEXT NOT NULL,
-      mode         TEXT NOT NULL,
-      endpoint_id  INTEGER NOT NULL UNIQUE,
-      identity     INTEGER NOT NULL REFERENCES identities(id),
-      ipv4         TEXT NOT NULL UNIQUE,
-      ipv6         TEXT NOT NULL UNIQUE,
-      host_ifname  TEXT NOT NULL UNIQUE,
-      state        TEXT NOT NULL,
-      observed     TEXT,
-      error        TEXT,
-      created_at   TEXT NOT NULL,
-      updated_at   TEXT NOT NULL,
-      PRIMARY KEY (namespace, name)
-    );
-  `,
-  2: `
-    CREATE TABLE namespaces (
-      name        TEXT PRIMARY KEY,
-      labels      TEXT NOT NULL,
-      created_at  TEXT NOT NULL,
-      updated_at  TEXT NOT NULL
-    );
-    CREATE TABLE policies (
-      kind        TEXT NOT NULL,
-      namespace   TEXT NOT NULL,
-      name        TEXT NOT NULL,
-      document    TEXT NOT NULL,
-      created_at  TEXT NOT NULL,
-      updated_at  TEXT NOT NULL,
-      PRIMARY KEY (kind, namespace, name)
-    );
-    CREATE TABLE meta (
-      key         TEXT PRIMARY KEY,
-      value       TEXT NOT NULL
-    );
-    CREATE TABLE cidr_identities (
-      cidr        TEXT PRIMARY KEY,
-      identity    INTEGER NOT NULL UNIQUE
-    );
-  `,
-  // Reference counts and the release of unused identities look workloads up by identity.
-  3: `
-    CREATE INDEX workloads_identity ON workloads(identity);
-  `,
-};
-
-interface WorkloadRow {
-  namespace: string;
-  name: string;
-  spec: string;
-  mode: string;
-  endpoint_id: number;
-  identity: number;
-  ipv4: string;
-  ipv6: string;
-  host_ifname: string;
-  state: string;
-  observed: string | null;
-  error: string | null;
-  created_at: string;
-  updated_at: string;
-}
-
-function rowToRecord(r: WorkloadRow): WorkloadRecord {
-  return {
-    spec: JSON.parse(r.spec) as WorkloadSpec,
-    mode: r.mode as WorkloadMode,
-    endpointId: r.endpoint_id,
-    identity: r.identity,
-    ipv4: r.ipv4,
-    ipv6: r.ipv6,
-    hostIfname: r.host_ifname,
-    state: r.state as WorkloadState,
-    observed: r.observed ? (JSON.parse(r.observed) as WorkloadRecord['observed']) : null,
-    error: r.error,
-    createdAt: r.created_at,
-    updatedAt: r.updated_at,
-  };
-}
-
-interface NamespaceRow {
-  name: string;
-  labels: string;
-  created_at: string;
-  updated_at: string;
-}
-
-interface PolicyRow {
-  kind: string;
-  namespace: string;
-  name: string;
-  document: string;
-  created_at: string;
-  updated_at: string;
-}
+import type { IdentityRecord, NamespaceRecord, NewWorkload, PolicyRecord, WorkloadRecord, WorkloadSpec } from './types.js';
 
 /**
  * The embedded single-host store (the `Store` interface, `store.ts`). Writes are synchronous SQLite
@@ -135,20 +27,7 @@ export class SqliteStore implements Store, StoreTx {
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = FULL');
     this.db.pragma('foreign_keys = ON');
-    this.migrate();
-  }
-
-  private migrate(): void {
-    const current = this.db.pragma('user_version', { simple: true }) as number;
-    if (current > SCHEMA_VERSION) {
-      throw new Error(`store schema version ${current} is newer than this kitnet (${SCHEMA_VERSION}); upgrade kitnet`);
-    }
-    for (let v = current + 1; v <= SCHEMA_VERSION; v++) {
-      this.db.transaction(() => {
-        this.db.exec(MIGRATIONS[v]!);
-        this.db.pragma(`user_version = ${v}`);
-      })();
-    }
+    schemaMigrate(this.db);
   }
 
   private stmt(sql: string): Database.Statement {
@@ -277,16 +156,11 @@ export class SqliteStore implements Store, StoreTx {
 
   namespaceGet(name: string): NamespaceRecord | undefined {
     const r = this.stmt('SELECT * FROM namespaces WHERE name = ?').get(name) as NamespaceRow | undefined;
-    return r && { name: r.name, labels: JSON.parse(r.labels) as Record<string, string>, createdAt: r.created_at, updatedAt: r.updated_at };
+    return r && namespaceFromRow(r);
   }
 
   namespaceList(): NamespaceRecord[] {
-    return (this.stmt('SELECT * FROM namespaces ORDER BY name').all() as NamespaceRow[]).map((r) => ({
-      name: r.name,
-      labels: JSON.parse(r.labels) as Record<string, string>,
-      createdAt: r.created_at,
-      updatedAt: r.updated_at,
-    }));
+    return (this.stmt('SELECT * FROM namespaces ORDER BY name').all() as NamespaceRow[]).map(namespaceFromRow);
   }
 
   namespacePut(name: string, labels: Record<string, string>): void {
@@ -301,14 +175,7 @@ export class SqliteStore implements Store, StoreTx {
   // --- policies ------------------------------------------------------------------------------
 
   policyList(): PolicyRecord[] {
-    return (this.stmt('SELECT * FROM policies ORDER BY kind, namespace, name').all() as PolicyRow[]).map((r) => ({
-      kind: r.kind,
-      namespace: r.namespace,
-      name: r.name,
-      document: JSON.parse(r.document) as Record<string, unknown>,
-      createdAt: r.created_at,
-      updatedAt: r.updated_at,
-    }));
+    return (this.stmt('SELECT * FROM policies ORDER BY kind, namespace, name').all() as PolicyRow[]).map(policyFromRow);
   }
 
   /** Inserts or replaces; returns whether the policy was new. */
@@ -382,14 +249,8 @@ export class SqliteStore implements Store, StoreTx {
       `SELECT i.id, i.labels_key, i.labels, i.created_at,
               (SELECT COUNT(*) FROM workloads w WHERE w.identity = i.id) AS refs
        FROM identities i ${where} ORDER BY i.id`,
-    ).all(...params) as Array<{ id: number; labels_key: string; labels: string; created_at: string; refs: number }>;
-    return rows.map((r) => ({
-      id: r.id,
-      labelsKey: r.labels_key,
-      labels: JSON.parse(r.labels) as string[],
-      references: r.refs,
-      createdAt: r.created_at,
-    }));
+    ).all(...params) as IdentityRow[];
+    return rows.map(identityFromRow);
   }
 
   usedIdentityIds(): number[] {

@@ -1,71 +1,22 @@
 // `policy` LPM trie: (endpoint, remote identity, direction, protocol, port prefix) -> allow / deny.
-// Keys follow struct policy_key (bpf/layout.gen.ts; see tools/gen/bpf-layout.ts and bpf/include/policy.h):
-// prefixlen and the u32 fields in host byte order (little-endian here, like every other kitnet map), the
-// port in network byte order so that a port prefix is a prefix of the key's bits.
-// Writes go to the kernel in one native call per batch (keys and values packed back to back): the agent
-// may write ~100k entries when many endpoints change at once.
+// Keys: ./policy-key.ts. Writes go to the kernel in one native call per batch (./policy-pack.ts).
 // Entries of full length (POLICY_PREFIX_FULL: exact protocol and port) go to the `policy_exact` hash as
 // well, which the datapath asks first (bpf/include/policy.h); the trie keeps every entry. Write order
-// and repair: ./exact.ts. The `policy_wild` hash counts, per (endpoint, identity, direction), the trie's
-// entries shorter than that: where it has none, the datapath skips the trie after a hash miss. Counts go
-// up before the trie write and down after it, so it never misses a triple the trie has.
+// and repair: ./exact.ts. The `policy_wild` hash (./policy-wild.ts) counts, per (endpoint, identity,
+// direction), the trie's entries shorter than that: where it has none, the datapath skips the trie after
+// a hash miss. Counts go up before the trie write and down after it, so it never misses a triple the
+// trie has.
 import { KernelError } from '../../common/kernel-error.js';
 import { bpfError } from '../errors.js';
-import {
-  DIR_EGRESS,
-  DIR_INGRESS,
-  POLICY_F_DENY,
-  POLICY_KEY,
-  POLICY_MAP_MAX,
-  POLICY_PREFIX_ANY_PROTO,
-  POLICY_PREFIX_FULL,
-  POLICY_PREFIX_PROTO,
-  POLICY_VALUE,
-} from '../layout.gen.js';
+import { POLICY_MAP_MAX } from '../layout.gen.js';
 import { native } from '../../common/native.js';
-import type { PolicyApplyResult, PolicyDirection, PolicyEntryFields, PolicyEntryOp, PolicyMapEntry, PolicyMapWrite } from '../types.js';
-import { ExactMirror, batchApply, dump, dumpKey, hashUpdateBatch } from './exact.js';
-import type { Dump } from './exact.js';
+import type { PolicyApplyResult, PolicyMapEntry } from '../types.js';
+import { ExactMirror, batchApply, dump, hashUpdateBatch } from './exact.js';
 import { BPF_ANY } from './map.js';
 import type { BpfMap } from './map.js';
-
-const K = POLICY_KEY.fields;
-const V = POLICY_VALUE.fields;
-export const POLICY_KEY_SIZE = POLICY_KEY.size;
-export const POLICY_VALUE_SIZE = POLICY_VALUE.size;
-
-const OP_UPDATE = 1;
-const OP_DELETE = 2;
-
-/** A key of full length: the entry also goes into `policy_exact`. */
-export function policyKeyIsFull(key: Buffer, off = 0): boolean {
-  return key.readUInt32LE(off + K.prefixlen.offset) === POLICY_PREFIX_FULL;
-}
-
-/** The `policy_wild` key of a policy key: its (endpoint, identity, direction), prefix ANY_PROTO. */
-export function policyWildKey(key: Buffer, off = 0): Buffer {
-  const w = Buffer.alloc(POLICY_KEY_SIZE);
-  key.copy(w, 0, off, off + POLICY_KEY_SIZE);
-  w.writeUInt32LE(POLICY_PREFIX_ANY_PROTO, K.prefixlen.offset);
-  w.writeUInt8(0, K.protocol.offset);
-  w.writeUInt16BE(0, K.port.offset);
-  return w;
-}
-
-/** A `policy_wild` key as a latin1 string: these around the bytes of endpoint, identity and direction. */
-const WILD_ID_HEAD = policyWildKey(Buffer.alloc(POLICY_KEY_SIZE)).toString('latin1', 0, K.endpoint_id.offset);
-const WILD_ID_TAIL = '\0'.repeat(POLICY_KEY_SIZE - K.protocol.offset);
-
-/** Count changes per `policy_wild` key, by the key's latin1 string. */
-type WildDelta = Map<string, { key: Buffer; d: number }>;
-
-function wildBump(m: WildDelta, keys: Buffer, off: number, d: number): void {
-  const w = policyWildKey(keys, off);
-  const id = w.toString('latin1');
-  const e = m.get(id);
-  if (e) e.d += d;
-  else m.set(id, { key: w, d });
-}
+import { K, POLICY_KEY_SIZE, POLICY_VALUE_SIZE, policyEntryDecode, policyKeyIsFull } from './policy-key.js';
+import { OP_DELETE, OP_UPDATE, packedArgs, packedKeys, packedPick, type Packed } from './policy-pack.js';
+import { wildAdd, wildBump, wildDiff, type WildDelta } from './policy-wild.js';
 
 /** A write the kernel refused; writes before `index` are applied, the rest are not. */
 export class PolicyApplyError extends KernelError {
@@ -82,117 +33,6 @@ export class PolicyApplyError extends KernelError {
     });
     this.name = 'PolicyApplyError';
   }
-}
-
-function directionCode(d: PolicyDirection): number {
-  if (d === 'ingress') return DIR_INGRESS;
-  if (d === 'egress') return DIR_EGRESS;
-  throw new TypeError(`policy entry: bad direction ${String(d)}`);
-}
-
-function u(v: number, max: number, what: string): number {
-  if (!Number.isInteger(v) || v < 0 || v > max) throw new RangeError(`policy entry: ${what} ${v} out of range 0..${max}`);
-  return v;
-}
-
-/** Writes struct policy_key for a compiled entry at `off`; bits past the prefix are zeroed. */
-export function policyKeyWrite(out: Buffer, off: number, endpointId: number, e: PolicyEntryFields): void {
-  const proto = u(e.protocol, 255, 'protocol');
-  const plen = u(e.portPrefixLen, 16, 'port prefix length');
-  if (proto === 0 && (e.port !== 0 || plen !== 0)) throw new RangeError('policy entry: a port needs a protocol');
-  const mask = plen === 0 ? 0 : (0xffff << (16 - plen)) & 0xffff;
-  out.writeUInt32LE(proto === 0 ? POLICY_PREFIX_ANY_PROTO : POLICY_PREFIX_PROTO + plen, off + K.prefixlen.offset);
-  out.writeUInt32LE(u(endpointId, 0xffffffff, 'endpoint id'), off + K.endpoint_id.offset);
-  out.writeUInt32LE(u(e.identity, 0xffffffff, 'identity'), off + K.identity.offset);
-  out.writeUInt8(directionCode(e.direction), off + K.direction.offset);
-  out.writeUInt8(proto, off + K.protocol.offset);
-  out.writeUInt16BE(u(e.port, 0xffff, 'port') & mask, off + K.port.offset);
-}
-
-export function policyValueWrite(out: Buffer, off: number, e: Pick<PolicyEntryFields, 'deny' | 'cookie'>): void {
-  out.writeUInt8(e.deny ? POLICY_F_DENY : 0, off + V.flags.offset);
-  out.writeUInt32LE(u(e.cookie ?? 0, 0xffffffff, 'cookie'), off + V.cookie.offset);
-}
-
-export function policyEntryDecode(key: Buffer, value: Buffer): PolicyMapEntry {
-  const prefixLen = key.readUInt32LE(K.prefixlen.offset);
-  const dir = key.readUInt8(K.direction.offset);
-  return {
-    key,
-    value,
-    prefixLen,
-    endpointId: key.readUInt32LE(K.endpoint_id.offset),
-    identity: key.readUInt32LE(K.identity.offset),
-    direction: dir === DIR_INGRESS ? 'ingress' : 'egress',
-    protocol: key.readUInt8(K.protocol.offset),
-    port: key.readUInt16BE(K.port.offset),
-    portPrefixLen: Math.max(0, prefixLen - POLICY_PREFIX_PROTO),
-    deny: (value.readUInt8(V.flags.offset) & POLICY_F_DENY) !== 0,
-    cookie: value.readUInt32LE(V.cookie.offset),
-  };
-}
-
-function packedArgs(p: Packed): [Buffer, Buffer, Buffer] {
-  return [p.ops, p.keys, p.values];
-}
-
-interface Packed {
-  ops: Buffer;
-  keys: Buffer;
-  values: Buffer;
-}
-
-/** Raw writes -> packed buffers; every size is checked before anything reaches the kernel. */
-export function policyWritesPack(writes: readonly PolicyMapWrite[]): Packed {
-  const n = writes.length;
-  const p: Packed = { ops: Buffer.alloc(n), keys: Buffer.alloc(n * POLICY_KEY_SIZE), values: Buffer.alloc(n * POLICY_VALUE_SIZE) };
-  for (let i = 0; i < n; i++) {
-    const w = writes[i]!;
-    if (w.key.length !== POLICY_KEY_SIZE) throw new RangeError(`policy write ${i}: key is ${w.key.length} bytes, want ${POLICY_KEY_SIZE}`);
-    w.key.copy(p.keys, i * POLICY_KEY_SIZE);
-    if (w.op === 'upsert') {
-      if (!w.value || w.value.length !== POLICY_VALUE_SIZE)
-        throw new RangeError(`policy write ${i}: upsert needs a ${POLICY_VALUE_SIZE}-byte value, got ${w.value?.length ?? 'none'}`);
-      w.value.copy(p.values, i * POLICY_VALUE_SIZE);
-      p.ops[i] = OP_UPDATE;
-    } else if (w.op === 'delete') {
-      p.ops[i] = OP_DELETE;
-    } else {
-      throw new TypeError(`policy write ${i}: bad op ${String(w.op)}`);
-    }
-  }
-  return p;
-}
-
-/** Compiled entry ops of one endpoint -> packed buffers, encoded in place (no per-entry allocation). */
-export function policyEntryOpsPack(endpointId: number, ops: readonly PolicyEntryOp[]): Packed {
-  const n = ops.length;
-  const p: Packed = { ops: Buffer.alloc(n), keys: Buffer.alloc(n * POLICY_KEY_SIZE), values: Buffer.alloc(n * POLICY_VALUE_SIZE) };
-  for (let i = 0; i < n; i++) {
-    const o = ops[i]!;
-    if (o.op !== 'upsert' && o.op !== 'delete') throw new TypeError(`policy op ${i}: bad op ${String(o.op)}`);
-    policyKeyWrite(p.keys, i * POLICY_KEY_SIZE, endpointId, o.entry);
-    if (o.op === 'upsert') policyValueWrite(p.values, i * POLICY_VALUE_SIZE, o.entry);
-    p.ops[i] = o.op === 'upsert' ? OP_UPDATE : OP_DELETE;
-  }
-  return p;
-}
-
-/** The ops at `idx` of a packed batch, packed again. */
-function packedPick(p: Packed, idx: readonly number[]): Packed {
-  const out: Packed = { ops: Buffer.alloc(idx.length), keys: Buffer.alloc(idx.length * POLICY_KEY_SIZE), values: Buffer.alloc(idx.length * POLICY_VALUE_SIZE) };
-  idx.forEach((i, j) => {
-    out.ops[j] = p.ops[i]!;
-    p.keys.copy(out.keys, j * POLICY_KEY_SIZE, i * POLICY_KEY_SIZE, (i + 1) * POLICY_KEY_SIZE);
-    p.values.copy(out.values, j * POLICY_VALUE_SIZE, i * POLICY_VALUE_SIZE, (i + 1) * POLICY_VALUE_SIZE);
-  });
-  return out;
-}
-
-function packedKeys(p: Packed): Buffer[] {
-  const out: Buffer[] = [];
-  for (let i = 0; i < p.ops.length; i++) out.push(p.keys.subarray(i * POLICY_KEY_SIZE, (i + 1) * POLICY_KEY_SIZE));
-  return out;
 }
 
 export class PolicyMap {
@@ -215,20 +55,6 @@ export class PolicyMap {
     }
   }
 
-  /** Adds the deltas to the `policy_wild` counts; a count that reaches 0 leaves the map. */
-  private wildAdd(deltas: WildDelta): void {
-    const wild = this.wild!;
-    const v = Buffer.alloc(4);
-    for (const { key, d } of deltas.values()) {
-      if (d === 0) continue;
-      const next = (wild.lookup(key)?.readUInt32LE(0) ?? 0) + d;
-      if (next > 0) {
-        v.writeUInt32LE(next, 0);
-        wild.update(key, v);
-      } else wild.delete(key);
-    }
-  }
-
   /**
    * Fills the hashes from the trie (one dump for both): `policy_exact` equal to the trie's full-length
    * entries, `policy_wild` to its counts of shorter ones. Returns what it changed.
@@ -238,43 +64,12 @@ export class PolicyMap {
     const trie = dump(this.map, POLICY_MAP_MAX);
     const exact = this.exact.sync(trie);
     if (!this.wild) return { exact, wild: { added: 0, removed: 0 } };
-    const { missing, extra } = this.wildDiff(trie);
+    const { missing, extra } = wildDiff(trie, this.wild!);
     const deltas: WildDelta = new Map();
     for (const [k, want, have] of missing) deltas.set(k.toString('latin1'), { key: k, d: want - have });
     for (const [k, have] of extra) deltas.set(k.toString('latin1'), { key: k, d: -have });
-    this.wildAdd(deltas);
+    wildAdd(this.wild!, deltas);
     return { exact, wild: { added: missing.length, removed: extra.length } };
-  }
-
-  /** `policy_wild` against the trie: [key, count wanted, count held] where they differ; [key, count] held but not wanted. */
-  private wildDiff(trie: Dump): { missing: Array<[Buffer, number, number]>; extra: Array<[Buffer, number]> } {
-    // the wild key of a trie key, as a string: its triple between the fixed prefix length and zeros
-    const head = K.endpoint_id.offset;
-    const tail = K.protocol.offset;
-    const want = new Map<string, { off: number; n: number }>();
-    for (let i = 0; i < trie.count; i++) {
-      const off = i * POLICY_KEY_SIZE;
-      if (policyKeyIsFull(trie.keys, off)) continue;
-      const id = WILD_ID_HEAD + trie.keys.toString('latin1', off + head, off + tail) + WILD_ID_TAIL;
-      const w = want.get(id);
-      if (w) w.n++;
-      else want.set(id, { off, n: 1 });
-    }
-    const missing: Array<[Buffer, number, number]> = [];
-    const extra: Array<[Buffer, number]> = [];
-    const held = dump(this.wild!, POLICY_MAP_MAX);
-    for (let j = 0; j < held.count; j++) {
-      const id = held.keys.toString('latin1', j * POLICY_KEY_SIZE, (j + 1) * POLICY_KEY_SIZE);
-      const have = held.values.readUInt32LE(j * 4);
-      const w = want.get(id);
-      if (!w) extra.push([dumpKey(held, j), have]);
-      else {
-        want.delete(id);
-        if (w.n !== have) missing.push([policyWildKey(trie.keys, w.off), w.n, have]);
-      }
-    }
-    for (const w of want.values()) missing.push([policyWildKey(trie.keys, w.off), w.n, 0]);
-    return { missing, extra };
   }
 
   private trieApply(p: Packed, results?: Buffer): PolicyApplyResult {
@@ -309,7 +104,7 @@ export class PolicyMap {
       } else if (this.wild && p.ops[i] === OP_UPDATE) wildBump(wildUp, p.keys, off, 1);
     }
     if (fullDeletes.length) batchApply(exact.hash, ...packedArgs(packedPick(p, fullDeletes)));
-    if (wildUp.size) this.wildAdd(wildUp);
+    if (wildUp.size) wildAdd(this.wild!, wildUp);
 
     let result: PolicyApplyResult | undefined;
     let failure: unknown;
@@ -338,7 +133,7 @@ export class PolicyMap {
         if (p.ops[i] === OP_UPDATE ? i >= applied || results![i] === 0 : i < applied && results![i] === 1) wildBump(down, p.keys, off, -1);
       }
       try {
-        this.wildAdd(down);
+        wildAdd(this.wild!, down);
       } catch {
         /* counts left too high: only slower (a trie walk), never wrong; the next load's sync fixes them */
       }
@@ -390,7 +185,7 @@ export class PolicyMap {
     const none = Buffer.alloc(POLICY_VALUE_SIZE);
     const wild: Array<{ entry: PolicyMapEntry; want: number; have: number }> = [];
     if (this.wild) {
-      const w = this.wildDiff(trie);
+      const w = wildDiff(trie, this.wild!);
       for (const [k, want, have] of w.missing) wild.push({ entry: policyEntryDecode(k, none), want, have });
       for (const [k, have] of w.extra) wild.push({ entry: policyEntryDecode(k, none), want: 0, have });
     }

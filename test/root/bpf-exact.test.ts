@@ -16,7 +16,8 @@ import { POLICY_VALUE, TCX_DROP, TCX_PASS } from '../../bpf/layout.gen.js';
 import { ConfigMap } from '../../bpf/maps/config.js';
 import { IpcacheMap, ipcacheKeyEncode } from '../../bpf/maps/ipcache.js';
 import { BpfMap } from '../../bpf/maps/map.js';
-import { PolicyMap, policyKeyWrite, policyWildKey } from '../../bpf/maps/policy.js';
+import { PolicyMap } from '../../bpf/maps/policy.js';
+import { policyKeyWrite, policyWildKey } from '../../bpf/maps/policy-key.js';
 import { native } from '../../common/native.js';
 import { ETH_P_IP, ETH_P_IPV6, EventSink, TCP, eth, ipv4, ipv6, tcp } from './bpf-helpers.js';
 

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { endpointDeviceCreate, endpointDeviceObserve, netnsCreate } from '../../netkit/index.js';
 import { hostRouteLookup, hostRoutesPresent } from '../../netkit/route.js';
-import { withNetns } from '../../netkit/socket.js';
+import { withNetns } from '../../netkit/netns-pool.js';
 import { RT_TABLE_MAIN } from '../../netkit/uapi.js';
 import { timeLimit } from '../helpers/timeouts.js';
 import { isRoot, linkDelQuiet, netnsDelQuiet, rand, sh } from './netkit-helpers.js';

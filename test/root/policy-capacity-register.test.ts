@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import type { Identity } from '../../common/schemas/identity.js';
 import type { Workload } from '../../common/schemas/workload.js';
-import { hostIfnameFor } from '../../agent/workloads.js';
+import { hostIfnameFor } from '../../agent/workload-specs.js';
 import { apiCall, testAgentStart, type TestAgent } from '../helpers/agent.js';
 import { links, netnsAdd, netnsDel, uniq } from '../helpers/sys.js';
 

@@ -7,7 +7,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { test } from 'node:test';
-import { ADDRESSES, CONSTANTS, DROP_REASONS, STRUCTS, addressBytes, generate, structLayout } from '../../tools/gen/bpf-layout.js';
+import { generate } from '../../tools/gen/bpf-layout.js';
+import { ADDRESSES, addressBytes } from '../../tools/gen/bpf-layout/addresses.js';
+import { CONSTANTS } from '../../tools/gen/bpf-layout/constants.js';
+import { DROP_REASONS } from '../../tools/gen/bpf-layout/drop-reasons.js';
+import { structLayout } from '../../tools/gen/bpf-layout/layout.js';
+import { STRUCTS } from '../../tools/gen/bpf-layout/structs.js';
 import * as L from '../../bpf/layout.gen.js';
 import { ipv4Parse, ipv6Parse } from '../../bpf/addr.js';
 

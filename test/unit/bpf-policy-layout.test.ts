@@ -21,7 +21,8 @@ import {
 } from '../../agent/policy/index.js';
 import type { PolicyEntry } from '../../agent/policy/index.js';
 import * as L from '../../bpf/layout.gen.js';
-import { policyEntryDecode, policyEntryOpsPack, policyWritesPack } from '../../bpf/maps/policy.js';
+import { policyEntryDecode } from '../../bpf/maps/policy-key.js';
+import { policyEntryOpsPack, policyWritesPack } from '../../bpf/maps/policy-pack.js';
 
 describe('policy map layout (generated)', () => {
   test('struct policy_key / policy_value offsets', () => {

@@ -7,7 +7,7 @@ import { etcdClientCreate } from '../../agent/cluster/etcd-client.js';
 import {
   ClusterIdentityAllocator, ClusterIdentityError, ClusterIdentityExhaustedError, ClusterUnavailableError, IDENTITIES_PREFIX,
 } from '../../agent/cluster/identity-allocator.js';
-import { errorToKitnet } from '../../agent/workloads.js';
+import { errorToKitnet } from '../../agent/workload-errors.js';
 import { IdentityGc } from '../../agent/cluster/identity-gc.js';
 import { clusterIdentityRange, type IdentityRange } from '../../agent/cluster/identity-range.js';
 import { ClusterSession } from '../../agent/cluster/session.js';

@@ -4,7 +4,9 @@ import { describe, test } from 'node:test';
 import type { Counter, MetricName } from '../../bpf/index.js';
 import type { HubbleFlow, HubbleFlowRecord, LostEventSource } from '../../agent/flows/hubble.js';
 import { tcpFlagsObject } from '../../agent/flows/hubble.js';
-import { AgentMetrics, flowProtocol, workloadRegistrationObserve } from '../../agent/metrics.js';
+import { AgentMetrics } from '../../agent/metrics.js';
+import { flowProtocol } from '../../agent/metrics/flows.js';
+import { workloadRegistrationObserve } from '../../agent/metrics/process.js';
 import { promHas, promParse, promValue } from '../helpers/prom.js';
 
 class FakeFlows extends EventEmitter<{ flow: [HubbleFlowRecord]; lost: [unknown] }> {

@@ -6,7 +6,7 @@ import { KernelError } from '../../common/kernel-error.js';
 import {
   attr, attrsDecode, attrsEncode, ipBytes, ipString, macString, messageAttrs, nest, str, u16, u32,
 } from '../../netkit/attrs.js';
-import { endpointSpecValidate, macDerive } from '../../netkit/endpoint-device.js';
+import { endpointSpecValidate, macDerive } from '../../netkit/endpoint-spec.js';
 import {
   EndpointSpecError, errnoHint, errnoIs, ifnameValidate, kernelErrorFromReply, netlinkErrorParse,
 } from '../../netkit/errors.js';

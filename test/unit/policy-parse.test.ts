@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { policiesFromObjects, policiesParse, PolicyValidationError } from '../../agent/policy/index.js';
 import { POLICY_LIMITS } from '../../agent/policy/limits.js';
-import { policyObjectsBound } from '../../agent/policy/parse.js';
+import { policyObjectsBound } from '../../agent/policy/parse-documents.js';
 import { yamlShapeEstimate } from '../../common/yaml-guard.js';
 import type { ParsedPolicy } from '../../agent/policy/index.js';
 

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { errorToKitnet } from '../../agent/workloads.js';
+import { errorToKitnet } from '../../agent/workload-errors.js';
 import { bpfError } from '../../bpf/errors.js';
 import { KernelError } from '../../common/kernel-error.js';
 
