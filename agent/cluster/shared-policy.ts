@@ -5,14 +5,18 @@ import { KitnetError } from '../../common/errors.js';
 import { PolicyCapacityError } from '../policy/budget.js';
 import type { PolicyApplyStats } from '../policy/engine.js';
 import { policiesParseOffThread } from '../policy/parse-offthread.js';
+import { PolicyTooLargeError } from '../policy/parse.js';
 import type { ParsedPolicy } from '../policy/types.js';
 import type { PolicyRecord } from '../store/types.js';
 import { PrefixFollower, type PrefixChange, type PrefixSink } from './prefix-follower.js';
 
 /** kitnet's own prefix for policies: `<kind>/<namespace>/<name>`, `-` as the cluster-wide kind's namespace. */
 export const POLICIES_PREFIX = 'kitnet/state/policies/v1';
-/** A value beyond this is ignored (a policy the API takes is far smaller; etcd's own request limit is 1.5 MiB). */
-export const SHARED_VALUE_MAX_BYTES = 512 * 1024;
+/** A value beyond this is ignored, and the API refuses to write one (etcd's own request limit is 1.5 MiB). */
+export const SHARED_VALUE_MAX_BYTES = 1024 * 1024;
+/** One request's documents go to etcd in one transaction: etcd's defaults, --max-request-bytes 1.5 MiB and --max-txn-ops 128. */
+export const SHARED_BATCH_MAX_BYTES = 1400 * 1024;
+export const SHARED_BATCH_MAX_DOCUMENTS = 128;
 /** How long a writer waits for its own write to come back through this host's watch and be applied. */
 const APPLY_WAIT_MS = 60_000;
 
@@ -184,6 +188,13 @@ export class SharedPolicies implements PrefixSink {
 
   /** Writes validated policies to etcd and waits for this host to apply them from its watch. */
   async write(parsed: ParsedPolicy[]): Promise<{ applied: Array<{ kind: string; namespace: string; name: string; action: 'created' | 'updated' }>; stats: PolicyApplyStats }> {
+    // One etcd transaction (all or nothing on every host), within etcd's default limits.
+    const values = parsed.map((p) => JSON.stringify(p.document));
+    if (parsed.length > SHARED_BATCH_MAX_DOCUMENTS) throw new PolicyTooLargeError(`${parsed.length} policy documents`, `${SHARED_BATCH_MAX_DOCUMENTS} documents in cluster mode (one etcd transaction)`);
+    const big = parsed.findIndex((_, i) => Buffer.byteLength(values[i]!) > SHARED_VALUE_MAX_BYTES);
+    if (big >= 0) throw new PolicyTooLargeError(`${parsed[big]!.ref}, ${Buffer.byteLength(values[big]!)} bytes as JSON`, `${SHARED_VALUE_MAX_BYTES} bytes per document in cluster mode`);
+    const total = values.reduce((n, v) => n + Buffer.byteLength(v), 0);
+    if (total > SHARED_BATCH_MAX_BYTES) throw new PolicyTooLargeError(`${total} bytes of documents as JSON`, `${SHARED_BATCH_MAX_BYTES} bytes in cluster mode (one etcd transaction)`);
     const byKey = new Map(this.host.applied().map((p) => [parsedKey(p), p]));
     for (const p of parsed) byKey.set(parsedKey(p), p);
     try {
@@ -195,7 +206,7 @@ export class SharedPolicies implements PrefixSink {
     let res;
     try {
       res = await this.client.kv.txn({
-        success: parsed.map((p) => ({ request_put: { key: Buffer.from(parsedKey(p)), value: Buffer.from(JSON.stringify(p.document)), prev_kv: true } })),
+        success: parsed.map((p, i) => ({ request_put: { key: Buffer.from(parsedKey(p)), value: Buffer.from(values[i]!), prev_kv: true } })),
       });
     } catch (err) {
       throw clusterUnavailable(`applying ${parsed.map((p) => p.ref).join(', ')}`, err);
