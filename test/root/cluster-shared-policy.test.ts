@@ -69,8 +69,8 @@ describe('cluster mode: policies and namespace labels shared through etcd (root)
   before(async () => {
     etcd = await etcdStart();
     raw = new Etcd3({ hosts: etcd.endpoint });
-    a = node('cspa', 236);
-    b = node('cspb', 237);
+    a = node('cspa', 226);
+    b = node('cspb', 227);
     for (const n of ['wa', 'wn']) ns[n] = await a.netns(n);
     for (const n of ['wb', 'wx']) ns[n] = await b.netns(n);
     await a.start();
@@ -172,7 +172,7 @@ describe('cluster mode: policies and namespace labels shared through etcd (root)
     const hostile: Record<string, string> = {
       [`${PREFIX}/CiliumNetworkPolicy/${NS}/not-json`]: '{"apiVersion": ',
       [`${PREFIX}/CiliumNetworkPolicy/${NS}/invalid`]: JSON.stringify(cnp('invalid', { endpointSelector: { matchLabels: { app: 'b' } }, ingress: [{ toPorts: [{ ports: [{ port: '99999', protocol: 'TCP' }] }] }] })),
-      [`${PREFIX}/CiliumNetworkPolicy/${NS}/huge`]: JSON.stringify({ ...cnp('huge', { endpointSelector: {} }), pad: 'x'.repeat(600 * 1024) }),
+      [`${PREFIX}/CiliumNetworkPolicy/${NS}/huge`]: JSON.stringify({ ...cnp('huge', { endpointSelector: {} }), pad: 'x'.repeat(1100 * 1024) }),
       [`${PREFIX}/CiliumNetworkPolicy/${NS}/mismatch`]: JSON.stringify(allowAtoB('other-name')),
       [`${PREFIX}/CiliumNetworkPolicy/other-ns/in-ns`]: JSON.stringify(allowAtoB('in-ns')),
       [`${PREFIX}/CiliumNetworkPolicy/${NS}/keep`]: JSON.stringify(cnp('keep', { endpointSelector: { matchLabels: { app: 'b' } }, ingress: [{ fromEndpoints: 'everyone' }] })),
@@ -247,5 +247,35 @@ describe('cluster mode: policies and namespace labels shared through etcd (root)
     for (const fx of [a!, b!]) await waitFor('the post-outage policy', async () => (await has(fx, 'after-outage')) || undefined, 60_000);
     await a!.api.call('PUT', '/v1/policies', allowAtoB('written-after'));
     await waitFor('a write through A after the outage on B', async () => (await has(b!, 'written-after')) || undefined, 60_000);
+  });
+
+  test('a policy that does not fit one host\'s maps applies where it fits and is shown as not applied there; the others stay', async () => {
+    // B's ipcache fills with 40,000 addresses another writer says are A's (A skips them as its own):
+    // B has less room for CIDR identities than A.
+    const forged = Array.from({ length: 40_000 }, (_, i) => `10.225.${i >> 8}.${i & 255}`);
+    for (let i = 0; i < forged.length; i += 128) {
+      const value = (ip: string) => JSON.stringify({ IP: ip, Mask: null, HostIP: '192.0.2.226', ID: wl.wb!.identity, Key: 0, Metadata: '', K8sNamespace: NS, K8sPodName: 'filler' });
+      await raw!.kv.txn({ success: forged.slice(i, i + 128).map((ip) => ({ request_put: { key: Buffer.from(`cilium/state/ip/v1/default/${ip}`), value: Buffer.from(value(ip)) } })) });
+    }
+    try {
+      await waitFor('the filler in B\'s ipcache', async () => b!.agent.remote!.ipcache.size() >= forged.length || undefined, 120_000);
+      const cidrs = Array.from({ length: 30_000 }, (_, i) => `10.150.${i >> 8}.${i & 255}/32`);
+      const wide = cnp('wide', { endpointSelector: { matchLabels: { app: 'a' } }, egress: [{ toCIDR: cidrs }] });
+      await a!.api.call('PUT', '/v1/policies', wide);
+      assert.ok(await has(a!, 'wide'), 'A has room: applied there');
+      const warning = async () => (await b!.api.call<Status>('GET', '/v1/status')).warnings.find((w) => w.key === 'cluster-policy-not-applied');
+      const shown = await waitFor('B to show the policy as not applied', warning, 120_000);
+      assert.match(shown.message, new RegExp(`CiliumNetworkPolicy/${NS}/wide is not applied on this host: .*ipcache max_entries`));
+      assert.equal(await metric(b!, 'kitnet_cluster_shared_not_applied'), 1);
+      assert.equal(await has(b!, 'wide'), false, 'not in B\'s list (which shows what B enforces)');
+      assert.ok(await has(b!, 'stays'), 'B keeps the cluster\'s other policies');
+      const p = await b!.api.call<WorkloadPolicy>('GET', `/v1/workloads/${NS}/wx/policy`);
+      assert.equal(p.egressEnforced, false, 'nothing of it half-applied on B');
+      await reaches(probers.find((x) => x.netns === ns.wx)!, wl.wb!, [true, false], 'B still enforces the others');
+      await a!.api.call('DELETE', `/v1/policies/cnp/${NS}/wide`);
+      await waitFor('the warning gone on B', async () => !(await warning()) || undefined, 60_000);
+    } finally {
+      await raw!.delete().prefix('cilium/state/ip/v1/default/10.225.').exec();
+    }
   });
 });
