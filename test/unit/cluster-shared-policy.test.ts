@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict';
-import { after, describe, test } from 'node:test';
+import { after, before, describe, test } from 'node:test';
 import { Etcd3 } from 'etcd3';
 import { pino } from 'pino';
 import { PolicyCapacityError } from '../../agent/policy/budget.js';
 import type { ParsedPolicy } from '../../agent/policy/types.js';
-import { sharedNamespaceJudge } from '../../agent/cluster/shared-namespaces.js';
+import { etcdStart, type EtcdServer } from '../helpers/etcd.js';
+import { namespaceKey, SharedNamespaces, sharedNamespaceJudge, type NamespaceHost } from '../../agent/cluster/shared-namespaces.js';
 import { policyKey, SharedPolicies, sharedPolicyJudge, type PolicyHost } from '../../agent/cluster/shared-policy.js';
 
 const NS = 'shop';
@@ -150,5 +151,44 @@ describe('cluster shared policies: applying what etcd holds on one host', () => 
     host.applied_ = [cached.policy];
     await shared.resync(new Map([[key('a'), 'garbage']]), 3n);
     assert.deepEqual(host.names(), ['a']);
+  });
+});
+
+describe('cluster shared namespaces on a real etcd', () => {
+  let etcd: EtcdServer | undefined;
+  let client: Etcd3 | undefined;
+  before(async () => {
+    etcd = await etcdStart();
+    client = new Etcd3({ hosts: etcd.endpoint });
+  });
+  after(async () => {
+    client?.close();
+    await etcd?.stop();
+  });
+
+  test('labels this host refuses are put back in etcd and the write is refused; accepted ones stay', async () => {
+    const stored = new Map<string, Record<string, string>>();
+    const host: NamespaceHost = {
+      stored: () => [...stored].map(([name, labels]) => ({ name, labels, createdAt: '', updatedAt: '' })),
+      install: async (name, labels) => {
+        if (labels.size === 'huge') throw new PolicyCapacityError(`namespace ${name}: the policy map has no room`);
+        stored.set(name, labels);
+      },
+    };
+    const shared = new SharedNamespaces(client!, host, pino({ level: 'silent' }));
+    await shared.follower.start();
+    try {
+      await shared.write('shop', { team: 'blue' });
+      assert.deepEqual(stored.get('shop'), { team: 'blue' }, 'applied from the watch before the answer');
+      await assert.rejects(shared.write('shop', { size: 'huge' }), /no room/);
+      assert.deepEqual(JSON.parse((await client!.get(namespaceKey('shop')).string())!), { name: 'shop', labels: { team: 'blue' } }, 'the previous value is back');
+      await assert.rejects(shared.write('fresh', { size: 'huge' }), /no room/);
+      assert.equal(await client!.get(namespaceKey('fresh')).string(), null, 'a new key refused here is deleted again');
+      await shared.follower.settled();
+      assert.deepEqual(stored.get('shop'), { team: 'blue' });
+      assert.equal(stored.has('fresh'), false);
+    } finally {
+      await shared.follower.close();
+    }
   });
 });
