@@ -1,4 +1,4 @@
-import type { Etcd3 } from 'etcd3';
+import { GRPCDeadlineExceededError, type Etcd3 } from 'etcd3';
 import type { Logger } from 'pino';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import { KitnetError } from '../../common/errors.js';
@@ -30,9 +30,13 @@ function parsedKey(p: { kind: string; namespace: string; name: string }): string
 
 /** etcd did not take a write: 503, and nothing changed anywhere. */
 export function clusterUnavailable(what: string, err: unknown): KitnetError {
+  // A deadline passed on a reachable etcd is the one case where the write may still have committed.
+  const outcome = err instanceof GRPCDeadlineExceededError
+    ? 'etcd did not answer in time; the change may still have been taken (then every host applies it): list the policies before retrying'
+    : 'nothing was changed on any host';
   return new KitnetError(
     'AGENT_ERR_CLUSTER_UNAVAILABLE',
-    `${what}: etcd did not take the change (${(err as Error).message}); nothing was changed on any host. This host keeps enforcing and answering reads from its own copy; retry when etcd is back`,
+    `${what}: etcd did not take the change (${(err as Error).message}); ${outcome}. This host keeps enforcing and answering reads from its own copy; retry when etcd is back`,
     { cause: err },
   );
 }
