@@ -1,4 +1,4 @@
-import { RemoteIpcache, type ClusterServices, type IpcacheWatcher } from './cluster/index.js';
+import { RemoteIpcache, sharedMetricsRegister, type ClusterServices, type IpcacheWatcher, type SharedNamespaces, type SharedPolicies } from './cluster/index.js';
 import { cidrParse } from './ipam.js';
 import type { Logger } from 'pino';
 import type { FlowRecord, FlowSelection } from '../common/schemas/flows.js';
@@ -73,6 +73,8 @@ export class Agent {
   private readonly startedAt = Date.now();
   /** Cluster mode: other nodes' workload addresses and identities (agent/cluster/). */
   readonly remote?: { ipcache: RemoteIpcache; watcher: IpcacheWatcher };
+  /** Cluster mode: policies and namespace labels shared through etcd (agent/cluster/shared-*.ts). */
+  readonly shared?: { policies: SharedPolicies; namespaces: SharedNamespaces };
 
   constructor(
     readonly config: Config,
@@ -133,6 +135,16 @@ export class Agent {
       policyEntries: () => this.policyEngine.entryCount(),
       mapFill: () => kernel.datapath.mapFill({ policy: this.policyEngine.entryCount() }),
     });
+    if (cluster?.shared) {
+      const namespaces = this.policies.namespaceHost();
+      this.shared = cluster.shared({
+        policies: this.policies.policyHost(),
+        // Labels set from the watch change identities: the flow directory follows as after an API call.
+        namespaces: { ...namespaces, install: (name, labels) => namespaces.install(name, labels).finally(() => this.directory.refresh()) },
+      });
+      this.policies.sharedSet(this.shared);
+      sharedMetricsRegister(this.metrics.registry, this.shared);
+    }
   }
 
   /** Restores the datapath from the store, then starts reading flows. */
@@ -159,6 +171,10 @@ export class Agent {
       await this.workloads.ipcachePublish(this.store.workloadList());
       return synced;
     });
+    // The cluster's namespace labels and policies over the restored cache (etcd is authoritative:
+    // what was deleted while the agent was down goes), then followed by watch.
+    await this.shared?.namespaces.follower.start();
+    await this.shared?.policies.follower.start();
     this.directory.refresh();
     this.log.info(result, 'state restored from store');
     for (const m of workloadsOutsidePools(this.store.workloadList(), this.config.ipam)) {
@@ -173,6 +189,8 @@ export class Agent {
 
   stop(): void {
     void this.remote?.watcher.close();
+    void this.shared?.policies.follower.close();
+    void this.shared?.namespaces.follower.close();
     this.dhcp.close();
     this.watch.stop();
     void this.controller.stop();
@@ -328,11 +346,14 @@ export class Agent {
       kernel: { release: f.kernelRelease, netkit: f.netkit, netkitDetail: f.netkitDetail, tcx: f.tcx, tcClsact: f.tcClsact },
       datapath: { configuredMode: this.config.datapath.mode, autoMode, reason, pinRoot: this.config.bpfPinRoot },
       ipam: { ipv4Pool: this.config.ipam.ipv4Pool, ipv6Pool: this.config.ipam.ipv6Pool },
-      warnings: workloadsOutsidePools(records, this.config.ipam).map((m) => ({
-        key: m.key,
-        workload: m.workload,
-        message: `workload ${m.workload} has ${m.address}, outside the configured pool ${m.pool}`,
-      })),
+      warnings: [
+        ...workloadsOutsidePools(records, this.config.ipam).map((m) => ({
+          key: m.key,
+          workload: m.workload,
+          message: `workload ${m.workload} has ${m.address}, outside the configured pool ${m.pool}`,
+        })),
+        ...(this.shared ? [...this.shared.namespaces.problems(), ...this.shared.policies.problems()] : []),
+      ],
       counts: {
         workloads: records.length,
         workloadsByMode: countBy((r) => r.mode),

@@ -12,11 +12,15 @@ import { ClusterSession } from './session.js';
 import { IpcachePublisher } from './ipcache-publisher.js';
 import { IpcacheWatcher, remoteIdentityLabels } from './ipcache-watcher.js';
 import type { Cidr } from '../ipam.js';
+import { SharedNamespaces, type NamespaceHost } from './shared-namespaces.js';
+import { SharedPolicies, type PolicyHost } from './shared-policy.js';
 
 export { ClusterIdentities } from './cluster-identities.js';
 export { IpcachePublisher } from './ipcache-publisher.js';
 export { IpcacheWatcher } from './ipcache-watcher.js';
 export { RemoteIpcache } from './remote-ipcache.js';
+export { SharedNamespaces } from './shared-namespaces.js';
+export { SharedPolicies, sharedMetricsRegister } from './shared-policy.js';
 
 /** What the agent's services use in cluster mode. */
 export interface ClusterServices {
@@ -26,6 +30,8 @@ export interface ClusterServices {
   ipcacheWatcher(localPools: readonly Cidr[]): IpcacheWatcher;
   /** The labels of a cluster identity from its `id/<n>` key. */
   identityLabels(id: number): Promise<string[] | undefined>;
+  /** Policies and namespace labels shared through etcd, applied on this host through the hosts given. */
+  shared?(hosts: { policies: PolicyHost; namespaces: NamespaceHost }): { policies: SharedPolicies; namespaces: SharedNamespaces };
 }
 
 /** This host's address in the cluster when cluster.nodeIP is not set: its first global IPv4, else IPv6. */
@@ -63,6 +69,10 @@ export async function clusterOpen(cluster: NonNullable<Config['cluster']>, tls: 
     ipcache: new IpcachePublisher(session, nodeIP, log.child({ component: 'cluster-ipcache' })),
     ipcacheWatcher: (localPools) => new IpcacheWatcher(session, { nodeIP, range, localPools }, log.child({ component: 'cluster-ipcache-watch' })),
     identityLabels: (id) => remoteIdentityLabels(session, id),
+    shared: (hosts) => ({
+      policies: new SharedPolicies(session.client, hosts.policies, log.child({ component: 'cluster-policy' })),
+      namespaces: new SharedNamespaces(session.client, hosts.namespaces, log.child({ component: 'cluster-namespace' })),
+    }),
     nodeIP,
     close: () => (clearInterval(gcTimer), session.close()),
   };

@@ -7,7 +7,9 @@ import type { PolicyApplyStats, PolicyEngine } from './engine.js';
 import { PolicyCapacityError } from './budget.js';
 import { policiesParseOffThread } from './parse-offthread.js';
 import { policyTraceFormat, type ParsedPolicy, type TracePeer, type TraceResult } from './index.js';
-import type { Store } from '../store/store.js';
+import type { Store, StoreTx } from '../store/store.js';
+import type { NamespaceHost, SharedNamespaces } from '../cluster/shared-namespaces.js';
+import type { PolicyHost, SharedPolicies } from '../cluster/shared-policy.js';
 import type { NamespaceRecord, PolicyRecord } from '../store/types.js';
 import type { WorkloadService } from '../workloads.js';
 
@@ -44,6 +46,9 @@ export function policyKindResolve(kind: string): string {
  * datapath under the same lock as workload changes.
  */
 export class PolicyService {
+  /** Cluster mode: policies and namespace labels are written to etcd and applied from its watch (agent/cluster/shared-*.ts). */
+  private shared: { policies: SharedPolicies; namespaces: SharedNamespaces } | undefined;
+
   constructor(
     private readonly store: Store,
     private readonly engine: PolicyEngine,
@@ -56,8 +61,18 @@ export class PolicyService {
     return this.store.namespaceList();
   }
 
-  /** Sets a namespace's labels; its workloads get re-derived identities and policy follows them. */
+  /** Cluster mode: from now on writes go through etcd. */
+  sharedSet(shared: { policies: SharedPolicies; namespaces: SharedNamespaces }): void {
+    this.shared = shared;
+  }
+
+  /** Sets a namespace's labels (in cluster mode on every host). */
   namespacePut(name: string, labels: Record<string, string>): Promise<NamespaceRecord> {
+    return this.shared ? this.shared.namespaces.write(name, labels) : this.namespaceInstall(name, labels);
+  }
+
+  /** Sets a namespace's labels on this host; its workloads get re-derived identities and policy follows them. */
+  namespaceInstall(name: string, labels: Record<string, string>): Promise<NamespaceRecord> {
     return this.mutex.run(async () => {
       const previous = this.store.namespaceGet(name)?.labels ?? {};
       await this.store.transaction((tx) => tx.namespacePut(name, labels));
@@ -90,58 +105,97 @@ export class PolicyService {
     // Off the event loop and bounded (agent/policy/limits.ts): a 4 MiB body takes seconds to parse.
     const parsed: ParsedPolicy[] = await policiesParseOffThread(body, contentType);
     if (parsed.length === 0) throw new KitnetError('AGENT_ERR_POLICY_INVALID', 'the request holds no policy document');
+    if (this.shared) return this.shared.policies.write(parsed);
     return this.mutex.run(async () => {
       const key = (p: { kind: string; namespace: string; name: string }) => `${p.kind}/${p.namespace}/${p.name}`;
       const byKey = new Map(this.engine.parsed.map((p) => [key(p), p]));
       for (const p of parsed) byKey.set(key(p), p);
       const next = [...byKey.values()];
-      // Compile before storing: a batch the compiler refuses (or that would not fit the maps) must not
-      // reach the store or the kernel either.
-      try {
-        await this.engine.compileSliced(next);
-      } catch (err) {
-        if (err instanceof PolicyCapacityError) {
-          throw new PolicyCapacityError(`${parsed.map((p) => p.ref).join(', ')}: ${err.message}; nothing was applied`);
-        }
-        throw err;
-      }
-      const previous = [...this.engine.parsed];
-      // Store and kernel change together or not at all. The kernel write runs in slices (it may take
-      // seconds) and a store transaction cannot span them, so the kernel goes first and the store
-      // follows in one transaction; either failing puts the kernel back to the previous
-      // policies. The mutex keeps every other change out until then.
-      this.engine.policiesSet(next);
-      let stats: PolicyApplyStats;
-      try {
-        stats = await this.engine.applySliced();
-      } catch (err) {
-        const restored = await this.datapathRestore(previous);
-        if (!(err instanceof KernelError)) throw err;
-        const state = restored ? 'the store and the maps keep the previous policies' : 'the store keeps the previous policies; the maps converge on the next change';
-        throw new KitnetError(isMapFull(err) ? 'AGENT_ERR_MAP_FULL' : 'AGENT_ERR_KERNEL', `writing ${parsed.map((p) => p.ref).join(', ')} to the datapath: ${err.message}; ${state}`, { cause: err });
-      }
-      let applied: PolicyApplyResult['applied'];
-      try {
-        applied = await this.store.transaction((tx) =>
-          parsed.map((p) => ({
-            kind: p.kind,
-            namespace: p.namespace,
-            name: p.name,
-            action: tx.policyPut(p.kind, p.namespace, p.name, p.document) ? ('created' as const) : ('updated' as const),
-          })),
-        );
-      } catch (err) {
-        await this.datapathRestore(previous);
-        throw err;
-      }
+      const { result: applied, stats } = await this.replaceLocked(next, parsed, (tx) =>
+        parsed.map((p) => ({
+          kind: p.kind,
+          namespace: p.namespace,
+          name: p.name,
+          action: tx.policyPut(p.kind, p.namespace, p.name, p.document) ? ('created' as const) : ('updated' as const),
+        })),
+      );
       this.log.info({ policies: applied.map((a) => `${a.kind} ${a.namespace}/${a.name} ${a.action}`), ...stats }, 'policies applied');
       return { applied, stats };
     });
   }
 
+  /**
+   * Under the mutex: compiles `next` (the whole policy set), writes the datapath, then the store
+   * (`write`); a refusal or failure changes nothing. `what` names the documents in messages.
+   */
+  private async replaceLocked<T>(next: ParsedPolicy[], what: ReadonlyArray<{ ref: string }>, write: (tx: StoreTx) => T): Promise<{ result: T; stats: PolicyApplyStats }> {
+    // Compile before storing: a batch the compiler refuses (or that would not fit the maps) must not
+    // reach the store or the kernel either.
+    try {
+      await this.engine.compileSliced(next);
+    } catch (err) {
+      if (err instanceof PolicyCapacityError) {
+        throw new PolicyCapacityError(`${what.map((p) => p.ref).join(', ')}: ${err.message}; nothing was applied`);
+      }
+      throw err;
+    }
+    const previous = [...this.engine.parsed];
+    // Store and kernel change together or not at all. The kernel write runs in slices (it may take
+    // seconds) and a store transaction cannot span them, so the kernel goes first and the store
+    // follows in one transaction; either failing puts the kernel back to the previous
+    // policies. The mutex keeps every other change out until then.
+    this.engine.policiesSet(next);
+    let stats: PolicyApplyStats;
+    try {
+      stats = await this.engine.applySliced();
+    } catch (err) {
+      const restored = await this.datapathRestore(previous);
+      if (!(err instanceof KernelError)) throw err;
+      const state = restored ? 'the store and the maps keep the previous policies' : 'the store keeps the previous policies; the maps converge on the next change';
+      throw new KitnetError(isMapFull(err) ? 'AGENT_ERR_MAP_FULL' : 'AGENT_ERR_KERNEL', `writing ${what.map((p) => p.ref).join(', ')} to the datapath: ${err.message}; ${state}`, { cause: err });
+    }
+    try {
+      return { result: await this.store.transaction(write), stats };
+    } catch (err) {
+      await this.datapathRestore(previous);
+      throw err;
+    }
+  }
+
+  /** Cluster mode: what the shared policies (agent/cluster/shared-policy.ts) apply this host's policies through. */
+  policyHost(): PolicyHost {
+    const key = (p: { kind: string; namespace: string; name: string }) => `${p.kind}/${p.namespace}/${p.name}`;
+    return {
+      applied: () => this.engine.parsed,
+      check: (next) => this.mutex.run(() => this.engine.compileSliced(next)),
+      install: (next) =>
+        this.mutex.run(async () => {
+          const stored = new Map(this.store.policyList().map((p) => [key(p), p]));
+          const changed = next.filter((p) => JSON.stringify(stored.get(key(p))?.document) !== JSON.stringify(p.document));
+          const gone = [...stored.values()].filter((s) => !next.some((p) => key(p) === key(s)));
+          const { stats } = await this.replaceLocked(next, [...changed, ...gone.map((g) => ({ ref: `${g.kind} ${g.namespace ? `${g.namespace}/` : ''}${g.name}` }))], (tx) => {
+            for (const g of gone) tx.policyDelete(g.kind, g.namespace, g.name);
+            for (const p of changed) tx.policyPut(p.kind, p.namespace, p.name, p.document);
+          });
+          this.log.info({ put: changed.map((p) => p.ref), deleted: gone.map((g) => `${g.kind} ${g.namespace}/${g.name}`), ...stats }, 'cluster policies applied on this host');
+          return stats;
+        }),
+      stored: (kind, namespace, name) => this.store.policyList().find((p) => p.kind === kind && p.namespace === namespace && p.name === name),
+    };
+  }
+
+  /** Cluster mode: what the shared namespaces (agent/cluster/shared-namespaces.ts) set labels through. */
+  namespaceHost(): NamespaceHost {
+    return {
+      stored: () => this.store.namespaceList(),
+      install: async (name, labels) => void (await this.namespaceInstall(name, labels)),
+    };
+  }
+
   delete(kindRaw: string, namespace: string, name: string): Promise<PolicyRecord> {
     const kind = policyKindResolve(kindRaw);
     const ns = kind === 'CiliumClusterwideNetworkPolicy' ? '' : namespace;
+    if (this.shared) return this.shared.policies.remove(kind, ns, name);
     return this.mutex.run(async () => {
       const existing = this.store.policyList().find((p) => p.kind === kind && p.namespace === ns && p.name === name);
       if (!existing) throw new KitnetError('AGENT_ERR_POLICY_NOT_FOUND', `${kind} ${ns ? `${ns}/` : ''}${name} does not exist`);

@@ -1,0 +1,150 @@
+import type { Etcd3, Watcher } from 'etcd3';
+import type { Logger } from 'pino';
+
+/** One key's change as the follower hands it over: `value` undefined = deleted. */
+export interface PrefixChange {
+  key: string;
+  value: string | undefined;
+}
+
+/** What a follower feeds. Calls are serialized: one finishes before the next starts. */
+export interface PrefixSink {
+  /** Everything under the prefix at `revision` (the first list, and every list after a broken watch). */
+  resync(all: ReadonlyMap<string, string>, revision: bigint): Promise<void>;
+  /** Changes seen by the watch, in order, up to `revision`. */
+  change(changes: readonly PrefixChange[], revision: bigint): Promise<void>;
+}
+
+/** Pause before listing again after a failed list or a broken watch (etcd unreachable: no tight loop). */
+const RELIST_DELAY_MS = 1000;
+
+/**
+ * Follows every key under a prefix into a sink: a list, then a watch from the list's revision + 1 (no
+ * gap); when the watch breaks (etcd unreachable, history compacted) it lists again and the sink gets
+ * the whole state again (a full resync). `applied` is the etcd revision the sink has taken, so a writer
+ * can wait until its own write came back through the watch.
+ */
+export class PrefixFollower {
+  private watcher: Watcher | undefined;
+  /** Bumped on every (re)start: events of an older watch are dropped. */
+  private generation = 0;
+  private closed = false;
+  private queue: Promise<void> = Promise.resolve();
+  private retry: NodeJS.Timeout | undefined;
+  /** The revision the sink has taken (0n before the first list). */
+  applied = 0n;
+  /** Lists done (the first, and one per broken watch). */
+  lists = 0;
+  /** Whether the watch is up (false from a break until the next list went through). */
+  connected = false;
+  private readonly waiters = new Set<{ revision: bigint; resolve: () => void }>();
+
+  constructor(
+    private readonly client: Etcd3,
+    private readonly prefix: string,
+    private readonly sink: PrefixSink,
+    private readonly log: Logger,
+  ) {}
+
+  /** Starts following; resolves after the first list reached the sink (or failed: retried in the background). */
+  start(): Promise<void> {
+    return this.run();
+  }
+
+  /** Lists again now (e.g. a sink that could not take a change asks for another go later). */
+  relistLater(delayMs = RELIST_DELAY_MS): void {
+    if (this.closed) return;
+    clearTimeout(this.retry);
+    this.retry = setTimeout(() => void this.run(), delayMs).unref();
+  }
+
+  private async run(): Promise<void> {
+    if (this.closed) return;
+    const generation = ++this.generation;
+    this.cancel();
+    try {
+      const res = await this.client.getAll().prefix(this.prefix).exec();
+      if (generation !== this.generation || this.closed) return;
+      const revision = BigInt(res.header.revision);
+      const all = new Map(res.kvs.map((kv) => [kv.key.toString('utf8'), kv.value.toString('utf8')]));
+      this.lists++;
+      await this.hand(() => this.sink.resync(all, revision), revision);
+      const watcher = await this.client.watch().prefix(this.prefix).startRevision(String(revision + 1n)).create();
+      if (generation !== this.generation || this.closed) {
+        void watcher.cancel().catch(() => undefined);
+        return;
+      }
+      this.watcher = watcher;
+      this.connected = true;
+      watcher.on('data', (r) => {
+        if (generation !== this.generation) return;
+        const changes = r.events.map((ev) => ({ key: ev.kv.key.toString('utf8'), value: ev.type === 'Put' ? ev.kv.value.toString('utf8') : undefined }));
+        // The events' own revisions: a response's header may name a later revision than its events reach.
+        const at = r.events.reduce((m, ev) => (BigInt(ev.kv.mod_revision) > m ? BigInt(ev.kv.mod_revision) : m), 0n);
+        void this.hand(() => this.sink.change(changes, at), at).catch((err: unknown) => {
+          this.log.error({ err, prefix: this.prefix }, 'cluster change not applied; listing again');
+          this.relistLater();
+        });
+      });
+      const broken = (err: unknown) => {
+        if (generation !== this.generation || this.closed) return;
+        this.connected = false;
+        this.log.warn({ err, prefix: this.prefix }, 'cluster watch broken (etcd unreachable or compacted); listing again');
+        this.relistLater();
+      };
+      watcher.on('error', broken);
+      watcher.on('disconnected', broken);
+    } catch (err) {
+      if (generation !== this.generation || this.closed) return;
+      this.connected = false;
+      this.log.warn({ err, prefix: this.prefix }, 'cannot list the cluster state; trying again');
+      this.relistLater();
+    }
+  }
+
+  /** Runs one sink call after the previous ones; `applied` follows what the sink took. */
+  private hand(fn: () => Promise<void>, revision: bigint): Promise<void> {
+    const next = this.queue.then(async () => {
+      await fn();
+      if (revision > this.applied) this.applied = revision;
+      for (const w of this.waiters) {
+        if (w.revision <= this.applied) {
+          this.waiters.delete(w);
+          w.resolve();
+        }
+      }
+    });
+    this.queue = next.catch(() => undefined);
+    return next;
+  }
+
+  /** Resolves true once the sink has taken `revision`, false after `timeoutMs`. */
+  waitApplied(revision: bigint, timeoutMs: number): Promise<boolean> {
+    if (this.applied >= revision) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const w = { revision, resolve: () => (clearTimeout(timer), resolve(true)) };
+      const timer = setTimeout(() => (this.waiters.delete(w), resolve(false)), timeoutMs).unref();
+      this.waiters.add(w);
+    });
+  }
+
+  /** Resolves when every change seen so far reached the sink. */
+  settled(): Promise<void> {
+    return this.queue;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    this.generation++;
+    clearTimeout(this.retry);
+    this.cancel();
+    await this.queue;
+  }
+
+  /** Drops the current watch without waiting (etcd3's cancel waits for an answer that never comes while etcd is down). */
+  private cancel(): void {
+    const old = this.watcher;
+    this.watcher = undefined;
+    void old?.cancel().catch(() => undefined);
+  }
+}
