@@ -5,7 +5,7 @@ import { KitnetError } from '../../common/errors.js';
 import { PolicyCapacityError } from '../policy/budget.js';
 import type { PolicyApplyStats } from '../policy/engine.js';
 import { policiesParseOffThread } from '../policy/parse-offthread.js';
-import { PolicyTooLargeError } from '../policy/parse.js';
+import { PolicyTooLargeError } from '../policy/parse-errors.js';
 import type { ParsedPolicy } from '../policy/types.js';
 import type { PolicyRecord } from '../store/types.js';
 import { PrefixFollower, type PrefixChange, type PrefixSink } from './prefix-follower.js';
