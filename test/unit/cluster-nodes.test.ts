@@ -4,10 +4,11 @@ import { pino } from 'pino';
 import { configParse } from '../../agent/config.js';
 import { etcdClientCreate } from '../../agent/cluster/etcd-client.js';
 import { NODE_CIDRS_PREFIX, nodeCidrClaim, nodeCidrFree } from '../../agent/cluster/node-cidr.js';
-import { NODES_PREFIX, nodeJson, nodeValueJudge, type LocalNode } from '../../agent/cluster/node-registry.js';
+import { NodeRegistry, NODES_PREFIX, nodeJson, nodeValueJudge, type LocalNode, type PeerNode } from '../../agent/cluster/node-registry.js';
 import { ClusterSession } from '../../agent/cluster/session.js';
 import { cidrParse } from '../../agent/ipam.js';
 import { etcdStart, type EtcdServer } from '../helpers/etcd.js';
+import { waitFor } from '../helpers/sys.js';
 
 const log = pino({ level: 'silent' });
 const pools = { 4: cidrParse('10.210.0.0/16'), 6: cidrParse('fd00:210::/64') } as const;
@@ -118,6 +119,72 @@ describe('cluster nodes: CIDR claims in etcd (real etcd)', { timeout: 60_000 }, 
       assert.equal(claim, 'n0');
     } finally {
       await Promise.all(sessions.map((s) => s.close({ revoke: true })));
+    }
+  });
+});
+
+describe('cluster nodes: the registry follows the node list (real etcd)', { timeout: 60_000 }, () => {
+  let etcd: EtcdServer | undefined;
+  before(async () => {
+    etcd = await etcdStart();
+  });
+  after(async () => {
+    await etcd?.stop();
+  });
+
+  test('peers join and leave; a value turned bad withdraws the peer; overlapping CIDRs: the first keeps them; a clean stop deletes the own entry', async () => {
+    const open = () => ClusterSession.open(etcdClientCreate({ endpoints: [etcd!.endpoint] }, undefined), log, 10);
+    const [s1, s2, raw] = await Promise.all([open(), open(), open()]);
+    const held = new Map<string, PeerNode>();
+    let lists = 0;
+    const sink = { apply: (set: readonly PeerNode[], gone: readonly string[]) => {
+      lists++;
+      for (const g of gone) held.delete(g);
+      for (const p of set) held.set(p.name, p);
+    } };
+    const r1 = new NodeRegistry(s1, rules, log);
+    const n2 = peerOf();
+    const r2 = new NodeRegistry(s2, { self: n2, pools }, log);
+    try {
+      await r1.start(sink);
+      assert.equal(lists, 1, 'the first list reaches the sink even with no peer');
+      assert.equal(held.size, 0);
+      await r2.start({ apply: () => undefined });
+      await waitFor('n2 on n1', async () => held.get('n2')?.ipv4Cidr?.text === '10.210.1.0/24' || undefined, 10_000);
+      assert.equal(r1.counts.added, 1);
+      // Another writer claims n2's IPv4 CIDR for n3: ignored while n2 holds it.
+      await raw.client.put(key('n3')).value(nodeJson({ ...n2, name: 'n3', addresses: ['192.0.2.3'], ipv6Cidr: cidrParse('fd00:210::3:0/112') }));
+      await waitFor('n3 counted as ignored', async () => r1.counts.ignored >= 1 || undefined, 10_000);
+      assert.equal(held.has('n3'), false);
+      // n2's value turns bad: n2 is withdrawn.
+      await raw.client.put(key('n2')).value('not json');
+      await waitFor('n2 withdrawn', async () => !held.has('n2') || undefined, 10_000);
+      assert.equal(r1.counts.removed, 1);
+      await raw.client.delete().key(key('n3')).exec();
+      // n2 comes back and stops cleanly: its entry is deleted at once, n1 sees it leave.
+      await r2.publish();
+      await waitFor('n2 back', async () => held.has('n2') || undefined, 10_000);
+      await r2.close();
+      assert.equal(await raw.client.get(key('n2')).string(), null);
+      await waitFor('n2 gone after its clean stop', async () => !held.has('n2') || undefined, 10_000);
+    } finally {
+      await r1.close();
+      await r2.close();
+      await Promise.all([s1, s2, raw].map((s) => s.close({ revoke: true })));
+    }
+  });
+
+  test('a second live host under a node name is refused, naming nodeName; the same host again is not', async () => {
+    const open = () => ClusterSession.open(etcdClientCreate({ endpoints: [etcd!.endpoint] }, undefined), log, 10);
+    const [s1, s2, s3] = await Promise.all([open(), open(), open()]);
+    const first = new NodeRegistry(s1, rules, log);
+    try {
+      await first.start({ apply: () => undefined });
+      await assert.rejects(new NodeRegistry(s2, { self: { ...self, addresses: ['192.0.2.99'] }, pools }, log).nameCheck(), /nodeName: node "n1" is already in cluster kc with address 192\.0\.2\.1, 2001:db8::1 \(another host, alive\)/);
+      await new NodeRegistry(s3, rules, log).nameCheck();
+    } finally {
+      await first.close();
+      await Promise.all([s1, s2, s3].map((s) => s.close({ revoke: true })));
     }
   });
 });
