@@ -2,7 +2,7 @@ import { hostname } from 'node:os';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { yamlFileRead, yamlNestingProblem } from '../common/yaml-guard.js';
-import { cidrParse } from './ipam.js';
+import { cidrParse, type Cidr } from './ipam.js';
 
 /**
  * The smallest pool the agent takes: room for at least 4 workloads once the addresses it never hands
@@ -257,11 +257,18 @@ export const ConfigSchema = z
 
 /** A per-node CIDR must fit in the pool and leave a node room for workloads (the pool minimum). */
 function clusterMaskProblems(c: { ipam: { ipv4Pool: string; ipv6Pool: string }; cluster?: { ipam: { ipv4MaskSize: number; ipv6MaskSize: number } } }): Array<{ key: string; message: string }> {
-  if (!c.cluster) return [];
+  // Runs even when other keys failed (zod checks the whole object): only on what parsed.
+  if (typeof c.cluster?.ipam !== 'object' || typeof c.ipam !== 'object') return [];
   const out: Array<{ key: string; message: string }> = [];
   for (const [family, key, poolKey] of [[4, 'ipv4MaskSize', 'ipv4Pool'], [6, 'ipv6MaskSize', 'ipv6Pool']] as const) {
     const size = c.cluster.ipam[key];
-    const pool = cidrParse(c.ipam[poolKey]);
+    let pool: Cidr;
+    try {
+      pool = cidrParse(c.ipam[poolKey]);
+    } catch {
+      continue; // reported against the pool's key
+    }
+    if (typeof size !== 'number' || pool.family !== family || pool.prefixLength > POOL_MAX_PREFIX[family]) continue;
     if (size < pool.prefixLength) out.push({ key, message: `/${size} is larger than the cluster pool ipam.${poolKey} ${pool.text}: a node's CIDR is carved from it (give /${pool.prefixLength} or longer)` });
     if (size > POOL_MAX_PREFIX[family]) out.push({ key, message: `/${size} leaves a node fewer than ${POOL_MIN_ADDRESSES} addresses for workloads (IPv${family} /${POOL_MAX_PREFIX[family]} or shorter)` });
   }

@@ -93,6 +93,11 @@ describe('cluster nodes: per-node CIDRs', () => {
     assert.throws(() => configParse({ cluster: { ...base, ipam: { ipv6MaskSize: 127 } } }), /cluster\.ipam\.ipv6MaskSize: \/127 leaves/);
     assert.throws(() => configParse({ cluster: { ...base, leaseTTLSeconds: 1 } }), /cluster\.leaseTTLSeconds: must be 5-3600/);
     assert.throws(() => configParse({ cluster: { ...base, nodeIPv6: '10.0.0.1' } }), /cluster\.nodeIPv6: must be an IPv6 address/);
+    // Broken neighbours are reported against their own keys, not as a crash or a mask problem.
+    assert.throws(() => configParse({ ipam: { ipv4Pool: 'bad' }, cluster: base }), (e: Error) => e.name === 'ConfigError' && /ipam\.ipv4Pool: must be an IPv4 CIDR/.test(e.message) && !/MaskSize/.test(e.message));
+    assert.throws(() => configParse({ ipam: { ipv4Pool: '10.0.0.0/30' }, cluster: base }), (e: Error) => /ipam\.ipv4Pool: 10\.0\.0\.0\/30 is too small/.test(e.message) && !/MaskSize/.test(e.message));
+    assert.throws(() => configParse({ cluster: 'yes' }), /cluster: /);
+    assert.throws(() => configParse({ cluster: { ...base, ipam: { ipv4MaskSize: 'x' } } }), /cluster\.ipam\.ipv4MaskSize: Invalid input/);
   });
 });
 
