@@ -203,7 +203,7 @@ export class NodeRegistry {
   /** Entries ignored since the start, and node arrivals/departures seen. */
   readonly counts = { ignored: 0, added: 0, removed: 0 };
   private readonly key: string;
-  private readonly onRenew = () => void this.publish().catch((err: unknown) => this.log.warn({ err }, 'node entry not written again under the new lease; the next renewal retries'));
+  private readonly onRenew = () => void this.publish().catch((err: unknown) => this.log.warn({ err }, 'node entry not written again; the next lease renewal or relist retries'));
 
   constructor(
     private readonly session: ClusterSession,
@@ -306,6 +306,7 @@ export class NodeRegistry {
         if (p) listed.set(p.name, p);
       }
       this.hand([...listed.values()], [...this.accepted.keys()].filter((n) => !listed.has(n)), true);
+      if (!res.kvs.some((kv) => kv.key.toString('utf8') === this.key)) this.onRenew();
       const watcher = await client.watch().prefix(prefix).startRevision(String(BigInt(res.header.revision) + 1n)).create();
       if (generation !== this.generation || this.closed) {
         await watcher.cancel().catch(() => undefined);
@@ -316,6 +317,11 @@ export class NodeRegistry {
         if (generation !== this.generation) return;
         for (const ev of r.events) {
           const key = ev.kv.key.toString('utf8');
+          if (key === this.key) {
+            // Deleted by someone else while this node lives: written again.
+            if (ev.type === 'Delete' && !this.closed) this.onRenew();
+            continue;
+          }
           const peer = ev.type === 'Put' ? this.judge(key, ev.kv.value.toString('utf8')) : undefined;
           // A value that turned bad withdraws what the node had.
           if (peer) this.hand([peer], []);

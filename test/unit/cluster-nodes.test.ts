@@ -154,6 +154,9 @@ describe('cluster nodes: the registry follows the node list (real etcd)', { time
       await r1.start(sink);
       assert.equal(lists, 1, 'the first list reaches the sink even with no peer');
       assert.equal(held.size, 0);
+      // Its own entry deleted by someone else: written again.
+      await raw.client.delete().key(key('n1')).exec();
+      await waitFor('n1\'s entry written again', async () => (await raw.client.get(key('n1')).string()) !== null || undefined, 10_000);
       await r2.start({ apply: () => undefined });
       await waitFor('n2 on n1', async () => held.get('n2')?.ipv4Cidr?.text === '10.210.1.0/24' || undefined, 10_000);
       assert.equal(r1.counts.added, 1);
