@@ -123,6 +123,7 @@ export class Agent {
     this.watch = new WorkloadWatch(store, kernel, this.controller, log.child({ component: 'watch' }));
     this.policies = new PolicyService(store, this.policyEngine, this.workloads, this.mutex, log.child({ component: 'policy' }));
     this.directory = new EndpointDirectory(store);
+    if (this.remote) this.directory.remotePeer = (ip) => this.remote?.ipcache.peerOf(ip);
     this.dhcp = new Dhcp4Server(store, config, log.child({ component: 'dhcp' }));
     this.flows = new FlowPipeline(this.directory, config.nodeName, config.flows.ringCapacity, log.child({ component: 'flows' }));
     this.metrics = new AgentMetrics({

@@ -2,7 +2,7 @@ import { hostname } from 'node:os';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { yamlFileRead, yamlNestingProblem } from '../common/yaml-guard.js';
-import { cidrParse } from './ipam.js';
+import { cidrParse, type Cidr } from './ipam.js';
 
 /**
  * The smallest pool the agent takes: room for at least 4 workloads once the addresses it never hands
@@ -57,6 +57,20 @@ const ClusterSchema = z
     id: z.number().int().min(1, 'must be 1-255 (0 is a cluster without ClusterMesh)').max(255, 'must be 1-255'),
     /** This host's address as other hosts reach it; the node suffix of its kvstore keys. Default: the first global IPv4 (else IPv6) of the host. */
     nodeIP: z.union([z.ipv4(), z.ipv6()], { error: 'must be an IPv4 or IPv6 address (this host\'s address in the cluster)' }).optional(),
+    /** This host's IPv6 address for other nodes' routes to its IPv6 CIDR when nodeIP is IPv4. Default: a global IPv6 of nodeIP's interface. */
+    nodeIPv6: z.ipv6({ error: 'must be an IPv6 address (this host\'s IPv6 address in the cluster)' }).optional(),
+    /** TTL of this node's lease: its node entry, ipcache entries and routes elsewhere go this long after it dies. */
+    leaseTTLSeconds: z.number().int().min(5, 'must be 5-3600 seconds (etcd needs a few seconds to keep a lease alive)').max(3600, 'must be 5-3600 seconds').default(60),
+    /** Per-node allocation CIDRs carved from ipam.ipv4Pool / ipam.ipv6Pool (Cilium's cluster-pool mask sizes). */
+    ipam: z
+      .object({
+        ipv4MaskSize: z.number().int().min(1).max(32).default(24),
+        ipv6MaskSize: z.number().int().min(1).max(128).default(112),
+      })
+      .strict()
+      .prefault({}),
+    /** Routes to every other node's CIDRs via that node's address (Cilium's auto-direct-node-routes; nodes on one L2 segment). */
+    autoDirectNodeRoutes: z.boolean().default(true),
     etcd: z
       .object({
         endpoints: z.array(etcdEndpoint).min(1, 'give at least one etcd client URL'),
@@ -236,7 +250,30 @@ export const ConfigSchema = z
     /** Cluster mode (README, Cluster): identities shared with other hosts through etcd, in Cilium's layout. */
     cluster: ClusterSchema.optional(),
   })
-  .strict();
+  .strict()
+  .superRefine((c, ctx) => {
+    for (const issue of clusterMaskProblems(c)) ctx.addIssue({ code: 'custom', path: ['cluster', 'ipam', issue.key], message: issue.message });
+  });
+
+/** A per-node CIDR must fit in the pool and leave a node room for workloads (the pool minimum). */
+function clusterMaskProblems(c: { ipam: { ipv4Pool: string; ipv6Pool: string }; cluster?: { ipam: { ipv4MaskSize: number; ipv6MaskSize: number } } }): Array<{ key: string; message: string }> {
+  // Runs even when other keys failed (zod checks the whole object): only on what parsed.
+  if (typeof c.cluster?.ipam !== 'object' || typeof c.ipam !== 'object') return [];
+  const out: Array<{ key: string; message: string }> = [];
+  for (const [family, key, poolKey] of [[4, 'ipv4MaskSize', 'ipv4Pool'], [6, 'ipv6MaskSize', 'ipv6Pool']] as const) {
+    const size = c.cluster.ipam[key];
+    let pool: Cidr;
+    try {
+      pool = cidrParse(c.ipam[poolKey]);
+    } catch {
+      continue; // reported against the pool's key
+    }
+    if (typeof size !== 'number' || pool.family !== family || pool.prefixLength > POOL_MAX_PREFIX[family]) continue;
+    if (size < pool.prefixLength) out.push({ key, message: `/${size} is larger than the cluster pool ipam.${poolKey} ${pool.text}: a node's CIDR is carved from it (give /${pool.prefixLength} or longer)` });
+    if (size > POOL_MAX_PREFIX[family]) out.push({ key, message: `/${size} leaves a node fewer than ${POOL_MIN_ADDRESSES} addresses for workloads (IPv${family} /${POOL_MAX_PREFIX[family]} or shorter)` });
+  }
+  return out;
+}
 
 export type Config = z.infer<typeof ConfigSchema>;
 export type ConfigInput = z.input<typeof ConfigSchema>;

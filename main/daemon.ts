@@ -171,7 +171,7 @@ export async function daemonRun(opts: DaemonOptions = {}): Promise<Daemon> {
     const hubble = await hubbleListen(config, log);
     undo.push(() => hubble.close());
     const audit = auditSink(config, log);
-    const cluster = config.cluster ? await clusterOpen(config.cluster, prepared.etcdTls, log) : undefined;
+    const cluster = config.cluster ? await clusterOpen(config.cluster, prepared.etcdTls, log, config) : undefined;
     if (cluster) undo.push(() => cluster.close());
     return hubble.attach(await daemonStart({ opts, configPath, config, log, tcpSecurity: prepared.tcp, lock, unixListener, tcpListener, audit, undo, cluster }));
   } catch (err) {
@@ -218,7 +218,9 @@ async function daemonStart(s: {
   const [features, hostFacts] = await Promise.all([kernel.features(), hostFactsGather()]);
   log.info({ kernel: features.kernelRelease, netkit: features.netkit, tcx: features.tcx, mode: config.datapath.mode }, 'kernel features probed');
 
-  const agent = new Agent(config, store, kernel, hostFacts, log, cluster);
+  // In cluster mode the local IPAM hands out addresses of this node's CIDRs, carved from the pools.
+  const agent = new Agent(cluster ? { ...config, ipam: cluster.ipam } : config, store, kernel, hostFacts, log, cluster);
+  cluster?.metricsRegister(agent.metrics.registry);
   const systemd = new SystemdNotifier(log);
   undo.push(() => (agent.stop(), systemd.close()));
   await agent.start(restoreProgress(systemd, log));

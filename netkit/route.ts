@@ -5,7 +5,7 @@ import { attr, ipBytes, ipString, message, messageAttrs, readU32, rtmsg, rtmsgDe
 import type { Rtnl } from './socket.js';
 import {
   AF_INET, AF_INET6, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, RT_SCOPE_LINK, RT_SCOPE_UNIVERSE, RT_TABLE_MAIN,
-  RTA_DST, RTA_GATEWAY, RTA_OIF, RTA_TABLE, RTM_F_FIB_MATCH, RTM_F_LOOKUP_TABLE, RTM_GETROUTE, RTM_NEWROUTE, RTMSG_LEN, RTN_UNICAST, RTPROT_STATIC,
+  RTA_DST, RTA_GATEWAY, RTA_OIF, RTA_TABLE, RTM_DELROUTE, RTM_F_FIB_MATCH, RTM_F_LOOKUP_TABLE, RTM_GETROUTE, RTM_NEWROUTE, RTMSG_LEN, RTN_UNICAST, RTPROT_STATIC,
 } from './uapi.js';
 
 export interface RouteSpec {
@@ -16,6 +16,8 @@ export interface RouteSpec {
   oif: number;
   /** 'link' for on-link destinations (no gateway). */
   scope?: 'link' | 'universe';
+  /** rtm_protocol: who owns the route (default RTPROT_STATIC); lets an owner find its routes again. */
+  protocol?: number;
 }
 
 export interface RouteInfo {
@@ -53,7 +55,7 @@ export function routeMessage(r: RouteSpec): Buffer {
   }
   attrs.push(attr(RTA_OIF, u32(r.oif)));
   const hdr = rtmsg({
-    family, dstLen, table: RT_TABLE_MAIN, protocol: RTPROT_STATIC,
+    family, dstLen, table: RT_TABLE_MAIN, protocol: r.protocol ?? RTPROT_STATIC,
     scope: r.scope === 'link' ? RT_SCOPE_LINK : RT_SCOPE_UNIVERSE, type: RTN_UNICAST,
   });
   return message(hdr, attrs);
@@ -63,6 +65,29 @@ export function routeMessage(r: RouteSpec): Buffer {
 export async function routeAdd(nl: Rtnl, r: RouteSpec, opts: { replace?: boolean; ifname?: string } = {}): Promise<void> {
   const flags = NLM_F_CREATE | (opts.replace ? NLM_F_REPLACE : NLM_F_EXCL);
   await nl.request(RTM_NEWROUTE, flags, routeMessage(r), { name: opts.ifname ?? `route ${r.dst}`, ifindex: r.oif });
+}
+
+/** Deletes a route (the kernel matches destination, table and the given gateway, device and protocol). */
+export async function routeDelete(nl: Rtnl, r: RouteSpec, opts: { ifname?: string } = {}): Promise<void> {
+  await nl.request(RTM_DELROUTE, 0, routeMessage(r), { name: opts.ifname ?? `route ${r.dst}`, ifindex: r.oif });
+}
+
+/**
+ * The route the kernel picks for address `ip` (any device, following the policy rules): which device a
+ * packet to it leaves by and whether through a gateway. undefined when nothing routes it.
+ */
+export async function routeGet(nl: Rtnl, ip: string): Promise<RouteInfo | undefined> {
+  const bytes = ipBytes(ip);
+  if (!bytes) throw new Error(`invalid address "${ip}"`);
+  const hdr = rtmsg({ family: bytes.length === 4 ? AF_INET : AF_INET6, dstLen: bytes.length * 8, table: 0, protocol: 0, scope: 0, type: 0 });
+  try {
+    const msgs = await nl.request(RTM_GETROUTE, 0, message(hdr, [attr(RTA_DST, bytes)]), { name: `route to ${ip}` });
+    const m = msgs.find((x) => x.type === RTM_NEWROUTE);
+    return m ? routeDecode(m.data) : undefined;
+  } catch (err) {
+    if (isErrno(err, 'ENETUNREACH') || isErrno(err, 'EHOSTUNREACH')) return undefined;
+    throw err;
+  }
 }
 
 function routeDecode(data: Buffer): RouteInfo {

@@ -14,6 +14,7 @@ import { IpcacheWatcher, remoteIdentityLabels } from './ipcache-watcher.js';
 import type { Cidr } from '../ipam.js';
 import { SharedNamespaces, type NamespaceHost } from './shared-namespaces.js';
 import { SharedPolicies, type PolicyHost } from './shared-policy.js';
+import { nodeJoin, type NodeMembership } from './node-join.js';
 
 export { ClusterIdentities } from './cluster-identities.js';
 export { IpcachePublisher } from './ipcache-publisher.js';
@@ -40,24 +41,29 @@ export function nodeIpDefault(ifaces = networkInterfaces()): string | undefined 
   return all.find((a) => a.family === 'IPv4')?.address ?? all.find((a) => a.family === 'IPv6' && !a.address.toLowerCase().startsWith('fe80:'))?.address;
 }
 
-export interface ClusterMode extends ClusterServices {
+export interface ClusterMode extends ClusterServices, Omit<NodeMembership, 'close'> {
   nodeIP: string;
   /** Stops the keepalives; this node's keys expire with its lease (a restart takes them again). */
   close(): Promise<void>;
 }
 
 /** Connects to the cluster's etcd and opens this node's session (leases). */
-export async function clusterOpen(cluster: NonNullable<Config['cluster']>, tls: EtcdTlsPrepared | undefined, log: Logger): Promise<ClusterMode> {
+export async function clusterOpen(cluster: NonNullable<Config['cluster']>, tls: EtcdTlsPrepared | undefined, log: Logger, host: Pick<Config, 'nodeName' | 'ipam'>): Promise<ClusterMode> {
   const nodeIP = cluster.nodeIP ?? nodeIpDefault();
   if (!nodeIP) throw new Error('cluster.nodeIP: this host has no global address to be known by in the cluster; set cluster.nodeIP');
   const client = etcdClientCreate(cluster.etcd, tls);
   let session: ClusterSession;
   try {
-    session = await ClusterSession.open(client, log.child({ component: 'cluster' }));
+    session = await ClusterSession.open(client, log.child({ component: 'cluster' }), cluster.leaseTTLSeconds);
   } catch (err) {
     client.close();
     throw new Error(`cluster.etcd: cannot open a session with etcd at ${cluster.etcd.endpoints.join(', ')}: ${(err as Error).message}`, { cause: err });
   }
+  // This node's CIDRs, entry and routes (node-join.ts).
+  const node = await nodeJoin(session, cluster, host, nodeIP, log).catch(async (err: unknown) => {
+    await session.close();
+    throw err;
+  });
   const range = clusterIdentityRange(cluster.id);
   const allocator = new ClusterIdentityAllocator(session, { range, nodeSuffix: nodeIP, log: log.child({ component: 'cluster-identity' }) });
   log.info({ cluster: cluster.name, clusterId: cluster.id, nodeIP, identityRange: `${range.min}-${range.max}` }, 'cluster mode: identities shared through etcd');
@@ -74,6 +80,10 @@ export async function clusterOpen(cluster: NonNullable<Config['cluster']>, tls: 
       namespaces: new SharedNamespaces(session.client, hosts.namespaces, log.child({ component: 'cluster-namespace' })),
     }),
     nodeIP,
-    close: () => (clearInterval(gcTimer), session.close()),
+    ipam: node.ipam,
+    nodes: node.nodes,
+    routes: node.routes,
+    metricsRegister: node.metricsRegister,
+    close: async () => (clearInterval(gcTimer), await node.close(), await session.close()),
   };
 }

@@ -47,6 +47,9 @@ export class RemoteIpcache implements IpcacheWatchSink {
   private readonly known = new Set<number>();
   /** Identity labels refused or missing (counted, logged). */
   identitiesIgnored = 0;
+  /** What a flow names for a remote address: its workload (namespace, pod name) and identity labels. */
+  private readonly peers = new Map<string, { identity: number; namespace: string; podName: string }>();
+  private readonly labels = new Map<number, readonly string[]>();
 
   constructor(
     private readonly target: RemoteIpcacheTarget,
@@ -79,6 +82,12 @@ export class RemoteIpcache implements IpcacheWatchSink {
     return this.written.size;
   }
 
+  /** The remote workload at an address, as flows name it; undefined when this host maps none. */
+  peerOf(ip: string): { identity: number; namespace: string; podName: string; labels: readonly string[] } | undefined {
+    const p = this.peers.get(ip);
+    return p && { ...p, labels: this.labels.get(p.identity) ?? [] };
+  }
+
   apply(set: readonly RemoteIpcacheEntry[], gone: readonly string[]): Promise<void> {
     return this.target.exclusive(async () => {
       const local = this.target.localAddresses();
@@ -100,11 +109,15 @@ export class RemoteIpcache implements IpcacheWatchSink {
       }
       // Known only once the policy took them (a failed write is handed over again by a new list).
       if (joining.size) await this.target.remoteIdentitiesUpdate(joining);
-      for (const id of joining.keys()) this.known.add(id);
+      for (const [id, labels] of joining) {
+        this.known.add(id);
+        if (labels) this.labels.set(id, labels);
+      }
       const drop = (ip: string) => {
         const id = this.written.get(ip);
         if (id === undefined) return;
         this.written.delete(ip);
+        this.peers.delete(ip);
         const n = (this.refs.get(id) ?? 1) - 1;
         if (n > 0) this.refs.set(id, n);
         else this.refs.delete(id);
@@ -117,6 +130,7 @@ export class RemoteIpcache implements IpcacheWatchSink {
         drop(e.ip);
         this.target.ipcacheUpsert(hostCidr(e.ip), { identity: e.identity, hostId: remoteHostId(e.hostIP) });
         this.written.set(e.ip, e.identity);
+        this.peers.set(e.ip, { identity: e.identity, namespace: e.namespace, podName: e.podName });
         this.refs.set(e.identity, (this.refs.get(e.identity) ?? 0) + 1);
       }
       for (const ip of gone) {
@@ -128,7 +142,10 @@ export class RemoteIpcache implements IpcacheWatchSink {
       // Every known identity no address refers to (also those a failed earlier batch left behind).
       for (const id of this.known) if (!this.refs.has(id)) leaving.set(id, undefined);
       if (leaving.size) await this.target.remoteIdentitiesUpdate(leaving);
-      for (const id of leaving.keys()) this.known.delete(id);
+      for (const id of leaving.keys()) {
+        this.known.delete(id);
+        this.labels.delete(id);
+      }
     });
   }
 }

@@ -32,6 +32,13 @@ export class EndpointDirectory {
   /** Peers that are not local workloads, per identity (one shared object each). */
   private remote = new Map<number, HubbleEndpoint>();
 
+  /**
+   * Cluster mode: another node's workload at an address (from the cluster ipcache), so flows name it.
+   * Looked up per flow; its objects are cached per address and identity like local ones.
+   */
+  remotePeer: ((address: string) => { identity: number; namespace: string; podName: string; labels: readonly string[] } | undefined) | undefined;
+  private remoteByAddress = new Map<string, HubbleEndpoint>();
+
   constructor(private readonly store: Store) {
     this.refresh();
   }
@@ -101,6 +108,15 @@ export class EndpointDirectory {
   endpointForPeer(address: string, identity: number): HubbleEndpoint {
     const local = this.byAddress.get(address);
     if (local) return local;
+    const peer = this.remotePeer?.(address);
+    if (peer && peer.identity === identity) {
+      const cached = this.remoteByAddress.get(address);
+      if (cached && cached.identity === identity && cached.pod_name === peer.podName && cached.namespace === peer.namespace && cached.labels.length === peer.labels.length) return cached;
+      const ep: HubbleEndpoint = { identity, namespace: peer.namespace, labels: [...peer.labels], pod_name: peer.podName };
+      if (this.remoteByAddress.size > 65_536) this.remoteByAddress.clear();
+      this.remoteByAddress.set(address, ep);
+      return ep;
+    }
     let ep = this.remote.get(identity);
     if (!ep) {
       ep = { identity, labels: this.identityLabels.get(identity) ?? reservedIdentityLabels(identity) };

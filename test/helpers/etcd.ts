@@ -10,6 +10,8 @@ import { timeLimit } from './timeouts.js';
 export interface EtcdServer {
   /** The client URL, http://127.0.0.1:<port>. */
   endpoint: string;
+  /** The client URL on `opts.alsoOn` (for clients in other network namespaces). */
+  endpointAlso?: string;
   stop(): Promise<void>;
   /** Kills etcd (SIGKILL: clients see the connection drop) and starts it again on the same data and ports. */
   restart(): Promise<void>;
@@ -41,29 +43,31 @@ async function healthy(endpoint: string): Promise<boolean> {
  * removes the dir (call it in an after hook). Free ports can be taken between the probe and etcd's
  * bind: then etcd exits and the start is tried again on new ports.
  */
-export async function etcdStart(): Promise<EtcdServer> {
+export async function etcdStart(opts: { alsoOn?: string } = {}): Promise<EtcdServer> {
   for (let attempt = 0; ; attempt++) {
     const dir = mkdtempSync(join(tmpdir(), 'kitnet-etcd-'));
     const [clientPort, peerPort] = [await freePort(), await freePort()];
     const endpoint = `http://127.0.0.1:${clientPort}`;
-    let member = etcdSpawn(dir, endpoint, `http://127.0.0.1:${peerPort}`);
+    const endpointAlso = opts.alsoOn ? `http://${opts.alsoOn}:${clientPort}` : undefined;
+    const listen = endpointAlso ? `${endpoint},${endpointAlso}` : endpoint;
+    let member = etcdSpawn(dir, listen, `http://127.0.0.1:${peerPort}`);
     const stop = async () => {
       await member.kill();
       rmSync(dir, { recursive: true, force: true });
     };
     const restart = async () => {
       await member.kill();
-      member = etcdSpawn(dir, endpoint, `http://127.0.0.1:${peerPort}`);
+      member = etcdSpawn(dir, listen, `http://127.0.0.1:${peerPort}`);
       await member.healthy();
     };
     const down = () => member.kill();
     const up = async () => {
-      member = etcdSpawn(dir, endpoint, `http://127.0.0.1:${peerPort}`);
+      member = etcdSpawn(dir, listen, `http://127.0.0.1:${peerPort}`);
       await member.healthy();
     };
     try {
       await member.healthy();
-      return { endpoint, stop, restart, down, up };
+      return { endpoint, ...(endpointAlso ? { endpointAlso } : {}), stop, restart, down, up };
     } catch (err) {
       await stop();
       if (attempt >= 2 || !/address already in use/.test(member.stderr())) throw err;
@@ -72,14 +76,15 @@ export async function etcdStart(): Promise<EtcdServer> {
 }
 
 /** One etcd process on `dir`: wait for its health, or kill it. */
-function etcdSpawn(dir: string, endpoint: string, peer: string): { healthy(): Promise<void>; kill(): Promise<void>; stderr(): string } {
+function etcdSpawn(dir: string, listen: string, peer: string): { healthy(): Promise<void>; kill(): Promise<void>; stderr(): string } {
+  const endpoint = listen.split(',')[0]!;
   const proc: ChildProcess = spawn(
     'etcd',
     [
       '--name', 'kitnet-test',
       '--data-dir', join(dir, 'data'),
-      '--listen-client-urls', endpoint,
-      '--advertise-client-urls', endpoint,
+      '--listen-client-urls', listen,
+      '--advertise-client-urls', listen,
       '--listen-peer-urls', peer,
       '--initial-advertise-peer-urls', peer,
       '--initial-cluster', `kitnet-test=${peer}`,

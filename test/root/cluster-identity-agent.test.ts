@@ -28,7 +28,7 @@ describe('cluster mode: workload identities and addresses in etcd (root)', { tim
       ipv4Pool: '10.241.0.0/16',
       ipv6Pool: 'fd00:241::/64',
       namespaces: ['clu-a'],
-      overrides: { cluster: { name: 'kitroot', id: 9, nodeIP: NODE_IP, etcd: { endpoints: [etcd.endpoint] } } },
+      overrides: { cluster: { name: 'kitroot', id: 9, nodeIP: NODE_IP, etcd: { endpoints: [etcd.endpoint] }, autoDirectNodeRoutes: false } },
     });
     for (const n of ['web1', 'web2', 'db']) ns[n] = await fx.netns(n);
     // Someone else's malformed keys: the agent must neither crash on them nor take their numbers.

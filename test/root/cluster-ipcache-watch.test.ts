@@ -26,7 +26,8 @@ describe('cluster mode: other nodes\' workloads in the ipcache and in policy (ro
       ipv4Pool: `10.${octet}.0.0/16`,
       ipv6Pool: `fd00:${octet}::/64`,
       namespaces: [NS],
-      overrides: { cluster: { name: 'kitwatch', id: 11, nodeIP: `192.0.2.${octet}`, etcd: { endpoints: [etcd!.endpoint] } } },
+      // One netns: no routes between the two (test/root/cluster-hosts.test.ts has hosts that route).
+      overrides: { cluster: { name: 'kitwatch', id: 11, nodeIP: `192.0.2.${octet}`, etcd: { endpoints: [etcd!.endpoint] }, autoDirectNodeRoutes: false } },
     });
   const register = (fx: AgentFixture, name: string, labels: Record<string, string>) =>
     fx.api.call<Workload>('POST', '/v1/workloads', { name, namespace: NS, labels, netns: `/var/run/netns/${ns[name]}` });
@@ -95,13 +96,13 @@ describe('cluster mode: other nodes\' workloads in the ipcache and in policy (ro
     const rebuilt = await a!.api.call<WorkloadPolicy>('GET', `/v1/workloads/${NS}/wa/policy`);
     assert.ok(rebuilt.entries.some((e) => e.identity === wb.identity), 'B\'s identity survives a full compile');
 
-    // Another writer claims an address of A's pool for B's identity: A ignores it and counts it.
+    // Another writer claims an address of A's node CIDR (the first /24 of its pool) for B's identity: A ignores it and counts it.
     const raw = new Etcd3({ hosts: etcd!.endpoint });
     try {
-      const forged = '10.244.9.9';
+      const forged = '10.244.0.99';
       await raw.put(`cilium/state/ip/v1/default/${forged}`).value(`{"IP":"${forged}","Mask":null,"HostIP":"192.0.2.77","ID":${wb.identity},"Key":0,"Metadata":"","K8sNamespace":"${NS}","K8sPodName":"forged"}`);
       const ignored = async () => (await a!.agent.metrics.registry.getSingleMetric('kitnet_cluster_ipcache_ignored_total')!.get()).values[0]?.value ?? 0;
-      // B takes it (outside B's pool, a third node's): the watch delivered it; A refuses the same value.
+      // B takes it (outside B's CIDR, a third node's): the watch delivered it; A refuses the same value.
       await waitFor('the entry in B\'s ipcache', async () => ipcacheOf(b!).has(`${forged}/32`) || undefined, 30_000);
       await waitFor('the entry counted as ignored on A', async () => (await ignored()) >= 1 || undefined, 30_000);
       assert.equal(ipcacheOf(a!).has(`${forged}/32`), false);

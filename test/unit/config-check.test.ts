@@ -65,7 +65,7 @@ describe('config check', () => {
   test('cluster: without it nothing changes; with it every key is checked and named', () => {
     assert.equal(configParse({}).cluster, undefined);
     const ok = { name: 'kit-1', id: 7, etcd: { endpoints: ['http://127.0.0.1:2379'] } };
-    assert.deepEqual(configParse({ cluster: ok }).cluster, ok);
+    assert.deepEqual(configParse({ cluster: ok }).cluster, { ...ok, leaseTTLSeconds: 60, ipam: { ipv4MaskSize: 24, ipv6MaskSize: 112 }, autoDirectNodeRoutes: true });
     assert.equal(configParse({ cluster: { ...ok, nodeIP: 'fd00::5' } }).cluster?.nodeIP, 'fd00::5');
     const bad: Array<[unknown, RegExp]> = [
       [{ ...ok, name: 'Kit_1' }, /cluster\.name: lower-case letters/],

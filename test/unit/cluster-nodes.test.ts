@@ -1,0 +1,198 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { pino } from 'pino';
+import { configParse } from '../../agent/config.js';
+import { etcdClientCreate } from '../../agent/cluster/etcd-client.js';
+import { NODE_CIDRS_PREFIX, nodeCidrClaim, nodeCidrFree } from '../../agent/cluster/node-cidr.js';
+import { NodeRegistry, NODES_PREFIX, nodeJson, nodeValueJudge, type LocalNode, type PeerNode } from '../../agent/cluster/node-registry.js';
+import { ClusterSession } from '../../agent/cluster/session.js';
+import { cidrParse } from '../../agent/ipam.js';
+import { etcdStart, type EtcdServer } from '../helpers/etcd.js';
+import { waitFor } from '../helpers/sys.js';
+
+const log = pino({ level: 'silent' });
+const pools = { 4: cidrParse('10.210.0.0/16'), 6: cidrParse('fd00:210::/64') } as const;
+const self: LocalNode = { name: 'n1', cluster: 'kc', clusterId: 7, addresses: ['192.0.2.1', '2001:db8::1'], ipv4Cidr: cidrParse('10.210.0.0/24'), ipv6Cidr: cidrParse('fd00:210::/112') };
+const rules = { self, pools };
+const peerOf = (over: Partial<LocalNode> = {}) => ({ ...self, name: 'n2', addresses: ['192.0.2.2', '2001:db8::2'], ipv4Cidr: cidrParse('10.210.1.0/24'), ipv6Cidr: cidrParse('fd00:210::1:0/112'), ...over });
+const key = (name: string) => `${NODES_PREFIX}/kc/${name}`;
+
+describe('cluster nodes: Cilium\'s node JSON', () => {
+  test('field names and order as Cilium writes them; CIDRs as Go\'s net.IPNet (mask base64)', () => {
+    const v = JSON.parse(nodeJson(self, 'boot-1')) as Record<string, unknown>;
+    assert.deepEqual(Object.keys(v), ['Name', 'Cluster', 'IPAddresses', 'IPv4AllocCIDR', 'IPv4SecondaryAllocCIDRs', 'IPv6AllocCIDR', 'IPv6SecondaryAllocCIDRs', 'IPv4HealthIP', 'IPv6HealthIP', 'IPv4IngressIP', 'IPv6IngressIP', 'ClusterID', 'Source', 'EncryptionKey', 'Labels', 'Annotations', 'NodeIdentity', 'WireguardPubKey', 'BootID']);
+    assert.deepEqual(v.IPAddresses, [{ Type: 'InternalIP', IP: '192.0.2.1' }, { Type: 'InternalIP', IP: '2001:db8::1' }]);
+    assert.deepEqual(v.IPv4AllocCIDR, { IP: '10.210.0.0', Mask: '////AA==' });
+    assert.deepEqual(v.IPv6AllocCIDR, { IP: 'fd00:210::', Mask: Buffer.from([...Array(14).fill(0xff), 0, 0]).toString('base64') });
+    assert.equal(v.ClusterID, 7);
+  });
+
+  test('another node\'s entry is read back: its addresses and CIDRs', () => {
+    const verdict = nodeValueJudge(key('n2'), nodeJson(peerOf()), rules);
+    assert.ok('peer' in verdict, 'reason' in verdict ? verdict.reason : 'own');
+    assert.equal(verdict.peer.ipv4, '192.0.2.2');
+    assert.equal(verdict.peer.ipv6, '2001:db8::2');
+    assert.equal(verdict.peer.ipv4Cidr?.text, '10.210.1.0/24');
+    assert.equal(verdict.peer.ipv6Cidr?.text, 'fd00:210::1:0/112');
+    assert.deepEqual(nodeValueJudge(key('n1'), nodeJson(self), rules), { own: true });
+  });
+
+  test('hostile entries are refused with a reason: never a route over this node\'s CIDR, the pool or special addresses', () => {
+    const reason = (k: string, v: string) => {
+      const verdict = nodeValueJudge(k, v, rules);
+      assert.ok('reason' in verdict, `accepted: ${k} ${v.slice(0, 100)}`);
+      return verdict.reason;
+    };
+    const good = JSON.parse(nodeJson(peerOf())) as Record<string, unknown>;
+    const with_ = (o: Record<string, unknown>) => JSON.stringify({ ...good, ...o });
+    assert.match(reason(key('n2'), 'garbage{'), /not JSON/);
+    assert.match(reason(key('n2'), '[1,2]'), /not a JSON object/);
+    assert.match(reason(key('n2'), with_({ Labels: { pad: 'x'.repeat(20_000) } })), /bytes, more than/);
+    assert.match(reason(key('bad/name'), with_({ Name: 'bad/name' })), /not a node name/);
+    assert.match(reason(key('n2'), with_({ Name: 'n3' })), /does not match the key/);
+    assert.match(reason(key('n2'), with_({ Cluster: 'other' })), /not this cluster/);
+    assert.match(reason(key('n2'), with_({ ClusterID: 8 })), /not this cluster's 7/);
+    assert.match(reason(key('n2'), with_({ IPv4AllocCIDR: { IP: '10.210.0.0', Mask: '////AA==' } })), /overlaps this node's own 10\.210\.0\.0\/24/);
+    assert.match(reason(key('n2'), with_({ IPv4AllocCIDR: { IP: '10.210.0.0', Mask: '//8AAA==' } })), /overlaps this node's own/);
+    assert.match(reason(key('n2'), with_({ IPv4AllocCIDR: { IP: '0.0.0.0', Mask: 'AAAAAA==' } })), /outside the cluster pool/);
+    assert.match(reason(key('n2'), with_({ IPv4AllocCIDR: { IP: '10.1.0.0', Mask: '////AA==' } })), /outside the cluster pool/);
+    assert.match(reason(key('n2'), with_({ IPv4AllocCIDR: { IP: '10.210.1.5', Mask: '////AA==' } })), /not a network/);
+    assert.match(reason(key('n2'), with_({ IPv4AllocCIDR: { IP: '10.210.1.0', Mask: '/w//AA==' } })), /not a network/);
+    assert.match(reason(key('n2'), with_({ IPv4AllocCIDR: '10.210.1.0/24' })), /not a network/);
+    assert.match(reason(key('n2'), with_({ IPv6AllocCIDR: { IP: '10.210.1.0', Mask: '////AA==' } })), /not IPv6/);
+    assert.match(reason(key('n2'), with_({ IPAddresses: [{ Type: 'InternalIP', IP: '10.210.0.7' }] })), /inside the cluster pool/);
+    assert.match(reason(key('n2'), with_({ IPAddresses: [{ Type: 'InternalIP', IP: '127.0.0.1' }] })), /loopback/);
+    assert.match(reason(key('n2'), with_({ IPAddresses: [{ Type: 'InternalIP', IP: 'fe80::1' }] })), /link-local/);
+    assert.match(reason(key('n2'), with_({ IPAddresses: [{ Type: 'InternalIP', IP: '192.0.2.1' }] })), /this node's own address/);
+    assert.match(reason(key('n2'), with_({ IPAddresses: [{ Type: 'InternalIP', IP: 'nope' }] })), /not an IP address/);
+    assert.match(reason(key('n2'), with_({ IPAddresses: Array(17).fill({ Type: 'InternalIP', IP: '192.0.2.9' }) })), /at most 16/);
+    assert.match(reason(key('n2'), with_({ IPAddresses: [] })), /no InternalIP/);
+  });
+});
+
+describe('cluster nodes: per-node CIDRs', () => {
+  test('the lowest free block, past claims of any size; none when the pool is full', () => {
+    const pool = cidrParse('10.0.0.0/22');
+    assert.equal(nodeCidrFree(pool, 24, [])?.text, '10.0.0.0/24');
+    assert.equal(nodeCidrFree(pool, 24, [cidrParse('10.0.0.0/24'), cidrParse('10.0.2.0/24')])?.text, '10.0.1.0/24');
+    assert.equal(nodeCidrFree(pool, 24, [cidrParse('10.0.0.0/23'), cidrParse('10.0.2.128/25')])?.text, '10.0.3.0/24');
+    assert.equal(nodeCidrFree(pool, 24, [cidrParse('10.0.0.0/22')]), undefined);
+    assert.equal(nodeCidrFree(pool, 24, [cidrParse('10.0.0.0/8')]), undefined);
+    assert.equal(nodeCidrFree(pool, 24, [cidrParse('fd00::/8'), cidrParse('10.9.0.0/24')])?.text, '10.0.0.0/24');
+    assert.equal(nodeCidrFree(cidrParse('fd00:210::/64'), 112, [cidrParse('fd00:210::/112')])?.text, 'fd00:210::1:0/112');
+  });
+
+  test('config: mask sizes must fit the pools and leave room, with errors naming the key', () => {
+    const base = { name: 'kc', id: 7, etcd: { endpoints: ['http://127.0.0.1:2379'] } };
+    const c = configParse({ cluster: base });
+    assert.deepEqual(c.cluster?.ipam, { ipv4MaskSize: 24, ipv6MaskSize: 112 });
+    assert.equal(c.cluster?.leaseTTLSeconds, 60);
+    assert.equal(c.cluster?.autoDirectNodeRoutes, true);
+    assert.throws(() => configParse({ ipam: { ipv4Pool: '10.9.0.0/24' }, cluster: { ...base, ipam: { ipv4MaskSize: 16 } } }), /cluster\.ipam\.ipv4MaskSize: \/16 is larger than the cluster pool ipam\.ipv4Pool 10\.9\.0\.0\/24/);
+    assert.throws(() => configParse({ cluster: { ...base, ipam: { ipv4MaskSize: 30 } } }), /cluster\.ipam\.ipv4MaskSize: \/30 leaves a node fewer than 4 addresses/);
+    assert.throws(() => configParse({ cluster: { ...base, ipam: { ipv6MaskSize: 127 } } }), /cluster\.ipam\.ipv6MaskSize: \/127 leaves/);
+    assert.throws(() => configParse({ cluster: { ...base, leaseTTLSeconds: 1 } }), /cluster\.leaseTTLSeconds: must be 5-3600/);
+    assert.throws(() => configParse({ cluster: { ...base, nodeIPv6: '10.0.0.1' } }), /cluster\.nodeIPv6: must be an IPv6 address/);
+    // Broken neighbours are reported against their own keys, not as a crash or a mask problem.
+    assert.throws(() => configParse({ ipam: { ipv4Pool: 'bad' }, cluster: base }), (e: Error) => e.name === 'ConfigError' && /ipam\.ipv4Pool: must be an IPv4 CIDR/.test(e.message) && !/MaskSize/.test(e.message));
+    assert.throws(() => configParse({ ipam: { ipv4Pool: '10.0.0.0/30' }, cluster: base }), (e: Error) => /ipam\.ipv4Pool: 10\.0\.0\.0\/30 is too small/.test(e.message) && !/MaskSize/.test(e.message));
+    assert.throws(() => configParse({ cluster: 'yes' }), /cluster: /);
+    assert.throws(() => configParse({ cluster: { ...base, ipam: { ipv4MaskSize: 'x' } } }), /cluster\.ipam\.ipv4MaskSize: Invalid input/);
+  });
+});
+
+describe('cluster nodes: CIDR claims in etcd (real etcd)', { timeout: 60_000 }, () => {
+  let etcd: EtcdServer | undefined;
+  before(async () => {
+    etcd = await etcdStart();
+  });
+  after(async () => {
+    await etcd?.stop();
+  });
+
+  test('concurrent nodes get distinct CIDRs; a node gets its own back; a full pool is a clear error', async () => {
+    const sessions = await Promise.all(Array.from({ length: 6 }, () => ClusterSession.open(etcdClientCreate({ endpoints: [etcd!.endpoint] }, undefined), log, 10)));
+    try {
+      const pool = cidrParse('10.77.0.0/22');
+      const req = (nodeName: string) => ({ cluster: 'kc', nodeName, pool, maskSize: 24, poolKey: 'ipam.ipv4Pool' });
+      const got = await Promise.all(sessions.slice(0, 4).map((s, i) => nodeCidrClaim(s, req(`n${i}`), log)));
+      assert.deepEqual(got.map((c) => c.text).sort(), ['10.77.0.0/24', '10.77.1.0/24', '10.77.2.0/24', '10.77.3.0/24']);
+      const again = await nodeCidrClaim(sessions[4]!, req('n2'), log);
+      assert.equal(again.text, got[2]!.text, 'n2 restarted gets its CIDR back');
+      await assert.rejects(nodeCidrClaim(sessions[5]!, req('n9'), log), /ipam\.ipv4Pool: 10\.77\.0\.0\/22 has no free \/24 left for node n9 \(4 claimed under kitnet\/state\/node-cidrs\/v1\/kc\/\)/);
+      const claim = await sessions[0]!.client.get(`${NODE_CIDRS_PREFIX}/kc/${got[0]!.text}`).string();
+      assert.equal(claim, 'n0');
+    } finally {
+      await Promise.all(sessions.map((s) => s.close({ revoke: true })));
+    }
+  });
+});
+
+describe('cluster nodes: the registry follows the node list (real etcd)', { timeout: 60_000 }, () => {
+  let etcd: EtcdServer | undefined;
+  before(async () => {
+    etcd = await etcdStart();
+  });
+  after(async () => {
+    await etcd?.stop();
+  });
+
+  test('peers join and leave; a value turned bad withdraws the peer; overlapping CIDRs: the first keeps them; a clean stop deletes the own entry', async () => {
+    const open = () => ClusterSession.open(etcdClientCreate({ endpoints: [etcd!.endpoint] }, undefined), log, 10);
+    const [s1, s2, raw] = await Promise.all([open(), open(), open()]);
+    const held = new Map<string, PeerNode>();
+    let lists = 0;
+    const sink = { apply: (set: readonly PeerNode[], gone: readonly string[]) => {
+      lists++;
+      for (const g of gone) held.delete(g);
+      for (const p of set) held.set(p.name, p);
+    } };
+    const r1 = new NodeRegistry(s1, rules, log);
+    const n2 = peerOf();
+    const r2 = new NodeRegistry(s2, { self: n2, pools }, log);
+    try {
+      await r1.start(sink);
+      assert.equal(lists, 1, 'the first list reaches the sink even with no peer');
+      assert.equal(held.size, 0);
+      // Its own entry deleted by someone else: written again.
+      await raw.client.delete().key(key('n1')).exec();
+      await waitFor('n1\'s entry written again', async () => (await raw.client.get(key('n1')).string()) !== null || undefined, 10_000);
+      await r2.start({ apply: () => undefined });
+      await waitFor('n2 on n1', async () => held.get('n2')?.ipv4Cidr?.text === '10.210.1.0/24' || undefined, 10_000);
+      assert.equal(r1.counts.added, 1);
+      // Another writer claims n2's IPv4 CIDR for n3: ignored while n2 holds it.
+      await raw.client.put(key('n3')).value(nodeJson({ ...n2, name: 'n3', addresses: ['192.0.2.3'], ipv6Cidr: cidrParse('fd00:210::3:0/112') }));
+      await waitFor('n3 counted as ignored', async () => r1.counts.ignored >= 1 || undefined, 10_000);
+      assert.equal(held.has('n3'), false);
+      // n2's value turns bad: n2 is withdrawn.
+      await raw.client.put(key('n2')).value('not json');
+      await waitFor('n2 withdrawn', async () => !held.has('n2') || undefined, 10_000);
+      assert.equal(r1.counts.removed, 1);
+      await raw.client.delete().key(key('n3')).exec();
+      // n2 comes back and stops cleanly: its entry is deleted at once, n1 sees it leave.
+      await r2.publish();
+      await waitFor('n2 back', async () => held.has('n2') || undefined, 10_000);
+      await r2.close();
+      assert.equal(await raw.client.get(key('n2')).string(), null);
+      await waitFor('n2 gone after its clean stop', async () => !held.has('n2') || undefined, 10_000);
+    } finally {
+      await r1.close();
+      await r2.close();
+      await Promise.all([s1, s2, raw].map((s) => s.close({ revoke: true })));
+    }
+  });
+
+  test('a second live host under a node name is refused, naming nodeName; the same host again is not', async () => {
+    const open = () => ClusterSession.open(etcdClientCreate({ endpoints: [etcd!.endpoint] }, undefined), log, 10);
+    const [s1, s2, s3] = await Promise.all([open(), open(), open()]);
+    const first = new NodeRegistry(s1, rules, log);
+    try {
+      await first.start({ apply: () => undefined });
+      await assert.rejects(new NodeRegistry(s2, { self: { ...self, addresses: ['192.0.2.99'] }, pools }, log).nameCheck(), /nodeName: node "n1" is already in cluster kc with address 192\.0\.2\.1, 2001:db8::1 \(another host, alive\)/);
+      await new NodeRegistry(s3, rules, log).nameCheck();
+    } finally {
+      await first.close();
+      await Promise.all([s1, s2, s3].map((s) => s.close({ revoke: true })));
+    }
+  });
+});
