@@ -12,6 +12,10 @@ import { ClusterSession } from './session.js';
 import { IpcachePublisher } from './ipcache-publisher.js';
 import { IpcacheWatcher, remoteIdentityLabels } from './ipcache-watcher.js';
 import type { Cidr } from '../ipam.js';
+import type { ClusterStatusOn } from '../../common/schemas/cluster.js';
+import { MeshMarkers, type SyncedPrefix } from './mesh-markers.js';
+import { PeerCluster, type PeerContext } from './peers.js';
+import { clusterStatusRead, type ClusterCounts } from './status.js';
 
 export { ClusterIdentities } from './cluster-identities.js';
 export { IpcachePublisher } from './ipcache-publisher.js';
@@ -26,6 +30,13 @@ export interface ClusterServices {
   ipcacheWatcher(localPools: readonly Cidr[]): IpcacheWatcher;
   /** The labels of a cluster identity from its `id/<n>` key. */
   identityLabels(id: number): Promise<string[] | undefined>;
+  /** The ClusterMesh sync canary of a prefix: this node's share of it is in etcd. */
+  markSynced(prefix: SyncedPrefix): Promise<void>;
+  /** The configured peer clusters (cluster.peers), not started yet. */
+  peersCreate(ctx: PeerContext): PeerCluster[];
+  status(counts: ClusterCounts, peers: readonly PeerCluster[]): Promise<ClusterStatusOn>;
+  /** This host's address in the cluster. */
+  nodeIP: string;
 }
 
 /** This host's address in the cluster when cluster.nodeIP is not set: its first global IPv4, else IPv6. */
@@ -35,13 +46,17 @@ export function nodeIpDefault(ifaces = networkInterfaces()): string | undefined 
 }
 
 export interface ClusterMode extends ClusterServices {
-  nodeIP: string;
   /** Stops the keepalives; this node's keys expire with its lease (a restart takes them again). */
   close(): Promise<void>;
 }
 
 /** Connects to the cluster's etcd and opens this node's session (leases). */
-export async function clusterOpen(cluster: NonNullable<Config['cluster']>, tls: EtcdTlsPrepared | undefined, log: Logger): Promise<ClusterMode> {
+export async function clusterOpen(
+  cluster: NonNullable<Config['cluster']>,
+  tls: EtcdTlsPrepared | undefined,
+  log: Logger,
+  peerTls: ReadonlyMap<string, EtcdTlsPrepared> = new Map(),
+): Promise<ClusterMode> {
   const nodeIP = cluster.nodeIP ?? nodeIpDefault();
   if (!nodeIP) throw new Error('cluster.nodeIP: this host has no global address to be known by in the cluster; set cluster.nodeIP');
   const client = etcdClientCreate(cluster.etcd, tls);
@@ -57,13 +72,28 @@ export async function clusterOpen(cluster: NonNullable<Config['cluster']>, tls: 
   log.info({ cluster: cluster.name, clusterId: cluster.id, nodeIP, identityRange: `${range.min}-${range.max}` }, 'cluster mode: identities shared through etcd');
   const gcLog = log.child({ component: 'cluster-identity-gc' });
   const gc = new IdentityGc(session, range, gcLog);
+  const markers = new MeshMarkers(session, { name: cluster.name, id: cluster.id, heartbeatMs: cluster.heartbeatSeconds * 1000 }, log.child({ component: 'cluster-mesh' }));
+  try {
+    await markers.start();
+    // kitnet writes no node keys of its own yet: the nodes prefix is complete at start. Node
+    // registration, when it comes, calls markSynced('nodes') after its first write instead.
+    await markers.markSynced('nodes');
+  } catch (err) {
+    markers.close();
+    await session.close();
+    throw new Error(`cluster.etcd: cannot write the ClusterMesh keys (cilium/cluster-config, cilium/.heartbeat): ${(err as Error).message}`, { cause: err });
+  }
   const gcTimer = setInterval(() => void gc.round().catch((err: unknown) => gcLog.warn({ err }, 'identity garbage collection round failed; next round retries')), IDENTITY_GC_INTERVAL_MS).unref();
   return {
     identities: new ClusterIdentities(allocator, cluster.name, range, log.child({ component: 'cluster-identity' })),
     ipcache: new IpcachePublisher(session, nodeIP, log.child({ component: 'cluster-ipcache' })),
     ipcacheWatcher: (localPools) => new IpcacheWatcher(session, { nodeIP, range, localPools }, log.child({ component: 'cluster-ipcache-watch' })),
     identityLabels: (id) => remoteIdentityLabels(session, id),
+    markSynced: (prefix) => markers.markSynced(prefix),
+    peersCreate: (ctx) => cluster.peers.map((p) => new PeerCluster(p, peerTls.get(p.name), ctx, log.child({ component: 'cluster-peer', peer: p.name }))),
+    status: (counts, peers) =>
+      clusterStatusRead({ cluster: { name: cluster.name, id: cluster.id, endpoints: cluster.etcd.endpoints }, nodeIP, range, session, markers, log }, counts, peers),
     nodeIP,
-    close: () => (clearInterval(gcTimer), session.close()),
+    close: () => (clearInterval(gcTimer), markers.close(), session.close()),
   };
 }

@@ -79,6 +79,11 @@ export class RemoteIpcache implements IpcacheWatchSink {
     return this.written.size;
   }
 
+  /** Remote identities in the policy universe. */
+  identityCount(): number {
+    return this.known.size;
+  }
+
   apply(set: readonly RemoteIpcacheEntry[], gone: readonly string[]): Promise<void> {
     return this.target.exclusive(async () => {
       const local = this.target.localAddresses();
