@@ -128,6 +128,8 @@ export class Agent {
     this.watch = new WorkloadWatch(store, kernel, this.controller, log.child({ component: 'watch' }));
     this.policies = new PolicyService(store, this.policyEngine, this.workloads, this.mutex, log.child({ component: 'policy' }));
     this.directory = new EndpointDirectory(store);
+    const remote = this.remote;
+    if (remote) this.directory.remoteLabels = (id) => remote.ipcache.labelsOf(id) ?? remote.peers.map((p) => p.ipcache.labelsOf(id)).find((l) => l !== undefined);
     this.dhcp = new Dhcp4Server(store, config, log.child({ component: 'dhcp' }));
     this.flows = new FlowPipeline(this.directory, config.nodeName, config.flows.ringCapacity, log.child({ component: 'flows' }));
     this.metrics = new AgentMetrics({

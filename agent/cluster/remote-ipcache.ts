@@ -43,8 +43,8 @@ export class RemoteIpcache implements IpcacheWatchSink {
   private readonly written = new Map<string, number>();
   /** Identity -> how many remote addresses refer to it. */
   private readonly refs = new Map<number, number>();
-  /** Identities whose labels are in the policy universe. */
-  private readonly known = new Set<number>();
+  /** Identities whose labels are in the policy universe, with those labels (flows name them). */
+  private readonly known = new Map<number, string[]>();
   /** Identity labels refused or missing (counted, logged). */
   identitiesIgnored = 0;
 
@@ -79,6 +79,11 @@ export class RemoteIpcache implements IpcacheWatchSink {
     return this.written.size;
   }
 
+  /** A remote identity's labels, while addresses refer to it. */
+  labelsOf(id: number): string[] | undefined {
+    return this.known.get(id);
+  }
+
   /** Remote identities in the policy universe. */
   identityCount(): number {
     return this.known.size;
@@ -105,7 +110,7 @@ export class RemoteIpcache implements IpcacheWatchSink {
       }
       // Known only once the policy took them (a failed write is handed over again by a new list).
       if (joining.size) await this.target.remoteIdentitiesUpdate(joining);
-      for (const id of joining.keys()) this.known.add(id);
+      for (const [id, labels] of joining) this.known.set(id, [...(labels ?? [])]);
       const drop = (ip: string) => {
         const id = this.written.get(ip);
         if (id === undefined) return;
@@ -131,7 +136,7 @@ export class RemoteIpcache implements IpcacheWatchSink {
       }
       const leaving = new Map<number, undefined>();
       // Every known identity no address refers to (also those a failed earlier batch left behind).
-      for (const id of this.known) if (!this.refs.has(id)) leaving.set(id, undefined);
+      for (const id of this.known.keys()) if (!this.refs.has(id)) leaving.set(id, undefined);
       if (leaving.size) await this.target.remoteIdentitiesUpdate(leaving);
       for (const id of leaving.keys()) this.known.delete(id);
     });

@@ -32,6 +32,9 @@ export class EndpointDirectory {
   /** Peers that are not local workloads, per identity (one shared object each). */
   private remote = new Map<number, HubbleEndpoint>();
 
+  /** Cluster mode: labels of other nodes' and peer clusters' identities (the policy universe's). */
+  remoteLabels: (identity: number) => string[] | undefined = () => undefined;
+
   constructor(private readonly store: Store) {
     this.refresh();
   }
@@ -103,7 +106,7 @@ export class EndpointDirectory {
     if (local) return local;
     let ep = this.remote.get(identity);
     if (!ep) {
-      ep = { identity, labels: this.identityLabels.get(identity) ?? reservedIdentityLabels(identity) };
+      ep = { identity, labels: this.identityLabels.get(identity) ?? this.remoteLabels(identity) ?? reservedIdentityLabels(identity) };
       if (this.remote.size > 65_536) this.remote.clear();
       this.remote.set(identity, ep);
     }

@@ -13,6 +13,9 @@ export interface EtcdServer {
   stop(): Promise<void>;
   /** Kills etcd (SIGKILL: clients see the connection drop) and starts it again on the same data and ports. */
   restart(): Promise<void>;
+  /** Kills etcd (SIGKILL) and leaves it down until `revive` (same data and ports). */
+  kill(): Promise<void>;
+  revive(): Promise<void>;
 }
 
 /** A port nobody listens on right now (the kernel's choice); etcd binds it a moment later. */
@@ -53,9 +56,14 @@ export async function etcdStart(): Promise<EtcdServer> {
       member = etcdSpawn(dir, endpoint, `http://127.0.0.1:${peerPort}`);
       await member.healthy();
     };
+    const kill = () => member.kill();
+    const revive = async () => {
+      member = etcdSpawn(dir, endpoint, `http://127.0.0.1:${peerPort}`);
+      await member.healthy();
+    };
     try {
       await member.healthy();
-      return { endpoint, stop, restart };
+      return { endpoint, stop, restart, kill, revive };
     } catch (err) {
       await stop();
       if (attempt >= 2 || !/address already in use/.test(member.stderr())) throw err;
