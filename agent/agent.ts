@@ -159,6 +159,7 @@ export class Agent {
     // Other nodes' workloads, before the restore compiles policy: their identities are in its first
     // compile, so rules selecting them hold across a restart. Listed once (a failure is retried in
     // the background), then watched; entries left from the previous run that etcd no longer has go.
+    if (this.remote) this.remoteOrphansDrop();
     if (this.remote) await this.remote.watcher.start(this.remote.ipcache, this.remote.ipcache.adopt());
     // Peer clusters likewise (in parallel: one that does not answer delays the start by its deadline once).
     if (this.remote) await Promise.all(this.remote.peers.map((p) => p.start()));
@@ -323,6 +324,20 @@ export class Agent {
       createdAt: i.createdAt,
     }));
     return [...reserved, ...allocated];
+  }
+
+  /**
+   * Pinned remote entries of no range followed any more (a peer removed from the config): nobody
+   * adopts them, so they go before the first lists.
+   */
+  private remoteOrphansDrop(): void {
+    const ranges = [this.cluster!.identities.range, ...this.remote!.peers.map((p) => p.range)];
+    const dp = this.kernel.datapath;
+    for (const [cidr, e] of dp.ipcacheList()) {
+      if (e.hostId === 0 || cidr.startsWith('ipblock:') || ranges.some((r) => inRange(r, e.identity))) continue;
+      dp.ipcacheDelete(cidr);
+      this.log.info({ cidr, identity: e.identity }, 'remote ipcache entry of a cluster no longer followed removed');
+    }
   }
 
   /** Remote ipcache entries (this cluster's other nodes and the peers) and values ignored, for metrics. */

@@ -287,4 +287,18 @@ describe('ClusterMesh: kitnet as a Cilium cluster, and a Cilium cluster as kitne
     assert.equal(ipcache().get(`${POD_X}/32`)?.identity, ID_X);
     assert.equal((await clusterStatus()).peers[0]!.identities, 2, 'the identity key itself stays in the peer');
   });
+
+  test('a restart keeps the peer\'s pinned entries (adopted, then listed); without the peer in the config they go', async () => {
+    await fx!.stop();
+    await fx!.start();
+    assert.equal(ipcache().get(`${POD_X}/32`)?.identity, ID_X, 'the peer\'s entry across a restart');
+    assert.equal((await fx!.api.call<WorkloadPolicy>('GET', `/v1/workloads/${NS}/wl/policy`)).entries.some((e) => e.identity === ID_X), true);
+    await fx!.stop();
+    (fx!.overrides.cluster as { peers: unknown[] }).peers = [];
+    await fx!.start();
+    const m = ipcache();
+    assert.equal(m.has(`${POD_X}/32`), false, 'a peer no longer configured leaves the ipcache at start');
+    assert.deepEqual(m.get(`${wl!.ipv4}/32`), { identity: wl!.identity, hostId: 0 });
+    assert.deepEqual((await clusterStatus()).peers, []);
+  });
 });
