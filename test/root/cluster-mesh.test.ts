@@ -1,4 +1,7 @@
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import { after, before, describe, test } from 'node:test';
 import { Etcd3 } from 'etcd3';
 import type { ClusterStatus, ClusterStatusOn } from '../../common/schemas/cluster.js';
@@ -259,6 +262,13 @@ describe('ClusterMesh: kitnet as a Cilium cluster, and a Cilium cluster as kitne
     assert.equal(p.ipcacheEntries, 2);
     assert.ok(p.ignored.identities >= 2 && p.ignored.ipcache >= 3 && p.ignored.nodes >= 1, JSON.stringify(p.ignored));
     assert.deepEqual(p.nodes, [{ name: 'k8s-node-1', cluster: PEER, addresses: [{ type: 'InternalIP', ip: '172.18.0.3' }] }]);
+    // The CLI shows the same.
+    const bin = fileURLToPath(new URL('../../../bin/kitnet.js', import.meta.url));
+    const text = (await promisify(execFile)(process.execPath, [bin, '-s', fx!.socket, 'cluster', 'status'], { timeout: 60_000 })).stdout;
+    assert.match(text, /Cluster: +kitmesh \(id 12, identities 786432-851967\)/);
+    assert.match(text, /etcd: +connected http:\/\/127\.0\.0\.1:\d+/);
+    assert.match(text, /Lease: +\d+ \(TTL \d+s of \d+s left\)/);
+    assert.match(text, /cilium1 +3 +synced +\d+s ago +2 +2 +1 /);
     const ignored = (await fx!.agent.metrics.registry.getSingleMetric('kitnet_cluster_ipcache_ignored_total')!.get()).values[0]?.value ?? 0;
     assert.ok(ignored >= 6, `ignored ${ignored}`);
   });
