@@ -50,6 +50,9 @@ export class MeshMarkers {
   private readonly canaries = new Map<SyncedPrefix, string>();
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
+  private writing: Promise<void> | undefined;
+  /** A tick came while a write was under way (a canary to add): write once more after it. */
+  private again = false;
   /** When this node last wrote the heartbeat (undefined: not yet, or every write failed). */
   lastHeartbeat: Date | undefined;
   /** Ticks whose writes failed (etcd unreachable): logged, retried by the next tick. */
@@ -86,12 +89,23 @@ export class MeshMarkers {
 
   private async tick(): Promise<void> {
     if (this.closed) return;
-    try {
-      await this.write();
-    } catch (err) {
-      this.failures++;
-      this.log.warn({ err, cluster: this.cluster.name }, 'cannot write the ClusterMesh heartbeat, config or sync canaries; the next tick retries');
+    // One write at a time: with etcd slow or away, ticks do not pile up behind the call deadline.
+    if (this.writing) {
+      this.again = true;
+      return this.writing;
     }
+    this.writing = (async () => {
+      do {
+        this.again = false;
+        try {
+          await this.write();
+        } catch (err) {
+          this.failures++;
+          this.log.warn({ err, cluster: this.cluster.name }, 'cannot write the ClusterMesh heartbeat, config or sync canaries; the next tick retries');
+        }
+      } while (this.again && !this.closed);
+    })().finally(() => (this.writing = undefined));
+    return this.writing;
   }
 
   private async write(): Promise<void> {

@@ -1,8 +1,13 @@
 import assert from 'node:assert/strict';
-import { describe, test } from 'node:test';
+import { after, before, describe, test } from 'node:test';
+import { pino } from 'pino';
+import { etcdClientCreate } from '../../agent/cluster/etcd-client.js';
+import { ClusterSession } from '../../agent/cluster/session.js';
+import { etcdStart, type EtcdServer } from '../helpers/etcd.js';
+import { waitFor } from '../helpers/sys.js';
 import { clusterIdentityRange } from '../../agent/cluster/identity-range.js';
 import { ipcacheValueJudge } from '../../agent/cluster/ipcache-watcher.js';
-import { clusterConfigJson, clusterConfigKey, HEARTBEAT_KEY, kvstoreTimestamp, kvstoreTimestampParse, syncedKey } from '../../agent/cluster/mesh-markers.js';
+import { clusterConfigJson, clusterConfigKey, HEARTBEAT_KEY, kvstoreTimestamp, kvstoreTimestampParse, MeshMarkers, syncedKey } from '../../agent/cluster/mesh-markers.js';
 import { goIpNetParse, nodeSummaryParse, peerIdentityJudge } from '../../agent/cluster/peer-formats.js';
 import { cidrParse } from '../../agent/ipam.js';
 import { clusterStatusText } from '../../api/cli/cluster-status.js';
@@ -126,5 +131,47 @@ describe('kitnet cluster status (text)', () => {
     for (const re of [/Cluster: +kit \(id 9, identities 589824-655359\)/, /Lease: +7587 \(TTL 890s of 900s left\)/, /Heartbeat: +written 12s ago/, /nodes\/v1 2026-12-01T22:55:14Z, identities\/v1 not yet/, /Identities: +2 local, 3 remote/, /IP cache: +4 local, 5 remote/, /n1 +192\.0\.2\.1 \(InternalIP\) +10\.1\.0\.0\/24/, /cilium1 +3 +unreachable \(connect ECONNREFUSED\) +never +1 +2 +0 +1\/2\/0/]) {
       assert.match(text, re);
     }
+  });
+});
+
+describe('ClusterMesh keys in a real etcd', () => {
+  let etcd: EtcdServer | undefined;
+  let session: ClusterSession | undefined;
+  let markers: MeshMarkers | undefined;
+  const log = pino({ level: 'silent' });
+  before(async () => {
+    etcd = await etcdStart();
+    session = await ClusterSession.open(etcdClientCreate({ endpoints: [etcd.endpoint] }, undefined), log);
+  });
+  after(async () => {
+    markers?.close();
+    await session?.close({ revoke: true });
+    await etcd?.stop();
+  });
+
+  test('config at start, a canary once per prefix, the heartbeat on every tick; keys another node\'s lease took are written again', async () => {
+    const { client } = session!;
+    markers = new MeshMarkers(session!, { name: 'kit', id: 9, heartbeatMs: 200 }, log);
+    await markers.start();
+    assert.equal(await client.get('cilium/cluster-config/kit').string(), clusterConfigJson(9));
+    assert.equal(await client.get(syncedKey('kit', 'ip')).string(), null, 'no canary before the prefix is complete');
+    await markers.markSynced('ip');
+    const canary = await client.get(syncedKey('kit', 'ip')).string();
+    assert.match(canary ?? '', /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
+    await markers.markSynced('ip');
+    assert.equal(await client.get(syncedKey('kit', 'ip')).string(), canary, 'written once');
+    // Keys under this node's lease (they go with the node).
+    const lease = await session!.nodeLeaseId();
+    for (const key of ['cilium/cluster-config/kit', syncedKey('kit', 'ip'), HEARTBEAT_KEY]) {
+      const kv = (await client.get(key).exec()).kvs[0];
+      assert.equal(kv?.lease, lease, key);
+    }
+    // Another node's copies went with its lease: the next tick writes them again.
+    await client.delete().key('cilium/cluster-config/kit').exec();
+    await client.delete().key(syncedKey('kit', 'ip')).exec();
+    const first = markers.lastHeartbeat!;
+    await waitFor('config and canary written again, heartbeat moved on', async () =>
+      ((await client.get('cilium/cluster-config/kit').string()) === clusterConfigJson(9) && (await client.get(syncedKey('kit', 'ip')).string()) === canary && markers!.lastHeartbeat! > first) || undefined,
+    10_000);
   });
 });
