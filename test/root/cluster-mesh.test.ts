@@ -20,6 +20,8 @@ const PEER_ID = 3;
 const POD_X = '10.77.46.5';
 const POD_Y = '10.77.46.6';
 const POD_OUT = '10.77.46.7';
+/** Pod x's IPv6 address (Cilium publishes both families the same way). */
+const POD_X6 = 'fd00:77:46::5';
 const ID_X = 212954;
 const ID_Y = 212955;
 /** Cluster 5's range: the peer (cluster 3) may not hand it out. */
@@ -50,6 +52,7 @@ async function ciliumClusterWrite(endpoint: string): Promise<void> {
       [`cilium/state/identities/v1/id/${ID_Y}`, labelKey('y')],
       [`cilium/state/identities/v1/value/${labelKey('y')}/172.18.0.3`, String(ID_Y)],
       [`cilium/state/ip/v1/default/${POD_X}`, ipcacheJson(POD_X, ID_X, 'pod-x')],
+      [`cilium/state/ip/v1/default/${POD_X6}`, ipcacheJson(POD_X6, ID_X, 'pod-x')],
       [`cilium/state/ip/v1/default/${POD_Y}`, ipcacheJson(POD_Y, ID_Y, 'pod-y')],
       [`cilium/state/nodes/v1/${PEER}/k8s-node-1`, NODE],
       // Hostile: an identity of another cluster's range labelled app=x, and a pod using it.
@@ -70,7 +73,7 @@ async function ciliumClusterWrite(endpoint: string): Promise<void> {
 }
 
 /** A namespace with a veth standing in for a pod of the peer cluster at `ip`, routed from the host. */
-async function podAdd(fx: AgentFixture, name: string, ip: string, hostIf: string): Promise<string> {
+async function podAdd(fx: AgentFixture, name: string, ip: string, hostIf: string, ip6?: string): Promise<string> {
   const ns = await fx.netns(name);
   await run('ip', ['link', 'add', hostIf, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
   await run('ip', ['link', 'set', hostIf, 'up']);
@@ -82,10 +85,18 @@ async function podAdd(fx: AgentFixture, name: string, ip: string, hostIf: string
     ['route', 'add', '169.254.46.1', 'dev', 'eth0'],
     ['neigh', 'add', '169.254.46.1', 'lladdr', mac, 'dev', 'eth0'],
     ['route', 'add', 'default', 'via', '169.254.46.1', 'dev', 'eth0'],
+    ...(ip6
+      ? [
+          ['-6', 'addr', 'add', `${ip6}/128`, 'dev', 'eth0', 'nodad'],
+          ['-6', 'neigh', 'add', 'fe80::46:1', 'lladdr', mac, 'dev', 'eth0'],
+          ['-6', 'route', 'add', 'default', 'via', 'fe80::46:1', 'dev', 'eth0'],
+        ]
+      : []),
   ]) {
     await run('ip', ['-n', ns, ...args]);
   }
   await run('ip', ['route', 'replace', `${ip}/32`, 'dev', hostIf]);
+  if (ip6) await run('ip', ['-6', 'route', 'replace', `${ip6}/128`, 'dev', hostIf]);
   return ns;
 }
 
@@ -154,7 +165,7 @@ describe('ClusterMesh: kitnet as a Cilium cluster, and a Cilium cluster as kitne
     for (const [name, ip] of [['px', POD_X], ['py', POD_Y], ['po', POD_OUT]] as const) {
       const hostIf = `km${name}${tag}`;
       hostIfs.push(hostIf);
-      pods[name] = await podAdd(fx, name, ip, hostIf);
+      pods[name] = await podAdd(fx, name, ip, hostIf, name === 'px' ? POD_X6 : undefined);
     }
     pods.wl = await fx.netns('wl');
     await fx.start();
@@ -207,7 +218,7 @@ describe('ClusterMesh: kitnet as a Cilium cluster, and a Cilium cluster as kitne
     });
     await waitFor('the peer\'s pods in the BPF ipcache', async () => {
       const m = ipcache();
-      return (m.get(`${POD_X}/32`)?.identity === ID_X && m.get(`${POD_Y}/32`)?.identity === ID_Y) || undefined;
+      return (m.get(`${POD_X}/32`)?.identity === ID_X && m.get(`${POD_X6}/128`)?.identity === ID_X && m.get(`${POD_Y}/32`)?.identity === ID_Y) || undefined;
     }, 30_000);
     const m = ipcache();
     assert.notEqual(m.get(`${POD_X}/32`)!.hostId, 0, 'a remote entry');
@@ -226,6 +237,7 @@ describe('ClusterMesh: kitnet as a Cilium cluster, and a Cilium cluster as kitne
     await Promise.all(probers.map((p) => p.ready));
     const to80 = [{ addr: wl.ipv4, port: 80, protocol: 'TCP' as const }];
     assert.deepEqual((await px!.probeRetrying(to80, 500, 4)).results, [true], 'app=x of cilium1 is admitted');
+    assert.deepEqual((await px!.probeRetrying([{ addr: wl.ipv6, port: 80, protocol: 'TCP' }], 500, 4)).results, [true], 'over IPv6 too');
     assert.deepEqual(await py!.probe(to80, 1000), [false], 'app=y of cilium1 is denied');
     assert.deepEqual(await po!.probe(to80, 1000), [false], 'an identity outside cilium1\'s range is world here: denied');
     assert.deepEqual(await px!.probe([{ addr: wl.ipv4, port: 81, protocol: 'TCP' }], 1000), [false], 'only port 80 is allowed');
@@ -233,7 +245,8 @@ describe('ClusterMesh: kitnet as a Cilium cluster, and a Cilium cluster as kitne
     const lines = await waitFor('flows naming the peer identities', async () => {
       const all = await flows(fx!.api);
       const ok = (id: number, verdict: string) => all.some((l) => l.flow.source?.identity === id && l.flow.destination?.pod_name === 'wl' && l.flow.verdict === verdict);
-      return (ok(ID_X, 'FORWARDED') && ok(ID_Y, 'DROPPED')) ? all : undefined;
+      const v6 = all.some((l) => l.flow.IP?.source === POD_X6 && l.flow.source?.identity === ID_X && l.flow.verdict === 'FORWARDED');
+      return (ok(ID_X, 'FORWARDED') && ok(ID_Y, 'DROPPED') && v6) ? all : undefined;
     }, 30_000);
     const admitted = lines.find((l) => l.flow.source?.identity === ID_X && l.flow.verdict === 'FORWARDED' && l.flow.traffic_direction === 'INGRESS')!;
     assert.equal(admitted.flow.IP.source, POD_X);
@@ -253,13 +266,13 @@ describe('ClusterMesh: kitnet as a Cilium cluster, and a Cilium cluster as kitne
     assert.ok(s.heartbeat && s.heartbeat.ageSeconds <= 60);
     assert.ok(Object.values(s.canaries).every((v) => v !== null), JSON.stringify(s.canaries));
     assert.deepEqual(s.ipcache.local, 2);
-    assert.ok(s.ipcache.remote >= 2 && s.identities.remote >= 2, JSON.stringify(s));
+    assert.ok(s.ipcache.remote >= 3 && s.identities.remote >= 2, JSON.stringify(s));
     const [p] = s.peers;
     assert.equal(p?.name, PEER);
     assert.equal(p.state, 'synced');
     assert.ok(p.heartbeat && p.heartbeat.ageSeconds >= 0);
     assert.equal(p.identities, 2, 'app=x and app=y; the out-of-range and the one naming kitmesh are refused');
-    assert.equal(p.ipcacheEntries, 2);
+    assert.equal(p.ipcacheEntries, 3);
     assert.ok(p.ignored.identities >= 2 && p.ignored.ipcache >= 3 && p.ignored.nodes >= 1, JSON.stringify(p.ignored));
     assert.deepEqual(p.nodes, [{ name: 'k8s-node-1', cluster: PEER, addresses: [{ type: 'InternalIP', ip: '172.18.0.3' }] }]);
     // The CLI shows the same.
@@ -268,7 +281,7 @@ describe('ClusterMesh: kitnet as a Cilium cluster, and a Cilium cluster as kitne
     assert.match(text, /Cluster: +kitmesh \(id 12, identities 786432-851967\)/);
     assert.match(text, /etcd: +connected http:\/\/127\.0\.0\.1:\d+/);
     assert.match(text, /Lease: +\d+ \(TTL \d+s of \d+s left\)/);
-    assert.match(text, /cilium1 +3 +synced +\d+s ago +2 +2 +1 /);
+    assert.match(text, /cilium1 +3 +synced +\d+s ago +2 +3 +1 /);
     const ignored = (await fx!.agent.metrics.registry.getSingleMetric('kitnet_cluster_ipcache_ignored_total')!.get()).values[0]?.value ?? 0;
     assert.ok(ignored >= 6, `ignored ${ignored}`);
   });
@@ -280,7 +293,7 @@ describe('ClusterMesh: kitnet as a Cilium cluster, and a Cilium cluster as kitne
       return p.state === 'unreachable' ? p : undefined;
     }, 30_000);
     assert.ok(down.lastError, 'the error is named');
-    assert.equal(down.ipcacheEntries, 2, 'entries kept while the peer is down');
+    assert.equal(down.ipcacheEntries, 3, 'entries kept while the peer is down');
     assert.equal(ipcache().get(`${POD_X}/32`)?.identity, ID_X);
     const px = probers[1]!;
     assert.deepEqual((await px.probeRetrying([{ addr: wl!.ipv4, port: 80, protocol: 'TCP' }], 500, 4)).results, [true], 'still admitted');
