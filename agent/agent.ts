@@ -1,4 +1,9 @@
 import { RemoteIpcache, sharedMetricsRegister, type ClusterServices, type IpcacheWatcher, type SharedNamespaces, type SharedPolicies } from './cluster/index.js';
+import { inRange, type IdentityRange } from './cluster/identity-range.js';
+import type { PeerCluster } from './cluster/peers.js';
+import type { RemoteIpcacheTarget } from './cluster/remote-ipcache.js';
+import { CLUSTER_MODE_OFF } from './cluster/status.js';
+import type { ClusterStatus } from '../common/schemas/cluster.js';
 import { cidrParse } from './ipam.js';
 import type { Logger } from 'pino';
 import type { FlowRecord, FlowSelection } from '../common/schemas/flows.js';
@@ -72,7 +77,7 @@ export class Agent {
   private readonly mutex = new Mutex();
   private readonly startedAt = Date.now();
   /** Cluster mode: other nodes' workload addresses and identities (agent/cluster/). */
-  readonly remote?: { ipcache: RemoteIpcache; watcher: IpcacheWatcher };
+  readonly remote?: { ipcache: RemoteIpcache; watcher: IpcacheWatcher; peers: PeerCluster[] };
   /** Cluster mode: policies and namespace labels shared through etcd (agent/cluster/shared-*.ts). */
   readonly shared?: { policies: SharedPolicies; namespaces: SharedNamespaces };
 
@@ -105,25 +110,29 @@ export class Agent {
     this.workloads = new WorkloadService(store, config, kernel, this.reconciler, log.child({ component: 'workloads' }), this.mutex, this.policyEngine, this.controller, cluster);
     if (cluster) {
       const dp = kernel.datapath;
-      const ipcache = new RemoteIpcache(
-        {
-          exclusive: (fn) => this.workloads.exclusive(fn),
-          localAddresses: () => new Set(store.workloadList().flatMap((w) => [w.ipv4, w.ipv6])),
-          ipcacheUpsert: (cidr, entry) => dp.ipcacheUpsert(cidr, entry),
-          ipcacheDelete: (cidr) => dp.ipcacheDelete(cidr),
-          ipcacheRemoteList: () => dp.ipcacheList().flatMap(([cidr, e]) => (e.hostId !== 0 && !cidr.startsWith('ipblock:') ? [[cidr, e.identity] as [string, number]] : [])),
-          identityLabels: (id) => cluster.identityLabels(id),
-          remoteIdentitiesUpdate: (changes) => this.policyEngine.remoteIdentitiesUpdate(changes),
-        },
-        log.child({ component: 'cluster-ipcache-watch' }),
-      );
-      this.policyEngine.remoteAddressResolve = (ip) => ipcache.identityOf(ip);
-      this.remote = { ipcache, watcher: cluster.ipcacheWatcher([cidrParse(config.ipam.ipv4Pool), cidrParse(config.ipam.ipv6Pool)]) };
+      // One target per source of remote entries (this cluster, each peer): each adopts only the
+      // pinned entries of its own identity range, so a restart does not drop another source's.
+      const target = (identityLabels: RemoteIpcacheTarget['identityLabels'], range: IdentityRange): RemoteIpcacheTarget => ({
+        exclusive: (fn) => this.workloads.exclusive(fn),
+        localAddresses: () => new Set(store.workloadList().flatMap((w) => [w.ipv4, w.ipv6])),
+        ipcacheUpsert: (cidr, entry) => dp.ipcacheUpsert(cidr, entry),
+        ipcacheDelete: (cidr) => dp.ipcacheDelete(cidr),
+        ipcacheRemoteList: () => dp.ipcacheList().flatMap(([cidr, e]) => (e.hostId !== 0 && !cidr.startsWith('ipblock:') && inRange(range, e.identity) ? [[cidr, e.identity] as [string, number]] : [])),
+        identityLabels,
+        remoteIdentitiesUpdate: (changes) => this.policyEngine.remoteIdentitiesUpdate(changes),
+      });
+      const ipcache = new RemoteIpcache(target((id) => cluster.identityLabels(id), cluster.identities.range), log.child({ component: 'cluster-ipcache-watch' }));
+      const localPools = [cidrParse(config.ipam.ipv4Pool), cidrParse(config.ipam.ipv6Pool)];
+      const peers = cluster.peersCreate({ nodeIP: cluster.nodeIP, localPools, target });
+      this.policyEngine.remoteAddressResolve = (ip) => ipcache.identityOf(ip) ?? peers.map((p) => p.ipcache.identityOf(ip)).find((id) => id !== undefined);
+      this.remote = { ipcache, watcher: cluster.ipcacheWatcher(localPools), peers };
     }
     this.watch = new WorkloadWatch(store, kernel, this.controller, log.child({ component: 'watch' }));
     this.policies = new PolicyService(store, this.policyEngine, this.workloads, this.mutex, log.child({ component: 'policy' }));
     this.directory = new EndpointDirectory(store);
     if (this.remote) this.directory.remotePeer = (ip) => this.remote?.ipcache.peerOf(ip);
+    const remote = this.remote;
+    if (remote) this.directory.remoteLabels = (id) => remote.ipcache.labelsOf(id) ?? remote.peers.map((p) => p.ipcache.labelsOf(id)).find((l) => l !== undefined);
     this.dhcp = new Dhcp4Server(store, config, log.child({ component: 'dhcp' }));
     this.flows = new FlowPipeline(this.directory, config.nodeName, config.flows.ringCapacity, log.child({ component: 'flows' }));
     this.metrics = new AgentMetrics({
@@ -132,7 +141,7 @@ export class Agent {
       workloads: () => store.workloadList(),
       identities: () => store.identityList().length,
       reconcileQueueDepth: () => this.controller.depth,
-      ...(this.remote ? { clusterIpcache: () => ({ remote: this.remote!.ipcache.size(), ignored: this.remote!.watcher.ignored + this.remote!.ipcache.identitiesIgnored }) } : {}),
+      ...(this.remote ? { clusterIpcache: () => this.remoteCounts() } : {}),
       policyEntries: () => this.policyEngine.entryCount(),
       mapFill: () => kernel.datapath.mapFill({ policy: this.policyEngine.entryCount() }),
     });
@@ -163,13 +172,18 @@ export class Agent {
     // Other nodes' workloads, before the restore compiles policy: their identities are in its first
     // compile, so rules selecting them hold across a restart. Listed once (a failure is retried in
     // the background), then watched; entries left from the previous run that etcd no longer has go.
+    if (this.remote) this.remoteOrphansDrop();
     if (this.remote) await this.remote.watcher.start(this.remote.ipcache, this.remote.ipcache.adopt());
+    // Peer clusters likewise (in parallel: one that does not answer delays the start by its deadline once).
+    if (this.remote) await Promise.all(this.remote.peers.map((p) => p.start()));
     const result = await this.workloads.exclusive(async () => {
       // Before anything allocates: this host's references to its cluster identities, under the new lease.
       await this.cluster?.identities.restore(this.store);
+      await this.cluster?.markSynced('identities');
       const synced = await this.reconciler.syncAll(onProgress, (rec) => this.controller.reconcileLocked(rec, { makeOwnedNetns: true }));
       await this.workloads.forgedLabelsScrub();
       await this.workloads.ipcachePublish(this.store.workloadList());
+      await this.cluster?.markSynced('ip');
       return synced;
     });
     // The cluster's namespace labels and policies over the restored cache (etcd is authoritative:
@@ -192,6 +206,7 @@ export class Agent {
     void this.remote?.watcher.close();
     void this.shared?.policies.follower.close();
     void this.shared?.namespaces.follower.close();
+    for (const p of this.remote?.peers ?? []) void p.close();
     this.dhcp.close();
     this.watch.stop();
     void this.controller.stop();
@@ -328,6 +343,47 @@ export class Agent {
       createdAt: i.createdAt,
     }));
     return [...reserved, ...allocated];
+  }
+
+  /**
+   * Pinned remote entries of no range followed any more (a peer removed from the config): nobody
+   * adopts them, so they go before the first lists.
+   */
+  private remoteOrphansDrop(): void {
+    const ranges = [this.cluster!.identities.range, ...this.remote!.peers.map((p) => p.range)];
+    const dp = this.kernel.datapath;
+    for (const [cidr, e] of dp.ipcacheList()) {
+      if (e.hostId === 0 || cidr.startsWith('ipblock:') || ranges.some((r) => inRange(r, e.identity))) continue;
+      dp.ipcacheDelete(cidr);
+      this.log.info({ cidr, identity: e.identity }, 'remote ipcache entry of a cluster no longer followed removed');
+    }
+  }
+
+  /** Remote ipcache entries (this cluster's other nodes and the peers) and values ignored, for metrics. */
+  private remoteCounts(): { remote: number; ignored: number } {
+    const r = this.remote!;
+    let remote = r.ipcache.size();
+    let ignored = r.watcher.ignored + r.ipcache.identitiesIgnored;
+    for (const p of r.peers) {
+      const c = p.counts();
+      remote += c.remote;
+      ignored += c.ignored;
+    }
+    return { remote, ignored };
+  }
+
+  /** GET /v1/cluster: cluster mode's state, or that it is off. */
+  async clusterStatus(): Promise<ClusterStatus> {
+    if (!this.cluster || !this.remote) return { mode: 'off', message: CLUSTER_MODE_OFF };
+    const range = this.cluster.identities.range;
+    const records = this.store.workloadList();
+    return this.cluster.status(
+      {
+        identities: { local: this.store.identityList().filter((i) => inRange(range, i.id)).length, remote: this.remote.ipcache.identityCount() + this.remote.peers.reduce((n, p) => n + p.ipcache.identityCount(), 0) },
+        ipcache: { local: records.reduce((n, w) => n + (w.ipv4 ? 1 : 0) + (w.ipv6 ? 1 : 0), 0), remote: this.remoteCounts().remote },
+      },
+      this.remote.peers,
+    );
   }
 
   async status(): Promise<Status> {

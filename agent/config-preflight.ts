@@ -32,6 +32,8 @@ export interface EtcdTlsPrepared {
 export interface ConfigPrepared {
   tcp: TcpPrepared | undefined;
   etcdTls: EtcdTlsPrepared | undefined;
+  /** cluster.peers[i].etcd.tls, by peer name. */
+  peerEtcdTls: Map<string, EtcdTlsPrepared>;
 }
 
 /** A setting the agent takes but an operator should look at; `key` is the config key. */
@@ -104,19 +106,19 @@ function tlsCheck(tls: { cert: string; key: string }, problems: Array<[string, s
 }
 
 /** cluster.etcd.tls: the CA parses as PEM certificates; a client certificate and key as for the REST listener. */
-function etcdTlsCheck(tls: { ca: string; cert?: string; key?: string }, problems: Array<[string, string]>): EtcdTlsPrepared | undefined {
-  const ca = fileRead('cluster.etcd.tls.ca', tls.ca, problems);
+function etcdTlsCheck(tls: { ca: string; cert?: string; key?: string }, problems: Array<[string, string]>, prefix = 'cluster.etcd.tls'): EtcdTlsPrepared | undefined {
+  const ca = fileRead(`${prefix}.ca`, tls.ca, problems);
   let caOk = false;
   if (ca) {
     try {
       createSecureContext({ ca });
       caOk = ca.includes('-----BEGIN CERTIFICATE-----');
-      if (!caOk) problems.push(['cluster.etcd.tls.ca', `${tls.ca} is not a PEM certificate: no BEGIN CERTIFICATE block`]);
+      if (!caOk) problems.push([`${prefix}.ca`, `${tls.ca} is not a PEM certificate: no BEGIN CERTIFICATE block`]);
     } catch (err) {
-      problems.push(['cluster.etcd.tls.ca', `${tls.ca} is not a PEM certificate: ${tlsReason(err)}`]);
+      problems.push([`${prefix}.ca`, `${tls.ca} is not a PEM certificate: ${tlsReason(err)}`]);
     }
   }
-  const client = tls.cert && tls.key ? tlsCheck({ cert: tls.cert, key: tls.key }, problems, 'cluster.etcd.tls') : undefined;
+  const client = tls.cert && tls.key ? tlsCheck({ cert: tls.cert, key: tls.key }, problems, prefix) : undefined;
   if (!ca || !caOk || (tls.cert && !client)) return undefined;
   return { ca, ...client };
 }
@@ -146,6 +148,11 @@ export async function configPrepare(config: Config): Promise<ConfigPrepared> {
     if (https && tokens) tcp = { https, tokens };
   }
   const etcdTls = config.cluster?.etcd.tls ? etcdTlsCheck(config.cluster.etcd.tls, problems) : undefined;
+  const peerEtcdTls = new Map<string, EtcdTlsPrepared>();
+  config.cluster?.peers.forEach((p, i) => {
+    const t = p.etcd.tls && etcdTlsCheck(p.etcd.tls, problems, `cluster.peers.${i}.etcd.tls`);
+    if (t) peerEtcdTls.set(p.name, t);
+  });
   if (Buffer.byteLength(resolve(config.api.socket)) > SOCKET_PATH_MAX) {
     problems.push(['api.socket', `${config.api.socket} is longer than the ${SOCKET_PATH_MAX} bytes a unix socket path may have`]);
   }
@@ -161,7 +168,7 @@ export async function configPrepare(config: Config): Promise<ConfigPrepared> {
   if (problems.length) {
     throw new ConfigError(problems.map(([k, m]) => `${k}: ${m}`).join('; '), [...new Set(problems.map(([k]) => k))]);
   }
-  return { tcp, etcdTls };
+  return { tcp, etcdTls, peerEtcdTls };
 }
 
 /** The host's own addresses (every interface), for the pool overlap warning. */

@@ -47,6 +47,47 @@ const etcdEndpoint = z.string().superRefine((v, ctx) => {
   }
 });
 
+/** An etcd to reach: client URLs, and TLS files when the URLs are https (`at`: its config key, for messages). */
+const etcdSchema = (at: string) => z
+  .object({
+    endpoints: z.array(etcdEndpoint).min(1, 'give at least one etcd client URL'),
+    tls: z
+      .object({
+        ca: z.string().min(1, 'must be the path of the PEM CA certificate that signed etcd\'s server certificate'),
+        cert: z.string().min(1, 'must be the path of a PEM client certificate').optional(),
+        key: z.string().min(1, 'must be the path of a PEM private key').optional(),
+      })
+      .strict()
+      .superRefine((t, ctx) => {
+        if (t.cert && !t.key) ctx.addIssue({ code: 'custom', path: ['key'], message: `required with ${at}.tls.cert (the client certificate's private key)` });
+        if (t.key && !t.cert) ctx.addIssue({ code: 'custom', path: ['cert'], message: `required with ${at}.tls.key (the client certificate)` });
+      })
+      .optional(),
+  })
+  .strict()
+  .superRefine((e, ctx) => {
+    const https = e.endpoints.filter((u) => u.startsWith('https:')).length;
+    if (e.tls && https !== e.endpoints.length) {
+      ctx.addIssue({ code: 'custom', path: ['endpoints'], message: `with ${at}.tls set, every endpoint must be https://` });
+    }
+    if (!e.tls && https > 0) {
+      ctx.addIssue({ code: 'custom', path: ['tls'], message: `required for https:// endpoints: set ${at}.tls.ca (and cert, key for client authentication)` });
+    }
+  });
+
+/** A Cilium cluster (or another kitnet cluster) whose identities and pod addresses this cluster reads. */
+const PeerSchema = z
+  .object({
+    name: z
+      .string()
+      .max(32, 'at most 32 characters (Cilium\'s limit for a cluster name)')
+      .regex(CLUSTER_NAME_RE, 'lower-case letters, digits and "-", starting and ending with a letter or digit (Cilium\'s rule for a cluster name)'),
+    /** The peer's cluster id: only identities in id<<16 ... ((id+1)<<16)-1 are taken from it. */
+    id: z.number().int().min(1, 'must be 1-255 (the peer\'s cluster id)').max(255, 'must be 1-255'),
+    etcd: etcdSchema('cluster.peers[].etcd'),
+  })
+  .strict();
+
 const ClusterSchema = z
   .object({
     name: z
@@ -71,34 +112,23 @@ const ClusterSchema = z
       .prefault({}),
     /** Routes to every other node's CIDRs via that node's address (Cilium's auto-direct-node-routes; nodes on one L2 segment). */
     autoDirectNodeRoutes: z.boolean().default(true),
-    etcd: z
-      .object({
-        endpoints: z.array(etcdEndpoint).min(1, 'give at least one etcd client URL'),
-        tls: z
-          .object({
-            ca: z.string().min(1, 'must be the path of the PEM CA certificate that signed etcd\'s server certificate'),
-            cert: z.string().min(1, 'must be the path of a PEM client certificate').optional(),
-            key: z.string().min(1, 'must be the path of a PEM private key').optional(),
-          })
-          .strict()
-          .superRefine((t, ctx) => {
-            if (t.cert && !t.key) ctx.addIssue({ code: 'custom', path: ['key'], message: 'required with cluster.etcd.tls.cert (the client certificate\'s private key)' });
-            if (t.key && !t.cert) ctx.addIssue({ code: 'custom', path: ['cert'], message: 'required with cluster.etcd.tls.key (the client certificate)' });
-          })
-          .optional(),
-      })
-      .strict()
-      .superRefine((e, ctx) => {
-        const https = e.endpoints.filter((u) => u.startsWith('https:')).length;
-        if (e.tls && https !== e.endpoints.length) {
-          ctx.addIssue({ code: 'custom', path: ['endpoints'], message: 'with cluster.etcd.tls set, every endpoint must be https://' });
-        }
-        if (!e.tls && https > 0) {
-          ctx.addIssue({ code: 'custom', path: ['tls'], message: 'required for https:// endpoints: set cluster.etcd.tls.ca (and cert, key for client authentication)' });
-        }
-      }),
+    etcd: etcdSchema('cluster.etcd'),
+    /** Seconds between writes of cilium/.heartbeat (Cilium writes it every minute; readers call a cluster dead after 2 minutes without one). */
+    heartbeatSeconds: z.number().int().min(1).max(60, 'at most 60: Cilium readers call a cluster dead after 2 minutes without a heartbeat').default(60),
+    /** Other clusters read read-only (ClusterMesh peers): their identities and addresses join this host's ipcache and policy. */
+    peers: z.array(PeerSchema).default([]),
   })
-  .strict();
+  .strict()
+  .superRefine((c, ctx) => {
+    const names = new Set<string>([c.name]);
+    const ids = new Set<number>([c.id]);
+    c.peers.forEach((p, i) => {
+      if (names.has(p.name)) ctx.addIssue({ code: 'custom', path: ['peers', i, 'name'], message: p.name === c.name ? `"${p.name}" is this cluster's own name` : `"${p.name}" is given to two peers` });
+      if (ids.has(p.id)) ctx.addIssue({ code: 'custom', path: ['peers', i, 'id'], message: p.id === c.id ? `${p.id} is this cluster's own id (identity ranges would overlap)` : `${p.id} is given to two peers (identity ranges would overlap)` });
+      names.add(p.name);
+      ids.add(p.id);
+    });
+  });
 
 export const DatapathModeSchema = z.enum(['auto', 'veth', 'netkit']);
 

@@ -2,6 +2,7 @@ import type { FlowRecord, FlowSelection } from '../common/schemas/flows.js';
 import type { Identity } from '../common/schemas/identity.js';
 import type { Namespace, PolicyApplyResult, PolicySummary, TraceRequest, TraceResponse, WorkloadPolicy } from '../common/schemas/policy.js';
 import type { Status } from '../common/schemas/status.js';
+import type { ClusterStatus } from '../common/schemas/cluster.js';
 import type { Workload, WorkloadCreate } from '../common/schemas/workload.js';
 
 // The flow types are part of the API's contract, shared with the agent (common/schemas/flows.ts).
@@ -31,6 +32,8 @@ export interface AgentApi {
   policyDelete(kind: string, namespace: string, name: string): Promise<PolicySummary>;
   policyTrace(req: TraceRequest): TraceResponse;
   status(): Promise<Status>;
+  /** Cluster mode: etcd, lease, heartbeat, nodes, counts and peers; or that cluster mode is off. */
+  clusterStatus(): Promise<ClusterStatus>;
   /** Flows from the ring matching the selection, oldest first. Throws a 400 KitnetError for a bad filter. */
   flowsSelect(sel: FlowSelection): FlowRecord[];
   /** Subscribes to new matching flows and lost_events records; returns the unsubscribe function. */

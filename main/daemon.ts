@@ -171,7 +171,7 @@ export async function daemonRun(opts: DaemonOptions = {}): Promise<Daemon> {
     const hubble = await hubbleListen(config, log);
     undo.push(() => hubble.close());
     const audit = auditSink(config, log);
-    const cluster = config.cluster ? await clusterOpen(config.cluster, prepared.etcdTls, log, config) : undefined;
+    const cluster = config.cluster ? await clusterOpen(config.cluster, prepared.etcdTls, log, config, prepared.peerEtcdTls) : undefined;
     if (cluster) undo.push(() => cluster.close());
     return hubble.attach(await daemonStart({ opts, configPath, config, log, tcpSecurity: prepared.tcp, lock, unixListener, tcpListener, audit, undo, cluster }));
   } catch (err) {

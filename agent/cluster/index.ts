@@ -15,6 +15,10 @@ import type { Cidr } from '../ipam.js';
 import { SharedNamespaces, type NamespaceHost } from './shared-namespaces.js';
 import { SharedPolicies, type PolicyHost } from './shared-policy.js';
 import { nodeJoin, type NodeMembership } from './node-join.js';
+import type { ClusterStatusOn } from '../../common/schemas/cluster.js';
+import { MeshMarkers, type SyncedPrefix } from './mesh-markers.js';
+import { PeerCluster, type PeerContext } from './peers.js';
+import { clusterStatusRead, type ClusterCounts } from './status.js';
 
 export { ClusterIdentities } from './cluster-identities.js';
 export { IpcachePublisher } from './ipcache-publisher.js';
@@ -33,6 +37,13 @@ export interface ClusterServices {
   identityLabels(id: number): Promise<string[] | undefined>;
   /** Policies and namespace labels shared through etcd, applied on this host through the hosts given. */
   shared?(hosts: { policies: PolicyHost; namespaces: NamespaceHost }): { policies: SharedPolicies; namespaces: SharedNamespaces };
+  /** The ClusterMesh sync canary of a prefix: this node's share of it is in etcd. */
+  markSynced(prefix: SyncedPrefix): Promise<void>;
+  /** The configured peer clusters (cluster.peers), not started yet. */
+  peersCreate(ctx: PeerContext): PeerCluster[];
+  status(counts: ClusterCounts, peers: readonly PeerCluster[]): Promise<ClusterStatusOn>;
+  /** This host's address in the cluster. */
+  nodeIP: string;
 }
 
 /** This host's address in the cluster when cluster.nodeIP is not set: its first global IPv4, else IPv6. */
@@ -42,13 +53,18 @@ export function nodeIpDefault(ifaces = networkInterfaces()): string | undefined 
 }
 
 export interface ClusterMode extends ClusterServices, Omit<NodeMembership, 'close'> {
-  nodeIP: string;
   /** Stops the keepalives; this node's keys expire with its lease (a restart takes them again). */
   close(): Promise<void>;
 }
 
 /** Connects to the cluster's etcd and opens this node's session (leases). */
-export async function clusterOpen(cluster: NonNullable<Config['cluster']>, tls: EtcdTlsPrepared | undefined, log: Logger, host: Pick<Config, 'nodeName' | 'ipam'>): Promise<ClusterMode> {
+export async function clusterOpen(
+  cluster: NonNullable<Config['cluster']>,
+  tls: EtcdTlsPrepared | undefined,
+  log: Logger,
+  host: Pick<Config, 'nodeName' | 'ipam'>,
+  peerTls: ReadonlyMap<string, EtcdTlsPrepared> = new Map(),
+): Promise<ClusterMode> {
   const nodeIP = cluster.nodeIP ?? nodeIpDefault();
   if (!nodeIP) throw new Error('cluster.nodeIP: this host has no global address to be known by in the cluster; set cluster.nodeIP');
   const client = etcdClientCreate(cluster.etcd, tls);
@@ -69,6 +85,17 @@ export async function clusterOpen(cluster: NonNullable<Config['cluster']>, tls: 
   log.info({ cluster: cluster.name, clusterId: cluster.id, nodeIP, identityRange: `${range.min}-${range.max}` }, 'cluster mode: identities shared through etcd');
   const gcLog = log.child({ component: 'cluster-identity-gc' });
   const gc = new IdentityGc(session, range, gcLog);
+  const markers = new MeshMarkers(session, { name: cluster.name, id: cluster.id, heartbeatMs: cluster.heartbeatSeconds * 1000 }, log.child({ component: 'cluster-mesh' }));
+  try {
+    await markers.start();
+    // nodeJoin wrote this node's entry: its share of the nodes prefix is in etcd.
+    await markers.markSynced('nodes');
+  } catch (err) {
+    markers.close();
+    await node.close();
+    await session.close();
+    throw new Error(`cluster.etcd: cannot write the ClusterMesh keys (cilium/cluster-config, cilium/.heartbeat): ${(err as Error).message}`, { cause: err });
+  }
   const gcTimer = setInterval(() => void gc.round().catch((err: unknown) => gcLog.warn({ err }, 'identity garbage collection round failed; next round retries')), IDENTITY_GC_INTERVAL_MS).unref();
   return {
     identities: new ClusterIdentities(allocator, cluster.name, range, log.child({ component: 'cluster-identity' })),
@@ -79,11 +106,20 @@ export async function clusterOpen(cluster: NonNullable<Config['cluster']>, tls: 
       policies: new SharedPolicies(session.client, hosts.policies, log.child({ component: 'cluster-policy' })),
       namespaces: new SharedNamespaces(session.client, hosts.namespaces, log.child({ component: 'cluster-namespace' })),
     }),
+    markSynced: (prefix) => markers.markSynced(prefix),
+    peersCreate: (ctx) => cluster.peers.map((p) => new PeerCluster(p, peerTls.get(p.name), ctx, log.child({ component: 'cluster-peer', peer: p.name }))),
+    status: (counts, peers) =>
+      clusterStatusRead({ cluster: { name: cluster.name, id: cluster.id, endpoints: cluster.etcd.endpoints }, nodeIP, range, session, markers, log }, counts, peers),
     nodeIP,
     ipam: node.ipam,
     nodes: node.nodes,
     routes: node.routes,
     metricsRegister: node.metricsRegister,
-    close: async () => (clearInterval(gcTimer), await node.close(), await session.close()),
+    close: async () => {
+      clearInterval(gcTimer);
+      markers.close();
+      await node.close();
+      await session.close();
+    },
   };
 }

@@ -95,7 +95,8 @@ export class IpcacheWatcher {
   lists = 0;
 
   constructor(
-    private readonly session: ClusterSession,
+    /** This cluster's session, or a peer cluster's client (only `client` is used: read-only). */
+    private readonly session: Pick<ClusterSession, 'client'>,
     private readonly rules: IpcacheWatchRules,
     private readonly log: Logger,
   ) {}

@@ -43,13 +43,12 @@ export class RemoteIpcache implements IpcacheWatchSink {
   private readonly written = new Map<string, number>();
   /** Identity -> how many remote addresses refer to it. */
   private readonly refs = new Map<number, number>();
-  /** Identities whose labels are in the policy universe. */
-  private readonly known = new Set<number>();
+  /** Identities whose labels are in the policy universe, with those labels (flows name them). */
+  private readonly known = new Map<number, string[]>();
   /** Identity labels refused or missing (counted, logged). */
   identitiesIgnored = 0;
-  /** What a flow names for a remote address: its workload (namespace, pod name) and identity labels. */
+  /** What a flow names for a remote address: its workload (namespace, pod name); labels come from `known`. */
   private readonly peers = new Map<string, { identity: number; namespace: string; podName: string }>();
-  private readonly labels = new Map<number, readonly string[]>();
 
   constructor(
     private readonly target: RemoteIpcacheTarget,
@@ -85,7 +84,17 @@ export class RemoteIpcache implements IpcacheWatchSink {
   /** The remote workload at an address, as flows name it; undefined when this host maps none. */
   peerOf(ip: string): { identity: number; namespace: string; podName: string; labels: readonly string[] } | undefined {
     const p = this.peers.get(ip);
-    return p && { ...p, labels: this.labels.get(p.identity) ?? [] };
+    return p && { ...p, labels: this.known.get(p.identity) ?? [] };
+  }
+
+  /** A remote identity's labels, while addresses refer to it. */
+  labelsOf(id: number): string[] | undefined {
+    return this.known.get(id);
+  }
+
+  /** Remote identities in the policy universe. */
+  identityCount(): number {
+    return this.known.size;
   }
 
   apply(set: readonly RemoteIpcacheEntry[], gone: readonly string[]): Promise<void> {
@@ -109,10 +118,7 @@ export class RemoteIpcache implements IpcacheWatchSink {
       }
       // Known only once the policy took them (a failed write is handed over again by a new list).
       if (joining.size) await this.target.remoteIdentitiesUpdate(joining);
-      for (const [id, labels] of joining) {
-        this.known.add(id);
-        if (labels) this.labels.set(id, labels);
-      }
+      for (const [id, labels] of joining) this.known.set(id, [...(labels ?? [])]);
       const drop = (ip: string) => {
         const id = this.written.get(ip);
         if (id === undefined) return;
@@ -140,12 +146,9 @@ export class RemoteIpcache implements IpcacheWatchSink {
       }
       const leaving = new Map<number, undefined>();
       // Every known identity no address refers to (also those a failed earlier batch left behind).
-      for (const id of this.known) if (!this.refs.has(id)) leaving.set(id, undefined);
+      for (const id of this.known.keys()) if (!this.refs.has(id)) leaving.set(id, undefined);
       if (leaving.size) await this.target.remoteIdentitiesUpdate(leaving);
-      for (const id of leaving.keys()) {
-        this.known.delete(id);
-        this.labels.delete(id);
-      }
+      for (const id of leaving.keys()) this.known.delete(id);
     });
   }
 }

@@ -37,7 +37,9 @@ export class EndpointDirectory {
    * Looked up per flow; its objects are cached per address and identity like local ones.
    */
   remotePeer: ((address: string) => { identity: number; namespace: string; podName: string; labels: readonly string[] } | undefined) | undefined;
-  private remoteByAddress = new Map<string, HubbleEndpoint>();
+  private remoteByAddress = new Map<string, { ep: HubbleEndpoint; source: readonly string[] }>();
+  /** Cluster mode: labels of other nodes' and peer clusters' identities (the policy universe's). */
+  remoteLabels: (identity: number) => string[] | undefined = () => undefined;
 
   constructor(private readonly store: Store) {
     this.refresh();
@@ -111,15 +113,16 @@ export class EndpointDirectory {
     const peer = this.remotePeer?.(address);
     if (peer && peer.identity === identity) {
       const cached = this.remoteByAddress.get(address);
-      if (cached && cached.identity === identity && cached.pod_name === peer.podName && cached.namespace === peer.namespace && cached.labels.length === peer.labels.length) return cached;
+      // The labels array is the identity's own (replaced, never mutated, when the identity changes).
+      if (cached && cached.source === peer.labels && cached.ep.identity === identity && cached.ep.pod_name === peer.podName && cached.ep.namespace === peer.namespace) return cached.ep;
       const ep: HubbleEndpoint = { identity, namespace: peer.namespace, labels: [...peer.labels], pod_name: peer.podName };
       if (this.remoteByAddress.size > 65_536) this.remoteByAddress.clear();
-      this.remoteByAddress.set(address, ep);
+      this.remoteByAddress.set(address, { ep, source: peer.labels });
       return ep;
     }
     let ep = this.remote.get(identity);
     if (!ep) {
-      ep = { identity, labels: this.identityLabels.get(identity) ?? reservedIdentityLabels(identity) };
+      ep = { identity, labels: this.identityLabels.get(identity) ?? this.remoteLabels(identity) ?? reservedIdentityLabels(identity) };
       if (this.remote.size > 65_536) this.remote.clear();
       this.remote.set(identity, ep);
     }

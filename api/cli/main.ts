@@ -4,6 +4,8 @@ import type { ConfigReloadResult } from '../../common/schemas/config.js';
 import type { Identity } from '../../common/schemas/identity.js';
 import type { Namespace, PolicyApplyResult, PolicySummary, TraceResponse, WorkloadPolicy } from '../../common/schemas/policy.js';
 import type { Status } from '../../common/schemas/status.js';
+import type { ClusterStatus } from '../../common/schemas/cluster.js';
+import { clusterStatusText } from './cluster-status.js';
 import type { Workload } from '../../common/schemas/workload.js';
 import { ApiClient, ApiError, socketDefault } from '../../common/api-client.js';
 import { flowCompact, flowTableHeader, flowTableRow, table, workloadStateText } from '../../common/format.js';
@@ -247,6 +249,18 @@ program
     for (const warning of s.warnings) rows.push(['Warning', `${warning.key}: ${warning.message}`]);
     const w = Math.max(...rows.map(([k]) => k.length));
     for (const [k, v] of rows) console.log(`${`${k}:`.padEnd(w + 2)}${v}`);
+  });
+
+program
+  .command('cluster')
+  .description('cluster mode (etcd, Cilium ClusterMesh)')
+  .command('status')
+  .description('cluster, etcd, this node\'s lease, heartbeat, nodes, identity and ipcache counts, peer clusters')
+  .addOption(outputOption())
+  .action(async (o: { output: string }) => {
+    const s = await client().call<ClusterStatus>('GET', '/v1/cluster');
+    if (o.output === 'json') return printJson(s);
+    console.log(clusterStatusText(s));
   });
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];

@@ -48,6 +48,11 @@ describe('CLI: workload add for kinds netns, vm and tap (root)', { timeout: 120_
     assert.deepEqual(JSON.parse((await cli('workload', 'ls', '-o', 'json')).stdout), []);
   });
 
+  test('cluster status on a single host says cluster mode is off', async () => {
+    assert.match((await cli('cluster', 'status')).stdout, /^cluster mode off: /);
+    assert.equal((JSON.parse((await cli('cluster', 'status', '-o', 'json')).stdout) as { mode: string }).mode, 'off');
+  });
+
   test('a flag that does not fit the kind fails naming the field, and registers nothing', async () => {
     await assert.rejects(cli('workload', 'add', 't2', '--kind', 'tap', '--mac', '52:54:00:aa:bb:cd', '-n', 'cli'), (e: { stderr: string; code: number }) => {
       assert.notEqual(e.code, 0);

@@ -26,6 +26,7 @@ function agentStub() {
     status: async () => {
       throw new Error('unused');
     },
+    clusterStatus: async () => ({ mode: 'off', message: 'cluster mode off' }),
     flowsSelect: () => [],
     flowsFollow: () => () => undefined,
     flowsLost: (n) => ({ lost_events: { num_events_lost: n }, node_name: 'x', time: '' }),
@@ -178,7 +179,7 @@ describe('API request validation', () => {
     assert.equal(res.statusCode, 200);
     const doc = res.json() as { openapi: string; paths: Record<string, unknown> };
     assert.match(doc.openapi, /^3\./);
-    for (const p of ['/v1/workloads', '/v1/workloads/{namespace}/{name}', '/v1/identities', '/v1/status', '/v1/flows', '/healthz']) {
+    for (const p of ['/v1/workloads', '/v1/workloads/{namespace}/{name}', '/v1/identities', '/v1/status', '/v1/cluster', '/v1/flows', '/healthz']) {
       assert.ok(doc.paths[p], `missing ${p}`);
     }
   });

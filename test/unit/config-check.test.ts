@@ -65,7 +65,7 @@ describe('config check', () => {
   test('cluster: without it nothing changes; with it every key is checked and named', () => {
     assert.equal(configParse({}).cluster, undefined);
     const ok = { name: 'kit-1', id: 7, etcd: { endpoints: ['http://127.0.0.1:2379'] } };
-    assert.deepEqual(configParse({ cluster: ok }).cluster, { ...ok, leaseTTLSeconds: 60, ipam: { ipv4MaskSize: 24, ipv6MaskSize: 112 }, autoDirectNodeRoutes: true });
+    assert.deepEqual(configParse({ cluster: ok }).cluster, { ...ok, leaseTTLSeconds: 60, ipam: { ipv4MaskSize: 24, ipv6MaskSize: 112 }, autoDirectNodeRoutes: true, heartbeatSeconds: 60, peers: [] });
     assert.equal(configParse({ cluster: { ...ok, nodeIP: 'fd00::5' } }).cluster?.nodeIP, 'fd00::5');
     const bad: Array<[unknown, RegExp]> = [
       [{ ...ok, name: 'Kit_1' }, /cluster\.name: lower-case letters/],
@@ -84,7 +84,20 @@ describe('config check', () => {
       [{ ...ok, etcd: { endpoints: ['https://h:2379'], tls: { ca: '/ca.pem', key: '/k.pem' } } }, /cluster\.etcd\.tls\.cert: required with cluster\.etcd\.tls\.key/],
       [{ ...ok, extra: 1 }, /cluster: Unrecognized key/],
       [{ name: 'x', etcd: ok.etcd }, /cluster\.id: /],
+      [{ ...ok, heartbeatSeconds: 0 }, /cluster\.heartbeatSeconds: /],
+      [{ ...ok, heartbeatSeconds: 61 }, /cluster\.heartbeatSeconds: at most 60/],
+      [{ ...ok, peers: [{ name: 'kit-1', id: 8, etcd: ok.etcd }] }, /cluster\.peers\.0\.name: "kit-1" is this cluster's own name/],
+      [{ ...ok, peers: [{ name: 'c1', id: 7, etcd: ok.etcd }] }, /cluster\.peers\.0\.id: 7 is this cluster's own id/],
+      [{ ...ok, peers: [{ name: 'c1', id: 3, etcd: ok.etcd }, { name: 'c1', id: 4, etcd: ok.etcd }] }, /cluster\.peers\.1\.name: "c1" is given to two peers/],
+      [{ ...ok, peers: [{ name: 'c1', id: 3, etcd: ok.etcd }, { name: 'c2', id: 3, etcd: ok.etcd }] }, /cluster\.peers\.1\.id: 3 is given to two peers/],
+      [{ ...ok, peers: [{ name: 'C_1', id: 3, etcd: ok.etcd }] }, /cluster\.peers\.0\.name: lower-case letters/],
+      [{ ...ok, peers: [{ name: 'c1', id: 300, etcd: ok.etcd }] }, /cluster\.peers\.0\.id: must be 1-255/],
+      [{ ...ok, peers: [{ name: 'c1', id: 3 }] }, /cluster\.peers\.0\.etcd: /],
+      [{ ...ok, peers: [{ name: 'c1', id: 3, etcd: { endpoints: ['https://h:2379'] } }] }, /cluster\.peers\.0\.etcd\.tls: required for https/],
+      [{ ...ok, peers: [{ name: 'c1', id: 3, etcd: ok.etcd, extra: 1 }] }, /cluster\.peers\.0: Unrecognized key/],
     ];
+    const peer = { name: 'cilium1', id: 3, etcd: { endpoints: ['http://127.0.0.1:2380'] } };
+    assert.deepEqual(configParse({ cluster: { ...ok, peers: [peer] } }).cluster?.peers, [peer]);
     for (const [cluster, re] of bad) assert.throws(() => configParse({ cluster }), re, JSON.stringify(cluster));
   });
 
@@ -102,6 +115,13 @@ describe('config check', () => {
     await assert.rejects(configPrepare(configParse(cluster({ ca: join(dir, 'nope.pem') }))), /cluster\.etcd\.tls\.ca: cannot read .*nope\.pem: ENOENT/);
     await assert.rejects(configPrepare(configParse(cluster({ ca: cert, cert, key: cert }))), /cluster\.etcd\.tls\.key: .* is not a PEM private key/);
     await assert.rejects(configPrepare(configParse(cluster({ ca: cert, cert: key, key }))), /cluster\.etcd\.tls\.cert: .* is not a PEM certificate/);
+    // A peer's TLS files likewise, named by the peer's index.
+    const withPeer = (tls: Record<string, string>) => {
+      const c = cluster({ ca: cert, cert, key });
+      return { ...c, cluster: { ...c.cluster, peers: [{ name: 'cilium1', id: 3, etcd: { endpoints: ['https://127.0.0.1:2380'], tls } }] } };
+    };
+    assert.ok((await configPrepare(configParse(withPeer({ ca: cert })))).peerEtcdTls.get('cilium1')?.ca.length);
+    await assert.rejects(configPrepare(configParse(withPeer({ ca: garbage }))), /cluster\.peers\.0\.etcd\.tls\.ca: .*garbage\.pem is not a PEM certificate/);
     const file = join(dir, 'cluster.yaml');
     writeFileSync(file, `${JSON.stringify(cluster({ ca: garbage }))}\n`);
     const checked = await configCheck(file, env);

@@ -1,0 +1,177 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { pino } from 'pino';
+import { etcdClientCreate } from '../../agent/cluster/etcd-client.js';
+import { ClusterSession } from '../../agent/cluster/session.js';
+import { etcdStart, type EtcdServer } from '../helpers/etcd.js';
+import { waitFor } from '../helpers/sys.js';
+import { clusterIdentityRange } from '../../agent/cluster/identity-range.js';
+import { ipcacheValueJudge } from '../../agent/cluster/ipcache-watcher.js';
+import { clusterConfigJson, clusterConfigKey, HEARTBEAT_KEY, kvstoreTimestamp, kvstoreTimestampParse, MeshMarkers, syncedKey } from '../../agent/cluster/mesh-markers.js';
+import { goIpNetParse, nodeSummaryParse, peerIdentityJudge } from '../../agent/cluster/peer-formats.js';
+import { cidrParse } from '../../agent/ipam.js';
+import { clusterStatusText } from '../../api/cli/cluster-status.js';
+
+// The examples of ../shared/CLUSTER.md, as Cilium v1.19.4 wrote them for cluster `cilium1`, id 3.
+const LABELS = 'k8s:app=frontend;k8s:io.cilium.k8s.policy.cluster=cilium1;k8s:io.kubernetes.pod.namespace=shop;';
+const NODE =
+  '{"Name":"k8s-node-1","Cluster":"cilium1","IPAddresses":[{"Type":"InternalIP","IP":"172.18.0.3"}],"IPv4AllocCIDR":null,' +
+  '"IPv4SecondaryAllocCIDRs":null,"IPv6AllocCIDR":null,"IPv6SecondaryAllocCIDRs":null,"IPv4HealthIP":"","IPv6HealthIP":"",' +
+  '"IPv4IngressIP":"","IPv6IngressIP":"","ClusterID":3,"Source":"","EncryptionKey":0,"Labels":null,"Annotations":null,' +
+  '"NodeIdentity":0,"WireguardPubKey":"","BootID":""}';
+const IPCACHE = '{"IP":"10.244.1.79","Mask":null,"HostIP":"172.18.0.3","ID":212954,"Key":0,"Metadata":"","K8sNamespace":"default","K8sPodName":"pod-212954"}';
+const peer = { name: 'cilium1', range: clusterIdentityRange(3) };
+
+describe('ClusterMesh keys (a kitnet cluster as a Cilium remote cluster)', () => {
+  test('cluster config, canaries and heartbeat: the keys and values Cilium writes', () => {
+    assert.equal(clusterConfigKey('cilium1'), 'cilium/cluster-config/cilium1');
+    assert.equal(clusterConfigJson(3), '{"id":3,"capabilities":{"syncedCanaries":true,"maxConnectedClusters":255}}');
+    assert.equal(HEARTBEAT_KEY, 'cilium/.heartbeat');
+    assert.equal(syncedKey('kit', 'nodes'), 'cilium/synced/kit/cilium/state/nodes/v1');
+    assert.equal(syncedKey('kit', 'identities'), 'cilium/synced/kit/cilium/state/identities/v1');
+    assert.equal(syncedKey('kit', 'ip'), 'cilium/synced/kit/cilium/state/ip/v1');
+    assert.equal(kvstoreTimestamp(new Date('2026-12-01T22:55:14.987Z')), '2026-12-01T22:55:14Z');
+    assert.equal(kvstoreTimestampParse('2026-12-01T22:55:14Z')?.toISOString(), '2026-12-01T22:55:14.000Z');
+    assert.equal(kvstoreTimestampParse('2026-12-01T23:55:14+01:00')?.toISOString(), '2026-12-01T22:55:14.000Z');
+    for (const bad of ['', 'yesterday', '2026-13-45T99:00:00Z', '1764629714']) assert.equal(kvstoreTimestampParse(bad), undefined, bad);
+  });
+});
+
+describe('reading a Cilium cluster: identities, nodes, ipcache values judged', () => {
+  test('an id/ key of the peer: taken in its range with its labels', () => {
+    assert.deepEqual(peerIdentityJudge('cilium/state/identities/v1/id/212954', LABELS, peer), {
+      id: 212954,
+      labels: ['k8s:app=frontend', 'k8s:io.cilium.k8s.policy.cluster=cilium1', 'k8s:io.kubernetes.pod.namespace=shop'],
+    });
+    // Without the cluster label (clustermesh-apiserver mirrors CRD identities as they are): it is added.
+    assert.deepEqual(peerIdentityJudge('cilium/state/identities/v1/id/196608', 'k8s:app=x;', peer), { id: 196608, labels: ['k8s:app=x', 'k8s:io.cilium.k8s.policy.cluster=cilium1'] });
+  });
+
+  test('hostile id/ keys are refused with a reason', () => {
+    const reasons: Array<[string, string, RegExp]> = [
+      ['cilium/state/identities/v1/id/262144', LABELS, /outside cluster cilium1's range 196608-262143/],
+      ['cilium/state/identities/v1/id/196607', LABELS, /outside/],
+      ['cilium/state/identities/v1/id/2', 'reserved:host;', /outside/],
+      ['cilium/state/identities/v1/id/0212954', LABELS, /not .*<number>/],
+      ['cilium/state/identities/v1/id/21x', LABELS, /not .*<number>/],
+      ['cilium/state/identities/v1/id/212954', 'k8s:app=frontend', /not a Cilium label key/],
+      ['cilium/state/identities/v1/id/212954', ';', /not a Cilium label key/],
+      ['cilium/state/identities/v1/id/212954', '{"garbage":', /not a Cilium label key/],
+      ['cilium/state/identities/v1/id/212954', 'reserved:host=;k8s:app=x;', /reserved labels/],
+      ['cilium/state/identities/v1/id/212954', 'k8s:app=x;k8s:io.cilium.k8s.policy.cluster=kitnet;', /name another cluster \(kitnet\)/],
+    ];
+    for (const [key, value, re] of reasons) {
+      const v = peerIdentityJudge(key, value, peer);
+      assert.ok('reason' in v, `${key} ${value} accepted`);
+      assert.match(v.reason, re);
+    }
+  });
+
+  test('a node key (Cilium\'s node JSON) read defensively', () => {
+    assert.deepEqual(nodeSummaryParse('cilium/state/nodes/v1/cilium1/k8s-node-1', NODE), {
+      name: 'k8s-node-1',
+      cluster: 'cilium1',
+      addresses: [{ type: 'InternalIP', ip: '172.18.0.3' }],
+    });
+    const withCidrs = JSON.stringify({
+      ...JSON.parse(NODE),
+      IPAddresses: [{ Type: 'InternalIP', IP: '172.18.0.3' }, { Type: 'CiliumInternalIP', IP: 'not-an-ip' }, 'junk', null],
+      IPv4AllocCIDR: { IP: '10.244.1.0', Mask: Buffer.from([255, 255, 255, 0]).toString('base64') },
+      IPv6AllocCIDR: { IP: 'fd00:244:1::', Mask: Buffer.from([...Array(8).fill(255), ...Array(8).fill(0)]).toString('base64') },
+    });
+    const n = nodeSummaryParse('cilium/state/nodes/v1/cilium1/k8s-node-1', withCidrs);
+    assert.deepEqual(n, { name: 'k8s-node-1', cluster: 'cilium1', addresses: [{ type: 'InternalIP', ip: '172.18.0.3' }], ipv4AllocCIDR: '10.244.1.0/24', ipv6AllocCIDR: 'fd00:244:1::/64' });
+    for (const [key, value, re] of [
+      ['cilium/state/nodes/v1/cilium1/k8s-node-1', '{', /not JSON/],
+      ['cilium/state/nodes/v1/cilium1/k8s-node-1', '[]', /not a JSON object/],
+      ['cilium/state/nodes/v1/cilium1/k8s-node-1', NODE.replace('"Name":"k8s-node-1"', '"Name":""'), /Name or Cluster is empty/],
+      ['cilium/state/nodes/v1/cilium1/other', NODE, /key does not match/],
+      ['cilium/state/nodes/v1/kitnet/k8s-node-1', NODE, /key does not match/],
+    ] as const) {
+      const v = nodeSummaryParse(key, value);
+      assert.ok('reason' in v);
+      assert.match(v.reason, re);
+    }
+    assert.equal(goIpNetParse({ IP: '10.0.0.0', Mask: 'AAA' }), undefined);
+    assert.equal(goIpNetParse({ IP: 'fd00::', Mask: Buffer.from([255, 255, 255, 0]).toString('base64') }), undefined);
+    assert.equal(goIpNetParse('10.0.0.0/8'), undefined);
+  });
+
+  test('a peer\'s ipcache value: the documented example taken; its range, our pools and garbage refused', () => {
+    const rules = { nodeIP: '192.0.2.1', range: peer.range, localPools: [cidrParse('10.246.0.0/16'), cidrParse('fd00:246::/64')] };
+    assert.deepEqual(ipcacheValueJudge('cilium/state/ip/v1/default/10.244.1.79', IPCACHE, rules), {
+      entry: { ip: '10.244.1.79', identity: 212954, hostIP: '172.18.0.3', namespace: 'default', podName: 'pod-212954' },
+    });
+    const inOurPool = IPCACHE.replaceAll('10.244.1.79', '10.246.0.9');
+    assert.match((ipcacheValueJudge('cilium/state/ip/v1/default/10.246.0.9', inOurPool, rules) as { reason: string }).reason, /this host's pool 10\.246\.0\.0\/16/);
+    const foreign = IPCACHE.replace('212954', String(5 << 16));
+    assert.match((ipcacheValueJudge('cilium/state/ip/v1/default/10.244.1.79', foreign, rules) as { reason: string }).reason, /outside the cluster's range/);
+    assert.match((ipcacheValueJudge('cilium/state/ip/v1/default/10.244.1.79', 'garbage', rules) as { reason: string }).reason, /not JSON/);
+  });
+});
+
+describe('kitnet cluster status (text)', () => {
+  test('single-host mode says so; cluster mode shows etcd, lease, heartbeat, nodes, counts and peers', () => {
+    assert.equal(clusterStatusText({ mode: 'off', message: 'cluster mode off: single host' }), 'cluster mode off: single host');
+    const text = clusterStatusText({
+      mode: 'on',
+      name: 'kit',
+      id: 9,
+      identityRange: clusterIdentityRange(9),
+      nodeIP: '192.0.2.1',
+      etcd: { endpoints: ['http://127.0.0.1:2379'], state: 'connected', lastError: null },
+      lease: { id: '7587', ttlSeconds: 890, grantedTtlSeconds: 900 },
+      heartbeat: { at: '2026-12-01T22:55:14.000Z', ageSeconds: 12 },
+      canaries: { 'cilium/state/nodes/v1': '2026-12-01T22:55:14Z', 'cilium/state/identities/v1': null, 'cilium/state/ip/v1': null },
+      nodes: [{ name: 'n1', cluster: 'kit', addresses: [{ type: 'InternalIP', ip: '192.0.2.1' }], ipv4AllocCIDR: '10.1.0.0/24' }],
+      identities: { local: 2, remote: 3 },
+      ipcache: { local: 4, remote: 5 },
+      peers: [{ name: 'cilium1', id: 3, endpoints: ['http://127.0.0.1:2380'], state: 'unreachable', lastError: 'connect ECONNREFUSED', heartbeat: null, identities: 1, ipcacheEntries: 2, ignored: { identities: 1, ipcache: 2, nodes: 0 }, nodes: [] }],
+    });
+    for (const re of [/Cluster: +kit \(id 9, identities 589824-655359\)/, /Lease: +7587 \(TTL 890s of 900s left\)/, /Heartbeat: +written 12s ago/, /nodes\/v1 2026-12-01T22:55:14Z, identities\/v1 not yet/, /Identities: +2 local, 3 remote/, /IP cache: +4 local, 5 remote/, /n1 +192\.0\.2\.1 \(InternalIP\) +10\.1\.0\.0\/24/, /cilium1 +3 +unreachable \(connect ECONNREFUSED\) +never +1 +2 +0 +1\/2\/0/]) {
+      assert.match(text, re);
+    }
+  });
+});
+
+describe('ClusterMesh keys in a real etcd', () => {
+  let etcd: EtcdServer | undefined;
+  let session: ClusterSession | undefined;
+  let markers: MeshMarkers | undefined;
+  const log = pino({ level: 'silent' });
+  before(async () => {
+    etcd = await etcdStart();
+    session = await ClusterSession.open(etcdClientCreate({ endpoints: [etcd.endpoint] }, undefined), log);
+  });
+  after(async () => {
+    markers?.close();
+    await session?.close({ revoke: true });
+    await etcd?.stop();
+  });
+
+  test('config at start, a canary once per prefix, the heartbeat on every tick; keys another node\'s lease took are written again', async () => {
+    const { client } = session!;
+    markers = new MeshMarkers(session!, { name: 'kit', id: 9, heartbeatMs: 200 }, log);
+    await markers.start();
+    assert.equal(await client.get('cilium/cluster-config/kit').string(), clusterConfigJson(9));
+    assert.equal(await client.get(syncedKey('kit', 'ip')).string(), null, 'no canary before the prefix is complete');
+    await markers.markSynced('ip');
+    const canary = await client.get(syncedKey('kit', 'ip')).string();
+    assert.match(canary ?? '', /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
+    await markers.markSynced('ip');
+    assert.equal(await client.get(syncedKey('kit', 'ip')).string(), canary, 'written once');
+    // Keys under this node's lease (they go with the node).
+    const lease = await session!.nodeLeaseId();
+    for (const key of ['cilium/cluster-config/kit', syncedKey('kit', 'ip'), HEARTBEAT_KEY]) {
+      const kv = (await client.get(key).exec()).kvs[0];
+      assert.equal(kv?.lease, lease, key);
+    }
+    // Another node's copies went with its lease: the next tick writes them again.
+    await client.delete().key('cilium/cluster-config/kit').exec();
+    await client.delete().key(syncedKey('kit', 'ip')).exec();
+    const first = markers.lastHeartbeat!;
+    await waitFor('config and canary written again, heartbeat moved on', async () =>
+      ((await client.get('cilium/cluster-config/kit').string()) === clusterConfigJson(9) && (await client.get(syncedKey('kit', 'ip')).string()) === canary && markers!.lastHeartbeat! > first) || undefined,
+    10_000);
+  });
+});
