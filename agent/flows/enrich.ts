@@ -8,6 +8,7 @@ const ICMP6_TYPES: Record<number, string> = {
   1: 'DestinationUnreachable', 2: 'PacketTooBig', 3: 'TimeExceeded', 128: 'EchoRequest', 129: 'EchoReply',
   130: 'MulticastListenerQuery', 131: 'MulticastListenerReport', 132: 'MulticastListenerDone',
   133: 'RouterSolicitation', 134: 'RouterAdvertisement', 135: 'NeighborSolicitation', 136: 'NeighborAdvertisement',
+  143: 'MulticastListenerReportV2',
 };
 
 /**
