@@ -29,6 +29,7 @@ import { workloadsOutsidePools } from './pool-check.js';
 import { WorkloadWatch } from './workload-watch.js';
 import { WorkloadController } from './reconcile/controller.js';
 import { Dhcp4Server, dhcpServedKind } from './addressing/dhcp4-server.js';
+import { addressingMetricsRegister } from './addressing/metrics.js';
 
 export const KITNET_VERSION = '0.1.0';
 
@@ -133,6 +134,7 @@ export class Agent {
       policyEntries: () => this.policyEngine.entryCount(),
       mapFill: () => kernel.datapath.mapFill({ policy: this.policyEngine.entryCount() }),
     });
+    addressingMetricsRegister(this.metrics.registry, this.dhcp.stats);
   }
 
   /** Restores the datapath from the store, then starts reading flows. */

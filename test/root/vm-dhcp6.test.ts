@@ -7,6 +7,7 @@ import { ANSWER_BURST, ANSWER_PER_SECOND } from '../../agent/addressing/dhcp4-se
 import type { Workload } from '../../common/schemas/workload.js';
 import { AgentFixture } from '../helpers/fixture.js';
 import { testMode } from '../helpers/mode.js';
+import { promValue } from '../helpers/prom.js';
 import { ping, run, status, waitFor } from '../helpers/sys.js';
 
 const REPO = fileURLToPath(new URL('../../..', import.meta.url));
@@ -218,6 +219,11 @@ describe('DHCPv6 and dhclient for VM guests (root)', { timeout: 300_000 }, () =>
       Object.entries(sent).every(([reason, frames]) => (stats().ignoredByProtocol.dhcpv6[reason] ?? 0) - (before[reason] ?? 0) >= frames.length), 10_000)
       .catch((err: Error) => assert.fail(`${err.message}: ${JSON.stringify(stats().ignoredByProtocol.dhcpv6)}`));
     assert.deepEqual(stats().dhcp6, answersBefore, 'nothing answered');
+    // and /metrics shows them by protocol and reason
+    const scraped = await fx.agent.metrics.text();
+    for (const reason of Object.keys(sent).filter((r) => sent[r]!.length)) {
+      assert.ok(promValue(scraped, 'kitnet_addressing_ignored_total', { protocol: 'dhcpv6', reason }) >= sent[reason]!.length, reason);
+    }
     // a real client still gets its address
     await status('kill', [readFileSync(pidFiles[1]!, 'utf8').trim()]);
     await run('ip', ['-n', guestNs, '-6', 'addr', 'flush', 'dev', 'eth0', 'scope', 'global']);
