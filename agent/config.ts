@@ -157,7 +157,7 @@ export const ConfigSchema = z
       .object({
         /** DNS servers handed to guests: IPv4 ones by DHCPv4 (option 6), IPv6 ones by DHCPv6 (option 23). */
         dnsServers: z.array(z.union([z.ipv4(), z.ipv6()], { message: 'must be an IPv4 or IPv6 address' })).max(8)
-          .refine((d) => d.filter((x) => !x.includes(':')).length <= 4, 'at most 4 IPv4 DNS servers').default([]),
+          .refine((d) => d.filter((x) => !x.includes(':')).length <= 4 && d.filter((x) => x.includes(':')).length <= 4, 'at most 4 IPv4 and 4 IPv6 DNS servers').default([]),
         /** DNS search domains (DHCPv4 option 119, DHCPv6 option 24); the first is also the domain name (option 15). */
         searchDomains: z
           .array(z.string().max(253).regex(/^(?=.{1,253}$)([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*\.?$/i, 'must be a DNS name such as example.com'))
