@@ -48,9 +48,11 @@ function vmView(rec: WorkloadRecord, vm: NonNullable<WorkloadRecord['spec']['vm'
     addresses: { ipv4: `${rec.ipv4}/32`, ipv6: `${rec.ipv6}/128` },
     qemuNetdev,
     runHint: `${enter} qemu-system-x86_64 -m 512 ${qemuNetdev} ... ; in the guest: ` +
-      (!dhcpServedKind(rec) ? `address ${rec.ipv4}/32, routes ${GATEWAY_V4} dev eth0 scope link, default via ${GATEWAY_V4}, ` : `IPv4 by DHCP; `) +
-      `address ${rec.ipv6}/128, default via ${GATEWAY_V6}` +
-      (rec.observed?.hostMac ? `, neighbours ${!dhcpServedKind(rec) ? `${GATEWAY_V4} and ` : ''}${GATEWAY_V6} lladdr ${rec.observed.hostMac}` : ''),
+      (dhcpServedKind(rec)
+        ? 'nothing (IPv4 by DHCP, IPv6 by DHCPv6 and router advertisements)'
+        : `address ${rec.ipv4}/32, routes ${GATEWAY_V4} dev eth0 scope link, default via ${GATEWAY_V4}, ` +
+          `address ${rec.ipv6}/128, default via ${GATEWAY_V6}` +
+          (rec.observed?.hostMac ? `, neighbours ${GATEWAY_V4} and ${GATEWAY_V6} lladdr ${rec.observed.hostMac}` : '')),
   };
 }
 
