@@ -34,6 +34,7 @@ import { workloadsOutsidePools } from './pool-check.js';
 import { WorkloadWatch } from './workload-watch.js';
 import { WorkloadController } from './reconcile/controller.js';
 import { Dhcp4Server, dhcpServedKind } from './addressing/dhcp4-server.js';
+import { addressingMetricsRegister } from './addressing/metrics.js';
 
 export const KITNET_VERSION = '0.1.0';
 
@@ -52,9 +53,11 @@ function vmView(rec: WorkloadRecord, vm: NonNullable<WorkloadRecord['spec']['vm'
     addresses: { ipv4: `${rec.ipv4}/32`, ipv6: `${rec.ipv6}/128` },
     qemuNetdev,
     runHint: `${enter} qemu-system-x86_64 -m 512 ${qemuNetdev} ... ; in the guest: ` +
-      (!dhcpServedKind(rec) ? `address ${rec.ipv4}/32, routes ${GATEWAY_V4} dev eth0 scope link, default via ${GATEWAY_V4}, ` : `IPv4 by DHCP; `) +
-      `address ${rec.ipv6}/128, default via ${GATEWAY_V6}` +
-      (rec.observed?.hostMac ? `, neighbours ${!dhcpServedKind(rec) ? `${GATEWAY_V4} and ` : ''}${GATEWAY_V6} lladdr ${rec.observed.hostMac}` : ''),
+      (dhcpServedKind(rec)
+        ? 'nothing (IPv4 by DHCP, IPv6 by DHCPv6 and router advertisements)'
+        : `address ${rec.ipv4}/32, routes ${GATEWAY_V4} dev eth0 scope link, default via ${GATEWAY_V4}, ` +
+          `address ${rec.ipv6}/128, default via ${GATEWAY_V6}` +
+          (rec.observed?.hostMac ? `, neighbours ${GATEWAY_V4} and ${GATEWAY_V6} lladdr ${rec.observed.hostMac}` : '')),
   };
 }
 
@@ -155,6 +158,7 @@ export class Agent {
       this.policies.sharedSet(this.shared);
       sharedMetricsRegister(this.metrics.registry, this.shared);
     }
+    addressingMetricsRegister(this.metrics.registry, this.dhcp.stats);
   }
 
   /** Restores the datapath from the store, then starts reading flows. */

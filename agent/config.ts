@@ -199,15 +199,16 @@ export const ConfigSchema = z
     /** What kitnet tells VM guests (kind vm and tap) by DHCP (agent/addressing/). */
     addressing: z
       .object({
-        /** DNS servers handed to guests (option 6). */
-        dnsServers: z.array(z.ipv4({ message: 'must be an IPv4 address' })).max(4).default([]),
-        /** DNS search domains (option 119); the first is also the domain name (option 15). */
+        /** DNS servers handed to guests: IPv4 ones by DHCPv4 (option 6), IPv6 ones by DHCPv6 (option 23). */
+        dnsServers: z.array(z.union([z.ipv4(), z.ipv6()], { message: 'must be an IPv4 or IPv6 address' })).max(8)
+          .refine((d) => d.filter((x) => !x.includes(':')).length <= 4 && d.filter((x) => x.includes(':')).length <= 4, 'at most 4 IPv4 and 4 IPv6 DNS servers').default([]),
+        /** DNS search domains (DHCPv4 option 119, DHCPv6 option 24); the first is also the domain name (option 15). */
         searchDomains: z
           .array(z.string().max(253).regex(/^(?=.{1,253}$)([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*\.?$/i, 'must be a DNS name such as example.com'))
           .max(6)
           .refine((d) => d.reduce((n, x) => n + x.replace(/\.$/, '').length + 2, 0) <= 160, 'all search domains together must stay within 160 bytes (the reply must fit 576 bytes)')
           .default([]),
-        /** Lease time; guests renew at half of it while the workload exists. */
+        /** Lease time (DHCPv4) and valid and preferred lifetime (DHCPv6); guests renew at half of it while the workload exists. */
         leaseSeconds: z.number().int().min(60).max(31_536_000).default(86_400),
       })
       .strict()

@@ -10,8 +10,9 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 # zstd also for the kernel facts of netkit/uapi.facts.json (tools/gen/netkit-uapi.ts).
 # etcd-server: the real etcd the cluster-mode tests start (test/helpers/etcd.ts); etcd-client: etcdctl, which
 # the ClusterMesh test reads the kvstore with, as an operator would.
+# isc-dhcp-client: dhclient -4/-6 as a real guest client in test/root/vm-dhcp6.test.ts.
 apt_packages=(clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool iproute2 iputils-ping make g++ python3 pkg-config
-  qemu-system-x86 busybox-static kmod cpio zstd etcd-server etcd-client)
+  qemu-system-x86 busybox-static kmod cpio zstd etcd-server etcd-client isc-dhcp-client)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -1,5 +1,5 @@
-// DHCPv4 and router advertisements (ra.ts) for VM guests (kind vm and tap): two packet sockets per
-// served guest, all in the agent (no process per VM). Nothing is kept here but the sockets: each answer is derived from the store's row
+// DHCPv4, DHCPv6 (dhcp6-server.ts) and router advertisements (ra.ts) for VM guests (kind vm and tap):
+// three packet sockets per served guest, all in the agent (no process per VM). Nothing is kept here but the sockets: each answer is derived from the store's row
 // at the time of the request, so a guest renewing across an agent restart gets the same address.
 //
 // Where: on the host side of the guest's device (the tap, or the host end of a VM's pair), frames
@@ -28,6 +28,9 @@ import {
   DhcpMessageType as T, domainListEncode, ipv4Bytes, Opt, udpFrameEncode,
 } from './dhcp4-codec.js';
 import { isRouterSolicitation, RA_REPEAT_MS, routerAdvertFrame } from './ra.js';
+import { DHCP6_SERVER_PORT, dhcp6FrameDecode, dhcp6FrameEncode, serverDuid } from './dhcp6-codec.js';
+import { dhcp6Answer } from './dhcp6-server.js';
+import { ipv6Parse, macParse } from '../../bpf/addr.js';
 
 /** The frame I/O (the native packet socket; replaced only in pure-logic tests). */
 export interface PacketIo {
@@ -67,6 +70,8 @@ interface Served {
   handle: NativeHandle;
   /** Router solicitations in, advertisements out (ra.ts). */
   raHandle: NativeHandle;
+  /** DHCPv6 (dhcp6-server.ts). */
+  v6Handle: NativeHandle;
   guest: Guest;
 }
 
@@ -84,9 +89,15 @@ export interface Dhcp4Stats {
   acks: number;
   naks: number;
   routerAdverts: number;
-  /** Frames answered with nothing, by reason. */
+  /** DHCPv6 answers by kind (advertise, reply, release, decline). */
+  dhcp6: Record<string, number>;
+  /** Frames answered with nothing, by reason (all protocols together). */
   ignored: Record<string, number>;
+  /** The same by protocol: dhcp (v4), dhcpv6, ra (router solicitations). */
+  ignoredByProtocol: Record<IgnoredProtocol, Record<string, number>>;
 }
+
+export type IgnoredProtocol = 'dhcp' | 'dhcpv6' | 'ra';
 
 /** Whether kitnet configures this workload's guest (vm or tap, not static). */
 export function dhcpServedKind(rec: Pick<WorkloadRecord, 'spec'>): boolean {
@@ -105,17 +116,22 @@ export function dhcpServed(rec: WorkloadRecord): Guest | undefined {
 
 export class Dhcp4Server {
   private readonly served = new Map<string, Served>();
-  readonly stats: Dhcp4Stats = { frames: 0, offers: 0, acks: 0, naks: 0, routerAdverts: 0, ignored: {} };
+  readonly stats: Dhcp4Stats = { frames: 0, offers: 0, acks: 0, naks: 0, routerAdverts: 0, dhcp6: {}, ignored: {}, ignoredByProtocol: { dhcp: {}, dhcpv6: {}, ra: {} } };
   private raTimer: NodeJS.Timeout | undefined;
   private readonly options: Array<{ code: number; value: Buffer; optional?: boolean }>;
+  private readonly serverDuid: Buffer;
+  private readonly dnsServers6: Buffer[];
 
   constructor(
     private readonly store: Store,
-    private readonly config: Pick<Config, 'addressing' | 'datapath'>,
+    private readonly config: Pick<Config, 'addressing' | 'datapath' | 'nodeName'>,
     private readonly log: Logger,
     private readonly io: PacketIo = nativeIo,
   ) {
     const a = config.addressing;
+    const dns4 = a.dnsServers.filter((d) => !d.includes(':'));
+    this.dnsServers6 = a.dnsServers.filter((d) => d.includes(':')).map((d) => Buffer.from(ipv6Parse(d)));
+    this.serverDuid = serverDuid(config.nodeName);
     // The same for every guest: a /32 behind a link-local gateway needs the host route first (RFC 3442).
     this.options = [
       { code: Opt.SERVER_ID, value: ipv4Bytes(GATEWAY_V4) },
@@ -125,7 +141,7 @@ export class Dhcp4Server {
         { dst: '0.0.0.0', prefix: 0, router: GATEWAY_V4 },
       ]) },
       { code: Opt.ROUTER, value: ipv4Bytes(GATEWAY_V4) },
-      ...(a.dnsServers.length ? [{ code: Opt.DNS, value: Buffer.concat(a.dnsServers.map(ipv4Bytes)) }] : []),
+      ...(dns4.length ? [{ code: Opt.DNS, value: Buffer.concat(dns4.map(ipv4Bytes)) }] : []),
       ...(a.searchDomains.length ? [{ code: Opt.DOMAIN_SEARCH, value: domainListEncode(a.searchDomains) }] : []),
       { code: Opt.MTU, value: u16(config.datapath.mtu ?? 1500) },
     ];
@@ -147,14 +163,18 @@ export class Dhcp4Server {
       const device = g.at.device;
       try {
         const handle = this.io.open(g.at, DHCP_SERVER_PORT, (frame) => this.onFrame(key, g.ident, frame));
+        const opened = [handle];
         let raHandle: NativeHandle;
+        let v6Handle: NativeHandle;
         try {
           raHandle = this.io.open(g.at, 0, (frame) => this.onSolicit(key, g.ident, frame));
+          opened.push(raHandle);
+          v6Handle = this.io.open(g.at, DHCP6_SERVER_PORT, (frame) => this.onFrame6(key, g.ident, frame));
         } catch (err) {
-          this.io.close(handle);
+          for (const h of opened) this.io.close(h);
           throw err;
         }
-        const served = { key, ident: g.ident, handle, raHandle, guest: g, tokens: ANSWER_BURST, refilledAt: performance.now() };
+        const served = { key, ident: g.ident, handle, raHandle, v6Handle, guest: g, tokens: ANSWER_BURST, refilledAt: performance.now() };
         this.served.set(key, served);
         this.advertise(served);
         this.log.debug({ workload: key, device }, 'DHCP and router advertisements served');
@@ -174,7 +194,7 @@ export class Dhcp4Server {
 
   private advertise(s: Served): void {
     try {
-      this.io.send(s.raHandle, routerAdvertFrame({ gatewayMac: s.guest.gatewayMac, guestMac: s.guest.guestMac, mtu: this.config.datapath.mtu ?? 1500, managed: false, other: false }));
+      this.io.send(s.raHandle, routerAdvertFrame({ gatewayMac: s.guest.gatewayMac, guestMac: s.guest.guestMac, mtu: this.config.datapath.mtu ?? 1500, managed: true, other: true }));
       this.stats.routerAdverts++;
     } catch (err) {
       this.log.debug({ workload: s.key, err: (err as Error).message }, 'router advertisement not sent');
@@ -185,8 +205,8 @@ export class Dhcp4Server {
     this.stats.frames++;
     const served = this.served.get(key);
     if (!served || served.ident !== ident) return;
-    if (!isRouterSolicitation(frame, served.guest.guestMac)) return this.ignore(key, 'router-solicitation');
-    if (!this.answerAllowed(served)) return this.ignore(key, 'rate-limited');
+    if (!isRouterSolicitation(frame, served.guest.guestMac)) return this.ignore(key, 'router-solicitation', undefined, 'ra');
+    if (!this.answerAllowed(served)) return this.ignore(key, 'rate-limited', undefined, 'ra');
     this.advertise(served);
   }
 
@@ -204,6 +224,7 @@ export class Dhcp4Server {
   private unserve(s: Served): void {
     this.io.close(s.handle);
     this.io.close(s.raHandle);
+    this.io.close(s.v6Handle);
     this.served.delete(s.key);
   }
 
@@ -217,9 +238,45 @@ export class Dhcp4Server {
     return true;
   }
 
-  private ignore(key: string, reason: string, detail?: Record<string, unknown>): void {
+  private ignore(key: string, reason: string, detail?: Record<string, unknown>, protocol: IgnoredProtocol = 'dhcp'): void {
     this.stats.ignored[reason] = (this.stats.ignored[reason] ?? 0) + 1;
-    this.log.debug({ workload: key, reason, ...detail }, 'DHCP request ignored');
+    const by = this.stats.ignoredByProtocol[protocol];
+    by[reason] = (by[reason] ?? 0) + 1;
+    this.log.debug({ workload: key, reason, protocol, ...detail }, 'DHCP request ignored');
+  }
+
+  /** A DHCPv6 message from a guest: the same checks as DHCPv4 (own device, own MAC, budget), then dhcp6-server.ts. */
+  private onFrame6(key: string, ident: string, frame: Buffer): void {
+    this.stats.frames++;
+    const served = this.served.get(key);
+    if (!served || served.ident !== ident) return;
+    const ignore = (reason: string, detail?: Record<string, unknown>) => this.ignore(key, reason, detail, 'dhcpv6');
+    const [namespace, name] = key.split('/') as [string, string];
+    const rec = this.store.workloadGet(namespace, name);
+    const s = rec && dhcpServed(rec);
+    if (!rec || !s || s.ident !== ident) return ignore('not-served');
+    if (!rec.ipv6) return ignore('no-ipv6-address');
+    const decoded = dhcp6FrameDecode(frame);
+    if (!decoded.ok) return ignore(decoded.relayed ? 'relayed' : 'malformed', { detail: decoded.reason });
+    const req = decoded.request;
+    if (req.srcMac !== s.guestMac) return ignore('foreign-mac', { srcMac: req.srcMac });
+    const answer = dhcp6Answer(req, {
+      guestMac: s.guestMac, address: Buffer.from(ipv6Parse(rec.ipv6)), serverDuid: this.serverDuid,
+      leaseSeconds: this.config.addressing.leaseSeconds, dnsServers: this.dnsServers6, searchDomains: this.config.addressing.searchDomains,
+    });
+    if ('ignore' in answer) return ignore(answer.ignore, answer.detail);
+    if (!this.answerAllowed(served)) return ignore('rate-limited');
+    if (answer.event === 'decline') this.log.warn({ workload: key, ipv6: rec.ipv6 }, `the guest declined ${rec.ipv6}: another host on its link uses it`);
+    if (answer.event === 'release') this.log.info({ workload: key }, 'DHCPv6 release from the guest (the address stays allocated to the workload)');
+    try {
+      this.io.send(served.v6Handle, dhcp6FrameEncode({
+        srcMac: Buffer.from(macParse(s.gatewayMac)), dstMac: Buffer.from(macParse(s.guestMac)), dstIp: req.srcIp,
+        messageType: answer.reply.messageType, xid: req.xid, options: answer.reply.options,
+      }));
+      this.stats.dhcp6[answer.event] = (this.stats.dhcp6[answer.event] ?? 0) + 1;
+    } catch (err) {
+      this.log.warn({ workload: key, err: (err as Error).message }, 'DHCPv6 reply not sent');
+    }
   }
 
   private onFrame(key: string, ident: string, frame: Buffer): void {

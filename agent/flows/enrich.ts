@@ -8,7 +8,19 @@ const ICMP6_TYPES: Record<number, string> = {
   1: 'DestinationUnreachable', 2: 'PacketTooBig', 3: 'TimeExceeded', 128: 'EchoRequest', 129: 'EchoReply',
   130: 'MulticastListenerQuery', 131: 'MulticastListenerReport', 132: 'MulticastListenerDone',
   133: 'RouterSolicitation', 134: 'RouterAdvertisement', 135: 'NeighborSolicitation', 136: 'NeighborAdvertisement',
+  143: 'MulticastListenerReportV2',
 };
+
+/**
+ * The address configuration protocols kitnet serves VM guests (agent/addressing/), named in a flow's
+ * summary as such: client and server ports both, so a stray packet to port 67 stays plain UDP.
+ */
+export function udpServiceOf(srcPort: number, dstPort: number): 'DHCP' | 'DHCPv6' | undefined {
+  const pair = (a: number, b: number) => (srcPort === a && dstPort === b) || (srcPort === b && dstPort === a);
+  if (pair(68, 67)) return 'DHCP';
+  if (pair(546, 547)) return 'DHCPv6';
+  return undefined;
+}
 
 /** The last whole second formatted (events come in time order, so most share it). */
 let isoSecond = -1;
@@ -58,7 +70,7 @@ function l4OfIp(ev: FlowEvent): { l4?: Record<string, unknown>; summary: string 
       };
     }
     case 17:
-      return { l4: { UDP: { source_port: ev.srcPort, destination_port: ev.dstPort } }, summary: 'UDP' };
+      return { l4: { UDP: { source_port: ev.srcPort, destination_port: ev.dstPort } }, summary: udpServiceOf(ev.srcPort, ev.dstPort) ?? 'UDP' };
     case 132:
       return { l4: { SCTP: { source_port: ev.srcPort, destination_port: ev.dstPort } }, summary: 'SCTP' };
     case 1:

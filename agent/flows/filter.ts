@@ -23,7 +23,7 @@ export interface FlowFilter {
   destination_identity?: number[];
   source_port?: string[];
   destination_port?: string[];
-  /** tcp, udp, sctp, icmp (either family), icmpv4, icmpv6. */
+  /** tcp, udp, sctp, icmp (either family), icmpv4, icmpv6, dhcp, dhcpv6 (UDP between the client and server ports). */
   protocol?: string[];
   verdict?: string[];
   drop_reason_desc?: string[];
@@ -174,6 +174,7 @@ function portOf(r: HubbleFlowRecord, side: 'source_port' | 'destination_port'): 
 function protocolOf(r: HubbleFlowRecord): string[] {
   const k = Object.keys(r.flow.l4 ?? {})[0]?.toLowerCase();
   if (!k) return [];
+  if (k === 'udp' && (r.flow.Summary === 'DHCP' || r.flow.Summary === 'DHCPv6')) return [k, r.flow.Summary.toLowerCase()];
   return k.startsWith('icmp') ? [k, 'icmp'] : [k];
 }
 

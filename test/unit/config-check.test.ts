@@ -33,6 +33,15 @@ describe('config check', () => {
     assert.throws(() => configParse({ ipam: { ipv4Pool: 'fd00:9::/64' } }), /ipam\.ipv4Pool: must be an IPv4 CIDR/);
   });
 
+  test('addressing.dnsServers: IPv4 and IPv6 addresses, at most 4 of each, anything else named', () => {
+    const servers = (dnsServers: string[]) => configParse({ addressing: { dnsServers } }).addressing.dnsServers;
+    assert.deepEqual(servers(['10.0.0.53', 'fd00::53']), ['10.0.0.53', 'fd00::53']);
+    assert.doesNotThrow(() => servers(['10.0.0.1', '10.0.0.2', '10.0.0.3', '10.0.0.4', 'fd00::1', 'fd00::2', 'fd00::3', 'fd00::4']));
+    assert.throws(() => servers(['10.0.0.1', '10.0.0.2', '10.0.0.3', '10.0.0.4', '10.0.0.5']), /addressing\.dnsServers.*at most 4 IPv4 and 4 IPv6/s);
+    assert.throws(() => servers(['fd00::1', 'fd00::2', 'fd00::3', 'fd00::4', 'fd00::5']), /at most 4 IPv4 and 4 IPv6/);
+    assert.throws(() => servers(['dns.example']), /addressing\.dnsServers\.0.*IPv4 or IPv6/s);
+  });
+
   test('warns on a socket wider than 0660, pools with host bits set and pools holding a host address', () => {
     const quiet = configParse({ ipam: { ipv4Pool: '10.9.0.0/24', ipv6Pool: 'fd00:9::/64' } });
     assert.deepEqual(configWarnings(quiet, [{ ifname: 'eth0', address: '192.0.2.1' }, { ifname: 'lo', address: '::1' }]), []);

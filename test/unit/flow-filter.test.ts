@@ -35,14 +35,14 @@ async function fixture() {
     webToWorldDrop: mk({ dstAddr: '1.1.1.1', dstIdentity: 2, protocol: 17, dstPort: 53, tcpFlags: 0, verdict: 'DROPPED', dropReason: 133 }),
     webPing6: mk({ family: 6, srcAddr: 'fd00:200::2', dstAddr: 'fd00:200::3', protocol: 58, srcPort: 0, dstPort: 0, icmpType: 128, tcpFlags: 0 }),
   };
-  return { flows, webId, dbId, store };
+  return { flows, webId, dbId, store, mk };
 }
 
 const names = (pred: (r: HubbleFlowRecord) => boolean, flows: Record<string, HubbleFlowRecord>) =>
   Object.entries(flows).filter(([, f]) => pred(f)).map(([k]) => k).sort();
 
 describe('flow filters', async () => {
-  const { flows, webId, dbId } = await fixture();
+  const { flows, webId, dbId, mk } = await fixture();
   const only = (f: FlowFilter) => names(filterCompile(f), flows);
 
   test('each field selects what it should', () => {
@@ -72,6 +72,16 @@ describe('flow filters', async () => {
     assert.deepEqual(only({ tcp_flags: ['SYN,ACK'] }), ['dbToWebSynAck']);
     assert.deepEqual(only({ reply: [true] }), ['dbToWebSynAck']);
     assert.deepEqual(only({ node_name: ['node-2'] }), []);
+  });
+
+  test('DHCP and DHCPv6 (client and server ports both) are named as such and selectable; other UDP to port 67 is not', () => {
+    const dhcp = { dhcp4: mk({ protocol: 17, srcAddr: '0.0.0.0', dstAddr: '255.255.255.255', srcPort: 68, dstPort: 67, tcpFlags: 0 }),
+      dhcp6: mk({ family: 6, protocol: 17, srcAddr: 'fe80::1', dstAddr: 'fe80::2', srcPort: 547, dstPort: 546, tcpFlags: 0 }),
+      stray: mk({ protocol: 17, srcPort: 40000, dstPort: 67, tcpFlags: 0 }) };
+    assert.deepEqual(Object.values(dhcp).map((r) => r.flow.Summary), ['DHCP', 'DHCPv6', 'UDP']);
+    assert.deepEqual(names(filterCompile({ protocol: ['dhcp'] }), dhcp), ['dhcp4']);
+    assert.deepEqual(names(filterCompile({ protocol: ['DHCPv6'] }), dhcp), ['dhcp6']);
+    assert.deepEqual(names(filterCompile({ protocol: ['udp'] }), dhcp), ['dhcp4', 'dhcp6', 'stray']);
   });
 
   test('fields within a filter AND, values within a field OR', () => {

@@ -5,7 +5,7 @@
  * (source 0.0.0.0) is dropped by the datapath's anti-spoofing at tcx ingress; a packet socket sees
  * frames before tcx ingress (taps run first in __netif_receive_skb_core), so the agent serves the
  * guest without a hole in the datapath. A classic BPF filter keeps only what the caller asks for
- * (IPv4 UDP to one port), so the agent never wakes for the guest's other traffic. Frames are sent
+ * (UDP to one port over IPv4 or IPv6), so the agent never wakes for the guest's other traffic. Frames are sent
  * with PACKET_QDISC_BYPASS: straight to the device, past tcx egress (the reply comes from the
  * gateway, which the guest's policy does not govern).
  *
@@ -129,7 +129,8 @@ static void ps_on_close(uv_handle_t *handle)
 
 /* packetOpen(recvIfname, sendIfname, udpDstPort, outgoing, burst, perSecond, callback(Buffer)) -> handle;
  * unreferenced. At most burst frames at once, then perSecond, reach the callback.
- * IPv4 UDP frames to udpDstPort only (no non-first fragments), or with udpDstPort 0 ICMPv6 router
+ * UDP frames to udpDstPort only (IPv4: no non-first fragments; IPv6: UDP right after the fixed
+ * header, as DHCPv6 clients send it), or with udpDstPort 0 ICMPv6 router
  * solicitations (no extension headers), received on recvIfname in one direction (outgoing = leaving
  * the device, else arriving); sends go out of sendIfname. */
 napi_value packet_open(napi_env env, napi_callback_info info)
@@ -161,13 +162,18 @@ napi_value packet_open(napi_env env, napi_callback_info info)
 		return throw_errno(env, "PACKET_DEVICE", errno);
 	struct sock_filter code[] = {
 		BPF_STMT(BPF_LD | BPF_H | BPF_ABS, 12),			    /* ethertype */
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, ETH_P_IP, 0, 8),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, ETH_P_IP, 0, 7),
 		BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 23),			    /* IP protocol */
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, IPPROTO_UDP, 0, 6),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, IPPROTO_UDP, 0, 11),
 		BPF_STMT(BPF_LD | BPF_H | BPF_ABS, 20),			    /* flags + fragment offset */
-		BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, 0x1fff, 4, 0),	    /* a non-first fragment */
+		BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, 0x1fff, 9, 0),	    /* a non-first fragment */
 		BPF_STMT(BPF_LDX | BPF_B | BPF_MSH, 14),			    /* X = IP header length */
 		BPF_STMT(BPF_LD | BPF_H | BPF_IND, 16),			    /* UDP destination port */
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)port, 5, 6),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, ETH_P_IPV6, 0, 5),     /* IPv6 (DHCPv6): */
+		BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 20),			    /* next header: UDP, no extension headers */
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, IPPROTO_UDP, 0, 3),
+		BPF_STMT(BPF_LD | BPF_H | BPF_ABS, 56),			    /* UDP destination port */
 		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)port, 0, 1),
 		BPF_STMT(BPF_RET | BPF_K, 0xffff),
 		BPF_STMT(BPF_RET | BPF_K, 0),
