@@ -49,7 +49,7 @@ function assetLoad(path: string): Asset {
   return { body: readFileSync(path), type: TYPES[ext] ?? 'application/octet-stream' };
 }
 
-const PAGE_FILES = ['index.html', 'app.js', 'graph.js', 'style.css', 'favicon.svg'];
+const PAGE_FILES = ['index.html', 'app.js', 'flow-row.js', 'graph.js', 'style.css', 'favicon.svg'];
 
 /** Loaded once: a handful of small files plus the libraries (~0.6 MB), never a path from the request. */
 function assetsLoad(): Map<string, Asset> {
