@@ -24,6 +24,7 @@ import type { LoadedObject, ProgName } from './loader.js';
 import { objectLoad, pinPaths, pinRootCheck } from './loader.js';
 import type { DatapathConfig } from './maps/config.js';
 import { ConfigMap } from './maps/config.js';
+import { DnsSteeringMaps } from './maps/dns.js';
 import type { ConntrackEntry } from './maps/conntrack.js';
 import { ConntrackMap } from './maps/conntrack.js';
 import { EndpointsMap } from './maps/endpoints.js';
@@ -40,6 +41,7 @@ export * from './types.js';
 export type { AttachResult, LinkRole } from './links.js';
 export { LINK_ROLES, progForRole } from './links.js';
 export type { DatapathConfig } from './maps/config.js';
+export type { DnsSteeringMaps, DnsProxyAddress } from './maps/dns.js';
 export type { ConntrackEntry } from './maps/conntrack.js';
 export type { Counter, MetricName } from './maps/metrics.js';
 export type { LinkInfo, TestRunResult } from '../common/native.js';
@@ -93,6 +95,8 @@ export interface KitnetDatapath extends Datapath {
   endpointGet(ifindex: number): EndpointInfo | undefined;
   /** Ids of the programs loaded by this instance. */
   progIds(): Readonly<Record<ProgName, number>>;
+  /** The DNS steering maps (bpf/maps/dns.ts); undefined for an object without them (an earlier release). */
+  dnsSteering?(): DnsSteeringMaps | undefined;
   configGet(): DatapathConfig;
   configSet(cfg: Partial<DatapathConfig>): DatapathConfig;
   metricsRead(): Record<MetricName, Counter>;
@@ -226,6 +230,11 @@ class DatapathImpl implements KitnetDatapath {
   endpointList(): Array<[number, EndpointInfo]> {
     this.live();
     return this.endpoints.list();
+  }
+
+  dnsSteering(): DnsSteeringMaps | undefined {
+    const m = this.obj.maps;
+    return m.dns_proxy && m.dns_endpoints && m.dns_redirect ? new DnsSteeringMaps(m.dns_proxy, m.dns_endpoints, m.dns_redirect) : undefined;
   }
 
   endpointGet(ifindex: number): EndpointInfo | undefined {
