@@ -24,6 +24,7 @@ import { AgentMetrics } from './metrics.js';
 import { Mutex } from './mutex.js';
 import { MONITOR_AGG_DEFAULT, MONITOR_AGG_NONE } from '../bpf/layout.gen.js';
 import { PolicyEngine } from './policy/engine.js';
+import { DnsSteering } from './dns/steering.js';
 import { PolicyService } from './policy/service.js';
 import { workloadsOutsidePools } from './pool-check.js';
 import { WorkloadWatch } from './workload-watch.js';
@@ -71,6 +72,8 @@ export class Agent {
   /** One lock for every change of desired state: workloads, labels, namespaces, policies. */
   private readonly mutex = new Mutex();
   private readonly startedAt = Date.now();
+  /** The DNS proxy and its steering, for toFQDNs and DNS rules (agent/dns/steering.ts). */
+  readonly dns: DnsSteering;
   /** Cluster mode: other nodes' workload addresses and identities (agent/cluster/). */
   readonly remote?: { ipcache: RemoteIpcache; watcher: IpcacheWatcher };
 
@@ -118,6 +121,7 @@ export class Agent {
       this.policyEngine.remoteAddressResolve = (ip) => ipcache.identityOf(ip);
       this.remote = { ipcache, watcher: cluster.ipcacheWatcher([cidrParse(config.ipam.ipv4Pool), cidrParse(config.ipam.ipv6Pool)]) };
     }
+    this.dns = new DnsSteering({ config: config.dns, store, engine: this.policyEngine, datapath: kernel.datapath, exclusive: (fn) => this.workloads.exclusive(fn), log: log.child({ component: 'dns' }) });
     this.watch = new WorkloadWatch(store, kernel, this.controller, log.child({ component: 'watch' }));
     this.policies = new PolicyService(store, this.policyEngine, this.workloads, this.mutex, log.child({ component: 'policy' }));
     this.directory = new EndpointDirectory(store);
@@ -147,6 +151,7 @@ export class Agent {
   /** Restores the stored workloads (`onProgress` after each), then starts flows and the watch. */
   async start(onProgress?: (done: number, total: number) => void): Promise<void> {
     this.flowReportingApply(this.config.flows);
+    await this.dns.start();
     // Other nodes' workloads, before the restore compiles policy: their identities are in its first
     // compile, so rules selecting them hold across a restart. Listed once (a failure is retried in
     // the background), then watched; entries left from the previous run that etcd no longer has go.
@@ -172,6 +177,7 @@ export class Agent {
   }
 
   stop(): void {
+    void this.dns.stop();
     void this.remote?.watcher.close();
     this.dhcp.close();
     this.watch.stop();

@@ -9,8 +9,10 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 # qemu-system-x86, busybox-static, kmod, cpio, zstd: the lab VM that runs the tests on netkit kernels (test/lab),
 # zstd also for the kernel facts of netkit/uapi.facts.json (tools/gen/netkit-uapi.ts).
 # etcd-server: the real etcd the cluster-mode tests start (test/helpers/etcd.ts).
+# dnsmasq-base: the resolver of the DNS policy tests (Debian's dnsmasq binary without the host-wide service
+# that the `dnsmasq` package enables on port 53; test/root/dns-policy.test.ts).
 apt_packages=(clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool iproute2 iputils-ping make g++ python3 pkg-config
-  qemu-system-x86 busybox-static kmod cpio zstd etcd-server)
+  qemu-system-x86 busybox-static kmod cpio zstd etcd-server dnsmasq-base)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

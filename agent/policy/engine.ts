@@ -101,6 +101,10 @@ export class PolicyEngine {
   private readonly remote = new Map<number, readonly string[]>();
   /** Cluster mode: the identity of another node's workload address (for `policy trace`). */
   remoteAddressResolve: (ip: string) => number | undefined = () => undefined;
+  /** Further local ipcache entries the sweep keeps (the DNS proxy's learned addresses: agent/dns/steering.ts). */
+  ipcacheExtra: () => Iterable<readonly [cidr: string, identity: number]> = () => [];
+  /** Called after every write of policy entries (the DNS steering follows which endpoints need it). */
+  onWritten: () => void = () => undefined;
 
   constructor(
     private readonly store: Store,
@@ -408,6 +412,7 @@ export class PolicyEngine {
       ms: +(performance.now() - started).toFixed(1),
     };
     this.log.debug(stats, msg);
+    this.onWritten();
     return stats;
   }
 
@@ -425,6 +430,7 @@ export class PolicyEngine {
     for (const cidr of hostAddresses()) desired.set(cidr, ReservedIdentity.host);
     for (const c of compiled?.ipcache ?? []) desired.set(c.cidr, c.identity);
     for (const c of compiled?.ipBlocks ?? []) desired.set(`${IPBLOCK_VIEW_PREFIX}${c.cidr}`, c.identity);
+    for (const [cidr, identity] of this.ipcacheExtra()) desired.set(cidr, identity);
     for (const w of this.store.workloadList()) {
       desired.set(`${w.ipv4}/32`, w.identity);
       desired.set(`${w.ipv6}/128`, w.identity);
@@ -453,6 +459,11 @@ export class PolicyEngine {
         if (++work % STEP === 0) yield;
       }
     }
+  }
+
+  /** The compiled state the datapath enforces (the DNS proxy's query verdicts read it). */
+  compiled(): CompiledPolicy {
+    return this.current().compiled();
   }
 
   private current(): PolicyState {
