@@ -220,8 +220,15 @@ export class DnsSteering {
   private async refresh(): Promise<void> {
     const { engine, datapath, store } = this.deps;
     const selectors = fqdnSelectorsOf(engine.parsed);
-    this.selectorsKey = JSON.stringify(selectors);
-    const next = this.cache.identities(selectors, this.ids?.keys);
+    this.selectorsKey = this.policyKey();
+    const prefixes = engine.compiled().cidrIdentities.map((c) => cidrParsed(c.cidr));
+    const coverOf = (address: string) => {
+      const a = hostPrefix(address);
+      let best: (typeof prefixes)[number] | undefined;
+      for (const p of prefixes) if (cidrContainsCidr(p, a) && (!best || p.prefixLength > best.prefixLength)) best = p;
+      return best?.text;
+    };
+    const next = this.cache.identities(selectors, this.ids?.keys, coverOf);
     const prev = this.ids?.identities ?? new Map<number, string[]>();
     const added = new Map<number, readonly string[]>();
     const removed = new Map<number, undefined>();
@@ -257,7 +264,13 @@ export class DnsSteering {
     } catch (err) {
       this.deps.log.error({ err }, 'DNS steering: writing the steered endpoints failed');
     }
-    if (JSON.stringify(fqdnSelectorsOf(this.deps.engine.parsed)) !== this.selectorsKey) this.refreshSoon();
+    if (this.policyKey() !== this.selectorsKey) this.refreshSoon();
+  }
+
+  /** What FQDN identities depend on in the policies: the toFQDNs selectors and the CIDR prefixes (covering labels). */
+  private policyKey(): string {
+    const { engine } = this.deps;
+    return JSON.stringify([fqdnSelectorsOf(engine.parsed), engine.compiled().cidrIdentities.map((c) => c.cidr)]);
   }
 
   private refreshSoon(): void {

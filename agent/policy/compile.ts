@@ -22,6 +22,7 @@ import { reservedIdentityLabels, ReservedIdentity } from '../identity/reserved.j
 import type { Cidr } from '../ipam.js';
 import type { CompileMeter } from './budget.js';
 import { IDENTITY_RANGE_IPBLOCK_FLAG } from '../../bpf/layout.gen.js';
+import { fqdnCidrIdentities, fqdnEntityIdentities } from './fqdn-identities.js';
 import { CidrPeerIndex, IPBLOCK_VIEW_PREFIX, cidrIdentitiesAllocate, cidrPeerIdentities, hostPrefix, ipBlockView, policyCidrs } from './cidr.js';
 import { CLUSTER_RESERVED, isLabelDerived } from './entities.js';
 import { ANY_L4_PROTOCOLS, portRangePrefixes, protocolNumber } from './ports.js';
@@ -146,11 +147,11 @@ export class Universe {
       case 'none':
         return [];
       case 'world':
-        return [R.world, R['world-ipv4'], R['world-ipv6'], ...this.cidrIds.map((c) => c.identity)];
+        return [R.world, R['world-ipv4'], R['world-ipv6'], ...this.cidrIds.map((c) => c.identity), ...fqdnEntityIdentities(this.raw, e)];
       case 'world-ipv4':
       case 'world-ipv6': {
         const v6 = e === 'world-ipv6';
-        return [R[e], ...this.cidrIds.filter((c) => c.cidr.includes(':') === v6).map((c) => c.identity)];
+        return [R[e], ...this.cidrIds.filter((c) => c.cidr.includes(':') === v6).map((c) => c.identity), ...fqdnEntityIdentities(this.raw, e)];
       }
       case 'cluster':
         return [...CLUSTER_RESERVED, ...[...this.labels.keys()].filter(isLabelDerived)];
@@ -164,7 +165,8 @@ export class Universe {
       case 'entity':
         return this.entity(p.entity);
       case 'cidr': {
-        const ids = cidrPeerIdentities(p.cidr, p.except, this.cidrIds);
+        const cidrIds = cidrPeerIdentities(p.cidr, p.except, this.cidrIds);
+        const ids = [...cidrIds, ...fqdnCidrIdentities(this.raw, cidrIds, this.cidrIds)];
         if (!p.selectsWorkloads) return ids;
         // NetworkPolicy ipBlock: also the workload addresses it covers, per address (the ipBlock view)
         const flagged: number[] = [];
