@@ -25,6 +25,7 @@ import { Mutex } from './mutex.js';
 import { MONITOR_AGG_DEFAULT, MONITOR_AGG_NONE } from '../bpf/layout.gen.js';
 import { PolicyEngine } from './policy/engine.js';
 import { DnsSteering } from './dns/steering.js';
+import { dnsMetricsRegister } from './dns/metrics.js';
 import { PolicyService } from './policy/service.js';
 import { workloadsOutsidePools } from './pool-check.js';
 import { WorkloadWatch } from './workload-watch.js';
@@ -121,7 +122,7 @@ export class Agent {
       this.policyEngine.remoteAddressResolve = (ip) => ipcache.identityOf(ip);
       this.remote = { ipcache, watcher: cluster.ipcacheWatcher([cidrParse(config.ipam.ipv4Pool), cidrParse(config.ipam.ipv6Pool)]) };
     }
-    this.dns = new DnsSteering({ config: config.dns, store, engine: this.policyEngine, datapath: kernel.datapath, exclusive: (fn) => this.workloads.exclusive(fn), log: log.child({ component: 'dns' }) });
+    this.dns = new DnsSteering({ config: config.dns, store, engine: this.policyEngine, datapath: kernel.datapath, exclusive: (fn) => this.workloads.exclusive(fn), stateDir: config.stateDir, log: log.child({ component: 'dns' }) });
     this.watch = new WorkloadWatch(store, kernel, this.controller, log.child({ component: 'watch' }));
     this.policies = new PolicyService(store, this.policyEngine, this.workloads, this.mutex, log.child({ component: 'policy' }));
     this.directory = new EndpointDirectory(store);
@@ -137,6 +138,7 @@ export class Agent {
       policyEntries: () => this.policyEngine.entryCount(),
       mapFill: () => kernel.datapath.mapFill({ policy: this.policyEngine.entryCount() }),
     });
+    this.dns.onQuery = dnsMetricsRegister(this.metrics.registry);
   }
 
   /** Restores the datapath from the store, then starts reading flows. */

@@ -16,12 +16,15 @@
  * connection left) goes the other way round.
  */
 import { networkInterfaces } from 'node:os';
+import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { DnsSteeringMaps, KitnetDatapath } from '../../bpf/index.js';
 import { hostLoopbackAddressEnsure } from '../../netkit/index.js';
 import { ConfigError } from '../../common/config-error.js';
 import { ReservedIdentity } from '../identity/reserved.js';
-import { cidrContainsCidr, cidrParsed, hostPrefix } from '../policy/cidr.js';
+import type { Cidr } from '../ipam.js';
+import { cidrContainsCidr, cidrParsed, hostPrefix, policyCidrs } from '../policy/cidr.js';
+import { policiesFromObjects } from '../policy/index.js';
 import type { PolicyEngine } from '../policy/engine.js';
 import { dnsSelectedEndpoints, fqdnSelectorsOf } from '../policy/fqdn-identities.js';
 import type { ParsedPolicy, RuleSection } from '../policy/types.js';
@@ -32,6 +35,7 @@ import type { LearnedName } from './codec.js';
 import { FqdnCache } from './fqdn-cache.js';
 import type { FqdnIdentities } from './fqdn-cache.js';
 import { DnsProxy } from './proxy.js';
+import { DNS_STATE_FILE, dnsStateRead, dnsStateWrite } from './state-file.js';
 import type { DnsEndpoint, DnsQueryEvent, DnsTransport, DnsVerdict } from './proxy.js';
 import { dnsQueryVerdict, sectionIndex } from './verdict.js';
 
@@ -48,8 +52,22 @@ export interface DnsSteeringDeps {
   datapath: KitnetDatapath;
   /** Runs fn under the agent's mutex (every change of desired state). */
   exclusive<T>(fn: () => Promise<T>): Promise<T>;
+  /** Where the learned state is kept over restarts (agent/dns/state-file.ts). */
+  stateDir: string;
   log: Logger;
 }
+
+/** The longest of `prefixes` covering an address (its text), for the `cidr:` label of FQDN identities. */
+function coverFn(prefixes: readonly Cidr[]): (address: string) => string | undefined {
+  return (address) => {
+    const a = hostPrefix(address);
+    let best: Cidr | undefined;
+    for (const p of prefixes) if (cidrContainsCidr(p, a) && (!best || p.prefixLength > best.prefixLength)) best = p;
+    return best?.text;
+  };
+}
+
+const SAVE_DELAY_MS = 300;
 
 function hostAddressSet(): Set<string> {
   const out = new Set<string>();
@@ -58,7 +76,8 @@ function hostAddressSet(): Set<string> {
 }
 
 export class DnsSteering {
-  readonly cache: FqdnCache;
+  cache: FqdnCache;
+  private saveTimer: NodeJS.Timeout | undefined;
   private maps: DnsSteeringMaps | undefined;
   private readonly proxies: DnsProxy[] = [];
   private port = 0;
@@ -91,6 +110,7 @@ export class DnsSteering {
     }
     engine.ipcacheExtra = () => this.applied;
     engine.onWritten = () => this.policyWritten();
+    await this.restore();
     if (!config.proxy.enabled) {
       this.maps.proxySet({ port: 0, ipv4: '0.0.0.0', ipv6: '::' });
       return;
@@ -154,6 +174,7 @@ export class DnsSteering {
   }
 
   async stop(): Promise<void> {
+    if (this.saveTimer) this.save();
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
     await Promise.all(this.proxies.splice(0).map((p) => p.stop()));
@@ -218,16 +239,10 @@ export class DnsSteering {
    * agent's mutex. Additions: identities and policy first, then the ipcache; removals the other way.
    */
   private async refresh(): Promise<void> {
-    const { engine, datapath, store } = this.deps;
+    const { engine, datapath } = this.deps;
     const selectors = fqdnSelectorsOf(engine.parsed);
     this.selectorsKey = this.policyKey();
-    const prefixes = engine.compiled().cidrIdentities.map((c) => cidrParsed(c.cidr));
-    const coverOf = (address: string) => {
-      const a = hostPrefix(address);
-      let best: (typeof prefixes)[number] | undefined;
-      for (const p of prefixes) if (cidrContainsCidr(p, a) && (!best || p.prefixLength > best.prefixLength)) best = p;
-      return best?.text;
-    };
+    const coverOf = coverFn(engine.compiled().cidrIdentities.map((c) => cidrParsed(c.cidr)));
     const next = this.cache.identities(selectors, this.ids?.keys, coverOf);
     const prev = this.ids?.identities ?? new Map<number, string[]>();
     const added = new Map<number, readonly string[]>();
@@ -238,11 +253,7 @@ export class DnsSteering {
       const r = await engine.remoteIdentitiesUpdate(added);
       if (r === undefined) await engine.applySliced();
     }
-    // Never over a workload's or the host's own address (those keep their identities).
-    const own = hostAddressSet();
-    for (const w of store.workloadList()) own.add(w.ipv4).add(w.ipv6);
-    const desired = new Map<string, number>();
-    for (const e of next.ipcache) if (!own.has(e.cidr.slice(0, e.cidr.lastIndexOf('/')))) desired.set(e.cidr, e.identity);
+    const desired = this.desiredIpcache(next);
     for (const [cidr, identity] of desired) {
       if (this.applied.get(cidr) === identity) continue;
       datapath.ipcacheUpsert(cidr, { identity, hostId: 0 });
@@ -255,6 +266,63 @@ export class DnsSteering {
     }
     if (removed.size > 0) await engine.remoteIdentitiesUpdate(removed);
     this.ids = next;
+    this.saveSoon();
+  }
+
+  /** The ipcache entries of FQDN identities: never over a workload's or the host's own address. */
+  private desiredIpcache(ids: FqdnIdentities): Map<string, number> {
+    const own = hostAddressSet();
+    for (const w of this.deps.store.workloadList()) own.add(w.ipv4).add(w.ipv6);
+    const desired = new Map<string, number>();
+    for (const e of ids.ipcache) if (!own.has(e.cidr.slice(0, e.cidr.lastIndexOf('/')))) desired.set(e.cidr, e.identity);
+    return desired;
+  }
+
+  /**
+   * The previous run's learned state, before the first compile: its FQDN identities (same numbers)
+   * join the policy universe and its ipcache entries stay, so what the pinned maps hold for them is
+   * what the restored agent compiles, and connections to learned addresses go on.
+   */
+  private async restore(): Promise<void> {
+    const { store, engine, datapath, log, stateDir } = this.deps;
+    const saved = dnsStateRead(stateDir);
+    if (!saved) return;
+    if ('error' in saved) {
+      log.warn({ file: join(stateDir, DNS_STATE_FILE), error: saved.error }, 'DNS proxy: the learned state file is unusable; starting without it');
+      return;
+    }
+    let policies: ParsedPolicy[];
+    try {
+      policies = policiesFromObjects(store.policyList().map((p) => p.document));
+    } catch (err) {
+      log.warn({ err }, 'DNS proxy: stored policies do not parse; learned state not restored');
+      return;
+    }
+    this.cache = FqdnCache.restore({ names: saved.names }, { maxAddressesPerName: this.deps.config.proxy.maxIPsPerName });
+    const next = this.cache.identities(fqdnSelectorsOf(policies), new Map(saved.identities), coverFn(policyCidrs(policies)));
+    if (next.identities.size > 0) await engine.remoteIdentitiesUpdate(next.identities);
+    for (const [cidr, identity] of this.desiredIpcache(next)) {
+      datapath.ipcacheUpsert(cidr, { identity, hostId: 0 });
+      this.applied.set(cidr, identity);
+    }
+    this.ids = next;
+    log.info({ names: saved.names.length, addresses: this.applied.size }, 'DNS proxy: learned state restored');
+  }
+
+  private saveSoon(): void {
+    if (this.saveTimer) return;
+    this.saveTimer = setTimeout(() => this.save(), SAVE_DELAY_MS);
+    this.saveTimer.unref();
+  }
+
+  private save(): void {
+    if (this.saveTimer) clearTimeout(this.saveTimer);
+    this.saveTimer = undefined;
+    try {
+      dnsStateWrite(this.deps.stateDir, { version: 1, names: this.cache.snapshot().names, identities: [...(this.ids?.keys ?? [])] });
+    } catch (err) {
+      this.deps.log.warn({ err, file: join(this.deps.stateDir, DNS_STATE_FILE) }, 'DNS proxy: saving the learned state failed');
+    }
   }
 
   /** After a policy write: the steered endpoints follow the rules; new selectors get their identities. */

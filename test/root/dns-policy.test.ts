@@ -5,10 +5,12 @@
 // query for a name no DNS rule allows is REFUSED by the proxy; a query sent straight to another resolver
 // address is steered all the same; DNS over TCP too. Hostile senders: malformed and oversized queries, a
 // resolver replying with the wrong id, with addresses for a name not asked, or with garbage: no
-// identity, no access, and the proxy keeps answering.
+// identity, no access, and the proxy keeps answering. An agent restart keeps what was learned (and a
+// corrupt state file is ignored, not half-used). dns.proxy.minTTL 600 keeps the 5 s records through
+// the restarts.
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { Workload } from '../../common/schemas/workload.js';
@@ -129,7 +131,7 @@ while True:
 type Lookup = { rcode: number; addrs: string[]; connected: boolean[]; id_ok?: boolean };
 
 describe('DNS-aware egress policy: toFQDNs and DNS rules through the DNS proxy (root)', { timeout: 300_000 }, () => {
-  const fx = new AgentFixture({ tag: 'dnsp', ipv4Pool: '10.227.0.0/16', ipv6Pool: 'fd00:227::/64', namespaces: ['dnsp'] });
+  const fx = new AgentFixture({ tag: 'dnsp', ipv4Pool: '10.227.0.0/16', ipv6Pool: 'fd00:227::/64', namespaces: ['dnsp'], overrides: { dns: { proxy: { minTTL: 600 } } } });
   const api = fx.api;
   const children: ChildProcess[] = [];
   const hostIf = `kdnsp${fx.id}`.slice(0, 15);
@@ -281,5 +283,30 @@ spec:
     // still answering
     const r = await lookup(EXT.dns4, 'a.svc.test');
     assert.deepEqual([r.rcode, r.connected], [0, [true]]);
+  });
+
+  test("Hubble's DNS metrics count the proxy's queries and responses", async () => {
+    const text = await fx.agent.metrics.registry.metrics();
+    assert.match(text, /hubble_dns_queries_total\{rcode="Policy denied",qtypes="A",ips_returned="0"\} [1-9]/);
+    assert.match(text, /hubble_dns_queries_total\{rcode="",qtypes="AAAA",ips_returned="0"\} [1-9]/);
+    assert.match(text, /hubble_dns_responses_total\{rcode="No Error",qtypes="A",ips_returned="1"\} [1-9]/);
+    assert.match(text, /hubble_dns_responses_total\{rcode="Server Failure",qtypes="A",ips_returned="0"\} [1-9]/);
+  });
+
+  test('an agent restart keeps the learned names: a connection without a new lookup goes through; a corrupt state file is ignored', async () => {
+    const r = await lookup(EXT.dns4, 'api.test');
+    assert.deepEqual([r.rcode, r.connected], [0, [true]]);
+    const file = join(fx.dir, 'state', 'dns-learned.json');
+    await waitFor('the learned state on disk', async () => existsSync(file));
+    await fx.stop();
+    await fx.start();
+    assert.equal(await connects(EXT.api4), true, 'restored before the first compile: no lookup needed');
+    assert.equal(await connects(EXT.other4), false);
+    await fx.stop();
+    writeFileSync(file, '{"version": 1, "names": [{"name": "api.test", "addresses": [{"address": "not-an-ip", "expiresAt": 1}]}], "identities": []}');
+    await fx.start();
+    assert.equal(await connects(EXT.api4), false, 'nothing restored from an invalid file');
+    const again = await lookup(EXT.dns4, 'api.test');
+    assert.deepEqual([again.rcode, again.connected], [0, [true]], 'and lookups learn again');
   });
 });

@@ -1,5 +1,9 @@
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { test } from 'node:test';
+import { DNS_STATE_FILE, dnsStateRead, dnsStateWrite } from '../../agent/dns/state-file.js';
 import { configParse, ConfigError } from '../../agent/config.js';
 import { upstreamParse } from '../../agent/dns/config.js';
 import { policiesParse } from '../../agent/policy/index.js';
@@ -38,4 +42,26 @@ test('dns.proxy config: defaults, and errors naming the key', () => {
   assert.deepEqual(upstreamParse('10.0.0.2:5353'), { address: '10.0.0.2', port: 5353 });
   assert.deepEqual(upstreamParse('[fd00::2]:53'), { address: 'fd00::2', port: 53 });
   assert.deepEqual(upstreamParse('fd00::2'), { address: 'fd00::2', port: 53 });
+});
+
+test('learned state file: round trip, and a hostile or broken file is refused whole', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'kitnet-dns-state-'));
+  try {
+    assert.equal(dnsStateRead(dir), undefined, 'no file: nothing to restore');
+    const state = { version: 1 as const, names: [{ name: 'api.test', addresses: [{ address: '192.0.2.1', expiresAt: 5 }] }], identities: [['k', 25165825] as [string, number]] };
+    dnsStateWrite(dir, state);
+    assert.deepEqual(dnsStateRead(dir), state);
+    const bad = (text: string, re: RegExp) => {
+      writeFileSync(join(dir, DNS_STATE_FILE), text);
+      const r = dnsStateRead(dir);
+      assert.ok(r && 'error' in r && re.test(r.error), JSON.stringify(r));
+    };
+    bad('{', /not JSON/);
+    bad('{"version": 2, "names": [], "identities": []}', /version/);
+    bad('{"version": 1, "names": [{"name": "a", "addresses": [{"address": "x", "expiresAt": 1}]}], "identities": []}', /names\.0\.addresses\.0\.address: must be an IP address/);
+    bad('{"version": 1, "names": [], "identities": [["k", -1]]}', /identities/);
+    bad('{"version": 1, "names": [], "identities": [], "extra": 1}', /extra|Unrecognized/i);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
