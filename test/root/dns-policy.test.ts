@@ -23,7 +23,7 @@ const EXT = {
   host4: '10.228.0.1', host6: 'fd00:228::1',
   dns4: '10.228.0.2', dns6: 'fd00:228::2', dnsOther4: '10.228.0.3', evil4: '10.228.0.4',
   api4: '10.228.1.10', api6: 'fd00:228:1::10', other4: '10.228.1.11', other6: 'fd00:228:1::11',
-  svcA4: '10.228.1.20', svcB4: '10.228.1.21', unasked4: '10.228.1.30',
+  svcA4: '10.228.1.20', svcB4: '10.228.1.21', unasked4: '10.228.1.30', short1: '10.228.1.40', short2: '10.228.1.41',
 };
 
 const SERVER_PY = `
@@ -31,7 +31,12 @@ import socket, socketserver
 class T(socketserver.ThreadingTCPServer):
     address_family = socket.AF_INET6; allow_reuse_address = True; daemon_threads = True
 class H(socketserver.BaseRequestHandler):
-    def handle(self): self.request.sendall(b'ok')
+    def handle(self):
+        self.request.sendall(b'ok')
+        while True:
+            d = self.request.recv(16)
+            if not d: break
+            self.request.sendall(d)
 T(('::', ${PORT}), H).serve_forever()
 `;
 /** A TCP connection that gets the server's answer: exit 0; refused, dropped or silent: 1. */
@@ -86,14 +91,21 @@ for _ in range(an):
     if rt == 28: addrs.append(socket.inet_ntop(socket.AF_INET6, m[o:o + 16]))
     o += rl
 connected = []
+held = []
 if connect:
     for a in addrs:
         c = socket.socket(socket.AF_INET6 if ':' in a else socket.AF_INET); c.settimeout(1.5)
         try:
-            c.connect((a, ${PORT})); connected.append(c.recv(2) == b'ok')
+            c.connect((a, ${PORT})); connected.append(c.recv(2) == b'ok'); held.append(c)
         except OSError:
             connected.append(False)
-print(json.dumps({'rcode': flags & 15, 'id_ok': rid == qid, 'addrs': addrs, 'connected': connected}))
+print(json.dumps({'rcode': flags & 15, 'id_ok': rid == qid, 'addrs': addrs, 'connected': connected}), flush=True)
+if len(sys.argv) > 6 and held:
+    # hold the first connection until the file argv[6] exists, then check it still carries data
+    import os, time
+    deadline = time.time() + 120
+    while not os.path.exists(sys.argv[6]) and time.time() < deadline: time.sleep(0.05)
+    held[0].settimeout(5); held[0].sendall(b'x'); sys.exit(0 if held[0].recv(1) == b'x' else 1)
 `;
 /** Hostile queries from the workload to SERVER:53 (steered to the proxy): each is sent and not awaited. */
 const HOSTILE_PY = `
@@ -164,7 +176,7 @@ describe('DNS-aware egress policy: toFQDNs and DNS rules through the DNS proxy (
     await ex('ip', 'link', 'set', 'eth0', 'up');
     for (const a of [EXT.dns4, EXT.dnsOther4, EXT.evil4]) await ex('ip', 'addr', 'add', `${a}/24`, 'dev', 'eth0');
     await ex('ip', 'addr', 'add', `${EXT.dns6}/64`, 'dev', 'eth0', 'nodad');
-    for (const a of [EXT.api4, EXT.other4, EXT.svcA4, EXT.svcB4, EXT.unasked4]) await ex('ip', 'addr', 'add', `${a}/32`, 'dev', 'lo');
+    for (const a of [EXT.api4, EXT.other4, EXT.svcA4, EXT.svcB4, EXT.unasked4, EXT.short1, EXT.short2]) await ex('ip', 'addr', 'add', `${a}/32`, 'dev', 'lo');
     for (const a of [EXT.api6, EXT.other6]) await ex('ip', 'addr', 'add', `${a}/128`, 'dev', 'lo', 'nodad');
     await ex('ip', 'route', 'add', 'default', 'via', EXT.host4);
     await ex('ip', '-6', 'route', 'add', 'default', 'via', EXT.host6);
@@ -182,6 +194,8 @@ describe('DNS-aware egress policy: toFQDNs and DNS rules through the DNS proxy (
         `host-record=a.svc.test,${EXT.svcA4}`,
         `host-record=b.c.svc.test,${EXT.svcB4}`,
         'cname=alias.test,api.test',
+        `host-record=short1.test,${EXT.short1},1`,
+        `host-record=short2.test,${EXT.short2},1`,
         '',
       ].join('\n'),
     );
@@ -205,7 +219,7 @@ metadata: {name: fqdn, namespace: dnsp}
 spec:
   endpointSelector: {matchLabels: {app: client}}
   egress:
-    - toFQDNs: [{matchName: api.test}, {matchPattern: "*.svc.test"}, {matchName: api2.test}]
+    - toFQDNs: [{matchName: api.test}, {matchPattern: "*.svc.test"}, {matchName: api2.test}, {matchPattern: "short*.test"}]
       toPorts: [{ports: [{port: "${PORT}", protocol: TCP}]}]
     - toCIDR: [10.228.0.0/24, fd00:228::/64]
       toPorts:
@@ -217,6 +231,7 @@ spec:
               - matchPattern: "*.svc.test"
               - matchName: b.c.svc.test
               - matchPattern: "*.evil.test"
+              - matchPattern: "short*.test"
 `,
       'application/yaml',
     );
@@ -308,5 +323,29 @@ spec:
     assert.equal(await connects(EXT.api4), false, 'nothing restored from an invalid file');
     const again = await lookup(EXT.dns4, 'api.test');
     assert.deepEqual([again.rcode, again.connected], [0, [true]], 'and lookups learn again');
+  });
+
+  test('TTL expiry (minTTL 0): an address no connection uses goes, new connections to it fail; one an open connection uses stays', async () => {
+    await fx.stop();
+    fx.overrides.dns = { proxy: { minTTL: 0 } };
+    await fx.start();
+    const entry = (addr: string) => fqdnEntries().some(([cidr]) => cidr === `${addr}/32`);
+    // short2.test: looked up and connected to at once by one process, which holds the connection
+    const flag = join(fx.dir, 'hold-release');
+    const hold = spawn('ip', ['netns', 'exec', nsC, 'python3', '-c', LOOKUP_PY, EXT.dns4, 'short2.test', 'A', 'udp', '1', flag], { stdio: ['ignore', 'pipe', 'ignore'] });
+    children.push(hold);
+    let out = '';
+    hold.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    const exited = new Promise<number | null>((resolve) => hold.on('exit', (code) => resolve(code)));
+    const two = await waitFor('the held connection to short2.test', async () => (out.includes('\n') ? (JSON.parse(out) as Lookup) : undefined), 10_000);
+    assert.deepEqual([two.rcode, two.addrs, two.connected], [0, [EXT.short2], [true]]);
+    // short1.test after it, same TTL: once short1 is gone, the expiry pass that removed it saw short2 expired too
+    const one = await lookup(EXT.dns4, 'short1.test', 'A', 'udp', false);
+    assert.deepEqual([one.rcode, one.addrs], [0, [EXT.short1]]);
+    await waitFor('short1.test (TTL 1 s, no connection) to leave the ipcache', async () => !entry(EXT.short1), 15_000);
+    assert.equal(await connects(EXT.short1), false, 'expired: new connections are not allowed');
+    assert.ok(entry(EXT.short2), 'expired too, but a tracked connection still uses it');
+    writeFileSync(flag, '');
+    assert.equal(await exited, 0, 'the open connection kept working past the TTL');
   });
 });
