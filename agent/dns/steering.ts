@@ -115,8 +115,16 @@ export class DnsSteering {
       this.maps.proxySet({ port: 0, ipv4: '0.0.0.0', ipv6: '::' });
       return;
     }
-    await hostLoopbackAddressEnsure(DNS_PROXY_IPV4);
-    await hostLoopbackAddressEnsure(DNS_PROXY_IPV6);
+    for (const address of [DNS_PROXY_IPV4, DNS_PROXY_IPV6]) {
+      try {
+        await hostLoopbackAddressEnsure(address);
+      } catch (err) {
+        throw new ConfigError(
+          `dns.proxy.enabled: the DNS proxy needs ${address} on the host's loopback and adding it failed (${(err as Error).message}); give the agent CAP_NET_ADMIN in the host namespace, or set dns.proxy.enabled: false (toFQDNs then allows nothing)`,
+          ['dns.proxy.enabled'],
+        );
+      }
+    }
     await this.listen();
     this.maps.proxySet({ port: this.port, ipv4: DNS_PROXY_IPV4, ipv6: DNS_PROXY_IPV6 });
     this.endpointsSync();

@@ -19,6 +19,9 @@ import { AgentFixture } from '../helpers/fixture.js';
 import { run, status, waitFor } from '../helpers/sys.js';
 
 const PORT = 9400;
+/** n<i>.iter.test -> 10.228.2.<10+i>: a new address per lookup, for the first-connection loop. */
+const ITERATIONS = 20;
+const iterAddr = (i: number) => `10.228.2.${10 + i}`;
 const EXT = {
   host4: '10.228.0.1', host6: 'fd00:228::1',
   dns4: '10.228.0.2', dns6: 'fd00:228::2', dnsOther4: '10.228.0.3', evil4: '10.228.0.4',
@@ -160,7 +163,7 @@ describe('DNS-aware egress policy: toFQDNs and DNS rules through the DNS proxy (
     for (const ch of children) ch.kill('SIGKILL');
     await fx.cleanup();
     await run('ip', ['link', 'del', hostIf]).catch(() => undefined);
-    for (const r of [['-4', 'route', 'del', '10.228.1.0/24'], ['-6', 'route', 'del', 'fd00:228:1::/64']]) await run('ip', r).catch(() => undefined);
+    for (const r of [['-4', 'route', 'del', '10.228.1.0/24'], ['-4', 'route', 'del', '10.228.2.0/24'], ['-6', 'route', 'del', 'fd00:228:1::/64']]) await run('ip', r).catch(() => undefined);
   });
 
   before(async () => {
@@ -177,10 +180,12 @@ describe('DNS-aware egress policy: toFQDNs and DNS rules through the DNS proxy (
     for (const a of [EXT.dns4, EXT.dnsOther4, EXT.evil4]) await ex('ip', 'addr', 'add', `${a}/24`, 'dev', 'eth0');
     await ex('ip', 'addr', 'add', `${EXT.dns6}/64`, 'dev', 'eth0', 'nodad');
     for (const a of [EXT.api4, EXT.other4, EXT.svcA4, EXT.svcB4, EXT.unasked4, EXT.short1, EXT.short2]) await ex('ip', 'addr', 'add', `${a}/32`, 'dev', 'lo');
+    for (let i = 0; i < ITERATIONS; i++) await ex('ip', 'addr', 'add', `${iterAddr(i)}/32`, 'dev', 'lo');
     for (const a of [EXT.api6, EXT.other6]) await ex('ip', 'addr', 'add', `${a}/128`, 'dev', 'lo', 'nodad');
     await ex('ip', 'route', 'add', 'default', 'via', EXT.host4);
     await ex('ip', '-6', 'route', 'add', 'default', 'via', EXT.host6);
     await run('ip', ['route', 'replace', '10.228.1.0/24', 'via', EXT.dns4]);
+    await run('ip', ['route', 'replace', '10.228.2.0/24', 'via', EXT.dns4]);
     await run('ip', ['-6', 'route', 'replace', 'fd00:228:1::/64', 'via', EXT.dns6]);
 
     const conf = join(fx.dir, 'dnsmasq.conf');
@@ -194,6 +199,7 @@ describe('DNS-aware egress policy: toFQDNs and DNS rules through the DNS proxy (
         `host-record=a.svc.test,${EXT.svcA4}`,
         `host-record=b.c.svc.test,${EXT.svcB4}`,
         'cname=alias.test,api.test',
+        ...Array.from({ length: ITERATIONS }, (_, i) => `host-record=n${i}.iter.test,${iterAddr(i)}`),
         `host-record=short1.test,${EXT.short1},1`,
         `host-record=short2.test,${EXT.short2},1`,
         '',
@@ -219,7 +225,7 @@ metadata: {name: fqdn, namespace: dnsp}
 spec:
   endpointSelector: {matchLabels: {app: client}}
   egress:
-    - toFQDNs: [{matchName: api.test}, {matchPattern: "*.svc.test"}, {matchName: api2.test}, {matchPattern: "short*.test"}]
+    - toFQDNs: [{matchName: api.test}, {matchPattern: "*.svc.test"}, {matchName: api2.test}, {matchPattern: "short*.test"}, {matchPattern: "*.iter.test"}]
       toPorts: [{ports: [{port: "${PORT}", protocol: TCP}]}]
     - toCIDR: [10.228.0.0/24, fd00:228::/64]
       toPorts:
@@ -232,6 +238,7 @@ spec:
               - matchName: b.c.svc.test
               - matchPattern: "*.evil.test"
               - matchPattern: "short*.test"
+              - matchPattern: "*.iter.test"
 `,
       'application/yaml',
     );
@@ -245,6 +252,15 @@ spec:
     assert.deepEqual(r.connected, [true], 'the connection right after the answer must succeed');
     assert.equal(await connects(EXT.other4), false, 'other.test was never looked up: not allowed');
     assert.ok(fqdnEntries().some(([cidr]) => cidr === `${EXT.api4}/32`));
+  });
+
+  test(`the first connection right after a lookup always goes through (${ITERATIONS} new addresses, each learned by its lookup)`, async () => {
+    const failed: string[] = [];
+    for (let i = 0; i < ITERATIONS; i++) {
+      const r = await lookup(EXT.dns4, `n${i}.iter.test`, 'A', i % 2 ? 'tcp' : 'udp');
+      if (r.rcode !== 0 || r.addrs[0] !== iterAddr(i) || r.connected[0] !== true) failed.push(`n${i}: ${JSON.stringify(r)}`);
+    }
+    assert.deepEqual(failed, []);
   });
 
   test('api.test by name over IPv6 (AAAA, query to an IPv6 resolver address)', async () => {
