@@ -29,6 +29,8 @@ import { AgentMetrics } from './metrics.js';
 import { Mutex } from './mutex.js';
 import { MONITOR_AGG_DEFAULT, MONITOR_AGG_NONE } from '../bpf/layout.gen.js';
 import { PolicyEngine } from './policy/engine.js';
+import { DnsSteering } from './dns/steering.js';
+import { dnsMetricsRegister } from './dns/metrics.js';
 import { PolicyService } from './policy/service.js';
 import { workloadsOutsidePools } from './pool-check.js';
 import { WorkloadWatch } from './workload-watch.js';
@@ -79,6 +81,8 @@ export class Agent {
   /** One lock for every change of desired state: workloads, labels, namespaces, policies. */
   private readonly mutex = new Mutex();
   private readonly startedAt = Date.now();
+  /** The DNS proxy and its steering, for toFQDNs and DNS rules (agent/dns/steering.ts). */
+  readonly dns: DnsSteering;
   /** Cluster mode: other nodes' workload addresses and identities (agent/cluster/). */
   readonly remote?: { ipcache: RemoteIpcache; watcher: IpcacheWatcher; peers: PeerCluster[] };
   /** Cluster mode: policies and namespace labels shared through etcd (agent/cluster/shared-*.ts). */
@@ -130,6 +134,7 @@ export class Agent {
       this.policyEngine.remoteAddressResolve = (ip) => ipcache.identityOf(ip) ?? peers.map((p) => p.ipcache.identityOf(ip)).find((id) => id !== undefined);
       this.remote = { ipcache, watcher: cluster.ipcacheWatcher(localPools), peers };
     }
+    this.dns = new DnsSteering({ config: config.dns, store, engine: this.policyEngine, datapath: kernel.datapath, exclusive: (fn) => this.workloads.exclusive(fn), stateDir: config.stateDir, log: log.child({ component: 'dns' }) });
     this.watch = new WorkloadWatch(store, kernel, this.controller, log.child({ component: 'watch' }));
     this.policies = new PolicyService(store, this.policyEngine, this.workloads, this.mutex, log.child({ component: 'policy' }));
     this.directory = new EndpointDirectory(store);
@@ -159,6 +164,7 @@ export class Agent {
       sharedMetricsRegister(this.metrics.registry, this.shared);
     }
     addressingMetricsRegister(this.metrics.registry, this.dhcp.stats);
+    this.dns.onQuery = dnsMetricsRegister(this.metrics.registry);
   }
 
   /** Restores the datapath from the store, then starts reading flows. */
@@ -173,6 +179,7 @@ export class Agent {
   /** Restores the stored workloads (`onProgress` after each), then starts flows and the watch. */
   async start(onProgress?: (done: number, total: number) => void): Promise<void> {
     this.flowReportingApply(this.config.flows);
+    await this.dns.start();
     // Other nodes' workloads, before the restore compiles policy: their identities are in its first
     // compile, so rules selecting them hold across a restart. Listed once (a failure is retried in
     // the background), then watched; entries left from the previous run that etcd no longer has go.
@@ -207,6 +214,7 @@ export class Agent {
   }
 
   stop(): void {
+    void this.dns.stop();
     void this.remote?.watcher.close();
     void this.shared?.policies.follower.close();
     void this.shared?.namespaces.follower.close();

@@ -3,6 +3,7 @@ import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { yamlFileRead, yamlNestingProblem } from '../common/yaml-guard.js';
 import { cidrParse, type Cidr } from './ipam.js';
+import { DnsConfigSchema } from './dns/config.js';
 
 /**
  * The smallest pool the agent takes: room for at least 4 workloads once the addresses it never hands
@@ -280,6 +281,8 @@ export const ConfigSchema = z
       .prefault({}),
     /** Cluster mode (README, Cluster): identities shared with other hosts through etcd, in Cilium's layout. */
     cluster: ClusterSchema.optional(),
+    /** The DNS proxy for toFQDNs and DNS rules (agent/dns/config.ts). */
+    dns: DnsConfigSchema,
   })
   .strict()
   .superRefine((c, ctx) => {

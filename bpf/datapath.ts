@@ -11,6 +11,7 @@ import type { LoadedObject, ProgName } from './loader.js';
 import { FILL_MAP_NAMES, mapCount, type FillMapName } from './map-fill.js';
 import type { DatapathConfig } from './maps/config.js';
 import { ConfigMap } from './maps/config.js';
+import { DnsSteeringMaps } from './maps/dns.js';
 import type { ConntrackEntry } from './maps/conntrack.js';
 import { ConntrackMap } from './maps/conntrack.js';
 import { EndpointsMap } from './maps/endpoints.js';
@@ -123,6 +124,11 @@ export class DatapathImpl implements KitnetDatapath {
   endpointList(): Array<[number, EndpointInfo]> {
     this.live();
     return this.endpoints.list();
+  }
+
+  dnsSteering(): DnsSteeringMaps | undefined {
+    const m = this.obj.maps;
+    return m.dns_proxy && m.dns_endpoints && m.dns_redirect ? new DnsSteeringMaps(m.dns_proxy, m.dns_endpoints, m.dns_redirect) : undefined;
   }
 
   endpointGet(ifindex: number): EndpointInfo | undefined {

@@ -14,6 +14,7 @@ export * from './types.js';
 export type { AttachResult, LinkRole } from './links.js';
 export { LINK_ROLES, progForRole } from './links.js';
 export type { DatapathConfig } from './maps/config.js';
+export type { DnsSteeringMaps, DnsProxyAddress } from './maps/dns.js';
 export type { ConntrackEntry } from './maps/conntrack.js';
 export type { Counter, MetricName } from './maps/metrics.js';
 export type { LinkInfo, TestRunResult } from '../common/native.js';

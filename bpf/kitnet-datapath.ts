@@ -3,6 +3,7 @@ import type { AttachResult, LinkRole } from './links.js';
 import type { ProgName } from './loader.js';
 import type { FillMapName } from './map-fill.js';
 import type { DatapathConfig } from './maps/config.js';
+import type { DnsSteeringMaps } from './maps/dns.js';
 import type { ConntrackEntry } from './maps/conntrack.js';
 import type { Counter, MetricName } from './maps/metrics.js';
 import type { AttachKind, Datapath, EndpointInfo } from './types.js';
@@ -19,6 +20,8 @@ export interface KitnetDatapath extends Datapath {
   endpointGet(ifindex: number): EndpointInfo | undefined;
   /** Ids of the programs loaded by this instance. */
   progIds(): Readonly<Record<ProgName, number>>;
+  /** The DNS steering maps (bpf/maps/dns.ts); undefined for an object without them (an earlier release). */
+  dnsSteering?(): DnsSteeringMaps | undefined;
   configGet(): DatapathConfig;
   configSet(cfg: Partial<DatapathConfig>): DatapathConfig;
   metricsRead(): Record<MetricName, Counter>;

@@ -204,7 +204,42 @@ export const DP_CONFIG = {
   },
 } as const satisfies StructLayout;
 
-export const STRUCTS: readonly StructLayout[] = [ENDPOINT_INFO, ENDPOINT_ADDR_KEY, IPCACHE_KEY, IPCACHE_VALUE, CT_KEY, CT_ENTRY, FLOW_EVENT, FRAG_KEY, FRAG_VALUE, POLICY_KEY, POLICY_VALUE, METRICS_VALUE, DP_CONFIG];
+/** struct dns_proxy_config: Value of the `dns_proxy` array (key 0): where steered DNS goes. port 0 = no proxy (nothing is steered). */
+export const DNS_PROXY_CONFIG = {
+  name: 'dns_proxy_config',
+  size: 24,
+  fields: {
+    port: { offset: 0, size: 2, type: 'u16', count: 0 },
+    flags: { offset: 2, size: 2, type: 'u16', count: 0 },
+    ipv4: { offset: 4, size: 4, type: 'u8', count: 4 },
+    ipv6: { offset: 8, size: 16, type: 'u8', count: 16 },
+  },
+} as const satisfies StructLayout;
+
+/** struct dns_redirect_key: Key of the `dns_redirect` LRU hash: one steered DNS client socket. */
+export const DNS_REDIRECT_KEY = {
+  name: 'dns_redirect_key',
+  size: 20,
+  fields: {
+    addr: { offset: 0, size: 16, type: 'u8', count: 16 },
+    port: { offset: 16, size: 2, type: 'u16', count: 0 },
+    protocol: { offset: 18, size: 1, type: 'u8', count: 0 },
+    family: { offset: 19, size: 1, type: 'u8', count: 0 },
+  },
+} as const satisfies StructLayout;
+
+/** struct dns_redirect_value: Value of the `dns_redirect` LRU hash: the destination the workload addressed (its resolver). */
+export const DNS_REDIRECT_VALUE = {
+  name: 'dns_redirect_value',
+  size: 20,
+  fields: {
+    addr: { offset: 0, size: 16, type: 'u8', count: 16 },
+    port: { offset: 16, size: 2, type: 'u16', count: 0 },
+    pad0: { offset: 18, size: 2, type: 'u8', count: 2 },
+  },
+} as const satisfies StructLayout;
+
+export const STRUCTS: readonly StructLayout[] = [ENDPOINT_INFO, ENDPOINT_ADDR_KEY, IPCACHE_KEY, IPCACHE_VALUE, CT_KEY, CT_ENTRY, FLOW_EVENT, FRAG_KEY, FRAG_VALUE, POLICY_KEY, POLICY_VALUE, METRICS_VALUE, DP_CONFIG, DNS_PROXY_CONFIG, DNS_REDIRECT_KEY, DNS_REDIRECT_VALUE];
 
 /** Kernel UAPI (linux/bpf.h, >= 6.7) not present in the build host headers. */
 export const BPF_TCX_INGRESS = 46;
@@ -385,6 +420,17 @@ export const CT_LIFETIME_TCP_SYN = 60;
 export const CT_LIFETIME_TCP_CLOSED = 10;
 /** other protocols, with or without a reply (Cilium: CT_CONNECTION_LIFETIME_NONTCP) */
 export const CT_LIFETIME_NONTCP = 60;
+
+/** dns_proxy_config.flags. */
+/** the agent wrote this entry */
+export const DNS_PROXY_F_SET = 1;
+
+/** DNS steering map sizes. */
+/** steered DNS client sockets (LRU: the oldest go first) */
+export const DNS_REDIRECT_MAP_MAX = 65536;
+/** endpoints whose DNS is steered (ENDPOINTS_MAP_MAX) */
+export const DNS_ENDPOINTS_MAP_MAX = 4096;
+export const DNS_PORT = 53;
 
 /** IPv4 default gateway of every workload; the datapath answers ARP for it (endpoint_info.host_mac) */
 export const GATEWAY_IPV4 = '169.254.1.1';

@@ -19,7 +19,7 @@ export type MapName = (typeof MAP_NAMES)[number];
  * Maps that objects of earlier releases lack (the exact-match hashes in front of the ipcache and policy
  * tries, maps.h). Handed out when the object has them; the map writers fall back to the trie alone.
  */
-export const OPTIONAL_MAP_NAMES = ['ipcache_exact', 'policy_exact', 'policy_wild'] as const;
+export const OPTIONAL_MAP_NAMES = ['ipcache_exact', 'policy_exact', 'policy_wild', 'dns_proxy', 'dns_endpoints', 'dns_redirect'] as const;
 export type OptionalMapName = (typeof OPTIONAL_MAP_NAMES)[number];
 
 /** Where bash bpf/build.sh writes the object; KITNET_BPF_OBJECT overrides (packaging). */

@@ -11,8 +11,10 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 # etcd-server: the real etcd the cluster-mode tests start (test/helpers/etcd.ts); etcd-client: etcdctl, which
 # the ClusterMesh test reads the kvstore with, as an operator would.
 # isc-dhcp-client: dhclient -4/-6 as a real guest client in test/root/vm-dhcp6.test.ts.
+# dnsmasq-base: the resolver of the DNS policy tests (Debian's dnsmasq binary without the host-wide service
+# that the `dnsmasq` package enables on port 53; test/root/dns-policy.test.ts).
 apt_packages=(clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool iproute2 iputils-ping make g++ python3 pkg-config
-  qemu-system-x86 busybox-static kmod cpio zstd etcd-server etcd-client isc-dhcp-client)
+  qemu-system-x86 busybox-static kmod cpio zstd etcd-server etcd-client isc-dhcp-client dnsmasq-base)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -97,7 +97,7 @@ export class FqdnCache {
    * `previous` where it exists, else the lowest free number), and address -> identity for the ipcache.
    * Addresses no selector matches get nothing (they stay world).
    */
-  identities(selectors: readonly FqdnSelector[], previous?: ReadonlyMap<string, number>): FqdnIdentities {
+  identities(selectors: readonly FqdnSelector[], previous?: ReadonlyMap<string, number>, coverOf?: (address: string) => string | undefined): FqdnIdentities {
     const matchers: Array<{ label: string; match: FqdnMatcher }> = [];
     const seen = new Set<string>();
     for (const s of selectors) {
@@ -117,7 +117,12 @@ export class FqdnCache {
         for (const h of hits) set.add(h);
       }
     }
-    const keyOf = (a: string, set: Set<string>) => [...set].sort().concat('reserved:world', a.includes(':') ? 'reserved:world-ipv6' : 'reserved:world-ipv4');
+    // The longest policy prefix covering the address stays one of its labels (`cidr:P`): CIDR rules
+    // naming P or a wider prefix keep selecting it (agent/policy/fqdn-identities.ts, fqdnCidrIdentities).
+    const keyOf = (a: string, set: Set<string>) => {
+      const cover = coverOf?.(a);
+      return [...set].sort().concat(cover ? [`cidr:${cover}`] : [], 'reserved:world', a.includes(':') ? 'reserved:world-ipv6' : 'reserved:world-ipv4');
+    };
     const byKey = new Map<string, string[]>();
     const addressKey = new Map<string, string>();
     for (const [a, set] of labelsOf) {

@@ -5,10 +5,7 @@
  * them into the maps, and only then releases the answer: a connection opened right after the lookup
  * finds its address already known.
  *
- * Not wired yet: the datapath does not steer workload DNS here, so the agent does not start it and
- * policy apply still refuses toFQDNs / rules.dns (agent/policy/parse.ts, DNS_POLICY_NOT_ENFORCED).
- *
- * Steering chosen for the next step: the datapath rewrites the destination of every port-53 UDP/TCP
+ * Steering (bpf/include/dns.h, agent/dns/steering.ts): the datapath rewrites the destination of every port-53 UDP/TCP
  * packet of a workload with DNS rules (whatever resolver it addresses, so none is bypassed) to this
  * proxy's host-local address and port, keeping the original destination in a map keyed by the
  * workload's address, port and protocol, and rewrites the source of the replies back (checksums
@@ -43,10 +40,14 @@ export interface DnsVerdict {
 export interface DnsProxyOptions {
   /** Where to listen (UDP and TCP on the same address and port; port 0 picks one). */
   listen: DnsEndpoint;
-  /** The resolver to forward a client's query to (its original destination once steering exists). */
-  upstream(client: DnsEndpoint): DnsEndpoint;
-  /** Whether the client may look up `name` (lower case, no trailing dot). */
-  verdict(client: DnsEndpoint, name: string): DnsVerdict;
+  /**
+   * The resolver to forward a client's query to (the destination it addressed, from the datapath's
+   * steering map, or a configured upstream); undefined for a client that was not steered here (it is
+   * answered REFUSED, never forwarded).
+   */
+  upstream(client: DnsEndpoint, transport: DnsTransport): DnsEndpoint | undefined;
+  /** Whether the client may look up `name` (lower case, no trailing dot) from `upstream` over `transport`. */
+  verdict(client: DnsEndpoint, name: string, transport: DnsTransport, upstream: DnsEndpoint): DnsVerdict;
   /** Writes what the answer taught into the maps; the answer waits for it. A rejection makes it SERVFAIL. */
   learn(client: DnsEndpoint, learned: LearnedName[]): Promise<void>;
   /** Floor on learned TTLs in seconds (Cilium's --tofqdns-min-ttl; default 0). */
@@ -217,7 +218,8 @@ export class DnsProxy {
       this.stats.malformed++;
       return dnsErrorReply(msg, DnsRcode.FORMERR);
     }
-    const verdict = this.opts.verdict(client, q.name);
+    const upstream = this.opts.upstream(client, transport);
+    const verdict: DnsVerdict = upstream ? this.opts.verdict(client, q.name, transport, upstream) : { allowed: false, rule: 'not steered to the proxy by the datapath' };
     const event = (rcode: number, learned: LearnedName[] = []) =>
       this.onQuery?.({ client, transport, name: q.name, qtype: q.type, rcode, verdict, learned });
     if (!verdict.allowed) {
@@ -227,11 +229,10 @@ export class DnsProxy {
       return dnsErrorReply(msg, DnsRcode.REFUSED);
     }
     this.stats.allowed++;
-    const upstream = this.opts.upstream(client);
     let raw: Buffer;
     let reply: DnsMessage;
     try {
-      raw = await (transport === 'udp' ? this.forwardUdp(msg, upstream) : this.forwardTcp(msg, upstream));
+      raw = await (transport === 'udp' ? this.forwardUdp(msg, upstream!) : this.forwardTcp(msg, upstream!));
       reply = dnsParse(raw);
       if (!reply.response || reply.id !== query.id || !sameQuestion(reply, query)) throw new DnsParseError('the reply does not answer the query');
     } catch (e) {

@@ -66,6 +66,10 @@ export class PolicyEngine {
   private readonly remote = new Map<number, readonly string[]>();
   /** Cluster mode: the identity of another node's workload address (for `policy trace`). */
   remoteAddressResolve: (ip: string) => number | undefined = () => undefined;
+  /** Further local ipcache entries the sweep keeps (the DNS proxy's learned addresses: agent/dns/steering.ts). */
+  ipcacheExtra: () => Iterable<readonly [cidr: string, identity: number]> = () => [];
+  /** Called after every write of policy entries (the DNS steering follows which endpoints need it). */
+  onWritten: () => void = () => undefined;
 
   constructor(
     private readonly store: Store,
@@ -178,7 +182,7 @@ export class PolicyEngine {
     // workload's own entries are written by the reconciler, and the sweep is O(map) per call.
     const cidrKey = [...state.cidrIdentities, ...state.ipBlocks].map((c) => `${c.cidr}=${c.identity}`).sort().join(',');
     if (cidrKey !== this.cidrKeyApplied) {
-      yield* ipcacheSyncSteps(this.kernel, this.store, state.compiled());
+      yield* ipcacheSyncSteps(this.kernel, this.store, state.compiled(), this.ipcacheExtra());
       this.cidrKeyApplied = cidrKey;
     }
     let written: { upserts: number; deletes: number };
@@ -290,12 +294,18 @@ export class PolicyEngine {
       ms: +(performance.now() - started).toFixed(1),
     };
     this.log.debug(stats, msg);
+    this.onWritten();
     return stats;
   }
 
   /** Writes the desired local ipcache (ipcache-sync.ts). */
   ipcacheSync(compiled: CompiledPolicy | undefined = this.state?.compiled()): void {
-    stepsRun(ipcacheSyncSteps(this.kernel, this.store, compiled));
+    stepsRun(ipcacheSyncSteps(this.kernel, this.store, compiled, this.ipcacheExtra()));
+  }
+
+  /** The compiled state the datapath enforces (the DNS proxy's query verdicts read it). */
+  compiled(): CompiledPolicy {
+    return this.current().compiled();
   }
 
   private current(): PolicyState {

@@ -24,12 +24,18 @@ export function hostAddresses(): string[] {
 }
 
 /** Writes the desired local ipcache, with a yield point every STEP writes. */
-export function* ipcacheSyncSteps(kernel: KernelOps, store: Store, compiled: CompiledPolicy | undefined): Steps<void> {
+export function* ipcacheSyncSteps(
+  kernel: KernelOps,
+  store: Store,
+  compiled: CompiledPolicy | undefined,
+  extra: Iterable<readonly [cidr: string, identity: number]> = [],
+): Steps<void> {
   const dp = kernel.datapath;
   const desired = new Map<string, number>();
   for (const cidr of hostAddresses()) desired.set(cidr, ReservedIdentity.host);
   for (const c of compiled?.ipcache ?? []) desired.set(c.cidr, c.identity);
   for (const c of compiled?.ipBlocks ?? []) desired.set(`${IPBLOCK_VIEW_PREFIX}${c.cidr}`, c.identity);
+  for (const [cidr, identity] of extra) desired.set(cidr, identity);
   for (const w of store.workloadList()) {
     desired.set(`${w.ipv4}/32`, w.identity);
     desired.set(`${w.ipv6}/128`, w.identity);

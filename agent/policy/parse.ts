@@ -44,16 +44,15 @@ export function policiesParse(text: string, contentType?: string, options: Parse
 
 export interface ParseOptions {
   /**
-   * Accept `toFQDNs` and `rules.dns`. Off everywhere the agent parses (policy apply, the store):
-   * until the DNS proxy and the datapath steering are wired, accepting them would enforce something
-   * else than Cilium does (issue #17). Tests of the parser turn it on.
+   * Accept `toFQDNs` and `rules.dns` (default: yes, enforced by the DNS proxy, agent/dns/). `false`
+   * refuses them, for a caller without the proxy.
    */
   dnsPolicy?: boolean;
 }
 
-/** Why DNS-aware policy is refused while its enforcement is unfinished. */
+/** Why DNS-aware policy is refused where the DNS proxy does not run (ParseOptions.dnsPolicy false). */
 export const DNS_POLICY_NOT_ENFORCED =
-  'is valid but not supported yet: kitnet does not yet steer DNS traffic through its DNS proxy, so it cannot enforce toFQDNs or DNS rules as Cilium does (issue #17); the policy was not applied';
+  'is valid but not supported here: without the DNS proxy kitnet cannot enforce toFQDNs or DNS rules as Cilium does (issue #17); the policy was not applied';
 
 /** As policiesParse, for documents that are already objects (e.g. a JSON request body). */
 export function policiesFromObjects(raw: readonly unknown[], options: ParseOptions = {}): ParsedPolicy[] {
@@ -140,7 +139,7 @@ function documentParse(v: Record<string, unknown>, kind: PolicyKind, ref: string
     return undefined;
   }
   const ref2 = namespace ? `${kind} ${namespace}/${r.data.metadata.name}` : `${kind} ${r.data.metadata.name}`;
-  if (!options.dnsPolicy) {
+  if (options.dnsPolicy === false) {
     const before = issues.length;
     if (r.data.spec) dnsPolicyRefuse(r.data.spec, 'spec', n, ref2, issues);
     (r.data.specs ?? []).forEach((s, i) => dnsPolicyRefuse(s, `specs[${i}]`, n, ref2, issues));

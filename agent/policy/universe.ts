@@ -6,6 +6,7 @@
 import { reservedIdentityLabels, ReservedIdentity } from '../identity/reserved.js';
 import type { Cidr } from '../ipam.js';
 import { IDENTITY_RANGE_IPBLOCK_FLAG } from '../../bpf/layout.gen.js';
+import { fqdnCidrIdentities, fqdnEntityIdentities } from './fqdn-identities.js';
 import { CidrPeerIndex, IPBLOCK_VIEW_PREFIX, cidrPeerIdentities, hostPrefix } from './cidr.js';
 import { CLUSTER_RESERVED, isLabelDerived } from './entities.js';
 import { identityLabelParse, selectorMatches } from './selector.js';
@@ -106,11 +107,11 @@ export class Universe {
       case 'none':
         return [];
       case 'world':
-        return [R.world, R['world-ipv4'], R['world-ipv6'], ...this.cidrIds.map((c) => c.identity)];
+        return [R.world, R['world-ipv4'], R['world-ipv6'], ...this.cidrIds.map((c) => c.identity), ...fqdnEntityIdentities(this.raw, e)];
       case 'world-ipv4':
       case 'world-ipv6': {
         const v6 = e === 'world-ipv6';
-        return [R[e], ...this.cidrIds.filter((c) => c.cidr.includes(':') === v6).map((c) => c.identity)];
+        return [R[e], ...this.cidrIds.filter((c) => c.cidr.includes(':') === v6).map((c) => c.identity), ...fqdnEntityIdentities(this.raw, e)];
       }
       case 'cluster':
         return [...CLUSTER_RESERVED, ...[...this.labels.keys()].filter(isLabelDerived)];
@@ -124,7 +125,8 @@ export class Universe {
       case 'entity':
         return this.entity(p.entity);
       case 'cidr': {
-        const ids = cidrPeerIdentities(p.cidr, p.except, this.cidrIds);
+        const cidrIds = cidrPeerIdentities(p.cidr, p.except, this.cidrIds);
+        const ids = [...cidrIds, ...fqdnCidrIdentities(this.raw, cidrIds, this.cidrIds)];
         if (!p.selectsWorkloads) return ids;
         // NetworkPolicy ipBlock: also the workload addresses it covers, per address (the ipBlock view)
         const flagged: number[] = [];

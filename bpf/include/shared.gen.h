@@ -129,6 +129,14 @@
 #define CT_LIFETIME_TCP_CLOSED 10 /* after RST, or FIN both ways (Cilium: CT_CLOSE_TIMEOUT) */
 #define CT_LIFETIME_NONTCP 60 /* other protocols, with or without a reply (Cilium: CT_CONNECTION_LIFETIME_NONTCP) */
 
+/* dns_proxy_config.flags. */
+#define DNS_PROXY_F_SET 1 /* the agent wrote this entry */
+
+/* DNS steering map sizes. */
+#define DNS_REDIRECT_MAP_MAX 65536 /* steered DNS client sockets (LRU: the oldest go first) */
+#define DNS_ENDPOINTS_MAP_MAX 4096 /* endpoints whose DNS is steered (ENDPOINTS_MAP_MAX) */
+#define DNS_PORT 53
+
 /* Shared addresses (network byte order initialisers). */
 /* 169.254.1.1: IPv4 default gateway of every workload; the datapath answers ARP for it (endpoint_info.host_mac) */
 #define GATEWAY_IPV4_INIT { 169, 254, 1, 1 }
@@ -400,3 +408,40 @@ _Static_assert(__builtin_offsetof(struct dp_config, monitor_aggregation) == 0, "
 _Static_assert(__builtin_offsetof(struct dp_config, report_interval_s) == 4, "dp_config.report_interval_s offset");
 _Static_assert(__builtin_offsetof(struct dp_config, flags) == 8, "dp_config.flags offset");
 _Static_assert(__builtin_offsetof(struct dp_config, policy_revision) == 12, "dp_config.policy_revision offset");
+
+/* Value of the `dns_proxy` array (key 0): where steered DNS goes. port 0 = no proxy (nothing is steered). */
+struct dns_proxy_config {
+	__u16 port;                 /* @0 host byte order; the proxy listens on UDP and TCP */
+	__u16 flags;                /* @2 DNS_PROXY_F_* bits */
+	__u8 ipv4[4];               /* @4 proxy IPv4 address (network byte order); 0.0.0.0 = IPv4 DNS of selected workloads is dropped */
+	__u8 ipv6[16];              /* @8 proxy IPv6 address; :: = IPv6 DNS of selected workloads is dropped */
+};
+_Static_assert(sizeof(struct dns_proxy_config) == 24, "struct dns_proxy_config size");
+_Static_assert(__builtin_offsetof(struct dns_proxy_config, port) == 0, "dns_proxy_config.port offset");
+_Static_assert(__builtin_offsetof(struct dns_proxy_config, flags) == 2, "dns_proxy_config.flags offset");
+_Static_assert(__builtin_offsetof(struct dns_proxy_config, ipv4) == 4, "dns_proxy_config.ipv4 offset");
+_Static_assert(__builtin_offsetof(struct dns_proxy_config, ipv6) == 8, "dns_proxy_config.ipv6 offset");
+
+/* Key of the `dns_redirect` LRU hash: one steered DNS client socket. */
+struct dns_redirect_key {
+	__u8 addr[16];              /* @0 workload address (IPv4 in the first 4 bytes) */
+	__u16 port;                 /* @16 workload source port, host byte order */
+	__u8 protocol;              /* @18 IPPROTO_UDP / IPPROTO_TCP */
+	__u8 family;                /* @19 FAMILY_IPV4 / FAMILY_IPV6 */
+};
+_Static_assert(sizeof(struct dns_redirect_key) == 20, "struct dns_redirect_key size");
+_Static_assert(__builtin_offsetof(struct dns_redirect_key, addr) == 0, "dns_redirect_key.addr offset");
+_Static_assert(__builtin_offsetof(struct dns_redirect_key, port) == 16, "dns_redirect_key.port offset");
+_Static_assert(__builtin_offsetof(struct dns_redirect_key, protocol) == 18, "dns_redirect_key.protocol offset");
+_Static_assert(__builtin_offsetof(struct dns_redirect_key, family) == 19, "dns_redirect_key.family offset");
+
+/* Value of the `dns_redirect` LRU hash: the destination the workload addressed (its resolver). */
+struct dns_redirect_value {
+	__u8 addr[16];              /* @0 original destination address */
+	__u16 port;                 /* @16 original destination port (53), host byte order */
+	__u8 pad0[2];               /* @18 */
+};
+_Static_assert(sizeof(struct dns_redirect_value) == 20, "struct dns_redirect_value size");
+_Static_assert(__builtin_offsetof(struct dns_redirect_value, addr) == 0, "dns_redirect_value.addr offset");
+_Static_assert(__builtin_offsetof(struct dns_redirect_value, port) == 16, "dns_redirect_value.port offset");
+_Static_assert(__builtin_offsetof(struct dns_redirect_value, pad0) == 18, "dns_redirect_value.pad0 offset");

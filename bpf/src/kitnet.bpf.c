@@ -25,6 +25,7 @@
 #include "policy.h"
 #include "events.h"
 #include "neigh.h"
+#include "dns.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -151,6 +152,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 	__u64 now, interval_ns = 0;
 	__u32 revision = 0;
 	int aggregate = 1, has_l2, rc, ct_state, related, report, resolved = 0, exact_complete = 0;
+	__u32 l3_off = ETH_HLEN;
 	__u16 reason;
 
 	__builtin_memset(&p, 0, sizeof(p));
@@ -186,8 +188,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 	c.len = skb->len;
 	c.verdict = VERDICT_FORWARDED;
 
-	if (lookup == EP_BY_IFINDEX)
-		rc = parse_packet(skb, has_l2 ? ETH_HLEN : 0, &p);
+	if (lookup == EP_BY_IFINDEX) {
+		l3_off = has_l2 ? ETH_HLEN : 0;
+		rc = parse_packet(skb, l3_off, &p);
+	}
 	if (rc == PARSE_NOT_IP || unlikely(p.vlan_tagged)) {
 		/* Only ARP passes (from the workload: anti-spoofing and the gateway responder); other
 		 * EtherTypes and tagged frames are dropped, in both directions (neigh.h, l2_judge). */
@@ -228,6 +232,20 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 				return dhcp_to_host(skb, &c, ep);
 			c.verdict = VERDICT_DROPPED;
 			c.drop_reason = reason;
+			c.reason = REPORT_DROP;
+			return finish(&c, 1);
+		}
+	}
+
+	/* DNS of selected workloads to and from the agent's proxy (dns.h): judged there, not here */
+	if (p.protocol == IPPROTO_UDP || p.protocol == IPPROTO_TCP) {
+		rc = dir == DIR_EGRESS ? dns_steer(skb, ep->endpoint_id, &p, l3_off) : dns_unsteer(skb, &p, l3_off);
+		if (rc == DNS_STEERED)
+			return finish(&c, 0);
+		if (rc == DNS_STEER_DROP) {
+			identities_resolve(&c, ep, &p, dir);
+			c.verdict = VERDICT_DROPPED;
+			c.drop_reason = DROP_POLICY_DENIED;
 			c.reason = REPORT_DROP;
 			return finish(&c, 1);
 		}

@@ -67,3 +67,39 @@ test('identities: one per selector set, stable, in the FQDN range; the compiler 
   assert.deepEqual(compiled.endpoints[0]!.entries.filter((e) => e.direction === 'egress').map((e) => e.identity), [api]);
   assert.ok((api & LOCAL_IDENTITY_FLAG) !== 0);
 });
+
+test('learned addresses keep their covering CIDR: toCIDR of a wider prefix and toEntities world still select them, per address', () => {
+  const c = new FqdnCache();
+  c.learn('api.test', ['10.1.2.3', '192.0.2.7'], 30, 0);
+  c.learn('v6.test', ['2001:db8::7'], 30, 0);
+  const cover = (a: string) => (a.startsWith('10.') ? '10.1.0.0/16' : undefined);
+  const out = c.identities([{ matchName: 'api.test' }, { matchName: 'v6.test' }], undefined, cover);
+  const byAddr = new Map(out.ipcache.map((e) => [e.cidr, e.identity]));
+  const in10 = byAddr.get('10.1.2.3/32')!;
+  const outside = byAddr.get('192.0.2.7/32')!;
+  const v6 = byAddr.get('2001:db8::7/128')!;
+  assert.notEqual(in10, outside, 'a different covering prefix is a different label set');
+  assert.deepEqual(out.identities.get(in10), ['fqdn:matchName:api.test.', 'cidr:10.1.0.0/16', 'reserved:world', 'reserved:world-ipv4']);
+
+  const ids = new Map<number, string[]>();
+  for (let i = 1; i <= 10; i++) ids.set(i, reservedIdentityLabels(i));
+  ids.set(301, identityLabels({ app: 'client' }, 'prod').map(labelFormat));
+  for (const [id, labels] of out.identities) ids.set(id, labels);
+  const egressTo = (egress: string) => {
+    const yaml = `apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: f, namespace: prod}\nspec:\n  endpointSelector: {}\n  egress: ${egress}\n`;
+    const compiled = policyCompile({ policies: policiesParse(yaml), identities: ids, endpoints: [{ endpointId: 1, identity: 301 }] });
+    return new Set(compiled.endpoints[0]!.entries.filter((e) => e.direction === 'egress').map((e) => e.identity));
+  };
+  const wide = egressTo('[{toCIDR: [10.0.0.0/8, 10.1.0.0/16]}]');
+  assert.ok(wide.has(in10) && !wide.has(outside) && !wide.has(v6), [...wide].join(','));
+  const except = egressTo('[{toCIDRSet: [{cidr: 10.0.0.0/8, except: [10.1.0.0/16]}]}, {toCIDR: [10.1.0.0/16]}]');
+  assert.ok(except.has(in10), 'selected through the second rule');
+  const carved = egressTo('[{toCIDRSet: [{cidr: 10.0.0.0/8, except: [10.1.0.0/16]}]}]');
+  assert.ok(!carved.has(in10), 'the except carves its covering prefix out');
+  const all4 = egressTo('[{toCIDR: [0.0.0.0/0]}]');
+  assert.ok(all4.has(outside) && !all4.has(v6));
+  const world = egressTo('[{toEntities: [world]}]');
+  assert.ok(world.has(in10) && world.has(outside) && world.has(v6));
+  const world6 = egressTo('[{toEntities: [world-ipv6]}]');
+  assert.ok(world6.has(v6) && !world6.has(outside));
+});

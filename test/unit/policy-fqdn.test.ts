@@ -102,17 +102,16 @@ const FQDN_RULES = `
       toPorts: [{ports: [{port: "53", protocol: ANY}], rules: {dns: [{matchPattern: "*"}]}}]`;
 
 describe('toFQDNs and rules.dns in policy parsing', () => {
-  test('refused while enforcement is not wired, naming each field, after validation', () => {
+  test('refused where the proxy does not run (dnsPolicy: false), naming each field, after validation', () => {
     const msg = issues(cnp(FQDN_RULES), false);
-    assert.match(msg, /spec\.egress\[0\]\.toFQDNs: toFQDNs is valid but not supported yet: .*issue #17/);
-    assert.match(msg, /spec\.egress\[1\]\.toPorts\[0\]\.rules\.dns: rules\.dns is valid but not supported yet/);
-    // The default (what policy apply and the store use) is the refusing one.
-    assert.throws(() => policiesParse(cnp(FQDN_RULES)), /not supported yet/);
+    assert.match(msg, /spec\.egress\[0\]\.toFQDNs: toFQDNs is valid but not supported here: .*issue #17/);
+    assert.match(msg, /spec\.egress\[1\]\.toPorts\[0\]\.rules\.dns: rules\.dns is valid but not supported here/);
   });
-  test('the agent\'s apply path (the parser thread) refuses them, YAML and JSON alike', async () => {
-    await assert.rejects(policiesParseOffThread(cnp(FQDN_RULES), 'application/yaml'), (e: unknown) => e instanceof PolicyValidationError && /toFQDNs is valid but not supported yet/.test(e.message));
+  test('accepted by default: policy apply (the parser thread) takes them, YAML and JSON alike', async () => {
+    assert.equal(policiesParse(cnp(FQDN_RULES)).length, 1);
+    assert.equal((await policiesParseOffThread(cnp(FQDN_RULES), 'application/yaml')).length, 1);
     const json = { apiVersion: 'cilium.io/v2', kind: 'CiliumClusterwideNetworkPolicy', metadata: { name: 'c' }, spec: { endpointSelector: {}, egress: [{ toFQDNs: [{ matchPattern: '**.test' }] }] } };
-    await assert.rejects(policiesParseOffThread(json), (e: unknown) => e instanceof PolicyValidationError && /spec\.egress\[0\]\.toFQDNs: toFQDNs is valid but not supported yet/.test(e.message));
+    assert.equal((await policiesParseOffThread(json)).length, 1);
   });
   test('invalid selectors are reported as such, gate or not', () => {
     for (const gate of [false, true]) {

@@ -150,7 +150,7 @@ spec:
     assert.match(parseError(cnp('ingress: [{icmps: [{fields: [{type: 8}]}], toPorts: [{ports: [{port: "80"}]}]}]')).message, /icmps: icmps and toPorts cannot be used in the same rule/);
     assert.match(parseError(cnp('egress: [{toCIDR: [10.0.0.0/33]}]')).message, /spec\.egress\[0\]\.toCIDR\[0\]: "10.0.0.0\/33" is not a CIDR/);
     assert.match(parseError(cnp('egress: [{toCIDRSet: [{cidr: 10.0.0.0/8, except: ["fd00::/64"]}]}]')).message, /toCIDRSet\[0\]\.except\[0\]: fd00::\/64 is not inside of 10.0.0.0\/8/);
-    assert.match(parseError(cnp('egress: [{toFQDNs: [{matchName: a.com}]}]')).message, /spec\.egress\[0\]\.toFQDNs: toFQDNs is valid but not supported yet/);
+    assert.match(parseError(cnp('egress: [{toFQDNs: [{matchName: "a com"}]}]')).message, /spec\.egress\[0\]\.toFQDNs\[0\]\.matchName: "a com" has characters/);
     assert.match(parseError(cnp('ingress: [{toPorts: [{ports: [{port: "80"}], rules: {http: [{}]}}]}]')).message, /toPorts\[0\]\.rules\.http: L7 rule type http is not supported by kitnet/);
     assert.match(parseError(cnp('ingress: [{toPorts: [{ports: [{port: "80", protocol: GRE}]}]}]')).message, /protocol: must be TCP, UDP, SCTP, ICMP, ICMPv6 or ANY/);
     assert.match(parseError(cnp('ingress: [{toPorts: [{ports: [{port: "90", endPort: 80}]}]}]')).message, /endPort: must be >= port \(90\)/);

@@ -1,6 +1,8 @@
 // The constants the BPF C code and the TypeScript loader share: kernel UAPI numbers, directions,
 // verdicts, map sizes, metric slots. Part of the generator (../bpf-layout.ts).
 
+import { DNS_CONSTANTS } from './dns.js';
+
 export interface ConstGroup {
   doc: string;
   /** C #define prefix, e.g. DIR_ -> DIR_INGRESS. */
@@ -211,4 +213,5 @@ export const CONSTANTS: ConstGroup[] = [
       ['NONTCP', 60, 'other protocols, with or without a reply (Cilium: CT_CONNECTION_LIFETIME_NONTCP)'],
     ],
   },
+  ...DNS_CONSTANTS,
 ];

@@ -1,6 +1,8 @@
 // The structs the BPF C code and the TypeScript loader share: map keys and values, events, with
 // explicit padding. Part of the generator (../bpf-layout.ts).
 
+import { DNS_STRUCTS } from './dns.js';
+
 export type ScalarType = 'u8' | 'u16' | 'u32' | 'u64';
 export interface FieldSpec {
   name: string;
@@ -206,4 +208,5 @@ export const STRUCTS: StructSpec[] = [
       },
     ],
   },
+  ...DNS_STRUCTS,
 ];

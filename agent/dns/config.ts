@@ -1,0 +1,43 @@
+/**
+ * The `dns` config section (issue #17): the DNS proxy the datapath steers selected workloads' DNS to.
+ * Errors name the key (zod paths under `dns.proxy`).
+ */
+import { isIP } from 'node:net';
+import { z } from 'zod';
+
+/** `upstream`: an address, with an optional port (`10.0.0.2`, `10.0.0.2:5353`, `[fd00::2]:53`, `fd00::2`). */
+export function upstreamParse(v: string): { address: string; port: number } | undefined {
+  const bracket = /^\[([^\]]+)\](?::(\d{1,5}))?$/.exec(v);
+  const plain4 = /^([0-9.]+)(?::(\d{1,5}))?$/.exec(v);
+  const m = bracket ?? plain4;
+  const address = m ? m[1]! : v;
+  const port = m?.[2] !== undefined ? Number(m[2]) : 53;
+  if (!isIP(address) || port < 1 || port > 65535) return undefined;
+  return { address, port };
+}
+
+export const DnsConfigSchema = z
+  .object({
+    proxy: z
+      .object({
+        /** Off: toFQDNs and DNS rules are still accepted but nothing is steered or learned (they allow nothing). */
+        enabled: z.boolean().default(true),
+        /** UDP and TCP port of the proxy on its host-local addresses; 0 = a free port picked at start. */
+        port: z.number().int().min(0).max(65535).default(0),
+        /** Forward every query here instead of the resolver the workload addressed. */
+        upstream: z
+          .string()
+          .refine((v) => upstreamParse(v) !== undefined, 'must be an IP address with an optional port, such as 10.0.0.2, 10.0.0.2:5353 or [fd00::2]:53')
+          .optional(),
+        /** Floor on learned TTLs in seconds (Cilium --tofqdns-min-ttl). */
+        minTTL: z.number().int().min(0).max(86_400).default(0),
+        /** Addresses kept per name (Cilium --tofqdns-endpoint-max-ip-per-hostname). */
+        maxIPsPerName: z.number().int().min(1).max(100_000).default(1000),
+      })
+      .strict()
+      .prefault({}),
+  })
+  .strict()
+  .prefault({});
+
+export type DnsConfig = z.infer<typeof DnsConfigSchema>;

@@ -1,0 +1,59 @@
+/**
+ * The DNS proxy's learned state on disk (`<stateDir>/dns-learned.json`), so an agent restart keeps the
+ * names, addresses and identity numbers: the FQDN identities the restarted agent compiles are the ones
+ * the pinned policy map and ipcache still hold, and connections to learned addresses carry on.
+ * Written whole (temp file + rename) after changes; read once at start and validated: a file that does
+ * not parse or validate is ignored (logged), never half-used.
+ */
+import { readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { isIP } from 'node:net';
+import { join } from 'node:path';
+import { z } from 'zod';
+
+export const DNS_STATE_FILE = 'dns-learned.json';
+
+const StateSchema = z
+  .object({
+    version: z.literal(1),
+    names: z
+      .array(
+        z
+          .object({
+            name: z.string().min(1).max(255),
+            addresses: z.array(z.object({ address: z.string().refine((a) => isIP(a) !== 0, 'must be an IP address'), expiresAt: z.number().int().nonnegative() }).strict()).max(100_000),
+          })
+          .strict(),
+      )
+      .max(1_000_000),
+    /** Identity label-set key -> identity number (FqdnIdentities.keys). */
+    identities: z.array(z.tuple([z.string().max(100_000), z.number().int().positive()])).max(1_000_000),
+  })
+  .strict();
+
+export type DnsLearnedState = z.infer<typeof StateSchema>;
+
+export function dnsStateRead(stateDir: string): DnsLearnedState | { error: string } | undefined {
+  let text: string;
+  try {
+    text = readFileSync(join(stateDir, DNS_STATE_FILE), 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    return { error: (err as Error).message };
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (err) {
+    return { error: `not JSON: ${(err as Error).message}` };
+  }
+  const r = StateSchema.safeParse(raw);
+  if (!r.success) return { error: r.error.issues.slice(0, 3).map((i) => `${i.path.join('.')}: ${i.message}`).join('; ') };
+  return r.data;
+}
+
+export function dnsStateWrite(stateDir: string, state: DnsLearnedState): void {
+  const path = join(stateDir, DNS_STATE_FILE);
+  const tmp = `${path}.tmp`;
+  writeFileSync(tmp, JSON.stringify(state), { mode: 0o600 });
+  renameSync(tmp, path);
+}

@@ -1,0 +1,380 @@
+/**
+ * The agent's DNS service (issue #17): binds the DNS proxy, tells the datapath where it is and whose DNS
+ * to steer there (bpf/include/dns.h), judges each query with the compiled policy, and turns what the
+ * answers teach into FQDN identities, policy entries and ipcache entries before the answer goes back.
+ *
+ * Proxy addresses: DNS_PROXY_IPV4 / DNS_PROXY_IPV6 on the host's loopback. Every workload reaches them
+ * through the routing the host already does for it (veth and netkit alike, L2 and L3), and the host
+ * delivers them locally whatever device they came in on; the gateway addresses (169.254.1.1, fe80::1)
+ * were not taken: the host does not own them (the datapath answers ARP / ND for them) and fe80::1 is
+ * link-scoped, so the host would need it on every host-side device. The workload never sees these
+ * addresses: its queries leave for the resolver it chose and the answers come back from it.
+ *
+ * Order of a lookup's effects: new FQDN identities join the policy (entries written for every endpoint
+ * whose rules select them), then the ipcache maps the addresses to them, then the answer is released:
+ * a connection opened right after the answer finds both. Removal (TTL expiry with no tracked
+ * connection left) goes the other way round.
+ */
+import { networkInterfaces } from 'node:os';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import type { DnsSteeringMaps, KitnetDatapath } from '../../bpf/index.js';
+import { hostLoopbackAddressEnsure } from '../../netkit/index.js';
+import { ConfigError } from '../../common/config-error.js';
+import { ReservedIdentity } from '../identity/reserved.js';
+import type { Cidr } from '../ipam.js';
+import { cidrContainsCidr, cidrParsed, hostPrefix, policyCidrs } from '../policy/cidr.js';
+import { policiesFromObjects } from '../policy/index.js';
+import type { PolicyEngine } from '../policy/engine.js';
+import { dnsSelectedEndpoints, fqdnSelectorsOf } from '../policy/fqdn-identities.js';
+import type { ParsedPolicy, RuleSection } from '../policy/types.js';
+import type { Store } from '../store/store.js';
+import type { DnsConfig } from './config.js';
+import { upstreamParse } from './config.js';
+import type { LearnedName } from './codec.js';
+import { FqdnCache } from './fqdn-cache.js';
+import type { FqdnIdentities } from './fqdn-cache.js';
+import { DnsProxy } from './proxy.js';
+import { DNS_STATE_FILE, dnsStateRead, dnsStateWrite } from './state-file.js';
+import type { DnsEndpoint, DnsQueryEvent, DnsTransport, DnsVerdict } from './proxy.js';
+import { dnsQueryVerdict, sectionIndex } from './verdict.js';
+
+/** Host-local addresses of the DNS proxy (link-local IPv4; a ULA whose global id spells "kitnet"). */
+export const DNS_PROXY_IPV4 = '169.254.1.53';
+export const DNS_PROXY_IPV6 = 'fd00:6b69:746e:6574::53';
+
+const EXPIRY_TICK_MS = 1000;
+
+export interface DnsSteeringDeps {
+  config: DnsConfig;
+  store: Store;
+  engine: PolicyEngine;
+  datapath: KitnetDatapath;
+  /** Runs fn under the agent's mutex (every change of desired state). */
+  exclusive<T>(fn: () => Promise<T>): Promise<T>;
+  /** Where the learned state is kept over restarts (agent/dns/state-file.ts). */
+  stateDir: string;
+  log: Logger;
+}
+
+/** The longest of `prefixes` covering an address (its text), for the `cidr:` label of FQDN identities. */
+function coverFn(prefixes: readonly Cidr[]): (address: string) => string | undefined {
+  return (address) => {
+    const a = hostPrefix(address);
+    let best: Cidr | undefined;
+    for (const p of prefixes) if (cidrContainsCidr(p, a) && (!best || p.prefixLength > best.prefixLength)) best = p;
+    return best?.text;
+  };
+}
+
+const SAVE_DELAY_MS = 300;
+
+function hostAddressSet(): Set<string> {
+  const out = new Set<string>();
+  for (const addrs of Object.values(networkInterfaces())) for (const a of addrs ?? []) out.add(a.address);
+  return out;
+}
+
+export class DnsSteering {
+  cache: FqdnCache;
+  private saveTimer: NodeJS.Timeout | undefined;
+  private maps: DnsSteeringMaps | undefined;
+  private readonly proxies: DnsProxy[] = [];
+  private port = 0;
+  private ids: FqdnIdentities | undefined;
+  /** FQDN ipcache entries written (cidr -> identity). */
+  private readonly applied = new Map<string, number>();
+  private selectorsKey = '';
+  private endpointsKey = '';
+  private timer: NodeJS.Timeout | undefined;
+  private sectionsFor: { policies: readonly ParsedPolicy[]; sections: Map<string, RuleSection> } | undefined;
+  private refreshQueued = false;
+  /** Each answered query (flows, metrics). */
+  onQuery?: (e: DnsQueryEvent) => void;
+
+  constructor(private readonly deps: DnsSteeringDeps) {
+    this.cache = new FqdnCache({ maxAddressesPerName: deps.config.proxy.maxIPsPerName });
+  }
+
+  get listenPort(): number {
+    return this.port;
+  }
+
+  /** Binds the proxy and points the datapath at it. Without the maps (an older object) nothing is steered. */
+  async start(): Promise<void> {
+    const { config, datapath, engine, log } = this.deps;
+    this.maps = datapath.dnsSteering?.();
+    if (!this.maps) {
+      log.warn('the loaded datapath has no DNS steering maps: toFQDNs and DNS rules learn nothing');
+      return;
+    }
+    engine.ipcacheExtra = () => this.applied;
+    engine.onWritten = () => this.policyWritten();
+    await this.restore();
+    if (!config.proxy.enabled) {
+      this.maps.proxySet({ port: 0, ipv4: '0.0.0.0', ipv6: '::' });
+      return;
+    }
+    for (const address of [DNS_PROXY_IPV4, DNS_PROXY_IPV6]) {
+      try {
+        await hostLoopbackAddressEnsure(address);
+      } catch (err) {
+        throw new ConfigError(
+          `dns.proxy.enabled: the DNS proxy needs ${address} on the host's loopback and adding it failed (${(err as Error).message}); give the agent CAP_NET_ADMIN in the host namespace, or set dns.proxy.enabled: false (toFQDNs then allows nothing)`,
+          ['dns.proxy.enabled'],
+        );
+      }
+    }
+    await this.listen();
+    this.maps.proxySet({ port: this.port, ipv4: DNS_PROXY_IPV4, ipv6: DNS_PROXY_IPV6 });
+    this.endpointsSync();
+    this.timer = setInterval(() => this.expireTick(), EXPIRY_TICK_MS);
+    this.timer.unref();
+    log.info({ port: this.port, ipv4: DNS_PROXY_IPV4, ipv6: DNS_PROXY_IPV6 }, 'DNS proxy listening');
+  }
+
+  private proxyFor(address: string, port: number): DnsProxy {
+    const p = new DnsProxy({
+      listen: { address, port },
+      upstream: (client, transport) => this.upstream(client, transport),
+      verdict: (client, name, transport) => this.verdict(client, name, transport),
+      learn: (client, learned) => this.learn(client, learned),
+      minTtl: this.deps.config.proxy.minTTL,
+      log: this.deps.log.child({ component: 'dns-proxy' }),
+    });
+    p.onQuery = (e) => this.onQuery?.(e);
+    return p;
+  }
+
+  /** Both families on one port (the datapath has one); with port 0, tries again when the v6 side is taken. */
+  private async listen(): Promise<void> {
+    const want = this.deps.config.proxy.port;
+    let lastErr: unknown;
+    for (let attempt = 0; attempt < (want ? 1 : 5); attempt++) {
+      const v4 = this.proxyFor(DNS_PROXY_IPV4, want);
+      let port: number;
+      try {
+        port = (await v4.start()).port;
+      } catch (err) {
+        throw this.listenError(err, `${DNS_PROXY_IPV4}:${want}`);
+      }
+      const v6 = this.proxyFor(DNS_PROXY_IPV6, port);
+      try {
+        await v6.start();
+      } catch (err) {
+        await v4.stop();
+        lastErr = err;
+        continue;
+      }
+      this.proxies.push(v4, v6);
+      this.port = port;
+      return;
+    }
+    throw this.listenError(lastErr, `[${DNS_PROXY_IPV6}]:${want}`);
+  }
+
+  private listenError(err: unknown, where: string): ConfigError {
+    const code = (err as NodeJS.ErrnoException).code ?? '';
+    return new ConfigError(
+      `dns.proxy.port: the DNS proxy cannot listen on ${where} (UDP and TCP): ${code || (err as Error).message}${code === 'EADDRINUSE' ? '; another process uses the port: pick another or 0 (any free port)' : ''}`,
+      ['dns.proxy.port'],
+    );
+  }
+
+  async stop(): Promise<void> {
+    if (this.saveTimer) this.save();
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+    await Promise.all(this.proxies.splice(0).map((p) => p.stop()));
+  }
+
+  private workloadOf(address: string) {
+    return this.deps.store.workloadList().find((w) => w.ipv4 === address || w.ipv6 === address);
+  }
+
+  private upstream(client: DnsEndpoint, transport: DnsTransport): DnsEndpoint | undefined {
+    const orig = this.maps?.originalDestination(client.address, client.port, transport === 'udp' ? 17 : 6);
+    if (!orig) return undefined;
+    const configured = this.deps.config.proxy.upstream;
+    return configured ? upstreamParse(configured) : orig;
+  }
+
+  /** The identity the datapath gives an address (what the policy sees as the resolver). */
+  private identityOf(address: string): number {
+    const w = this.workloadOf(address);
+    if (w) return w.identity;
+    if (hostAddressSet().has(address)) return ReservedIdentity.host;
+    const remote = this.deps.engine.remoteAddressResolve(address);
+    if (remote !== undefined) return remote;
+    const a = hostPrefix(address);
+    let best: { len: number; identity: number } | undefined;
+    const consider = (cidr: string, identity: number) => {
+      const c = cidrParsed(cidr);
+      if (cidrContainsCidr(c, a) && (!best || c.prefixLength > best.len)) best = { len: c.prefixLength, identity };
+    };
+    for (const e of this.deps.engine.compiled().ipcache) consider(e.cidr, e.identity);
+    for (const [cidr, identity] of this.applied) consider(cidr, identity);
+    if (best) return best.identity;
+    return address.includes(':') ? ReservedIdentity['world-ipv6'] : ReservedIdentity['world-ipv4'];
+  }
+
+  private verdict(client: DnsEndpoint, name: string, transport: DnsTransport): DnsVerdict {
+    const w = this.workloadOf(client.address);
+    if (!w) return { allowed: false, rule: 'the client is not a workload of this host' };
+    const protocol = transport === 'udp' ? 17 : 6;
+    const orig = this.maps?.originalDestination(client.address, client.port, protocol);
+    if (!orig) return { allowed: false, rule: 'not steered to the proxy by the datapath' };
+    const { engine } = this.deps;
+    const policy = engine.endpointPolicy(w.endpointId).policy;
+    if (!policy) return { allowed: true, rule: 'no policy' };
+    if (this.sectionsFor?.policies !== engine.parsed) {
+      this.sectionsFor = { policies: engine.parsed, sections: sectionIndex(engine.parsed.flatMap((p) => p.rules)) };
+    }
+    const v = dnsQueryVerdict(engine.compiled(), this.sectionsFor.sections, policy, this.identityOf(orig.address), protocol, orig.port, name);
+    return { allowed: v.allowed, rule: v.rule };
+  }
+
+  private learn(_client: DnsEndpoint, learned: LearnedName[]): Promise<void> {
+    return this.deps.exclusive(async () => {
+      const now = Date.now();
+      for (const l of learned) this.cache.learn(l.name, l.addresses, l.ttl, now);
+      await this.refresh();
+    });
+  }
+
+  /**
+   * Brings identities, policy and ipcache in line with the cache and the policies' selectors. Under the
+   * agent's mutex. Additions: identities and policy first, then the ipcache; removals the other way.
+   */
+  private async refresh(): Promise<void> {
+    const { engine, datapath } = this.deps;
+    const selectors = fqdnSelectorsOf(engine.parsed);
+    this.selectorsKey = this.policyKey();
+    const coverOf = coverFn(engine.compiled().cidrIdentities.map((c) => cidrParsed(c.cidr)));
+    const next = this.cache.identities(selectors, this.ids?.keys, coverOf);
+    const prev = this.ids?.identities ?? new Map<number, string[]>();
+    const added = new Map<number, readonly string[]>();
+    const removed = new Map<number, undefined>();
+    for (const [id, labels] of next.identities) if (prev.get(id)?.join(';') !== labels.join(';')) added.set(id, labels);
+    for (const id of prev.keys()) if (!next.identities.has(id)) removed.set(id, undefined);
+    if (added.size > 0) {
+      const r = await engine.remoteIdentitiesUpdate(added);
+      if (r === undefined) await engine.applySliced();
+    }
+    const desired = this.desiredIpcache(next);
+    for (const [cidr, identity] of desired) {
+      if (this.applied.get(cidr) === identity) continue;
+      datapath.ipcacheUpsert(cidr, { identity, hostId: 0 });
+      this.applied.set(cidr, identity);
+    }
+    for (const cidr of [...this.applied.keys()]) {
+      if (desired.has(cidr)) continue;
+      datapath.ipcacheDelete(cidr);
+      this.applied.delete(cidr);
+    }
+    if (removed.size > 0) await engine.remoteIdentitiesUpdate(removed);
+    this.ids = next;
+    this.saveSoon();
+  }
+
+  /** The ipcache entries of FQDN identities: never over a workload's or the host's own address. */
+  private desiredIpcache(ids: FqdnIdentities): Map<string, number> {
+    const own = hostAddressSet();
+    for (const w of this.deps.store.workloadList()) own.add(w.ipv4).add(w.ipv6);
+    const desired = new Map<string, number>();
+    for (const e of ids.ipcache) if (!own.has(e.cidr.slice(0, e.cidr.lastIndexOf('/')))) desired.set(e.cidr, e.identity);
+    return desired;
+  }
+
+  /**
+   * The previous run's learned state, before the first compile: its FQDN identities (same numbers)
+   * join the policy universe and its ipcache entries stay, so what the pinned maps hold for them is
+   * what the restored agent compiles, and connections to learned addresses go on.
+   */
+  private async restore(): Promise<void> {
+    const { store, engine, datapath, log, stateDir } = this.deps;
+    const saved = dnsStateRead(stateDir);
+    if (!saved) return;
+    if ('error' in saved) {
+      log.warn({ file: join(stateDir, DNS_STATE_FILE), error: saved.error }, 'DNS proxy: the learned state file is unusable; starting without it');
+      return;
+    }
+    let policies: ParsedPolicy[];
+    try {
+      policies = policiesFromObjects(store.policyList().map((p) => p.document));
+    } catch (err) {
+      log.warn({ err }, 'DNS proxy: stored policies do not parse; learned state not restored');
+      return;
+    }
+    this.cache = FqdnCache.restore({ names: saved.names }, { maxAddressesPerName: this.deps.config.proxy.maxIPsPerName });
+    const next = this.cache.identities(fqdnSelectorsOf(policies), new Map(saved.identities), coverFn(policyCidrs(policies)));
+    if (next.identities.size > 0) await engine.remoteIdentitiesUpdate(next.identities);
+    for (const [cidr, identity] of this.desiredIpcache(next)) {
+      datapath.ipcacheUpsert(cidr, { identity, hostId: 0 });
+      this.applied.set(cidr, identity);
+    }
+    this.ids = next;
+    log.info({ names: saved.names.length, addresses: this.applied.size }, 'DNS proxy: learned state restored');
+  }
+
+  private saveSoon(): void {
+    if (this.saveTimer) return;
+    this.saveTimer = setTimeout(() => this.save(), SAVE_DELAY_MS);
+    this.saveTimer.unref();
+  }
+
+  private save(): void {
+    if (this.saveTimer) clearTimeout(this.saveTimer);
+    this.saveTimer = undefined;
+    try {
+      dnsStateWrite(this.deps.stateDir, { version: 1, names: this.cache.snapshot().names, identities: [...(this.ids?.keys ?? [])] });
+    } catch (err) {
+      this.deps.log.warn({ err, file: join(this.deps.stateDir, DNS_STATE_FILE) }, 'DNS proxy: saving the learned state failed');
+    }
+  }
+
+  /** After a policy write: the steered endpoints follow the rules; new selectors get their identities. */
+  private policyWritten(): void {
+    try {
+      this.endpointsSync();
+    } catch (err) {
+      this.deps.log.error({ err }, 'DNS steering: writing the steered endpoints failed');
+    }
+    if (this.policyKey() !== this.selectorsKey) this.refreshSoon();
+  }
+
+  /** What FQDN identities depend on in the policies: the toFQDNs selectors and the CIDR prefixes (covering labels). */
+  private policyKey(): string {
+    const { engine } = this.deps;
+    return JSON.stringify([fqdnSelectorsOf(engine.parsed), engine.compiled().cidrIdentities.map((c) => c.cidr)]);
+  }
+
+  private refreshSoon(): void {
+    if (this.refreshQueued) return;
+    this.refreshQueued = true;
+    setImmediate(() => {
+      this.refreshQueued = false;
+      this.deps.exclusive(() => this.refresh()).catch((err: unknown) => this.deps.log.error({ err }, 'DNS steering: updating FQDN identities failed'));
+    });
+  }
+
+  private endpointsSync(): void {
+    if (!this.maps || this.port === 0) return;
+    const { store, engine } = this.deps;
+    const eps = store.workloadList().map((w) => ({ endpointId: w.endpointId, labels: store.identityLabels(w.identity) ?? [] }));
+    const ids = dnsSelectedEndpoints(engine.parsed, eps);
+    const key = [...ids].sort((a, b) => a - b).join(',');
+    if (key === this.endpointsKey) return;
+    this.maps.endpointsSet(ids);
+    this.endpointsKey = key;
+  }
+
+  private expireTick(): void {
+    let inUse: Set<string> | undefined;
+    const used = (address: string) => {
+      inUse ??= new Set(this.deps.datapath.conntrackList().flatMap((c) => [c.srcAddr, c.dstAddr]));
+      return inUse.has(address);
+    };
+    if (this.cache.expire(Date.now(), used)) this.refreshSoon();
+  }
+}

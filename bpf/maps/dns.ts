@@ -1,0 +1,75 @@
+// DNS steering maps (bpf/include/dns.h, issue #17): where the proxy listens, which endpoints' DNS is
+// steered to it, and the destination each steered client socket addressed (its resolver).
+import { ipv4Format, ipv4Parse, ipv6Format, ipv6Parse } from '../addr.js';
+import { structDecode, structEncode } from '../layout.js';
+import { DNS_PROXY_CONFIG, DNS_PROXY_F_SET, DNS_REDIRECT_KEY, DNS_REDIRECT_VALUE, FAMILY_IPV4, FAMILY_IPV6 } from '../layout.gen.js';
+import type { BpfMap } from './map.js';
+
+const KEY0 = Buffer.alloc(4);
+const ONE = Buffer.from([1, 0, 0, 0]);
+
+export interface DnsProxyAddress {
+  /** 0 = no proxy: nothing is steered. */
+  port: number;
+  ipv4: string;
+  ipv6: string;
+}
+
+function addrBytes(address: string): { family: number; addr: Uint8Array } {
+  const v6 = address.includes(':');
+  const out = new Uint8Array(16);
+  out.set(v6 ? ipv6Parse(address) : ipv4Parse(address));
+  return { family: v6 ? FAMILY_IPV6 : FAMILY_IPV4, addr: out };
+}
+
+export class DnsSteeringMaps {
+  constructor(
+    private readonly proxy: BpfMap,
+    private readonly endpoints: BpfMap,
+    private readonly redirect: BpfMap,
+  ) {}
+
+  proxySet(p: DnsProxyAddress): void {
+    this.proxy.update(KEY0, structEncode(DNS_PROXY_CONFIG, { port: p.port, flags: p.port ? DNS_PROXY_F_SET : 0, ipv4: ipv4Parse(p.ipv4), ipv6: ipv6Parse(p.ipv6) }));
+  }
+
+  proxyGet(): DnsProxyAddress | undefined {
+    const v = this.proxy.lookup(KEY0);
+    if (!v) return undefined;
+    const d = structDecode(DNS_PROXY_CONFIG, v);
+    if (!((d.flags as number) & DNS_PROXY_F_SET)) return undefined;
+    return { port: d.port as number, ipv4: ipv4Format(d.ipv4 as Uint8Array), ipv6: ipv6Format(d.ipv6 as Uint8Array) };
+  }
+
+  /** Makes the steered endpoints exactly `ids` (adds first: an endpoint never loses steering mid-change). */
+  endpointsSet(ids: ReadonlySet<number>): void {
+    const present = new Set<number>();
+    for (const k of this.endpoints.keys()) present.add(k.readUInt32LE(0));
+    for (const id of ids) {
+      if (present.has(id)) continue;
+      const k = Buffer.alloc(4);
+      k.writeUInt32LE(id, 0);
+      this.endpoints.update(k, ONE);
+    }
+    for (const id of present) {
+      if (ids.has(id)) continue;
+      const k = Buffer.alloc(4);
+      k.writeUInt32LE(id, 0);
+      this.endpoints.delete(k);
+    }
+  }
+
+  endpointsList(): number[] {
+    return [...this.endpoints.keys()].map((k) => k.readUInt32LE(0));
+  }
+
+  /** The destination a steered client (workload address, source port, 6 or 17) addressed, if known. */
+  originalDestination(client: string, port: number, protocol: number): { address: string; port: number } | undefined {
+    const { family, addr } = addrBytes(client);
+    const v = this.redirect.lookup(structEncode(DNS_REDIRECT_KEY, { addr, port, protocol, family }));
+    if (!v) return undefined;
+    const d = structDecode(DNS_REDIRECT_VALUE, v);
+    const a = d.addr as Uint8Array;
+    return { address: family === FAMILY_IPV4 ? ipv4Format(a) : ipv6Format(a), port: d.port as number };
+  }
+}

@@ -1,0 +1,367 @@
+// DNS-aware egress policy through a real agent (issue #17): a real resolver (Debian's dnsmasq) in its own
+// namespace serves a test zone (A, AAAA, CNAME, TTL 5 s) and TCP servers answer at the zone's addresses.
+// A workload allowed `toFQDNs: matchName: api.test` reaches api.test's addresses right after looking
+// it up (v4 and v6) and not the server next to it; matchPattern `*.svc.test` covers one label only; a
+// query for a name no DNS rule allows is REFUSED by the proxy; a query sent straight to another resolver
+// address is steered all the same; DNS over TCP too. Hostile senders: malformed and oversized queries, a
+// resolver replying with the wrong id, with addresses for a name not asked, or with garbage: no
+// identity, no access, and the proxy keeps answering. An agent restart keeps what was learned (and a
+// corrupt state file is ignored, not half-used). dns.proxy.minTTL 600 keeps the 5 s records through
+// the restarts.
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import type { Workload } from '../../common/schemas/workload.js';
+import { FQDN_IDENTITY_BASE } from '../../agent/dns/fqdn-cache.js';
+import { AgentFixture } from '../helpers/fixture.js';
+import { run, status, waitFor } from '../helpers/sys.js';
+
+const PORT = 9400;
+/** n<i>.iter.test -> 10.228.2.<10+i>: a new address per lookup, for the first-connection loop. */
+const ITERATIONS = 20;
+const iterAddr = (i: number) => `10.228.2.${10 + i}`;
+const EXT = {
+  host4: '10.228.0.1', host6: 'fd00:228::1',
+  dns4: '10.228.0.2', dns6: 'fd00:228::2', dnsOther4: '10.228.0.3', evil4: '10.228.0.4',
+  api4: '10.228.1.10', api6: 'fd00:228:1::10', other4: '10.228.1.11', other6: 'fd00:228:1::11',
+  svcA4: '10.228.1.20', svcB4: '10.228.1.21', unasked4: '10.228.1.30', short1: '10.228.1.40', short2: '10.228.1.41',
+};
+
+const SERVER_PY = `
+import socket, socketserver
+class T(socketserver.ThreadingTCPServer):
+    address_family = socket.AF_INET6; allow_reuse_address = True; daemon_threads = True
+class H(socketserver.BaseRequestHandler):
+    def handle(self):
+        self.request.sendall(b'ok')
+        while True:
+            d = self.request.recv(16)
+            if not d: break
+            self.request.sendall(d)
+T(('::', ${PORT}), H).serve_forever()
+`;
+/** A TCP connection that gets the server's answer: exit 0; refused, dropped or silent: 1. */
+const CONNECT_PY = `
+import socket, sys
+addr, port = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET6 if ':' in addr else socket.AF_INET)
+s.settimeout(1.5)
+try:
+    s.connect((addr, port)); sys.exit(0 if s.recv(2) == b'ok' else 1)
+except OSError:
+    sys.exit(1)
+`;
+/**
+ * dig-like: resolve NAME (A or AAAA) at SERVER over udp/tcp, then connect to every address at once
+ * (the first connection after the lookup). Prints JSON {rcode, addrs, connected}; rcode -1: no answer.
+ */
+const LOOKUP_PY = `
+import json, random, socket, struct, sys
+server, name, qtype, transport, connect = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] == '1'
+t = 1 if qtype == 'A' else 28
+qid = random.randrange(65536)
+q = struct.pack('>HHHHHH', qid, 0x0100, 1, 0, 0, 0) + b''.join(bytes([len(l)]) + l.encode() for l in name.split('.')) + b'\\0' + struct.pack('>HH', t, 1)
+fam = socket.AF_INET6 if ':' in server else socket.AF_INET
+try:
+    if transport == 'udp':
+        s = socket.socket(fam, socket.SOCK_DGRAM); s.settimeout(4); s.sendto(q, (server, 53)); m, src = s.recvfrom(4096)
+        if src[0] != server: print(json.dumps({'rcode': -2, 'from': src[0]})); sys.exit(0)
+    else:
+        s = socket.socket(fam, socket.SOCK_STREAM); s.settimeout(4); s.connect((server, 53)); s.sendall(struct.pack('>H', len(q)) + q)
+        b = b''
+        while len(b) < 2 or len(b) < 2 + struct.unpack('>H', b[:2])[0]:
+            c = s.recv(4096)
+            if not c: break
+            b += c
+        m = b[2:]
+except OSError:
+    print(json.dumps({'rcode': -1, 'addrs': [], 'connected': []})); sys.exit(0)
+rid, flags, qd, an = struct.unpack('>HHHH', m[:8])
+def skip(o):
+    while True:
+        l = m[o]
+        if l == 0: return o + 1
+        if l >= 0xc0: return o + 2
+        o += 1 + l
+o = 12
+for _ in range(qd): o = skip(o) + 4
+addrs = []
+for _ in range(an):
+    o = skip(o); rt, rc, ttl, rl = struct.unpack('>HHIH', m[o:o + 10]); o += 10
+    if rt == 1: addrs.append(socket.inet_ntop(socket.AF_INET, m[o:o + 4]))
+    if rt == 28: addrs.append(socket.inet_ntop(socket.AF_INET6, m[o:o + 16]))
+    o += rl
+connected = []
+held = []
+if connect:
+    for a in addrs:
+        c = socket.socket(socket.AF_INET6 if ':' in a else socket.AF_INET); c.settimeout(1.5)
+        try:
+            c.connect((a, ${PORT})); connected.append(c.recv(2) == b'ok'); held.append(c)
+        except OSError:
+            connected.append(False)
+print(json.dumps({'rcode': flags & 15, 'id_ok': rid == qid, 'addrs': addrs, 'connected': connected}), flush=True)
+if len(sys.argv) > 6 and held:
+    # hold the first connection until the file argv[6] exists, then check it still carries data
+    import os, time
+    deadline = time.time() + 120
+    while not os.path.exists(sys.argv[6]) and time.time() < deadline: time.sleep(0.05)
+    held[0].settimeout(5); held[0].sendall(b'x'); sys.exit(0 if held[0].recv(1) == b'x' else 1)
+`;
+/** Hostile queries from the workload to SERVER:53 (steered to the proxy): each is sent and not awaited. */
+const HOSTILE_PY = `
+import socket, struct, sys
+server = sys.argv[1]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for p in [b'', b'\\x00', b'\\x12\\x34\\x01', bytes(11), b'\\xff' * 12 + b'\\xc0\\x0c' * 40,
+          struct.pack('>HHHHHH', 7, 0x8180, 1, 1, 0, 0) + b'\\x03api\\x04test\\x00\\x00\\x01\\x00\\x01' + b'\\xc0\\x0c\\x00\\x01\\x00\\x01\\x00\\x00\\x00\\x3c\\x00\\x04\\x0a\\xe4\\x01\\x0b',
+          struct.pack('>HHHHHH', 8, 0x0100, 1, 0, 0, 0) + b'\\x3f' + b'a' * 63 + b'\\x00\\x00\\x01\\x00\\x01' + b'x' * 3000]:
+    try: s.sendto(p, (server, 53))
+    except OSError: pass
+t = socket.socket(socket.AF_INET, socket.SOCK_STREAM); t.settimeout(2)
+try:
+    t.connect((server, 53)); t.sendall(b'\\xff\\xff' + b'\\x00' * 100); t.close()
+except OSError: pass
+`;
+/** A resolver that lies, by the name asked: wrongid.test (reply id off by one), unasked.test (addresses for another name), garbage.test. */
+const EVIL_PY = `
+import socket, struct
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('${EXT.evil4}', 53))
+while True:
+    m, a = s.recvfrom(4096)
+    qid = struct.unpack('>H', m[:2])[0]; qend = m.index(b'\\0', 12) + 5; question = m[12:qend]
+    name = m[12:qend - 4]
+    def rr(owner, ip): return owner + struct.pack('>HHIH', 1, 1, 60, 4) + socket.inet_aton(ip)
+    if b'wrongid' in name:
+        r = struct.pack('>HHHHHH', qid ^ 1, 0x8180, 1, 1, 0, 0) + question + rr(b'\\xc0\\x0c', '${EXT.unasked4}')
+    elif b'unasked' in name:
+        r = struct.pack('>HHHHHH', qid, 0x8180, 1, 1, 0, 0) + question + rr(b'\\x04api2\\x04test\\x00', '${EXT.unasked4}')
+    else:
+        r = m[:2] + b'\\x81\\x80' + b'\\xff' * 40
+    s.sendto(r, a)
+`;
+
+type Lookup = { rcode: number; addrs: string[]; connected: boolean[]; id_ok?: boolean };
+
+describe('DNS-aware egress policy: toFQDNs and DNS rules through the DNS proxy (root)', { timeout: 300_000 }, () => {
+  const fx = new AgentFixture({ tag: 'dnsp', ipv4Pool: '10.227.0.0/16', ipv6Pool: 'fd00:227::/64', namespaces: ['dnsp'], overrides: { dns: { proxy: { minTTL: 600 } } } });
+  const api = fx.api;
+  const children: ChildProcess[] = [];
+  const hostIf = `kdnsp${fx.id}`.slice(0, 15);
+  let nsC: string;
+  let nsExt: string;
+
+
+  const lookup = async (server: string, name: string, qtype: 'A' | 'AAAA' = 'A', transport: 'udp' | 'tcp' = 'udp', connect = true): Promise<Lookup> =>
+    JSON.parse(await run('ip', ['netns', 'exec', nsC, 'python3', '-c', LOOKUP_PY, server, name, qtype, transport, connect ? '1' : '0'])) as Lookup;
+  const connects = async (addr: string) => (await status('ip', ['netns', 'exec', nsC, 'python3', '-c', CONNECT_PY, addr, String(PORT)])) === 0;
+  const fqdnEntries = () => fx.agent.kernel.datapath.ipcacheList().filter(([, e]) => (e.identity & FQDN_IDENTITY_BASE) === FQDN_IDENTITY_BASE);
+
+  after(async () => {
+    for (const ch of children) ch.kill('SIGKILL');
+    await fx.cleanup();
+    await run('ip', ['link', 'del', hostIf]).catch(() => undefined);
+    for (const r of [['-4', 'route', 'del', '10.228.1.0/24'], ['-4', 'route', 'del', '10.228.2.0/24'], ['-6', 'route', 'del', 'fd00:228:1::/64']]) await run('ip', r).catch(() => undefined);
+  });
+
+  before(async () => {
+    nsC = await fx.netns('c');
+    nsExt = await fx.netns('ext');
+    // The outside: a namespace behind a veth, routed by the host like any remote network.
+    await run('ip', ['link', 'add', hostIf, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', nsExt]);
+    await run('ip', ['addr', 'add', `${EXT.host4}/24`, 'dev', hostIf]);
+    await run('ip', ['addr', 'add', `${EXT.host6}/64`, 'dev', hostIf, 'nodad']);
+    await run('ip', ['link', 'set', hostIf, 'up']);
+    const ex = (...a: string[]) => run('ip', ['netns', 'exec', nsExt, ...a]);
+    await ex('ip', 'link', 'set', 'lo', 'up');
+    await ex('ip', 'link', 'set', 'eth0', 'up');
+    for (const a of [EXT.dns4, EXT.dnsOther4, EXT.evil4]) await ex('ip', 'addr', 'add', `${a}/24`, 'dev', 'eth0');
+    await ex('ip', 'addr', 'add', `${EXT.dns6}/64`, 'dev', 'eth0', 'nodad');
+    for (const a of [EXT.api4, EXT.other4, EXT.svcA4, EXT.svcB4, EXT.unasked4, EXT.short1, EXT.short2]) await ex('ip', 'addr', 'add', `${a}/32`, 'dev', 'lo');
+    for (let i = 0; i < ITERATIONS; i++) await ex('ip', 'addr', 'add', `${iterAddr(i)}/32`, 'dev', 'lo');
+    for (const a of [EXT.api6, EXT.other6]) await ex('ip', 'addr', 'add', `${a}/128`, 'dev', 'lo', 'nodad');
+    await ex('ip', 'route', 'add', 'default', 'via', EXT.host4);
+    await ex('ip', '-6', 'route', 'add', 'default', 'via', EXT.host6);
+    await run('ip', ['route', 'replace', '10.228.1.0/24', 'via', EXT.dns4]);
+    await run('ip', ['route', 'replace', '10.228.2.0/24', 'via', EXT.dns4]);
+    await run('ip', ['-6', 'route', 'replace', 'fd00:228:1::/64', 'via', EXT.dns6]);
+
+    const conf = join(fx.dir, 'dnsmasq.conf');
+    writeFileSync(
+      conf,
+      [
+        'no-resolv', 'no-hosts', 'bind-interfaces', 'local-ttl=5', 'user=root',
+        `listen-address=${EXT.dns4},${EXT.dnsOther4},${EXT.dns6}`,
+        `host-record=api.test,${EXT.api4},${EXT.api6}`,
+        `host-record=other.test,${EXT.other4},${EXT.other6}`,
+        `host-record=a.svc.test,${EXT.svcA4}`,
+        `host-record=b.c.svc.test,${EXT.svcB4}`,
+        'cname=alias.test,api.test',
+        ...Array.from({ length: ITERATIONS }, (_, i) => `host-record=n${i}.iter.test,${iterAddr(i)}`),
+        `host-record=short1.test,${EXT.short1},1`,
+        `host-record=short2.test,${EXT.short2},1`,
+        '',
+      ].join('\n'),
+    );
+    children.push(spawn('ip', ['netns', 'exec', nsExt, 'dnsmasq', '--keep-in-foreground', `--conf-file=${conf}`, `--pid-file=${join(fx.dir, 'dnsmasq.pid')}`], { stdio: 'ignore' }));
+    children.push(spawn('ip', ['netns', 'exec', nsExt, 'python3', '-c', SERVER_PY], { stdio: 'ignore' }));
+    children.push(spawn('ip', ['netns', 'exec', nsExt, 'python3', '-c', EVIL_PY], { stdio: 'ignore' }));
+    await waitFor('dnsmasq and the servers', async () => (await status('ip', ['netns', 'exec', nsExt, 'sh', '-c', `ss -ltn | grep -q :${PORT} && ss -lun | grep -q '${EXT.dns4}:53' && ss -lun | grep -q '${EXT.evil4}:53'`])) === 0, 10_000);
+
+    await fx.start();
+    await api.call<Workload>('POST', '/v1/workloads', { name: 'c', namespace: 'dnsp', labels: { app: 'client' }, netns: `/var/run/netns/${nsC}` });
+    // Before any policy (DNS not steered): the resolver answers and both servers are reachable.
+    const plain = await lookup(EXT.dns4, 'other.test');
+    assert.deepEqual(plain, { rcode: 0, id_ok: true, addrs: [EXT.other4], connected: [true] });
+
+    await api.call(
+      'PUT',
+      '/v1/policies',
+      `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: fqdn, namespace: dnsp}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+    - toFQDNs: [{matchName: api.test}, {matchPattern: "*.svc.test"}, {matchName: api2.test}, {matchPattern: "short*.test"}, {matchPattern: "*.iter.test"}]
+      toPorts: [{ports: [{port: "${PORT}", protocol: TCP}]}]
+    - toCIDR: [10.228.0.0/24, fd00:228::/64]
+      toPorts:
+        - ports: [{port: "53", protocol: ANY}]
+          rules:
+            dns:
+              - matchName: api.test
+              - matchName: alias.test
+              - matchPattern: "*.svc.test"
+              - matchName: b.c.svc.test
+              - matchPattern: "*.evil.test"
+              - matchPattern: "short*.test"
+              - matchPattern: "*.iter.test"
+`,
+      'application/yaml',
+    );
+  });
+
+  test('api.test by name over IPv4: the first connection after the lookup goes through, the server next to it does not', async () => {
+    const r = await lookup(EXT.dns4, 'api.test');
+    assert.equal(r.rcode, 0, JSON.stringify(r));
+    assert.equal(r.id_ok, true);
+    assert.deepEqual(r.addrs, [EXT.api4]);
+    assert.deepEqual(r.connected, [true], 'the connection right after the answer must succeed');
+    assert.equal(await connects(EXT.other4), false, 'other.test was never looked up: not allowed');
+    assert.ok(fqdnEntries().some(([cidr]) => cidr === `${EXT.api4}/32`));
+  });
+
+  test(`the first connection right after a lookup always goes through (${ITERATIONS} new addresses, each learned by its lookup)`, async () => {
+    const failed: string[] = [];
+    for (let i = 0; i < ITERATIONS; i++) {
+      const r = await lookup(EXT.dns4, `n${i}.iter.test`, 'A', i % 2 ? 'tcp' : 'udp');
+      if (r.rcode !== 0 || r.addrs[0] !== iterAddr(i) || r.connected[0] !== true) failed.push(`n${i}: ${JSON.stringify(r)}`);
+    }
+    assert.deepEqual(failed, []);
+  });
+
+  test('api.test by name over IPv6 (AAAA, query to an IPv6 resolver address)', async () => {
+    const r = await lookup(EXT.dns6, 'api.test', 'AAAA');
+    assert.equal(r.rcode, 0, JSON.stringify(r));
+    assert.deepEqual(r.addrs, [EXT.api6]);
+    assert.deepEqual(r.connected, [true]);
+    assert.equal(await connects(EXT.other6), false);
+  });
+
+  test('matchPattern "*.svc.test" covers one label: a.svc.test reachable, b.c.svc.test (allowed lookup) not', async () => {
+    const a = await lookup(EXT.dns4, 'a.svc.test');
+    assert.deepEqual([a.rcode, a.addrs, a.connected], [0, [EXT.svcA4], [true]]);
+    const b = await lookup(EXT.dns4, 'b.c.svc.test');
+    assert.deepEqual([b.rcode, b.addrs, b.connected], [0, [EXT.svcB4], [false]]);
+  });
+
+  test('a name no DNS rule allows is REFUSED (UDP and TCP)', async () => {
+    for (const transport of ['udp', 'tcp'] as const) {
+      const r = await lookup(EXT.dns4, 'other.test', 'A', transport, false);
+      assert.deepEqual([r.rcode, r.addrs], [5, []], `${transport}: ${JSON.stringify(r)}`);
+    }
+  });
+
+  test('no bypass: a query straight to another resolver address is steered (REFUSED for a denied name, the answer learned for an allowed one)', async () => {
+    const denied = await lookup(EXT.dnsOther4, 'other.test', 'A', 'udp', false);
+    assert.deepEqual([denied.rcode, denied.addrs], [5, []], 'dnsmasq listens there too: an answer would mean a bypass');
+    const allowed = await lookup(EXT.dnsOther4, 'alias.test', 'A', 'tcp');
+    assert.equal(allowed.rcode, 0, JSON.stringify(allowed));
+    assert.deepEqual(allowed.addrs, [EXT.api4]);
+    assert.deepEqual(allowed.connected, [true]);
+  });
+
+  test('DNS over TCP goes through the proxy and teaches it too', async () => {
+    const r = await lookup(EXT.dns4, 'api.test', 'AAAA', 'tcp');
+    assert.deepEqual([r.rcode, r.addrs, r.connected], [0, [EXT.api6], [true]]);
+  });
+
+  test('hostile senders: malformed / oversized queries and lying resolvers create no identity and do not stop the proxy', async () => {
+    const before = fqdnEntries().length;
+    await run('ip', ['netns', 'exec', nsC, 'python3', '-c', HOSTILE_PY, EXT.dns4]);
+    const wrongId = await lookup(EXT.evil4, 'wrongid.evil.test', 'A', 'udp', false);
+    assert.deepEqual([wrongId.rcode, wrongId.addrs], [2, []], `a reply with another id is not taken: SERVFAIL (${JSON.stringify(wrongId)})`);
+    const garbage = await lookup(EXT.evil4, 'garbage.evil.test', 'A', 'udp', false);
+    assert.deepEqual([garbage.rcode, garbage.addrs], [2, []], JSON.stringify(garbage));
+    const unasked = await lookup(EXT.evil4, 'unasked.evil.test', 'A', 'udp', false);
+    assert.equal(unasked.rcode, 0, JSON.stringify(unasked));
+    assert.equal(await connects(EXT.unasked4), false, 'api2.test was not asked: its address learned nothing');
+    assert.ok(!fqdnEntries().some(([cidr]) => cidr === `${EXT.unasked4}/32`));
+    assert.ok(fqdnEntries().length <= before, "no new FQDN entries from the hostile packets (TTL expiry may only remove some)");
+    // still answering
+    const r = await lookup(EXT.dns4, 'a.svc.test');
+    assert.deepEqual([r.rcode, r.connected], [0, [true]]);
+  });
+
+  test("Hubble's DNS metrics count the proxy's queries and responses", async () => {
+    const text = await fx.agent.metrics.registry.metrics();
+    assert.match(text, /hubble_dns_queries_total\{rcode="Policy denied",qtypes="A",ips_returned="0"\} [1-9]/);
+    assert.match(text, /hubble_dns_queries_total\{rcode="",qtypes="AAAA",ips_returned="0"\} [1-9]/);
+    assert.match(text, /hubble_dns_responses_total\{rcode="No Error",qtypes="A",ips_returned="1"\} [1-9]/);
+    assert.match(text, /hubble_dns_responses_total\{rcode="Server Failure",qtypes="A",ips_returned="0"\} [1-9]/);
+  });
+
+  test('an agent restart keeps the learned names: a connection without a new lookup goes through; a corrupt state file is ignored', async () => {
+    const r = await lookup(EXT.dns4, 'api.test');
+    assert.deepEqual([r.rcode, r.connected], [0, [true]]);
+    const file = join(fx.dir, 'state', 'dns-learned.json');
+    await waitFor('the learned state on disk', async () => existsSync(file));
+    await fx.stop();
+    await fx.start();
+    assert.equal(await connects(EXT.api4), true, 'restored before the first compile: no lookup needed');
+    assert.equal(await connects(EXT.other4), false);
+    await fx.stop();
+    writeFileSync(file, '{"version": 1, "names": [{"name": "api.test", "addresses": [{"address": "not-an-ip", "expiresAt": 1}]}], "identities": []}');
+    await fx.start();
+    assert.equal(await connects(EXT.api4), false, 'nothing restored from an invalid file');
+    const again = await lookup(EXT.dns4, 'api.test');
+    assert.deepEqual([again.rcode, again.connected], [0, [true]], 'and lookups learn again');
+  });
+
+  test('TTL expiry (minTTL 0): an address no connection uses goes, new connections to it fail; one an open connection uses stays', async () => {
+    await fx.stop();
+    fx.overrides.dns = { proxy: { minTTL: 0 } };
+    await fx.start();
+    const entry = (addr: string) => fqdnEntries().some(([cidr]) => cidr === `${addr}/32`);
+    // short2.test: looked up and connected to at once by one process, which holds the connection
+    const flag = join(fx.dir, 'hold-release');
+    const hold = spawn('ip', ['netns', 'exec', nsC, 'python3', '-c', LOOKUP_PY, EXT.dns4, 'short2.test', 'A', 'udp', '1', flag], { stdio: ['ignore', 'pipe', 'ignore'] });
+    children.push(hold);
+    let out = '';
+    hold.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    const exited = new Promise<number | null>((resolve) => hold.on('exit', (code) => resolve(code)));
+    const two = await waitFor('the held connection to short2.test', async () => (out.includes('\n') ? (JSON.parse(out) as Lookup) : undefined), 10_000);
+    assert.deepEqual([two.rcode, two.addrs, two.connected], [0, [EXT.short2], [true]]);
+    // short1.test after it, same TTL: once short1 is gone, the expiry pass that removed it saw short2 expired too
+    const one = await lookup(EXT.dns4, 'short1.test', 'A', 'udp', false);
+    assert.deepEqual([one.rcode, one.addrs], [0, [EXT.short1]]);
+    await waitFor('short1.test (TTL 1 s, no connection) to leave the ipcache', async () => !entry(EXT.short1), 15_000);
+    assert.equal(await connects(EXT.short1), false, 'expired: new connections are not allowed');
+    assert.ok(entry(EXT.short2), 'expired too, but a tracked connection still uses it');
+    writeFileSync(flag, '');
+    assert.equal(await exited, 0, 'the open connection kept working past the TTL');
+  });
+});
