@@ -16,7 +16,7 @@
 // median (min-max) over rounds, ratios (kitnet/bare: the datapath overhead) are taken within each
 // round and then summarised, and a ratio whose spread covers its target says so.
 //
-//   node dist/bench/netpath.bench.js [N[,N...]=10,1000,10000,30000] [--rounds=R (5)] [--secs=S (5)] [--only=bare,kitnet,nft,legacy]
+//   node dist/bench/netpath.bench.js [N[,N...]=10,1000,10000,30000] [--rounds=R (5)] [--secs=S (5)] [--only=bare,kitnet,nft,legacy] [--profile]
 // Needs iptables (nft + legacy) and iperf3 (installed with apt-get when missing).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -27,7 +27,7 @@ import { ApiClient } from '../common/api-client.js';
 import type { Workload } from '../common/schemas/workload.js';
 import { datapathUnpinAll } from '../bpf/index.js';
 import {
-  MACHINE_LINE, REPO_ROOT, RUN_ID, aptEnsure, argsParse, benchMain, median, netnsAddMany, netnsDelMany, onCleanup, resultWrite, sh, sleep, table,
+  MACHINE_LINE, REPO_ROOT, RUN_ID, aptEnsure, argsParse, benchMain, median, netnsAddMany, netnsDelMany, onCleanup, profiled, resultWrite, sh, sleep, table,
 } from './lib.js';
 
 interface Figures {
@@ -91,13 +91,19 @@ async function main(): Promise<void> {
   for (const [cmd, argv] of serverCommands) serve(nsS, cmd, argv);
   const kitnetClientNs = () => `kb-np-${RUN_ID}-kc`;
 
+  let profileNext = args.opts.profile !== undefined;
+  let readerOn = true;
+  const profileReader = () => readerOn;
   async function measure(clientNs: string, serverIp: string, eventsWritten?: () => number): Promise<Figures> {
     const inC = (cmd: string, argv: string[]) => sh('ip', ['netns', 'exec', clientNs, cmd, ...argv], { timeoutMs: (secs + 30) * 1000 });
     const kv = (s: string) => Object.fromEntries(s.trim().split(/\s+/).map((x) => x.split('=') as [string, string]));
     await inC(loadgen, ['tcp-conn', serverIp, String(PORT_TCP), '0.3']); // warm-up: neighbours, caches
     const cpu0 = process.cpuUsage();
     const ev0 = eventsWritten?.() ?? 0;
-    const c = kv(await inC(loadgen, ['tcp-conn', serverIp, String(PORT_TCP), String(secs)]));
+    // --profile: the in-process agent during the first kitnet conn/s phase with its reader
+    const profile = profileNext && eventsWritten !== undefined && profileReader();
+    if (profile) profileNext = false;
+    const c = kv(await profiled(profile, 'netpath-kitnet-conn', () => inC(loadgen, ['tcp-conn', serverIp, String(PORT_TCP), String(secs)])));
     const cpu = process.cpuUsage(cpu0);
     const conns = Number(c.conns);
     const perConn = eventsWritten && conns > 0
@@ -206,8 +212,14 @@ async function main(): Promise<void> {
       },
       // The agent's flow reader stopped: separates the datapath from the cost of reading and enriching
       // the flow events in the agent (same process, same 2 cores as the load generator).
-      readerStop: () => agent.agent.flows.stop(),
-      readerStart: () => agent.agent.flows.start(agent.agent.kernel.datapath),
+      readerStop: () => {
+        agent.agent.flows.stop();
+        readerOn = false;
+      },
+      readerStart: () => {
+        agent.agent.flows.start(agent.agent.kernel.datapath);
+        readerOn = true;
+      },
       // written + lost: what the datapath tried to report (without a reader the ring fills and the rest is lost)
       eventsWritten: () => {
         const m = agent.agent.kernel.datapath.metricsRead();
