@@ -115,6 +115,14 @@ class FlowEventRecord implements FlowEvent {
     return (this.#time ??= this.buf.readBigUInt64LE(this.off + O_TIME) + this.wallOffsetNs);
   }
 
+  get srcIpv4(): number | undefined {
+    return this.family === 4 ? this.buf.readUInt32BE(this.off + O_SADDR) : undefined;
+  }
+
+  get dstIpv4(): number | undefined {
+    return this.family === 4 ? this.buf.readUInt32BE(this.off + O_DADDR) : undefined;
+  }
+
   get srcAddr(): string {
     return (this.#src ??= addrFormat(this.buf, this.off + O_SADDR, this.family));
   }

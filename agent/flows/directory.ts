@@ -24,6 +24,8 @@ function endpointOf(w: WorkloadRecord, labels: string[]): HubbleEndpoint {
 export class EndpointDirectory {
   private byEndpointId = new Map<number, HubbleEndpoint>();
   private byAddress = new Map<string, HubbleEndpoint>();
+  /** Local workloads by IPv4 address as a number: the flow hot path looks peers up without formatting. */
+  private byIpv4 = new Map<number, HubbleEndpoint>();
   private identityLabels = new Map<number, string[]>();
   /** Local workloads per identity: labels of identities no workload has any more are dropped. */
   private identityRefs = new Map<number, number>();
@@ -40,6 +42,7 @@ export class EndpointDirectory {
     const identityLabels = this.store.identityLabelsAll();
     const byEndpointId = new Map<number, HubbleEndpoint>();
     const byAddress = new Map<string, HubbleEndpoint>();
+    const byIpv4 = new Map<number, HubbleEndpoint>();
     const identityRefs = new Map<number, number>();
     const addresses = new Map<number, [string, string]>();
     for (const w of this.store.workloadList()) {
@@ -47,6 +50,7 @@ export class EndpointDirectory {
       byEndpointId.set(w.endpointId, ep);
       byAddress.set(w.ipv4, ep);
       byAddress.set(w.ipv6, ep);
+      if (w.ipv4) byIpv4.set(ipv4Number(w.ipv4), ep);
       addresses.set(w.endpointId, [w.ipv4, w.ipv6]);
       identityRefs.set(w.identity, (identityRefs.get(w.identity) ?? 0) + 1);
     }
@@ -55,6 +59,7 @@ export class EndpointDirectory {
     this.identityRefs = identityRefs;
     this.byEndpointId = byEndpointId;
     this.byAddress = byAddress;
+    this.byIpv4 = byIpv4;
     this.remote = new Map();
   }
 
@@ -66,6 +71,7 @@ export class EndpointDirectory {
     this.byEndpointId.set(w.endpointId, ep);
     this.byAddress.set(w.ipv4, ep);
     this.byAddress.set(w.ipv6, ep);
+    if (w.ipv4) this.byIpv4.set(ipv4Number(w.ipv4), ep);
     this.addresses.set(w.endpointId, [w.ipv4, w.ipv6]);
     this.identityLabels.set(w.identity, labels);
     this.identityRefs.set(w.identity, (this.identityRefs.get(w.identity) ?? 0) + 1);
@@ -82,6 +88,8 @@ export class EndpointDirectory {
 
   private forget(endpointId: number, ep: HubbleEndpoint): void {
     for (const addr of this.addresses.get(endpointId) ?? []) if (this.byAddress.get(addr) === ep) this.byAddress.delete(addr);
+    const v4 = this.addresses.get(endpointId)?.[0];
+    if (v4 && this.byIpv4.get(ipv4Number(v4)) === ep) this.byIpv4.delete(ipv4Number(v4));
     this.addresses.delete(endpointId);
     const refs = (this.identityRefs.get(ep.identity) ?? 1) - 1;
     if (refs > 0) {
@@ -99,8 +107,15 @@ export class EndpointDirectory {
 
   /** The endpoint for a peer address: a local workload, else just the identity the datapath saw. */
   endpointForPeer(address: string, identity: number): HubbleEndpoint {
-    const local = this.byAddress.get(address);
-    if (local) return local;
+    return this.byAddress.get(address) ?? this.remoteEndpoint(identity);
+  }
+
+  /** endpointForPeer for an IPv4 address given as a number (ipv4Number). */
+  endpointForPeerIpv4(address: number, identity: number): HubbleEndpoint {
+    return this.byIpv4.get(address) ?? this.remoteEndpoint(identity);
+  }
+
+  private remoteEndpoint(identity: number): HubbleEndpoint {
     let ep = this.remote.get(identity);
     if (!ep) {
       ep = { identity, labels: this.identityLabels.get(identity) ?? reservedIdentityLabels(identity) };
@@ -109,4 +124,11 @@ export class EndpointDirectory {
     }
     return ep;
   }
+}
+
+/** An IPv4 address as the unsigned 32-bit number of its bytes in network order (NaN for anything else). */
+export function ipv4Number(address: string): number {
+  const p = address.split('.');
+  if (p.length !== 4) return NaN;
+  return ((Number(p[0]) << 24) | (Number(p[1]) << 16) | (Number(p[2]) << 8) | Number(p[3])) >>> 0;
 }
