@@ -233,8 +233,8 @@ export const ConfigSchema = z
       .object({
         ringCapacity: z.number().int().min(1).max(1_000_000).default(4095),
         /**
-         * What the datapath reports: `connection` (new connections, TCP flag changes, closes and every
-         * drop — established traffic does not flood the ring) or `every-packet` (for debugging).
+         * What the datapath reports: `connection` (new connections, first replies, the first FIN / RST
+         * each way and every drop — established traffic does not flood the ring) or `every-packet` (for debugging).
          */
         aggregation: z.enum(['connection', 'every-packet']).default('connection'),
         /** Also report established connections every N seconds (0 = never). */

@@ -16,7 +16,7 @@
 // median (min-max) over rounds, ratios (kitnet/bare: the datapath overhead) are taken within each
 // round and then summarised, and a ratio whose spread covers its target says so.
 //
-//   node dist/bench/netpath.bench.js [N[,N...]=10,1000,10000,30000] [--rounds=R (5)] [--secs=S (5)] [--only=bare,kitnet,nft,legacy]
+//   node dist/bench/netpath.bench.js [N[,N...]=10,1000,10000,30000] [--rounds=R (5)] [--secs=S (5)] [--only=bare,kitnet,nft,legacy] [--profile]
 // Needs iptables (nft + legacy) and iperf3 (installed with apt-get when missing).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -27,7 +27,7 @@ import { ApiClient } from '../common/api-client.js';
 import type { Workload } from '../common/schemas/workload.js';
 import { datapathUnpinAll } from '../bpf/index.js';
 import {
-  MACHINE_LINE, REPO_ROOT, RUN_ID, aptEnsure, argsParse, benchMain, median, netnsAddMany, netnsDelMany, onCleanup, resultWrite, sh, sleep, table,
+  MACHINE_LINE, REPO_ROOT, RUN_ID, aptEnsure, argsParse, benchMain, median, netnsAddMany, netnsDelMany, onCleanup, profiled, resultWrite, sh, sleep, table,
 } from './lib.js';
 
 interface Figures {
@@ -36,6 +36,10 @@ interface Figures {
   udpRrMeanUs: number;
   udpRrP99Us: number;
   tcpGbps: number;
+  /** kitnet only: this process's CPU (the in-process agent: its flow reader) per connection, and the
+   *  flow events the datapath wrote or tried to write per connection, during the conn/s phase. */
+  agentCpuUsPerConn?: number;
+  eventsPerConn?: number;
 }
 interface Row extends Figures {
   round: number;
@@ -87,11 +91,24 @@ async function main(): Promise<void> {
   for (const [cmd, argv] of serverCommands) serve(nsS, cmd, argv);
   const kitnetClientNs = () => `kb-np-${RUN_ID}-kc`;
 
-  async function measure(clientNs: string, serverIp: string): Promise<Figures> {
+  let profileNext = args.opts.profile !== undefined;
+  let readerOn = true;
+  const profileReader = () => readerOn;
+  async function measure(clientNs: string, serverIp: string, eventsWritten?: () => number): Promise<Figures> {
     const inC = (cmd: string, argv: string[]) => sh('ip', ['netns', 'exec', clientNs, cmd, ...argv], { timeoutMs: (secs + 30) * 1000 });
     const kv = (s: string) => Object.fromEntries(s.trim().split(/\s+/).map((x) => x.split('=') as [string, string]));
     await inC(loadgen, ['tcp-conn', serverIp, String(PORT_TCP), '0.3']); // warm-up: neighbours, caches
-    const c = kv(await inC(loadgen, ['tcp-conn', serverIp, String(PORT_TCP), String(secs)]));
+    const cpu0 = process.cpuUsage();
+    const ev0 = eventsWritten?.() ?? 0;
+    // --profile: the in-process agent during the first kitnet conn/s phase with its reader
+    const profile = profileNext && eventsWritten !== undefined && profileReader();
+    if (profile) profileNext = false;
+    const c = kv(await profiled(profile, 'netpath-kitnet-conn', () => inC(loadgen, ['tcp-conn', serverIp, String(PORT_TCP), String(secs)])));
+    const cpu = process.cpuUsage(cpu0);
+    const conns = Number(c.conns);
+    const perConn = eventsWritten && conns > 0
+      ? { agentCpuUsPerConn: (cpu.user + cpu.system) / conns, eventsPerConn: (eventsWritten() - ev0) / conns }
+      : {};
     const u = kv(await inC(loadgen, ['udp-rr', serverIp, String(PORT_UDP), String(Math.max(1, secs / 2))]));
     let gbps = NaN;
     try {
@@ -102,13 +119,14 @@ async function main(): Promise<void> {
     } catch (err) {
       console.error(`iperf3: ${(err as Error).message.slice(0, 200)}`);
     }
-    return { connsPerS: Number(c.rate), connErrors: Number(c.errors), udpRrMeanUs: Number(u.mean_us), udpRrP99Us: Number(u.p99_us), tcpGbps: gbps };
+    return { connsPerS: Number(c.rate), connErrors: Number(c.errors), udpRrMeanUs: Number(u.mean_us), udpRrP99Us: Number(u.p99_us), tcpGbps: gbps, ...perConn };
   }
 
   const rows: Row[] = [];
   const report = (r: Row) => {
     rows.push(r);
-    console.log(`  r${r.round} ${r.variant.padEnd(22)} N=${String(r.n).padEnd(6)} ${r.connsPerS.toFixed(0)} conn/s (${r.connErrors} err), UDP RR ${r.udpRrMeanUs.toFixed(1)} us (p99 ${r.udpRrP99Us.toFixed(1)}), ${r.tcpGbps.toFixed(2)} Gbit/s`);
+    const perConn = r.eventsPerConn === undefined ? '' : `; per connection: ${r.eventsPerConn.toFixed(2)} events, agent CPU ${r.agentCpuUsPerConn!.toFixed(2)} us`;
+    console.log(`  r${r.round} ${r.variant.padEnd(22)} N=${String(r.n).padEnd(6)} ${r.connsPerS.toFixed(0)} conn/s (${r.connErrors} err), UDP RR ${r.udpRrMeanUs.toFixed(1)} us (p99 ${r.udpRrP99Us.toFixed(1)}), ${r.tcpGbps.toFixed(2)} Gbit/s${perConn}`);
   };
 
   // --- plain veth topology (bare and iptables) in its own pair of namespaces, up for the whole run ---
@@ -147,7 +165,7 @@ async function main(): Promise<void> {
   };
 
   // --- kitnet: a second pair of namespaces, workloads of an in-process agent, up for the whole run ---
-  let kitnet: { setN: (n: number) => Promise<void>; server: Workload; readerStop: () => void; readerStart: () => void } | undefined;
+  let kitnet: { setN: (n: number) => Promise<void>; server: Workload; readerStop: () => void; readerStart: () => void; eventsWritten: () => number } | undefined;
   if (only.has('kitnet')) {
     const nsKC = `kb-np-${RUN_ID}-kc`;
     const nsKS = `kb-np-${RUN_ID}-ks`;
@@ -194,8 +212,19 @@ async function main(): Promise<void> {
       },
       // The agent's flow reader stopped: separates the datapath from the cost of reading and enriching
       // the flow events in the agent (same process, same 2 cores as the load generator).
-      readerStop: () => agent.agent.flows.stop(),
-      readerStart: () => agent.agent.flows.start(agent.agent.kernel.datapath),
+      readerStop: () => {
+        agent.agent.flows.stop();
+        readerOn = false;
+      },
+      readerStart: () => {
+        agent.agent.flows.start(agent.agent.kernel.datapath);
+        readerOn = true;
+      },
+      // written + lost: what the datapath tried to report (without a reader the ring fills and the rest is lost)
+      eventsWritten: () => {
+        const m = agent.agent.kernel.datapath.metricsRead();
+        return Number(m.EVENTS_SENT.packets + m.EVENTS_LOST.packets);
+      },
     };
   }
   await sleep(300); // servers listening
@@ -209,11 +238,11 @@ async function main(): Promise<void> {
       if (only.has('bare')) report({ round, variant: 'bare veth', n, ctFirst: null, ...(await measure(nsC, S.ip)) });
       if (kitnet) {
         await kitnet.setN(n);
-        report({ round, variant: 'kitnet', n, ctFirst: null, ...(await measure(kitnetClientNs(), kitnet.server.ipv4)) });
+        report({ round, variant: 'kitnet', n, ctFirst: null, ...(await measure(kitnetClientNs(), kitnet.server.ipv4, kitnet.eventsWritten)) });
         if (n === nMax) {
           kitnet.readerStop();
           try {
-            report({ round, variant: 'kitnet, no flow reader', n, ctFirst: null, ...(await measure(kitnetClientNs(), kitnet.server.ipv4)) });
+            report({ round, variant: 'kitnet, no flow reader', n, ctFirst: null, ...(await measure(kitnetClientNs(), kitnet.server.ipv4, kitnet.eventsWritten)) });
           } finally {
             kitnet.readerStart();
           }
@@ -277,6 +306,22 @@ async function main(): Promise<void> {
     if (k.length && noReader.length) ratioAdd('kitnet with/without flow reader conn/s', n, 0.95, ratio(k, noReader, conn));
   }
   table('Ratios, computed per round: median (min-max); target where the issue sets one', ['ratio', 'N', 'median (min-max)', 'target', 'what the spread allows'], ratioRows);
+  // The reader's cost as CPU rather than as a difference of two noisy rates: this process's CPU during
+  // the conn/s phase (the in-process agent; the harness only waits) per connection, and the agent's
+  // share of a core at that rate. Flow events per connection: what the datapath wrote (or, without a
+  // reader, tried to write).
+  const med = (xs: number[]) => {
+    const v = [...xs].sort((x, y) => x - y);
+    return v.length ? `${v[(v.length - 1) >> 1]!.toFixed(2)} (${v[0]!.toFixed(2)}-${v[v.length - 1]!.toFixed(2)})` : '-';
+  };
+  const costRows = rows
+    .filter((r) => r.eventsPerConn !== undefined)
+    .reduce((acc, r) => acc.set(`${r.variant}\u0000${r.n}`, [...(acc.get(`${r.variant}\u0000${r.n}`) ?? []), r]), new Map<string, Row[]>());
+  if (costRows.size) {
+    table('Flow reporting per connection (conn/s phase): median (min-max) over rounds', ['variant', 'N', 'events / conn', 'agent CPU us / conn', 'agent CPU s/s'],
+      [...costRows.values()].map((rs) => [rs[0]!.variant, String(rs[0]!.n), med(rs.map((r) => r.eventsPerConn!)),
+        med(rs.map((r) => r.agentCpuUsPerConn!)), med(rs.map((r) => (r.agentCpuUsPerConn! * r.connsPerS) / 1e6))]));
+  }
   resultWrite('netpath', { sizes, secs, rounds, rows, ratios });
 }
 

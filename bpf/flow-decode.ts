@@ -50,35 +50,127 @@ function u32(b: Buffer, o: number): number {
   return (b[o]! | (b[o + 1]! << 8) | (b[o + 2]! << 16)) + b[o + 3]! * 0x1000000;
 }
 
-/** Decode one struct flow_event at `o`. */
-export function flowDecodeOne(b: Buffer, o: number, wallOffsetNs: bigint): FlowEvent {
-  const fam = b[o + O_FAMILY];
-  const v4 = fam === FAMILY_IPV4;
-  const ip = v4 || fam === FAMILY_IPV6;
-  const dir = b[o + O_DIR];
+/**
+ * One struct flow_event, read from its wakeup's batch buffer. The integers are read at construction;
+ * the two address strings and the BigInt time, which were most of the cost of decoding an event and
+ * most of the garbage it left, are made when first asked for and kept: a flow that is only counted and
+ * kept in the ring (the common case: nobody follows) formats at most its peer's address (enrichment
+ * looks it up) and never its time. Holds the batch buffer (one copy per wakeup) while it is referenced.
+ */
+class FlowEventRecord implements FlowEvent {
+  readonly ifindex: number;
+  readonly endpointId: number;
+  readonly direction: FlowEvent['direction'];
+  readonly family: 0 | 4 | 6;
+  readonly protocol: number;
+  readonly srcPort: number;
+  readonly dstPort: number;
+  readonly icmpType: number;
+  readonly icmpCode: number;
+  readonly tcpFlags: number;
+  readonly srcIdentity: number;
+  readonly dstIdentity: number;
+  readonly verdict: FlowEvent['verdict'];
+  readonly dropReason: number;
+  readonly isReply: boolean;
+  readonly length: number;
+  readonly reportReason: ReportReason;
+  readonly etherType: number;
+  #src: string | undefined;
+  #dst: string | undefined;
+  #time: bigint | undefined;
+
+  constructor(
+    private readonly buf: Buffer,
+    private readonly off: number,
+    private readonly wallOffsetNs: bigint,
+  ) {
+    const b = buf;
+    const o = off;
+    const fam = b[o + O_FAMILY];
+    this.family = fam === FAMILY_IPV4 ? 4 : fam === FAMILY_IPV6 ? 6 : 0;
+    this.ifindex = u32(b, o + O_IFINDEX);
+    this.endpointId = u32(b, o + O_EPID);
+    this.direction = b[o + O_DIR] === DIR_INGRESS ? 'INGRESS' : 'EGRESS';
+    this.protocol = b[o + O_PROTO]!;
+    this.srcPort = u16(b, o + O_SPORT);
+    this.dstPort = u16(b, o + O_DPORT);
+    this.icmpType = b[o + O_ICMPT]!;
+    this.icmpCode = b[o + O_ICMPC]!;
+    this.tcpFlags = b[o + O_TCPF]!;
+    this.srcIdentity = u32(b, o + O_SRCID);
+    this.dstIdentity = u32(b, o + O_DSTID);
+    this.verdict = b[o + O_VERDICT] === VERDICT_DROPPED ? 'DROPPED' : 'FORWARDED';
+    this.dropReason = u16(b, o + O_DROP);
+    this.isReply = b[o + O_REPLY] !== 0;
+    this.length = u32(b, o + O_LEN);
+    this.reportReason = REASONS[b[o + O_REASON]!] ?? 'EVERY';
+    this.etherType = u16(b, o + O_ETHERTYPE);
+    this.#src = undefined;
+    this.#dst = undefined;
+    this.#time = undefined;
+  }
+
+  get timeNs(): bigint {
+    return (this.#time ??= this.buf.readBigUInt64LE(this.off + O_TIME) + this.wallOffsetNs);
+  }
+
+  get srcIpv4(): number | undefined {
+    return this.family === 4 ? this.buf.readUInt32BE(this.off + O_SADDR) : undefined;
+  }
+
+  get dstIpv4(): number | undefined {
+    return this.family === 4 ? this.buf.readUInt32BE(this.off + O_DADDR) : undefined;
+  }
+
+  get srcAddr(): string {
+    return (this.#src ??= addrFormat(this.buf, this.off + O_SADDR, this.family));
+  }
+
+  get dstAddr(): string {
+    return (this.#dst ??= addrFormat(this.buf, this.off + O_DADDR, this.family));
+  }
+
+  /** The event as a plain object (every field read): for tests, logs and comparisons. */
+  toJSON(): FlowEvent {
+    return flowEventPlain(this);
+  }
+}
+
+function addrFormat(b: Buffer, o: number, family: 0 | 4 | 6): string {
+  return family === 4 ? ipv4Format(b, o) : family === 6 ? ipv6Format(b, o) : '';
+}
+
+/** Every field of an event as an own property of a plain object. */
+export function flowEventPlain(ev: FlowEvent): FlowEvent {
   return {
-    timeNs: b.readBigUInt64LE(o + O_TIME) + wallOffsetNs,
-    ifindex: u32(b, o + O_IFINDEX),
-    endpointId: u32(b, o + O_EPID),
-    direction: dir === DIR_INGRESS ? 'INGRESS' : 'EGRESS',
-    family: v4 ? 4 : ip ? 6 : 0,
-    protocol: b[o + O_PROTO]!,
-    srcAddr: v4 ? ipv4Format(b, o + O_SADDR) : ip ? ipv6Format(b, o + O_SADDR) : '',
-    dstAddr: v4 ? ipv4Format(b, o + O_DADDR) : ip ? ipv6Format(b, o + O_DADDR) : '',
-    srcPort: u16(b, o + O_SPORT),
-    dstPort: u16(b, o + O_DPORT),
-    icmpType: b[o + O_ICMPT]!,
-    icmpCode: b[o + O_ICMPC]!,
-    tcpFlags: b[o + O_TCPF]!,
-    srcIdentity: u32(b, o + O_SRCID),
-    dstIdentity: u32(b, o + O_DSTID),
-    verdict: b[o + O_VERDICT] === VERDICT_DROPPED ? 'DROPPED' : 'FORWARDED',
-    dropReason: u16(b, o + O_DROP),
-    isReply: b[o + O_REPLY] !== 0,
-    length: u32(b, o + O_LEN),
-    reportReason: REASONS[b[o + O_REASON]!] ?? 'EVERY',
-    etherType: u16(b, o + O_ETHERTYPE),
+    timeNs: ev.timeNs,
+    ifindex: ev.ifindex,
+    endpointId: ev.endpointId,
+    direction: ev.direction,
+    family: ev.family,
+    protocol: ev.protocol,
+    srcAddr: ev.srcAddr,
+    dstAddr: ev.dstAddr,
+    srcPort: ev.srcPort,
+    dstPort: ev.dstPort,
+    icmpType: ev.icmpType,
+    icmpCode: ev.icmpCode,
+    tcpFlags: ev.tcpFlags,
+    srcIdentity: ev.srcIdentity,
+    dstIdentity: ev.dstIdentity,
+    verdict: ev.verdict,
+    dropReason: ev.dropReason,
+    isReply: ev.isReply,
+    length: ev.length,
+    reportReason: ev.reportReason,
+    etherType: ev.etherType,
   };
+}
+
+/** Decode one struct flow_event at `o` (fields read on access; see FlowEventRecord). */
+export function flowDecodeOne(b: Buffer, o: number, wallOffsetNs: bigint): FlowEvent {
+  return new FlowEventRecord(b, o, wallOffsetNs);
 }
 
 /** Decode every framed record of a batch; records shorter than struct flow_event are skipped. */

@@ -341,7 +341,7 @@ export const CT_F_SEEN_REPLY = 8;
 export const REPORT_EVERY = 0;
 /** first packet of a connection */
 export const REPORT_NEW = 1;
-/** new TCP flags in this direction */
+/** a SYN not reported before in this direction (FIN and RST report as CLOSE) */
 export const REPORT_FLAGS = 2;
 /** FIN or RST */
 export const REPORT_CLOSE = 3;

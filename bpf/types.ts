@@ -64,6 +64,10 @@ export interface FlowEvent {
   etherType?: number;
   /** Why the datapath reported this packet (aggregation); absent in events not made by the datapath. */
   reportReason?: ReportReason;
+  /** IPv4 addresses as unsigned 32-bit numbers (network byte order read big-endian) when family is 4:
+   *  decoded events have them, so the agent can look peers up without formatting a string. */
+  readonly srcIpv4?: number;
+  readonly dstIpv4?: number;
 }
 
 /** flow_event.reason: EVERY = no aggregation or untracked traffic; see tools/gen/bpf-layout.ts. */

@@ -24,6 +24,8 @@ function endpointOf(w: WorkloadRecord, labels: string[]): HubbleEndpoint {
 export class EndpointDirectory {
   private byEndpointId = new Map<number, HubbleEndpoint>();
   private byAddress = new Map<string, HubbleEndpoint>();
+  /** Local workloads by IPv4 address as a number: the flow hot path looks peers up without formatting. */
+  private byIpv4 = new Map<number, HubbleEndpoint>();
   private identityLabels = new Map<number, string[]>();
   /** Local workloads per identity: labels of identities no workload has any more are dropped. */
   private identityRefs = new Map<number, number>();
@@ -49,6 +51,7 @@ export class EndpointDirectory {
     const identityLabels = this.store.identityLabelsAll();
     const byEndpointId = new Map<number, HubbleEndpoint>();
     const byAddress = new Map<string, HubbleEndpoint>();
+    const byIpv4 = new Map<number, HubbleEndpoint>();
     const identityRefs = new Map<number, number>();
     const addresses = new Map<number, [string, string]>();
     for (const w of this.store.workloadList()) {
@@ -56,6 +59,7 @@ export class EndpointDirectory {
       byEndpointId.set(w.endpointId, ep);
       byAddress.set(w.ipv4, ep);
       byAddress.set(w.ipv6, ep);
+      if (w.ipv4) byIpv4.set(ipv4Number(w.ipv4), ep);
       addresses.set(w.endpointId, [w.ipv4, w.ipv6]);
       identityRefs.set(w.identity, (identityRefs.get(w.identity) ?? 0) + 1);
     }
@@ -64,6 +68,7 @@ export class EndpointDirectory {
     this.identityRefs = identityRefs;
     this.byEndpointId = byEndpointId;
     this.byAddress = byAddress;
+    this.byIpv4 = byIpv4;
     this.remote = new Map();
   }
 
@@ -75,6 +80,7 @@ export class EndpointDirectory {
     this.byEndpointId.set(w.endpointId, ep);
     this.byAddress.set(w.ipv4, ep);
     this.byAddress.set(w.ipv6, ep);
+    if (w.ipv4) this.byIpv4.set(ipv4Number(w.ipv4), ep);
     this.addresses.set(w.endpointId, [w.ipv4, w.ipv6]);
     this.identityLabels.set(w.identity, labels);
     this.identityRefs.set(w.identity, (this.identityRefs.get(w.identity) ?? 0) + 1);
@@ -91,6 +97,8 @@ export class EndpointDirectory {
 
   private forget(endpointId: number, ep: HubbleEndpoint): void {
     for (const addr of this.addresses.get(endpointId) ?? []) if (this.byAddress.get(addr) === ep) this.byAddress.delete(addr);
+    const v4 = this.addresses.get(endpointId)?.[0];
+    if (v4 && this.byIpv4.get(ipv4Number(v4)) === ep) this.byIpv4.delete(ipv4Number(v4));
     this.addresses.delete(endpointId);
     const refs = (this.identityRefs.get(ep.identity) ?? 1) - 1;
     if (refs > 0) {
@@ -108,17 +116,29 @@ export class EndpointDirectory {
 
   /** The endpoint for a peer address: a local workload, else just the identity the datapath saw. */
   endpointForPeer(address: string, identity: number): HubbleEndpoint {
-    const local = this.byAddress.get(address);
-    if (local) return local;
-    const peer = this.remotePeer?.(address);
-    if (peer && peer.identity === identity) {
-      const cached = this.remoteByAddress.get(address);
-      // The labels array is the identity's own (replaced, never mutated, when the identity changes).
-      if (cached && cached.source === peer.labels && cached.ep.identity === identity && cached.ep.pod_name === peer.podName && cached.ep.namespace === peer.namespace) return cached.ep;
-      const ep: HubbleEndpoint = { identity, namespace: peer.namespace, labels: [...peer.labels], pod_name: peer.podName };
-      if (this.remoteByAddress.size > 65_536) this.remoteByAddress.clear();
-      this.remoteByAddress.set(address, { ep, source: peer.labels });
-      return ep;
+    return this.byAddress.get(address) ?? this.remoteEndpoint(address, identity);
+  }
+
+  /** endpointForPeer for an IPv4 address given as a number (ipv4Number). */
+  endpointForPeerIpv4(address: number, identity: number): HubbleEndpoint {
+    return this.byIpv4.get(address) ?? this.remoteEndpoint(address, identity);
+  }
+
+  /** Another node's workload (cluster mode), else the identity's shared endpoint. */
+  private remoteEndpoint(address: string | number, identity: number): HubbleEndpoint {
+    if (this.remotePeer) {
+      // Only in cluster mode does a peer need the address as text.
+      const text = typeof address === 'number' ? ipv4Text(address) : address;
+      const peer = this.remotePeer(text);
+      if (peer && peer.identity === identity) {
+        const cached = this.remoteByAddress.get(text);
+        // The labels array is the identity's own (replaced, never mutated, when the identity changes).
+        if (cached && cached.source === peer.labels && cached.ep.identity === identity && cached.ep.pod_name === peer.podName && cached.ep.namespace === peer.namespace) return cached.ep;
+        const ep: HubbleEndpoint = { identity, namespace: peer.namespace, labels: [...peer.labels], pod_name: peer.podName };
+        if (this.remoteByAddress.size > 65_536) this.remoteByAddress.clear();
+        this.remoteByAddress.set(text, { ep, source: peer.labels });
+        return ep;
+      }
     }
     let ep = this.remote.get(identity);
     if (!ep) {
@@ -128,4 +148,16 @@ export class EndpointDirectory {
     }
     return ep;
   }
+}
+
+/** ipv4Number's inverse: dotted quad text. */
+function ipv4Text(n: number): string {
+  return `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
+}
+
+/** An IPv4 address as the unsigned 32-bit number of its bytes in network order (NaN for anything else). */
+export function ipv4Number(address: string): number {
+  const p = address.split('.');
+  if (p.length !== 4) return NaN;
+  return ((Number(p[0]) << 24) | (Number(p[1]) << 16) | (Number(p[2]) << 8) | Number(p[3])) >>> 0;
 }

@@ -148,9 +148,20 @@ export function flowEnrich(ev: FlowEvent, dir: EndpointDirectory, nodeName: stri
   const self = dir.endpointById(ev.endpointId);
   // EGRESS: the workload sends (it is the source); INGRESS: it receives.
   if (ev.direction === 'EGRESS') {
-    const source = self ?? dir.endpointForPeer(ev.srcAddr, ev.srcIdentity);
-    return new LazyFlowRecord(ev, source, dir.endpointForPeer(ev.dstAddr, ev.dstIdentity), nodeName);
+    const source = self ?? sourceOf(ev, dir);
+    return new LazyFlowRecord(ev, source, destinationOf(ev, dir), nodeName);
   }
-  const destination = self ?? dir.endpointForPeer(ev.dstAddr, ev.dstIdentity);
-  return new LazyFlowRecord(ev, dir.endpointForPeer(ev.srcAddr, ev.srcIdentity), destination, nodeName);
+  const destination = self ?? destinationOf(ev, dir);
+  return new LazyFlowRecord(ev, sourceOf(ev, dir), destination, nodeName);
+}
+
+// IPv4 peers by number when the event has it (decoded events do): no address string is made.
+function sourceOf(ev: FlowEvent, dir: EndpointDirectory): HubbleEndpoint {
+  const v4 = ev.srcIpv4;
+  return v4 !== undefined ? dir.endpointForPeerIpv4(v4, ev.srcIdentity) : dir.endpointForPeer(ev.srcAddr, ev.srcIdentity);
+}
+
+function destinationOf(ev: FlowEvent, dir: EndpointDirectory): HubbleEndpoint {
+  const v4 = ev.dstIpv4;
+  return v4 !== undefined ? dir.endpointForPeerIpv4(v4, ev.dstIdentity) : dir.endpointForPeer(ev.dstAddr, ev.dstIdentity);
 }

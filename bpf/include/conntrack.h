@@ -19,7 +19,8 @@
  * CT_LIFETIME_TCP_SYN / CT_LIFETIME_NONTCP seconds after their last allowed packet.
  *
  * The table also drives event aggregation: ct_process says whether this packet is worth an event
- * (new connection, first reply, new TCP flags in this direction, FIN/RST, periodic interval). */
+ * (new connection, first reply, a new SYN in this direction, the first FIN / RST in this direction,
+ * periodic interval). */
 #pragma once
 
 #include "maps.h"
@@ -32,6 +33,15 @@
 #define TCP_ACK 0x10
 
 #define CT_NO_REPORT 0xff
+
+/* TCP flags whose first appearance in a direction is worth an event on an established connection
+ * (aggregated mode). A connection is reported at its start (NEW: the SYN, each end's policy verdict),
+ * when it is answered (FIRST_REPLY: the SYN-ACK) and at its end (CLOSE: the first FIN and the first RST
+ * in each direction); the handshake's ACK and the first PSH/URG/ECE/CWR are not (Cilium's
+ * `monitorFlags: syn,fin,rst`): they were half of a short connection's events and tell nothing the
+ * SYN-ACK and the close do not. A retransmitted FIN or a second RST in the same direction is not
+ * reported again. every-packet mode (monitor_aggregation none) reports every packet regardless. */
+#define CT_REPORT_TCP_FLAGS TCP_SYN
 
 struct ct_result {
 	struct ct_key key;       /* CT_NEW: the entry to create; CT_RECHECK: the entry's key */
@@ -158,7 +168,7 @@ static __always_inline int tcp_bare_syn(const struct pkt *p)
 static __always_inline void ct_account(struct ct_entry *e, const struct pkt *p, int reply, __u32 len, __u64 now,
 				       __u64 report_interval_ns, struct ct_result *res)
 {
-	__u8 *seen;
+	__u8 *seen, fresh;
 
 	res->is_reply = reply;
 	res->report = CT_NO_REPORT;
@@ -172,10 +182,12 @@ static __always_inline void ct_account(struct ct_entry *e, const struct pkt *p, 
 	}
 	if (p->protocol == IPPROTO_TCP) {
 		seen = reply ? &e->rx_flags_seen : &e->tx_flags_seen;
+		fresh = p->tcp_flags & ~*seen;
 		if (p->tcp_flags & (TCP_FIN | TCP_RST)) {
 			e->flags |= ct_close_flags(p->tcp_flags, reply);
-			res->report = REPORT_CLOSE;
-		} else if ((p->tcp_flags | *seen) != *seen && res->report == CT_NO_REPORT) {
+			if (fresh & (TCP_FIN | TCP_RST))
+				res->report = REPORT_CLOSE;
+		} else if ((fresh & CT_REPORT_TCP_FLAGS) && res->report == CT_NO_REPORT) {
 			res->report = REPORT_FLAGS;
 		}
 		*seen |= p->tcp_flags;

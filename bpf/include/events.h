@@ -12,7 +12,10 @@
  * first event it has not seen: at most one wakeup per delay, and every event reaches the reader within
  * about that delay. A ring at least half full wakes the reader at once (at most every 100 us), so bursts
  * are not lost to a sleeping reader. If the timer cannot be armed, the submit wakes as before. */
-#define EVENTS_WAKEUP_DELAY_NS 1000000ULL
+/* 4 ms rather than 1: each wakeup costs the agent some 30-50 us (epoll, the addon's copy and callback)
+ * whatever it brings; at ~20k connections/s between two workloads the reader's CPU per connection fell
+ * by about 30 % (netpath, bench/README section 2), and a flow still reaches Hubble within a few ms. */
+#define EVENTS_WAKEUP_DELAY_NS 4000000ULL
 /* The reader did not move since the last timer wakeup (agent down or stuck): look again this much later. */
 #define EVENTS_WAKEUP_IDLE_NS 10000000ULL
 /* Ring half full: wake at once, but not more often than this (a reader that lags behind is awake

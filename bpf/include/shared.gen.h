@@ -78,7 +78,7 @@
 /* flow_event.reason: why a packet was reported. */
 #define REPORT_EVERY 0 /* monitor_aggregation = none, or traffic that is not tracked */
 #define REPORT_NEW 1 /* first packet of a connection */
-#define REPORT_FLAGS 2 /* new TCP flags in this direction */
+#define REPORT_FLAGS 2 /* a SYN not reported before in this direction (FIN and RST report as CLOSE) */
 #define REPORT_CLOSE 3 /* FIN or RST */
 #define REPORT_INTERVAL 4 /* periodic report of an established flow */
 #define REPORT_DROP 5

@@ -43,7 +43,7 @@ describe('flow event wakeups (BPF_PROG_TEST_RUN)', { timeout: 60_000 }, () => {
     return p;
   }
 
-  /** Whether the event arrives by the deadline (far beyond the ~1 ms wakeup: a lost wakeup never comes). */
+  /** Whether the event arrives by the deadline (far beyond the ~4 ms wakeup: a lost wakeup never comes). */
   async function arrival(srcPort: number, timeoutMs: number): Promise<boolean> {
     const t0 = performance.now();
     while (performance.now() - t0 < timeoutMs) {

@@ -32,7 +32,7 @@ describe('datapath on crafted packets (BPF_PROG_TEST_RUN)', { timeout: 60_000 },
     return { retval, events: await sink.settle() };
   }
 
-  test('IPv4 TCP handshake: new, reply, flag changes; established packets aggregated', async () => {
+  test('IPv4 TCP handshake: new, reply, the first FIN / RST each way; established packets (and the handshake ACK) aggregated', async () => {
     const out = (flags: number) => eth(ETH_P_IP, ipv4(EP.ipv4, REMOTE4, 6, tcp(40001, 443, flags)));
     const back = (flags: number) => eth(ETH_P_IP, ipv4(REMOTE4, EP.ipv4, 6, tcp(443, 40001, flags)));
 
@@ -53,22 +53,28 @@ describe('datapath on crafted packets (BPF_PROG_TEST_RUN)', { timeout: 60_000 },
     assert.equal(r.events[0]!.dstIdentity, EP.identity);
 
     r = await run('from_workload', out(TCP.ACK));
-    assert.equal(r.events.length, 1, 'first ACK from the client is a flag change');
-    assert.equal(r.events[0]!.reportReason, 'FLAGS');
-
-    for (let i = 0; i < 5; i++) r = await run('from_workload', out(TCP.ACK));
+    assert.equal(r.events.length, 0, 'the handshake ACK (a first ACK from the client) is not reported');
+    for (let i = 0; i < 4; i++) r = await run('from_workload', out(TCP.ACK));
     assert.equal(r.events.length, 0, 'established ACKs are aggregated');
+    r = await run('from_workload', out(TCP.PSH | TCP.ACK));
+    assert.equal(r.events.length, 0, 'a first PSH is not reported either');
     r = await run('to_workload', back(TCP.ACK));
     assert.equal(r.events.length, 0, 'reply ACK already seen (SYN|ACK) is aggregated');
 
     r = await run('from_workload', out(TCP.FIN | TCP.ACK));
     assert.equal(r.events.length, 1);
     assert.equal(r.events[0]!.reportReason, 'CLOSE');
+    r = await run('from_workload', out(TCP.FIN | TCP.ACK));
+    assert.equal(r.events.length, 0, 'a retransmitted FIN is not reported again');
+    r = await run('to_workload', back(TCP.FIN | TCP.ACK));
+    assert.deepEqual(r.events.map((e) => [e.reportReason, e.isReply]), [['CLOSE', true]], 'the first FIN the other way is');
+    r = await run('from_workload', out(TCP.RST));
+    assert.deepEqual(r.events.map((e) => e.reportReason), ['CLOSE'], 'a first RST after the FIN is');
 
     const ct = dp.conntrackList().find((e) => e.srcPort === 40001);
     assert.ok(ct, 'conntrack entry');
     assert.equal(ct.direction, 'EGRESS');
-    assert.equal(ct.packets, 10n);
+    assert.equal(ct.packets, 13n);
   });
 
   test('monitor aggregation 0 reports every packet', async () => {

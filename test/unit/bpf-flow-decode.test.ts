@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { FlowEvent } from '../../bpf/index.js';
 import { cidrParse, cidrFormat, ipv4Parse, ipv6Format, ipv6Parse, macFormat, macParse } from '../../bpf/addr.js';
-import { flowBatchFrame, flowDecodeBatch, flowEventEncode, monotonicToWallOffsetNs } from '../../bpf/flow-decode.js';
+import { flowBatchFrame, flowDecodeBatch, flowEventEncode, flowEventPlain, monotonicToWallOffsetNs } from '../../bpf/flow-decode.js';
 import { endpointInfoDecode, endpointInfoEncode } from '../../bpf/maps/endpoints.js';
 import { ipcacheKeyDecode, ipcacheKeyEncode } from '../../bpf/maps/ipcache.js';
 import { FLOW_EVENT } from '../../bpf/layout.gen.js';
@@ -47,7 +47,14 @@ test('flow events round-trip through encode -> frame -> decode', () => {
   ];
   const batch = flowBatchFrame(events.map((e) => flowEventEncode(e, offset)));
   assert.equal(batch.length, events.length * (8 + FLOW_EVENT.size));
-  assert.deepEqual(flowDecodeBatch(batch, offset), events);
+  // decoded events read their addresses and time on first access: every field, read in any order
+  const decoded = flowDecodeBatch(batch, offset);
+  assert.deepEqual(decoded.map(flowEventPlain), events);
+  assert.deepEqual(decoded.map((e) => [e.dstAddr, e.timeNs, e.srcAddr]), events.map((e) => [e.dstAddr, e.timeNs, e.srcAddr]));
+  assert.deepEqual(JSON.parse(JSON.stringify(decoded[0], (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))), {
+    ...events[0],
+    timeNs: events[0]!.timeNs.toString(),
+  });
 });
 
 test('records shorter than a flow_event are skipped, longer ones decoded', () => {
@@ -55,7 +62,7 @@ test('records shorter than a flow_event are skipped, longer ones decoded', () =>
   const short = Buffer.alloc(12);
   const long = Buffer.concat([rec, Buffer.alloc(5)]);
   const got = flowDecodeBatch(flowBatchFrame([short, long, rec]), 0n);
-  assert.deepEqual(got, [base, base]);
+  assert.deepEqual(got.map(flowEventPlain), [base, base]);
 });
 
 test('monotonic -> wall offset lands near Date.now()', () => {

@@ -1,8 +1,9 @@
 // The flow directory follows single workload changes in place (register, relabel, remove); after
-// any sequence of them it must answer exactly as one rebuilt from the store.
+// any sequence of them it must answer exactly as one rebuilt from the store, by address string and by
+// IPv4 number alike.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { EndpointDirectory } from '../../agent/flows/directory.js';
+import { EndpointDirectory, ipv4Number } from '../../agent/flows/directory.js';
 import { IdentityAllocator } from '../../agent/identity/allocator.js';
 import { sqliteStoreOpen } from '../../agent/store/index.js';
 import type { WorkloadRecord } from '../../agent/store/types.js';
@@ -50,6 +51,11 @@ test('incremental directory updates answer as a rebuild from the store', async (
     for (let i = 1; i <= n; i++) assert.deepEqual(dir.endpointById(i), fresh.endpointById(i), `step ${step}: endpoint ${i}`);
     for (const w of store.workloadList()) {
       for (const addr of [w.ipv4, w.ipv6]) assert.deepEqual(dir.endpointForPeer(addr, 0), fresh.endpointForPeer(addr, 0), `step ${step}: ${addr}`);
+    }
+    // by number (the flow hot path), also for the addresses of removed workloads
+    for (let i = 1; i <= n; i++) {
+      const addr = `10.0.${i >> 8}.${i & 255}`;
+      assert.equal(dir.endpointForPeerIpv4(ipv4Number(addr), 7), dir.endpointForPeer(addr, 7), `step ${step}: ${addr} by number`);
     }
     for (const id of [2, ...Array.from({ length: 120 }, (_, k) => 256 + k)]) {
       assert.deepEqual(dir.endpointForPeer('192.0.2.1', id), fresh.endpointForPeer('192.0.2.1', id), `step ${step}: remote identity ${id}`);

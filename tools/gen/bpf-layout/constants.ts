@@ -137,7 +137,7 @@ export const CONSTANTS: ConstGroup[] = [
     values: [
       ['EVERY', 0, 'monitor_aggregation = none, or traffic that is not tracked'],
       ['NEW', 1, 'first packet of a connection'],
-      ['FLAGS', 2, 'new TCP flags in this direction'],
+      ['FLAGS', 2, 'a SYN not reported before in this direction (FIN and RST report as CLOSE)'],
       ['CLOSE', 3, 'FIN or RST'],
       ['INTERVAL', 4, 'periodic report of an established flow'],
       ['DROP', 5],
