@@ -52,7 +52,7 @@ function etherTypeName(type: number | undefined): string {
  * as Hubble shows layer-2 flows; frames that are not IP (family 0): their EtherType; an IP packet
  * inside VLAN tags: the tags' EtherType before the protocol.
  */
-function l4Of(ev: FlowEvent): { l4?: Record<string, unknown>; summary: string } {
+export function l4Of(ev: FlowEvent): { l4?: Record<string, unknown>; summary: string } {
   if (ev.etherType === ETH_P_ARP) return { summary: 'ARP' };
   if (ev.family === 0) return { summary: etherTypeName(ev.etherType) };
   const inner = l4OfIp(ev);
@@ -82,14 +82,23 @@ function l4OfIp(ev: FlowEvent): { l4?: Record<string, unknown>; summary: string 
   }
 }
 
+/** Hubble's event_type: a drop (with the reason as sub-type) or a trace. */
+export function flowEventType(ev: FlowEvent): { type: number; sub_type?: number } {
+  return ev.verdict === 'DROPPED' ? { type: MessageType.drop, sub_type: ev.dropReason } : { type: MessageType.trace };
+}
+
+/** Where the datapath saw the packet: leaving the workload (egress) or being delivered to it. */
+export function flowObservationPoint(ev: FlowEvent): 'FROM_ENDPOINT' | 'TO_ENDPOINT' {
+  return ev.direction === 'EGRESS' ? 'FROM_ENDPOINT' : 'TO_ENDPOINT';
+}
+
 /** Hubble's flow object for an event whose ends are already named. */
-export function hubbleFlowBuild(ev: FlowEvent, source: HubbleEndpoint, destination: HubbleEndpoint, nodeName: string, time: string): HubbleFlow {
-  const egress = ev.direction === 'EGRESS';
+export function hubbleFlowBuild(ev: FlowEvent, source: HubbleEndpoint, destination: HubbleEndpoint, nodeName: string, time: string, uuid: string = randomUUID()): HubbleFlow {
   const { l4, summary } = l4Of(ev);
   const dropped = ev.verdict === 'DROPPED';
   const flow: HubbleFlow = {
     time,
-    uuid: randomUUID(),
+    uuid,
     verdict: ev.verdict,
     // undefined (left out of the JSON) for frames that are not IP / without an L4 header, as Hubble
     IP: ev.family ? { source: ev.srcAddr, destination: ev.dstAddr, ipVersion: ev.family === 4 ? 'IPv4' : 'IPv6' } : undefined,
@@ -98,9 +107,9 @@ export function hubbleFlowBuild(ev: FlowEvent, source: HubbleEndpoint, destinati
     destination,
     Type: 'L3_L4',
     node_name: nodeName,
-    event_type: dropped ? { type: MessageType.drop, sub_type: ev.dropReason } : { type: MessageType.trace },
+    event_type: flowEventType(ev),
     traffic_direction: ev.direction,
-    trace_observation_point: egress ? 'FROM_ENDPOINT' : 'TO_ENDPOINT',
+    trace_observation_point: flowObservationPoint(ev),
     is_reply: ev.isReply,
     interface: { index: ev.ifindex },
     Summary: summary,
@@ -122,6 +131,7 @@ export function hubbleFlowBuild(ev: FlowEvent, source: HubbleEndpoint, destinati
 export class LazyFlowRecord implements HubbleFlowRecord {
   #flow: HubbleFlow | undefined;
   #time: string | undefined;
+  #uuid: string | undefined;
 
   constructor(
     readonly event: FlowEvent,
@@ -134,8 +144,13 @@ export class LazyFlowRecord implements HubbleFlowRecord {
     return (this.#time ??= nsToIso(this.event.timeNs));
   }
 
+  /** The flow's uuid, the same whether the flow is read as JSON or encoded for gRPC (api/hubble/flow-encoder.ts). */
+  get uuid(): string {
+    return (this.#uuid ??= randomUUID());
+  }
+
   get flow(): HubbleFlow {
-    return (this.#flow ??= hubbleFlowBuild(this.event, this.sourceEndpoint, this.destinationEndpoint, this.node_name, this.time));
+    return (this.#flow ??= hubbleFlowBuild(this.event, this.sourceEndpoint, this.destinationEndpoint, this.node_name, this.time, this.uuid));
   }
 
   toJSON(): { flow: HubbleFlow; node_name: string; time: string } {

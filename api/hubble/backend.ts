@@ -40,7 +40,8 @@ export function hubbleBackendOf(agent: Agent, nodeName: string): HubbleBackend {
     namespaces: () => [...new Set([...agent.workloadList().map((w) => w.namespace), ...agent.namespaceList().map((n) => n.name)])].sort(),
     extras: (r) => {
       const p = policies(r);
-      const index = r.flow.interface?.index;
+      // the event's ifindex where there is one: reading r.flow would build the JSON flow the encoder avoids
+      const index = (r as { event?: { ifindex?: number } }).event?.ifindex ?? r.flow.interface?.index;
       const interfaceName = index ? ifname(index) : undefined;
       return p || interfaceName ? { ...p, ...(interfaceName ? { interfaceName } : {}) } : undefined;
     },

@@ -3,6 +3,7 @@ import { FilterError } from '../../agent/flows/filter.js';
 import type { HubbleFlowRecord, HubbleLostEventsRecord } from '../../agent/flows/hubble.js';
 import type { HubbleBackend } from './backend.js';
 import { protoFiltersCompile } from './filter.js';
+import { flowResponseEncoderCreate, type FlowResponseEncoder } from './flow-encoder.js';
 import { flowResponse, lostResponse, timestampToMs, type GetFlowsResponseMessage } from './flow-convert.js';
 import { serverStreamBatchWrites } from './batch-writes.js';
 import { grpcError, streamRefusal, type HubbleContext } from './context.js';
@@ -49,7 +50,10 @@ function recentSelect(backend: HubbleBackend, req: GetFlowsRequest, pred: Pred, 
   return req.first ? matching.slice(0, number) : matching.slice(-number);
 }
 
-function getFlows(ctx: HubbleContext, call: ServerWritableStream<GetFlowsRequest, GetFlowsResponseMessage>): void {
+/** A flow's GetFlowsResponse: encoded directly when the encoder can, else as an object for proto-loader. */
+type FlowOut = GetFlowsResponseMessage | Buffer;
+
+function getFlows(ctx: HubbleContext, encode: FlowResponseEncoder, call: ServerWritableStream<GetFlowsRequest, FlowOut>): void {
   const backend = ctx.backend();
   if (!backend) return void call.emit('error', ctx.startingError());
   const req = call.request;
@@ -64,9 +68,13 @@ function getFlows(ctx: HubbleContext, call: ServerWritableStream<GetFlowsRequest
   serverStreamBatchWrites(call as ServerWritableStream<unknown, unknown>);
   const refused = req.follow ? streamRefusal(ctx) : undefined;
   if (refused) return void call.emit('error', refused);
+  const flowOut = (r: HubbleFlowRecord): FlowOut => {
+    const extras = backend.extras?.(r);
+    return encode(r, extras) ?? flowResponse(r, extras);
+  };
   const recent = recentSelect(backend, req, sel.pred, sel.since);
   if (!req.follow) {
-    for (const r of recent) call.write(flowResponse(r, backend.extras?.(r)));
+    for (const r of recent) call.write(flowOut(r));
     call.end();
     return;
   }
@@ -78,7 +86,7 @@ function getFlows(ctx: HubbleContext, call: ServerWritableStream<GetFlowsRequest
     call.write(lostResponse(backend.flows.lostRecord('OBSERVER_EVENTS_QUEUE', missed)));
     missed = 0;
   };
-  const send = (msg: () => GetFlowsResponseMessage) => {
+  const send = (msg: () => FlowOut) => {
     if (ended) return;
     if (call.writableLength > FOLLOW_QUEUE_LIMIT) {
       missed++;
@@ -90,7 +98,7 @@ function getFlows(ctx: HubbleContext, call: ServerWritableStream<GetFlowsRequest
   // A follower that caught up hears of what it missed even if no flow comes after.
   call.on('drain', lostFlush);
   const onFlow = (r: HubbleFlowRecord) => {
-    if (sel.pred(r)) send(() => flowResponse(r, backend.extras?.(r)));
+    if (sel.pred(r)) send(() => flowOut(r));
   };
   const onLost = (r: HubbleLostEventsRecord) => send(() => lostResponse(r));
   backend.flows.on('flow', onFlow);
@@ -108,7 +116,7 @@ function getFlows(ctx: HubbleContext, call: ServerWritableStream<GetFlowsRequest
   call.on('cancelled', stop);
   call.on('close', stop);
   call.on('error', stop);
-  for (const r of recent) send(() => flowResponse(r, backend.extras?.(r)));
+  for (const r of recent) send(() => flowOut(r));
   if (sel.until !== undefined) {
     // Following up to a time: the stream ends then (a timer: no flow may come to end it).
     const end = () => {
@@ -174,8 +182,9 @@ function getNamespaces(ctx: HubbleContext, _call: ServerUnaryCall<unknown, unkno
 
 /** observer.Observer: GetFlows, ServerStatus, GetNodes, GetNamespaces. */
 export function observerService(ctx: HubbleContext): UntypedServiceImplementation {
+  const encode = flowResponseEncoderCreate();
   return {
-    GetFlows: (call: ServerWritableStream<GetFlowsRequest, GetFlowsResponseMessage>) => getFlows(ctx, call),
+    GetFlows: (call: ServerWritableStream<GetFlowsRequest, FlowOut>) => getFlows(ctx, encode, call),
     ServerStatus: (call: ServerUnaryCall<unknown, unknown>, cb: sendUnaryData<unknown>) => serverStatus(ctx, call, cb),
     GetNodes: (call: ServerUnaryCall<unknown, unknown>, cb: sendUnaryData<unknown>) => getNodes(ctx, call, cb),
     GetNamespaces: (call: ServerUnaryCall<unknown, unknown>, cb: sendUnaryData<unknown>) => getNamespaces(ctx, call, cb),

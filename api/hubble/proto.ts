@@ -1,6 +1,8 @@
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadPackageDefinition, type GrpcObject, type ServiceDefinition } from '@grpc/grpc-js';
 import { loadSync, type Options, type PackageDefinition } from '@grpc/proto-loader';
+import protobuf from 'protobufjs';
 
 /** kitnet's own .proto subset of Hubble's API (api/hubble/proto, beside the compiled dist/). */
 export const PROTO_DIR = fileURLToPath(new URL('../../../api/hubble/proto/', import.meta.url));
@@ -19,11 +21,35 @@ export function hubbleProtoLoad(): PackageDefinition {
   return (loaded ??= loadSync(FILES, LOAD_OPTIONS));
 }
 
+let root: protobuf.Root | undefined;
+
+/** The same .proto files as protobufjs reflection, for the flow encoder's field numbers (api/hubble/flow-encoder.ts). */
+export function hubbleProtoRoot(): protobuf.Root {
+  if (!root) {
+    const r = new protobuf.Root();
+    r.resolvePath = (_origin, target) => join(PROTO_DIR, target);
+    r.loadSync(FILES, { keepCase: true });
+    r.resolveAll();
+    root = r;
+  }
+  return root;
+}
+
+/**
+ * Observer with GetFlows responses that may come already encoded (a Buffer from the flow encoder):
+ * those pass through, messages as objects go through proto-loader as before.
+ */
+function observerWithEncodedFlows(observer: ServiceDefinition): ServiceDefinition {
+  const getFlows = observer.GetFlows!;
+  const serialize = getFlows.responseSerialize;
+  return { ...observer, GetFlows: { ...getFlows, responseSerialize: (value: unknown) => (Buffer.isBuffer(value) ? value : serialize(value)) } };
+}
+
 /** The service definitions the server registers. */
 export function hubbleServices(): { observer: ServiceDefinition; peer: ServiceDefinition; health: ServiceDefinition } {
   const def = hubbleProtoLoad();
   return {
-    observer: def['observer.Observer'] as ServiceDefinition,
+    observer: observerWithEncodedFlows(def['observer.Observer'] as ServiceDefinition),
     peer: def['peer.Peer'] as ServiceDefinition,
     health: def['grpc.health.v1.Health'] as ServiceDefinition,
   };

@@ -1,0 +1,165 @@
+import protobuf from 'protobufjs';
+import { flowEventType, flowObservationPoint, l4Of, LazyFlowRecord } from '../../agent/flows/enrich.js';
+import type { HubbleEndpoint, HubbleFlowRecord } from '../../agent/flows/hubble.js';
+import type { PolicyMessage } from './attribution.js';
+import type { FlowExtras } from './backend.js';
+import { hubbleProtoRoot } from './proto.js';
+
+const { Writer } = protobuf;
+type ProtoWriter = protobuf.Writer;
+
+/** Wire type of a field: 2 (length-delimited) for messages, strings and bytes, 0 (varint) for the rest this encoder writes. */
+function fieldTag(type: protobuf.Type, name: string): number {
+  const field = type.fields[name];
+  if (!field) throw new Error(`flow encoder: ${type.fullName} has no field ${name} (api/hubble/proto changed?)`);
+  field.resolve();
+  const delimited = field.resolvedType instanceof protobuf.Type || field.type === 'string' || field.type === 'bytes';
+  return (field.id << 3) | (delimited ? 2 : 0);
+}
+
+/** Tags of every field of `type` the encoder writes, by name, read from the .proto (the numbers live there only). */
+function tagsOf<K extends string>(root: protobuf.Root, typeName: string, names: readonly K[]): Record<K, number> {
+  const type = root.lookupType(typeName);
+  return Object.fromEntries(names.map((n) => [n, fieldTag(type, n)])) as Record<K, number>;
+}
+
+function enumOf(root: protobuf.Root, name: string): Record<string, number> {
+  return root.lookupEnum(name).values;
+}
+
+function enumValue(values: Record<string, number>, name: string, what: string): number {
+  const v = values[name];
+  if (v === undefined) throw new Error(`flow encoder: ${what} has no value ${name}`);
+  return v;
+}
+
+/** flow.Flow fields this encoder writes: a field the JSON flow gains must be added here (the unit test checks). */
+export const FLOW_FIELDS_ENCODED = [
+  'time', 'uuid', 'verdict', 'drop_reason', 'IP', 'l4', 'source', 'destination', 'Type', 'node_name', 'event_type',
+  'traffic_direction', 'trace_observation_point', 'drop_reason_desc', 'is_reply', 'interface', 'Summary',
+  'egress_allowed_by', 'ingress_allowed_by', 'egress_denied_by', 'ingress_denied_by',
+] as const;
+
+export type FlowResponseEncoder = (r: HubbleFlowRecord, extras?: FlowExtras) => Buffer | undefined;
+
+/**
+ * GetFlowsResponse bytes straight from a pipeline record (the decoded datapath event and its two
+ * shared endpoint objects), for the Follow/GetFlows hot path: no Hubble JSON object, no protobufjs
+ * `fromObject`. The field numbers and enum values are read from kitnet's .proto at start; the flow's
+ * content comes from the same functions that build the JSON flow (agent/flows/enrich.ts), and
+ * test/unit/hubble-flow-encoder.test.ts checks that both decode to the same message. Endpoints and
+ * policy lists are encoded once per object (the directory and the attribution cache share them
+ * between flows and never mutate them). Records that are not the pipeline's (no event) give
+ * undefined: the caller encodes those with the library.
+ */
+export function flowResponseEncoderCreate(root: protobuf.Root = hubbleProtoRoot()): FlowResponseEncoder {
+  const R = tagsOf(root, 'observer.GetFlowsResponse', ['flow', 'node_name', 'time'] as const);
+  const F = tagsOf(root, 'flow.Flow', FLOW_FIELDS_ENCODED);
+  const TS = tagsOf(root, 'google.protobuf.Timestamp', ['seconds', 'nanos'] as const);
+  const IP = tagsOf(root, 'flow.IP', ['source', 'destination', 'ipVersion'] as const);
+  const L4 = tagsOf(root, 'flow.Layer4', ['TCP', 'UDP', 'ICMPv4', 'ICMPv6', 'SCTP'] as const);
+  const PORTS = { TCP: tagsOf(root, 'flow.TCP', ['source_port', 'destination_port', 'flags'] as const), UDP: tagsOf(root, 'flow.UDP', ['source_port', 'destination_port'] as const), SCTP: tagsOf(root, 'flow.SCTP', ['source_port', 'destination_port'] as const) };
+  const ICMP = { ICMPv4: tagsOf(root, 'flow.ICMPv4', ['type', 'code'] as const), ICMPv6: tagsOf(root, 'flow.ICMPv6', ['type', 'code'] as const) };
+  const flagsType = root.lookupType('flow.TCPFlags');
+  const FLAG = Object.fromEntries(Object.keys(flagsType.fields).map((n) => [n, fieldTag(flagsType, n)]));
+  const EV = tagsOf(root, 'flow.CiliumEventType', ['type', 'sub_type'] as const);
+  const IFACE = tagsOf(root, 'flow.NetworkInterface', ['index', 'name'] as const);
+  const BOOL = tagsOf(root, 'google.protobuf.BoolValue', ['value'] as const);
+  const verdicts = enumOf(root, 'flow.Verdict');
+  const directions = enumOf(root, 'flow.TrafficDirection');
+  const points = enumOf(root, 'flow.TraceObservationPoint');
+  const ipVersion = { 4: enumValue(enumOf(root, 'flow.IPVersion'), 'IPv4', 'IPVersion'), 6: enumValue(enumOf(root, 'flow.IPVersion'), 'IPv6', 'IPVersion') };
+  const l3l4 = enumValue(enumOf(root, 'flow.FlowType'), 'L3_L4', 'FlowType');
+  const endpointType = root.lookupType('flow.Endpoint');
+  const policyType = root.lookupType('flow.Policy');
+  const endpointBytes = new WeakMap<HubbleEndpoint, Uint8Array>();
+  const policyBytes = new WeakMap<PolicyMessage, Uint8Array>();
+
+  const timestamp = (w: ProtoWriter, tag: number, ns: bigint) => {
+    w.uint32(tag).fork();
+    w.uint32(TS.seconds).int64(Number(ns / 1_000_000_000n));
+    const nanos = Number(ns % 1_000_000_000n);
+    if (nanos) w.uint32(TS.nanos).int32(nanos);
+    w.ldelim();
+  };
+  const endpoint = (w: ProtoWriter, tag: number, ep: HubbleEndpoint) => {
+    let bytes = endpointBytes.get(ep);
+    if (!bytes) endpointBytes.set(ep, (bytes = endpointType.encode(endpointType.fromObject(ep)).finish()));
+    w.uint32(tag).bytes(bytes);
+  };
+  const policies = (w: ProtoWriter, tag: number, list: PolicyMessage[] | undefined) => {
+    for (const p of list ?? []) {
+      let bytes = policyBytes.get(p);
+      if (!bytes) policyBytes.set(p, (bytes = policyType.encode(policyType.fromObject(p)).finish()));
+      w.uint32(tag).bytes(bytes);
+    }
+  };
+  const uint = (w: ProtoWriter, tag: number, v: number) => {
+    if (v) w.uint32(tag).uint32(v);
+  };
+
+  return (r, extras) => {
+    if (!(r instanceof LazyFlowRecord)) return undefined;
+    const ev = r.event;
+    const w = Writer.create();
+    w.uint32(R.flow).fork();
+    timestamp(w, F.time, ev.timeNs);
+    w.uint32(F.verdict).int32(enumValue(verdicts, ev.verdict, 'Verdict'));
+    const dropped = ev.verdict === 'DROPPED';
+    if (dropped) uint(w, F.drop_reason, ev.dropReason);
+    if (ev.family) {
+      w.uint32(F.IP).fork().uint32(IP.source).string(ev.srcAddr).uint32(IP.destination).string(ev.dstAddr).uint32(IP.ipVersion).int32(ipVersion[ev.family]).ldelim();
+    }
+    const { l4, summary } = l4Of(ev);
+    if (l4) {
+      w.uint32(F.l4).fork();
+      const kind = Object.keys(l4)[0] as keyof typeof L4;
+      w.uint32(L4[kind]).fork();
+      if (kind === 'ICMPv4' || kind === 'ICMPv6') {
+        uint(w, ICMP[kind].type, ev.icmpType);
+        uint(w, ICMP[kind].code, ev.icmpCode);
+      } else {
+        uint(w, PORTS[kind].source_port, ev.srcPort);
+        uint(w, PORTS[kind].destination_port, ev.dstPort);
+        if (kind === 'TCP') {
+          const flags = (l4 as { TCP: { flags: Record<string, boolean> } }).TCP.flags;
+          w.uint32(PORTS.TCP.flags).fork();
+          for (const n of Object.keys(flags)) w.uint32(FLAG[n]!).bool(true);
+          w.ldelim();
+        }
+      }
+      w.ldelim().ldelim();
+    }
+    endpoint(w, F.source, r.sourceEndpoint);
+    endpoint(w, F.destination, r.destinationEndpoint);
+    w.uint32(F.Type).int32(l3l4);
+    if (r.node_name) w.uint32(F.node_name).string(r.node_name);
+    const eventType = flowEventType(ev);
+    w.uint32(F.event_type).fork();
+    uint(w, EV.type, eventType.type);
+    uint(w, EV.sub_type, eventType.sub_type ?? 0);
+    w.ldelim();
+    w.uint32(F.traffic_direction).int32(enumValue(directions, ev.direction, 'TrafficDirection'));
+    w.uint32(F.trace_observation_point).int32(enumValue(points, flowObservationPoint(ev), 'TraceObservationPoint'));
+    if (dropped) uint(w, F.drop_reason_desc, ev.dropReason);
+    w.uint32(F.is_reply).fork();
+    if (ev.isReply) w.uint32(BOOL.value).bool(true);
+    w.ldelim();
+    w.uint32(F.interface).fork();
+    uint(w, IFACE.index, ev.ifindex);
+    if (extras?.interfaceName) w.uint32(IFACE.name).string(extras.interfaceName);
+    w.ldelim();
+    w.uint32(F.uuid).string(r.uuid);
+    w.uint32(F.Summary).string(summary);
+    if (extras) {
+      policies(w, F.egress_allowed_by, extras.egress_allowed_by);
+      policies(w, F.ingress_allowed_by, extras.ingress_allowed_by);
+      policies(w, F.egress_denied_by, extras.egress_denied_by);
+      policies(w, F.ingress_denied_by, extras.ingress_denied_by);
+    }
+    w.ldelim();
+    if (r.node_name) w.uint32(R.node_name).string(r.node_name);
+    timestamp(w, R.time, ev.timeNs);
+    return w.finish() as Buffer;
+  };
+}

@@ -1,0 +1,96 @@
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import type { FlowEvent } from '../../bpf/index.js';
+import { LazyFlowRecord } from '../../agent/flows/enrich.js';
+import type { HubbleEndpoint, HubbleFlowRecord } from '../../agent/flows/hubble.js';
+import { policyFromRuleRef } from '../../api/hubble/attribution.js';
+import type { FlowExtras } from '../../api/hubble/backend.js';
+import { FLOW_FIELDS_ENCODED, flowResponseEncoderCreate } from '../../api/hubble/flow-encoder.js';
+import { flowResponse } from '../../api/hubble/flow-convert.js';
+import { hubbleProtoLoad, hubbleProtoRoot } from '../../api/hubble/proto.js';
+
+const fe: HubbleEndpoint = { ID: 2, identity: 1001, namespace: 'shop', labels: ['k8s:app=fe', 'k8s:io.kubernetes.pod.namespace=shop'], pod_name: 'fe', workloads: [{ name: 'fe', kind: 'ExternalWorkload' }] };
+const vm: HubbleEndpoint = { ID: 3, identity: 1002, namespace: 'shop', labels: ['k8s:app=db'], pod_name: 'db', workloads: [{ name: 'db', kind: 'VirtualMachine' }] };
+const world: HubbleEndpoint = { identity: 2, labels: ['reserved:world'] };
+const base: FlowEvent = {
+  timeNs: 1_700_000_000_123_456_789n, ifindex: 10, endpointId: 2, direction: 'EGRESS', family: 4, protocol: 6,
+  srcAddr: '10.9.0.2', dstAddr: '10.9.0.3', srcPort: 40000, dstPort: 5432, icmpType: 0, icmpCode: 0, tcpFlags: 0x02,
+  srcIdentity: 1001, dstIdentity: 1002, verdict: 'FORWARDED', dropReason: 0, isReply: false, length: 60, etherType: 0x0800,
+};
+const v6 = { family: 6 as const, srcAddr: 'fd00:9::2', dstAddr: 'fd00:9::3', etherType: 0x86dd };
+
+/** Events of every shape the datapath reports, and the extras the gRPC API adds. */
+const CASES: Array<[string, Partial<FlowEvent>, FlowExtras?, HubbleEndpoint?]> = [
+  ['TCP SYN v4', {}],
+  ['TCP SYN-ACK reply v6, ingress', { ...v6, direction: 'INGRESS', tcpFlags: 0x12, isReply: true }],
+  ['TCP all flags', { tcpFlags: 0xff }],
+  ['TCP no flags, port 0', { tcpFlags: 0, srcPort: 0 }],
+  ['UDP v6', { ...v6, protocol: 17, srcPort: 5353, dstPort: 53 }],
+  ['SCTP', { protocol: 132, srcPort: 9, dstPort: 10 }],
+  ['ICMPv4 echo request', { protocol: 1, srcPort: 0, dstPort: 0, icmpType: 8, icmpCode: 0 }],
+  ['ICMPv4 unreachable code 3', { protocol: 1, icmpType: 3, icmpCode: 3 }],
+  ['ICMPv6 neighbour solicitation', { ...v6, protocol: 58, icmpType: 135 }],
+  ['ICMPv6 echo reply (type only)', { ...v6, protocol: 58, icmpType: 129, isReply: true }],
+  ['unknown IP protocol', { protocol: 47 }],
+  ['policy drop with attribution', { verdict: 'DROPPED', dropReason: 181 }, { egress_denied_by: [policyFromRuleRef('CiliumNetworkPolicy shop/deny-db egress[0]')!] }],
+  ['other drop reason', { verdict: 'DROPPED', dropReason: 133, direction: 'INGRESS' }],
+  ['ARP drop (family 4, protocol 0)', { verdict: 'DROPPED', dropReason: 181, etherType: 0x0806, protocol: 0 }],
+  ['non-IP frame', { family: 0, srcAddr: '', dstAddr: '', protocol: 0, verdict: 'DROPPED', dropReason: 133, etherType: 0x88cc }],
+  ['VLAN-tagged IP', { etherType: 0x8100 }],
+  ['allowed by two policies, interface named', { direction: 'INGRESS' }, {
+    ingress_allowed_by: [policyFromRuleRef('NetworkPolicy shop/a ingress[0]')!, policyFromRuleRef('CiliumClusterwideNetworkPolicy all ingress[1]')!], interfaceName: 'kn-db',
+  }],
+  ['to world, no ID', { dstIdentity: 2, dstAddr: '192.0.2.1' }, undefined, world],
+  ['no ifindex, interface name ignored', { ifindex: 0 }, { interfaceName: 'kn-x' }],
+  ['time on a whole second', { timeNs: 1_700_000_000_000_000_000n }],
+];
+
+const m = (hubbleProtoLoad()['observer.Observer'] as unknown as Record<string, { responseSerialize: (m: object) => Buffer; responseDeserialize: (b: Buffer) => object }>).GetFlows!;
+const encode = flowResponseEncoderCreate();
+const responseType = hubbleProtoRoot().lookupType('observer.GetFlowsResponse');
+/** The message as a proto3 reader sees it: a field left out and a field sent with its default value read the same. */
+const read = (bytes: Uint8Array) => responseType.toObject(responseType.decode(bytes), { longs: Number, enums: String, defaults: true, oneofs: true });
+
+describe('Hubble flow encoder (direct from the event) against protobufjs from the JSON flow', () => {
+  for (const [name, over, extras, peer] of CASES) {
+    test(name, () => {
+      const rec = new LazyFlowRecord({ ...base, ...over }, fe, peer ?? vm, 'node-1');
+      const direct = encode(rec, extras);
+      assert.ok(direct, 'the pipeline record is encoded directly');
+      const library = m.responseSerialize(flowResponse(rec, extras));
+      assert.deepEqual(read(direct), read(library));
+    });
+  }
+
+  test('every field of the JSON flow is one the encoder writes', () => {
+    const known = new Set<string>(FLOW_FIELDS_ENCODED);
+    for (const [name, over] of CASES) {
+      const flow = new LazyFlowRecord({ ...base, ...over }, fe, vm, 'node-1').flow;
+      for (const key of Object.keys(flow)) {
+        if ((flow as unknown as Record<string, unknown>)[key] !== undefined) assert.ok(known.has(key), `${name}: flow field ${key} is not encoded by api/hubble/flow-encoder.ts`);
+      }
+    }
+  });
+
+  test('the uuid is the same in the JSON flow and on the wire, and differs between flows', () => {
+    const a = new LazyFlowRecord(base, fe, vm, 'node-1');
+    const b = new LazyFlowRecord(base, fe, vm, 'node-1');
+    const wa = m.responseDeserialize(encode(a)!) as { flow: { uuid: string } };
+    const wb = m.responseDeserialize(encode(b)!) as { flow: { uuid: string } };
+    assert.equal(wa.flow.uuid, a.flow.uuid);
+    assert.notEqual(wa.flow.uuid, wb.flow.uuid);
+  });
+
+  test('an endpoint replaced by a new object is encoded anew (the cache is per object)', () => {
+    const before = new LazyFlowRecord(base, fe, vm, 'node-1');
+    encode(before);
+    const relabelled: HubbleEndpoint = { ...vm, labels: ['k8s:app=db2'] };
+    const after = m.responseDeserialize(encode(new LazyFlowRecord(base, fe, relabelled, 'node-1'))!) as { flow: { destination: { labels: string[] } } };
+    assert.deepEqual(after.flow.destination.labels, ['k8s:app=db2']);
+  });
+
+  test('a record that is not the pipeline\'s is left to the library', () => {
+    const plain = JSON.parse(JSON.stringify(new LazyFlowRecord(base, fe, vm, 'node-1'))) as HubbleFlowRecord;
+    assert.equal(encode(plain), undefined);
+  });
+});
