@@ -1,15 +1,9 @@
-import { RemoteIpcache, sharedMetricsRegister, type ClusterServices, type IpcacheWatcher, type SharedNamespaces, type SharedPolicies } from './cluster/index.js';
-import { inRange, type IdentityRange } from './cluster/identity-range.js';
-import type { PeerCluster } from './cluster/peers.js';
-import type { RemoteIpcacheTarget } from './cluster/remote-ipcache.js';
-import { CLUSTER_MODE_OFF } from './cluster/status.js';
+import { sharedMetricsRegister, type ClusterServices, type SharedNamespaces, type SharedPolicies } from './cluster/index.js';
+import { clusterStatusOf, remoteCounts, remoteLabelsOf, remoteOrphansDrop, remoteSourcesCreate, type RemoteSources } from './cluster/remote-sources.js';
 import type { ClusterStatus } from '../common/schemas/cluster.js';
-import { cidrParse } from './ipam.js';
 import type { Logger } from 'pino';
 import type { FlowRecord, FlowSelection } from '../common/schemas/flows.js';
-import { KitnetError } from '../common/errors.js';
-import { FilterError, filtersCompile } from './flows/filter.js';
-import type { HubbleFlowRecord } from './flows/hubble.js';
+import { flowsFollow, flowsSelect } from './flows/selection.js';
 import type { Identity } from '../common/schemas/identity.js';
 import type { Namespace, PolicyApplyResult, PolicySummary, TraceRequest, TraceResponse, WorkloadPolicy } from '../common/schemas/policy.js';
 import type { Status } from '../common/schemas/status.js';
@@ -84,7 +78,7 @@ export class Agent {
   /** The DNS proxy and its steering, for toFQDNs and DNS rules (agent/dns/steering.ts). */
   readonly dns: DnsSteering;
   /** Cluster mode: other nodes' workload addresses and identities (agent/cluster/). */
-  readonly remote?: { ipcache: RemoteIpcache; watcher: IpcacheWatcher; peers: PeerCluster[] };
+  readonly remote?: RemoteSources;
   /** Cluster mode: policies and namespace labels shared through etcd (agent/cluster/shared-*.ts). */
   readonly shared?: { policies: SharedPolicies; namespaces: SharedNamespaces };
 
@@ -116,23 +110,7 @@ export class Agent {
     );
     this.workloads = new WorkloadService(store, config, kernel, this.reconciler, log.child({ component: 'workloads' }), this.mutex, this.policyEngine, this.controller, cluster);
     if (cluster) {
-      const dp = kernel.datapath;
-      // One target per source of remote entries (this cluster, each peer): each adopts only the
-      // pinned entries of its own identity range, so a restart does not drop another source's.
-      const target = (identityLabels: RemoteIpcacheTarget['identityLabels'], range: IdentityRange): RemoteIpcacheTarget => ({
-        exclusive: (fn) => this.workloads.exclusive(fn),
-        localAddresses: () => new Set(store.workloadList().flatMap((w) => [w.ipv4, w.ipv6])),
-        ipcacheUpsert: (cidr, entry) => dp.ipcacheUpsert(cidr, entry),
-        ipcacheDelete: (cidr) => dp.ipcacheDelete(cidr),
-        ipcacheRemoteList: () => dp.ipcacheList().flatMap(([cidr, e]) => (e.hostId !== 0 && !cidr.startsWith('ipblock:') && inRange(range, e.identity) ? [[cidr, e.identity] as [string, number]] : [])),
-        identityLabels,
-        remoteIdentitiesUpdate: (changes) => this.policyEngine.remoteIdentitiesUpdate(changes),
-      });
-      const ipcache = new RemoteIpcache(target((id) => cluster.identityLabels(id), cluster.identities.range), log.child({ component: 'cluster-ipcache-watch' }));
-      const localPools = [cidrParse(config.ipam.ipv4Pool), cidrParse(config.ipam.ipv6Pool)];
-      const peers = cluster.peersCreate({ nodeIP: cluster.nodeIP, localPools, target });
-      this.policyEngine.remoteAddressResolve = (ip) => ipcache.identityOf(ip) ?? peers.map((p) => p.ipcache.identityOf(ip)).find((id) => id !== undefined);
-      this.remote = { ipcache, watcher: cluster.ipcacheWatcher(localPools), peers };
+      this.remote = remoteSourcesCreate({ cluster, config, store, kernel, policyEngine: this.policyEngine, exclusive: (fn) => this.workloads.exclusive(fn), log });
     }
     this.dns = new DnsSteering({ config: config.dns, store, engine: this.policyEngine, datapath: kernel.datapath, exclusive: (fn) => this.workloads.exclusive(fn), stateDir: config.stateDir, log: log.child({ component: 'dns' }) });
     this.watch = new WorkloadWatch(store, kernel, this.controller, log.child({ component: 'watch' }));
@@ -140,7 +118,7 @@ export class Agent {
     this.directory = new EndpointDirectory(store);
     if (this.remote) this.directory.remotePeer = (ip) => this.remote?.ipcache.peerOf(ip);
     const remote = this.remote;
-    if (remote) this.directory.remoteLabels = (id) => remote.ipcache.labelsOf(id) ?? remote.peers.map((p) => p.ipcache.labelsOf(id)).find((l) => l !== undefined);
+    if (remote) this.directory.remoteLabels = (id) => remoteLabelsOf(remote, id);
     this.dhcp = new Dhcp4Server(store, config, log.child({ component: 'dhcp' }));
     this.flows = new FlowPipeline(this.directory, config.nodeName, config.flows.ringCapacity, log.child({ component: 'flows' }));
     this.metrics = new AgentMetrics({
@@ -149,7 +127,7 @@ export class Agent {
       workloads: () => store.workloadList(),
       identities: () => store.identityList().length,
       reconcileQueueDepth: () => this.controller.depth,
-      ...(this.remote ? { clusterIpcache: () => this.remoteCounts() } : {}),
+      ...(remote ? { clusterIpcache: () => remoteCounts(remote) } : {}),
       policyEntries: () => this.policyEngine.entryCount(),
       mapFill: () => kernel.datapath.mapFill({ policy: this.policyEngine.entryCount() }),
     });
@@ -183,7 +161,7 @@ export class Agent {
     // Other nodes' workloads, before the restore compiles policy: their identities are in its first
     // compile, so rules selecting them hold across a restart. Listed once (a failure is retried in
     // the background), then watched; entries left from the previous run that etcd no longer has go.
-    if (this.remote) this.remoteOrphansDrop();
+    if (this.remote) remoteOrphansDrop(this.cluster!, this.remote, this.kernel, this.log);
     if (this.remote) await this.remote.watcher.start(this.remote.ipcache, this.remote.ipcache.adopt());
     // Peer clusters likewise (in parallel: one that does not answer delays the start by its deadline once).
     if (this.remote) await Promise.all(this.remote.peers.map((p) => p.start()));
@@ -357,45 +335,9 @@ export class Agent {
     return [...reserved, ...allocated];
   }
 
-  /**
-   * Pinned remote entries of no range followed any more (a peer removed from the config): nobody
-   * adopts them, so they go before the first lists.
-   */
-  private remoteOrphansDrop(): void {
-    const ranges = [this.cluster!.identities.range, ...this.remote!.peers.map((p) => p.range)];
-    const dp = this.kernel.datapath;
-    for (const [cidr, e] of dp.ipcacheList()) {
-      if (e.hostId === 0 || cidr.startsWith('ipblock:') || ranges.some((r) => inRange(r, e.identity))) continue;
-      dp.ipcacheDelete(cidr);
-      this.log.info({ cidr, identity: e.identity }, 'remote ipcache entry of a cluster no longer followed removed');
-    }
-  }
-
-  /** Remote ipcache entries (this cluster's other nodes and the peers) and values ignored, for metrics. */
-  private remoteCounts(): { remote: number; ignored: number } {
-    const r = this.remote!;
-    let remote = r.ipcache.size();
-    let ignored = r.watcher.ignored + r.ipcache.identitiesIgnored;
-    for (const p of r.peers) {
-      const c = p.counts();
-      remote += c.remote;
-      ignored += c.ignored;
-    }
-    return { remote, ignored };
-  }
-
   /** GET /v1/cluster: cluster mode's state, or that it is off. */
-  async clusterStatus(): Promise<ClusterStatus> {
-    if (!this.cluster || !this.remote) return { mode: 'off', message: CLUSTER_MODE_OFF };
-    const range = this.cluster.identities.range;
-    const records = this.store.workloadList();
-    return this.cluster.status(
-      {
-        identities: { local: this.store.identityList().filter((i) => inRange(range, i.id)).length, remote: this.remote.ipcache.identityCount() + this.remote.peers.reduce((n, p) => n + p.ipcache.identityCount(), 0) },
-        ipcache: { local: records.reduce((n, w) => n + (w.ipv4 ? 1 : 0) + (w.ipv6 ? 1 : 0), 0), remote: this.remoteCounts().remote },
-      },
-      this.remote.peers,
-    );
+  clusterStatus(): Promise<ClusterStatus> {
+    return clusterStatusOf(this.cluster, this.remote, this.store);
   }
 
   async status(): Promise<Status> {
@@ -436,39 +378,12 @@ export class Agent {
     };
   }
 
-  private selectionCompile(sel: FlowSelection): (r: HubbleFlowRecord) => boolean {
-    try {
-      const filter = filtersCompile(sel.whitelist, sel.blacklist);
-      const since = sel.since ? Date.parse(sel.since) : undefined;
-      const until = sel.until ? Date.parse(sel.until) : undefined;
-      if (since === undefined && until === undefined) return filter;
-      return (r) => {
-        const t = Date.parse(r.time);
-        return (since === undefined || t >= since) && (until === undefined || t <= until) && filter(r);
-      };
-    } catch (err) {
-      if (err instanceof FilterError) throw new KitnetError('AGENT_ERR_API_VALIDATION', `flow filter: ${err.message}`, { cause: err });
-      throw err;
-    }
-  }
-
   flowsSelect(sel: FlowSelection): FlowRecord[] {
-    const pred = this.selectionCompile(sel);
-    const matching = this.flows.ring.last().filter(pred);
-    return sel.last !== undefined ? matching.slice(-sel.last) : matching;
+    return flowsSelect(this.flows, sel);
   }
 
   flowsFollow(sel: FlowSelection, onRecord: (r: FlowRecord) => void): () => void {
-    const pred = this.selectionCompile(sel);
-    const onFlow = (r: HubbleFlowRecord) => {
-      if (pred(r)) onRecord(r);
-    };
-    this.flows.on('flow', onFlow);
-    this.flows.on('lost', onRecord);
-    return () => {
-      this.flows.off('flow', onFlow);
-      this.flows.off('lost', onRecord);
-    };
+    return flowsFollow(this.flows, sel, onRecord);
   }
 
   flowsLost(count: number): FlowRecord {
