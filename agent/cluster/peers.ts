@@ -155,9 +155,7 @@ export class PeerCluster {
   }
 
   async close(): Promise<void> {
-    this.identities.close();
-    this.nodes.close();
-    await this.watcher.close();
+    await Promise.all([this.identities.close(), this.nodes.close(), this.watcher.close()]);
     this.client.close();
   }
 }

@@ -37,6 +37,8 @@ export class PrefixFollower {
   lists = 0;
   /** Whether the watch is up (false from a break until the next list went through). */
   connected = false;
+  /** Why the last list or watch failed; undefined once a list went through again. */
+  lastError: string | undefined;
   private readonly waiters = new Set<{ revision: bigint; resolve: () => void }>();
 
   constructor(
@@ -76,6 +78,8 @@ export class PrefixFollower {
       }
       this.watcher = watcher;
       this.connected = true;
+      if (this.lastError !== undefined) this.log.info({ prefix: this.prefix }, 'cluster prefix followed again');
+      this.lastError = undefined;
       watcher.on('data', (r) => {
         if (generation !== this.generation) return;
         const changes = r.events.map((ev) => ({ key: ev.kv.key.toString('utf8'), value: ev.type === 'Put' ? ev.kv.value.toString('utf8') : undefined }));
@@ -88,18 +92,22 @@ export class PrefixFollower {
       });
       const broken = (err: unknown) => {
         if (generation !== this.generation || this.closed) return;
-        this.connected = false;
-        this.log.warn({ err, prefix: this.prefix }, 'cluster watch broken (etcd unreachable or compacted); listing again');
-        this.relistLater();
+        this.failed(err, 'cluster watch broken (etcd unreachable or compacted); listing again');
       };
       watcher.on('error', broken);
       watcher.on('disconnected', broken);
     } catch (err) {
       if (generation !== this.generation || this.closed) return;
-      this.connected = false;
-      this.log.warn({ err, prefix: this.prefix }, 'cannot list the cluster state; trying again');
-      this.relistLater();
+      this.failed(err, 'cannot list the cluster state; trying again');
     }
+  }
+
+  /** Logged once per outage (a retry a second while etcd is down would flood the log), retried later. */
+  private failed(err: unknown, msg: string): void {
+    this.connected = false;
+    if (this.lastError === undefined) this.log.warn({ err, prefix: this.prefix }, msg);
+    this.lastError = (err as Error)?.message ?? String(err);
+    this.relistLater();
   }
 
   /** Runs one sink call after the previous ones; `applied` follows what the sink took. */
