@@ -7,6 +7,7 @@ import { IDENTITIES_PREFIX } from './identity-allocator.js';
 import { inRange, type IdentityRange } from './identity-range.js';
 import { IPCACHE_PREFIX } from './ipcache-publisher.js';
 import type { ClusterSession } from './session.js';
+import { jsonObjectParse } from './json-value.js';
 
 /** Another node's workload address, as accepted from the cluster ipcache. */
 export interface RemoteIpcacheEntry {
@@ -38,14 +39,9 @@ export type IpcacheValueVerdict = { entry: RemoteIpcacheEntry } | { own: true } 
  */
 export function ipcacheValueJudge(key: string, value: string, rules: IpcacheWatchRules): IpcacheValueVerdict {
   const suffix = key.slice(IPCACHE_PREFIX.length + 1);
-  let v: unknown;
-  try {
-    v = JSON.parse(value);
-  } catch {
-    return { reason: 'value is not JSON' };
-  }
-  if (!v || typeof v !== 'object' || Array.isArray(v)) return { reason: 'value is not a JSON object' };
-  const o = v as Record<string, unknown>;
+  const json = jsonObjectParse(value);
+  if ('reason' in json) return json;
+  const o = json.object;
   if (typeof o.IP !== 'string' || typeof o.HostIP !== 'string') return { reason: 'IP or HostIP is not a string' };
   if (o.Mask !== null && o.Mask !== undefined) return { reason: 'CIDR entries (Mask set) are not mapped by kitnet' };
   let ip: string;

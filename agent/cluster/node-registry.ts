@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import { addressParse, cidrContains, cidrParse, type Cidr } from '../ipam.js';
 import { cidrOverlaps, cidrWithin } from './node-cidr.js';
 import type { ClusterSession } from './session.js';
+import { jsonObjectParse } from './json-value.js';
 
 /** Cilium's node prefix (pkg/node/store): `<prefix>/<cluster>/<node name>`. */
 export const NODES_PREFIX = 'cilium/state/nodes/v1';
@@ -119,14 +120,9 @@ export function nodeValueJudge(key: string, value: string, rules: NodeJudgeRules
   const nameProblem = nodeNameProblem(keyName);
   if (nameProblem) return { reason: `key: ${nameProblem}` };
   if (keyName === rules.self.name) return { own: true };
-  let v: unknown;
-  try {
-    v = JSON.parse(value);
-  } catch {
-    return { reason: 'value is not JSON' };
-  }
-  if (!v || typeof v !== 'object' || Array.isArray(v)) return { reason: 'value is not a JSON object' };
-  const o = v as Record<string, unknown>;
+  const json = jsonObjectParse(value);
+  if ('reason' in json) return json;
+  const o = json.object;
   if (o.Name !== keyName) return { reason: `Name ${JSON.stringify(o.Name)?.slice(0, 80)} does not match the key` };
   if (o.Cluster !== rules.self.cluster) return { reason: `Cluster ${JSON.stringify(o.Cluster)?.slice(0, 80)} is not this cluster` };
   if (o.ClusterID !== undefined && o.ClusterID !== rules.self.clusterId) return { reason: `ClusterID ${JSON.stringify(o.ClusterID)?.slice(0, 20)} is not this cluster's ${rules.self.clusterId}` };

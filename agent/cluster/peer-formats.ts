@@ -3,6 +3,7 @@ import { addressParse } from '../ipam.js';
 import { CLUSTER_LABEL, kvstoreLabelsKeyParse } from './cilium-labels.js';
 import { IDENTITIES_PREFIX } from './identity-allocator.js';
 import { inRange, type IdentityRange } from './identity-range.js';
+import { jsonObjectParse } from './json-value.js';
 
 /**
  * Judging what another cluster's etcd holds. Everything there is data from another administrator:
@@ -68,14 +69,9 @@ export function goIpNetParse(v: unknown): string | undefined {
  * addresses that do not parse are left out.
  */
 export function nodeSummaryParse(key: string, value: string): NodeSummary | { reason: string } {
-  let v: unknown;
-  try {
-    v = JSON.parse(value);
-  } catch {
-    return { reason: 'value is not JSON' };
-  }
-  if (!v || typeof v !== 'object' || Array.isArray(v)) return { reason: 'value is not a JSON object' };
-  const o = v as Record<string, unknown>;
+  const json = jsonObjectParse(value);
+  if ('reason' in json) return json;
+  const o = json.object;
   if (typeof o.Name !== 'string' || !o.Name || typeof o.Cluster !== 'string' || !o.Cluster) return { reason: 'Name or Cluster is empty' };
   if (key !== `${NODES_PREFIX}/${o.Cluster}/${o.Name}`) return { reason: `key does not match the node's Cluster/Name (${o.Cluster}/${o.Name})` };
   const addresses = (Array.isArray(o.IPAddresses) ? o.IPAddresses : []).flatMap((a: unknown) => {

@@ -9,6 +9,7 @@ import { PolicyTooLargeError } from '../policy/parse-errors.js';
 import type { ParsedPolicy } from '../policy/types.js';
 import type { PolicyRecord } from '../store/types.js';
 import { PrefixFollower, type PrefixChange, type PrefixSink } from './prefix-follower.js';
+import { jsonObjectParse } from './json-value.js';
 
 /** kitnet's own prefix for policies: `<kind>/<namespace>/<name>`, `-` as the cluster-wide kind's namespace. */
 export const POLICIES_PREFIX = 'kitnet/state/policies/v1';
@@ -50,13 +51,9 @@ export async function sharedPolicyJudge(key: string, value: string): Promise<{ p
   if (Buffer.byteLength(value) > SHARED_VALUE_MAX_BYTES) return { reason: `value is larger than ${SHARED_VALUE_MAX_BYTES} bytes` };
   const parts = key.slice(POLICIES_PREFIX.length + 1).split('/');
   if (parts.length !== 3 || parts.some((p) => p === '')) return { reason: 'key is not <kind>/<namespace>/<name>' };
-  let doc: unknown;
-  try {
-    doc = JSON.parse(value);
-  } catch {
-    return { reason: 'value is not JSON' };
-  }
-  if (!doc || typeof doc !== 'object' || Array.isArray(doc)) return { reason: 'value is not one JSON object' };
+  const json = jsonObjectParse(value);
+  if ('reason' in json) return json;
+  const doc = json.object;
   let parsed: ParsedPolicy[];
   try {
     parsed = await policiesParseOffThread(doc);

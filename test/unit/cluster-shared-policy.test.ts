@@ -53,7 +53,7 @@ describe('cluster shared policies: judging etcd values', () => {
   test('hostile values are refused with a reason naming the problem', async () => {
     const cases: Array<[string, string, RegExp]> = [
       [key('web'), '{"apiVersion":', /not JSON/],
-      [key('web'), '[1,2]', /not one JSON object/],
+      [key('web'), '[1,2]', /not a JSON object/],
       [key('web'), JSON.stringify({ ...doc('web'), spec: { endpointSelector: { matchLabels: { app: 'x' } }, ingress: [{ toPorts: [{ ports: [{ port: '70000' }] }] }] } }), /not a valid policy/],
       [key('web'), JSON.stringify({ ...doc('web'), pad: 'x'.repeat(1024 * 1024) }), /larger than 1048576 bytes/],
       [key('web'), JSON.stringify(doc('other')), /the document is CiliumNetworkPolicy shop\/other, not what the key names/],
