@@ -15,6 +15,7 @@ import type { Cidr } from '../ipam.js';
 import { SharedNamespaces, type NamespaceHost } from './shared-namespaces.js';
 import { SharedPolicies, type PolicyHost } from './shared-policy.js';
 import { nodeJoin, type NodeMembership } from './node-join.js';
+import type { NodeSink, PeerNode } from './node-registry.js';
 import type { ClusterStatusOn } from '../../common/schemas/cluster.js';
 import { MeshMarkers, type SyncedPrefix } from './mesh-markers.js';
 import { PeerCluster, type PeerContext } from './peers.js';
@@ -44,6 +45,9 @@ export interface ClusterServices {
   status(counts: ClusterCounts, peers: readonly PeerCluster[]): Promise<ClusterStatusOn>;
   /** This host's address in the cluster. */
   nodeIP: string;
+  /** The cluster's other nodes (node-registry.ts), and a way to hear of their changes; returns the unsubscribe. */
+  nodePeers?(): PeerNode[];
+  nodesFollow?(fn: NodeSink['apply']): () => void;
 }
 
 /** This host's address in the cluster when cluster.nodeIP is not set: its first global IPv4, else IPv6. */
@@ -111,6 +115,8 @@ export async function clusterOpen(
     status: (counts, peers) =>
       clusterStatusRead({ cluster: { name: cluster.name, id: cluster.id, endpoints: cluster.etcd.endpoints }, nodeIP, range, session, markers, log }, counts, peers),
     nodeIP,
+    nodePeers: () => node.nodes.peers(),
+    nodesFollow: (fn) => node.nodes.subscribe(fn),
     ipam: node.ipam,
     nodes: node.nodes,
     routes: node.routes,

@@ -196,6 +196,8 @@ export class NodeRegistry {
   private closed = false;
   private retry: NodeJS.Timeout | undefined;
   private sink: NodeSink | undefined;
+  /** Others who follow the node list (the Hubble peer service): told of every change after the sink. */
+  private readonly followers = new Set<NodeSink['apply']>();
   /** Entries ignored since the start, and node arrivals/departures seen. */
   readonly counts = { ignored: 0, added: 0, removed: 0 };
   private readonly key: string;
@@ -284,6 +286,13 @@ export class NodeRegistry {
     }
     // After a list the sink hears even of no change: it then knows the whole cluster.
     if (changed.length || gone.length || listed) this.sink?.apply(changed, gone);
+    if (changed.length || gone.length) for (const f of this.followers) f(changed, gone);
+  }
+
+  /** Calls `fn` with the nodes that joined or changed and the names of those that left; returns the unsubscribe. */
+  subscribe(fn: NodeSink['apply']): () => void {
+    this.followers.add(fn);
+    return () => this.followers.delete(fn);
   }
 
   private async run(): Promise<void> {

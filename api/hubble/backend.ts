@@ -2,6 +2,7 @@ import type { Agent } from '../../agent/agent.js';
 import { KITNET_VERSION } from '../../agent/agent.js';
 import type { HubbleFlowRecord } from '../../agent/flows/hubble.js';
 import type { FlowPipeline } from '../../agent/flows/pipeline.js';
+import type { PeerNode } from '../../agent/cluster/node-registry.js';
 import { policyAttribution, type PolicyFields } from './attribution.js';
 
 /** Flow fields the gRPC API adds to the pipeline's flow: the deciding policy, the interface's name. */
@@ -15,6 +16,18 @@ export interface HubbleBackend {
   /** Namespaces with workloads or namespace objects, sorted. */
   namespaces(): string[];
   extras?(r: HubbleFlowRecord): FlowExtras | undefined;
+  /** Cluster mode: the other nodes (name, node addresses) and their changes. */
+  clusterNodes?: {
+    list(): readonly ClusterNode[];
+    follow(fn: (changed: readonly ClusterNode[], gone: readonly string[]) => void): () => void;
+  };
+}
+
+/** Another node of the cluster as the Hubble services name it. */
+export interface ClusterNode {
+  name: string;
+  ipv4?: string;
+  ipv6?: string;
 }
 
 /** Host-side interface names by ifindex, from the workloads; looked up again (at most once a second) for an unknown index. */
@@ -30,7 +43,10 @@ function interfaceNames(agent: Agent): (index: number) => string | undefined {
   };
 }
 
+const clusterNode = (p: PeerNode): ClusterNode => ({ name: p.name, ...(p.ipv4 ? { ipv4: p.ipv4 } : {}), ...(p.ipv6 ? { ipv6: p.ipv6 } : {}) });
+
 export function hubbleBackendOf(agent: Agent, nodeName: string): HubbleBackend {
+  const cluster = agent.cluster;
   const policies = policyAttribution((from, to, protocol, port) => agent.policyEngine.trace(from, to, protocol, port).result);
   const ifname = interfaceNames(agent);
   return {
@@ -38,6 +54,9 @@ export function hubbleBackendOf(agent: Agent, nodeName: string): HubbleBackend {
     version: KITNET_VERSION,
     flows: agent.flows,
     namespaces: () => [...new Set([...agent.workloadList().map((w) => w.namespace), ...agent.namespaceList().map((n) => n.name)])].sort(),
+    ...(cluster?.nodePeers && cluster.nodesFollow
+      ? { clusterNodes: { list: () => cluster.nodePeers!().map(clusterNode), follow: (fn) => cluster.nodesFollow!((changed, gone) => fn(changed.map(clusterNode), gone)) } }
+      : {}),
     extras: (r) => {
       const p = policies(r);
       // the event's ifindex where there is one: reading r.flow would build the JSON flow the encoder avoids

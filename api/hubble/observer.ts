@@ -6,6 +6,7 @@ import { protoFiltersCompile } from './filter.js';
 import { flowResponseEncoderCreate, type FlowResponseEncoder } from './flow-encoder.js';
 import { flowResponse, lostResponse, timestampToMs, type GetFlowsResponseMessage } from './flow-convert.js';
 import { serverStreamBatchWrites } from './batch-writes.js';
+import { peerAddress } from './cluster-peers.js';
 import { grpcError, streamRefusal, type HubbleContext } from './context.js';
 
 /** A follower further behind than this many messages loses flows (counted, then a lost_events message). */
@@ -170,6 +171,11 @@ function getNodes(ctx: HubbleContext, _call: ServerUnaryCall<unknown, unknown>, 
         max_flows: ring.capacity,
         seen_flows: ring.written,
       },
+      // Cluster mode: the other nodes. This host does not connect to them, so their state is unknown
+      // (a relay that connects tells CONNECTED or UNAVAILABLE); the address is where a relay would.
+      ...(backend.clusterNodes?.list() ?? [])
+        .filter((n) => n.name !== backend.nodeName)
+        .map((n) => ({ name: n.name, address: peerAddress(n, ctx.address()) ?? '', state: 'UNKNOWN_NODE_STATE', tls: { enabled: ctx.tls.enabled, server_name: n.name } })),
     ],
   });
 }

@@ -8,6 +8,7 @@ import { datapathUnpinAll } from '../../bpf/index.js';
 import type { ConfigInput } from '../../agent/config.js';
 import { ApiClient } from '../../common/api-client.js';
 import { etcdStart, type EtcdServer } from './etcd.js';
+import { testCaMake } from './test-ca.js';
 import { testMode } from './mode.js';
 import { netnsAdd, netnsDel, run, status, uniq, waitFor } from './sys.js';
 
@@ -19,7 +20,12 @@ export interface ClusterHostsOptions {
   /** The cluster pools every host carves its node CIDRs from. */
   ipv4Pool: string;
   ipv6Pool: string;
+  /** Each host also serves Hubble on TCP (TLS, test CA) at its node IPv4, port HUBBLE_PORT. */
+  hubble?: boolean;
 }
+
+/** The Hubble port of every host (the same across the cluster, as Cilium's 4244). */
+export const HUBBLE_PORT = 4244;
 
 /**
  * One kitnet "host": an agent process in a network namespace of its own (entered with nsenter, so it
@@ -144,6 +150,7 @@ export class ClusterHosts {
   private readonly switchNs: string;
   private readonly rootLink: string;
   private readonly workloadNs: string[] = [];
+  private caDir: string | undefined;
 
   constructor(private readonly opts: ClusterHostsOptions) {
     this.switchNs = `kitnet-${opts.tag}-sw-${this.id}`;
@@ -165,6 +172,7 @@ export class ClusterHosts {
     await run('ip', ['addr', 'add', `${this.subnet4}.254/24`, 'dev', this.rootLink]);
     await run('ip', ['link', 'set', this.rootLink, 'up']);
     this.etcd = await etcdStart({ alsoOn: `${this.subnet4}.254` });
+    const ca = this.opts.hubble ? testCaMake((this.caDir = mkdtempSync(join(tmpdir(), `kitnet-${this.opts.tag}-ca-`))), 'kitnet.test') : undefined;
     for (let i = 0; i < this.opts.hosts; i++) {
       const name = `h${i + 1}`;
       const ns = `kitnet-${this.opts.tag}-${name}-${this.id}`;
@@ -183,6 +191,7 @@ export class ClusterHosts {
           logLevel: 'info',
           ipam: { ipv4Pool: this.opts.ipv4Pool, ipv6Pool: this.opts.ipv6Pool },
           datapath: { mode: testMode },
+          ...(ca ? { hubble: { listen: `${v4}:${HUBBLE_PORT}`, tls: { cert: ca.serverCert, key: ca.serverKey, serverName: name } } } : {}),
           cluster: {
             name: this.opts.cluster.name,
             id: this.opts.cluster.id,
@@ -214,5 +223,6 @@ export class ClusterHosts {
     await status('ip', ['link', 'del', this.rootLink]);
     await netnsDel(this.switchNs);
     await this.etcd?.stop();
+    if (this.caDir) rmSync(this.caDir, { recursive: true, force: true });
   }
 }

@@ -4,7 +4,9 @@ import { Etcd3 } from 'etcd3';
 import { NODES_PREFIX } from '../../agent/cluster/node-registry.js';
 import type { TraceResponse } from '../../common/schemas/policy.js';
 import type { Workload } from '../../common/schemas/workload.js';
-import { ClusterHosts, type ClusterHost } from '../helpers/cluster-hosts.js';
+import { join } from 'node:path';
+import { hubbleClient } from '../../api/hubble/client.js';
+import { ClusterHosts, HUBBLE_PORT, type ClusterHost } from '../helpers/cluster-hosts.js';
 import { promValue } from '../helpers/prom.js';
 import { Prober } from '../helpers/prober-client.js';
 import { ping, routes, run, waitFor } from '../helpers/sys.js';
@@ -21,7 +23,7 @@ type FlowLine = { flow?: { verdict: string; IP: { source: string; destination: s
  * change nothing; a node killed without cleanup leaves the others' routes and ipcache within its TTL.
  */
 describe('cluster mode across hosts: node CIDRs, routes, cross-host traffic and policy (root)', { timeout: 420_000 }, () => {
-  const cluster = new ClusterHosts({ tag: 'xh', hosts: 2, cluster: { name: CLUSTER, id: 12, leaseTTLSeconds: 5 }, ipv4Pool: '10.236.0.0/16', ipv6Pool: 'fd00:236::/64' });
+  const cluster = new ClusterHosts({ tag: 'xh', hosts: 2, cluster: { name: CLUSTER, id: 12, leaseTTLSeconds: 5 }, ipv4Pool: '10.236.0.0/16', ipv6Pool: 'fd00:236::/64', hubble: true });
   let h1: ClusterHost;
   let h2: ClusterHost;
   let raw: Etcd3 | undefined;
@@ -206,5 +208,34 @@ describe('cluster mode across hosts: node CIDRs, routes, cross-host traffic and 
     await h2.start();
     assert.deepEqual(await cidrsOf(h2), c2, 'a restarted node gets its CIDRs back');
     await waitFor('h2\'s routes back on h1', async () => (await h1.nodeRoutes(4)).some((r) => r.dst === c2.ipv4Pool) || undefined, 30_000);
+  });
+
+  test('Hubble: Peer.Notify and GetNodes name the other node at its node address and Hubble port; a node that dies is PEER_DELETED', async () => {
+    type Note = { name: string; address: string; type: string; tls?: { server_name: string } };
+    const grpc = hubbleClient(`unix://${join(h1.dir, 'hubble.sock')}`);
+    try {
+      const notes: Note[] = [];
+      const s = grpc.stream('peer', 'Notify', {});
+      s.on('data', (m: Note) => notes.push(m));
+      s.on('error', () => undefined); // CANCELLED at the end
+      await waitFor('h1 and h2 announced', async () => notes.some((n) => n.name === 'h2') || undefined, 30_000);
+      assert.deepEqual(notes.slice(0, 2), [
+        { name: 'h1', address: `${h1.nodeIPv4}:${HUBBLE_PORT}`, type: 'PEER_ADDED', tls: { server_name: 'h1' } },
+        { name: 'h2', address: `${h2.nodeIPv4}:${HUBBLE_PORT}`, type: 'PEER_ADDED', tls: { server_name: 'h2' } },
+      ]);
+      const nodes = (await grpc.call('observer', 'GetNodes')).nodes as Array<{ name: string; address: string; state: string }>;
+      assert.deepEqual(nodes.map((n) => [n.name, n.address, n.state]), [
+        ['h1', `${h1.nodeIPv4}:${HUBBLE_PORT}`, 'NODE_CONNECTED'],
+        ['h2', `${h2.nodeIPv4}:${HUBBLE_PORT}`, 'UNKNOWN_NODE_STATE'],
+      ]);
+      await h2.kill('SIGKILL');
+      await waitFor('h2 PEER_DELETED on h1\'s stream after its lease', async () => notes.some((n) => n.name === 'h2' && n.type === 'PEER_DELETED') || undefined, 60_000);
+      assert.deepEqual(notes.at(-1), { name: 'h2', address: `${h2.nodeIPv4}:${HUBBLE_PORT}`, type: 'PEER_DELETED', tls: { server_name: 'h2' } });
+      const after = (await grpc.call('observer', 'GetNodes')).nodes as Array<{ name: string }>;
+      assert.deepEqual(after.map((n) => n.name), ['h1']);
+      s.cancel();
+    } finally {
+      grpc.close();
+    }
   });
 });
