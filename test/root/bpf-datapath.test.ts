@@ -307,9 +307,10 @@ function nonIpSuite(mode: WorkloadDevice, octet: number, skip: string | false): 
     const V_HOST4 = `10.${octet}.${vsub}.1`;
     const V_EP4 = `10.${octet}.${vsub}.2`;
     const V_FORGED4 = `10.${octet}.${vsub}.3`; // on the same link, so no reverse-path filter could hide the forgery
-    const V_HOST6 = `fd00:${octet}:${vsub.toString(16)}::1`;
-    const V_EP6 = `fd00:${octet}:${vsub.toString(16)}::2`;
-    const V_FORGED6 = `fd00:${octet}:${vsub.toString(16)}::3`;
+    // the fixed :1 group keeps a vsub of 0 from being folded into `::` when addresses are compared as text
+    const V_HOST6 = `fd00:${octet}:${vsub.toString(16)}:1::1`;
+    const V_EP6 = `fd00:${octet}:${vsub.toString(16)}:1::2`;
+    const V_FORGED6 = `fd00:${octet}:${vsub.toString(16)}:1::3`;
     const V_EP = { endpointId: 78, identity: 4201 };
     const pinRoot = `/sys/fs/bpf/kitnet-test-l2${m}-${process.pid}`;
     let dp: KitnetDatapath | undefined;

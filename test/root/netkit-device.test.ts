@@ -17,7 +17,11 @@ import {
 } from './netkit-helpers.js';
 import { timeLimit } from '../helpers/timeouts.js';
 
-/** A random hex group as the kernel prints it (no leading zeros), so addresses compare as text. */
+/**
+ * A random hex group as the kernel prints it (no leading zeros), so addresses compare as text; the
+ * addresses put a fixed non-zero group after the random ones, so a random group of 0 is never folded
+ * into `::` by the kernel (fd00:fff8:0::10 would print as fd00:fff8::10).
+ */
 const hex = (group: string): string => parseInt(group, 16).toString(16);
 
 const skip = !isRoot && 'needs root';
@@ -50,7 +54,7 @@ function spec(f: Fixture, i: number, patch: Partial<EndpointDeviceSpec> = {}): E
   const octet = (parseInt(f.id.slice(0, 2), 16) % 200) + 20;
   return {
     hostIfname: host, alias: `kitnet:test/${f.id}-${i}`, netnsPath: `/var/run/netns/${f.ns[i] ?? f.ns[0]}`,
-    peerIfname: 'eth0', mode: 'veth', ipv4: `10.${octet}.${i}.${i + 10}`, ipv6: `fd00:${hex(f.id.slice(0, 4))}:${hex(f.id.slice(4))}::${i + 10}`, ...patch,
+    peerIfname: 'eth0', mode: 'veth', ipv4: `10.${octet}.${i}.${i + 10}`, ipv6: `fd00:${hex(f.id.slice(0, 4))}:${hex(f.id.slice(4))}:1::${i + 10}`, ...patch,
   };
 }
 
