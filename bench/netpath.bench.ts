@@ -73,6 +73,9 @@ async function main(): Promise<void> {
 
   const nsC = `kb-np-${RUN_ID}-c`;
   const nsS = `kb-np-${RUN_ID}-s`;
+  // kitnet's workloads: a second pair, up for the whole run beside the plain one
+  const nsKC = `kb-np-${RUN_ID}-kc`;
+  const nsKS = `kb-np-${RUN_ID}-ks`;
   onCleanup('namespaces', () => netnsDelMany([nsC, nsS]));
   await netnsAddMany([nsC, nsS]);
   for (const ns of [nsC, nsS]) await sh('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
@@ -89,7 +92,6 @@ async function main(): Promise<void> {
     ['iperf3', ['-s', '-p', String(PORT_IPERF)]],
   ];
   for (const [cmd, argv] of serverCommands) serve(nsS, cmd, argv);
-  const kitnetClientNs = () => `kb-np-${RUN_ID}-kc`;
 
   let profileNext = args.opts.profile !== undefined;
   let readerOn = true;
@@ -167,8 +169,6 @@ async function main(): Promise<void> {
   // --- kitnet: a second pair of namespaces, workloads of an in-process agent, up for the whole run ---
   let kitnet: { setN: (n: number) => Promise<void>; server: Workload; readerStop: () => void; readerStart: () => void; eventsWritten: () => number } | undefined;
   if (only.has('kitnet')) {
-    const nsKC = `kb-np-${RUN_ID}-kc`;
-    const nsKS = `kb-np-${RUN_ID}-ks`;
     onCleanup('kitnet namespaces', () => netnsDelMany([nsKC, nsKS]));
     await netnsAddMany([nsKC, nsKS]);
     for (const ns of [nsKC, nsKS]) await sh('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
@@ -238,11 +238,11 @@ async function main(): Promise<void> {
       if (only.has('bare')) report({ round, variant: 'bare veth', n, ctFirst: null, ...(await measure(nsC, S.ip)) });
       if (kitnet) {
         await kitnet.setN(n);
-        report({ round, variant: 'kitnet', n, ctFirst: null, ...(await measure(kitnetClientNs(), kitnet.server.ipv4, kitnet.eventsWritten)) });
+        report({ round, variant: 'kitnet', n, ctFirst: null, ...(await measure(nsKC, kitnet.server.ipv4, kitnet.eventsWritten)) });
         if (n === nMax) {
           kitnet.readerStop();
           try {
-            report({ round, variant: 'kitnet, no flow reader', n, ctFirst: null, ...(await measure(kitnetClientNs(), kitnet.server.ipv4, kitnet.eventsWritten)) });
+            report({ round, variant: 'kitnet, no flow reader', n, ctFirst: null, ...(await measure(nsKC, kitnet.server.ipv4, kitnet.eventsWritten)) });
           } finally {
             kitnet.readerStart();
           }
