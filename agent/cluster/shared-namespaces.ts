@@ -4,8 +4,9 @@ import { z } from 'zod';
 import { KitnetError } from '../../common/errors.js';
 import { Dns1123Label, Labels } from '../../common/schemas/common.js';
 import type { NamespaceRecord } from '../store/types.js';
-import { PrefixFollower, type PrefixChange, type PrefixSink } from './prefix-follower.js';
+import { PrefixFollower } from './prefix-follower.js';
 import { clusterUnavailable, SHARED_VALUE_MAX_BYTES, type SharedProblem } from './shared-policy.js';
+import { ValidatedPrefixSink, type Judged } from './validated-prefix.js';
 
 /** kitnet's own prefix for namespace labels: `<name>` = `{"name": ..., "labels": {...}}`. */
 export const NAMESPACES_PREFIX = 'kitnet/state/namespaces/v1';
@@ -52,60 +53,30 @@ function sameLabels(a: Record<string, string>, b: Record<string, string>): boole
  * Namespace labels shared through etcd, as SharedPolicies shares policies: written to etcd, applied by
  * every host from its watch, the local store the cache. A key deleted from etcd means no labels.
  */
-export class SharedNamespaces implements PrefixSink {
-  private desired = new Map<string, Record<string, string>>();
-  readonly ignoredKeys = new Map<string, string>();
+export class SharedNamespaces extends ValidatedPrefixSink<Record<string, string>> {
   /** Namespaces this host could not relabel, with the error. */
   private readonly notApplied = new Map<string, Error>();
-  ignored = 0;
   readonly follower: PrefixFollower;
 
   constructor(
     private readonly client: Etcd3,
     private readonly host: NamespaceHost,
-    private readonly log: Logger,
+    log: Logger,
   ) {
+    super(log, 'namespace labels');
     this.follower = new PrefixFollower(client, `${NAMESPACES_PREFIX}/`, this, log);
   }
 
-  private judge(key: string, value: string): Record<string, string> | undefined {
+  protected judgeValue(key: string, value: string): Judged<Record<string, string>> {
     const verdict = sharedNamespaceJudge(key, value);
-    if ('labels' in verdict) {
-      this.ignoredKeys.delete(key);
-      return verdict.labels;
-    }
-    this.ignored++;
-    this.ignoredKeys.set(key, verdict.reason);
-    this.log.warn({ key, value: value.slice(0, 200), reason: verdict.reason }, 'cluster namespace value ignored; the namespace keeps the labels this host had');
-    return undefined;
+    return 'labels' in verdict ? { value: verdict.labels } : verdict;
   }
 
-  async resync(all: ReadonlyMap<string, string>): Promise<void> {
-    const stored = new Map(this.host.stored().map((n) => [namespaceKey(n.name), n.labels]));
-    const next = new Map<string, Record<string, string>>();
-    for (const [key, value] of all) {
-      const keep = this.judge(key, value) ?? this.desired.get(key) ?? stored.get(key);
-      if (keep) next.set(key, keep);
-    }
-    for (const key of this.ignoredKeys.keys()) if (!all.has(key)) this.ignoredKeys.delete(key);
-    this.desired = next;
-    await this.reconcile();
+  protected hostCurrent(): Map<string, Record<string, string>> {
+    return new Map(this.host.stored().map((n) => [namespaceKey(n.name), n.labels]));
   }
 
-  async change(changes: readonly PrefixChange[]): Promise<void> {
-    for (const c of changes) {
-      if (c.value === undefined) {
-        this.desired.delete(c.key);
-        this.ignoredKeys.delete(c.key);
-        continue;
-      }
-      const labels = this.judge(c.key, c.value);
-      if (labels) this.desired.set(c.key, labels);
-    }
-    await this.reconcile();
-  }
-
-  private async reconcile(): Promise<void> {
+  protected async reconcile(): Promise<void> {
     this.notApplied.clear();
     const want = new Map<string, Record<string, string>>();
     for (const n of this.host.stored()) want.set(n.name, {}); // not in etcd: no labels

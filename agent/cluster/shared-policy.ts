@@ -8,7 +8,8 @@ import { policiesParseOffThread } from '../policy/parse-offthread.js';
 import { PolicyTooLargeError } from '../policy/parse-errors.js';
 import type { ParsedPolicy } from '../policy/types.js';
 import type { PolicyRecord } from '../store/types.js';
-import { PrefixFollower, type PrefixChange, type PrefixSink } from './prefix-follower.js';
+import { PrefixFollower } from './prefix-follower.js';
+import { ValidatedPrefixSink, type Judged } from './validated-prefix.js';
 import { jsonObjectParse } from './json-value.js';
 
 /** kitnet's own prefix for policies: `<kind>/<namespace>/<name>`, `-` as the cluster-wide kind's namespace. */
@@ -94,67 +95,32 @@ export interface SharedProblem {
  * last valid policy this host had for it: a bad write never evicts a valid policy. A policy that does
  * not fit this host's maps is left out here (the others still apply), logged and shown in status.
  */
-export class SharedPolicies implements PrefixSink {
-  /** The last valid policy per key, as etcd holds it (what this host should enforce). */
-  private desired = new Map<string, ParsedPolicy>();
-  /** Keys whose current value is ignored, with the reason. */
-  readonly ignoredKeys = new Map<string, string>();
+export class SharedPolicies extends ValidatedPrefixSink<ParsedPolicy> {
   /** Keys this host could not apply, with the reason. */
   readonly notApplied = new Map<string, string>();
-  /** Values ignored since the start. */
-  ignored = 0;
   private lastStats: PolicyApplyStats | undefined;
   readonly follower: PrefixFollower;
 
   constructor(
     private readonly client: Etcd3,
     private readonly host: PolicyHost,
-    private readonly log: Logger,
+    log: Logger,
   ) {
+    super(log, 'policy');
     this.follower = new PrefixFollower(client, `${POLICIES_PREFIX}/`, this, log);
   }
 
-  private async judge(key: string, value: string): Promise<ParsedPolicy | undefined> {
+  protected async judgeValue(key: string, value: string): Promise<Judged<ParsedPolicy>> {
     const verdict = await sharedPolicyJudge(key, value);
-    if ('policy' in verdict) {
-      this.ignoredKeys.delete(key);
-      return verdict.policy;
-    }
-    this.ignored++;
-    this.ignoredKeys.set(key, verdict.reason);
-    this.log.warn({ key, value: value.slice(0, 200), reason: verdict.reason }, 'cluster policy value ignored; the key keeps the last valid policy this host had');
-    return undefined;
+    return 'policy' in verdict ? { value: verdict.policy } : verdict;
   }
 
-  async resync(all: ReadonlyMap<string, string>, revision: bigint): Promise<void> {
-    const applied = new Map(this.host.applied().map((p) => [parsedKey(p), p]));
-    const next = new Map<string, ParsedPolicy>();
-    for (const [key, value] of all) {
-      const p = await this.judge(key, value);
-      const keep = p ?? this.desired.get(key) ?? applied.get(key);
-      if (keep) next.set(key, keep);
-    }
-    for (const key of this.ignoredKeys.keys()) if (!all.has(key)) this.ignoredKeys.delete(key);
-    this.desired = next;
-    this.log.info({ revision: String(revision), policies: next.size, ignored: this.ignoredKeys.size }, 'cluster policies listed');
-    await this.reconcile();
-  }
-
-  async change(changes: readonly PrefixChange[]): Promise<void> {
-    for (const c of changes) {
-      if (c.value === undefined) {
-        this.desired.delete(c.key);
-        this.ignoredKeys.delete(c.key);
-        continue;
-      }
-      const p = await this.judge(c.key, c.value);
-      if (p) this.desired.set(c.key, p);
-    }
-    await this.reconcile();
+  protected hostCurrent(): Map<string, ParsedPolicy> {
+    return new Map(this.host.applied().map((p) => [parsedKey(p), p]));
   }
 
   /** Brings this host to the desired policies: all at once, else one change at a time, leaving out those that do not fit. */
-  private async reconcile(): Promise<void> {
+  protected async reconcile(): Promise<void> {
     const target = [...this.desired.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([, p]) => p);
     if (samePolicies(this.host.applied(), target)) {
       this.notApplied.clear();
