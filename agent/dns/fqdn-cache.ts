@@ -32,6 +32,8 @@ export interface FqdnCacheSnapshot {
 export class FqdnCache {
   private readonly byName = new Map<string, Map<string, number>>();
   private readonly maxPerName: number;
+  /** address -> names, for flows (namesByAddress); made on first use after a change. */
+  private byAddress: Map<string, readonly string[]> | undefined;
 
   constructor(opts: FqdnCacheOptions = {}) {
     this.maxPerName = opts.maxAddressesPerName ?? 1000;
@@ -39,6 +41,7 @@ export class FqdnCache {
 
   /** Records an answer: `addresses` of `name` valid for `ttlSeconds` from `nowMs`. */
   learn(name: string, addresses: readonly string[], ttlSeconds: number, nowMs: number): void {
+    this.byAddress = undefined;
     let m = this.byName.get(name);
     if (!m) this.byName.set(name, (m = new Map()));
     const until = nowMs + ttlSeconds * 1000;
@@ -64,6 +67,7 @@ export class FqdnCache {
       }
       if (m.size === 0) this.byName.delete(name);
     }
+    if (changed) this.byAddress = undefined;
     return changed;
   }
 
@@ -76,6 +80,26 @@ export class FqdnCache {
     const out: string[] = [];
     for (const [name, m] of this.byName) if (m.has(address)) out.push(name);
     return out;
+  }
+
+  /**
+   * namesOf for the flow hot path (`source_names` / `destination_names`): a map lookup, undefined for
+   * an address no answer gave; the array is shared between flows and never mutated.
+   */
+  namesByAddress(address: string): readonly string[] | undefined {
+    if (this.byName.size === 0) return undefined;
+    if (!this.byAddress) {
+      const index = new Map<string, string[]>();
+      for (const [name, m] of this.byName) for (const a of m.keys()) (index.get(a) ?? index.set(a, []).get(a)!).push(name);
+      for (const names of index.values()) names.sort();
+      this.byAddress = index;
+    }
+    return this.byAddress.get(address);
+  }
+
+  /** Whether no name is known (flows then skip the lookup). */
+  get empty(): boolean {
+    return this.byName.size === 0;
   }
 
   snapshot(): FqdnCacheSnapshot {

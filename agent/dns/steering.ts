@@ -199,8 +199,13 @@ export class DnsSteering {
     return configured ? upstreamParse(configured) : orig;
   }
 
-  /** The identity the datapath gives an address (what the policy sees as the resolver). */
-  private identityOf(address: string): number {
+  /** The resolver a steered query was addressed to (the DNS flow's destination), from the datapath's map. */
+  originalDestination(client: DnsEndpoint, transport: DnsTransport): DnsEndpoint | undefined {
+    return this.maps?.originalDestination(client.address, client.port, transport === 'udp' ? 17 : 6);
+  }
+
+  /** The identity the datapath gives an address (what the policy sees as the resolver; the DNS flows' ends). */
+  identityOf(address: string): number {
     const w = this.workloadOf(address);
     if (w) return w.identity;
     if (hostAddressSet().has(address)) return ReservedIdentity.host;
