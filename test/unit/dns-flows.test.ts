@@ -10,6 +10,9 @@ import type { HubbleEndpoint } from '../../agent/flows/hubble.js';
 import { flowResponseEncoderCreate } from '../../api/hubble/flow-encoder.js';
 import { flowResponse } from '../../api/hubble/flow-convert.js';
 import { hubbleProtoLoad, hubbleProtoRoot } from '../../api/hubble/proto.js';
+import { filterCompile, FilterError } from '../../agent/flows/filter.js';
+import { protoFiltersCompile } from '../../api/hubble/filter.js';
+import { FlowsQuery } from '../../common/schemas/flows.js';
 
 const client: HubbleEndpoint = { ID: 7, identity: 1001, namespace: 'shop', labels: ['k8s:app=fe'], pod_name: 'fe', workloads: [{ name: 'fe', kind: 'VirtualMachine' }] };
 const resolver: HubbleEndpoint = { identity: 16777217, labels: ['cidr:10.9.0.0/24', 'reserved:world'] };
@@ -108,5 +111,36 @@ describe('DNS L7 flows', () => {
     assert.deepEqual(decoded.flow.l7.dns.cnames, targets);
     const serialize = (hubbleProtoLoad()['observer.Observer'] as unknown as Record<string, { responseSerialize: (m: object) => Buffer }>).GetFlows!.responseSerialize;
     assert.ok(serialize(flowResponse(res!)).length > 0);
+  });
+});
+
+describe('filters on DNS flows and names', () => {
+  const [req, res] = dnsFlowRecords(event({ reply: reply('api.test', [{ name: 'api.test', ttl: 5, address: '10.2.0.1' }]) }), ctx, answered);
+  const plainUdp = { flow: { ...req!.flow, Type: 'L3_L4' as const, l7: undefined }, node_name: 'node-1', time: req!.time };
+
+  test('protocol dns: the L7 DNS flows only (udp still matches them by their L4)', () => {
+    const dns = filterCompile({ protocol: ['dns'] });
+    assert.deepEqual([dns(req!), dns(res!), dns(plainUdp)], [true, true, false]);
+    assert.equal(filterCompile({ protocol: ['udp'] })(req!), true);
+    const grpc = protoFiltersCompile([{ protocol: ['dns'] }], undefined);
+    assert.deepEqual([grpc(req!), grpc(plainUdp)], [true, false]);
+  });
+
+  test('gRPC destination_fqdn maps to the same filter; a bad pattern is INVALID_ARGUMENT material naming the field', () => {
+    const named = { flow: { ...plainUdp.flow, destination_names: ['api.test'] }, node_name: 'node-1', time: req!.time };
+    const pred = protoFiltersCompile([{ destination_fqdn: ['*.test'] }], undefined);
+    assert.deepEqual([pred(named), pred(plainUdp)], [true, false]);
+    assert.throws(() => protoFiltersCompile([{ destination_fqdn: ['a$'] }], undefined), (e: Error) => e instanceof FilterError && e.message.startsWith('whitelist[0]: destination_fqdn'));
+    assert.throws(() => protoFiltersCompile([{ source_fqdn: ['a'.repeat(300)] }], undefined), /whitelist\[0\]\.source_fqdn: a value is longer than 256/);
+  });
+
+  test('REST: the query parameters and JSON filters validate the patterns, naming the field', () => {
+    assert.deepEqual(FlowsQuery.parse({ destination_fqdn: 'api.test,*.svc.test' }).destination_fqdn, ['api.test', '*.svc.test']);
+    const bad = FlowsQuery.safeParse({ source_fqdn: 'a(b)' });
+    assert.equal(bad.success, false);
+    assert.deepEqual(bad.error!.issues[0]!.path, ['source_fqdn', 0]);
+    const json = FlowsQuery.safeParse({ whitelist: JSON.stringify([{ destination_fqdn: ['x|y'] }]) });
+    assert.equal(json.success, false);
+    assert.match(json.error!.issues[0]!.message, /0\.destination_fqdn\.0: must be a name pattern/);
   });
 });
