@@ -7,8 +7,8 @@
  * no response flow, as Cilium. Both ends carry their identities (the resolver's as the datapath
  * gives it: CIDR, FQDN, world or a workload's). They go into the same pipeline as the datapath's flows.
  *
- * The flows are built when the proxy has answered (one hook, nothing on the proxy's path); the
- * request keeps the time the query arrived. Names come from the codec, which escapes every byte
+ * The flows are built once the proxy has answered (one hook; the work is deferred past the reply);
+ * the request keeps the time the query arrived. Names come from the codec, which escapes every byte
  * outside `[-a-z0-9_]` as `\DDD`, so a hostile answer can only put ASCII into a flow.
  */
 import { randomUUID } from 'node:crypto';
@@ -139,7 +139,7 @@ export function dnsFlowRecords(e: DnsQueryEvent, ctx: DnsFlowContext, answeredNs
 /** Where the DNS service hands its answered queries: the flows go into `flows`; `also` sees each query too (metrics). */
 export interface DnsFlowSource {
   onQuery?: (e: DnsQueryEvent) => void;
-  cache: { empty: boolean; namesByAddress(address: string): readonly string[] | undefined };
+  cache: { empty: boolean; namesByAddress(address: string): readonly string[] | undefined; namesByIpv4(address: number): readonly string[] | undefined };
   identityOf(address: string): number;
   originalDestination(client: DnsEndpoint, transport: DnsTransport): DnsEndpoint | undefined;
 }
@@ -150,7 +150,7 @@ export interface DnsFlowSource {
  */
 export function dnsFlowsAttach(dns: DnsFlowSource, flows: Pick<FlowPipeline, 'push'>, directory: EndpointDirectory, nodeName: string, log: Logger, also?: (e: DnsQueryEvent) => void): void {
   // dns.cache is replaced when the learned state is restored: read it at every call.
-  directory.fqdnNames = { active: () => !dns.cache.empty, of: (address) => dns.cache.namesByAddress(address) };
+  directory.fqdnNames = { active: () => !dns.cache.empty, of: (address) => dns.cache.namesByAddress(address), ofIpv4: (address) => dns.cache.namesByIpv4(address) };
   const ctx: DnsFlowContext = {
     nodeName,
     endpoint: (address, identity) => directory.endpointForPeer(address, identity),
@@ -159,11 +159,15 @@ export function dnsFlowsAttach(dns: DnsFlowSource, flows: Pick<FlowPipeline, 'pu
   };
   dns.onQuery = (e) => {
     also?.(e);
-    try {
-      for (const rec of dnsFlowRecords(e, ctx)) flows.push(rec);
-    } catch (err) {
-      // A flow is never worth an answer: the proxy's reply goes out whatever happens here.
-      log.warn({ err, name: e.name, client: e.client }, 'DNS proxy: building the flows of a query failed');
-    }
+    const answeredNs = wallClockNs();
+    // Built after the reply has gone out (the hook runs just before it): naming the ends looks up
+    // identities, which must not add to the lookup's latency. A failure costs the flows, never the answer.
+    setImmediate(() => {
+      try {
+        for (const rec of dnsFlowRecords(e, ctx, answeredNs)) flows.push(rec);
+      } catch (err) {
+        log.warn({ err, name: e.name, client: e.client }, 'DNS proxy: building the flows of a query failed');
+      }
+    });
   };
 }
