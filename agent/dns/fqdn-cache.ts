@@ -11,6 +11,7 @@
  * tracked connection still uses it (Cilium keeps them for conntrack, too); at most
  * `maxAddressesPerName` per name (Cilium's default 1000), the ones expiring soonest dropped first.
  */
+import { ipv4Number } from '../flows/directory.js';
 import { LOCAL_IDENTITY_FLAG } from '../identity/reserved.js';
 import { fqdnMatcher, fqdnSelectorLabel } from '../policy/fqdn.js';
 import type { FqdnMatcher, FqdnSelector } from '../policy/fqdn.js';
@@ -34,6 +35,8 @@ export class FqdnCache {
   private readonly maxPerName: number;
   /** address -> names, for flows (namesByAddress); made on first use after a change. */
   private byAddress: Map<string, readonly string[]> | undefined;
+  /** The same for IPv4 addresses by number (ipv4Number), so flows look them up without formatting. */
+  private byIpv4: Map<number, readonly string[]> | undefined;
 
   constructor(opts: FqdnCacheOptions = {}) {
     this.maxPerName = opts.maxAddressesPerName ?? 1000;
@@ -88,13 +91,26 @@ export class FqdnCache {
    */
   namesByAddress(address: string): readonly string[] | undefined {
     if (this.byName.size === 0) return undefined;
-    if (!this.byAddress) {
-      const index = new Map<string, string[]>();
-      for (const [name, m] of this.byName) for (const a of m.keys()) (index.get(a) ?? index.set(a, []).get(a)!).push(name);
-      for (const names of index.values()) names.sort();
-      this.byAddress = index;
+    return (this.byAddress ?? this.indexBuild()).get(address);
+  }
+
+  /** namesByAddress for an IPv4 address given as ipv4Number's number. */
+  namesByIpv4(address: number): readonly string[] | undefined {
+    if (this.byName.size === 0) return undefined;
+    if (!this.byAddress) this.indexBuild();
+    return this.byIpv4!.get(address);
+  }
+
+  private indexBuild(): Map<string, readonly string[]> {
+    const index = new Map<string, string[]>();
+    for (const [name, m] of this.byName) for (const a of m.keys()) (index.get(a) ?? index.set(a, []).get(a)!).push(name);
+    const v4 = new Map<number, readonly string[]>();
+    for (const [a, names] of index) {
+      names.sort();
+      if (!a.includes(':')) v4.set(ipv4Number(a), names);
     }
-    return this.byAddress.get(address);
+    this.byIpv4 = v4;
+    return (this.byAddress = index);
   }
 
   /** Whether no name is known (flows then skip the lookup). */

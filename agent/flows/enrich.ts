@@ -190,8 +190,13 @@ export function flowEnrich(ev: FlowEvent, dir: EndpointDirectory, nodeName: stri
   // address is never learned), and no address is formatted while the proxy knows no name.
   const names = dir.fqdnNames;
   if (names && ev.family && names.active()) {
-    if (ev.direction === 'EGRESS') rec.destinationNames = names.of(ev.dstAddr);
-    else rec.sourceNames = names.of(ev.srcAddr);
+    if (ev.direction === 'EGRESS') {
+      const v4 = ev.dstIpv4;
+      rec.destinationNames = v4 !== undefined ? names.ofIpv4(v4) : names.of(ev.dstAddr);
+    } else {
+      const v4 = ev.srcIpv4;
+      rec.sourceNames = v4 !== undefined ? names.ofIpv4(v4) : names.of(ev.srcAddr);
+    }
   }
   return rec;
 }

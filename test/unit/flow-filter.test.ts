@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import type { FlowEvent } from '../../bpf/index.js';
-import { EndpointDirectory } from '../../agent/flows/directory.js';
+import { EndpointDirectory, ipv4Number } from '../../agent/flows/directory.js';
 import { flowEnrich } from '../../agent/flows/enrich.js';
 import { FilterError, filterCompile, filtersCompile, labelSelectorParse, type FlowFilter } from '../../agent/flows/filter.js';
 import type { HubbleFlowRecord } from '../../agent/flows/hubble.js';
@@ -111,7 +111,8 @@ describe('FQDN filters (source_fqdn / destination_fqdn) and protocol dns', () =>
     const { store, mk } = await fixture();
     const dir = new EndpointDirectory(store);
     const learned = new Map([['192.0.2.10', ['api.test']], ['192.0.2.11', ['a.b.svc.test', 'alias.test']]]);
-    dir.fqdnNames = { active: () => true, of: (a) => learned.get(a) };
+    const byNumber = new Map([...learned].map(([a, n]) => [ipv4Number(a), n]));
+    dir.fqdnNames = { active: () => true, of: (a) => learned.get(a), ofIpv4: (n) => byNumber.get(n) };
     const ev = (over: Partial<FlowEvent>) => flowEnrich({ ...mk({}).event, ...over }, dir, 'node-1');
     return {
       toApi: ev({ dstAddr: '192.0.2.10', dstIdentity: 16777217 }),
