@@ -439,7 +439,8 @@ spec:
       }, 20_000);
       const dns = await hubbleFlows(['--protocol', 'dns']);
       const restDns = await rest('protocol=dns');
-      assert.deepEqual(dns.map((f) => f.uuid), restDns.slice(-dns.length).map((f) => f.uuid));
+      assert.deepEqual(dns.map((f) => f.uuid), restDns.map((f) => f.uuid));
+      assert.deepEqual((await hubbleFlows(['--type', 'l7'])).map((f) => f.uuid), restDns.map((f) => f.uuid), '--type l7: event type 129');
       const resp = dns.find((f) => f.l7?.type === 'RESPONSE' && f.l7.dns.query === 'api.test.');
       assert.deepEqual([resp?.Type, resp?.l7?.dns.ips, resp?.l7?.dns.observation_source], ['L7', [EXT.api4], 'proxy']);
       const dropped = dns.find((f) => f.verdict === 'DROPPED' && f.l7?.dns.query === 'other.test.');
