@@ -141,6 +141,7 @@ export interface DnsFlowSource {
   onQuery?: (e: DnsQueryEvent) => void;
   cache: { empty: boolean; namesByAddress(address: string): readonly string[] | undefined; namesByIpv4(address: number): readonly string[] | undefined };
   identityOf(address: string): number;
+  identityLabels(identity: number): readonly string[] | undefined;
   originalDestination(client: DnsEndpoint, transport: DnsTransport): DnsEndpoint | undefined;
 }
 
@@ -153,7 +154,13 @@ export function dnsFlowsAttach(dns: DnsFlowSource, flows: Pick<FlowPipeline, 'pu
   directory.fqdnNames = { active: () => !dns.cache.empty, of: (address) => dns.cache.namesByAddress(address), ofIpv4: (address) => dns.cache.namesByIpv4(address) };
   const ctx: DnsFlowContext = {
     nodeName,
-    endpoint: (address, identity) => directory.endpointForPeer(address, identity),
+    endpoint: (address, identity) => {
+      const ep = directory.endpointForPeer(address, identity);
+      if (ep.pod_name || ep.labels.length) return ep;
+      // A CIDR or FQDN identity (node-local, unknown to the directory): its labels from the policy.
+      const labels = dns.identityLabels(identity);
+      return labels?.length ? { ...ep, labels: [...labels] } : ep;
+    },
     identityOf: (address) => dns.identityOf(address),
     originalDestination: (client, transport) => dns.originalDestination(client, transport),
   };

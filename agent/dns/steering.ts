@@ -204,6 +204,11 @@ export class DnsSteering {
     return this.maps?.originalDestination(client.address, client.port, transport === 'udp' ? 17 : 6);
   }
 
+  /** The labels of an identity the policy knows (CIDR and FQDN identities included), for the DNS flows' ends. */
+  identityLabels(identity: number): readonly string[] | undefined {
+    return this.deps.engine.compiled().identities.get(identity);
+  }
+
   /** The identity the datapath gives an address (what the policy sees as the resolver; the DNS flows' ends). */
   identityOf(address: string): number {
     const w = this.workloadOf(address);

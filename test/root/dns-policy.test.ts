@@ -376,6 +376,7 @@ spec:
       assert.deepEqual([req.source.pod_name, req.source.namespace, req.source.identity], ['c', 'dnsp', client.identity]);
       // the resolver as the datapath sees it: the toCIDR rule's prefix gives it a CIDR identity (node-local)
       assert.ok((req.destination.identity & (1 << 24)) !== 0, JSON.stringify(req.destination));
+      assert.ok(req.destination.labels.includes('cidr:10.228.0.0/24'), JSON.stringify(req.destination));
       assert.deepEqual(req.l7!.dns, { query: 'api.test.', observation_source: 'proxy', qtypes: ['A'] });
       assert.deepEqual([res.Type, res.verdict, res.is_reply, res.IP.source, res.IP.destination, res.source.identity, res.destination.identity], ['L7', 'FORWARDED', true, EXT.dns4, client.ipv4, req.destination.identity, client.identity]);
       const d = res.l7!.dns;
