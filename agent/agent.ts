@@ -25,6 +25,7 @@ import { MONITOR_AGG_DEFAULT, MONITOR_AGG_NONE } from '../bpf/layout.gen.js';
 import { PolicyEngine } from './policy/engine.js';
 import { DnsSteering } from './dns/steering.js';
 import { dnsMetricsRegister } from './dns/metrics.js';
+import { dnsFlowsAttach } from './dns/flows.js';
 import { PolicyService } from './policy/service.js';
 import { workloadsOutsidePools } from './pool-check.js';
 import { WorkloadWatch } from './workload-watch.js';
@@ -142,7 +143,7 @@ export class Agent {
       sharedMetricsRegister(this.metrics.registry, this.shared);
     }
     addressingMetricsRegister(this.metrics.registry, this.dhcp.stats);
-    this.dns.onQuery = dnsMetricsRegister(this.metrics.registry);
+    dnsFlowsAttach(this.dns, this.flows, this.directory, config.nodeName, log.child({ component: 'dns' }), dnsMetricsRegister(this.metrics.registry));
   }
 
   /** Restores the datapath from the store, then starts reading flows. */

@@ -25,6 +25,9 @@ interface FlowLine {
     trace_observation_point?: string;
     is_reply: boolean;
     Summary: string;
+    source_names?: readonly string[];
+    destination_names?: readonly string[];
+    l7?: { type: string };
   };
 }
 
@@ -39,8 +42,9 @@ function stamp(iso: string): string {
   return `${MONTHS[d.getMonth()]} ${String(d.getDate()).padStart(2, ' ')} ${hh}:${mm}:${ss}.${ms}`;
 }
 
-function endpointText(ep: FlowEndpoint, ip: string, port: number | undefined): string {
-  const who = ep.pod_name ? `${ep.namespace}/${ep.pod_name}` : ip;
+function endpointText(ep: FlowEndpoint, ip: string, port: number | undefined, names?: readonly string[]): string {
+  // as hubble: a learned name in place of the address of a peer that is no workload
+  const who = ep.pod_name ? `${ep.namespace}/${ep.pod_name}` : (names?.[0] ?? ip);
   const where = port !== undefined ? `${who}:${port}` : who;
   const name = ep.pod_name ? '' : (ep.labels?.[0]?.replace(/^reserved:/, '') ?? '');
   return `${where} (${name ? `${name}, ` : ''}ID:${ep.identity})`;
@@ -52,14 +56,15 @@ const OBS: Record<string, string> = { TO_ENDPOINT: 'to-endpoint', FROM_ENDPOINT:
 export function flowCompact(line: FlowLine, colour: boolean): string {
   const f = line.flow;
   const ports = f.l4?.TCP ?? f.l4?.UDP ?? f.l4?.SCTP;
-  const src = endpointText(f.source, f.IP?.source ?? '', ports?.source_port);
-  const dst = endpointText(f.destination, f.IP?.destination ?? '', ports?.destination_port);
+  const src = endpointText(f.source, f.IP?.source ?? '', ports?.source_port, f.source_names);
+  const dst = endpointText(f.destination, f.IP?.destination ?? '', ports?.destination_port, f.destination_names);
   const arrow = f.is_reply ? '<-' : '->';
   const [left, right] = f.is_reply ? [dst, src] : [src, dst];
   let verdict = f.verdict;
   if (colour) verdict = f.verdict === 'DROPPED' ? `\x1b[31m${verdict}\x1b[0m` : `\x1b[32m${verdict}\x1b[0m`;
-  const detail = f.verdict === 'DROPPED' ? `${f.drop_reason_desc ?? 'DROPPED'}` : f.Summary;
-  const obs = OBS[f.trace_observation_point ?? ''] ?? f.traffic_direction.toLowerCase();
+  const detail = f.verdict === 'DROPPED' && !f.l7 ? `${f.drop_reason_desc ?? 'DROPPED'}` : f.Summary;
+  // L7 flows as hubble shows them: dns-request / dns-response, seen by the proxy
+  const obs = f.l7 ? `dns-${f.l7.type.toLowerCase()} proxy` : (OBS[f.trace_observation_point ?? ''] ?? f.traffic_direction.toLowerCase());
   return `${stamp(f.time)}: ${left} ${arrow} ${right} ${obs} ${verdict} (${detail})`;
 }
 

@@ -11,6 +11,7 @@
  * tracked connection still uses it (Cilium keeps them for conntrack, too); at most
  * `maxAddressesPerName` per name (Cilium's default 1000), the ones expiring soonest dropped first.
  */
+import { ipv4Number } from '../flows/directory.js';
 import { LOCAL_IDENTITY_FLAG } from '../identity/reserved.js';
 import { fqdnMatcher, fqdnSelectorLabel } from '../policy/fqdn.js';
 import type { FqdnMatcher, FqdnSelector } from '../policy/fqdn.js';
@@ -32,6 +33,10 @@ export interface FqdnCacheSnapshot {
 export class FqdnCache {
   private readonly byName = new Map<string, Map<string, number>>();
   private readonly maxPerName: number;
+  /** address -> names, for flows (namesByAddress); made on first use after a change. */
+  private byAddress: Map<string, readonly string[]> | undefined;
+  /** The same for IPv4 addresses by number (ipv4Number), so flows look them up without formatting. */
+  private byIpv4: Map<number, readonly string[]> | undefined;
 
   constructor(opts: FqdnCacheOptions = {}) {
     this.maxPerName = opts.maxAddressesPerName ?? 1000;
@@ -39,6 +44,7 @@ export class FqdnCache {
 
   /** Records an answer: `addresses` of `name` valid for `ttlSeconds` from `nowMs`. */
   learn(name: string, addresses: readonly string[], ttlSeconds: number, nowMs: number): void {
+    this.byAddress = undefined;
     let m = this.byName.get(name);
     if (!m) this.byName.set(name, (m = new Map()));
     const until = nowMs + ttlSeconds * 1000;
@@ -64,6 +70,7 @@ export class FqdnCache {
       }
       if (m.size === 0) this.byName.delete(name);
     }
+    if (changed) this.byAddress = undefined;
     return changed;
   }
 
@@ -76,6 +83,39 @@ export class FqdnCache {
     const out: string[] = [];
     for (const [name, m] of this.byName) if (m.has(address)) out.push(name);
     return out;
+  }
+
+  /**
+   * namesOf for the flow hot path (`source_names` / `destination_names`): a map lookup, undefined for
+   * an address no answer gave; the array is shared between flows and never mutated.
+   */
+  namesByAddress(address: string): readonly string[] | undefined {
+    if (this.byName.size === 0) return undefined;
+    return (this.byAddress ?? this.indexBuild()).get(address);
+  }
+
+  /** namesByAddress for an IPv4 address given as ipv4Number's number. */
+  namesByIpv4(address: number): readonly string[] | undefined {
+    if (this.byName.size === 0) return undefined;
+    if (!this.byAddress) this.indexBuild();
+    return this.byIpv4!.get(address);
+  }
+
+  private indexBuild(): Map<string, readonly string[]> {
+    const index = new Map<string, string[]>();
+    for (const [name, m] of this.byName) for (const a of m.keys()) (index.get(a) ?? index.set(a, []).get(a)!).push(name);
+    const v4 = new Map<number, readonly string[]>();
+    for (const [a, names] of index) {
+      names.sort();
+      if (!a.includes(':')) v4.set(ipv4Number(a), names);
+    }
+    this.byIpv4 = v4;
+    return (this.byAddress = index);
+  }
+
+  /** Whether no name is known (flows then skip the lookup). */
+  get empty(): boolean {
+    return this.byName.size === 0;
   }
 
   snapshot(): FqdnCacheSnapshot {

@@ -77,7 +77,17 @@ export type DnsQueryEvent = {
   rcode: number;
   verdict: DnsVerdict;
   learned: LearnedName[];
+  /** For flows: the query's id, when it arrived (wall clock, ns), where it was forwarded, the upstream's parsed answer. */
+  id: number;
+  receivedNs: bigint;
+  upstream?: DnsEndpoint | undefined;
+  reply?: DnsMessage | undefined;
 };
+
+/** Wall-clock time in nanoseconds, finer than Date.now() (flow times and L7 latency). */
+export function wallClockNs(): bigint {
+  return BigInt(Math.round((performance.timeOrigin + performance.now()) * 1e3)) * 1000n;
+}
 
 const TCP_IDLE_MS = 10_000;
 
@@ -196,6 +206,7 @@ export class DnsProxy {
 
   /** The reply to one query, or undefined to say nothing (not even a header to answer to). */
   private async answer(msg: Buffer, client: DnsEndpoint, transport: DnsTransport): Promise<Buffer | undefined> {
+    const receivedNs = wallClockNs();
     if (msg.length < DNS_HEADER_LENGTH) {
       this.stats.malformed++;
       return undefined;
@@ -220,8 +231,8 @@ export class DnsProxy {
     }
     const upstream = this.opts.upstream(client, transport);
     const verdict: DnsVerdict = upstream ? this.opts.verdict(client, q.name, transport, upstream) : { allowed: false, rule: 'not steered to the proxy by the datapath' };
-    const event = (rcode: number, learned: LearnedName[] = []) =>
-      this.onQuery?.({ client, transport, name: q.name, qtype: q.type, rcode, verdict, learned });
+    const event = (rcode: number, learned: LearnedName[] = [], reply?: DnsMessage) =>
+      this.onQuery?.({ client, transport, name: q.name, qtype: q.type, rcode, verdict, learned, id: query.id, receivedNs, upstream, reply });
     if (!verdict.allowed) {
       this.stats.refused++;
       this.opts.log.info({ client, name: q.name, qtype: q.type, rule: verdict.rule }, 'DNS query refused by policy');
@@ -254,7 +265,7 @@ export class DnsProxy {
         return dnsErrorReply(msg, DnsRcode.SERVFAIL);
       }
     }
-    event(reply.rcode, learned);
+    event(reply.rcode, learned, reply);
     return raw;
   }
 

@@ -199,8 +199,18 @@ export class DnsSteering {
     return configured ? upstreamParse(configured) : orig;
   }
 
-  /** The identity the datapath gives an address (what the policy sees as the resolver). */
-  private identityOf(address: string): number {
+  /** The resolver a steered query was addressed to (the DNS flow's destination), from the datapath's map. */
+  originalDestination(client: DnsEndpoint, transport: DnsTransport): DnsEndpoint | undefined {
+    return this.maps?.originalDestination(client.address, client.port, transport === 'udp' ? 17 : 6);
+  }
+
+  /** The labels of an identity the policy knows (CIDR and FQDN identities included), for the DNS flows' ends. */
+  identityLabels(identity: number): readonly string[] | undefined {
+    return this.deps.engine.compiled().identities.get(identity);
+  }
+
+  /** The identity the datapath gives an address (what the policy sees as the resolver; the DNS flows' ends). */
+  identityOf(address: string): number {
     const w = this.workloadOf(address);
     if (w) return w.identity;
     if (hostAddressSet().has(address)) return ReservedIdentity.host;

@@ -40,6 +40,14 @@ export class EndpointDirectory {
    */
   remotePeer: ((address: string) => { identity: number; namespace: string; podName: string; labels: readonly string[] } | undefined) | undefined;
   private remoteByAddress = new Map<string, { ep: HubbleEndpoint; source: readonly string[] }>();
+  /**
+   * Names the DNS proxy learned (`source_names` / `destination_names`): `active` says whether it knows
+   * any, `of` gives an address's (`ofIpv4` an IPv4 address by number, as events carry it, so no
+   * address is formatted), undefined for none.
+   */
+  fqdnNames:
+    | { active(): boolean; of(address: string): readonly string[] | undefined; ofIpv4(address: number): readonly string[] | undefined }
+    | undefined;
   /** Cluster mode: labels of other nodes' and peer clusters' identities (the policy universe's). */
   remoteLabels: (identity: number) => string[] | undefined = () => undefined;
 

@@ -93,7 +93,15 @@ export function flowObservationPoint(ev: FlowEvent): 'FROM_ENDPOINT' | 'TO_ENDPO
 }
 
 /** Hubble's flow object for an event whose ends are already named. */
-export function hubbleFlowBuild(ev: FlowEvent, source: HubbleEndpoint, destination: HubbleEndpoint, nodeName: string, time: string, uuid: string = randomUUID()): HubbleFlow {
+export function hubbleFlowBuild(
+  ev: FlowEvent,
+  source: HubbleEndpoint,
+  destination: HubbleEndpoint,
+  nodeName: string,
+  time: string,
+  uuid: string = randomUUID(),
+  names: { source?: readonly string[] | undefined; destination?: readonly string[] | undefined } = {},
+): HubbleFlow {
   const { l4, summary } = l4Of(ev);
   const dropped = ev.verdict === 'DROPPED';
   const flow: HubbleFlow = {
@@ -107,6 +115,8 @@ export function hubbleFlowBuild(ev: FlowEvent, source: HubbleEndpoint, destinati
     destination,
     Type: 'L3_L4',
     node_name: nodeName,
+    source_names: names.source,
+    destination_names: names.destination,
     event_type: flowEventType(ev),
     traffic_direction: ev.direction,
     trace_observation_point: flowObservationPoint(ev),
@@ -132,6 +142,9 @@ export class LazyFlowRecord implements HubbleFlowRecord {
   #flow: HubbleFlow | undefined;
   #time: string | undefined;
   #uuid: string | undefined;
+  /** What the DNS proxy had learned for either address when the event arrived (flowEnrich). */
+  sourceNames: readonly string[] | undefined;
+  destinationNames: readonly string[] | undefined;
 
   constructor(
     readonly event: FlowEvent,
@@ -150,7 +163,10 @@ export class LazyFlowRecord implements HubbleFlowRecord {
   }
 
   get flow(): HubbleFlow {
-    return (this.#flow ??= hubbleFlowBuild(this.event, this.sourceEndpoint, this.destinationEndpoint, this.node_name, this.time, this.uuid));
+    return (this.#flow ??= hubbleFlowBuild(this.event, this.sourceEndpoint, this.destinationEndpoint, this.node_name, this.time, this.uuid, {
+      source: this.sourceNames,
+      destination: this.destinationNames,
+    }));
   }
 
   toJSON(): { flow: HubbleFlow; node_name: string; time: string } {
@@ -161,13 +177,28 @@ export class LazyFlowRecord implements HubbleFlowRecord {
 /** Turns a datapath event into a Hubble flow record, naming both ends from the directory. */
 export function flowEnrich(ev: FlowEvent, dir: EndpointDirectory, nodeName: string): LazyFlowRecord {
   const self = dir.endpointById(ev.endpointId);
+  let rec: LazyFlowRecord;
   // EGRESS: the workload sends (it is the source); INGRESS: it receives.
   if (ev.direction === 'EGRESS') {
     const source = self ?? sourceOf(ev, dir);
-    return new LazyFlowRecord(ev, source, destinationOf(ev, dir), nodeName);
+    rec = new LazyFlowRecord(ev, source, destinationOf(ev, dir), nodeName);
+  } else {
+    const destination = self ?? destinationOf(ev, dir);
+    rec = new LazyFlowRecord(ev, sourceOf(ev, dir), destination, nodeName);
   }
-  const destination = self ?? destinationOf(ev, dir);
-  return new LazyFlowRecord(ev, sourceOf(ev, dir), destination, nodeName);
+  // Taken now, so a later expiry does not rename what was seen; only the peer's side (a workload's own
+  // address is never learned), and no address is formatted while the proxy knows no name.
+  const names = dir.fqdnNames;
+  if (names && ev.family && names.active()) {
+    if (ev.direction === 'EGRESS') {
+      const v4 = ev.dstIpv4;
+      rec.destinationNames = v4 !== undefined ? names.ofIpv4(v4) : names.of(ev.dstAddr);
+    } else {
+      const v4 = ev.srcIpv4;
+      rec.sourceNames = v4 !== undefined ? names.ofIpv4(v4) : names.of(ev.srcAddr);
+    }
+  }
+  return rec;
 }
 
 // IPv4 peers by number when the event has it (decoded events do): no address string is made.

@@ -21,9 +21,12 @@ export interface FlowFilter {
   destination_label?: string[];
   source_identity?: number[];
   destination_identity?: number[];
+  /** Name patterns (hubble's: `*` any run of name characters, dots included) on the names the DNS proxy learned for the address. */
+  source_fqdn?: string[];
+  destination_fqdn?: string[];
   source_port?: string[];
   destination_port?: string[];
-  /** tcp, udp, sctp, icmp (either family), icmpv4, icmpv6, dhcp, dhcpv6 (UDP between the client and server ports). */
+  /** tcp, udp, sctp, icmp (either family), icmpv4, icmpv6, dhcp, dhcpv6 (UDP between the client and server ports), dns (the DNS proxy's L7 flows). */
   protocol?: string[];
   verdict?: string[];
   drop_reason_desc?: string[];
@@ -40,7 +43,7 @@ export const _flowFilterAgrees: FlowFilter = {} as FlowFilterSchema;
 
 export const FLOW_FILTER_FIELDS = [
   'source_ip', 'destination_ip', 'source_pod', 'destination_pod', 'source_workload', 'destination_workload',
-  'source_label', 'destination_label', 'source_identity', 'destination_identity', 'source_port', 'destination_port',
+  'source_label', 'destination_label', 'source_identity', 'destination_identity', 'source_fqdn', 'destination_fqdn', 'source_port', 'destination_port',
   'protocol', 'verdict', 'drop_reason_desc', 'traffic_direction', 'ip_version', 'tcp_flags', 'reply', 'node_name',
 ] as const satisfies ReadonlyArray<keyof FlowFilter>;
 
@@ -174,6 +177,7 @@ function portOf(r: HubbleFlowRecord, side: 'source_port' | 'destination_port'): 
 function protocolOf(r: HubbleFlowRecord): string[] {
   const k = Object.keys(r.flow.l4 ?? {})[0]?.toLowerCase();
   if (!k) return [];
+  if (r.flow.l7?.dns) return [k, 'dns'];
   if (k === 'udp' && (r.flow.Summary === 'DHCP' || r.flow.Summary === 'DHCPv6')) return [k, r.flow.Summary.toLowerCase()];
   return k.startsWith('icmp') ? [k, 'icmp'] : [k];
 }
@@ -197,6 +201,24 @@ function tcpFlagsPred(values: string[]): Pred {
 }
 
 const upper = (vs: string[]) => vs.map((v) => v.toUpperCase());
+
+/** What a name pattern may hold (hubble's FQDN filter): letters, digits, `-`, `_`, `.` and `*`. */
+export const FQDN_PATTERN = /^[-a-zA-Z0-9_.*]+$/;
+
+/**
+ * Hubble's FQDN filter (`--to-fqdn`, `--from-fqdn`): case-insensitive, a trailing dot ignored, `*`
+ * any run of name characters (dots included: `*.test` matches `a.b.test`), anchored at both ends.
+ */
+export function fqdnPatternCompile(field: string, pattern: string): RegExp {
+  const p = pattern.trim().toLowerCase().replace(/\.$/, '');
+  if (!FQDN_PATTERN.test(p)) throw new FilterError(`${field}: "${pattern}" is not a name pattern (letters, digits, "-", "_", "." and "*" only)`);
+  return new RegExp(`^${p.replaceAll('.', '[.]').replaceAll('*', '[-a-z0-9_.]*')}$`);
+}
+
+function fqdnPred(field: string, values: string[], pick: (r: HubbleFlowRecord) => readonly string[] | undefined): Pred {
+  const res = values.map((v) => fqdnPatternCompile(field, v));
+  return (r) => (pick(r) ?? []).some((name) => res.some((re) => re.test(name)));
+}
 
 function fieldPred(field: keyof FlowFilter, values: unknown[]): Pred {
   const strs = values as string[];
@@ -225,6 +247,10 @@ function fieldPred(field: keyof FlowFilter, values: unknown[]): Pred {
       return (r) => (values as number[]).includes(r.flow.source.identity);
     case 'destination_identity':
       return (r) => (values as number[]).includes(r.flow.destination.identity);
+    case 'source_fqdn':
+      return fqdnPred(field, strs, (r) => r.flow.source_names);
+    case 'destination_fqdn':
+      return fqdnPred(field, strs, (r) => r.flow.destination_names);
     case 'source_port':
     case 'destination_port': {
       const ports = strs.map((p) => {

@@ -13,6 +13,47 @@ export interface HubbleEndpoint {
   workloads?: Array<{ name: string; kind: string }>;
 }
 
+/** flow.Policy: the policy that decided a flow, named as Cilium names it. */
+export interface PolicyMessage {
+  name: string;
+  namespace: string;
+  labels: string[];
+  kind: string;
+}
+
+const RULE_REF = /^(NetworkPolicy|CiliumNetworkPolicy|CiliumClusterwideNetworkPolicy) (?:([^/\s]+)\/)?([^\s]+)/;
+
+/** A rule section reference (`CiliumNetworkPolicy shop/be-from-fe ingress[0]`) as a flow.Policy. */
+export function policyFromRuleRef(ref: string): PolicyMessage | undefined {
+  const m = ref.match(RULE_REF);
+  if (!m) return undefined;
+  const [, kind, namespace = '', name] = m;
+  const labels = [`k8s:io.cilium.k8s.policy.derived-from=${kind}`, `k8s:io.cilium.k8s.policy.name=${name}`];
+  if (namespace) labels.push(`k8s:io.cilium.k8s.policy.namespace=${namespace}`);
+  return { name: name!, namespace, labels, kind: kind! };
+}
+
+/** flow.DNS as `hubble observe -o json` prints it (Cilium's LogRecordDNS). */
+export interface HubbleDns {
+  /** The name asked, with its trailing dot (`api.test.`). */
+  query: string;
+  ips?: string[];
+  ttl?: number;
+  cnames?: string[];
+  observation_source: 'proxy';
+  rcode?: number;
+  qtypes: string[];
+  rrtypes?: string[];
+}
+
+/** flow.Layer7: kitnet's L7 flows are the DNS proxy's. */
+export interface HubbleL7 {
+  type: 'REQUEST' | 'RESPONSE';
+  /** uint64 as protojson prints it: a decimal string; absent on requests. */
+  latency_ns?: string;
+  dns: HubbleDns;
+}
+
 export interface HubbleFlow {
   time: string;
   uuid: string;
@@ -26,14 +67,21 @@ export interface HubbleFlow {
   l4?: Record<string, unknown>;
   source: HubbleEndpoint;
   destination: HubbleEndpoint;
-  Type: 'L3_L4';
+  Type: 'L3_L4' | 'L7';
   node_name: string;
+  /** Names the DNS proxy learned for the source / destination address (Cilium's FQDN cache). */
+  source_names?: readonly string[];
+  destination_names?: readonly string[];
+  /** Only on L7 flows (Type L7). */
+  l7?: HubbleL7;
   event_type: { type: number; sub_type?: number };
   traffic_direction: 'INGRESS' | 'EGRESS';
   trace_observation_point?: string;
   is_reply: boolean;
   interface?: { index: number; name?: string };
   Summary: string;
+  /** On an L7 flow the proxy denied: the policy whose DNS rules did not allow the name. */
+  egress_denied_by?: PolicyMessage[];
 }
 
 /** One line of `hubble observe -o json`. */
@@ -43,8 +91,8 @@ export interface HubbleFlowRecord {
   time: string;
 }
 
-/** Cilium's monitor message types (pkg/monitor/api): the `event_type.type` of a flow. */
-export const MessageType = { drop: 1, trace: 4 } as const;
+/** Cilium's monitor message types (pkg/monitor/api): the `event_type.type` of a flow (accessLog: an L7 proxy's record). */
+export const MessageType = { drop: 1, trace: 4, accessLog: 129 } as const;
 
 /** Hubble's DropReason name for a number the datapath reports (one list, generated with the C side). */
 export function dropReasonDesc(reason: number): string {

@@ -77,6 +77,15 @@ export class FlowPipeline extends EventEmitter<{ flow: [HubbleFlowRecord]; lost:
     }
   }
 
+  /**
+   * A flow that does not come from the datapath (the DNS proxy's L7 flows): into the same ring and to
+   * the same followers, so every API shows it with the others.
+   */
+  push(rec: HubbleFlowRecord): void {
+    this.ring.push(rec);
+    if (this.listenerCount('flow') > 0) this.emit('flow', rec);
+  }
+
   /** Adds an observer of every batch of events; returns the function that removes it. */
   batchObserve(fn: FlowBatchObserver): () => void {
     this.batchObservers.add(fn);

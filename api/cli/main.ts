@@ -239,8 +239,9 @@ for (const [flag, desc] of [
   ['label', 'label selector, either side'], ['from-label', 'source label selector'], ['to-label', 'destination label selector'],
   ['identity', 'identity, either side'], ['from-identity', 'source identity'], ['to-identity', 'destination identity'],
   ['port', 'L4 port, either side'], ['from-port', 'source port'], ['to-port', 'destination port'],
+  ['fqdn', 'name the DNS proxy learned, either side (* any run of name characters)'], ['from-fqdn', 'source name pattern'], ['to-fqdn', 'destination name pattern, e.g. api.example.com or *.example.com'],
   ['verdict', 'FORWARDED or DROPPED'], ['drop-reason', 'drop reason name, e.g. POLICY_DENIED'],
-  ['protocol', 'tcp, udp, sctp, icmp, icmpv4, icmpv6'], ['traffic-direction', 'ingress or egress'],
+  ['protocol', 'tcp, udp, sctp, icmp, icmpv4, icmpv6, dhcp, dhcpv6, dns'], ['traffic-direction', 'ingress or egress'],
   ['tcp-flags', 'flags that must all be set, e.g. SYN or SYN,ACK'], ['node', 'node name'],
 ] as const) {
   observe.option(`--${flag} <value>`, `${desc} (repeatable)`, collect);

@@ -26,6 +26,7 @@ export function observeFilters(o: ObserveOptions): Array<Record<string, unknown>
   put('source_identity', (o.fromIdentity as string[] | undefined)?.map(Number));
   put('destination_identity', (o.toIdentity as string[] | undefined)?.map(Number));
   put('source_port', o.fromPort); put('destination_port', o.toPort);
+  put('source_fqdn', o.fromFqdn); put('destination_fqdn', o.toFqdn);
   put('verdict', (o.verdict as string[] | undefined)?.map((v) => v.toUpperCase()));
   put('drop_reason_desc', o.dropReason);
   put('protocol', o.protocol);
@@ -46,6 +47,7 @@ export function observeFilters(o: ObserveOptions): Array<Record<string, unknown>
   fork(o.label, 'source_label', 'destination_label');
   fork(o.identity, 'source_identity', 'destination_identity', (v) => v.map(Number));
   fork(o.port, 'source_port', 'destination_port');
+  fork(o.fqdn, 'source_fqdn', 'destination_fqdn');
   return filters.filter((f) => Object.keys(f).length > 0);
 }
 

@@ -1,31 +1,14 @@
 import type { FlowEvent } from '../../bpf/index.js';
-import type { HubbleFlowRecord } from '../../agent/flows/hubble.js';
 import type { TracePeer, TraceResult } from '../../agent/policy/trace.js';
+import { policyFromRuleRef, type HubbleFlowRecord, type PolicyMessage } from '../../agent/flows/hubble.js';
 
-/** flow.Policy: the policy that decided a flow, named as Cilium names it. */
-export interface PolicyMessage {
-  name: string;
-  namespace: string;
-  labels: string[];
-  kind: string;
-}
+// Moved beside the flow types (the DNS proxy's L7 flows name policies too); kept importable from here.
+export { policyFromRuleRef, type PolicyMessage };
 
 export type PolicyFields = Partial<Record<'ingress_allowed_by' | 'egress_allowed_by' | 'ingress_denied_by' | 'egress_denied_by', PolicyMessage[]>>;
 
 /** The agent's offline verdict (PolicyEngine.trace): the same compiled state and lookups as the datapath. */
 export type PolicyTrace = (from: TracePeer, to: TracePeer, protocol: number, port: number) => TraceResult;
-
-const RULE_REF = /^(NetworkPolicy|CiliumNetworkPolicy|CiliumClusterwideNetworkPolicy) (?:([^/\s]+)\/)?([^\s]+)/;
-
-/** A rule section reference (`CiliumNetworkPolicy shop/be-from-fe ingress[0]`) as a flow.Policy. */
-export function policyFromRuleRef(ref: string): PolicyMessage | undefined {
-  const m = ref.match(RULE_REF);
-  if (!m) return undefined;
-  const [, kind, namespace = '', name] = m;
-  const labels = [`k8s:io.cilium.k8s.policy.derived-from=${kind}`, `k8s:io.cilium.k8s.policy.name=${name}`];
-  if (namespace) labels.push(`k8s:io.cilium.k8s.policy.namespace=${namespace}`);
-  return { name: name!, namespace, labels, kind: kind! };
-}
 
 const CACHE_TTL_MS = 2000;
 const CACHE_MAX = 16_384;

@@ -14,15 +14,16 @@ export const FILTER_LIMITS = { filters: 64, values: 64, valueLength: 256 } as co
 /** Fields that are lists of strings and mean the same in kitnet's filter. */
 const SHARED_STRING_FIELDS = [
   'source_ip', 'destination_ip', 'source_pod', 'destination_pod', 'source_label', 'destination_label',
-  'source_port', 'destination_port', 'protocol', 'node_name',
+  'source_port', 'destination_port', 'protocol', 'node_name', 'source_fqdn', 'destination_fqdn',
 ] as const;
 
 /**
- * Fields kitnet never fills (FQDNs, services, L7, clusters, node labels, trace ids): a filter on one
- * matches no kitnet flow, as it would match no flow of a Cilium node without that data.
+ * Fields kitnet never fills (services, HTTP, clusters, node labels, trace ids): a filter on one
+ * matches no kitnet flow, as it would match no flow of a Cilium node without that data. dns_query
+ * too for now: its values are RE2 expressions, which JS regexps would not run in bounded time.
  */
 const NEVER_FILLED = [
-  'source_ip_xlated', 'source_fqdn', 'destination_fqdn', 'source_service', 'destination_service',
+  'source_ip_xlated', 'source_service', 'destination_service',
   'source_cluster_name', 'destination_cluster_name', 'http_status_code', 'dns_query', 'http_method',
   'http_path', 'http_url', 'node_labels', 'trace_id', 'ip_trace_id',
 ] as const;

@@ -64,6 +64,10 @@ export function flowMessage(f: HubbleFlow, time: Timestamp, extras?: FlowExtras)
     Summary: f.Summary,
   };
   if (f.ethernet) msg.ethernet = f.ethernet;
+  if (f.source_names) msg.source_names = f.source_names;
+  if (f.destination_names) msg.destination_names = f.destination_names;
+  if (f.l7) msg.l7 = f.l7;
+  if (f.egress_denied_by) msg.egress_denied_by = f.egress_denied_by;
   if (f.verdict === 'DROPPED') {
     msg.drop_reason = f.drop_reason ?? 0;
     msg.drop_reason_desc = f.drop_reason ?? 0;
@@ -71,6 +75,7 @@ export function flowMessage(f: HubbleFlow, time: Timestamp, extras?: FlowExtras)
   if (extras) {
     const { interfaceName, ...policies } = extras;
     Object.assign(msg, policies);
+    if (f.egress_denied_by && policies.egress_denied_by) msg.egress_denied_by = [...f.egress_denied_by, ...policies.egress_denied_by];
     if (interfaceName && f.interface) msg.interface = { ...f.interface, name: interfaceName };
   }
   return msg;

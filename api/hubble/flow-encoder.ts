@@ -1,8 +1,9 @@
 import protobuf from 'protobufjs';
 import { flowEventType, flowObservationPoint, l4Of, LazyFlowRecord } from '../../agent/flows/enrich.js';
-import type { HubbleEndpoint, HubbleFlowRecord } from '../../agent/flows/hubble.js';
+import type { HubbleEndpoint, HubbleFlow, HubbleFlowRecord } from '../../agent/flows/hubble.js';
 import type { PolicyMessage } from './attribution.js';
 import type { FlowExtras } from './backend.js';
+import { timestampFromIso } from './flow-convert.js';
 import { hubbleProtoRoot } from './proto.js';
 
 const { Writer } = protobuf;
@@ -37,7 +38,7 @@ function enumValue(values: Record<string, number>, name: string, what: string): 
 export const FLOW_FIELDS_ENCODED = [
   'time', 'uuid', 'verdict', 'drop_reason', 'IP', 'l4', 'source', 'destination', 'Type', 'node_name', 'event_type',
   'traffic_direction', 'trace_observation_point', 'drop_reason_desc', 'is_reply', 'interface', 'Summary',
-  'egress_allowed_by', 'ingress_allowed_by', 'egress_denied_by', 'ingress_denied_by',
+  'egress_allowed_by', 'ingress_allowed_by', 'egress_denied_by', 'ingress_denied_by', 'source_names', 'destination_names', 'l7',
 ] as const;
 
 export type FlowResponseEncoder = (r: HubbleFlowRecord, extras?: FlowExtras) => Buffer | undefined;
@@ -49,8 +50,9 @@ export type FlowResponseEncoder = (r: HubbleFlowRecord, extras?: FlowExtras) => 
  * content comes from the same functions that build the JSON flow (agent/flows/enrich.ts), and
  * test/unit/hubble-flow-encoder.test.ts checks that both decode to the same message. Endpoints and
  * policy lists are encoded once per object (the directory and the attribution cache share them
- * between flows and never mutate them). Records that are not the pipeline's (no event) give
- * undefined: the caller encodes those with the library.
+ * between flows and never mutate them). The DNS proxy's L7 flows (plain records, Type L7) are encoded
+ * from their JSON flow. Other records that are not the pipeline's (no event) give undefined: the
+ * caller encodes those with the library.
  */
 export function flowResponseEncoderCreate(root: protobuf.Root = hubbleProtoRoot()): FlowResponseEncoder {
   const R = tagsOf(root, 'observer.GetFlowsResponse', ['flow', 'node_name', 'time'] as const);
@@ -70,6 +72,10 @@ export function flowResponseEncoderCreate(root: protobuf.Root = hubbleProtoRoot(
   const points = enumOf(root, 'flow.TraceObservationPoint');
   const ipVersion = { 4: enumValue(enumOf(root, 'flow.IPVersion'), 'IPv4', 'IPVersion'), 6: enumValue(enumOf(root, 'flow.IPVersion'), 'IPv6', 'IPVersion') };
   const l3l4 = enumValue(enumOf(root, 'flow.FlowType'), 'L3_L4', 'FlowType');
+  const l7Type = enumValue(enumOf(root, 'flow.FlowType'), 'L7', 'FlowType');
+  const L7 = tagsOf(root, 'flow.Layer7', ['type', 'latency_ns', 'dns'] as const);
+  const DNS = tagsOf(root, 'flow.DNS', ['query', 'ips', 'ttl', 'cnames', 'observation_source', 'rcode', 'qtypes', 'rrtypes'] as const);
+  const l7FlowTypes = enumOf(root, 'flow.L7FlowType');
   const endpointType = root.lookupType('flow.Endpoint');
   const policyType = root.lookupType('flow.Policy');
   const endpointBytes = new WeakMap<HubbleEndpoint, Uint8Array>();
@@ -97,9 +103,80 @@ export function flowResponseEncoderCreate(root: protobuf.Root = hubbleProtoRoot(
   const uint = (w: ProtoWriter, tag: number, v: number) => {
     if (v) w.uint32(tag).uint32(v);
   };
+  const strings = (w: ProtoWriter, tag: number, list: readonly string[] | undefined) => {
+    for (const v of list ?? []) w.uint32(tag).string(v);
+  };
+  const policyLists = (w: ProtoWriter, f: Pick<HubbleFlow, 'egress_denied_by'>, extras: FlowExtras | undefined) => {
+    policies(w, F.egress_allowed_by, extras?.egress_allowed_by);
+    policies(w, F.ingress_allowed_by, extras?.ingress_allowed_by);
+    policies(w, F.egress_denied_by, [...(f.egress_denied_by ?? []), ...(extras?.egress_denied_by ?? [])]);
+    policies(w, F.ingress_denied_by, extras?.ingress_denied_by);
+  };
+
+  /** An L7 flow from its JSON object (the DNS proxy's; rare next to the datapath's, so no shortcuts). */
+  const l7Flow = (r: HubbleFlowRecord, extras: FlowExtras | undefined): Buffer => {
+    const f = r.flow;
+    const t = timestampFromIso(r.time);
+    const ns = BigInt(t.seconds) * 1_000_000_000n + BigInt(t.nanos);
+    const w = Writer.create();
+    w.uint32(R.flow).fork();
+    timestamp(w, F.time, ns);
+    w.uint32(F.verdict).int32(enumValue(verdicts, f.verdict, 'Verdict'));
+    const dropped = f.verdict === 'DROPPED';
+    if (dropped) uint(w, F.drop_reason, f.drop_reason ?? 0);
+    if (f.IP) w.uint32(F.IP).fork().uint32(IP.source).string(f.IP.source).uint32(IP.destination).string(f.IP.destination).uint32(IP.ipVersion).int32(ipVersion[f.IP.ipVersion === 'IPv4' ? 4 : 6]).ldelim();
+    const kind = Object.keys(f.l4 ?? {})[0] as 'TCP' | 'UDP' | undefined;
+    if (kind === 'TCP' || kind === 'UDP') {
+      const ports = (f.l4 as Record<string, { source_port: number; destination_port: number }>)[kind]!;
+      w.uint32(F.l4).fork().uint32(L4[kind]).fork();
+      uint(w, PORTS[kind].source_port, ports.source_port);
+      uint(w, PORTS[kind].destination_port, ports.destination_port);
+      w.ldelim().ldelim();
+    }
+    endpoint(w, F.source, f.source);
+    endpoint(w, F.destination, f.destination);
+    w.uint32(F.Type).int32(f.Type === 'L7' ? l7Type : l3l4);
+    if (f.node_name) w.uint32(F.node_name).string(f.node_name);
+    strings(w, F.source_names, f.source_names);
+    strings(w, F.destination_names, f.destination_names);
+    if (f.l7) {
+      w.uint32(F.l7).fork();
+      const type = enumValue(l7FlowTypes, f.l7.type, 'L7FlowType');
+      if (type) w.uint32(L7.type).int32(type);
+      if (f.l7.latency_ns && f.l7.latency_ns !== '0') w.uint32(L7.latency_ns).uint64(f.l7.latency_ns);
+      const d = f.l7.dns;
+      w.uint32(L7.dns).fork();
+      if (d.query) w.uint32(DNS.query).string(d.query);
+      strings(w, DNS.ips, d.ips);
+      uint(w, DNS.ttl, d.ttl ?? 0);
+      strings(w, DNS.cnames, d.cnames);
+      w.uint32(DNS.observation_source).string(d.observation_source);
+      uint(w, DNS.rcode, d.rcode ?? 0);
+      strings(w, DNS.qtypes, d.qtypes);
+      strings(w, DNS.rrtypes, d.rrtypes);
+      w.ldelim().ldelim();
+    }
+    w.uint32(F.event_type).fork();
+    uint(w, EV.type, f.event_type.type);
+    uint(w, EV.sub_type, f.event_type.sub_type ?? 0);
+    w.ldelim();
+    w.uint32(F.traffic_direction).int32(enumValue(directions, f.traffic_direction, 'TrafficDirection'));
+    if (f.trace_observation_point) w.uint32(F.trace_observation_point).int32(enumValue(points, f.trace_observation_point, 'TraceObservationPoint'));
+    if (dropped) uint(w, F.drop_reason_desc, f.drop_reason ?? 0);
+    w.uint32(F.is_reply).fork();
+    if (f.is_reply) w.uint32(BOOL.value).bool(true);
+    w.ldelim();
+    w.uint32(F.uuid).string(f.uuid);
+    w.uint32(F.Summary).string(f.Summary);
+    policyLists(w, f, extras);
+    w.ldelim();
+    if (r.node_name) w.uint32(R.node_name).string(r.node_name);
+    timestamp(w, R.time, ns);
+    return w.finish() as Buffer;
+  };
 
   return (r, extras) => {
-    if (!(r instanceof LazyFlowRecord)) return undefined;
+    if (!(r instanceof LazyFlowRecord)) return r.flow?.Type === 'L7' && r.flow.l7 ? l7Flow(r, extras) : undefined;
     const ev = r.event;
     const w = Writer.create();
     w.uint32(R.flow).fork();
@@ -134,6 +211,8 @@ export function flowResponseEncoderCreate(root: protobuf.Root = hubbleProtoRoot(
     endpoint(w, F.destination, r.destinationEndpoint);
     w.uint32(F.Type).int32(l3l4);
     if (r.node_name) w.uint32(F.node_name).string(r.node_name);
+    strings(w, F.source_names, r.sourceNames);
+    strings(w, F.destination_names, r.destinationNames);
     const eventType = flowEventType(ev);
     w.uint32(F.event_type).fork();
     uint(w, EV.type, eventType.type);

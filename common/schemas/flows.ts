@@ -1,6 +1,9 @@
 import { z } from 'zod';
 
 const strings = z.array(z.string().min(1).max(256)).max(64);
+/** Hubble's FQDN filter patterns (agent/flows/filter.ts fqdnPatternCompile). */
+const fqdnPattern = z.string().min(1).max(256).regex(/^[-a-zA-Z0-9_.*]+$/, 'must be a name pattern: letters, digits, "-", "_", "." and "*" only');
+const fqdnPatterns = z.array(fqdnPattern).max(64);
 
 /** Hubble's FlowFilter fields that kitnet supports (observer.proto names). */
 export const FlowFilter = z
@@ -10,6 +13,7 @@ export const FlowFilter = z
     source_workload: strings, destination_workload: strings,
     source_label: strings, destination_label: strings,
     source_identity: z.array(z.number().int().min(0)).max(64), destination_identity: z.array(z.number().int().min(0)).max(64),
+    source_fqdn: fqdnPatterns, destination_fqdn: fqdnPatterns,
     source_port: strings, destination_port: strings,
     protocol: strings, verdict: z.array(z.enum(['FORWARDED', 'DROPPED'])).max(2),
     drop_reason_desc: strings, traffic_direction: z.array(z.enum(['INGRESS', 'EGRESS'])).max(2),
@@ -63,6 +67,7 @@ export const FlowsQuery = z
     destination_label: z.union([z.string(), z.array(z.string())]).transform((v) => (Array.isArray(v) ? v : [v])).optional(),
     source_identity: listParam.pipe(z.array(z.string().regex(/^\d+$/, 'must be an identity number').transform(Number))).optional(),
     destination_identity: listParam.pipe(z.array(z.string().regex(/^\d+$/, 'must be an identity number').transform(Number))).optional(),
+    source_fqdn: listParam.pipe(fqdnPatterns).optional(), destination_fqdn: listParam.pipe(fqdnPatterns).optional(),
     source_port: listParam.optional(), destination_port: listParam.optional(),
     protocol: listParam.optional(),
     verdict: listParam.pipe(z.array(z.enum(['FORWARDED', 'DROPPED']))).optional(),

@@ -15,7 +15,9 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { Workload } from '../../common/schemas/workload.js';
 import { FQDN_IDENTITY_BASE } from '../../agent/dns/fqdn-cache.js';
+import type { ApiError } from '../../common/api-client.js';
 import { AgentFixture } from '../helpers/fixture.js';
+import { hubbleCliOrSkip, hubbleRun } from '../helpers/hubble-cli.js';
 import { run, status, waitFor } from '../helpers/sys.js';
 
 const PORT = 9400;
@@ -125,7 +127,10 @@ try:
     t.connect((server, 53)); t.sendall(b'\\xff\\xff' + b'\\x00' * 100); t.close()
 except OSError: pass
 `;
-/** A resolver that lies, by the name asked: wrongid.test (reply id off by one), unasked.test (addresses for another name), garbage.test. */
+/**
+ * A resolver that lies, by the name asked: wrongid.test (reply id off by one), unasked.test (addresses
+ * for another name), weird.test (a CNAME whose target holds quotes, a backslash, NUL, 0xff), garbage.test.
+ */
 const EVIL_PY = `
 import socket, struct
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('${EXT.evil4}', 53))
@@ -136,6 +141,9 @@ while True:
     def rr(owner, ip): return owner + struct.pack('>HHIH', 1, 1, 60, 4) + socket.inet_aton(ip)
     if b'wrongid' in name:
         r = struct.pack('>HHHHHH', qid ^ 1, 0x8180, 1, 1, 0, 0) + question + rr(b'\\xc0\\x0c', '${EXT.unasked4}')
+    elif b'weird' in name:
+        t = bytes([10]) + b'a"\\\\\\x00\\xff\\x7f<>{}' + b'\\x04test\\x00'
+        r = struct.pack('>HHHHHH', qid, 0x8180, 1, 1, 0, 0) + question + b'\\xc0\\x0c' + struct.pack('>HHIH', 5, 1, 60, len(t)) + t
     elif b'unasked' in name:
         r = struct.pack('>HHHHHH', qid, 0x8180, 1, 1, 0, 0) + question + rr(b'\\x04api2\\x04test\\x00', '${EXT.unasked4}')
     else:
@@ -144,6 +152,14 @@ while True:
 `;
 
 type Lookup = { rcode: number; addrs: string[]; connected: boolean[]; id_ok?: boolean };
+type Dns = { query: string; ips?: string[]; ttl?: number; cnames?: string[]; observation_source: string; rcode?: number; qtypes: string[]; rrtypes?: string[] };
+type Ep = { identity: number; pod_name?: string; namespace?: string; labels: string[] };
+type Flow = {
+  uuid: string; verdict: string; Type: string; is_reply: boolean; traffic_direction: string; event_type: { type: number };
+  IP: { source: string; destination: string }; l4: Record<string, { source_port: number; destination_port: number }>;
+  source: Ep; destination: Ep; source_names?: string[]; destination_names?: string[];
+  l7?: { type: string; latency_ns?: string; dns: Dns }; egress_denied_by?: Array<{ name: string; namespace: string; kind: string }>;
+};
 
 describe('DNS-aware egress policy: toFQDNs and DNS rules through the DNS proxy (root)', { timeout: 300_000 }, () => {
   const fx = new AgentFixture({ tag: 'dnsp', ipv4Pool: '10.227.0.0/16', ipv6Pool: 'fd00:227::/64', namespaces: ['dnsp'], overrides: { dns: { proxy: { minTTL: 600 } } } });
@@ -322,6 +338,121 @@ spec:
     assert.match(text, /hubble_dns_queries_total\{rcode="",qtypes="AAAA",ips_returned="0"\} [1-9]/);
     assert.match(text, /hubble_dns_responses_total\{rcode="No Error",qtypes="A",ips_returned="1"\} [1-9]/);
     assert.match(text, /hubble_dns_responses_total\{rcode="Server Failure",qtypes="A",ips_returned="0"\} [1-9]/);
+  });
+
+  describe('DNS flows (Hubble L7) and names on the L3/L4 flows', () => {
+    const cli = hubbleCliOrSkip();
+    const rest = async (query: string): Promise<Flow[]> => {
+      const lines: string[] = [];
+      await api.stream(`/v1/flows?last=4095&${query}`, (l) => lines.push(l));
+      return lines.map((l) => (JSON.parse(l) as { flow?: Flow }).flow).filter((f): f is Flow => !!f);
+    };
+    const hubble = async (args: string[]) => {
+      if (!('path' in cli)) throw new Error('no CLI');
+      return hubbleRun(cli.path, [...args, '--server', `unix://${join(fx.dir, 'hubble.sock')}`]);
+    };
+    const hubbleFlows = async (args: string[]): Promise<Flow[]> => {
+      const r = await hubble(['observe', '--last', '4095', '-o', 'json', ...args]);
+      assert.equal(r.code, 0, r.stderr);
+      return r.stdout.split('\n').filter(Boolean).map((l) => (JSON.parse(l) as { flow?: Flow }).flow).filter((f): f is Flow => !!f);
+    };
+    let client: Workload;
+    before(async () => {
+      client = await api.call<Workload>('GET', '/v1/workloads/dnsp/c');
+    });
+
+    test('a lookup gives a REQUEST flow from the workload to the resolver and a RESPONSE flow back, with the answer', async () => {
+      const r = await lookup(EXT.dns4, 'api.test');
+      assert.deepEqual([r.rcode, r.connected], [0, [true]]);
+      const { req, res } = await waitFor('the request and response flows of the lookup', async () => {
+        const fs = await rest('protocol=dns');
+        // the newest request for api.test over UDP and the response to the same client port
+        const req = fs.filter((f) => f.l7?.type === 'REQUEST' && f.l7.dns.query === 'api.test.' && f.l4.UDP && f.IP.destination === EXT.dns4).at(-1);
+        const res = req && fs.find((f) => f.l7?.type === 'RESPONSE' && f.l4.UDP?.destination_port === req.l4.UDP!.source_port && f.l7.dns.query === 'api.test.');
+        return req && res ? { req, res } : undefined;
+      }, 10_000);
+      assert.deepEqual([req.Type, req.verdict, req.is_reply, req.traffic_direction, req.event_type.type], ['L7', 'FORWARDED', false, 'EGRESS', 129]);
+      assert.deepEqual([req.IP.source, req.IP.destination, req.l4.UDP!.destination_port], [client.ipv4, EXT.dns4, 53]);
+      assert.deepEqual([req.source.pod_name, req.source.namespace, req.source.identity], ['c', 'dnsp', client.identity]);
+      // the resolver as the datapath sees it: the toCIDR rule's prefix gives it a CIDR identity (node-local)
+      assert.ok((req.destination.identity & (1 << 24)) !== 0, JSON.stringify(req.destination));
+      assert.ok(req.destination.labels.includes('cidr:10.228.0.0/24'), JSON.stringify(req.destination));
+      assert.deepEqual(req.l7!.dns, { query: 'api.test.', observation_source: 'proxy', qtypes: ['A'] });
+      assert.deepEqual([res.Type, res.verdict, res.is_reply, res.IP.source, res.IP.destination, res.source.identity, res.destination.identity], ['L7', 'FORWARDED', true, EXT.dns4, client.ipv4, req.destination.identity, client.identity]);
+      const d = res.l7!.dns;
+      assert.deepEqual([d.query, d.ips, d.rrtypes, d.qtypes, d.observation_source, d.rcode ?? 0], ['api.test.', [EXT.api4], ['A'], ['A'], 'proxy', 0]);
+      assert.ok(d.ttl! > 0 && d.ttl! <= 5, `the resolver's TTL (5 s), not the proxy's floor: ${d.ttl}`);
+      assert.ok(BigInt(res.l7!.latency_ns!) > 0n);
+    });
+
+    test('a refused query gives one DROPPED L7 flow naming the policy that denied it', async () => {
+      const r = await lookup(EXT.dns4, 'other.test', 'A', 'tcp', false);
+      assert.equal(r.rcode, 5);
+      const drop = await waitFor('the dropped DNS flow', async () => (await rest('protocol=dns&verdict=DROPPED')).find((f) => f.l7?.dns.query === 'other.test.' && f.l4.TCP), 10_000);
+      assert.deepEqual([drop.Type, drop.l7!.type, drop.l4.TCP!.destination_port, drop.source.pod_name], ['L7', 'REQUEST', 53, 'c']);
+      assert.deepEqual(drop.egress_denied_by?.map((p) => [p.kind, p.namespace, p.name]), [['CiliumNetworkPolicy', 'dnsp', 'fqdn']]);
+      const responses = (await rest('protocol=dns')).filter((f) => f.l7?.type === 'RESPONSE' && f.l7.dns.query === 'other.test.');
+      assert.deepEqual(responses, [], 'no response flow for a refused query');
+    });
+
+    test('destination_names on the TCP flows to a learned address; --to-fqdn selects them (REST)', async () => {
+      for (const name of ['api.test', 'a.svc.test']) {
+        const r = await lookup(EXT.dns4, name);
+        assert.deepEqual([r.rcode, r.connected], [0, [true]], name);
+      }
+      const toApi = await waitFor('TCP flows to api.test by name', async () => {
+        const fs = await rest('destination_fqdn=api.test');
+        return fs.some((f) => f.l4.TCP?.destination_port === PORT) ? fs : undefined;
+      }, 10_000);
+      for (const f of toApi) {
+        assert.ok([EXT.api4, EXT.api6].includes(f.IP.destination), f.IP.destination);
+        assert.ok(f.destination_names?.includes('api.test'), JSON.stringify(f.destination_names));
+      }
+      const svc = await waitFor('flows to a.svc.test', async () => {
+        const fs = await rest('destination_fqdn=*.svc.test');
+        return fs.some((f) => f.l4.TCP?.destination_port === PORT) ? fs : undefined;
+      }, 10_000);
+      assert.ok(svc.every((f) => f.IP.destination === EXT.svcA4 || f.IP.destination === EXT.svcB4));
+      assert.deepEqual(await rest('destination_fqdn=nothing.test'), []);
+      const fromApi = await rest('source_fqdn=api.test');
+      assert.ok(fromApi.length > 0, 'the replies of the connection to api.test carry source_names');
+      assert.ok(fromApi.every((f) => [EXT.api4, EXT.api6].includes(f.IP.source) && f.source_names?.includes('api.test')));
+      await assert.rejects(api.call('GET', '/v1/flows?destination_fqdn=a%2Bb'), (e: ApiError) => e.statusCode === 400 && /destination_fqdn/.test(e.message));
+    });
+
+    test('hostile answer: a CNAME with quotes, backslashes, NUL and 0xff in its name: escaped in the flow, REST and gRPC still serve it', async () => {
+      const r = await lookup(EXT.evil4, 'weird.evil.test', 'A', 'udp', false);
+      assert.equal(r.rcode, 0, JSON.stringify(r));
+      const res = await waitFor('the response flow', async () => (await rest('protocol=dns')).find((f) => f.l7?.type === 'RESPONSE' && f.l7.dns.query === 'weird.evil.test.'), 10_000);
+      assert.deepEqual(res.l7!.dns.cnames, ['a\\034\\092\\000\\255\\127\\060\\062\\123\\125.test.']);
+      if ('path' in cli) {
+        const viaGrpc = (await hubbleFlows(['--protocol', 'dns'])).find((f) => f.uuid === res.uuid);
+        assert.deepEqual(viaGrpc?.l7?.dns.cnames, res.l7!.dns.cnames);
+      }
+    });
+
+    test('the real hubble CLI: --to-fqdn and --protocol dns give what REST gives; a bad pattern is refused naming the field', { skip: cli.skip || false }, async () => {
+      await waitFor('hubble observe --to-fqdn api.test and GET /v1/flows?destination_fqdn=api.test to agree', async () => {
+        const [viaCli, viaRest] = [await hubbleFlows(['--to-fqdn', 'api.test']), await rest('destination_fqdn=api.test')];
+        assert.ok(viaCli.length > 0);
+        assert.ok(viaCli.every((f) => f.destination_names?.includes('api.test')), 'destination_names over gRPC');
+        return JSON.stringify(viaCli.map((f) => f.uuid)) === JSON.stringify(viaRest.map((f) => f.uuid));
+      }, 20_000);
+      const dns = await hubbleFlows(['--protocol', 'dns']);
+      const restDns = await rest('protocol=dns');
+      assert.deepEqual(dns.map((f) => f.uuid), restDns.map((f) => f.uuid));
+      assert.deepEqual((await hubbleFlows(['--type', 'l7'])).map((f) => f.uuid), restDns.map((f) => f.uuid), '--type l7: event type 129');
+      const resp = dns.find((f) => f.l7?.type === 'RESPONSE' && f.l7.dns.query === 'api.test.');
+      assert.deepEqual([resp?.Type, resp?.l7?.dns.ips, resp?.l7?.dns.observation_source], ['L7', [EXT.api4], 'proxy']);
+      const dropped = dns.find((f) => f.verdict === 'DROPPED' && f.l7?.dns.query === 'other.test.');
+      assert.equal(dropped?.egress_denied_by?.[0]?.name, 'fqdn');
+      const compact = await hubble(['observe', '--last', '4095', '--protocol', 'dns', '-o', 'compact']);
+      assert.equal(compact.code, 0, compact.stderr);
+      assert.match(compact.stdout, /dnsp\/c:\d+ \(ID:\d+\) -> 10\.228\.0\.2:53 .*dns-request.*FORWARDED \(DNS Query api\.test\. A\)/);
+      const bad = await hubble(['observe', '--last', '1', '--to-fqdn', 'a(b']);
+      assert.notEqual(bad.code, 0);
+      assert.match(bad.stderr, /destination_fqdn/);
+    });
   });
 
   test('an agent restart keeps the learned names: a connection without a new lookup goes through; a corrupt state file is ignored', async () => {

@@ -20,3 +20,9 @@ test('namespaces become pod prefixes; no flags, no filters', () => {
   assert.deepEqual(observeFilters({ output: 'compact', toNamespace: ['shop'] }), [{ destination_pod: ['shop/'] }]);
   assert.deepEqual(observeFilters({ output: 'compact' }), []);
 });
+
+test('--to-fqdn / --from-fqdn are directional, --fqdn forks; --protocol dns passes through', () => {
+  assert.deepEqual(observeFilters({ output: 'compact', toFqdn: ['api.test'], protocol: ['dns'] }), [{ destination_fqdn: ['api.test'], protocol: ['dns'] }]);
+  assert.deepEqual(observeFilters({ output: 'compact', fromFqdn: ['*.test'] }), [{ source_fqdn: ['*.test'] }]);
+  assert.deepEqual(observeFilters({ output: 'compact', fqdn: ['api.test'] }), [{ source_fqdn: ['api.test'] }, { destination_fqdn: ['api.test'] }]);
+});

@@ -103,3 +103,23 @@ test('learned addresses keep their covering CIDR: toCIDR of a wider prefix and t
   const world6 = egressTo('[{toEntities: [world-ipv6]}]');
   assert.ok(world6.has(v6) && !world6.has(outside));
 });
+
+test('names by address (flows): by text and by IPv4 number, following learns and expiries', () => {
+  const c = new FqdnCache();
+  assert.equal(c.empty, true);
+  assert.equal(c.namesByAddress('10.2.0.1'), undefined);
+  c.learn('b.test', ['10.2.0.1', 'fd00::1'], 10, 0);
+  c.learn('a.test', ['10.2.0.1'], 60, 0);
+  assert.equal(c.empty, false);
+  assert.deepEqual(c.namesByAddress('10.2.0.1'), ['a.test', 'b.test']);
+  assert.deepEqual(c.namesByIpv4(0x0a020001), ['a.test', 'b.test']);
+  assert.deepEqual(c.namesByAddress('fd00::1'), ['b.test']);
+  assert.equal(c.namesByIpv4(0x0a020002), undefined);
+  c.learn('c.test', ['10.2.0.2'], 10, 0);
+  assert.deepEqual(c.namesByIpv4(0x0a020002), ['c.test'], 'a learn after a lookup is seen');
+  assert.ok(c.expire(30_000, () => false));
+  assert.deepEqual(c.namesByAddress('10.2.0.1'), ['a.test'], 'an expiry too');
+  assert.equal(c.namesByAddress('fd00::1'), undefined);
+  const restored = FqdnCache.restore(c.snapshot());
+  assert.deepEqual(restored.namesByIpv4(0x0a020001), ['a.test']);
+});

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import type { FlowEvent } from '../../bpf/index.js';
-import { EndpointDirectory } from '../../agent/flows/directory.js';
+import { EndpointDirectory, ipv4Number } from '../../agent/flows/directory.js';
 import { flowEnrich } from '../../agent/flows/enrich.js';
 import { FilterError, filterCompile, filtersCompile, labelSelectorParse, type FlowFilter } from '../../agent/flows/filter.js';
 import type { HubbleFlowRecord } from '../../agent/flows/hubble.js';
@@ -103,5 +103,45 @@ describe('flow filters', async () => {
     assert.throws(() => filterCompile({ destination_port: ['http'] }), /not a port/);
     assert.throws(() => filterCompile({ tcp_flags: ['SYNN'] }), /unknown TCP flag/);
     assert.throws(() => labelSelectorParse('app in (a'), /cannot parse/);
+  });
+});
+
+describe('FQDN filters (source_fqdn / destination_fqdn) and protocol dns', () => {
+  async function named() {
+    const { store, mk } = await fixture();
+    const dir = new EndpointDirectory(store);
+    const learned = new Map([['192.0.2.10', ['api.test']], ['192.0.2.11', ['a.b.svc.test', 'alias.test']]]);
+    const byNumber = new Map([...learned].map(([a, n]) => [ipv4Number(a), n]));
+    dir.fqdnNames = { active: () => true, of: (a) => learned.get(a), ofIpv4: (n) => byNumber.get(n) };
+    const ev = (over: Partial<FlowEvent>) => flowEnrich({ ...mk({}).event, ...over }, dir, 'node-1');
+    return {
+      toApi: ev({ dstAddr: '192.0.2.10', dstIdentity: 16777217 }),
+      fromApi: ev({ direction: 'INGRESS', srcAddr: '192.0.2.10', dstAddr: '10.200.0.2', srcIdentity: 16777217, isReply: true }),
+      toNested: ev({ dstAddr: '192.0.2.11', dstIdentity: 16777218 }),
+      toUnknown: ev({ dstAddr: '192.0.2.99', dstIdentity: 2 }),
+    };
+  }
+
+  test('names are taken on the peer side when the event arrives, and filters match them as hubble does', async () => {
+    const f = await named();
+    assert.deepEqual(f.toApi.flow.destination_names, ['api.test']);
+    assert.equal(f.toApi.flow.source_names, undefined);
+    assert.deepEqual(f.fromApi.flow.source_names, ['api.test']);
+    assert.equal(f.toUnknown.flow.destination_names, undefined);
+    const match = (flt: FlowFilter) => Object.entries(f).filter(([, r]) => filterCompile(flt)(r)).map(([k]) => k);
+    assert.deepEqual(match({ destination_fqdn: ['api.test'] }), ['toApi']);
+    assert.deepEqual(match({ destination_fqdn: ['API.Test.'] }), ['toApi'], 'case and a trailing dot do not matter');
+    assert.deepEqual(match({ source_fqdn: ['api.test'] }), ['fromApi']);
+    assert.deepEqual(match({ destination_fqdn: ['*.test'] }), ['toApi', 'toNested'], '* crosses dots, as hubble');
+    assert.deepEqual(match({ destination_fqdn: ['*.svc.test'] }), ['toNested']);
+    assert.deepEqual(match({ destination_fqdn: ['api'] }), [], 'anchored at both ends');
+    assert.deepEqual(match({ destination_fqdn: ['alias.test', 'nothing.test'] }), ['toNested']);
+  });
+
+  test('hostile patterns are refused naming the field (no regexp injection)', () => {
+    for (const bad of ['a+b', '(a|b)', 'a\\.test', 'x y', 'ä.test', '']) {
+      assert.throws(() => filterCompile({ destination_fqdn: [bad] }), (e: Error) => e instanceof FilterError && /destination_fqdn/.test(e.message), bad);
+    }
+    assert.throws(() => filterCompile({ source_fqdn: ['[a-z]'] }), /source_fqdn: "\[a-z\]" is not a name pattern/);
   });
 });

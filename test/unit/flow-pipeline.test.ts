@@ -98,6 +98,21 @@ describe('flow pipeline hot path', () => {
     assert.equal(seen[4], p.ring.last(8)[0], 'followers get the record the ring keeps');
   });
 
+  test('a pushed flow (the DNS proxy\'s L7 flows) joins the same ring and followers, between datapath batches', async () => {
+    const { dir } = await fixture();
+    const p = new FlowPipeline(dir, 'n', 100, pino({ level: 'silent' }));
+    const l7 = JSON.parse(JSON.stringify(flowEnrich(randomEvents(1)[0]!, dir, 'n'))) as HubbleFlowRecord;
+    p.push(l7);
+    const seen: HubbleFlowRecord[] = [];
+    p.on('flow', (r) => seen.push(r));
+    p.batch(randomEvents(2));
+    p.push(l7);
+    assert.equal(p.ring.length, 4);
+    assert.equal(p.ring.written, 4);
+    assert.deepEqual([seen.length, seen[2]], [3, l7]);
+    assert.equal(p.processed, 2, 'processed counts datapath events only');
+  });
+
   test('a batch larger than the ring leaves the ring as pushing every event would', async () => {
     const { dir } = await fixture();
     const events = randomEvents(260, 3);

@@ -8,6 +8,9 @@ import type { FlowExtras } from '../../api/hubble/backend.js';
 import { FLOW_FIELDS_ENCODED, flowResponseEncoderCreate } from '../../api/hubble/flow-encoder.js';
 import { flowResponse } from '../../api/hubble/flow-convert.js';
 import { hubbleProtoLoad, hubbleProtoRoot } from '../../api/hubble/proto.js';
+import { dnsParse, dnsQueryBuild, dnsReplyBuild } from '../../agent/dns/codec.js';
+import { dnsFlowRecords, type DnsFlowContext } from '../../agent/dns/flows.js';
+import type { DnsQueryEvent } from '../../agent/dns/proxy.js';
 
 const fe: HubbleEndpoint = { ID: 2, identity: 1001, namespace: 'shop', labels: ['k8s:app=fe', 'k8s:io.kubernetes.pod.namespace=shop'], pod_name: 'fe', workloads: [{ name: 'fe', kind: 'ExternalWorkload' }] };
 const vm: HubbleEndpoint = { ID: 3, identity: 1002, namespace: 'shop', labels: ['k8s:app=db'], pod_name: 'db', workloads: [{ name: 'db', kind: 'VirtualMachine' }] };
@@ -72,6 +75,15 @@ describe('Hubble flow encoder (direct from the event) against protobufjs from th
     }
   });
 
+  test('source_names / destination_names the DNS proxy learned, on both directions', () => {
+    const out = new LazyFlowRecord(base, fe, world, 'node-1');
+    out.destinationNames = ['api.test', 'alias.test'];
+    const back = new LazyFlowRecord({ ...base, direction: 'INGRESS', isReply: true }, world, fe, 'node-1');
+    back.sourceNames = ['api.test'];
+    for (const rec of [out, back]) assert.deepEqual(read(encode(rec)!), read(m.responseSerialize(flowResponse(rec))));
+    assert.deepEqual((read(encode(out)!) as { flow: { destination_names: string[] } }).flow.destination_names, ['api.test', 'alias.test']);
+  });
+
   test('the uuid is the same in the JSON flow and on the wire, and differs between flows', () => {
     const a = new LazyFlowRecord(base, fe, vm, 'node-1');
     const b = new LazyFlowRecord(base, fe, vm, 'node-1');
@@ -87,6 +99,49 @@ describe('Hubble flow encoder (direct from the event) against protobufjs from th
     const relabelled: HubbleEndpoint = { ...vm, labels: ['k8s:app=db2'] };
     const after = m.responseDeserialize(encode(new LazyFlowRecord(base, fe, relabelled, 'node-1'))!) as { flow: { destination: { labels: string[] } } };
     assert.deepEqual(after.flow.destination.labels, ['k8s:app=db2']);
+  });
+
+  describe('L7 DNS flows (the DNS proxy\'s records)', () => {
+    const ctx: DnsFlowContext = {
+      nodeName: 'node-1',
+      endpoint: (a) => (a === '10.9.0.2' || a === 'fd00:9::2' ? fe : world),
+      identityOf: (a) => (a === '10.9.0.2' ? 1001 : 2),
+      originalDestination: (c) => ({ address: c.address.includes(':') ? 'fd00:9::53' : '10.9.0.53', port: 53 }),
+    };
+    const q = (over: Partial<DnsQueryEvent>): DnsQueryEvent => ({
+      client: { address: '10.9.0.2', port: 40000 }, transport: 'udp', name: 'api.test', qtype: 1, rcode: 0, verdict: { allowed: true },
+      learned: [], id: 1, receivedNs: 1_700_000_000_123_456_789n, ...over,
+    });
+    const answer = dnsParse(dnsReplyBuild(dnsQueryBuild(1, 'api.test', 1), [{ name: 'api.test', ttl: 60, cname: 'b.test' }, { name: 'b.test', ttl: 20, address: '192.0.2.1' }, { name: 'b.test', ttl: 20, address: '2001:db8::1' }]));
+    const L7_CASES: Array<[string, DnsQueryEvent, FlowExtras?]> = [
+      ['allowed query and answer over UDP v4', q({ reply: answer })],
+      ['over TCP v6, NXDOMAIN', q({ transport: 'tcp', client: { address: 'fd00:9::2', port: 41000 }, qtype: 28, rcode: 3 })],
+      ['refused with the denying policy', q({ verdict: { allowed: false, rule: 'CiliumNetworkPolicy shop/dns egress[1], CiliumClusterwideNetworkPolicy all egress[0]' }, rcode: 5 })],
+      ['refused, denier also in extras', q({ verdict: { allowed: false, rule: 'CiliumNetworkPolicy shop/dns egress[1]' }, rcode: 5 }), { egress_denied_by: [policyFromRuleRef('CiliumNetworkPolicy shop/x egress[0]')!], interfaceName: 'kn-x' }],
+    ];
+    for (const [name, e, extras] of L7_CASES) {
+      test(name, () => {
+        for (const rec of dnsFlowRecords(e, ctx, 1_700_000_001_000_000_000n)) {
+          const direct = encode(rec, extras);
+          assert.ok(direct, 'an L7 record is encoded directly');
+          assert.deepEqual(read(direct), read(m.responseSerialize(flowResponse(rec, extras))));
+          const known = new Set<string>(FLOW_FIELDS_ENCODED);
+          for (const [k, v] of Object.entries(rec.flow)) if (v !== undefined) assert.ok(known.has(k) || k === 'drop_reason_desc' || k === 'drop_reason', `flow field ${k} is not encoded`);
+        }
+      });
+    }
+
+    test('the L7 fields on the wire as the real flow.proto numbers them', () => {
+      const [, res] = dnsFlowRecords(q({ reply: answer }), ctx, 1_700_000_001_000_000_000n);
+      const f = (read(encode(res!)!) as { flow: Record<string, unknown> }).flow;
+      assert.equal(f.Type, 'L7');
+      assert.deepEqual(f.event_type, { type: 129, sub_type: 0 });
+      const l7 = f.l7 as { type: string; latency_ns: number; dns: Record<string, unknown> };
+      assert.equal(l7.type, 'RESPONSE');
+      assert.equal(l7.latency_ns, 876_543_211);
+      assert.deepEqual(l7.dns.ips, ['192.0.2.1', '2001:db8::1']);
+      assert.deepEqual([l7.dns.ttl, l7.dns.cnames, l7.dns.observation_source, l7.dns.rrtypes], [20, ['b.test.'], 'proxy', ['CNAME', 'A', 'AAAA']]);
+    });
   });
 
   test('a record that is not the pipeline\'s is left to the library', () => {
