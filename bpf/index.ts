@@ -64,7 +64,7 @@ export async function datapathLoad(
     /**
      * max_entries of maps that fill with state, instead of the generated sizes (capacity tests: a small
      * policy map fills with a few workloads). Only for a fresh pin root: libbpf refuses a pinned map of
-     * another size.
+     * another size (except `conntrack`, whose entries are migrated into a map of the size asked for).
      */
     mapSizes?: Partial<Record<FillMapName, number>>;
     /** Where the load says what it did to pinned state it could not reuse (the daemon's pino logger). */
