@@ -16,7 +16,10 @@
 // median (min-max) over rounds, ratios (kitnet/bare: the datapath overhead) are taken within each
 // round and then summarised, and a ratio whose spread covers its target says so.
 //
-//   node dist/bench/netpath.bench.js [N[,N...]=10,1000,10000,30000] [--rounds=R (5)] [--secs=S (5)] [--only=bare,kitnet,nft,legacy] [--profile]
+//   node dist/bench/netpath.bench.js [N[,N...]=10,1000,10000,30000] [--rounds=R (5)] [--secs=S (5)] [--only=bare,kitnet,nft,legacy] [--concurrency=C (1)] [--profile]
+// --concurrency: connects in flight in the conn/s phase (loadgen tcp-conn's CONCURRENCY): 1, the default,
+// is one blocking connect after the other, whose handshake wait bounds the rate; more keep the CPUs busy,
+// so the flow reader's CPU shows in conn/s.
 // Needs iptables (nft + legacy) and iperf3 (installed with apt-get when missing).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -63,7 +66,9 @@ async function main(): Promise<void> {
   const rounds = Number(args.opts.rounds ?? (args.quick ? 3 : 5));
   if (!Number.isInteger(rounds) || rounds < 1) throw new Error(`--rounds: a whole number >= 1, not ${args.opts.rounds}`);
   const only = new Set((args.opts.only ?? 'bare,kitnet,nft,legacy').split(','));
-  console.log(`network path: N=${sizes.join(',')}, ${rounds} rounds, ${secs} s per figure; ${MACHINE_LINE()}`);
+  const concurrency = Number(args.opts.concurrency ?? 1);
+  if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 1024) throw new Error(`--concurrency: a whole number from 1 to 1024, not ${args.opts.concurrency}`);
+  console.log(`network path: N=${sizes.join(',')}, ${rounds} rounds, ${secs} s per figure, ${concurrency} connect(s) in flight; ${MACHINE_LINE()}`);
   await aptEnsure([{ cmd: 'iperf3', pkg: 'iperf3' }, { cmd: 'iptables-legacy', pkg: 'iptables' }]);
 
   const tmp = mkdtempSync(join(tmpdir(), 'kitnet-bench-np-'));
@@ -105,7 +110,7 @@ async function main(): Promise<void> {
     // --profile: the in-process agent during the first kitnet conn/s phase with its reader
     const profile = profileNext && eventsWritten !== undefined && profileReader();
     if (profile) profileNext = false;
-    const c = kv(await profiled(profile, 'netpath-kitnet-conn', () => inC(loadgen, ['tcp-conn', serverIp, String(PORT_TCP), String(secs)])));
+    const c = kv(await profiled(profile, 'netpath-kitnet-conn', () => inC(loadgen, ['tcp-conn', serverIp, String(PORT_TCP), String(secs), String(concurrency)])));
     const cpu = process.cpuUsage(cpu0);
     const conns = Number(c.conns);
     const perConn = eventsWritten && conns > 0
@@ -322,7 +327,7 @@ async function main(): Promise<void> {
       [...costRows.values()].map((rs) => [rs[0]!.variant, String(rs[0]!.n), med(rs.map((r) => r.eventsPerConn!)),
         med(rs.map((r) => r.agentCpuUsPerConn!)), med(rs.map((r) => (r.agentCpuUsPerConn! * r.connsPerS) / 1e6))]));
   }
-  resultWrite('netpath', { sizes, secs, rounds, rows, ratios });
+  resultWrite('netpath', { sizes, secs, rounds, concurrency, rows, ratios });
 }
 
 interface Spread {

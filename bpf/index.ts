@@ -5,7 +5,8 @@ import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { DatapathImpl } from './datapath.js';
 import type { KitnetDatapath } from './kitnet-datapath.js';
-import { linkDetach, linkList } from './links.js';
+import { linkDetach, linkList, linksRetarget } from './links.js';
+import type { LoadedObject } from './loader.js';
 import { objectLoad, pinPaths, pinRootCheck } from './loader.js';
 import type { FillMapName } from './map-fill.js';
 import { PIN_ROOT_DEFAULT } from './types.js';
@@ -63,9 +64,11 @@ export async function datapathLoad(
     /**
      * max_entries of maps that fill with state, instead of the generated sizes (capacity tests: a small
      * policy map fills with a few workloads). Only for a fresh pin root: libbpf refuses a pinned map of
-     * another size.
+     * another size (except `conntrack`, whose entries are migrated into a map of the size asked for).
      */
     mapSizes?: Partial<Record<FillMapName, number>>;
+    /** Where the load says what it did to pinned state it could not reuse (the daemon's pino logger). */
+    log?: DatapathLoadLog;
   } = {},
 ): Promise<KitnetDatapath> {
   const pinRoot = opts.pinRoot ?? PIN_ROOT_DEFAULT;
@@ -79,11 +82,55 @@ export async function datapathLoad(
     rmSync(join(pinPaths(pinRoot).maps, 'events'), { force: true });
   }
   const obj = objectLoad(pinRoot, opts.objectPath, sizes);
+  let dp: DatapathImpl;
   try {
-    return new DatapathImpl(obj, opts.exactSync ?? true);
+    dp = new DatapathImpl(obj, opts.exactSync ?? true);
   } catch (err) {
+    if (obj.conntrackPin && 'close' in obj.conntrackPin) obj.conntrackPin.close();
     obj.close();
     throw err;
+  }
+  conntrackPinSettle(obj, opts.log);
+  return dp;
+}
+
+/** The subset of a pino logger the load uses. */
+export interface DatapathLoadLog {
+  info(obj: object, msg: string): void;
+  warn(obj: object, msg: string): void;
+}
+
+/**
+ * A pinned conntrack map of another flags or size (an upgrade): its entries are copied into the new map,
+ * every pinned link is switched to the new programs at once (so the old map stops changing), and what
+ * the old programs wrote meanwhile is copied again; no tracked connection is lost. One that could not
+ * hold this version's entries was replaced: said as a warning.
+ */
+function conntrackPinSettle(obj: LoadedObject, log: DatapathLoadLog | undefined): void {
+  const pin = obj.conntrackPin;
+  if (!pin) return;
+  const { report } = pin;
+  if (!('copy' in pin)) {
+    log?.warn({ map: 'conntrack', pinRoot: obj.pinRoot, old: report.old, want: report.want }, `conntrack map replaced: ${report.reason}; tracked connections are checked by policy again`);
+    return;
+  }
+  const t0 = performance.now();
+  let copied: number, again: number, links: ReturnType<typeof linksRetarget>;
+  try {
+    copied = pin.copy(obj.maps.conntrack);
+    links = linksRetarget(obj.pinRoot, obj.progFds, obj.progIds);
+    again = pin.finish(obj.maps.conntrack);
+  } catch (err) {
+    // Not worth failing the start over: the connections are then checked by policy again.
+    pin.close();
+    log?.warn({ map: 'conntrack', pinRoot: obj.pinRoot, old: report.old, want: report.want, err }, `conntrack map migration failed part-way (${report.reason}); connections not copied are checked by policy again`);
+    return;
+  }
+  const fields = { map: 'conntrack', pinRoot: obj.pinRoot, old: report.old, want: report.want, copied, copiedAgain: again, linksSwitched: links.updated, ms: Math.round(performance.now() - t0) };
+  if (links.failed.length) {
+    log?.warn({ ...fields, linksFailed: links.failed }, `conntrack map migrated (${report.reason}); some links still run the old programs until the workload is reconciled`);
+  } else {
+    log?.info(fields, `conntrack map migrated: ${report.reason}`);
   }
 }
 

@@ -399,6 +399,8 @@ export const IPCACHE_MAP_MAX = 65536;
 /** the host entries of `ipcache` (a subset of it: never fuller than the trie) */
 export const IPCACHE_EXACT_MAP_MAX = 65536;
 export const CONNTRACK_MAP_MAX = 262144;
+/** map_flags of `conntrack`: one LRU list shared by the CPUs. BPF_F_NO_COMMON_LRU (2, a list per CPU) was measured and left out (bench/README, datapath: no gain for a new connection, +10-15 % with the reader draining between SYNs); with it, max_entries is split per CPU and a copy from user space lands in the calling CPU's list. A pinned map of other flags or size is migrated at load (bpf/maps/conntrack-migrate.ts) */
+export const CONNTRACK_MAP_FLAGS = 0;
 /** entries over all endpoints; BPF_F_NO_PREALLOC: memory follows use */
 export const POLICY_MAP_MAX = 1048576;
 /** the POLICY_PREFIX_FULL entries of `policy` (a subset of it: never fuller than the trie) */

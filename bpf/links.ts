@@ -152,3 +152,41 @@ export function linkPinnedInfo(pinRoot: string, ifname: string): Partial<Record<
   }
   return out;
 }
+
+/**
+ * Every pinned link of a live device switched to the loaded programs (BPF_LINK_UPDATE, atomic for the
+ * traffic), before the agent adopts them one by one: used when the old programs must stop at once (a
+ * migrated conntrack map, bpf/maps/conntrack-migrate.ts). Links of devices that are gone are left to the
+ * reconcile loop; failures are returned, not thrown (the old program keeps running on that device).
+ */
+export function linksRetarget(
+  pinRoot: string,
+  progFds: Readonly<Record<ProgName, number>>,
+  progIds: Readonly<Record<ProgName, number>>,
+): { updated: number; failed: Array<{ ifname: string; role: LinkRole; error: string }> } {
+  const n = native();
+  let updated = 0;
+  const failed: Array<{ ifname: string; role: LinkRole; error: string }> = [];
+  for (const ifname of linkList(pinRoot)) {
+    for (const role of LINK_ROLES) {
+      const path = linkPinPath(pinRoot, ifname, role);
+      if (!existsSync(path)) continue;
+      let fd = -1;
+      try {
+        fd = kcall(() => n.objGet(path), { name: ifname }, { path });
+        const info = kcall(() => n.linkInfo(fd), { name: ifname });
+        const kind: AttachKind | undefined = info.type === BPF_LINK_TYPE_TCX ? 'tcx' : info.type === BPF_LINK_TYPE_NETKIT ? 'netkit' : undefined;
+        if (!info.ifindex || !kind) continue;
+        const prog = progForRole(kind, role);
+        if (info.progId === progIds[prog]) continue;
+        kcall(() => n.linkUpdate(fd, progFds[prog]), { name: ifname, ifindex: info.ifindex });
+        updated++;
+      } catch (err) {
+        failed.push({ ifname, role, error: (err as Error).message });
+      } finally {
+        if (fd >= 0) n.fdClose(fd);
+      }
+    }
+  }
+  return { updated, failed };
+}

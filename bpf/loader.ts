@@ -6,7 +6,9 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { KernelError } from '../common/kernel-error.js';
 import { kcall } from './errors.js';
-import { ENDPOINT_INFO } from './layout.gen.js';
+import { CONNTRACK_MAP_FLAGS, CONNTRACK_MAP_MAX, CT_ENTRY, CT_KEY, ENDPOINT_INFO } from './layout.gen.js';
+import type { ConntrackMigration, ConntrackPinReport } from './maps/conntrack-migrate.js';
+import { conntrackPinPrepare } from './maps/conntrack-migrate.js';
 import { BpfMap } from './maps/map.js';
 import type { NativeHandle } from '../common/native.js';
 import { native } from '../common/native.js';
@@ -33,6 +35,8 @@ export interface LoadedObject {
   readonly progFds: Readonly<Record<ProgName, number>>;
   readonly progIds: Readonly<Record<ProgName, number>>;
   readonly maps: Readonly<Record<MapName, BpfMap>> & Readonly<Partial<Record<OptionalMapName, BpfMap>>>;
+  /** A pinned conntrack map this build could not reuse as it was: replaced, or to migrate (bpf/index.ts). */
+  readonly conntrackPin?: ConntrackMigration | { report: ConntrackPinReport };
   close(): void;
 }
 
@@ -91,9 +95,23 @@ export function objectLoad(pinRoot: string, objectPath = OBJECT_PATH_DEFAULT, ma
   const paths = pinPaths(pinRoot);
   for (const d of [paths.maps, paths.progs, paths.links]) mkdirSync(d, { recursive: true });
   const upgrade = endpointsUpgradePrepare(paths.maps);
+  const conntrackPin = conntrackPinPrepare(paths.maps, {
+    keySize: CT_KEY.size,
+    valueSize: CT_ENTRY.size,
+    maxEntries: mapSizes.conntrack ?? CONNTRACK_MAP_MAX,
+    flags: CONNTRACK_MAP_FLAGS,
+  });
+  const restore = () => (conntrackPin && 'restore' in conntrackPin ? conntrackPin.restore() : undefined);
 
   const n = native();
-  const obj = kcall(() => n.objectOpen(objectPath, paths.maps, mapSizes), undefined, { path: objectPath });
+  let obj: ReturnType<typeof n.objectOpen>;
+  try {
+    obj = kcall(() => n.objectOpen(objectPath, paths.maps, mapSizes), undefined, { path: objectPath });
+  } catch (err) {
+    // libbpf unpins the maps it created when a load fails: the old conntrack map goes back to its pin
+    restore();
+    throw err;
+  }
   const handle: NativeHandle = obj.handle;
   try {
     const progFds = {} as Record<ProgName, number>;
@@ -125,6 +143,7 @@ export function objectLoad(pinRoot: string, objectPath = OBJECT_PATH_DEFAULT, ma
       progFds,
       progIds,
       maps,
+      ...(conntrackPin ? { conntrackPin } : {}),
       close() {
         if (closed) return;
         closed = true;
@@ -133,6 +152,7 @@ export function objectLoad(pinRoot: string, objectPath = OBJECT_PATH_DEFAULT, ma
     };
   } catch (err) {
     n.objectClose(handle);
+    restore();
     throw err;
   }
 }

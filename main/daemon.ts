@@ -212,6 +212,7 @@ async function daemonStart(s: {
     pinRoot: config.bpfPinRoot,
     ...(opts.bpfObject ? { objectPath: opts.bpfObject } : {}),
     ...(config.flows.kernelRingBytes ? { eventsRingBytes: config.flows.kernelRingBytes } : {}),
+    log,
   });
   undo.push(() => datapath.close());
   const kernel = kernelOpsReal(datapath);

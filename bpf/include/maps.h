@@ -90,12 +90,14 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } policy_wild SEC(".maps");
 
-/* Connection tracking for v4 and v6; LRU so a full table evicts the coldest flows instead of failing. */
+/* Connection tracking for v4 and v6; LRU so a full table evicts the coldest flows instead of failing.
+ * Flags and size from the generator; the loader migrates a pinned map of another flags or size. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, CONNTRACK_MAP_MAX);
 	__type(key, struct ct_key);
 	__type(value, struct ct_entry);
+	__uint(map_flags, CONNTRACK_MAP_FLAGS);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } conntrack SEC(".maps");
 

@@ -194,6 +194,7 @@ export const CONSTANTS: ConstGroup[] = [
       ['IPCACHE_MAP_MAX', 65536],
       ['IPCACHE_EXACT_MAP_MAX', 65536, 'the host entries of `ipcache` (a subset of it: never fuller than the trie)'],
       ['CONNTRACK_MAP_MAX', 262144],
+      ['CONNTRACK_MAP_FLAGS', 0, 'map_flags of `conntrack`: one LRU list shared by the CPUs. BPF_F_NO_COMMON_LRU (2, a list per CPU) was measured and left out (bench/README, datapath: no gain for a new connection, +10-15 % with the reader draining between SYNs); with it, max_entries is split per CPU and a copy from user space lands in the calling CPU\'s list. A pinned map of other flags or size is migrated at load (bpf/maps/conntrack-migrate.ts)'],
       ['POLICY_MAP_MAX', 1 << 20, 'entries over all endpoints; BPF_F_NO_PREALLOC: memory follows use'],
       ['POLICY_EXACT_MAP_MAX', 1 << 20, 'the POLICY_PREFIX_FULL entries of `policy` (a subset of it: never fuller than the trie)'],
       ['POLICY_WILD_MAP_MAX', 1 << 20, '(endpoint, identity, direction) with entries shorter than POLICY_PREFIX_FULL in `policy`: never more than the trie has entries'],
