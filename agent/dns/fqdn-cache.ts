@@ -71,6 +71,11 @@ export class FqdnCache {
     return [...(this.byName.get(name)?.keys() ?? [])];
   }
 
+  /** A name's addresses with their expiry (ms), for `policy trace --to-fqdn`. */
+  entries(name: string): Array<{ address: string; expiresAt: number }> {
+    return [...(this.byName.get(name) ?? [])].map(([address, expiresAt]) => ({ address, expiresAt }));
+  }
+
   /** Names that resolved to `address` (for `destination_names` on flows and `policy trace --to-fqdn`). */
   namesOf(address: string): string[] {
     const out: string[] = [];

@@ -27,6 +27,7 @@ import { cidrContainsCidr, cidrParsed, hostPrefix, policyCidrs } from '../policy
 import { policiesFromObjects } from '../policy/index.js';
 import type { PolicyEngine } from '../policy/engine.js';
 import { dnsSelectedEndpoints, fqdnSelectorsOf } from '../policy/fqdn-identities.js';
+import type { FqdnTraceFacts } from '../policy/trace-fqdn.js';
 import type { ParsedPolicy, RuleSection } from '../policy/types.js';
 import type { Store } from '../store/store.js';
 import type { DnsConfig } from './config.js';
@@ -86,6 +87,8 @@ export class DnsSteering {
   private readonly applied = new Map<string, number>();
   private selectorsKey = '';
   private endpointsKey = '';
+  /** The endpoints written as steered. */
+  private steered = new Set<number>();
   private timer: NodeJS.Timeout | undefined;
   private sectionsFor: { policies: readonly ParsedPolicy[]; sections: Map<string, RuleSection> } | undefined;
   private refreshQueued = false;
@@ -197,6 +200,17 @@ export class DnsSteering {
     if (!orig) return undefined;
     const configured = this.deps.config.proxy.upstream;
     return configured ? upstreamParse(configured) : orig;
+  }
+
+  /** What `policy trace --to-fqdn` answers from (agent/policy/trace-fqdn.ts). */
+  traceFacts(): FqdnTraceFacts {
+    return {
+      proxy: this.maps !== undefined && this.port !== 0,
+      steered: (endpointId) => this.steered.has(endpointId),
+      learned: (name) => this.cache.entries(name),
+      ipcache: () => [...this.applied].map(([cidr, identity]) => ({ cidr, identity })),
+      resolverIdentity: (address) => this.identityOf(address),
+    };
   }
 
   /** The identity the datapath gives an address (what the policy sees as the resolver). */
@@ -367,6 +381,7 @@ export class DnsSteering {
     if (key === this.endpointsKey) return;
     this.maps.endpointsSet(ids);
     this.endpointsKey = key;
+    this.steered = ids;
   }
 
   private expireTick(): void {
