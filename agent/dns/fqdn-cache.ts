@@ -31,6 +31,8 @@ export interface FqdnCacheSnapshot {
 
 export class FqdnCache {
   private readonly byName = new Map<string, Map<string, number>>();
+  /** address -> names that resolved to it (the label set of an address is theirs). */
+  private readonly byAddress = new Map<string, Set<string>>();
   private readonly maxPerName: number;
 
   constructor(opts: FqdnCacheOptions = {}) {
@@ -42,10 +44,16 @@ export class FqdnCache {
     let m = this.byName.get(name);
     if (!m) this.byName.set(name, (m = new Map()));
     const until = nowMs + ttlSeconds * 1000;
-    for (const a of addresses) m.set(a, Math.max(m.get(a) ?? 0, until));
+    for (const a of addresses) {
+      m.set(a, Math.max(m.get(a) ?? 0, until));
+      this.nameAdd(a, name);
+    }
     if (m.size > this.maxPerName) {
       const soonest = [...m.entries()].sort((x, y) => x[1] - y[1]).slice(0, m.size - this.maxPerName);
-      for (const [a] of soonest) m.delete(a);
+      for (const [a] of soonest) {
+        m.delete(a);
+        this.nameDelete(a, name);
+      }
     }
   }
 
@@ -59,12 +67,18 @@ export class FqdnCache {
       for (const [a, until] of m) {
         if (until <= nowMs && !inUse(a)) {
           m.delete(a);
+          this.nameDelete(a, name);
           changed = true;
         }
       }
       if (m.size === 0) this.byName.delete(name);
     }
     return changed;
+  }
+
+  /** Whether `name` resolved to `address` (and it is still kept). */
+  has(name: string, address: string): boolean {
+    return this.byName.get(name)?.has(address) ?? false;
   }
 
   addresses(name: string): string[] {
@@ -76,11 +90,20 @@ export class FqdnCache {
     return [...(this.byName.get(name) ?? [])].map(([address, expiresAt]) => ({ address, expiresAt }));
   }
 
+  private nameAdd(address: string, name: string): void {
+    let names = this.byAddress.get(address);
+    if (!names) this.byAddress.set(address, (names = new Set()));
+    names.add(name);
+  }
+
+  private nameDelete(address: string, name: string): void {
+    const names = this.byAddress.get(address);
+    if (names?.delete(name) && names.size === 0) this.byAddress.delete(address);
+  }
+
   /** Names that resolved to `address` (for `destination_names` on flows and `policy trace --to-fqdn`). */
   namesOf(address: string): string[] {
-    const out: string[] = [];
-    for (const [name, m] of this.byName) if (m.has(address)) out.push(name);
-    return out;
+    return [...(this.byAddress.get(address) ?? [])];
   }
 
   snapshot(): FqdnCacheSnapshot {
@@ -91,7 +114,10 @@ export class FqdnCache {
     const c = new FqdnCache(opts);
     for (const n of s.names) {
       const m = new Map<string, number>();
-      for (const a of n.addresses) m.set(a.address, a.expiresAt);
+      for (const a of n.addresses) {
+        m.set(a.address, a.expiresAt);
+        c.nameAdd(a.address, n.name);
+      }
       c.byName.set(n.name, m);
     }
     return c;
@@ -103,15 +129,7 @@ export class FqdnCache {
    * Addresses no selector matches get nothing (they stay world).
    */
   identities(selectors: readonly FqdnSelector[], previous?: ReadonlyMap<string, number>, coverOf?: (address: string) => string | undefined): FqdnIdentities {
-    const matchers: Array<{ label: string; match: FqdnMatcher }> = [];
-    const seen = new Set<string>();
-    for (const s of selectors) {
-      const label = fqdnSelectorLabel(s);
-      if (!seen.has(label)) {
-        seen.add(label);
-        matchers.push({ label, match: fqdnMatcher(s) });
-      }
-    }
+    const matchers = fqdnLabelMatchers(selectors);
     const labelsOf = new Map<string, Set<string>>();
     for (const [name, m] of this.byName) {
       const hits = matchers.filter((x) => x.match(name)).map((x) => x.label);
@@ -124,10 +142,7 @@ export class FqdnCache {
     }
     // The longest policy prefix covering the address stays one of its labels (`cidr:P`): CIDR rules
     // naming P or a wider prefix keep selecting it (agent/policy/fqdn-identities.ts, fqdnCidrIdentities).
-    const keyOf = (a: string, set: Set<string>) => {
-      const cover = coverOf?.(a);
-      return [...set].sort().concat(cover ? [`cidr:${cover}`] : [], 'reserved:world', a.includes(':') ? 'reserved:world-ipv6' : 'reserved:world-ipv4');
-    };
+    const keyOf = (a: string, set: Set<string>) => identityLabelsOf(a, set, coverOf);
     const byKey = new Map<string, string[]>();
     const addressKey = new Map<string, string>();
     for (const [a, set] of labelsOf) {
@@ -155,9 +170,76 @@ export class FqdnCache {
     }
     const identities = new Map<number, string[]>();
     for (const [key, labels] of byKey) identities.set(idOf.get(key)!, labels);
-    const ipcache = [...addressKey].map(([address, key]) => ({ cidr: `${address}/${address.includes(':') ? 128 : 32}`, identity: idOf.get(key)! }));
+    const ipcache = [...addressKey].map(([address, key]) => ({ cidr: fqdnAddressCidr(address), identity: idOf.get(key)! }));
     return { identities, ipcache, keys: idOf };
   }
+
+  /**
+   * identities() for a few addresses whose names were just added to (labels only grow then): the
+   * identity each has now, numbers taken from `ids` (new label sets get the lowest free number and are
+   * added to `ids` and to `added`). Costs what these addresses' names cost, not what the cache holds;
+   * the same labels give the same identity as a full identities() with `ids.keys` as `previous`.
+   */
+  identitiesAdd(addresses: Iterable<string>, matchers: readonly FqdnLabelMatcher[], ids: FqdnIdentities, coverOf?: (address: string) => string | undefined): FqdnIdentitiesAdded {
+    const added = new Map<number, string[]>();
+    const ipcache: Array<{ cidr: string; identity: number }> = [];
+    for (const a of addresses) {
+      const hits = new Set<string>();
+      for (const name of this.byAddress.get(a) ?? []) for (const m of matchers) if (m.match(name)) hits.add(m.label);
+      if (hits.size === 0) continue;
+      const labels = identityLabelsOf(a, hits, coverOf);
+      const key = labels.join(';');
+      let id = ids.keys.get(key);
+      if (id === undefined) {
+        let n = 1;
+        while (ids.identities.has(FQDN_IDENTITY_BASE | n)) n++;
+        if (n > FQDN_IDENTITY_MAX) throw new RangeError('out of node-local FQDN identities');
+        id = FQDN_IDENTITY_BASE | n;
+        ids.keys.set(key, id);
+        ids.identities.set(id, labels);
+        added.set(id, labels);
+      }
+      ipcache.push({ cidr: fqdnAddressCidr(a), identity: id });
+    }
+    return { added, ipcache };
+  }
+}
+
+export interface FqdnLabelMatcher {
+  label: string;
+  match: FqdnMatcher;
+}
+
+/** One matcher per distinct selector label. */
+export function fqdnLabelMatchers(selectors: readonly FqdnSelector[]): FqdnLabelMatcher[] {
+  const matchers: FqdnLabelMatcher[] = [];
+  const seen = new Set<string>();
+  for (const s of selectors) {
+    const label = fqdnSelectorLabel(s);
+    if (!seen.has(label)) {
+      seen.add(label);
+      matchers.push({ label, match: fqdnMatcher(s) });
+    }
+  }
+  return matchers;
+}
+
+/** The ipcache prefix of a learned address. */
+export function fqdnAddressCidr(address: string): string {
+  return `${address}/${address.includes(':') ? 128 : 32}`;
+}
+
+/** The labels of an address's identity: its selectors' labels, the covering policy prefix, world. */
+function identityLabelsOf(a: string, selectorLabels: ReadonlySet<string>, coverOf?: (address: string) => string | undefined): string[] {
+  const cover = coverOf?.(a);
+  return [...selectorLabels].sort().concat(cover ? [`cidr:${cover}`] : [], 'reserved:world', a.includes(':') ? 'reserved:world-ipv6' : 'reserved:world-ipv4');
+}
+
+export interface FqdnIdentitiesAdded {
+  /** Identities (label sets) no address had before. */
+  added: Map<number, string[]>;
+  /** The ipcache entry each address should have (addresses no selector matches: none). */
+  ipcache: Array<{ cidr: string; identity: number }>;
 }
 
 export interface FqdnIdentities {
