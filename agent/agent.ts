@@ -318,7 +318,11 @@ export class Agent {
   }
 
   policyTrace(req: TraceRequest): TraceResponse {
-    const { result, text } = this.policies.trace(req.from, req.to, req.protocol, req.port);
+    if ('fqdn' in req.to) {
+      const { result, text } = this.policies.traceFqdn(req.from, req.to.fqdn, req, req.resolver, this.dns.traceFacts());
+      return { verdict: result.verdict, text, result: result as unknown as Record<string, unknown> };
+    }
+    const { result, text } = this.policies.trace(req.from, req.to, req.protocol, req.port!);
     return { verdict: result.verdict, text, result: result as unknown as Record<string, unknown> };
   }
 

@@ -15,6 +15,7 @@ const benches: { name: string; quick: string[] }[] = [
   { name: 'flow-latency', quick: ['40'] },
   { name: 'hubble', quick: ['50000,200000'] },
   { name: 'dns-proxy', quick: ['1000'] },
+  { name: 'dns-agent', quick: ['5000', '--rounds=2'] },
   { name: 'controlplane', quick: ['1000', '--helper=10'] },
   { name: 'agent-rss', quick: ['1000'] },
   { name: 'reconcile-resync', quick: ['300'] },

@@ -32,11 +32,13 @@ export interface FqdnCacheSnapshot {
 
 export class FqdnCache {
   private readonly byName = new Map<string, Map<string, number>>();
+  /** address -> names that resolved to it (the label set of an address is theirs). */
+  private readonly byAddress = new Map<string, Set<string>>();
   private readonly maxPerName: number;
-  /** address -> names, for flows (namesByAddress); made on first use after a change. */
-  private byAddress: Map<string, readonly string[]> | undefined;
+  /** address -> sorted names, for flows (namesByAddress); made on first use after a change. */
+  private flowNames: Map<string, readonly string[]> | undefined;
   /** The same for IPv4 addresses by number (ipv4Number), so flows look them up without formatting. */
-  private byIpv4: Map<number, readonly string[]> | undefined;
+  private flowNamesV4: Map<number, readonly string[]> | undefined;
 
   constructor(opts: FqdnCacheOptions = {}) {
     this.maxPerName = opts.maxAddressesPerName ?? 1000;
@@ -44,14 +46,20 @@ export class FqdnCache {
 
   /** Records an answer: `addresses` of `name` valid for `ttlSeconds` from `nowMs`. */
   learn(name: string, addresses: readonly string[], ttlSeconds: number, nowMs: number): void {
-    this.byAddress = undefined;
+    this.flowNames = undefined;
     let m = this.byName.get(name);
     if (!m) this.byName.set(name, (m = new Map()));
     const until = nowMs + ttlSeconds * 1000;
-    for (const a of addresses) m.set(a, Math.max(m.get(a) ?? 0, until));
+    for (const a of addresses) {
+      m.set(a, Math.max(m.get(a) ?? 0, until));
+      this.nameAdd(a, name);
+    }
     if (m.size > this.maxPerName) {
       const soonest = [...m.entries()].sort((x, y) => x[1] - y[1]).slice(0, m.size - this.maxPerName);
-      for (const [a] of soonest) m.delete(a);
+      for (const [a] of soonest) {
+        m.delete(a);
+        this.nameDelete(a, name);
+      }
     }
   }
 
@@ -65,24 +73,44 @@ export class FqdnCache {
       for (const [a, until] of m) {
         if (until <= nowMs && !inUse(a)) {
           m.delete(a);
+          this.nameDelete(a, name);
           changed = true;
         }
       }
       if (m.size === 0) this.byName.delete(name);
     }
-    if (changed) this.byAddress = undefined;
+    if (changed) this.flowNames = undefined;
     return changed;
+  }
+
+  /** Whether `name` resolved to `address` (and it is still kept). */
+  has(name: string, address: string): boolean {
+    return this.byName.get(name)?.has(address) ?? false;
   }
 
   addresses(name: string): string[] {
     return [...(this.byName.get(name)?.keys() ?? [])];
   }
 
+  /** A name's addresses with their expiry (ms), for `policy trace --to-fqdn`. */
+  entries(name: string): Array<{ address: string; expiresAt: number }> {
+    return [...(this.byName.get(name) ?? [])].map(([address, expiresAt]) => ({ address, expiresAt }));
+  }
+
+  private nameAdd(address: string, name: string): void {
+    let names = this.byAddress.get(address);
+    if (!names) this.byAddress.set(address, (names = new Set()));
+    names.add(name);
+  }
+
+  private nameDelete(address: string, name: string): void {
+    const names = this.byAddress.get(address);
+    if (names?.delete(name) && names.size === 0) this.byAddress.delete(address);
+  }
+
   /** Names that resolved to `address` (for `destination_names` on flows and `policy trace --to-fqdn`). */
   namesOf(address: string): string[] {
-    const out: string[] = [];
-    for (const [name, m] of this.byName) if (m.has(address)) out.push(name);
-    return out;
+    return [...(this.byAddress.get(address) ?? [])];
   }
 
   /**
@@ -91,26 +119,26 @@ export class FqdnCache {
    */
   namesByAddress(address: string): readonly string[] | undefined {
     if (this.byName.size === 0) return undefined;
-    return (this.byAddress ?? this.indexBuild()).get(address);
+    return (this.flowNames ?? this.indexBuild()).get(address);
   }
 
   /** namesByAddress for an IPv4 address given as ipv4Number's number. */
   namesByIpv4(address: number): readonly string[] | undefined {
     if (this.byName.size === 0) return undefined;
-    if (!this.byAddress) this.indexBuild();
-    return this.byIpv4!.get(address);
+    if (!this.flowNames) this.indexBuild();
+    return this.flowNamesV4!.get(address);
   }
 
   private indexBuild(): Map<string, readonly string[]> {
-    const index = new Map<string, string[]>();
-    for (const [name, m] of this.byName) for (const a of m.keys()) (index.get(a) ?? index.set(a, []).get(a)!).push(name);
+    const index = new Map<string, readonly string[]>();
     const v4 = new Map<number, readonly string[]>();
-    for (const [a, names] of index) {
-      names.sort();
+    for (const [a, set] of this.byAddress) {
+      const names = [...set].sort();
+      index.set(a, names);
       if (!a.includes(':')) v4.set(ipv4Number(a), names);
     }
-    this.byIpv4 = v4;
-    return (this.byAddress = index);
+    this.flowNamesV4 = v4;
+    return (this.flowNames = index);
   }
 
   /** Whether no name is known (flows then skip the lookup). */
@@ -126,7 +154,10 @@ export class FqdnCache {
     const c = new FqdnCache(opts);
     for (const n of s.names) {
       const m = new Map<string, number>();
-      for (const a of n.addresses) m.set(a.address, a.expiresAt);
+      for (const a of n.addresses) {
+        m.set(a.address, a.expiresAt);
+        c.nameAdd(a.address, n.name);
+      }
       c.byName.set(n.name, m);
     }
     return c;
@@ -138,15 +169,7 @@ export class FqdnCache {
    * Addresses no selector matches get nothing (they stay world).
    */
   identities(selectors: readonly FqdnSelector[], previous?: ReadonlyMap<string, number>, coverOf?: (address: string) => string | undefined): FqdnIdentities {
-    const matchers: Array<{ label: string; match: FqdnMatcher }> = [];
-    const seen = new Set<string>();
-    for (const s of selectors) {
-      const label = fqdnSelectorLabel(s);
-      if (!seen.has(label)) {
-        seen.add(label);
-        matchers.push({ label, match: fqdnMatcher(s) });
-      }
-    }
+    const matchers = fqdnLabelMatchers(selectors);
     const labelsOf = new Map<string, Set<string>>();
     for (const [name, m] of this.byName) {
       const hits = matchers.filter((x) => x.match(name)).map((x) => x.label);
@@ -159,10 +182,7 @@ export class FqdnCache {
     }
     // The longest policy prefix covering the address stays one of its labels (`cidr:P`): CIDR rules
     // naming P or a wider prefix keep selecting it (agent/policy/fqdn-identities.ts, fqdnCidrIdentities).
-    const keyOf = (a: string, set: Set<string>) => {
-      const cover = coverOf?.(a);
-      return [...set].sort().concat(cover ? [`cidr:${cover}`] : [], 'reserved:world', a.includes(':') ? 'reserved:world-ipv6' : 'reserved:world-ipv4');
-    };
+    const keyOf = (a: string, set: Set<string>) => identityLabelsOf(a, set, coverOf);
     const byKey = new Map<string, string[]>();
     const addressKey = new Map<string, string>();
     for (const [a, set] of labelsOf) {
@@ -190,9 +210,76 @@ export class FqdnCache {
     }
     const identities = new Map<number, string[]>();
     for (const [key, labels] of byKey) identities.set(idOf.get(key)!, labels);
-    const ipcache = [...addressKey].map(([address, key]) => ({ cidr: `${address}/${address.includes(':') ? 128 : 32}`, identity: idOf.get(key)! }));
+    const ipcache = [...addressKey].map(([address, key]) => ({ cidr: fqdnAddressCidr(address), identity: idOf.get(key)! }));
     return { identities, ipcache, keys: idOf };
   }
+
+  /**
+   * identities() for a few addresses whose names were just added to (labels only grow then): the
+   * identity each has now, numbers taken from `ids` (new label sets get the lowest free number and are
+   * added to `ids` and to `added`). Costs what these addresses' names cost, not what the cache holds;
+   * the same labels give the same identity as a full identities() with `ids.keys` as `previous`.
+   */
+  identitiesAdd(addresses: Iterable<string>, matchers: readonly FqdnLabelMatcher[], ids: FqdnIdentities, coverOf?: (address: string) => string | undefined): FqdnIdentitiesAdded {
+    const added = new Map<number, string[]>();
+    const ipcache: Array<{ cidr: string; identity: number }> = [];
+    for (const a of addresses) {
+      const hits = new Set<string>();
+      for (const name of this.byAddress.get(a) ?? []) for (const m of matchers) if (m.match(name)) hits.add(m.label);
+      if (hits.size === 0) continue;
+      const labels = identityLabelsOf(a, hits, coverOf);
+      const key = labels.join(';');
+      let id = ids.keys.get(key);
+      if (id === undefined) {
+        let n = 1;
+        while (ids.identities.has(FQDN_IDENTITY_BASE | n)) n++;
+        if (n > FQDN_IDENTITY_MAX) throw new RangeError('out of node-local FQDN identities');
+        id = FQDN_IDENTITY_BASE | n;
+        ids.keys.set(key, id);
+        ids.identities.set(id, labels);
+        added.set(id, labels);
+      }
+      ipcache.push({ cidr: fqdnAddressCidr(a), identity: id });
+    }
+    return { added, ipcache };
+  }
+}
+
+export interface FqdnLabelMatcher {
+  label: string;
+  match: FqdnMatcher;
+}
+
+/** One matcher per distinct selector label. */
+export function fqdnLabelMatchers(selectors: readonly FqdnSelector[]): FqdnLabelMatcher[] {
+  const matchers: FqdnLabelMatcher[] = [];
+  const seen = new Set<string>();
+  for (const s of selectors) {
+    const label = fqdnSelectorLabel(s);
+    if (!seen.has(label)) {
+      seen.add(label);
+      matchers.push({ label, match: fqdnMatcher(s) });
+    }
+  }
+  return matchers;
+}
+
+/** The ipcache prefix of a learned address. */
+export function fqdnAddressCidr(address: string): string {
+  return `${address}/${address.includes(':') ? 128 : 32}`;
+}
+
+/** The labels of an address's identity: its selectors' labels, the covering policy prefix, world. */
+function identityLabelsOf(a: string, selectorLabels: ReadonlySet<string>, coverOf?: (address: string) => string | undefined): string[] {
+  const cover = coverOf?.(a);
+  return [...selectorLabels].sort().concat(cover ? [`cidr:${cover}`] : [], 'reserved:world', a.includes(':') ? 'reserved:world-ipv6' : 'reserved:world-ipv4');
+}
+
+export interface FqdnIdentitiesAdded {
+  /** Identities (label sets) no address had before. */
+  added: Map<number, string[]>;
+  /** The ipcache entry each address should have (addresses no selector matches: none). */
+  ipcache: Array<{ cidr: string; identity: number }>;
 }
 
 export interface FqdnIdentities {

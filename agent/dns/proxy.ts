@@ -90,6 +90,7 @@ export function wallClockNs(): bigint {
 }
 
 const TCP_IDLE_MS = 10_000;
+const UDP_RECV_BUFFER = 4 << 20;
 
 export class DnsProxy {
   private udp?: dgram.Socket;
@@ -104,7 +105,10 @@ export class DnsProxy {
 
   async start(): Promise<DnsEndpoint> {
     const family = net.isIPv6(this.opts.listen.address) ? 'udp6' : 'udp4';
-    const udp = dgram.createSocket({ type: family, reuseAddr: false });
+    // Every steered workload's queries share this socket: a burst (or the agent's thread busy or not
+    // scheduled for a few ms) must queue in the kernel, not overflow it. The kernel caps the size at
+    // net.core.rmem_max (the default buffer, 208 KiB, holds ~200 queries: 40 ms at 5,000/s).
+    const udp = dgram.createSocket({ type: family, reuseAddr: false, recvBufferSize: UDP_RECV_BUFFER });
     await new Promise<void>((resolve, reject) => {
       udp.once('error', reject);
       udp.bind(this.opts.listen.port, this.opts.listen.address, () => {

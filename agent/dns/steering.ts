@@ -27,13 +27,15 @@ import { cidrContainsCidr, cidrParsed, hostPrefix, policyCidrs } from '../policy
 import { policiesFromObjects } from '../policy/index.js';
 import type { PolicyEngine } from '../policy/engine.js';
 import { dnsSelectedEndpoints, fqdnSelectorsOf } from '../policy/fqdn-identities.js';
-import type { ParsedPolicy, RuleSection } from '../policy/types.js';
+import type { FqdnTraceFacts } from '../policy/trace-fqdn.js';
+import type { CompiledPolicy, ParsedPolicy, RuleSection } from '../policy/types.js';
+import type { WorkloadRecord } from '../store/types.js';
 import type { Store } from '../store/store.js';
 import type { DnsConfig } from './config.js';
 import { upstreamParse } from './config.js';
 import type { LearnedName } from './codec.js';
-import { FqdnCache } from './fqdn-cache.js';
-import type { FqdnIdentities } from './fqdn-cache.js';
+import { FqdnCache, fqdnAddressCidr, fqdnLabelMatchers } from './fqdn-cache.js';
+import type { FqdnIdentities, FqdnLabelMatcher } from './fqdn-cache.js';
 import { DnsProxy } from './proxy.js';
 import { DNS_STATE_FILE, dnsStateRead, dnsStateWrite } from './state-file.js';
 import type { DnsEndpoint, DnsQueryEvent, DnsTransport, DnsVerdict } from './proxy.js';
@@ -59,15 +61,22 @@ export interface DnsSteeringDeps {
 
 /** The longest of `prefixes` covering an address (its text), for the `cidr:` label of FQDN identities. */
 function coverFn(prefixes: readonly Cidr[]): (address: string) => string | undefined {
+  // Asked for every learned address on every refresh: each address is parsed and compared once.
+  const memo = new Map<string, string | undefined>();
   return (address) => {
+    if (memo.has(address)) return memo.get(address);
     const a = hostPrefix(address);
     let best: Cidr | undefined;
     for (const p of prefixes) if (cidrContainsCidr(p, a) && (!best || p.prefixLength > best.prefixLength)) best = p;
+    memo.set(address, best?.text);
     return best?.text;
   };
 }
 
 const SAVE_DELAY_MS = 300;
+const HOST_ADDRESSES_MAX_AGE_MS = 1000;
+/** Query verdicts kept per compiled state (names x resolvers x endpoints); cleared when full. */
+const VERDICT_MEMO_MAX = 10_000;
 
 function hostAddressSet(): Set<string> {
   const out = new Set<string>();
@@ -86,9 +95,32 @@ export class DnsSteering {
   private readonly applied = new Map<string, number>();
   private selectorsKey = '';
   private endpointsKey = '';
+  /** The endpoints written as steered. */
+  private steered = new Set<number>();
   private timer: NodeJS.Timeout | undefined;
   private sectionsFor: { policies: readonly ParsedPolicy[]; sections: Map<string, RuleSection> } | undefined;
   private refreshQueued = false;
+  /** The covering-prefix lookup of the CIDR identities in force (its answers kept while they are). */
+  private cover: { cidrs: readonly unknown[]; fn: (address: string) => string | undefined } | undefined;
+  private refreshing = false;
+  /** Local workloads by address: rebuilt after a workload change in the store, not read per query. */
+  private byAddress: Map<string, WorkloadRecord> | undefined;
+  private unsubscribe: (() => void) | undefined;
+  /**
+   * The host's addresses as last read, at most a second ago (getifaddrs is a netlink dump: too dear per
+   * query or per learned answer); for the resolver's identity and to keep learned entries off them.
+   */
+  private hostAddresses: { readAt: number; set: Set<string> } | undefined;
+  /** The original destination upstream() read for a query, for its verdict() right after. */
+  private lastSteered: { client: DnsEndpoint; protocol: number; orig: DnsEndpoint } | undefined;
+  /** Query verdicts of the compiled state in force (a policy or identity change makes a new one). */
+  private verdicts: { state: CompiledPolicy; sections: Map<string, RuleSection>; byKey: Map<string, DnsVerdict> } | undefined;
+  /** The write learned answers wait for, not started yet: answers arriving meanwhile join it. */
+  private learnedRefresh: Promise<void> | undefined;
+  /** The addresses of the answers waiting for it. */
+  private learnedPending = new Set<string>();
+  /** What the last full refresh derived the identities from (learnedApply goes on from it while it holds). */
+  private refreshBasis: { policies: readonly ParsedPolicy[]; cidrs: readonly unknown[]; matchers: FqdnLabelMatcher[]; coverOf: (address: string) => string | undefined } | undefined;
   /** Each answered query (flows, metrics). */
   onQuery?: (e: DnsQueryEvent) => void;
 
@@ -108,6 +140,9 @@ export class DnsSteering {
       log.warn('the loaded datapath has no DNS steering maps: toFQDNs and DNS rules learn nothing');
       return;
     }
+    this.unsubscribe = this.deps.store.subscribe((c) => {
+      if (c.kind === 'workload') this.byAddress = undefined;
+    });
     engine.ipcacheExtra = () => this.applied;
     engine.onWritten = () => this.policyWritten();
     await this.restore();
@@ -185,18 +220,45 @@ export class DnsSteering {
     if (this.saveTimer) this.save();
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
+    this.unsubscribe?.();
+    this.unsubscribe = undefined;
     await Promise.all(this.proxies.splice(0).map((p) => p.stop()));
   }
 
-  private workloadOf(address: string) {
-    return this.deps.store.workloadList().find((w) => w.ipv4 === address || w.ipv6 === address);
+  private workloadOf(address: string): WorkloadRecord | undefined {
+    if (!this.byAddress) {
+      const m = new Map<string, WorkloadRecord>();
+      for (const w of this.deps.store.workloadList()) m.set(w.ipv4, w).set(w.ipv6, w);
+      this.byAddress = m;
+    }
+    return this.byAddress.get(address);
+  }
+
+  /** The host's addresses, read again when older than a second (for the resolver's identity). */
+  private hostAddressesRecent(): Set<string> {
+    const now = performance.now();
+    if (!this.hostAddresses || now - this.hostAddresses.readAt > HOST_ADDRESSES_MAX_AGE_MS) this.hostAddresses = { readAt: now, set: hostAddressSet() };
+    return this.hostAddresses.set;
   }
 
   private upstream(client: DnsEndpoint, transport: DnsTransport): DnsEndpoint | undefined {
-    const orig = this.maps?.originalDestination(client.address, client.port, transport === 'udp' ? 17 : 6);
+    const protocol = transport === 'udp' ? 17 : 6;
+    const orig = this.maps?.originalDestination(client.address, client.port, protocol);
+    this.lastSteered = orig ? { client, protocol, orig } : undefined;
     if (!orig) return undefined;
     const configured = this.deps.config.proxy.upstream;
     return configured ? upstreamParse(configured) : orig;
+  }
+
+  /** What `policy trace --to-fqdn` answers from (agent/policy/trace-fqdn.ts). */
+  traceFacts(): FqdnTraceFacts {
+    return {
+      proxy: this.maps !== undefined && this.port !== 0,
+      steered: (endpointId) => this.steered.has(endpointId),
+      learned: (name) => this.cache.entries(name),
+      ipcache: () => [...this.applied].map(([cidr, identity]) => ({ cidr, identity })),
+      resolverIdentity: (address) => this.identityOf(address),
+    };
   }
 
   /** The resolver a steered query was addressed to (the DNS flow's destination), from the datapath's map. */
@@ -213,7 +275,7 @@ export class DnsSteering {
   identityOf(address: string): number {
     const w = this.workloadOf(address);
     if (w) return w.identity;
-    if (hostAddressSet().has(address)) return ReservedIdentity.host;
+    if (this.hostAddressesRecent().has(address)) return ReservedIdentity.host;
     const remote = this.deps.engine.remoteAddressResolve(address);
     if (remote !== undefined) return remote;
     const a = hostPrefix(address);
@@ -232,24 +294,92 @@ export class DnsSteering {
     const w = this.workloadOf(client.address);
     if (!w) return { allowed: false, rule: 'the client is not a workload of this host' };
     const protocol = transport === 'udp' ? 17 : 6;
-    const orig = this.maps?.originalDestination(client.address, client.port, protocol);
+    // The proxy asks upstream() and then verdict() for the same query object: one map read for both.
+    const steered = this.lastSteered;
+    this.lastSteered = undefined;
+    const orig = steered?.client === client && steered.protocol === protocol ? steered.orig : this.maps?.originalDestination(client.address, client.port, protocol);
     if (!orig) return { allowed: false, rule: 'not steered to the proxy by the datapath' };
     const { engine } = this.deps;
-    const policy = engine.endpointPolicy(w.endpointId).policy;
-    if (!policy) return { allowed: true, rule: 'no policy' };
     if (this.sectionsFor?.policies !== engine.parsed) {
       this.sectionsFor = { policies: engine.parsed, sections: sectionIndex(engine.parsed.flatMap((p) => p.rules)) };
     }
-    const v = dnsQueryVerdict(engine.compiled(), this.sectionsFor.sections, policy, this.identityOf(orig.address), protocol, orig.port, name);
-    return { allowed: v.allowed, rule: v.rule };
+    const state = engine.compiled();
+    const sections = this.sectionsFor.sections;
+    if (this.verdicts?.state !== state || this.verdicts.sections !== sections || this.verdicts.byKey.size >= VERDICT_MEMO_MAX) {
+      this.verdicts = { state, sections, byKey: new Map() };
+    }
+    const resolver = this.identityOf(orig.address);
+    const key = `${w.endpointId}/${resolver}/${protocol}/${orig.port}/${name}`;
+    let v = this.verdicts.byKey.get(key);
+    if (!v) {
+      const policy = engine.endpointPolicy(w.endpointId).policy;
+      const d = policy ? dnsQueryVerdict(state, sections, policy, resolver, protocol, orig.port, name) : { allowed: true, rule: 'no policy' };
+      this.verdicts.byKey.set(key, (v = { allowed: d.allowed, rule: d.rule }));
+    }
+    return v;
   }
 
+  /**
+   * Records an answer and resolves once the maps have its addresses. An answer that teaches nothing
+   * new (every name already had each address, and each address is in the ipcache) only moves the
+   * expiry and is released at once: its addresses' label sets, so their identities and entries, stay
+   * what the maps hold. Not while a refresh is queued or running (a policy change may be giving those
+   * addresses new identities): then it waits as a new answer does. A new answer waits for one write
+   * under the agent's mutex, shared by every answer that arrives before that write starts (all in the
+   * cache by then), which covers only their addresses (learnedApply).
+   */
   private learn(_client: DnsEndpoint, learned: LearnedName[]): Promise<void> {
-    return this.deps.exclusive(async () => {
-      const now = Date.now();
-      for (const l of learned) this.cache.learn(l.name, l.addresses, l.ttl, now);
-      await this.refresh();
-    });
+    const now = Date.now();
+    const settled = !this.refreshQueued && !this.refreshing && this.learnedRefresh === undefined;
+    const known = settled && learned.every((l) => l.addresses.every((a) => this.cache.has(l.name, a) && this.applied.has(fqdnAddressCidr(a))));
+    for (const l of learned) this.cache.learn(l.name, l.addresses, l.ttl, now);
+    if (known) {
+      this.saveSoon();
+      return Promise.resolve();
+    }
+    for (const l of learned) for (const a of l.addresses) this.learnedPending.add(a);
+    return (this.learnedRefresh ??= this.deps.exclusive(() => {
+      this.learnedRefresh = undefined;
+      const addresses = this.learnedPending;
+      this.learnedPending = new Set();
+      return this.learnedApply(addresses);
+    }));
+  }
+
+  /**
+   * Under the mutex: the identities and ipcache entries of just these addresses (their names only
+   * gained addresses, so their label sets only grew), new identities into the policy first. A full
+   * refresh instead when the policies changed since the last one (selectors, covering prefixes), or
+   * when an address moved to another identity (the old one may have no address left).
+   */
+  private async learnedApply(addresses: ReadonlySet<string>): Promise<void> {
+    const { engine, datapath } = this.deps;
+    const ids = this.ids;
+    const basis = this.refreshBasis;
+    if (!ids || !basis || this.refreshQueued || basis.policies !== engine.parsed || basis.cidrs !== engine.compiled().cidrIdentities) return this.refresh();
+    this.refreshing = true;
+    try {
+      const { added, ipcache } = this.cache.identitiesAdd(addresses, basis.matchers, ids, basis.coverOf);
+      if (added.size > 0) {
+        const r = await engine.remoteIdentitiesUpdate(added);
+        if (r === undefined) await engine.applySliced();
+      }
+      let moved = false;
+      const host = this.hostAddressesRecent();
+      for (const { cidr, identity } of ipcache) {
+        const address = cidr.slice(0, cidr.lastIndexOf('/'));
+        if (host.has(address) || this.workloadOf(address)) continue;
+        const before = this.applied.get(cidr);
+        if (before === identity) continue;
+        datapath.ipcacheUpsert(cidr, { identity, hostId: 0 });
+        this.applied.set(cidr, identity);
+        if (before !== undefined) moved = true;
+      }
+      if (moved) this.refreshSoon();
+      this.saveSoon();
+    } finally {
+      this.refreshing = false;
+    }
   }
 
   /**
@@ -257,11 +387,23 @@ export class DnsSteering {
    * agent's mutex. Additions: identities and policy first, then the ipcache; removals the other way.
    */
   private async refresh(): Promise<void> {
+    this.refreshing = true;
+    try {
+      await this.refreshLocked();
+    } finally {
+      this.refreshing = false;
+    }
+  }
+
+  private async refreshLocked(): Promise<void> {
     const { engine, datapath } = this.deps;
     const selectors = fqdnSelectorsOf(engine.parsed);
     this.selectorsKey = this.policyKey();
-    const coverOf = coverFn(engine.compiled().cidrIdentities.map((c) => cidrParsed(c.cidr)));
+    const cidrs = engine.compiled().cidrIdentities;
+    if (this.cover?.cidrs !== cidrs) this.cover = { cidrs, fn: coverFn(cidrs.map((c) => cidrParsed(c.cidr))) };
+    const coverOf = this.cover.fn;
     const next = this.cache.identities(selectors, this.ids?.keys, coverOf);
+    this.refreshBasis = { policies: engine.parsed, cidrs, matchers: fqdnLabelMatchers(selectors), coverOf };
     const prev = this.ids?.identities ?? new Map<number, string[]>();
     const added = new Map<number, readonly string[]>();
     const removed = new Map<number, undefined>();
@@ -289,10 +431,12 @@ export class DnsSteering {
 
   /** The ipcache entries of FQDN identities: never over a workload's or the host's own address. */
   private desiredIpcache(ids: FqdnIdentities): Map<string, number> {
-    const own = hostAddressSet();
-    for (const w of this.deps.store.workloadList()) own.add(w.ipv4).add(w.ipv6);
+    const host = this.hostAddressesRecent();
     const desired = new Map<string, number>();
-    for (const e of ids.ipcache) if (!own.has(e.cidr.slice(0, e.cidr.lastIndexOf('/')))) desired.set(e.cidr, e.identity);
+    for (const e of ids.ipcache) {
+      const address = e.cidr.slice(0, e.cidr.lastIndexOf('/'));
+      if (!host.has(address) && !this.workloadOf(address)) desired.set(e.cidr, e.identity);
+    }
     return desired;
   }
 
@@ -377,6 +521,7 @@ export class DnsSteering {
     if (key === this.endpointsKey) return;
     this.maps.endpointsSet(ids);
     this.endpointsKey = key;
+    this.steered = ids;
   }
 
   private expireTick(): void {

@@ -319,7 +319,8 @@ export class PolicyEngine {
   }
 
   trace(from: TracePeer, to: TracePeer, protocol: string | number, port: number): { result: TraceResult; identities: Map<number, string[]> } {
-    return workloadTrace(this.current(), this.store, this.remoteAddressResolve, from, to, protocol, port);
+    const learned = [...this.ipcacheExtra()].map(([cidr, identity]) => ({ cidr, identity }));
+    return workloadTrace(this.current(), this.store, this.remoteAddressResolve, from, to, protocol, port, learned);
   }
 
   /** Policy map entries currently written for all endpoints (for metrics). */

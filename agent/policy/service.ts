@@ -8,6 +8,11 @@ import { PolicyCapacityError } from './budget.js';
 import { policiesParseOffThread } from './parse-offthread.js';
 import { policyTraceFormat, type ParsedPolicy, type TracePeer, type TraceResult } from './index.js';
 import type { Store, StoreTx } from '../store/store.js';
+import { sectionIndex } from '../dns/verdict.js';
+import { fqdnSelectorsOf } from './fqdn-identities.js';
+import { protocolNumber } from './ports.js';
+import { fqdnNameNormalize, fqdnNameProblem, fqdnTrace, fqdnTraceFormat } from './trace-fqdn.js';
+import type { FqdnTraceFacts, FqdnTraceResult } from './trace-fqdn.js';
 import type { NamespaceHost, SharedNamespaces } from '../cluster/shared-namespaces.js';
 import type { PolicyHost, SharedPolicies } from '../cluster/shared-policy.js';
 import type { NamespaceRecord, PolicyRecord } from '../store/types.js';
@@ -236,6 +241,53 @@ export class PolicyService {
       throw new KitnetError('AGENT_ERR_TRACE_PEER', `${field}: no identity has exactly the labels ${shown}; register a workload with them or trace by workload`, { field });
     }
     return { identity: id.id };
+  }
+
+  /**
+   * `policy trace --to-fqdn`: the source must be a local workload (the proxy and the egress entries
+   * are its); answers from what the DNS proxy learned (agent/policy/trace-fqdn.ts).
+   */
+  traceFqdn(
+    from: TracePeerSpec,
+    fqdn: string,
+    connection: { protocol: string; port?: number | undefined },
+    resolver: string | undefined,
+    facts: FqdnTraceFacts,
+  ): { result: FqdnTraceResult; text: string } {
+    const problem = fqdnNameProblem(fqdn);
+    if (problem) throw new KitnetError('AGENT_ERR_API_VALIDATION', `to.fqdn: ${problem}`, { field: 'to.fqdn' });
+    let protocol: number | undefined;
+    if (connection.port !== undefined) {
+      try {
+        protocol = protocolNumber(connection.protocol);
+      } catch (err) {
+        throw new KitnetError('AGENT_ERR_API_VALIDATION', `protocol: ${(err as Error).message}; use TCP, UDP, SCTP, ICMP or ICMPv6`, { field: 'protocol' });
+      }
+    }
+    const peer = this.peerResolve(from, 'from');
+    const endpointId = 'endpointId' in peer ? peer.endpointId : 'ip' in peer ? this.store.workloadList().find((w) => w.ipv4 === peer.ip || w.ipv6 === peer.ip)?.endpointId : undefined;
+    const w = endpointId === undefined ? undefined : this.store.workloadList().find((x) => x.endpointId === endpointId);
+    if (!w) throw new KitnetError('AGENT_ERR_TRACE_PEER', 'from: a trace to a name needs a workload of this host as the source (NS/NAME or its address): the DNS proxy and the egress policy are per workload', { field: 'from' });
+    const source = this.engine.endpointPolicy(w.endpointId).policy;
+    if (!source) throw new KitnetError('AGENT_ERR_TRACE_PEER', `from: workload ${w.spec.namespace}/${w.spec.name} has no compiled policy yet (still being registered); try again`, { field: 'from' });
+    const name = fqdnNameNormalize(fqdn);
+    const state = this.engine.compiled();
+    const result = fqdnTrace({
+      name,
+      state,
+      sections: sectionIndex(this.engine.parsed.flatMap((p) => p.rules)),
+      source,
+      learned: facts.learned(name),
+      nowMs: Date.now(),
+      ipcache: facts.ipcache(),
+      selectors: fqdnSelectorsOf(this.engine.parsed),
+      proxy: facts.proxy,
+      steered: facts.steered(w.endpointId),
+      resolver: resolver === undefined ? undefined : { address: resolver, identity: facts.resolverIdentity(resolver) },
+      port: connection.port,
+      protocol,
+    });
+    return { result, text: fqdnTraceFormat(result, state.identities, `${w.spec.namespace}/${w.spec.name}`) };
   }
 
   trace(from: TracePeerSpec, to: TracePeerSpec, protocol: string, port: number): { result: TraceResult; text: string } {

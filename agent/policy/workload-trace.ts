@@ -10,6 +10,7 @@ import type { Store } from '../store/store.js';
 import type { WorkloadRecord } from '../store/types.js';
 import { policyTrace, type TracePeer, type TraceResult, type TraceSide } from './index.js';
 import type { PolicyState } from './incremental.js';
+import type { IpcacheEntry } from './types.js';
 import { hostAddresses } from './ipcache-sync.js';
 
 export function workloadTrace(
@@ -20,6 +21,8 @@ export function workloadTrace(
   to: TracePeer,
   protocol: string | number,
   port: number,
+  /** Local ipcache entries beyond the compiled ones (the DNS proxy's learned addresses). */
+  ipcache: readonly IpcacheEntry[] = [],
 ): { result: TraceResult; identities: Map<number, string[]> } {
   const state = policyState.compiled();
   const workloads = store.workloadList();
@@ -32,6 +35,7 @@ export function workloadTrace(
   let result: TraceResult;
   try {
     result = policyTrace(state, { from, to, protocol, port }, {
+      ipcache,
       resolveIp: (ip) => {
         const remote = byIp.has(ip) || hostIps.has(ip) ? undefined : remoteAddressResolve(ip);
         return byIp.get(ip) ?? (hostIps.has(ip) ? { identity: ReservedIdentity.host } : remote !== undefined ? { identity: remote } : undefined);

@@ -1,6 +1,7 @@
 // Parsers of the CLI's arguments and repeated options: each gives commander a value or throws
 // InvalidArgumentError naming what is wrong.
 import { InvalidArgumentError } from 'commander';
+import { fqdnNameProblem } from '../../agent/policy/trace-fqdn-name.js';
 
 /** A repeated option's values, in order. */
 export const collect = (v: string, prev: string[] = []) => [...prev, v];
@@ -32,6 +33,13 @@ export function tracePeerParse(value: string): Record<string, unknown> {
     return { labels, ...(ns ? { namespace: ns } : {}) };
   }
   return { workload: value };
+}
+
+/** `--to-fqdn`: one DNS name (the agent checks it again and answers with the same words). */
+export function fqdnArgParse(value: string): string {
+  const problem = fqdnNameProblem(value);
+  if (problem) throw new InvalidArgumentError(`--to-fqdn: ${problem}`);
+  return value;
 }
 
 export function refParse(ref: string): { namespace: string; name: string } {

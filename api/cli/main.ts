@@ -10,7 +10,7 @@ import type { Workload } from '../../common/schemas/workload.js';
 import { ApiClient, ApiError, socketDefault } from '../../common/api-client.js';
 import { flowCompact, flowTableHeader, flowTableRow, table, workloadStateText } from '../../common/format.js';
 import { observeFilters, type ObserveOptions } from './observe-filters.js';
-import { collect, labelsParse, portsParse, positiveInt, refParse, tracePeerParse } from './args.js';
+import { collect, fqdnArgParse, labelsParse, portsParse, positiveInt, refParse, tracePeerParse } from './args.js';
 
 const program = new Command('kitnet')
   .description('kitnet: bring VMs and external workloads into an eBPF-native cluster network')
@@ -159,19 +159,29 @@ policy
   });
 policy
   .command('trace')
-  .description('verdict for a connection, from the compiled state the datapath enforces')
+  .description('verdict for a connection, from the compiled state the datapath enforces; --to-fqdn: for a name, from what the DNS proxy learned')
   .requiredOption('--from <peer>', 'NS/NAME, label set (NS:k=v,k2=v2) or IP')
-  .requiredOption('--to <peer>', 'NS/NAME, label set or IP')
-  .requiredOption('--port <port/proto>', 'e.g. 80/TCP, 53/UDP, 8/ICMP (ICMP type)')
+  .option('--to <peer>', 'NS/NAME, label set or IP')
+  .option('--to-fqdn <name>', 'a DNS name: its learned addresses, their verdicts and whether a lookup is allowed', fqdnArgParse)
+  .option('--port <port/proto>', 'e.g. 80/TCP, 53/UDP, 8/ICMP (ICMP type); optional with --to-fqdn')
+  .option('--resolver <ip>', 'with --to-fqdn: the resolver the lookup would go to (default: each one the rules allow)')
   .addOption(outputOption())
-  .action(async (o: { from: string; to: string; port: string; output: string }) => {
-    const m = o.port.match(/^(\d+)(?:\/([a-z0-9]+))?$/i);
-    if (!m) throw new InvalidArgumentError(`--port "${o.port}" must look like 80/TCP`);
-    const body = { from: tracePeerParse(o.from), to: tracePeerParse(o.to), port: Number(m[1]), protocol: (m[2] ?? 'TCP').toUpperCase() };
+  .action(async (o: { from: string; to?: string; toFqdn?: string; port?: string; resolver?: string; output: string }) => {
+    if ((o.to === undefined) === (o.toFqdn === undefined)) throw new InvalidArgumentError('give exactly one of --to and --to-fqdn');
+    if (o.to !== undefined && o.port === undefined) throw new InvalidArgumentError('--port is required with --to');
+    if (o.resolver !== undefined && o.toFqdn === undefined) throw new InvalidArgumentError('--resolver goes with --to-fqdn');
+    const m = o.port?.match(/^(\d+)(?:\/([a-z0-9]+))?$/i);
+    if (o.port !== undefined && !m) throw new InvalidArgumentError(`--port "${o.port}" must look like 80/TCP`);
+    const body = {
+      from: tracePeerParse(o.from),
+      to: o.toFqdn !== undefined ? { fqdn: o.toFqdn } : tracePeerParse(o.to!),
+      ...(m ? { port: Number(m[1]), protocol: (m[2] ?? 'TCP').toUpperCase() } : {}),
+      ...(o.resolver !== undefined ? { resolver: o.resolver } : {}),
+    };
     const r = await client().call<TraceResponse>('POST', '/v1/policy/trace', body);
     if (o.output === 'json') return printJson(r);
     console.log(r.text);
-    process.exitCode = r.verdict === 'ALLOWED' ? 0 : 2;
+    process.exitCode = r.verdict === 'ALLOWED' ? 0 : r.verdict === 'DENIED' ? 2 : 3;
   });
 
 program

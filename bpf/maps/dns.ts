@@ -15,11 +15,19 @@ export interface DnsProxyAddress {
   ipv6: string;
 }
 
+/** Parsed client addresses: the proxy asks for the same few workload addresses on every query. */
+const addrMemo = new Map<string, { family: number; addr: Uint8Array }>();
+const ADDR_MEMO_MAX = 4096;
+
 function addrBytes(address: string): { family: number; addr: Uint8Array } {
+  let a = addrMemo.get(address);
+  if (a) return a;
   const v6 = address.includes(':');
   const out = new Uint8Array(16);
   out.set(v6 ? ipv6Parse(address) : ipv4Parse(address));
-  return { family: v6 ? FAMILY_IPV6 : FAMILY_IPV4, addr: out };
+  if (addrMemo.size >= ADDR_MEMO_MAX) addrMemo.clear();
+  addrMemo.set(address, (a = { family: v6 ? FAMILY_IPV6 : FAMILY_IPV4, addr: out }));
+  return a;
 }
 
 export class DnsSteeringMaps {

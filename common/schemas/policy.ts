@@ -48,18 +48,27 @@ const TracePeerSpec = z.union([
   z.object({ identity: z.number().int().min(0) }).strict(),
 ]);
 
+/** `to` only: a name, answered from what the DNS proxy learned (agent/policy/trace-fqdn.ts validates it). */
+const TraceFqdnPeer = z.object({ fqdn: z.string().min(1).max(300).describe('DNS name, e.g. api.example.com') }).strict();
+
 export const TraceRequest = z
   .object({
     from: TracePeerSpec,
-    to: TracePeerSpec,
+    to: z.union([...TracePeerSpec.options, TraceFqdnPeer]),
     protocol: z.string().min(1).max(8).default('TCP').describe('TCP, UDP, SCTP, ICMP, ICMPv6'),
-    port: z.number().int().min(0).max(65535).describe('Destination port, or ICMP type'),
+    port: z.number().int().min(0).max(65535).optional().describe('Destination port, or ICMP type; required unless `to` is {fqdn}'),
+    resolver: z.union([z.ipv4(), z.ipv6()]).optional().describe('With to.fqdn: the resolver the lookup would go to (default: each one the rules allow on port 53)'),
   })
-  .strict();
+  .strict()
+  .superRefine((v, ctx) => {
+    if (v.port === undefined && !('fqdn' in v.to)) ctx.addIssue({ code: 'custom', path: ['port'], message: 'required unless to is {fqdn}' });
+    if (v.resolver !== undefined && !('fqdn' in v.to)) ctx.addIssue({ code: 'custom', path: ['resolver'], message: 'only with to: {fqdn}' });
+  });
 export type TraceRequest = z.infer<typeof TraceRequest>;
 
 export const TraceResponse = z.object({
-  verdict: z.enum(['ALLOWED', 'DENIED']),
+  /** UNKNOWN: a trace to a name nothing was learned for yet. */
+  verdict: z.enum(['ALLOWED', 'DENIED', 'UNKNOWN']),
   text: z.string(),
   result: z.record(z.string(), z.unknown()),
 });

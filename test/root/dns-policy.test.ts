@@ -9,17 +9,22 @@
 // corrupt state file is ignored, not half-used). dns.proxy.minTTL 600 keeps the 5 s records through
 // the restarts.
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import { after, before, describe, test } from 'node:test';
 import type { Workload } from '../../common/schemas/workload.js';
 import { FQDN_IDENTITY_BASE } from '../../agent/dns/fqdn-cache.js';
-import type { ApiError } from '../../common/api-client.js';
+import { ApiError } from '../../common/api-client.js';
+import type { TraceResponse } from '../../common/schemas/policy.js';
 import { AgentFixture } from '../helpers/fixture.js';
 import { hubbleCliOrSkip, hubbleRun } from '../helpers/hubble-cli.js';
 import { run, status, waitFor } from '../helpers/sys.js';
 
+const execFileP = promisify(execFile);
+const CLI = fileURLToPath(new URL('../../../bin/kitnet.js', import.meta.url));
 const PORT = 9400;
 /** n<i>.iter.test -> 10.228.2.<10+i>: a new address per lookup, for the first-connection loop. */
 const ITERATIONS = 20;
@@ -313,6 +318,38 @@ spec:
   test('DNS over TCP goes through the proxy and teaches it too', async () => {
     const r = await lookup(EXT.dns4, 'api.test', 'AAAA', 'tcp');
     assert.deepEqual([r.rcode, r.addrs, r.connected], [0, [EXT.api6], [true]]);
+  });
+
+  test('policy trace --to-fqdn answers from what the proxy learned: addresses, TTL left, identity, verdict per port, the lookup question', async () => {
+    const trace = (to: string, ...more: string[]) => execFileP(process.execPath, [CLI, '-s', fx.socket, 'policy', 'trace', '--from', 'dnsp/c', '--to-fqdn', to, ...more]).then(
+      (r) => ({ code: 0, out: r.stdout }),
+      (e: { code: number; stdout: string }) => ({ code: e.code, out: e.stdout }),
+    );
+    const looked = await lookup(EXT.dns4, 'api.test', 'A', 'udp', false);
+    assert.equal(looked.rcode, 0);
+    const allowed = await trace('api.test', '--port', `${PORT}/TCP`);
+    assert.equal(allowed.code, 0, allowed.out);
+    assert.match(allowed.out, new RegExp(`${EXT.api4.replace(/\./g, '\\.')}  TTL (\\d+) s left  identity \\d+ \\(fqdn:matchName:api\\.test\\.`));
+    assert.match(allowed.out, new RegExp(`TCP/${PORT}: allowed <- CiliumNetworkPolicy dnsp/fqdn egress\\[0\\]`));
+    assert.match(allowed.out, /UDP and TCP to .*: allowed, by CiliumNetworkPolicy dnsp\/fqdn egress\[1\]/);
+    const ttl = Number(/TTL (\d+) s left/.exec(allowed.out)![1]);
+    assert.ok(ttl > 0 && ttl <= 600, `TTL left ${ttl} (minTTL 600)`);
+    const json = await fx.api.call<TraceResponse>('POST', '/v1/policy/trace', { from: { workload: 'dnsp/c' }, to: { fqdn: 'API.test.' }, port: PORT + 1, protocol: 'TCP' });
+    assert.equal(json.verdict, 'DENIED', 'another port: default deny');
+    const addrs = (json.result as { addresses: Array<{ address: string; identity: number }> }).addresses;
+    assert.ok(addrs.some((a) => a.address === EXT.api4 && (a.identity & FQDN_IDENTITY_BASE) === FQDN_IDENTITY_BASE), JSON.stringify(addrs));
+    assert.ok(fqdnEntries().some(([cidr, e]) => cidr === `${EXT.api4}/32` && e.identity === addrs.find((a) => a.address === EXT.api4)!.identity), 'the identity the trace shows is the one in the ipcache');
+
+    const never = await trace('never.svc.test');
+    assert.equal(never.code, 3, never.out);
+    assert.match(never.out, /no addresses learned for never\.svc\.test yet; the first lookup by a selected workload will learn them/);
+    assert.match(never.out, /allowed, by CiliumNetworkPolicy dnsp\/fqdn egress\[1\]/);
+    const refused = await trace('other.test', '--resolver', EXT.dns4);
+    assert.match(refused.out, new RegExp(`${EXT.dns4.replace(/\./g, '\\.')} \\(identity .*REFUSED by the proxy, decided by CiliumNetworkPolicy dnsp/fqdn egress\\[1\\]`));
+    const bad = await fx.api.call('POST', '/v1/policy/trace', { from: { workload: 'dnsp/c' }, to: { fqdn: '*.svc.test' } }).catch((e: unknown) => e);
+    assert.ok(bad instanceof ApiError && bad.statusCode === 400 && /^to\.fqdn: .*is a pattern/.test(bad.message), String(bad));
+    const cliBad = await trace('a..b');
+    assert.notEqual(cliBad.code, 0);
   });
 
   test('hostile senders: malformed / oversized queries and lying resolvers create no identity and do not stop the proxy', async () => {

@@ -174,6 +174,23 @@ describe('API request validation', () => {
     assert.equal(r3.statusCode, 200);
   });
 
+  test('trace requests to a name: port optional only there, resolver only there, hostile values named', async () => {
+    const trace = (payload: unknown) => app.inject({ method: 'POST', url: '/v1/policy/trace', payload: payload as Record<string, unknown> });
+    assert.equal((await trace({ from: { workload: 'a' }, to: { fqdn: 'api.example.com' } })).statusCode, 200);
+    assert.equal((await trace({ from: { workload: 'a' }, to: { fqdn: 'api.example.com' }, port: 443, resolver: '10.0.0.53' })).statusCode, 200);
+    const noPort = await trace({ from: { workload: 'a' }, to: { ip: '10.0.0.9' } });
+    assert.deepEqual([noPort.statusCode, noPort.json().field], [400, 'port']);
+    const resolver = await trace({ from: { workload: 'a' }, to: { ip: '10.0.0.9' }, port: 80, resolver: '10.0.0.53' });
+    assert.deepEqual([resolver.statusCode, resolver.json().field], [400, 'resolver']);
+    const badResolver = await trace({ from: { workload: 'a' }, to: { fqdn: 'api.example.com' }, resolver: 'dns.example.com' });
+    assert.deepEqual([badResolver.statusCode, badResolver.json().field], [400, 'resolver']);
+    for (const fqdn of [42, null, '', 'x'.repeat(301), ['a'], { a: 1 }]) {
+      assert.equal((await trace({ from: { workload: 'a' }, to: { fqdn } })).statusCode, 400, JSON.stringify(fqdn));
+    }
+    assert.equal((await trace({ from: { fqdn: 'api.example.com' }, to: { workload: 'b' }, port: 80 })).statusCode, 400, 'a name is only a destination');
+    assert.equal((await trace({ from: { workload: 'a' }, to: { fqdn: 'api.example.com', ip: '10.0.0.1' } })).statusCode, 400);
+  });
+
   test('OpenAPI document is served at /docs/json', async () => {
     const res = await app.inject({ method: 'GET', url: '/docs/json' });
     assert.equal(res.statusCode, 200);

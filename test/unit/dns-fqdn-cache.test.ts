@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { FQDN_IDENTITY_BASE, FqdnCache } from '../../agent/dns/fqdn-cache.js';
+import { FQDN_IDENTITY_BASE, FqdnCache, fqdnLabelMatchers } from '../../agent/dns/fqdn-cache.js';
 import { LOCAL_IDENTITY_FLAG } from '../../agent/identity/reserved.js';
 import { policiesParse, policyCompile } from '../../agent/policy/index.js';
 import { reservedIdentityLabels } from '../../agent/identity/reserved.js';
@@ -122,4 +122,27 @@ test('names by address (flows): by text and by IPv4 number, following learns and
   assert.equal(c.namesByAddress('fd00::1'), undefined);
   const restored = FqdnCache.restore(c.snapshot());
   assert.deepEqual(restored.namesByIpv4(0x0a020001), ['a.test']);
+});
+
+test('identitiesAdd (new answers only) gives what a full identities() gives, and new label sets get new numbers', () => {
+  const selectors = [{ matchName: 'api.test' }, { matchPattern: '*.svc.test' }];
+  const matchers = fqdnLabelMatchers(selectors);
+  const c = new FqdnCache();
+  c.learn('api.test', ['192.0.2.1'], 60, 0);
+  c.learn('a.svc.test', ['192.0.2.2'], 60, 0);
+  const ids = c.identities(selectors);
+  // New: an address for a known label set, one shared by two selectors, one no selector matches, a v6 one.
+  c.learn('b.svc.test', ['192.0.2.3'], 60, 0);
+  c.learn('api.test', ['192.0.2.4'], 60, 0);
+  c.learn('c.svc.test', ['192.0.2.4', '2001:db8::1'], 60, 0);
+  c.learn('other.test', ['192.0.2.5'], 60, 0);
+  const before = new Set(ids.identities.keys());
+  const { added, ipcache } = c.identitiesAdd(['192.0.2.3', '192.0.2.4', '192.0.2.5', '2001:db8::1'], matchers, ids);
+  const full = c.identities(selectors, ids.keys);
+  const fullOf = new Map(full.ipcache.map((e) => [e.cidr, e.identity]));
+  for (const e of ipcache) assert.equal(e.identity, fullOf.get(e.cidr), e.cidr);
+  assert.deepEqual(ipcache.map((e) => e.cidr).sort(), ['192.0.2.3/32', '192.0.2.4/32', '2001:db8::1/128']);
+  assert.equal(added.size, 2, 'api+svc for .4, svc v6 for 2001:db8::1');
+  for (const id of added.keys()) assert.ok(!before.has(id) && ids.identities.has(id));
+  assert.deepEqual(c.namesOf('192.0.2.4').sort(), ['api.test', 'c.svc.test']);
 });
