@@ -11,7 +11,7 @@
 //      from B's way back to all N in B's map (target <= 5 s for 10,000), with B's own figure (list +
 //      judge + apply, from its "followed again" log line);
 //  (d) B's RSS with 0 and with N remote entries.
-//   node dist/bench/cluster.bench.js [workloads=1000] [--entries=10000] [--alloc=200] [--rounds=3] [--quick]
+//   node dist/bench/cluster.bench.js [workloads=1000] [--entries=10000] [--alloc=200] [--rounds=3] [--parts=abcd] [--quick]
 import { fork } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -217,6 +217,9 @@ async function main(): Promise<void> {
   const entries = Number(args.opts.entries ?? (quick ? 1000 : 10_000));
   const perHost = Number(args.opts.alloc ?? (quick ? 30 : 200));
   const rounds = Number(args.opts.rounds ?? (quick ? 1 : 3));
+  /** --parts=abcd: which of (a)-(d) run ((c) and (d) go together). */
+  const parts = args.opts.parts ?? 'abcd';
+  const out: Record<string, unknown> = {};
   const loads: string[] = [loadavg()];
   console.log(`cluster bench: ${workloads} workloads, ${entries} remote entries, ${perHost} label sets per host, ${rounds} rounds; ${MACHINE_LINE()}`);
 
@@ -238,143 +241,157 @@ async function main(): Promise<void> {
   const client = new Etcd3({ hosts: etcd.endpoint });
   onCleanup('bench etcd client', () => client.close());
 
-  // (a)
-  console.log(`\n(a) identity allocation: 3 processes x ${perHost} new label sets, ${rounds} round(s)`);
-  const alloc = await allocationBench(etcd.endpoint, perHost, rounds);
-  loads.push(loadavg());
-  table('(a) identity allocation, 3 hosts at once, one at a time each — median (min-max) over rounds', ['label sets', 'new sets/s', 'p50 ms', 'p99 ms', 'all rounds p50 / p99 / max ms'], (['distinct', 'shared'] as const).map((v) => [
-    v === 'distinct' ? 'distinct per host' : 'same on all 3',
-    mdn(alloc[v].rate), mdn(alloc[v].p50), mdn(alloc[v].p99), range(stats(alloc[v].all)),
-  ]));
+  if (parts.includes('a')) {
+    // (a)
+    console.log(`\n(a) identity allocation: 3 processes x ${perHost} new label sets, ${rounds} round(s)`);
+    const alloc = await allocationBench(etcd.endpoint, perHost, rounds);
+    loads.push(loadavg());
+    table('(a) identity allocation, 3 hosts at once, one at a time each — median (min-max) over rounds', ['label sets', 'new sets/s', 'p50 ms', 'p99 ms', 'all rounds p50 / p99 / max ms'], (['distinct', 'shared'] as const).map((v) => [
+      v === 'distinct' ? 'distinct per host' : 'same on all 3',
+      mdn(alloc[v].rate), mdn(alloc[v].p50), mdn(alloc[v].p99), range(stats(alloc[v].all)),
+    ]));
+    out.allocation = Object.fromEntries((['distinct', 'shared'] as const).map((v) => [v, { ratePerS: alloc[v].rate, p50Ms: alloc[v].p50, p99Ms: alloc[v].p99, all: stats(alloc[v].all) }]));
+  }
 
-  // (d) baseline, then (c) entries through the watch
   const bMap = new PinnedIpcache(b.pinRoot);
   onCleanup('B ipcache fd', () => bMap.close());
-  onCleanup('fake node session', await fakeIdentitiesAllocate(etcd.endpoint));
-  const rss0 = await rssSettled(b.proc!.pid!);
-  console.log(`\n(c) ${entries} entries of a remote node written into etcd (${TXN_OPS} per transaction)`);
-  const tw = performance.now();
-  await entriesWrite(client, entries, 0);
-  const written = performance.now();
-  const last = fakeIp(entries - 1);
-  const inMap = await until(`the last entry in B's ipcache`, () => bMap.identity(last) === idOf(0, entries - 1), 120_000, 5);
-  for (let i = 0; i < entries; i++) if (bMap.identity(fakeIp(i)) !== idOf(0, i)) throw new Error(`entry ${fakeIp(i)} missing in B's ipcache`);
-  const watchMs = { write: written - tw, toMap: inMap - tw, afterWrite: inMap - written };
-  const rssN = await rssSettled(b.proc!.pid!);
-  loads.push(loadavg());
 
-  // (c) outage rounds: changed (every entry gets another identity) and unchanged, interleaved
-  const etcdHost = new URL(etcd.endpointAlso!).hostname;
-  const resync: Record<'changed' | 'unchanged', { outside: number[]; inside: number[] }> = { changed: { outside: [], inside: [] }, unchanged: { outside: [], inside: [] } };
-  let set = 0;
-  const blocked = async (on: boolean) => sh('ip', ['-n', b.netns, 'route', on ? 'add' : 'del', 'prohibit', `${etcdHost}/32`]);
-  onCleanup('B unblocked', () => blocked(false).catch(() => undefined));
-  for (let r = 0; r < rounds; r++) {
-    for (const variant of r % 2 ? (['unchanged', 'changed'] as const) : (['changed', 'unchanged'] as const)) {
-      await blocked(true);
-      const outageAt = Date.now();
-      await etcd.restart(); // B's connection drops; its relists fail on the route until unblocked
-      if (variant === 'changed') {
-        set = set === 0 ? 1 : 0;
-        await entriesWrite(client, entries, set);
+  if (/[cd]/.test(parts)) {
+    // (d) baseline, then (c) entries through the watch
+    onCleanup('fake node session', await fakeIdentitiesAllocate(etcd.endpoint));
+    const rss0 = await rssSettled(b.proc!.pid!);
+    console.log(`\n(c) ${entries} entries of a remote node written into etcd (${TXN_OPS} per transaction)`);
+    const tw = performance.now();
+    await entriesWrite(client, entries, 0);
+    const written = performance.now();
+    const last = fakeIp(entries - 1);
+    const inMap = await until(`the last entry in B's ipcache`, () => bMap.identity(last) === idOf(0, entries - 1), 120_000, 5);
+    for (let i = 0; i < entries; i++) if (bMap.identity(fakeIp(i)) !== idOf(0, i)) throw new Error(`entry ${fakeIp(i)} missing in B's ipcache`);
+    const watchMs = { write: written - tw, toMap: inMap - tw, afterWrite: inMap - written };
+    const rssN = await rssSettled(b.proc!.pid!);
+    loads.push(loadavg());
+
+    // (c) outage rounds: changed (every entry gets another identity) and unchanged, interleaved
+    const etcdHost = new URL(etcd.endpointAlso!).hostname;
+    const resync: Record<'changed' | 'unchanged', { outside: number[]; inside: number[] }> = { changed: { outside: [], inside: [] }, unchanged: { outside: [], inside: [] } };
+    let set = 0;
+    const blocked = async (on: boolean) => sh('ip', ['-n', b.netns, 'route', on ? 'add' : 'del', 'prohibit', `${etcdHost}/32`]);
+    onCleanup('B unblocked', () => blocked(false).catch(() => undefined));
+    for (let r = 0; r < rounds; r++) {
+      for (const variant of r % 2 ? (['unchanged', 'changed'] as const) : (['changed', 'unchanged'] as const)) {
+        await blocked(true);
+        const outageAt = Date.now();
+        await etcd.restart(); // B's connection drops; its relists fail on the route until unblocked
+        if (variant === 'changed') {
+          set = set === 0 ? 1 : 0;
+          await entriesWrite(client, entries, set);
+        }
+        const t0 = performance.now();
+        await blocked(false);
+        const want = set;
+        // Complete = every entry has its new identity (B applies a list in one batch; a failed batch is listed again).
+        const stale = () => Array.from({ length: entries }, (_, i) => i).filter((i) => bMap.identity(fakeIp(i)) !== idOf(want, i));
+        const done = variant === 'changed'
+          ? await until('every entry with its new identity in B\'s ipcache', () => bMap.identity(last) === idOf(want, entries - 1) && stale().length === 0, 120_000, 5)
+          : await until('B\'s relist after the outage', () => relistLogged(b, outageAt) !== undefined, 120_000, 5);
+        // Warnings other than the outage itself (a batch not applied, entries ignored).
+        const complaints = b.logLines.filter((l) => /"level":(4|5)0/.test(l) && /ipcache/.test(l) && !/watch broken|cannot list/.test(l) && Number(/"time":(\d+)/.exec(l)?.[1]) >= outageAt);
+        if (complaints.length) console.log(`  B logged while resyncing:\n    ${complaints.slice(0, 5).map((l) => l.slice(0, 400)).join('\n    ')}`);
+        resync[variant].outside.push(done - t0);
+        const logged = await until('B\'s relist log line', () => relistLogged(b, outageAt) !== undefined, 30_000, 20).then(() => relistLogged(b, outageAt)!);
+        resync[variant].inside.push(logged.ms);
+        console.log(`  round ${r + 1} ${variant}: ${fmt(done - t0)} ms from B's way back to its ipcache complete; B's list + apply ${fmt(logged.ms)} ms (${logged.keys} keys)`);
       }
-      const t0 = performance.now();
-      await blocked(false);
-      const want = set;
-      // Complete = every entry has its new identity (B applies a list in one batch; a failed batch is listed again).
-      const stale = () => Array.from({ length: entries }, (_, i) => i).filter((i) => bMap.identity(fakeIp(i)) !== idOf(want, i));
-      const done = variant === 'changed'
-        ? await until('every entry with its new identity in B\'s ipcache', () => bMap.identity(last) === idOf(want, entries - 1) && stale().length === 0, 120_000, 5)
-        : await until('B\'s relist after the outage', () => relistLogged(b, outageAt) !== undefined, 120_000, 5);
-      // Warnings other than the outage itself (a batch not applied, entries ignored).
-      const complaints = b.logLines.filter((l) => /"level":(4|5)0/.test(l) && /ipcache/.test(l) && !/watch broken|cannot list/.test(l) && Number(/"time":(\d+)/.exec(l)?.[1]) >= outageAt);
-      if (complaints.length) console.log(`  B logged while resyncing:\n    ${complaints.slice(0, 5).map((l) => l.slice(0, 400)).join('\n    ')}`);
-      resync[variant].outside.push(done - t0);
-      const logged = await until('B\'s relist log line', () => relistLogged(b, outageAt) !== undefined, 30_000, 20).then(() => relistLogged(b, outageAt)!);
-      resync[variant].inside.push(logged.ms);
-      console.log(`  round ${r + 1} ${variant}: ${fmt(done - t0)} ms from B's way back to its ipcache complete; B's list + apply ${fmt(logged.ms)} ms (${logged.keys} keys)`);
     }
+    loads.push(loadavg());
+    table(`(c) ${entries} remote ipcache entries in B (target after a reconnect <= ${RESYNC_TARGET_MS} ms)`, ['what', 'ms'], [
+      [`${entries} new entries written (${Math.ceil(entries / TXN_OPS)} transactions)`, fmt(watchMs.write)],
+      ['  from the first write to all in B\'s map (through the watch)', fmt(watchMs.toMap)],
+      ['  of which after the last write', fmt(watchMs.afterWrite)],
+      ...(['changed', 'unchanged'] as const).flatMap((v) => [
+        [v === 'changed' ? 'reconnect, every entry\'s identity changed: way back -> all in B\'s map' : 'reconnect, nothing changed: way back -> B relisted', mdn(resync[v].outside)],
+        ['  B\'s own list + judge + apply', mdn(resync[v].inside)],
+      ]),
+    ]);
+    table('(d) B\'s agent RSS (settled: min of 5 samples over 5 s)', ['remote entries', 'VmRSS MB', 'VmHWM MB'], [
+      [0, fmt(rss0.rss), fmt(rss0.hwm)],
+      [entries, fmt(rssN.rss), fmt(rssN.hwm)],
+      ['difference per entry', `${fmt(((rssN.rss - rss0.rss) * 1024 * 1024) / entries)} B`, ''],
+    ]);
+    // The entries go: B's map is back to its own for (b).
+    await client.delete().prefix(`${IPCACHE_PREFIX}/10.227.`).exec();
+    await until('the remote entries out of B\'s ipcache', () => bMap.identity(last) === undefined, 120_000, 10);
+    out.remoteEntries = { watchMs, resyncMs: resync, targetMs: RESYNC_TARGET_MS };
+    out.rss = { zero: rss0, withEntries: rssN, bytesPerEntry: ((rssN.rss - rss0.rss) * 1024 * 1024) / entries };
   }
-  loads.push(loadavg());
-  table(`(c) ${entries} remote ipcache entries in B (target after a reconnect <= ${RESYNC_TARGET_MS} ms)`, ['what', 'ms'], [
-    [`${entries} new entries written (${Math.ceil(entries / TXN_OPS)} transactions)`, fmt(watchMs.write)],
-    ['  from the first write to all in B\'s map (through the watch)', fmt(watchMs.toMap)],
-    ['  of which after the last write', fmt(watchMs.afterWrite)],
-    ...(['changed', 'unchanged'] as const).flatMap((v) => [
-      [v === 'changed' ? 'reconnect, every entry\'s identity changed: way back -> all in B\'s map' : 'reconnect, nothing changed: way back -> B relisted', mdn(resync[v].outside)],
-      ['  B\'s own list + judge + apply', mdn(resync[v].inside)],
-    ]),
-  ]);
-  table('(d) B\'s agent RSS (settled: min of 5 samples over 5 s)', ['remote entries', 'VmRSS MB', 'VmHWM MB'], [
-    [0, fmt(rss0.rss), fmt(rss0.hwm)],
-    [entries, fmt(rssN.rss), fmt(rssN.hwm)],
-    ['difference per entry', `${fmt(((rssN.rss - rss0.rss) * 1024 * 1024) / entries)} B`, ''],
-  ]);
-  // The entries go: B's map is back to its own for (b).
-  await client.delete().prefix(`${IPCACHE_PREFIX}/10.227.`).exec();
-  await until('the remote entries out of B\'s ipcache', () => bMap.identity(last) === undefined, 120_000, 10);
 
-  // (b) propagation
-  console.log(`\n(b) propagation: ${workloads} workloads registered on A, one after the other, each in its own namespace`);
-  const names = Array.from({ length: workloads }, (_, i) => `kb-cl-${RUN_ID}-${i}`);
-  onCleanup('workload namespaces', () => netnsDelMany(names));
-  onCleanup('A\'s workloads', async () => {
-    for (const w of await a.api.call<Workload[]>('GET', '/v1/workloads').catch(() => [] as Workload[])) await a.api.call('DELETE', `/v1/workloads/${w.namespace}/${w.name}`).catch(() => undefined);
-  });
-  await netnsAddMany(names);
-  // The bench's own watch: when the entry reached etcd (A's publish), apart from A's registration.
-  const inEtcd = new Map<string, number>();
-  const watcher = await client.watch().prefix(`${IPCACHE_PREFIX}/`).create();
-  watcher.on('put', (kv) => inEtcd.set(kv.key.toString().slice(IPCACHE_PREFIX.length + 1), performance.now()));
-  onCleanup('bench watch', () => watcher.cancel().catch(() => undefined));
-  const pending = new Map<string, { posted: number; identity: number; round: number }>();
-  const seen: Array<{ round: number; etcdToB: number; registerToB: number }> = [];
-  let polling = true;
-  onCleanup('B\'s ipcache poller', () => {
+  if (parts.includes('b')) {
+    // (b) propagation
+    console.log(`\n(b) propagation: ${workloads} workloads registered on A, one after the other, each in its own namespace`);
+    const names = Array.from({ length: workloads }, (_, i) => `kb-cl-${RUN_ID}-${i}`);
+    onCleanup('workload namespaces', () => netnsDelMany(names));
+    onCleanup('A\'s workloads', async () => {
+      for (const w of await a.api.call<Workload[]>('GET', '/v1/workloads').catch(() => [] as Workload[])) await a.api.call('DELETE', `/v1/workloads/${w.namespace}/${w.name}`).catch(() => undefined);
+    });
+    await netnsAddMany(names);
+    // The bench's own watch on loopback: when A's entry reached etcd. B's map is looked at from then on
+    // (not from A's answer: B often has the entry before A's POST returns).
+    const pending = new Map<string, { inEtcd: number; posted: number; identity: number; round: number }>();
+    const seen: Array<{ round: number; etcdToB: number; registerToB: number }> = [];
+    let posting = { at: NaN, round: 0 };
+    const watcher = await client.watch().prefix(`${IPCACHE_PREFIX}/`).create();
+    watcher.on('put', (kv) => {
+      const ip = kv.key.toString().slice(IPCACHE_PREFIX.length + 1);
+      const v = JSON.parse(kv.value.toString()) as { HostIP: string; ID: number };
+      if (v.HostIP === a.nodeIPv4 && !ip.includes(':')) pending.set(ip, { inEtcd: performance.now(), posted: posting.at, identity: v.ID, round: posting.round });
+    });
+    onCleanup('bench watch', () => watcher.cancel().catch(() => undefined));
+    let polling = true;
+    onCleanup('B\'s ipcache poller', () => {
+      polling = false;
+      pending.clear();
+    });
+    const poller = (async () => {
+      while (polling || pending.size) {
+        for (const [ip, p] of pending) {
+          if (bMap.identity(ip) !== p.identity) continue;
+          const now = performance.now();
+          pending.delete(ip);
+          seen.push({ round: p.round, etcdToB: now - p.inEtcd, registerToB: now - p.posted });
+        }
+        await sleep(1);
+      }
+    })();
+    const postMs: number[] = [];
+    const perRound = Math.ceil(workloads / rounds); // the last round may be short (or empty: '-')
+    for (const [i, ns] of names.entries()) {
+      posting = { at: performance.now(), round: Math.floor(i / perRound) };
+      await a.api.call<Workload>('POST', '/v1/workloads', { name: `w${i}`, namespace: 'kbench', netns: `/var/run/netns/${ns}`, labels: { app: `p${i % 10}` } });
+      postMs.push(performance.now() - posting.at);
+    }
+    await until(`all ${workloads} workloads in B's ipcache`, () => seen.length >= workloads, 60_000, 10).catch((err: unknown) => {
+      throw new Error(`${(err as Error).message}: ${seen.length} seen, ${pending.size} pending`);
+    });
     polling = false;
-    pending.clear();
-  });
-  const poller = (async () => {
-    while (polling || pending.size) {
-      for (const [ip, p] of pending) {
-        if (bMap.identity(ip) !== p.identity) continue;
-        const now = performance.now();
-        pending.delete(ip);
-        const e = inEtcd.get(ip) ?? NaN;
-        seen.push({ round: p.round, etcdToB: now - e, registerToB: now - p.posted });
-      }
-      await sleep(1);
-    }
-  })();
-  const postMs: number[] = [];
-  const perRound = Math.ceil(workloads / rounds); // the last round may be short (or empty: '-')
-  for (const [i, ns] of names.entries()) {
-    const round = Math.floor(i / perRound);
-    const t = performance.now();
-    const w = await a.api.call<Workload>('POST', '/v1/workloads', { name: `w${i}`, namespace: 'kbench', netns: `/var/run/netns/${ns}`, labels: { app: `p${i % 10}` } });
-    postMs.push(performance.now() - t);
-    pending.set(w.ipv4, { posted: t, identity: w.identity, round });
+    await poller;
+    loads.push(loadavg());
+    const regToB = stats(seen.map((s) => s.registerToB));
+    const etcdToB = stats(seen.map((s) => s.etcdToB));
+    const roundsP99 = Array.from({ length: rounds }, (_, r) => stats(seen.filter((s) => s.round === r).map((s) => s.etcdToB)).p99);
+    table(`(b) A -> B's BPF ipcache, ${seen.length} workloads (target p99 <= ${PROPAGATION_TARGET_P99_MS} ms)`, ['ms', 'p50', 'p99', 'max', 'p99 per ' + `${perRound} (median, min-max)`], [
+      ['POST on A (registration)', fmt(stats(postMs).p50), fmt(stats(postMs).p99), fmt(stats(postMs).max), ''],
+      ['POST sent -> in B\'s map', fmt(regToB.p50), fmt(regToB.p99), fmt(regToB.max), mdn(Array.from({ length: rounds }, (_, r) => stats(seen.filter((s) => s.round === r).map((s) => s.registerToB)).p99))],
+      ['seen by a loopback watch -> in B\'s map', fmt(etcdToB.p50), fmt(etcdToB.p99), fmt(etcdToB.max), mdn(roundsP99)],
+    ]);
+    out.propagation = { postMs: stats(postMs), registerToBMs: regToB, etcdToBMs: etcdToB, roundsEtcdToBP99Ms: roundsP99, targetP99Ms: PROPAGATION_TARGET_P99_MS };
   }
-  polling = false;
-  await Promise.race([poller, sleep(60_000).then(() => { throw new Error(`${pending.size} workloads never reached B's ipcache`); })]);
-  loads.push(loadavg());
-  const regToB = stats(seen.map((s) => s.registerToB));
-  const etcdToB = stats(seen.map((s) => s.etcdToB));
-  const roundsP99 = Array.from({ length: rounds }, (_, r) => stats(seen.filter((s) => s.round === r).map((s) => s.etcdToB)).p99);
-  table(`(b) A -> B's BPF ipcache, ${seen.length} workloads (target p99 <= ${PROPAGATION_TARGET_P99_MS} ms)`, ['ms', 'p50', 'p99', 'max', 'p99 per ' + `${perRound} (median, min-max)`], [
-    ['POST on A (registration)', fmt(stats(postMs).p50), fmt(stats(postMs).p99), fmt(stats(postMs).max), ''],
-    ['POST sent -> in B\'s map', fmt(regToB.p50), fmt(regToB.p99), fmt(regToB.max), mdn(Array.from({ length: rounds }, (_, r) => stats(seen.filter((s) => s.round === r).map((s) => s.registerToB)).p99))],
-    ['seen by a loopback watch -> in B\'s map', fmt(etcdToB.p50), fmt(etcdToB.p99), fmt(etcdToB.max), mdn(roundsP99)],
-  ]);
+
   console.log(`\nload average during the run (1/5/15 min): ${loads.join(' -> ')}`);
 
   resultWrite(quick ? 'cluster-quick' : 'cluster', {
-    sizes: { workloads, entries, allocPerHost: perHost, rounds },
+    sizes: { workloads, entries, allocPerHost: perHost, rounds, parts },
     loadavg: loads,
-    allocation: Object.fromEntries((['distinct', 'shared'] as const).map((v) => [v, { ratePerS: alloc[v].rate, p50Ms: alloc[v].p50, p99Ms: alloc[v].p99, all: stats(alloc[v].all) }])),
-    propagation: { postMs: stats(postMs), registerToBMs: regToB, etcdToBMs: etcdToB, roundsEtcdToBP99Ms: roundsP99, targetP99Ms: PROPAGATION_TARGET_P99_MS },
-    remoteEntries: { watchMs, resyncMs: resync, targetMs: RESYNC_TARGET_MS },
-    rss: { zero: rss0, withEntries: rssN, bytesPerEntry: ((rssN.rss - rss0.rss) * 1024 * 1024) / entries },
+    ...out,
     machineAtEnd: machine(),
   });
 }
