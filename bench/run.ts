@@ -19,6 +19,7 @@ const benches: { name: string; quick: string[] }[] = [
   { name: 'controlplane', quick: ['1000', '--helper=10'] },
   { name: 'agent-rss', quick: ['1000'] },
   { name: 'reconcile-resync', quick: ['300'] },
+  { name: 'cluster', quick: ['40', '--entries=1000', '--alloc=30'] },
   { name: 'netpath', quick: ['10,1000,10000,30000'] },
 ];
 const only = process.argv.slice(2).filter((a) => !a.startsWith('--'));

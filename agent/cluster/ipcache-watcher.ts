@@ -1,4 +1,3 @@
-import type { Watcher } from 'etcd3';
 import type { Logger } from 'pino';
 import { labelCompare, labelFormat } from '../../common/labels.js';
 import { addressParse, cidrContains, type Cidr } from '../ipam.js';
@@ -8,6 +7,7 @@ import { inRange, type IdentityRange } from './identity-range.js';
 import { IPCACHE_PREFIX } from './ipcache-publisher.js';
 import type { ClusterSession } from './session.js';
 import { jsonObjectParse } from './json-value.js';
+import { PrefixFollower, type PrefixChange, type PrefixSink } from './prefix-follower.js';
 
 /** Another node's workload address, as accepted from the cluster ipcache. */
 export interface RemoteIpcacheEntry {
@@ -67,35 +67,28 @@ export interface IpcacheWatchSink {
   apply(set: readonly RemoteIpcacheEntry[], gone: readonly string[]): Promise<void>;
 }
 
-/** Pause before listing again after a failed list or a broken watch (etcd unreachable: no tight loop). */
-const RELIST_DELAY_MS = 1000;
-
 /**
- * Follows the cluster ipcache into a sink: a list, then a watch from the list's revision; when the
- * watch breaks (compaction, etcd unreachable) it lists again and hands over only the difference.
- * Entries of this node are skipped; bad or hostile ones are ignored with a log line and counted.
+ * Follows the cluster ipcache into a sink, as a PrefixFollower's sink (a list, then a watch from the
+ * list's revision; a broken watch lists again): every list and every watch batch is handed over as
+ * the difference to what the sink holds. Entries of this node are skipped; bad or hostile ones are
+ * ignored with a log line and counted.
  */
-export class IpcacheWatcher {
+export class IpcacheWatcher implements PrefixSink {
   /** Accepted entries by address (what the sink holds). */
   private readonly accepted = new Map<string, RemoteIpcacheEntry>();
-  private watcher: Watcher | undefined;
-  /** Bumped on every (re)start: events of an older watch are dropped. */
-  private generation = 0;
-  private closed = false;
-  private queue: Promise<void> = Promise.resolve();
+  private readonly follower: PrefixFollower;
   private sink: IpcacheWatchSink | undefined;
-  private retry: NodeJS.Timeout | undefined;
   /** Values ignored since the start (bad JSON, foreign identities, addresses of this host's pools). */
   ignored = 0;
-  /** Lists done (the first, and one per broken watch). */
-  lists = 0;
 
   constructor(
     /** This cluster's session, or a peer cluster's client (only `client` is used: read-only). */
-    private readonly session: Pick<ClusterSession, 'client'>,
+    session: Pick<ClusterSession, 'client'>,
     private readonly rules: IpcacheWatchRules,
     private readonly log: Logger,
-  ) {}
+  ) {
+    this.follower = new PrefixFollower(session.client, `${IPCACHE_PREFIX}/`, this, log);
+  }
 
   /**
    * Starts following; resolves after the first list reached the sink (or failed: retried in the
@@ -105,7 +98,12 @@ export class IpcacheWatcher {
     this.sink = sink;
     // What the sink holds from before: the first list hands over these again or removes them.
     for (const ip of held) this.accepted.set(ip, { ip, identity: 0, hostIP: '', namespace: '', podName: '' });
-    await this.run();
+    await this.follower.start();
+  }
+
+  /** Lists done (the first, and one per broken watch). */
+  get lists(): number {
+    return this.follower.lists;
   }
 
   size(): number {
@@ -122,112 +120,56 @@ export class IpcacheWatcher {
     return undefined;
   }
 
-  private async run(): Promise<void> {
-    if (this.closed) return;
-    const generation = ++this.generation;
-    this.cancel();
-    try {
-      const client = this.session.client;
-      const res = await client.getAll().prefix(`${IPCACHE_PREFIX}/`).exec();
-      if (generation !== this.generation || this.closed) return;
-      this.lists++;
-      const listed = new Map<string, RemoteIpcacheEntry>();
-      for (const kv of res.kvs) {
-        const e = this.judge(kv.key.toString('utf8'), kv.value.toString('utf8'));
-        if (e) listed.set(e.ip, e);
-      }
-      const gone = [...this.accepted.keys()].filter((ip) => !listed.has(ip));
-      const set = [...listed.values()].filter((e) => !sameEntry(this.accepted.get(e.ip), e));
-      await this.hand(set, gone);
-      const watcher = await client.watch().prefix(`${IPCACHE_PREFIX}/`).startRevision(String(BigInt(res.header.revision) + 1n)).create();
-      if (generation !== this.generation || this.closed) {
-        await watcher.cancel().catch(() => undefined);
-        return;
-      }
-      this.watcher = watcher;
-      watcher.on('data', (r) => {
-        if (generation !== this.generation) return;
-        const batchSet = new Map<string, RemoteIpcacheEntry>();
-        const batchGone = new Set<string>();
-        for (const ev of r.events) {
-          const key = ev.kv.key.toString('utf8');
-          const ip = key.slice(IPCACHE_PREFIX.length + 1);
-          const e = ev.type === 'Put' ? this.judge(key, ev.kv.value.toString('utf8')) : undefined;
-          // A key whose value turned bad or became this node's is no longer a remote entry.
-          if (e) {
-            batchSet.set(e.ip, e);
-            batchGone.delete(e.ip);
-            continue;
-          }
-          const addr = canonical(ip);
-          if (addr === undefined) continue;
-          batchGone.add(addr);
-          batchSet.delete(addr);
-        }
-        const set = [...batchSet.values()].filter((x) => !sameEntry(this.accepted.get(x.ip), x));
-        const gone = [...batchGone].filter((ip) => this.accepted.has(ip));
-        void this.hand(set, gone).catch((err: unknown) => this.log.error({ err }, 'cluster ipcache change not applied; listing again'));
-      });
-      const broken = (err: unknown) => {
-        if (generation !== this.generation || this.closed) return;
-        this.log.warn({ err }, 'cluster ipcache watch broken (etcd unreachable or compacted); listing again');
-        this.later();
-      };
-      watcher.on('error', broken);
-      watcher.on('disconnected', broken);
-    } catch (err) {
-      if (generation !== this.generation || this.closed) return;
-      this.log.warn({ err }, 'cannot list the cluster ipcache; trying again');
-      this.later();
+  async resync(all: ReadonlyMap<string, string>): Promise<void> {
+    const listed = new Map<string, RemoteIpcacheEntry>();
+    for (const [key, value] of all) {
+      const e = this.judge(key, value);
+      if (e) listed.set(e.ip, e);
     }
+    const gone = [...this.accepted.keys()].filter((ip) => !listed.has(ip));
+    const set = [...listed.values()].filter((e) => !sameEntry(this.accepted.get(e.ip), e));
+    await this.hand(set, gone);
   }
 
-  private later(): void {
-    clearTimeout(this.retry);
-    this.retry = setTimeout(() => void this.run(), RELIST_DELAY_MS).unref();
-  }
-
-  /** Hands a difference to the sink, one batch at a time; `accepted` follows what the sink took. */
-  private hand(set: readonly RemoteIpcacheEntry[], gone: readonly string[]): Promise<void> {
-    if (set.length === 0 && gone.length === 0) return this.queue;
-    const sink = this.sink;
-    const next = this.queue.then(async () => {
-      if (!sink) return;
-      try {
-        await sink.apply(set, gone);
-      } catch (err) {
-        // The sink may hold part of it: list again, which hands over everything that differs.
-        this.later();
-        throw err;
+  async change(changes: readonly PrefixChange[]): Promise<void> {
+    const batchSet = new Map<string, RemoteIpcacheEntry>();
+    const batchGone = new Set<string>();
+    for (const c of changes) {
+      const e = c.value !== undefined ? this.judge(c.key, c.value) : undefined;
+      // A key whose value turned bad or became this node's is no longer a remote entry.
+      if (e) {
+        batchSet.set(e.ip, e);
+        batchGone.delete(e.ip);
+        continue;
       }
-      for (const ip of gone) this.accepted.delete(ip);
-      for (const e of set) this.accepted.set(e.ip, e);
-    });
-    this.queue = next.catch(() => undefined);
-    return next;
+      const addr = canonical(c.key.slice(IPCACHE_PREFIX.length + 1));
+      if (addr === undefined) continue;
+      batchGone.add(addr);
+      batchSet.delete(addr);
+    }
+    const set = [...batchSet.values()].filter((x) => !sameEntry(this.accepted.get(x.ip), x));
+    const gone = [...batchGone].filter((ip) => this.accepted.has(ip));
+    await this.hand(set, gone);
+  }
+
+  /**
+   * Hands a difference to the sink; `accepted` follows what the sink took. When the sink throws it may
+   * hold part of it: the follower lists again, which hands over everything that differs.
+   */
+  private async hand(set: readonly RemoteIpcacheEntry[], gone: readonly string[]): Promise<void> {
+    if ((set.length === 0 && gone.length === 0) || !this.sink) return;
+    await this.sink.apply(set, gone);
+    for (const ip of gone) this.accepted.delete(ip);
+    for (const e of set) this.accepted.set(e.ip, e);
   }
 
   /** Resolves when every change seen so far reached the sink (for tests and orderly stops). */
   settled(): Promise<void> {
-    return this.queue;
+    return this.follower.settled();
   }
 
-  async close(): Promise<void> {
-    this.closed = true;
-    this.generation++;
-    clearTimeout(this.retry);
-    this.cancel();
-    await this.queue;
-  }
-
-  /**
-   * Drops the current watch without waiting: etcd3's cancel waits for etcd's answer, which never comes
-   * while the connection is down; the generation counter already ignores the old watch's events.
-   */
-  private cancel(): void {
-    const old = this.watcher;
-    this.watcher = undefined;
-    void old?.cancel().catch(() => undefined);
+  close(): Promise<void> {
+    return this.follower.close();
   }
 }
 

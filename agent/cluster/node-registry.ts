@@ -1,10 +1,10 @@
 import { readFileSync } from 'node:fs';
-import type { Watcher } from 'etcd3';
 import type { Logger } from 'pino';
 import { addressParse, cidrContains, cidrParse, type Cidr } from '../ipam.js';
 import { cidrOverlaps, cidrWithin } from './node-cidr.js';
 import type { ClusterSession } from './session.js';
 import { jsonObjectParse } from './json-value.js';
+import { PrefixFollower, type PrefixChange, type PrefixSink } from './prefix-follower.js';
 
 /** Cilium's node prefix (pkg/node/store): `<prefix>/<cluster>/<node name>`. */
 export const NODES_PREFIX = 'cilium/state/nodes/v1';
@@ -181,20 +181,17 @@ export interface NodeSink {
   apply(set: readonly PeerNode[], gone: readonly string[]): void;
 }
 
-const RELIST_DELAY_MS = 1000;
-
 /**
  * This node in the cluster's node list, and every other node from it. The own entry is written under
  * the node lease (it goes when the node dies, within the lease TTL), again when the lease is renewed,
- * and deleted on a clean stop. The others are listed, then watched from the list's revision; a broken
- * watch lists again and hands over the difference. Hostile or broken entries are ignored with a log line.
+ * and deleted on a clean stop. The others are followed as a PrefixFollower's sink (a list, then a watch
+ * from the list's revision; a broken watch lists again and the difference is handed over). Hostile or
+ * broken entries are ignored with a log line.
  */
-export class NodeRegistry {
+export class NodeRegistry implements PrefixSink {
   private readonly accepted = new Map<string, PeerNode>();
-  private watcher: Watcher | undefined;
-  private generation = 0;
+  private readonly follower: PrefixFollower;
   private closed = false;
-  private retry: NodeJS.Timeout | undefined;
   private sink: NodeSink | undefined;
   /** Others who follow the node list (the Hubble peer service): told of every change after the sink. */
   private readonly followers = new Set<NodeSink['apply']>();
@@ -209,6 +206,7 @@ export class NodeRegistry {
     private readonly log: Logger,
   ) {
     this.key = `${NODES_PREFIX}/${rules.self.cluster}/${rules.self.name}`;
+    this.follower = new PrefixFollower(session.client, `${NODES_PREFIX}/${rules.self.cluster}/`, this, log);
   }
 
   /** Refuses a start whose node name another live node holds (two hosts would share a CIDR claim). */
@@ -237,7 +235,7 @@ export class NodeRegistry {
     this.sink = sink;
     await this.publish();
     this.session.on('nodeLeaseRenewed', this.onRenew);
-    await this.run();
+    await this.follower.start();
   }
 
   peers(): PeerNode[] {
@@ -295,76 +293,36 @@ export class NodeRegistry {
     return () => this.followers.delete(fn);
   }
 
-  private async run(): Promise<void> {
-    if (this.closed) return;
-    const generation = ++this.generation;
-    this.cancel();
-    const prefix = `${NODES_PREFIX}/${this.rules.self.cluster}/`;
-    try {
-      const client = this.session.client;
-      const res = await client.getAll().prefix(prefix).exec();
-      if (generation !== this.generation || this.closed) return;
-      const listed = new Map<string, PeerNode>();
-      // Judged against what stays accepted, so an overlap is settled the same way as by the watch.
-      for (const kv of res.kvs) {
-        const p = this.judge(kv.key.toString('utf8'), kv.value.toString('utf8'));
-        if (p) listed.set(p.name, p);
-      }
-      this.hand([...listed.values()], [...this.accepted.keys()].filter((n) => !listed.has(n)), true);
-      if (!res.kvs.some((kv) => kv.key.toString('utf8') === this.key)) this.onRenew();
-      const watcher = await client.watch().prefix(prefix).startRevision(String(BigInt(res.header.revision) + 1n)).create();
-      if (generation !== this.generation || this.closed) {
-        await watcher.cancel().catch(() => undefined);
-        return;
-      }
-      this.watcher = watcher;
-      watcher.on('data', (r) => {
-        if (generation !== this.generation) return;
-        for (const ev of r.events) {
-          const key = ev.kv.key.toString('utf8');
-          if (key === this.key) {
-            // Deleted by someone else while this node lives: written again.
-            if (ev.type === 'Delete' && !this.closed) this.onRenew();
-            continue;
-          }
-          const peer = ev.type === 'Put' ? this.judge(key, ev.kv.value.toString('utf8')) : undefined;
-          // A value that turned bad withdraws what the node had.
-          if (peer) this.hand([peer], []);
-          else this.hand([], [this.nameOf(key)]);
-        }
-      });
-      const broken = (err: unknown) => {
-        if (generation !== this.generation || this.closed) return;
-        this.log.warn({ err }, 'cluster node watch broken (etcd unreachable or compacted); listing again');
-        this.later();
-      };
-      watcher.on('error', broken);
-      watcher.on('disconnected', broken);
-    } catch (err) {
-      if (generation !== this.generation || this.closed) return;
-      this.log.warn({ err }, 'cannot list the cluster nodes; trying again');
-      this.later();
+  async resync(all: ReadonlyMap<string, string>): Promise<void> {
+    const listed = new Map<string, PeerNode>();
+    // Judged against what stays accepted, so an overlap is settled the same way as by the watch.
+    for (const [key, value] of all) {
+      const p = this.judge(key, value);
+      if (p) listed.set(p.name, p);
     }
+    this.hand([...listed.values()], [...this.accepted.keys()].filter((n) => !listed.has(n)), true);
+    if (!all.has(this.key)) this.onRenew();
   }
 
-  private later(): void {
-    clearTimeout(this.retry);
-    this.retry = setTimeout(() => void this.run(), RELIST_DELAY_MS).unref();
-  }
-
-  private cancel(): void {
-    const old = this.watcher;
-    this.watcher = undefined;
-    void old?.cancel().catch(() => undefined);
+  async change(changes: readonly PrefixChange[]): Promise<void> {
+    for (const c of changes) {
+      if (c.key === this.key) {
+        // Deleted by someone else while this node lives: written again.
+        if (c.value === undefined && !this.closed) this.onRenew();
+        continue;
+      }
+      const peer = c.value !== undefined ? this.judge(c.key, c.value) : undefined;
+      // A value that turned bad withdraws what the node had.
+      if (peer) this.hand([peer], []);
+      else this.hand([], [this.nameOf(c.key)]);
+    }
   }
 
   /** Stops following; the own entry is deleted, so other nodes drop their routes here at once. */
   async close(): Promise<void> {
     this.closed = true;
-    this.generation++;
-    clearTimeout(this.retry);
     this.session.off('nodeLeaseRenewed', this.onRenew);
-    this.cancel();
+    await this.follower.close();
     await this.session.client.delete().key(this.key).exec().catch((err: unknown) => this.log.warn({ err }, 'node entry not deleted; it goes with the lease'));
   }
 }
