@@ -1,5 +1,5 @@
 import protobuf from 'protobufjs';
-import { flowEventType, flowObservationPoint, l4Of, LazyFlowRecord } from '../../agent/flows/enrich.js';
+import { ethernetOf, flowEventType, flowObservationPoint, l4Of, LazyFlowRecord } from '../../agent/flows/enrich.js';
 import type { HubbleEndpoint, HubbleFlowRecord } from '../../agent/flows/hubble.js';
 import type { PolicyMessage } from './attribution.js';
 import type { FlowExtras } from './backend.js';
@@ -35,7 +35,7 @@ function enumValue(values: Record<string, number>, name: string, what: string): 
 
 /** flow.Flow fields this encoder writes: a field the JSON flow gains must be added here (the unit test checks). */
 export const FLOW_FIELDS_ENCODED = [
-  'time', 'uuid', 'verdict', 'drop_reason', 'IP', 'l4', 'source', 'destination', 'Type', 'node_name', 'event_type',
+  'time', 'uuid', 'verdict', 'drop_reason', 'ethernet', 'IP', 'l4', 'source', 'destination', 'Type', 'node_name', 'event_type',
   'traffic_direction', 'trace_observation_point', 'drop_reason_desc', 'is_reply', 'interface', 'Summary',
   'egress_allowed_by', 'ingress_allowed_by', 'egress_denied_by', 'ingress_denied_by',
 ] as const;
@@ -56,6 +56,7 @@ export function flowResponseEncoderCreate(root: protobuf.Root = hubbleProtoRoot(
   const R = tagsOf(root, 'observer.GetFlowsResponse', ['flow', 'node_name', 'time'] as const);
   const F = tagsOf(root, 'flow.Flow', FLOW_FIELDS_ENCODED);
   const TS = tagsOf(root, 'google.protobuf.Timestamp', ['seconds', 'nanos'] as const);
+  const ETH = tagsOf(root, 'flow.Ethernet', ['source', 'destination'] as const);
   const IP = tagsOf(root, 'flow.IP', ['source', 'destination', 'ipVersion'] as const);
   const L4 = tagsOf(root, 'flow.Layer4', ['TCP', 'UDP', 'ICMPv4', 'ICMPv6', 'SCTP'] as const);
   const PORTS = { TCP: tagsOf(root, 'flow.TCP', ['source_port', 'destination_port', 'flags'] as const), UDP: tagsOf(root, 'flow.UDP', ['source_port', 'destination_port'] as const), SCTP: tagsOf(root, 'flow.SCTP', ['source_port', 'destination_port'] as const) };
@@ -74,6 +75,7 @@ export function flowResponseEncoderCreate(root: protobuf.Root = hubbleProtoRoot(
   const policyType = root.lookupType('flow.Policy');
   const endpointBytes = new WeakMap<HubbleEndpoint, Uint8Array>();
   const policyBytes = new WeakMap<PolicyMessage, Uint8Array>();
+  const ethernetBytes = new WeakMap<object, Uint8Array>();
 
   const timestamp = (w: ProtoWriter, tag: number, ns: bigint) => {
     w.uint32(tag).fork();
@@ -94,6 +96,15 @@ export function flowResponseEncoderCreate(root: protobuf.Root = hubbleProtoRoot(
       w.uint32(tag).bytes(bytes);
     }
   };
+  // the unicast pairs are the directory's shared objects: encoded once each; group destinations anew
+  const ethernet = (w: ProtoWriter, eth: { source: string; destination: string }, shared: boolean) => {
+    let bytes = ethernetBytes.get(eth);
+    if (!bytes) {
+      bytes = Writer.create().uint32(ETH.source).string(eth.source).uint32(ETH.destination).string(eth.destination).finish();
+      if (shared) ethernetBytes.set(eth, bytes);
+    }
+    w.uint32(F.ethernet).bytes(bytes);
+  };
   const uint = (w: ProtoWriter, tag: number, v: number) => {
     if (v) w.uint32(tag).uint32(v);
   };
@@ -107,6 +118,8 @@ export function flowResponseEncoderCreate(root: protobuf.Root = hubbleProtoRoot(
     w.uint32(F.verdict).int32(enumValue(verdicts, ev.verdict, 'Verdict'));
     const dropped = ev.verdict === 'DROPPED';
     if (dropped) uint(w, F.drop_reason, ev.dropReason);
+    const eth = ethernetOf(ev, r.l2);
+    if (eth) ethernet(w, eth, eth === r.l2!.egress || eth === r.l2!.ingress);
     if (ev.family) {
       w.uint32(F.IP).fork().uint32(IP.source).string(ev.srcAddr).uint32(IP.destination).string(ev.dstAddr).uint32(IP.ipVersion).int32(ipVersion[ev.family]).ldelim();
     }
