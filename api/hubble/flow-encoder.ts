@@ -3,10 +3,24 @@ import { ethernetOf, flowEventType, flowObservationPoint, l4Of, LazyFlowRecord }
 import type { HubbleEndpoint, HubbleFlowRecord } from '../../agent/flows/hubble.js';
 import type { PolicyMessage } from './attribution.js';
 import type { FlowExtras } from './backend.js';
+import { ByteWriter } from './byte-writer.js';
 import { hubbleProtoRoot } from './proto.js';
 
-const { Writer } = protobuf;
-type ProtoWriter = protobuf.Writer;
+/** The Writer methods the encoder uses: ByteWriter's, and protobufjs's (the bench compares the two). */
+interface ProtoWriter {
+  uint32(v: number): ProtoWriter;
+  int32(v: number): ProtoWriter;
+  int64(v: number): ProtoWriter;
+  bool(v: boolean): ProtoWriter;
+  string(v: string): ProtoWriter;
+  bytes(v: Uint8Array): ProtoWriter;
+  fork(): ProtoWriter;
+  ldelim(): ProtoWriter;
+  finish(): Uint8Array;
+}
+
+/** Which writer the encoder uses: in place (ByteWriter), or protobufjs's Writer as before (bench/hubble.bench.ts --ab). */
+export const flowEncoderOptions = { inPlace: true };
 
 /** Wire type of a field: 2 (length-delimited) for messages, strings and bytes, 0 (varint) for the rest this encoder writes. */
 function fieldTag(type: protobuf.Type, name: string): number {
@@ -76,6 +90,7 @@ export function flowResponseEncoderCreate(root: protobuf.Root = hubbleProtoRoot(
   const endpointBytes = new WeakMap<HubbleEndpoint, Uint8Array>();
   const policyBytes = new WeakMap<PolicyMessage, Uint8Array>();
   const ethernetBytes = new WeakMap<object, Uint8Array>();
+  const scratch = new ByteWriter();
 
   const timestamp = (w: ProtoWriter, tag: number, ns: bigint) => {
     w.uint32(tag).fork();
@@ -100,7 +115,7 @@ export function flowResponseEncoderCreate(root: protobuf.Root = hubbleProtoRoot(
   const ethernet = (w: ProtoWriter, eth: { source: string; destination: string }, shared: boolean) => {
     let bytes = ethernetBytes.get(eth);
     if (!bytes) {
-      bytes = Writer.create().uint32(ETH.source).string(eth.source).uint32(ETH.destination).string(eth.destination).finish();
+      bytes = protobuf.Writer.create().uint32(ETH.source).string(eth.source).uint32(ETH.destination).string(eth.destination).finish();
       if (shared) ethernetBytes.set(eth, bytes);
     }
     w.uint32(F.ethernet).bytes(bytes);
@@ -112,7 +127,7 @@ export function flowResponseEncoderCreate(root: protobuf.Root = hubbleProtoRoot(
   return (r, extras) => {
     if (!(r instanceof LazyFlowRecord)) return undefined;
     const ev = r.event;
-    const w = Writer.create();
+    const w: ProtoWriter = flowEncoderOptions.inPlace ? scratch.reset() : protobuf.Writer.create();
     w.uint32(R.flow).fork();
     timestamp(w, F.time, ev.timeNs);
     w.uint32(F.verdict).int32(enumValue(verdicts, ev.verdict, 'Verdict'));

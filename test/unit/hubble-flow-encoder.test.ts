@@ -6,7 +6,7 @@ import { LazyFlowRecord } from '../../agent/flows/enrich.js';
 import type { HubbleEndpoint, HubbleFlowRecord } from '../../agent/flows/hubble.js';
 import { policyFromRuleRef } from '../../api/hubble/attribution.js';
 import type { FlowExtras } from '../../api/hubble/backend.js';
-import { FLOW_FIELDS_ENCODED, flowResponseEncoderCreate } from '../../api/hubble/flow-encoder.js';
+import { FLOW_FIELDS_ENCODED, flowEncoderOptions, flowResponseEncoderCreate } from '../../api/hubble/flow-encoder.js';
 import { flowResponse } from '../../api/hubble/flow-convert.js';
 import { hubbleProtoLoad, hubbleProtoRoot } from '../../api/hubble/proto.js';
 
@@ -107,6 +107,19 @@ describe('Hubble flow encoder (direct from the event) against protobufjs from th
     const rec = new LazyFlowRecord(base, fe, vm, 'node-1');
     assert.equal(JSON.parse(JSON.stringify(rec)).flow.ethernet, undefined);
     assert.equal((m.responseDeserialize(encode(rec)!) as { flow: { ethernet?: unknown } }).flow.ethernet ?? undefined, undefined);
+  });
+
+  test('the in-place writer and protobufjs\'s Writer give the same bytes', () => {
+    for (const [name, over, extras, peer] of CASES) {
+      const rec = new LazyFlowRecord({ ...base, ...over }, fe, peer ?? vm, 'node-1', l2);
+      const inPlace = encode(rec, extras)!;
+      flowEncoderOptions.inPlace = false;
+      try {
+        assert.deepEqual(inPlace, encode(rec, extras), name);
+      } finally {
+        flowEncoderOptions.inPlace = true;
+      }
+    }
   });
 
   test('the uuid is the same in the JSON flow and on the wire, and differs between flows', () => {
