@@ -92,10 +92,10 @@ export function flowResponseEncoderCreate(root: protobuf.Root = hubbleProtoRoot(
   const ethernetBytes = new WeakMap<object, Uint8Array>();
   const scratch = new ByteWriter();
 
-  const timestamp = (w: ProtoWriter, tag: number, ns: bigint) => {
+  // the flow's and the response's time are the same: the BigInt division is done once per flow
+  const timestamp = (w: ProtoWriter, tag: number, seconds: number, nanos: number) => {
     w.uint32(tag).fork();
-    w.uint32(TS.seconds).int64(Number(ns / 1_000_000_000n));
-    const nanos = Number(ns % 1_000_000_000n);
+    w.uint32(TS.seconds).int64(seconds);
     if (nanos) w.uint32(TS.nanos).int32(nanos);
     w.ldelim();
   };
@@ -129,7 +129,10 @@ export function flowResponseEncoderCreate(root: protobuf.Root = hubbleProtoRoot(
     const ev = r.event;
     const w: ProtoWriter = flowEncoderOptions.inPlace ? scratch.reset() : protobuf.Writer.create();
     w.uint32(R.flow).fork();
-    timestamp(w, F.time, ev.timeNs);
+    const ns = ev.timeNs;
+    const seconds = Number(ns / 1_000_000_000n);
+    const nanos = Number(ns - BigInt(seconds) * 1_000_000_000n);
+    timestamp(w, F.time, seconds, nanos);
     w.uint32(F.verdict).int32(enumValue(verdicts, ev.verdict, 'Verdict'));
     const dropped = ev.verdict === 'DROPPED';
     if (dropped) uint(w, F.drop_reason, ev.dropReason);
@@ -187,7 +190,7 @@ export function flowResponseEncoderCreate(root: protobuf.Root = hubbleProtoRoot(
     }
     w.ldelim();
     if (r.node_name) w.uint32(R.node_name).string(r.node_name);
-    timestamp(w, R.time, ev.timeNs);
+    timestamp(w, R.time, seconds, nanos);
     return w.finish() as Buffer;
   };
 }
