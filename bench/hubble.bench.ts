@@ -92,8 +92,8 @@ async function main(): Promise<void> {
   };
   // The generator on the agent's thread, or with --generator=worker on its own (bench/hubble-generator.ts,
   // with the agent's program fd taken from the datapath object: private, a bench-only reach). On this
-  // 2-core machine the worker takes the core the follower needs (received fell to 14-106k/s from
-  // 122-196k/s in the same minutes), so the default stays on the agent's thread.
+  // 2-core machine the worker takes the core the follower needs (bench/README.md, section 7), so the
+  // default stays on the agent's thread.
   const onMain = args.opts.generator !== 'worker';
   const worker = onMain ? undefined : new Worker(fileURLToPath(new URL('./hubble-generator.js', import.meta.url)), {
     workerData: { fd: (dp as unknown as { obj: { progFds: Record<string, number> } }).obj.progFds.from_workload, ifindex, src: a.ipv4, dst: b.ipv4, srcMac: a.interfaces.workload.mac!, dstMac: a.interfaces.host.mac! },
