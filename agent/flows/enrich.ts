@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { FlowEvent } from '../../bpf/index.js';
-import type { EndpointDirectory, EndpointL2 } from './directory.js';
+import { ipv4Number, type EndpointDirectory, type EndpointL2 } from './directory.js';
 import { DROP_REASON } from '../../bpf/layout.gen.js';
 import { dropReasonDesc, MessageType, tcpFlagsObject, type HubbleEndpoint, type HubbleFlow, type HubbleFlowRecord } from './hubble.js';
 
@@ -104,7 +104,7 @@ const hex2 = (n: number) => (n & 0xff).toString(16).padStart(2, '0');
  */
 function groupMacOf(ev: FlowEvent): string | undefined {
   if (ev.family === 4) {
-    const n = ev.dstIpv4 ?? ipv4NumberOf(ev.dstAddr);
+    const n = ev.dstIpv4 ?? ipv4Number(ev.dstAddr);
     if (n === 0xffffffff) return ETH_BROADCAST;
     if (n >>> 28 !== 0xe) return undefined;
     return `01:00:5e:${hex2((n >>> 16) & 0x7f)}:${hex2(n >>> 8)}:${hex2(n)}`;
@@ -115,11 +115,6 @@ function groupMacOf(ev: FlowEvent): string | undefined {
   const lo = parseInt(groups[groups.length - 1] || '0', 16);
   const hi = groups.length >= 2 ? parseInt(groups[groups.length - 2] || '0', 16) : 0;
   return `33:33:${hex2(hi >> 8)}:${hex2(hi)}:${hex2(lo >> 8)}:${hex2(lo)}`;
-}
-
-function ipv4NumberOf(text: string): number {
-  const p = text.split('.');
-  return p.length === 4 ? ((+p[0]! << 24) | (+p[1]! << 16) | (+p[2]! << 8) | +p[3]!) >>> 0 : 0;
 }
 
 /**
