@@ -2,27 +2,32 @@
 // counts flows and lost_events and, for every Nth flow, the time from the flow's datapath timestamp to
 // its arrival here. Messages are counted as they arrive and only the timed ones are decoded (a Go
 // client decodes far faster than protobufjs; this keeps the JS client from being what is measured).
+// Two clients: `http2` (default) reads the gRPC stream with node:http2 and splits its length-prefixed
+// messages itself, a few instructions a message as in a Go client; `grpc-js` is kitnet's own client
+// library, whose per-message work (~30-50 µs on this machine: message framing, a stream event, a
+// Writable per message) caps what one follower process can take at 15-20k messages/s.
 // Driven over stdin/stdout by hubble.bench.ts:
 //   stdin "report\n" -> stdout {"flows":N,"lost":N,"latencyMs":[...]} (and counters reset)
-//   node dist/bench/hubble-follower.js unix:///path/hubble.sock [time every Nth flow=1]
+//   node dist/bench/hubble-follower.js unix:///path/hubble.sock [time every Nth flow=1] [http2|grpc-js]
 import { Client, credentials } from '@grpc/grpc-js';
+import { connect as http2Connect, constants as H2 } from 'node:http2';
+import { connect as netConnect } from 'node:net';
 import { createInterface } from 'node:readline';
 import { hubbleProtoLoad } from '../api/hubble/proto.js';
 
 const target = process.argv[2]!;
 const every = Math.max(1, Number(process.argv[3] ?? 1));
+const clientKind = process.argv[4] ?? 'http2';
 const method = hubbleProtoLoad()['observer.Observer'] as unknown as Record<
   string,
   { path: string; requestSerialize: (m: object) => Buffer; responseDeserialize: (b: Buffer) => Record<string, unknown> }
 >;
 const getFlows = method.GetFlows!;
-const client = new Client(target, credentials.createInsecure());
 let flows = 0;
 let lost = 0;
 let latencyMs: number[] = [];
-const stream = client.makeServerStreamRequest(getFlows.path, getFlows.requestSerialize, (b: Buffer) => b, { follow: true });
 // GetFlowsResponse's first field on the wire is its oneof: 0x0a flow (1), 0x1a lost_events (3).
-stream.on('data', (b: Buffer) => {
+const onMessage = (b: Buffer) => {
   if (b[0] === 0x1a) {
     lost += Number((getFlows.responseDeserialize(b).lost_events as { num_events_lost: number }).num_events_lost);
     return;
@@ -32,11 +37,43 @@ stream.on('data', (b: Buffer) => {
   if (flows % every !== 0) return;
   const t = (getFlows.responseDeserialize(b).flow as { time: { seconds: number; nanos: number } }).time;
   latencyMs.push(performance.timeOrigin + performance.now() - (t.seconds * 1000 + t.nanos / 1e6));
-});
-stream.on('error', (err: Error) => {
+};
+const fail = (err: Error) => {
   console.error(`follower: ${err.message}`);
   process.exit(1);
-});
+};
+
+if (clientKind === 'grpc-js') {
+  const client = new Client(target, credentials.createInsecure());
+  client.makeServerStreamRequest(getFlows.path, getFlows.requestSerialize, (b: Buffer) => b, { follow: true }).on('data', onMessage).on('error', fail);
+} else {
+  if (!target.startsWith('unix://')) throw new Error('the http2 follower takes unix://PATH');
+  // A large window, as Go's client grows its own: flow control is not what is measured.
+  const session = http2Connect('http://localhost', { createConnection: () => netConnect(target.slice('unix://'.length)), settings: { initialWindowSize: 16 << 20 } });
+  session.on('error', fail);
+  session.on('connect', () => session.setLocalWindowSize(64 << 20));
+  const req = session.request({ [H2.HTTP2_HEADER_METHOD]: 'POST', [H2.HTTP2_HEADER_PATH]: getFlows.path, 'content-type': 'application/grpc', te: 'trailers' });
+  const body = getFlows.requestSerialize({ follow: true });
+  const frame = Buffer.alloc(5 + body.length);
+  frame.writeUInt32BE(body.length, 1);
+  body.copy(frame, 5);
+  req.end(frame);
+  req.on('error', fail);
+  // The stream as length-prefixed messages: 1 byte flags, 4 bytes length, the message.
+  let pending = Buffer.alloc(0);
+  req.on('data', (chunk: Buffer) => {
+    let buf = pending.length ? Buffer.concat([pending, chunk]) : chunk;
+    let off = 0;
+    while (buf.length - off >= 5) {
+      const len = buf.readUInt32BE(off + 1);
+      if (buf.length - off - 5 < len) break;
+      onMessage(buf.subarray(off + 5, off + 5 + len));
+      off += 5 + len;
+    }
+    pending = off === buf.length ? Buffer.alloc(0) : Buffer.from(buf.subarray(off));
+    buf = pending;
+  });
+}
 createInterface({ input: process.stdin }).on('line', (line) => {
   if (line !== 'report') return;
   console.log(JSON.stringify({ flows, lost, latencyMs }));

@@ -1,22 +1,50 @@
 // Hubble's gRPC API: flows per second streamed to one GetFlows --follow client, and the time from a
 // packet's flow event to its arrival at that client (p50/p99). A real agent (in-process, own pin root)
-// with two workloads; events are real datapath events (BPF_PROG_TEST_RUN of from_workload with TCP
-// SYNs of new connections, one NEW event each), read by the agent's pipeline and sent over the agent's
-// unix socket to a follower in its own process (bench/hubble-follower.ts, kitnet's grpc-js client).
+// with two workloads; events are real datapath events (BPF_PROG_TEST_RUN of from_workload with a TCP
+// SYN, `flows.aggregation: every-packet` so every run reports one; a run repeated up to 500 times per
+// call, a fresh 4-tuple per call), read by the agent's pipeline and sent over the agent's unix socket
+// to a follower in its own process (bench/hubble-follower.ts, kitnet's grpc-js client). The generator
+// shares the agent's thread (the kernel runs the program in the caller's syscall): repeated runs
+// keep its share small (~1 µs an event), where one syscall and frame per SYN capped the offer at
+// 20-45k/s.
 //
 // Throughput: for each offered rate, events are written every 10 ms for a few seconds; the follower
 // reports what arrived and what it was told was lost (lost_events), and the kernel's EVENTS_LOST says
 // what the ring buffer dropped. Latency: one SYN every 5 ms, every flow timed (its datapath timestamp
 // to its arrival, same host clock).
 //
-//   node dist/bench/hubble.bench.js [rates=50000,100000,200000,400000] [--seconds=3] [--samples=1000]
+//   node dist/bench/hubble.bench.js [rates=50000,100000,200000,400000] [--seconds=3] [--samples=1000] [--rounds=1] [--ab]
+//                                   [--client=http2|grpc-js] [--generator=worker|main] [--profile]
+// --generator: the events are made on the agent's thread, in slices between its turns (main, default:
+// the agent's thread pays for making them too, ~1 µs an event) or on a worker thread (worker);
+// --rounds=R repeats the whole rate sweep R times; --ab measures every rate of a round twice, `before`
+// (the encoder on protobufjs's Writer, queued messages sent one by one through grpc-js) and `after`
+// (the in-place writer, queued messages framed into one HTTP/2 write), alternating which goes first; --client=grpc-js follows with kitnet's grpc-js client instead of node:http2;
+// --profile writes a CPU profile of the agent's thread during the sweep (bench/results/hubble-follow.cpuprofile).
 import { spawn } from 'node:child_process';
+import { Worker } from 'node:worker_threads';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { ETH_P_IP, TCP, eth, ipv4, tcp } from '../test/root/bpf-helpers.js';
+import { batchWriteOptions } from '../api/hubble/batch-writes.js';
+import { flowEncoderOptions } from '../api/hubble/flow-encoder.js';
 import { benchAgentPairStart } from './agent-pair.js';
-import { MACHINE_LINE, argsParse, benchMain, fmt, resultWrite, sleep, stats, table } from './lib.js';
+import { MACHINE_LINE, argsParse, benchMain, fmt, onCleanup, profiled, resultWrite, sleep, stats, table } from './lib.js';
+
+interface Row {
+  round: number;
+  variant: string;
+  rate: number;
+  written: number;
+  offered: number;
+  received: number;
+  rate_received: number;
+  lost_follower: number;
+  lost_kernel: number;
+  latency_p50_ms: number;
+  latency_p99_ms: number;
+}
 
 interface Report {
   flows: number;
@@ -25,9 +53,9 @@ interface Report {
 }
 
 /** The follower process and a way to ask it for its counts. */
-function followerStart(target: string, every: number) {
+function followerStart(target: string, every: number, client: string) {
   const script = fileURLToPath(new URL('./hubble-follower.js', import.meta.url));
-  const child = spawn(process.execPath, [script, target, String(every)], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, [script, target, String(every), client], { stdio: ['pipe', 'pipe', 'inherit'] });
   const waiting: Array<(r: Report) => void> = [];
   createInterface({ input: child.stdout! }).on('line', (l) => waiting.shift()?.(JSON.parse(l) as Report));
   return {
@@ -41,24 +69,44 @@ async function main(): Promise<void> {
   const rates = args.sizes.length ? args.sizes : args.quick ? [50_000, 200_000] : [50_000, 100_000, 200_000, 400_000];
   const seconds = Number(args.opts.seconds ?? (args.quick ? 2 : 3));
   const samples = Number(args.opts.samples ?? (args.quick ? 300 : 1000));
-  console.log(`Hubble gRPC follow: rates ${rates.join(', ')}/s for ${seconds} s each, ${samples} latency samples; ${MACHINE_LINE()}`);
-  const { dir, daemon: agent, a, b } = await benchAgentPairStart({ tag: 'hb', ipv4Pool: '10.222.0.0/24', ipv6Pool: 'fd00:222::/64', overrides: { flows: { kernelRingBytes: 64 << 20 } } });
+  const client = args.opts.client ?? 'http2';
+  console.log(`Hubble gRPC follow: rates ${rates.join(', ')}/s for ${seconds} s each, ${samples} latency samples, generator on ${args.opts.generator === 'worker' ? 'a worker' : "the agent's"} thread, follower ${args.opts.client ?? 'http2'}; ${MACHINE_LINE()}`);
+  const { dir, daemon: agent, a, b } = await benchAgentPairStart({ tag: 'hb', ipv4Pool: '10.222.0.0/24', ipv6Pool: 'fd00:222::/64', overrides: { flows: { kernelRingBytes: 64 << 20, aggregation: 'every-packet' } } });
   const dp = agent.agent.kernel.datapath;
   const flows = agent.agent.flows;
   const ifindex = a.interfaces.host.ifindex!;
   let seq = 0;
-  // A fresh 4-tuple per SYN: one NEW event each (source port x destination port cycle through 64M tuples).
+  // k events: runs of one SYN, up to 500 per call, a fresh 4-tuple per call (every run reports: every-packet).
   const generate = (k: number) => {
-    for (let i = 0; i < k; i++, seq++) {
+    for (let left = k; left > 0; seq++) {
+      const repeat = Math.min(500, left);
       const f = eth(ETH_P_IP, ipv4(a.ipv4, b.ipv4, 6, tcp(1024 + (seq % 64_000), 10_000 + (Math.floor(seq / 64_000) % 1000), TCP.SYN)), a.interfaces.workload.mac!, a.interfaces.host.mac!);
-      dp.testRun('from_workload', f, { ifindex });
+      try {
+        dp.testRun('from_workload', f, { ifindex, repeat });
+      } catch (err) {
+        // a signal (the profiler's) ends a repeated run early: what it wrote is counted by EVENTS_SENT
+        if ((err as { errnoName?: string }).errnoName !== 'EINTR') throw err;
+      }
+      left -= repeat;
     }
   };
+  // The generator on the agent's thread, or with --generator=worker on its own (bench/hubble-generator.ts,
+  // with the agent's program fd taken from the datapath object: private, a bench-only reach). On this
+  // 2-core machine the worker takes the core the follower needs (bench/README.md, section 7), so the
+  // default stays on the agent's thread.
+  const onMain = args.opts.generator !== 'worker';
+  const worker = onMain ? undefined : new Worker(fileURLToPath(new URL('./hubble-generator.js', import.meta.url)), {
+    workerData: { fd: (dp as unknown as { obj: { progFds: Record<string, number> } }).obj.progFds.from_workload, ifindex, src: a.ipv4, dst: b.ipv4, srcMac: a.interfaces.workload.mac!, dstMac: a.interfaces.host.mac! },
+  });
+  if (worker) onCleanup('generator', () => worker.terminate());
+  const offerOnWorker = (rate: number, s: number) =>
+    new Promise<void>((resolve, reject) => (worker!.once('message', () => resolve()), worker!.once('error', reject), worker!.postMessage({ rate, seconds: s })));
   const kernelLost = () => dp.metricsRead().EVENTS_LOST.packets;
+  const kernelSent = () => dp.metricsRead().EVENTS_SENT.packets;
   const target = `unix://${join(dir, 'hubble.sock')}`;
 
   const run = async (every: number, body: (f: ReturnType<typeof followerStart>) => Promise<unknown[]>) => {
-    const f = followerStart(target, every);
+    const f = followerStart(target, every, client);
     try {
       const before = flows.listenerCount('flow');
       for (let i = 0; flows.listenerCount('flow') === before; i++) {
@@ -71,18 +119,23 @@ async function main(): Promise<void> {
     }
   };
 
-  const rows: unknown[] = await run(16, async (f) => {
+  const rounds = Number(args.opts.rounds ?? 1);
+  const rows: unknown[] = await profiled(!!args.opts.profile, 'hubble-follow', () => run(16, async (f) => {
     const out = [];
-    for (const rate of rates) {
+    const variants = args.opts.ab ? ['before', 'after'] : ['after'];
+    for (let round = 0; round < rounds; round++) for (const rate of rates) for (const variant of round % 2 ? [...variants].reverse() : variants) {
+      batchWriteOptions.coalesce = flowEncoderOptions.inPlace = variant === 'after';
       await f.report();
       const lost0 = kernelLost();
+      const sent0 = kernelSent();
       const perTick = Math.round(rate / 100);
       const start = performance.now();
       let written = 0;
+      if (worker) await offerOnWorker(rate, seconds);
       // Ticks every 10 ms, catching up when a tick is late, so the offered rate holds on a loaded machine.
       // Written in slices of 500 with a turn of the event loop between them: the kernel writes events
       // while the agent runs, and so the serving (one thread with the generating) is not starved.
-      while (performance.now() - start < seconds * 1000) {
+      while (!worker && performance.now() - start < seconds * 1000) {
         const due = (Math.floor((performance.now() - start) / 10) + 1) * perTick;
         while (written < due) {
           const k = Math.min(500, due - written);
@@ -93,6 +146,8 @@ async function main(): Promise<void> {
         await sleep(1);
       }
       const offeredS = (performance.now() - start) / 1000;
+      // the events the datapath wrote to the ring (exact, also when a run was cut short)
+      written = Number(kernelSent() - sent0);
       // Until the follower has everything it will get: no change for 500 ms.
       let got: Report = { flows: 0, lost: 0, latencyMs: [] };
       for (let last = -1, still = 0; still < 5; ) {
@@ -105,12 +160,12 @@ async function main(): Promise<void> {
       const deliveredS = (performance.now() - start) / 1000;
       const kLost = Number(kernelLost() - lost0);
       const lat = stats(got.latencyMs);
-      out.push({ rate, written, offered: written / offeredS, received: got.flows, rate_received: got.flows / deliveredS, lost_follower: got.lost, lost_kernel: kLost, latency_p50_ms: lat.p50, latency_p99_ms: lat.p99 });
-      console.log(`  offered ${fmt(written / offeredS)}/s: ${got.flows} of ${written} received, ${got.lost} reported lost to the follower, ${kLost} lost in the kernel ring; latency p50 ${fmt(lat.p50)} ms p99 ${fmt(lat.p99)} ms`);
+      out.push({ round, variant, rate, written, offered: written / offeredS, received: got.flows, rate_received: got.flows / deliveredS, lost_follower: got.lost, lost_kernel: kLost, latency_p50_ms: lat.p50, latency_p99_ms: lat.p99 });
+      console.log(`  round ${round} ${variant} offered ${fmt(written / offeredS)}/s: ${got.flows} of ${written} received, ${got.lost} reported lost to the follower, ${kLost} lost in the kernel ring; latency p50 ${fmt(lat.p50)} ms p99 ${fmt(lat.p99)} ms`);
       await sleep(200);
     }
     return out;
-  });
+  }));
 
   const latency = (await run(1, async (f) => {
     await f.report();
@@ -123,9 +178,18 @@ async function main(): Promise<void> {
   })) as number[];
   const l = stats(latency);
 
-  const r = rows as Array<Record<string, number>>;
-  table(`Hubble GetFlows --follow to one client (own process, unix socket) — ${MACHINE_LINE()}`, ['offered/s', 'written', 'received', 'received/s', 'lost (follower queue)', 'lost (kernel ring)', 'latency p50 / p99 ms (loaded)'],
-    r.map((x) => [fmt(x.offered), x.written!, x.received!, fmt(x.rate_received), x.lost_follower!, x.lost_kernel!, `${fmt(x.latency_p50_ms)} / ${fmt(x.latency_p99_ms)}`]));
+  table(`Hubble GetFlows --follow to one client (own process, ${client} over the unix socket) — ${MACHINE_LINE()}`, ['round', 'variant', 'set/s', 'offered/s', 'written', 'received', 'received/s', 'lost (follower queue)', 'lost (kernel ring)', 'latency p50 / p99 ms (loaded)'],
+    (rows as Row[]).map((x) => [x.round, x.variant, fmt(x.rate), fmt(x.offered), x.written, x.received, fmt(x.rate_received), x.lost_follower, x.lost_kernel, `${fmt(x.latency_p50_ms)} / ${fmt(x.latency_p99_ms)}`]));
+  // per variant and rate: the median received/s over rounds (min-max)
+  if (rounds > 1 || args.opts.ab) {
+    const groups = new Map<string, number[]>();
+    for (const x of rows as Row[]) groups.set(`${x.variant} ${x.rate}`, [...(groups.get(`${x.variant} ${x.rate}`) ?? []), x.rate_received]);
+    table('received/s, median (min-max) over rounds', ['variant', 'set/s', 'received/s'], [...groups].map(([k, v]) => {
+      const [variant, rate] = k.split(' ');
+      const st = stats(v);
+      return [variant!, fmt(Number(rate)), `${fmt(st.p50)} (${fmt(st.min)}-${fmt(st.max)})`];
+    }));
+  }
   table('Packet (datapath event) to flow at the following client, 1 SYN every 5 ms', ['samples', 'p50 ms', 'p90 ms', 'p99 ms', 'max ms', 'target'], [[l.n, fmt(l.p50), fmt(l.p90), fmt(l.p99), fmt(l.max), 'p99 <= 50 ms']]);
   resultWrite('hubble', { rates: rows, latency: l });
 }

@@ -15,6 +15,27 @@ function endpointOf(w: WorkloadRecord, labels: string[]): HubbleEndpoint {
 }
 
 /**
+ * The MACs on a workload's link, and the `ethernet` of a unicast packet each way (shared objects).
+ * `workload`: the MAC it sends from (the guest NIC's for kinds vm and tap, else the peer device's);
+ * `gateway`: the host side's, which the workload's gateway addresses resolve to.
+ */
+export interface EndpointL2 {
+  workload: string;
+  gateway: string;
+  egress: { source: string; destination: string };
+  ingress: { source: string; destination: string };
+}
+
+/** A workload's link MACs; undefined where the link has none (netkit in L3 mode) or the device is not known yet. */
+export function endpointL2Of(w: WorkloadRecord): EndpointL2 | undefined {
+  if (w.mode === 'netkit' || !w.observed) return undefined;
+  const workload = (w.spec.vm?.mac ?? w.spec.tap?.mac ?? w.observed.peerMac).toLowerCase();
+  const gateway = w.observed.hostMac.toLowerCase();
+  if (!workload || !gateway) return undefined;
+  return { workload, gateway, egress: { source: workload, destination: gateway }, ingress: { source: gateway, destination: workload } };
+}
+
+/**
  * What the flow pipeline knows about endpoints and identities, as plain maps — so enriching a flow is
  * a few hash lookups, never a query. Rebuilt from the store at start and after bulk changes
  * (namespace labels, workloads the watch removed); single workload changes update it in place.
@@ -33,6 +54,9 @@ export class EndpointDirectory {
   private addresses = new Map<number, [string, string]>();
   /** Peers that are not local workloads, per identity (one shared object each). */
   private remote = new Map<number, HubbleEndpoint>();
+  /** Link MACs by the host-side device's ifindex (null: a link without MACs). */
+  private l2ByIfindex = new Map<number, EndpointL2 | null>();
+  private l2ReadAt = -Infinity;
 
   /**
    * Cluster mode: another node's workload at an address (from the cluster ipcache), so flows name it.
@@ -78,6 +102,26 @@ export class EndpointDirectory {
     this.byAddress = byAddress;
     this.byIpv4 = byIpv4;
     this.remote = new Map();
+    this.l2Read();
+  }
+
+  /**
+   * The MACs of the link with this host-side ifindex. A device the reconciler re-created has a new
+   * ifindex (and a veth new MACs): an unknown index reads the workloads again, at most once a second.
+   */
+  l2Of(ifindex: number): EndpointL2 | undefined {
+    const known = this.l2ByIfindex.get(ifindex);
+    if (known !== undefined) return known ?? undefined;
+    if (performance.now() - this.l2ReadAt < 1000) return undefined;
+    this.l2Read();
+    return this.l2ByIfindex.get(ifindex) ?? undefined;
+  }
+
+  private l2Read(): void {
+    this.l2ReadAt = performance.now();
+    const byIfindex = new Map<number, EndpointL2 | null>();
+    for (const w of this.store.workloadList()) if (w.observed?.hostIfindex) byIfindex.set(w.observed.hostIfindex, endpointL2Of(w) ?? null);
+    this.l2ByIfindex = byIfindex;
   }
 
   /** A workload was registered or changed (labels, identity): `labels` are its identity's. */
@@ -93,10 +137,12 @@ export class EndpointDirectory {
     this.identityLabels.set(w.identity, labels);
     this.identityRefs.set(w.identity, (this.identityRefs.get(w.identity) ?? 0) + 1);
     this.remote.delete(w.identity);
+    if (w.observed?.hostIfindex) this.l2ByIfindex.set(w.observed.hostIfindex, endpointL2Of(w) ?? null);
   }
 
   /** A workload was removed. */
   workloadRemove(w: WorkloadRecord): void {
+    if (w.observed?.hostIfindex) this.l2ByIfindex.delete(w.observed.hostIfindex);
     const old = this.byEndpointId.get(w.endpointId);
     if (!old) return;
     this.forget(w.endpointId, old);

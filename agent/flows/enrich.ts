@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { FlowEvent } from '../../bpf/index.js';
-import type { EndpointDirectory } from './directory.js';
+import { ipv4Number, type EndpointDirectory, type EndpointL2 } from './directory.js';
+import { DROP_REASON } from '../../bpf/layout.gen.js';
 import { dropReasonDesc, MessageType, tcpFlagsObject, type HubbleEndpoint, type HubbleFlow, type HubbleFlowRecord } from './hubble.js';
 
 const ICMP4_TYPES: Record<number, string> = { 0: 'EchoReply', 3: 'DestinationUnreachable', 8: 'EchoRequest', 11: 'TimeExceeded' };
@@ -38,6 +39,7 @@ export function nsToIso(ns: bigint): string {
 }
 
 const ETH_P_ARP = 0x0806;
+const DROP_INVALID_SOURCE_MAC = DROP_REASON.INVALID_SOURCE_MAC;
 /** EtherTypes a dropped frame that is not IP may show (the outermost one of a tagged frame). */
 const ETHER_TYPES: Record<number, string> = { 0x8100: '802.1Q', 0x88a8: '802.1ad', 0x88cc: 'LLDP', 0x8847: 'MPLS', 0x8863: 'PPPoE', 0x888e: 'EAPOL' };
 
@@ -92,7 +94,46 @@ export function flowObservationPoint(ev: FlowEvent): 'FROM_ENDPOINT' | 'TO_ENDPO
   return ev.direction === 'EGRESS' ? 'FROM_ENDPOINT' : 'TO_ENDPOINT';
 }
 
-/** Hubble's flow object for an event whose ends are already named. */
+type Ethernet = NonNullable<HubbleFlow['ethernet']>;
+const ETH_BROADCAST = 'ff:ff:ff:ff:ff:ff';
+const hex2 = (n: number) => (n & 0xff).toString(16).padStart(2, '0');
+
+/**
+ * The MAC an IP packet to a broadcast or multicast address is sent to (RFC 1112, RFC 2464), else
+ * undefined. Workloads have host routes only (/32, /128), so there is no subnet broadcast.
+ */
+function groupMacOf(ev: FlowEvent): string | undefined {
+  if (ev.family === 4) {
+    const n = ev.dstIpv4 ?? ipv4Number(ev.dstAddr);
+    if (n === 0xffffffff) return ETH_BROADCAST;
+    if (n >>> 28 !== 0xe) return undefined;
+    return `01:00:5e:${hex2((n >>> 16) & 0x7f)}:${hex2(n >>> 8)}:${hex2(n)}`;
+  }
+  if (ev.family !== 6 || !ev.dstAddr.startsWith('ff')) return undefined;
+  // the low 32 bits of the group address: the last two groups of the (possibly compressed) text
+  const groups = ev.dstAddr.split(':');
+  const lo = parseInt(groups[groups.length - 1] || '0', 16);
+  const hi = groups.length >= 2 ? parseInt(groups[groups.length - 2] || '0', 16) : 0;
+  return `33:33:${hex2(hi >> 8)}:${hex2(hi)}:${hex2(lo >> 8)}:${hex2(lo)}`;
+}
+
+/**
+ * Hubble's `ethernet` for a packet on a workload's device, from the MACs kitnet gave that link (the
+ * event carries no L2 header): leaving the workload it goes from the workload's MAC to its gateway
+ * (the host side, which answers ARP / neighbour solicitations for the gateway addresses); delivered
+ * to it, the host side sends it to the workload's MAC; broadcast and multicast destinations get their
+ * group MAC. Left out, as Cilium does for L3 devices, where the link has no MACs (netkit in L3 mode),
+ * and where the frame's MACs are not known from the link: frames that are not IP (an ARP request is
+ * broadcast, its reply is not) and frames dropped for a foreign source MAC.
+ */
+export function ethernetOf(ev: FlowEvent, l2: EndpointL2 | undefined): Ethernet | undefined {
+  if (!l2 || ev.family === 0 || ev.etherType === ETH_P_ARP || (ev.verdict === 'DROPPED' && ev.dropReason === DROP_INVALID_SOURCE_MAC)) return undefined;
+  const group = groupMacOf(ev);
+  if (ev.direction === 'EGRESS') return group ? { source: l2.workload, destination: group } : l2.egress;
+  return group ? { source: l2.gateway, destination: group } : l2.ingress;
+}
+
+/** Hubble's flow object for an event whose ends are already named; `names`: what the DNS proxy learned for them; `l2`: the MACs of the event's link. */
 export function hubbleFlowBuild(
   ev: FlowEvent,
   source: HubbleEndpoint,
@@ -101,6 +142,7 @@ export function hubbleFlowBuild(
   time: string,
   uuid: string = randomUUID(),
   names: { source?: readonly string[] | undefined; destination?: readonly string[] | undefined } = {},
+  l2?: EndpointL2,
 ): HubbleFlow {
   const { l4, summary } = l4Of(ev);
   const dropped = ev.verdict === 'DROPPED';
@@ -108,6 +150,7 @@ export function hubbleFlowBuild(
     time,
     uuid,
     verdict: ev.verdict,
+    ethernet: ethernetOf(ev, l2),
     // undefined (left out of the JSON) for frames that are not IP / without an L4 header, as Hubble
     IP: ev.family ? { source: ev.srcAddr, destination: ev.dstAddr, ipVersion: ev.family === 4 ? 'IPv4' : 'IPv6' } : undefined,
     l4,
@@ -151,6 +194,8 @@ export class LazyFlowRecord implements HubbleFlowRecord {
     readonly sourceEndpoint: HubbleEndpoint,
     readonly destinationEndpoint: HubbleEndpoint,
     readonly node_name: string,
+    /** The MACs of the link the event was seen on (undefined: L3 link or unknown device). */
+    readonly l2?: EndpointL2,
   ) {}
 
   get time(): string {
@@ -163,10 +208,16 @@ export class LazyFlowRecord implements HubbleFlowRecord {
   }
 
   get flow(): HubbleFlow {
-    return (this.#flow ??= hubbleFlowBuild(this.event, this.sourceEndpoint, this.destinationEndpoint, this.node_name, this.time, this.uuid, {
-      source: this.sourceNames,
-      destination: this.destinationNames,
-    }));
+    return (this.#flow ??= hubbleFlowBuild(
+      this.event,
+      this.sourceEndpoint,
+      this.destinationEndpoint,
+      this.node_name,
+      this.time,
+      this.uuid,
+      { source: this.sourceNames, destination: this.destinationNames },
+      this.l2,
+    ));
   }
 
   toJSON(): { flow: HubbleFlow; node_name: string; time: string } {
@@ -177,14 +228,15 @@ export class LazyFlowRecord implements HubbleFlowRecord {
 /** Turns a datapath event into a Hubble flow record, naming both ends from the directory. */
 export function flowEnrich(ev: FlowEvent, dir: EndpointDirectory, nodeName: string): LazyFlowRecord {
   const self = dir.endpointById(ev.endpointId);
+  const l2 = dir.l2Of(ev.ifindex);
   let rec: LazyFlowRecord;
   // EGRESS: the workload sends (it is the source); INGRESS: it receives.
   if (ev.direction === 'EGRESS') {
     const source = self ?? sourceOf(ev, dir);
-    rec = new LazyFlowRecord(ev, source, destinationOf(ev, dir), nodeName);
+    rec = new LazyFlowRecord(ev, source, destinationOf(ev, dir), nodeName, l2);
   } else {
     const destination = self ?? destinationOf(ev, dir);
-    rec = new LazyFlowRecord(ev, sourceOf(ev, dir), destination, nodeName);
+    rec = new LazyFlowRecord(ev, sourceOf(ev, dir), destination, nodeName, l2);
   }
   // Taken now, so a later expiry does not rename what was seen; only the peer's side (a workload's own
   // address is never learned), and no address is formatted while the proxy knows no name.

@@ -1,13 +1,27 @@
 import protobuf from 'protobufjs';
-import { flowEventType, flowObservationPoint, l4Of, LazyFlowRecord } from '../../agent/flows/enrich.js';
+import { ethernetOf, flowEventType, flowObservationPoint, l4Of, LazyFlowRecord } from '../../agent/flows/enrich.js';
 import type { HubbleEndpoint, HubbleFlow, HubbleFlowRecord } from '../../agent/flows/hubble.js';
 import type { PolicyMessage } from './attribution.js';
 import type { FlowExtras } from './backend.js';
+import { ByteWriter } from './byte-writer.js';
 import { timestampFromIso } from './flow-convert.js';
 import { hubbleProtoRoot } from './proto.js';
 
-const { Writer } = protobuf;
-type ProtoWriter = protobuf.Writer;
+/** The Writer methods the encoder uses: ByteWriter's, and protobufjs's (the bench compares the two). */
+interface ProtoWriter {
+  uint32(v: number): ProtoWriter;
+  int32(v: number): ProtoWriter;
+  int64(v: number): ProtoWriter;
+  bool(v: boolean): ProtoWriter;
+  string(v: string): ProtoWriter;
+  bytes(v: Uint8Array): ProtoWriter;
+  fork(): ProtoWriter;
+  ldelim(): ProtoWriter;
+  finish(): Uint8Array;
+}
+
+/** Which writer the encoder uses: in place (ByteWriter), or protobufjs's Writer as before (bench/hubble.bench.ts --ab). */
+export const flowEncoderOptions = { inPlace: true };
 
 /** Wire type of a field: 2 (length-delimited) for messages, strings and bytes, 0 (varint) for the rest this encoder writes. */
 function fieldTag(type: protobuf.Type, name: string): number {
@@ -36,7 +50,7 @@ function enumValue(values: Record<string, number>, name: string, what: string): 
 
 /** flow.Flow fields this encoder writes: a field the JSON flow gains must be added here (the unit test checks). */
 export const FLOW_FIELDS_ENCODED = [
-  'time', 'uuid', 'verdict', 'drop_reason', 'IP', 'l4', 'source', 'destination', 'Type', 'node_name', 'event_type',
+  'time', 'uuid', 'verdict', 'drop_reason', 'ethernet', 'IP', 'l4', 'source', 'destination', 'Type', 'node_name', 'event_type',
   'traffic_direction', 'trace_observation_point', 'drop_reason_desc', 'is_reply', 'interface', 'Summary',
   'egress_allowed_by', 'ingress_allowed_by', 'egress_denied_by', 'ingress_denied_by', 'source_names', 'destination_names', 'l7',
 ] as const;
@@ -58,6 +72,7 @@ export function flowResponseEncoderCreate(root: protobuf.Root = hubbleProtoRoot(
   const R = tagsOf(root, 'observer.GetFlowsResponse', ['flow', 'node_name', 'time'] as const);
   const F = tagsOf(root, 'flow.Flow', FLOW_FIELDS_ENCODED);
   const TS = tagsOf(root, 'google.protobuf.Timestamp', ['seconds', 'nanos'] as const);
+  const ETH = tagsOf(root, 'flow.Ethernet', ['source', 'destination'] as const);
   const IP = tagsOf(root, 'flow.IP', ['source', 'destination', 'ipVersion'] as const);
   const L4 = tagsOf(root, 'flow.Layer4', ['TCP', 'UDP', 'ICMPv4', 'ICMPv6', 'SCTP'] as const);
   const PORTS = { TCP: tagsOf(root, 'flow.TCP', ['source_port', 'destination_port', 'flags'] as const), UDP: tagsOf(root, 'flow.UDP', ['source_port', 'destination_port'] as const), SCTP: tagsOf(root, 'flow.SCTP', ['source_port', 'destination_port'] as const) };
@@ -80,11 +95,13 @@ export function flowResponseEncoderCreate(root: protobuf.Root = hubbleProtoRoot(
   const policyType = root.lookupType('flow.Policy');
   const endpointBytes = new WeakMap<HubbleEndpoint, Uint8Array>();
   const policyBytes = new WeakMap<PolicyMessage, Uint8Array>();
+  const ethernetBytes = new WeakMap<object, Uint8Array>();
+  const scratch = new ByteWriter();
 
-  const timestamp = (w: ProtoWriter, tag: number, ns: bigint) => {
+  // the flow's and the response's time are the same: the BigInt division is done once per flow
+  const timestamp = (w: ProtoWriter, tag: number, seconds: number, nanos: number) => {
     w.uint32(tag).fork();
-    w.uint32(TS.seconds).int64(Number(ns / 1_000_000_000n));
-    const nanos = Number(ns % 1_000_000_000n);
+    w.uint32(TS.seconds).int64(seconds);
     if (nanos) w.uint32(TS.nanos).int32(nanos);
     w.ldelim();
   };
@@ -99,6 +116,15 @@ export function flowResponseEncoderCreate(root: protobuf.Root = hubbleProtoRoot(
       if (!bytes) policyBytes.set(p, (bytes = policyType.encode(policyType.fromObject(p)).finish()));
       w.uint32(tag).bytes(bytes);
     }
+  };
+  // the unicast pairs are the directory's shared objects: encoded once each; group destinations anew
+  const ethernet = (w: ProtoWriter, eth: { source: string; destination: string }, shared: boolean) => {
+    let bytes = ethernetBytes.get(eth);
+    if (!bytes) {
+      bytes = protobuf.Writer.create().uint32(ETH.source).string(eth.source).uint32(ETH.destination).string(eth.destination).finish();
+      if (shared) ethernetBytes.set(eth, bytes);
+    }
+    w.uint32(F.ethernet).bytes(bytes);
   };
   const uint = (w: ProtoWriter, tag: number, v: number) => {
     if (v) w.uint32(tag).uint32(v);
@@ -117,10 +143,10 @@ export function flowResponseEncoderCreate(root: protobuf.Root = hubbleProtoRoot(
   const l7Flow = (r: HubbleFlowRecord, extras: FlowExtras | undefined): Buffer => {
     const f = r.flow;
     const t = timestampFromIso(r.time);
-    const ns = BigInt(t.seconds) * 1_000_000_000n + BigInt(t.nanos);
-    const w = Writer.create();
+    const seconds = Number(t.seconds);
+    const w = protobuf.Writer.create();
     w.uint32(R.flow).fork();
-    timestamp(w, F.time, ns);
+    timestamp(w, F.time, seconds, t.nanos);
     w.uint32(F.verdict).int32(enumValue(verdicts, f.verdict, 'Verdict'));
     const dropped = f.verdict === 'DROPPED';
     if (dropped) uint(w, F.drop_reason, f.drop_reason ?? 0);
@@ -171,19 +197,24 @@ export function flowResponseEncoderCreate(root: protobuf.Root = hubbleProtoRoot(
     policyLists(w, f, extras);
     w.ldelim();
     if (r.node_name) w.uint32(R.node_name).string(r.node_name);
-    timestamp(w, R.time, ns);
+    timestamp(w, R.time, seconds, t.nanos);
     return w.finish() as Buffer;
   };
 
   return (r, extras) => {
     if (!(r instanceof LazyFlowRecord)) return r.flow?.Type === 'L7' && r.flow.l7 ? l7Flow(r, extras) : undefined;
     const ev = r.event;
-    const w = Writer.create();
+    const w: ProtoWriter = flowEncoderOptions.inPlace ? scratch.reset() : protobuf.Writer.create();
     w.uint32(R.flow).fork();
-    timestamp(w, F.time, ev.timeNs);
+    const ns = ev.timeNs;
+    const seconds = Number(ns / 1_000_000_000n);
+    const nanos = Number(ns - BigInt(seconds) * 1_000_000_000n);
+    timestamp(w, F.time, seconds, nanos);
     w.uint32(F.verdict).int32(enumValue(verdicts, ev.verdict, 'Verdict'));
     const dropped = ev.verdict === 'DROPPED';
     if (dropped) uint(w, F.drop_reason, ev.dropReason);
+    const eth = ethernetOf(ev, r.l2);
+    if (eth) ethernet(w, eth, eth === r.l2!.egress || eth === r.l2!.ingress);
     if (ev.family) {
       w.uint32(F.IP).fork().uint32(IP.source).string(ev.srcAddr).uint32(IP.destination).string(ev.dstAddr).uint32(IP.ipVersion).int32(ipVersion[ev.family]).ldelim();
     }
@@ -238,7 +269,7 @@ export function flowResponseEncoderCreate(root: protobuf.Root = hubbleProtoRoot(
     }
     w.ldelim();
     if (r.node_name) w.uint32(R.node_name).string(r.node_name);
-    timestamp(w, R.time, ev.timeNs);
+    timestamp(w, R.time, seconds, nanos);
     return w.finish() as Buffer;
   };
 }

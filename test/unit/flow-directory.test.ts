@@ -63,3 +63,33 @@ test('incremental directory updates answer as a rebuild from the store', async (
     assert.deepEqual(dir.endpointForPeer('fd00::9999', 2), { identity: 2, labels: ['reserved:world'] });
   }
 });
+
+test('link MACs by the host-side ifindex: veth, netkit L2, vm and tap have them, netkit L3 none; a new device is found', async () => {
+  const store = sqliteStoreOpen(':memory:');
+  const ids = new IdentityAllocator();
+  const add = async (i: number, mode: WorkloadRecord['mode'], kind: WorkloadRecord['spec']['kind'], extra: Partial<WorkloadRecord['spec']> = {}) => {
+    const spec = { name: `w${i}`, namespace: 'ns', kind, labels: { app: 'a' }, netns: '/x', requestedMode: 'auto' as const, interface: 'eth0', ...extra };
+    await store.transaction((tx) => tx.workloadInsert({ spec, mode, endpointId: i, identity: ids.acquire(tx, { app: 'a' }, 'ns'), ipv4: `10.0.0.${i}`, ipv6: `fd00::${i}`, hostIfname: `kn${i}` }));
+    store.workloadStatusSet('ns', `w${i}`, { state: 'ready', error: null, observed: { hostIfindex: 100 + i, hostMac: `02:00:00:00:01:0${i}`, peerIfindex: 200 + i, peerMac: mode === 'netkit' ? '' : `02:00:00:00:02:0${i}` } });
+  };
+  await add(1, 'veth', 'netns');
+  await add(2, 'netkit', 'netns');
+  await add(3, 'netkit-l2', 'vm', { vm: { tap: 'tap0', bridge: 'br0', mac: '52:54:00:AB:CD:EF' } });
+  await add(4, 'tap', 'tap', { tap: { device: 'tap4', mac: '52:54:00:00:00:04' } });
+  const dir = new EndpointDirectory(store);
+  assert.deepEqual(dir.l2Of(101)?.egress, { source: '02:00:00:00:02:01', destination: '02:00:00:00:01:01' });
+  assert.deepEqual(dir.l2Of(101)?.ingress, { source: '02:00:00:00:01:01', destination: '02:00:00:00:02:01' });
+  assert.equal(dir.l2Of(102), undefined, 'netkit in L3 mode: no MACs');
+  assert.equal(dir.l2Of(103)?.workload, '52:54:00:ab:cd:ef', "vm: the guest NIC's MAC, not the bridged peer's");
+  assert.equal(dir.l2Of(104)?.workload, '52:54:00:00:00:04');
+  assert.equal(dir.l2Of(104)?.gateway, '02:00:00:00:01:04');
+  // the reconciler re-creates w1's device: a new ifindex and MACs, found without a directory rebuild
+  store.workloadStatusSet('ns', 'w1', { state: 'ready', error: null, observed: { hostIfindex: 301, hostMac: '02:00:00:00:03:01', peerIfindex: 302, peerMac: '02:00:00:00:03:02' } });
+  const deadline = Date.now() + 10_000;
+  while (!dir.l2Of(301) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  assert.deepEqual(dir.l2Of(301)?.egress, { source: '02:00:00:00:03:02', destination: '02:00:00:00:03:01' });
+  const w4 = store.workloadGet('ns', 'w4')!;
+  await store.transaction((tx) => tx.workloadDelete('ns', 'w4'));
+  dir.workloadRemove(w4);
+  assert.equal(dir.l2Of(104), undefined);
+});

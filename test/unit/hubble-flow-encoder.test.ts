@@ -1,11 +1,12 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import type { FlowEvent } from '../../bpf/index.js';
+import type { EndpointL2 } from '../../agent/flows/directory.js';
 import { LazyFlowRecord } from '../../agent/flows/enrich.js';
 import type { HubbleEndpoint, HubbleFlowRecord } from '../../agent/flows/hubble.js';
 import { policyFromRuleRef } from '../../api/hubble/attribution.js';
 import type { FlowExtras } from '../../api/hubble/backend.js';
-import { FLOW_FIELDS_ENCODED, flowResponseEncoderCreate } from '../../api/hubble/flow-encoder.js';
+import { FLOW_FIELDS_ENCODED, flowEncoderOptions, flowResponseEncoderCreate } from '../../api/hubble/flow-encoder.js';
 import { flowResponse } from '../../api/hubble/flow-convert.js';
 import { hubbleProtoLoad, hubbleProtoRoot } from '../../api/hubble/proto.js';
 import { dnsParse, dnsQueryBuild, dnsReplyBuild } from '../../agent/dns/codec.js';
@@ -48,6 +49,24 @@ const CASES: Array<[string, Partial<FlowEvent>, FlowExtras?, HubbleEndpoint?]> =
   ['time on a whole second', { timeNs: 1_700_000_000_000_000_000n }],
 ];
 
+const wl = '02:00:00:00:00:0a';
+const gw = '02:00:00:00:00:0b';
+const l2: EndpointL2 = { workload: wl, gateway: gw, egress: { source: wl, destination: gw }, ingress: { source: gw, destination: wl } };
+
+/** Events on a link with MACs (veth, netkit L2, tap), and the `ethernet` Hubble shows for them (undefined: left out). */
+const L2_CASES: Array<[string, Partial<FlowEvent>, { source: string; destination: string } | undefined]> = [
+  ['egress unicast: workload to gateway', {}, { source: wl, destination: gw }],
+  ['ingress unicast v6: gateway to workload', { ...v6, direction: 'INGRESS' }, { source: gw, destination: wl }],
+  ['DHCP discover to 255.255.255.255', { protocol: 17, srcAddr: '0.0.0.0', dstAddr: '255.255.255.255', srcPort: 68, dstPort: 67 }, { source: wl, destination: 'ff:ff:ff:ff:ff:ff' }],
+  ['IPv4 multicast 239.129.2.3 (25th bit dropped)', { protocol: 17, dstAddr: '239.129.2.3' }, { source: wl, destination: '01:00:5e:01:02:03' }],
+  ['IPv6 solicited-node multicast', { ...v6, protocol: 58, icmpType: 135, dstAddr: 'ff02::1:ff00:2' }, { source: wl, destination: '33:33:ff:00:00:02' }],
+  ['IPv6 all-nodes to the workload', { ...v6, direction: 'INGRESS', protocol: 58, icmpType: 134, srcAddr: 'fe80::1', dstAddr: 'ff02::1' }, { source: gw, destination: '33:33:00:00:00:01' }],
+  ['policy drop keeps the MACs', { verdict: 'DROPPED', dropReason: 133 }, { source: wl, destination: gw }],
+  ['source MAC spoofed: left out', { verdict: 'DROPPED', dropReason: 130 }, undefined],
+  ['ARP: left out', { verdict: 'DROPPED', dropReason: 181, etherType: 0x0806, protocol: 0 }, undefined],
+  ['non-IP frame: left out', { family: 0, srcAddr: '', dstAddr: '', protocol: 0, verdict: 'DROPPED', dropReason: 133, etherType: 0x88cc }, undefined],
+];
+
 const m = (hubbleProtoLoad()['observer.Observer'] as unknown as Record<string, { responseSerialize: (m: object) => Buffer; responseDeserialize: (b: Buffer) => object }>).GetFlows!;
 const encode = flowResponseEncoderCreate();
 const responseType = hubbleProtoRoot().lookupType('observer.GetFlowsResponse');
@@ -67,8 +86,8 @@ describe('Hubble flow encoder (direct from the event) against protobufjs from th
 
   test('every field of the JSON flow is one the encoder writes', () => {
     const known = new Set<string>(FLOW_FIELDS_ENCODED);
-    for (const [name, over] of CASES) {
-      const flow = new LazyFlowRecord({ ...base, ...over }, fe, vm, 'node-1').flow;
+    for (const [name, over] of [...CASES, ...L2_CASES]) {
+      const flow = new LazyFlowRecord({ ...base, ...over }, fe, vm, 'node-1', l2).flow;
       for (const key of Object.keys(flow)) {
         if ((flow as unknown as Record<string, unknown>)[key] !== undefined) assert.ok(known.has(key), `${name}: flow field ${key} is not encoded by api/hubble/flow-encoder.ts`);
       }
@@ -82,6 +101,37 @@ describe('Hubble flow encoder (direct from the event) against protobufjs from th
     back.sourceNames = ['api.test'];
     for (const rec of [out, back]) assert.deepEqual(read(encode(rec)!), read(m.responseSerialize(flowResponse(rec))));
     assert.deepEqual((read(encode(out)!) as { flow: { destination_names: string[] } }).flow.destination_names, ['api.test', 'alias.test']);
+  });
+
+  for (const [name, over, want] of L2_CASES) {
+    test(`ethernet: ${name}`, () => {
+      const rec = new LazyFlowRecord({ ...base, ...over }, fe, vm, 'node-1', l2);
+      assert.deepEqual(rec.flow.ethernet, want);
+      const direct = encode(rec);
+      assert.deepEqual(read(direct!), read(m.responseSerialize(flowResponse(rec))));
+      // twice: the shared pairs' bytes come from the cache the second time
+      assert.deepEqual(read(encode(rec)!), read(direct!));
+      assert.deepEqual((m.responseDeserialize(direct!) as { flow: { ethernet?: unknown } }).flow.ethernet ?? undefined, want);
+    });
+  }
+
+  test('ethernet: a link without MACs (netkit L3) has none, in JSON and on the wire', () => {
+    const rec = new LazyFlowRecord(base, fe, vm, 'node-1');
+    assert.equal(JSON.parse(JSON.stringify(rec)).flow.ethernet, undefined);
+    assert.equal((m.responseDeserialize(encode(rec)!) as { flow: { ethernet?: unknown } }).flow.ethernet ?? undefined, undefined);
+  });
+
+  test('the in-place writer and protobufjs\'s Writer give the same bytes', () => {
+    for (const [name, over, extras, peer] of CASES) {
+      const rec = new LazyFlowRecord({ ...base, ...over }, fe, peer ?? vm, 'node-1', l2);
+      const inPlace = encode(rec, extras)!;
+      flowEncoderOptions.inPlace = false;
+      try {
+        assert.deepEqual(inPlace, encode(rec, extras), name);
+      } finally {
+        flowEncoderOptions.inPlace = true;
+      }
+    }
   });
 
   test('the uuid is the same in the JSON flow and on the wire, and differs between flows', () => {

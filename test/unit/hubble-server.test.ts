@@ -13,6 +13,7 @@ import { Ring } from '../../agent/flows/ring.js';
 import type { HubbleBackend } from '../../api/hubble/backend.js';
 import { hubbleClient, type HubbleClient } from '../../api/hubble/client.js';
 import { OPEN_STREAMS_MAX } from '../../api/hubble/context.js';
+import { batchWriteOptions } from '../../api/hubble/batch-writes.js';
 import { FOLLOW_QUEUE_LIMIT } from '../../api/hubble/observer.js';
 import { hubbleListen, type HubbleServer } from '../../api/hubble/server.js';
 import { waitFor } from '../helpers/sys.js';
@@ -113,6 +114,33 @@ describe('Hubble gRPC server (in process, unix socket)', () => {
     stream.cancel();
     await waitFor('the follower gone', async () => flows.listenerCount('flow') === 0);
   });
+
+  for (const coalesce of [true, false]) {
+    test(`a burst reaches a follower whole and in order (queued messages ${coalesce ? 'framed into one write' : 'sent one by one'})`, async () => {
+      batchWriteOptions.coalesce = coalesce;
+      try {
+        const stream = client.stream('observer', 'GetFlows', { follow: true });
+        const ports: number[] = [];
+        stream.on('data', (m: { flow?: { l4: { UDP: { source_port: number } }; destination: { pod_name: string } } }) => {
+          if (m.flow?.destination.pod_name === 'db') ports.push(m.flow.l4.UDP.source_port);
+        });
+        await waitFor('the follower', async () => flows.listenerCount('flow') > 0);
+        const sent: number[] = [];
+        // one tick: everything after the first message queues behind its write, then goes out together
+        for (let j = 0; j < FOLLOW_QUEUE_LIMIT / 2; j++) {
+          flows.push(flow());
+          sent.push(n % 65536);
+        }
+        await waitFor('every flow of the burst', async () => ports.length >= sent.length, 20_000);
+        assert.deepEqual(ports, sent);
+        stream.on('error', () => undefined);
+        stream.cancel();
+        await waitFor('the follower gone', async () => flows.listenerCount('flow') === 0);
+      } finally {
+        batchWriteOptions.coalesce = true;
+      }
+    });
+  }
 
   test('follow with until ends the stream at that time', async () => {
     const until = Date.now() + 300;
