@@ -75,19 +75,28 @@ export async function etcdStart(opts: { alsoOn?: string } = {}): Promise<EtcdSer
   }
 }
 
+/** How one member joins its cluster (a single member names only itself). */
+interface MemberOf {
+  name: string;
+  /** name=peerURL,... of every member. */
+  initialCluster: string;
+  token: string;
+}
+
 /** One etcd process on `dir`: wait for its health, or kill it. */
-function etcdSpawn(dir: string, listen: string, peer: string): { healthy(): Promise<void>; kill(): Promise<void>; stderr(): string } {
+function etcdSpawn(dir: string, listen: string, peer: string, member: MemberOf = { name: 'kitnet-test', initialCluster: `kitnet-test=${peer}`, token: 'etcd-cluster' }): { healthy(): Promise<void>; kill(): Promise<void>; stderr(): string } {
   const endpoint = listen.split(',')[0]!;
   const proc: ChildProcess = spawn(
     'etcd',
     [
-      '--name', 'kitnet-test',
+      '--name', member.name,
       '--data-dir', join(dir, 'data'),
       '--listen-client-urls', listen,
       '--advertise-client-urls', listen,
       '--listen-peer-urls', peer,
       '--initial-advertise-peer-urls', peer,
-      '--initial-cluster', `kitnet-test=${peer}`,
+      '--initial-cluster', member.initialCluster,
+      '--initial-cluster-token', member.token,
       '--log-level', 'error',
     ],
     { stdio: ['ignore', 'ignore', 'pipe'] },
@@ -99,8 +108,8 @@ function etcdSpawn(dir: string, listen: string, peer: string): { healthy(): Prom
   return {
     stderr: () => stderr,
     healthy: () =>
-      waitFor('etcd to report healthy', async () => {
-        if (exited) throw new Error(`etcd exited at start: ${stderr.trim()}`);
+      waitFor(`etcd ${member.name} to report healthy`, async () => {
+        if (exited) throw new Error(`etcd ${member.name} exited at start: ${stderr.trim()}`);
         return healthy(endpoint);
       }, timeLimit(30_000)).then(() => undefined),
     kill: async () => {
@@ -109,4 +118,68 @@ function etcdSpawn(dir: string, listen: string, peer: string): { healthy(): Prom
       await exit;
     },
   };
+}
+
+/** A real etcd cluster of several members on loopback (the quorum tests). */
+export interface EtcdCluster {
+  /** Each member's client URL on 127.0.0.1, in member order. */
+  endpoints: string[];
+  /** Each member's client URL on `opts.alsoOn`. */
+  endpointsAlso?: string[];
+  /** Kills member i (SIGKILL) and leaves it down until `up(i)`. */
+  down(i: number): Promise<void>;
+  /** Starts member i again on its data and ports; waits until it is healthy (has a leader: needs quorum). */
+  up(i: number): Promise<void>;
+  /** Starts every member that is down, together (when quorum needs more than one of them back). */
+  upAll(): Promise<void>;
+  /** Kills every member and removes the data dirs (call it in an after hook, also after a failed start). */
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts `size` etcd members on loopback, each with its own data dir, client and peer ports, as one
+ * cluster, and waits until each is healthy (a leader was elected). Taken ports are retried as for one.
+ */
+export async function etcdClusterStart(size: number, opts: { alsoOn?: string } = {}): Promise<EtcdCluster> {
+  for (let attempt = 0; ; attempt++) {
+    const dir = mkdtempSync(join(tmpdir(), 'kitnet-etcdc-'));
+    const token = `kitnet-${process.pid}-${attempt}-${Date.now()}`;
+    const ports: Array<{ client: number; peer: number }> = [];
+    for (let i = 0; i < size; i++) ports.push({ client: await freePort(), peer: await freePort() });
+    const names = ports.map((_, i) => `m${i}`);
+    const peers = ports.map((p) => `http://127.0.0.1:${p.peer}`);
+    const initialCluster = names.map((n, i) => `${n}=${peers[i]}`).join(',');
+    const endpoints = ports.map((p) => `http://127.0.0.1:${p.client}`);
+    const endpointsAlso = opts.alsoOn ? ports.map((p) => `http://${opts.alsoOn}:${p.client}`) : undefined;
+    const listen = (i: number) => (endpointsAlso ? `${endpoints[i]},${endpointsAlso[i]}` : endpoints[i]!);
+    const spawnMember = (i: number) => etcdSpawn(join(dir, names[i]!), listen(i), peers[i]!, { name: names[i]!, initialCluster, token });
+    const members: Array<ReturnType<typeof etcdSpawn> | undefined> = names.map((_, i) => spawnMember(i));
+    const stop = async () => {
+      await Promise.all(members.map((m) => m?.kill()));
+      rmSync(dir, { recursive: true, force: true });
+    };
+    const down = async (i: number) => {
+      await members[i]?.kill();
+      members[i] = undefined;
+    };
+    const upMany = async (which: number[]) => {
+      for (const i of which) members[i] ??= spawnMember(i);
+      await Promise.all(which.map((i) => members[i]!.healthy()));
+    };
+    try {
+      await upMany(names.map((_, i) => i));
+      return {
+        endpoints,
+        ...(endpointsAlso ? { endpointsAlso } : {}),
+        down,
+        up: (i) => upMany([i]),
+        upAll: () => upMany(names.map((_, i) => i)),
+        stop,
+      };
+    } catch (err) {
+      const stderr = members.map((m) => m?.stderr() ?? '').join('\n');
+      await stop();
+      if (attempt >= 2 || !/address already in use/.test(stderr)) throw err;
+    }
+  }
 }
