@@ -156,6 +156,7 @@ export class ClusterHosts {
   private readonly rootLink: string;
   private readonly workloadNs: string[] = [];
   private caDir: string | undefined;
+  private batches = 0;
 
   constructor(private readonly opts: ClusterHostsOptions) {
     this.switchNs = `kitnet-${opts.tag}-sw-${this.id}`;
@@ -225,9 +226,31 @@ export class ClusterHosts {
     return ns;
   }
 
+  /** Many fresh workload namespaces at once (one `ip -batch`), deleted at cleanup; returns their names. */
+  async workloadNetnsMany(names: readonly string[]): Promise<string[]> {
+    const all = names.map((n) => `kitnet-${this.opts.tag}-w${n}-${this.id}`);
+    this.workloadNs.push(...all);
+    await this.netnsBatch('add', all);
+    return all;
+  }
+
+  private async netnsBatch(op: 'add' | 'del', all: readonly string[]): Promise<void> {
+    if (all.length === 0) return;
+    const file = join(tmpdir(), `kitnet-${this.opts.tag}-netns-${this.id}-${op}-${++this.batches}.batch`);
+    writeFileSync(file, all.map((ns) => `netns ${op} ${ns}\n`).join(''));
+    try {
+      // -force: a delete goes on past a namespace that is already gone.
+      await run('ip', [...(op === 'del' ? ['-force'] : []), '-batch', file], { timeoutMs: 120_000 });
+    } finally {
+      rmSync(file, { force: true });
+    }
+  }
+
   async cleanup(): Promise<void> {
     for (const h of this.hosts) await h.cleanup();
-    for (const ns of this.workloadNs) await netnsDel(ns);
+    // Many at once in one batch; one by one what the batch did not take (or when there are few).
+    const batched = this.workloadNs.length > 8 && (await this.netnsBatch('del', this.workloadNs).then(() => true, () => false));
+    for (const ns of batched ? [] : this.workloadNs) await netnsDel(ns);
     for (const h of this.hosts) {
       await netnsDel(h.netns);
       rmSync(h.dir, { recursive: true, force: true });
