@@ -100,10 +100,11 @@ export async function clusterOpen(
     await session.close();
     throw new Error(`cluster.etcd: cannot write the ClusterMesh keys (cilium/cluster-config, cilium/.heartbeat): ${(err as Error).message}`, { cause: err });
   }
+  const ipcache = new IpcachePublisher(session, nodeIP, log.child({ component: 'cluster-ipcache' }));
   const gcTimer = setInterval(() => void gc.round().catch((err: unknown) => gcLog.warn({ err }, 'identity garbage collection round failed; next round retries')), IDENTITY_GC_INTERVAL_MS).unref();
   return {
     identities: new ClusterIdentities(allocator, cluster.name, range, log.child({ component: 'cluster-identity' })),
-    ipcache: new IpcachePublisher(session, nodeIP, log.child({ component: 'cluster-ipcache' })),
+    ipcache,
     ipcacheWatcher: (localPools) => new IpcacheWatcher(session, { nodeIP, range, localPools }, log.child({ component: 'cluster-ipcache-watch' })),
     identityLabels: (id) => remoteIdentityLabels(session, id),
     shared: (hosts) => ({
@@ -123,6 +124,7 @@ export async function clusterOpen(
     metricsRegister: node.metricsRegister,
     close: async () => {
       clearInterval(gcTimer);
+      ipcache.close();
       markers.close();
       await node.close();
       await session.close();
