@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import type { EtcdTlsPrepared } from '../config-preflight.js';
 import { ClusterIdentities } from './cluster-identities.js';
-import { etcdClientCreate } from './etcd-client.js';
+import { etcdClientCreate, etcdTlsExplain } from './etcd-client.js';
 import { ClusterIdentityAllocator } from './identity-allocator.js';
 import { IDENTITY_GC_INTERVAL_MS, IdentityGc } from './identity-gc.js';
 import { clusterIdentityRange } from './identity-range.js';
@@ -77,7 +77,8 @@ export async function clusterOpen(
     session = await ClusterSession.open(client, log.child({ component: 'cluster' }), cluster.leaseTTLSeconds);
   } catch (err) {
     client.close();
-    throw new Error(`cluster.etcd: cannot open a session with etcd at ${cluster.etcd.endpoints.join(', ')}: ${(err as Error).message}`, { cause: err });
+    const tlsProblem = etcdTlsExplain(err, cluster.etcd);
+    throw new Error(tlsProblem ?? `cluster.etcd: cannot open a session with etcd at ${cluster.etcd.endpoints.join(', ')}: ${(err as Error).message}`, { cause: err });
   }
   // This node's CIDRs, entry and routes (node-join.ts).
   const node = await nodeJoin(session, cluster, host, nodeIP, log).catch(async (err: unknown) => {
