@@ -11,3 +11,31 @@ export function etcdClientCreate(etcd: NonNullable<Config['cluster']>['etcd'], t
     defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + 10_000 }),
   });
 }
+
+/**
+ * An operator's reading of a TLS failure talking to etcd, naming the config key and file at fault;
+ * undefined when the error is not one. grpc-js reports the handshake only as "No connection
+ * established. Last error: <openssl text>", which names neither.
+ */
+export function etcdTlsExplain(err: unknown, etcd: NonNullable<Config['cluster']>['etcd'], key = 'cluster.etcd'): string | undefined {
+  const text = String((err as Error)?.message ?? err);
+  const tls = etcd.tls;
+  const reason = (/Last error: (?:Error: )?([^\n]*?)(?:\. Resolution note|$)/m.exec(text)?.[1] ?? text).replace(/^[0-9A-F]+:error:[0-9A-F]+:/, '').trim();
+  if (/unable to verify|self[- ]signed certificate|unable to get (local )?issuer|certificate has expired|certificate is not yet valid|certificate signature failure/i.test(text)) {
+    return tls
+      ? `${key}.tls.ca: ${tls.ca} does not verify etcd's server certificate (${reason}); give the CA that signed etcd's --cert-file`
+      : `${key}.tls: etcd's server certificate is not trusted (${reason}); set ${key}.tls.ca to the CA that signed etcd's --cert-file`;
+  }
+  if (/does not match certificate's altnames|Hostname\/IP does not match/i.test(text)) {
+    return `${key}.endpoints: etcd's server certificate does not name the endpoint's host (${reason}); connect by a name or address in its subjectAltName`;
+  }
+  if (/alert (bad certificate|certificate required|unknown ca|certificate unknown|certificate expired|certificate revoked|unsupported certificate)/i.test(text)) {
+    return tls?.cert
+      ? `${key}.tls.cert: etcd refused the client certificate ${tls.cert} (${reason}); it must be signed by a CA in etcd's --trusted-ca-file`
+      : `${key}.tls: etcd asks for a client certificate (--client-cert-auth) and none is configured (${reason}); set ${key}.tls.cert and ${key}.tls.key`;
+  }
+  if (/wrong version number|packet length too long|http request|disconnected before secure TLS connection/i.test(text)) {
+    return `${key}.endpoints: ${etcd.endpoints.join(', ')} did not complete a TLS handshake (${reason}); if etcd serves plain http there, use an http:// endpoint or start etcd with --cert-file`;
+  }
+  return undefined;
+}

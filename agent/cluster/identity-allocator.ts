@@ -30,6 +30,17 @@ function etcdUnreachable(err: unknown): boolean {
 }
 /** Attempts in a row that found etcd out of reach before giving up (etcd3 retries each call itself too). */
 const UNREACHABLE_ATTEMPTS = 3;
+/**
+ * How long an allocation that finds etcd out of reach keeps trying: a member without quorum lets each
+ * call wait for its request timeout (7 s) before etcd3 tries the next endpoint, so three attempts
+ * alone would keep a registration waiting half a minute.
+ */
+const UNREACHABLE_BUDGET_MS = 5000;
+
+/** The message of an allocation given up because etcd did not answer. */
+function unavailableMessage(labelsKey: string, err: unknown): string {
+  return `etcd did not answer (unreachable, or without quorum): ${(err as Error)?.message ?? String(err)}; no identity was allocated for ${labelsKey} and nothing was changed; retry when etcd is back`;
+}
 
 /** Every number of the cluster's range has a master key: retrying cannot help. */
 export class ClusterIdentityExhaustedError extends ClusterIdentityError {
@@ -161,6 +172,7 @@ export class ClusterIdentityAllocator {
   private async allocateWithRetries(labelsKey: string): Promise<{ id: number; isNew: boolean }> {
     let lastError: unknown;
     let unreachable = 0;
+    const started = Date.now();
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       try {
         const got = await this.allocateOnce(labelsKey);
@@ -171,14 +183,15 @@ export class ClusterIdentityAllocator {
         if (err instanceof ClusterIdentityExhaustedError) throw err;
         lastError = err;
         unreachable = etcdUnreachable(err) ? unreachable + 1 : 0;
-        if (unreachable >= UNREACHABLE_ATTEMPTS) {
-          throw new ClusterUnavailableError(`etcd is unreachable (${(err as Error).message}); identity for ${labelsKey} not allocated`, { cause: err });
+        if (unreachable >= UNREACHABLE_ATTEMPTS || (unreachable > 0 && Date.now() - started >= UNREACHABLE_BUDGET_MS)) {
+          throw new ClusterUnavailableError(unavailableMessage(labelsKey, err), { cause: err });
         }
       }
       this.opts.log.debug({ labels: labelsKey, attempt, err: lastError }, 'identity allocation attempt failed; retrying');
       const backoff = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** attempt);
       await new Promise((r) => setTimeout(r, backoff / 2 + randomInt(Math.ceil(backoff / 2) + 1)));
     }
+    if (etcdUnreachable(lastError)) throw new ClusterUnavailableError(unavailableMessage(labelsKey, lastError), { cause: lastError });
     throw new ClusterUnavailableError(`cannot allocate an identity for ${labelsKey} after ${MAX_ATTEMPTS} attempts: ${(lastError as Error)?.message ?? lastError}`, { cause: lastError });
   }
 

@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import type { EtcdTlsPrepared } from '../config-preflight.js';
 import { ClusterIdentities } from './cluster-identities.js';
-import { etcdClientCreate } from './etcd-client.js';
+import { etcdClientCreate, etcdTlsExplain } from './etcd-client.js';
 import { ClusterIdentityAllocator } from './identity-allocator.js';
 import { IDENTITY_GC_INTERVAL_MS, IdentityGc } from './identity-gc.js';
 import { clusterIdentityRange } from './identity-range.js';
@@ -77,7 +77,8 @@ export async function clusterOpen(
     session = await ClusterSession.open(client, log.child({ component: 'cluster' }), cluster.leaseTTLSeconds);
   } catch (err) {
     client.close();
-    throw new Error(`cluster.etcd: cannot open a session with etcd at ${cluster.etcd.endpoints.join(', ')}: ${(err as Error).message}`, { cause: err });
+    const tlsProblem = etcdTlsExplain(err, cluster.etcd);
+    throw new Error(tlsProblem ?? `cluster.etcd: cannot open a session with etcd at ${cluster.etcd.endpoints.join(', ')}: ${(err as Error).message}`, { cause: err });
   }
   // This node's CIDRs, entry and routes (node-join.ts).
   const node = await nodeJoin(session, cluster, host, nodeIP, log).catch(async (err: unknown) => {
@@ -100,10 +101,11 @@ export async function clusterOpen(
     await session.close();
     throw new Error(`cluster.etcd: cannot write the ClusterMesh keys (cilium/cluster-config, cilium/.heartbeat): ${(err as Error).message}`, { cause: err });
   }
+  const ipcache = new IpcachePublisher(session, nodeIP, log.child({ component: 'cluster-ipcache' }));
   const gcTimer = setInterval(() => void gc.round().catch((err: unknown) => gcLog.warn({ err }, 'identity garbage collection round failed; next round retries')), IDENTITY_GC_INTERVAL_MS).unref();
   return {
     identities: new ClusterIdentities(allocator, cluster.name, range, log.child({ component: 'cluster-identity' })),
-    ipcache: new IpcachePublisher(session, nodeIP, log.child({ component: 'cluster-ipcache' })),
+    ipcache,
     ipcacheWatcher: (localPools) => new IpcacheWatcher(session, { nodeIP, range, localPools }, log.child({ component: 'cluster-ipcache-watch' })),
     identityLabels: (id) => remoteIdentityLabels(session, id),
     shared: (hosts) => ({
@@ -123,6 +125,7 @@ export async function clusterOpen(
     metricsRegister: node.metricsRegister,
     close: async () => {
       clearInterval(gcTimer);
+      ipcache.close();
       markers.close();
       await node.close();
       await session.close();

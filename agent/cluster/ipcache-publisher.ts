@@ -3,6 +3,10 @@ import { addressParse } from '../ipam.js';
 import type { WorkloadRecord } from '../store/types.js';
 import type { ClusterSession } from './session.js';
 
+/** Pause before writing again what etcd did not take, doubling up to the cap while it still does not. */
+const RETRY_MIN_MS = 1000;
+const RETRY_MAX_MS = 30_000;
+
 /** Cilium's ipcache prefix (pkg/ipcache/kvstore.go); `default` is literal (the address space). */
 export const IPCACHE_PREFIX = 'cilium/state/ip/v1/default';
 
@@ -46,10 +50,21 @@ function hostIpOf(value: string): string | undefined {
  * node lease, so other hosts (and Cilium agents) map them to the workload's identity and to this
  * node. An address another node has published is not overwritten (pools must not overlap between
  * hosts until IPAM is per node): the conflict is logged. Withdrawal deletes only this node's entry.
+ *
+ * A change etcd does not take (unreachable, no quorum) fails for the caller and is kept: it is written
+ * again, with backoff, until etcd takes it or a later change of the workload replaces it, so a
+ * workload registered or removed during an outage reaches the other hosts once etcd is back.
  */
 export class IpcachePublisher {
   /** Key -> the value this node wrote. */
   private readonly mine = new Map<string, string>();
+  /** Per workload (namespace/name), its last change that etcd did not take. */
+  private readonly unsettled = new Map<string, { rec: WorkloadRecord; how: 'publish' | 'withdraw' }>();
+  /** Per workload, the tail of its chain of changes (a retry never overtakes a later change). */
+  private readonly busy = new Map<string, Promise<unknown>>();
+  private retryTimer: NodeJS.Timeout | undefined;
+  private retryDelay = RETRY_MIN_MS;
+  private closed = false;
 
   constructor(
     private readonly session: ClusterSession,
@@ -69,8 +84,72 @@ export class IpcachePublisher {
       });
   }
 
-  /** Writes (or updates) the workload's entries. */
-  async publish(rec: WorkloadRecord): Promise<void> {
+  /** Writes (or updates) the workload's entries; when etcd does not take them, again later until it does. */
+  publish(rec: WorkloadRecord): Promise<void> {
+    return this.change(rec, 'publish');
+  }
+
+  /** Deletes the workload's entries where they are still this node's; when etcd does not take it, again later. */
+  withdraw(rec: WorkloadRecord): Promise<void> {
+    return this.change(rec, 'withdraw');
+  }
+
+  /** Stops writing again what etcd did not take (the agent stops). */
+  close(): void {
+    this.closed = true;
+    clearTimeout(this.retryTimer);
+  }
+
+  private change(rec: WorkloadRecord, how: 'publish' | 'withdraw'): Promise<void> {
+    const id = `${rec.spec.namespace}/${rec.spec.name}`;
+    return this.serialised(id, async () => {
+      this.unsettled.delete(id);
+      try {
+        await (how === 'publish' ? this.publishOnce(rec) : this.withdrawOnce(rec));
+      } catch (err) {
+        this.unsettled.set(id, { rec, how });
+        this.retryLater();
+        throw err;
+      }
+    });
+  }
+
+  private serialised(id: string, fn: () => Promise<void>): Promise<void> {
+    const next = (this.busy.get(id) ?? Promise.resolve()).then(fn, fn);
+    const tail = next.catch(() => undefined);
+    this.busy.set(id, tail);
+    void tail.then(() => {
+      if (this.busy.get(id) === tail) this.busy.delete(id);
+    });
+    return next;
+  }
+
+  private retryLater(): void {
+    if (this.retryTimer || this.closed) return;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      void this.retryUnsettled();
+    }, this.retryDelay).unref();
+    this.retryDelay = Math.min(RETRY_MAX_MS, this.retryDelay * 2);
+  }
+
+  private async retryUnsettled(): Promise<void> {
+    let written = 0;
+    for (const [id, entry] of [...this.unsettled]) {
+      if (this.closed) return;
+      await this.serialised(id, async () => {
+        if (this.unsettled.get(id) !== entry) return; // replaced by a later change meanwhile
+        await (entry.how === 'publish' ? this.publishOnce(entry.rec) : this.withdrawOnce(entry.rec));
+        this.unsettled.delete(id);
+        written++;
+      }).catch((err: unknown) => this.log.debug({ err, workload: id }, 'cluster ipcache change still not taken by etcd; retrying later'));
+    }
+    if (written > 0) this.log.info({ workloads: written, left: this.unsettled.size }, 'cluster ipcache changes written after etcd did not take them');
+    if (this.unsettled.size > 0) this.retryLater();
+    else this.retryDelay = RETRY_MIN_MS;
+  }
+
+  private async publishOnce(rec: WorkloadRecord): Promise<void> {
     const { client } = this.session;
     const leaseId = await this.session.nodeLeaseId();
     for (const [key, json] of this.entries(rec)) {
@@ -95,8 +174,7 @@ export class IpcachePublisher {
     }
   }
 
-  /** Deletes the workload's entries where they are still this node's. */
-  async withdraw(rec: WorkloadRecord): Promise<void> {
+  private async withdrawOnce(rec: WorkloadRecord): Promise<void> {
     const { client } = this.session;
     for (const [key] of this.entries(rec)) {
       const previous = this.mine.get(key);

@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { datapathUnpinAll } from '../../bpf/index.js';
 import type { ConfigInput } from '../../agent/config.js';
 import { ApiClient } from '../../common/api-client.js';
-import { etcdStart, type EtcdServer } from './etcd.js';
+import { etcdClusterStart, etcdStart, type EtcdCluster, type EtcdServer } from './etcd.js';
 import { testCaMake } from './test-ca.js';
 import { testMode } from './mode.js';
 import { netnsAdd, netnsDel, run, status, uniq, waitFor } from './sys.js';
@@ -22,6 +22,8 @@ export interface ClusterHostsOptions {
   ipv6Pool: string;
   /** Each host also serves Hubble on TCP (TLS, test CA) at its node IPv4, port HUBBLE_PORT. */
   hubble?: boolean;
+  /** A cluster of this many etcd members instead of one (`etcdCluster`); every agent is given all their endpoints. */
+  etcdMembers?: number;
 }
 
 /** The Hubble port of every host (the same across the cluster, as Cilium's 4244). */
@@ -137,7 +139,7 @@ export class ClusterHost {
 }
 
 /**
- * N kitnet hosts and one real etcd. The hosts' namespaces hang on a bridge in a "switch" namespace of
+ * N kitnet hosts and one real etcd (or a cluster of `etcdMembers`). The hosts' namespaces hang on a bridge in a "switch" namespace of
  * their own (IPv4 198.18.<o>.0/24, IPv6 fd00:c1a5:<o>::/64, node i at .i+1 / ::i+1); the machine's
  * namespace joins the bridge only with one veth at .254, where etcd listens for the hosts. Nothing
  * else changes in the machine's namespace. `cleanup` removes it all, also after a failed test.
@@ -145,12 +147,16 @@ export class ClusterHost {
 export class ClusterHosts {
   readonly id = uniq();
   readonly hosts: ClusterHost[] = [];
+  /** The one etcd (without `etcdMembers`). */
   etcd: EtcdServer | undefined;
+  /** The etcd members (with `etcdMembers`). */
+  etcdCluster: EtcdCluster | undefined;
   readonly octet = 20 + (process.pid % 200);
   private readonly switchNs: string;
   private readonly rootLink: string;
   private readonly workloadNs: string[] = [];
   private caDir: string | undefined;
+  private batches = 0;
 
   constructor(private readonly opts: ClusterHostsOptions) {
     this.switchNs = `kitnet-${opts.tag}-sw-${this.id}`;
@@ -171,7 +177,14 @@ export class ClusterHosts {
     await run('ip', ['-n', sw, 'link', 'set', 'up0', 'master', 'br0', 'up']);
     await run('ip', ['addr', 'add', `${this.subnet4}.254/24`, 'dev', this.rootLink]);
     await run('ip', ['link', 'set', this.rootLink, 'up']);
-    this.etcd = await etcdStart({ alsoOn: `${this.subnet4}.254` });
+    let endpoints: string[];
+    if (this.opts.etcdMembers) {
+      this.etcdCluster = await etcdClusterStart(this.opts.etcdMembers, { alsoOn: `${this.subnet4}.254` });
+      endpoints = this.etcdCluster.endpointsAlso!;
+    } else {
+      this.etcd = await etcdStart({ alsoOn: `${this.subnet4}.254` });
+      endpoints = [this.etcd.endpointAlso!];
+    }
     const ca = this.opts.hubble ? testCaMake((this.caDir = mkdtempSync(join(tmpdir(), `kitnet-${this.opts.tag}-ca-`))), 'kitnet.test') : undefined;
     for (let i = 0; i < this.opts.hosts; i++) {
       const name = `h${i + 1}`;
@@ -197,7 +210,7 @@ export class ClusterHosts {
             id: this.opts.cluster.id,
             nodeIP: v4,
             nodeIPv6: v6,
-            etcd: { endpoints: [this.etcd.endpointAlso!] },
+            etcd: { endpoints },
             ...(this.opts.cluster.leaseTTLSeconds ? { leaseTTLSeconds: this.opts.cluster.leaseTTLSeconds } : {}),
           },
         }, this.opts.tag, this.id),
@@ -213,9 +226,31 @@ export class ClusterHosts {
     return ns;
   }
 
+  /** Many fresh workload namespaces at once (one `ip -batch`), deleted at cleanup; returns their names. */
+  async workloadNetnsMany(names: readonly string[]): Promise<string[]> {
+    const all = names.map((n) => `kitnet-${this.opts.tag}-w${n}-${this.id}`);
+    this.workloadNs.push(...all);
+    await this.netnsBatch('add', all);
+    return all;
+  }
+
+  private async netnsBatch(op: 'add' | 'del', all: readonly string[]): Promise<void> {
+    if (all.length === 0) return;
+    const file = join(tmpdir(), `kitnet-${this.opts.tag}-netns-${this.id}-${op}-${++this.batches}.batch`);
+    writeFileSync(file, all.map((ns) => `netns ${op} ${ns}\n`).join(''));
+    try {
+      // -force: a delete goes on past a namespace that is already gone.
+      await run('ip', [...(op === 'del' ? ['-force'] : []), '-batch', file], { timeoutMs: 120_000 });
+    } finally {
+      rmSync(file, { force: true });
+    }
+  }
+
   async cleanup(): Promise<void> {
     for (const h of this.hosts) await h.cleanup();
-    for (const ns of this.workloadNs) await netnsDel(ns);
+    // Many at once in one batch; one by one what the batch did not take (or when there are few).
+    const batched = this.workloadNs.length > 8 && (await this.netnsBatch('del', this.workloadNs).then(() => true, () => false));
+    for (const ns of batched ? [] : this.workloadNs) await netnsDel(ns);
     for (const h of this.hosts) {
       await netnsDel(h.netns);
       rmSync(h.dir, { recursive: true, force: true });
@@ -223,6 +258,7 @@ export class ClusterHosts {
     await status('ip', ['link', 'del', this.rootLink]);
     await netnsDel(this.switchNs);
     await this.etcd?.stop();
+    await this.etcdCluster?.stop();
     if (this.caDir) rmSync(this.caDir, { recursive: true, force: true });
   }
 }

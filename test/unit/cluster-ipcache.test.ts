@@ -7,6 +7,7 @@ import { IPCACHE_PREFIX, IpcachePublisher, ipIdentityPairJson } from '../../agen
 import { ClusterSession } from '../../agent/cluster/session.js';
 import type { WorkloadRecord } from '../../agent/store/types.js';
 import { etcdStart, type EtcdServer } from '../helpers/etcd.js';
+import { waitFor } from '../helpers/sys.js';
 
 const log = pino({ level: 'silent' });
 
@@ -100,6 +101,25 @@ describe('cluster ipcache in Cilium\'s layout', () => {
       assert.equal((await get(`${IPCACHE_PREFIX}/10.9.0.7`))!.value.toString(), before);
       await b.pub.withdraw(clash);
       assert.equal((await get(`${IPCACHE_PREFIX}/10.9.0.7`))!.value.toString(), before);
+    });
+
+    test('a change etcd did not take is written once etcd is back; a later change of the workload replaces it', async () => {
+      const a = await node('192.0.2.3');
+      const kept = workload('kept', '10.9.3.1', 'fd00:9::3:1', 200010);
+      const gone = workload('gone', '10.9.3.2', 'fd00:9::3:2', 200011);
+      await etcd.down();
+      try {
+        await assert.rejects(a.pub.publish(kept), 'etcd is down: the caller hears of it');
+        await assert.rejects(a.pub.publish(gone));
+        await a.pub.withdraw(gone); // removed again while etcd is still down: nothing of it is in etcd to delete
+      } finally {
+        await etcd.up();
+      }
+      await waitFor('kept\'s entries written after the outage, with no further call', async () => (await get(`${IPCACHE_PREFIX}/fd00:9::3:1`)) ?? undefined, 60_000);
+      assert.equal(JSON.parse((await get(`${IPCACHE_PREFIX}/10.9.3.1`))!.value.toString()).K8sPodName, 'kept');
+      assert.equal((await get(`${IPCACHE_PREFIX}/10.9.3.1`))?.lease, await a.s.nodeLeaseId());
+      assert.equal(await get(`${IPCACHE_PREFIX}/10.9.3.2`), undefined, 'the withdrawal replaced the publish that etcd had not taken');
+      a.pub.close();
     });
   });
 });
