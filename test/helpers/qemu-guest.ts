@@ -34,6 +34,25 @@ export async function labKernel(): Promise<LabKernel> {
 }
 
 /**
+ * Debian unstable's static busybox (1.38), which has udhcpc6 (Debian 12's busybox builds lack it),
+ * fetched by the lab's own (idempotent) step if missing; returns the binary's path.
+ */
+export async function labBusyboxWithUdhcpc6(): Promise<string> {
+  const resolved = () => {
+    const env = join(LAB_CACHE, 'resolved.env');
+    const dir = existsSync(env) ? /^BUSYBOX_SID_DIR=(.*)$/m.exec(readFileSync(env, 'utf8'))?.[1] : undefined;
+    return dir && existsSync(join(dir, '.done')) ? join(dir, 'usr/bin/busybox') : undefined;
+  };
+  let bin = resolved();
+  if (!bin) {
+    await run('bash', [join(REPO, 'test/lab/fetch.sh'), '6.12'], { timeoutMs: 900_000 });
+    bin = resolved();
+    if (!bin) throw new Error(`test/lab/fetch.sh 6.12 ran but ${LAB_CACHE}/resolved.env names no busybox with udhcpc6`);
+  }
+  return bin;
+}
+
+/**
  * The start of every guest's /init: busybox applets, API filesystems, virtio_net from /modules, lo up,
  * no duplicate address detection (nothing else is on the link, and a tentative link-local address would
  * delay router solicitations and DHCPv6), then waits for eth0. `$IP` is the real iproute2 (busybox sh
