@@ -87,6 +87,8 @@ describe('systemd-networkd as a VM guest\'s DHCP and RA client (root)', { timeou
         // already gone
       }
     }
+    // the VM's namespace is kitnet's: removing the workload removes it (stopping the agent keeps it)
+    if (vm) await fx.api.call('DELETE', `/v1/workloads/nwd/${vm.name}`).catch(() => undefined);
     await fx.cleanup();
   });
 
