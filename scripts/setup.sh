@@ -12,9 +12,10 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 # the ClusterMesh test reads the kvstore with, as an operator would.
 # isc-dhcp-client: dhclient -4/-6 as a real guest client in test/root/vm-dhcp6.test.ts.
 # dnsmasq-base: the resolver of the DNS policy tests (Debian's dnsmasq binary without the host-wide service
-# that the `dnsmasq` package enables on port 53; test/root/dns-policy.test.ts).
+# that the `dnsmasq` package enables on port 53; test/root/dns-policy.test.ts). systemd: its
+# systemd-networkd is a VM guest's DHCP/RA client in test/root/vm-networkd.test.ts (container images lack it).
 apt_packages=(clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool iproute2 iputils-ping make g++ python3 pkg-config
-  qemu-system-x86 busybox-static kmod cpio zstd etcd-server etcd-client isc-dhcp-client dnsmasq-base)
+  qemu-system-x86 busybox-static kmod cpio zstd etcd-server etcd-client isc-dhcp-client dnsmasq-base systemd)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

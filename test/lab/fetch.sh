@@ -182,4 +182,27 @@ else
 fi
 # Sanity: they must run on this system's libraries.
 "$tools/usr/bin/ip" -V >/dev/null 2>&1 || "$tools/bin/ip" -V >/dev/null 2>&1 || lab_die "tools: unpacked ip does not run here"
+
+# --- busybox-static from unstable: Debian 12's busybox has no udhcpc6, unstable's (1.38) has --------
+# (a static binary, so it runs on the host and in the VM alike; the DHCPv6 tests use it)
+bb=$(get_resolved BUSYBOX_SID_DIR)
+if ((refresh == 0)) && [ -n "$bb" ] && [ -f "$bb/.done" ] && lists_fresh sid; then
+  lab_log "busybox: $(cat "$bb/version") (cached)"
+else
+  ensure_lists sid
+  v=$(lab_apt sid apt-cache policy busybox-static | sed -n 's/^ *Candidate: //p')
+  [ -n "$v" ] && [ "$v" != "(none)" ] || lab_die "busybox: busybox-static has no candidate in unstable"
+  bb=$LAB_CACHE/tools/busybox-static_$(echo "$v" | sed 's/[^A-Za-z0-9.]/_/g')
+  if [ ! -f "$bb/.done" ]; then
+    lab_log "busybox: downloading busybox-static=$v"
+    download sid "$LAB_CACHE/debs" "busybox-static=$v"
+    rm -rf "$bb"; mkdir -p "$bb"
+    dpkg-deb -x "$(ls -t "$LAB_CACHE/debs/busybox-static_"*.deb | head -1)" "$bb"
+    echo "$v" > "$bb/version"
+    : > "$bb/.done"
+  fi
+  set_resolved BUSYBOX_SID_DIR "$bb"
+  lab_log "busybox: $(cat "$bb/version")"
+fi
+"$bb/usr/bin/busybox" udhcpc6 --help >/dev/null 2>&1 || lab_die "busybox: $bb/usr/bin/busybox has no udhcpc6"
 lab_log "ready (cache: $LAB_CACHE)"

@@ -5,8 +5,8 @@
 # test/artifacts/lab-KERNEL.tap. Needs a built checkout (scripts/setup.sh) and root.
 # usage: test/lab/suite.sh [KERNEL...]            (default: 6.12 unstable, one after the other)
 #   KITNET_LAB_TESTS         test files for every kernel (default: netkit-device, netkit-probe, bpf-datapath)
-#   KITNET_LAB_AGENT_TESTS   agent-level test files (default: agent-e2e, vm-plumbing, vm-dhcp, vm-dhcp6, dns-policy, flow-events-per-connection, policy-conformance,
-#                            hubble-cli-devices), run with
+#   KITNET_LAB_AGENT_TESTS   agent-level test files (default: agent-e2e, vm-plumbing, vm-dhcp, vm-dhcp6, vm-networkd, dns-policy, flow-events-per-connection,
+#                            policy-conformance, hubble-cli-devices), run with
 #                            workloads on netkit (KITNET_TEST_MODE=netkit) ...
 #   KITNET_LAB_AGENT_KERNELS ... on these kernels only (default: 6.12): they take minutes under emulation
 #   KITNET_CONFORMANCE_CASES conformance cases by name (default: one case with allow and deny rules;
@@ -43,7 +43,7 @@ fi
 kernels=("$@")
 ((${#kernels[@]})) || kernels=("${LAB_KERNELS[@]}")
 base_tests=${KITNET_LAB_TESTS:-dist/test/root/netkit-device.test.js dist/test/root/netkit-probe.test.js dist/test/root/bpf-datapath.test.js}
-agent_tests=${KITNET_LAB_AGENT_TESTS-dist/test/root/agent-e2e.test.js dist/test/root/vm-plumbing.test.js dist/test/root/vm-dhcp.test.js dist/test/root/vm-dhcp6.test.js dist/test/root/dns-policy.test.js dist/test/root/flow-events-per-connection.test.js dist/test/root/policy-conformance.test.js dist/test/root/hubble-cli-devices.test.js}
+agent_tests=${KITNET_LAB_AGENT_TESTS-dist/test/root/agent-e2e.test.js dist/test/root/vm-plumbing.test.js dist/test/root/vm-dhcp.test.js dist/test/root/vm-dhcp6.test.js dist/test/root/vm-networkd.test.js dist/test/root/dns-policy.test.js dist/test/root/flow-events-per-connection.test.js dist/test/root/policy-conformance.test.js dist/test/root/hubble-cli-devices.test.js}
 agent_kernels=" ${KITNET_LAB_AGENT_KERNELS:-6.12} "
 export KITNET_TEST_MODE=${KITNET_TEST_MODE:-netkit}
 export KITNET_CONFORMANCE_CASES=${KITNET_CONFORMANCE_CASES:-ingressDeny wins over allow}

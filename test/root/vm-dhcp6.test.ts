@@ -6,6 +6,7 @@ import { after, before, describe, test } from 'node:test';
 import { ANSWER_BURST, ANSWER_PER_SECOND } from '../../agent/addressing/dhcp4-server.js';
 import type { Workload } from '../../common/schemas/workload.js';
 import { AgentFixture } from '../helpers/fixture.js';
+import { labBusyboxWithUdhcpc6 } from '../helpers/qemu-guest.js';
 import { testMode } from '../helpers/mode.js';
 import { promValue } from '../helpers/prom.js';
 import { ping, run, status, waitFor } from '../helpers/sys.js';
@@ -95,8 +96,8 @@ const iaNa = (iaid: number) => opt(3, Buffer.concat([Buffer.from([0, 0, 0, iaid]
  * namespace whose eth0 (the VM's MAC) is joined to the VM namespace's bridge, where QEMU's tap would
  * be. The guest configures itself from kitnet's answers and router advertisements alone and reaches a
  * netns workload over v4 and v6; hostile DHCPv6 frames are ignored and counted; its leases are renewed
- * by an agent that was restarted meanwhile. (busybox udhcpc6: Debian 12's busybox and busybox-static are
- * built without it.)
+ * by an agent that was restarted meanwhile; busybox udhcpc6 (Debian unstable's busybox-static: Debian
+ * 12's busybox builds lack it) gets the same /128.
  */
 describe('DHCPv6 and dhclient for VM guests (root)', { timeout: 300_000 }, () => {
   const fx = new AgentFixture({
@@ -267,5 +268,35 @@ describe('DHCPv6 and dhclient for VM guests (root)', { timeout: 300_000 }, () =>
     assert.equal(stats().ignoredByProtocol.dhcpv6['other-server'] ?? 0, 0);
     assert.ok(await ping(guestNs, peer.ipv4, 2), `guest -> ${peer.ipv4}`);
     assert.ok(await ping(guestNs, peer.ipv6, 2), `guest -> ${peer.ipv6}`);
+  });
+
+  test('busybox udhcpc6 (Debian unstable\'s busybox-static): the /128 with DNS and search domains; v6 traffic both ways', async () => {
+    const busybox = await labBusyboxWithUdhcpc6();
+    const record = join(dir, 'udhcpc6-events');
+    // udhcpc6's event script: records the event and its variables, applies the address as a /128
+    writeFileSync(join(dir, 'udhcpc6-script'), `#!/usr/bin/env python3
+import json, os, subprocess, sys
+e = dict(os.environ, event=sys.argv[1])
+with open(${JSON.stringify(record)}, 'a') as f:
+    f.write(json.dumps({k: e[k] for k in e if k in ('event', 'interface', 'ipv6', 'dns', 'search', 'lease', 'ipv6prefix')}) + '\\n')
+if e['event'] in ('bound', 'renew') and e.get('ipv6'):
+    subprocess.run(['ip', '-6', 'addr', 'replace', e['ipv6'] + '/128', 'dev', e['interface'], 'nodad'], check=True)
+`, { mode: 0o755 });
+    await status('kill', [readFileSync(pidFiles[1]!, 'utf8').trim()]);
+    await run('ip', ['-n', guestNs, '-6', 'addr', 'flush', 'dev', 'eth0', 'scope', 'global']);
+    await run('ip', ['netns', 'exec', guestNs, busybox, 'udhcpc6', '-i', 'eth0', '-f', '-q', '-n', '-t', '5', '-T', '2',
+      '-s', join(dir, 'udhcpc6-script'), '-O', 'dns', '-O', 'search'], { timeoutMs: 45_000 });
+    const seen = readFileSync(record, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, string>);
+    const bound = seen.find((e) => e.event === 'bound');
+    assert.ok(bound, JSON.stringify(seen));
+    // udhcpc6 writes addresses out in full
+    const canonical = (a: string | undefined) => a && new URL(`http://[${a}]/`).hostname.slice(1, -1);
+    assert.equal(canonical(bound.ipv6), vm.ipv6);
+    assert.equal(canonical(bound.dns), 'fd00:219:9::53');
+    assert.equal(bound.search, 'lab.example');
+    const addrs = JSON.parse(await run('ip', ['-n', guestNs, '-6', '-j', 'addr', 'show', 'dev', 'eth0', 'scope', 'global'])) as Array<{ addr_info: Array<{ local: string; prefixlen: number }> }>;
+    assert.deepEqual(addrs[0]!.addr_info.filter((a) => a.local).map((a) => `${a.local}/${a.prefixlen}`), [`${vm.ipv6}/128`]);
+    assert.ok(await ping(guestNs, peer.ipv6, 2), `guest -> ${peer.ipv6}`);
+    assert.ok(await ping(peerNs, vm.ipv6, 2), `${peer.ipv6} -> guest`);
   });
 });

@@ -1,54 +1,20 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { basename, dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { basename, join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { Workload } from '../../common/schemas/workload.js';
 import { apiCall, testAgentStart, type TestAgent } from '../helpers/agent.js';
-import { netnsAdd, netnsDel, ping, run, uniq, waitFor } from '../helpers/sys.js';
+import { GUEST_INIT_PRELUDE, initramfsBuild, labKernel, type LabKernel } from '../helpers/qemu-guest.js';
+import { netnsAdd, netnsDel, ping, uniq, waitFor } from '../helpers/sys.js';
 
-const REPO = fileURLToPath(new URL('../../..', import.meta.url));
-const LAB_CACHE = process.env.KITNET_LAB_CACHE ?? join(REPO, '.cache/lab');
 /** The guest part (boot, pings, power-off) must stay well below this. */
 const GUEST_TIMEOUT_MS = 80_000;
 
-/** The lab's 6.12 kernel (vmlinuz + modules), fetched with the lab's own (idempotent) step if missing. */
-async function labKernel(): Promise<{ vmlinuz: string; kver: string; modroot: string }> {
-  const resolved = () => {
-    const env = join(LAB_CACHE, 'resolved.env');
-    if (!existsSync(env)) return undefined;
-    const dir = /^KERNEL_DIR_6_12=(.*)$/m.exec(readFileSync(env, 'utf8'))?.[1];
-    return dir && existsSync(join(dir, 'vmlinuz')) && existsSync(join(dir, 'kver')) ? dir : undefined;
-  };
-  let kdir = resolved();
-  if (!kdir) {
-    await run('bash', [join(REPO, 'test/lab/fetch.sh'), '6.12'], { timeoutMs: 900_000 });
-    kdir = resolved();
-    if (!kdir) throw new Error(`test/lab/fetch.sh 6.12 ran but ${LAB_CACHE}/resolved.env names no usable 6.12 kernel`);
-  }
-  const kver = readFileSync(join(kdir, 'kver'), 'utf8').trim();
-  const modules = realpathSync(join(kdir, 'modules'));
-  return { vmlinuz: join(kdir, 'vmlinuz'), kver, modroot: dirname(dirname(modules)) };
-}
-
-/** /init of the guest: eth0 from the kernel command line, pings, results on the serial console. */
-const GUEST_INIT = `#!/bin/busybox sh
-/bin/busybox mkdir -p /bb
-/bin/busybox --install -s /bb
-export PATH=/usr/sbin:/bb
-# busybox sh runs its own applets before PATH: the real iproute2 is called by its path
-IP=/usr/sbin/ip
-mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
-for m in $(cat /modules/order); do insmod /modules/$m; done
-arg() { tr ' ' '\\n' < /proc/cmdline | sed -n "s/^kn\\.$1=//p"; }
+/** /init of the guest: static addressing from the kernel command line, pings, results on the serial console. */
+const GUEST_INIT = `${GUEST_INIT_PRELUDE}
 ip4=$(arg ip4); ip6=$(arg ip6); gwmac=$(arg gwmac); peer4=$(arg peer4); peer6=$(arg peer6)
-echo "KN-BOOTED $(uname -r) $($IP -V)"
-$IP link set lo up
-echo 0 > /proc/sys/net/ipv6/conf/default/accept_dad
-i=0; while ! $IP link show eth0 >/dev/null 2>&1 && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
-echo 0 > /proc/sys/net/ipv6/conf/eth0/accept_dad
 $IP link set eth0 up
 $IP addr add $ip4/32 dev eth0
 $IP addr add $ip6/128 dev eth0 nodad
@@ -66,42 +32,6 @@ echo KN-DONE
 poweroff -f
 `;
 
-/** An initramfs with static busybox, the host's iproute2 (with its libraries) and virtio_net. */
-async function initramfsBuild(dir: string, kernel: { kver: string; modroot: string }): Promise<string> {
-  const root = join(dir, 'root');
-  for (const d of ['bin', 'usr/sbin', 'proc', 'sys', 'dev', 'modules', 'lib64', 'lib/x86_64-linux-gnu']) mkdirSync(join(root, d), { recursive: true });
-  copyFileSync('/bin/busybox', join(root, 'bin/busybox'));
-  chmodSync(join(root, 'bin/busybox'), 0o755);
-  // full iproute2 for `ip neigh ... nud permanent` and `nodad` (busybox ip has neither)
-  const ipBin = realpathSync(await run('sh', ['-c', 'command -v ip']).then((s) => s.trim()));
-  copyFileSync(ipBin, join(root, 'usr/sbin/ip'));
-  chmodSync(join(root, 'usr/sbin/ip'), 0o755);
-  for (const m of (await run('ldd', [ipBin])).matchAll(/(\/\S+\.so[^\s]*)/g)) {
-    const lib = m[1]!;
-    const dest = join(root, lib.startsWith('/lib64/') ? 'lib64' : 'lib/x86_64-linux-gnu', basename(lib));
-    copyFileSync(realpathSync(lib), dest);
-  }
-  const deps = await run('modprobe', ['-d', kernel.modroot, '-S', kernel.kver, '--show-depends', '-a', 'virtio_net']);
-  const order: string[] = [];
-  for (const line of deps.split('\n')) {
-    const path = /^insmod (\S+)/.exec(line)?.[1];
-    if (!path) continue;
-    const name = basename(path).replace(/\.(xz|zst|gz)$/, '');
-    if (order.includes(name)) continue;
-    const dest = join(root, 'modules', name);
-    if (path.endsWith('.xz')) await run('sh', ['-c', `xz -dc "$1" > "$2"`, 'sh', path, dest]);
-    else if (path.endsWith('.zst')) await run('sh', ['-c', `zstd -qdc "$1" > "$2"`, 'sh', path, dest]);
-    else if (path.endsWith('.gz')) await run('sh', ['-c', `gzip -dc "$1" > "$2"`, 'sh', path, dest]);
-    else copyFileSync(path, dest);
-    order.push(name);
-  }
-  writeFileSync(join(root, 'modules/order'), `${order.join('\n')}\n`);
-  writeFileSync(join(root, 'init'), GUEST_INIT, { mode: 0o755 });
-  const out = join(dir, 'initramfs.cpio.gz');
-  await run('sh', ['-c', `cd "$1" && find . -print0 | cpio --null -o -H newc --quiet | gzip -1 > "$2"`, 'sh', root, out]);
-  return out;
-}
-
 /**
  * A real VM as a `kind: vm` workload on this host (veth here; no netkit in this kernel): a tiny QEMU
  * TCG guest (the lab's 6.12 kernel, a busybox initramfs) started in the namespace kitnet made, on the
@@ -115,13 +45,13 @@ describe('a QEMU guest as a kind vm workload (root)', { timeout: 900_000 }, () =
   let t: TestAgent | undefined;
   let qemu: ChildProcess | undefined;
   let initrd: string;
-  let kernel: Awaited<ReturnType<typeof labKernel>>;
+  let kernel: LabKernel;
 
   before(async () => {
     const t0 = Date.now();
     kernel = await labKernel();
     const t1 = Date.now();
-    initrd = await initramfsBuild(dir, kernel);
+    initrd = await initramfsBuild(dir, kernel, { init: GUEST_INIT, binaries: ['/usr/sbin/ip'] });
     const t2 = Date.now();
     t = await testAgentStart(`vmg-${id}`, { ipam: { ipv4Pool: '10.214.0.0/24', ipv6Pool: 'fd00:214::/64' } });
     await netnsAdd(peerNs);
