@@ -1,6 +1,10 @@
-import { Etcd3 } from 'etcd3';
+import { circuitBreaker, ConsecutiveBreaker, handleWhen } from 'cockatiel';
+import { Etcd3, isRecoverableError } from 'etcd3';
 import type { Config } from '../config.js';
 import type { EtcdTlsPrepared } from '../config-preflight.js';
+
+/** How long a host's circuit stays open after 3 recoverable failures in a row before one call tries it again. */
+export const ETCD_HALF_OPEN_AFTER_MS = 1000;
 
 /** An etcd client for `cluster.etcd`, with the TLS files configPrepare read and checked. */
 export function etcdClientCreate(etcd: NonNullable<Config['cluster']>['etcd'], tls: EtcdTlsPrepared | undefined): Etcd3 {
@@ -9,6 +13,10 @@ export function etcdClientCreate(etcd: NonNullable<Config['cluster']>['etcd'], t
     ...(tls ? { credentials: { rootCertificate: tls.ca, ...(tls.cert && tls.key ? { certChain: tls.cert, privateKey: tls.key } : {}) } } : {}),
     // Unary calls must not hang on an unreachable etcd: the caller gets an error and retries.
     defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + 10_000 }),
+    // etcd3's own breaker (3 failures open it for 5 s) holds every call back for up to 5 s after etcd is
+    // back, and again if that first try fails: a resync after an outage waited seconds for nothing
+    // (bench/cluster.bench.ts, part c). One second keeps a dead host from being hammered.
+    faultHandling: { host: () => circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: ETCD_HALF_OPEN_AFTER_MS, breaker: new ConsecutiveBreaker(3) }) },
   });
 }
 
