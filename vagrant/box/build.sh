@@ -139,6 +139,9 @@ Name=eth* en*
 [Network]
 DHCP=ipv4
 IPv6AcceptRA=no
+
+[DHCPv4]
+ClientIdentifier=mac
 EOF
   in_root systemctl enable systemd-networkd systemd-resolved ssh > /dev/null 2>&1 || in_root systemctl enable systemd-networkd ssh
   in_root systemctl disable etcd > /dev/null 2>&1 || true
@@ -165,7 +168,11 @@ ExecStart=/usr/bin/ssh-keygen -A
 WantedBy=multi-user.target
 EOF
   in_root systemctl enable ssh-hostkeys.service > /dev/null
+  # every VM its own machine-id at first boot: an empty /etc/machine-id, and no dbus copy for systemd to
+  # take instead (it would make every VM's DHCP client id, and so its address, the same)
   : > "$rootfs/etc/machine-id"
+  rm -f "$rootfs/var/lib/dbus/machine-id"
+  ln -s /etc/machine-id "$rootfs/var/lib/dbus/machine-id"
   rm -f "$rootfs/usr/sbin/policy-rc.d"
   cp "$rootfs/boot/vmlinuz-$kver" "$work/vmlinuz"
   cp "$rootfs/boot/initrd.img-$kver" "$work/initrd.img"
