@@ -79,6 +79,9 @@ log "libvirt $(virsh -c qemu:///system version | sed -n 's/^Running hypervisor: 
 end
 
 trap destroy EXIT
+# a signal is a failure: the EXIT trap then sees its status, not the last command's
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 begin build
 (cd "$repo" && bash scripts/setup.sh) > "$here/.setup.log" 2>&1 || { tail -20 "$here/.setup.log"; fail "scripts/setup.sh failed"; }
@@ -92,8 +95,20 @@ if [ -z "${KITNET_LAB_DRIVER:-}" ]; then
   KITNET_LAB_DRIVER=qemu
   kernel=${KITNET_BOX_CACHE:-$repo/.cache/vagrant-box}/vmlinuz
   if [ -r /dev/kvm ] && [ -w /dev/kvm ] && [ -f "$kernel" ]; then
-    kvm_out=$(timeout 60 qemu-system-x86_64 -accel kvm -M pc -m 128 -nodefaults -display none -no-reboot -serial stdio \
-      -kernel "$kernel" -append "console=ttyS0 panic=-1" 2>&1) || true
+    # a guest that hit the internal error stays paused, so watch its output instead of waiting for it
+    probe_log=$(mktemp)
+    timeout 60 qemu-system-x86_64 -accel kvm -M pc -m 128 -nodefaults -display none -no-reboot -serial stdio \
+      -kernel "$kernel" -append "console=ttyS0 panic=-1" > "$probe_log" 2>&1 &
+    probe=$!
+    for _ in $(seq 1 120); do
+      grep -qE 'Unable to mount root|KVM internal error' "$probe_log" && break
+      kill -0 "$probe" 2> /dev/null || break
+      sleep 0.5
+    done
+    kill "$probe" 2> /dev/null || true
+    wait "$probe" 2> /dev/null || true
+    kvm_out=$(cat "$probe_log")
+    rm -f "$probe_log"
     if grep -q 'Unable to mount root' <<< "$kvm_out" && ! grep -q 'KVM internal error' <<< "$kvm_out"; then
       KITNET_LAB_DRIVER=kvm
     else
