@@ -149,10 +149,15 @@ done
 end
 
 begin "workloads"
+# every host at once: most of the time is the guests' boot (TCG inside TCG)
+declare -A provisioning
 for h in "${hosts[@]}"; do
-  vagrant provision "$h" --provision-with workloads > "$here/.vagrant-workloads-$h.log" 2>&1 ||
-    { tail -40 "$here/.vagrant-workloads-$h.log"; fail "$h: registering the workloads failed"; }
-  grep -E 'KN-|registered' "$here/.vagrant-workloads-$h.log" | sed 's/^ *[a-z0-9]*: //' || true
+  vagrant provision "$h" --provision-with workloads > "$here/.vagrant-workloads-$h.log" 2>&1 &
+  provisioning[$h]=$!
+done
+for h in "${hosts[@]}"; do
+  wait "${provisioning[$h]}" || { tail -40 "$here/.vagrant-workloads-$h.log"; fail "$h: registering the workloads failed"; }
+  grep -E 'KN-|registered|guest:' "$here/.vagrant-workloads-$h.log" | sed 's/^ *[a-z0-9]*: //' || true
 done
 declare -A ip4 ip6 identity
 for h in "${hosts[@]}"; do
@@ -221,7 +226,12 @@ for a in "${hosts[@]}"; do
 done
 if [ -x "$hubble_cli" ]; then
   for h in "${hosts[@]}"; do
-    vagrant ssh "$h" -c 'cat > /tmp/hubble && chmod +x /tmp/hubble' -- -q < "$hubble_cli"
+    # the binary itself, or the compressed one beside a wrapper script (/work/shared/tools/hubble)
+    if [ "$(head -c 4 "$hubble_cli" | od -An -c | tr -d ' ')" = '177ELF' ]; then
+      cat "$hubble_cli"
+    else
+      xz -dc "$(ls "$(dirname "$hubble_cli")"/hubble-*-linux-amd64.xz | head -1)"
+    fi | vagrant ssh "$h" -c 'cat > /tmp/hubble && chmod +x /tmp/hubble' -- -q
     out=$(on "$h" "/tmp/hubble observe --server unix:///run/kitnet/hubble.sock --last 2000 --namespace lab -o compact" || true)
     grep -E 'lab/client-.*lab/guest-' <<< "$out" | tail -4 || true
     grep -q 'lab/client-' <<< "$out" || fail "$h: hubble observe shows no flows of lab/client-*"
