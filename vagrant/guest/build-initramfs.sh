@@ -15,7 +15,9 @@ mkdir -p "$root"/{bin,usr/sbin,sbin,proc,sys,dev,tmp,run,etc,modules,var/lib/dhc
 place() { # FROM TO: a file and the shared libraries it needs
   mkdir -p "$(dirname "$root$2")"
   cp -L "$1" "$root$2"
-  ldd "$1" 2>/dev/null | grep -o '/[^ ]*\.so[^ ]*' | while read -r lib; do
+  # (a static binary has none: ldd then fails and grep finds nothing)
+  local lib
+  for lib in $(ldd "$1" 2>/dev/null | grep -o '/[^ ]*\.so[^ ]*' || true); do
     [ -e "$root$lib" ] || { mkdir -p "$(dirname "$root$lib")"; cp -L "$lib" "$root$lib"; }
   done
 }
