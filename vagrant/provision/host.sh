@@ -28,9 +28,11 @@ fi
 rm -f "$new"
 kitnet config check /etc/kitnet/config.yaml
 
+was_active=0
+systemctl is-active -q kitnet && was_active=1
 kitnet install
-# a second provisioning with a new config restarts the agent (install keeps a running service as it is)
-((changed)) && systemctl restart kitnet
+# a second provisioning with a new config restarts the agent (install leaves a running service as it is)
+if ((changed && was_active)); then systemctl restart kitnet; fi
 
 say "waiting for the agent (up to ${timeout} s)"
 deadline=$((SECONDS + timeout))
