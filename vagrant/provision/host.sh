@@ -28,6 +28,10 @@ fi
 rm -f "$new"
 kitnet config check /etc/kitnet/config.yaml
 
+# The lab's hosts are one-vCPU TCG VMs that also emulate a guest: the agent's start (node loading the
+# agent, restoring workloads) can take minutes there, longer than the unit's 90 s.
+mkdir -p /etc/systemd/system/kitnet.service.d
+printf '[Service]\nTimeoutStartSec=900\n' > /etc/systemd/system/kitnet.service.d/lab.conf
 was_active=0
 systemctl is-active -q kitnet && was_active=1
 kitnet install

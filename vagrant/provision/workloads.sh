@@ -35,7 +35,8 @@ if ! systemctl is-active -q kitnet-lab-guest; then
   : > "$console"
   # no option ROM: iPXE would only cost boot time; TCG: this VM has no KVM of its own
   # shellcheck disable=SC2086
-  systemd-run --unit kitnet-lab-guest --description "kitnet lab guest guest-$host" \
+  # lowest CPU priority: the guest's emulation would otherwise starve the agent on this one-vCPU host
+  systemd-run --unit kitnet-lab-guest --description "kitnet lab guest guest-$host" -p CPUWeight=1 -p Nice=19 \
     ip netns exec "$(basename "$netns")" qemu-system-x86_64 -accel tcg -M pc -cpu max -m 128 -smp 1 \
     -nodefaults -no-user-config -display none -serial "file:$console" \
     -kernel "/boot/vmlinuz-$(uname -r)" -initrd "$state/guest.cpio.gz" \
