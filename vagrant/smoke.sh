@@ -210,17 +210,18 @@ for a in "${hosts[@]}"; do
     flows=$(on "$b" "kitnet observe --last 2000 -o json --to-workload guest-$b")
     for want in "FORWARDED 80" "DROPPED 81"; do
       set -- $want
-      hit=$(jq -c --arg c "client-$a" --arg v "$1" --argjson p "$2" --argjson id "${identity[client-$a]}" '
-        (.flow // .) | select(.verdict == $v and .source.pod_name == $c and .source.identity == $id
-          and ((.l4.TCP.destination_port // -1) == $p))' <<< "$flows" | head -1)
+      # the first match, found by jq itself (`| head -1` under pipefail ended the run with SIGPIPE)
+      hit=$(jq -cn --arg c "client-$a" --arg v "$1" --argjson p "$2" --argjson id "${identity[client-$a]}" '
+        first(inputs | (.flow // .) | select(.verdict == $v and .source.pod_name == $c and .source.identity == $id
+          and ((.l4.TCP.destination_port // -1) == $p))) // empty' <<< "$flows")
       [ -n "$hit" ] || fail "$b: no $1 flow to guest-$b:$2 from client-$a (identity ${identity[client-$a]}) in kitnet observe"
     done
-    on "$b" "kitnet observe --last 2000 --from-workload client-$a" | grep -E ':(80|81) ' | tail -4
+    { on "$b" "kitnet observe --last 2000 --from-workload client-$a" | grep -E ':(80|81) ' || true; } | tail -4
     # on a (the client's host): egress to the remote guest, named
     flows=$(on "$a" "kitnet observe --last 2000 -o json --from-workload client-$a")
-    hit=$(jq -c --arg g "guest-$b" --argjson id "${identity[guest-$b]}" '(.flow // .) | select(.destination.pod_name == $g and .destination.identity == $id)' <<< "$flows" | head -1)
+    hit=$(jq -cn --arg g "guest-$b" --argjson id "${identity[guest-$b]}" 'first(inputs | (.flow // .) | select(.destination.pod_name == $g and .destination.identity == $id)) // empty' <<< "$flows")
     [ -n "$hit" ] || fail "$a: no flow from client-$a to guest-$b (identity ${identity[guest-$b]}) in kitnet observe"
-    on "$a" "kitnet observe --last 2000 --to-workload guest-$b" | tail -4
+    { on "$a" "kitnet observe --last 2000 --to-workload guest-$b" || true; } | tail -4
     log "kitnet observe: client-$a -> guest-$b seen on $a and $b with names and identities"
   done
 done
@@ -233,7 +234,7 @@ if [ -x "$hubble_cli" ]; then
       xz -dc "$(ls "$(dirname "$hubble_cli")"/hubble-*-linux-amd64.xz | head -1)"
     fi | vagrant ssh "$h" -c 'cat > /tmp/hubble && chmod +x /tmp/hubble' -- -q
     out=$(on "$h" "/tmp/hubble observe --server unix:///run/kitnet/hubble.sock --last 2000 --namespace lab -o compact" || true)
-    grep -E 'lab/client-.*lab/guest-' <<< "$out" | tail -4 || true
+    { grep -E 'lab/client-.*lab/guest-' <<< "$out" || true; } | tail -4
     grep -q 'lab/client-' <<< "$out" || fail "$h: hubble observe shows no flows of lab/client-*"
     log "hubble observe on $h: $(grep -c 'lab/' <<< "$out") flows of namespace lab"
   done
