@@ -10,6 +10,7 @@ import { ApiClient } from '../../common/api-client.js';
 import { etcdClusterStart, etcdStart, type EtcdCluster, type EtcdServer } from './etcd.js';
 import { testCaMake } from './test-ca.js';
 import { testMode } from './mode.js';
+import { timeLimit } from './timeouts.js';
 import { netnsAdd, netnsDel, run, status, uniq, waitFor } from './sys.js';
 
 export interface ClusterHostsOptions {
@@ -89,7 +90,7 @@ export class ClusterHost {
     await waitFor(`agent ${this.name} to serve`, async () => {
       if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`agent ${this.name} exited at start (${proc.exitCode ?? proc.signalCode}): ${stderr}\n${this.logLines.slice(-20).join('\n')}`);
       return ready;
-    }, 90_000);
+    }, timeLimit(90_000));
   }
 
   /** Sends a signal to the agent and waits for it to exit (SIGKILL: no cleanup at all). */

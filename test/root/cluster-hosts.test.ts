@@ -7,6 +7,7 @@ import type { Workload } from '../../common/schemas/workload.js';
 import { join } from 'node:path';
 import { hubbleClient } from '../../api/hubble/client.js';
 import { ClusterHosts, HUBBLE_PORT, type ClusterHost } from '../helpers/cluster-hosts.js';
+import { timeLimit } from '../helpers/timeouts.js';
 import { promValue } from '../helpers/prom.js';
 import { Prober } from '../helpers/prober-client.js';
 import { ping, routes, run, waitFor } from '../helpers/sys.js';
@@ -22,7 +23,7 @@ type FlowLine = { flow?: { verdict: string; IP: { source: string; destination: s
  * host admits the remote workload by its labels and the flow there names it; hostile node entries
  * change nothing; a node killed without cleanup leaves the others' routes and ipcache within its TTL.
  */
-describe('cluster mode across hosts: node CIDRs, routes, cross-host traffic and policy (root)', { timeout: 420_000 }, () => {
+describe('cluster mode across hosts: node CIDRs, routes, cross-host traffic and policy (root)', { timeout: timeLimit(420_000) }, () => {
   const cluster = new ClusterHosts({ tag: 'xh', hosts: 2, cluster: { name: CLUSTER, id: 12, leaseTTLSeconds: 5 }, ipv4Pool: '10.236.0.0/16', ipv6Pool: 'fd00:236::/64', hubble: true });
   let h1: ClusterHost;
   let h2: ClusterHost;
@@ -44,7 +45,7 @@ describe('cluster mode across hosts: node CIDRs, routes, cross-host traffic and 
   /** Waits for a flow from `src` matching; on timeout the error shows what h had from it. */
   const flowWait = async (h: ClusterHost, what: string, src: string, match: (f: NonNullable<FlowLine['flow']>) => boolean) => {
     try {
-      await waitFor(what, async () => (await flows(h)).some((f) => f.flow?.IP.source === src && match(f.flow)), 30_000);
+      await waitFor(what, async () => (await flows(h)).some((f) => f.flow?.IP.source === src && match(f.flow)), timeLimit(30_000));
     } catch (err) {
       const seen = (await flows(h)).filter((f) => f.flow?.IP.source === src).slice(-3);
       throw new Error(`${(err as Error).message}; flows from ${src}: ${JSON.stringify(seen)}`, { cause: err });
@@ -89,7 +90,7 @@ describe('cluster mode across hosts: node CIDRs, routes, cross-host traffic and 
       await waitFor(`${from.name}'s routes to ${to.name}'s CIDRs`, async () => {
         const [r4, r6] = [await from.nodeRoutes(4), await from.nodeRoutes(6)];
         return (r4.some((r) => r.dst === c.ipv4Pool && r.gateway === to.nodeIPv4 && r.dev === 'eth0') && r6.some((r) => r.dst === c.ipv6Pool && r.gateway === to.nodeIPv6 && r.dev === 'eth0')) || undefined;
-      }, 30_000);
+      }, timeLimit(30_000));
       assert.equal((await from.nodeRoutes(4)).length, 1, 'one IPv4 node route: none for the own CIDR');
     }
   });
@@ -102,7 +103,7 @@ describe('cluster mode across hosts: node CIDRs, routes, cross-host traffic and 
     assert.equal(w.fe!.ipv4.split('.').slice(0, 3).join('.'), c1.ipv4Pool.split('.').slice(0, 3).join('.'), 'fe\'s address is in h1\'s CIDR');
     assert.equal(w.be!.ipv4.split('.').slice(0, 3).join('.'), c2.ipv4Pool.split('.').slice(0, 3).join('.'), 'be\'s address is in h2\'s CIDR');
     for (const addr of [w.be!.ipv4, w.be!.ipv6]) {
-      await waitFor(`ping fe -> be ${addr}`, async () => ping(ns.fe!, addr), 30_000);
+      await waitFor(`ping fe -> be ${addr}`, async () => ping(ns.fe!, addr), timeLimit(30_000));
     }
     assert.ok(await ping(ns.be!, w.fe!.ipv6), 'be -> fe IPv6');
     const server = new Prober(ns.be!, [80, 81]);
@@ -152,14 +153,14 @@ describe('cluster mode across hosts: node CIDRs, routes, cross-host traffic and 
         await waitFor(`${h.name} to log every hostile entry as ignored`, async () => {
           const keys = new Set(h.logged(/cluster node entry ignored/).map((l) => String(l.key)));
           return Object.keys(hostile).every((n) => keys.has(key(n))) || undefined;
-        }, 30_000);
+        }, timeLimit(30_000));
         assert.equal(await h.api.call<{ status?: string }>('GET', '/healthz').then(() => true), true, `${h.name} still serves`);
       }
       // A sound entry written after them is taken: the watch went on (and shows the hostile ones were not merely slow).
       await raw!.put(key('sound')).value(node('sound', { IPv4AllocCIDR: { IP: '10.236.202.0', Mask: mask24 } }));
-      await waitFor('the sound entry\'s route on h1', async () => (await h1.nodeRoutes(4)).some((r) => r.dst === '10.236.202.0/24') || undefined, 30_000);
+      await waitFor('the sound entry\'s route on h1', async () => (await h1.nodeRoutes(4)).some((r) => r.dst === '10.236.202.0/24') || undefined, timeLimit(30_000));
       await raw!.delete().key(key('sound')).exec();
-      await waitFor('the sound entry\'s route gone with its key', async () => !(await h1.nodeRoutes(4)).some((r) => r.dst === '10.236.202.0/24') || undefined, 30_000);
+      await waitFor('the sound entry\'s route gone with its key', async () => !(await h1.nodeRoutes(4)).some((r) => r.dst === '10.236.202.0/24') || undefined, timeLimit(30_000));
 
       // Sound entries the kernel cannot route: an operator message naming the route, errno and what to do.
       await run('ip', ['-n', h1.netns, 'route', 'add', '10.236.203.0/24', 'dev', 'eth0']);
@@ -167,7 +168,7 @@ describe('cluster mode across hosts: node CIDRs, routes, cross-host traffic and 
       await raw!.put(key('offlink')).value(node('offlink', { IPAddresses: [{ Type: 'InternalIP', IP: '203.0.113.5' }], IPv4AllocCIDR: { IP: '10.236.204.0', Mask: mask24 } }));
       try {
         const errors = async () => h1.logged(/^route 10\.236\.20[34]\.0\/24/).map((l) => String(l.msg));
-        await waitFor('h1 to explain both refused routes', async () => (await errors()).length >= 2 || undefined, 30_000);
+        await waitFor('h1 to explain both refused routes', async () => (await errors()).length >= 2 || undefined, timeLimit(30_000));
         const msgs = await errors();
         assert.ok(msgs.some((m) => /^route 10\.236\.203\.0\/24 via [\d.]+ dev eth0 \(node taken\): EEXIST — a route for 10\.236\.203\.0\/24 that is not kitnet's .*ip route del 10\.236\.203\.0\/24/.test(m)), msgs.join('\n'));
         assert.ok(msgs.some((m) => /^route 10\.236\.204\.0\/24 via 203\.0\.113\.5 \(node offlink\): ENETUNREACH — 203\.0\.113\.5 is not on a network directly connected to this host; .*cluster\.autoDirectNodeRoutes/.test(m)), msgs.join('\n'));
@@ -178,7 +179,7 @@ describe('cluster mode across hosts: node CIDRs, routes, cross-host traffic and 
         await raw!.delete().key(key('offlink')).exec();
         await run('ip', ['-n', h1.netns, 'route', 'del', '10.236.203.0/24', 'dev', 'eth0']);
       }
-      await waitFor('the failures cleared with their entries', async () => promValue(await metrics(h1), 'kitnet_cluster_node_routes_failing') === 0 || undefined, 30_000);
+      await waitFor('the failures cleared with their entries', async () => promValue(await metrics(h1), 'kitnet_cluster_node_routes_failing') === 0 || undefined, timeLimit(30_000));
       assert.deepEqual(await h1.nodeRoutes(4), before.h1);
       assert.deepEqual(await h2.nodeRoutes(4), before.h2);
       assert.deepEqual(await h1.nodeRoutes(6), before.h16);
@@ -196,8 +197,8 @@ describe('cluster mode across hosts: node CIDRs, routes, cross-host traffic and 
     await waitFor('h2\'s routes gone from h1', async () => {
       const [r4, r6] = [await h1.nodeRoutes(4), await h1.nodeRoutes(6)];
       return (!r4.some((r) => r.dst === c2.ipv4Pool) && !r6.some((r) => r.dst === c2.ipv6Pool)) || undefined;
-    }, 60_000);
-    await waitFor('be\'s entries gone from h1\'s ipcache', async () => promValue(await metrics(h1), 'kitnet_cluster_ipcache_remote_entries') === 0 || undefined, 60_000);
+    }, timeLimit(60_000));
+    await waitFor('be\'s entries gone from h1\'s ipcache', async () => promValue(await metrics(h1), 'kitnet_cluster_ipcache_remote_entries') === 0 || undefined, timeLimit(60_000));
     assert.equal(promValue(await metrics(h1), 'kitnet_cluster_nodes'), 0);
     const trace = await h1.api.call<TraceResponse>('POST', '/v1/policy/trace', { from: { ip: w.be!.ipv4 }, to: { workload: `${NS}/fe` }, protocol: 'TCP', port: 80 });
     assert.notEqual((trace.result as { srcIdentity: number }).srcIdentity, w.be!.identity, 'be\'s address no longer resolves to its identity on h1');
@@ -207,7 +208,7 @@ describe('cluster mode across hosts: node CIDRs, routes, cross-host traffic and 
     // h2 comes back: the same CIDRs (its claims), routes again on h1.
     await h2.start();
     assert.deepEqual(await cidrsOf(h2), c2, 'a restarted node gets its CIDRs back');
-    await waitFor('h2\'s routes back on h1', async () => (await h1.nodeRoutes(4)).some((r) => r.dst === c2.ipv4Pool) || undefined, 30_000);
+    await waitFor('h2\'s routes back on h1', async () => (await h1.nodeRoutes(4)).some((r) => r.dst === c2.ipv4Pool) || undefined, timeLimit(30_000));
   });
 
   test('Hubble: Peer.Notify and GetNodes name the other node at its node address and Hubble port; a node that dies is PEER_DELETED', async () => {
@@ -218,7 +219,7 @@ describe('cluster mode across hosts: node CIDRs, routes, cross-host traffic and 
       const s = grpc.stream('peer', 'Notify', {});
       s.on('data', (m: Note) => notes.push(m));
       s.on('error', () => undefined); // CANCELLED at the end
-      await waitFor('h1 and h2 announced', async () => notes.some((n) => n.name === 'h2') || undefined, 30_000);
+      await waitFor('h1 and h2 announced', async () => notes.some((n) => n.name === 'h2') || undefined, timeLimit(30_000));
       assert.deepEqual(notes.slice(0, 2), [
         { name: 'h1', address: `${h1.nodeIPv4}:${HUBBLE_PORT}`, type: 'PEER_ADDED', tls: { server_name: 'h1' } },
         { name: 'h2', address: `${h2.nodeIPv4}:${HUBBLE_PORT}`, type: 'PEER_ADDED', tls: { server_name: 'h2' } },
@@ -229,7 +230,7 @@ describe('cluster mode across hosts: node CIDRs, routes, cross-host traffic and 
         ['h2', `${h2.nodeIPv4}:${HUBBLE_PORT}`, 'UNKNOWN_NODE_STATE'],
       ]);
       await h2.kill('SIGKILL');
-      await waitFor('h2 PEER_DELETED on h1\'s stream after its lease', async () => notes.some((n) => n.name === 'h2' && n.type === 'PEER_DELETED') || undefined, 60_000);
+      await waitFor('h2 PEER_DELETED on h1\'s stream after its lease', async () => notes.some((n) => n.name === 'h2' && n.type === 'PEER_DELETED') || undefined, timeLimit(60_000));
       assert.deepEqual(notes.at(-1), { name: 'h2', address: `${h2.nodeIPv4}:${HUBBLE_PORT}`, type: 'PEER_DELETED', tls: { server_name: 'h2' } });
       const after = (await grpc.call('observer', 'GetNodes')).nodes as Array<{ name: string }>;
       assert.deepEqual(after.map((n) => n.name), ['h1']);
