@@ -42,7 +42,10 @@ export function etcdTlsExplain(err: unknown, etcd: NonNullable<Config['cluster']
       ? `${key}.tls.cert: etcd refused the client certificate ${tls.cert} (${reason}); it must be signed by a CA in etcd's --trusted-ca-file`
       : `${key}.tls: etcd asks for a client certificate (--client-cert-auth) and none is configured (${reason}); set ${key}.tls.cert and ${key}.tls.key`;
   }
-  if (/wrong version number|packet length too long|http request|disconnected before secure TLS connection/i.test(text)) {
+  // A plain-http server answers the ClientHello with an HTTP/2 error and closes: the client sees either
+  // the early disconnect or, when the close races the read, ECONNRESET.
+  const https = etcd.endpoints.some((e) => e.startsWith('https://'));
+  if (/wrong version number|packet length too long|http request|disconnected before secure TLS connection/i.test(text) || (https && /\bECONNRESET\b/.test(text))) {
     return `${key}.endpoints: ${etcd.endpoints.join(', ')} did not complete a TLS handshake (${reason}); if etcd serves plain http there, use an http:// endpoint or start etcd with --cert-file`;
   }
   return undefined;

@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { pino } from 'pino';
+import { etcdTlsExplain } from '../../agent/cluster/etcd-client.js';
 import { clusterOpen } from '../../agent/cluster/index.js';
 import { configParse } from '../../agent/config.js';
 import type { EtcdTlsPrepared } from '../../agent/config-preflight.js';
@@ -65,10 +66,16 @@ describe('cluster.etcd TLS errors name the file and the problem', { timeout: 120
 
   test('TLS towards an etcd that serves plain http: names the endpoint', async () => {
     const msg = await open(plain!.endpoint.replace('http:', 'https:'), { ca: ca.ca, cert: ca.clientCert, key: ca.clientKey });
-    assert.match(msg, /^cluster\.etcd\.endpoints: https:\/\/127\.0\.0\.1:\d+ did not complete a TLS handshake \(Client network socket disconnected before secure TLS connection was established\); if etcd serves plain http there, use an http:\/\/ endpoint/);
+    assert.match(msg, /^cluster\.etcd\.endpoints: https:\/\/127\.0\.0\.1:\d+ did not complete a TLS handshake \((Client network socket disconnected before secure TLS connection was established|read ECONNRESET)\); if etcd serves plain http there, use an http:\/\/ endpoint/);
   });
 
   test('the right files: the session opens', async () => {
     assert.equal(await open(etcd!.endpoint, { ca: ca.ca, cert: ca.clientCert, key: ca.clientKey }), 'opened');
   });
+});
+
+test('a reset during the handshake is read as a handshake failure only towards https endpoints', () => {
+  const reset = new Error('14 UNAVAILABLE: No connection established. Last error: Error: read ECONNRESET. Resolution note: ');
+  assert.match(etcdTlsExplain(reset, { endpoints: ['https://192.0.2.1:2379'] } as never) ?? '', /^cluster\.etcd\.endpoints: https:\/\/192\.0\.2\.1:2379 did not complete a TLS handshake \(read ECONNRESET\)/);
+  assert.equal(etcdTlsExplain(reset, { endpoints: ['http://192.0.2.1:2379'] } as never), undefined, 'plain http: a reset is not a TLS problem');
 });
