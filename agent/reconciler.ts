@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import { LINK_ROLES, progForRole, type AttachKind } from '../bpf/index.js';
+import { LINK_ROLES, linkIsCurrent, type AttachKind } from '../bpf/index.js';
 import type { DeviceMode, EndpointDevice } from '../netkit/index.js';
 import type { Config } from './config.js';
 import type { KernelOps } from './kernel-ops.js';
@@ -74,9 +74,10 @@ export class Reconciler {
     const kind = attachKindFor(rec);
     const links = dp.linkInfo(rec.hostIfname);
     const progs = dp.progIds();
+    // netkit's peer link reports the peer's ifindex, not the host side's it was created on
     const attached = device !== undefined && LINK_ROLES.every((role) => {
       const l = links[role];
-      return l !== undefined && l.ifindex === device.hostIfindex && l.progId === progs[progForRole(kind, role)];
+      return l !== undefined && linkIsCurrent(l, kind, role, { ifindex: device.hostIfindex, peerIfindex: device.peerIfindex }, progs);
     });
     return { netns, device, ...(rec.spec.kind === 'vm' ? { vmPlumbing } : {}), endpoint: device && dp.endpointGet(device.hostIfindex), attached };
   }
@@ -121,9 +122,11 @@ export class Reconciler {
           this.endpointMapsWrite(rec, d);
           break;
         }
-        case 'attach':
-          await dp.attach({ ifname: rec.hostIfname, ifindex: deviceOrThrow(rec, device).hostIfindex, kind: attachKindFor(rec) });
+        case 'attach': {
+          const d = deviceOrThrow(rec, device);
+          await dp.attach({ ifname: rec.hostIfname, ifindex: d.hostIfindex, peerIfindex: d.peerIfindex, kind: attachKindFor(rec) });
           break;
+        }
         case 'peerOpen': {
           const d = deviceOrThrow(rec, device);
           await this.kernel.devicePolicyOpen(endpointDevice ?? {

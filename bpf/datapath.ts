@@ -86,11 +86,11 @@ export class DatapathImpl implements KitnetDatapath {
     if (this.closed) throw new Error('datapath is closed');
   }
 
-  async attach(ep: { ifname: string; ifindex: number; kind: AttachKind }): Promise<void> {
+  async attach(ep: { ifname: string; ifindex: number; peerIfindex?: number; kind: AttachKind }): Promise<void> {
     await this.attachDetailed(ep);
   }
 
-  async attachDetailed(ep: { ifname: string; ifindex: number; kind: AttachKind }): Promise<AttachResult[]> {
+  async attachDetailed(ep: { ifname: string; ifindex: number; peerIfindex?: number; kind: AttachKind }): Promise<AttachResult[]> {
     this.live();
     return linkAttach(this.obj.pinRoot, ep, this.obj.progFds, this.obj.progIds);
   }

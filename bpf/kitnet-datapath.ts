@@ -11,7 +11,7 @@ import type { AttachKind, Datapath, EndpointInfo } from './types.js';
 /** The contract plus what operators, tests and benchmarks need beyond it. */
 export interface KitnetDatapath extends Datapath {
   /** Like attach(), reporting per program whether a pinned link was adopted. */
-  attachDetailed(ep: { ifname: string; ifindex: number; kind: AttachKind }): Promise<AttachResult[]>;
+  attachDetailed(ep: { ifname: string; ifindex: number; peerIfindex?: number; kind: AttachKind }): Promise<AttachResult[]>;
   /** Kernel view of a device's pinned links by role (link id, program id, ifindex; 0 = device gone). */
   linkInfo(ifname: string): Partial<Record<LinkRole, LinkInfo>>;
   /** The address index the netkit primary-side program finds endpoints with: [address, host ifindex]. */

@@ -35,6 +35,41 @@ function linkTypeFor(kind: AttachKind): number {
   return kind === 'tcx' ? BPF_LINK_TYPE_TCX : BPF_LINK_TYPE_NETKIT;
 }
 
+/** The endpoint's devices as the attach and its checks know them. */
+export interface LinkTarget {
+  /** The host side (veth, netkit primary) or the tap: where every link is created. */
+  ifindex: number;
+  /**
+   * netkit: the peer's ifindex, numbered in the peer's namespace. The kernel keeps a BPF_NETKIT_PEER
+   * link on the peer device (netkit_dev_fetch swaps the primary for its peer), so that link's info
+   * reports the peer's ifindex, not the one it was created with. Unset: any live device will do
+   * (a caller that just made the pair).
+   */
+  peerIfindex?: number;
+}
+
+/**
+ * A pinned link is this endpoint's current one: the role's attach kind and type, on the endpoint's
+ * device (not a device that is gone, ifindex 0, or was made again), running the loaded program. The
+ * reconcile loop's "attached" check and the attach's adoption both ask this, so what one calls
+ * current the other keeps.
+ */
+export function linkIsCurrent(
+  info: Pick<LinkInfo, 'type' | 'attachType' | 'ifindex' | 'progId'>,
+  kind: AttachKind,
+  role: LinkRole,
+  target: LinkTarget,
+  progIds: Readonly<Record<ProgName, number>>,
+): boolean {
+  return linkIsOnDevice(info, kind, role, target) && info.progId === progIds[progForRole(kind, role)];
+}
+
+function linkIsOnDevice(info: Pick<LinkInfo, 'type' | 'attachType' | 'ifindex'>, kind: AttachKind, role: LinkRole, target: LinkTarget): boolean {
+  if (info.type !== linkTypeFor(kind) || info.attachType !== attachTypeFor(kind, role) || info.ifindex === 0) return false;
+  if (kind === 'netkit' && role === 'from_workload') return target.peerIfindex === undefined || info.ifindex === target.peerIfindex;
+  return info.ifindex === target.ifindex;
+}
+
 export function linkPinPath(pinRoot: string, ifname: string, role: LinkRole): string {
   return join(pinPaths(pinRoot).links, ifname, role);
 }
@@ -54,7 +89,7 @@ export interface AttachResult {
 
 export function linkAttach(
   pinRoot: string,
-  ep: { ifname: string; ifindex: number; kind: AttachKind },
+  ep: { ifname: string; kind: AttachKind } & LinkTarget,
   progFds: Readonly<Record<ProgName, number>>,
   progIds: Readonly<Record<ProgName, number>>,
 ): AttachResult[] {
@@ -73,7 +108,7 @@ export function linkAttach(
         const fd = kcall(() => n.objGet(path), device, { path });
         try {
           const info = kcall(() => n.linkInfo(fd), device);
-          if (info.ifindex === ep.ifindex && info.attachType === attachType && info.type === linkTypeFor(ep.kind)) {
+          if (linkIsOnDevice(info, ep.kind, role, ep)) {
             if (info.progId !== progIds[prog]) kcall(() => n.linkUpdate(fd, progFds[prog]), device);
             results.push({ role, prog, linkId: info.id, adopted: true });
             continue;

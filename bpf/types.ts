@@ -134,8 +134,12 @@ export interface FlowReader {
 
 export interface Datapath {
   readonly pinRoot: string;
-  /** Attach (or adopt and update) the endpoint programs on a host-side device; links are pinned. */
-  attach(ep: { ifname: string; ifindex: number; kind: AttachKind }): Promise<void>;
+  /**
+   * Attach (or adopt and update) the endpoint programs on a host-side device; links are pinned.
+   * netkit: `peerIfindex` (the peer's, in its namespace) is what the kernel reports for the peer's
+   * link, so an existing one is adopted only when it is on that peer (bpf/links.ts, linkIsCurrent).
+   */
+  attach(ep: { ifname: string; ifindex: number; peerIfindex?: number; kind: AttachKind }): Promise<void>;
   /** Detach and unpin the endpoint's links. Idempotent. */
   detach(ifname: string): Promise<void>;
   /** ifnames that have pinned links. */

@@ -75,13 +75,23 @@ export function endpointInfoFor(rec: WorkloadRecord, device: Pick<ObservedDevice
   };
 }
 
+/**
+ * A MAC as the `endpoints` map gives it back: all zeros reads as '' there, and a netkit L3 peer's
+ * MAC is all zeros (it has none), so the two must compare equal or the entry is rewritten on every
+ * resync.
+ */
+function macKey(mac: string | undefined): string {
+  const m = (mac ?? '').toLowerCase();
+  return /^00(:00){5}$/.test(m) ? '' : m;
+}
+
 function endpointDiffers(want: EndpointInfo, have: EndpointInfo | undefined): string | undefined {
   if (!have) return 'endpoint entry missing';
   if (have.endpointId !== want.endpointId) return `endpoint entry is endpoint ${have.endpointId}, want ${want.endpointId}`;
   if (have.identity !== want.identity) return `endpoint entry has identity ${have.identity}, want ${want.identity}`;
   if (have.flags !== want.flags) return `endpoint entry flags ${have.flags}, want ${want.flags}`;
-  if (have.mac.toLowerCase() !== want.mac.toLowerCase()) return `endpoint entry MAC ${have.mac}, want ${want.mac}`;
-  if ((have.hostMac ?? '').toLowerCase() !== (want.hostMac ?? '').toLowerCase()) return `endpoint entry host MAC ${have.hostMac ?? 'none'}, want ${want.hostMac ?? 'none'}`;
+  if (macKey(have.mac) !== macKey(want.mac)) return `endpoint entry MAC ${have.mac || 'none'}, want ${want.mac}`;
+  if (macKey(have.hostMac) !== macKey(want.hostMac)) return `endpoint entry host MAC ${have.hostMac ?? 'none'}, want ${want.hostMac ?? 'none'}`;
   return undefined;
 }
 

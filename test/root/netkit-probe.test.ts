@@ -10,7 +10,7 @@ import {
   netkitPeerPolicySet, netnsCreate,
 } from '../../netkit/index.js';
 import type { FlowEvent } from '../../bpf/index.js';
-import { datapathLoad, datapathUnpinAll, DROP_REASON } from '../../bpf/index.js';
+import { datapathLoad, datapathUnpinAll, DROP_REASON, LINK_ROLES, linkIsCurrent } from '../../bpf/index.js';
 import { EP_F_ENFORCE_SRC_IP, EP_F_ENFORCE_SRC_MAC } from '../../bpf/layout.gen.js';
 import { EventSink, policyAllowAll } from './bpf-helpers.js';
 import { ipj, isRoot, linkDelQuiet, linkExists, linkNames, netnsDelQuiet, pingEventually, rand } from './netkit-helpers.js';
@@ -145,6 +145,19 @@ test('netkit L3 and L2 with the datapath: both programs find their endpoint, enf
     const res = await dp.attachDetailed({ ifname: d.hostIfname, ifindex: d.hostIfindex, kind: 'netkit' });
     assert.deepEqual(res.map((r) => [r.role, r.prog]), [['from_workload', 'from_workload'], ['to_workload', 'to_workload_netkit']]);
     await netkitPeerPolicySet(d.hostIfname, 'forward');
+  }
+  for (const d of [a, b]) {
+    // The kernel keeps the peer link on the peer (netkit_dev_fetch): its info names the peer's ifindex
+    // in the peer's namespace. What the reconcile loop and a restarted agent do next, checking and
+    // attaching again, must find both links current and adopt them, not make them again.
+    const before = dp.linkInfo(d.hostIfname);
+    assert.equal(before.from_workload?.ifindex, d.peerIfindex, 'the peer link reports the peer');
+    assert.equal(before.to_workload?.ifindex, d.hostIfindex, 'the primary link reports the host side');
+    for (const role of LINK_ROLES) {
+      assert.ok(linkIsCurrent(before[role]!, 'netkit', role, { ifindex: d.hostIfindex, peerIfindex: d.peerIfindex }, dp.progIds()), `${role} link current`);
+    }
+    const again = await dp.attachDetailed({ ifname: d.hostIfname, ifindex: d.hostIfindex, peerIfindex: d.peerIfindex, kind: 'netkit' });
+    assert.deepEqual(again.map((r) => [r.role, r.adopted, r.linkId]), LINK_ROLES.map((role) => [role, true, before[role]!.id]), 'both links adopted');
   }
 
   // Each echo is seen twice: leaving one workload (its from_workload) and entering the other (the

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import type { Workload } from '../../common/schemas/workload.js';
+import { reconcilePlan } from '../../agent/reconcile/plan.js';
 import { apiCall, testAgentStart, type TestAgent } from '../helpers/agent.js';
 import { testMode } from '../helpers/mode.js';
 import { netnsAdd, netnsDel, routes, run, status, uniq, waitFor } from '../helpers/sys.js';
@@ -75,6 +76,15 @@ describe('kind vm / kind tap plumbing (root)', { timeout: 120_000 }, () => {
     const ep = new Map(t.datapath.endpointList()).get(w.interfaces.host.ifindex!);
     assert.equal(ep?.mac, vm.mac, 'the guest MAC is the endpoint MAC (anti-spoofing)');
     assert.ok((await t.datapath.attachedList()).includes(w.interfaces.host.name));
+
+    // What the periodic resync finds right after registration: nothing to do, and the links stay. A
+    // netkit peer link reports the peer's ifindex; a check that wanted the host side's re-attached
+    // every netkit workload on every resync.
+    const rec = t.agent.store.workloadGet('vmt', name)!;
+    assert.deepEqual(reconcilePlan(rec, await t.agent.reconciler.workloadObserve(rec)), [], 'the resync finds no drift');
+    const links = t.datapath.linkInfo(w.interfaces.host.name);
+    await t.agent.controller.reconcileNow('vmt', name);
+    assert.deepEqual(t.datapath.linkInfo(w.interfaces.host.name), links, 'a reconcile keeps the links as they are');
 
     await call('DELETE', `/v1/workloads/vmt/${name}`);
     assert.equal(existsSync(vm.netnsPath), false, 'the namespace kitnet made is gone');

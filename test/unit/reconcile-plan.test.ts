@@ -48,6 +48,9 @@ describe('reconcile plan: desired + observed -> actions', () => {
     ['endpoint entry without the host MAC an older release left out: write it', netns, converged(netns, { endpoint: { ...endpointInfoFor(netns, device), hostMac: undefined } }), ['endpointMapsWrite']],
     ['device re-made earlier with another ifindex: the entry follows', { ...netns, observed: { ...netns.observed!, hostIfindex: 39 } }, converged(netns), ['endpointMapsWrite']],
     ['programs detached or stale: attach', netns, converged(netns, { attached: false }), ['attach']],
+    // the map reads an all-zero MAC back as '', and a netkit L3 peer's MAC is all zeros (it has none)
+    ['netkit L3 peer without a MAC: the entry as the map gives it back is no drift', { ...netns, mode: 'netkit' }, converged({ ...netns, mode: 'netkit' }, { device: { ...device, peerMac: '00:00:00:00:00:00' }, endpoint: { ...endpointInfoFor({ ...netns, mode: 'netkit' }, device), mac: '' } }), []],
+    ['endpoint entry with no MAC where the workload has one: write it', netns, converged(netns, { endpoint: { ...endpointInfoFor(netns, device), mac: '' } }), ['endpointMapsWrite']],
     ['netkit peer still blackholed: open it', { ...netns, mode: 'netkit' }, converged({ ...netns, mode: 'netkit' }, { device: { ...device, peerBlocked: true } }), ['peerOpen']],
     ['namespace gone: remove the workload', netns, converged(netns, { netns: false, device: undefined }), ['workloadRemove']],
     ['vm namespace kitnet made gone while running: remove', vm, converged(vm, { netns: false, device: undefined, vmPlumbing: undefined }), ['workloadRemove']],
