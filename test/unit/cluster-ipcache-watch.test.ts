@@ -12,6 +12,7 @@ import { RemoteIpcache, remoteHostId, type RemoteIpcacheTarget } from '../../age
 import { ClusterSession } from '../../agent/cluster/session.js';
 import { cidrParse } from '../../agent/ipam.js';
 import { etcdStart, type EtcdServer } from '../helpers/etcd.js';
+import { tcpGateStart, type TcpGate } from '../helpers/tcp-gate.js';
 import { waitFor } from '../helpers/sys.js';
 
 const log = pino({ level: 'silent' });
@@ -71,6 +72,8 @@ describe('cluster ipcache watch: what is accepted', () => {
 
 describe('cluster ipcache watch against a real etcd', () => {
   let etcd: EtcdServer;
+  /** The watchers' way to etcd; the test's own client (`raw`) goes straight to it. */
+  let gate: TcpGate;
   let raw: Etcd3;
   let session: ClusterSession;
   const watchers: IpcacheWatcher[] = [];
@@ -111,13 +114,15 @@ describe('cluster ipcache watch against a real etcd', () => {
 
   before(async () => {
     etcd = await etcdStart();
+    gate = await tcpGateStart(etcd.endpoint);
     raw = new Etcd3({ hosts: etcd.endpoint });
-    session = await ClusterSession.open(etcdClientCreate({ endpoints: [etcd.endpoint] }, undefined), log);
+    session = await ClusterSession.open(etcdClientCreate({ endpoints: [gate.endpoint] }, undefined), log);
   });
   after(async () => {
     for (const w of watchers) await w.close().catch(() => undefined);
     await session?.close({ revoke: true }).catch(() => undefined);
     raw?.close();
+    await gate?.close();
     await etcd?.stop();
   });
 
@@ -207,12 +212,16 @@ describe('cluster ipcache watch against a real etcd', () => {
     const { w } = await follow(d.t);
     assert.ok(d.ipcache.has('10.80.0.1/32'));
     const listsBefore = w.lists;
+    // The watcher is kept away until the history it would resume from is gone: without the gate it
+    // may reconnect between the restart and the compaction, and then it follows by the watch alone.
+    gate.shut();
     await etcd.restart();
     // Changes after the restart, and the history with them compacted away.
     await raw.put(key('10.80.0.2')).value(pair('10.80.0.2', b, 200400));
     await raw.delete().key(key('10.80.0.1')).exec();
     const { header } = await raw.kv.range({ key: Buffer.from(key('10.80.0.2')) });
     await raw.kv.compact({ revision: header.revision, physical: true });
+    gate.open();
     await waitFor('what changed while the watch was down', async () => (d.ipcache.has('10.80.0.2/32') && !d.ipcache.has('10.80.0.1/32')) || undefined, 30_000);
     assert.ok(w.lists > listsBefore, 'listed again after the connection broke');
     await w.close();
