@@ -22,8 +22,8 @@ const PEER = `ktb${tag}p`;
 const sub = process.pid % 250;
 const HOST4 = `10.252.${sub}.1`;
 const EP4 = `10.252.${sub}.2`;
-const HOST6 = `fd00:252:${sub.toString(16)}::1`;
-const EP6 = `fd00:252:${sub.toString(16)}::2`;
+const HOST6 = `fd00:252:${sub.toString(16)}:1::1`; // never `fd00:252:0::1`: the kernel writes a 0 group as ::
+const EP6 = `fd00:252:${sub.toString(16)}:1::2`;
 const IDENTITY = 4200;
 
 function ifindexOf(ifname: string): number {

@@ -275,8 +275,8 @@ for (const kind of ['tcx', 'netkit'] as const) {
   const sub = ((process.pid >> 3) + (kind === 'tcx' ? 0 : 1)) % 250;
   const HOST4 = `10.253.${sub}.1`;
   const EP4 = `10.253.${sub}.2`;
-  const HOST6 = `fd00:253:${sub.toString(16)}::1`;
-  const EP6 = `fd00:253:${sub.toString(16)}::2`;
+  const HOST6 = `fd00:253:${sub.toString(16)}:1::1`; // never `fd00:253:0::1`: the kernel writes a 0 group as ::
+  const EP6 = `fd00:253:${sub.toString(16)}:1::2`;
 
   function pingFromNs(addr: string, count = 2, wait = 2): boolean {
     return shOk('ip', ['netns', 'exec', NS, 'ping', '-n', '-q', '-c', String(count), '-i', '0.2', '-W', String(wait), addr]);

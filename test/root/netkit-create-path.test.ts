@@ -38,7 +38,7 @@ function spec(f: Fixture, patch: Partial<EndpointDeviceSpec> = {}): EndpointDevi
   const octet = (parseInt(f.id.slice(0, 2), 16) % 200) + 20;
   return {
     hostIfname: f.host, alias: `kitnet:test/${f.id}`, netnsPath: `/var/run/netns/${f.ns}`, peerIfname: 'eth0', mode: 'veth',
-    ipv4: `10.${octet}.7.9`, ipv6: `fd00:${parseInt(f.id.slice(0, 4), 16).toString(16)}::79`, ...patch,
+    ipv4: `10.${octet}.7.9`, ipv6: `fd00:${parseInt(f.id.slice(0, 4), 16).toString(16)}:7::79`, ...patch,
   };
 }
 

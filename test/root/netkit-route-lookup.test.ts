@@ -92,7 +92,7 @@ test('endpoint observe: a foreign route for the workload\'s address through anot
   const octet = (parseInt(id.slice(0, 2), 16) % 200) + 20;
   const spec = {
     hostIfname: host, alias: `kitnet:test/route-lookup-${id}`, netnsPath: `/var/run/netns/${ns}`, peerIfname: 'eth0',
-    mode: 'veth' as const, ipv4: `10.${octet}.77.5`, ipv6: `fd00:77:${parseInt(id.slice(0, 4), 16).toString(16)}::5`,
+    mode: 'veth' as const, ipv4: `10.${octet}.77.5`, ipv6: `fd00:77:${parseInt(id.slice(0, 4), 16).toString(16)}:5::5`,
   };
   await endpointDeviceCreate(spec);
   assert.deepEqual((await endpointDeviceObserve(spec))?.problems, []);
