@@ -18,9 +18,9 @@
  * An answer that cannot be parsed, or whose learning failed, is never released: SERVFAIL instead.
  */
 import dgram from 'node:dgram';
-import type { AddressInfo } from 'node:net';
 import net from 'node:net';
 import type { Logger } from 'pino';
+import { udpTcpListen } from '../../common/udp-tcp-listen.js';
 import { dnsErrorReply, dnsLearned, dnsParse, DnsParseError, DnsRcode, DNS_HEADER_LENGTH, DNS_MESSAGE_MAX } from './codec.js';
 import type { DnsMessage, LearnedName } from './codec.js';
 
@@ -104,38 +104,23 @@ export class DnsProxy {
   constructor(private readonly opts: DnsProxyOptions) {}
 
   async start(): Promise<DnsEndpoint> {
-    const family = net.isIPv6(this.opts.listen.address) ? 'udp6' : 'udp4';
-    // Every steered workload's queries share this socket: a burst (or the agent's thread busy or not
+    // Every steered workload's queries share the UDP socket: a burst (or the agent's thread busy or not
     // scheduled for a few ms) must queue in the kernel, not overflow it. The kernel caps the size at
     // net.core.rmem_max (the default buffer, 208 KiB, holds ~200 queries: 40 ms at 5,000/s).
-    const udp = dgram.createSocket({ type: family, reuseAddr: false, recvBufferSize: UDP_RECV_BUFFER });
-    await new Promise<void>((resolve, reject) => {
-      udp.once('error', reject);
-      udp.bind(this.opts.listen.port, this.opts.listen.address, () => {
-        udp.off('error', reject);
-        resolve();
-      });
+    const { udp, tcp, port } = await udpTcpListen({
+      address: this.opts.listen.address,
+      port: this.opts.listen.port,
+      udp: { reuseAddr: false, recvBufferSize: UDP_RECV_BUFFER },
+      tcpServer: () => {
+        const server = net.createServer((s) => this.tcpConnection(s));
+        // Each connection may idle TCP_IDLE_MS: a cap keeps a workload from holding sockets without end.
+        server.maxConnections = this.opts.maxTcpConnections ?? 256;
+        return server;
+      },
     });
     udp.on('error', (e) => this.opts.log.warn({ err: e }, 'DNS proxy UDP socket error'));
     udp.on('message', (msg, rinfo) => this.udpQuery(udp, msg, { address: rinfo.address, port: rinfo.port }));
     this.udp = udp;
-    const port = (udp.address() as AddressInfo).port;
-    const tcp = net.createServer((s) => this.tcpConnection(s));
-    // Each connection may idle TCP_IDLE_MS: a cap keeps a workload from holding sockets without end.
-    tcp.maxConnections = this.opts.maxTcpConnections ?? 256;
-    try {
-      await new Promise<void>((resolve, reject) => {
-        tcp.once('error', reject);
-        tcp.listen({ port, host: this.opts.listen.address, exclusive: true }, () => {
-          tcp.off('error', reject);
-          resolve();
-        });
-      });
-    } catch (e) {
-      udp.close();
-      this.udp = undefined;
-      throw e;
-    }
     this.tcp = tcp;
     return { address: this.opts.listen.address, port };
   }
