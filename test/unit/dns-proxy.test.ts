@@ -10,6 +10,7 @@ import type { AnswerRecordInput, LearnedName } from '../../agent/dns/codec.js';
 import { DnsProxy } from '../../agent/dns/proxy.js';
 import type { DnsEndpoint, DnsProxyOptions } from '../../agent/dns/proxy.js';
 import { fqdnMatcher } from '../../agent/policy/fqdn.js';
+import { udpTcpListen } from '../../common/udp-tcp-listen.js';
 
 const ZONE: Record<string, AnswerRecordInput[]> = {
   'api.test': [{ name: 'api.test', ttl: 2, address: '192.0.2.10' }],
@@ -36,24 +37,29 @@ class TestDnsServer {
     return reply;
   }
   async start(): Promise<void> {
-    this.udp = dgram.createSocket(net.isIPv6(this.address) ? 'udp6' : 'udp4');
-    await new Promise<void>((r) => this.udp.bind(0, this.address, r));
-    this.port = this.udp.address().port;
-    this.udp.on('message', (m, ri) => this.udp.send(this.reply(m), ri.port, ri.address));
-    this.tcp = net.createServer((s) => {
-      let buf = Buffer.alloc(0);
-      s.on('data', (c) => {
-        buf = Buffer.concat([buf, c]);
-        if (buf.length >= 2 && buf.length >= 2 + buf.readUInt16BE(0)) {
-          const r = this.reply(buf.subarray(2, 2 + buf.readUInt16BE(0)));
-          const f = Buffer.alloc(2);
-          f.writeUInt16BE(r.length);
-          s.end(Buffer.concat([f, r]));
-        }
-      });
-      s.on('error', () => s.destroy());
+    // UDP and TCP on one port, picked again where the TCP side is taken (as the proxy does).
+    const { udp, tcp, port } = await udpTcpListen({
+      address: this.address,
+      port: 0,
+      tcpServer: () =>
+        net.createServer((s) => {
+          let buf = Buffer.alloc(0);
+          s.on('data', (c) => {
+            buf = Buffer.concat([buf, c]);
+            if (buf.length >= 2 && buf.length >= 2 + buf.readUInt16BE(0)) {
+              const r = this.reply(buf.subarray(2, 2 + buf.readUInt16BE(0)));
+              const f = Buffer.alloc(2);
+              f.writeUInt16BE(r.length);
+              s.end(Buffer.concat([f, r]));
+            }
+          });
+          s.on('error', () => s.destroy());
+        }),
     });
-    await new Promise<void>((r) => this.tcp.listen(this.port, this.address, r));
+    this.udp = udp;
+    this.tcp = tcp;
+    this.port = port;
+    this.udp.on('message', (m, ri) => this.udp.send(this.reply(m), ri.port, ri.address));
   }
   async stop(): Promise<void> {
     await new Promise<void>((r) => this.udp.close(() => r()));
@@ -184,7 +190,14 @@ for (const family of ['127.0.0.1', '::1']) {
       const before = learned.length;
       try {
         c.send(dnsQueryBuild(3, 'api.test', DnsType.A));
-        await entered;
+        // Bounded: a query that never reaches learning (an upstream timeout, say) fails the test, not hangs it.
+        let deadline: NodeJS.Timeout | undefined;
+        await Promise.race([
+          entered,
+          new Promise<never>((_, reject) => {
+            deadline = setTimeout(() => reject(new Error('learning never began (no upstream answer?)')), 10_000);
+          }),
+        ]).finally(() => clearTimeout(deadline));
         // Learning has begun and is held. A denied query from the same client is answered at once; had
         // the first answer been released before learning finished, it would have been sent before this
         // query was, and arrive first (loopback keeps the order of one socket's sends).
@@ -305,8 +318,9 @@ test('DNS proxy: floods are bounded (queries in flight, TCP connections) and it 
     assert.ok(proxy.stats.dropped >= 1);
     // Two idle connections held open: a third is closed by the proxy without an answer.
     for (let i = 0; i < 2; i++) {
-      held.push(await new Promise<net.Socket>((resolve) => {
+      held.push(await new Promise<net.Socket>((resolve, reject) => {
         const s = net.connect({ host: at.address, port: at.port }, () => resolve(s));
+        s.once('error', reject);
       }));
     }
     const third = await new Promise<string>((resolve) => {
@@ -333,7 +347,7 @@ test('DNS proxy: floods are bounded (queries in flight, TCP connections) and it 
 
 test('DNS proxy: an upstream that does not answer gives SERVFAIL', async () => {
   const silent = dgram.createSocket('udp4');
-  await new Promise<void>((r) => silent.bind(0, '127.0.0.1', r));
+  await new Promise<void>((resolve, reject) => silent.once('error', reject).bind(0, '127.0.0.1', resolve));
   const proxy = new DnsProxy({
     listen: { address: '127.0.0.1', port: 0 },
     upstream: () => ({ address: '127.0.0.1', port: silent.address().port }),
