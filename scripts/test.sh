@@ -26,8 +26,10 @@ esac
 if [ "$suite" != lab ] && [ "${#files[@]}" -eq 0 ]; then echo "no test files found" >&2; exit 1; fi
 rc=0
 if [ "$suite" != lab ]; then
-  # One file at a time keeps kernel-object tests from racing each other on a 2-core machine.
-  node --test --test-concurrency=1 --test-reporter=spec --test-reporter-destination=stdout \
+  # One file at a time keeps kernel-object tests from racing each other on a 2-core machine. A file
+  # that hangs (a wait with no deadline, a handle left open) fails after 10 min, named, instead of
+  # holding the whole run (the longest file takes ~2 min here).
+  node --test --test-concurrency=1 --test-timeout=600000 --test-reporter=spec --test-reporter-destination=stdout \
     --test-reporter=tap --test-reporter-destination=test-results.tap "${files[@]}" || rc=$?
 fi
 # The netkit tests again, on real netkit kernels inside a QEMU VM (test/lab/README.md).

@@ -26,8 +26,9 @@ if [ "${1:-}" = --in-vm ]; then
   [ $? = 0 ] || { echo "[lab] $KITNET_LAB_KERNEL: iproute2 cannot make a netkit pair" >&2; exit 1; }
   set -e
   mkdir -p test/artifacts
+  # A hung file fails after 15 min, named, inside the VM's own deadline (the longest takes ~2 min under TCG).
   # shellcheck disable=SC2086
-  exec node --test --test-concurrency=1 --test-reporter=spec --test-reporter-destination=stdout \
+  exec node --test --test-concurrency=1 --test-timeout=900000 --test-reporter=spec --test-reporter-destination=stdout \
     --test-reporter=tap --test-reporter-destination="test/artifacts/lab-$KITNET_LAB.tap" $KITNET_LAB_TESTS
 fi
 
@@ -36,7 +37,7 @@ if [ "${1:-}" = --in-vm-systemd ]; then
   [ "$(cat /proc/1/comm)" = systemd ] || { echo "[lab] PID 1 is $(cat /proc/1/comm), not systemd" >&2; exit 1; }
   mkdir -p test/artifacts
   # shellcheck disable=SC2086
-  exec node --test --test-concurrency=1 --test-reporter=spec --test-reporter-destination=stdout \
+  exec node --test --test-concurrency=1 --test-timeout=900000 --test-reporter=spec --test-reporter-destination=stdout \
     --test-reporter=tap --test-reporter-destination="test/artifacts/lab-$KITNET_LAB-systemd.tap" $KITNET_LAB_SYSTEMD_TESTS
 fi
 
