@@ -76,64 +76,130 @@ function answerOf(e: DnsQueryEvent): Pick<HubbleDns, 'ips' | 'ttl' | 'cnames' | 
   };
 }
 
+/**
+ * One answered query as its flows need it, shared by its REQUEST and RESPONSE records: addresses,
+ * ports, both ends as named when the query was answered (shared endpoint objects) and the answer's
+ * summary, without the parsed message. At thousands of lookups a second the flow ring holds a few
+ * seconds of them: built flows (~2 KB each) lived long enough to be promoted and collected by full
+ * garbage collections, which stalled the proxy (bench/README §8).
+ */
+interface DnsQueryFacts {
+  readonly e: Pick<DnsQueryEvent, 'client' | 'transport' | 'name' | 'qtype' | 'rcode' | 'receivedNs'>;
+  readonly allowed: boolean;
+  readonly rule: string | undefined;
+  readonly resolver: DnsEndpoint;
+  readonly clientEp: HubbleEndpoint;
+  readonly resolverEp: HubbleEndpoint;
+  readonly answer: Pick<HubbleDns, 'ips' | 'ttl' | 'cnames' | 'rrtypes'>;
+  readonly answeredNs: bigint;
+}
+
+/**
+ * A DNS L7 flow as the pipeline keeps it: the query's facts and which of its two flows this is. The
+ * Hubble JSON object, time string and uuid are made the first time someone reads them (a follower, a
+ * filter, `GET /v1/flows`) and kept from then on, as LazyFlowRecord does for the datapath's flows.
+ */
+export class DnsFlowRecord implements HubbleFlowRecord {
+  #flow: HubbleFlow | undefined;
+  #time: string | undefined;
+
+  constructor(
+    private readonly facts: DnsQueryFacts,
+    readonly type: 'REQUEST' | 'RESPONSE',
+    readonly node_name: string,
+  ) {}
+
+  get time(): string {
+    return (this.#time ??= nsToIso(this.type === 'REQUEST' ? this.facts.e.receivedNs : this.facts.answeredNs));
+  }
+
+  get flow(): HubbleFlow {
+    return (this.#flow ??= this.type === 'REQUEST' ? this.request() : this.response());
+  }
+
+  toJSON(): { flow: HubbleFlow; node_name: string; time: string } {
+    return { flow: this.flow, node_name: this.node_name, time: this.time };
+  }
+
+  private base(): Pick<HubbleFlow, 'time' | 'uuid' | 'Type' | 'node_name' | 'event_type' | 'traffic_direction'> {
+    return {
+      time: this.time,
+      uuid: randomUUID(),
+      Type: 'L7',
+      node_name: this.node_name,
+      event_type: { type: MessageType.accessLog },
+      // The workload's egress policy decides both (Cilium's proxy records both at the egress observation point).
+      traffic_direction: 'EGRESS',
+    };
+  }
+
+  private request(): HubbleFlow {
+    const { e, resolver } = this.facts;
+    const query = `${e.name}.`;
+    const qtypes = [dnsQtypeName(e.qtype)];
+    const flow: HubbleFlow = {
+      ...this.base(),
+      verdict: this.facts.allowed ? 'FORWARDED' : 'DROPPED',
+      IP: { source: e.client.address, destination: resolver.address, ipVersion: ipVersionOf(e.client.address) },
+      l4: { [l4KeyOf(e.transport)]: { source_port: e.client.port, destination_port: resolver.port } },
+      source: this.facts.clientEp,
+      destination: this.facts.resolverEp,
+      is_reply: false,
+      l7: { type: 'REQUEST', dns: { query, observation_source: OBSERVATION_SOURCE, qtypes } },
+      Summary: `DNS Query ${query} ${qtypes.join(',')}`,
+    };
+    if (!this.facts.allowed) {
+      flow.drop_reason = POLICY_DENY;
+      flow.drop_reason_desc = dropReasonDesc(POLICY_DENY);
+      const policies = deniedBy(this.facts.rule);
+      if (policies.length) flow.egress_denied_by = policies;
+    }
+    return flow;
+  }
+
+  private response(): HubbleFlow {
+    const { e, resolver, answer, answeredNs } = this.facts;
+    const query = `${e.name}.`;
+    const qtypes = [dnsQtypeName(e.qtype)];
+    const rcodeText = e.rcode === DnsRcode.NOERROR ? `${JSON.stringify((answer.ips ?? []).join(','))} TTL: ${answer.ttl ?? 0}` : `RCode: ${dnsRcodeName(e.rcode)}`;
+    return {
+      ...this.base(),
+      verdict: 'FORWARDED',
+      IP: { source: resolver.address, destination: e.client.address, ipVersion: ipVersionOf(e.client.address) },
+      l4: { [l4KeyOf(e.transport)]: { source_port: resolver.port, destination_port: e.client.port } },
+      source: this.facts.resolverEp,
+      destination: this.facts.clientEp,
+      is_reply: true,
+      l7: {
+        type: 'RESPONSE',
+        latency_ns: String(answeredNs > e.receivedNs ? answeredNs - e.receivedNs : 0n),
+        dns: { query, ...answer, observation_source: OBSERVATION_SOURCE, ...(e.rcode ? { rcode: e.rcode } : {}), qtypes },
+      },
+      Summary: `DNS Answer ${rcodeText} (Proxy ${query} ${qtypes.join(',')})`,
+    };
+  }
+}
+
+const ipVersionOf = (address: string): 'IPv4' | 'IPv6' => (address.includes(':') ? 'IPv6' : 'IPv4');
+const l4KeyOf = (transport: DnsTransport): 'UDP' | 'TCP' => (transport === 'udp' ? 'UDP' : 'TCP');
+
 /** The REQUEST flow and (for a query that was forwarded) the RESPONSE flow of one answered query. */
-export function dnsFlowRecords(e: DnsQueryEvent, ctx: DnsFlowContext, answeredNs: bigint = wallClockNs()): HubbleFlowRecord[] {
+export function dnsFlowRecords(e: DnsQueryEvent, ctx: DnsFlowContext, answeredNs: bigint = wallClockNs()): DnsFlowRecord[] {
   const resolver = ctx.originalDestination(e.client, e.transport) ?? e.upstream;
   // Not steered here by the datapath (nothing was forwarded): no resolver to name, no flow.
   if (!resolver) return [];
-  const clientEp = ctx.endpoint(e.client.address, ctx.identityOf(e.client.address));
-  const resolverEp = ctx.endpoint(resolver.address, ctx.identityOf(resolver.address));
-  const ipVersion = e.client.address.includes(':') ? 'IPv6' : 'IPv4';
-  const l4Key = e.transport === 'udp' ? 'UDP' : 'TCP';
-  const query = `${e.name}.`;
-  const qtypes = [dnsQtypeName(e.qtype)];
-  const base = (ns: bigint): Pick<HubbleFlow, 'time' | 'uuid' | 'Type' | 'node_name' | 'event_type' | 'traffic_direction'> => ({
-    time: nsToIso(ns),
-    uuid: randomUUID(),
-    Type: 'L7',
-    node_name: ctx.nodeName,
-    event_type: { type: MessageType.accessLog },
-    // The workload's egress policy decides both (Cilium's proxy records both at the egress observation point).
-    traffic_direction: 'EGRESS',
-  });
-  const record = (flow: HubbleFlow): HubbleFlowRecord => ({ flow, node_name: ctx.nodeName, time: flow.time });
-
-  const request: HubbleFlow = {
-    ...base(e.receivedNs),
-    verdict: e.verdict.allowed ? 'FORWARDED' : 'DROPPED',
-    IP: { source: e.client.address, destination: resolver.address, ipVersion },
-    l4: { [l4Key]: { source_port: e.client.port, destination_port: resolver.port } },
-    source: clientEp,
-    destination: resolverEp,
-    is_reply: false,
-    l7: { type: 'REQUEST', dns: { query, observation_source: OBSERVATION_SOURCE, qtypes } },
-    Summary: `DNS Query ${query} ${qtypes.join(',')}`,
+  const facts: DnsQueryFacts = {
+    e: { client: e.client, transport: e.transport, name: e.name, qtype: e.qtype, rcode: e.rcode, receivedNs: e.receivedNs },
+    allowed: e.verdict.allowed,
+    rule: e.verdict.rule,
+    resolver,
+    clientEp: ctx.endpoint(e.client.address, ctx.identityOf(e.client.address)),
+    resolverEp: ctx.endpoint(resolver.address, ctx.identityOf(resolver.address)),
+    answer: e.verdict.allowed ? answerOf(e) : {},
+    answeredNs,
   };
-  if (!e.verdict.allowed) {
-    request.drop_reason = POLICY_DENY;
-    request.drop_reason_desc = dropReasonDesc(POLICY_DENY);
-    const policies = deniedBy(e.verdict.rule);
-    if (policies.length) request.egress_denied_by = policies;
-    return [record(request)];
-  }
-  const answer = answerOf(e);
-  const rcodeText = e.rcode === DnsRcode.NOERROR ? `${JSON.stringify((answer.ips ?? []).join(','))} TTL: ${answer.ttl ?? 0}` : `RCode: ${dnsRcodeName(e.rcode)}`;
-  const response: HubbleFlow = {
-    ...base(answeredNs),
-    verdict: 'FORWARDED',
-    IP: { source: resolver.address, destination: e.client.address, ipVersion },
-    l4: { [l4Key]: { source_port: resolver.port, destination_port: e.client.port } },
-    source: resolverEp,
-    destination: clientEp,
-    is_reply: true,
-    l7: {
-      type: 'RESPONSE',
-      latency_ns: String(answeredNs > e.receivedNs ? answeredNs - e.receivedNs : 0n),
-      dns: { query, ...answer, observation_source: OBSERVATION_SOURCE, ...(e.rcode ? { rcode: e.rcode } : {}), qtypes },
-    },
-    Summary: `DNS Answer ${rcodeText} (Proxy ${query} ${qtypes.join(',')})`,
-  };
-  return [record(request), record(response)];
+  const request = new DnsFlowRecord(facts, 'REQUEST', ctx.nodeName);
+  return e.verdict.allowed ? [request, new DnsFlowRecord(facts, 'RESPONSE', ctx.nodeName)] : [request];
 }
 
 /** Where the DNS service hands its answered queries: the flows go into `flows`; `also` sees each query too (metrics). */
@@ -152,14 +218,22 @@ export interface DnsFlowSource {
 export function dnsFlowsAttach(dns: DnsFlowSource, flows: Pick<FlowPipeline, 'push'>, directory: EndpointDirectory, nodeName: string, log: Logger, also?: (e: DnsQueryEvent) => void): void {
   // dns.cache is replaced when the learned state is restored: read it at every call.
   directory.fqdnNames = { active: () => !dns.cache.empty, of: (address) => dns.cache.namesByAddress(address), ofIpv4: (address) => dns.cache.namesByIpv4(address) };
+  // A CIDR or FQDN identity (node-local, unknown to the directory) is named with its labels from the
+  // policy: one endpoint object per identity and label set, shared by its flows as the directory's are.
+  const labelled = new Map<number, { labels: readonly string[]; ep: HubbleEndpoint }>();
   const ctx: DnsFlowContext = {
     nodeName,
     endpoint: (address, identity) => {
       const ep = directory.endpointForPeer(address, identity);
       if (ep.pod_name || ep.labels.length) return ep;
-      // A CIDR or FQDN identity (node-local, unknown to the directory): its labels from the policy.
       const labels = dns.identityLabels(identity);
-      return labels?.length ? { ...ep, labels: [...labels] } : ep;
+      if (!labels?.length) return ep;
+      const cached = labelled.get(identity);
+      if (cached && cached.labels === labels && cached.ep.identity === ep.identity) return cached.ep;
+      if (labelled.size >= 65_536) labelled.clear();
+      const named: HubbleEndpoint = { ...ep, labels: [...labels] };
+      labelled.set(identity, { labels, ep: named });
+      return named;
     },
     identityOf: (address) => dns.identityOf(address),
     originalDestination: (client, transport) => dns.originalDestination(client, transport),

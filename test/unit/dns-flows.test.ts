@@ -114,6 +114,27 @@ describe('DNS L7 flows', () => {
   });
 });
 
+describe('DNS L7 flows as the ring keeps them', () => {
+  test('built on first read and kept: the same uuid, time and JSON each time; the parsed answer is not held', () => {
+    const e = event({ reply: reply('api.test', [{ name: 'api.test', ttl: 60, address: '10.2.0.1' }]) });
+    const [req, res] = dnsFlowRecords(e, ctx, answered);
+    const first = res!.flow;
+    assert.equal(res!.flow, first, 'one object, built once');
+    assert.equal(JSON.stringify(res), JSON.stringify({ flow: first, node_name: 'node-1', time: first.time }));
+    assert.notEqual(req!.flow.uuid, first.uuid);
+    assert.equal(req!.time, '2023-11-14T22:13:20.000000000Z');
+    // What the record holds: no reference to the event's parsed message (it stays in the ring for seconds).
+    const held = new Set<unknown>();
+    const walk = (v: unknown): void => {
+      if (typeof v !== 'object' || v === null || held.has(v)) return;
+      held.add(v);
+      for (const k of Object.getOwnPropertyNames(v)) walk((v as Record<string, unknown>)[k]);
+    };
+    walk(res);
+    assert.ok(!held.has(e.reply) && !held.has(e), 'the record keeps the facts, not the event');
+  });
+});
+
 describe('filters on DNS flows and names', () => {
   const [req, res] = dnsFlowRecords(event({ reply: reply('api.test', [{ name: 'api.test', ttl: 5, address: '10.2.0.1' }]) }), ctx, answered);
   const plainUdp = { flow: { ...req!.flow, Type: 'L3_L4' as const, l7: undefined }, node_name: 'node-1', time: req!.time };
