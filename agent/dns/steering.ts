@@ -285,7 +285,11 @@ export class DnsSteering {
       if (cidrContainsCidr(c, a) && (!best || c.prefixLength > best.len)) best = { len: c.prefixLength, identity };
     };
     for (const e of this.deps.engine.compiled().ipcache) consider(e.cidr, e.identity);
-    for (const [cidr, identity] of this.applied) consider(cidr, identity);
+    // Learned addresses are host prefixes: one exact lookup, not a scan of every learned address per
+    // query (this runs for every lookup to a resolver outside the host). A policy's own host prefix
+    // for the address, met first above, keeps precedence as in the scan this replaces.
+    const learned = this.applied.get(fqdnAddressCidr(address));
+    if (learned !== undefined && (!best || best.len < a.prefixLength)) return learned;
     if (best) return best.identity;
     return address.includes(':') ? ReservedIdentity['world-ipv6'] : ReservedIdentity['world-ipv4'];
   }
