@@ -1,5 +1,6 @@
 import protobuf from 'protobufjs';
-import { ethernetOf, flowEventType, flowObservationPoint, l4Of, LazyFlowRecord } from '../../agent/flows/enrich.js';
+import { ethernetOf, flowEventType, flowObservationPoint, l4Of, LazyFlowRecord, udpServiceOf } from '../../agent/flows/enrich.js';
+import { TCP_FLAG_NAMES } from '../../agent/flows/hubble.js';
 import type { HubbleEndpoint, HubbleFlow, HubbleFlowRecord } from '../../agent/flows/hubble.js';
 import type { PolicyMessage } from './attribution.js';
 import type { FlowExtras } from './backend.js';
@@ -97,6 +98,35 @@ export function flowResponseEncoderCreate(root: protobuf.Root = hubbleProtoRoot(
   const policyBytes = new WeakMap<PolicyMessage, Uint8Array>();
   const ethernetBytes = new WeakMap<object, Uint8Array>();
   const scratch = new ByteWriter();
+  // Text most flows share, UTF-8 encoded once (a string write is a call into C++ each time): node and
+  // interface names, summaries, and IPv4 addresses by number (no text made for them at all).
+  const textBytes = new Map<string, Uint8Array>();
+  const text = (w: ProtoWriter, tag: number, s: string) => {
+    let bytes = textBytes.get(s);
+    if (!bytes) {
+      if (textBytes.size >= 4096) textBytes.clear();
+      textBytes.set(s, (bytes = Buffer.from(s, 'utf8')));
+    }
+    w.uint32(tag).bytes(bytes);
+  };
+  const ipv4Bytes = new Map<number, Uint8Array>();
+  const address = (w: ProtoWriter, tag: number, v4: number | undefined, textOf: () => string) => {
+    if (v4 === undefined) return void w.uint32(tag).string(textOf());
+    let bytes = ipv4Bytes.get(v4);
+    if (!bytes) {
+      if (ipv4Bytes.size >= 65_536) ipv4Bytes.clear();
+      ipv4Bytes.set(v4, (bytes = Buffer.from(textOf(), 'latin1')));
+    }
+    w.uint32(tag).bytes(bytes);
+  };
+  // TCP: the flags message and the summary depend on the flags byte only.
+  const tcpFlagNames = Array.from({ length: 256 }, (_, bits) => TCP_FLAG_NAMES.filter((_, i) => bits & (1 << i)));
+  const tcpFlagsBytes = tcpFlagNames.map((names) => {
+    const fw = protobuf.Writer.create();
+    for (const n of names) fw.uint32(FLAG[n]!).bool(true);
+    return fw.finish();
+  });
+  const tcpSummaryBytes = tcpFlagNames.map((names) => Buffer.from(`TCP Flags: ${names.join(', ') || 'none'}`, 'latin1'));
 
   // the flow's and the response's time are the same: the BigInt division is done once per flow
   const timestamp = (w: ProtoWriter, tag: number, seconds: number, nanos: number) => {
@@ -216,32 +246,50 @@ export function flowResponseEncoderCreate(root: protobuf.Root = hubbleProtoRoot(
     const eth = ethernetOf(ev, r.l2);
     if (eth) ethernet(w, eth, eth === r.l2!.egress || eth === r.l2!.ingress);
     if (ev.family) {
-      w.uint32(F.IP).fork().uint32(IP.source).string(ev.srcAddr).uint32(IP.destination).string(ev.dstAddr).uint32(IP.ipVersion).int32(ipVersion[ev.family]).ldelim();
+      w.uint32(F.IP).fork();
+      address(w, IP.source, ev.srcIpv4, () => ev.srcAddr);
+      address(w, IP.destination, ev.dstIpv4, () => ev.dstAddr);
+      w.uint32(IP.ipVersion).int32(ipVersion[ev.family]).ldelim();
     }
-    const { l4, summary } = l4Of(ev);
-    if (l4) {
-      w.uint32(F.l4).fork();
-      const kind = Object.keys(l4)[0] as keyof typeof L4;
-      w.uint32(L4[kind]).fork();
-      if (kind === 'ICMPv4' || kind === 'ICMPv6') {
-        uint(w, ICMP[kind].type, ev.icmpType);
-        uint(w, ICMP[kind].code, ev.icmpCode);
-      } else {
-        uint(w, PORTS[kind].source_port, ev.srcPort);
-        uint(w, PORTS[kind].destination_port, ev.dstPort);
-        if (kind === 'TCP') {
-          const flags = (l4 as { TCP: { flags: Record<string, boolean> } }).TCP.flags;
-          w.uint32(PORTS.TCP.flags).fork();
-          for (const n of Object.keys(flags)) w.uint32(FLAG[n]!).bool(true);
-          w.ldelim();
-        }
-      }
+    // TCP and UDP of untagged IP frames (nearly every flow) straight from the event, their summary from
+    // the cache; the rest through l4Of, as the JSON flow has them.
+    let summary: string | Uint8Array;
+    const plain = ev.family !== 0 && ev.etherType !== 0x8100 && ev.etherType !== 0x88a8;
+    if (plain && ev.protocol === 6) {
+      w.uint32(F.l4).fork().uint32(L4.TCP).fork();
+      uint(w, PORTS.TCP.source_port, ev.srcPort);
+      uint(w, PORTS.TCP.destination_port, ev.dstPort);
+      w.uint32(PORTS.TCP.flags).bytes(tcpFlagsBytes[ev.tcpFlags & 0xff]!);
       w.ldelim().ldelim();
+      summary = tcpSummaryBytes[ev.tcpFlags & 0xff]!;
+    } else if (plain && ev.protocol === 17) {
+      w.uint32(F.l4).fork().uint32(L4.UDP).fork();
+      uint(w, PORTS.UDP.source_port, ev.srcPort);
+      uint(w, PORTS.UDP.destination_port, ev.dstPort);
+      w.ldelim().ldelim();
+      summary = udpServiceOf(ev.srcPort, ev.dstPort) ?? 'UDP';
+    } else {
+      const { l4, summary: s } = l4Of(ev);
+      summary = s;
+      if (l4) {
+        w.uint32(F.l4).fork();
+        const kind = Object.keys(l4)[0] as keyof typeof L4;
+        w.uint32(L4[kind]).fork();
+        if (kind === 'ICMPv4' || kind === 'ICMPv6') {
+          uint(w, ICMP[kind].type, ev.icmpType);
+          uint(w, ICMP[kind].code, ev.icmpCode);
+        } else {
+          uint(w, PORTS[kind].source_port, ev.srcPort);
+          uint(w, PORTS[kind].destination_port, ev.dstPort);
+          if (kind === 'TCP') w.uint32(PORTS.TCP.flags).bytes(tcpFlagsBytes[ev.tcpFlags & 0xff]!);
+        }
+        w.ldelim().ldelim();
+      }
     }
     endpoint(w, F.source, r.sourceEndpoint);
     endpoint(w, F.destination, r.destinationEndpoint);
     w.uint32(F.Type).int32(l3l4);
-    if (r.node_name) w.uint32(F.node_name).string(r.node_name);
+    if (r.node_name) text(w, F.node_name, r.node_name);
     strings(w, F.source_names, r.sourceNames);
     strings(w, F.destination_names, r.destinationNames);
     const eventType = flowEventType(ev);
@@ -257,10 +305,11 @@ export function flowResponseEncoderCreate(root: protobuf.Root = hubbleProtoRoot(
     w.ldelim();
     w.uint32(F.interface).fork();
     uint(w, IFACE.index, ev.ifindex);
-    if (extras?.interfaceName) w.uint32(IFACE.name).string(extras.interfaceName);
+    if (extras?.interfaceName) text(w, IFACE.name, extras.interfaceName);
     w.ldelim();
     w.uint32(F.uuid).string(r.uuid);
-    w.uint32(F.Summary).string(summary);
+    if (typeof summary === 'string') text(w, F.Summary, summary);
+    else w.uint32(F.Summary).bytes(summary);
     if (extras) {
       policies(w, F.egress_allowed_by, extras.egress_allowed_by);
       policies(w, F.ingress_allowed_by, extras.ingress_allowed_by);
@@ -268,7 +317,7 @@ export function flowResponseEncoderCreate(root: protobuf.Root = hubbleProtoRoot(
       policies(w, F.ingress_denied_by, extras.ingress_denied_by);
     }
     w.ldelim();
-    if (r.node_name) w.uint32(R.node_name).string(r.node_name);
+    if (r.node_name) text(w, R.node_name, r.node_name);
     timestamp(w, R.time, seconds, nanos);
     return w.finish() as Buffer;
   };

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import type { FlowEvent } from '../../bpf/index.js';
-import type { EndpointL2 } from '../../agent/flows/directory.js';
+import { ipv4Number, type EndpointL2 } from '../../agent/flows/directory.js';
 import { LazyFlowRecord } from '../../agent/flows/enrich.js';
 import type { HubbleEndpoint, HubbleFlowRecord } from '../../agent/flows/hubble.js';
 import { policyFromRuleRef } from '../../api/hubble/attribution.js';
@@ -83,6 +83,18 @@ describe('Hubble flow encoder (direct from the event) against protobufjs from th
       assert.deepEqual(read(direct), read(library));
     });
   }
+
+  test('IPv4 addresses by number (as decoded events carry them), and every shape twice (bytes from the caches): the same message', () => {
+    for (const [name, over, extras, peer] of CASES) {
+      const ev = { ...base, ...over };
+      const numbered = ev.family === 4 ? { ...ev, srcIpv4: ipv4Number(ev.srcAddr), dstIpv4: ipv4Number(ev.dstAddr) } : ev;
+      for (let i = 0; i < 2; i++) {
+        const rec = new LazyFlowRecord(numbered, fe, peer ?? vm, 'node-1');
+        const direct = encode(rec, extras)!;
+        assert.deepEqual(read(direct), read(m.responseSerialize(flowResponse(rec, extras))), `${name}, round ${i + 1}`);
+      }
+    }
+  });
 
   test('every field of the JSON flow is one the encoder writes', () => {
     const known = new Set<string>(FLOW_FIELDS_ENCODED);
