@@ -113,6 +113,8 @@ export class DnsSteering {
   private hostAddresses: { readAt: number; set: Set<string> } | undefined;
   /** The original destination upstream() read for a query, for its verdict() right after. */
   private lastSteered: { client: DnsEndpoint; protocol: number; orig: DnsEndpoint } | undefined;
+  /** The resolver each query addressed, by the query's client object (the proxy makes one per query): its flows need it again, after the answer. */
+  private readonly steeredTo = new WeakMap<DnsEndpoint, DnsEndpoint | null>();
   /** Query verdicts of the compiled state in force (a policy or identity change makes a new one). */
   private verdicts: { state: CompiledPolicy; sections: Map<string, RuleSection>; byKey: Map<string, DnsVerdict> } | undefined;
   /** The write learned answers wait for, not started yet: answers arriving meanwhile join it. */
@@ -245,6 +247,7 @@ export class DnsSteering {
     const protocol = transport === 'udp' ? 17 : 6;
     const orig = this.maps?.originalDestination(client.address, client.port, protocol);
     this.lastSteered = orig ? { client, protocol, orig } : undefined;
+    this.steeredTo.set(client, orig ?? null);
     if (!orig) return undefined;
     const configured = this.deps.config.proxy.upstream;
     return configured ? upstreamParse(configured) : orig;
@@ -263,6 +266,8 @@ export class DnsSteering {
 
   /** The resolver a steered query was addressed to (the DNS flow's destination), from the datapath's map. */
   originalDestination(client: DnsEndpoint, transport: DnsTransport): DnsEndpoint | undefined {
+    const known = this.steeredTo.get(client);
+    if (known !== undefined) return known ?? undefined;
     return this.maps?.originalDestination(client.address, client.port, transport === 'udp' ? 17 : 6);
   }
 
