@@ -13,14 +13,17 @@
  * socket (no such path from tc), TPROXY / bpf_sk_assign (needs IP_TRANSPARENT sockets and replies
  * sent from a foreign source address, which node's sockets cannot do without a native addon).
  *
- * Each forwarded query uses its own upstream socket (a fresh random source port, and a reply must
- * carry the query's id and question), so a spoofed or late reply for another query is never taken.
+ * UDP queries go upstream over a few sockets they share, each connected to the upstream, with a random
+ * port that lives for a few dozen queries, under random message ids of the proxy's
+ * (agent/dns/upstream-udp.ts); a reply must carry its query's id and question, so a spoofed or late
+ * reply for another query is never taken. Over TCP each query has its own connection.
  * An answer that cannot be parsed, or whose learning failed, is never released: SERVFAIL instead.
  */
-import dgram from 'node:dgram';
+import type dgram from 'node:dgram';
 import net from 'node:net';
 import type { Logger } from 'pino';
 import { udpTcpListen } from '../../common/udp-tcp-listen.js';
+import { UdpUpstreams } from './upstream-udp.js';
 import { dnsErrorReply, dnsLearned, dnsParse, DnsParseError, DnsRcode, DNS_HEADER_LENGTH, DNS_MESSAGE_MAX } from './codec.js';
 import type { DnsMessage, LearnedName } from './codec.js';
 
@@ -97,6 +100,8 @@ export class DnsProxy {
   private tcp?: net.Server;
   private inFlight = 0;
   private readonly tcpSockets = new Set<net.Socket>();
+  /** The upstream sockets UDP queries share (agent/dns/upstream-udp.ts). */
+  readonly upstreams = new UdpUpstreams();
   readonly stats: DnsProxyStats = { allowed: 0, refused: 0, malformed: 0, upstreamFailures: 0, dropped: 0 };
   /** Called once per answered query (for flows and metrics). */
   onQuery?: (e: DnsQueryEvent) => void;
@@ -127,6 +132,7 @@ export class DnsProxy {
 
   async stop(): Promise<void> {
     for (const s of this.tcpSockets) s.destroy();
+    this.upstreams.close();
     await Promise.all([
       new Promise<void>((r) => (this.udp ? this.udp.close(() => r()) : r())),
       new Promise<void>((r) => (this.tcp ? this.tcp.close(() => r()) : r())),
@@ -259,24 +265,7 @@ export class DnsProxy {
   }
 
   private forwardUdp(msg: Buffer, upstream: DnsEndpoint): Promise<Buffer> {
-    const timeoutMs = this.opts.upstreamTimeoutMs ?? 5000;
-    return new Promise<Buffer>((resolve, reject) => {
-      const sock = dgram.createSocket(net.isIPv6(upstream.address) ? 'udp6' : 'udp4');
-      let settled = false;
-      const done = (err: Error | undefined, reply?: Buffer) => {
-        if (settled) return;
-        settled = true;
-        clearTimeout(timer);
-        sock.close();
-        if (err) reject(err);
-        else resolve(reply!);
-      };
-      const timer = setTimeout(() => done(new Error(`no answer from ${upstream.address}:${upstream.port} within ${timeoutMs} ms`)), timeoutMs);
-      sock.on('error', (e) => done(e));
-      // A connected socket only hears from the upstream; the id and question are checked by the caller.
-      sock.on('message', (reply) => done(undefined, reply));
-      sock.connect(upstream.port, upstream.address, () => sock.send(msg));
-    });
+    return this.upstreams.query(msg, upstream, this.opts.upstreamTimeoutMs ?? 5000);
   }
 
   private forwardTcp(msg: Buffer, upstream: DnsEndpoint): Promise<Buffer> {
