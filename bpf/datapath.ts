@@ -146,6 +146,13 @@ export class DatapathImpl implements KitnetDatapath {
     this.verdictWrite(() => this.ipcache.upsert(cidr, entry));
   }
 
+  ipcacheUpsertMany(entries: ReadonlyArray<readonly [string, IpcacheEntry]>): void {
+    this.live();
+    this.verdictWrite(() => {
+      for (const [cidr, entry] of entries) this.ipcache.upsert(cidr, entry);
+    });
+  }
+
   ipcacheDelete(cidr: string): void {
     this.live();
     this.verdictWrite(() => this.ipcache.delete(cidr));

@@ -6,7 +6,7 @@ import type { DatapathConfig } from './maps/config.js';
 import type { DnsSteeringMaps } from './maps/dns.js';
 import type { ConntrackEntry } from './maps/conntrack.js';
 import type { Counter, MetricName } from './maps/metrics.js';
-import type { AttachKind, Datapath, EndpointInfo } from './types.js';
+import type { AttachKind, Datapath, EndpointInfo, IpcacheEntry } from './types.js';
 
 /** The contract plus what operators, tests and benchmarks need beyond it. */
 export interface KitnetDatapath extends Datapath {
@@ -16,6 +16,11 @@ export interface KitnetDatapath extends Datapath {
   linkInfo(ifname: string): Partial<Record<LinkRole, LinkInfo>>;
   /** The address index the netkit primary-side program finds endpoints with: [address, host ifindex]. */
   endpointAddrList(): Array<[string, number]>;
+  /**
+   * Several ipcache entries in one verdict write: one policy revision bump for all of them (the DNS
+   * proxy learns addresses in bursts). On an error, some entries may have been written.
+   */
+  ipcacheUpsertMany(entries: ReadonlyArray<readonly [string, IpcacheEntry]>): void;
   /** The `endpoints` entry under one ifindex (one lookup, where endpointList dumps the map). */
   endpointGet(ifindex: number): EndpointInfo | undefined;
   /** Ids of the programs loaded by this instance. */

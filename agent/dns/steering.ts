@@ -18,7 +18,7 @@
 import { networkInterfaces } from 'node:os';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import type { DnsSteeringMaps, KitnetDatapath } from '../../bpf/index.js';
+import type { DnsSteeringMaps, IpcacheEntry, KitnetDatapath } from '../../bpf/index.js';
 import { hostLoopbackAddressEnsure } from '../../netkit/index.js';
 import { ConfigError } from '../../common/config-error.js';
 import { ReservedIdentity } from '../identity/reserved.js';
@@ -39,7 +39,8 @@ import type { FqdnIdentities, FqdnLabelMatcher } from './fqdn-cache.js';
 import { DnsProxy } from './proxy.js';
 import { DNS_STATE_FILE, dnsStateRead, dnsStateWrite } from './state-file.js';
 import type { DnsEndpoint, DnsQueryEvent, DnsTransport, DnsVerdict } from './proxy.js';
-import { dnsQueryVerdict, sectionIndex } from './verdict.js';
+import { dnsPlanVerdict, dnsQueryPlan, sectionIndex } from './verdict.js';
+import type { DnsQueryPlan } from './verdict.js';
 
 /** Host-local addresses of the DNS proxy (link-local IPv4; a ULA whose global id spells "kitnet"). */
 export const DNS_PROXY_IPV4 = '169.254.1.53';
@@ -75,7 +76,7 @@ function coverFn(prefixes: readonly Cidr[]): (address: string) => string | undef
 
 const SAVE_DELAY_MS = 300;
 const HOST_ADDRESSES_MAX_AGE_MS = 1000;
-/** Query verdicts kept per compiled state (names x resolvers x endpoints); cleared when full. */
+/** Query plans kept per compiled state (endpoints x resolvers x ports); cleared when full. */
 const VERDICT_MEMO_MAX = 10_000;
 
 function hostAddressSet(): Set<string> {
@@ -115,8 +116,8 @@ export class DnsSteering {
   private lastSteered: { client: DnsEndpoint; protocol: number; orig: DnsEndpoint } | undefined;
   /** The resolver each query addressed, by the query's client object (the proxy makes one per query): its flows need it again, after the answer. */
   private readonly steeredTo = new WeakMap<DnsEndpoint, DnsEndpoint | null>();
-  /** Query verdicts of the compiled state in force (a policy or identity change makes a new one). */
-  private verdicts: { state: CompiledPolicy; sections: Map<string, RuleSection>; byKey: Map<string, DnsVerdict> } | undefined;
+  /** Query plans of the compiled state in force (a policy or identity change makes a new one); a name then costs its matchers. */
+  private verdicts: { state: CompiledPolicy; sections: Map<string, RuleSection>; byKey: Map<string, DnsQueryPlan> } | undefined;
   /** The write learned answers wait for, not started yet: answers arriving meanwhile join it. */
   private learnedRefresh: Promise<void> | undefined;
   /** The addresses of the answers waiting for it. */
@@ -318,14 +319,15 @@ export class DnsSteering {
       this.verdicts = { state, sections, byKey: new Map() };
     }
     const resolver = this.identityOf(orig.address);
-    const key = `${w.endpointId}/${resolver}/${protocol}/${orig.port}/${name}`;
-    let v = this.verdicts.byKey.get(key);
-    if (!v) {
+    const key = `${w.endpointId}/${resolver}/${protocol}/${orig.port}`;
+    let plan = this.verdicts.byKey.get(key);
+    if (!plan) {
       const policy = engine.endpointPolicy(w.endpointId).policy;
-      const d = policy ? dnsQueryVerdict(state, sections, policy, resolver, protocol, orig.port, name) : { allowed: true, rule: 'no policy' };
-      this.verdicts.byKey.set(key, (v = { allowed: d.allowed, rule: d.rule }));
+      plan = policy ? dnsQueryPlan(state, sections, policy, resolver, protocol, orig.port) : { fixed: { allowed: true, rule: 'no policy' } };
+      this.verdicts.byKey.set(key, plan);
     }
-    return v;
+    const v = dnsPlanVerdict(plan, name);
+    return { allowed: v.allowed, rule: v.rule };
   }
 
   /**
@@ -347,12 +349,16 @@ export class DnsSteering {
       return Promise.resolve();
     }
     for (const l of learned) for (const a of l.addresses) this.learnedPending.add(a);
-    return (this.learnedRefresh ??= this.deps.exclusive(() => {
-      this.learnedRefresh = undefined;
-      const addresses = this.learnedPending;
-      this.learnedPending = new Set();
-      return this.learnedApply(addresses);
-    }));
+    // Written at the end of this turn of the event loop: the answers read in the same turn (a burst of
+    // new names) share one write.
+    return (this.learnedRefresh ??= new Promise<void>((resolve) => setImmediate(resolve)).then(() =>
+      this.deps.exclusive(() => {
+        this.learnedRefresh = undefined;
+        const addresses = this.learnedPending;
+        this.learnedPending = new Set();
+        return this.learnedApply(addresses);
+      }),
+    ));
   }
 
   /**
@@ -375,15 +381,18 @@ export class DnsSteering {
       }
       let moved = false;
       const host = this.hostAddressesRecent();
+      const writes: Array<readonly [string, IpcacheEntry]> = [];
       for (const { cidr, identity } of ipcache) {
         const address = cidr.slice(0, cidr.lastIndexOf('/'));
         if (host.has(address) || this.workloadOf(address)) continue;
         const before = this.applied.get(cidr);
         if (before === identity) continue;
-        datapath.ipcacheUpsert(cidr, { identity, hostId: 0 });
-        this.applied.set(cidr, identity);
+        writes.push([cidr, { identity, hostId: 0 }]);
         if (before !== undefined) moved = true;
       }
+      // One write for the batch (one policy revision bump); recorded as applied only once it is in.
+      if (writes.length) datapath.ipcacheUpsertMany(writes);
+      for (const [cidr, { identity }] of writes) this.applied.set(cidr, identity);
       if (moved) this.refreshSoon();
       this.saveSoon();
     } finally {

@@ -56,6 +56,55 @@ export function sectionIndex(rules: readonly PolicyRule[]): Map<string, RuleSect
 }
 
 /**
+ * What decides the queries from one endpoint to one resolver identity on one protocol and port,
+ * whatever the name: a verdict for every name, or the allowing sections' DNS matchers in the order they
+ * are tried. Computed once per (endpoint, resolver, protocol, port) and policy state (the DNS proxy
+ * keeps it); a name then costs its matchers only.
+ */
+export type DnsQueryPlan =
+  | { fixed: DnsQueryVerdict }
+  | { steps: Array<{ ref: string; matchers: FqdnMatcher[] }>; fallback?: DnsQueryVerdict };
+
+export function dnsQueryPlan(
+  state: CompiledPolicy,
+  sections: ReadonlyMap<string, RuleSection>,
+  ep: EndpointPolicy,
+  resolverIdentity: number,
+  protocol: number,
+  port: number,
+): DnsQueryPlan {
+  const side = policyDecide(state, ep, 'egress', resolverIdentity, protocol, port);
+  if (side.verdict === 'DENIED') return { fixed: { allowed: false, rule: side.rules.join(', ') || 'default deny (no rule allows the resolver)' } };
+  if (side.reason === 'not-enforced') return { fixed: { allowed: true, rule: 'egress not enforced', wildcard: true } };
+  const refs = new Set<string>();
+  for (const e of ep.entries) {
+    if (e.direction !== 'egress' || e.deny || e.implicit) continue;
+    if (e.identity !== resolverIdentity && e.identity !== 0) continue;
+    if (entryCovers(e, protocol, port)) for (const r of e.rules) refs.add(r);
+  }
+  // The sections in the order they are tried; the first that allows every name ends the list.
+  const steps: Array<{ ref: string; matchers: FqdnMatcher[] }> = [];
+  for (const ref of [...refs].sort()) {
+    const s = sections.get(ref);
+    if (!s) continue;
+    if (s.ports === 'all') return steps.length ? { steps, fallback: { allowed: true, rule: ref, wildcard: true } } : { fixed: { allowed: true, rule: ref, wildcard: true } };
+    for (const m of s.ports) {
+      if (!portCovers(m, protocol, port)) continue;
+      if (!m.dns || m.dns.length === 0) return steps.length ? { steps, fallback: { allowed: true, rule: ref, wildcard: true } } : { fixed: { allowed: true, rule: ref, wildcard: true } };
+      steps.push({ ref, matchers: portMatchers(m) });
+    }
+  }
+  return { steps };
+}
+
+/** A plan's verdict for one name (lower case, no trailing dot). */
+export function dnsPlanVerdict(plan: DnsQueryPlan, name: string): DnsQueryVerdict {
+  if ('fixed' in plan) return plan.fixed;
+  for (const { ref, matchers } of plan.steps) if (matchers.some((match) => match(name))) return { allowed: true, rule: ref };
+  return plan.fallback ?? { allowed: false, rule: plan.steps[0]?.ref || 'no DNS rule allows the name' };
+}
+
+/**
  * The verdict for a query of `name` (lower case, no trailing dot) from endpoint `ep` to a resolver of
  * identity `resolverIdentity`, over `protocol` (17 or 6) to port `port` (53).
  */
@@ -68,26 +117,5 @@ export function dnsQueryVerdict(
   port: number,
   name: string,
 ): DnsQueryVerdict {
-  const side = policyDecide(state, ep, 'egress', resolverIdentity, protocol, port);
-  if (side.verdict === 'DENIED') return { allowed: false, rule: side.rules.join(', ') || 'default deny (no rule allows the resolver)' };
-  if (side.reason === 'not-enforced') return { allowed: true, rule: 'egress not enforced', wildcard: true };
-  const refs = new Set<string>();
-  for (const e of ep.entries) {
-    if (e.direction !== 'egress' || e.deny || e.implicit) continue;
-    if (e.identity !== resolverIdentity && e.identity !== 0) continue;
-    if (entryCovers(e, protocol, port)) for (const r of e.rules) refs.add(r);
-  }
-  let denier = '';
-  for (const ref of [...refs].sort()) {
-    const s = sections.get(ref);
-    if (!s) continue;
-    if (s.ports === 'all') return { allowed: true, rule: ref, wildcard: true };
-    for (const m of s.ports) {
-      if (!portCovers(m, protocol, port)) continue;
-      if (!m.dns || m.dns.length === 0) return { allowed: true, rule: ref, wildcard: true };
-      if (portMatchers(m).some((match) => match(name))) return { allowed: true, rule: ref };
-      denier ||= ref;
-    }
-  }
-  return { allowed: false, rule: denier || 'no DNS rule allows the name' };
+  return dnsPlanVerdict(dnsQueryPlan(state, sections, ep, resolverIdentity, protocol, port), name);
 }
