@@ -103,7 +103,12 @@ export class UdpUpstreams {
     });
     ps.ready.then(
       () => {
-        if (ps.pending.has(id)) ps.sock.send(out, (err) => err && this.settle(ps, id, err));
+        if (!ps.pending.has(id)) return;
+        try {
+          ps.sock.send(out, (err) => err && this.settle(ps, id, err));
+        } catch (err) {
+          this.settle(ps, id, err as Error);
+        }
       },
       (err: unknown) => this.settle(ps, id, err as Error),
     );
