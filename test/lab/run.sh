@@ -194,7 +194,7 @@ while :; do
 done
 secs=$(echo "$(date +%s.%N) - $start" | bc)
 boot=$(cat "$run/boot-seconds" 2>/dev/null || echo '?')
-klog=$LAB_CACHE/last-console-$kernel.txt
+klog=$LAB_CACHE/last-console-${KITNET_LAB_JOB:-$kernel}.txt
 cp "$run/console.log" "$klog" 2>/dev/null || : > "$klog"
 if [ "$qrc" = 124 ] || [ "$qrc" = 137 ]; then
   lab_log "TIMEOUT: the $kernel VM was still running after ${timeout_s}s and was killed (KITNET_LAB_TIMEOUT / --timeout)"
