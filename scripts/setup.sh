@@ -6,6 +6,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 log() { printf '[setup] %s\n' "$*" >&2; }
 
+# Node 20 or newer (package.json engines): Debian 12's own nodejs is 18, too old; say so before anything
+# else fails on it.
+node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+if [ "$node_major" -lt 20 ]; then
+  log "error: kitnet needs Node.js 20 or newer; this machine has $(node --version 2>/dev/null || echo 'no node')."
+  log "Debian 12's nodejs package is 18: install Node 20 (e.g. NodeSource's nodejs 20 for Debian 12, or the"
+  log "official linux-x64 tarball from nodejs.org unpacked under /usr/local), then run this again."
+  exit 1
+fi
+
 # qemu-system-x86, busybox-static, kmod, cpio, zstd: the lab VM that runs the tests on netkit kernels (test/lab),
 # zstd also for the kernel facts of netkit/uapi.facts.json (tools/gen/netkit-uapi.ts).
 # etcd-server: the real etcd the cluster-mode tests start (test/helpers/etcd.ts); etcd-client: etcdctl, which
