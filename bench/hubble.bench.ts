@@ -14,12 +14,13 @@
 // to its arrival, same host clock).
 //
 //   node dist/bench/hubble.bench.js [rates=50000,100000,200000,400000] [--seconds=3] [--samples=1000] [--rounds=1] [--ab]
-//                                   [--client=http2|grpc-js] [--generator=worker|main] [--profile]
+//                                   [--client=http2|grpc-js] [--generator=worker|main] [--profile] [--follow-queue=N]
 // --generator: the events are made on the agent's thread, in slices between its turns (main, default:
 // the agent's thread pays for making them too, ~1 µs an event) or on a worker thread (worker);
 // --rounds=R repeats the whole rate sweep R times; --ab measures every rate of a round twice, `before`
 // (the encoder on protobufjs's Writer, queued messages sent one by one through grpc-js) and `after`
 // (the in-place writer, queued messages framed into one HTTP/2 write), alternating which goes first; --client=grpc-js follows with kitnet's grpc-js client instead of node:http2;
+// --follow-queue sets the agent's hubble.followQueue (flows a follower may fall behind; default the config's);
 // --profile writes a CPU profile of the agent's thread during the sweep (bench/results/hubble-follow.cpuprofile).
 import { spawn } from 'node:child_process';
 import { Worker } from 'node:worker_threads';
@@ -70,8 +71,8 @@ async function main(): Promise<void> {
   const seconds = Number(args.opts.seconds ?? (args.quick ? 2 : 3));
   const samples = Number(args.opts.samples ?? (args.quick ? 300 : 1000));
   const client = args.opts.client ?? 'http2';
-  console.log(`Hubble gRPC follow: rates ${rates.join(', ')}/s for ${seconds} s each, ${samples} latency samples, generator on ${args.opts.generator === 'worker' ? 'a worker' : "the agent's"} thread, follower ${args.opts.client ?? 'http2'}; ${MACHINE_LINE()}`);
-  const { dir, daemon: agent, a, b } = await benchAgentPairStart({ tag: 'hb', ipv4Pool: '10.222.0.0/24', ipv6Pool: 'fd00:222::/64', overrides: { flows: { kernelRingBytes: 64 << 20, aggregation: 'every-packet' } } });
+  console.log(`Hubble gRPC follow: rates ${rates.join(', ')}/s for ${seconds} s each, ${samples} latency samples, generator on ${args.opts.generator === 'worker' ? 'a worker' : "the agent's"} thread, follower ${args.opts.client ?? 'http2'}, follow queue ${args.opts['follow-queue'] ?? 'the default'}; ${MACHINE_LINE()}`);
+  const { dir, daemon: agent, a, b } = await benchAgentPairStart({ tag: 'hb', ipv4Pool: '10.222.0.0/24', ipv6Pool: 'fd00:222::/64', overrides: { flows: { kernelRingBytes: 64 << 20, aggregation: 'every-packet' }, ...(args.opts['follow-queue'] ? { hubble: { followQueue: Number(args.opts['follow-queue']) } } : {}) } });
   const dp = agent.agent.kernel.datapath;
   const flows = agent.agent.flows;
   const ifindex = a.interfaces.host.ifindex!;

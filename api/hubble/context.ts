@@ -10,6 +10,8 @@ export interface HubbleContext {
   /** Where clients reach this node (host:port of the TCP listener, else unix://socket). */
   address(): string;
   tls: { enabled: boolean; serverName: string };
+  /** A follower further behind than this many flows loses flows (config hubble.followQueue). */
+  followQueue: number;
   /** Stops of the open follow streams (closing the server ends them). */
   followers: Set<() => void>;
   /** Called once when the agent starts serving (health Watch streams tell their clients). */
@@ -18,7 +20,7 @@ export interface HubbleContext {
 
 /**
  * Streams that stay open (follow, Peer.Notify, health Watch) at once, over all clients: each holds
- * listeners and up to FOLLOW_QUEUE_LIMIT queued messages, so a client opening thousands cannot
+ * listeners and up to hubble.followQueue queued messages, so a client opening thousands cannot
  * exhaust the agent's memory.
  */
 export const OPEN_STREAMS_MAX = 64;
@@ -33,7 +35,7 @@ export function grpcError(code: status, details: string): ServiceError {
   return Object.assign(new Error(details), { code, details, metadata: new Metadata() });
 }
 
-export function hubbleContext(address: () => string, tls: { enabled: boolean; serverName: string }): HubbleContext & { serve(b: HubbleBackend): void } {
+export function hubbleContext(address: () => string, tls: { enabled: boolean; serverName: string }, followQueue: number): HubbleContext & { serve(b: HubbleBackend): void } {
   let backend: HubbleBackend | undefined;
   const started = process.hrtime.bigint();
   return {
@@ -47,6 +49,7 @@ export function hubbleContext(address: () => string, tls: { enabled: boolean; se
     uptimeNs: () => Number(process.hrtime.bigint() - started),
     address,
     tls,
+    followQueue,
     followers: new Set(),
     servingWaiters: new Set(),
   };

@@ -9,9 +9,6 @@ import { serverStreamBatchWrites } from './batch-writes.js';
 import { peerAddress } from './cluster-peers.js';
 import { grpcError, streamRefusal, type HubbleContext } from './context.js';
 
-/** A follower further behind than this many messages loses flows (counted, then a lost_events message). */
-export const FOLLOW_QUEUE_LIMIT = 4096;
-
 interface GetFlowsRequest {
   number?: number;
   first?: boolean;
@@ -89,7 +86,7 @@ function getFlows(ctx: HubbleContext, encode: FlowResponseEncoder, call: ServerW
   };
   const send = (msg: () => FlowOut) => {
     if (ended) return;
-    if (call.writableLength > FOLLOW_QUEUE_LIMIT) {
+    if (call.writableLength > ctx.followQueue) {
       missed++;
       return;
     }

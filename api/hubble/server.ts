@@ -98,7 +98,7 @@ export async function hubbleListen(config: Config, log: Logger): Promise<HubbleS
   const socket = hubbleSocketPath(config);
   const tls = { enabled: config.hubble.listen !== undefined, serverName: config.hubble.tls?.serverName ?? config.nodeName };
   let address = `unix://${socket}`;
-  const ctx = hubbleContext(() => address, tls);
+  const ctx = hubbleContext(() => address, tls, config.hubble.followQueue);
   const services = hubbleServices();
   const server = new Server({ 'grpc.max_receive_message_length': 1 << 20 });
   server.addService(services.observer, observerService(ctx));

@@ -33,6 +33,14 @@ describe('hubble config keys', () => {
     assert.throws(() => configParse({ hubble: { sockett: 'x' } }), /hubble: Unrecognized key/);
   });
 
+  test('followQueue: 32,768 flows by default; an integer of 64 to 1,000,000', () => {
+    assert.equal(configParse({}).hubble.followQueue, 32_768);
+    assert.equal(configParse({ hubble: { followQueue: 64 } }).hubble.followQueue, 64);
+    for (const bad of [63, 1_000_001, 100.5, '4096', -1]) {
+      assert.throws(() => configParse({ hubble: { followQueue: bad } }), /hubble\.followQueue: /, String(bad));
+    }
+  });
+
   test('socket and TLS file problems name the key', () => {
     const ca = testCaMake(dir, 'kitnet.test');
     const problems = (hubble: object) => hubbleConfigProblems(configParse({ api: { socket: join(dir, 'kitnet.sock') }, hubble })).map(([k, m]) => `${k}: ${m}`);

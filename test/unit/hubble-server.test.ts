@@ -14,9 +14,11 @@ import type { HubbleBackend } from '../../api/hubble/backend.js';
 import { hubbleClient, type HubbleClient } from '../../api/hubble/client.js';
 import { OPEN_STREAMS_MAX } from '../../api/hubble/context.js';
 import { batchWriteOptions } from '../../api/hubble/batch-writes.js';
-import { FOLLOW_QUEUE_LIMIT } from '../../api/hubble/observer.js';
 import { hubbleListen, type HubbleServer } from '../../api/hubble/server.js';
 import { waitFor } from '../helpers/sys.js';
+
+/** hubble.followQueue of the agent under test (small: the loss test overflows it several times). */
+const FOLLOW_QUEUE_LIMIT = 4096;
 
 const fe: HubbleEndpoint = { ID: 2, identity: 1001, namespace: 'shop', labels: ['k8s:app=fe'], pod_name: 'fe' };
 const db: HubbleEndpoint = { ID: 3, identity: 1002, namespace: 'shop', labels: ['k8s:app=db'], pod_name: 'db' };
@@ -51,7 +53,7 @@ describe('Hubble gRPC server (in process, unix socket)', () => {
   let server: HubbleServer;
   let client: HubbleClient;
   before(async () => {
-    const config = configParse({ nodeName: 'unit-node', api: { socket: join(dir, 'kitnet.sock') } });
+    const config = configParse({ nodeName: 'unit-node', api: { socket: join(dir, 'kitnet.sock') }, hubble: { followQueue: FOLLOW_QUEUE_LIMIT } });
     server = await hubbleListen(config, pino({ level: 'silent' }));
     client = hubbleClient(`unix://${server.socket}`);
   });
