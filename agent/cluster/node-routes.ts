@@ -91,14 +91,21 @@ export class NodeRoutes implements NodeSink {
       this.again = true;
       return this.running;
     }
+    // A pass that failed as a whole (the route dump refused, e.g. EBUSY while another dump runs on the
+    // shared socket) is retried as soon as one with a failing route, not at the next resync.
+    let failed = false;
     this.running = (async () => {
       do {
         this.again = false;
-        await this.pass().catch((err: unknown) => this.log.error({ err }, 'node route pass failed; retrying'));
+        failed = false;
+        await this.pass().catch((err: unknown) => {
+          failed = true;
+          this.log.error({ err }, 'node route pass failed; retrying');
+        });
       } while (this.again && !this.closed);
     })().finally(() => {
       this.running = undefined;
-      this.schedule(this.failing.size ? RETRY_MS : RESYNC_MS);
+      this.schedule(failed || this.failing.size ? RETRY_MS : RESYNC_MS);
     });
     return this.running;
   }

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { Etcd3 } from 'etcd3';
 import { NODES_PREFIX } from '../../agent/cluster/node-registry.js';
-import type { TraceResponse } from '../../common/schemas/policy.js';
+import type { PolicySummary, TraceResponse } from '../../common/schemas/policy.js';
 import type { Workload } from '../../common/schemas/workload.js';
 import { join } from 'node:path';
 import { hubbleClient } from '../../api/hubble/client.js';
@@ -17,16 +17,19 @@ const CLUSTER = 'kitxh';
 type FlowLine = { flow?: { verdict: string; IP: { source: string; destination: string }; l4?: { TCP?: { destination_port: number } }; source: { identity: number; pod_name?: string; namespace?: string; labels?: string[] }; destination: { pod_name?: string } } };
 
 /**
- * #14 item 4: kitnet hosts, each an agent in a network namespace of its own with a node address on a
- * shared bridge, one real etcd. Each host claims node CIDRs from the cluster pools and routes to the
- * others'; workloads on two hosts reach each other (ping, TCP, v4 and v6); a policy on the receiving
- * host admits the remote workload by its labels and the flow there names it; hostile node entries
- * change nothing; a node killed without cleanup leaves the others' routes and ipcache within its TTL.
+ * #14 item 4: three kitnet hosts, each an agent in a network namespace of its own with a node address
+ * on a shared bridge, one real etcd. Each host claims node CIDRs from the cluster pools and routes to
+ * the other two's; workloads on three hosts reach each other (ping, TCP, v4 and v6); a policy PUT
+ * through host 1 is enforced on host 3, the receiver, which admits the remote workload by its labels
+ * and names both remote senders (from hosts 1 and 2) in its flows; hostile node entries change
+ * nothing; a node killed without cleanup leaves both others' routes and ipcache within its TTL.
  */
 describe('cluster mode across hosts: node CIDRs, routes, cross-host traffic and policy (root)', { timeout: timeLimit(420_000) }, () => {
-  const cluster = new ClusterHosts({ tag: 'xh', hosts: 2, cluster: { name: CLUSTER, id: 12, leaseTTLSeconds: 5 }, ipv4Pool: '10.236.0.0/16', ipv6Pool: 'fd00:236::/64', hubble: true });
+  const cluster = new ClusterHosts({ tag: 'xh', hosts: 3, cluster: { name: CLUSTER, id: 12, leaseTTLSeconds: 5 }, ipv4Pool: '10.236.0.0/16', ipv6Pool: 'fd00:236::/64', hubble: true });
   let h1: ClusterHost;
   let h2: ClusterHost;
+  let h3: ClusterHost;
+  let hosts: ClusterHost[];
   let raw: Etcd3 | undefined;
   const probers: Prober[] = [];
   const w: Record<string, Workload> = {};
@@ -56,11 +59,22 @@ describe('cluster mode across hosts: node CIDRs, routes, cross-host traffic and 
     w[name] = await h.api.call<Workload>('POST', '/v1/workloads', { name, namespace: NS, labels, netns: `/var/run/netns/${ns[name]}` });
   };
   const cidrsOf = async (h: ClusterHost) => (await h.api.call<{ ipam: { ipv4Pool: string; ipv6Pool: string } }>('GET', '/v1/status')).ipam;
+  const net24 = (a: string) => a.split('.').slice(0, 3).join('.');
+  /** h's node routes (v4 and v6) reach each of `to`'s CIDRs through that host's node addresses. */
+  const routesTo = async (h: ClusterHost, to: ReadonlyArray<{ host: ClusterHost; c: { ipv4Pool: string; ipv6Pool: string } }>) => {
+    const [r4, r6] = [await h.nodeRoutes(4), await h.nodeRoutes(6)];
+    return to.every(({ host, c }) => r4.some((r) => r.dst === c.ipv4Pool && r.gateway === host.nodeIPv4 && r.dev === 'eth0') &&
+      r6.some((r) => r.dst === c.ipv6Pool && r.gateway === host.nodeIPv6 && r.dev === 'eth0'));
+  };
+  /** The source identity h's compiled policy state gives an address (what its ipcache resolves it to). */
+  const identityOn = async (h: ClusterHost, ip: string, to: string) =>
+    ((await h.api.call<TraceResponse>('POST', '/v1/policy/trace', { from: { ip }, to: { workload: `${NS}/${to}` }, protocol: 'TCP', port: 80 })).result as { srcIdentity: number }).srcIdentity;
 
   before(async () => {
     await cluster.setup();
-    [h1, h2] = cluster.hosts as [ClusterHost, ClusterHost];
-    await Promise.all([h1.start(), h2.start()]);
+    hosts = cluster.hosts;
+    [h1, h2, h3] = hosts as [ClusterHost, ClusterHost, ClusterHost];
+    await Promise.all(hosts.map((h) => h.start()));
     raw = new Etcd3({ hosts: cluster.etcd!.endpoint });
   });
   after(async () => {
@@ -69,43 +83,50 @@ describe('cluster mode across hosts: node CIDRs, routes, cross-host traffic and 
     await cluster.cleanup();
   });
 
-  test('each node is in etcd in Cilium\'s node JSON with its own CIDRs, and each routes to the other\'s', async () => {
-    const [c1, c2] = [await cidrsOf(h1), await cidrsOf(h2)];
-    assert.notEqual(c1.ipv4Pool, c2.ipv4Pool);
-    assert.notEqual(c1.ipv6Pool, c2.ipv6Pool);
-    for (const c of [c1, c2]) {
+  test('each node is in etcd in Cilium\'s node JSON with its own CIDRs, and each routes to the other two\'s', async () => {
+    const cs = await Promise.all(hosts.map(cidrsOf));
+    assert.equal(new Set(cs.map((c) => c.ipv4Pool)).size, 3, `three distinct IPv4 CIDRs: ${JSON.stringify(cs)}`);
+    assert.equal(new Set(cs.map((c) => c.ipv6Pool)).size, 3, `three distinct IPv6 CIDRs: ${JSON.stringify(cs)}`);
+    for (const c of cs) {
       assert.match(c.ipv4Pool, /^10\.236\.\d+\.0\/24$/);
       assert.match(c.ipv6Pool, /^fd00:236::(\w+:0)?\/112$/);
     }
-    const entry = JSON.parse((await raw!.get(`${NODES_PREFIX}/${CLUSTER}/h2`).string())!) as Record<string, unknown>;
-    assert.equal(entry.Name, 'h2');
-    assert.equal(entry.Cluster, CLUSTER);
-    assert.equal(entry.ClusterID, 12);
-    assert.deepEqual(entry.IPAddresses, [{ Type: 'InternalIP', IP: h2.nodeIPv4 }, { Type: 'InternalIP', IP: h2.nodeIPv6 }]);
-    assert.deepEqual(entry.IPv4AllocCIDR, { IP: c2.ipv4Pool.split('/')[0], Mask: '////AA==' });
-    const lease = (await raw!.get(`${NODES_PREFIX}/${CLUSTER}/h2`).exec()).kvs[0]!.lease;
-    assert.notEqual(lease, '0', 'the node entry is leased');
+    for (const [i, h] of hosts.entries()) {
+      const entry = JSON.parse((await raw!.get(`${NODES_PREFIX}/${CLUSTER}/${h.name}`).string())!) as Record<string, unknown>;
+      assert.equal(entry.Name, h.name);
+      assert.equal(entry.Cluster, CLUSTER);
+      assert.equal(entry.ClusterID, 12);
+      assert.deepEqual(entry.IPAddresses, [{ Type: 'InternalIP', IP: h.nodeIPv4 }, { Type: 'InternalIP', IP: h.nodeIPv6 }]);
+      assert.deepEqual(entry.IPv4AllocCIDR, { IP: cs[i]!.ipv4Pool.split('/')[0], Mask: '////AA==' });
+      const lease = (await raw!.get(`${NODES_PREFIX}/${CLUSTER}/${h.name}`).exec()).kvs[0]!.lease;
+      assert.notEqual(lease, '0', `${h.name}'s node entry is leased`);
+    }
 
-    for (const [from, to, c] of [[h1, h2, c2], [h2, h1, c1]] as const) {
-      await waitFor(`${from.name}'s routes to ${to.name}'s CIDRs`, async () => {
-        const [r4, r6] = [await from.nodeRoutes(4), await from.nodeRoutes(6)];
-        return (r4.some((r) => r.dst === c.ipv4Pool && r.gateway === to.nodeIPv4 && r.dev === 'eth0') && r6.some((r) => r.dst === c.ipv6Pool && r.gateway === to.nodeIPv6 && r.dev === 'eth0')) || undefined;
-      }, timeLimit(30_000));
-      assert.equal((await from.nodeRoutes(4)).length, 1, 'one IPv4 node route: none for the own CIDR');
+    await Promise.all(hosts.map(async (from, i) => {
+      const others = hosts.map((host, j) => ({ host, c: cs[j]! })).filter((_, j) => j !== i);
+      await waitFor(`${from.name}'s routes to ${others.map((o) => o.host.name).join(' and ')}'s CIDRs`, async () => (await routesTo(from, others)) || undefined, timeLimit(30_000));
+    }));
+    for (const h of hosts) {
+      assert.equal((await h.nodeRoutes(4)).length, 2, `${h.name}: two IPv4 node routes, none for its own CIDR`);
+      assert.equal((await h.nodeRoutes(6)).length, 2, `${h.name}: two IPv6 node routes, none for its own CIDR`);
     }
   });
 
-  test('workloads on two hosts reach each other: ping and TCP, IPv4 and IPv6, from addresses of their node\'s CIDR', async () => {
+  test('workloads on three hosts reach each other; a policy PUT through host 1 is enforced on host 3, whose flows name both remote senders', async () => {
     await register(h1, 'fe', { app: 'fe' });
-    await register(h1, 'other', { app: 'other' });
-    await register(h2, 'be', { app: 'be' });
-    const [c1, c2] = [await cidrsOf(h1), await cidrsOf(h2)];
-    assert.equal(w.fe!.ipv4.split('.').slice(0, 3).join('.'), c1.ipv4Pool.split('.').slice(0, 3).join('.'), 'fe\'s address is in h1\'s CIDR');
-    assert.equal(w.be!.ipv4.split('.').slice(0, 3).join('.'), c2.ipv4Pool.split('.').slice(0, 3).join('.'), 'be\'s address is in h2\'s CIDR');
-    for (const addr of [w.be!.ipv4, w.be!.ipv6]) {
-      await waitFor(`ping fe -> be ${addr}`, async () => ping(ns.fe!, addr), timeLimit(30_000));
+    await register(h2, 'other', { app: 'other' });
+    await register(h3, 'be', { app: 'be' });
+    const [c1, c2, c3] = await Promise.all(hosts.map(cidrsOf));
+    assert.equal(net24(w.fe!.ipv4), net24(c1!.ipv4Pool), 'fe\'s address is in h1\'s CIDR');
+    assert.equal(net24(w.other!.ipv4), net24(c2!.ipv4Pool), 'other\'s address is in h2\'s CIDR');
+    assert.equal(net24(w.be!.ipv4), net24(c3!.ipv4Pool), 'be\'s address is in h3\'s CIDR');
+    for (const src of ['fe', 'other']) {
+      for (const addr of [w.be!.ipv4, w.be!.ipv6]) {
+        await waitFor(`ping ${src} -> be ${addr}`, async () => ping(ns[src]!, addr), timeLimit(30_000));
+      }
     }
-    assert.ok(await ping(ns.be!, w.fe!.ipv6), 'be -> fe IPv6');
+    assert.ok(await ping(ns.be!, w.fe!.ipv6), 'be (h3) -> fe (h1) IPv6');
+    assert.ok(await ping(ns.fe!, w.other!.ipv4), 'fe (h1) -> other (h2) IPv4');
     const server = new Prober(ns.be!, [80, 81]);
     const client = new Prober(ns.fe!, [7]);
     const bystander = new Prober(ns.other!, [7]);
@@ -114,29 +135,43 @@ describe('cluster mode across hosts: node CIDRs, routes, cross-host traffic and 
     const tcp = (addr: string, port: number) => ({ addr, port, protocol: 'TCP' as const });
     const open = await client.probeRetrying([tcp(w.be!.ipv4, 80), tcp(w.be!.ipv6, 80), tcp(w.be!.ipv4, 81)], 500, 4);
     assert.deepEqual(open.results, [true, true, true], 'TCP across hosts with no policy');
+    const openOther = await bystander.probeRetrying([tcp(w.be!.ipv4, 80), tcp(w.be!.ipv6, 80)], 500, 4);
+    assert.deepEqual(openOther.results, [true, true], 'other (h2) -> be (h3) with no policy');
 
-    // A policy on the receiving host: app=fe may reach app=be on 80/TCP, nothing else may.
-    await h2.api.call('PUT', '/v1/policies', {
+    // A policy PUT through host 1, which has no endpoint it selects: app=fe may reach app=be on 80/TCP,
+    // nothing else may. Policies are shared through etcd, so host 3 (be's) must enforce it.
+    await h1.api.call('PUT', '/v1/policies', {
       apiVersion: 'cilium.io/v2',
       kind: 'CiliumNetworkPolicy',
       metadata: { name: 'fe-to-be', namespace: NS },
       spec: { endpointSelector: { matchLabels: { app: 'be' } }, ingress: [{ fromEndpoints: [{ matchLabels: { app: 'fe' } }], toPorts: [{ ports: [{ port: '80', protocol: 'TCP' }] }] }] },
     });
+    // h3 applies it from its watch: wait until its compiled state (what its datapath enforces) says so
+    const verdictOn3 = async (from: string, port: number) =>
+      (await h3.api.call<TraceResponse>('POST', '/v1/policy/trace', { from: { ip: from }, to: { workload: `${NS}/be` }, protocol: 'TCP', port })).verdict;
+    let verdicts: string[] = [];
+    await waitFor('h3 to enforce the policy PUT through h1', async () => {
+      verdicts = [await verdictOn3(w.fe!.ipv4, 80), await verdictOn3(w.fe!.ipv4, 81), await verdictOn3(w.other!.ipv4, 80)];
+      return verdicts.join() === 'ALLOWED,DENIED,DENIED' || undefined;
+    }, timeLimit(30_000)).catch((err: Error) => assert.fail(`${err.message}: fe:80, fe:81, other:80 traced ${verdicts.join(', ')}`));
+    assert.ok((await h3.api.call<PolicySummary[]>('GET', '/v1/policies')).some((p) => p.name === 'fe-to-be' && p.namespace === NS), 'h3 lists the policy');
+
     const allowed = await client.probeRetrying([tcp(w.be!.ipv4, 80), tcp(w.be!.ipv6, 80)], 500, 4);
-    assert.deepEqual(allowed.results, [true, true], 'fe -> be:80 allowed, v4 and v6');
-    assert.deepEqual(await client.probe([tcp(w.be!.ipv4, 81), tcp(w.be!.ipv6, 81)], 700), [false, false], 'fe -> be:81 denied');
-    assert.deepEqual(await bystander.probe([tcp(w.be!.ipv4, 80), tcp(w.be!.ipv6, 80)], 700), [false, false], 'other -> be:80 denied');
+    assert.deepEqual(allowed.results, [true, true], 'fe (h1) -> be (h3):80 allowed, v4 and v6');
+    assert.deepEqual(await client.probe([tcp(w.be!.ipv4, 81), tcp(w.be!.ipv6, 81)], 700), [false, false], 'fe (h1) -> be (h3):81 denied');
+    assert.deepEqual(await bystander.probe([tcp(w.be!.ipv4, 80), tcp(w.be!.ipv6, 80)], 700), [false, false], 'other (h2) -> be (h3):80 denied');
     assert.equal(await ping(ns.fe!, w.be!.ipv4), false, 'ICMP is not in the policy');
 
-    // h2's flows name the remote workload and its identity.
-    await flowWait(h2, 'a forwarded flow fe -> be:80 on h2 naming fe', w.fe!.ipv4, (f) => f.verdict === 'FORWARDED' && f.l4?.TCP?.destination_port === 80 &&
+    // h3's flows name the remote workloads, each from its own host, with their identities and labels.
+    await flowWait(h3, 'a forwarded flow fe -> be:80 on h3 naming fe', w.fe!.ipv4, (f) => f.verdict === 'FORWARDED' && f.l4?.TCP?.destination_port === 80 &&
       f.source.identity === w.fe!.identity && f.source.pod_name === 'fe' && f.source.namespace === NS && !!f.source.labels?.includes('k8s:app=fe') && f.destination.pod_name === 'be');
-    await flowWait(h2, 'a dropped flow other -> be:80 on h2 naming other', w.other!.ipv4, (f) => f.verdict === 'DROPPED' && f.source.identity === w.other!.identity && f.source.pod_name === 'other');
+    await flowWait(h3, 'a dropped flow other -> be:80 on h3 naming other', w.other!.ipv4, (f) => f.verdict === 'DROPPED' && f.l4?.TCP?.destination_port === 80 &&
+      f.source.identity === w.other!.identity && f.source.pod_name === 'other' && f.source.namespace === NS && !!f.source.labels?.includes('k8s:app=other') && f.destination.pod_name === 'be');
   });
 
   test('hostile node entries are ignored with a log line: no route over a local CIDR, the agents stay up', async () => {
     const c1 = await cidrsOf(h1);
-    const before = { h1: await h1.nodeRoutes(4), h2: await h2.nodeRoutes(4), h16: await h1.nodeRoutes(6) };
+    const before = await Promise.all(hosts.map(async (h) => ({ r4: await h.nodeRoutes(4), r6: await h.nodeRoutes(6) })));
     const key = (n: string) => `${NODES_PREFIX}/${CLUSTER}/${n}`;
     const mask24 = '////AA==';
     const node = (name: string, o: Record<string, unknown>) => JSON.stringify({ Name: name, Cluster: CLUSTER, IPAddresses: [{ Type: 'InternalIP', IP: `${cluster.subnet4}.77` }], IPv4AllocCIDR: null, IPv6AllocCIDR: null, ClusterID: 12, ...o });
@@ -149,18 +184,19 @@ describe('cluster mode across hosts: node CIDRs, routes, cross-host traffic and 
     };
     for (const [n, v] of Object.entries(hostile)) await raw!.put(key(n)).value(v);
     try {
-      for (const h of [h1, h2]) {
+      for (const h of hosts) {
         await waitFor(`${h.name} to log every hostile entry as ignored`, async () => {
           const keys = new Set(h.logged(/cluster node entry ignored/).map((l) => String(l.key)));
           return Object.keys(hostile).every((n) => keys.has(key(n))) || undefined;
         }, timeLimit(30_000));
         assert.equal(await h.api.call<{ status?: string }>('GET', '/healthz').then(() => true), true, `${h.name} still serves`);
       }
-      // A sound entry written after them is taken: the watch went on (and shows the hostile ones were not merely slow).
+      // A sound entry written after them is taken by every host: the watches went on (and shows the hostile ones were not merely slow).
       await raw!.put(key('sound')).value(node('sound', { IPv4AllocCIDR: { IP: '10.236.202.0', Mask: mask24 } }));
-      await waitFor('the sound entry\'s route on h1', async () => (await h1.nodeRoutes(4)).some((r) => r.dst === '10.236.202.0/24') || undefined, timeLimit(30_000));
+      const hasSound = async (h: ClusterHost) => (await h.nodeRoutes(4)).some((r) => r.dst === '10.236.202.0/24');
+      await Promise.all(hosts.map((h) => waitFor(`the sound entry's route on ${h.name}`, async () => (await hasSound(h)) || undefined, timeLimit(30_000))));
       await raw!.delete().key(key('sound')).exec();
-      await waitFor('the sound entry\'s route gone with its key', async () => !(await h1.nodeRoutes(4)).some((r) => r.dst === '10.236.202.0/24') || undefined, timeLimit(30_000));
+      await Promise.all(hosts.map((h) => waitFor(`the sound entry's route gone from ${h.name} with its key`, async () => !(await hasSound(h)) || undefined, timeLimit(30_000))));
 
       // Sound entries the kernel cannot route: an operator message naming the route, errno and what to do.
       await run('ip', ['-n', h1.netns, 'route', 'add', '10.236.203.0/24', 'dev', 'eth0']);
@@ -180,63 +216,83 @@ describe('cluster mode across hosts: node CIDRs, routes, cross-host traffic and 
         await run('ip', ['-n', h1.netns, 'route', 'del', '10.236.203.0/24', 'dev', 'eth0']);
       }
       await waitFor('the failures cleared with their entries', async () => promValue(await metrics(h1), 'kitnet_cluster_node_routes_failing') === 0 || undefined, timeLimit(30_000));
-      assert.deepEqual(await h1.nodeRoutes(4), before.h1);
-      assert.deepEqual(await h2.nodeRoutes(4), before.h2);
-      assert.deepEqual(await h1.nodeRoutes(6), before.h16);
+      // h2 and h3 route 10.236.203.0/24 to "taken" (nothing of the operator's is in their way): gone with the entry
+      await Promise.all(hosts.map((h, i) => waitFor(`${h.name}'s node routes as before`, async () => {
+        const [r4, r6] = [await h.nodeRoutes(4), await h.nodeRoutes(6)];
+        return (JSON.stringify(r4) === JSON.stringify(before[i]!.r4) && JSON.stringify(r6) === JSON.stringify(before[i]!.r6)) || undefined;
+      }, timeLimit(30_000))));
       assert.ok(promValue(await metrics(h1), 'kitnet_cluster_node_events_total', { event: 'ignored' }) >= Object.keys(hostile).length);
     } finally {
       for (const n of Object.keys(hostile)) await raw!.delete().key(key(n)).exec();
     }
   });
 
-  test('a node killed with SIGKILL: its routes and ipcache entries leave the other host within the lease TTL', async () => {
-    const c2 = await cidrsOf(h2);
-    assert.equal(promValue(await metrics(h1), 'kitnet_cluster_nodes'), 1);
-    assert.ok(promValue(await metrics(h1), 'kitnet_cluster_ipcache_remote_entries') >= 2, 'be\'s addresses are in h1\'s ipcache');
+  test('a node killed with SIGKILL: its routes and ipcache entries leave both other hosts within the lease TTL; the survivors keep each other\'s', async () => {
+    const [c1, c2, c3] = await Promise.all(hosts.map(cidrsOf));
+    // each survivor, with the workload it must keep learning from the other survivor
+    const survivors = [{ h: h1, keeps: 'be', peer: h3, c: c3!, local: 'fe' }, { h: h3, keeps: 'fe', peer: h1, c: c1!, local: 'be' }];
+    for (const { h } of survivors) {
+      assert.equal(promValue(await metrics(h), 'kitnet_cluster_nodes'), 2, `${h.name} knows two other nodes`);
+      assert.equal(promValue(await metrics(h), 'kitnet_cluster_ipcache_remote_entries'), 4, `${h.name}'s ipcache has both remote workloads' two addresses each`);
+    }
     await h2.kill('SIGKILL');
-    await waitFor('h2\'s routes gone from h1', async () => {
-      const [r4, r6] = [await h1.nodeRoutes(4), await h1.nodeRoutes(6)];
-      return (!r4.some((r) => r.dst === c2.ipv4Pool) && !r6.some((r) => r.dst === c2.ipv6Pool)) || undefined;
-    }, timeLimit(60_000));
-    await waitFor('be\'s entries gone from h1\'s ipcache', async () => promValue(await metrics(h1), 'kitnet_cluster_ipcache_remote_entries') === 0 || undefined, timeLimit(60_000));
-    assert.equal(promValue(await metrics(h1), 'kitnet_cluster_nodes'), 0);
-    const trace = await h1.api.call<TraceResponse>('POST', '/v1/policy/trace', { from: { ip: w.be!.ipv4 }, to: { workload: `${NS}/fe` }, protocol: 'TCP', port: 80 });
-    assert.notEqual((trace.result as { srcIdentity: number }).srcIdentity, w.be!.identity, 'be\'s address no longer resolves to its identity on h1');
+    await Promise.all(survivors.map(async ({ h }) => {
+      await waitFor(`h2's routes gone from ${h.name}`, async () => {
+        const [r4, r6] = [await h.nodeRoutes(4), await h.nodeRoutes(6)];
+        return (!r4.some((r) => r.dst === c2!.ipv4Pool) && !r6.some((r) => r.dst === c2!.ipv6Pool)) || undefined;
+      }, timeLimit(60_000));
+      await waitFor(`other's entries gone from ${h.name}'s ipcache`, async () => promValue(await metrics(h), 'kitnet_cluster_ipcache_remote_entries') === 2 || undefined, timeLimit(60_000));
+    }));
+    for (const { h, keeps, peer, c, local } of survivors) {
+      assert.equal(promValue(await metrics(h), 'kitnet_cluster_nodes'), 1, `${h.name} knows one other node`);
+      assert.ok(await routesTo(h, [{ host: peer, c }]), `${h.name} still routes to ${peer.name}'s CIDRs`);
+      assert.notEqual(await identityOn(h, w.other!.ipv4, local), w.other!.identity, `other's address no longer resolves to its identity on ${h.name}`);
+      assert.equal(await identityOn(h, w[keeps]!.ipv4, local), w[keeps]!.identity, `${keeps}'s address (on ${peer.name}) still resolves on ${h.name}`);
+      assert.ok(h.logged(/cluster node left/).some((l) => l.node === 'h2'), `${h.name} logged the departure`);
+    }
     assert.equal(await raw!.get(`${NODES_PREFIX}/${CLUSTER}/h2`).string(), null, 'h2\'s node entry expired with its lease');
-    assert.ok(h1.logged(/cluster node left/).some((l) => l.node === 'h2'), 'h1 logged the departure');
 
-    // h2 comes back: the same CIDRs (its claims), routes again on h1.
+    // h2 comes back: the same CIDRs (its claims), routes again on h1 and h3.
     await h2.start();
     assert.deepEqual(await cidrsOf(h2), c2, 'a restarted node gets its CIDRs back');
-    await waitFor('h2\'s routes back on h1', async () => (await h1.nodeRoutes(4)).some((r) => r.dst === c2.ipv4Pool) || undefined, timeLimit(30_000));
+    await Promise.all(survivors.map(({ h }) =>
+      waitFor(`h2's routes back on ${h.name}`, async () => (await routesTo(h, [{ host: h2, c: c2! }])) || undefined, timeLimit(30_000))));
   });
 
-  test('Hubble: Peer.Notify and GetNodes name the other node at its node address and Hubble port; a node that dies is PEER_DELETED', async () => {
+  test('Hubble: Peer.Notify and GetNodes name the other nodes at their node address and Hubble port; a node that dies is PEER_DELETED on both others', async () => {
     type Note = { name: string; address: string; type: string; tls?: { server_name: string } };
-    const grpc = hubbleClient(`unix://${join(h1.dir, 'hubble.sock')}`);
+    const added = (h: ClusterHost): Note => ({ name: h.name, address: `${h.nodeIPv4}:${HUBBLE_PORT}`, type: 'PEER_ADDED', tls: { server_name: h.name } });
+    const byName = (a: { name: string }, b: { name: string }) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
+    // h1's and h2's streams (h2 was restarted by the test before: it announces the cluster afresh)
+    const watchers = [h1, h2].map((h) => ({ h, grpc: hubbleClient(`unix://${join(h.dir, 'hubble.sock')}`), notes: [] as Note[] }));
     try {
-      const notes: Note[] = [];
-      const s = grpc.stream('peer', 'Notify', {});
-      s.on('data', (m: Note) => notes.push(m));
-      s.on('error', () => undefined); // CANCELLED at the end
-      await waitFor('h1 and h2 announced', async () => notes.some((n) => n.name === 'h2') || undefined, timeLimit(30_000));
-      assert.deepEqual(notes.slice(0, 2), [
-        { name: 'h1', address: `${h1.nodeIPv4}:${HUBBLE_PORT}`, type: 'PEER_ADDED', tls: { server_name: 'h1' } },
-        { name: 'h2', address: `${h2.nodeIPv4}:${HUBBLE_PORT}`, type: 'PEER_ADDED', tls: { server_name: 'h2' } },
-      ]);
-      const nodes = (await grpc.call('observer', 'GetNodes')).nodes as Array<{ name: string; address: string; state: string }>;
-      assert.deepEqual(nodes.map((n) => [n.name, n.address, n.state]), [
-        ['h1', `${h1.nodeIPv4}:${HUBBLE_PORT}`, 'NODE_CONNECTED'],
+      const streams = watchers.map(({ grpc, notes }) => {
+        const s = grpc.stream('peer', 'Notify', {});
+        s.on('data', (m: Note) => notes.push(m));
+        s.on('error', () => undefined); // CANCELLED at the end
+        return s;
+      });
+      for (const { h, notes } of watchers) {
+        const others = hosts.filter((o) => o !== h);
+        await waitFor(`${h.name} to announce itself and ${others.map((o) => o.name).join(' and ')}`, async () => others.every((o) => notes.some((n) => n.name === o.name)) || undefined, timeLimit(30_000));
+        assert.deepEqual(notes[0], added(h), `${h.name} names itself first`);
+        assert.deepEqual(notes.slice(1, 3).sort(byName), others.map(added));
+      }
+      const nodes = (await watchers[0]!.grpc.call('observer', 'GetNodes')).nodes as Array<{ name: string; address: string; state: string }>;
+      assert.deepEqual(nodes[0] && [nodes[0].name, nodes[0].address, nodes[0].state], ['h1', `${h1.nodeIPv4}:${HUBBLE_PORT}`, 'NODE_CONNECTED']);
+      assert.deepEqual(nodes.slice(1).sort(byName).map((n) => [n.name, n.address, n.state]), [
         ['h2', `${h2.nodeIPv4}:${HUBBLE_PORT}`, 'UNKNOWN_NODE_STATE'],
+        ['h3', `${h3.nodeIPv4}:${HUBBLE_PORT}`, 'UNKNOWN_NODE_STATE'],
       ]);
-      await h2.kill('SIGKILL');
-      await waitFor('h2 PEER_DELETED on h1\'s stream after its lease', async () => notes.some((n) => n.name === 'h2' && n.type === 'PEER_DELETED') || undefined, timeLimit(60_000));
-      assert.deepEqual(notes.at(-1), { name: 'h2', address: `${h2.nodeIPv4}:${HUBBLE_PORT}`, type: 'PEER_DELETED', tls: { server_name: 'h2' } });
-      const after = (await grpc.call('observer', 'GetNodes')).nodes as Array<{ name: string }>;
-      assert.deepEqual(after.map((n) => n.name), ['h1']);
-      s.cancel();
+      await h3.kill('SIGKILL');
+      await Promise.all(watchers.map(({ h, notes }) =>
+        waitFor(`h3 PEER_DELETED on ${h.name}'s stream after its lease`, async () => notes.some((n) => n.name === 'h3' && n.type === 'PEER_DELETED') || undefined, timeLimit(60_000))));
+      for (const { notes } of watchers) assert.deepEqual(notes.at(-1), { ...added(h3), type: 'PEER_DELETED' });
+      const after = (await watchers[0]!.grpc.call('observer', 'GetNodes')).nodes as Array<{ name: string }>;
+      assert.deepEqual(after.map((n) => n.name), ['h1', 'h2']);
+      for (const s of streams) s.cancel();
     } finally {
-      grpc.close();
+      for (const { grpc } of watchers) grpc.close();
     }
   });
 });

@@ -8,6 +8,7 @@ import { ANSWER_BURST, ANSWER_PER_SECOND, READ_BURST, READ_PER_SECOND } from '..
 import type { Workload } from '../../common/schemas/workload.js';
 import { apiCall, testAgentStart, type TestAgent } from '../helpers/agent.js';
 import { testMode } from '../helpers/mode.js';
+import { timeLimit } from '../helpers/timeouts.js';
 import { netnsAdd, netnsDel, ping, run, uniq, waitFor } from '../helpers/sys.js';
 
 const REPO = fileURLToPath(new URL('../../..', import.meta.url));
@@ -116,6 +117,10 @@ describe('DHCPv4 for VM guests (root)', { timeout: 180_000 }, () => {
   let vm: Workload;
   let peer: Workload;
   const call = <T>(method: string, path: string, body?: unknown) => apiCall<T>(t.url, method, path, body);
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- free-form Hubble JSON, asserted field by field
+  type Line = { flow: Record<string, any> };
+  /** The agent's flows (GET /v1/flows), oldest first. */
+  const flowLines = async (): Promise<Line[]> => (await (await fetch(`${t.url}/v1/flows?last=4095`)).text()).split('\n').filter(Boolean).map((l) => JSON.parse(l) as Line);
   const udhcpc = (args: string[] = [], tries = 5) =>
     run('ip', ['netns', 'exec', guestNs, 'env', `DUMP=${join(dir, 'lease')}`, 'busybox', 'udhcpc', '-i', 'eth0', '-f', '-q', '-n', '-t', String(tries), '-T', '1',
       '-s', script, '-O', 'staticroutes', '-O', 'search', '-O', 'mtu', '-O', 'hostname', ...args], { timeoutMs: (tries + 25) * 1000 });
@@ -178,13 +183,8 @@ describe('DHCPv4 for VM guests (root)', { timeout: 180_000 }, () => {
 
     // the guest's DHCP shows as flows (UDP 68 -> 67): on veth the agent answers before tcx ingress, which
     // then drops the 0.0.0.0 source; on netkit the datapath hands it to the host side (forwarded)
-    // eslint-disable-next-line @typescript-eslint/no-explicit-any -- free-form Hubble JSON, asserted field by field
-    type Line = { flow: Record<string, any> };
-    const dhcpFlow = await waitFor('a DHCP flow from the guest', async () => {
-      const text = await (await fetch(`${t.url}/v1/flows?last=4095`)).text();
-      return text.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Line)
-        .find((l) => l.flow.l4?.UDP?.source_port === 68 && l.flow.l4?.UDP?.destination_port === 67 && l.flow.source?.pod_name === vm.name);
-    }, 20_000);
+    const dhcpFlow = await waitFor('a DHCP flow from the guest', async () =>
+      (await flowLines()).find((l) => l.flow.l4?.UDP?.source_port === 68 && l.flow.l4?.UDP?.destination_port === 67 && l.flow.source?.pod_name === vm.name), 20_000);
     assert.equal(dhcpFlow.flow.IP.source, '0.0.0.0');
     assert.equal(dhcpFlow.flow.IP.destination, '255.255.255.255');
     assert.equal(dhcpFlow.flow.verdict, testMode === 'netkit' ? 'FORWARDED' : 'DROPPED');
@@ -223,7 +223,7 @@ describe('DHCPv4 for VM guests (root)', { timeout: 180_000 }, () => {
     assert.match(readFileSync(join(dir, 'lease.bound'), 'utf8'), new RegExp(`^ip=${vm.ipv4.replace(/\./g, '\\.')}$`, 'm'));
   });
 
-  test('hostile frames get no answer and the server keeps working', async () => {
+  test('hostile frames get no answer and the server keeps working; requests from another MAC and relayed ones show as DHCP flows', async () => {
     const mac = vm.vm!.mac;
     const before = { ...t.agent.dhcp.stats, ignored: { ...t.agent.dhcp.stats.ignored } };
     const discover = requestFrame({ srcMac: mac, type: 1 });
@@ -240,9 +240,34 @@ describe('DHCPv4 for VM guests (root)', { timeout: 180_000 }, () => {
       relayed: [requestFrame({ srcMac: mac, giaddr: '10.9.9.9', type: 1 })],
       malformed: [truncated, lyingUdpLength, shortUdpLength, optionPastEnd, noEnd, garbage, requestFrame({ srcMac: mac, type: 1, options: Buffer.from([52, 1, 3]) })],
     };
-    await run('ip', ['netns', 'exec', guestNs, 'python3', PROBE, 'send', 'eth0', ...Object.values(sent).flat().map((f) => f.toString('hex'))]);
-    await waitFor('every hostile frame judged', async () =>
-      Object.entries(sent).every(([reason, frames]) => (t.agent.dhcp.stats.ignored[reason] ?? 0) - (before.ignored[reason] ?? 0) >= frames.length), 10_000);
+    const judged = (reasons: Array<keyof typeof sent>) => waitFor(`every ${reasons.join(' / ')} frame judged`, async () =>
+      reasons.every((reason) => (t.agent.dhcp.stats.ignored[reason] ?? 0) - (before.ignored[reason] ?? 0) >= sent[reason].length), timeLimit(10_000));
+    // Requests from another MAC and relayed ones first, on their own: each shows as a DHCP flow from the
+    // guest's device (UDP 68 -> 67, 0.0.0.0 -> 255.255.255.255). On veth the agent saw the frame before
+    // tcx ingress, which drops it (another source MAC; the source 0.0.0.0); on netkit the datapath hands
+    // the guest's own broadcasts to the host side (forwarded) and drops another source MAC before the agent.
+    const known = new Set((await flowLines()).map((l) => l.flow.uuid as string));
+    const ignoredRequests = [...sent['foreign-mac'], ...sent.relayed];
+    await run('ip', ['netns', 'exec', guestNs, 'python3', PROBE, 'send', 'eth0', ...ignoredRequests.map((f) => f.toString('hex'))]);
+    await judged(['foreign-mac', 'relayed']);
+    let dhcpFlows: Line[] = [];
+    await waitFor('a DHCP flow for each ignored request', async () => {
+      dhcpFlows = (await flowLines()).filter((l) => !known.has(l.flow.uuid as string) && l.flow.Summary === 'DHCP');
+      return dhcpFlows.length >= ignoredRequests.length || undefined;
+    }, timeLimit(10_000)).catch((err: Error) => assert.fail(`${err.message}: ${JSON.stringify(dhcpFlows.map((l) => l.flow))}`));
+    for (const { flow } of dhcpFlows) {
+      assert.equal(flow.interface?.index, vm.interfaces.host.ifindex, 'seen on the guest\'s device');
+      assert.equal(flow.source?.pod_name, vm.name);
+      assert.equal(flow.source?.identity, vm.identity);
+      assert.equal(flow.traffic_direction, 'EGRESS');
+      assert.deepEqual([flow.IP?.source, flow.IP?.destination, flow.l4?.UDP?.source_port, flow.l4?.UDP?.destination_port], ['0.0.0.0', '255.255.255.255', 68, 67]);
+    }
+    assert.deepEqual(dhcpFlows.map((l) => `${l.flow.verdict} ${l.flow.drop_reason_desc ?? ''}`.trim()).sort(), testMode === 'netkit'
+      ? ['FORWARDED', 'FORWARDED']
+      : ['DROPPED INVALID_SOURCE_IP', 'DROPPED INVALID_SOURCE_IP', 'DROPPED INVALID_SOURCE_MAC']);
+
+    await run('ip', ['netns', 'exec', guestNs, 'python3', PROBE, 'send', 'eth0', ...sent.malformed.map((f) => f.toString('hex'))]);
+    await judged(['malformed']);
     assert.equal(t.agent.dhcp.stats.offers, before.offers, 'no offer to a hostile frame');
     assert.equal(t.agent.dhcp.stats.acks, before.acks);
     assert.equal(t.agent.dhcp.stats.naks, before.naks);

@@ -10,6 +10,7 @@ import { labBusyboxWithUdhcpc6 } from '../helpers/qemu-guest.js';
 import { testMode } from '../helpers/mode.js';
 import { promValue } from '../helpers/prom.js';
 import { ping, run, status, waitFor } from '../helpers/sys.js';
+import { timeLimit } from '../helpers/timeouts.js';
 
 const REPO = fileURLToPath(new URL('../../..', import.meta.url));
 const PROBE = join(REPO, 'test/helpers/dhcp-probe.py');
@@ -88,6 +89,11 @@ const opt = (code: number, value: Buffer | number[]) => {
   h.writeUInt16BE(v.length, 2);
   return Buffer.concat([h, v]);
 };
+/** The link-local address frame6 sends from (fe80:: and the MAC's six bytes), in the canonical text the flows use. */
+const frameSource = (mac: string) => {
+  const b = macBytes(mac);
+  return new URL(`http://[fe80:0:0:0:0:${[0, 2, 4].map((i) => b.readUInt16BE(i).toString(16)).join(':')}]`).hostname.slice(1, -1);
+};
 const duidLl = (mac: string) => Buffer.concat([Buffer.from([0, 3, 0, 1]), macBytes(mac)]);
 const iaNa = (iaid: number) => opt(3, Buffer.concat([Buffer.from([0, 0, 0, iaid]), Buffer.alloc(8)]));
 
@@ -116,6 +122,14 @@ describe('DHCPv6 and dhclient for VM guests (root)', { timeout: 300_000 }, () =>
     run('ip', ['netns', 'exec', guestNs, 'dhclient', `-${family}`, '-1', '-v', '-cf', join(dir, 'dhclient.conf'), '-sf', join(dir, 'dhclient-script'),
       '-pf', pidFiles[family === 4 ? 0 : 1]!, '-lf', join(dir, `d${family}.leases`), 'eth0'], { timeoutMs: 45_000 });
   const stats = () => fx.agent.dhcp.stats;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- free-form Hubble JSON, asserted field by field
+  type Line = { flow: Record<string, any> };
+  /** The agent's flows (GET /v1/flows), oldest first. */
+  const flowLines = async (): Promise<Line[]> => {
+    const out: Line[] = [];
+    await fx.api.stream('/v1/flows?last=4095', (l) => out.push(JSON.parse(l) as Line));
+    return out;
+  };
 
   before(async () => {
     writeFileSync(join(dir, 'dhclient-script'), script(dir), { mode: 0o755 });
@@ -189,8 +203,9 @@ describe('DHCPv6 and dhclient for VM guests (root)', { timeout: 300_000 }, () =>
     }, 20_000).catch((err: Error) => assert.fail(`${err.message}: ${[...seen].join(', ')}`));
   });
 
-  test('hostile DHCPv6 frames from the guest: wrong MAC, another client\'s DUID, relay messages, malformed options, another server: ignored and counted; the server keeps working', async () => {
+  test('hostile DHCPv6 frames from the guest: wrong MAC, another client\'s DUID, relay messages, malformed options, another server: ignored and counted, and shown as DHCPv6 flows; the server keeps working', async () => {
     const mac = vm.vm!.mac;
+    const known = new Set((await flowLines()).map((l) => l.flow.uuid as string));
     const cid = opt(1, duidLl(mac));
     const before = structuredClone(stats().ignoredByProtocol.dhcpv6);
     const answersBefore = { ...stats().dhcp6 };
@@ -220,6 +235,25 @@ describe('DHCPv6 and dhclient for VM guests (root)', { timeout: 300_000 }, () =>
       Object.entries(sent).every(([reason, frames]) => (stats().ignoredByProtocol.dhcpv6[reason] ?? 0) - (before[reason] ?? 0) >= frames.length), 10_000)
       .catch((err: Error) => assert.fail(`${err.message}: ${JSON.stringify(stats().ignoredByProtocol.dhcpv6)}`));
     assert.deepEqual(stats().dhcp6, answersBefore, 'nothing answered');
+    // They show as DHCPv6 flows from the guest's device: another MAC's as an INVALID_SOURCE_MAC drop (veth;
+    // on netkit none was sent), the guest MAC's as forwarded (a link-local source passes; the agent ignores
+    // them). These all share one 5-tuple (frame6's source, 546 -> ff02::1:2, 547): one connection, which
+    // flows.aggregation `connection` reports at its first packet, so one flow for them all.
+    const expected = [`${frameSource(mac)} FORWARDED`, ...testMode === 'netkit' ? [] : [`${frameSource('52:54:00:66:66:66')} DROPPED INVALID_SOURCE_MAC`]].sort();
+    // (by source: dhclient -6 from the first test still runs, from the guest's EUI-64 address)
+    const sources = new Set([frameSource(mac), frameSource('52:54:00:66:66:66')]);
+    let dhcp6Flows: Line[] = [];
+    const shown = () => [...new Set(dhcp6Flows.map((l) => `${l.flow.IP?.source} ${l.flow.verdict} ${l.flow.drop_reason_desc ?? ''}`.trim()))].sort();
+    await waitFor('DHCPv6 flows for the hostile frames', async () => {
+      dhcp6Flows = (await flowLines()).filter((l) => !known.has(l.flow.uuid as string) && l.flow.Summary === 'DHCPv6' && sources.has(l.flow.IP?.source as string));
+      return shown().join() === expected.join() || undefined;
+    }, timeLimit(10_000)).catch((err: Error) => assert.fail(`${err.message}: ${shown().join(', ')} (expected ${expected.join(', ')})`));
+    for (const { flow } of dhcp6Flows) {
+      assert.equal(flow.interface?.index, vm.interfaces.host.ifindex, 'seen on the guest\'s device');
+      assert.equal(flow.source?.pod_name, vm.name);
+      assert.equal(flow.traffic_direction, 'EGRESS');
+      assert.deepEqual([flow.IP?.destination, flow.l4?.UDP?.source_port, flow.l4?.UDP?.destination_port], ['ff02::1:2', 546, 547]);
+    }
     // and /metrics shows them by protocol and reason
     const scraped = await fx.agent.metrics.text();
     for (const reason of Object.keys(sent).filter((r) => sent[r]!.length)) {

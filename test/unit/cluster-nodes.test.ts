@@ -1,12 +1,15 @@
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
+import { after, before, describe, mock, test } from 'node:test';
 import { pino } from 'pino';
 import { configParse } from '../../agent/config.js';
 import { etcdClientCreate } from '../../agent/cluster/etcd-client.js';
 import { NODE_CIDRS_PREFIX, nodeCidrClaim, nodeCidrFree } from '../../agent/cluster/node-cidr.js';
 import { NodeRegistry, NODES_PREFIX, nodeJson, nodeValueJudge, type LocalNode, type PeerNode } from '../../agent/cluster/node-registry.js';
+import { NodeRoutes } from '../../agent/cluster/node-routes.js';
 import { ClusterSession } from '../../agent/cluster/session.js';
 import { cidrParse } from '../../agent/ipam.js';
+import { KernelError } from '../../common/kernel-error.js';
+import { Rtnl, type NlMessage } from '../../netkit/socket.js';
 import { etcdStart, type EtcdServer } from '../helpers/etcd.js';
 import { waitFor } from '../helpers/sys.js';
 
@@ -98,6 +101,39 @@ describe('cluster nodes: per-node CIDRs', () => {
     assert.throws(() => configParse({ ipam: { ipv4Pool: '10.0.0.0/30' }, cluster: base }), (e: Error) => /ipam\.ipv4Pool: 10\.0\.0\.0\/30 is too small/.test(e.message) && !/MaskSize/.test(e.message));
     assert.throws(() => configParse({ cluster: 'yes' }), /cluster: /);
     assert.throws(() => configParse({ cluster: { ...base, ipam: { ipv4MaskSize: 'x' } } }), /cluster\.ipam\.ipv4MaskSize: Invalid input/);
+  });
+});
+
+describe('cluster nodes: routes', () => {
+  test('a pass that fails as a whole (the route dump refused) is retried after the short retry delay, not at the next resync', async () => {
+    mock.timers.enable({ apis: ['setTimeout'] });
+    let dumps = 0;
+    // the first route dump is refused as a second dump on a shared socket is (EBUSY); the rest list nothing
+    const nl = new Rtnl({
+      exchange: async (): Promise<NlMessage[]> => {
+        if (dumps++ === 0) throw new KernelError({ op: 'RTM_GETROUTE', errno: 16 });
+        return [];
+      },
+      sysctlWrite: async () => undefined,
+      close: () => undefined,
+    });
+    const routes = new NodeRoutes(nl, log);
+    try {
+      // the fake socket answers at once: one turn of the event loop runs a whole pass
+      const settled = () => new Promise((resolve) => setImmediate(resolve));
+      routes.apply([], []);
+      await settled();
+      assert.equal(dumps, 1, 'the failed pass');
+      mock.timers.tick(2_999);
+      await settled();
+      assert.equal(dumps, 1, 'not retried at once');
+      mock.timers.tick(1);
+      await settled();
+      assert.equal(dumps, 3, 'retried 3 s later (IPv4 and IPv6 dumps)');
+    } finally {
+      await routes.close();
+      mock.timers.reset();
+    }
   });
 });
 
