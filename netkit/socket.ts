@@ -74,9 +74,35 @@ class LocalTransport implements NlTransport {
  * at once or queues it behind earlier ones; the nsenter helper gets it as the next line), so requests
  * started one after another without awaiting reach the kernel in that order, and the kernel handles
  * each completely as it is sent: see {@link requestsPipelined}.
+ *
+ * A dump is the exception: its replies come in several messages, and while one runs on a socket the
+ * kernel refuses another (EBUSY) and the replies of a request sent meanwhile land between its parts
+ * (which the netlink package takes for a broken multipart message: EIO). So from a dump until it is
+ * answered, the requests after it wait, in the order they were made, and go out one after the other
+ * behind it; with no dump under way, requests go out at once as above. Shared sockets (the host's,
+ * used by the reconciler, node routes and the API at once) see both.
  */
 export class Rtnl {
+  /** Settles when the last request made while a dump was under way has been answered. */
+  private tail: Promise<unknown> | undefined;
+
   constructor(private readonly transport: NlTransport, readonly netns?: string) {}
+
+  /** Sends now, or behind the dump (and what queued after it) under way, keeping the call order. */
+  private exchange(type: number, flags: number, payload: Buffer, isDump: boolean): Promise<NlMessage[]> {
+    const before = this.tail;
+    if (!before && !isDump) return this.transport.exchange(type, flags, payload);
+    const sent = before ? before.then(() => this.transport.exchange(type, flags, payload)) : this.transport.exchange(type, flags, payload);
+    const settled = sent.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.tail = settled;
+    void settled.then(() => {
+      if (this.tail === settled) this.tail = undefined;
+    });
+    return sent;
+  }
 
   private deviceRef(device?: DeviceRef): DeviceRef | undefined {
     if (!this.netns) return device;
@@ -84,10 +110,14 @@ export class Rtnl {
   }
 
   /** A doit request (NLM_F_REQUEST|NLM_F_ACK added). Returns the non-error replies. */
-  async request(type: number, flags: number, payload: Buffer, device?: DeviceRef, op = RTM_NAMES[type] ?? `RTM_${type}`): Promise<NlMessage[]> {
+  request(type: number, flags: number, payload: Buffer, device?: DeviceRef, op = RTM_NAMES[type] ?? `RTM_${type}`): Promise<NlMessage[]> {
+    return this.send(type, flags, payload, device, op, false);
+  }
+
+  private async send(type: number, flags: number, payload: Buffer, device: DeviceRef | undefined, op: string, isDump: boolean): Promise<NlMessage[]> {
     let msgs: NlMessage[];
     try {
-      msgs = await this.transport.exchange(type, flags, payload);
+      msgs = await this.exchange(type, flags, payload, isDump);
     } catch (err) {
       throw transportError(op, err, this.deviceRef(device));
     }
@@ -105,7 +135,7 @@ export class Rtnl {
 
   /** A dump request: every object of the kind, filtered by the header where the kernel supports it. */
   dump(type: number, payload: Buffer, device?: DeviceRef): Promise<NlMessage[]> {
-    return this.request(type, NLM_F_DUMP, payload, device);
+    return this.send(type, NLM_F_DUMP, payload, device, RTM_NAMES[type] ?? `RTM_${type}`, true);
   }
 
   sysctlWrite(path: string, value: string): Promise<void> {

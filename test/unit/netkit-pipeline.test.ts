@@ -9,7 +9,7 @@ import { linkSet } from '../../netkit/link.js';
 import { routeAdd } from '../../netkit/route.js';
 import type { NlMessage, NlTransport } from '../../netkit/socket.js';
 import { Rtnl, requestsPipelined } from '../../netkit/socket.js';
-import { NLMSG_ERROR, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE } from '../../netkit/uapi.js';
+import { NLMSG_ERROR, RTM_GETLINK, RTM_GETROUTE, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE } from '../../netkit/uapi.js';
 
 /** An NLMSG_ERROR payload: s32 -errno, then the request's header (16 bytes). */
 function errorReply(errno: number): NlMessage {
@@ -88,4 +88,31 @@ test('a call that fails before sending does not stop the others', async () => {
   assert.deepEqual(t.sent, [RTM_NEWLINK]);
   t.answer(0);
   await assert.rejects(done, /invalid IP address "not-an-address"/);
+});
+
+test('a dump under way holds the requests after it, in order, until it is answered (no EBUSY, no replies inside its parts)', async () => {
+  const t = new FakeTransport();
+  const nl = new Rtnl(t);
+  const first = nl.dump(RTM_GETLINK, Buffer.alloc(16));
+  const set = linkSet(nl, { name: 'kn0', ifindex: 7 }, { up: true });
+  const second = nl.dump(RTM_GETROUTE, Buffer.alloc(12));
+  await tick();
+  assert.deepEqual(t.sent, [RTM_GETLINK], 'nothing sent while the dump is under way');
+  t.answer(0, 16); // the dump fails (EBUSY from elsewhere): the queue still moves on
+  await assert.rejects(first, (e: unknown) => e instanceof KernelError && e.errnoName === 'EBUSY');
+  await tick();
+  assert.deepEqual(t.sent, [RTM_GETLINK, RTM_NEWLINK], 'then the next, alone');
+  t.answer(1);
+  await set;
+  await tick();
+  assert.deepEqual(t.sent, [RTM_GETLINK, RTM_NEWLINK, RTM_GETROUTE]);
+  t.answer(2);
+  await second;
+  // all answered: requests go out at once again
+  const a = addressAdd(nl, 7, '10.0.0.1', 32);
+  const b = addressAdd(nl, 7, '10.0.0.2', 32);
+  assert.deepEqual(t.sent.slice(3), [RTM_NEWADDR, RTM_NEWADDR], 'both sent before either reply');
+  t.answer(3);
+  t.answer(4);
+  await Promise.all([a, b]);
 });
