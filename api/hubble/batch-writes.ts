@@ -1,4 +1,5 @@
 import type { ServerWritableStream } from '@grpc/grpc-js';
+import { framedRuns } from './byte-writer.js';
 
 interface MessageSender {
   sendMessage(message: unknown, callback: () => void): void;
@@ -30,30 +31,13 @@ function baseCallOf(sender: Partial<BaseCall>): BaseCall | undefined {
 }
 
 /**
- * Pre-encoded messages (Buffers) as gRPC frames in one buffer: a byte of flags (0: not compressed), the
- * length (big-endian u32), the message.
- */
-function framesOf(messages: Buffer[]): Buffer {
-  let size = 0;
-  for (const m of messages) size += 5 + m.length;
-  const out = Buffer.allocUnsafe(size);
-  let off = 0;
-  for (const m of messages) {
-    out[off] = 0;
-    out.writeUInt32BE(m.length, off + 1);
-    m.copy(out, off + 5);
-    off += 5 + m.length;
-  }
-  return out;
-}
-
-/**
  * grpc-js writes a server stream one message at a time: its Writable passes a message on only after
  * the HTTP/2 write of the previous one completed, a turn of the event loop per message (~10-20k
  * messages/s to one client on a loaded host). This gives the stream a `_writev`, so that the messages
  * queued while one write was under way go out together: pre-encoded ones (the flow encoder's Buffers)
- * framed into one buffer and one HTTP/2 write, the way grpc-js frames and writes one (no allocation,
- * closure and stream write per message); others through grpc-js's per-message send. It uses grpc-js's
+ * as the frames grpc-js would make, in a write per run of them that lies in one slab of the encoder's
+ * (no copy; `framedRuns`) and one per other message (no closure and stream write per message through
+ * grpc-js); others through grpc-js's per-message send. It uses grpc-js's
  * private call object (1.14: the dependency is pinned); where that is not there, the stream is left as
  * it is.
  */
@@ -75,13 +59,22 @@ export function serverStreamBatchWrites(stream: ServerWritableStream<unknown, un
     // As grpc-js's sendMessage: nothing more once cancelled (the stream is being torn down).
     if (base.checkCancelled()) return;
     base.maybeSendMetadata();
-    base.stream.write(framesOf(chunks.map(({ chunk }) => chunk as Buffer)), (err) => {
-      if (err) {
-        base.sendStatus({ code: GRPC_STATUS_INTERNAL, details: 'Internal server error', metadata: null });
-        return;
-      }
-      for (let i = 0; i < chunks.length; i++) base.callEventTracker?.addMessageSent();
-      cb();
-    });
+    const runs = framedRuns(chunks.map(({ chunk }) => chunk as Buffer));
+    let left = runs.length;
+    let failed = false;
+    // HTTP/2 completes a stream's writes in order: the last one's callback ends the batch.
+    for (const run of runs) {
+      base.stream.write(run, (err) => {
+        if (failed) return;
+        if (err) {
+          failed = true;
+          base.sendStatus({ code: GRPC_STATUS_INTERNAL, details: 'Internal server error', metadata: null });
+          return;
+        }
+        if (--left > 0) return;
+        for (let i = 0; i < chunks.length; i++) base.callEventTracker?.addMessageSent();
+        cb();
+      });
+    }
   };
 }

@@ -4,23 +4,53 @@
  * field as an operation object and copies them out in finish(): a few dozen objects per flow, which at
  * 100k+ flows/s is most of the encoder's time and the garbage collector's. This one writes the bytes in
  * place: a nested message reserves one length byte and moves its body on in the rare case it is 128
- * bytes or longer. Not re-entrant: one message at a time, copied out by finish().
+ * bytes or longer. Not re-entrant: one message at a time.
+ *
+ * Two modes. A scratch writer (the default) reuses its buffer from the start for every message and
+ * copies each out in finish(). A framed writer (`{ framed: true }`) never reuses a byte: it writes each
+ * message after the last one into a slab, behind the 5 bytes of its gRPC frame (flags 0, big-endian
+ * length), and finish() returns a view of the message, no copy. A stream's queued messages then lie one
+ * after the other, frames and all, and go to HTTP/2 as views of the slab (`framedRuns`, batch-writes.ts)
+ * instead of being copied out, then copied again into one frame buffer.
  */
 export class ByteWriter {
-  private buf = Buffer.allocUnsafe(16 << 10);
+  private buf: Buffer;
   private pos = 0;
+  /** Where the current message (its frame header, when framed) starts in buf. */
+  private base = 0;
   private readonly starts: number[] = [];
+  private readonly framed: boolean;
+
+  constructor(opts: { framed?: boolean } = {}) {
+    this.framed = opts.framed ?? false;
+    this.buf = this.framed ? slabAlloc(SLAB_BYTES) : Buffer.allocUnsafe(16 << 10);
+  }
 
   reset(): this {
-    this.pos = 0;
     this.starts.length = 0;
+    if (!this.framed) {
+      this.pos = this.base = 0;
+      return this;
+    }
+    // A fresh slab when this one is nearly full (a message that outgrows it moves on in room()).
+    if (this.buf.length - this.pos < SLAB_MIN_FREE) {
+      this.buf = slabAlloc(SLAB_BYTES);
+      this.pos = 0;
+    }
+    this.base = this.pos;
+    this.pos += FRAME_HEADER;
     return this;
   }
 
+  /** Room for n more bytes: a bigger buffer takes the current message only (views of earlier ones keep theirs). */
   private room(n: number): void {
     if (this.pos + n <= this.buf.length) return;
-    const next = Buffer.allocUnsafe(Math.max(this.buf.length * 2, this.pos + n));
-    this.buf.copy(next, 0, 0, this.pos);
+    const used = this.pos - this.base;
+    const next = this.framed ? slabAlloc(Math.max(SLAB_BYTES, 2 * (used + n))) : Buffer.allocUnsafe(Math.max(this.buf.length * 2, used + n));
+    this.buf.copy(next, 0, this.base, this.pos);
+    for (let i = 0; i < this.starts.length; i++) this.starts[i]! -= this.base;
+    this.pos = used;
+    this.base = 0;
     this.buf = next;
   }
 
@@ -117,11 +147,73 @@ export class ByteWriter {
     return this;
   }
 
-  /** The message written since reset(), copied out (small copies come from Node's shared pool). */
+  /**
+   * The message written since reset(): copied out (small copies come from Node's shared pool), or when
+   * framed, its frame header written and a view of it returned (the slab's bytes are never written again).
+   */
   finish(): Buffer {
     if (this.starts.length) throw new Error('ByteWriter.finish with an open fork');
-    const out = Buffer.allocUnsafe(this.pos);
-    this.buf.copy(out, 0, 0, this.pos);
-    return out;
+    if (!this.framed) {
+      const out = Buffer.allocUnsafe(this.pos);
+      this.buf.copy(out, 0, 0, this.pos);
+      return out;
+    }
+    const start = this.base + FRAME_HEADER;
+    this.buf[this.base] = 0;
+    this.buf.writeUInt32BE(this.pos - start, this.base + 1);
+    this.base = this.pos;
+    return this.buf.subarray(start, this.pos);
   }
+}
+
+/** A gRPC message's frame header: a flags byte (0: not compressed) and the length, big-endian u32. */
+export const FRAME_HEADER = 5;
+const SLAB_BYTES = 256 << 10;
+/** A flow is ~0.6 KB: below this a message would likely outgrow the slab, so a new one is taken first. */
+const SLAB_MIN_FREE = 4 << 10;
+/** The slabs of framed writers: only their views are known to sit right behind a valid frame header. */
+const framedSlabs = new WeakSet<ArrayBufferLike>();
+
+function slabAlloc(bytes: number): Buffer {
+  // Not from Node's shared pool: the slab's ArrayBuffer must be this writer's alone.
+  const b = Buffer.allocUnsafeSlow(bytes);
+  framedSlabs.add(b.buffer);
+  return b;
+}
+
+/**
+ * Messages as the bytes of their gRPC frames, for one write each run: a run is a series of framed
+ * writers' views lying one after the other in one slab, sent as one view of it (frames included, no
+ * copy); any other message is framed into a buffer of its own.
+ */
+export function framedRuns(messages: readonly Buffer[]): Buffer[] {
+  const out: Buffer[] = [];
+  let runBuf: ArrayBufferLike | undefined;
+  let runStart = 0;
+  let runEnd = 0;
+  const flush = () => {
+    if (runBuf) out.push(Buffer.from(runBuf, runStart, runEnd - runStart));
+    runBuf = undefined;
+  };
+  for (const m of messages) {
+    if (framedSlabs.has(m.buffer) && m.byteOffset >= FRAME_HEADER) {
+      if (runBuf === m.buffer && m.byteOffset - FRAME_HEADER === runEnd) {
+        runEnd = m.byteOffset + m.length;
+        continue;
+      }
+      flush();
+      runBuf = m.buffer;
+      runStart = m.byteOffset - FRAME_HEADER;
+      runEnd = m.byteOffset + m.length;
+      continue;
+    }
+    flush();
+    const f = Buffer.allocUnsafe(FRAME_HEADER + m.length);
+    f[0] = 0;
+    f.writeUInt32BE(m.length, 1);
+    m.copy(f, FRAME_HEADER);
+    out.push(f);
+  }
+  flush();
+  return out;
 }

@@ -97,7 +97,8 @@ export function flowResponseEncoderCreate(root: protobuf.Root = hubbleProtoRoot(
   const endpointBytes = new WeakMap<HubbleEndpoint, Uint8Array>();
   const policyBytes = new WeakMap<PolicyMessage, Uint8Array>();
   const ethernetBytes = new WeakMap<object, Uint8Array>();
-  const scratch = new ByteWriter();
+  // framed: each flow lands in a slab behind its gRPC frame header, sent from there without a copy
+  const scratch = new ByteWriter({ framed: true });
   // Text most flows share, UTF-8 encoded once (a string write is a call into C++ each time): node and
   // interface names, summaries, and IPv4 addresses by number (no text made for them at all).
   const textBytes = new Map<string, Uint8Array>();

@@ -1,17 +1,27 @@
 // The flow encoder's in-place protobuf writer gives protobufjs's Writer's bytes, for random messages:
 // strings of every length class (also non-ASCII), nesting with bodies past 127 and 16383 bytes,
-// varints up to 2^53.
+// varints up to 2^53; framed, every message stays as written behind its gRPC frame header, and runs
+// of them go out as the same bytes as frames made one by one.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import protobuf from 'protobufjs';
-import { ByteWriter } from '../../api/hubble/byte-writer.js';
+import { ByteWriter, FRAME_HEADER, framedRuns } from '../../api/hubble/byte-writer.js';
 
-test('ByteWriter writes what protobufjs.Writer writes', () => {
+/** A message as a gRPC frame, made the plain way. */
+const frameOf = (m: Uint8Array) => {
+  const f = Buffer.alloc(FRAME_HEADER + m.length);
+  f.writeUInt32BE(m.length, 1);
+  f.set(m, FRAME_HEADER);
+  return f;
+};
+
+for (const framed of [false, true]) test(`ByteWriter writes what protobufjs.Writer writes (${framed ? 'framed, into slabs' : 'scratch'})`, () => {
   let seed = 7;
   const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) >> 4) % n;
   const chars = ['a', 'Z', '0', '-', 'é', '→', '😀'];
   const str = () => Array.from({ length: [0, 1, 36, 42, 43, 200, 5000][rnd(7)]! }, () => chars[rnd(chars.length)]).join('');
-  const mine = new ByteWriter();
+  const mine = new ByteWriter({ framed });
+  const written: Array<{ view: Buffer; want: Buffer }> = [];
   for (let round = 0; round < 300; round++) {
     const theirs = protobuf.Writer.create();
     mine.reset();
@@ -56,8 +66,35 @@ test('ByteWriter writes what protobufjs.Writer writes', () => {
       theirs.ldelim();
       mine.ldelim();
     }
-    assert.deepEqual(mine.finish(), Buffer.from(theirs.finish()), `round ${round}`);
+    const want = Buffer.from(theirs.finish());
+    const view = mine.finish();
+    assert.deepEqual(view, want, `round ${round}`);
+    written.push({ view, want });
   }
+  if (!framed) return;
+  // Nothing written later (slabs filled, messages that outgrew one) changed an earlier message.
+  written.forEach(({ view, want }, i) => assert.deepEqual(view, want, `message ${i} after all were written`));
+  // As frames: runs of slab views and other buffers (a message of protobufjs's, a pooled copy) between them.
+  const mixed: Buffer[] = [];
+  written.forEach(({ view, want }, i) => mixed.push(...(i % 7 === 3 ? [view, Buffer.from(want)] : [view])));
+  const runs = framedRuns(mixed);
+  assert.ok(runs.length < mixed.length / 2, `${runs.length} writes for ${mixed.length} messages: runs of the slab were not joined`);
+  assert.deepEqual(Buffer.concat(runs), Buffer.concat(mixed.map(frameOf)));
+});
+
+test('framedRuns: messages of a framed writer lie one after the other in one slab and go out as one view of it', () => {
+  const w = new ByteWriter({ framed: true });
+  const views = Array.from({ length: 100 }, (_, i) => w.reset().uint32(10).string(`flow ${i}`).finish());
+  const runs = framedRuns(views);
+  assert.equal(runs.length, 1);
+  assert.equal(runs[0]!.buffer, views[0]!.buffer, 'a view of the slab, not a copy');
+  assert.deepEqual(runs[0], Buffer.concat(views.map(frameOf)));
+  // Out of order, they are no run: each is framed on its own, bytes still right.
+  const shuffled = [views[2]!, views[0]!, views[1]!];
+  assert.deepEqual(Buffer.concat(framedRuns(shuffled)), Buffer.concat(shuffled.map(frameOf)));
+  // A scratch writer's output (or any buffer) is never taken for a framed one, whatever sits before it.
+  const pool = Buffer.from([0, 0, 0, 0, 3, 1, 2, 3]);
+  assert.deepEqual(Buffer.concat(framedRuns([pool.subarray(5)])), frameOf(Buffer.from([1, 2, 3])));
 });
 
 test('ByteWriter refuses what the encoder never writes instead of writing it wrong', () => {
