@@ -9,14 +9,15 @@
 #   jobs: KERNEL (per kernel: the device/datapath files, plus the agent files on 6.12), and on 6.12 also
 #   6.12-systemd and 6.12-nested (below)
 #   KITNET_LAB_TESTS         test files for every kernel (default: netkit-device, netkit-probe, bpf-datapath)
-#   KITNET_LAB_AGENT_TESTS   agent-level test files (default: agent-e2e, vm-plumbing, vm-dhcp, vm-dhcp6, vm-networkd, dns-policy, flow-events-per-connection,
+#   KITNET_LAB_AGENT_TESTS   agent-level test files (default: agent-e2e, vm-plumbing, vm-dhcp, vm-dhcp6, dns-policy, flow-events-per-connection,
 #                            policy-conformance, hubble-cli-devices), run with
 #                            workloads on netkit (KITNET_TEST_MODE=netkit) ...
 #   KITNET_LAB_AGENT_KERNELS ... on these kernels only (default: 6.12): they take minutes under emulation
 #   KITNET_CONFORMANCE_CASES conformance cases by name (default: one case with allow and deny rules;
 #                            every case is ~1-2 min in the VM)
 #   KITNET_LAB_SYSTEMD_TESTS test files for one more 6.12 VM booted with systemd as init (default: the
-#                            kitnet.service test, with KITNET_EXPECT_SYSTEMD=1; empty: none)
+#                            kitnet.service test, with KITNET_EXPECT_SYSTEMD=1, and vm-networkd: a guest's
+#                            systemd-networkd on a system that systemd booted; empty: none)
 #   KITNET_LAB_NESTED_TESTS  test files for one more 6.12 VM, the long ones (default: vm-qemu-guest, a
 #                            QEMU guest booted by DHCP/RA on netkit L2, TCG within TCG; cluster-hosts,
 #                            three agents across a bridge with etcd; empty: none)
@@ -54,9 +55,9 @@ fi
 kernels=("$@")
 ((${#kernels[@]})) || kernels=("${LAB_KERNELS[@]}")
 base_tests=${KITNET_LAB_TESTS:-dist/test/root/netkit-device.test.js dist/test/root/netkit-probe.test.js dist/test/root/bpf-datapath.test.js}
-agent_tests=${KITNET_LAB_AGENT_TESTS-dist/test/root/agent-e2e.test.js dist/test/root/vm-plumbing.test.js dist/test/root/vm-dhcp.test.js dist/test/root/vm-dhcp6.test.js dist/test/root/vm-networkd.test.js dist/test/root/dns-policy.test.js dist/test/root/flow-events-per-connection.test.js dist/test/root/policy-conformance.test.js dist/test/root/hubble-cli-devices.test.js}
+agent_tests=${KITNET_LAB_AGENT_TESTS-dist/test/root/agent-e2e.test.js dist/test/root/vm-plumbing.test.js dist/test/root/vm-dhcp.test.js dist/test/root/vm-dhcp6.test.js dist/test/root/dns-policy.test.js dist/test/root/flow-events-per-connection.test.js dist/test/root/policy-conformance.test.js dist/test/root/hubble-cli-devices.test.js}
 agent_kernels=" ${KITNET_LAB_AGENT_KERNELS:-6.12} "
-systemd_tests=${KITNET_LAB_SYSTEMD_TESTS-dist/test/root/systemd-service.test.js}
+systemd_tests=${KITNET_LAB_SYSTEMD_TESTS-dist/test/root/systemd-service.test.js dist/test/root/vm-networkd.test.js}
 nested_tests=${KITNET_LAB_NESTED_TESTS-dist/test/root/vm-qemu-guest.test.js dist/test/root/cluster-hosts.test.js}
 parallel=${KITNET_LAB_JOBS:-2}
 [[ $parallel =~ ^[1-9][0-9]*$ ]] || lab_die "KITNET_LAB_JOBS=$parallel: a number of VMs at a time (1 or more)"
