@@ -69,21 +69,21 @@ export KITNET_LAB_TIMEOUT=${KITNET_LAB_TIMEOUT:-1800}
 for f in $base_tests $agent_tests $systemd_tests $nested_tests; do [ -f "$f" ] || lab_die "$f missing: build first (bash scripts/setup.sh)"; done
 bash "$LAB_DIR/fetch.sh" "${kernels[@]}"
 
-# The jobs, longest first (measured: the 6.12 agent run ~10 min, nested ~8, systemd ~5, a kernel's
-# device/datapath files ~3): NAME KERNEL INIT TESTS
-jobs_list=()
+# The jobs, longest first (measured alone: a kernel's run with the agent tests ~10 min, nested ~8,
+# systemd ~5, a kernel's device/datapath files alone ~3): NAME KERNEL INIT TESTS
+long_jobs=()
+short_jobs=()
 has612=0
 for k in "${kernels[@]}"; do
   [ "$k" = 6.12 ] && has612=1
-  tests=$base_tests
-  [[ $agent_kernels == *" $k "* ]] && tests="$base_tests $agent_tests"
-  jobs_list+=("$k|$k|busybox|$tests")
+  if [[ $agent_kernels == *" $k "* ]]; then long_jobs+=("$k|$k|busybox|$base_tests $agent_tests"); else short_jobs+=("$k|$k|busybox|$base_tests"); fi
 done
 if ((has612)); then
-  [ -n "$nested_tests" ] && jobs_list=("${jobs_list[0]}" "6.12-nested|6.12|busybox|$nested_tests" "${jobs_list[@]:1}")
+  [ -n "$nested_tests" ] && long_jobs+=("6.12-nested|6.12|busybox|$nested_tests")
   # packaging/kitnet.service under a real systemd, with systemd as PID 1
-  [ -n "$systemd_tests" ] && jobs_list+=("6.12-systemd|6.12|systemd|$systemd_tests")
+  [ -n "$systemd_tests" ] && long_jobs+=("6.12-systemd|6.12|systemd|$systemd_tests")
 fi
+jobs_list=("${long_jobs[@]}" "${short_jobs[@]}")
 
 mkdir -p test/artifacts
 job_run() { # NAME KERNEL INIT TESTS: one VM, its output into its log, its exit code into a file
