@@ -22,8 +22,8 @@
 #                            QEMU guest booted by DHCP/RA on netkit L2, TCG within TCG; cluster-hosts,
 #                            three agents across a bridge with etcd; empty: none)
 #   KITNET_LAB_JOBS          VMs at a time (default 1). On 2 cores two TCG VMs of 2 vCPUs slow each other
-#                            down more than they overlap: the whole lab took 23 min with 2, against
-#                            ~16 one after the other (measured 2026-12-05).
+#                            down about as much as they overlap: in fresh-clone runs (2026-12-05) the lab
+#                            took 23 min with 2 and 22 one after the other.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_DIR"
