@@ -44,23 +44,35 @@ export class FqdnCache {
     this.maxPerName = opts.maxAddressesPerName ?? 1000;
   }
 
-  /** Records an answer: `addresses` of `name` valid for `ttlSeconds` from `nowMs`. */
-  learn(name: string, addresses: readonly string[], ttlSeconds: number, nowMs: number): void {
-    this.flowNames = undefined;
+  /**
+   * Records an answer: `addresses` of `name` valid for `ttlSeconds` from `nowMs`. Returns whether the
+   * name gained an address (an answer that only moves expiries changes no label set and no flow name).
+   */
+  learn(name: string, addresses: readonly string[], ttlSeconds: number, nowMs: number): boolean {
     let m = this.byName.get(name);
     if (!m) this.byName.set(name, (m = new Map()));
     const until = nowMs + ttlSeconds * 1000;
+    let grew = false;
     for (const a of addresses) {
-      m.set(a, Math.max(m.get(a) ?? 0, until));
-      this.nameAdd(a, name);
+      const before = m.get(a);
+      if (before === undefined) {
+        grew = true;
+        this.nameAdd(a, name);
+      }
+      m.set(a, Math.max(before ?? 0, until));
     }
+    // The flows' name index is rebuilt on its next use: only when it changed (a refresh must not cost
+    // every later flow a rebuild over the whole cache).
+    if (grew) this.flowNames = undefined;
     if (m.size > this.maxPerName) {
+      this.flowNames = undefined;
       const soonest = [...m.entries()].sort((x, y) => x[1] - y[1]).slice(0, m.size - this.maxPerName);
       for (const [a] of soonest) {
         m.delete(a);
         this.nameDelete(a, name);
       }
     }
+    return grew;
   }
 
   /**

@@ -124,6 +124,20 @@ test('names by address (flows): by text and by IPv4 number, following learns and
   assert.deepEqual(restored.namesByIpv4(0x0a020001), ['a.test']);
 });
 
+test('learn says whether a name gained an address; an answer that only moves expiries keeps the flows\' name index', () => {
+  const c = new FqdnCache({ maxAddressesPerName: 2 });
+  assert.equal(c.learn('a.test', ['10.2.0.1'], 10, 0), true);
+  const before = c.namesByAddress('10.2.0.1');
+  assert.equal(c.learn('a.test', ['10.2.0.1'], 60, 1000), false, 'the same address again');
+  assert.equal(c.namesByAddress('10.2.0.1'), before, 'the index was not rebuilt: the same array');
+  assert.deepEqual(c.entries('a.test'), [{ address: '10.2.0.1', expiresAt: 61_000 }], 'the expiry moved');
+  assert.equal(c.learn('b.test', ['10.2.0.1'], 10, 0), true, 'another name for the address');
+  assert.deepEqual(c.namesByAddress('10.2.0.1'), ['a.test', 'b.test']);
+  assert.equal(c.learn('a.test', ['10.2.0.2', '10.2.0.3'], 100, 0), true);
+  assert.deepEqual(c.addresses('a.test').sort(), ['10.2.0.2', '10.2.0.3'], 'the cap dropped the one expiring soonest... ');
+  assert.deepEqual(c.namesByAddress('10.2.0.1'), ['b.test'], '...and the index follows the drop');
+});
+
 test('identitiesAdd (new answers only) gives what a full identities() gives, and new label sets get new numbers', () => {
   const selectors = [{ matchName: 'api.test' }, { matchPattern: '*.svc.test' }];
   const matchers = fqdnLabelMatchers(selectors);
