@@ -74,7 +74,14 @@ function coverFn(prefixes: readonly Cidr[]): (address: string) => string | undef
   };
 }
 
+/** A learned address reaches the state file this soon (a crash loses at most this much of them). */
 const SAVE_DELAY_MS = 300;
+/**
+ * An answer that only moves expiries is saved at most this late: writing the whole file is a few ms of
+ * the agent's thread per thousands of names, too dear every 300 ms under a steady stream of lookups.
+ * Restored expiries are extended by as much, so an entry is never restored shorter than it was.
+ */
+const EXPIRY_SAVE_DELAY_MS = 10_000;
 const HOST_ADDRESSES_MAX_AGE_MS = 1000;
 /** Query plans kept per compiled state (endpoints x resolvers x ports); cleared when full. */
 const VERDICT_MEMO_MAX = 10_000;
@@ -88,6 +95,8 @@ function hostAddressSet(): Set<string> {
 export class DnsSteering {
   cache: FqdnCache;
   private saveTimer: NodeJS.Timeout | undefined;
+  /** When the pending save is due (performance.now()). */
+  private saveDue = 0;
   private maps: DnsSteeringMaps | undefined;
   private readonly proxies: DnsProxy[] = [];
   private port = 0;
@@ -345,7 +354,7 @@ export class DnsSteering {
     const known = settled && learned.every((l) => l.addresses.every((a) => this.cache.has(l.name, a) && this.applied.has(fqdnAddressCidr(a))));
     for (const l of learned) this.cache.learn(l.name, l.addresses, l.ttl, now);
     if (known) {
-      this.saveSoon();
+      this.saveSoon(EXPIRY_SAVE_DELAY_MS);
       return Promise.resolve();
     }
     for (const l of learned) for (const a of l.addresses) this.learnedPending.add(a);
@@ -478,7 +487,9 @@ export class DnsSteering {
       log.warn({ err }, 'DNS proxy: stored policies do not parse; learned state not restored');
       return;
     }
-    this.cache = FqdnCache.restore({ names: saved.names }, { maxAddressesPerName: this.deps.config.proxy.maxIPsPerName });
+    // Expiry-only changes reach the file up to EXPIRY_SAVE_DELAY_MS late: never restore one shorter.
+    const names = saved.names.map((n) => ({ name: n.name, addresses: n.addresses.map((a) => ({ address: a.address, expiresAt: a.expiresAt + EXPIRY_SAVE_DELAY_MS })) }));
+    this.cache = FqdnCache.restore({ names }, { maxAddressesPerName: this.deps.config.proxy.maxIPsPerName });
     const next = this.cache.identities(fqdnSelectorsOf(policies), new Map(saved.identities), coverFn(policyCidrs(policies)));
     if (next.identities.size > 0) await engine.remoteIdentitiesUpdate(next.identities);
     for (const [cidr, identity] of this.desiredIpcache(next)) {
@@ -489,9 +500,15 @@ export class DnsSteering {
     log.info({ names: saved.names.length, addresses: this.applied.size }, 'DNS proxy: learned state restored');
   }
 
-  private saveSoon(): void {
-    if (this.saveTimer) return;
-    this.saveTimer = setTimeout(() => this.save(), SAVE_DELAY_MS);
+  /** Saves the learned state within delayMs (sooner if a save is due sooner already). */
+  private saveSoon(delayMs = SAVE_DELAY_MS): void {
+    const due = performance.now() + delayMs;
+    if (this.saveTimer) {
+      if (this.saveDue <= due) return;
+      clearTimeout(this.saveTimer);
+    }
+    this.saveDue = due;
+    this.saveTimer = setTimeout(() => this.save(), delayMs);
     this.saveTimer.unref();
   }
 
