@@ -12,6 +12,7 @@ import { GATEWAY_V4, GATEWAY_V6 } from '../netkit/index.js';
 import type { Config } from './config.js';
 import { EndpointDirectory } from './flows/directory.js';
 import { FlowPipeline } from './flows/pipeline.js';
+import { hostFactsFallback } from './host-facts.js';
 import type { HostFacts } from './host-facts.js';
 import { ReservedIdentity } from './identity/reserved.js';
 import type { KernelOps } from './kernel-ops.js';
@@ -78,6 +79,8 @@ export class Agent {
   private readonly startedAt = Date.now();
   /** The DNS proxy and its steering, for toFQDNs and DNS rules (agent/dns/steering.ts). */
   readonly dns: DnsSteering;
+  /** Being gathered while the agent starts (agent/host-facts.ts); never rejects. */
+  readonly hostFacts: Promise<HostFacts>;
   /** Cluster mode: other nodes' workload addresses and identities (agent/cluster/). */
   readonly remote?: RemoteSources;
   /** Cluster mode: policies and namespace labels shared through etcd (agent/cluster/shared-*.ts). */
@@ -87,11 +90,15 @@ export class Agent {
     readonly config: Config,
     readonly store: Store,
     readonly kernel: KernelOps,
-    readonly hostFacts: HostFacts,
+    hostFacts: HostFacts | Promise<HostFacts>,
     readonly log: Logger,
     /** Cluster mode: identities and the ipcache shared through etcd (agent/cluster/). */
     readonly cluster?: ClusterServices,
   ) {
+    this.hostFacts = Promise.resolve(hostFacts).catch((err: unknown) => {
+      log.warn({ err }, 'gathering host facts failed; status shows what node:os tells');
+      return hostFactsFallback();
+    });
     this.policyEngine = new PolicyEngine(store, kernel, log.child({ component: 'policy' }));
     this.reconciler = new Reconciler(store, config, kernel, log.child({ component: 'reconciler' }), this.policyEngine);
     this.controller = new WorkloadController(
@@ -358,7 +365,7 @@ export class Agent {
       version: KITNET_VERSION,
       nodeName: this.config.nodeName,
       uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
-      host: this.hostFacts,
+      host: await this.hostFacts,
       kernel: { release: f.kernelRelease, netkit: f.netkit, netkitDetail: f.netkitDetail, tcx: f.tcx, tcClsact: f.tcClsact },
       datapath: { configuredMode: this.config.datapath.mode, autoMode, reason, pinRoot: this.config.bpfPinRoot },
       ipam: { ipv4Pool: this.config.ipam.ipv4Pool, ipv6Pool: this.config.ipam.ipv6Pool },

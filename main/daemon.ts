@@ -216,7 +216,10 @@ async function daemonStart(s: {
   });
   undo.push(() => datapath.close());
   const kernel = kernelOpsReal(datapath);
-  const [features, hostFacts] = await Promise.all([kernel.features(), hostFactsGather()]);
+  // Gathered meanwhile; a failure is handled (logged, node:os facts) by the agent, not here.
+  const hostFacts = hostFactsGather();
+  hostFacts.catch(() => undefined);
+  const features = await kernel.features();
   log.info({ kernel: features.kernelRelease, netkit: features.netkit, tcx: features.tcx, mode: config.datapath.mode }, 'kernel features probed');
 
   // In cluster mode the local IPAM hands out addresses of this node's CIDRs, carved from the pools.

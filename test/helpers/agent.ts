@@ -45,7 +45,7 @@ export async function testAgentStart(id: string, overrides: ConfigInput = {}, op
   const store = sqliteStoreOpen(join(config.stateDir, 'kitnet.db'));
   await hostForwardingEnsure();
   const datapath = await datapathLoad({ pinRoot, ...(opts.mapSizes ? { mapSizes: opts.mapSizes } : {}) });
-  const agent = new Agent(config, store, kernelOpsReal(datapath), await hostFactsGather(), log);
+  const agent = new Agent(config, store, kernelOpsReal(datapath), hostFactsGather(), log);
   await agent.start();
   const app = await serverBuild({ agent, logger: false, version: KITNET_VERSION });
   await app.listen({ host: '127.0.0.1', port: 0 });
