@@ -15,22 +15,46 @@ if ! command -v chromium >/dev/null; then
 fi
 echo "[test] lint" >&2
 npx eslint .
-files=()
+unit_files=($(find dist/test/unit -name '*.test.js' 2>/dev/null | sort))
+root_files=($(find dist/test/root -name '*.test.js' 2>/dev/null | sort))
 case "$suite" in
-  unit) files+=($(find dist/test/unit -name '*.test.js' | sort)) ;;
-  root) files+=($(find dist/test/root -name '*.test.js' | sort)) ;;
-  all)  files+=($(find dist/test/unit dist/test/root -name '*.test.js' 2>/dev/null | sort)) ;;
-  lab) ;;
+  unit) root_files=() ;;
+  root) unit_files=() ;;
+  all|lab) ;;
   *) echo "usage: $0 [unit|root|lab|all]" >&2; exit 2 ;;
 esac
-if [ "$suite" != lab ] && [ "${#files[@]}" -eq 0 ]; then echo "no test files found" >&2; exit 1; fi
+[ "$suite" = lab ] && unit_files=() root_files=()
+if [ "$suite" != lab ] && [ $((${#unit_files[@]} + ${#root_files[@]})) -eq 0 ]; then echo "no test files found" >&2; exit 1; fi
 rc=0
-if [ "$suite" != lab ]; then
-  # One file at a time keeps kernel-object tests from racing each other on a 2-core machine. A file
-  # that hangs (a wait with no deadline, a handle left open) fails after 10 min, named, instead of
-  # holding the whole run (the longest file takes ~2 min here).
+# One file at a time in each run keeps kernel-object tests from racing each other on a 2-core machine. A
+# file that hangs (a wait with no deadline, a handle left open) fails after 10 min, named, instead of
+# holding the whole run (the longest file takes ~2 min here).
+node_test() { # TAP-FILE FILE...: node's test runner, spec on stdout, TAP into TAP-FILE
+  local tap=$1; shift
   node --test --test-concurrency=1 --test-timeout=600000 --test-reporter=spec --test-reporter-destination=stdout \
-    --test-reporter=tap --test-reporter-destination=test-results.tap "${files[@]}" || rc=$?
+    --test-reporter=tap --test-reporter-destination="$tap" "$@"
+}
+# With both: the unit files (pure logic, real servers, no kernel objects) run beside the root files,
+# which mostly wait on the kernel and on traffic; the unit run's output is printed whole when the root
+# run ends (test/artifacts/unit.log, TAP in test-results-unit.tap).
+unit_pid=
+if ((${#unit_files[@]})) && ((${#root_files[@]})); then
+  mkdir -p test/artifacts
+  node_test test-results-unit.tap "${unit_files[@]}" > test/artifacts/unit.log 2>&1 &
+  unit_pid=$!
+  trap 'kill "$unit_pid" 2>/dev/null || :' EXIT
+elif ((${#unit_files[@]})); then
+  node_test test-results-unit.tap "${unit_files[@]}" || rc=$?
+fi
+if ((${#root_files[@]})); then node_test test-results.tap "${root_files[@]}" || rc=$?; fi
+if [ -n "$unit_pid" ]; then
+  unit_rc=0
+  wait "$unit_pid" || unit_rc=$?
+  trap - EXIT
+  echo "[test] unit files (run beside the root files): output" >&2
+  cat test/artifacts/unit.log
+  echo "[test] unit files: exit $unit_rc" >&2
+  ((unit_rc == 0)) || rc=$unit_rc
 fi
 # The netkit tests again, on real netkit kernels inside a QEMU VM (test/lab/README.md).
 if { [ "$suite" = all ] || [ "$suite" = lab ]; } && [ "${KITNET_SKIP_LAB:-0}" != 1 ]; then
