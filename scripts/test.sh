@@ -37,6 +37,10 @@ node_test() { # TAP-FILE FILE...: node's test runner, spec on stdout, TAP into T
 # With both: the unit files (pure logic, real servers, no kernel objects) run beside the root files,
 # which mostly wait on the kernel and on traffic; the unit run's output is printed whole when the root
 # run ends (test/artifacts/unit.log, TAP in test-results-unit.tap).
+# A unit file checks netkit's UAPI facts against the lab kernels (test/unit/netkit-uapi.test.ts; it
+# skips without them): fetched first (as the lab part would later), the unit files no longer running
+# after the root files that fetched some of them.
+if [ "$suite" = all ] && [ "${KITNET_SKIP_LAB:-0}" != 1 ]; then bash test/lab/fetch.sh; fi
 unit_pid=
 if ((${#unit_files[@]})) && ((${#root_files[@]})); then
   mkdir -p test/artifacts
