@@ -14,14 +14,16 @@
 // to its arrival, same host clock).
 //
 //   node dist/bench/hubble.bench.js [rates=50000,100000,200000,400000] [--seconds=3] [--samples=1000] [--rounds=1] [--ab]
-//                                   [--client=http2|grpc-js] [--generator=worker|main] [--profile] [--follow-queue=N]
+//                                   [--client=http2|grpc-js] [--generator=worker|main] [--profile] [--follow-queue=N] [--warmup=S]
 // --generator: the events are made on the agent's thread, in slices between its turns (main, default:
 // the agent's thread pays for making them too, ~1 µs an event) or on a worker thread (worker);
 // --rounds=R repeats the whole rate sweep R times; --ab measures every rate of a round twice, `before`
 // (the encoder on protobufjs's Writer, queued messages sent one by one through grpc-js) and `after`
 // (the in-place writer, queued messages framed into one HTTP/2 write), alternating which goes first; --client=grpc-js follows with kitnet's grpc-js client instead of node:http2;
 // --follow-queue sets the agent's hubble.followQueue (flows a follower may fall behind; default the config's);
-// --profile writes a CPU profile of the agent's thread during the sweep (bench/results/hubble-follow.cpuprofile).
+// --profile writes a CPU profile of the agent's thread during the sweep (bench/results/hubble-follow.cpuprofile);
+// --warmup=S offers the first rate for S seconds before the sweep, not measured (0, the default: a fresh
+// agent's first phase also pays V8's compiling of the pipeline and the first slabs).
 import { spawn } from 'node:child_process';
 import { Worker } from 'node:worker_threads';
 import { join } from 'node:path';
@@ -124,7 +126,12 @@ async function main(): Promise<void> {
   const rows: unknown[] = await profiled(!!args.opts.profile, 'hubble-follow', () => run(16, async (f) => {
     const out = [];
     const variants = args.opts.ab ? ['before', 'after'] : ['after'];
-    for (let round = 0; round < rounds; round++) for (const rate of rates) for (const variant of round % 2 ? [...variants].reverse() : variants) {
+    const warmup = Number(args.opts.warmup ?? 0);
+    if (!(warmup >= 0)) throw new Error(`--warmup=${args.opts.warmup}: seconds (0 or more)`);
+    const phases: Array<{ round: number; rate: number; variant: string; secs: number; measured: boolean }> = [];
+    if (warmup > 0) phases.push({ round: -1, rate: rates[0]!, variant: variants[variants.length - 1]!, secs: warmup, measured: false });
+    for (let round = 0; round < rounds; round++) for (const rate of rates) for (const variant of round % 2 ? [...variants].reverse() : variants) phases.push({ round, rate, variant, secs: seconds, measured: true });
+    for (const { round, rate, variant, secs, measured } of phases) {
       batchWriteOptions.coalesce = flowEncoderOptions.inPlace = variant === 'after';
       await f.report();
       const lost0 = kernelLost();
@@ -132,11 +139,11 @@ async function main(): Promise<void> {
       const perTick = Math.round(rate / 100);
       const start = performance.now();
       let written = 0;
-      if (worker) await offerOnWorker(rate, seconds);
+      if (worker) await offerOnWorker(rate, secs);
       // Ticks every 10 ms, catching up when a tick is late, so the offered rate holds on a loaded machine.
       // Written in slices of 500 with a turn of the event loop between them: the kernel writes events
       // while the agent runs, and so the serving (one thread with the generating) is not starved.
-      while (!worker && performance.now() - start < seconds * 1000) {
+      while (!worker && performance.now() - start < secs * 1000) {
         const due = (Math.floor((performance.now() - start) / 10) + 1) * perTick;
         while (written < due) {
           const k = Math.min(500, due - written);
@@ -161,8 +168,8 @@ async function main(): Promise<void> {
       const deliveredS = (performance.now() - start) / 1000;
       const kLost = Number(kernelLost() - lost0);
       const lat = stats(got.latencyMs);
-      out.push({ round, variant, rate, written, offered: written / offeredS, received: got.flows, rate_received: got.flows / deliveredS, lost_follower: got.lost, lost_kernel: kLost, latency_p50_ms: lat.p50, latency_p99_ms: lat.p99 });
-      console.log(`  round ${round} ${variant} offered ${fmt(written / offeredS)}/s: ${got.flows} of ${written} received, ${got.lost} reported lost to the follower, ${kLost} lost in the kernel ring; latency p50 ${fmt(lat.p50)} ms p99 ${fmt(lat.p99)} ms`);
+      if (measured) out.push({ round, variant, rate, written, offered: written / offeredS, received: got.flows, rate_received: got.flows / deliveredS, lost_follower: got.lost, lost_kernel: kLost, latency_p50_ms: lat.p50, latency_p99_ms: lat.p99 });
+      console.log(`  ${measured ? `round ${round}` : `warm-up (${secs} s, not measured)`} ${variant} offered ${fmt(written / offeredS)}/s: ${got.flows} of ${written} received, ${got.lost} reported lost to the follower, ${kLost} lost in the kernel ring; latency p50 ${fmt(lat.p50)} ms p99 ${fmt(lat.p99)} ms`);
       await sleep(200);
     }
     return out;
