@@ -27,6 +27,11 @@ const StateSchema = z
       .max(1_000_000),
     /** Identity label-set key -> identity number (FqdnIdentities.keys). */
     identities: z.array(z.tuple([z.string().max(100_000), z.number().int().positive()])).max(1_000_000),
+    /**
+     * Written by a clean stop: every expiry is as the agent last had it. Without it (a crash), expiry-only
+     * changes of the last seconds may be missing, and the restore extends every expiry to cover them.
+     */
+    complete: z.boolean().optional(),
   })
   .strict();
 

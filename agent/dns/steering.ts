@@ -79,7 +79,8 @@ const SAVE_DELAY_MS = 300;
 /**
  * An answer that only moves expiries is saved at most this late: writing the whole file is a few ms of
  * the agent's thread per thousands of names, too dear every 300 ms under a steady stream of lookups.
- * Restored expiries are extended by as much, so an entry is never restored shorter than it was.
+ * Restored expiries are extended by as much (unless a clean stop wrote the file), so an entry is never
+ * restored shorter than it was.
  */
 const EXPIRY_SAVE_DELAY_MS = 10_000;
 const HOST_ADDRESSES_MAX_AGE_MS = 1000;
@@ -97,6 +98,8 @@ export class DnsSteering {
   private saveTimer: NodeJS.Timeout | undefined;
   /** When the pending save is due (performance.now()). */
   private saveDue = 0;
+  /** The file was written while running (its expiries may lag): a clean stop writes it again, complete. */
+  private savedRunning = false;
   private maps: DnsSteeringMaps | undefined;
   private readonly proxies: DnsProxy[] = [];
   private port = 0;
@@ -229,7 +232,7 @@ export class DnsSteering {
   }
 
   async stop(): Promise<void> {
-    if (this.saveTimer) this.save();
+    if (this.saveTimer || this.savedRunning) this.save(true);
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
     this.unsubscribe?.();
@@ -487,8 +490,10 @@ export class DnsSteering {
       log.warn({ err }, 'DNS proxy: stored policies do not parse; learned state not restored');
       return;
     }
-    // Expiry-only changes reach the file up to EXPIRY_SAVE_DELAY_MS late: never restore one shorter.
-    const names = saved.names.map((n) => ({ name: n.name, addresses: n.addresses.map((a) => ({ address: a.address, expiresAt: a.expiresAt + EXPIRY_SAVE_DELAY_MS })) }));
+    // Written while running, expiry-only changes reach the file up to EXPIRY_SAVE_DELAY_MS late: never
+    // restore one shorter. A clean stop's file is current.
+    const lag = saved.complete ? 0 : EXPIRY_SAVE_DELAY_MS;
+    const names = saved.names.map((n) => ({ name: n.name, addresses: n.addresses.map((a) => ({ address: a.address, expiresAt: a.expiresAt + lag })) }));
     this.cache = FqdnCache.restore({ names }, { maxAddressesPerName: this.deps.config.proxy.maxIPsPerName });
     const next = this.cache.identities(fqdnSelectorsOf(policies), new Map(saved.identities), coverFn(policyCidrs(policies)));
     if (next.identities.size > 0) await engine.remoteIdentitiesUpdate(next.identities);
@@ -512,11 +517,13 @@ export class DnsSteering {
     this.saveTimer.unref();
   }
 
-  private save(): void {
+  /** Writes the learned state now; `complete` at a clean stop (every expiry current). */
+  private save(complete = false): void {
     if (this.saveTimer) clearTimeout(this.saveTimer);
     this.saveTimer = undefined;
     try {
-      dnsStateWrite(this.deps.stateDir, { version: 1, names: this.cache.snapshot().names, identities: [...(this.ids?.keys ?? [])] });
+      dnsStateWrite(this.deps.stateDir, { version: 1, names: this.cache.snapshot().names, identities: [...(this.ids?.keys ?? [])], ...(complete ? { complete } : {}) });
+      this.savedRunning = !complete;
     } catch (err) {
       this.deps.log.warn({ err, file: join(this.deps.stateDir, DNS_STATE_FILE) }, 'DNS proxy: saving the learned state failed');
     }

@@ -51,6 +51,9 @@ test('learned state file: round trip, and a hostile or broken file is refused wh
     const state = { version: 1 as const, names: [{ name: 'api.test', addresses: [{ address: '192.0.2.1', expiresAt: 5 }] }], identities: [['k', 25165825] as [string, number]] };
     dnsStateWrite(dir, state);
     assert.deepEqual(dnsStateRead(dir), state);
+    // A clean stop's file says so (its expiries are current: not extended on restore).
+    dnsStateWrite(dir, { ...state, complete: true });
+    assert.deepEqual(dnsStateRead(dir), { ...state, complete: true });
     const bad = (text: string, re: RegExp) => {
       writeFileSync(join(dir, DNS_STATE_FILE), text);
       const r = dnsStateRead(dir);
@@ -61,6 +64,7 @@ test('learned state file: round trip, and a hostile or broken file is refused wh
     bad('{"version": 1, "names": [{"name": "a", "addresses": [{"address": "x", "expiresAt": 1}]}], "identities": []}', /names\.0\.addresses\.0\.address: must be an IP address/);
     bad('{"version": 1, "names": [], "identities": [["k", -1]]}', /identities/);
     bad('{"version": 1, "names": [], "identities": [], "extra": 1}', /extra|Unrecognized/i);
+    bad('{"version": 1, "names": [], "identities": [], "complete": "yes"}', /complete/);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
