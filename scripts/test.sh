@@ -46,7 +46,8 @@ if ((${#unit_files[@]})) && ((${#root_files[@]})); then
   mkdir -p test/artifacts
   node_test test-results-unit.tap "${unit_files[@]}" > test/artifacts/unit.log 2>&1 &
   unit_pid=$!
-  trap 'kill "$unit_pid" 2>/dev/null || :' EXIT
+  # $! is the subshell running node_test: an early exit stops its node (the test runner) as well.
+  trap 'pkill -TERM -P "$unit_pid" 2>/dev/null; kill "$unit_pid" 2>/dev/null || :' EXIT
 elif ((${#unit_files[@]})); then
   node_test test-results-unit.tap "${unit_files[@]}" || rc=$?
 fi
