@@ -8,11 +8,14 @@ import { after, before, describe, test } from 'node:test';
 import { dnsParse, dnsQueryBuild, dnsReplyBuild, DnsType } from '../../agent/dns/codec.js';
 import { UdpUpstreams } from '../../agent/dns/upstream-udp.js';
 
-/** An upstream that answers every query for NAME with 192.0.2.(N) where NAME is nN.test, after `delayMs`. */
+/**
+ * An upstream that answers every query for NAME with 192.0.2.(N) where NAME is nN.test: at once, or
+ * while `held` is set, when the test calls release().
+ */
 class Upstream {
   readonly seen: Array<{ port: number; id: number; name: string }> = [];
   readonly sock = dgram.createSocket('udp4');
-  delayMs = 0;
+  held: Array<() => void> | undefined;
   port = 0;
   async start(): Promise<void> {
     await new Promise<void>((resolve, reject) => this.sock.once('error', reject).bind(0, '127.0.0.1', resolve));
@@ -22,8 +25,15 @@ class Upstream {
       this.seen.push({ port: r.port, id: m.readUInt16BE(0), name: q.name });
       const n = Number(/^n(\d+)\.test$/.exec(q.name)?.[1] ?? 0);
       const reply = dnsReplyBuild(m, [{ name: q.name, ttl: 30, address: `192.0.2.${n % 256}` }]);
-      setTimeout(() => this.sock.send(reply, r.port, r.address), this.delayMs);
+      const send = () => this.sock.send(reply, r.port, r.address);
+      if (this.held) this.held.push(send);
+      else send();
     });
+  }
+  release(): void {
+    const held = this.held ?? [];
+    this.held = undefined;
+    for (const send of held) send();
   }
   stop(): void {
     this.sock.close();
@@ -69,8 +79,10 @@ describe('DNS proxy upstream sockets (real UDP on loopback)', () => {
     const forger = dgram.createSocket('udp4');
     try {
       up.seen.length = 0;
-      up.delayMs = 200;
-      const pending = pool.query(dnsQueryBuild(1, 'n5.test', DnsType.A), at(), 5000);
+      // The real answer waits until the forged ones have been dealt with.
+      up.held = [];
+      let settled = false;
+      const pending = pool.query(dnsQueryBuild(1, 'n5.test', DnsType.A), at(), 5000).finally(() => (settled = true));
       await until(() => up.seen.length === 1);
       const { port, id } = up.seen[0]!;
       const forged = dnsReplyBuild(dnsQueryBuild(id, 'n5.test', DnsType.A), [{ name: 'n5.test', ttl: 30, address: '203.0.113.66' }]);
@@ -80,11 +92,15 @@ describe('DNS proxy upstream sockets (real UDP on loopback)', () => {
       const wrongId = Buffer.from(forged);
       wrongId.writeUInt16BE((id + 1) & 0xffff, 0);
       await new Promise<void>((r) => up.sock.send(wrongId, port, '127.0.0.1', () => r()));
+      await until(() => pool.unmatched === 1);
+      // The forger's datagram (sent before the wrong id) never arrived, or it would have answered the query.
+      assert.equal(settled, false, 'no forged answer taken while the query waits');
+      up.release();
       const answer = dnsParse(await pending);
       assert.deepEqual(answer.answers.map((r) => r.data), [{ kind: 'address', address: '192.0.2.5' }]);
       assert.equal(pool.unmatched, 1);
     } finally {
-      up.delayMs = 0;
+      up.release();
       forger.close();
       pool.close();
     }
