@@ -59,6 +59,22 @@ function isDnsChar(b: number): boolean {
 }
 
 function labelText(buf: Uint8Array, start: number, length: number): string {
+  // The common label (letters, digits, '-', '_'): one string, not one per byte (the proxy reads three
+  // names a lookup; per-byte strings were a tenth of its garbage).
+  let upper = false;
+  let plain = true;
+  for (let i = start; i < start + length; i++) {
+    const b = buf[i]!;
+    if (!isDnsChar(b)) {
+      plain = false;
+      break;
+    }
+    if (b <= 0x5a && b >= 0x41) upper = true;
+  }
+  if (plain) {
+    const text = String.fromCharCode.apply(null, buf.subarray(start, start + length) as unknown as number[]);
+    return upper ? text.toLowerCase() : text;
+  }
   let out = '';
   for (let i = start; i < start + length; i++) {
     const b = buf[i]!;
