@@ -30,12 +30,17 @@ function addrBytes(address: string): { family: number; addr: Uint8Array } {
   return a;
 }
 
+const REDIRECT_KEY = DNS_REDIRECT_KEY.fields;
+const REDIRECT_VALUE = DNS_REDIRECT_VALUE.fields;
+
 export class DnsSteeringMaps {
   constructor(
     private readonly proxy: BpfMap,
     private readonly endpoints: BpfMap,
     private readonly redirect: BpfMap,
   ) {}
+
+  private readonly redirectKey = Buffer.alloc(DNS_REDIRECT_KEY.size);
 
   proxySet(p: DnsProxyAddress): void {
     this.proxy.update(KEY0, structEncode(DNS_PROXY_CONFIG, { port: p.port, flags: p.port ? DNS_PROXY_F_SET : 0, ipv4: ipv4Parse(p.ipv4), ipv6: ipv6Parse(p.ipv6) }));
@@ -71,13 +76,21 @@ export class DnsSteeringMaps {
     return [...this.endpoints.keys()].map((k) => k.readUInt32LE(0));
   }
 
-  /** The destination a steered client (workload address, source port, 6 or 17) addressed, if known. */
+  /**
+   * The destination a steered client (workload address, source port, 6 or 17) addressed, if known. Read
+   * for every query the proxy takes: the key is written into one buffer kept for it (the kernel copies
+   * it during the call) and the value read field by field, with no object per field.
+   */
   originalDestination(client: string, port: number, protocol: number): { address: string; port: number } | undefined {
     const { family, addr } = addrBytes(client);
-    const v = this.redirect.lookup(structEncode(DNS_REDIRECT_KEY, { addr, port, protocol, family }));
+    const key = this.redirectKey;
+    key.set(addr, REDIRECT_KEY.addr.offset);
+    key.writeUInt16LE(port, REDIRECT_KEY.port.offset);
+    key.writeUInt8(protocol, REDIRECT_KEY.protocol.offset);
+    key.writeUInt8(family, REDIRECT_KEY.family.offset);
+    const v = this.redirect.lookup(key);
     if (!v) return undefined;
-    const d = structDecode(DNS_REDIRECT_VALUE, v);
-    const a = d.addr as Uint8Array;
-    return { address: family === FAMILY_IPV4 ? ipv4Format(a) : ipv6Format(a), port: d.port as number };
+    const at = REDIRECT_VALUE.addr.offset;
+    return { address: family === FAMILY_IPV4 ? ipv4Format(v, at) : ipv6Format(v, at), port: v.readUInt16LE(REDIRECT_VALUE.port.offset) };
   }
 }
