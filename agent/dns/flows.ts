@@ -14,7 +14,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { EndpointDirectory } from '../flows/directory.js';
-import { nsToIso } from '../flows/enrich.js';
+import { secondsToIso } from '../flows/enrich.js';
 import { dropReasonDesc, MessageType, policyFromRuleRef } from '../flows/hubble.js';
 import type { HubbleDns, HubbleEndpoint, HubbleFlow, HubbleFlowRecord, PolicyMessage } from '../flows/hubble.js';
 import type { FlowPipeline } from '../flows/pipeline.js';
@@ -54,7 +54,7 @@ function deniedBy(rule: string | undefined): PolicyMessage[] {
 }
 
 /** What the answer says, as Cilium's LogRecordDNS: every address, the lowest TTL among them, CNAME targets, record types. */
-function answerOf(e: DnsQueryEvent): Pick<HubbleDns, 'ips' | 'ttl' | 'cnames' | 'rrtypes'> {
+function answerOf(e: DnsQueryEvent): { ips: string[] | undefined; ttl: number | undefined; cnames: string[] | undefined; rrtypes: readonly string[] | undefined } {
   const ips: string[] = [];
   const cnames: string[] = [];
   const rrtypes = new Set<string>();
@@ -68,12 +68,27 @@ function answerOf(e: DnsQueryEvent): Pick<HubbleDns, 'ips' | 'ttl' | 'cnames' | 
       cnames.push(`${a.data.target}.`);
     }
   }
-  return {
-    ...(ips.length ? { ips } : {}),
-    ...(ttl ? { ttl } : {}),
-    ...(cnames.length ? { cnames } : {}),
-    ...(rrtypes.size ? { rrtypes: [...rrtypes] } : {}),
-  };
+  return { ips: ips.length ? ips : undefined, ttl: ttl || undefined, cnames: cnames.length ? cnames : undefined, rrtypes: rrtypes.size ? interned(rrtypesSeen, [...rrtypes]) : undefined };
+}
+
+/**
+ * The flows of the last few thousand queries stay in the flow ring for a while: long enough for young
+ * garbage collections to copy them, which is most of each collection's pause at thousands of lookups a
+ * second (bench/README §8). So their facts are one flat object, with the few values that recur (a
+ * workload's address, a resolver, the record types) shared instead of kept per query, and the times as
+ * small integers instead of BigInts.
+ */
+const INTERNED_MAX = 4096;
+const addressesSeen = new Map<string, string>();
+const resolversSeen = new Map<string, DnsEndpoint>();
+const rrtypesSeen = new Map<string, readonly string[]>();
+
+function interned<T>(seen: Map<string, T>, value: T, key: string = String(value)): T {
+  const known = seen.get(key);
+  if (known !== undefined) return known;
+  if (seen.size >= INTERNED_MAX) seen.clear();
+  seen.set(key, value);
+  return value;
 }
 
 /**
@@ -84,14 +99,26 @@ function answerOf(e: DnsQueryEvent): Pick<HubbleDns, 'ips' | 'ttl' | 'cnames' | 
  * garbage collections, which stalled the proxy (bench/README §8).
  */
 interface DnsQueryFacts {
-  readonly e: Pick<DnsQueryEvent, 'client' | 'transport' | 'name' | 'qtype' | 'rcode' | 'receivedNs'>;
+  readonly clientAddress: string;
+  readonly clientPort: number;
+  readonly transport: DnsTransport;
+  readonly name: string;
+  readonly qtype: number;
+  readonly rcode: number;
   readonly allowed: boolean;
   readonly rule: string | undefined;
   readonly resolver: DnsEndpoint;
   readonly clientEp: HubbleEndpoint;
   readonly resolverEp: HubbleEndpoint;
-  readonly answer: Pick<HubbleDns, 'ips' | 'ttl' | 'cnames' | 'rrtypes'>;
-  readonly answeredNs: bigint;
+  readonly ips: readonly string[] | undefined;
+  readonly ttl: number | undefined;
+  readonly cnames: readonly string[] | undefined;
+  readonly rrtypes: readonly string[] | undefined;
+  /** When the query arrived and when it was answered: seconds since the epoch, nanoseconds within. */
+  readonly receivedSec: number;
+  readonly receivedFrac: number;
+  readonly answeredSec: number;
+  readonly answeredFrac: number;
 }
 
 /**
@@ -110,7 +137,8 @@ export class DnsFlowRecord implements HubbleFlowRecord {
   ) {}
 
   get time(): string {
-    return (this.#time ??= nsToIso(this.type === 'REQUEST' ? this.facts.e.receivedNs : this.facts.answeredNs));
+    const f = this.facts;
+    return (this.#time ??= this.type === 'REQUEST' ? secondsToIso(f.receivedSec, f.receivedFrac) : secondsToIso(f.answeredSec, f.answeredFrac));
   }
 
   get flow(): HubbleFlow {
@@ -134,14 +162,15 @@ export class DnsFlowRecord implements HubbleFlowRecord {
   }
 
   private request(): HubbleFlow {
-    const { e, resolver } = this.facts;
-    const query = `${e.name}.`;
-    const qtypes = [dnsQtypeName(e.qtype)];
+    const f = this.facts;
+    const { resolver } = f;
+    const query = `${f.name}.`;
+    const qtypes = [dnsQtypeName(f.qtype)];
     const flow: HubbleFlow = {
       ...this.base(),
       verdict: this.facts.allowed ? 'FORWARDED' : 'DROPPED',
-      IP: { source: e.client.address, destination: resolver.address, ipVersion: ipVersionOf(e.client.address) },
-      l4: { [l4KeyOf(e.transport)]: { source_port: e.client.port, destination_port: resolver.port } },
+      IP: { source: f.clientAddress, destination: resolver.address, ipVersion: ipVersionOf(f.clientAddress) },
+      l4: { [l4KeyOf(f.transport)]: { source_port: f.clientPort, destination_port: resolver.port } },
       source: this.facts.clientEp,
       destination: this.facts.resolverEp,
       is_reply: false,
@@ -158,22 +187,30 @@ export class DnsFlowRecord implements HubbleFlowRecord {
   }
 
   private response(): HubbleFlow {
-    const { e, resolver, answer, answeredNs } = this.facts;
-    const query = `${e.name}.`;
-    const qtypes = [dnsQtypeName(e.qtype)];
-    const rcodeText = e.rcode === DnsRcode.NOERROR ? `${JSON.stringify((answer.ips ?? []).join(','))} TTL: ${answer.ttl ?? 0}` : `RCode: ${dnsRcodeName(e.rcode)}`;
+    const f = this.facts;
+    const { resolver } = f;
+    const query = `${f.name}.`;
+    const qtypes = [dnsQtypeName(f.qtype)];
+    const rcodeText = f.rcode === DnsRcode.NOERROR ? `${JSON.stringify((f.ips ?? []).join(','))} TTL: ${f.ttl ?? 0}` : `RCode: ${dnsRcodeName(f.rcode)}`;
+    const answer: Pick<HubbleDns, 'ips' | 'ttl' | 'cnames' | 'rrtypes'> = {
+      ...(f.ips ? { ips: [...f.ips] } : {}),
+      ...(f.ttl ? { ttl: f.ttl } : {}),
+      ...(f.cnames ? { cnames: [...f.cnames] } : {}),
+      ...(f.rrtypes ? { rrtypes: [...f.rrtypes] } : {}),
+    };
+    const latencyNs = (f.answeredSec - f.receivedSec) * 1e9 + (f.answeredFrac - f.receivedFrac);
     return {
       ...this.base(),
       verdict: 'FORWARDED',
-      IP: { source: resolver.address, destination: e.client.address, ipVersion: ipVersionOf(e.client.address) },
-      l4: { [l4KeyOf(e.transport)]: { source_port: resolver.port, destination_port: e.client.port } },
+      IP: { source: resolver.address, destination: f.clientAddress, ipVersion: ipVersionOf(f.clientAddress) },
+      l4: { [l4KeyOf(f.transport)]: { source_port: resolver.port, destination_port: f.clientPort } },
       source: this.facts.resolverEp,
       destination: this.facts.clientEp,
       is_reply: true,
       l7: {
         type: 'RESPONSE',
-        latency_ns: String(answeredNs > e.receivedNs ? answeredNs - e.receivedNs : 0n),
-        dns: { query, ...answer, observation_source: OBSERVATION_SOURCE, ...(e.rcode ? { rcode: e.rcode } : {}), qtypes },
+        latency_ns: String(Math.max(0, latencyNs)),
+        dns: { query, ...answer, observation_source: OBSERVATION_SOURCE, ...(f.rcode ? { rcode: f.rcode } : {}), qtypes },
       },
       Summary: `DNS Answer ${rcodeText} (Proxy ${query} ${qtypes.join(',')})`,
     };
@@ -185,18 +222,32 @@ const l4KeyOf = (transport: DnsTransport): 'UDP' | 'TCP' => (transport === 'udp'
 
 /** The REQUEST flow and (for a query that was forwarded) the RESPONSE flow of one answered query. */
 export function dnsFlowRecords(e: DnsQueryEvent, ctx: DnsFlowContext, answeredNs: bigint = wallClockNs()): DnsFlowRecord[] {
-  const resolver = ctx.originalDestination(e.client, e.transport) ?? e.upstream;
+  const addressed = ctx.originalDestination(e.client, e.transport) ?? e.upstream;
   // Not steered here by the datapath (nothing was forwarded): no resolver to name, no flow.
-  if (!resolver) return [];
+  if (!addressed) return [];
+  const resolver = interned(resolversSeen, addressed, `${addressed.address}|${addressed.port}`);
+  const clientAddress = interned(addressesSeen, e.client.address);
+  const answer = e.verdict.allowed ? answerOf(e) : undefined;
   const facts: DnsQueryFacts = {
-    e: { client: e.client, transport: e.transport, name: e.name, qtype: e.qtype, rcode: e.rcode, receivedNs: e.receivedNs },
+    clientAddress,
+    clientPort: e.client.port,
+    transport: e.transport,
+    name: e.name,
+    qtype: e.qtype,
+    rcode: e.rcode,
     allowed: e.verdict.allowed,
     rule: e.verdict.rule,
     resolver,
-    clientEp: ctx.endpoint(e.client.address, ctx.identityOf(e.client.address)),
+    clientEp: ctx.endpoint(clientAddress, ctx.identityOf(clientAddress)),
     resolverEp: ctx.endpoint(resolver.address, ctx.identityOf(resolver.address)),
-    answer: e.verdict.allowed ? answerOf(e) : {},
-    answeredNs,
+    ips: answer?.ips,
+    ttl: answer?.ttl,
+    cnames: answer?.cnames,
+    rrtypes: answer?.rrtypes,
+    receivedSec: Number(e.receivedNs / 1_000_000_000n),
+    receivedFrac: Number(e.receivedNs % 1_000_000_000n),
+    answeredSec: Number(answeredNs / 1_000_000_000n),
+    answeredFrac: Number(answeredNs % 1_000_000_000n),
   };
   const request = new DnsFlowRecord(facts, 'REQUEST', ctx.nodeName);
   return e.verdict.allowed ? [request, new DnsFlowRecord(facts, 'RESPONSE', ctx.nodeName)] : [request];
@@ -238,17 +289,24 @@ export function dnsFlowsAttach(dns: DnsFlowSource, flows: Pick<FlowPipeline, 'pu
     identityOf: (address) => dns.identityOf(address),
     originalDestination: (client, transport) => dns.originalDestination(client, transport),
   };
-  dns.onQuery = (e) => {
-    also?.(e);
-    const answeredNs = wallClockNs();
-    // Built after the reply has gone out (the hook runs just before it): naming the ends looks up
-    // identities, which must not add to the lookup's latency. A failure costs the flows, never the answer.
-    setImmediate(() => {
+  // Built after the replies have gone out (the hook runs just before each): naming the ends looks up
+  // identities, which must not add to the lookups' latency. The queries answered in one turn of the
+  // event loop are built together at its end. A failure costs the flows, never the answer.
+  let queued: Array<{ e: DnsQueryEvent; answeredNs: bigint }> = [];
+  const build = () => {
+    const batch = queued;
+    queued = [];
+    for (const { e, answeredNs } of batch) {
       try {
         for (const rec of dnsFlowRecords(e, ctx, answeredNs)) flows.push(rec);
       } catch (err) {
         log.warn({ err, name: e.name, client: e.client }, 'DNS proxy: building the flows of a query failed');
       }
-    });
+    }
+  };
+  dns.onQuery = (e) => {
+    also?.(e);
+    if (queued.length === 0) setImmediate(build);
+    queued.push({ e, answeredNs: wallClockNs() });
   };
 }

@@ -29,8 +29,11 @@ let isoPrefix = '';
 
 /** RFC 3339 with nanoseconds, as Hubble prints flow times: `2026-11-26T12:00:00.123456789Z`. */
 export function nsToIso(ns: bigint): string {
-  const sec = Number(ns / 1_000_000_000n);
-  const frac = Number(ns % 1_000_000_000n);
+  return secondsToIso(Number(ns / 1_000_000_000n), Number(ns % 1_000_000_000n));
+}
+
+/** nsToIso of a time given as whole seconds since the epoch and nanoseconds within the second. */
+export function secondsToIso(sec: number, frac: number): string {
   if (sec !== isoSecond) {
     isoSecond = sec;
     isoPrefix = new Date(sec * 1000).toISOString().slice(0, 19); // YYYY-MM-DDTHH:MM:SS
