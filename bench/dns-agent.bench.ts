@@ -30,6 +30,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { constants as perfConstants, PerformanceObserver } from 'node:perf_hooks';
+import type { NodeGCPerformanceDetail } from 'node:perf_hooks';
 import { MACHINE_LINE, RUN_ID, argsParse, benchMain, median, netnsAddMany, netnsDelMany, onCleanup, profiled, resultWrite, sh, stats, table } from './lib.js';
 import type { Stats } from './lib.js';
 import type * as BpfModule from '../bpf/index.js';
@@ -141,7 +143,29 @@ function loadgen(server: string, rate: number, secs: number, prefix: string, nam
 
 /** worst: the slowest lookups as [ms after the phase started, latency ms]. */
 interface PhaseResult { stats: Stats; repeated: Stats; lost: number; n: number; worst: number[][]; timeline: number[][]; unanswered: number[] }
-interface RoundResult { direct: PhaseResult; proxy: PhaseResult; proxyAgentCpu: number; agentUsPerLookup: { proxy: number; direct: number }; rcodes: Record<string, number> }
+/** The agent's young-generation collections during the proxy phase: how many, median and longest pause (ms). */
+interface GcStats { young: number; youngP50: number; youngMax: number; youngMs: number; other: number }
+interface RoundResult { direct: PhaseResult; proxy: PhaseResult; proxyAgentCpu: number; agentUsPerLookup: { proxy: number; direct: number }; rcodes: Record<string, number>; gc: GcStats }
+
+/** Runs fn, recording the garbage collections of this process meanwhile (the agent's thread pauses for each). */
+async function gcDuring<T>(fn: () => Promise<T>): Promise<[T, GcStats]> {
+  const young: number[] = [];
+  let other = 0;
+  const obs = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) {
+      if ((e.detail as NodeGCPerformanceDetail | undefined)?.kind === perfConstants.NODE_PERFORMANCE_GC_MINOR) young.push(e.duration);
+      else other++;
+    }
+  });
+  obs.observe({ entryTypes: ['gc'] });
+  try {
+    const r = await fn();
+    young.sort((a, b) => a - b);
+    return [r, { young: young.length, youngP50: young[young.length >> 1] ?? 0, youngMax: young.at(-1) ?? 0, youngMs: young.reduce((a, b) => a + b, 0), other }];
+  } finally {
+    obs.disconnect();
+  }
+}
 
 async function runLoad(ns: string, rate: number, secs: number, prefix: string, names: number): Promise<PhaseResult> {
   const out = await sh('ip', ['netns', 'exec', ns, process.execPath, HERE, '--loadgen', SERVER, String(rate), String(secs), prefix, String(names)], { timeoutMs: (secs + 30) * 1000 });
@@ -200,7 +224,7 @@ spec:
   const cpuD = process.cpuUsage(cpuD0);
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
-  const proxy = await profiled(profile, `dns-agent-${tag}`, () => runLoad(nss[0]!, rate, secs, `${tag}-p`, names));
+  const [proxy, gc] = await gcDuring(() => profiled(profile, `dns-agent-${tag}`, () => runLoad(nss[0]!, rate, secs, `${tag}-p`, names)));
   const cpu = process.cpuUsage(cpu0);
   const proxyAgentCpu = (cpu.user + cpu.system) / 1000 / (performance.now() - t0);
   // CPU time, not wall time: what one lookup costs the agent's process whatever else the machine runs
@@ -211,7 +235,7 @@ spec:
   const rcodes: Record<string, number> = {};
   for (const m of text.matchAll(/^hubble_dns_responses_total\{rcode="([^"]*)"[^}]*\} (\d+)/gm)) rcodes[m[1]!] = (rcodes[m[1]!] ?? 0) + Number(m[2]);
   for (const m of text.matchAll(/^hubble_dns_queries_total\{rcode="Policy denied"[^}]*\} (\d+)/gm)) rcodes['Policy denied'] = (rcodes['Policy denied'] ?? 0) + Number(m[1]);
-  return { direct, proxy, proxyAgentCpu, agentUsPerLookup, rcodes };
+  return { direct, proxy, proxyAgentCpu, agentUsPerLookup, rcodes, gc };
 }
 
 // ---- the driver ---------------------------------------------------------------------------------
@@ -243,11 +267,11 @@ async function main(): Promise<void> {
       results[v]!.push({ ...res, load });
       if (args.opts.timeline) console.log(`  proxy phase per 100 ms [ms, lookups, p50, p99, max]: ${JSON.stringify(res.proxy.timeline)}`);
       if (args.opts.worst) console.log(`  slowest proxy lookups [ms into the phase, ms]: ${JSON.stringify(res.proxy.worst)}; unanswered sent at ms (first, median, last): ${JSON.stringify(res.proxy.unanswered)}`);
-      console.log(`round ${r + 1}/${rounds} ${trees[v]}: direct p50/p99 ${res.direct.stats.p50.toFixed(2)}/${res.direct.stats.p99.toFixed(2)} ms, proxy ${res.proxy.stats.p50.toFixed(2)}/${res.proxy.stats.p99.toFixed(2)} ms, lost ${res.direct.lost}/${res.proxy.lost}, agent CPU ${res.proxyAgentCpu.toFixed(2)} s/s, ${res.agentUsPerLookup.proxy.toFixed(0)} µs per proxied lookup (${res.agentUsPerLookup.direct.toFixed(0)} per direct one), answers ${JSON.stringify(res.rcodes)} (load ${load})`);
+      console.log(`round ${r + 1}/${rounds} ${trees[v]}: direct p50/p99 ${res.direct.stats.p50.toFixed(2)}/${res.direct.stats.p99.toFixed(2)} ms, proxy ${res.proxy.stats.p50.toFixed(2)}/${res.proxy.stats.p99.toFixed(2)} ms, lost ${res.direct.lost}/${res.proxy.lost}, agent CPU ${res.proxyAgentCpu.toFixed(2)} s/s, ${res.agentUsPerLookup.proxy.toFixed(0)} µs per proxied lookup (${res.agentUsPerLookup.direct.toFixed(0)} per direct one), young GCs ${res.gc.young} (median ${res.gc.youngP50.toFixed(1)} ms, longest ${res.gc.youngMax.toFixed(1)}), answers ${JSON.stringify(res.rcodes)} (load ${load})`);
     }
   }
   const cell = (xs: number[], d = 2) => `${median(xs).toFixed(d)} (${Math.min(...xs).toFixed(d)}-${Math.max(...xs).toFixed(d)})`;
-  table(`DNS lookups at ${rate}/s for ${secs} s per phase, ${names} names per phase, ${warmup ? `after a ${warmup} s warm-up at that rate` : 'a fresh agent (no warm-up)'}, ${rounds} rounds: median (min-max) over rounds, ms`, ['tree', 'direct p50', 'direct p99', 'proxy p50', 'proxy p99', 'added p99', 'added p99, names asked before', 'proxy/direct p99', 'lost (proxy)', 'agent CPU µs per lookup (proxied / direct)'], trees.map((t, v) => {
+  table(`DNS lookups at ${rate}/s for ${secs} s per phase, ${names} names per phase, ${warmup ? `after a ${warmup} s warm-up at that rate` : 'a fresh agent (no warm-up)'}, ${rounds} rounds: median (min-max) over rounds, ms`, ['tree', 'direct p50', 'direct p99', 'proxy p50', 'proxy p99', 'added p99', 'added p99, names asked before', 'proxy/direct p99', 'lost (proxy)', 'agent CPU µs per lookup (proxied / direct)', 'young GCs in the proxy phase: count, median / longest ms'], trees.map((t, v) => {
     const rs = results[v]!;
     return [
       t,
@@ -261,6 +285,7 @@ async function main(): Promise<void> {
       cell(rs.map((x) => x.proxy.stats.p99 / x.direct.stats.p99), 1),
       rs.map((x) => x.proxy.lost).join('/'),
       `${cell(rs.map((x) => x.agentUsPerLookup.proxy), 0)} / ${cell(rs.map((x) => x.agentUsPerLookup.direct), 0)}`,
+      `${cell(rs.map((x) => x.gc.young), 0)}, ${cell(rs.map((x) => x.gc.youngP50), 1)} / ${cell(rs.map((x) => x.gc.youngMax), 1)}`,
     ];
   }));
   console.log(MACHINE_LINE());
