@@ -72,7 +72,8 @@ function labelText(buf: Uint8Array, start: number, length: number): string {
     if (b <= 0x5a && b >= 0x41) upper = true;
   }
   if (plain) {
-    const text = String.fromCharCode.apply(null, buf.subarray(start, start + length) as unknown as number[]);
+    // A Buffer (every message the proxy receives) converts in place; a bare Uint8Array through a view.
+    const text = Buffer.isBuffer(buf) ? buf.toString('latin1', start, start + length) : String.fromCharCode.apply(null, buf.subarray(start, start + length) as unknown as number[]);
     return upper ? text.toLowerCase() : text;
   }
   let out = '';

@@ -19,6 +19,10 @@ describe('dns codec: well-formed messages', () => {
     assert.equal(m.response, false);
     assert.equal(m.recursionDesired, true);
     assert.deepEqual(m.questions, [{ name: 'api.test', type: DnsType.AAAA, class: 1 }]);
+    // The same bytes in a bare Uint8Array (not a Buffer) read the same.
+    const bare = Uint8Array.from(dnsQueryBuild(7, 'API.Test-x_1', DnsType.A));
+    assert.equal(Buffer.isBuffer(bare), false);
+    assert.equal(dnsParse(bare).questions[0]!.name, 'api.test-x_1');
   });
   test('reply with a CNAME chain teaches every name of the chain, smallest TTL on the way', () => {
     const q = dnsQueryBuild(9, 'www.test', DnsType.A);
