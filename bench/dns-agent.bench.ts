@@ -31,7 +31,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { constants as perfConstants, PerformanceObserver } from 'node:perf_hooks';
-import type { NodeGCPerformanceDetail } from 'node:perf_hooks';
+import type { NodeGCPerformanceDetail, PerformanceObserverEntryList } from 'node:perf_hooks';
 import { MACHINE_LINE, RUN_ID, argsParse, benchMain, median, netnsAddMany, netnsDelMany, onCleanup, profiled, resultWrite, sh, stats, table } from './lib.js';
 import type { Stats } from './lib.js';
 import type * as BpfModule from '../bpf/index.js';
@@ -151,15 +151,18 @@ interface RoundResult { direct: PhaseResult; proxy: PhaseResult; proxyAgentCpu: 
 async function gcDuring<T>(fn: () => Promise<T>): Promise<[T, GcStats]> {
   const young: number[] = [];
   let other = 0;
-  const obs = new PerformanceObserver((list) => {
-    for (const e of list.getEntries()) {
+  const take = (entries: ReturnType<PerformanceObserverEntryList['getEntries']>) => {
+    for (const e of entries) {
       if ((e.detail as NodeGCPerformanceDetail | undefined)?.kind === perfConstants.NODE_PERFORMANCE_GC_MINOR) young.push(e.duration);
       else other++;
     }
-  });
+  };
+  const obs = new PerformanceObserver((list) => take(list.getEntries()));
   obs.observe({ entryTypes: ['gc'] });
   try {
     const r = await fn();
+    // Entries are delivered later than they happen: the last ones of the phase are still queued.
+    take(obs.takeRecords());
     young.sort((a, b) => a - b);
     return [r, { young: young.length, youngP50: young[young.length >> 1] ?? 0, youngMax: young.at(-1) ?? 0, youngMs: young.reduce((a, b) => a + b, 0), other }];
   } finally {
