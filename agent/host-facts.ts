@@ -71,6 +71,6 @@ function linkSpeed(sysfsNet: string, name: string): number | null {
 
 /** What node:os tells when gathering failed (no distro, no uplinks), so status still answers. */
 export function hostFactsFallback(): HostFacts {
-  const n = cpus().length;
-  return { hostname: hostname(), os: { distro: '', release: '', kernel: release(), arch: arch() }, cpu: { brand: cpus()[0]?.model ?? '', cores: n, physicalCores: n }, memoryBytes: totalmem(), uplinks: [] };
+  const c = cpus();
+  return { hostname: hostname(), os: { distro: '', release: '', kernel: release(), arch: arch() }, cpu: { brand: c[0]?.model ?? '', cores: c.length, physicalCores: c.length }, memoryBytes: totalmem(), uplinks: [] };
 }
