@@ -62,6 +62,8 @@ export interface DnsSteeringDeps {
 
 /** The longest of `prefixes` covering an address (its text), for the `cidr:` label of FQDN identities. */
 function coverFn(prefixes: readonly Cidr[]): (address: string) => string | undefined {
+  // With no CIDR in the policies nothing covers an address: no parse per new address in a burst.
+  if (prefixes.length === 0) return () => undefined;
   // Asked for every learned address on every refresh: each address is parsed and compared once.
   const memo = new Map<string, string | undefined>();
   return (address) => {
