@@ -148,9 +148,7 @@ export class DatapathImpl implements KitnetDatapath {
 
   ipcacheUpsertMany(entries: ReadonlyArray<readonly [string, IpcacheEntry]>): void {
     this.live();
-    this.verdictWrite(() => {
-      for (const [cidr, entry] of entries) this.ipcache.upsert(cidr, entry);
-    });
+    this.verdictWrite(() => this.ipcache.upsertMany(entries));
   }
 
   ipcacheDelete(cidr: string): void {

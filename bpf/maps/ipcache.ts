@@ -17,17 +17,17 @@ import {
   IPCACHE_PREFIX_V6_HOST,
   IPCACHE_VALUE,
 } from '../layout.gen.js';
-import { ExactMirror } from './exact.js';
+import { batchApply, ExactMirror, hashUpdateBatch, OP_UPDATE } from './exact.js';
 import type { ExactDiff } from './exact.js';
 import type { BpfMap } from './map.js';
 
 /** Keys of the ipBlock view (IPCACHE_FAMILY_IPBLOCK, shared.gen.h) are written `ipblock:PREFIX`. */
 const IPBLOCK_VIEW = 'ipblock:';
 
-export function ipcacheKeyEncode(cidr: string): Buffer {
+export function ipcacheKeyEncode(cidr: string, out = Buffer.alloc(IPCACHE_KEY.size), base = 0): Buffer {
   const view = cidr.startsWith(IPBLOCK_VIEW);
   const c = cidrParse(view ? cidr.slice(IPBLOCK_VIEW.length) : cidr);
-  return structEncode(IPCACHE_KEY, { prefixlen: IPCACHE_PREFIX_FAMILY + c.prefixLen, family: view ? c.family | IPCACHE_FAMILY_IPBLOCK : c.family, addr: c.addr });
+  return structEncode(IPCACHE_KEY, { prefixlen: IPCACHE_PREFIX_FAMILY + c.prefixLen, family: view ? c.family | IPCACHE_FAMILY_IPBLOCK : c.family, addr: c.addr }, out, base);
 }
 
 export function ipcacheKeyDecode(buf: Buffer): string {
@@ -64,6 +64,51 @@ export class IpcacheMap {
       this.exact.hash.update(key, value);
     } catch (err) {
       this.exact.forget([key]); // a stale value would shadow the trie's new one
+      throw err;
+    }
+  }
+
+  /**
+   * upsert() for many entries in two native calls instead of two syscalls each through N-API (the DNS
+   * proxy's burst of new names: one write per event-loop turn). Same order and repair as upsert(): the
+   * whole batch into the trie, then its host entries into the hash. A failure half-way leaves the
+   * entries before it written in the trie and none in the hash (hash ⊆ trie holds either way).
+   */
+  upsertMany(entries: ReadonlyArray<readonly [string, IpcacheEntry]>): void {
+    const n = entries.length;
+    if (n === 0) return;
+    const ks = IPCACHE_KEY.size;
+    const vs = IPCACHE_VALUE.size;
+    if (ks !== this.map.keySize || vs !== this.map.valueSize) {
+      for (const [cidr, entry] of entries) this.upsert(cidr, entry); // the map's own size error
+      return;
+    }
+    const keys = Buffer.alloc(n * ks);
+    const values = Buffer.alloc(n * vs);
+    let hosts = 0;
+    for (let i = 0; i < n; i++) {
+      const [cidr, entry] = entries[i]!;
+      ipcacheKeyEncode(cidr, keys, i * ks);
+      structEncode(IPCACHE_VALUE, { identity: entry.identity, host_id: entry.hostId }, values, i * vs);
+      if (ipcacheKeyIsHost(keys, i * ks)) hosts++;
+    }
+    batchApply(this.map, Buffer.alloc(n, OP_UPDATE), keys, values);
+    if (!this.exact || hosts === 0) return;
+    const hostKeys = hosts === n ? keys : Buffer.alloc(hosts * ks);
+    const hostValues = hosts === n ? values : Buffer.alloc(hosts * vs);
+    if (hosts !== n) {
+      for (let i = 0, j = 0; i < n; i++) {
+        if (!ipcacheKeyIsHost(keys, i * ks)) continue;
+        keys.copy(hostKeys, j * ks, i * ks, (i + 1) * ks);
+        values.copy(hostValues, j * vs, i * vs, (i + 1) * vs);
+        j++;
+      }
+    }
+    try {
+      hashUpdateBatch(this.exact.hash, hostKeys, hostValues);
+    } catch (err) {
+      // A stale value would shadow the trie's new one.
+      this.exact.forget(Array.from({ length: hosts }, (_, j) => hostKeys.subarray(j * ks, (j + 1) * ks)));
       throw err;
     }
   }

@@ -14,7 +14,7 @@ import { DROP_REASON, datapathLoad, datapathUnpinAll } from '../../bpf/index.js'
 import { structEncode } from '../../bpf/layout.js';
 import { POLICY_VALUE, TCX_DROP, TCX_PASS } from '../../bpf/layout.gen.js';
 import { ConfigMap } from '../../bpf/maps/config.js';
-import { IpcacheMap, ipcacheKeyEncode } from '../../bpf/maps/ipcache.js';
+import { IpcacheMap, ipcacheKeyDecode, ipcacheKeyEncode } from '../../bpf/maps/ipcache.js';
 import { BpfMap } from '../../bpf/maps/map.js';
 import { PolicyMap } from '../../bpf/maps/policy.js';
 import { policyKeyWrite, policyWildKey } from '../../bpf/maps/policy-key.js';
@@ -239,6 +239,37 @@ describe('exact-match hashes in front of the LPM tries (BPF_PROG_TEST_RUN)', { t
     dp.policyClear(EP.endpointId);
     assert.deepEqual(dp.exactCheck(), []);
     assert.equal([...polHash.keys()].length + [...polWild.keys()].length, 0);
+  });
+
+  test('a batch of ipcache writes (the DNS proxy\'s new addresses) lands in both maps as one-by-one writes do', async () => {
+    dp.ipcacheUpsert('10.248.5.5/32', { identity: NET, hostId: 0 });
+    dp.ipcacheUpsertMany([
+      ['10.248.5.5/32', { identity: CLIENT, hostId: 0 }], // replaces a value
+      ['10.248.6.6/32', { identity: CLIENT, hostId: 0 }],
+      ['fd00:248::6:6/128', { identity: CLIENT, hostId: 7 }],
+      ['10.248.7.0/24', { identity: NET, hostId: 0 }], // trie only
+      ['ipblock:10.248.8.0/24', { identity: NET, hostId: 0 }], // trie only
+    ]);
+    assert.deepEqual(dp.exactCheck(), []);
+    assert.deepEqual(
+      [...ipHash.keys()].map((k) => ipcacheKeyDecode(k)).sort(),
+      ['10.248.5.5/32', '10.248.6.6/32', 'fd00:248::6:6/128'],
+    );
+    assert.deepEqual(
+      dp.ipcacheList().sort(([a], [b]) => a.localeCompare(b)),
+      [
+        ['10.248.5.5/32', { identity: CLIENT, hostId: 0 }],
+        ['10.248.6.6/32', { identity: CLIENT, hostId: 0 }],
+        ['10.248.7.0/24', { identity: NET, hostId: 0 }],
+        ['fd00:248::6:6/128', { identity: CLIENT, hostId: 7 }],
+        ['ipblock:10.248.8.0/24', { identity: NET, hostId: 0 }],
+      ],
+    );
+    setPolicy([{ identity: CLIENT, protocol: 6, port: 443, portPrefixLen: 16 }]);
+    assert.deepEqual(await syn(4, '10.248.5.5'), { verdict: 'PASS', identity: CLIENT }, 'the replaced value, from the hash');
+    assert.deepEqual(await syn(6, 'fd00:248::6:6'), { verdict: 'PASS', identity: CLIENT });
+    dp.ipcacheUpsertMany([]);
+    assert.deepEqual(dp.exactCheck(), []);
   });
 
   test('a load fills an empty hash from the trie and repairs a stale one (upgrade, downgrade and back)', async () => {
