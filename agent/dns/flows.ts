@@ -53,13 +53,34 @@ function deniedBy(rule: string | undefined): PolicyMessage[] {
   return out;
 }
 
-/** What the answer says, as Cilium's LogRecordDNS: every address, the lowest TTL among them, CNAME targets, record types. */
-function answerOf(e: DnsQueryEvent): { ips: string[] | undefined; ttl: number | undefined; cnames: string[] | undefined; rrtypes: readonly string[] | undefined } {
+/**
+ * What the answer says, as Cilium's LogRecordDNS: every address, the lowest TTL among them, CNAME
+ * targets, record types. One frozen object per distinct answer, shared by the queries that got it.
+ */
+interface DnsAnswerSummary {
+  readonly ips: readonly string[] | undefined;
+  readonly ttl: number | undefined;
+  readonly cnames: readonly string[] | undefined;
+  readonly rrtypes: readonly string[] | undefined;
+}
+
+const NO_ANSWER: DnsAnswerSummary = Object.freeze({ ips: undefined, ttl: undefined, cnames: undefined, rrtypes: undefined });
+
+function answerOf(e: DnsQueryEvent): DnsAnswerSummary {
+  const answers = e.reply?.answers;
+  if (!answers?.length) return NO_ANSWER;
+  // The common answer, one address: its key is the address and TTL, no array or set to build first.
+  if (answers.length === 1 && answers[0]!.data.kind === 'address') {
+    const a = answers[0]!;
+    const address = (a.data as { address: string }).address;
+    const key = `${a.type}|${a.ttl}|${address}`;
+    return answersSeen.get(key) ?? interned(answersSeen, Object.freeze({ ips: Object.freeze([address]), ttl: a.ttl || undefined, cnames: undefined, rrtypes: interned(rrtypesSeen, Object.freeze([dnsQtypeName(a.type)])) }), key);
+  }
   const ips: string[] = [];
   const cnames: string[] = [];
   const rrtypes = new Set<string>();
   let ttl: number | undefined;
-  for (const a of e.reply?.answers ?? []) {
+  for (const a of answers) {
     rrtypes.add(dnsQtypeName(a.type));
     if (a.data.kind === 'address') {
       ips.push(a.data.address);
@@ -68,19 +89,28 @@ function answerOf(e: DnsQueryEvent): { ips: string[] | undefined; ttl: number | 
       cnames.push(`${a.data.target}.`);
     }
   }
-  return { ips: ips.length ? ips : undefined, ttl: ttl || undefined, cnames: cnames.length ? cnames : undefined, rrtypes: rrtypes.size ? interned(rrtypesSeen, [...rrtypes]) : undefined };
+  const types = [...rrtypes];
+  const summary: DnsAnswerSummary = Object.freeze({
+    ips: ips.length ? Object.freeze(ips) : undefined,
+    ttl: ttl || undefined,
+    cnames: cnames.length ? Object.freeze(cnames) : undefined,
+    rrtypes: types.length ? interned(rrtypesSeen, Object.freeze(types), types.join(',')) : undefined,
+  });
+  return interned(answersSeen, summary, `${ips.join(',')}|${summary.ttl}|${cnames.join(',')}|${types.join(',')}`);
 }
 
 /**
  * The flows of the last few thousand queries stay in the flow ring for a while: long enough for young
  * garbage collections to copy them, which is most of each collection's pause at thousands of lookups a
- * second (bench/README §8). So their facts are one flat object, with the few values that recur (a
- * workload's address, a resolver, the record types) shared instead of kept per query, and the times as
- * small integers instead of BigInts.
+ * second (bench/README §8). So what a query keeps is one small object of small integers and shared
+ * references: the values that recur (a name asked again, an answer given again, the ends of a query)
+ * are shared from bounded tables instead of kept per query, and the times are small integers
+ * instead of heap numbers.
  */
 const INTERNED_MAX = 4096;
-const addressesSeen = new Map<string, string>();
-const resolversSeen = new Map<string, DnsEndpoint>();
+const namesSeen = new Map<string, string>();
+const endsSeen = new Map<string, DnsQueryEnds>();
+const answersSeen = new Map<string, DnsAnswerSummary>();
 const rrtypesSeen = new Map<string, readonly string[]>();
 
 function interned<T>(seen: Map<string, T>, value: T, key: string = String(value)): T {
@@ -92,64 +122,93 @@ function interned<T>(seen: Map<string, T>, value: T, key: string = String(value)
 }
 
 /**
- * One answered query as its flows need it, shared by its REQUEST and RESPONSE records: addresses,
- * ports, both ends as named when the query was answered (shared endpoint objects) and the answer's
- * summary, without the parsed message. At thousands of lookups a second the flow ring holds a few
- * seconds of them: built flows (~2 KB each) lived long enough to be promoted and collected by full
- * garbage collections, which stalled the proxy (bench/README §8).
+ * Whole seconds since the epoch are past V8's small integers (2^30), so each time would be a heap
+ * number of its own: relative to the agent's start they are small integers kept inside the object.
  */
-interface DnsQueryFacts {
+const SECONDS_BASE = Math.floor(Date.now() / 1000);
+
+/** Who asked and the resolver it addressed, as flow endpoints: shared by the queries between the same ends. */
+interface DnsQueryEnds {
   readonly clientAddress: string;
-  readonly clientPort: number;
-  readonly transport: DnsTransport;
-  readonly name: string;
-  readonly qtype: number;
-  readonly rcode: number;
-  readonly allowed: boolean;
-  readonly rule: string | undefined;
   readonly resolver: DnsEndpoint;
   readonly clientEp: HubbleEndpoint;
   readonly resolverEp: HubbleEndpoint;
-  readonly ips: readonly string[] | undefined;
-  readonly ttl: number | undefined;
-  readonly cnames: readonly string[] | undefined;
-  readonly rrtypes: readonly string[] | undefined;
-  /** When the query arrived and when it was answered: seconds since the epoch, nanoseconds within. */
-  readonly receivedSec: number;
-  readonly receivedFrac: number;
-  readonly answeredSec: number;
-  readonly answeredFrac: number;
+  readonly nodeName: string;
+}
+
+/** DnsQueryFacts.bits: the query's type, the answer's rcode, TCP or UDP, allowed. */
+const BITS_RCODE_SHIFT = 16;
+const BITS_TCP = 1 << 20;
+const BITS_ALLOWED = 1 << 21;
+
+/**
+ * One answered query as its flows need it, shared by its REQUEST and RESPONSE records, without the
+ * parsed message.
+ */
+class DnsQueryFacts {
+  constructor(
+    readonly ends: DnsQueryEnds,
+    readonly clientPort: number,
+    /** qtype | rcode << BITS_RCODE_SHIFT | BITS_TCP | BITS_ALLOWED */
+    readonly bits: number,
+    readonly name: string,
+    readonly rule: string | undefined,
+    readonly answer: DnsAnswerSummary,
+    /** When the query arrived and when it was answered: seconds since SECONDS_BASE, nanoseconds within. */
+    readonly receivedSec: number,
+    readonly receivedFrac: number,
+    readonly answeredSec: number,
+    readonly answeredFrac: number,
+  ) {}
+
+  get qtype(): number {
+    return this.bits & 0xffff;
+  }
+
+  get rcode(): number {
+    return (this.bits >> BITS_RCODE_SHIFT) & 0xf;
+  }
+
+  get transport(): DnsTransport {
+    return this.bits & BITS_TCP ? 'tcp' : 'udp';
+  }
+
+  get allowed(): boolean {
+    return (this.bits & BITS_ALLOWED) !== 0;
+  }
 }
 
 /**
- * A DNS L7 flow as the pipeline keeps it: the query's facts and which of its two flows this is. The
- * Hubble JSON object, time string and uuid are made the first time someone reads them (a follower, a
- * filter, `GET /v1/flows`) and kept from then on, as LazyFlowRecord does for the datapath's flows.
+ * A DNS L7 flow as the pipeline keeps it: the query's facts, and its Hubble JSON object and time string
+ * once someone read them (a follower, a filter, `GET /v1/flows`), kept from then on, as LazyFlowRecord
+ * does for the datapath's flows.
  */
-export class DnsFlowRecord implements HubbleFlowRecord {
+abstract class DnsFlowRecord implements HubbleFlowRecord {
   #flow: HubbleFlow | undefined;
   #time: string | undefined;
 
-  constructor(
-    private readonly facts: DnsQueryFacts,
-    readonly type: 'REQUEST' | 'RESPONSE',
-    readonly node_name: string,
-  ) {}
+  constructor(protected readonly facts: DnsQueryFacts) {}
+
+  get node_name(): string {
+    return this.facts.ends.nodeName;
+  }
 
   get time(): string {
-    const f = this.facts;
-    return (this.#time ??= this.type === 'REQUEST' ? secondsToIso(f.receivedSec, f.receivedFrac) : secondsToIso(f.answeredSec, f.answeredFrac));
+    return (this.#time ??= this.timeText());
   }
 
   get flow(): HubbleFlow {
-    return (this.#flow ??= this.type === 'REQUEST' ? this.request() : this.response());
+    return (this.#flow ??= this.build());
   }
 
   toJSON(): { flow: HubbleFlow; node_name: string; time: string } {
     return { flow: this.flow, node_name: this.node_name, time: this.time };
   }
 
-  private base(): Pick<HubbleFlow, 'time' | 'uuid' | 'Type' | 'node_name' | 'event_type' | 'traffic_direction'> {
+  protected abstract timeText(): string;
+  protected abstract build(): HubbleFlow;
+
+  protected base(): Pick<HubbleFlow, 'time' | 'uuid' | 'Type' | 'node_name' | 'event_type' | 'traffic_direction'> {
     return {
       time: this.time,
       uuid: randomUUID(),
@@ -160,52 +219,65 @@ export class DnsFlowRecord implements HubbleFlowRecord {
       traffic_direction: 'EGRESS',
     };
   }
+}
 
-  private request(): HubbleFlow {
+class DnsRequestRecord extends DnsFlowRecord {
+  protected timeText(): string {
+    return secondsToIso(SECONDS_BASE + this.facts.receivedSec, this.facts.receivedFrac);
+  }
+
+  protected build(): HubbleFlow {
     const f = this.facts;
-    const { resolver } = f;
+    const { clientAddress, resolver, clientEp, resolverEp } = f.ends;
     const query = `${f.name}.`;
     const qtypes = [dnsQtypeName(f.qtype)];
     const flow: HubbleFlow = {
       ...this.base(),
-      verdict: this.facts.allowed ? 'FORWARDED' : 'DROPPED',
-      IP: { source: f.clientAddress, destination: resolver.address, ipVersion: ipVersionOf(f.clientAddress) },
+      verdict: f.allowed ? 'FORWARDED' : 'DROPPED',
+      IP: { source: clientAddress, destination: resolver.address, ipVersion: ipVersionOf(clientAddress) },
       l4: { [l4KeyOf(f.transport)]: { source_port: f.clientPort, destination_port: resolver.port } },
-      source: this.facts.clientEp,
-      destination: this.facts.resolverEp,
+      source: clientEp,
+      destination: resolverEp,
       is_reply: false,
       l7: { type: 'REQUEST', dns: { query, observation_source: OBSERVATION_SOURCE, qtypes } },
       Summary: `DNS Query ${query} ${qtypes.join(',')}`,
     };
-    if (!this.facts.allowed) {
+    if (!f.allowed) {
       flow.drop_reason = POLICY_DENY;
       flow.drop_reason_desc = dropReasonDesc(POLICY_DENY);
-      const policies = deniedBy(this.facts.rule);
+      const policies = deniedBy(f.rule);
       if (policies.length) flow.egress_denied_by = policies;
     }
     return flow;
   }
+}
 
-  private response(): HubbleFlow {
+class DnsResponseRecord extends DnsFlowRecord {
+  protected timeText(): string {
+    return secondsToIso(SECONDS_BASE + this.facts.answeredSec, this.facts.answeredFrac);
+  }
+
+  protected build(): HubbleFlow {
     const f = this.facts;
-    const { resolver } = f;
+    const { clientAddress, resolver, clientEp, resolverEp } = f.ends;
+    const a = f.answer;
     const query = `${f.name}.`;
     const qtypes = [dnsQtypeName(f.qtype)];
-    const rcodeText = f.rcode === DnsRcode.NOERROR ? `${JSON.stringify((f.ips ?? []).join(','))} TTL: ${f.ttl ?? 0}` : `RCode: ${dnsRcodeName(f.rcode)}`;
+    const rcodeText = f.rcode === DnsRcode.NOERROR ? `${JSON.stringify((a.ips ?? []).join(','))} TTL: ${a.ttl ?? 0}` : `RCode: ${dnsRcodeName(f.rcode)}`;
     const answer: Pick<HubbleDns, 'ips' | 'ttl' | 'cnames' | 'rrtypes'> = {
-      ...(f.ips ? { ips: [...f.ips] } : {}),
-      ...(f.ttl ? { ttl: f.ttl } : {}),
-      ...(f.cnames ? { cnames: [...f.cnames] } : {}),
-      ...(f.rrtypes ? { rrtypes: [...f.rrtypes] } : {}),
+      ...(a.ips ? { ips: [...a.ips] } : {}),
+      ...(a.ttl ? { ttl: a.ttl } : {}),
+      ...(a.cnames ? { cnames: [...a.cnames] } : {}),
+      ...(a.rrtypes ? { rrtypes: [...a.rrtypes] } : {}),
     };
     const latencyNs = (f.answeredSec - f.receivedSec) * 1e9 + (f.answeredFrac - f.receivedFrac);
     return {
       ...this.base(),
       verdict: 'FORWARDED',
-      IP: { source: resolver.address, destination: f.clientAddress, ipVersion: ipVersionOf(f.clientAddress) },
+      IP: { source: resolver.address, destination: clientAddress, ipVersion: ipVersionOf(clientAddress) },
       l4: { [l4KeyOf(f.transport)]: { source_port: resolver.port, destination_port: f.clientPort } },
-      source: this.facts.resolverEp,
-      destination: this.facts.clientEp,
+      source: resolverEp,
+      destination: clientEp,
       is_reply: true,
       l7: {
         type: 'RESPONSE',
@@ -220,37 +292,40 @@ export class DnsFlowRecord implements HubbleFlowRecord {
 const ipVersionOf = (address: string): 'IPv4' | 'IPv6' => (address.includes(':') ? 'IPv6' : 'IPv4');
 const l4KeyOf = (transport: DnsTransport): 'UDP' | 'TCP' => (transport === 'udp' ? 'UDP' : 'TCP');
 
+/** The shared ends of a query: the same object while both ends stay named the same. */
+function endsOf(clientAddress: string, resolver: DnsEndpoint, ctx: DnsFlowContext): DnsQueryEnds {
+  const clientEp = ctx.endpoint(clientAddress, ctx.identityOf(clientAddress));
+  const resolverEp = ctx.endpoint(resolver.address, ctx.identityOf(resolver.address));
+  const key = `${clientAddress}|${resolver.address}|${resolver.port}`;
+  const known = endsSeen.get(key);
+  if (known && known.clientEp === clientEp && known.resolverEp === resolverEp && known.nodeName === ctx.nodeName) return known;
+  if (endsSeen.size >= INTERNED_MAX) endsSeen.clear();
+  const ends: DnsQueryEnds = Object.freeze({ clientAddress, resolver: Object.freeze({ address: resolver.address, port: resolver.port }), clientEp, resolverEp, nodeName: ctx.nodeName });
+  endsSeen.set(key, ends);
+  return ends;
+}
+
 /** The REQUEST flow and (for a query that was forwarded) the RESPONSE flow of one answered query. */
-export function dnsFlowRecords(e: DnsQueryEvent, ctx: DnsFlowContext, answeredNs: bigint = wallClockNs()): DnsFlowRecord[] {
+export function dnsFlowRecords(e: DnsQueryEvent, ctx: DnsFlowContext, answeredNs: bigint = wallClockNs()): HubbleFlowRecord[] {
   const addressed = ctx.originalDestination(e.client, e.transport) ?? e.upstream;
   // Not steered here by the datapath (nothing was forwarded): no resolver to name, no flow.
   if (!addressed) return [];
-  const resolver = interned(resolversSeen, addressed, `${addressed.address}|${addressed.port}`);
-  const clientAddress = interned(addressesSeen, e.client.address);
-  const answer = e.verdict.allowed ? answerOf(e) : undefined;
-  const facts: DnsQueryFacts = {
-    clientAddress,
-    clientPort: e.client.port,
-    transport: e.transport,
-    name: e.name,
-    qtype: e.qtype,
-    rcode: e.rcode,
-    allowed: e.verdict.allowed,
-    rule: e.verdict.rule,
-    resolver,
-    clientEp: ctx.endpoint(clientAddress, ctx.identityOf(clientAddress)),
-    resolverEp: ctx.endpoint(resolver.address, ctx.identityOf(resolver.address)),
-    ips: answer?.ips,
-    ttl: answer?.ttl,
-    cnames: answer?.cnames,
-    rrtypes: answer?.rrtypes,
-    receivedSec: Number(e.receivedNs / 1_000_000_000n),
-    receivedFrac: Number(e.receivedNs % 1_000_000_000n),
-    answeredSec: Number(answeredNs / 1_000_000_000n),
-    answeredFrac: Number(answeredNs % 1_000_000_000n),
-  };
-  const request = new DnsFlowRecord(facts, 'REQUEST', ctx.nodeName);
-  return e.verdict.allowed ? [request, new DnsFlowRecord(facts, 'RESPONSE', ctx.nodeName)] : [request];
+  const allowed = e.verdict.allowed;
+  const bits = (e.qtype & 0xffff) | ((e.rcode & 0xf) << BITS_RCODE_SHIFT) | (e.transport === 'tcp' ? BITS_TCP : 0) | (allowed ? BITS_ALLOWED : 0);
+  const facts = new DnsQueryFacts(
+    endsOf(e.client.address, addressed, ctx),
+    e.client.port,
+    bits,
+    interned(namesSeen, e.name),
+    e.verdict.rule,
+    allowed ? answerOf(e) : NO_ANSWER,
+    Number(e.receivedNs / 1_000_000_000n) - SECONDS_BASE,
+    Number(e.receivedNs % 1_000_000_000n),
+    Number(answeredNs / 1_000_000_000n) - SECONDS_BASE,
+    Number(answeredNs % 1_000_000_000n),
+  );
+  const request = new DnsRequestRecord(facts);
+  return allowed ? [request, new DnsResponseRecord(facts)] : [request];
 }
 
 /** Where the DNS service hands its answered queries: the flows go into `flows`; `also` sees each query too (metrics). */
