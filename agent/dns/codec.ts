@@ -58,43 +58,24 @@ function isDnsChar(b: number): boolean {
   return (b >= 0x61 && b <= 0x7a) || (b >= 0x41 && b <= 0x5a) || (b >= 0x30 && b <= 0x39) || b === 0x2d || b === 0x5f;
 }
 
-function labelText(buf: Uint8Array, start: number, length: number): string {
-  // The common label (letters, digits, '-', '_'): one string, not one per byte (the proxy reads three
-  // names a lookup; per-byte strings were a tenth of its garbage).
-  let upper = false;
-  let plain = true;
-  for (let i = start; i < start + length; i++) {
-    const b = buf[i]!;
-    if (!isDnsChar(b)) {
-      plain = false;
-      break;
-    }
-    if (b <= 0x5a && b >= 0x41) upper = true;
-  }
-  if (plain) {
-    // A Buffer (every message the proxy receives) converts in place; a bare Uint8Array through a view.
-    const text = Buffer.isBuffer(buf) ? buf.toString('latin1', start, start + length) : String.fromCharCode.apply(null, buf.subarray(start, start + length) as unknown as number[]);
-    return upper ? text.toLowerCase() : text;
-  }
-  let out = '';
-  for (let i = start; i < start + length; i++) {
-    const b = buf[i]!;
-    if (isDnsChar(b)) out += String.fromCharCode(b >= 0x41 && b <= 0x5a ? b + 0x20 : b);
-    else out += `\\${String(b).padStart(3, '0')}`;
-  }
-  return out;
-}
+/**
+ * Where nameRead writes a name's text before making it one string: the proxy reads three names a
+ * lookup, and a string per label (or per byte) and their join were a large part of its garbage. The
+ * longest name (255 wire bytes) escapes to at most 4 characters a byte.
+ */
+const nameText = Buffer.alloc(NAME_MAX_WIRE * 4);
+const BACKSLASH = 0x5c;
 
 /**
  * Reads a (possibly compressed) name at `offset`. Returns the name and the offset just past it in the
  * original sequence (after the first pointer, if any).
  */
 export function nameRead(buf: Uint8Array, offset: number): { name: string; next: number } {
-  const labels: string[] = [];
   let pos = offset;
   let next = -1;
   let wire = 1; // the final zero-length label
   let jumps = 0;
+  let out = 0; // characters written to nameText
   // A pointer must go below the lowest position read so far, so each jump makes progress towards 0.
   let floor = offset;
   for (;;) {
@@ -119,10 +100,21 @@ export function nameRead(buf: Uint8Array, offset: number): { name: string; next:
     if (pos + 1 + len > buf.length) throw new DnsParseError(`name at ${offset}: label runs past the end of the message`);
     wire += len + 1;
     if (wire > NAME_MAX_WIRE) throw new DnsParseError(`name at ${offset}: longer than ${NAME_MAX_WIRE} bytes`);
-    labels.push(labelText(buf, pos + 1, len));
+    if (out > 0) nameText[out++] = 0x2e;
+    // Lower case; any byte outside [-a-z0-9_] as \DDD, so no label can hold a separator.
+    for (let i = pos + 1; i <= pos + len; i++) {
+      const b = buf[i]!;
+      if (isDnsChar(b)) nameText[out++] = b >= 0x41 && b <= 0x5a ? b + 0x20 : b;
+      else {
+        nameText[out++] = BACKSLASH;
+        nameText[out++] = 0x30 + Math.floor(b / 100);
+        nameText[out++] = 0x30 + (Math.floor(b / 10) % 10);
+        nameText[out++] = 0x30 + (b % 10);
+      }
+    }
     pos += 1 + len;
   }
-  return { name: labels.join('.'), next };
+  return { name: nameText.toString('latin1', 0, out), next };
 }
 
 function u16(buf: Uint8Array, at: number, what: string): number {
@@ -166,7 +158,7 @@ function recordRead(buf: Uint8Array, offset: number): { record: DnsRecord; next:
   let data: DnsRecordData = { kind: 'other' };
   if (klass === DnsClass.IN && type === DnsType.A) {
     if (rdlength !== 4) throw new DnsParseError(`A record ${name}: data length ${rdlength}, expected 4`);
-    data = { kind: 'address', address: Array.from(buf.subarray(rdata, end)).join('.') };
+    data = { kind: 'address', address: `${buf[rdata]}.${buf[rdata + 1]}.${buf[rdata + 2]}.${buf[rdata + 3]}` };
   } else if (klass === DnsClass.IN && type === DnsType.AAAA) {
     if (rdlength !== 16) throw new DnsParseError(`AAAA record ${name}: data length ${rdlength}, expected 16`);
     data = { kind: 'address', address: ipv6Text(buf.subarray(rdata, end)) };
@@ -184,7 +176,8 @@ export function dnsParse(buf: Uint8Array): DnsMessage {
   if (buf.length > DNS_MESSAGE_MAX) throw new DnsParseError(`message of ${buf.length} bytes, more than ${DNS_MESSAGE_MAX}`);
   if (buf.length < DNS_HEADER_LENGTH) throw new DnsParseError(`message of ${buf.length} bytes, shorter than the ${DNS_HEADER_LENGTH}-byte header`);
   const flags = u16(buf, 2, 'flags');
-  const counts = [4, 6, 8, 10].map((at) => u16(buf, at, 'count'));
+  const qdcount = u16(buf, 4, 'count');
+  const sections = [u16(buf, 6, 'count'), u16(buf, 8, 'count'), u16(buf, 10, 'count')] as const;
   const msg: DnsMessage = {
     id: u16(buf, 0, 'id'),
     response: (flags & 0x8000) !== 0,
@@ -196,15 +189,15 @@ export function dnsParse(buf: Uint8Array): DnsMessage {
     answers: [],
   };
   let pos = DNS_HEADER_LENGTH;
-  for (let i = 0; i < counts[0]!; i++) {
+  for (let i = 0; i < qdcount; i++) {
     const { name, next } = nameRead(buf, pos);
     msg.questions.push({ name, type: u16(buf, next, 'question type'), class: u16(buf, next + 2, 'question class') });
     pos = next + 4;
   }
-  for (let section = 1; section <= 3; section++) {
-    for (let i = 0; i < counts[section]!; i++) {
+  for (let section = 0; section < 3; section++) {
+    for (let i = 0; i < sections[section]!; i++) {
       const { record, next } = recordRead(buf, pos);
-      if (section === 1) msg.answers.push(record);
+      if (section === 0) msg.answers.push(record);
       pos = next;
     }
   }
@@ -331,6 +324,25 @@ export interface LearnedName {
 export function dnsLearned(msg: DnsMessage): LearnedName[] {
   const q = msg.questions[0];
   if (!q || msg.rcode !== DnsRcode.NOERROR) return [];
+  let chained = false;
+  for (const a of msg.answers) if (a.data.kind === 'cname') chained = true;
+  if (!chained) {
+    // Most answers: address records of the asked name itself. What the chain below gives then, without
+    // its maps: the name's addresses (each once, in order) with the smallest TTL among its records.
+    let addresses: string[] | undefined;
+    let ttl = 0;
+    for (const a of msg.answers) {
+      if (a.data.kind !== 'address' || a.name !== q.name) continue;
+      if (!addresses) {
+        addresses = [a.data.address];
+        ttl = a.ttl;
+        continue;
+      }
+      if (!addresses.includes(a.data.address)) addresses.push(a.data.address);
+      ttl = Math.min(ttl, a.ttl);
+    }
+    return addresses ? [{ name: q.name, addresses, ttl }] : [];
+  }
   const cnames = new Map<string, { target: string; ttl: number }>();
   const addrs = new Map<string, Array<{ address: string; ttl: number }>>();
   for (const a of msg.answers) {

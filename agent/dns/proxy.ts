@@ -147,12 +147,17 @@ export class DnsProxy {
       return;
     }
     this.inFlight++;
-    this.answer(msg, client, 'udp')
-      .then((reply) => {
+    // One reaction for both outcomes (not then/catch/finally: three promises a query).
+    this.answer(msg, client, 'udp').then(
+      (reply) => {
+        this.inFlight--;
         if (reply) sock.send(reply, client.port, client.address);
-      })
-      .catch((e: unknown) => this.opts.log.warn({ err: e, client }, 'DNS proxy: query failed'))
-      .finally(() => this.inFlight--);
+      },
+      (e: unknown) => {
+        this.inFlight--;
+        this.opts.log.warn({ err: e, client }, 'DNS proxy: query failed');
+      },
+    );
   }
 
   private tcpConnection(sock: net.Socket): void {
@@ -226,12 +231,10 @@ export class DnsProxy {
     }
     const upstream = this.opts.upstream(client, transport);
     const verdict: DnsVerdict = upstream ? this.opts.verdict(client, q.name, transport, upstream) : { allowed: false, rule: 'not steered to the proxy by the datapath' };
-    const event = (rcode: number, learned: LearnedName[] = [], reply?: DnsMessage) =>
-      this.onQuery?.({ client, transport, name: q.name, qtype: q.type, rcode, verdict, learned, id: query.id, receivedNs, upstream, reply });
     if (!verdict.allowed) {
       this.stats.refused++;
       this.opts.log.info({ client, name: q.name, qtype: q.type, rule: verdict.rule }, 'DNS query refused by policy');
-      event(DnsRcode.REFUSED);
+      this.event(client, transport, query, verdict, receivedNs, upstream, DnsRcode.REFUSED);
       return dnsErrorReply(msg, DnsRcode.REFUSED);
     }
     this.stats.allowed++;
@@ -244,11 +247,12 @@ export class DnsProxy {
     } catch (e) {
       this.stats.upstreamFailures++;
       this.opts.log.warn({ err: e, client, name: q.name, upstream }, 'DNS proxy: upstream failed, answering SERVFAIL');
-      event(DnsRcode.SERVFAIL);
+      this.event(client, transport, query, verdict, receivedNs, upstream, DnsRcode.SERVFAIL);
       return dnsErrorReply(msg, DnsRcode.SERVFAIL);
     }
     const minTtl = this.opts.minTtl ?? 0;
-    const learned = dnsLearned(reply).map((l) => ({ ...l, ttl: Math.max(l.ttl, minTtl) }));
+    const learned = dnsLearned(reply);
+    for (const l of learned) if (l.ttl < minTtl) l.ttl = minTtl;
     if (learned.length > 0) {
       try {
         await this.opts.learn(client, learned);
@@ -256,12 +260,19 @@ export class DnsProxy {
         // Releasing the answer now would send the workload to addresses the datapath does not allow yet.
         this.stats.upstreamFailures++;
         this.opts.log.warn({ err: e, client, name: q.name }, 'DNS proxy: learning the answer failed, answering SERVFAIL');
-        event(DnsRcode.SERVFAIL);
+        this.event(client, transport, query, verdict, receivedNs, upstream, DnsRcode.SERVFAIL);
         return dnsErrorReply(msg, DnsRcode.SERVFAIL);
       }
     }
-    event(reply.rcode, learned, reply);
+    this.event(client, transport, query, verdict, receivedNs, upstream, reply.rcode, learned, reply);
     return raw;
+  }
+
+  /** Hands one answered query to onQuery (a method, not a closure per query: the proxy's garbage). */
+  private event(client: DnsEndpoint, transport: DnsTransport, query: DnsMessage, verdict: DnsVerdict, receivedNs: bigint, upstream: DnsEndpoint | undefined, rcode: number, learned: LearnedName[] = [], reply?: DnsMessage): void {
+    if (!this.onQuery) return;
+    const q = query.questions[0]!;
+    this.onQuery({ client, transport, name: q.name, qtype: q.type, rcode, verdict, learned, id: query.id, receivedNs, upstream, reply });
   }
 
   private forwardUdp(msg: Buffer, upstream: DnsEndpoint): Promise<Buffer> {

@@ -40,6 +40,24 @@ describe('dns codec: well-formed messages', () => {
       { name: 'host.cdn.test', addresses: ['192.0.2.7', '192.0.2.8'], ttl: 30 },
     ]);
   });
+  test('without a CNAME: the asked name\'s addresses, each once in order, smallest TTL of its records; others ignored', () => {
+    const q = dnsQueryBuild(9, 'Www.Test', DnsType.A);
+    const r = dnsParse(dnsReplyBuild(q, [
+      { name: 'www.test', ttl: 300, address: '192.0.2.7' },
+      { name: 'other.test', ttl: 1, address: '198.51.100.1' },
+      { name: 'WWW.test', ttl: 40, address: '192.0.2.8' },
+      { name: 'www.test', ttl: 20, address: '192.0.2.7' }, // again, with a lower TTL
+      { name: 'www.test', ttl: 90, address: '2001:db8::7' },
+    ]));
+    assert.deepEqual(dnsLearned(r), [{ name: 'www.test', addresses: ['192.0.2.7', '192.0.2.8', '2001:db8::7'], ttl: 20 }]);
+    // The same answers behind a CNAME take the chain's way: the same addresses and TTL for the target.
+    const viaChain = dnsParse(dnsReplyBuild(dnsQueryBuild(9, 'alias.test', DnsType.A), [
+      { name: 'alias.test', ttl: 999, cname: 'www.test' },
+      ...[300, 40, 20, 90].map((ttl, i) => ({ name: i === 1 ? 'WWW.test' : 'www.test', ttl, address: ['192.0.2.7', '192.0.2.8', '192.0.2.7', '2001:db8::7'][i]! })),
+    ]));
+    assert.deepEqual(dnsLearned(viaChain)[1], { name: 'www.test', addresses: ['192.0.2.7', '192.0.2.8', '2001:db8::7'], ttl: 20 });
+    assert.deepEqual(dnsLearned(dnsParse(dnsReplyBuild(q, []))), []);
+  });
   test('AAAA in canonical text', () => {
     const q = dnsQueryBuild(1, 'v6.test', DnsType.AAAA);
     const r = dnsParse(dnsReplyBuild(q, [{ name: 'v6.test', ttl: 5, address: '2001:db8::1' }, { name: 'v6.test', ttl: 5, address: '2001:db8:0:1:0:0:0:0' }]));
@@ -122,6 +140,73 @@ describe('dns codec: hostile messages', () => {
     // rdlength 2 but the name inside is 3 bytes long.
     const rr = Buffer.from([0xc0, 12, 0, 5, 0, 1, 0, 0, 0, 9, 0, 2, 1, 0x78, 0]);
     bad(Buffer.concat([header(1, 1, 0x8180), q.subarray(12), rr]), /runs past the end|does not fill/);
+  });
+  test('names of any bytes read as a label-by-label reader reads them: lower case, \\DDD escapes, pointers, errors', () => {
+    // The reference: one label at a time, one character at a time (what nameRead did before it wrote
+    // into one buffer), with the same limits.
+    const reference = (buf: Uint8Array, offset: number): { name: string; next: number } | string => {
+      const labels: string[] = [];
+      let pos = offset;
+      let next = -1;
+      let wire = 1;
+      let jumps = 0;
+      let floor = offset;
+      for (;;) {
+        if (pos >= buf.length) return 'runs past the end';
+        const len = buf[pos]!;
+        if (len === 0) {
+          if (next < 0) next = pos + 1;
+          break;
+        }
+        if ((len & 0xc0) === 0xc0) {
+          if (pos + 1 >= buf.length) return 'truncated compression pointer';
+          const target = ((len & 0x3f) << 8) | buf[pos + 1]!;
+          if (target >= floor) return 'does not point backwards';
+          if (++jumps > 64) return 'too many compression pointers';
+          if (next < 0) next = pos + 2;
+          pos = floor = target;
+          continue;
+        }
+        if ((len & 0xc0) !== 0) return 'unsupported label type';
+        if (pos + 1 + len > buf.length) return 'label runs past the end';
+        wire += len + 1;
+        if (wire > 255) return 'longer than 255 bytes';
+        let label = '';
+        for (const b of buf.subarray(pos + 1, pos + 1 + len)) {
+          const c = String.fromCharCode(b);
+          label += /[-a-z0-9_]/i.test(c) ? c.toLowerCase() : `\\${String(b).padStart(3, '0')}`;
+        }
+        labels.push(label);
+        pos += 1 + len;
+      }
+      return { name: labels.join('.'), next };
+    };
+    let seed = 7;
+    const rnd = (n: number) => (seed = (seed * 1103515245 + 12345) & 0x7fffffff) % n;
+    const alphabet = Buffer.from('abcXYZ09-_.\\\x00\x7f\xff');
+    for (let i = 0; i < 3000; i++) {
+      const parts: number[] = [];
+      const labels = 1 + rnd(6);
+      for (let l = 0; l < labels; l++) {
+        const len = rnd(8) === 0 ? 40 + rnd(30) : 1 + rnd(12); // some past 63
+        parts.push(len);
+        for (let k = 0; k < len; k++) parts.push(rnd(3) === 0 ? rnd(256) : alphabet[rnd(alphabet.length)]!);
+      }
+      // Sometimes end in a pointer (backwards, or forwards: an error), else the root label.
+      if (rnd(3) === 0) parts.push(0xc0, rnd(40));
+      else parts.push(0);
+      const msg = Buffer.concat([header(1), Buffer.from([3, 0x41, 0x62, 0x43, 0]), Buffer.from(parts.map((b) => b & 0xff))]);
+      const want = reference(msg, 17);
+      let got: { name: string; next: number } | string;
+      try {
+        got = nameRead(msg, 17);
+      } catch (e) {
+        assert.ok(e instanceof DnsParseError, String(e));
+        got = (e as Error).message;
+      }
+      if (typeof want === 'string') assert.ok(typeof got === 'string' && got.includes(want), `${msg.toString('hex')}: ${JSON.stringify(got)}, want an error "${want}"`);
+      else assert.deepEqual(got, want, msg.toString('hex'));
+    }
   });
   test('random bytes never throw anything but DnsParseError', () => {
     let seed = 42;
