@@ -307,7 +307,7 @@ function endsOf(clientAddress: string, resolver: DnsEndpoint, ctx: DnsFlowContex
 
 /** The REQUEST flow and (for a query that was forwarded) the RESPONSE flow of one answered query. */
 export function dnsFlowRecords(e: DnsQueryEvent, ctx: DnsFlowContext, answeredNs: bigint = wallClockNs()): HubbleFlowRecord[] {
-  const addressed = ctx.originalDestination(e.client, e.transport) ?? e.upstream;
+  const addressed = e.verdict.resolver ?? ctx.originalDestination(e.client, e.transport) ?? e.upstream;
   // Not steered here by the datapath (nothing was forwarded): no resolver to name, no flow.
   if (!addressed) return [];
   const allowed = e.verdict.allowed;

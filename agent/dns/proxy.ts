@@ -38,6 +38,8 @@ export interface DnsVerdict {
   allowed: boolean;
   /** The rule that allowed or (with no rule allowing) the policy that denied, for logs and flows. */
   rule?: string | undefined;
+  /** The resolver the workload addressed, that the verdict was made for (the flows' other end), when known. */
+  resolver?: DnsEndpoint | undefined;
 }
 
 export interface DnsProxyOptions {

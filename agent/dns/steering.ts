@@ -126,10 +126,11 @@ export class DnsSteering {
    * query or per learned answer); for the resolver's identity and to keep learned entries off them.
    */
   private hostAddresses: { readAt: number; set: Set<string> } | undefined;
-  /** The original destination upstream() read for a query, for its verdict() right after. */
-  private lastSteered: { client: DnsEndpoint; protocol: number; orig: DnsEndpoint } | undefined;
-  /** The resolver each query addressed, by the query's client object (the proxy makes one per query): its flows need it again, after the answer. */
-  private readonly steeredTo = new WeakMap<DnsEndpoint, DnsEndpoint | null>();
+  /** The last query upstream() read the steering map for, and what it read (verdict() reads it back). */
+  private lastClient: DnsEndpoint | undefined;
+  private lastProtocol = 0;
+  private lastOrig: DnsEndpoint | undefined;
+  private configuredUpstream: { text: string; endpoint: DnsEndpoint | undefined } | undefined;
   /** Query plans of the compiled state in force (a policy or identity change makes a new one); a name then costs its matchers. */
   private verdicts: { state: CompiledPolicy; sections: Map<string, RuleSection>; byKey: Map<string, DnsQueryPlan> } | undefined;
   /** The write learned answers wait for, not started yet: answers arriving meanwhile join it. */
@@ -261,11 +262,14 @@ export class DnsSteering {
   private upstream(client: DnsEndpoint, transport: DnsTransport): DnsEndpoint | undefined {
     const protocol = transport === 'udp' ? 17 : 6;
     const orig = this.maps?.originalDestination(client.address, client.port, protocol);
-    this.lastSteered = orig ? { client, protocol, orig } : undefined;
-    this.steeredTo.set(client, orig ?? null);
+    this.lastClient = client;
+    this.lastProtocol = protocol;
+    this.lastOrig = orig;
     if (!orig) return undefined;
     const configured = this.deps.config.proxy.upstream;
-    return configured ? upstreamParse(configured) : orig;
+    if (!configured) return orig;
+    if (this.configuredUpstream?.text !== configured) this.configuredUpstream = { text: configured, endpoint: upstreamParse(configured) };
+    return this.configuredUpstream.endpoint;
   }
 
   /** What `policy trace --to-fqdn` answers from (agent/policy/trace-fqdn.ts). */
@@ -281,8 +285,6 @@ export class DnsSteering {
 
   /** The resolver a steered query was addressed to (the DNS flow's destination), from the datapath's map. */
   originalDestination(client: DnsEndpoint, transport: DnsTransport): DnsEndpoint | undefined {
-    const known = this.steeredTo.get(client);
-    if (known !== undefined) return known ?? undefined;
     return this.maps?.originalDestination(client.address, client.port, transport === 'udp' ? 17 : 6);
   }
 
@@ -319,9 +321,9 @@ export class DnsSteering {
     if (!w) return { allowed: false, rule: 'the client is not a workload of this host' };
     const protocol = transport === 'udp' ? 17 : 6;
     // The proxy asks upstream() and then verdict() for the same query object: one map read for both.
-    const steered = this.lastSteered;
-    this.lastSteered = undefined;
-    const orig = steered?.client === client && steered.protocol === protocol ? steered.orig : this.maps?.originalDestination(client.address, client.port, protocol);
+    const orig = this.lastClient === client && this.lastProtocol === protocol ? this.lastOrig : this.maps?.originalDestination(client.address, client.port, protocol);
+    this.lastClient = undefined;
+    this.lastOrig = undefined;
     if (!orig) return { allowed: false, rule: 'not steered to the proxy by the datapath' };
     const { engine } = this.deps;
     if (this.sectionsFor?.policies !== engine.parsed) {
@@ -341,7 +343,7 @@ export class DnsSteering {
       this.verdicts.byKey.set(key, plan);
     }
     const v = dnsPlanVerdict(plan, name);
-    return { allowed: v.allowed, rule: v.rule };
+    return { allowed: v.allowed, rule: v.rule, resolver: orig };
   }
 
   /**

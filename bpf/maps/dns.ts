@@ -41,6 +41,11 @@ export class DnsSteeringMaps {
   ) {}
 
   private readonly redirectKey = Buffer.alloc(DNS_REDIRECT_KEY.size);
+  private readonly redirectValue = Buffer.alloc(DNS_REDIRECT_VALUE.size);
+  /** The last destination read, and its value bytes: most queries go to the resolver the last one went to. */
+  private readonly lastValue = Buffer.alloc(DNS_REDIRECT_VALUE.size);
+  private lastDestination: Readonly<{ address: string; port: number }> | undefined;
+  private lastFamily = 0;
 
   proxySet(p: DnsProxyAddress): void {
     this.proxy.update(KEY0, structEncode(DNS_PROXY_CONFIG, { port: p.port, flags: p.port ? DNS_PROXY_F_SET : 0, ipv4: ipv4Parse(p.ipv4), ipv6: ipv6Parse(p.ipv6) }));
@@ -78,19 +83,25 @@ export class DnsSteeringMaps {
 
   /**
    * The destination a steered client (workload address, source port, 6 or 17) addressed, if known. Read
-   * for every query the proxy takes: the key is written into one buffer kept for it (the kernel copies
-   * it during the call) and the value read field by field, with no object per field.
+   * for every query the proxy takes: key and value go through buffers kept for them (the kernel copies
+   * both during the call), and a destination equal to the last one read is that same frozen object.
    */
-  originalDestination(client: string, port: number, protocol: number): { address: string; port: number } | undefined {
+  originalDestination(client: string, port: number, protocol: number): Readonly<{ address: string; port: number }> | undefined {
     const { family, addr } = addrBytes(client);
     const key = this.redirectKey;
     key.set(addr, REDIRECT_KEY.addr.offset);
     key.writeUInt16LE(port, REDIRECT_KEY.port.offset);
     key.writeUInt8(protocol, REDIRECT_KEY.protocol.offset);
     key.writeUInt8(family, REDIRECT_KEY.family.offset);
-    const v = this.redirect.lookup(key);
-    if (!v) return undefined;
+    const v = this.redirectValue;
+    if (!this.redirect.lookupInto(key, v)) return undefined;
+    if (this.lastDestination && family === this.lastFamily && v.equals(this.lastValue)) return this.lastDestination;
     const at = REDIRECT_VALUE.addr.offset;
-    return { address: family === FAMILY_IPV4 ? ipv4Format(v, at) : ipv6Format(v, at), port: v.readUInt16LE(REDIRECT_VALUE.port.offset) };
+    // The value's family is the key's: a steered packet keeps its family.
+    const destination = Object.freeze({ address: family === FAMILY_IPV4 ? ipv4Format(v, at) : ipv6Format(v, at), port: v.readUInt16LE(REDIRECT_VALUE.port.offset) });
+    v.copy(this.lastValue);
+    this.lastFamily = family;
+    this.lastDestination = destination;
+    return destination;
   }
 }

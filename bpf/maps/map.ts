@@ -51,6 +51,16 @@ export class BpfMap {
     return kcall(() => native().mapLookup(this.fd, key, out)) ? out : undefined;
   }
 
+  /**
+   * lookup() into a buffer of the caller's (valueBufSize bytes), for reads on a hot path: no buffer per
+   * call. Returns whether the key exists; `out` holds its value then.
+   */
+  lookupInto(key: Buffer, out: Buffer): boolean {
+    this.checkKey(key);
+    if (out.length !== this.valueBufSize) throw new RangeError(`map ${this.name}: value buffer is ${out.length} bytes, want ${this.valueBufSize}`);
+    return kcall(() => native().mapLookup(this.fd, key, out));
+  }
+
   /** True when the key existed. */
   delete(key: Buffer): boolean {
     this.checkKey(key);
