@@ -85,8 +85,8 @@ function query(id: number, name: string): Buffer {
 }
 
 /**
- * Open loop: lookup k is sent at start + k/rate whatever the answers do; prints {lat: ms[], lost,
- * repeated: ms[]} (repeated: the lookups k >= names, of names asked before in the phase).
+ * Open loop: lookup k is sent at start + k/rate whatever the answers do; prints the phase's PhaseResult
+ * (repeated: the lookups k >= names, of names asked before in the phase).
  */
 function loadgen(server: string, rate: number, secs: number, prefix: string, names: number): void {
   const s = dgram.createSocket('udp4');
@@ -140,7 +140,9 @@ function loadgen(server: string, rate: number, secs: number, prefix: string, nam
         ls.sort((a, b) => a - b);
         return [w * 100, ls.length, r1(ls[ls.length >> 1]!), r1(ls[Math.min(ls.length - 1, Math.ceil(ls.length * 0.99) - 1)]!), r1(ls[ls.length - 1]!)];
       });
-      process.stdout.write(JSON.stringify({ lat, repeated, lost, worst, timeline, unanswered: [unanswered[0], unanswered[unanswered.length >> 1], unanswered[unanswered.length - 1]] }));
+      // Only the figures go back: the latencies themselves stay in this process, out of the agent's heap.
+      const result: PhaseResult = { stats: stats(lat), repeated: stats(repeated), lost, n: lat.length, worst, timeline, unanswered: [unanswered[0]!, unanswered[unanswered.length >> 1]!, unanswered[unanswered.length - 1]!] };
+      process.stdout.write(JSON.stringify(result));
       s.close();
     }, 2000);
   };
@@ -185,8 +187,7 @@ async function gcDuring<T>(fn: () => Promise<T>): Promise<[T, GcStats]> {
 
 async function runLoad(ns: string, rate: number, secs: number, prefix: string, names: number): Promise<PhaseResult> {
   const out = await sh('ip', ['netns', 'exec', ns, process.execPath, HERE, '--loadgen', SERVER, String(rate), String(secs), prefix, String(names)], { timeoutMs: (secs + 30) * 1000 });
-  const r = JSON.parse(out) as { lat: number[]; repeated: number[]; lost: number; worst: number[][]; timeline: number[][]; unanswered: number[] };
-  return { stats: stats(r.lat), repeated: stats(r.repeated), lost: r.lost, n: r.lat.length, worst: r.worst, timeline: r.timeline, unanswered: r.unanswered };
+  return JSON.parse(out) as PhaseResult;
 }
 
 async function round(tree: string, tag: string, rate: number, secs: number, names: number, warmupSecs: number, profile: boolean): Promise<RoundResult> {
