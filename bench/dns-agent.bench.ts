@@ -12,12 +12,14 @@
 // --ab the variants (built trees) take turns round by round, each round a fresh agent.
 //
 //   node dist/bench/dns-agent.bench.js [rate=5000] [--secs=3] [--rounds=5] [--names=1000] [--warmup=2]
-//        [--ab=/path/to/before/dist,/path/to/after/dist] [--profile] [--timeline]
+//        [--ab=/path/to/before/dist,/path/to/after/dist] [--profile] [--heap] [--timeline]
 //
 // --warmup=S: before measuring, both paths run S seconds at RATE with names of their own (0: the fresh
 // agent's code is measured while V8 still compiles it: its first ~1,000 lookups run interpreted, a
 // start-up cost, not the proxy's steady one; both are in bench/README.md). The measured phase still
-// starts with N names new to the agent. --timeline prints the proxy phase's latency per 100 ms.
+// starts with N names new to the agent. --timeline prints the proxy phase's latency per 100 ms. --heap
+// samples what the agent allocates during the proxy phase (bytes a lookup; its latencies are then not
+// comparable with runs without it); --profile takes a CPU profile of it.
 //
 // The agent's CPU per lookup is its process's CPU time during a phase (one thread: the proxy, the
 // policy engine, the flow pipeline, everything of the agent) over the lookups answered: CPU time, so
@@ -32,7 +34,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { constants as perfConstants, PerformanceObserver } from 'node:perf_hooks';
 import type { NodeGCPerformanceDetail, PerformanceObserverEntryList } from 'node:perf_hooks';
-import { MACHINE_LINE, RUN_ID, argsParse, benchMain, median, netnsAddMany, netnsDelMany, onCleanup, profiled, resultWrite, sh, stats, table } from './lib.js';
+import { MACHINE_LINE, RUN_ID, argsParse, benchMain, heapSampled, median, netnsAddMany, netnsDelMany, onCleanup, profiled, resultWrite, sh, stats, table } from './lib.js';
 import type { Stats } from './lib.js';
 import type * as BpfModule from '../bpf/index.js';
 import type * as ApiClientModule from '../common/api-client.js';
@@ -160,7 +162,8 @@ function loadgen(server: string, rate: number, secs: number, prefix: string, nam
 interface PhaseResult { stats: Stats; repeated: Stats; lost: number; n: number; worst: number[][]; timeline: number[][]; unanswered: number[] }
 /** The agent's young-generation collections during the proxy phase: how many, median and longest pause (ms). */
 interface GcStats { young: number; youngP50: number; youngMax: number; youngMs: number; other: number }
-interface RoundResult { direct: PhaseResult; proxy: PhaseResult; proxyAgentCpu: number; agentUsPerLookup: { proxy: number; direct: number }; rcodes: Record<string, number>; gc: GcStats }
+/** allocatedPerLookup (--heap): bytes the agent's process allocated during the proxy phase over the lookups answered. */
+interface RoundResult { direct: PhaseResult; proxy: PhaseResult; proxyAgentCpu: number; agentUsPerLookup: { proxy: number; direct: number }; rcodes: Record<string, number>; gc: GcStats; allocatedPerLookup?: number }
 
 /** Runs fn, recording the garbage collections of this process meanwhile (the agent's thread pauses for each). */
 async function gcDuring<T>(fn: () => Promise<T>): Promise<[T, GcStats]> {
@@ -190,7 +193,7 @@ async function runLoad(ns: string, rate: number, secs: number, prefix: string, n
   return JSON.parse(out) as PhaseResult;
 }
 
-async function round(tree: string, tag: string, rate: number, secs: number, names: number, warmupSecs: number, profile: boolean): Promise<RoundResult> {
+async function round(tree: string, tag: string, rate: number, secs: number, names: number, warmupSecs: number, profile: boolean, heap: boolean): Promise<RoundResult> {
   const { daemonRun } = (await import(pathToFileURL(join(tree, 'main', 'daemon.js')).href)) as typeof DaemonModule;
   const { ApiClient } = (await import(pathToFileURL(join(tree, 'common', 'api-client.js')).href)) as typeof ApiClientModule;
   const { datapathUnpinAll } = (await import(pathToFileURL(join(tree, 'bpf', 'index.js')).href)) as typeof BpfModule;
@@ -241,7 +244,7 @@ spec:
   const cpuD = process.cpuUsage(cpuD0);
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
-  const [proxy, gc] = await gcDuring(() => profiled(profile, `dns-agent-${tag}`, () => runLoad(nss[0]!, rate, secs, `${tag}-p`, names)));
+  const [[proxy, allocated], gc] = await gcDuring(() => heapSampled(heap, `dns-agent-${tag}`, () => profiled(profile, `dns-agent-${tag}`, () => runLoad(nss[0]!, rate, secs, `${tag}-p`, names))));
   const cpu = process.cpuUsage(cpu0);
   const proxyAgentCpu = (cpu.user + cpu.system) / 1000 / (performance.now() - t0);
   // CPU time, not wall time: what one lookup costs the agent's process whatever else the machine runs
@@ -252,7 +255,7 @@ spec:
   const rcodes: Record<string, number> = {};
   for (const m of text.matchAll(/^hubble_dns_responses_total\{rcode="([^"]*)"[^}]*\} (\d+)/gm)) rcodes[m[1]!] = (rcodes[m[1]!] ?? 0) + Number(m[2]);
   for (const m of text.matchAll(/^hubble_dns_queries_total\{rcode="Policy denied"[^}]*\} (\d+)/gm)) rcodes['Policy denied'] = (rcodes['Policy denied'] ?? 0) + Number(m[1]);
-  return { direct, proxy, proxyAgentCpu, agentUsPerLookup, rcodes, gc };
+  return { direct, proxy, proxyAgentCpu, agentUsPerLookup, rcodes, gc, ...(allocated !== undefined ? { allocatedPerLookup: allocated / Math.max(1, proxy.n) } : {}) };
 }
 
 // ---- the driver ---------------------------------------------------------------------------------
@@ -278,17 +281,17 @@ async function main(): Promise<void> {
     if (r % 2) order.reverse();
     for (const v of order) {
       const load = (await sh('cat', ['/proc/loadavg'])).split(' ').slice(0, 3).join(' ');
-      const extra = args.opts.profile ? ['--profile'] : [];
+      const extra = [...(args.opts.profile ? ['--profile'] : []), ...(args.opts.heap ? ['--heap'] : [])];
       const out = await sh(process.execPath, [HERE, '--round', trees[v]!, `d${v}r${r}`, String(rate), String(secs), String(names), String(warmup), ...extra], { timeoutMs: 300_000 });
       const res = JSON.parse(out.slice(out.lastIndexOf('\n{') + 1)) as RoundResult;
       results[v]!.push({ ...res, load });
       if (args.opts.timeline) console.log(`  proxy phase per 100 ms [ms, lookups, p50, p99, max]: ${JSON.stringify(res.proxy.timeline)}`);
       if (args.opts.worst) console.log(`  slowest proxy lookups [ms into the phase, ms]: ${JSON.stringify(res.proxy.worst)}; unanswered sent at ms (first, median, last): ${JSON.stringify(res.proxy.unanswered)}`);
-      console.log(`round ${r + 1}/${rounds} ${trees[v]}: direct p50/p99 ${res.direct.stats.p50.toFixed(2)}/${res.direct.stats.p99.toFixed(2)} ms, proxy ${res.proxy.stats.p50.toFixed(2)}/${res.proxy.stats.p99.toFixed(2)} ms, lost ${res.direct.lost}/${res.proxy.lost}, agent CPU ${res.proxyAgentCpu.toFixed(2)} s/s, ${res.agentUsPerLookup.proxy.toFixed(0)} µs per proxied lookup (${res.agentUsPerLookup.direct.toFixed(0)} per direct one), young GCs ${res.gc.young} (median ${res.gc.youngP50.toFixed(1)} ms, longest ${res.gc.youngMax.toFixed(1)}), answers ${JSON.stringify(res.rcodes)} (load ${load})`);
+      console.log(`round ${r + 1}/${rounds} ${trees[v]}: direct p50/p99 ${res.direct.stats.p50.toFixed(2)}/${res.direct.stats.p99.toFixed(2)} ms, proxy ${res.proxy.stats.p50.toFixed(2)}/${res.proxy.stats.p99.toFixed(2)} ms, lost ${res.direct.lost}/${res.proxy.lost}, agent CPU ${res.proxyAgentCpu.toFixed(2)} s/s, ${res.agentUsPerLookup.proxy.toFixed(0)} µs per proxied lookup (${res.agentUsPerLookup.direct.toFixed(0)} per direct one), young GCs ${res.gc.young} (median ${res.gc.youngP50.toFixed(1)} ms, longest ${res.gc.youngMax.toFixed(1)}), ${res.allocatedPerLookup !== undefined ? `allocated ${(res.allocatedPerLookup / 1024).toFixed(1)} KiB a lookup, ` : ''}answers ${JSON.stringify(res.rcodes)} (load ${load})`);
     }
   }
   const cell = (xs: number[], d = 2) => `${median(xs).toFixed(d)} (${Math.min(...xs).toFixed(d)}-${Math.max(...xs).toFixed(d)})`;
-  table(`DNS lookups at ${rate}/s for ${secs} s per phase, ${names} names per phase, ${warmup ? `after a ${warmup} s warm-up at that rate` : 'a fresh agent (no warm-up)'}, ${rounds} rounds: median (min-max) over rounds, ms`, ['tree', 'direct p50', 'direct p99', 'proxy p50', 'proxy p99', 'added p99', 'added p99, names asked before', 'proxy/direct p99', 'lost (proxy)', 'agent CPU µs per lookup (proxied / direct)', 'young GCs in the proxy phase: count, median / longest ms'], trees.map((t, v) => {
+  table(`DNS lookups at ${rate}/s for ${secs} s per phase, ${names} names per phase, ${warmup ? `after a ${warmup} s warm-up at that rate` : 'a fresh agent (no warm-up)'}, ${rounds} rounds: median (min-max) over rounds, ms`, ['tree', 'direct p50', 'direct p99', 'proxy p50', 'proxy p99', 'added p99', 'added p99, names asked before', 'proxy/direct p99', 'lost (proxy)', 'agent CPU µs per lookup (proxied / direct)', 'young GCs in the proxy phase: count, median / longest ms', ...(args.opts.heap ? ['allocated KiB a proxied lookup'] : [])], trees.map((t, v) => {
     const rs = results[v]!;
     return [
       t,
@@ -303,6 +306,7 @@ async function main(): Promise<void> {
       rs.map((x) => x.proxy.lost).join('/'),
       `${cell(rs.map((x) => x.agentUsPerLookup.proxy), 0)} / ${cell(rs.map((x) => x.agentUsPerLookup.direct), 0)}`,
       `${cell(rs.map((x) => x.gc.young), 0)}, ${cell(rs.map((x) => x.gc.youngP50), 1)} / ${cell(rs.map((x) => x.gc.youngMax), 1)}`,
+      ...(args.opts.heap ? [cell(rs.map((x) => (x.allocatedPerLookup ?? NaN) / 1024), 1)] : []),
     ];
   }));
   console.log(MACHINE_LINE());
@@ -314,7 +318,7 @@ if (argv[2] === '--upstream') upstreamServe(argv[3]!);
 else if (argv[2] === '--loadgen') loadgen(argv[3]!, Number(argv[4]), Number(argv[5]), argv[6]!, Number(argv[7]));
 else if (argv[2] === '--round') {
   void benchMain(async () => {
-    const r = await round(argv[3]!, argv[4]!, Number(argv[5]), Number(argv[6]), Number(argv[7]), Number(argv[8]), argv.includes('--profile'));
+    const r = await round(argv[3]!, argv[4]!, Number(argv[5]), Number(argv[6]), Number(argv[7]), Number(argv[8]), argv.includes('--profile'), argv.includes('--heap'));
     process.stdout.write(`\n${JSON.stringify(r)}\n`);
   });
 } else void benchMain(main);

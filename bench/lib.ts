@@ -205,6 +205,16 @@ export async function aptEnsure(pkgs: { cmd: string; pkg: string }[]): Promise<v
 
 export const MACHINE_LINE = (m = machine()) => `${m.nproc} x ${m.cpuModel}, ${m.memGiB} GiB, Linux ${m.kernel}, Node ${m.node}, load ${m.loadavg}`;
 
+/** The inspector on this thread: a session and a promise-returning post. */
+async function inspectorSession(): Promise<{ post: (method: string, params?: object) => Promise<unknown>; close: () => void }> {
+  const { Session } = await import('node:inspector');
+  const session = new Session();
+  session.connect();
+  const post = (method: string, params?: object) =>
+    new Promise<unknown>((resolve, reject) => session.post(method, params ?? {}, (err, res) => (err ? reject(err) : resolve(res))));
+  return { post, close: () => session.disconnect() };
+}
+
 /**
  * CPU profile of a phase (--profile): the inspector's sampler, started after the BPF object is loaded
  * (its SIGPROF ticks make the verifier give up with EAGAIN, so `node --cpu-prof` cannot profile a
@@ -212,11 +222,7 @@ export const MACHINE_LINE = (m = machine()) => `${m.nproc} x ${m.cpuModel}, ${m.
  */
 export async function profiled<T>(enabled: boolean, name: string, fn: () => Promise<T>): Promise<T> {
   if (!enabled) return fn();
-  const { Session } = await import('node:inspector');
-  const session = new Session();
-  session.connect();
-  const post = (method: string, params?: object) =>
-    new Promise<unknown>((resolve, reject) => session.post(method, params ?? {}, (err, res) => (err ? reject(err) : resolve(res))));
+  const { post, close } = await inspectorSession();
   await post('Profiler.enable');
   await post('Profiler.setSamplingInterval', { interval: 200 });
   await post('Profiler.start');
@@ -227,7 +233,44 @@ export async function profiled<T>(enabled: boolean, name: string, fn: () => Prom
     mkdirSync(RESULTS_DIR, { recursive: true });
     const path = join(RESULTS_DIR, `${name}.cpuprofile`);
     writeFileSync(path, JSON.stringify(profile));
-    session.disconnect();
+    close();
     console.log(`profile: ${path}`);
   }
+}
+
+interface HeapSampleNode {
+  selfSize: number;
+  children: HeapSampleNode[];
+}
+
+/**
+ * What a phase allocates (--heap): V8's sampling heap profiler over fn, counting objects whether a
+ * collection freed them since or not (a sample every 4 KiB allocated on average, so the total is an
+ * estimate). Writes bench/results/<name>.heapprofile (Chrome DevTools: Memory, allocation sampling) and
+ * returns fn's result with the bytes allocated; undefined when not enabled. The sampling slows the
+ * thread: latencies measured meanwhile are not comparable with runs without it.
+ */
+export async function heapSampled<T>(enabled: boolean, name: string, fn: () => Promise<T>): Promise<[T, number | undefined]> {
+  if (!enabled) return [await fn(), undefined];
+  const { post, close } = await inspectorSession();
+  await post('HeapProfiler.enable');
+  await post('HeapProfiler.startSampling', { samplingInterval: 4096, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true });
+  let allocated = 0;
+  const walk = (n: HeapSampleNode): void => {
+    allocated += n.selfSize;
+    for (const c of n.children) walk(c);
+  };
+  let result: T;
+  try {
+    result = await fn();
+  } finally {
+    const { profile } = (await post('HeapProfiler.stopSampling')) as { profile: { head: HeapSampleNode } };
+    mkdirSync(RESULTS_DIR, { recursive: true });
+    const path = join(RESULTS_DIR, `${name}.heapprofile`);
+    writeFileSync(path, JSON.stringify(profile));
+    close();
+    console.log(`heap profile: ${path}`);
+    walk(profile.head);
+  }
+  return [result, allocated];
 }
