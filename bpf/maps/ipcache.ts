@@ -70,9 +70,10 @@ export class IpcacheMap {
 
   /**
    * upsert() for many entries in two native calls instead of two syscalls each through N-API (the DNS
-   * proxy's burst of new names: one write per event-loop turn). Same order and repair as upsert(): the
-   * whole batch into the trie, then its host entries into the hash. A failure half-way leaves the
-   * entries before it written in the trie and none in the hash (hash ⊆ trie holds either way).
+   * proxy's burst of new names: one write per event-loop turn). Same order as upsert(): the whole batch
+   * into the trie, then its host entries into the hash. When either write fails half-way, the batch's
+   * host keys leave the hash (the trie may hold new values for some of them, which an old hash value
+   * would shadow); lookups of them fall back to the trie until the next write.
    */
   upsertMany(entries: ReadonlyArray<readonly [string, IpcacheEntry]>): void {
     const n = entries.length;
@@ -92,11 +93,10 @@ export class IpcacheMap {
       structEncode(IPCACHE_VALUE, { identity: entry.identity, host_id: entry.hostId }, values, i * vs);
       if (ipcacheKeyIsHost(keys, i * ks)) hosts++;
     }
-    batchApply(this.map, Buffer.alloc(n, OP_UPDATE), keys, values);
-    if (!this.exact || hosts === 0) return;
+    const exact = hosts > 0 ? this.exact : undefined;
     const hostKeys = hosts === n ? keys : Buffer.alloc(hosts * ks);
     const hostValues = hosts === n ? values : Buffer.alloc(hosts * vs);
-    if (hosts !== n) {
+    if (exact && hosts !== n) {
       for (let i = 0, j = 0; i < n; i++) {
         if (!ipcacheKeyIsHost(keys, i * ks)) continue;
         keys.copy(hostKeys, j * ks, i * ks, (i + 1) * ks);
@@ -105,10 +105,10 @@ export class IpcacheMap {
       }
     }
     try {
-      hashUpdateBatch(this.exact.hash, hostKeys, hostValues);
+      batchApply(this.map, Buffer.alloc(n, OP_UPDATE), keys, values);
+      if (exact) hashUpdateBatch(exact.hash, hostKeys, hostValues);
     } catch (err) {
-      // A stale value would shadow the trie's new one.
-      this.exact.forget(Array.from({ length: hosts }, (_, j) => hostKeys.subarray(j * ks, (j + 1) * ks)));
+      exact?.forget(Array.from({ length: hosts }, (_, j) => hostKeys.subarray(j * ks, (j + 1) * ks)));
       throw err;
     }
   }

@@ -46,9 +46,8 @@ export class BpfMap {
   }
 
   lookup(key: Buffer): Buffer | undefined {
-    this.checkKey(key);
     const out = Buffer.alloc(this.valueBufSize);
-    return kcall(() => native().mapLookup(this.fd, key, out)) ? out : undefined;
+    return this.lookupInto(key, out) ? out : undefined;
   }
 
   /**

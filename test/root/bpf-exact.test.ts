@@ -7,12 +7,14 @@
 // counts of shorter ones; a load fills empty maps (upgrade) and repairs stale ones from the trie.
 // Real kernel, temporary pin root; the skb appears on `lo` (ifindex 1) with this test's own maps.
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, beforeEach, describe, test } from 'node:test';
 import type { KitnetDatapath, PolicyEntryFields } from '../../bpf/index.js';
 import { DROP_REASON, datapathLoad, datapathUnpinAll } from '../../bpf/index.js';
 import { structEncode } from '../../bpf/layout.js';
-import { POLICY_VALUE, TCX_DROP, TCX_PASS } from '../../bpf/layout.gen.js';
+import { IPCACHE_KEY, IPCACHE_VALUE, POLICY_VALUE, TCX_DROP, TCX_PASS } from '../../bpf/layout.gen.js';
 import { ConfigMap } from '../../bpf/maps/config.js';
 import { IpcacheMap, ipcacheKeyDecode, ipcacheKeyEncode } from '../../bpf/maps/ipcache.js';
 import { BpfMap } from '../../bpf/maps/map.js';
@@ -270,6 +272,35 @@ describe('exact-match hashes in front of the LPM tries (BPF_PROG_TEST_RUN)', { t
     assert.deepEqual(await syn(6, 'fd00:248::6:6'), { verdict: 'PASS', identity: CLIENT });
     dp.ipcacheUpsertMany([]);
     assert.deepEqual(dp.exactCheck(), []);
+  });
+
+  test('a batch the trie refuses half-way leaves no old value in the hash over a new one in the trie', () => {
+    // A trie with room for two entries (and its hash), so the third entry of the batch fails after the
+    // first has replaced a value the hash held.
+    const small = (name: string, type: string, flags: number) => {
+      const path = join(pinRoot, 'test-small', name);
+      execFileSync('bpftool', ['map', 'create', path, 'type', type, 'key', String(IPCACHE_KEY.size), 'value', String(IPCACHE_VALUE.size), 'entries', '2', 'name', name, 'flags', String(flags)]);
+      const fd = native().objGet(path);
+      fds.push(fd);
+      return new BpfMap(name, fd);
+    };
+    mkdirSync(join(pinRoot, 'test-small'), { recursive: true });
+    const trie = small('small_trie', 'lpm_trie', 1 /* BPF_F_NO_PREALLOC */);
+    const ipc = new IpcacheMap(trie, small('small_hash', 'hash', 0));
+    ipc.upsert('10.248.9.1/32', { identity: NET, hostId: 0 });
+    assert.throws(() =>
+      ipc.upsertMany([
+        ['10.248.9.1/32', { identity: CLIENT, hostId: 0 }],
+        ['10.248.9.2/32', { identity: CLIENT, hostId: 0 }],
+        ['10.248.9.3/32', { identity: CLIENT, hostId: 0 }], // no room
+      ]),
+    );
+    const key = ipcacheKeyEncode('10.248.9.1/32');
+    const inTrie = trie.lookup(key);
+    assert.ok(inTrie, 'the first entry is in the trie');
+    const inHash = ipc.exact!.hash.lookup(key);
+    assert.ok(inHash === undefined || inHash.equals(inTrie), `the hash holds ${inHash?.toString('hex')} over the trie's ${inTrie.toString('hex')}`);
+    assert.deepEqual(ipc.exact!.diff().extra, [], 'hash ⊆ trie');
   });
 
   test('a load fills an empty hash from the trie and repairs a stale one (upgrade, downgrade and back)', async () => {
