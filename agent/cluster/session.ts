@@ -8,6 +8,8 @@ export const LOCK_LEASE_TTL_SECONDS = 25;
 export const NODE_LEASE_TTL_SECONDS = 15 * 60;
 /** Pause before granting a lost lease again (etcd may be unreachable: no tight loop). */
 const REGRANT_DELAY_MS = 1000;
+/** How long close waits for a keepalive's answer before closing anyway (etcd may be unreachable). */
+const KEEPALIVE_ANSWER_WAIT_MS = 2000;
 
 /**
  * This node's standing in etcd: the lease its node-owned keys (identity `value/` keys, later ipcache
@@ -22,6 +24,8 @@ export class ClusterSession extends EventEmitter<{ nodeLeaseRenewed: [leaseId: s
   private nodeLease: Lease;
   private lockLease: Lease;
   private closed = false;
+  /** Keepalives a lease sent that etcd has not answered yet: see keepaliveAnswered. */
+  private readonly unanswered = new WeakMap<Lease, number>();
 
   private constructor(
     readonly client: Etcd3,
@@ -55,6 +59,9 @@ export class ClusterSession extends EventEmitter<{ nodeLeaseRenewed: [leaseId: s
 
   private leaseMake(which: 'node' | 'lock'): Lease {
     const lease = this.client.lease(which === 'node' ? this.nodeTtl : LOCK_LEASE_TTL_SECONDS);
+    lease.on('keepaliveFired', () => this.unanswered.set(lease, (this.unanswered.get(lease) ?? 0) + 1));
+    lease.on('keepaliveSucceeded', () => this.unanswered.set(lease, 0));
+    lease.on('keepaliveFailed', () => this.unanswered.set(lease, 0));
     lease.on('lost', (err) => {
       if (this.closed) return;
       this.log.warn({ err, lease: which }, `etcd ${which} lease lost; granting a new one`);
@@ -79,9 +86,29 @@ export class ClusterSession extends EventEmitter<{ nodeLeaseRenewed: [leaseId: s
   async close(opts: { revoke?: boolean } = {}): Promise<void> {
     this.closed = true;
     for (const lease of [this.nodeLease, this.lockLease]) {
+      await this.keepaliveAnswered(lease);
       if (opts.revoke) await lease.revoke().catch(() => undefined);
       else lease.release();
     }
     this.client.close();
+  }
+
+  /**
+   * Waits (briefly) for the answer to a keepalive in flight. etcd3 re-arms a lease's keepalive
+   * timeout, a timer of the lease's TTL (15 minutes for the node lease), whenever an answer arrives,
+   * even one arriving after the lease was closed: closed between a keepalive and its answer, the
+   * lease would hold the process open that long. Once the client is closed no answer arrives.
+   */
+  private async keepaliveAnswered(lease: Lease): Promise<void> {
+    if (!this.unanswered.get(lease)) return;
+    await new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        lease.off('keepaliveSucceeded', done).off('keepaliveFailed', done);
+        resolve();
+      };
+      const timer = setTimeout(done, KEEPALIVE_ANSWER_WAIT_MS).unref();
+      lease.on('keepaliveSucceeded', done).on('keepaliveFailed', done);
+    });
   }
 }
