@@ -51,30 +51,49 @@ export function serverStreamBatchWrites(stream: ServerWritableStream<unknown, un
     for (const { chunk } of chunks) send(chunk, () => --left === 0 && cb());
   };
   (stream as unknown as { _writev: (chunks: Array<{ chunk: unknown }>, cb: (err?: Error | null) => void) => void })._writev = (chunks, cb) => {
-    const limit = base?.maxSendMessageSize ?? -1;
-    if (!base || !batchWriteOptions.coalesce || chunks.length < 2 || !chunks.every(({ chunk }) => Buffer.isBuffer(chunk) && (limit === -1 || chunk.length <= limit))) {
+    if (!base || !batchWriteOptions.coalesce || chunks.length < 2) {
       perMessage(chunks, cb);
       return;
     }
     // As grpc-js's sendMessage: nothing more once cancelled (the stream is being torn down).
     if (base.checkCancelled()) return;
     base.maybeSendMetadata();
-    const runs = framedRuns(chunks.map(({ chunk }) => chunk as Buffer));
-    let left = runs.length;
+    const limit = base.maxSendMessageSize;
+    // One count for the loop itself: the batch ends once every write it started completed.
+    let left = 1;
     let failed = false;
-    // HTTP/2 completes a stream's writes in order: the last one's callback ends the batch.
-    for (const run of runs) {
-      base.stream.write(run, (err) => {
-        if (failed) return;
-        if (err) {
-          failed = true;
-          base.sendStatus({ code: GRPC_STATUS_INTERNAL, details: 'Internal server error', metadata: null });
-          return;
-        }
-        if (--left > 0) return;
-        for (let i = 0; i < chunks.length; i++) base.callEventTracker?.addMessageSent();
-        cb();
-      });
+    const written = (err?: Error | null) => {
+      if (failed) return;
+      if (err) {
+        failed = true;
+        base.sendStatus({ code: GRPC_STATUS_INTERNAL, details: 'Internal server error', metadata: null });
+        return;
+      }
+      if (--left === 0) cb();
+    };
+    let run: Buffer[] = [];
+    const runFlush = () => {
+      if (run.length === 0) return;
+      for (const framed of framedRuns(run)) {
+        left++;
+        base.stream.write(framed, written);
+      }
+      for (let i = 0; i < run.length; i++) base.callEventTracker?.addMessageSent();
+      run = [];
+    };
+    // Pre-encoded messages go out framed, in runs; any other (a lost-events message queued among the
+    // flows of an overflowing follower, one over the size limit) through grpc-js in its place, which
+    // writes it at once: HTTP/2 sends a stream's writes, and completes them, in order.
+    for (const { chunk } of chunks) {
+      if (Buffer.isBuffer(chunk) && (limit === -1 || chunk.length <= limit)) {
+        run.push(chunk);
+        continue;
+      }
+      runFlush();
+      left++;
+      send(chunk, () => written());
     }
+    runFlush();
+    written();
   };
 }

@@ -118,23 +118,29 @@ describe('Hubble gRPC server (in process, unix socket)', () => {
   });
 
   for (const coalesce of [true, false]) {
-    test(`a burst reaches a follower whole and in order (queued messages ${coalesce ? 'framed into one write' : 'sent one by one'})`, async () => {
+    test(`a burst reaches a follower whole and in order, a lost-events message among its flows (queued messages ${coalesce ? 'framed into one write' : 'sent one by one'})`, async () => {
       batchWriteOptions.coalesce = coalesce;
       try {
         const stream = client.stream('observer', 'GetFlows', { follow: true });
-        const ports: number[] = [];
-        stream.on('data', (m: { flow?: { l4: { UDP: { source_port: number } }; destination: { pod_name: string } } }) => {
-          if (m.flow?.destination.pod_name === 'db') ports.push(m.flow.l4.UDP.source_port);
+        const got: Array<number | string> = [];
+        stream.on('data', (m: { flow?: { l4: { UDP: { source_port: number } }; destination: { pod_name: string } }; lost_events?: { source: string; num_events_lost: number } }) => {
+          if (m.flow?.destination.pod_name === 'db') got.push(m.flow.l4.UDP.source_port);
+          if (m.lost_events) got.push(`${m.lost_events.source} ${m.lost_events.num_events_lost}`);
         });
         await waitFor('the follower', async () => flows.listenerCount('flow') > 0);
-        const sent: number[] = [];
-        // one tick: everything after the first message queues behind its write, then goes out together
+        const sent: Array<number | string> = [];
+        // One tick: everything after the first message queues behind its write, then goes out together;
+        // the lost-events message (not pre-encoded) sits among the encoded flows.
         for (let j = 0; j < FOLLOW_QUEUE_LIMIT / 2; j++) {
+          if (j === FOLLOW_QUEUE_LIMIT / 4) {
+            flows.emit('lost', flows.lostRecord('PERF_EVENT_RING_BUFFER', 3));
+            sent.push('PERF_EVENT_RING_BUFFER 3');
+          }
           flows.push(flow());
           sent.push(n % 65536);
         }
-        await waitFor('every flow of the burst', async () => ports.length >= sent.length, 20_000);
-        assert.deepEqual(ports, sent);
+        await waitFor('every message of the burst', async () => got.length >= sent.length, 20_000);
+        assert.deepEqual(got, sent);
         stream.on('error', () => undefined);
         stream.cancel();
         await waitFor('the follower gone', async () => flows.listenerCount('flow') === 0);
