@@ -47,6 +47,10 @@ interface Row {
   lost_kernel: number;
   latency_p50_ms: number;
   latency_p99_ms: number;
+  /** The agent's thread busy (event loop not waiting), per event written: generating, serving, writing. */
+  thread_us_per_flow: number;
+  /** The agent's process CPU (every thread, user + system), per event written. */
+  cpu_us_per_flow: number;
 }
 
 interface Report {
@@ -137,6 +141,8 @@ async function main(): Promise<void> {
       const lost0 = kernelLost();
       const sent0 = kernelSent();
       const perTick = Math.round(rate / 100);
+      const elu0 = performance.eventLoopUtilization();
+      const cpu0 = process.cpuUsage();
       const start = performance.now();
       let written = 0;
       if (worker) await offerOnWorker(rate, secs);
@@ -166,10 +172,14 @@ async function main(): Promise<void> {
         last = got.flows + got.lost;
       }
       const deliveredS = (performance.now() - start) / 1000;
+      const busyMs = performance.eventLoopUtilization(elu0).active;
+      const cpu = process.cpuUsage(cpu0);
+      const threadUs = (busyMs * 1000) / written;
+      const cpuUs = (cpu.user + cpu.system) / written;
       const kLost = Number(kernelLost() - lost0);
       const lat = stats(got.latencyMs);
-      if (measured) out.push({ round, variant, rate, written, offered: written / offeredS, received: got.flows, rate_received: got.flows / deliveredS, lost_follower: got.lost, lost_kernel: kLost, latency_p50_ms: lat.p50, latency_p99_ms: lat.p99 });
-      console.log(`  ${measured ? `round ${round}` : `warm-up (${secs} s, not measured)`} ${variant} offered ${fmt(written / offeredS)}/s: ${got.flows} of ${written} received, ${got.lost} reported lost to the follower, ${kLost} lost in the kernel ring; latency p50 ${fmt(lat.p50)} ms p99 ${fmt(lat.p99)} ms`);
+      if (measured) out.push({ round, variant, rate, written, offered: written / offeredS, received: got.flows, rate_received: got.flows / deliveredS, lost_follower: got.lost, lost_kernel: kLost, latency_p50_ms: lat.p50, latency_p99_ms: lat.p99, thread_us_per_flow: threadUs, cpu_us_per_flow: cpuUs });
+      console.log(`  ${measured ? `round ${round}` : `warm-up (${secs} s, not measured)`} ${variant} offered ${fmt(written / offeredS)}/s: ${got.flows} of ${written} received, ${got.lost} reported lost to the follower, ${kLost} lost in the kernel ring; latency p50 ${fmt(lat.p50)} ms p99 ${fmt(lat.p99)} ms; agent thread ${fmt(threadUs)} µs/event, CPU ${fmt(cpuUs)} µs/event`);
       await sleep(200);
     }
     return out;
@@ -186,8 +196,8 @@ async function main(): Promise<void> {
   })) as number[];
   const l = stats(latency);
 
-  table(`Hubble GetFlows --follow to one client (own process, ${client} over the unix socket) — ${MACHINE_LINE()}`, ['round', 'variant', 'set/s', 'offered/s', 'written', 'received', 'received/s', 'lost (follower queue)', 'lost (kernel ring)', 'latency p50 / p99 ms (loaded)'],
-    (rows as Row[]).map((x) => [x.round, x.variant, fmt(x.rate), fmt(x.offered), x.written, x.received, fmt(x.rate_received), x.lost_follower, x.lost_kernel, `${fmt(x.latency_p50_ms)} / ${fmt(x.latency_p99_ms)}`]));
+  table(`Hubble GetFlows --follow to one client (own process, ${client} over the unix socket) — ${MACHINE_LINE()}`, ['round', 'variant', 'set/s', 'offered/s', 'written', 'received', 'received/s', 'lost (follower queue)', 'lost (kernel ring)', 'latency p50 / p99 ms (loaded)', 'agent thread µs/event', 'agent CPU µs/event'],
+    (rows as Row[]).map((x) => [x.round, x.variant, fmt(x.rate), fmt(x.offered), x.written, x.received, fmt(x.rate_received), x.lost_follower, x.lost_kernel, `${fmt(x.latency_p50_ms)} / ${fmt(x.latency_p99_ms)}`, fmt(x.thread_us_per_flow), fmt(x.cpu_us_per_flow)]));
   // per variant and rate: the median received/s over rounds (min-max)
   if (rounds > 1 || args.opts.ab) {
     const groups = new Map<string, number[]>();
