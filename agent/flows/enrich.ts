@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { FlowEvent } from '../../bpf/index.js';
 import { ipv4Number, type EndpointDirectory, type EndpointL2 } from './directory.js';
+import { flowUuidTake, flowUuidText } from './flow-uuid.js';
 import { DROP_REASON } from '../../bpf/layout.gen.js';
 import { dropReasonDesc, MessageType, tcpFlagsObject, type HubbleEndpoint, type HubbleFlow, type HubbleFlowRecord } from './hubble.js';
 
@@ -188,6 +189,7 @@ export class LazyFlowRecord implements HubbleFlowRecord {
   #flow: HubbleFlow | undefined;
   #time: string | undefined;
   #uuid: string | undefined;
+  #uuidSequence = -1;
   /** What the DNS proxy had learned for either address when the event arrived (flowEnrich). */
   sourceNames: readonly string[] | undefined;
   destinationNames: readonly string[] | undefined;
@@ -207,7 +209,13 @@ export class LazyFlowRecord implements HubbleFlowRecord {
 
   /** The flow's uuid, the same whether the flow is read as JSON or encoded for gRPC (api/hubble/flow-encoder.ts). */
   get uuid(): string {
-    return (this.#uuid ??= randomUUID());
+    return (this.#uuid ??= flowUuidText(this.uuidSequence));
+  }
+
+  /** The number the uuid's last group is made of (flow-uuid.ts), taken the first time the uuid is needed. */
+  get uuidSequence(): number {
+    if (this.#uuidSequence < 0) this.#uuidSequence = flowUuidTake();
+    return this.#uuidSequence;
   }
 
   get flow(): HubbleFlow {

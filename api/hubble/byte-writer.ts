@@ -13,6 +13,8 @@
  * after the other, frames and all, and go to HTTP/2 as views of the slab (`framedRuns`, batch-writes.ts)
  * instead of being copied out, then copied again into one frame buffer.
  */
+const HEX = Buffer.from('0123456789abcdef', 'latin1');
+
 export class ByteWriter {
   private buf: Buffer;
   private pos = 0;
@@ -117,6 +119,25 @@ export class ByteWriter {
     this.room(b.length);
     this.buf.set(b, this.pos);
     this.pos += b.length;
+    return this;
+  }
+
+  /**
+   * A length-delimited ASCII string: `prefix` then `value` in `digits` lowercase hex digits (a flow's
+   * uuid from its sequence number, flow-uuid.ts), without making the string.
+   */
+  prefixedHex(prefix: Uint8Array, value: number, digits: number): this {
+    const len = prefix.length + digits;
+    this.varint(len);
+    this.room(len);
+    const b = this.buf;
+    b.set(prefix, this.pos);
+    let p = this.pos + len;
+    for (let i = 0; i < digits; i++) {
+      b[--p] = HEX[value % 16]!;
+      value = Math.floor(value / 16);
+    }
+    this.pos += len;
     return this;
   }
 

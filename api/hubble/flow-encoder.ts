@@ -4,6 +4,7 @@ import { TCP_FLAG_NAMES } from '../../agent/flows/hubble.js';
 import type { HubbleEndpoint, HubbleFlow, HubbleFlowRecord } from '../../agent/flows/hubble.js';
 import type { PolicyMessage } from './attribution.js';
 import type { FlowExtras } from './backend.js';
+import { FLOW_UUID_PREFIX, FLOW_UUID_SEQUENCE_DIGITS } from '../../agent/flows/flow-uuid.js';
 import { ByteWriter } from './byte-writer.js';
 import { timestampFromIso } from './flow-convert.js';
 import { hubbleProtoRoot } from './proto.js';
@@ -308,7 +309,8 @@ export function flowResponseEncoderCreate(root: protobuf.Root = hubbleProtoRoot(
     uint(w, IFACE.index, ev.ifindex);
     if (extras?.interfaceName) text(w, IFACE.name, extras.interfaceName);
     w.ldelim();
-    w.uint32(F.uuid).string(r.uuid);
+    if (w instanceof ByteWriter) w.uint32(F.uuid).prefixedHex(FLOW_UUID_PREFIX, r.uuidSequence, FLOW_UUID_SEQUENCE_DIGITS);
+    else w.uint32(F.uuid).string(r.uuid);
     if (typeof summary === 'string') text(w, F.Summary, summary);
     else w.uint32(F.Summary).bytes(summary);
     if (extras) {

@@ -82,6 +82,20 @@ for (const framed of [false, true]) test(`ByteWriter writes what protobufjs.Writ
   assert.deepEqual(Buffer.concat(runs), Buffer.concat(mixed.map(frameOf)));
 });
 
+test('prefixedHex writes the string a prefix and a zero-padded lowercase hex number make', () => {
+  const prefix = Buffer.from('0a1b2c3d-0000-4abc-8def-', 'latin1');
+  let seed = 11;
+  const rnd = () => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff);
+  const values = [0, 1, 15, 16, 255, 4096, 2 ** 32, 2 ** 48 - 1, ...Array.from({ length: 200 }, () => Math.floor(rnd() * 2 ** 48))];
+  for (const framed of [false, true]) {
+    const mine = new ByteWriter({ framed });
+    for (const v of values) {
+      const text = `${prefix.toString('latin1')}${v.toString(16).padStart(12, '0')}`;
+      assert.deepEqual(mine.reset().uint32(10).prefixedHex(prefix, v, 12).finish(), Buffer.from(protobuf.Writer.create().uint32(10).string(text).finish()), `${v}`);
+    }
+  }
+});
+
 test('framedRuns: messages of a framed writer lie one after the other in one slab and go out as one view of it', () => {
   const w = new ByteWriter({ framed: true });
   const views = Array.from({ length: 100 }, (_, i) => w.reset().uint32(10).string(`flow ${i}`).finish());

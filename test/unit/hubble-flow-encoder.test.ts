@@ -153,6 +153,8 @@ describe('Hubble flow encoder (direct from the event) against protobufjs from th
     const wb = m.responseDeserialize(encode(b)!) as { flow: { uuid: string } };
     assert.equal(wa.flow.uuid, a.flow.uuid);
     assert.notEqual(wa.flow.uuid, wb.flow.uuid);
+    // A version 4 uuid in form (flow-uuid.ts: random per run, a sequence in the last group).
+    for (const u of [wa.flow.uuid, wb.flow.uuid]) assert.match(u, /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
   });
 
   test('an endpoint replaced by a new object is encoded anew (the cache is per object)', () => {
