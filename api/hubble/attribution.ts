@@ -12,6 +12,46 @@ export type PolicyTrace = (from: TracePeer, to: TracePeer, protocol: number, por
 
 const CACHE_TTL_MS = 2000;
 const CACHE_MAX = 16_384;
+const PEER_BITS = 2 ** 26;
+const ENDPOINT_LIMIT = 2 ** 27;
+
+interface Answer {
+  at: number;
+  fields: PolicyFields | undefined;
+}
+
+/**
+ * The attribution answers, keyed by two numbers rather than a string made for every flow: (endpoint,
+ * peer identity) and (protocol, port, direction, verdict). Endpoint ids and identities beyond what the
+ * first number holds (u32 on the wire; kitnet assigns far smaller ones) take a string key.
+ */
+class AnswerCache {
+  private readonly byEndpointPeer = new Map<number, Map<number, Answer>>();
+  private readonly other = new Map<string, Answer>();
+  private size = 0;
+
+  get(endpointId: number, peer: number, kind: number): Answer | undefined {
+    if (endpointId < ENDPOINT_LIMIT && peer < PEER_BITS) return this.byEndpointPeer.get(endpointId * PEER_BITS + peer)?.get(kind);
+    return this.other.get(`${endpointId}/${peer}/${kind}`);
+  }
+
+  set(endpointId: number, peer: number, kind: number, answer: Answer): void {
+    if (this.size >= CACHE_MAX) {
+      this.byEndpointPeer.clear();
+      this.other.clear();
+      this.size = 0;
+    }
+    this.size++;
+    if (endpointId < ENDPOINT_LIMIT && peer < PEER_BITS) {
+      const key = endpointId * PEER_BITS + peer;
+      let kinds = this.byEndpointPeer.get(key);
+      if (!kinds) this.byEndpointPeer.set(key, (kinds = new Map()));
+      kinds.set(kind, answer);
+      return;
+    }
+    this.other.set(`${endpointId}/${peer}/${kind}`, answer);
+  }
+}
 
 /**
  * Which policy allowed or denied a flow, as Hubble's `*_allowed_by` / `*_denied_by`. The datapath's
@@ -22,7 +62,7 @@ const CACHE_MAX = 16_384;
  * shows within that time and a busy follower costs a map lookup per flow.
  */
 export function policyAttribution(trace: PolicyTrace): (r: HubbleFlowRecord) => PolicyFields | undefined {
-  const cache = new Map<string, { at: number; fields: PolicyFields | undefined }>();
+  const cache = new AnswerCache();
   return (r) => {
     const ev = (r as { event?: FlowEvent }).event;
     if (!ev || ev.isReply || !ev.endpointId || ev.family === 0) return undefined;
@@ -31,9 +71,10 @@ export function policyAttribution(trace: PolicyTrace): (r: HubbleFlowRecord) => 
     const ingress = ev.direction === 'INGRESS';
     const remote = ingress ? ev.srcIdentity : ev.dstIdentity;
     const port = ev.protocol === 1 || ev.protocol === 58 ? ev.icmpType : ev.dstPort;
-    const key = `${ev.endpointId}/${ev.direction}/${remote}/${ev.protocol}/${port}/${denied}`;
+    // protocol (8 bits), port or ICMP type (16), direction, verdict
+    const kind = ((ev.protocol * 65_536 + port) * 2 + (ingress ? 1 : 0)) * 2 + (denied ? 1 : 0);
     const now = performance.now();
-    const hit = cache.get(key);
+    const hit = cache.get(ev.endpointId, remote, kind);
     if (hit && now - hit.at < CACHE_TTL_MS) return hit.fields;
     let fields: PolicyFields | undefined;
     try {
@@ -54,8 +95,7 @@ export function policyAttribution(trace: PolicyTrace): (r: HubbleFlowRecord) => 
     } catch {
       // an endpoint gone meanwhile, or an identity the engine does not know: no attribution
     }
-    if (cache.size >= CACHE_MAX) cache.clear();
-    cache.set(key, { at: now, fields });
+    cache.set(ev.endpointId, remote, kind, { at: now, fields });
     return fields;
   };
 }

@@ -43,12 +43,40 @@ function interfaceNames(agent: Agent): (index: number) => string | undefined {
   };
 }
 
+/**
+ * A flow's extras, one object per (policy answer, interface name): the attribution cache shares its
+ * answers between flows, and so does this (the encoder never changes them), where a spread per flow
+ * made an object for each.
+ */
+function extrasShared(): (p: PolicyFields | undefined, interfaceName: string | undefined) => FlowExtras | undefined {
+  const byAnswer = new WeakMap<PolicyFields, Map<string, FlowExtras>>();
+  const nameOnly = new Map<string, FlowExtras>();
+  return (p, interfaceName) => {
+    if (!interfaceName) return p;
+    if (!p) {
+      let e = nameOnly.get(interfaceName);
+      if (!e) {
+        // names of devices long gone do not pile up
+        if (nameOnly.size >= 4096) nameOnly.clear();
+        nameOnly.set(interfaceName, (e = { interfaceName }));
+      }
+      return e;
+    }
+    let byName = byAnswer.get(p);
+    if (!byName) byAnswer.set(p, (byName = new Map()));
+    let e = byName.get(interfaceName);
+    if (!e) byName.set(interfaceName, (e = { ...p, interfaceName }));
+    return e;
+  };
+}
+
 const clusterNode = (p: PeerNode): ClusterNode => ({ name: p.name, ...(p.ipv4 ? { ipv4: p.ipv4 } : {}), ...(p.ipv6 ? { ipv6: p.ipv6 } : {}) });
 
 export function hubbleBackendOf(agent: Agent, nodeName: string): HubbleBackend {
   const cluster = agent.cluster;
   const policies = policyAttribution((from, to, protocol, port) => agent.policyEngine.trace(from, to, protocol, port).result);
   const ifname = interfaceNames(agent);
+  const extrasOf = extrasShared();
   return {
     nodeName,
     version: KITNET_VERSION,
@@ -61,8 +89,7 @@ export function hubbleBackendOf(agent: Agent, nodeName: string): HubbleBackend {
       const p = policies(r);
       // the event's ifindex where there is one: reading r.flow would build the JSON flow the encoder avoids
       const index = (r as { event?: { ifindex?: number } }).event?.ifindex ?? r.flow.interface?.index;
-      const interfaceName = index ? ifname(index) : undefined;
-      return p || interfaceName ? { ...p, ...(interfaceName ? { interfaceName } : {}) } : undefined;
+      return extrasOf(p, index ? ifname(index) : undefined);
     },
   };
 }

@@ -6,6 +6,7 @@ import { LazyFlowRecord } from '../../agent/flows/enrich.js';
 import { FilterError } from '../../agent/flows/filter.js';
 import type { HubbleEndpoint } from '../../agent/flows/hubble.js';
 import { policyAttribution, policyFromRuleRef, type PolicyTrace } from '../../api/hubble/attribution.js';
+import type { TracePeer } from '../../agent/policy/trace.js';
 import { protoFilterCompile, protoFiltersCompile } from '../../api/hubble/filter.js';
 import { flowResponse, lostResponse, timestampFromIso } from '../../api/hubble/flow-convert.js';
 import { hubbleProtoLoad } from '../../api/hubble/proto.js';
@@ -182,5 +183,34 @@ describe('Hubble policy attribution', () => {
     assert.deepEqual(names(attr(rec({ direction: 'INGRESS', isReply: false, verdict: 'DROPPED', dropReason: 181, dstPort: 82 }))?.ingress_denied_by), ['a', 'b']);
     assert.equal(attr(rec({ isReply: true })), undefined);
     assert.equal(attr(rec({ isReply: false, verdict: 'DROPPED', dropReason: 133 })), undefined);
+  });
+
+  test('answers are kept apart per endpoint, peer, protocol, port and direction, small ids and any u32 alike', () => {
+    let calls = 0;
+    // The rule's name says what was asked: any two questions that shared a cache entry would show.
+    const trace: PolicyTrace = (from, to, protocol, port) => {
+      calls++;
+      const id = (p: TracePeer) => ('endpointId' in p ? p.endpointId : 'identity' in p ? p.identity : p.ip);
+      const asked = `${id(from)}-${id(to)}-${protocol}-${port}`;
+      const side = { endpointId: 0, direction: 'egress' as const, remoteIdentity: 0, verdict: 'ALLOWED' as const, reason: 'allowed' as const, rules: [`CiliumNetworkPolicy shop/${asked} egress[0]`], lookups: { identity: undefined, any: undefined } };
+      return { verdict: 'ALLOWED', srcIdentity: 0, dstIdentity: 0, ingress: { ...side, direction: 'ingress' as const }, egress: side };
+    };
+    const attr = policyAttribution(trace);
+    const big = 2 ** 32 - 2;
+    const questions: Array<[Partial<FlowEvent>, string]> = [];
+    for (const endpointId of [2, 3, 2 ** 27, big]) {
+      for (const peer of [7, 2 ** 26 + 7, big]) {
+        for (const [protocol, dstPort, icmpType] of [[6, 80, 0], [6, 81, 0], [17, 80, 0], [1, 0, 8]] as const) {
+          const port = protocol === 1 ? icmpType : dstPort;
+          questions.push([{ endpointId, dstIdentity: peer, protocol, dstPort, icmpType, direction: 'EGRESS', isReply: false }, `${endpointId}-${peer}-${protocol}-${port}`]);
+          questions.push([{ endpointId, srcIdentity: peer, protocol, dstPort, icmpType, direction: 'INGRESS', isReply: false }, `${peer}-${endpointId}-${protocol}-${port}`]);
+        }
+      }
+    }
+    const names = (f: ReturnType<typeof attr>) => [...(f?.egress_allowed_by ?? []), ...(f?.ingress_allowed_by ?? [])].map((p) => p.name);
+    for (const round of [1, 2]) {
+      for (const [over, asked] of questions) assert.deepEqual(names(attr(rec(over))), [asked], `round ${round}: ${JSON.stringify(over)}`);
+      assert.equal(calls, questions.length, round === 1 ? 'one trace per question' : 'the second round is answered from the cache');
+    }
   });
 });
