@@ -12,6 +12,9 @@
 // reports what arrived and what it was told was lost (lost_events), and the kernel's EVENTS_LOST says
 // what the ring buffer dropped. Latency: one SYN every 5 ms, every flow timed (its datapath timestamp
 // to its arrival, same host clock).
+// Cost: the agent's thread busy time per event (the event loop utilization's active time over the
+// phase, generating and serving) and the process CPU per event (every thread), which compare trees at
+// a rate neither loses at, where received-of-written swings from run to run.
 //
 //   node dist/bench/hubble.bench.js [rates=50000,100000,200000,400000] [--seconds=3] [--samples=1000] [--rounds=1] [--ab]
 //                                   [--client=http2|grpc-js] [--generator=worker|main] [--profile] [--follow-queue=N] [--warmup=S]
