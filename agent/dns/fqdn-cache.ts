@@ -35,10 +35,16 @@ export class FqdnCache {
   /** address -> names that resolved to it (the label set of an address is theirs). */
   private readonly byAddress = new Map<string, Set<string>>();
   private readonly maxPerName: number;
-  /** address -> sorted names, for flows (namesByAddress); made on first use after a change. */
-  private flowNames: Map<string, readonly string[]> | undefined;
+  /** address -> sorted names, for flows (namesByAddress); an address's entry is redone on the first lookup after its names changed. */
+  private readonly flowNames = new Map<string, readonly string[]>();
   /** The same for IPv4 addresses by number (ipv4Number), so flows look them up without formatting. */
-  private flowNamesV4: Map<number, readonly string[]> | undefined;
+  private readonly flowNamesV4 = new Map<number, readonly string[]>();
+  /**
+   * Addresses whose names changed since the flows' index was last brought up to date. Only these are
+   * redone: rebuilding the whole index after every new name cost each flow after it the whole cache
+   * (a workload resolving many new names, with traffic between the answers, made that quadratic).
+   */
+  private readonly flowDirty = new Set<string>();
 
   constructor(opts: FqdnCacheOptions = {}) {
     this.maxPerName = opts.maxAddressesPerName ?? 1000;
@@ -61,11 +67,9 @@ export class FqdnCache {
       }
       m.set(a, Math.max(before ?? 0, until));
     }
-    // The flows' name index is rebuilt on its next use: only when it changed (a refresh must not cost
-    // every later flow a rebuild over the whole cache).
-    if (grew) this.flowNames = undefined;
+    // An answer that only moves expiries leaves the flows' name index as it is (nameAdd/nameDelete mark
+    // what changed).
     if (m.size > this.maxPerName) {
-      this.flowNames = undefined;
       const soonest = [...m.entries()].sort((x, y) => x[1] - y[1]).slice(0, m.size - this.maxPerName);
       for (const [a] of soonest) {
         m.delete(a);
@@ -91,7 +95,6 @@ export class FqdnCache {
       }
       if (m.size === 0) this.byName.delete(name);
     }
-    if (changed) this.flowNames = undefined;
     return changed;
   }
 
@@ -113,11 +116,14 @@ export class FqdnCache {
     let names = this.byAddress.get(address);
     if (!names) this.byAddress.set(address, (names = new Set()));
     names.add(name);
+    this.flowDirty.add(address);
   }
 
   private nameDelete(address: string, name: string): void {
     const names = this.byAddress.get(address);
-    if (names?.delete(name) && names.size === 0) this.byAddress.delete(address);
+    if (!names?.delete(name)) return;
+    if (names.size === 0) this.byAddress.delete(address);
+    this.flowDirty.add(address);
   }
 
   /** Names that resolved to `address` (for `destination_names` on flows and `policy trace --to-fqdn`). */
@@ -131,26 +137,32 @@ export class FqdnCache {
    */
   namesByAddress(address: string): readonly string[] | undefined {
     if (this.byName.size === 0) return undefined;
-    return (this.flowNames ?? this.indexBuild()).get(address);
+    if (this.flowDirty.size) this.flowIndexUpdate();
+    return this.flowNames.get(address);
   }
 
   /** namesByAddress for an IPv4 address given as ipv4Number's number. */
   namesByIpv4(address: number): readonly string[] | undefined {
     if (this.byName.size === 0) return undefined;
-    if (!this.flowNames) this.indexBuild();
-    return this.flowNamesV4!.get(address);
+    if (this.flowDirty.size) this.flowIndexUpdate();
+    return this.flowNamesV4.get(address);
   }
 
-  private indexBuild(): Map<string, readonly string[]> {
-    const index = new Map<string, readonly string[]>();
-    const v4 = new Map<number, readonly string[]>();
-    for (const [a, set] of this.byAddress) {
+  /** Redoes the index entries of the addresses whose names changed (new arrays: flows keep the old ones). */
+  private flowIndexUpdate(): void {
+    for (const a of this.flowDirty) {
+      const set = this.byAddress.get(a);
+      const v4 = a.includes(':') ? undefined : ipv4Number(a);
+      if (!set) {
+        this.flowNames.delete(a);
+        if (v4 !== undefined) this.flowNamesV4.delete(v4);
+        continue;
+      }
       const names = [...set].sort();
-      index.set(a, names);
-      if (!a.includes(':')) v4.set(ipv4Number(a), names);
+      this.flowNames.set(a, names);
+      if (v4 !== undefined) this.flowNamesV4.set(v4, names);
     }
-    this.flowNamesV4 = v4;
-    return (this.flowNames = index);
+    this.flowDirty.clear();
   }
 
   /** Whether no name is known (flows then skip the lookup). */

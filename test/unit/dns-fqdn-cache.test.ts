@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { FQDN_IDENTITY_BASE, FqdnCache, fqdnLabelMatchers } from '../../agent/dns/fqdn-cache.js';
+import { ipv4Number } from '../../agent/flows/directory.js';
 import { LOCAL_IDENTITY_FLAG } from '../../agent/identity/reserved.js';
 import { policiesParse, policyCompile } from '../../agent/policy/index.js';
 import { reservedIdentityLabels } from '../../agent/identity/reserved.js';
@@ -136,6 +137,36 @@ test('learn says whether a name gained an address; an answer that only moves exp
   assert.equal(c.learn('a.test', ['10.2.0.2', '10.2.0.3'], 100, 0), true);
   assert.deepEqual(c.addresses('a.test').sort(), ['10.2.0.2', '10.2.0.3'], 'the cap dropped the one expiring soonest... ');
   assert.deepEqual(c.namesByAddress('10.2.0.1'), ['b.test'], '...and the index follows the drop');
+});
+
+test('the flows\' name index follows any sequence of learns, caps, expiries and restores, looked up between them or not', () => {
+  let seed = 3;
+  const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) >> 4) % n;
+  const addresses = [...Array.from({ length: 12 }, (_, i) => `10.3.0.${i}`), 'fd00::3', 'fd00::4'];
+  const names = Array.from({ length: 9 }, (_, i) => `n${i}.test`);
+  let c = new FqdnCache({ maxAddressesPerName: 4 });
+  let now = 0;
+  const check = (step: number) => {
+    for (const a of addresses) {
+      const want = c.namesOf(a).sort();
+      assert.deepEqual(c.namesByAddress(a) ?? [], want, `step ${step}: ${a}`);
+      if (!a.includes(':')) assert.deepEqual(c.namesByIpv4(ipv4Number(a)) ?? [], want, `step ${step}: ${a} by number`);
+    }
+  };
+  for (let step = 0; step < 3000; step++) {
+    const k = rnd(10);
+    if (k < 6) {
+      const picked = Array.from({ length: 1 + rnd(3) }, () => addresses[rnd(addresses.length)]!);
+      c.learn(names[rnd(names.length)]!, picked, 1 + rnd(30), now);
+    } else if (k < 8) {
+      now += rnd(10_000);
+      c.expire(now, (a) => a === addresses[0]);
+    } else if (k === 8) {
+      c = FqdnCache.restore(c.snapshot(), { maxAddressesPerName: 4 });
+    }
+    if (rnd(3) === 0) check(step);
+  }
+  check(3000);
 });
 
 test('identitiesAdd (new answers only) gives what a full identities() gives, and new label sets get new numbers', () => {
