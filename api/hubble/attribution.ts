@@ -28,6 +28,7 @@ interface Answer {
 class AnswerCache {
   private readonly byEndpointPeer = new Map<number, Map<number, Answer>>();
   private readonly other = new Map<string, Answer>();
+  /** Entries held (an answer renewed after its 2 s replaces its entry). */
   private size = 0;
 
   get(endpointId: number, peer: number, kind: number): Answer | undefined {
@@ -41,15 +42,17 @@ class AnswerCache {
       this.other.clear();
       this.size = 0;
     }
-    this.size++;
     if (endpointId < ENDPOINT_LIMIT && peer < PEER_BITS) {
       const key = endpointId * PEER_BITS + peer;
       let kinds = this.byEndpointPeer.get(key);
       if (!kinds) this.byEndpointPeer.set(key, (kinds = new Map()));
+      if (!kinds.has(kind)) this.size++;
       kinds.set(kind, answer);
       return;
     }
-    this.other.set(`${endpointId}/${peer}/${kind}`, answer);
+    const key = `${endpointId}/${peer}/${kind}`;
+    if (!this.other.has(key)) this.size++;
+    this.other.set(key, answer);
   }
 }
 
