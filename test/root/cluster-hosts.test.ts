@@ -92,14 +92,16 @@ describe('cluster mode across hosts: node CIDRs, routes, cross-host traffic and 
       assert.match(c.ipv6Pool, /^fd00:236::(\w+:0)?\/112$/);
     }
     for (const [i, h] of hosts.entries()) {
-      const entry = JSON.parse((await raw!.get(`${NODES_PREFIX}/${CLUSTER}/${h.name}`).string())!) as Record<string, unknown>;
+      // Waited for: under emulation an agent's 5 s lease can expire while the hosts start, taking the
+      // entry with it until the agent writes it again under a new lease.
+      const kv = await waitFor(`${h.name}'s node entry in etcd`, async () => (await raw!.get(`${NODES_PREFIX}/${CLUSTER}/${h.name}`).exec()).kvs[0], timeLimit(30_000));
+      const entry = JSON.parse(kv.value.toString()) as Record<string, unknown>;
       assert.equal(entry.Name, h.name);
       assert.equal(entry.Cluster, CLUSTER);
       assert.equal(entry.ClusterID, 12);
       assert.deepEqual(entry.IPAddresses, [{ Type: 'InternalIP', IP: h.nodeIPv4 }, { Type: 'InternalIP', IP: h.nodeIPv6 }]);
       assert.deepEqual(entry.IPv4AllocCIDR, { IP: cs[i]!.ipv4Pool.split('/')[0], Mask: '////AA==' });
-      const lease = (await raw!.get(`${NODES_PREFIX}/${CLUSTER}/${h.name}`).exec()).kvs[0]!.lease;
-      assert.notEqual(lease, '0', `${h.name}'s node entry is leased`);
+      assert.notEqual(kv.lease, '0', `${h.name}'s node entry is leased`);
     }
 
     await Promise.all(hosts.map(async (from, i) => {
