@@ -49,11 +49,14 @@ export async function tcpGateStart(target: string): Promise<TcpGate> {
     shut: () => ((isOpen = false), cutAll()),
     open: () => void (isOpen = true),
     hold: () => {
+      if (held) return;
       held = true;
       sentWhileHeld = 0;
       for (const [upstream, client] of answers) upstream.unpipe(client);
     },
     release: () => {
+      // a second pipe would hand the client every answer twice
+      if (!held) return;
       held = false;
       for (const [upstream, client] of answers) upstream.pipe(client);
     },

@@ -27,15 +27,18 @@ describe('cluster session against a real etcd', () => {
     const baseline = liveTimers();
     // A node lease of 6 s: a keepalive every 2 s.
     const session = await ClusterSession.open(etcdClientCreate({ endpoints: [gate.endpoint] }, undefined), log, 6);
+    let closed: Promise<void> | undefined;
     try {
       gate.hold();
       await waitFor('a keepalive sent while etcd\'s answers are held', async () => gate.sentWhileHeld() > 0, 10_000);
-      const closed = session.close({ revoke: true });
+      closed = session.close({ revoke: true });
       // The answer arrives after close began (a keepalive answered late, as after a reconnect under load).
       setTimeout(() => gate.release(), 200);
       await closed;
     } finally {
       gate.release();
+      // closed even when the test failed before: an open session would hold the file open for its lease
+      await (closed ?? session.close({ revoke: true })).catch(() => undefined);
     }
     // etcd3 re-arms a lease's keepalive timeout (6 s here, 15 minutes by default) for an answer that
     // arrives after the lease was closed: a test file, or `kitnet` run once, then waited that long to exit.
