@@ -25,7 +25,7 @@ import { Mutex } from './mutex.js';
 import { MONITOR_AGG_DEFAULT, MONITOR_AGG_NONE } from '../bpf/layout.gen.js';
 import { PolicyEngine } from './policy/engine.js';
 import { DnsSteering } from './dns/steering.js';
-import { dnsMetricsRegister } from './dns/metrics.js';
+import { dnsMetricsRegister, dnsProxyMetricsRegister } from './dns/metrics.js';
 import { dnsFlowsAttach } from './dns/flows.js';
 import { PolicyService } from './policy/service.js';
 import { workloadsOutsidePools } from './pool-check.js';
@@ -151,6 +151,7 @@ export class Agent {
     }
     addressingMetricsRegister(this.metrics.registry, this.dhcp.stats);
     dnsFlowsAttach(this.dns, this.flows, this.directory, config.nodeName, log.child({ component: 'dns' }), dnsMetricsRegister(this.metrics.registry));
+    dnsProxyMetricsRegister(this.metrics.registry, this.dns.proxyStats);
   }
 
   /** Restores the datapath from the store, then starts reading flows. */

@@ -33,8 +33,21 @@ export const DnsConfigSchema = z
         minTTL: z.number().int().min(0).max(86_400).default(0),
         /** Addresses kept per name (Cilium --tofqdns-endpoint-max-ip-per-hostname). */
         maxIPsPerName: z.number().int().min(1).max(100_000).default(1000),
+        /** Queries the proxy waits on at once (each proxy: IPv4, IPv6); beyond it new ones are dropped. */
+        maxQueriesInFlight: z.number().int().min(1).max(1_000_000).default(1024),
+        /** The same for one workload address, so that one flooding workload leaves the others theirs. */
+        maxQueriesInFlightPerWorkload: z.number().int().min(1).max(1_000_000).default(128),
+        /** Open DNS-over-TCP connections at once (each proxy). */
+        maxTcpConnections: z.number().int().min(1).max(65_535).default(256),
+        /** The same for one workload address. */
+        maxTcpConnectionsPerWorkload: z.number().int().min(1).max(65_535).default(16),
       })
       .strict()
+      .superRefine((v, ctx) => {
+        for (const [each, all] of [['maxQueriesInFlightPerWorkload', 'maxQueriesInFlight'], ['maxTcpConnectionsPerWorkload', 'maxTcpConnections']] as const) {
+          if (v[each] > v[all]) ctx.addIssue({ code: 'custom', path: [each], message: `${v[each]} is more than dns.proxy.${all} (${v[all]}): one workload could take every slot` });
+        }
+      })
       .prefault({}),
   })
   .strict()

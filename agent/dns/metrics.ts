@@ -6,7 +6,8 @@
  * Registered into the agent's registry from here, so agent/metrics.ts needs no change.
  */
 import { Counter, type Registry } from 'prom-client';
-import type { DnsQueryEvent } from './proxy.js';
+import { mirroredCounter } from '../metrics/mirror.js';
+import type { DnsDropReason, DnsProxyStats, DnsQueryEvent } from './proxy.js';
 
 /** Hubble's rcodeNames. */
 const RCODE_NAMES: Record<number, string> = {
@@ -64,4 +65,16 @@ export function dnsMetricsRegister(registry: Registry): (e: DnsQueryEvent) => vo
     count(pending.queries, '', qtypes, '0');
     count(pending.responses, dnsRcodeName(e.rcode), qtypes, String(e.learned[0]?.addresses.length ?? 0));
   };
+}
+
+/**
+ * What the proxy turned away or could not answer, read from its counters when scraped:
+ * `kitnet_dns_proxy_dropped_total{reason}` (a limit reached: in-flight, client-in-flight,
+ * tcp-connections, client-tcp-connections), malformed queries and upstream failures (SERVFAIL).
+ */
+export function dnsProxyMetricsRegister(registry: Registry, stats: DnsProxyStats): void {
+  mirroredCounter(registry, 'kitnet_dns_proxy_dropped_total', 'DNS queries and TCP connections the proxy turned away unanswered, by the limit reached (dns.proxy.maxQueriesInFlight, ...PerWorkload, maxTcpConnections, ...PerWorkload)', ['reason'] as const, () =>
+    (Object.entries(stats.droppedBy) as Array<[DnsDropReason, number]>).map(([reason, n]) => [{ reason }, n]));
+  mirroredCounter(registry, 'kitnet_dns_proxy_malformed_total', 'Messages sent to the DNS proxy that were not a query it could read', [], () => [[{}, stats.malformed]]);
+  mirroredCounter(registry, 'kitnet_dns_proxy_upstream_failures_total', 'Queries answered SERVFAIL because the upstream failed, did not answer in time, or its answer could not be learned', [], () => [[{}, stats.upstreamFailures]]);
 }

@@ -61,17 +61,36 @@ export interface DnsProxyOptions {
   upstreamTimeoutMs?: number;
   /** Queries in flight at once; beyond it new ones are dropped and counted (default 1024). */
   maxInFlight?: number;
+  /**
+   * Queries in flight at once from one client address (default 128): a workload flooding the proxy
+   * with names its upstream never answers holds each for upstreamTimeoutMs, and must not take the
+   * others' share of maxInFlight.
+   */
+  maxInFlightPerClient?: number;
   /** Open TCP connections at once; beyond it new ones are closed at once (default 256). */
   maxTcpConnections?: number;
+  /** Open TCP connections of one client address (default 16): one workload cannot hold them all. */
+  maxTcpConnectionsPerClient?: number;
+  /** Where to count (shared by the proxies of both families, kept across their restarts); default its own. */
+  stats?: DnsProxyStats;
   log: Logger;
 }
+
+/** Why a query or a connection was turned away unanswered (DnsProxyStats.dropped, the metric's `reason`). */
+export type DnsDropReason = 'in-flight' | 'client-in-flight' | 'tcp-connections' | 'client-tcp-connections';
 
 export interface DnsProxyStats {
   allowed: number;
   refused: number;
   malformed: number;
   upstreamFailures: number;
+  /** Every query or connection turned away, whatever the reason (the sum of droppedBy). */
   dropped: number;
+  droppedBy: Record<DnsDropReason, number>;
+}
+
+export function dnsProxyStatsCreate(): DnsProxyStats {
+  return { allowed: 0, refused: 0, malformed: 0, upstreamFailures: 0, dropped: 0, droppedBy: { 'in-flight': 0, 'client-in-flight': 0, 'tcp-connections': 0, 'client-tcp-connections': 0 } };
 }
 
 export type DnsQueryEvent = {
@@ -96,19 +115,32 @@ export function wallClockNs(): bigint {
 
 const TCP_IDLE_MS = 10_000;
 const UDP_RECV_BUFFER = 4 << 20;
+/**
+ * Queries of one TCP connection taken at once: they are answered one after the other, and beyond
+ * this the connection is not read until one is answered (TCP's flow control holds the client back).
+ */
+const TCP_PIPELINE_MAX = 16;
+/** At most one warning per this long about clients being turned away (each names the client). */
+const DROP_LOG_INTERVAL_MS = 10_000;
 
 export class DnsProxy {
   private udp?: dgram.Socket;
   private tcp?: net.Server;
   private inFlight = 0;
+  /** Queries in flight and open TCP connections per client address (entries only while above 0). */
+  private readonly inFlightBy = new Map<string, number>();
+  private readonly tcpBy = new Map<string, number>();
   private readonly tcpSockets = new Set<net.Socket>();
+  private dropLoggedAt = -Infinity;
   /** The upstream sockets UDP queries share (agent/dns/upstream-udp.ts). */
   readonly upstreams = new UdpUpstreams();
-  readonly stats: DnsProxyStats = { allowed: 0, refused: 0, malformed: 0, upstreamFailures: 0, dropped: 0 };
+  readonly stats: DnsProxyStats;
   /** Called once per answered query (for flows and metrics). */
   onQuery?: (e: DnsQueryEvent) => void;
 
-  constructor(private readonly opts: DnsProxyOptions) {}
+  constructor(private readonly opts: DnsProxyOptions) {
+    this.stats = opts.stats ?? dnsProxyStatsCreate();
+  }
 
   async start(): Promise<DnsEndpoint> {
     // Every steered workload's queries share the UDP socket: a burst (or the agent's thread busy or not
@@ -122,6 +154,7 @@ export class DnsProxy {
         const server = net.createServer((s) => this.tcpConnection(s));
         // Each connection may idle TCP_IDLE_MS: a cap keeps a workload from holding sockets without end.
         server.maxConnections = this.opts.maxTcpConnections ?? 256;
+        server.on('drop', (d?: { remoteAddress?: string; remotePort?: number }) => this.drop('tcp-connections', { address: d?.remoteAddress ?? '', port: d?.remotePort ?? 0 }));
         return server;
       },
     });
@@ -133,59 +166,106 @@ export class DnsProxy {
   }
 
   async stop(): Promise<void> {
+    // Cleared first: the queries cut short below answer no one (udpQuery checks).
+    const { udp, tcp } = this;
+    this.udp = undefined;
+    this.tcp = undefined;
     for (const s of this.tcpSockets) s.destroy();
     this.upstreams.close();
     await Promise.all([
-      new Promise<void>((r) => (this.udp ? this.udp.close(() => r()) : r())),
-      new Promise<void>((r) => (this.tcp ? this.tcp.close(() => r()) : r())),
+      new Promise<void>((r) => (udp ? udp.close(() => r()) : r())),
+      new Promise<void>((r) => (tcp ? tcp.close(() => r()) : r())),
     ]);
-    this.udp = undefined;
-    this.tcp = undefined;
+  }
+
+  /** Queries taken and not yet answered (or given up on). */
+  get queriesInFlight(): number {
+    return this.inFlight;
+  }
+
+  /** Counts a query in flight for `client`, or turns it away (counted, logged now and then). */
+  private admit(client: DnsEndpoint): boolean {
+    const mine = this.inFlightBy.get(client.address) ?? 0;
+    if (this.inFlight >= (this.opts.maxInFlight ?? 1024)) return this.drop('in-flight', client);
+    if (mine >= (this.opts.maxInFlightPerClient ?? 128)) return this.drop('client-in-flight', client);
+    this.inFlight++;
+    this.inFlightBy.set(client.address, mine + 1);
+    return true;
+  }
+
+  private release(client: DnsEndpoint): void {
+    this.inFlight--;
+    const mine = (this.inFlightBy.get(client.address) ?? 1) - 1;
+    if (mine > 0) this.inFlightBy.set(client.address, mine);
+    else this.inFlightBy.delete(client.address);
+  }
+
+  private drop(reason: DnsDropReason, client: DnsEndpoint): false {
+    this.stats.dropped++;
+    this.stats.droppedBy[reason]++;
+    const now = performance.now();
+    if (now - this.dropLoggedAt >= DROP_LOG_INTERVAL_MS) {
+      this.dropLoggedAt = now;
+      const limit = { 'in-flight': 'dns.proxy.maxQueriesInFlight', 'client-in-flight': 'dns.proxy.maxQueriesInFlightPerWorkload', 'tcp-connections': 'dns.proxy.maxTcpConnections', 'client-tcp-connections': 'dns.proxy.maxTcpConnectionsPerWorkload' }[reason];
+      this.opts.log.warn({ client: client.address, reason, limit, droppedBy: this.stats.droppedBy }, `DNS proxy: turning queries away (${limit} reached); later ones are counted in kitnet_dns_proxy_dropped_total`);
+    }
+    return false;
   }
 
   private udpQuery(sock: dgram.Socket, msg: Buffer, client: DnsEndpoint): void {
-    if (this.inFlight >= (this.opts.maxInFlight ?? 1024)) {
-      this.stats.dropped++;
-      return;
-    }
-    this.inFlight++;
+    if (!this.admit(client)) return;
     // One reaction for both outcomes (not then/catch/finally: three promises a query).
     this.answer(msg, client, 'udp').then(
       (reply) => {
-        this.inFlight--;
-        if (reply) sock.send(reply, client.port, client.address);
+        this.release(client);
+        // Not after stop(): the queries it cut short end here with the socket closed.
+        if (reply && this.udp === sock) sock.send(reply, client.port, client.address);
       },
       (e: unknown) => {
-        this.inFlight--;
+        this.release(client);
         this.opts.log.warn({ err: e, client }, 'DNS proxy: query failed');
       },
     );
   }
 
   private tcpConnection(sock: net.Socket): void {
+    const client = { address: sock.remoteAddress ?? '', port: sock.remotePort ?? 0 };
+    const open = this.tcpBy.get(client.address) ?? 0;
+    if (open >= (this.opts.maxTcpConnectionsPerClient ?? 16)) {
+      this.drop('client-tcp-connections', client);
+      sock.destroy();
+      return;
+    }
+    this.tcpBy.set(client.address, open + 1);
     this.tcpSockets.add(sock);
     sock.setTimeout(TCP_IDLE_MS, () => sock.destroy());
-    sock.on('close', () => this.tcpSockets.delete(sock));
+    sock.on('close', () => {
+      this.tcpSockets.delete(sock);
+      const left = (this.tcpBy.get(client.address) ?? 1) - 1;
+      if (left > 0) this.tcpBy.set(client.address, left);
+      else this.tcpBy.delete(client.address);
+    });
     sock.on('error', () => sock.destroy());
-    const client = { address: sock.remoteAddress ?? '', port: sock.remotePort ?? 0 };
     let pending: Buffer = Buffer.alloc(0);
+    // Queries taken and not yet answered; past TCP_PIPELINE_MAX the socket is paused.
+    let taken = 0;
     // One query at a time per connection (RFC 7766 allows pipelining; order is kept by answering in turn).
     let chain = Promise.resolve();
-    sock.on('data', (chunk) => {
-      pending = pending.length === 0 ? chunk : Buffer.concat([pending, chunk]);
-      while (pending.length >= 2) {
+    const take = () => {
+      while (pending.length >= 2 && taken < TCP_PIPELINE_MAX) {
         const len = pending.readUInt16BE(0);
         if (pending.length < 2 + len) break;
         const msg = pending.subarray(2, 2 + len);
         pending = pending.subarray(2 + len);
-        if (this.inFlight >= (this.opts.maxInFlight ?? 1024)) {
-          this.stats.dropped++;
+        if (!this.admit(client)) {
           sock.destroy();
           return;
         }
-        this.inFlight++;
+        taken++;
         chain = chain.then(async () => {
           try {
+            // A connection closed meanwhile: its queries waiting their turn are not asked upstream.
+            if (sock.destroyed) return;
             const reply = await this.answer(msg, client, 'tcp');
             if (!reply) {
               sock.destroy();
@@ -199,10 +279,20 @@ export class DnsProxy {
             this.opts.log.warn({ err: e, client }, 'DNS proxy: query failed');
             sock.destroy();
           } finally {
-            this.inFlight--;
+            this.release(client);
+            taken--;
+            if (!sock.destroyed && sock.isPaused() && taken < TCP_PIPELINE_MAX) {
+              sock.resume();
+              take();
+            }
           }
         });
       }
+      if (taken >= TCP_PIPELINE_MAX) sock.pause();
+    };
+    sock.on('data', (chunk) => {
+      pending = pending.length === 0 ? chunk : Buffer.concat([pending, chunk]);
+      take();
     });
   }
 

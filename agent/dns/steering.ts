@@ -36,9 +36,9 @@ import { upstreamParse } from './config.js';
 import type { LearnedName } from './codec.js';
 import { FqdnCache, fqdnAddressCidr, fqdnLabelMatchers } from './fqdn-cache.js';
 import type { FqdnIdentities, FqdnLabelMatcher } from './fqdn-cache.js';
-import { DnsProxy } from './proxy.js';
+import { DnsProxy, dnsProxyStatsCreate } from './proxy.js';
 import { DNS_STATE_FILE, dnsStateRead, dnsStateWrite } from './state-file.js';
-import type { DnsEndpoint, DnsQueryEvent, DnsTransport, DnsVerdict } from './proxy.js';
+import type { DnsEndpoint, DnsProxyStats, DnsQueryEvent, DnsTransport, DnsVerdict } from './proxy.js';
 import { dnsPlanVerdict, dnsQueryPlan, sectionIndex } from './verdict.js';
 import type { DnsQueryPlan } from './verdict.js';
 
@@ -104,6 +104,8 @@ export class DnsSteering {
   private savedRunning = false;
   private maps: DnsSteeringMaps | undefined;
   private readonly proxies: DnsProxy[] = [];
+  /** What the proxies (both families, every start) counted: the agent's metrics. */
+  readonly proxyStats: DnsProxyStats = dnsProxyStatsCreate();
   private port = 0;
   private ids: FqdnIdentities | undefined;
   /** FQDN ipcache entries written (cidr -> identity). */
@@ -193,6 +195,11 @@ export class DnsSteering {
       verdict: (client, name, transport) => this.verdict(client, name, transport),
       learn: (client, learned) => this.learn(client, learned),
       minTtl: this.deps.config.proxy.minTTL,
+      maxInFlight: this.deps.config.proxy.maxQueriesInFlight,
+      maxInFlightPerClient: this.deps.config.proxy.maxQueriesInFlightPerWorkload,
+      maxTcpConnections: this.deps.config.proxy.maxTcpConnections,
+      maxTcpConnectionsPerClient: this.deps.config.proxy.maxTcpConnectionsPerWorkload,
+      stats: this.proxyStats,
       log: this.deps.log.child({ component: 'dns-proxy' }),
     });
     p.onQuery = (e) => this.onQuery?.(e);

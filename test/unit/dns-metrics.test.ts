@@ -3,7 +3,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { Registry } from 'prom-client';
-import { dnsMetricsRegister } from '../../agent/dns/metrics.js';
+import { dnsMetricsRegister, dnsProxyMetricsRegister } from '../../agent/dns/metrics.js';
+import { dnsProxyStatsCreate } from '../../agent/dns/proxy.js';
 import type { DnsQueryEvent } from '../../agent/dns/proxy.js';
 
 function event(qtype: number, allowed: boolean, rcode: number, ips: number): DnsQueryEvent {
@@ -36,4 +37,23 @@ test('DNS metrics: each query counted once per scrape, by rcode, qtype and addre
   text = await registry.metrics();
   assert.equal(value(text, 'hubble_dns_queries_total', 'rcode="",qtypes="A",ips_returned="0"'), 4);
   assert.equal(value(text, 'hubble_dns_responses_total', 'rcode="No Error",qtypes="A",ips_returned="2"'), 4);
+});
+
+test('DNS proxy metrics: what it turned away, by the limit reached, read from its counters at each scrape', async () => {
+  const registry = new Registry();
+  const stats = dnsProxyStatsCreate();
+  dnsProxyMetricsRegister(registry, stats);
+  stats.droppedBy['client-in-flight'] = 184;
+  stats.droppedBy['client-tcp-connections'] = 1;
+  stats.malformed = 2;
+  stats.upstreamFailures = 5;
+  let text = await registry.metrics();
+  assert.equal(value(text, 'kitnet_dns_proxy_dropped_total', 'reason="client-in-flight"'), 184);
+  assert.equal(value(text, 'kitnet_dns_proxy_dropped_total', 'reason="client-tcp-connections"'), 1);
+  assert.equal(value(text, 'kitnet_dns_proxy_dropped_total', 'reason="in-flight"'), 0);
+  assert.match(text, /^kitnet_dns_proxy_malformed_total 2$/m);
+  assert.match(text, /^kitnet_dns_proxy_upstream_failures_total 5$/m);
+  stats.droppedBy['client-in-flight']++;
+  text = await registry.metrics();
+  assert.equal(value(text, 'kitnet_dns_proxy_dropped_total', 'reason="client-in-flight"'), 185);
 });

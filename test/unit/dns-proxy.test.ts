@@ -1,5 +1,5 @@
 // The DNS proxy against a real (tiny, in-test) DNS server over loopback sockets, UDP and TCP, IPv4 and
-// IPv6, with hostile clients and upstreams. No datapath here: steering is not built yet (issue #17).
+// IPv6, with hostile clients and upstreams. No datapath here (the steering has its root tests: dns-policy).
 import assert from 'node:assert/strict';
 import dgram from 'node:dgram';
 import net from 'node:net';
@@ -11,6 +11,7 @@ import { DnsProxy } from '../../agent/dns/proxy.js';
 import type { DnsEndpoint, DnsProxyOptions } from '../../agent/dns/proxy.js';
 import { fqdnMatcher } from '../../agent/policy/fqdn.js';
 import { udpTcpListen } from '../../common/udp-tcp-listen.js';
+import { waitFor } from '../helpers/sys.js';
 
 const ZONE: Record<string, AnswerRecordInput[]> = {
   'api.test': [{ name: 'api.test', ttl: 2, address: '192.0.2.10' }],
@@ -286,18 +287,15 @@ for (const family of ['127.0.0.1', '::1']) {
   });
 }
 
+/** A proxy that allows every name and learns nothing, forwarding to `upstream`, with `limits`. */
+function allowAllProxy(upstream: DnsProxyOptions['upstream'], limits: Partial<DnsProxyOptions> = {}): DnsProxy {
+  return new DnsProxy({ listen: { address: '127.0.0.1', port: 0 }, upstream, verdict: () => ({ allowed: true }), learn: async () => {}, log: pino({ level: 'silent' }), ...limits });
+}
+
 test('DNS proxy: floods are bounded (queries in flight, TCP connections) and it keeps answering', async () => {
   const upstream = new TestDnsServer('127.0.0.1');
   await upstream.start();
-  const proxy = new DnsProxy({
-    listen: { address: '127.0.0.1', port: 0 },
-    upstream: () => ({ address: '127.0.0.1', port: upstream.port }),
-    verdict: () => ({ allowed: true }),
-    learn: async () => {},
-    maxInFlight: 4,
-    maxTcpConnections: 2,
-    log: pino({ level: 'silent' }),
-  });
+  const proxy = allowAllProxy(() => ({ address: '127.0.0.1', port: upstream.port }), { maxInFlight: 4, maxTcpConnections: 2 });
   const at = await proxy.start();
   const held: net.Socket[] = [];
   const c = new UdpClient(at);
@@ -345,17 +343,141 @@ test('DNS proxy: floods are bounded (queries in flight, TCP connections) and it 
   }
 });
 
+/** A UDP socket bound to `address` (another workload's address on loopback) that counts what it hears. */
+async function udpBound(address: string): Promise<{ sock: dgram.Socket; port: number; heard: () => number }> {
+  const sock = dgram.createSocket('udp4');
+  let heard = 0;
+  sock.on('message', () => heard++);
+  await new Promise<void>((resolve, reject) => sock.once('error', reject).bind(0, address, resolve));
+  return { sock, port: sock.address().port, heard: () => heard };
+}
+
+function tcpFramed(queries: Buffer[]): Buffer {
+  return Buffer.concat(queries.flatMap((q) => {
+    const f = Buffer.alloc(2);
+    f.writeUInt16BE(q.length);
+    return [f, q];
+  }));
+}
+
+test('DNS proxy: a workload flooding it with queries its upstream never answers leaves the others their share', async () => {
+  // 127.0.0.2 is the hostile workload: its upstream swallows every query, so each one it sends stays in
+  // flight until the (long) upstream deadline. 127.0.0.1 is a well-behaved one with a real upstream.
+  const upstream = new TestDnsServer('127.0.0.1');
+  await upstream.start();
+  const blackHole = await udpBound('127.0.0.1');
+  const hostile = await udpBound('127.0.0.2');
+  const proxy = allowAllProxy((client) => ({ address: '127.0.0.1', port: client.address === '127.0.0.2' ? blackHole.port : upstream.port }), { upstreamTimeoutMs: 60_000, maxInFlight: 64, maxInFlightPerClient: 16 });
+  const at = await proxy.start();
+  const c = new UdpClient(at);
+  try {
+    for (let i = 0; i < 200; i++) hostile.sock.send(dnsQueryBuild(i, `n${i}.test`, DnsType.A), at.port, at.address);
+    await waitFor('the flood to be taken or turned away', async () => proxy.queriesInFlight + proxy.stats.dropped === 200, 10_000);
+    assert.equal(proxy.queriesInFlight, 16, 'the flooding workload holds only its own share');
+    assert.equal(proxy.stats.droppedBy['client-in-flight'], 184);
+    assert.equal(proxy.stats.droppedBy['in-flight'], 0);
+    await waitFor('the black hole to hear the queries taken', async () => blackHole.heard() === 16, 10_000);
+    // The other workload is answered, over UDP and TCP, while the flood holds its slots.
+    for (let i = 0; i < 20; i++) {
+      c.send(dnsQueryBuild(1000 + i, 'api.test', DnsType.A));
+      const r = dnsParse(await c.next());
+      assert.equal(r.id, 1000 + i);
+      assert.equal(r.rcode, DnsRcode.NOERROR);
+    }
+    assert.equal(dnsParse(await tcpQuery(at, dnsQueryBuild(2000, 'api.test', DnsType.A))).rcode, DnsRcode.NOERROR);
+  } finally {
+    c.close();
+    hostile.sock.close();
+    await proxy.stop();
+    blackHole.sock.close();
+    await upstream.stop();
+  }
+});
+
+test('DNS proxy: one workload cannot hold every TCP connection; pipelined queries are held back, not dropped', async () => {
+  const upstream = new TestDnsServer('127.0.0.1');
+  await upstream.start();
+  const proxy = allowAllProxy(() => ({ address: '127.0.0.1', port: upstream.port }), { maxTcpConnections: 8, maxTcpConnectionsPerClient: 3 });
+  const at = await proxy.start();
+  const held: net.Socket[] = [];
+  const connect = (localAddress: string) =>
+    new Promise<net.Socket>((resolve, reject) => {
+      const s = net.connect({ host: at.address, port: at.port, localAddress }, () => resolve(s));
+      s.once('error', reject);
+    });
+  const closedByProxy = (s: net.Socket) =>
+    new Promise<boolean>((resolve) => {
+      s.on('close', () => resolve(true));
+      s.on('error', () => undefined);
+      // Deadline for the failure case only (a proxy without the cap keeps it open).
+      setTimeout(() => resolve(false), 10_000).unref();
+    });
+  try {
+    for (let i = 0; i < 3; i++) held.push(await connect('127.0.0.2'));
+    const fourth = await connect('127.0.0.2');
+    held.push(fourth);
+    assert.equal(await closedByProxy(fourth), true, 'a fourth connection of one workload is closed');
+    assert.equal(proxy.stats.droppedBy['client-tcp-connections'], 1);
+    // Another workload still gets its connections and answers: 40 queries in one write (more than the
+    // proxy takes from one connection at once), every one answered, in order.
+    const s = await connect('127.0.0.1');
+    held.push(s);
+    const answers = await new Promise<number[]>((resolve, reject) => {
+      let buf = Buffer.alloc(0);
+      const ids: number[] = [];
+      s.on('data', (chunk) => {
+        buf = Buffer.concat([buf, chunk]);
+        while (buf.length >= 2 && buf.length >= 2 + buf.readUInt16BE(0)) {
+          ids.push(dnsParse(buf.subarray(2, 2 + buf.readUInt16BE(0))).id);
+          buf = buf.subarray(2 + buf.readUInt16BE(0));
+        }
+        if (ids.length === 40) resolve(ids);
+      });
+      s.on('close', () => reject(new Error(`the connection closed after ${ids.length} answers`)));
+      s.write(tcpFramed(Array.from({ length: 40 }, (_, i) => dnsQueryBuild(i, 'api.test', DnsType.A))));
+    });
+    assert.deepEqual(answers, Array.from({ length: 40 }, (_, i) => i));
+    assert.equal(proxy.stats.dropped, 1);
+  } finally {
+    for (const h of held) h.destroy();
+    await proxy.stop();
+    await upstream.stop();
+  }
+});
+
+test('DNS proxy: queries pipelined on a TCP connection that closed are not asked upstream', async () => {
+  const blackHole = dgram.createSocket('udp4');
+  const heard: string[] = [];
+  blackHole.on('message', (m) => heard.push(dnsParse(m).questions[0]!.name));
+  await new Promise<void>((resolve, reject) => blackHole.once('error', reject).bind(0, '127.0.0.1', resolve));
+  // TCP queries go upstream over TCP: a TCP server that reads and never answers.
+  const silentTcp = net.createServer((s) => {
+    s.on('data', (c) => heard.push(dnsParse(c.subarray(2)).questions[0]!.name));
+    s.on('error', () => s.destroy());
+  });
+  await new Promise<void>((resolve) => silentTcp.listen(blackHole.address().port, '127.0.0.1', resolve));
+  const proxy = allowAllProxy(() => ({ address: '127.0.0.1', port: blackHole.address().port }), { upstreamTimeoutMs: 500 });
+  const at = await proxy.start();
+  try {
+    const s = net.connect({ host: at.address, port: at.port });
+    await new Promise<void>((resolve, reject) => s.once('connect', resolve).once('error', reject));
+    s.write(tcpFramed(Array.from({ length: 10 }, (_, i) => dnsQueryBuild(i, `q${i}.test`, DnsType.A))));
+    await waitFor('the proxy to take the queries', async () => proxy.queriesInFlight === 10, 10_000);
+    await waitFor('the first query upstream', async () => heard.length === 1, 10_000);
+    s.destroy();
+    await waitFor('every query to be let go', async () => proxy.queriesInFlight === 0, 20_000);
+    assert.deepEqual(heard, ['q0.test'], 'only the query under way when the client left went upstream');
+  } finally {
+    await proxy.stop();
+    blackHole.close();
+    await new Promise<void>((r) => silentTcp.close(() => r()));
+  }
+});
+
 test('DNS proxy: an upstream that does not answer gives SERVFAIL', async () => {
   const silent = dgram.createSocket('udp4');
   await new Promise<void>((resolve, reject) => silent.once('error', reject).bind(0, '127.0.0.1', resolve));
-  const proxy = new DnsProxy({
-    listen: { address: '127.0.0.1', port: 0 },
-    upstream: () => ({ address: '127.0.0.1', port: silent.address().port }),
-    verdict: () => ({ allowed: true }),
-    learn: async () => {},
-    upstreamTimeoutMs: 200,
-    log: pino({ level: 'silent' }),
-  });
+  const proxy = allowAllProxy(() => ({ address: '127.0.0.1', port: silent.address().port }), { upstreamTimeoutMs: 200 });
   const at = await proxy.start();
   const c = new UdpClient(at);
   try {
