@@ -37,6 +37,14 @@ export const DnsConfigSchema = z
         maxQueriesInFlight: z.number().int().min(1).max(1_000_000).default(1024),
         /** The same for one workload address, so that one flooding workload leaves the others theirs. */
         maxQueriesInFlightPerWorkload: z.number().int().min(1).max(1_000_000).default(128),
+        /**
+         * Addresses the proxy keeps learned at once (each an ipcache entry when a toFQDNs selector
+         * matches its name; the map holds 65,536 for the whole host). Beyond it, answers with new
+         * addresses are SERVFAIL until some expire.
+         */
+        maxLearnedAddresses: z.number().int().min(1).max(1_000_000).default(32_768),
+        /** The share of one workload: the addresses its answers brought in, until they expire. */
+        maxLearnedAddressesPerWorkload: z.number().int().min(1).max(1_000_000).default(8192),
         /** Open DNS-over-TCP connections at once (each proxy). */
         maxTcpConnections: z.number().int().min(1).max(65_535).default(256),
         /** The same for one workload address. */
@@ -44,7 +52,7 @@ export const DnsConfigSchema = z
       })
       .strict()
       .superRefine((v, ctx) => {
-        for (const [each, all] of [['maxQueriesInFlightPerWorkload', 'maxQueriesInFlight'], ['maxTcpConnectionsPerWorkload', 'maxTcpConnections']] as const) {
+        for (const [each, all] of [['maxQueriesInFlightPerWorkload', 'maxQueriesInFlight'], ['maxLearnedAddressesPerWorkload', 'maxLearnedAddresses'], ['maxTcpConnectionsPerWorkload', 'maxTcpConnections']] as const) {
           if (v[each] > v[all]) ctx.addIssue({ code: 'custom', path: [each], message: `${v[each]} is more than dns.proxy.${all} (${v[all]}): one workload could take every slot` });
         }
       })

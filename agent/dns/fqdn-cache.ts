@@ -25,6 +25,9 @@ export interface FqdnCacheOptions {
   maxAddressesPerName?: number;
 }
 
+/** Whom a learned address counts against: a workload's endpoint id (or a client address the proxy could not name). */
+export type DnsAddressOwner = number | string;
+
 /** The cache as JSON, for restoring after an agent restart. */
 export interface FqdnCacheSnapshot {
   names: Array<{ name: string; addresses: Array<{ address: string; expiresAt: number }> }>;
@@ -45,6 +48,13 @@ export class FqdnCache {
    * (a workload resolving many new names, with traffic between the answers, made that quadratic).
    */
   private readonly flowDirty = new Set<string>();
+  /**
+   * Who brought each address in (the workload whose answer first had it, when learn() was told) and
+   * how many addresses each holds: the proxy's limit per workload (dns.proxy.maxLearnedAddressesPerWorkload).
+   * An address counts against its first learner until it leaves the cache.
+   */
+  private readonly ownerOf = new Map<string, DnsAddressOwner>();
+  private readonly owned = new Map<DnsAddressOwner, number>();
 
   constructor(opts: FqdnCacheOptions = {}) {
     this.maxPerName = opts.maxAddressesPerName ?? 1000;
@@ -54,7 +64,7 @@ export class FqdnCache {
    * Records an answer: `addresses` of `name` valid for `ttlSeconds` from `nowMs`. Returns whether the
    * name gained an address (an answer that only moves expiries changes no label set and no flow name).
    */
-  learn(name: string, addresses: readonly string[], ttlSeconds: number, nowMs: number): boolean {
+  learn(name: string, addresses: readonly string[], ttlSeconds: number, nowMs: number, owner?: DnsAddressOwner): boolean {
     let m = this.byName.get(name);
     if (!m) this.byName.set(name, (m = new Map()));
     const until = nowMs + ttlSeconds * 1000;
@@ -63,7 +73,10 @@ export class FqdnCache {
       const before = m.get(a);
       if (before === undefined) {
         grew = true;
-        this.nameAdd(a, name);
+        if (this.nameAdd(a, name) && owner !== undefined) {
+          this.ownerOf.set(a, owner);
+          this.owned.set(owner, (this.owned.get(owner) ?? 0) + 1);
+        }
       }
       m.set(a, Math.max(before ?? 0, until));
     }
@@ -112,17 +125,50 @@ export class FqdnCache {
     return [...(this.byName.get(name) ?? [])].map(([address, expiresAt]) => ({ address, expiresAt }));
   }
 
-  private nameAdd(address: string, name: string): void {
+  /** Distinct addresses kept (each is an ipcache entry when a selector matches one of its names). */
+  get addressCount(): number {
+    return this.byAddress.size;
+  }
+
+  /** How many of `addresses` the cache does not hold yet (each counted once). */
+  unknownAmong(addresses: readonly string[]): number {
+    if (addresses.length > 16) return [...new Set(addresses)].filter((a) => !this.byAddress.has(a)).length;
+    let n = 0;
+    for (let i = 0; i < addresses.length; i++) {
+      const a = addresses[i]!;
+      if (!this.byAddress.has(a) && addresses.indexOf(a) === i) n++;
+    }
+    return n;
+  }
+
+  /** Addresses counted against `owner` (brought in by its answers and still kept). */
+  ownedBy(owner: DnsAddressOwner): number {
+    return this.owned.get(owner) ?? 0;
+  }
+
+  /** Returns whether the address is new to the cache. */
+  private nameAdd(address: string, name: string): boolean {
     let names = this.byAddress.get(address);
+    const fresh = !names;
     if (!names) this.byAddress.set(address, (names = new Set()));
     names.add(name);
     this.flowDirty.add(address);
+    return fresh;
   }
 
   private nameDelete(address: string, name: string): void {
     const names = this.byAddress.get(address);
     if (!names?.delete(name)) return;
-    if (names.size === 0) this.byAddress.delete(address);
+    if (names.size === 0) {
+      this.byAddress.delete(address);
+      const owner = this.ownerOf.get(address);
+      if (owner !== undefined) {
+        this.ownerOf.delete(address);
+        const left = this.owned.get(owner)! - 1;
+        if (left > 0) this.owned.set(owner, left);
+        else this.owned.delete(owner);
+      }
+    }
     this.flowDirty.add(address);
   }
 

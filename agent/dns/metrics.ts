@@ -75,6 +75,8 @@ export function dnsMetricsRegister(registry: Registry): (e: DnsQueryEvent) => vo
 export function dnsProxyMetricsRegister(registry: Registry, stats: DnsProxyStats): void {
   mirroredCounter(registry, 'kitnet_dns_proxy_dropped_total', 'DNS queries and TCP connections the proxy turned away unanswered, by the limit reached (dns.proxy.maxQueriesInFlight, ...PerWorkload, maxTcpConnections, ...PerWorkload)', ['reason'] as const, () =>
     (Object.entries(stats.droppedBy) as Array<[DnsDropReason, number]>).map(([reason, n]) => [{ reason }, n]));
+  mirroredCounter(registry, 'kitnet_dns_proxy_learn_refused_total', 'Answers not released (SERVFAIL) because their new addresses would pass a limit on learned addresses: the asking workload\'s (dns.proxy.maxLearnedAddressesPerWorkload) or the total (maxLearnedAddresses)', ['limit'] as const, () =>
+    (Object.entries(stats.learnRefused) as Array<[string, number]>).map(([limit, n]) => [{ limit }, n]));
   mirroredCounter(registry, 'kitnet_dns_proxy_malformed_total', 'Messages sent to the DNS proxy that were not a query it could read', [], () => [[{}, stats.malformed]]);
   mirroredCounter(registry, 'kitnet_dns_proxy_upstream_failures_total', 'Queries answered SERVFAIL because the upstream failed, did not answer in time, or its answer could not be learned', [], () => [[{}, stats.upstreamFailures]]);
 }

@@ -87,10 +87,26 @@ export interface DnsProxyStats {
   /** Every query or connection turned away, whatever the reason (the sum of droppedBy). */
   dropped: number;
   droppedBy: Record<DnsDropReason, number>;
+  /** Answers not released (SERVFAIL) because learning them would pass a limit on learned addresses. */
+  learnRefused: Record<DnsLearnLimitError['limit'], number>;
 }
 
 export function dnsProxyStatsCreate(): DnsProxyStats {
-  return { allowed: 0, refused: 0, malformed: 0, upstreamFailures: 0, dropped: 0, droppedBy: { 'in-flight': 0, 'client-in-flight': 0, 'tcp-connections': 0, 'client-tcp-connections': 0 } };
+  return { allowed: 0, refused: 0, malformed: 0, upstreamFailures: 0, dropped: 0, droppedBy: { 'in-flight': 0, 'client-in-flight': 0, 'tcp-connections': 0, 'client-tcp-connections': 0 }, learnRefused: { workload: 0, total: 0 } };
+}
+
+/**
+ * `learn` refusing an answer's new addresses because a limit on learned addresses was reached (the
+ * asking workload's share, or the total): the answer is SERVFAIL, counted by the limit.
+ */
+export class DnsLearnLimitError extends Error {
+  constructor(
+    readonly limit: 'workload' | 'total',
+    message: string,
+  ) {
+    super(message);
+    this.name = 'DnsLearnLimitError';
+  }
 }
 
 export type DnsQueryEvent = {
@@ -131,7 +147,7 @@ export class DnsProxy {
   private readonly inFlightBy = new Map<string, number>();
   private readonly tcpBy = new Map<string, number>();
   private readonly tcpSockets = new Set<net.Socket>();
-  private dropLoggedAt = -Infinity;
+  private readonly warnedAt = new Map<string, number>();
   /** The upstream sockets UDP queries share (agent/dns/upstream-udp.ts). */
   readonly upstreams = new UdpUpstreams();
   readonly stats: DnsProxyStats;
@@ -203,13 +219,17 @@ export class DnsProxy {
   private drop(reason: DnsDropReason, client: DnsEndpoint): false {
     this.stats.dropped++;
     this.stats.droppedBy[reason]++;
-    const now = performance.now();
-    if (now - this.dropLoggedAt >= DROP_LOG_INTERVAL_MS) {
-      this.dropLoggedAt = now;
-      const limit = { 'in-flight': 'dns.proxy.maxQueriesInFlight', 'client-in-flight': 'dns.proxy.maxQueriesInFlightPerWorkload', 'tcp-connections': 'dns.proxy.maxTcpConnections', 'client-tcp-connections': 'dns.proxy.maxTcpConnectionsPerWorkload' }[reason];
-      this.opts.log.warn({ client: client.address, reason, limit, droppedBy: this.stats.droppedBy }, `DNS proxy: turning queries away (${limit} reached); later ones are counted in kitnet_dns_proxy_dropped_total`);
-    }
+    const limit = { 'in-flight': 'dns.proxy.maxQueriesInFlight', 'client-in-flight': 'dns.proxy.maxQueriesInFlightPerWorkload', 'tcp-connections': 'dns.proxy.maxTcpConnections', 'client-tcp-connections': 'dns.proxy.maxTcpConnectionsPerWorkload' }[reason];
+    this.warnSometimes('drop', { client: client.address, reason, limit, droppedBy: this.stats.droppedBy }, `DNS proxy: turning queries away (${limit} reached); later ones are counted in kitnet_dns_proxy_dropped_total`);
     return false;
+  }
+
+  /** A warning of this kind at most every DROP_LOG_INTERVAL_MS: a flooding workload must not flood the log too. */
+  private warnSometimes(kind: string, fields: object, message: string): void {
+    const now = performance.now();
+    if (now - (this.warnedAt.get(kind) ?? -Infinity) < DROP_LOG_INTERVAL_MS) return;
+    this.warnedAt.set(kind, now);
+    this.opts.log.warn(fields, message);
   }
 
   private udpQuery(sock: dgram.Socket, msg: Buffer, client: DnsEndpoint): void {
@@ -350,8 +370,13 @@ export class DnsProxy {
         await this.opts.learn(client, learned);
       } catch (e) {
         // Releasing the answer now would send the workload to addresses the datapath does not allow yet.
-        this.stats.upstreamFailures++;
-        this.opts.log.warn({ err: e, client, name: q.name }, 'DNS proxy: learning the answer failed, answering SERVFAIL');
+        if (e instanceof DnsLearnLimitError) {
+          this.stats.learnRefused[e.limit]++;
+          this.warnSometimes('learn-limit', { client: client.address, name: q.name, learnRefused: this.stats.learnRefused }, `DNS proxy: ${e.message}; answering SERVFAIL (later ones are counted in kitnet_dns_proxy_learn_refused_total)`);
+        } else {
+          this.stats.upstreamFailures++;
+          this.opts.log.warn({ err: e, client, name: q.name }, 'DNS proxy: learning the answer failed, answering SERVFAIL');
+        }
         this.event(client, transport, query, verdict, receivedNs, upstream, DnsRcode.SERVFAIL);
         return dnsErrorReply(msg, DnsRcode.SERVFAIL);
       }

@@ -35,8 +35,8 @@ import type { DnsConfig } from './config.js';
 import { upstreamParse } from './config.js';
 import type { LearnedName } from './codec.js';
 import { FqdnCache, fqdnAddressCidr, fqdnLabelMatchers } from './fqdn-cache.js';
-import type { FqdnIdentities, FqdnLabelMatcher } from './fqdn-cache.js';
-import { DnsProxy, dnsProxyStatsCreate } from './proxy.js';
+import type { DnsAddressOwner, FqdnIdentities, FqdnLabelMatcher } from './fqdn-cache.js';
+import { DnsLearnLimitError, DnsProxy, dnsProxyStatsCreate } from './proxy.js';
 import { DNS_STATE_FILE, dnsStateRead, dnsStateWrite } from './state-file.js';
 import type { DnsEndpoint, DnsProxyStats, DnsQueryEvent, DnsTransport, DnsVerdict } from './proxy.js';
 import { dnsPlanVerdict, dnsQueryPlan, sectionIndex } from './verdict.js';
@@ -362,11 +362,16 @@ export class DnsSteering {
    * under the agent's mutex, shared by every answer that arrives before that write starts (all in the
    * cache by then), which covers only their addresses (learnedApply).
    */
-  private learn(_client: DnsEndpoint, learned: LearnedName[]): Promise<void> {
+  private learn(client: DnsEndpoint, learned: LearnedName[]): Promise<void> {
     const now = Date.now();
     const settled = !this.refreshQueued && !this.refreshing && this.learnedRefresh === undefined;
     const known = settled && learned.every((l) => l.addresses.every((a) => this.cache.has(l.name, a) && this.applied.has(fqdnAddressCidr(a))));
-    for (const l of learned) this.cache.learn(l.name, l.addresses, l.ttl, now);
+    const owner = this.workloadOf(client.address)?.endpointId ?? client.address;
+    if (!known) {
+      const refusal = this.learnLimit(owner, learned);
+      if (refusal) return Promise.reject(refusal);
+    }
+    for (const l of learned) this.cache.learn(l.name, l.addresses, l.ttl, now, owner);
     if (known) {
       this.saveSoon(EXPIRY_SAVE_DELAY_MS);
       return Promise.resolve();
@@ -382,6 +387,28 @@ export class DnsSteering {
         return this.learnedApply(addresses);
       }),
     ));
+  }
+
+  /**
+   * Why an answer's new addresses may not be learned, if they may not: the cache would pass
+   * dns.proxy.maxLearnedAddresses, or the asking workload its share (each address counts against the
+   * workload whose answer brought it, until it leaves). A workload allowed a wildcard it controls
+   * (random names, an address each, long TTLs) would otherwise fill the ipcache map the whole host
+   * shares, and no other workload could be added or learn a name.
+   */
+  private learnLimit(owner: DnsAddressOwner, learned: LearnedName[]): DnsLearnLimitError | undefined {
+    const addresses = learned.length === 1 ? learned[0]!.addresses : learned.flatMap((l) => l.addresses);
+    const fresh = this.cache.unknownAmong(addresses);
+    if (fresh === 0) return undefined;
+    const { maxLearnedAddresses: all, maxLearnedAddressesPerWorkload: each } = this.deps.config.proxy;
+    const held = this.cache.ownedBy(owner);
+    if (held + fresh > each) {
+      return new DnsLearnLimitError('workload', `${typeof owner === 'number' ? `endpoint ${owner}` : `client ${owner}`} holds ${held} learned addresses and dns.proxy.maxLearnedAddressesPerWorkload is ${each}: the answer's ${fresh} new addresses are not learned`);
+    }
+    if (this.cache.addressCount + fresh > all) {
+      return new DnsLearnLimitError('total', `the proxy holds ${this.cache.addressCount} learned addresses and dns.proxy.maxLearnedAddresses is ${all}: the answer's ${fresh} new addresses are not learned`);
+    }
+    return undefined;
   }
 
   /**

@@ -5,7 +5,8 @@
 // query for a name no DNS rule allows is REFUSED by the proxy; a query sent straight to another resolver
 // address is steered all the same; DNS over TCP too. Hostile senders: malformed and oversized queries, a
 // resolver replying with the wrong id, with addresses for a name not asked, or with garbage: no
-// identity, no access, and the proxy keeps answering. An agent restart keeps what was learned (and a
+// identity, no access, and the proxy keeps answering; a workload resolving a wildcard of its own (a new
+// address per name) is stopped at its share of learned addresses while another still learns. An agent restart keeps what was learned (and a
 // corrupt state file is ignored, not half-used). dns.proxy.minTTL 600 keeps the 5 s records through
 // the restarts.
 import assert from 'node:assert/strict';
@@ -34,6 +35,7 @@ const EXT = {
   dns4: '10.228.0.2', dns6: 'fd00:228::2', dnsOther4: '10.228.0.3', evil4: '10.228.0.4',
   api4: '10.228.1.10', api6: 'fd00:228:1::10', other4: '10.228.1.11', other6: 'fd00:228:1::11',
   svcA4: '10.228.1.20', svcB4: '10.228.1.21', unasked4: '10.228.1.30', short1: '10.228.1.40', short2: '10.228.1.41',
+  fresh4: '10.228.2.200',
 };
 
 const SERVER_PY = `
@@ -117,6 +119,27 @@ if len(sys.argv) > 6 and held:
     while not os.path.exists(sys.argv[6]) and time.time() < deadline: time.sleep(0.05)
     held[0].settimeout(5); held[0].sendall(b'x'); sys.exit(0 if held[0].recv(1) == b'x' else 1)
 `;
+/** FLOOD_CAP: dns.proxy.maxLearnedAddressesPerWorkload of this agent; the hostile workload asks for more. */
+const FLOOD_CAP = 100;
+/**
+ * A workload resolving COUNT names of a wildcard it may look up, each with an address of its own
+ * (dnsmasq's synth-domain: ip-10-229-X-Y.flood.test -> 10.229.X.Y), one after the other over UDP;
+ * prints the rcodes (-1: no answer).
+ */
+const FLOOD_PY = `
+import json, socket, struct, sys
+server, count = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(8)
+rcodes = []
+for i in range(count):
+    name = 'ip-10-229-%d-%d.flood.test' % (i // 250, 1 + i % 250)
+    q = struct.pack('>HHHHHH', i, 0x0100, 1, 0, 0, 0) + b''.join(bytes([len(l)]) + l.encode() for l in name.split('.')) + b'\\0' + struct.pack('>HH', 1, 1)
+    try:
+        s.sendto(q, (server, 53)); m = s.recv(4096); rcodes.append(struct.unpack('>H', m[2:4])[0] & 15)
+    except OSError:
+        rcodes.append(-1)
+print(json.dumps(rcodes))
+`;
 /** Hostile queries from the workload to SERVER:53 (steered to the proxy): each is sent and not awaited. */
 const HOSTILE_PY = `
 import socket, struct, sys
@@ -167,11 +190,12 @@ type Flow = {
 };
 
 describe('DNS-aware egress policy: toFQDNs and DNS rules through the DNS proxy (root)', { timeout: 300_000 }, () => {
-  const fx = new AgentFixture({ tag: 'dnsp', ipv4Pool: '10.227.0.0/16', ipv6Pool: 'fd00:227::/64', namespaces: ['dnsp'], overrides: { dns: { proxy: { minTTL: 600 } } } });
+  const fx = new AgentFixture({ tag: 'dnsp', ipv4Pool: '10.227.0.0/16', ipv6Pool: 'fd00:227::/64', namespaces: ['dnsp'], overrides: { dns: { proxy: { minTTL: 600, maxLearnedAddressesPerWorkload: FLOOD_CAP } } } });
   const api = fx.api;
   const children: ChildProcess[] = [];
   const hostIf = `kdnsp${fx.id}`.slice(0, 15);
   let nsC: string;
+  let nsH: string;
   let nsExt: string;
 
 
@@ -189,6 +213,7 @@ describe('DNS-aware egress policy: toFQDNs and DNS rules through the DNS proxy (
 
   before(async () => {
     nsC = await fx.netns('c');
+    nsH = await fx.netns('h');
     nsExt = await fx.netns('ext');
     // The outside: a namespace behind a veth, routed by the host like any remote network.
     await run('ip', ['link', 'add', hostIf, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', nsExt]);
@@ -200,7 +225,7 @@ describe('DNS-aware egress policy: toFQDNs and DNS rules through the DNS proxy (
     await ex('ip', 'link', 'set', 'eth0', 'up');
     for (const a of [EXT.dns4, EXT.dnsOther4, EXT.evil4]) await ex('ip', 'addr', 'add', `${a}/24`, 'dev', 'eth0');
     await ex('ip', 'addr', 'add', `${EXT.dns6}/64`, 'dev', 'eth0', 'nodad');
-    for (const a of [EXT.api4, EXT.other4, EXT.svcA4, EXT.svcB4, EXT.unasked4, EXT.short1, EXT.short2]) await ex('ip', 'addr', 'add', `${a}/32`, 'dev', 'lo');
+    for (const a of [EXT.api4, EXT.other4, EXT.svcA4, EXT.svcB4, EXT.unasked4, EXT.short1, EXT.short2, EXT.fresh4]) await ex('ip', 'addr', 'add', `${a}/32`, 'dev', 'lo');
     for (let i = 0; i < ITERATIONS; i++) await ex('ip', 'addr', 'add', `${iterAddr(i)}/32`, 'dev', 'lo');
     for (const a of [EXT.api6, EXT.other6]) await ex('ip', 'addr', 'add', `${a}/128`, 'dev', 'lo', 'nodad');
     await ex('ip', 'route', 'add', 'default', 'via', EXT.host4);
@@ -221,6 +246,8 @@ describe('DNS-aware egress policy: toFQDNs and DNS rules through the DNS proxy (
         `host-record=b.c.svc.test,${EXT.svcB4}`,
         'cname=alias.test,api.test',
         ...Array.from({ length: ITERATIONS }, (_, i) => `host-record=n${i}.iter.test,${iterAddr(i)}`),
+        `host-record=fresh.iter.test,${EXT.fresh4}`,
+        'synth-domain=flood.test,10.229.0.0/16,ip-',
         `host-record=short1.test,${EXT.short1},1`,
         `host-record=short2.test,${EXT.short2},1`,
         '',
@@ -233,6 +260,7 @@ describe('DNS-aware egress policy: toFQDNs and DNS rules through the DNS proxy (
 
     await fx.start();
     await api.call<Workload>('POST', '/v1/workloads', { name: 'c', namespace: 'dnsp', labels: { app: 'client' }, netns: `/var/run/netns/${nsC}` });
+    await api.call<Workload>('POST', '/v1/workloads', { name: 'h', namespace: 'dnsp', labels: { app: 'hostile' }, netns: `/var/run/netns/${nsH}` });
     // Before any policy (DNS not steered): the resolver answers and both servers are reachable.
     const plain = await lookup(EXT.dns4, 'other.test');
     assert.deepEqual(plain, { rcode: 0, id_ok: true, addrs: [EXT.other4], connected: [true] });
@@ -260,6 +288,19 @@ spec:
               - matchPattern: "*.evil.test"
               - matchPattern: "short*.test"
               - matchPattern: "*.iter.test"
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: flood, namespace: dnsp}
+spec:
+  endpointSelector: {matchLabels: {app: hostile}}
+  egress:
+    - toFQDNs: [{matchPattern: "*.flood.test"}]
+      toPorts: [{ports: [{port: "${PORT}", protocol: TCP}]}]
+    - toCIDR: [10.228.0.0/24]
+      toPorts:
+        - ports: [{port: "53", protocol: UDP}]
+          rules: {dns: [{matchPattern: "*.flood.test"}]}
 `,
       'application/yaml',
     );
@@ -369,6 +410,23 @@ spec:
     // still answering
     const r = await lookup(EXT.dns4, 'a.svc.test');
     assert.deepEqual([r.rcode, r.connected], [0, [true]]);
+  });
+
+  test(`a workload resolving a wildcard of its own (a new address per name) is stopped at its share (${FLOOD_CAP} addresses); the others still learn`, async () => {
+    const flood4 = () => fqdnEntries().filter(([cidr]) => cidr.startsWith('10.229.'));
+    const rcodes = JSON.parse(await run('ip', ['netns', 'exec', nsH, 'python3', '-c', FLOOD_PY, EXT.dns4, String(FLOOD_CAP + 20)], { timeoutMs: 120_000 })) as number[];
+    assert.deepEqual(rcodes.slice(0, FLOOD_CAP), Array(FLOOD_CAP).fill(0), 'its share is answered');
+    assert.deepEqual(rcodes.slice(FLOOD_CAP), Array(20).fill(2), 'beyond its share: SERVFAIL, never an answer the maps do not have');
+    assert.equal(flood4().length, FLOOD_CAP, 'the ipcache holds its share and no more');
+    // The other workload still learns a new name, and its first connection goes through.
+    const r = await lookup(EXT.dns4, 'fresh.iter.test');
+    assert.deepEqual([r.rcode, r.addrs, r.connected], [0, [EXT.fresh4], [true]]);
+    // The names it had already learned are answered again (nothing new to learn).
+    const again = JSON.parse(await run('ip', ['netns', 'exec', nsH, 'python3', '-c', FLOOD_PY, EXT.dns4, '3'])) as number[];
+    assert.deepEqual(again, [0, 0, 0]);
+    const text = await fx.agent.metrics.registry.metrics();
+    assert.match(text, /^kitnet_dns_proxy_learn_refused_total\{limit="workload"\} 20$/m);
+    assert.match(text, /^kitnet_dns_proxy_learn_refused_total\{limit="total"\} 0$/m);
   });
 
   test("Hubble's DNS metrics count the proxy's queries and responses", async () => {

@@ -191,3 +191,27 @@ test('identitiesAdd (new answers only) gives what a full identities() gives, and
   for (const id of added.keys()) assert.ok(!before.has(id) && ids.identities.has(id));
   assert.deepEqual(c.namesOf('192.0.2.4').sort(), ['api.test', 'c.svc.test']);
 });
+
+test('learned addresses count against the workload whose answer brought them, until they leave the cache', () => {
+  const c = new FqdnCache({ maxAddressesPerName: 3 });
+  assert.equal(c.unknownAmong(['192.0.2.1', '192.0.2.1', '192.0.2.2']), 2, 'each address once');
+  c.learn('a.test', ['192.0.2.1', '192.0.2.2'], 10, 0, 7);
+  // Another workload asking a name with a shared address: only the address new to the cache is its.
+  c.learn('b.test', ['192.0.2.2', '192.0.2.3'], 100, 0, 8);
+  assert.deepEqual([c.ownedBy(7), c.ownedBy(8), c.addressCount], [2, 1, 3]);
+  assert.equal(c.unknownAmong(['192.0.2.2', '192.0.2.4']), 1);
+  // The per-name cap pushes out a.test's soonest: .1 leaves the cache (7 holds one less).
+  c.learn('a.test', ['192.0.2.5', '192.0.2.6'], 50, 0, 7);
+  assert.deepEqual([c.ownedBy(7), c.addressCount], [3, 4]);
+  // Expiry: a.test's addresses go at 50 s, but .2 stays (b.test has it until 100 s) and stays 7's.
+  c.expire(60_000, () => false);
+  assert.deepEqual(c.addresses('a.test'), []);
+  assert.deepEqual([c.ownedBy(7), c.ownedBy(8), c.addressCount], [1, 1, 2]);
+  c.expire(200_000, () => false);
+  assert.deepEqual([c.ownedBy(7), c.ownedBy(8), c.addressCount], [0, 0, 0]);
+  // A hundred addresses of one answer (the Set path) and an answer without an owner (restored state).
+  const many = Array.from({ length: 100 }, (_, i) => `198.51.100.${i}`);
+  assert.equal(c.unknownAmong([...many, ...many]), 100);
+  c.learn('many.test', many.slice(0, 3), 10, 0);
+  assert.deepEqual([c.ownedBy(7), c.addressCount], [0, 3]);
+});

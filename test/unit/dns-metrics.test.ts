@@ -45,12 +45,15 @@ test('DNS proxy metrics: what it turned away, by the limit reached, read from it
   dnsProxyMetricsRegister(registry, stats);
   stats.droppedBy['client-in-flight'] = 184;
   stats.droppedBy['client-tcp-connections'] = 1;
+  stats.learnRefused.workload = 7;
   stats.malformed = 2;
   stats.upstreamFailures = 5;
   let text = await registry.metrics();
   assert.equal(value(text, 'kitnet_dns_proxy_dropped_total', 'reason="client-in-flight"'), 184);
   assert.equal(value(text, 'kitnet_dns_proxy_dropped_total', 'reason="client-tcp-connections"'), 1);
   assert.equal(value(text, 'kitnet_dns_proxy_dropped_total', 'reason="in-flight"'), 0);
+  assert.equal(value(text, 'kitnet_dns_proxy_learn_refused_total', 'limit="workload"'), 7);
+  assert.equal(value(text, 'kitnet_dns_proxy_learn_refused_total', 'limit="total"'), 0);
   assert.match(text, /^kitnet_dns_proxy_malformed_total 2$/m);
   assert.match(text, /^kitnet_dns_proxy_upstream_failures_total 5$/m);
   stats.droppedBy['client-in-flight']++;
