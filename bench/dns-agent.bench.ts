@@ -255,6 +255,8 @@ spec:
   const rcodes: Record<string, number> = {};
   for (const m of text.matchAll(/^hubble_dns_responses_total\{rcode="([^"]*)"[^}]*\} (\d+)/gm)) rcodes[m[1]!] = (rcodes[m[1]!] ?? 0) + Number(m[2]);
   for (const m of text.matchAll(/^hubble_dns_queries_total\{rcode="Policy denied"[^}]*\} (\d+)/gm)) rcodes['Policy denied'] = (rcodes['Policy denied'] ?? 0) + Number(m[1]);
+  // Turned away by the proxy's limits (warm-up included: the phases' own losses are `lost`).
+  for (const m of text.matchAll(/^kitnet_dns_proxy_dropped_total\{reason="([^"]*)"\} ([1-9]\d*)/gm)) rcodes[`dropped (${m[1]!})`] = Number(m[2]);
   return { direct, proxy, proxyAgentCpu, agentUsPerLookup, rcodes, gc, ...(allocated !== undefined ? { allocatedPerLookup: allocated / Math.max(1, proxy.n) } : {}) };
 }
 

@@ -34,9 +34,9 @@ export const DnsConfigSchema = z
         /** Addresses kept per name (Cilium --tofqdns-endpoint-max-ip-per-hostname). */
         maxIPsPerName: z.number().int().min(1).max(100_000).default(1000),
         /** Queries the proxy waits on at once (each proxy: IPv4, IPv6); beyond it new ones are dropped. */
-        maxQueriesInFlight: z.number().int().min(1).max(1_000_000).default(1024),
+        maxQueriesInFlight: z.number().int().min(1).max(1_000_000).default(4096),
         /** The same for one workload address, so that one flooding workload leaves the others theirs. */
-        maxQueriesInFlightPerWorkload: z.number().int().min(1).max(1_000_000).default(128),
+        maxQueriesInFlightPerWorkload: z.number().int().min(1).max(1_000_000).default(512),
         /**
          * Addresses the proxy keeps learned at once (each an ipcache entry when a toFQDNs selector
          * matches its name; the map holds 65,536 for the whole host). Beyond it, answers with new

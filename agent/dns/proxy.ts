@@ -59,10 +59,10 @@ export interface DnsProxyOptions {
   minTtl?: number;
   /** How long to wait for the upstream (default 5000 ms). */
   upstreamTimeoutMs?: number;
-  /** Queries in flight at once; beyond it new ones are dropped and counted (default 1024). */
+  /** Queries in flight at once; beyond it new ones are dropped and counted (default 4096). */
   maxInFlight?: number;
   /**
-   * Queries in flight at once from one client address (default 128): a workload flooding the proxy
+   * Queries in flight at once from one client address (default 512): a workload flooding the proxy
    * with names its upstream never answers holds each for upstreamTimeoutMs, and must not take the
    * others' share of maxInFlight.
    */
@@ -202,8 +202,8 @@ export class DnsProxy {
   /** Counts a query in flight for `client`, or turns it away (counted, logged now and then). */
   private admit(client: DnsEndpoint): boolean {
     const mine = this.inFlightBy.get(client.address) ?? 0;
-    if (this.inFlight >= (this.opts.maxInFlight ?? 1024)) return this.drop('in-flight', client);
-    if (mine >= (this.opts.maxInFlightPerClient ?? 128)) return this.drop('client-in-flight', client);
+    if (this.inFlight >= (this.opts.maxInFlight ?? 4096)) return this.drop('in-flight', client);
+    if (mine >= (this.opts.maxInFlightPerClient ?? 512)) return this.drop('client-in-flight', client);
     this.inFlight++;
     this.inFlightBy.set(client.address, mine + 1);
     return true;
