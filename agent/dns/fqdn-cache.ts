@@ -30,7 +30,7 @@ export type DnsAddressOwner = number | string;
 
 /** The cache as JSON, for restoring after an agent restart. */
 export interface FqdnCacheSnapshot {
-  names: Array<{ name: string; addresses: Array<{ address: string; expiresAt: number }> }>;
+  names: Array<{ name: string; addresses: Array<{ address: string; expiresAt: number; owner?: DnsAddressOwner | undefined }> }>;
 }
 
 export class FqdnCache {
@@ -73,10 +73,7 @@ export class FqdnCache {
       const before = m.get(a);
       if (before === undefined) {
         grew = true;
-        if (this.nameAdd(a, name) && owner !== undefined) {
-          this.ownerOf.set(a, owner);
-          this.owned.set(owner, (this.owned.get(owner) ?? 0) + 1);
-        }
+        if (this.nameAdd(a, name) && owner !== undefined) this.own(a, owner);
       }
       m.set(a, Math.max(before ?? 0, until));
     }
@@ -144,6 +141,11 @@ export class FqdnCache {
   /** Addresses counted against `owner` (brought in by its answers and still kept). */
   ownedBy(owner: DnsAddressOwner): number {
     return this.owned.get(owner) ?? 0;
+  }
+
+  private own(address: string, owner: DnsAddressOwner): void {
+    this.ownerOf.set(address, owner);
+    this.owned.set(owner, (this.owned.get(owner) ?? 0) + 1);
   }
 
   /** Returns whether the address is new to the cache. */
@@ -217,7 +219,15 @@ export class FqdnCache {
   }
 
   snapshot(): FqdnCacheSnapshot {
-    return { names: [...this.byName].map(([name, m]) => ({ name, addresses: [...m].map(([address, expiresAt]) => ({ address, expiresAt })) })) };
+    return {
+      names: [...this.byName].map(([name, m]) => ({
+        name,
+        addresses: [...m].map(([address, expiresAt]) => {
+          const owner = this.ownerOf.get(address);
+          return owner === undefined ? { address, expiresAt } : { address, expiresAt, owner };
+        }),
+      })),
+    };
   }
 
   static restore(s: FqdnCacheSnapshot, opts: FqdnCacheOptions = {}): FqdnCache {
@@ -226,7 +236,7 @@ export class FqdnCache {
       const m = new Map<string, number>();
       for (const a of n.addresses) {
         m.set(a.address, a.expiresAt);
-        c.nameAdd(a.address, n.name);
+        if (c.nameAdd(a.address, n.name) && a.owner !== undefined) c.own(a.address, a.owner);
       }
       c.byName.set(n.name, m);
     }

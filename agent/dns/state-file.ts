@@ -20,7 +20,18 @@ const StateSchema = z
         z
           .object({
             name: z.string().min(1).max(255),
-            addresses: z.array(z.object({ address: z.string().refine((a) => isIP(a) !== 0, 'must be an IP address'), expiresAt: z.number().int().nonnegative() }).strict()).max(100_000),
+            addresses: z
+              .array(
+                z
+                  .object({
+                    address: z.string().refine((a) => isIP(a) !== 0, 'must be an IP address'),
+                    expiresAt: z.number().int().nonnegative(),
+                    /** Whom the address counts against (the workload's endpoint id, else its address): the limit per workload holds across restarts. */
+                    owner: z.union([z.number().int().nonnegative(), z.string().max(64)]).optional(),
+                  })
+                  .strict(),
+              )
+              .max(100_000),
           })
           .strict(),
       )

@@ -531,7 +531,7 @@ export class DnsSteering {
     // Written while running, expiry-only changes reach the file up to EXPIRY_SAVE_DELAY_MS late: never
     // restore one shorter. A clean stop's file is current.
     const lag = saved.complete ? 0 : EXPIRY_SAVE_DELAY_MS;
-    const names = saved.names.map((n) => ({ name: n.name, addresses: n.addresses.map((a) => ({ address: a.address, expiresAt: a.expiresAt + lag })) }));
+    const names = saved.names.map((n) => ({ name: n.name, addresses: n.addresses.map((a) => ({ ...a, expiresAt: a.expiresAt + lag })) }));
     this.cache = FqdnCache.restore({ names }, { maxAddressesPerName: this.deps.config.proxy.maxIPsPerName });
     const next = this.cache.identities(fqdnSelectorsOf(policies), new Map(saved.identities), coverFn(policyCidrs(policies)));
     if (next.identities.size > 0) await engine.remoteIdentitiesUpdate(next.identities);

@@ -571,6 +571,9 @@ spec:
     assert.ok(before !== undefined && after !== undefined && after <= before, `TTL left ${before} s before the restart, ${after} s after: not extended`);
     assert.equal(await connects(EXT.api4), true, 'restored before the first compile: no lookup needed');
     assert.equal(await connects(EXT.other4), false);
+    // The flooding workload's addresses still count against it: its share is still full.
+    const flood = JSON.parse(await run('ip', ['netns', 'exec', nsH, 'python3', '-c', FLOOD_PY, EXT.dns4, String(FLOOD_CAP + 1)], { timeoutMs: 120_000 })) as number[];
+    assert.deepEqual(flood, [...Array(FLOOD_CAP).fill(0), 2], 'its share survives the restart');
     await fx.stop();
     writeFileSync(file, '{"version": 1, "names": [{"name": "api.test", "addresses": [{"address": "not-an-ip", "expiresAt": 1}]}], "identities": []}');
     await fx.start();

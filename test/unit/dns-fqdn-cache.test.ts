@@ -214,4 +214,11 @@ test('learned addresses count against the workload whose answer brought them, un
   assert.equal(c.unknownAmong([...many, ...many]), 100);
   c.learn('many.test', many.slice(0, 3), 10, 0);
   assert.deepEqual([c.ownedBy(7), c.addressCount], [0, 3]);
+  // Who holds what survives a snapshot and restore (an agent restart), and leaves with the address.
+  c.learn('x.test', ['203.0.113.1', '203.0.113.2'], 10, 0, 7);
+  c.learn('y.test', ['203.0.113.3'], 20, 0, '10.1.0.9');
+  const r = FqdnCache.restore(JSON.parse(JSON.stringify(c.snapshot())) as ReturnType<FqdnCache['snapshot']>);
+  assert.deepEqual([r.ownedBy(7), r.ownedBy('10.1.0.9'), r.addressCount], [2, 1, 6]);
+  r.expire(15_000, () => false);
+  assert.deepEqual([r.ownedBy(7), r.ownedBy('10.1.0.9'), r.addressCount], [0, 1, 1]);
 });

@@ -54,7 +54,7 @@ test('learned state file: round trip, and a hostile or broken file is refused wh
   const dir = mkdtempSync(join(tmpdir(), 'kitnet-dns-state-'));
   try {
     assert.equal(dnsStateRead(dir), undefined, 'no file: nothing to restore');
-    const state = { version: 1 as const, names: [{ name: 'api.test', addresses: [{ address: '192.0.2.1', expiresAt: 5 }] }], identities: [['k', 25165825] as [string, number]] };
+    const state = { version: 1 as const, names: [{ name: 'api.test', addresses: [{ address: '192.0.2.1', expiresAt: 5 }, { address: '192.0.2.2', expiresAt: 5, owner: 12 }, { address: '2001:db8::2', expiresAt: 5, owner: '10.1.0.9' }] }], identities: [['k', 25165825] as [string, number]] };
     dnsStateWrite(dir, state);
     assert.deepEqual(dnsStateRead(dir), state);
     // A clean stop's file says so (its expiries are current: not extended on restore).
@@ -69,6 +69,8 @@ test('learned state file: round trip, and a hostile or broken file is refused wh
     bad('{"version": 2, "names": [], "identities": []}', /version/);
     bad('{"version": 1, "names": [{"name": "a", "addresses": [{"address": "x", "expiresAt": 1}]}], "identities": []}', /names\.0\.addresses\.0\.address: must be an IP address/);
     bad('{"version": 1, "names": [], "identities": [["k", -1]]}', /identities/);
+    bad('{"version": 1, "names": [{"name": "a", "addresses": [{"address": "192.0.2.1", "expiresAt": 1, "owner": -3}]}], "identities": []}', /names\.0\.addresses\.0\.owner/);
+    bad(`{"version": 1, "names": [{"name": "a", "addresses": [{"address": "192.0.2.1", "expiresAt": 1, "owner": "${'x'.repeat(65)}"}]}], "identities": []}`, /names\.0\.addresses\.0\.owner/);
     bad('{"version": 1, "names": [], "identities": [], "extra": 1}', /extra|Unrecognized/i);
     bad('{"version": 1, "names": [], "identities": [], "complete": "yes"}', /complete/);
   } finally {
