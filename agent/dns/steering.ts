@@ -366,8 +366,9 @@ export class DnsSteering {
     const now = Date.now();
     const settled = !this.refreshQueued && !this.refreshing && this.learnedRefresh === undefined;
     const known = settled && learned.every((l) => l.addresses.every((a) => this.cache.has(l.name, a) && this.applied.has(fqdnAddressCidr(a))));
-    const owner = this.workloadOf(client.address)?.endpointId ?? client.address;
-    if (!known) {
+    // Only an answer with something new has addresses to count against its workload.
+    const owner = known ? undefined : (this.workloadOf(client.address)?.endpointId ?? client.address);
+    if (owner !== undefined) {
       const refusal = this.learnLimit(owner, learned);
       if (refusal) return Promise.reject(refusal);
     }
