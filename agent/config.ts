@@ -270,6 +270,8 @@ export const ConfigSchema = z
             clientCa: z.string().min(1, 'must be the path of a PEM CA bundle').optional(),
             /** The name hubble-relay verifies the certificate against (Peer.Notify); default nodeName. */
             serverName: z.string().min(1).max(253).optional(),
+            /** A client that has not finished its TLS handshake this long after connecting is closed. */
+            handshakeTimeoutMs: z.number().int().min(100).max(120_000).default(10_000),
           })
           .strict()
           .optional(),
@@ -279,10 +281,19 @@ export const ConfigSchema = z
          * a slow follower at ~20 MB and absorbs ~160 ms of 200k flows/s (one busy wakeup of the reader).
          */
         followQueue: z.number().int().min(64).max(1_000_000).default(32_768),
+        /**
+         * TCP connections (hubble.listen) open at once, handshaking or served: one beyond is closed at
+         * accept. A relay or a CLI holds one each.
+         */
+        maxConnections: z.number().int().min(1).max(65_536).default(128),
+        /** The same from one remote address, so that one host cannot take them all. */
+        maxConnectionsPerAddress: z.number().int().min(1).max(65_536).default(16),
       })
       .strict()
       .superRefine((h, ctx) => {
         if (h.listen !== undefined && !h.tls) ctx.addIssue({ code: 'custom', path: ['tls'], message: 'required: the Hubble TCP listener only serves TLS; set hubble.tls.cert and hubble.tls.key (PEM files)' });
+        if (h.maxConnectionsPerAddress > h.maxConnections)
+          ctx.addIssue({ code: 'custom', path: ['maxConnectionsPerAddress'], message: `must not be above hubble.maxConnections (${h.maxConnections})` });
       })
       .prefault({}),
     /** Cluster mode (README, Cluster): identities shared with other hosts through etcd, in Cilium's layout. */

@@ -13,6 +13,7 @@ import { healthService } from './health.js';
 import { observerService } from './observer.js';
 import { peerService } from './peer.js';
 import { hubbleServices } from './proto.js';
+import { hubbleTcpListen, hubbleTcpMetricsRegister, type HubbleTcpListener } from './tcp-listener.js';
 
 /** Hubble's gRPC API of this agent: bound at the start, serving the agent's flows once it runs. */
 export interface HubbleServer {
@@ -20,6 +21,8 @@ export interface HubbleServer {
   readonly socket: string | undefined;
   /** The TCP port bound (hubble.listen), if any. */
   readonly port: number | undefined;
+  /** The TCP listener's connection counts, when it listens on TCP. */
+  readonly tcp: Pick<HubbleTcpListener, 'open' | 'refused'> | undefined;
   serve(backend: HubbleBackend): void;
   /** Serves `daemon.agent`; its stop closes this server first (follow streams end). */
   attach<D extends { agent: Agent; config: Config; stop: () => Promise<void> }>(daemon: D): D;
@@ -59,16 +62,25 @@ function tcpBindError(err: unknown, where: string): ConfigError {
   return new ConfigError(`hubble.listen: cannot listen on ${where}: ${why}`, ['hubble.listen']);
 }
 
-/** The TLS listener; with hubble.tls.clientCa, clients must present a certificate the CA signed (mTLS). */
-async function tcpBind(server: Server, config: Config): Promise<{ host: string; port: number }> {
+/** The TLS listener (tcp-listener.ts); with hubble.tls.clientCa, clients must present a certificate the CA signed (mTLS). */
+async function tcpBind(server: Server, config: Config, log: Logger): Promise<{ host: string; listener: HubbleTcpListener }> {
   const { host, port } = hubbleListenParse(config.hubble.listen!);
   const problems: Array<[string, string]> = [];
-  const files = hubbleTlsRead(config.hubble.tls!, problems);
+  const tls = config.hubble.tls!;
+  const files = hubbleTlsRead(tls, problems);
   if (!files) throw new ConfigError(problems.map(([k, m]) => `${k}: ${m}`).join('; '), problems.map(([k]) => k));
-  const creds = ServerCredentials.createSsl(files.clientCa ?? null, [{ cert_chain: files.cert, private_key: files.key }], !!files.clientCa);
   const where = `${isIPv6(host) ? `[${host}]` : host}:${port}`;
   try {
-    return { host, port: await bind(server, where, creds) };
+    const listener = await hubbleTcpListen(server, {
+      host,
+      port,
+      tls: { cert: files.cert, key: files.key, ...(files.clientCa ? { clientCa: files.clientCa } : {}) },
+      maxConnections: config.hubble.maxConnections,
+      maxConnectionsPerAddress: config.hubble.maxConnectionsPerAddress,
+      handshakeTimeoutMs: tls.handshakeTimeoutMs,
+      log,
+    });
+    return { host, listener };
   } catch (err) {
     throw tcpBindError(err, where);
   }
@@ -87,6 +99,7 @@ function advertisedAddress(host: string, port: number): string {
 const disabled: HubbleServer = {
   socket: undefined,
   port: undefined,
+  tcp: undefined,
   serve: () => undefined,
   attach: (d) => d,
   close: async () => undefined,
@@ -105,13 +118,17 @@ export async function hubbleListen(config: Config, log: Logger): Promise<HubbleS
   server.addService(services.peer, peerService(ctx));
   server.addService(services.health, healthService(ctx));
   let tcp: { host: string; port: number } | undefined;
+  let listener: HubbleTcpListener | undefined;
   try {
     await unixBind(server, socket, config.api.socketMode);
     if (config.hubble.listen !== undefined) {
-      tcp = await tcpBind(server, config);
+      const bound = await tcpBind(server, config, log);
+      listener = bound.listener;
+      tcp = { host: bound.host, port: listener.port };
       address = advertisedAddress(tcp.host, tcp.port);
     }
   } catch (err) {
+    listener?.close();
     server.forceShutdown();
     try {
       unlinkSync(socket);
@@ -124,6 +141,7 @@ export async function hubbleListen(config: Config, log: Logger): Promise<HubbleS
   const close = () =>
     (closing ??= (async () => {
       for (const stop of [...ctx.followers]) stop();
+      listener?.close();
       server.forceShutdown();
       try {
         unlinkSync(socket);
@@ -134,12 +152,14 @@ export async function hubbleListen(config: Config, log: Logger): Promise<HubbleS
   const hubble: HubbleServer = {
     socket,
     port: tcp?.port,
+    tcp: listener,
     serve: (backend) => {
       ctx.serve(backend);
       log.info({ socket, tcp: tcp ? `${tcp.host}:${tcp.port}` : null, mtls: !!config.hubble.tls?.clientCa }, 'Hubble API listening');
     },
     attach: (daemon) => {
       hubble.serve(hubbleBackendOf(daemon.agent, daemon.config.nodeName));
+      if (listener) hubbleTcpMetricsRegister(daemon.agent.metrics.registry, listener);
       const stop = daemon.stop;
       return { ...daemon, stop: async () => (await close(), await stop()) };
     },
