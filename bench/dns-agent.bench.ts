@@ -12,7 +12,11 @@
 // --ab the variants (built trees) take turns round by round, each round a fresh agent.
 //
 //   node dist/bench/dns-agent.bench.js [rate=5000] [--secs=3] [--rounds=5] [--names=1000] [--warmup=2]
-//        [--ab=/path/to/before/dist,/path/to/after/dist] [--profile] [--heap] [--timeline]
+//        [--ab=/path/to/before/dist,/path/to/after/dist] [--profile] [--heap] [--timeline] [--floor]
+//
+// --floor: each round also sends the direct workload's lookups through a bare UDP relay in a process of
+// its own (after the proxy phase): what any userspace hop adds on this machine, the floor of the
+// proxy's added latency. node's own flags (e.g. V8's) are passed on to the rounds' processes.
 //
 // --warmup=S: before measuring, both paths run S seconds at RATE with names of their own (0: the fresh
 // agent's code is measured while V8 still compiles it: its first ~1,000 lookups run interpreted, a
@@ -36,6 +40,7 @@ import { constants as perfConstants, PerformanceObserver } from 'node:perf_hooks
 import type { NodeGCPerformanceDetail, PerformanceObserverEntryList } from 'node:perf_hooks';
 import { MACHINE_LINE, RUN_ID, argsParse, benchMain, heapSampled, median, netnsAddMany, netnsDelMany, onCleanup, profiled, resultWrite, sh, stats, table } from './lib.js';
 import type { Stats } from './lib.js';
+import { launcherStart, type Launcher } from './launcher.js';
 import type * as BpfModule from '../bpf/index.js';
 import type * as ApiClientModule from '../common/api-client.js';
 import type * as DaemonModule from '../main/daemon.js';
@@ -43,6 +48,8 @@ import type * as DaemonModule from '../main/daemon.js';
 const HERE = fileURLToPath(import.meta.url);
 const OWN_DIST = resolve(dirname(HERE), '..');
 const SERVER = '10.247.255.53';
+/** The bare relay's address (--floor), also on the host's loopback. */
+const RELAY = '10.247.255.54';
 const ZONE = 'bench.test';
 
 // ---- the DNS server (child process): every name gets an address of its own, TTL 60 ----------------
@@ -72,6 +79,31 @@ function upstreamServe(address: string): void {
     s.send(Buffer.concat([head, m.subarray(12, qend), rr]), r.port, r.address);
   });
   s.bind(53, address, () => console.log('ready'));
+}
+
+// ---- the floor (child process): the least a userspace hop can add ---------------------------------
+
+/**
+ * A bare UDP relay (--floor): one socket for the workloads, one connected to the server, the query id
+ * as the only state; no policy, no steering, no learning. What it adds to a direct lookup is what any
+ * proxy written in Node pays on this machine for its extra process wake-ups and its two sends.
+ */
+function relayServe(listen: string, upstream: string): void {
+  const clients = new Map<number, dgram.RemoteInfo>();
+  const down = dgram.createSocket({ type: 'udp4', recvBufferSize: 4 << 20 });
+  const up = dgram.createSocket({ type: 'udp4', recvBufferSize: 4 << 20 });
+  down.on('message', (m, r) => {
+    clients.set(m.readUInt16BE(0), r);
+    up.send(m);
+  });
+  up.on('message', (m) => {
+    const id = m.readUInt16BE(0);
+    const r = clients.get(id);
+    if (r === undefined) return;
+    clients.delete(id);
+    down.send(m, r.port, r.address);
+  });
+  up.connect(53, upstream, () => down.bind(53, listen, () => console.log('ready')));
 }
 
 // ---- the load generator (child process in a workload's namespace) --------------------------------
@@ -163,7 +195,7 @@ interface PhaseResult { stats: Stats; repeated: Stats; lost: number; n: number; 
 /** The agent's young-generation collections during the proxy phase: how many, median and longest pause (ms). */
 interface GcStats { young: number; youngP50: number; youngMax: number; youngMs: number; other: number }
 /** allocatedPerLookup (--heap): bytes the agent's process allocated during the proxy phase over the lookups answered. */
-interface RoundResult { direct: PhaseResult; proxy: PhaseResult; proxyAgentCpu: number; agentUsPerLookup: { proxy: number; direct: number }; rcodes: Record<string, number>; gc: GcStats; allocatedPerLookup?: number }
+interface RoundResult { direct: PhaseResult; relay?: PhaseResult; proxy: PhaseResult; proxyAgentCpu: number; proxyFaults: number; agentUsPerLookup: { proxy: number; direct: number }; rcodes: Record<string, number>; gc: GcStats; allocatedPerLookup?: number }
 
 /** Runs fn, recording the garbage collections of this process meanwhile (the agent's thread pauses for each). */
 async function gcDuring<T>(fn: () => Promise<T>): Promise<[T, GcStats]> {
@@ -188,12 +220,15 @@ async function gcDuring<T>(fn: () => Promise<T>): Promise<[T, GcStats]> {
   }
 }
 
-async function runLoad(ns: string, rate: number, secs: number, prefix: string, names: number): Promise<PhaseResult> {
-  const out = await sh('ip', ['netns', 'exec', ns, process.execPath, HERE, '--loadgen', SERVER, String(rate), String(secs), prefix, String(names)], { timeoutMs: (secs + 30) * 1000 });
+async function runLoad(launcher: Launcher, ns: string, rate: number, secs: number, prefix: string, names: number, server = SERVER): Promise<PhaseResult> {
+  const out = await launcher.run('ip', ['netns', 'exec', ns, process.execPath, HERE, '--loadgen', server, String(rate), String(secs), prefix, String(names)], { timeoutMs: (secs + 30) * 1000 });
   return JSON.parse(out) as PhaseResult;
 }
 
-async function round(tree: string, tag: string, rate: number, secs: number, names: number, warmupSecs: number, profile: boolean, heap: boolean): Promise<RoundResult> {
+async function round(tree: string, tag: string, rate: number, secs: number, names: number, warmupSecs: number, profile: boolean, heap: boolean, floor: boolean): Promise<RoundResult> {
+  // The generators start from a helper started now, not from this process once the agent is in it (launcher.ts).
+  const launcher = launcherStart();
+  onCleanup('launcher', () => launcher.stop());
   const { daemonRun } = (await import(pathToFileURL(join(tree, 'main', 'daemon.js')).href)) as typeof DaemonModule;
   const { ApiClient } = (await import(pathToFileURL(join(tree, 'common', 'api-client.js')).href)) as typeof ApiClientModule;
   const { datapathUnpinAll } = (await import(pathToFileURL(join(tree, 'bpf', 'index.js')).href)) as typeof BpfModule;
@@ -233,20 +268,26 @@ spec:
 `, 'application/yaml');
   // Warm-up: both paths answer (the proxy's first lookups compile nothing new); with --warmup, both run
   // at the measured rate first, on names of their own, so V8 has compiled the hot paths.
-  await runLoad(nss[1]!, 200, 0.5, `${tag}-warm`, 50);
-  await runLoad(nss[0]!, 200, 0.5, `${tag}-warm`, 50);
+  await runLoad(launcher, nss[1]!, 200, 0.5, `${tag}-warm`, 50);
+  await runLoad(launcher, nss[0]!, 200, 0.5, `${tag}-warm`, 50);
   if (warmupSecs > 0) {
-    await runLoad(nss[1]!, rate, warmupSecs, `${tag}-warm2`, names);
-    await runLoad(nss[0]!, rate, warmupSecs, `${tag}-warm2`, names);
+    await runLoad(launcher, nss[1]!, rate, warmupSecs, `${tag}-warm2`, names);
+    await runLoad(launcher, nss[0]!, rate, warmupSecs, `${tag}-warm2`, names);
+    if (floor) await runLoad(launcher, nss[1]!, rate, warmupSecs, `${tag}-warm2r`, names, RELAY);
   }
   const cpuD0 = process.cpuUsage();
-  const direct = await runLoad(nss[1]!, rate, secs, `${tag}-d`, names);
+  const direct = await runLoad(launcher, nss[1]!, rate, secs, `${tag}-d`, names);
   const cpuD = process.cpuUsage(cpuD0);
   const cpu0 = process.cpuUsage();
+  const faults0 = process.resourceUsage().minorPageFault;
   const t0 = performance.now();
-  const [[proxy, allocated], gc] = await gcDuring(() => heapSampled(heap, `dns-agent-${tag}`, () => profiled(profile, `dns-agent-${tag}`, () => runLoad(nss[0]!, rate, secs, `${tag}-p`, names))));
+  const [[proxy, allocated], gc] = await gcDuring(() => heapSampled(heap, `dns-agent-${tag}`, () => profiled(profile, `dns-agent-${tag}`, () => runLoad(launcher, nss[0]!, rate, secs, `${tag}-p`, names))));
   const cpu = process.cpuUsage(cpu0);
+  const proxyFaults = process.resourceUsage().minorPageFault - faults0;
   const proxyAgentCpu = (cpu.user + cpu.system) / 1000 / (performance.now() - t0);
+  // The same workload as the direct phase (not steered), through the bare relay; after the proxy phase:
+  // the agent idles through it, and V8 may then shrink its young generation (more collections after).
+  const relay = floor ? await runLoad(launcher, nss[1]!, rate, secs, `${tag}-r`, names, RELAY) : undefined;
   // CPU time, not wall time: what one lookup costs the agent's process whatever else the machine runs
   // (in the direct phase the agent only sees the packets' flow events).
   const agentUsPerLookup = { proxy: (cpu.user + cpu.system) / Math.max(1, proxy.n), direct: (cpuD.user + cpuD.system) / Math.max(1, direct.n) };
@@ -257,7 +298,7 @@ spec:
   for (const m of text.matchAll(/^hubble_dns_queries_total\{rcode="Policy denied"[^}]*\} (\d+)/gm)) rcodes['Policy denied'] = (rcodes['Policy denied'] ?? 0) + Number(m[1]);
   // Turned away by the proxy's limits (warm-up included: the phases' own losses are `lost`).
   for (const m of text.matchAll(/^kitnet_dns_proxy_dropped_total\{reason="([^"]*)"\} ([1-9]\d*)/gm)) rcodes[`dropped (${m[1]!})`] = Number(m[2]);
-  return { direct, proxy, proxyAgentCpu, agentUsPerLookup, rcodes, gc, ...(allocated !== undefined ? { allocatedPerLookup: allocated / Math.max(1, proxy.n) } : {}) };
+  return { direct, ...(relay ? { relay } : {}), proxy, proxyAgentCpu, proxyFaults, agentUsPerLookup, rcodes, gc, ...(allocated !== undefined ? { allocatedPerLookup: allocated / Math.max(1, proxy.n) } : {}) };
 }
 
 // ---- the driver ---------------------------------------------------------------------------------
@@ -269,6 +310,7 @@ async function main(): Promise<void> {
   const rounds = Number(args.opts.rounds ?? (args.quick ? 2 : 5));
   const names = Number(args.opts.names ?? 1000);
   const warmup = Number(args.opts.warmup ?? 2);
+  const floor = Boolean(args.opts.floor);
   if (!(warmup >= 0)) throw new Error(`--warmup=${args.opts.warmup}: seconds (0 or more)`);
   const trees = (args.opts.ab ?? OWN_DIST).split(',').map((t) => resolve(t));
   // On the host's loopback, as the proxy's own addresses are: delivered locally from any workload.
@@ -277,23 +319,31 @@ async function main(): Promise<void> {
   const server = spawn(process.execPath, [HERE, '--upstream', SERVER], { stdio: ['ignore', 'pipe', 'inherit'] });
   onCleanup('upstream', () => void server.kill('SIGKILL'));
   await new Promise<void>((r) => server.stdout.once('data', () => r()));
+  if (floor) {
+    await sh('ip', ['addr', 'add', `${RELAY}/32`, 'dev', 'lo']);
+    onCleanup('relay address', () => sh('ip', ['addr', 'del', `${RELAY}/32`, 'dev', 'lo']).catch(() => undefined));
+    const relay = spawn(process.execPath, [HERE, '--relay', RELAY, SERVER], { stdio: ['ignore', 'pipe', 'inherit'] });
+    onCleanup('relay', () => void relay.kill('SIGKILL'));
+    await new Promise<void>((r) => relay.stdout.once('data', () => r()));
+  }
   const results: Array<Array<RoundResult & { load: string }>> = trees.map(() => []);
   for (let r = 0; r < rounds; r++) {
     const order = trees.map((_, i) => i);
     if (r % 2) order.reverse();
     for (const v of order) {
       const load = (await sh('cat', ['/proc/loadavg'])).split(' ').slice(0, 3).join(' ');
-      const extra = [...(args.opts.profile ? ['--profile'] : []), ...(args.opts.heap ? ['--heap'] : [])];
-      const out = await sh(process.execPath, [HERE, '--round', trees[v]!, `d${v}r${r}`, String(rate), String(secs), String(names), String(warmup), ...extra], { timeoutMs: 300_000 });
+      const extra = [...(args.opts.profile ? ['--profile'] : []), ...(args.opts.heap ? ['--heap'] : []), ...(floor ? ['--floor'] : [])];
+      // node's own flags (e.g. V8's heap sizes) reach the agent's process too
+      const out = await sh(process.execPath, [...process.execArgv, HERE, '--round', trees[v]!, `d${v}r${r}`, String(rate), String(secs), String(names), String(warmup), ...extra], { timeoutMs: 300_000 });
       const res = JSON.parse(out.slice(out.lastIndexOf('\n{') + 1)) as RoundResult;
       results[v]!.push({ ...res, load });
       if (args.opts.timeline) console.log(`  proxy phase per 100 ms [ms, lookups, p50, p99, max]: ${JSON.stringify(res.proxy.timeline)}`);
       if (args.opts.worst) console.log(`  slowest proxy lookups [ms into the phase, ms]: ${JSON.stringify(res.proxy.worst)}; unanswered sent at ms (first, median, last): ${JSON.stringify(res.proxy.unanswered)}`);
-      console.log(`round ${r + 1}/${rounds} ${trees[v]}: direct p50/p99 ${res.direct.stats.p50.toFixed(2)}/${res.direct.stats.p99.toFixed(2)} ms, proxy ${res.proxy.stats.p50.toFixed(2)}/${res.proxy.stats.p99.toFixed(2)} ms, lost ${res.direct.lost}/${res.proxy.lost}, agent CPU ${res.proxyAgentCpu.toFixed(2)} s/s, ${res.agentUsPerLookup.proxy.toFixed(0)} µs per proxied lookup (${res.agentUsPerLookup.direct.toFixed(0)} per direct one), young GCs ${res.gc.young} (median ${res.gc.youngP50.toFixed(1)} ms, longest ${res.gc.youngMax.toFixed(1)}), ${res.allocatedPerLookup !== undefined ? `allocated ${(res.allocatedPerLookup / 1024).toFixed(1)} KiB a lookup, ` : ''}answers ${JSON.stringify(res.rcodes)} (load ${load})`);
+      console.log(`round ${r + 1}/${rounds} ${trees[v]}: direct p50/p99 ${res.direct.stats.p50.toFixed(2)}/${res.direct.stats.p99.toFixed(2)} ms, ${res.relay ? `bare relay ${res.relay.stats.p50.toFixed(2)}/${res.relay.stats.p99.toFixed(2)} ms, ` : ''}proxy ${res.proxy.stats.p50.toFixed(2)}/${res.proxy.stats.p99.toFixed(2)} ms, lost ${res.direct.lost}/${res.proxy.lost}, agent CPU ${res.proxyAgentCpu.toFixed(2)} s/s, ${res.agentUsPerLookup.proxy.toFixed(0)} µs per proxied lookup (${res.agentUsPerLookup.direct.toFixed(0)} per direct one), page faults ${res.proxyFaults}, young GCs ${res.gc.young} (median ${res.gc.youngP50.toFixed(1)} ms, longest ${res.gc.youngMax.toFixed(1)}), ${res.allocatedPerLookup !== undefined ? `allocated ${(res.allocatedPerLookup / 1024).toFixed(1)} KiB a lookup, ` : ''}answers ${JSON.stringify(res.rcodes)} (load ${load})`);
     }
   }
   const cell = (xs: number[], d = 2) => `${median(xs).toFixed(d)} (${Math.min(...xs).toFixed(d)}-${Math.max(...xs).toFixed(d)})`;
-  table(`DNS lookups at ${rate}/s for ${secs} s per phase, ${names} names per phase, ${warmup ? `after a ${warmup} s warm-up at that rate` : 'a fresh agent (no warm-up)'}, ${rounds} rounds: median (min-max) over rounds, ms`, ['tree', 'direct p50', 'direct p99', 'proxy p50', 'proxy p99', 'added p99', 'added p99, names asked before', 'proxy/direct p99', 'lost (proxy)', 'agent CPU µs per lookup (proxied / direct)', 'young GCs in the proxy phase: count, median / longest ms', ...(args.opts.heap ? ['allocated KiB a proxied lookup'] : [])], trees.map((t, v) => {
+  table(`DNS lookups at ${rate}/s for ${secs} s per phase, ${names} names per phase, ${warmup ? `after a ${warmup} s warm-up at that rate` : 'a fresh agent (no warm-up)'}, ${rounds} rounds: median (min-max) over rounds, ms`, ['tree', 'direct p50', 'direct p99', 'proxy p50', 'proxy p99', 'added p99', 'added p99, names asked before', 'proxy/direct p99', 'lost (proxy)', 'agent CPU µs per lookup (proxied / direct)', 'young GCs in the proxy phase: count, median / longest ms', ...(args.opts.heap ? ['allocated KiB a proxied lookup'] : []), ...(floor ? ['bare relay p99', 'added p99 by the bare relay (floor)'] : [])], trees.map((t, v) => {
     const rs = results[v]!;
     return [
       t,
@@ -309,18 +359,20 @@ async function main(): Promise<void> {
       `${cell(rs.map((x) => x.agentUsPerLookup.proxy), 0)} / ${cell(rs.map((x) => x.agentUsPerLookup.direct), 0)}`,
       `${cell(rs.map((x) => x.gc.young), 0)}, ${cell(rs.map((x) => x.gc.youngP50), 1)} / ${cell(rs.map((x) => x.gc.youngMax), 1)}`,
       ...(args.opts.heap ? [cell(rs.map((x) => (x.allocatedPerLookup ?? NaN) / 1024), 1)] : []),
+      ...(floor ? [cell(rs.map((x) => x.relay!.stats.p99)), cell(rs.map((x) => x.relay!.stats.p99 - x.direct.stats.p99))] : []),
     ];
   }));
   console.log(MACHINE_LINE());
-  resultWrite('dns-agent', { rate, secs, rounds, names, warmup, trees, results });
+  resultWrite('dns-agent', { rate, secs, rounds, names, warmup, floor, trees, results });
 }
 
 const argv = process.argv;
 if (argv[2] === '--upstream') upstreamServe(argv[3]!);
+else if (argv[2] === '--relay') relayServe(argv[3]!, argv[4]!);
 else if (argv[2] === '--loadgen') loadgen(argv[3]!, Number(argv[4]), Number(argv[5]), argv[6]!, Number(argv[7]));
 else if (argv[2] === '--round') {
   void benchMain(async () => {
-    const r = await round(argv[3]!, argv[4]!, Number(argv[5]), Number(argv[6]), Number(argv[7]), Number(argv[8]), argv.includes('--profile'), argv.includes('--heap'));
+    const r = await round(argv[3]!, argv[4]!, Number(argv[5]), Number(argv[6]), Number(argv[7]), Number(argv[8]), argv.includes('--profile'), argv.includes('--heap'), argv.includes('--floor'));
     process.stdout.write(`\n${JSON.stringify(r)}\n`);
   });
 } else void benchMain(main);

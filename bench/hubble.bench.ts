@@ -27,15 +27,14 @@
 // --profile writes a CPU profile of the agent's thread during the sweep (bench/results/hubble-follow.cpuprofile);
 // --warmup=S offers the first rate for S seconds before the sweep, not measured (0, the default: a fresh
 // agent's first phase also pays V8's compiling of the pipeline and the first slabs).
-import { spawn } from 'node:child_process';
 import { Worker } from 'node:worker_threads';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { ETH_P_IP, TCP, eth, ipv4, tcp } from '../test/root/bpf-helpers.js';
 import { batchWriteOptions } from '../api/hubble/batch-writes.js';
 import { flowEncoderOptions } from '../api/hubble/flow-encoder.js';
 import { benchAgentPairStart } from './agent-pair.js';
+import { launcherStart, type Launcher } from './launcher.js';
 import { MACHINE_LINE, argsParse, benchMain, fmt, onCleanup, profiled, resultWrite, sleep, stats, table } from './lib.js';
 
 interface Row {
@@ -54,6 +53,8 @@ interface Row {
   thread_us_per_flow: number;
   /** The agent's process CPU (every thread, user + system), per event written. */
   cpu_us_per_flow: number;
+  /** Minor page faults of the agent's process during the phase (~11-18 µs each on this VM). */
+  page_faults: number;
 }
 
 interface Report {
@@ -63,14 +64,14 @@ interface Report {
 }
 
 /** The follower process and a way to ask it for its counts. */
-function followerStart(target: string, every: number, client: string) {
+function followerStart(launcher: Launcher, target: string, every: number, client: string) {
   const script = fileURLToPath(new URL('./hubble-follower.js', import.meta.url));
-  const child = spawn(process.execPath, [script, target, String(every), client], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const child = launcher.spawn(process.execPath, [script, target, String(every), client]);
   const waiting: Array<(r: Report) => void> = [];
-  createInterface({ input: child.stdout! }).on('line', (l) => waiting.shift()?.(JSON.parse(l) as Report));
+  child.on('line', (l) => waiting.shift()?.(JSON.parse(l) as Report));
   return {
-    report: () => new Promise<Report>((resolve) => (waiting.push(resolve), child.stdin!.write('report\n'))),
-    stop: () => (child.stdin!.end(), child.kill('SIGTERM')),
+    report: () => new Promise<Report>((resolve) => (waiting.push(resolve), child.write('report\n'))),
+    stop: () => (child.end(), child.kill('SIGTERM')),
   };
 }
 
@@ -81,6 +82,10 @@ async function main(): Promise<void> {
   const samples = Number(args.opts.samples ?? (args.quick ? 300 : 1000));
   const client = args.opts.client ?? 'http2';
   console.log(`Hubble gRPC follow: rates ${rates.join(', ')}/s for ${seconds} s each, ${samples} latency samples, generator on ${args.opts.generator === 'worker' ? 'a worker' : "the agent's"} thread, follower ${args.opts.client ?? 'http2'}, follow queue ${args.opts['follow-queue'] ?? 'the default'}; ${MACHINE_LINE()}`);
+  // The follower starts from a helper started before the agent (launcher.ts: a fork from this process
+  // once the agent is in it costs the agent a page fault per page it writes next).
+  const launcher = launcherStart();
+  onCleanup('launcher', () => launcher.stop());
   const { dir, daemon: agent, a, b } = await benchAgentPairStart({ tag: 'hb', ipv4Pool: '10.222.0.0/24', ipv6Pool: 'fd00:222::/64', overrides: { flows: { kernelRingBytes: 64 << 20, aggregation: 'every-packet' }, ...(args.opts['follow-queue'] ? { hubble: { followQueue: Number(args.opts['follow-queue']) } } : {}) } });
   const dp = agent.agent.kernel.datapath;
   const flows = agent.agent.flows;
@@ -116,7 +121,7 @@ async function main(): Promise<void> {
   const target = `unix://${join(dir, 'hubble.sock')}`;
 
   const run = async (every: number, body: (f: ReturnType<typeof followerStart>) => Promise<unknown[]>) => {
-    const f = followerStart(target, every, client);
+    const f = followerStart(launcher, target, every, client);
     try {
       const before = flows.listenerCount('flow');
       for (let i = 0; flows.listenerCount('flow') === before; i++) {
@@ -146,6 +151,7 @@ async function main(): Promise<void> {
       const perTick = Math.round(rate / 100);
       const elu0 = performance.eventLoopUtilization();
       const cpu0 = process.cpuUsage();
+      const faults0 = process.resourceUsage().minorPageFault;
       const start = performance.now();
       let written = 0;
       if (worker) await offerOnWorker(rate, secs);
@@ -177,12 +183,13 @@ async function main(): Promise<void> {
       const deliveredS = (performance.now() - start) / 1000;
       const busyMs = performance.eventLoopUtilization(elu0).active;
       const cpu = process.cpuUsage(cpu0);
+      const faults = process.resourceUsage().minorPageFault - faults0;
       const threadUs = (busyMs * 1000) / written;
       const cpuUs = (cpu.user + cpu.system) / written;
       const kLost = Number(kernelLost() - lost0);
       const lat = stats(got.latencyMs);
-      if (measured) out.push({ round, variant, rate, written, offered: written / offeredS, received: got.flows, rate_received: got.flows / deliveredS, lost_follower: got.lost, lost_kernel: kLost, latency_p50_ms: lat.p50, latency_p99_ms: lat.p99, thread_us_per_flow: threadUs, cpu_us_per_flow: cpuUs });
-      console.log(`  ${measured ? `round ${round}` : `warm-up (${secs} s, not measured)`} ${variant} offered ${fmt(written / offeredS)}/s: ${got.flows} of ${written} received, ${got.lost} reported lost to the follower, ${kLost} lost in the kernel ring; latency p50 ${fmt(lat.p50)} ms p99 ${fmt(lat.p99)} ms; agent thread ${fmt(threadUs)} µs/event, CPU ${fmt(cpuUs)} µs/event`);
+      if (measured) out.push({ round, variant, rate, written, offered: written / offeredS, received: got.flows, rate_received: got.flows / deliveredS, lost_follower: got.lost, lost_kernel: kLost, latency_p50_ms: lat.p50, latency_p99_ms: lat.p99, thread_us_per_flow: threadUs, cpu_us_per_flow: cpuUs, page_faults: faults });
+      console.log(`  ${measured ? `round ${round}` : `warm-up (${secs} s, not measured)`} ${variant} offered ${fmt(written / offeredS)}/s: ${got.flows} of ${written} received, ${got.lost} reported lost to the follower, ${kLost} lost in the kernel ring; latency p50 ${fmt(lat.p50)} ms p99 ${fmt(lat.p99)} ms; agent thread ${fmt(threadUs)} µs/event, CPU ${fmt(cpuUs)} µs/event, page faults ${faults}`);
       await sleep(200);
     }
     return out;
