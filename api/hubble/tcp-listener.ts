@@ -15,7 +15,7 @@
  * - a client that does not negotiate HTTP/2 (ALPN `h2`, which every gRPC client offers) is closed.
  */
 import { createServer as tlsServerCreate, type TLSSocket } from 'node:tls';
-import type { Socket } from 'node:net';
+import { createServer as tcpServerCreate, type Socket } from 'node:net';
 import { ServerCredentials, type Server } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { Gauge, type Registry } from 'prom-client';
@@ -69,8 +69,9 @@ export function hubbleTcpListen(server: Server, opts: HubbleTcpOptions): Promise
     minVersion: 'TLSv1.2',
     handshakeTimeout: opts.handshakeTimeoutMs,
   });
-  // Before the TLS server's own listener wraps the socket: a refused connection costs no TLS work.
-  tlsServer.prependListener('connection', (raw: Socket) => {
+  // Connections are accepted here and only the ones within the limits go on to the TLS server (which
+  // does not listen itself): a refused connection costs no TLS work and is counted once.
+  const tcpServer = tcpServerCreate((raw: Socket) => {
     const remote = addressKey(raw.remoteAddress);
     const fromThere = perAddress.get(remote) ?? 0;
     if (sockets.size >= opts.maxConnections) {
@@ -91,6 +92,7 @@ export function hubbleTcpListen(server: Server, opts: HubbleTcpOptions): Promise
       if (left > 0) perAddress.set(remote, left);
       else perAddress.delete(remote);
     });
+    tlsServer.emit('connection', raw);
   });
   tlsServer.on('tlsClientError', (err: Error & { code?: string }, socket: TLSSocket) => {
     const timeout = err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT';
@@ -108,11 +110,11 @@ export function hubbleTcpListen(server: Server, opts: HubbleTcpOptions): Promise
     injector.injectConnection(socket);
   });
   return new Promise((resolve, reject) => {
-    tlsServer.once('error', reject);
-    tlsServer.listen(opts.port, opts.host, () => {
-      tlsServer.off('error', reject);
-      tlsServer.on('error', (err) => opts.log.error({ err }, 'Hubble TCP listener failed'));
-      const address = tlsServer.address();
+    tcpServer.once('error', reject);
+    tcpServer.listen(opts.port, opts.host, () => {
+      tcpServer.off('error', reject);
+      tcpServer.on('error', (err) => opts.log.error({ err }, 'Hubble TCP listener failed'));
+      const address = tcpServer.address();
       resolve({
         port: typeof address === 'object' && address ? address.port : opts.port,
         get open() {
@@ -120,7 +122,7 @@ export function hubbleTcpListen(server: Server, opts: HubbleTcpOptions): Promise
         },
         refused,
         close: () => {
-          tlsServer.close();
+          tcpServer.close();
           injector.destroy();
           for (const s of sockets) s.destroy();
         },

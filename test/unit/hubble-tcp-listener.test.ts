@@ -91,6 +91,7 @@ describe('Hubble TCP listener against hostile clients', () => {
     sockets.push(seventh);
     assert.equal(await closedWithin(seventh, 10_000), 'closed', 'a seventh connection is closed at once: the listener is full');
     assert.equal(server.tcp!.refused.max_connections, 1);
+    assert.equal(server.tcp!.refused.handshake_failed, 0, 'a connection refused at accept is counted once, not also as a failed handshake');
     // Room again once they go.
     for (const s of sockets.splice(0)) s.destroy();
     await waitFor('the idle connections gone', async () => server.tcp!.open === 0);
