@@ -16,6 +16,9 @@ import { hubbleListen, type HubbleServer } from '../../api/hubble/server.js';
 import { testCaMake, type TestCa } from '../helpers/test-ca.js';
 import { waitFor } from '../helpers/sys.js';
 
+/** How long a close or an accept may take to be seen on a loaded 2-core machine (waited on, not slept). */
+const SETTLE_MS = 20_000;
+
 const freePort = () =>
   new Promise<number>((resolve) => {
     const s = createServer().listen(0, '127.0.0.1', () => {
@@ -75,18 +78,18 @@ describe('Hubble TCP listener against hostile clients', () => {
   test('limits: one address cannot hold more than its share, nor everyone more than the total; a client with a certificate is still served', async () => {
     const { server, port } = await listen('caps', { maxConnections: 6, maxConnectionsPerAddress: 3, tls: { handshakeTimeoutMs: 60_000 } });
     assert.deepEqual(await served(port), { status: 'NOT_SERVING' });
-    await waitFor('the served client gone', async () => server.tcp!.open === 0);
+    await waitFor('the served client gone', async () => server.tcp!.open === 0, SETTLE_MS);
     for (let i = 0; i < 3; i++) sockets.push(await idle(port, '127.0.0.2'));
-    await waitFor('three idle connections counted', async () => server.tcp!.open === 3);
+    await waitFor('three idle connections counted', async () => server.tcp!.open === 3, SETTLE_MS);
     const fourth = await idle(port, '127.0.0.2');
     sockets.push(fourth);
     assert.equal(await closedWithin(fourth, 10_000), 'closed', 'a fourth connection from 127.0.0.2 is closed at once');
     assert.equal(server.tcp!.refused.max_connections_per_address, 1);
     // Another address is not held up by the first one's share.
     assert.deepEqual(await served(port), { status: 'NOT_SERVING' });
-    await waitFor('the served client gone', async () => server.tcp!.open === 3);
+    await waitFor('the served client gone', async () => server.tcp!.open === 3, SETTLE_MS);
     for (let i = 0; i < 3; i++) sockets.push(await idle(port, '127.0.0.3'));
-    await waitFor('six idle connections counted', async () => server.tcp!.open === 6);
+    await waitFor('six idle connections counted', async () => server.tcp!.open === 6, SETTLE_MS);
     const seventh = await idle(port, '127.0.0.4');
     sockets.push(seventh);
     assert.equal(await closedWithin(seventh, 10_000), 'closed', 'a seventh connection is closed at once: the listener is full');
@@ -94,7 +97,7 @@ describe('Hubble TCP listener against hostile clients', () => {
     assert.equal(server.tcp!.refused.handshake_failed, 0, 'a connection refused at accept is counted once, not also as a failed handshake');
     // Room again once they go.
     for (const s of sockets.splice(0)) s.destroy();
-    await waitFor('the idle connections gone', async () => server.tcp!.open === 0);
+    await waitFor('the idle connections gone', async () => server.tcp!.open === 0, SETTLE_MS);
     assert.deepEqual(await served(port), { status: 'NOT_SERVING' });
   });
 
@@ -103,7 +106,7 @@ describe('Hubble TCP listener against hostile clients', () => {
     const s = await idle(port, '127.0.0.5');
     sockets.push(s);
     assert.equal(await closedWithin(s, 15_000), 'closed', 'the server closed a connection that never sent a ClientHello');
-    await waitFor('its place freed', async () => server.tcp!.open === 0);
+    await waitFor('its place freed', async () => server.tcp!.open === 0, SETTLE_MS);
     assert.equal(server.tcp!.refused.handshake_timeout, 1);
   });
 
@@ -111,7 +114,7 @@ describe('Hubble TCP listener against hostile clients', () => {
     const { server, port } = await listen('certs', {});
     await assert.rejects(served(port, credentials.createSsl(readFileSync(ca.ca))), 'no client certificate');
     await assert.rejects(served(port, credentials.createSsl(readFileSync(ca.ca), readFileSync(ca.strangerKey), readFileSync(ca.strangerCert))), "a stranger CA's certificate");
-    await waitFor('both handshakes counted as failed', async () => server.tcp!.refused.handshake_failed >= 2);
+    await waitFor('both handshakes counted as failed', async () => server.tcp!.refused.handshake_failed >= 2, SETTLE_MS);
     // TLS done with a good certificate, but no ALPN h2: not a gRPC client.
     const plain = tlsConnect({ host: '127.0.0.1', port, servername: 'kitnet.test', ca: readFileSync(ca.ca), cert: readFileSync(ca.clientCert), key: readFileSync(ca.clientKey) });
     plain.on('error', () => undefined);
