@@ -11,10 +11,10 @@
  * the request keeps the time the query arrived. Names come from the codec, which escapes every byte
  * outside `[-a-z0-9_]` as `\DDD`, so a hostile answer can only put ASCII into a flow.
  */
-import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { EndpointDirectory } from '../flows/directory.js';
 import { secondsToIso } from '../flows/enrich.js';
+import { flowUuidNext, flowUuidTake, flowUuidText } from '../flows/flow-uuid.js';
 import { dropReasonDesc, MessageType, policyFromRuleRef } from '../flows/hubble.js';
 import type { HubbleDns, HubbleEndpoint, HubbleFlow, HubbleFlowRecord, PolicyMessage } from '../flows/hubble.js';
 import type { FlowPipeline } from '../flows/pipeline.js';
@@ -102,10 +102,9 @@ function answerOf(e: DnsQueryEvent): DnsAnswerSummary {
 /**
  * The flows of the last few thousand queries stay in the flow ring for a while: long enough for young
  * garbage collections to copy them, which is most of each collection's pause at thousands of lookups a
- * second (bench/README §8). So what a query keeps is one small object of small integers and shared
- * references: the values that recur (a name asked again, an answer given again, the ends of a query)
- * are shared from bounded tables instead of kept per query, and the times are small integers
- * instead of heap numbers.
+ * second (bench/README §8). So a query is kept as a row of DnsQueryLog, numbers and shared references:
+ * the values that recur (a name asked again, an answer given again, the ends of a query) are shared
+ * from bounded tables instead of kept per query.
  */
 const INTERNED_MAX = 4096;
 const namesSeen = new Map<string, string>();
@@ -121,10 +120,7 @@ function interned<T>(seen: Map<string, T>, value: T, key: string = String(value)
   return value;
 }
 
-/**
- * Whole seconds since the epoch are past V8's small integers (2^30), so each time would be a heap
- * number of its own: relative to the agent's start they are small integers kept inside the object.
- */
+/** Times are kept as seconds since the agent's start and nanoseconds within: each exact in a double. */
 const SECONDS_BASE = Math.floor(Date.now() / 1000);
 
 /** Who asked and the resolver it addressed, as flow endpoints: shared by the queries between the same ends. */
@@ -159,6 +155,8 @@ class DnsQueryFacts {
     readonly receivedFrac: number,
     readonly answeredSec: number,
     readonly answeredFrac: number,
+    /** The REQUEST flow's uuid sequence number (flow-uuid.ts); the RESPONSE flow's is the next. */
+    readonly uuid: number,
   ) {}
 
   get qtype(): number {
@@ -179,9 +177,9 @@ class DnsQueryFacts {
 }
 
 /**
- * A DNS L7 flow as the pipeline keeps it: the query's facts, and its Hubble JSON object and time string
- * once someone read them (a follower, a filter, `GET /v1/flows`), kept from then on, as LazyFlowRecord
- * does for the datapath's flows.
+ * A DNS L7 flow as a reader of the ring or a follower gets it: the query's facts, and its Hubble JSON
+ * object and time string made on first read and kept by the record, as LazyFlowRecord does for the
+ * datapath's flows. Records made again from the same row are the same flow (uuid included).
  */
 abstract class DnsFlowRecord implements HubbleFlowRecord {
   #flow: HubbleFlow | undefined;
@@ -208,10 +206,10 @@ abstract class DnsFlowRecord implements HubbleFlowRecord {
   protected abstract timeText(): string;
   protected abstract build(): HubbleFlow;
 
-  protected base(): Pick<HubbleFlow, 'time' | 'uuid' | 'Type' | 'node_name' | 'event_type' | 'traffic_direction'> {
+  protected base(uuid: number): Pick<HubbleFlow, 'time' | 'uuid' | 'Type' | 'node_name' | 'event_type' | 'traffic_direction'> {
     return {
       time: this.time,
-      uuid: randomUUID(),
+      uuid: flowUuidText(uuid),
       Type: 'L7',
       node_name: this.node_name,
       event_type: { type: MessageType.accessLog },
@@ -232,7 +230,7 @@ class DnsRequestRecord extends DnsFlowRecord {
     const query = `${f.name}.`;
     const qtypes = [dnsQtypeName(f.qtype)];
     const flow: HubbleFlow = {
-      ...this.base(),
+      ...this.base(f.uuid),
       verdict: f.allowed ? 'FORWARDED' : 'DROPPED',
       IP: { source: clientAddress, destination: resolver.address, ipVersion: ipVersionOf(clientAddress) },
       l4: { [l4KeyOf(f.transport)]: { source_port: f.clientPort, destination_port: resolver.port } },
@@ -272,7 +270,7 @@ class DnsResponseRecord extends DnsFlowRecord {
     };
     const latencyNs = (f.answeredSec - f.receivedSec) * 1e9 + (f.answeredFrac - f.receivedFrac);
     return {
-      ...this.base(),
+      ...this.base(flowUuidNext(f.uuid)),
       verdict: 'FORWARDED',
       IP: { source: resolver.address, destination: clientAddress, ipVersion: ipVersionOf(clientAddress) },
       l4: { [l4KeyOf(f.transport)]: { source_port: resolver.port, destination_port: f.clientPort } },
@@ -305,14 +303,14 @@ function endsOf(clientAddress: string, resolver: DnsEndpoint, ctx: DnsFlowContex
   return ends;
 }
 
-/** The REQUEST flow and (for a query that was forwarded) the RESPONSE flow of one answered query. */
-export function dnsFlowRecords(e: DnsQueryEvent, ctx: DnsFlowContext, answeredNs: bigint = wallClockNs()): HubbleFlowRecord[] {
+/** What the flows of one answered query need; undefined when it gives no flow. */
+function dnsQueryFacts(e: DnsQueryEvent, ctx: DnsFlowContext, answeredNs: bigint): DnsQueryFacts | undefined {
   const addressed = e.verdict.resolver ?? ctx.originalDestination(e.client, e.transport) ?? e.upstream;
   // Not steered here by the datapath (nothing was forwarded): no resolver to name, no flow.
-  if (!addressed) return [];
+  if (!addressed) return undefined;
   const allowed = e.verdict.allowed;
   const bits = (e.qtype & 0xffff) | ((e.rcode & 0xf) << BITS_RCODE_SHIFT) | (e.transport === 'tcp' ? BITS_TCP : 0) | (allowed ? BITS_ALLOWED : 0);
-  const facts = new DnsQueryFacts(
+  return new DnsQueryFacts(
     endsOf(e.client.address, addressed, ctx),
     e.client.port,
     bits,
@@ -323,9 +321,81 @@ export function dnsFlowRecords(e: DnsQueryEvent, ctx: DnsFlowContext, answeredNs
     Number(e.receivedNs % 1_000_000_000n),
     Number(answeredNs / 1_000_000_000n) - SECONDS_BASE,
     Number(answeredNs % 1_000_000_000n),
+    flowUuidTake(allowed ? 2 : 1),
   );
+}
+
+/** The REQUEST flow and (for a query that was forwarded) the RESPONSE flow of one answered query. */
+export function dnsFlowRecords(e: DnsQueryEvent, ctx: DnsFlowContext, answeredNs: bigint = wallClockNs()): HubbleFlowRecord[] {
+  const facts = dnsQueryFacts(e, ctx, answeredNs);
+  if (!facts) return [];
   const request = new DnsRequestRecord(facts);
-  return allowed ? [request, new DnsResponseRecord(facts)] : [request];
+  return facts.allowed ? [request, new DnsResponseRecord(facts)] : [request];
+}
+
+/** DnsQueryLog's numeric columns, in the order of a row. */
+const NUMS_PER_ROW = 7;
+const LOG_ROWS_INITIAL = 1024;
+
+/**
+ * The facts of the last `capacity` queries, in columns instead of an object per query, for the flow
+ * ring to keep its DNS flows packed (a row and which flow, Ring.packedSource): the ring holds a query's
+ * flows for a while, and objects held that long are what young collections copy (bench/README §8). The
+ * reference columns hold the shared values (interned names, answers, ends); the numbers sit in one
+ * Float64Array, grown as rows are first used. A ring of C flows holds flows of at most C queries, the
+ * last ones, so a log of C rows still has every row the ring names.
+ */
+export class DnsQueryLog {
+  private next = 0;
+  private readonly ends: DnsQueryEnds[] = [];
+  private readonly names: string[] = [];
+  private readonly rules: (string | undefined)[] = [];
+  private readonly answers: DnsAnswerSummary[] = [];
+  private nums = new Float64Array(0);
+
+  constructor(readonly capacity: number) {
+    if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError('DNS query log capacity must be a positive integer');
+  }
+
+  /** Keeps a query's facts; returns its row. */
+  add(f: DnsQueryFacts): number {
+    const row = this.next;
+    this.next = (row + 1) % this.capacity;
+    if ((row + 1) * NUMS_PER_ROW > this.nums.length) {
+      const grown = new Float64Array(Math.min(this.capacity, Math.max(LOG_ROWS_INITIAL, (row + 1) * 2)) * NUMS_PER_ROW);
+      grown.set(this.nums);
+      this.nums = grown;
+    }
+    this.ends[row] = f.ends;
+    this.names[row] = f.name;
+    this.rules[row] = f.rule;
+    this.answers[row] = f.answer;
+    const n = this.nums;
+    const at = row * NUMS_PER_ROW;
+    n[at] = f.clientPort;
+    n[at + 1] = f.bits;
+    n[at + 2] = f.receivedSec;
+    n[at + 3] = f.receivedFrac;
+    n[at + 4] = f.answeredSec;
+    n[at + 5] = f.answeredFrac;
+    n[at + 6] = f.uuid;
+    return row;
+  }
+
+  /** The facts of a row, as they were added (a new object each time). */
+  facts(row: number): DnsQueryFacts {
+    const n = this.nums;
+    const at = row * NUMS_PER_ROW;
+    return new DnsQueryFacts(this.ends[row]!, n[at]!, n[at + 1]!, this.names[row]!, this.rules[row], this.answers[row]!, n[at + 2]!, n[at + 3]!, n[at + 4]!, n[at + 5]!, n[at + 6]!);
+  }
+}
+
+/** A packed DNS flow in the ring: its query's row and whether it is the RESPONSE flow. */
+const dnsFlowPacked = (row: number, response: boolean): number => row * 2 + (response ? 1 : 0);
+
+function dnsFlowUnpacked(log: DnsQueryLog, payload: number): HubbleFlowRecord {
+  const facts = log.facts(Math.floor(payload / 2));
+  return payload % 2 ? new DnsResponseRecord(facts) : new DnsRequestRecord(facts);
 }
 
 /** Where the DNS service hands its answered queries: the flows go into `flows`; `also` sees each query too (metrics). */
@@ -341,7 +411,9 @@ export interface DnsFlowSource {
  * Wires the DNS service to the flow pipeline: its queries become L7 flows, and the names it learned
  * become `source_names` / `destination_names` of the datapath's flows (agent/flows/enrich.ts).
  */
-export function dnsFlowsAttach(dns: DnsFlowSource, flows: Pick<FlowPipeline, 'push'>, directory: EndpointDirectory, nodeName: string, log: Logger, also?: (e: DnsQueryEvent) => void): void {
+export function dnsFlowsAttach(dns: DnsFlowSource, flows: Pick<FlowPipeline, 'packedSource' | 'ring'>, directory: EndpointDirectory, nodeName: string, log: Logger, also?: (e: DnsQueryEvent) => void): void {
+  const queries = new DnsQueryLog(flows.ring.capacity);
+  const push = flows.packedSource((payload) => dnsFlowUnpacked(queries, payload));
   // dns.cache is replaced when the learned state is restored: read it at every call.
   directory.fqdnNames = { active: () => !dns.cache.empty, of: (address) => dns.cache.namesByAddress(address), ofIpv4: (address) => dns.cache.namesByIpv4(address) };
   // A CIDR or FQDN identity (node-local, unknown to the directory) is named with its labels from the
@@ -373,7 +445,11 @@ export function dnsFlowsAttach(dns: DnsFlowSource, flows: Pick<FlowPipeline, 'pu
     queued = [];
     for (const { e, answeredNs } of batch) {
       try {
-        for (const rec of dnsFlowRecords(e, ctx, answeredNs)) flows.push(rec);
+        const facts = dnsQueryFacts(e, ctx, answeredNs);
+        if (!facts) continue;
+        const row = queries.add(facts);
+        push(dnsFlowPacked(row, false));
+        if (facts.allowed) push(dnsFlowPacked(row, true));
       } catch (err) {
         log.warn({ err, name: e.name, client: e.client }, 'DNS proxy: building the flows of a query failed');
       }

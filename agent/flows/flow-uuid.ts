@@ -15,11 +15,19 @@ const SEQUENCE_SPAN = 2 ** 48;
 
 let sequence = 0;
 
-/** The next flow's sequence number (wraps after 2^48 flows: nine years at a million a second). */
-export function flowUuidTake(): number {
+/**
+ * The next flow's sequence number (wraps after 2^48 flows: nine years at a million a second); with
+ * count, the first of that many in a row (the others are flowUuidNext() of it).
+ */
+export function flowUuidTake(count = 1): number {
   const n = sequence;
-  sequence = (sequence + 1) % SEQUENCE_SPAN;
+  sequence = (sequence + count) % SEQUENCE_SPAN;
   return n;
+}
+
+/** The sequence number after n. */
+export function flowUuidNext(n: number): number {
+  return (n + 1) % SEQUENCE_SPAN;
 }
 
 /** The uuid's text for a sequence number. */

@@ -86,6 +86,18 @@ export class FlowPipeline extends EventEmitter<{ flow: [HubbleFlowRecord]; lost:
     if (this.listenerCount('flow') > 0) this.emit('flow', rec);
   }
 
+  /**
+   * A source of flows that does not come from the datapath and keeps them packed in the ring (see
+   * Ring.packedSource): followers get the flow made from its payload at once, the ring keeps the payload.
+   */
+  packedSource(thaw: (payload: number) => HubbleFlowRecord): (payload: number) => void {
+    const ringPush = this.ring.packedSource(thaw);
+    return (payload) => {
+      ringPush(payload);
+      if (this.listenerCount('flow') > 0) this.emit('flow', thaw(payload));
+    };
+  }
+
   /** Adds an observer of every batch of events; returns the function that removes it. */
   batchObserve(fn: FlowBatchObserver): () => void {
     this.batchObservers.add(fn);

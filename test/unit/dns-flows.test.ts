@@ -4,9 +4,15 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { dnsParse, dnsQueryBuild, dnsReplyBuild, DnsRcode } from '../../agent/dns/codec.js';
 import type { DnsMessage } from '../../agent/dns/codec.js';
-import { dnsFlowRecords, type DnsFlowContext } from '../../agent/dns/flows.js';
+import { dnsFlowRecords, dnsFlowsAttach, type DnsFlowContext, type DnsFlowSource } from '../../agent/dns/flows.js';
 import type { DnsQueryEvent } from '../../agent/dns/proxy.js';
-import type { HubbleEndpoint } from '../../agent/flows/hubble.js';
+import type { HubbleEndpoint, HubbleFlowRecord } from '../../agent/flows/hubble.js';
+import { EndpointDirectory } from '../../agent/flows/directory.js';
+import { FlowPipeline } from '../../agent/flows/pipeline.js';
+import { Ring } from '../../agent/flows/ring.js';
+import { sqliteStoreOpen } from '../../agent/store/index.js';
+import pino from 'pino';
+import { setImmediate as turn } from 'node:timers/promises';
 import { flowResponseEncoderCreate } from '../../api/hubble/flow-encoder.js';
 import { flowResponse } from '../../api/hubble/flow-convert.js';
 import { hubbleProtoLoad, hubbleProtoRoot } from '../../api/hubble/proto.js';
@@ -132,6 +138,45 @@ describe('DNS L7 flows as the ring keeps them', () => {
     };
     walk(res);
     assert.ok(!held.has(e.reply) && !held.has(e), 'the record keeps the facts, not the event');
+  });
+});
+
+describe('DNS flows kept packed in the flow ring (a row of the query log, not objects)', () => {
+  const source = (): DnsFlowSource => ({
+    cache: { empty: true, namesByAddress: () => undefined, namesByIpv4: () => undefined },
+    identityOf: (address) => (address.startsWith('10.1.') ? 1001 : 16777217),
+    identityLabels: () => undefined,
+    originalDestination: () => ({ address: '10.9.0.53', port: 53 }),
+  });
+  /** What a flow says, less the parts named by the directory, the uuid and when it was answered. */
+  const said = (r: HubbleFlowRecord) => JSON.stringify([r.flow.is_reply ? '' : r.time, r.flow.verdict, r.flow.IP, r.flow.l4, { ...r.flow.l7, latency_ns: undefined }, r.flow.Summary, r.flow.egress_denied_by]);
+
+  test('after many queries, allowed and refused, the ring shows what keeping every record would; the same uuid on every read and to followers', async () => {
+    const pipeline = new FlowPipeline(new EndpointDirectory(sqliteStoreOpen(':memory:')), 'node-1', 5, pino({ level: 'silent' }));
+    const dns = source();
+    dnsFlowsAttach(dns, pipeline, new EndpointDirectory(sqliteStoreOpen(':memory:')), 'node-1', pino({ level: 'silent' }));
+    const reference = new Ring<HubbleFlowRecord>(5);
+    const followed: HubbleFlowRecord[] = [];
+    pipeline.on('flow', (r) => followed.push(r));
+    for (let i = 0; i < 40; i++) {
+      // Refused queries give one flow, answered ones two: rows and ring slots go out of step, and a run
+      // of refused ones fills the ring with as many queries as it has slots.
+      const allowed = 'ADDDDDAADADDAAAD'[i % 16] === 'A';
+      const name = `q${i}.test`;
+      const e = event({
+        name, client: { address: '10.1.0.5', port: 40000 + i }, receivedNs: 1_700_000_000_000_000_000n + BigInt(i) * 1_000_000n,
+        ...(allowed ? { reply: reply(name, [{ name, ttl: 30 + i, address: `10.2.0.${i}` }]) } : { verdict: { allowed: false, rule: 'no DNS rule allows the name' }, rcode: DnsRcode.REFUSED }),
+      });
+      dns.onQuery!(e);
+      await turn();
+      for (const r of dnsFlowRecords(e, ctx, 0n)) reference.push(r);
+      const kept = pipeline.ring.last();
+      assert.deepEqual(kept.map(said), reference.last().map(said), `after query ${i}`);
+      assert.deepEqual(pipeline.ring.last().map((r) => r.flow.uuid), kept.map((r) => r.flow.uuid), 'a flow made again has its uuid');
+      assert.equal(new Set(kept.map((r) => r.flow.uuid)).size, kept.length);
+    }
+    assert.deepEqual(followed.slice(-5).map((r) => r.flow.uuid), pipeline.ring.last().map((r) => r.flow.uuid), 'followers got the flows the ring shows');
+    assert.equal(pipeline.ring.written, followed.length);
   });
 });
 

@@ -9,7 +9,7 @@ import { flowEnrich, hubbleFlowBuild, LazyFlowRecord, nsToIso } from '../../agen
 import { filtersCompile } from '../../agent/flows/filter.js';
 import type { HubbleFlowRecord } from '../../agent/flows/hubble.js';
 import { FlowPipeline } from '../../agent/flows/pipeline.js';
-import { Ring } from '../../agent/flows/ring.js';
+import { Ring, RING_PACKED_PAYLOAD_LIMIT } from '../../agent/flows/ring.js';
 import { IdentityAllocator } from '../../agent/identity/allocator.js';
 import { AgentMetrics } from '../../agent/metrics.js';
 import { sqliteStoreOpen } from '../../agent/store/index.js';
@@ -195,3 +195,47 @@ describe('flows of frames that are not plain IP', () => {
     }
   });
 });
+
+describe('packed items in the ring', () => {
+  test('kept as integers and made again on every read, between objects, overwritten as objects are', () => {
+    const ring = new Ring<{ v: string }>(4);
+    const made: number[] = [];
+    const pushA = ring.packedSource((n) => (made.push(n), { v: `a${n}` }));
+    const pushB = ring.packedSource((n) => ({ v: `b${n}` }));
+    pushA(0);
+    ring.push({ v: 'x' });
+    pushB(7);
+    pushA(RING_PACKED_PAYLOAD_LIMIT - 1);
+    assert.deepEqual(ring.last().map((i) => i.v), ['a0', 'x', 'b7', `a${RING_PACKED_PAYLOAD_LIMIT - 1}`]);
+    assert.deepEqual(made, [0, RING_PACKED_PAYLOAD_LIMIT - 1], 'each source gets its own payloads back');
+    assert.notEqual(ring.last(1)[0], ring.last(1)[0], 'a packed item is made again on each read');
+    pushB(3);
+    ring.push({ v: 'y' });
+    assert.deepEqual(ring.last().map((i) => i.v), ['b7', `a${RING_PACKED_PAYLOAD_LIMIT - 1}`, 'b3', 'y']);
+    assert.equal(ring.written, 6);
+  });
+
+  test('a payload that is not a small non-negative integer, or a ninth source, is refused', () => {
+    const ring = new Ring<object>(4);
+    const push = ring.packedSource(() => ({}));
+    for (const bad of [-1, 0.5, NaN, RING_PACKED_PAYLOAD_LIMIT]) assert.throws(() => push(bad), RangeError, String(bad));
+    assert.equal(ring.written, 0, 'nothing refused was kept');
+    for (let i = 1; i < 8; i++) ring.packedSource(() => ({}));
+    assert.throws(() => ring.packedSource(() => ({})), /at most 8 packed sources/);
+  });
+
+  test('the pipeline: followers get the item made from the payload, the ring keeps the payload', async () => {
+    const { dir } = await fixture();
+    const p = new FlowPipeline(dir, 'n', 10, pino({ level: 'silent' }));
+    const l7 = (n: number): HubbleFlowRecord => ({ ...(JSON.parse(JSON.stringify(flowEnrich(randomEvents(1, n)[0]!, dir, 'n'))) as HubbleFlowRecord), node_name: `packed-${n}` });
+    const push = p.packedSource(l7);
+    push(1);
+    const seen: HubbleFlowRecord[] = [];
+    p.on('flow', (r) => seen.push(r));
+    push(2);
+    p.batch(randomEvents(1));
+    assert.deepEqual(p.ring.last().map((r) => r.node_name), ['packed-1', 'packed-2', 'n']);
+    assert.deepEqual(seen.map((r) => r.node_name), ['packed-2', 'n']);
+  });
+});
+
