@@ -12,7 +12,7 @@
 // --ab the variants (built trees) take turns round by round, each round a fresh agent.
 //
 //   node dist/bench/dns-agent.bench.js [rate=5000] [--secs=3] [--rounds=5] [--names=1000] [--warmup=2]
-//        [--ab=/path/to/before/dist,/path/to/after/dist] [--profile] [--heap] [--timeline] [--floor]
+//        [--ab=/path/to/before/dist,/path/to/after/dist] [--profile] [--heap] [--survivors] [--timeline] [--floor]
 //
 // --floor: each round also sends the direct workload's lookups through a bare UDP relay in a process of
 // its own (after the proxy phase): what any userspace hop adds on this machine, the floor of the
@@ -23,7 +23,9 @@
 // start-up cost, not the proxy's steady one; both are in bench/README.md). The measured phase still
 // starts with N names new to the agent. --timeline prints the proxy phase's latency per 100 ms. --heap
 // samples what the agent allocates during the proxy phase (bytes a lookup; its latencies are then not
-// comparable with runs without it); --profile takes a CPU profile of it.
+// comparable with runs without it); --profile takes a CPU profile of it. --survivors (with node
+// --expose-gc) samples what outlives a young collection from 1.5 s into the proxy phase to its end:
+// what each collection copies, most of its pause (bench/results/*.survivors.heapprofile).
 //
 // The agent's CPU per lookup is its process's CPU time during a phase (one thread: the proxy, the
 // policy engine, the flow pipeline, everything of the agent) over the lookups answered: CPU time, so
@@ -38,7 +40,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { constants as perfConstants, PerformanceObserver } from 'node:perf_hooks';
 import type { NodeGCPerformanceDetail, PerformanceObserverEntryList } from 'node:perf_hooks';
-import { MACHINE_LINE, RUN_ID, argsParse, benchMain, heapSampled, median, netnsAddMany, netnsDelMany, onCleanup, profiled, resultWrite, sh, stats, table } from './lib.js';
+import { MACHINE_LINE, RUN_ID, argsParse, benchMain, heapSampled, heapSurvivors, median, netnsAddMany, netnsDelMany, onCleanup, profiled, resultWrite, sh, stats, table } from './lib.js';
 import type { Stats } from './lib.js';
 import { launcherStart, type Launcher } from './launcher.js';
 import type * as BpfModule from '../bpf/index.js';
@@ -195,7 +197,7 @@ interface PhaseResult { stats: Stats; repeated: Stats; lost: number; n: number; 
 /** The agent's young-generation collections during the proxy phase: how many, median and longest pause (ms). */
 interface GcStats { young: number; youngP50: number; youngMax: number; youngMs: number; other: number }
 /** allocatedPerLookup (--heap): bytes the agent's process allocated during the proxy phase over the lookups answered. */
-interface RoundResult { direct: PhaseResult; relay?: PhaseResult; proxy: PhaseResult; proxyAgentCpu: number; proxyFaults: number; agentUsPerLookup: { proxy: number; direct: number }; rcodes: Record<string, number>; gc: GcStats; allocatedPerLookup?: number }
+interface RoundResult { direct: PhaseResult; relay?: PhaseResult; proxy: PhaseResult; proxyAgentCpu: number; proxyFaults: number; agentUsPerLookup: { proxy: number; direct: number }; rcodes: Record<string, number>; gc: GcStats; allocatedPerLookup?: number; survivedPerLookup?: number }
 
 /** Runs fn, recording the garbage collections of this process meanwhile (the agent's thread pauses for each). */
 async function gcDuring<T>(fn: () => Promise<T>): Promise<[T, GcStats]> {
@@ -225,7 +227,7 @@ async function runLoad(launcher: Launcher, ns: string, rate: number, secs: numbe
   return JSON.parse(out) as PhaseResult;
 }
 
-async function round(tree: string, tag: string, rate: number, secs: number, names: number, warmupSecs: number, profile: boolean, heap: boolean, floor: boolean): Promise<RoundResult> {
+async function round(tree: string, tag: string, rate: number, secs: number, names: number, warmupSecs: number, profile: boolean, heap: boolean, floor: boolean, survivors = false): Promise<RoundResult> {
   // The generators start from a helper started now, not from this process once the agent is in it (launcher.ts).
   const launcher = launcherStart();
   onCleanup('launcher', () => launcher.stop());
@@ -281,7 +283,8 @@ spec:
   const cpu0 = process.cpuUsage();
   const faults0 = process.resourceUsage().minorPageFault;
   const t0 = performance.now();
-  const [[proxy, allocated], gc] = await gcDuring(() => heapSampled(heap, `dns-agent-${tag}`, () => profiled(profile, `dns-agent-${tag}`, () => runLoad(launcher, nss[0]!, rate, secs, `${tag}-p`, names))));
+  // --survivors: from 1.5 s into the phase (past the generator's start and the first pass over the names).
+  const [[[proxy, allocated], survived], gc] = await gcDuring(() => heapSurvivors(survivors, `dns-agent-${tag}`, 1500, () => heapSampled(heap, `dns-agent-${tag}`, () => profiled(profile, `dns-agent-${tag}`, () => runLoad(launcher, nss[0]!, rate, secs, `${tag}-p`, names)))));
   const cpu = process.cpuUsage(cpu0);
   const proxyFaults = process.resourceUsage().minorPageFault - faults0;
   const proxyAgentCpu = (cpu.user + cpu.system) / 1000 / (performance.now() - t0);
@@ -298,7 +301,7 @@ spec:
   for (const m of text.matchAll(/^hubble_dns_queries_total\{rcode="Policy denied"[^}]*\} (\d+)/gm)) rcodes['Policy denied'] = (rcodes['Policy denied'] ?? 0) + Number(m[1]);
   // Turned away by the proxy's limits (warm-up included: the phases' own losses are `lost`).
   for (const m of text.matchAll(/^kitnet_dns_proxy_dropped_total\{reason="([^"]*)"\} ([1-9]\d*)/gm)) rcodes[`dropped (${m[1]!})`] = Number(m[2]);
-  return { direct, ...(relay ? { relay } : {}), proxy, proxyAgentCpu, proxyFaults, agentUsPerLookup, rcodes, gc, ...(allocated !== undefined ? { allocatedPerLookup: allocated / Math.max(1, proxy.n) } : {}) };
+  return { direct, ...(relay ? { relay } : {}), proxy, proxyAgentCpu, proxyFaults, agentUsPerLookup, rcodes, gc, ...(allocated !== undefined ? { allocatedPerLookup: allocated / Math.max(1, proxy.n) } : {}), ...(survived ? { survivedPerLookup: survived.bytes / (rate * survived.ms / 1000) } : {}) };
 }
 
 // ---- the driver ---------------------------------------------------------------------------------
@@ -332,14 +335,14 @@ async function main(): Promise<void> {
     if (r % 2) order.reverse();
     for (const v of order) {
       const load = (await sh('cat', ['/proc/loadavg'])).split(' ').slice(0, 3).join(' ');
-      const extra = [...(args.opts.profile ? ['--profile'] : []), ...(args.opts.heap ? ['--heap'] : []), ...(floor ? ['--floor'] : [])];
+      const extra = [...(args.opts.profile ? ['--profile'] : []), ...(args.opts.heap ? ['--heap'] : []), ...(args.opts.survivors ? ['--survivors'] : []), ...(floor ? ['--floor'] : [])];
       // node's own flags (e.g. V8's heap sizes) reach the agent's process too
       const out = await sh(process.execPath, [...process.execArgv, HERE, '--round', trees[v]!, `d${v}r${r}`, String(rate), String(secs), String(names), String(warmup), ...extra], { timeoutMs: 300_000 });
       const res = JSON.parse(out.slice(out.lastIndexOf('\n{') + 1)) as RoundResult;
       results[v]!.push({ ...res, load });
       if (args.opts.timeline) console.log(`  proxy phase per 100 ms [ms, lookups, p50, p99, max]: ${JSON.stringify(res.proxy.timeline)}`);
       if (args.opts.worst) console.log(`  slowest proxy lookups [ms into the phase, ms]: ${JSON.stringify(res.proxy.worst)}; unanswered sent at ms (first, median, last): ${JSON.stringify(res.proxy.unanswered)}`);
-      console.log(`round ${r + 1}/${rounds} ${trees[v]}: direct p50/p99 ${res.direct.stats.p50.toFixed(2)}/${res.direct.stats.p99.toFixed(2)} ms, ${res.relay ? `bare relay ${res.relay.stats.p50.toFixed(2)}/${res.relay.stats.p99.toFixed(2)} ms, ` : ''}proxy ${res.proxy.stats.p50.toFixed(2)}/${res.proxy.stats.p99.toFixed(2)} ms, lost ${res.direct.lost}/${res.proxy.lost}, agent CPU ${res.proxyAgentCpu.toFixed(2)} s/s, ${res.agentUsPerLookup.proxy.toFixed(0)} µs per proxied lookup (${res.agentUsPerLookup.direct.toFixed(0)} per direct one), page faults ${res.proxyFaults}, young GCs ${res.gc.young} (median ${res.gc.youngP50.toFixed(1)} ms, longest ${res.gc.youngMax.toFixed(1)}), ${res.allocatedPerLookup !== undefined ? `allocated ${(res.allocatedPerLookup / 1024).toFixed(1)} KiB a lookup, ` : ''}answers ${JSON.stringify(res.rcodes)} (load ${load})`);
+      console.log(`round ${r + 1}/${rounds} ${trees[v]}: direct p50/p99 ${res.direct.stats.p50.toFixed(2)}/${res.direct.stats.p99.toFixed(2)} ms, ${res.relay ? `bare relay ${res.relay.stats.p50.toFixed(2)}/${res.relay.stats.p99.toFixed(2)} ms, ` : ''}proxy ${res.proxy.stats.p50.toFixed(2)}/${res.proxy.stats.p99.toFixed(2)} ms, lost ${res.direct.lost}/${res.proxy.lost}, agent CPU ${res.proxyAgentCpu.toFixed(2)} s/s, ${res.agentUsPerLookup.proxy.toFixed(0)} µs per proxied lookup (${res.agentUsPerLookup.direct.toFixed(0)} per direct one), page faults ${res.proxyFaults}, young GCs ${res.gc.young} (median ${res.gc.youngP50.toFixed(1)} ms, longest ${res.gc.youngMax.toFixed(1)}), ${res.allocatedPerLookup !== undefined ? `allocated ${(res.allocatedPerLookup / 1024).toFixed(1)} KiB a lookup, ` : ''}${res.survivedPerLookup !== undefined ? `${res.survivedPerLookup.toFixed(0)} B a lookup outlived a young collection, ` : ''}answers ${JSON.stringify(res.rcodes)} (load ${load})`);
     }
   }
   const cell = (xs: number[], d = 2) => `${median(xs).toFixed(d)} (${Math.min(...xs).toFixed(d)}-${Math.max(...xs).toFixed(d)})`;
@@ -372,7 +375,7 @@ else if (argv[2] === '--relay') relayServe(argv[3]!, argv[4]!);
 else if (argv[2] === '--loadgen') loadgen(argv[3]!, Number(argv[4]), Number(argv[5]), argv[6]!, Number(argv[7]));
 else if (argv[2] === '--round') {
   void benchMain(async () => {
-    const r = await round(argv[3]!, argv[4]!, Number(argv[5]), Number(argv[6]), Number(argv[7]), Number(argv[8]), argv.includes('--profile'), argv.includes('--heap'), argv.includes('--floor'));
+    const r = await round(argv[3]!, argv[4]!, Number(argv[5]), Number(argv[6]), Number(argv[7]), Number(argv[8]), argv.includes('--profile'), argv.includes('--heap'), argv.includes('--floor'), argv.includes('--survivors'));
     process.stdout.write(`\n${JSON.stringify(r)}\n`);
   });
 } else void benchMain(main);

@@ -274,3 +274,47 @@ export async function heapSampled<T>(enabled: boolean, name: string, fn: () => P
   }
   return [result, allocated];
 }
+
+/**
+ * What outlives a young collection (--survivors): V8's sampling heap profiler from afterMs into fn to
+ * its end, keeping the samples of objects a young collection did not free (a major one may have: they
+ * were copied at least once). Before the profile is read a young collection is forced (node
+ * --expose-gc), so that what the last interval allocated and dropped is not counted. The copying of
+ * these bytes is most of a scavenge's pause. Writes bench/results/<name>.survivors.heapprofile and
+ * returns the bytes counted (an estimate: a sample every 1 KiB on average) and the window's length in ms.
+ */
+export async function heapSurvivors<T>(enabled: boolean, name: string, afterMs: number, fn: () => Promise<T>): Promise<[T, { bytes: number; ms: number } | undefined]> {
+  if (!enabled) return [await fn(), undefined];
+  const gc = (globalThis as { gc?: (o: { type: 'minor' | 'major'; execution: 'sync' }) => void }).gc;
+  if (!gc) throw new Error('--survivors needs node --expose-gc');
+  const { post, close } = await inspectorSession();
+  await post('HeapProfiler.enable');
+  const started = new Promise<void>((r) => setTimeout(() => {
+    gc({ type: 'minor', execution: 'sync' });
+    t0 = performance.now();
+    void post('HeapProfiler.startSampling', { samplingInterval: 1024, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: false }).then(() => r());
+  }, afterMs));
+  let result: T;
+  let survived = 0;
+  let t0 = 0;
+  let t1 = 0;
+  try {
+    result = await fn();
+  } finally {
+    await started.then(() => undefined);
+    t1 = performance.now();
+    gc({ type: 'minor', execution: 'sync' });
+    const { profile } = (await post('HeapProfiler.stopSampling')) as { profile: { head: HeapSampleNode } };
+    mkdirSync(RESULTS_DIR, { recursive: true });
+    const path = join(RESULTS_DIR, `${name}.survivors.heapprofile`);
+    writeFileSync(path, JSON.stringify(profile));
+    close();
+    console.log(`survivors profile: ${path}`);
+    const walk = (n: HeapSampleNode): void => {
+      survived += n.selfSize;
+      for (const c of n.children) walk(c);
+    };
+    walk(profile.head);
+  }
+  return [result, { bytes: survived, ms: t1 - t0 }];
+}
