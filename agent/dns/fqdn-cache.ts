@@ -219,23 +219,32 @@ export class FqdnCache {
   }
 
   snapshot(): FqdnCacheSnapshot {
-    return {
-      names: [...this.byName].map(([name, m]) => ({
+    return { names: [...this.snapshotNames()] };
+  }
+
+  /**
+   * The snapshot's names one at a time, read as they are taken: a reader that takes them over several
+   * turns of the event loop gets each name as it is then (names learned meanwhile come last).
+   */
+  *snapshotNames(): Generator<FqdnCacheSnapshot['names'][number]> {
+    for (const [name, m] of this.byName) {
+      yield {
         name,
         addresses: [...m].map(([address, expiresAt]) => {
           const owner = this.ownerOf.get(address);
           return owner === undefined ? { address, expiresAt } : { address, expiresAt, owner };
         }),
-      })),
-    };
+      };
+    }
   }
 
   static restore(s: FqdnCacheSnapshot, opts: FqdnCacheOptions = {}): FqdnCache {
     const c = new FqdnCache(opts);
     for (const n of s.names) {
-      const m = new Map<string, number>();
+      // A name may come twice (a file written while it expired and was learned again): one entry, the later expiry of each address.
+      const m = c.byName.get(n.name) ?? new Map<string, number>();
       for (const a of n.addresses) {
-        m.set(a.address, a.expiresAt);
+        m.set(a.address, Math.max(m.get(a.address) ?? 0, a.expiresAt));
         if (c.nameAdd(a.address, n.name) && a.owner !== undefined) c.own(a.address, a.owner);
       }
       c.byName.set(n.name, m);

@@ -37,7 +37,7 @@ import type { LearnedName } from './codec.js';
 import { FqdnCache, fqdnAddressCidr, fqdnLabelMatchers } from './fqdn-cache.js';
 import type { DnsAddressOwner, FqdnIdentities, FqdnLabelMatcher } from './fqdn-cache.js';
 import { DnsLearnLimitError, DnsProxy, dnsProxyStatsCreate } from './proxy.js';
-import { DNS_STATE_FILE, dnsStateRead, dnsStateWrite } from './state-file.js';
+import { DNS_STATE_FILE, dnsStateRead, dnsStateWrite, dnsStateWriteSliced } from './state-file.js';
 import type { DnsEndpoint, DnsProxyStats, DnsQueryEvent, DnsTransport, DnsVerdict } from './proxy.js';
 import { dnsPlanVerdict, dnsQueryPlan, sectionIndex } from './verdict.js';
 import type { DnsQueryPlan } from './verdict.js';
@@ -102,6 +102,11 @@ export class DnsSteering {
   private saveDue = 0;
   /** The file was written while running (its expiries may lag): a clean stop writes it again, complete. */
   private savedRunning = false;
+  /** The save in flight (save()), and whether another is due after it. */
+  private saving: Promise<void> | undefined;
+  private saveAgain = false;
+  /** stop() began: a save in flight gives up, and no other starts. */
+  private stopping = false;
   private maps: DnsSteeringMaps | undefined;
   private readonly proxies: DnsProxy[] = [];
   /** What the proxies (both families, every start) counted: the agent's metrics. */
@@ -242,12 +247,19 @@ export class DnsSteering {
   }
 
   async stop(): Promise<void> {
-    if (this.saveTimer || this.savedRunning) this.save(true);
+    // At once, in this turn (the agent does not wait for the rest): a save in flight sees `stopping`
+    // before its rename and gives up, so this file is the one that stays.
+    this.stopping = true;
+    if (this.saveTimer || this.savedRunning || this.saving) {
+      if (this.saveTimer) clearTimeout(this.saveTimer);
+      this.saveTimer = undefined;
+      this.saveComplete();
+    }
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
     this.unsubscribe?.();
     this.unsubscribe = undefined;
-    await Promise.all(this.proxies.splice(0).map((p) => p.stop()));
+    await Promise.all([...this.proxies.splice(0).map((p) => p.stop()), this.saving]);
   }
 
   private workloadOf(address: string): WorkloadRecord | undefined {
@@ -556,13 +568,35 @@ export class DnsSteering {
     this.saveTimer.unref();
   }
 
-  /** Writes the learned state now; `complete` at a clean stop (every expiry current). */
-  private save(complete = false): void {
+  /**
+   * Writes the learned state while running, a slice of names per turn of the event loop (lookups are
+   * answered between slices: dnsStateWriteSliced). One write at a time: a save due meanwhile follows it.
+   */
+  private save(): void {
     if (this.saveTimer) clearTimeout(this.saveTimer);
     this.saveTimer = undefined;
+    if (this.saving) {
+      this.saveAgain = true;
+      return;
+    }
+    const file = join(this.deps.stateDir, DNS_STATE_FILE);
+    this.saving = dnsStateWriteSliced(this.deps.stateDir, this.cache.snapshotNames(), () => [...(this.ids?.keys ?? [])], () => this.stopping)
+      .then((replaced) => {
+        if (replaced) this.savedRunning = true;
+      })
+      .catch((err: unknown) => this.deps.log.warn({ err, file }, 'DNS proxy: saving the learned state failed'))
+      .finally(() => {
+        this.saving = undefined;
+        if (this.saveAgain && !this.stopping) this.saveSoon();
+        this.saveAgain = false;
+      });
+  }
+
+  /** At a clean stop: the whole file at once, every expiry current. */
+  private saveComplete(): void {
     try {
-      dnsStateWrite(this.deps.stateDir, { version: 1, names: this.cache.snapshot().names, identities: [...(this.ids?.keys ?? [])], ...(complete ? { complete } : {}) });
-      this.savedRunning = !complete;
+      dnsStateWrite(this.deps.stateDir, { version: 1, names: this.cache.snapshot().names, identities: [...(this.ids?.keys ?? [])], complete: true });
+      this.savedRunning = false;
     } catch (err) {
       this.deps.log.warn({ err, file: join(this.deps.stateDir, DNS_STATE_FILE) }, 'DNS proxy: saving the learned state failed');
     }

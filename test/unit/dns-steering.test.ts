@@ -1,9 +1,10 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { DNS_STATE_FILE, dnsStateRead, dnsStateWrite } from '../../agent/dns/state-file.js';
+import { DNS_STATE_FILE, dnsStateRead, dnsStateWrite, dnsStateWriteSliced } from '../../agent/dns/state-file.js';
+import { FqdnCache } from '../../agent/dns/fqdn-cache.js';
 import { configParse, ConfigError } from '../../agent/config.js';
 import { upstreamParse } from '../../agent/dns/config.js';
 import { policiesParse } from '../../agent/policy/index.js';
@@ -77,3 +78,77 @@ test('learned state file: round trip, and a hostile or broken file is refused wh
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('learned state written while running: a slice of names per turn, names changing meanwhile, the same file a whole write gives', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'kitnet-dns-state-'));
+  try {
+    const cache = new FqdnCache();
+    const now = 1_000_000;
+    for (let i = 0; i < 1000; i++) cache.learn(`n${i}.test`, [`10.3.${i >> 8}.${i & 255}`], 60, now, i % 2 ? i : `10.1.0.${i & 255}`);
+    const ids: Array<[string, number]> = [['fqdn:*.test', 25165825]];
+    // While it writes: the thread keeps running other work (turns counted), a name expires and is
+    // learned again (it comes last in the cache's order: the file may then have it twice), new names arrive.
+    let turns = 0;
+    let writing = true;
+    const meanwhile = () => {
+      turns++;
+      if (turns === 2) {
+        cache.expire(now + 61_000, (a) => a !== '10.3.0.5');
+        cache.learn('n5.test', ['10.3.0.5', '10.3.9.9'], 600, now + 61_000);
+        cache.learn('late.test', ['10.4.0.1'], 600, now + 61_000);
+      }
+      if (writing) setImmediate(meanwhile);
+    };
+    setImmediate(meanwhile);
+    const written = await dnsStateWriteSliced(dir, cache.snapshotNames(), () => ids, () => false);
+    writing = false;
+    assert.equal(written, true);
+    assert.ok(turns >= 3, `the thread ran other work between slices (${turns} turns)`);
+    const read = dnsStateRead(dir);
+    assert.ok(read && !('error' in read), JSON.stringify(read));
+    assert.deepEqual(read.identities, ids);
+    // Restored, it is what the cache now holds (the name written twice is merged, later expiries win).
+    const restored = FqdnCache.restore(read);
+    assert.deepEqual(restored.entries('n5.test').sort((a, b) => a.address.localeCompare(b.address)), cache.entries('n5.test').sort((a, b) => a.address.localeCompare(b.address)));
+    assert.deepEqual(restored.namesOf('10.3.0.5'), ['n5.test']);
+    assert.equal(restored.addressCount, cache.addressCount);
+    assert.deepEqual(restored.snapshot().names.map((n) => n.name).sort(), cache.snapshot().names.map((n) => n.name).sort());
+    // Nothing changing: byte for byte what the whole write gives.
+    const whole = readFileSync(join(dir, DNS_STATE_FILE), 'utf8');
+    dnsStateWrite(dir, { version: 1, names: cache.snapshot().names, identities: ids });
+    const again = readFileSync(join(dir, DNS_STATE_FILE), 'utf8');
+    await dnsStateWriteSliced(dir, cache.snapshotNames(), () => ids, () => false);
+    assert.equal(readFileSync(join(dir, DNS_STATE_FILE), 'utf8'), again);
+    assert.notEqual(whole, again, 'the first file was taken while names changed');
+    assert.deepEqual(readdirSync(dir), [DNS_STATE_FILE], 'no temp file left');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('learned state written while running: given up (a clean stop began) before the rename, the file stays as it was', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'kitnet-dns-state-'));
+  try {
+    const cache = new FqdnCache();
+    for (let i = 0; i < 600; i++) cache.learn(`n${i}.test`, [`10.3.${i >> 8}.${i & 255}`], 60, 0);
+    dnsStateWrite(dir, { version: 1, names: [], identities: [], complete: true });
+    const before = readFileSync(join(dir, DNS_STATE_FILE), 'utf8');
+    // 600 names: asked after the slices of 256 and 512 names, and before the rename.
+    for (const after of [1, 2, 3]) {
+      let asked = 0;
+      assert.equal(await dnsStateWriteSliced(dir, cache.snapshotNames(), () => [], () => ++asked >= after), false, `cancelled at check ${after}`);
+      assert.equal(readFileSync(join(dir, DNS_STATE_FILE), 'utf8'), before);
+      assert.deepEqual(readdirSync(dir), [DNS_STATE_FILE], 'the temp file is removed');
+    }
+    let checks = 0;
+    assert.equal(await dnsStateWriteSliced(dir, cache.snapshotNames(), () => [], () => (checks++, false)), true);
+    assert.equal(checks, 3);
+    // A directory it cannot write: an error for the caller to log, nothing left behind.
+    rmSync(dir, { recursive: true, force: true });
+    await assert.rejects(dnsStateWriteSliced(dir, cache.snapshotNames(), () => [], () => false), /ENOENT/);
+    assert.equal(existsSync(dir), false);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
