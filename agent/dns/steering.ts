@@ -160,6 +160,7 @@ export class DnsSteering {
   /** Binds the proxy and points the datapath at it. Without the maps (an older object) nothing is steered. */
   async start(): Promise<void> {
     const { config, datapath, engine, log } = this.deps;
+    this.stopping = false;
     this.maps = datapath.dnsSteering?.();
     if (!this.maps) {
       log.warn('the loaded datapath has no DNS steering maps: toFQDNs and DNS rules learn nothing');
