@@ -28,7 +28,11 @@ export function udpServiceOf(srcPort: number, dstPort: number): 'DHCP' | 'DHCPv6
 let isoSecond = -1;
 let isoPrefix = '';
 
-/** RFC 3339 with nanoseconds, as Hubble prints flow times: `2026-11-26T12:00:00.123456789Z`. */
+/**
+ * RFC 3339 as Hubble prints flow times (protojson's Timestamp): the fraction in 9, 6 or 3 digits, the
+ * fewest that keep the nanoseconds, none for a whole second: `2026-11-26T12:00:00.123456789Z`,
+ * `…00.123456Z`, `…00.123Z`, `…00Z`. The same text on REST and on Hubble's tools.
+ */
 export function nsToIso(ns: bigint): string {
   return secondsToIso(Number(ns / 1_000_000_000n), Number(ns % 1_000_000_000n));
 }
@@ -39,6 +43,9 @@ export function secondsToIso(sec: number, frac: number): string {
     isoSecond = sec;
     isoPrefix = new Date(sec * 1000).toISOString().slice(0, 19); // YYYY-MM-DDTHH:MM:SS
   }
+  if (frac === 0) return `${isoPrefix}Z`;
+  if (frac % 1_000_000 === 0) return `${isoPrefix}.${String(frac / 1_000_000).padStart(3, '0')}Z`;
+  if (frac % 1_000 === 0) return `${isoPrefix}.${String(frac / 1_000).padStart(6, '0')}Z`;
   return `${isoPrefix}.${String(frac).padStart(9, '0')}Z`;
 }
 

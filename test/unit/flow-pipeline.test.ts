@@ -70,12 +70,16 @@ describe('flow pipeline hot path', () => {
     assert.deepEqual(line.flow, JSON.parse(JSON.stringify({ ...eager, uuid: line.flow.uuid })));
   });
 
-  test('time: RFC 3339 with nanoseconds, as Date for the whole seconds', () => {
-    for (const ns of [0n, 1n, 999_999_999n, 1_700_000_000_123_456_789n, 1_700_000_001_000_000_000n, 1_700_000_000_999_999_999n]) {
+  test('time: RFC 3339 as protojson writes it (Hubble\'s JSON): as Date for the whole seconds, the fewest of 9, 6 or 3 digits', () => {
+    for (const ns of [0n, 1n, 999_999_999n, 1_700_000_000_123_456_789n, 1_700_000_001_000_000_000n, 1_700_000_000_999_999_999n, 1_700_000_000_238_927_000n, 1_700_000_000_020_000_000n, 1_700_000_000_000_001_000n, 1_700_000_000_000_000_010n]) {
       const ms = Number(ns / 1_000_000n);
-      const want = new Date(ms).toISOString().replace(/\.\d{3}Z$/, `.${String(ns % 1_000_000_000n).padStart(9, '0')}Z`);
+      // protojson: nine digits, then trailing "000" groups trimmed (a whole second loses its fraction).
+      const nine = String(ns % 1_000_000_000n).padStart(9, '0');
+      const fraction = `.${nine}`.replace(/(000)+$/, '').replace(/^\.$/, '');
+      const want = new Date(ms).toISOString().replace(/\.\d{3}Z$/, `${fraction}Z`);
       assert.equal(nsToIso(ns), want);
     }
+    assert.deepEqual([1_700_000_000_238_927_000n, 1_700_000_000_020_000_000n, 1_700_000_000_000_000_000n, 1_700_000_000_000_000_010n].map(nsToIso), ['2023-11-14T22:13:20.238927Z', '2023-11-14T22:13:20.020Z', '2023-11-14T22:13:20Z', '2023-11-14T22:13:20.000000010Z']);
   });
 
   test('the ring keeps every flow; followers get them only while they listen; batch observers see every batch', async () => {
