@@ -98,10 +98,11 @@ job_run() { # NAME KERNEL INIT TESTS: one VM, its output into its log, its exit 
   echo "$rc $(($(date +%s) - t0))" > "test/artifacts/lab-$name.result"
 }
 job_report() { # NAME: its whole output, then one line
-  local name=$1 rc secs
-  read -r rc secs < "test/artifacts/lab-$name.result"
+  local name=$1 rc=125 secs=0
+  # A job that ended without its result (killed, or its tree removed under it) failed.
+  read -r rc secs 2>/dev/null < "test/artifacts/lab-$name.result" || lab_log "$name: ended without a result (killed?)"
   lab_log "=== $name: output"
-  cat "test/artifacts/lab-$name.log"
+  cat "test/artifacts/lab-$name.log" 2>/dev/null || :
   summary+=("$name: exit $rc in ${secs}s")
   ((rc == 0)) || failed+=("$name")
 }
@@ -117,7 +118,9 @@ for job in "${jobs_list[@]}"; do
   while ((${#running[@]} >= parallel)); do
     wait -n || :
     for pid in "${!running[@]}"; do
-      [ -f "test/artifacts/lab-${running[$pid]}.result" ] || continue
+      # Still running: alive with no result yet. One gone without a result is done too (else this loop
+      # would spin on it for ever: wait -n returns at once when no child is left).
+      [ -f "test/artifacts/lab-${running[$pid]}.result" ] || ! kill -0 "$pid" 2>/dev/null || continue
       wait "$pid" || :
       job_report "${running[$pid]}"
       unset "running[$pid]"
