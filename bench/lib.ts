@@ -289,19 +289,20 @@ export async function heapSurvivors<T>(enabled: boolean, name: string, afterMs: 
   if (!gc) throw new Error('--survivors needs node --expose-gc');
   const { post, close } = await inspectorSession();
   await post('HeapProfiler.enable');
-  const started = new Promise<void>((r) => setTimeout(() => {
+  let t0 = 0;
+  let t1 = 0;
+  // A sampler that does not start fails the round (not a wait for ever).
+  const started = new Promise<void>((resolve, reject) => setTimeout(() => {
     gc({ type: 'minor', execution: 'sync' });
     t0 = performance.now();
-    void post('HeapProfiler.startSampling', { samplingInterval: 1024, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: false }).then(() => r());
+    post('HeapProfiler.startSampling', { samplingInterval: 1024, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: false }).then(() => resolve(), reject);
   }, afterMs));
   let result: T;
   let survived = 0;
-  let t0 = 0;
-  let t1 = 0;
   try {
     result = await fn();
   } finally {
-    await started.then(() => undefined);
+    await started;
     t1 = performance.now();
     gc({ type: 'minor', execution: 'sync' });
     const { profile } = (await post('HeapProfiler.stopSampling')) as { profile: { head: HeapSampleNode } };

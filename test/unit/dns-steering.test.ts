@@ -88,11 +88,16 @@ test('learned state written while running: a slice of names per turn, names chan
     const ids: Array<[string, number]> = [['fqdn:*.test', 25165825]];
     // While it writes: the thread keeps running other work (turns counted), a name expires and is
     // learned again (it comes last in the cache's order: the file may then have it twice), new names arrive.
+    // The change comes in the first turn after the writer has taken 300 names (between its slices),
+    // whatever the machine's load: n5.test is then in the file twice, as it was and as it is.
+    let midway = false;
+    let changed = false;
     let turns = 0;
     let writing = true;
     const meanwhile = () => {
       turns++;
-      if (turns === 2) {
+      if (midway && !changed) {
+        changed = true;
         cache.expire(now + 61_000, (a) => a !== '10.3.0.5');
         cache.learn('n5.test', ['10.3.0.5', '10.3.9.9'], 600, now + 61_000);
         cache.learn('late.test', ['10.4.0.1'], 600, now + 61_000);
@@ -100,13 +105,22 @@ test('learned state written while running: a slice of names per turn, names chan
       if (writing) setImmediate(meanwhile);
     };
     setImmediate(meanwhile);
-    const written = await dnsStateWriteSliced(dir, cache.snapshotNames(), () => ids, () => false);
+    function* names() {
+      let taken = 0;
+      for (const n of cache.snapshotNames()) {
+        if (++taken === 300) midway = true;
+        yield n;
+      }
+    }
+    const written = await dnsStateWriteSliced(dir, names(), () => ids, () => false);
     writing = false;
     assert.equal(written, true);
     assert.ok(turns >= 3, `the thread ran other work between slices (${turns} turns)`);
     const read = dnsStateRead(dir);
     assert.ok(read && !('error' in read), JSON.stringify(read));
     assert.deepEqual(read.identities, ids);
+    assert.ok(changed, 'the names changed while the file was written');
+    assert.deepEqual(read.names.filter((n) => n.name === 'n5.test').map((n) => n.addresses.length), [1, 2], 'n5.test as it was, then as it is');
     // Restored, it is what the cache now holds (the name written twice is merged, later expiries win).
     const restored = FqdnCache.restore(read);
     assert.deepEqual(restored.entries('n5.test').sort((a, b) => a.address.localeCompare(b.address)), cache.entries('n5.test').sort((a, b) => a.address.localeCompare(b.address)));
