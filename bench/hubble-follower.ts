@@ -7,7 +7,8 @@
 // library, whose per-message work (~30-50 µs on this machine: message framing, a stream event, a
 // Writable per message) caps what one follower process can take at 15-20k messages/s.
 // Driven over stdin/stdout by hubble.bench.ts:
-//   stdin "report\n" -> stdout {"flows":N,"lost":N,"latencyMs":[...]} (and counters reset)
+//   stdin "report\n" -> stdout {"flows":N,"lost":N,"latencyMs":[...],"cpuUs":N} (counters reset;
+//   cpuUs: this process's CPU time since the last report)
 //   node dist/bench/hubble-follower.js unix:///path/hubble.sock [time every Nth flow=1] [http2|grpc-js]
 import { Client, credentials } from '@grpc/grpc-js';
 import { connect as http2Connect, constants as H2 } from 'node:http2';
@@ -26,6 +27,7 @@ const getFlows = method.GetFlows!;
 let flows = 0;
 let lost = 0;
 let latencyMs: number[] = [];
+let cpuAt = process.cpuUsage();
 // GetFlowsResponse's first field on the wire is its oneof: 0x0a flow (1), 0x1a lost_events (3).
 const onMessage = (b: Buffer) => {
   if (b[0] === 0x1a) {
@@ -76,7 +78,9 @@ if (clientKind === 'grpc-js') {
 }
 createInterface({ input: process.stdin }).on('line', (line) => {
   if (line !== 'report') return;
-  console.log(JSON.stringify({ flows, lost, latencyMs }));
+  const cpu = process.cpuUsage(cpuAt);
+  cpuAt = process.cpuUsage();
+  console.log(JSON.stringify({ flows, lost, latencyMs, cpuUs: cpu.user + cpu.system }));
   flows = 0;
   lost = 0;
   latencyMs = [];

@@ -18,6 +18,7 @@
 //
 //   node dist/bench/hubble.bench.js [rates=50000,100000,200000,400000] [--seconds=3] [--samples=1000] [--rounds=1] [--ab]
 //                                   [--client=http2|grpc-js] [--generator=worker|main] [--profile] [--follow-queue=N] [--warmup=S]
+//                                   [--timeline]
 // --generator: the events are made on the agent's thread, in slices between its turns (main, default:
 // the agent's thread pays for making them too, ~1 µs an event) or on a worker thread (worker);
 // --rounds=R repeats the whole rate sweep R times; --ab measures every rate of a round twice, `before`
@@ -26,7 +27,9 @@
 // --follow-queue sets the agent's hubble.followQueue (flows a follower may fall behind; default the config's);
 // --profile writes a CPU profile of the agent's thread during the sweep (bench/results/hubble-follow.cpuprofile);
 // --warmup=S offers the first rate for S seconds before the sweep, not measured (0, the default: a fresh
-// agent's first phase also pays V8's compiling of the pipeline and the first slabs).
+// agent's first phase also pays V8's compiling of the pipeline and the first slabs);
+// --timeline prints each phase per 100 ms: the agent thread's busy share, the events written, what the
+// follower received and lost and its CPU time.
 import { Worker } from 'node:worker_threads';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -55,12 +58,26 @@ interface Row {
   cpu_us_per_flow: number;
   /** Minor page faults of the agent's process during the phase (~11-18 µs each on this VM). */
   page_faults: number;
+  /** The follower process's CPU per flow it received, and its share of a core while the events were written. */
+  follower_cpu_us_per_flow: number;
+  follower_busy_offering: number;
 }
 
 interface Report {
   flows: number;
   lost: number;
   latencyMs: number[];
+  /** the follower process's CPU time since its last report */
+  cpuUs: number;
+}
+
+/** Adds b's counts to a (returned). */
+function reportAdd(a: Report, b: Report): Report {
+  a.flows += b.flows;
+  a.lost += b.lost;
+  for (const l of b.latencyMs) a.latencyMs.push(l);
+  a.cpuUs += b.cpuUs;
+  return a;
 }
 
 /** The follower process and a way to ask it for its counts. */
@@ -72,6 +89,34 @@ function followerStart(launcher: Launcher, target: string, every: number, client
   return {
     report: () => new Promise<Report>((resolve) => (waiting.push(resolve), child.write('report\n'))),
     stop: () => (child.end(), child.kill('SIGTERM')),
+  };
+}
+
+/**
+ * --timeline: every 100 ms of a phase, the agent thread's busy share, the events written so far, and
+ * what the follower took in that window (its report resets its counts: the phase's totals still add up).
+ */
+function timelineStart(start: number, written: () => number, f: ReturnType<typeof followerStart>) {
+  let elu = performance.eventLoopUtilization();
+  let last = start;
+  const pending: Array<Promise<string>> = [];
+  const taken: Report = { flows: 0, lost: 0, latencyMs: [], cpuUs: 0 };
+  return {
+    tick(): void {
+      if (performance.now() - last < 100) return;
+      const busy = performance.eventLoopUtilization(elu).utilization;
+      elu = performance.eventLoopUtilization();
+      last = performance.now();
+      const head = `    ${String(Math.round(last - start)).padStart(5)} ms: agent thread ${fmt(100 * busy)} % busy, ${written()} written; follower`;
+      pending.push(
+        f.report().then((r) => {
+          reportAdd(taken, r);
+          return `${head} received ${r.flows}, lost ${r.lost}, CPU ${fmt(r.cpuUs / 1000)} ms`;
+        }),
+      );
+    },
+    /** The lines, and what the follower reported to them (the phase's counts add it). */
+    end: async (): Promise<{ text: string; taken: Report }> => ({ text: (await Promise.all(pending)).join('\n'), taken }),
   };
 }
 
@@ -154,6 +199,7 @@ async function main(): Promise<void> {
       const faults0 = process.resourceUsage().minorPageFault;
       const start = performance.now();
       let written = 0;
+      const timeline = args.opts.timeline ? timelineStart(start, () => Number(kernelSent() - sent0), f) : undefined;
       if (worker) await offerOnWorker(rate, secs);
       // Ticks every 10 ms, catching up when a tick is late, so the offered rate holds on a loaded machine.
       // Written in slices of 500 with a turn of the event loop between them: the kernel writes events
@@ -167,16 +213,22 @@ async function main(): Promise<void> {
           await new Promise((r) => setImmediate(r));
         }
         await sleep(1);
+        timeline?.tick();
       }
+      const beforeEnd = timeline ? await timeline.end() : undefined;
+      if (beforeEnd) console.log(beforeEnd.text);
       const offeredS = (performance.now() - start) / 1000;
       // the events the datapath wrote to the ring (exact, also when a run was cut short)
       written = Number(kernelSent() - sent0);
       // Until the follower has everything it will get: no change for 500 ms.
-      let got: Report = { flows: 0, lost: 0, latencyMs: [] };
+      // what the follower took while the events were written: its CPU then says whether it kept up
+      let got: Report = await f.report();
+      if (beforeEnd) got = reportAdd(beforeEnd.taken, got);
+      const followerBusy = got.cpuUs / 1e6 / offeredS;
       for (let last = -1, still = 0; still < 5; ) {
         await sleep(100);
         const r = await f.report();
-        got = { flows: got.flows + r.flows, lost: got.lost + r.lost, latencyMs: [...got.latencyMs, ...r.latencyMs] };
+        got = reportAdd(got, r);
         still = got.flows + got.lost === last ? still + 1 : 0;
         last = got.flows + got.lost;
       }
@@ -188,8 +240,8 @@ async function main(): Promise<void> {
       const cpuUs = (cpu.user + cpu.system) / written;
       const kLost = Number(kernelLost() - lost0);
       const lat = stats(got.latencyMs);
-      if (measured) out.push({ round, variant, rate, written, offered: written / offeredS, received: got.flows, rate_received: got.flows / deliveredS, lost_follower: got.lost, lost_kernel: kLost, latency_p50_ms: lat.p50, latency_p99_ms: lat.p99, thread_us_per_flow: threadUs, cpu_us_per_flow: cpuUs, page_faults: faults });
-      console.log(`  ${measured ? `round ${round}` : `warm-up (${secs} s, not measured)`} ${variant} offered ${fmt(written / offeredS)}/s: ${got.flows} of ${written} received, ${got.lost} reported lost to the follower, ${kLost} lost in the kernel ring; latency p50 ${fmt(lat.p50)} ms p99 ${fmt(lat.p99)} ms; agent thread ${fmt(threadUs)} µs/event, CPU ${fmt(cpuUs)} µs/event, page faults ${faults}`);
+      if (measured) out.push({ round, variant, rate, written, offered: written / offeredS, received: got.flows, rate_received: got.flows / deliveredS, lost_follower: got.lost, lost_kernel: kLost, latency_p50_ms: lat.p50, latency_p99_ms: lat.p99, thread_us_per_flow: threadUs, cpu_us_per_flow: cpuUs, page_faults: faults, follower_cpu_us_per_flow: got.cpuUs / Math.max(1, got.flows), follower_busy_offering: followerBusy });
+      console.log(`  ${measured ? `round ${round}` : `warm-up (${secs} s, not measured)`} ${variant} offered ${fmt(written / offeredS)}/s: ${got.flows} of ${written} received, ${got.lost} reported lost to the follower, ${kLost} lost in the kernel ring; latency p50 ${fmt(lat.p50)} ms p99 ${fmt(lat.p99)} ms; agent thread ${fmt(threadUs)} µs/event, CPU ${fmt(cpuUs)} µs/event, page faults ${faults}; follower CPU ${fmt(got.cpuUs / Math.max(1, got.flows))} µs/flow, ${fmt(100 * followerBusy)} % of a core while written`);
       await sleep(200);
     }
     return out;
