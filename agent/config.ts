@@ -282,6 +282,11 @@ export const ConfigSchema = z
          */
         followQueue: z.number().int().min(64).max(1_000_000).default(32_768),
         /**
+         * Made-up flows run through the flow path (decode, enrich, gRPC encode) when the agent starts
+         * serving, so V8 has optimized it before a flood meets it (api/hubble/warm.ts); 0 turns it off.
+         */
+        warmFlows: z.number().int().min(0).max(1_000_000).default(30_000),
+        /**
          * TCP connections (hubble.listen) open at once, handshaking or served: one beyond is closed at
          * accept. A relay or a CLI holds one each.
          */

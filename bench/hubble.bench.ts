@@ -18,7 +18,7 @@
 //
 //   node dist/bench/hubble.bench.js [rates=50000,100000,200000,400000] [--seconds=3] [--samples=1000] [--rounds=1] [--ab]
 //                                   [--client=http2|grpc-js] [--generator=worker|main] [--profile] [--follow-queue=N] [--warmup=S]
-//                                   [--timeline]
+//                                   [--warm-flows=N] [--timeline]
 // --generator: the events are made on the agent's thread, in slices between its turns (main, default:
 // the agent's thread pays for making them too, ~1 µs an event) or on a worker thread (worker);
 // --rounds=R repeats the whole rate sweep R times; --ab measures every rate of a round twice, `before`
@@ -29,7 +29,8 @@
 // --warmup=S offers the first rate for S seconds before the sweep, not measured (0, the default: a fresh
 // agent's first phase also pays V8's compiling of the pipeline and the first slabs);
 // --timeline prints each phase per 100 ms: the agent thread's busy share, the events written, what the
-// follower received and lost and its CPU time.
+// follower received and lost and its CPU time; --warm-flows sets the agent's hubble.warmFlows (made-up
+// flows run through the flow path when it starts serving, api/hubble/warm.ts; 0 turns that off).
 import { Worker } from 'node:worker_threads';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -131,7 +132,7 @@ async function main(): Promise<void> {
   // once the agent is in it costs the agent a page fault per page it writes next).
   const launcher = launcherStart();
   onCleanup('launcher', () => launcher.stop());
-  const { dir, daemon: agent, a, b } = await benchAgentPairStart({ tag: 'hb', ipv4Pool: '10.222.0.0/24', ipv6Pool: 'fd00:222::/64', overrides: { flows: { kernelRingBytes: 64 << 20, aggregation: 'every-packet' }, ...(args.opts['follow-queue'] ? { hubble: { followQueue: Number(args.opts['follow-queue']) } } : {}) } });
+  const { dir, daemon: agent, a, b } = await benchAgentPairStart({ tag: 'hb', ipv4Pool: '10.222.0.0/24', ipv6Pool: 'fd00:222::/64', overrides: { flows: { kernelRingBytes: 64 << 20, aggregation: 'every-packet' }, hubble: { ...(args.opts['follow-queue'] ? { followQueue: Number(args.opts['follow-queue']) } : {}), ...(args.opts['warm-flows'] ? { warmFlows: Number(args.opts['warm-flows']) } : {}) } } });
   const dp = agent.agent.kernel.datapath;
   const flows = agent.agent.flows;
   const ifindex = a.interfaces.host.ifindex!;

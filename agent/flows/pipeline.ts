@@ -77,6 +77,11 @@ export class FlowPipeline extends EventEmitter<{ flow: [HubbleFlowRecord]; lost:
     }
   }
 
+  /** A flow record for an event, as batch() makes it, kept nowhere and sent to no one (api/hubble/warm.ts). */
+  enrich(ev: FlowEvent): HubbleFlowRecord {
+    return flowEnrich(ev, this.directory, this.nodeName);
+  }
+
   /**
    * A flow that does not come from the datapath (the DNS proxy's L7 flows): into the same ring and to
    * the same followers, so every API shows it with the others.

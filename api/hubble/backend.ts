@@ -12,7 +12,7 @@ export type FlowExtras = PolicyFields & { interfaceName?: string };
 export interface HubbleBackend {
   nodeName: string;
   version: string;
-  flows: Pick<FlowPipeline, 'ring' | 'on' | 'off' | 'lostRecord'>;
+  flows: Pick<FlowPipeline, 'ring' | 'on' | 'off' | 'lostRecord' | 'enrich'>;
   /** Namespaces with workloads or namespace objects, sorted. */
   namespaces(): string[];
   extras?(r: HubbleFlowRecord): FlowExtras | undefined;

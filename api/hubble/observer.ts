@@ -184,8 +184,7 @@ function getNamespaces(ctx: HubbleContext, _call: ServerUnaryCall<unknown, unkno
 }
 
 /** observer.Observer: GetFlows, ServerStatus, GetNodes, GetNamespaces. */
-export function observerService(ctx: HubbleContext): UntypedServiceImplementation {
-  const encode = flowResponseEncoderCreate();
+export function observerService(ctx: HubbleContext, encode: FlowResponseEncoder = flowResponseEncoderCreate()): UntypedServiceImplementation {
   return {
     GetFlows: (call: ServerWritableStream<GetFlowsRequest, FlowOut>) => getFlows(ctx, encode, call),
     ServerStatus: (call: ServerUnaryCall<unknown, unknown>, cb: sendUnaryData<unknown>) => serverStatus(ctx, call, cb),

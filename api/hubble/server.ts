@@ -11,6 +11,8 @@ import { hubbleListenParse, hubbleSocketPath, hubbleTlsRead } from '../../agent/
 import { hubbleContext } from './context.js';
 import { healthService } from './health.js';
 import { observerService } from './observer.js';
+import { flowPathWarm, type FlowPathWarm } from './warm.js';
+import { flowResponseEncoderCreate } from './flow-encoder.js';
 import { peerService } from './peer.js';
 import { hubbleServices } from './proto.js';
 import { hubbleTcpListen, hubbleTcpMetricsRegister, type HubbleTcpListener } from './tcp-listener.js';
@@ -114,7 +116,9 @@ export async function hubbleListen(config: Config, log: Logger): Promise<HubbleS
   const ctx = hubbleContext(() => address, tls, config.hubble.followQueue);
   const services = hubbleServices();
   const server = new Server({ 'grpc.max_receive_message_length': 1 << 20 });
-  server.addService(services.observer, observerService(ctx));
+  // one encoder for every follower, and for the warm of the flow path when the agent starts serving
+  const encode = flowResponseEncoderCreate();
+  server.addService(services.observer, observerService(ctx, encode));
   server.addService(services.peer, peerService(ctx));
   server.addService(services.health, healthService(ctx));
   let tcp: { host: string; port: number } | undefined;
@@ -138,8 +142,10 @@ export async function hubbleListen(config: Config, log: Logger): Promise<HubbleS
     throw err;
   }
   let closing: Promise<void> | undefined;
+  let warm: FlowPathWarm | undefined;
   const close = () =>
     (closing ??= (async () => {
+      warm?.cancel();
       for (const stop of [...ctx.followers]) stop();
       listener?.close();
       server.forceShutdown();
@@ -155,6 +161,14 @@ export async function hubbleListen(config: Config, log: Logger): Promise<HubbleS
     tcp: listener,
     serve: (backend) => {
       ctx.serve(backend);
+      if (config.hubble.warmFlows > 0 && !warm) {
+        const started = performance.now();
+        warm = flowPathWarm(backend, encode, config.hubble.warmFlows);
+        void warm.done.then(
+          () => log.debug({ flows: config.hubble.warmFlows, ms: Math.round(performance.now() - started) }, 'Hubble flow path warmed'),
+          (err: unknown) => log.warn({ err }, 'Hubble flow path warm failed (followers are served all the same)'),
+        );
+      }
       log.info({ socket, tcp: tcp ? `${tcp.host}:${tcp.port}` : null, mtls: !!config.hubble.tls?.clientCa }, 'Hubble API listening');
     },
     attach: (daemon) => {
