@@ -46,11 +46,12 @@ describe('reconcile loop: retries and resync (root)', { timeout: 120_000 }, () =
     const retriesBefore = await metric('kitnet_reconcile_retries_total');
 
     // Someone puts a device of their own under the workload's interface name, then the pair goes:
-    // the agent hears of the removal and makes the pair again, which the name in use refuses.
-    await run('ip', ['-n', nsA, 'link', 'set', 'eth0', 'down']);
-    await run('ip', ['-n', nsA, 'link', 'set', 'eth0', 'name', 'kn-old']);
-    await run('ip', ['-n', nsA, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'foreign1']);
-    await run('ip', ['-n', nsA, 'link', 'del', 'kn-old']);
+    // the agent hears of the removal and makes the pair again, which the name in use refuses. The swap
+    // is one `ip -batch`, done within a millisecond: the agent hears of link changes and reconciles
+    // while they happen, and between separate commands it once removed the renamed pair itself (the
+    // delete then found no kn-old, a CI failure) and could take eth0 back before the foreign device had it.
+    await run('ip', ['-n', nsA, 'link', 'add', 'foreign0', 'type', 'veth', 'peer', 'name', 'foreign1']);
+    await run('ip', ['-n', nsA, '-batch', '-'], { input: ['link set eth0 down', 'link set eth0 name kn-old', 'link set foreign0 name eth0', 'link del kn-old', ''].join('\n') });
     const failed = await waitFor('the workload to fail and wait for a retry', async () => {
       const cur = await get('taken');
       return cur.state === 'error' && cur.retries >= 2 && cur.nextRetryAt !== null ? cur : undefined;
