@@ -216,9 +216,9 @@ async function main(): Promise<void> {
         await sleep(1);
         timeline?.tick();
       }
+      const offeredS = (performance.now() - start) / 1000;
       const beforeEnd = timeline ? await timeline.end() : undefined;
       if (beforeEnd) console.log(beforeEnd.text);
-      const offeredS = (performance.now() - start) / 1000;
       // the events the datapath wrote to the ring (exact, also when a run was cut short)
       written = Number(kernelSent() - sent0);
       // Until the follower has everything it will get: no change for 500 ms.
