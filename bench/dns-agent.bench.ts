@@ -16,7 +16,9 @@
 //
 // --floor: each round also sends the direct workload's lookups through a bare UDP relay in a process of
 // its own (after the proxy phase): what any userspace hop adds on this machine, the floor of the
-// proxy's added latency. node's own flags (e.g. V8's) are passed on to the rounds' processes.
+// proxy's added latency; and through dnsmasq as a plain forwarder (no cache, one upstream socket),
+// the same hop written in C: what of the floor is Node's. node's own flags (e.g. V8's) are passed on
+// to the rounds' processes.
 //
 // --warmup=S: before measuring, both paths run S seconds at RATE with names of their own (0: the fresh
 // agent's code is measured while V8 still compiles it: its first ~1,000 lookups run interpreted, a
@@ -52,6 +54,8 @@ const OWN_DIST = resolve(dirname(HERE), '..');
 const SERVER = '10.247.255.53';
 /** The bare relay's address (--floor), also on the host's loopback. */
 const RELAY = '10.247.255.54';
+/** dnsmasq's, forwarding (--floor). */
+const RELAY_C = '10.247.255.55';
 const ZONE = 'bench.test';
 
 // ---- the DNS server (child process): every name gets an address of its own, TTL 60 ----------------
@@ -106,6 +110,36 @@ function relayServe(listen: string, upstream: string): void {
     down.send(m, r.port, r.address);
   });
   up.connect(53, upstream, () => down.bind(53, listen, () => console.log('ready')));
+}
+
+/**
+ * The same hop in C (--floor): dnsmasq forwarding every query (no cache, no hosts, no config file) from
+ * one fixed upstream socket (--query-port=0: one OS-chosen port, as the Node relay's one connected
+ * socket). Resolves once it answers a query.
+ */
+async function relayCStart(listen: string, upstream: string): Promise<() => void> {
+  const d = spawn('dnsmasq', ['--keep-in-foreground', '--conf-file=/dev/null', '--no-resolv', '--no-hosts', '--cache-size=0', `--server=${upstream}`, `--listen-address=${listen}`, '--bind-interfaces', '--port=53', '--query-port=0', '--dns-forward-max=10000', '--user=root', '--pid-file'], { stdio: ['ignore', 'ignore', 'inherit'] });
+  const exited = new Promise<never>((_, reject) => {
+    d.once('error', (e) => reject(new Error(`dnsmasq (the C relay of --floor) did not start: ${e.message}; scripts/setup.sh installs dnsmasq-base`)));
+    d.once('exit', (code, signal) => reject(new Error(`dnsmasq (the C relay of --floor) exited (${code ?? signal}) before answering`)));
+  });
+  exited.catch(() => undefined);
+  const stop = () => void d.kill('SIGKILL');
+  const probe = dgram.createSocket('udp4');
+  try {
+    const answered = new Promise<void>((r) => probe.once('message', () => r()));
+    for (let i = 0; ; i++) {
+      if (i === 100) throw new Error(`dnsmasq (the C relay of --floor) did not answer on ${listen}:53 within 5 s`);
+      probe.send(query(i, `probe.${ZONE}`), 53, listen);
+      const waited = await Promise.race([answered.then(() => true), exited, new Promise<false>((r) => setTimeout(() => r(false), 50))]);
+      if (waited) return stop;
+    }
+  } catch (e) {
+    stop();
+    throw e;
+  } finally {
+    probe.close();
+  }
 }
 
 // ---- the load generator (child process in a workload's namespace) --------------------------------
@@ -197,7 +231,7 @@ interface PhaseResult { stats: Stats; repeated: Stats; lost: number; n: number; 
 /** The agent's young-generation collections during the proxy phase: how many, median and longest pause (ms). */
 interface GcStats { young: number; youngP50: number; youngMax: number; youngMs: number; other: number }
 /** allocatedPerLookup (--heap): bytes the agent's process allocated during the proxy phase over the lookups answered. */
-interface RoundResult { direct: PhaseResult; relay?: PhaseResult; proxy: PhaseResult; proxyAgentCpu: number; proxyFaults: number; agentUsPerLookup: { proxy: number; direct: number }; rcodes: Record<string, number>; gc: GcStats; allocatedPerLookup?: number; survivedPerLookup?: number }
+interface RoundResult { direct: PhaseResult; relay?: PhaseResult; relayC?: PhaseResult; proxy: PhaseResult; proxyAgentCpu: number; proxyFaults: number; agentUsPerLookup: { proxy: number; direct: number }; rcodes: Record<string, number>; gc: GcStats; allocatedPerLookup?: number; survivedPerLookup?: number }
 
 /** Runs fn, recording the garbage collections of this process meanwhile (the agent's thread pauses for each). */
 async function gcDuring<T>(fn: () => Promise<T>): Promise<[T, GcStats]> {
@@ -275,7 +309,6 @@ spec:
   if (warmupSecs > 0) {
     await runLoad(launcher, nss[1]!, rate, warmupSecs, `${tag}-warm2`, names);
     await runLoad(launcher, nss[0]!, rate, warmupSecs, `${tag}-warm2`, names);
-    if (floor) await runLoad(launcher, nss[1]!, rate, warmupSecs, `${tag}-warm2r`, names, RELAY);
   }
   const cpuD0 = process.cpuUsage();
   const direct = await runLoad(launcher, nss[1]!, rate, secs, `${tag}-d`, names);
@@ -288,9 +321,15 @@ spec:
   const cpu = process.cpuUsage(cpu0);
   const proxyFaults = process.resourceUsage().minorPageFault - faults0;
   const proxyAgentCpu = (cpu.user + cpu.system) / 1000 / (performance.now() - t0);
-  // The same workload as the direct phase (not steered), through the bare relay; after the proxy phase:
-  // the agent idles through it, and V8 may then shrink its young generation (more collections after).
-  const relay = floor ? await runLoad(launcher, nss[1]!, rate, secs, `${tag}-r`, names, RELAY) : undefined;
+  // The same workload as the direct phase (not steered), through the bare relay and dnsmasq, each after
+  // a warm-up of its own; after the proxy phase: the agent idles through them, and an idle agent's V8
+  // may shrink its young generation (a proxy phase after them would take ~6x the collections).
+  const relayPhase = async (address: string, name: string) => {
+    if (warmupSecs > 0) await runLoad(launcher, nss[1]!, rate, warmupSecs, `${tag}-warm2${name}`, names, address);
+    return runLoad(launcher, nss[1]!, rate, secs, `${tag}-${name}`, names, address);
+  };
+  const relay = floor ? await relayPhase(RELAY, 'r') : undefined;
+  const relayC = floor ? await relayPhase(RELAY_C, 'c') : undefined;
   // CPU time, not wall time: what one lookup costs the agent's process whatever else the machine runs
   // (in the direct phase the agent only sees the packets' flow events).
   const agentUsPerLookup = { proxy: (cpu.user + cpu.system) / Math.max(1, proxy.n), direct: (cpuD.user + cpuD.system) / Math.max(1, direct.n) };
@@ -301,7 +340,7 @@ spec:
   for (const m of text.matchAll(/^hubble_dns_queries_total\{rcode="Policy denied"[^}]*\} (\d+)/gm)) rcodes['Policy denied'] = (rcodes['Policy denied'] ?? 0) + Number(m[1]);
   // Turned away by the proxy's limits (warm-up included: the phases' own losses are `lost`).
   for (const m of text.matchAll(/^kitnet_dns_proxy_dropped_total\{reason="([^"]*)"\} ([1-9]\d*)/gm)) rcodes[`dropped (${m[1]!})`] = Number(m[2]);
-  return { direct, ...(relay ? { relay } : {}), proxy, proxyAgentCpu, proxyFaults, agentUsPerLookup, rcodes, gc, ...(allocated !== undefined ? { allocatedPerLookup: allocated / Math.max(1, proxy.n) } : {}), ...(survived ? { survivedPerLookup: survived.bytes / (rate * survived.ms / 1000) } : {}) };
+  return { direct, ...(relay ? { relay } : {}), ...(relayC ? { relayC } : {}), proxy, proxyAgentCpu, proxyFaults, agentUsPerLookup, rcodes, gc, ...(allocated !== undefined ? { allocatedPerLookup: allocated / Math.max(1, proxy.n) } : {}), ...(survived ? { survivedPerLookup: survived.bytes / (rate * survived.ms / 1000) } : {}) };
 }
 
 // ---- the driver ---------------------------------------------------------------------------------
@@ -328,6 +367,9 @@ async function main(): Promise<void> {
     const relay = spawn(process.execPath, [HERE, '--relay', RELAY, SERVER], { stdio: ['ignore', 'pipe', 'inherit'] });
     onCleanup('relay', () => void relay.kill('SIGKILL'));
     await new Promise<void>((r) => relay.stdout.once('data', () => r()));
+    await sh('ip', ['addr', 'add', `${RELAY_C}/32`, 'dev', 'lo']);
+    onCleanup('C relay address', () => sh('ip', ['addr', 'del', `${RELAY_C}/32`, 'dev', 'lo']).catch(() => undefined));
+    onCleanup('C relay', await relayCStart(RELAY_C, SERVER));
   }
   const results: Array<Array<RoundResult & { load: string }>> = trees.map(() => []);
   for (let r = 0; r < rounds; r++) {
@@ -342,11 +384,11 @@ async function main(): Promise<void> {
       results[v]!.push({ ...res, load });
       if (args.opts.timeline) console.log(`  proxy phase per 100 ms [ms, lookups, p50, p99, max]: ${JSON.stringify(res.proxy.timeline)}`);
       if (args.opts.worst) console.log(`  slowest proxy lookups [ms into the phase, ms]: ${JSON.stringify(res.proxy.worst)}; unanswered sent at ms (first, median, last): ${JSON.stringify(res.proxy.unanswered)}`);
-      console.log(`round ${r + 1}/${rounds} ${trees[v]}: direct p50/p99 ${res.direct.stats.p50.toFixed(2)}/${res.direct.stats.p99.toFixed(2)} ms, ${res.relay ? `bare relay ${res.relay.stats.p50.toFixed(2)}/${res.relay.stats.p99.toFixed(2)} ms, ` : ''}proxy ${res.proxy.stats.p50.toFixed(2)}/${res.proxy.stats.p99.toFixed(2)} ms, lost ${res.direct.lost}/${res.proxy.lost}, agent CPU ${res.proxyAgentCpu.toFixed(2)} s/s, ${res.agentUsPerLookup.proxy.toFixed(0)} µs per proxied lookup (${res.agentUsPerLookup.direct.toFixed(0)} per direct one), page faults ${res.proxyFaults}, young GCs ${res.gc.young} (median ${res.gc.youngP50.toFixed(1)} ms, longest ${res.gc.youngMax.toFixed(1)}), ${res.allocatedPerLookup !== undefined ? `allocated ${(res.allocatedPerLookup / 1024).toFixed(1)} KiB a lookup, ` : ''}${res.survivedPerLookup !== undefined ? `${res.survivedPerLookup.toFixed(0)} B a lookup outlived a young collection, ` : ''}answers ${JSON.stringify(res.rcodes)} (load ${load})`);
+      console.log(`round ${r + 1}/${rounds} ${trees[v]}: direct p50/p99 ${res.direct.stats.p50.toFixed(2)}/${res.direct.stats.p99.toFixed(2)} ms, ${res.relay ? `bare relay ${res.relay.stats.p50.toFixed(2)}/${res.relay.stats.p99.toFixed(2)} ms, ` : ''}${res.relayC ? `dnsmasq relay ${res.relayC.stats.p50.toFixed(2)}/${res.relayC.stats.p99.toFixed(2)} ms, ` : ''}proxy ${res.proxy.stats.p50.toFixed(2)}/${res.proxy.stats.p99.toFixed(2)} ms, lost ${res.direct.lost}/${res.proxy.lost}, agent CPU ${res.proxyAgentCpu.toFixed(2)} s/s, ${res.agentUsPerLookup.proxy.toFixed(0)} µs per proxied lookup (${res.agentUsPerLookup.direct.toFixed(0)} per direct one), page faults ${res.proxyFaults}, young GCs ${res.gc.young} (median ${res.gc.youngP50.toFixed(1)} ms, longest ${res.gc.youngMax.toFixed(1)}), ${res.allocatedPerLookup !== undefined ? `allocated ${(res.allocatedPerLookup / 1024).toFixed(1)} KiB a lookup, ` : ''}${res.survivedPerLookup !== undefined ? `${res.survivedPerLookup.toFixed(0)} B a lookup outlived a young collection, ` : ''}answers ${JSON.stringify(res.rcodes)} (load ${load})`);
     }
   }
   const cell = (xs: number[], d = 2) => `${median(xs).toFixed(d)} (${Math.min(...xs).toFixed(d)}-${Math.max(...xs).toFixed(d)})`;
-  table(`DNS lookups at ${rate}/s for ${secs} s per phase, ${names} names per phase, ${warmup ? `after a ${warmup} s warm-up at that rate` : 'a fresh agent (no warm-up)'}, ${rounds} rounds: median (min-max) over rounds, ms`, ['tree', 'direct p50', 'direct p99', 'proxy p50', 'proxy p99', 'added p99', 'added p99, names asked before', 'proxy/direct p99', 'lost (proxy)', 'agent CPU µs per lookup (proxied / direct)', 'young GCs in the proxy phase: count, median / longest ms', ...(args.opts.heap ? ['allocated KiB a proxied lookup'] : []), ...(floor ? ['bare relay p99', 'added p99 by the bare relay (floor)'] : [])], trees.map((t, v) => {
+  table(`DNS lookups at ${rate}/s for ${secs} s per phase, ${names} names per phase, ${warmup ? `after a ${warmup} s warm-up at that rate` : 'a fresh agent (no warm-up)'}, ${rounds} rounds: median (min-max) over rounds, ms`, ['tree', 'direct p50', 'direct p99', 'proxy p50', 'proxy p99', 'added p99', 'added p99, names asked before', 'proxy/direct p99', 'lost (proxy)', 'agent CPU µs per lookup (proxied / direct)', 'young GCs in the proxy phase: count, median / longest ms', ...(args.opts.heap ? ['allocated KiB a proxied lookup'] : []), ...(floor ? ['bare relay p99', 'added p99 by the bare relay (floor)', 'dnsmasq relay p99', 'added p99 by dnsmasq (C floor)'] : [])], trees.map((t, v) => {
     const rs = results[v]!;
     return [
       t,
@@ -362,7 +404,7 @@ async function main(): Promise<void> {
       `${cell(rs.map((x) => x.agentUsPerLookup.proxy), 0)} / ${cell(rs.map((x) => x.agentUsPerLookup.direct), 0)}`,
       `${cell(rs.map((x) => x.gc.young), 0)}, ${cell(rs.map((x) => x.gc.youngP50), 1)} / ${cell(rs.map((x) => x.gc.youngMax), 1)}`,
       ...(args.opts.heap ? [cell(rs.map((x) => (x.allocatedPerLookup ?? NaN) / 1024), 1)] : []),
-      ...(floor ? [cell(rs.map((x) => x.relay!.stats.p99)), cell(rs.map((x) => x.relay!.stats.p99 - x.direct.stats.p99))] : []),
+      ...(floor ? [cell(rs.map((x) => x.relay!.stats.p99)), cell(rs.map((x) => x.relay!.stats.p99 - x.direct.stats.p99)), cell(rs.map((x) => x.relayC!.stats.p99)), cell(rs.map((x) => x.relayC!.stats.p99 - x.direct.stats.p99))] : []),
     ];
   }));
   console.log(MACHINE_LINE());
