@@ -4,7 +4,7 @@ import { KitnetError } from '../common/errors.js';
 import { UNIX_PRINCIPAL, type Principal, type TokenSet } from '../common/tokens.js';
 
 // The tokens themselves (file schema, loading, hashing) live in common/, below the daemon that loads them.
-export { SCOPES, TokenSet, globToRegExp, tokenGenerate, tokenHash, tokensLoad, type Principal, type Scope, type TokenEntry } from '../common/tokens.js';
+export { SCOPES, TokenSet, globMatcher, tokenGenerate, tokenHash, tokensLoad, type Principal, type Scope, type TokenEntry } from '../common/tokens.js';
 
 /**
  * The API's security layer. The unix socket is trusted: its file mode and group are the
@@ -112,12 +112,12 @@ export function registerTargetProblem(who: Principal, body: { kind?: string; net
   if (body.kind === 'tap') {
     const device = body.device ?? '';
     if (!who.taps?.length) return `token "${name}" may not adopt tap devices (it lists no taps patterns)`;
-    if (!who.taps.some((p) => p.re.test(device))) return `token "${name}" may not adopt device "${device}": it matches none of ${who.taps.map((p) => p.glob).join(', ')}`;
+    if (!who.taps.some((p) => p.matches(device))) return `token "${name}" may not adopt device "${device}": it matches none of ${who.taps.map((p) => p.glob).join(', ')}`;
     return undefined;
   }
   if (body.netns === undefined || !who.netns) return undefined;
   const path = body.netns;
-  if (!who.netns.some((p) => p.re.test(path))) return `token "${name}" may not use netns ${path}: it matches none of ${who.netns.map((p) => p.glob).join(', ')}`;
+  if (!who.netns.some((p) => p.matches(path))) return `token "${name}" may not use netns ${path}: it matches none of ${who.netns.map((p) => p.glob).join(', ')}`;
   return undefined;
 }
 

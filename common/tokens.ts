@@ -3,6 +3,7 @@ import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { ConfigError, zodIssuesFormat } from './config-error.js';
 import { yamlFileRead, yamlNestingProblem } from './yaml-guard.js';
+import { globMatchParts } from './glob.js';
 
 /**
  * The TCP listener's tokens: the tokens file's schema, loading it, and authenticating bearer tokens
@@ -31,9 +32,10 @@ export function tokenHash(secret: string): string {
  * (no classes, braces or escapes). So `/var/run/netns/tenant-a-*` matches `/var/run/netns/tenant-a-1`
  * but not `/var/run/netns/tenant-a-1/x` or `/run/netns/tenant-a-1` (no symlinks are resolved).
  */
-export function globToRegExp(glob: string): RegExp {
-  const body = glob.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '[^/]*').replace(/\?/g, '[^/]');
-  return new RegExp(`^${body}$`);
+export function globMatcher(glob: string): (path: string) => boolean {
+  // Not a regular expression: a pattern with many stars would backtrack for minutes on a long path an
+  // API client sends (common/glob.ts).
+  return (path) => globMatchParts(glob, path, '/', true);
 }
 
 const plainPath = (p: string) => p.split('/').slice(1).every((seg) => seg !== '' && seg !== '.' && seg !== '..');
@@ -102,12 +104,12 @@ export interface Principal {
   /** Namespaces a register-scoped token may change; `*` for all. */
   namespaces: ReadonlySet<string>;
   /** Patterns a netns path must match (kind netns, vm adopting one); undefined = any path. */
-  netns?: ReadonlyArray<{ glob: string; re: RegExp }> | undefined;
+  netns?: ReadonlyArray<{ glob: string; matches: (path: string) => boolean }> | undefined;
   /** Patterns a tap device must match (kind tap); undefined = no tap may be adopted. */
-  taps?: ReadonlyArray<{ glob: string; re: RegExp }> | undefined;
+  taps?: ReadonlyArray<{ glob: string; matches: (path: string) => boolean }> | undefined;
 }
 
-const patternsCompile = (globs: string[] | undefined) => globs?.map((glob) => ({ glob, re: globToRegExp(glob) }));
+const patternsCompile = (globs: string[] | undefined) => globs?.map((glob) => ({ glob, matches: globMatcher(glob) }));
 
 /** The unix socket's caller: its file mode and group are the authentication. */
 export const UNIX_PRINCIPAL: Principal = { who: 'unix-socket', scopes: new Set(SCOPES), namespaces: new Set(['*']) };

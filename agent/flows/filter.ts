@@ -2,6 +2,7 @@ import { addressParse, cidrContains, cidrParse, type Cidr } from '../ipam.js';
 import type { HubbleEndpoint, HubbleFlowRecord } from './hubble.js';
 import { TCP_FLAG_NAMES } from './hubble.js';
 import type { FlowFilter as FlowFilterSchema } from '../../common/schemas/flows.js';
+import { globMatch } from '../../common/glob.js';
 
 /**
  * Hubble's FlowFilter (observer.proto), the fields kitnet supports. Within one filter every given
@@ -205,19 +206,24 @@ const upper = (vs: string[]) => vs.map((v) => v.toUpperCase());
 /** What a name pattern may hold (hubble's FQDN filter): letters, digits, `-`, `_`, `.` and `*`. */
 export const FQDN_PATTERN = /^[-a-zA-Z0-9_.*]+$/;
 
+/** What the names a pattern can match are made of (its own characters, lower case). */
+const FQDN_NAME_CHARS = /^[-a-z0-9_.]*$/;
+
 /**
  * Hubble's FQDN filter (`--to-fqdn`, `--from-fqdn`): case-insensitive, a trailing dot ignored, `*`
  * any run of name characters (dots included: `*.test` matches `a.b.test`), anchored at both ends.
+ * Matched with globMatch, not a regular expression: a follower's pattern with many stars must not hold
+ * the agent's thread on every flow (common/glob.ts).
  */
-export function fqdnPatternCompile(field: string, pattern: string): RegExp {
+export function fqdnPatternCompile(field: string, pattern: string): (name: string) => boolean {
   const p = pattern.trim().toLowerCase().replace(/\.$/, '');
   if (!FQDN_PATTERN.test(p)) throw new FilterError(`${field}: "${pattern}" is not a name pattern (letters, digits, "-", "_", "." and "*" only)`);
-  return new RegExp(`^${p.replaceAll('.', '[.]').replaceAll('*', '[-a-z0-9_.]*')}$`);
+  return (name) => FQDN_NAME_CHARS.test(name) && globMatch(p, name);
 }
 
 function fqdnPred(field: string, values: string[], pick: (r: HubbleFlowRecord) => readonly string[] | undefined): Pred {
-  const res = values.map((v) => fqdnPatternCompile(field, v));
-  return (r) => (pick(r) ?? []).some((name) => res.some((re) => re.test(name)));
+  const matchers = values.map((v) => fqdnPatternCompile(field, v));
+  return (r) => (pick(r) ?? []).some((name) => matchers.some((match) => match(name)));
 }
 
 function fieldPred(field: keyof FlowFilter, values: unknown[]): Pred {

@@ -12,6 +12,7 @@
  * Everything else matches literally. Selectors may only use `[-a-zA-Z0-9_.]` (and `*`), so a queried
  * name with any other character matches no selector.
  */
+import { globMatch } from '../../common/glob.js';
 
 /** Longest matchName / matchPattern Cilium accepts (after trimming spaces). */
 export const FQDN_SELECTOR_MAX_LENGTH = 255;
@@ -23,7 +24,6 @@ export interface FqdnSelector {
 
 const NAME_CHARS = /^[-a-zA-Z0-9_.]+$/;
 const PATTERN_CHARS = /^[-a-zA-Z0-9_.*]+$/;
-const DNS_CHAR = '[-a-z0-9_]';
 
 /** A name as the proxy and the matchers compare it: trimmed, lower-cased, with the trailing dot. */
 export function fqdnNormalize(name: string): string {
@@ -64,30 +64,35 @@ function isAllStars(pattern: string): boolean {
   return p.length > 0 && /^\*+$/.test(p);
 }
 
-/** The anchored regular expression source for a (validated) matchPattern. */
-export function patternRegexSource(pattern: string): string {
-  const p = pattern.trim().toLowerCase();
-  if (isAllStars(p)) return `^(?:(?:${DNS_CHAR}+\\.)+|\\.)$`;
-  const fq = p.endsWith('.') ? p : `${p}.`;
-  let out = '';
-  let i = 0;
-  const lead = /^\*{2,}\./.exec(fq);
-  if (lead) {
-    out += `(?:${DNS_CHAR}+\\.)+`;
-    i = lead[0].length;
-  }
-  for (; i < fq.length; i++) {
-    const c = fq[i]!;
-    if (c === '.') out += '\\.';
-    else if (c === '*') {
-      while (fq[i + 1] === '*') i++;
-      out += `${DNS_CHAR}*`;
-    } else out += c; // validated: [-a-z0-9_] only, none special outside a class
-  }
-  return `^${out}$`;
-}
+/** A name of DNS characters and dots only: anything else matches no selector (they may hold no other). */
+const MATCHABLE_NAME = /^[-a-z0-9_.]*$/;
+const DNS_LABEL = /^[-a-z0-9_]+$/;
 
 export type FqdnMatcher = (name: string) => boolean;
+
+/**
+ * A matcher for a (validated) matchPattern, applied to a normalised name (fqdnNormalize). Label by
+ * label with globMatch, never a regular expression: a workload chooses the names it asks for, and a
+ * backtracking expression of a pattern with many stars would let one query hold the agent's thread for
+ * seconds (common/glob.ts).
+ */
+function patternMatcher(pattern: string): FqdnMatcher {
+  const p = pattern.trim().toLowerCase();
+  const allLabels = (labels: string[]) => labels.every((l) => DNS_LABEL.test(l));
+  if (isAllStars(p)) return (n) => n === '.' || (n.endsWith('.') && allLabels(n.slice(0, -1).split('.')));
+  const fq = p.endsWith('.') ? p : `${p}.`;
+  const lead = /^\*{2,}\./.exec(fq);
+  // Both sides keep the trailing dot's empty last label. A run of stars matches as one star does.
+  const parts = fq.slice(lead ? lead[0].length : 0).split('.');
+  return (n) => {
+    if (!MATCHABLE_NAME.test(n)) return false;
+    const labels = n.split('.');
+    // A leading `**.`: one or more whole labels of DNS characters before the rest of the pattern.
+    const skip = labels.length - parts.length;
+    if (lead ? skip < 1 || !allLabels(labels.slice(0, skip)) : skip !== 0) return false;
+    return parts.every((part, i) => globMatch(part, labels[skip + i]!));
+  };
+}
 
 /** A matcher for one (validated) selector; the name may be in any case, with or without the trailing dot. */
 export function fqdnMatcher(s: FqdnSelector): FqdnMatcher {
@@ -95,8 +100,8 @@ export function fqdnMatcher(s: FqdnSelector): FqdnMatcher {
     const want = fqdnNormalize(s.matchName);
     return (name) => fqdnNormalize(name) === want;
   }
-  const re = new RegExp(patternRegexSource(s.matchPattern ?? ''));
-  return (name) => re.test(fqdnNormalize(name));
+  const match = patternMatcher(s.matchPattern ?? '');
+  return (name) => match(fqdnNormalize(name));
 }
 
 /**

@@ -29,6 +29,11 @@ const CLI = fileURLToPath(new URL('../../../bin/kitnet.js', import.meta.url));
 const PORT = 9400;
 /** n<i>.iter.test -> 10.228.2.<10+i>: a new address per lookup, for the first-connection loop. */
 const ITERATIONS = 20;
+/** A DNS rule a tenant may write: every star a backtracking regular expression would multiply the work by ~60 on the name below. */
+const MANY_STARS = `${'*a'.repeat(12)}*b.test`;
+/** A name the rule allows, served by the test's resolver (an address nothing listens on). */
+const MANY_STARS_NAME = `${'a'.repeat(20)}b.test`;
+const MANY_STARS_ADDR = '10.228.3.1';
 const iterAddr = (i: number) => `10.228.2.${10 + i}`;
 const EXT = {
   host4: '10.228.0.1', host6: 'fd00:228::1',
@@ -250,6 +255,7 @@ describe('DNS-aware egress policy: toFQDNs and DNS rules through the DNS proxy (
         'synth-domain=flood.test,10.229.0.0/16,ip-',
         `host-record=short1.test,${EXT.short1},1`,
         `host-record=short2.test,${EXT.short2},1`,
+        `host-record=${MANY_STARS_NAME},${MANY_STARS_ADDR}`,
         '',
       ].join('\n'),
     );
@@ -288,6 +294,7 @@ spec:
               - matchPattern: "*.evil.test"
               - matchPattern: "short*.test"
               - matchPattern: "*.iter.test"
+              - matchPattern: "${MANY_STARS}"
 ---
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -345,6 +352,16 @@ spec:
       const r = await lookup(EXT.dns4, 'other.test', 'A', transport, false);
       assert.deepEqual([r.rcode, r.addrs], [5, []], `${transport}: ${JSON.stringify(r)}`);
     }
+  });
+
+  test('a DNS rule with many stars and a hostile name: answered at once, the proxy still serves', async () => {
+    // As a backtracking regular expression this rule took hours on such a name (5.8 s at 6 stars).
+    const hostile = await lookup(EXT.dns4, `${'a'.repeat(60)}.test`, 'A', 'udp', false);
+    assert.deepEqual([hostile.rcode, hostile.addrs], [5, []], JSON.stringify(hostile));
+    const allowed = await lookup(EXT.dns4, MANY_STARS_NAME, 'A', 'udp', false);
+    assert.deepEqual([allowed.rcode, allowed.addrs], [0, [MANY_STARS_ADDR]], JSON.stringify(allowed));
+    const a = await lookup(EXT.dns4, 'api.test');
+    assert.deepEqual([a.rcode, a.connected], [0, [true]]);
   });
 
   test('no bypass: a query straight to another resolver address is steered (REFUSED for a denied name, the answer learned for an allowed one)', async () => {

@@ -3,7 +3,7 @@ import { describe, test } from 'node:test';
 import type { FlowEvent } from '../../bpf/index.js';
 import { EndpointDirectory, ipv4Number } from '../../agent/flows/directory.js';
 import { flowEnrich } from '../../agent/flows/enrich.js';
-import { FilterError, filterCompile, filtersCompile, labelSelectorParse, type FlowFilter } from '../../agent/flows/filter.js';
+import { FilterError, filterCompile, fqdnPatternCompile, filtersCompile, labelSelectorParse, type FlowFilter } from '../../agent/flows/filter.js';
 import type { HubbleFlowRecord } from '../../agent/flows/hubble.js';
 import { IdentityAllocator } from '../../agent/identity/allocator.js';
 import { sqliteStoreOpen } from '../../agent/store/index.js';
@@ -143,5 +143,14 @@ describe('FQDN filters (source_fqdn / destination_fqdn) and protocol dns', () =>
       assert.throws(() => filterCompile({ destination_fqdn: [bad] }), (e: Error) => e instanceof FilterError && /destination_fqdn/.test(e.message), bad);
     }
     assert.throws(() => filterCompile({ source_fqdn: ['[a-z]'] }), /source_fqdn: "\[a-z\]" is not a name pattern/);
+  });
+
+  test('a follower\'s many-star pattern against long names is answered, not backtracked for hours', { timeout: 60_000 }, () => {
+    // As a regular expression, `^[-a-z0-9_.]*a[-a-z0-9_.]*a...b$` on these names took seconds at 6 stars.
+    const match = fqdnPatternCompile('destination_fqdn', `${'*a'.repeat(40)}*b`);
+    assert.equal(match(`${'a.'.repeat(120)}c`), false);
+    assert.equal(match(`${'a.'.repeat(120)}b`), true);
+    assert.equal(match(`${'a.'.repeat(120)}B`), false, 'names are compared as written: a pattern matches lower case');
+    assert.equal(match(`${'a'.repeat(60)}?b`), false, 'a character no pattern may hold matches nothing, not even *');
   });
 });
