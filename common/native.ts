@@ -106,6 +106,18 @@ export interface NativeBpf {
   packetOpen(recvIfname: string, sendIfname: string, udpDstPort: number, outgoing: boolean, burst: number, perSecond: number, onFrame: (frame: Buffer) => void): NativeHandle;
   packetSend(handle: NativeHandle, frame: Buffer): void;
   packetClose(handle: NativeHandle): void;
+  /**
+   * A UDP socket (unreferenced) bound to address:port, connected to connectAddress:connectPort unless
+   * connectAddress is ''. Each datagram reaches onDatagram as slab[offset, offset + length) (a slab the
+   * thread's sockets share: bpf/native/src/udp.c), or (null, 0, 0, null, 0, errno) for a receive error
+   * such as a connected socket's ECONNREFUSED.
+   */
+  udpOpen(address: string, port: number, connectAddress: string, connectPort: number, recvBufferBytes: number, onDatagram: (slab: Buffer | null, offset: number, length: number, address: string | null, port: number, errno: number) => void): NativeHandle;
+  /** Sends one datagram now (address '' on a connected socket); throws with the errno (EAGAIN: the socket buffer is full). */
+  udpSend(handle: NativeHandle, data: Uint8Array, address: string, port: number): void;
+  udpLocalPort(handle: NativeHandle): number;
+  /** No more callbacks; the socket closes. */
+  udpClose(handle: NativeHandle): void;
 }
 
 /** Where bash bpf/build.sh puts the addon; KITNET_BPF_ADDON overrides (packaging). */

@@ -11,32 +11,38 @@ import dgram from 'node:dgram';
 import type { AddressInfo } from 'node:net';
 import net from 'node:net';
 
-export interface UdpTcpListenOptions {
+/** A bound UDP socket of any kind (node's dgram, the addon's), as udpTcpListen needs it. */
+export interface UdpBound<U> {
+  socket: U;
+  port: number;
+  close(): void;
+}
+
+export interface UdpTcpListenOptions<U> {
   address: string;
   /** 0: any port free on both. */
   port: number;
-  /** Options for the UDP socket (its type is taken from the address). */
-  udp?: Omit<dgram.SocketOptions, 'type'>;
+  /** Binds the UDP side to address:port (port 0: any); rejects with the errno's code (EADDRINUSE). */
+  udpBind: (address: string, port: number) => Promise<UdpBound<U>>;
   /** Makes the TCP server (a new one per attempt: a server whose listen failed is not reused). */
   tcpServer: () => net.Server;
   /** Attempts with port 0 (default 16). */
   attempts?: number;
 }
 
-export interface UdpTcpListening {
-  udp: dgram.Socket;
+export interface UdpTcpListening<U> {
+  udp: U;
   tcp: net.Server;
   port: number;
 }
 
-export async function udpTcpListen(opts: UdpTcpListenOptions): Promise<UdpTcpListening> {
-  const attempts = opts.port === 0 ? (opts.attempts ?? 16) : 1;
-  let lastErr: unknown;
-  for (let attempt = 0; attempt < attempts; attempt++) {
-    const udp = dgram.createSocket({ ...opts.udp, type: net.isIPv6(opts.address) ? 'udp6' : 'udp4' });
+/** udpBind for node's dgram sockets. */
+export function dgramBind(options: Omit<dgram.SocketOptions, 'type'> = {}): (address: string, port: number) => Promise<UdpBound<dgram.Socket>> {
+  return async (address, port) => {
+    const udp = dgram.createSocket({ ...options, type: net.isIPv6(address) ? 'udp6' : 'udp4' });
     await new Promise<void>((resolve, reject) => {
       udp.once('error', reject);
-      udp.bind(opts.port, opts.address, () => {
+      udp.bind(port, address, () => {
         udp.off('error', reject);
         resolve();
       });
@@ -48,7 +54,16 @@ export async function udpTcpListen(opts: UdpTcpListenOptions): Promise<UdpTcpLis
       }
       throw err;
     });
-    const port = (udp.address() as AddressInfo).port;
+    return { socket: udp, port: (udp.address() as AddressInfo).port, close: () => udp.close() };
+  };
+}
+
+export async function udpTcpListen<U>(opts: UdpTcpListenOptions<U>): Promise<UdpTcpListening<U>> {
+  const attempts = opts.port === 0 ? (opts.attempts ?? 16) : 1;
+  let lastErr: unknown;
+  for (let attempt = 0; attempt < attempts; attempt++) {
+    const udp = await opts.udpBind(opts.address, opts.port);
+    const port = udp.port;
     const tcp = opts.tcpServer();
     try {
       await new Promise<void>((resolve, reject) => {
@@ -58,7 +73,7 @@ export async function udpTcpListen(opts: UdpTcpListenOptions): Promise<UdpTcpLis
           resolve();
         });
       });
-      return { udp, tcp, port };
+      return { udp: udp.socket, tcp, port };
     } catch (err) {
       udp.close();
       lastErr = err;

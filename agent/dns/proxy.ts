@@ -13,17 +13,20 @@
  * socket (no such path from tc), TPROXY / bpf_sk_assign (needs IP_TRANSPARENT sockets and replies
  * sent from a foreign source address, which node's sockets cannot do without a native addon).
  *
+ * The UDP sockets are the addon's (agent/dns/udp-socket.ts): datagrams arrive as views of slabs shared by
+ * thousands of them, not an ArrayBuffer each for V8's young collections to sweep (bench/README §8).
+ *
  * UDP queries go upstream over a few sockets they share, each connected to the upstream, with a random
  * port that lives for a few dozen queries, under random message ids of the proxy's
  * (agent/dns/upstream-udp.ts); a reply must carry its query's id and question, so a spoofed or late
  * reply for another query is never taken. Over TCP each query has its own connection.
  * An answer that cannot be parsed, or whose learning failed, is never released: SERVFAIL instead.
  */
-import type dgram from 'node:dgram';
 import net from 'node:net';
 import type { Logger } from 'pino';
 import { udpTcpListen } from '../../common/udp-tcp-listen.js';
 import { UdpUpstreams } from './upstream-udp.js';
+import { UdpSocket } from './udp-socket.js';
 import { dnsErrorReply, dnsLearned, dnsParse, DnsParseError, DnsRcode, DNS_HEADER_LENGTH, DNS_MESSAGE_MAX } from './codec.js';
 import type { DnsMessage, LearnedName } from './codec.js';
 
@@ -140,7 +143,7 @@ const TCP_PIPELINE_MAX = 16;
 const DROP_LOG_INTERVAL_MS = 10_000;
 
 export class DnsProxy {
-  private udp?: dgram.Socket;
+  private udp?: UdpSocket;
   private tcp?: net.Server;
   private inFlight = 0;
   /** Queries in flight and open TCP connections per client address (entries only while above 0). */
@@ -165,7 +168,16 @@ export class DnsProxy {
     const { udp, tcp, port } = await udpTcpListen({
       address: this.opts.listen.address,
       port: this.opts.listen.port,
-      udp: { reuseAddr: false, recvBufferSize: UDP_RECV_BUFFER },
+      udpBind: async (address, port) => {
+        const socket: UdpSocket = new UdpSocket({
+          address,
+          port,
+          recvBufferSize: UDP_RECV_BUFFER,
+          onMessage: (msg, from) => this.udpQuery(socket, msg, from),
+          onError: (e) => this.opts.log.warn({ err: e }, 'DNS proxy UDP socket error'),
+        });
+        return { socket, port: socket.port, close: () => socket.close() };
+      },
       tcpServer: () => {
         const server = net.createServer((s) => this.tcpConnection(s));
         // Each connection may idle TCP_IDLE_MS: a cap keeps a workload from holding sockets without end.
@@ -174,8 +186,6 @@ export class DnsProxy {
         return server;
       },
     });
-    udp.on('error', (e) => this.opts.log.warn({ err: e }, 'DNS proxy UDP socket error'));
-    udp.on('message', (msg, rinfo) => this.udpQuery(udp, msg, { address: rinfo.address, port: rinfo.port }));
     this.udp = udp;
     this.tcp = tcp;
     return { address: this.opts.listen.address, port };
@@ -188,10 +198,8 @@ export class DnsProxy {
     this.tcp = undefined;
     for (const s of this.tcpSockets) s.destroy();
     this.upstreams.close();
-    await Promise.all([
-      new Promise<void>((r) => (udp ? udp.close(() => r()) : r())),
-      new Promise<void>((r) => (tcp ? tcp.close(() => r()) : r())),
-    ]);
+    udp?.close();
+    await new Promise<void>((r) => (tcp ? tcp.close(() => r()) : r()));
   }
 
   /** Queries taken and not yet answered (or given up on). */
@@ -232,20 +240,33 @@ export class DnsProxy {
     this.opts.log.warn(fields, message);
   }
 
-  private udpQuery(sock: dgram.Socket, msg: Buffer, client: DnsEndpoint): void {
+  private udpQuery(sock: UdpSocket, received: Buffer, client: DnsEndpoint): void {
     if (!this.admit(client)) return;
+    // A query waits for its upstream (seconds, for one that never answers): kept as a view, it would
+    // keep its whole slab, and a workload sending large junk between queries it makes wait could pin a
+    // slab per query. Copied (from node's pool: no ArrayBuffer of its own), it keeps only its bytes.
+    const msg = Buffer.from(received);
     // One reaction for both outcomes (not then/catch/finally: three promises a query).
     this.answer(msg, client, 'udp').then(
       (reply) => {
         this.release(client);
         // Not after stop(): the queries it cut short end here with the socket closed.
-        if (reply && this.udp === sock) sock.send(reply, client.port, client.address);
+        if (reply && this.udp === sock) this.udpReply(sock, reply, client);
       },
       (e: unknown) => {
         this.release(client);
         this.opts.log.warn({ err: e, client }, 'DNS proxy: query failed');
       },
     );
+  }
+
+  private udpReply(sock: UdpSocket, reply: Buffer, client: DnsEndpoint): void {
+    try {
+      sock.send(reply, client);
+    } catch (e) {
+      // the socket's send buffer full (EAGAIN): the answer is lost, as dgram would lose it
+      this.warnSometimes('send', { err: e, client }, 'DNS proxy: an answer could not be sent');
+    }
   }
 
   private tcpConnection(sock: net.Socket): void {

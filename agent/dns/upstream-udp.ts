@@ -18,8 +18,8 @@
  * before another opens (a workload asking many resolvers cannot pile up sockets).
  */
 import { randomBytes } from 'node:crypto';
-import dgram from 'node:dgram';
 import net from 'node:net';
+import { UdpSocket } from './udp-socket.js';
 
 export interface UdpUpstreamOptions {
   /** Sockets taking queries at once, per upstream (default 4). */
@@ -40,8 +40,7 @@ interface Pending {
 }
 
 interface PooledSocket {
-  sock: dgram.Socket;
-  ready: Promise<void>;
+  sock: UdpSocket;
   pending: Map<number, Pending>;
   /** Queries sent on it so far. */
   used: number;
@@ -101,17 +100,11 @@ export class UdpUpstreams {
       const timer = setTimeout(() => this.settle(ps, id, new Error(`no answer from ${upstream.address}:${upstream.port} within ${timeoutMs} ms`)), timeoutMs);
       ps.pending.set(id, { clientId: msg.readUInt16BE(0), resolve, reject, timer });
     });
-    ps.ready.then(
-      () => {
-        if (!ps.pending.has(id)) return;
-        try {
-          ps.sock.send(out, (err) => err && this.settle(ps, id, err));
-        } catch (err) {
-          this.settle(ps, id, err as Error);
-        }
-      },
-      (err: unknown) => this.settle(ps, id, err as Error),
-    );
+    try {
+      ps.sock.send(out);
+    } catch (err) {
+      this.settle(ps, id, err as Error);
+    }
     return answer;
   }
 
@@ -165,29 +158,34 @@ export class UdpUpstreams {
       this.sweeper = setInterval(() => this.idleClose(performance.now() - this.idleMs), this.idleMs);
       this.sweeper.unref();
     }
-    const sock = dgram.createSocket(net.isIPv6(upstream.address) ? 'udp6' : 'udp4');
-    const ps: PooledSocket = { sock, pending: new Map(), used: 0, closed: false, ready: Promise.resolve(), activeAt: performance.now() };
-    ps.ready = new Promise<void>((resolve, reject) => {
-      sock.once('error', reject);
-      sock.connect(upstream.port, upstream.address, () => {
-        sock.off('error', reject);
-        resolve();
-      });
+    // A connected socket only hears from the upstream's address and port. Opened (bound, connected) at
+    // once: a failure (no route to the upstream) throws to the query that asked for it. Its callbacks
+    // run from the event loop, never inside this constructor.
+    const sock = new UdpSocket({
+      address: net.isIPv6(upstream.address) ? '::' : '0.0.0.0',
+      port: 0,
+      connect: upstream,
+      onMessage: (reply) => this.answered(ps, reply),
+      onError: (err) => this.socketClose(ps, err),
     });
-    // A connected socket only hears from the upstream's address and port.
-    sock.on('message', (reply) => {
-      const p = reply.length >= 2 ? ps.pending.get(reply.readUInt16BE(0)) : undefined;
-      if (!p) {
-        this.unmatched++;
-        return;
-      }
-      const own = Buffer.from(reply);
-      own.writeUInt16BE(p.clientId, 0);
-      this.settle(ps, reply.readUInt16BE(0), undefined, own);
-    });
-    sock.on('error', (err) => this.socketClose(ps, err));
+    const ps: PooledSocket = { sock, pending: new Map(), used: 0, closed: false, activeAt: performance.now() };
     this.all.add(ps);
     return ps;
+  }
+
+  /** An upstream's datagram: the answer to the query in flight under its id, or dropped and counted. */
+  private answered(ps: PooledSocket, reply: Buffer): void {
+    const id = reply.length >= 2 ? reply.readUInt16BE(0) : -1;
+    const p = ps.pending.get(id);
+    if (!p) {
+      this.unmatched++;
+      return;
+    }
+    // Copied out of the receive slab (it waits for learning, and must not keep the slab), with the
+    // workload's id back.
+    const own = Buffer.from(reply);
+    own.writeUInt16BE(p.clientId, 0);
+    this.settle(ps, id, undefined, own);
   }
 
   private settle(ps: PooledSocket, id: number, err: Error | undefined, reply?: Buffer): void {

@@ -4,13 +4,15 @@ import assert from 'node:assert/strict';
 import dgram from 'node:dgram';
 import net from 'node:net';
 import { after, before, describe, test } from 'node:test';
+import v8 from 'node:v8';
+import vm from 'node:vm';
 import { pino } from 'pino';
 import { dnsParse, dnsQueryBuild, DnsRcode, dnsReplyBuild, DnsType } from '../../agent/dns/codec.js';
 import type { AnswerRecordInput, LearnedName } from '../../agent/dns/codec.js';
 import { DnsProxy } from '../../agent/dns/proxy.js';
 import type { DnsEndpoint, DnsProxyOptions } from '../../agent/dns/proxy.js';
 import { fqdnMatcher } from '../../agent/policy/fqdn.js';
-import { udpTcpListen } from '../../common/udp-tcp-listen.js';
+import { dgramBind, udpTcpListen } from '../../common/udp-tcp-listen.js';
 import { waitFor } from '../helpers/sys.js';
 
 const ZONE: Record<string, AnswerRecordInput[]> = {
@@ -42,6 +44,7 @@ class TestDnsServer {
     const { udp, tcp, port } = await udpTcpListen({
       address: this.address,
       port: 0,
+      udpBind: dgramBind(),
       tcpServer: () =>
         net.createServer((s) => {
           let buf = Buffer.alloc(0);
@@ -488,6 +491,38 @@ test('DNS proxy: an upstream that does not answer gives SERVFAIL', async () => {
     c.send(dnsQueryBuild(1, 'api.test', DnsType.A));
     assert.equal(dnsParse(await c.next()).rcode, DnsRcode.SERVFAIL);
     assert.equal(proxy.stats.upstreamFailures, 1);
+  } finally {
+    c.close();
+    await proxy.stop();
+    silent.close();
+  }
+});
+
+test('DNS proxy: queries held by a silent upstream keep only their own bytes, not the receive slabs (large junk between them)', async () => {
+  // The proxy's UDP socket receives into 256 KB slabs shared by many datagrams (agent/dns/udp-socket.ts).
+  // A workload that makes each query wait (its resolver never answers) and sends ~180 KB of junk after
+  // each would pin a slab per query if the waiting query were kept as a view of it: 100 queries, 25 MB.
+  v8.setFlagsFromString('--expose-gc');
+  const gc = vm.runInNewContext('gc') as () => void;
+  const silent = dgram.createSocket('udp4');
+  await new Promise<void>((resolve, reject) => silent.once('error', reject).bind(0, '127.0.0.1', resolve));
+  const proxy = allowAllProxy(() => ({ address: '127.0.0.1', port: silent.address().port }), { upstreamTimeoutMs: 60_000, maxInFlightPerClient: 1000 });
+  const at = await proxy.start();
+  const c = new UdpClient(at);
+  try {
+    gc();
+    const before = process.memoryUsage().arrayBuffers;
+    const junk = Buffer.alloc(60_000, 0xff);
+    const queries = 100;
+    for (let i = 0; i < queries; i++) {
+      c.send(dnsQueryBuild(i, `held${i}.test`, DnsType.A));
+      for (let j = 0; j < 3; j++) c.send(junk);
+      // paced: the proxy's socket buffer must not drop any of it
+      await waitFor(`query ${i} held and its junk refused`, async () => proxy.queriesInFlight === i + 1 && proxy.stats.malformed === 3 * (i + 1), 20_000);
+    }
+    gc();
+    const pinned = process.memoryUsage().arrayBuffers - before;
+    assert.ok(pinned < 8 << 20, `${queries} held queries keep ${(pinned / 2 ** 20).toFixed(1)} MB of ArrayBuffers`);
   } finally {
     c.close();
     await proxy.stop();

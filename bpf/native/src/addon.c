@@ -192,6 +192,8 @@ static napi_value init(napi_env env, napi_value exports)
 		{ "flockExclusive", flock_exclusive },
 		{ "netlinkMonitorOpen", netlink_monitor_open }, { "netlinkMonitorClose", netlink_monitor_close },
 		{ "packetOpen", packet_open }, { "packetSend", packet_send }, { "packetClose", packet_close },
+		{ "udpOpen", udp_open }, { "udpSend", udp_send }, { "udpLocalPort", udp_local_port },
+		{ "udpClose", udp_close },
 	};
 
 	libbpf_set_print(log_print);

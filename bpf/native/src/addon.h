@@ -96,5 +96,10 @@ napi_value netlink_monitor_close(napi_env env, napi_callback_info info);
 napi_value packet_open(napi_env env, napi_callback_info info);
 napi_value packet_send(napi_env env, napi_callback_info info);
 napi_value packet_close(napi_env env, napi_callback_info info);
+/* udp.c */
+napi_value udp_open(napi_env env, napi_callback_info info);
+napi_value udp_send(napi_env env, napi_callback_info info);
+napi_value udp_local_port(napi_env env, napi_callback_info info);
+napi_value udp_close(napi_env env, napi_callback_info info);
 
 #endif
