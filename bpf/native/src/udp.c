@@ -136,7 +136,9 @@ static void udp_on_poll(uv_poll_t *handle, int status, int events)
 				continue;
 			if (errno == EAGAIN || errno == EWOULDBLOCK)
 				break;
-			/* a connected socket's pending ICMP error (ECONNREFUSED, EHOSTUNREACH, ...) */
+			/* a connected socket's pending ICMP error (ECONNREFUSED, EHOSTUNREACH, ...); what is
+			 * queued behind it is read at the next wakeup (the poll is level-triggered), so an error
+			 * that would not clear cannot spin here */
 			napi_get_null(env, &args[0]);
 			args[1] = make_i32(env, 0);
 			args[2] = make_i32(env, 0);
@@ -144,7 +146,7 @@ static void udp_on_poll(uv_poll_t *handle, int status, int events)
 			args[4] = make_i32(env, 0);
 			args[5] = make_i32(env, errno);
 			udp_call(s, 6, args);
-			continue;
+			break;
 		}
 		/* never larger than the room it had, but a datagram cut short is not handed on */
 		if (h.msg_flags & MSG_TRUNC)
