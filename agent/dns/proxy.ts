@@ -264,7 +264,8 @@ export class DnsProxy {
     try {
       sock.send(reply, client);
     } catch (e) {
-      // the socket's send buffer full (EAGAIN): the answer is lost, as dgram would lose it
+      // EAGAIN, the socket's send buffer full: rare, a local path frees it as the datagram leaves (dgram
+      // would have queued the answer; here it is dropped, and the workload's resolver library asks again)
       this.warnSometimes('send', { err: e, client }, 'DNS proxy: an answer could not be sent');
     }
   }
