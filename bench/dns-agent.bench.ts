@@ -34,6 +34,9 @@
 // it holds on a loaded machine where latencies do not; 5,000 lookups/s on one core needs <= 200 µs.
 // "added p99, names asked before": the same over the lookups after the first pass over the names (no new
 // address to write into the maps before the answer is released).
+// "agent thread waiting for a CPU": the time the agent's thread spent woken but not yet running during
+// a phase (/proc/thread-self/schedstat); a lookup that arrives then waits as long. On this VM most of
+// it comes while a vCPU sits idle (bench/README.md §8, `perf sched`).
 import { spawn } from 'node:child_process';
 import dgram from 'node:dgram';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -42,8 +45,8 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { constants as perfConstants, PerformanceObserver } from 'node:perf_hooks';
 import type { NodeGCPerformanceDetail, PerformanceObserverEntryList } from 'node:perf_hooks';
-import { MACHINE_LINE, RUN_ID, argsParse, benchMain, heapSampled, heapSurvivors, median, netnsAddMany, netnsDelMany, onCleanup, profiled, resultWrite, sh, stats, table } from './lib.js';
-import type { Stats } from './lib.js';
+import { MACHINE_LINE, RUN_ID, argsParse, benchMain, heapSampled, heapSurvivors, median, netnsAddMany, netnsDelMany, onCleanup, profiled, resultWrite, sh, stats, table, threadSched, threadSchedSince } from './lib.js';
+import type { Stats, ThreadSched } from './lib.js';
 import { launcherStart, type Launcher } from './launcher.js';
 import type * as BpfModule from '../bpf/index.js';
 import type * as ApiClientModule from '../common/api-client.js';
@@ -57,6 +60,9 @@ const RELAY = '10.247.255.54';
 /** dnsmasq's, forwarding (--floor). */
 const RELAY_C = '10.247.255.55';
 const ZONE = 'bench.test';
+/** A thread's wait for a CPU over a phase, ms; and per time it was switched in, µs. */
+const waitMs = (t: ThreadSched) => t.waitNs / 1e6;
+const waitUs = (t: ThreadSched) => t.waitNs / 1e3 / Math.max(1, t.slices);
 
 // ---- the DNS server (child process): every name gets an address of its own, TTL 60 ----------------
 
@@ -231,7 +237,11 @@ interface PhaseResult { stats: Stats; repeated: Stats; lost: number; n: number; 
 /** The agent's young-generation collections during the proxy phase: how many, median and longest pause (ms). */
 interface GcStats { young: number; youngP50: number; youngMax: number; youngMs: number; other: number }
 /** allocatedPerLookup (--heap): bytes the agent's process allocated during the proxy phase over the lookups answered. */
-interface RoundResult { direct: PhaseResult; relay?: PhaseResult; relayC?: PhaseResult; proxy: PhaseResult; proxyAgentCpu: number; proxyFaults: number; agentUsPerLookup: { proxy: number; direct: number }; rcodes: Record<string, number>; gc: GcStats; allocatedPerLookup?: number; survivedPerLookup?: number }
+/**
+ * agentSched: the agent's thread on the scheduler during the direct and the proxy phase (threadSched):
+ * the time it waited for a CPU once woken is latency the lookups it serves gain whatever the code does.
+ */
+interface RoundResult { direct: PhaseResult; relay?: PhaseResult; relayC?: PhaseResult; proxy: PhaseResult; agentSched: { direct: ThreadSched; proxy: ThreadSched }; proxyAgentCpu: number; proxyFaults: number; agentUsPerLookup: { proxy: number; direct: number }; rcodes: Record<string, number>; gc: GcStats; allocatedPerLookup?: number; survivedPerLookup?: number }
 
 /** Runs fn, recording the garbage collections of this process meanwhile (the agent's thread pauses for each). */
 async function gcDuring<T>(fn: () => Promise<T>): Promise<[T, GcStats]> {
@@ -311,14 +321,18 @@ spec:
     await runLoad(launcher, nss[0]!, rate, warmupSecs, `${tag}-warm2`, names);
   }
   const cpuD0 = process.cpuUsage();
+  const schedD0 = threadSched();
   const direct = await runLoad(launcher, nss[1]!, rate, secs, `${tag}-d`, names);
+  const schedDirect = threadSchedSince(schedD0);
   const cpuD = process.cpuUsage(cpuD0);
   const cpu0 = process.cpuUsage();
+  const sched0 = threadSched();
   const faults0 = process.resourceUsage().minorPageFault;
   const t0 = performance.now();
   // --survivors: from 1.5 s into the phase (past the generator's start and the first pass over the names).
   const [[[proxy, allocated], survived], gc] = await gcDuring(() => heapSurvivors(survivors, `dns-agent-${tag}`, 1500, () => heapSampled(heap, `dns-agent-${tag}`, () => profiled(profile, `dns-agent-${tag}`, () => runLoad(launcher, nss[0]!, rate, secs, `${tag}-p`, names)))));
   const cpu = process.cpuUsage(cpu0);
+  const schedProxy = threadSchedSince(sched0);
   const proxyFaults = process.resourceUsage().minorPageFault - faults0;
   const proxyAgentCpu = (cpu.user + cpu.system) / 1000 / (performance.now() - t0);
   // The same workload as the direct phase (not steered), through the bare relay and dnsmasq, each after
@@ -340,7 +354,7 @@ spec:
   for (const m of text.matchAll(/^hubble_dns_queries_total\{rcode="Policy denied"[^}]*\} (\d+)/gm)) rcodes['Policy denied'] = (rcodes['Policy denied'] ?? 0) + Number(m[1]);
   // Turned away by the proxy's limits (warm-up included: the phases' own losses are `lost`).
   for (const m of text.matchAll(/^kitnet_dns_proxy_dropped_total\{reason="([^"]*)"\} ([1-9]\d*)/gm)) rcodes[`dropped (${m[1]!})`] = Number(m[2]);
-  return { direct, ...(relay ? { relay } : {}), ...(relayC ? { relayC } : {}), proxy, proxyAgentCpu, proxyFaults, agentUsPerLookup, rcodes, gc, ...(allocated !== undefined ? { allocatedPerLookup: allocated / Math.max(1, proxy.n) } : {}), ...(survived ? { survivedPerLookup: survived.bytes / (rate * survived.ms / 1000) } : {}) };
+  return { direct, ...(relay ? { relay } : {}), ...(relayC ? { relayC } : {}), proxy, agentSched: { direct: schedDirect, proxy: schedProxy }, proxyAgentCpu, proxyFaults, agentUsPerLookup, rcodes, gc, ...(allocated !== undefined ? { allocatedPerLookup: allocated / Math.max(1, proxy.n) } : {}), ...(survived ? { survivedPerLookup: survived.bytes / (rate * survived.ms / 1000) } : {}) };
 }
 
 // ---- the driver ---------------------------------------------------------------------------------
@@ -384,11 +398,11 @@ async function main(): Promise<void> {
       results[v]!.push({ ...res, load });
       if (args.opts.timeline) console.log(`  proxy phase per 100 ms [ms, lookups, p50, p99, max]: ${JSON.stringify(res.proxy.timeline)}`);
       if (args.opts.worst) console.log(`  slowest proxy lookups [ms into the phase, ms]: ${JSON.stringify(res.proxy.worst)}; unanswered sent at ms (first, median, last): ${JSON.stringify(res.proxy.unanswered)}`);
-      console.log(`round ${r + 1}/${rounds} ${trees[v]}: direct p50/p99 ${res.direct.stats.p50.toFixed(2)}/${res.direct.stats.p99.toFixed(2)} ms, ${res.relay ? `bare relay ${res.relay.stats.p50.toFixed(2)}/${res.relay.stats.p99.toFixed(2)} ms, ` : ''}${res.relayC ? `dnsmasq relay ${res.relayC.stats.p50.toFixed(2)}/${res.relayC.stats.p99.toFixed(2)} ms, ` : ''}proxy ${res.proxy.stats.p50.toFixed(2)}/${res.proxy.stats.p99.toFixed(2)} ms, lost ${res.direct.lost}/${res.proxy.lost}, agent CPU ${res.proxyAgentCpu.toFixed(2)} s/s, ${res.agentUsPerLookup.proxy.toFixed(0)} µs per proxied lookup (${res.agentUsPerLookup.direct.toFixed(0)} per direct one), page faults ${res.proxyFaults}, young GCs ${res.gc.young} (median ${res.gc.youngP50.toFixed(1)} ms, longest ${res.gc.youngMax.toFixed(1)}), ${res.allocatedPerLookup !== undefined ? `allocated ${(res.allocatedPerLookup / 1024).toFixed(1)} KiB a lookup, ` : ''}${res.survivedPerLookup !== undefined ? `${res.survivedPerLookup.toFixed(0)} B a lookup outlived a young collection, ` : ''}answers ${JSON.stringify(res.rcodes)} (load ${load})`);
+      console.log(`round ${r + 1}/${rounds} ${trees[v]}: direct p50/p99 ${res.direct.stats.p50.toFixed(2)}/${res.direct.stats.p99.toFixed(2)} ms, ${res.relay ? `bare relay ${res.relay.stats.p50.toFixed(2)}/${res.relay.stats.p99.toFixed(2)} ms, ` : ''}${res.relayC ? `dnsmasq relay ${res.relayC.stats.p50.toFixed(2)}/${res.relayC.stats.p99.toFixed(2)} ms, ` : ''}proxy ${res.proxy.stats.p50.toFixed(2)}/${res.proxy.stats.p99.toFixed(2)} ms, lost ${res.direct.lost}/${res.proxy.lost}, agent CPU ${res.proxyAgentCpu.toFixed(2)} s/s, ${res.agentUsPerLookup.proxy.toFixed(0)} µs per proxied lookup (${res.agentUsPerLookup.direct.toFixed(0)} per direct one), page faults ${res.proxyFaults}, agent thread waited for a CPU ${waitMs(res.agentSched.proxy).toFixed(0)} ms in the proxy phase (${waitUs(res.agentSched.proxy).toFixed(0)} µs a wake-up; ${waitMs(res.agentSched.direct).toFixed(0)} ms in the direct one), young GCs ${res.gc.young} (median ${res.gc.youngP50.toFixed(1)} ms, longest ${res.gc.youngMax.toFixed(1)}), ${res.allocatedPerLookup !== undefined ? `allocated ${(res.allocatedPerLookup / 1024).toFixed(1)} KiB a lookup, ` : ''}${res.survivedPerLookup !== undefined ? `${res.survivedPerLookup.toFixed(0)} B a lookup outlived a young collection, ` : ''}answers ${JSON.stringify(res.rcodes)} (load ${load})`);
     }
   }
   const cell = (xs: number[], d = 2) => `${median(xs).toFixed(d)} (${Math.min(...xs).toFixed(d)}-${Math.max(...xs).toFixed(d)})`;
-  table(`DNS lookups at ${rate}/s for ${secs} s per phase, ${names} names per phase, ${warmup ? `after a ${warmup} s warm-up at that rate` : 'a fresh agent (no warm-up)'}, ${rounds} rounds: median (min-max) over rounds, ms`, ['tree', 'direct p50', 'direct p99', 'proxy p50', 'proxy p99', 'added p99', 'added p99, names asked before', 'proxy/direct p99', 'lost (proxy)', 'agent CPU µs per lookup (proxied / direct)', 'young GCs in the proxy phase: count, median / longest ms', ...(args.opts.heap ? ['allocated KiB a proxied lookup'] : []), ...(floor ? ['bare relay p99', 'added p99 by the bare relay (floor)', 'dnsmasq relay p99', 'added p99 by dnsmasq (C floor)'] : [])], trees.map((t, v) => {
+  table(`DNS lookups at ${rate}/s for ${secs} s per phase, ${names} names per phase, ${warmup ? `after a ${warmup} s warm-up at that rate` : 'a fresh agent (no warm-up)'}, ${rounds} rounds: median (min-max) over rounds, ms`, ['tree', 'direct p50', 'direct p99', 'proxy p50', 'proxy p99', 'added p99', 'added p99, names asked before', 'proxy/direct p99', 'lost (proxy)', 'agent CPU µs per lookup (proxied / direct)', 'young GCs in the proxy phase: count, median / longest ms', 'agent thread waiting for a CPU, ms a phase (proxy / direct)', ...(args.opts.heap ? ['allocated KiB a proxied lookup'] : []), ...(floor ? ['bare relay p99', 'added p99 by the bare relay (floor)', 'dnsmasq relay p99', 'added p99 by dnsmasq (C floor)'] : [])], trees.map((t, v) => {
     const rs = results[v]!;
     return [
       t,
@@ -403,6 +417,7 @@ async function main(): Promise<void> {
       rs.map((x) => x.proxy.lost).join('/'),
       `${cell(rs.map((x) => x.agentUsPerLookup.proxy), 0)} / ${cell(rs.map((x) => x.agentUsPerLookup.direct), 0)}`,
       `${cell(rs.map((x) => x.gc.young), 0)}, ${cell(rs.map((x) => x.gc.youngP50), 1)} / ${cell(rs.map((x) => x.gc.youngMax), 1)}`,
+      `${cell(rs.map((x) => waitMs(x.agentSched.proxy)), 0)} / ${cell(rs.map((x) => waitMs(x.agentSched.direct)), 0)}`,
       ...(args.opts.heap ? [cell(rs.map((x) => (x.allocatedPerLookup ?? NaN) / 1024), 1)] : []),
       ...(floor ? [cell(rs.map((x) => x.relay!.stats.p99)), cell(rs.map((x) => x.relay!.stats.p99 - x.direct.stats.p99)), cell(rs.map((x) => x.relayC!.stats.p99)), cell(rs.map((x) => x.relayC!.stats.p99 - x.direct.stats.p99))] : []),
     ];

@@ -39,7 +39,7 @@ import { batchWriteOptions } from '../api/hubble/batch-writes.js';
 import { flowEncoderOptions } from '../api/hubble/flow-encoder.js';
 import { benchAgentPairStart } from './agent-pair.js';
 import { launcherStart, type Launcher } from './launcher.js';
-import { MACHINE_LINE, argsParse, benchMain, fmt, onCleanup, profiled, resultWrite, sleep, stats, table } from './lib.js';
+import { MACHINE_LINE, argsParse, benchMain, fmt, onCleanup, profiled, resultWrite, sleep, stats, table, threadSched, threadSchedSince } from './lib.js';
 
 interface Row {
   round: number;
@@ -55,6 +55,13 @@ interface Row {
   latency_p99_ms: number;
   /** The agent's thread busy (event loop not waiting), per event written: generating, serving, writing. */
   thread_us_per_flow: number;
+  /**
+   * Of that, the time the thread ran on a CPU, per event; and the time it waited for one once woken
+   * or was preempted, over the phase, ms (/proc/thread-self/schedstat). The busy time above also counts
+   * the time the thread was preempted while busy: when it exceeds the time on a CPU, the machine took it.
+   */
+  thread_oncpu_us_per_flow: number;
+  thread_wait_ms: number;
   /** The agent's process CPU (every thread, user + system), per event written. */
   cpu_us_per_flow: number;
   /** Minor page faults of the agent's process during the phase (~11-18 µs each on this VM). */
@@ -196,6 +203,7 @@ async function main(): Promise<void> {
       const sent0 = kernelSent();
       const perTick = Math.round(rate / 100);
       const elu0 = performance.eventLoopUtilization();
+      const sched0 = threadSched();
       const cpu0 = process.cpuUsage();
       const faults0 = process.resourceUsage().minorPageFault;
       const start = performance.now();
@@ -235,14 +243,15 @@ async function main(): Promise<void> {
       }
       const deliveredS = (performance.now() - start) / 1000;
       const busyMs = performance.eventLoopUtilization(elu0).active;
+      const sched = threadSchedSince(sched0);
       const cpu = process.cpuUsage(cpu0);
       const faults = process.resourceUsage().minorPageFault - faults0;
       const threadUs = (busyMs * 1000) / written;
       const cpuUs = (cpu.user + cpu.system) / written;
       const kLost = Number(kernelLost() - lost0);
       const lat = stats(got.latencyMs);
-      if (measured) out.push({ round, variant, rate, written, offered: written / offeredS, received: got.flows, rate_received: got.flows / deliveredS, lost_follower: got.lost, lost_kernel: kLost, latency_p50_ms: lat.p50, latency_p99_ms: lat.p99, thread_us_per_flow: threadUs, cpu_us_per_flow: cpuUs, page_faults: faults, follower_cpu_us_per_flow: got.cpuUs / Math.max(1, got.flows), follower_busy_offering: followerBusy });
-      console.log(`  ${measured ? `round ${round}` : `warm-up (${secs} s, not measured)`} ${variant} offered ${fmt(written / offeredS)}/s: ${got.flows} of ${written} received, ${got.lost} reported lost to the follower, ${kLost} lost in the kernel ring; latency p50 ${fmt(lat.p50)} ms p99 ${fmt(lat.p99)} ms; agent thread ${fmt(threadUs)} µs/event, CPU ${fmt(cpuUs)} µs/event, page faults ${faults}; follower CPU ${fmt(got.cpuUs / Math.max(1, got.flows))} µs/flow, ${fmt(100 * followerBusy)} % of a core while written`);
+      if (measured) out.push({ round, variant, rate, written, offered: written / offeredS, received: got.flows, rate_received: got.flows / deliveredS, lost_follower: got.lost, lost_kernel: kLost, latency_p50_ms: lat.p50, latency_p99_ms: lat.p99, thread_us_per_flow: threadUs, thread_oncpu_us_per_flow: sched.runNs / 1000 / written, thread_wait_ms: sched.waitNs / 1e6, cpu_us_per_flow: cpuUs, page_faults: faults, follower_cpu_us_per_flow: got.cpuUs / Math.max(1, got.flows), follower_busy_offering: followerBusy });
+      console.log(`  ${measured ? `round ${round}` : `warm-up (${secs} s, not measured)`} ${variant} offered ${fmt(written / offeredS)}/s: ${got.flows} of ${written} received, ${got.lost} reported lost to the follower, ${kLost} lost in the kernel ring; latency p50 ${fmt(lat.p50)} ms p99 ${fmt(lat.p99)} ms; agent thread ${fmt(threadUs)} µs/event (on a CPU ${fmt(sched.runNs / 1000 / written)}, waiting for one ${fmt(sched.waitNs / 1e6)} ms in the phase), CPU ${fmt(cpuUs)} µs/event, page faults ${faults}; follower CPU ${fmt(got.cpuUs / Math.max(1, got.flows))} µs/flow, ${fmt(100 * followerBusy)} % of a core while written`);
       await sleep(200);
     }
     return out;
@@ -259,8 +268,8 @@ async function main(): Promise<void> {
   })) as number[];
   const l = stats(latency);
 
-  table(`Hubble GetFlows --follow to one client (own process, ${client} over the unix socket) — ${MACHINE_LINE()}`, ['round', 'variant', 'set/s', 'offered/s', 'written', 'received', 'received/s', 'lost (follower queue)', 'lost (kernel ring)', 'latency p50 / p99 ms (loaded)', 'agent thread µs/event', 'agent CPU µs/event'],
-    (rows as Row[]).map((x) => [x.round, x.variant, fmt(x.rate), fmt(x.offered), x.written, x.received, fmt(x.rate_received), x.lost_follower, x.lost_kernel, `${fmt(x.latency_p50_ms)} / ${fmt(x.latency_p99_ms)}`, fmt(x.thread_us_per_flow), fmt(x.cpu_us_per_flow)]));
+  table(`Hubble GetFlows --follow to one client (own process, ${client} over the unix socket) — ${MACHINE_LINE()}`, ['round', 'variant', 'set/s', 'offered/s', 'written', 'received', 'received/s', 'lost (follower queue)', 'lost (kernel ring)', 'latency p50 / p99 ms (loaded)', 'agent thread µs/event', 'of it on a CPU', 'agent thread waiting for a CPU, ms', 'agent CPU µs/event'],
+    (rows as Row[]).map((x) => [x.round, x.variant, fmt(x.rate), fmt(x.offered), x.written, x.received, fmt(x.rate_received), x.lost_follower, x.lost_kernel, `${fmt(x.latency_p50_ms)} / ${fmt(x.latency_p99_ms)}`, fmt(x.thread_us_per_flow), fmt(x.thread_oncpu_us_per_flow), fmt(x.thread_wait_ms), fmt(x.cpu_us_per_flow)]));
   // per variant and rate: the median received/s over rounds (min-max)
   if (rounds > 1 || args.opts.ab) {
     const groups = new Map<string, number[]>();

@@ -203,6 +203,29 @@ export async function aptEnsure(pkgs: { cmd: string; pkg: string }[]): Promise<v
   await sh('sh', ['-c', `${env} apt-get install -y -q --no-install-recommends ${missing.join(' ')} >/dev/null 2>&1 || (apt-get update -q >/dev/null && ${env} apt-get install -y -q --no-install-recommends ${missing.join(' ')} >/dev/null)`], { timeoutMs: 600_000 });
 }
 
+/**
+ * The calling thread's scheduler figures from /proc/thread-self/schedstat: ns it ran on a CPU, ns it
+ * was runnable and waited for one (woken, not yet running: on this VM mostly the wake-up of an idle
+ * vCPU, see bench/README.md §8), and how many times it was switched in. Differences over a phase say
+ * how much of a thread's wall time the machine, not the code, took.
+ */
+export interface ThreadSched {
+  runNs: number;
+  waitNs: number;
+  slices: number;
+}
+
+export function threadSched(): ThreadSched {
+  const [run, wait, slices] = readFileSync('/proc/thread-self/schedstat', 'utf8').trim().split(/\s+/).map(Number);
+  return { runNs: run ?? 0, waitNs: wait ?? 0, slices: slices ?? 0 };
+}
+
+/** What changed from `before` to now (threadSched on the same thread). */
+export function threadSchedSince(before: ThreadSched): ThreadSched {
+  const now = threadSched();
+  return { runNs: now.runNs - before.runNs, waitNs: now.waitNs - before.waitNs, slices: now.slices - before.slices };
+}
+
 export const MACHINE_LINE = (m = machine()) => `${m.nproc} x ${m.cpuModel}, ${m.memGiB} GiB, Linux ${m.kernel}, Node ${m.node}, load ${m.loadavg}`;
 
 /** The inspector on this thread: a session and a promise-returning post. */
