@@ -264,8 +264,8 @@ export class DnsProxy {
     try {
       sock.send(reply, client);
     } catch (e) {
-      // EAGAIN, the socket's send buffer full: rare, a local path frees it as the datagram leaves (dgram
-      // would have queued the answer; here it is dropped, and the workload's resolver library asks again)
+      // EAGAIN: the send buffer stayed full while UDP_SEND_QUEUE_MAX answers waited for it; this one is
+      // dropped, and the workload's resolver library asks again
       this.warnSometimes('send', { err: e, client }, 'DNS proxy: an answer could not be sent');
     }
   }

@@ -23,18 +23,36 @@ export interface UdpSocketOptions {
   /** SO_RCVBUF (the kernel caps it at net.core.rmem_max); 0 keeps the default. */
   recvBufferSize?: number;
   onMessage(data: Buffer, from: UdpPeer): void;
-  /** A receive error (a connected socket's ICMP error: ECONNREFUSED, EHOSTUNREACH). */
+  /**
+   * A receive error (a connected socket's ICMP error: ECONNREFUSED, EHOSTUNREACH), or the kernel's
+   * error for a datagram that waited for room in the send buffer (dropped).
+   */
   onError?(err: NodeJS.ErrnoException): void;
 }
+
+/**
+ * Datagrams that may wait for room in a socket's send buffer. A UDP socket's buffer fills when what it
+ * sent has not left yet (held in a device's queue, a busy softirq); node's dgram queued the datagram
+ * then, and so does this socket, trying again every SEND_RETRY_MS. Past this many a send throws EAGAIN.
+ */
+export const UDP_SEND_QUEUE_MAX = 1024;
+const SEND_RETRY_MS = 1;
 
 export class UdpSocket {
   private handle: NativeHandle | undefined;
   readonly port: number;
+  private readonly where: string;
+  private readonly onError: ((err: NodeJS.ErrnoException) => void) | undefined;
+  /** Sends waiting for room in the send buffer, oldest first; sends made meanwhile queue behind them. */
+  private waiting: Array<{ data: Uint8Array; to: UdpPeer | undefined }> = [];
+  private retry: NodeJS.Timeout | undefined;
 
   /** Opens, binds (and connects) at once; throws with the errno's code (EADDRINUSE, ...). */
   constructor(opts: UdpSocketOptions) {
     const c = opts.connect;
     const where = `${opts.address}:${opts.port}`;
+    this.where = where;
+    this.onError = opts.onError;
     this.handle = native().udpOpen(opts.address, opts.port, c?.address ?? '', c?.port ?? 0, opts.recvBufferSize ?? 0, (slab, offset, length, address, port, errno) => {
       if (slab) opts.onMessage(slab.subarray(offset, offset + length), { address: address!, port });
       else opts.onError?.(Object.assign(new Error(`UDP receive on ${where}: ${errnoCode(errno)}`), { errno, code: errnoCode(errno) }));
@@ -51,13 +69,59 @@ export class UdpSocket {
     return this.handle === undefined;
   }
 
-  /** Sends one datagram (no address on a connected socket). Throws when closed or the socket buffer is full. */
+  /** Datagrams waiting for room in the send buffer. */
+  get queued(): number {
+    return this.waiting.length;
+  }
+
+  /**
+   * Sends one datagram (no address on a connected socket). When the send buffer is full, `data` waits
+   * (kept, not copied: not to be written meanwhile) and goes once there is room, in order. Throws when
+   * closed, when UDP_SEND_QUEUE_MAX datagrams wait already (EAGAIN), or with the kernel's error.
+   */
   send(data: Uint8Array, to?: UdpPeer): void {
     if (!this.handle) throw Object.assign(new Error('UDP socket closed'), { code: 'EBADF' });
-    native().udpSend(this.handle, data, to?.address ?? '', to?.port ?? 0);
+    if (this.waiting.length === 0 && this.trySend(data, to)) return;
+    if (this.waiting.length >= UDP_SEND_QUEUE_MAX) {
+      throw Object.assign(new Error(`UDP send on ${this.where}: EAGAIN, the socket's send buffer is full and ${UDP_SEND_QUEUE_MAX} datagrams wait for it already`), { code: 'EAGAIN' });
+    }
+    this.waiting.push({ data, to });
+    this.retry ??= setTimeout(() => this.flush(), SEND_RETRY_MS).unref();
+  }
+
+  /** True once sent, false when the send buffer is full; throws the kernel's other errors. */
+  private trySend(data: Uint8Array, to: UdpPeer | undefined): boolean {
+    try {
+      native().udpSend(this.handle!, data, to?.address ?? '', to?.port ?? 0);
+      return true;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EAGAIN') return false;
+      throw err;
+    }
+  }
+
+  private flush(): void {
+    this.retry = undefined;
+    while (this.handle && this.waiting.length > 0) {
+      const { data, to } = this.waiting[0]!;
+      try {
+        if (!this.trySend(data, to)) {
+          this.retry = setTimeout(() => this.flush(), SEND_RETRY_MS).unref();
+          return;
+        }
+      } catch (err) {
+        // This datagram cannot go (its route went away, ...): dropped, said, and the rest go on.
+        const e = err as NodeJS.ErrnoException;
+        this.onError?.(Object.assign(new Error(`UDP send on ${this.where} to ${to ? `${to.address}:${to.port}` : 'its peer'}: ${e.code ?? e.message}`), { errno: e.errno, code: e.code }));
+      }
+      this.waiting.shift();
+    }
   }
 
   close(): void {
+    if (this.retry) clearTimeout(this.retry);
+    this.retry = undefined;
+    this.waiting = [];
     if (!this.handle) return;
     native().udpClose(this.handle);
     this.handle = undefined;

@@ -10,7 +10,7 @@
  * the callback as views of it; a slab is freed when its last view is.
  *
  * Sends are made at once, on the loop's thread (as dgram's are when the socket buffer has room); a
- * full buffer throws EAGAIN to the caller instead of queuing.
+ * full buffer throws EAGAIN to the caller, which queues (agent/dns/udp-socket.ts).
  */
 #include "addon.h"
 #include <arpa/inet.h>
