@@ -264,7 +264,7 @@ export class DnsProxy {
     try {
       sock.send(reply, client);
     } catch (e) {
-      // EAGAIN: the send buffer stayed full while UDP_SEND_QUEUE_MAX answers waited for it; this one is
+      // EAGAIN: the send buffer stayed full while the socket queued all it may (udp-socket.ts); this one is
       // dropped, and the workload's resolver library asks again
       this.warnSometimes('send', { err: e, client }, 'DNS proxy: an answer could not be sent');
     }

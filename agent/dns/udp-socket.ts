@@ -31,11 +31,14 @@ export interface UdpSocketOptions {
 }
 
 /**
- * Datagrams that may wait for room in a socket's send buffer. A UDP socket's buffer fills when what it
- * sent has not left yet (held in a device's queue, a busy softirq); node's dgram queued the datagram
- * then, and so does this socket, trying again every SEND_RETRY_MS. Past this many a send throws EAGAIN.
+ * Datagrams that may wait for room in a socket's send buffer, and their bytes. A UDP socket's buffer
+ * fills when what it sent has not left yet (held by a device's queue, such as a rate limit an operator
+ * set); node's dgram queued the datagram then, and so does this socket, trying again every
+ * SEND_RETRY_MS. Past either bound a send throws EAGAIN (datagrams of 64 KB each could otherwise hold
+ * 64 MB a socket).
  */
 export const UDP_SEND_QUEUE_MAX = 1024;
+export const UDP_SEND_QUEUE_BYTES_MAX = 4 << 20;
 const SEND_RETRY_MS = 1;
 
 export class UdpSocket {
@@ -45,6 +48,7 @@ export class UdpSocket {
   private readonly onError: ((err: NodeJS.ErrnoException) => void) | undefined;
   /** Sends waiting for room in the send buffer, oldest first; sends made meanwhile queue behind them. */
   private waiting: Array<{ data: Uint8Array; to: UdpPeer | undefined }> = [];
+  private waitingBytes = 0;
   private retry: NodeJS.Timeout | undefined;
 
   /** Opens, binds (and connects) at once; throws with the errno's code (EADDRINUSE, ...). */
@@ -59,6 +63,7 @@ export class UdpSocket {
     });
     try {
       this.port = native().udpLocalPort(this.handle);
+      this.where = `${opts.address}:${this.port}`;
     } catch (err) {
       this.close();
       throw err;
@@ -77,15 +82,17 @@ export class UdpSocket {
   /**
    * Sends one datagram (no address on a connected socket). When the send buffer is full, `data` waits
    * (kept, not copied: not to be written meanwhile) and goes once there is room, in order. Throws when
-   * closed, when UDP_SEND_QUEUE_MAX datagrams wait already (EAGAIN), or with the kernel's error.
+   * closed, when UDP_SEND_QUEUE_MAX datagrams or UDP_SEND_QUEUE_BYTES_MAX bytes wait already (EAGAIN),
+   * or with the kernel's error.
    */
   send(data: Uint8Array, to?: UdpPeer): void {
     if (!this.handle) throw Object.assign(new Error('UDP socket closed'), { code: 'EBADF' });
     if (this.waiting.length === 0 && this.trySend(data, to)) return;
-    if (this.waiting.length >= UDP_SEND_QUEUE_MAX) {
-      throw Object.assign(new Error(`UDP send on ${this.where}: EAGAIN, the socket's send buffer is full and ${UDP_SEND_QUEUE_MAX} datagrams wait for it already`), { code: 'EAGAIN' });
+    if (this.waiting.length >= UDP_SEND_QUEUE_MAX || this.waitingBytes + data.length > UDP_SEND_QUEUE_BYTES_MAX) {
+      throw Object.assign(new Error(`UDP send on ${this.where}: EAGAIN, the socket's send buffer is full and ${this.waiting.length} datagrams (${this.waitingBytes} bytes) wait for it already, the most a socket queues (${UDP_SEND_QUEUE_MAX} datagrams, ${UDP_SEND_QUEUE_BYTES_MAX} bytes)`), { code: 'EAGAIN' });
     }
     this.waiting.push({ data, to });
+    this.waitingBytes += data.length;
     this.retry ??= setTimeout(() => this.flush(), SEND_RETRY_MS).unref();
   }
 
@@ -104,17 +111,20 @@ export class UdpSocket {
     this.retry = undefined;
     while (this.handle && this.waiting.length > 0) {
       const { data, to } = this.waiting[0]!;
+      let failed: NodeJS.ErrnoException | undefined;
       try {
         if (!this.trySend(data, to)) {
           this.retry = setTimeout(() => this.flush(), SEND_RETRY_MS).unref();
           return;
         }
       } catch (err) {
-        // This datagram cannot go (its route went away, ...): dropped, said, and the rest go on.
-        const e = err as NodeJS.ErrnoException;
-        this.onError?.(Object.assign(new Error(`UDP send on ${this.where} to ${to ? `${to.address}:${to.port}` : 'its peer'}: ${e.code ?? e.message}`), { errno: e.errno, code: e.code }));
+        failed = err as NodeJS.ErrnoException;
       }
       this.waiting.shift();
+      this.waitingBytes -= data.length;
+      // This datagram cannot go (its route went away, ...): dropped and said (the callback may close
+      // the socket), and the rest go on.
+      if (failed) this.onError?.(Object.assign(new Error(`UDP send on ${this.where} to ${to ? `${to.address}:${to.port}` : 'its peer'}: ${failed.code ?? failed.message}`), { errno: failed.errno, code: failed.code }));
     }
   }
 
@@ -122,6 +132,7 @@ export class UdpSocket {
     if (this.retry) clearTimeout(this.retry);
     this.retry = undefined;
     this.waiting = [];
+    this.waitingBytes = 0;
     if (!this.handle) return;
     native().udpClose(this.handle);
     this.handle = undefined;

@@ -3,7 +3,8 @@
 // token bucket of 8 kbit/s that holds them (to a neighbour entry made by hand: no ARP to wait for): the socket's send buffer fills, and sends must queue
 // instead of failing (node's dgram queued too, and the proxy's answers would otherwise be dropped). Once
 // the device lets them through, every waiting datagram must leave; and past UDP_SEND_QUEUE_MAX a send
-// must fail with EAGAIN naming the limit, with nothing left waiting after close().
+// (or UDP_SEND_QUEUE_BYTES_MAX bytes) a send must fail with EAGAIN naming the limit, with nothing left
+// waiting after close().
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -16,7 +17,7 @@ const socketModule = fileURLToPath(new URL('../../agent/dns/udp-socket.js', impo
 const script = `
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { UdpSocket, UDP_SEND_QUEUE_MAX } from ${JSON.stringify(socketModule)};
+import { UdpSocket, UDP_SEND_QUEUE_BYTES_MAX, UDP_SEND_QUEUE_MAX } from ${JSON.stringify(socketModule)};
 const slow = ['tbf', 'rate', '8kbit', 'burst', '1600', 'limit', '100000000'];
 // /proc/net/dev is the namespace's own (sysfs shows the namespace it was mounted in): q0's packets sent
 const tx = () => Number(readFileSync('/proc/net/dev', 'utf8').split('\\n').find((l) => l.trim().startsWith('q0:')).split(':')[1].trim().split(/\\s+/)[9]);
@@ -54,8 +55,21 @@ for (let m = 0; m < 100000 && !bound; m++) {
     bound = { code: e.code, message: e.message, queued: sock.queued };
   }
 }
+const port = sock.port;
 sock.close();
-console.log(JSON.stringify({ threw, sent: n, waiting, left, bound, queuedAfterClose: sock.queued, errors, max: UDP_SEND_QUEUE_MAX }));
+const queuedAfterClose = sock.queued;
+// Datagrams of 60,000 bytes: the bound in bytes comes first.
+const big = new UdpSocket({ address: '10.251.77.1', port: 0, onMessage() {} });
+let boundBytes = null;
+for (let m = 0; m < 10000 && !boundBytes; m++) {
+  try {
+    big.send(Buffer.alloc(60000, m & 0xff), to);
+  } catch (e) {
+    boundBytes = { code: e.code, queued: big.queued };
+  }
+}
+big.close();
+console.log(JSON.stringify({ threw, sent: n, waiting, left, bound, port, queuedAfterClose, boundBytes, errors, max: UDP_SEND_QUEUE_MAX, maxBytes: UDP_SEND_QUEUE_BYTES_MAX }));
 `;
 
 test('DNS proxy UDP socket: a full send buffer queues datagrams, all leave once there is room, the queue is bounded (root)', { timeout: 120_000 }, async () => {
@@ -68,7 +82,8 @@ test('DNS proxy UDP socket: a full send buffer queues datagrams, all leave once 
     script,
   ]);
   const out = JSON.parse(stdout.trim().split('\n').at(-1)!) as {
-    threw: string | null; sent: number; waiting: number; left: number; bound: { code: string; message: string; queued: number } | null; queuedAfterClose: number; errors: string[]; max: number;
+    threw: string | null; sent: number; waiting: number; left: number; bound: { code: string; message: string; queued: number } | null; port: number;
+    queuedAfterClose: number; boundBytes: { code: string; queued: number } | null; errors: string[]; max: number; maxBytes: number;
   };
   // The buffer filled (the bucket holds nearly all of it), and the sends after that queued without an error.
   assert.equal(out.threw, null);
@@ -81,7 +96,10 @@ test('DNS proxy UDP socket: a full send buffer queues datagrams, all leave once 
   assert.ok(out.bound, 'a send failed once the queue was full');
   assert.equal(out.bound.code, 'EAGAIN');
   assert.equal(out.bound.queued, out.max);
-  assert.match(out.bound.message, new RegExp(`send buffer is full and ${out.max} datagrams wait`));
-  assert.match(out.bound.message, /10\.251\.77\.1:0/);
+  assert.match(out.bound.message, new RegExp(`send buffer is full and ${out.max} datagrams \\(${out.max * 1200} bytes\\) wait`));
+  assert.match(out.bound.message, new RegExp(`^UDP send on 10\\.251\\.77\\.1:${out.port}: EAGAIN`));
   assert.equal(out.queuedAfterClose, 0);
+  // 60,000-byte datagrams stop at the bound in bytes, before the one in datagrams.
+  assert.equal(out.boundBytes?.code, 'EAGAIN');
+  assert.equal(out.boundBytes.queued, Math.floor(out.maxBytes / 60000));
 });
