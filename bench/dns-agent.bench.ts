@@ -35,8 +35,8 @@
 // "added p99, names asked before": the same over the lookups after the first pass over the names (no new
 // address to write into the maps before the answer is released).
 // "agent thread waiting for a CPU": the time the agent's thread spent woken but not yet running during
-// a phase (/proc/thread-self/schedstat); a lookup that arrives then waits as long. On this VM most of
-// it comes while a vCPU sits idle (bench/README.md §8, `perf sched`).
+// a phase (/proc/thread-self/schedstat); a lookup that arrives then waits as long. On this VM the long
+// waits often come with both vCPUs idle (bench/README.md §8, `perf sched`).
 import { spawn } from 'node:child_process';
 import dgram from 'node:dgram';
 import { mkdtempSync, rmSync } from 'node:fs';

@@ -205,9 +205,9 @@ export async function aptEnsure(pkgs: { cmd: string; pkg: string }[]): Promise<v
 
 /**
  * The calling thread's scheduler figures from /proc/thread-self/schedstat: ns it ran on a CPU, ns it
- * was runnable and waited for one (woken, not yet running: on this VM mostly the wake-up of an idle
- * vCPU, see bench/README.md §8), and how many times it was switched in. Differences over a phase say
- * how much of a thread's wall time the machine, not the code, took.
+ * was runnable and waited for one (woken and not yet running, or preempted; bench/README.md §8 has
+ * where the long waits come from on this VM), and how many times it was switched in. Differences over a
+ * phase say how much of a thread's wall time the machine, not the code, took.
  */
 export interface ThreadSched {
   runNs: number;
