@@ -44,6 +44,7 @@ const SEND_RETRY_MS = 1;
 export class UdpSocket {
   private handle: NativeHandle | undefined;
   readonly port: number;
+  /** address:port, the port the kernel gave once bound (in error messages). */
   private readonly where: string;
   private readonly onError: ((err: NodeJS.ErrnoException) => void) | undefined;
   /** Sends waiting for room in the send buffer, oldest first; sends made meanwhile queue behind them. */
@@ -54,12 +55,11 @@ export class UdpSocket {
   /** Opens, binds (and connects) at once; throws with the errno's code (EADDRINUSE, ...). */
   constructor(opts: UdpSocketOptions) {
     const c = opts.connect;
-    const where = `${opts.address}:${opts.port}`;
-    this.where = where;
+    this.where = `${opts.address}:${opts.port}`;
     this.onError = opts.onError;
     this.handle = native().udpOpen(opts.address, opts.port, c?.address ?? '', c?.port ?? 0, opts.recvBufferSize ?? 0, (slab, offset, length, address, port, errno) => {
       if (slab) opts.onMessage(slab.subarray(offset, offset + length), { address: address!, port });
-      else opts.onError?.(Object.assign(new Error(`UDP receive on ${where}: ${errnoCode(errno)}`), { errno, code: errnoCode(errno) }));
+      else this.onError?.(Object.assign(new Error(`UDP receive on ${this.where}: ${errnoCode(errno)}`), { errno, code: errnoCode(errno) }));
     });
     try {
       this.port = native().udpLocalPort(this.handle);

@@ -1,10 +1,11 @@
 // The DNS proxy's UDP sockets when the kernel has no room for a datagram (EAGAIN: what the socket sent
-// has not left yet). In a network namespace of its own, datagrams go out of a veth device behind a
-// token bucket of 8 kbit/s that holds them (to a neighbour entry made by hand: no ARP to wait for): the socket's send buffer fills, and sends must queue
-// instead of failing (node's dgram queued too, and the proxy's answers would otherwise be dropped). Once
-// the device lets them through, every waiting datagram must leave; and past UDP_SEND_QUEUE_MAX a send
-// (or UDP_SEND_QUEUE_BYTES_MAX bytes) a send must fail with EAGAIN naming the limit, with nothing left
-// waiting after close().
+// has not left yet). In a network namespace of its own (gone with the process), datagrams go out of a
+// veth device behind a token bucket of 8 kbit/s that holds them (to a neighbour entry made by hand: no
+// ARP to wait for): the socket's send buffer fills, and sends must queue instead of failing (node's
+// dgram queued too, and the proxy's answers would otherwise be dropped). Once the device lets them
+// through, every waiting datagram must leave; past UDP_SEND_QUEUE_MAX datagrams or
+// UDP_SEND_QUEUE_BYTES_MAX bytes a send must fail with EAGAIN naming the limit; nothing is left waiting
+// after close().
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
