@@ -40,11 +40,14 @@ export function globMatch(pattern: string, text: string, question = false): bool
 }
 
 /**
- * globMatch over `sep`-separated parts, where no wildcard crosses a separator: the same number of parts,
- * each matching its pattern part (a path's segments, a name's labels).
+ * A matcher of globMatch over `sep`-separated parts, where no wildcard crosses a separator: the same
+ * number of parts, each matching its pattern part (a path's segments, a name's labels). The pattern is
+ * split once, here, not on every text matched.
  */
-export function globMatchParts(pattern: string, text: string, sep: string, question = false): boolean {
+export function globPartsMatcher(pattern: string, sep: string, question = false): (text: string) => boolean {
   const ps = pattern.split(sep);
-  const ts = text.split(sep);
-  return ps.length === ts.length && ps.every((p, i) => globMatch(p, ts[i]!, question));
+  return (text) => {
+    const ts = text.split(sep);
+    return ps.length === ts.length && ps.every((p, i) => globMatch(p, ts[i]!, question));
+  };
 }

@@ -3,7 +3,7 @@ import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { ConfigError, zodIssuesFormat } from './config-error.js';
 import { yamlFileRead, yamlNestingProblem } from './yaml-guard.js';
-import { globMatchParts } from './glob.js';
+import { globPartsMatcher } from './glob.js';
 
 /**
  * The TCP listener's tokens: the tokens file's schema, loading it, and authenticating bearer tokens
@@ -35,7 +35,7 @@ export function tokenHash(secret: string): string {
 export function globMatcher(glob: string): (path: string) => boolean {
   // Not a regular expression: a pattern with many stars would backtrack for minutes on a long path an
   // API client sends (common/glob.ts).
-  return (path) => globMatchParts(glob, path, '/', true);
+  return globPartsMatcher(glob, '/', true);
 }
 
 const plainPath = (p: string) => p.split('/').slice(1).every((seg) => seg !== '' && seg !== '.' && seg !== '..');

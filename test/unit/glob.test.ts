@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { globMatch, globMatchParts } from '../../common/glob.js';
+import { globMatch, globPartsMatcher } from '../../common/glob.js';
 
 /** The reference: the same pattern as a regular expression (`*` any run, `?` one character), on short inputs only. */
 function referenceMatch(pattern: string, text: string, question: boolean): boolean {
@@ -48,10 +48,15 @@ describe('globMatch', () => {
   });
 
   test('parts: no wildcard crosses the separator', () => {
-    assert.equal(globMatchParts('/var/run/netns/t-*', '/var/run/netns/t-1', '/'), true);
-    assert.equal(globMatchParts('/var/run/netns/t-*', '/var/run/netns/t-1/x', '/'), false);
-    assert.equal(globMatchParts('/var/*/netns/x', '/var/a/b/netns/x', '/'), false);
-    assert.equal(globMatchParts('vnet?', 'vnet7', '/', true), true);
-    assert.equal(globMatchParts('a/?', 'a//', '/', true), false, '? is not a separator');
+    assert.equal(globPartsMatcher('/var/run/netns/t-*', '/')('/var/run/netns/t-1'), true);
+    assert.equal(globPartsMatcher('/var/run/netns/t-*', '/')('/var/run/netns/t-1/x'), false);
+    assert.equal(globPartsMatcher('/var/*/netns/x', '/')('/var/a/b/netns/x'), false);
+    assert.equal(globPartsMatcher('vnet?', '/', true)('vnet7'), true);
+    assert.equal(globPartsMatcher('a/?', '/', true)('a//'), false, '? is not a separator');
+  });
+
+  test('a parts matcher answers for each text alike (the pattern split once, not consumed)', () => {
+    const m = globPartsMatcher('/var/run/netns/t-*', '/');
+    assert.deepEqual(['/var/run/netns/t-1', '/var/run/netns/t-1/x', '/var/run/netns/t-2', '/var/run/netns/u-1'].map(m), [true, false, true, false]);
   });
 });
