@@ -62,7 +62,7 @@ describe('fqdn matchPattern (Cilium semantics)', () => {
     assert.equal(pattern('a-b_c.test')('a-b_c.test'), true);
     assert.equal(pattern('a-b_c.test')('a-bxc.test'), false);
   });
-  test('the same answers as the regular expression it replaced, on 30,000 generated pairs', () => {
+  test('the same answers as the regular expression it replaced, on 31,000 generated pairs', () => {
     // The matcher was `new RegExp(source)` of this source (exponential in its stars on a hostile name);
     // kept here as the reference the label-by-label matcher must agree with.
     const DNS_CHAR = '[-a-z0-9_]';
