@@ -139,7 +139,7 @@ const UDP_RECV_BUFFER = 4 << 20;
  * this the connection is not read until one is answered (TCP's flow control holds the client back).
  */
 const TCP_PIPELINE_MAX = 16;
-/** At most one warning per this long about clients being turned away (each names the client). */
+/** At most one warning of a kind (turned-away clients, failed sends, socket errors) per this long. */
 const DROP_LOG_INTERVAL_MS = 10_000;
 
 export class DnsProxy {
@@ -174,7 +174,9 @@ export class DnsProxy {
           port,
           recvBufferSize: UDP_RECV_BUFFER,
           onMessage: (msg, from) => this.udpQuery(socket, msg, from),
-          onError: (e) => this.opts.log.warn({ err: e }, 'DNS proxy UDP socket error'),
+          // One error a datagram at worst (a queued answer whose send then fails): a workload that makes
+          // its answers fail must not flood the log either.
+          onError: (e) => this.warnSometimes('socket', { err: e }, 'DNS proxy UDP socket error (more in the next 10 s are not logged)'),
         });
         return { socket, port: socket.port, close: () => socket.close() };
       },

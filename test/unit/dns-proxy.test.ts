@@ -481,6 +481,23 @@ test('DNS proxy: queries pipelined on a TCP connection that closed are not asked
   }
 });
 
+test('DNS proxy: socket errors, one a datagram at worst, are logged once in 10 s, not once each', async () => {
+  const lines: string[] = [];
+  const log = pino({ level: 'warn' }, { write: (l: string) => lines.push(l) });
+  const proxy = new DnsProxy({ listen: { address: '127.0.0.1', port: 0 }, upstream: () => undefined, verdict: () => ({ allowed: true }), learn: async () => {}, log });
+  await proxy.start();
+  try {
+    // As a queued answer's failed send reports it (udp-socket.ts): through the listener's own onError.
+    const onError = (proxy as unknown as { udp: { onError: (e: NodeJS.ErrnoException) => void } }).udp.onError;
+    for (let i = 0; i < 1000; i++) onError(Object.assign(new Error(`UDP send on 127.0.0.1 to 127.0.0.2:${1000 + i}: EPERM`), { code: 'EPERM' }));
+    const logged = lines.filter((l) => l.includes('DNS proxy UDP socket error'));
+    assert.equal(logged.length, 1);
+    assert.match(logged[0]!, /EPERM/);
+  } finally {
+    await proxy.stop();
+  }
+});
+
 test('DNS proxy: an upstream that does not answer gives SERVFAIL', async () => {
   const silent = dgram.createSocket('udp4');
   await new Promise<void>((resolve, reject) => silent.once('error', reject).bind(0, '127.0.0.1', resolve));
