@@ -50,3 +50,13 @@ export async function waitFor<T>(what: string, fn: () => Promise<T | undefined |
     await new Promise((r) => setTimeout(r, 50));
   }
 }
+
+/**
+ * Runs an ES module `script` in a node process of a network namespace of its own (`unshare --net`: gone
+ * with the process, so nothing is left to clean up), after the shell commands `setup` (run there, lo is
+ * up first). Resolves with the script's last line of output parsed as JSON: what the test asserts on.
+ */
+export async function nodeInOwnNetns<T>(setup: string, script: string, timeoutMs = 100_000): Promise<T> {
+  const stdout = await run('unshare', ['--net', 'sh', '-c', `ip link set lo up${setup ? ` && ${setup}` : ''} && exec "$0" --input-type=module -e "$1"`, process.execPath, script], { timeoutMs });
+  return JSON.parse(stdout.trim().split('\n').at(-1)!) as T;
+}

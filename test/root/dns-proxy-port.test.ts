@@ -3,12 +3,10 @@
 // narrowed to two ports and the first is taken on TCP: every start must end on the other one, never
 // fail, and a fixed port that is taken must fail naming EADDRINUSE with nothing left bound.
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { test } from 'node:test';
-import { promisify } from 'node:util';
+import { nodeInOwnNetns } from '../helpers/sys.js';
 
-const execFileP = promisify(execFile);
 const proxyModule = fileURLToPath(new URL('../../agent/dns/proxy.js', import.meta.url));
 
 const script = `
@@ -47,15 +45,7 @@ console.log(JSON.stringify({ ports, fixed, udpFree }));
 `;
 
 test('DNS proxy, port 0: a UDP port whose number is taken on TCP is traded for another; a taken fixed port fails cleanly (root)', { timeout: 120_000 }, async () => {
-  const { stdout } = await execFileP('unshare', [
-    '--net',
-    'sh',
-    '-c',
-    'ip link set lo up && sysctl -q -w net.ipv4.ip_local_port_range="40000 40001" && exec "$0" --input-type=module -e "$1"',
-    process.execPath,
-    script,
-  ]);
-  const out = JSON.parse(stdout.trim().split('\n').at(-1)!) as { ports: number[]; fixed: string; udpFree: boolean };
+  const out = await nodeInOwnNetns<{ ports: number[]; fixed: string; udpFree: boolean }>('sysctl -q -w net.ipv4.ip_local_port_range="40000 40001"', script);
   // With 12 starts, a proxy that does not try again would have met 40000 (taken on TCP) with
   // probability 1 - 2^-12.
   assert.deepEqual(out.ports, Array(12).fill(40001));

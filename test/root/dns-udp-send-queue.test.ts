@@ -7,12 +7,10 @@
 // UDP_SEND_QUEUE_BYTES_MAX bytes a send must fail with EAGAIN naming the limit; nothing is left waiting
 // after close().
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { test } from 'node:test';
-import { promisify } from 'node:util';
+import { nodeInOwnNetns } from '../helpers/sys.js';
 
-const execFileP = promisify(execFile);
 const socketModule = fileURLToPath(new URL('../../agent/dns/udp-socket.js', import.meta.url));
 
 const script = `
@@ -74,18 +72,18 @@ console.log(JSON.stringify({ threw, sent: n, waiting, left, bound, port, queuedA
 `;
 
 test('DNS proxy UDP socket: a full send buffer queues datagrams, all leave once there is room, the queue is bounded (root)', { timeout: 120_000 }, async () => {
-  const { stdout } = await execFileP('unshare', [
-    '--net',
-    'sh',
-    '-c',
-    'ip link set lo up && ip link add q0 type veth peer name q1 && ip addr add 10.251.77.1/30 dev q0 && ip link set q1 up && ip link set q0 up && ip neigh add 10.251.77.2 lladdr 02:00:00:00:00:02 dev q0 nud permanent && tc qdisc add dev q0 root tbf rate 8kbit burst 1600 limit 100000000 && exec "$0" --input-type=module -e "$1"',
-    process.execPath,
-    script,
-  ]);
-  const out = JSON.parse(stdout.trim().split('\n').at(-1)!) as {
+  const setup = [
+    'ip link add q0 type veth peer name q1',
+    'ip addr add 10.251.77.1/30 dev q0',
+    'ip link set q1 up',
+    'ip link set q0 up',
+    'ip neigh add 10.251.77.2 lladdr 02:00:00:00:00:02 dev q0 nud permanent',
+    'tc qdisc add dev q0 root tbf rate 8kbit burst 1600 limit 100000000',
+  ].join(' && ');
+  const out = await nodeInOwnNetns<{
     threw: string | null; sent: number; waiting: number; left: number; bound: { code: string; message: string; queued: number } | null; port: number;
     queuedAfterClose: number; boundBytes: { code: string; queued: number } | null; errors: string[]; max: number; maxBytes: number;
-  };
+  }>(setup, script);
   // The buffer filled (the bucket holds nearly all of it), and the sends after that queued without an error.
   assert.equal(out.threw, null);
   assert.equal(out.waiting, 200);
