@@ -291,7 +291,7 @@ export const ConfigSchema = z
          * accept. A relay or a CLI holds one each.
          */
         maxConnections: z.number().int().min(1).max(65_536).default(128),
-        /** The same from one remote address, so that one host cannot take them all. */
+        /** The same from one remote IPv4 address or IPv6 /64 (one host's), so that one host cannot take them all. */
         maxConnectionsPerAddress: z.number().int().min(1).max(65_536).default(16),
       })
       .strict()

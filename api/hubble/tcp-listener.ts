@@ -7,19 +7,20 @@
  * host that reaches the port could open connections and never finish a handshake, each held for Node's
  * default handshake timeout (120 s), until the agent ran out of memory or file descriptors. Here:
  * - at most `hubble.maxConnections` connections at once, and `hubble.maxConnectionsPerAddress` from one
- *   remote address (so one host cannot take them all), counted from the TCP accept: a connection over
- *   either is closed at once, before any TLS work;
+ *   remote IPv4 address or IPv6 /64 (so one host cannot take them all), counted from the TCP accept: a
+ *   connection over either is closed at once, before any TLS work;
  * - a handshake not done within `hubble.tls.handshakeTimeoutMs` closes the connection;
  * - with `hubble.tls.clientCa`, a client without a certificate that CA signed is refused in the
  *   handshake (mTLS), as before;
  * - a client that does not negotiate HTTP/2 (ALPN `h2`, which every gRPC client offers) is closed.
  */
 import { createServer as tlsServerCreate, type TLSSocket } from 'node:tls';
-import { createServer as tcpServerCreate, type Socket } from 'node:net';
+import { isIPv4, isIPv6, createServer as tcpServerCreate, type Socket } from 'node:net';
 import { ServerCredentials, type Server } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { Gauge, type Registry } from 'prom-client';
 import { mirroredCounter } from '../../agent/metrics/mirror.js';
+import { ipv6Format, ipv6Parse } from '../../bpf/addr.js';
 
 export interface HubbleTcpOptions {
   host: string;
@@ -45,19 +46,30 @@ export interface HubbleTcpListener {
 /** One warning per reason at most this often: a flood must not flood the log too. */
 const WARN_EVERY_MS = 10_000;
 
-/** `::ffff:a.b.c.d` (an IPv4 client of a dual-stack socket) counts as a.b.c.d. */
-const addressKey = (a: string | undefined): string => (a?.startsWith('::ffff:') ? a.slice(7) : (a ?? '?'));
+/**
+ * Whose share a connection counts against: an IPv4 client's address (`::ffff:a.b.c.d`, an IPv4 client of
+ * a dual-stack socket, counts as a.b.c.d), an IPv6 client's /64. One IPv6 host holds a /64 (SLAAC, privacy
+ * addresses: it may send from any of 2^64 addresses), so a share per address would not bound it at all.
+ */
+export function connectionSourceKey(a: string | undefined): string {
+  if (!a) return '?';
+  if (a.startsWith('::ffff:') && isIPv4(a.slice(7))) return a.slice(7);
+  if (!isIPv6(a)) return a;
+  const prefix = ipv6Parse(a);
+  prefix.fill(0, 8);
+  return `${ipv6Format(prefix)}/64`;
+}
 
 export function hubbleTcpListen(server: Server, opts: HubbleTcpOptions): Promise<HubbleTcpListener> {
   const injector = server.createConnectionInjector(ServerCredentials.createInsecure());
   const refused: Record<HubbleTcpRefusal, number> = { max_connections: 0, max_connections_per_address: 0, handshake_timeout: 0, handshake_failed: 0, not_http2: 0 };
   const warned = new Map<HubbleTcpRefusal, number>();
-  const refuse = (reason: HubbleTcpRefusal, remote: string, detail?: string) => {
+  const refuse = (reason: HubbleTcpRefusal, remote: string | undefined, detail?: string) => {
     refused[reason]++;
     const now = performance.now();
     if ((warned.get(reason) ?? -Infinity) + WARN_EVERY_MS > now) return;
     warned.set(reason, now);
-    opts.log.warn({ remote, reason, detail, refusedSoFar: refused[reason], maxConnections: opts.maxConnections, maxConnectionsPerAddress: opts.maxConnectionsPerAddress }, 'Hubble TCP listener: connection refused');
+    opts.log.warn({ remote, share: connectionSourceKey(remote), reason, detail, refusedSoFar: refused[reason], maxConnections: opts.maxConnections, maxConnectionsPerAddress: opts.maxConnectionsPerAddress }, 'Hubble TCP listener: connection refused');
   };
   const perAddress = new Map<string, number>();
   const sockets = new Set<Socket>();
@@ -72,36 +84,36 @@ export function hubbleTcpListen(server: Server, opts: HubbleTcpOptions): Promise
   // Connections are accepted here and only the ones within the limits go on to the TLS server (which
   // does not listen itself): a refused connection costs no TLS work and is counted once.
   const tcpServer = tcpServerCreate((raw: Socket) => {
-    const remote = addressKey(raw.remoteAddress);
-    const fromThere = perAddress.get(remote) ?? 0;
+    const share = connectionSourceKey(raw.remoteAddress);
+    const fromThere = perAddress.get(share) ?? 0;
     if (sockets.size >= opts.maxConnections) {
-      refuse('max_connections', remote);
+      refuse('max_connections', raw.remoteAddress);
       raw.destroy();
       return;
     }
     if (fromThere >= opts.maxConnectionsPerAddress) {
-      refuse('max_connections_per_address', remote);
+      refuse('max_connections_per_address', raw.remoteAddress);
       raw.destroy();
       return;
     }
     sockets.add(raw);
-    perAddress.set(remote, fromThere + 1);
+    perAddress.set(share, fromThere + 1);
     raw.once('close', () => {
       sockets.delete(raw);
-      const left = (perAddress.get(remote) ?? 1) - 1;
-      if (left > 0) perAddress.set(remote, left);
-      else perAddress.delete(remote);
+      const left = (perAddress.get(share) ?? 1) - 1;
+      if (left > 0) perAddress.set(share, left);
+      else perAddress.delete(share);
     });
     tlsServer.emit('connection', raw);
   });
   tlsServer.on('tlsClientError', (err: Error & { code?: string }, socket: TLSSocket) => {
     const timeout = err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT';
-    refuse(timeout ? 'handshake_timeout' : 'handshake_failed', addressKey(socket.remoteAddress), timeout ? undefined : err.message);
+    refuse(timeout ? 'handshake_timeout' : 'handshake_failed', socket.remoteAddress, timeout ? undefined : err.message);
     socket.destroy();
   });
   tlsServer.on('secureConnection', (socket: TLSSocket) => {
     if (socket.alpnProtocol !== 'h2') {
-      refuse('not_http2', addressKey(socket.remoteAddress), `ALPN ${socket.alpnProtocol || 'none'}`);
+      refuse('not_http2', socket.remoteAddress, `ALPN ${socket.alpnProtocol || 'none'}`);
       socket.destroy();
       return;
     }

@@ -13,6 +13,7 @@ import { pino } from 'pino';
 import { configParse } from '../../agent/config.js';
 import { hubbleClient } from '../../api/hubble/client.js';
 import { hubbleListen, type HubbleServer } from '../../api/hubble/server.js';
+import { connectionSourceKey } from '../../api/hubble/tcp-listener.js';
 import { testCaMake, type TestCa } from '../helpers/test-ca.js';
 import { waitFor } from '../helpers/sys.js';
 
@@ -128,4 +129,16 @@ describe('Hubble TCP listener against hostile clients', () => {
 test('hubble.maxConnectionsPerAddress above hubble.maxConnections is a config error naming the key', () => {
   assert.throws(() => configParse({ hubble: { maxConnections: 4, maxConnectionsPerAddress: 8 } }), /hubble\.maxConnectionsPerAddress.*must not be above hubble\.maxConnections \(4\)/s);
   assert.throws(() => configParse({ hubble: { tls: { cert: 'c', key: 'k', handshakeTimeoutMs: 10 } } }), /hubble\.tls\.handshakeTimeoutMs/);
+});
+
+test('whose share a connection counts against: an IPv4 address (mapped or not), an IPv6 /64', () => {
+  assert.equal(connectionSourceKey('192.0.2.7'), '192.0.2.7');
+  assert.equal(connectionSourceKey('::ffff:192.0.2.7'), '192.0.2.7', 'an IPv4 client of a dual-stack socket');
+  assert.equal(connectionSourceKey('2001:db8:1:2:aaaa:bbbb:cccc:dddd'), '2001:db8:1:2::/64');
+  assert.equal(connectionSourceKey('2001:db8:1:2::1'), '2001:db8:1:2::/64', 'another address of the same /64');
+  assert.equal(connectionSourceKey('2001:db8:1:3::1'), '2001:db8:1:3::/64');
+  assert.equal(connectionSourceKey('fe80::1%eth0'), 'fe80::/64');
+  assert.equal(connectionSourceKey('::1'), '::/64');
+  assert.equal(connectionSourceKey('::ffff:zz'), '::ffff:zz', 'not an address: kept as given');
+  assert.equal(connectionSourceKey(undefined), '?');
 });
