@@ -293,6 +293,11 @@ export const ConfigSchema = z
         maxConnections: z.number().int().min(1).max(65_536).default(128),
         /** The same from one remote IPv4 address or IPv6 /64 (one host's), so that one host cannot take them all. */
         maxConnectionsPerAddress: z.number().int().min(1).max(65_536).default(16),
+        /**
+         * The IPv6 prefix whose addresses count as one client for maxConnectionsPerAddress: 64 (one host's
+         * SLAAC range, from any address of which it may connect), 128 where several hosts share a /64.
+         */
+        ipv6ClientPrefix: z.number().int().min(32).max(128).default(64),
       })
       .strict()
       .superRefine((h, ctx) => {

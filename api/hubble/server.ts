@@ -79,6 +79,7 @@ async function tcpBind(server: Server, config: Config, log: Logger): Promise<{ h
       tls: { cert: files.cert, key: files.key, ...(files.clientCa ? { clientCa: files.clientCa } : {}) },
       maxConnections: config.hubble.maxConnections,
       maxConnectionsPerAddress: config.hubble.maxConnectionsPerAddress,
+      ipv6ClientPrefix: config.hubble.ipv6ClientPrefix,
       handshakeTimeoutMs: tls.handshakeTimeoutMs,
       log,
     });

@@ -7,8 +7,8 @@
  * host that reaches the port could open connections and never finish a handshake, each held for Node's
  * default handshake timeout (120 s), until the agent ran out of memory or file descriptors. Here:
  * - at most `hubble.maxConnections` connections at once, and `hubble.maxConnectionsPerAddress` from one
- *   remote IPv4 address or IPv6 /64 (so one host cannot take them all), counted from the TCP accept: a
- *   connection over either is closed at once, before any TLS work;
+ *   remote IPv4 address or IPv6 /64 (`hubble.ipv6ClientPrefix`; so one host cannot take them all), counted
+ *   from the TCP accept: a connection over either is closed at once, before any TLS work;
  * - a handshake not done within `hubble.tls.handshakeTimeoutMs` closes the connection;
  * - with `hubble.tls.clientCa`, a client without a certificate that CA signed is refused in the
  *   handshake (mTLS), as before;
@@ -28,6 +28,8 @@ export interface HubbleTcpOptions {
   tls: { cert: Buffer; key: Buffer; clientCa?: Buffer };
   maxConnections: number;
   maxConnectionsPerAddress: number;
+  /** IPv6 clients count per prefix of this length (hubble.ipv6ClientPrefix); 64 if not given. */
+  ipv6ClientPrefix?: number;
   handshakeTimeoutMs: number;
   log: Logger;
 }
@@ -48,16 +50,21 @@ const WARN_EVERY_MS = 10_000;
 
 /**
  * Whose share a connection counts against: an IPv4 client's address (`::ffff:a.b.c.d`, an IPv4 client of
- * a dual-stack socket, counts as a.b.c.d), an IPv6 client's /64. One IPv6 host holds a /64 (SLAAC, privacy
- * addresses: it may send from any of 2^64 addresses), so a share per address would not bound it at all.
+ * a dual-stack socket, counts as a.b.c.d), an IPv6 client's prefix of `ipv6Prefix` bits (/64 by default:
+ * one IPv6 host holds a /64 with SLAAC and privacy addresses, and may connect from any of its 2^64
+ * addresses, so a share per address would not bound it at all).
  */
-export function connectionSourceKey(a: string | undefined): string {
+export function connectionSourceKey(a: string | undefined, ipv6Prefix = 64): string {
   if (!a) return '?';
   if (a.startsWith('::ffff:') && isIPv4(a.slice(7))) return a.slice(7);
   if (!isIPv6(a)) return a;
-  const prefix = ipv6Parse(a);
-  prefix.fill(0, 8);
-  return `${ipv6Format(prefix)}/64`;
+  const bytes = ipv6Parse(a);
+  const whole = ipv6Prefix >> 3;
+  if (whole < 16) {
+    bytes[whole] = bytes[whole]! & (0xff << (8 - (ipv6Prefix & 7)));
+    bytes.fill(0, whole + 1);
+  }
+  return `${ipv6Format(bytes)}/${ipv6Prefix}`;
 }
 
 export function hubbleTcpListen(server: Server, opts: HubbleTcpOptions): Promise<HubbleTcpListener> {
@@ -69,7 +76,7 @@ export function hubbleTcpListen(server: Server, opts: HubbleTcpOptions): Promise
     const now = performance.now();
     if ((warned.get(reason) ?? -Infinity) + WARN_EVERY_MS > now) return;
     warned.set(reason, now);
-    opts.log.warn({ remote, share: connectionSourceKey(remote), reason, detail, refusedSoFar: refused[reason], maxConnections: opts.maxConnections, maxConnectionsPerAddress: opts.maxConnectionsPerAddress }, 'Hubble TCP listener: connection refused');
+    opts.log.warn({ remote, share: connectionSourceKey(remote, opts.ipv6ClientPrefix), reason, detail, refusedSoFar: refused[reason], maxConnections: opts.maxConnections, maxConnectionsPerAddress: opts.maxConnectionsPerAddress }, 'Hubble TCP listener: connection refused');
   };
   const perAddress = new Map<string, number>();
   const sockets = new Set<Socket>();
@@ -84,7 +91,7 @@ export function hubbleTcpListen(server: Server, opts: HubbleTcpOptions): Promise
   // Connections are accepted here and only the ones within the limits go on to the TLS server (which
   // does not listen itself): a refused connection costs no TLS work and is counted once.
   const tcpServer = tcpServerCreate((raw: Socket) => {
-    const share = connectionSourceKey(raw.remoteAddress);
+    const share = connectionSourceKey(raw.remoteAddress, opts.ipv6ClientPrefix);
     const fromThere = perAddress.get(share) ?? 0;
     if (sockets.size >= opts.maxConnections) {
       refuse('max_connections', raw.remoteAddress);

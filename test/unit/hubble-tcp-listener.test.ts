@@ -141,4 +141,16 @@ test('whose share a connection counts against: an IPv4 address (mapped or not), 
   assert.equal(connectionSourceKey('::1'), '::/64');
   assert.equal(connectionSourceKey('::ffff:zz'), '::ffff:zz', 'not an address: kept as given');
   assert.equal(connectionSourceKey(undefined), '?');
+  // Other prefix lengths (hubble.ipv6ClientPrefix): whole bytes, bits within a byte, every address alone.
+  assert.equal(connectionSourceKey('2001:db8:1:2ff::1', 56), '2001:db8:1:200::/56');
+  assert.equal(connectionSourceKey('2001:db8:1:2ff::1', 60), '2001:db8:1:2f0::/60');
+  assert.equal(connectionSourceKey('2001:db8:1:2::1', 128), '2001:db8:1:2::1/128');
+  assert.equal(connectionSourceKey('2001:db8:1:2::2', 128), '2001:db8:1:2::2/128');
+  assert.equal(connectionSourceKey('192.0.2.7', 128), '192.0.2.7', 'IPv4 is per address whatever the IPv6 prefix');
+});
+
+test('hubble.ipv6ClientPrefix: 64 by default, 32-128, a bad one is a config error naming the key', () => {
+  assert.equal(configParse({}).hubble.ipv6ClientPrefix, 64);
+  assert.equal(configParse({ hubble: { ipv6ClientPrefix: 128 } }).hubble.ipv6ClientPrefix, 128);
+  for (const bad of [0, 16, 129, 64.5, '64']) assert.throws(() => configParse({ hubble: { ipv6ClientPrefix: bad } }), /hubble\.ipv6ClientPrefix/);
 });
