@@ -13,7 +13,6 @@ import { pino } from 'pino';
 import { configParse } from '../../agent/config.js';
 import { hubbleClient } from '../../api/hubble/client.js';
 import { hubbleListen, type HubbleServer } from '../../api/hubble/server.js';
-import { connectionSourceKey } from '../../api/hubble/tcp-listener.js';
 import { testCaMake, type TestCa } from '../helpers/test-ca.js';
 import { waitFor } from '../helpers/sys.js';
 
@@ -129,24 +128,6 @@ describe('Hubble TCP listener against hostile clients', () => {
 test('hubble.maxConnectionsPerAddress above hubble.maxConnections is a config error naming the key', () => {
   assert.throws(() => configParse({ hubble: { maxConnections: 4, maxConnectionsPerAddress: 8 } }), /hubble\.maxConnectionsPerAddress.*must not be above hubble\.maxConnections \(4\)/s);
   assert.throws(() => configParse({ hubble: { tls: { cert: 'c', key: 'k', handshakeTimeoutMs: 10 } } }), /hubble\.tls\.handshakeTimeoutMs/);
-});
-
-test('whose share a connection counts against: an IPv4 address (mapped or not), an IPv6 /64', () => {
-  assert.equal(connectionSourceKey('192.0.2.7'), '192.0.2.7');
-  assert.equal(connectionSourceKey('::ffff:192.0.2.7'), '192.0.2.7', 'an IPv4 client of a dual-stack socket');
-  assert.equal(connectionSourceKey('2001:db8:1:2:aaaa:bbbb:cccc:dddd'), '2001:db8:1:2::/64');
-  assert.equal(connectionSourceKey('2001:db8:1:2::1'), '2001:db8:1:2::/64', 'another address of the same /64');
-  assert.equal(connectionSourceKey('2001:db8:1:3::1'), '2001:db8:1:3::/64');
-  assert.equal(connectionSourceKey('fe80::1%eth0'), 'fe80::/64');
-  assert.equal(connectionSourceKey('::1'), '::/64');
-  assert.equal(connectionSourceKey('::ffff:zz'), '::ffff:zz', 'not an address: kept as given');
-  assert.equal(connectionSourceKey(undefined), '?');
-  // Other prefix lengths (hubble.ipv6ClientPrefix): whole bytes, bits within a byte, every address alone.
-  assert.equal(connectionSourceKey('2001:db8:1:2ff::1', 56), '2001:db8:1:200::/56');
-  assert.equal(connectionSourceKey('2001:db8:1:2ff::1', 60), '2001:db8:1:2f0::/60');
-  assert.equal(connectionSourceKey('2001:db8:1:2::1', 128), '2001:db8:1:2::1/128');
-  assert.equal(connectionSourceKey('2001:db8:1:2::2', 128), '2001:db8:1:2::2/128');
-  assert.equal(connectionSourceKey('192.0.2.7', 128), '192.0.2.7', 'IPv4 is per address whatever the IPv6 prefix');
 });
 
 test('hubble.ipv6ClientPrefix: 64 by default, 32-128, a bad one is a config error naming the key', () => {
