@@ -151,16 +151,29 @@ export const ConfigSchema = z
             host: z.string().default('127.0.0.1'),
             port: z.number().int().min(1).max(65535),
             tls: z
-              .object({ cert: z.string().min(1, 'must be the path of a PEM certificate'), key: z.string().min(1, 'must be the path of a PEM private key') })
+              .object({
+                cert: z.string().min(1, 'must be the path of a PEM certificate'),
+                key: z.string().min(1, 'must be the path of a PEM private key'),
+                /** A TLS handshake not done by then closes the connection (before any token is seen). */
+                handshakeTimeoutMs: z.number().int().min(100).max(120_000).default(10_000),
+              })
               .strict()
               .optional(),
             /** YAML list of {name, secretSha256 | secret, scopes, namespaces}. */
             tokensFile: z.string().min(1).optional(),
+            /** TCP connections open at once, handshaking or served: one beyond is closed at accept. */
+            maxConnections: z.number().int().min(1).max(65_536).default(256),
+            /** The same from one client (an IPv4 address, an IPv6 prefix of ipv6ClientPrefix bits). */
+            maxConnectionsPerAddress: z.number().int().min(1).max(65_536).default(64),
+            /** The IPv6 prefix whose addresses count as one client: 64 (one host's SLAAC range), 128 where hosts share a /64. */
+            ipv6ClientPrefix: z.number().int().min(32).max(128).default(64),
           })
           .strict()
           .superRefine((t, ctx) => {
             if (!t.tls) ctx.addIssue({ code: 'custom', path: ['tls'], message: 'required: the TCP listener only serves TLS; set api.tcp.tls.cert and api.tcp.tls.key (PEM files)' });
             if (!t.tokensFile) ctx.addIssue({ code: 'custom', path: ['tokensFile'], message: 'required: the TCP listener needs bearer tokens; set api.tcp.tokensFile (see `kitnet token create`)' });
+            if (t.maxConnectionsPerAddress > t.maxConnections)
+              ctx.addIssue({ code: 'custom', path: ['maxConnectionsPerAddress'], message: `must not be above api.tcp.maxConnections (${t.maxConnections})` });
           })
           .optional(),
         /** Requests per window per client: per token (or address) on TCP, one bucket for the unix socket. */

@@ -3,7 +3,7 @@ import { dirname, join } from 'node:path';
 import { pino, type Logger } from 'pino';
 import { datapathLoad } from '../bpf/index.js';
 import { hostForwardingEnsure } from '../netkit/index.js';
-import { listenerBind, type BoundListener } from '../api/listener.js';
+import { apiTcpMetricsRegister, listenerBind, type BoundListener } from '../api/listener.js';
 import { serverBuild } from '../api/server.js';
 import { hubbleListen } from '../api/hubble/server.js';
 import { unixSocketBindPrivate, unixSocketPrepare, unixSocketSecure } from '../api/unix-socket.js';
@@ -161,7 +161,15 @@ export async function daemonRun(opts: DaemonOptions = {}): Promise<Daemon> {
     if (config.api.tcp && prepared.tcp) {
       const { host, port } = config.api.tcp;
       try {
-        tcpListener = await listenerBind({ host, port }, prepared.tcp.https);
+        const t = config.api.tcp;
+        tcpListener = await listenerBind({ host, port }, {
+          ...prepared.tcp.https,
+          handshakeTimeoutMs: t.tls!.handshakeTimeoutMs,
+          maxConnections: t.maxConnections,
+          maxConnectionsPerAddress: t.maxConnectionsPerAddress,
+          ipv6ClientPrefix: t.ipv6ClientPrefix,
+          log: log.child({ component: 'api-tcp' }),
+        });
       } catch (err) {
         throw listenErrorExplain(err, `${host}:${port}`, { address: 'api.tcp.host', port: 'api.tcp.port' });
       }
@@ -225,6 +233,7 @@ async function daemonStart(s: {
   // In cluster mode the local IPAM hands out addresses of this node's CIDRs, carved from the pools.
   const agent = new Agent(cluster ? { ...config, ipam: cluster.ipam } : config, store, kernel, hostFacts, log, cluster);
   cluster?.metricsRegister(agent.metrics.registry);
+  if (tcpListener) apiTcpMetricsRegister(agent.metrics.registry, tcpListener);
   const systemd = new SystemdNotifier(log);
   undo.push(() => (agent.stop(), systemd.close()));
   await agent.start(restoreProgress(systemd, log));
