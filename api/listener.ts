@@ -53,7 +53,7 @@ const starting: Handler = (_req, res) => {
  * Rejects with the listen error (code kept). With TLS, connections are accepted on a plain TCP server
  * and only those within `tls`'s limits are handed to the https server (which does not listen itself): a
  * connection over a limit is closed before any TLS work, and one whose handshake is not done in
- * `handshakeTimeoutMs`, or whose first request has not begun as long again after it, is closed.
+ * `handshakeTimeoutMs`, or whose first request's headers have not arrived as long again after it, is closed.
  */
 export async function listenerBind(where: { path: string } | { host: string; port: number }, tls?: ListenerTls): Promise<BoundListener> {
   let handler: Handler = starting;
@@ -71,9 +71,10 @@ export async function listenerBind(where: { path: string } | { host: string; por
     const g = (guard = new ConnectionGuard(tls));
     const { refused, refuse } = refusalsCounted(API_TCP_REFUSALS, tls.log, 'API TCP listener: connection refused', { maxConnections: tls.maxConnections, maxConnectionsPerAddress: tls.maxConnectionsPerAddress }, tls.ipv6ClientPrefix);
     listening = tcpServerGuarding(https!, g, refuse);
-    // A client that finished its handshake has as long again to begin its first request. node bounds a
-    // request begun and not done (headersTimeout) and the wait between requests (keepAliveTimeout), not
-    // a connection that never sends a byte: it would hold its place until the agent stopped.
+    // A client that finished its handshake has as long again for its first request's headers ('request'
+    // comes once they are in). node bounds the headers of a request it has begun to read (headersTimeout)
+    // and the wait between requests (keepAliveTimeout), not a connection that never sends a byte: that
+    // one would hold its place until the agent stopped.
     const firstRequest = new WeakMap<Socket, NodeJS.Timeout>();
     https!.on('secureConnection', (socket: TLSSocket) => {
       const timer = setTimeout(() => {
@@ -129,6 +130,6 @@ export function apiTcpMetricsRegister(registry: Registry, listener: BoundListene
   if (!listener.connections) return;
   connectionMetricsRegister(registry, 'kitnet_api', {
     open: 'TCP connections to the API listener (api.tcp) open now, handshaking or served',
-    refused: 'TCP connections to the API listener closed before a request was read, by reason: a limit reached (api.tcp.maxConnections, api.tcp.maxConnectionsPerAddress), a TLS handshake not done in time (api.tcp.tls.handshakeTimeoutMs) or failed, no request begun as long again after the handshake',
+    refused: 'TCP connections to the API listener closed before a request was read, by reason: a limit reached (api.tcp.maxConnections, api.tcp.maxConnectionsPerAddress), a TLS handshake not done in time (api.tcp.tls.handshakeTimeoutMs) or failed, no request headers as long again after the handshake',
   }, listener.connections);
 }

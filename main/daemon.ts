@@ -159,9 +159,9 @@ export async function daemonRun(opts: DaemonOptions = {}): Promise<Daemon> {
     undo.push(() => unixListener.close());
     let tcpListener: BoundListener | undefined;
     if (config.api.tcp && prepared.tcp) {
-      const { host, port } = config.api.tcp;
+      const t = config.api.tcp;
+      const { host, port } = t;
       try {
-        const t = config.api.tcp;
         tcpListener = await listenerBind({ host, port }, {
           ...prepared.tcp.https,
           handshakeTimeoutMs: t.tls!.handshakeTimeoutMs,

@@ -91,7 +91,7 @@ describe('API TCP listener against hostile clients', () => {
     assert.equal(l.connections!.refused.handshake_timeout, 1);
   });
 
-  test('a client that finishes its handshake and then sends no request is closed in time; one that asks is served', async () => {
+  test('a client that finishes its handshake and then sends no request, or never ends its headers, is closed in time; one that asks is served', async () => {
     const { l, port } = await listen({ handshakeTimeoutMs: 500 });
     const s = tlsConnect({ socket: netConnect({ host: '127.0.0.1', port, localAddress: '127.0.0.7' }), servername: 'localhost', ca: cert });
     s.on('error', () => undefined);
@@ -116,6 +116,14 @@ describe('API TCP listener against hostile clients', () => {
     assert.match(await answer, /^HTTP\/1\.1 503/);
     assert.equal(await closed(kept, 1_500), 'open', 'a client that asked keeps its connection past the first-request deadline (keep-alive)');
     assert.equal(l.connections!.refused.no_request, 1);
+    // Headers begun and never finished (slowloris) are no request either.
+    const slow = tlsConnect({ socket: netConnect({ host: '127.0.0.1', port, localAddress: '127.0.0.7' }), servername: 'localhost', ca: cert });
+    slow.on('error', () => undefined);
+    sockets.push(slow);
+    await new Promise<void>((resolve, reject) => slow.once('secureConnect', resolve).once('error', reject));
+    slow.write('GET /v1/workloads HTTP/1.1\r\nHost: local');
+    assert.equal(await closed(slow, 30_000), 'closed', 'the server closed a connection whose first headers never ended');
+    assert.equal(l.connections!.refused.no_request, 2);
   });
 
   test('close() ends every connection, served or handshaking', async () => {
