@@ -13,7 +13,11 @@
 //
 //   node dist/bench/dns-agent.bench.js [rate=5000] [--secs=3] [--rounds=5] [--names=1000] [--warmup=2]
 //        [--ab=/path/to/before/dist,/path/to/after/dist] [--profile] [--heap] [--survivors] [--timeline] [--floor]
+//        [--upstream=node|c]
 //
+// --upstream: the DNS server both paths ask, a Node process (default, the figures of bench/README §8 up
+// to 2026-12-07) or bench/dns-upstream.c (compiled with cc; the same answers), as light as a real
+// resolver: on two cores the server's own CPU and collections are latency both paths share.
 // --floor: each round also sends the direct workload's lookups through a bare UDP relay in a process of
 // its own (after the proxy phase): what any userspace hop adds on this machine, the floor of the
 // proxy's added latency; and through dnsmasq as a plain forwarder (no cache, one upstream socket),
@@ -45,7 +49,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { constants as perfConstants, PerformanceObserver } from 'node:perf_hooks';
 import type { NodeGCPerformanceDetail, PerformanceObserverEntryList } from 'node:perf_hooks';
-import { MACHINE_LINE, RUN_ID, argsParse, benchMain, heapSampled, heapSurvivors, median, netnsAddMany, netnsDelMany, onCleanup, profiled, resultWrite, sh, stats, table, threadSched, threadSchedSince } from './lib.js';
+import { MACHINE_LINE, REPO_ROOT, RUN_ID, argsParse, benchMain, heapSampled, heapSurvivors, median, netnsAddMany, netnsDelMany, onCleanup, profiled, resultWrite, sh, stats, table, threadSched, threadSchedSince } from './lib.js';
 import type { Stats, ThreadSched } from './lib.js';
 import { launcherStart, type Launcher } from './launcher.js';
 import type * as BpfModule from '../bpf/index.js';
@@ -372,9 +376,19 @@ async function main(): Promise<void> {
   // On the host's loopback, as the proxy's own addresses are: delivered locally from any workload.
   await sh('ip', ['addr', 'add', `${SERVER}/32`, 'dev', 'lo']);
   onCleanup('server address', () => sh('ip', ['addr', 'del', `${SERVER}/32`, 'dev', 'lo']).catch(() => undefined));
-  const server = spawn(process.execPath, [HERE, '--upstream', SERVER], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const upstream = args.opts.upstream ?? 'node';
+  if (upstream !== 'node' && upstream !== 'c') throw new Error(`--upstream=${upstream}: node or c`);
+  let server: ReturnType<typeof spawn>;
+  if (upstream === 'c') {
+    const bin = join(tmpdir(), `kb-dns-upstream-${RUN_ID}`);
+    await sh('cc', ['-O2', '-o', bin, join(REPO_ROOT, 'bench', 'dns-upstream.c')]);
+    onCleanup('upstream binary', () => rmSync(bin, { force: true }));
+    server = spawn(bin, [SERVER], { stdio: ['ignore', 'pipe', 'inherit'] });
+  } else {
+    server = spawn(process.execPath, [HERE, '--upstream', SERVER], { stdio: ['ignore', 'pipe', 'inherit'] });
+  }
   onCleanup('upstream', () => void server.kill('SIGKILL'));
-  await new Promise<void>((r) => server.stdout.once('data', () => r()));
+  await new Promise<void>((r) => server.stdout!.once('data', () => r()));
   if (floor) {
     await sh('ip', ['addr', 'add', `${RELAY}/32`, 'dev', 'lo']);
     onCleanup('relay address', () => sh('ip', ['addr', 'del', `${RELAY}/32`, 'dev', 'lo']).catch(() => undefined));
@@ -402,7 +416,7 @@ async function main(): Promise<void> {
     }
   }
   const cell = (xs: number[], d = 2) => `${median(xs).toFixed(d)} (${Math.min(...xs).toFixed(d)}-${Math.max(...xs).toFixed(d)})`;
-  table(`DNS lookups at ${rate}/s for ${secs} s per phase, ${names} names per phase, ${warmup ? `after a ${warmup} s warm-up at that rate` : 'a fresh agent (no warm-up)'}, ${rounds} rounds: median (min-max) over rounds, ms`, ['tree', 'direct p50', 'direct p99', 'proxy p50', 'proxy p99', 'added p99', 'added p99, names asked before', 'proxy/direct p99', 'lost (proxy)', 'agent CPU µs per lookup (proxied / direct)', 'young GCs in the proxy phase: count, median / longest ms', 'agent thread waiting for a CPU, ms a phase (proxy / direct)', ...(args.opts.heap ? ['allocated KiB a proxied lookup'] : []), ...(floor ? ['bare relay p99', 'added p99 by the bare relay (floor)', 'dnsmasq relay p99', 'added p99 by dnsmasq (C floor)'] : [])], trees.map((t, v) => {
+  table(`DNS lookups at ${rate}/s for ${secs} s per phase, ${names} names per phase, ${warmup ? `after a ${warmup} s warm-up at that rate` : 'a fresh agent (no warm-up)'}, upstream in ${upstream === 'c' ? 'C' : 'Node'}, ${rounds} rounds: median (min-max) over rounds, ms`, ['tree', 'direct p50', 'direct p99', 'proxy p50', 'proxy p99', 'added p99', 'added p99, names asked before', 'proxy/direct p99', 'lost (proxy)', 'agent CPU µs per lookup (proxied / direct)', 'young GCs in the proxy phase: count, median / longest ms', 'agent thread waiting for a CPU, ms a phase (proxy / direct)', ...(args.opts.heap ? ['allocated KiB a proxied lookup'] : []), ...(floor ? ['bare relay p99', 'added p99 by the bare relay (floor)', 'dnsmasq relay p99', 'added p99 by dnsmasq (C floor)'] : [])], trees.map((t, v) => {
     const rs = results[v]!;
     return [
       t,
@@ -423,7 +437,7 @@ async function main(): Promise<void> {
     ];
   }));
   console.log(MACHINE_LINE());
-  resultWrite('dns-agent', { rate, secs, rounds, names, warmup, floor, trees, results });
+  resultWrite('dns-agent', { rate, secs, rounds, names, warmup, floor, upstream, trees, results });
 }
 
 const argv = process.argv;
