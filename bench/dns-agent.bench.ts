@@ -27,7 +27,8 @@
 // --warmup=S: before measuring, both paths run S seconds at RATE with names of their own (0: the fresh
 // agent's code is measured while V8 still compiles it: its first ~1,000 lookups run interpreted, a
 // start-up cost, not the proxy's steady one; both are in bench/README.md). The measured phase still
-// starts with N names new to the agent. --timeline prints the proxy phase's latency per 100 ms. --heap
+// starts with N names new to the agent. --timeline prints the proxy phase's latency per 100 ms, with the
+// agent's young collections that began in each window. --heap
 // samples what the agent allocates during the proxy phase (bytes a lookup; its latencies are then not
 // comparable with runs without it); --profile takes a CPU profile of it. --survivors (with node
 // --expose-gc) samples what outlives a young collection from 1.5 s into the proxy phase to its end:
@@ -221,7 +222,7 @@ function loadgen(server: string, rate: number, secs: number, prefix: string, nam
         return [w * 100, ls.length, r1(ls[ls.length >> 1]!), r1(ls[Math.min(ls.length - 1, Math.ceil(ls.length * 0.99) - 1)]!), r1(ls[ls.length - 1]!)];
       });
       // Only the figures go back: the latencies themselves stay in this process, out of the agent's heap.
-      const result: PhaseResult = { stats: stats(lat), repeated: stats(repeated), lost, n: lat.length, worst, timeline, unanswered: [unanswered[0]!, unanswered[unanswered.length >> 1]!, unanswered[unanswered.length - 1]!] };
+      const result: PhaseResult = { stats: stats(lat), repeated: stats(repeated), lost, n: lat.length, worst, timeline, unanswered: [unanswered[0]!, unanswered[unanswered.length >> 1]!, unanswered[unanswered.length - 1]!], startWallMs: performance.timeOrigin + start };
       process.stdout.write(JSON.stringify(result));
       s.close();
     }, 2000);
@@ -237,9 +238,12 @@ function loadgen(server: string, rate: number, secs: number, prefix: string, nam
 // ---- one round of one variant (child process: a fresh agent from the variant's tree) --------------
 
 /** worst: the slowest lookups as [ms after the phase started, latency ms]. */
-interface PhaseResult { stats: Stats; repeated: Stats; lost: number; n: number; worst: number[][]; timeline: number[][]; unanswered: number[] }
-/** The agent's young-generation collections during the proxy phase: how many, median and longest pause (ms). */
-interface GcStats { young: number; youngP50: number; youngMax: number; youngMs: number; other: number }
+interface PhaseResult { stats: Stats; repeated: Stats; lost: number; n: number; worst: number[][]; timeline: number[][]; unanswered: number[]; startWallMs: number }
+/**
+ * The agent's young-generation collections during the proxy phase: how many, median and longest pause
+ * (ms); youngAt: each one's start (wall clock, ms) and pause, to set against the phase's timeline.
+ */
+interface GcStats { young: number; youngP50: number; youngMax: number; youngMs: number; other: number; youngAt: Array<[number, number]> }
 /** allocatedPerLookup (--heap): bytes the agent's process allocated during the proxy phase over the lookups answered. */
 /**
  * agentSched: the agent's thread on the scheduler during the direct and the proxy phase (threadSched):
@@ -250,11 +254,14 @@ interface RoundResult { direct: PhaseResult; relay?: PhaseResult; relayC?: Phase
 /** Runs fn, recording the garbage collections of this process meanwhile (the agent's thread pauses for each). */
 async function gcDuring<T>(fn: () => Promise<T>): Promise<[T, GcStats]> {
   const young: number[] = [];
+  const youngAt: Array<[number, number]> = [];
   let other = 0;
   const take = (entries: ReturnType<PerformanceObserverEntryList['getEntries']>) => {
     for (const e of entries) {
-      if ((e.detail as NodeGCPerformanceDetail | undefined)?.kind === perfConstants.NODE_PERFORMANCE_GC_MINOR) young.push(e.duration);
-      else other++;
+      if ((e.detail as NodeGCPerformanceDetail | undefined)?.kind === perfConstants.NODE_PERFORMANCE_GC_MINOR) {
+        young.push(e.duration);
+        youngAt.push([performance.timeOrigin + e.startTime, e.duration]);
+      } else other++;
     }
   };
   const obs = new PerformanceObserver((list) => take(list.getEntries()));
@@ -264,7 +271,7 @@ async function gcDuring<T>(fn: () => Promise<T>): Promise<[T, GcStats]> {
     // Entries are delivered later than they happen: the last ones of the phase are still queued.
     take(obs.takeRecords());
     young.sort((a, b) => a - b);
-    return [r, { young: young.length, youngP50: young[young.length >> 1] ?? 0, youngMax: young.at(-1) ?? 0, youngMs: young.reduce((a, b) => a + b, 0), other }];
+    return [r, { young: young.length, youngP50: young[young.length >> 1] ?? 0, youngMax: young.at(-1) ?? 0, youngMs: young.reduce((a, b) => a + b, 0), other, youngAt }];
   } finally {
     obs.disconnect();
   }
@@ -410,7 +417,11 @@ async function main(): Promise<void> {
       const out = await sh(process.execPath, [...process.execArgv, HERE, '--round', trees[v]!, `d${v}r${r}`, String(rate), String(secs), String(names), String(warmup), ...extra], { timeoutMs: 300_000 });
       const res = JSON.parse(out.slice(out.lastIndexOf('\n{') + 1)) as RoundResult;
       results[v]!.push({ ...res, load });
-      if (args.opts.timeline) console.log(`  proxy phase per 100 ms [ms, lookups, p50, p99, max]: ${JSON.stringify(res.proxy.timeline)}`);
+      if (args.opts.timeline) {
+        // Each window with the agent's young collections that began in it (pause ms), on one wall clock.
+        const gcIn = (ms: number) => res.gc.youngAt.filter(([at]) => at - res.proxy.startWallMs >= ms && at - res.proxy.startWallMs < ms + 100).map(([, d]) => Math.round(d * 10) / 10);
+        console.log(`  proxy phase per 100 ms [ms, lookups, p50, p99, max, young GC pauses]: ${JSON.stringify(res.proxy.timeline.map((w) => [...w, gcIn(w[0]!)]))}`);
+      }
       if (args.opts.worst) console.log(`  slowest proxy lookups [ms into the phase, ms]: ${JSON.stringify(res.proxy.worst)}; unanswered sent at ms (first, median, last): ${JSON.stringify(res.proxy.unanswered)}`);
       console.log(`round ${r + 1}/${rounds} ${trees[v]}: direct p50/p99 ${res.direct.stats.p50.toFixed(2)}/${res.direct.stats.p99.toFixed(2)} ms, ${res.relay ? `bare relay ${res.relay.stats.p50.toFixed(2)}/${res.relay.stats.p99.toFixed(2)} ms, ` : ''}${res.relayC ? `dnsmasq relay ${res.relayC.stats.p50.toFixed(2)}/${res.relayC.stats.p99.toFixed(2)} ms, ` : ''}proxy ${res.proxy.stats.p50.toFixed(2)}/${res.proxy.stats.p99.toFixed(2)} ms, lost ${res.direct.lost}/${res.proxy.lost}, agent CPU ${res.proxyAgentCpu.toFixed(2)} s/s, ${res.agentUsPerLookup.proxy.toFixed(0)} µs per proxied lookup (${res.agentUsPerLookup.direct.toFixed(0)} per direct one), page faults ${res.proxyFaults}, agent thread waited for a CPU ${waitMs(res.agentSched.proxy).toFixed(0)} ms in the proxy phase (${waitUs(res.agentSched.proxy).toFixed(0)} µs a wake-up; ${waitMs(res.agentSched.direct).toFixed(0)} ms in the direct one), young GCs ${res.gc.young} (median ${res.gc.youngP50.toFixed(1)} ms, longest ${res.gc.youngMax.toFixed(1)}), ${res.allocatedPerLookup !== undefined ? `allocated ${(res.allocatedPerLookup / 1024).toFixed(1)} KiB a lookup, ` : ''}${res.survivedPerLookup !== undefined ? `${res.survivedPerLookup.toFixed(0)} B a lookup outlived a young collection, ` : ''}answers ${JSON.stringify(res.rcodes)} (load ${load})`);
     }
