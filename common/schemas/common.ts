@@ -31,8 +31,20 @@ export const LabelValue = z
   .max(63, 'label value must be at most 63 characters')
   .regex(/^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$/, 'label value must be empty or [A-Za-z0-9-_.], alphanumeric at both ends');
 
+/**
+ * Labels of one workload or namespace, at most. Kubernetes sets no number; Cilium puts every label of an
+ * identity into its kvstore key and every flow carries them, so an unbounded set (a 1 MiB body holds
+ * ~8,000) made a ~1 MiB etcd key and a ~1 MiB Hubble message per flow of that workload.
+ */
+export const LABELS_MAX = 64;
+
 export const Labels = z.record(z.string(), LabelValue).superRefine((labels, ctx) => {
-  for (const key of Object.keys(labels)) {
+  const keys = Object.keys(labels);
+  if (keys.length > LABELS_MAX) {
+    ctx.addIssue({ code: 'custom', message: `at most ${LABELS_MAX} labels (got ${keys.length})` });
+    return;
+  }
+  for (const key of keys) {
     const problem = labelKeyProblem(key);
     if (problem) ctx.addIssue({ code: 'custom', message: problem, path: [key] });
   }

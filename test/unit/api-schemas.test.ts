@@ -60,6 +60,7 @@ describe('API request validation', () => {
   after(() => app.close());
 
   const valid = { name: 'web', namespace: 'default', labels: { app: 'web' }, kind: 'netns', netns: '/var/run/netns/web' };
+  const manyLabels = (n: number) => Object.fromEntries(Array.from({ length: n }, (_, i) => [`k8s:example.com/key-${i}`, `value-${i}`]));
   const cases: Array<[string, Record<string, unknown>, RegExp]> = [
     ['missing name', { ...valid, name: undefined }, /name/],
     ['upper-case name', { ...valid, name: 'Web' }, /name.*DNS-1123/],
@@ -98,6 +99,9 @@ describe('API request validation', () => {
     ['a reserved: label with a value', { ...valid, labels: { 'reserved:world': 'x' } }, /reserved:world/],
     ['a cidr: label', { ...valid, labels: { 'cidr:10.0.0.0/8': '' } }, /cidr:10\.0\.0\.0\/8/],
     ['an fqdn: label', { ...valid, labels: { 'fqdn:example.com': '' } }, /fqdn:example\.com/],
+    // every label goes into the identity's kvstore key and into each flow of the workload
+    ['65 labels', { ...valid, labels: manyLabels(65) }, /labels.*at most 64 labels \(got 65\)/],
+    ['8,000 labels (a 1 MiB body)', { ...valid, labels: manyLabels(8000) }, /labels.*at most 64 labels \(got 8000\)/],
   ];
   for (const [what, body, re] of cases) {
     test(`rejects ${what} with 400 naming the field`, async () => {
@@ -115,6 +119,18 @@ describe('API request validation', () => {
     const res = await app.inject({ method: 'POST', url: '/v1/workloads', payload: { ...valid, name: 'fine', labels } });
     assert.equal(res.statusCode, 409, res.body); // the stub's answer: validation passed
     assert.deepEqual(stub.calls.pop()?.labels, labels);
+  });
+
+  test('64 labels are taken; 65 are refused when relabelling and for a namespace too', async () => {
+    const ok = await app.inject({ method: 'POST', url: '/v1/workloads', payload: { ...valid, name: 'many', labels: manyLabels(64) } });
+    assert.notEqual(ok.statusCode, 400, ok.body);
+    assert.equal(Object.keys(stub.calls.pop()?.labels ?? {}).length, 64);
+    const patch = await app.inject({ method: 'PATCH', url: '/v1/workloads/default/web', payload: { labels: manyLabels(65) } });
+    assert.equal(patch.statusCode, 400, patch.body);
+    assert.match(patch.json().message, /at most 64 labels/);
+    const ns = await app.inject({ method: 'PUT', url: '/v1/namespaces/prod', payload: { labels: manyLabels(65) } });
+    assert.equal(ns.statusCode, 400, ns.body);
+    assert.match(ns.json().message, /labels.*at most 64 labels/);
   });
 
   test('relabelling refuses the derived labels too (PATCH), namespace labels may use any key', async () => {
