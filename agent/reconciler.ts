@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import { LINK_ROLES, linkIsCurrent, type AttachKind } from '../bpf/index.js';
-import type { DeviceMode, EndpointDevice } from '../netkit/index.js';
+import { netnsIdEqual, type DeviceMode, type EndpointDevice } from '../netkit/index.js';
 import type { Config } from './config.js';
 import type { KernelOps } from './kernel-ops.js';
 import type { Store } from './store/store.js';
@@ -52,13 +52,16 @@ export class Reconciler {
   async workloadObserve(rec: WorkloadRecord): Promise<ObservedWorkload> {
     const dp = this.kernel.datapath;
     let netns = true;
+    let netnsReplaced: string | undefined;
     let device: ObservedDevice | undefined;
     let vmPlumbing: ObservedWorkload['vmPlumbing'];
     if (rec.spec.kind === 'tap') {
       const tap = await this.kernel.tapObserve(tapSpecFor(rec));
       if (tap) device = { hostIfindex: tap.ifindex, hostMac: tap.mac, peerMac: rec.spec.tap!.mac, peerIfindex: 0, problems: tap.problems, peerBlocked: false };
     } else {
-      netns = await this.kernel.netnsValidate(rec.spec.netns).then(() => true, () => false);
+      ({ netns, replaced: netnsReplaced } = await this.netnsObserve(rec));
+      // nothing of the workload's is looked for in someone else's namespace
+      if (netnsReplaced) return { netns, netnsReplaced, device: undefined, endpoint: undefined, attached: false };
       const d = await this.kernel.deviceObserve(deviceSpecFor(rec, this.config));
       if (d) {
         device = {
@@ -79,7 +82,28 @@ export class Reconciler {
       const l = links[role];
       return l !== undefined && linkIsCurrent(l, kind, role, { ifindex: device.hostIfindex, peerIfindex: device.peerIfindex }, progs);
     });
-    return { netns, device, ...(rec.spec.kind === 'vm' ? { vmPlumbing } : {}), endpoint: device && dp.endpointGet(device.hostIfindex), attached };
+    return { netns, ...(netnsReplaced ? { netnsReplaced } : {}), device, ...(rec.spec.kind === 'vm' ? { vmPlumbing } : {}), endpoint: device && dp.endpointGet(device.hostIfindex), attached };
+  }
+
+  /**
+   * Whether the workload's namespace is still there: its path names a network namespace, and the one it
+   * was registered into (spec.netnsId; a /proc/PID path names another process's after the PID is
+   * reused, a bind mount may be replaced), never the host's or the agent's own. A namespace kitnet made
+   * for a VM is kitnet's own name under /var/run/netns: it is only checked to exist.
+   */
+  private async netnsObserve(rec: WorkloadRecord): Promise<{ netns: boolean; replaced?: string }> {
+    const path = rec.spec.netns;
+    if (rec.spec.vm?.netnsOwnedName !== undefined) return { netns: await this.kernel.netnsValidate(path).then(() => true, () => false) };
+    const id = await this.kernel.netnsId(path);
+    if (!id) return { netns: false };
+    const reserved = this.kernel.netnsReserved();
+    const whose = netnsIdEqual(id, reserved.init) ? "the host's (PID 1's)" : netnsIdEqual(id, reserved.agent) ? "the agent's own" : undefined;
+    if (whose) return { netns: false, replaced: `its network namespace path ${path} now names ${whose} network namespace: the one it was registered into is gone` };
+    const was = rec.spec.netnsId;
+    if (was && !netnsIdEqual(id, was)) {
+      return { netns: false, replaced: `its network namespace path ${path} now names another namespace (nsfs ${id.dev}:${id.ino}) than the one it was registered into (${was.dev}:${was.ino}): that one is gone` };
+    }
+    return { netns: true };
   }
 
   /**

@@ -30,6 +30,7 @@ export function deviceSpecFor(rec: WorkloadRecord, config: Config): EndpointDevi
     hostIfname: rec.hostIfname,
     alias: `kitnet:${rec.spec.namespace}/${rec.spec.name}`,
     netnsPath: rec.spec.netns,
+    ...(rec.spec.netnsId ? { netnsId: rec.spec.netnsId } : {}),
     peerIfname: rec.spec.interface,
     mode: rec.mode,
     ipv4: rec.ipv4,
@@ -53,6 +54,7 @@ export function vmSpecFor(rec: WorkloadRecord, config: Config): VmPlumbingSpec {
   return {
     netnsPath: rec.spec.netns,
     ...(vm.netnsOwnedName !== undefined ? { netnsOwnedName: vm.netnsOwnedName } : {}),
+    ...(rec.spec.netnsId ? { netnsId: rec.spec.netnsId } : {}),
     peerIfname: rec.spec.interface,
     tap: vm.tap,
     bridge: vm.bridge,

@@ -10,7 +10,7 @@ import { EndpointSpecError, errnoIs, ifnameValidate } from './errors.js';
 import type { LinkInfo } from './link.js';
 import { linkDecode, linkDelete, linkGet, linkList } from './link.js';
 import { NETKIT_REQUIREMENT, netkitCreateMessage } from './netkit.js';
-import { netnsPathValidate } from './netns.js';
+import { netnsIdExpect, netnsPathId, netnsPathValidate, type NetnsId } from './netns.js';
 import { netkitProbe } from './probe.js';
 import type { Rtnl } from './socket.js';
 import { withNetns } from './netns-pool.js';
@@ -80,18 +80,29 @@ async function pairCreateError(err: unknown, spec: EndpointDeviceSpec, host: Rtn
  * on every creation: a registration has just validated the path, and they cost ~8 thread-pool round
  * trips. Only regular files are opened here (nsfs files are), never a FIFO or a device.
  */
-async function netnsOpen(path: string): Promise<{ fd: number; inode: number; validated: boolean }> {
+async function netnsOpen(path: string, expected?: NetnsId): Promise<{ fd: number; inode: number; validated: boolean }> {
   let fd: number | undefined;
+  let validated = false;
   try {
-    if (path.startsWith('/') && statSync(path).isFile()) {
-      fd = openSync(path, 'r');
-      return { fd, inode: fstatSync(fd).ino, validated: false };
-    }
+    if (path.startsWith('/') && statSync(path).isFile()) fd = openSync(path, 'r');
   } catch {
     if (fd !== undefined) closeSync(fd);
+    fd = undefined;
   }
-  const inode = await netnsPathValidate(path); // throws the precise EndpointSpecError
-  return { fd: openSync(path, 'r'), inode, validated: true };
+  if (fd === undefined) {
+    await netnsPathValidate(path); // throws the precise EndpointSpecError
+    fd = openSync(path, 'r');
+    validated = true;
+  }
+  // The id of what was opened, the fd the kernel gets: no window between the check and the use.
+  const st = fstatSync(fd);
+  try {
+    netnsIdExpect(path, expected, { dev: st.dev, ino: st.ino });
+  } catch (err) {
+    closeSync(fd);
+    throw err;
+  }
+  return { fd, inode: st.ino, validated };
 }
 
 /**
@@ -103,7 +114,7 @@ export async function endpointDeviceCreate(specIn: EndpointDeviceSpec): Promise<
   const spec = endpointSpecValidate(specIn);
   const host = rtnlHost();
   await hostForwardingEnsure();
-  const ns = await netnsOpen(spec.netnsPath);
+  const ns = await netnsOpen(spec.netnsPath, spec.netnsId);
   let made: LinkInfo | undefined;
   try {
     // NLM_F_ECHO: the kernel answers with the new host side (Linux >= 6.3), saving a read
@@ -163,6 +174,8 @@ export async function endpointDeviceDelete(hostIfname: string): Promise<boolean>
  */
 export async function endpointDeviceRepair(specIn: EndpointDeviceSpec): Promise<EndpointDevice> {
   const spec = endpointSpecValidate(specIn);
+  // Before anything is deleted or re-made: a structural repair would delete the pair first.
+  if (spec.netnsId) netnsIdExpect(spec.netnsPath, spec.netnsId, await netnsPathId(spec.netnsPath));
   const observed = await endpointDeviceObserve(spec);
   if (!observed) return endpointDeviceCreate(spec);
   const problems = observed.problems ?? [];
@@ -175,7 +188,9 @@ export async function endpointDeviceRepair(specIn: EndpointDeviceSpec): Promise<
   const host = rtnlHost();
   const hostLink = await linkGet(host, spec.hostIfname);
   if (!hostLink) return endpointDeviceCreate(spec);
-  const inode = await netnsPathValidate(spec.netnsPath);
+  const id = await netnsPathId(spec.netnsPath);
+  netnsIdExpect(spec.netnsPath, spec.netnsId, id);
+  const inode = id.ino;
   await hostConfigure(host, spec, hostLink, true);
   const peer = await withNetns(spec.netnsPath, (nl) => peerConfigure(nl, spec, hostLink.mac, true), inode);
   return deviceOf(spec, (await linkGet(host, spec.hostIfname)) ?? hostLink, peer);

@@ -121,6 +121,17 @@ export interface NetnsId {
 export const netnsIdEqual = (a: NetnsId | undefined, b: NetnsId | undefined): boolean => !!a && !!b && a.dev === b.dev && a.ino === b.ino;
 
 /**
+ * Throws unless `found` is the namespace `expected` says the path must be: the path of a workload that
+ * was registered into another namespace (a /proc/PID path after the PID was reused, a bind mount
+ * replaced) is never a place to make its device in.
+ */
+export function netnsIdExpect(path: string, expected: NetnsId | undefined, found: NetnsId): void {
+  if (!expected || netnsIdEqual(expected, found)) return;
+  throw new EndpointSpecError('netnsPath',
+    `netns path ${path} now names another network namespace (nsfs ${found.dev}:${found.ino}) than the one the workload was registered into (${expected.dev}:${expected.ino}); nothing is made in it`);
+}
+
+/**
  * The namespaces no workload may be put in: the agent's own and PID 1's (the host's). `init` is
  * undefined when PID 1's namespace cannot be read (a container whose init is not ours to inspect);
  * a path to it cannot be opened then either.

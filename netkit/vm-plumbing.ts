@@ -17,7 +17,7 @@ import { attr, ifinfomsg, message, messageAttrs, nest, readU32, str, u32, u8 } f
 import { EndpointSpecError, ifnameValidate } from './errors.js';
 import type { LinkInfo } from './link.js';
 import { linkDelete, linkGet, linkSet } from './link.js';
-import { netnsCreate, netnsDelete, netnsNameValidate, netnsPathOf, netnsPathValidate } from './netns.js';
+import { netnsCreate, netnsDelete, netnsIdExpect, netnsNameValidate, netnsPathId, netnsPathOf, netnsPathValidate, type NetnsId } from './netns.js';
 import { hostRoutesPresent, routeAdd, routeMessage } from './route.js';
 import type { Rtnl } from './socket.js';
 import { withNetns } from './netns-pool.js';
@@ -41,6 +41,8 @@ export interface VmPlumbingSpec {
   netnsPath: string;
   /** Set when kitnet made the namespace (a name under /var/run/netns): created if missing, deleted on removal. */
   netnsOwnedName?: string;
+  /** An adopted namespace: the one the path must still be (another one there is never touched). */
+  netnsId?: NetnsId;
   /** The pair's peer inside the namespace (made by endpointDeviceCreate with peerL3: false). */
   peerIfname: string;
   /** The tap device the hypervisor opens (default tap0). */
@@ -190,7 +192,8 @@ async function portEnsure(nl: Rtnl, port: LinkInfo, bridge: LinkInfo, mtu: numbe
  */
 export async function vmPlumbingCreate(spec: VmPlumbingSpec): Promise<VmPlumbing> {
   specValidate(spec);
-  const inode = await netnsPathValidate(spec.netnsPath);
+  const id = await netnsPathId(spec.netnsPath);
+  netnsIdExpect(spec.netnsPath, spec.netnsId, id);
   return withNetns(spec.netnsPath, async (nl) => {
     const lo = await linkGet(nl, 'lo');
     if (lo && !lo.up) await linkSet(nl, { name: 'lo', ifindex: lo.ifindex }, { up: true });
@@ -201,7 +204,7 @@ export async function vmPlumbingCreate(spec: VmPlumbingSpec): Promise<VmPlumbing
     await portEnsure(nl, peer, bridge, spec.mtu);
     await portEnsure(nl, tap, bridge, spec.mtu);
     return { netnsPath: spec.netnsPath, tapIfindex: tap.ifindex, bridgeIfindex: bridge.ifindex, problems: [] };
-  }, inode);
+  }, id.ino);
 }
 
 /** What the kernel has: undefined if the namespace is gone; otherwise the pieces and their problems. */
@@ -209,7 +212,9 @@ export async function vmPlumbingObserve(spec: VmPlumbingSpec): Promise<VmPlumbin
   specValidate(spec);
   let inode: number;
   try {
-    inode = await netnsPathValidate(spec.netnsPath);
+    const id = await netnsPathId(spec.netnsPath);
+    netnsIdExpect(spec.netnsPath, spec.netnsId, id);
+    inode = id.ino;
   } catch {
     return undefined;
   }
@@ -237,7 +242,10 @@ export async function vmPlumbingDelete(spec: VmPlumbingSpec): Promise<void> {
   specValidate(spec);
   let inode: number | undefined;
   try {
-    inode = await netnsPathValidate(spec.netnsPath);
+    // The namespace it was made in, only: another one now at an adopted path is someone else's.
+    const id = await netnsPathId(spec.netnsPath);
+    netnsIdExpect(spec.netnsPath, spec.netnsId, id);
+    inode = id.ino;
   } catch {
     inode = undefined;
   }

@@ -23,6 +23,11 @@ export interface ObservedDevice {
 export interface ObservedWorkload {
   /** The workload's network namespace exists (kind tap: always true, it lives in the host's). */
   netns: boolean;
+  /**
+   * Its path names a namespace other than the one the workload was registered into (or the host's or
+   * the agent's own): that one is gone, and nothing of the workload's may go into this one.
+   */
+  netnsReplaced?: string;
   /** undefined: the host side (or the tap) does not exist. */
   device: ObservedDevice | undefined;
   /** kind vm: tap and bridge in the VM's namespace (undefined: missing). */
@@ -110,7 +115,7 @@ export function reconcilePlan(desired: WorkloadRecord, observed: ObservedWorkloa
   }
   const ownedNetns = spec.kind === 'vm' && spec.vm?.netnsOwnedName !== undefined;
   if (spec.kind !== 'tap' && !observed.netns && !(ownedNetns && opts.makeOwnedNetns)) {
-    return [{ op: 'workloadRemove', reason: `its network namespace ${spec.netns} is gone` }];
+    return [{ op: 'workloadRemove', reason: observed.netnsReplaced ?? `its network namespace ${spec.netns} is gone` }];
   }
 
   const actions: ReconcileAction[] = [];

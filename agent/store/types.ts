@@ -8,6 +8,14 @@ export interface WorkloadSpec {
   labels: Record<string, string>;
   /** netns, vm: the namespace path (vm: the VM's namespace); tap: '' (the host namespace). */
   netns: string;
+  /**
+   * The namespace the workload was registered into (nsfs device and inode), when it was adopted rather
+   * than made by kitnet: the path may later name another namespace (a /proc/PID path after the PID is
+   * reused, a bind mount replaced), and the workload's device, addresses and identity never follow it
+   * there. Absent in records of releases before it (only the host's and the agent's namespaces are
+   * refused for those).
+   */
+  netnsId?: { dev: number; ino: number };
   /** Requested mode: `auto` resolves at registration and the resolved mode is stored in `mode`. */
   requestedMode: 'auto' | 'veth' | 'netkit';
   interface: string;

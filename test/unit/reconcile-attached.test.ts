@@ -40,7 +40,13 @@ const vm: WorkloadRecord = {
  * place and correct, whose links behave as tcx and netkit links do: created on the host side's
  * ifindex, reported on the device the kernel put them on.
  */
-function fakeKernel(rec: WorkloadRecord): { kernel: KernelOps; attaches: () => number } {
+/** The namespace ids the fake kernel reports: the workload's path, PID 1's and the agent's. */
+const NS_WORKLOAD = { dev: 4, ino: 4026532300 };
+const NS_INIT = { dev: 4, ino: 4026531840 };
+const NS_AGENT = { dev: 4, ino: 4026531999 };
+
+function fakeKernel(rec: WorkloadRecord, netnsAtPath: { dev: number; ino: number } | null = NS_WORKLOAD): { kernel: KernelOps; attaches: () => number; observedDevices: () => number } {
+  let observedDevices = 0;
   const links: Partial<Record<LinkRole, LinkInfo>> = {};
   let nextLinkId = 1;
   let attaches = 0;
@@ -70,10 +76,15 @@ function fakeKernel(rec: WorkloadRecord): { kernel: KernelOps; attaches: () => n
   const kernel = {
     datapath,
     netnsValidate: async () => undefined,
-    deviceObserve: async () => ({ ...device, peerPolicy: 'forward' }),
+    netnsId: async () => netnsAtPath ?? undefined,
+    netnsReserved: () => ({ agent: NS_AGENT, init: NS_INIT }),
+    deviceObserve: async () => {
+      observedDevices++;
+      return { ...device, peerPolicy: 'forward' };
+    },
     vmPlumbingObserve: async () => ({ problems: [] }),
   } as unknown as KernelOps;
-  return { kernel, attaches: () => attaches };
+  return { kernel, attaches: () => attaches, observedDevices: () => observedDevices };
 }
 
 const config = { stateDir: '/var/lib/kitnet-test-attached', datapath: {} } as unknown as Config;
@@ -100,6 +111,50 @@ describe('reconcile: programs attached', () => {
       assert.equal(attaches(), 1);
     });
   }
+});
+
+describe('reconcile: the namespace a workload was registered into', () => {
+  const bound: WorkloadRecord = { ...netns, spec: { ...netns.spec, netnsId: NS_WORKLOAD } };
+  const observe = (rec: WorkloadRecord, atPath: { dev: number; ino: number } | null) => {
+    const { kernel, observedDevices } = fakeKernel(rec, atPath);
+    const r = new Reconciler({} as Store, config, kernel, pino({ level: 'silent' }), {} as PolicyEngine);
+    return r.workloadObserve(rec).then((observed) => ({ observed, observedDevices: observedDevices() }));
+  };
+
+  test('the same namespace at its path: kept', async () => {
+    const { observed } = await observe(bound, NS_WORKLOAD);
+    assert.equal(observed.netns, true);
+    assert.deepEqual(reconcilePlan(bound, observed).map((a) => a.op), ['attach']);
+  });
+
+  for (const [what, atPath, why] of [
+    ['another namespace at its path (a /proc/PID path after the PID was reused, a bind mount replaced)', { dev: 4, ino: 4026532999 }, /now names another namespace \(nsfs 4:4026532999\) than the one it was registered into \(4:4026532300\)/],
+    ["the host's namespace at its path", NS_INIT, /now names the host's \(PID 1's\) network namespace/],
+    ["the agent's own namespace at its path", NS_AGENT, /now names the agent's own network namespace/],
+  ] as const) {
+    test(`${what}: the workload goes, nothing is looked for or made there`, async () => {
+      const { observed, observedDevices } = await observe(bound, atPath);
+      assert.equal(observed.netns, false);
+      assert.equal(observedDevices, 0, 'no device observed in that namespace');
+      const actions = reconcilePlan(bound, observed);
+      assert.equal(actions.length, 1);
+      assert.equal(actions[0]!.op, 'workloadRemove');
+      assert.match((actions[0] as { reason: string }).reason, why);
+    });
+  }
+
+  test("a record from before the id was kept: only the host's and the agent's namespaces are refused", async () => {
+    assert.equal((await observe(netns, { dev: 4, ino: 4026532999 })).observed.netns, true);
+    const { observed } = await observe(netns, NS_INIT);
+    assert.equal(observed.netns, false);
+    assert.match((reconcilePlan(netns, observed)[0] as { reason: string }).reason, /host's/);
+  });
+
+  test('no namespace at the path: gone, as before', async () => {
+    const { observed } = await observe(bound, null);
+    assert.equal(observed.netns, false);
+    assert.match((reconcilePlan(bound, observed)[0] as { reason: string }).reason, /its network namespace \/var\/run\/netns\/web is gone/);
+  });
 });
 
 describe('linkIsCurrent', () => {
