@@ -26,6 +26,12 @@ export interface UdpTcpListenOptions<U> {
   udpBind: (address: string, port: number) => Promise<UdpBound<U>>;
   /** Makes the TCP server (a new one per attempt: a server whose listen failed is not reused). */
   tcpServer: () => net.Server;
+  /**
+   * The listening TCP server's errors (a failed accept: EMFILE, ENOBUFS). Node emits them as 'error',
+   * which with no listener would end the process: a workload must not be able to take the agent down
+   * by exhausting what accept needs.
+   */
+  onTcpError: (err: Error) => void;
   /** Attempts with port 0 (default 16). */
   attempts?: number;
 }
@@ -70,6 +76,7 @@ export async function udpTcpListen<U>(opts: UdpTcpListenOptions<U>): Promise<Udp
         tcp.once('error', reject);
         tcp.listen({ port, host: opts.address, exclusive: true }, () => {
           tcp.off('error', reject);
+          tcp.on('error', opts.onTcpError);
           resolve();
         });
       });

@@ -187,6 +187,7 @@ export class DnsProxy {
         server.on('drop', (d?: { remoteAddress?: string; remotePort?: number }) => this.drop('tcp-connections', { address: d?.remoteAddress ?? '', port: d?.remotePort ?? 0 }));
         return server;
       },
+      onTcpError: (e) => this.warnSometimes('tcp-accept', { err: e }, 'DNS proxy TCP listener error, e.g. a failed accept (more in the next 10 s are not logged)'),
     });
     this.udp = udp;
     this.tcp = tcp;

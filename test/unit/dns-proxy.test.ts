@@ -59,6 +59,7 @@ class TestDnsServer {
           });
           s.on('error', () => s.destroy());
         }),
+      onTcpError: () => undefined,
     });
     this.udp = udp;
     this.tcp = tcp;
@@ -493,6 +494,36 @@ test('DNS proxy: socket errors, one a datagram at worst, are logged once in 10 s
     const logged = lines.filter((l) => l.includes('DNS proxy UDP socket error'));
     assert.equal(logged.length, 1);
     assert.match(logged[0]!, /EPERM/);
+  } finally {
+    await proxy.stop();
+  }
+});
+
+test('DNS proxy: the TCP listener\'s errors (a failed accept) are logged once in 10 s and do not end the agent', async () => {
+  const lines: string[] = [];
+  const log = pino({ level: 'warn' }, { write: (l: string) => lines.push(l) });
+  const proxy = new DnsProxy({ listen: { address: '127.0.0.1', port: 0 }, upstream: () => undefined, verdict: () => ({ allowed: true }), learn: async () => {}, log });
+  const at = await proxy.start();
+  try {
+    // As node reports a failed accept: 'error' on the listening server (with no listener: thrown).
+    const tcp = (proxy as unknown as { tcp: net.Server }).tcp;
+    for (let i = 0; i < 100; i++) tcp.emit('error', Object.assign(new Error('accept EMFILE'), { code: 'EMFILE', syscall: 'accept' }));
+    const logged = lines.filter((l) => l.includes('DNS proxy TCP listener error'));
+    assert.equal(logged.length, 1);
+    assert.match(logged[0]!, /EMFILE/);
+    // still listening: a query over TCP is answered (REFUSED: this client was not steered)
+    const s = net.connect({ host: at.address, port: at.port });
+    await new Promise<void>((resolve, reject) => s.once('connect', resolve).once('error', reject));
+    s.write(tcpFramed([dnsQueryBuild(9, 'api.test', DnsType.A)]));
+    const reply = await new Promise<Buffer>((resolve, reject) => {
+      let buf = Buffer.alloc(0);
+      s.on('data', (c: Buffer) => {
+        buf = Buffer.concat([buf, c]);
+        if (buf.length >= 2 && buf.length >= 2 + buf.readUInt16BE(0)) resolve(buf.subarray(2, 2 + buf.readUInt16BE(0)));
+      }).once('error', reject);
+    });
+    s.destroy();
+    assert.equal(dnsParse(reply).rcode, DnsRcode.REFUSED);
   } finally {
     await proxy.stop();
   }
