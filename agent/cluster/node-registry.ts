@@ -4,10 +4,18 @@ import { addressParse, cidrContains, cidrParse, type Cidr } from '../ipam.js';
 import { cidrOverlaps, cidrWithin } from './node-cidr.js';
 import type { ClusterSession } from './session.js';
 import { jsonObjectParse } from './json-value.js';
-import { PrefixFollower, type PrefixChange, type PrefixSink } from './prefix-follower.js';
+import { PrefixFollower, type KeyMeta, type PrefixChange, type PrefixSink } from './prefix-follower.js';
 
 /** Cilium's node prefix (pkg/node/store): `<prefix>/<cluster>/<node name>`. */
 export const NODES_PREFIX = 'cilium/state/nodes/v1';
+/**
+ * This node's entry overwritten (or deleted) by someone else is written again at once; more than this
+ * many times within the window (two hosts under one nodeName, or a hostile writer in a loop), at most
+ * once per REWRITE_SLOW_MS, so two writers do not trade writes at etcd's speed.
+ */
+const REWRITE_BURST = 5;
+const REWRITE_WINDOW_MS = 10_000;
+const REWRITE_SLOW_MS = 1000;
 /** A node entry is a few hundred bytes; anything far larger is not one (and is not parsed). */
 export const NODE_VALUE_MAX_BYTES = 16 * 1024;
 /** A Kubernetes node name (DNS subdomain), as Cilium's node names are: also safe as a key segment. */
@@ -198,6 +206,12 @@ export class NodeRegistry implements PrefixSink {
   /** Entries ignored since the start, and node arrivals/departures seen. */
   readonly counts = { ignored: 0, added: 0, removed: 0 };
   private readonly key: string;
+  /** The own entry as last written: a Put of another value or under another lease is someone else's. */
+  private written: { value: string; lease: string } | undefined;
+  /** When the own entry was found overwritten or deleted (within REWRITE_WINDOW_MS). */
+  private displacedAt: number[] = [];
+  private rewriteTimer: NodeJS.Timeout | undefined;
+  private slowLoggedAt = 0;
   private readonly onRenew = () => void this.publish().catch((err: unknown) => this.log.warn({ err }, 'node entry not written again; the next lease renewal or relist retries'));
 
   constructor(
@@ -206,7 +220,7 @@ export class NodeRegistry implements PrefixSink {
     private readonly log: Logger,
   ) {
     this.key = `${NODES_PREFIX}/${rules.self.cluster}/${rules.self.name}`;
-    this.follower = new PrefixFollower(session.client, `${NODES_PREFIX}/${rules.self.cluster}/`, this, log);
+    this.follower = new PrefixFollower(session.client, `${NODES_PREFIX}/${rules.self.cluster}/`, this, log, { meta: true });
   }
 
   /** Refuses a start whose node name another live node holds (two hosts would share a CIDR claim). */
@@ -228,7 +242,40 @@ export class NodeRegistry implements PrefixSink {
 
   async publish(): Promise<void> {
     const lease = await this.session.nodeLeaseId();
-    await this.session.client.put(this.key).value(nodeJson(this.rules.self)).lease(lease).exec();
+    const value = nodeJson(this.rules.self);
+    this.written = { value, lease };
+    await this.session.client.put(this.key).value(value).lease(lease).exec();
+  }
+
+  /**
+   * The own key as etcd has it now. Anything but this node's last write (another value, another lease,
+   * or the key deleted while this node lives) is written over again: a hostile or confused writer
+   * cannot move this node's entry (and every other host's routes to its CIDRs) elsewhere for longer
+   * than one round trip through the watch.
+   */
+  private ownSeen(value: string | undefined, meta: KeyMeta | undefined): void {
+    if (this.closed || !this.written) return;
+    if (value === this.written.value && (!meta || meta.lease === this.written.lease)) return;
+    const now = Date.now();
+    this.displacedAt = this.displacedAt.filter((t) => now - t < REWRITE_WINDOW_MS);
+    this.displacedAt.push(now);
+    const seen = { key: this.key, node: this.rules.self.name, value: value?.slice(0, 200), lease: meta?.lease };
+    if (this.displacedAt.length <= REWRITE_BURST) {
+      this.log.warn(seen, value === undefined
+        ? 'this node\'s entry was deleted (by another writer, or with a lost lease); written again'
+        : 'this node\'s entry was overwritten by another writer (another value or lease); written again');
+      this.onRenew();
+      return;
+    }
+    if (this.rewriteTimer) return;
+    if (now - this.slowLoggedAt >= REWRITE_WINDOW_MS) {
+      this.slowLoggedAt = now;
+      this.log.error({ ...seen, times: this.displacedAt.length, windowMs: REWRITE_WINDOW_MS }, `this node's entry keeps being overwritten or deleted by another writer (another host with nodeName "${this.rules.self.name}", or a hostile writer); written again at most once a second`);
+    }
+    this.rewriteTimer = setTimeout(() => {
+      this.rewriteTimer = undefined;
+      if (!this.closed) this.onRenew();
+    }, REWRITE_SLOW_MS).unref();
   }
 
   async start(sink: NodeSink): Promise<void> {
@@ -293,7 +340,7 @@ export class NodeRegistry implements PrefixSink {
     return () => this.followers.delete(fn);
   }
 
-  async resync(all: ReadonlyMap<string, string>): Promise<void> {
+  async resync(all: ReadonlyMap<string, string>, _revision?: bigint, meta?: ReadonlyMap<string, KeyMeta>): Promise<void> {
     const listed = new Map<string, PeerNode>();
     // Judged against what stays accepted, so an overlap is settled the same way as by the watch.
     for (const [key, value] of all) {
@@ -301,14 +348,13 @@ export class NodeRegistry implements PrefixSink {
       if (p) listed.set(p.name, p);
     }
     this.hand([...listed.values()], [...this.accepted.keys()].filter((n) => !listed.has(n)), true);
-    if (!all.has(this.key)) this.onRenew();
+    this.ownSeen(all.get(this.key), meta?.get(this.key));
   }
 
   async change(changes: readonly PrefixChange[]): Promise<void> {
     for (const c of changes) {
       if (c.key === this.key) {
-        // Deleted by someone else while this node lives: written again.
-        if (c.value === undefined && !this.closed) this.onRenew();
+        this.ownSeen(c.value, c.meta);
         continue;
       }
       const peer = c.value !== undefined ? this.judge(c.key, c.value) : undefined;
@@ -321,6 +367,7 @@ export class NodeRegistry implements PrefixSink {
   /** Stops following; the own entry is deleted, so other nodes drop their routes here at once. */
   async close(): Promise<void> {
     this.closed = true;
+    clearTimeout(this.rewriteTimer);
     this.session.off('nodeLeaseRenewed', this.onRenew);
     await this.follower.close();
     await this.session.client.delete().key(this.key).exec().catch((err: unknown) => this.log.warn({ err }, 'node entry not deleted; it goes with the lease'));

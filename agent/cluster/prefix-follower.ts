@@ -1,16 +1,31 @@
 import type { Etcd3, Watcher } from 'etcd3';
 import type { Logger } from 'pino';
 
+/** What etcd says of a key besides its value (handed over only with the follower's `meta` option). */
+export interface KeyMeta {
+  createRevision: bigint;
+  modRevision: bigint;
+  /** Writes since the key was created (1 = never rewritten); 0 for a deletion. */
+  version: bigint;
+  /** The lease id as etcd gives it ('0' = none). */
+  lease: string;
+}
+
 /** One key's change as the follower hands it over: `value` undefined = deleted. */
 export interface PrefixChange {
   key: string;
   value: string | undefined;
+  meta?: KeyMeta;
+}
+
+function keyMeta(kv: { create_revision: string; mod_revision: string; version: string; lease: string }): KeyMeta {
+  return { createRevision: BigInt(kv.create_revision), modRevision: BigInt(kv.mod_revision), version: BigInt(kv.version), lease: String(kv.lease) };
 }
 
 /** What a follower feeds. Calls are serialized: one finishes before the next starts. */
 export interface PrefixSink {
   /** Everything under the prefix at `revision` (the first list, and every list after a broken watch). */
-  resync(all: ReadonlyMap<string, string>, revision: bigint): Promise<void>;
+  resync(all: ReadonlyMap<string, string>, revision: bigint, meta?: ReadonlyMap<string, KeyMeta>): Promise<void>;
   /** Changes seen by the watch, in order, up to `revision`. */
   change(changes: readonly PrefixChange[], revision: bigint): Promise<void>;
 }
@@ -46,6 +61,8 @@ export class PrefixFollower {
     private readonly prefix: string,
     private readonly sink: PrefixSink,
     private readonly log: Logger,
+    /** `meta`: hand each key's revisions, version and lease over too (resync's `meta`, PrefixChange.meta). */
+    private readonly opts: { meta?: boolean } = {},
   ) {}
 
   /** Starts following; resolves after the first list reached the sink (or failed: retried in the background). */
@@ -70,8 +87,9 @@ export class PrefixFollower {
       if (generation !== this.generation || this.closed) return;
       const revision = BigInt(res.header.revision);
       const all = new Map(res.kvs.map((kv) => [kv.key.toString('utf8'), kv.value.toString('utf8')]));
+      const meta = this.opts.meta ? new Map(res.kvs.map((kv) => [kv.key.toString('utf8'), keyMeta(kv)])) : undefined;
       this.lists++;
-      await this.hand(() => this.sink.resync(all, revision), revision);
+      await this.hand(() => this.sink.resync(all, revision, meta), revision);
       // List, judge and apply: what an operator waits for after an outage (bench/cluster.bench.ts reads it).
       const ms = Math.round(performance.now() - started);
       const watcher = await this.client.watch().prefix(this.prefix).startRevision(String(revision + 1n)).create();
@@ -85,7 +103,11 @@ export class PrefixFollower {
       this.lastError = undefined;
       watcher.on('data', (r) => {
         if (generation !== this.generation) return;
-        const changes = r.events.map((ev) => ({ key: ev.kv.key.toString('utf8'), value: ev.type === 'Put' ? ev.kv.value.toString('utf8') : undefined }));
+        const changes: PrefixChange[] = r.events.map((ev) => ({
+          key: ev.kv.key.toString('utf8'),
+          value: ev.type === 'Put' ? ev.kv.value.toString('utf8') : undefined,
+          ...(this.opts.meta ? { meta: keyMeta(ev.kv) } : {}),
+        }));
         // The events' own revisions: a response's header may name a later revision than its events reach.
         const at = r.events.reduce((m, ev) => (BigInt(ev.kv.mod_revision) > m ? BigInt(ev.kv.mod_revision) : m), 0n);
         void this.hand(() => this.sink.change(changes, at), at).catch((err: unknown) => {

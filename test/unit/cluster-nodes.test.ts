@@ -200,14 +200,16 @@ describe('cluster nodes: the registry follows the node list (real etcd)', { time
       await raw.client.put(key('n3')).value(nodeJson({ ...n2, name: 'n3', addresses: ['192.0.2.3'], ipv6Cidr: cidrParse('fd00:210::3:0/112') }));
       await waitFor('n3 counted as ignored', async () => r1.counts.ignored >= 1 || undefined, 10_000);
       assert.equal(held.has('n3'), false);
-      // n2's value turns bad: n2 is withdrawn.
-      await raw.client.put(key('n2')).value('not json');
-      await waitFor('n2 withdrawn', async () => !held.has('n2') || undefined, 10_000);
-      assert.equal(r1.counts.removed, 1);
       await raw.client.delete().key(key('n3')).exec();
-      // n2 comes back and stops cleanly: its entry is deleted at once, n1 sees it leave.
-      await r2.publish();
-      await waitFor('n2 back', async () => held.has('n2') || undefined, 10_000);
+      // n4 (no agent behind it to write it again) turns bad: n4 is withdrawn.
+      const n4 = { ...n2, name: 'n4', addresses: ['192.0.2.4'], ipv4Cidr: cidrParse('10.210.4.0/24'), ipv6Cidr: cidrParse('fd00:210::4:0/112') };
+      await raw.client.put(key('n4')).value(nodeJson(n4));
+      await waitFor('n4 on n1', async () => held.has('n4') || undefined, 10_000);
+      await raw.client.put(key('n4')).value('not json');
+      await waitFor('n4 withdrawn', async () => !held.has('n4') || undefined, 10_000);
+      assert.equal(r1.counts.removed, 1);
+      await raw.client.delete().key(key('n4')).exec();
+      // n2 stops cleanly: its entry is deleted at once, n1 sees it leave.
       await r2.close();
       assert.equal(await raw.client.get(key('n2')).string(), null);
       await waitFor('n2 gone after its clean stop', async () => !held.has('n2') || undefined, 10_000);
@@ -215,6 +217,31 @@ describe('cluster nodes: the registry follows the node list (real etcd)', { time
       await r1.close();
       await r2.close();
       await Promise.all([s1, s2, raw].map((s) => s.close({ revoke: true })));
+    }
+  });
+
+  test('this node\'s entry overwritten by another writer (another address, or no lease) is written again', async () => {
+    const open = () => ClusterSession.open(etcdClientCreate({ endpoints: [etcd!.endpoint] }, undefined), log, 10);
+    const [s1, raw] = await Promise.all([open(), open()]);
+    const r1 = new NodeRegistry(s1, rules, log);
+    try {
+      await r1.start({ apply: () => undefined });
+      const lease = await s1.nodeLeaseId();
+      const restored = async () => {
+        const kv = (await raw.client.get(key('n1')).exec()).kvs[0];
+        if (!kv || kv.lease !== lease) return undefined;
+        const v = JSON.parse(kv.value.toString('utf8')) as { IPAddresses: unknown };
+        return JSON.stringify(v.IPAddresses) === JSON.stringify(self.addresses.map((IP) => ({ Type: 'InternalIP', IP }))) || undefined;
+      };
+      // The review's reproduction: n1's key put with a hostile address, as if n1 lived there.
+      await raw.client.put(key('n1')).value(nodeJson({ ...self, addresses: ['192.0.2.66'] }));
+      await waitFor('n1\'s own entry (its addresses, its lease) written again over the hostile one', restored, 10_000);
+      // The same value without the lease (it would outlive n1): written again under the lease.
+      await raw.client.put(key('n1')).value(nodeJson(self));
+      await waitFor('n1\'s own entry back under its lease', restored, 10_000);
+    } finally {
+      await r1.close();
+      await Promise.all([s1, raw].map((s) => s.close({ revoke: true })));
     }
   });
 
