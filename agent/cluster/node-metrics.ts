@@ -15,7 +15,7 @@ export function nodeMetricsRegister(registry: Registry, nodes: NodeRegistry, rou
   });
   new Counter({
     name: 'kitnet_cluster_node_events_total',
-    help: 'Cluster mode: nodes that joined, left, and node entries ignored (malformed, out of the pools, overlapping)',
+    help: 'Cluster mode: nodes that joined, left, and node entries ignored (malformed, out of the pools, a CIDR its node has not claimed)',
     labelNames: ['event'],
     registers,
     collect() {

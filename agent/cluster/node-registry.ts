@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { addressParse, cidrContains, cidrParse, type Cidr } from '../ipam.js';
-import { cidrOverlaps, cidrWithin } from './node-cidr.js';
+import { cidrOverlaps, cidrWithin, NODE_CIDRS_PREFIX } from './node-cidr.js';
 import type { ClusterSession } from './session.js';
 import { jsonObjectParse } from './json-value.js';
 import { PrefixFollower, type KeyMeta, type PrefixChange, type PrefixSink } from './prefix-follower.js';
@@ -16,6 +16,11 @@ export const NODES_PREFIX = 'cilium/state/nodes/v1';
 const REWRITE_BURST = 5;
 const REWRITE_WINDOW_MS = 10_000;
 const REWRITE_SLOW_MS = 1000;
+/**
+ * An entry whose CIDR no claim names yet is not taken, and logged as ignored only if it still has none
+ * this long after it came: its node wrote the claim first, but the claims' watch may bring it later.
+ */
+const CLAIM_GRACE_MS = 2000;
 /** A node entry is a few hundred bytes; anything far larger is not one (and is not parsed). */
 export const NODE_VALUE_MAX_BYTES = 16 * 1024;
 /** A Kubernetes node name (DNS subdomain), as Cilium's node names are: also safe as a key segment. */
@@ -120,7 +125,8 @@ export type NodeVerdict = { peer: PeerNode } | { own: true } | { reason: string 
  * One `cilium/state/nodes/v1/<cluster>/<name>` key and value, judged. Anyone with write access to etcd
  * may have written it, and what it says becomes routes in this host's main table, so: size, JSON
  * shape, the name matching the key, this cluster, CIDRs inside the cluster pools and clear of this
- * node's own, addresses that are neither this node's nor inside the pools nor special.
+ * node's own, addresses that are neither this node's nor inside the pools nor special. Whether the
+ * node claimed its CIDRs is the registry's question (nodeClaimProblem): the claims change apart.
  */
 export function nodeValueJudge(key: string, value: string, rules: NodeJudgeRules): NodeVerdict {
   const keyName = key.slice(`${NODES_PREFIX}/${rules.self.cluster}/`.length);
@@ -184,6 +190,78 @@ function peerText(p: PeerNode | undefined): string {
   return p ? [p.name, p.ipv4, p.ipv6, p.ipv4Cidr?.text, p.ipv6Cidr?.text].join(' ') : '';
 }
 
+/** A per-node CIDR claim as read from `kitnet/state/node-cidrs/v1/<cluster>/<cidr>` (value: the node's name). */
+export interface NodeCidrClaim {
+  cidr: Cidr;
+  node: string;
+  /** etcd's create revision: who claimed first. */
+  createRevision: bigint;
+  /** Writes since its creation: a claim is created once and never rewritten (1). */
+  version: bigint;
+}
+
+/** What a claim gives its CIDR: the node owning it, or why the claim owns nothing. */
+export type ClaimOwner = { node: string } | { reason: string };
+
+/** A claim key's CIDR in its canonical text (the only form nodes write); undefined for any other key. */
+export function claimKeyCidr(key: string, cluster: string): Cidr | undefined {
+  const text = key.slice(`${NODE_CIDRS_PREFIX}/${cluster}/`.length);
+  try {
+    const cidr = cidrParse(text);
+    return cidr.text === text ? cidr : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The claims settled, by CIDR text. Claims are create-only, so the first claimant owns a CIDR: a claim
+ * rewritten after its creation owns nothing, nor does one overlapping a claim created before it (both,
+ * when created in one revision). Nodes claim only blocks no claim overlaps, so sound claims never
+ * overlap: owned CIDRs are disjoint. O(claims log claims): per family, sorted, the claims containing
+ * each one are those still open on a stack (CIDRs nest or are disjoint).
+ */
+export function nodeClaimsSettle(claims: Iterable<NodeCidrClaim>): Map<string, ClaimOwner> {
+  const out = new Map<string, ClaimOwner>();
+  const sorted = [...claims].sort((a, b) => a.cidr.family - b.cidr.family || (a.cidr.network < b.cidr.network ? -1 : a.cidr.network > b.cidr.network ? 1 : a.cidr.prefixLength - b.cidr.prefixLength));
+  const open: Array<{ c: NodeCidrClaim; end: bigint }> = [];
+  const voids = (c: NodeCidrClaim, reason: string) => {
+    if (!out.has(c.cidr.text) || !('reason' in out.get(c.cidr.text)!)) out.set(c.cidr.text, { reason });
+  };
+  const who = (c: NodeCidrClaim) => `node ${JSON.stringify(c.node.slice(0, 80))}'s claim ${c.cidr.text}`;
+  for (const c of sorted) {
+    if (!out.has(c.cidr.text)) out.set(c.cidr.text, c.version > 1n ? { reason: `it was rewritten after its creation (version ${c.version}; claims are create-only)` } : { node: c.node });
+    while (open.length && (open[open.length - 1]!.c.cidr.family !== c.cidr.family || open[open.length - 1]!.end <= c.cidr.network)) open.pop();
+    for (const { c: outer } of open) {
+      if (outer.createRevision < c.createRevision) voids(c, `it overlaps ${who(outer)}, made earlier (the first claimant owns a CIDR)`);
+      else if (outer.createRevision > c.createRevision) voids(outer, `it overlaps ${who(c)}, made earlier (the first claimant owns a CIDR)`);
+      else {
+        voids(c, `it overlaps ${who(outer)}, made in the same revision`);
+        voids(outer, `it overlaps ${who(c)}, made in the same revision`);
+      }
+    }
+    open.push({ c, end: c.cidr.network + (1n << BigInt(BITS[c.cidr.family] - c.cidr.prefixLength)) });
+  }
+  return out;
+}
+
+/**
+ * Why a peer may not have its CIDRs (undefined: it may): each must be claimed by the peer's own name
+ * under the cluster's claims, the claim owning it. `missing`: no claim key at all, which a watcher can
+ * see for a moment (the claim is written first, but its watch may bring it later).
+ */
+export function nodeClaimProblem(peer: PeerNode, owners: ReadonlyMap<string, ClaimOwner>, cluster: string): { reason: string; cidr: string; missing?: true } | undefined {
+  for (const [field, cidr] of [['IPv4AllocCIDR', peer.ipv4Cidr], ['IPv6AllocCIDR', peer.ipv6Cidr]] as const) {
+    if (!cidr) continue;
+    const claimKey = `${NODE_CIDRS_PREFIX}/${cluster}/${cidr.text}`;
+    const owner = owners.get(cidr.text);
+    if (!owner) return { cidr: cidr.text, missing: true, reason: `${field} ${cidr.text} is claimed by no node (no key ${claimKey}; a node claims its CIDRs before it announces them)` };
+    if ('reason' in owner) return { cidr: cidr.text, reason: `${field} ${cidr.text}: its claim ${claimKey} owns nothing: ${owner.reason}` };
+    if (owner.node !== peer.name) return { cidr: cidr.text, reason: `${field} ${cidr.text} is claimed by node ${JSON.stringify(owner.node.slice(0, 80))} (${claimKey}), not by ${peer.name}` };
+  }
+  return undefined;
+}
+
 /** What the registry feeds: peers new or changed, and names of peers gone. */
 export interface NodeSink {
   apply(set: readonly PeerNode[], gone: readonly string[]): void;
@@ -191,14 +269,29 @@ export interface NodeSink {
 
 /**
  * This node in the cluster's node list, and every other node from it. The own entry is written under
- * the node lease (it goes when the node dies, within the lease TTL), again when the lease is renewed,
- * and deleted on a clean stop. The others are followed as a PrefixFollower's sink (a list, then a watch
- * from the list's revision; a broken watch lists again and the difference is handed over). Hostile or
- * broken entries are ignored with a log line.
+ * the node lease (it goes when the node dies, within the lease TTL), again when the lease is renewed
+ * or someone else writes over it, and deleted on a clean stop. The others are followed as a
+ * PrefixFollower's sink (a list, then a watch from the list's revision; a broken watch lists again and
+ * the difference is handed over), and so are the CIDR claims: an entry is taken only if each CIDR it
+ * announces is claimed by its node, and every entry is judged again when the claims change. Hostile
+ * or broken entries are ignored with a log line (once per value and reason).
  */
 export class NodeRegistry implements PrefixSink {
   private readonly accepted = new Map<string, PeerNode>();
   private readonly follower: PrefixFollower;
+  private readonly claimsFollower: PrefixFollower;
+  private readonly claimsPrefix: string;
+  /** The claims by key, as read; `owners` is what they settle to. */
+  private readonly claims = new Map<string, NodeCidrClaim>();
+  private owners = new Map<string, ClaimOwner>();
+  private claimsListed = false;
+  private nodesListed = false;
+  /** Every other key under the nodes prefix: its value judged on its own (claims aside), and since when. */
+  private readonly entries = new Map<string, { value: string; verdict: NodeVerdict; since: number }>();
+  /** Per key, the refusal last logged: a re-judge with the same value and reason is not told again. */
+  private readonly reported = new Map<string, { value: string; reason: string }>();
+  /** Judges again when an entry's claim-less grace ends. */
+  private graceTimer: NodeJS.Timeout | undefined;
   private closed = false;
   private sink: NodeSink | undefined;
   /** Others who follow the node list (the Hubble peer service): told of every change after the sink. */
@@ -221,6 +314,27 @@ export class NodeRegistry implements PrefixSink {
   ) {
     this.key = `${NODES_PREFIX}/${rules.self.cluster}/${rules.self.name}`;
     this.follower = new PrefixFollower(session.client, `${NODES_PREFIX}/${rules.self.cluster}/`, this, log, { meta: true });
+    this.claimsPrefix = `${NODE_CIDRS_PREFIX}/${rules.self.cluster}/`;
+    this.claimsFollower = new PrefixFollower(session.client, this.claimsPrefix, {
+      resync: async (all, _revision, meta) => {
+        this.claims.clear();
+        for (const [key, value] of all) this.claimSet(key, value, meta?.get(key));
+        this.claimsListed = true;
+        this.owners = nodeClaimsSettle(this.claims.values());
+        this.settle(true);
+      },
+      change: async (changes) => {
+        for (const c of changes) this.claimSet(c.key, c.value, c.meta);
+        this.owners = nodeClaimsSettle(this.claims.values());
+        this.settle(false);
+      },
+    }, log, { meta: true });
+  }
+
+  private claimSet(key: string, value: string | undefined, meta: KeyMeta | undefined): void {
+    const cidr = claimKeyCidr(key, this.rules.self.cluster);
+    if (value === undefined || !cidr || !meta) this.claims.delete(key);
+    else this.claims.set(key, { cidr, node: value, createRevision: meta.createRevision, version: meta.version });
   }
 
   /** Refuses a start whose node name another live node holds (two hosts would share a CIDR claim). */
@@ -282,6 +396,8 @@ export class NodeRegistry implements PrefixSink {
     this.sink = sink;
     await this.publish();
     this.session.on('nodeLeaseRenewed', this.onRenew);
+    // The claims first: entries listed before them would all be refused (and their routes removed).
+    await this.claimsFollower.start();
     await this.follower.start();
   }
 
@@ -289,26 +405,56 @@ export class NodeRegistry implements PrefixSink {
     return [...this.accepted.values()];
   }
 
-  private judge(key: string, value: string): PeerNode | undefined {
-    const verdict = nodeValueJudge(key, value, this.rules);
-    if ('reason' in verdict) {
-      this.counts.ignored++;
-      this.log.warn({ key: key.slice(0, 300), value: value.slice(0, 200), reason: verdict.reason }, 'cluster node entry ignored');
-      return undefined;
-    }
-    if ('own' in verdict) return undefined;
-    // Two peers claiming overlapping CIDRs: the one accepted first keeps them.
-    for (const other of this.accepted.values()) {
-      if (other.name === verdict.peer.name) continue;
-      for (const [mine, theirs] of [[verdict.peer.ipv4Cidr, other.ipv4Cidr], [verdict.peer.ipv6Cidr, other.ipv6Cidr]] as const) {
-        if (mine && theirs && cidrOverlaps(mine, theirs)) {
-          this.counts.ignored++;
-          this.log.warn({ key, reason: `${mine.text} overlaps node ${other.name}'s ${theirs.text}` }, 'cluster node entry ignored');
-          return undefined;
-        }
+  /**
+   * Every entry judged against the claims as they are now, and the difference handed over (with
+   * `listed`, even none: the sink then knows the whole cluster). Nothing before both prefixes were
+   * listed once. Two accepted entries never overlap: each accepted CIDR is one its node's claim owns,
+   * and owned CIDRs are disjoint (nodeClaimsSettle), whatever the order entries arrive or are listed in.
+   */
+  private settle(listed: boolean): void {
+    if (this.closed || !this.claimsListed || !this.nodesListed) return;
+    clearTimeout(this.graceTimer);
+    const now = Date.now();
+    let wake: number | undefined;
+    const next = new Map<string, PeerNode>();
+    for (const [key, e] of this.entries) {
+      const name = this.nameOf(key);
+      let refusal: { reason: string; cidr?: string; missing?: true } | undefined;
+      if ('reason' in e.verdict) refusal = e.verdict;
+      else if ('peer' in e.verdict) refusal = nodeClaimProblem(e.verdict.peer, this.owners, this.rules.self.cluster);
+      else continue;
+      if (!refusal && 'peer' in e.verdict) {
+        next.set(name, e.verdict.peer);
+        this.reported.delete(key);
+        continue;
       }
+      if (!refusal) continue;
+      // No claim yet: its watch may be a moment behind this entry's. Not taken meanwhile, told only after.
+      if (refusal.missing && now - e.since < CLAIM_GRACE_MS) {
+        wake = Math.min(wake ?? Infinity, e.since + CLAIM_GRACE_MS);
+        continue;
+      }
+      const last = this.reported.get(key);
+      if (last && last.value === e.value && last.reason === refusal.reason) continue;
+      this.reported.set(key, { value: e.value, reason: refusal.reason });
+      this.counts.ignored++;
+      this.log.warn({ key: key.slice(0, 300), node: name.slice(0, 80), cidr: refusal.cidr, value: e.value.slice(0, 200), reason: refusal.reason }, 'cluster node entry ignored');
     }
-    return verdict.peer;
+    for (const key of this.reported.keys()) if (!this.entries.has(key)) this.reported.delete(key);
+    if (wake !== undefined) this.graceTimer = setTimeout(() => this.settle(false), Math.max(0, wake - now) + 10).unref();
+    this.hand([...next.values()], [...this.accepted.keys()].filter((n) => !next.has(n)), listed);
+  }
+
+  /** One key under the nodes prefix as it is now (undefined: deleted), judged on its own. */
+  private entrySet(key: string, value: string | undefined): void {
+    if (value === undefined) {
+      this.entries.delete(key);
+      return;
+    }
+    // An oversized value (refused for its size) is kept as its head and length only.
+    const kept = value.length > NODE_VALUE_MAX_BYTES ? `${value.slice(0, 200)}… (${value.length} bytes)` : value;
+    if (this.entries.get(key)?.value === kept) return;
+    this.entries.set(key, { value: kept, verdict: nodeValueJudge(key, value, this.rules), since: Date.now() });
   }
 
   private nameOf(key: string): string {
@@ -341,13 +487,10 @@ export class NodeRegistry implements PrefixSink {
   }
 
   async resync(all: ReadonlyMap<string, string>, _revision?: bigint, meta?: ReadonlyMap<string, KeyMeta>): Promise<void> {
-    const listed = new Map<string, PeerNode>();
-    // Judged against what stays accepted, so an overlap is settled the same way as by the watch.
-    for (const [key, value] of all) {
-      const p = this.judge(key, value);
-      if (p) listed.set(p.name, p);
-    }
-    this.hand([...listed.values()], [...this.accepted.keys()].filter((n) => !listed.has(n)), true);
+    for (const key of [...this.entries.keys()]) if (!all.has(key)) this.entrySet(key, undefined);
+    for (const [key, value] of all) if (key !== this.key) this.entrySet(key, value);
+    this.nodesListed = true;
+    this.settle(true);
     this.ownSeen(all.get(this.key), meta?.get(this.key));
   }
 
@@ -357,19 +500,20 @@ export class NodeRegistry implements PrefixSink {
         this.ownSeen(c.value, c.meta);
         continue;
       }
-      const peer = c.value !== undefined ? this.judge(c.key, c.value) : undefined;
       // A value that turned bad withdraws what the node had.
-      if (peer) this.hand([peer], []);
-      else this.hand([], [this.nameOf(c.key)]);
+      this.entrySet(c.key, c.value);
     }
+    this.settle(false);
   }
 
   /** Stops following; the own entry is deleted, so other nodes drop their routes here at once. */
   async close(): Promise<void> {
     this.closed = true;
     clearTimeout(this.rewriteTimer);
+    clearTimeout(this.graceTimer);
     this.session.off('nodeLeaseRenewed', this.onRenew);
     await this.follower.close();
+    await this.claimsFollower.close();
     await this.session.client.delete().key(this.key).exec().catch((err: unknown) => this.log.warn({ err }, 'node entry not deleted; it goes with the lease'));
   }
 }

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { Etcd3 } from 'etcd3';
+import { NODE_CIDRS_PREFIX } from '../../agent/cluster/node-cidr.js';
 import { NODES_PREFIX } from '../../agent/cluster/node-registry.js';
 import type { PolicySummary, TraceResponse } from '../../common/schemas/policy.js';
 import type { Workload } from '../../common/schemas/workload.js';
@@ -177,6 +178,12 @@ describe('cluster mode across hosts: node CIDRs, routes, cross-host traffic and 
     const key = (n: string) => `${NODES_PREFIX}/${CLUSTER}/${n}`;
     const mask24 = '////AA==';
     const node = (name: string, o: Record<string, unknown>) => JSON.stringify({ Name: name, Cluster: CLUSTER, IPAddresses: [{ Type: 'InternalIP', IP: `${cluster.subnet4}.77` }], IPv4AllocCIDR: null, IPv6AllocCIDR: null, ClusterID: 12, ...o });
+    // The sound entries below claim their CIDRs first, create-only, as a node does (an unclaimed CIDR is refused).
+    const claimKey = (cidr: string) => `${NODE_CIDRS_PREFIX}/${CLUSTER}/${cidr}`;
+    const claims: Record<string, string> = { '10.236.202.0/24': 'sound', '10.236.203.0/24': 'taken', '10.236.204.0/24': 'offlink' };
+    for (const [cidr, n] of Object.entries(claims)) {
+      assert.ok((await raw!.if(claimKey(cidr), 'Create', '==', 0).then(raw!.put(claimKey(cidr)).value(n)).commit()).succeeded, `${cidr} claimed for ${n}`);
+    }
     const hostile: Record<string, string> = {
       garbage: '{"Name": "garbage", ',
       oversized: node('oversized', { Labels: { pad: 'x'.repeat(200_000) }, IPv4AllocCIDR: { IP: '10.236.200.0', Mask: mask24 } }),
@@ -226,6 +233,7 @@ describe('cluster mode across hosts: node CIDRs, routes, cross-host traffic and 
       assert.ok(promValue(await metrics(h1), 'kitnet_cluster_node_events_total', { event: 'ignored' }) >= Object.keys(hostile).length);
     } finally {
       for (const n of Object.keys(hostile)) await raw!.delete().key(key(n)).exec();
+      for (const cidr of Object.keys(claims)) await raw!.delete().key(claimKey(cidr)).exec();
     }
   });
 

@@ -4,7 +4,7 @@ import { pino } from 'pino';
 import { configParse } from '../../agent/config.js';
 import { etcdClientCreate } from '../../agent/cluster/etcd-client.js';
 import { NODE_CIDRS_PREFIX, nodeCidrClaim, nodeCidrFree } from '../../agent/cluster/node-cidr.js';
-import { NodeRegistry, NODES_PREFIX, nodeJson, nodeValueJudge, type LocalNode, type PeerNode } from '../../agent/cluster/node-registry.js';
+import { claimKeyCidr, nodeClaimProblem, nodeClaimsSettle, NodeRegistry, NODES_PREFIX, nodeJson, nodeValueJudge, type LocalNode, type NodeCidrClaim, type PeerNode } from '../../agent/cluster/node-registry.js';
 import { NodeRoutes } from '../../agent/cluster/node-routes.js';
 import { ClusterSession } from '../../agent/cluster/session.js';
 import { cidrParse } from '../../agent/ipam.js';
@@ -70,6 +70,45 @@ describe('cluster nodes: Cilium\'s node JSON', () => {
     assert.match(reason(key('n2'), with_({ IPAddresses: [{ Type: 'InternalIP', IP: 'nope' }] })), /not an IP address/);
     assert.match(reason(key('n2'), with_({ IPAddresses: Array(17).fill({ Type: 'InternalIP', IP: '192.0.2.9' }) })), /at most 16/);
     assert.match(reason(key('n2'), with_({ IPAddresses: [] })), /no InternalIP/);
+  });
+
+  test('CIDR claims: the first claimant owns a CIDR; a rewritten claim, or one overlapping an earlier one, owns nothing', () => {
+    const c = (cidr: string, node: string, createRevision: number, version = 1): NodeCidrClaim => ({ cidr: cidrParse(cidr), node, createRevision: BigInt(createRevision), version: BigInt(version) });
+    const owners = nodeClaimsSettle([
+      c('10.210.1.0/24', 'n2', 10),
+      c('10.210.1.0/25', 'evil', 20), // inside n2's, later
+      c('10.210.2.0/25', 'early', 5), // inside a later /24
+      c('10.210.2.0/24', 'late', 30),
+      c('10.210.3.0/24', 'n3', 12, 2), // rewritten
+      c('10.210.4.0/24', 'a', 40),
+      c('10.210.4.0/23', 'b', 40), // same revision: neither
+      c('fd00:210::1:0/112', 'n2', 11),
+      c('10.0.0.0/8', 'huge', 50), // overlaps them all, last
+    ]);
+    assert.deepEqual(owners.get('10.210.1.0/24'), { node: 'n2' });
+    assert.deepEqual(owners.get('fd00:210::1:0/112'), { node: 'n2' });
+    assert.deepEqual(owners.get('10.210.2.0/25'), { node: 'early' });
+    const why = (cidr: string) => {
+      const o = owners.get(cidr);
+      assert.ok(o && 'reason' in o, `${cidr} owned: ${JSON.stringify(o)}`);
+      return o.reason;
+    };
+    assert.match(why('10.210.1.0/25'), /overlaps node "n2"'s claim 10\.210\.1\.0\/24, made earlier/);
+    assert.match(why('10.210.2.0/24'), /overlaps node "early"'s claim 10\.210\.2\.0\/25, made earlier/);
+    assert.match(why('10.210.3.0/24'), /rewritten after its creation \(version 2/);
+    assert.match(why('10.210.4.0/24'), /same revision/);
+    assert.match(why('10.210.4.0/23'), /same revision/);
+    assert.match(why('10.0.0.0/8'), /made earlier/);
+    // An entry's CIDRs: its own claim, someone else's, a void one, none.
+    const peer = (name: string, v4: string): PeerNode => ({ name, ipv4: '192.0.2.9', ipv4Cidr: cidrParse(v4) });
+    assert.equal(nodeClaimProblem({ ...peer('n2', '10.210.1.0/24'), ipv6Cidr: cidrParse('fd00:210::1:0/112') }, owners, 'kc'), undefined);
+    assert.deepEqual(nodeClaimProblem(peer('z-evil', '10.210.1.0/24'), owners, 'kc'), { cidr: '10.210.1.0/24', reason: 'IPv4AllocCIDR 10.210.1.0/24 is claimed by node "n2" (kitnet/state/node-cidrs/v1/kc/10.210.1.0/24), not by z-evil' });
+    assert.match(nodeClaimProblem(peer('evil', '10.210.1.0/25'), owners, 'kc')!.reason, /^IPv4AllocCIDR 10\.210\.1\.0\/25: its claim kitnet\/state\/node-cidrs\/v1\/kc\/10\.210\.1\.0\/25 owns nothing: it overlaps node "n2"'s claim/);
+    assert.deepEqual(nodeClaimProblem(peer('n9', '10.210.9.0/24'), owners, 'kc'), { cidr: '10.210.9.0/24', missing: true, reason: 'IPv4AllocCIDR 10.210.9.0/24 is claimed by no node (no key kitnet/state/node-cidrs/v1/kc/10.210.9.0/24; a node claims its CIDRs before it announces them)' });
+    // Claim keys count only in the canonical form nodes write.
+    assert.equal(claimKeyCidr(`${NODE_CIDRS_PREFIX}/kc/10.210.1.0/24`, 'kc')?.text, '10.210.1.0/24');
+    assert.equal(claimKeyCidr(`${NODE_CIDRS_PREFIX}/kc/10.210.1.5/24`, 'kc'), undefined);
+    assert.equal(claimKeyCidr(`${NODE_CIDRS_PREFIX}/kc/nonsense`, 'kc'), undefined);
   });
 });
 
@@ -172,8 +211,28 @@ describe('cluster nodes: the registry follows the node list (real etcd)', { time
   after(async () => {
     await etcd?.stop();
   });
+  /** A CIDR claim as nodeCidrClaim writes it (create-only): true if it was created. */
+  const claimPut = async (s: ClusterSession, cidr: string, node: string) => {
+    const k = `${NODE_CIDRS_PREFIX}/kc/${cidr}`;
+    return (await s.client.if(k, 'Create', '==', 0).then(s.client.put(k).value(node)).commit()).succeeded;
+  };
+  /** n2's claims, as its nodeJoin makes them before its entry. */
+  const claimN2 = async (s: ClusterSession) => {
+    assert.ok(await claimPut(s, '10.210.1.0/24', 'n2'));
+    assert.ok(await claimPut(s, 'fd00:210::1:0/112', 'n2'));
+  };
+  /** Each test leaves etcd without node entries or claims. */
+  const wipe = async (s: ClusterSession) => {
+    await s.client.delete().prefix(`${NODES_PREFIX}/`).exec();
+    await s.client.delete().prefix(`${NODE_CIDRS_PREFIX}/`).exec();
+  };
+  /** A logger whose warnings the test reads. */
+  const logged = () => {
+    const lines: Array<Record<string, unknown>> = [];
+    return { lines, log: pino({ level: 'warn' }, { write: (l: string) => void lines.push(JSON.parse(l) as Record<string, unknown>) }) };
+  };
 
-  test('peers join and leave; a value turned bad withdraws the peer; overlapping CIDRs: the first keeps them; a clean stop deletes the own entry', async () => {
+  test('peers join and leave; a value turned bad withdraws the peer; a CIDR claimed by another node is refused; a clean stop deletes the own entry', async () => {
     const open = () => ClusterSession.open(etcdClientCreate({ endpoints: [etcd!.endpoint] }, undefined), log, 10);
     const [s1, s2, raw] = await Promise.all([open(), open(), open()]);
     const held = new Map<string, PeerNode>();
@@ -193,16 +252,19 @@ describe('cluster nodes: the registry follows the node list (real etcd)', { time
       // Its own entry deleted by someone else: written again.
       await raw.client.delete().key(key('n1')).exec();
       await waitFor('n1\'s entry written again', async () => (await raw.client.get(key('n1')).string()) !== null || undefined, 10_000);
+      await claimN2(raw);
       await r2.start({ apply: () => undefined });
       await waitFor('n2 on n1', async () => held.get('n2')?.ipv4Cidr?.text === '10.210.1.0/24' || undefined, 10_000);
       assert.equal(r1.counts.added, 1);
-      // Another writer claims n2's IPv4 CIDR for n3: ignored while n2 holds it.
+      // Another writer announces n2's IPv4 CIDR for n3: ignored (n2's claim owns it).
       await raw.client.put(key('n3')).value(nodeJson({ ...n2, name: 'n3', addresses: ['192.0.2.3'], ipv6Cidr: cidrParse('fd00:210::3:0/112') }));
       await waitFor('n3 counted as ignored', async () => r1.counts.ignored >= 1 || undefined, 10_000);
       assert.equal(held.has('n3'), false);
       await raw.client.delete().key(key('n3')).exec();
       // n4 (no agent behind it to write it again) turns bad: n4 is withdrawn.
       const n4 = { ...n2, name: 'n4', addresses: ['192.0.2.4'], ipv4Cidr: cidrParse('10.210.4.0/24'), ipv6Cidr: cidrParse('fd00:210::4:0/112') };
+      await claimPut(raw, '10.210.4.0/24', 'n4');
+      await claimPut(raw, 'fd00:210::4:0/112', 'n4');
       await raw.client.put(key('n4')).value(nodeJson(n4));
       await waitFor('n4 on n1', async () => held.has('n4') || undefined, 10_000);
       await raw.client.put(key('n4')).value('not json');
@@ -216,7 +278,94 @@ describe('cluster nodes: the registry follows the node list (real etcd)', { time
     } finally {
       await r1.close();
       await r2.close();
+      await wipe(raw);
       await Promise.all([s1, s2, raw].map((s) => s.close({ revoke: true })));
+    }
+  });
+
+  test('an entry is taken only for CIDRs its node claimed: a hostile entry over an unclaimed or another\'s CIDR is refused, naming the node, CIDR and why; an entry seen before its claim is taken when the claim comes', async () => {
+    const open = () => ClusterSession.open(etcdClientCreate({ endpoints: [etcd!.endpoint] }, undefined), log, 10);
+    const [s1, raw] = await Promise.all([open(), open()]);
+    const { lines, log: wlog } = logged();
+    const held = new Map<string, PeerNode>();
+    const r1 = new NodeRegistry(s1, rules, wlog);
+    const refusals = (node: string) => lines.filter((l) => l.msg === 'cluster node entry ignored' && l.node === node);
+    try {
+      await claimN2(raw);
+      await raw.client.put(key('n2')).value(nodeJson(peerOf()));
+      await r1.start({ apply: (set, gone) => {
+        for (const g of gone) held.delete(g);
+        for (const p of set) held.set(p.name, p);
+      } });
+      assert.equal(held.get('n2')?.ipv4, '192.0.2.2', 'n2 (claim, then entry) taken at the first list');
+      // A node nobody claimed a CIDR for: never taken; after the grace for a late claim, logged and counted.
+      const ghost = { ...peerOf(), name: 'ghost', addresses: ['192.0.2.66'], ipv4Cidr: cidrParse('10.210.6.0/24'), ipv6Cidr: cidrParse('fd00:210::6:0/112') };
+      await raw.client.put(key('ghost')).value(nodeJson(ghost));
+      const [line] = await waitFor('ghost logged as ignored', async () => refusals('ghost').length > 0 && refusals('ghost'), 10_000);
+      assert.equal(held.has('ghost'), false, 'ghost is not taken');
+      assert.equal(line!.cidr, '10.210.6.0/24');
+      assert.equal(line!.key, key('ghost'));
+      assert.match(String(line!.reason), /^IPv4AllocCIDR 10\.210\.6\.0\/24 is claimed by no node \(no key kitnet\/state\/node-cidrs\/v1\/kc\/10\.210\.6\.0\/24;/);
+      const ignored = r1.counts.ignored;
+      assert.ok(ignored >= 1);
+      // Its claims come later (an entry seen before its claim): judged again, taken; not logged again meanwhile.
+      await claimPut(raw, '10.210.6.0/24', 'ghost');
+      await claimPut(raw, 'fd00:210::6:0/112', 'ghost');
+      await waitFor('ghost taken once claimed', async () => held.get('ghost')?.ipv4Cidr?.text === '10.210.6.0/24' || undefined, 10_000);
+      // (one line per reason: with only the IPv4 claim in, the IPv6 CIDR was the one unclaimed)
+      const ghostLines = refusals('ghost').length;
+      assert.ok(refusals('ghost').every((l) => /is claimed by no node/.test(String(l.reason))));
+      // The review's reproduction: z-evil announces n2's CIDR via a hostile address. n2's claim owns it.
+      await raw.client.put(key('z-evil')).value(nodeJson({ ...ghost, name: 'z-evil', ipv4Cidr: cidrParse('10.210.1.0/24'), ipv6Cidr: cidrParse('fd00:210::7:0/112') }));
+      const [evil] = await waitFor('z-evil logged as ignored', async () => refusals('z-evil').length > 0 && refusals('z-evil'), 10_000);
+      assert.equal(evil!.reason, 'IPv4AllocCIDR 10.210.1.0/24 is claimed by node "n2" (kitnet/state/node-cidrs/v1/kc/10.210.1.0/24), not by z-evil');
+      assert.equal(held.has('z-evil'), false);
+      assert.equal(held.get('n2')?.ipv4, '192.0.2.2');
+      // A claim made inside n2's CIDR after it (a more specific route would win over n2's): owns nothing.
+      assert.ok(await claimPut(raw, '10.210.1.0/25', 'half'));
+      await raw.client.put(key('half')).value(nodeJson({ ...ghost, name: 'half', ipv4Cidr: cidrParse('10.210.1.0/25'), ipv6Cidr: undefined as never }));
+      const [half] = await waitFor('half logged as ignored', async () => refusals('half').length > 0 && refusals('half'), 10_000);
+      assert.match(String(half!.reason), /^IPv4AllocCIDR 10\.210\.1\.0\/25: its claim .* owns nothing: it overlaps node "n2"'s claim 10\.210\.1\.0\/24, made earlier/);
+      // n2's claim rewritten to z-evil (claims are create-only): it owns nothing, so z-evil gets no route (nor does n2).
+      await raw.client.put(`${NODE_CIDRS_PREFIX}/kc/10.210.1.0/24`).value('z-evil');
+      await waitFor('n2 withdrawn with its claim rewritten', async () => !held.has('n2') || undefined, 10_000);
+      assert.equal(held.has('z-evil'), false, 'z-evil is not taken over a rewritten claim');
+      assert.ok(refusals('z-evil').some((l) => /owns nothing: it was rewritten after its creation/.test(String(l.reason))));
+      assert.ok(r1.counts.ignored > ignored);
+      assert.equal(refusals('ghost').length, ghostLines, 'ghost, taken, is not logged again when the claims change');
+      assert.ok(held.has('ghost'));
+    } finally {
+      await r1.close();
+      await wipe(raw);
+      await Promise.all([s1, raw].map((s) => s.close({ revoke: true })));
+    }
+  });
+
+  test('overlapping entries in one list (a restart): only the claimant is routed, whatever the order; unclaimed, neither', async () => {
+    const open = () => ClusterSession.open(etcdClientCreate({ endpoints: [etcd!.endpoint] }, undefined), log, 10);
+    const [s1, raw] = await Promise.all([open(), open()]);
+    // Routes as node-routes.ts wants them, over a socket that lists no routes and reaches nothing.
+    const nl = new Rtnl({ exchange: async (): Promise<NlMessage[]> => [], sysctlWrite: async () => undefined, close: () => undefined });
+    const routes = new NodeRoutes(nl, log);
+    const r1 = new NodeRegistry(s1, rules, log);
+    try {
+      await claimN2(raw);
+      const evil = (name: string, v4: string) => nodeJson({ ...peerOf(), name, addresses: ['192.0.2.66'], ipv4Cidr: cidrParse(v4), ipv6Cidr: undefined as never });
+      // Around n2 in the list's (key) order: a-evil before it, z-evil after it.
+      await raw.client.put(key('a-evil')).value(evil('a-evil', '10.210.1.0/24'));
+      await raw.client.put(key('n2')).value(nodeJson(peerOf()));
+      await raw.client.put(key('z-evil')).value(evil('z-evil', '10.210.1.0/24'));
+      // Two entries over a CIDR nobody claimed.
+      await raw.client.put(key('x-one')).value(evil('x-one', '10.210.9.0/24'));
+      await raw.client.put(key('y-two')).value(nodeJson({ ...peerOf(), name: 'y-two', addresses: ['192.0.2.77'], ipv4Cidr: cidrParse('10.210.9.0/24'), ipv6Cidr: undefined as never }));
+      await r1.start(routes);
+      assert.deepEqual(r1.peers().map((p) => p.name), ['n2']);
+      assert.deepEqual(routes.wanted().filter((w) => w.dst.startsWith('10.')), [{ dst: '10.210.1.0/24', gateway: '192.0.2.2', node: 'n2' }]);
+    } finally {
+      await routes.close();
+      await r1.close();
+      await wipe(raw);
+      await Promise.all([s1, raw].map((s) => s.close({ revoke: true })));
     }
   });
 
