@@ -36,6 +36,9 @@ export function bigintToAddress(value: bigint, family: 4 | 6): string {
 
 /** Parses an address (no prefix); throws IpamError BAD_ADDRESS. */
 export function addressParse(text: string): { family: 4 | 6; value: bigint; text: string } {
+  // A zone (`fd00::3%x`) would stay in the text while the maps take the address without it: the
+  // same BPF key under two texts, which defeats every comparison made on the text.
+  if (text.includes('%')) throw new IpamError('BAD_ADDRESS', `"${text.slice(0, 80)}" carries an IPv6 zone (%...): an address without one is expected`);
   if (!ipaddr.isValid(text)) throw new IpamError('BAD_ADDRESS', `"${text}" is not an IP address`);
   const addr = ipaddr.parse(text);
   const family = addr.kind() === 'ipv4' ? 4 : 6;

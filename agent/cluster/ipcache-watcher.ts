@@ -49,10 +49,10 @@ export function ipcacheValueJudge(key: string, value: string, rules: IpcacheWatc
   try {
     ip = addressParse(o.IP).text;
     hostIP = addressParse(o.HostIP).text;
-  } catch {
-    return { reason: 'IP or HostIP is not an IP address' };
+  } catch (err) {
+    return { reason: `IP or HostIP is not an IP address: ${(err as Error).message}` };
   }
-  if (ip !== suffix) return { reason: `IP ${ip} does not match the key` };
+  if (ip !== suffix) return { reason: `IP ${ip} does not match the key (the key must be the address in its canonical text)` };
   if (hostIP === addressParse(rules.nodeIP).text) return { own: true };
   if (typeof o.ID !== 'number' || !inRange(rules.range, o.ID)) return { reason: `identity ${String(o.ID)} is outside the cluster's range ${rules.range.min}-${rules.range.max}` };
   const a = addressParse(ip);
@@ -142,7 +142,9 @@ export class IpcacheWatcher implements PrefixSink {
         batchGone.delete(e.ip);
         continue;
       }
-      const addr = canonical(c.key.slice(IPCACHE_PREFIX.length + 1));
+      // Only the key of an address's canonical text speaks for it: `…/167772161` or `…/10.1` (another
+      // text of 10.0.0.1) never withdraws the entry of `…/10.0.0.1`.
+      const addr = canonicalKey(c.key.slice(IPCACHE_PREFIX.length + 1));
       if (addr === undefined) continue;
       batchGone.add(addr);
       batchSet.delete(addr);
@@ -177,9 +179,10 @@ function sameEntry(a: RemoteIpcacheEntry | undefined, b: RemoteIpcacheEntry): bo
   return !!a && a.identity === b.identity && a.hostIP === b.hostIP && a.namespace === b.namespace && a.podName === b.podName;
 }
 
-function canonical(ip: string): string | undefined {
+/** The address a key suffix names, when the suffix is its canonical text; undefined otherwise. */
+function canonicalKey(suffix: string): string | undefined {
   try {
-    return addressParse(ip).text;
+    return addressParse(suffix).text === suffix ? suffix : undefined;
   } catch {
     return undefined;
   }

@@ -48,6 +48,12 @@ describe('cluster ipcache watch: what is accepted', () => {
       [key('10.77.0.1'), '{"IP":"10.77.0.1","Mask":"////AA==","HostIP":"192.0.2.2","ID":200000}', /CIDR/],
       [key('10.200.3.4'), pair('10.200.3.4', '192.0.2.2', 200000), /this host's pool 10\.200\.0\.0\/16/],
       [key('fd00:200::9'), pair('fd00:200::9', '192.0.2.2', 200000), /this host's pool fd00:200::\/64/],
+      // A zone stays in the text but not in the BPF key: fd00:9::3%x would be fd00:9::3's entry.
+      [key('fd00:9::3%x'), pair('fd00:9::3%x', '192.0.2.2', 200000), /IPv6 zone/],
+      [key('fd00:9::3'), pair('fd00:9::3', 'fd00::2%eth0', 200000), /IPv6 zone/],
+      // Another text of an address: not the key of its canonical text.
+      [key('172818689'), pair('10.77.1.1', '192.0.2.2', 200000), /does not match the key/],
+      [key('10.77.257'), pair('10.77.1.1', '192.0.2.2', 200000), /does not match the key/],
     ];
     for (const [k, v, reason] of cases) {
       const verdict = ipcacheValueJudge(k, v, rules);
@@ -159,6 +165,36 @@ describe('cluster ipcache watch against a real etcd', () => {
     await raw.delete().key(key('10.77.0.9')).exec();
     await waitFor('the last remote entry gone', async () => d.ipcache.size === 0);
     assert.equal(sink.size(), 0);
+    await w.close();
+  });
+
+  test('a zoned address never reaches a local workload\'s entry; another text of an address never removes its entry', async () => {
+    const b = '192.0.2.6';
+    await raw.delete().prefix(`${IPCACHE_PREFIX}/`).exec();
+    await raw.put(`${IDENTITIES_PREFIX}/id/200500`).value('k8s:app=g;');
+    await raw.put(key('10.77.1.1')).value(pair('10.77.1.1', b, 200500));
+    // This host's workload at fd00:9::3: a key and IP with a zone would write the same BPF key.
+    const d = target(['fd00:9::3']);
+    const upserts: string[] = [];
+    const upsert = d.t.ipcacheUpsert;
+    d.t.ipcacheUpsert = (cidr, e) => {
+      upserts.push(cidr);
+      upsert(cidr, e);
+    };
+    const { w } = await follow(d.t);
+    assert.ok(d.ipcache.has('10.77.1.1/32'));
+    await raw.put(key('fd00:9::3%x')).value(pair('fd00:9::3%x', b, 200500));
+    // 10.77.1.1 as a number and as a.b.c: a bad value and a deletion under them.
+    await raw.put(key('172818689')).value('{"IP":"bad"}');
+    await raw.delete().key(key('172818689')).exec();
+    await raw.put(key('10.77.257')).value(pair('10.77.1.1', b, 200500));
+    await raw.delete().key(key('10.77.257')).exec();
+    await raw.put(key('10.77.1.2')).value(pair('10.77.1.2', b, 200500));
+    await waitFor('the watch past the hostile keys', async () => d.ipcache.has('10.77.1.2/32') || undefined);
+    await w.settled();
+    assert.deepEqual(upserts.filter((c) => c.startsWith('fd00:9::3')), [], 'nothing written over the local workload\'s address');
+    assert.deepEqual(d.ipcache.get('10.77.1.1/32'), { identity: 200500, hostId: remoteHostId(b) }, 'the canonical key\'s entry stays');
+    assert.equal(w.ignored, 3, 'the zoned value and the two mismatched values');
     await w.close();
   });
 

@@ -92,6 +92,11 @@ describe('reading a Cilium cluster: identities, nodes, ipcache values judged', (
       assert.ok('reason' in v);
       assert.match(v.reason, re);
     }
+    // A zone is never taken as part of an address (the maps would drop it).
+    const zoned = nodeSummaryParse('cilium/state/nodes/v1/cilium1/k8s-node-1', NODE.replace('"IP":"172.18.0.3"', '"IP":"fd00::3%eth0"'));
+    assert.ok(!('reason' in zoned));
+    assert.deepEqual(zoned.addresses, []);
+    assert.equal(goIpNetParse({ IP: 'fd00:244:1::%x', Mask: Buffer.from([...Array(8).fill(255), ...Array(8).fill(0)]).toString('base64') }), undefined);
     assert.equal(goIpNetParse({ IP: '10.0.0.0', Mask: 'AAA' }), undefined);
     assert.equal(goIpNetParse({ IP: 'fd00::', Mask: Buffer.from([255, 255, 255, 0]).toString('base64') }), undefined);
     assert.equal(goIpNetParse('10.0.0.0/8'), undefined);

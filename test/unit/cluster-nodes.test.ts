@@ -53,6 +53,8 @@ describe('cluster nodes: Cilium\'s node JSON', () => {
     assert.match(reason(key('n2'), with_({ Labels: { pad: 'x'.repeat(20_000) } })), /bytes, more than/);
     assert.match(reason(key('bad/name'), with_({ Name: 'bad/name' })), /not a node name/);
     assert.match(reason(key('n2'), with_({ Name: 'n3' })), /does not match the key/);
+    assert.match(reason(key('n2'), with_({ IPAddresses: [{ Type: 'InternalIP', IP: '2001:db8::2%eth0' }] })), /InternalIP "2001:db8::2%eth0" is not an IP address/);
+    assert.match(reason(key('n2'), with_({ IPv6AllocCIDR: { IP: 'fd00:210::1:0%x', Mask: Buffer.from([...Array(14).fill(0xff), 0, 0]).toString('base64') } })), /IPv6AllocCIDR is not a network/);
     assert.match(reason(key('n2'), with_({ Cluster: 'other' })), /not this cluster/);
     assert.match(reason(key('n2'), with_({ ClusterID: 8 })), /not this cluster's 7/);
     assert.match(reason(key('n2'), with_({ IPv4AllocCIDR: { IP: '10.210.0.0', Mask: '////AA==' } })), /overlaps this node's own 10\.210\.0\.0\/24/);
