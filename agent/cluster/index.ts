@@ -11,7 +11,8 @@ import { ClusterSession } from './session.js';
 
 import { IpcachePublisher } from './ipcache-publisher.js';
 import { IpcacheWatcher, remoteIdentityLabels } from './ipcache-watcher.js';
-import type { Cidr } from '../ipam.js';
+import { cidrParse, type Cidr } from '../ipam.js';
+import { hostAddressesRecent } from './host-addresses.js';
 import { SharedNamespaces, type NamespaceHost } from './shared-namespaces.js';
 import { SharedPolicies, type PolicyHost } from './shared-policy.js';
 import { nodeJoin, type NodeMembership } from './node-join.js';
@@ -32,8 +33,15 @@ export { SharedPolicies, sharedMetricsRegister } from './shared-policy.js';
 export interface ClusterServices {
   identities: ClusterIdentities;
   ipcache: IpcachePublisher;
-  /** A follower of other nodes' ipcache entries, which judges them against this host's pools. */
+  /**
+   * A follower of other nodes' ipcache entries, which judges them against this host's pools (this
+   * node's CIDRs), the cluster's pools, this host's addresses and the CIDRs of the node each names.
+   */
   ipcacheWatcher(localPools: readonly Cidr[]): IpcacheWatcher;
+  /** The cluster's pools (ipam.ipv4Pool / ipv6Pool as configured), which node CIDRs are carved from. */
+  pools: readonly Cidr[];
+  /** This host's own addresses (interfaces and node addresses), canonical, fresh within a second. */
+  hostAddresses: () => ReadonlySet<string>;
   /** The labels of a cluster identity from its `id/<n>` key. */
   identityLabels(id: number): Promise<string[] | undefined>;
   /** Policies and namespace labels shared through etcd, applied on this host through the hosts given. */
@@ -102,11 +110,16 @@ export async function clusterOpen(
     throw new Error(`cluster.etcd: cannot write the ClusterMesh keys (cilium/cluster-config, cilium/.heartbeat): ${(err as Error).message}`, { cause: err });
   }
   const ipcache = new IpcachePublisher(session, nodeIP, log.child({ component: 'cluster-ipcache' }));
+  const pools = [cidrParse(host.ipam.ipv4Pool), cidrParse(host.ipam.ipv6Pool)];
+  const hostAddresses = hostAddressesRecent([nodeIP, ...(cluster.nodeIPv6 ? [cluster.nodeIPv6] : [])]);
   const gcTimer = setInterval(() => void gc.round().catch((err: unknown) => gcLog.warn({ err }, 'identity garbage collection round failed; next round retries')), IDENTITY_GC_INTERVAL_MS).unref();
   return {
     identities: new ClusterIdentities(allocator, cluster.name, range, log.child({ component: 'cluster-identity' })),
     ipcache,
-    ipcacheWatcher: (localPools) => new IpcacheWatcher(session, { nodeIP, range, localPools }, log.child({ component: 'cluster-ipcache-watch' })),
+    ipcacheWatcher: (localPools) =>
+      new IpcacheWatcher(session, { nodeIP, range, localPools, clusterPools: pools, hostAddresses, nodes: () => node.nodes.peers() }, log.child({ component: 'cluster-ipcache-watch' })),
+    pools,
+    hostAddresses,
     identityLabels: (id) => remoteIdentityLabels(session, id),
     shared: (hosts) => ({
       policies: new SharedPolicies(session.client, hosts.policies, log.child({ component: 'cluster-policy' })),

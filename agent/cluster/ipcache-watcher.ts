@@ -1,12 +1,13 @@
 import type { Logger } from 'pino';
 import { labelCompare, labelFormat } from '../../common/labels.js';
-import { addressParse, cidrContains, type Cidr } from '../ipam.js';
+import { addressParse, cidrContains, cidrParse, type Cidr } from '../ipam.js';
 import { kvstoreLabelsKeyParse } from './cilium-labels.js';
 import { IDENTITIES_PREFIX } from './identity-allocator.js';
 import { inRange, type IdentityRange } from './identity-range.js';
 import { IPCACHE_PREFIX } from './ipcache-publisher.js';
 import type { ClusterSession } from './session.js';
 import { jsonObjectParse } from './json-value.js';
+import type { PeerNode } from './node-registry.js';
 import { PrefixFollower, type PrefixChange, type PrefixSink } from './prefix-follower.js';
 
 /** Another node's workload address, as accepted from the cluster ipcache. */
@@ -22,10 +23,66 @@ export interface RemoteIpcacheEntry {
 export interface IpcacheWatchRules {
   /** This node's address: entries naming it are this node's own (published by it). */
   nodeIP: string;
-  /** The cluster's identity range: a remote workload's identity lies in it. */
+  /** The range of the cluster written in this etcd: a remote workload's identity lies in it. */
   range: IdentityRange;
-  /** This host's pools: addresses in them are this host's to give, never another node's. */
+  /**
+   * Addresses never another's: this node's CIDRs (this host's pools) when following this cluster;
+   * this cluster's pools when following a peer cluster (a peer never holds this cluster's addresses).
+   */
   localPools: readonly Cidr[];
+  /**
+   * This cluster's pools (ipam.ipv4Pool / ipv6Pool, which node CIDRs are carved from), when
+   * following this cluster: another node's workload address lies in them. Unset for a peer cluster.
+   */
+  clusterPools?: readonly Cidr[];
+  /** A peer cluster's name, when following one (for the reasons given). */
+  peer?: string;
+  /** This host's own addresses (canonical): never a remote workload's. */
+  hostAddresses: () => ReadonlySet<string>;
+  /**
+   * This cluster's other nodes as the node registry accepted them: an entry whose HostIP names one
+   * lies in its CIDRs, and an address in one's CIDRs names it as HostIP.
+   */
+  nodes?: () => readonly PeerNode[];
+}
+
+/** Addresses never a workload's: unspecified, loopback, link-local, multicast and broadcast. */
+const SPECIAL: ReadonlyArray<[Cidr, string]> = ([
+  ['0.0.0.0/8', 'unspecified'],
+  ['127.0.0.0/8', 'loopback'],
+  ['169.254.0.0/16', 'link-local'],
+  ['224.0.0.0/4', 'multicast'],
+  ['240.0.0.0/4', 'reserved, with the broadcast 255.255.255.255'],
+  ['::/128', 'unspecified'],
+  ['::1/128', 'loopback'],
+  ['fe80::/10', 'link-local'],
+  ['ff00::/8', 'multicast'],
+] as const).map(([c, what]) => [cidrParse(c), what]);
+
+/** Why an address cannot be a remote workload's for these rules; undefined when it can. */
+function addressProblem(ip: string, hostIP: string, rules: IpcacheWatchRules): string | undefined {
+  const a = addressParse(ip);
+  const special = SPECIAL.find(([c]) => cidrContains(c, a.family, a.value));
+  if (special) return `address ${ip} is in ${special[0].text} (${special[1]}): never a workload's`;
+  if (rules.hostAddresses().has(ip)) return `address ${ip} is this host's own: its entry is this host's (reserved:host)`;
+  const pool = rules.localPools.find((p) => cidrContains(p, a.family, a.value));
+  if (pool) {
+    return rules.peer === undefined
+      ? `address ${ip} is in this host's pool ${pool.text}: another node cannot hold it`
+      : `address ${ip} is in this cluster's pool ${pool.text}: peer cluster ${rules.peer} cannot hold it`;
+  }
+  if (rules.clusterPools && !rules.clusterPools.some((p) => cidrContains(p, a.family, a.value))) {
+    return `address ${ip} is outside the cluster's pools ${rules.clusterPools.map((p) => p.text).join(', ')}: not a workload address of this cluster`;
+  }
+  const nodes = rules.nodes?.() ?? [];
+  const named = nodes.find((n) => n.ipv4 === hostIP || n.ipv6 === hostIP);
+  if (named) {
+    const cidr = a.family === 4 ? named.ipv4Cidr : named.ipv6Cidr;
+    if (!cidr || !cidrContains(cidr, a.family, a.value)) return `address ${ip} is outside the CIDR ${cidr?.text ?? '(none)'} of node ${named.name}, which HostIP ${hostIP} names`;
+  }
+  const holder = nodes.find((n) => [n.ipv4Cidr, n.ipv6Cidr].some((c) => c && cidrContains(c, a.family, a.value)));
+  if (holder && holder !== named) return `address ${ip} is in node ${holder.name}'s CIDR, but HostIP ${hostIP} is not that node`;
+  return undefined;
 }
 
 export type IpcacheValueVerdict = { entry: RemoteIpcacheEntry } | { own: true } | { reason: string };
@@ -35,7 +92,8 @@ export type IpcacheValueVerdict = { entry: RemoteIpcacheEntry } | { own: true } 
  * or a reason to ignore it. Values come from any writer of the etcd (and, later, peer clusters), so
  * everything is checked: JSON shape, the IP matching its key (as Cilium's decoder requires), host
  * addresses only (CIDR entries are not mapped yet), the identity in the cluster's range, and the
- * address outside this host's pools.
+ * address: never special (loopback, multicast, ...) nor this host's own nor in this host's pools;
+ * for this cluster inside the cluster's pools and, when HostIP names a known node, in its CIDRs.
  */
 export function ipcacheValueJudge(key: string, value: string, rules: IpcacheWatchRules): IpcacheValueVerdict {
   const suffix = key.slice(IPCACHE_PREFIX.length + 1);
@@ -55,9 +113,8 @@ export function ipcacheValueJudge(key: string, value: string, rules: IpcacheWatc
   if (ip !== suffix) return { reason: `IP ${ip} does not match the key (the key must be the address in its canonical text)` };
   if (hostIP === addressParse(rules.nodeIP).text) return { own: true };
   if (typeof o.ID !== 'number' || !inRange(rules.range, o.ID)) return { reason: `identity ${String(o.ID)} is outside the cluster's range ${rules.range.min}-${rules.range.max}` };
-  const a = addressParse(ip);
-  const pool = rules.localPools.find((p) => cidrContains(p, a.family, a.value));
-  if (pool) return { reason: `address is in this host's pool ${pool.text}: another node cannot hold it` };
+  const problem = addressProblem(ip, hostIP, rules);
+  if (problem) return { reason: problem };
   const text = (x: unknown) => (typeof x === 'string' ? x : '');
   return { entry: { ip, identity: o.ID, hostIP, namespace: text(o.K8sNamespace), podName: text(o.K8sPodName) } };
 }

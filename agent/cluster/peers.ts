@@ -27,15 +27,18 @@ export interface PeerStatus {
   heartbeat: { at: string; ageSeconds: number } | null;
   identities: number;
   ipcacheEntries: number;
-  /** Entries refused: out-of-range or malformed identities, bad ipcache values, addresses of this host's pools. */
+  /** Entries refused: out-of-range or malformed identities, bad ipcache values, addresses of this cluster's pools or this host's. */
   ignored: { identities: number; ipcache: number; nodes: number };
   nodes: NodeSummary[];
 }
 
-/** What the agent hands a peer: its own node address and pools, and where remote entries go. */
+/** What the agent hands a peer: its own node address, the cluster's pools, its addresses, and where remote entries go. */
 export interface PeerContext {
   nodeIP: string;
-  localPools: readonly Cidr[];
+  /** This cluster's pools: a peer never holds an address in them. */
+  clusterPools: readonly Cidr[];
+  /** This host's own addresses: never a peer's. */
+  hostAddresses: () => ReadonlySet<string>;
   /** The agent's ipcache and policy target, with a peer's identity labels and its range (for adoption). */
   target(identityLabels: (id: number) => Promise<string[] | undefined>, range: IdentityRange): RemoteIpcacheTarget;
 }
@@ -78,7 +81,7 @@ export class PeerCluster {
         this.log.warn({ peer: this.name, key: key.slice(0, 200), reason: node.reason }, 'peer cluster node ignored');
       }
     });
-    this.watcher = new IpcacheWatcher({ client: this.client }, { nodeIP: ctx.nodeIP, range: this.range, localPools: ctx.localPools }, log.child({ peer: config.name }));
+    this.watcher = new IpcacheWatcher({ client: this.client }, { nodeIP: ctx.nodeIP, range: this.range, localPools: ctx.clusterPools, peer: config.name, hostAddresses: ctx.hostAddresses }, log.child({ peer: config.name }));
     this.ipcache = new RemoteIpcache(ctx.target((id) => this.labelsOf(id), this.range), log.child({ peer: config.name }));
   }
 

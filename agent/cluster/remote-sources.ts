@@ -45,7 +45,7 @@ export function remoteSourcesCreate(ctx: {
   });
   const ipcache = new RemoteIpcache(target((id) => cluster.identityLabels(id), cluster.identities.range), ctx.log.child({ component: 'cluster-ipcache-watch' }));
   const localPools = [cidrParse(config.ipam.ipv4Pool), cidrParse(config.ipam.ipv6Pool)];
-  const peers = cluster.peersCreate({ nodeIP: cluster.nodeIP, localPools, target });
+  const peers = cluster.peersCreate({ nodeIP: cluster.nodeIP, clusterPools: cluster.pools, hostAddresses: cluster.hostAddresses, target });
   policyEngine.remoteAddressResolve = (ip) => ipcache.identityOf(ip) ?? peers.map((p) => p.ipcache.identityOf(ip)).find((id) => id !== undefined);
   return { ipcache, watcher: cluster.ipcacheWatcher(localPools), peers };
 }

@@ -20,11 +20,12 @@ describe('cluster mode: other nodes\' workloads in the ipcache and in policy (ro
   let a: AgentFixture | undefined;
   let b: AgentFixture | undefined;
   const ns: Record<string, string> = {};
+  // The cluster's pools, the same on every node (each claims its CIDRs from them).
   const node = (tag: string, octet: number) =>
     new AgentFixture({
       tag,
-      ipv4Pool: `10.${octet}.0.0/16`,
-      ipv6Pool: `fd00:${octet}::/64`,
+      ipv4Pool: '10.244.0.0/16',
+      ipv6Pool: 'fd00:244::/64',
       namespaces: [NS],
       // One netns: no routes between the two (test/root/cluster-hosts.test.ts has hosts that route).
       overrides: { cluster: { name: 'kitwatch', id: 11, nodeIP: `192.0.2.${octet}`, etcd: { endpoints: [etcd!.endpoint] }, autoDirectNodeRoutes: false } },
@@ -96,17 +97,25 @@ describe('cluster mode: other nodes\' workloads in the ipcache and in policy (ro
     const rebuilt = await a!.api.call<WorkloadPolicy>('GET', `/v1/workloads/${NS}/wa/policy`);
     assert.ok(rebuilt.entries.some((e) => e.identity === wb.identity), 'B\'s identity survives a full compile');
 
-    // Another writer claims an address of A's node CIDR (the first /24 of its pool) for B's identity: A ignores it and counts it.
+    // Another writer (HostIP 192.0.2.77, no node) claims an address of A's node CIDR for B's identity:
+    // A ignores it (its own CIDR) and so does B (A's CIDR, and HostIP is not A); both count it.
+    // An address of the pool no node holds is taken by both (the pool check alone).
     const raw = new Etcd3({ hosts: etcd!.endpoint });
+    const value = (ip: string) => `{"IP":"${ip}","Mask":null,"HostIP":"192.0.2.77","ID":${wb.identity},"Key":0,"Metadata":"","K8sNamespace":"${NS}","K8sPodName":"forged"}`;
     try {
-      const forged = '10.244.0.99';
-      await raw.put(`cilium/state/ip/v1/default/${forged}`).value(`{"IP":"${forged}","Mask":null,"HostIP":"192.0.2.77","ID":${wb.identity},"Key":0,"Metadata":"","K8sNamespace":"${NS}","K8sPodName":"forged"}`);
-      const ignored = async () => (await a!.agent.metrics.registry.getSingleMetric('kitnet_cluster_ipcache_ignored_total')!.get()).values[0]?.value ?? 0;
-      // B takes it (outside B's CIDR, a third node's): the watch delivered it; A refuses the same value.
-      await waitFor('the entry in B\'s ipcache', async () => ipcacheOf(b!).has(`${forged}/32`) || undefined, 30_000);
-      await waitFor('the entry counted as ignored on A', async () => (await ignored()) >= 1 || undefined, 30_000);
+      const aCidr = (await a!.api.call<{ ipam: { ipv4Pool: string } }>('GET', '/v1/status')).ipam.ipv4Pool;
+      const forged = aCidr.replace(/\.0\/24$/, '.99');
+      const unheld = '10.244.200.5';
+      const ignored = async (fx: AgentFixture) => (await fx.agent.metrics.registry.getSingleMetric('kitnet_cluster_ipcache_ignored_total')!.get()).values[0]?.value ?? 0;
+      const before = [await ignored(a!), await ignored(b!)];
+      await raw.put(`cilium/state/ip/v1/default/${forged}`).value(value(forged));
+      await raw.put(`cilium/state/ip/v1/default/${unheld}`).value(value(unheld));
+      await waitFor('the unheld address in both ipcaches', async () => (ipcacheOf(a!).has(`${unheld}/32`) && ipcacheOf(b!).has(`${unheld}/32`)) || undefined, 30_000);
+      await waitFor('the forged entry counted as ignored on A and B', async () => ((await ignored(a!)) > before[0]! && (await ignored(b!)) > before[1]!) || undefined, 30_000);
       assert.equal(ipcacheOf(a!).has(`${forged}/32`), false);
+      assert.equal(ipcacheOf(b!).has(`${forged}/32`), false);
       await raw.delete().key(`cilium/state/ip/v1/default/${forged}`).exec();
+      await raw.delete().key(`cilium/state/ip/v1/default/${unheld}`).exec();
     } finally {
       raw.close();
     }

@@ -39,13 +39,15 @@ describe('cluster mode: policies and namespace labels shared through etcd (root)
   const ns: Record<string, string> = {};
   const probers: Prober[] = [];
   const wl: Record<string, Workload> = {};
+  // The cluster's pools, the same on every node; a node's IPv4 CIDR is a /16 (room for the filler
+  // below). One netns: no routes between the two (they would go via addresses on no network).
   const node = (tag: string, octet: number) =>
     new AgentFixture({
       tag,
-      ipv4Pool: `10.${octet}.0.0/16`,
-      ipv6Pool: `fd00:${octet}::/64`,
+      ipv4Pool: '10.224.0.0/14',
+      ipv6Pool: 'fd00:226::/64',
       namespaces: [NS, NS2],
-      overrides: { cluster: { name: 'kitshare', id: 12, nodeIP: `192.0.2.${octet}`, etcd: { endpoints: [etcd!.endpoint] } } },
+      overrides: { cluster: { name: 'kitshare', id: 12, nodeIP: `192.0.2.${octet}`, etcd: { endpoints: [etcd!.endpoint] }, ipam: { ipv4MaskSize: 16 }, autoDirectNodeRoutes: false } },
     });
   const register = async (fx: AgentFixture, name: string, labels: Record<string, string>, namespace = NS) =>
     (wl[name] = await fx.api.call<Workload>('POST', '/v1/workloads', { name, namespace, labels, netns: `/var/run/netns/${ns[name]}` }));
@@ -250,9 +252,10 @@ describe('cluster mode: policies and namespace labels shared through etcd (root)
   });
 
   test('a policy that does not fit one host\'s maps applies where it fits and is shown as not applied there; the others stay', async () => {
-    // B's ipcache fills with 40,000 addresses another writer says are A's (A skips them as its own):
-    // B has less room for CIDR identities than A.
-    const forged = Array.from({ length: 40_000 }, (_, i) => `10.225.${i >> 8}.${i & 255}`);
+    // B's ipcache fills with 40,000 addresses of A's CIDR (above its workloads') another writer says
+    // are A's (A skips them as its own): B has less room for CIDR identities than A.
+    const aNet = (await a!.api.call<{ ipam: { ipv4Pool: string } }>('GET', '/v1/status')).ipam.ipv4Pool.split('.').slice(0, 2).join('.');
+    const forged = Array.from({ length: 40_000 }, (_, i) => `${aNet}.${20 + (i >> 8)}.${i & 255}`);
     for (let i = 0; i < forged.length; i += 128) {
       const value = (ip: string) => JSON.stringify({ IP: ip, Mask: null, HostIP: '192.0.2.226', ID: wl.wb!.identity, Key: 0, Metadata: '', K8sNamespace: NS, K8sPodName: 'filler' });
       await raw!.kv.txn({ success: forged.slice(i, i + 128).map((ip) => ({ request_put: { key: Buffer.from(`cilium/state/ip/v1/default/${ip}`), value: Buffer.from(value(ip)) } })) });
@@ -275,7 +278,7 @@ describe('cluster mode: policies and namespace labels shared through etcd (root)
       await a!.api.call('DELETE', `/v1/policies/cnp/${NS}/wide`);
       await waitFor('the warning gone on B', async () => !(await warning()) || undefined, 60_000);
     } finally {
-      await raw!.delete().prefix('cilium/state/ip/v1/default/10.225.').exec();
+      for (let third = 20; third <= 20 + ((forged.length - 1) >> 8); third++) await raw!.delete().prefix(`cilium/state/ip/v1/default/${aNet}.${third}.`).exec();
     }
   });
 });

@@ -7,7 +7,9 @@ import { etcdClientCreate } from '../../agent/cluster/etcd-client.js';
 import { IDENTITIES_PREFIX } from '../../agent/cluster/identity-allocator.js';
 import { clusterIdentityRange } from '../../agent/cluster/identity-range.js';
 import { IPCACHE_PREFIX, ipIdentityPairJson } from '../../agent/cluster/ipcache-publisher.js';
-import { ipcacheValueJudge, IpcacheWatcher, remoteIdentityLabels } from '../../agent/cluster/ipcache-watcher.js';
+import { hostAddressesRecent } from '../../agent/cluster/host-addresses.js';
+import { ipcacheValueJudge, IpcacheWatcher, remoteIdentityLabels, type IpcacheWatchRules } from '../../agent/cluster/ipcache-watcher.js';
+import type { PeerNode } from '../../agent/cluster/node-registry.js';
 import { RemoteIpcache, remoteHostId, type RemoteIpcacheTarget } from '../../agent/cluster/remote-ipcache.js';
 import { ClusterSession } from '../../agent/cluster/session.js';
 import { cidrParse } from '../../agent/ipam.js';
@@ -17,7 +19,17 @@ import { waitFor } from '../helpers/sys.js';
 
 const log = pino({ level: 'silent' });
 const range = clusterIdentityRange(3); // 196608-262143
-const rules = { nodeIP: '192.0.2.1', range, localPools: [cidrParse('10.200.0.0/16'), cidrParse('fd00:200::/64')] };
+/** This host: its node IP, loopback, and an interface address inside the cluster's pools. */
+const hostAddrs: ReadonlySet<string> = new Set(['192.0.2.1', '127.0.0.1', '::1', '10.5.5.5']);
+const rules: IpcacheWatchRules = {
+  nodeIP: '192.0.2.1',
+  range,
+  localPools: [cidrParse('10.200.0.0/16'), cidrParse('fd00:200::/64')],
+  clusterPools: [cidrParse('10.0.0.0/8'), cidrParse('fd00::/16')],
+  hostAddresses: () => hostAddrs,
+};
+/** Node nb (192.0.2.2) as the node registry accepted it. */
+const nb: PeerNode = { name: 'nb', ipv4: '192.0.2.2', ipv4Cidr: cidrParse('10.77.0.0/24'), ipv6Cidr: cidrParse('fd00:77::/112') };
 const key = (ip: string) => `${IPCACHE_PREFIX}/${ip}`;
 const pair = (ip: string, hostIP: string, id: number) => ipIdentityPairJson({ ip, hostIP, id, namespace: 'shop', podName: `p-${ip}` });
 
@@ -59,6 +71,48 @@ describe('cluster ipcache watch: what is accepted', () => {
       const verdict = ipcacheValueJudge(k, v, rules);
       assert.ok('reason' in verdict && reason.test(verdict.reason), `${v}: ${JSON.stringify(verdict)}`);
     }
+  });
+
+  test('only another node\'s workload addresses: never this host\'s, special ones, outside the cluster pools, or outside the node HostIP names', () => {
+    const refused: Array<[string, RegExp]> = [
+      ['192.0.2.1', /192\.0\.2\.1 is this host's own/],
+      ['10.5.5.5', /10\.5\.5\.5 is this host's own/],
+      ['127.0.0.1', /127\.0\.0\.0\/8 \(loopback\)/],
+      ['0.0.0.0', /0\.0\.0\.0\/8 \(unspecified\)/],
+      ['8.8.8.8', /outside the cluster's pools 10\.0\.0\.0\/8, fd00::\/16/],
+      ['192.0.2.9', /outside the cluster's pools/],
+      ['224.0.0.1', /multicast/],
+      ['255.255.255.255', /broadcast/],
+      ['169.254.1.1', /link-local/],
+      ['::', /unspecified/],
+      ['::1', /loopback/],
+      ['fe80::1', /link-local/],
+      ['ff02::1', /multicast/],
+      ['2001:db8::1', /outside the cluster's pools/],
+    ];
+    for (const [ip, re] of refused) {
+      const v = ipcacheValueJudge(key(ip), pair(ip, '192.0.2.66', 200000), rules);
+      assert.ok('reason' in v, `${ip} accepted`);
+      assert.match(v.reason, re);
+    }
+    // Bound to the node HostIP names, when the node registry knows it.
+    const bound = { ...rules, nodes: () => [nb] };
+    const judge = (ip: string, hostIP: string) => ipcacheValueJudge(key(ip), pair(ip, hostIP, 200000), bound);
+    assert.ok('entry' in judge('10.77.0.7', '192.0.2.2'));
+    assert.ok('entry' in judge('fd00:77::7', '192.0.2.2'));
+    assert.ok('entry' in judge('10.66.0.1', '192.0.2.66'), 'a node the registry does not know: the pool check alone');
+    assert.match((judge('10.88.0.1', '192.0.2.2') as { reason: string }).reason, /10\.88\.0\.1 is outside the CIDR 10\.77\.0\.0\/24 of node nb, which HostIP 192\.0\.2\.2 names/);
+    assert.match((judge('fd00:78::1', '192.0.2.2') as { reason: string }).reason, /outside the CIDR fd00:77::\/112 of node nb/);
+    assert.match((judge('10.77.0.50', '192.0.2.66') as { reason: string }).reason, /in node nb's CIDR, but HostIP 192\.0\.2\.66 is not that node/);
+  });
+
+  test('this host\'s addresses: every interface\'s (loopback too) and the node addresses, canonical', () => {
+    const read = hostAddressesRecent(['192.0.2.1', 'FD00:0::1'], () => ({
+      lo: [{ address: '127.0.0.1', netmask: '255.0.0.0', family: 'IPv4', mac: '00:00:00:00:00:00', internal: true, cidr: '127.0.0.1/8' }],
+      eth0: [{ address: 'fe80::1', netmask: 'ffff:ffff:ffff:ffff::', family: 'IPv6', mac: '02:00:00:00:00:01', internal: false, cidr: 'fe80::1/64', scopeid: 2 }],
+    }));
+    assert.deepEqual([...read()].sort(), ['127.0.0.1', '192.0.2.1', 'fd00::1', 'fe80::1']);
+    assert.ok(hostAddressesRecent([])().has('127.0.0.1'), 'the real interfaces: loopback at least');
   });
 
   test('label keys parse as Cilium writes them; anything else does not', () => {
@@ -110,9 +164,9 @@ describe('cluster ipcache watch against a real etcd', () => {
     return { t, ipcache, identities, failOnce: () => (failNext = true) };
   }
 
-  async function follow(t: RemoteIpcacheTarget) {
+  async function follow(t: RemoteIpcacheTarget, r: IpcacheWatchRules = rules) {
     const sink = new RemoteIpcache(t, log);
-    const w = new IpcacheWatcher(session, rules, log);
+    const w = new IpcacheWatcher(session, r, log);
     watchers.push(w);
     await w.start(sink, sink.adopt());
     return { sink, w };
@@ -195,6 +249,36 @@ describe('cluster ipcache watch against a real etcd', () => {
     assert.deepEqual(upserts.filter((c) => c.startsWith('fd00:9::3')), [], 'nothing written over the local workload\'s address');
     assert.deepEqual(d.ipcache.get('10.77.1.1/32'), { identity: 200500, hostId: remoteHostId(b) }, 'the canonical key\'s entry stays');
     assert.equal(w.ignored, 3, 'the zoned value and the two mismatched values');
+    await w.close();
+  });
+
+  test('a hostile node claims this host\'s addresses, outside and special ones, another node\'s: none reaches the ipcache, and deleting them leaves the host\'s entries', async () => {
+    const hostile = '192.0.2.66';
+    await raw.delete().prefix(`${IPCACHE_PREFIX}/`).exec();
+    await raw.put(`${IDENTITIES_PREFIX}/id/200600`).value('k8s:app=h;');
+    const d = target();
+    // This host's own entries (reserved:host, host field 0), as the policy's ipcache sync writes them.
+    const own = { identity: 1, hostId: 0 };
+    for (const ip of ['192.0.2.1', '127.0.0.1', '10.5.5.5']) d.ipcache.set(`${ip}/32`, own);
+    const { w, sink } = await follow(d.t, { ...rules, nodes: () => [nb] });
+    const claimed = ['192.0.2.1', '127.0.0.1', '10.5.5.5', '8.8.8.8', '0.0.0.0', '224.0.0.1', '255.255.255.255', '10.77.0.50', 'fe80::1'];
+    for (const ip of claimed) await raw.put(key(ip)).value(pair(ip, hostile, 200600));
+    // nb outside its CIDR; nb and an unknown node inside the pools as they should be.
+    await raw.put(key('10.88.0.1')).value(pair('10.88.0.1', nb.ipv4!, 200600));
+    await raw.put(key('10.77.0.7')).value(pair('10.77.0.7', nb.ipv4!, 200600));
+    await raw.put(key('10.66.0.1')).value(pair('10.66.0.1', hostile, 200600));
+    await waitFor('the good entries', async () => (d.ipcache.has('10.77.0.7/32') && d.ipcache.has('10.66.0.1/32')) || undefined);
+    await w.settled();
+    assert.equal(w.ignored, claimed.length + 1);
+    for (const ip of claimed) await raw.delete().key(key(ip)).exec();
+    await raw.delete().key(key('10.66.0.1')).exec();
+    await waitFor('a deletion followed', async () => !d.ipcache.has('10.66.0.1/32') || undefined);
+    await w.settled();
+    assert.deepEqual(
+      [...d.ipcache].sort(),
+      [['10.5.5.5/32', own], ['10.77.0.7/32', { identity: 200600, hostId: remoteHostId(nb.ipv4!) }], ['127.0.0.1/32', own], ['192.0.2.1/32', own]],
+    );
+    assert.equal(sink.size(), 1);
     await w.close();
   });
 

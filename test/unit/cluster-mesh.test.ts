@@ -103,12 +103,19 @@ describe('reading a Cilium cluster: identities, nodes, ipcache values judged', (
   });
 
   test('a peer\'s ipcache value: the documented example taken; its range, our pools and garbage refused', () => {
-    const rules = { nodeIP: '192.0.2.1', range: peer.range, localPools: [cidrParse('10.246.0.0/16'), cidrParse('fd00:246::/64')] };
+    // This cluster's pools, and this host's addresses: a peer holds neither.
+    const host = new Set(['192.0.2.1', '172.18.0.99']);
+    const rules = { nodeIP: '192.0.2.1', range: peer.range, localPools: [cidrParse('10.246.0.0/16'), cidrParse('fd00:246::/64')], peer: 'cilium1', hostAddresses: () => host };
     assert.deepEqual(ipcacheValueJudge('cilium/state/ip/v1/default/10.244.1.79', IPCACHE, rules), {
       entry: { ip: '10.244.1.79', identity: 212954, hostIP: '172.18.0.3', namespace: 'default', podName: 'pod-212954' },
     });
     const inOurPool = IPCACHE.replaceAll('10.244.1.79', '10.246.0.9');
-    assert.match((ipcacheValueJudge('cilium/state/ip/v1/default/10.246.0.9', inOurPool, rules) as { reason: string }).reason, /this host's pool 10\.246\.0\.0\/16/);
+    assert.match((ipcacheValueJudge('cilium/state/ip/v1/default/10.246.0.9', inOurPool, rules) as { reason: string }).reason, /this cluster's pool 10\.246\.0\.0\/16: peer cluster cilium1 cannot hold it/);
+    for (const [ip, re] of [['172.18.0.99', /this host's own/], ['192.0.2.1', /this host's own/], ['127.0.0.1', /loopback/], ['0.0.0.0', /unspecified/], ['224.0.0.5', /multicast/], ['255.255.255.255', /broadcast/], ['fe80::5', /link-local/]] as const) {
+      const v = ipcacheValueJudge(`cilium/state/ip/v1/default/${ip}`, IPCACHE.replaceAll('10.244.1.79', ip), rules);
+      assert.ok('reason' in v, `${ip} accepted`);
+      assert.match(v.reason, re);
+    }
     const foreign = IPCACHE.replace('212954', String(5 << 16));
     assert.match((ipcacheValueJudge('cilium/state/ip/v1/default/10.244.1.79', foreign, rules) as { reason: string }).reason, /outside the cluster's range/);
     assert.match((ipcacheValueJudge('cilium/state/ip/v1/default/10.244.1.79', 'garbage', rules) as { reason: string }).reason, /not JSON/);
