@@ -40,7 +40,7 @@ export interface PeerContext {
   /** This host's own addresses: never a peer's. */
   hostAddresses: () => ReadonlySet<string>;
   /** The agent's ipcache and policy target, with a peer's identity labels and its range (for adoption). */
-  target(identityLabels: (id: number) => Promise<string[] | undefined>, range: IdentityRange): RemoteIpcacheTarget;
+  target(identityLabels: (id: number) => Promise<string[] | undefined>, range: IdentityRange, name: string): RemoteIpcacheTarget;
 }
 
 /**
@@ -82,7 +82,7 @@ export class PeerCluster {
       }
     });
     this.watcher = new IpcacheWatcher({ client: this.client }, { nodeIP: ctx.nodeIP, range: this.range, localPools: ctx.clusterPools, peer: config.name, hostAddresses: ctx.hostAddresses }, log.child({ peer: config.name }));
-    this.ipcache = new RemoteIpcache(ctx.target((id) => this.labelsOf(id), this.range), log.child({ peer: config.name }));
+    this.ipcache = new RemoteIpcache(ctx.target((id) => this.labelsOf(id), this.range, `peer cluster ${config.name}`), log.child({ peer: config.name }));
   }
 
   private identityChanged(key: string, value: string | undefined): void {

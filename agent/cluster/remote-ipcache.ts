@@ -11,7 +11,13 @@ export interface RemoteIpcacheTarget {
   ipcacheUpsert(cidr: string, entry: { identity: number; hostId: number }): void;
   ipcacheDelete(cidr: string): void;
   /** Host entries of other nodes in the BPF ipcache (host field not 0), e.g. left by the previous run. */
-  ipcacheRemoteList(): Array<[cidr: string, identity: number]>;
+  ipcacheRemoteList(): Array<[cidr: string, identity: number, hostId?: number]>;
+  /**
+   * The table of who holds each address when several sources share the BPF ipcache, and this
+   * source's place in it (rank 0: this cluster, which wins over peers, rank 1). Without one the
+   * source is alone.
+   */
+  owners?: { table: IpcacheOwners; rank: number; name: string };
   /** The labels of a cluster identity (`id/<n>`), undefined when etcd has none or they do not parse. */
   identityLabels(id: number): Promise<string[] | undefined>;
   /** Identities joining (labels) or leaving (undefined) the policy universe. */
@@ -32,6 +38,61 @@ export function remoteHostId(hostIP: string): number {
 
 const hostCidr = (ip: string) => `${ip}/${ip.includes(':') ? 128 : 32}`;
 
+type IpcacheValue = { identity: number; hostId: number };
+interface Claim {
+  source: object;
+  name: string;
+  rank: number;
+  seq: number;
+  value: IpcacheValue;
+}
+
+/**
+ * One BPF ipcache, several remote sources (this cluster, each peer cluster): one holder per address.
+ * A source claims the addresses it accepted; the holder is the claim of the lowest rank (this
+ * cluster's before a peer's) and, within a rank, the first made. Only the holder's value is in the
+ * map; a source withdrawing its claim never removes another's entry: the next claim takes over, or
+ * the entry goes when none is left.
+ */
+export class IpcacheOwners {
+  private readonly claims = new Map<string, Claim[]>();
+  private seq = 0;
+
+  /** The source whose value the map holds for an address. */
+  holder(ip: string): object | undefined {
+    return this.claims.get(ip)?.[0]?.source;
+  }
+
+  /**
+   * A source's claim, new or changed: `write` when its value is to be written (it holds the address),
+   * with `displaced` naming a holder it took the address from; `heldBy` when another keeps it.
+   */
+  claim(ip: string, source: object, rank: number, name: string, value: IpcacheValue): { write?: IpcacheValue; displaced?: string; heldBy?: string } {
+    const list = this.claims.get(ip) ?? [];
+    const before = list[0];
+    const mine = list.find((c) => c.source === source);
+    if (mine) mine.value = value;
+    else list.push({ source, name, rank, seq: ++this.seq, value });
+    list.sort((a, b) => a.rank - b.rank || a.seq - b.seq);
+    this.claims.set(ip, list);
+    const now = list[0]!;
+    if (now.source !== source) return { heldBy: now.name };
+    // Written even when unchanged: a claim handed over again may be one whose write failed.
+    return before && before.source !== source ? { write: value, displaced: before.name } : { write: value };
+  }
+
+  /** A source's claim withdrawn: the next claim's value to write, or the entry to delete (only when it held it). */
+  release(ip: string, source: object): { write?: IpcacheValue; to?: string; remove?: true } {
+    const list = this.claims.get(ip);
+    const i = list?.findIndex((c) => c.source === source) ?? -1;
+    if (!list || i < 0) return {};
+    list.splice(i, 1);
+    if (list.length === 0) this.claims.delete(ip);
+    if (i !== 0) return {};
+    return list[0] ? { write: list[0].value, to: list[0].name } : { remove: true };
+  }
+}
+
 /**
  * Other nodes' workload addresses in this host's BPF ipcache, and their identities in the policy
  * universe. An identity joins when the first address referring to it comes and leaves with the last;
@@ -50,10 +111,19 @@ export class RemoteIpcache implements IpcacheWatchSink {
   /** What a flow names for a remote address: its workload (namespace, pod name); labels come from `known`. */
   private readonly peers = new Map<string, { identity: number; namespace: string; podName: string }>();
 
+  /** Who holds each address of the shared map, and this source's rank and name there. */
+  private readonly owners: NonNullable<RemoteIpcacheTarget['owners']>;
+
   constructor(
     private readonly target: RemoteIpcacheTarget,
     private readonly log: Logger,
-  ) {}
+  ) {
+    this.owners = target.owners ?? { table: new IpcacheOwners(), rank: 0, name: 'this source' };
+  }
+
+  private holds(ip: string): boolean {
+    return this.owners.table.holder(ip) === this;
+  }
 
   /**
    * Takes over the remote entries the BPF ipcache holds from before (pinned maps outlive the agent):
@@ -61,10 +131,13 @@ export class RemoteIpcache implements IpcacheWatchSink {
    */
   adopt(): string[] {
     const out: string[] = [];
-    for (const [cidr, identity] of this.target.ipcacheRemoteList()) {
+    for (const [cidr, identity, hostId = 1] of this.target.ipcacheRemoteList()) {
       const slash = cidr.indexOf('/');
       const ip = cidr.slice(0, slash);
       if (cidr.slice(slash + 1) !== (ip.includes(':') ? '128' : '32') || this.written.has(ip)) continue;
+      const held = this.owners.table.holder(ip);
+      if (held && held !== this) continue;
+      this.owners.table.claim(ip, this, this.owners.rank, this.owners.name, { identity, hostId });
       this.written.set(ip, identity);
       this.refs.set(identity, (this.refs.get(identity) ?? 0) + 1);
       out.push(ip);
@@ -72,18 +145,21 @@ export class RemoteIpcache implements IpcacheWatchSink {
     return out;
   }
 
-  /** The identity of a remote address, if this host maps one. */
+  /** The identity of a remote address, if this host maps one from this source. */
   identityOf(ip: string): number | undefined {
-    return this.written.get(ip);
+    return this.holds(ip) ? this.written.get(ip) : undefined;
   }
 
+  /** Addresses this source holds in the map (not those another source holds). */
   size(): number {
-    return this.written.size;
+    let n = 0;
+    for (const ip of this.written.keys()) if (this.holds(ip)) n++;
+    return n;
   }
 
-  /** The remote workload at an address, as flows name it; undefined when this host maps none. */
+  /** The remote workload at an address, as flows name it; undefined when this host maps none from this source. */
   peerOf(ip: string): { identity: number; namespace: string; podName: string; labels: readonly string[] } | undefined {
-    const p = this.peers.get(ip);
+    const p = this.holds(ip) ? this.peers.get(ip) : undefined;
     return p && { ...p, labels: this.known.get(p.identity) ?? [] };
   }
 
@@ -134,7 +210,10 @@ export class RemoteIpcache implements IpcacheWatchSink {
           continue;
         }
         drop(e.ip);
-        this.target.ipcacheUpsert(hostCidr(e.ip), { identity: e.identity, hostId: remoteHostId(e.hostIP) });
+        const claim = this.owners.table.claim(e.ip, this, this.owners.rank, this.owners.name, { identity: e.identity, hostId: remoteHostId(e.hostIP) });
+        if (claim.write) this.target.ipcacheUpsert(hostCidr(e.ip), claim.write);
+        if (claim.displaced) this.log.warn({ ip: e.ip, hostIP: e.hostIP, identity: e.identity, from: claim.displaced }, `address held by ${claim.displaced} taken over by ${this.owners.name}: this cluster's entries win over a peer cluster's`);
+        if (claim.heldBy) this.log.warn({ ip: e.ip, hostIP: e.hostIP, identity: e.identity, heldBy: claim.heldBy }, `address already held by ${claim.heldBy}: the entry of ${this.owners.name} is not mapped while it holds it`);
         this.written.set(e.ip, e.identity);
         this.peers.set(e.ip, { identity: e.identity, namespace: e.namespace, podName: e.podName });
         this.refs.set(e.identity, (this.refs.get(e.identity) ?? 0) + 1);
@@ -142,7 +221,13 @@ export class RemoteIpcache implements IpcacheWatchSink {
       for (const ip of gone) {
         if (!this.written.has(ip)) continue;
         drop(ip);
-        if (!local.has(ip)) this.target.ipcacheDelete(hostCidr(ip));
+        // Only the holder's withdrawal touches the map: the next claim's value, or the entry goes.
+        const next = this.owners.table.release(ip, this);
+        if (local.has(ip)) continue;
+        if (next.write) {
+          this.target.ipcacheUpsert(hostCidr(ip), next.write);
+          this.log.info({ ip, to: next.to }, `address withdrawn by ${this.owners.name}; ${next.to ?? 'the next source'} holds it now`);
+        } else if (next.remove) this.target.ipcacheDelete(hostCidr(ip));
       }
       const leaving = new Map<number, undefined>();
       // Every known identity no address refers to (also those a failed earlier batch left behind).

@@ -9,13 +9,14 @@ import { inRange, type IdentityRange } from './identity-range.js';
 import type { ClusterServices } from './index.js';
 import type { IpcacheWatcher } from './ipcache-watcher.js';
 import type { PeerCluster } from './peers.js';
-import { RemoteIpcache, type RemoteIpcacheTarget } from './remote-ipcache.js';
+import { IpcacheOwners, RemoteIpcache, type RemoteIpcacheTarget } from './remote-ipcache.js';
 import { CLUSTER_MODE_OFF } from './status.js';
 
 /**
  * Where this host's remote ipcache entries come from in cluster mode: the cluster's other nodes (the
  * ipcache watch) and each peer cluster (read-only). Each source adopts only the pinned entries of its
- * own identity range, so a restart does not drop another source's.
+ * own identity range, so a restart does not drop another source's. They share the BPF ipcache through
+ * one IpcacheOwners: an address has one holder (this cluster's entry before a peer's, else the first).
  */
 export interface RemoteSources {
   ipcache: RemoteIpcache;
@@ -34,16 +35,19 @@ export function remoteSourcesCreate(ctx: {
 }): RemoteSources {
   const { cluster, config, store, policyEngine } = ctx;
   const dp = ctx.kernel.datapath;
-  const target = (identityLabels: RemoteIpcacheTarget['identityLabels'], range: IdentityRange): RemoteIpcacheTarget => ({
+  // One BPF ipcache for every source: one holder per address (this cluster's before a peer's).
+  const owners = new IpcacheOwners();
+  const target = (identityLabels: RemoteIpcacheTarget['identityLabels'], range: IdentityRange, name: string, rank = 1): RemoteIpcacheTarget => ({
     exclusive: ctx.exclusive,
+    owners: { table: owners, rank, name },
     localAddresses: () => new Set(store.workloadList().flatMap((w) => [w.ipv4, w.ipv6])),
     ipcacheUpsert: (cidr, entry) => dp.ipcacheUpsert(cidr, entry),
     ipcacheDelete: (cidr) => dp.ipcacheDelete(cidr),
-    ipcacheRemoteList: () => dp.ipcacheList().flatMap(([cidr, e]) => (e.hostId !== 0 && !cidr.startsWith('ipblock:') && inRange(range, e.identity) ? [[cidr, e.identity] as [string, number]] : [])),
+    ipcacheRemoteList: () => dp.ipcacheList().flatMap(([cidr, e]) => (e.hostId !== 0 && !cidr.startsWith('ipblock:') && inRange(range, e.identity) ? [[cidr, e.identity, e.hostId] as [string, number, number]] : [])),
     identityLabels,
     remoteIdentitiesUpdate: (changes) => policyEngine.remoteIdentitiesUpdate(changes),
   });
-  const ipcache = new RemoteIpcache(target((id) => cluster.identityLabels(id), cluster.identities.range), ctx.log.child({ component: 'cluster-ipcache-watch' }));
+  const ipcache = new RemoteIpcache(target((id) => cluster.identityLabels(id), cluster.identities.range, 'this cluster', 0), ctx.log.child({ component: 'cluster-ipcache-watch' }));
   const localPools = [cidrParse(config.ipam.ipv4Pool), cidrParse(config.ipam.ipv6Pool)];
   const peers = cluster.peersCreate({ nodeIP: cluster.nodeIP, clusterPools: cluster.pools, hostAddresses: cluster.hostAddresses, target });
   policyEngine.remoteAddressResolve = (ip) => ipcache.identityOf(ip) ?? peers.map((p) => p.ipcache.identityOf(ip)).find((id) => id !== undefined);

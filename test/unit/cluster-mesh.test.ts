@@ -9,6 +9,7 @@ import { clusterIdentityRange } from '../../agent/cluster/identity-range.js';
 import { ipcacheValueJudge } from '../../agent/cluster/ipcache-watcher.js';
 import { clusterConfigJson, clusterConfigKey, HEARTBEAT_KEY, kvstoreTimestamp, kvstoreTimestampParse, MeshMarkers, syncedKey } from '../../agent/cluster/mesh-markers.js';
 import { goIpNetParse, nodeSummaryParse, peerIdentityJudge } from '../../agent/cluster/peer-formats.js';
+import { IpcacheOwners, RemoteIpcache, remoteHostId } from '../../agent/cluster/remote-ipcache.js';
 import { cidrParse } from '../../agent/ipam.js';
 import { clusterStatusText } from '../../api/cli/cluster-status.js';
 
@@ -119,6 +120,75 @@ describe('reading a Cilium cluster: identities, nodes, ipcache values judged', (
     const foreign = IPCACHE.replace('212954', String(5 << 16));
     assert.match((ipcacheValueJudge('cilium/state/ip/v1/default/10.244.1.79', foreign, rules) as { reason: string }).reason, /outside the cluster's range/);
     assert.match((ipcacheValueJudge('cilium/state/ip/v1/default/10.244.1.79', 'garbage', rules) as { reason: string }).reason, /not JSON/);
+  });
+});
+
+describe('this cluster and its peers share one BPF ipcache: one holder per address', () => {
+  /** Sources writing into one stand-in map through one owners table, as remote-sources.ts wires them. */
+  function sources() {
+    const map = new Map<string, { identity: number; hostId: number }>();
+    const owners = new IpcacheOwners();
+    const source = (name: string, rank: number, local: string[] = []) =>
+      new RemoteIpcache(
+        {
+          exclusive: (fn) => fn(),
+          localAddresses: () => new Set(local),
+          ipcacheUpsert: (cidr, e) => void map.set(cidr, e),
+          ipcacheDelete: (cidr) => void map.delete(cidr),
+          ipcacheRemoteList: () => [],
+          identityLabels: async (id) => [`k8s:app=a${id}`],
+          remoteIdentitiesUpdate: async () => undefined,
+          owners: { table: owners, rank, name },
+        },
+        pino({ level: 'silent' }),
+      );
+    return { map, source };
+  }
+  const entry = (ip: string, identity: number, hostIP: string) => ({ ip, identity, hostIP, namespace: 'shop', podName: 'p' });
+
+  test('this cluster\'s entry stays when a peer claims its address, and the peer\'s withdrawal does not delete it', async () => {
+    const { map, source } = sources();
+    const own = source('this cluster', 0);
+    const p1 = source('peer cluster cilium1', 1);
+    await own.apply([entry('10.77.0.5', 196613, '192.0.2.2')], []);
+    await p1.apply([entry('10.77.0.5', 262145, '172.18.0.3')], []);
+    assert.deepEqual(map.get('10.77.0.5/32'), { identity: 196613, hostId: remoteHostId('192.0.2.2') });
+    assert.equal(own.identityOf('10.77.0.5'), 196613);
+    assert.equal(p1.identityOf('10.77.0.5'), undefined, 'the peer does not hold it');
+    assert.equal(p1.size(), 0);
+    await p1.apply([], ['10.77.0.5']);
+    assert.deepEqual(map.get('10.77.0.5/32'), { identity: 196613, hostId: remoteHostId('192.0.2.2') }, 'the peer\'s withdrawal leaves this cluster\'s entry');
+    await own.apply([], ['10.77.0.5']);
+    assert.equal(map.has('10.77.0.5/32'), false);
+  });
+
+  test('this cluster takes an address a peer holds; when it withdraws, the peer\'s entry is back', async () => {
+    const { map, source } = sources();
+    const own = source('this cluster', 0);
+    const p1 = source('peer cluster cilium1', 1);
+    await p1.apply([entry('10.77.0.6', 262145, '172.18.0.3')], []);
+    await own.apply([entry('10.77.0.6', 196613, '192.0.2.2')], []);
+    assert.equal(map.get('10.77.0.6/32')?.identity, 196613);
+    assert.equal(p1.identityOf('10.77.0.6'), undefined);
+    await own.apply([], ['10.77.0.6']);
+    assert.deepEqual(map.get('10.77.0.6/32'), { identity: 262145, hostId: remoteHostId('172.18.0.3') });
+    assert.equal(p1.identityOf('10.77.0.6'), 262145);
+  });
+
+  test('between peers the first holder keeps an address; a change of the other never reaches the map', async () => {
+    const { map, source } = sources();
+    const p1 = source('peer cluster cilium1', 1);
+    const p2 = source('peer cluster cilium2', 1);
+    await p1.apply([entry('10.77.0.7', 262145, '172.18.0.3')], []);
+    await p2.apply([entry('10.77.0.7', 327681, '172.19.0.3')], []);
+    await p2.apply([entry('10.77.0.7', 327682, '172.19.0.3')], []);
+    assert.equal(map.get('10.77.0.7/32')?.identity, 262145);
+    await p1.apply([entry('10.77.0.7', 262146, '172.18.0.3')], []);
+    assert.equal(map.get('10.77.0.7/32')?.identity, 262146, 'the holder\'s own change is written');
+    await p2.apply([], ['10.77.0.7']);
+    assert.equal(map.get('10.77.0.7/32')?.identity, 262146);
+    await p1.apply([], ['10.77.0.7']);
+    assert.equal(map.has('10.77.0.7/32'), false);
   });
 });
 
