@@ -42,8 +42,8 @@ export interface ClusterServices {
   pools: readonly Cidr[];
   /** This host's own addresses (interfaces and node addresses), canonical, fresh within a second. */
   hostAddresses: () => ReadonlySet<string>;
-  /** The labels of a cluster identity from its `id/<n>` key. */
-  identityLabels(id: number): Promise<string[] | undefined>;
+  /** The labels of a cluster identity from its `id/<n>` key, or why they are refused. */
+  identityLabels(id: number): Promise<string[] | { reason: string } | undefined>;
   /** Policies and namespace labels shared through etcd, applied on this host through the hosts given. */
   shared?(hosts: { policies: PolicyHost; namespaces: NamespaceHost }): { policies: SharedPolicies; namespaces: SharedNamespaces };
   /** The ClusterMesh sync canary of a prefix: this node's share of it is in etcd. */
@@ -120,7 +120,7 @@ export async function clusterOpen(
       new IpcacheWatcher(session, { nodeIP, range, localPools, clusterPools: pools, hostAddresses, nodes: () => node.nodes.peers() }, log.child({ component: 'cluster-ipcache-watch' })),
     pools,
     hostAddresses,
-    identityLabels: (id) => remoteIdentityLabels(session, id),
+    identityLabels: (id) => remoteIdentityLabels(session, id, cluster.name),
     shared: (hosts) => ({
       policies: new SharedPolicies(session.client, hosts.policies, log.child({ component: 'cluster-policy' })),
       namespaces: new SharedNamespaces(session.client, hosts.namespaces, log.child({ component: 'cluster-namespace' })),

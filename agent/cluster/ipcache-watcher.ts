@@ -8,6 +8,7 @@ import { IPCACHE_PREFIX } from './ipcache-publisher.js';
 import type { ClusterSession } from './session.js';
 import { jsonObjectParse } from './json-value.js';
 import type { PeerNode } from './node-registry.js';
+import { clusterLabelsProblem } from './peer-formats.js';
 import { PrefixFollower, type PrefixChange, type PrefixSink } from './prefix-follower.js';
 
 /** Another node's workload address, as accepted from the cluster ipcache. */
@@ -247,11 +248,15 @@ function canonicalKey(suffix: string): string | undefined {
 
 /**
  * The labels of cluster identities other nodes allocated (`id/<n>`, Cilium's label key), formatted as
- * the store keeps identity labels; undefined when the key is absent or not a label key.
+ * the store keeps identity labels; undefined when the key is absent or not a label key; a reason when
+ * they are refused as a peer's would be (sources only this host gives, or a cluster label naming
+ * another cluster than `cluster`, this one: a node of it posing as a peer).
  */
-export async function remoteIdentityLabels(session: ClusterSession, id: number): Promise<string[] | undefined> {
+export async function remoteIdentityLabels(session: ClusterSession, id: number, cluster: string): Promise<string[] | { reason: string } | undefined> {
   const value = await session.client.get(`${IDENTITIES_PREFIX}/id/${id}`).string();
   if (value === null) return undefined;
   const labels = kvstoreLabelsKeyParse(value);
-  return labels && [...labels].sort(labelCompare).map(labelFormat);
+  if (!labels) return undefined;
+  const problem = clusterLabelsProblem(labels, cluster);
+  return problem ? { reason: problem } : [...labels].sort(labelCompare).map(labelFormat);
 }

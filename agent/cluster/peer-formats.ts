@@ -1,4 +1,4 @@
-import { labelCompare, labelFormat } from '../../common/labels.js';
+import { labelCompare, labelFormat, type Label } from '../../common/labels.js';
 import { addressParse } from '../ipam.js';
 import { CLUSTER_LABEL, kvstoreLabelsKeyParse } from './cilium-labels.js';
 import { IDENTITIES_PREFIX } from './identity-allocator.js';
@@ -29,11 +29,27 @@ export function peerIdentityJudge(key: string, value: string, cluster: { name: s
   if (!inRange(cluster.range, id)) return { reason: `identity ${id} is outside cluster ${cluster.name}'s range ${cluster.range.min}-${cluster.range.max}` };
   const labels = kvstoreLabelsKeyParse(value);
   if (!labels || labels.length === 0) return { reason: 'value is not a Cilium label key (source:key=value; ...)' };
-  if (labels.some((l) => l.source === 'reserved')) return { reason: 'reserved labels are this host\'s own' };
-  const named = labels.filter((l) => l.key === CLUSTER_LABEL);
-  if (named.some((l) => l.value !== cluster.name)) return { reason: `labels name another cluster (${named.map((l) => l.value).join(', ')})` };
-  if (named.length === 0) labels.push({ source: 'k8s', key: CLUSTER_LABEL, value: cluster.name });
+  const problem = clusterLabelsProblem(labels, cluster.name);
+  if (problem) return { reason: problem };
+  if (!labels.some((l) => l.key === CLUSTER_LABEL)) labels.push({ source: 'k8s', key: CLUSTER_LABEL, value: cluster.name });
   return { id, labels: [...labels].sort(labelCompare).map(labelFormat) };
+}
+
+/** Label sources only this host gives: its reserved identities, and CIDR and FQDN identities (node-local, never in etcd). */
+const HOST_ONLY_SOURCES: ReadonlySet<string> = new Set(['reserved', 'cidr', 'fqdn']);
+
+/**
+ * Why the labels of an identity of cluster `cluster` (this one or a peer, read from its etcd) cannot
+ * be taken: a source only this host gives (a writer could pose as this host's reserved identities or
+ * match CIDR and FQDN selectors), or a cluster label naming another cluster (it would be selected as
+ * that cluster's). Undefined when they can.
+ */
+export function clusterLabelsProblem(labels: readonly Label[], cluster: string): string | undefined {
+  const hostOnly = labels.find((l) => HOST_ONLY_SOURCES.has(l.source));
+  if (hostOnly) return `${hostOnly.source} labels are this host's own (${labelFormat(hostOnly).slice(0, 80)}): an identity in etcd never carries them`;
+  const named = labels.filter((l) => l.key === CLUSTER_LABEL);
+  if (named.some((l) => l.value !== cluster)) return `labels name another cluster (${named.map((l) => l.value.slice(0, 40)).join(', ')}) than ${cluster}`;
+  return undefined;
 }
 
 /** A node of a cluster as status shows it. */

@@ -40,7 +40,7 @@ export interface PeerContext {
   /** This host's own addresses: never a peer's. */
   hostAddresses: () => ReadonlySet<string>;
   /** The agent's ipcache and policy target, with a peer's identity labels and its range (for adoption). */
-  target(identityLabels: (id: number) => Promise<string[] | undefined>, range: IdentityRange, name: string): RemoteIpcacheTarget;
+  target(identityLabels: RemoteIpcacheTarget['identityLabels'], range: IdentityRange, name: string): RemoteIpcacheTarget;
 }
 
 /**
@@ -102,14 +102,14 @@ export class PeerCluster {
   }
 
   /** A peer identity's labels: from the watched `id/` keys, else read at once (an address may come first). */
-  private async labelsOf(id: number): Promise<string[] | undefined> {
+  private async labelsOf(id: number): Promise<string[] | { reason: string } | undefined> {
     const known = this.labels.get(id);
     if (known) return known;
     const key = `${ID_PREFIX}${id}`;
     const value = await this.client.get(key).string();
     if (value === null) return undefined;
     const verdict = peerIdentityJudge(key, value, { name: this.name, range: this.range });
-    return 'labels' in verdict ? verdict.labels : undefined;
+    return 'labels' in verdict ? verdict.labels : { reason: verdict.reason };
   }
 
   /** Lists identities and nodes, then the ipcache (its entries need the identities' labels). */

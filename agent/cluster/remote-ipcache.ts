@@ -18,8 +18,11 @@ export interface RemoteIpcacheTarget {
    * source is alone.
    */
   owners?: { table: IpcacheOwners; rank: number; name: string };
-  /** The labels of a cluster identity (`id/<n>`), undefined when etcd has none or they do not parse. */
-  identityLabels(id: number): Promise<string[] | undefined>;
+  /**
+   * The labels of a cluster identity (`id/<n>`), undefined when etcd has none or they do not parse,
+   * a reason when they are refused (clusterLabelsProblem).
+   */
+  identityLabels(id: number): Promise<string[] | { reason: string } | undefined>;
   /** Identities joining (labels) or leaving (undefined) the policy universe. */
   remoteIdentitiesUpdate(changes: ReadonlyMap<number, readonly string[] | undefined>): Promise<unknown>;
 }
@@ -184,10 +187,11 @@ export class RemoteIpcache implements IpcacheWatchSink {
           this.log.warn({ err, identity: id }, 'cannot read a remote identity\'s labels; policies do not select it until the next list');
           return undefined;
         });
-        if (!labels || labels.some((l) => l.startsWith('reserved:'))) {
+        if (!labels || !Array.isArray(labels) || labels.some((l) => l.startsWith('reserved:'))) {
           this.identitiesIgnored++;
-          if (labels) this.log.warn({ identity: id, labels }, 'remote identity with reserved labels ignored');
-          else this.log.warn({ identity: id }, 'remote identity has no label key in etcd (or not one in Cilium\'s format); policies do not select it by labels');
+          if (!labels) this.log.warn({ identity: id }, 'remote identity has no label key in etcd (or not one in Cilium\'s format); policies do not select it by labels');
+          else if (!Array.isArray(labels)) this.log.warn({ identity: id, reason: labels.reason }, `remote identity ${id} ignored: ${labels.reason}; policies do not select it by labels`);
+          else this.log.warn({ identity: id, labels }, 'remote identity with reserved labels ignored');
           continue;
         }
         joining.set(id, labels);

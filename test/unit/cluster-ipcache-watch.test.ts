@@ -149,7 +149,7 @@ describe('cluster ipcache watch against a real etcd', () => {
       ipcacheUpsert: (cidr, e) => void ipcache.set(cidr, e),
       ipcacheDelete: (cidr) => void ipcache.delete(cidr),
       ipcacheRemoteList: () => [...ipcache].filter(([, e]) => e.hostId !== 0).map(([cidr, e]) => [cidr, e.identity]),
-      identityLabels: (id) => remoteIdentityLabels(session, id),
+      identityLabels: (id) => remoteIdentityLabels(session, id, 'c3'),
       remoteIdentitiesUpdate: async (changes) => {
         if (failNext) {
           failNext = false;
@@ -279,6 +279,32 @@ describe('cluster ipcache watch against a real etcd', () => {
       [['10.5.5.5/32', own], ['10.77.0.7/32', { identity: 200600, hostId: remoteHostId(nb.ipv4!) }], ['127.0.0.1/32', own], ['192.0.2.1/32', own]],
     );
     assert.equal(sink.size(), 1);
+    await w.close();
+  });
+
+  test('this cluster\'s identities are judged as a peer\'s: no reserved, cidr or fqdn labels, no cluster label naming another cluster', async () => {
+    const b = '192.0.2.7';
+    await raw.delete().prefix(`${IPCACHE_PREFIX}/`).exec();
+    const ids: Array<[number, string, RegExp | undefined]> = [
+      [200800, 'k8s:app=x;k8s:io.cilium.k8s.policy.cluster=c3;', undefined],
+      [200801, 'k8s:app=x;k8s:io.cilium.k8s.policy.cluster=cilium1;', /labels name another cluster \(cilium1\) than c3/],
+      [200802, 'cidr:8.8.8.8/32=;k8s:app=x;', /cidr labels are this host's own/],
+      [200803, 'fqdn:example.com=;', /fqdn labels are this host's own/],
+      [200804, 'k8s:app=x;reserved:host=;', /reserved labels are this host's own/],
+    ];
+    for (const [id, labels, re] of ids) {
+      await raw.put(`${IDENTITIES_PREFIX}/id/${id}`).value(labels);
+      const got = await remoteIdentityLabels(session, id, 'c3');
+      if (re) assert.match((got as { reason: string }).reason, re, labels);
+      else assert.ok(Array.isArray(got), labels);
+    }
+    const d = target();
+    const { w, sink } = await follow(d.t);
+    for (const [i, [id]] of ids.entries()) await raw.put(key(`10.81.0.${i + 1}`)).value(pair(`10.81.0.${i + 1}`, b, id));
+    await waitFor('the entries', async () => d.ipcache.size === ids.length || undefined);
+    await w.settled();
+    assert.deepEqual([...d.identities.keys()], [200800], 'only the identity of this cluster with its labels joins policy');
+    assert.equal(sink.identitiesIgnored, ids.length - 1);
     await w.close();
   });
 

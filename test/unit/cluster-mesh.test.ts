@@ -60,6 +60,8 @@ describe('reading a Cilium cluster: identities, nodes, ipcache values judged', (
       ['cilium/state/identities/v1/id/212954', '{"garbage":', /not a Cilium label key/],
       ['cilium/state/identities/v1/id/212954', 'reserved:host=;k8s:app=x;', /reserved labels/],
       ['cilium/state/identities/v1/id/212954', 'k8s:app=x;k8s:io.cilium.k8s.policy.cluster=kitnet;', /name another cluster \(kitnet\)/],
+      ['cilium/state/identities/v1/id/212954', 'cidr:8.8.8.8/32=;k8s:app=x;', /cidr labels are this host's own/],
+      ['cilium/state/identities/v1/id/212954', 'fqdn:example.com=;', /fqdn labels are this host's own/],
     ];
     for (const [key, value, re] of reasons) {
       const v = peerIdentityJudge(key, value, peer);
