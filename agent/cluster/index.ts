@@ -117,7 +117,7 @@ export async function clusterOpen(
     identities: new ClusterIdentities(allocator, cluster.name, range, log.child({ component: 'cluster-identity' })),
     ipcache,
     ipcacheWatcher: (localPools) =>
-      new IpcacheWatcher(session, { nodeIP, range, localPools, clusterPools: pools, hostAddresses, nodes: () => node.nodes.peers() }, log.child({ component: 'cluster-ipcache-watch' })),
+      new IpcacheWatcher(session, { nodeIP, range, localPools, clusterPools: pools, hostAddresses, nodes: () => node.nodes.peers(), nodesChanged: (fn) => node.nodes.subscribe(() => fn()) }, log.child({ component: 'cluster-ipcache-watch' })),
     pools,
     hostAddresses,
     identityLabels: (id) => remoteIdentityLabels(session, id, cluster.name),

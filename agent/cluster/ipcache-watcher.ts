@@ -45,7 +45,15 @@ export interface IpcacheWatchRules {
    * lies in its CIDRs, and an address in one's CIDRs names it as HostIP.
    */
   nodes?: () => readonly PeerNode[];
+  /**
+   * Calls `fn` whenever `nodes` changes (returns the unsubscribe): every entry is judged again by a
+   * new list, so an entry taken before its address's node was known goes when the node comes.
+   */
+  nodesChanged?: (fn: () => void) => () => void;
 }
+
+/** How long after a change of the node list the ipcache is listed and judged again (changes coalesce). */
+const REJUDGE_DELAY_MS = 200;
 
 /** Addresses never a workload's: unspecified, loopback, link-local, multicast and broadcast. */
 const SPECIAL: ReadonlyArray<[Cidr, string]> = ([
@@ -138,6 +146,7 @@ export class IpcacheWatcher implements PrefixSink {
   private sink: IpcacheWatchSink | undefined;
   /** Values ignored since the start (bad JSON, foreign identities, addresses of this host's pools). */
   ignored = 0;
+  private unsubscribe: (() => void) | undefined;
 
   constructor(
     /** This cluster's session, or a peer cluster's client (only `client` is used: read-only). */
@@ -154,6 +163,7 @@ export class IpcacheWatcher implements PrefixSink {
    */
   async start(sink: IpcacheWatchSink, held: Iterable<string> = []): Promise<void> {
     this.sink = sink;
+    this.unsubscribe = this.rules.nodesChanged?.(() => this.follower.relistLater(REJUDGE_DELAY_MS));
     // What the sink holds from before: the first list hands over these again or removes them.
     for (const ip of held) this.accepted.set(ip, { ip, identity: 0, hostIP: '', namespace: '', podName: '' });
     await this.follower.start();
@@ -229,6 +239,7 @@ export class IpcacheWatcher implements PrefixSink {
   }
 
   close(): Promise<void> {
+    this.unsubscribe?.();
     return this.follower.close();
   }
 }

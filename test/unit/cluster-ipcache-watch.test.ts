@@ -282,6 +282,26 @@ describe('cluster ipcache watch against a real etcd', () => {
     await w.close();
   });
 
+  test('a node joining whose CIDR holds an address another node claimed: the entry is judged again and goes', async () => {
+    await raw.delete().prefix(`${IPCACHE_PREFIX}/`).exec();
+    await raw.put(`${IDENTITIES_PREFIX}/id/200900`).value('k8s:app=n;');
+    const nodes: PeerNode[] = [];
+    let changed: (() => void) | undefined;
+    const d = target();
+    const { w } = await follow(d.t, { ...rules, nodes: () => nodes, nodesChanged: (fn) => ((changed = fn), () => (changed = undefined)) });
+    // No node holds 10.82.0.0/24 yet: the pool check alone, and a hostile node's claim is taken.
+    await raw.put(key('10.82.0.9')).value(pair('10.82.0.9', '192.0.2.66', 200900));
+    await waitFor('the claim taken', async () => d.ipcache.has('10.82.0.9/32') || undefined);
+    // Node nc joins with that CIDR.
+    nodes.push({ name: 'nc', ipv4: '192.0.2.8', ipv4Cidr: cidrParse('10.82.0.0/24') });
+    const listsBefore = w.lists;
+    changed!();
+    await waitFor('the claim judged again and gone', async () => !d.ipcache.has('10.82.0.9/32') || undefined);
+    assert.ok(w.lists > listsBefore, 'listed again');
+    await w.close();
+    assert.equal(changed, undefined, 'unsubscribed at close');
+  });
+
   test('this cluster\'s identities are judged as a peer\'s: no reserved, cidr or fqdn labels, no cluster label naming another cluster', async () => {
     const b = '192.0.2.7';
     await raw.delete().prefix(`${IPCACHE_PREFIX}/`).exec();
