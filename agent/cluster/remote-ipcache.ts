@@ -215,7 +215,13 @@ export class RemoteIpcache implements IpcacheWatchSink {
         }
         drop(e.ip);
         const claim = this.owners.table.claim(e.ip, this, this.owners.rank, this.owners.name, { identity: e.identity, hostId: remoteHostId(e.hostIP) });
-        if (claim.write) this.target.ipcacheUpsert(hostCidr(e.ip), claim.write);
+        try {
+          if (claim.write) this.target.ipcacheUpsert(hostCidr(e.ip), claim.write);
+        } catch (err) {
+          // Not taken (a full map): no claim stays behind to shadow another source's entry.
+          this.owners.table.release(e.ip, this);
+          throw err;
+        }
         if (claim.displaced) this.log.warn({ ip: e.ip, hostIP: e.hostIP, identity: e.identity, from: claim.displaced }, `address held by ${claim.displaced} taken over by ${this.owners.name}: this cluster's entries win over a peer cluster's`);
         if (claim.heldBy) this.log.warn({ ip: e.ip, hostIP: e.hostIP, identity: e.identity, heldBy: claim.heldBy }, `address already held by ${claim.heldBy}: the entry of ${this.owners.name} is not mapped while it holds it`);
         this.written.set(e.ip, e.identity);

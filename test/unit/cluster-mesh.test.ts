@@ -130,12 +130,19 @@ describe('this cluster and its peers share one BPF ipcache: one holder per addre
   function sources() {
     const map = new Map<string, { identity: number; hostId: number }>();
     const owners = new IpcacheOwners();
+    let failing = false;
     const source = (name: string, rank: number, local: string[] = []) =>
       new RemoteIpcache(
         {
           exclusive: (fn) => fn(),
           localAddresses: () => new Set(local),
-          ipcacheUpsert: (cidr, e) => void map.set(cidr, e),
+          ipcacheUpsert: (cidr, e) => {
+            if (failing) {
+              failing = false;
+              throw new Error('ipcache map full (test)');
+            }
+            map.set(cidr, e);
+          },
           ipcacheDelete: (cidr) => void map.delete(cidr),
           ipcacheRemoteList: () => [],
           identityLabels: async (id) => [`k8s:app=a${id}`],
@@ -144,7 +151,7 @@ describe('this cluster and its peers share one BPF ipcache: one holder per addre
         },
         pino({ level: 'silent' }),
       );
-    return { map, source };
+    return { map, source, failNext: () => (failing = true) };
   }
   const entry = (ip: string, identity: number, hostIP: string) => ({ ip, identity, hostIP, namespace: 'shop', podName: 'p' });
 
@@ -175,6 +182,17 @@ describe('this cluster and its peers share one BPF ipcache: one holder per addre
     await own.apply([], ['10.77.0.6']);
     assert.deepEqual(map.get('10.77.0.6/32'), { identity: 262145, hostId: remoteHostId('172.18.0.3') });
     assert.equal(p1.identityOf('10.77.0.6'), 262145);
+  });
+
+  test('a claim whose write failed holds nothing: another source\'s entry is written', async () => {
+    const { map, source, failNext } = sources();
+    const own = source('this cluster', 0);
+    const p1 = source('peer cluster cilium1', 1);
+    failNext();
+    await assert.rejects(own.apply([entry('10.77.0.8', 196613, '192.0.2.2')], []), /map full/);
+    await p1.apply([entry('10.77.0.8', 262145, '172.18.0.3')], []);
+    assert.equal(map.get('10.77.0.8/32')?.identity, 262145);
+    assert.equal(p1.identityOf('10.77.0.8'), 262145);
   });
 
   test('between peers the first holder keeps an address; a change of the other never reaches the map', async () => {
