@@ -1,8 +1,7 @@
-import { addressParse, cidrContains, cidrParse, type Cidr } from '../ipam.js';
+import { addressParse, cidrParse, type Cidr } from '../ipam.js';
 import type { HubbleEndpoint, HubbleFlowRecord } from './hubble.js';
 import { TCP_FLAG_NAMES } from './hubble.js';
 import type { FlowFilter as FlowFilterSchema } from '../../common/schemas/flows.js';
-import { globMatch } from '../../common/glob.js';
 
 /**
  * Hubble's FlowFilter (observer.proto), the fields kitnet supports. Within one filter every given
@@ -96,64 +95,168 @@ export function labelSelectorParse(text: string): Requirement[] {
 
 const SOURCE_PREFIX = /^(k8s|reserved|cidr|container|vm|kitnet|unspec|any):/;
 
-/** Values of `key` in a label list; a key without a source (or with `any:`) matches every source. */
-function labelValues(labels: readonly string[], key: string): string[] {
-  const m = key.match(SOURCE_PREFIX);
-  const source = m && m[1] !== 'any' ? m[1] : undefined;
-  const bareKey = m ? key.slice(m[0].length) : key;
-  const out: string[] = [];
+/** A label list by key (the part between the first `:` and the `=`): each label's source and value. */
+type LabelIndex = Map<string, Array<{ source: string | undefined; value: string }>>;
+
+/**
+ * Label lists indexed once each: an endpoint's labels array is shared by its flows and replaced, never
+ * mutated, when its labels change (directory.ts), so the index is kept with it (the length guards a
+ * list that was changed in place all the same).
+ */
+const labelIndexes = new WeakMap<readonly string[], { length: number; index: LabelIndex }>();
+
+function labelIndexOf(labels: readonly string[]): LabelIndex {
+  const cached = labelIndexes.get(labels);
+  if (cached && cached.length === labels.length) return cached.index;
+  const index: LabelIndex = new Map();
   for (const l of labels) {
     const eq = l.indexOf('=');
     const full = eq >= 0 ? l.slice(0, eq) : l;
     const colon = full.indexOf(':');
-    const labelSource = colon >= 0 ? full.slice(0, colon) : undefined;
-    if (full.slice(colon + 1) === bareKey && (!source || labelSource === source)) out.push(eq >= 0 ? l.slice(eq + 1) : '');
+    const key = full.slice(colon + 1);
+    const entry = { source: colon >= 0 ? full.slice(0, colon) : undefined, value: eq >= 0 ? l.slice(eq + 1) : '' };
+    const list = index.get(key);
+    if (list) list.push(entry);
+    else index.set(key, [entry]);
+  }
+  labelIndexes.set(labels, { length: labels.length, index });
+  return index;
+}
+
+/** One requirement as a test on an indexed label list: a map lookup, then the labels of that key. */
+function requirementPred(r: Requirement): (index: LabelIndex) => boolean {
+  // A key without a source (or with `any:`) matches every source.
+  const m = r.key.match(SOURCE_PREFIX);
+  const source = m && m[1] !== 'any' ? m[1] : undefined;
+  const bareKey = m ? r.key.slice(m[0].length) : r.key;
+  const values = new Set(r.values);
+  const has = (index: LabelIndex, test: (value: string) => boolean) =>
+    index.get(bareKey)?.some((e) => (!source || e.source === source) && test(e.value)) ?? false;
+  const inValues = (v: string) => values.has(v);
+  const any = () => true;
+  switch (r.op) {
+    case 'eq':
+    case 'in':
+      return (index) => has(index, inValues);
+    case 'neq':
+    case 'notin':
+      return (index) => !has(index, inValues);
+    case 'exists':
+      return (index) => has(index, any);
+    case 'notexists':
+      return (index) => !has(index, any);
+  }
+}
+
+/**
+ * A selector's requirements, each written once (`app,app,app` is one), as tests on an indexed label
+ * list: a flow costs a map lookup per requirement, not a scan of its labels per requirement.
+ */
+function selectorCompile(text: string): Array<(index: LabelIndex) => boolean> {
+  const seen = new Set<string>();
+  const out: Array<(index: LabelIndex) => boolean> = [];
+  for (const r of labelSelectorParse(text)) {
+    const id = `${r.op} ${r.key} ${[...new Set(r.values)].sort().join(',')}`;
+    if (seen.has(id)) continue;
+    seen.add(id);
+    out.push(requirementPred(r));
   }
   return out;
 }
 
-function selectorPred(text: string): (labels: readonly string[]) => boolean {
-  const reqs = labelSelectorParse(text);
-  return (labels) =>
-    reqs.every((r) => {
-      const vals = labelValues(labels, r.key);
-      switch (r.op) {
-        case 'eq':
-          return vals.includes(r.values[0]!);
-        case 'neq':
-          return !vals.includes(r.values[0]!);
-        case 'in':
-          return vals.some((v) => r.values.includes(v));
-        case 'notin':
-          return !vals.some((v) => r.values.includes(v));
-        case 'exists':
-          return vals.length > 0;
-        case 'notexists':
-          return vals.length === 0;
-      }
-    });
+function labelPred(field: string, values: string[], budget: FilterBudget, pick: (r: HubbleFlowRecord) => readonly string[]): Pred {
+  const selectors = values.map(selectorCompile);
+  budget.take(field, 0, selectors.reduce((n, s) => n + s.length, 0));
+  return (r) => {
+    const index = labelIndexOf(pick(r));
+    return selectors.some((reqs) => reqs.every((req) => req(index)));
+  };
+}
+
+// --- what one request may cost -------------------------------------------------------------------
+
+/**
+ * What the filters of one request (whitelist and blacklist together, every field) may hold. Each flow
+ * the request reads, now or while following, runs through all of them on the agent's thread, so the
+ * total is bounded, not only each list: far above what `hubble observe` sends (one or two values per
+ * flag given, one requirement per `,` in a --label), and low enough that the costliest request
+ * accepted costs tens of microseconds per flow (README, "Hubble API").
+ */
+export const FILTER_BUDGET = {
+  /** Values in all fields of all filters. */
+  values: 256,
+  /** Requirements (`k8s:app=web`, `!debug`, `tier in (a,b)`: each comma-separated term) in all label selectors. */
+  labelRequirements: 256,
+  /** `*` in all FQDN patterns (each costs a search of the name). */
+  fqdnStars: 64,
+} as const;
+
+/** Counts what a request's filters hold against FILTER_BUDGET; FilterError naming the field past it. */
+export class FilterBudget {
+  private values = 0;
+  private requirements = 0;
+  private stars = 0;
+
+  take(field: string, values: number, requirements = 0, stars = 0): void {
+    this.values += values;
+    this.requirements += requirements;
+    this.stars += stars;
+    if (this.values > FILTER_BUDGET.values) {
+      throw new FilterError(`${field}: the filters of one request may hold at most ${FILTER_BUDGET.values} values in all (every field of every whitelist and blacklist filter)`);
+    }
+    if (this.requirements > FILTER_BUDGET.labelRequirements) {
+      throw new FilterError(`${field}: the label selectors of one request may hold at most ${FILTER_BUDGET.labelRequirements} requirements in all (each comma-separated term of every source_label and destination_label value)`);
+    }
+    if (this.stars > FILTER_BUDGET.fqdnStars) {
+      throw new FilterError(`${field}: the name patterns of one request may hold at most ${FILTER_BUDGET.fqdnStars} "*" in all (every source_fqdn and destination_fqdn value)`);
+    }
+  }
 }
 
 // --- field predicates ----------------------------------------------------------------------------
 
-function ipPred(values: string[], pick: (r: HubbleFlowRecord) => string): Pred {
-  const nets: Cidr[] = values.map((v) => {
+/**
+ * An address text parsed once for all the filters that test it: every filter of a request tests the
+ * same flow in turn, so the last text of each side is kept.
+ */
+function addressParser(): (text: string) => { family: 4 | 6; value: bigint } | undefined {
+  let lastText: string | undefined;
+  let last: { family: 4 | 6; value: bigint } | undefined;
+  return (text) => {
+    if (text !== lastText) {
+      lastText = text;
+      try {
+        last = addressParse(text);
+      } catch {
+        last = undefined;
+      }
+    }
+    return last;
+  };
+}
+const sourceAddress = addressParser();
+const destinationAddress = addressParser();
+
+function ipPred(values: string[], side: 'source' | 'destination'): Pred {
+  const nets = values.map((v) => {
+    let n: Cidr;
     try {
-      if (v.includes('/')) return cidrParse(v);
-      const a = addressParse(v);
-      return cidrParse(`${a.text}/${a.family === 4 ? 32 : 128}`);
+      if (v.includes('/')) n = cidrParse(v);
+      else {
+        const a = addressParse(v);
+        n = cidrParse(`${a.text}/${a.family === 4 ? 32 : 128}`);
+      }
     } catch {
       throw new FilterError(`"${v}" is not an IP address or CIDR`);
     }
+    // cidrContains, with the shift and the shifted network worked out once
+    const shift = BigInt((n.family === 4 ? 32 : 128) - n.prefixLength);
+    return { family: n.family, shift, network: n.network >> shift };
   });
+  const parse = side === 'source' ? sourceAddress : destinationAddress;
   return (r) => {
-    let a;
-    try {
-      a = addressParse(pick(r));
-    } catch {
-      return false;
-    }
-    return nets.some((n) => cidrContains(n, a.family, a.value));
+    const a = parse(r.flow.IP?.[side] ?? '');
+    return a !== undefined && nets.some((n) => n.family === a.family && a.value >> n.shift === n.network);
   };
 }
 
@@ -210,29 +313,85 @@ export const FQDN_PATTERN = /^[-a-zA-Z0-9_.*]+$/;
 const FQDN_NAME_CHARS = /^[-a-z0-9_.]*$/;
 
 /**
- * Hubble's FQDN filter (`--to-fqdn`, `--from-fqdn`): case-insensitive, a trailing dot ignored, `*`
- * any run of name characters (dots included: `*.test` matches `a.b.test`), anchored at both ends.
- * Matched with globMatch, not a regular expression: a follower's pattern with many stars must not hold
- * the agent's thread on every flow (common/glob.ts).
+ * A `*` pattern as its literal parts: the name must start with the first, end with the last, and hold
+ * the others in order between. Each part is found where it first occurs (indexOf, linear): a part that
+ * fits there leaves the most room for the rest, so that is a match if any is. O(name + pattern), where
+ * a backtracking scan takes O(name x pattern) on `*aaa...ab` against `aaa...a`.
  */
-export function fqdnPatternCompile(field: string, pattern: string): (name: string) => boolean {
+function starPatternCompile(pattern: string): (text: string) => boolean {
+  const parts = pattern.split('*');
+  if (parts.length === 1) return (text) => text === pattern;
+  const head = parts[0]!;
+  const tail = parts[parts.length - 1]!;
+  const middle = parts.slice(1, -1).filter(Boolean);
+  const least = parts.reduce((n, p) => n + p.length, 0);
+  return (text) => {
+    if (text.length < least || !text.startsWith(head) || !text.endsWith(tail)) return false;
+    let at = head.length;
+    const end = text.length - tail.length;
+    for (const part of middle) {
+      const i = text.indexOf(part, at);
+      if (i < 0 || i + part.length > end) return false;
+      at = i + part.length;
+    }
+    return true;
+  };
+}
+
+/** A name pattern lower-cased, its trailing dot dropped; FilterError (naming the field) unless it is one. */
+function fqdnPatternNormal(field: string, pattern: string): string {
   const p = pattern.trim().toLowerCase().replace(/\.$/, '');
   if (!FQDN_PATTERN.test(p)) throw new FilterError(`${field}: "${pattern}" is not a name pattern (letters, digits, "-", "_", "." and "*" only)`);
-  return (name) => FQDN_NAME_CHARS.test(name) && globMatch(p, name);
+  return p;
 }
 
-function fqdnPred(field: string, values: string[], pick: (r: HubbleFlowRecord) => readonly string[] | undefined): Pred {
-  const matchers = values.map((v) => fqdnPatternCompile(field, v));
-  return (r) => (pick(r) ?? []).some((name) => matchers.some((match) => match(name)));
+/**
+ * Hubble's FQDN filter (`--to-fqdn`, `--from-fqdn`): case-insensitive, a trailing dot ignored, `*`
+ * any run of name characters (dots included: `*.test` matches `a.b.test`), anchored at both ends.
+ * Matched part by part (starPatternCompile), never by a regular expression or a backtracking scan: a
+ * follower's pattern must not hold the agent's thread on every flow.
+ */
+export function fqdnPatternCompile(field: string, pattern: string): (name: string) => boolean {
+  const match = starPatternCompile(fqdnPatternNormal(field, pattern));
+  return (name) => FQDN_NAME_CHARS.test(name) && match(name);
 }
 
-function fieldPred(field: keyof FlowFilter, values: unknown[]): Pred {
+/**
+ * The names of a side of a flow that a pattern may match (made of name characters only), worked out
+ * once for all the filters that test the flow in turn.
+ */
+function namesMatchable(side: 'source_names' | 'destination_names'): (r: HubbleFlowRecord) => readonly string[] {
+  let lastRecord: HubbleFlowRecord | undefined;
+  let last: readonly string[] = [];
+  return (r) => {
+    if (r !== lastRecord) {
+      lastRecord = r;
+      last = (r.flow[side] ?? []).filter((name) => FQDN_NAME_CHARS.test(name));
+    }
+    return last;
+  };
+}
+const sourceNames = namesMatchable('source_names');
+const destinationNames = namesMatchable('destination_names');
+
+/** Patterns without a star are looked up in a set, the others matched part by part. */
+function fqdnPred(field: 'source_fqdn' | 'destination_fqdn', values: string[], budget: FilterBudget): Pred {
+  const patterns = values.map((v) => fqdnPatternNormal(field, v));
+  budget.take(field, 0, 0, patterns.reduce((n, p) => n + p.split('*').length - 1, 0));
+  const exact = new Set(patterns.filter((p) => !p.includes('*')));
+  const starred = patterns.filter((p) => p.includes('*')).map(starPatternCompile);
+  const names = field === 'source_fqdn' ? sourceNames : destinationNames;
+  return (r) => names(r).some((name) => exact.has(name) || starred.some((match) => match(name)));
+}
+
+function fieldPred(field: keyof FlowFilter, values: unknown[], budget: FilterBudget): Pred {
   const strs = values as string[];
+  budget.take(field, values.length);
   switch (field) {
     case 'source_ip':
-      return ipPred(strs, (r) => r.flow.IP?.source ?? '');
+      return ipPred(strs, 'source');
     case 'destination_ip':
-      return ipPred(strs, (r) => r.flow.IP?.destination ?? '');
+      return ipPred(strs, 'destination');
     case 'source_pod':
       return podPred(strs, (r) => r.flow.source);
     case 'destination_pod':
@@ -241,22 +400,18 @@ function fieldPred(field: keyof FlowFilter, values: unknown[]): Pred {
       return (r) => strs.includes(r.flow.source.pod_name ?? '');
     case 'destination_workload':
       return (r) => strs.includes(r.flow.destination.pod_name ?? '');
-    case 'source_label': {
-      const preds = strs.map(selectorPred);
-      return (r) => preds.some((p) => p(r.flow.source.labels));
-    }
-    case 'destination_label': {
-      const preds = strs.map(selectorPred);
-      return (r) => preds.some((p) => p(r.flow.destination.labels));
-    }
+    case 'source_label':
+      return labelPred(field, strs, budget, (r) => r.flow.source.labels);
+    case 'destination_label':
+      return labelPred(field, strs, budget, (r) => r.flow.destination.labels);
     case 'source_identity':
       return (r) => (values as number[]).includes(r.flow.source.identity);
     case 'destination_identity':
       return (r) => (values as number[]).includes(r.flow.destination.identity);
     case 'source_fqdn':
-      return fqdnPred(field, strs, (r) => r.flow.source_names);
+      return fqdnPred(field, strs, budget);
     case 'destination_fqdn':
-      return fqdnPred(field, strs, (r) => r.flow.destination_names);
+      return fqdnPred(field, strs, budget);
     case 'source_port':
     case 'destination_port': {
       const ports = strs.map((p) => {
@@ -295,19 +450,31 @@ function fieldPred(field: keyof FlowFilter, values: unknown[]): Pred {
   }
 }
 
-/** Compiles one filter into a predicate; throws FilterError naming a bad value. */
-export function filterCompile(filter: FlowFilter): Pred {
+/**
+ * Compiles one filter into a predicate; throws FilterError naming a bad value. `budget` is the
+ * request's, when this filter is one of several (FILTER_BUDGET).
+ */
+export function filterCompile(filter: FlowFilter, budget = new FilterBudget()): Pred {
   const preds: Pred[] = [];
   for (const field of FLOW_FILTER_FIELDS) {
     const values = filter[field] as unknown[] | undefined;
-    if (values && values.length) preds.push(fieldPred(field, values));
+    if (values && values.length) preds.push(fieldPred(field, values, budget));
   }
   return (r) => preds.every((p) => p(r));
 }
 
-/** Whitelist OR'ed, blacklist subtracted; an empty whitelist admits everything. */
+/** Whitelist OR'ed, blacklist subtracted; an empty whitelist admits everything. Within FILTER_BUDGET. */
 export function filtersCompile(whitelist: FlowFilter[] = [], blacklist: FlowFilter[] = []): Pred {
-  const allow = whitelist.map(filterCompile);
-  const deny = blacklist.map(filterCompile);
+  const budget = new FilterBudget();
+  const compile = (name: string) => (f: FlowFilter, i: number) => {
+    try {
+      return filterCompile(f, budget);
+    } catch (err) {
+      if (err instanceof FilterError) throw new FilterError(`${name}[${i}]: ${err.message}`);
+      throw err;
+    }
+  };
+  const allow = whitelist.map(compile('whitelist'));
+  const deny = blacklist.map(compile('blacklist'));
   return (r) => (allow.length === 0 || allow.some((p) => p(r))) && !deny.some((p) => p(r));
 }

@@ -1,5 +1,5 @@
 import { DROP_REASON_DESC } from '../../bpf/layout.gen.js';
-import { filterCompile, FilterError, type FlowFilter } from '../../agent/flows/filter.js';
+import { FilterBudget, filterCompile, FilterError, type FlowFilter } from '../../agent/flows/filter.js';
 import type { HubbleFlowRecord } from '../../agent/flows/hubble.js';
 import { TCP_FLAG_NAMES } from '../../agent/flows/hubble.js';
 
@@ -8,7 +8,10 @@ type Pred = (r: HubbleFlowRecord) => boolean;
 /** A flow.FlowFilter as proto-loader decodes it (fields absent when empty). */
 export type ProtoFlowFilter = Record<string, unknown>;
 
-/** The same bounds as the REST API's filters (common/schemas/flows.ts). */
+/**
+ * The same bounds as the REST API's filters (common/schemas/flows.ts); what all of a request's filters
+ * may hold together is agent/flows/filter.ts's FILTER_BUDGET.
+ */
 export const FILTER_LIMITS = { filters: 64, values: 64, valueLength: 256 } as const;
 
 /** Fields that are lists of strings and mean the same in kitnet's filter. */
@@ -61,7 +64,7 @@ function tcpFlagsText(v: unknown): string {
  * (agent/flows/filter.ts), so the same filter gives the same flows on both APIs; event_type, uuid,
  * interface and the never-filled fields are added here. Throws FilterError naming the field.
  */
-export function protoFilterCompile(filter: ProtoFlowFilter, where: string): Pred {
+export function protoFilterCompile(filter: ProtoFlowFilter, where: string, budget = new FilterBudget()): Pred {
   if (typeof filter !== 'object' || filter === null) throw new FilterError(`${where}: must be a FlowFilter`);
   const kitnet: FlowFilter = {};
   for (const f of SHARED_STRING_FIELDS) {
@@ -94,9 +97,12 @@ export function protoFilterCompile(filter: ProtoFlowFilter, where: string): Pred
   const reply = list(filter, 'reply', where).map(Boolean);
   if (reply.length) kitnet.reply = reply;
 
+  // The fields compiled here count against the request's budget as well.
+  const others = ['uuid', 'event_type', 'interface', 'encrypted', ...NEVER_FILLED].map((f) => [f, list(filter, f, where).length] as const);
   let pred: Pred;
   try {
-    pred = filterCompile(kitnet);
+    pred = filterCompile(kitnet, budget);
+    for (const [f, n] of others) if (n) budget.take(f, n);
   } catch (err) {
     if (err instanceof FilterError) throw new FilterError(`${where}: ${err.message}`);
     throw err;
@@ -128,11 +134,12 @@ export function protoFilterCompile(filter: ProtoFlowFilter, where: string): Pred
 export function protoFiltersCompile(whitelist: unknown, blacklist: unknown): Pred {
   const lists = { whitelist, blacklist };
   const compiled: Record<'whitelist' | 'blacklist', Pred[]> = { whitelist: [], blacklist: [] };
+  const budget = new FilterBudget();
   for (const name of ['whitelist', 'blacklist'] as const) {
     const fs = lists[name] ?? [];
     if (!Array.isArray(fs)) throw new FilterError(`${name}: must be a list of FlowFilter`);
     if (fs.length > FILTER_LIMITS.filters) throw new FilterError(`${name}: at most ${FILTER_LIMITS.filters} filters`);
-    compiled[name] = fs.map((f, i) => protoFilterCompile(f as ProtoFlowFilter, `${name}[${i}]`));
+    compiled[name] = fs.map((f, i) => protoFilterCompile(f as ProtoFlowFilter, `${name}[${i}]`, budget));
   }
   const allow = compiled.whitelist;
   const deny = compiled.blacklist;

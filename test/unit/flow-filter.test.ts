@@ -3,7 +3,8 @@ import { describe, test } from 'node:test';
 import type { FlowEvent } from '../../bpf/index.js';
 import { EndpointDirectory, ipv4Number } from '../../agent/flows/directory.js';
 import { flowEnrich } from '../../agent/flows/enrich.js';
-import { FilterError, filterCompile, fqdnPatternCompile, filtersCompile, labelSelectorParse, type FlowFilter } from '../../agent/flows/filter.js';
+import { FILTER_BUDGET, FilterError, filterCompile, fqdnPatternCompile, filtersCompile, labelSelectorParse, type FlowFilter } from '../../agent/flows/filter.js';
+import { flowSelectionCompile } from '../../agent/flows/selection.js';
 import type { HubbleFlowRecord } from '../../agent/flows/hubble.js';
 import { IdentityAllocator } from '../../agent/identity/allocator.js';
 import { sqliteStoreOpen } from '../../agent/store/index.js';
@@ -98,6 +99,37 @@ describe('flow filters', async () => {
     assert.deepEqual(names(r, flows), ['webPing6', 'webToDbSyn']);
   });
 
+  test('label selectors: sources, operators, and a term written many times', () => {
+    assert.deepEqual(only({ source_label: ['k8s:app!=web'] }), ['dbToWebSynAck']);
+    assert.deepEqual(only({ source_label: ['app notin (web)'] }), ['dbToWebSynAck']);
+    assert.deepEqual(only({ source_label: ['any:app=web'] }), ['webPing6', 'webToDbSyn', 'webToWorldDrop']);
+    assert.deepEqual(only({ source_label: ['container:app=web'] }), [], 'another source does not match k8s labels');
+    assert.deepEqual(only({ source_label: ['app in ()'] }), []);
+    assert.deepEqual(only({ destination_label: ['!reserved:world'] }), ['dbToWebSynAck', 'webPing6', 'webToDbSyn']);
+    assert.deepEqual(only({ source_label: [`${'k8s:app,'.repeat(30)}k8s:tier`] }), ['webPing6', 'webToDbSyn', 'webToWorldDrop']);
+    assert.deepEqual(only({ source_label: [`${'k8s:app,'.repeat(30)}nosuchkey`] }), []);
+  });
+
+  test("what one request's filters hold in all is bounded (FILTER_BUDGET); the error names the field and the limit", () => {
+    const { values, labelRequirements, fqdnStars } = FILTER_BUDGET;
+    const labels = (n: number, per: number) => Array.from({ length: Math.ceil(n / per) }, (_, i): FlowFilter => ({ source_label: Array.from({ length: per }, (_, j) => `k${i}x${j}`) }));
+    // at each limit: accepted (and evaluated)
+    assert.deepEqual(names(filtersCompile(labels(values / 2, 4), labels(values / 2, 4)), flows), []);
+    assert.deepEqual(names(filtersCompile([{ destination_fqdn: ['*'.repeat(fqdnStars)] }]), flows), []);
+    const terms = (n: number) => Array.from({ length: n }, (_, j) => `t${j}`).join(',');
+    assert.deepEqual(names(filtersCompile([{ source_label: [terms(labelRequirements / 2)] }], [{ destination_label: [terms(labelRequirements / 2)] }]), flows), []);
+    // one past: refused, naming where
+    assert.throws(() => filtersCompile(labels(values / 2, 4), [...labels(values / 2, 4), { verdict: ['DROPPED'] }]), /^FilterError: blacklist\[32\]: verdict: .*at most 256 values in all/);
+    assert.throws(() => filtersCompile([{ source_label: [terms(labelRequirements / 2)] }], [{ destination_label: [terms(labelRequirements / 2 + 1)] }]), /blacklist\[0\]: destination_label: .*at most 256 requirements in all/);
+    assert.throws(() => filtersCompile([{ source_fqdn: ['*a*'] }, { destination_fqdn: ['*'.repeat(fqdnStars - 1)] }]), /whitelist\[1\]: destination_fqdn: .*at most 64 "\*" in all/);
+    // The review's request: 63 filters of 64 selectors that each fail at their last term (34 ms of
+    // the agent's thread per flow before): refused at its third filter.
+    const review = Array.from({ length: 63 }, (): FlowFilter => ({ source_label: Array.from({ length: 64 }, () => `${'k8s:app,'.repeat(30)}nosuchkey`) }));
+    assert.throws(() => filtersCompile(review), /whitelist\[2\]: source_label: the label selectors of one request may hold at most 256 requirements/);
+    // REST (GET /v1/flows): the same check, a 400 (AGENT_ERR_API_VALIDATION)
+    assert.throws(() => flowSelectionCompile({ whitelist: review as Array<{ source_label: string[] }> }), (e: Error & { code?: string }) => e.code === 'AGENT_ERR_API_VALIDATION' && /flow filter: whitelist\[2\]: source_label: .*256 requirements/.test(e.message));
+  });
+
   test('bad values are rejected with a clear message', () => {
     assert.throws(() => filterCompile({ source_ip: ['10.0.0.300'] }), FilterError);
     assert.throws(() => filterCompile({ destination_port: ['http'] }), /not a port/);
@@ -152,5 +184,20 @@ describe('FQDN filters (source_fqdn / destination_fqdn) and protocol dns', () =>
     assert.equal(match(`${'a.'.repeat(120)}b`), true);
     assert.equal(match(`${'a.'.repeat(120)}B`), false, 'names are compared as written: a pattern matches lower case');
     assert.equal(match(`${'a'.repeat(60)}?b`), false, 'a character no pattern may hold matches nothing, not even *');
+  });
+
+  test('patterns match part by part: parts in order, never overlapping, anchored at both ends', () => {
+    const m = (p: string, name: string) => fqdnPatternCompile('destination_fqdn', p)(name);
+    assert.equal(m('a*b*c', 'axxbyyc'), true);
+    assert.equal(m('a*b*c', 'acb'), false);
+    assert.equal(m('ab*ba', 'aba'), false, 'the head and the tail do not share characters');
+    assert.equal(m('ab*ba', 'abba'), true);
+    assert.equal(m('*.test', '.test'), true);
+    assert.equal(m('**', ''), true);
+    assert.equal(m('*b*b*', 'abab'), true);
+    assert.equal(m('*b*b*', 'ab'), false);
+    // a backtracking scan compares ~250 x 250 characters here
+    assert.equal(m(`*${'a'.repeat(200)}b`, 'a'.repeat(253)), false);
+    assert.equal(m(`*${'a'.repeat(200)}b`, `${'a'.repeat(252)}b`), true);
   });
 });

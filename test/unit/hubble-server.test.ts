@@ -86,6 +86,17 @@ describe('Hubble gRPC server (in process, unix socket)', () => {
     assert.deepEqual(got, []);
   });
 
+  test("the review's costly filters (1 MB of label selectors) are refused INVALID_ARGUMENT, naming the field and the limit", async () => {
+    const review = Array.from({ length: 63 }, () => ({ source_label: Array.from({ length: 64 }, () => `${'k8s:app,'.repeat(30)}nosuchkey`) }));
+    for (const follow of [false, true]) {
+      const s = client.stream('observer', 'GetFlows', { whitelist: review, follow });
+      s.on('data', () => undefined);
+      const err = await new Promise<Error>((resolve, reject) => (s.on('error', resolve), s.on('end', () => reject(new Error('served')))));
+      assert.match(err.message, /INVALID_ARGUMENT: flow filter: whitelist\[2\]: source_label: the label selectors of one request may hold at most 256 requirements/);
+    }
+    assert.equal(flows.listenerCount('flow'), 0, 'no follower was added');
+  });
+
   test('a follower that does not read loses flows, counted, then told with a lost_events message', async () => {
     const stream = client.stream('observer', 'GetFlows', { follow: true });
     const got: Array<{ flow?: unknown; lost_events?: { source: string; num_events_lost: number } }> = [];
