@@ -7,7 +7,7 @@ import { flowResponseEncoderCreate, type FlowResponseEncoder } from './flow-enco
 import { flowResponse, lostResponse, timestampToMs, type GetFlowsResponseMessage } from './flow-convert.js';
 import { serverStreamBatchWrites } from './batch-writes.js';
 import { peerAddress } from './cluster-peers.js';
-import { grpcError, streamRefusal, type HubbleContext } from './context.js';
+import { grpcError, snapshotRefusal, streamRefusal, type HubbleContext } from './context.js';
 
 interface GetFlowsRequest {
   number?: number;
@@ -64,18 +64,14 @@ function getFlows(ctx: HubbleContext, encode: FlowResponseEncoder, call: ServerW
     throw err;
   }
   serverStreamBatchWrites(call as ServerWritableStream<unknown, unknown>);
-  const refused = req.follow ? streamRefusal(ctx) : undefined;
+  const refused = req.follow ? streamRefusal(ctx) : snapshotRefusal(ctx);
   if (refused) return void call.emit('error', refused);
   const flowOut = (r: HubbleFlowRecord): FlowOut => {
     const extras = backend.extras?.(r);
     return encode(r, extras) ?? flowResponse(r, extras);
   };
   const recent = recentSelect(backend, req, sel.pred, sel.since);
-  if (!req.follow) {
-    for (const r of recent) call.write(flowOut(r));
-    call.end();
-    return;
-  }
+  if (!req.follow) return snapshotSend(ctx, call, recent, flowOut);
 
   let missed = 0;
   let ended = false;
@@ -125,6 +121,39 @@ function getFlows(ctx: HubbleContext, encode: FlowResponseEncoder, call: ServerW
     if (wait <= 0) end();
     else untilTimer = setTimeout(end, Math.min(wait, 2 ** 31 - 1));
   }
+}
+
+/**
+ * A selection sent as fast as the client reads it: written until the stream's buffer is full
+ * (write() false), continued on 'drain', ended after the last; dropped when the call is cancelled or
+ * closed. The stream counts in ctx.snapshots until it closes (its client read it all, or went away).
+ */
+function snapshotSend(ctx: HubbleContext, call: ServerWritableStream<GetFlowsRequest, FlowOut>, recent: Array<HubbleFlowRecord | undefined>, flowOut: (r: HubbleFlowRecord) => FlowOut): void {
+  let next = 0;
+  let stopped = false;
+  const stop = () => {
+    if (stopped) return;
+    stopped = true;
+    recent.length = 0;
+    call.off('drain', pump);
+    ctx.snapshots.delete(stop);
+  };
+  function pump(): void {
+    while (!stopped && !call.cancelled && next < recent.length) {
+      const r = recent[next]!;
+      recent[next++] = undefined; // sent: not held by this stream any more
+      if (!call.write(flowOut(r))) return;
+    }
+    if (stopped || call.cancelled) return;
+    call.off('drain', pump);
+    call.end();
+  }
+  ctx.snapshots.set(stop, () => call.writableLength);
+  call.on('drain', pump);
+  call.on('cancelled', stop);
+  call.on('close', stop);
+  call.on('error', stop);
+  pump();
 }
 
 function serverStatus(ctx: HubbleContext, _call: ServerUnaryCall<unknown, unknown>, cb: sendUnaryData<unknown>): void {

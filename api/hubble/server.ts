@@ -8,7 +8,7 @@ import type { Agent } from '../../agent/agent.js';
 import { ConfigError, type Config } from '../../agent/config.js';
 import { hubbleBackendOf, type HubbleBackend } from './backend.js';
 import { hubbleListenParse, hubbleSocketPath, hubbleTlsRead } from '../../agent/hubble-config.js';
-import { hubbleContext } from './context.js';
+import { CONNECTION_STREAMS_MAX, hubbleContext } from './context.js';
 import { healthService } from './health.js';
 import { observerService } from './observer.js';
 import { flowPathWarm, type FlowPathWarm } from './warm.js';
@@ -28,6 +28,11 @@ export interface HubbleServer {
   serve(backend: HubbleBackend): void;
   /** Serves `daemon.agent`; its stop closes this server first (follow streams end). */
   attach<D extends { agent: Agent; config: Config; stop: () => Promise<void> }>(daemon: D): D;
+  /**
+   * Streams open now: `held` follow, Notify and Watch streams (OPEN_STREAMS_MAX); `snapshots`, GetFlows
+   * streams without follow (SNAPSHOT_STREAMS_MAX), with `snapshotQueued` messages queued among them.
+   */
+  streams(): { held: number; snapshots: number; snapshotQueued: number };
   /** Ends every stream and stops listening; removes the socket file. */
   close(): Promise<void>;
 }
@@ -103,6 +108,7 @@ const disabled: HubbleServer = {
   socket: undefined,
   port: undefined,
   tcp: undefined,
+  streams: () => ({ held: 0, snapshots: 0, snapshotQueued: 0 }),
   serve: () => undefined,
   attach: (d) => d,
   close: async () => undefined,
@@ -116,7 +122,7 @@ export async function hubbleListen(config: Config, log: Logger): Promise<HubbleS
   let address = `unix://${socket}`;
   const ctx = hubbleContext(() => address, tls, config.hubble.followQueue);
   const services = hubbleServices();
-  const server = new Server({ 'grpc.max_receive_message_length': 1 << 20 });
+  const server = new Server({ 'grpc.max_receive_message_length': 1 << 20, 'grpc.max_concurrent_streams': CONNECTION_STREAMS_MAX });
   // one encoder for every follower, and for the warm of the flow path when the agent starts serving
   const encode = flowResponseEncoderCreate();
   server.addService(services.observer, observerService(ctx, encode));
@@ -147,7 +153,7 @@ export async function hubbleListen(config: Config, log: Logger): Promise<HubbleS
   const close = () =>
     (closing ??= (async () => {
       warm?.cancel();
-      for (const stop of [...ctx.followers]) stop();
+      for (const stop of [...ctx.followers, ...ctx.snapshots.keys()]) stop();
       listener?.close();
       server.forceShutdown();
       try {
@@ -160,6 +166,11 @@ export async function hubbleListen(config: Config, log: Logger): Promise<HubbleS
     socket,
     port: tcp?.port,
     tcp: listener,
+    streams: () => ({
+      held: ctx.followers.size,
+      snapshots: ctx.snapshots.size,
+      snapshotQueued: [...ctx.snapshots.values()].reduce((n, queued) => n + queued(), 0),
+    }),
     serve: (backend) => {
       ctx.serve(backend);
       if (config.hubble.warmFlows > 0 && !warm) {

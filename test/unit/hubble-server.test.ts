@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
+import { connect as http2Connect, type ClientHttp2Stream } from 'node:http2';
+import { connect as netConnect } from 'node:net';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,7 +14,7 @@ import type { HubbleEndpoint, HubbleFlowRecord, LostEventSource } from '../../ag
 import { Ring } from '../../agent/flows/ring.js';
 import type { HubbleBackend } from '../../api/hubble/backend.js';
 import { hubbleClient, type HubbleClient } from '../../api/hubble/client.js';
-import { OPEN_STREAMS_MAX } from '../../api/hubble/context.js';
+import { CONNECTION_STREAMS_MAX, OPEN_STREAMS_MAX, SNAPSHOT_STREAMS_MAX } from '../../api/hubble/context.js';
 import { batchWriteOptions } from '../../api/hubble/batch-writes.js';
 import { hubbleListen, type HubbleServer } from '../../api/hubble/server.js';
 import { waitFor } from '../helpers/sys.js';
@@ -197,6 +199,46 @@ describe('Hubble gRPC server (in process, unix socket)', () => {
     await waitFor('the new follower', async () => flows.listenerCount('flow') === OPEN_STREAMS_MAX);
     for (const o of [...open, again]) o.cancel();
     await waitFor('every follower gone', async () => flows.listenerCount('flow') === 0);
+  });
+
+  test('GetFlows without follow: sent as the client reads; unread streams hold 16 messages each, at most SNAPSHOT_STREAMS_MAX of them', async () => {
+    for (let i = 0; i < flows.ring.capacity; i++) flows.push(flow());
+    // A client that never reads: raw HTTP/2 on one connection, every stream paused (its window, 64 KiB,
+    // fills; a ring of 1000 flows is far more), 36 streams more than may be held.
+    const session = http2Connect('http://localhost', { createConnection: () => netConnect(server.socket!) });
+    await new Promise<void>((resolve, reject) => (session.once('remoteSettings', () => resolve()), session.once('error', reject)));
+    assert.equal(session.remoteSettings.maxConcurrentStreams, CONNECTION_STREAMS_MAX, 'grpc.max_concurrent_streams');
+    const answers: Array<Promise<{ status: string | undefined; message: string | undefined }>> = [];
+    const streams: ClientHttp2Stream[] = [];
+    for (let i = 0; i < SNAPSHOT_STREAMS_MAX + 36; i++) {
+      const s = session.request({ ':method': 'POST', ':path': '/observer.Observer/GetFlows', 'content-type': 'application/grpc', te: 'trailers' });
+      s.pause();
+      s.on('error', () => undefined);
+      // GetFlowsRequest{number: 0} is the empty message: a gRPC frame of 5 zero bytes
+      s.end(Buffer.alloc(5));
+      streams.push(s);
+      // held: headers, then messages; refused: trailers-only, grpc-status 8 (RESOURCE_EXHAUSTED)
+      answers.push(new Promise((resolve) => s.once('response', (h) => resolve({ status: h['grpc-status'] as string | undefined, message: h['grpc-message'] as string | undefined }))));
+    }
+    const got = await Promise.all(answers);
+    const refused = got.filter((a) => a.status === '8');
+    assert.equal(refused.length, 36, 'refused past the limit');
+    assert.match(decodeURIComponent(refused[0]!.message!), /too many open streams \(64 GetFlows streams without follow at once/);
+    assert.equal(got.filter((a) => a.status === undefined).length, SNAPSHOT_STREAMS_MAX, 'held');
+    await waitFor('the held streams at their buffers', async () => server.streams().snapshots === SNAPSHOT_STREAMS_MAX && server.streams().snapshotQueued > 0);
+    // Written until write() says the buffer is full (16 messages), no further: without backpressure
+    // each held every flow of the ring.
+    const { snapshotQueued } = server.streams();
+    assert.ok(snapshotQueued <= SNAPSHOT_STREAMS_MAX * 16, `${snapshotQueued} messages queued`);
+    // A client that goes away frees the room; one that reads gets every flow, in order.
+    session.destroy();
+    await waitFor('the unread streams closed', async () => server.streams().snapshots === 0);
+    const ports: number[] = [];
+    const s = client.stream('observer', 'GetFlows', { number: 0 });
+    await new Promise<void>((resolve, reject) => (s.on('data', (m: { flow: { l4: { UDP: { source_port: number } } } }) => ports.push(m.flow.l4.UDP.source_port)), s.on('end', resolve), s.on('error', reject)));
+    assert.deepEqual(ports, flows.ring.last().map((r) => r.flow.l4!.UDP as { source_port: number }).map((u) => u.source_port));
+    assert.equal(ports.length, flows.ring.capacity);
+    await waitFor('that stream closed too', async () => server.streams().snapshots === 0);
   });
 
   test('closing the server ends follow streams and removes the socket', async () => {
