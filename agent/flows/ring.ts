@@ -67,6 +67,13 @@ export class Ring<T> {
     return this.size;
   }
 
+  /** The item `back` places before the newest (0: the newest); undefined past the oldest. No copy of the ring. */
+  newest(back = 0): T | undefined {
+    if (!(back >= 0 && back < this.size)) return undefined;
+    const item = this.items[(this.next - 1 - back + 2 * this.capacity) % this.capacity];
+    return typeof item === 'number' ? this.thaws[item % PACKED_SOURCES_MAX]!(Math.floor(item / PACKED_SOURCES_MAX)) : (item as T);
+  }
+
   /** The newest `n` items (all if n is omitted), oldest first. */
   last(n = this.size): T[] {
     const count = Math.max(0, Math.min(n, this.size));

@@ -216,6 +216,7 @@ describe('packed items in the ring', () => {
     pushB(3);
     ring.push({ v: 'y' });
     assert.deepEqual(ring.last().map((i) => i.v), ['b7', `a${RING_PACKED_PAYLOAD_LIMIT - 1}`, 'b3', 'y']);
+    assert.deepEqual([0, 1, 2, 3, 4, -1].map((back) => ring.newest(back)?.v), ['y', 'b3', `a${RING_PACKED_PAYLOAD_LIMIT - 1}`, 'b7', undefined, undefined], 'newest(back): one item, packed or not, without a copy');
     assert.equal(ring.written, 6);
   });
 

@@ -81,6 +81,25 @@ describe('Hubble gRPC server (in process, unix socket)', () => {
     watch.cancel();
   });
 
+  test('ServerStatus counts the flows of the last minute without a copy of the ring', async () => {
+    for (let i = 0; i < 120; i++) flows.push(flow());
+    const last = flows.ring.last;
+    let copies = 0;
+    flows.ring.last = function (this: Ring<HubbleFlowRecord>, count?: number) {
+      copies++;
+      return last.call(this, count);
+    };
+    try {
+      const st = await client.call('observer', 'ServerStatus');
+      assert.equal(Number(st.num_flows), flows.ring.length);
+      assert.equal(Number(st.max_flows), 1000);
+      assert.equal(st.flows_rate, flows.ring.length / 60, 'every flow in the ring is from the last minute');
+      assert.equal(copies, 0, 'the ring was not copied');
+    } finally {
+      flows.ring.last = last;
+    }
+  });
+
   test('since/until bound the flows (none in the first second of the epoch)', async () => {
     const s = client.stream('observer', 'GetFlows', { whitelist: [{ source_ip: ['::1'] }], since: { seconds: 0 }, until: { seconds: 1 } });
     const got: unknown[] = [];
