@@ -1,7 +1,8 @@
 /**
  * The costliest flow filters a request may hold (FILTER_BUDGET), timed per flow: `node
  * dist/bench/filter-worst.js`. Each shape spends the whole budget on one kind of field, every value
- * failing as late as it can, against flows whose endpoints carry 12 labels and 4 long learned names.
+ * failing as late as it can (and each its own: a field repeated with the same values in several filters
+ * is compiled and counted once), against flows whose endpoints carry 12 labels and 4 long learned names.
  */
 import type { FlowEvent } from '../bpf/index.js';
 import { LazyFlowRecord } from '../agent/flows/enrich.js';
@@ -47,13 +48,19 @@ const shapes: Record<string, { whitelist: unknown[]; blacklist: unknown[] }> = {
   'source_pod: 256 prefixes': spread(V, 4, (i) => ({ source_pod: Array.from({ length: 4 }, (_, j) => `shop/f${'x'.repeat(200)}${i}${j}`) })),
   'destination_fqdn: 1 pattern of 64 stars, the last part missing': spread(1, 1, () => ({ destination_fqdn: [`${'*a'.repeat(62)}*x*c`] })),
   'destination_fqdn: 64 patterns of 1 star + 192 literal names': spread(V, 4, (i) => ({ destination_fqdn: [`*${longName.slice(0, 240)}x${i}`, ...Array.from({ length: 3 }, (_, j) => `${longName.slice(0, 240)}${i}x${j}`)] })),
-  'destination_fqdn: 64 patterns *aaa...ab (a backtracking scan is quadratic)': spread(64, 4, () => ({ destination_fqdn: Array.from({ length: 4 }, () => `*${'a'.repeat(254)}b`) })),
+  'destination_fqdn: 64 patterns *aaa...ab (a backtracking scan is quadratic)': spread(64, 4, (i) => ({ destination_fqdn: Array.from({ length: 4 }, (_, j) => `*${'a'.repeat(250)}b${i * 4 + j}`) })),
   'destination_fqdn: 256 literal names of 250 characters': spread(V, 4, (i) => ({ destination_fqdn: Array.from({ length: 4 }, (_, j) => `${longName.slice(0, 240)}${i}x${j}`) })),
   'every budget at once: 64 stars, 255 label values': {
     whitelist: [{ destination_fqdn: [`${'*a'.repeat(62)}*x*c`] }, ...spread(V - 4, 4, (i) => ({ source_label: Array.from({ length: 4 }, (_, j) => `k8s:no${i * 4 + j}`) })).whitelist],
     blacklist: spread(V - 4, 4, (i) => ({ source_label: Array.from({ length: 4 }, (_, j) => `k8s:no${i * 4 + j}`) })).blacklist,
   },
   'the review\'s request (63 filters x 64 selectors of 256 characters)': { whitelist: Array.from({ length: 63 }, () => ({ source_label: Array.from({ length: 64 }, () => `${'k8s:app,'.repeat(30)}nosuchkey`) })), blacklist: [] },
+  '128 filters of every field, the same matching values, a node_name of their own failing last': spread(128, 1, (i) => ({
+    source_ip: ['10.9.0.2'], destination_ip: ['10.9.0.0/16'], source_pod: ['shop/fe'], destination_pod: ['shop/db'], source_workload: [{ name: 'fe' }],
+    destination_workload: [{ name: 'db' }], source_label: ['app=fe'], destination_label: ['app=db'], source_identity: [1001], destination_identity: [1002],
+    source_fqdn: ['*c'], destination_fqdn: ['*c'], destination_port: ['5432'], protocol: ['tcp'], verdict: ['FORWARDED'], traffic_direction: ['EGRESS'],
+    ip_version: ['IPv4'], tcp_flags: [{ SYN: true }], reply: [false], node_name: [`other-${i}`],
+  })),
   'uuid: 256 values': spread(V, 4, () => ({ uuid: Array.from({ length: 4 }, () => 'x'.repeat(36)) })),
 };
 

@@ -191,8 +191,14 @@ export const FILTER_BUDGET = {
   fqdnStars: 64,
 } as const;
 
-/** Counts what a request's filters hold against FILTER_BUDGET; FilterError naming the field past it. */
+/**
+ * Counts what a request's filters hold against FILTER_BUDGET; FilterError naming the field past it.
+ * A field given the same values in several filters (`kitnet observe` forks a filter in two per
+ * either-side flag, so six such flags make 64 filters repeating the others' values) is compiled once
+ * for the request, answers once per flow, and counts once.
+ */
 export class FilterBudget {
+  readonly shared = new Map<string, Pred>();
   private values = 0;
   private requirements = 0;
   private stars = 0;
@@ -202,7 +208,7 @@ export class FilterBudget {
     this.requirements += requirements;
     this.stars += stars;
     if (this.values > FILTER_BUDGET.values) {
-      throw new FilterError(`${field}: the filters of one request may hold at most ${FILTER_BUDGET.values} values in all (every field of every whitelist and blacklist filter)`);
+      throw new FilterError(`${field}: the filters of one request may hold at most ${FILTER_BUDGET.values} values in all (every field of every whitelist and blacklist filter; a field with the same values in several filters counts once)`);
     }
     if (this.requirements > FILTER_BUDGET.labelRequirements) {
       throw new FilterError(`${field}: the label selectors of one request may hold at most ${FILTER_BUDGET.labelRequirements} requirements in all (each comma-separated term of every source_label and destination_label value)`);
@@ -458,9 +464,29 @@ export function filterCompile(filter: FlowFilter, budget = new FilterBudget()): 
   const preds: Pred[] = [];
   for (const field of FLOW_FILTER_FIELDS) {
     const values = filter[field] as unknown[] | undefined;
-    if (values && values.length) preds.push(fieldPred(field, values, budget));
+    if (!values || !values.length) continue;
+    const key = `${field}\u0000${JSON.stringify(values)}`;
+    let pred = budget.shared.get(key);
+    if (!pred) {
+      pred = lastAnswerKept(fieldPred(field, values, budget));
+      budget.shared.set(key, pred);
+    }
+    preds.push(pred);
   }
   return (r) => preds.every((p) => p(r));
+}
+
+/** A predicate that answers the flow it was last asked about again without working it out again. */
+function lastAnswerKept(pred: Pred): Pred {
+  let lastRecord: HubbleFlowRecord | undefined;
+  let last = false;
+  return (r) => {
+    if (r !== lastRecord) {
+      last = pred(r);
+      lastRecord = r;
+    }
+    return last;
+  };
 }
 
 /** Whitelist OR'ed, blacklist subtracted; an empty whitelist admits everything. Within FILTER_BUDGET. */

@@ -5,6 +5,7 @@ import { EndpointDirectory, ipv4Number } from '../../agent/flows/directory.js';
 import { flowEnrich } from '../../agent/flows/enrich.js';
 import { FILTER_BUDGET, FilterError, filterCompile, fqdnPatternCompile, filtersCompile, labelSelectorParse, type FlowFilter } from '../../agent/flows/filter.js';
 import { flowSelectionCompile } from '../../agent/flows/selection.js';
+import { observeFilters } from '../../api/cli/observe-filters.js';
 import type { HubbleFlowRecord } from '../../agent/flows/hubble.js';
 import { IdentityAllocator } from '../../agent/identity/allocator.js';
 import { sqliteStoreOpen } from '../../agent/store/index.js';
@@ -112,22 +113,33 @@ describe('flow filters', async () => {
 
   test("what one request's filters hold in all is bounded (FILTER_BUDGET); the error names the field and the limit", () => {
     const { values, labelRequirements, fqdnStars } = FILTER_BUDGET;
-    const labels = (n: number, per: number) => Array.from({ length: Math.ceil(n / per) }, (_, i): FlowFilter => ({ source_label: Array.from({ length: per }, (_, j) => `k${i}x${j}`) }));
+    const labels = (n: number, per: number, tag: string) => Array.from({ length: Math.ceil(n / per) }, (_, i): FlowFilter => ({ source_label: Array.from({ length: per }, (_, j) => `${tag}${i}x${j}`) }));
     // at each limit: accepted (and evaluated)
-    assert.deepEqual(names(filtersCompile(labels(values / 2, 4), labels(values / 2, 4)), flows), []);
+    assert.deepEqual(names(filtersCompile(labels(values / 2, 4, 'w'), labels(values / 2, 4, 'b')), flows), []);
     assert.deepEqual(names(filtersCompile([{ destination_fqdn: ['*'.repeat(fqdnStars)] }]), flows), []);
     const terms = (n: number) => Array.from({ length: n }, (_, j) => `t${j}`).join(',');
     assert.deepEqual(names(filtersCompile([{ source_label: [terms(labelRequirements / 2)] }], [{ destination_label: [terms(labelRequirements / 2)] }]), flows), []);
     // one past: refused, naming where
-    assert.throws(() => filtersCompile(labels(values / 2, 4), [...labels(values / 2, 4), { verdict: ['DROPPED'] }]), /^FilterError: blacklist\[32\]: verdict: .*at most 256 values in all/);
+    assert.throws(() => filtersCompile(labels(values / 2, 4, 'w'), [...labels(values / 2, 4, 'b'), { verdict: ['DROPPED'] }]), /^FilterError: blacklist\[32\]: verdict: .*at most 256 values in all/);
     assert.throws(() => filtersCompile([{ source_label: [terms(labelRequirements / 2)] }], [{ destination_label: [terms(labelRequirements / 2 + 1)] }]), /blacklist\[0\]: destination_label: .*at most 256 requirements in all/);
     assert.throws(() => filtersCompile([{ source_fqdn: ['*a*'] }, { destination_fqdn: ['*'.repeat(fqdnStars - 1)] }]), /whitelist\[1\]: destination_fqdn: .*at most 64 "\*" in all/);
-    // The review's request: 63 filters of 64 selectors that each fail at their last term (34 ms of
-    // the agent's thread per flow before): refused at its third filter.
+    // A field with the same values in several filters counts once: `kitnet observe` with six
+    // either-side flags sends 64 filters of 6-7 values each (448), 13 distinct.
+    const cli = observeFilters({ output: 'json', ip: ['10.200.0.2'], workload: ['web'], namespace: ['shop'], label: ['app=web'], identity: [String(webId)], port: ['5432'], verdict: ['forwarded'] });
+    assert.equal(cli.length, 64);
+    assert.deepEqual(names(filtersCompile(cli as FlowFilter[]), flows), ['dbToWebSynAck', 'webToDbSyn'], 'either side of each flag');
+    // The review's request: 63 filters of 64 selectors of 31 terms that each fail at the last (34 ms
+    // of the agent's thread per flow before). As written (63 times the same field) it is compiled
+    // once and read once per flow; a flow's labels are looked at once, not 63 x 64 times.
     const review = Array.from({ length: 63 }, (): FlowFilter => ({ source_label: Array.from({ length: 64 }, () => `${'k8s:app,'.repeat(30)}nosuchkey`) }));
-    assert.throws(() => filtersCompile(review), /whitelist\[2\]: source_label: the label selectors of one request may hold at most 256 requirements/);
-    // REST (GET /v1/flows): the same check, a 400 (AGENT_ERR_API_VALIDATION)
-    assert.throws(() => flowSelectionCompile({ whitelist: review as Array<{ source_label: string[] }> }), (e: Error & { code?: string }) => e.code === 'AGENT_ERR_API_VALIDATION' && /flow filter: whitelist\[2\]: source_label: .*256 requirements/.test(e.message));
+    let looks = 0;
+    const looked = { flow: { get source() { looks++; return flows.webToDbSyn!.flow.source; } } } as unknown as HubbleFlowRecord;
+    assert.equal(filtersCompile(review)(looked), false);
+    assert.equal(looks, 1, "the flow's source labels were looked at once");
+    // Each filter its own selectors: refused at its third filter (2 requirements a selector, 64 selectors a filter).
+    const distinct = review.map((f, i): FlowFilter => ({ source_label: f.source_label!.map((v) => `${v}${i}`) }));
+    assert.throws(() => filtersCompile(distinct), /whitelist\[2\]: source_label: the label selectors of one request may hold at most 256 requirements/);
+    assert.throws(() => flowSelectionCompile({ whitelist: distinct as Array<{ source_label: string[] }> }), (e: Error & { code?: string }) => e.code === 'AGENT_ERR_API_VALIDATION' && /flow filter: whitelist\[2\]: source_label: .*256 requirements/.test(e.message));
   });
 
   test('bad values are rejected with a clear message', () => {

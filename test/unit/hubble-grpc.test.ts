@@ -151,10 +151,11 @@ describe('Hubble FlowFilter evaluation', () => {
 
   test("the filters of one request are bounded in all (FILTER_BUDGET), fields kitnet compiles itself too", () => {
     // The review's request (1,044,543 bytes, under the 1 MiB message limit): 63 filters of 64 label
-    // selectors that each fail at their last term cost 34 ms of the agent's thread per flow.
-    const review = Array.from({ length: 63 }, () => ({ source_label: Array.from({ length: 64 }, () => `${'k8s:app,'.repeat(30)}nosuchkey`) }));
+    // selectors that each fail at their last term cost 34 ms of the agent's thread per flow. With
+    // each filter's selectors its own, it is refused at the third filter.
+    const review = Array.from({ length: 63 }, (_, i) => ({ source_label: Array.from({ length: 64 }, () => `${'k8s:app,'.repeat(30)}nosuchkey${i}`) }));
     assert.throws(() => protoFiltersCompile(review, []), (e: Error) => e instanceof FilterError && /^whitelist\[2\]: source_label: .*at most 256 requirements in all/.test(e.message));
-    const uuids = Array.from({ length: 64 }, () => ({ uuid: ['a', 'b', 'c', 'd'] }));
+    const uuids = Array.from({ length: 64 }, (_, i) => ({ uuid: ['a', 'b', 'c', 'd'].map((x) => `${x}${i}`) }));
     assert.equal(protoFiltersCompile(uuids, [])(fwd), false, '256 values: accepted');
     assert.throws(() => protoFiltersCompile(uuids, [{ uuid: ['e'] }]), /^FilterError: blacklist\[0\]: uuid: the filters of one request may hold at most 256 values in all/);
     assert.throws(() => protoFiltersCompile(uuids, [{ event_type: [{ type: 4 }] }]), /blacklist\[0\]: event_type: .*256 values/);

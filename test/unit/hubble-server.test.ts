@@ -108,7 +108,7 @@ describe('Hubble gRPC server (in process, unix socket)', () => {
   });
 
   test("the review's costly filters (1 MB of label selectors) are refused INVALID_ARGUMENT, naming the field and the limit", async () => {
-    const review = Array.from({ length: 63 }, () => ({ source_label: Array.from({ length: 64 }, () => `${'k8s:app,'.repeat(30)}nosuchkey`) }));
+    const review = Array.from({ length: 63 }, (_, i) => ({ source_label: Array.from({ length: 64 }, () => `${'k8s:app,'.repeat(30)}nosuchkey${i}`) }));
     for (const follow of [false, true]) {
       const s = client.stream('observer', 'GetFlows', { whitelist: review, follow });
       s.on('data', () => undefined);
