@@ -15,7 +15,6 @@
  * a connection opened right after the answer finds both. Removal (TTL expiry with no tracked
  * connection left) goes the other way round.
  */
-import { networkInterfaces } from 'node:os';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { DnsSteeringMaps, IpcacheEntry, KitnetDatapath } from '../../bpf/index.js';
@@ -24,6 +23,7 @@ import { ConfigError } from '../../common/config-error.js';
 import { ReservedIdentity } from '../identity/reserved.js';
 import type { Cidr } from '../ipam.js';
 import { cidrContainsCidr, cidrParsed, hostPrefix, policyCidrs } from '../policy/cidr.js';
+import { HostDestinationSet, hostDestinations } from '../policy/host-destinations.js';
 import { policiesFromObjects } from '../policy/index.js';
 import type { PolicyEngine } from '../policy/engine.js';
 import { dnsSelectedEndpoints, fqdnSelectorsOf } from '../policy/fqdn-identities.js';
@@ -89,12 +89,6 @@ const HOST_ADDRESSES_MAX_AGE_MS = 1000;
 /** Query plans kept per compiled state (endpoints x resolvers x ports); cleared when full. */
 const VERDICT_MEMO_MAX = 10_000;
 
-function hostAddressSet(): Set<string> {
-  const out = new Set<string>();
-  for (const addrs of Object.values(networkInterfaces())) for (const a of addrs ?? []) out.add(a.address);
-  return out;
-}
-
 export class DnsSteering {
   cache: FqdnCache;
   private saveTimer: NodeJS.Timeout | undefined;
@@ -129,10 +123,11 @@ export class DnsSteering {
   private byAddress: Map<string, WorkloadRecord> | undefined;
   private unsubscribe: (() => void) | undefined;
   /**
-   * The host's addresses as last read, at most a second ago (getifaddrs is a netlink dump: too dear per
-   * query or per learned answer); for the resolver's identity and to keep learned entries off them.
+   * The host's destinations (its addresses, broadcasts, link-local, multicast: host-destinations.ts) as
+   * last read, at most a second ago (getifaddrs is a netlink dump: too dear per query or per learned
+   * answer); for the resolver's identity and to keep learned entries off them.
    */
-  private hostAddresses: { readAt: number; set: Set<string> } | undefined;
+  private hostAddresses: { readAt: number; set: HostDestinationSet } | undefined;
   /** The last query upstream() read the steering map for, and what it read (verdict() reads it back). */
   private lastClient: DnsEndpoint | undefined;
   private lastProtocol = 0;
@@ -272,10 +267,12 @@ export class DnsSteering {
     return this.byAddress.get(address);
   }
 
-  /** The host's addresses, read again when older than a second (for the resolver's identity). */
-  private hostAddressesRecent(): Set<string> {
+  /** The host's destinations, read again when older than a second (for the resolver's identity). */
+  private hostAddressesRecent(): HostDestinationSet {
     const now = performance.now();
-    if (!this.hostAddresses || now - this.hostAddresses.readAt > HOST_ADDRESSES_MAX_AGE_MS) this.hostAddresses = { readAt: now, set: hostAddressSet() };
+    if (!this.hostAddresses || now - this.hostAddresses.readAt > HOST_ADDRESSES_MAX_AGE_MS) {
+      this.hostAddresses = { readAt: now, set: new HostDestinationSet(hostDestinations()) };
+    }
     return this.hostAddresses.set;
   }
 

@@ -13,7 +13,8 @@ import {
 } from './index.js';
 import { CompileMeter, type CompileBudget } from './budget.js';
 import { PolicyState, type EndpointPolicyChange } from './incremental.js';
-import { hostAddresses, ipcacheSyncSteps } from './ipcache-sync.js';
+import { hostDestinations } from './host-destinations.js';
+import { ipcacheSyncSteps } from './ipcache-sync.js';
 import { PolicyMapWriter } from './map-writer.js';
 import { stepsRun, stepsRunSliced, type Steps } from './slices.js';
 import { workloadTrace } from './workload-trace.js';
@@ -128,12 +129,12 @@ export class PolicyEngine {
 
   /**
    * The room a compile may use (max_entries from the loaded maps): the whole policy map, and the
-   * ipcache less the entries of workloads, host addresses and remote nodes.
+   * ipcache less the entries of workloads, host destinations and remote nodes.
    */
   budget(): CompileBudget {
     const dp = this.kernel.datapath;
     const capacity = dp.mapCapacity();
-    let taken = hostAddresses().length + 2 * this.store.workloadList().length;
+    let taken = hostDestinations().length + 2 * this.store.workloadList().length;
     for (const [, e] of dp.ipcacheList()) if (e.hostId !== 0) taken++;
     return { policyEntries: capacity.policy, cidrIdentities: Math.max(0, capacity.ipcache - taken), ipcacheCapacity: capacity.ipcache };
   }

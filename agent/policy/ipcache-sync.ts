@@ -1,41 +1,38 @@
 /**
- * The local part of the BPF ipcache, as policy needs it: workload addresses (their identities), host
- * addresses (reserved host), the CIDR identities of the policies and the ipBlock view (cidr.ts,
- * ipBlockView). Anything else local is removed; remote-host entries (cluster mode) are kept.
+ * The local part of the BPF ipcache, as policy needs it: workload addresses (their identities), every
+ * destination the host delivers locally (reserved host: host-destinations.ts), the CIDR identities of
+ * the policies and the ipBlock view (cidr.ts, ipBlockView). Anything else local is removed;
+ * remote-host entries (cluster mode) are kept.
  */
-import { networkInterfaces } from 'node:os';
 import { ReservedIdentity } from '../identity/reserved.js';
 import type { KernelOps } from '../kernel-ops.js';
 import type { Store } from '../store/store.js';
 import { IPBLOCK_VIEW_PREFIX } from './cidr.js';
 import type { CompiledPolicy } from './index.js';
+import { HostDestinationSet, hostDestinations } from './host-destinations.js';
 import { STEP, type Steps } from './slices.js';
 
-/** Addresses of the host's own interfaces: traffic from them carries the reserved host identity. */
-export function hostAddresses(): string[] {
-  const out: string[] = [];
-  for (const addrs of Object.values(networkInterfaces())) {
-    for (const a of addrs ?? []) {
-      if (a.family === 'IPv6' && a.address.startsWith('fe80')) continue;
-      out.push(`${a.address}/${a.family === 'IPv4' ? 32 : 128}`);
-    }
-  }
-  return out;
-}
-
-/** Writes the desired local ipcache, with a yield point every STEP writes. */
+/**
+ * Writes the desired local ipcache, with a yield point every STEP writes. The host's prefixes
+ * (`hosts`, read from the kernel now by default) win over a policy CIDR or a learned FQDN address of
+ * the same prefix, and a longer one inside them (`toCIDR: 224.0.0.251/32`, a DNS answer of fe80::1)
+ * is written as host too: otherwise the LPM lookup would give it the other identity.
+ */
 export function* ipcacheSyncSteps(
   kernel: KernelOps,
   store: Store,
   compiled: CompiledPolicy | undefined,
   extra: Iterable<readonly [cidr: string, identity: number]> = [],
+  hosts: readonly string[] = hostDestinations(),
 ): Steps<void> {
   const dp = kernel.datapath;
   const desired = new Map<string, number>();
-  for (const cidr of hostAddresses()) desired.set(cidr, ReservedIdentity.host);
-  for (const c of compiled?.ipcache ?? []) desired.set(c.cidr, c.identity);
+  const host = new HostDestinationSet(hosts);
+  const other = (cidr: string, identity: number) => desired.set(cidr, host.has(cidr) ? ReservedIdentity.host : identity);
+  for (const c of compiled?.ipcache ?? []) other(c.cidr, c.identity);
   for (const c of compiled?.ipBlocks ?? []) desired.set(`${IPBLOCK_VIEW_PREFIX}${c.cidr}`, c.identity);
-  for (const [cidr, identity] of extra) desired.set(cidr, identity);
+  for (const [cidr, identity] of extra) other(cidr, identity);
+  for (const cidr of hosts) desired.set(cidr, ReservedIdentity.host);
   for (const w of store.workloadList()) {
     desired.set(`${w.ipv4}/32`, w.identity);
     desired.set(`${w.ipv6}/128`, w.identity);

@@ -11,7 +11,7 @@ import type { WorkloadRecord } from '../store/types.js';
 import { policyTrace, type TracePeer, type TraceResult, type TraceSide } from './index.js';
 import type { PolicyState } from './incremental.js';
 import type { IpcacheEntry } from './types.js';
-import { hostAddresses } from './ipcache-sync.js';
+import { HostDestinationSet, hostDestinations } from './host-destinations.js';
 
 export function workloadTrace(
   policyState: PolicyState,
@@ -31,7 +31,8 @@ export function workloadTrace(
     byIp.set(w.ipv4, { identity: w.identity, endpointId: w.endpointId });
     byIp.set(w.ipv6, { identity: w.identity, endpointId: w.endpointId });
   }
-  const hostIps = new Set(hostAddresses().map((c) => c.split('/')[0]!));
+  // every destination the host delivers locally (its addresses, broadcasts, link-local, multicast)
+  const hostIps = new HostDestinationSet(hostDestinations());
   let result: TraceResult;
   try {
     result = policyTrace(state, { from, to, protocol, port }, {

@@ -1,0 +1,106 @@
+import assert from 'node:assert/strict';
+import type { NetworkInterfaceInfo } from 'node:os';
+import { test } from 'node:test';
+import type { IpcacheEntry } from '../../bpf/index.js';
+import type { KernelOps } from '../../agent/kernel-ops.js';
+import type { Store } from '../../agent/store/store.js';
+import type { CompiledPolicy } from '../../agent/policy/index.js';
+import { HOST_RANGES, HostDestinationSet, hostDestinationsOf, interfaceAddressDestinations } from '../../agent/policy/host-destinations.js';
+import { ipcacheSyncSteps } from '../../agent/policy/ipcache-sync.js';
+import { stepsRun } from '../../agent/policy/slices.js';
+
+test('host destinations of one interface address: IPv4 network and subnet broadcast, IPv6 subnet-router anycast', () => {
+  assert.deepEqual(interfaceAddressDestinations('192.0.2.1/24', false), ['192.0.2.1/32', '192.0.2.0/32', '192.0.2.255/32']);
+  assert.deepEqual(interfaceAddressDestinations('10.1.2.3/8', false), ['10.1.2.3/32', '10.0.0.0/32', '10.255.255.255/32']);
+  assert.deepEqual(interfaceAddressDestinations('198.51.100.77/27', false), ['198.51.100.77/32', '198.51.100.64/32', '198.51.100.95/32']);
+  assert.deepEqual(interfaceAddressDestinations('198.51.100.5/30', false), ['198.51.100.5/32', '198.51.100.4/32', '198.51.100.7/32']);
+  // /31 (RFC 3021) and /32 have no network or broadcast address: both ends are hosts
+  assert.deepEqual(interfaceAddressDestinations('198.51.100.0/31', false), ['198.51.100.0/32']);
+  assert.deepEqual(interfaceAddressDestinations('198.51.100.9/32', false), ['198.51.100.9/32']);
+  // a loopback device's IPv4 prefix is local as a whole (`local 127.0.0.0/8 dev lo table local`)
+  assert.deepEqual(interfaceAddressDestinations('127.0.0.1/8', true), ['127.0.0.1/32', '127.0.0.0/8']);
+  assert.deepEqual(interfaceAddressDestinations('169.254.1.53/32', true), ['169.254.1.53/32']);
+  assert.deepEqual(interfaceAddressDestinations('2001:db8::fe/64', false), ['2001:db8::fe/128', '2001:db8::/128']);
+  assert.deepEqual(interfaceAddressDestinations('fd00:1:2:3:4:5:6:7/48', false), ['fd00:1:2:3:4:5:6:7/128', 'fd00:1:2::/128']);
+  assert.deepEqual(interfaceAddressDestinations('2001:db8::3/127', false), ['2001:db8::3/128'], '/127 (RFC 6164): no anycast');
+  assert.deepEqual(interfaceAddressDestinations('::1/128', true), ['::1/128']);
+  // link-local addresses are inside fe80::/10, which HOST_RANGES holds whole
+  assert.deepEqual(interfaceAddressDestinations('fe80::1:2ff:fe00:1/64', false), []);
+});
+
+test('host destinations of an interface list: the fixed ranges first, each prefix once', () => {
+  const a = (address: string, cidr: string | null, internal = false): NetworkInterfaceInfo =>
+    (address.includes(':')
+      ? { address, cidr, internal, family: 'IPv6', netmask: '', mac: '00:00:00:00:00:00', scopeid: 0 }
+      : { address, cidr, internal, family: 'IPv4', netmask: '', mac: '00:00:00:00:00:00' }) as NetworkInterfaceInfo;
+  const got = hostDestinationsOf({
+    lo: [a('127.0.0.1', '127.0.0.1/8', true), a('::1', '::1/128', true)],
+    eth0: [a('192.0.2.1', '192.0.2.1/24'), a('192.0.2.7', '192.0.2.7/24'), a('2001:db8::fe', '2001:db8::fe/64'), a('fe80::1', 'fe80::1/64')],
+    odd: [a('203.0.113.5', null)],
+  });
+  assert.deepEqual(got, [
+    '255.255.255.255/32', '224.0.0.0/4', 'fe80::/10', 'ff00::/8',
+    '127.0.0.1/32', '127.0.0.0/8', '::1/128',
+    '192.0.2.1/32', '192.0.2.0/32', '192.0.2.255/32', '192.0.2.7/32',
+    '2001:db8::fe/128', '2001:db8::/128',
+    '203.0.113.5/32',
+  ]);
+  assert.deepEqual(HOST_RANGES, got.slice(0, 4));
+});
+
+test('HostDestinationSet: an address or a prefix inside a host prefix, never one that only contains one', () => {
+  const s = new HostDestinationSet(['192.0.2.1/32', '192.0.2.255/32', '2001:db8::/128', ...HOST_RANGES]);
+  for (const yes of ['192.0.2.1', '192.0.2.255', '192.0.2.255/32', '255.255.255.255', '224.0.0.251', '239.1.2.3/32', '2001:db8::', 'fe80::1', 'febf::1', 'fe80::/64', 'ff02::1:2']) {
+    assert.equal(s.has(yes), true, yes);
+  }
+  for (const no of ['192.0.2.2', '192.0.2.0/24', '0.0.0.0/0', '::/0', 'fec0::1', '2001:db8::1', '223.255.255.255', 'not an address']) {
+    assert.equal(s.has(no), false, no);
+  }
+});
+
+/** A datapath's ipcache as a map, for ipcacheSyncSteps. */
+function fakeKernel(): { kernel: KernelOps; ipcache: Map<string, IpcacheEntry> } {
+  const ipcache = new Map<string, IpcacheEntry>();
+  const datapath = {
+    ipcacheList: () => [...ipcache],
+    ipcacheUpsert: (cidr: string, e: IpcacheEntry) => void ipcache.set(cidr, e),
+    ipcacheDelete: (cidr: string) => void ipcache.delete(cidr),
+    mapCapacity: () => ({ ipcache: 1000 }),
+  };
+  return { kernel: { datapath } as unknown as KernelOps, ipcache };
+}
+
+test('ipcache sync: host destinations are host (1), win over policy CIDRs and learned addresses on and inside them, and go with the address', () => {
+  const { kernel, ipcache } = fakeKernel();
+  const store = { workloadList: () => [{ ipv4: '10.200.0.5', ipv6: 'fd00:200::5', identity: 300 }] } as unknown as Store;
+  const compiled = {
+    ipcache: [
+      { cidr: '192.0.2.0/24', identity: 16777217 }, // contains host prefixes: stays a CIDR identity
+      { cidr: '192.0.2.255/32', identity: 16777218 }, // the subnet broadcast itself
+      { cidr: '224.0.0.251/32', identity: 16777219 }, // inside 224.0.0.0/4
+      { cidr: 'fe80::/64', identity: 16777220 }, // inside fe80::/10
+      { cidr: '198.51.100.0/24', identity: 16777221 },
+    ],
+    ipBlocks: [],
+  } as unknown as CompiledPolicy;
+  const learned: Array<[string, number]> = [['fe80::1/128', 16777300], ['203.0.113.9/32', 16777301]];
+  const hostsBefore = [...HOST_RANGES, '192.0.2.1/32', '192.0.2.0/32', '192.0.2.255/32', '2001:db8::fe/128', '2001:db8::/128'];
+  stepsRun(ipcacheSyncSteps(kernel, store, compiled, learned, hostsBefore));
+  const identity = (cidr: string) => ipcache.get(cidr)?.identity;
+  for (const cidr of hostsBefore) assert.equal(identity(cidr), 1, cidr);
+  assert.equal(identity('224.0.0.251/32'), 1);
+  assert.equal(identity('fe80::/64'), 1);
+  assert.equal(identity('fe80::1/128'), 1);
+  assert.equal(identity('192.0.2.0/24'), 16777217);
+  assert.equal(identity('198.51.100.0/24'), 16777221);
+  assert.equal(identity('203.0.113.9/32'), 16777301);
+  assert.equal(identity('10.200.0.5/32'), 300);
+  assert.equal(identity('fd00:200::5/128'), 300);
+
+  // the address moves to another subnet: the old one's entries go, the new one's come
+  const hostsAfter = [...HOST_RANGES, '198.51.100.1/32', '198.51.100.0/32', '198.51.100.255/32'];
+  stepsRun(ipcacheSyncSteps(kernel, store, compiled, learned, hostsAfter));
+  for (const cidr of ['192.0.2.1/32', '192.0.2.0/32', '2001:db8::fe/128', '2001:db8::/128']) assert.equal(identity(cidr), undefined, cidr);
+  assert.equal(identity('192.0.2.255/32'), 16777218, 'the policy CIDR is its own again');
+  for (const cidr of hostsAfter) assert.equal(identity(cidr), 1, cidr);
+});
