@@ -30,6 +30,7 @@ import { dnsFlowsAttach } from './dns/flows.js';
 import { PolicyService } from './policy/service.js';
 import { workloadsOutsidePools } from './pool-check.js';
 import { WorkloadWatch } from './workload-watch.js';
+import { HostAddressWatch } from './host-address-watch.js';
 import { WorkloadController } from './reconcile/controller.js';
 import { Dhcp4Server, dhcpServedKind } from './addressing/dhcp4-server.js';
 import { addressingMetricsRegister } from './addressing/metrics.js';
@@ -74,6 +75,8 @@ export class Agent {
   /** DHCPv4 for vm and tap guests (agent/addressing/). */
   readonly dhcp: Dhcp4Server;
   private readonly watch: WorkloadWatch;
+  /** The host's addresses, followed into the ipcache (agent/host-address-watch.ts). */
+  private readonly hostWatch: HostAddressWatch;
   /** One lock for every change of desired state: workloads, labels, namespaces, policies. */
   private readonly mutex = new Mutex();
   private readonly startedAt = Date.now();
@@ -122,6 +125,7 @@ export class Agent {
     }
     this.dns = new DnsSteering({ config: config.dns, store, engine: this.policyEngine, datapath: kernel.datapath, exclusive: (fn) => this.workloads.exclusive(fn), stateDir: config.stateDir, log: log.child({ component: 'dns' }) });
     this.watch = new WorkloadWatch(store, kernel, this.controller, log.child({ component: 'watch' }));
+    this.hostWatch = new HostAddressWatch(kernel, () => this.policyEngine.hostDestinationsFollow(), (fn) => this.workloads.exclusive(fn), log.child({ component: 'host-addresses' }));
     this.policies = new PolicyService(store, this.policyEngine, this.workloads, this.mutex, log.child({ component: 'policy' }));
     this.directory = new EndpointDirectory(store);
     if (this.remote) this.directory.remotePeer = (ip) => this.remote?.ipcache.peerOf(ip);
@@ -197,6 +201,7 @@ export class Agent {
     this.dhcp.start();
     this.flows.start(this.kernel.datapath);
     this.watch.start();
+    this.hostWatch.start();
     this.controller.start();
   }
 
@@ -208,6 +213,7 @@ export class Agent {
     for (const p of this.remote?.peers ?? []) void p.close();
     this.dhcp.close();
     this.watch.stop();
+    this.hostWatch.stop();
     void this.controller.stop();
     this.flows.stop();
     this.metrics.close();

@@ -17,6 +17,7 @@ export function kernelOpsReal(datapath: KitnetDatapath): KernelOps {
     deviceRepair: (spec) => netkit.endpointDeviceRepair(spec),
     linksList: () => netkit.kitnetLinksList(),
     linkRemovalsWatch: (onGone, onResync) => netkit.linkRemovalsWatch(onGone, onResync),
+    addressChangesWatch: (onChange) => netkit.addressChangesWatch(onChange),
     vmNetnsEnsure: (spec) => netkit.vmNetnsEnsure(spec),
     vmPlumbingCreate: (spec) => netkit.vmPlumbingCreate(spec),
     vmPlumbingObserve: (spec) => netkit.vmPlumbingObserve(spec),

@@ -30,6 +30,8 @@ export interface KernelOps {
    * the kernel dropped events, every link present instead (`onResync`).
    */
   linkRemovalsWatch(onGone: (link: LinkGone) => void, onResync: (present: ReadonlySet<string>) => void): LinkMonitor;
+  /** Reports that an address of the host namespace came or went (or that such events were lost). */
+  addressChangesWatch(onChange: () => void): LinkMonitor;
   /** kind vm: the VM's namespace (an owned one is created when missing). */
   vmNetnsEnsure(spec: VmPlumbingSpec): Promise<{ created: boolean }>;
   /** kind vm: tap + bridge in the VM's namespace, peer and tap enslaved (idempotent). */

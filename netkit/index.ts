@@ -18,7 +18,7 @@ export type { NetnsId } from './netns.js';
 export { netnsSurvey } from './netns-survey.js';
 export type { NetnsSurvey } from './netns-survey.js';
 export { EndpointSpecError } from './errors.js';
-export { linkRemovalsWatch } from './monitor.js';
+export { addressChangesWatch, linkRemovalsWatch } from './monitor.js';
 export type { LinkGone, LinkMonitor } from './monitor.js';
 export {
   tapAdopt, tapObserve, tapRelease, vmNetnsEnsure, vmNetnsNameFor, vmPlumbingCreate, vmPlumbingDelete, vmPlumbingObserve,

@@ -1,14 +1,17 @@
 // Link removal events from the kernel (RTNLGRP_LINK), so the agent learns at once when a workload's
 // device vanishes (its namespace was destroyed, its process exited, someone ran `ip link del`)
-// instead of polling for it.
+// instead of polling for it; and address changes (RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV6_IFADDR), so the
+// host's own destinations in the ipcache follow its addresses.
 import { native } from '../common/native.js';
 import { ifinfomsgDecode, messageAttrs, readStr } from './attrs.js';
 import { linkList } from './link.js';
 import { rtnlHost } from './socket.js';
-import { IFLA_IFNAME, RTM_DELLINK } from './uapi.js';
+import { IFLA_IFNAME, RTM_DELADDR, RTM_DELLINK, RTM_NEWADDR } from './uapi.js';
 
-/** Group bit for bind(): RTMGRP_LINK = 1 << (RTNLGRP_LINK - 1). */
+/** Group bits for bind(): RTMGRP_LINK = 1 << (RTNLGRP_LINK - 1), and so on. */
 const RTMGRP_LINK = 1;
+const RTMGRP_IPV4_IFADDR = 0x10;
+const RTMGRP_IPV6_IFADDR = 0x100;
 const IFINFOMSG_LEN = 16;
 
 export interface LinkGone {
@@ -73,6 +76,27 @@ export function linkRemovalsWatch(onGone: (link: LinkGone) => void, onResync: (p
       const name = messageAttrs(m.data, IFINFOMSG_LEN).get(IFLA_IFNAME);
       if (name) onGone({ ifname: readStr(name), ifindex: info.index });
     }
+  });
+  return {
+    close: () => {
+      if (closed) return;
+      closed = true;
+      native().netlinkMonitorClose(handle);
+    },
+  };
+}
+
+/**
+ * Calls `onChange` after a datagram announcing that an address of the agent's own network namespace
+ * came or went (IPv4 or IPv6, any device), and when the kernel dropped such events (ENOBUFS): the caller
+ * reads the addresses again either way. A burst of changes arrives in few datagrams; the caller
+ * debounces.
+ */
+export function addressChangesWatch(onChange: () => void): LinkMonitor {
+  let closed = false;
+  const handle = native().netlinkMonitorOpen(NETLINK_ROUTE, RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR, MONITOR_RCVBUF_BYTES, (datagram) => {
+    if (closed) return;
+    if (datagram === null || datagramMessages(datagram).some((m) => m.type === RTM_NEWADDR || m.type === RTM_DELADDR)) onChange();
   });
   return {
     close: () => {

@@ -63,6 +63,8 @@ export class PolicyEngine {
   private cidrKeyApplied: string | undefined;
   /** The CIDR identities last stored. */
   private cidrStored: string | undefined;
+  /** The host prefixes (host-destinations.ts) the ipcache was last written with. */
+  private hostsSynced: string | undefined;
   /** Cluster mode: identities other nodes allocated, referenced by remote ipcache entries (labels as stored). */
   private readonly remote = new Map<number, readonly string[]>();
   /** Cluster mode: the identity of another node's workload address (for `policy trace`). */
@@ -183,8 +185,10 @@ export class PolicyEngine {
     // workload's own entries are written by the reconciler, and the sweep is O(map) per call.
     const cidrKey = [...state.cidrIdentities, ...state.ipBlocks].map((c) => `${c.cidr}=${c.identity}`).sort().join(',');
     if (cidrKey !== this.cidrKeyApplied) {
-      yield* ipcacheSyncSteps(this.kernel, this.store, state.compiled(), this.ipcacheExtra());
+      const hosts = hostDestinations();
+      yield* ipcacheSyncSteps(this.kernel, this.store, state.compiled(), this.ipcacheExtra(), hosts);
       this.cidrKeyApplied = cidrKey;
+      this.hostsSynced = hosts.join();
     }
     let written: { upserts: number; deletes: number };
     try {
@@ -301,7 +305,22 @@ export class PolicyEngine {
 
   /** Writes the desired local ipcache (ipcache-sync.ts). */
   ipcacheSync(compiled: CompiledPolicy | undefined = this.state?.compiled()): void {
-    stepsRun(ipcacheSyncSteps(this.kernel, this.store, compiled, this.ipcacheExtra()));
+    const hosts = hostDestinations();
+    stepsRun(ipcacheSyncSteps(this.kernel, this.store, compiled, this.ipcacheExtra(), hosts));
+    this.hostsSynced = hosts.join();
+  }
+
+  /**
+   * Writes the local ipcache again if the host's prefixes changed since it was last written (an address
+   * came or went: agent/host-address-watch.ts), so new ones are host at once and those of a removed
+   * address go. Under the agent's mutex. Returns whether it wrote.
+   */
+  hostDestinationsFollow(): boolean {
+    const hosts = hostDestinations();
+    if (hosts.join() === this.hostsSynced) return false;
+    stepsRun(ipcacheSyncSteps(this.kernel, this.store, this.current().compiled(), this.ipcacheExtra(), hosts));
+    this.hostsSynced = hosts.join();
+    return true;
   }
 
   /** The compiled state the datapath enforces (the DNS proxy's query verdicts read it). */
