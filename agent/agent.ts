@@ -178,6 +178,7 @@ export class Agent {
     if (this.remote) await this.remote.watcher.start(this.remote.ipcache, this.remote.ipcache.adopt());
     // Peer clusters likewise (in parallel: one that does not answer delays the start by its deadline once).
     if (this.remote) await Promise.all(this.remote.peers.map((p) => p.start()));
+    await this.hostWatch.prime(); // the host's addresses for the ipcache's host entries, all devices
     const result = await this.workloads.exclusive(async () => {
       // Before anything allocates: this host's references to its cluster identities, under the new lease.
       await this.cluster?.identities.restore(this.store);

@@ -18,6 +18,7 @@ export function kernelOpsReal(datapath: KitnetDatapath): KernelOps {
     linksList: () => netkit.kitnetLinksList(),
     linkRemovalsWatch: (onGone, onResync) => netkit.linkRemovalsWatch(onGone, onResync),
     addressChangesWatch: (onChange) => netkit.addressChangesWatch(onChange),
+    hostAddressesList: () => netkit.hostAddressesList(),
     vmNetnsEnsure: (spec) => netkit.vmNetnsEnsure(spec),
     vmPlumbingCreate: (spec) => netkit.vmPlumbingCreate(spec),
     vmPlumbingObserve: (spec) => netkit.vmPlumbingObserve(spec),

@@ -1,6 +1,6 @@
 import type { KitnetDatapath } from '../bpf/index.js';
 import type {
-  EndpointDevice, EndpointDeviceSpec, KernelFeatures, KitnetLink, LinkGone, LinkMonitor, NetnsId, NetnsSurvey, TapAdoptSpec, TapAdopted,
+  EndpointDevice, EndpointDeviceSpec, HostAddress, KernelFeatures, KitnetLink, LinkGone, LinkMonitor, NetnsId, NetnsSurvey, TapAdoptSpec, TapAdopted,
   VmPlumbing, VmPlumbingSpec,
 } from '../netkit/index.js';
 
@@ -32,6 +32,8 @@ export interface KernelOps {
   linkRemovalsWatch(onGone: (link: LinkGone) => void, onResync: (present: ReadonlySet<string>) => void): LinkMonitor;
   /** Reports that an address of the host namespace came or went (or that such events were lost). */
   addressChangesWatch(onChange: () => void): LinkMonitor;
+  /** Every address of the host namespace, running device or not. */
+  hostAddressesList(): Promise<HostAddress[]>;
   /** kind vm: the VM's namespace (an owned one is created when missing). */
   vmNetnsEnsure(spec: VmPlumbingSpec): Promise<{ created: boolean }>;
   /** kind vm: tap + bridge in the VM's namespace, peer and tap enslaved (idempotent). */

@@ -72,23 +72,50 @@ function isLinkLocal6(c: Cidr): boolean {
   return c.family === 6 && c.network >> 118n === 0x3fan;
 }
 
-/** Host prefixes of a node:os interface list (pure): HOST_RANGES, then each address's, without repeats. */
-export function hostDestinationsOf(ifaces: NodeJS.Dict<NetworkInterfaceInfo[]>): string[] {
+/** Host prefixes of a list of interface addresses (pure): HOST_RANGES, then each address's, without repeats. */
+export function hostDestinationsFromAddresses(addresses: ReadonlyArray<{ cidr: string; loopback: boolean }>): string[] {
   const out = new Set<string>(HOST_RANGES);
-  for (const addrs of Object.values(ifaces)) {
-    for (const a of addrs ?? []) {
-      const family = a.family === 'IPv4' ? 4 : 6;
-      // node:os gives cidr null for a netmask that is not a prefix: then the address alone
-      const cidr = a.cidr ?? `${a.address.split('%')[0]}/${BITS[family]}`;
-      for (const p of interfaceAddressDestinations(cidr, a.internal)) out.add(p);
+  for (const a of addresses) {
+    let prefixes: string[];
+    try {
+      prefixes = interfaceAddressDestinations(a.cidr, a.loopback);
+    } catch {
+      continue; // not an address ipaddr.js reads: one odd address must not stop the others' entries
     }
+    for (const p of prefixes) out.add(p);
   }
   return [...out];
 }
 
-/** The host prefixes of this host now (its addresses as node:os reads them from the kernel). */
+/** Host prefixes of a node:os interface list (pure). */
+export function hostDestinationsOf(ifaces: NodeJS.Dict<NetworkInterfaceInfo[]>): string[] {
+  const addresses: Array<{ cidr: string; loopback: boolean }> = [];
+  for (const addrs of Object.values(ifaces)) {
+    for (const a of addrs ?? []) {
+      const family = a.family === 'IPv4' ? 4 : 6;
+      // node:os gives cidr null for a netmask that is not a prefix: then the address alone
+      addresses.push({ cidr: a.cidr ?? `${a.address.split('%')[0]}/${BITS[family]}`, loopback: a.internal });
+    }
+  }
+  return hostDestinationsFromAddresses(addresses);
+}
+
+/**
+ * The host's addresses as the kernel listed them last (agent/host-address-watch.ts reads them with a
+ * netlink dump at start and after every change); undefined until then, or once the watch stopped.
+ */
+let listed: ReadonlyArray<{ cidr: string; loopback: boolean }> | undefined;
+
+export function hostAddressesListedSet(addresses: ReadonlyArray<{ cidr: string; loopback: boolean }> | undefined): void {
+  listed = addresses;
+}
+
+/**
+ * The host prefixes of this host now: from the kernel's last listing of its addresses, or, before there
+ * is one, from node:os (which leaves out the addresses of devices that are not running).
+ */
 export function hostDestinations(): string[] {
-  return hostDestinationsOf(networkInterfaces());
+  return listed ? hostDestinationsFromAddresses(listed) : hostDestinationsOf(networkInterfaces());
 }
 
 /**

@@ -2,7 +2,7 @@
 // network namespace of its own (so the addresses it sees are the test's alone) gets an IPv4 /24 and an
 // IPv6 /64 on a device after it started; its ipcache gains the addresses, the subnet broadcast and
 // network address and the subnet-router anycast address as host (1), and loses them when the addresses
-// are removed. The agent's pin root and state go with the fixture's cleanup, and again by this file.
+// are removed; so do an address's on a device that is up without carrier (left out by node:os). The agent's pin root and state go with the fixture's cleanup, and again by this file.
 import assert from 'node:assert/strict';
 import { readdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -32,6 +32,12 @@ try {
   };
   const want = ['198.51.100.1/32', '198.51.100.0/32', '198.51.100.255/32', '2001:db8:5::1/128', '2001:db8:5::/128'];
   out.before = ipcache();
+  // a device that is up without carrier (its peer down): node:os lists none of its addresses, the host
+  // receives on them all the same
+  sh('ip', 'link', 'add', 'nc0', 'type', 'veth', 'peer', 'name', 'nc0p');
+  sh('ip', 'link', 'set', 'nc0', 'up');
+  sh('ip', 'addr', 'add', '203.0.113.1/24', 'dev', 'nc0');
+  out.noCarrier = await waitFor((c) => c['203.0.113.1/32'] && c['203.0.113.255/32']);
   sh('sysctl', '-qw', 'net.ipv6.conf.all.forwarding=1');
   sh('ip', 'link', 'add', 'up0', 'type', 'veth', 'peer', 'name', 'up0p');
   sh('ip', 'link', 'set', 'up0', 'up');
@@ -53,10 +59,11 @@ after(async () => {
 });
 
 test('host addresses that come and go while the agent runs: their host prefixes follow into the ipcache (root)', { timeout: 120_000 }, async () => {
-  const out = await nodeInOwnNetns<Record<'before' | 'added' | 'removed', Record<string, number>>>('', script);
+  const out = await nodeInOwnNetns<Record<'before' | 'noCarrier' | 'added' | 'removed', Record<string, number>>>('', script);
   const want = ['198.51.100.1/32', '198.51.100.0/32', '198.51.100.255/32', '2001:db8:5::1/128', '2001:db8:5::/128'];
   for (const c of ['fe80::/10', 'ff00::/8', '224.0.0.0/4', '255.255.255.255/32', '127.0.0.0/8']) assert.equal(out.before[c], 1, `${c} from the start`);
   for (const c of want) assert.equal(out.before[c], undefined, `${c} not before the address`);
+  for (const c of ['203.0.113.1/32', '203.0.113.0/32', '203.0.113.255/32']) assert.equal(out.noCarrier[c], 1, `${c}: an address on a device without carrier is host too`);
   for (const c of want) assert.equal(out.added[c], 1, `${c} is host once the address is there`);
   for (const c of want) assert.equal(out.removed[c], undefined, `${c} gone with the address`);
 });

@@ -5,7 +5,7 @@ import type { IpcacheEntry } from '../../bpf/index.js';
 import type { KernelOps } from '../../agent/kernel-ops.js';
 import type { Store } from '../../agent/store/store.js';
 import type { CompiledPolicy } from '../../agent/policy/index.js';
-import { HOST_RANGES, HostDestinationSet, hostDestinationsOf, interfaceAddressDestinations } from '../../agent/policy/host-destinations.js';
+import { HOST_RANGES, HostDestinationSet, hostDestinationsFromAddresses, hostDestinationsOf, interfaceAddressDestinations } from '../../agent/policy/host-destinations.js';
 import { ipcacheSyncSteps } from '../../agent/policy/ipcache-sync.js';
 import { stepsRun } from '../../agent/policy/slices.js';
 
@@ -46,6 +46,11 @@ test('host destinations of an interface list: the fixed ranges first, each prefi
     '203.0.113.5/32',
   ]);
   assert.deepEqual(HOST_RANGES, got.slice(0, 4));
+  // the kernel's own listing (netlink: every device), loopback by ifindex 1
+  assert.deepEqual(hostDestinationsFromAddresses([
+    { cidr: '127.0.0.1/8', loopback: true }, { cidr: '198.51.100.1/24', loopback: false }, { cidr: 'bogus/99', loopback: false },
+    { cidr: 'fd00:9::1/64', loopback: false },
+  ]), [...HOST_RANGES, '127.0.0.1/32', '127.0.0.0/8', '198.51.100.1/32', '198.51.100.0/32', '198.51.100.255/32', 'fd00:9::1/128', 'fd00:9::/128']);
 });
 
 test('HostDestinationSet: an address or a prefix inside a host prefix, never one that only contains one', () => {
