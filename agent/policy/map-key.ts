@@ -37,7 +37,8 @@
  *   else drop DROP_POLICY_DENIED (133)      // default deny; no entry at all for the endpoint = drop too
  * Two lookups per direction, independent of the number of rules and identities. Directions an endpoint
  * is not enforced in carry an allow-all entry (identity 0, prefixlen 72), so the datapath needs no
- * enforcement flag. ICMPv6 neighbour discovery (types 133-137) must bypass policy, as upstream.
+ * enforcement flag. ICMPv6 neighbour discovery (types 133-137) bypasses policy only on the link, as
+ * ND sends it (bpf/include/policy.h, nd_judge).
  */
 import { endianness } from 'node:os';
 import {

@@ -31,8 +31,6 @@
 #define ARPHRD_ETHER_ 1
 #define ARPOP_REQUEST_ 1
 #define ARPOP_REPLY_ 2
-#define ICMPV6_NS_ 135
-#define ICMPV6_NA_ 136
 #define ND_OPT_SOURCE_LL_ 1
 #define ND_OPT_TARGET_LL_ 2
 /* Options checked per solicitation / advertisement; more is dropped when enforcing (real ones carry

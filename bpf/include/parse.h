@@ -25,9 +25,12 @@
 #define ICMP_PARAMETERPROB_ 12
 /* ICMPv6 errors: 1 destination unreachable, 2 packet too big, 3 time exceeded, 4 parameter problem. */
 #define ICMPV6_ERROR_LAST 4
-/* Router/neighbour discovery: 133 RS, 134 RA, 135 NS, 136 NA, 137 redirect. */
-#define ICMPV6_ND_FIRST 133
-#define ICMPV6_ND_LAST 137
+/* Router/neighbour discovery (RFC 4861). */
+#define ICMPV6_RS_ 133
+#define ICMPV6_RA_ 134
+#define ICMPV6_NS_ 135
+#define ICMPV6_NA_ 136
+#define ICMPV6_REDIRECT_ 137
 
 #define ETH_P_8021Q_ 0x8100
 #define ETH_P_8021AD_ 0x88a8
@@ -64,8 +67,22 @@ struct pkt {
 	__u16 eth_proto; /* EtherType (host order): the Ethernet header's, or skb->protocol on L3 devices; the
 			  * outermost one of a tagged frame (skb->vlan_proto when the kernel took the tag off) */
 	__u8 vlan_tagged; /* a VLAN tag in the frame or in skb metadata: addresses are those of the packet inside */
-	__u8 pad0[3];
+	__u8 hop_limit;   /* IPv6 hop limit (neighbour discovery wants 255) */
+	__u8 pad0[2];
 };
+
+/* IPv6 address classes (a: 16 bytes, network order). Link-local unicast fe80::/10. */
+static __always_inline int ip6_is_link_local(const __u8 *a)
+{
+	return a[0] == 0xfe && (a[1] & 0xc0) == 0x80;
+}
+
+/* Multicast of interface- or link-local scope (ffX1::/16, ffX2::/16: RFC 4291 2.7): like link-local
+ * unicast, never forwarded by a router. */
+static __always_inline int ip6_is_link_scope_mcast(const __u8 *a)
+{
+	return a[0] == 0xff && ((a[1] & 0x0f) == 1 || (a[1] & 0x0f) == 2);
+}
 
 /* Copies len bytes at off into to: straight from the linear part of the skb when it holds them (the
  * usual case: no helper call), else through bpf_skb_load_bytes (headers in paged data). Returns 0 or
@@ -159,6 +176,7 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, __u32 off, struct p
 	if (ip6.version != 6)
 		return PARSE_TRUNCATED;
 	p->family = FAMILY_IPV6;
+	p->hop_limit = ip6.hop_limit;
 	__builtin_memcpy(p->saddr, &ip6.saddr, 16);
 	__builtin_memcpy(p->daddr, &ip6.daddr, 16);
 	nexthdr = ip6.nexthdr;

@@ -20,11 +20,59 @@
 #include "parse.h"
 #include "ipcache.h"
 
-/* ICMPv6 router/neighbour discovery: never subject to policy (upstream does the same). */
-static __always_inline int policy_bypass(const struct pkt *p)
+/* returned by nd_judge instead of a drop reason: neighbour discovery that skips policy */
+#define ND_BYPASS 1
+
+/* The ND multicast groups (a: 4-byte aligned): all-nodes ff02::1, all-routers ff02::2, solicited-node
+ * ff02::1:ff00:0/104. */
+static __always_inline int ip6_is_nd_group(const __u32 *a)
 {
-	return p->protocol == IPPROTO_ICMPV6_ && p->has_l4 && p->icmp_type >= ICMPV6_ND_FIRST &&
-	       p->icmp_type <= ICMPV6_ND_LAST;
+	if (a[0] != bpf_htonl(0xff020000) || a[1] != 0)
+		return 0;
+	if (a[2] == 0)
+		return a[3] == bpf_htonl(1) || a[3] == bpf_htonl(2);
+	return a[2] == bpf_htonl(1) && (a[3] & bpf_htonl(0xff000000)) == bpf_htonl(0xff000000);
+}
+
+/* Router / neighbour discovery (ICMPv6 133-137, RFC 4861) skips policy only as far as ND needs it, and
+ * only where the kernel never forwards it, so that no ND message carries anything past policy to a third
+ * party. The message must be unfragmented (RFC 6980), code 0 and hop limit 255 (what RFC 4861 receivers demand: a
+ * forwarded packet never has it), and
+ *  - from the workload: a router solicitation or a neighbour solicitation / advertisement to a
+ *    link-local address or an ND group (link scope: never forwarded); a solicitation / advertisement
+ *    also to an address of this host (ipcache: host), which the host delivers to itself (it solicits
+ *    from an address the device carries, when it has one). A router advertisement or a redirect is a
+ *    router's message, never a workload's: dropped wherever it goes (FORBIDDEN_ICMPV6_MESSAGE, as
+ *    upstream's host firewall does with RFC 4890's list);
+ *  - towards the workload: a router advertisement or a neighbour solicitation / advertisement from a
+ *    link-local address (or ::, duplicate address detection), which the kernel never forwards, so only
+ *    the host sends it (its neighbour discovery, the agent's router advertisements, the gateway answers
+ *    of neigh.h), to the workload's address (unicast NUD probes), a link-local address or an ND group;
+ *    a solicitation / advertisement also from an address of this host.
+ * Anything else of these types is ICMPv6 like any other: policy decides, and it is reported.
+ * Returns ND_BYPASS, 0 (policy decides) or a drop reason. */
+static __always_inline __u16 nd_judge(const struct endpoint_info *ep, const struct pkt *p, __u8 dir)
+{
+	__u8 t = p->icmp_type;
+
+	if (p->protocol != IPPROTO_ICMPV6_ || !p->has_l4 || t < ICMPV6_RS_ || t > ICMPV6_REDIRECT_)
+		return 0;
+	if (dir == DIR_EGRESS && (t == ICMPV6_RA_ || t == ICMPV6_REDIRECT_))
+		return DROP_FORBIDDEN_ICMPV6_MESSAGE;
+	if (p->is_frag || p->icmp_code != 0 || p->hop_limit != 255)
+		return 0;
+	if (dir == DIR_EGRESS) {
+		if (ip6_is_link_local(p->daddr) || ip6_is_nd_group((const __u32 *)p->daddr))
+			return ND_BYPASS;
+		return (t == ICMPV6_NS_ || t == ICMPV6_NA_) && ipcache_identity(p->daddr, FAMILY_IPV6) == IDENTITY_HOST ? ND_BYPASS : 0;
+	}
+	if (t == ICMPV6_RS_ || t == ICMPV6_REDIRECT_)
+		return 0;
+	if (!ip6_is_link_local(p->daddr) && !ip6_is_nd_group((const __u32 *)p->daddr) && !bytes_eq(p->daddr, ep->ipv6, 16))
+		return 0;
+	if (ip6_is_link_local(p->saddr) || (t == ICMPV6_NS_ && is_zero(p->saddr, 16)))
+		return ND_BYPASS;
+	return t != ICMPV6_RA_ && ipcache_identity(p->saddr, FAMILY_IPV6) == IDENTITY_HOST ? ND_BYPASS : 0;
 }
 
 /* The trie's longest match for k: from the hash when k is a full key there; else, unless `policy_wild`

@@ -278,10 +278,19 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 	}
 
 	/* A new connection, one checked again (CT_RECHECK) or not a connection: policy decides, except for
-	 * neighbour discovery and ICMP errors about a tracked connection. */
-	if (policy_bypass(&p)) {
+	 * neighbour discovery (policy.h: what ND needs, on the link only) and ICMP errors about a tracked
+	 * connection. */
+	reason = nd_judge(ep, &p, dir);
+	if (reason == ND_BYPASS) {
 		metric_add(METRIC_POLICY_BYPASS, 0);
 		goto out; /* neighbour discovery is periodic noise: not reported when aggregating */
+	}
+	if (reason) {
+		identities_resolve(&c, ep, &p, dir);
+		c.verdict = VERDICT_DROPPED;
+		c.drop_reason = reason;
+		c.reason = REPORT_DROP;
+		return finish(&c, 1);
 	}
 	if (ct_state == CT_UNTRACKED && icmp_is_error(&p)) {
 		related = ct_icmp_related(skb, &p, dir, now, &ct.key);

@@ -175,7 +175,6 @@ describe('ARP / neighbour discovery on crafted frames (BPF_PROG_TEST_RUN)', { ti
       [ns(EP_LL, 'ff02::1:ff00:99', 'fe80::99'), {}],
       [ns(EP.ipv6, 'ff02::1:ff00:1', 'fd00:250:1::1'), {}],
       [ns('::', SNM_GW6, GATEWAY_IPV6, []), {}],
-      [ns(EP_LL, SNM_GW6, GATEWAY_IPV6, [[1, mac(EP.mac)]], 64), {}],
       [ns(EP_LL, SNM_GW6, GATEWAY_IPV6), { hostMac: '' }],
     ] as Array<[Buffer, Partial<typeof EP>]>) {
       const r = await run(frame, ep);
@@ -183,6 +182,13 @@ describe('ARP / neighbour discovery on crafted frames (BPF_PROG_TEST_RUN)', { ti
       assert.deepEqual(r.data, frame);
       assert.equal(r.events.length, 0, 'neighbour discovery is not reported when aggregating');
     }
+    // hop limit 64: no valid solicitation (not answered), and no neighbour discovery either: policy
+    // (allow-all here) passes it as the ICMPv6 it is, and reports it
+    const hop64 = ns(EP_LL, SNM_GW6, GATEWAY_IPV6, [[1, mac(EP.mac)]], 64);
+    const r = await run(hop64);
+    assert.equal(r.retval, TCX_PASS);
+    assert.deepEqual(r.data, hop64);
+    assert.deepEqual(r.events.map((e) => [e.verdict, e.icmpType]), [['FORWARDED', 135]]);
   });
 
   test('spoofed neighbour discovery dropped: NS source link-layer option, NA target and target link-layer option', async () => {
@@ -370,6 +376,22 @@ for (const kind of ['tcx', 'netkit'] as const) {
       const after = dp.metricsRead();
       assert.ok(after.NEIGH_REPLIES.packets - before.NEIGH_REPLIES.packets >= 4n, 'ARP + NS answered twice');
       assert.equal(after.EGRESS_DROPPED.packets, before.EGRESS_DROPPED.packets, 'nothing from the workload dropped');
+    });
+
+    test('default-deny egress, ingress from the host only: the host still resolves the workload (its NS from an address on the device, the NA back to it) and pings it', async () => {
+      assert.ok(dp);
+      dp.endpointUpsert(ifindex, endpoint(true));
+      dp.policyClear(78);
+      dp.policyApply(78, [{ op: 'upsert', entry: { direction: 'ingress', identity: IDENTITY_HOST, protocol: 0, port: 0, portPrefixLen: 0, deny: false } }]);
+      try {
+        shOk('ip', ['-6', 'neigh', 'flush', 'dev', HOST]);
+        inNs('ip', 'neigh', 'flush', 'all');
+        assert.ok(shOk('ping', ['-6', '-n', '-q', '-c', '2', '-i', '0.2', '-W', '2', EP6]), 'host -> workload over IPv6');
+        assert.match(sh('ip', ['-6', 'neigh', 'show', 'dev', HOST, EP6]), /lladdr/, 'the host resolved the workload');
+      } finally {
+        dp.policyClear(78);
+        policyAllowAll(dp, 78);
+      }
     });
   });
 }

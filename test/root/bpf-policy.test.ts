@@ -13,7 +13,7 @@ import type { FlowEvent, KitnetDatapath, PolicyEntryFields } from '../../bpf/ind
 import { DROP_REASON } from '../../bpf/index.js';
 import { ipv4Parse, ipv6Parse } from '../../bpf/addr.js';
 import { structEncode } from '../../bpf/layout.js';
-import { CT_ENTRY, CT_KEY, DIR_EGRESS, TCX_DROP, TCX_PASS } from '../../bpf/layout.gen.js';
+import { CT_ENTRY, CT_KEY, DIR_EGRESS, IDENTITY_HOST, TCX_DROP, TCX_PASS } from '../../bpf/layout.gen.js';
 import { BpfMap } from '../../bpf/maps/map.js';
 import { native } from '../../common/native.js';
 import type { EventSink } from './bpf-helpers.js';
@@ -28,6 +28,7 @@ const OTHER4 = '10.253.1.9';
 const OTHER6 = 'fd00:253:1::9';
 const WORLD4 = '192.0.2.1';
 const WORLD6 = '2001:db8::1';
+const HOST6 = 'fd00:252:9::1'; // an address of this host (ipcache: host)
 
 type Prog = 'from_workload' | 'to_workload';
 type Entry = Omit<PolicyEntryFields, 'deny'> & { deny?: boolean };
@@ -45,6 +46,7 @@ describe('policy enforcement (BPF_PROG_TEST_RUN)', { timeout: 120_000 }, () => {
     dp.ipcacheUpsert(`${REMOTE6}/128`, { identity: CLIENT, hostId: 0 });
     dp.ipcacheUpsert(`${OTHER4}/32`, { identity: OTHER, hostId: 0 });
     dp.ipcacheUpsert(`${OTHER6}/128`, { identity: OTHER, hostId: 0 });
+    dp.ipcacheUpsert(`${HOST6}/128`, { identity: IDENTITY_HOST, hostId: 0 });
   });
   beforeEach(() => {
     dp.policyClear();
@@ -311,15 +313,93 @@ describe('policy enforcement (BPF_PROG_TEST_RUN)', { timeout: 120_000 }, () => {
     assert.ok(dp.metricsRead().FRAG_UNKNOWN.packets >= 2n);
   });
 
-  test('neighbour discovery and ARP bypass policy (no entries at all)', async () => {
+  test('neighbour discovery and ARP bypass policy (no entries at all): ND only on the link, hop limit 255, as the kernel sends it', async () => {
     assert.equal(dp.policyList(EP.endpointId).length, 0);
-    for (const type of [133, 134, 135, 136, 137]) {
-      assert.equal(await verdict('from_workload', v6('fe80::2', 'ff02::1:ff00:1', 58, icmp(type, 0))), 'PASS', `ND ${type} out`);
-      assert.equal(await verdict('to_workload', v6('fe80::1', EP.ipv6, 58, icmp(type, 0))), 'PASS', `ND ${type} in`);
+    const nd = (src: string, dst: string, type: number, hop = 255) => eth(ETH_P_IPV6, ipv6(src, dst, 58, icmp(type, 0), [], hop));
+    const out: Array<[string, string, string, number]> = [
+      ['RS to all-routers', 'fe80::2', 'ff02::2', 133],
+      ['RS from ::', '::', 'ff02::2', 133],
+      ['NS to a solicited-node group', 'fe80::2', 'ff02::1:ff00:1', 135],
+      ['NS from the global address', EP.ipv6, 'ff02::1:ff00:1', 135],
+      ['DAD NS from ::', '::', 'ff02::1:ff00:2', 135],
+      ['NUD NS to the gateway', 'fe80::2', 'fe80::1', 135],
+      ['NA to the host\'s link-local address', 'fe80::2', 'fe80::1234', 136],
+      ['unsolicited NA to all-nodes', EP.ipv6, 'ff02::1', 136],
+      // the host solicits from an address its side of the device carries, when it has one
+      ['NA to an address of this host', EP.ipv6, HOST6, 136],
+      ['NS to an address of this host', 'fe80::2', HOST6, 135],
+    ];
+    for (const [what, src, dst, type] of out) {
+      const r = await run('from_workload', nd(src, dst, type));
+      assert.deepEqual([r.retval, r.events.length], [TCX_PASS, 0], `out: ${what} (not reported when aggregating)`);
+    }
+    // what the host sends a workload: from a link-local address (never forwarded), hop limit 255
+    const into: Array<[string, string, string, number]> = [
+      ['RA from the gateway to all-nodes (agent/addressing/ra.ts)', 'fe80::1', 'ff02::1', 134],
+      ['NS from the host to a solicited-node group', 'fe80::1234', 'ff02::1:ff00:2', 135],
+      ['NUD NS from the host to the workload\'s address', 'fe80::1234', EP.ipv6, 135],
+      ['DAD NS of the host', '::', 'ff02::1:ff00:1234', 135],
+      ['NA from the gateway (the responder\'s answer)', 'fe80::1', 'fe80::2', 136],
+      ['NA to the workload\'s address', 'fe80::1', EP.ipv6, 136],
+      ['NS from an address of this host', HOST6, EP.ipv6, 135],
+      ['NA from an address of this host', HOST6, 'fe80::2', 136],
+    ];
+    for (const [what, src, dst, type] of into) {
+      const r = await run('to_workload', nd(src, dst, type));
+      assert.deepEqual([r.retval, r.events.length], [TCX_PASS, 0], `in: ${what}`);
     }
     assert.equal((await run('from_workload', eth(ETH_P_ARP, Buffer.alloc(28)))).retval, TCX_PASS);
     assert.equal((await run('to_workload', eth(ETH_P_ARP, Buffer.alloc(28)))).retval, TCX_PASS);
     assert.equal(await verdict('from_workload', v6('fe80::2', 'ff02::1', 58, icmp(128, 0))), DENIED, 'other ICMPv6 is policed');
+  });
+
+  test('ND types off the link, or not as ND sends them, are ICMPv6 like any other: policy decides (and reports); RA and redirects from a workload are dropped (176)', async () => {
+    const payload = Buffer.from('exfiltrated through an ND message '.repeat(8));
+    const nd = (src: string, dst: string, type: number, o: { hop?: number; code?: number; frag?: boolean } = {}) =>
+      eth(ETH_P_IPV6, ipv6(src, dst, 58, Buffer.concat([icmp(type, o.code ?? 0), payload]), o.frag ? [[44, fragHdr(0, true, 0x77)]] : [], o.hop ?? 255));
+    const FORBIDDEN = DROP_REASON.FORBIDDEN_ICMPV6_MESSAGE;
+    // from the workload (default deny egress): a world host, another workload, the link
+    const out: Array<[string, Buffer, number]> = [
+      ['RA to a world host', nd(EP.ipv6, WORLD6, 134), FORBIDDEN],
+      ['redirect to a world host', nd(EP.ipv6, WORLD6, 137), FORBIDDEN],
+      ['RA to all-nodes', nd('fe80::2', 'ff02::1', 134), FORBIDDEN],
+      ['redirect to the gateway', nd('fe80::2', 'fe80::1', 137), FORBIDDEN],
+      ['RS to another workload', nd(EP.ipv6, REMOTE6, 133), DENIED],
+      ['NS to another workload', nd(EP.ipv6, REMOTE6, 135), DENIED],
+      ['NA to another workload', nd(EP.ipv6, REMOTE6, 136), DENIED],
+      ['RS to an address of this host', nd(EP.ipv6, HOST6, 133), DENIED],
+      ['NA to a world host', nd(EP.ipv6, WORLD6, 136), DENIED],
+      ['NA to a global multicast group', nd(EP.ipv6, 'ff0e::1', 136), DENIED],
+      ['NA to a link-local multicast group that is not ND\'s', nd('fe80::2', 'ff02::16', 136), DENIED],
+      ['NS with hop limit 64', nd('fe80::2', 'ff02::1:ff00:1', 135, { hop: 64 }), DENIED],
+      ['NS with code 1', nd('fe80::2', 'ff02::1:ff00:1', 135, { code: 1 }), DENIED],
+      ['a fragmented NS (RFC 6980)', nd('fe80::2', 'ff02::1:ff00:1', 135, { frag: true }), DENIED],
+    ];
+    const outGot: Array<[string, 'PASS' | number]> = [];
+    for (const [what, frame] of out) outGot.push([what, await verdict('from_workload', frame)]);
+    assert.deepEqual(outGot, out.map(([what, , reason]) => [what, reason]), 'from the workload');
+    // towards the workload (default deny ingress): only the host's own ND (link-local source) skips policy
+    const into: Array<[string, Buffer]> = [
+      ['RS from another workload', nd(REMOTE6, EP.ipv6, 133)],
+      ['NA from another workload', nd(REMOTE6, EP.ipv6, 136)],
+      ['NS from a world host', nd(WORLD6, EP.ipv6, 135)],
+      ['RA from a world host', nd(WORLD6, EP.ipv6, 134)],
+      ['RS from a link-local address', nd('fe80::1234', EP.ipv6, 133)],
+      ['redirect from a link-local address', nd('fe80::1', EP.ipv6, 137)],
+      ['NA from a link-local address, hop limit 254', nd('fe80::1', EP.ipv6, 136, { hop: 254 })],
+      ['NA from a link-local address to another address', nd('fe80::1', OTHER6, 136)],
+      ['RA from ::', nd('::', 'ff02::1', 134)],
+      ['RA from an address of this host (RAs come from link-local addresses)', nd(HOST6, 'ff02::1', 134)],
+      ['NS from an address of this host, hop limit 254', nd(HOST6, EP.ipv6, 135, { hop: 254 })],
+    ];
+    const inGot: Array<[string, 'PASS' | number]> = [];
+    for (const [what, frame] of into) inGot.push([what, await verdict('to_workload', frame)]);
+    assert.deepEqual(inGot, into.map(([what]) => [what, DENIED]), 'towards the workload');
+    // allowed by policy: forwarded, and reported like any ICMPv6 (aggregated mode); RA still dropped
+    setPolicy([{ direction: 'egress', identity: 0, protocol: 58, port: 0, portPrefixLen: 0 }]);
+    const r = await run('from_workload', nd(EP.ipv6, REMOTE6, 136));
+    assert.deepEqual([r.retval, r.events.map((e) => [e.verdict, e.icmpType, e.dstAddr])], [TCX_PASS, [['FORWARDED', 136, REMOTE6]]]);
+    assert.equal(await verdict('from_workload', nd(EP.ipv6, REMOTE6, 134)), FORBIDDEN, 'RA, whatever policy allows');
   });
 
   test('policyApply / policyList / policyClear: raw writes, deletes, per-endpoint clear', () => {

@@ -124,7 +124,7 @@ describe('datapath on crafted packets (BPF_PROG_TEST_RUN)', { timeout: 60_000 },
     // ICMP errors are not connections: always reported; neighbour discovery never (aggregated mode)
     r = await run('to_workload', eth(ETH_P_IP, ipv4('192.0.2.1', EP.ipv4, 1, icmp(3, 3))));
     assert.deepEqual(r.events.map((e) => [e.icmpType, e.icmpCode, e.reportReason]), [[3, 3, 'EVERY']]);
-    r = await run('from_workload', eth(ETH_P_IPV6, ipv6(EP.ipv6, 'ff02::1:ff00:1', 58, icmp(135, 0))));
+    r = await run('from_workload', eth(ETH_P_IPV6, ipv6(EP.ipv6, 'ff02::1:ff00:1', 58, icmp(135, 0), [], 255)));
     assert.equal(r.events.length, 0);
   });
 
