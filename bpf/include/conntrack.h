@@ -26,6 +26,7 @@
 #include "maps.h"
 #include "metrics.h"
 #include "parse.h"
+#include "ipcache.h"
 
 #define TCP_FIN 0x01
 #define TCP_SYN 0x02
@@ -291,17 +292,34 @@ static __always_inline int icmp_is_error(const struct pkt *p)
 	return 0;
 }
 
+static __always_inline int addr_eq(const __u8 *a, const __u8 *b, __u8 family)
+{
+	return family == FAMILY_IPV4 ? bytes_eq(a, b, 4) : bytes_eq(a, b, 16);
+}
+
 /* An ICMP error quotes the packet that caused it (after its 8-byte header). The error belongs to a
  * tracked connection when the quoted packet does: quoted in the connection's original direction, the
  * error travels the reply way (e.g. port unreachable, time exceeded on the way out, packet too big);
  * quoted in the reply direction, it travels the original way. Only live entries count, and nothing is
  * updated. Returns 0 (unrelated: policy decides), 1 (related, reply direction), 2 (related, original
  * direction). The quoted IPv6 packet must carry its L4 header right after the fixed header.
- * `key` is scratch space (the caller's, to keep the stack small). */
-static __always_inline int ct_icmp_related(struct __sk_buff *skb, const struct pkt *p, __u8 dir, __u64 now,
-					   struct ct_key *key)
+ *
+ * The quoted tuple alone proves nothing (the sender writes it): the quoted packet must be one this
+ * endpoint sent or received, as seen from where the error goes. An error goes back to the sender of
+ * the packet it quotes, so the quoted source is always the error's destination, and
+ *  - from the workload (it answers a packet it received): the quoted destination is the error's
+ *    source, the endpoint's own address (`ep_addr`). The error can only go to the connection's peer;
+ *  - towards the workload (an answer to a packet it sent): the quoted source is the endpoint's own
+ *    address. The error comes from the quoted destination (port unreachable) or from a router on the
+ *    path, from the router's own address (time exceeded, PMTU's fragmentation needed / packet too big),
+ *    which is this host, another node or the world: a workload is on no other workload's path, so an
+ *    error from a third party with a workload's identity is not related.
+ * Then policy judges everything else: errors quoting another endpoint's connection, or sent anywhere
+ * but to the quoted packet's sender. `key` is scratch space (the caller's, to keep the stack small). */
+static __always_inline int ct_icmp_related(struct __sk_buff *skb, const struct pkt *p, const __u8 *ep_addr, __u8 dir,
+					   __u64 now, struct ct_key *key)
 {
-	__u32 off = (__u32)p->l4_off + 8, saddr_off, alen;
+	__u32 off = (__u32)p->l4_off + 8, saddr_off, alen, identity;
 	__u8 h[12], addrs[32], protocol, qdir;
 	__u16 sport = 0, dport = 0;
 	struct ct_entry *e;
@@ -352,6 +370,22 @@ static __always_inline int ct_icmp_related(struct __sk_buff *skb, const struct p
 			return 0;
 	} else if (bpf_skb_load_bytes(skb, saddr_off, addrs, 32) < 0) {
 		return 0;
+	}
+
+	/* quoted source = the error's destination; the endpoint's side of the quoted packet is its own */
+	if (!addr_eq(addrs, p->daddr, p->family))
+		return 0;
+	if (dir == DIR_EGRESS) {
+		if (!addr_eq(addrs + 16, p->saddr, p->family) || !addr_eq(addrs + 16, ep_addr, p->family))
+			return 0;
+	} else {
+		if (!addr_eq(addrs, ep_addr, p->family))
+			return 0;
+		if (!addr_eq(addrs + 16, p->saddr, p->family)) {
+			identity = ipcache_identity(p->saddr, p->family);
+			if (identity >= IDENTITY_RANGE_LABEL_FIRST && identity < IDENTITY_RANGE_LOCAL_FLAG)
+				return 0;
+		}
 	}
 
 	/* the quoted packet travelled opposite to this error, at the same endpoint */

@@ -293,7 +293,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 		return finish(&c, 1);
 	}
 	if (ct_state == CT_UNTRACKED && icmp_is_error(&p)) {
-		related = ct_icmp_related(skb, &p, dir, now, &ct.key);
+		related = ct_icmp_related(skb, &p, p.family == FAMILY_IPV4 ? ep->ipv4 : ep->ipv6, dir, now, &ct.key);
 		if (related) {
 			metric_add(METRIC_POLICY_BYPASS, 0);
 			c.is_reply = related == 1;

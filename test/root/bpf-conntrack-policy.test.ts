@@ -12,16 +12,21 @@ import type { FlowEvent, KitnetDatapath, PolicyEntryFields } from '../../bpf/ind
 import { DROP_REASON } from '../../bpf/index.js';
 import { ipv4Parse, ipv6Parse } from '../../bpf/addr.js';
 import { structDecode, structEncode } from '../../bpf/layout.js';
-import { CT_ENTRY, CT_F_SEEN_REPLY, CT_KEY, DIR_EGRESS, DP_CONFIG, TCX_DROP, TCX_PASS } from '../../bpf/layout.gen.js';
+import { CT_ENTRY, CT_F_SEEN_REPLY, CT_KEY, DIR_EGRESS, DP_CONFIG, IDENTITY_HOST, TCX_DROP, TCX_PASS } from '../../bpf/layout.gen.js';
 import { BpfMap } from '../../bpf/maps/map.js';
 import { native } from '../../common/native.js';
 import type { EventSink } from './bpf-helpers.js';
-import { ETH_P_IP, ETH_P_IPV6, TCP, eth, ipv4, ipv6, tcp, udp, LO, testRunDatapathUse } from './bpf-helpers.js';
+import { ETH_P_IP, ETH_P_IPV6, TCP, eth, icmp, ipv4, ipv6, tcp, udp, LO, testRunDatapathUse } from './bpf-helpers.js';
 
 const EP = { endpointId: 23, identity: 310, ipv4: '10.254.0.2', ipv6: 'fd00:254::2', mac: '02:00:00:00:00:02', flags: 0 };
 const PEER = 311; // identity of the remote addresses
 const OTHER = 312;
 const REMOTE = { 4: '10.254.1.9', 6: 'fd00:254:1::9' } as const;
+// a second local workload (its own endpoint on the same maps: the conntrack table is shared)
+const B = { endpointId: 24, identity: 314, ipv4: '10.254.0.3', ipv6: 'fd00:254::3', mac: '02:00:00:00:00:03', flags: 0 };
+const WORLD = { 4: '192.0.2.1', 6: '2001:db8::1' } as const;
+const ROUTER = { 4: '198.51.100.1', 6: '2001:db8:ff::1' } as const;
+const HOST = { 4: '10.254.9.1', 6: 'fd00:254:9::1' } as const;
 
 type Prog = 'from_workload' | 'to_workload';
 type Family = 4 | 6;
@@ -39,7 +44,14 @@ describe('conntrack and policy (BPF_PROG_TEST_RUN)', { timeout: 120_000 }, () =>
   beforeEach(() => {
     dp.policyClear();
     dp.conntrackFlush();
-    for (const f of [4, 6] as const) dp.ipcacheUpsert(`${REMOTE[f]}/${f === 4 ? 32 : 128}`, { identity: PEER, hostId: 0 });
+    dp.policyClear(B.endpointId);
+    for (const f of [4, 6] as const) {
+      const len = f === 4 ? 32 : 128;
+      dp.ipcacheUpsert(`${REMOTE[f]}/${len}`, { identity: PEER, hostId: 0 });
+      dp.ipcacheUpsert(`${f === 4 ? EP.ipv4 : EP.ipv6}/${len}`, { identity: EP.identity, hostId: 0 });
+      dp.ipcacheUpsert(`${f === 4 ? B.ipv4 : B.ipv6}/${len}`, { identity: B.identity, hostId: 0 });
+      dp.ipcacheUpsert(`${HOST[f]}/${len}`, { identity: IDENTITY_HOST, hostId: 0 });
+    }
   });
 
   /** The endpoint's whole policy; an empty direction is default-deny there (no entry). */
@@ -241,6 +253,92 @@ describe('conntrack and policy (BPF_PROG_TEST_RUN)', { timeout: 120_000 }, () =>
       aged(41011, 1, CT_F_SEEN_REPLY, 0);
       setPolicy([allow('egress', 6, 80)]);
       assert.equal(await verdict('from_workload', tcpOut(f, 41011, 443, TCP.ACK)), DENIED);
+    });
+  }
+  // ICMP errors are related to a connection only when the quoted packet is one the endpoint sent or
+  // received on it, as seen from the error's direction (conntrack.h, ct_icmp_related).
+  const ipOf = (ep: { ipv4: string; ipv6: string }, f: Family) => (f === 4 ? ep.ipv4 : ep.ipv6);
+  const quote = (f: Family, src: string, dst: string, l4: Buffer, proto: number) => (f === 4 ? ipv4(src, dst, proto, l4) : ipv6(src, dst, proto, l4));
+  /** An ICMP error src -> dst quoting `quoted` (its first 28 / 48 bytes), plus `extra` bytes. */
+  function icmpErr(f: Family, src: string, dst: string, kind: 'unreach' | 'pmtu', quoted: Buffer, extra = Buffer.alloc(0)): Buffer {
+    const [type, code] = f === 4 ? (kind === 'unreach' ? [3, 3] : [3, 4]) : kind === 'unreach' ? [1, 4] : [2, 0];
+    const body = Buffer.concat([icmp(type, code).subarray(0, 8), quoted.subarray(0, f === 4 ? 28 : 48), extra]);
+    return pkt(f, src, dst, body, f === 4 ? 1 : 58);
+  }
+  /** Runs `fn` with the test-run endpoint being B (same maps), then A again. */
+  async function asB<T>(fn: () => Promise<T>): Promise<T> {
+    dp.endpointUpsert(LO, B);
+    try {
+      return await fn();
+    } finally {
+      dp.endpointUpsert(LO, EP);
+    }
+  }
+  function setPolicyOf(endpointId: number, entries: Entry[]): void {
+    dp.policyClear(endpointId);
+    dp.policyApply(endpointId, entries.map((e) => ({ op: 'upsert' as const, entry: { deny: false, ...e } })));
+  }
+  const secret = Buffer.from('exfiltrated inside an ICMP error '.repeat(16));
+
+  for (const f of [4, 6] as const) {
+    test(`IPv${f} ICMP errors: an error leaving the workload is related only when sent to the quoted packet's sender, from the endpoint's own address`, async () => {
+      setPolicy([allow('egress', 6, 443)]);
+      setPolicyOf(B.endpointId, [allow('egress', 6, 443)]);
+      const a = local(f);
+      assert.equal(await verdict('from_workload', tcpOut(f, 40000, 443, TCP.SYN)), 'PASS');
+      // B has a connection from the same port
+      await asB(async () => assert.equal(await verdict('from_workload', pkt(f, ipOf(B, f), REMOTE[f], tcp(40000, 443, TCP.SYN), 6)), 'PASS'));
+      const fromRemote = quote(f, REMOTE[f], a, tcp(443, 40000, TCP.SYN | TCP.ACK), 6);
+      const got: Array<[string, 'PASS' | number]> = [];
+      for (const [what, frame] of [
+        ['to a denied world host, quoting the remote\'s packet to A (exfiltration)', icmpErr(f, a, WORLD[f], 'unreach', fromRemote, secret)],
+        ['to another workload, quoting the remote\'s packet to A', icmpErr(f, a, ipOf(B, f), 'unreach', fromRemote, secret)],
+        ['to the remote, quoting its packet to B (B\'s connection, not A\'s)', icmpErr(f, a, REMOTE[f], 'unreach', quote(f, REMOTE[f], ipOf(B, f), tcp(443, 40000, TCP.ACK), 6))],
+      ] as Array<[string, Buffer]>) got.push([what, await verdict('from_workload', frame)]);
+      assert.deepEqual(got, got.map(([what]) => [what, DENIED]));
+      // to the quoted packet's sender, about a packet A received: related (a reply of the connection)
+      const { retval } = dp.testRun('from_workload', icmpErr(f, a, REMOTE[f], 'unreach', fromRemote), { ifindex: LO });
+      assert.equal(retval, TCX_PASS);
+      assert.deepEqual((await sink.settle()).map((e) => [e.verdict, e.isReply, e.dstAddr]), [['FORWARDED', false, REMOTE[f]]]);
+    });
+
+    test(`IPv${f} ICMP errors: an error towards the workload is related only when it quotes a packet the endpoint itself sent, from its peer or a router (not another workload)`, async () => {
+      // A: egress allows all; B: egress UDP 5353 and TCP 443 to the remote, ingress default deny
+      setPolicy([{ direction: 'egress', identity: 0, ...{ protocol: 0, port: 0, portPrefixLen: 0 } }]);
+      setPolicyOf(B.endpointId, [allow('egress', 17, 5353), allow('egress', 6, 443)]);
+      const a = local(f);
+      const b = ipOf(B, f);
+      assert.equal(await verdict('from_workload', tcpOut(f, 40001, 443, TCP.SYN)), 'PASS', 'A connects to the remote');
+      const aOut = quote(f, a, REMOTE[f], tcp(40001, 443, TCP.SYN), 6);
+      const bUdp = quote(f, b, REMOTE[f], udp(45000, 5353), 17);
+      const bTcp = quote(f, b, REMOTE[f], tcp(45001, 443, TCP.ACK | 0x08), 6);
+      await asB(async () => {
+        assert.equal(await verdict('from_workload', pkt(f, b, REMOTE[f], udp(45000, 5353), 17)), 'PASS', 'B\'s connected UDP socket');
+        assert.equal(await verdict('from_workload', pkt(f, b, REMOTE[f], tcp(45001, 443, TCP.SYN), 6)), 'PASS');
+        assert.equal(await verdict('to_workload', pkt(f, REMOTE[f], b, tcp(443, 45001, TCP.SYN | TCP.ACK), 6)), 'PASS');
+        assert.equal(await verdict('from_workload', pkt(f, b, REMOTE[f], tcp(45001, 443, TCP.ACK | 0x08), 6)), 'PASS', 'established');
+        const got: Array<[string, 'PASS' | number]> = [];
+        for (const [what, frame] of [
+          ['A -> B quoting A\'s own connection', icmpErr(f, a, b, 'pmtu', aOut, secret)],
+          ['A -> B quoting B\'s UDP flow (would kill B\'s connected socket)', icmpErr(f, a, b, 'unreach', bUdp)],
+          ['A -> B quoting B\'s TCP connection', icmpErr(f, a, b, 'unreach', bTcp)],
+          ['the remote -> B quoting a packet from A', icmpErr(f, REMOTE[f], b, 'unreach', aOut)],
+        ] as Array<[string, Buffer]>) got.push([what, await verdict('to_workload', frame)]);
+        assert.deepEqual(got, got.map(([what]) => [what, DENIED]));
+        // legitimate: the remote's port unreachable for B's UDP flow; PMTU errors from a router on the
+        // path (world) and from this host for B's established connection
+        const ok: Array<[string, Buffer]> = [
+          ['the remote\'s port unreachable for B\'s UDP flow', icmpErr(f, REMOTE[f], b, 'unreach', bUdp)],
+          ['a router\'s PMTU error for B\'s TCP connection', icmpErr(f, ROUTER[f], b, 'pmtu', bTcp)],
+          ['this host\'s PMTU error for B\'s TCP connection', icmpErr(f, HOST[f], b, 'pmtu', bTcp)],
+          ['the remote\'s PMTU error for B\'s TCP connection', icmpErr(f, REMOTE[f], b, 'pmtu', bTcp)],
+        ];
+        for (const [what, frame] of ok) {
+          const { retval } = dp.testRun('to_workload', frame, { ifindex: LO });
+          assert.equal(retval, TCX_PASS, what);
+          assert.deepEqual((await sink.settle()).map((e) => [e.verdict, e.isReply, e.dstAddr]), [['FORWARDED', true, b]], what);
+        }
+      });
     });
   }
 });
