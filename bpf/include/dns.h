@@ -117,6 +117,10 @@ static __always_inline int dns_steer(struct __sk_buff *skb, __u32 endpoint_id, c
 	to = p->family == FAMILY_IPV4 ? cfg->ipv4 : cfg->ipv6;
 	if (is_zero(to, p->family == FAMILY_IPV4 ? 4 : 16))
 		return DNS_STEER_DROP; /* no proxy address for this family: never past the proxy */
+	/* from an IPv6 link-local or :: source (check_source lets them reach the link only): no resolver
+	 * there, and every such address would be another key in the shared dns_redirect */
+	if (p->family == FAMILY_IPV6 && (ip6_is_link_local(p->saddr) || is_zero(p->saddr, 16)))
+		return DNS_STEER_DROP;
 	__builtin_memset(&k, 0, sizeof(k));
 	__builtin_memset(&v, 0, sizeof(v));
 	__builtin_memcpy(k.addr, p->saddr, 16);

@@ -36,9 +36,13 @@ static __always_inline struct dp_config *config_get(void)
 	return bpf_map_lookup_elem(&config, &zero);
 }
 
-/* Source checks for packets leaving the workload; returns a drop reason or 0. IPv6 link-local and the
- * unspecified address (DAD) are always allowed: neighbour discovery needs them. The workload's own
- * address, the common case, is checked first. */
+/* Source checks for packets leaving the workload; returns a drop reason or 0. The workload's own
+ * address, the common case, is checked first. An IPv6 link-local source, and the unspecified one (DAD,
+ * router solicitations and DHCPv6 before an address), is allowed on the link only: to a link-local or a
+ * link-scope multicast destination (neighbour discovery, DHCPv6 to ff02::1:2, MLD), and a link-local
+ * one for neighbour solicitations / advertisements to a unicast neighbour. The kernel never forwards
+ * such a packet off the link, so anything else is no traffic, only new conntrack and dns_redirect keys
+ * in the maps all endpoints share. */
 static __always_inline __u16 check_source(const struct endpoint_info *ep, const struct pkt *p, int has_l2)
 {
 	if ((ep->flags & EP_F_ENFORCE_SRC_MAC) && has_l2 && !is_zero(ep->mac, 6) && !bytes_eq(p->smac, ep->mac, 6))
@@ -49,9 +53,13 @@ static __always_inline __u16 check_source(const struct endpoint_info *ep, const 
 		return bytes_eq(p->saddr, ep->ipv4, 4) ? 0 : DROP_INVALID_SOURCE_IP;
 	if (bytes_eq(p->saddr, ep->ipv6, 16))
 		return 0;
-	if (p->saddr[0] == 0xfe && (p->saddr[1] & 0xc0) == 0x80)
+	if (!ip6_is_link_local(p->saddr) && !is_zero(p->saddr, 16))
+		return DROP_INVALID_SOURCE_IP;
+	if (ip6_is_link_local(p->daddr) || ip6_is_link_scope_mcast(p->daddr))
 		return 0;
-	return is_zero(p->saddr, 16) ? 0 : DROP_INVALID_SOURCE_IP;
+	/* a unicast NUD probe (and its answer) to an on-link global neighbour goes from the link-local
+	 * address: neighbour discovery, never tracked, and policy judges it there (policy.h, nd_judge) */
+	return !is_zero(p->saddr, 16) && nd_is_ns_or_na(p) && !p->is_frag ? 0 : DROP_INVALID_SOURCE_IP;
 }
 
 static __always_inline int finish(struct flow_ctx *c, int report)

@@ -10,7 +10,8 @@ import { DROP_REASON } from '../../bpf/index.js';
 import { EP_F_DHCP_TO_HOST, EP_F_ENFORCE_SRC_IP, EP_F_ENFORCE_SRC_MAC, TCX_DROP, TCX_NEXT, TCX_PASS } from '../../bpf/layout.gen.js';
 import { run as run_ } from '../helpers/sys.js';
 import type { EventSink } from './bpf-helpers.js';
-import { ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, TCP, eth, icmp, ipv4, ipv6, policyAllowAll, tcp, udp, LO, testRunDatapathUse } from './bpf-helpers.js';
+import { ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, TCP, eth, icmp, ipv4, ipv6, ndMsg, policyAllowAll, tcp, udp, LO, testRunDatapathUse } from './bpf-helpers.js';
+import { macParse } from '../../bpf/addr.js';
 
 const EP = { endpointId: 11, identity: 4100, ipv4: '10.250.0.2', ipv6: 'fd00:250::2', mac: '02:00:00:00:00:02', flags: 0 };
 const REMOTE4 = '10.251.0.9';
@@ -206,7 +207,7 @@ describe('datapath on crafted packets (BPF_PROG_TEST_RUN)', { timeout: 60_000 },
       assert.deepEqual(r.events.map((e) => [e.verdict, e.dropReason, e.srcAddr]), [['DROPPED', DROP_REASON.INVALID_SOURCE_IP, '10.250.0.99']]);
       r = await run('from_workload', eth(ETH_P_IP, ipv4(EP.ipv4, REMOTE4, 17, udp(1, 2)), '02:00:00:00:00:66'));
       assert.deepEqual(r.events.map((e) => e.dropReason), [DROP_REASON.INVALID_SOURCE_MAC]);
-      // IPv6 link-local sources stay allowed (neighbour discovery)
+      // IPv6 link-local sources stay allowed on the link (neighbour discovery)
       r = await run('from_workload', eth(ETH_P_IPV6, ipv6('fe80::2', 'fe80::1', 17, udp(1, 2))));
       assert.equal(r.retval, TCX_PASS);
       // own addresses pass
@@ -220,6 +221,73 @@ describe('datapath on crafted packets (BPF_PROG_TEST_RUN)', { timeout: 60_000 },
     assert.ok(m.EVENTS_SENT.packets > 0n);
     assert.equal(sink.lostEvents(), 0n);
   });
+  test('IPv6 link-local and :: sources reach the link only (ND, RS, DHCPv6, MLD; NUD probes to a unicast neighbour); anywhere else they are dropped (132) and leave no conntrack or dns_redirect entry', async () => {
+    const steering = dp.dnsSteering!()!;
+    steering.proxySet({ port: 5300, ipv4: '10.250.9.53', ipv6: 'fd00:250:9::53' });
+    steering.endpointsSet(new Set([EP.endpointId]));
+    dp.endpointUpsert(LO, { ...EP, flags: EP_F_ENFORCE_SRC_IP | EP_F_ENFORCE_SRC_MAC });
+    const mac = Buffer.from(macParse(EP.mac));
+    const v6 = (src: string, dst: string, proto: number, l4: Buffer, hop = 64) => eth(ETH_P_IPV6, ipv6(src, dst, proto, l4, [], hop));
+    const ctKeys = () => dp.conntrackList().length;
+    try {
+      dp.conntrackFlush();
+      // what the link needs: all forwarded (policy allows all here)
+      const legit: Array<[string, Buffer]> = [
+        ['DHCPv6 Solicit to ff02::1:2', v6('fe80::2', 'ff02::1:2', 17, udp(546, 547, Buffer.alloc(32)))],
+        ['RS to all-routers', v6('fe80::2', 'ff02::2', 58, icmp(133, 0), 255)],
+        ['RS from ::', v6('::', 'ff02::2', 58, icmp(133, 0), 255)],
+        ['NS for the host\'s link-local address', v6('fe80::2', 'ff02::1:ff00:1234', 58, ndMsg('fe80::2', 'ff02::1:ff00:1234', 135, 'fe80::1234', [[1, mac]]), 255)],
+        ['DAD NS from ::', v6('::', 'ff02::1:ff00:2', 58, ndMsg('::', 'ff02::1:ff00:2', 135, 'fe80::2'), 255)],
+        ['NA to the host\'s link-local address', v6('fe80::2', 'fe80::1234', 58, ndMsg('fe80::2', 'fe80::1234', 136, 'fe80::2', [[2, mac]], 0x60), 255)],
+        ['MLD report from :: to ff02::16', v6('::', 'ff02::16', 58, icmp(143, 0), 1)],
+        ['UDP to a link-local address', v6('fe80::2', 'fe80::1234', 17, udp(5000, 5001))],
+        // a NUD probe to an on-link global neighbour (a hand-made /64): ND, untracked; policy judges it
+        ['unicast NS to a global neighbour', v6('fe80::2', REMOTE6, 58, ndMsg('fe80::2', REMOTE6, 135, REMOTE6, [[1, mac]]), 255)],
+      ];
+      const legitGot: Array<[string, number]> = [];
+      for (const [what, frame] of legit) legitGot.push([what, (await run('from_workload', frame)).retval]);
+      assert.deepEqual(legitGot, legit.map(([what]) => [what, TCX_PASS]));
+
+      // anywhere else: dropped before conntrack and DNS steering
+      const before = ctKeys();
+      const hostile: Array<[string, Buffer, number]> = [];
+      for (let i = 1; i <= 20; i++) {
+        const ll = `fe80::${i.toString(16)}:9`;
+        hostile.push([`TCP from ${ll} to a remote`, v6(ll, REMOTE6, 6, tcp(40000 + i, 443, TCP.SYN)), DROP_REASON.INVALID_SOURCE_IP]);
+      }
+      hostile.push(
+        ['UDP from :: to a remote', v6('::', REMOTE6, 17, udp(40100, 53)), DROP_REASON.INVALID_SOURCE_IP],
+        ['DNS from a link-local address to a global resolver', v6('fe80::99', '2001:db8::53', 17, udp(40101, 53)), DROP_REASON.INVALID_SOURCE_IP],
+        ['UDP from a link-local address to a global multicast group', v6('fe80::99', 'ff0e::1', 17, udp(40102, 5000)), DROP_REASON.INVALID_SOURCE_IP],
+        ['ICMPv6 echo from :: to a world host', v6('::', '2001:db8::1', 58, icmp(128, 0, 7)), DROP_REASON.INVALID_SOURCE_IP],
+        ['ICMPv6 echo from a link-local address to a world host', v6('fe80::99', '2001:db8::1', 58, icmp(128, 0, 8)), DROP_REASON.INVALID_SOURCE_IP],
+        ['NS from :: to a global address', v6('::', REMOTE6, 58, ndMsg('::', REMOTE6, 135, REMOTE6), 255), DROP_REASON.INVALID_SOURCE_IP],
+        // on the link, but DNS of a steered workload from a link-local source: never steered (every
+        // such address would be a key of the shared dns_redirect), dropped as the steering drops
+        ['DNS from a link-local address to a link-local resolver', v6('fe80::99', 'fe80::53', 17, udp(40103, 53)), DROP_REASON.POLICY_DENIED],
+      );
+      const got: Array<[string, string]> = [];
+      for (const [what, frame] of hostile) {
+        const r = await run('from_workload', frame);
+        got.push([what, r.retval === TCX_DROP ? r.events.map((e) => `${e.verdict} ${e.dropReason}`).join() : 'PASS']);
+      }
+      assert.deepEqual(got, hostile.map(([what, , reason]) => [what, `DROPPED ${reason}`]));
+      assert.equal(ctKeys(), before, 'no conntrack entry');
+      for (const [ll, port] of [['fe80::99', 40101], ['fe80::99', 40103]] as const) {
+        assert.equal(steering.originalDestination(ll, port, 17), undefined, `no dns_redirect entry for ${ll}:${port}`);
+      }
+      // the workload's own address still reaches remotes, and its DNS is steered
+      assert.equal((await run('from_workload', v6(EP.ipv6, REMOTE6, 6, tcp(40200, 443, TCP.SYN)))).retval, TCX_PASS);
+      assert.equal((await run('from_workload', v6(EP.ipv6, '2001:db8::53', 17, udp(40201, 53)))).retval, TCX_PASS);
+      assert.deepEqual(steering.originalDestination(EP.ipv6, 40201, 17), { address: '2001:db8::53', port: 53 });
+    } finally {
+      dp.endpointUpsert(LO, EP);
+      steering.endpointsSet(new Set());
+      steering.proxySet({ port: 0, ipv4: '0.0.0.0', ipv6: '::' });
+      dp.conntrackFlush();
+    }
+  });
+
   test('DHCP_TO_HOST: a guest\'s DHCP client broadcast from 0.0.0.0 passes readdressed to its own MAC, as a forwarded flow; nothing else from 0.0.0.0', async () => {
     const BCAST = 'ff:ff:ff:ff:ff:ff';
     const client = (o: { src?: string; dst?: string; sport?: number; dport?: number; smac?: string; dmac?: string; mf?: boolean } = {}) =>
