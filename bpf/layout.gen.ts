@@ -291,7 +291,7 @@ export const EP_F_ENFORCE_SRC_IP = 1;
 export const EP_F_ENFORCE_SRC_MAC = 2;
 /** device carries no Ethernet header: packets start at the IP header (L3 devices) */
 export const EP_F_NO_L2 = 4;
-/** DHCPv4 client broadcasts from 0.0.0.0 and the endpoint's MAC pass to the host side (its agent serves them) instead of INVALID_SOURCE_IP */
+/** DHCPv4 client broadcasts from 0.0.0.0 and the endpoint's MAC pass to the host side (its agent serves them) instead of INVALID_SOURCE_IP; its DHCPv6 client messages to ff02::1:2 and DHCPv4 renewals / rebinding broadcasts from its own address pass without policy */
 export const EP_F_DHCP_TO_HOST = 8;
 
 /** policy_value.flags. */

@@ -46,7 +46,7 @@
 #define EP_F_ENFORCE_SRC_IP 1 /* drop packets from the workload whose source IP is not its own (INVALID_SOURCE_IP) */
 #define EP_F_ENFORCE_SRC_MAC 2 /* drop frames from the workload whose source MAC is not its own (INVALID_SOURCE_MAC) */
 #define EP_F_NO_L2 4 /* device carries no Ethernet header: packets start at the IP header (L3 devices) */
-#define EP_F_DHCP_TO_HOST 8 /* DHCPv4 client broadcasts from 0.0.0.0 and the endpoint's MAC pass to the host side (its agent serves them) instead of INVALID_SOURCE_IP */
+#define EP_F_DHCP_TO_HOST 8 /* DHCPv4 client broadcasts from 0.0.0.0 and the endpoint's MAC pass to the host side (its agent serves them) instead of INVALID_SOURCE_IP; its DHCPv6 client messages to ff02::1:2 and DHCPv4 renewals / rebinding broadcasts from its own address pass without policy */
 
 /* policy_value.flags. */
 #define POLICY_F_DENY 1 /* deny entry: wins over any allow (DROP_POLICY_DENY) */

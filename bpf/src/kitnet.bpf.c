@@ -86,6 +86,25 @@ static __always_inline int dhcp_client_broadcast(struct __sk_buff *skb, const st
 	return bytes_eq(dmac, bcast, 6);
 }
 
+/* A served guest's DHCP client message to its server (the agent, on the host side), once it has an
+ * address: DHCPv6 UDP 546 -> 547 from its link-local address to ff02::1:2 (All_DHCP_Relay_Agents_and_
+ * Servers); DHCPv4 renewals (UDP 68 -> 67 to the server identifier, the gateway) and rebinding
+ * broadcasts from its own address. Unfragmented. Policy judges traffic to services; this is the
+ * device's own addressing (a lease that cannot be renewed takes the guest's address away), and on
+ * netkit the agent only sees what passes here. The source was checked before (check_source). */
+static __always_inline int dhcp_client_to_agent(const struct pkt *p)
+{
+	const __u8 servers6[16] = { 0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 2 };
+	const __u8 gateway4[4] = GATEWAY_IPV4_INIT;
+	const __u8 bcast4[4] = { 0xff, 0xff, 0xff, 0xff };
+
+	if (p->protocol != IPPROTO_UDP || !p->has_l4 || p->is_frag)
+		return 0;
+	if (p->family == FAMILY_IPV6)
+		return p->sport == 546 && p->dport == 547 && ip6_is_link_local(p->saddr) && bytes_eq(p->daddr, servers6, 16);
+	return p->sport == 68 && p->dport == 67 && (bytes_eq(p->daddr, gateway4, 4) || bytes_eq(p->daddr, bcast4, 4));
+}
+
 /* Hands a DHCP client broadcast to the host side, where the agent's packet socket answers it: addressed
  * to the guest's own MAC, so the host side takes it as PACKET_OTHERHOST (the packet socket sees it, the
  * host's IP stack drops it: no DHCP server on the host hears a guest). Reported as a forwarded flow. */
@@ -299,6 +318,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 		c.drop_reason = reason;
 		c.reason = REPORT_DROP;
 		return finish(&c, 1);
+	}
+	if (dir == DIR_EGRESS && (ep->flags & EP_F_DHCP_TO_HOST) && dhcp_client_to_agent(&p)) {
+		metric_add(METRIC_POLICY_BYPASS, 0);
+		goto out; /* the agent reports it as a DHCP / DHCPv6 flow */
 	}
 	if (ct_state == CT_UNTRACKED && icmp_is_error(&p)) {
 		related = ct_icmp_related(skb, &p, p.family == FAMILY_IPV4 ? ep->ipv4 : ep->ipv6, dir, now, &ct.key);

@@ -10,7 +10,7 @@ import { DROP_REASON } from '../../bpf/index.js';
 import { EP_F_DHCP_TO_HOST, EP_F_ENFORCE_SRC_IP, EP_F_ENFORCE_SRC_MAC, TCX_DROP, TCX_NEXT, TCX_PASS } from '../../bpf/layout.gen.js';
 import { run as run_ } from '../helpers/sys.js';
 import type { EventSink } from './bpf-helpers.js';
-import { ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, TCP, eth, icmp, ipv4, ipv6, ndMsg, policyAllowAll, tcp, udp, LO, testRunDatapathUse } from './bpf-helpers.js';
+import { ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, TCP, eth, fragHdr, icmp, ipv4, ipv6, ndMsg, policyAllowAll, tcp, udp, LO, testRunDatapathUse } from './bpf-helpers.js';
 import { macParse } from '../../bpf/addr.js';
 
 const EP = { endpointId: 11, identity: 4100, ipv4: '10.250.0.2', ipv6: 'fd00:250::2', mac: '02:00:00:00:00:02', flags: 0 };
@@ -284,6 +284,50 @@ describe('datapath on crafted packets (BPF_PROG_TEST_RUN)', { timeout: 60_000 },
       dp.endpointUpsert(LO, EP);
       steering.endpointsSet(new Set());
       steering.proxySet({ port: 0, ipv4: '0.0.0.0', ipv6: '::' });
+      dp.conntrackFlush();
+    }
+  });
+
+  test('DHCP_TO_HOST: a guest\'s DHCPv6 client message to ff02::1:2 from its link-local address, and its DHCPv4 renewal and rebinding, pass under a default-deny egress; nothing else does', async () => {
+    const v6 = (src: string, dst: string, l4: Buffer, ext: Array<[number, Buffer]> = []) => eth(ETH_P_IPV6, ipv6(src, dst, 17, l4, ext));
+    const solicit = (o: { src?: string; dst?: string; sport?: number; dport?: number } = {}, ext: Array<[number, Buffer]> = []) =>
+      v6(o.src ?? 'fe80::2', o.dst ?? 'ff02::1:2', udp(o.sport ?? 546, o.dport ?? 547, Buffer.alloc(32)), ext);
+    const verdict = async (frame: Buffer) => {
+      const { retval } = dp.testRun('from_workload', frame, { ifindex: LO });
+      const events = await sink.settle();
+      return [retval, events.find((e) => e.verdict === 'DROPPED')?.dropReason ?? 0];
+    };
+    const request4 = (o: { dst?: string; sport?: number; dport?: number } = {}) =>
+      eth(ETH_P_IP, ipv4(EP.ipv4, o.dst ?? '169.254.1.1', 17, udp(o.sport ?? 68, o.dport ?? 67, Buffer.alloc(240))));
+    const enforced = EP_F_ENFORCE_SRC_IP | EP_F_ENFORCE_SRC_MAC;
+    dp.policyClear(EP.endpointId); // default deny, both directions
+    dp.endpointUpsert(LO, { ...EP, flags: enforced });
+    try {
+      for (const frame of [solicit(), request4(), request4({ dst: '255.255.255.255' })]) {
+        assert.deepEqual(await verdict(frame), [TCX_DROP, DROP_REASON.POLICY_DENIED], 'without the flag: policy judges it');
+      }
+      dp.endpointUpsert(LO, { ...EP, flags: enforced | EP_F_DHCP_TO_HOST });
+      assert.deepEqual(await verdict(solicit()), [TCX_PASS, 0]);
+      assert.deepEqual(await verdict(request4()), [TCX_PASS, 0], 'a renewal to the server identifier (the gateway)');
+      assert.deepEqual(await verdict(request4({ dst: '255.255.255.255' })), [TCX_PASS, 0], 'a rebinding broadcast');
+      const refused: Array<[string, Buffer, number]> = [
+        ['DHCPv4 to another server', request4({ dst: REMOTE4 }), DROP_REASON.POLICY_DENIED],
+        ['DHCPv4 from the server port', request4({ sport: 67 }), DROP_REASON.POLICY_DENIED],
+        ['DHCPv4 to another port of the gateway', request4({ dport: 53 }), DROP_REASON.POLICY_DENIED],
+        ['DHCPv4 from another address', eth(ETH_P_IP, ipv4('10.250.0.99', '169.254.1.1', 17, udp(68, 67))), DROP_REASON.INVALID_SOURCE_IP],
+        ['from its global address', solicit({ src: EP.ipv6 }), DROP_REASON.POLICY_DENIED],
+        ['to all-nodes', solicit({ dst: 'ff02::1' }), DROP_REASON.POLICY_DENIED],
+        ['to a server\'s unicast link-local address', solicit({ dst: 'fe80::1' }), DROP_REASON.POLICY_DENIED],
+        ['from the server port', solicit({ sport: 547 }), DROP_REASON.POLICY_DENIED],
+        ['to another port', solicit({ dport: 53 }), DROP_REASON.POLICY_DENIED],
+        ['a fragment', solicit({}, [[44, fragHdr(0, true, 7)]]), DROP_REASON.POLICY_DENIED],
+      ];
+      const got: Array<[string, number[]]> = [];
+      for (const [what, frame] of refused) got.push([what, (await verdict(frame)) as number[]]);
+      assert.deepEqual(got, refused.map(([what, , reason]) => [what, [TCX_DROP, reason]]));
+    } finally {
+      dp.endpointUpsert(LO, EP);
+      policyAllowAll(dp, EP.endpointId);
       dp.conntrackFlush();
     }
   });

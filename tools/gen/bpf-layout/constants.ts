@@ -81,7 +81,7 @@ export const CONSTANTS: ConstGroup[] = [
       ['ENFORCE_SRC_IP', 1 << 0, 'drop packets from the workload whose source IP is not its own (INVALID_SOURCE_IP)'],
       ['ENFORCE_SRC_MAC', 1 << 1, 'drop frames from the workload whose source MAC is not its own (INVALID_SOURCE_MAC)'],
       ['NO_L2', 1 << 2, 'device carries no Ethernet header: packets start at the IP header (L3 devices)'],
-      ['DHCP_TO_HOST', 1 << 3, "DHCPv4 client broadcasts from 0.0.0.0 and the endpoint's MAC pass to the host side (its agent serves them) instead of INVALID_SOURCE_IP"],
+      ['DHCP_TO_HOST', 1 << 3, "DHCPv4 client broadcasts from 0.0.0.0 and the endpoint's MAC pass to the host side (its agent serves them) instead of INVALID_SOURCE_IP; its DHCPv6 client messages to ff02::1:2 and DHCPv4 renewals / rebinding broadcasts from its own address pass without policy"],
     ],
   },
   {
