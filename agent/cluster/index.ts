@@ -12,7 +12,7 @@ import { ClusterSession } from './session.js';
 import { IpcachePublisher } from './ipcache-publisher.js';
 import { IpcacheWatcher, remoteIdentityLabels } from './ipcache-watcher.js';
 import { cidrParse, type Cidr } from '../ipam.js';
-import { hostAddressesRecent } from './host-addresses.js';
+import { hostAddressesRecent, type HostAddressTest } from './host-addresses.js';
 import { SharedNamespaces, type NamespaceHost } from './shared-namespaces.js';
 import { SharedPolicies, type PolicyHost } from './shared-policy.js';
 import { nodeJoin, type NodeMembership } from './node-join.js';
@@ -41,7 +41,7 @@ export interface ClusterServices {
   /** The cluster's pools (ipam.ipv4Pool / ipv6Pool as configured), which node CIDRs are carved from. */
   pools: readonly Cidr[];
   /** This host's own addresses (interfaces and node addresses), canonical, fresh within a second. */
-  hostAddresses: () => ReadonlySet<string>;
+  hostAddresses: () => HostAddressTest;
   /** The labels of a cluster identity from its `id/<n>` key, or why they are refused. */
   identityLabels(id: number): Promise<string[] | { reason: string } | undefined>;
   /** Policies and namespace labels shared through etcd, applied on this host through the hosts given. */

@@ -10,6 +10,7 @@ import { jsonObjectParse } from './json-value.js';
 import type { PeerNode } from './node-registry.js';
 import { clusterLabelsProblem } from './peer-formats.js';
 import { PrefixFollower, type PrefixChange, type PrefixSink } from './prefix-follower.js';
+import type { HostAddressTest } from './host-addresses.js';
 
 /** Another node's workload address, as accepted from the cluster ipcache. */
 export interface RemoteIpcacheEntry {
@@ -39,7 +40,7 @@ export interface IpcacheWatchRules {
   /** A peer cluster's name, when following one (for the reasons given). */
   peer?: string;
   /** This host's own addresses (canonical): never a remote workload's. */
-  hostAddresses: () => ReadonlySet<string>;
+  hostAddresses: () => HostAddressTest;
   /**
    * This cluster's other nodes as the node registry accepted them: an entry whose HostIP names one
    * lies in its CIDRs, and an address in one's CIDRs names it as HostIP.

@@ -10,6 +10,7 @@ import { HEARTBEAT_KEY, kvstoreTimestampParse } from './mesh-markers.js';
 import { ID_PREFIX, NODES_PREFIX, nodeSummaryParse, peerIdentityJudge, type NodeSummary } from './peer-formats.js';
 import { PrefixMirror, type MirrorState } from './prefix-mirror.js';
 import { RemoteIpcache, type RemoteIpcacheTarget } from './remote-ipcache.js';
+import type { HostAddressTest } from './host-addresses.js';
 
 export type PeerConfig = NonNullable<Config['cluster']>['peers'][number];
 
@@ -38,7 +39,7 @@ export interface PeerContext {
   /** This cluster's pools: a peer never holds an address in them. */
   clusterPools: readonly Cidr[];
   /** This host's own addresses: never a peer's. */
-  hostAddresses: () => ReadonlySet<string>;
+  hostAddresses: () => HostAddressTest;
   /** The agent's ipcache and policy target, with a peer's identity labels and its range (for adoption). */
   target(identityLabels: RemoteIpcacheTarget['identityLabels'], range: IdentityRange, name: string): RemoteIpcacheTarget;
 }

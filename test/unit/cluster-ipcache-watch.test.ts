@@ -8,6 +8,7 @@ import { IDENTITIES_PREFIX } from '../../agent/cluster/identity-allocator.js';
 import { clusterIdentityRange } from '../../agent/cluster/identity-range.js';
 import { IPCACHE_PREFIX, ipIdentityPairJson } from '../../agent/cluster/ipcache-publisher.js';
 import { hostAddressesRecent } from '../../agent/cluster/host-addresses.js';
+import { hostDestinationsFromAddresses } from '../../agent/policy/host-destinations.js';
 import { ipcacheValueJudge, IpcacheWatcher, remoteIdentityLabels, type IpcacheWatchRules } from '../../agent/cluster/ipcache-watcher.js';
 import type { PeerNode } from '../../agent/cluster/node-registry.js';
 import { RemoteIpcache, remoteHostId, type RemoteIpcacheTarget } from '../../agent/cluster/remote-ipcache.js';
@@ -106,12 +107,17 @@ describe('cluster ipcache watch: what is accepted', () => {
     assert.match((judge('10.77.0.50', '192.0.2.66') as { reason: string }).reason, /in node nb's CIDR, but HostIP 192\.0\.2\.66 is not that node/);
   });
 
-  test('this host\'s addresses: every interface\'s (loopback too) and the node addresses, canonical', () => {
-    const read = hostAddressesRecent(['192.0.2.1', 'FD00:0::1'], () => ({
-      lo: [{ address: '127.0.0.1', netmask: '255.0.0.0', family: 'IPv4', mac: '00:00:00:00:00:00', internal: true, cidr: '127.0.0.1/8' }],
-      eth0: [{ address: 'fe80::1', netmask: 'ffff:ffff:ffff:ffff::', family: 'IPv6', mac: '02:00:00:00:00:01', internal: false, cidr: 'fe80::1/64', scopeid: 2 }],
-    }));
-    assert.deepEqual([...read()].sort(), ['127.0.0.1', '192.0.2.1', 'fd00::1', 'fe80::1']);
+  test('this host\'s addresses: every destination its stack takes (interface addresses, broadcasts, anycast, link-local, multicast) and the node addresses', () => {
+    const read = hostAddressesRecent(['192.0.2.1', 'FD00:0::1'], () => hostDestinationsFromAddresses([
+      { cidr: '127.0.0.1/8', loopback: true },
+      { cidr: '198.51.100.7/24', loopback: false },
+      { cidr: '2001:db8:5::7/64', loopback: false },
+    ]));
+    const host = read();
+    for (const a of ['192.0.2.1', 'fd00::1', '127.0.0.1', '127.9.9.9', '198.51.100.7', '198.51.100.255', '2001:db8:5::7', '2001:db8:5::', 'fe80::1', '224.0.0.1', 'ff02::1', '255.255.255.255']) {
+      assert.ok(host.has(a), a);
+    }
+    for (const a of ['192.0.2.2', '198.51.100.8', '2001:db8:5::8', '10.77.0.7']) assert.ok(!host.has(a), a);
     assert.ok(hostAddressesRecent([])().has('127.0.0.1'), 'the real interfaces: loopback at least');
   });
 
