@@ -41,6 +41,14 @@ export function remoteHostId(hostIP: string): number {
 
 const hostCidr = (ip: string) => `${ip}/${ip.includes(':') ? 128 : 32}`;
 
+/**
+ * An identity whose labels were missing or refused is not read again for this long: any writer of the
+ * etcd can name thousands of them, and each would cost an etcd read at every list.
+ */
+const REFUSED_IDENTITY_TTL_MS = 60_000;
+/** Identities named in one refusal warning (the rest are counted). */
+const REFUSED_LOGGED_MAX = 5;
+
 type IpcacheValue = { identity: number; hostId: number };
 interface Claim {
   source: object;
@@ -111,6 +119,8 @@ export class RemoteIpcache implements IpcacheWatchSink {
   private readonly known = new Map<number, string[]>();
   /** Identity labels refused or missing (counted, logged). */
   identitiesIgnored = 0;
+  /** Identities refused or without labels, until when (performance.now()) they are not read again. */
+  private readonly refused = new Map<number, number>();
   /** What a flow names for a remote address: its workload (namespace, pod name); labels come from `known`. */
   private readonly peers = new Map<string, { identity: number; namespace: string; podName: string }>();
 
@@ -176,26 +186,45 @@ export class RemoteIpcache implements IpcacheWatchSink {
     return this.known.size;
   }
 
-  apply(set: readonly RemoteIpcacheEntry[], gone: readonly string[]): Promise<void> {
+  async apply(set: readonly RemoteIpcacheEntry[], gone: readonly string[]): Promise<void> {
+    // The labels of new identities are read before the agent's mutex is taken: etcd reads (thousands,
+    // when a hostile writer names that many identities) must not hold every registration meanwhile.
+    const now = performance.now();
+    const read = new Map<number, string[] | { reason: string } | undefined | 'failed'>();
+    for (const id of new Set(set.map((e) => e.identity))) {
+      if (this.known.has(id) || (this.refused.get(id) ?? 0) > now) continue;
+      read.set(id, await this.target.identityLabels(id).catch((err: unknown) => {
+        this.log.warn({ err, identity: id }, 'cannot read a remote identity\'s labels; policies do not select it until the next list');
+        return 'failed' as const;
+      }));
+    }
     return this.target.exclusive(async () => {
       const local = this.target.localAddresses();
       // Identities first: an entry naming an identity never reaches the datapath before its rules.
-      const fresh = [...new Set(set.map((e) => e.identity))].filter((id) => !this.known.has(id));
       const joining = new Map<number, readonly string[] | undefined>();
-      for (const id of fresh) {
-        const labels = await this.target.identityLabels(id).catch((err: unknown) => {
-          this.log.warn({ err, identity: id }, 'cannot read a remote identity\'s labels; policies do not select it until the next list');
-          return undefined;
-        });
-        if (!labels || !Array.isArray(labels) || labels.some((l) => l.startsWith('reserved:'))) {
+      const ignored: Array<{ identity: number; reason: string }> = [];
+      for (const [id, labels] of read) {
+        if (labels === 'failed' || this.known.has(id)) continue;
+        const reason = !labels
+          ? 'no label key in etcd (or not one in Cilium\'s format)'
+          : !Array.isArray(labels)
+            ? labels.reason
+            : labels.some((l) => l.startsWith('reserved:'))
+              ? `reserved labels (${labels.filter((l) => l.startsWith('reserved:')).join(', ')})`
+              : undefined;
+        if (reason) {
           this.identitiesIgnored++;
-          if (!labels) this.log.warn({ identity: id }, 'remote identity has no label key in etcd (or not one in Cilium\'s format); policies do not select it by labels');
-          else if (!Array.isArray(labels)) this.log.warn({ identity: id, reason: labels.reason }, `remote identity ${id} ignored: ${labels.reason}; policies do not select it by labels`);
-          else this.log.warn({ identity: id, labels }, 'remote identity with reserved labels ignored');
+          this.refused.set(id, now + REFUSED_IDENTITY_TTL_MS);
+          ignored.push({ identity: id, reason });
           continue;
         }
-        joining.set(id, labels);
+        joining.set(id, labels as string[]);
       }
+      if (ignored.length) {
+        this.log.warn({ count: ignored.length, first: ignored.slice(0, REFUSED_LOGGED_MAX) },
+          `${ignored.length} remote identities ignored (policies do not select them by labels); not read again for ${REFUSED_IDENTITY_TTL_MS / 1000} s`);
+      }
+      for (const [id, until] of this.refused) if (until <= now) this.refused.delete(id);
       // Known only once the policy took them (a failed write is handed over again by a new list).
       if (joining.size) await this.target.remoteIdentitiesUpdate(joining);
       for (const [id, labels] of joining) this.known.set(id, [...(labels ?? [])]);

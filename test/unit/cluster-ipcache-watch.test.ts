@@ -399,3 +399,49 @@ describe('cluster ipcache watch against a real etcd', () => {
     await w.close();
   });
 });
+
+describe('remote identities without usable labels (a hostile writer naming thousands)', () => {
+  test('their labels are read outside the agent\'s mutex, once a minute at most, and told in one warning', async () => {
+    const lines: string[] = [];
+    const warnLog = pino({ level: 'warn' }, { write: (l: string) => lines.push(l) });
+    let inside = false;
+    let reads = 0;
+    let readsInside = 0;
+    const ipcache = new Map<string, { identity: number; hostId: number }>();
+    const t: RemoteIpcacheTarget = {
+      exclusive: async (fn) => {
+        inside = true;
+        try {
+          return await fn();
+        } finally {
+          inside = false;
+        }
+      },
+      localAddresses: () => new Set(),
+      ipcacheUpsert: (cidr, e) => void ipcache.set(cidr, e),
+      ipcacheDelete: (cidr) => void ipcache.delete(cidr),
+      ipcacheRemoteList: () => [],
+      identityLabels: async (id) => {
+        reads++;
+        if (inside) readsInside++;
+        await new Promise((r) => setImmediate(r)); // an etcd round trip
+        return id % 2 ? undefined : { reason: 'a cidr: source' };
+      },
+      remoteIdentitiesUpdate: async () => undefined,
+    };
+    const sink = new RemoteIpcache(t, warnLog);
+    const set = Array.from({ length: 3000 }, (_, i) => ({ ip: `10.77.${i >> 8}.${i & 255}`, identity: 200_000 + i, hostIP: '192.0.2.2', namespace: 'shop', podName: `p${i}` }));
+    await sink.apply(set, []);
+    assert.equal(reads, 3000);
+    assert.equal(readsInside, 0, 'no etcd read under the agent\'s mutex');
+    assert.equal(sink.identitiesIgnored, 3000);
+    const warned = lines.filter((l) => l.includes('remote identities ignored'));
+    assert.equal(warned.length, 1);
+    assert.match(warned[0]!, /"count":3000/);
+    assert.equal(ipcache.size, 3000, 'their addresses are still mapped (policies do not select them by labels)');
+    // A list again (a broken watch, a full map's retry): not read again within the minute.
+    await sink.apply(set, []);
+    assert.equal(reads, 3000);
+    assert.equal(sink.identitiesIgnored, 3000);
+  });
+});
