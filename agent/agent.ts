@@ -103,6 +103,8 @@ export class Agent {
       return hostFactsFallback();
     });
     this.policyEngine = new PolicyEngine(store, kernel, log.child({ component: 'policy' }));
+    // Cluster mode: peer clusters' identities are selected only by selectors that name their cluster
+    if (cluster) this.policyEngine.localCluster = cluster.identities.clusterName;
     this.reconciler = new Reconciler(store, config, kernel, log.child({ component: 'reconciler' }), this.policyEngine);
     this.controller = new WorkloadController(
       store,

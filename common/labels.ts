@@ -12,6 +12,8 @@ export const DEFAULT_SOURCE = 'k8s';
 export const NAMESPACE_LABEL = 'io.kubernetes.pod.namespace';
 export const NAMESPACE_LABELS_PREFIX = 'io.cilium.k8s.namespace.labels.';
 export const NAMESPACE_NAME_LABEL = 'kubernetes.io/metadata.name';
+/** The cluster an identity belongs to (Cilium adds it to every identity in cluster mode). */
+export const CLUSTER_LABEL = 'io.cilium.k8s.policy.cluster';
 
 const KNOWN_SOURCES = new Set(['k8s', 'reserved', 'cidr', 'fqdn', 'unspec', 'any', 'container', 'vm', 'kitnet']);
 

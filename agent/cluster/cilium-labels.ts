@@ -1,7 +1,7 @@
-import { identityLabels, type Label } from '../../common/labels.js';
+import { CLUSTER_LABEL, identityLabels, type Label } from '../../common/labels.js';
 
 /** The label Cilium gives every identity of a cluster (policies select remote workloads by it). */
-export const CLUSTER_LABEL = 'io.cilium.k8s.policy.cluster';
+export { CLUSTER_LABEL };
 
 /** A workload's identity labels in cluster mode: the single-host ones plus the cluster label. */
 export function clusterIdentityLabels(

@@ -170,7 +170,7 @@ function sectionPairCount(ctx: ClassContext, s: RuleSection, ep: LocalEndpoint):
 export function policyCompile(input: CompileInput): CompiledPolicy {
   const cidrIds = cidrIdentitiesAllocate(policyCidrs(input.policies), input.options?.previousCidrIdentities);
   const ipBlocks = ipBlockView(input.policies, cidrIds);
-  const u = new Universe(input.identities, cidrIds, ipBlocks);
+  const u = new Universe(input.identities, cidrIds, ipBlocks, input.options?.localCluster);
   for (const ep of input.endpoints) u.addressesSet(ep.identity, ep.endpointId, ep.addresses);
   const rn = input.remoteNamedPorts;
   const remoteNamed = (id: number): readonly NamedPort[] => (!rn ? [] : typeof rn === 'function' ? rn(id) : (rn.get(id) ?? []));

@@ -73,6 +73,8 @@ export class PolicyEngine {
   ipcacheExtra: () => Iterable<readonly [cidr: string, identity: number]> = () => [];
   /** Called after every write of policy entries (the DNS steering follows which endpoints need it). */
   onWritten: () => void = () => undefined;
+  /** Cluster mode: this cluster's name (CompileOptions.localCluster; set before the first compile). */
+  localCluster: string | undefined;
 
   constructor(
     private readonly store: Store,
@@ -119,7 +121,7 @@ export class PolicyEngine {
         policies,
         identities: this.identities(),
         endpoints: this.store.workloadList().map(localEndpoint),
-        options: { previousCidrIdentities: this.store.cidrIdentities() },
+        options: { previousCidrIdentities: this.store.cidrIdentities(), ...(this.localCluster !== undefined ? { localCluster: this.localCluster } : {}) },
         meter,
       },
       false,

@@ -110,7 +110,7 @@ export class PolicyState {
     this.cidrIdentities = cidrIdentitiesAllocate(cidrs, input.options?.previousCidrIdentities);
     this.ipBlocks = ipBlockView(input.policies, this.cidrIdentities);
     input.meter?.cidrIdentities(cidrs.length + this.ipBlocks.length);
-    this.u = new Universe(input.identities, this.cidrIdentities, this.ipBlocks);
+    this.u = new Universe(input.identities, this.cidrIdentities, this.ipBlocks, input.options?.localCluster);
     const rules = input.policies.flatMap((p) => p.rules);
     this.ctx = {
       u: this.u,
@@ -166,7 +166,7 @@ export class PolicyState {
     const parsed = labels.map(identityLabelParse);
     for (const [s, cached] of this.u.peerCache) {
       if (cached === 'all') continue;
-      if (!sectionSelectsLabelIdentity(s, id, parsed)) {
+      if (!sectionSelectsLabelIdentity(s, id, parsed, this.u.localCluster)) {
         // Not by label; an ipBlock may select it by its workloads' addresses.
         if (sectionBlocks(s).length > 0) this.blockSelectionUpdate(s, cached, id);
         continue;
@@ -190,7 +190,7 @@ export class PolicyState {
     this.snapshot = undefined;
     for (const [s, cached] of this.u.peerCache) {
       if (cached === 'all' || sectionBlocks(s).length === 0) continue;
-      if (sectionSelectsLabelIdentity(s, id, this.u.labels.get(id) ?? [])) continue;
+      if (sectionSelectsLabelIdentity(s, id, this.u.labels.get(id) ?? [], this.u.localCluster)) continue;
       this.blockSelectionUpdate(s, cached, id);
     }
   }

@@ -187,6 +187,13 @@ export interface CompileOptions {
   allowLocalhost?: boolean;
   /** CIDR identities handed out earlier (cidr -> identity), kept stable across recompiles. */
   previousCidrIdentities?: ReadonlyMap<string, number>;
+  /**
+   * Cluster mode: this cluster's name. As Cilium since 1.19 (policy-default-local-cluster), a label
+   * selector that does not name the cluster label (`io.cilium.k8s.policy.cluster`), and the `cluster`
+   * entity, select only identities of this cluster: never a peer cluster's, whose labels carry its own
+   * name. Undefined: no peers can exist, nothing is filtered.
+   */
+  localCluster?: string;
 }
 
 export interface CompileInput {

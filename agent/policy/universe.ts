@@ -3,6 +3,7 @@
  * addresses NetworkPolicy ipBlocks select by, and the per-section peer resolution (entities, CIDR
  * peers, label selectors) that the compiler (compile.ts) and the incremental compiler share.
  */
+import { CLUSTER_LABEL } from '../../common/labels.js';
 import { reservedIdentityLabels, ReservedIdentity } from '../identity/reserved.js';
 import type { Cidr } from '../ipam.js';
 import { IDENTITY_RANGE_IPBLOCK_FLAG } from '../../bpf/layout.gen.js';
@@ -11,7 +12,23 @@ import { CidrPeerIndex, IPBLOCK_VIEW_PREFIX, cidrPeerIdentities, hostPrefix } fr
 import { CLUSTER_RESERVED, isLabelDerived } from './entities.js';
 import { identityLabelParse, selectorMatches } from './selector.js';
 import type { ParsedLabel } from './selector.js';
-import type { CidrIdentity, CidrPeer, EntityName, IpcacheEntry, Peer, RuleSection } from './types.js';
+import type { CidrIdentity, CidrPeer, EntityName, IpcacheEntry, Peer, RuleSection, Selector } from './types.js';
+
+/** Whether labels name a cluster other than `local` (a peer cluster's identity); never without a local name. */
+export function labelsOfAnotherCluster(labels: readonly ParsedLabel[], local: string | undefined): boolean {
+  if (local === undefined) return false;
+  for (const l of labels) if (l.key === CLUSTER_LABEL) return l.value !== local;
+  return false;
+}
+
+/**
+ * A peer selector matching these labels, with Cilium's policy-default-local-cluster: a selector that
+ * does not name the cluster label selects only this cluster's identities.
+ */
+export function selectorSelects(sel: Selector, labels: readonly ParsedLabel[], local: string | undefined): boolean {
+  if (!selectorMatches(sel, labels)) return false;
+  return !labelsOfAnotherCluster(labels, local) || sel.requirements.some((r) => r.key === CLUSTER_LABEL);
+}
 
 /**
  * All identities with parsed labels, and lookups over them. Mutable for the incremental compiler
@@ -26,6 +43,8 @@ export class Universe {
     identities: ReadonlyMap<number, readonly string[]>,
     readonly cidrIds: readonly CidrIdentity[],
     readonly ipBlocks: readonly IpcacheEntry[] = [],
+    /** CompileOptions.localCluster. */
+    readonly localCluster?: string,
   ) {
     for (const id of Object.values(ReservedIdentity)) {
       if (id !== 0) this.add(id, reservedIdentityLabels(id));
@@ -114,7 +133,8 @@ export class Universe {
         return [R[e], ...this.cidrIds.filter((c) => c.cidr.includes(':') === v6).map((c) => c.identity), ...fqdnEntityIdentities(this.raw, e)];
       }
       case 'cluster':
-        return [...CLUSTER_RESERVED, ...[...this.labels.keys()].filter(isLabelDerived)];
+        // Cilium's cluster entity: this cluster's identities (k8s:io.cilium.k8s.policy.cluster=<its name>), no peer's
+        return [...CLUSTER_RESERVED, ...[...this.labels].filter(([id, l]) => isLabelDerived(id) && !labelsOfAnotherCluster(l, this.localCluster)).map(([id]) => id)];
       default:
         return [R[e]];
     }
@@ -139,7 +159,7 @@ export class Universe {
       case 'selector': {
         if (p.selector.requirements.length === 0) return 'all';
         const out: number[] = [];
-        for (const [id, l] of this.labels) if (selectorMatches(p.selector, l)) out.push(id);
+        for (const [id, l] of this.labels) if (selectorSelects(p.selector, l, this.localCluster)) out.push(id);
         return out;
       }
     }
@@ -189,11 +209,11 @@ export function sectionBlocks(s: RuleSection): CidrPeer[] {
  * identities, CIDR peers CIDR identities); NetworkPolicy ipBlocks select them by their workloads'
  * addresses (Universe.blockSelects), which this does not look at.
  */
-export function sectionSelectsLabelIdentity(s: RuleSection, id: number, labels: readonly ParsedLabel[]): boolean {
+export function sectionSelectsLabelIdentity(s: RuleSection, id: number, labels: readonly ParsedLabel[], localCluster?: string): boolean {
   if (s.peers === 'all') return true;
   for (const p of s.peers) {
-    if (p.kind === 'selector' && (p.selector.requirements.length === 0 || selectorMatches(p.selector, labels))) return true;
-    if (p.kind === 'entity' && (p.entity === 'all' || (p.entity === 'cluster' && isLabelDerived(id)))) return true;
+    if (p.kind === 'selector' && (p.selector.requirements.length === 0 || selectorSelects(p.selector, labels, localCluster))) return true;
+    if (p.kind === 'entity' && (p.entity === 'all' || (p.entity === 'cluster' && isLabelDerived(id) && !labelsOfAnotherCluster(labels, localCluster)))) return true;
   }
   return false;
 }

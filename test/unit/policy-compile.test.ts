@@ -427,3 +427,34 @@ describe('NetworkPolicy ipBlock and workload addresses', () => {
     assert.equal(policyTrace(any, { from: { ip: 'fd01::5' }, to: { endpointId: WEB }, protocol: 'TCP', port: 80 }, { resolveIp }).verdict, 'DENIED');
   });
 });
+
+describe("cluster mode: a selector that does not name the cluster selects this cluster's identities only (Cilium's policy-default-local-cluster)", () => {
+  // 400: this cluster's workload on another host; 262145: a peer cluster's, with the same labels
+  const clustered = (cluster: string, labels: Record<string, string>) => [...identityLabels(labels, 'prod').map(labelFormat), `k8s:io.cilium.k8s.policy.cluster=${cluster}`];
+  const all = new Map(ids);
+  all.set(300, clustered('c1', { app: 'web' }));
+  all.set(301, clustered('c1', { app: 'client' }));
+  all.set(400, clustered('c1', { app: 'frontend' }));
+  all.set(262145, clustered('cilium1', { app: 'frontend' }));
+  const from = (peers: string) => cnp(`endpointSelector: {matchLabels: {app: web}}\ningress: [{${peers}}]`);
+  const ingress = (s: CompiledPolicy) => ep(s, WEB).entries.filter((e) => e.direction === 'ingress' && e.identity !== 1).map((e) => e.identity).sort((a, b) => a - b);
+  const inCluster = (yaml: string, localCluster?: string) =>
+    policyCompile({ policies: policiesParse(yaml), identities: all, endpoints, ...(localCluster ? { options: { localCluster } } : {}) });
+
+  test('fromEndpoints without a cluster label: this cluster\'s frontend, not the peer\'s', () => {
+    assert.deepEqual(ingress(inCluster(from('fromEndpoints: [{matchLabels: {app: frontend}}]'), 'c1')), [400]);
+    assert.deepEqual(ingress(inCluster(from('fromEndpoints: [{matchExpressions: [{key: app, operator: Exists}]}]'), 'c1')), [300, 301, 400]);
+  });
+  test('a selector naming the peer cluster selects it', () => {
+    assert.deepEqual(ingress(inCluster(from('fromEndpoints: [{matchLabels: {app: frontend, io.cilium.k8s.policy.cluster: cilium1}}]'), 'c1')), [262145]);
+    assert.deepEqual(ingress(inCluster(from('fromEndpoints: [{matchLabels: {app: frontend}, matchExpressions: [{key: io.cilium.k8s.policy.cluster, operator: Exists}]}]'), 'c1')), [400, 262145]);
+  });
+  test('the cluster entity is this cluster\'s: no peer identity', () => {
+    const got = ingress(inCluster(from('fromEntities: [cluster]'), 'c1'));
+    assert.ok(got.includes(400) && got.includes(301));
+    assert.ok(!got.includes(262145), `the peer's identity in ${got.join(',')}`);
+  });
+  test('without a local cluster name (single host: no peers) nothing is filtered', () => {
+    assert.deepEqual(ingress(inCluster(from('fromEndpoints: [{matchLabels: {app: frontend}}]'))), [400, 262145]);
+  });
+});

@@ -19,6 +19,14 @@ import type { WorkloadRecord } from '../../agent/store/types.js';
 
 const DOCS = `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
+metadata: {name: db-from-peer, namespace: ns1}
+spec:
+  endpointSelector: {matchLabels: {app: db}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client, io.cilium.k8s.policy.cluster: cilium1}}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
 metadata: {name: web-in, namespace: ns1}
 spec:
   endpointSelector: {matchLabels: {app: web}}
@@ -133,6 +141,9 @@ function randomWorkload(rnd: (n: number) => number): Model {
   if (app) labels.app = app;
   const tier = ['x', 'y', ''][rnd(3)]!;
   if (tier) labels.tier = tier;
+  // cluster mode: this cluster's (c1) or a peer's (cilium1) identity, as remote identities arrive
+  const cluster = ['c1', 'cilium1', '', ''][rnd(4)]!;
+  if (cluster) labels['io.cilium.k8s.policy.cluster'] = cluster;
   const ports = PORTS.filter(() => rnd(4) === 0);
   return { labels, namespace: Object.keys(NAMESPACES)[rnd(3)]!, ports, addresses: randomAddresses(rnd) };
 }
@@ -189,7 +200,7 @@ describe('incremental policy compiler (PolicyState) equals a full recompile', ()
     test(`random add / relabel / remove sequence, seed ${seed}`, () => {
       const rnd = rng(seed);
       const policies = randomPolicies(rnd);
-      const options = { allowLocalhost: rnd(4) !== 0 };
+      const options = { allowLocalhost: rnd(4) !== 0, ...(rnd(2) ? { localCluster: 'c1' } : {}) };
       const ids = new Identities(rnd);
       const eps = new Map<number, Model & { identity: number }>();
       let nextEp = 1;
@@ -543,4 +554,29 @@ spec:
     assert.equal(self.egress, undefined);
     assert.match(self.notes!.join('\n'), /same workload ns2\/b: .* never reaches the datapath/);
   });
+});
+
+test("cluster mode: a peer cluster's identity arriving later is not selected by a selector that does not name its cluster", () => {
+  const policies = policiesParse(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web-in, namespace: ns1}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+  - fromEntities: [cluster]
+    toPorts: [{ports: [{port: "9000", protocol: TCP}]}]
+`);
+  const clustered = (labels: Record<string, string>, cluster: string) => [...identityLabels(labels, 'ns1').map(labelFormat), `k8s:io.cilium.k8s.policy.cluster=${cluster}`];
+  const identities = new Map<number, string[]>();
+  for (let id = 1; id <= 10; id++) identities.set(id, reservedIdentityLabels(id));
+  identities.set(300, clustered({ app: 'web' }, 'c1'));
+  const state = new PolicyState({ policies, identities, endpoints: [{ endpointId: 1, identity: 300, namedPorts: [] }], options: { localCluster: 'c1' } });
+  state.flush();
+  state.identitySet(200_001, clustered({ app: 'client' }, 'c1')); // this cluster's, on another host
+  state.identitySet(262_145, clustered({ app: 'client' }, 'cilium1')); // a peer cluster's
+  state.flush();
+  const peers = new Set(state.endpoint(1)!.entries.filter((e) => e.direction === 'ingress').map((e) => e.identity));
+  assert.ok(peers.has(200_001), 'this cluster\'s client');
+  assert.ok(!peers.has(262_145), 'not the peer cluster\'s client, by label or as part of the cluster entity');
 });
