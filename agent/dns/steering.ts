@@ -89,6 +89,9 @@ const HOST_ADDRESSES_MAX_AGE_MS = 1000;
 /** Query plans kept per compiled state (endpoints x resolvers x ports); cleared when full. */
 const VERDICT_MEMO_MAX = 10_000;
 
+/** Who else holds an ipcache key a learned address would take (DnsSteering.learnedKeyHolder), and the entry it wants there. */
+type LearnedKeyHolder = { kind: 'host' | 'workload' | 'policy-cidr'; identity: number } | { kind: 'remote' };
+
 export class DnsSteering {
   cache: FqdnCache;
   private saveTimer: NodeJS.Timeout | undefined;
@@ -107,8 +110,19 @@ export class DnsSteering {
   readonly proxyStats: DnsProxyStats = dnsProxyStatsCreate();
   private port = 0;
   private ids: FqdnIdentities | undefined;
-  /** FQDN ipcache entries written (cidr -> identity). */
+  /** FQDN ipcache entries the proxy wrote and holds (cidr -> identity): only these does it ever give back. */
   private readonly applied = new Map<string, number>();
+  /**
+   * Learned host prefixes an FQDN identity would have but that another holder has (learnedKeyHolder):
+   * not written while it does; looked at again when workloads change and every expiry tick, so the
+   * learned entry comes back once the key is free.
+   */
+  private readonly yielded = new Set<string>();
+  /** The policy's own host-prefix entries (cidr -> identity) of a compiled state, for learnedKeyHolder. */
+  private policyKeys: { of: CompiledPolicy | undefined; keys: Map<string, number> } | undefined;
+  /** While restore() runs (before the cluster's remote entries are adopted): the pinned remote keys. */
+  private pinnedRemote: Set<string> | undefined;
+  private ownersRecheckQueued = false;
   private selectorsKey = '';
   private endpointsKey = '';
   /** The endpoints written as steered. */
@@ -162,9 +176,12 @@ export class DnsSteering {
       return;
     }
     this.unsubscribe = this.deps.store.subscribe((c) => {
-      if (c.kind === 'workload') this.byAddress = undefined;
+      if (c.kind !== 'workload') return;
+      this.byAddress = undefined;
+      // A workload registered at a learned address takes its key; one that left frees it.
+      if (c.what !== 'status') this.ownersRecheckSoon(true);
     });
-    engine.ipcacheExtra = () => this.applied;
+    engine.ipcacheExtra = (compiled) => this.ipcacheExtra(compiled);
     engine.onWritten = () => this.policyWritten();
     await this.restore();
     if (!config.proxy.enabled) {
@@ -325,10 +342,10 @@ export class DnsSteering {
     };
     for (const e of this.deps.engine.compiled().ipcache) consider(e.cidr, e.identity);
     // Learned addresses are host prefixes: one exact lookup, not a scan of every learned address per
-    // query (this runs for every lookup to a resolver outside the host). A policy's own host prefix
-    // for the address, met first above, keeps precedence as in the scan this replaces.
+    // query (this runs for every lookup to a resolver outside the host). The proxy holds a policy's own
+    // host prefix only merged with it (learnedKeyHolder): then the learned identity is the one in the map.
     const learned = this.applied.get(fqdnAddressCidr(address));
-    if (learned !== undefined && (!best || best.len < a.prefixLength)) return learned;
+    if (learned !== undefined && (!best || best.len <= a.prefixLength)) return learned;
     if (best) return best.identity;
     return address.includes(':') ? ReservedIdentity['world-ipv6'] : ReservedIdentity['world-ipv4'];
   }
@@ -375,7 +392,7 @@ export class DnsSteering {
   private learn(client: DnsEndpoint, learned: LearnedName[]): Promise<void> {
     const now = Date.now();
     const settled = !this.refreshQueued && !this.refreshing && this.learnedRefresh === undefined;
-    const known = settled && learned.every((l) => l.addresses.every((a) => this.cache.has(l.name, a) && this.applied.has(fqdnAddressCidr(a))));
+    const known = settled && learned.every((l) => l.addresses.every((a) => this.cache.has(l.name, a) && (this.applied.has(fqdnAddressCidr(a)) || this.yielded.has(fqdnAddressCidr(a)))));
     // Only an answer with something new has addresses to count against its workload.
     const owner = known ? undefined : (this.workloadOf(client.address)?.endpointId ?? client.address);
     if (owner !== undefined) {
@@ -441,11 +458,15 @@ export class DnsSteering {
         if (r === undefined) await engine.applySliced();
       }
       let moved = false;
-      const host = this.hostAddressesRecent();
+      const policyKeys = this.policyKeysOf(engine.compiled());
+      const labelsOf = (id: number) => ids.identities.get(id);
       const writes: Array<readonly [string, IpcacheEntry]> = [];
       for (const { cidr, identity } of ipcache) {
-        const address = cidr.slice(0, cidr.lastIndexOf('/'));
-        if (host.has(address) || this.workloadOf(address)) continue;
+        if (!this.learnedMayWrite(cidr, identity, labelsOf, policyKeys)) {
+          this.learnedYield(cidr, policyKeys);
+          continue;
+        }
+        this.yielded.delete(cidr);
         const before = this.applied.get(cidr);
         if (before === identity) continue;
         writes.push([cidr, { identity, hostId: 0 }]);
@@ -492,31 +513,119 @@ export class DnsSteering {
       const r = await engine.remoteIdentitiesUpdate(added);
       if (r === undefined) await engine.applySliced();
     }
-    const desired = this.desiredIpcache(next);
+    const desired = new Map(next.ipcache.map((e) => [e.cidr, e.identity]));
+    const policyKeys = this.policyKeysOf(engine.compiled());
+    const labelsOf = (id: number) => next.identities.get(id);
     for (const [cidr, identity] of desired) {
+      if (!this.learnedMayWrite(cidr, identity, labelsOf, policyKeys)) {
+        this.learnedYield(cidr, policyKeys);
+        continue;
+      }
+      this.yielded.delete(cidr);
       if (this.applied.get(cidr) === identity) continue;
       datapath.ipcacheUpsert(cidr, { identity, hostId: 0 });
       this.applied.set(cidr, identity);
     }
-    for (const cidr of [...this.applied.keys()]) {
-      if (desired.has(cidr)) continue;
-      datapath.ipcacheDelete(cidr);
-      this.applied.delete(cidr);
-    }
+    for (const cidr of [...this.applied.keys()]) if (!desired.has(cidr)) this.learnedRelease(cidr, policyKeys);
+    for (const cidr of [...this.yielded]) if (!desired.has(cidr)) this.yielded.delete(cidr);
     if (removed.size > 0) await engine.remoteIdentitiesUpdate(removed);
     this.ids = next;
     this.saveSoon();
   }
 
-  /** The ipcache entries of FQDN identities: never over a workload's or the host's own address. */
-  private desiredIpcache(ids: FqdnIdentities): Map<string, number> {
-    const host = this.hostAddressesRecent();
-    const desired = new Map<string, number>();
-    for (const e of ids.ipcache) {
-      const address = e.cidr.slice(0, e.cidr.lastIndexOf('/'));
-      if (!host.has(address) && !this.workloadOf(address)) desired.set(e.cidr, e.identity);
-    }
-    return desired;
+  /**
+   * Who else holds the ipcache key of a learned address, if anyone: the one place that says which
+   * entry wins. The host's own addresses, this host's workloads and other nodes' workloads (remote
+   * entries, host field not 0) always do: an FQDN identity never displaces theirs (as in Cilium), is
+   * not written while they hold the key, and when one of them takes a key the proxy wrote, the proxy
+   * leaves it to them (learnedRelease). A policy's own CIDR entry of the same host prefix (toCIDR
+   * 169.254.169.254/32) is merged, as Cilium merges the two label sets: the learned identity carries
+   * `cidr:<that prefix>` (coverOf: the longest policy prefix covering the address, here the prefix
+   * itself), so every CIDR rule, allow or deny, that selects the prefix's identity selects it too
+   * (fqdnCidrIdentities); it may stand there only then, and the policy's entry is written back when the
+   * proxy lets the key go.
+   */
+  private learnedKeyHolder(cidr: string, policyKeys: ReadonlyMap<string, number>): LearnedKeyHolder | undefined {
+    const address = cidr.slice(0, cidr.lastIndexOf('/'));
+    if (this.hostAddressesRecent().has(address)) return { kind: 'host', identity: ReservedIdentity.host };
+    const w = this.workloadOf(address);
+    if (w) return { kind: 'workload', identity: w.identity };
+    if (this.pinnedRemote?.has(cidr) || this.deps.engine.remoteAddressResolve(address) !== undefined) return { kind: 'remote' };
+    const p = policyKeys.get(cidr);
+    if (p !== undefined) return { kind: 'policy-cidr', identity: p };
+    return undefined;
+  }
+
+  /** Whether the proxy may write `identity` (labels from `labelsOf`) at `cidr` now (learnedKeyHolder). */
+  private learnedMayWrite(cidr: string, identity: number, labelsOf: (id: number) => readonly string[] | undefined, policyKeys: ReadonlyMap<string, number>): boolean {
+    const holder = this.learnedKeyHolder(cidr, policyKeys);
+    if (!holder) return true;
+    return holder.kind === 'policy-cidr' && (labelsOf(identity)?.includes(`cidr:${cidr}`) ?? false);
+  }
+
+  /** Another holder has the key of a learned address: the proxy lets go of it if it held it, and waits. */
+  private learnedYield(cidr: string, policyKeys: ReadonlyMap<string, number>): void {
+    this.yielded.add(cidr);
+    if (this.applied.has(cidr)) this.learnedRelease(cidr, policyKeys);
+  }
+
+  /**
+   * Gives back a key the proxy wrote: what its other holder wants there (the host's, a workload's, the
+   * policy CIDR's entry), left to its writer (another node's workload: the cluster watch wrote it over
+   * the proxy's), or deleted when nobody else has it.
+   */
+  private learnedRelease(cidr: string, policyKeys: ReadonlyMap<string, number>): void {
+    const { datapath } = this.deps;
+    this.applied.delete(cidr);
+    const holder = this.learnedKeyHolder(cidr, policyKeys);
+    if (!holder) datapath.ipcacheDelete(cidr);
+    else if (holder.kind !== 'remote') datapath.ipcacheUpsert(cidr, { identity: holder.identity, hostId: 0 });
+  }
+
+  /** The host-prefix entries of a compiled state's CIDR identities, by key (kept while that state is). */
+  private policyKeysOf(compiled: CompiledPolicy | undefined): ReadonlyMap<string, number> {
+    if (this.policyKeys && this.policyKeys.of === compiled) return this.policyKeys.keys;
+    const keys = new Map<string, number>();
+    for (const e of compiled?.ipcache ?? []) if (e.cidr.endsWith('/32') || e.cidr.endsWith('/128')) keys.set(e.cidr, e.identity);
+    this.policyKeys = { of: compiled, keys };
+    return keys;
+  }
+
+  /**
+   * The learned entries a full ipcache sync keeps (agent/policy/ipcache-sync.ts), for the state it
+   * writes: those the proxy wrote and may still hold; the others are their holders' (learnedKeyHolder).
+   */
+  private *ipcacheExtra(compiled: CompiledPolicy | undefined): Generator<readonly [string, number]> {
+    const policyKeys = this.policyKeysOf(compiled);
+    const labelsOf = (id: number) => this.ids?.identities.get(id);
+    for (const [cidr, identity] of this.applied) if (this.learnedMayWrite(cidr, identity, labelsOf, policyKeys)) yield [cidr, identity];
+  }
+
+  /** Soon, once: whether a held key is free again, or (workloads changed) a workload took a written one. */
+  private ownersRecheckSoon(workloads: boolean): void {
+    if (this.ownersRecheckQueued) return;
+    this.ownersRecheckQueued = true;
+    setImmediate(() => {
+      this.ownersRecheckQueued = false;
+      if (this.refreshQueued) return;
+      const policyKeys = this.policyKeysOf(this.deps.engine.compiled());
+      const labelsOf = (id: number) => this.ids?.identities.get(id);
+      let due = false;
+      for (const cidr of this.yielded) {
+        if (this.learnedKeyHolder(cidr, policyKeys) === undefined) due = true;
+        if (due) break;
+      }
+      if (!due && workloads) {
+        for (const w of this.deps.store.workloadList()) {
+          for (const cidr of [fqdnAddressCidr(w.ipv4), fqdnAddressCidr(w.ipv6)]) {
+            const id = this.applied.get(cidr);
+            if (id !== undefined && !this.learnedMayWrite(cidr, id, labelsOf, policyKeys)) due = true;
+          }
+          if (due) break;
+        }
+      }
+      if (due) this.refreshSoon();
+    });
   }
 
   /**
@@ -546,9 +655,21 @@ export class DnsSteering {
     this.cache = FqdnCache.restore({ names }, { maxAddressesPerName: this.deps.config.proxy.maxIPsPerName });
     const next = this.cache.identities(fqdnSelectorsOf(policies), new Map(saved.identities), coverFn(policyCidrs(policies)));
     if (next.identities.size > 0) await engine.remoteIdentitiesUpdate(next.identities);
-    for (const [cidr, identity] of this.desiredIpcache(next)) {
-      datapath.ipcacheUpsert(cidr, { identity, hostId: 0 });
-      this.applied.set(cidr, identity);
+    // Before the cluster's watch adopts its pinned entries (agent.ts): those the map holds for other
+    // nodes are theirs. The policy's CIDR entries are those of the stored CIDR identities.
+    this.pinnedRemote = new Set(datapath.ipcacheList().flatMap(([cidr, e]) => (e.hostId !== 0 ? [cidr] : [])));
+    const policyKeys = new Map([...store.cidrIdentities()].filter(([cidr]) => cidr.endsWith('/32') || cidr.endsWith('/128')));
+    try {
+      for (const { cidr, identity } of next.ipcache) {
+        if (!this.learnedMayWrite(cidr, identity, (id) => next.identities.get(id), policyKeys)) {
+          this.yielded.add(cidr);
+          continue;
+        }
+        datapath.ipcacheUpsert(cidr, { identity, hostId: 0 });
+        this.applied.set(cidr, identity);
+      }
+    } finally {
+      this.pinnedRemote = undefined;
     }
     this.ids = next;
     log.info({ names: saved.names.length, addresses: this.applied.size }, 'DNS proxy: learned state restored');
@@ -644,5 +765,6 @@ export class DnsSteering {
       return inUse.has(address);
     };
     if (this.cache.expire(Date.now(), used)) this.refreshSoon();
+    else if (this.yielded.size > 0) this.ownersRecheckSoon(false);
   }
 }

@@ -69,8 +69,11 @@ export class PolicyEngine {
   private readonly remote = new Map<number, readonly string[]>();
   /** Cluster mode: the identity of another node's workload address (for `policy trace`). */
   remoteAddressResolve: (ip: string) => number | undefined = () => undefined;
-  /** Further local ipcache entries the sweep keeps (the DNS proxy's learned addresses: agent/dns/steering.ts). */
-  ipcacheExtra: () => Iterable<readonly [cidr: string, identity: number]> = () => [];
+  /**
+   * Further local ipcache entries the sweep keeps, for the compiled state it writes (the DNS proxy's
+   * learned addresses that no other entry holds: agent/dns/steering.ts, learnedKeyHolder).
+   */
+  ipcacheExtra: (compiled: CompiledPolicy | undefined) => Iterable<readonly [cidr: string, identity: number]> = () => [];
   /** Called after every write of policy entries (the DNS steering follows which endpoints need it). */
   onWritten: () => void = () => undefined;
   /** Cluster mode: this cluster's name (CompileOptions.localCluster; set before the first compile). */
@@ -188,7 +191,7 @@ export class PolicyEngine {
     const cidrKey = [...state.cidrIdentities, ...state.ipBlocks].map((c) => `${c.cidr}=${c.identity}`).sort().join(',');
     if (cidrKey !== this.cidrKeyApplied) {
       const hosts = hostDestinations();
-      yield* ipcacheSyncSteps(this.kernel, this.store, state.compiled(), this.ipcacheExtra(), hosts);
+      yield* ipcacheSyncSteps(this.kernel, this.store, state.compiled(), this.ipcacheExtra(state.compiled()), hosts);
       this.cidrKeyApplied = cidrKey;
       this.hostsSynced = hosts.join();
     }
@@ -308,7 +311,7 @@ export class PolicyEngine {
   /** Writes the desired local ipcache (ipcache-sync.ts). */
   ipcacheSync(compiled: CompiledPolicy | undefined = this.state?.compiled()): void {
     const hosts = hostDestinations();
-    stepsRun(ipcacheSyncSteps(this.kernel, this.store, compiled, this.ipcacheExtra(), hosts));
+    stepsRun(ipcacheSyncSteps(this.kernel, this.store, compiled, this.ipcacheExtra(compiled), hosts));
     this.hostsSynced = hosts.join();
   }
 
@@ -320,7 +323,8 @@ export class PolicyEngine {
   hostDestinationsFollow(): boolean {
     const hosts = hostDestinations();
     if (hosts.join() === this.hostsSynced) return false;
-    stepsRun(ipcacheSyncSteps(this.kernel, this.store, this.current().compiled(), this.ipcacheExtra(), hosts));
+    const compiled = this.current().compiled();
+    stepsRun(ipcacheSyncSteps(this.kernel, this.store, compiled, this.ipcacheExtra(compiled), hosts));
     this.hostsSynced = hosts.join();
     return true;
   }
@@ -341,7 +345,7 @@ export class PolicyEngine {
   }
 
   trace(from: TracePeer, to: TracePeer, protocol: string | number, port: number): { result: TraceResult; identities: Map<number, string[]> } {
-    const learned = [...this.ipcacheExtra()].map(([cidr, identity]) => ({ cidr, identity }));
+    const learned = [...this.ipcacheExtra(this.current().compiled())].map(([cidr, identity]) => ({ cidr, identity }));
     return workloadTrace(this.current(), this.store, this.remoteAddressResolve, from, to, protocol, port, learned);
   }
 
