@@ -245,6 +245,8 @@ class DnsRequestRecord extends DnsFlowRecord {
       flow.drop_reason_desc = dropReasonDesc(POLICY_DENY);
       const policies = deniedBy(f.rule);
       if (policies.length) flow.egress_denied_by = policies;
+      // No policy to name (a resolver address the proxy never forwards to, a client it does not know): the reason itself.
+      else if (f.rule) flow.Summary = `${flow.Summary} (refused: ${f.rule})`;
     }
     return flow;
   }

@@ -43,6 +43,11 @@ export interface DnsVerdict {
   rule?: string | undefined;
   /** The resolver the workload addressed, that the verdict was made for (the flows' other end), when known. */
   resolver?: DnsEndpoint | undefined;
+  /**
+   * `resolver`: refused for the address the query was sent to (host-local or special: agent/dns/special-address.ts),
+   * whatever the name; counted apart and logged at most every 10 s.
+   */
+  refusal?: 'resolver' | undefined;
 }
 
 export interface DnsProxyOptions {
@@ -85,6 +90,8 @@ export type DnsDropReason = 'in-flight' | 'client-in-flight' | 'tcp-connections'
 export interface DnsProxyStats {
   allowed: number;
   refused: number;
+  /** Of `refused`: queries sent to an address the proxy never forwards to (DnsVerdict.refusal `resolver`). */
+  refusedResolver: number;
   malformed: number;
   upstreamFailures: number;
   /** Every query or connection turned away, whatever the reason (the sum of droppedBy). */
@@ -95,7 +102,7 @@ export interface DnsProxyStats {
 }
 
 export function dnsProxyStatsCreate(): DnsProxyStats {
-  return { allowed: 0, refused: 0, malformed: 0, upstreamFailures: 0, dropped: 0, droppedBy: { 'in-flight': 0, 'client-in-flight': 0, 'tcp-connections': 0, 'client-tcp-connections': 0 }, learnRefused: { workload: 0, total: 0 } };
+  return { allowed: 0, refused: 0, refusedResolver: 0, malformed: 0, upstreamFailures: 0, dropped: 0, droppedBy: { 'in-flight': 0, 'client-in-flight': 0, 'tcp-connections': 0, 'client-tcp-connections': 0 }, learnRefused: { workload: 0, total: 0 } };
 }
 
 /**
@@ -370,7 +377,13 @@ export class DnsProxy {
     const verdict: DnsVerdict = upstream ? this.opts.verdict(client, q.name, transport, upstream) : { allowed: false, rule: 'not steered to the proxy by the datapath' };
     if (!verdict.allowed) {
       this.stats.refused++;
-      this.opts.log.info({ client, name: q.name, qtype: q.type, rule: verdict.rule }, 'DNS query refused by policy');
+      if (verdict.refusal === 'resolver') {
+        // A workload may send these at will: counted, and logged at most every 10 s.
+        this.stats.refusedResolver++;
+        this.warnSometimes('resolver', { client, name: q.name, rule: verdict.rule, refusedResolver: this.stats.refusedResolver }, 'DNS proxy: a query to a host-local or special resolver address refused, never forwarded (later ones in the next 10 s are counted in kitnet_dns_proxy_refused_resolver_total, not logged)');
+      } else {
+        this.opts.log.info({ client, name: q.name, qtype: q.type, rule: verdict.rule }, 'DNS query refused by policy');
+      }
       this.event(client, transport, query, verdict, receivedNs, upstream, DnsRcode.REFUSED);
       return dnsErrorReply(msg, DnsRcode.REFUSED);
     }

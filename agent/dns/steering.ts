@@ -15,6 +15,7 @@
  * a connection opened right after the answer finds both. Removal (TTL expiry with no tracked
  * connection left) goes the other way round.
  */
+import ipaddr from 'ipaddr.js';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { DnsSteeringMaps, IpcacheEntry, KitnetDatapath } from '../../bpf/index.js';
@@ -39,6 +40,7 @@ import type { DnsAddressOwner, FqdnIdentities, FqdnLabelMatcher } from './fqdn-c
 import { DnsLearnLimitError, DnsProxy, dnsProxyStatsCreate } from './proxy.js';
 import { DNS_STATE_FILE, dnsStateRead, dnsStateWrite, dnsStateWriteSliced } from './state-file.js';
 import type { DnsEndpoint, DnsProxyStats, DnsQueryEvent, DnsTransport, DnsVerdict } from './proxy.js';
+import { specialAddressKind } from './special-address.js';
 import { dnsPlanVerdict, dnsQueryPlan, sectionIndex } from './verdict.js';
 import type { DnsQueryPlan } from './verdict.js';
 
@@ -332,6 +334,12 @@ export class DnsSteering {
     const w = this.workloadOf(address);
     if (w) return w.identity;
     if (this.hostAddressesRecent().has(address)) return ReservedIdentity.host;
+    // Never world: the host's own (loopback, unspecified, link-local: they end on the host), the IPv4
+    // address an IPv4-mapped one stands for, nobody's (multicast, broadcast, the reserved rest).
+    const special = specialAddressKind(address);
+    if (special === 'loopback' || special === 'unspecified' || special === 'link-local') return ReservedIdentity.host;
+    if (special === 'ipv4-mapped') return this.identityOf(ipaddr.IPv6.parse(address).toIPv4Address().toString());
+    if (special) return ReservedIdentity.unknown;
     const remote = this.deps.engine.remoteAddressResolve(address);
     if (remote !== undefined) return remote;
     const a = hostPrefix(address);
@@ -359,6 +367,14 @@ export class DnsSteering {
     this.lastClient = undefined;
     this.lastOrig = undefined;
     if (!orig) return { allowed: false, rule: 'not steered to the proxy by the datapath' };
+    // Forwarded from the host's own sockets, a query to one of these would reach what the workload
+    // cannot (resolvers listening on the host only: 127.0.0.53, 0.0.0.0:53; any IPv4 address through
+    // ::ffff:a.b.c.d over TCP) with the host's identity, past the workload's egress and the target's
+    // ingress policy. The configured upstream is the operator's and is not judged here.
+    const special = specialAddressKind(orig.address);
+    if (special || orig.address === DNS_PROXY_IPV4 || orig.address === DNS_PROXY_IPV6) {
+      return { allowed: false, refusal: 'resolver', rule: `resolver ${orig.address} is ${special ? `${/^[aeiou]/.test(special) ? 'an' : 'a'} ${special} address` : 'the DNS proxy itself'}, which the workload cannot reach itself: not forwarded`, resolver: orig };
+    }
     const { engine } = this.deps;
     if (this.sectionsFor?.policies !== engine.parsed) {
       this.sectionsFor = { policies: engine.parsed, sections: sectionIndex(engine.parsed.flatMap((p) => p.rules)) };

@@ -156,6 +156,7 @@ export async function steeringHarness(policyYaml: string, proxy: Record<string, 
     labels: (identity) => engine.compiled().identities.get(identity),
     entries: (id) => engine.endpointPolicy(id).policy?.entries ?? [],
     async close() {
+      await settle();
       await steering.stop();
       store.close();
       rmSync(stateDir, { recursive: true, force: true });

@@ -48,7 +48,9 @@ test('DNS proxy metrics: what it turned away, by the limit reached, read from it
   stats.learnRefused.workload = 7;
   stats.malformed = 2;
   stats.upstreamFailures = 5;
+  stats.refusedResolver = 3;
   let text = await registry.metrics();
+  assert.match(text, /^kitnet_dns_proxy_refused_resolver_total 3$/m);
   assert.equal(value(text, 'kitnet_dns_proxy_dropped_total', 'reason="client-in-flight"'), 184);
   assert.equal(value(text, 'kitnet_dns_proxy_dropped_total', 'reason="client-tcp-connections"'), 1);
   assert.equal(value(text, 'kitnet_dns_proxy_dropped_total', 'reason="in-flight"'), 0);

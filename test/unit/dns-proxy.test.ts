@@ -23,6 +23,7 @@ const ZONE: Record<string, AnswerRecordInput[]> = {
     { name: 'edge.test', ttl: 60, address: '2001:db8::20' },
   ],
   'spoof.test': [{ name: 'spoof.test', ttl: 60, address: '192.0.2.66' }],
+  'resolver.test': [{ name: 'resolver.test', ttl: 60, address: '192.0.2.99' }],
 };
 
 /** A tiny authoritative server for ZONE on UDP and TCP; `spoof.test` is answered with a wrong id. */
@@ -138,7 +139,7 @@ for (const family of ['127.0.0.1', '::1']) {
     const options = (): DnsProxyOptions => ({
       listen: { address: family, port: 0 },
       upstream: () => ({ address: family, port: upstream.port }),
-      verdict: (_c, name) => ({ allowed: allowed.some((m) => m(name)), rule: 'test' }),
+      verdict: (_c, name) => (name === 'resolver.test' ? { allowed: false, refusal: 'resolver', rule: 'resolver 127.0.0.53 is a loopback address' } : { allowed: allowed.some((m) => m(name)), rule: 'test' }),
       learn: async (_c, l) => {
         learnEntered?.();
         await learnGate;
@@ -168,6 +169,20 @@ for (const family of ['127.0.0.1', '::1']) {
         assert.equal(r.rcode, DnsRcode.NOERROR);
         assert.deepEqual(r.answers.map((a) => a.data), [{ kind: 'address', address: '192.0.2.10' }]);
         assert.deepEqual(learned.at(-1), [{ name: 'api.test', addresses: ['192.0.2.10'], ttl: 10 }]);
+      } finally {
+        c.close();
+      }
+    });
+
+    test('a query to a resolver address the proxy never forwards to: REFUSED, counted apart, the upstream never hears it', async () => {
+      const c = new UdpClient(at);
+      const before = proxy.stats.refusedResolver;
+      try {
+        c.send(dnsQueryBuild(25, 'resolver.test', DnsType.A));
+        const r = dnsParse(await c.next());
+        assert.equal(r.rcode, DnsRcode.REFUSED);
+        assert.ok(!upstream.heard.includes('resolver.test'));
+        assert.equal(proxy.stats.refusedResolver, before + 1);
       } finally {
         c.close();
       }
