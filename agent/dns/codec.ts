@@ -312,14 +312,17 @@ export interface LearnedName {
   /** Lower-case, no trailing dot. */
   name: string;
   addresses: string[];
-  /** Seconds: the smallest TTL along the chain from this name to the addresses. */
+  /** Seconds: the smallest TTL along the CNAME chain from this name to the addresses. */
   ttl: number;
 }
 
 /**
- * What a response teaches: for the question's name and every name of its CNAME chain, the A/AAAA
- * addresses at the end of the chain, with the smallest TTL on the way. Records off the chain (an
- * upstream adding unrelated names) are not learned: only names the workload asked about, and allowed.
+ * What a response teaches: the question's name with the A/AAAA addresses at the end of its CNAME
+ * chain, with the smallest TTL on the way (Cilium maps only the question name to the response's
+ * addresses; the chain is followed to find them). The names along the chain are not learned: the
+ * resolver, which the workload may control, could otherwise teach any name (`CNAME api.bank.example`)
+ * that another workload's toFQDNs selects. Records off the chain (an upstream adding unrelated
+ * names) are ignored.
  */
 export function dnsLearned(msg: DnsMessage): LearnedName[] {
   const q = msg.questions[0];
@@ -363,13 +366,9 @@ export function dnsLearned(msg: DnsMessage): LearnedName[] {
   const final = addrs.get(name) ?? [];
   if (final.length === 0) return [];
   const addresses = [...new Set(final.map((f) => f.address))];
-  // Each name's TTL: the smallest of the CNAMEs from it to the end and of the address records.
-  const out: LearnedName[] = [];
-  let ttl = Math.min(...final.map((f) => f.ttl));
-  for (let i = chain.length - 1; i >= 0; i--) {
-    const hop = cnames.get(chain[i]!);
-    if (hop && i < chain.length - 1) ttl = Math.min(ttl, hop.ttl);
-    out.push({ name: chain[i]!, addresses, ttl });
-  }
-  return out.reverse();
+  // The smallest TTL of the address records and of every CNAME from the question to them.
+  let ttl = final[0]!.ttl;
+  for (const f of final) ttl = Math.min(ttl, f.ttl);
+  for (let i = 0; i < chain.length - 1; i++) ttl = Math.min(ttl, cnames.get(chain[i]!)!.ttl);
+  return [{ name: q.name, addresses, ttl }];
 }

@@ -1,7 +1,7 @@
 /**
  * The DNS proxy (issue #17): takes the DNS queries of workloads with DNS rules (UDP and TCP, IPv4 and
  * IPv6), answers REFUSED to names no rule allows, forwards the others to the upstream resolver, learns
- * name -> addresses from the answer (CNAME chains included) and hands them to `learn`, which writes
+ * the asked name -> the addresses at the end of its CNAME chain and hands them to `learn`, which writes
  * them into the maps, and only then releases the answer: a connection opened right after the lookup
  * finds its address already known.
  *

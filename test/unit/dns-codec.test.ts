@@ -24,7 +24,7 @@ describe('dns codec: well-formed messages', () => {
     assert.equal(Buffer.isBuffer(bare), false);
     assert.equal(dnsParse(bare).questions[0]!.name, 'api.test-x_1');
   });
-  test('reply with a CNAME chain teaches every name of the chain, smallest TTL on the way', () => {
+  test('reply with a CNAME chain teaches the question\'s name only: the addresses at the chain\'s end, smallest TTL on the way', () => {
     const q = dnsQueryBuild(9, 'www.test', DnsType.A);
     const r = dnsParse(dnsReplyBuild(q, [
       { name: 'www.test', ttl: 300, cname: 'edge.test' },
@@ -34,11 +34,23 @@ describe('dns codec: well-formed messages', () => {
       { name: 'unrelated.test', ttl: 999, address: '198.51.100.1' },
     ]));
     assert.equal(r.response, true);
-    assert.deepEqual(dnsLearned(r), [
-      { name: 'www.test', addresses: ['192.0.2.7', '192.0.2.8'], ttl: 20 },
-      { name: 'edge.test', addresses: ['192.0.2.7', '192.0.2.8'], ttl: 20 },
-      { name: 'host.cdn.test', addresses: ['192.0.2.7', '192.0.2.8'], ttl: 30 },
-    ]);
+    assert.deepEqual(dnsLearned(r), [{ name: 'www.test', addresses: ['192.0.2.7', '192.0.2.8'], ttl: 20 }]);
+  });
+  test('a resolver cannot teach names nobody asked through a CNAME (one whose TTL never runs out, for a name another workload\'s toFQDNs allows)', () => {
+    const q = dnsQueryBuild(9, 'x.allowed.test', DnsType.A);
+    const r = dnsParse(dnsReplyBuild(q, [
+      { name: 'x.allowed.test', ttl: 0x7fffffff, cname: 'api.bank.example' },
+      { name: 'api.bank.example', ttl: 0x7fffffff, address: '6.6.6.6' },
+    ]));
+    assert.deepEqual(dnsLearned(r), [{ name: 'x.allowed.test', addresses: ['6.6.6.6'], ttl: 0x7fffffff }]);
+    assert.ok(!dnsLearned(r).some((l) => l.name === 'api.bank.example'));
+    // The smallest TTL wherever it sits on the chain.
+    const low = dnsParse(dnsReplyBuild(q, [
+      { name: 'x.allowed.test', ttl: 300, cname: 'a.test' },
+      { name: 'a.test', ttl: 7, cname: 'b.test' },
+      { name: 'b.test', ttl: 60, address: '192.0.2.1' },
+    ]));
+    assert.deepEqual(dnsLearned(low), [{ name: 'x.allowed.test', addresses: ['192.0.2.1'], ttl: 7 }]);
   });
   test('without a CNAME: the asked name\'s addresses, each once in order, smallest TTL of its records; others ignored', () => {
     const q = dnsQueryBuild(9, 'Www.Test', DnsType.A);
@@ -50,12 +62,12 @@ describe('dns codec: well-formed messages', () => {
       { name: 'www.test', ttl: 90, address: '2001:db8::7' },
     ]));
     assert.deepEqual(dnsLearned(r), [{ name: 'www.test', addresses: ['192.0.2.7', '192.0.2.8', '2001:db8::7'], ttl: 20 }]);
-    // The same answers behind a CNAME take the chain's way: the same addresses and TTL for the target.
+    // The same answers behind a CNAME take the chain's way: the same addresses and TTL, for the name asked.
     const viaChain = dnsParse(dnsReplyBuild(dnsQueryBuild(9, 'alias.test', DnsType.A), [
       { name: 'alias.test', ttl: 999, cname: 'www.test' },
       ...[300, 40, 20, 90].map((ttl, i) => ({ name: i === 1 ? 'WWW.test' : 'www.test', ttl, address: ['192.0.2.7', '192.0.2.8', '192.0.2.7', '2001:db8::7'][i]! })),
     ]));
-    assert.deepEqual(dnsLearned(viaChain)[1], { name: 'www.test', addresses: ['192.0.2.7', '192.0.2.8', '2001:db8::7'], ttl: 20 });
+    assert.deepEqual(dnsLearned(viaChain), [{ name: 'alias.test', addresses: ['192.0.2.7', '192.0.2.8', '2001:db8::7'], ttl: 20 }]);
     assert.deepEqual(dnsLearned(dnsParse(dnsReplyBuild(q, []))), []);
   });
   test('AAAA in canonical text', () => {

@@ -236,13 +236,11 @@ for (const family of ['127.0.0.1', '::1']) {
       }
     });
 
-    test('TCP with a CNAME chain: every name of the chain learned, AAAA too', async () => {
+    test('TCP with a CNAME chain: the name asked learned with the chain\'s addresses (not the chain\'s names), AAAA too', async () => {
       const r = dnsParse(await tcpQuery(at, dnsQueryBuild(5, 'www.test', DnsType.AAAA)));
       assert.equal(r.rcode, DnsRcode.NOERROR);
-      assert.deepEqual(learned.at(-1), [
-        { name: 'www.test', addresses: ['2001:db8::20'], ttl: 60 },
-        { name: 'edge.test', addresses: ['2001:db8::20'], ttl: 60 },
-      ]);
+      assert.equal(r.answers.length, 2, 'the answer is released whole, CNAME included');
+      assert.deepEqual(learned.at(-1), [{ name: 'www.test', addresses: ['2001:db8::20'], ttl: 60 }]);
       const refused = dnsParse(await tcpQuery(at, dnsQueryBuild(6, 'x.example', DnsType.A)));
       assert.equal(refused.rcode, DnsRcode.REFUSED);
     });
