@@ -31,6 +31,11 @@ export const DnsConfigSchema = z
           .optional(),
         /** Floor on learned TTLs in seconds (Cilium --tofqdns-min-ttl). */
         minTTL: z.number().int().min(0).max(86_400).default(0),
+        /**
+         * Ceiling on learned TTLs in seconds: an answer's TTL may be 2^31-1 (~68 years), which would
+         * keep its addresses (and the asking workload's share of dns.proxy.maxLearnedAddresses) for good.
+         */
+        maxTTL: z.number().int().min(1).max(604_800).default(86_400),
         /** Addresses kept per name (Cilium --tofqdns-endpoint-max-ip-per-hostname). */
         maxIPsPerName: z.number().int().min(1).max(100_000).default(1000),
         /** Queries the proxy waits on at once (each proxy: IPv4, IPv6); beyond it new ones are dropped. */
@@ -55,6 +60,7 @@ export const DnsConfigSchema = z
         for (const [each, all] of [['maxQueriesInFlightPerWorkload', 'maxQueriesInFlight'], ['maxLearnedAddressesPerWorkload', 'maxLearnedAddresses'], ['maxTcpConnectionsPerWorkload', 'maxTcpConnections']] as const) {
           if (v[each] > v[all]) ctx.addIssue({ code: 'custom', path: [each], message: `${v[each]} is more than dns.proxy.${all} (${v[all]}): one workload could take every slot` });
         }
+        if (v.minTTL > v.maxTTL) ctx.addIssue({ code: 'custom', path: ['minTTL'], message: `${v.minTTL} is more than dns.proxy.maxTTL (${v.maxTTL})` });
       })
       .prefault({}),
   })

@@ -143,6 +143,20 @@ export class FqdnCache {
     return this.owned.get(owner) ?? 0;
   }
 
+  /** Everyone holding a share of the learned addresses. */
+  owners(): DnsAddressOwner[] {
+    return [...this.owned.keys()];
+  }
+
+  /**
+   * `owner` (a workload that left) holds no share any more: its addresses stay until they expire,
+   * counted against nobody.
+   */
+  ownerRelease(owner: DnsAddressOwner): void {
+    if (!this.owned.delete(owner)) return;
+    for (const [address, o] of this.ownerOf) if (o === owner) this.ownerOf.delete(address);
+  }
+
   private own(address: string, owner: DnsAddressOwner): void {
     this.ownerOf.set(address, owner);
     this.owned.set(owner, (this.owned.get(owner) ?? 0) + 1);

@@ -65,6 +65,11 @@ export interface DnsProxyOptions {
   learn(client: DnsEndpoint, learned: LearnedName[]): Promise<void>;
   /** Floor on learned TTLs in seconds (Cilium's --tofqdns-min-ttl; default 0). */
   minTtl?: number;
+  /**
+   * Ceiling on learned TTLs in seconds (default 86,400): an answer's TTL (up to 2^31-1 s, ~68 years)
+   * would otherwise hold its addresses, and the asking workload's share of them, for good.
+   */
+  maxTtl?: number;
   /** How long to wait for the upstream (default 5000 ms). */
   upstreamTimeoutMs?: number;
   /** Queries in flight at once; beyond it new ones are dropped and counted (default 4096). */
@@ -401,8 +406,9 @@ export class DnsProxy {
       return dnsErrorReply(msg, DnsRcode.SERVFAIL);
     }
     const minTtl = this.opts.minTtl ?? 0;
+    const maxTtl = this.opts.maxTtl ?? 86_400;
     const learned = dnsLearned(reply);
-    for (const l of learned) if (l.ttl < minTtl) l.ttl = minTtl;
+    for (const l of learned) l.ttl = Math.min(Math.max(l.ttl, minTtl), maxTtl);
     if (learned.length > 0) {
       try {
         await this.opts.learn(client, learned);

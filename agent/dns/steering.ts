@@ -180,6 +180,11 @@ export class DnsSteering {
     this.unsubscribe = this.deps.store.subscribe((c) => {
       if (c.kind !== 'workload') return;
       this.byAddress = undefined;
+      // A workload that left holds no share of the learned addresses any more (its endpoint id may be reused).
+      if (c.what === 'deleted') {
+        const live = new Set(this.deps.store.workloadList().map((w) => w.endpointId));
+        for (const owner of this.cache.owners()) if (typeof owner === 'number' && !live.has(owner)) this.cache.ownerRelease(owner);
+      }
       // A workload registered at a learned address takes its key; one that left frees it.
       if (c.what !== 'status') this.ownersRecheckSoon(true);
     });
@@ -215,6 +220,7 @@ export class DnsSteering {
       verdict: (client, name, transport) => this.verdict(client, name, transport),
       learn: (client, learned) => this.learn(client, learned),
       minTtl: this.deps.config.proxy.minTTL,
+      maxTtl: this.deps.config.proxy.maxTTL,
       maxInFlight: this.deps.config.proxy.maxQueriesInFlight,
       maxInFlightPerClient: this.deps.config.proxy.maxQueriesInFlightPerWorkload,
       maxTcpConnections: this.deps.config.proxy.maxTcpConnections,
@@ -667,8 +673,12 @@ export class DnsSteering {
     // Written while running, expiry-only changes reach the file up to EXPIRY_SAVE_DELAY_MS late: never
     // restore one shorter. A clean stop's file is current.
     const lag = saved.complete ? 0 : EXPIRY_SAVE_DELAY_MS;
-    const names = saved.names.map((n) => ({ name: n.name, addresses: n.addresses.map((a) => ({ ...a, expiresAt: a.expiresAt + lag })) }));
+    // No longer than dns.proxy.maxTTL from now (a file of an earlier run may hold TTLs of decades).
+    const latest = Date.now() + this.deps.config.proxy.maxTTL * 1000 + lag;
+    const names = saved.names.map((n) => ({ name: n.name, addresses: n.addresses.map((a) => ({ ...a, expiresAt: Math.min(a.expiresAt + lag, latest) })) }));
     this.cache = FqdnCache.restore({ names }, { maxAddressesPerName: this.deps.config.proxy.maxIPsPerName });
+    const live = new Set(store.workloadList().map((w) => w.endpointId));
+    for (const owner of this.cache.owners()) if (typeof owner === 'number' && !live.has(owner)) this.cache.ownerRelease(owner);
     const next = this.cache.identities(fqdnSelectorsOf(policies), new Map(saved.identities), coverFn(policyCidrs(policies)));
     if (next.identities.size > 0) await engine.remoteIdentitiesUpdate(next.identities);
     // Before the cluster's watch adopts its pinned entries (agent.ts): those the map holds for other

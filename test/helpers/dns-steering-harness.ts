@@ -10,6 +10,8 @@ import { configParse } from '../../agent/config.js';
 import type { LearnedName } from '../../agent/dns/codec.js';
 import type { DnsEndpoint, DnsTransport, DnsVerdict } from '../../agent/dns/proxy.js';
 import { DnsSteering } from '../../agent/dns/steering.js';
+import { dnsStateWrite } from '../../agent/dns/state-file.js';
+import type { DnsLearnedState } from '../../agent/dns/state-file.js';
 import { IdentityAllocator } from '../../agent/identity/allocator.js';
 import type { KernelOps } from '../../agent/kernel-ops.js';
 import { PolicyEngine } from '../../agent/policy/engine.js';
@@ -49,7 +51,7 @@ export interface SteeringHarness {
 
 const NAMESPACE = 'prod';
 
-export async function steeringHarness(policyYaml: string, proxy: Record<string, unknown> = {}): Promise<SteeringHarness> {
+export async function steeringHarness(policyYaml: string, proxy: Record<string, unknown> = {}, state?: DnsLearnedState): Promise<SteeringHarness> {
   const store = sqliteStoreOpen(':memory:');
   await store.transaction((tx) => tx.namespacePut(NAMESPACE, {}));
   const ipcache = new Map<string, IpcacheEntry>();
@@ -95,6 +97,7 @@ export async function steeringHarness(policyYaml: string, proxy: Record<string, 
     return run;
   };
   const stateDir = mkdtempSync(join(tmpdir(), 'kitnet-dns-harness-'));
+  if (state) dnsStateWrite(stateDir, state);
   const config = configParse({ dns: { proxy: { enabled: false, ...proxy } } }).dns;
   const steering = new DnsSteering({ config, store, engine, datapath: datapath as never, exclusive, stateDir, log });
   await steering.start();

@@ -23,6 +23,7 @@ const ZONE: Record<string, AnswerRecordInput[]> = {
     { name: 'edge.test', ttl: 60, address: '2001:db8::20' },
   ],
   'spoof.test': [{ name: 'spoof.test', ttl: 60, address: '192.0.2.66' }],
+  'forever.test': [{ name: 'forever.test', ttl: 0x7fffffff, address: '192.0.2.77' }],
   'resolver.test': [{ name: 'resolver.test', ttl: 60, address: '192.0.2.99' }],
 };
 
@@ -147,6 +148,7 @@ for (const family of ['127.0.0.1', '::1']) {
         learned.push(l);
       },
       minTtl: 10,
+      maxTtl: 3600,
       upstreamTimeoutMs: 2000,
       log: pino({ level: 'silent' }),
     });
@@ -169,6 +171,18 @@ for (const family of ['127.0.0.1', '::1']) {
         assert.equal(r.rcode, DnsRcode.NOERROR);
         assert.deepEqual(r.answers.map((a) => a.data), [{ kind: 'address', address: '192.0.2.10' }]);
         assert.deepEqual(learned.at(-1), [{ name: 'api.test', addresses: ['192.0.2.10'], ttl: 10 }]);
+      } finally {
+        c.close();
+      }
+    });
+
+    test('a TTL of 2^31-1 is learned as dns.proxy.maxTTL; the answer keeps its own', async () => {
+      const c = new UdpClient(at);
+      try {
+        c.send(dnsQueryBuild(21, 'forever.test', DnsType.A));
+        const r = dnsParse(await c.next());
+        assert.equal(r.answers[0]!.ttl, 0x7fffffff, 'released as sent');
+        assert.deepEqual(learned.at(-1), [{ name: 'forever.test', addresses: ['192.0.2.77'], ttl: 3600 }]);
       } finally {
         c.close();
       }

@@ -103,3 +103,21 @@ test('a workload registered later at a learned address keeps its entry; the lear
     await h.close();
   }
 });
+
+test('dns.proxy.maxTTL: learned addresses restored from a file of decades are held no longer; a deleted workload\'s share is released', async () => {
+  const decades = Date.now() + 0x7fffffff * 1000;
+  const h = await steeringHarness(POLICY, { maxTTL: 600 }, { version: 1, complete: true, identities: [], names: [{ name: 'old.test', addresses: [{ address: '192.0.2.40', expiresAt: decades, owner: 7 }] }] });
+  try {
+    const [kept] = h.steering.cache.entries('old.test');
+    assert.ok(kept && kept.address === '192.0.2.40' && kept.expiresAt <= Date.now() + 600_000, JSON.stringify(kept));
+    assert.equal(h.steering.cache.ownedBy(7), 0, 'endpoint 7 is gone: no share');
+    const a = await h.workloadAdd('a', 'a', '10.9.0.1', 'fd09::1');
+    await h.learn('10.9.0.1', [{ name: 'x.test', addresses: ['192.0.2.41', '192.0.2.42'], ttl: 3600 }]);
+    assert.equal(h.steering.cache.ownedBy(a.endpointId), 2);
+    await h.store.transaction((tx) => tx.workloadDelete('prod', 'a'));
+    assert.equal(h.steering.cache.ownedBy(a.endpointId), 0, 'released with the workload (its endpoint id may be given again)');
+    assert.deepEqual(h.steering.cache.addresses('x.test'), ['192.0.2.41', '192.0.2.42'], 'the addresses stay until they expire');
+  } finally {
+    await h.close();
+  }
+});
