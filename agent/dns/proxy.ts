@@ -28,6 +28,7 @@ import { udpTcpListen } from '../../common/udp-tcp-listen.js';
 import { UdpUpstreams } from './upstream-udp.js';
 import { UdpSocket } from './udp-socket.js';
 import { dnsErrorReply, dnsLearned, dnsParse, DnsParseError, DnsRcode, DNS_HEADER_LENGTH, DNS_MESSAGE_MAX } from './codec.js';
+import { specialAddressKind } from './special-address.js';
 import type { DnsMessage, LearnedName } from './codec.js';
 
 export interface DnsEndpoint {
@@ -409,9 +410,18 @@ export class DnsProxy {
     const maxTtl = this.opts.maxTtl ?? 86_400;
     const learned = dnsLearned(reply);
     for (const l of learned) l.ttl = Math.min(Math.max(l.ttl, minTtl), maxTtl);
-    if (learned.length > 0) {
+    // Loopback, unspecified, link-local, multicast, broadcast, IPv4-mapped addresses are released in
+    // the answer but not learned: no toFQDNs rule allows them.
+    const special = (a: string) => specialAddressKind(a) !== undefined;
+    const taught = !learned.some((l) => l.addresses.some(special))
+      ? learned
+      : learned.flatMap((l) => {
+          const addresses = l.addresses.filter((a) => !special(a));
+          return addresses.length ? [{ ...l, addresses }] : [];
+        });
+    if (taught.length > 0) {
       try {
-        await this.opts.learn(client, learned);
+        await this.opts.learn(client, taught);
       } catch (e) {
         // Releasing the answer now would send the workload to addresses the datapath does not allow yet.
         if (e instanceof DnsLearnLimitError) {

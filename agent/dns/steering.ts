@@ -675,7 +675,8 @@ export class DnsSteering {
     const lag = saved.complete ? 0 : EXPIRY_SAVE_DELAY_MS;
     // No longer than dns.proxy.maxTTL from now (a file of an earlier run may hold TTLs of decades).
     const latest = Date.now() + this.deps.config.proxy.maxTTL * 1000 + lag;
-    const names = saved.names.map((n) => ({ name: n.name, addresses: n.addresses.map((a) => ({ ...a, expiresAt: Math.min(a.expiresAt + lag, latest) })) }));
+    // Nor special addresses (agent/dns/special-address.ts), which an earlier run learned.
+    const names = saved.names.map((n) => ({ name: n.name, addresses: n.addresses.filter((a) => specialAddressKind(a.address) === undefined).map((a) => ({ ...a, expiresAt: Math.min(a.expiresAt + lag, latest) })) }));
     this.cache = FqdnCache.restore({ names }, { maxAddressesPerName: this.deps.config.proxy.maxIPsPerName });
     const live = new Set(store.workloadList().map((w) => w.endpointId));
     for (const owner of this.cache.owners()) if (typeof owner === 'number' && !live.has(owner)) this.cache.ownerRelease(owner);

@@ -24,6 +24,9 @@ const ZONE: Record<string, AnswerRecordInput[]> = {
   ],
   'spoof.test': [{ name: 'spoof.test', ttl: 60, address: '192.0.2.66' }],
   'forever.test': [{ name: 'forever.test', ttl: 0x7fffffff, address: '192.0.2.77' }],
+  'special.test': ['127.0.0.1', '0.0.0.0', '255.255.255.255', '224.0.0.1', '169.254.169.254', '192.0.2.88', '::', '::1', 'ff02::1', 'fe80::1', '::ffff:c000:201', '2001:db8::88']
+    .map((address) => ({ name: 'special.test', ttl: 60, address })),
+  'loopback.test': [{ name: 'loopback.test', ttl: 60, address: '127.0.0.1' }],
   'resolver.test': [{ name: 'resolver.test', ttl: 60, address: '192.0.2.99' }],
 };
 
@@ -183,6 +186,28 @@ for (const family of ['127.0.0.1', '::1']) {
         const r = dnsParse(await c.next());
         assert.equal(r.answers[0]!.ttl, 0x7fffffff, 'released as sent');
         assert.deepEqual(learned.at(-1), [{ name: 'forever.test', addresses: ['192.0.2.77'], ttl: 3600 }]);
+      } finally {
+        c.close();
+      }
+    });
+
+    test('special addresses in an answer are released but not learned; an answer with nothing else learns nothing', async () => {
+      const c = new UdpClient(at);
+      try {
+        c.send(dnsQueryBuild(22, 'special.test', DnsType.A));
+        const r = dnsParse(await c.next());
+        assert.deepEqual(r.answers.map((a) => a.data.kind === 'address' && a.data.address), ['127.0.0.1', '0.0.0.0', '255.255.255.255', '224.0.0.1', '169.254.169.254', '192.0.2.88']);
+        assert.deepEqual(learned.at(-1), [{ name: 'special.test', addresses: ['192.0.2.88'], ttl: 60 }]);
+        c.send(dnsQueryBuild(23, 'special.test', DnsType.AAAA));
+        const r6 = dnsParse(await c.next());
+        assert.equal(r6.answers.length, 6);
+        assert.deepEqual(learned.at(-1), [{ name: 'special.test', addresses: ['2001:db8::88'], ttl: 60 }]);
+        const before = learned.length;
+        c.send(dnsQueryBuild(24, 'loopback.test', DnsType.A));
+        const lo = dnsParse(await c.next());
+        assert.equal(lo.rcode, DnsRcode.NOERROR);
+        assert.deepEqual(lo.answers.map((a) => a.data.kind === 'address' && a.data.address), ['127.0.0.1']);
+        assert.equal(learned.length, before, 'nothing to learn');
       } finally {
         c.close();
       }
