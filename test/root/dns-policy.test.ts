@@ -3,7 +3,8 @@
 // A workload allowed `toFQDNs: matchName: api.test` reaches api.test's addresses right after looking
 // it up (v4 and v6) and not the server next to it; matchPattern `*.svc.test` covers one label only; a
 // query for a name no DNS rule allows is REFUSED by the proxy; a query sent straight to another resolver
-// address is steered all the same; DNS over TCP too. Hostile senders: malformed and oversized queries, a
+// address is steered all the same; DNS over TCP too. A CNAME teaches the name asked, not its target; a
+// query crafted to the host's loopback or 0.0.0.0 is REFUSED and reaches no host-local resolver. Hostile senders: malformed and oversized queries, a
 // resolver replying with the wrong id, with addresses for a name not asked, or with garbage: no
 // identity, no access, and the proxy keeps answering; a workload resolving a wildcard of its own (a new
 // address per name) is stopped at its share of learned addresses while another still learns. An agent restart keeps what was learned (and a
@@ -145,6 +146,51 @@ for i in range(count):
         rcodes.append(-1)
 print(json.dumps(rcodes))
 `;
+/**
+ * A query the workload's own stack would never send out: to DST:53 (loopback, 0.0.0.0), crafted as a
+ * raw frame on eth0 to the gateway, as a hostile workload can. Prints the rcode of the reply it sniffs
+ * on eth0 (-1: none within 4 s).
+ */
+const RAW_QUERY_PY = `
+import os, random, socket, struct, sys, time
+dst, name = sys.argv[1], sys.argv[2]
+gw = [l.split()[2] for l in os.popen('ip -4 route show default').read().splitlines() if ' via ' in ' ' + l][0]
+src = os.popen('ip -4 -o addr show dev eth0').read().split()[3].split('/')[0]
+os.system('ping -c1 -W1 %s >/dev/null 2>&1' % gw)
+mac = [l.split()[3] for l in open('/proc/net/arp').read().splitlines()[1:] if l.split()[0] == gw][0]
+own = open('/sys/class/net/eth0/address').read().strip()
+qid, sport = random.randrange(65536), random.randrange(20000, 60000)
+q = struct.pack('>HHHHHH', qid, 0x0100, 1, 0, 0, 0) + b''.join(bytes([len(l)]) + l.encode() for l in name.split('.')) + b'\\0' + struct.pack('>HH', 1, 1)
+udp = struct.pack('>HHHH', sport, 53, 8 + len(q), 0) + q
+def csum(b):
+    t = sum(struct.unpack('>10H', b)); t = (t >> 16) + (t & 0xffff); t += t >> 16
+    return ~t & 0xffff
+hdr = struct.pack('>BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), qid, 0x4000, 64, 17, 0, socket.inet_aton(src), socket.inet_aton(dst))
+hdr = hdr[:10] + struct.pack('>H', csum(hdr)) + hdr[12:]
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800)); s.bind(('eth0', 0x0800)); s.settimeout(0.5)
+s.send(bytes.fromhex(mac.replace(':', '')) + bytes.fromhex(own.replace(':', '')) + b'\\x08\\x00' + hdr + udp)
+deadline = time.time() + 4
+while time.time() < deadline:
+    try: f, meta = s.recvfrom(65535)
+    except socket.timeout: continue
+    if meta[2] == socket.PACKET_OUTGOING: continue
+    ip = f[14:]
+    if ip[9] != 17: continue
+    ihl = (ip[0] & 15) * 4; u = ip[ihl:]
+    if struct.unpack('>HH', u[:4]) != (53, sport): continue
+    m = u[8:]
+    if struct.unpack('>H', m[:2])[0] == qid: print(struct.unpack('>H', m[2:4])[0] & 15); sys.exit(0)
+print(-1)
+`;
+/** A DNS listener on the host's loopback (UDP): writes FILE when a datagram reaches it, and answers it. */
+const LOOPBACK_RESOLVER_PY = `
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], 53))
+while True:
+    m, a = s.recvfrom(4096)
+    open(sys.argv[2], 'a').write(a[0] + '\\n')
+    s.sendto(m[:2] + b'\\x81\\x80' + m[4:6] + b'\\x00\\x00\\x00\\x00\\x00\\x00' + m[12:], a)
+`;
 /** Hostile queries from the workload to SERVER:53 (steered to the proxy): each is sent and not awaited. */
 const HOSTILE_PY = `
 import socket, struct, sys
@@ -250,6 +296,7 @@ describe('DNS-aware egress policy: toFQDNs and DNS rules through the DNS proxy (
         `host-record=a.svc.test,${EXT.svcA4}`,
         `host-record=b.c.svc.test,${EXT.svcB4}`,
         'cname=alias.test,api.test',
+        'cname=alias2.test,other.test',
         ...Array.from({ length: ITERATIONS }, (_, i) => `host-record=n${i}.iter.test,${iterAddr(i)}`),
         `host-record=fresh.iter.test,${EXT.fresh4}`,
         'synth-domain=flood.test,10.229.0.0/16,ip-',
@@ -289,6 +336,7 @@ spec:
             dns:
               - matchName: api.test
               - matchName: alias.test
+              - matchName: alias2.test
               - matchPattern: "*.svc.test"
               - matchName: b.c.svc.test
               - matchPattern: "*.evil.test"
@@ -308,6 +356,10 @@ spec:
       toPorts:
         - ports: [{port: "53", protocol: UDP}]
           rules: {dns: [{matchPattern: "*.flood.test"}]}
+    - toEntities: [world]
+      toPorts:
+        - ports: [{port: "53", protocol: UDP}]
+          rules: {dns: [{matchPattern: "*.loop.test"}]}
 `,
       'application/yaml',
     );
@@ -371,6 +423,29 @@ spec:
     assert.equal(allowed.rcode, 0, JSON.stringify(allowed));
     assert.deepEqual(allowed.addrs, [EXT.api4]);
     assert.deepEqual(allowed.connected, [true]);
+  });
+
+  test('a CNAME teaches the name asked, not its target: alias2.test -> other.test\'s address, other.test itself stays unknown', async () => {
+    const r = await lookup(EXT.dns4, 'alias2.test', 'A', 'udp', false);
+    assert.deepEqual([r.rcode, r.addrs], [0, [EXT.other4]], JSON.stringify(r));
+    assert.equal(fx.agent.dns.cache.has('alias2.test', EXT.other4), true);
+    assert.equal(fx.agent.dns.cache.has('other.test', EXT.other4), false, 'the chain\'s target was not asked: not learned');
+    assert.equal(await connects(EXT.other4), false, 'no toFQDNs selector matches alias2.test: not allowed');
+  });
+
+  test('a query a workload allowed DNS to the world sends to the host\'s loopback or 0.0.0.0 is REFUSED, and nothing reaches a host-local resolver', async () => {
+    const loop = '127.0.53.53';
+    const heard = join(fx.dir, 'loopback-heard');
+    children.push(spawn('python3', ['-c', LOOPBACK_RESOLVER_PY, loop, heard], { stdio: 'ignore' }));
+    await waitFor('the host-local resolver', async () => (await status('sh', ['-c', `ss -lun | grep -q '${loop}:53'`])) === 0, 10_000);
+    const before = Number(/^kitnet_dns_proxy_refused_resolver_total (\d+)$/m.exec(await fx.agent.metrics.registry.metrics())?.[1] ?? 'NaN');
+    for (const dst of [loop, '0.0.0.0']) {
+      const rcode = Number((await run('ip', ['netns', 'exec', nsH, 'python3', '-c', RAW_QUERY_PY, dst, 'x.loop.test'])).trim());
+      assert.equal(rcode, 5, `${dst}: REFUSED`);
+    }
+    assert.equal(existsSync(heard), false, 'the host-local resolver heard nothing');
+    const after = Number(/^kitnet_dns_proxy_refused_resolver_total (\d+)$/m.exec(await fx.agent.metrics.registry.metrics())?.[1] ?? 'NaN');
+    assert.equal(after - before, 2);
   });
 
   test('DNS over TCP goes through the proxy and teaches it too', async () => {
