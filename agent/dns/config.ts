@@ -38,6 +38,12 @@ export const DnsConfigSchema = z
         maxTTL: z.number().int().min(1).max(604_800).default(86_400),
         /** Addresses kept per name (Cilium --tofqdns-endpoint-max-ip-per-hostname). */
         maxIPsPerName: z.number().int().min(1).max(100_000).default(1000),
+        /**
+         * Names kept per address: beyond it a new name is not associated with the address (the answer
+         * is still released). Bounds what one address costs (a workload resolving random names of a
+         * wildcard it controls to one address).
+         */
+        maxNamesPerIP: z.number().int().min(1).max(100_000).default(1000),
         /** Queries the proxy waits on at once (each proxy: IPv4, IPv6); beyond it new ones are dropped. */
         maxQueriesInFlight: z.number().int().min(1).max(1_000_000).default(4096),
         /** The same for one workload address, so that one flooding workload leaves the others theirs. */

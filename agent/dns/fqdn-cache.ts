@@ -23,6 +23,12 @@ const FQDN_IDENTITY_MAX = (1 << 23) - 1;
 
 export interface FqdnCacheOptions {
   maxAddressesPerName?: number;
+  /**
+   * Names kept per address (dns.proxy.maxNamesPerIP): beyond it a new name is not associated with
+   * the address (the answer is still released). A workload resolving random names of a wildcard it
+   * controls to one address would otherwise grow the address's name set without end.
+   */
+  maxNamesPerAddress?: number;
 }
 
 /** Whom a learned address counts against: a workload's endpoint id (or a client address the proxy could not name). */
@@ -38,6 +44,9 @@ export class FqdnCache {
   /** address -> names that resolved to it (the label set of an address is theirs). */
   private readonly byAddress = new Map<string, Set<string>>();
   private readonly maxPerName: number;
+  private readonly maxNamesPerAddress: number;
+  /** New names an address at maxNamesPerAddress did not take (the agent's metrics). */
+  namesRefused = 0;
   /** address -> sorted names, for flows (namesByAddress); an address's entry is redone on the first lookup after its names changed. */
   private readonly flowNames = new Map<string, readonly string[]>();
   /** The same for IPv4 addresses by number (ipv4Number), so flows look them up without formatting. */
@@ -58,6 +67,7 @@ export class FqdnCache {
 
   constructor(opts: FqdnCacheOptions = {}) {
     this.maxPerName = opts.maxAddressesPerName ?? 1000;
+    this.maxNamesPerAddress = opts.maxNamesPerAddress ?? 1000;
   }
 
   /**
@@ -72,10 +82,18 @@ export class FqdnCache {
     for (const a of addresses) {
       const before = m.get(a);
       if (before === undefined) {
+        if ((this.byAddress.get(a)?.size ?? 0) >= this.maxNamesPerAddress) {
+          this.namesRefused++;
+          continue;
+        }
         grew = true;
         if (this.nameAdd(a, name) && owner !== undefined) this.own(a, owner);
       }
       m.set(a, Math.max(before ?? 0, until));
+    }
+    if (m.size === 0) {
+      this.byName.delete(name);
+      return false;
     }
     // An answer that only moves expiries leaves the flows' name index as it is (nameAdd/nameDelete mark
     // what changed).
@@ -258,10 +276,11 @@ export class FqdnCache {
       // A name may come twice (a file written while it expired and was learned again): one entry, the later expiry of each address.
       const m = c.byName.get(n.name) ?? new Map<string, number>();
       for (const a of n.addresses) {
+        if (!m.has(a.address) && (c.byAddress.get(a.address)?.size ?? 0) >= c.maxNamesPerAddress) continue;
         m.set(a.address, Math.max(m.get(a.address) ?? 0, a.expiresAt));
         if (c.nameAdd(a.address, n.name) && a.owner !== undefined) c.own(a.address, a.owner);
       }
-      c.byName.set(n.name, m);
+      if (m.size > 0) c.byName.set(n.name, m);
     }
     return c;
   }
@@ -288,11 +307,16 @@ export class FqdnCache {
     const keyOf = (a: string, set: Set<string>) => identityLabelsOf(a, set, coverOf);
     const byKey = new Map<string, string[]>();
     const addressKey = new Map<string, string>();
+    const selectorsOf = new Map<string, readonly string[]>();
+    const interned = new Map<string, readonly string[]>();
     for (const [a, set] of labelsOf) {
       const labels = keyOf(a, set);
       const key = labels.join(';');
       byKey.set(key, labels);
       addressKey.set(a, key);
+      const sel = [...set].sort();
+      const selKey = sel.join(';');
+      selectorsOf.set(a, interned.get(selKey) ?? (interned.set(selKey, sel), sel));
     }
     const used = new Set<number>();
     const idOf = new Map<string, number>();
@@ -314,22 +338,30 @@ export class FqdnCache {
     const identities = new Map<number, string[]>();
     for (const [key, labels] of byKey) identities.set(idOf.get(key)!, labels);
     const ipcache = [...addressKey].map(([address, key]) => ({ cidr: fqdnAddressCidr(address), identity: idOf.get(key)! }));
-    return { identities, ipcache, keys: idOf };
+    return { identities, ipcache, keys: idOf, selectorsOf };
   }
 
   /**
-   * identities() for a few addresses whose names were just added to (labels only grow then): the
-   * identity each has now, numbers taken from `ids` (new label sets get the lowest free number and are
-   * added to `ids` and to `added`). Costs what these addresses' names cost, not what the cache holds;
-   * the same labels give the same identity as a full identities() with `ids.keys` as `previous`.
+   * identities() for a few addresses that just gained names (`added`: address -> its new names; labels
+   * only grow then): the identity each has now, numbers taken from `ids` (new label sets get the
+   * lowest free number and are added to `ids` and to `added`). Costs what the new names cost: an
+   * address's other names are not matched again (its selector labels so far are in `ids.selectorsOf`),
+   * so an answer costs the same whatever number of names its addresses have. The same labels give the
+   * same identity as a full identities() with `ids.keys` as `previous`.
    */
-  identitiesAdd(addresses: Iterable<string>, matchers: readonly FqdnLabelMatcher[], ids: FqdnIdentities, coverOf?: (address: string) => string | undefined): FqdnIdentitiesAdded {
+  identitiesAdd(addedNames: ReadonlyMap<string, ReadonlySet<string>>, matchers: readonly FqdnLabelMatcher[], ids: FqdnIdentities, coverOf?: (address: string) => string | undefined): FqdnIdentitiesAdded {
     const added = new Map<number, string[]>();
     const ipcache: Array<{ cidr: string; identity: number }> = [];
-    for (const a of addresses) {
-      const hits = new Set<string>();
-      for (const name of this.byAddress.get(a) ?? []) for (const m of matchers) if (m.match(name)) hits.add(m.label);
+    for (const [a, names] of addedNames) {
+      const before = ids.selectorsOf.get(a);
+      const hits = new Set<string>(before);
+      for (const name of names) {
+        // A name the cache did not take (an address at maxNamesPerAddress) brings no label.
+        if (!this.byName.get(name)?.has(a)) continue;
+        for (const m of matchers) if (m.match(name)) hits.add(m.label);
+      }
       if (hits.size === 0) continue;
+      if (hits.size !== before?.length) ids.selectorsOf.set(a, [...hits].sort());
       const labels = identityLabelsOf(a, hits, coverOf);
       const key = labels.join(';');
       let id = ids.keys.get(key);
@@ -390,4 +422,6 @@ export interface FqdnIdentities {
   ipcache: Array<{ cidr: string; identity: number }>;
   /** label-set key -> identity: `previous` for the next call, so identities stay stable. */
   keys: Map<string, number>;
+  /** address -> the labels of the selectors matching its names (sorted): where identitiesAdd goes on from. */
+  selectorsOf: Map<string, readonly string[]>;
 }

@@ -153,15 +153,15 @@ export class DnsSteering {
   private verdicts: { state: CompiledPolicy; sections: Map<string, RuleSection>; byKey: Map<string, DnsQueryPlan> } | undefined;
   /** The write learned answers wait for, not started yet: answers arriving meanwhile join it. */
   private learnedRefresh: Promise<void> | undefined;
-  /** The addresses of the answers waiting for it. */
-  private learnedPending = new Set<string>();
+  /** The addresses of the answers waiting for it, with the names they were given. */
+  private learnedPending = new Map<string, Set<string>>();
   /** What the last full refresh derived the identities from (learnedApply goes on from it while it holds). */
   private refreshBasis: { policies: readonly ParsedPolicy[]; cidrs: readonly unknown[]; matchers: FqdnLabelMatcher[]; coverOf: (address: string) => string | undefined } | undefined;
   /** Each answered query (flows, metrics). */
   onQuery?: (e: DnsQueryEvent) => void;
 
   constructor(private readonly deps: DnsSteeringDeps) {
-    this.cache = new FqdnCache({ maxAddressesPerName: deps.config.proxy.maxIPsPerName });
+    this.cache = new FqdnCache({ maxAddressesPerName: deps.config.proxy.maxIPsPerName, maxNamesPerAddress: deps.config.proxy.maxNamesPerIP });
   }
 
   get listenPort(): number {
@@ -426,14 +426,20 @@ export class DnsSteering {
       this.saveSoon(EXPIRY_SAVE_DELAY_MS);
       return Promise.resolve();
     }
-    for (const l of learned) for (const a of l.addresses) this.learnedPending.add(a);
+    for (const l of learned) {
+      for (const a of l.addresses) {
+        const names = this.learnedPending.get(a);
+        if (names) names.add(l.name);
+        else this.learnedPending.set(a, new Set([l.name]));
+      }
+    }
     // Written at the end of this turn of the event loop: the answers read in the same turn (a burst of
     // new names) share one write.
     return (this.learnedRefresh ??= new Promise<void>((resolve) => setImmediate(resolve)).then(() =>
       this.deps.exclusive(() => {
         this.learnedRefresh = undefined;
         const addresses = this.learnedPending;
-        this.learnedPending = new Set();
+        this.learnedPending = new Map();
         return this.learnedApply(addresses);
       }),
     ));
@@ -467,7 +473,7 @@ export class DnsSteering {
    * refresh instead when the policies changed since the last one (selectors, covering prefixes), or
    * when an address moved to another identity (the old one may have no address left).
    */
-  private async learnedApply(addresses: ReadonlySet<string>): Promise<void> {
+  private async learnedApply(addresses: ReadonlyMap<string, ReadonlySet<string>>): Promise<void> {
     const { engine, datapath } = this.deps;
     const ids = this.ids;
     const basis = this.refreshBasis;
@@ -677,7 +683,7 @@ export class DnsSteering {
     const latest = Date.now() + this.deps.config.proxy.maxTTL * 1000 + lag;
     // Nor special addresses (agent/dns/special-address.ts), which an earlier run learned.
     const names = saved.names.map((n) => ({ name: n.name, addresses: n.addresses.filter((a) => specialAddressKind(a.address) === undefined).map((a) => ({ ...a, expiresAt: Math.min(a.expiresAt + lag, latest) })) }));
-    this.cache = FqdnCache.restore({ names }, { maxAddressesPerName: this.deps.config.proxy.maxIPsPerName });
+    this.cache = FqdnCache.restore({ names }, { maxAddressesPerName: this.deps.config.proxy.maxIPsPerName, maxNamesPerAddress: this.deps.config.proxy.maxNamesPerIP });
     const live = new Set(store.workloadList().map((w) => w.endpointId));
     for (const owner of this.cache.owners()) if (typeof owner === 'number' && !live.has(owner)) this.cache.ownerRelease(owner);
     const next = this.cache.identities(fqdnSelectorsOf(policies), new Map(saved.identities), coverFn(policyCidrs(policies)));

@@ -182,7 +182,8 @@ test('identitiesAdd (new answers only) gives what a full identities() gives, and
   c.learn('c.svc.test', ['192.0.2.4', '2001:db8::1'], 60, 0);
   c.learn('other.test', ['192.0.2.5'], 60, 0);
   const before = new Set(ids.identities.keys());
-  const { added, ipcache } = c.identitiesAdd(['192.0.2.3', '192.0.2.4', '192.0.2.5', '2001:db8::1'], matchers, ids);
+  const newNames = new Map([['192.0.2.3', new Set(['b.svc.test'])], ['192.0.2.4', new Set(['api.test', 'c.svc.test'])], ['192.0.2.5', new Set(['other.test'])], ['2001:db8::1', new Set(['c.svc.test'])]]);
+  const { added, ipcache } = c.identitiesAdd(newNames, matchers, ids);
   const full = c.identities(selectors, ids.keys);
   const fullOf = new Map(full.ipcache.map((e) => [e.cidr, e.identity]));
   for (const e of ipcache) assert.equal(e.identity, fullOf.get(e.cidr), e.cidr);
@@ -221,4 +222,36 @@ test('learned addresses count against the workload whose answer brought them, un
   assert.deepEqual([r.ownedBy(7), r.ownedBy('10.1.0.9'), r.addressCount], [2, 1, 6]);
   r.expire(15_000, () => false);
   assert.deepEqual([r.ownedBy(7), r.ownedBy('10.1.0.9'), r.addressCount], [0, 1, 1]);
+});
+
+test('names per address are bounded (maxNamesPerAddress): a new name beyond it is not taken, also from a restored file', () => {
+  const c = new FqdnCache({ maxNamesPerAddress: 3 });
+  for (let i = 0; i < 5; i++) c.learn(`r${i}.wild.test`, ['192.0.2.9', `198.51.100.${i}`], 60, 0);
+  assert.deepEqual(c.namesOf('192.0.2.9').sort(), ['r0.wild.test', 'r1.wild.test', 'r2.wild.test']);
+  assert.equal(c.namesRefused, 2);
+  assert.deepEqual(c.addresses('r4.wild.test'), ['198.51.100.4'], 'the name keeps its other addresses');
+  // An address the name already had is refreshed, not refused.
+  c.learn('r0.wild.test', ['192.0.2.9'], 600, 0);
+  assert.equal(c.namesRefused, 2);
+  assert.equal(c.has('r3.wild.test', '192.0.2.9'), false);
+  c.learn('only.wild.test', ['192.0.2.9'], 60, 0);
+  assert.equal(c.addresses('only.wild.test').length, 0, 'a name with nothing taken is not kept');
+  const restored = FqdnCache.restore({ names: Array.from({ length: 5 }, (_, i) => ({ name: `r${i}.wild.test`, addresses: [{ address: '192.0.2.9', expiresAt: 1 }] })) }, { maxNamesPerAddress: 3 });
+  assert.equal(restored.namesOf('192.0.2.9').length, 3);
+});
+
+test('identitiesAdd costs the new names only, whatever number of names the address already has', () => {
+  const c = new FqdnCache({ maxNamesPerAddress: 100_000 });
+  let calls = 0;
+  const selectors = [{ matchPattern: '*.wild.test' }, { matchName: 'api.test' }];
+  const matchers = fqdnLabelMatchers(selectors).map((m) => ({ label: m.label, match: (n: string) => (calls++, m.match(n)) }));
+  for (let i = 0; i < 2000; i++) c.learn(`r${i}.wild.test`, ['192.0.2.9'], 60, 0);
+  const ids = c.identities(selectors);
+  c.learn('api.test', ['192.0.2.9'], 60, 0);
+  calls = 0;
+  const { ipcache, added } = c.identitiesAdd(new Map([['192.0.2.9', new Set(['api.test'])]]), matchers, ids);
+  assert.equal(calls, matchers.length, 'one name matched, not 2001');
+  assert.equal(added.size, 1, 'a new label set: the wildcard\'s and api.test\'s');
+  const full = c.identities(selectors, ids.keys);
+  assert.deepEqual(ipcache, full.ipcache, 'what a full computation gives');
 });

@@ -30,7 +30,7 @@ test('steered endpoints: those a DNS rule applies to (a toFQDNs rule alone does 
 
 test('dns.proxy config: defaults, and errors naming the key', () => {
   const c = configParse({});
-  assert.deepEqual(c.dns.proxy, { enabled: true, port: 0, minTTL: 0, maxTTL: 86400, maxIPsPerName: 1000, maxLearnedAddresses: 32768, maxLearnedAddressesPerWorkload: 8192, maxQueriesInFlight: 4096, maxQueriesInFlightPerWorkload: 512, maxTcpConnections: 256, maxTcpConnectionsPerWorkload: 16 });
+  assert.deepEqual(c.dns.proxy, { enabled: true, port: 0, minTTL: 0, maxTTL: 86400, maxIPsPerName: 1000, maxNamesPerIP: 1000, maxLearnedAddresses: 32768, maxLearnedAddressesPerWorkload: 8192, maxQueriesInFlight: 4096, maxQueriesInFlightPerWorkload: 512, maxTcpConnections: 256, maxTcpConnectionsPerWorkload: 16 });
   const bad = (dns: unknown, re: RegExp) => assert.throws(() => configParse({ dns }), (e: unknown) => e instanceof ConfigError && re.test(e.message));
   bad({ proxy: { port: 70000 } }, /dns\.proxy\.port/);
   bad({ proxy: { minTTL: -1 } }, /dns\.proxy\.minTTL/);
@@ -39,6 +39,7 @@ test('dns.proxy config: defaults, and errors naming the key', () => {
   bad({ proxy: { minTTL: 600, maxTTL: 300 } }, /dns\.proxy\.minTTL: 600 is more than dns\.proxy\.maxTTL \(300\)/);
   assert.equal(configParse({ dns: { proxy: { maxTTL: 300 } } }).dns.proxy.maxTTL, 300);
   bad({ proxy: { maxIPsPerName: 0 } }, /dns\.proxy\.maxIPsPerName/);
+  bad({ proxy: { maxNamesPerIP: 0 } }, /dns\.proxy\.maxNamesPerIP/);
   bad({ proxy: { maxQueriesInFlight: 0 } }, /dns\.proxy\.maxQueriesInFlight/);
   bad({ proxy: { maxQueriesInFlightPerWorkload: 5000 } }, /dns\.proxy\.maxQueriesInFlightPerWorkload: 5000 is more than dns\.proxy\.maxQueriesInFlight \(4096\)/);
   bad({ proxy: { maxTcpConnections: 8 } }, /dns\.proxy\.maxTcpConnectionsPerWorkload: 16 is more than dns\.proxy\.maxTcpConnections \(8\)/);
