@@ -4,7 +4,8 @@
 // it up (v4 and v6) and not the server next to it; matchPattern `*.svc.test` covers one label only; a
 // query for a name no DNS rule allows is REFUSED by the proxy; a query sent straight to another resolver
 // address is steered all the same; DNS over TCP too. A CNAME teaches the name asked, not its target; a
-// query crafted to the host's loopback or 0.0.0.0 is REFUSED and reaches no host-local resolver. Hostile senders: malformed and oversized queries, a
+// query crafted to the host's loopback or 0.0.0.0 is REFUSED and reaches no host-local resolver; a
+// learned address on a policy's own egressDeny /32 keeps the deny and, at expiry, the policy's entry. Hostile senders: malformed and oversized queries, a
 // resolver replying with the wrong id, with addresses for a name not asked, or with garbage: no
 // identity, no access, and the proxy keeps answering; a workload resolving a wildcard of its own (a new
 // address per name) is stopped at its share of learned addresses while another still learns. An agent restart keeps what was learned (and a
@@ -41,7 +42,7 @@ const EXT = {
   dns4: '10.228.0.2', dns6: 'fd00:228::2', dnsOther4: '10.228.0.3', evil4: '10.228.0.4',
   api4: '10.228.1.10', api6: 'fd00:228:1::10', other4: '10.228.1.11', other6: 'fd00:228:1::11',
   svcA4: '10.228.1.20', svcB4: '10.228.1.21', unasked4: '10.228.1.30', short1: '10.228.1.40', short2: '10.228.1.41',
-  fresh4: '10.228.2.200',
+  fresh4: '10.228.2.200', deny4: '10.228.1.50',
 };
 
 const SERVER_PY = `
@@ -276,7 +277,7 @@ describe('DNS-aware egress policy: toFQDNs and DNS rules through the DNS proxy (
     await ex('ip', 'link', 'set', 'eth0', 'up');
     for (const a of [EXT.dns4, EXT.dnsOther4, EXT.evil4]) await ex('ip', 'addr', 'add', `${a}/24`, 'dev', 'eth0');
     await ex('ip', 'addr', 'add', `${EXT.dns6}/64`, 'dev', 'eth0', 'nodad');
-    for (const a of [EXT.api4, EXT.other4, EXT.svcA4, EXT.svcB4, EXT.unasked4, EXT.short1, EXT.short2, EXT.fresh4]) await ex('ip', 'addr', 'add', `${a}/32`, 'dev', 'lo');
+    for (const a of [EXT.api4, EXT.other4, EXT.svcA4, EXT.svcB4, EXT.unasked4, EXT.short1, EXT.short2, EXT.fresh4, EXT.deny4]) await ex('ip', 'addr', 'add', `${a}/32`, 'dev', 'lo');
     for (let i = 0; i < ITERATIONS; i++) await ex('ip', 'addr', 'add', `${iterAddr(i)}/32`, 'dev', 'lo');
     for (const a of [EXT.api6, EXT.other6]) await ex('ip', 'addr', 'add', `${a}/128`, 'dev', 'lo', 'nodad');
     await ex('ip', 'route', 'add', 'default', 'via', EXT.host4);
@@ -302,6 +303,7 @@ describe('DNS-aware egress policy: toFQDNs and DNS rules through the DNS proxy (
         'synth-domain=flood.test,10.229.0.0/16,ip-',
         `host-record=short1.test,${EXT.short1},1`,
         `host-record=short2.test,${EXT.short2},1`,
+        `host-record=deny.test,${EXT.deny4},1`,
         `host-record=${MANY_STARS_NAME},${MANY_STARS_ADDR}`,
         '',
       ].join('\n'),
@@ -327,7 +329,7 @@ metadata: {name: fqdn, namespace: dnsp}
 spec:
   endpointSelector: {matchLabels: {app: client}}
   egress:
-    - toFQDNs: [{matchName: api.test}, {matchPattern: "*.svc.test"}, {matchName: api2.test}, {matchPattern: "short*.test"}, {matchPattern: "*.iter.test"}]
+    - toFQDNs: [{matchName: api.test}, {matchPattern: "*.svc.test"}, {matchName: api2.test}, {matchPattern: "short*.test"}, {matchPattern: "*.iter.test"}, {matchName: deny.test}]
       toPorts: [{ports: [{port: "${PORT}", protocol: TCP}]}]
     - toCIDR: [10.228.0.0/24, fd00:228::/64]
       toPorts:
@@ -341,8 +343,11 @@ spec:
               - matchName: b.c.svc.test
               - matchPattern: "*.evil.test"
               - matchPattern: "short*.test"
+              - matchName: deny.test
               - matchPattern: "*.iter.test"
               - matchPattern: "${MANY_STARS}"
+  egressDeny:
+    - toCIDR: [${EXT.deny4}/32]
 ---
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -696,5 +701,19 @@ spec:
     assert.ok(entry(EXT.short2), 'expired too, but a tracked connection still uses it');
     writeFileSync(flag, '');
     assert.equal(await exited, 0, 'the open connection kept working past the TTL');
+  });
+
+  test('a learned address on a policy\'s own /32 (egressDeny toCIDR): merged while learned, the deny holds; at expiry the policy\'s entry is back, not deleted', async () => {
+    const at = () => fx.agent.kernel.datapath.ipcacheList().find(([cidr]) => cidr === `${EXT.deny4}/32`)?.[1];
+    const isFqdn = (e: { identity: number } | undefined) => e !== undefined && (e.identity & FQDN_IDENTITY_BASE) === FQDN_IDENTITY_BASE;
+    const cidrEntry = at();
+    assert.ok(cidrEntry && !isFqdn(cidrEntry), JSON.stringify(cidrEntry));
+    const r = await lookup(EXT.dns4, 'deny.test', 'A', 'udp', false);
+    assert.deepEqual([r.rcode, r.addrs], [0, [EXT.deny4]], JSON.stringify(r));
+    assert.ok(isFqdn(at()), `learned: ${JSON.stringify(at())}`);
+    assert.equal(await connects(EXT.deny4), false, 'toFQDNs allows deny.test, the deny on its /32 wins');
+    await waitFor('deny.test (TTL 1 s) to expire', async () => !fx.agent.dns.cache.has('deny.test', EXT.deny4), 30_000);
+    await waitFor('the policy\'s entry written back', async () => !isFqdn(at()), 10_000);
+    assert.deepEqual(at(), cidrEntry, 'the deny\'s own entry, not deleted');
   });
 });
