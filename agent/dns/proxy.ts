@@ -249,11 +249,11 @@ export class DnsProxy {
   }
 
   /** A warning of this kind at most every DROP_LOG_INTERVAL_MS: a flooding workload must not flood the log too. */
-  private warnSometimes(kind: string, fields: object, message: string): void {
+  private warnSometimes(kind: string, fields: object, message: string, level: 'warn' | 'info' = 'warn'): void {
     const now = performance.now();
     if (now - (this.warnedAt.get(kind) ?? -Infinity) < DROP_LOG_INTERVAL_MS) return;
     this.warnedAt.set(kind, now);
-    this.opts.log.warn(fields, message);
+    this.opts.log[level](fields, message);
   }
 
   private udpQuery(sock: UdpSocket, received: Buffer, client: DnsEndpoint): void {
@@ -388,7 +388,9 @@ export class DnsProxy {
         this.stats.refusedResolver++;
         this.warnSometimes('resolver', { client, name: q.name, rule: verdict.rule, refusedResolver: this.stats.refusedResolver }, 'DNS proxy: a query to a host-local or special resolver address refused, never forwarded (later ones in the next 10 s are counted in kitnet_dns_proxy_refused_resolver_total, not logged)');
       } else {
-        this.opts.log.info({ client, name: q.name, qtype: q.type, rule: verdict.rule }, 'DNS query refused by policy');
+        // Each one is a DROPPED DNS flow; a workload asking names no rule allows, in a loop, must not flood the log
+        this.warnSometimes('refused', { client, name: q.name, qtype: q.type, rule: verdict.rule, refused: this.stats.refused },
+          'DNS query refused by policy (the next 10 s of refusals are DNS flows, not log lines: kitnet observe --protocol dns)', 'info');
       }
       this.event(client, transport, query, verdict, receivedNs, upstream, DnsRcode.REFUSED);
       return dnsErrorReply(msg, DnsRcode.REFUSED);

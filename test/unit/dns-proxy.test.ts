@@ -551,6 +551,27 @@ test('DNS proxy: socket errors, one a datagram at worst, are logged once in 10 s
   }
 });
 
+test('DNS proxy: queries refused by policy are logged once in 10 s, not once each', async () => {
+  const lines: string[] = [];
+  const log = pino({ level: 'info' }, { write: (l: string) => lines.push(l) });
+  const proxy = new DnsProxy({ listen: { address: '127.0.0.1', port: 0 }, upstream: () => ({ address: '127.0.0.1', port: 9 }), verdict: () => ({ allowed: false, rule: 'no rule allows it (test)' }), learn: async () => {}, log });
+  const at = await proxy.start();
+  const c = new UdpClient(at);
+  try {
+    for (let i = 0; i < 200; i++) {
+      c.send(dnsQueryBuild(i, `n${i}.denied.test`, DnsType.A));
+      assert.equal(dnsParse(await c.next()).rcode, DnsRcode.REFUSED);
+    }
+    const logged = lines.filter((l) => l.includes('DNS query refused by policy'));
+    assert.equal(logged.length, 1);
+    assert.match(logged[0]!, /n0\.denied\.test/);
+    assert.equal(proxy.stats.refused, 200);
+  } finally {
+    c.close();
+    await proxy.stop();
+  }
+});
+
 test('DNS proxy: the TCP listener\'s errors (a failed accept) are logged once in 10 s and do not end the agent', async () => {
   const lines: string[] = [];
   const log = pino({ level: 'warn' }, { write: (l: string) => lines.push(l) });
