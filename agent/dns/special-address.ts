@@ -5,6 +5,11 @@
  * never forwards a query addressed to one (agent/dns/steering.ts: from the host it would reach
  * resolvers listening on the host only, or any IPv4 address with the host's identity), and never
  * learns one from an answer (a toFQDNs rule does not allow them).
+ *
+ * IPv4 link-local (169.254.0.0/16) is not among them: the host routes it like any other address (cloud
+ * metadata services and resolvers live there: 169.254.169.254, AWS's 169.254.169.253), and so it
+ * routes the workload's own packets to it; policy judges it as any address. The proxy's own address
+ * there is refused by the caller.
  */
 import ipaddr from 'ipaddr.js';
 
@@ -26,11 +31,9 @@ export function specialAddressKind(address: string): SpecialAddressKind | undefi
     const parts = address.split('.');
     if (parts.length !== 4) return 'not an address';
     const a = Number(parts[0]);
-    const b = Number(parts[1]);
     if (parts.some((p) => !/^\d{1,3}$/.test(p) || Number(p) > 255)) return 'not an address';
     if (a === 0) return 'unspecified'; // 0.0.0.0/8, "this network"
     if (a === 127) return 'loopback';
-    if (a === 169 && b === 254) return 'link-local';
     if (a >= 224 && a < 240) return 'multicast';
     if (address === '255.255.255.255') return 'broadcast';
     if (a >= 240) return 'reserved';

@@ -25,11 +25,13 @@ test('a query to a host-local or special resolver address is refused, whatever t
     // An ordinary resolver in the world: allowed (DNS to world with matchPattern "*").
     assert.equal(ask('192.0.2.53').verdict.allowed, true);
     assert.equal(ask('2001:db8::53').verdict.allowed, true);
+    // IPv4 link-local is routed by the host like any address: a cloud's metadata resolver
+    assert.equal(ask('169.254.169.253').verdict.allowed, true);
     for (const [resolver, kind] of [
       ['127.0.0.53', 'loopback'], ['127.0.0.1', 'loopback'], ['0.0.0.0', 'unspecified'], ['::', 'unspecified'], ['::1', 'loopback'],
       ['::ffff:192.0.2.53', 'ipv4-mapped'], ['::ffff:127.0.0.1', 'ipv4-mapped'], ['::c000:235', 'ipv4-compatible'],
-      ['169.254.169.254', 'link-local'], ['fe80::1', 'link-local'], ['224.0.0.251', 'multicast'], ['ff02::fb', 'multicast'], ['255.255.255.255', 'broadcast'],
-      ['169.254.1.53', 'link-local'], ['fd00:6b69:746e:6574::53', 'the DNS proxy itself'],
+      ['fe80::1', 'link-local'], ['224.0.0.251', 'multicast'], ['ff02::fb', 'multicast'], ['255.255.255.255', 'broadcast'],
+      ['169.254.1.53', 'the DNS proxy itself'], ['fd00:6b69:746e:6574::53', 'the DNS proxy itself'],
     ] as const) {
       const { verdict } = ask(resolver);
       assert.equal(verdict.allowed, false, resolver);
@@ -52,6 +54,7 @@ test('a query to a host-local or special resolver address is refused, whatever t
 test('special addresses: the kinds', () => {
   for (const a of ['10.0.0.1', '192.0.2.1', '8.8.8.8', '100.64.0.1', '2001:db8::1', 'fd00::1', '64:ff9b::1.2.3.4']) assert.equal(specialAddressKind(a), undefined, a);
   assert.equal(specialAddressKind('0.1.2.3'), 'unspecified');
+  assert.equal(specialAddressKind('169.254.169.254'), undefined, 'IPv4 link-local: routed by the host (cloud metadata)');
   assert.equal(specialAddressKind('240.0.0.1'), 'reserved');
   assert.equal(specialAddressKind('239.255.255.250'), 'multicast');
   assert.equal(specialAddressKind('febf::1'), 'link-local');
