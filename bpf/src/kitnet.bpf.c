@@ -321,7 +321,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 	}
 	if (dir == DIR_EGRESS && (ep->flags & EP_F_DHCP_TO_HOST) && dhcp_client_to_agent(&p)) {
 		metric_add(METRIC_POLICY_BYPASS, 0);
-		goto out; /* the agent reports it as a DHCP / DHCPv6 flow */
+		ct.report = REPORT_EVERY; /* a DHCP / DHCPv6 flow from the guest's device, as when policy judged it */
+		goto out;
 	}
 	if (ct_state == CT_UNTRACKED && icmp_is_error(&p)) {
 		related = ct_icmp_related(skb, &p, p.family == FAMILY_IPV4 ? ep->ipv4 : ep->ipv6, dir, now, &ct.key);

@@ -308,6 +308,11 @@ describe('datapath on crafted packets (BPF_PROG_TEST_RUN)', { timeout: 60_000 },
       }
       dp.endpointUpsert(LO, { ...EP, flags: enforced | EP_F_DHCP_TO_HOST });
       assert.deepEqual(await verdict(solicit()), [TCX_PASS, 0]);
+      // reported as a forwarded flow with aggregation on (the default here): the guest's DHCPv6 flows on netkit
+      dp.testRun('from_workload', solicit(), { ifindex: LO });
+      assert.deepEqual((await sink.settle()).map((e) => [e.verdict, e.srcPort, e.dstPort]), [['FORWARDED', 546, 547]]);
+      dp.testRun('from_workload', request4(), { ifindex: LO });
+      assert.deepEqual((await sink.settle()).map((e) => [e.verdict, e.srcPort, e.dstPort]), [['FORWARDED', 68, 67]]);
       assert.deepEqual(await verdict(request4()), [TCX_PASS, 0], 'a renewal to the server identifier (the gateway)');
       assert.deepEqual(await verdict(request4({ dst: '255.255.255.255' })), [TCX_PASS, 0], 'a rebinding broadcast');
       const refused: Array<[string, Buffer, number]> = [
