@@ -635,25 +635,35 @@ export class DnsSteering {
     this.ownersRecheckQueued = true;
     setImmediate(() => {
       this.ownersRecheckQueued = false;
-      if (this.refreshQueued) return;
-      const policyKeys = this.policyKeysOf(this.deps.engine.compiled());
-      const labelsOf = (id: number) => this.ids?.identities.get(id);
-      let due = false;
-      for (const cidr of this.yielded) {
-        if (this.learnedKeyHolder(cidr, policyKeys) === undefined) due = true;
+      // queued by a change just before stop(): the store may be closed by now
+      if (this.stopping || this.refreshQueued) return;
+      try {
+        this.ownersRecheck(workloads);
+      } catch (err) {
+        this.deps.log.error({ err }, 'DNS steering: checking who holds learned addresses failed; the next change or expiry tick checks again');
+      }
+    });
+  }
+
+  /** Whether a learned key another holder took is free again, or a workload took one: then a refresh. */
+  private ownersRecheck(workloads: boolean): void {
+    const policyKeys = this.policyKeysOf(this.deps.engine.compiled());
+    const labelsOf = (id: number) => this.ids?.identities.get(id);
+    let due = false;
+    for (const cidr of this.yielded) {
+      if (this.learnedKeyHolder(cidr, policyKeys) === undefined) due = true;
+      if (due) break;
+    }
+    if (!due && workloads) {
+      for (const w of this.deps.store.workloadList()) {
+        for (const cidr of [fqdnAddressCidr(w.ipv4), fqdnAddressCidr(w.ipv6)]) {
+          const id = this.applied.get(cidr);
+          if (id !== undefined && !this.learnedMayWrite(cidr, id, labelsOf, policyKeys)) due = true;
+        }
         if (due) break;
       }
-      if (!due && workloads) {
-        for (const w of this.deps.store.workloadList()) {
-          for (const cidr of [fqdnAddressCidr(w.ipv4), fqdnAddressCidr(w.ipv6)]) {
-            const id = this.applied.get(cidr);
-            if (id !== undefined && !this.learnedMayWrite(cidr, id, labelsOf, policyKeys)) due = true;
-          }
-          if (due) break;
-        }
-      }
-      if (due) this.refreshSoon();
-    });
+    }
+    if (due) this.refreshSoon();
   }
 
   /**
@@ -775,6 +785,7 @@ export class DnsSteering {
     this.refreshQueued = true;
     setImmediate(() => {
       this.refreshQueued = false;
+      if (this.stopping) return;
       this.deps.exclusive(() => this.refresh()).catch((err: unknown) => this.deps.log.error({ err }, 'DNS steering: updating FQDN identities failed'));
     });
   }

@@ -64,3 +64,24 @@ test('special addresses: the kinds', () => {
   assert.equal(specialAddressKind('1.2.3.256'), 'not an address');
   assert.equal(specialAddressKind('zz::'), 'not an address');
 });
+
+test('a workload change just before stop: the check it queued does not read the closed store', async () => {
+  const h = await steeringHarness(POLICY);
+  const uncaught: unknown[] = [];
+  const onUncaught = (e: unknown) => uncaught.push(e);
+  process.on('uncaughtException', onUncaught);
+  try {
+    // As the agent's shutdown does: a store change, steering stopped and the store closed in one turn.
+    h.store.subscribe(() => undefined);
+    await h.store.transaction((tx) => tx.namespacePut('prod', { team: 'x' }));
+    const rec = await h.workloadAdd('b', 'b', '10.9.0.2', 'fd09::2');
+    await h.store.transaction((tx) => tx.workloadDelete(rec.spec.namespace, rec.spec.name));
+    await h.steering.stop();
+    h.store.close();
+    await new Promise((r) => setImmediate(r));
+    await new Promise((r) => setImmediate(r));
+    assert.deepEqual(uncaught.map(String), []);
+  } finally {
+    process.off('uncaughtException', onUncaught);
+  }
+});
