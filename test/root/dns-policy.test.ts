@@ -158,8 +158,9 @@ dst, name = sys.argv[1], sys.argv[2]
 gw = [l.split()[2] for l in os.popen('ip -4 route show default').read().splitlines() if ' via ' in ' ' + l][0]
 src = os.popen('ip -4 -o addr show dev eth0').read().split()[3].split('/')[0]
 os.system('ping -c1 -W1 %s >/dev/null 2>&1' % gw)
-mac = [l.split()[3] for l in open('/proc/net/arp').read().splitlines()[1:] if l.split()[0] == gw][0]
-own = open('/sys/class/net/eth0/address').read().strip()
+# the gateway's MAC on an L2 device (veth, netkit L2); an L3 netkit device has no link header at all
+macs = [l.split()[3] for l in open('/proc/net/arp').read().splitlines()[1:] if l.split()[0] == gw]
+mac = bytes.fromhex(macs[0].replace(':', '')) if macs else bytes(6)
 qid, sport = random.randrange(65536), random.randrange(20000, 60000)
 q = struct.pack('>HHHHHH', qid, 0x0100, 1, 0, 0, 0) + b''.join(bytes([len(l)]) + l.encode() for l in name.split('.')) + b'\\0' + struct.pack('>HH', 1, 1)
 udp = struct.pack('>HHHH', sport, 53, 8 + len(q), 0) + q
@@ -168,14 +169,14 @@ def csum(b):
     return ~t & 0xffff
 hdr = struct.pack('>BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), qid, 0x4000, 64, 17, 0, socket.inet_aton(src), socket.inet_aton(dst))
 hdr = hdr[:10] + struct.pack('>H', csum(hdr)) + hdr[12:]
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800)); s.bind(('eth0', 0x0800)); s.settimeout(0.5)
-s.send(bytes.fromhex(mac.replace(':', '')) + bytes.fromhex(own.replace(':', '')) + b'\\x08\\x00' + hdr + udp)
+# a cooked packet socket: the kernel adds the device's link header, if it has one
+s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800)); s.bind(('eth0', 0x0800)); s.settimeout(0.5)
+s.sendto(hdr + udp, ('eth0', 0x0800, 0, 0, mac))
 deadline = time.time() + 4
 while time.time() < deadline:
-    try: f, meta = s.recvfrom(65535)
+    try: ip, meta = s.recvfrom(65535)
     except socket.timeout: continue
     if meta[2] == socket.PACKET_OUTGOING: continue
-    ip = f[14:]
     if ip[9] != 17: continue
     ihl = (ip[0] & 15) * 4; u = ip[ihl:]
     if struct.unpack('>HH', u[:4]) != (53, sport): continue
