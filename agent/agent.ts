@@ -11,6 +11,7 @@ import type { Workload, WorkloadCreate } from '../common/schemas/workload.js';
 import { GATEWAY_V4, GATEWAY_V6 } from '../netkit/index.js';
 import type { Config } from './config.js';
 import { EndpointDirectory } from './flows/directory.js';
+import { DropSuppressionLog, dropSuppressionMetricRegister } from './flows/drop-suppression.js';
 import { FlowPipeline } from './flows/pipeline.js';
 import { hostFactsFallback } from './host-facts.js';
 import type { HostFacts } from './host-facts.js';
@@ -67,6 +68,7 @@ export class Agent {
   /** The reconcile loop: work queue, retries with backoff, periodic resync. */
   readonly controller: WorkloadController;
   readonly directory: EndpointDirectory;
+  private readonly dropSuppression: DropSuppressionLog;
   readonly flows: FlowPipeline;
   /** Prometheus metrics (GET /metrics); the policy engine reports map sizes with metrics.policyMapEntriesSet. */
   readonly metrics: AgentMetrics;
@@ -156,6 +158,9 @@ export class Agent {
       sharedMetricsRegister(this.metrics.registry, this.shared);
     }
     addressingMetricsRegister(this.metrics.registry, this.dhcp.stats);
+    const suppressed = { read: () => kernel.datapath.dropEventsSuppressed(), endpointById: (id: number) => this.directory.endpointById(id) };
+    dropSuppressionMetricRegister(this.metrics.registry, suppressed);
+    this.dropSuppression = new DropSuppressionLog(suppressed, log.child({ component: 'flows' }));
     dnsFlowsAttach(this.dns, this.flows, this.directory, config.nodeName, log.child({ component: 'dns' }), dnsMetricsRegister(this.metrics.registry));
     dnsProxyMetricsRegister(this.metrics.registry, this.dns.proxyStats);
   }
@@ -166,6 +171,8 @@ export class Agent {
     this.kernel.datapath.configSet({
       monitorAggregation: flows.aggregation === 'every-packet' ? MONITOR_AGG_NONE : MONITOR_AGG_DEFAULT,
       reportIntervalS: flows.reportIntervalSeconds,
+      dropEventsPerSecond: flows.dropEvents.perSecond,
+      dropEventsBurst: flows.dropEvents.burst,
     });
   }
 
@@ -203,6 +210,7 @@ export class Agent {
     this.dhcp.sync();
     this.dhcp.start();
     this.flows.start(this.kernel.datapath);
+    this.dropSuppression.start();
     this.watch.start();
     this.hostWatch.start();
     this.controller.start();
@@ -219,6 +227,7 @@ export class Agent {
     this.hostWatch.stop();
     void this.controller.stop();
     this.flows.stop();
+    this.dropSuppression.stop();
     this.metrics.close();
   }
 

@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { yamlFileRead, yamlNestingProblem } from '../common/yaml-guard.js';
 import { cidrParse, type Cidr } from './ipam.js';
 import { DnsConfigSchema } from './dns/config.js';
+import { DROP_EVENTS_BURST_DEFAULT, DROP_EVENTS_RATE_DEFAULT } from '../bpf/layout.gen.js';
 
 /**
  * The smallest pool the agent takes: room for at least 4 workloads once the addresses it never hands
@@ -260,6 +261,21 @@ export const ConfigSchema = z
           .max(1 << 30)
           .refine((b) => (b & (b - 1)) === 0, 'must be a power of two')
           .optional(),
+        /**
+         * Drop events each workload may report (bpf/include/events.h): drops beyond are still dropped
+         * and counted (kitnet_drop_events_suppressed_total, a warning naming the workload), only not
+         * reported one by one, so one workload flooding denied packets cannot crowd the others' flows
+         * out of the kernel ring nor keep the agent decoding. Defaults: bpf-layout constants.ts.
+         */
+        dropEvents: z
+          .object({
+            /** Events per second and workload; 0 = report every drop (no limit). */
+            perSecond: z.number().int().min(0).max(1_000_000).default(DROP_EVENTS_RATE_DEFAULT),
+            /** Events a workload may report at once beyond the rate. */
+            burst: z.number().int().min(1).max(1_000_000).default(DROP_EVENTS_BURST_DEFAULT),
+          })
+          .strict()
+          .prefault({}),
       })
       .strict()
       .prefault({}),

@@ -11,6 +11,8 @@ import type { LoadedObject, ProgName } from './loader.js';
 import { FILL_MAP_NAMES, mapCount, type FillMapName } from './map-fill.js';
 import type { DatapathConfig } from './maps/config.js';
 import { ConfigMap } from './maps/config.js';
+import { dump, dumpKey, dumpValue } from './maps/exact.js';
+import { DROP_LIMIT } from './layout.gen.js';
 import { DnsSteeringMaps } from './maps/dns.js';
 import type { ConntrackEntry } from './maps/conntrack.js';
 import { ConntrackMap } from './maps/conntrack.js';
@@ -26,6 +28,12 @@ import type { AttachKind, EndpointInfo, FlowEvent, FlowReader, IpcacheEntry, Pol
 /** offsetof(struct __sk_buff, ifindex) — UAPI, stable since 4.x. */
 const SKB_IFINDEX_OFFSET = 40;
 const SKB_CTX_SIZE = 192;
+
+function u32Key(n: number): Buffer {
+  const k = Buffer.alloc(4);
+  k.writeUInt32LE(n);
+  return k;
+}
 
 export class DatapathImpl implements KitnetDatapath {
   private readonly endpoints: EndpointsMap;
@@ -118,7 +126,23 @@ export class DatapathImpl implements KitnetDatapath {
 
   endpointDelete(ifindex: number): void {
     this.live();
+    const id = this.endpoints.get(ifindex)?.endpointId;
     this.verdictWrite(() => this.endpoints.delete(ifindex));
+    // its budget and count go with it: an endpoint id given again starts with a whole budget and 0
+    if (id !== undefined) this.obj.maps.drop_limit?.delete(u32Key(id));
+  }
+
+  dropEventsSuppressed(): Map<number, bigint> {
+    this.live();
+    const m = this.obj.maps.drop_limit;
+    const out = new Map<number, bigint>();
+    if (!m) return out;
+    const d = dump(m, m.maxEntries);
+    for (let i = 0; i < d.count; i++) {
+      const n = dumpValue(d, i).readBigUInt64LE(DROP_LIMIT.fields.suppressed.offset);
+      if (n) out.set(dumpKey(d, i).readUInt32LE(0), n);
+    }
+    return out;
   }
 
   endpointList(): Array<[number, EndpointInfo]> {

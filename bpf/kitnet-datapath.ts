@@ -30,6 +30,11 @@ export interface KitnetDatapath extends Datapath {
   configGet(): DatapathConfig;
   configSet(cfg: Partial<DatapathConfig>): DatapathConfig;
   metricsRead(): Record<MetricName, Counter>;
+  /**
+   * Per endpoint id, the drops not reported by an event because they were over the endpoint's drop event
+   * budget (bpf/include/events.h), since this object was loaded; endpoints without any are left out.
+   */
+  dropEventsSuppressed(): Map<number, bigint>;
   conntrackList(): ConntrackEntry[];
   conntrackFlush(): number;
   /**

@@ -195,12 +195,24 @@ export const METRICS_VALUE = {
 /** struct dp_config: Value of the `config` array (single entry, key 0). Until CFG_F_SET is set the datapath uses defaults. */
 export const DP_CONFIG = {
   name: 'dp_config',
-  size: 16,
+  size: 24,
   fields: {
     monitor_aggregation: { offset: 0, size: 4, type: 'u32', count: 0 },
     report_interval_s: { offset: 4, size: 4, type: 'u32', count: 0 },
     flags: { offset: 8, size: 4, type: 'u32', count: 0 },
     policy_revision: { offset: 12, size: 4, type: 'u32', count: 0 },
+    drop_events_rate: { offset: 16, size: 4, type: 'u32', count: 0 },
+    drop_events_burst: { offset: 20, size: 4, type: 'u32', count: 0 },
+  },
+} as const satisfies StructLayout;
+
+/** struct drop_limit: Value of the `drop_limit` hash (key: __u32 endpoint_id): the endpoint's drop event budget (GCRA: one word, advanced with compare-and-swap by the CPU that reports) and the drop events it did not report. */
+export const DROP_LIMIT = {
+  name: 'drop_limit',
+  size: 16,
+  fields: {
+    tat_ns: { offset: 0, size: 8, type: 'u64', count: 0 },
+    suppressed: { offset: 8, size: 8, type: 'u64', count: 0 },
   },
 } as const satisfies StructLayout;
 
@@ -239,7 +251,7 @@ export const DNS_REDIRECT_VALUE = {
   },
 } as const satisfies StructLayout;
 
-export const STRUCTS: readonly StructLayout[] = [ENDPOINT_INFO, ENDPOINT_ADDR_KEY, IPCACHE_KEY, IPCACHE_VALUE, CT_KEY, CT_ENTRY, FLOW_EVENT, FRAG_KEY, FRAG_VALUE, POLICY_KEY, POLICY_VALUE, METRICS_VALUE, DP_CONFIG, DNS_PROXY_CONFIG, DNS_REDIRECT_KEY, DNS_REDIRECT_VALUE];
+export const STRUCTS: readonly StructLayout[] = [ENDPOINT_INFO, ENDPOINT_ADDR_KEY, IPCACHE_KEY, IPCACHE_VALUE, CT_KEY, CT_ENTRY, FLOW_EVENT, FRAG_KEY, FRAG_VALUE, POLICY_KEY, POLICY_VALUE, METRICS_VALUE, DP_CONFIG, DROP_LIMIT, DNS_PROXY_CONFIG, DNS_REDIRECT_KEY, DNS_REDIRECT_VALUE];
 
 /** Kernel UAPI (linux/bpf.h, >= 6.7) not present in the build host headers. */
 export const BPF_TCX_INGRESS = 46;
@@ -390,6 +402,16 @@ export const METRIC_POLICY_BYPASS = 12;
 export const METRIC_FRAG_UNKNOWN = 13;
 /** ARP replies / neighbour advertisements the gateway responder sent to workloads */
 export const METRIC_NEIGH_REPLIES = 14;
+/** dropped packets not reported by an event: over their endpoint's drop event budget (per endpoint in `drop_limit`) */
+export const METRIC_DROP_EVENTS_SUPPRESSED = 15;
+
+/** Drop event budget of each endpoint (dp_config.drop_events_rate / drop_events_burst, events.h). A drop beyond it is still dropped and counted, only not reported one by one: one workload flooding denied packets cannot fill the ring the flows of all share. At the defaults a flooder costs ~100 KB/s of the 8 MiB ring and the agent ~1,000 decoded events/s, and a burst of denied connections (a port scan of the first few hundred ports, a policy change) is still seen packet by packet. */
+/** events/s per endpoint */
+export const DROP_EVENTS_RATE_DEFAULT = 1000;
+/** events at once */
+export const DROP_EVENTS_BURST_DEFAULT = 500;
+/** dp_config.drop_events_rate: every drop reported (flows.dropEvents.perSecond 0) */
+export const DROP_EVENTS_UNLIMITED = 4294967295;
 
 /** Map sizes (max_entries). Changing one makes libbpf refuse to reuse the pinned map: unpin first. */
 export const ENDPOINTS_MAP_MAX = 4096;
@@ -412,6 +434,8 @@ export const FRAGMENTS_MAP_MAX = 8192;
 export const EVENTS_RINGBUF_BYTES = 8388608;
 export const METRICS_MAP_MAX = 16;
 export const CONFIG_MAP_MAX = 1;
+/** endpoints with a drop event budget: twice ENDPOINTS_MAP_MAX, so the LRU does not evict a live endpoint's entry (the agent deletes it with the endpoint) */
+export const DROP_LIMIT_MAP_MAX = 8192;
 
 /** Conntrack lifetimes (seconds) after the last packet; an expired entry counts as a new connection. */
 /** TCP connection that saw a reply (Cilium: CT_CONNECTION_LIFETIME_TCP) */

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { KernelError } from '../common/kernel-error.js';
 import { kcall } from './errors.js';
-import { CONNTRACK_MAP_FLAGS, CONNTRACK_MAP_MAX, CT_ENTRY, CT_KEY, ENDPOINT_INFO } from './layout.gen.js';
+import { CONNTRACK_MAP_FLAGS, CONNTRACK_MAP_MAX, CT_ENTRY, CT_KEY, DP_CONFIG, ENDPOINT_INFO } from './layout.gen.js';
 import type { ConntrackMigration, ConntrackPinReport } from './maps/conntrack-migrate.js';
 import { conntrackPinPrepare } from './maps/conntrack-migrate.js';
 import { BpfMap } from './maps/map.js';
@@ -21,7 +21,7 @@ export type MapName = (typeof MAP_NAMES)[number];
  * Maps that objects of earlier releases lack (the exact-match hashes in front of the ipcache and policy
  * tries, maps.h). Handed out when the object has them; the map writers fall back to the trie alone.
  */
-export const OPTIONAL_MAP_NAMES = ['ipcache_exact', 'policy_exact', 'policy_wild', 'dns_proxy', 'dns_endpoints', 'dns_redirect'] as const;
+export const OPTIONAL_MAP_NAMES = ['ipcache_exact', 'policy_exact', 'policy_wild', 'dns_proxy', 'dns_endpoints', 'dns_redirect', 'drop_limit'] as const;
 export type OptionalMapName = (typeof OPTIONAL_MAP_NAMES)[number];
 
 /** Where bash bpf/build.sh writes the object; KITNET_BPF_OBJECT overrides (packaging). */
@@ -59,20 +59,21 @@ export function pinRootCheck(pinRoot: string): void {
 }
 
 /**
- * A pinned `endpoints` map whose value size differs from this build's struct endpoint_info (an upgrade
- * that added fields, e.g. host_mac) cannot be reused by libbpf. Its entries are read, the pin removed (the
- * running programs keep the old map until their links are updated), and migrate() writes them into the
- * new map: the struct only grows at its end, so the common prefix is kept and new fields start zeroed.
+ * A pinned map whose value size differs from this build's struct (an upgrade that added fields:
+ * endpoint_info.host_mac, dp_config.drop_events_*) cannot be reused by libbpf. Its entries are read, the
+ * pin removed (the running programs keep the old map until their links are updated), and migrate() writes
+ * them into the new map: the structs only grow at their end, so the common prefix is kept and new fields
+ * start zeroed (which both structs read as "the default").
  */
-function endpointsUpgradePrepare(mapsDir: string): { migrate(map: BpfMap): number } | undefined {
-  const pin = join(mapsDir, 'endpoints');
+function valueGrowPrepare(mapsDir: string, name: MapName, valueSize: number): { migrate(map: BpfMap): number } | undefined {
+  const pin = join(mapsDir, name);
   if (!existsSync(pin)) return undefined;
   const n = native();
   const fd = kcall(() => n.objGet(pin), undefined, { path: pin });
   let entries: Array<[Buffer, Buffer]>;
   try {
-    const old = new BpfMap('endpoints', fd);
-    if (old.valueSize === ENDPOINT_INFO.size) return undefined;
+    const old = new BpfMap(name, fd);
+    if (old.valueSize === valueSize) return undefined;
     entries = [...old.entries()];
   } finally {
     n.fdClose(fd);
@@ -94,7 +95,8 @@ export function objectLoad(pinRoot: string, objectPath = OBJECT_PATH_DEFAULT, ma
   pinRootCheck(pinRoot);
   const paths = pinPaths(pinRoot);
   for (const d of [paths.maps, paths.progs, paths.links]) mkdirSync(d, { recursive: true });
-  const upgrade = endpointsUpgradePrepare(paths.maps);
+  const upgrade = valueGrowPrepare(paths.maps, 'endpoints', ENDPOINT_INFO.size);
+  const configUpgrade = valueGrowPrepare(paths.maps, 'config', DP_CONFIG.size);
   const conntrackPin = conntrackPinPrepare(paths.maps, {
     keySize: CT_KEY.size,
     valueSize: CT_ENTRY.size,
@@ -137,6 +139,7 @@ export function objectLoad(pinRoot: string, objectPath = OBJECT_PATH_DEFAULT, ma
       if (fd !== undefined) maps[m] = new BpfMap(m, fd);
     }
     upgrade?.migrate(maps.endpoints);
+    configUpgrade?.migrate(maps.config);
     let closed = false;
     return {
       pinRoot,

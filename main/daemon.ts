@@ -96,7 +96,14 @@ export interface Daemon {
 }
 
 /** Keys that take effect on reload; a change to any other key waits for a restart. */
-const LIVE_KEYS = new Set(['logLevel', 'flows.aggregation', 'flows.reportIntervalSeconds', 'datapath.expediteRcu']);
+const LIVE_KEYS = new Set([
+  'logLevel',
+  'flows.aggregation',
+  'flows.reportIntervalSeconds',
+  'flows.dropEvents.perSecond',
+  'flows.dropEvents.burst',
+  'datapath.expediteRcu',
+]);
 
 /** Leaf values by dotted path (`flows.aggregation`); arrays are values. */
 function configLeaves(v: unknown, prefix = '', out = new Map<string, unknown>()): Map<string, unknown> {
@@ -274,10 +281,18 @@ async function daemonStart(s: {
         log.level = next.logLevel;
         log.info({ logLevel: next.logLevel }, 'log level changed');
       }
-      const flows = { ...running.flows, aggregation: next.flows.aggregation, reportIntervalSeconds: next.flows.reportIntervalSeconds };
-      if (live.has('flows.aggregation') || live.has('flows.reportIntervalSeconds')) {
+      const flows = {
+        ...running.flows,
+        aggregation: next.flows.aggregation,
+        reportIntervalSeconds: next.flows.reportIntervalSeconds,
+        dropEvents: next.flows.dropEvents,
+      };
+      if ([...live].some((k) => k.startsWith('flows.'))) {
         agent.flowReportingApply(flows);
-        log.info({ aggregation: flows.aggregation, reportIntervalSeconds: flows.reportIntervalSeconds }, 'flow reporting changed');
+        log.info(
+          { aggregation: flows.aggregation, reportIntervalSeconds: flows.reportIntervalSeconds, dropEvents: flows.dropEvents },
+          'flow reporting changed',
+        );
       }
       if (live.has('datapath.expediteRcu')) expediteRcu.apply(next.datapath.expediteRcu);
       running = { ...running, logLevel: next.logLevel, flows, datapath: { ...running.datapath, expediteRcu: next.datapath.expediteRcu } };

@@ -77,6 +77,10 @@ export function datapathMetricsRegister(
   });
   mirroredCounter(registry, 'kitnet_ringbuf_events_total', 'Flow events the datapath wrote to the BPF ring buffer', [], () => dpCounter('EVENTS_SENT'));
   mirroredCounter(registry, 'kitnet_ringbuf_lost_events_total', 'Flow events lost because the BPF ring buffer was full', [], () => dpCounter('EVENTS_LOST'));
+  mirroredCounter(registry, 'kitnet_ringbuf_drop_events_suppressed_total', 'Drops not reported as flow events because their workload was over its drop event budget (flows.dropEvents); per workload: kitnet_workload_drop_events_suppressed_total', [], () => {
+    const m = datapathRead() as Partial<Record<MetricName, DatapathCounter>> | undefined;
+    return m && [[{}, Number(m.DROP_EVENTS_SUPPRESSED?.packets ?? 0n)]];
+  });
   mirroredCounter(registry, 'kitnet_datapath_no_endpoint_packets_total', 'Packets on a kitnet device with no endpoint entry (passed unobserved)', [], () => dpCounter('NO_ENDPOINT'));
   mirroredCounter(registry, 'kitnet_datapath_non_ip_packets_total', 'ARP frames passed by the endpoint programs (other frames that are not IP are dropped)', [], () => dpCounter('NON_IP'));
   mirroredCounter(registry, 'kitnet_conntrack_created_total', 'Connection tracking entries created', [], () => dpCounter('CT_NEW'));

@@ -89,6 +89,55 @@ static __always_inline __u64 events_wakeup_flags(__u64 now)
 	return 0;
 }
 
+/* Whether a drop of this endpoint may be reported: its budget (dp_config.drop_events_rate per second,
+ * drop_events_burst at once) is a GCRA, one word per endpoint (drop_limit.tat_ns) that every CPU
+ * advances with a compare-and-swap, so the bound holds however many CPUs drop for the endpoint: at most
+ * burst + rate * t events in any t seconds. A drop over the budget only reads the word and counts itself
+ * (per endpoint and in METRIC_DROP_EVENTS_SUPPRESSED). Only drops that would be reported get here:
+ * forwarded traffic never pays for it. A lost race is tried again a few times, then the drop counts as
+ * suppressed: the bound is the promise, not the last event. */
+#define DROP_LIMIT_CAS_TRIES 4
+
+static __always_inline int drop_event_admit(__u32 endpoint_id)
+{
+	__u64 rate = DROP_EVENTS_RATE_DEFAULT, burst = DROP_EVENTS_BURST_DEFAULT, interval, tolerance, now, tat, base;
+	struct drop_limit *b, fresh = {};
+	struct dp_config *cfg;
+	__u32 zero = 0;
+	int i;
+
+	cfg = bpf_map_lookup_elem(&config, &zero);
+	if (cfg && (cfg->flags & CFG_F_SET)) {
+		if (cfg->drop_events_rate)
+			rate = cfg->drop_events_rate;
+		if (cfg->drop_events_burst)
+			burst = cfg->drop_events_burst;
+	}
+	if (rate == DROP_EVENTS_UNLIMITED)
+		return 1;
+	b = bpf_map_lookup_elem(&drop_limit, &endpoint_id);
+	if (!b) {
+		bpf_map_update_elem(&drop_limit, &endpoint_id, &fresh, BPF_NOEXIST); /* -EEXIST: another CPU made it */
+		b = bpf_map_lookup_elem(&drop_limit, &endpoint_id);
+		if (!b)
+			return 1; /* no budget to keep: report as before */
+	}
+	interval = NSEC_PER_SEC / rate;
+	tolerance = interval * (burst - 1);
+	now = bpf_ktime_get_ns();
+	for (i = 0; i < DROP_LIMIT_CAS_TRIES; i++) {
+		tat = *(volatile __u64 *)&b->tat_ns;
+		base = (__s64)(tat - now) > 0 ? tat : now;
+		if (base - now > tolerance)
+			break;
+		if (__sync_val_compare_and_swap(&b->tat_ns, tat, base + interval) == tat)
+			return 1;
+	}
+	__sync_fetch_and_add(&b->suppressed, 1);
+	metric_add(METRIC_DROP_EVENTS_SUPPRESSED, 0);
+	return 0;
+}
+
 /* Everything the datapath decided about one packet; filled step by step, then reported. */
 struct flow_ctx {
 	const struct pkt *p;

@@ -117,6 +117,18 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } events SEC(".maps");
 
+/* endpoint_id -> its drop event budget and the drops it did not report (events.h, drop_event_admit).
+ * Entries are made by the datapath on an endpoint's first drop and deleted by the agent with the
+ * endpoint. Not pinned: a budget is worth nothing across loads, and the agent reads the counts from the
+ * object it loaded (they start again at 0 with the agent, as its other counters do). LRU so that a full
+ * map forgets a stale budget instead of reporting every drop of a new endpoint. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, DROP_LIMIT_MAP_MAX);
+	__type(key, __u32);
+	__type(value, struct drop_limit);
+} drop_limit SEC(".maps");
+
 /* When the reader of `events` is woken (events.h): a timer and the time it is due. BPF-internal (the
  * agent never reads it); pinned because a timer needs a map that user space holds, also while the agent
  * is down and its pinned links keep the programs running. */

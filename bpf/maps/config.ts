@@ -1,6 +1,6 @@
 // `config` array, key 0: runtime knobs read by the datapath on every packet.
 import { structDecode, structEncode } from '../layout.js';
-import { CFG_F_EXACT_COMPLETE, CFG_F_SET, DP_CONFIG, MONITOR_AGG_DEFAULT } from '../layout.gen.js';
+import { CFG_F_EXACT_COMPLETE, CFG_F_SET, DP_CONFIG, DROP_EVENTS_BURST_DEFAULT, DROP_EVENTS_RATE_DEFAULT, DROP_EVENTS_UNLIMITED, MONITOR_AGG_DEFAULT } from '../layout.gen.js';
 import type { BpfMap } from './map.js';
 
 export interface DatapathConfig {
@@ -8,9 +8,24 @@ export interface DatapathConfig {
   monitorAggregation: number;
   /** Aggregated mode: also report an established flow at most this often (seconds); 0 = never. */
   reportIntervalS: number;
+  /** Drop events each endpoint may report per second (bpf/include/events.h); 0 = every drop. */
+  dropEventsPerSecond: number;
+  /** Drop events an endpoint may report at once beyond the rate (>= 1). */
+  dropEventsBurst: number;
 }
 
-export const CONFIG_DEFAULT: DatapathConfig = { monitorAggregation: MONITOR_AGG_DEFAULT, reportIntervalS: 0 };
+export const CONFIG_DEFAULT: DatapathConfig = {
+  monitorAggregation: MONITOR_AGG_DEFAULT,
+  reportIntervalS: 0,
+  dropEventsPerSecond: DROP_EVENTS_RATE_DEFAULT,
+  dropEventsBurst: DROP_EVENTS_BURST_DEFAULT,
+};
+
+// In the map 0 is the default (an entry of the earlier, shorter layout grows with zeroes), so "no
+// limit" has a value of its own there.
+function rateDecode(v: number): number {
+  return v === 0 ? DROP_EVENTS_RATE_DEFAULT : v === DROP_EVENTS_UNLIMITED ? 0 : v;
+}
 
 const KEY0 = Buffer.alloc(4);
 
@@ -22,7 +37,12 @@ export class ConfigMap {
     const v = this.map.lookup(KEY0);
     const d = v && structDecode(DP_CONFIG, v);
     if (!d || !((d.flags as number) & CFG_F_SET)) return { ...CONFIG_DEFAULT };
-    return { monitorAggregation: d.monitor_aggregation as number, reportIntervalS: d.report_interval_s as number };
+    return {
+      monitorAggregation: d.monitor_aggregation as number,
+      reportIntervalS: d.report_interval_s as number,
+      dropEventsPerSecond: rateDecode(d.drop_events_rate as number),
+      dropEventsBurst: (d.drop_events_burst as number) || DROP_EVENTS_BURST_DEFAULT,
+    };
   }
 
   /** True when the agent (or a previous agent run) wrote the entry. */
@@ -45,6 +65,8 @@ export class ConfigMap {
       structEncode(DP_CONFIG, {
         monitor_aggregation: next.monitorAggregation,
         report_interval_s: next.reportIntervalS,
+        drop_events_rate: next.dropEventsPerSecond === 0 ? DROP_EVENTS_UNLIMITED : next.dropEventsPerSecond,
+        drop_events_burst: next.dropEventsBurst,
         flags,
         policy_revision: this.policyRevision(),
       }),

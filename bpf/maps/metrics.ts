@@ -17,7 +17,8 @@ export type MetricName =
   | 'POLICY_DENY'
   | 'POLICY_BYPASS'
   | 'FRAG_UNKNOWN'
-  | 'NEIGH_REPLIES';
+  | 'NEIGH_REPLIES'
+  | 'DROP_EVENTS_SUPPRESSED';
 
 export const METRIC_SLOTS: Readonly<Record<MetricName, number>> = {
   INGRESS_FORWARDED: L.METRIC_INGRESS_FORWARDED,
@@ -35,6 +36,7 @@ export const METRIC_SLOTS: Readonly<Record<MetricName, number>> = {
   POLICY_BYPASS: L.METRIC_POLICY_BYPASS,
   FRAG_UNKNOWN: L.METRIC_FRAG_UNKNOWN,
   NEIGH_REPLIES: L.METRIC_NEIGH_REPLIES,
+  DROP_EVENTS_SUPPRESSED: L.METRIC_DROP_EVENTS_SUPPRESSED,
 };
 
 export interface Counter {

@@ -8,7 +8,7 @@
  * reply passes while the policy revision it was allowed at is current: conntrack.h) -> ipcache identity
  * and policy (new connections, connections checked again, untracked packets; allowed connections are
  * then tracked) -> event (aggregated;
- * drops always reported; the ipcache is only consulted for packets that need an identity) -> metrics
+ * drops reported within each endpoint's drop event budget, events.h; the ipcache is only consulted for packets that need an identity) -> metrics
  * -> verdict.
  *
  * Return codes are tcx/netkit codes: TCX_NEXT for devices that are not (yet) endpoints, so other
@@ -65,7 +65,7 @@ static __always_inline __u16 check_source(const struct endpoint_info *ep, const 
 static __always_inline int finish(struct flow_ctx *c, int report)
 {
 	metric_add(metric_slot(c->direction, c->verdict), c->len);
-	if (report)
+	if (report && (c->verdict != VERDICT_DROPPED || drop_event_admit(c->endpoint_id)))
 		event_emit(c);
 	return c->verdict == VERDICT_DROPPED ? TCX_DROP : TCX_PASS;
 }

@@ -61,22 +61,28 @@ describe('config reload by API call (root)', { timeout: 120_000 }, () => {
 
   test('live keys apply at once (datapath config map), restart-only keys are named', async () => {
     assert.equal(datapathConfig().monitorAggregation, MONITOR_AGG_DEFAULT);
-    writeFileSync(file, 'logLevel: fatal\nflows: { aggregation: every-packet, reportIntervalSeconds: 7, ringCapacity: 100 }\ndatapath: { workloadIfname: net0 }\n');
+    writeFileSync(
+      file,
+      'logLevel: fatal\nflows: { aggregation: every-packet, reportIntervalSeconds: 7, ringCapacity: 100, dropEvents: { perSecond: 0, burst: 20 } }\ndatapath: { workloadIfname: net0 }\n',
+    );
     const r = await api.call<ConfigReloadResult>('POST', '/v1/config/reload');
     assert.deepEqual(
       r.changed.map((c) => [c.key, c.from, c.to, c.applied]),
       [
         ['datapath.workloadIfname', 'eth0', 'net0', false],
         ['flows.aggregation', 'connection', 'every-packet', true],
+        ['flows.dropEvents.burst', 500, 20, true],
+        ['flows.dropEvents.perSecond', 1000, 0, true],
         ['flows.reportIntervalSeconds', 0, 7, true],
         ['flows.ringCapacity', 4095, 100, false],
         ['logLevel', 'silent', 'fatal', true],
       ],
     );
-    assert.deepEqual(r.applied.sort(), ['flows.aggregation', 'flows.reportIntervalSeconds', 'logLevel']);
+    assert.deepEqual(r.applied.sort(), ['flows.aggregation', 'flows.dropEvents.burst', 'flows.dropEvents.perSecond', 'flows.reportIntervalSeconds', 'logLevel']);
     assert.deepEqual(r.restartNeeded, ['datapath.workloadIfname', 'flows.ringCapacity']);
-    // In the kernel: the datapath's config map says every packet, every 7 s.
-    assert.deepEqual(datapathConfig(), { monitorAggregation: MONITOR_AGG_NONE, reportIntervalS: 7 });
+    // In the kernel: the datapath's config map says every packet, every 7 s, every drop.
+    const live = { monitorAggregation: MONITOR_AGG_NONE, reportIntervalS: 7, dropEventsPerSecond: 0, dropEventsBurst: 20 };
+    assert.deepEqual(datapathConfig(), live);
     // The interface name did not change under the running agent: a new workload's is still eth0.
     const ns = await fx.netns('w');
     await api.call('POST', '/v1/workloads', { name: 'w', namespace: 'reload', labels: { app: 'w' }, netns: `/var/run/netns/${ns}` });
@@ -101,8 +107,8 @@ describe('config reload by API call (root)', { timeout: 120_000 }, () => {
     const raw = await fetchRaw();
     assert.equal(raw.field, 'flows.aggregation');
     // Nothing of the bad file was applied, not even its valid logLevel line.
-    assert.deepEqual(datapathConfig(), { monitorAggregation: MONITOR_AGG_NONE, reportIntervalS: 7 });
-    writeFileSync(file, 'logLevel: fatal\nflows: { aggregation: every-packet, reportIntervalSeconds: 7 }\n');
+    assert.deepEqual(datapathConfig(), { monitorAggregation: MONITOR_AGG_NONE, reportIntervalS: 7, dropEventsPerSecond: 0, dropEventsBurst: 20 });
+    writeFileSync(file, 'logLevel: fatal\nflows: { aggregation: every-packet, reportIntervalSeconds: 7, dropEvents: { perSecond: 0, burst: 20 } }\n');
     const r = await api.call<ConfigReloadResult>('POST', '/v1/config/reload');
     assert.deepEqual(r.changed, [], 'the running config is what it was before the bad file');
     // A file that is not even YAML, and one that is gone.
@@ -110,7 +116,7 @@ describe('config reload by API call (root)', { timeout: 120_000 }, () => {
     await assert.rejects(api.call('POST', '/v1/config/reload'), (e: ApiError) => e.statusCode === 422 && e.message.startsWith(`${file}: invalid YAML`));
     rmSync(file);
     await assert.rejects(api.call('POST', '/v1/config/reload'), (e: ApiError) => e.statusCode === 422 && e.message.startsWith(`cannot read config file ${file}: ENOENT`));
-    assert.deepEqual(datapathConfig(), { monitorAggregation: MONITOR_AGG_NONE, reportIntervalS: 7 });
+    assert.deepEqual(datapathConfig(), { monitorAggregation: MONITOR_AGG_NONE, reportIntervalS: 7, dropEventsPerSecond: 0, dropEventsBurst: 20 });
   });
 
   test('kitnet config reload prints the changes; an invalid file exits 1 naming the key', async () => {
@@ -121,8 +127,11 @@ describe('config reload by API call (root)', { timeout: 120_000 }, () => {
       ok.out,
       `config reloaded from ${file}:\n` +
         '  datapath.mtu: (unset) -> 1400  (takes effect after a restart: systemctl restart kitnet)\n' +
-        '  flows.aggregation: "every-packet" -> "connection"  (applied)\n',
+        '  flows.aggregation: "every-packet" -> "connection"  (applied)\n' +
+        '  flows.dropEvents.burst: 20 -> 500  (applied)\n' +
+        '  flows.dropEvents.perSecond: 0 -> 1000  (applied)\n',
     );
+    assert.deepEqual(datapathConfig().dropEventsPerSecond, 1000, 'the default budget is back in the kernel');
     assert.equal(datapathConfig().monitorAggregation, MONITOR_AGG_DEFAULT);
     const json = JSON.parse((await cli('-o', 'json')).out) as ConfigReloadResult;
     assert.deepEqual(json.changed.map((c) => c.key), ['datapath.mtu']);

@@ -42,6 +42,15 @@ describe('config check', () => {
     assert.throws(() => servers(['dns.example']), /addressing\.dnsServers\.0.*IPv4 or IPv6/s);
   });
 
+  test('flows.dropEvents: defaults from the datapath layout, 0 per second = no limit, errors name the key', () => {
+    assert.deepEqual(configParse({}).flows.dropEvents, { perSecond: 1000, burst: 500 });
+    assert.deepEqual(configParse({ flows: { dropEvents: { perSecond: 0 } } }).flows.dropEvents, { perSecond: 0, burst: 500 });
+    assert.throws(() => configParse({ flows: { dropEvents: { perSecond: -1 } } }), /flows\.dropEvents\.perSecond/);
+    assert.throws(() => configParse({ flows: { dropEvents: { perSecond: 1.5 } } }), /flows\.dropEvents\.perSecond/);
+    assert.throws(() => configParse({ flows: { dropEvents: { burst: 0 } } }), /flows\.dropEvents\.burst/);
+    assert.throws(() => configParse({ flows: { dropEvents: { rate: 5 } } }), /flows\.dropEvents.*rate/s);
+  });
+
   test('warns on a socket wider than 0660, pools with host bits set and pools holding a host address', () => {
     const quiet = configParse({ ipam: { ipv4Pool: '10.9.0.0/24', ipv6Pool: 'fd00:9::/64' } });
     assert.deepEqual(configWarnings(quiet, [{ ifname: 'eth0', address: '192.0.2.1' }, { ifname: 'lo', address: '::1' }]), []);

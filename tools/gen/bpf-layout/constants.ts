@@ -183,6 +183,16 @@ export const CONSTANTS: ConstGroup[] = [
       ['POLICY_BYPASS', 12, 'ARP / neighbour discovery and related ICMP errors that skipped the policy lookup'],
       ['FRAG_UNKNOWN', 13, 'later fragments whose first fragment was not seen (policy sees no ports)'],
       ['NEIGH_REPLIES', 14, 'ARP replies / neighbour advertisements the gateway responder sent to workloads'],
+      ['DROP_EVENTS_SUPPRESSED', 15, 'dropped packets not reported by an event: over their endpoint\'s drop event budget (per endpoint in `drop_limit`)'],
+    ],
+  },
+  {
+    doc: 'Drop event budget of each endpoint (dp_config.drop_events_rate / drop_events_burst, events.h). A drop beyond it is still dropped and counted, only not reported one by one: one workload flooding denied packets cannot fill the ring the flows of all share. At the defaults a flooder costs ~100 KB/s of the 8 MiB ring and the agent ~1,000 decoded events/s, and a burst of denied connections (a port scan of the first few hundred ports, a policy change) is still seen packet by packet.',
+    prefix: 'DROP_EVENTS_',
+    values: [
+      ['RATE_DEFAULT', 1000, 'events/s per endpoint'],
+      ['BURST_DEFAULT', 500, 'events at once'],
+      ['UNLIMITED', 0xffffffff, 'dp_config.drop_events_rate: every drop reported (flows.dropEvents.perSecond 0)'],
     ],
   },
   {
@@ -202,6 +212,7 @@ export const CONSTANTS: ConstGroup[] = [
       ['EVENTS_RINGBUF_BYTES', 8 * 1024 * 1024],
       ['METRICS_MAP_MAX', 16],
       ['CONFIG_MAP_MAX', 1],
+      ['DROP_LIMIT_MAP_MAX', 8192, 'endpoints with a drop event budget: twice ENDPOINTS_MAP_MAX, so the LRU does not evict a live endpoint\'s entry (the agent deletes it with the endpoint)'],
     ],
   },
   {

@@ -206,6 +206,24 @@ export const STRUCTS: StructSpec[] = [
         type: 'u32',
         doc: 'bumped by the agent after every write to the policy maps, the ipcache or the endpoints (never 0 once an agent loaded the object): a conntrack entry allowed at another revision is checked by policy again (conntrack.h)',
       },
+      {
+        name: 'drop_events_rate',
+        type: 'u32',
+        doc: 'drop events each endpoint may report per second (events.h, drop_event_admit); 0 = DROP_EVENTS_RATE_DEFAULT (an entry of the 16-byte layout grows with zeroes), DROP_EVENTS_UNLIMITED = every drop',
+      },
+      { name: 'drop_events_burst', type: 'u32', doc: 'drop events an endpoint may report at once beyond the rate; 0 = DROP_EVENTS_BURST_DEFAULT' },
+    ],
+  },
+  {
+    name: 'drop_limit',
+    doc: 'Value of the `drop_limit` hash (key: __u32 endpoint_id): the endpoint\'s drop event budget (GCRA: one word, advanced with compare-and-swap by the CPU that reports) and the drop events it did not report.',
+    fields: [
+      {
+        name: 'tat_ns',
+        type: 'u64',
+        doc: 'bpf_ktime_get_ns() at which the budget is whole again (theoretical arrival time); a drop is reported while it is at most (burst - 1) / rate seconds ahead of now',
+      },
+      { name: 'suppressed', type: 'u64', doc: 'dropped packets of this endpoint reported by no event (over the budget); atomic add' },
     ],
   },
   ...DNS_STRUCTS,
