@@ -1,13 +1,18 @@
 import type { Logger } from 'pino';
 import { addressParse } from '../ipam.js';
+import type { IpcacheLocalView } from '../policy/ipcache-sync.js';
 import type { IpcacheWatchSink, RemoteIpcacheEntry } from './ipcache-watcher.js';
 
 /** What the remote ipcache writes into: the BPF ipcache and the policy universe, under the agent's mutex. */
 export interface RemoteIpcacheTarget {
   /** Runs `fn` under the agent's mutex (the lock of every change of desired state). */
   exclusive<T>(fn: () => Promise<T>): Promise<T>;
-  /** Addresses of this host's workloads right now (never overwritten by a remote entry). */
-  localAddresses(): ReadonlySet<string>;
+  /**
+   * This host's part of the ipcache right now (agent/policy/ipcache-sync.ts, the same view its sync
+   * writes by): keys it owns (its workloads' addresses, its destinations) a remote entry never takes;
+   * what it wishes at a key (a policy CIDR's identity) is written back when the remote entry there goes.
+   */
+  local(): IpcacheLocalView;
   ipcacheUpsert(cidr: string, entry: { identity: number; hostId: number }): void;
   ipcacheDelete(cidr: string): void;
   /** Host entries of other nodes in the BPF ipcache (host field not 0), e.g. left by the previous run. */
@@ -199,7 +204,7 @@ export class RemoteIpcache implements IpcacheWatchSink {
       }));
     }
     return this.target.exclusive(async () => {
-      const local = this.target.localAddresses();
+      const local = this.target.local();
       // Identities first: an entry naming an identity never reaches the datapath before its rules.
       const joining = new Map<number, readonly string[] | undefined>();
       const ignored: Array<{ identity: number; reason: string }> = [];
@@ -238,8 +243,13 @@ export class RemoteIpcache implements IpcacheWatchSink {
         else this.refs.delete(id);
       };
       for (const e of set) {
-        if (local.has(e.ip)) {
-          this.log.warn({ ip: e.ip, hostIP: e.hostIP, identity: e.identity }, 'another node claims an address of this host\'s workload; ignored');
+        if (local.owns(hostCidr(e.ip))) {
+          this.log.warn({ ip: e.ip, hostIP: e.hostIP, identity: e.identity }, 'another node claims an address this host owns (a workload\'s or the host\'s own); ignored');
+          // A claim taken before this host owned the address holds nothing now (the sync wrote over it).
+          if (this.written.has(e.ip)) {
+            drop(e.ip);
+            this.owners.table.release(e.ip, this);
+          }
           continue;
         }
         drop(e.ip);
@@ -262,11 +272,16 @@ export class RemoteIpcache implements IpcacheWatchSink {
         drop(ip);
         // Only the holder's withdrawal touches the map: the next claim's value, or the entry goes.
         const next = this.owners.table.release(ip, this);
-        if (local.has(ip)) continue;
+        if (local.owns(hostCidr(ip))) continue;
         if (next.write) {
           this.target.ipcacheUpsert(hostCidr(ip), next.write);
           this.log.info({ ip, to: next.to }, `address withdrawn by ${this.owners.name}; ${next.to ?? 'the next source'} holds it now`);
-        } else if (next.remove) this.target.ipcacheDelete(hostCidr(ip));
+        } else if (next.remove) {
+          // This host's wish for the key (a policy's toCIDR /32) comes back; the sync left it to the remote entry.
+          const wish = local.wish(hostCidr(ip));
+          if (wish === undefined) this.target.ipcacheDelete(hostCidr(ip));
+          else this.target.ipcacheUpsert(hostCidr(ip), { identity: wish, hostId: 0 });
+        }
       }
       const leaving = new Map<number, undefined>();
       // Every known identity no address refers to (also those a failed earlier batch left behind).

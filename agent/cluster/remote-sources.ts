@@ -33,14 +33,14 @@ export function remoteSourcesCreate(ctx: {
   exclusive: RemoteIpcacheTarget['exclusive'];
   log: Logger;
 }): RemoteSources {
-  const { cluster, config, store, policyEngine } = ctx;
+  const { cluster, config, policyEngine } = ctx;
   const dp = ctx.kernel.datapath;
   // One BPF ipcache for every source: one holder per address (this cluster's before a peer's).
   const owners = new IpcacheOwners();
   const target = (identityLabels: RemoteIpcacheTarget['identityLabels'], range: IdentityRange, name: string, rank = 1): RemoteIpcacheTarget => ({
     exclusive: ctx.exclusive,
     owners: { table: owners, rank, name },
-    localAddresses: () => new Set(store.workloadList().flatMap((w) => [w.ipv4, w.ipv6])),
+    local: () => policyEngine.ipcacheLocal(),
     ipcacheUpsert: (cidr, entry) => dp.ipcacheUpsert(cidr, entry),
     ipcacheDelete: (cidr) => dp.ipcacheDelete(cidr),
     ipcacheRemoteList: () => dp.ipcacheList().flatMap(([cidr, e]) => (e.hostId !== 0 && !cidr.startsWith('ipblock:') && inRange(range, e.identity) ? [[cidr, e.identity, e.hostId] as [string, number, number]] : [])),

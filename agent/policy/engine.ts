@@ -14,7 +14,7 @@ import {
 import { CompileMeter, type CompileBudget } from './budget.js';
 import { PolicyState, type EndpointPolicyChange } from './incremental.js';
 import { hostDestinations } from './host-destinations.js';
-import { ipcacheSyncSteps } from './ipcache-sync.js';
+import { ipcacheLocalView, ipcacheSyncSteps, type IpcacheLocalView } from './ipcache-sync.js';
 import { PolicyMapWriter } from './map-writer.js';
 import { stepsRun, stepsRunSliced, type Steps } from './slices.js';
 import { workloadTrace } from './workload-trace.js';
@@ -313,6 +313,15 @@ export class PolicyEngine {
     const hosts = hostDestinations();
     stepsRun(ipcacheSyncSteps(this.kernel, this.store, compiled, this.ipcacheExtra(compiled), hosts));
     this.hostsSynced = hosts.join();
+  }
+
+  /**
+   * This host's part of the ipcache now, as the sync writes it (ipcache-sync.ts): the writer of other
+   * nodes' entries asks it which keys it must leave, and what to write back when one of its entries goes.
+   */
+  ipcacheLocal(): IpcacheLocalView {
+    const compiled = this.state?.compiled();
+    return ipcacheLocalView(this.store, compiled, () => this.ipcacheExtra(compiled), hostDestinations());
   }
 
   /**

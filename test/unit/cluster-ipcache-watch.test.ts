@@ -151,7 +151,7 @@ describe('cluster ipcache watch against a real etcd', () => {
     let failNext = false;
     const t: RemoteIpcacheTarget = {
       exclusive: (fn) => fn(),
-      localAddresses: () => new Set(local),
+      local: () => ({ owns: (cidr) => local.includes(cidr.slice(0, cidr.indexOf('/'))), wish: () => undefined }),
       ipcacheUpsert: (cidr, e) => void ipcache.set(cidr, e),
       ipcacheDelete: (cidr) => void ipcache.delete(cidr),
       ipcacheRemoteList: () => [...ipcache].filter(([, e]) => e.hostId !== 0).map(([cidr, e]) => [cidr, e.identity]),
@@ -417,7 +417,7 @@ describe('remote identities without usable labels (a hostile writer naming thous
           inside = false;
         }
       },
-      localAddresses: () => new Set(),
+      local: () => ({ owns: () => false, wish: () => undefined }),
       ipcacheUpsert: (cidr, e) => void ipcache.set(cidr, e),
       ipcacheDelete: (cidr) => void ipcache.delete(cidr),
       ipcacheRemoteList: () => [],

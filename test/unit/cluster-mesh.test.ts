@@ -135,7 +135,7 @@ describe('this cluster and its peers share one BPF ipcache: one holder per addre
       new RemoteIpcache(
         {
           exclusive: (fn) => fn(),
-          localAddresses: () => new Set(local),
+          local: () => ({ owns: (cidr) => local.includes(cidr.slice(0, cidr.indexOf('/'))), wish: () => undefined }),
           ipcacheUpsert: (cidr, e) => {
             if (failing) {
               failing = false;
