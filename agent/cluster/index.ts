@@ -10,7 +10,7 @@ import { clusterIdentityRange } from './identity-range.js';
 import { ClusterSession } from './session.js';
 
 import { IpcachePublisher } from './ipcache-publisher.js';
-import { IpcacheWatcher, remoteIdentityLabels } from './ipcache-watcher.js';
+import { IpcacheWatcher, peerNodeBinding, remoteIdentityLabels } from './ipcache-watcher.js';
 import { cidrParse, type Cidr } from '../ipam.js';
 import { hostAddressesRecent, type HostAddressTest } from './host-addresses.js';
 import { SharedNamespaces, type NamespaceHost } from './shared-namespaces.js';
@@ -117,7 +117,7 @@ export async function clusterOpen(
     identities: new ClusterIdentities(allocator, cluster.name, range, log.child({ component: 'cluster-identity' })),
     ipcache,
     ipcacheWatcher: (localPools) =>
-      new IpcacheWatcher(session, { nodeIP, range, localPools, clusterPools: pools, hostAddresses, nodes: () => node.nodes.peers(), nodesChanged: (fn) => node.nodes.subscribe(() => fn()) }, log.child({ component: 'cluster-ipcache-watch' })),
+      new IpcacheWatcher(session, { nodeIP, range, localPools, clusterPools: pools, hostAddresses, nodes: () => node.nodes.peers().map(peerNodeBinding), nodesChanged: (fn) => node.nodes.subscribe(() => fn()) }, log.child({ component: 'cluster-ipcache-watch' })),
     pools,
     hostAddresses,
     identityLabels: (id) => remoteIdentityLabels(session, id, cluster.name),

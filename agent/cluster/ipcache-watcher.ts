@@ -42,15 +42,29 @@ export interface IpcacheWatchRules {
   /** This host's own addresses (canonical): never a remote workload's. */
   hostAddresses: () => HostAddressTest;
   /**
-   * This cluster's other nodes as the node registry accepted them: an entry whose HostIP names one
-   * lies in its CIDRs, and an address in one's CIDRs names it as HostIP.
+   * The nodes of the cluster written in this etcd (for this cluster: as the node registry accepted
+   * them, CIDRs claimed): an entry's HostIP must name one and its address lie in that node's CIDRs.
+   * An address no known node's CIDR covers is bound to no node yet: any writer could claim it, so it
+   * waits for its node (`nodesChanged` judges every entry again).
    */
-  nodes?: () => readonly PeerNode[];
+  nodes?: () => readonly NodeBinding[];
   /**
    * Calls `fn` whenever `nodes` changes (returns the unsubscribe): every entry is judged again by a
    * new list, so an entry taken before its address's node was known goes when the node comes.
    */
   nodesChanged?: (fn: () => void) => () => void;
+}
+
+/** A node as entries are bound to it: the addresses a HostIP names it by, and its pod CIDRs. */
+export interface NodeBinding {
+  name: string;
+  addresses: readonly string[];
+  cidrs: readonly Cidr[];
+}
+
+/** A node of this cluster as the node registry accepted it, as entries are bound to it. */
+export function peerNodeBinding(n: PeerNode): NodeBinding {
+  return { name: n.name, addresses: [n.ipv4, n.ipv6].filter((a): a is string => !!a), cidrs: [n.ipv4Cidr, n.ipv6Cidr].filter((c): c is Cidr => !!c) };
 }
 
 /** How long after a change of the node list the ipcache is listed and judged again (changes coalesce). */
@@ -84,14 +98,21 @@ function addressProblem(ip: string, hostIP: string, rules: IpcacheWatchRules): s
   if (rules.clusterPools && !rules.clusterPools.some((p) => cidrContains(p, a.family, a.value))) {
     return `address ${ip} is outside the cluster's pools ${rules.clusterPools.map((p) => p.text).join(', ')}: not a workload address of this cluster`;
   }
-  const nodes = rules.nodes?.() ?? [];
-  const named = nodes.find((n) => n.ipv4 === hostIP || n.ipv6 === hostIP);
-  if (named) {
-    const cidr = a.family === 4 ? named.ipv4Cidr : named.ipv6Cidr;
-    if (!cidr || !cidrContains(cidr, a.family, a.value)) return `address ${ip} is outside the CIDR ${cidr?.text ?? '(none)'} of node ${named.name}, which HostIP ${hostIP} names`;
+  const nodes = rules.nodes?.();
+  if (!nodes) return undefined;
+  const covers = (n: NodeBinding) => n.cidrs.some((c) => cidrContains(c, a.family, a.value));
+  const named = nodes.find((n) => n.addresses.includes(hostIP));
+  const holder = nodes.find(covers);
+  if (!named) {
+    const of = rules.peer === undefined ? 'no node this host knows (a node entry with the CIDRs it claimed)' : `no node of peer cluster ${rules.peer} (its node entries)`;
+    return `HostIP ${hostIP} names ${of}${holder ? `, and the address is in node ${holder.name}'s CIDR` : ': an address no known node holds waits for its node'}`;
   }
-  const holder = nodes.find((n) => [n.ipv4Cidr, n.ipv6Cidr].some((c) => c && cidrContains(c, a.family, a.value)));
-  if (holder && holder !== named) return `address ${ip} is in node ${holder.name}'s CIDR, but HostIP ${hostIP} is not that node`;
+  if (!covers(named)) {
+    const own = named.cidrs.filter((c) => c.family === a.family).map((c) => c.text).join(', ') || '(none)';
+    return `address ${ip} is outside the CIDR ${own} of node ${named.name}, which HostIP ${hostIP} names`;
+  }
+  const other = nodes.find((n) => n !== named && covers(n));
+  if (other) return `address ${ip} is in node ${other.name}'s CIDR, but HostIP ${hostIP} is not that node`;
   return undefined;
 }
 

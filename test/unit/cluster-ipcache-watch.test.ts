@@ -9,7 +9,7 @@ import { clusterIdentityRange } from '../../agent/cluster/identity-range.js';
 import { IPCACHE_PREFIX, ipIdentityPairJson } from '../../agent/cluster/ipcache-publisher.js';
 import { hostAddressesRecent } from '../../agent/cluster/host-addresses.js';
 import { hostDestinationsFromAddresses } from '../../agent/policy/host-destinations.js';
-import { ipcacheValueJudge, IpcacheWatcher, remoteIdentityLabels, type IpcacheWatchRules } from '../../agent/cluster/ipcache-watcher.js';
+import { ipcacheValueJudge, IpcacheWatcher, peerNodeBinding, remoteIdentityLabels, type IpcacheWatchRules } from '../../agent/cluster/ipcache-watcher.js';
 import type { PeerNode } from '../../agent/cluster/node-registry.js';
 import { RemoteIpcache, remoteHostId, type RemoteIpcacheTarget } from '../../agent/cluster/remote-ipcache.js';
 import { ClusterSession } from '../../agent/cluster/session.js';
@@ -96,15 +96,18 @@ describe('cluster ipcache watch: what is accepted', () => {
       assert.ok('reason' in v, `${ip} accepted`);
       assert.match(v.reason, re);
     }
-    // Bound to the node HostIP names, when the node registry knows it.
-    const bound = { ...rules, nodes: () => [nb] };
+    // Bound to the node HostIP names, which the node registry must know.
+    const bound = { ...rules, nodes: () => [peerNodeBinding(nb)] };
     const judge = (ip: string, hostIP: string) => ipcacheValueJudge(key(ip), pair(ip, hostIP, 200000), bound);
     assert.ok('entry' in judge('10.77.0.7', '192.0.2.2'));
     assert.ok('entry' in judge('fd00:77::7', '192.0.2.2'));
-    assert.ok('entry' in judge('10.66.0.1', '192.0.2.66'), 'a node the registry does not know: the pool check alone');
+    assert.match((judge('10.66.0.1', '192.0.2.66') as { reason: string }).reason, /HostIP 192\.0\.2\.66 names no node this host knows .*: an address no known node holds waits for its node/);
     assert.match((judge('10.88.0.1', '192.0.2.2') as { reason: string }).reason, /10\.88\.0\.1 is outside the CIDR 10\.77\.0\.0\/24 of node nb, which HostIP 192\.0\.2\.2 names/);
     assert.match((judge('fd00:78::1', '192.0.2.2') as { reason: string }).reason, /outside the CIDR fd00:77::\/112 of node nb/);
-    assert.match((judge('10.77.0.50', '192.0.2.66') as { reason: string }).reason, /in node nb's CIDR, but HostIP 192\.0\.2\.66 is not that node/);
+    assert.match((judge('10.77.0.50', '192.0.2.66') as { reason: string }).reason, /HostIP 192\.0\.2\.66 names no node this host knows .*, and the address is in node nb's CIDR/);
+    // Two nodes covering one address (the registry's claims keep CIDRs disjoint; a peer's need not be).
+    const twice = { ...rules, nodes: () => [peerNodeBinding(nb), { name: 'nz', addresses: ['192.0.2.9'], cidrs: [cidrParse('10.77.0.0/25')] }] };
+    assert.match((ipcacheValueJudge(key('10.77.0.5'), pair('10.77.0.5', '192.0.2.2', 200000), twice) as { reason: string }).reason, /in node nz's CIDR, but HostIP 192\.0\.2\.2 is not that node/);
   });
 
   test('this host\'s addresses: every destination its stack takes (interface addresses, broadcasts, anycast, link-local, multicast) and the node addresses', () => {
@@ -266,19 +269,19 @@ describe('cluster ipcache watch against a real etcd', () => {
     // This host's own entries (reserved:host, host field 0), as the policy's ipcache sync writes them.
     const own = { identity: 1, hostId: 0 };
     for (const ip of ['192.0.2.1', '127.0.0.1', '10.5.5.5']) d.ipcache.set(`${ip}/32`, own);
-    const { w, sink } = await follow(d.t, { ...rules, nodes: () => [nb] });
-    const claimed = ['192.0.2.1', '127.0.0.1', '10.5.5.5', '8.8.8.8', '0.0.0.0', '224.0.0.1', '255.255.255.255', '10.77.0.50', 'fe80::1'];
+    const { w, sink } = await follow(d.t, { ...rules, nodes: () => [peerNodeBinding(nb)] });
+    const claimed = ['192.0.2.1', '127.0.0.1', '10.5.5.5', '8.8.8.8', '0.0.0.0', '224.0.0.1', '255.255.255.255', '10.77.0.50', 'fe80::1', '10.66.0.1'];
     for (const ip of claimed) await raw.put(key(ip)).value(pair(ip, hostile, 200600));
-    // nb outside its CIDR; nb and an unknown node inside the pools as they should be.
+    // nb outside its CIDR; nb inside it, as it should be.
     await raw.put(key('10.88.0.1')).value(pair('10.88.0.1', nb.ipv4!, 200600));
     await raw.put(key('10.77.0.7')).value(pair('10.77.0.7', nb.ipv4!, 200600));
-    await raw.put(key('10.66.0.1')).value(pair('10.66.0.1', hostile, 200600));
-    await waitFor('the good entries', async () => (d.ipcache.has('10.77.0.7/32') && d.ipcache.has('10.66.0.1/32')) || undefined);
+    await raw.put(key('10.77.0.8')).value(pair('10.77.0.8', nb.ipv4!, 200600));
+    await waitFor('the good entries', async () => (d.ipcache.has('10.77.0.7/32') && d.ipcache.has('10.77.0.8/32')) || undefined);
     await w.settled();
     assert.equal(w.ignored, claimed.length + 1);
     for (const ip of claimed) await raw.delete().key(key(ip)).exec();
-    await raw.delete().key(key('10.66.0.1')).exec();
-    await waitFor('a deletion followed', async () => !d.ipcache.has('10.66.0.1/32') || undefined);
+    await raw.delete().key(key('10.77.0.8')).exec();
+    await waitFor('a deletion followed', async () => !d.ipcache.has('10.77.0.8/32') || undefined);
     await w.settled();
     assert.deepEqual(
       [...d.ipcache].sort(),
@@ -288,22 +291,28 @@ describe('cluster ipcache watch against a real etcd', () => {
     await w.close();
   });
 
-  test('a node joining whose CIDR holds an address another node claimed: the entry is judged again and goes', async () => {
+  test('an address no known node holds is bound to no node: a hostile writer\'s claim is refused, its node\'s entry waits for the node', async () => {
     await raw.delete().prefix(`${IPCACHE_PREFIX}/`).exec();
     await raw.put(`${IDENTITIES_PREFIX}/id/200900`).value('k8s:app=n;');
     const nodes: PeerNode[] = [];
     let changed: (() => void) | undefined;
     const d = target();
-    const { w } = await follow(d.t, { ...rules, nodes: () => nodes, nodesChanged: (fn) => ((changed = fn), () => (changed = undefined)) });
-    // No node holds 10.82.0.0/24 yet: the pool check alone, and a hostile node's claim is taken.
+    const { w } = await follow(d.t, { ...rules, nodes: () => nodes.map(peerNodeBinding), nodesChanged: (fn) => ((changed = fn), () => (changed = undefined)) });
+    // No node holds 10.82.0.0/24 yet: a node no registry knows (192.0.2.66) claims an address in it,
+    // and nc, not known yet either, publishes its own workload there.
     await raw.put(key('10.82.0.9')).value(pair('10.82.0.9', '192.0.2.66', 200900));
-    await waitFor('the claim taken', async () => d.ipcache.has('10.82.0.9/32') || undefined);
+    await raw.put(key('10.82.0.10')).value(pair('10.82.0.10', '192.0.2.8', 200900));
+    await waitFor('both judged', async () => (w.ignored >= 2 ? true : undefined));
+    await w.settled();
+    assert.deepEqual([...d.ipcache.keys()], [], 'neither taken on the pool check alone');
     // Node nc joins with that CIDR.
     nodes.push({ name: 'nc', ipv4: '192.0.2.8', ipv4Cidr: cidrParse('10.82.0.0/24') });
     const listsBefore = w.lists;
     changed!();
-    await waitFor('the claim judged again and gone', async () => !d.ipcache.has('10.82.0.9/32') || undefined);
+    await waitFor('nc\'s entry judged again and taken', async () => d.ipcache.has('10.82.0.10/32') || undefined);
     assert.ok(w.lists > listsBefore, 'listed again');
+    await w.settled();
+    assert.equal(d.ipcache.has('10.82.0.9/32'), false, 'the hostile claim stays refused');
     await w.close();
     assert.equal(changed, undefined, 'unsubscribed at close');
   });
