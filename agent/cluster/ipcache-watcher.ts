@@ -8,6 +8,7 @@ import { IPCACHE_PREFIX } from './ipcache-publisher.js';
 import type { ClusterSession } from './session.js';
 import { jsonObjectParse } from './json-value.js';
 import type { PeerNode } from './node-registry.js';
+import { cidrOverlaps } from './node-cidr.js';
 import { clusterLabelsProblem } from './peer-formats.js';
 import { PrefixFollower, type PrefixChange, type PrefixSink } from './prefix-follower.js';
 import type { HostAddressTest } from './host-addresses.js';
@@ -82,6 +83,12 @@ const SPECIAL: ReadonlyArray<[Cidr, string]> = ([
   ['fe80::/10', 'link-local'],
   ['ff00::/8', 'multicast'],
 ] as const).map(([c, what]) => [cidrParse(c), what]);
+
+/** The special range a CIDR overlaps (a peer node's pod CIDR never may), as `range (what)`. */
+export function specialOverlap(c: Cidr): string | undefined {
+  const hit = SPECIAL.find(([s]) => cidrOverlaps(s, c));
+  return hit && `${hit[0].text} (${hit[1]})`;
+}
 
 /** Why an address cannot be a remote workload's for these rules; undefined when it can. */
 function addressProblem(ip: string, hostIP: string, rules: IpcacheWatchRules): string | undefined {

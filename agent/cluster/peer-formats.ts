@@ -1,5 +1,5 @@
 import { labelCompare, labelFormat, type Label } from '../../common/labels.js';
-import { addressParse } from '../ipam.js';
+import { addressParse, cidrParse, type Cidr } from '../ipam.js';
 import { CLUSTER_LABEL, kvstoreLabelsKeyParse } from './cilium-labels.js';
 import { IDENTITIES_PREFIX } from './identity-allocator.js';
 import { inRange, type IdentityRange } from './identity-range.js';
@@ -102,4 +102,48 @@ export function nodeSummaryParse(key: string, value: string): NodeSummary | { re
   const v4 = goIpNetParse(o.IPv4AllocCIDR);
   const v6 = goIpNetParse(o.IPv6AllocCIDR);
   return { name: o.Name.slice(0, 253), cluster: o.Cluster.slice(0, 32), addresses, ...(v4 ? { ipv4AllocCIDR: v4 } : {}), ...(v6 ? { ipv6AllocCIDR: v6 } : {}) };
+}
+
+/**
+ * A peer's node as its ipcache entries are bound to it: the addresses it publishes (a HostIP names
+ * one) and its pod CIDRs (IPv4/IPv6 AllocCIDR and the secondary ones, as Cilium's node JSON carries
+ * them). A CIDR inside this cluster's pools, or over a special range (loopback, multicast, ... and so
+ * any CIDR as wide as 0.0.0.0/0), refuses the node: its pods would take addresses that are never a
+ * peer's.
+ */
+export function peerNodeBindingParse(
+  key: string,
+  value: string,
+  rules: { clusterPools: readonly Cidr[]; specialOverlap: (c: Cidr) => string | undefined; overlaps: (a: Cidr, b: Cidr) => boolean },
+): { name: string; addresses: string[]; cidrs: Cidr[] } | { reason: string } {
+  const node = nodeSummaryParse(key, value);
+  if ('reason' in node) return node;
+  const o = JSON.parse(value) as Record<string, unknown>;
+  const texts = [node.ipv4AllocCIDR, node.ipv6AllocCIDR];
+  for (const field of ['IPv4SecondaryAllocCIDRs', 'IPv6SecondaryAllocCIDRs']) {
+    const list = o[field];
+    if (list === null || list === undefined) continue;
+    if (!Array.isArray(list) || list.length > 64) return { reason: `${field} is not a list of at most 64 networks` };
+    for (const n of list) {
+      const text = goIpNetParse(n);
+      if (!text) return { reason: `${field} holds something that is not a network {IP, Mask (base64)}` };
+      texts.push(text);
+    }
+  }
+  const cidrs: Cidr[] = [];
+  for (const text of texts) {
+    if (!text) continue;
+    let c: Cidr;
+    try {
+      c = cidrParse(text);
+    } catch (err) {
+      return { reason: `pod CIDR ${text} does not parse: ${(err as Error).message}` };
+    }
+    const pool = rules.clusterPools.find((p) => rules.overlaps(p, c));
+    if (pool) return { reason: `pod CIDR ${c.text} overlaps this cluster's pool ${pool.text}` };
+    const special = rules.specialOverlap(c);
+    if (special) return { reason: `pod CIDR ${c.text} overlaps ${special}: never a pod's` };
+    cidrs.push(c);
+  }
+  return { name: node.name, addresses: node.addresses.map((a) => a.ip), cidrs };
 }

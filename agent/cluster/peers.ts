@@ -5,9 +5,10 @@ import type { EtcdTlsPrepared } from '../config-preflight.js';
 import type { Cidr } from '../ipam.js';
 import { etcdClientCreate } from './etcd-client.js';
 import { clusterIdentityRange, type IdentityRange } from './identity-range.js';
-import { IpcacheWatcher } from './ipcache-watcher.js';
+import { IpcacheWatcher, specialOverlap, type NodeBinding } from './ipcache-watcher.js';
+import { cidrOverlaps } from './node-cidr.js';
 import { HEARTBEAT_KEY, kvstoreTimestampParse } from './mesh-markers.js';
-import { ID_PREFIX, NODES_PREFIX, nodeSummaryParse, peerIdentityJudge, type NodeSummary } from './peer-formats.js';
+import { ID_PREFIX, NODES_PREFIX, nodeSummaryParse, peerIdentityJudge, peerNodeBindingParse, type NodeSummary } from './peer-formats.js';
 import { PrefixMirror, type MirrorState } from './prefix-mirror.js';
 import { RemoteIpcache, type RemoteIpcacheTarget } from './remote-ipcache.js';
 import type { HostAddressTest } from './host-addresses.js';
@@ -63,6 +64,9 @@ export class PeerCluster {
   readonly ipcache: RemoteIpcache;
   identitiesIgnored = 0;
   nodesIgnored = 0;
+  /** The peer's accepted nodes by key, which its ipcache entries are bound to. */
+  private readonly bindings = new Map<string, NodeBinding>();
+  private readonly nodesListeners = new Set<() => void>();
 
   constructor(
     private readonly config: PeerConfig,
@@ -75,14 +79,32 @@ export class PeerCluster {
     this.client = etcdClientCreate(config.etcd, tls);
     this.identities = new PrefixMirror(this.client, ID_PREFIX, log, (key, value) => this.identityChanged(key, value));
     this.nodes = new PrefixMirror(this.client, `${NODES_PREFIX}/${config.name}/`, log, (key, value) => {
+      this.bindings.delete(key);
+      for (const fn of this.nodesListeners) fn();
       if (value === undefined) return;
-      const node = nodeSummaryParse(key, value);
+      const node = peerNodeBindingParse(key, value, { clusterPools: ctx.clusterPools, specialOverlap, overlaps: cidrOverlaps });
       if ('reason' in node) {
         this.nodesIgnored++;
         this.log.warn({ peer: this.name, key: key.slice(0, 200), reason: node.reason }, 'peer cluster node ignored');
+        return;
       }
+      this.bindings.set(key, node);
     });
-    this.watcher = new IpcacheWatcher({ client: this.client }, { nodeIP: ctx.nodeIP, range: this.range, localPools: ctx.clusterPools, peer: config.name, hostAddresses: ctx.hostAddresses }, log.child({ peer: config.name }));
+    // A peer's entry is bound to the peer's node its HostIP names and to that node's pod CIDRs: an
+    // address outside every pod CIDR the peer publishes (8.8.8.8) is never a peer pod's.
+    this.watcher = new IpcacheWatcher(
+      { client: this.client },
+      {
+        nodeIP: ctx.nodeIP,
+        range: this.range,
+        localPools: ctx.clusterPools,
+        peer: config.name,
+        hostAddresses: ctx.hostAddresses,
+        nodes: () => [...this.bindings.values()],
+        nodesChanged: (fn) => (this.nodesListeners.add(fn), () => void this.nodesListeners.delete(fn)),
+      },
+      log.child({ peer: config.name }),
+    );
     this.ipcache = new RemoteIpcache(ctx.target((id) => this.labelsOf(id), this.range, `peer cluster ${config.name}`), log.child({ peer: config.name }));
   }
 

@@ -30,9 +30,10 @@ const ID_OUT = (5 << 16) + 1;
 const labelKey = (app: string, cluster = PEER) => `k8s:app=${app};k8s:io.cilium.k8s.policy.cluster=${cluster};k8s:io.kubernetes.pod.namespace=${NS};`;
 const ipcacheJson = (ip: string, id: number, pod: string) =>
   `{"IP":"${ip}","Mask":null,"HostIP":"172.18.0.3","ID":${id},"Key":0,"Metadata":"","K8sNamespace":"${NS}","K8sPodName":"${pod}"}`;
+/** The node carrying the pods, with the pod CIDRs (cluster-pool IPAM) their entries are bound to. */
 const NODE =
-  '{"Name":"k8s-node-1","Cluster":"cilium1","IPAddresses":[{"Type":"InternalIP","IP":"172.18.0.3"}],"IPv4AllocCIDR":null,' +
-  '"IPv4SecondaryAllocCIDRs":null,"IPv6AllocCIDR":null,"IPv6SecondaryAllocCIDRs":null,"IPv4HealthIP":"","IPv6HealthIP":"",' +
+  '{"Name":"k8s-node-1","Cluster":"cilium1","IPAddresses":[{"Type":"InternalIP","IP":"172.18.0.3"}],"IPv4AllocCIDR":{"IP":"10.77.46.0","Mask":"////AA=="},' +
+  '"IPv4SecondaryAllocCIDRs":null,"IPv6AllocCIDR":{"IP":"fd00:77:46::","Mask":"//////////////////8AAA=="},"IPv6SecondaryAllocCIDRs":null,"IPv4HealthIP":"","IPv6HealthIP":"",' +
   '"IPv4IngressIP":"","IPv6IngressIP":"","ClusterID":3,"Source":"","EncryptionKey":0,"Labels":null,"Annotations":null,' +
   '"NodeIdentity":0,"WireguardPubKey":"","BootID":""}';
 

@@ -10,6 +10,7 @@ import { ipcacheValueJudge } from '../../agent/cluster/ipcache-watcher.js';
 import { clusterConfigJson, clusterConfigKey, HEARTBEAT_KEY, kvstoreTimestamp, kvstoreTimestampParse, MeshMarkers, syncedKey } from '../../agent/cluster/mesh-markers.js';
 import { goIpNetParse, nodeSummaryParse, peerIdentityJudge } from '../../agent/cluster/peer-formats.js';
 import { IpcacheOwners, RemoteIpcache, remoteHostId } from '../../agent/cluster/remote-ipcache.js';
+import { PeerCluster, type PeerConfig } from '../../agent/cluster/peers.js';
 import { cidrParse } from '../../agent/ipam.js';
 import { clusterStatusText } from '../../api/cli/cluster-status.js';
 
@@ -275,5 +276,78 @@ describe('ClusterMesh keys in a real etcd', () => {
     await waitFor('config and canary written again, heartbeat moved on', async () =>
       ((await client.get('cilium/cluster-config/kit').string()) === clusterConfigJson(9) && (await client.get(syncedKey('kit', 'ip')).string()) === canary && markers!.lastHeartbeat! > first) || undefined,
     10_000);
+  });
+});
+
+describe('a peer cluster in a real etcd: its entries bound to its nodes\' pod CIDRs', () => {
+  let etcd: EtcdServer | undefined;
+  let peerCluster: PeerCluster | undefined;
+  const log = pino({ level: 'silent' });
+  before(async () => {
+    etcd = await etcdStart();
+  });
+  after(async () => {
+    await peerCluster?.close();
+    await etcd?.stop();
+  });
+
+  test('a pod inside the pod CIDR of the node its HostIP names is taken; public, unbound and wide-node claims are refused and counted', async () => {
+    const raw = etcdClientCreate({ endpoints: [etcd!.endpoint] }, undefined);
+    const net = (cidr: string) => {
+      const c = cidrParse(cidr);
+      const bytes = c.family === 4 ? 4 : 16;
+      const mask = Buffer.alloc(bytes);
+      for (let i = 0; i < c.prefixLength; i++) mask[i >> 3]! |= 0x80 >> (i & 7);
+      return { IP: c.text.slice(0, c.text.indexOf('/')), Mask: mask.toString('base64') };
+    };
+    const node = (name: string, ip: string, v4: string | null, secondary: string[] = []) =>
+      JSON.stringify({ ...JSON.parse(NODE), Name: name, IPAddresses: [{ Type: 'InternalIP', IP: ip }], IPv4AllocCIDR: v4 && net(v4), IPv4SecondaryAllocCIDRs: secondary.map(net) });
+    const pod = (ip: string, hostIP: string) => IPCACHE.replaceAll('10.244.1.79', ip).replace('172.18.0.3', hostIP);
+    try {
+      await raw.put(`cilium/state/identities/v1/id/212954`).value(LABELS);
+      await raw.put('cilium/state/nodes/v1/cilium1/k8s-node-1').value(node('k8s-node-1', '172.18.0.3', '10.244.1.0/24', ['10.245.9.0/24']));
+      // Hostile: a node whose pod CIDR is the whole IPv4 space, one inside this cluster's pool.
+      await raw.put('cilium/state/nodes/v1/cilium1/wide').value(node('wide', '172.18.0.66', '0.0.0.0/0'));
+      await raw.put('cilium/state/nodes/v1/cilium1/inside').value(node('inside', '172.18.0.67', '10.246.5.0/24'));
+      const taken = ['10.244.1.79', '10.245.9.4'];
+      for (const ip of taken) await raw.put(`cilium/state/ip/v1/default/${ip}`).value(pod(ip, '172.18.0.3'));
+      // Hostile: a public address, one outside the node's CIDR, one in it naming no node, one of the wide node.
+      const refused = [['8.8.8.8', '172.18.0.3'], ['10.244.2.5', '172.18.0.3'], ['10.244.1.80', '172.18.0.77'], ['1.1.1.1', '172.18.0.66']] as const;
+      for (const [ip, hostIP] of refused) await raw.put(`cilium/state/ip/v1/default/${ip}`).value(pod(ip, hostIP));
+
+      const map = new Map<string, { identity: number; hostId: number }>();
+      peerCluster = new PeerCluster(
+        { name: 'cilium1', id: 3, etcd: { endpoints: [etcd!.endpoint] } } as PeerConfig,
+        undefined,
+        {
+          nodeIP: '192.0.2.1',
+          clusterPools: [cidrParse('10.246.0.0/16'), cidrParse('fd00:246::/64')],
+          hostAddresses: () => new Set(['192.0.2.1']),
+          target: (identityLabels, _range, name) => ({
+            exclusive: (fn) => fn(),
+            owners: { table: new IpcacheOwners(), rank: 1, name },
+            local: () => ({ owns: () => false, wish: () => undefined }),
+            ipcacheUpsert: (cidr, e) => void map.set(cidr, e),
+            ipcacheDelete: (cidr) => void map.delete(cidr),
+            ipcacheRemoteList: () => [],
+            identityLabels,
+            remoteIdentitiesUpdate: async () => undefined,
+          }),
+        },
+        log,
+      );
+      await peerCluster.start();
+      await waitFor('the peer\'s pods', async () => (taken.every((ip) => map.has(`${ip}/32`)) ? true : undefined));
+      const status = await peerCluster.status();
+      assert.deepEqual([...map.keys()].sort(), taken.map((ip) => `${ip}/32`).sort(), 'only pods inside the pod CIDRs of the node HostIP names');
+      assert.equal(status.ignored.ipcache, refused.length, 'each refused entry counted');
+      assert.equal(status.ignored.nodes, 2, 'the wide node and the one inside this cluster\'s pool');
+
+      // The node goes: its pods are judged again and leave.
+      await raw.delete().key('cilium/state/nodes/v1/cilium1/k8s-node-1').exec();
+      await waitFor('the node\'s pods gone', async () => (map.size === 0 ? true : undefined));
+    } finally {
+      raw.close();
+    }
   });
 });
