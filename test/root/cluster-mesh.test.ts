@@ -275,7 +275,7 @@ describe('ClusterMesh: kitnet as a Cilium cluster, and a Cilium cluster as kitne
     assert.equal(p.identities, 2, 'app=x and app=y; the out-of-range and the one naming kitmesh are refused');
     assert.equal(p.ipcacheEntries, 3);
     assert.ok(p.ignored.identities >= 2 && p.ignored.ipcache >= 3 && p.ignored.nodes >= 1, JSON.stringify(p.ignored));
-    assert.deepEqual(p.nodes, [{ name: 'k8s-node-1', cluster: PEER, addresses: [{ type: 'InternalIP', ip: '172.18.0.3' }] }]);
+    assert.deepEqual(p.nodes, [{ name: 'k8s-node-1', cluster: PEER, addresses: [{ type: 'InternalIP', ip: '172.18.0.3' }], ipv4AllocCIDR: '10.77.46.0/24', ipv6AllocCIDR: 'fd00:77:46::/112' }]);
     // The CLI shows the same.
     const bin = fileURLToPath(new URL('../../../bin/kitnet.js', import.meta.url));
     const text = (await promisify(execFile)(process.execPath, [bin, '-s', fx!.socket, 'cluster', 'status'], { timeout: 60_000 })).stdout;
