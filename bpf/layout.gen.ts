@@ -384,7 +384,7 @@ export const METRIC_EGRESS_DROPPED = 3;
 export const METRIC_EVENTS_SENT = 4;
 /** packets = ring buffer reservations that failed (lost events) */
 export const METRIC_EVENTS_LOST = 5;
-/** packets on an attached device without an endpoints entry (passed) */
+/** packets on an attached device without an endpoints entry: dropped (tcx, netkit peer); the netkit primary's packets to an address of no endpoint pass on (TCX_NEXT) */
 export const METRIC_NO_ENDPOINT = 6;
 /** conntrack entries created */
 export const METRIC_CT_NEW = 7;

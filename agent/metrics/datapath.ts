@@ -81,7 +81,7 @@ export function datapathMetricsRegister(
     const m = datapathRead() as Partial<Record<MetricName, DatapathCounter>> | undefined;
     return m && [[{}, Number(m.DROP_EVENTS_SUPPRESSED?.packets ?? 0n)]];
   });
-  mirroredCounter(registry, 'kitnet_datapath_no_endpoint_packets_total', 'Packets on a kitnet device with no endpoint entry (passed unobserved)', [], () => dpCounter('NO_ENDPOINT'));
+  mirroredCounter(registry, 'kitnet_datapath_no_endpoint_packets_total', 'Packets dropped on a kitnet device without its endpoint entry (a step of setup or teardown failed or is under way)', [], () => dpCounter('NO_ENDPOINT'));
   mirroredCounter(registry, 'kitnet_datapath_non_ip_packets_total', 'ARP frames passed by the endpoint programs (other frames that are not IP are dropped)', [], () => dpCounter('NON_IP'));
   mirroredCounter(registry, 'kitnet_conntrack_created_total', 'Connection tracking entries created', [], () => dpCounter('CT_NEW'));
   mirroredCounter(registry, 'kitnet_datapath_policy_drops_total', 'New connections dropped by policy: no allow entry (denied) or a deny entry (deny)', ['reason'] as const, () => {

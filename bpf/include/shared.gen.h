@@ -99,7 +99,7 @@
 #define METRIC_EGRESS_DROPPED 3
 #define METRIC_EVENTS_SENT 4 /* packets = events written to the ring buffer */
 #define METRIC_EVENTS_LOST 5 /* packets = ring buffer reservations that failed (lost events) */
-#define METRIC_NO_ENDPOINT 6 /* packets on an attached device without an endpoints entry (passed) */
+#define METRIC_NO_ENDPOINT 6 /* packets on an attached device without an endpoints entry: dropped (tcx, netkit peer); the netkit primary's packets to an address of no endpoint pass on (TCX_NEXT) */
 #define METRIC_CT_NEW 7 /* conntrack entries created */
 #define METRIC_CT_FULL 8 /* conntrack inserts that failed */
 #define METRIC_NON_IP 9 /* ARP frames passed (not reported); other frames that are not IP are dropped (UNSUPPORTED_L3_PROTOCOL) */

@@ -11,8 +11,9 @@
  * drops reported within each endpoint's drop event budget, events.h; the ipcache is only consulted for packets that need an identity) -> metrics
  * -> verdict.
  *
- * Return codes are tcx/netkit codes: TCX_NEXT for devices that are not (yet) endpoints, so other
- * programs and the device default decide; TCX_PASS for forwarded packets; TCX_DROP for drops;
+ * Return codes are tcx/netkit codes: TCX_NEXT for packets the netkit primary finds no endpoint for, so
+ * other programs and the device default decide; TCX_PASS for forwarded packets; TCX_DROP for drops
+ * (and for every packet on a device whose own endpoint entry is missing);
  * TCX_REDIRECT (bpf_redirect) for the responder's ARP replies and neighbour advertisements. */
 #include "common.h"
 #include "maps.h"
@@ -203,7 +204,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 	ep = bpf_map_lookup_elem(&endpoints, &ifindex);
 	if (!ep) {
 		metric_add(METRIC_NO_ENDPOINT, skb->len);
-		return TCX_NEXT;
+		/* The agent writes a device's entry before it attaches there: a device without one is being
+		 * torn down, or a step failed, or it is not the endpoint it was taken for. Passing would let
+		 * a workload through unjudged, so this fails closed. */
+		return lookup == EP_BY_IFINDEX ? TCX_DROP : TCX_NEXT;
 	}
 	has_l2 = !(ep->flags & EP_F_NO_L2);
 

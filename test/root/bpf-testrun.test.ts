@@ -140,15 +140,27 @@ describe('datapath on crafted packets (BPF_PROG_TEST_RUN)', { timeout: 60_000 },
     assert.equal(r.events.length, 0, 'later fragments are not reported in aggregated mode');
   });
 
-  test('ARP passes untouched; devices without an endpoint entry get TCX_NEXT', async () => {
+  test('ARP passes untouched; on a device without its endpoint entry every packet is dropped, both ways, counted', async () => {
     let r = await run('from_workload', eth(ETH_P_ARP, Buffer.alloc(28)));
     assert.equal(r.retval, TCX_PASS);
     assert.equal(r.events.length, 0);
     dp.endpointDelete(LO);
     try {
-      r = await run('from_workload', eth(ETH_P_IP, ipv4(EP.ipv4, REMOTE4, 17, udp(1, 2))));
-      assert.equal(r.retval, TCX_NEXT);
-      assert.equal(r.events.length, 0);
+      // what a hostile workload sends while its entry is missing: its own address, someone else's, ARP
+      const frames: Array<[ProgName, Buffer]> = [
+        ['from_workload', eth(ETH_P_IP, ipv4(EP.ipv4, REMOTE4, 17, udp(1, 2)))],
+        ['from_workload', eth(ETH_P_IPV6, ipv6('fd00:250::66', REMOTE6, 17, udp(1, 2)))],
+        ['from_workload', eth(ETH_P_ARP, Buffer.alloc(28))],
+        ['to_workload', eth(ETH_P_IP, ipv4(REMOTE4, EP.ipv4, 6, tcp(443, 40009, TCP.SYN)))],
+        ['to_workload', eth(ETH_P_IPV6, ipv6(REMOTE6, EP.ipv6, 17, udp(53, 40009)))],
+      ];
+      const before = dp.metricsRead().NO_ENDPOINT.packets;
+      for (const [prog, frame] of frames) {
+        r = await run(prog, frame);
+        assert.equal(r.retval, TCX_DROP, `${prog}: ${frame.toString('hex', 12, 14)}`);
+        assert.equal(r.events.length, 0, 'no endpoint to charge a flow to');
+      }
+      assert.equal(dp.metricsRead().NO_ENDPOINT.packets - before, BigInt(frames.length), 'each drop counted as NO_ENDPOINT');
     } finally {
       dp.endpointUpsert(LO, EP);
     }
@@ -174,9 +186,9 @@ describe('datapath on crafted packets (BPF_PROG_TEST_RUN)', { timeout: 60_000 },
         `${family}: event charged to the endpoint and its host-side ifindex`,
       );
     }
-    // tcx's program on the same skb finds nothing: the bug this program exists for
+    // tcx's program on the same skb finds nothing (the bug this program exists for), and drops it
     const r = await run('to_workload', eth(ETH_P_IP, ipv4(REMOTE4, EP.ipv4, 17, udp(5353, 7002))), PEER_IFINDEX);
-    assert.equal(r.retval, TCX_NEXT);
+    assert.equal(r.retval, TCX_DROP);
     // not a local workload's address, and non-IP frames: no endpoint, passed on unjudged
     assert.equal((await run('to_workload_netkit', eth(ETH_P_IP, ipv4(REMOTE4, '10.250.0.77', 17, udp(1, 2))), PEER_IFINDEX)).retval, TCX_NEXT);
     assert.equal((await run('to_workload_netkit', eth(ETH_P_ARP, Buffer.alloc(28)), PEER_IFINDEX)).retval, TCX_NEXT);

@@ -174,7 +174,7 @@ export const CONSTANTS: ConstGroup[] = [
       ['EGRESS_DROPPED', 3],
       ['EVENTS_SENT', 4, 'packets = events written to the ring buffer'],
       ['EVENTS_LOST', 5, 'packets = ring buffer reservations that failed (lost events)'],
-      ['NO_ENDPOINT', 6, 'packets on an attached device without an endpoints entry (passed)'],
+      ['NO_ENDPOINT', 6, 'packets on an attached device without an endpoints entry: dropped (tcx, netkit peer); the netkit primary\'s packets to an address of no endpoint pass on (TCX_NEXT)'],
       ['CT_NEW', 7, 'conntrack entries created'],
       ['CT_FULL', 8, 'conntrack inserts that failed'],
       ['NON_IP', 9, 'ARP frames passed (not reported); other frames that are not IP are dropped (UNSUPPORTED_L3_PROTOCOL)'],
