@@ -26,8 +26,6 @@ export function kernelOpsReal(datapath: KitnetDatapath): KernelOps {
     tapAdopt: (spec) => netkit.tapAdopt(spec),
     tapObserve: (spec) => netkit.tapObserve(spec),
     tapRelease: (spec) => netkit.tapRelease(spec),
-    devicePolicyOpen: async (device) => {
-      if (device.mode !== 'veth') await netkit.netkitPeerPolicySet(device.hostIfname, 'forward');
-    },
+    deviceOpen: (spec) => netkit.endpointDeviceOpen(spec),
   };
 }

@@ -23,8 +23,11 @@ export interface KernelOps {
   /** Adopts the endpoint as it is, fixing what differs from the spec; creates it when the pair is missing. */
   deviceRepair(spec: EndpointDeviceSpec): Promise<EndpointDevice>;
   linksList(): Promise<KitnetLink[]>;
-  /** Lets traffic through a netkit peer once its programs are attached (no-op for veth). */
-  devicePolicyOpen(device: EndpointDevice): Promise<void>;
+  /**
+   * Lets traffic through a pair made closed, once its programs are attached: netkit's peer policy to
+   * forward, a veth's host side up with its routes (idempotent).
+   */
+  deviceOpen(spec: EndpointDeviceSpec): Promise<void>;
   /**
    * Reports links removed from the host namespace (a workload's namespace or process went away); when
    * the kernel dropped events, every link present instead (`onResync`).
@@ -41,7 +44,7 @@ export interface KernelOps {
   vmPlumbingObserve(spec: VmPlumbingSpec): Promise<VmPlumbing | undefined>;
   /** kind vm: removes tap and bridge, and the namespace when kitnet made it. */
   vmPlumbingDelete(spec: VmPlumbingSpec): Promise<void>;
-  /** kind tap: host routes through an existing tap (the device itself is left alone). */
+  /** kind tap: host routes through an existing tap (the device itself is left alone): the tap's open. */
   tapAdopt(spec: TapAdoptSpec): Promise<TapAdopted>;
   tapObserve(spec: TapAdoptSpec): Promise<TapAdopted | undefined>;
   tapRelease(spec: TapAdoptSpec): Promise<void>;

@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import { LINK_ROLES, linkIsCurrent, type AttachKind } from '../bpf/index.js';
-import { netnsIdEqual, type DeviceMode, type EndpointDevice } from '../netkit/index.js';
+import { netnsIdEqual } from '../netkit/index.js';
 import type { Config } from './config.js';
 import type { KernelOps } from './kernel-ops.js';
 import type { Store } from './store/store.js';
@@ -57,7 +57,7 @@ export class Reconciler {
     let vmPlumbing: ObservedWorkload['vmPlumbing'];
     if (rec.spec.kind === 'tap') {
       const tap = await this.kernel.tapObserve(tapSpecFor(rec));
-      if (tap) device = { hostIfindex: tap.ifindex, hostMac: tap.mac, peerMac: rec.spec.tap!.mac, peerIfindex: 0, problems: tap.problems, peerBlocked: false };
+      if (tap) device = { hostIfindex: tap.ifindex, hostMac: tap.mac, peerMac: rec.spec.tap!.mac, peerIfindex: 0, problems: tap.problems, closed: tap.closed };
     } else {
       ({ netns, replaced: netnsReplaced } = await this.netnsObserve(rec));
       // nothing of the workload's is looked for in someone else's namespace
@@ -66,7 +66,7 @@ export class Reconciler {
       if (d) {
         device = {
           hostIfindex: d.hostIfindex, hostMac: d.hostMac, peerMac: d.peerMac, peerIfindex: d.peerIfindex, problems: d.problems ?? [],
-          peerBlocked: d.peerPolicy === 'drop',
+          closed: d.closed ?? false,
         };
       }
       if (rec.spec.kind === 'vm' && netns) {
@@ -113,8 +113,6 @@ export class Reconciler {
   async actionsApply(rec: WorkloadRecord, observed: ObservedWorkload, actions: readonly ReconcileAction[]): Promise<Observed> {
     const dp = this.kernel.datapath;
     let device = observed.device;
-    /** The pair as netkit/ knows it, for opening its peer. */
-    let endpointDevice: EndpointDevice | undefined;
     for (const a of actions) {
       switch (a.op) {
         case 'workloadRemove':
@@ -126,8 +124,7 @@ export class Reconciler {
           // Adopt what exists and fix what differs: a crash between creating the pair and configuring
           // it leaves a device without addresses or routes, which must not count as converged.
           const d = await this.kernel.deviceRepair(deviceSpecFor(rec, this.config));
-          endpointDevice = d;
-          device = { hostIfindex: d.hostIfindex, hostMac: d.hostMac, peerMac: d.peerMac, peerIfindex: d.peerIfindex, problems: [], peerBlocked: d.peerPolicy === 'drop' };
+          device = { hostIfindex: d.hostIfindex, hostMac: d.hostMac, peerMac: d.peerMac, peerIfindex: d.peerIfindex, problems: [], closed: d.closed ?? false };
           break;
         }
         case 'vmPlumbingCreate':
@@ -135,7 +132,7 @@ export class Reconciler {
           break;
         case 'tapAdopt': {
           const t = await this.kernel.tapAdopt(tapSpecFor(rec));
-          device = { hostIfindex: t.ifindex, hostMac: t.mac, peerMac: rec.spec.tap!.mac, peerIfindex: 0, problems: [], peerBlocked: false };
+          device = { hostIfindex: t.ifindex, hostMac: t.mac, peerMac: rec.spec.tap!.mac, peerIfindex: 0, problems: [], closed: t.closed };
           break;
         }
         case 'endpointMapsWrite': {
@@ -151,12 +148,12 @@ export class Reconciler {
           await dp.attach({ ifname: rec.hostIfname, ifindex: d.hostIfindex, peerIfindex: d.peerIfindex, kind: attachKindFor(rec) });
           break;
         }
-        case 'peerOpen': {
+        case 'deviceOpen': {
           const d = deviceOrThrow(rec, device);
-          await this.kernel.devicePolicyOpen(endpointDevice ?? {
-            mode: rec.mode as DeviceMode, hostIfname: rec.hostIfname, hostIfindex: d.hostIfindex, hostMac: d.hostMac,
-            peerIfname: rec.spec.interface, peerIfindex: d.peerIfindex, peerMac: d.peerMac, netnsPath: rec.spec.netns,
-          });
+          // an adopted tap opens with its routes, which adopting it adds
+          if (rec.spec.kind === 'tap') await this.kernel.tapAdopt(tapSpecFor(rec));
+          else await this.kernel.deviceOpen(deviceSpecFor(rec, this.config));
+          device = { ...d, closed: false };
           break;
         }
       }

@@ -143,7 +143,7 @@ async function main(): Promise<void> {
   wrap(kernel, 'netnsValidate', 'netns check');
   wrap(kernel, 'features', 'netns check');
   wrap(kernel, 'deviceRepair', 'device pair + addresses + routes');
-  wrap(kernel, 'devicePolicyOpen', 'device pair + addresses + routes');
+  wrap(kernel, 'deviceOpen', 'device pair + addresses + routes');
   wrap(kernel.datapath, 'attach', 'attach (2 links)');
   const engine = agent.agent.policyEngine;
   const incremental = engine.endpointsUpdate.bind(engine);

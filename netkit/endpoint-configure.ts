@@ -1,6 +1,7 @@
 // Configuring both sides of a workload's device pair, idempotently (creation and repair): the host
 // side's sysctls, alias, state and routes; inside the namespace lo, the peer, addresses, routes and
-// gateway neighbours. Routes inside the namespace are never replaced, only added.
+// gateway neighbours. Routes inside the namespace are never replaced, only added. A veth pair's host
+// side stays down until hostOpen: the peer is configured without carrier.
 import { KernelError } from '../common/kernel-error.js';
 import { addressAdd } from './address.js';
 import { errnoIs } from './errors.js';
@@ -9,7 +10,7 @@ import { linkGet, linkSet } from './link.js';
 import { neighPermanentSet } from './neigh.js';
 import { netkitStateDecode } from './netkit.js';
 import type { RouteInfo, RouteSpec } from './route.js';
-import { routeAdd, routeList } from './route.js';
+import { hostRoutesPresent, routeAdd, routeList } from './route.js';
 import type { Rtnl } from './socket.js';
 import { requestsPipelined } from './socket.js';
 import { hostSideSysctlsApply, sysctlIfname } from './sysctl.js';
@@ -87,22 +88,44 @@ export async function peerConfigure(nl: Rtnl, spec: EndpointDeviceSpec, hostMac:
 }
 
 /**
- * The host side: sysctls (before it goes up), then alias, up, and the /32 and /128 routes to the
- * workload in one pipelined round trip (the routes need the device up: sent after it, handled after it).
+ * The host side: sysctls (before it goes up), then alias, and when `open`, up and the /32 and /128
+ * routes to the workload, in one pipelined round trip (the routes need the device up: sent after it,
+ * handled after it). A veth pair is configured closed (see hostOpen), a netkit one open: its peer
+ * policy is what holds its traffic back.
  */
-export async function hostConfigure(host: Rtnl, spec: EndpointDeviceSpec, link: LinkInfo, replaceRoutes: boolean): Promise<void> {
+export async function hostConfigure(host: Rtnl, spec: EndpointDeviceSpec, link: LinkInfo, replaceRoutes: boolean, open: boolean): Promise<void> {
   const dev = { name: spec.hostIfname, ifindex: link.ifindex };
   hostSideSysctlsApply(spec.hostIfname);
   await requestsPipelined([
     () => linkSet(host, dev, {
       alias: spec.alias,
-      up: true,
+      up: open ? true : undefined,
       mtu: spec.mtu !== undefined && link.mtu !== spec.mtu ? spec.mtu : undefined,
       group: spec.group !== undefined && link.group !== spec.group ? spec.group : undefined,
     }),
-    () => routeAdd(host, { dst: `${spec.ipv4}/32`, oif: link.ifindex, scope: 'link' }, { replace: replaceRoutes, ifname: spec.hostIfname }),
-    () => routeAdd(host, { dst: `${spec.ipv6}/128`, oif: link.ifindex, scope: 'link' }, { replace: replaceRoutes, ifname: spec.hostIfname }),
+    ...(open ? hostRoutesSteps(host, spec, link.ifindex, replaceRoutes) : []),
   ]);
+}
+
+function hostRoutesSteps(host: Rtnl, spec: EndpointDeviceSpec, ifindex: number, replace: boolean): (() => Promise<unknown>)[] {
+  return [
+    () => routeAdd(host, { dst: `${spec.ipv4}/32`, oif: ifindex, scope: 'link' }, { replace, ifname: spec.hostIfname }),
+    () => routeAdd(host, { dst: `${spec.ipv6}/128`, oif: ifindex, scope: 'link' }, { replace, ifname: spec.hostIfname }),
+  ];
+}
+
+/**
+ * Opens a veth pair: its host side up (which gives the peer its carrier) and the routes to the
+ * workload, which need it up. Until then nothing crosses the pair either way: what the workload sends
+ * goes out on a peer without carrier, and the host has no route to it. Idempotent; the routes it lacks
+ * are added exclusively, as at creation: the address routed through another device is an error
+ * (EEXIST), never taken over.
+ */
+export async function hostOpen(host: Rtnl, spec: EndpointDeviceSpec, link: LinkInfo): Promise<void> {
+  const dev = { name: spec.hostIfname, ifindex: link.ifindex };
+  const present = link.up ? await hostRoutesPresent(host, [spec.ipv4, spec.ipv6], link.ifindex, dev) : [false, false];
+  const routes = hostRoutesSteps(host, spec, link.ifindex, false).filter((_, i) => !present[i]);
+  await requestsPipelined([...(link.up ? [] : [() => linkSet(host, dev, { up: true })]), ...routes]);
 }
 
 export function deviceOf(spec: EndpointDeviceSpec, host: LinkInfo, peer: LinkInfo): EndpointDevice {
@@ -119,6 +142,9 @@ export function deviceOf(spec: EndpointDeviceSpec, host: LinkInfo, peer: LinkInf
   if (host.kind === 'netkit') {
     const st = netkitStateDecode(host.infoData);
     if (st.peerPolicy === 'forward' || st.peerPolicy === 'drop') out.peerPolicy = st.peerPolicy;
+    out.closed = out.peerPolicy === 'drop';
+  } else {
+    out.closed = !host.up;
   }
   return out;
 }

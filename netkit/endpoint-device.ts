@@ -3,13 +3,13 @@
 // both sides configured by endpoint-configure.ts and read back by endpoint-observe.ts.
 import { closeSync, fstatSync, openSync, statSync } from 'node:fs';
 import { KernelError, UnsupportedFeatureError } from '../common/kernel-error.js';
-import { deviceOf, hostConfigure, peerConfigure } from './endpoint-configure.js';
+import { deviceOf, hostConfigure, hostOpen, peerConfigure } from './endpoint-configure.js';
 import { endpointDeviceObserve } from './endpoint-observe.js';
 import { endpointSpecValidate } from './endpoint-spec.js';
 import { EndpointSpecError, errnoIs, ifnameValidate } from './errors.js';
 import type { LinkInfo } from './link.js';
 import { linkDecode, linkDelete, linkGet, linkList } from './link.js';
-import { NETKIT_REQUIREMENT, netkitCreateMessage } from './netkit.js';
+import { NETKIT_REQUIREMENT, netkitCreateMessage, netkitPeerPolicySet } from './netkit.js';
 import { netnsIdExpect, netnsPathId, netnsPathValidate, type NetnsId } from './netns.js';
 import { netkitProbe } from './probe.js';
 import type { Rtnl } from './socket.js';
@@ -106,8 +106,10 @@ async function netnsOpen(path: string, expected?: NetnsId): Promise<{ fd: number
 }
 
 /**
- * Creates the pair and configures both sides. All or nothing: on any failure everything made here is
- * removed (deleting the host side takes the peer, its addresses and both sides' routes with it).
+ * Creates the pair and configures both sides, closed: no packet crosses it until endpointDeviceOpen
+ * (netkit: peer policy drop unless the spec says otherwise; veth: the host side down, without its
+ * routes). All or nothing: on any failure everything made here is removed (deleting the host side
+ * takes the peer, its addresses and both sides' routes with it).
  * Errors: EndpointSpecError (bad spec, missing netns), KernelError, UnsupportedFeatureError (netkit).
  */
 export async function endpointDeviceCreate(specIn: EndpointDeviceSpec): Promise<EndpointDevice> {
@@ -134,7 +136,7 @@ export async function endpointDeviceCreate(specIn: EndpointDeviceSpec): Promise<
     if (!made) throw new Error(`${spec.hostIfname} vanished right after it was created`);
     // kind, MAC and netkit state are as created; configuring changes none of what deviceOf reads
     const hostLink = made;
-    await hostConfigure(host, spec, hostLink, false);
+    await hostConfigure(host, spec, hostLink, false, spec.mode !== 'veth');
     const peer = await withNetns(spec.netnsPath, (nl) => peerConfigure(nl, spec, hostLink.mac, false), ns.inode);
     return deviceOf(spec, hostLink, peer);
   } catch (err) {
@@ -170,7 +172,8 @@ export async function endpointDeviceDelete(hostIfname: string): Promise<boolean>
 
 /**
  * Converges an endpoint to its spec: re-creates it if the pair itself is missing or wrong (kind,
- * mode, peer gone), otherwise re-applies every setting idempotently. Returns the repaired device.
+ * mode, peer gone), otherwise re-applies every setting idempotently. Returns the repaired device: a
+ * re-created one closed, one repaired in place as open or closed as it was.
  */
 export async function endpointDeviceRepair(specIn: EndpointDeviceSpec): Promise<EndpointDevice> {
   const spec = endpointSpecValidate(specIn);
@@ -191,9 +194,28 @@ export async function endpointDeviceRepair(specIn: EndpointDeviceSpec): Promise<
   const id = await netnsPathId(spec.netnsPath);
   netnsIdExpect(spec.netnsPath, spec.netnsId, id);
   const inode = id.ino;
-  await hostConfigure(host, spec, hostLink, true);
+  // an open veth stays open (its programs are attached): only a closed one waits for endpointDeviceOpen
+  await hostConfigure(host, spec, hostLink, true, spec.mode !== 'veth' || hostLink.up);
   const peer = await withNetns(spec.netnsPath, (nl) => peerConfigure(nl, spec, hostLink.mac, true), inode);
   return deviceOf(spec, (await linkGet(host, spec.hostIfname)) ?? hostLink, peer);
+}
+
+/**
+ * Lets traffic through a pair made closed, once its programs are attached: netkit's peer policy to
+ * forward; a veth's host side up, with the routes to the workload. Idempotent.
+ */
+export async function endpointDeviceOpen(specIn: EndpointDeviceSpec): Promise<void> {
+  const spec = endpointSpecValidate(specIn);
+  if (spec.mode !== 'veth') return netkitPeerPolicySet(spec.hostIfname, 'forward');
+  const host = rtnlHost();
+  const link = await linkGet(host, spec.hostIfname);
+  if (!link || link.kind !== 'veth') {
+    throw new KernelError({
+      op: 'RTM_GETLINK', errno: 19, device: { name: spec.hostIfname },
+      hint: link ? `${spec.hostIfname} is a ${link.kind || 'plain'} device, not the veth pair to open` : 'no such veth device; was the endpoint deleted?',
+    });
+  }
+  await hostOpen(host, spec, link);
 }
 
 /** Host links whose alias starts with `kitnet:` (for orphan cleanup). */

@@ -35,13 +35,18 @@ export async function endpointDeviceObserve(specIn: EndpointDeviceSpec): Promise
   }
   if (hostLink.alias !== spec.alias) problems.push(`host alias is "${hostLink.alias}", want "${spec.alias}"`);
   if (spec.group !== undefined && hostLink.group !== spec.group) problems.push(`host link group is ${hostLink.group}, want ${spec.group}`);
-  if (!hostLink.up) problems.push(`host link ${spec.hostIfname} is down`);
+  // a veth whose host side is down is closed (made so until its programs are attached), not broken
+  const closedVeth = spec.mode === 'veth' && hostLink.kind === 'veth' && !hostLink.up;
+  if (!hostLink.up && !closedVeth) problems.push(`host link ${spec.hostIfname} is down`);
   if (spec.mtu !== undefined && hostLink.mtu !== spec.mtu) problems.push(`host mtu ${hostLink.mtu}, want ${spec.mtu}`);
   if (spec.mode === 'netkit-l2' && spec.hostMac && hostLink.mac !== spec.hostMac) problems.push(`host mac ${hostLink.mac}, want ${spec.hostMac}`);
   // one lookup per address, not a dump of every workload's routes: observing is O(1) in workloads
-  const [v4Route, v6Route] = await hostRoutesPresent(host, [spec.ipv4, spec.ipv6], hostLink.ifindex, { name: spec.hostIfname });
-  if (!v4Route) problems.push(`host route ${spec.ipv4}/32 dev ${spec.hostIfname} missing`);
-  if (!v6Route) problems.push(`host route ${spec.ipv6}/128 dev ${spec.hostIfname} missing`);
+  // (a closed veth has none: the kernel keeps no route through a device that is down; opening adds them)
+  if (!closedVeth) {
+    const [v4Route, v6Route] = await hostRoutesPresent(host, [spec.ipv4, spec.ipv6], hostLink.ifindex, { name: spec.hostIfname });
+    if (!v4Route) problems.push(`host route ${spec.ipv4}/32 dev ${spec.hostIfname} missing`);
+    if (!v6Route) problems.push(`host route ${spec.ipv6}/128 dev ${spec.hostIfname} missing`);
+  }
 
   const device: EndpointDevice = { ...deviceOf(spec, hostLink, { ...hostLink, ifname: spec.peerIfname, ifindex: 0, mac: '' }), problems };
   let inode: number;

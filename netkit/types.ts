@@ -75,6 +75,11 @@ export interface EndpointDevice {
   /** netkit only: the peer's current default policy. */
   peerPolicy?: 'forward' | 'drop';
   /**
+   * No packet crosses the pair yet, either way, until endpointDeviceOpen: it is made so, to be opened
+   * once the programs are attached. netkit: the peer policy is drop; veth: the host side is down.
+   */
+  closed?: boolean;
+  /**
    * From endpointDeviceObserve: what differs from the spec (empty = present and correct). Each entry
    * is one human-readable finding, e.g. `route default via 169.254.1.1 missing in netns`.
    */

@@ -272,6 +272,11 @@ export interface TapAdopted {
   ifindex: number;
   mac: string;
   problems: string[];
+  /**
+   * The routes to the guest are missing: the host sends it nothing yet. tapAdopt adds them; the agent
+   * asks for that only after the tap's programs are attached.
+   */
+  closed: boolean;
 }
 
 /** The guest's /32 and /128 through the tap: two lookups, not a dump of every route on the host. */
@@ -301,10 +306,10 @@ export async function tapAdopt(spec: TapAdoptSpec): Promise<TapAdopted> {
   const [v4Route, v6Route] = await hostRoutesThrough(host, spec, link.ifindex);
   if (!v4Route) await routeAdd(host, { dst: `${spec.ipv4}/32`, oif: link.ifindex, scope: 'link' }, { ifname: spec.device });
   if (!v6Route) await routeAdd(host, { dst: `${spec.ipv6}/128`, oif: link.ifindex, scope: 'link' }, { ifname: spec.device });
-  return { ifindex: link.ifindex, mac: link.mac, problems: [] };
+  return { ifindex: link.ifindex, mac: link.mac, problems: [], closed: false };
 }
 
-/** undefined if the device is gone; otherwise its ifindex/MAC and missing routes as problems. */
+/** undefined if the device is gone; otherwise its ifindex/MAC, whether it is a tap, and whether its routes are there. */
 export async function tapObserve(spec: TapAdoptSpec): Promise<TapAdopted | undefined> {
   const host = rtnlHost();
   ifnameValidate('device', spec.device);
@@ -313,9 +318,7 @@ export async function tapObserve(spec: TapAdoptSpec): Promise<TapAdopted | undef
   const problems: string[] = [];
   if (link.kind !== 'tun') problems.push(`${spec.device} is a ${link.kind || 'plain'} device, not a tap`);
   const [v4Route, v6Route] = await hostRoutesThrough(host, spec, link.ifindex);
-  if (!v4Route) problems.push(`host route ${spec.ipv4}/32 dev ${spec.device} missing`);
-  if (!v6Route) problems.push(`host route ${spec.ipv6}/128 dev ${spec.device} missing`);
-  return { ifindex: link.ifindex, mac: link.mac, problems };
+  return { ifindex: link.ifindex, mac: link.mac, problems, closed: !v4Route || !v6Route };
 }
 
 /** Removes the routes tapAdopt added (only those through this device); the device stays. */

@@ -15,8 +15,12 @@ export interface ObservedDevice {
   peerIfindex: number;
   /** What differs from the spec (empty: present and correct). */
   problems: readonly string[];
-  /** netkit: the peer still drops everything (programs were never attached or the open failed). */
-  peerBlocked: boolean;
+  /**
+   * Nothing crosses the device yet (it is made so until its programs are attached; an open failed or
+   * the agent stopped before it): netkit's peer policy is drop, a veth's host side is down, an adopted
+   * tap has no routes to its guest.
+   */
+  closed: boolean;
 }
 
 /** What the kernel has for one workload. */
@@ -47,13 +51,16 @@ export type ReconcileAction =
   | { op: 'deviceRepair'; reason: string }
   /** kind vm: tap and bridge in the VM's namespace, peer and tap enslaved. */
   | { op: 'vmPlumbingCreate'; reason: string }
-  /** kind tap: the host routes through the tap. */
+  /** kind tap: checked again (a device that is no tap is refused). */
   | { op: 'tapAdopt'; reason: string }
   /** Endpoint and ipcache entries; an entry under an earlier ifindex of the workload goes. */
   | { op: 'endpointMapsWrite'; reason: string }
   | { op: 'attach' }
-  /** netkit: let the peer's traffic through, now that the programs are attached. */
-  | { op: 'peerOpen' };
+  /**
+   * Let traffic through, now that the programs and the endpoint entry are in place: netkit's peer
+   * policy to forward, a veth's host side up with its routes, an adopted tap's routes.
+   */
+  | { op: 'deviceOpen' };
 
 /** The MAC the workload sends from: the guest NIC's for kinds vm and tap, else the peer's. */
 function workloadMacFor(rec: WorkloadRecord): string | undefined {
@@ -102,8 +109,8 @@ function endpointDiffers(want: EndpointInfo, have: EndpointInfo | undefined): st
 
 /**
  * The actions that take the kernel from `observed` to what `desired` asks for, in the order they must
- * run: device, maps, programs, then the peer opens (programs only see traffic once the endpoint and its
- * policy entries are in place). Empty when nothing differs. `makeOwnedNetns`: a namespace kitnet makes
+ * run: device (made or left closed), maps, programs, then the device opens: no packet crosses before
+ * the programs and the endpoint entry they judge by are in place. Empty when nothing differs. `makeOwnedNetns`: a namespace kitnet makes
  * for a VM is made when missing (at registration, and at restore after a reboot emptied
  * /var/run/netns); at any other time a vanished namespace means the VM is gone.
  */
@@ -144,6 +151,6 @@ export function reconcilePlan(desired: WorkloadRecord, observed: ObservedWorkloa
       : endpointDiffers(endpointInfoFor(desired, device), observed.endpoint);
   if (entryProblem) actions.push({ op: 'endpointMapsWrite', reason: entryProblem });
   if (remade || !observed.attached) actions.push({ op: 'attach' });
-  if (spec.kind !== 'tap' && (remade || device?.peerBlocked)) actions.push({ op: 'peerOpen' });
+  if (remade || device?.closed) actions.push({ op: 'deviceOpen' });
   return actions;
 }

@@ -10,7 +10,7 @@ import { KernelError } from '../../common/kernel-error.js';
 import type { EndpointDeviceSpec } from '../../netkit/index.js';
 import {
   EndpointSpecError, GATEWAY_V4, GATEWAY_V6, endpointDeviceCreate, endpointDeviceDelete, endpointDeviceObserve,
-  endpointDeviceRepair, hostForwardingEnsure, kitnetLinksList, netnsCreate, netnsDelete, netnsPathValidate,
+  endpointDeviceOpen, endpointDeviceRepair, hostForwardingEnsure, kitnetLinksList, netnsCreate, netnsDelete, netnsPathValidate,
 } from '../../netkit/index.js';
 import {
   ipj, isRoot, linkDelQuiet, linkExists, linkNames, netnsDelQuiet, ok, pingEventually, rand, sh,
@@ -71,6 +71,21 @@ test('two veth endpoints: state as specified, traffic both ways (v4, v6), clean 
   const sb = spec(f, 1);
   const a = await endpointDeviceCreate(sa);
   const b = await endpointDeviceCreate(sb);
+  // made closed: the host side down, no routes to the workload, its peer without carrier
+  for (const [s, d, ns] of [[sa, a, f.ns[0]!], [sb, b, f.ns[1]!]] as const) {
+    assert.equal(d.closed, true);
+    const [hl] = await ipj<{ flags: string[] }[]>(['link', 'show', 'dev', s.hostIfname]);
+    assert.ok(!hl!.flags.includes('UP'), `${s.hostIfname} down until opened: ${hl!.flags.join(',')}`);
+    assert.deepEqual(await ipj(['route', 'show', `${s.ipv4}/32`]), []);
+    assert.deepEqual(await ipj(['-6', 'route', 'show', `${s.ipv6}/128`]), []);
+    const [peer] = await ipj<{ flags: string[] }[]>(['link', 'show', 'dev', 'eth0'], ns);
+    assert.ok(peer!.flags.includes('NO-CARRIER'), `peer without carrier: ${peer!.flags.join(',')}`);
+    const seen = await endpointDeviceObserve(s);
+    assert.deepEqual([seen?.problems, seen?.closed], [[], true], 'closed is no problem to repair');
+    await endpointDeviceOpen(s);
+    await endpointDeviceOpen(s); // idempotent
+    assert.equal((await endpointDeviceObserve(s))?.closed, false);
+  }
   assert.equal(a.mode, 'veth');
   assert.equal(a.hostIfname, sa.hostIfname);
   assert.equal(a.peerIfname, 'eth0');
@@ -140,6 +155,7 @@ test('observe tells present-and-correct from broken; repair converges', { skip, 
   const s = spec(f, 0);
   assert.equal(await endpointDeviceObserve(s), undefined, 'missing host link -> undefined');
   const made = await endpointDeviceCreate(s);
+  await endpointDeviceOpen(s);
   const seen = await endpointDeviceObserve(s);
   assert.deepEqual(seen?.problems, []);
   assert.equal(seen?.peerIfindex, made.peerIfindex);
@@ -156,6 +172,7 @@ test('observe tells present-and-correct from broken; repair converges', { skip, 
 
   const repaired = await endpointDeviceRepair(s);
   assert.equal(repaired.hostIfindex, made.hostIfindex, 'repaired in place, not re-created');
+  assert.equal(repaired.closed, false, 'an open pair stays open');
   assert.deepEqual((await endpointDeviceObserve(s))?.problems, []);
 
   // the peer gone (namespace emptied) -> repair re-creates the pair
@@ -164,6 +181,7 @@ test('observe tells present-and-correct from broken; repair converges', { skip, 
   const recreated = await endpointDeviceRepair(s);
   assert.deepEqual((await endpointDeviceObserve(s))?.problems, []);
   assert.equal(recreated.hostIfname, s.hostIfname);
+  assert.equal(recreated.closed, true, 're-made closed: opened only once its programs are attached');
 
   // wrong spec vs kernel: alias differs
   const other = await endpointDeviceObserve({ ...s, alias: 'kitnet:test/other' });
@@ -311,14 +329,16 @@ for (const family of ['-4', '-6'] as const) {
   });
 }
 
-test('failure after the pair exists rolls everything back (address already routed elsewhere)', { skip, timeout: timeLimit(30_000) }, async (t) => {
+test('opening a pair whose address is routed elsewhere fails, taking nothing over (EEXIST)', { skip, timeout: timeLimit(30_000) }, async (t) => {
   const f = await fixture(t, 2);
   const sa = spec(f, 0);
   const sb = spec(f, 1, { ipv4: sa.ipv4 });
   await endpointDeviceCreate(sa);
-  await assert.rejects(endpointDeviceCreate(sb), (e: unknown) =>
+  await endpointDeviceOpen(sa);
+  await endpointDeviceCreate(sb); // closed: it routes nothing yet
+  await assert.rejects(endpointDeviceOpen(sb), (e: unknown) =>
     e instanceof KernelError && e.op === 'RTM_NEWROUTE' && e.errnoName === 'EEXIST' && /another workload/.test(e.message));
-  assert.equal(await linkExists(sb.hostIfname), false, 'host side removed');
+  assert.equal(await endpointDeviceDelete(sb.hostIfname), true);
   assert.deepEqual(await linkNames(f.ns[1]), ['lo'], 'peer removed with it');
   const r = await ipj<Route[]>(['route', 'show', `${sa.ipv4}/32`]);
   assert.deepEqual(r.map((x) => x.dev), [sa.hostIfname], 'the first endpoint keeps its route');

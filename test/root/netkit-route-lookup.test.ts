@@ -5,7 +5,7 @@
 // the workload's route (or hide it). Needs root.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { endpointDeviceCreate, endpointDeviceObserve, netnsCreate } from '../../netkit/index.js';
+import { endpointDeviceCreate, endpointDeviceObserve, endpointDeviceOpen, netnsCreate } from '../../netkit/index.js';
 import { hostRouteLookup, hostRoutesPresent } from '../../netkit/route.js';
 import { withNetns } from '../../netkit/netns-pool.js';
 import { RT_TABLE_MAIN } from '../../netkit/uapi.js';
@@ -95,6 +95,7 @@ test('endpoint observe: a foreign route for the workload\'s address through anot
     mode: 'veth' as const, ipv4: `10.${octet}.77.5`, ipv6: `fd00:77:${parseInt(id.slice(0, 4), 16).toString(16)}:5::5`,
   };
   await endpointDeviceCreate(spec);
+  await endpointDeviceOpen(spec);
   assert.deepEqual((await endpointDeviceObserve(spec))?.problems, []);
 
   await sh('ip', ['link', 'add', foreign, 'type', 'veth', 'peer', 'name', 'foreignp', 'netns', ns]);

@@ -24,7 +24,7 @@ const tap: WorkloadRecord = {
   mode: 'tap', hostIfname: 'vnet3',
 };
 
-const device: ObservedDevice = { hostIfindex: 40, hostMac: '02:00:00:00:00:40', peerMac: '02:00:00:00:00:02', peerIfindex: 2, problems: [], peerBlocked: false };
+const device: ObservedDevice = { hostIfindex: 40, hostMac: '02:00:00:00:00:40', peerMac: '02:00:00:00:00:02', peerIfindex: 2, problems: [], closed: false };
 /** The kernel exactly as `rec` wants it. */
 function converged(rec: WorkloadRecord, over: Partial<ObservedWorkload> = {}): ObservedWorkload {
   const d = rec.spec.kind === 'tap' ? { ...device, peerMac: rec.spec.tap!.mac } : device;
@@ -41,8 +41,8 @@ describe('reconcile plan: desired + observed -> actions', () => {
     ['converged netns workload: nothing to do', netns, converged(netns), []],
     ['converged vm: nothing to do', vm, converged(vm), []],
     ['converged tap: nothing to do', tap, converged(tap), []],
-    ['pair missing: make it, then maps, programs, open the peer', netns, converged(netns, { device: undefined, endpoint: undefined, attached: false }), ['deviceRepair', 'endpointMapsWrite', 'attach', 'peerOpen']],
-    ['a route or address missing: repair (ifindex may change), then everything on it', netns, converged(netns, { device: { ...device, problems: ['route default via 169.254.1.1 missing in netns'] } }), ['deviceRepair', 'endpointMapsWrite', 'attach', 'peerOpen']],
+    ['pair missing: make it (closed), then maps, programs, then open it', netns, converged(netns, { device: undefined, endpoint: undefined, attached: false }), ['deviceRepair', 'endpointMapsWrite', 'attach', 'deviceOpen']],
+    ['a route or address missing: repair (ifindex may change), then everything on it', netns, converged(netns, { device: { ...device, problems: ['route default via 169.254.1.1 missing in netns'] } }), ['deviceRepair', 'endpointMapsWrite', 'attach', 'deviceOpen']],
     ['endpoint entry missing: write it', netns, converged(netns, { endpoint: undefined }), ['endpointMapsWrite']],
     ['endpoint entry with an old identity: write it', netns, converged(netns, { endpoint: { ...endpointInfoFor(netns, device), identity: 299 } }), ['endpointMapsWrite']],
     ['endpoint entry without the host MAC an older release left out: write it', netns, converged(netns, { endpoint: { ...endpointInfoFor(netns, device), hostMac: undefined } }), ['endpointMapsWrite']],
@@ -51,15 +51,21 @@ describe('reconcile plan: desired + observed -> actions', () => {
     // the map reads an all-zero MAC back as '', and a netkit L3 peer's MAC is all zeros (it has none)
     ['netkit L3 peer without a MAC: the entry as the map gives it back is no drift', { ...netns, mode: 'netkit' }, converged({ ...netns, mode: 'netkit' }, { device: { ...device, peerMac: '00:00:00:00:00:00' }, endpoint: { ...endpointInfoFor({ ...netns, mode: 'netkit' }, device), mac: '' } }), []],
     ['endpoint entry with no MAC where the workload has one: write it', netns, converged(netns, { endpoint: { ...endpointInfoFor(netns, device), mac: '' } }), ['endpointMapsWrite']],
-    ['netkit peer still blackholed: open it', { ...netns, mode: 'netkit' }, converged({ ...netns, mode: 'netkit' }, { device: { ...device, peerBlocked: true } }), ['peerOpen']],
+    ['netkit peer still blackholed: open it', { ...netns, mode: 'netkit' }, converged({ ...netns, mode: 'netkit' }, { device: { ...device, closed: true } }), ['deviceOpen']],
+    // the agent stopped between making the pair and opening it: nothing of it may be skipped
+    ['veth made closed, never opened (entry and programs missing): maps, programs, then open', netns, converged(netns, { device: { ...device, closed: true }, endpoint: undefined, attached: false }), ['endpointMapsWrite', 'attach', 'deviceOpen']],
+    ['veth made closed, programs attached, not opened: open it', netns, converged(netns, { device: { ...device, closed: true } }), ['deviceOpen']],
+    ['veth closed and its programs stale: attach before it opens', netns, converged(netns, { device: { ...device, closed: true }, attached: false }), ['attach', 'deviceOpen']],
     ['namespace gone: remove the workload', netns, converged(netns, { netns: false, device: undefined }), ['workloadRemove']],
     ['vm namespace kitnet made gone while running: remove', vm, converged(vm, { netns: false, device: undefined, vmPlumbing: undefined }), ['workloadRemove']],
-    ['vm namespace kitnet made gone at restore (reboot): make it all again', vm, converged(vm, { netns: false, device: undefined, vmPlumbing: undefined, endpoint: undefined }), ['vmNetnsEnsure', 'deviceRepair', 'vmPlumbingCreate', 'endpointMapsWrite', 'attach', 'peerOpen'], { makeOwnedNetns: true }],
+    ['vm namespace kitnet made gone at restore (reboot): make it all again', vm, converged(vm, { netns: false, device: undefined, vmPlumbing: undefined, endpoint: undefined }), ['vmNetnsEnsure', 'deviceRepair', 'vmPlumbingCreate', 'endpointMapsWrite', 'attach', 'deviceOpen'], { makeOwnedNetns: true }],
     ['adopted vm namespace gone at restore: remove', { ...vm, spec: { ...vm.spec, vm: { ...vm.spec.vm!, netnsOwnedName: undefined } } }, converged(vm, { netns: false, device: undefined }), ['workloadRemove'], { makeOwnedNetns: true }],
     ['vm: tap out of the bridge: plumbing only', vm, converged(vm, { vmPlumbing: { problems: ['tap0 is not enslaved to br0'] } }), ['vmPlumbingCreate']],
-    ['vm: pair re-made: the plumbing follows', vm, converged(vm, { device: undefined }), ['deviceRepair', 'vmPlumbingCreate', 'endpointMapsWrite', 'attach', 'peerOpen']],
+    ['vm: pair re-made: the plumbing follows', vm, converged(vm, { device: undefined }), ['deviceRepair', 'vmPlumbingCreate', 'endpointMapsWrite', 'attach', 'deviceOpen']],
     ['tap gone: remove the workload (the VM stopped)', tap, converged(tap, { device: undefined }), ['workloadRemove']],
-    ['tap routes missing: adopt again; the device stays', tap, converged(tap, { device: { ...device, peerMac: tap.spec.tap!.mac, problems: ['route 10.200.0.7/32 dev vnet3 missing'] } }), ['tapAdopt']],
+    ['tap routes missing: add them again; the device stays', tap, converged(tap, { device: { ...device, peerMac: tap.spec.tap!.mac, closed: true } }), ['deviceOpen']],
+    ['tap just adopted: its routes only after its entry and programs', tap, converged(tap, { device: { ...device, peerMac: tap.spec.tap!.mac, closed: true }, endpoint: undefined, attached: false }), ['endpointMapsWrite', 'attach', 'deviceOpen']],
+    ['tap replaced by another kind of device: adopting it again refuses it, before anything is attached', tap, converged(tap, { device: { ...device, peerMac: tap.spec.tap!.mac, problems: ['vnet3 is a veth device, not a tap'], closed: true }, attached: false }), ['tapAdopt', 'attach', 'deviceOpen']],
   ];
   for (const [name, rec, observed, want, opts] of cases) {
     test(name, () => assert.deepEqual(ops(rec, observed, opts), want));
