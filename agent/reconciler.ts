@@ -168,20 +168,25 @@ export class Reconciler {
     return this.actionsApply(rec, observed, reconcilePlan(rec, observed, opts));
   }
 
-  /** Removes everything a workload has in the kernel; tolerant of parts already gone. */
+  /**
+   * Removes everything a workload has in the kernel; tolerant of parts already gone. The endpoint entry
+   * goes first and the programs last: without its entry the programs drop everything on the device,
+   * so nothing passes unjudged while the device is still there (detached first, it passed everything
+   * until it was deleted).
+   */
   async workloadTeardown(rec: WorkloadRecord): Promise<void> {
     const dp = this.kernel.datapath;
-    await dp.detach(rec.hostIfname);
     for (const [ifindex, info] of dp.endpointList()) {
       if (info.endpointId === rec.endpointId || ifindex === rec.observed?.hostIfindex) dp.endpointDelete(ifindex);
     }
-    dp.ipcacheDelete(`${rec.ipv4}/32`);
-    dp.ipcacheDelete(`${rec.ipv6}/128`);
     if (rec.spec.kind === 'tap') {
       await this.kernel.tapRelease(tapSpecFor(rec)); // the device stays: it is the hypervisor's
-      return;
+    } else {
+      await this.kernel.deviceDelete(rec.hostIfname); // its links go with it; their pins stay
     }
-    await this.kernel.deviceDelete(rec.hostIfname);
+    await dp.detach(rec.hostIfname);
+    dp.ipcacheDelete(`${rec.ipv4}/32`);
+    dp.ipcacheDelete(`${rec.ipv6}/128`);
     if (rec.spec.kind === 'vm') await this.kernel.vmPlumbingDelete(vmSpecFor(rec, this.config));
   }
 
