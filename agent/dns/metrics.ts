@@ -77,7 +77,7 @@ export function dnsProxyMetricsRegister(registry: Registry, stats: DnsProxyStats
     (Object.entries(stats.droppedBy) as Array<[DnsDropReason, number]>).map(([reason, n]) => [{ reason }, n]));
   mirroredCounter(registry, 'kitnet_dns_proxy_learn_refused_total', 'Answers not released (SERVFAIL) because their new addresses would pass a limit on learned addresses: the asking workload\'s (dns.proxy.maxLearnedAddressesPerWorkload) or the total (maxLearnedAddresses)', ['limit'] as const, () =>
     (Object.entries(stats.learnRefused) as Array<[string, number]>).map(([limit, n]) => [{ limit }, n]));
-  mirroredCounter(registry, 'kitnet_dns_proxy_refused_resolver_total', 'DNS queries answered REFUSED, never forwarded, because the workload sent them to an address it cannot reach itself (loopback, unspecified, link-local, multicast, broadcast, IPv4-mapped IPv6, the proxy\'s own)', [], () => [[{}, stats.refusedResolver]]);
+  mirroredCounter(registry, 'kitnet_dns_proxy_refused_resolver_total', 'DNS queries answered REFUSED, never forwarded, because they would go to a resolver the workload cannot reach itself: an address such as loopback, unspecified, link-local, multicast, broadcast, IPv4-mapped IPv6, the proxy\'s own, or a workload whose ingress policy does not admit the asking workload', [], () => [[{}, stats.refusedResolver]]);
   mirroredCounter(registry, 'kitnet_dns_proxy_malformed_total', 'Messages sent to the DNS proxy that were not a query it could read', [], () => [[{}, stats.malformed]]);
   mirroredCounter(registry, 'kitnet_dns_proxy_upstream_failures_total', 'Queries answered SERVFAIL because the upstream failed, did not answer in time, or its answer could not be learned', [], () => [[{}, stats.upstreamFailures]]);
 }

@@ -45,8 +45,9 @@ export interface DnsVerdict {
   /** The resolver the workload addressed, that the verdict was made for (the flows' other end), when known. */
   resolver?: DnsEndpoint | undefined;
   /**
-   * `resolver`: refused for the address the query was sent to (host-local or special: agent/dns/special-address.ts),
-   * whatever the name; counted apart and logged at most every 10 s.
+   * `resolver`: refused for the resolver the query would go to, whatever the name: a host-local or
+   * special address (agent/dns/special-address.ts), or a workload whose ingress policy does not admit
+   * the client (agent/dns/steering.ts, resolverIngressRefusal); counted apart and logged at most every 10 s.
    */
   refusal?: 'resolver' | undefined;
 }
@@ -386,7 +387,7 @@ export class DnsProxy {
       if (verdict.refusal === 'resolver') {
         // A workload may send these at will: counted, and logged at most every 10 s.
         this.stats.refusedResolver++;
-        this.warnSometimes('resolver', { client, name: q.name, rule: verdict.rule, refusedResolver: this.stats.refusedResolver }, 'DNS proxy: a query to a host-local or special resolver address refused, never forwarded (later ones in the next 10 s are counted in kitnet_dns_proxy_refused_resolver_total, not logged)');
+        this.warnSometimes('resolver', { client, name: q.name, rule: verdict.rule, refusedResolver: this.stats.refusedResolver }, 'DNS proxy: a query refused for its resolver (a host-local or special address, or a workload whose ingress policy does not admit the client), never forwarded (later ones in the next 10 s are counted in kitnet_dns_proxy_refused_resolver_total, not logged)');
       } else {
         // Each one is a DROPPED DNS flow; a workload asking names no rule allows, in a loop, must not flood the log
         this.warnSometimes('refused', { client, name: q.name, qtype: q.type, rule: verdict.rule, refused: this.stats.refused },

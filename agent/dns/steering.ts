@@ -27,7 +27,9 @@ import { cidrContainsCidr, cidrParsed, hostPrefix, policyCidrs } from '../policy
 import { HostDestinationSet, hostDestinations } from '../policy/host-destinations.js';
 import { policiesFromObjects } from '../policy/index.js';
 import type { PolicyEngine } from '../policy/engine.js';
+import { isLabelDerived } from '../policy/entities.js';
 import { dnsSelectedEndpoints, fqdnSelectorsOf } from '../policy/fqdn-identities.js';
+import { remoteIngressDecide } from '../policy/remote-ingress.js';
 import type { FqdnTraceFacts } from '../policy/trace-fqdn.js';
 import type { CompiledPolicy, ParsedPolicy, RuleSection } from '../policy/types.js';
 import type { WorkloadRecord } from '../store/types.js';
@@ -150,7 +152,7 @@ export class DnsSteering {
   private lastOrig: DnsEndpoint | undefined;
   private configuredUpstream: { text: string; endpoint: DnsEndpoint | undefined } | undefined;
   /** Query plans of the compiled state in force (a policy or identity change makes a new one); a name then costs its matchers. */
-  private verdicts: { state: CompiledPolicy; sections: Map<string, RuleSection>; byKey: Map<string, DnsQueryPlan> } | undefined;
+  private verdicts: { state: CompiledPolicy; sections: Map<string, RuleSection>; byKey: Map<string, DnsQueryPlan>; ingress: Map<string, string | undefined> } | undefined;
   /** The write learned answers wait for, not started yet: answers arriving meanwhile join it. */
   private learnedRefresh: Promise<void> | undefined;
   /** The addresses of the answers waiting for it, with the names they were given. */
@@ -217,7 +219,7 @@ export class DnsSteering {
     const p = new DnsProxy({
       listen: { address, port },
       upstream: (client, transport) => this.upstream(client, transport),
-      verdict: (client, name, transport) => this.verdict(client, name, transport),
+      verdict: (client, name, transport, upstream) => this.verdict(client, name, transport, upstream),
       learn: (client, learned) => this.learn(client, learned),
       minTtl: this.deps.config.proxy.minTTL,
       maxTtl: this.deps.config.proxy.maxTTL,
@@ -364,7 +366,7 @@ export class DnsSteering {
     return address.includes(':') ? ReservedIdentity['world-ipv6'] : ReservedIdentity['world-ipv4'];
   }
 
-  private verdict(client: DnsEndpoint, name: string, transport: DnsTransport): DnsVerdict {
+  private verdict(client: DnsEndpoint, name: string, transport: DnsTransport, upstream?: DnsEndpoint): DnsVerdict {
     const w = this.workloadOf(client.address);
     if (!w) return { allowed: false, rule: 'the client is not a workload of this host' };
     const protocol = transport === 'udp' ? 17 : 6;
@@ -388,7 +390,7 @@ export class DnsSteering {
     const state = engine.compiled();
     const sections = this.sectionsFor.sections;
     if (this.verdicts?.state !== state || this.verdicts.sections !== sections || this.verdicts.byKey.size >= VERDICT_MEMO_MAX) {
-      this.verdicts = { state, sections, byKey: new Map() };
+      this.verdicts = { state, sections, byKey: new Map(), ingress: new Map() };
     }
     const resolver = this.identityOf(orig.address);
     const key = `${w.endpointId}/${resolver}/${protocol}/${orig.port}`;
@@ -399,7 +401,59 @@ export class DnsSteering {
       this.verdicts.byKey.set(key, plan);
     }
     const v = dnsPlanVerdict(plan, name);
-    return { allowed: v.allowed, rule: v.rule, resolver: orig };
+    if (!v.allowed) return { allowed: v.allowed, rule: v.rule, resolver: orig };
+    // Where the query goes: the resolver addressed, or the configured upstream. Only a workload's
+    // identity (label-derived) costs more than this comparison.
+    const target = upstream ?? orig;
+    const targetIdentity = target.address === orig.address ? resolver : this.workloadIdentityOf(target.address);
+    if (targetIdentity !== undefined && isLabelDerived(targetIdentity)) {
+      const refused = this.resolverIngressRefusal(w, target, targetIdentity, protocol);
+      if (refused) return { allowed: false, refusal: 'resolver', rule: refused, resolver: orig };
+    }
+    return { allowed: true, rule: v.rule, resolver: orig };
+  }
+
+  /** A local workload's identity, or another node's (label-derived) workload's, at an address; else undefined. */
+  private workloadIdentityOf(address: string): number | undefined {
+    const w = this.workloadOf(address);
+    if (w) return w.identity;
+    const remote = this.deps.engine.remoteAddressResolve(address);
+    return remote !== undefined && isLabelDerived(remote) ? remote : undefined;
+  }
+
+  /**
+   * Why a query of workload `w` must not be forwarded to `target`, a workload resolver, if it must not.
+   * The proxy's sockets are the host's: the resolver's datapath judges the query as the host (allow-
+   * localhost admits it) or, on another node, as that node, never as `w`. So it is forwarded only when
+   * the resolver's ingress policy admits `w` itself on that protocol and port, as it would judge `w`'s
+   * own packet: a local resolver by its compiled policy (`policy trace`), another node's of this
+   * cluster by the shared policies compiled for its identity (agent/policy/remote-ingress.ts); a peer
+   * cluster's by nothing this host knows, so never. Kept per compiled state (a policy, workload or
+   * identity change makes a new one), with the query plans.
+   */
+  private resolverIngressRefusal(w: WorkloadRecord, target: DnsEndpoint, targetIdentity: number, protocol: number): string | undefined {
+    const memo = this.verdicts!.ingress;
+    const key = `${w.endpointId}/${target.address}/${targetIdentity}/${protocol}/${target.port}`;
+    if (memo.has(key)) return memo.get(key);
+    const { engine } = this.deps;
+    // The query would have left `w` from its address of the resolver's family.
+    const from = target.address.includes(':') ? w.ipv6 : w.ipv4;
+    const proto = protocol === 17 ? 'UDP' : 'TCP';
+    const local = this.workloadOf(target.address);
+    let refused: string | undefined;
+    if (local) {
+      const side = local.endpointId === w.endpointId ? undefined : engine.trace({ ip: from }, { ip: target.address }, protocol, target.port).result.ingress;
+      if (side?.verdict === 'DENIED') {
+        refused = `resolver ${target.address} is workload ${local.spec.namespace}/${local.spec.name} whose ingress policy does not admit this workload on ${proto} ${target.port} (${side.reason}): not forwarded from the host`;
+      }
+    } else {
+      const side = remoteIngressDecide(engine.compiled(), engine.parsed, engine.localCluster, targetIdentity, { identity: w.identity, address: from }, protocol, target.port);
+      if (!side) refused = `resolver ${target.address} is a workload (identity ${targetIdentity}) of another cluster or of unknown labels whose ingress policy this host cannot judge: not forwarded from the host`;
+      else if (side.verdict === 'DENIED') refused = `resolver ${target.address} is another node's workload (identity ${targetIdentity}) whose ingress policy does not admit this workload on ${proto} ${target.port} (${side.reason}): not forwarded from this node`;
+    }
+    if (memo.size >= VERDICT_MEMO_MAX) memo.clear();
+    memo.set(key, refused);
+    return refused;
   }
 
   /**

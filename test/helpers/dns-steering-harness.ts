@@ -15,7 +15,7 @@ import type { DnsLearnedState } from '../../agent/dns/state-file.js';
 import { IdentityAllocator } from '../../agent/identity/allocator.js';
 import type { KernelOps } from '../../agent/kernel-ops.js';
 import { PolicyEngine } from '../../agent/policy/engine.js';
-import { policiesParse, policyKeyEncode } from '../../agent/policy/index.js';
+import { policiesFromObjects, policiesParse, policyKeyEncode } from '../../agent/policy/index.js';
 import type { PolicyEntry } from '../../agent/policy/index.js';
 import { sqliteStoreOpen } from '../../agent/store/index.js';
 import type { Store } from '../../agent/store/store.js';
@@ -38,6 +38,10 @@ export interface SteeringHarness {
   learn(client: string, learned: LearnedName[]): Promise<void>;
   /** The proxy's verdict and forwarding target for a query from `client` (steered to `resolver`). */
   query(client: DnsEndpoint, resolver: DnsEndpoint, name: string, transport?: DnsTransport): { upstream: DnsEndpoint | undefined; verdict: DnsVerdict };
+  /** Stores these policies (replacing those of the same name) and applies the whole set, as the API does. */
+  policyPut(policyYaml: string): Promise<void>;
+  /** Cluster mode: this cluster's name, and other nodes' identities (and peer clusters') with their labels. */
+  clusterJoin(name: string, identities: ReadonlyMap<number, readonly string[]>): Promise<void>;
   /** One expiry tick of the proxy's timer, then waits until the work it queued is done. */
   expire(): Promise<void>;
   /** Until the work queued in setImmediate / the mutex is done. */
@@ -108,7 +112,7 @@ export async function steeringHarness(policyYaml: string, proxy: Record<string, 
   const internals = steering as unknown as {
     learn(client: DnsEndpoint, learned: LearnedName[]): Promise<void>;
     upstream(client: DnsEndpoint, transport: DnsTransport): DnsEndpoint | undefined;
-    verdict(client: DnsEndpoint, name: string, transport: DnsTransport): DnsVerdict;
+    verdict(client: DnsEndpoint, name: string, transport: DnsTransport, upstream?: DnsEndpoint): DnsVerdict;
     expireTick(): void;
   };
   const settle = async () => {
@@ -144,11 +148,30 @@ export async function steeringHarness(policyYaml: string, proxy: Record<string, 
       });
       return rec;
     },
+    async policyPut(policyYaml) {
+      for (const p of policiesParse(policyYaml)) await store.transaction((tx) => tx.policyPut(p.kind, p.namespace, p.name, p.document));
+      await exclusive(async () => {
+        engine.policiesSet(policiesFromObjects(store.policyList().map((p) => p.document)));
+        await engine.applySliced();
+      });
+      await settle();
+    },
+    async clusterJoin(name, identities) {
+      await exclusive(async () => {
+        // set before a compile, as the agent does (a full one here: the state is rebuilt with it)
+        engine.localCluster = name;
+        await engine.remoteIdentitiesUpdate(identities);
+        engine.load();
+        await engine.applySliced();
+      });
+      await settle();
+    },
     learn: (client, learned) => internals.learn({ address: client, port: 40000 }, learned),
     query(client, resolver, name, transport = 'udp') {
       redirects.set(`${client.address}/${client.port}/${transport === 'udp' ? 17 : 6}`, resolver);
       const upstream = internals.upstream(client, transport);
-      const verdict = internals.verdict(client, name, transport);
+      // as the proxy asks it: for the upstream the query would go to
+      const verdict = internals.verdict(client, name, transport, upstream);
       return { upstream, verdict };
     },
     async expire() {
