@@ -294,6 +294,16 @@ export class DnsSteering {
     return this.byAddress.get(address);
   }
 
+  /**
+   * Before the learned entries are written (under the agent's mutex): the host's destinations as now
+   * listed, not as up to a second ago. The host-address watch lists a new address and writes its host
+   * entries under the same mutex; a learned write right after, judging by an older reading, would
+   * take the new host entry and keep it until the next full refresh.
+   */
+  private hostAddressesReread(): void {
+    this.hostAddresses = undefined;
+  }
+
   /** The host's destinations, read again when older than a second (for the resolver's identity). */
   private hostAddressesRecent(): HostDestinationSet {
     const now = performance.now();
@@ -540,6 +550,7 @@ export class DnsSteering {
         if (r === undefined) await engine.applySliced();
       }
       let moved = false;
+      this.hostAddressesReread();
       const policyKeys = this.policyKeysOf(engine.compiled());
       const labelsOf = (id: number) => ids.identities.get(id);
       const writes: Array<readonly [string, IpcacheEntry]> = [];
@@ -596,6 +607,7 @@ export class DnsSteering {
       if (r === undefined) await engine.applySliced();
     }
     const desired = new Map(next.ipcache.map((e) => [e.cidr, e.identity]));
+    this.hostAddressesReread();
     const policyKeys = this.policyKeysOf(engine.compiled());
     const labelsOf = (id: number) => next.identities.get(id);
     for (const [cidr, identity] of desired) {

@@ -3,6 +3,7 @@
 // workloads and addresses, other nodes' workloads, a policy's own CIDR entry), now or later.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { hostAddressesListedSet } from '../../agent/policy/host-destinations.js';
 import { steeringHarness } from '../helpers/dns-steering-harness.js';
 
 const POLICY = `apiVersion: cilium.io/v2
@@ -119,6 +120,31 @@ test('dns.proxy.maxTTL: learned addresses restored from a file of decades are he
     assert.equal(h.steering.cache.ownedBy(a.endpointId), 0, 'released with the workload (its endpoint id may be given again)');
     assert.deepEqual(h.steering.cache.addresses('x.test'), ['192.0.2.41', '192.0.2.42'], 'the addresses stay until they expire');
   } finally {
+    await h.close();
+  }
+});
+
+test('an address the host just got: an answer learned right after the host-address watch wrote its entry leaves it host', async () => {
+  const h = await steeringHarness(POLICY);
+  const listed = [{ cidr: '127.0.0.1/8', loopback: true }];
+  try {
+    await h.workloadAdd('a', 'a', '10.9.0.1', 'fd09::1');
+    hostAddressesListedSet(listed);
+    h.engine.hostDestinationsFollow();
+    // An answer: the proxy reads the host's addresses as they are now.
+    await h.learn('10.9.0.1', [{ name: 'one.test', addresses: ['198.51.100.1'], ttl: 60 }]);
+    assert.ok(isFqdn(h.ipcache.get('198.51.100.1/32')?.identity));
+    // The watch, as agent/host-address-watch.ts does it: the host's new address listed, its entries written.
+    hostAddressesListedSet([...listed, { cidr: '198.51.100.7/24', loopback: false }]);
+    assert.equal(h.engine.hostDestinationsFollow(), true);
+    assert.deepEqual(h.ipcache.get('198.51.100.7/32'), { identity: 1, hostId: 0 });
+    // A hostile resolver's answer with that address, at once: it must not take the host's entry.
+    await h.learn('10.9.0.1', [{ name: 'two.test', addresses: ['198.51.100.7'], ttl: 60 }]);
+    assert.deepEqual(h.ipcache.get('198.51.100.7/32'), { identity: 1, hostId: 0 }, 'still the host\'s');
+    await h.learn('10.9.0.1', [{ name: 'three.test', addresses: ['198.51.100.255'], ttl: 60 }]);
+    assert.deepEqual(h.ipcache.get('198.51.100.255/32'), { identity: 1, hostId: 0 }, 'its subnet broadcast too');
+  } finally {
+    hostAddressesListedSet(undefined);
     await h.close();
   }
 });
