@@ -2,8 +2,8 @@ import { sharedMetricsRegister, type ClusterServices, type SharedNamespaces, typ
 import { clusterStatusOf, remoteCounts, remoteLabelsOf, remoteOrphansDrop, remoteSourcesCreate, type RemoteSources } from './cluster/remote-sources.js';
 import type { ClusterStatus } from '../common/schemas/cluster.js';
 import type { Logger } from 'pino';
-import type { FlowRecord, FlowSelection } from '../common/schemas/flows.js';
-import { flowsFollow, flowsSelect } from './flows/selection.js';
+import type { FlowRecord, FlowSelection, FlowSnapshot } from '../common/schemas/flows.js';
+import { flowsFollow, flowsSnapshot } from './flows/selection.js';
 import type { Identity } from '../common/schemas/identity.js';
 import type { Namespace, PolicyApplyResult, PolicySummary, TraceRequest, TraceResponse, WorkloadPolicy } from '../common/schemas/policy.js';
 import type { Status } from '../common/schemas/status.js';
@@ -409,8 +409,8 @@ export class Agent {
     };
   }
 
-  flowsSelect(sel: FlowSelection): FlowRecord[] {
-    return flowsSelect(this.flows, sel);
+  flowsSnapshot(sel: FlowSelection): FlowSnapshot {
+    return flowsSnapshot(this.flows, sel);
   }
 
   flowsFollow(sel: FlowSelection, onRecord: (r: FlowRecord) => void): () => void {

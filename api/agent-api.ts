@@ -1,4 +1,4 @@
-import type { FlowRecord, FlowSelection } from '../common/schemas/flows.js';
+import type { FlowRecord, FlowSelection, FlowSnapshot } from '../common/schemas/flows.js';
 import type { Identity } from '../common/schemas/identity.js';
 import type { Namespace, PolicyApplyResult, PolicySummary, TraceRequest, TraceResponse, WorkloadPolicy } from '../common/schemas/policy.js';
 import type { Status } from '../common/schemas/status.js';
@@ -6,7 +6,7 @@ import type { ClusterStatus } from '../common/schemas/cluster.js';
 import type { Workload, WorkloadCreate } from '../common/schemas/workload.js';
 
 // The flow types are part of the API's contract, shared with the agent (common/schemas/flows.ts).
-export type { FlowRecord, FlowSelection } from '../common/schemas/flows.js';
+export type { FlowRecord, FlowSelection, FlowSnapshot } from '../common/schemas/flows.js';
 
 /**
  * What the HTTP layer needs from the agent. The API never touches the kernel itself. The agent does
@@ -34,8 +34,11 @@ export interface AgentApi {
   status(): Promise<Status>;
   /** Cluster mode: etcd, lease, heartbeat, nodes, counts and peers; or that cluster mode is off. */
   clusterStatus(): Promise<ClusterStatus>;
-  /** Flows from the ring matching the selection, oldest first. Throws a 400 KitnetError for a bad filter. */
-  flowsSelect(sel: FlowSelection): FlowRecord[];
+  /**
+   * The flows in the ring matching the selection, oldest first, read a slice at a time (nothing is
+   * copied up front). Throws a 400 KitnetError for a bad filter.
+   */
+  flowsSnapshot(sel: FlowSelection): FlowSnapshot;
   /** Subscribes to new matching flows and lost_events records; returns the unsubscribe function. */
   flowsFollow(sel: FlowSelection, onRecord: (r: FlowRecord) => void): () => void;
   /** Accounts flows a slow follower missed; returns the lost_events record to send it. */

@@ -125,7 +125,8 @@ export class FlowPipeline extends EventEmitter<{ flow: [HubbleFlowRecord]; lost:
       node_name: this.nodeName,
       time: new Date().toISOString(),
     };
-    if (source !== 'OBSERVER_EVENTS_QUEUE') this.emit('lost', rec);
+    // A kernel loss is every follower's; a slow follower's, or a reader the ring overtook, only its own.
+    if (source === 'PERF_EVENT_RING_BUFFER') this.emit('lost', rec);
     return rec;
   }
 

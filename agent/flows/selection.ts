@@ -1,5 +1,5 @@
 import { KitnetError } from '../../common/errors.js';
-import type { FlowRecord, FlowSelection } from '../../common/schemas/flows.js';
+import type { FlowRecord, FlowSelection, FlowSnapshot } from '../../common/schemas/flows.js';
 import { FilterError, filtersCompile } from './filter.js';
 import type { HubbleFlowRecord } from './hubble.js';
 import type { FlowPipeline } from './pipeline.js';
@@ -21,11 +21,50 @@ export function flowSelectionCompile(sel: FlowSelection): (r: HubbleFlowRecord) 
   }
 }
 
-/** GET /v1/flows: the matching flows in the ring, the newest `last` of them. */
-export function flowsSelect(flows: FlowPipeline, sel: FlowSelection): FlowRecord[] {
+/**
+ * GET /v1/flows: the matching flows in the ring now (the newest `last` of them), read as the client
+ * takes them. Holds a position in the ring, never a copy of it: a reply is as large as the ring, and a
+ * copy per request let clients that do not read make the agent keep any number of them. A reader
+ * the ring overtakes is told how many flows it lost (HUBBLE_RING_BUFFER, as Hubble's ring reader),
+ * matching or not, since they can no longer be told apart.
+ */
+export function flowsSnapshot(flows: FlowPipeline, sel: FlowSelection): FlowSnapshot {
   const pred = flowSelectionCompile(sel);
-  const matching = flows.ring.last().filter(pred);
-  return sel.last !== undefined ? matching.slice(-sel.last) : matching;
+  const ring = flows.ring;
+  // Flows written from now on are not part of the selection (followers get them).
+  const end = ring.written;
+  let next = end - ring.length;
+  if (sel.last !== undefined) {
+    // Where the newest `last` matches begin: counted backward, none of them kept.
+    let found = 0;
+    let start = end;
+    for (let at = end - 1; at >= next && found < sel.last; at--) {
+      const r = ring.newest(end - 1 - at);
+      if (r !== undefined && pred(r)) {
+        found++;
+        start = at;
+      }
+    }
+    next = start;
+  }
+  return {
+    read(max: number): FlowRecord[] {
+      const out: FlowRecord[] = [];
+      while (next < end && out.length < max) {
+        const back = ring.written - 1 - next;
+        if (back >= ring.length) {
+          const kept = Math.min(end, ring.written - ring.length);
+          out.push(flows.lostRecord('HUBBLE_RING_BUFFER', kept - next));
+          next = kept;
+          continue;
+        }
+        const r = ring.newest(back);
+        next++;
+        if (r !== undefined && pred(r)) out.push(r);
+      }
+      return out;
+    },
+  };
 }
 
 /** GET /v1/flows?follow: matching flows and every lost-events record as they come; returns the unsubscribe. */

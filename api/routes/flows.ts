@@ -1,10 +1,77 @@
+import { Readable } from 'node:stream';
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
-import type { AgentApi, FlowRecord, FlowSelection } from '../agent-api.js';
+import type { AgentApi, FlowRecord, FlowSelection, FlowSnapshot } from '../agent-api.js';
+import { KitnetError } from '../../common/errors.js';
 import { FLOW_SHORTHAND_FIELDS, FlowsQuery, type FlowFilter } from '../../common/schemas/flows.js';
 
 const line = (f: FlowRecord) => `${JSON.stringify(f)}\n`;
 /** A follower further behind than this loses flows (counted and reported) instead of growing memory. */
 const FOLLOW_BUFFER_LIMIT = 1 << 20;
+/**
+ * Flows serialised at once for a reply without follow: a reply is made a slice at a time as its
+ * client reads, so a client that does not read holds about this many (a slice, and the socket's
+ * buffer), not the ring.
+ */
+export const FLOW_SLICE = 64;
+/**
+ * Replies without follow open at once on one agent (every listener): each counts until its client has
+ * read it to the end or gone, so clients that do not read hold at most this many slices.
+ */
+export const FLOW_SNAPSHOT_STREAMS_MAX = 64;
+/**
+ * Flow replies one connection may have open: HTTP/1.1 pipelining queues requests behind one another
+ * on a connection and node runs the handlers of a whole pipelined packet at once; a client that is
+ * not attacking has one.
+ */
+export const FLOW_STREAMS_PER_CONNECTION_MAX = 4;
+
+interface FlowStreams {
+  snapshots: number;
+  byConnection: WeakMap<object, number>;
+}
+
+// Per agent, not per server: the unix socket's and the TCP listener's APIs serve the same agent.
+const streamsByAgent = new WeakMap<AgentApi, FlowStreams>();
+function streamsOf(agent: AgentApi): FlowStreams {
+  let s = streamsByAgent.get(agent);
+  if (!s) streamsByAgent.set(agent, (s = { snapshots: 0, byConnection: new WeakMap() }));
+  return s;
+}
+
+/** GET /v1/flows replies without follow that are open now on this agent. */
+export function flowStreamsOpen(agent: AgentApi): { snapshots: number } {
+  return { snapshots: streamsOf(agent).snapshots };
+}
+
+/** Counts a reply on `connection` until the returned release is called; a 429 over a limit. */
+function flowStreamAdmit(agent: AgentApi, connection: object): () => void {
+  const s = streamsOf(agent);
+  const onConnection = s.byConnection.get(connection) ?? 0;
+  if (onConnection >= FLOW_STREAMS_PER_CONNECTION_MAX)
+    throw new KitnetError('AGENT_ERR_API_TOO_MANY_STREAMS', `too many flow replies on this connection (${FLOW_STREAMS_PER_CONNECTION_MAX} GET /v1/flows at once); read or close one and retry`);
+  if (s.snapshots >= FLOW_SNAPSHOT_STREAMS_MAX)
+    throw new KitnetError('AGENT_ERR_API_TOO_MANY_STREAMS', `too many flow replies (${FLOW_SNAPSHOT_STREAMS_MAX} GET /v1/flows without follow at once, not yet read to their end); read or close one and retry`);
+  s.snapshots++;
+  s.byConnection.set(connection, onConnection + 1);
+  let released = false;
+  return () => {
+    if (released) return;
+    released = true;
+    s.snapshots--;
+    const left = (s.byConnection.get(connection) ?? 1) - 1;
+    if (left > 0) s.byConnection.set(connection, left);
+    else s.byConnection.delete(connection);
+  };
+}
+
+/** The NDJSON of a snapshot, FLOW_SLICE flows a chunk, each made when the reply wants more. */
+function* ndjsonSlices(snapshot: FlowSnapshot): Generator<string> {
+  for (;;) {
+    const flows = snapshot.read(FLOW_SLICE);
+    if (flows.length === 0) return;
+    yield flows.map(line).join('');
+  }
+}
 
 /** Shorthand query parameters form one more whitelist filter. */
 export function selectionFromQuery(q: FlowsQuery): FlowSelection {
@@ -31,11 +98,28 @@ export const flowRoutes: FastifyPluginAsyncZod<{ agent: AgentApi }> = async (app
     },
     async (req, reply) => {
       const sel = selectionFromQuery(req.query);
-      // Following without `last` starts from now, as `hubble observe --follow` does.
-      const recent = req.query.follow && req.query.last === undefined ? [] : agent.flowsSelect(sel);
       if (!req.query.follow) {
-        return reply.type('application/x-ndjson').send(recent.map(line).join(''));
+        // Compiles the filters first: a bad one is a 400, whatever the limits.
+        const snapshot = agent.flowsSnapshot(sel);
+        const socket = req.raw.socket;
+        const release = flowStreamAdmit(agent, socket);
+        const body = Readable.from(ndjsonSlices(snapshot), { objectMode: false });
+        // A response ends ('close') once its last slice is handed to the kernel or its connection
+        // went away, and fastify then destroys the body (the generator ends). A pipelined request
+        // queued behind another has no 'close' of its own when the connection goes: its socket's.
+        const gone = () => {
+          release();
+          body.destroy();
+        };
+        socket.once('close', gone);
+        reply.raw.once('close', () => {
+          socket.off('close', gone);
+          release();
+        });
+        return reply.type('application/x-ndjson; charset=utf-8').send(body);
       }
+      // Following without `last` starts from now, as `hubble observe --follow` does.
+      const recent = req.query.last === undefined ? [] : agent.flowsSnapshot(sel).read(Infinity);
       const res = reply.raw;
       let missed = 0;
       const write = (r: FlowRecord) => {

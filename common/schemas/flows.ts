@@ -93,3 +93,16 @@ export interface FlowSelection {
   since?: string;
   until?: string;
 }
+
+/**
+ * The flows of a selection, read from the ring a slice at a time as the client takes them (GET
+ * /v1/flows): nothing is copied when it is made, so a client that does not read holds no flows.
+ */
+export interface FlowSnapshot {
+  /**
+   * The next matching flows, at most `max` (at least one unless done), oldest first; [] once done.
+   * Flows of the selection the ring overwrote before they were read come as one lost_events record
+   * (HUBBLE_RING_BUFFER), where they were, as Hubble tells a ring reader it overtook.
+   */
+  read(max: number): FlowRecord[];
+}

@@ -27,7 +27,7 @@ function agentStub() {
       throw new Error('unused');
     },
     clusterStatus: async () => ({ mode: 'off', message: 'cluster mode off' }),
-    flowsSelect: () => [],
+    flowsSnapshot: () => ({ read: () => [] }),
     flowsFollow: () => () => undefined,
     flowsLost: (n) => ({ lost_events: { num_events_lost: n }, node_name: 'x', time: '' }),
     workloadLabelsSet: async () => {

@@ -58,7 +58,7 @@ function agentStub() {
     status: async () => {
       throw new Error('unused');
     },
-    flowsSelect: () => [],
+    flowsSnapshot: () => ({ read: () => [] }),
     flowsFollow: () => () => undefined,
     flowsLost: (n: number) => ({ lost_events: { num_events_lost: n }, node_name: 'x', time: '' }),
     namespaceList: () => [],
