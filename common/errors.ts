@@ -11,7 +11,7 @@ export const ErrorCatalogue = {
   AGENT_ERR_API_BODY_TOO_LARGE: { status: 413, summary: 'The request body exceeds the limit (1 MiB; 4 MiB for policy documents).' },
   AGENT_ERR_API_UNSUPPORTED_MEDIA_TYPE: { status: 415, summary: 'The request body has a content type this route does not accept (JSON; YAML or text for policies).' },
   AGENT_ERR_API_RATE_LIMITED: { status: 429, summary: 'Too many requests from this client (token, address or the unix socket); retry after the time in Retry-After.' },
-  AGENT_ERR_API_TOO_MANY_STREAMS: { status: 429, summary: 'Too many GET /v1/flows replies open at once (not yet read to their end), on this connection or on the agent; the message names the limit. Read or close one and retry.' },
+  AGENT_ERR_API_TOO_MANY_STREAMS: { status: 429, summary: 'Too many GET /v1/flows replies open at once (follow streams, or replies not yet read to their end), on this connection or on the agent; the message names the limit. Read or close one and retry.' },
   AGENT_ERR_WORKLOAD_EXISTS: { status: 409, summary: 'A workload with this namespace and name is already registered.' },
   AGENT_ERR_WORKLOAD_NOT_FOUND: { status: 404, summary: 'No workload with this namespace and name is registered.' },
   AGENT_ERR_WORKLOAD_NETNS: { status: 422, summary: 'The given network namespace path does not exist or is not a network namespace.' },

@@ -10,7 +10,7 @@ import pino from 'pino';
 import type { FlowEvent } from '../../bpf/index.js';
 import type { AgentApi } from '../../api/agent-api.js';
 import { serverBuild } from '../../api/server.js';
-import { FLOW_SLICE, FLOW_SNAPSHOT_STREAMS_MAX, FLOW_STREAMS_PER_CONNECTION_MAX, flowStreamsOpen } from '../../api/routes/flows.js';
+import { FLOW_FOLLOW_STREAMS_MAX, FLOW_SLICE, FLOW_SNAPSHOT_STREAMS_MAX, FLOW_STREAMS_PER_CONNECTION_MAX, FOLLOW_BUFFER_LIMIT, flowStreamsOpen } from '../../api/routes/flows.js';
 import type { EndpointDirectory } from '../../agent/flows/directory.js';
 import { LazyFlowRecord } from '../../agent/flows/enrich.js';
 import type { HubbleEndpoint, HubbleFlowRecord } from '../../agent/flows/hubble.js';
@@ -42,11 +42,11 @@ function replyBefore(pipeline: FlowPipeline, sel: FlowSelection): string {
 }
 
 /** A request on a raw connection whose answer is never read. */
-function unreadRequest(path: string, connections: Socket[], count = 1): Socket {
+function unreadRequest(path: string, connections: Socket[], count = 1, url = '/v1/flows'): Socket {
   const s = connect(path);
   s.on('error', () => undefined);
   s.pause();
-  s.write('GET /v1/flows HTTP/1.1\r\nHost: rf\r\n\r\n'.repeat(count));
+  s.write(`GET ${url} HTTP/1.1\r\nHost: rf\r\n\r\n`.repeat(count));
   connections.push(s);
   return s;
 }
@@ -59,6 +59,25 @@ function get(path: string, url: string): Promise<{ status: number; headers: Reco
       res.on('data', (c: string) => (body += c));
       res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
       res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+/** A request's status, and its body if it was refused (a follow stream that was let in is closed). */
+function answer(path: string, url: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request({ socketPath: path, path: url, agent: false }, (res) => {
+      const status = res.statusCode ?? 0;
+      if (status < 400) {
+        req.destroy();
+        return resolve({ status, body: '' });
+      }
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => (body += c));
+      res.on('end', () => resolve({ status, body }));
     });
     req.on('error', reject);
     req.end();
@@ -90,7 +109,7 @@ describe('GET /v1/flows: replies sent as the client reads', () => {
   });
   afterEach(async () => {
     for (const c of clients.splice(0)) c.destroy();
-    await waitFor('every connection closed and every reply released', async () => served.size === 0 && flowStreamsOpen(agent).snapshots === 0);
+    await waitFor('every connection closed and every reply released', async () => served.size === 0 && flowStreamsOpen(agent).snapshots === 0 && pipeline.listenerCount('flow') === 0);
   });
   after(async () => {
     for (const c of clients) c.destroy();
@@ -148,6 +167,68 @@ describe('GET /v1/flows: replies sent as the client reads', () => {
       assert.equal(got.body, replyBefore(pipeline, sel), url);
     }
     await waitFor('their replies released', async () => flowStreamsOpen(agent).snapshots === 0);
+  });
+
+  test('follow with last: the ring\'s part as the client reads it, none lost, then the flows that come', async () => {
+    const lines: string[] = [];
+    let buf = '';
+    const req = request({ socketPath: sock, path: `/v1/flows?follow=true&last=${RING}`, agent: false }, (res) => {
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => {
+        buf += c;
+        const parts = buf.split('\n');
+        buf = parts.pop()!;
+        lines.push(...parts);
+      });
+    });
+    req.on('error', () => undefined);
+    req.end();
+    try {
+      const ring = replyBefore(pipeline, {}).split('\n').slice(0, -1);
+      await waitFor('the ring\'s part', async () => lines.length >= RING);
+      // Before, it was written at once and what passed the follower's buffer (1 MiB) was "lost".
+      assert.deepEqual(lines, ring);
+      const next = flow();
+      pipeline.push(next);
+      await waitFor('the next flow', async () => lines.length === RING + 1);
+      assert.equal(lines[RING], JSON.stringify(next));
+    } finally {
+      req.destroy();
+    }
+  });
+
+  test('a follower that never reads: the agent holds its buffer at most, and tells it what it lost once it reads', async () => {
+    const c = unreadRequest(sock, clients, 1, '/v1/flows?follow=true');
+    await waitFor('the follower subscribed', async () => pipeline.listenerCount('flow') === 1 && served.size === 1);
+    const pushed = 20_000;
+    for (let i = 0; i < pushed; i++) pipeline.push(flow());
+    const [conn] = [...served];
+    const lineBytes = JSON.stringify(pipeline.ring.newest()).length + 1;
+    assert.ok(conn!.writableLength <= FOLLOW_BUFFER_LIMIT + lineBytes, `the agent holds ${conn!.writableLength} bytes for the follower`);
+    // The client reads now; no flow comes after: it hears of its loss when it has caught up.
+    let text = '';
+    c.setEncoding('utf8');
+    c.on('data', (d: string) => (text += d));
+    c.resume();
+    const lost = await waitFor('the lost_events line', async () => /"lost_events":\{"source":"OBSERVER_EVENTS_QUEUE","num_events_lost":(\d+)/.exec(text) ?? undefined);
+    const got = text.split('\n').filter((l) => l.startsWith('{"flow"')).length;
+    assert.equal(got + Number(lost[1]), pushed);
+  });
+
+  test(`at most ${FLOW_FOLLOW_STREAMS_MAX} follow streams at once, ${FLOW_STREAMS_PER_CONNECTION_MAX} on one connection; closing releases them`, async () => {
+    for (let i = 0; i < FLOW_FOLLOW_STREAMS_MAX; i++) unreadRequest(sock, clients, 1, '/v1/flows?follow=true');
+    await waitFor('the followers', async () => pipeline.listenerCount('flow') === FLOW_FOLLOW_STREAMS_MAX);
+    const refused = await answer(sock, '/v1/flows?follow=true');
+    assert.equal(refused.status, 429);
+    assert.match(refused.body, /too many follow streams \(64 GET \/v1\/flows\?follow=true at once\)/);
+    assert.equal(flowStreamsOpen(agent).followers, FLOW_FOLLOW_STREAMS_MAX);
+    for (const c of clients.splice(0)) c.destroy();
+    await waitFor('the followers gone', async () => pipeline.listenerCount('flow') === 0 && flowStreamsOpen(agent).followers === 0);
+    unreadRequest(sock, clients, 20, '/v1/flows?follow=true');
+    await waitFor('the followers of one connection', async () => flowStreamsOpen(agent).followers === FLOW_STREAMS_PER_CONNECTION_MAX);
+    assert.equal(pipeline.listenerCount('flow'), FLOW_STREAMS_PER_CONNECTION_MAX);
+    clients[0]!.destroy();
+    await waitFor('released with their connection', async () => pipeline.listenerCount('flow') === 0 && flowStreamsOpen(agent).followers === 0);
   });
 
   test('a bad filter is still a 400 naming it', async () => {
