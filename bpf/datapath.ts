@@ -27,6 +27,8 @@ import type { AttachKind, EndpointInfo, FlowEvent, FlowReader, IpcacheEntry, Pol
 
 /** offsetof(struct __sk_buff, ifindex) — UAPI, stable since 4.x. */
 const SKB_IFINDEX_OFFSET = 40;
+/** offsetof(struct __sk_buff, ingress_ifindex) — UAPI; BPF_PROG_TEST_RUN copies it into skb_iif. */
+const SKB_INGRESS_IFINDEX_OFFSET = 36;
 const SKB_CTX_SIZE = 192;
 
 function u32Key(n: number): Buffer {
@@ -278,10 +280,11 @@ export class DatapathImpl implements KitnetDatapath {
     return reader;
   }
 
-  testRun(prog: ProgName, frame: Buffer, opts: { ifindex?: number; repeat?: number } = {}): TestRunResult {
+  testRun(prog: ProgName, frame: Buffer, opts: { ifindex?: number; ingressIfindex?: number; repeat?: number } = {}): TestRunResult {
     this.live();
     const ctx = Buffer.alloc(SKB_CTX_SIZE);
     ctx.writeUInt32LE(opts.ifindex ?? 1, SKB_IFINDEX_OFFSET);
+    ctx.writeUInt32LE(opts.ingressIfindex ?? 0, SKB_INGRESS_IFINDEX_OFFSET);
     return kcall(() => native().progTestRun(this.obj.progFds[prog], frame, ctx, opts.repeat ?? 1));
   }
 

@@ -59,7 +59,8 @@ export interface KitnetDatapath extends Datapath {
   mapFill(known?: Partial<Record<FillMapName, number>>): Array<{ map: FillMapName; entries: number; capacity: number }>;
   /**
    * BPF_PROG_TEST_RUN: run a program on a crafted frame (Ethernet first). `ifindex` selects the device the
-   * skb appears on (and so the `endpoints` entry); default 1 (lo).
+   * skb appears on (and so the `endpoints` entry); default 1 (lo). `ingressIfindex` is the device it came
+   * in on (skb_iif): 0, the default, for a packet of the host's own; else a received (forwarded) one.
    */
-  testRun(prog: ProgName, frame: Buffer, opts?: { ifindex?: number; repeat?: number }): TestRunResult;
+  testRun(prog: ProgName, frame: Buffer, opts?: { ifindex?: number; ingressIfindex?: number; repeat?: number }): TestRunResult;
 }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "maps.h"
+#include "parse.h"
 
 /* Host entries come from the `ipcache_exact` hash (the common case: workload and node addresses), other
  * prefixes (CIDRs) from the LPM trie, which also answers when the hash does not know the address. A hash
@@ -29,6 +30,19 @@ static __always_inline __u32 ipcache_identity(const __u8 *addr, __u8 family)
 	if (v)
 		return v->identity;
 	return family == FAMILY_IPV4 ? IDENTITY_WORLD_IPV4 : IDENTITY_WORLD_IPV6;
+}
+
+/* The identity of the sender of a packet towards a workload. The host's identity (always allowed on
+ * ingress: allow-localhost) stands for the host's own sockets; a packet the host forwarded only claims a
+ * host address (a LAN machine spoofing the host's global IPv6 address, which Linux forwards, or one
+ * owning an address the host does not deliver locally): it is the world's. */
+static __always_inline __u32 ipcache_source_identity(const struct pkt *p)
+{
+	__u32 identity = ipcache_identity(p->saddr, p->family);
+
+	if (identity == IDENTITY_HOST && p->forwarded)
+		return p->family == FAMILY_IPV4 ? IDENTITY_WORLD_IPV4 : IDENTITY_WORLD_IPV6;
+	return identity;
 }
 
 /* The identity a workload address has in the ipBlock view (IPCACHE_FAMILY_IPBLOCK, shared.gen.h): that

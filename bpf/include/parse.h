@@ -68,7 +68,8 @@ struct pkt {
 			  * outermost one of a tagged frame (skb->vlan_proto when the kernel took the tag off) */
 	__u8 vlan_tagged; /* a VLAN tag in the frame or in skb metadata: addresses are those of the packet inside */
 	__u8 hop_limit;   /* IPv6 hop limit (neighbour discovery wants 255) */
-	__u8 pad0[2];
+	__u8 forwarded;   /* received on a device before (skb->ingress_ifindex != 0): not the host's own packet */
+	__u8 pad0[1];
 };
 
 /* IPv6 address classes (a: 16 bytes, network order). Link-local unicast fe80::/10. */
@@ -241,6 +242,9 @@ static __always_inline int parse_packet(struct __sk_buff *skb, __u32 l3_off, str
 	__be16 inner;
 	int i;
 
+	/* skb_iif is set where a device receives the packet (__netif_receive_skb_core) and kept through
+	 * forwarding and redirects; a packet the host's stack or a packet socket sends starts with 0 */
+	p->forwarded = skb->ingress_ifindex != 0;
 	p->vlan_tagged = skb->vlan_present != 0;
 	if (l3_off) {
 		struct ethhdr eth;

@@ -141,7 +141,7 @@ static __always_inline void identities_resolve(struct flow_ctx *c, const struct 
 		c->src_identity = ep->identity;
 		c->dst_identity = p->family ? ipcache_identity(p->daddr, p->family) : 0;
 	} else {
-		c->src_identity = p->family ? ipcache_identity(p->saddr, p->family) : 0;
+		c->src_identity = p->family ? ipcache_source_identity(p) : 0;
 		c->dst_identity = ep->identity;
 	}
 }
