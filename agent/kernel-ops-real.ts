@@ -19,6 +19,7 @@ export function kernelOpsReal(datapath: KitnetDatapath): KernelOps {
     linkRemovalsWatch: (onGone, onResync) => netkit.linkRemovalsWatch(onGone, onResync),
     addressChangesWatch: (onChange) => netkit.addressChangesWatch(onChange),
     hostAddressesList: () => netkit.hostAddressesList(),
+    hostLocalDeliveryList: () => netkit.hostLocalDeliveryList(),
     vmNetnsEnsure: (spec) => netkit.vmNetnsEnsure(spec),
     vmPlumbingCreate: (spec) => netkit.vmPlumbingCreate(spec),
     vmPlumbingObserve: (spec) => netkit.vmPlumbingObserve(spec),

@@ -33,10 +33,15 @@ export interface KernelOps {
    * the kernel dropped events, every link present instead (`onResync`).
    */
   linkRemovalsWatch(onGone: (link: LinkGone) => void, onResync: (present: ReadonlySet<string>) => void): LinkMonitor;
-  /** Reports that an address of the host namespace came or went (or that such events were lost). */
+  /**
+   * Reports that an address of the host namespace, or a route of its local table, came or went (or
+   * that such events were lost).
+   */
   addressChangesWatch(onChange: () => void): LinkMonitor;
   /** Every address of the host namespace, running device or not. */
   hostAddressesList(): Promise<HostAddress[]>;
+  /** What the host namespace's local table delivers locally (local, broadcast, anycast, multicast), `addr/len`. */
+  hostLocalDeliveryList(): Promise<string[]>;
   /** kind vm: the VM's namespace (an owned one is created when missing). */
   vmNetnsEnsure(spec: VmPlumbingSpec): Promise<{ created: boolean }>;
   /** kind vm: tap + bridge in the VM's namespace, peer and tap enslaved (idempotent). */

@@ -1,8 +1,10 @@
 // Host-local service addresses: an address on the host's loopback (ifindex 1), reachable from every
 // workload through the routing the host already does for them, and from nowhere else unless another
 // host routes to it. The DNS proxy listens on such addresses (agent/dns/steering.ts). And the host's
-// addresses as a whole, for the ipcache's host entries (agent/policy/host-destinations.ts).
+// addresses as a whole, and what its local table delivers to it, for the ipcache's host entries
+// (agent/policy/host-destinations.ts).
 import { addressAdd, addressList } from './address.js';
+import { localDeliveryPrefixes } from './route.js';
 import { rtnlHost } from './socket.js';
 
 const LOOPBACK_IFINDEX = 1;
@@ -29,4 +31,9 @@ export interface HostAddress {
  */
 export async function hostAddressesList(): Promise<HostAddress[]> {
   return (await addressList(rtnlHost())).map((a) => ({ cidr: `${a.address}/${a.prefixlen}`, loopback: a.ifindex === LOOPBACK_IFINDEX }));
+}
+
+/** The host namespace's local deliveries: route.ts localDeliveryPrefixes. */
+export async function hostLocalDeliveryList(): Promise<string[]> {
+  return localDeliveryPrefixes(rtnlHost());
 }

@@ -11,7 +11,7 @@ export { endpointSpecValidate, macDerive } from './endpoint-spec.js';
 export { netkitPeerPolicySet, NETKIT_REQUIREMENT } from './netkit.js';
 export type { NetkitPolicy } from './netkit.js';
 export { hostForwardingEnsure } from './sysctl.js';
-export { hostAddressesList, hostLoopbackAddressEnsure } from './host-address.js';
+export { hostAddressesList, hostLocalDeliveryList, hostLoopbackAddressEnsure } from './host-address.js';
 export type { HostAddress } from './host-address.js';
 export { RCU_EXPEDITED_PATH, rcuExpeditedGet, rcuExpeditedSet } from './rcu.js';
 export { netnsCreate, netnsDelete, netnsIdEqual, netnsPathId, netnsPathOf, netnsPathValidate, netnsReservedIds, NETNS_RUN_DIR } from './netns.js';

@@ -1,17 +1,22 @@
 // Link removal events from the kernel (RTNLGRP_LINK), so the agent learns at once when a workload's
 // device vanishes (its namespace was destroyed, its process exited, someone ran `ip link del`)
-// instead of polling for it; and address changes (RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV6_IFADDR), so the
-// host's own destinations in the ipcache follow its addresses.
+// instead of polling for it; and address changes (RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV6_IFADDR) and changes
+// of the local routing table (RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE), so the host's own destinations in
+// the ipcache follow what the host delivers to itself.
 import { native } from '../common/native.js';
 import { ifinfomsgDecode, messageAttrs, readStr } from './attrs.js';
 import { linkList } from './link.js';
 import { rtnlHost } from './socket.js';
-import { IFLA_IFNAME, RTM_DELADDR, RTM_DELLINK, RTM_NEWADDR } from './uapi.js';
+import { IFLA_IFNAME, RT_TABLE_LOCAL, RTM_DELADDR, RTM_DELLINK, RTM_DELROUTE, RTM_NEWADDR, RTM_NEWROUTE, RTMSG_LEN } from './uapi.js';
 
 /** Group bits for bind(): RTMGRP_LINK = 1 << (RTNLGRP_LINK - 1), and so on. */
 const RTMGRP_LINK = 1;
 const RTMGRP_IPV4_IFADDR = 0x10;
 const RTMGRP_IPV6_IFADDR = 0x100;
+const RTMGRP_IPV4_ROUTE = 0x40;
+const RTMGRP_IPV6_ROUTE = 0x400;
+/** offsetof(struct rtmsg, rtm_table): the table of a route message (RT_TABLE_LOCAL fits the u8). */
+const RTMSG_TABLE_OFFSET = 4;
 const IFINFOMSG_LEN = 16;
 
 export interface LinkGone {
@@ -88,15 +93,21 @@ export function linkRemovalsWatch(onGone: (link: LinkGone) => void, onResync: (p
 
 /**
  * Calls `onChange` after a datagram announcing that an address of the agent's own network namespace
- * came or went (IPv4 or IPv6, any device), and when the kernel dropped such events (ENOBUFS): the caller
- * reads the addresses again either way. A burst of changes arrives in few datagrams; the caller
- * debounces.
+ * came or went (IPv4 or IPv6, any device) or a route of its local table did (the broadcast, anycast and
+ * local routes the kernel derives from addresses and forwarding, or added by hand: `ip route add local
+ * ... dev lo`), and when the kernel dropped such events (ENOBUFS): the caller reads them again either
+ * way. Routes of other tables (a workload's host routes in main) are not announced. A burst of changes
+ * arrives in few datagrams; the caller debounces.
  */
 export function addressChangesWatch(onChange: () => void): LinkMonitor {
   let closed = false;
-  const handle = native().netlinkMonitorOpen(NETLINK_ROUTE, RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR, MONITOR_RCVBUF_BYTES, (datagram) => {
+  const groups = RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE;
+  const relevant = (m: { type: number; data: Buffer }): boolean =>
+    m.type === RTM_NEWADDR || m.type === RTM_DELADDR ||
+    ((m.type === RTM_NEWROUTE || m.type === RTM_DELROUTE) && m.data.length >= RTMSG_LEN && m.data[RTMSG_TABLE_OFFSET] === RT_TABLE_LOCAL);
+  const handle = native().netlinkMonitorOpen(NETLINK_ROUTE, groups, MONITOR_RCVBUF_BYTES, (datagram) => {
     if (closed) return;
-    if (datagram === null || datagramMessages(datagram).some((m) => m.type === RTM_NEWADDR || m.type === RTM_DELADDR)) onChange();
+    if (datagram === null || datagramMessages(datagram).some(relevant)) onChange();
   });
   return {
     close: () => {

@@ -1,11 +1,12 @@
-// Routes (RTM_*ROUTE) in the main table.
+// Routes (RTM_*ROUTE): the main table, and the local table as what the host delivers to itself.
 import type { Attr } from './attrs.js';
 import { isErrno } from '../common/kernel-error.js';
 import { attr, ipBytes, ipString, message, messageAttrs, readU32, rtmsg, rtmsgDecode, u32 } from './attrs.js';
 import type { Rtnl } from './socket.js';
 import {
-  AF_INET, AF_INET6, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, RT_SCOPE_LINK, RT_SCOPE_UNIVERSE, RT_TABLE_MAIN,
-  RTA_DST, RTA_GATEWAY, RTA_OIF, RTA_TABLE, RTM_DELROUTE, RTM_F_FIB_MATCH, RTM_F_LOOKUP_TABLE, RTM_GETROUTE, RTM_NEWROUTE, RTMSG_LEN, RTN_UNICAST, RTPROT_STATIC,
+  AF_INET, AF_INET6, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, RT_SCOPE_LINK, RT_SCOPE_UNIVERSE, RT_TABLE_LOCAL, RT_TABLE_MAIN,
+  RTA_DST, RTA_GATEWAY, RTA_OIF, RTA_TABLE, RTM_DELROUTE, RTM_F_FIB_MATCH, RTM_F_LOOKUP_TABLE, RTM_GETROUTE, RTM_NEWROUTE, RTMSG_LEN,
+  RTN_ANYCAST, RTN_BROADCAST, RTN_LOCAL, RTN_MULTICAST, RTN_UNICAST, RTPROT_STATIC,
 } from './uapi.js';
 
 export interface RouteSpec {
@@ -166,4 +167,26 @@ export async function routeList(nl: Rtnl, family = 0): Promise<RouteInfo[]> {
     if (info.table === RT_TABLE_MAIN) out.push(info);
   }
   return out;
+}
+
+const LOCAL_DELIVERY = new Set([RTN_LOCAL, RTN_BROADCAST, RTN_ANYCAST, RTN_MULTICAST]);
+
+/**
+ * The destinations the kernel delivers to the host itself: the routes of the local table (255) of type
+ * local, broadcast, anycast or multicast, both families, as `addr/len` (a `local` route may be a whole
+ * prefix: 127.0.0.0/8, or AnyIP's `ip route add local 198.51.100.0/24 dev lo`; `default` is written
+ * 0.0.0.0/0 or ::/0). One dump of every table: the socket has no strict checking to filter by table.
+ */
+export async function localDeliveryPrefixes(nl: Rtnl): Promise<string[]> {
+  const msgs = await nl.dump(RTM_GETROUTE, message(rtmsg({
+    family: 0, dstLen: 0, table: 0, protocol: 0, scope: 0, type: 0,
+  })));
+  const out = new Set<string>();
+  for (const m of msgs) {
+    if (m.type !== RTM_NEWROUTE) continue;
+    const r = routeDecode(m.data);
+    if (r.table !== RT_TABLE_LOCAL || !LOCAL_DELIVERY.has(r.type)) continue;
+    out.add(r.dst === 'default' ? (r.family === AF_INET ? '0.0.0.0/0' : '::/0') : r.dst);
+  }
+  return [...out];
 }

@@ -102,10 +102,15 @@ export const IFA_F_PERMANENT = 0x80;
 // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type (u8 each), flags u32
 export const RTMSG_LEN = 12;
 export const RT_TABLE_MAIN = 254;
+export const RT_TABLE_LOCAL = 255;
 export const RTPROT_STATIC = 4;
 export const RT_SCOPE_UNIVERSE = 0;
 export const RT_SCOPE_LINK = 253;
 export const RTN_UNICAST = 1;
+export const RTN_LOCAL = 2;
+export const RTN_BROADCAST = 3;
+export const RTN_ANYCAST = 4;
+export const RTN_MULTICAST = 5;
 export const RTA_DST = 1;
 export const RTA_OIF = 4;
 export const RTA_GATEWAY = 5;

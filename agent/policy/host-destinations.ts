@@ -4,11 +4,14 @@
  * `world` (a rule allowing world or 0.0.0.0/0 but not host would otherwise let a workload reach host
  * services through them).
  *
- * - The host's addresses (/32, /128), as before.
- * - IPv4, per interface address with a prefix shorter than /31: the subnet broadcast (192.0.2.255 for
- *   192.0.2.1/24, which Linux routes as `broadcast ... table local`) and the network address (older
- *   kernels add a broadcast route for it too; no host on the subnet can own it). An address on a
- *   loopback device makes its whole prefix local (`local 127.0.0.0/8 dev lo`): the prefix is written.
+ * - The host's addresses (/32, /128), on every device, running or not.
+ * - What the kernel's local routing table (255) delivers to the host: routes of type local (an
+ *   address, or a whole prefix: `local 127.0.0.0/8 dev lo`, AnyIP's `ip route add local
+ *   198.51.100.0/24 dev lo`), broadcast (`broadcast 192.0.2.255`), anycast (the IPv6 subnet-router
+ *   anycast address, `anycast 2001:db8::`, present while the host forwards) and multicast. Read from
+ *   the kernel, not computed from an address and its prefix length: the IPv4 network address
+ *   (192.0.2.0 for 192.0.2.1/24) is an ordinary unicast address on current kernels, a LAN machine can
+ *   own it, and it is host only where the kernel has a route delivering it locally.
  * - IPv4 limited broadcast 255.255.255.255 and multicast 224.0.0.0/4; IPv6 multicast ff00::/8. A
  *   workload's device is point to point: the only receiver of its multicast is the host (the
  *   all-hosts/all-nodes groups are joined on every device, and a socket bound to the wildcard address
@@ -16,10 +19,12 @@
  *   multicast routing, which is the host's doing too.
  * - IPv6 link-local fe80::/10, whole: a workload's only on-link neighbour is the host side of its
  *   device, so any link-local destination it can reach is the host (workloads' own link-local
- *   addresses are never in the ipcache: they cannot be reached across the host).
- * - IPv6, per global or ULA address with a prefix shorter than /127: the subnet-router anycast address
- *   (the prefix with an all-zero host part, RFC 4291 2.6.1), which Linux answers locally while it
- *   forwards (`anycast 2001:db8:: ... table local`); written whether or not forwarding is on now.
+ *   addresses are never in the ipcache: they cannot be reached across the host). Local routes inside
+ *   these ranges (each device's link-local address, `multicast ff00::/8 dev X`) add nothing.
+ *
+ * Being host in the ipcache is what a workload's packets to these destinations are judged as; towards a
+ * workload only the host's own packets are host (the datapath judges a forwarded packet from a host
+ * address as world: bpf/include/ipcache.h, ipcache_source_identity).
  *
  * Cilium differs here: its ipcache gives HOST_ID only to node addresses of a scope below link
  * (`local-max-addr-scope`, RT_SCOPE_LINK - 1 by default: pkg/datapath/tables/node_address.go), so a
@@ -28,7 +33,7 @@
  */
 import type { NetworkInterfaceInfo } from 'node:os';
 import { networkInterfaces } from 'node:os';
-import { bigintToAddress, cidrParse, type Cidr } from '../ipam.js';
+import { cidrParse, type Cidr } from '../ipam.js';
 import { cidrParsed } from './cidr.js';
 
 /** Prefixes that are the host's whatever its addresses. */
@@ -36,44 +41,33 @@ export const HOST_RANGES: readonly string[] = ['255.255.255.255/32', '224.0.0.0/
 
 const BITS = { 4: 32, 6: 128 } as const;
 
-/** One address as its host prefix. */
-function hostPrefixOf(family: 4 | 6, value: bigint): string {
-  return `${bigintToAddress(value, family)}/${BITS[family]}`;
-}
-
 /**
- * The host prefixes one interface address adds (pure: the address arithmetic). `cidr` is the address
- * with its prefix length, as node:os reports it (`192.0.2.1/24`); `internal` marks a loopback device.
+ * The host prefixes one interface address adds by itself (pure): the address, and on a loopback device
+ * its whole prefix (Linux delivers all of `127.0.0.0/8` locally: the local table says so too, this
+ * covers the time before it was read). `cidr` is the address with its prefix length, as node:os reports
+ * it (`192.0.2.1/24`); `internal` marks a loopback device. Broadcast and anycast addresses are not
+ * derived here: they come from the kernel's local table (hostDestinationsFrom).
  */
 export function interfaceAddressDestinations(cidr: string, internal: boolean): string[] {
   const slash = cidr.lastIndexOf('/');
   const address = cidr.slice(0, slash);
   const family = address.includes(':') ? 6 : 4;
   const net: Cidr = cidrParse(cidr);
-  const len = net.prefixLength;
   const full = BITS[family];
   const host = cidrParse(`${address}/${full}`);
   if (family === 6 && isLinkLocal6(host)) return []; // fe80::/10 covers it
-  const out = [host.text];
-  if (family === 4) {
-    if (internal) {
-      if (len < full) out.push(net.text);
-    } else if (len < 31) {
-      const hostMask = (1n << BigInt(full - len)) - 1n;
-      out.push(hostPrefixOf(4, net.network), hostPrefixOf(4, net.network | hostMask));
-    }
-  } else if (len < 127) {
-    out.push(hostPrefixOf(6, net.network));
-  }
-  return out;
+  return internal && net.prefixLength < full ? [host.text, net.text] : [host.text];
 }
 
 function isLinkLocal6(c: Cidr): boolean {
   return c.family === 6 && c.network >> 118n === 0x3fan;
 }
 
-/** Host prefixes of a list of interface addresses (pure): HOST_RANGES, then each address's, without repeats. */
-export function hostDestinationsFromAddresses(addresses: ReadonlyArray<{ cidr: string; loopback: boolean }>): string[] {
+/**
+ * Host prefixes (pure): HOST_RANGES, each address's, then each prefix the local table delivers
+ * locally (`localDelivery`, netkit localDeliveryPrefixes) that HOST_RANGES do not cover, without repeats.
+ */
+export function hostDestinationsFrom(addresses: ReadonlyArray<{ cidr: string; loopback: boolean }>, localDelivery: readonly string[] = []): string[] {
   const out = new Set<string>(HOST_RANGES);
   for (const a of addresses) {
     let prefixes: string[];
@@ -84,10 +78,23 @@ export function hostDestinationsFromAddresses(addresses: ReadonlyArray<{ cidr: s
     }
     for (const p of prefixes) out.add(p);
   }
+  const ranges = new HostDestinationSet(HOST_RANGES);
+  for (const p of localDelivery) {
+    let c: Cidr;
+    try {
+      c = cidrParse(p);
+    } catch {
+      continue;
+    }
+    if (!ranges.has(c.text)) out.add(c.text);
+  }
   return [...out];
 }
 
-/** Host prefixes of a node:os interface list (pure). */
+/**
+ * Host prefixes of a node:os interface list (pure): the addresses only, for the time before the kernel's
+ * listing (node:os knows no routes; it also leaves out the addresses of devices that are not running).
+ */
 export function hostDestinationsOf(ifaces: NodeJS.Dict<NetworkInterfaceInfo[]>): string[] {
   const addresses: Array<{ cidr: string; loopback: boolean }> = [];
   for (const addrs of Object.values(ifaces)) {
@@ -97,25 +104,31 @@ export function hostDestinationsOf(ifaces: NodeJS.Dict<NetworkInterfaceInfo[]>):
       addresses.push({ cidr: a.cidr ?? `${a.address.split('%')[0]}/${BITS[family]}`, loopback: a.internal });
     }
   }
-  return hostDestinationsFromAddresses(addresses);
+  return hostDestinationsFrom(addresses);
+}
+
+/** What the kernel listed: every address of every device, and the local table's local deliveries. */
+export interface HostDestinationListing {
+  addresses: ReadonlyArray<{ cidr: string; loopback: boolean }>;
+  localDelivery: readonly string[];
 }
 
 /**
- * The host's addresses as the kernel listed them last (agent/host-address-watch.ts reads them with a
- * netlink dump at start and after every change); undefined until then, or once the watch stopped.
+ * The kernel's last listing (agent/host-address-watch.ts reads it with netlink dumps at start and after
+ * every change of an address or of the local table); undefined until then, or once the watch stopped.
  */
-let listed: ReadonlyArray<{ cidr: string; loopback: boolean }> | undefined;
+let listed: HostDestinationListing | undefined;
 
-export function hostAddressesListedSet(addresses: ReadonlyArray<{ cidr: string; loopback: boolean }> | undefined): void {
-  listed = addresses;
+export function hostDestinationsListedSet(listing: HostDestinationListing | undefined): void {
+  listed = listing;
 }
 
 /**
- * The host prefixes of this host now: from the kernel's last listing of its addresses, or, before there
- * is one, from node:os (which leaves out the addresses of devices that are not running).
+ * The host prefixes of this host now: from the kernel's last listing, or, before there is one, the
+ * addresses node:os reports.
  */
 export function hostDestinations(): string[] {
-  return listed ? hostDestinationsFromAddresses(listed) : hostDestinationsOf(networkInterfaces());
+  return listed ? hostDestinationsFrom(listed.addresses, listed.localDelivery) : hostDestinationsOf(networkInterfaces());
 }
 
 /**

@@ -2,9 +2,11 @@
 // whose egress allows world (2, 9, 10) but not host sends UDP to the host's subnet broadcast, the limited
 // broadcast, the network address, multicast (224.0.0.1, ff02::1), the host side's link-local address and
 // the subnet-router anycast address of the host's IPv6 prefix (forwarding on). The ipcache is written by
-// the agent's own sync (agent/policy/ipcache-sync.ts) from the addresses the kernel reports: every one of
-// them must be dropped as identity host (1), with no datagram reaching the host's listeners; with host
-// allowed too, every one the kernel delivers arrives. Removing the host's address removes its entries.
+// the agent's own sync (agent/policy/ipcache-sync.ts) from the addresses and the local routing table the
+// kernel reports: every one the kernel delivers locally must be dropped as identity host (1), with no
+// datagram reaching the host's listeners; with host allowed too, every one arrives. The network address
+// is host only where the kernel has a local route for it (not on current kernels: a LAN machine may own
+// it), else world. Removing the host's address removes its entries.
 //
 // All of it runs in a network namespace of its own (the "host": nodeInOwnNetns), with the workload in a
 // named namespace and its veth pair made there; the pin root and the named namespace are removed by the
@@ -42,6 +44,8 @@ import dgram from 'node:dgram';
 import { datapathLoad, datapathUnpinAll } from ${mod('../../bpf/index.js')};
 import { ipcacheSyncSteps } from ${mod('../../agent/policy/ipcache-sync.js')};
 import { stepsRun } from ${mod('../../agent/policy/slices.js')};
+import { hostDestinationsListedSet } from ${mod('../../agent/policy/host-destinations.js')};
+import { hostAddressesList, hostLocalDeliveryList } from ${mod('../../netkit/index.js')};
 
 const NS = ${JSON.stringify(WL_NS)};
 const PIN_ROOT = ${JSON.stringify(PIN_ROOT)};
@@ -99,8 +103,12 @@ try {
   await dp.attach({ ifname: 'knhd0', ifindex, kind: 'tcx' });
   const kernel = { datapath: dp };
   const store = { workloadList: () => [{ ipv4: ep.ipv4, ipv6: ep.ipv6, identity: ep.identity }] };
+  // the kernel's listing, as the agent reads it (agent/host-address-watch.ts)
+  hostDestinationsListedSet({ addresses: await hostAddressesList(), localDelivery: await hostLocalDeliveryList() });
   stepsRun(ipcacheSyncSteps(kernel, store, undefined));
   out.ipcache = Object.fromEntries(dp.ipcacheList().map(([cidr, e]) => [cidr, e.identity]));
+  // whether this kernel delivers the network address locally (older ones had a broadcast route for it)
+  out.networkAddrLocal = JSON.parse(sh('ip', '-j', 'route', 'show', 'table', 'local', '192.0.2.0')).length > 0;
 
   const events = [];
   const reader = dp.flowsRead((evs) => events.push(...evs));
@@ -156,11 +164,14 @@ for name, dst in json.loads(sys.argv[1]):
   // the host's address goes: its entries go with the next sync
   sh('ip', 'addr', 'del', '192.0.2.1/24', 'dev', 'up0');
   sh('ip', '-6', 'addr', 'del', '2001:db8::fe/64', 'dev', 'up0');
+  // the kernel's listing, as the agent reads it (agent/host-address-watch.ts)
+  hostDestinationsListedSet({ addresses: await hostAddressesList(), localDelivery: await hostLocalDeliveryList() });
   stepsRun(ipcacheSyncSteps(kernel, store, undefined));
   out.ipcacheAfterRemoval = Object.fromEntries(dp.ipcacheList().map(([cidr, e]) => [cidr, e.identity]));
   reader.close();
   for (const s of listeners) s.close();
 } finally {
+  hostDestinationsListedSet(undefined);
   try { dp?.close(); } catch {}
   await datapathUnpinAll(PIN_ROOT).catch(() => {});
   spawnSync('ip', ['netns', 'del', NS]);
@@ -175,6 +186,7 @@ interface Result {
 }
 interface Out {
   hostLL: string;
+  networkAddrLocal: boolean;
   ipcache: Record<string, number>;
   worldOnly: Record<Case, Result>;
   withHost: Record<Case, Result>;
@@ -186,27 +198,38 @@ after(async () => {
   await datapathUnpinAll(PIN_ROOT).catch(() => undefined);
 });
 
-test('a world-allowed workload reaches no host destination: subnet and limited broadcast, network address, multicast, link-local, anycast are host (1); with host allowed they pass (root)', { timeout: 120_000 }, async () => {
+test('a world-allowed workload reaches no host destination: subnet and limited broadcast, multicast, link-local, anycast are host (1); the network address only where the kernel delivers it; with host allowed they pass (root)', { timeout: 120_000 }, async () => {
   const out = await nodeInOwnNetns<Out>('', script);
   const HOST = 1;
+  const WORLD4 = 9;
+  // The network address is the LAN's (a machine there may own it) unless the kernel has a local route
+  // for it: then it is host like the others.
+  const hostCases = (Object.keys(CASES) as Case[]).filter((c) => c !== 'networkAddr' || out.networkAddrLocal);
   // Every case that got through or was judged as another identity, named at once (without the host
   // destinations in the ipcache: all but the host's own addresses, as world-ipv4/-ipv6).
   const leaks: string[] = [];
-  for (const c of Object.keys(CASES) as Case[]) {
+  for (const c of hostCases) {
     const r = out.worldOnly[c];
     if (r.received) leaks.push(`${c}: reached the host's listener`);
     if (r.forwarded.length) leaks.push(`${c}: forwarded as identity ${r.forwarded.join(',')}`);
     if (!r.dropped.length || !r.dropped.every(([reason, identity]) => reason === 133 && identity === HOST)) leaks.push(`${c}: drops ${JSON.stringify(r.dropped)}, not POLICY_DENIED to host`);
   }
   assert.deepEqual(leaks, [], 'with only world allowed, every host destination is dropped as host');
-  for (const c of Object.keys(CASES) as Case[]) {
+  for (const c of hostCases) {
     const r = out.withHost[c];
     assert.deepEqual(r.dropped, [], `${c}: no drop once host is allowed`);
     assert.ok(r.forwarded.length > 0 && r.forwarded.every((i) => i === HOST), `${c}: forwarded to host: ${JSON.stringify(r.forwarded)}`);
-    // this kernel has no `broadcast 192.0.2.0` route (older ones had): the network address is not delivered
-    if (c !== 'networkAddr') assert.equal(r.received, true, `${c}: the host's listener received it`);
+    assert.equal(r.received, true, `${c}: the host's listener received it`);
   }
-  for (const cidr of ['192.0.2.1/32', '192.0.2.255/32', '192.0.2.0/32', '255.255.255.255/32', '224.0.0.0/4', '2001:db8::fe/128', '2001:db8::/128', 'fe80::/10', 'ff00::/8']) {
+  if (!out.networkAddrLocal) {
+    for (const phase of [out.worldOnly, out.withHost]) {
+      const r = phase.networkAddr;
+      assert.deepEqual({ dropped: r.dropped, received: r.received }, { dropped: [], received: false }, 'the network address is not the host\'s');
+      assert.ok(r.forwarded.length > 0 && r.forwarded.every((i) => i === WORLD4), `network address forwarded as world: ${JSON.stringify(r.forwarded)}`);
+    }
+    assert.equal(out.ipcache['192.0.2.0/32'], undefined, 'no host entry for the network address');
+  }
+  for (const cidr of ['192.0.2.1/32', '192.0.2.255/32', '255.255.255.255/32', '224.0.0.0/4', '2001:db8::fe/128', '2001:db8::/128', 'fe80::/10', 'ff00::/8']) {
     assert.equal(out.ipcache[cidr], HOST, `ipcache ${cidr} is host`);
   }
   assert.equal(out.ipcache['10.251.0.2/32'], 4300);

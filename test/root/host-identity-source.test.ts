@@ -34,8 +34,8 @@ import { once } from 'node:events';
 import { datapathLoad, datapathUnpinAll } from ${mod('../../bpf/index.js')};
 import { ipcacheSyncSteps } from ${mod('../../agent/policy/ipcache-sync.js')};
 import { stepsRun } from ${mod('../../agent/policy/slices.js')};
-import { hostAddressesListedSet } from ${mod('../../agent/policy/host-destinations.js')};
-import { hostAddressesList } from ${mod('../../netkit/index.js')};
+import { hostDestinationsListedSet } from ${mod('../../agent/policy/host-destinations.js')};
+import { hostAddressesList, hostLocalDeliveryList } from ${mod('../../netkit/index.js')};
 const NS = ${JSON.stringify(WL_NS)}, LAN = ${JSON.stringify(LAN_NS)}, PIN_ROOT = ${JSON.stringify(PIN_ROOT)}, PORT = ${PORT};
 const sh = (...args) => { const r = spawnSync(args[0], args.slice(1), { encoding: 'utf8' }); if (r.status !== 0) throw new Error(args.join(' ') + ': ' + r.stderr); return r.stdout; };
 const until = async (what, fn) => {
@@ -94,7 +94,7 @@ try {
   dp.endpointUpsert(host.ifindex, ep);
   await dp.attach({ ifname: 'hswl0', ifindex: host.ifindex, kind: 'tcx' });
   // the ipcache as the agent writes it: from the kernel's listing (agent/host-address-watch.ts)
-  hostAddressesListedSet(await hostAddressesList());
+  hostDestinationsListedSet({ addresses: await hostAddressesList(), localDelivery: await hostLocalDeliveryList() });
   stepsRun(ipcacheSyncSteps({ datapath: dp }, { workloadList: () => [{ ipv4: ep.ipv4, ipv6: ep.ipv6, identity: ep.identity }] }, undefined));
   out.ipcache = Object.fromEntries(dp.ipcacheList().filter(([c]) => c.startsWith('192.0.2') || c.startsWith('2001:db8')).map(([c, e]) => [c, e.identity]));
   // ingress: only what the compiler always adds (allow-localhost: identity 1)
@@ -177,7 +177,7 @@ p.send(dmac + smac + b'\\\\x08\\\\x00' + hdr + udp)
   out.received = ['lan-network-address', 'lan-anycast', 'lan-spoofed-host6', 'lan-control4', 'lan-control6'].filter(received);
   reader.close();
 } finally {
-  hostAddressesListedSet(undefined);
+  hostDestinationsListedSet(undefined);
   try { srv?.kill(); } catch {}
   try { dp?.close(); } catch {}
   await datapathUnpinAll(PIN_ROOT).catch(() => {});
@@ -210,6 +210,7 @@ test('a LAN sender claiming a host source (network address, anycast, the host\'s
   const host: Judged = { verdict: 'FORWARDED', srcIdentity: HOST, dropReason: 0 };
   assert.equal(out.ipcache['2001:db8::1/128'], HOST, 'the spoofed source is one of the host\'s addresses');
   assert.equal(out.ipcache['2001:db8::/128'], HOST, 'the kernel delivers the subnet-router anycast address locally');
+  assert.equal(out.ipcache['192.0.2.0/32'], undefined, 'the network address is the LAN machine\'s (no local route for it)');
   assert.deepEqual(out.judged, {
     'lan-network-address': world(4),
     'lan-control4': world(4),

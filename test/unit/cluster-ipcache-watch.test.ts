@@ -8,7 +8,7 @@ import { IDENTITIES_PREFIX } from '../../agent/cluster/identity-allocator.js';
 import { clusterIdentityRange } from '../../agent/cluster/identity-range.js';
 import { IPCACHE_PREFIX, ipIdentityPairJson } from '../../agent/cluster/ipcache-publisher.js';
 import { hostAddressesRecent } from '../../agent/cluster/host-addresses.js';
-import { hostDestinationsFromAddresses } from '../../agent/policy/host-destinations.js';
+import { hostDestinationsFrom } from '../../agent/policy/host-destinations.js';
 import { ipcacheValueJudge, IpcacheWatcher, peerNodeBinding, remoteIdentityLabels, type IpcacheWatchRules } from '../../agent/cluster/ipcache-watcher.js';
 import type { PeerNode } from '../../agent/cluster/node-registry.js';
 import { RemoteIpcache, remoteHostId, type RemoteIpcacheTarget } from '../../agent/cluster/remote-ipcache.js';
@@ -111,11 +111,11 @@ describe('cluster ipcache watch: what is accepted', () => {
   });
 
   test('this host\'s addresses: every destination its stack takes (interface addresses, broadcasts, anycast, link-local, multicast) and the node addresses', () => {
-    const read = hostAddressesRecent(['192.0.2.1', 'FD00:0::1'], () => hostDestinationsFromAddresses([
+    const read = hostAddressesRecent(['192.0.2.1', 'FD00:0::1'], () => hostDestinationsFrom([
       { cidr: '127.0.0.1/8', loopback: true },
       { cidr: '198.51.100.7/24', loopback: false },
       { cidr: '2001:db8:5::7/64', loopback: false },
-    ]));
+    ], ['198.51.100.7/32', '198.51.100.255/32', '2001:db8:5::/128', '2001:db8:5::7/128']));
     const host = read();
     for (const a of ['192.0.2.1', 'fd00::1', '127.0.0.1', '127.9.9.9', '198.51.100.7', '198.51.100.255', '2001:db8:5::7', '2001:db8:5::', 'fe80::1', '224.0.0.1', 'ff02::1', '255.255.255.255']) {
       assert.ok(host.has(a), a);

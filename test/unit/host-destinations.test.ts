@@ -5,30 +5,26 @@ import type { IpcacheEntry } from '../../bpf/index.js';
 import type { KernelOps } from '../../agent/kernel-ops.js';
 import type { Store } from '../../agent/store/store.js';
 import type { CompiledPolicy } from '../../agent/policy/index.js';
-import { HOST_RANGES, HostDestinationSet, hostDestinationsFromAddresses, hostDestinationsOf, interfaceAddressDestinations } from '../../agent/policy/host-destinations.js';
+import { HOST_RANGES, HostDestinationSet, hostDestinationsFrom, hostDestinationsOf, interfaceAddressDestinations } from '../../agent/policy/host-destinations.js';
 import { ipcacheSyncSteps } from '../../agent/policy/ipcache-sync.js';
 import { stepsRun } from '../../agent/policy/slices.js';
 
-test('host destinations of one interface address: IPv4 network and subnet broadcast, IPv6 subnet-router anycast', () => {
-  assert.deepEqual(interfaceAddressDestinations('192.0.2.1/24', false), ['192.0.2.1/32', '192.0.2.0/32', '192.0.2.255/32']);
-  assert.deepEqual(interfaceAddressDestinations('10.1.2.3/8', false), ['10.1.2.3/32', '10.0.0.0/32', '10.255.255.255/32']);
-  assert.deepEqual(interfaceAddressDestinations('198.51.100.77/27', false), ['198.51.100.77/32', '198.51.100.64/32', '198.51.100.95/32']);
-  assert.deepEqual(interfaceAddressDestinations('198.51.100.5/30', false), ['198.51.100.5/32', '198.51.100.4/32', '198.51.100.7/32']);
-  // /31 (RFC 3021) and /32 have no network or broadcast address: both ends are hosts
+test('host destinations of one interface address: the address; a loopback device\'s whole prefix; nothing derived from the prefix', () => {
+  // no network or broadcast address, no anycast: those come from the kernel's local table (a LAN
+  // machine may own 192.0.2.0 on a kernel that has no broadcast route for it)
+  assert.deepEqual(interfaceAddressDestinations('192.0.2.1/24', false), ['192.0.2.1/32']);
   assert.deepEqual(interfaceAddressDestinations('198.51.100.0/31', false), ['198.51.100.0/32']);
   assert.deepEqual(interfaceAddressDestinations('198.51.100.9/32', false), ['198.51.100.9/32']);
   // a loopback device's IPv4 prefix is local as a whole (`local 127.0.0.0/8 dev lo table local`)
   assert.deepEqual(interfaceAddressDestinations('127.0.0.1/8', true), ['127.0.0.1/32', '127.0.0.0/8']);
   assert.deepEqual(interfaceAddressDestinations('169.254.1.53/32', true), ['169.254.1.53/32']);
-  assert.deepEqual(interfaceAddressDestinations('2001:db8::fe/64', false), ['2001:db8::fe/128', '2001:db8::/128']);
-  assert.deepEqual(interfaceAddressDestinations('fd00:1:2:3:4:5:6:7/48', false), ['fd00:1:2:3:4:5:6:7/128', 'fd00:1:2::/128']);
-  assert.deepEqual(interfaceAddressDestinations('2001:db8::3/127', false), ['2001:db8::3/128'], '/127 (RFC 6164): no anycast');
+  assert.deepEqual(interfaceAddressDestinations('2001:db8::fe/64', false), ['2001:db8::fe/128']);
   assert.deepEqual(interfaceAddressDestinations('::1/128', true), ['::1/128']);
   // link-local addresses are inside fe80::/10, which HOST_RANGES holds whole
   assert.deepEqual(interfaceAddressDestinations('fe80::1:2ff:fe00:1/64', false), []);
 });
 
-test('host destinations of an interface list: the fixed ranges first, each prefix once', () => {
+test('host destinations of an interface list (node:os, before the kernel\'s listing): the fixed ranges first, the addresses, each prefix once', () => {
   const a = (address: string, cidr: string | null, internal = false): NetworkInterfaceInfo =>
     (address.includes(':')
       ? { address, cidr, internal, family: 'IPv6', netmask: '', mac: '00:00:00:00:00:00', scopeid: 0 }
@@ -41,16 +37,26 @@ test('host destinations of an interface list: the fixed ranges first, each prefi
   assert.deepEqual(got, [
     '255.255.255.255/32', '224.0.0.0/4', 'fe80::/10', 'ff00::/8',
     '127.0.0.1/32', '127.0.0.0/8', '::1/128',
-    '192.0.2.1/32', '192.0.2.0/32', '192.0.2.255/32', '192.0.2.7/32',
-    '2001:db8::fe/128', '2001:db8::/128',
+    '192.0.2.1/32', '192.0.2.7/32', '2001:db8::fe/128',
     '203.0.113.5/32',
   ]);
   assert.deepEqual(HOST_RANGES, got.slice(0, 4));
-  // the kernel's own listing (netlink: every device), loopback by ifindex 1
-  assert.deepEqual(hostDestinationsFromAddresses([
+});
+
+test('host destinations of the kernel\'s listing: the addresses and the local table\'s deliveries, those inside the fixed ranges once', () => {
+  // as `ip route show table local` lists them for 127.0.0.1/8, 198.51.100.1/24 and fd00:9::1/64 with
+  // forwarding on, plus AnyIP (`ip route add local 203.0.113.0/24 dev lo`)
+  const localDelivery = [
+    '127.0.0.0/8', '127.0.0.1/32', '127.255.255.255/32', '198.51.100.1/32', '198.51.100.255/32', '203.0.113.0/24',
+    '::1/128', 'fd00:9::/128', 'fd00:9::1/128', 'fe80::1:2ff:fe00:1/128', 'ff00::/8', 'bogus',
+  ];
+  assert.deepEqual(hostDestinationsFrom([
     { cidr: '127.0.0.1/8', loopback: true }, { cidr: '198.51.100.1/24', loopback: false }, { cidr: 'bogus/99', loopback: false },
-    { cidr: 'fd00:9::1/64', loopback: false },
-  ]), [...HOST_RANGES, '127.0.0.1/32', '127.0.0.0/8', '198.51.100.1/32', '198.51.100.0/32', '198.51.100.255/32', 'fd00:9::1/128', 'fd00:9::/128']);
+    { cidr: 'fd00:9::1/64', loopback: false }, { cidr: '192.0.2.9/24', loopback: false },
+  ], localDelivery), [
+    ...HOST_RANGES, '127.0.0.1/32', '127.0.0.0/8', '198.51.100.1/32', 'fd00:9::1/128', '192.0.2.9/32',
+    '127.255.255.255/32', '198.51.100.255/32', '203.0.113.0/24', '::1/128', 'fd00:9::/128',
+  ], 'no 198.51.100.0: the kernel has no route delivering it locally');
 });
 
 test('HostDestinationSet: an address or a prefix inside a host prefix, never one that only contains one', () => {
