@@ -106,15 +106,22 @@ static __always_inline int dhcp_client_to_agent(const struct pkt *p)
 	return p->sport == 68 && p->dport == 67 && (bytes_eq(p->daddr, gateway4, 4) || bytes_eq(p->daddr, bcast4, 4));
 }
 
-/* Hands a DHCP client broadcast to the host side, where the agent's packet socket answers it: addressed
- * to the guest's own MAC, so the host side takes it as PACKET_OTHERHOST (the packet socket sees it, the
- * host's IP stack drops it: no DHCP server on the host hears a guest). Reported as a forwarded flow. */
-static __always_inline int dhcp_to_host(struct __sk_buff *skb, struct flow_ctx *c, const struct endpoint_info *ep)
+/* Addresses a guest's DHCP message to the guest's own MAC, so the host side takes it as
+ * PACKET_OTHERHOST: the agent's packet socket sees it, the host's IP stack drops it (no DHCP server or
+ * relay on the host hears a guest, nothing is forwarded). Returns bpf_skb_store_bytes's result. */
+static __always_inline int dhcp_dmac_to_guest(struct __sk_buff *skb, const struct endpoint_info *ep)
 {
 	__u8 mac[6];
 
 	__builtin_memcpy(mac, ep->mac, 6);
-	if (bpf_skb_store_bytes(skb, 0, mac, 6, 0) < 0) {
+	return bpf_skb_store_bytes(skb, 0, mac, 6, 0);
+}
+
+/* Hands a DHCP client broadcast to the host side, where the agent's packet socket answers it
+ * (dhcp_dmac_to_guest). Reported as a forwarded flow. */
+static __always_inline int dhcp_to_host(struct __sk_buff *skb, struct flow_ctx *c, const struct endpoint_info *ep)
+{
+	if (dhcp_dmac_to_guest(skb, ep) < 0) {
 		c->verdict = VERDICT_DROPPED;
 		c->drop_reason = DROP_INVALID_SOURCE_IP;
 		c->reason = REPORT_DROP;
@@ -323,7 +330,16 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 		c.reason = REPORT_DROP;
 		return finish(&c, 1);
 	}
-	if (dir == DIR_EGRESS && (ep->flags & EP_F_DHCP_TO_HOST) && dhcp_client_to_agent(&p)) {
+	if (dir == DIR_EGRESS && (ep->flags & EP_F_DHCP_TO_HOST) && has_l2 && dhcp_client_to_agent(&p)) {
+		/* for the agent's packet socket only, as dhcp_to_host: unjudged, it must not reach a host
+		 * socket on port 67 / 547 nor be forwarded (a renewal to a server address that is not local) */
+		if (dhcp_dmac_to_guest(skb, ep) < 0) {
+			identities_resolve(&c, ep, &p, dir);
+			c.verdict = VERDICT_DROPPED;
+			c.drop_reason = DROP_INVALID_SOURCE_IP;
+			c.reason = REPORT_DROP;
+			return finish(&c, 1);
+		}
 		metric_add(METRIC_POLICY_BYPASS, 0);
 		ct.report = REPORT_EVERY; /* a DHCP / DHCPv6 flow from the guest's device, as when policy judged it */
 		goto out;
