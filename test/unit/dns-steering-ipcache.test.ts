@@ -3,7 +3,7 @@
 // workloads and addresses, other nodes' workloads, a policy's own CIDR entry), now or later.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { hostAddressesListedSet } from '../../agent/policy/host-destinations.js';
+import { hostDestinationsListedSet } from '../../agent/policy/host-destinations.js';
 import { steeringHarness } from '../helpers/dns-steering-harness.js';
 
 const POLICY = `apiVersion: cilium.io/v2
@@ -129,13 +129,14 @@ test('an address the host just got: an answer learned right after the host-addre
   const listed = [{ cidr: '127.0.0.1/8', loopback: true }];
   try {
     await h.workloadAdd('a', 'a', '10.9.0.1', 'fd09::1');
-    hostAddressesListedSet(listed);
+    hostDestinationsListedSet({ addresses: listed, localDelivery: [] });
     h.engine.hostDestinationsFollow();
     // An answer: the proxy reads the host's addresses as they are now.
     await h.learn('10.9.0.1', [{ name: 'one.test', addresses: ['198.51.100.1'], ttl: 60 }]);
     assert.ok(isFqdn(h.ipcache.get('198.51.100.1/32')?.identity));
     // The watch, as agent/host-address-watch.ts does it: the host's new address listed, its entries written.
-    hostAddressesListedSet([...listed, { cidr: '198.51.100.7/24', loopback: false }]);
+    // (the kernel's local table has the subnet broadcast as a broadcast route)
+    hostDestinationsListedSet({ addresses: [...listed, { cidr: '198.51.100.7/24', loopback: false }], localDelivery: ['198.51.100.255/32'] });
     assert.equal(h.engine.hostDestinationsFollow(), true);
     assert.deepEqual(h.ipcache.get('198.51.100.7/32'), { identity: 1, hostId: 0 });
     // A hostile resolver's answer with that address, at once: it must not take the host's entry.
@@ -144,7 +145,7 @@ test('an address the host just got: an answer learned right after the host-addre
     await h.learn('10.9.0.1', [{ name: 'three.test', addresses: ['198.51.100.255'], ttl: 60 }]);
     assert.deepEqual(h.ipcache.get('198.51.100.255/32'), { identity: 1, hostId: 0 }, 'its subnet broadcast too');
   } finally {
-    hostAddressesListedSet(undefined);
+    hostDestinationsListedSet(undefined);
     await h.close();
   }
 });
