@@ -31,6 +31,11 @@
 #define ICMPV6_NS_ 135
 #define ICMPV6_NA_ 136
 #define ICMPV6_REDIRECT_ 137
+/* Multicast listener discovery (RFC 2710, RFC 3810). */
+#define ICMPV6_MLD_QUERY_ 130
+#define ICMPV6_MLD_REPORT_ 131
+#define ICMPV6_MLD_DONE_ 132
+#define ICMPV6_MLD2_REPORT_ 143
 
 #define ETH_P_8021Q_ 0x8100
 #define ETH_P_8021AD_ 0x88a8

@@ -34,6 +34,16 @@ static __always_inline int ip6_is_nd_group(const __u32 *a)
 	return a[2] == bpf_htonl(1) && (a[3] & bpf_htonl(0xff000000)) == bpf_htonl(0xff000000);
 }
 
+/* The source of an RA, NS or NA towards a workload (hop limit 255 checked) that only the host can be: a
+ * link-local address or :: (DAD), which the kernel never forwards, or for a solicitation / advertisement
+ * an address of this host (ipcache). */
+static __always_inline int nd_sender_is_host(const struct pkt *p)
+{
+	if (ip6_is_link_local(p->saddr) || (p->icmp_type == ICMPV6_NS_ && is_zero(p->saddr, 16)))
+		return 1;
+	return p->icmp_type != ICMPV6_RA_ && ipcache_identity(p->saddr, FAMILY_IPV6) == IDENTITY_HOST;
+}
+
 /* Router / neighbour discovery (ICMPv6 133-137, RFC 4861) skips policy only as far as ND needs it, and
  * only where the kernel never forwards it, so that no ND message carries anything past policy to a third
  * party. The message must be unfragmented (RFC 6980), code 0 and hop limit 255 (what RFC 4861 receivers demand: a
@@ -70,9 +80,7 @@ static __always_inline __u16 nd_judge(const struct endpoint_info *ep, const stru
 		return 0;
 	if (!ip6_is_link_local(p->daddr) && !ip6_is_nd_group((const __u32 *)p->daddr) && !bytes_eq(p->daddr, ep->ipv6, 16))
 		return 0;
-	if (ip6_is_link_local(p->saddr) || (t == ICMPV6_NS_ && is_zero(p->saddr, 16)))
-		return ND_BYPASS;
-	return t != ICMPV6_RA_ && ipcache_identity(p->saddr, FAMILY_IPV6) == IDENTITY_HOST ? ND_BYPASS : 0;
+	return nd_sender_is_host(p) ? ND_BYPASS : 0;
 }
 
 /* The trie's longest match for k: from the hash when k is a full key there; else, unless `policy_wild`
@@ -172,4 +180,46 @@ static __always_inline __u16 policy_check_ipblock(__u32 endpoint_id, __u32 remot
 	if (!a)
 		return DROP_POLICY_DENIED;
 	return (a->flags & POLICY_F_DENY) ? DROP_POLICY_DENY : 0;
+}
+
+/* A packet towards a netkit workload whose destination is none of the endpoint addresses
+ * (endpoint_addrs): the workload's link-local address, a multicast group, a broadcast, any other address
+ * the host routes through the device. It has no endpoint, so no policy can judge it (the peer's ifindex,
+ * all that skb->ifindex offers there, belongs to the workload's namespace and can be another's too), and
+ * the host would reach every service of a default-deny workload through fe80::...%dev. So only what the
+ * link itself needs passes, exactly as the host sends it, each with a source no router forwards
+ * (link-local, ::, the host's own) or a destination none does (limited broadcast, link-local):
+ *  - router / neighbour discovery as nd_judge passes it towards a workload, to a link-local address or an
+ *    ND group: the host's own ND, the gateway responder's advertisements (neigh.h) and the agent's
+ *    router advertisements (agent/addressing/ra.ts: fe80::1 -> ff02::1, through a packet socket);
+ *  - the host's MLD (hop limit 1, from a link-local address or ::, to a multicast group);
+ *  - the agent's DHCP answers through its packet sockets (agent/addressing/dhcp4-server.ts): DHCPv4
+ *    67 -> 68 from the gateway to 255.255.255.255 (offers, NAKs, ACKs to a guest without an address;
+ *    an ACK to the guest's address has its endpoint, and policy judges it), DHCPv6 547 -> 546 from
+ *    fe80::1 to a link-local address (the client's; one to its global address has its endpoint).
+ * Unfragmented only. Returns 1 to pass, 0 to drop. */
+static __always_inline int link_to_workload(const struct pkt *p)
+{
+	const __u8 gateway6[16] = GATEWAY_IPV6_INIT;
+	const __u8 gateway4[4] = GATEWAY_IPV4_INIT;
+	const __u8 bcast4[4] = { 0xff, 0xff, 0xff, 0xff };
+	__u8 t = p->icmp_type;
+
+	if (!p->has_l4 || p->is_frag)
+		return 0;
+	if (p->protocol == IPPROTO_UDP) {
+		if (p->family == FAMILY_IPV4)
+			return p->sport == 67 && p->dport == 68 && bytes_eq(p->saddr, gateway4, 4) &&
+			       bytes_eq(p->daddr, bcast4, 4);
+		return p->sport == 547 && p->dport == 546 && bytes_eq(p->saddr, gateway6, 16) &&
+		       ip6_is_link_local(p->daddr);
+	}
+	if (p->family != FAMILY_IPV6 || p->protocol != IPPROTO_ICMPV6_ || p->icmp_code != 0)
+		return 0;
+	if (t == ICMPV6_RA_ || t == ICMPV6_NS_ || t == ICMPV6_NA_)
+		return p->hop_limit == 255 && (ip6_is_link_local(p->daddr) || ip6_is_nd_group((const __u32 *)p->daddr)) &&
+		       nd_sender_is_host(p);
+	if (t == ICMPV6_MLD_QUERY_ || t == ICMPV6_MLD_REPORT_ || t == ICMPV6_MLD_DONE_ || t == ICMPV6_MLD2_REPORT_)
+		return p->hop_limit == 1 && p->daddr[0] == 0xff && (ip6_is_link_local(p->saddr) || is_zero(p->saddr, 16));
+	return 0;
 }

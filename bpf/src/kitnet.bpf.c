@@ -169,6 +169,19 @@ static __always_inline __u32 endpoint_ifindex_by_addr(const __u8 *addr, __u8 fam
 	return ifindex ? *ifindex : 0;
 }
 
+/* netkit primary: an IP packet for none of the endpoint addresses, which no policy can judge: what the
+ * link needs passes, the rest is dropped, counted without a flow (no endpoint to charge; policy.h,
+ * link_to_workload). */
+static __always_inline int unaddressed_to_workload(struct __sk_buff *skb, const struct pkt *p, int rc)
+{
+	if (rc == PARSE_OK && !p->vlan_tagged && link_to_workload(p)) {
+		metric_add(METRIC_NO_ENDPOINT, skb->len);
+		return TCX_PASS;
+	}
+	metric_add(metric_slot(DIR_INGRESS, VERDICT_DROPPED), skb->len);
+	return TCX_DROP;
+}
+
 /* How a program finds its endpoint: by the device the skb is on (tcx on the host-side veth, netkit
  * peer), or by the packet's destination (netkit primary: skb->dev is the peer there, see maps.h). */
 enum ep_lookup {
@@ -196,7 +209,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 		 * L3 mode just carries zero MACs). Frames that are not IP have no address to find their
 		 * endpoint by: ARP (the host resolving an L2 guest) goes on unjudged; anything else can only
 		 * come from the host itself and is dropped as l2_judge would, counted but without a flow
-		 * (no endpoint to charge). Tagged IP finds its endpoint and is judged below. */
+		 * (no endpoint to charge). Tagged IP finds its endpoint and is judged below; IP for no
+		 * endpoint address is the link's or dropped (unaddressed_to_workload). */
 		rc = parse_packet(skb, ETH_HLEN, &p);
 		if (rc == PARSE_NOT_IP) {
 			if (p.eth_proto == ETH_P_ARP && !p.vlan_tagged) {
@@ -207,6 +221,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 			return TCX_DROP;
 		}
 		ifindex = p.family ? endpoint_ifindex_by_addr(p.daddr, p.family) : 0;
+		if (!ifindex)
+			return unaddressed_to_workload(skb, &p, rc);
 	}
 	ep = bpf_map_lookup_elem(&endpoints, &ifindex);
 	if (!ep) {

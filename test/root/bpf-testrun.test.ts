@@ -7,11 +7,14 @@ import { readFileSync } from 'node:fs';
 import { describe, test } from 'node:test';
 import type { FlowEvent, KitnetDatapath, ProgName } from '../../bpf/index.js';
 import { DROP_REASON } from '../../bpf/index.js';
-import { EP_F_DHCP_TO_HOST, EP_F_ENFORCE_SRC_IP, EP_F_ENFORCE_SRC_MAC, TCX_DROP, TCX_NEXT, TCX_PASS } from '../../bpf/layout.gen.js';
+import { EP_F_DHCP_TO_HOST, EP_F_ENFORCE_SRC_IP, EP_F_ENFORCE_SRC_MAC, GATEWAY_IPV4, GATEWAY_IPV6, IDENTITY_HOST, TCX_DROP, TCX_NEXT, TCX_PASS } from '../../bpf/layout.gen.js';
 import { run as run_ } from '../helpers/sys.js';
 import type { EventSink } from './bpf-helpers.js';
 import { ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, TCP, eth, fragHdr, icmp, ipv4, ipv6, ndMsg, policyAllowAll, tcp, udp, LO, testRunDatapathUse } from './bpf-helpers.js';
-import { macParse } from '../../bpf/addr.js';
+import { ipv6Parse, macParse } from '../../bpf/addr.js';
+import { udpFrameEncode } from '../../agent/addressing/dhcp4-codec.js';
+import { dhcp6FrameEncode } from '../../agent/addressing/dhcp6-codec.js';
+import { routerAdvertFrame } from '../../agent/addressing/ra.js';
 
 const EP = { endpointId: 11, identity: 4100, ipv4: '10.250.0.2', ipv6: 'fd00:250::2', mac: '02:00:00:00:00:02', flags: 0 };
 const REMOTE4 = '10.251.0.9';
@@ -189,18 +192,105 @@ describe('datapath on crafted packets (BPF_PROG_TEST_RUN)', { timeout: 60_000 },
     // tcx's program on the same skb finds nothing (the bug this program exists for), and drops it
     const r = await run('to_workload', eth(ETH_P_IP, ipv4(REMOTE4, EP.ipv4, 17, udp(5353, 7002))), PEER_IFINDEX);
     assert.equal(r.retval, TCX_DROP);
-    // not a local workload's address, and non-IP frames: no endpoint, passed on unjudged
-    assert.equal((await run('to_workload_netkit', eth(ETH_P_IP, ipv4(REMOTE4, '10.250.0.77', 17, udp(1, 2))), PEER_IFINDEX)).retval, TCX_NEXT);
+    // not a local workload's address: no endpoint, no policy to judge it, dropped (what the link needs
+    // aside: the next test); ARP passes on unjudged
+    assert.equal((await run('to_workload_netkit', eth(ETH_P_IP, ipv4(REMOTE4, '10.250.0.77', 17, udp(1, 2))), PEER_IFINDEX)).retval, TCX_DROP);
     assert.equal((await run('to_workload_netkit', eth(ETH_P_ARP, Buffer.alloc(28)), PEER_IFINDEX)).retval, TCX_NEXT);
-    // the index follows the endpoint: gone with it, back with it
+    // the index follows the endpoint: gone with it (its address is then no endpoint's: dropped), back with it
     dp.endpointDelete(LO);
     try {
       assert.deepEqual(dp.endpointAddrList(), []);
-      assert.equal((await run('to_workload_netkit', eth(ETH_P_IP, ipv4(REMOTE4, EP.ipv4, 17, udp(5353, 7003))), PEER_IFINDEX)).retval, TCX_NEXT);
+      assert.equal((await run('to_workload_netkit', eth(ETH_P_IP, ipv4(REMOTE4, EP.ipv4, 17, udp(5353, 7003))), PEER_IFINDEX)).retval, TCX_DROP);
     } finally {
       dp.endpointUpsert(LO, EP);
     }
     assert.equal(dp.endpointAddrList().length, 2);
+  });
+
+  test('netkit primary side: a packet for none of the endpoint addresses (link-local, multicast, broadcast, any other) is dropped without a flow, except the host\'s neighbour discovery and MLD and the agent\'s router advertisements and DHCP answers', async () => {
+    const EP_LL = 'fe80::2';
+    const HOST_LL = 'fe80::1234';
+    const HOST6 = 'fd00:250::1';
+    const GUEST_MAC = EP.mac;
+    const GW_MAC = '02:00:00:00:00:01';
+    dp.ipcacheUpsert(`${HOST6}/128`, { identity: IDENTITY_HOST, hostId: 0 });
+    const v6 = (src: string, dst: string, proto: number, l4: Buffer, hop = 64) => eth(ETH_P_IPV6, ipv6(src, dst, proto, l4, [], hop), GW_MAC, GUEST_MAC);
+    const nd = (src: string, dst: string, type: 135 | 136, target: string, hop = 255) => v6(src, dst, 58, ndMsg(src, dst, type, target, [[type === 135 ? 1 : 2, Buffer.from(macParse(GW_MAC))]], type === 136 ? 0x60 : 0), hop);
+    const dhcp4 = (o: { src?: string; dst?: string; sport?: number; dport?: number } = {}) =>
+      udpFrameEncode({ srcMac: GW_MAC, dstMac: GUEST_MAC, srcIp: o.src ?? GATEWAY_IPV4, dstIp: o.dst ?? '255.255.255.255', payload: Buffer.alloc(240) });
+    const dhcp4Ports = (sport: number, dport: number) => {
+      const f = dhcp4();
+      f.writeUInt16BE(sport, 34);
+      f.writeUInt16BE(dport, 36);
+      return f;
+    };
+    const dhcp6 = (dst: string) => dhcp6FrameEncode({ srcMac: Buffer.from(macParse(GW_MAC)), dstMac: Buffer.from(macParse(GUEST_MAC)), dstIp: Buffer.from(ipv6Parse(dst)), messageType: 7, xid: 0x123456, options: [] });
+    const vlanTagged = (frame: Buffer) => Buffer.concat([frame.subarray(0, 12), Buffer.from([0x81, 0x00, 0x00, 0x05]), frame.subarray(12)]);
+    const legit: Array<[string, Buffer]> = [
+      ['the agent\'s router advertisement (ra.ts)', routerAdvertFrame({ gatewayMac: GW_MAC, guestMac: GUEST_MAC, mtu: 1500, managed: true, other: true })],
+      ['the agent\'s DHCPv4 offer / NAK (broadcast)', dhcp4()],
+      ['the agent\'s DHCPv6 reply to the client\'s link-local address', dhcp6(EP_LL)],
+      ['the host\'s NS to the solicited-node group', nd(HOST_LL, 'ff02::1:ff00:2', 135, EP_LL)],
+      ['the host\'s NS from its global address', nd(HOST6, 'ff02::1:ff00:2', 135, EP.ipv6)],
+      ['the host\'s DAD NS from ::', v6('::', 'ff02::1:ff00:1234', 58, ndMsg('::', 'ff02::1:ff00:1234', 135, HOST_LL), 255)],
+      ['the host\'s unicast NUD probe', nd(HOST_LL, EP_LL, 135, EP_LL)],
+      ['the gateway responder\'s NA (neigh.h)', nd(GATEWAY_IPV6, EP_LL, 136, GATEWAY_IPV6)],
+      ['the host\'s unsolicited NA to all-nodes', nd(HOST_LL, 'ff02::1', 136, HOST_LL)],
+      ['the host\'s MLDv2 report', v6(HOST_LL, 'ff02::16', 58, icmp(143, 0), 1)],
+      ['an MLDv2 report from ::', v6('::', 'ff02::16', 58, icmp(143, 0), 1)],
+    ];
+    const hostile: Array<[string, Buffer]> = [
+      ['TCP SYN from a host address to the workload\'s link-local address', v6(HOST6, EP_LL, 6, tcp(40000, 22, TCP.SYN))],
+      ['TCP SYN from the host\'s link-local address', v6(HOST_LL, EP_LL, 6, tcp(40001, 22, TCP.SYN))],
+      ['TCP SYN from the gateway address', v6(GATEWAY_IPV6, EP_LL, 6, tcp(40002, 22, TCP.SYN))],
+      ['UDP from the host\'s link-local address', v6(HOST_LL, EP_LL, 17, udp(5000, 5001))],
+      ['UDP from fe80::1:547 to another port', v6(GATEWAY_IPV6, EP_LL, 17, udp(547, 5353))],
+      ['DHCPv6 from another link-local address', v6(HOST_LL, EP_LL, 17, udp(547, 546))],
+      ['DHCPv6 to a global address that is no endpoint\'s', dhcp6('fd00:250::77')],
+      ['ICMPv6 echo to the link-local address', v6(HOST_LL, EP_LL, 58, icmp(128, 0, 1))],
+      ['ICMPv6 echo to all-nodes', v6(HOST_LL, 'ff02::1', 58, icmp(128, 0, 2))],
+      ['mDNS to ff02::fb', v6(HOST_LL, 'ff02::fb', 17, udp(5353, 5353))],
+      ['UDP to a global multicast group', v6(HOST6, 'ff0e::1', 17, udp(5000, 5000))],
+      ['NS with hop limit 64', nd(HOST_LL, 'ff02::1:ff00:2', 135, EP_LL, 64)],
+      ['NS from a remote address', nd(REMOTE6, 'ff02::1:ff00:2', 135, EP_LL)],
+      ['NS to an address that is no endpoint\'s', nd(HOST_LL, 'fd00:250::77', 135, 'fd00:250::77')],
+      ['RA from a host global address', v6(HOST6, 'ff02::1', 58, icmp(134, 0), 255)],
+      ['a redirect', v6(GATEWAY_IPV6, EP_LL, 58, icmp(137, 0), 255)],
+      ['a router solicitation', v6(HOST_LL, 'ff02::2', 58, icmp(133, 0), 255)],
+      ['MLD with hop limit 64', v6(HOST_LL, 'ff02::16', 58, icmp(143, 0), 64)],
+      ['MLD to a unicast address', v6(HOST_LL, EP_LL, 58, icmp(143, 0), 1)],
+      ['MLD from a global address', v6(HOST6, 'ff02::16', 58, icmp(143, 0), 1)],
+      ['a VLAN-tagged NS', vlanTagged(nd(HOST_LL, 'ff02::1:ff00:2', 135, EP_LL))],
+      ['a fragment of a DHCPv6 reply', eth(ETH_P_IPV6, ipv6(GATEWAY_IPV6, EP_LL, 17, udp(547, 546), [[44, fragHdr(0, true, 9)]], 255), GW_MAC, GUEST_MAC)],
+      ['DHCPv4 from the gateway to another unicast address', dhcp4({ dst: '10.250.0.77' })],
+      ['DHCPv4 from another source', dhcp4({ src: '10.250.0.1' })],
+      ['UDP from the gateway to the broadcast address, another port', dhcp4Ports(67, 5000)],
+      ['UDP to the broadcast address from another port', dhcp4Ports(5000, 68)],
+      ['ICMP echo to the broadcast address', eth(ETH_P_IP, ipv4(GATEWAY_IPV4, '255.255.255.255', 1, icmp(8, 0, 3)), GW_MAC, GUEST_MAC)],
+      ['TCP SYN to another address routed through the device', eth(ETH_P_IP, ipv4('10.251.0.1', '10.250.0.77', 6, tcp(40003, 22, TCP.SYN)), GW_MAC, GUEST_MAC)],
+      ['a truncated UDP header', eth(ETH_P_IPV6, ipv6(GATEWAY_IPV6, EP_LL, 17, Buffer.alloc(2)), GW_MAC, GUEST_MAC)],
+    ];
+    // skb->ifindex is lo here, which has an endpoint entry: never asked (a peer's ifindex may be anyone's)
+    const verdicts = async (cases: Array<[string, Buffer]>) => {
+      const got: Array<[string, number, number]> = [];
+      for (const [what, frame] of cases) {
+        const r = await run('to_workload_netkit', frame);
+        got.push([what, r.retval, r.events.length]);
+      }
+      return got;
+    };
+    try {
+      const dropped = dp.metricsRead().INGRESS_DROPPED.packets;
+      assert.deepEqual(await verdicts(hostile), hostile.map(([what]) => [what, TCX_DROP, 0]), 'dropped, without a flow (no endpoint to charge)');
+      assert.equal(dp.metricsRead().INGRESS_DROPPED.packets, dropped + BigInt(hostile.length), 'each counted');
+      assert.deepEqual(await verdicts(legit), legit.map(([what]) => [what, TCX_PASS, 0]));
+      // the same SYN to the workload's own address has its endpoint: policy (allow-all here) judges it
+      const own = await run('to_workload_netkit', v6(HOST6, EP.ipv6, 6, tcp(40004, 22, TCP.SYN)));
+      assert.deepEqual([own.retval, own.events.map((e) => [e.verdict, e.endpointId])], [TCX_PASS, [['FORWARDED', EP.endpointId]]]);
+    } finally {
+      dp.ipcacheDelete(`${HOST6}/128`);
+      dp.conntrackFlush();
+    }
   });
 
   test('drops: truncated header, spoofed source IP / MAC (when enforced)', async () => {
