@@ -1,9 +1,9 @@
 /* ARP and IPv6 neighbour discovery in frames from the workload (from_workload, devices with an
  * Ethernet header only):
  *  - anti-spoofing: the ARP sender hardware / protocol address, the source link-layer option of a
- *    neighbour solicitation, and the target address and target link-layer option of a neighbour
- *    advertisement must be the endpoint's (EP_F_ENFORCE_SRC_MAC / EP_F_ENFORCE_SRC_IP); the Ethernet
- *    source of every frame too;
+ *    router or neighbour solicitation, and the target address and target link-layer option of a
+ *    neighbour advertisement must be the endpoint's (EP_F_ENFORCE_SRC_MAC / EP_F_ENFORCE_SRC_IP); the
+ *    Ethernet source of every frame too;
  *  - gateway responder: an ARP request for GATEWAY_IPV4 and a neighbour solicitation for GATEWAY_IPV6
  *    are answered with endpoint_info.host_mac (all-zero host_mac: no responder), so a workload resolves
  *    its gateway whatever its neighbour table holds (VM guests, flushed tables, changed MACs).
@@ -186,8 +186,21 @@ static __always_inline int nd_is_ns_or_na(const struct pkt *p)
 	return p->protocol == IPPROTO_ICMPV6_ && p->has_l4 && (p->icmp_type == ICMPV6_NS_ || p->icmp_type == ICMPV6_NA_);
 }
 
-/* Neighbour solicitation / advertisement from the workload (check_source has vetted the IPv6 source
- * and the Ethernet source): 0 (pass), a drop reason, or NEIGH_ANSWERED. A BPF-to-BPF call. */
+/* What nd_from_workload checks: every ND message that carries a link-layer address the host takes into
+ * its neighbour cache. A router solicitation's source link-layer option does so as a neighbour
+ * solicitation's does (RFC 4861 6.2.6, on a host that forwards): the workload's MAC only. */
+static __always_inline int nd_from_workload_checked(const struct pkt *p)
+{
+	return p->protocol == IPPROTO_ICMPV6_ && p->has_l4 &&
+	       (p->icmp_type == ICMPV6_NS_ || p->icmp_type == ICMPV6_NA_ || p->icmp_type == ICMPV6_RS_);
+}
+
+/* Router solicitation: type, code, checksum, reserved; the options follow (RFC 4861 4.1). */
+#define ND_RS_HLEN 8
+
+/* Router solicitation or neighbour solicitation / advertisement from the workload (check_source has
+ * vetted the IPv6 source and the Ethernet source): 0 (pass), a drop reason, or NEIGH_ANSWERED. A
+ * BPF-to-BPF call. */
 static __attribute__((noinline)) __u16 nd_from_workload(struct __sk_buff *skb, const struct endpoint_info *ep, const struct pkt *p)
 {
 	struct neigh_scratch *s = neigh_scratch_get();
@@ -195,7 +208,7 @@ static __attribute__((noinline)) __u16 nd_from_workload(struct __sk_buff *skb, c
 	__u8 *f, *opt;
 	__u8 want, hlim;
 	__u32 off, sum;
-	int i, is_ns = p->icmp_type == ICMPV6_NS_;
+	int i, rc, is_ns = p->icmp_type == ICMPV6_NS_, is_rs = p->icmp_type == ICMPV6_RS_;
 
 	if (!s)
 		return 0;
@@ -203,12 +216,16 @@ static __attribute__((noinline)) __u16 nd_from_workload(struct __sk_buff *skb, c
 	f = s->na + 2;
 	opt = s->opt;
 	/* shorter than RFC 4861 allows: ndisc discards it; only an enforced endpoint reports it */
-	if (bpf_skb_load_bytes(skb, p->l4_off, nd, sizeof(*nd)) < 0)
+	if (is_rs)
+		rc = bpf_skb_load_bytes(skb, p->l4_off, nd, ND_RS_HLEN);
+	else
+		rc = bpf_skb_load_bytes(skb, p->l4_off, nd, sizeof(*nd));
+	if (rc < 0)
 		return ep->flags & (EP_F_ENFORCE_SRC_IP | EP_F_ENFORCE_SRC_MAC) ? DROP_INVALID_PACKET_DROPPED : 0;
 
 	/* an advertisement speaks for its target: the workload's own address or one of its link-local
 	 * ones, never the gateway's */
-	if (!is_ns && (ep->flags & EP_F_ENFORCE_SRC_IP)) {
+	if (!is_ns && !is_rs && (ep->flags & EP_F_ENFORCE_SRC_IP)) {
 		if (ip6_is_gateway(nd->target))
 			return DROP_INVALID_SOURCE_IP;
 		if ((nd->target[0] & bpf_htonl(0xffc00000)) != bpf_htonl(0xfe800000) &&
@@ -216,10 +233,10 @@ static __attribute__((noinline)) __u16 nd_from_workload(struct __sk_buff *skb, c
 			return DROP_INVALID_SOURCE_IP;
 	}
 
-	/* the link-layer address option (source for NS, target for NA) must be the workload's MAC */
+	/* the link-layer address option (source for RS and NS, target for NA) must be the workload's MAC */
 	if ((ep->flags & EP_F_ENFORCE_SRC_MAC) && !is_zero(ep->mac, 6)) {
-		want = is_ns ? ND_OPT_SOURCE_LL_ : ND_OPT_TARGET_LL_;
-		off = (__u32)p->l4_off + sizeof(*nd);
+		want = is_ns || is_rs ? ND_OPT_SOURCE_LL_ : ND_OPT_TARGET_LL_;
+		off = (__u32)p->l4_off + (is_rs ? ND_RS_HLEN : sizeof(*nd));
 		for (i = 0; i < ND_MAX_OPTS; i++) {
 			if (off >= skb->len)
 				break;

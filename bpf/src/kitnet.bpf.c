@@ -273,7 +273,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 
 	if (dir == DIR_EGRESS) {
 		reason = check_source(ep, &p, has_l2);
-		if (!reason && has_l2 && nd_is_ns_or_na(&p)) {
+		if (!reason && has_l2 && nd_from_workload_checked(&p)) {
 			reason = nd_from_workload(skb, ep, &p);
 			if (reason == NEIGH_ANSWERED)
 				return neigh_answer(skb);

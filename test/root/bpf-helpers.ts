@@ -153,6 +153,21 @@ export function ndMsg(src: string, dst: string, type: 135 | 136, target: string,
   return msg;
 }
 
+/** Router solicitation (133) with a correct checksum; `opts` as for ndMsg ([[1, mac]]: source link-layer address). */
+export function rsMsg(src: string, dst: string, opts: Array<[number, Buffer]> = []): Buffer {
+  const o = opts.map(([t, body]) => {
+    const len = Math.ceil((body.length + 2) / 8) * 8;
+    const b = Buffer.alloc(len);
+    b[0] = t;
+    b[1] = len / 8;
+    body.copy(b, 2);
+    return b;
+  });
+  const msg = Buffer.concat([Buffer.from([133, 0, 0, 0, 0, 0, 0, 0]), ...o]);
+  msg.writeUInt16BE(~onesSum(icmp6Pseudo(src, dst, msg.length), msg) & 0xffff, 2);
+  return msg;
+}
+
 /** Entries that allow everything in both directions: what the agent writes for a non-enforced endpoint. */
 export function policyAllowAll(dp: KitnetDatapath, endpointId: number): void {
   const any = { identity: 0, protocol: 0, port: 0, portPrefixLen: 0, deny: false };

@@ -20,7 +20,7 @@ import {
   TCX_REDIRECT,
 } from '../../bpf/layout.gen.js';
 import type { EventSink } from './bpf-helpers.js';
-import { ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, arp, eth, icmp6Pseudo, ipv6, ndMsg, onesSum, policyAllowAll, sh, shOk, LO, testRunDatapathUse } from './bpf-helpers.js';
+import { ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, arp, eth, icmp6Pseudo, ipv6, ndMsg, onesSum, policyAllowAll, rsMsg, sh, shOk, LO, testRunDatapathUse } from './bpf-helpers.js';
 
 const HOST_MAC = '02:00:00:00:00:01';
 const EP = {
@@ -218,6 +218,37 @@ describe('ARP / neighbour discovery on crafted frames (BPF_PROG_TEST_RUN)', { ti
       assert.equal((await run(na(target, [[2, mac(EP.mac)]]))).retval, TCX_PASS, target);
     }
     assert.equal(sink.lostEvents(), 0n);
+  });
+
+  test('router solicitation: a foreign source link-layer option is dropped like an NS\'s (it would poison the host\'s neighbour cache); the workload\'s own, none, and DAD-time solicitations pass', async () => {
+    const rs = (src: string, opts: Array<[number, Buffer]>) =>
+      eth(ETH_P_IPV6, ipv6(src, 'ff02::2', 58, rsMsg(src, 'ff02::2', opts), [], 255), EP.mac, '33:33:00:00:00:02');
+    const six = Array.from({ length: 6 }, () => [14, Buffer.alloc(6)] as [number, Buffer]);
+    const cases: Array<[string, Buffer, number]> = [
+      ['RS with a foreign source link-layer address', rs(EP_LL, [[1, mac('02:00:00:00:00:66')]]), DROP_REASON.INVALID_SOURCE_MAC],
+      ['RS from its global address with a foreign source link-layer address', rs(EP.ipv6, [[1, mac('02:00:00:00:00:66')]]), DROP_REASON.INVALID_SOURCE_MAC],
+      ['RS with its own option, then a foreign one', rs(EP_LL, [[1, mac(EP.mac)], [1, mac('02:00:00:00:00:66')]]), DROP_REASON.INVALID_SOURCE_MAC],
+      ['RS hiding its source link-layer option behind six others', rs(EP_LL, [...six, [1, mac('02:00:00:00:00:66')]]), DROP_REASON.INVALID_PACKET_DROPPED],
+    ];
+    for (const [what, frame, reason] of cases) {
+      const r = await run(frame);
+      assert.equal(r.retval, TCX_DROP, what);
+      assert.deepEqual(
+        r.events.map((e) => [e.verdict, e.dropReason, e.family, e.protocol, e.icmpType, e.direction, e.endpointId]),
+        [['DROPPED', reason, 6, 58, 133, 'EGRESS', EP.endpointId]],
+        what,
+      );
+      assert.notEqual((await run(frame, { flags: 0 })).retval, TCX_DROP, `${what} (not enforced)`);
+    }
+    for (const [what, frame] of [
+      ['its own source link-layer address', rs(EP_LL, [[1, mac(EP.mac)]])],
+      ['no option', rs(EP_LL, [])],
+      ['from :: (no option, RFC 4861 4.1)', rs('::', [])],
+      ['its own option and a nonce', rs(EP_LL, [[1, mac(EP.mac)], [14, Buffer.alloc(6, 0xab)]])],
+    ] as Array<[string, Buffer]>) {
+      const r = await run(frame);
+      assert.deepEqual([r.retval, r.events.length], [TCX_PASS, 0], what);
+    }
   });
 });
 

@@ -10,7 +10,7 @@ import { DROP_REASON } from '../../bpf/index.js';
 import { EP_F_DHCP_TO_HOST, EP_F_ENFORCE_SRC_IP, EP_F_ENFORCE_SRC_MAC, GATEWAY_IPV4, GATEWAY_IPV6, IDENTITY_HOST, TCX_DROP, TCX_NEXT, TCX_PASS } from '../../bpf/layout.gen.js';
 import { run as run_ } from '../helpers/sys.js';
 import type { EventSink } from './bpf-helpers.js';
-import { ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, TCP, eth, fragHdr, icmp, ipv4, ipv6, ndMsg, policyAllowAll, tcp, udp, LO, testRunDatapathUse } from './bpf-helpers.js';
+import { ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, TCP, eth, fragHdr, icmp, ipv4, ipv6, ndMsg, policyAllowAll, rsMsg, tcp, udp, LO, testRunDatapathUse } from './bpf-helpers.js';
 import { ipv6Parse, macParse } from '../../bpf/addr.js';
 import { udpFrameEncode } from '../../agent/addressing/dhcp4-codec.js';
 import { dhcp6FrameEncode } from '../../agent/addressing/dhcp6-codec.js';
@@ -336,8 +336,8 @@ describe('datapath on crafted packets (BPF_PROG_TEST_RUN)', { timeout: 60_000 },
       // what the link needs: all forwarded (policy allows all here)
       const legit: Array<[string, Buffer]> = [
         ['DHCPv6 Solicit to ff02::1:2', v6('fe80::2', 'ff02::1:2', 17, udp(546, 547, Buffer.alloc(32)))],
-        ['RS to all-routers', v6('fe80::2', 'ff02::2', 58, icmp(133, 0), 255)],
-        ['RS from ::', v6('::', 'ff02::2', 58, icmp(133, 0), 255)],
+        ['RS to all-routers', v6('fe80::2', 'ff02::2', 58, rsMsg('fe80::2', 'ff02::2', [[1, mac]]), 255)],
+        ['RS from ::', v6('::', 'ff02::2', 58, rsMsg('::', 'ff02::2'), 255)],
         ['NS for the host\'s link-local address', v6('fe80::2', 'ff02::1:ff00:1234', 58, ndMsg('fe80::2', 'ff02::1:ff00:1234', 135, 'fe80::1234', [[1, mac]]), 255)],
         ['DAD NS from ::', v6('::', 'ff02::1:ff00:2', 58, ndMsg('::', 'ff02::1:ff00:2', 135, 'fe80::2'), 255)],
         ['NA to the host\'s link-local address', v6('fe80::2', 'fe80::1234', 58, ndMsg('fe80::2', 'fe80::1234', 136, 'fe80::2', [[2, mac]], 0x60), 255)],
