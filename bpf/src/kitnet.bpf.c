@@ -293,13 +293,14 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 
 	/* DNS of selected workloads to and from the agent's proxy (dns.h): judged there, not here */
 	if (p.protocol == IPPROTO_UDP || p.protocol == IPPROTO_TCP) {
-		rc = dir == DIR_EGRESS ? dns_steer(skb, ep->endpoint_id, &p, l3_off) : dns_unsteer(skb, &p, l3_off);
+		rc = dir == DIR_EGRESS ? dns_steer(skb, ep->endpoint_id, &p, l3_off)
+				       : dns_unsteer(skb, &p, l3_off, lookup == EP_BY_DADDR);
 		if (rc == DNS_STEERED)
 			return finish(&c, 0);
-		if (rc == DNS_STEER_DROP) {
+		if (rc == DNS_STEER_DROP || rc == DNS_SPOOFED) {
 			identities_resolve(&c, ep, &p, dir);
 			c.verdict = VERDICT_DROPPED;
-			c.drop_reason = DROP_POLICY_DENIED;
+			c.drop_reason = rc == DNS_SPOOFED ? DROP_INVALID_SOURCE_IP : DROP_POLICY_DENIED;
 			c.reason = REPORT_DROP;
 			return finish(&c, 1);
 		}
