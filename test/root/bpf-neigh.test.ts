@@ -424,5 +424,16 @@ for (const kind of ['tcx', 'netkit'] as const) {
         policyAllowAll(dp, 78);
       }
     });
+
+    test('the host reaches the workload at its addresses only, not at its link-local address: no endpoint to judge it by, dropped whatever the policy (allow-all here)', { skip: kind === 'netkit' ? false : 'veth finds the endpoint by device: policy judges link-local traffic there' }, () => {
+      assert.ok(dp);
+      dp.endpointUpsert(ifindex, endpoint(true));
+      const ll = /inet6 (fe80::[0-9a-f:]+)\//.exec(inNs('ip', '-6', '-o', 'addr', 'show', 'dev', PEER, 'scope', 'link'))?.[1];
+      assert.ok(ll, 'the workload has a link-local address');
+      const dropped = dp.metricsRead().INGRESS_DROPPED.packets;
+      assert.equal(shOk('ping', ['-6', '-n', '-q', '-c', '1', '-W', '1', `${ll}%${HOST}`]), false, 'no echo from the link-local address');
+      assert.ok(dp.metricsRead().INGRESS_DROPPED.packets > dropped, 'the echo request was dropped on the way in (counted, without a flow)');
+      assert.ok(shOk('ping', ['-6', '-n', '-q', '-c', '1', '-W', '2', EP6]), 'its own address answers (the host resolved it: neighbour discovery passes)');
+    });
   });
 }
