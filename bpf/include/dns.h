@@ -6,7 +6,7 @@
  * `dns_redirect` under (workload address, source port, protocol), where the proxy reads it to forward
  * the query there. Towards the workload: a packet from the proxy's address and port gets that original
  * destination back as its source, so the answer comes from the resolver the workload asked; one the
- * host did not send itself is a spoof and dropped (dns_sent_by_host).
+ * host did not send itself is a spoof and dropped (packet_sent_by_host in parse.h).
  * Both skip conntrack and policy: the proxy judges the query (L3/L4 to the resolver, then the DNS
  * rules: agent/dns/verdict.ts) and reports it as an L7 flow. Fragmented DNS of a selected workload
  * (never sent by resolvers' clients for queries) is dropped rather than let past the proxy.
@@ -138,25 +138,9 @@ static __always_inline int dns_steer(struct __sk_buff *skb, __u32 endpoint_id, c
 	return DNS_STEERED;
 }
 
-/* Whether a packet towards a workload can have been sent by the host itself rather than forwarded.
- * The proxy's addresses are the host's own, but nothing stops a neighbour on an uplink from sending
- * with them: IPv6 forwards a packet whose source is an address of the host, IPv4 does with
- * accept_local. A forwarded packet carries no socket (ip_rcv_core / ip6_rcv_core orphan it before
- * routing), and a packet of a local socket keeps its own down to the device, through netkit_xmit's
- * scrub too. A few the stack sends on its own have none (SYN cookies, a
- * reset for no socket): on a veth's tcx egress they are told apart by ingress_ifindex, 0 for what the
- * host sends and the receiving device for what it forwards; netkit's primary sees 0 for everything
- * (skb_scrub_packet clears skb_iif before its programs run), so only the socket counts there. */
-static __always_inline int dns_sent_by_host(struct __sk_buff *skb, int on_netkit_primary)
-{
-	if (skb->sk)
-		return 1;
-	return !on_netkit_primary && skb->ingress_ifindex == 0;
-}
-
 /* A packet towards the workload: from the proxy, it gets the original resolver back as its source;
  * one with the proxy's address and port that the host did not send is a spoof (DNS_SPOOFED). */
-static __always_inline int dns_unsteer(struct __sk_buff *skb, const struct pkt *p, __u32 l3_off, int on_netkit_primary)
+static __always_inline int dns_unsteer(struct __sk_buff *skb, const struct pkt *p, __u32 l3_off)
 {
 	struct dns_redirect_key k;
 	struct dns_redirect_value *v;
@@ -170,7 +154,7 @@ static __always_inline int dns_unsteer(struct __sk_buff *skb, const struct pkt *
 		return DNS_NOT_STEERED;
 	if (!bytes_eq(p->saddr, p->family == FAMILY_IPV4 ? cfg->ipv4 : cfg->ipv6, p->family == FAMILY_IPV4 ? 4 : 16))
 		return DNS_NOT_STEERED;
-	if (!dns_sent_by_host(skb, on_netkit_primary))
+	if (p->forwarded)
 		return DNS_SPOOFED;
 	__builtin_memset(&k, 0, sizeof(k));
 	__builtin_memcpy(k.addr, p->daddr, 16);

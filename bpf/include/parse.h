@@ -73,7 +73,7 @@ struct pkt {
 			  * outermost one of a tagged frame (skb->vlan_proto when the kernel took the tag off) */
 	__u8 vlan_tagged; /* a VLAN tag in the frame or in skb metadata: addresses are those of the packet inside */
 	__u8 hop_limit;   /* IPv6 hop limit (neighbour discovery wants 255) */
-	__u8 forwarded;   /* received on a device before (skb->ingress_ifindex != 0): not the host's own packet */
+	__u8 forwarded;   /* towards a workload, and not sent by the host itself (packet_sent_by_host) */
 	__u8 pad0[1];
 };
 
@@ -241,15 +241,30 @@ static __always_inline int eth_type_vlan_(__u16 proto)
  * (skb->vlan_present, vlan_proto) and, after tcx, strips a VID 0 tag and the tag inside it, so the
  * stack reads the packet within. Any tag marks the packet vlan_tagged (handle() drops those); tags in
  * the frame are looked through so that the flow names the addresses the packet claims. */
+/* Whether a packet towards a workload was sent by the host itself rather than forwarded: the host's
+ * identity (allow-localhost) and the DNS proxy's answers stand for the host's own sockets, but nothing
+ * stops a neighbour on an uplink from sending with a host address (IPv6 forwards a packet whose source
+ * is an address of the host, IPv4 does with accept_local; an address the host does not own, like a
+ * subnet's network address, is forwarded anyway). A forwarded packet carries no socket (ip_rcv_core /
+ * ip6_rcv_core orphan it, ip_forward drops one that has one), and a packet of a local socket (a packet
+ * socket's too) keeps it down to the device, through netkit_xmit's scrub. A few the stack sends on its
+ * own have none (SYN cookies, a reset for no socket): on a veth's tcx egress they are told apart by
+ * ingress_ifindex (skb_iif), 0 for what the host sends and the receiving device for what it forwards;
+ * netkit's primary sees 0 for everything (skb_scrub_packet clears skb_iif before its programs run), so
+ * only the socket counts there. */
+static __always_inline int packet_sent_by_host(struct __sk_buff *skb, int on_netkit_primary)
+{
+	if (skb->sk)
+		return 1;
+	return !on_netkit_primary && skb->ingress_ifindex == 0;
+}
+
 static __always_inline int parse_packet(struct __sk_buff *skb, __u32 l3_off, struct pkt *p)
 {
 	__u16 proto = bpf_ntohs(skb->protocol);
 	__be16 inner;
 	int i;
 
-	/* skb_iif is set where a device receives the packet (__netif_receive_skb_core) and kept through
-	 * forwarding and redirects; a packet the host's stack or a packet socket sends starts with 0 */
-	p->forwarded = skb->ingress_ifindex != 0;
 	p->vlan_tagged = skb->vlan_present != 0;
 	if (l3_off) {
 		struct ethhdr eth;

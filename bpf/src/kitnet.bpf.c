@@ -227,10 +227,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 	ep = bpf_map_lookup_elem(&endpoints, &ifindex);
 	if (!ep) {
 		metric_add(METRIC_NO_ENDPOINT, skb->len);
-		/* The agent writes a device's entry before it attaches there: a device without one is being
-		 * torn down, or a step failed, or it is not the endpoint it was taken for. Passing would let
-		 * a workload through unjudged, so this fails closed. */
-		return lookup == EP_BY_IFINDEX ? TCX_DROP : TCX_NEXT;
+		/* The agent writes a device's entry before it attaches there (and an address's with it): a
+		 * device or address without one is being torn down, or a step failed, or it is not the
+		 * endpoint it was taken for. Passing would let a workload through unjudged: fail closed. */
+		return TCX_DROP;
 	}
 	has_l2 = !(ep->flags & EP_F_NO_L2);
 
@@ -246,6 +246,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 		l3_off = has_l2 ? ETH_HLEN : 0;
 		rc = parse_packet(skb, l3_off, &p);
 	}
+	p.forwarded = dir == DIR_INGRESS && !packet_sent_by_host(skb, lookup == EP_BY_DADDR);
 	if (rc == PARSE_NOT_IP || unlikely(p.vlan_tagged)) {
 		/* Only ARP passes (from the workload: anti-spoofing and the gateway responder); other
 		 * EtherTypes and tagged frames are dropped, in both directions (neigh.h, l2_judge). */
@@ -294,7 +295,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, enum ep_looku
 	/* DNS of selected workloads to and from the agent's proxy (dns.h): judged there, not here */
 	if (p.protocol == IPPROTO_UDP || p.protocol == IPPROTO_TCP) {
 		rc = dir == DIR_EGRESS ? dns_steer(skb, ep->endpoint_id, &p, l3_off)
-				       : dns_unsteer(skb, &p, l3_off, lookup == EP_BY_DADDR);
+				       : dns_unsteer(skb, &p, l3_off);
 		if (rc == DNS_STEERED)
 			return finish(&c, 0);
 		if (rc == DNS_STEER_DROP || rc == DNS_SPOOFED) {

@@ -15,7 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { after, describe, test } from 'node:test';
 import type { FlowEvent, KitnetDatapath } from '../../bpf/index.js';
 import { datapathUnpinAll } from '../../bpf/index.js';
-import { TCX_DROP, TCX_PASS } from '../../bpf/layout.gen.js';
+import { TCX_PASS } from '../../bpf/layout.gen.js';
 import { netnsDel, nodeInOwnNetns, uniq } from '../helpers/sys.js';
 import type { EventSink } from './bpf-helpers.js';
 import { ETH_P_IP, ETH_P_IPV6, LO, TCP, eth, ipv4, ipv6, tcp, testRunDatapathUse } from './bpf-helpers.js';
@@ -224,7 +224,9 @@ test('a LAN sender claiming a host source (network address, anycast, the host\'s
   assert.deepEqual(out.received, [], 'nothing from the LAN reached the workload');
 });
 
-describe('the program reads skb_iif (BPF_PROG_TEST_RUN)', { timeout: 60_000 }, () => {
+// BPF_PROG_TEST_RUN hands the program an skb owned by a dummy socket: a forwarded packet (no socket)
+// cannot be made there, so the tests above send real ones; here, the socket counts whatever skb_iif says.
+describe('a packet with a socket is the host\'s own (BPF_PROG_TEST_RUN)', { timeout: 60_000 }, () => {
   const EP = { endpointId: 12, identity: 4101, ipv4: '10.250.0.2', ipv6: 'fd00:250::2', mac: '02:00:00:00:00:02', flags: 0 };
   let dp: KitnetDatapath;
   let sink: EventSink;
@@ -246,11 +248,11 @@ describe('the program reads skb_iif (BPF_PROG_TEST_RUN)', { timeout: 60_000 }, (
   }
   const seen = (r: { retval: number; events: FlowEvent[] }) => ({ retval: r.retval, ids: r.events.map((e) => [e.verdict, e.srcIdentity]) });
 
-  test('a host source is host when the host sent the packet (skb_iif 0), world when it came in on a device', async () => {
+  test('a host source with a socket is host, whatever skb_iif says', async () => {
     assert.deepEqual(seen(await run(syn4('192.0.2.1', 41000), 0)), { retval: TCX_PASS, ids: [['FORWARDED', HOST]] });
-    assert.deepEqual(seen(await run(syn4('192.0.2.1', 41001), 7)), { retval: TCX_DROP, ids: [['DROPPED', WORLD4]] });
+    assert.deepEqual(seen(await run(syn4('192.0.2.1', 41001), 7)), { retval: TCX_PASS, ids: [['FORWARDED', HOST]] });
     assert.deepEqual(seen(await run(syn6('2001:db8::1', 41000), 0)), { retval: TCX_PASS, ids: [['FORWARDED', HOST]] });
-    assert.deepEqual(seen(await run(syn6('2001:db8::1', 41001), 7)), { retval: TCX_DROP, ids: [['DROPPED', WORLD6]] });
+    assert.deepEqual(seen(await run(syn6('2001:db8::1', 41001), 7)), { retval: TCX_PASS, ids: [['FORWARDED', HOST]] });
   });
 
   test('other identities are what the ipcache says, forwarded or not', async () => {
