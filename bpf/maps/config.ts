@@ -32,9 +32,27 @@ const KEY0 = Buffer.alloc(4);
 export class ConfigMap {
   constructor(readonly map: BpfMap) {}
 
+  /**
+   * The entry in this build's layout. The map is the loaded object's: an object of an earlier release
+   * (the upgrade runs this agent with it until the new one replaces it) has the shorter dp_config, whose
+   * missing fields read as zero, i.e. their defaults.
+   */
+  private read(): Buffer | undefined {
+    const v = this.map.lookup(KEY0);
+    if (!v || v.length >= DP_CONFIG.size) return v;
+    const full = Buffer.alloc(DP_CONFIG.size);
+    v.copy(full);
+    return full;
+  }
+
+  /** Writes the entry, cut to the map's value size (the fields an earlier object lacks are dropped). */
+  private write(value: Buffer): void {
+    this.map.update(KEY0, value.length > this.map.valueSize ? value.subarray(0, this.map.valueSize) : value);
+  }
+
   /** The effective configuration (defaults until the agent writes one). */
   get(): DatapathConfig {
-    const v = this.map.lookup(KEY0);
+    const v = this.read();
     const d = v && structDecode(DP_CONFIG, v);
     if (!d || !((d.flags as number) & CFG_F_SET)) return { ...CONFIG_DEFAULT };
     return {
@@ -47,12 +65,12 @@ export class ConfigMap {
 
   /** True when the agent (or a previous agent run) wrote the entry. */
   isSet(): boolean {
-    const v = this.map.lookup(KEY0);
+    const v = this.read();
     return !!v && ((structDecode(DP_CONFIG, v).flags as number) & CFG_F_SET) !== 0;
   }
 
   private flags(): number {
-    const v = this.map.lookup(KEY0);
+    const v = this.read();
     return v ? (structDecode(DP_CONFIG, v).flags as number) : 0;
   }
 
@@ -60,8 +78,7 @@ export class ConfigMap {
     const next = { ...this.get(), ...cfg };
     // CFG_F_EXACT_COMPLETE belongs to the loader (exactCompleteSet): kept as it is
     const flags = CFG_F_SET | (this.flags() & CFG_F_EXACT_COMPLETE);
-    this.map.update(
-      KEY0,
+    this.write(
       structEncode(DP_CONFIG, {
         monitor_aggregation: next.monitorAggregation,
         report_interval_s: next.reportIntervalS,
@@ -76,7 +93,7 @@ export class ConfigMap {
 
   /** The revision the datapath checks conntrack entries against (bpf/include/conntrack.h). */
   policyRevision(): number {
-    const v = this.map.lookup(KEY0);
+    const v = this.read();
     return v ? (structDecode(DP_CONFIG, v).policy_revision as number) : 0;
   }
 
@@ -86,10 +103,10 @@ export class ConfigMap {
    * revision of entries left by a datapath older than the revision (see ct_entry.policy_revision).
    */
   policyRevisionBump(): number {
-    const v = this.map.lookup(KEY0) ?? Buffer.alloc(DP_CONFIG.size);
+    const v = this.read() ?? Buffer.alloc(DP_CONFIG.size);
     const d = structDecode(DP_CONFIG, v);
     const next = ((d.policy_revision as number) + 1) >>> 0 || 1;
-    this.map.update(KEY0, structEncode(DP_CONFIG, { ...d, policy_revision: next }));
+    this.write(structEncode(DP_CONFIG, { ...d, policy_revision: next }));
     return next;
   }
 
@@ -100,9 +117,9 @@ export class ConfigMap {
 
   /** Set by the loader once it has filled the exact-match maps from the tries; cleared while it does. */
   exactCompleteSet(on: boolean): void {
-    const v = this.map.lookup(KEY0) ?? Buffer.alloc(DP_CONFIG.size);
+    const v = this.read() ?? Buffer.alloc(DP_CONFIG.size);
     const d = structDecode(DP_CONFIG, v);
     const flags = ((d.flags as number) & ~CFG_F_EXACT_COMPLETE) | (on ? CFG_F_EXACT_COMPLETE : 0);
-    this.map.update(KEY0, structEncode(DP_CONFIG, { ...d, flags }));
+    this.write(structEncode(DP_CONFIG, { ...d, flags }));
   }
 }
