@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
-import { MONITOR_AGG_DEFAULT, MONITOR_AGG_NONE } from '../../bpf/layout.gen.js';
+import { DROP_EVENTS_BURST_DEFAULT, DROP_EVENTS_RATE_DEFAULT, MONITOR_AGG_DEFAULT, MONITOR_AGG_NONE } from '../../bpf/layout.gen.js';
 import { daemonRun } from '../../main/daemon.js';
 import { AgentFixture } from '../helpers/fixture.js';
 import { waitFor } from '../helpers/sys.js';
@@ -16,7 +16,7 @@ describe('flow reporting settings (root)', { timeout: 60_000 }, () => {
     const file = join(fx.dir, 'config.yaml');
     writeFileSync(file, 'flows: { aggregation: every-packet, reportIntervalSeconds: 5 }\n');
     fx.daemon = await daemonRun({ configPath: file, overrides: fx.overrides });
-    assert.deepEqual(fx.agent.kernel.datapath.configGet(), { monitorAggregation: MONITOR_AGG_NONE, reportIntervalS: 5 });
+    assert.deepEqual(fx.agent.kernel.datapath.configGet(), { monitorAggregation: MONITOR_AGG_NONE, reportIntervalS: 5, dropEventsPerSecond: DROP_EVENTS_RATE_DEFAULT, dropEventsBurst: DROP_EVENTS_BURST_DEFAULT });
     writeFileSync(file, 'flows: { aggregation: connection }\n');
     fx.daemon.reload();
     await waitFor('the datapath config to follow', async () => fx.agent.kernel.datapath.configGet().monitorAggregation === MONITOR_AGG_DEFAULT);
