@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import { LINK_ROLES, linkIsCurrent, type AttachKind } from '../bpf/index.js';
-import { netnsIdEqual } from '../netkit/index.js';
+import { netnsBindingCheck, netnsIdEqual, type NetnsId } from '../netkit/index.js';
 import type { Config } from './config.js';
 import type { KernelOps } from './kernel-ops.js';
 import type { Store } from './store/store.js';
@@ -88,8 +88,12 @@ export class Reconciler {
   /**
    * Whether the workload's namespace is still there: its path names a network namespace, and the one it
    * was registered into (spec.netnsId; a /proc/PID path names another process's after the PID is
-   * reused, a bind mount may be replaced), never the host's or the agent's own. A namespace kitnet made
-   * for a VM is kitnet's own name under /var/run/netns: it is only checked to exist.
+   * reused, a bind mount may be replaced), never the host's or the agent's own. The one registered
+   * into is told by its cookie, not its inode: a freed namespace's inode number is given to the next
+   * namespace made (by anyone: an unprivileged user namespace suffices), so a reused PID can come with
+   * a namespace of the same inode. After a reboot no cookie matches (`boot` differs): every namespace
+   * registered into is gone. A namespace kitnet made for a VM is kitnet's own name under
+   * /var/run/netns (only root writes there): it is only checked to exist, and made again at a restore.
    */
   private async netnsObserve(rec: WorkloadRecord): Promise<{ netns: boolean; replaced?: string }> {
     const path = rec.spec.netns;
@@ -100,9 +104,46 @@ export class Reconciler {
     const whose = netnsIdEqual(id, reserved.init) ? "the host's (PID 1's)" : netnsIdEqual(id, reserved.agent) ? "the agent's own" : undefined;
     if (whose) return { netns: false, replaced: `its network namespace path ${path} now names ${whose} network namespace: the one it was registered into is gone` };
     const was = rec.spec.netnsId;
-    if (was && !netnsIdEqual(id, was)) {
-      return { netns: false, replaced: `its network namespace path ${path} now names another namespace (nsfs ${id.dev}:${id.ino}) than the one it was registered into (${was.dev}:${was.ino}): that one is gone` };
+    if (!was) return { netns: true };
+    const check = netnsBindingCheck(path, was, id);
+    // neither kept nor removed on a cookie that could not be read: the reconcile loop tries again
+    if (check && 'unknown' in check) throw new Error(check.unknown);
+    if (check) return { netns: false, replaced: check.replaced };
+    if (was.cookie === undefined) return this.netnsLegacyBind(rec, was, id);
+    return { netns: true };
+  }
+
+  /**
+   * A record of a release before the cookie, whose device and inode match now: the inode may be
+   * another namespace's that got the freed number. The workload's device pair proves it: a pair goes
+   * with its peer's namespace, and two namespaces alive at once never share an inode, so a host side
+   * still there whose peer is in the namespace at the path means this is the namespace it was made in.
+   * Then the cookie is stored and decides from now on. Without the pair (its namespace died while the
+   * agent was down, the host rebooted, the device was deleted) nothing tells it from a newer namespace
+   * given the same inode: the workload goes, and is registered again if it is wanted.
+   */
+  private async netnsLegacyBind(rec: WorkloadRecord, was: NetnsId, id: NetnsId): Promise<{ netns: boolean; replaced?: string }> {
+    const path = rec.spec.netns;
+    if (id.cookie === undefined || id.boot === undefined) {
+      throw new Error(`cannot read the cookie of the network namespace at ${path} (SO_NETNS_COOKIE, Linux >= 5.14) to bind the workload to it`);
     }
+    const d = await this.kernel.deviceObserve(deviceSpecFor(rec, this.config));
+    if (!d || d.peerIfindex <= 0 || (d.problems ?? []).some((p) => p.includes('is not the peer of'))) {
+      return {
+        netns: false,
+        replaced: `its network namespace path ${path} names a namespace of the nsfs inode it was registered into (${was.dev}:${was.ino}), but the workload was registered by a release ` +
+          'that kept no namespace cookie and its device pair is gone, so that namespace cannot be told from a newer one given the same inode: it is treated as gone',
+      };
+    }
+    // the record read again inside the write: a relabel since the observation began is kept
+    const bound = await this.store.transaction((tx) => {
+      const cur = tx.workloadGet(rec.spec.namespace, rec.spec.name);
+      const curId = cur?.spec.netnsId;
+      if (!cur || !curId || curId.cookie !== undefined || curId.dev !== was.dev || curId.ino !== was.ino) return false;
+      tx.workloadUpdate(cur.spec.namespace, cur.spec.name, { ...cur.spec, netnsId: { dev: id.dev, ino: id.ino, cookie: id.cookie, boot: id.boot } }, cur.identity);
+      return true;
+    });
+    if (bound) this.log.info({ workload: `${rec.spec.namespace}/${rec.spec.name}`, netns: path, cookie: id.cookie }, 'workload of an older release bound to its network namespace cookie (its device pair is in that namespace)');
     return { netns: true };
   }
 

@@ -155,6 +155,11 @@ export class WorkloadAdmission {
       throw new KitnetError('AGENT_ERR_WORKLOAD_NETNS_HOST',
         `netns: ${path} is ${whose}; kitnet never puts a workload there (its routes and devices are the host's)`, { field: 'netns' });
     }
+    if (survey.id.cookie === undefined) {
+      // the cookie is what binds the workload to this namespace for good (agent/reconciler.ts)
+      throw new KitnetError('AGENT_ERR_WORKLOAD_NETNS',
+        `netns: cannot read the cookie of the network namespace at ${path} (SO_NETNS_COOKIE, Linux >= 5.14), which kitnet binds the workload to`, { field: 'netns' });
+    }
     const users = await this.netnsUsersGet();
     const user = users.byId.get(netnsKey(survey.id)) ?? users.byPath.get(path);
     if (user) {

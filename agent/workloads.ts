@@ -132,7 +132,7 @@ export class WorkloadService {
       kind: input.kind,
       labels: input.labels,
       netns: kindSpec.netns,
-      ...(kindSpec.netnsId ? { netnsId: { dev: kindSpec.netnsId.dev, ino: kindSpec.netnsId.ino } } : {}),
+      ...(kindSpec.netnsId ? { netnsId: { dev: kindSpec.netnsId.dev, ino: kindSpec.netnsId.ino, cookie: kindSpec.netnsId.cookie, boot: kindSpec.netnsId.boot } } : {}),
       requestedMode: input.mode,
       interface: input.interface ?? (input.kind === 'vm' ? VM_UPLINK : input.kind === 'tap' ? input.device! : this.config.datapath.workloadIfname),
       ...(input.ports?.length ? { ports: input.ports } : {}),

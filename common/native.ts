@@ -87,6 +87,8 @@ export interface NativeBpf {
   setns(fd: number, nstype: number): void;
   /** ioctl(NS_GET_NSTYPE): the CLONE_NEW* type of the namespace behind an nsfs fd. */
   nsType(fd: number): number;
+  /** SO_NETNS_COOKIE of the network namespace behind an nsfs fd (a socket made inside it; Linux 5.14). */
+  netnsCookie(fd: number): bigint;
   /** flock(fd, LOCK_EX | LOCK_NB): true when taken, false when another open file holds it. */
   flockExclusive(fd: number): boolean;
   /**

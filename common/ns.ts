@@ -16,6 +16,15 @@ export function nsType(fd: number): number {
   return native().nsType(fd);
 }
 
+/**
+ * The cookie of the network namespace behind an nsfs fd (SO_NETNS_COOKIE): unlike its inode number,
+ * never given to another namespace until the host reboots. Throws an Error with errno/code on failure
+ * (ENOPROTOOPT: Linux < 5.14).
+ */
+export function netnsCookie(fd: number): bigint {
+  return native().netnsCookie(fd);
+}
+
 /** Moves the calling thread into the namespace behind `fd`. Throws an Error with errno/code on failure. */
 export function setns(fd: number, nstype: number): void {
   native().setns(fd, nstype);

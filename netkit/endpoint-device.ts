@@ -10,7 +10,7 @@ import { EndpointSpecError, errnoIs, ifnameValidate } from './errors.js';
 import type { LinkInfo } from './link.js';
 import { linkDecode, linkDelete, linkGet, linkList } from './link.js';
 import { NETKIT_REQUIREMENT, netkitCreateMessage, netkitPeerPolicySet } from './netkit.js';
-import { netnsIdExpect, netnsPathId, netnsPathValidate, type NetnsId } from './netns.js';
+import { netnsFdId, netnsIdExpect, netnsPathId, netnsPathValidate, type NetnsId } from './netns.js';
 import { netkitProbe } from './probe.js';
 import type { Rtnl } from './socket.js';
 import { withNetns } from './netns-pool.js';
@@ -97,7 +97,7 @@ async function netnsOpen(path: string, expected?: NetnsId): Promise<{ fd: number
   // The id of what was opened, the fd the kernel gets: no window between the check and the use.
   const st = fstatSync(fd);
   try {
-    netnsIdExpect(path, expected, { dev: st.dev, ino: st.ino });
+    if (expected) netnsIdExpect(path, expected, netnsFdId(fd));
   } catch (err) {
     closeSync(fd);
     throw err;

@@ -14,7 +14,7 @@ export { hostForwardingEnsure } from './sysctl.js';
 export { hostAddressesList, hostLocalDeliveryList, hostLoopbackAddressEnsure } from './host-address.js';
 export type { HostAddress } from './host-address.js';
 export { RCU_EXPEDITED_PATH, rcuExpeditedGet, rcuExpeditedSet } from './rcu.js';
-export { netnsCreate, netnsDelete, netnsIdEqual, netnsPathId, netnsPathOf, netnsPathValidate, netnsReservedIds, NETNS_RUN_DIR } from './netns.js';
+export { netnsBindingCheck, netnsCreate, netnsDelete, netnsIdEqual, netnsPathId, netnsPathOf, netnsPathValidate, netnsReservedIds, NETNS_RUN_DIR } from './netns.js';
 export type { NetnsId } from './netns.js';
 export { netnsSurvey } from './netns-survey.js';
 export type { NetnsSurvey } from './netns-survey.js';

@@ -1,10 +1,10 @@
 // Network namespaces: named ones under /var/run/netns (made like `ip netns add`), and checking that
 // a path handed to kitnet really is a network namespace before any device is moved into it.
 import { execFile } from 'node:child_process';
-import { closeSync, constants as fsConstants, fstatSync, openSync, statSync, statfsSync } from 'node:fs';
+import { closeSync, constants as fsConstants, fstatSync, openSync, readFileSync, statSync, statfsSync } from 'node:fs';
 import { readlink, stat } from 'node:fs/promises';
 import { promisify } from 'node:util';
-import { CLONE_NEWNET, NS_TYPE_NAMES, nsType } from '../common/ns.js';
+import { CLONE_NEWNET, NS_TYPE_NAMES, netnsCookie, nsType } from '../common/ns.js';
 import { EndpointSpecError } from './errors.js';
 
 const execFileP = promisify(execFile);
@@ -109,26 +109,96 @@ export async function netnsDelete(name: string): Promise<boolean> {
  * bind mount (`ip netns add`) is not a magic link, so its name does not tell.
  */
 export async function netnsPathValidate(path: string): Promise<number> {
-  return (await netnsPathId(path)).ino;
+  const fd = netnsPathOpen(path);
+  try {
+    return fstatSync(fd).ino;
+  } finally {
+    closeSync(fd);
+  }
 }
 
-/** Which namespace a file is: nsfs device and inode. Equal ids = the same namespace, whatever the path. */
+/**
+ * Which namespace a file is. Device and inode tell two namespaces alive at the same time apart, but
+ * not a namespace from one made after it was freed: the kernel hands a freed namespace's inode number
+ * to the next namespace made. The cookie (SO_NETNS_COOKIE) is never given twice until the host
+ * reboots, and `boot` says which boot it is of: together they name one namespace for good.
+ */
 export interface NetnsId {
   dev: number;
   ino: number;
+  /** SO_NETNS_COOKIE, in decimal (a u64). Absent when the kernel did not tell, and in records of releases before it. */
+  cookie?: string;
+  /** /proc/sys/kernel/random/boot_id when the cookie was read: cookies start again at every boot. */
+  boot?: string;
 }
 
-export const netnsIdEqual = (a: NetnsId | undefined, b: NetnsId | undefined): boolean => !!a && !!b && a.dev === b.dev && a.ino === b.ino;
+/**
+ * Whether two ids are the same namespace: by device and inode, which is exact only for two namespaces
+ * alive at once (a path read now against the agent's or PID 1's own, two paths read now); with both
+ * cookies, they must match too. A stored id against a path read now is {@link netnsBindingCheck}'s.
+ */
+export const netnsIdEqual = (a: NetnsId | undefined, b: NetnsId | undefined): boolean =>
+  !!a && !!b && a.dev === b.dev && a.ino === b.ino && (a.cookie === undefined || b.cookie === undefined || (a.cookie === b.cookie && a.boot === b.boot));
+
+let bootId: string | undefined;
+/** This boot's id; it cannot change while the process runs. */
+export function netnsBootId(): string {
+  return (bootId ??= readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim());
+}
+
+/**
+ * The cookie and boot of the namespace behind an open nsfs fd; neither when they cannot be read (the
+ * kernel older than 5.14, the addon missing, the fd no network namespace): the caller decides what
+ * an id without one may do.
+ */
+function netnsFdCookie(fd: number): Pick<NetnsId, 'cookie' | 'boot'> {
+  try {
+    return { cookie: netnsCookie(fd).toString(), boot: netnsBootId() };
+  } catch {
+    return {};
+  }
+}
+
+/** The id of the namespace behind an open fd (the very file handed to the kernel): device, inode and cookie. */
+export function netnsFdId(fd: number): NetnsId {
+  const st = fstatSync(fd);
+  return { dev: st.dev, ino: st.ino, ...netnsFdCookie(fd) };
+}
+
+/**
+ * Is `found` (read from a path now) still the namespace `expected` (stored when the workload was
+ * registered)? undefined: yes. `replaced`: no, and the one registered into is gone (or never to be
+ * used again). `unknown`: the cookie could not be read now, so this cannot be told: neither use nor
+ * remove, try again. An expected id without a cookie (an older release's record) is compared by device
+ * and inode only; the reconciler proves or refuses those (agent/reconciler.ts).
+ */
+export function netnsBindingCheck(path: string, expected: NetnsId, found: NetnsId): { replaced: string } | { unknown: string } | undefined {
+  if (expected.dev !== found.dev || expected.ino !== found.ino) {
+    return { replaced: `its network namespace path ${path} now names another namespace (nsfs ${found.dev}:${found.ino}) than the one it was registered into (${expected.dev}:${expected.ino}): that one is gone` };
+  }
+  if (expected.cookie === undefined) return undefined;
+  if (found.cookie === undefined || found.boot === undefined) {
+    return { unknown: `cannot read the cookie of the network namespace at ${path} (SO_NETNS_COOKIE, Linux >= 5.14), so whether it is still the one the workload was registered into cannot be told` };
+  }
+  if (found.boot !== expected.boot) {
+    return { replaced: `the host has rebooted since the workload was registered: the network namespace it was registered into is gone, and ${path} names one made since` };
+  }
+  if (found.cookie !== expected.cookie) {
+    return { replaced: `its network namespace path ${path} now names another namespace (cookie ${found.cookie}) than the one it was registered into (cookie ${expected.cookie}), made after it with the same nsfs inode ${found.dev}:${found.ino} (the kernel reuses a freed namespace's inode number): that one is gone` };
+  }
+  return undefined;
+}
 
 /**
  * Throws unless `found` is the namespace `expected` says the path must be: the path of a workload that
  * was registered into another namespace (a /proc/PID path after the PID was reused, a bind mount
- * replaced) is never a place to make its device in.
+ * replaced, even by a namespace that got the same inode number) is never a place to make its device in.
  */
 export function netnsIdExpect(path: string, expected: NetnsId | undefined, found: NetnsId): void {
-  if (!expected || netnsIdEqual(expected, found)) return;
-  throw new EndpointSpecError('netnsPath',
-    `netns path ${path} now names another network namespace (nsfs ${found.dev}:${found.ino}) than the one the workload was registered into (${expected.dev}:${expected.ino}); nothing is made in it`);
+  if (!expected) return;
+  const check = netnsBindingCheck(path, expected, found);
+  if (!check) return;
+  throw new EndpointSpecError('netnsPath', `${'replaced' in check ? check.replaced : check.unknown}; nothing is made in it`);
 }
 
 /**
@@ -150,8 +220,21 @@ export function netnsReservedIds(): { agent: NetnsId; init: NetnsId | undefined 
   return { agent, init: id('/proc/1/ns/net') };
 }
 
-/** As {@link netnsPathValidate}, returning the namespace's device and inode. */
+/**
+ * As {@link netnsPathValidate}, returning the namespace's id: device, inode and cookie (the cookie costs
+ * a socket made inside the namespace, ~15 us; netnsPathValidate does not read it).
+ */
 export async function netnsPathId(path: string): Promise<NetnsId> {
+  const fd = netnsPathOpen(path);
+  try {
+    return netnsFdId(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Opens `path` after checking that it is a network namespace (see netnsPathValidate); the caller closes the fd. */
+function netnsPathOpen(path: string): number {
   if (typeof path !== 'string' || !path.startsWith('/')) {
     throw new EndpointSpecError('netnsPath', `netns path "${path}" must be an absolute path`);
   }
@@ -183,10 +266,9 @@ export async function netnsPathId(path: string): Promise<NetnsId> {
     if (type !== CLONE_NEWNET) {
       throw new EndpointSpecError('netnsPath', `netns path ${path} is a ${NS_TYPE_NAMES[type] ?? `0x${type.toString(16)}`} namespace, not a network namespace`);
     }
-    // fstat of the open fd: the namespace's own inode, also through /proc/PID/ns/net's magic link
-    const own = fstatSync(fd);
-    return { dev: own.dev, ino: own.ino };
-  } finally {
+    return fd;
+  } catch (err) {
     closeSync(fd);
+    throw err;
   }
 }

@@ -31,8 +31,8 @@ export interface EndpointDeviceSpec {
   alias: string;
   /** Path of an existing network namespace (`/var/run/netns/X`, `/proc/PID/ns/net`). */
   netnsPath: string;
-  /** The namespace the path must still be (nsfs device and inode): another one there is refused. */
-  netnsId?: { dev: number; ino: number };
+  /** The namespace the path must still be (nsfs device, inode and cookie): another one there is refused. */
+  netnsId?: { dev: number; ino: number; cookie?: string; boot?: string };
   /** Name of the peer inside the namespace (default `eth0`). */
   peerIfname: string;
   mode: DeviceMode;

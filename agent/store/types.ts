@@ -9,13 +9,16 @@ export interface WorkloadSpec {
   /** netns, vm: the namespace path (vm: the VM's namespace); tap: '' (the host namespace). */
   netns: string;
   /**
-   * The namespace the workload was registered into (nsfs device and inode), when it was adopted rather
-   * than made by kitnet: the path may later name another namespace (a /proc/PID path after the PID is
-   * reused, a bind mount replaced), and the workload's device, addresses and identity never follow it
-   * there. Absent in records of releases before it (only the host's and the agent's namespaces are
-   * refused for those).
+   * The namespace the workload was registered into, when it was adopted rather than made by kitnet:
+   * the path may later name another namespace (a /proc/PID path after the PID is reused, a bind mount
+   * replaced), and the workload's device, addresses and identity never follow it there. The cookie
+   * decides (SO_NETNS_COOKIE with the boot id: the kernel gives a freed namespace's nsfs inode number
+   * to the next namespace made, never its cookie); device and inode tell a replacement fast. Records
+   * of releases before the cookie have device and inode only: the first reconcile binds them to the
+   * cookie when their device pair proves the namespace, and removes them otherwise. Absent in records
+   * of releases before any id (only the host's and the agent's namespaces are refused for those).
    */
-  netnsId?: { dev: number; ino: number };
+  netnsId?: { dev: number; ino: number; cookie?: string; boot?: string };
   /** Requested mode: `auto` resolves at registration and the resolved mode is stored in `mode`. */
   requestedMode: 'auto' | 'veth' | 'netkit';
   interface: string;

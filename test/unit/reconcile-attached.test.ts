@@ -41,7 +41,7 @@ const vm: WorkloadRecord = {
  * ifindex, reported on the device the kernel put them on.
  */
 /** The namespace ids the fake kernel reports: the workload's path, PID 1's and the agent's. */
-const NS_WORKLOAD = { dev: 4, ino: 4026532300 };
+const NS_WORKLOAD = { dev: 4, ino: 4026532300, cookie: '4096', boot: 'b0' };
 const NS_INIT = { dev: 4, ino: 4026531840 };
 const NS_AGENT = { dev: 4, ino: 4026531999 };
 

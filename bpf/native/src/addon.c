@@ -188,7 +188,7 @@ static napi_value init(napi_env env, napi_value exports)
 		{ "numPossibleCpus", num_possible_cpus }, { "progTestRun", prog_test_run },
 		{ "ringbufOpen", ringbuf_open }, { "ringbufClose", ringbuf_close },
 		{ "ringbufRef", ringbuf_ref },	 { "setns", ns_set },
-		{ "nsType", ns_type },
+		{ "nsType", ns_type },	 { "netnsCookie", netns_cookie },
 		{ "flockExclusive", flock_exclusive },
 		{ "netlinkMonitorOpen", netlink_monitor_open }, { "netlinkMonitorClose", netlink_monitor_close },
 		{ "packetOpen", packet_open }, { "packetSend", packet_send }, { "packetClose", packet_close },

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sched.h>
+#include <fcntl.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -89,6 +90,7 @@ napi_value ringbuf_ref(napi_env env, napi_callback_info info);
 /* netns.c */
 napi_value ns_set(napi_env env, napi_callback_info info);
 napi_value ns_type(napi_env env, napi_callback_info info);
+napi_value netns_cookie(napi_env env, napi_callback_info info);
 napi_value netlink_monitor_open(napi_env env, napi_callback_info info);
 napi_value netlink_monitor_close(napi_env env, napi_callback_info info);
 

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 /*
- * Namespaces and netlink: setns and nsType for netkit/ (common/ns.ts), and the rtnetlink multicast
- * listener behind netkit/monitor.ts.
+ * Namespaces and netlink: setns, nsType and netnsCookie for netkit/ (common/ns.ts), and the rtnetlink
+ * multicast listener behind netkit/monitor.ts.
  */
 #include "addon.h"
 
@@ -34,6 +34,53 @@ napi_value ns_type(napi_env env, napi_callback_info info)
 	if (type < 0)
 		return throw_errno(env, "NS_GET_NSTYPE", errno);
 	return make_i32(env, type);
+}
+
+#ifndef SO_NETNS_COOKIE
+#define SO_NETNS_COOKIE 71 /* asm-generic/socket.h, Linux 5.14 */
+#endif
+
+/* netnsCookie(fd) -> BigInt: the cookie of the network namespace behind an nsfs fd (SO_NETNS_COOKIE).
+ * Why not the nsfs inode: the kernel hands a freed namespace's inode number to the next namespace made,
+ * so (st_dev, st_ino) names "a namespace alive now", not "the one a workload was registered into";
+ * a cookie is never given twice until reboot. The option reads the namespace of a socket, so one is
+ * made inside: the calling thread enters the namespace for socket() alone and comes straight back (as
+ * netkit/netns-transport.ts does), no thread hop. Not coming back would leave every later socket of
+ * this thread in the wrong namespace: that aborts. */
+napi_value netns_cookie(napi_env env, napi_callback_info info)
+{
+	static __thread int home = -1; /* this thread's own namespace, to come back to */
+	napi_value argv[1], out;
+	int32_t fd;
+	int sock, err;
+	uint64_t cookie = 0;
+	socklen_t len = sizeof(cookie);
+
+	if (!get_args(env, info, 1, argv) || !get_i32(env, argv[0], &fd))
+		return NULL;
+	if (home < 0) {
+		home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+		if (home < 0)
+			return throw_errno(env, "open /proc/thread-self/ns/net", errno);
+	}
+	if (setns(fd, CLONE_NEWNET) < 0)
+		return throw_errno(env, "setns", errno);
+	sock = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	err = errno;
+	if (setns(home, CLONE_NEWNET) < 0) {
+		fprintf(stderr, "kitnet: cannot return to its own network namespace after setns: %s\n", strerror(errno));
+		abort();
+	}
+	if (sock < 0)
+		return throw_errno(env, "socket", err);
+	if (getsockopt(sock, SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &len) < 0) {
+		err = errno;
+		close(sock);
+		return throw_errno(env, "SO_NETNS_COOKIE", err);
+	}
+	close(sock);
+	NAPI_CALL(env, napi_create_bigint_uint64(env, cookie, &out));
+	return out;
 }
 
 /* ---------------------------------------------------------------------------------------------- */
