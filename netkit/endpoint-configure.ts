@@ -142,7 +142,9 @@ export function deviceOf(spec: EndpointDeviceSpec, host: LinkInfo, peer: LinkInf
   if (host.kind === 'netkit') {
     const st = netkitStateDecode(host.infoData);
     if (st.peerPolicy === 'forward' || st.peerPolicy === 'drop') out.peerPolicy = st.peerPolicy;
-    out.closed = out.peerPolicy === 'drop';
+    if (st.policy === 'forward' || st.policy === 'drop') out.policy = st.policy;
+    // either direction still held (made so, or an open interrupted half way): opened again
+    out.closed = out.peerPolicy === 'drop' || out.policy === 'drop';
   } else {
     out.closed = !host.up;
   }

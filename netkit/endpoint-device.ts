@@ -9,7 +9,7 @@ import { endpointSpecValidate } from './endpoint-spec.js';
 import { EndpointSpecError, errnoIs, ifnameValidate } from './errors.js';
 import type { LinkInfo } from './link.js';
 import { linkDecode, linkDelete, linkGet, linkList } from './link.js';
-import { NETKIT_REQUIREMENT, netkitCreateMessage, netkitPeerPolicySet } from './netkit.js';
+import { NETKIT_REQUIREMENT, netkitCreateMessage, netkitPoliciesSet } from './netkit.js';
 import { netnsFdId, netnsIdExpect, netnsPathId, netnsPathValidate, type NetnsId } from './netns.js';
 import { netkitProbe } from './probe.js';
 import type { Rtnl } from './socket.js';
@@ -31,7 +31,9 @@ function createMessage(spec: EndpointDeviceSpec, netnsFd: number): Buffer {
   return netkitCreateMessage({
     ifname: spec.hostIfname,
     mode: spec.mode === 'netkit-l2' ? 'l2' : 'l3',
-    policy: 'forward',
+    // closed both ways until endpointDeviceOpen: the host's packets into the workload too (the
+    // primary's policy), not only the workload's out (the peer's)
+    policy: spec.peerPolicy ?? 'drop',
     peerPolicy: spec.peerPolicy ?? 'drop',
     scrub: spec.scrub, peerScrub: spec.peerScrub, headroom: spec.headroom, tailroom: spec.tailroom,
     mtu: spec.mtu, mac: spec.hostMac, peer,
@@ -206,7 +208,7 @@ export async function endpointDeviceRepair(specIn: EndpointDeviceSpec): Promise<
  */
 export async function endpointDeviceOpen(specIn: EndpointDeviceSpec): Promise<void> {
   const spec = endpointSpecValidate(specIn);
-  if (spec.mode !== 'veth') return netkitPeerPolicySet(spec.hostIfname, 'forward');
+  if (spec.mode !== 'veth') return netkitPoliciesSet(spec.hostIfname, { primary: 'forward', peer: 'forward' });
   const host = rtnlHost();
   const link = await linkGet(host, spec.hostIfname);
   if (!link || link.kind !== 'veth') {

@@ -97,10 +97,12 @@ export function netkitStateDecode(infoData: Map<number, Buffer>): NetkitState {
 }
 
 /**
- * Sets the peer's default policy on an existing netkit pair, addressed by its primary (host side):
- * 'drop' blackholes the workload, 'forward' lets traffic through (used once programs are attached).
+ * Sets the default policies of an existing netkit pair, addressed by its primary (host side): what
+ * netkit does with a packet no program decides (none attached, or all said "next"). `primary` governs
+ * the host's packets into the workload, `peer` the workload's out. 'drop' blackholes that direction,
+ * 'forward' lets it through (set once the programs are attached).
  */
-export async function netkitPeerPolicySet(hostIfname: string, policy: NetkitPolicy, nl: Rtnl = rtnlHost()): Promise<void> {
+export async function netkitPoliciesSet(hostIfname: string, policies: { primary?: NetkitPolicy; peer?: NetkitPolicy }, nl: Rtnl = rtnlHost()): Promise<void> {
   const link = await linkGet(nl, hostIfname);
   if (!link) {
     throw new KernelError({
@@ -114,9 +116,14 @@ export async function netkitPeerPolicySet(hostIfname: string, policy: NetkitPoli
       hint: `${hostIfname} is a ${link.kind || 'plain'} device, not netkit; peer policies only exist on netkit`,
     });
   }
-  const extra = [nest(IFLA_LINKINFO, [
-    attr(IFLA_INFO_KIND, str('netkit')),
-    nest(IFLA_INFO_DATA, [attr(IFLA_NETKIT_PEER_POLICY, u32(policyValue(policy)))]),
-  ])];
+  const data: Attr[] = [];
+  if (policies.primary !== undefined) data.push(attr(IFLA_NETKIT_POLICY, u32(policyValue(policies.primary))));
+  if (policies.peer !== undefined) data.push(attr(IFLA_NETKIT_PEER_POLICY, u32(policyValue(policies.peer))));
+  const extra = [nest(IFLA_LINKINFO, [attr(IFLA_INFO_KIND, str('netkit')), nest(IFLA_INFO_DATA, data)])];
   await linkSet(nl, { name: hostIfname, ifindex: link.ifindex }, { extra });
+}
+
+/** The peer's default policy alone (see netkitPoliciesSet). */
+export function netkitPeerPolicySet(hostIfname: string, policy: NetkitPolicy, nl: Rtnl = rtnlHost()): Promise<void> {
+  return netkitPoliciesSet(hostIfname, { peer: policy }, nl);
 }

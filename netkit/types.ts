@@ -53,7 +53,7 @@ export interface EndpointDeviceSpec {
   hostMac?: string;
   /** netkit-l2 (and optionally veth): fixed MAC of the peer; default derived from hostIfname. */
   peerMac?: string;
-  /** netkit: peer policy at creation; default 'drop' (blackhole until programs are attached). */
+  /** netkit: both default policies at creation; default 'drop' (blackhole both ways until endpointDeviceOpen). */
   peerPolicy?: 'forward' | 'drop';
   /** netkit: only sent when set (IFLA_NETKIT_SCRUB / PEER_SCRUB need a newer kernel). */
   scrub?: 'none' | 'default';
@@ -72,11 +72,13 @@ export interface EndpointDevice {
   peerIfindex: number;
   peerMac: string;
   netnsPath: string;
-  /** netkit only: the peer's current default policy. */
+  /** netkit only: the peer's current default policy (the workload's packets out). */
   peerPolicy?: 'forward' | 'drop';
+  /** netkit only: the primary's current default policy (the host's packets into the workload). */
+  policy?: 'forward' | 'drop';
   /**
    * No packet crosses the pair yet, either way, until endpointDeviceOpen: it is made so, to be opened
-   * once the programs are attached. netkit: the peer policy is drop; veth: the host side is down.
+   * once the programs are attached. netkit: a default policy is drop (peer or primary); veth: the host side is down.
    */
   closed?: boolean;
   /**

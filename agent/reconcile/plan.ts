@@ -57,8 +57,8 @@ export type ReconcileAction =
   | { op: 'endpointMapsWrite'; reason: string }
   | { op: 'attach' }
   /**
-   * Let traffic through, now that the programs and the endpoint entry are in place: netkit's peer
-   * policy to forward, a veth's host side up with its routes, an adopted tap's routes.
+   * Let traffic through, now that the programs and the endpoint entry are in place: netkit's
+   * policies (primary and peer) to forward, a veth's host side up with its routes, an adopted tap's routes.
    */
   | { op: 'deviceOpen' };
 

@@ -11,7 +11,7 @@ import { datapathLoad, datapathUnpinAll, DROP_REASON } from '../../bpf/index.js'
 import { macParse } from '../../bpf/addr.js';
 import { EP_F_ENFORCE_SRC_IP, EP_F_ENFORCE_SRC_MAC, IDENTITY_HOST } from '../../bpf/layout.gen.js';
 import { ETH_P_IP, ETH_P_IPV6, EventSink, icmp6Pseudo, ipv4, ipv6, onesSum, policyAllowAll, sh, shOk, udp } from './bpf-helpers.js';
-import { endpointDeviceCreate, netkitPeerPolicySet } from '../../netkit/index.js';
+import { endpointDeviceCreate, endpointDeviceOpen, type EndpointDeviceSpec } from '../../netkit/index.js';
 import { kernelHasNetkit } from '../helpers/mode.js';
 import { timeLimit } from '../helpers/timeouts.js';
 
@@ -339,6 +339,7 @@ function nonIpSuite(mode: WorkloadDevice, octet: number, skip: string | false): 
       const inNs = (...args: string[]) => sh('ip', ['netns', 'exec', VNS, ...args]);
       inNs('ip', 'link', 'set', 'lo', 'up');
       let flags = EP_F_ENFORCE_SRC_IP | EP_F_ENFORCE_SRC_MAC;
+      let nkSpec: EndpointDeviceSpec | undefined;
       let responderMac: string | undefined;
       if (mode === 'veth') {
         sh('ip', ['link', 'add', VHOST, 'type', 'veth', 'peer', 'name', VPEER]);
@@ -352,7 +353,8 @@ function nonIpSuite(mode: WorkloadDevice, octet: number, skip: string | false): 
       } else {
         // the pair as the agent makes it (addresses, routes, gateway neighbours); the host's addresses
         // for this test on the netkit primary
-        const d = await endpointDeviceCreate({ hostIfname: VHOST, alias: `kitnet:test/l2-${vtag}${m}`, netnsPath: `/var/run/netns/${VNS}`, peerIfname: VPEER, mode, ipv4: V_EP4, ipv6: V_EP6 });
+        nkSpec = { hostIfname: VHOST, alias: `kitnet:test/l2-${vtag}${m}`, netnsPath: `/var/run/netns/${VNS}`, peerIfname: VPEER, mode, ipv4: V_EP4, ipv6: V_EP6 };
+        const d = await endpointDeviceCreate(nkSpec);
         sh('ip', ['addr', 'add', `${V_HOST4}/32`, 'dev', VHOST]);
         sh('ip', ['-6', 'addr', 'add', `${V_HOST6}/128`, 'dev', VHOST, 'nodad']);
         if (mode === 'netkit') flags = EP_F_ENFORCE_SRC_IP;
@@ -371,7 +373,7 @@ function nonIpSuite(mode: WorkloadDevice, octet: number, skip: string | false): 
       dp.ipcacheUpsert(`${V_EP4}/32`, { identity: V_EP.identity, hostId: 0 });
       dp.ipcacheUpsert(`${V_EP6}/128`, { identity: V_EP.identity, hostId: 0 });
       await dp.attach({ ifname: VHOST, ifindex, kind: mode === 'veth' ? 'tcx' : 'netkit' });
-      if (mode !== 'veth') await netkitPeerPolicySet(VHOST, 'forward');
+      if (nkSpec) await endpointDeviceOpen(nkSpec);
       listeners.push(await Listener.open(V_HOST4), await Listener.open(V_HOST6));
     });
     after(cleanup);

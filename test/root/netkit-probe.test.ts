@@ -3,11 +3,12 @@
 // netkit (the lab VM), the same test file checks the pairs for real. Needs root.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { UnsupportedFeatureError } from '../../common/kernel-error.js';
 import type { EndpointDeviceSpec } from '../../netkit/index.js';
 import {
   GATEWAY_V4, endpointDeviceCreate, endpointDeviceDelete, endpointDeviceObserve, featuresProbe, macDerive,
-  netkitPeerPolicySet, netnsCreate,
+  endpointDeviceOpen, netnsCreate,
 } from '../../netkit/index.js';
 import type { FlowEvent } from '../../bpf/index.js';
 import { datapathLoad, datapathUnpinAll, DROP_REASON, LINK_ROLES, linkIsCurrent } from '../../bpf/index.js';
@@ -99,11 +100,17 @@ test('netkit L3 and L2 pairs: kind, mode, fixed MACs, peer blackholed until forw
   assert.ok(n2.some((n) => n.dst === GATEWAY_V4));
 
   assert.equal(await pingEventually(c0!.ns, l2.ipv4, 1), false, 'blackholed before programs');
-  await netkitPeerPolicySet(l3.hostIfname, 'forward');
-  await netkitPeerPolicySet(l2.hostIfname, 'forward');
+  // the host's packets into a closed pair go nowhere either: the workload's device receives none
+  assert.equal(a.policy, 'drop');
+  const rx = () => Number(execFileSync('ip', ['netns', 'exec', c0!.ns, 'cat', '/sys/class/net/eth0/statistics/rx_packets'], { encoding: 'utf8' }));
+  const rxBefore = rx();
+  spawnSync('ping', ['-c', '3', '-i', '0.2', '-W', '1', l3.ipv4]);
+  assert.equal(rx(), rxBefore, 'the host reached a closed netkit workload');
+  await endpointDeviceOpen(l3);
+  await endpointDeviceOpen(l2);
   assert.ok(await pingEventually(c0!.ns, l2.ipv4), 'L3 -> L2 IPv4');
   assert.ok(await pingEventually(c1!.ns, l3.ipv6), 'L2 -> L3 IPv6');
-  assert.equal((await endpointDeviceObserve(l3))?.peerPolicy, 'forward');
+  assert.deepEqual([(await endpointDeviceObserve(l3))?.peerPolicy, (await endpointDeviceObserve(l3))?.policy], ['forward', 'forward']);
 
   assert.equal(await endpointDeviceDelete(l3.hostIfname), true);
   assert.equal(await endpointDeviceDelete(l2.hostIfname), true);
@@ -144,7 +151,7 @@ test('netkit L3 and L2 with the datapath: both programs find their endpoint, enf
   for (const d of [a, b]) {
     const res = await dp.attachDetailed({ ifname: d.hostIfname, ifindex: d.hostIfindex, kind: 'netkit' });
     assert.deepEqual(res.map((r) => [r.role, r.prog]), [['from_workload', 'from_workload'], ['to_workload', 'to_workload_netkit']]);
-    await netkitPeerPolicySet(d.hostIfname, 'forward');
+    await endpointDeviceOpen(d === a ? l3 : l2);
   }
   for (const d of [a, b]) {
     // The kernel keeps the peer link on the peer (netkit_dev_fetch): its info names the peer's ifindex
