@@ -140,6 +140,11 @@ export function ndMsg(src: string, dst: string, type: 135 | 136, target: string,
   head[0] = type;
   head[4] = flags;
   head.set(ipv6Parse(target), 8);
+  return ndWithOptions(src, dst, head, opts);
+}
+
+/** An ND message: its fixed part, then its options padded to 8 bytes, and the ICMPv6 checksum. */
+function ndWithOptions(src: string, dst: string, head: Buffer, opts: Array<[number, Buffer]>): Buffer {
   const o = opts.map(([t, body]) => {
     const len = Math.ceil((body.length + 2) / 8) * 8;
     const b = Buffer.alloc(len);
@@ -155,17 +160,7 @@ export function ndMsg(src: string, dst: string, type: 135 | 136, target: string,
 
 /** Router solicitation (133) with a correct checksum; `opts` as for ndMsg ([[1, mac]]: source link-layer address). */
 export function rsMsg(src: string, dst: string, opts: Array<[number, Buffer]> = []): Buffer {
-  const o = opts.map(([t, body]) => {
-    const len = Math.ceil((body.length + 2) / 8) * 8;
-    const b = Buffer.alloc(len);
-    b[0] = t;
-    b[1] = len / 8;
-    body.copy(b, 2);
-    return b;
-  });
-  const msg = Buffer.concat([Buffer.from([133, 0, 0, 0, 0, 0, 0, 0]), ...o]);
-  msg.writeUInt16BE(~onesSum(icmp6Pseudo(src, dst, msg.length), msg) & 0xffff, 2);
-  return msg;
+  return ndWithOptions(src, dst, Buffer.from([133, 0, 0, 0, 0, 0, 0, 0]), opts);
 }
 
 /** Entries that allow everything in both directions: what the agent writes for a non-enforced endpoint. */
