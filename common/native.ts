@@ -120,6 +120,21 @@ export interface NativeBpf {
   udpLocalPort(handle: NativeHandle): number;
   /** No more callbacks; the socket closes. */
   udpClose(handle: NativeHandle): void;
+  /** Its datagrams are no longer read (sends go on); returns the descriptor for the reader taking over. */
+  udpPause(handle: NativeHandle): number;
+  /** The DNS fast path's tables (bpf/native/src/dnsfast.c): verdict and known-answer slots, powers of two. */
+  dnsFastTables(verdictSlots: number, knownSlots: number): NativeHandle;
+  /** Queries of `client` to `resolver`:`resolverPort` for `name` may go to `upstream`; false: a name the thread never takes. */
+  dnsFastVerdict(tables: NativeHandle, client: string, resolver: string, resolverPort: number, name: string, upstream: string, upstreamPort: number): boolean;
+  /** The maps hold `address` for `name` until `expiresAtMs` (wall clock). */
+  dnsFastKnown(tables: NativeHandle, name: string, address: string, expiresAtMs: number): boolean;
+  /** Drops every verdict and / or every known answer, at once. */
+  dnsFastForget(tables: NativeHandle, verdicts: boolean, known: boolean): void;
+  /** The thread reading a paused UDP socket's descriptor (duplicated); records reach onRecords in batches. */
+  dnsFastStart(socketFd: number, tables: NativeHandle, redirectMapFd: number, timeoutMs: number, queriesPerSocket: number, maxSockets: number, maxPending: number, onRecords: (batch: Buffer) => void): NativeHandle;
+  /** The thread ends and its sockets close; no callback after it returns. */
+  dnsFastStop(handle: NativeHandle): void;
+  dnsFastStats(handle: NativeHandle): { answered: number; learn: number; failed: number; handed: number; unmatched: number };
 }
 
 /** Where bash bpf/build.sh puts the addon; KITNET_BPF_ADDON overrides (packaging). */

@@ -193,7 +193,11 @@ static napi_value init(napi_env env, napi_value exports)
 		{ "netlinkMonitorOpen", netlink_monitor_open }, { "netlinkMonitorClose", netlink_monitor_close },
 		{ "packetOpen", packet_open }, { "packetSend", packet_send }, { "packetClose", packet_close },
 		{ "udpOpen", udp_open }, { "udpSend", udp_send }, { "udpLocalPort", udp_local_port },
-		{ "udpClose", udp_close },
+		{ "udpClose", udp_close }, { "udpPause", udp_pause },
+		{ "dnsFastTables", dns_fast_tables }, { "dnsFastVerdict", dns_fast_verdict },
+		{ "dnsFastKnown", dns_fast_known }, { "dnsFastForget", dns_fast_forget },
+		{ "dnsFastStart", dns_fast_start }, { "dnsFastStop", dns_fast_stop },
+		{ "dnsFastStats", dns_fast_stats },
 	};
 
 	libbpf_set_print(log_print);

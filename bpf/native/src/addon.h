@@ -103,5 +103,14 @@ napi_value udp_open(napi_env env, napi_callback_info info);
 napi_value udp_send(napi_env env, napi_callback_info info);
 napi_value udp_local_port(napi_env env, napi_callback_info info);
 napi_value udp_close(napi_env env, napi_callback_info info);
+napi_value udp_pause(napi_env env, napi_callback_info info);
+/* dnsfast.c */
+napi_value dns_fast_tables(napi_env env, napi_callback_info info);
+napi_value dns_fast_verdict(napi_env env, napi_callback_info info);
+napi_value dns_fast_known(napi_env env, napi_callback_info info);
+napi_value dns_fast_forget(napi_env env, napi_callback_info info);
+napi_value dns_fast_start(napi_env env, napi_callback_info info);
+napi_value dns_fast_stop(napi_env env, napi_callback_info info);
+napi_value dns_fast_stats(napi_env env, napi_callback_info info);
 
 #endif

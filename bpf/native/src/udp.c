@@ -30,6 +30,8 @@ struct udp_sock {
 	int fd;
 	int family;
 	bool closed;
+	/* another reader took the socket (udpPause: the DNS proxy's fast path, dnsfast.c) */
+	bool paused;
 	/* the poll and the agent's handle: the memory is freed when both are gone (the descriptor is closed
 	 * at udpClose) */
 	int refs;
@@ -114,9 +116,9 @@ static void udp_on_poll(uv_poll_t *handle, int status, int events)
 	(void)events;
 	/* libuv stops a poll that reports POLLERR (a connected socket's ICMP error): the receive below
 	 * takes the error off the socket, and the poll goes on */
-	if (status < 0 && !s->closed)
+	if (status < 0 && !s->closed && !s->paused)
 		uv_poll_start(&s->poll, UV_READABLE, udp_on_poll);
-	if (napi_open_handle_scope(env, &scope) != napi_ok)
+	if (s->paused || napi_open_handle_scope(env, &scope) != napi_ok)
 		return;
 	for (int i = 0; i < UDP_RECV_BURST && !s->closed; i++) {
 		struct sockaddr_storage from;
@@ -326,6 +328,25 @@ napi_value udp_local_port(napi_env env, napi_callback_info info)
 	if (getsockname(s->fd, (struct sockaddr *)&sa, &len) < 0)
 		return throw_errno(env, "UDP_LOCAL_PORT", errno);
 	return make_i32(env, ntohs(sa.ss_family == AF_INET ? ((struct sockaddr_in *)&sa)->sin_port : ((struct sockaddr_in6 *)&sa)->sin6_port));
+}
+
+/* udpPause(handle) -> fd: the socket's datagrams are no longer read here (its callback gets none);
+ * sends go on. The descriptor is for the reader that takes over (dnsFastStart duplicates it); it stays
+ * the socket's, closed by udpClose. */
+napi_value udp_pause(napi_env env, napi_callback_info info)
+{
+	napi_value argv[1];
+	struct udp_sock *s;
+
+	if (!get_args(env, info, 1, argv) || !(s = sock_arg(env, argv[0])))
+		return NULL;
+	if (s->closed)
+		return throw_errno(env, "UDP_PAUSE", EBADF);
+	if (!s->paused) {
+		s->paused = true;
+		uv_poll_stop(&s->poll);
+	}
+	return make_i32(env, s->fd);
 }
 
 /* udpClose(handle): no more callbacks, and the socket is closed now (its port free at once). */
