@@ -56,6 +56,13 @@ export const DnsConfigSchema = z
         maxLearnedAddresses: z.number().int().min(1).max(1_000_000).default(32_768),
         /** The share of one workload: the addresses its answers brought in, until they expire. */
         maxLearnedAddressesPerWorkload: z.number().int().min(1).max(1_000_000).default(8192),
+        /**
+         * UDP lookups whose verdict and answer the agent already knows (an allowed name asked again, an
+         * answer whose addresses the maps hold) are forwarded and answered by a thread of the agent's
+         * addon, not its JavaScript thread (agent/dns/fast-path.ts); flows, metrics and expiry follow
+         * as for every lookup. Off: every lookup goes through the agent's thread.
+         */
+        fastPath: z.boolean().default(true),
         /** Open DNS-over-TCP connections at once (each proxy). */
         maxTcpConnections: z.number().int().min(1).max(65_535).default(256),
         /** The same for one workload address. */

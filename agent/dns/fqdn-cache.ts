@@ -63,6 +63,8 @@ export class FqdnCache {
    * An address counts against its first learner until it leaves the cache.
    */
   private readonly ownerOf = new Map<string, DnsAddressOwner>();
+  /** Addresses dropped from a name to keep it within maxAddressesPerName, so far. */
+  evictions = 0;
   private readonly owned = new Map<DnsAddressOwner, number>();
 
   constructor(opts: FqdnCacheOptions = {}) {
@@ -103,6 +105,7 @@ export class FqdnCache {
         m.delete(a);
         this.nameDelete(a, name);
       }
+      this.evictions += soonest.length;
     }
     return grew;
   }
@@ -124,6 +127,11 @@ export class FqdnCache {
       if (m.size === 0) this.byName.delete(name);
     }
     return changed;
+  }
+
+  /** When `name`'s `address` expires (ms, wall clock), if kept. */
+  expiresAt(name: string, address: string): number | undefined {
+    return this.byName.get(name)?.get(address);
   }
 
   /** Whether `name` resolved to `address` (and it is still kept). */

@@ -79,5 +79,7 @@ export function dnsProxyMetricsRegister(registry: Registry, stats: DnsProxyStats
     (Object.entries(stats.learnRefused) as Array<[string, number]>).map(([limit, n]) => [{ limit }, n]));
   mirroredCounter(registry, 'kitnet_dns_proxy_refused_resolver_total', 'DNS queries answered REFUSED, never forwarded, because they would go to a resolver the workload cannot reach itself: an address such as loopback, unspecified, link-local, multicast, broadcast, IPv4-mapped IPv6, the proxy\'s own, or a workload whose ingress policy does not admit the asking workload', [], () => [[{}, stats.refusedResolver]]);
   mirroredCounter(registry, 'kitnet_dns_proxy_malformed_total', 'Messages sent to the DNS proxy that were not a query it could read', [], () => [[{}, stats.malformed]]);
+  mirroredCounter(registry, 'kitnet_dns_proxy_fast_answered_total', 'UDP lookups forwarded and answered by the proxy\'s fast path (a thread of the addon) without the agent\'s thread: an allowed name asked again whose answer taught nothing new', [], () => [[{}, stats.fastAnswered]]);
+  mirroredCounter(registry, 'kitnet_dns_proxy_fast_stale_total', 'Lookups the fast path forwarded under a verdict that no longer held when the agent checked it again (every verdict of the fast path was then dropped)', [], () => [[{}, stats.fastStale]]);
   mirroredCounter(registry, 'kitnet_dns_proxy_upstream_failures_total', 'Queries answered SERVFAIL because the upstream failed, did not answer in time, or its answer could not be learned', [], () => [[{}, stats.upstreamFailures]]);
 }

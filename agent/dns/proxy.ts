@@ -23,12 +23,15 @@
  * An answer that cannot be parsed, or whose learning failed, is never released: SERVFAIL instead.
  */
 import net from 'node:net';
+import { constants as osConstants } from 'node:os';
 import type { Logger } from 'pino';
 import { udpTcpListen } from '../../common/udp-tcp-listen.js';
 import { UdpUpstreams } from './upstream-udp.js';
 import { UdpSocket } from './udp-socket.js';
 import { dnsErrorReply, dnsLearned, dnsParse, DnsParseError, DnsRcode, DNS_HEADER_LENGTH, DNS_MESSAGE_MAX } from './codec.js';
 import { specialAddressKind } from './special-address.js';
+import { DnsFastPath, DnsFastRecordKind } from './fast-path.js';
+import type { DnsFastRecord, DnsFastTables } from './fast-path.js';
 import type { DnsMessage, LearnedName } from './codec.js';
 
 export interface DnsEndpoint {
@@ -88,6 +91,11 @@ export interface DnsProxyOptions {
   maxTcpConnectionsPerClient?: number;
   /** Where to count (shared by the proxies of both families, kept across their restarts); default its own. */
   stats?: DnsProxyStats;
+  /**
+   * The fast path (agent/dns/fast-path.ts): UDP lookups the tables decide are forwarded and answered
+   * by the addon's thread; the rest reach this proxy as before. Without it every lookup comes here.
+   */
+  fast?: { tables: DnsFastTables; redirectMapFd: number } | undefined;
   log: Logger;
 }
 
@@ -106,10 +114,14 @@ export interface DnsProxyStats {
   droppedBy: Record<DnsDropReason, number>;
   /** Answers not released (SERVFAIL) because learning them would pass a limit on learned addresses. */
   learnRefused: Record<DnsLearnLimitError['limit'], number>;
+  /** Of `allowed`: answered by the fast path's thread without this proxy (agent/dns/fast-path.ts). */
+  fastAnswered: number;
+  /** Lookups the fast path forwarded under a verdict that no longer held when checked again (its verdicts were then dropped). */
+  fastStale: number;
 }
 
 export function dnsProxyStatsCreate(): DnsProxyStats {
-  return { allowed: 0, refused: 0, refusedResolver: 0, malformed: 0, upstreamFailures: 0, dropped: 0, droppedBy: { 'in-flight': 0, 'client-in-flight': 0, 'tcp-connections': 0, 'client-tcp-connections': 0 }, learnRefused: { workload: 0, total: 0 } };
+  return { allowed: 0, refused: 0, refusedResolver: 0, malformed: 0, upstreamFailures: 0, dropped: 0, droppedBy: { 'in-flight': 0, 'client-in-flight': 0, 'tcp-connections': 0, 'client-tcp-connections': 0 }, learnRefused: { workload: 0, total: 0 }, fastAnswered: 0, fastStale: 0 };
 }
 
 /**
@@ -158,6 +170,7 @@ const DROP_LOG_INTERVAL_MS = 10_000;
 
 export class DnsProxy {
   private udp?: UdpSocket;
+  private fastPath?: DnsFastPath;
   private tcp?: net.Server;
   private inFlight = 0;
   /** Queries in flight and open TCP connections per client address (entries only while above 0). */
@@ -205,6 +218,21 @@ export class DnsProxy {
     });
     this.udp = udp;
     this.tcp = tcp;
+    const fast = this.opts.fast;
+    if (fast) {
+      try {
+        this.fastPath = new DnsFastPath(udp, {
+          tables: fast.tables,
+          redirectMapFd: fast.redirectMapFd,
+          upstreamTimeoutMs: this.opts.upstreamTimeoutMs ?? 5000,
+          maxPending: Math.min(this.opts.maxInFlight ?? 4096, 4096),
+          onRecord: (r) => this.fastRecord(udp, r),
+        });
+      } catch (err) {
+        await this.stop();
+        throw err;
+      }
+    }
     return { address: this.opts.listen.address, port };
   }
 
@@ -213,6 +241,9 @@ export class DnsProxy {
     const { udp, tcp } = this;
     this.udp = undefined;
     this.tcp = undefined;
+    // Before the socket closes: the thread reads a duplicate of its descriptor.
+    this.fastPath?.stop();
+    this.fastPath = undefined;
     for (const s of this.tcpSockets) s.destroy();
     this.upstreams.close();
     udp?.close();
@@ -397,17 +428,33 @@ export class DnsProxy {
       return dnsErrorReply(msg, DnsRcode.REFUSED);
     }
     this.stats.allowed++;
+    // The name may be asked again through the fast path's thread, as long as nothing it depends on changes.
+    if (transport === 'udp' && this.fastPath && verdict.resolver) this.opts.fast!.tables.verdict(client.address, verdict.resolver, q.name, upstream!);
     let raw: Buffer;
-    let reply: DnsMessage;
     try {
       raw = await (transport === 'udp' ? this.forwardUdp(msg, upstream!) : this.forwardTcp(msg, upstream!));
+    } catch (e) {
+      return this.upstreamFailed(e, msg, query, client, transport, verdict, receivedNs, upstream);
+    }
+    return this.releaseAnswer(msg, query, raw, client, transport, verdict, receivedNs, upstream!);
+  }
+
+  private upstreamFailed(e: unknown, msg: Buffer, query: DnsMessage, client: DnsEndpoint, transport: DnsTransport, verdict: DnsVerdict, receivedNs: bigint, upstream: DnsEndpoint | undefined): Buffer {
+    this.stats.upstreamFailures++;
+    this.opts.log.warn({ err: e, client, name: query.questions[0]!.name, upstream }, 'DNS proxy: upstream failed, answering SERVFAIL');
+    this.event(client, transport, query, verdict, receivedNs, upstream, DnsRcode.SERVFAIL);
+    return dnsErrorReply(msg, DnsRcode.SERVFAIL);
+  }
+
+  /** The upstream's answer to a query: checked, learned (the maps written), then returned to release; else SERVFAIL. */
+  private async releaseAnswer(msg: Buffer, query: DnsMessage, raw: Buffer, client: DnsEndpoint, transport: DnsTransport, verdict: DnsVerdict, receivedNs: bigint, upstream: DnsEndpoint): Promise<Buffer> {
+    const q = query.questions[0]!;
+    let reply: DnsMessage;
+    try {
       reply = dnsParse(raw);
       if (!reply.response || reply.id !== query.id || !sameQuestion(reply, query)) throw new DnsParseError('the reply does not answer the query');
     } catch (e) {
-      this.stats.upstreamFailures++;
-      this.opts.log.warn({ err: e, client, name: q.name, upstream }, 'DNS proxy: upstream failed, answering SERVFAIL');
-      this.event(client, transport, query, verdict, receivedNs, upstream, DnsRcode.SERVFAIL);
-      return dnsErrorReply(msg, DnsRcode.SERVFAIL);
+      return this.upstreamFailed(e, msg, query, client, transport, verdict, receivedNs, upstream);
     }
     const minTtl = this.opts.minTtl ?? 0;
     const maxTtl = this.opts.maxTtl ?? 86_400;
@@ -440,6 +487,65 @@ export class DnsProxy {
     }
     this.event(client, transport, query, verdict, receivedNs, upstream, reply.rcode, learned, reply);
     return raw;
+  }
+
+  /**
+   * A record of the fast path's thread (agent/dns/fast-path.ts): a query it did not take goes the usual
+   * way; one it forwarded is finished here as the usual way would finish it (checked again against the
+   * verdict as it stands now, learned, counted, a flow), and answered unless the thread did.
+   */
+  private fastRecord(sock: UdpSocket, r: DnsFastRecord): void {
+    if (this.udp !== sock) return;
+    if (r.kind === DnsFastRecordKind.query) return this.udpQuery(sock, r.query, r.client);
+    const released = r.kind === DnsFastRecordKind.answered;
+    if (released) this.stats.fastAnswered++;
+    const msg = Buffer.from(r.query);
+    this.inFlight++;
+    this.fastFinish(msg, r, released).then(
+      (reply) => {
+        this.inFlight--;
+        if (reply && (!released || !r.sent) && this.udp === sock) this.udpReply(sock, reply, r.client);
+      },
+      (e: unknown) => {
+        this.inFlight--;
+        this.opts.log.warn({ err: e, client: r.client }, 'DNS proxy: query failed');
+      },
+    );
+  }
+
+  private async fastFinish(msg: Buffer, r: DnsFastRecord, released: boolean): Promise<Buffer | undefined> {
+    const { client, receivedNs } = r;
+    const used = r.upstream!;
+    let query: DnsMessage;
+    try {
+      query = dnsParse(msg);
+    } catch {
+      // The thread read it whole: not expected; never released twice, never unanswered.
+      this.stats.malformed++;
+      return released ? undefined : dnsErrorReply(msg, DnsRcode.FORMERR);
+    }
+    const q = query.questions[0]!;
+    const upstream = this.opts.upstream(client, 'udp');
+    let verdict: DnsVerdict = upstream ? this.opts.verdict(client, q.name, 'udp', upstream) : { allowed: false, rule: 'not steered to the proxy by the datapath' };
+    if (!verdict.allowed || upstream?.address !== used.address || upstream.port !== used.port) {
+      // Something the verdicts depend on changed without a hook dropping them: all of them go now.
+      this.stats.fastStale++;
+      this.opts.fast!.tables.forget({ verdicts: true });
+      this.warnSometimes('fast-stale', { client, name: q.name, upstream: used, now: upstream, rule: verdict.rule, fastStale: this.stats.fastStale }, 'DNS proxy: a lookup the fast path forwarded is no longer allowed as it was forwarded (policy, workload or upstream changed); its verdicts are dropped (later ones in the next 10 s are counted in kitnet_dns_proxy_fast_stale_total)');
+      if (!released && !verdict.allowed) {
+        this.stats.refused++;
+        this.event(client, 'udp', query, verdict, receivedNs, upstream, DnsRcode.REFUSED);
+        return dnsErrorReply(msg, DnsRcode.REFUSED);
+      }
+      // Released already (or allowed still, from the upstream it went to): reported as it was decided.
+      if (!verdict.allowed) verdict = { allowed: true, rule: 'a verdict of the fast path that no longer holds', resolver: verdict.resolver };
+    }
+    this.stats.allowed++;
+    if (!r.answer) {
+      const err = r.errno ? Object.assign(new Error(`upstream ${used.address}:${used.port}: ${errnoName(r.errno)}`), { errno: r.errno }) : new Error(`no answer from ${used.address}:${used.port} within ${this.opts.upstreamTimeoutMs ?? 5000} ms`);
+      return this.upstreamFailed(err, msg, query, client, 'udp', verdict, receivedNs, used);
+    }
+    return this.releaseAnswer(msg, query, Buffer.from(r.answer), client, 'udp', verdict, receivedNs, used);
   }
 
   /** Hands one answered query to onQuery (a method, not a closure per query: the proxy's garbage). */
@@ -483,6 +589,12 @@ export class DnsProxy {
       sock.on('end', () => done(new Error('upstream closed the connection before answering')));
     });
   }
+}
+
+const ERRNO_NAMES = new Map(Object.entries(osConstants.errno).map(([name, n]) => [n, name]));
+
+function errnoName(errno: number): string {
+  return ERRNO_NAMES.get(errno) ?? `errno ${errno}`;
 }
 
 function sameQuestion(a: DnsMessage, b: DnsMessage): boolean {

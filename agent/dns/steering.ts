@@ -44,6 +44,7 @@ import { DNS_STATE_FILE, dnsStateRead, dnsStateWrite, dnsStateWriteSliced } from
 import type { DnsEndpoint, DnsProxyStats, DnsQueryEvent, DnsTransport, DnsVerdict } from './proxy.js';
 import { specialAddressKind } from './special-address.js';
 import { dnsPlanVerdict, dnsQueryPlan, sectionIndex } from './verdict.js';
+import { DnsFastTables } from './fast-path.js';
 import type { DnsQueryPlan } from './verdict.js';
 
 /** Host-local addresses of the DNS proxy (link-local IPv4; a ULA whose global id spells "kitnet"). */
@@ -161,6 +162,8 @@ export class DnsSteering {
   private refreshBasis: { policies: readonly ParsedPolicy[]; cidrs: readonly unknown[]; matchers: FqdnLabelMatcher[]; coverOf: (address: string) => string | undefined } | undefined;
   /** Each answered query (flows, metrics). */
   onQuery?: (e: DnsQueryEvent) => void;
+  /** What the proxies' fast path may decide alone (agent/dns/fast-path.ts); undefined when it is off. */
+  private fast: DnsFastTables | undefined;
 
   constructor(private readonly deps: DnsSteeringDeps) {
     this.cache = new FqdnCache({ maxAddressesPerName: deps.config.proxy.maxIPsPerName, maxNamesPerAddress: deps.config.proxy.maxNamesPerIP });
@@ -182,6 +185,7 @@ export class DnsSteering {
     this.unsubscribe = this.deps.store.subscribe((c) => {
       if (c.kind !== 'workload') return;
       this.byAddress = undefined;
+      this.fast?.forget({ verdicts: true });
       // A workload that left holds no share of the learned addresses any more (its endpoint id may be reused).
       if (c.what === 'deleted') {
         const live = new Set(this.deps.store.workloadList().map((w) => w.endpointId));
@@ -207,6 +211,7 @@ export class DnsSteering {
         );
       }
     }
+    if (config.proxy.fastPath) this.fast = new DnsFastTables();
     await this.listen();
     this.maps.proxySet({ port: this.port, ipv4: DNS_PROXY_IPV4, ipv6: DNS_PROXY_IPV6 });
     this.endpointsSync();
@@ -228,6 +233,7 @@ export class DnsSteering {
       maxTcpConnections: this.deps.config.proxy.maxTcpConnections,
       maxTcpConnectionsPerClient: this.deps.config.proxy.maxTcpConnectionsPerWorkload,
       stats: this.proxyStats,
+      fast: this.fast && { tables: this.fast, redirectMapFd: this.maps!.redirectFd },
       log: this.deps.log.child({ component: 'dns-proxy' }),
     });
     p.onQuery = (e) => this.onQuery?.(e);
@@ -283,6 +289,7 @@ export class DnsSteering {
     this.unsubscribe?.();
     this.unsubscribe = undefined;
     await Promise.all([...this.proxies.splice(0).map((p) => p.stop()), this.saving]);
+    this.fast = undefined;
   }
 
   private workloadOf(address: string): WorkloadRecord | undefined {
@@ -485,11 +492,16 @@ export class DnsSteering {
       const refusal = this.learnLimit(owner, learned);
       if (refusal) return Promise.reject(refusal);
     }
+    const evictions = this.cache.evictions;
     for (const l of learned) this.cache.learn(l.name, l.addresses, l.ttl, now, owner);
     if (known) {
+      // The fast path may release the next such answer itself, while the addresses stay this long.
+      if (this.fast) for (const l of learned) for (const a of l.addresses) this.fast.known(l.name, a, this.cache.expiresAt(l.name, a) ?? 0);
       this.saveSoon(EXPIRY_SAVE_DELAY_MS);
       return Promise.resolve();
     }
+    // An address a name no longer keeps may leave the maps: the fast path must not release it as known.
+    if (this.cache.evictions !== evictions) this.fast?.forget({ known: true });
     for (const l of learned) {
       for (const a of l.addresses) {
         const names = this.learnedPending.get(a);
@@ -567,11 +579,27 @@ export class DnsSteering {
       }
       // One write for the batch (one policy revision bump); recorded as applied only once it is in.
       if (writes.length) datapath.ipcacheUpsertMany(writes);
+      // A resolver's address learned: its identity, which the fast path's verdicts were made with, changed.
+      if (this.fast && writes.some(([cidr]) => this.fast!.isResolver(cidr.slice(0, cidr.lastIndexOf('/'))))) this.fast.forget({ verdicts: true });
       for (const [cidr, { identity }] of writes) this.applied.set(cidr, identity);
       if (moved) this.refreshSoon();
+      // Known now: the next answer with these addresses may be released by the fast path itself.
+      else if (this.fast && !this.refreshQueued) this.fastKnownAdd(addresses);
       this.saveSoon();
     } finally {
       this.refreshing = false;
+    }
+  }
+
+  /** The learned (name, address) pairs the maps now hold, for the fast path (as learn() finds them known). */
+  private fastKnownAdd(addresses: ReadonlyMap<string, ReadonlySet<string>>): void {
+    for (const [address, names] of addresses) {
+      const cidr = fqdnAddressCidr(address);
+      if (!this.applied.has(cidr) && !this.yielded.has(cidr)) continue;
+      for (const name of names) {
+        const until = this.cache.expiresAt(name, address);
+        if (until !== undefined) this.fast!.known(name, address, until);
+      }
     }
   }
 
@@ -580,6 +608,8 @@ export class DnsSteering {
    * agent's mutex. Additions: identities and policy first, then the ipcache; removals the other way.
    */
   private async refresh(): Promise<void> {
+    // Identities and learned entries change here: the fast path decides nothing until they are in again.
+    this.fast?.forget({ verdicts: true, known: true });
     this.refreshing = true;
     try {
       await this.refreshLocked();
@@ -832,6 +862,7 @@ export class DnsSteering {
 
   /** After a policy write: the steered endpoints follow the rules; new selectors get their identities. */
   private policyWritten(): void {
+    this.fast?.forget({ verdicts: true });
     try {
       this.endpointsSync();
     } catch (err) {
@@ -847,6 +878,7 @@ export class DnsSteering {
   }
 
   private refreshSoon(): void {
+    this.fast?.forget({ verdicts: true, known: true });
     if (this.refreshQueued) return;
     this.refreshQueued = true;
     setImmediate(() => {

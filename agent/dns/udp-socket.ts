@@ -128,6 +128,15 @@ export class UdpSocket {
     }
   }
 
+  /**
+   * Stops reading the socket (onMessage gets nothing more; sends go on) and returns its descriptor, for
+   * a reader of its own (agent/dns/fast-path.ts). It stays this socket's: close() closes it.
+   */
+  pause(): number {
+    if (!this.handle) throw Object.assign(new Error('UDP socket closed'), { code: 'EBADF' });
+    return native().udpPause(this.handle);
+  }
+
   close(): void {
     if (this.retry) clearTimeout(this.retry);
     this.retry = undefined;

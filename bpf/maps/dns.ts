@@ -86,6 +86,11 @@ export class DnsSteeringMaps {
    * for every query the proxy takes: key and value go through buffers kept for them (the kernel copies
    * both during the call), and a destination equal to the last one read is that same frozen object.
    */
+  /** The `dns_redirect` map's descriptor (the DNS proxy's fast path reads it in its own thread). */
+  get redirectFd(): number {
+    return this.redirect.fd;
+  }
+
   originalDestination(client: string, port: number, protocol: number): Readonly<{ address: string; port: number }> | undefined {
     const { family, addr } = addrBytes(client);
     const key = this.redirectKey;

@@ -30,9 +30,11 @@ test('steered endpoints: those a DNS rule applies to (a toFQDNs rule alone does 
 
 test('dns.proxy config: defaults, and errors naming the key', () => {
   const c = configParse({});
-  assert.deepEqual(c.dns.proxy, { enabled: true, port: 0, minTTL: 0, maxTTL: 86400, maxIPsPerName: 1000, maxNamesPerIP: 1000, maxLearnedAddresses: 32768, maxLearnedAddressesPerWorkload: 8192, maxQueriesInFlight: 4096, maxQueriesInFlightPerWorkload: 512, maxTcpConnections: 256, maxTcpConnectionsPerWorkload: 16 });
+  assert.deepEqual(c.dns.proxy, { enabled: true, port: 0, minTTL: 0, maxTTL: 86400, maxIPsPerName: 1000, maxNamesPerIP: 1000, maxLearnedAddresses: 32768, maxLearnedAddressesPerWorkload: 8192, maxQueriesInFlight: 4096, maxQueriesInFlightPerWorkload: 512, maxTcpConnections: 256, maxTcpConnectionsPerWorkload: 16, fastPath: true });
   const bad = (dns: unknown, re: RegExp) => assert.throws(() => configParse({ dns }), (e: unknown) => e instanceof ConfigError && re.test(e.message));
   bad({ proxy: { port: 70000 } }, /dns\.proxy\.port/);
+  bad({ proxy: { fastPath: 'yes' } }, /dns\.proxy\.fastPath/);
+  assert.equal(configParse({ dns: { proxy: { fastPath: false } } }).dns.proxy.fastPath, false);
   bad({ proxy: { minTTL: -1 } }, /dns\.proxy\.minTTL/);
   bad({ proxy: { maxTTL: 0 } }, /dns\.proxy\.maxTTL/);
   bad({ proxy: { maxTTL: 2147483647 } }, /dns\.proxy\.maxTTL/);
