@@ -13,7 +13,7 @@
 //
 //   node dist/bench/dns-agent.bench.js [rate=5000] [--secs=3] [--rounds=5] [--names=1000] [--warmup=2]
 //        [--ab=/path/to/before/dist,/path/to/after/dist] [--profile] [--heap] [--survivors] [--timeline] [--floor]
-//        [--upstream=node|c]
+//        [--upstream=node|c] [--fast=on|off|on,off]
 //
 // --upstream: the DNS server both paths ask, a Node process (default, the figures of bench/README §8 up
 // to 2026-12-07) or bench/dns-upstream.c (compiled with cc; the same answers), as light as a real
@@ -282,7 +282,7 @@ async function runLoad(launcher: Launcher, ns: string, rate: number, secs: numbe
   return JSON.parse(out) as PhaseResult;
 }
 
-async function round(tree: string, tag: string, rate: number, secs: number, names: number, warmupSecs: number, profile: boolean, heap: boolean, floor: boolean, survivors = false): Promise<RoundResult> {
+async function round(tree: string, tag: string, rate: number, secs: number, names: number, warmupSecs: number, profile: boolean, heap: boolean, floor: boolean, survivors = false, fastPath = true): Promise<RoundResult> {
   // The generators start from a helper started now, not from this process once the agent is in it (launcher.ts).
   const launcher = launcherStart();
   onCleanup('launcher', () => launcher.stop());
@@ -301,6 +301,8 @@ async function round(tree: string, tag: string, rate: number, secs: number, name
     overrides: {
       stateDir: join(dir, 'state'), bpfPinRoot: pinRoot, logLevel: 'error', nodeName: 'bench', api: { socket },
       ipam: { ipv4Pool: '10.247.0.0/24', ipv6Pool: 'fd00:247::/64' }, datapath: { mode: 'veth' },
+      // Only when off: a tree from before the fast path has no such key (its config is strict).
+      ...(fastPath ? {} : { dns: { proxy: { fastPath: false } } }),
     },
   });
   onCleanup('agent', () => daemon.stop());
@@ -365,6 +367,8 @@ spec:
   for (const m of text.matchAll(/^hubble_dns_queries_total\{rcode="Policy denied"[^}]*\} (\d+)/gm)) rcodes['Policy denied'] = (rcodes['Policy denied'] ?? 0) + Number(m[1]);
   // Turned away by the proxy's limits (warm-up included: the phases' own losses are `lost`).
   for (const m of text.matchAll(/^kitnet_dns_proxy_dropped_total\{reason="([^"]*)"\} ([1-9]\d*)/gm)) rcodes[`dropped (${m[1]!})`] = Number(m[2]);
+  // Of the answers (warm-up included): released by the fast path's thread, and its verdicts found stale.
+  for (const m of text.matchAll(/^kitnet_dns_proxy_fast_(answered|stale)_total (\d+)/gm)) rcodes[`fast path ${m[1]!}`] = Number(m[2]);
   return { direct, ...(relay ? { relay } : {}), ...(relayC ? { relayC } : {}), proxy, agentSched: { direct: schedDirect, proxy: schedProxy }, proxyAgentCpu, proxyFaults, agentUsPerLookup, rcodes, gc, ...(allocated !== undefined ? { allocatedPerLookup: allocated / Math.max(1, proxy.n) } : {}), ...(survived ? { survivedPerLookup: survived.bytes / (rate * survived.ms / 1000) } : {}) };
 }
 
@@ -379,7 +383,11 @@ async function main(): Promise<void> {
   const warmup = Number(args.opts.warmup ?? 2);
   const floor = Boolean(args.opts.floor);
   if (!(warmup >= 0)) throw new Error(`--warmup=${args.opts.warmup}: seconds (0 or more)`);
-  const trees = (args.opts.ab ?? OWN_DIST).split(',').map((t) => resolve(t));
+  // --fast=on,off: each tree with the DNS proxy's fast path on and off (dns.proxy.fastPath), taking turns.
+  const fastModes = (args.opts.fast ?? 'on').split(',');
+  if (!fastModes.every((m) => m === 'on' || m === 'off')) throw new Error(`--fast=${args.opts.fast}: on, off or on,off`);
+  const variants = (args.opts.ab ?? OWN_DIST).split(',').flatMap((t) => fastModes.map((m) => ({ tree: resolve(t), fast: m === 'on' })));
+  const trees = variants.map((v) => (fastModes.length > 1 ? `${v.tree} (fast path ${v.fast ? 'on' : 'off'})` : v.tree));
   // On the host's loopback, as the proxy's own addresses are: delivered locally from any workload.
   await sh('ip', ['addr', 'add', `${SERVER}/32`, 'dev', 'lo']);
   onCleanup('server address', () => sh('ip', ['addr', 'del', `${SERVER}/32`, 'dev', 'lo']).catch(() => undefined));
@@ -412,9 +420,9 @@ async function main(): Promise<void> {
     if (r % 2) order.reverse();
     for (const v of order) {
       const load = (await sh('cat', ['/proc/loadavg'])).split(' ').slice(0, 3).join(' ');
-      const extra = [...(args.opts.profile ? ['--profile'] : []), ...(args.opts.heap ? ['--heap'] : []), ...(args.opts.survivors ? ['--survivors'] : []), ...(floor ? ['--floor'] : [])];
+      const extra = [...(args.opts.profile ? ['--profile'] : []), ...(args.opts.heap ? ['--heap'] : []), ...(args.opts.survivors ? ['--survivors'] : []), ...(floor ? ['--floor'] : []), ...(variants[v]!.fast ? [] : ['--no-fast'])];
       // node's own flags (e.g. V8's heap sizes) reach the agent's process too
-      const out = await sh(process.execPath, [...process.execArgv, HERE, '--round', trees[v]!, `d${v}r${r}`, String(rate), String(secs), String(names), String(warmup), ...extra], { timeoutMs: 300_000 });
+      const out = await sh(process.execPath, [...process.execArgv, HERE, '--round', variants[v]!.tree, `d${v}r${r}`, String(rate), String(secs), String(names), String(warmup), ...extra], { timeoutMs: 300_000 });
       const res = JSON.parse(out.slice(out.lastIndexOf('\n{') + 1)) as RoundResult;
       results[v]!.push({ ...res, load });
       if (args.opts.timeline) {
@@ -457,7 +465,7 @@ else if (argv[2] === '--relay') relayServe(argv[3]!, argv[4]!);
 else if (argv[2] === '--loadgen') loadgen(argv[3]!, Number(argv[4]), Number(argv[5]), argv[6]!, Number(argv[7]));
 else if (argv[2] === '--round') {
   void benchMain(async () => {
-    const r = await round(argv[3]!, argv[4]!, Number(argv[5]), Number(argv[6]), Number(argv[7]), Number(argv[8]), argv.includes('--profile'), argv.includes('--heap'), argv.includes('--floor'), argv.includes('--survivors'));
+    const r = await round(argv[3]!, argv[4]!, Number(argv[5]), Number(argv[6]), Number(argv[7]), Number(argv[8]), argv.includes('--profile'), argv.includes('--heap'), argv.includes('--floor'), argv.includes('--survivors'), !argv.includes('--no-fast'));
     process.stdout.write(`\n${JSON.stringify(r)}\n`);
   });
 } else void benchMain(main);
