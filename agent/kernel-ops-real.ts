@@ -28,5 +28,6 @@ export function kernelOpsReal(datapath: KitnetDatapath): KernelOps {
     tapObserve: (spec) => netkit.tapObserve(spec),
     tapRelease: (spec) => netkit.tapRelease(spec),
     deviceOpen: (spec) => netkit.endpointDeviceOpen(spec),
+    deviceClose: (spec) => netkit.endpointDeviceClose(spec),
   };
 }

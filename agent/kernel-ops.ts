@@ -29,6 +29,11 @@ export interface KernelOps {
    */
   deviceOpen(spec: EndpointDeviceSpec): Promise<void>;
   /**
+   * Closes an open pair as it is made (netkit's policies to drop, a veth's host side down without its
+   * routes), before programs that went missing are attached again (idempotent).
+   */
+  deviceClose(spec: EndpointDeviceSpec): Promise<void>;
+  /**
    * Reports links removed from the host namespace (a workload's namespace or process went away); when
    * the kernel dropped events, every link present instead (`onResync`).
    */

@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import { LINK_ROLES, linkIsCurrent, type AttachKind } from '../bpf/index.js';
+import { LINK_ROLES, linkIsCurrent, linkIsOnDevice, type AttachKind } from '../bpf/index.js';
 import { netnsBindingCheck, netnsIdEqual, type NetnsId } from '../netkit/index.js';
 import type { Config } from './config.js';
 import type { KernelOps } from './kernel-ops.js';
@@ -61,7 +61,7 @@ export class Reconciler {
     } else {
       ({ netns, replaced: netnsReplaced } = await this.netnsObserve(rec));
       // nothing of the workload's is looked for in someone else's namespace
-      if (netnsReplaced) return { netns, netnsReplaced, device: undefined, endpoint: undefined, attached: false };
+      if (netnsReplaced) return { netns, netnsReplaced, device: undefined, endpoint: undefined, attached: false, judged: false };
       const d = await this.kernel.deviceObserve(deviceSpecFor(rec, this.config));
       if (d) {
         device = {
@@ -78,11 +78,20 @@ export class Reconciler {
     const links = dp.linkInfo(rec.hostIfname);
     const progs = dp.progIds();
     // netkit's peer link reports the peer's ifindex, not the host side's it was created on
-    const attached = device !== undefined && LINK_ROLES.every((role) => {
+    const target = device && { ifindex: device.hostIfindex, peerIfindex: device.peerIfindex };
+    const attached = target !== undefined && LINK_ROLES.every((role) => {
       const l = links[role];
-      return l !== undefined && linkIsCurrent(l, kind, role, { ifindex: device.hostIfindex, peerIfindex: device.peerIfindex }, progs);
+      return l !== undefined && linkIsCurrent(l, kind, role, target, progs);
     });
-    return { netns, ...(netnsReplaced ? { netnsReplaced } : {}), device, ...(rec.spec.kind === 'vm' ? { vmPlumbing } : {}), endpoint: device && dp.endpointGet(device.hostIfindex), attached };
+    // an earlier release's programs still judge (an upgrade swaps them in place, atomically)
+    const judged = attached || (target !== undefined && LINK_ROLES.every((role) => {
+      const l = links[role];
+      return l !== undefined && linkIsOnDevice(l, kind, role, target);
+    }));
+    return {
+      netns, ...(netnsReplaced ? { netnsReplaced } : {}), device, ...(rec.spec.kind === 'vm' ? { vmPlumbing } : {}),
+      endpoint: device && dp.endpointGet(device.hostIfindex), attached, judged,
+    };
   }
 
   /**
@@ -158,6 +167,14 @@ export class Reconciler {
       switch (a.op) {
         case 'workloadRemove':
           throw new WorkloadGoneError(`workload ${rec.spec.namespace}/${rec.spec.name}: ${a.reason}`);
+        case 'deviceClose': {
+          const d = deviceOrThrow(rec, device);
+          // an adopted tap closes without its routes to the guest, which opening it adds again
+          if (rec.spec.kind === 'tap') await this.kernel.tapRelease(tapSpecFor(rec));
+          else await this.kernel.deviceClose(deviceSpecFor(rec, this.config));
+          device = { ...d, closed: true };
+          break;
+        }
         case 'vmNetnsEnsure':
           await this.kernel.vmNetnsEnsure(vmSpecFor(rec, this.config));
           break;

@@ -13,7 +13,7 @@ import { PIN_ROOT_DEFAULT } from './types.js';
 
 export * from './types.js';
 export type { AttachResult, LinkRole } from './links.js';
-export { LINK_ROLES, linkIsCurrent, progForRole } from './links.js';
+export { LINK_ROLES, linkIsCurrent, linkIsOnDevice, progForRole } from './links.js';
 export type { DatapathConfig } from './maps/config.js';
 export type { DnsSteeringMaps, DnsProxyAddress } from './maps/dns.js';
 export type { ConntrackEntry } from './maps/conntrack.js';

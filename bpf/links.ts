@@ -64,7 +64,11 @@ export function linkIsCurrent(
   return linkIsOnDevice(info, kind, role, target) && info.progId === progIds[progForRole(kind, role)];
 }
 
-function linkIsOnDevice(info: Pick<LinkInfo, 'type' | 'attachType' | 'ifindex'>, kind: AttachKind, role: LinkRole, target: LinkTarget): boolean {
+/**
+ * A pinned link is live on the endpoint's device in the role's attach kind and type, whatever program it
+ * runs (the loaded one or an earlier release's): the device's traffic in that direction is judged.
+ */
+export function linkIsOnDevice(info: Pick<LinkInfo, 'type' | 'attachType' | 'ifindex'>, kind: AttachKind, role: LinkRole, target: LinkTarget): boolean {
   if (info.type !== linkTypeFor(kind) || info.attachType !== attachTypeFor(kind, role) || info.ifindex === 0) return false;
   if (kind === 'netkit' && role === 'from_workload') return target.peerIfindex === undefined || info.ifindex === target.peerIfindex;
   return info.ifindex === target.ifindex;

@@ -8,10 +8,11 @@ import { endpointDeviceObserve } from './endpoint-observe.js';
 import { endpointSpecValidate } from './endpoint-spec.js';
 import { EndpointSpecError, errnoIs, ifnameValidate } from './errors.js';
 import type { LinkInfo } from './link.js';
-import { linkDecode, linkDelete, linkGet, linkList } from './link.js';
+import { linkDecode, linkDelete, linkGet, linkList, linkSet } from './link.js';
 import { NETKIT_REQUIREMENT, netkitCreateMessage, netkitPoliciesSet } from './netkit.js';
 import { netnsFdId, netnsIdExpect, netnsPathId, netnsPathValidate, type NetnsId } from './netns.js';
 import { netkitProbe } from './probe.js';
+import { routeDelete } from './route.js';
 import type { Rtnl } from './socket.js';
 import { withNetns } from './netns-pool.js';
 import { rtnlHost } from './socket.js';
@@ -218,6 +219,31 @@ export async function endpointDeviceOpen(specIn: EndpointDeviceSpec): Promise<vo
     });
   }
   await hostOpen(host, spec, link);
+}
+
+/**
+ * Closes an open pair again, as it is made: netkit's policies (primary and peer) to drop; a veth's host
+ * side down, without its routes to the workload (the kernel removes routes through a device that goes
+ * down; whatever it kept is removed here, so endpointDeviceOpen adds them as at creation). For a pair
+ * whose programs are missing, before anything else is done to it: nothing crosses it unjudged until
+ * they are attached again, also when a repair meanwhile fails. The pair is closed as the kind it is,
+ * which may not be the spec's yet (a repair re-makes it then); a host side that is gone or no pair
+ * has nothing to close. Idempotent.
+ */
+export async function endpointDeviceClose(specIn: EndpointDeviceSpec): Promise<void> {
+  const spec = endpointSpecValidate(specIn);
+  const host = rtnlHost();
+  const link = await linkGet(host, spec.hostIfname);
+  if (link?.kind === 'netkit') return netkitPoliciesSet(spec.hostIfname, { primary: 'drop', peer: 'drop' }, host);
+  if (link?.kind !== 'veth') return;
+  const dev = { name: spec.hostIfname, ifindex: link.ifindex };
+  // down first: from here nothing crosses either way (the peer has no carrier, the host no route)
+  if (link.up) await linkSet(host, dev, { up: false });
+  for (const dst of [`${spec.ipv4}/32`, `${spec.ipv6}/128`]) {
+    await routeDelete(host, { dst, oif: link.ifindex, scope: 'link' }, { ifname: spec.hostIfname }).catch((err: unknown) => {
+      if (!errnoIs(err, 'ESRCH', 'ENOENT')) throw err;
+    });
+  }
 }
 
 /** Host links whose alias starts with `kitnet:` (for orphan cleanup). */

@@ -5,7 +5,7 @@ export type { DeviceMode, EndpointDevice, EndpointDeviceSpec, KernelFeatures, Ki
 export { GATEWAY_V4, GATEWAY_V6, KITNET_ALIAS_PREFIX } from './types.js';
 
 export { featuresProbe, PROBE_ALIAS } from './probe.js';
-export { endpointDeviceCreate, endpointDeviceDelete, endpointDeviceOpen, endpointDeviceRepair, kitnetLinksList } from './endpoint-device.js';
+export { endpointDeviceClose, endpointDeviceCreate, endpointDeviceDelete, endpointDeviceOpen, endpointDeviceRepair, kitnetLinksList } from './endpoint-device.js';
 export { endpointDeviceObserve } from './endpoint-observe.js';
 export { endpointSpecValidate, macDerive } from './endpoint-spec.js';
 export { netkitPeerPolicySet, NETKIT_REQUIREMENT } from './netkit.js';

@@ -40,6 +40,12 @@ export interface ObservedWorkload {
   endpoint: EndpointInfo | undefined;
   /** Both programs are attached through pinned links on the device, and they are the loaded ones. */
   attached: boolean;
+  /**
+   * Both links are live on the device, with the loaded programs or earlier ones (an upgraded agent's
+   * first look): its traffic is judged. false: a direction passes unjudged (links detached, their pins
+   * removed), so an open device is closed before the programs are attached again.
+   */
+  judged: boolean;
 }
 
 export type ReconcileAction =
@@ -55,6 +61,11 @@ export type ReconcileAction =
   | { op: 'tapAdopt'; reason: string }
   /** Endpoint and ipcache entries; an entry under an earlier ifindex of the workload goes. */
   | { op: 'endpointMapsWrite'; reason: string }
+  /**
+   * Hold traffic back again, as at creation, on an open device whose programs are missing (first of
+   * all): nothing crosses it unjudged until `attach` and `deviceOpen` have run.
+   */
+  | { op: 'deviceClose'; reason: string }
   | { op: 'attach' }
   /**
    * Let traffic through, now that the programs and the endpoint entry are in place: netkit's
@@ -109,8 +120,9 @@ function endpointDiffers(want: EndpointInfo, have: EndpointInfo | undefined): st
 
 /**
  * The actions that take the kernel from `observed` to what `desired` asks for, in the order they must
- * run: device (made or left closed), maps, programs, then the device opens: no packet crosses before
- * the programs and the endpoint entry they judge by are in place. Empty when nothing differs. `makeOwnedNetns`: a namespace kitnet makes
+ * run: device (closed first when it is open without its programs; made or left closed), maps, programs,
+ * then the device opens: no packet crosses before the programs and the endpoint entry they judge by are
+ * in place. Empty when nothing differs. `makeOwnedNetns`: a namespace kitnet makes
  * for a VM is made when missing (at registration, and at restore after a reboot emptied
  * /var/run/netns); at any other time a vanished namespace means the VM is gone.
  */
@@ -127,6 +139,11 @@ export function reconcilePlan(desired: WorkloadRecord, observed: ObservedWorkloa
 
   const actions: ReconcileAction[] = [];
   const device = observed.device;
+  // An open device without its programs lets traffic through unjudged: closed before anything else is
+  // done to it (a repair that fails must not leave it open; one in place keeps it closed, one that
+  // makes it again makes it closed), opened once they are attached.
+  const unjudged = device !== undefined && !device.closed && !observed.judged;
+  if (unjudged) actions.push({ op: 'deviceClose', reason: 'open without its programs' });
   /** The device is (or may be) made again: everything on it follows. */
   let remade = false;
   if (spec.kind === 'tap') {
@@ -151,6 +168,6 @@ export function reconcilePlan(desired: WorkloadRecord, observed: ObservedWorkloa
       : endpointDiffers(endpointInfoFor(desired, device), observed.endpoint);
   if (entryProblem) actions.push({ op: 'endpointMapsWrite', reason: entryProblem });
   if (remade || !observed.attached) actions.push({ op: 'attach' });
-  if (remade || device?.closed) actions.push({ op: 'deviceOpen' });
+  if (remade || unjudged || device?.closed) actions.push({ op: 'deviceOpen' });
   return actions;
 }

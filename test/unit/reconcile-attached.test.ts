@@ -45,9 +45,14 @@ const NS_WORKLOAD = { dev: 4, ino: 4026532300, cookie: '4096', boot: 'b0' };
 const NS_INIT = { dev: 4, ino: 4026531840 };
 const NS_AGENT = { dev: 4, ino: 4026531999 };
 
-function fakeKernel(rec: WorkloadRecord, netnsAtPath: { dev: number; ino: number } | null = NS_WORKLOAD): { kernel: KernelOps; attaches: () => number; observedDevices: () => number } {
+function fakeKernel(rec: WorkloadRecord, netnsAtPath: { dev: number; ino: number } | null = NS_WORKLOAD): {
+  kernel: KernelOps; attaches: () => number; observedDevices: () => number; steps: string[]; links: Partial<Record<LinkRole, LinkInfo>>;
+} {
   let observedDevices = 0;
   const links: Partial<Record<LinkRole, LinkInfo>> = {};
+  /** What was done to the device and its programs, in order. */
+  const steps: string[] = [];
+  let closed = false;
   let nextLinkId = 1;
   let attaches = 0;
   const device = { hostIfindex: HOST_IFINDEX, hostMac: '02:00:00:00:00:40', peerIfindex: PEER_IFINDEX, peerMac: '02:00:00:00:00:02', problems: [] };
@@ -60,6 +65,7 @@ function fakeKernel(rec: WorkloadRecord, netnsAtPath: { dev: number; ino: number
     ipcacheUpsert: () => undefined,
     async attach(ep: { ifname: string; ifindex: number; kind: AttachKind }) {
       attaches++;
+      steps.push(closed ? 'attach (closed)' : 'attach (open)');
       assert.equal(ep.ifindex, HOST_IFINDEX, 'links are made on the host side');
       for (const role of LINK_ROLES) {
         const netkit = ep.kind === 'netkit';
@@ -80,11 +86,19 @@ function fakeKernel(rec: WorkloadRecord, netnsAtPath: { dev: number; ino: number
     netnsReserved: () => ({ agent: NS_AGENT, init: NS_INIT }),
     deviceObserve: async () => {
       observedDevices++;
-      return { ...device, peerPolicy: 'forward' };
+      return { ...device, peerPolicy: closed ? 'drop' : 'forward', closed };
+    },
+    deviceClose: async () => {
+      steps.push('close');
+      closed = true;
+    },
+    deviceOpen: async () => {
+      steps.push('open');
+      closed = false;
     },
     vmPlumbingObserve: async () => ({ problems: [] }),
   } as unknown as KernelOps;
-  return { kernel, attaches: () => attaches, observedDevices: () => observedDevices };
+  return { kernel, attaches: () => attaches, observedDevices: () => observedDevices, steps, links };
 }
 
 const config = { stateDir: '/var/lib/kitnet-test-attached', datapath: {} } as unknown as Config;
@@ -95,20 +109,36 @@ describe('reconcile: programs attached', () => {
     ['netns on netkit', { ...netns, mode: 'netkit' }],
     ['vm on netkit L2', vm],
   ] as Array<[string, WorkloadRecord]>) {
-    test(`${what}: attached once, then nothing to do on every resync`, async () => {
-      const { kernel, attaches } = fakeKernel(rec);
+    test(`${what}: attached once (the open device closed meanwhile), then nothing to do on every resync`, async () => {
+      const { kernel, attaches, steps } = fakeKernel(rec);
       const r = new Reconciler({} as Store, config, kernel, pino({ level: 'silent' }), {} as PolicyEngine);
       const first = await r.workloadObserve(rec);
       assert.equal(first.attached, false);
+      assert.equal(first.judged, false);
       const actions = reconcilePlan(rec, first);
-      assert.deepEqual(actions.map((a) => a.op), ['attach']);
+      assert.deepEqual(actions.map((a) => a.op), ['deviceClose', 'attach', 'deviceOpen']);
       await r.actionsApply(rec, first, actions);
+      assert.deepEqual(steps, ['close', 'attach (closed)', 'open']);
       for (let resync = 0; resync < 3; resync++) {
         const observed = await r.workloadObserve(rec);
         assert.equal(observed.attached, true, `resync ${resync}: the links just made count as attached`);
         assert.deepEqual(reconcilePlan(rec, observed), [], `resync ${resync}: no drift`);
       }
       assert.equal(attaches(), 1);
+    });
+
+    test(`${what}: an earlier release's programs on the device are swapped in place, the device stays open`, async () => {
+      const { kernel, steps, links } = fakeKernel(rec);
+      const r = new Reconciler({} as Store, config, kernel, pino({ level: 'silent' }), {} as PolicyEngine);
+      await r.actionsApply(rec, await r.workloadObserve(rec), reconcilePlan(rec, await r.workloadObserve(rec)));
+      steps.length = 0;
+      for (const role of LINK_ROLES) links[role] = { ...links[role]!, progId: 90 }; // the programs an earlier agent loaded
+      const observed = await r.workloadObserve(rec);
+      assert.deepEqual([observed.attached, observed.judged], [false, true]);
+      const actions = reconcilePlan(rec, observed);
+      assert.deepEqual(actions.map((a) => a.op), ['attach']);
+      await r.actionsApply(rec, observed, actions);
+      assert.deepEqual(steps, ['attach (open)']);
     });
   }
 });
@@ -124,7 +154,7 @@ describe('reconcile: the namespace a workload was registered into', () => {
   test('the same namespace at its path: kept', async () => {
     const { observed } = await observe(bound, NS_WORKLOAD);
     assert.equal(observed.netns, true);
-    assert.deepEqual(reconcilePlan(bound, observed).map((a) => a.op), ['attach']);
+    assert.deepEqual(reconcilePlan(bound, observed).map((a) => a.op), ['deviceClose', 'attach', 'deviceOpen']);
   });
 
   for (const [what, atPath, why] of [

@@ -29,7 +29,7 @@ const device: ObservedDevice = { hostIfindex: 40, hostMac: '02:00:00:00:00:40', 
 function converged(rec: WorkloadRecord, over: Partial<ObservedWorkload> = {}): ObservedWorkload {
   const d = rec.spec.kind === 'tap' ? { ...device, peerMac: rec.spec.tap!.mac } : device;
   return {
-    netns: true, device: d, endpoint: endpointInfoFor(rec, d), attached: true,
+    netns: true, device: d, endpoint: endpointInfoFor(rec, d), attached: true, judged: true,
     ...(rec.spec.kind === 'vm' ? { vmPlumbing: { problems: [] } } : {}),
     ...over,
   };
@@ -47,13 +47,21 @@ describe('reconcile plan: desired + observed -> actions', () => {
     ['endpoint entry with an old identity: write it', netns, converged(netns, { endpoint: { ...endpointInfoFor(netns, device), identity: 299 } }), ['endpointMapsWrite']],
     ['endpoint entry without the host MAC an older release left out: write it', netns, converged(netns, { endpoint: { ...endpointInfoFor(netns, device), hostMac: undefined } }), ['endpointMapsWrite']],
     ['device re-made earlier with another ifindex: the entry follows', { ...netns, observed: { ...netns.observed!, hostIfindex: 39 } }, converged(netns), ['endpointMapsWrite']],
-    ['programs detached or stale: attach', netns, converged(netns, { attached: false }), ['attach']],
+    // an upgraded agent's first look: the earlier programs judge until the new ones are swapped in, atomically
+    ['programs stale (an earlier release\'s, still on the device): attach, the device stays open', netns, converged(netns, { attached: false }), ['attach']],
+    // detached or their pins removed behind the agent: traffic passes unjudged until it is closed
+    ['veth open without its programs: close it, attach, open it again', netns, converged(netns, { attached: false, judged: false }), ['deviceClose', 'attach', 'deviceOpen']],
+    ['netkit open without its programs: close it, attach, open it again', { ...netns, mode: 'netkit' }, converged({ ...netns, mode: 'netkit' }, { attached: false, judged: false }), ['deviceClose', 'attach', 'deviceOpen']],
+    ['vm open without its programs: close it, attach, open it again', vm, converged(vm, { attached: false, judged: false }), ['deviceClose', 'attach', 'deviceOpen']],
+    ['tap open without its programs: its routes go, attach, they come back', tap, converged(tap, { attached: false, judged: false }), ['deviceClose', 'attach', 'deviceOpen']],
+    ['open without its programs and a route missing: closed before the repair (which may fail), then everything on it', netns, converged(netns, { device: { ...device, problems: ['host route 10.200.0.7/32 dev kn0123456789a missing'] }, endpoint: undefined, attached: false, judged: false }), ['deviceClose', 'deviceRepair', 'endpointMapsWrite', 'attach', 'deviceOpen']],
+    ['closed and without its programs: nothing to close', netns, converged(netns, { device: { ...device, closed: true }, attached: false, judged: false }), ['attach', 'deviceOpen']],
     // the map reads an all-zero MAC back as '', and a netkit L3 peer's MAC is all zeros (it has none)
     ['netkit L3 peer without a MAC: the entry as the map gives it back is no drift', { ...netns, mode: 'netkit' }, converged({ ...netns, mode: 'netkit' }, { device: { ...device, peerMac: '00:00:00:00:00:00' }, endpoint: { ...endpointInfoFor({ ...netns, mode: 'netkit' }, device), mac: '' } }), []],
     ['endpoint entry with no MAC where the workload has one: write it', netns, converged(netns, { endpoint: { ...endpointInfoFor(netns, device), mac: '' } }), ['endpointMapsWrite']],
     ['netkit peer still blackholed: open it', { ...netns, mode: 'netkit' }, converged({ ...netns, mode: 'netkit' }, { device: { ...device, closed: true } }), ['deviceOpen']],
     // the agent stopped between making the pair and opening it: nothing of it may be skipped
-    ['veth made closed, never opened (entry and programs missing): maps, programs, then open', netns, converged(netns, { device: { ...device, closed: true }, endpoint: undefined, attached: false }), ['endpointMapsWrite', 'attach', 'deviceOpen']],
+    ['veth made closed, never opened (entry and programs missing): maps, programs, then open', netns, converged(netns, { device: { ...device, closed: true }, endpoint: undefined, attached: false, judged: false }), ['endpointMapsWrite', 'attach', 'deviceOpen']],
     ['veth made closed, programs attached, not opened: open it', netns, converged(netns, { device: { ...device, closed: true } }), ['deviceOpen']],
     ['veth closed and its programs stale: attach before it opens', netns, converged(netns, { device: { ...device, closed: true }, attached: false }), ['attach', 'deviceOpen']],
     ['namespace gone: remove the workload', netns, converged(netns, { netns: false, device: undefined }), ['workloadRemove']],
@@ -64,7 +72,7 @@ describe('reconcile plan: desired + observed -> actions', () => {
     ['vm: pair re-made: the plumbing follows', vm, converged(vm, { device: undefined }), ['deviceRepair', 'vmPlumbingCreate', 'endpointMapsWrite', 'attach', 'deviceOpen']],
     ['tap gone: remove the workload (the VM stopped)', tap, converged(tap, { device: undefined }), ['workloadRemove']],
     ['tap routes missing: add them again; the device stays', tap, converged(tap, { device: { ...device, peerMac: tap.spec.tap!.mac, closed: true } }), ['deviceOpen']],
-    ['tap just adopted: its routes only after its entry and programs', tap, converged(tap, { device: { ...device, peerMac: tap.spec.tap!.mac, closed: true }, endpoint: undefined, attached: false }), ['endpointMapsWrite', 'attach', 'deviceOpen']],
+    ['tap just adopted: its routes only after its entry and programs', tap, converged(tap, { device: { ...device, peerMac: tap.spec.tap!.mac, closed: true }, endpoint: undefined, attached: false, judged: false }), ['endpointMapsWrite', 'attach', 'deviceOpen']],
     ['tap replaced by another kind of device: adopting it again refuses it, before anything is attached', tap, converged(tap, { device: { ...device, peerMac: tap.spec.tap!.mac, problems: ['vnet3 is a veth device, not a tap'], closed: true }, attached: false }), ['tapAdopt', 'attach', 'deviceOpen']],
   ];
   for (const [name, rec, observed, want, opts] of cases) {
