@@ -262,16 +262,17 @@ export const ConfigSchema = z
           .refine((b) => (b & (b - 1)) === 0, 'must be a power of two')
           .optional(),
         /**
-         * Drop events each workload may report (bpf/include/events.h): drops beyond are still dropped
-         * and counted (kitnet_drop_events_suppressed_total, a warning naming the workload), only not
-         * reported one by one, so one workload flooding denied packets cannot crowd the others' flows
-         * out of the kernel ring nor keep the agent decoding. Defaults: bpf-layout constants.ts.
+         * Drop events each workload may report, in each direction (bpf/include/events.h): drops beyond
+         * are still dropped and counted (kitnet_workload_drop_events_suppressed_total, a warning naming
+         * the workload), only not reported one by one, so one workload flooding denied packets cannot
+         * crowd the others' flows out of the kernel ring nor keep the agent decoding, and a flood at a
+         * workload's denied ingress does not hide its own denied egress. Defaults: bpf-layout constants.ts.
          */
         dropEvents: z
           .object({
-            /** Events per second and workload; 0 = report every drop (no limit). */
+            /** Events per second, workload and direction; 0 = report every drop (no limit). */
             perSecond: z.number().int().min(0).max(1_000_000).default(DROP_EVENTS_RATE_DEFAULT),
-            /** Events a workload may report at once beyond the rate. */
+            /** Events a workload may report at once beyond the rate, in each direction. */
             burst: z.number().int().min(1).max(1_000_000).default(DROP_EVENTS_BURST_DEFAULT),
           })
           .strict()

@@ -12,7 +12,7 @@ import { FILL_MAP_NAMES, mapCount, type FillMapName } from './map-fill.js';
 import type { DatapathConfig } from './maps/config.js';
 import { ConfigMap } from './maps/config.js';
 import { dump, dumpKey, dumpValue } from './maps/exact.js';
-import { DROP_LIMIT } from './layout.gen.js';
+import { dropLimitSuppressed } from './maps/drop-limit.js';
 import { DnsSteeringMaps } from './maps/dns.js';
 import type { ConntrackEntry } from './maps/conntrack.js';
 import { ConntrackMap } from './maps/conntrack.js';
@@ -141,7 +141,7 @@ export class DatapathImpl implements KitnetDatapath {
     if (!m) return out;
     const d = dump(m, m.maxEntries);
     for (let i = 0; i < d.count; i++) {
-      const n = dumpValue(d, i).readBigUInt64LE(DROP_LIMIT.fields.suppressed.offset);
+      const n = dropLimitSuppressed(dumpValue(d, i));
       if (n) out.set(dumpKey(d, i).readUInt32LE(0), n);
     }
     return out;

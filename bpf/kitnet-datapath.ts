@@ -32,7 +32,8 @@ export interface KitnetDatapath extends Datapath {
   metricsRead(): Record<MetricName, Counter>;
   /**
    * Per endpoint id, the drops not reported by an event because they were over the endpoint's drop event
-   * budget (bpf/include/events.h), since this object was loaded; endpoints without any are left out.
+   * budget in their direction (bpf/include/events.h), both directions together, since this object was
+   * loaded; endpoints without any are left out.
    */
   dropEventsSuppressed(): Map<number, bigint>;
   conntrackList(): ConntrackEntry[];

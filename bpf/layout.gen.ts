@@ -206,13 +206,15 @@ export const DP_CONFIG = {
   },
 } as const satisfies StructLayout;
 
-/** struct drop_limit: Value of the `drop_limit` hash (key: __u32 endpoint_id): the endpoint's drop event budget (GCRA: one word, advanced with compare-and-swap by the CPU that reports) and the drop events it did not report. */
+/** struct drop_limit: Value of the `drop_limit` hash (key: __u32 endpoint_id): the endpoint's drop event budgets, one per direction (GCRA: one word each, advanced with compare-and-swap by the CPU that reports), and the drop events over each it did not report. Drops of packets to the workload and of what it sent are charged apart: a flood at its denied ingress does not hide its own denied egress. An entry of an earlier object is 16 bytes: one budget for both directions, at ingress_tat_ns, and its count, at ingress_suppressed; the agent reads the fields it lacks as 0. */
 export const DROP_LIMIT = {
   name: 'drop_limit',
-  size: 16,
+  size: 32,
   fields: {
-    tat_ns: { offset: 0, size: 8, type: 'u64', count: 0 },
-    suppressed: { offset: 8, size: 8, type: 'u64', count: 0 },
+    ingress_tat_ns: { offset: 0, size: 8, type: 'u64', count: 0 },
+    ingress_suppressed: { offset: 8, size: 8, type: 'u64', count: 0 },
+    egress_tat_ns: { offset: 16, size: 8, type: 'u64', count: 0 },
+    egress_suppressed: { offset: 24, size: 8, type: 'u64', count: 0 },
   },
 } as const satisfies StructLayout;
 
@@ -402,13 +404,13 @@ export const METRIC_POLICY_BYPASS = 12;
 export const METRIC_FRAG_UNKNOWN = 13;
 /** ARP replies / neighbour advertisements the gateway responder sent to workloads */
 export const METRIC_NEIGH_REPLIES = 14;
-/** dropped packets not reported by an event: over their endpoint's drop event budget (per endpoint in `drop_limit`) */
+/** dropped packets not reported by an event: over their endpoint's drop event budget in their direction (per endpoint and direction in `drop_limit`) */
 export const METRIC_DROP_EVENTS_SUPPRESSED = 15;
 
-/** Drop event budget of each endpoint (dp_config.drop_events_rate / drop_events_burst, events.h). A drop beyond it is still dropped and counted, only not reported one by one: one workload flooding denied packets cannot fill the ring the flows of all share. At the defaults a flooder costs ~100 KB/s of the 8 MiB ring and the agent ~1,000 decoded events/s, and a burst of denied connections (a port scan of the first few hundred ports, a policy change) is still seen packet by packet. */
-/** events/s per endpoint */
+/** Drop event budget of each endpoint, one per direction (dp_config.drop_events_rate / drop_events_burst, each; events.h). A drop beyond it is still dropped and counted, only not reported one by one: one workload flooding denied packets cannot fill the ring the flows of all share, and a flood at a workload's denied ingress does not hide what the workload itself tried and was denied. At the defaults a flooder costs ~100 KB/s of the 8 MiB ring and the agent ~1,000 decoded events/s, and a burst of denied connections (a port scan of the first few hundred ports, a policy change) is still seen packet by packet. */
+/** events/s per endpoint and direction */
 export const DROP_EVENTS_RATE_DEFAULT = 1000;
-/** events at once */
+/** events at once per endpoint and direction */
 export const DROP_EVENTS_BURST_DEFAULT = 500;
 /** dp_config.drop_events_rate: every drop reported (flows.dropEvents.perSecond 0) */
 export const DROP_EVENTS_UNLIMITED = 4294967295;

@@ -1,6 +1,7 @@
 /**
  * Drops the datapath did not report one by one because they were over their endpoint's drop event
- * budget (flows.dropEvents, bpf/include/events.h). Hubble users would otherwise see a flood shrink to
+ * budget in their direction (flows.dropEvents, bpf/include/events.h; one budget for packets to the
+ * workload, one for what it sent), both directions counted together. Hubble users would otherwise see a flood shrink to
  * a trickle of events with nothing saying so: the counts are a Prometheus counter per workload, and a
  * warning per workload at most once per interval names it and says how many of its drops went
  * unreported since the last one.
@@ -25,7 +26,7 @@ export function dropSuppressionMetricRegister(registry: Registry, src: DropSuppr
   mirroredCounter(
     registry,
     'kitnet_workload_drop_events_suppressed_total',
-    'Dropped packets of a workload not reported as flows because they were over its drop event budget (flows.dropEvents); still dropped',
+    'Dropped packets of a workload not reported as flows because they were over its drop event budget in their direction (flows.dropEvents); still dropped',
     ['namespace', 'workload'] as const,
     () => {
       try {

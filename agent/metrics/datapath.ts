@@ -77,7 +77,7 @@ export function datapathMetricsRegister(
   });
   mirroredCounter(registry, 'kitnet_ringbuf_events_total', 'Flow events the datapath wrote to the BPF ring buffer', [], () => dpCounter('EVENTS_SENT'));
   mirroredCounter(registry, 'kitnet_ringbuf_lost_events_total', 'Flow events lost because the BPF ring buffer was full', [], () => dpCounter('EVENTS_LOST'));
-  mirroredCounter(registry, 'kitnet_ringbuf_drop_events_suppressed_total', 'Drops not reported as flow events because their workload was over its drop event budget (flows.dropEvents); per workload: kitnet_workload_drop_events_suppressed_total', [], () => {
+  mirroredCounter(registry, 'kitnet_ringbuf_drop_events_suppressed_total', 'Drops not reported as flow events because their workload was over its drop event budget in their direction (flows.dropEvents); per workload: kitnet_workload_drop_events_suppressed_total', [], () => {
     const m = datapathRead() as Partial<Record<MetricName, DatapathCounter>> | undefined;
     return m && [[{}, Number(m.DROP_EVENTS_SUPPRESSED?.packets ?? 0n)]];
   });

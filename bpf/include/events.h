@@ -89,20 +89,24 @@ static __always_inline __u64 events_wakeup_flags(__u64 now)
 	return 0;
 }
 
-/* Whether a drop of this endpoint may be reported: its budget (dp_config.drop_events_rate per second,
- * drop_events_burst at once) is a GCRA, one word per endpoint (drop_limit.tat_ns) that every CPU
- * advances with a compare-and-swap, so the bound holds however many CPUs drop for the endpoint: at most
- * burst + rate * t events in any t seconds. A drop over the budget only reads the word and counts itself
- * (per endpoint and in METRIC_DROP_EVENTS_SUPPRESSED). Only drops that would be reported get here:
+/* Whether a drop of this endpoint in this direction may be reported: each endpoint has one budget per
+ * direction (dp_config.drop_events_rate per second, drop_events_burst at once, each), so drops of
+ * packets to the workload (DIR_INGRESS: what others send it, which anyone may flood) never use up the
+ * budget of what it sent itself and was denied (DIR_EGRESS), nor the other way round. A budget is a GCRA,
+ * one word (drop_limit.ingress_tat_ns / egress_tat_ns) that every CPU advances with a compare-and-swap,
+ * so the bound holds however many CPUs drop for the endpoint: at most burst + rate * t events in any t
+ * seconds and direction. A drop over the budget only reads the word and counts itself (per endpoint and
+ * direction, and in METRIC_DROP_EVENTS_SUPPRESSED). Only drops that would be reported get here:
  * forwarded traffic never pays for it. A lost race is tried again a few times, then the drop counts as
  * suppressed: the bound is the promise, not the last event. */
 #define DROP_LIMIT_CAS_TRIES 4
 
-static __always_inline int drop_event_admit(__u32 endpoint_id)
+static __always_inline int drop_event_admit(__u32 endpoint_id, __u8 direction)
 {
 	__u64 rate = DROP_EVENTS_RATE_DEFAULT, burst = DROP_EVENTS_BURST_DEFAULT, interval, tolerance, now, tat, base;
 	struct drop_limit *b, fresh = {};
 	struct dp_config *cfg;
+	__u64 *tat_ns, *suppressed;
 	__u32 zero = 0;
 	int i;
 
@@ -122,18 +126,26 @@ static __always_inline int drop_event_admit(__u32 endpoint_id)
 		if (!b)
 			return 1; /* no budget to keep: report as before */
 	}
+	/* what the workload sent is egress; everything else (to it, or of no direction) ingress */
+	if (direction == DIR_EGRESS) {
+		tat_ns = &b->egress_tat_ns;
+		suppressed = &b->egress_suppressed;
+	} else {
+		tat_ns = &b->ingress_tat_ns;
+		suppressed = &b->ingress_suppressed;
+	}
 	interval = NSEC_PER_SEC / rate;
 	tolerance = interval * (burst - 1);
 	now = bpf_ktime_get_ns();
 	for (i = 0; i < DROP_LIMIT_CAS_TRIES; i++) {
-		tat = *(volatile __u64 *)&b->tat_ns;
+		tat = *(volatile __u64 *)tat_ns;
 		base = (__s64)(tat - now) > 0 ? tat : now;
 		if (base - now > tolerance)
 			break;
-		if (__sync_val_compare_and_swap(&b->tat_ns, tat, base + interval) == tat)
+		if (__sync_val_compare_and_swap(tat_ns, tat, base + interval) == tat)
 			return 1;
 	}
-	__sync_fetch_and_add(&b->suppressed, 1);
+	__sync_fetch_and_add(suppressed, 1);
 	metric_add(METRIC_DROP_EVENTS_SUPPRESSED, 0);
 	return 0;
 }

@@ -117,7 +117,8 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } events SEC(".maps");
 
-/* endpoint_id -> its drop event budget and the drops it did not report (events.h, drop_event_admit).
+/* endpoint_id -> its drop event budgets, one per direction, and the drops over each it did not report
+ * (events.h, drop_event_admit).
  * Entries are made by the datapath on an endpoint's first drop and deleted by the agent with the
  * endpoint. Not pinned: a budget is worth nothing across loads, and the agent reads the counts from the
  * object it loaded (they start again at 0 with the agent, as its other counters do). LRU so that a full

@@ -108,11 +108,11 @@
 #define METRIC_POLICY_BYPASS 12 /* ARP / neighbour discovery and related ICMP errors that skipped the policy lookup */
 #define METRIC_FRAG_UNKNOWN 13 /* later fragments whose first fragment was not seen (policy sees no ports) */
 #define METRIC_NEIGH_REPLIES 14 /* ARP replies / neighbour advertisements the gateway responder sent to workloads */
-#define METRIC_DROP_EVENTS_SUPPRESSED 15 /* dropped packets not reported by an event: over their endpoint's drop event budget (per endpoint in `drop_limit`) */
+#define METRIC_DROP_EVENTS_SUPPRESSED 15 /* dropped packets not reported by an event: over their endpoint's drop event budget in their direction (per endpoint and direction in `drop_limit`) */
 
-/* Drop event budget of each endpoint (dp_config.drop_events_rate / drop_events_burst, events.h). A drop beyond it is still dropped and counted, only not reported one by one: one workload flooding denied packets cannot fill the ring the flows of all share. At the defaults a flooder costs ~100 KB/s of the 8 MiB ring and the agent ~1,000 decoded events/s, and a burst of denied connections (a port scan of the first few hundred ports, a policy change) is still seen packet by packet. */
-#define DROP_EVENTS_RATE_DEFAULT 1000 /* events/s per endpoint */
-#define DROP_EVENTS_BURST_DEFAULT 500 /* events at once */
+/* Drop event budget of each endpoint, one per direction (dp_config.drop_events_rate / drop_events_burst, each; events.h). A drop beyond it is still dropped and counted, only not reported one by one: one workload flooding denied packets cannot fill the ring the flows of all share, and a flood at a workload's denied ingress does not hide what the workload itself tried and was denied. At the defaults a flooder costs ~100 KB/s of the 8 MiB ring and the agent ~1,000 decoded events/s, and a burst of denied connections (a port scan of the first few hundred ports, a policy change) is still seen packet by packet. */
+#define DROP_EVENTS_RATE_DEFAULT 1000 /* events/s per endpoint and direction */
+#define DROP_EVENTS_BURST_DEFAULT 500 /* events at once per endpoint and direction */
 #define DROP_EVENTS_UNLIMITED 4294967295 /* dp_config.drop_events_rate: every drop reported (flows.dropEvents.perSecond 0) */
 
 /* Map sizes (max_entries). Changing one makes libbpf refuse to reuse the pinned map: unpin first. */
@@ -410,8 +410,8 @@ struct dp_config {
 	__u32 report_interval_s;    /* @4 aggregated mode: re-report a flow at most this often; 0 = only on changes */
 	__u32 flags;                /* @8 CFG_F_* bits */
 	__u32 policy_revision;      /* @12 bumped by the agent after every write to the policy maps, the ipcache or the endpoints (never 0 once an agent loaded the object): a conntrack entry allowed at another revision is checked by policy again (conntrack.h) */
-	__u32 drop_events_rate;     /* @16 drop events each endpoint may report per second (events.h, drop_event_admit); 0 = DROP_EVENTS_RATE_DEFAULT (an entry of the 16-byte layout grows with zeroes), DROP_EVENTS_UNLIMITED = every drop */
-	__u32 drop_events_burst;    /* @20 drop events an endpoint may report at once beyond the rate; 0 = DROP_EVENTS_BURST_DEFAULT */
+	__u32 drop_events_rate;     /* @16 drop events each endpoint may report per second in each direction (events.h, drop_event_admit); 0 = DROP_EVENTS_RATE_DEFAULT (an entry of the 16-byte layout grows with zeroes), DROP_EVENTS_UNLIMITED = every drop */
+	__u32 drop_events_burst;    /* @20 drop events an endpoint may report at once beyond the rate, in each direction; 0 = DROP_EVENTS_BURST_DEFAULT */
 };
 _Static_assert(sizeof(struct dp_config) == 24, "struct dp_config size");
 _Static_assert(__builtin_offsetof(struct dp_config, monitor_aggregation) == 0, "dp_config.monitor_aggregation offset");
@@ -421,14 +421,18 @@ _Static_assert(__builtin_offsetof(struct dp_config, policy_revision) == 12, "dp_
 _Static_assert(__builtin_offsetof(struct dp_config, drop_events_rate) == 16, "dp_config.drop_events_rate offset");
 _Static_assert(__builtin_offsetof(struct dp_config, drop_events_burst) == 20, "dp_config.drop_events_burst offset");
 
-/* Value of the `drop_limit` hash (key: __u32 endpoint_id): the endpoint's drop event budget (GCRA: one word, advanced with compare-and-swap by the CPU that reports) and the drop events it did not report. */
+/* Value of the `drop_limit` hash (key: __u32 endpoint_id): the endpoint's drop event budgets, one per direction (GCRA: one word each, advanced with compare-and-swap by the CPU that reports), and the drop events over each it did not report. Drops of packets to the workload and of what it sent are charged apart: a flood at its denied ingress does not hide its own denied egress. An entry of an earlier object is 16 bytes: one budget for both directions, at ingress_tat_ns, and its count, at ingress_suppressed; the agent reads the fields it lacks as 0. */
 struct drop_limit {
-	__u64 tat_ns;               /* @0 bpf_ktime_get_ns() at which the budget is whole again (theoretical arrival time); a drop is reported while it is at most (burst - 1) / rate seconds ahead of now */
-	__u64 suppressed;           /* @8 dropped packets of this endpoint reported by no event (over the budget); atomic add */
+	__u64 ingress_tat_ns;       /* @0 budget of drops of packets to the workload (DIR_INGRESS): bpf_ktime_get_ns() at which it is whole again (theoretical arrival time); a drop is reported while it is at most (burst - 1) / rate seconds ahead of now */
+	__u64 ingress_suppressed;   /* @8 dropped packets to the workload reported by no event (over the ingress budget); atomic add */
+	__u64 egress_tat_ns;        /* @16 budget of drops of packets the workload sent (DIR_EGRESS), as ingress_tat_ns */
+	__u64 egress_suppressed;    /* @24 dropped packets the workload sent reported by no event (over the egress budget); atomic add */
 };
-_Static_assert(sizeof(struct drop_limit) == 16, "struct drop_limit size");
-_Static_assert(__builtin_offsetof(struct drop_limit, tat_ns) == 0, "drop_limit.tat_ns offset");
-_Static_assert(__builtin_offsetof(struct drop_limit, suppressed) == 8, "drop_limit.suppressed offset");
+_Static_assert(sizeof(struct drop_limit) == 32, "struct drop_limit size");
+_Static_assert(__builtin_offsetof(struct drop_limit, ingress_tat_ns) == 0, "drop_limit.ingress_tat_ns offset");
+_Static_assert(__builtin_offsetof(struct drop_limit, ingress_suppressed) == 8, "drop_limit.ingress_suppressed offset");
+_Static_assert(__builtin_offsetof(struct drop_limit, egress_tat_ns) == 16, "drop_limit.egress_tat_ns offset");
+_Static_assert(__builtin_offsetof(struct drop_limit, egress_suppressed) == 24, "drop_limit.egress_suppressed offset");
 
 /* Value of the `dns_proxy` array (key 0): where steered DNS goes. port 0 = no proxy (nothing is steered). */
 struct dns_proxy_config {

@@ -66,7 +66,7 @@ static __always_inline __u16 check_source(const struct endpoint_info *ep, const 
 static __always_inline int finish(struct flow_ctx *c, int report)
 {
 	metric_add(metric_slot(c->direction, c->verdict), c->len);
-	if (report && (c->verdict != VERDICT_DROPPED || drop_event_admit(c->endpoint_id)))
+	if (report && (c->verdict != VERDICT_DROPPED || drop_event_admit(c->endpoint_id, c->direction)))
 		event_emit(c);
 	return c->verdict == VERDICT_DROPPED ? TCX_DROP : TCX_PASS;
 }

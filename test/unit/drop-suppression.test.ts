@@ -4,6 +4,8 @@ import { Registry } from 'prom-client';
 import pino from 'pino';
 import { DropSuppressionLog, dropSuppressionMetricRegister } from '../../agent/flows/drop-suppression.js';
 import type { HubbleEndpoint } from '../../agent/flows/hubble.js';
+import { dropLimitSuppressed } from '../../bpf/maps/drop-limit.js';
+import { DROP_LIMIT } from '../../bpf/layout.gen.js';
 
 const endpoints = new Map<number, HubbleEndpoint>([
   [7, { ID: 7, identity: 300, namespace: 'prod', labels: [], pod_name: 'flood', workloads: [] }],
@@ -44,5 +46,19 @@ describe('suppressed drop events', () => {
       throw new Error('datapath is closed');
     };
     assert.match(await registry.metrics(), /workload="flood"\} 42$/m);
+  });
+
+  test('a drop_limit value: both directions counted; an earlier object\'s 16-byte value (one budget) reads as before', () => {
+    const v = Buffer.alloc(DROP_LIMIT.size);
+    v.writeBigUInt64LE(123_456_789n, DROP_LIMIT.fields.ingress_tat_ns.offset);
+    v.writeBigUInt64LE(40n, DROP_LIMIT.fields.ingress_suppressed.offset);
+    v.writeBigUInt64LE(987_654_321n, DROP_LIMIT.fields.egress_tat_ns.offset);
+    v.writeBigUInt64LE(2n, DROP_LIMIT.fields.egress_suppressed.offset);
+    assert.equal(dropLimitSuppressed(v), 42n);
+    // the layout before budgets per direction: { tat_ns, suppressed }
+    const old = Buffer.alloc(16);
+    old.writeBigUInt64LE(123_456_789n, 0);
+    old.writeBigUInt64LE(7n, 8);
+    assert.equal(dropLimitSuppressed(old), 7n);
   });
 });
