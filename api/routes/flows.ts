@@ -137,6 +137,10 @@ export const flowRoutes: FastifyPluginAsyncZod<{ agent: AgentApi }> = async (app
       let pendingBytes = 0;
       let missed = 0;
       let ended = false;
+      // Following up to a time (`until`): the stream ends then, once what it had to send is sent, as
+      // Hubble's GetFlows does (a timer: no flow may come to end it).
+      let untilPassed = false;
+      let untilTimer: NodeJS.Timeout | undefined;
       const lostFlush = () => {
         if (missed === 0) return;
         res.write(line(agent.flowsLost(missed)));
@@ -170,6 +174,10 @@ export const flowRoutes: FastifyPluginAsyncZod<{ agent: AgentApi }> = async (app
         pending = [];
         pendingBytes = 0;
         lostFlush();
+        if (untilPassed) {
+          stop();
+          res.end();
+        }
       };
       // Subscribing compiles the filters: a bad one still fails as a clean 400 before the hijack.
       const unsubscribe = agent.flowsFollow(sel, live);
@@ -183,6 +191,7 @@ export const flowRoutes: FastifyPluginAsyncZod<{ agent: AgentApi }> = async (app
       const stop = () => {
         if (ended) return;
         ended = true;
+        if (untilTimer) clearTimeout(untilTimer);
         unsubscribe();
         release();
         snapshot = undefined;
@@ -199,6 +208,15 @@ export const flowRoutes: FastifyPluginAsyncZod<{ agent: AgentApi }> = async (app
       res.on('error', stop);
       // A pipelined request queued behind another has no 'close' of its own when the connection goes.
       socket.once('close', stop);
+      const until = req.query.until ? Date.parse(req.query.until) : undefined;
+      if (until !== undefined) {
+        const passed = () => {
+          untilPassed = true;
+          if (!snapshot) pump(); // else the ring's part ends it, once sent
+        };
+        if (until <= Date.now()) untilPassed = true;
+        else untilTimer = setTimeout(passed, Math.min(until - Date.now(), 2 ** 31 - 1));
+      }
       pump();
     },
   );

@@ -23,11 +23,11 @@ const RING = 8000;
 const fe: HubbleEndpoint = { ID: 2, identity: 1001, namespace: 'shop', labels: ['k8s:app=fe', 'k8s:io.kubernetes.pod.namespace=shop'], pod_name: 'fe' };
 const db: HubbleEndpoint = { ID: 3, identity: 1002, namespace: 'shop', labels: ['k8s:app=db', 'k8s:io.kubernetes.pod.namespace=shop'], pod_name: 'db' };
 let n = 0;
-const flow = (): HubbleFlowRecord => {
+const flow = (timeNs?: bigint): HubbleFlowRecord => {
   n++;
   const dropped = n % 7 === 0;
   const ev: FlowEvent = {
-    timeNs: BigInt(Date.UTC(2026, 0, 1)) * 1_000_000n + BigInt(n) * 1_000_000n, ifindex: 10, endpointId: 2, direction: 'EGRESS', family: 4, protocol: 6,
+    timeNs: timeNs ?? BigInt(Date.UTC(2026, 0, 1)) * 1_000_000n + BigInt(n) * 1_000_000n, ifindex: 10, endpointId: 2, direction: 'EGRESS', family: 4, protocol: 6,
     srcAddr: '10.9.0.2', dstAddr: '10.9.0.3', srcPort: 1024 + (n % 60000), dstPort: 5432, icmpType: 0, icmpCode: 0, tcpFlags: 2,
     srcIdentity: 1001, dstIdentity: 1002, verdict: dropped ? 'DROPPED' : 'FORWARDED', dropReason: dropped ? 133 : 0, isReply: false, length: 60,
   };
@@ -195,6 +195,24 @@ describe('GET /v1/flows: replies sent as the client reads', () => {
     } finally {
       req.destroy();
     }
+  });
+
+  test('follow with until: the stream ends by itself once until passes (after the ring\'s part, when that is asked for)', { timeout: 30_000 }, async () => {
+    // until in the past with last: the ring's part, then the end (no flow may come after it).
+    const past = await get(sock, `/v1/flows?follow=true&last=5&until=${encodeURIComponent(new Date(Date.now() - 1000).toISOString())}`);
+    assert.equal(past.status, 200);
+    assert.deepEqual(past.body.split('\n').slice(0, -1), replyBefore(pipeline, { last: 5 }).split('\n').slice(0, -1));
+    // until a moment ahead: the flows made before it, then the end, with no flow to end it.
+    const ahead = new Date(Date.now() + 400).toISOString();
+    const reply = get(sock, `/v1/flows?follow=true&until=${encodeURIComponent(ahead)}`);
+    await waitFor('the follower subscribed', async () => pipeline.listenerCount('flow') === 1);
+    // A flow's time is its event's: one of now passes the until filter.
+    const live = flow(BigInt(Date.now()) * 1_000_000n);
+    pipeline.push(live);
+    const got = await reply;
+    assert.equal(got.status, 200);
+    assert.equal(got.body, `${JSON.stringify(live)}\n`);
+    await waitFor('the follower gone', async () => pipeline.listenerCount('flow') === 0 && flowStreamsOpen(agent).followers === 0);
   });
 
   test('a follower that never reads: the agent holds its buffer at most, and tells it what it lost once it reads', async () => {
