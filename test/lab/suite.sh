@@ -9,7 +9,7 @@
 #   jobs: KERNEL (per kernel: the device/datapath files, plus the agent files on 6.12), and on 6.12 also
 #   6.12-systemd and 6.12-nested (below)
 #   KITNET_LAB_TESTS         test files for every kernel (default: netkit-device, netkit-probe, bpf-datapath)
-#   KITNET_LAB_AGENT_TESTS   agent-level test files (default: agent-e2e, vm-plumbing, vm-dhcp, vm-dhcp6, dns-policy, flow-events-per-connection,
+#   KITNET_LAB_AGENT_TESTS   agent-level test files (default: agent-e2e, vm-plumbing, vm-dhcp, dns-policy, flow-events-per-connection,
 #                            policy-conformance, hubble-cli-devices), run with
 #                            workloads on netkit (KITNET_TEST_MODE=netkit) ...
 #   KITNET_LAB_AGENT_KERNELS ... on these kernels only (default: 6.12): they take minutes under emulation
@@ -57,7 +57,7 @@ fi
 kernels=("$@")
 ((${#kernels[@]})) || kernels=("${LAB_KERNELS[@]}")
 base_tests=${KITNET_LAB_TESTS:-dist/test/root/netkit-device.test.js dist/test/root/netkit-probe.test.js dist/test/root/bpf-datapath.test.js}
-agent_tests=${KITNET_LAB_AGENT_TESTS-dist/test/root/agent-e2e.test.js dist/test/root/vm-plumbing.test.js dist/test/root/vm-dhcp.test.js dist/test/root/vm-dhcp6.test.js dist/test/root/dns-policy.test.js dist/test/root/flow-events-per-connection.test.js dist/test/root/policy-conformance.test.js dist/test/root/hubble-cli-devices.test.js}
+agent_tests=${KITNET_LAB_AGENT_TESTS-dist/test/root/agent-e2e.test.js dist/test/root/vm-plumbing.test.js dist/test/root/vm-dhcp.test.js dist/test/root/dns-policy.test.js dist/test/root/flow-events-per-connection.test.js dist/test/root/policy-conformance.test.js dist/test/root/hubble-cli-devices.test.js}
 agent_kernels=" ${KITNET_LAB_AGENT_KERNELS:-6.12} "
 systemd_tests=${KITNET_LAB_SYSTEMD_TESTS-dist/test/root/systemd-service.test.js dist/test/root/vm-networkd.test.js}
 nested_tests=${KITNET_LAB_NESTED_TESTS-dist/test/root/vm-qemu-guest.test.js dist/test/root/cluster-hosts.test.js}
