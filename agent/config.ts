@@ -225,8 +225,17 @@ export const ConfigSchema = z
           .default([]),
         /** Lease time (DHCPv4) and valid and preferred lifetime (DHCPv6); guests renew at half of it while the workload exists. */
         leaseSeconds: z.number().int().min(60).max(31_536_000).default(86_400),
+        /**
+         * When guests renew (T1: DHCPv4 option 58, DHCPv6 IA_NA T1) instead of at half the lease; the
+         * rebinding time (T2) stays 7/8 (DHCPv4) and 4/5 (DHCPv6) of the lease, so it must be below 4/5.
+         */
+        renewalSeconds: z.number().int().min(1).optional(),
       })
       .strict()
+      .refine((a) => a.renewalSeconds === undefined || a.renewalSeconds < Math.floor((a.leaseSeconds * 4) / 5), {
+        message: 'must be below 4/5 of leaseSeconds (the rebinding time)',
+        path: ['renewalSeconds'],
+      })
       .prefault({}),
     /** The workload reconcile loop (agent/reconcile/). */
     reconcile: z

@@ -262,7 +262,8 @@ export class Dhcp4Server {
     if (req.srcMac !== s.guestMac) return ignore('foreign-mac', { srcMac: req.srcMac });
     const answer = dhcp6Answer(req, {
       guestMac: s.guestMac, address: Buffer.from(ipv6Parse(rec.ipv6)), serverDuid: this.serverDuid,
-      leaseSeconds: this.config.addressing.leaseSeconds, dnsServers: this.dnsServers6, searchDomains: this.config.addressing.searchDomains,
+      leaseSeconds: this.config.addressing.leaseSeconds, renewalSeconds: this.config.addressing.renewalSeconds,
+      dnsServers: this.dnsServers6, searchDomains: this.config.addressing.searchDomains,
     });
     if ('ignore' in answer) return ignore(answer.ignore, answer.detail);
     if (!this.answerAllowed(served)) return ignore('rate-limited');
@@ -307,7 +308,7 @@ export class Dhcp4Server {
     const lease = this.config.addressing.leaseSeconds;
     const leaseOpts = [
       { code: Opt.LEASE_TIME, value: u32(lease) },
-      { code: Opt.RENEWAL_TIME, value: u32(Math.floor(lease / 2)) },
+      { code: Opt.RENEWAL_TIME, value: u32(this.config.addressing.renewalSeconds ?? Math.floor(lease / 2)) },
       { code: Opt.REBINDING_TIME, value: u32(Math.floor((lease * 7) / 8)) },
     ];
     const hostname = { code: Opt.HOSTNAME, value: Buffer.from(rec.spec.name, 'ascii') };

@@ -15,6 +15,8 @@ export interface Dhcp6Context {
   serverDuid: Buffer;
   /** Valid and preferred lifetime of the address (config addressing.leaseSeconds). */
   leaseSeconds: number;
+  /** T1 of the IA_NA (config addressing.renewalSeconds); half the lease without it. */
+  renewalSeconds?: number | undefined;
   /** IPv6 DNS servers, 16 bytes each. */
   dnsServers: Buffer[];
   searchDomains: readonly string[];
@@ -47,7 +49,7 @@ export function dhcp6Answer(req: Dhcp6Request, c: Dhcp6Context): Dhcp6Answer {
     ...(c.searchDomains.length ? [option6(Opt6.DOMAIN_LIST, domainListEncode(c.searchDomains))] : []),
   ];
   const lease = c.leaseSeconds;
-  const t1 = Math.floor(lease / 2);
+  const t1 = c.renewalSeconds ?? Math.floor(lease / 2);
   const t2 = Math.floor((lease * 4) / 5);
   const ours = { address: c.address, preferred: lease, valid: lease };
   /** The first IA gets the address; addresses the guest names that are not its own are withdrawn (lifetimes 0). */

@@ -5,6 +5,7 @@ import {
   DHCP6_MAX_OPTIONS, dhcp6FrameDecode, dhcp6FrameEncode, Msg6, Opt6, serverDuid, Status6,
 } from '../../agent/addressing/dhcp6-codec.js';
 import { dhcp6Answer, type Dhcp6Context } from '../../agent/addressing/dhcp6-server.js';
+import { configLoad } from '../../agent/config.js';
 
 const MAC = Buffer.from([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
 const MAC_S = '52:54:00:12:34:56';
@@ -158,6 +159,17 @@ test('Solicit: Advertise with the address in the first IA_NA (lifetimes, T1/T2),
   assert.equal(second!.readUInt32BE(0), 8);
   assert.equal(second!.readUInt16BE(12), Opt6.STATUS_CODE);
   assert.equal(second!.readUInt16BE(16), Status6.NO_ADDRS_AVAIL);
+});
+
+test('addressing.renewalSeconds sets T1 of the IA_NA (T2 and the lifetimes stay those of the lease); the config keeps it below T2', () => {
+  const d = dhcp6FrameDecode(frame({ options: [opt(Opt6.CLIENTID, DUID_LL), iaNa(7)] }));
+  assert.ok(d.ok);
+  const a = dhcp6Answer(d.request, { ...ctx, renewalSeconds: 90 });
+  assert.ok('reply' in a);
+  const ia = replyOptions(a.reply.options).get(Opt6.IA_NA)![0]!;
+  assert.deepEqual([ia.readUInt32BE(4), ia.readUInt32BE(8), ia.subarray(12).readUInt32BE(20)], [90, 2880, 3600]);
+  assert.equal(configLoad(undefined, { addressing: { leaseSeconds: 60, renewalSeconds: 47 } }, {}).addressing.renewalSeconds, 47);
+  assert.throws(() => configLoad(undefined, { addressing: { leaseSeconds: 60, renewalSeconds: 48 } }, {}), /renewalSeconds.*below 4\/5 of leaseSeconds/);
 });
 
 test('Solicit with rapid commit: a Reply carrying rapid commit', () => {
