@@ -129,29 +129,40 @@ describe('policy map capacity (root)', { timeout: 300_000 }, () => {
 
   test('a kernel write that fails anyway (map filled behind the agent) leaves store and maps as they were', async () => {
     const FOREIGN = 4000;
-    const ours = () => {
-      const { policy, ipcache } = mapsNow();
-      return { policy: policy.filter((e) => (JSON.parse(e) as { endpointId: number }).endpointId !== FOREIGN), ipcache };
+    // Below, the map holds ~1 M entries: each dump of it takes seconds (key by key), so it is dumped as
+    // few times as the checks need, and only the agent's entries (not the foreign fill) become JSON.
+    const ours = (policy = t.datapath.policyList()) => ({
+      policy: policy.filter((e) => e.endpointId !== FOREIGN).map((e) => JSON.stringify(e)).sort(),
+      ipcache: t.datapath.ipcacheList().map((e) => JSON.stringify(e)).sort(),
+    });
+    /** The foreign fill: `count` ingress entries, 65536 per identity; deleted the same way (no dump needed). */
+    const fill = (op: 'upsert' | 'delete', count: number) => {
+      for (let done = 0, id = 0; done < count; id++) {
+        const n = Math.min(65536, count - done);
+        t.datapath.policyApply(FOREIGN, Array.from({ length: n }, (_, port) => ({ op, entry: { direction: 'ingress' as const, identity: 100_000 + id, protocol: 6, port, portPrefixLen: 16, deny: false } })));
+        done += n;
+      }
     };
+    /** The entries that fill the map exactly: `count` egress ones. */
+    const top = (op: 'upsert' | 'delete', count: number) =>
+      t.datapath.policyApply(FOREIGN, Array.from({ length: count }, (_, port) => ({ op, entry: { direction: 'egress' as const, identity: 100_000, protocol: 17, port, portPrefixLen: 16, deny: false } })));
     const before = ours();
     const policiesBefore = await apiCall<unknown[]>(t.url, 'GET', '/v1/policies');
     // Leave 5 free entries: the compile (which counts against the whole map) accepts, the kernel refuses.
     const free = t.datapath.mapCapacity().policy - t.datapath.policyList().length - 5;
+    let room = 0;
     try {
-      for (let done = 0, id = 0; done < free; id++) {
-        const n = Math.min(65536, free - done);
-        t.datapath.policyApply(FOREIGN, Array.from({ length: n }, (_, port) => ({ op: 'upsert' as const, entry: { direction: 'ingress' as const, identity: 100_000 + id, protocol: 6, port, portPrefixLen: 16, deny: false } })));
-        done += n;
-      }
+      fill('upsert', free);
       const res = await put(cnp('overflow', cidrs(20, 70), 3));
       assert.equal(res.status, 507, JSON.stringify(res.body));
       assert.deepEqual(await apiCall<unknown[]>(t.url, 'GET', '/v1/policies'), policiesBefore, 'the store rolled back');
-      assert.deepEqual(ours(), before, 'the maps went back to the previous policies');
+      const all = t.datapath.policyList();
+      assert.deepEqual(ours(all), before, 'the maps went back to the previous policies');
       assert.equal(res.body.code, 'AGENT_ERR_MAP_FULL');
       assert.match(res.body.message!, /CiliumNetworkPolicy capacity\/overflow.*ENOSPC.*the `policy` map is full \(max_entries \d+\).*POLICY_MAP_MAX.*keep the previous policies/);
       // The map exactly full: deleting a policy still converges (what it frees is freed first).
-      const room = t.datapath.mapCapacity().policy - t.datapath.policyList().length;
-      t.datapath.policyApply(FOREIGN, Array.from({ length: room }, (_, port) => ({ op: 'upsert' as const, entry: { direction: 'egress' as const, identity: 100_000, protocol: 17, port, portPrefixLen: 16, deny: false } })));
+      room = t.datapath.mapCapacity().policy - all.length;
+      top('upsert', room);
       assert.equal(t.datapath.policyList().length, t.datapath.mapCapacity().policy, 'the map is full');
       await apiCall(t.url, 'DELETE', `/v1/policies/CiliumNetworkPolicy/${NS}/fill`);
       const a = await apiCall<Workload>(t.url, 'GET', `/v1/workloads/${NS}/cap-a`);
@@ -159,8 +170,10 @@ describe('policy map capacity (root)', { timeout: 300_000 }, () => {
       assert.equal(inMap, (await apiCall<{ entries: unknown[] }>(t.url, 'GET', `/v1/workloads/${NS}/cap-a/policy`)).entries.length);
       assert.ok(inMap <= 3, `a keeps ${inMap} entries once no policy selects it`);
     } finally {
-      t.datapath.policyClear(FOREIGN);
+      fill('delete', free);
+      top('delete', room);
     }
+    assert.deepEqual(t.datapath.policyList(FOREIGN), [], 'the foreign entries are gone');
     // With room again the same policy applies.
     assert.equal((await put(cnp('overflow', cidrs(20, 70), 3))).status, 200);
   });
