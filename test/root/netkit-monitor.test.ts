@@ -14,7 +14,9 @@ const skip = process.getuid?.() !== 0 && 'needs root';
 
 /**
  * The child: a monitor, then (event loop blocked) `pairs` veth pairs made and removed by `ip -batch`
- * plus the removal of `watched`; afterwards it prints what the monitor reported.
+ * plus the removal of `watched`; afterwards it prints what the monitor reported. The pairs are made in
+ * link group 7 and removed in one `link del group 7` (one unregister batch in the kernel): removed one
+ * by one, 1,500 pairs took ~25 s (an RCU grace period each).
  */
 const CHILD = `
 const { execFileSync } = await import('node:child_process');
@@ -28,7 +30,8 @@ const m = linkRemovalsWatch((l) => gone.add(l.ifname), (p) => { resyncs++; prese
 const dir = mkdtempSync('/tmp/kitnet-monitor-');
 let add = 'link add watched type veth peer name watched-p\\n';
 let del = 'link del watched\\n';
-for (let i = 0; i < pairs; i++) { add += 'link add b' + i + ' type veth peer name c' + i + '\\n'; del += 'link del b' + i + '\\n'; }
+for (let i = 0; i < pairs; i++) add += 'link add b' + i + ' group 7 type veth peer name c' + i + '\\n';
+del += 'link del group 7\\n';
 writeFileSync(dir + '/add', add);
 writeFileSync(dir + '/del', del);
 execFileSync('ip', ['-batch', dir + '/add']);
