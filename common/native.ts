@@ -134,7 +134,7 @@ export interface NativeBpf {
   dnsFastStart(socketFd: number, tables: NativeHandle, redirectMapFd: number, timeoutMs: number, queriesPerSocket: number, maxSockets: number, maxPending: number, onRecords: (batch: Buffer) => void): NativeHandle;
   /** The thread ends and its sockets close; no callback after it returns. */
   dnsFastStop(handle: NativeHandle): void;
-  dnsFastStats(handle: NativeHandle): { answered: number; learn: number; failed: number; handed: number; unmatched: number };
+  dnsFastStats(handle: NativeHandle): { answered: number; learn: number; failed: number; handed: number; unmatched: number; inFlight: number };
 }
 
 /** Where bash bpf/build.sh puts the addon; KITNET_BPF_ADDON overrides (packaging). */

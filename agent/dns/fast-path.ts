@@ -131,7 +131,7 @@ export class DnsFastPath {
     this.handle = native().dnsFastStart(fd, opts.tables.handle, opts.redirectMapFd, opts.upstreamTimeoutMs, 64, 256, opts.maxPending, (batch) => dnsFastRecords(batch, (r) => opts.onRecord(r)));
   }
 
-  stats(): { answered: number; learn: number; failed: number; handed: number; unmatched: number } | undefined {
+  stats(): { answered: number; learn: number; failed: number; handed: number; unmatched: number; inFlight: number } | undefined {
     return this.handle && native().dnsFastStats(this.handle);
   }
 

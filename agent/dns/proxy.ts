@@ -250,9 +250,9 @@ export class DnsProxy {
     await new Promise<void>((r) => (tcp ? tcp.close(() => r()) : r()));
   }
 
-  /** Queries taken and not yet answered (or given up on). */
+  /** Queries taken and not yet answered (or given up on), the fast path's thread's included. */
   get queriesInFlight(): number {
-    return this.inFlight;
+    return this.inFlight + (this.fastPath?.stats()?.inFlight ?? 0);
   }
 
   /** Counts a query in flight for `client`, or turns it away (counted, logged now and then). */

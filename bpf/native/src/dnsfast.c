@@ -430,6 +430,8 @@ struct pending {
 
 struct fast_stats {
 	atomic_uint_fast64_t answered, learn, failed, handed, unmatched;
+	/* f->busy as other threads may read it */
+	atomic_int_fast32_t in_flight;
 };
 
 struct dns_fast {
@@ -648,6 +650,7 @@ static void slot_free(struct dns_fast *f, int32_t slot)
 	s->inflight--;
 	p->busy = false;
 	f->busy--;
+	atomic_store(&f->stats.in_flight, f->busy);
 	f->free_slots[f->nfree++] = slot;
 }
 
@@ -688,6 +691,7 @@ static bool forward(struct dns_fast *f, const uint8_t *q, size_t qlen, const str
 	struct pending *p = &f->pend[slot];
 	p->busy = true;
 	f->busy++;
+	atomic_store(&f->stats.in_flight, f->busy);
 	p->sock = si;
 	p->up_id = id;
 	p->client_id = rd16(q);
@@ -1305,9 +1309,9 @@ napi_value dns_fast_stop(napi_env env, napi_callback_info info)
 	return NULL;
 }
 
-/* dnsFastStats(handle) -> { answered, learn, failed, handed, unmatched }: queries released by the
- * thread, answers handed over to be learned, upstream failures, queries handed over unforwarded,
- * answers that matched no query in flight. */
+/* dnsFastStats(handle) -> { answered, learn, failed, handed, unmatched, inFlight }: queries released
+ * by the thread, answers handed over to be learned, upstream failures, queries handed over unforwarded,
+ * answers that matched no query in flight; queries forwarded and not yet answered or given up on. */
 napi_value dns_fast_stats(napi_env env, napi_callback_info info)
 {
 	napi_value argv[1], obj;
@@ -1327,5 +1331,7 @@ napi_value dns_fast_stats(napi_env env, napi_callback_info info)
 	napi_set_named_property(env, obj, "handed", v);
 	napi_create_double(env, (double)atomic_load(&f->stats.unmatched), &v);
 	napi_set_named_property(env, obj, "unmatched", v);
+	napi_create_double(env, (double)atomic_load(&f->stats.in_flight), &v);
+	napi_set_named_property(env, obj, "inFlight", v);
 	return obj;
 }
