@@ -42,6 +42,10 @@ node_test() { # TAP-FILE FILE...: node's test runner, spec on stdout, TAP into T
 # after the root files that fetched some of them.
 lab=0
 { [ "$suite" = all ] || [ "$suite" = lab ]; } && [ "${KITNET_SKIP_LAB:-0}" != 1 ] && lab=1
+# The TAP files of the parts that run now (a failed run lists their failures at the end).
+((${#unit_files[@]})) && rm -f test-results-unit.tap
+((${#root_files[@]})) && rm -f test-results.tap
+((lab)) && rm -f test/artifacts/lab-*.tap
 if [ "$suite" = all ] && ((lab)); then bash test/lab/fetch.sh; fi
 unit_pid= lab_pid=
 # $! is the subshell running the job: an early exit stops its children (test runner, QEMU) as well.
@@ -85,4 +89,8 @@ elif ((lab)); then
   bash test/lab/suite.sh || rc=1
 fi
 trap - EXIT
+if ((rc)); then
+  echo "[test] failed (exit $rc); the failed tests of every part, with their errors:" >&2
+  node dist/test/helpers/tap-failures.js test-results-unit.tap test-results.tap test/artifacts/lab-*.tap || :
+fi
 exit "$rc"
