@@ -76,6 +76,9 @@ function hintFor(op: string, code: string, log: string, ctx: ErrorCtx): string |
     case 'BPF_LINK_UPDATE':
       if (code === 'ENOLINK') return 'the link was detached (device gone): unpin it and attach again';
       return undefined;
+    case 'BPF_MAP_LOOKUP_BATCH':
+      if (code === 'EINVAL' || code === 'EOPNOTSUPP') return 'this kernel has no batch lookups for this map type (Linux >= 5.6): read it key by key (mapDump)';
+      return undefined;
     case 'BPF_MAP_UPDATE_ELEM':
     case 'BPF_MAP_UPDATE_BATCH':
       if (code === 'E2BIG' || code === 'ENOSPC') return mapFullHint(ctx.map);

@@ -75,7 +75,11 @@ export interface NativeBpf {
   mapUpdateBatch(fd: number, keys: Buffer, values: Buffer, keySize: number, valueSize: number, flags: number): number;
   /** Every entry in one call, keys and values packed back to back. */
   mapDump(fd: number, keySize: number, valueSize: number, maxEntries: number): { count: number; keys: Buffer; values: Buffer };
-  /** Like mapDump, through BPF_MAP_LOOKUP_BATCH (hash maps only): a syscall per 4,096 entries. */
+  /**
+   * Like mapDump, through BPF_MAP_LOOKUP_BATCH: a syscall per 4,096 entries (hashes, LPM tries, arrays).
+   * A kernel or map type without batch lookups throws op BPF_MAP_LOOKUP_BATCH, code EINVAL (before
+   * Linux 5.6) or EOPNOTSUPP, before reading any entry: fall back to mapDump then.
+   */
   mapDumpBatch(fd: number, keySize: number, valueSize: number, maxEntries: number): { count: number; keys: Buffer; values: Buffer };
   numPossibleCpus(): number;
   progTestRun(progFd: number, data: Buffer, ctx: Buffer | null, repeat: number): TestRunResult;

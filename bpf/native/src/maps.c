@@ -318,18 +318,29 @@ fail:
 	return throw_errno(env, op, err);
 }
 
+/* The kernel's ENOTSUPP (include/linux/errno.h), which userspace headers lack: a map type without the op. */
+#define KERNEL_ENOTSUPP 524
+#define DUMP_BATCH 4096
+
 /* mapDumpBatch(fd, keySize, valueSize, maxEntries) -> {count, keys, values}: like mapDump, in
- * BPF_MAP_LOOKUP_BATCH syscalls of up to 4096 entries (hash maps; LPM tries have no batch ops). */
+ * BPF_MAP_LOOKUP_BATCH syscalls of up to 4096 entries. The batch token's size depends on the map type:
+ * hashes (kernel/bpf/hashtab.c) read and write a u32 bucket number, while the generic batch lookup of
+ * the other types (LPM tries, arrays: generic_map_lookup_batch in kernel/bpf/syscall.c) reads and
+ * writes the last key it visited, key_size bytes. So the tokens are max(keySize, 8)-byte buffers.
+ * The dump ends with ENOENT, which comes with the last batch (partial, or empty: then the generic
+ * lookup writes no token). A kernel without batch lookups (before 5.6: EINVAL) or a map type without
+ * them (the kernel's ENOTSUPP, thrown as EOPNOTSUPP) fails the first call, before any entry: the
+ * error's op is BPF_MAP_LOOKUP_BATCH, and callers fall back to mapDump. */
 napi_value map_dump_batch(napi_env env, napi_callback_info info)
 {
 	napi_value argv[4], obj;
 	int32_t fd;
 	uint32_t ksz, vsz, max;
-	size_t cap = 4096, n = 0;
-	char *keys = NULL, *values = NULL;
-	__u64 in_batch = 0, out_batch = 0;
+	size_t cap = DUMP_BATCH, n = 0, tsz;
+	char *keys = NULL, *values = NULL, *in_batch = NULL, *out_batch = NULL;
 	const char *op = "BPF_MAP_LOOKUP_BATCH";
 	int err = ENOMEM, first = 1;
+	__u32 want = DUMP_BATCH;
 
 	if (!get_args(env, info, 4, argv) || !get_i32(env, argv[0], &fd) || !get_u32(env, argv[1], &ksz) ||
 	    !get_u32(env, argv[2], &vsz) || !get_u32(env, argv[3], &max))
@@ -337,15 +348,18 @@ napi_value map_dump_batch(napi_env env, napi_callback_info info)
 	if (!ksz || !vsz)
 		return throw_type(env, "mapDumpBatch: zero key or value size");
 	log_reset();
+	tsz = ksz > 8 ? ksz : 8;
 	keys = malloc(cap * ksz);
 	values = malloc(cap * vsz);
-	if (!keys || !values)
+	in_batch = calloc(1, tsz);
+	out_batch = calloc(1, tsz);
+	if (!keys || !values || !in_batch || !out_batch)
 		goto fail;
-	for (;;) {
-		__u32 count = 4096;
+	while (n < max) {
+		__u32 count = want;
 		LIBBPF_OPTS(bpf_map_batch_opts, opts);
 
-		if (n + count > cap) {
+		while (n + count > cap) {
 			char *nk = realloc(keys, cap * 2 * ksz), *nv;
 			if (!nk)
 				goto fail;
@@ -356,20 +370,28 @@ napi_value map_dump_batch(napi_env env, napi_callback_info info)
 			values = nv;
 			cap *= 2;
 		}
-		/* hash maps: the batch tokens are bucket numbers (u32); 8 bytes leave room */
-		int rc = bpf_map_lookup_batch(fd, first ? NULL : &in_batch, &out_batch, keys + n * ksz, values + n * vsz, &count, &opts);
+		int rc = bpf_map_lookup_batch(fd, first ? NULL : in_batch, out_batch, keys + n * ksz, values + n * vsz, &count, &opts);
 		int e = rc ? errno : 0;
-		first = 0;
+
+		if (e && e != ENOENT)
+			count = 0; /* the kernel reports entries copied before a failure, but they end nothing */
 		n += count;
 		if (e == ENOENT)
-			break; /* the last batch (count may be > 0) */
+			break; /* the last batch, count entries (maybe 0) */
+		if (e == ENOSPC && want < (1u << 20)) {
+			/* hashes: one bucket holds more entries than asked for; ask for more (same token) */
+			want *= 2;
+			continue;
+		}
 		if (e) {
-			err = e;
+			err = e == KERNEL_ENOTSUPP ? EOPNOTSUPP : e;
 			goto fail;
 		}
-		if (n >= max)
-			break;
+		first = 0;
+		/* the next batch starts after this one's token */
+		char *t = in_batch;
 		in_batch = out_batch;
+		out_batch = t;
 	}
 	if (n > max)
 		n = max;
@@ -378,10 +400,14 @@ napi_value map_dump_batch(napi_env env, napi_callback_info info)
 		goto fail;
 	free(keys);
 	free(values);
+	free(in_batch);
+	free(out_batch);
 	return obj;
 fail:
 	free(keys);
 	free(values);
+	free(in_batch);
+	free(out_batch);
 	return throw_errno(env, op, err);
 }
 
