@@ -17,7 +17,7 @@ import {
   IPCACHE_PREFIX_V6_HOST,
   IPCACHE_VALUE,
 } from '../layout.gen.js';
-import { batchApply, ExactMirror, hashUpdateBatch, OP_UPDATE } from './exact.js';
+import { batchApply, dump, dumpKey, dumpValue, ExactMirror, hashUpdateBatch, OP_UPDATE } from './exact.js';
 import type { ExactDiff } from './exact.js';
 import type { BpfMap } from './map.js';
 
@@ -121,10 +121,13 @@ export class IpcacheMap {
 
   /** Every entry (the trie holds them all). */
   list(): Array<[string, IpcacheEntry]> {
-    return [...this.map.entries()].map(([k, v]) => {
-      const d = structDecode(IPCACHE_VALUE, v);
-      return [ipcacheKeyDecode(k), { identity: d.identity as number, hostId: d.host_id as number }] as [string, IpcacheEntry];
-    });
+    const d = dump(this.map, this.map.maxEntries); // batch lookups, not a syscall per key from here
+    const out: Array<[string, IpcacheEntry]> = [];
+    for (let i = 0; i < d.count; i++) {
+      const v = structDecode(IPCACHE_VALUE, dumpValue(d, i));
+      out.push([ipcacheKeyDecode(dumpKey(d, i)), { identity: v.identity as number, hostId: v.host_id as number }]);
+    }
+    return out;
   }
 
   /** Where `ipcache_exact` differs from the trie's host entries, as CIDRs; undefined without the hash. */

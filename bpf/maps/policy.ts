@@ -7,9 +7,7 @@
 // a hash miss. Counts go up before the trie write and down after it, so it never misses a triple the
 // trie has.
 import { KernelError } from '../../common/kernel-error.js';
-import { bpfError } from '../errors.js';
 import { POLICY_MAP_MAX } from '../layout.gen.js';
-import { native } from '../../common/native.js';
 import type { PolicyApplyResult, PolicyMapEntry } from '../types.js';
 import { ExactMirror, batchApply, dump, hashUpdateBatch } from './exact.js';
 import { BPF_ANY } from './map.js';
@@ -197,12 +195,7 @@ export class PolicyMap {
   }
 
   list(endpointId?: number): PolicyMapEntry[] {
-    let d: { count: number; keys: Buffer; values: Buffer };
-    try {
-      d = native().mapDump(this.map.fd, POLICY_KEY_SIZE, POLICY_VALUE_SIZE, POLICY_MAP_MAX);
-    } catch (err) {
-      throw bpfError(err);
-    }
+    const d = dump(this.map, POLICY_MAP_MAX); // batch lookups: ~1 M entries in a fraction of a second
     const out: PolicyMapEntry[] = [];
     for (let i = 0; i < d.count; i++) {
       const key = d.keys.subarray(i * POLICY_KEY_SIZE, (i + 1) * POLICY_KEY_SIZE);

@@ -129,8 +129,9 @@ describe('policy map capacity (root)', { timeout: 300_000 }, () => {
 
   test('a kernel write that fails anyway (map filled behind the agent) leaves store and maps as they were', async () => {
     const FOREIGN = 4000;
-    // Below, the map holds ~1 M entries: each dump of it takes seconds (key by key), so it is dumped as
-    // few times as the checks need, and only the agent's entries (not the foreign fill) become JSON.
+    // Below, the map holds ~1 M entries: each dump of it takes a fraction of a second (batch lookups) and
+    // its decoding more, so it is dumped as few times as the checks need, and only the agent's entries
+    // (not the foreign fill) become JSON.
     const ours = (policy = t.datapath.policyList()) => ({
       policy: policy.filter((e) => e.endpointId !== FOREIGN).map((e) => JSON.stringify(e)).sort(),
       ipcache: t.datapath.ipcacheList().map((e) => JSON.stringify(e)).sort(),
