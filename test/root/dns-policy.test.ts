@@ -72,53 +72,63 @@ except OSError:
 /**
  * dig-like: resolve NAME (A or AAAA) at SERVER over udp/tcp, then connect to every address at once
  * (the first connection after the lookup). Prints JSON {rcode, addrs, connected}; rcode -1: no answer.
+ * With `--batch JSON` (a list of [SERVER, NAME, QTYPE, TRANSPORT, CONNECT]): the lookups one after
+ * the other in this one process, one JSON line each; a lookup's connections are closed before the
+ * next lookup, as the exit of a process of its own closed them.
  */
 const LOOKUP_PY = `
 import json, random, socket, struct, sys
-server, name, qtype, transport, connect = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] == '1'
-t = 1 if qtype == 'A' else 28
-qid = random.randrange(65536)
-q = struct.pack('>HHHHHH', qid, 0x0100, 1, 0, 0, 0) + b''.join(bytes([len(l)]) + l.encode() for l in name.split('.')) + b'\\0' + struct.pack('>HH', t, 1)
-fam = socket.AF_INET6 if ':' in server else socket.AF_INET
-try:
-    if transport == 'udp':
-        s = socket.socket(fam, socket.SOCK_DGRAM); s.settimeout(8); s.sendto(q, (server, 53)); m, src = s.recvfrom(4096)
-        if src[0] != server: print(json.dumps({'rcode': -2, 'from': src[0]})); sys.exit(0)
-    else:
-        s = socket.socket(fam, socket.SOCK_STREAM); s.settimeout(8); s.connect((server, 53)); s.sendall(struct.pack('>H', len(q)) + q)
-        b = b''
-        while len(b) < 2 or len(b) < 2 + struct.unpack('>H', b[:2])[0]:
-            c = s.recv(4096)
-            if not c: break
-            b += c
-        m = b[2:]
-except OSError:
-    print(json.dumps({'rcode': -1, 'addrs': [], 'connected': []})); sys.exit(0)
-rid, flags, qd, an = struct.unpack('>HHHH', m[:8])
-def skip(o):
-    while True:
-        l = m[o]
-        if l == 0: return o + 1
-        if l >= 0xc0: return o + 2
-        o += 1 + l
-o = 12
-for _ in range(qd): o = skip(o) + 4
-addrs = []
-for _ in range(an):
-    o = skip(o); rt, rc, ttl, rl = struct.unpack('>HHIH', m[o:o + 10]); o += 10
-    if rt == 1: addrs.append(socket.inet_ntop(socket.AF_INET, m[o:o + 4]))
-    if rt == 28: addrs.append(socket.inet_ntop(socket.AF_INET6, m[o:o + 16]))
-    o += rl
-connected = []
+def lookup(server, name, qtype, transport, connect, held):
+    t = 1 if qtype == 'A' else 28
+    qid = random.randrange(65536)
+    q = struct.pack('>HHHHHH', qid, 0x0100, 1, 0, 0, 0) + b''.join(bytes([len(l)]) + l.encode() for l in name.split('.')) + b'\\0' + struct.pack('>HH', t, 1)
+    fam = socket.AF_INET6 if ':' in server else socket.AF_INET
+    try:
+        if transport == 'udp':
+            s = socket.socket(fam, socket.SOCK_DGRAM); s.settimeout(8); s.sendto(q, (server, 53)); m, src = s.recvfrom(4096)
+            if src[0] != server: return {'rcode': -2, 'from': src[0]}
+        else:
+            s = socket.socket(fam, socket.SOCK_STREAM); s.settimeout(8); s.connect((server, 53)); s.sendall(struct.pack('>H', len(q)) + q)
+            b = b''
+            while len(b) < 2 or len(b) < 2 + struct.unpack('>H', b[:2])[0]:
+                c = s.recv(4096)
+                if not c: break
+                b += c
+            m = b[2:]
+    except OSError:
+        return {'rcode': -1, 'addrs': [], 'connected': []}
+    rid, flags, qd, an = struct.unpack('>HHHH', m[:8])
+    def skip(o):
+        while True:
+            l = m[o]
+            if l == 0: return o + 1
+            if l >= 0xc0: return o + 2
+            o += 1 + l
+    o = 12
+    for _ in range(qd): o = skip(o) + 4
+    addrs = []
+    for _ in range(an):
+        o = skip(o); rt, rc, ttl, rl = struct.unpack('>HHIH', m[o:o + 10]); o += 10
+        if rt == 1: addrs.append(socket.inet_ntop(socket.AF_INET, m[o:o + 4]))
+        if rt == 28: addrs.append(socket.inet_ntop(socket.AF_INET6, m[o:o + 16]))
+        o += rl
+    connected = []
+    if connect:
+        for a in addrs:
+            c = socket.socket(socket.AF_INET6 if ':' in a else socket.AF_INET); c.settimeout(1.5)
+            try:
+                c.connect((a, ${PORT})); connected.append(c.recv(2) == b'ok'); held.append(c)
+            except OSError:
+                connected.append(False)
+    return {'rcode': flags & 15, 'id_ok': rid == qid, 'addrs': addrs, 'connected': connected}
+if sys.argv[1] == '--batch':
+    for server, name, qtype, transport, connect in json.loads(sys.argv[2]):
+        held = []
+        print(json.dumps(lookup(server, name, qtype, transport, connect, held)), flush=True)
+        for c in held: c.close()
+    sys.exit(0)
 held = []
-if connect:
-    for a in addrs:
-        c = socket.socket(socket.AF_INET6 if ':' in a else socket.AF_INET); c.settimeout(1.5)
-        try:
-            c.connect((a, ${PORT})); connected.append(c.recv(2) == b'ok'); held.append(c)
-        except OSError:
-            connected.append(False)
-print(json.dumps({'rcode': flags & 15, 'id_ok': rid == qid, 'addrs': addrs, 'connected': connected}), flush=True)
+print(json.dumps(lookup(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] == '1', held)), flush=True)
 if len(sys.argv) > 6 and held:
     # hold the first connection until the file argv[6] exists, then check it still carries data
     import os, time
@@ -254,6 +264,14 @@ describe('DNS-aware egress policy: toFQDNs and DNS rules through the DNS proxy (
 
   const lookup = async (server: string, name: string, qtype: 'A' | 'AAAA' = 'A', transport: 'udp' | 'tcp' = 'udp', connect = true): Promise<Lookup> =>
     JSON.parse(await run('ip', ['netns', 'exec', nsC, 'python3', '-c', LOOKUP_PY, server, name, qtype, transport, connect ? '1' : '0'])) as Lookup;
+  type LookupSpec = [server: string, name: string, qtype: 'A' | 'AAAA', transport: 'udp' | 'tcp', connect: boolean];
+  /** Lookups as `lookup` makes them, one after the other in one Python process (one start instead of one each). */
+  const lookups = async (specs: LookupSpec[]): Promise<Lookup[]> => {
+    const out = await run('ip', ['netns', 'exec', nsC, 'python3', '-c', LOOKUP_PY, '--batch', JSON.stringify(specs)], { timeoutMs: 20_000 * specs.length });
+    const rs = out.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Lookup);
+    assert.equal(rs.length, specs.length, `an answer per lookup: ${out}`);
+    return rs;
+  };
   const connects = async (addr: string) => (await status('ip', ['netns', 'exec', nsC, 'python3', '-c', CONNECT_PY, addr, String(PORT)])) === 0;
   const fqdnEntries = () => fx.agent.kernel.datapath.ipcacheList().filter(([, e]) => (e.identity & FQDN_IDENTITY_BASE) === FQDN_IDENTITY_BASE);
 
@@ -383,8 +401,9 @@ spec:
 
   test(`the first connection right after a lookup always goes through (${ITERATIONS} new addresses, each learned by its lookup)`, async () => {
     const failed: string[] = [];
-    for (let i = 0; i < ITERATIONS; i++) {
-      const r = await lookup(EXT.dns4, `n${i}.iter.test`, 'A', i % 2 ? 'tcp' : 'udp');
+    // One Python process for the lookups, still one after the other, each connecting right after its answer.
+    const rs = await lookups(Array.from({ length: ITERATIONS }, (_, i): LookupSpec => [EXT.dns4, `n${i}.iter.test`, 'A', i % 2 ? 'tcp' : 'udp', true]));
+    for (const [i, r] of rs.entries()) {
       if (r.rcode !== 0 || r.addrs[0] !== iterAddr(i) || r.connected[0] !== true) failed.push(`n${i}: ${JSON.stringify(r)}`);
     }
     assert.deepEqual(failed, []);
