@@ -26,8 +26,19 @@ function keyMeta(kv: { create_revision: string; mod_revision: string; version: s
 export interface PrefixSink {
   /** Everything under the prefix at `revision` (the first list, and every list after a broken watch). */
   resync(all: ReadonlyMap<string, string>, revision: bigint, meta?: ReadonlyMap<string, KeyMeta>): Promise<void>;
-  /** Changes seen by the watch, in order, up to `revision`. */
+  /**
+   * Changes seen by the watch, in order, up to `revision`: every change that arrived while the previous
+   * call ran comes in one call (a key may appear more than once; its last change is what etcd holds).
+   */
   change(changes: readonly PrefixChange[], revision: bigint): Promise<void>;
+}
+
+/** Watch changes not handed to the sink yet, and the revision they reach. */
+interface PendingBatch {
+  /** The watch they came from: a later one (after a list) starts a batch of its own. */
+  generation: number;
+  changes: PrefixChange[];
+  revision: bigint;
 }
 
 /** Pause before listing again after a failed list or a broken watch (etcd unreachable: no tight loop). */
@@ -55,6 +66,10 @@ export class PrefixFollower {
   /** Why the last list or watch failed; undefined once a list went through again. */
   lastError: string | undefined;
   private readonly waiters = new Set<{ revision: bigint; resolve: () => void }>();
+  /** Changes waiting for the sink (not handed yet): later watch responses join them. */
+  private pending: PendingBatch | undefined;
+  /** Change calls handed to the sink (each with every change that queued up meanwhile). */
+  batches = 0;
 
   constructor(
     private readonly client: Etcd3,
@@ -80,6 +95,8 @@ export class PrefixFollower {
   private async run(): Promise<void> {
     if (this.closed) return;
     const generation = ++this.generation;
+    // A batch of the old watch still goes to the sink (before the list), but takes nothing more.
+    this.pending = undefined;
     this.cancel();
     try {
       const started = performance.now();
@@ -110,7 +127,21 @@ export class PrefixFollower {
         }));
         // The events' own revisions: a response's header may name a later revision than its events reach.
         const at = r.events.reduce((m, ev) => (BigInt(ev.kv.mod_revision) > m ? BigInt(ev.kv.mod_revision) : m), 0n);
-        void this.hand(() => this.sink.change(changes, at), at).catch((err: unknown) => {
+        // While the sink is busy, what the watch delivers joins the batch waiting for it: the sink then
+        // takes everything that queued up in one call (in order), not one call per watch response.
+        const waiting = this.pending;
+        if (waiting && waiting.generation === generation) {
+          waiting.changes.push(...changes);
+          if (at > waiting.revision) waiting.revision = at;
+          return;
+        }
+        const batch: PendingBatch = { generation, changes, revision: at };
+        this.pending = batch;
+        void this.hand(() => {
+          if (this.pending === batch) this.pending = undefined;
+          this.batches++;
+          return this.sink.change(batch.changes, batch.revision);
+        }, () => batch.revision).catch((err: unknown) => {
           this.log.error({ err, prefix: this.prefix }, 'cluster change not applied; listing again');
           this.relistLater();
         });
@@ -135,11 +166,12 @@ export class PrefixFollower {
     this.relistLater();
   }
 
-  /** Runs one sink call after the previous ones; `applied` follows what the sink took. */
-  private hand(fn: () => Promise<void>, revision: bigint): Promise<void> {
+  /** Runs one sink call after the previous ones; `applied` follows what the sink took (`revision`: read once it did). */
+  private hand(fn: () => Promise<void>, revision: bigint | (() => bigint)): Promise<void> {
     const next = this.queue.then(async () => {
       await fn();
-      if (revision > this.applied) this.applied = revision;
+      const took = typeof revision === 'bigint' ? revision : revision();
+      if (took > this.applied) this.applied = took;
       for (const w of this.waiters) {
         if (w.revision <= this.applied) {
           this.waiters.delete(w);
