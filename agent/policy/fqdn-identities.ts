@@ -60,8 +60,8 @@ export function dnsSelectedEndpoints(
 const FQDN_BITS = (1 << 24) | (1 << 23);
 const IPBLOCK_BIT = 1 << 25;
 
-/** Whether an identity is one the DNS proxy made: checked by number first (called per CIDR peer and identity). */
-function isFqdnIdentity(id: number, raw: readonly string[]): boolean {
+/** Whether an identity is one the DNS proxy made: checked by number first. */
+export function isFqdnIdentity(id: number, raw: readonly string[]): boolean {
   return (id & (FQDN_BITS | IPBLOCK_BIT)) === FQDN_BITS && raw.some((l) => l.startsWith('fqdn:'));
 }
 
@@ -75,11 +75,21 @@ export function fqdnEntityIdentities(raw: ReadonlyMap<number, readonly string[]>
   return out;
 }
 
+/** Each CIDR identity list as a map prefix -> identity, built once per list (compile() makes a new one). */
+const byCidrs = new WeakMap<ReadonlyArray<{ identity: number; cidr: string }>, Map<string, number>>();
+function cidrIdentityByText(cidrIds: ReadonlyArray<{ identity: number; cidr: string }>): Map<string, number> {
+  let m = byCidrs.get(cidrIds);
+  if (!m) byCidrs.set(cidrIds, (m = new Map(cidrIds.map((c) => [c.cidr, c.identity]))));
+  return m;
+}
+
 /**
  * The FQDN identities a CIDR peer selects, given the identities `selected` it selects among the CIDR
  * identities: an FQDN identity carries `cidr:P` for the longest policy prefix P covering its
  * addresses (agent/dns/steering.ts), and the peer selects it exactly when it selects P's identity (the
  * nesting argument of cidr.ts); without a covering prefix, when the peer covers the whole family.
+ * Only FQDN identities count: `raw` may hold every identity, but called once per CIDR peer it should
+ * be the FQDN identities alone (Universe.fqdn), or 30,000 CIDR peers cost 30,000 x every identity.
  */
 export function fqdnCidrIdentities(
   raw: ReadonlyMap<number, readonly string[]>,
@@ -92,7 +102,7 @@ export function fqdnCidrIdentities(
   for (const [id, l] of raw) {
     if (!isFqdnIdentity(id, l)) continue;
     sel ??= new Set(selected);
-    byCidr ??= new Map(cidrIds.map((c) => [c.cidr, c.identity]));
+    byCidr ??= cidrIdentityByText(cidrIds);
     const cover = l.find((x) => x.startsWith('cidr:'));
     if (cover) {
       const cid = byCidr.get(cover.slice('cidr:'.length));

@@ -7,7 +7,7 @@ import { CLUSTER_LABEL } from '../../common/labels.js';
 import { reservedIdentityLabels, ReservedIdentity } from '../identity/reserved.js';
 import type { Cidr } from '../ipam.js';
 import { IDENTITY_RANGE_IPBLOCK_FLAG } from '../../bpf/layout.gen.js';
-import { fqdnCidrIdentities, fqdnEntityIdentities } from './fqdn-identities.js';
+import { fqdnCidrIdentities, fqdnEntityIdentities, isFqdnIdentity } from './fqdn-identities.js';
 import { CidrPeerIndex, IPBLOCK_VIEW_PREFIX, cidrPeerIdentities, hostPrefix } from './cidr.js';
 import { CLUSTER_RESERVED, isLabelDerived } from './entities.js';
 import { identityLabelParse, selectorMatches } from './selector.js';
@@ -37,6 +37,12 @@ export function selectorSelects(sel: Selector, labels: readonly ParsedLabel[], l
 export class Universe {
   readonly labels = new Map<number, ParsedLabel[]>();
   readonly raw = new Map<number, string[]>();
+  /**
+   * The FQDN identities (the DNS proxy's) of `raw`: the only ones CIDR peers and the world entities
+   * select besides the CIDR identities, looked at once per CIDR peer (a few, where `raw` holds a
+   * CIDR identity per policy prefix: tens of thousands).
+   */
+  private readonly fqdn = new Map<number, string[]>();
   /** The identities of the ipBlock view (cidr.ts, ipBlockView), by the identity they flag. */
   private readonly ipBlockIds = new Map<number, number>();
   constructor(
@@ -55,15 +61,20 @@ export class Universe {
       this.ipBlockIds.set(b.identity & ~IDENTITY_RANGE_IPBLOCK_FLAG, b.identity);
       // named in traces and `workload policy`, but never selected by labels (not in `labels`)
       this.raw.set(b.identity, [`${IPBLOCK_VIEW_PREFIX}${b.cidr}`]);
+      this.fqdn.delete(b.identity);
     }
   }
   add(id: number, l: readonly string[]): void {
-    this.raw.set(id, [...l]);
+    const raw = [...l];
+    this.raw.set(id, raw);
     this.labels.set(id, l.map(identityLabelParse));
+    if (isFqdnIdentity(id, raw)) this.fqdn.set(id, raw);
+    else this.fqdn.delete(id);
   }
   remove(id: number): void {
     this.raw.delete(id);
     this.labels.delete(id);
+    this.fqdn.delete(id);
   }
 
   /** Workload addresses per identity and endpoint: what NetworkPolicy ipBlock peers select. */
@@ -126,11 +137,11 @@ export class Universe {
       case 'none':
         return [];
       case 'world':
-        return [R.world, R['world-ipv4'], R['world-ipv6'], ...this.cidrIds.map((c) => c.identity), ...fqdnEntityIdentities(this.raw, e)];
+        return [R.world, R['world-ipv4'], R['world-ipv6'], ...this.cidrIds.map((c) => c.identity), ...fqdnEntityIdentities(this.fqdn, e)];
       case 'world-ipv4':
       case 'world-ipv6': {
         const v6 = e === 'world-ipv6';
-        return [R[e], ...this.cidrIds.filter((c) => c.cidr.includes(':') === v6).map((c) => c.identity), ...fqdnEntityIdentities(this.raw, e)];
+        return [R[e], ...this.cidrIds.filter((c) => c.cidr.includes(':') === v6).map((c) => c.identity), ...fqdnEntityIdentities(this.fqdn, e)];
       }
       case 'cluster':
         // Cilium's cluster entity: this cluster's identities (k8s:io.cilium.k8s.policy.cluster=<its name>), no peer's
@@ -146,7 +157,7 @@ export class Universe {
         return this.entity(p.entity);
       case 'cidr': {
         const cidrIds = cidrPeerIdentities(p.cidr, p.except, this.cidrIds);
-        const ids = [...cidrIds, ...fqdnCidrIdentities(this.raw, cidrIds, this.cidrIds)];
+        const ids = [...cidrIds, ...fqdnCidrIdentities(this.fqdn, cidrIds, this.cidrIds)];
         if (!p.selectsWorkloads) return ids;
         // NetworkPolicy ipBlock: also the workload addresses it covers, per address (the ipBlock view)
         const flagged: number[] = [];
