@@ -69,7 +69,7 @@ export interface NativeBpf {
     results?: Buffer,
   ): { upserted: number; deleted: number; missing: number };
   /**
-   * Every key updated in one BPF_MAP_UPDATE_BATCH syscall (hash maps; LPM tries have no batch ops).
+   * Every key updated in one BPF_MAP_UPDATE_BATCH syscall (used on hash maps; LPM tries have the op only on newer kernels).
    * Returns the count; an error carries `index`, the number of keys updated before it.
    */
   mapUpdateBatch(fd: number, keys: Buffer, values: Buffer, keySize: number, valueSize: number, flags: number): number;

@@ -51,16 +51,17 @@ function batchUnsupported(err: unknown): boolean {
 export function dump(map: BpfMap, max: number): Dump {
   const n = native();
   try {
+    // A per-CPU map's value is one slot per possible CPU (valueBufSize): what the kernel writes.
     let d: { count: number; keys: Buffer; values: Buffer } | undefined;
     if (BATCH_TYPES.has(map.type)) {
       try {
-        d = n.mapDumpBatch(map.fd, map.keySize, map.valueSize, max);
+        d = n.mapDumpBatch(map.fd, map.keySize, map.valueBufSize, max);
       } catch (err) {
         if (!batchUnsupported(err)) throw err;
       }
     }
-    d ??= n.mapDump(map.fd, map.keySize, map.valueSize, max);
-    return { ...d, keySize: map.keySize, valueSize: map.valueSize };
+    d ??= n.mapDump(map.fd, map.keySize, map.valueBufSize, max);
+    return { ...d, keySize: map.keySize, valueSize: map.valueBufSize };
   } catch (err) {
     throw bpfError(err);
   }
