@@ -24,7 +24,7 @@ import { ConfigError } from '../../common/config-error.js';
 import { ReservedIdentity } from '../identity/reserved.js';
 import type { Cidr } from '../ipam.js';
 import { cidrContainsCidr, cidrParsed, hostPrefix, policyCidrs } from '../policy/cidr.js';
-import { HostDestinationSet, hostDestinations } from '../policy/host-destinations.js';
+import { HostDestinationSet, hostDestinations, hostDestinationSetListed } from '../policy/host-destinations.js';
 import { policiesFromObjects } from '../policy/index.js';
 import type { PolicyEngine } from '../policy/engine.js';
 import { isLabelDerived } from '../policy/entities.js';
@@ -311,8 +311,13 @@ export class DnsSteering {
     this.hostAddresses = undefined;
   }
 
-  /** The host's destinations, read again when older than a second (for the resolver's identity). */
+  /**
+   * The host's destinations: the kernel's listing (current: the watch replaces it on every change),
+   * or before there is one, node:os's addresses read again when older than a second.
+   */
   private hostAddressesRecent(): HostDestinationSet {
+    const listedSet = hostDestinationSetListed();
+    if (listedSet) return listedSet;
     const now = performance.now();
     if (!this.hostAddresses || now - this.hostAddresses.readAt > HOST_ADDRESSES_MAX_AGE_MS) {
       this.hostAddresses = { readAt: now, set: new HostDestinationSet(hostDestinations()) };

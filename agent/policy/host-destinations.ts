@@ -123,6 +123,20 @@ export function hostDestinationsListedSet(listing: HostDestinationListing | unde
   listed = listing;
 }
 
+/** The set of the last listing, made once per listing (the watch hands over a new one on every change). */
+let listedSet: { listing: HostDestinationListing; set: HostDestinationSet } | undefined;
+
+/**
+ * The host destinations of the kernel's last listing as a set, current whenever it is asked (made
+ * again only when the listing changed: building it parses every prefix, a millisecond or more on a
+ * host with many addresses); undefined before there is a listing.
+ */
+export function hostDestinationSetListed(): HostDestinationSet | undefined {
+  if (!listed) return undefined;
+  if (listedSet?.listing !== listed) listedSet = { listing: listed, set: new HostDestinationSet(hostDestinationsFrom(listed.addresses, listed.localDelivery)) };
+  return listedSet.set;
+}
+
 /**
  * The host prefixes of this host now: from the kernel's last listing, or, before there is one, the
  * addresses node:os reports.
