@@ -5,7 +5,7 @@ import type { IpcacheEntry } from '../../bpf/index.js';
 import type { KernelOps } from '../../agent/kernel-ops.js';
 import type { Store } from '../../agent/store/store.js';
 import type { CompiledPolicy } from '../../agent/policy/index.js';
-import { HOST_RANGES, HostDestinationSet, hostDestinationsFrom, hostDestinationsOf, interfaceAddressDestinations } from '../../agent/policy/host-destinations.js';
+import { HOST_RANGES, HostDestinationSet, hostDestinationSetListed, hostDestinationsFrom, hostDestinationsListedSet, hostDestinationsOf, interfaceAddressDestinations } from '../../agent/policy/host-destinations.js';
 import { ipcacheSyncSteps } from '../../agent/policy/ipcache-sync.js';
 import { stepsRun } from '../../agent/policy/slices.js';
 
@@ -57,6 +57,25 @@ test('host destinations of the kernel\'s listing: the addresses and the local ta
     ...HOST_RANGES, '127.0.0.1/32', '127.0.0.0/8', '198.51.100.1/32', 'fd00:9::1/128', '192.0.2.9/32',
     '127.255.255.255/32', '198.51.100.255/32', '203.0.113.0/24', '::1/128', 'fd00:9::/128',
   ], 'no 198.51.100.0: the kernel has no route delivering it locally');
+});
+
+test('the set of the kernel\'s listing: none before a listing, one per listing, a new listing seen at once', () => {
+  try {
+    hostDestinationsListedSet(undefined);
+    assert.equal(hostDestinationSetListed(), undefined, 'no listing: the caller reads node:os');
+    hostDestinationsListedSet({ addresses: [{ cidr: '198.51.100.1/24', loopback: false }], localDelivery: [] });
+    const first = hostDestinationSetListed()!;
+    assert.equal(first.has('198.51.100.1'), true);
+    assert.equal(first.has('198.51.100.2'), false);
+    assert.equal(hostDestinationSetListed(), first, 'the same listing: the same set, not built again');
+    // The watch lists an address added since: the next question sees it.
+    hostDestinationsListedSet({ addresses: [{ cidr: '198.51.100.1/24', loopback: false }, { cidr: '198.51.100.2/24', loopback: false }], localDelivery: [] });
+    assert.equal(hostDestinationSetListed()!.has('198.51.100.2'), true);
+    hostDestinationsListedSet(undefined);
+    assert.equal(hostDestinationSetListed(), undefined, 'the watch stopped: node:os again');
+  } finally {
+    hostDestinationsListedSet(undefined);
+  }
 });
 
 test('HostDestinationSet: an address or a prefix inside a host prefix, never one that only contains one', () => {
