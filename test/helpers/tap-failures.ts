@@ -47,15 +47,18 @@ export function tapFailures(text: string): Failure[] {
 }
 
 function main(files: string[]): void {
+  let shown = 0;
   for (const file of files) {
     if (!existsSync(file)) continue;
     for (const f of tapFailures(readFileSync(file, 'utf8'))) {
+      shown++;
       console.log(`✖ ${f.path.join(' › ')}   [${file}]`);
-      const shown = f.diagnostic.filter((d) => !/^(duration_ms|location|failureType|code|name|operator):/.test(d.trim()));
-      for (const d of shown.slice(0, DIAGNOSTIC_LINES_MAX)) console.log(`    ${d}`);
-      if (shown.length > DIAGNOSTIC_LINES_MAX) console.log(`    … ${shown.length - DIAGNOSTIC_LINES_MAX} more lines in ${file}`);
+      const lines = f.diagnostic.filter((d) => !/^(duration_ms|location|failureType|code|name|operator):/.test(d.trim()));
+      for (const d of lines.slice(0, DIAGNOSTIC_LINES_MAX)) console.log(`    ${d}`);
+      if (lines.length > DIAGNOSTIC_LINES_MAX) console.log(`    … ${lines.length - DIAGNOSTIC_LINES_MAX} more lines in ${file}`);
     }
   }
+  if (shown === 0) console.log('no failed test in the TAP files: a part failed outside its tests (a VM that died, a runner that could not start); its output above says how');
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) main(process.argv.slice(2));
