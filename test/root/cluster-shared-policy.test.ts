@@ -44,7 +44,7 @@ describe('cluster mode: policies and namespace labels shared through etcd (root)
   const node = (tag: string, octet: number) =>
     new AgentFixture({
       tag,
-      ipv4Pool: '10.224.0.0/14',
+      ipv4Pool: '10.164.0.0/14',
       ipv6Pool: 'fd00:226::/64',
       namespaces: [NS, NS2],
       overrides: { cluster: { name: 'kitshare', id: 12, nodeIP: `192.0.2.${octet}`, etcd: { endpoints: [etcd!.endpoint] }, ipam: { ipv4MaskSize: 16 }, autoDirectNodeRoutes: false } },
