@@ -38,6 +38,12 @@ export interface DnsFastRecord {
   client: DnsEndpoint;
   /** Where the thread forwarded it (not for `query`). */
   upstream: DnsEndpoint | undefined;
+  /**
+   * The resolver the client addressed, as the thread read it from the datapath's `dns_redirect` map
+   * when the query came in (null: no entry, the query was not steered here); the proxy need not read
+   * the map again.
+   */
+  addressed: DnsEndpoint | null;
   errno: number;
   receivedNs: bigint;
   /** Views of the batch: copy what is kept past the callback. */
@@ -46,8 +52,11 @@ export interface DnsFastRecord {
 }
 
 /** The record layout of dnsfast.c (record_add). */
-const REC_HEADER = 136;
+const REC_HEADER = 184;
 const REC_ADDR_TEXT = 48;
+const REC_ADDRESSED_AT = 136;
+const REC_F_SENT = 1;
+const REC_F_ADDRESSED = 2;
 
 function text(batch: Buffer, at: number): string {
   const end = batch.indexOf(0, at);
@@ -63,11 +72,13 @@ export function dnsFastRecords(batch: Buffer, each: (r: DnsFastRecord) => void):
     const queryLength = batch.readUInt32LE(at + 16);
     const answerLength = batch.readUInt32LE(at + 20);
     const body = at + REC_HEADER;
+    const flags = batch[at + 5]!;
     each({
       kind: batch[at + 4] as DnsFastRecordKind,
-      sent: (batch[at + 5]! & 1) !== 0,
+      sent: (flags & REC_F_SENT) !== 0,
       client: { address: text(batch, at + 32), port: batch.readUInt16LE(at + 6) },
       upstream: upstreamPort ? { address: text(batch, at + 80), port: upstreamPort } : undefined,
+      addressed: flags & REC_F_ADDRESSED ? { address: text(batch, at + REC_ADDRESSED_AT), port: batch.readUInt16LE(at + 10) } : null,
       errno: batch.readInt32LE(at + 12),
       receivedNs: batch.readBigUInt64LE(at + 24),
       query: batch.subarray(body, body + queryLength),

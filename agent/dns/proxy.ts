@@ -61,9 +61,10 @@ export interface DnsProxyOptions {
   /**
    * The resolver to forward a client's query to (the destination it addressed, from the datapath's
    * steering map, or a configured upstream); undefined for a client that was not steered here (it is
-   * answered REFUSED, never forwarded).
+   * answered REFUSED, never forwarded). `addressed`: that destination as already read from the map when
+   * the query came in (null: there was none), for the map not to be read twice.
    */
-  upstream(client: DnsEndpoint, transport: DnsTransport): DnsEndpoint | undefined;
+  upstream(client: DnsEndpoint, transport: DnsTransport, addressed?: DnsEndpoint | null): DnsEndpoint | undefined;
   /** Whether the client may look up `name` (lower case, no trailing dot) from `upstream` over `transport`. */
   verdict(client: DnsEndpoint, name: string, transport: DnsTransport, upstream: DnsEndpoint): DnsVerdict;
   /** Writes what the answer taught into the maps; the answer waits for it. A rejection makes it SERVFAIL. */
@@ -288,14 +289,14 @@ export class DnsProxy {
     this.opts.log[level](fields, message);
   }
 
-  private udpQuery(sock: UdpSocket, received: Buffer, client: DnsEndpoint): void {
+  private udpQuery(sock: UdpSocket, received: Buffer, client: DnsEndpoint, addressed?: DnsEndpoint | null): void {
     if (!this.admit(client)) return;
     // A query waits for its upstream (seconds, for one that never answers): kept as a view, it would
     // keep its whole slab, and a workload sending large junk between queries it makes wait could pin a
     // slab per query. Copied (from node's pool: no ArrayBuffer of its own), it keeps only its bytes.
     const msg = Buffer.from(received);
     // One reaction for both outcomes (not then/catch/finally: three promises a query).
-    this.answer(msg, client, 'udp').then(
+    this.answer(msg, client, 'udp', addressed).then(
       (reply) => {
         this.release(client);
         // Not after stop(): the queries it cut short end here with the socket closed.
@@ -387,7 +388,7 @@ export class DnsProxy {
   }
 
   /** The reply to one query, or undefined to say nothing (not even a header to answer to). */
-  private async answer(msg: Buffer, client: DnsEndpoint, transport: DnsTransport): Promise<Buffer | undefined> {
+  private async answer(msg: Buffer, client: DnsEndpoint, transport: DnsTransport, addressed?: DnsEndpoint | null): Promise<Buffer | undefined> {
     const receivedNs = wallClockNs();
     if (msg.length < DNS_HEADER_LENGTH) {
       this.stats.malformed++;
@@ -411,7 +412,7 @@ export class DnsProxy {
       this.stats.malformed++;
       return dnsErrorReply(msg, DnsRcode.FORMERR);
     }
-    const upstream = this.opts.upstream(client, transport);
+    const upstream = this.opts.upstream(client, transport, addressed);
     const verdict: DnsVerdict = upstream ? this.opts.verdict(client, q.name, transport, upstream) : { allowed: false, rule: 'not steered to the proxy by the datapath' };
     if (!verdict.allowed) {
       this.stats.refused++;
@@ -496,7 +497,7 @@ export class DnsProxy {
    */
   private fastRecord(sock: UdpSocket, r: DnsFastRecord): void {
     if (this.udp !== sock) return;
-    if (r.kind === DnsFastRecordKind.query) return this.udpQuery(sock, r.query, r.client);
+    if (r.kind === DnsFastRecordKind.query) return this.udpQuery(sock, r.query, r.client, r.addressed);
     const released = r.kind === DnsFastRecordKind.answered;
     if (released) this.stats.fastAnswered++;
     const msg = Buffer.from(r.query);
@@ -525,7 +526,7 @@ export class DnsProxy {
       return released ? undefined : dnsErrorReply(msg, DnsRcode.FORMERR);
     }
     const q = query.questions[0]!;
-    const upstream = this.opts.upstream(client, 'udp');
+    const upstream = this.opts.upstream(client, 'udp', r.addressed);
     let verdict: DnsVerdict = upstream ? this.opts.verdict(client, q.name, 'udp', upstream) : { allowed: false, rule: 'not steered to the proxy by the datapath' };
     if (!verdict.allowed || upstream?.address !== used.address || upstream.port !== used.port) {
       // Something the verdicts depend on changed without a hook dropping them: all of them go now.

@@ -223,7 +223,7 @@ export class DnsSteering {
   private proxyFor(address: string, port: number): DnsProxy {
     const p = new DnsProxy({
       listen: { address, port },
-      upstream: (client, transport) => this.upstream(client, transport),
+      upstream: (client, transport, addressed) => this.upstream(client, transport, addressed),
       verdict: (client, name, transport, upstream) => this.verdict(client, name, transport, upstream),
       learn: (client, learned) => this.learn(client, learned),
       minTtl: this.deps.config.proxy.minTTL,
@@ -325,9 +325,9 @@ export class DnsSteering {
     return this.hostAddresses.set;
   }
 
-  private upstream(client: DnsEndpoint, transport: DnsTransport): DnsEndpoint | undefined {
+  private upstream(client: DnsEndpoint, transport: DnsTransport, addressed?: DnsEndpoint | null): DnsEndpoint | undefined {
     const protocol = transport === 'udp' ? 17 : 6;
-    const orig = this.maps?.originalDestination(client.address, client.port, protocol);
+    const orig = addressed !== undefined ? (addressed ?? undefined) : this.maps?.originalDestination(client.address, client.port, protocol);
     this.lastClient = client;
     this.lastProtocol = protocol;
     this.lastOrig = orig;

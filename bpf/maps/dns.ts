@@ -81,16 +81,16 @@ export class DnsSteeringMaps {
     return [...this.endpoints.keys()].map((k) => k.readUInt32LE(0));
   }
 
-  /**
-   * The destination a steered client (workload address, source port, 6 or 17) addressed, if known. Read
-   * for every query the proxy takes: key and value go through buffers kept for them (the kernel copies
-   * both during the call), and a destination equal to the last one read is that same frozen object.
-   */
   /** The `dns_redirect` map's descriptor (the DNS proxy's fast path reads it in its own thread). */
   get redirectFd(): number {
     return this.redirect.fd;
   }
 
+  /**
+   * The destination a steered client (workload address, source port, 6 or 17) addressed, if known. Read
+   * for every query the proxy takes: key and value go through buffers kept for them (the kernel copies
+   * both during the call), and a destination equal to the last one read is that same frozen object.
+   */
   originalDestination(client: string, port: number, protocol: number): Readonly<{ address: string; port: number }> | undefined {
     const { family, addr } = addrBytes(client);
     const key = this.redirectKey;

@@ -120,6 +120,8 @@ for (const family of ['127.0.0.1', '::1'] as const) {
     let learnEntered: (() => void) | undefined;
     const learnCalls: LearnedName[][] = [];
     const verdictCalls: string[] = [];
+    /** What the proxy passed upstream() as the resolver the thread read from dns_redirect. */
+    const addressedSeen: Array<{ client: DnsEndpoint; addressed: DnsEndpoint | null | undefined }> = [];
 
     const steer = (client: string, port: number) => {
       const key = structEncode(DNS_REDIRECT_KEY, { addr: padded(v6 ? ipv6Parse(client) : ipv4Parse(client)), port, protocol: 17, family: v6 ? FAMILY_IPV6 : FAMILY_IPV4 });
@@ -148,7 +150,10 @@ for (const family of ['127.0.0.1', '::1'] as const) {
       tables = new DnsFastTables(64, 256);
       proxy = new DnsProxy({
         listen: { address: family, port: 0 },
-        upstream: () => ({ address: family, port: upstreamAt || upstream.port }),
+        upstream: (c, _transport, addressed) => {
+          addressedSeen.push({ client: c, addressed });
+          return { address: family, port: upstreamAt || upstream.port };
+        },
         verdict: (_c, name): DnsVerdict => {
           verdictCalls.push(name);
           return allow(name) ? { allowed: true, rule: 'test allows *.test', resolver } : { allowed: false, rule: 'test denies', resolver };
@@ -339,6 +344,23 @@ for (const family of ['127.0.0.1', '::1'] as const) {
       const fresh = await client();
       assert.equal((await lookup(fresh, 4242, 'api.test')).rcode, DnsRcode.NOERROR);
       assert.equal((await lookup(fresh, 4243, 'api.test')).rcode, DnsRcode.NOERROR);
+    });
+
+    test('the resolver a query addressed comes with its record (the map read once, by the thread): handed over or answered by the thread; none for a client the datapath did not steer', async () => {
+      upstream.zone.set('addressed.test', [{ name: 'addressed.test', ttl: 300, address: '198.51.100.50' }]);
+      const c = await client();
+      const seenBy = (port: number) => addressedSeen.filter((s) => s.client.port === port).map((s) => s.addressed);
+      await lookup(c, 1, 'addressed.test');
+      const fast = fastAnswered();
+      await lookup(c, 2, 'addressed.test');
+      await waitFor('the thread\'s answer handed to the agent', async () => fastAnswered() > fast);
+      assert.deepEqual(seenBy(c.port), [resolver, resolver], 'the handed query and the thread\'s answer both carry the steered resolver');
+      // No dns_redirect entry: the record says so (null), the proxy does not read the map itself.
+      const stray = await new Client(family, at).open(() => {});
+      clients.push(stray);
+      stray.send(dnsQueryBuild(3, 'addressed.test', DnsType.A));
+      await stray.next('the unsteered client\'s answer');
+      assert.deepEqual(seenBy(stray.port), [null]);
     });
 
     test('a known address with less than 5 s left is not released by the thread', async () => {

@@ -60,14 +60,18 @@ enum record_kind {
 	REC_FAILED = 4,	  /* forwarded; the upstream failed: the agent answers SERVFAIL */
 };
 #define REC_F_SENT 1
+#define REC_F_ADDRESSED 2 /* the datapath's dns_redirect entry of the query was read: the resolver below */
 /*
  * A record (host byte order): u32 length (the whole record, 8-aligned), u8 kind, u8 flags, u16 client
- * port, u16 upstream port, u16 0, i32 errno (REC_FAILED: 0 = no answer in time), u32 query length, u32
- * answer length, u64 received (wall clock, ns), char[48] client address, char[48] upstream address
- * (NUL-padded), u16 0 x4, then the query's bytes and the answer's (the client's id put back).
+ * port, u16 upstream port, u16 addressed port, i32 errno (REC_FAILED: 0 = no answer in time), u32 query
+ * length, u32 answer length, u64 received (wall clock, ns), char[48] client address, char[48] upstream
+ * address, u16 0 x4, char[48] addressed resolver (the query's original destination, as the thread read
+ * it from dns_redirect: the agent need not read the map again), all NUL-padded, then the query's bytes
+ * and the answer's (the client's id put back).
  */
-#define REC_HEADER 136
+#define REC_HEADER 184
 #define REC_ADDR_TEXT 48
+#define REC_ADDRESSED_AT 136
 
 /* ---- the tables the agent fills (shared by the proxies of both families) -------------------------- */
 
@@ -424,6 +428,7 @@ struct pending {
 	uint64_t received_ns;
 	uint16_t qtype, qclass;
 	char qname[TABLE_NAME_MAX];
+	struct dns_redirect_value addressed;
 	uint16_t query_len;
 	uint8_t query[FAST_QUERY_MAX];
 };
@@ -495,7 +500,8 @@ static bool sockaddr_same(const struct sockaddr_storage *a, socklen_t alen, cons
 
 /* A record for the agent, into the thread's batch (posted at the end of the wakeup). */
 static void record_add(struct dns_fast *f, uint8_t kind, uint8_t flags, const struct sockaddr_storage *client, const struct sockaddr_storage *upstream,
-		       int32_t err, uint64_t received_ns, const uint8_t *query, size_t qlen, const uint8_t *answer, size_t alen)
+		       const struct dns_redirect_value *addressed, int32_t err, uint64_t received_ns, const uint8_t *query, size_t qlen,
+		       const uint8_t *answer, size_t alen)
 {
 	size_t need = (REC_HEADER + qlen + alen + 7) & ~(size_t)7;
 	uint8_t *r;
@@ -530,6 +536,12 @@ static void record_add(struct dns_fast *f, uint8_t kind, uint8_t flags, const st
 	memcpy(r + 20, &a32, 4);
 	memcpy(r + 24, &received_ns, 8);
 	inet_ntop(client->ss_family, addr, (char *)r + 32, REC_ADDR_TEXT);
+	if (addressed) {
+		/* the entry's family is the client's: a steered packet keeps its family */
+		r[5] |= REC_F_ADDRESSED;
+		memcpy(r + 10, &addressed->port, 2);
+		inet_ntop(client->ss_family, addressed->addr, (char *)r + REC_ADDRESSED_AT, REC_ADDR_TEXT);
+	}
 	memcpy(r + REC_HEADER, query, qlen);
 	if (alen)
 		memcpy(r + REC_HEADER + qlen, answer, alen);
@@ -698,6 +710,8 @@ static bool forward(struct dns_fast *f, const uint8_t *q, size_t qlen, const str
 	p->client = *client;
 	p->client_len = client_len;
 	p->upstream = v->upstream;
+	memcpy(p->addressed.addr, v->orig, 16);
+	p->addressed.port = v->orig_port;
 	p->deadline_ms = now + f->timeout_ms;
 	p->received_ns = received_ns;
 	p->qtype = f->rd.qtype;
@@ -730,27 +744,27 @@ static void client_read(struct dns_fast *f)
 		int64_t now = now_ms(CLOCK_MONOTONIC);
 		struct dns_read *r = &f->rd;
 		struct verdict_slot v;
-		bool taken = false;
-		if ((size_t)n <= FAST_QUERY_MAX && dns_read(f->rbuf, (size_t)n, r) && r->plain && strlen(r->qname) < TABLE_NAME_MAX &&
+		struct dns_redirect_key key = { 0 };
+		struct dns_redirect_value orig;
+		bool taken = false, addressed;
+		uint16_t port;
+		/* read for every query, taken or not: the agent answers those it is handed by this reading */
+		addr_bytes(&from, key.addr, &port);
+		key.port = port;
+		key.protocol = IPPROTO_UDP;
+		key.family = from.ss_family == AF_INET ? FAMILY_IPV4 : FAMILY_IPV6;
+		addressed = bpf_map_lookup_elem(f->map_fd, &key, &orig) == 0;
+		if (addressed && (size_t)n <= FAST_QUERY_MAX && dns_read(f->rbuf, (size_t)n, r) && r->plain && strlen(r->qname) < TABLE_NAME_MAX &&
 		    (r->flags & 0xf800) == 0 /* a query, opcode 0 */) {
-			struct dns_redirect_key key = { 0 };
-			struct dns_redirect_value orig;
-			uint16_t port;
-			addr_bytes(&from, key.addr, &port);
-			key.port = port;
-			key.protocol = IPPROTO_UDP;
-			key.family = from.ss_family == AF_INET ? FAMILY_IPV4 : FAMILY_IPV6;
-			if (bpf_map_lookup_elem(f->map_fd, &key, &orig) == 0) {
-				bool hit;
-				pthread_mutex_lock(&f->tables->lock);
-				hit = verdict_find(f->tables, key.family, key.addr, orig.addr, orig.port, r->qname, now_ms(CLOCK_MONOTONIC), &v);
-				pthread_mutex_unlock(&f->tables->lock);
-				taken = hit && forward(f, f->rbuf, (size_t)n, &from, fromlen, &v, received, now);
-			}
+			bool hit;
+			pthread_mutex_lock(&f->tables->lock);
+			hit = verdict_find(f->tables, key.family, key.addr, orig.addr, orig.port, r->qname, now_ms(CLOCK_MONOTONIC), &v);
+			pthread_mutex_unlock(&f->tables->lock);
+			taken = hit && forward(f, f->rbuf, (size_t)n, &from, fromlen, &v, received, now);
 		}
 		if (!taken) {
 			atomic_fetch_add(&f->stats.handed, 1);
-			record_add(f, REC_QUERY, 0, &from, NULL, 0, received, f->rbuf, (size_t)n, NULL, 0);
+			record_add(f, REC_QUERY, 0, &from, NULL, addressed ? &orig : NULL, 0, received, f->rbuf, (size_t)n, NULL, 0);
 		}
 	}
 }
@@ -807,7 +821,7 @@ static void upstream_read(struct dns_fast *f, int si)
 					continue;
 				struct pending *p = &f->pend[slot];
 				atomic_fetch_add(&f->stats.failed, 1);
-				record_add(f, REC_FAILED, 0, &p->client, &p->upstream, err, p->received_ns, p->query, p->query_len, NULL, 0);
+				record_add(f, REC_FAILED, 0, &p->client, &p->upstream, &p->addressed, err, p->received_ns, p->query, p->query_len, NULL, 0);
 				slot_free(f, slot);
 			}
 			sock_close(f, si);
@@ -837,7 +851,7 @@ static void upstream_read(struct dns_fast *f, int si)
 			atomic_fetch_add(&f->stats.learn, 1);
 			f->rbuf[0] = (uint8_t)(p->client_id >> 8);
 			f->rbuf[1] = (uint8_t)p->client_id;
-			record_add(f, REC_LEARN, 0, &p->client, &p->upstream, 0, p->received_ns, p->query, p->query_len, f->rbuf, (size_t)n);
+			record_add(f, REC_LEARN, 0, &p->client, &p->upstream, &p->addressed, 0, p->received_ns, p->query, p->query_len, f->rbuf, (size_t)n);
 			slot_free(f, slot);
 			continue;
 		}
@@ -852,10 +866,10 @@ static void upstream_read(struct dns_fast *f, int si)
 			if (sent == n)
 				flags = REC_F_SENT;
 			atomic_fetch_add(&f->stats.answered, 1);
-			record_add(f, REC_ANSWERED, flags, &p->client, &p->upstream, 0, p->received_ns, p->query, p->query_len, f->rbuf, (size_t)n);
+			record_add(f, REC_ANSWERED, flags, &p->client, &p->upstream, &p->addressed, 0, p->received_ns, p->query, p->query_len, f->rbuf, (size_t)n);
 		} else {
 			atomic_fetch_add(&f->stats.learn, 1);
-			record_add(f, REC_LEARN, 0, &p->client, &p->upstream, 0, p->received_ns, p->query, p->query_len, f->rbuf, (size_t)n);
+			record_add(f, REC_LEARN, 0, &p->client, &p->upstream, &p->addressed, 0, p->received_ns, p->query, p->query_len, f->rbuf, (size_t)n);
 		}
 		slot_free(f, slot);
 	}
@@ -879,7 +893,7 @@ static int housekeeping(struct dns_fast *f)
 			continue;
 		}
 		atomic_fetch_add(&f->stats.failed, 1);
-		record_add(f, REC_FAILED, 0, &p->client, &p->upstream, 0, p->received_ns, p->query, p->query_len, NULL, 0);
+		record_add(f, REC_FAILED, 0, &p->client, &p->upstream, &p->addressed, 0, p->received_ns, p->query, p->query_len, NULL, 0);
 		slot_free(f, slot);
 		seen--;
 	}
