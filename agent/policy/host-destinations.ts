@@ -153,17 +153,25 @@ export function hostDestinations(): string[] {
 export class HostDestinationSet {
   private readonly exact = new Set<string>();
   private readonly wide: Cidr[] = [];
+  /** The IPv4 prefixes again as numbers: a bare IPv4 address (every learned DNS answer's) is judged without a parse into a bigint. */
+  private readonly exactV4 = new Set<number>();
+  private readonly wideV4: Array<{ network: number; shift: number }> = [];
 
   constructor(prefixes: readonly string[]) {
     for (const p of prefixes) {
       const c = cidrParse(p);
       if (c.prefixLength === BITS[c.family]) this.exact.add(c.text);
       else this.wide.push(c);
+      if (c.family !== 4) continue;
+      if (c.prefixLength === 32) this.exactV4.add(Number(c.network));
+      else this.wideV4.push({ network: Number(c.network), shift: 32 - c.prefixLength });
     }
   }
 
   /** `what`: an address (`192.0.2.255`) or a prefix (`fe80::/64`). */
   has(what: string): boolean {
+    const v4 = ipv4Dotted(what);
+    if (v4 !== undefined) return this.exactV4.has(v4) || this.wideV4.some((w) => w.shift === 32 || Math.floor(v4 / 2 ** w.shift) === Math.floor(w.network / 2 ** w.shift));
     let c: Cidr;
     try {
       c = cidrParsed(what.includes('/') ? what : `${what}/${what.includes(':') ? 128 : 32}`); // cached: policies repeat prefixes
@@ -177,4 +185,32 @@ export class HostDestinationSet {
       return c.network >> shift === w.network >> shift;
     });
   }
+}
+
+/**
+ * A bare IPv4 address in plain dotted decimal (four numbers 0-255, no leading zeros) as a number;
+ * undefined for anything else, which the caller parses the general way (same answers, slower).
+ */
+export function ipv4Dotted(text: string): number | undefined {
+  if (text.length > 15) return undefined;
+  let value = 0;
+  let part = -1;
+  let digits = 0;
+  let parts = 0;
+  for (let i = 0; i <= text.length; i++) {
+    const ch = i < text.length ? text.charCodeAt(i) : 46; // a '.' after the end closes the last part
+    if (ch === 46) {
+      if (digits === 0 || part > 255 || ++parts > 4) return undefined;
+      value = value * 256 + part;
+      part = -1;
+      digits = 0;
+    } else if (ch >= 48 && ch <= 57) {
+      if (part === 0) return undefined; // a leading zero: octal to some parsers
+      part = (part < 0 ? 0 : part * 10) + (ch - 48);
+      digits++;
+    } else {
+      return undefined;
+    }
+  }
+  return parts === 4 ? value : undefined;
 }

@@ -5,7 +5,7 @@ import type { IpcacheEntry } from '../../bpf/index.js';
 import type { KernelOps } from '../../agent/kernel-ops.js';
 import type { Store } from '../../agent/store/store.js';
 import type { CompiledPolicy } from '../../agent/policy/index.js';
-import { HOST_RANGES, HostDestinationSet, hostDestinationSetListed, hostDestinationsFrom, hostDestinationsListedSet, hostDestinationsOf, interfaceAddressDestinations } from '../../agent/policy/host-destinations.js';
+import { HOST_RANGES, HostDestinationSet, hostDestinationSetListed, ipv4Dotted, hostDestinationsFrom, hostDestinationsListedSet, hostDestinationsOf, interfaceAddressDestinations } from '../../agent/policy/host-destinations.js';
 import { ipcacheSyncSteps } from '../../agent/policy/ipcache-sync.js';
 import { stepsRun } from '../../agent/policy/slices.js';
 
@@ -86,6 +86,26 @@ test('HostDestinationSet: an address or a prefix inside a host prefix, never one
   for (const no of ['192.0.2.2', '192.0.2.0/24', '0.0.0.0/0', '::/0', 'fec0::1', '2001:db8::1', '223.255.255.255', 'not an address']) {
     assert.equal(s.has(no), false, no);
   }
+});
+
+test('ipv4Dotted: plain dotted decimal only; anything else is left to the general parse', () => {
+  assert.equal(ipv4Dotted('0.0.0.0'), 0);
+  assert.equal(ipv4Dotted('192.0.2.1'), 0xc0000201);
+  assert.equal(ipv4Dotted('255.255.255.255'), 0xffffffff);
+  for (const no of ['', '1.2.3', '1.2.3.4.5', '1.2.3.256', '01.2.3.4', '1.2.3.04', '1..3.4', '.1.2.3', '1.2.3.4.', '1.2.3.4/32', '1.2.3.-4', '0x1.2.3.4', '::1', '1.2.3.4 ', '1234.1.1.1']) {
+    assert.equal(ipv4Dotted(no), undefined, JSON.stringify(no));
+  }
+});
+
+test('HostDestinationSet: a bare IPv4 address judged by number as the general parse judges its /32', () => {
+  const sets = [new HostDestinationSet(['192.0.2.1/32', '198.51.100.0/24', '10.0.0.0/7', ...HOST_RANGES]), new HostDestinationSet(['0.0.0.0/0'])];
+  let seed = 42;
+  const rand = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+  const addresses = ['192.0.2.1', '192.0.2.2', '198.51.100.0', '198.51.100.255', '198.51.101.0', '9.255.255.255', '10.0.0.0', '11.255.255.255', '12.0.0.0', '0.0.0.0'];
+  for (let i = 0; i < 3000; i++) addresses.push(Array.from({ length: 4 }, () => Math.floor(rand() * 256)).join('.'));
+  for (const s of sets) for (const a of addresses) assert.equal(s.has(a), s.has(`${a}/32`), a);
+  assert.equal(sets[0]!.has('10.1.2.3'), true);
+  assert.equal(sets[0]!.has('12.1.2.3'), false);
 });
 
 /** A datapath's ipcache as a map, for ipcacheSyncSteps. */
