@@ -130,6 +130,13 @@ export interface NativeBpf {
   dnsFastTables(verdictSlots: number, knownSlots: number): NativeHandle;
   /** Queries of `client` to `resolver`:`resolverPort` for `name` may go to `upstream`; false: a name the thread never takes. */
   dnsFastVerdict(tables: NativeHandle, client: string, resolver: string, resolverPort: number, name: string, upstream: string, upstreamPort: number): boolean;
+  /**
+   * Queries of `client` to `resolver`:`resolverPort` for any name `selectors` allow (DnsFastTables.plan)
+   * may go to `upstream`. 0: not taken; 2: taken after every other plan was dropped (the table was half full).
+   */
+  dnsFastPlan(tables: NativeHandle, client: string, resolver: string, resolverPort: number, selectors: string, upstream: string, upstreamPort: number): 0 | 1 | 2;
+  /** The fast path's matching of one name against a plan's selectors (for tests). */
+  dnsFastPlanAllows(selectors: string, name: string): boolean;
   /** The maps hold `address` for `name` until `expiresAtMs` (wall clock). */
   dnsFastKnown(tables: NativeHandle, name: string, address: string, expiresAtMs: number): boolean;
   /** Drops every verdict and / or every known answer, at once. */

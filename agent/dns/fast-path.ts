@@ -1,7 +1,8 @@
 /**
  * The DNS proxy's fast path: a thread of the addon (bpf/native/src/dnsfast.c) reads the proxy's UDP
  * socket and answers, without the agent's JavaScript thread, the lookups whose outcome that thread
- * already decided: a name it allowed this client to ask this resolver (DnsFastTables.verdict), and an
+ * already decided: a name it allowed this client to ask this resolver (DnsFastTables.verdict) or any name
+ * the rules deciding that client's queries to that resolver allow (DnsFastTables.plan), and an
  * answer whose every address the maps already hold for the name (DnsFastTables.known). Everything else
  * reaches the proxy as a record to handle as before (agent/dns/proxy.ts), and so does every lookup the
  * thread answered, afterwards, for its flows, metrics and the learned addresses' expiry.
@@ -51,6 +52,9 @@ export interface DnsFastRecord {
   answer: Buffer | undefined;
 }
 
+/** A plan is given again after this long: the thread drops it after 60 s (VERDICT_MAX_AGE_MS). */
+const PLAN_REGIVE_MS = 30_000;
+
 /** The record layout of dnsfast.c (record_add). */
 const REC_HEADER = 184;
 const REC_ADDR_TEXT = 48;
@@ -97,6 +101,8 @@ export class DnsFastTables {
   readonly handle: NativeHandle;
   /** The resolvers some verdict was given for: a learned write at one of them changes its identity. */
   private readonly resolvers = new Set<string>();
+  /** The plans given to the thread (by client, resolver and upstream), and when. */
+  private readonly plans = new Map<string, { names: string; at: number }>();
 
   constructor(verdictSlots = 8192, knownSlots = 32_768) {
     this.handle = native().dnsFastTables(verdictSlots, knownSlots);
@@ -105,6 +111,23 @@ export class DnsFastTables {
   /** Queries of `client` to `resolver` for `name` may go to `upstream` (an allowed verdict only). */
   verdict(client: string, resolver: DnsEndpoint, name: string, upstream: DnsEndpoint): void {
     if (native().dnsFastVerdict(this.handle, client, resolver.address, resolver.port, name, upstream.address, upstream.port)) this.resolvers.add(resolver.address);
+  }
+
+  /**
+   * Queries of `client` to `resolver` for any name `names` allow (DnsVerdict.names) may go to
+   * `upstream`: given to the thread once per plan (again when the plan changes, and before the thread
+   * ages it out), not per query.
+   */
+  plan(client: string, resolver: DnsEndpoint, names: string, upstream: DnsEndpoint): void {
+    const key = `${client}/${resolver.address}/${resolver.port}/${upstream.address}/${upstream.port}`;
+    const now = performance.now();
+    const given = this.plans.get(key);
+    if (given && given.names === names && now - given.at < PLAN_REGIVE_MS) return;
+    const taken = native().dnsFastPlan(this.handle, client, resolver.address, resolver.port, names, upstream.address, upstream.port);
+    if (taken === 2) this.plans.clear();
+    if (taken === 0) return;
+    this.plans.set(key, { names, at: now });
+    this.resolvers.add(resolver.address);
   }
 
   /** The maps hold `address` for `name` until `expiresAtMs` (wall clock). */
@@ -118,7 +141,10 @@ export class DnsFastTables {
 
   forget(what: { verdicts?: boolean; known?: boolean }): void {
     native().dnsFastForget(this.handle, what.verdicts ?? false, what.known ?? false);
-    if (what.verdicts) this.resolvers.clear();
+    if (what.verdicts) {
+      this.resolvers.clear();
+      this.plans.clear();
+    }
   }
 }
 

@@ -53,6 +53,12 @@ export interface DnsVerdict {
    * the client (agent/dns/steering.ts, resolverIngressRefusal); counted apart and logged at most every 10 s.
    */
   refusal?: 'resolver' | undefined;
+  /**
+   * For an allowed verdict: every name the same rules allow from this client to this resolver, as the
+   * fast path's thread takes them (DnsFastTables.plan), so a name never asked need not wait for the
+   * agent's thread; undefined when the rules are not of names alone.
+   */
+  names?: string | undefined;
 }
 
 export interface DnsProxyOptions {
@@ -430,7 +436,11 @@ export class DnsProxy {
     }
     this.stats.allowed++;
     // The name may be asked again through the fast path's thread, as long as nothing it depends on changes.
-    if (transport === 'udp' && this.fastPath && verdict.resolver) this.opts.fast!.tables.verdict(client.address, verdict.resolver, q.name, upstream!);
+    if (transport === 'udp' && this.fastPath && verdict.resolver) {
+      const { tables } = this.opts.fast!;
+      tables.verdict(client.address, verdict.resolver, q.name, upstream!);
+      if (verdict.names !== undefined) tables.plan(client.address, verdict.resolver, verdict.names, upstream!);
+    }
     let raw: Buffer;
     try {
       raw = await (transport === 'udp' ? this.forwardUdp(msg, upstream!) : this.forwardTcp(msg, upstream!));

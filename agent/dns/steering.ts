@@ -43,7 +43,7 @@ import { DnsLearnLimitError, DnsProxy, dnsProxyStatsCreate } from './proxy.js';
 import { DNS_STATE_FILE, dnsStateRead, dnsStateWrite, dnsStateWriteSliced } from './state-file.js';
 import type { DnsEndpoint, DnsProxyStats, DnsQueryEvent, DnsTransport, DnsVerdict } from './proxy.js';
 import { specialAddressKind } from './special-address.js';
-import { dnsPlanVerdict, dnsQueryPlan, sectionIndex } from './verdict.js';
+import { dnsPlanNames, dnsPlanVerdict, dnsQueryPlan, sectionIndex } from './verdict.js';
 import { DnsFastTables } from './fast-path.js';
 import type { DnsQueryPlan } from './verdict.js';
 
@@ -432,7 +432,7 @@ export class DnsSteering {
       const refused = this.resolverIngressRefusal(w, target, targetIdentity, protocol);
       if (refused) return { allowed: false, refusal: 'resolver', rule: refused, resolver: orig };
     }
-    return { allowed: true, rule: v.rule, resolver: orig };
+    return { allowed: true, rule: v.rule, resolver: orig, names: dnsPlanNames(plan) };
   }
 
   /** A local workload's identity, or another node's (label-derived) workload's, at an address; else undefined. */

@@ -12,8 +12,8 @@
  * Not yet: a port given by name that resolves to 53 counts for nothing here (refuses names Cilium would
  * allow); to do before the gate opens.
  */
-import { fqdnMatcher } from '../policy/fqdn.js';
-import type { FqdnMatcher } from '../policy/fqdn.js';
+import { fqdnMatcher, fqdnNormalize } from '../policy/fqdn.js';
+import type { FqdnMatcher, FqdnSelector } from '../policy/fqdn.js';
 import { policyDecide } from '../policy/trace.js';
 import { PROTO_ANY_L4 } from '../policy/types.js';
 import type { CompiledPolicy, EndpointPolicy, PolicyRule, PortMatch, RuleSection } from '../policy/types.js';
@@ -63,7 +63,7 @@ export function sectionIndex(rules: readonly PolicyRule[]): Map<string, RuleSect
  */
 export type DnsQueryPlan =
   | { fixed: DnsQueryVerdict }
-  | { steps: Array<{ ref: string; matchers: FqdnMatcher[] }>; fallback?: DnsQueryVerdict };
+  | { steps: Array<{ ref: string; matchers: FqdnMatcher[]; selectors: readonly FqdnSelector[] }>; fallback?: DnsQueryVerdict };
 
 export function dnsQueryPlan(
   state: CompiledPolicy,
@@ -83,7 +83,7 @@ export function dnsQueryPlan(
     if (entryCovers(e, protocol, port)) for (const r of e.rules) refs.add(r);
   }
   // The sections in the order they are tried; the first that allows every name ends the list.
-  const steps: Array<{ ref: string; matchers: FqdnMatcher[] }> = [];
+  const steps: Array<{ ref: string; matchers: FqdnMatcher[]; selectors: readonly FqdnSelector[] }> = [];
   for (const ref of [...refs].sort()) {
     const s = sections.get(ref);
     if (!s) continue;
@@ -91,10 +91,30 @@ export function dnsQueryPlan(
     for (const m of s.ports) {
       if (!portCovers(m, protocol, port)) continue;
       if (!m.dns || m.dns.length === 0) return steps.length ? { steps, fallback: { allowed: true, rule: ref, wildcard: true } } : { fixed: { allowed: true, rule: ref, wildcard: true } };
-      steps.push({ ref, matchers: portMatchers(m) });
+      steps.push({ ref, matchers: portMatchers(m), selectors: m.dns });
     }
   }
   return { steps };
+}
+
+const planNames = new WeakMap<DnsQueryPlan, string | undefined>();
+
+/**
+ * Every name a plan allows, as the DNS fast path's thread matches them (bpf/native/src/dnsfast.c,
+ * plan_allows): lines of `w` (every name), `n<matchName>` or `p<matchPattern>`, normalised as fqdn.ts
+ * compares them; undefined for a plan that allows no name. Made once per plan.
+ */
+export function dnsPlanNames(plan: DnsQueryPlan): string | undefined {
+  if (planNames.has(plan)) return planNames.get(plan);
+  let out: string | undefined;
+  if ('fixed' in plan) out = plan.fixed.allowed ? 'w' : undefined;
+  else if (plan.fallback?.allowed) out = 'w';
+  else {
+    const lines = plan.steps.flatMap((s) => s.selectors.map((sel) => (sel.matchName ? `n${fqdnNormalize(sel.matchName)}` : `p${fqdnNormalize(sel.matchPattern ?? '')}`)));
+    out = lines.length ? [...new Set(lines)].join('\n') : undefined;
+  }
+  planNames.set(plan, out);
+  return out;
 }
 
 /** A plan's verdict for one name (lower case, no trailing dot). */

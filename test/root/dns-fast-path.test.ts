@@ -120,6 +120,8 @@ for (const family of ['127.0.0.1', '::1'] as const) {
     let learnEntered: (() => void) | undefined;
     const learnCalls: LearnedName[][] = [];
     const verdictCalls: string[] = [];
+    /** The names an allowed verdict says the same rules allow (DnsVerdict.names); none unless a test sets them. */
+    let planNames: string | undefined;
     /** What the proxy passed upstream() as the resolver the thread read from dns_redirect. */
     const addressedSeen: Array<{ client: DnsEndpoint; addressed: DnsEndpoint | null | undefined }> = [];
 
@@ -156,7 +158,7 @@ for (const family of ['127.0.0.1', '::1'] as const) {
         },
         verdict: (_c, name): DnsVerdict => {
           verdictCalls.push(name);
-          return allow(name) ? { allowed: true, rule: 'test allows *.test', resolver } : { allowed: false, rule: 'test denies', resolver };
+          return allow(name) ? { allowed: true, rule: 'test allows *.test', resolver, names: planNames } : { allowed: false, rule: 'test denies', resolver };
         },
         // As the steering does: an answer whose addresses the maps hold is known (the thread may release
         // the next one); a new address is written (after learnGate) and then known.
@@ -295,6 +297,41 @@ for (const family of ['127.0.0.1', '::1'] as const) {
       await waitFor('the stale verdict caught', async () => proxy!.stats.fastStale === stale + 1);
       assert.equal((await lookup(c, 8, 'flip.test')).rcode, DnsRcode.REFUSED, 'the next lookup is decided again');
       allow = (name) => name.endsWith('.test');
+    });
+
+    test('name plans: a name never asked that the plan allows is the thread\'s; one it does not allow is the agent\'s; a plan goes with the verdicts', async () => {
+      planNames = 'p*.plan.test.';
+      upstream.zone.set('www.plan.test', [{ name: 'www.plan.test', ttl: 300, address: '198.51.100.60' }]);
+      try {
+        const c = await client();
+        // Whether a lookup was the thread's: its record and those after it reach the proxy in order, so
+        // once a later lookup the thread surely answers is counted, the count says.
+        const answeredByThread = async (id: number, name: string): Promise<boolean> => {
+          const before = fastAnswered();
+          await lookup(c, id, name);
+          await lookup(c, id + 1000, 'first.plan.test'); // asked before: the thread's
+          await waitFor('the thread\'s answer counted', async () => fastAnswered() > before);
+          return fastAnswered() === before + 2;
+        };
+        await lookup(c, 1, 'first.plan.test'); // no plan yet: the agent's, which gives the plan
+        for (let i = 0; i < 5; i++) assert.equal(await answeredByThread(10 + i, `new${i}.plan.test`), true, `new${i}.plan.test, never asked`);
+        assert.equal(await answeredByThread(20, 'a.b.plan.test'), false, 'outside the plan (two labels before plan.test)');
+        assert.equal(await answeredByThread(21, 'other.test'), false, 'outside the plan');
+
+        // A new address under the plan: forwarded by the thread, learned by the agent before it is released.
+        const learned = learnCalls.length;
+        const r = await lookup(c, 30, 'www.plan.test');
+        assert.deepEqual(r.answers.map((a) => a.data), [{ kind: 'address', address: '198.51.100.60' }]);
+        assert.deepEqual(learnCalls.slice(learned), [[{ name: 'www.plan.test', addresses: ['198.51.100.60'], ttl: 300 }]]);
+        assert.equal(inMaps.get('www.plan.test')?.has('198.51.100.60'), true);
+
+        // Dropped with the verdicts: the next new name is the agent's, which gives the plan again.
+        tables.forget({ verdicts: true });
+        assert.equal(await answeredByThread(40, 'after.plan.test'), false, 'the plan went with the verdicts');
+        assert.equal(await answeredByThread(50, 'again.plan.test'), true, 'given again');
+      } finally {
+        planNames = undefined;
+      }
     });
 
     test('hostile upstream: an answer to another question, junk, silence: SERVFAIL, nothing of it released or learned', async () => {

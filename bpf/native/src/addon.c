@@ -197,7 +197,8 @@ static napi_value init(napi_env env, napi_value exports)
 		{ "dnsFastTables", dns_fast_tables }, { "dnsFastVerdict", dns_fast_verdict },
 		{ "dnsFastKnown", dns_fast_known }, { "dnsFastForget", dns_fast_forget },
 		{ "dnsFastStart", dns_fast_start }, { "dnsFastStop", dns_fast_stop },
-		{ "dnsFastStats", dns_fast_stats },
+		{ "dnsFastStats", dns_fast_stats }, { "dnsFastPlan", dns_fast_plan },
+		{ "dnsFastPlanAllows", dns_fast_plan_allows },
 	};
 
 	libbpf_set_print(log_print);

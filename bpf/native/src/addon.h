@@ -108,6 +108,8 @@ napi_value udp_pause(napi_env env, napi_callback_info info);
 napi_value dns_fast_tables(napi_env env, napi_callback_info info);
 napi_value dns_fast_verdict(napi_env env, napi_callback_info info);
 napi_value dns_fast_known(napi_env env, napi_callback_info info);
+napi_value dns_fast_plan(napi_env env, napi_callback_info info);
+napi_value dns_fast_plan_allows(napi_env env, napi_callback_info info);
 napi_value dns_fast_forget(napi_env env, napi_callback_info info);
 napi_value dns_fast_start(napi_env env, napi_callback_info info);
 napi_value dns_fast_stop(napi_env env, napi_callback_info info);

@@ -12,6 +12,11 @@
  *   the name as text) -> allowed, forwarded to this upstream. Only allowed verdicts are given; the agent
  *   drops them all (a generation) whenever what they were made from changes (policy, workloads, learned
  *   identities, config), and each expires after VERDICT_MAX_AGE_MS in any case;
+ * - name plans: (client address, resolver, port) -> every name matching these selectors (Cilium's
+ *   matchName / matchPattern, as agent/policy/fqdn.ts matches them), or every name, is allowed and goes
+ *   to this upstream: the DNS rules that decide the queries of one workload to one resolver, so a name
+ *   never asked before need not wait for the agent's thread either. Given, dropped and aged as verdicts;
+ *   a name the thread matches is also checked by the agent again, as every lookup is;
  * - known answers: (name, address) pairs whose address the maps already hold for that name, with the
  *   expiry the agent keeps. An answer is released here only when every address it teaches is known and
  *   stays so for at least KNOWN_MARGIN_MS: learning it would write nothing.
@@ -88,6 +93,22 @@ struct verdict_slot {
 	socklen_t upstream_len;
 };
 
+/* The selectors of a plan, packed: entries of a kind byte ('n' matchName, 'p' matchPattern, 'w' every
+ * name) and the selector's text normalised as fqdn.ts does (lower case, trailing dot), each ended by NUL;
+ * an empty entry ends the list. */
+struct plan_slot {
+	char *selectors; /* NULL: empty */
+	uint64_t hash;
+	uint32_t gen;
+	int64_t expires_ms;
+	uint8_t family;
+	uint8_t client[16];
+	uint8_t orig[16];
+	uint16_t orig_port;
+	struct sockaddr_storage upstream;
+	socklen_t upstream_len;
+};
+
 struct known_slot {
 	char *name;
 	uint64_t hash;
@@ -103,6 +124,8 @@ struct fast_tables {
 	uint32_t verdict_gen, known_gen;
 	struct verdict_slot *verdicts;
 	size_t vcap, vused;
+	struct plan_slot *plans;
+	size_t pcap, pused;
 	struct known_slot *known;
 	size_t kcap, kused;
 };
@@ -185,6 +208,182 @@ static bool verdict_find(struct fast_tables *t, uint8_t family, const uint8_t *c
 				return false;
 			*out = *s;
 			out->name = NULL;
+			return true;
+		}
+	}
+	return false;
+}
+
+/* ---- name plans: FQDN selectors matched as agent/policy/fqdn.ts matches them ----------------------- */
+
+static bool label_char(char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_';
+}
+
+/* globMatch (common/glob.ts) of one label: `*` any run of characters, none too; greedy, O(p x t). */
+static bool glob_label(const char *p, size_t plen, const char *t, size_t tlen)
+{
+	size_t pi = 0, ti = 0, star_t = 0;
+	long star_p = -1;
+	while (ti < tlen) {
+		if (pi < plen && p[pi] == '*') {
+			star_p = (long)pi++;
+			star_t = ti;
+		} else if (pi < plen && p[pi] == t[ti]) {
+			pi++;
+			ti++;
+		} else if (star_p >= 0) {
+			pi = (size_t)star_p + 1;
+			ti = ++star_t;
+		} else {
+			return false;
+		}
+	}
+	while (pi < plen && p[pi] == '*')
+		pi++;
+	return pi == plen;
+}
+
+/* The labels of a fully qualified text (ends with '.'), the empty last one included. */
+static size_t labels_count(const char *s, size_t len)
+{
+	size_t n = 1;
+	for (size_t i = 0; i < len; i++)
+		n += s[i] == '.';
+	return n;
+}
+
+/* A run of labels of DNS characters, each non-empty, ended by '.' (s[0, len) ends with '.'). */
+static bool labels_plain(const char *s, size_t len)
+{
+	size_t run = 0;
+	for (size_t i = 0; i < len; i++) {
+		if (s[i] == '.') {
+			if (run == 0)
+				return false;
+			run = 0;
+		} else if (!label_char(s[i])) {
+			return false;
+		} else {
+			run++;
+		}
+	}
+	return run == 0;
+}
+
+/*
+ * Whether the fully qualified name n[0, nlen) (lower case, [-a-z0-9_.] only, ends with '.') matches a
+ * normalised matchPattern: stars only (and a trailing dot) match every name of plain labels or the root;
+ * a leading run of two or more stars and a dot matches one or more whole labels; any other star matches
+ * a run of characters within one label.
+ */
+static bool pattern_match(const char *pat, const char *n, size_t nlen)
+{
+	size_t plen = strlen(pat), stars = 0;
+	while (stars < plen && pat[stars] == '*')
+		stars++;
+	if (stars > 0 && (stars == plen || (stars == plen - 1 && pat[stars] == '.')))
+		return (nlen == 1 && n[0] == '.') || labels_plain(n, nlen);
+	bool lead = stars >= 2 && stars < plen && pat[stars] == '.';
+	const char *rest = lead ? pat + stars + 1 : pat;
+	size_t rlen = lead ? plen - stars - 1 : plen;
+	size_t parts = labels_count(rest, rlen), labels = labels_count(n, nlen);
+	if (lead ? labels < parts + 1 : labels != parts)
+		return false;
+	/* the labels before the pattern's (lead): one or more, each plain */
+	size_t at = 0;
+	for (size_t skipped = 0; skipped < labels - parts; skipped++) {
+		size_t end = at;
+		while (n[end] != '.')
+			end++;
+		if (end == at)
+			return false;
+		at = end + 1;
+	}
+	if (lead && !labels_plain(n, at))
+		return false;
+	/* part by part, label by label; both end with the empty label after the trailing dot */
+	size_t pi = 0;
+	for (;;) {
+		size_t pe = pi, ne = at;
+		while (pe < rlen && rest[pe] != '.')
+			pe++;
+		while (ne < nlen && n[ne] != '.')
+			ne++;
+		if (!glob_label(rest + pi, pe - pi, n + at, ne - at))
+			return false;
+		if (pe >= rlen || ne >= nlen)
+			return pe >= rlen && ne >= nlen;
+		pi = pe + 1;
+		at = ne + 1;
+	}
+}
+
+/* Whether a plain query name (lower case, no trailing dot) is allowed by a plan's packed selectors. */
+static bool plan_allows(const char *selectors, const char *qname)
+{
+	char fq[TABLE_NAME_MAX + 2];
+	size_t qlen = strlen(qname);
+	if (qlen >= TABLE_NAME_MAX)
+		return false;
+	for (size_t i = 0; i < qlen; i++)
+		if (!label_char(qname[i]) && qname[i] != '.')
+			return false;
+	memcpy(fq, qname, qlen);
+	fq[qlen] = '.';
+	fq[qlen + 1] = 0;
+	for (const char *e = selectors; *e; e += strlen(e) + 1) {
+		const char *text = e + 1;
+		if (e[0] == 'w')
+			return true;
+		if (e[0] == 'n' && !strcmp(text, fq))
+			return true;
+		if (e[0] == 'p' && pattern_match(text, fq, qlen + 1))
+			return true;
+	}
+	return false;
+}
+
+static uint64_t plan_hash(uint8_t family, const uint8_t *client, const uint8_t *orig, uint16_t port)
+{
+	return verdict_hash(family, client, orig, port, "");
+}
+
+static bool plan_same(const struct plan_slot *s, uint64_t h, uint8_t family, const uint8_t *client, const uint8_t *orig, uint16_t port)
+{
+	return s->hash == h && s->family == family && s->orig_port == port && !memcmp(s->client, client, 16) && !memcmp(s->orig, orig, 16);
+}
+
+static void plans_clear(struct fast_tables *t)
+{
+	for (size_t i = 0; i < t->pcap; i++) {
+		free(t->plans[i].selectors);
+		t->plans[i].selectors = NULL;
+	}
+	t->pused = 0;
+}
+
+/* Under t->lock: a verdict for a name no verdict names, from the plan of its client and resolver, or false. */
+static bool plan_find(struct fast_tables *t, uint8_t family, const uint8_t *client, const uint8_t *orig, uint16_t port, const char *name, int64_t now,
+		      struct verdict_slot *out)
+{
+	uint64_t h = plan_hash(family, client, orig, port);
+	size_t mask = t->pcap - 1;
+	for (size_t i = h & mask, n = 0; n < t->pcap; i = (i + 1) & mask, n++) {
+		struct plan_slot *s = &t->plans[i];
+		if (!s->selectors)
+			return false;
+		if (plan_same(s, h, family, client, orig, port)) {
+			if (s->gen != t->verdict_gen || s->expires_ms <= now || !plan_allows(s->selectors, name))
+				return false;
+			memset(out, 0, sizeof(*out));
+			out->family = family;
+			memcpy(out->client, client, 16);
+			memcpy(out->orig, orig, 16);
+			out->orig_port = port;
+			out->upstream = s->upstream;
+			out->upstream_len = s->upstream_len;
 			return true;
 		}
 	}
@@ -758,7 +957,9 @@ static void client_read(struct dns_fast *f)
 		    (r->flags & 0xf800) == 0 /* a query, opcode 0 */) {
 			bool hit;
 			pthread_mutex_lock(&f->tables->lock);
-			hit = verdict_find(f->tables, key.family, key.addr, orig.addr, orig.port, r->qname, now_ms(CLOCK_MONOTONIC), &v);
+			int64_t at = now_ms(CLOCK_MONOTONIC);
+			hit = verdict_find(f->tables, key.family, key.addr, orig.addr, orig.port, r->qname, at, &v) ||
+			      plan_find(f->tables, key.family, key.addr, orig.addr, orig.port, r->qname, at, &v);
 			pthread_mutex_unlock(&f->tables->lock);
 			taken = hit && forward(f, f->rbuf, (size_t)n, &from, fromlen, &v, received, now);
 		}
@@ -938,8 +1139,10 @@ static void tables_unref(struct fast_tables *t)
 	if (atomic_fetch_sub(&t->refs, 1) != 1)
 		return;
 	verdicts_clear(t);
+	plans_clear(t);
 	known_clear(t);
 	free(t->verdicts);
+	free(t->plans);
 	free(t->known);
 	pthread_mutex_destroy(&t->lock);
 	free(t);
@@ -976,10 +1179,14 @@ napi_value dns_fast_tables(napi_env env, napi_callback_info info)
 	t = calloc(1, sizeof(*t));
 	if (!t)
 		return throw_errno(env, "DNS_FAST_TABLES", ENOMEM);
+	/* a plan per (workload address, resolver): far fewer than the names asked */
+	t->pcap = vcap / 8 < 16 ? 16 : vcap / 8;
 	t->verdicts = calloc(vcap, sizeof(*t->verdicts));
+	t->plans = calloc(t->pcap, sizeof(*t->plans));
 	t->known = calloc(kcap, sizeof(*t->known));
-	if (!t->verdicts || !t->known) {
+	if (!t->verdicts || !t->plans || !t->known) {
 		free(t->verdicts);
+		free(t->plans);
 		free(t->known);
 		free(t);
 		return throw_errno(env, "DNS_FAST_TABLES", ENOMEM);
@@ -1083,6 +1290,151 @@ napi_value dns_fast_verdict(napi_env env, napi_callback_info info)
 	}
 	pthread_mutex_unlock(&t->lock);
 	return make_bool(env, copy != NULL);
+}
+
+/*
+ * The selectors of dnsFastPlan's text (lines of a kind letter and a normalised selector: `n` matchName,
+ * `p` matchPattern, `w` alone for every name) packed as plan_slot keeps them, or NULL for a text the
+ * thread would not match as fqdn.ts does (throws then).
+ */
+static char *plan_pack(napi_env env, const char *text, size_t len)
+{
+	char *out = malloc(len + 2);
+	size_t o = 0;
+	if (!out) {
+		throw_errno(env, "DNS_FAST_PLAN", ENOMEM);
+		return NULL;
+	}
+	for (size_t at = 0; at < len;) {
+		size_t end = at;
+		while (end < len && text[end] != '\n')
+			end++;
+		char kind = text[at];
+		bool ok = end > at && (kind == 'n' || kind == 'p' || kind == 'w');
+		if (ok && kind == 'w')
+			ok = end == at + 1;
+		if (ok && kind != 'w') {
+			/* normalised: [-a-z0-9_.] (and * in a pattern), ending with '.', at most 255 characters */
+			ok = end - at >= 2 && end - at - 1 <= 256 && text[end - 1] == '.';
+			for (size_t i = at + 1; ok && i < end; i++)
+				ok = label_char(text[i]) || text[i] == '.' || (kind == 'p' && text[i] == '*');
+		}
+		if (!ok) {
+			free(out);
+			throw_type(env, "dnsFastPlan: selectors must be lines of n<name>. or p<pattern>. (lower case, trailing dot) or w");
+			return NULL;
+		}
+		memcpy(out + o, text + at, end - at);
+		o += end - at;
+		out[o++] = 0;
+		at = end + 1;
+	}
+	out[o++] = 0;
+	return out;
+}
+
+/* dnsFastPlan(tables, client, resolver, resolverPort, selectors, upstream, upstreamPort) -> 0 | 1 | 2:
+ * queries of `client` to `resolver` for any name the selectors allow may go to `upstream` (replacing the
+ * plan it had). 0: not taken; 2: taken after every other plan was dropped (the table was half full). */
+napi_value dns_fast_plan(napi_env env, napi_callback_info info)
+{
+	napi_value argv[7];
+	char client[INET6_ADDRSTRLEN + 2], orig[INET6_ADDRSTRLEN + 2], up[INET6_ADDRSTRLEN + 2];
+	char *text = NULL, *packed;
+	size_t tlen;
+	int32_t orig_port, up_port;
+	uint8_t family, orig_family, up_family, caddr[16], oaddr[16], uaddr[16];
+	struct fast_tables *t;
+	struct plan_slot v = { 0 };
+	int taken = 1;
+
+	if (!get_args(env, info, 7, argv) || !(t = tables_arg(env, argv[0])) || !get_str(env, argv[1], client, sizeof(client)) ||
+	    !get_str(env, argv[2], orig, sizeof(orig)) || !get_i32(env, argv[3], &orig_port) || !get_str(env, argv[5], up, sizeof(up)) ||
+	    !get_i32(env, argv[6], &up_port))
+		return NULL;
+	if (!addr_parse(client, &family, caddr) || !addr_parse(orig, &orig_family, oaddr) || !addr_parse(up, &up_family, uaddr) || orig_port < 0 ||
+	    orig_port > 65535 || up_port <= 0 || up_port > 65535)
+		return throw_type(env, "dnsFastPlan: addresses must be IP addresses, ports 1-65535");
+	if (napi_get_value_string_utf8(env, argv[4], NULL, 0, &tlen) != napi_ok)
+		return throw_type(env, "dnsFastPlan: selectors must be a string");
+	if (tlen > 1 << 20)
+		return throw_type(env, "dnsFastPlan: selectors longer than 1 MiB");
+	text = malloc(tlen + 1);
+	if (!text)
+		return throw_errno(env, "DNS_FAST_PLAN", ENOMEM);
+	napi_get_value_string_utf8(env, argv[4], text, tlen + 1, &tlen);
+	packed = plan_pack(env, text, tlen);
+	free(text);
+	if (!packed)
+		return NULL;
+	if (orig_family != family) {
+		free(packed);
+		return make_i32(env, 0);
+	}
+	if (up_family == FAMILY_IPV4) {
+		struct sockaddr_in *a = (struct sockaddr_in *)&v.upstream;
+		a->sin_family = AF_INET;
+		a->sin_port = htons((uint16_t)up_port);
+		memcpy(&a->sin_addr, uaddr, 4);
+		v.upstream_len = sizeof(*a);
+	} else {
+		struct sockaddr_in6 *a = (struct sockaddr_in6 *)&v.upstream;
+		a->sin6_family = AF_INET6;
+		a->sin6_port = htons((uint16_t)up_port);
+		memcpy(&a->sin6_addr, uaddr, 16);
+		v.upstream_len = sizeof(*a);
+	}
+	uint16_t port = (uint16_t)orig_port;
+	uint64_t h = plan_hash(family, caddr, oaddr, port);
+	pthread_mutex_lock(&t->lock);
+	if (t->pused * 2 >= t->pcap) {
+		plans_clear(t);
+		taken = 2;
+	}
+	size_t mask = t->pcap - 1, i = h & mask;
+	while (t->plans[i].selectors && !plan_same(&t->plans[i], h, family, caddr, oaddr, port))
+		i = (i + 1) & mask;
+	struct plan_slot *s = &t->plans[i];
+	if (!s->selectors)
+		t->pused++;
+	free(s->selectors);
+	*s = v;
+	s->selectors = packed;
+	s->hash = h;
+	s->gen = t->verdict_gen;
+	s->expires_ms = now_ms(CLOCK_MONOTONIC) + VERDICT_MAX_AGE_MS;
+	s->family = family;
+	memcpy(s->client, caddr, 16);
+	memcpy(s->orig, oaddr, 16);
+	s->orig_port = port;
+	pthread_mutex_unlock(&t->lock);
+	return make_i32(env, taken);
+}
+
+/* dnsFastPlanAllows(selectors, name) -> bool: the thread's matching of one name (lower case, no trailing
+ * dot) against a plan's selectors, for tests that hold it against agent/policy/fqdn.ts. */
+napi_value dns_fast_plan_allows(napi_env env, napi_callback_info info)
+{
+	napi_value argv[2];
+	char name[NAME_TEXT_MAX + 2], *text, *packed;
+	size_t tlen;
+	bool allowed;
+
+	if (!get_args(env, info, 2, argv) || !get_str(env, argv[1], name, sizeof(name)))
+		return NULL;
+	if (napi_get_value_string_utf8(env, argv[0], NULL, 0, &tlen) != napi_ok || tlen > 1 << 20)
+		return throw_type(env, "dnsFastPlanAllows: selectors must be a string of at most 1 MiB");
+	if (!(text = malloc(tlen + 1)))
+		return throw_errno(env, "DNS_FAST_PLAN", ENOMEM);
+	napi_get_value_string_utf8(env, argv[0], text, tlen + 1, &tlen);
+	packed = plan_pack(env, text, tlen);
+	free(text);
+	if (!packed)
+		return NULL;
+	/* as client_read takes a name: plain text of a length the tables hold */
+	allowed = table_name(name) && plan_allows(packed, name);
+	free(packed);
+	return make_bool(env, allowed);
 }
 
 /* dnsFastKnown(tables, name, address, expiresAtMs): the maps hold `address` for `name` until then
