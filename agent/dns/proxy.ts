@@ -439,7 +439,14 @@ export class DnsProxy {
     if (transport === 'udp' && this.fastPath && verdict.resolver) {
       const { tables } = this.opts.fast!;
       tables.verdict(client.address, verdict.resolver, q.name, upstream!);
-      if (verdict.names !== undefined) tables.plan(client.address, verdict.resolver, verdict.names, upstream!);
+      if (verdict.names !== undefined) {
+        try {
+          tables.plan(client.address, verdict.resolver, verdict.names, upstream!);
+        } catch (err) {
+          // Not expected (the names come from validated selectors); the query is answered all the same.
+          this.warnSometimes('fast-plan', { err, client: client.address }, 'DNS proxy: the fast path refused a name plan; those names go through the agent\'s thread');
+        }
+      }
     }
     let raw: Buffer;
     try {

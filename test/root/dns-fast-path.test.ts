@@ -305,11 +305,12 @@ for (const family of ['127.0.0.1', '::1'] as const) {
       try {
         const c = await client();
         // Whether a lookup was the thread's: its record and those after it reach the proxy in order, so
-        // once a later lookup the thread surely answers is counted, the count says.
+        // once a later lookup the thread surely answers is counted, the count says. The same name again
+        // is surely the thread's: by the plan, or by the verdict the agent gave the first time.
         const answeredByThread = async (id: number, name: string): Promise<boolean> => {
           const before = fastAnswered();
           await lookup(c, id, name);
-          await lookup(c, id + 1000, 'first.plan.test'); // asked before: the thread's
+          await lookup(c, id + 1000, name);
           await waitFor('the thread\'s answer counted', async () => fastAnswered() > before);
           return fastAnswered() === before + 2;
         };
@@ -329,6 +330,12 @@ for (const family of ['127.0.0.1', '::1'] as const) {
         tables.forget({ verdicts: true });
         assert.equal(await answeredByThread(40, 'after.plan.test'), false, 'the plan went with the verdicts');
         assert.equal(await answeredByThread(50, 'again.plan.test'), true, 'given again');
+
+        // A plan the thread refuses (not expected from validated policy): the query is answered all the same.
+        tables.forget({ verdicts: true });
+        planNames = 'nNot A Name';
+        assert.equal((await lookup(c, 60, 'refused.plan.test')).rcode, DnsRcode.NXDOMAIN);
+        assert.equal(await answeredByThread(70, 'still.plan.test'), false, 'no plan taken');
       } finally {
         planNames = undefined;
       }
