@@ -56,7 +56,8 @@ export interface DnsVerdict {
   /**
    * For an allowed verdict: every name the same rules allow from this client to this resolver, as the
    * fast path's thread takes them (DnsFastTables.plan), so a name never asked need not wait for the
-   * agent's thread; undefined when the rules are not of names alone.
+   * agent's thread (the steering gives it with every allowed verdict; without it, the thread takes only
+   * the names asked before).
    */
   names?: string | undefined;
 }
