@@ -1230,63 +1230,89 @@ static bool table_name(const char *name)
 	return true;
 }
 
+/* What dnsFastVerdict and dnsFastPlan are told besides their names: a client, the resolver it addressed
+ * and the upstream its queries go to (argv[1..3], argv[5..6]). */
+struct route_args {
+	uint8_t family, client[16], orig[16];
+	uint16_t orig_port;
+	bool same_family; /* the resolver of the client's family: the datapath keys IPv4 in the first 4 bytes */
+	struct sockaddr_storage upstream;
+	socklen_t upstream_len;
+};
+
+/* False with an exception pending (what: the function's name, for its message). */
+static bool route_args_get(napi_env env, napi_value *argv, const char *what, struct route_args *ra)
+{
+	char client[INET6_ADDRSTRLEN + 2], orig[INET6_ADDRSTRLEN + 2], up[INET6_ADDRSTRLEN + 2], message[96];
+	int32_t orig_port, up_port;
+	uint8_t orig_family, up_family, uaddr[16];
+
+	memset(ra, 0, sizeof(*ra));
+	if (!get_str(env, argv[1], client, sizeof(client)) || !get_str(env, argv[2], orig, sizeof(orig)) || !get_i32(env, argv[3], &orig_port) ||
+	    !get_str(env, argv[5], up, sizeof(up)) || !get_i32(env, argv[6], &up_port))
+		return false;
+	if (!addr_parse(client, &ra->family, ra->client) || !addr_parse(orig, &orig_family, ra->orig) || !addr_parse(up, &up_family, uaddr) ||
+	    orig_port < 0 || orig_port > 65535 || up_port <= 0 || up_port > 65535) {
+		snprintf(message, sizeof(message), "%s: addresses must be IP addresses, ports 1-65535", what);
+		throw_type(env, message);
+		return false;
+	}
+	ra->orig_port = (uint16_t)orig_port;
+	ra->same_family = orig_family == ra->family;
+	/* the upstream socket is of the upstream's family */
+	if (up_family == FAMILY_IPV4) {
+		struct sockaddr_in *a = (struct sockaddr_in *)&ra->upstream;
+		a->sin_family = AF_INET;
+		a->sin_port = htons((uint16_t)up_port);
+		memcpy(&a->sin_addr, uaddr, 4);
+		ra->upstream_len = sizeof(*a);
+	} else {
+		struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ra->upstream;
+		a->sin6_family = AF_INET6;
+		a->sin6_port = htons((uint16_t)up_port);
+		memcpy(&a->sin6_addr, uaddr, 16);
+		ra->upstream_len = sizeof(*a);
+	}
+	return true;
+}
+
 /* dnsFastVerdict(tables, client, resolver, resolverPort, name, upstream, upstreamPort) -> bool: queries
  * of `client` to `resolver` for `name` may go to `upstream`. False: not taken (a name the thread would
  * never match). */
 napi_value dns_fast_verdict(napi_env env, napi_callback_info info)
 {
 	napi_value argv[7];
-	char client[INET6_ADDRSTRLEN + 2], orig[INET6_ADDRSTRLEN + 2], up[INET6_ADDRSTRLEN + 2], name[NAME_TEXT_MAX + 2];
-	int32_t orig_port, up_port;
-	uint8_t family, orig_family, up_family, caddr[16], oaddr[16], uaddr[16];
+	char name[NAME_TEXT_MAX + 2];
 	struct fast_tables *t;
-	struct verdict_slot v = { 0 };
+	struct route_args ra;
 
-	if (!get_args(env, info, 7, argv) || !(t = tables_arg(env, argv[0])) || !get_str(env, argv[1], client, sizeof(client)) ||
-	    !get_str(env, argv[2], orig, sizeof(orig)) || !get_i32(env, argv[3], &orig_port) || !get_str(env, argv[4], name, sizeof(name)) ||
-	    !get_str(env, argv[5], up, sizeof(up)) || !get_i32(env, argv[6], &up_port))
+	if (!get_args(env, info, 7, argv) || !(t = tables_arg(env, argv[0])) || !route_args_get(env, argv, "dnsFastVerdict", &ra) ||
+	    !get_str(env, argv[4], name, sizeof(name)))
 		return NULL;
-	if (!addr_parse(client, &family, caddr) || !addr_parse(orig, &orig_family, oaddr) || !addr_parse(up, &up_family, uaddr) || orig_port < 0 ||
-	    orig_port > 65535 || up_port <= 0 || up_port > 65535)
-		return throw_type(env, "dnsFastVerdict: addresses must be IP addresses, ports 1-65535");
-	/* the datapath keys IPv4 in the first 4 bytes; the upstream socket is of the upstream's family */
-	if (!table_name(name) || orig_family != family)
+	if (!table_name(name) || !ra.same_family)
 		return make_bool(env, false);
-	if (up_family == FAMILY_IPV4) {
-		struct sockaddr_in *a = (struct sockaddr_in *)&v.upstream;
-		a->sin_family = AF_INET;
-		a->sin_port = htons((uint16_t)up_port);
-		memcpy(&a->sin_addr, uaddr, 4);
-		v.upstream_len = sizeof(*a);
-	} else {
-		struct sockaddr_in6 *a = (struct sockaddr_in6 *)&v.upstream;
-		a->sin6_family = AF_INET6;
-		a->sin6_port = htons((uint16_t)up_port);
-		memcpy(&a->sin6_addr, uaddr, 16);
-		v.upstream_len = sizeof(*a);
-	}
-	uint16_t port = (uint16_t)orig_port;
-	uint64_t h = verdict_hash(family, caddr, oaddr, port, name);
+	uint64_t h = verdict_hash(ra.family, ra.client, ra.orig, ra.orig_port, name);
 	pthread_mutex_lock(&t->lock);
 	if (t->vused * 2 >= t->vcap)
 		verdicts_clear(t);
 	size_t mask = t->vcap - 1, i = h & mask;
-	while (t->verdicts[i].name && !verdict_same(&t->verdicts[i], h, family, caddr, oaddr, port, name))
+	while (t->verdicts[i].name && !verdict_same(&t->verdicts[i], h, ra.family, ra.client, ra.orig, ra.orig_port, name))
 		i = (i + 1) & mask;
 	struct verdict_slot *s = &t->verdicts[i];
 	char *copy = s->name ? s->name : strdup(name);
 	if (copy) {
 		if (!s->name)
 			t->vused++;
-		*s = v;
-		s->name = copy;
-		s->hash = h;
-		s->gen = t->verdict_gen;
-		s->expires_ms = now_ms(CLOCK_MONOTONIC) + VERDICT_MAX_AGE_MS;
-		s->family = family;
-		memcpy(s->client, caddr, 16);
-		memcpy(s->orig, oaddr, 16);
-		s->orig_port = port;
+		*s = (struct verdict_slot){ .name = copy,
+					    .hash = h,
+					    .gen = t->verdict_gen,
+					    .expires_ms = now_ms(CLOCK_MONOTONIC) + VERDICT_MAX_AGE_MS,
+					    .family = ra.family,
+					    .orig_port = ra.orig_port,
+					    .upstream = ra.upstream,
+					    .upstream_len = ra.upstream_len };
+		memcpy(s->client, ra.client, 16);
+		memcpy(s->orig, ra.orig, 16);
 	}
 	pthread_mutex_unlock(&t->lock);
 	return make_bool(env, copy != NULL);
@@ -1339,26 +1365,16 @@ static char *plan_pack(napi_env env, const char *text, size_t len)
 napi_value dns_fast_plan(napi_env env, napi_callback_info info)
 {
 	napi_value argv[7];
-	char client[INET6_ADDRSTRLEN + 2], orig[INET6_ADDRSTRLEN + 2], up[INET6_ADDRSTRLEN + 2];
-	char *text = NULL, *packed;
+	char *text, *packed;
 	size_t tlen;
-	int32_t orig_port, up_port;
-	uint8_t family, orig_family, up_family, caddr[16], oaddr[16], uaddr[16];
 	struct fast_tables *t;
-	struct plan_slot v = { 0 };
+	struct route_args ra;
 	int taken = 1;
 
-	if (!get_args(env, info, 7, argv) || !(t = tables_arg(env, argv[0])) || !get_str(env, argv[1], client, sizeof(client)) ||
-	    !get_str(env, argv[2], orig, sizeof(orig)) || !get_i32(env, argv[3], &orig_port) || !get_str(env, argv[5], up, sizeof(up)) ||
-	    !get_i32(env, argv[6], &up_port))
+	if (!get_args(env, info, 7, argv) || !(t = tables_arg(env, argv[0])) || !route_args_get(env, argv, "dnsFastPlan", &ra))
 		return NULL;
-	if (!addr_parse(client, &family, caddr) || !addr_parse(orig, &orig_family, oaddr) || !addr_parse(up, &up_family, uaddr) || orig_port < 0 ||
-	    orig_port > 65535 || up_port <= 0 || up_port > 65535)
-		return throw_type(env, "dnsFastPlan: addresses must be IP addresses, ports 1-65535");
-	if (napi_get_value_string_utf8(env, argv[4], NULL, 0, &tlen) != napi_ok)
-		return throw_type(env, "dnsFastPlan: selectors must be a string");
-	if (tlen > 1 << 20)
-		return throw_type(env, "dnsFastPlan: selectors longer than 1 MiB");
+	if (napi_get_value_string_utf8(env, argv[4], NULL, 0, &tlen) != napi_ok || tlen > 1 << 20)
+		return throw_type(env, "dnsFastPlan: selectors must be a string of at most 1 MiB");
 	text = malloc(tlen + 1);
 	if (!text)
 		return throw_errno(env, "DNS_FAST_PLAN", ENOMEM);
@@ -1367,46 +1383,33 @@ napi_value dns_fast_plan(napi_env env, napi_callback_info info)
 	free(text);
 	if (!packed)
 		return NULL;
-	if (orig_family != family) {
+	if (!ra.same_family) {
 		free(packed);
 		return make_i32(env, 0);
 	}
-	if (up_family == FAMILY_IPV4) {
-		struct sockaddr_in *a = (struct sockaddr_in *)&v.upstream;
-		a->sin_family = AF_INET;
-		a->sin_port = htons((uint16_t)up_port);
-		memcpy(&a->sin_addr, uaddr, 4);
-		v.upstream_len = sizeof(*a);
-	} else {
-		struct sockaddr_in6 *a = (struct sockaddr_in6 *)&v.upstream;
-		a->sin6_family = AF_INET6;
-		a->sin6_port = htons((uint16_t)up_port);
-		memcpy(&a->sin6_addr, uaddr, 16);
-		v.upstream_len = sizeof(*a);
-	}
-	uint16_t port = (uint16_t)orig_port;
-	uint64_t h = plan_hash(family, caddr, oaddr, port);
+	uint64_t h = plan_hash(ra.family, ra.client, ra.orig, ra.orig_port);
 	pthread_mutex_lock(&t->lock);
 	if (t->pused * 2 >= t->pcap) {
 		plans_clear(t);
 		taken = 2;
 	}
 	size_t mask = t->pcap - 1, i = h & mask;
-	while (t->plans[i].selectors && !plan_same(&t->plans[i], h, family, caddr, oaddr, port))
+	while (t->plans[i].selectors && !plan_same(&t->plans[i], h, ra.family, ra.client, ra.orig, ra.orig_port))
 		i = (i + 1) & mask;
 	struct plan_slot *s = &t->plans[i];
 	if (!s->selectors)
 		t->pused++;
 	free(s->selectors);
-	*s = v;
-	s->selectors = packed;
-	s->hash = h;
-	s->gen = t->verdict_gen;
-	s->expires_ms = now_ms(CLOCK_MONOTONIC) + VERDICT_MAX_AGE_MS;
-	s->family = family;
-	memcpy(s->client, caddr, 16);
-	memcpy(s->orig, oaddr, 16);
-	s->orig_port = port;
+	*s = (struct plan_slot){ .selectors = packed,
+				 .hash = h,
+				 .gen = t->verdict_gen,
+				 .expires_ms = now_ms(CLOCK_MONOTONIC) + VERDICT_MAX_AGE_MS,
+				 .family = ra.family,
+				 .orig_port = ra.orig_port,
+				 .upstream = ra.upstream,
+				 .upstream_len = ra.upstream_len };
+	memcpy(s->client, ra.client, 16);
+	memcpy(s->orig, ra.orig, 16);
 	pthread_mutex_unlock(&t->lock);
 	return make_i32(env, taken);
 }
