@@ -80,17 +80,23 @@ enum record_kind {
 
 /* ---- the tables the agent fills (shared by the proxies of both families) -------------------------- */
 
-struct verdict_slot {
-	char *name; /* NULL: empty */
-	uint64_t hash;
-	uint32_t gen;
-	int64_t expires_ms;
+/* Whose queries to which resolver (as dns_redirect has it), and the upstream they go to: what a verdict
+ * or a plan is given for. */
+struct fast_route {
 	uint8_t family;
 	uint8_t client[16];
 	uint8_t orig[16];
 	uint16_t orig_port;
 	struct sockaddr_storage upstream;
 	socklen_t upstream_len;
+};
+
+struct verdict_slot {
+	char *name; /* NULL: empty */
+	uint64_t hash;
+	uint32_t gen;
+	int64_t expires_ms;
+	struct fast_route route;
 };
 
 /* The selectors of a plan, packed: entries of a kind byte ('n' matchName, 'p' matchPattern, 'w' every
@@ -101,12 +107,7 @@ struct plan_slot {
 	uint64_t hash;
 	uint32_t gen;
 	int64_t expires_ms;
-	uint8_t family;
-	uint8_t client[16];
-	uint8_t orig[16];
-	uint16_t orig_port;
-	struct sockaddr_storage upstream;
-	socklen_t upstream_len;
+	struct fast_route route;
 };
 
 struct known_slot {
@@ -183,9 +184,14 @@ static void known_clear(struct fast_tables *t)
 	t->kused = 0;
 }
 
+static bool route_same(const struct fast_route *r, uint8_t family, const uint8_t *client, const uint8_t *orig, uint16_t port)
+{
+	return r->family == family && r->orig_port == port && !memcmp(r->client, client, 16) && !memcmp(r->orig, orig, 16);
+}
+
 static bool verdict_same(const struct verdict_slot *s, uint64_t h, uint8_t family, const uint8_t *client, const uint8_t *orig, uint16_t port, const char *name)
 {
-	return s->hash == h && s->family == family && s->orig_port == port && !memcmp(s->client, client, 16) && !memcmp(s->orig, orig, 16) && !strcmp(s->name, name);
+	return s->hash == h && route_same(&s->route, family, client, orig, port) && !strcmp(s->name, name);
 }
 
 static bool known_same(const struct known_slot *s, uint64_t h, uint8_t family, const uint8_t *addr, const char *name)
@@ -193,9 +199,9 @@ static bool known_same(const struct known_slot *s, uint64_t h, uint8_t family, c
 	return s->hash == h && s->family == family && !memcmp(s->addr, addr, 16) && !strcmp(s->name, name);
 }
 
-/* Under t->lock: the verdict for a query, copied out, or false. */
+/* Under t->lock: the route of the verdict for a query, copied out, or false. */
 static bool verdict_find(struct fast_tables *t, uint8_t family, const uint8_t *client, const uint8_t *orig, uint16_t port, const char *name, int64_t now,
-			 struct verdict_slot *out)
+			 struct fast_route *out)
 {
 	uint64_t h = verdict_hash(family, client, orig, port, name);
 	size_t mask = t->vcap - 1;
@@ -206,8 +212,7 @@ static bool verdict_find(struct fast_tables *t, uint8_t family, const uint8_t *c
 		if (verdict_same(s, h, family, client, orig, port, name)) {
 			if (s->gen != t->verdict_gen || s->expires_ms <= now)
 				return false;
-			*out = *s;
-			out->name = NULL;
+			*out = s->route;
 			return true;
 		}
 	}
@@ -352,7 +357,7 @@ static uint64_t plan_hash(uint8_t family, const uint8_t *client, const uint8_t *
 
 static bool plan_same(const struct plan_slot *s, uint64_t h, uint8_t family, const uint8_t *client, const uint8_t *orig, uint16_t port)
 {
-	return s->hash == h && s->family == family && s->orig_port == port && !memcmp(s->client, client, 16) && !memcmp(s->orig, orig, 16);
+	return s->hash == h && route_same(&s->route, family, client, orig, port);
 }
 
 static void plans_clear(struct fast_tables *t)
@@ -364,9 +369,9 @@ static void plans_clear(struct fast_tables *t)
 	t->pused = 0;
 }
 
-/* Under t->lock: a verdict for a name no verdict names, from the plan of its client and resolver, or false. */
+/* Under t->lock: for a name no verdict names, the route of the plan of its client and resolver if the plan allows the name, or false. */
 static bool plan_find(struct fast_tables *t, uint8_t family, const uint8_t *client, const uint8_t *orig, uint16_t port, const char *name, int64_t now,
-		      struct verdict_slot *out)
+		      struct fast_route *out)
 {
 	uint64_t h = plan_hash(family, client, orig, port);
 	size_t mask = t->pcap - 1;
@@ -377,13 +382,7 @@ static bool plan_find(struct fast_tables *t, uint8_t family, const uint8_t *clie
 		if (plan_same(s, h, family, client, orig, port)) {
 			if (s->gen != t->verdict_gen || s->expires_ms <= now || !plan_allows(s->selectors, name))
 				return false;
-			memset(out, 0, sizeof(*out));
-			out->family = family;
-			memcpy(out->client, client, 16);
-			memcpy(out->orig, orig, 16);
-			out->orig_port = port;
-			out->upstream = s->upstream;
-			out->upstream_len = s->upstream_len;
+			*out = s->route;
 			return true;
 		}
 	}
@@ -867,7 +866,7 @@ static void slot_free(struct dns_fast *f, int32_t slot)
 
 /* Forwards a query the tables allow; false when it cannot be taken here (then the agent takes it). */
 static bool forward(struct dns_fast *f, const uint8_t *q, size_t qlen, const struct sockaddr_storage *client, socklen_t client_len,
-		    const struct verdict_slot *v, uint64_t received_ns, int64_t now)
+		    const struct fast_route *v, uint64_t received_ns, int64_t now)
 {
 	uint8_t out[FAST_QUERY_MAX];
 	int si, k;
@@ -942,7 +941,7 @@ static void client_read(struct dns_fast *f)
 		uint64_t received = realtime_ns();
 		int64_t now = now_ms(CLOCK_MONOTONIC);
 		struct dns_read *r = &f->rd;
-		struct verdict_slot v;
+		struct fast_route v;
 		struct dns_redirect_key key = { 0 };
 		struct dns_redirect_value orig;
 		bool taken = false, addressed;
@@ -1233,11 +1232,8 @@ static bool table_name(const char *name)
 /* What dnsFastVerdict and dnsFastPlan are told besides their names: a client, the resolver it addressed
  * and the upstream its queries go to (argv[1..3], argv[5..6]). */
 struct route_args {
-	uint8_t family, client[16], orig[16];
-	uint16_t orig_port;
+	struct fast_route r;
 	bool same_family; /* the resolver of the client's family: the datapath keys IPv4 in the first 4 bytes */
-	struct sockaddr_storage upstream;
-	socklen_t upstream_len;
 };
 
 /* False with an exception pending (what: the function's name, for its message). */
@@ -1251,27 +1247,27 @@ static bool route_args_get(napi_env env, napi_value *argv, const char *what, str
 	if (!get_str(env, argv[1], client, sizeof(client)) || !get_str(env, argv[2], orig, sizeof(orig)) || !get_i32(env, argv[3], &orig_port) ||
 	    !get_str(env, argv[5], up, sizeof(up)) || !get_i32(env, argv[6], &up_port))
 		return false;
-	if (!addr_parse(client, &ra->family, ra->client) || !addr_parse(orig, &orig_family, ra->orig) || !addr_parse(up, &up_family, uaddr) ||
+	if (!addr_parse(client, &ra->r.family, ra->r.client) || !addr_parse(orig, &orig_family, ra->r.orig) || !addr_parse(up, &up_family, uaddr) ||
 	    orig_port < 0 || orig_port > 65535 || up_port <= 0 || up_port > 65535) {
 		snprintf(message, sizeof(message), "%s: addresses must be IP addresses, ports 1-65535", what);
 		throw_type(env, message);
 		return false;
 	}
-	ra->orig_port = (uint16_t)orig_port;
-	ra->same_family = orig_family == ra->family;
+	ra->r.orig_port = (uint16_t)orig_port;
+	ra->same_family = orig_family == ra->r.family;
 	/* the upstream socket is of the upstream's family */
 	if (up_family == FAMILY_IPV4) {
-		struct sockaddr_in *a = (struct sockaddr_in *)&ra->upstream;
+		struct sockaddr_in *a = (struct sockaddr_in *)&ra->r.upstream;
 		a->sin_family = AF_INET;
 		a->sin_port = htons((uint16_t)up_port);
 		memcpy(&a->sin_addr, uaddr, 4);
-		ra->upstream_len = sizeof(*a);
+		ra->r.upstream_len = sizeof(*a);
 	} else {
-		struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ra->upstream;
+		struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ra->r.upstream;
 		a->sin6_family = AF_INET6;
 		a->sin6_port = htons((uint16_t)up_port);
 		memcpy(&a->sin6_addr, uaddr, 16);
-		ra->upstream_len = sizeof(*a);
+		ra->r.upstream_len = sizeof(*a);
 	}
 	return true;
 }
@@ -1291,28 +1287,20 @@ napi_value dns_fast_verdict(napi_env env, napi_callback_info info)
 		return NULL;
 	if (!table_name(name) || !ra.same_family)
 		return make_bool(env, false);
-	uint64_t h = verdict_hash(ra.family, ra.client, ra.orig, ra.orig_port, name);
+	const struct fast_route *r = &ra.r;
+	uint64_t h = verdict_hash(r->family, r->client, r->orig, r->orig_port, name);
 	pthread_mutex_lock(&t->lock);
 	if (t->vused * 2 >= t->vcap)
 		verdicts_clear(t);
 	size_t mask = t->vcap - 1, i = h & mask;
-	while (t->verdicts[i].name && !verdict_same(&t->verdicts[i], h, ra.family, ra.client, ra.orig, ra.orig_port, name))
+	while (t->verdicts[i].name && !verdict_same(&t->verdicts[i], h, r->family, r->client, r->orig, r->orig_port, name))
 		i = (i + 1) & mask;
 	struct verdict_slot *s = &t->verdicts[i];
 	char *copy = s->name ? s->name : strdup(name);
 	if (copy) {
 		if (!s->name)
 			t->vused++;
-		*s = (struct verdict_slot){ .name = copy,
-					    .hash = h,
-					    .gen = t->verdict_gen,
-					    .expires_ms = now_ms(CLOCK_MONOTONIC) + VERDICT_MAX_AGE_MS,
-					    .family = ra.family,
-					    .orig_port = ra.orig_port,
-					    .upstream = ra.upstream,
-					    .upstream_len = ra.upstream_len };
-		memcpy(s->client, ra.client, 16);
-		memcpy(s->orig, ra.orig, 16);
+		*s = (struct verdict_slot){ .name = copy, .hash = h, .gen = t->verdict_gen, .expires_ms = now_ms(CLOCK_MONOTONIC) + VERDICT_MAX_AGE_MS, .route = *r };
 	}
 	pthread_mutex_unlock(&t->lock);
 	return make_bool(env, copy != NULL);
@@ -1347,7 +1335,7 @@ static char *plan_pack(napi_env env, const char *text, size_t len)
 		}
 		if (!ok) {
 			free(out);
-			throw_type(env, "dnsFastPlan: selectors must be lines of n<name>. or p<pattern>. (lower case, trailing dot) or w");
+			throw_type(env, "DNS fast path: selectors must be lines of n<name>. or p<pattern>. (lower case, trailing dot) or w");
 			return NULL;
 		}
 		memcpy(out + o, text + at, end - at);
@@ -1359,57 +1347,59 @@ static char *plan_pack(napi_env env, const char *text, size_t len)
 	return out;
 }
 
+/* A plan's text argument, packed (plan_pack); NULL with an exception pending. */
+static char *plan_arg(napi_env env, napi_value v)
+{
+	size_t len;
+	char *text, *packed;
+	if (napi_get_value_string_utf8(env, v, NULL, 0, &len) != napi_ok || len > 1 << 20) {
+		throw_type(env, "DNS fast path: selectors must be a string of at most 1 MiB");
+		return NULL;
+	}
+	if (!(text = malloc(len + 1))) {
+		throw_errno(env, "DNS_FAST_PLAN", ENOMEM);
+		return NULL;
+	}
+	napi_get_value_string_utf8(env, v, text, len + 1, &len);
+	packed = plan_pack(env, text, len);
+	free(text);
+	return packed;
+}
+
 /* dnsFastPlan(tables, client, resolver, resolverPort, selectors, upstream, upstreamPort) -> 0 | 1 | 2:
  * queries of `client` to `resolver` for any name the selectors allow may go to `upstream` (replacing the
  * plan it had). 0: not taken; 2: taken after every other plan was dropped (the table was half full). */
 napi_value dns_fast_plan(napi_env env, napi_callback_info info)
 {
 	napi_value argv[7];
-	char *text, *packed;
-	size_t tlen;
+	char *packed;
 	struct fast_tables *t;
 	struct route_args ra;
 	int taken = 1;
 
 	if (!get_args(env, info, 7, argv) || !(t = tables_arg(env, argv[0])) || !route_args_get(env, argv, "dnsFastPlan", &ra))
 		return NULL;
-	if (napi_get_value_string_utf8(env, argv[4], NULL, 0, &tlen) != napi_ok || tlen > 1 << 20)
-		return throw_type(env, "dnsFastPlan: selectors must be a string of at most 1 MiB");
-	text = malloc(tlen + 1);
-	if (!text)
-		return throw_errno(env, "DNS_FAST_PLAN", ENOMEM);
-	napi_get_value_string_utf8(env, argv[4], text, tlen + 1, &tlen);
-	packed = plan_pack(env, text, tlen);
-	free(text);
-	if (!packed)
+	if (!(packed = plan_arg(env, argv[4])))
 		return NULL;
 	if (!ra.same_family) {
 		free(packed);
 		return make_i32(env, 0);
 	}
-	uint64_t h = plan_hash(ra.family, ra.client, ra.orig, ra.orig_port);
+	const struct fast_route *r = &ra.r;
+	uint64_t h = plan_hash(r->family, r->client, r->orig, r->orig_port);
 	pthread_mutex_lock(&t->lock);
 	if (t->pused * 2 >= t->pcap) {
 		plans_clear(t);
 		taken = 2;
 	}
 	size_t mask = t->pcap - 1, i = h & mask;
-	while (t->plans[i].selectors && !plan_same(&t->plans[i], h, ra.family, ra.client, ra.orig, ra.orig_port))
+	while (t->plans[i].selectors && !plan_same(&t->plans[i], h, r->family, r->client, r->orig, r->orig_port))
 		i = (i + 1) & mask;
 	struct plan_slot *s = &t->plans[i];
 	if (!s->selectors)
 		t->pused++;
 	free(s->selectors);
-	*s = (struct plan_slot){ .selectors = packed,
-				 .hash = h,
-				 .gen = t->verdict_gen,
-				 .expires_ms = now_ms(CLOCK_MONOTONIC) + VERDICT_MAX_AGE_MS,
-				 .family = ra.family,
-				 .orig_port = ra.orig_port,
-				 .upstream = ra.upstream,
-				 .upstream_len = ra.upstream_len };
-	memcpy(s->client, ra.client, 16);
-	memcpy(s->orig, ra.orig, 16);
+	*s = (struct plan_slot){ .selectors = packed, .hash = h, .gen = t->verdict_gen, .expires_ms = now_ms(CLOCK_MONOTONIC) + VERDICT_MAX_AGE_MS, .route = *r };
 	pthread_mutex_unlock(&t->lock);
 	return make_i32(env, taken);
 }
@@ -1419,20 +1409,10 @@ napi_value dns_fast_plan(napi_env env, napi_callback_info info)
 napi_value dns_fast_plan_allows(napi_env env, napi_callback_info info)
 {
 	napi_value argv[2];
-	char name[NAME_TEXT_MAX + 2], *text, *packed;
-	size_t tlen;
+	char name[NAME_TEXT_MAX + 2], *packed;
 	bool allowed;
 
-	if (!get_args(env, info, 2, argv) || !get_str(env, argv[1], name, sizeof(name)))
-		return NULL;
-	if (napi_get_value_string_utf8(env, argv[0], NULL, 0, &tlen) != napi_ok || tlen > 1 << 20)
-		return throw_type(env, "dnsFastPlanAllows: selectors must be a string of at most 1 MiB");
-	if (!(text = malloc(tlen + 1)))
-		return throw_errno(env, "DNS_FAST_PLAN", ENOMEM);
-	napi_get_value_string_utf8(env, argv[0], text, tlen + 1, &tlen);
-	packed = plan_pack(env, text, tlen);
-	free(text);
-	if (!packed)
+	if (!get_args(env, info, 2, argv) || !get_str(env, argv[1], name, sizeof(name)) || !(packed = plan_arg(env, argv[0])))
 		return NULL;
 	/* as client_read takes a name: plain text of a length the tables hold */
 	allowed = table_name(name) && plan_allows(packed, name);
