@@ -311,7 +311,7 @@ for (const family of ['127.0.0.1', '::1'] as const) {
           const before = fastAnswered();
           await lookup(c, id, name);
           await lookup(c, id + 1000, name);
-          await waitFor('the thread\'s answer counted', async () => fastAnswered() > before);
+          await waitFor('the thread\'s answer counted', async () => fastAnswered() > before, 15_000);
           return fastAnswered() === before + 2;
         };
         await lookup(c, 1, 'first.plan.test'); // no plan yet: the agent's, which gives the plan
@@ -397,7 +397,7 @@ for (const family of ['127.0.0.1', '::1'] as const) {
       await lookup(c, 1, 'addressed.test');
       const fast = fastAnswered();
       await lookup(c, 2, 'addressed.test');
-      await waitFor('the thread\'s answer handed to the agent', async () => fastAnswered() > fast);
+      await waitFor('the thread\'s answer handed to the agent', async () => fastAnswered() > fast, 15_000);
       assert.deepEqual(seenBy(c.port), [resolver, resolver], 'the handed query and the thread\'s answer both carry the steered resolver');
       // No dns_redirect entry: the record says so (null), the proxy does not read the map itself.
       const stray = await new Client(family, at).open(() => {});
