@@ -16,14 +16,13 @@
 // phase, generating and serving) and the process CPU per event (every thread), which compare trees at
 // a rate neither loses at, where received-of-written swings from run to run.
 //
-//   node dist/bench/hubble.bench.js [rates=50000,100000,200000,400000] [--seconds=3] [--samples=1000] [--rounds=1] [--ab]
+//   node dist/bench/hubble.bench.js [rates=50000,100000,200000,400000] [--seconds=3] [--samples=1000] [--rounds=1] [--label=NAME]
 //                                   [--client=http2|grpc-js] [--generator=worker|main] [--profile] [--follow-queue=N] [--warmup=S]
 //                                   [--warm-flows=N] [--timeline]
 // --generator: the events are made on the agent's thread, in slices between its turns (main, default:
 // the agent's thread pays for making them too, ~1 µs an event) or on a worker thread (worker);
-// --rounds=R repeats the whole rate sweep R times; --ab measures every rate of a round twice, `before`
-// (the encoder on protobufjs's Writer, queued messages sent one by one through grpc-js) and `after`
-// (the in-place writer, queued messages framed into one HTTP/2 write), alternating which goes first; --client=grpc-js follows with kitnet's grpc-js client instead of node:http2;
+// --rounds=R repeats the whole rate sweep R times; --label names the run in its rows (two trees
+// compared run by run, bench/README.md); --client=grpc-js follows with kitnet's grpc-js client instead of node:http2;
 // --follow-queue sets the agent's hubble.followQueue (flows a follower may fall behind; default the config's);
 // --profile writes a CPU profile of the agent's thread during the sweep (bench/results/hubble-follow.cpuprofile);
 // --warmup=S offers the first rate for S seconds before the sweep, not measured (0, the default: a fresh
@@ -35,8 +34,6 @@ import { Worker } from 'node:worker_threads';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ETH_P_IP, TCP, eth, ipv4, tcp } from '../test/root/bpf-helpers.js';
-import { batchWriteOptions } from '../api/hubble/batch-writes.js';
-import { flowEncoderOptions } from '../api/hubble/flow-encoder.js';
 import { benchAgentPairStart } from './agent-pair.js';
 import { launcherStart, type Launcher } from './launcher.js';
 import { MACHINE_LINE, argsParse, benchMain, fmt, onCleanup, profiled, resultWrite, sleep, stats, table, threadSched, threadSchedSince } from './lib.js';
@@ -190,14 +187,13 @@ async function main(): Promise<void> {
   const rounds = Number(args.opts.rounds ?? 1);
   const rows: unknown[] = await profiled(!!args.opts.profile, 'hubble-follow', () => run(16, async (f) => {
     const out = [];
-    const variants = args.opts.ab ? ['before', 'after'] : ['after'];
+    const variant = String(args.opts.label ?? 'run');
     const warmup = Number(args.opts.warmup ?? 0);
     if (!(warmup >= 0)) throw new Error(`--warmup=${args.opts.warmup}: seconds (0 or more)`);
-    const phases: Array<{ round: number; rate: number; variant: string; secs: number; measured: boolean }> = [];
-    if (warmup > 0) phases.push({ round: -1, rate: rates[0]!, variant: variants[variants.length - 1]!, secs: warmup, measured: false });
-    for (let round = 0; round < rounds; round++) for (const rate of rates) for (const variant of round % 2 ? [...variants].reverse() : variants) phases.push({ round, rate, variant, secs: seconds, measured: true });
-    for (const { round, rate, variant, secs, measured } of phases) {
-      batchWriteOptions.coalesce = flowEncoderOptions.inPlace = variant === 'after';
+    const phases: Array<{ round: number; rate: number; secs: number; measured: boolean }> = [];
+    if (warmup > 0) phases.push({ round: -1, rate: rates[0]!, secs: warmup, measured: false });
+    for (let round = 0; round < rounds; round++) for (const rate of rates) phases.push({ round, rate, secs: seconds, measured: true });
+    for (const { round, rate, secs, measured } of phases) {
       await f.report();
       const lost0 = kernelLost();
       const sent0 = kernelSent();
@@ -271,7 +267,7 @@ async function main(): Promise<void> {
   table(`Hubble GetFlows --follow to one client (own process, ${client} over the unix socket) — ${MACHINE_LINE()}`, ['round', 'variant', 'set/s', 'offered/s', 'written', 'received', 'received/s', 'lost (follower queue)', 'lost (kernel ring)', 'latency p50 / p99 ms (loaded)', 'agent thread µs/event', 'of it on a CPU', 'agent thread waiting for a CPU, ms', 'agent CPU µs/event'],
     (rows as Row[]).map((x) => [x.round, x.variant, fmt(x.rate), fmt(x.offered), x.written, x.received, fmt(x.rate_received), x.lost_follower, x.lost_kernel, `${fmt(x.latency_p50_ms)} / ${fmt(x.latency_p99_ms)}`, fmt(x.thread_us_per_flow), fmt(x.thread_oncpu_us_per_flow), fmt(x.thread_wait_ms), fmt(x.cpu_us_per_flow)]));
   // per variant and rate: the median received/s over rounds (min-max)
-  if (rounds > 1 || args.opts.ab) {
+  if (rounds > 1) {
     const groups = new Map<string, number[]>();
     for (const x of rows as Row[]) groups.set(`${x.variant} ${x.rate}`, [...(groups.get(`${x.variant} ${x.rate}`) ?? []), x.rate_received]);
     table('received/s, median (min-max) over rounds', ['variant', 'set/s', 'received/s'], [...groups].map(([k, v]) => {
