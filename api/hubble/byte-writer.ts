@@ -23,9 +23,18 @@ export class ByteWriter {
   private readonly starts: number[] = [];
   private readonly framed: boolean;
 
-  constructor(opts: { framed?: boolean } = {}) {
+  /** Where a framed writer's slabs come from (slabAlloc unless given: a pool that takes them back). */
+  private readonly slabTake: (bytes: number) => Buffer;
+
+  /**
+   * `slabs`: a framed writer takes its slabs from here instead of allocating each (its caller then
+   * knows when the writer moved on from one, frameSlab changing, and when what was written there has
+   * been sent).
+   */
+  constructor(opts: { framed?: boolean; slabs?: (bytes: number) => Buffer } = {}) {
     this.framed = opts.framed ?? false;
-    this.buf = this.framed ? slabAlloc(SLAB_BYTES) : Buffer.allocUnsafe(16 << 10);
+    this.slabTake = opts.slabs ?? slabAlloc;
+    this.buf = this.framed ? this.slabTake(SLAB_BYTES) : Buffer.allocUnsafe(16 << 10);
   }
 
   reset(): this {
@@ -36,7 +45,7 @@ export class ByteWriter {
     }
     // A fresh slab when this one is nearly full (a message that outgrows it moves on in room()).
     if (this.buf.length - this.pos < SLAB_MIN_FREE) {
-      this.buf = slabAlloc(SLAB_BYTES);
+      this.buf = this.slabTake(SLAB_BYTES);
       this.pos = 0;
     }
     this.base = this.pos;
@@ -48,7 +57,7 @@ export class ByteWriter {
   private room(n: number): void {
     if (this.pos + n <= this.buf.length) return;
     const used = this.pos - this.base;
-    const next = this.framed ? slabAlloc(Math.max(SLAB_BYTES, 2 * (used + n))) : Buffer.allocUnsafe(Math.max(this.buf.length * 2, used + n));
+    const next = this.framed ? this.slabTake(Math.max(SLAB_BYTES, 2 * (used + n))) : Buffer.allocUnsafe(Math.max(this.buf.length * 2, used + n));
     this.buf.copy(next, 0, this.base, this.pos);
     for (let i = 0; i < this.starts.length; i++) this.starts[i]! -= this.base;
     this.pos = used;
@@ -168,34 +177,60 @@ export class ByteWriter {
     return this;
   }
 
+  /** Bytes as they are, no length before them (a message encoded elsewhere, copied into a framed slab). */
+  raw(b: Uint8Array): this {
+    this.room(b.length);
+    this.buf.set(b, this.pos);
+    this.pos += b.length;
+    return this;
+  }
+
   /**
    * The message written since reset(): copied out (small copies come from Node's shared pool), or when
    * framed, its frame header written and a view of it returned (the slab's bytes are never written again).
    */
   finish(): Buffer {
-    if (this.starts.length) throw new Error('ByteWriter.finish with an open fork');
     if (!this.framed) {
+      if (this.starts.length) throw new Error('ByteWriter.finish with an open fork');
       const out = Buffer.allocUnsafe(this.pos);
       this.buf.copy(out, 0, 0, this.pos);
       return out;
     }
     const start = this.base + FRAME_HEADER;
-    this.buf[this.base] = 0;
-    this.buf.writeUInt32BE(this.pos - start, this.base + 1);
-    this.base = this.pos;
+    this.finishFramed();
     return this.buf.subarray(start, this.pos);
   }
+
+  /**
+   * Framed only: ends the message (its frame header written) without making a view of it. It lies, frame
+   * header included, at `frameStart`..`frameEnd` of `slab`; the next message starts right after it in
+   * the same slab unless reset() or a message too big for the rest of the slab takes another.
+   */
+  finishFramed(): void {
+    if (!this.framed) throw new Error('ByteWriter.finishFramed: not a framed writer');
+    if (this.starts.length) throw new Error('ByteWriter.finish with an open fork');
+    this.buf[this.base] = 0;
+    this.buf.writeUInt32BE(this.pos - this.base - FRAME_HEADER, this.base + 1);
+    this.frameStart = this.base;
+    this.frameEnd = this.base = this.pos;
+    this.frameSlab = this.buf;
+  }
+
+  /** Where the last message finishFramed() ended lies: its slab, and its frame's first byte and end. */
+  frameSlab: Buffer | undefined;
+  frameStart = 0;
+  frameEnd = 0;
 }
 
 /** A gRPC message's frame header: a flags byte (0: not compressed) and the length, big-endian u32. */
 export const FRAME_HEADER = 5;
-const SLAB_BYTES = 256 << 10;
+export const SLAB_BYTES = 256 << 10;
 /** A flow is ~0.6 KB: below this a message would likely outgrow the slab, so a new one is taken first. */
 const SLAB_MIN_FREE = 4 << 10;
 /** The slabs of framed writers: only their views are known to sit right behind a valid frame header. */
 const framedSlabs = new WeakSet<ArrayBufferLike>();
 
-function slabAlloc(bytes: number): Buffer {
+export function slabAlloc(bytes: number): Buffer {
   // Not from Node's shared pool: the slab's ArrayBuffer must be this writer's alone.
   const b = Buffer.allocUnsafeSlow(bytes);
   framedSlabs.add(b.buffer);

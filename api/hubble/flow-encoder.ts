@@ -57,7 +57,15 @@ export const FLOW_FIELDS_ENCODED = [
   'egress_allowed_by', 'ingress_allowed_by', 'egress_denied_by', 'ingress_denied_by', 'source_names', 'destination_names', 'l7',
 ] as const;
 
-export type FlowResponseEncoder = (r: HubbleFlowRecord, extras?: FlowExtras) => Buffer | undefined;
+/**
+ * A record's GetFlowsResponse bytes, or undefined for a record the encoder does not take (the caller
+ * encodes those with the library); `into` writes a datapath record's message into a framed writer
+ * instead (false: not such a record, nothing written).
+ */
+export interface FlowResponseEncoder {
+  (r: HubbleFlowRecord, extras?: FlowExtras): Buffer | undefined;
+  into(w: ByteWriter, r: HubbleFlowRecord, extras?: FlowExtras): boolean;
+}
 
 /**
  * GetFlowsResponse bytes straight from a pipeline record (the decoded datapath event and its two
@@ -233,10 +241,9 @@ export function flowResponseEncoderCreate(root: protobuf.Root = hubbleProtoRoot(
     return w.finish() as Buffer;
   };
 
-  return (r, extras) => {
-    if (!(r instanceof LazyFlowRecord)) return r.flow?.Type === 'L7' && r.flow.l7 ? l7Flow(r, extras) : undefined;
+  /** A datapath record's message, written after the writer's reset(). */
+  const datapathFlow = (w: ProtoWriter, r: LazyFlowRecord, extras: FlowExtras | undefined) => {
     const ev = r.event;
-    const w: ProtoWriter = flowEncoderOptions.inPlace ? scratch.reset() : protobuf.Writer.create();
     w.uint32(R.flow).fork();
     const ns = ev.timeNs;
     const seconds = Number(ns / 1_000_000_000n);
@@ -322,6 +329,19 @@ export function flowResponseEncoderCreate(root: protobuf.Root = hubbleProtoRoot(
     w.ldelim();
     if (r.node_name) text(w, R.node_name, r.node_name);
     timestamp(w, R.time, seconds, nanos);
+  };
+
+  const encode = (r: HubbleFlowRecord, extras?: FlowExtras): Buffer | undefined => {
+    if (!(r instanceof LazyFlowRecord)) return r.flow?.Type === 'L7' && r.flow.l7 ? l7Flow(r, extras) : undefined;
+    const w: ProtoWriter = flowEncoderOptions.inPlace ? scratch.reset() : protobuf.Writer.create();
+    datapathFlow(w, r, extras);
     return w.finish() as Buffer;
   };
+  encode.into = (w: ByteWriter, r: HubbleFlowRecord, extras?: FlowExtras): boolean => {
+    if (!(r instanceof LazyFlowRecord)) return false;
+    datapathFlow(w.reset(), r, extras);
+    w.finishFramed();
+    return true;
+  };
+  return encode;
 }

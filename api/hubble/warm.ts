@@ -2,7 +2,6 @@ import type { FlowEvent } from '../../bpf/index.js';
 import { flowBatchFrame, flowDecodeBatch, flowEventEncode, monotonicToWallOffsetNs } from '../../bpf/flow-decode.js';
 import type { HubbleFlowRecord, PolicyMessage } from '../../agent/flows/hubble.js';
 import type { FlowExtras, HubbleBackend } from './backend.js';
-import type { FlowResponseEncoder } from './flow-encoder.js';
 
 /**
  * A fresh agent runs its flow path (decode, enrich, encode for gRPC) in V8's interpreter and baseline
@@ -69,7 +68,7 @@ const WARM_POLICY: PolicyMessage = { name: 'warm', namespace: 'default', labels:
 const WARM_EXTRAS: ReadonlyArray<FlowExtras | undefined> = [{ egress_allowed_by: [WARM_POLICY], interfaceName: 'warm0' }, { ingress_denied_by: [WARM_POLICY] }, undefined];
 
 /** Runs `flows` made-up flows (config hubble.warmFlows) through decode, enrich and `encode`, SLICE a turn. */
-export function flowPathWarm(backend: HubbleBackend, encode: FlowResponseEncoder, flows: number): FlowPathWarm {
+export function flowPathWarm(backend: HubbleBackend, encode: (r: HubbleFlowRecord, extras?: FlowExtras) => unknown, flows: number): FlowPathWarm {
   let cancelled = false;
   const offset = monotonicToWallOffsetNs();
   const nowNs = BigInt(Date.now()) * 1_000_000n;

@@ -9,8 +9,9 @@ import { EndpointDirectory } from '../../agent/flows/directory.js';
 import { FlowPipeline } from '../../agent/flows/pipeline.js';
 import { sqliteStoreOpen } from '../../agent/store/index.js';
 import { configParse } from '../../agent/config.js';
-import type { HubbleBackend } from '../../api/hubble/backend.js';
-import { flowResponseEncoderCreate, type FlowResponseEncoder } from '../../api/hubble/flow-encoder.js';
+import type { FlowExtras, HubbleBackend } from '../../api/hubble/backend.js';
+import { flowResponseEncoderCreate } from '../../api/hubble/flow-encoder.js';
+import type { HubbleFlowRecord } from '../../agent/flows/hubble.js';
 import { hubbleProtoRoot } from '../../api/hubble/proto.js';
 import { flowPathWarm } from '../../api/hubble/warm.js';
 import type { FlowEvent } from '../../bpf/index.js';
@@ -31,7 +32,7 @@ test('the warm encodes every made-up flow and leaves no flow, follower message o
   pipeline.on('lost', () => emitted++);
   const encoder = flowResponseEncoderCreate();
   const out: Buffer[] = [];
-  const encode: FlowResponseEncoder = (r, extras) => {
+  const encode = (r: HubbleFlowRecord, extras?: FlowExtras) => {
     const b = encoder(r, extras);
     assert.ok(b, 'the warm gives the encoder only records it encodes itself');
     out.push(Buffer.from(b));
