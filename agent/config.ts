@@ -316,8 +316,9 @@ export const ConfigSchema = z
           .optional(),
         /**
          * Flows a follower (GetFlows --follow) may fall behind before it loses some (counted, then told
-         * with a lost_events message, as Hubble does): a queued flow holds ~0.6 KB, so the default bounds
-         * a slow follower at ~20 MB and absorbs ~160 ms of 200k flows/s (one busy wakeup of the reader).
+         * with a lost_events message, as Hubble does): a flow waits as its record (~0.4 KB) and is encoded
+         * as HTTP/2 takes it (at most 4 MB in flight), so the default bounds a slow follower at ~17 MB and
+         * absorbs ~160 ms of 200k flows/s (one busy wakeup of the reader).
          */
         followQueue: z.number().int().min(64).max(1_000_000).default(32_768),
         /**

@@ -18,8 +18,16 @@ interface BaseCall extends MessageSender {
   callEventTracker?: { addMessageSent(): void };
 }
 
-/** Whether queued pre-encoded messages go to HTTP/2 as one write (the bench turns it off to compare). */
-export const batchWriteOptions = { coalesce: true };
+/**
+ * Messages already framed for gRPC (each behind its 5-byte header), one after another in `bytes`: written
+ * to HTTP/2 as they are, one write, counted as `count` messages (a follow stream's, follow-stream.ts).
+ */
+export class FramedBatch {
+  constructor(
+    readonly bytes: Buffer,
+    readonly count: number,
+  ) {}
+}
 
 const GRPC_STATUS_INTERNAL = 13;
 
@@ -37,21 +45,34 @@ function baseCallOf(sender: Partial<BaseCall>): BaseCall | undefined {
  * queued while one write was under way go out together: pre-encoded ones (the flow encoder's Buffers)
  * as the frames grpc-js would make, in a write per run of them that lies in one slab of the encoder's
  * (no copy; `framedRuns`) and one per other message (no closure and stream write per message through
- * grpc-js); others through grpc-js's per-message send. It uses grpc-js's
+ * grpc-js); FramedBatch chunks as they are; others through grpc-js's per-message send. It uses grpc-js's
  * private call object (1.14: the dependency is pinned); where that is not there, the stream is left as
- * it is.
+ * it is and the answer is false: the stream cannot take a FramedBatch.
  */
-export function serverStreamBatchWrites(stream: ServerWritableStream<unknown, unknown>): void {
+export function serverStreamBatchWrites(stream: ServerWritableStream<unknown, unknown>): boolean {
   const sender = (stream as unknown as { call?: Partial<BaseCall> }).call;
-  if (typeof sender?.sendMessage !== 'function') return;
+  if (typeof sender?.sendMessage !== 'function') return false;
   const send = sender.sendMessage.bind(sender);
   const base = baseCallOf(sender);
+  if (base) {
+    // A FramedBatch written alone (nothing queued behind another write): one HTTP/2 write, as in _writev.
+    const single = (stream as unknown as { _write: (chunk: unknown, encoding: string, cb: (err?: Error | null) => void) => void })._write.bind(stream);
+    (stream as unknown as { _write: typeof single })._write = (chunk, encoding, cb) => {
+      if (!(chunk instanceof FramedBatch)) return single(chunk, encoding, cb);
+      if (base.checkCancelled()) return;
+      base.maybeSendMetadata();
+      batchWrite(base, chunk, (err) => {
+        if (err) return base.sendStatus({ code: GRPC_STATUS_INTERNAL, details: 'Internal server error', metadata: null });
+        cb();
+      });
+    };
+  }
   const perMessage = (chunks: Array<{ chunk: unknown }>, cb: (err?: Error | null) => void) => {
     let left = chunks.length;
     for (const { chunk } of chunks) send(chunk, () => --left === 0 && cb());
   };
   (stream as unknown as { _writev: (chunks: Array<{ chunk: unknown }>, cb: (err?: Error | null) => void) => void })._writev = (chunks, cb) => {
-    if (!base || !batchWriteOptions.coalesce || chunks.length < 2) {
+    if (!base || (chunks.length < 2 && !(chunks[0]?.chunk instanceof FramedBatch))) {
       perMessage(chunks, cb);
       return;
     }
@@ -90,10 +111,23 @@ export function serverStreamBatchWrites(stream: ServerWritableStream<unknown, un
         continue;
       }
       runFlush();
+      if (chunk instanceof FramedBatch) {
+        left++;
+        batchWrite(base, chunk, written);
+        continue;
+      }
       left++;
       send(chunk, () => written());
     }
     runFlush();
     written();
   };
+  return base !== undefined;
+}
+
+function batchWrite(base: BaseCall, batch: FramedBatch, done: (err?: Error | null) => void): void {
+  base.stream.write(batch.bytes, (err) => {
+    if (!err) for (let i = 0; i < batch.count; i++) base.callEventTracker?.addMessageSent();
+    done(err);
+  });
 }

@@ -6,7 +6,9 @@ import { protoFiltersCompile } from './filter.js';
 import { flowResponseEncoderCreate, type FlowResponseEncoder } from './flow-encoder.js';
 import { flowResponse, lostResponse, timestampToMs, type GetFlowsResponseMessage } from './flow-convert.js';
 import { serverStreamBatchWrites } from './batch-writes.js';
+import { FOLLOW_INFLIGHT_BYTES, FollowStream } from './follow-stream.js';
 import { peerAddress } from './cluster-peers.js';
+import { getFlowsResponseSerialize } from './proto.js';
 import { grpcError, snapshotRefusal, streamRefusal, type HubbleContext } from './context.js';
 
 interface GetFlowsRequest {
@@ -51,7 +53,7 @@ function recentSelect(backend: HubbleBackend, req: GetFlowsRequest, pred: Pred, 
 /** A flow's GetFlowsResponse: encoded directly when the encoder can, else as an object for proto-loader. */
 type FlowOut = GetFlowsResponseMessage | Buffer;
 
-function getFlows(ctx: HubbleContext, encode: FlowResponseEncoder, call: ServerWritableStream<GetFlowsRequest, FlowOut>): void {
+function getFlows(ctx: HubbleContext, encode: FlowResponseEncoder, serializeResponse: (m: GetFlowsResponseMessage | Buffer) => Buffer, call: ServerWritableStream<GetFlowsRequest, FlowOut>): void {
   const backend = ctx.backend();
   if (!backend) return void call.emit('error', ctx.startingError());
   const req = call.request;
@@ -63,7 +65,6 @@ function getFlows(ctx: HubbleContext, encode: FlowResponseEncoder, call: ServerW
     if (err instanceof FilterError) return void call.emit('error', grpcError(status.INVALID_ARGUMENT, `flow filter: ${err.message}`));
     throw err;
   }
-  serverStreamBatchWrites(call as ServerWritableStream<unknown, unknown>);
   const refused = req.follow ? streamRefusal(ctx) : snapshotRefusal(ctx);
   if (refused) return void call.emit('error', refused);
   const flowOut = (r: HubbleFlowRecord): FlowOut => {
@@ -71,51 +72,48 @@ function getFlows(ctx: HubbleContext, encode: FlowResponseEncoder, call: ServerW
     return encode(r, extras) ?? flowResponse(r, extras);
   };
   const recent = recentSelect(backend, req, sel.pred, sel.since);
-  if (!req.follow) return snapshotSend(ctx, call, recent, flowOut);
+  if (!req.follow) {
+    serverStreamBatchWrites(call as ServerWritableStream<unknown, unknown>);
+    return snapshotSend(ctx, call, recent, flowOut);
+  }
 
-  let missed = 0;
-  let ended = false;
-  const lostFlush = () => {
-    if (missed === 0 || ended) return;
-    call.write(lostResponse(backend.flows.lostRecord('OBSERVER_EVENTS_QUEUE', missed)));
-    missed = 0;
-  };
-  const send = (msg: () => FlowOut) => {
-    if (ended) return;
-    if (call.writableLength > ctx.followQueue) {
-      missed++;
-      return;
-    }
-    lostFlush();
-    call.write(msg());
-  };
-  // A follower that caught up hears of what it missed even if no flow comes after.
-  call.on('drain', lostFlush);
+  const follow = new FollowStream(call as ServerWritableStream<unknown, unknown>, {
+    queue: ctx.followQueue,
+    inflightBytes: FOLLOW_INFLIGHT_BYTES,
+    encodeInto: (w, r) => encode.into(w, r, backend.extras?.(r)),
+    encode: (item) => serializeResponse('lost_events' in item ? lostResponse(item) : flowOut(item)),
+    lostRecord: (count) => backend.flows.lostRecord('OBSERVER_EVENTS_QUEUE', count),
+  });
   const onFlow = (r: HubbleFlowRecord) => {
-    if (sel.pred(r)) send(() => flowOut(r));
+    if (sel.pred(r)) follow.offer(r);
   };
-  const onLost = (r: HubbleLostEventsRecord) => send(() => lostResponse(r));
+  const onLost = (r: HubbleLostEventsRecord) => follow.offer(r);
   backend.flows.on('flow', onFlow);
   backend.flows.on('lost', onLost);
   let untilTimer: NodeJS.Timeout | undefined;
-  const stop = () => {
-    if (ended) return;
-    ended = true;
+  let subscribed = true;
+  const unsubscribe = () => {
+    if (!subscribed) return;
+    subscribed = false;
     if (untilTimer) clearTimeout(untilTimer);
     backend.flows.off('flow', onFlow);
     backend.flows.off('lost', onLost);
-    ctx.followers.delete(stop);
   };
-  ctx.followers.add(stop);
-  call.on('cancelled', stop);
-  call.on('close', stop);
-  call.on('error', stop);
-  for (const r of recent) send(() => flowOut(r));
+  const gone = () => {
+    unsubscribe();
+    follow.close();
+    ctx.followers.delete(gone);
+  };
+  ctx.followers.add(gone);
+  call.on('cancelled', gone);
+  call.on('close', gone);
+  call.on('error', gone);
+  for (const r of recent) follow.offer(r);
   if (sel.until !== undefined) {
-    // Following up to a time: the stream ends then (a timer: no flow may come to end it).
+    // Following up to a time: the stream ends then (a timer: no flow may come to end it), after what waits.
     const end = () => {
-      stop();
-      call.end();
+      unsubscribe();
+      follow.end();
     };
     const wait = sel.until - Date.now();
     if (wait <= 0) end();
@@ -217,8 +215,9 @@ function getNamespaces(ctx: HubbleContext, _call: ServerUnaryCall<unknown, unkno
 
 /** observer.Observer: GetFlows, ServerStatus, GetNodes, GetNamespaces. */
 export function observerService(ctx: HubbleContext, encode: FlowResponseEncoder = flowResponseEncoderCreate()): UntypedServiceImplementation {
+  const serializeResponse = getFlowsResponseSerialize();
   return {
-    GetFlows: (call: ServerWritableStream<GetFlowsRequest, FlowOut>) => getFlows(ctx, encode, call),
+    GetFlows: (call: ServerWritableStream<GetFlowsRequest, FlowOut>) => getFlows(ctx, encode, serializeResponse, call),
     ServerStatus: (call: ServerUnaryCall<unknown, unknown>, cb: sendUnaryData<unknown>) => serverStatus(ctx, call, cb),
     GetNodes: (call: ServerUnaryCall<unknown, unknown>, cb: sendUnaryData<unknown>) => getNodes(ctx, call, cb),
     GetNamespaces: (call: ServerUnaryCall<unknown, unknown>, cb: sendUnaryData<unknown>) => getNamespaces(ctx, call, cb),

@@ -45,6 +45,11 @@ function observerWithEncodedFlows(observer: ServiceDefinition): ServiceDefinitio
   return { ...observer, GetFlows: { ...getFlows, responseSerialize: (value: unknown) => (Buffer.isBuffer(value) ? value : serialize(value)) } };
 }
 
+/** GetFlowsResponse bytes of a message object (proto-loader's, as the server sends it) or of bytes already encoded. */
+export function getFlowsResponseSerialize(): (value: unknown) => Buffer {
+  return observerWithEncodedFlows(hubbleProtoLoad()['observer.Observer'] as ServiceDefinition).GetFlows!.responseSerialize;
+}
+
 /** The service definitions the server registers. */
 export function hubbleServices(): { observer: ServiceDefinition; peer: ServiceDefinition; health: ServiceDefinition } {
   const def = hubbleProtoLoad();
