@@ -10,7 +10,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import netlinkPkg from 'netlink';
 import { CLONE_NEWNET, setns, setnsAvailable } from '../common/ns.js';
-import { REQUEST_TIMEOUT_MS, sysctlPathCheck, type NlMessage } from './socket.js';
+import { netlinkRequest, sysctlPathCheck, type NlMessage } from './socket.js';
 
 const { createNetlink, Protocol } = netlinkPkg;
 
@@ -83,8 +83,7 @@ class SetnsTransport implements PooledTransport {
 
   async exchange(type: number, flags: number, payload: Buffer): Promise<NlMessage[]> {
     if (this.closed) throw new Error(`netlink socket for ${this.netnsPath} is closed`);
-    const [msgs] = await this.sock.request(type, payload, { flags, checkError: false, timeout: REQUEST_TIMEOUT_MS });
-    return msgs.map((m) => ({ type: m.type, flags: m.flags, data: m.data }));
+    return netlinkRequest(this.sock, type, payload, flags);
   }
 
   async sysctlWrite(path: string, value: string): Promise<void> {

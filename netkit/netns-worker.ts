@@ -5,6 +5,7 @@ import { readlinkSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import netlinkPkg from 'netlink';
+import { netlinkRequest } from './socket.js';
 
 const { createNetlink, Protocol } = netlinkPkg;
 const sock = createNetlink(Protocol.ROUTE);
@@ -25,9 +26,7 @@ function reply(obj: unknown): void {
 
 async function handle(req: Request): Promise<unknown> {
   if (req.kind === 'nl') {
-    const [msgs] = await sock.request(req.type ?? 0, Buffer.from(req.data ?? '', 'base64'), {
-      flags: req.flags ?? 0, checkError: false, timeout: 5000,
-    });
+    const msgs = await netlinkRequest(sock, req.type ?? 0, Buffer.from(req.data ?? '', 'base64'), req.flags ?? 0);
     return msgs.map((m) => ({ type: m.type, flags: m.flags, data: m.data.toString('base64') }));
   }
   if (req.kind === 'sysctl' && req.path && /^net\/[A-Za-z0-9_.\-/]+$/.test(req.path) && !req.path.includes('..')) {

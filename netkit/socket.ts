@@ -16,7 +16,40 @@ import { NLM_F_DUMP, NLMSG_ERROR, RTM_NAMES } from './uapi.js';
 
 const { createNetlink, Protocol } = netlinkPkg;
 
-export const REQUEST_TIMEOUT_MS = 5000;
+/**
+ * How long a netlink request may wait for its reply. The kernel always answers; what this catches is
+ * a reply lost to an overrun socket. Generous: a busy host (the RTNL lock held by someone else's
+ * device churn, an emulated VM) can take seconds.
+ */
+export const REQUEST_TIMEOUT_MS = 15_000;
+/** The library's own timeout, a backstop that drops a request whose reply never came. */
+const REQUEST_FORGET_MS = 60_000;
+
+interface NetlinkRequester {
+  request(type: number, data: Buffer, options: { flags: number; checkError: false; timeout: number }): Promise<[Array<{ type: number; flags: number; data: Buffer }>, unknown]>;
+}
+
+/**
+ * One request and its reply messages, with a timeout that a blocked event loop cannot fake: after a
+ * turn that ran longer than the timeout, Node runs the expired timer before it reads the socket, where
+ * the reply may already wait. So the timer only decides after the loop's I/O phase (setImmediate), and
+ * a reply that came in time wins.
+ */
+export async function netlinkRequest(sock: NetlinkRequester, type: number, payload: Buffer, flags: number, timeoutMs = REQUEST_TIMEOUT_MS): Promise<NlMessage[]> {
+  const reply = sock.request(type, payload, { flags, checkError: false, timeout: Math.max(REQUEST_FORGET_MS, 2 * timeoutMs) });
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => setImmediate(() => reject(new Error('Timeout has been reached'))), timeoutMs);
+  });
+  try {
+    const [msgs] = await Promise.race([reply, timeout]);
+    return msgs.map((m) => ({ type: m.type, flags: m.flags, data: m.data }));
+  } finally {
+    clearTimeout(timer);
+    // a reply that lost the race settles later (or the library forgets it): nobody waits for it
+    reply.catch(() => undefined);
+  }
+}
 
 export interface NlMessage {
   type: number;
@@ -52,8 +85,7 @@ class LocalTransport implements NlTransport {
   private readonly sock = createNetlink(Protocol.ROUTE);
 
   async exchange(type: number, flags: number, payload: Buffer): Promise<NlMessage[]> {
-    const [msgs] = await this.sock.request(type, payload, { flags, checkError: false, timeout: REQUEST_TIMEOUT_MS });
-    return msgs.map((m) => ({ type: m.type, flags: m.flags, data: m.data }));
+    return netlinkRequest(this.sock, type, payload, flags);
   }
 
   async sysctlWrite(path: string, value: string): Promise<void> {
