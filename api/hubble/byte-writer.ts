@@ -11,7 +11,10 @@
  * message after the last one into a slab, behind the 5 bytes of its gRPC frame (flags 0, big-endian
  * length), and finish() returns a view of the message, no copy. A stream's queued messages then lie one
  * after the other, frames and all, and go to HTTP/2 as views of the slab (`framedRuns`, batch-writes.ts)
- * instead of being copied out, then copied again into one frame buffer.
+ * instead of being copied out, then copied again into one frame buffer. A framed writer given its slabs
+ * by its caller (a follow stream's pool, follow-stream.ts) writes a slab again only when the caller
+ * hands it back, once every byte written there was sent; finishFramed() tells the caller where each
+ * message lies without making a view of it.
  */
 const HEX = Buffer.from('0123456789abcdef', 'latin1');
 
@@ -22,6 +25,10 @@ export class ByteWriter {
   private base = 0;
   private readonly starts: number[] = [];
   private readonly framed: boolean;
+  /** Where the last message finishFramed() ended lies: its slab, and its frame's first byte and end. */
+  frameSlab: Buffer | undefined;
+  frameStart = 0;
+  frameEnd = 0;
 
   /** Where a framed writer's slabs come from (slabAlloc unless given: a pool that takes them back). */
   private readonly slabTake: (bytes: number) => Buffer;
@@ -203,7 +210,7 @@ export class ByteWriter {
 
   /**
    * Framed only: ends the message (its frame header written) without making a view of it. It lies, frame
-   * header included, at `frameStart`..`frameEnd` of `slab`; the next message starts right after it in
+   * header included, at `frameStart`..`frameEnd` of `frameSlab`; the next message starts right after it in
    * the same slab unless reset() or a message too big for the rest of the slab takes another.
    */
   finishFramed(): void {
@@ -216,10 +223,6 @@ export class ByteWriter {
     this.frameSlab = this.buf;
   }
 
-  /** Where the last message finishFramed() ended lies: its slab, and its frame's first byte and end. */
-  frameSlab: Buffer | undefined;
-  frameStart = 0;
-  frameEnd = 0;
 }
 
 /** A gRPC message's frame header: a flags byte (0: not compressed) and the length, big-endian u32. */
