@@ -30,13 +30,17 @@ after(() => {
 /** A requester whose reply is the next datagram rx reads; `answer` sends it (or not). */
 function requester(answer: boolean) {
   let forgotten: ((err: Error) => void) | undefined;
+  let sent!: () => void;
+  const handedOver = new Promise<void>((resolve) => (sent = resolve));
   return {
+    /** Resolves once the reply datagram is in the kernel (then only the loop's read of it is left). */
+    handedOver,
     request: (_type: number, data: Buffer, options: { timeout: number }) =>
       new Promise<Reply>((resolve, reject) => {
         waiting.push(resolve);
         forgotten = reject;
         setTimeout(() => reject(new Error('Timeout has been reached')), options.timeout).unref();
-        if (answer) tx.send(data, port, '127.0.0.1');
+        if (answer) tx.send(data, port, '127.0.0.1', () => sent());
       }),
     forget: () => forgotten?.(new Error('Timeout has been reached')),
   };
@@ -50,8 +54,8 @@ function block(ms: number): void {
 test('a reply in the socket before the timeout is taken though the loop was blocked past it', async () => {
   const sock = requester(true);
   const pending = netlinkRequest(sock, 20, Buffer.from('addr dump'), 0, 100);
-  // the datagram is sent; the loop does not read it for 300 ms, three times the timeout
-  await new Promise((r) => setImmediate(r));
+  // the datagram is in the kernel; the loop does not read it for 300 ms, three times the timeout
+  await sock.handedOver;
   block(300);
   const msgs = await pending;
   assert.equal(msgs.length, 1);
